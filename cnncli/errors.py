@@ -1,0 +1,29 @@
+"""User-facing error types: one line that names the file, key or value at fault.
+
+Library code raises these; only `cli.py` turns them into Click exceptions and exit codes.
+This module is not for programming errors (those stay ValueError/TypeError with tracebacks).
+"""
+
+
+class CnnError(Exception):
+    """A problem the user can fix; str(err) is the whole one-line message. CLI exit status 1."""
+
+    exit_code = 1
+
+
+class ConfigError(CnnError):
+    """A bad config file, key, value or command-line argument. CLI exit status 2."""
+
+    exit_code = 2
+
+
+class DataError(CnnError):
+    """An unreadable image, an unusable data folder, classes that do not match."""
+
+
+class CheckpointError(CnnError):
+    """A checkpoint that is missing, corrupt, hostile or does not match the config."""
+
+
+class TrainingDiverged(CnnError):
+    """Loss or gradients became non-finite; the last good checkpoint is kept."""

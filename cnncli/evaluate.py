@@ -1,0 +1,220 @@
+"""Classification metrics (loss, accuracy, top-k, per-class P/R/F1, confusion) and prediction helpers.
+
+Pure numpy and vectorized; the model is reached only through `predictor.Predictor`.
+This module does not plot (see report.py) and does not know about the CLI.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import DataError
+
+# Probabilities are clipped to [PROB_EPS, 1 - PROB_EPS] before the logs of the BCE loss.
+PROB_EPS = 1e-7
+
+
+def _check_inputs(probs, labels, classes):
+    probs = np.asarray(probs)
+    labels = np.asarray(labels)
+    if probs.ndim != 2:
+        raise ValueError(f"probs must be (N, C), got shape {probs.shape}")
+    n, c = probs.shape
+    if c != len(classes):
+        raise ValueError(f"probs has {c} columns but classes has {len(classes)} names")
+    if labels.shape != (n,):
+        raise ValueError(f"labels must be ({n},) to match probs {probs.shape}, got {labels.shape}")
+    if n and (labels.min() < 0 or labels.max() >= c):
+        raise ValueError(f"labels must lie in [0, {c}), got range [{labels.min()}, {labels.max()}]")
+    return probs, labels.astype(np.int64)
+
+
+def top_k_indices(probs, k):
+    """(N,C) -> (N,k) class indices by decreasing probability; ties keep the lower index first."""
+    k = max(1, min(int(k), probs.shape[1]))
+    return np.argsort(-probs, axis=1, kind="stable")[:, :k]
+
+
+def bce_loss(probs, labels):
+    """Mean over images of the summed binary cross-entropy of C sigmoid outputs vs one-hot."""
+    n, c = probs.shape
+    if n == 0:
+        return 0.0
+    p = np.clip(probs.astype(np.float64), PROB_EPS, 1.0 - PROB_EPS)  # (N,C)
+    onehot = np.zeros((n, c), dtype=bool)
+    onehot[np.arange(n), labels] = True
+    per_image = -np.where(onehot, np.log(p), np.log1p(-p)).sum(axis=1)  # (N,)
+    return float(per_image.mean())
+
+
+def _safe_div(num, den):
+    """Elementwise num/den with 0 where den == 0 (no warnings, no NaN)."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    out = np.zeros_like(num)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
+
+
+def compute_metrics(probs, labels, classes, top_k=3) -> dict:
+    """Metrics of (N,C) probabilities against (N,) integer labels; see docs/design.md for the keys."""
+    probs, labels = _check_inputs(probs, labels, classes)
+    n, c = probs.shape
+    k = max(1, min(int(top_k), c))
+    top = top_k_indices(probs, k)  # (N,k)
+    pred = top[:, 0]  # (N,)
+    confusion = np.bincount(labels * c + pred, minlength=c * c).reshape(c, c)  # (C,C) rows = true
+    tp = np.diag(confusion)  # (C,)
+    support = confusion.sum(axis=1)  # (C,) true count per class
+    predicted = confusion.sum(axis=0)  # (C,) predicted count per class
+    precision = _safe_div(tp, predicted)
+    recall = _safe_div(tp, support)
+    f1 = _safe_div(2.0 * precision * recall, precision + recall)
+    per_class = {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(classes)
+    }
+    return {
+        "accuracy": float(tp.sum() / n) if n else 0.0,
+        "loss": bce_loss(probs, labels),
+        "top_k": k,
+        "top_k_accuracy": float(np.any(top == labels[:, None], axis=1).mean()) if n else 0.0,
+        "num_images": int(n),
+        "per_class": per_class,
+        "macro_f1": float(f1.mean()) if c else 0.0,
+        "confusion": confusion.astype(int).tolist(),
+    }
+
+
+def short_name(name, width):
+    """`name` cut to at most `width` characters, marking a cut with '~' at the end."""
+    name = str(name)
+    if len(name) <= width:
+        return name
+    return name[: max(1, width - 1)] + "~"
+
+
+def format_metrics(metrics) -> str:
+    """Readable aligned text: summary, per-class table, confusion matrix with class names."""
+    lines = []
+    for key, label in (("checkpoint", "checkpoint"), ("data", "data")):
+        if key in metrics:
+            lines.append(f"{label:<16}{metrics[key]}")
+    lines.append(f"{'images':<16}{metrics['num_images']}")
+    if "skipped" in metrics:
+        lines.append(f"{'skipped':<16}{metrics['skipped']}")
+    lines.append(f"{'accuracy':<16}{metrics['accuracy']:.4f}")
+    lines.append(f"{'top-' + str(metrics['top_k']) + ' accuracy':<16}{metrics['top_k_accuracy']:.4f}")
+    lines.append(f"{'loss':<16}{metrics['loss']:.4f}")
+    lines.append(f"{'macro F1':<16}{metrics['macro_f1']:.4f}")
+
+    names = list(metrics["per_class"])
+    name_w = min(24, max([5] + [len(n) for n in names]))
+    lines.append("")
+    lines.append(f"{'class':<{name_w}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>7}")
+    for name in names:
+        m = metrics["per_class"][name]
+        lines.append(
+            f"{short_name(name, name_w):<{name_w}}  {m['precision']:>9.4f}  {m['recall']:>9.4f}"
+            f"  {m['f1']:>9.4f}  {m['support']:>7d}"
+        )
+
+    confusion = metrics["confusion"]
+    if names:
+        biggest = max(max(row) for row in confusion) if confusion else 0
+        col_w = max(len(str(biggest)), min(8, max(len(n) for n in names)), 3)
+        corner = "true \\ pred"
+        row_w = min(16, max([len(corner)] + [len(n) for n in names]))
+        lines.append("")
+        lines.append("confusion matrix (rows = true class, columns = predicted class)")
+        header = f"{corner:<{row_w}}" + "".join(f" {short_name(n, col_w):>{col_w}}" for n in names)
+        lines.append(header)
+        for name, row in zip(names, confusion):
+            lines.append(f"{short_name(name, row_w):<{row_w}}" + "".join(f" {v:>{col_w}d}" for v in row))
+    return "\n".join(lines)
+
+
+def evaluate(checkpoint, data_dir, batch_size=256):
+    """Evaluate a checkpoint on an image folder -> (metrics, dataset, probs (N,C))."""
+    from . import data
+    from .predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(checkpoint)
+    pre = predictor.preprocess
+    dataset, skipped = data.load_folder(
+        data_dir,
+        image_size=int(pre.get("image_size", 32)),
+        resize=pre.get("resize", "pad"),
+        classes=list(predictor.classes),
+    )
+    check_classes(predictor.classes, dataset.classes, data_dir)
+    if len(dataset.labels) == 0:
+        raise DataError(f"{data_dir}: no readable images to evaluate")
+    probs = predictor.predict_proba(dataset.images, batch_size=batch_size)  # (N,C)
+    metrics = compute_metrics(probs, dataset.labels, predictor.classes)
+    metrics["checkpoint"] = str(checkpoint)
+    metrics["data"] = str(data_dir)
+    metrics["skipped"] = len(skipped)
+    return metrics, dataset, probs
+
+
+def check_classes(expected, found, data_dir):
+    """DataError naming the differences when a data folder's classes differ from the model's."""
+    expected, found = list(expected), list(found)
+    if expected == found:
+        return
+    missing = [c for c in expected if c not in found]
+    extra = [c for c in found if c not in expected]
+    parts = []
+    if missing:
+        parts.append(f"missing {missing}")
+    if extra:
+        parts.append(f"unknown {extra}")
+    if not parts:
+        parts.append(f"order {found} != {expected}")
+    raise DataError(f"{data_dir}: classes do not match the checkpoint: " + "; ".join(parts))
+
+
+def predict_paths(predictor, paths, top_k=3):
+    """Classify image files -> (results, failures); an unreadable file goes to failures [(path, reason)]."""
+    from . import data
+
+    pre = predictor.preprocess
+    size, resize = int(pre.get("image_size", 32)), pre.get("resize", "pad")
+    images, good, failures = [], [], []
+    for path in paths:
+        try:
+            images.append(data.load_image(path, image_size=size, resize=resize))  # (S,S) uint8
+            good.append(str(path))
+        except DataError as err:
+            failures.append((str(path), str(err)))
+    if not images:
+        return [], failures
+    probs = predictor.predict_proba(np.stack(images), batch_size=256)  # (N,C)
+    top = top_k_indices(probs, top_k)  # (N,k)
+    classes = list(predictor.classes)
+    results = []
+    for i, path in enumerate(good):
+        ranked = [{"class": classes[j], "probability": float(probs[i, j])} for j in top[i]]
+        results.append(
+            {"path": path, "class": ranked[0]["class"], "probability": ranked[0]["probability"], "top_k": ranked}
+        )
+    return results, failures
+
+
+__all__ = [
+    "compute_metrics",
+    "format_metrics",
+    "evaluate",
+    "predict_paths",
+    "top_k_indices",
+    "bce_loss",
+    "check_classes",
+    "short_name",
+    "PROB_EPS",
+]

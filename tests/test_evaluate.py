@@ -1,0 +1,160 @@
+"""Tests for cnncli.evaluate: metrics against a slow loop reference and hand-checked cases."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from cnncli.evaluate import PROB_EPS, compute_metrics, format_metrics
+
+
+def reference_metrics(probs, labels, classes, top_k=3):
+    """Slow, loop-based metrics written independently of the vectorized code."""
+    n, c = len(probs), len(classes)
+    k = min(top_k, c)
+    confusion = [[0] * c for _ in range(c)]
+    correct = top_correct = 0
+    loss = 0.0
+    for i in range(n):
+        row = [float(v) for v in probs[i]]
+        best = 0
+        for j in range(c):
+            if row[j] > row[best]:
+                best = j
+        confusion[labels[i]][best] += 1
+        correct += best == labels[i]
+        order = sorted(range(c), key=lambda j: (-row[j], j))
+        top_correct += labels[i] in order[:k]
+        for j in range(c):
+            p = min(max(row[j], PROB_EPS), 1 - PROB_EPS)
+            loss -= math.log(p) if j == labels[i] else math.log(1 - p)
+    per_class = {}
+    f1s = []
+    for j, name in enumerate(classes):
+        tp = confusion[j][j]
+        pred = sum(confusion[r][j] for r in range(c))
+        sup = sum(confusion[j])
+        prec = tp / pred if pred else 0.0
+        rec = tp / sup if sup else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        f1s.append(f1)
+        per_class[name] = {"precision": prec, "recall": rec, "f1": f1, "support": sup}
+    return {
+        "accuracy": correct / n,
+        "loss": loss / n,
+        "top_k": k,
+        "top_k_accuracy": top_correct / n,
+        "num_images": n,
+        "per_class": per_class,
+        "macro_f1": sum(f1s) / c,
+        "confusion": confusion,
+    }
+
+
+def assert_metrics_equal(got, want):
+    assert set(got) >= set(want)
+    for key in ("accuracy", "loss", "top_k_accuracy", "macro_f1"):
+        assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+    assert got["top_k"] == want["top_k"]
+    assert got["num_images"] == want["num_images"]
+    assert got["confusion"] == want["confusion"]
+    assert list(got["per_class"]) == list(want["per_class"])
+    for name, m in want["per_class"].items():
+        for key, value in m.items():
+            assert got["per_class"][name][key] == pytest.approx(value, rel=1e-9, abs=1e-12), (name, key)
+
+
+@pytest.mark.parametrize("seed,n,c,k", [(0, 40, 3, 2), (1, 200, 12, 3), (2, 7, 5, 10), (3, 1, 2, 1)])
+def test_matches_loop_reference(seed, n, c, k):
+    rng = np.random.default_rng(seed)
+    probs = rng.random((n, c)).astype(np.float32)  # (N,C)
+    labels = rng.integers(0, c, n)
+    classes = [f"class{j}" for j in range(c)]
+    got = compute_metrics(probs, labels, classes, top_k=k)
+    assert_metrics_equal(got, reference_metrics(probs, labels, classes, top_k=k))
+
+
+def test_matches_reference_with_ties_and_saturated_probabilities():
+    rng = np.random.default_rng(5)
+    probs = rng.choice([0.0, 0.5, 1.0], size=(60, 4)).astype(np.float32)  # many ties, exact 0 and 1
+    labels = rng.integers(0, 4, 60)
+    classes = list("abcd")
+    got = compute_metrics(probs, labels, classes, top_k=2)
+    assert np.isfinite(got["loss"])
+    assert_metrics_equal(got, reference_metrics(probs, labels, classes, top_k=2))
+
+
+def test_perfect_classifier():
+    labels = np.array([0, 1, 2, 2, 1, 0, 0])
+    probs = np.full((7, 3), 0.01)
+    probs[np.arange(7), labels] = 0.99
+    m = compute_metrics(probs, labels, ["a", "b", "c"])
+    assert m["accuracy"] == 1.0 and m["top_k_accuracy"] == 1.0 and m["macro_f1"] == 1.0
+    assert m["confusion"] == [[3, 0, 0], [0, 2, 0], [0, 0, 2]]
+    assert all(v["precision"] == 1.0 and v["recall"] == 1.0 for v in m["per_class"].values())
+    assert [v["support"] for v in m["per_class"].values()] == [3, 2, 2]
+    # summed BCE: -log(0.99) for the true class plus -log(0.99) for each of the two others
+    assert m["loss"] == pytest.approx(-3 * math.log(0.99))
+
+
+def test_all_wrong_and_class_never_predicted_has_zero_precision_without_nan():
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[0.1, 0.9, 0.0], [0.2, 0.8, 0.0], [0.7, 0.3, 0.0], [0.6, 0.4, 0.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any numpy divide warning fails the test
+        m = compute_metrics(probs, labels, ["x", "y", "z"], top_k=2)
+    assert m["accuracy"] == 0.0
+    assert m["top_k_accuracy"] == 1.0  # the true class is always second
+    assert m["confusion"] == [[0, 2, 0], [2, 0, 0], [0, 0, 0]]
+    z = m["per_class"]["z"]  # never true, never predicted
+    assert z == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["per_class"]["x"]["precision"] == 0.0 and m["macro_f1"] == 0.0
+    flat = [m["accuracy"], m["loss"], m["macro_f1"]] + [v for c in m["per_class"].values() for v in c.values()]
+    assert all(np.isfinite(flat))
+
+
+def test_hand_checked_precision_recall():
+    # true: a a a b ; predicted: a a b b -> a: P=1, R=2/3 ; b: P=1/2, R=1
+    labels = np.array([0, 0, 0, 1])
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]])
+    m = compute_metrics(probs, labels, ["a", "b"])
+    assert m["top_k"] == 2  # clipped to the number of classes
+    assert m["per_class"]["a"]["precision"] == pytest.approx(1.0)
+    assert m["per_class"]["a"]["recall"] == pytest.approx(2 / 3)
+    assert m["per_class"]["a"]["f1"] == pytest.approx(0.8)
+    assert m["per_class"]["b"]["precision"] == pytest.approx(0.5)
+    assert m["per_class"]["b"]["f1"] == pytest.approx(2 / 3)
+    assert m["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
+    assert m["accuracy"] == pytest.approx(0.75)
+
+
+def test_loss_clips_probabilities():
+    m = compute_metrics(np.array([[0.0, 1.0]]), np.array([0]), ["a", "b"])
+    assert m["loss"] == pytest.approx(-2 * math.log(PROB_EPS))
+
+
+def test_bad_shapes_raise_value_error():
+    with pytest.raises(ValueError, match="classes"):
+        compute_metrics(np.zeros((2, 3)), np.zeros(2, int), ["a", "b"])
+    with pytest.raises(ValueError, match="labels"):
+        compute_metrics(np.zeros((2, 2)), np.zeros(3, int), ["a", "b"])
+    with pytest.raises(ValueError, match="labels"):
+        compute_metrics(np.zeros((2, 2)), np.array([0, 2]), ["a", "b"])
+
+
+def test_format_metrics_is_aligned_and_names_classes():
+    rng = np.random.default_rng(1)
+    classes = ["cat", "a_really_long_folder_name_for_a_class", "dog"]
+    labels = rng.integers(0, 3, 30)
+    m = compute_metrics(rng.random((30, 3)), labels, classes)
+    text = format_metrics(m)
+    lines = text.splitlines()
+    assert f"{m['accuracy']:.4f}" in text and f"{m['macro_f1']:.4f}" in text
+    table = [ln for ln in lines if ln.startswith(("cat", "dog", "a_really"))]
+    assert len(table) == 6  # per-class rows and confusion rows
+    assert len({len(ln) for ln in table[:3]}) == 1  # per-class rows share one width
+    assert len({len(ln) for ln in table[3:]}) == 1  # confusion rows share one width
+    assert all(len(ln) < 120 for ln in lines)  # long names are truncated
+    for row, line in zip(m["confusion"], table[3:]):
+        assert [int(v) for v in line.split()[1:]] == row

@@ -141,10 +141,18 @@ def format_metrics(metrics) -> str:
 
 def evaluate(checkpoint, data_dir, batch_size=256):
     """Evaluate a checkpoint on an image folder -> (metrics, dataset, probs (N,C))."""
-    from . import data
     from .predictor import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint)
+    metrics, dataset, probs = evaluate_predictor(predictor, data_dir, batch_size=batch_size)
+    metrics["checkpoint"] = str(checkpoint)
+    return metrics, dataset, probs
+
+
+def evaluate_predictor(predictor, data_dir, batch_size=256):
+    """Like `evaluate` for an already restored Predictor (metrics get "data" and "skipped")."""
+    from . import data
+
     pre = predictor.preprocess
     dataset, skipped = data.load_folder(
         data_dir,
@@ -157,7 +165,6 @@ def evaluate(checkpoint, data_dir, batch_size=256):
         raise DataError(f"{data_dir}: no readable images to evaluate")
     probs = predictor.predict_proba(dataset.images, batch_size=batch_size)  # (N,C)
     metrics = compute_metrics(probs, dataset.labels, predictor.classes)
-    metrics["checkpoint"] = str(checkpoint)
     metrics["data"] = str(data_dir)
     metrics["skipped"] = len(skipped)
     return metrics, dataset, probs
@@ -211,6 +218,7 @@ __all__ = [
     "compute_metrics",
     "format_metrics",
     "evaluate",
+    "evaluate_predictor",
     "predict_paths",
     "top_k_indices",
     "bce_loss",

@@ -1,0 +1,230 @@
+"""`cnn`: the command line. Each command parses options and calls one library function.
+
+No logic lives here beyond turning user errors (cnncli.errors) into one-line messages and exit codes;
+heavy modules are imported inside the commands so `cnn --help` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from cnncli import __version__
+from cnncli.errors import CnnError
+
+
+class _UserError(click.ClickException):
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def user_errors(fn):
+    """Turn CnnError (and OS errors on user paths, Ctrl-C) into one line on stderr, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CnnError as err:
+            raise _UserError(str(err), getattr(err, "exit_code", 1)) from None
+        except KeyboardInterrupt:
+            raise _UserError("interrupted", 130) from None
+        except OSError as err:
+            raise _UserError(str(err), 1) from None
+
+    return wrapper
+
+
+def _resolve_checkpoint(path: str) -> Path:
+    """A checkpoint file, or a run folder: its best.npz (else last.npz)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.npz", "last.npz"):
+            if (p / name).is_file():
+                return p / name
+        raise CnnError(f"{p}: run folder has no best.npz or last.npz")
+    return p
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="cnncli")
+def cli():
+    """Train, evaluate and run small CNN classifiers for grayscale images.
+
+    \b
+    Quick start (built-in demo data, nothing to download):
+      cnn train --config configs/demo.yaml
+      cnn eval --checkpoint runs/demo --data data/demo/test
+      cnn predict --checkpoint runs/demo data/demo/test/circle
+    """
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML config file. Without it the built-in defaults are used (then data.train is required).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key (dotted path, value parsed as YAML), e.g. --set train.epochs=3. Repeatable.")
+@click.option("--resume", type=click.Path(), default=None,
+              help="Continue a run: a checkpoint file or a run folder (uses its last.npz). Its config is reused; --set still applies.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (overrides the config's `out`).")
+@click.option("--strict", is_flag=True, help="Refuse to start if any image is unreadable (same as --set data.strict=true).")
+@click.option("--print-config", is_flag=True, help="Print the resolved config (every default filled in) and exit.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
+@click.option("--no-report", is_flag=True, help="Do not render the report pictures at the end of the run.")
+@user_errors
+def train(config_path, overrides, resume, out, strict, print_config, quiet, no_report):
+    """Train a network on an image folder (one subfolder per class)."""
+    from cnncli import config as config_mod
+
+    overrides = list(overrides) + (["data.strict=true"] if strict else [])
+    if resume is not None and config_path is None:
+        from cnncli import checkpoint
+        from cnncli.train import resolve_resume
+
+        _, meta = checkpoint.load(resolve_resume(resume))
+        cfg = config_mod.load_config_text(meta.get("config", ""), overrides, source=f"{resume} (config)")
+    else:
+        cfg = config_mod.load_config(config_path, overrides)
+    if print_config:
+        click.echo(config_mod.dump(cfg), nl=False)
+        return
+    if not cfg["data"]["train"]:
+        raise CnnError("data.train is not set: give --config FILE or --set data.train=FOLDER "
+                       "(try: cnn train --config configs/demo.yaml)")
+    from cnncli.train import train as run_training
+
+    run_dir = run_training(cfg, resume=resume, quiet=quiet, echo=lambda m: click.echo(m, err=True), out=out)
+    if not no_report:
+        _report_after_training(run_dir)
+    click.echo(str(run_dir))
+
+
+def _report_after_training(run_dir):
+    try:
+        from cnncli.report import write_report
+
+        path = write_report(run_dir)
+        click.echo(f"Report: {path}", err=True)
+    except CnnError as err:  # matplotlib missing, etc.: training itself succeeded
+        click.echo(f"note: no report ({err})", err=True)
+
+
+@cli.command("eval")
+@click.option("--checkpoint", required=True, type=click.Path(),
+              help="A .npz checkpoint, or a run folder (its best.npz, else last.npz).")
+@click.option("--data", "data_dir", required=True, type=click.Path(), help="Image folder with one subfolder per class.")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@user_errors
+def eval_cmd(checkpoint, data_dir, batch_size, as_json):
+    """Measure a checkpoint on a labelled image folder: loss, accuracy, top-k, per-class P/R/F1, confusion."""
+    from cnncli.evaluate import evaluate, format_metrics
+
+    metrics, _, _ = evaluate(_resolve_checkpoint(checkpoint), data_dir, batch_size=batch_size)
+    click.echo(json.dumps(metrics, indent=2) if as_json else format_metrics(metrics))
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, type=click.Path(),
+              help="A .npz checkpoint, or a run folder (its best.npz, else last.npz).")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1), help="Show the K most likely classes.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {path, class, probability, top_k}.")
+@user_errors
+def predict(checkpoint, paths, top_k, as_json):
+    """Classify images: each PATH is an image file or a folder of images. Exit status 1 if any file failed."""
+    from cnncli.data import list_images
+    from cnncli.evaluate import predict_paths
+    from cnncli.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(_resolve_checkpoint(checkpoint))
+    files, failures = [], []
+    for p in paths:
+        try:
+            files.extend(list_images(p))
+        except CnnError as err:
+            failures.append((p, str(err)))
+    results, bad = predict_paths(predictor, files, top_k)
+    failures.extend(bad)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            extra = "  ".join(f"{t['class']}={t['probability']:.3f}" for t in r["top_k"][1:]) if top_k > 1 else ""
+            click.echo(f"{r['path']}\t{r['class']}\t{r['probability']:.4f}" + (f"\t{extra}" if extra else ""))
+    for path, reason in failures:
+        click.echo(f"error: {path}: {reason}", err=True)
+    if failures:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--batchnorm", "variants", multiple=True, type=click.Choice(["none", "unit", "channel"]),
+              help="Variant(s) to check; default all three.")
+@click.option("--batch-size", default=2, show_default=True, type=click.IntRange(min=1), help="Random batch size.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights and inputs.")
+@user_errors
+def gradcheck(variants, batch_size, seed):
+    """Compare every hand-derived gradient with float64 finite differences; exit 1 above 1e-6."""
+    from cnncli.gradcheck import run_gradcheck
+
+    status = run_gradcheck(variants=variants or ("none", "unit", "channel"), batch_size=batch_size, seed=seed,
+                           echo=click.echo)
+    sys.exit(status)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", "data_dir", type=click.Path(), default=None,
+              help="Labelled image folder for the confusion matrix and mistakes (default: the run's validation data).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output folder (default RUN_DIR/report).")
+@user_errors
+def report(run_dir, data_dir, out_dir):
+    """Render learning curves, confusion matrix, per-class bars, mistakes and filters to PNG + report.html."""
+    from cnncli.report import write_report
+
+    click.echo(str(write_report(run_dir, data_dir=data_dir, out_dir=out_dir)))
+
+
+@cli.command()
+@click.option("--batchnorm", default="none", show_default=True, type=click.Choice(["none", "unit", "channel"]),
+              help="Network variant to measure.")
+@click.option("--batch-sizes", default="32,64,128,256", show_default=True, help="Comma-separated training batch sizes.")
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0), help="Threads (0 = all cores).")
+@click.option("--seconds", default=2.0, show_default=True, type=click.FloatRange(min=0.1), help="Time per repeat.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Repeats; median and min-max shown.")
+@click.option("--vs-torch", is_flag=True, help="Also run an identical PyTorch eager network, alternating, and print ratios.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def bench(batchnorm, batch_sizes, threads, seconds, repeats, vs_torch, as_json):
+    """Measure the core alone (no data loading): training and inference images/s, one-image latency, JIT time."""
+    from cnncli.bench import run_bench
+
+    try:
+        sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
+        if not sizes or min(sizes) < 1:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{batch_sizes!r} is not a comma-separated list of positive integers",
+                                 param_hint="--batch-sizes") from None
+    run_bench(batchnorm=batchnorm, batch_sizes=sizes, threads=threads, seconds=seconds, repeats=repeats,
+              vs_torch=vs_torch, as_json=as_json, echo=click.echo)
+
+
+@cli.command()
+@click.argument("root", type=click.Path(file_okay=False), default="data/demo")
+@user_errors
+def demo(root):
+    """Generate the built-in 12-class demo dataset (ROOT/train, ROOT/test) if it is not there yet."""
+    from cnncli.demo import ensure_demo
+
+    click.echo(str(ensure_demo(root)))
+
+
+def main():
+    cli(prog_name="cnn")

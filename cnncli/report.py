@@ -1,0 +1,375 @@
+"""`cnn report`: pictures of a training run (curves, confusion, per-class bars, worst errors, filters) + report.html.
+
+Matplotlib is an optional extra, imported lazily with the Agg canvas (no pyplot, no display).
+This module draws and writes files; the numbers come from evaluate.compute_metrics, never recomputed here.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CnnError
+from .evaluate import check_classes, compute_metrics, evaluate_predictor, short_name
+
+MATPLOTLIB_MISSING = "cnn report needs matplotlib: pip install 'cnncli[plots]'"
+DPI = 120
+MAX_WRONG = 24  # images in the "most confidently wrong" grid
+STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
+         "xtick.labelsize": 8, "ytick.labelsize": 8, "figure.dpi": DPI, "savefig.dpi": DPI}
+
+
+def _matplotlib():
+    """(matplotlib module, Figure, FigureCanvasAgg), or CnnError when matplotlib is not installed."""
+    try:
+        import matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise CnnError(MATPLOTLIB_MISSING) from err
+    return matplotlib, Figure, FigureCanvasAgg
+
+
+# ---------------------------------------------------------------- run folder inputs
+
+
+def find_checkpoint(run_dir: Path) -> Path:
+    """best.npz, else last.npz of a run folder."""
+    for name in ("best.npz", "last.npz"):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise CnnError(f"{run_dir}: no best.npz or last.npz in the run folder")
+
+
+def read_history(path: Path) -> list[dict]:
+    """metrics.csv rows as floats (NaN for empty cells), one row per epoch (the last logged row wins)."""
+    if not path.is_file():
+        return []
+    by_epoch: dict[float, dict] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                values = {}
+                for key, text in row.items():
+                    if key is None:
+                        continue
+                    try:
+                        values[key] = float(text) if text not in (None, "") else math.nan
+                    except ValueError:
+                        values[key] = math.nan
+                if not math.isnan(values.get("epoch", math.nan)):
+                    by_epoch[values["epoch"]] = values
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise CnnError(f"{path}: cannot read metrics ({err})") from err
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _validation_data(run_dir: Path, predictor):
+    """(dataset, skipped count, description): the run's validation split rebuilt from its config.yaml."""
+    from . import config as config_mod
+    from . import train
+
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise CnnError(f"{cfg_path}: not found; pass --data to choose the images to evaluate")
+    cfg = config_mod.load_config(cfg_path)
+    _, val_ds, skipped = train.load_datasets(cfg)
+    if val_ds is None or len(val_ds.labels) == 0:
+        raise CnnError(f"{cfg_path}: the run has no validation images; pass --data to choose some")
+    check_classes(predictor.classes, val_ds.classes, cfg_path)
+    return val_ds, len(skipped), f"validation split rebuilt from {cfg_path}"
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _label(name, width):
+    """A class name for a figure: shortened, with '$' escaped so matplotlib does not parse it as math."""
+    return short_name(name, width).replace("$", r"\$")
+
+
+def _new_figure(Figure, Canvas, width, height):
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    Canvas(fig)
+    return fig
+
+
+def plot_curves(fig, history):
+    """Two panels: loss and accuracy per epoch (train and val), learning rate on a secondary axis."""
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    if not history:
+        for ax in (ax_loss, ax_acc):
+            ax.text(0.5, 0.5, "no metrics.csv rows", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+        return
+    epochs = np.array([row.get("epoch", math.nan) for row in history])  # (E,)
+
+    def column(name):
+        return np.array([row.get(name, math.nan) for row in history])  # (E,)
+
+    marker = "o" if len(epochs) <= 30 else None
+    for ax, what, label in ((ax_loss, "loss", "loss (summed BCE)"), (ax_acc, "acc", "accuracy")):
+        handles = []
+        for split, color in (("train", "tab:blue"), ("val", "tab:orange")):
+            values = column(f"{split}_{what}")
+            if np.isfinite(values).any():
+                handles += ax.plot(epochs, values, color=color, marker=marker, markersize=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_title(f"{'Loss' if what == 'loss' else 'Accuracy'} per epoch")
+        ax.grid(True, alpha=0.3)
+        if what == "acc":
+            ax.set_ylim(-0.02, 1.02)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        lr = column("lr")
+        if what == "loss" and np.isfinite(lr).any():
+            ax_lr = ax.twinx()
+            handles += ax_lr.plot(epochs, lr, color="0.5", linestyle="--", linewidth=1, label="learning rate")
+            ax_lr.set_ylabel("learning rate", color="0.4")
+            ax_lr.tick_params(axis="y", colors="0.4")
+            positive = lr[np.isfinite(lr) & (lr > 0)]
+            if positive.size and positive.max() / positive.min() > 20:
+                ax_lr.set_yscale("log")
+        if handles:
+            ax.legend(handles=handles, labels=[h.get_label() for h in handles], loc="best")
+
+
+def plot_confusion(fig, confusion, classes):
+    """Two heatmaps of the confusion matrix: counts and row-normalized (recall on the diagonal)."""
+    counts = np.asarray(confusion, dtype=np.int64)  # (C,C) rows = true
+    rows = counts.sum(axis=1, keepdims=True)  # (C,1)
+    normalized = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows != 0)  # (C,C)
+    names = [_label(c, 14) for c in classes]
+    ticks = np.arange(len(classes))
+    annotate = len(classes) <= 20
+    for ax, matrix, title, fmt in zip(
+        fig.subplots(1, 2), (counts, normalized), ("Confusion matrix (counts)", "Row-normalized"), ("d", ".2f")
+    ):
+        top = matrix.max() if matrix.size and matrix.max() > 0 else 1
+        image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=top)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        ax.set_title(title)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_xticks(ticks, names, rotation=45, ha="right")
+        ax.set_yticks(ticks, names)
+        if annotate:
+            size = 8 if len(classes) <= 12 else 6
+            for i in range(matrix.shape[0]):
+                for j in range(matrix.shape[1]):
+                    color = "white" if matrix[i, j] > 0.6 * top else "black"
+                    ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", fontsize=size, color=color)
+
+
+def plot_per_class(fig, metrics, classes):
+    """Grouped bars of precision and recall per class."""
+    ax = fig.subplots()
+    x = np.arange(len(classes))
+    precision = [metrics["per_class"][c]["precision"] for c in classes]
+    recall = [metrics["per_class"][c]["recall"] for c in classes]
+    ax.bar(x - 0.2, precision, width=0.4, label="precision", color="tab:blue")
+    ax.bar(x + 0.2, recall, width=0.4, label="recall", color="tab:orange")
+    ax.set_xticks(x, [_label(c, 14) for c in classes], rotation=45, ha="right")
+    ax.set_xlabel("class")
+    ax.set_ylabel("score")
+    ax.set_title("Per-class precision and recall")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_ylim(0, 1.15)
+    ax.legend(loc="upper center", ncol=2)
+
+
+def most_confident_errors(probs, labels, limit=MAX_WRONG):
+    """Indices of misclassified images, most confident prediction first -> (idx (M,), pred (M,), prob (M,))."""
+    pred = np.argmax(probs, axis=1)  # (N,)
+    wrong = np.nonzero(pred != labels)[0]  # (W,)
+    confidence = probs[wrong, pred[wrong]]  # (W,)
+    order = np.argsort(-confidence, kind="stable")[:limit]
+    idx = wrong[order]
+    return idx, pred[idx], probs[idx, pred[idx]]
+
+
+def plot_errors(fig, images, labels, classes, errors):
+    """Grid of the most confidently wrong images with true class, predicted class and probability."""
+    idx, pred, prob = errors
+    if len(idx) == 0:
+        ax = fig.subplots()
+        ax.text(0.5, 0.5, "no misclassified images", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    cols = min(8, len(idx))
+    rows = math.ceil(len(idx) / cols)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, i, p, q in zip(axes, idx, pred, prob):
+        ax.imshow(images[i], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(f"true: {_label(classes[labels[i]], 12)}\npred: {_label(classes[p], 12)}\np = {q:.2f}",
+                     fontsize=7)
+    fig.suptitle("Most confidently wrong predictions")
+
+
+def plot_filters(fig, weights):
+    """First-layer filters (F,1,K,K) as small grayscale images on one shared symmetric scale."""
+    w = np.asarray(weights, dtype=np.float64)[:, 0]  # (F,K,K)
+    limit = float(np.abs(w).max()) or 1.0
+    axes = np.atleast_1d(fig.subplots(1, w.shape[0])).ravel()
+    image = None
+    for f, ax in enumerate(axes):
+        image = ax.imshow(w[f], cmap="gray", vmin=-limit, vmax=limit, interpolation="nearest")
+        ax.set_title(f"filter {f + 1}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="weight")
+    fig.suptitle(f"First-layer {w.shape[1]}x{w.shape[2]} filters (conv1.w)")
+
+
+# ---------------------------------------------------------------- HTML
+
+
+def _table(header, rows):
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _json_for_script(obj) -> str:
+    """JSON that cannot end a <script> element early (<, >, & escaped as \\u00XX)."""
+    text = json.dumps(obj, allow_nan=False)
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}pre{background:#f6f6f6;padding:1em;overflow-x:auto}
+img{max-width:100%;border:1px solid #eee}figure{margin:1em 0 2em}figcaption{color:#555;font-size:0.9em}"""
+
+
+def render_html(title, metrics, classes, history, config_text, pictures, errors_rows) -> str:
+    """The whole report page; every piece of text is escaped, pictures are embedded as data URIs."""
+    e = html.escape
+    summary = [
+        ("checkpoint", metrics.get("checkpoint", "")),
+        ("data", metrics.get("data", "")),
+        ("images", metrics["num_images"]),
+        ("skipped files", metrics.get("skipped", 0)),
+        ("accuracy", f"{metrics['accuracy']:.4f}"),
+        (f"top-{metrics['top_k']} accuracy", f"{metrics['top_k_accuracy']:.4f}"),
+        ("loss (summed BCE)", f"{metrics['loss']:.4f}"),
+        ("macro F1", f"{metrics['macro_f1']:.4f}"),
+    ]
+    per_class = [
+        (c, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"])
+        for c, m in metrics["per_class"].items()
+    ]
+    confusion = [(c, *row) for c, row in zip(classes, metrics["confusion"])]
+    parts = [
+        "<!DOCTYPE html>",
+        f'<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title><style>{CSS}</style></head><body>',
+        f"<h1>{e(title)}</h1>",
+        "<h2>Final metrics</h2>",
+        _table(("metric", "value"), summary),
+    ]
+    if history:
+        last = history[-1]
+        cols = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time_s")
+        shown = [(k, "" if math.isnan(last.get(k, math.nan)) else f"{last[k]:.6g}") for k in cols if k in last]
+        parts += ["<h3>Last row of metrics.csv</h3>", _table(("column", "value"), shown)]
+    parts += ["<h2>Per-class metrics</h2>", _table(("class", "precision", "recall", "f1", "support"), per_class)]
+    parts += [
+        "<h2>Confusion matrix</h2><p>Rows are true classes, columns predicted classes.</p>",
+        _table(("true \\ predicted", *classes), confusion),
+    ]
+    for name, caption, png in pictures:
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(
+            f'<figure><a href="{e(name)}"><img src="data:image/png;base64,{data}" alt="{e(caption)}"></a>'
+            f"<figcaption>{e(caption)} (<a href=\"{e(name)}\">{e(name)}</a>)</figcaption></figure>"
+        )
+    if errors_rows:
+        parts += ["<h3>Most confidently wrong images</h3>",
+                  _table(("file", "true class", "predicted class", "probability"), errors_rows)]
+    parts += ["<h2>Configuration (config.yaml)</h2>", f"<pre>{e(config_text or '(no config.yaml)')}</pre>"]
+    machine = {k: v for k, v in metrics.items()}
+    machine["classes"] = list(classes)
+    parts.append(f'<script type="application/json" id="metrics">{_json_for_script(machine)}</script>')
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None) -> Path:
+    """Write the run's PNGs and report.html into out_dir (default run_dir/report); returns the HTML path."""
+    matplotlib, Figure, Canvas = _matplotlib()
+    from .predictor import Predictor
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CnnError(f"{run_dir}: run folder not found")
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
+    ckpt = Path(checkpoint) if checkpoint is not None else find_checkpoint(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    config_text = cfg_path.read_text(encoding="utf-8", errors="replace") if cfg_path.is_file() else ""
+    history = read_history(run_dir / "metrics.csv")
+
+    predictor = Predictor.from_checkpoint(ckpt)
+    classes = list(predictor.classes)
+    if data_dir is not None:
+        metrics, dataset, probs = evaluate_predictor(predictor, data_dir)
+    else:
+        dataset, skipped, description = _validation_data(run_dir, predictor)
+        probs = predictor.predict_proba(dataset.images)  # (N,C)
+        metrics = compute_metrics(probs, dataset.labels, classes)
+        metrics["data"] = description
+        metrics["skipped"] = skipped
+    metrics["checkpoint"] = str(ckpt)
+    errors = most_confident_errors(probs, dataset.labels)
+    errors_rows = [(dataset.paths[i] if i < len(dataset.paths) else str(i), classes[dataset.labels[i]], classes[p],
+                    f"{q:.4f}") for i, p, q in zip(*errors)]
+
+    n = len(classes)
+    side = max(4.0, 0.45 * n + 2.0)
+    grid_rows = max(1, math.ceil(len(errors[0]) / 8))
+    specs = [
+        ("curves.png", "Learning curves: loss and accuracy per epoch; learning rate dashed (right axis of the loss panel)",
+         (11, 4), lambda fig: plot_curves(fig, history)),
+        ("confusion.png", f"Confusion matrix of {ckpt.name} on {metrics['data']}",
+         (2 * side + 1.5, side), lambda fig: plot_confusion(fig, metrics["confusion"], classes)),
+        ("per_class.png", "Per-class precision and recall",
+         (max(6.0, 0.5 * n + 2), 4), lambda fig: plot_per_class(fig, metrics, classes)),
+        ("errors.png", "Most confidently wrong images (true class, predicted class, probability)",
+         (10, 0.5 + 1.45 * grid_rows), lambda fig: plot_errors(fig, dataset.images, dataset.labels, classes, errors)),
+        ("filters.png", "First-layer convolution filters",
+         (9, 2.2), lambda fig: plot_filters(fig, predictor.network.params["conv1.w"])),
+    ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pictures = []
+    with matplotlib.rc_context(STYLE):
+        for name, caption, size, draw in specs:
+            fig = _new_figure(Figure, Canvas, *size)
+            draw(fig)
+            fig.savefig(out_dir / name, format="png", dpi=DPI)
+            pictures.append((name, caption, (out_dir / name).read_bytes()))
+    title = f"cnn report: {run_dir.resolve().name}"
+    page = render_html(title, metrics, classes, history, config_text, pictures, errors_rows)
+    target = out_dir / "report.html"
+    _write_atomic(target, page.encode("utf-8"))
+    return target
+
+
+__all__ = ["write_report", "read_history", "find_checkpoint", "most_confident_errors", "render_html",
+           "MATPLOTLIB_MISSING"]

@@ -75,21 +75,10 @@ def load_datasets(cfg: dict, echo=None):
         skipped = list(skipped) + list(val_skipped)
     else:
         tr_idx, va_idx = data.stratified_split(train_ds.labels, d["val_split"], d["seed"])
-        train_ds, val_ds = _subset(train_ds, tr_idx), _subset(train_ds, va_idx)
+        train_ds, val_ds = train_ds.subset(tr_idx), train_ds.subset(va_idx)
     if len(train_ds.labels) == 0:
         raise DataError(f"{train_dir}: no training images left after the validation split")
     return train_ds, val_ds, skipped
-
-
-def _subset(ds, idx):
-    from cnncli.data import Dataset
-
-    return Dataset(
-        images=np.ascontiguousarray(ds.images[idx]),
-        labels=ds.labels[idx],
-        classes=ds.classes,
-        paths=[ds.paths[i] for i in idx],
-    )
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, min_last: int) -> list:
@@ -251,6 +240,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
         state = _state_from_meta(meta, ckpt_path)
         run_dir = Path(out) if out else ckpt_path.parent
         run_dir.mkdir(parents=True, exist_ok=True)
+        for debris in run_dir.glob(".*.tmp-*"):  # half-written saves of a killed process
+            debris.unlink(missing_ok=True)
     threads = set_threads(cfg["train"]["threads"])
 
     train_ds, val_ds, skipped = load_datasets(cfg, echo=echo)

@@ -1,0 +1,185 @@
+"""End to end through the real CLI: train, eval, predict, resume, config errors, determinism."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cnncli.cli import cli
+from e2e_util import SHAPES, load_params, make_folder, run_cli, write_config
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    data = make_folder(tmp / "data")
+    return tmp, data
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def invoke(args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def trained(workspace):
+    tmp, data = workspace
+    cfg = write_config(tmp / "cfg.yaml", data, tmp / "run", epochs=2)
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--quiet", "--no-report"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return tmp, data, tmp / "run", res
+
+
+def test_train_writes_a_complete_run_folder(trained):
+    tmp, data, run, res = trained
+    for name in ("config.yaml", "metrics.csv", "last.npz", "best.npz", "skipped.txt"):
+        assert (run / name).is_file(), name
+    rows = (run / "metrics.csv").read_text().strip().splitlines()
+    assert rows[0].split(",") == ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time_s"]
+    assert len(rows) == 3
+    skipped = (run / "skipped.txt").read_text()
+    assert "broken.png" in skipped and "empty.jpg" in skipped and ".DS_Store" not in skipped
+    assert "epoch 2/2" in res.output
+
+
+def test_eval_json_and_table(trained):
+    tmp, data, run, _ = trained
+    res = invoke(["eval", "--checkpoint", run / "best.npz", "--data", data, "--json"])
+    assert res.exit_code == 0
+    m = json.loads(res.stdout)
+    assert set(m["per_class"]) == set(SHAPES)
+    assert 0.0 <= m["accuracy"] <= 1.0 and m["loss"] > 0
+    conf = np.array(m["confusion"])
+    assert conf.shape == (3, 3) and conf.sum() == m["num_images"]
+    assert m["accuracy"] == pytest.approx(np.trace(conf) / conf.sum())
+    table = invoke(["eval", "--checkpoint", run, "--data", data])
+    assert table.exit_code == 0 and "disc" in table.stdout
+
+
+def test_predict_files_folders_json_and_a_bad_file(trained):
+    tmp, data, run, _ = trained
+    res = CliRunner().invoke(cli, ["predict", "--checkpoint", str(run), str(data / "disc"), "--json", "--top-k", "2"])
+    out = json.loads(res.stdout)
+    assert res.exit_code == 1  # disc/empty.jpg is broken: reported, the others still predicted
+    assert "empty.jpg" in res.stderr
+    assert len(out) == 12 and all(r["class"] in SHAPES and len(r["top_k"]) == 2 for r in out)
+    assert all(0.0 <= r["probability"] <= 1.0 for r in out)
+    one = invoke(["predict", "--checkpoint", run / "best.npz", data / "bar" / "001.png"])
+    assert one.exit_code == 0
+    path, cls, prob = one.stdout.strip().split("\t")[:3]
+    assert path.endswith("001.png") and cls in SHAPES and 0 <= float(prob) <= 1
+
+
+def test_same_config_and_seed_give_bitwise_identical_checkpoints(trained):
+    tmp, data, run, _ = trained
+    res = invoke(["train", "--config", tmp / "cfg.yaml", "--quiet", "--no-report", "--out", tmp / "again"])
+    assert res.exit_code == 0
+    a, b = load_params(run / "last.npz"), load_params(tmp / "again" / "last.npz")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def test_resume_from_finished_epoch_equals_longer_run(workspace, tmp_path):
+    tmp, data = workspace
+    cfg3 = write_config(tmp_path / "c3.yaml", data, tmp_path / "full", epochs=3)
+    assert invoke(["train", "--config", cfg3, "-q", "--no-report"]).exit_code == 0
+    cfg1 = write_config(tmp_path / "c1.yaml", data, tmp_path / "part", epochs=1)
+    assert invoke(["train", "--config", cfg1, "-q", "--no-report"]).exit_code == 0
+    res = invoke(["train", "--resume", tmp_path / "part", "--set", "train.epochs=3", "-q", "--no-report"])
+    assert res.exit_code == 0, res.output
+    a, b = load_params(tmp_path / "full" / "last.npz"), load_params(tmp_path / "part" / "last.npz")
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert (tmp_path / "full" / "metrics.csv").read_text().count("\n") == 4
+    assert len((tmp_path / "part" / "metrics.csv").read_text().strip().splitlines()) == 4
+
+
+def test_new_run_never_overwrites_an_old_one(trained):
+    tmp, data, run, _ = trained
+    res = invoke(["train", "--config", tmp / "cfg.yaml", "-q", "--no-report", "--set", "train.epochs=1"])
+    assert res.exit_code == 0
+    assert res.stdout.strip().endswith("run-2")
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 3  # untouched
+
+
+def test_print_config_shows_every_default(workspace):
+    tmp, data = workspace
+    res = invoke(["train", "--config", tmp / "cfg.yaml", "--print-config", "--set", "optim.lr=0.5"])
+    assert res.exit_code == 0
+    assert "lr: 0.5" in res.stdout and "batchnorm: none" in res.stdout and "early_stopping" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--set", "optim.lrr=0.1"], "optim.lr"),
+        (["--set", "train.batch_size=0"], "train.batch_size"),
+        (["--set", "optim.lr=-1"], "optim.lr"),
+        (["--set", "data.val_split=1.5"], "data.val_split"),
+        (["--set", "model.batchnorm=batch"], "model.batchnorm"),
+        (["--set", "train.epochs=0"], "train.epochs"),
+        (["--set", "noequals"], "noequals"),
+    ],
+)
+def test_bad_settings_fail_in_one_line_with_exit_2(workspace, args, needle):
+    tmp, data = workspace
+    res = CliRunner().invoke(cli, ["train", "--config", str(tmp / "cfg.yaml"), *args])
+    assert res.exit_code == 2, res.output
+    assert needle in res.stderr
+    assert "Traceback" not in res.output and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  train: x\n optim: [\n")
+    res = CliRunner().invoke(cli, ["train", "--config", str(bad)])
+    assert res.exit_code == 2 and "bad.yaml" in res.stderr and ":3" in res.stderr
+
+
+def test_missing_data_folder_is_one_line(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "nope", tmp_path / "run")
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "-q"])
+    assert res.exit_code != 0 and "nope" in res.stderr and "Traceback" not in res.output
+    assert not (tmp_path / "run" / "last.npz").exists()
+
+
+def test_eval_refuses_a_folder_with_other_classes(trained, tmp_path):
+    tmp, data, run, _ = trained
+    other = tmp_path / "other"
+    for name in ("cat", "dog"):
+        (other / name).mkdir(parents=True)
+        make_one = (data / "bar" / "001.png").read_bytes()
+        (other / name / "a.png").write_bytes(make_one)
+    res = CliRunner().invoke(cli, ["eval", "--checkpoint", str(run), "--data", str(other)])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "cat" in res.stderr or "dog" in res.stderr
+
+
+def test_non_finite_loss_stops_with_epoch_and_step(workspace, tmp_path):
+    tmp, data = workspace
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=3)
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "-q", "--no-report",
+                                   "--set", "optim.name=sgd", "--set", "optim.lr=1e30"])
+    assert res.exit_code == 1, res.output
+    assert "non-finite" in res.stderr and "epoch 1" in res.stderr and "step" in res.stderr
+
+
+def test_python_dash_m_matches_cnn(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "cnncli", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "train" in res.stdout and "predict" in res.stdout
+
+
+def test_subprocess_user_error_has_no_traceback(tmp_path):
+    res = run_cli(["eval", "--checkpoint", tmp_path / "missing.npz", "--data", tmp_path], tmp_path)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "missing.npz" in res.stderr

@@ -1,0 +1,201 @@
+"""Checkpoint files: an uncompressed .npz of named arrays plus a JSON "__meta__" member.
+
+`save` is atomic (temp file in the same folder, fsync, os.replace); `load` treats the file as
+hostile: no pickles, no object arrays, size caps checked before reading, one-line CheckpointError.
+This module knows nothing about models or optimizers: it stores and checks named arrays only.
+"""
+
+import json
+import math
+import os
+import secrets
+import zipfile
+
+import numpy as np
+
+from .errors import CheckpointError
+
+FORMAT_VERSION = 1
+META_KEY = "__meta__"
+MAX_BYTES = 2 * 1024 ** 3  # default cap on the total uncompressed size of a checkpoint
+MAX_RATIO = 20  # declared uncompressed size may be at most this many times the file size
+_HEADER_SLACK = 1 << 16  # the ratio check allows this much on top (zip/npy headers of tiny files)
+
+
+def save(path, arrays, meta) -> None:
+    """Write `arrays` (name -> ndarray) and `meta` (JSON-serialisable dict) to `path` atomically.
+
+    Either the new file is complete at `path` or the previous file there is untouched.
+    """
+    path = os.fspath(path)
+    if META_KEY in arrays:
+        raise ValueError(f"arrays: the name {META_KEY!r} is reserved for the metadata")
+    members = {}
+    for name, value in arrays.items():
+        a = np.asarray(value)
+        if a.dtype.hasobject:
+            raise ValueError(f"arrays[{name!r}]: object arrays cannot be stored (dtype {a.dtype})")
+        members[name] = a
+    meta = dict(meta)
+    meta["format_version"] = FORMAT_VERSION
+    text = json.dumps(meta, ensure_ascii=False, sort_keys=False)
+    members[META_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)  # (bytes,)
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "xb") as f:
+            np.savez(f, **members)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder):
+    """Make the rename durable; a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load(path, max_bytes=MAX_BYTES):
+    """Read a checkpoint written by `save`: returns (arrays dict, meta dict).
+
+    Never unpickles and never trusts sizes: every problem is a one-line CheckpointError naming
+    the file (and the array key when one is at fault).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    try:
+        file_size = os.path.getsize(path)
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise CheckpointError(f"{path}: not a checkpoint (.npz zip archive); truncated or not a zip file") from None
+    except Exception as e:  # zipfile raises many types on hostile directories (NotImplementedError, ...)
+        raise CheckpointError(f"{path}: cannot open checkpoint: {_one_line(e)}") from None
+    with zf:
+        infos = _check_members(path, zf, file_size, max_bytes)
+        arrays = {}
+        for key, info in infos.items():
+            arrays[key] = _read_member(path, zf, key, info)
+    meta = _parse_meta(path, arrays.pop(META_KEY, None))
+    return arrays, meta
+
+
+def _check_members(path, zf, file_size, max_bytes):
+    """Validate the zip directory before reading any data: names, duplicates, declared sizes."""
+    infos = {}
+    total = 0
+    for info in zf.infolist():
+        name = info.filename
+        if not name.endswith(".npy") or info.is_dir():
+            raise CheckpointError(f"{path}: member {name!r} is not a .npy array")
+        key = name[:-len(".npy")]
+        if key in infos:
+            raise CheckpointError(f"{path}: array {key!r} appears twice")
+        if info.flag_bits & 0x1:
+            raise CheckpointError(f"{path}: array {key!r} is encrypted")
+        total += info.file_size
+        infos[key] = info
+    if total > max_bytes:
+        raise CheckpointError(
+            f"{path}: declared uncompressed size {total} bytes exceeds the limit of {max_bytes} bytes")
+    if total > MAX_RATIO * file_size + _HEADER_SLACK:
+        raise CheckpointError(
+            f"{path}: declared uncompressed size {total} bytes is over {MAX_RATIO}x the file size "
+            f"({file_size} bytes); refusing a possible zip bomb")
+    return infos
+
+
+def _read_member(path, zf, key, info):
+    """One array, header checked first: no object dtype, data size consistent with the member."""
+    fmt = np.lib.format
+    try:
+        with zf.open(info) as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(f)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+            if dtype.hasobject:
+                raise CheckpointError(
+                    f"{path}: array {key!r} holds Python objects (dtype {dtype}); refusing to unpickle")
+            header_end = f.tell()
+            declared = math.prod(shape) * dtype.itemsize  # exact: Python ints do not overflow
+            if declared != info.file_size - header_end:
+                raise CheckpointError(
+                    f"{path}: array {key!r} declares {declared} data bytes but holds "
+                    f"{info.file_size - header_end}")
+        with zf.open(info) as f:
+            return fmt.read_array(f, allow_pickle=False)
+    except CheckpointError:
+        raise
+    except Exception as e:  # any decoding failure of an untrusted file is a bad checkpoint
+        raise CheckpointError(f"{path}: array {key!r} is unreadable: {_one_line(e)}") from None
+
+
+def _parse_meta(path, raw):
+    if raw is None:
+        raise CheckpointError(f"{path}: missing {META_KEY!r} (not a cnncli checkpoint)")
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise CheckpointError(f"{path}: {META_KEY!r} must be a 1-D uint8 array, got {raw.dtype} {raw.shape}")
+    try:
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: {META_KEY!r} is not valid UTF-8 JSON: {_one_line(e)}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: {META_KEY!r} must be a JSON object, got {type(meta).__name__}")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path}: {META_KEY!r} has no integer 'format_version'")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format_version {version} is newer than this cnncli supports "
+            f"({FORMAT_VERSION}); upgrade cnncli")
+    if version < 1:
+        raise CheckpointError(f"{path}: invalid format_version {version}")
+    return meta
+
+
+def check_arrays(arrays, expected, path) -> None:
+    """Check that `arrays` holds exactly the keys of `expected` (name -> (shape, dtype))."""
+    for key in expected:
+        if key not in arrays:
+            shape, dtype = expected[key]
+            raise CheckpointError(
+                f"{path}: missing array {key!r} (expected shape {tuple(shape)}, dtype {np.dtype(dtype)})")
+    for key in arrays:
+        if key not in expected:
+            raise CheckpointError(f"{path}: unexpected array {key!r} (found shape {np.shape(arrays[key])})")
+    for key, (shape, dtype) in expected.items():
+        a = arrays[key]
+        if tuple(a.shape) != tuple(shape):
+            raise CheckpointError(
+                f"{path}: array {key!r} has shape {tuple(a.shape)}, expected {tuple(shape)}")
+        if a.dtype != np.dtype(dtype):
+            raise CheckpointError(f"{path}: array {key!r} has dtype {a.dtype}, expected {np.dtype(dtype)}")
+
+
+def _one_line(e):
+    text = " ".join(str(e).split())
+    return text or type(e).__name__

@@ -1,0 +1,160 @@
+"""Correctness of the `cnn bench` machinery (never its speed): rows, JSON, and an honest torch twin.
+
+The twin test checks, in float64, that the PyTorch network built by cnncli.bench computes the same
+loss, gradients, probabilities and Adam update as cnncli.model.Network with the same weights, so
+`--vs-torch` compares like with like. It is skipped (with a reason) when torch is not installed.
+"""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cnncli import bench
+from cnncli.cli import cli
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - depends on the environment
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch not installed (pip install torch==2.13.0)")
+
+
+def _check_rate(summary):
+    assert summary["median"] > 0
+    assert summary["min"] <= summary["median"] <= summary["max"]
+    assert all(r > 0 for r in summary["runs"])
+
+
+def test_run_bench_rows_and_text():
+    printed = []
+    result = bench.run_bench(batchnorm="none", batch_sizes=[8], threads=1, seconds=0.05, repeats=1,
+                             echo=printed.append)
+    assert [(r["mode"], r["batch_size"]) for r in result["rows"]] == [("train", 8), ("infer", 8)]
+    for row in result["rows"]:
+        _check_rate(row["ours"])
+        assert row["torch"] is None and row["ratio"] is None
+        assert row["ours_gflops"] > 0
+    assert result["latency"]["ours"]["median_us"] > 0
+    assert result["latency"]["ours"]["calls"] >= 50
+    assert result["machine"]["threads"] == 1
+    assert result["jit"]["train_step_s"] >= 0
+    text = printed[0]
+    assert "train" in text and "infer" in text and "ours img/s" in text and "ours/torch" not in text
+    assert "numba" in text and "BLAS" in text
+
+
+def test_run_bench_rejects_unknown_variant():
+    from cnncli.errors import CnnError
+
+    with pytest.raises(CnnError, match="batchnorm"):
+        bench.run_bench(batchnorm="layer", batch_sizes=[8], seconds=0.05, repeats=1, echo=lambda s: None)
+
+
+def test_cli_bench_json_parses():
+    res = CliRunner().invoke(cli, ["bench", "--batchnorm", "channel", "--batch-sizes", "8,4", "--seconds", "0.1",
+                                   "--repeats", "2", "--threads", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["settings"]["batchnorm"] == "channel"
+    assert data["settings"]["repeats"] == 2
+    assert [(r["mode"], r["batch_size"]) for r in data["rows"]] == [("train", 8), ("train", 4), ("infer", 8), ("infer", 4)]
+    for row in data["rows"]:
+        _check_rate(row["ours"])
+        assert len(row["ours"]["runs"]) == 2
+
+
+def test_cli_bench_bad_batch_sizes():
+    res = CliRunner().invoke(cli, ["bench", "--batch-sizes", "8,x"])
+    assert res.exit_code == 2
+    assert "--batch-sizes" in res.output
+
+
+def test_cli_vs_torch_without_torch_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    res = CliRunner().invoke(cli, ["bench", "--vs-torch", "--batch-sizes", "8", "--seconds", "0.1", "--repeats", "1"])
+    assert res.exit_code == 1
+    assert "pip install torch==2.13.0" in res.output
+    assert "Traceback" not in res.output
+
+
+@needs_torch
+def test_cli_vs_torch_rows_have_ratios():
+    res = CliRunner().invoke(cli, ["bench", "--vs-torch", "--batch-sizes", "8", "--seconds", "0.1", "--repeats", "1",
+                                   "--threads", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["machine"]["torch"] == torch.__version__
+    assert data["machine"]["torch_threads"] == 1
+    for row in data["rows"]:
+        _check_rate(row["torch"])
+        assert row["ratio"] == pytest.approx(row["ours"]["median"] / row["torch"]["median"])
+    assert data["latency"]["torch"]["median_us"] > 0
+
+
+def _grad_name(twin_name):
+    """torch state name -> our parameter name ("conv1.weight" -> "conv1.w", "bn1.weight" -> "bn1.gamma")."""
+    layer, field = twin_name.split(".")
+    if layer.startswith("bn"):
+        return f"{layer}.{ {'weight': 'gamma', 'bias': 'beta'}[field] }"
+    return f"{layer}.{ {'weight': 'w', 'bias': 'b'}[field] }"
+
+
+@needs_torch
+@pytest.mark.parametrize("batchnorm", ["none", "unit", "channel"])
+def test_torch_twin_matches_network_in_float64(batchnorm):
+    ours = bench.Ours(num_classes=5, batchnorm=batchnorm, seed=3, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    # non-trivial BN parameters and buffers, so a wrongly mapped gamma/beta/running stat would show
+    for name, arr in ours.net.params.items():
+        if name.startswith("bn") or name.endswith(".b"):
+            arr[...] = rng.uniform(0.5, 1.5, arr.shape) if name.endswith("gamma") else rng.normal(0, 0.2, arr.shape)
+    for name, arr in ours.net.buffers.items():
+        arr[...] = rng.uniform(0.5, 2.0, arr.shape) if name.endswith("var") else rng.normal(0, 0.3, arr.shape)
+    twin = bench.Torch(ours, batchnorm)
+    x = rng.standard_normal((6, 1, 32, 32))           # (N,1,32,32) float64
+    y = rng.integers(0, 5, 6)                         # (N,)
+
+    # inference mode (running statistics)
+    p_ours = ours.infer(x)
+    p_twin = twin.infer(x).numpy()
+    np.testing.assert_allclose(p_twin, p_ours, rtol=1e-10, atol=1e-12)
+
+    # training mode: loss, every gradient, running statistics
+    loss_ours, _ = ours.net.train_step(x, y)
+    twin.model.train()
+    twin.opt.zero_grad(set_to_none=True)
+    loss_twin, _ = bench.torch_loss(twin.model, torch.from_numpy(x), torch.from_numpy(y))
+    loss_twin.backward()
+    assert loss_ours == pytest.approx(loss_twin.item(), rel=1e-12)
+    named = dict(twin.model.named_parameters())
+    assert {_grad_name(k) for k in named} == set(ours.net.grads)
+    for tname, p in named.items():
+        np.testing.assert_allclose(p.grad.numpy(), ours.net.grads[_grad_name(tname)], rtol=1e-8, atol=1e-11,
+                                   err_msg=tname)
+    state = twin.model.state_dict()
+    for name, arr in ours.net.buffers.items():
+        np.testing.assert_allclose(state[name].numpy(), arr, rtol=1e-10, atol=1e-12, err_msg=name)
+
+    # one Adam step on each side from the very same gradients (under BN the conv/fc bias gradients are
+    # zero up to rounding, and Adam would amplify that rounding noise into the update)
+    with torch.no_grad():
+        for tname, p in named.items():
+            p.grad.copy_(torch.from_numpy(ours.net.grads[_grad_name(tname)]))
+    ours.opt.step(ours.net.params.flat, ours.net.grads.flat, ours.lr)
+    twin.opt.step()
+    for tname, p in named.items():
+        np.testing.assert_allclose(p.detach().numpy(), ours.net.params[_grad_name(tname)], rtol=1e-9, atol=1e-12,
+                                   err_msg=tname)
+
+
+@needs_torch
+def test_torch_twin_rejects_mismatched_layout():
+    ours = bench.Ours(num_classes=3, batchnorm="channel")
+    params = dict(ours.net.params)
+    params["bn9.gamma"] = params.pop("bn1.gamma")
+    with pytest.raises((ValueError, KeyError)):
+        bench.build_torch_twin(params, ours.net.buffers, "channel")

@@ -1,0 +1,507 @@
+"""Tests for cnncli.data: decoding every mode, resize geometry, skip reasons, errors, cache, split."""
+
+import io
+import os
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from cnncli import data
+from cnncli.errors import DataError
+
+
+@pytest.fixture(autouse=True)
+def cache_in_tmp(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(d))
+    return d
+
+
+def save(path, img, fmt=None, **kw):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt, **kw)
+    return path
+
+
+def gray(value, w=8, h=8):
+    return Image.new("L", (w, h), value)
+
+
+def noise_img(seed, w=40, h=30):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8))
+
+
+def forged_png(width, height):
+    """A tiny valid-looking PNG whose IHDR declares width x height (CRC fixed up)."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1), 0).save(buf, "PNG")
+    b = bytearray(buf.getvalue())
+    ihdr_data = struct.pack(">II", width, height) + bytes(b[24:29])
+    b[16:29] = ihdr_data
+    b[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr_data))
+    return bytes(b)
+
+
+# ----------------------------------------------------------------------------- modes and sizes
+
+def _16bit_png(p):
+    save(p, Image.fromarray(np.full((10, 12), 128 * 257, dtype=np.uint16)))
+
+
+def _palette():
+    img = Image.new("P", (8, 8), 1)             # every pixel is palette index 1 = (10, 10, 10)
+    img.putpalette([0, 0, 0, 10, 10, 10])
+    return img
+
+
+def _cases():
+    """(file name, writer, expected constant pixel value or None, tolerance)."""
+    return [
+        ("l.png", lambda p: save(p, gray(77)), 77, 0),
+        ("one_by_one.png", lambda p: save(p, gray(201, 1, 1)), 201, 0),
+        ("wide_1000x3.png", lambda p: save(p, gray(90, 1000, 3)), 90, 0),
+        ("tall_3x1000.bmp", lambda p: save(p, gray(91, 3, 1000)), 91, 0),
+        ("odd_37x5.png", lambda p: save(p, gray(92, 37, 5)), 92, 0),
+        ("bilevel.png", lambda p: save(p, Image.new("1", (9, 9), 1)), 255, 0),
+        ("sixteen.png", _16bit_png, 128, 0),                      # scaled by 255/65535, not clipped
+        ("rgb.png", lambda p: save(p, Image.new("RGB", (8, 8), (255, 0, 0))), 76, 1),
+        ("rgba_transparent.png", lambda p: save(p, Image.new("RGBA", (8, 8), (0, 0, 0, 0))), 255, 0),
+        ("rgba_opaque.png", lambda p: save(p, Image.new("RGBA", (8, 8), (0, 0, 255, 255))), 29, 1),
+        ("la_half.png", lambda p: save(p, Image.new("LA", (8, 8), (0, 128))), 127, 1),
+        ("palette.gif", lambda p: save(p, Image.new("RGB", (8, 8), (0, 255, 0)).convert("P")), 150, 2),
+        ("palette_transparent.png", lambda p: save(p, _palette(), transparency=1), 255, 0),
+        ("palette_transparent.gif", lambda p: save(p, _palette(), transparency=1), 255, 0),
+        ("palette_opaque.png", lambda p: save(p, _palette()), 10, 0),
+        ("cmyk.jpg", lambda p: save(p, Image.new("CMYK", (16, 16), (0, 0, 0, 0)), quality=95), 255, 2),
+        ("l.tif", lambda p: save(p, gray(66)), 66, 0),
+        ("sixteen.tiff", lambda p: save(p, Image.fromarray(np.full((6, 6), 65535, np.uint16))), 255, 0),
+        ("float.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 0.5, np.float32))), 128, 0),
+        ("int32.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 257 * 10, np.int32))), 10, 0),
+        ("rgb.webp", lambda p: save(p, Image.new("RGB", (8, 8), (100, 100, 100)), lossless=True), 100, 1),
+        ("l.pgm", lambda p: save(p, gray(55)), 55, 0),
+        ("sixteen.pgm", lambda p: save(p, Image.fromarray(np.full((5, 5), 200 * 257, np.uint16))), 200, 0),
+        ("rgb.bmp", lambda p: save(p, Image.new("RGB", (8, 8), (10, 20, 30))), 18, 1),
+        ("upper.JPG", lambda p: save(p, gray(150, 20, 20), "JPEG", quality=95), 150, 2),
+        ("big.jpeg", lambda p: save(p, Image.new("RGB", (1600, 1200), (60, 60, 60)), "JPEG"), 60, 2),
+    ]
+
+
+@pytest.mark.parametrize("name,writer,value,tol", _cases(), ids=[c[0] for c in _cases()])
+@pytest.mark.parametrize("resize", data.RESIZE_MODES)
+def test_every_mode_and_size_becomes_uint8_square(tmp_path, name, writer, value, tol, resize):
+    p = tmp_path / name
+    writer(p)
+    a = data.load_image(p, image_size=32, resize=resize)
+    assert a.shape == (32, 32) and a.dtype == np.uint8 and a.flags.c_contiguous
+    assert np.abs(a.astype(int) - value).max() <= tol, (a.min(), a.max())
+
+
+def test_image_size_parameter(tmp_path):
+    p = save(tmp_path / "x.png", noise_img(0, 50, 70))
+    assert data.load_image(p, image_size=20).shape == (20, 20)
+    assert data.load_image(p, image_size=64, resize="crop").shape == (64, 64)
+
+
+def test_animated_gif_uses_first_frame(tmp_path):
+    frames = [gray(v, 10, 10).convert("P") for v in (40, 200, 120)]
+    p = tmp_path / "anim.gif"
+    frames[0].save(p, save_all=True, append_images=frames[1:], duration=50, loop=0)
+    assert Image.open(p).n_frames == 3
+    a = data.load_image(p)
+    assert abs(int(a.mean()) - 40) <= 1
+
+
+def test_exif_orientation_applied_to_jpeg(tmp_path):
+    arr = np.zeros((20, 40), np.uint8)        # (H, W): left half black, right half white
+    arr[:, 20:] = 255
+    img = Image.fromarray(arr)
+    exif = Image.Exif()
+    exif[0x0112] = 6                          # "rotate 90 CW to display"
+    p = tmp_path / "rot.jpg"
+    img.save(p, "JPEG", quality=95, exif=exif.tobytes())
+    a = data.load_image(p, resize="stretch").astype(int)
+    # displayed image is 20 wide, 40 tall: the black left half becomes the top half
+    assert a[:12].mean() < 30 and a[20:].mean() > 225
+
+
+# ----------------------------------------------------------------------------- resize geometry
+
+def test_stretch_geometry():
+    a = np.zeros((32, 64), np.uint8)          # (H, W): left half 0, right half 255
+    a[:, 32:] = 255
+    out = data.resize_gray(a, 32, "stretch").astype(int)
+    assert out.shape == (32, 32)
+    assert (out[:, :15] < 5).all() and (out[:, 17:] > 250).all()
+    assert (out == out[0]).all()              # every row identical
+
+
+def test_crop_geometry_keeps_the_centre_square():
+    a = np.zeros((32, 96), np.uint8)          # black | 200 | black, each 32 wide
+    a[:, 32:64] = 200
+    out = data.resize_gray(a, 32, "crop")
+    assert (out == 200).all()
+    tall = np.zeros((100, 20), np.uint8)
+    tall[40:60] = 255
+    out = data.resize_gray(tall, 32, "crop").astype(int)   # centre 20x20 is all white
+    assert (out > 250).all()
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_pad_geometry_keeps_aspect_centres_and_fills_with_border_value(transpose):
+    a = np.zeros((32, 64), np.uint8)          # (H, W) 1:2, a white 4-px frame round a black inside
+    a[:4], a[-4:], a[:, :4], a[:, -4:] = 255, 255, 255, 255
+    if transpose:
+        a = a.T.copy()
+    out = data.resize_gray(a, 32, "pad").astype(int)
+    if transpose:
+        out = out.T
+    assert out.shape == (32, 32)
+    assert (out[:8] == 255).all() and (out[24:] == 255).all()   # pad = border value (white)
+    dark_rows = np.flatnonzero(out[:, 16] < 128)
+    assert dark_rows.min() >= 9 and dark_rows.max() <= 22      # image occupies rows 8..23
+    assert out[16, 16] < 10 and out[16, 3] < 10
+
+
+def test_pad_fill_follows_dark_background():
+    a = np.zeros((10, 40), np.uint8)
+    a[3:7, 10:30] = 250
+    out = data.resize_gray(a, 32, "pad")
+    assert out[0, 0] == 0 and out[31, 31] == 0 and out.max() > 200
+
+
+def test_bad_resize_mode_is_a_data_error(tmp_path):
+    p = save(tmp_path / "x.png", gray(1))
+    with pytest.raises(DataError, match="resize"):
+        data.load_image(p, resize="squash")
+
+
+# ----------------------------------------------------------------------------- bad files
+
+def _bytes_of(img, fmt, **kw):
+    b = io.BytesIO()
+    img.save(b, fmt, **kw)
+    return b.getvalue()
+
+
+def bad_files():
+    """name -> (bytes, expected substring of the reason)."""
+    rgb = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    png, jpg = _bytes_of(rgb, "PNG"), _bytes_of(rgb, "JPEG")
+    return {
+        "truncated.png": (png[: len(png) // 2], "truncated"),
+        "truncated.jpg": (jpg[: len(jpg) // 2], "truncated"),
+        "zero.png": (b"", "empty file"),
+        "text.png": (b"this is not an image\n", "looks like text"),
+        "bomb.png": (forged_png(20000, 20000), "too large"),
+        "bomb_under_pillow_limit.png": (forged_png(7000, 7000), "too large"),
+        "icon.png": (_bytes_of(rgb, "ICO"), "not a PNG/JPEG"),
+        "targa.jpg": (_bytes_of(rgb, "TGA"), "not a PNG/JPEG"),
+        "doc.tif": (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "PDF"),
+        "garbage.webp": (bytes(range(256)) * 4, "not a PNG/JPEG"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(bad_files()))
+def test_load_image_rejects_bad_file_with_reason(tmp_path, name):
+    content, reason = bad_files()[name]
+    p = tmp_path / name
+    p.write_bytes(content)
+    with pytest.raises(DataError) as e:
+        data.load_image(p)
+    msg = str(e.value)
+    assert msg.startswith(str(p) + ": ") and reason in msg and "\n" not in msg
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_pixel_limit_is_per_call_and_checked_before_decoding(tmp_path):
+    p = save(tmp_path / "x.png", noise_img(0, 100, 100))
+    assert data.load_image(p).shape == (32, 32)
+    with pytest.raises(DataError, match="too large: 100x100"):
+        data.load_image(p, max_pixels=5000)
+
+
+def test_decompression_bomb_warning_becomes_a_skip_not_a_warning(tmp_path):
+    p = tmp_path / "warn.png"               # 100 MP: above Pillow's warning limit, below its error limit
+    p.write_bytes(forged_png(10000, 10000))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DataError, match="decompression bomb"):
+            data.load_image(p, max_pixels=10**12)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def make_folder(root, per_class=3, classes=("cat", "dog")):
+    for ci, c in enumerate(classes):
+        for i in range(per_class):
+            save(root / c / f"{i:03d}.png", noise_img(ci * 100 + i))
+    return root
+
+
+def test_bad_files_are_skipped_with_reasons_and_hidden_files_ignored(tmp_path):
+    root = make_folder(tmp_path / "d")
+    for name, (content, _) in bad_files().items():
+        (root / "cat" / name).write_bytes(content)
+    (root / "dog" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "dog" / "._001.png").write_bytes(b"\0\5\26\7AppleDouble")
+    (root / "dog" / "notes.txt").write_text("hello")
+    (root / ".hidden_class").mkdir()
+    save(root / ".hidden_class" / "x.png", gray(3))
+    ds, skipped = data.load_folder(root, cache=False)
+    assert ds.classes == ["cat", "dog"]
+    assert len(ds) == 6 and ds.images.shape == (6, 32, 32) and ds.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    got = {os.path.basename(p): why for p, why in skipped}
+    assert set(got) == set(bad_files())
+    for name, (_, reason) in bad_files().items():
+        assert reason in got[name], (name, got[name])
+    assert all(os.path.isabs(p) or p.startswith(str(root)) for p, _ in skipped)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_strict_mode_lists_every_skipped_file(tmp_path):
+    root = make_folder(tmp_path / "d")
+    (root / "cat" / "zero.png").write_bytes(b"")
+    (root / "dog" / "text.jpg").write_bytes(b"hello")
+    with pytest.raises(DataError) as e:
+        data.load_folder(root, strict=True)
+    lines = str(e.value).splitlines()
+    assert len(lines) == 3 and "2 unusable file(s)" in lines[0] and str(root) in lines[0]
+    assert "zero.png: empty file" in lines[1] and "text.jpg: not a" in lines[2]
+
+
+def test_nested_folders_case_insensitive_extensions_and_order(tmp_path):
+    root = tmp_path / "d"
+    save(root / "b" / "z.PNG", gray(1))
+    save(root / "b" / "deep" / "er" / "a.JpEg", gray(2, 9, 9), "JPEG")
+    save(root / "a" / "y.Tiff", gray(3))
+    save(root / "a" / "x.bmp", gray(4))
+    save(root / "__MACOSX" / "a" / "x.png", gray(5))
+    save(root / "loose.png", gray(6))
+    ds, skipped = data.load_folder(root, cache=False)
+    rel = [os.path.relpath(p, root).replace(os.sep, "/") for p in ds.paths]
+    assert rel == ["a/x.bmp", "a/y.Tiff", "b/deep/er/a.JpEg", "b/z.PNG"]
+    assert ds.labels.dtype == np.int64 and ds.labels.tolist() == [0, 0, 1, 1]
+    assert [int(round(ds.images[i].mean())) for i in range(4)] == [4, 3, 2, 1]
+    assert [(os.path.basename(p), w) for p, w in skipped] == [("loose.png", "not inside a class subfolder")]
+
+
+def test_parallel_decode_matches_serial(tmp_path):
+    root = make_folder(tmp_path / "d", per_class=40, classes=("a", "b", "c"))
+    (root / "b" / "bad.png").write_bytes(b"x")
+    one, s1 = data.load_folder(root, workers=1, cache=False)
+    two, s2 = data.load_folder(root, workers=2, cache=False)
+    assert np.array_equal(one.images, two.images) and np.array_equal(one.labels, two.labels)
+    assert one.paths == two.paths and s1 == s2 and len(one) == 120
+
+
+# ----------------------------------------------------------------------------- folder errors
+
+def _error(root, **kw):
+    with pytest.raises(DataError) as e:
+        data.load_folder(root, **kw)
+    msg = str(e.value)
+    assert "\n" not in msg and str(root) in msg
+    return msg
+
+
+def test_missing_folder(tmp_path):
+    assert "does not exist" in _error(tmp_path / "nope")
+
+
+def test_not_a_folder(tmp_path):
+    f = tmp_path / "file.png"
+    f.write_bytes(b"x")
+    assert "not a folder" in _error(f)
+
+
+def test_no_class_subfolders(tmp_path):
+    root = tmp_path / "flat"
+    save(root / "a.png", gray(1))
+    assert "no class subfolders" in _error(root)
+    (tmp_path / "empty").mkdir()
+    assert "no class subfolders" in _error(tmp_path / "empty")
+
+
+def test_empty_class_folder(tmp_path):
+    root = make_folder(tmp_path / "d")
+    (root / "empty").mkdir()
+    (root / "empty" / "readme.txt").write_text("x")
+    assert "empty" in _error(root) and "no image files" in _error(root)
+
+
+def test_class_whose_images_are_all_bad(tmp_path):
+    root = make_folder(tmp_path / "d")
+    (root / "broken").mkdir()
+    (root / "broken" / "a.png").write_bytes(b"")
+    msg = _error(root)
+    assert "no usable images" in msg and "broken" in msg
+
+
+def test_single_class(tmp_path):
+    root = make_folder(tmp_path / "d", classes=("only",))
+    assert "only one class" in _error(root)
+
+
+def test_no_images_at_all(tmp_path):
+    root = tmp_path / "d"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        (root / c / "x.txt").write_text("x")
+    assert "no image files" in _error(root)
+
+
+def test_classes_must_match(tmp_path):
+    root = make_folder(tmp_path / "d", classes=("cat", "dog", "eel"))
+    msg = _error(root, classes=["cat", "dog", "fox"])
+    assert "missing fox" in msg and "extra eel" in msg
+    ds, _ = data.load_folder(root, classes=["eel", "cat", "dog"])     # given order sets the labels
+    assert ds.classes == ["eel", "cat", "dog"]
+    assert ds.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert os.path.basename(os.path.dirname(ds.paths[0])) == "eel"
+
+
+# ----------------------------------------------------------------------------- cache
+
+def _forbid_decoding(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("decoder called on a cache hit")
+    monkeypatch.setattr(data, "_decode", boom)
+
+
+def test_cache_hit_does_not_decode_and_keeps_skips(tmp_path, monkeypatch, cache_in_tmp):
+    root = make_folder(tmp_path / "d")
+    (root / "dog" / "zero.png").write_bytes(b"")
+    first, s1 = data.load_folder(root)
+    assert len(list(cache_in_tmp.glob("*.npz"))) == 1
+    assert not [p for p in cache_in_tmp.iterdir() if p.name.startswith(".tmp")]
+    _forbid_decoding(monkeypatch)
+    second, s2 = data.load_folder(root)
+    assert np.array_equal(first.images, second.images) and np.array_equal(first.labels, second.labels)
+    assert second.images.dtype == np.uint8 and second.labels.dtype == np.int64
+    assert first.paths == second.paths and first.classes == second.classes
+    assert s1 == s2 and len(s2) == 1 and "empty file" in s2[0][1]
+    with pytest.raises(DataError, match="unusable"):       # strict still sees the cached skips
+        data.load_folder(root, strict=True)
+
+
+def test_cache_is_keyed_on_settings(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "d")
+    data.load_folder(root)
+    calls = []
+    real = data._decode
+    monkeypatch.setattr(data, "_decode", lambda *a: calls.append(a) or real(*a))
+    ds, _ = data.load_folder(root, image_size=16)
+    assert ds.images.shape == (6, 16, 16) and len(calls) == 6
+    data.load_folder(root, resize="crop")
+    assert len(calls) == 12
+
+
+@pytest.mark.parametrize("change", ["content", "mtime", "new_file", "removed_file"])
+def test_cache_invalidated_when_files_change(tmp_path, monkeypatch, change):
+    root = make_folder(tmp_path / "d")
+    data.load_folder(root)
+    target = root / "cat" / "001.png"
+    if change == "content":
+        save(target, noise_img(999, 60, 60))
+    elif change == "mtime":
+        st = os.stat(target)
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    elif change == "new_file":
+        save(root / "dog" / "new.png", gray(9))
+    else:
+        target.unlink()
+    calls = []
+    real = data._decode
+    monkeypatch.setattr(data, "_decode", lambda *a: calls.append(a) or real(*a))
+    ds, _ = data.load_folder(root)
+    assert calls, "a changed folder must be decoded again"
+    expected = {"content": 6, "mtime": 6, "new_file": 7, "removed_file": 5}[change]
+    assert len(ds) == expected
+    if change == "content":
+        assert np.array_equal(ds.images[1], data.load_image(target))
+
+
+@pytest.mark.parametrize("garbage", [b"", b"not a zip at all", b"PK\x03\x04" + b"\0" * 100])
+def test_corrupt_cache_is_ignored_and_rebuilt(tmp_path, cache_in_tmp, garbage, monkeypatch):
+    root = make_folder(tmp_path / "d")
+    first, _ = data.load_folder(root)
+    (cache_file,) = cache_in_tmp.glob("*.npz")
+    cache_file.write_bytes(garbage)
+    again, _ = data.load_folder(root)
+    assert np.array_equal(first.images, again.images)
+    _forbid_decoding(monkeypatch)                           # the rebuilt cache is good again
+    third, _ = data.load_folder(root)
+    assert np.array_equal(first.images, third.images)
+
+
+def test_cache_false_writes_nothing(tmp_path, cache_in_tmp):
+    root = make_folder(tmp_path / "d")
+    data.load_folder(root, cache=False)
+    assert not cache_in_tmp.exists() or not list(cache_in_tmp.iterdir())
+
+
+def test_unwritable_cache_dir_is_not_fatal(tmp_path, monkeypatch):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the cache dir should be")
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(blocker / "sub"))
+    ds, _ = data.load_folder(make_folder(tmp_path / "d"))
+    assert len(ds) == 6
+
+
+# ----------------------------------------------------------------------------- split
+
+@pytest.mark.parametrize("counts,fraction", [((10, 10, 10), 0.2), ((1, 2, 3, 50), 0.1),
+                                             ((7, 1, 4), 0.5), ((100, 3), 0.01), ((5, 5), 0.9)])
+def test_stratified_split_properties(counts, fraction):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    np.random.default_rng(0).shuffle(labels)
+    tr, va = data.stratified_split(labels, fraction, seed=3)
+    assert tr.dtype == np.int64 and va.dtype == np.int64
+    assert np.all(np.diff(tr) > 0) and np.all(np.diff(va) > 0)             # sorted, unique
+    assert not set(tr) & set(va) and len(tr) + len(va) == len(labels)
+    for c, n in enumerate(counts):
+        k = int((labels[va] == c).sum())
+        expected = int(np.floor(fraction * n + 0.5))
+        expected = min(max(expected, 1), n - 1) if n >= 2 else 0
+        assert k == expected, (c, n, k)
+    tr2, va2 = data.stratified_split(labels, fraction, seed=3)
+    assert np.array_equal(tr, tr2) and np.array_equal(va, va2)
+
+
+def test_stratified_split_depends_on_seed_and_fraction_zero_is_empty():
+    labels = np.repeat(np.arange(4), 50)
+    a = data.stratified_split(labels, 0.2, seed=0)[1]
+    b = data.stratified_split(labels, 0.2, seed=1)[1]
+    assert not np.array_equal(a, b)
+    tr, va = data.stratified_split(labels, 0.0, seed=0)
+    assert len(va) == 0 and np.array_equal(tr, np.arange(200))
+    with pytest.raises(ValueError, match="fraction"):
+        data.stratified_split(labels, 1.0, seed=0)
+
+
+# ----------------------------------------------------------------------------- list_images
+
+def test_list_images(tmp_path):
+    root = tmp_path / "p"
+    save(root / "b.png", gray(1))
+    save(root / "sub" / "a.JPG", gray(1), "JPEG")
+    save(root / "a.gif", gray(1))
+    (root / "notes.txt").write_text("x")
+    (root / ".hidden.png").write_bytes(b"x")
+    save(root / ".git" / "c.png", gray(1))
+    got = data.list_images(root)
+    assert got == sorted(got)
+    assert [os.path.relpath(p, root) for p in got] == ["a.gif", "b.png", os.path.join("sub", "a.JPG")]
+    assert data.list_images(root / "b.png") == [str(root / "b.png")]
+    with pytest.raises(DataError, match="no such file"):
+        data.list_images(root / "missing")
+
+
+def test_dataset_subset():
+    ds = data.Dataset(np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4),
+                      np.array([0, 1, 0], np.int64), ["a", "b"], ["x", "y", "z"])
+    sub = ds.subset([2, 0])
+    assert len(sub) == 2 and sub.paths == ["z", "x"] and np.array_equal(sub.images[0], ds.images[2])

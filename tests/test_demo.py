@@ -1,0 +1,147 @@
+"""Tests for cnncli.demo: layout, determinism, atomic ensure_demo, and that the pictures vary."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnncli import data, demo
+from cnncli.errors import DataError
+
+SMALL = dict(train_per_class=4, test_per_class=2)
+
+
+def tree_bytes(root):
+    """{relative path: bytes} of every file under root."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = fh.read()
+    return out
+
+
+def test_layout_and_counts(tmp_path):
+    root = demo.generate_demo(tmp_path / "d", seed=0, **SMALL)
+    assert len(demo.CLASSES) == 12 and list(demo.CLASSES) == sorted(demo.CLASSES)
+    for split, n in (("train", 4), ("test", 2)):
+        assert sorted(os.listdir(os.path.join(root, split))) == list(demo.CLASSES)
+        for c in demo.CLASSES:
+            files = sorted(os.listdir(os.path.join(root, split, c)))
+            assert files == [f"{i:05d}.png" for i in range(n)]
+            with Image.open(os.path.join(root, split, c, files[0])) as im:
+                assert im.format == "PNG" and im.mode == "L" and im.size == (32, 32)
+    marker = json.loads((tmp_path / "d" / demo.MARKER).read_text())
+    assert marker["generator_version"] == demo.DEMO_VERSION and marker["seed"] == 0
+    assert demo.is_complete(root, seed=0, **SMALL)
+    ds, skipped = data.load_folder(os.path.join(root, "train"), cache=False)
+    assert skipped == [] and ds.classes == list(demo.CLASSES) and len(ds) == 48
+    assert np.bincount(ds.labels).tolist() == [4] * 12
+
+
+def test_same_seed_same_bytes_different_seed_differs(tmp_path):
+    a = tree_bytes(demo.generate_demo(tmp_path / "a", seed=7, **SMALL))
+    b = tree_bytes(demo.generate_demo(tmp_path / "b", seed=7, **SMALL))
+    c = tree_bytes(demo.generate_demo(tmp_path / "c", seed=8, **SMALL))
+    assert a == b
+    pngs = [k for k in a if k.endswith(".png")]
+    assert len(pngs) == 72
+    assert sum(a[k] != c[k] for k in pngs) == len(pngs)
+
+
+def test_images_vary_and_train_test_differ(tmp_path):
+    root = demo.generate_demo(tmp_path / "d", train_per_class=6, test_per_class=6)
+    tr, _ = data.load_folder(os.path.join(root, "train"), cache=False)
+    te, _ = data.load_folder(os.path.join(root, "test"), cache=False)
+    x = tr.images.reshape(len(tr), -1).astype(np.float64)     # (N, S*S)
+    assert (x.std(axis=1) > 5).all()                            # each image has a visible shape
+    assert len({im.tobytes() for im in tr.images}) == len(tr)   # no duplicates
+    assert not {im.tobytes() for im in tr.images} & {im.tobytes() for im in te.images}
+    means = x.mean(axis=1)
+    assert means.max() - means.min() > 60                      # brightness/polarity vary
+
+
+def test_every_class_renders_a_distinct_shape():
+    """Same random draws, different class -> different foreground masks (no two classes alike)."""
+    masks = []
+    for name in demo.CLASSES:
+        a = demo.render(name, np.random.default_rng(123)).astype(np.float64)
+        masks.append(a)
+    for i in range(12):
+        for j in range(i + 1, 12):
+            assert np.abs(masks[i] - masks[j]).mean() > 2, (demo.CLASSES[i], demo.CLASSES[j])
+
+
+def test_png_bytes_round_trip(tmp_path):
+    a = np.random.default_rng(0).integers(0, 256, (7, 11), dtype=np.uint8)
+    p = tmp_path / "x.png"
+    p.write_bytes(demo.png_bytes(a))
+    with Image.open(p) as im:
+        im.load()
+        assert im.mode == "L" and np.array_equal(np.asarray(im), a)
+
+
+def test_ensure_demo_generates_once(tmp_path, monkeypatch):
+    root = tmp_path / "demo"
+    assert demo.ensure_demo(root, **SMALL) == str(root)
+    assert demo.is_complete(root, **SMALL)
+    before = tree_bytes(root)
+
+    def fail(*a, **k):
+        raise AssertionError("regenerated a complete demo")
+    monkeypatch.setattr(demo, "generate_demo", fail)
+    demo.ensure_demo(root, **SMALL)
+    assert tree_bytes(root) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]   # no temporary folders left behind
+
+
+def test_ensure_demo_repairs_incomplete_or_stale(tmp_path):
+    root = tmp_path / "demo"
+    demo.ensure_demo(root, **SMALL)
+    os.remove(root / "train" / "star" / "00001.png")
+    assert not demo.is_complete(root, **SMALL)
+    demo.ensure_demo(root, **SMALL)
+    assert demo.is_complete(root, **SMALL)
+    marker = json.loads((root / demo.MARKER).read_text())
+    marker["generator_version"] = -1
+    (root / demo.MARKER).write_text(json.dumps(marker))
+    demo.ensure_demo(root, **SMALL)
+    assert demo.is_complete(root, **SMALL)
+    demo.ensure_demo(root, train_per_class=5, test_per_class=1)      # other settings regenerate
+    assert demo.is_complete(root, train_per_class=5, test_per_class=1)
+    assert len(os.listdir(root / "train" / "ring")) == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]
+
+
+def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
+    root = tmp_path / "demo"
+    real, calls = demo.render, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) > 30:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(demo, "render", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        demo.ensure_demo(root, **SMALL)
+    assert not root.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(demo, "render", real)
+    demo.ensure_demo(root, **SMALL)
+    assert demo.is_complete(root, **SMALL)
+
+
+def test_ensure_demo_refuses_a_foreign_folder(tmp_path):
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "thesis.tex").write_text("precious")
+    with pytest.raises(DataError, match="not a cnncli demo"):
+        demo.ensure_demo(root, **SMALL)
+    assert (root / "thesis.tex").read_text() == "precious"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    demo.ensure_demo(empty, **SMALL)                                   # an empty folder is fine
+    assert demo.is_complete(empty, **SMALL)

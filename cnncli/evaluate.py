@@ -198,8 +198,10 @@ def predict_paths(predictor, paths, top_k=3):
         try:
             images.append(data.load_image(path, image_size=size, resize=resize))  # (S,S) uint8
             good.append(str(path))
-        except DataError as err:
-            failures.append((str(path), str(err)))
+        except DataError as err:  # message is "<path>: <reason>"; keep the reason only
+            reason = str(err)
+            prefix = f"{path}: "
+            failures.append((str(path), reason[len(prefix):] if reason.startswith(prefix) else reason))
     if not images:
         return [], failures
     probs = predictor.predict_proba(np.stack(images), batch_size=256)  # (N,C)

@@ -79,8 +79,11 @@ def _validation_data(run_dir: Path, predictor):
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise CnnError(f"{cfg_path}: not found; pass --data to choose the images to evaluate")
-    cfg = config_mod.load_config(cfg_path)
-    _, val_ds, skipped = train.load_datasets(cfg)
+    try:
+        cfg = config_mod.load_config(cfg_path)
+        _, val_ds, skipped = train.load_datasets(cfg)
+    except CnnError as err:
+        raise CnnError(f"cannot rebuild the validation data from {cfg_path} ({err}); pass --data FOLDER") from err
     if val_ds is None or len(val_ds.labels) == 0:
         raise CnnError(f"{cfg_path}: the run has no validation images; pass --data to choose some")
     check_classes(predictor.classes, val_ds.classes, cfg_path)

@@ -1,5 +1,6 @@
 """Tests for cnncli.evaluate: metrics against a slow loop reference and hand-checked cases."""
 
+import json
 import math
 import warnings
 
@@ -52,10 +53,10 @@ def reference_metrics(probs, labels, classes, top_k=3):
     }
 
 
-def assert_metrics_equal(got, want):
+def assert_metrics_equal(got, want, rel=1e-9):
     assert set(got) >= set(want)
     for key in ("accuracy", "loss", "top_k_accuracy", "macro_f1"):
-        assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+        assert got[key] == pytest.approx(want[key], rel=rel, abs=1e-12), key
     assert got["top_k"] == want["top_k"]
     assert got["num_images"] == want["num_images"]
     assert got["confusion"] == want["confusion"]
@@ -158,3 +159,98 @@ def test_format_metrics_is_aligned_and_names_classes():
     assert all(len(ln) < 120 for ln in lines)  # long names are truncated
     for row, line in zip(m["confusion"], table[3:]):
         assert [int(v) for v in line.split()[1:]] == row
+
+
+# ---------------------------------------------------------------- evaluate() and predict_paths() on a real checkpoint
+
+CLASSES = ["bright", "dark", "stripes"]
+
+
+def write_image_folder(root, classes, per_class=4, seed=0):
+    """One subfolder per class of 32x32 grayscale PNGs with a class-dependent mean brightness."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            img = rng.integers(0, 80, (32, 32)) + 80 * c
+            Image.fromarray(img.astype(np.uint8), mode="L").save(root / name / f"{i}.png")
+    return root
+
+
+def write_checkpoint(path, classes, seed=0):
+    """A checkpoint in the design.md layout built from model.init_params."""
+    from cnncli import checkpoint, model
+
+    params = model.init_params(num_classes=len(classes), batchnorm="none", seed=seed)
+    arrays = {f"params/{name}": np.array(value) for name, value in params.items()}
+    arrays["params/fc2.b"] = np.linspace(-1, 1, len(classes)).astype(np.float32)
+    meta = {
+        "cnncli_version": "test", "num_classes": len(classes), "batchnorm": "none", "eps": 1e-5,
+        "dtype": "float32", "classes": list(classes),
+        "preprocess": {"image_size": 32, "resize": "pad", "mean": 0.3, "std": 0.3},
+        "epoch": 1, "step": 1, "epoch_step": 0, "best_val_loss": None, "config": "", "history": [],
+    }
+    checkpoint.save(path, arrays, meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("evaluate")
+    data_dir = write_image_folder(base / "data", CLASSES)
+    (data_dir / "dark" / "broken.png").write_bytes(b"not a png at all")
+    return write_checkpoint(base / "model.npz", CLASSES), data_dir
+
+
+def test_evaluate_equals_compute_metrics_of_the_predictor(trained):
+    from cnncli.evaluate import evaluate
+    from cnncli.predictor import Predictor
+
+    ckpt, data_dir = trained
+    metrics, dataset, probs = evaluate(ckpt, data_dir, batch_size=5)
+    assert dataset.classes == CLASSES and probs.shape == (12, 3)
+    expected_probs = Predictor.from_checkpoint(ckpt).predict_proba(dataset.images)
+    np.testing.assert_allclose(probs, expected_probs, rtol=1e-6)
+    want = compute_metrics(expected_probs, dataset.labels, CLASSES)
+    assert_metrics_equal(metrics, want, rel=1e-6)  # float32 sums may differ with the batch split
+    assert metrics["skipped"] == 1  # broken.png
+    assert metrics["checkpoint"] == str(ckpt) and metrics["data"] == str(data_dir)
+    json.dumps(metrics)  # what `cnn eval --json` prints must serialise
+    assert "skipped" in format_metrics(metrics)
+
+
+def test_evaluate_class_mismatch_is_a_data_error_naming_the_difference(trained, tmp_path):
+    from cnncli.errors import DataError
+    from cnncli.evaluate import evaluate
+
+    ckpt, _ = trained
+    other = write_image_folder(tmp_path / "other", ["bright", "dark", "zigzag"], per_class=2)
+    with pytest.raises(DataError) as err:
+        evaluate(ckpt, other)
+    assert "zigzag" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_predict_paths_ranks_classes_and_reports_bad_files(trained, tmp_path):
+    from cnncli.evaluate import predict_paths
+    from cnncli.predictor import Predictor
+
+    ckpt, data_dir = trained
+    predictor = Predictor.from_checkpoint(ckpt)
+    good = sorted(str(p) for p in (data_dir / "bright").glob("[0-9].png"))
+    bad = str(data_dir / "dark" / "broken.png")
+    missing = str(tmp_path / "missing.png")
+    results, failures = predict_paths(predictor, [good[0], bad, good[1], missing], top_k=2)
+    assert [r["path"] for r in results] == good[:2]
+    assert [f[0] for f in failures] == [bad, missing] and all(f[1] for f in failures)
+    from cnncli.data import load_image
+
+    probs = predictor.predict_proba(np.stack([load_image(p) for p in good[:2]]))  # (2,C)
+    for r, row in zip(results, probs):
+        assert r["class"] == CLASSES[int(np.argmax(row))]
+        assert r["probability"] == pytest.approx(row.max())
+        assert len(r["top_k"]) == 2 and r["top_k"][0]["class"] == r["class"]
+        assert r["top_k"][0]["probability"] >= r["top_k"][1]["probability"]
+        assert r["top_k"][1]["probability"] == pytest.approx(np.sort(row)[-2])
+    assert predict_paths(predictor, [missing], top_k=3) == ([], [(missing, failures[1][1])])

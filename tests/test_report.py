@@ -1,0 +1,287 @@
+"""Tests for cnncli.report: PNGs are valid pictures, the HTML references them, escapes names, and its numbers
+equal evaluate() for the same checkpoint and data. The run folder is built by hand (model + checkpoint.save)."""
+
+import html
+import json
+import math
+import re
+import sys
+
+import numpy as np
+import pytest
+
+from cnncli.errors import CnnError
+from cnncli.report import MATPLOTLIB_MISSING, most_confident_errors, read_history, write_report
+
+PNGS = ("curves.png", "confusion.png", "per_class.png", "errors.png", "filters.png")
+CLASSES = ["circle", "square", "x<y>&z"]  # a folder name that must be escaped in HTML
+METRICS_CSV = (
+    "epoch,step,train_loss,train_acc,val_loss,val_acc,lr,time_s\n"
+    "1,4,3.1,0.40,3.0,0.42,0.01,1.5\n"
+    "2,8,2.5,0.55,2.6,0.50,0.01,3.0\n"
+    "3,12,2.0,0.70,2.4,0.61,0.001,4.5\n"
+)
+
+try:
+    import matplotlib  # noqa: F401
+
+    HAVE_MPL = True
+except ImportError:  # pragma: no cover - the test extra installs it
+    HAVE_MPL = False
+needs_matplotlib = pytest.mark.skipif(not HAVE_MPL, reason="matplotlib (the 'plots' extra) is not installed")
+
+
+def write_image_folder(root, classes, per_class=5, seed=0):
+    """One subfolder per class of 32x32 grayscale PNGs with a class-dependent pattern."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:32, :32]
+    for c, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            img = rng.integers(0, 60, (32, 32))
+            if c % 3 == 0:
+                img = img + 180 * ((yy - 16) ** 2 + (xx - 16) ** 2 < (6 + i) ** 2)
+            elif c % 3 == 1:
+                img = img + 180 * ((abs(yy - 16) < 4 + i) & (abs(xx - 16) < 4 + i))
+            else:
+                img = img + 3 * (xx + yy) + 10 * i
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), mode="L").save(folder / f"img{i}.png")
+    return root
+
+
+def write_checkpoint(path, classes, seed=0):
+    """A checkpoint in the design.md layout from model.init_params (seed 0 predicts two of the three classes)."""
+    from cnncli import checkpoint, model
+
+    params = model.init_params(num_classes=len(classes), batchnorm="none", seed=seed)
+    arrays = {f"params/{name}": np.array(value) for name, value in params.items()}
+    meta = {
+        "cnncli_version": "test",
+        "num_classes": len(classes),
+        "batchnorm": "none",
+        "eps": 1e-5,
+        "dtype": "float32",
+        "classes": list(classes),
+        "preprocess": {"image_size": 32, "resize": "pad", "mean": 0.2, "std": 0.3},
+        "epoch": 3,
+        "step": 12,
+        "epoch_step": 0,
+        "best_val_loss": 2.4,
+        "config": "",
+        "history": [],
+    }
+    checkpoint.save(path, arrays, meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """(run_dir, data_dir, report path) with the report written once for the module."""
+    if not HAVE_MPL:
+        pytest.skip("matplotlib (the 'plots' extra) is not installed")
+    base = tmp_path_factory.mktemp("report")
+    data_dir = write_image_folder(base / "data", CLASSES, per_class=6)
+    run_dir = base / "run"
+    run_dir.mkdir()
+    write_checkpoint(run_dir / "best.npz", CLASSES, seed=0)
+    write_checkpoint(run_dir / "last.npz", CLASSES, seed=2)
+    (run_dir / "metrics.csv").write_text(METRICS_CSV)
+    (run_dir / "config.yaml").write_text("model:\n  batchnorm: none  # <script>alert(1)</script>\n")
+    out = write_report(run_dir, data_dir=data_dir)
+    return run_dir, data_dir, out
+
+
+def embedded_metrics(text):
+    match = re.search(r'<script type="application/json" id="metrics">(.*?)</script>', text, re.S)
+    assert match, "no machine-readable metrics block"
+    return json.loads(match.group(1))
+
+
+@needs_matplotlib
+def test_pngs_are_valid_pictures_and_html_references_each(run):
+    from PIL import Image
+
+    run_dir, _, out = run
+    assert out == run_dir / "report" / "report.html"
+    text = out.read_text(encoding="utf-8")
+    for name in PNGS:
+        path = out.parent / name
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            assert im.format == "PNG"
+            assert im.size[0] >= 200 and im.size[1] >= 150, (name, im.size)
+        assert path.stat().st_size < 1_500_000, name
+        assert f'href="{name}"' in text
+    assert text.count('src="data:image/png;base64,') == len(PNGS)
+    assert out.stat().st_size < 5_000_000
+
+
+@needs_matplotlib
+def test_html_numbers_equal_evaluate(run):
+    from cnncli.evaluate import evaluate
+
+    run_dir, data_dir, out = run
+    want, dataset, _ = evaluate(run_dir / "best.npz", data_dir)
+    text = out.read_text(encoding="utf-8")
+    got = embedded_metrics(text)
+    assert got["num_images"] == want["num_images"] == len(CLASSES) * 6
+    for key in ("accuracy", "loss", "top_k_accuracy", "macro_f1"):
+        assert got[key] == pytest.approx(want[key], rel=1e-12), key
+    assert got["confusion"] == want["confusion"]
+    assert list(got["per_class"]) == CLASSES
+    for name, m in want["per_class"].items():
+        assert got["per_class"][name] == pytest.approx(m, rel=1e-12), name
+    assert len({tuple(row) for row in want["confusion"]}) > 1  # the model does not predict one class for all
+    assert got["classes"] == CLASSES
+    # the human-readable tables show the same numbers
+    assert f"<td>accuracy</td><td>{want['accuracy']:.4f}</td>" in text
+    assert f"<td>{want['loss']:.4f}</td>" in text
+    for name, row in zip(CLASSES, want["confusion"]):
+        assert f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>" in text
+    for name, m in want["per_class"].items():
+        cells = [m["precision"], m["recall"], m["f1"]]
+        assert (f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{v:.4f}</td>" for v in cells)
+                + f"<td>{m['support']}</td></tr>") in text
+
+
+@needs_matplotlib
+def test_user_text_is_escaped(run):
+    _, _, out = run
+    text = out.read_text(encoding="utf-8")
+    assert "x<y>&z" not in text  # neither in tables, captions nor the JSON block
+    assert "x&lt;y&gt;&amp;z" in text
+    assert "<script>alert" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert text.count("<script") == 1  # only the metrics block
+
+
+@needs_matplotlib
+def test_curves_use_metrics_csv_and_last_row_is_shown(run):
+    _, _, out = run
+    text = out.read_text(encoding="utf-8")
+    assert "<td>val_loss</td><td>2.4</td>" in text and "<td>lr</td><td>0.001</td>" in text
+
+
+@needs_matplotlib
+def test_falls_back_to_last_npz_without_metrics_csv(run, tmp_path):
+    from cnncli.evaluate import evaluate
+
+    run_dir, data_dir, _ = run
+    other = tmp_path / "run2"
+    other.mkdir()
+    (other / "last.npz").write_bytes((run_dir / "last.npz").read_bytes())
+    out = write_report(other, data_dir=data_dir, out_dir=tmp_path / "pictures")
+    assert out == tmp_path / "pictures" / "report.html"
+    assert all((out.parent / name).is_file() for name in PNGS)
+    got = embedded_metrics(out.read_text(encoding="utf-8"))
+    want, _, _ = evaluate(other / "last.npz", data_dir)
+    assert got["checkpoint"].endswith("last.npz")
+    assert got["confusion"] == want["confusion"]
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-12)
+
+
+@needs_matplotlib
+def test_missing_checkpoint_or_folder_is_a_user_error(tmp_path):
+    with pytest.raises(CnnError, match="best.npz or last.npz"):
+        write_report(tmp_path, data_dir=tmp_path)
+    with pytest.raises(CnnError, match="run folder not found"):
+        write_report(tmp_path / "nope")
+
+
+def test_without_matplotlib_the_message_names_the_extra(monkeypatch, tmp_path):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
+    with pytest.raises(CnnError) as err:
+        write_report(tmp_path)
+    assert str(err.value) == MATPLOTLIB_MISSING == "cnn report needs matplotlib: pip install 'cnncli[plots]'"
+
+
+def test_read_history_keeps_last_row_per_epoch_and_empty_cells_are_nan(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text(
+        "epoch,step,train_loss,train_acc,val_loss,val_acc,lr,time_s\n"
+        "1,5,2.0,0.5,,,0.1,1\n"
+        "1,10,1.5,0.6,1.7,0.55,0.1,2\n"
+        "2,20,1.0,0.8,,,0.05,4\n"
+    )
+    rows = read_history(path)
+    assert [r["epoch"] for r in rows] == [1.0, 2.0]
+    assert rows[0]["step"] == 10 and rows[0]["val_loss"] == 1.7
+    assert math.isnan(rows[1]["val_loss"]) and rows[1]["lr"] == 0.05
+    assert read_history(tmp_path / "missing.csv") == []
+
+
+def test_most_confident_errors_orders_wrong_predictions_by_confidence():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.05, 0.95], [0.3, 0.7]])  # (N,C)
+    labels = np.array([0, 0, 1, 1, 0])
+    idx, pred, prob = most_confident_errors(probs, labels)
+    assert idx.tolist() == [1, 4, 2]  # wrong ones: 1 (0.8), 2 (0.6), 4 (0.7)
+    assert pred.tolist() == [1, 1, 0]
+    assert prob.tolist() == pytest.approx([0.8, 0.7, 0.6])
+    assert most_confident_errors(probs, labels, limit=1)[0].tolist() == [1]
+
+
+# ---------------------------------------------------------------- a real run folder written by train.py
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A 2-epoch training run on a tiny folder (validation = a stratified quarter of it)."""
+    if not HAVE_MPL:
+        pytest.skip("matplotlib (the 'plots' extra) is not installed")
+    from cnncli import config, train
+
+    base = tmp_path_factory.mktemp("trained")
+    data_dir = write_image_folder(base / "data", CLASSES, per_class=8)
+    cfg = config.load_config(None, [f"data.train={data_dir}", "data.val_split=0.25", "train.epochs=2",
+                                    "train.batch_size=8", f"out={base / 'run'}"])
+    run_dir = train.train(cfg, quiet=True, echo=lambda message: None)
+    return run_dir, data_dir, cfg
+
+
+@needs_matplotlib
+def test_report_rebuilds_validation_split_from_config(trained_run):
+    from cnncli import train
+    from cnncli.evaluate import compute_metrics
+    from cnncli.predictor import Predictor
+
+    run_dir, _, cfg = trained_run
+    out = write_report(run_dir)
+    got = embedded_metrics(out.read_text(encoding="utf-8"))
+    _, val_ds, _ = train.load_datasets(cfg)
+    predictor = Predictor.from_checkpoint(run_dir / "best.npz")
+    want = compute_metrics(predictor.predict_proba(val_ds.images), val_ds.labels, predictor.classes)
+    assert got["num_images"] == len(val_ds.labels) == 6
+    assert got["confusion"] == want["confusion"]
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-12)
+    # the report's loss is the trainer's validation loss of the best epoch (same definition, same images)
+    best = min(read_history(run_dir / "metrics.csv"), key=lambda row: row["val_loss"])
+    assert got["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+    assert got["accuracy"] == pytest.approx(best["val_acc"], abs=1e-9)
+
+
+@needs_matplotlib
+def test_cli_report_numbers_equal_cli_eval_json(trained_run, tmp_path):
+    from click.testing import CliRunner
+
+    from cnncli.cli import cli
+
+    run_dir, data_dir, _ = trained_run
+    runner = CliRunner()
+    result = runner.invoke(cli, ["report", str(run_dir), "--data", str(data_dir), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    got = embedded_metrics((tmp_path / "r" / "report.html").read_text(encoding="utf-8"))
+    result = runner.invoke(cli, ["eval", "--checkpoint", str(run_dir / "best.npz"), "--data", str(data_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    want = json.loads(result.stdout)
+    assert got["num_images"] == want["num_images"] == 24
+    for key in ("accuracy", "loss", "top_k_accuracy", "macro_f1"):
+        assert got[key] == pytest.approx(want[key], rel=1e-12), key
+    assert got["confusion"] == want["confusion"]
+    for name in CLASSES:
+        assert got["per_class"][name] == pytest.approx(want["per_class"][name], rel=1e-12)

@@ -155,7 +155,7 @@ def plot_confusion(fig, confusion, classes):
     for ax, matrix, title, fmt in zip(
         fig.subplots(1, 2), (counts, normalized), ("Confusion matrix (counts)", "Row-normalized"), ("d", ".2f")
     ):
-        top = matrix.max() if matrix.size and matrix.max() > 0 else 1
+        top = 1.0 if fmt != "d" else max(1, int(matrix.max()) if matrix.size else 1)  # fractions on [0, 1]
         image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=top)
         fig.colorbar(image, ax=ax, shrink=0.8)
         ax.set_title(title)
@@ -167,6 +167,8 @@ def plot_confusion(fig, confusion, classes):
             size = 8 if len(classes) <= 12 else 6
             for i in range(matrix.shape[0]):
                 for j in range(matrix.shape[1]):
+                    if fmt != "d" and matrix[i, j] == 0:
+                        continue  # blank zero cells keep the normalized panel readable
                     color = "white" if matrix[i, j] > 0.6 * top else "black"
                     ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", fontsize=size, color=color)
 
@@ -345,7 +347,7 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None) -> Path:
                     f"{q:.4f}") for i, p, q in zip(*errors)]
 
     n = len(classes)
-    side = max(4.0, 0.45 * n + 2.0)
+    side = max(4.0, 0.35 * n + 2.2)
     grid_rows = max(1, math.ceil(len(errors[0]) / 8))
     specs = [
         ("curves.png", "Learning curves: loss and accuracy per epoch; learning rate dashed (right axis of the loss panel)",

@@ -64,6 +64,13 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _load_average():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def machine_facts(threads: int, torch_module=None) -> dict:
     import numba
 
@@ -77,6 +84,7 @@ def machine_facts(threads: int, torch_module=None) -> dict:
         "torch": getattr(torch_module, "__version__", None),
         "blas": _blas_info(),
         "env": {k: os.environ[k] for k in _OPENBLAS_VARS if k in os.environ},
+        "load_average": _load_average(),
     }
     if torch_module is not None:
         facts["torch_threads"] = torch_module.get_num_threads()
@@ -399,6 +407,7 @@ def run_bench(batchnorm="none", batch_sizes=(32, 64, 128, 256), threads=0, secon
         result["machine"]["numba_threading_layer"] = numba.threading_layer()
     except Exception:  # no parallel kernel has run yet
         result["machine"]["numba_threading_layer"] = None
+    result["machine"]["load_average_after"] = _load_average()
     echo(json.dumps(result, indent=2) if as_json else format_result(result))
     return result
 
@@ -418,7 +427,9 @@ def format_result(result: dict) -> str:
         f"{s['repeats']} repeat(s) of {s['seconds']:g}s after {s['warmup_seconds']:g}s warm-up (not counted)",
         f"machine:   {m['cpu']}, {m['cores']} core(s); {m['threads']} thread(s) "
         f"(numba layer {m.get('numba_threading_layer') or '?'}"
-        + (f", torch {m['torch_threads']}" if m.get("torch_threads") else "") + ")",
+        + (f", torch {m['torch_threads']}" if m.get("torch_threads") else "") + ")"
+        + (f"; load average {m['load_average'][0]:.2f} before, {m['load_average_after'][0]:.2f} after"
+           if m.get("load_average") and m.get("load_average_after") else ""),
         f"versions:  python {m['python']}, numpy {m['numpy']}, numba {m['numba']}"
         + (f", torch {m['torch']}" if m["torch"] else ""),
         f"BLAS:      {m['blas']}; OpenBLAS/OMP env: {env}",
@@ -454,3 +465,112 @@ def format_result(result: dict) -> str:
     lines += ["", text,
               f"GFLOP/s counts {MFLOP_TRAIN} MFLOP per trained and {MFLOP_INFER} MFLOP per inferred image."]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# profile: where a training step's time goes
+
+def _kernel_flops(name, args):
+    """FLOPs of one call when the arguments have the shapes the conv kernels/matmul use, else None."""
+    try:
+        if name == "matmul":
+            a, b = args[0], args[1]
+            return 2 * a.shape[0] * a.shape[1] * b.shape[1]
+        if "conv2d_forward" in name:       # (xp, w, b, z): each output = C*K*K multiply-adds
+            return 2 * args[3].size * args[1][0].size
+        if "conv2d_backward_dx" in name:   # (dz, w, dxp)
+            return 2 * args[0].size * args[1][0].size
+        if "conv2d_backward_dw" in name:   # (dz, xp, dw, db)
+            return 2 * args[0].size * args[2][0].size
+    except (AttributeError, IndexError, TypeError):
+        pass
+    return None
+
+
+class _NumpyProxy:
+    """Stands in for `numpy` inside cnncli.model so its matmul/sum calls can be timed."""
+
+    def __init__(self, wrap):
+        self._wrap = wrap
+
+    def __getattr__(self, attr):
+        value = getattr(np, attr)
+        return self._wrap(attr, value) if attr in ("matmul", "sum") else value
+
+
+def profile_step(batchnorm="none", batch_size=128, steps=20, threads=0, mode="train", num_classes=12) -> dict:
+    """Time every numba kernel (cnncli.kernels._k_*) and numpy matmul/sum call of a training step
+    (or an inference pass) by wrapping them; the rest of the step is reported as "other".
+
+    Returns {"step_ms", "rows": [{"call", "calls_per_step", "ms_per_step", "share", "gflops"}]}.
+    The wrappers cost about a microsecond per call; kernels are first run once unwrapped (JIT).
+    """
+    from cnncli import kernels, model
+
+    n_threads = set_threads(threads)
+    ours = Ours(num_classes, batchnorm)
+    batches = _batches(batch_size, num_classes)
+    fn = ours.train if mode == "train" else (lambda x, y: ours.infer(x))
+    _rate(fn, batches, 0.3)  # compile / load from cache, warm up
+    acc = {}  # label -> [seconds, calls, flops]
+
+    def wrap(name, f):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = f(*args, **kwargs)
+            dt = time.perf_counter() - t0
+            arrays = [a for a in args if isinstance(a, np.ndarray)]
+            shape = "x".join(str(tuple(a.shape) if name == "matmul" or a.ndim == 1 else tuple(a.shape[1:]))
+                             for a in arrays[:2])
+            label = f"{name.removeprefix('_k_')} {shape}"
+            slot = acc.setdefault(label, [0.0, 0, 0])
+            slot[0] += dt
+            slot[1] += 1
+            slot[2] += _kernel_flops(name, args) or 0
+            return out
+        return timed
+
+    originals = {k: v for k, v in vars(kernels).items() if k.startswith("_k_") and hasattr(v, "py_func")}
+    try:
+        for k, v in originals.items():
+            setattr(kernels, k, wrap(k, v))
+        model.np = _NumpyProxy(wrap)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            x, y = batches[i % len(batches)]
+            fn(x, y)
+        total = time.perf_counter() - t0
+    finally:
+        for k, v in originals.items():
+            setattr(kernels, k, v)
+        model.np = np
+    rows = []
+    for label, (sec, calls, flops) in sorted(acc.items(), key=lambda kv: -kv[1][0]):
+        rows.append({"call": label, "calls_per_step": calls / steps, "ms_per_step": sec / steps * 1e3,
+                     "share": sec / total, "gflops": (flops / sec / 1e9) if flops else None})
+    other = total - sum(v[0] for v in acc.values())
+    rows.append({"call": "other (python, numpy glue, optimizer)" if mode == "train" else "other (python, numpy glue)",
+                 "calls_per_step": None, "ms_per_step": other / steps * 1e3, "share": other / total, "gflops": None})
+    return {"mode": mode, "batchnorm": batchnorm, "batch_size": batch_size, "threads": n_threads,
+            "steps": steps, "step_ms": total / steps * 1e3, "rows": rows}
+
+
+def format_profile(prof: dict) -> str:
+    lines = [f"profile: {prof['mode']}, batchnorm={prof['batchnorm']}, batch {prof['batch_size']}, "
+             f"{prof['threads']} thread(s), {prof['steps']} steps: {prof['step_ms']:.2f} ms per step "
+             f"({prof['batch_size'] / prof['step_ms'] * 1e3:,.0f} img/s with the timing wrappers)",
+             f"{'call (argument shapes without N)':58s} {'calls':>5s} {'ms/step':>8s} {'share':>6s} {'GFLOP/s':>8s}"]
+    for r in prof["rows"]:
+        calls = "" if r["calls_per_step"] is None else f"{r['calls_per_step']:.0f}"
+        gf = "" if r["gflops"] is None else f"{r['gflops']:.1f}"
+        lines.append(f"{r['call'][:58]:58s} {calls:>5s} {r['ms_per_step']:>8.3f} {r['share']:>6.1%} {gf:>8s}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m cnncli.bench [train|infer] [batchnorm] [batch_size]
+    import sys
+
+    argv = sys.argv[1:]
+    print(format_profile(profile_step(mode=argv[0] if argv else "train",
+                                      batchnorm=argv[1] if len(argv) > 1 else "none",
+                                      batch_size=int(argv[2]) if len(argv) > 2 else 128)))

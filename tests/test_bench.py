@@ -158,3 +158,21 @@ def test_torch_twin_rejects_mismatched_layout():
     params["bn9.gamma"] = params.pop("bn1.gamma")
     with pytest.raises((ValueError, KeyError)):
         bench.build_torch_twin(params, ours.net.buffers, "channel")
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_profile_step_accounts_for_the_step_and_restores_kernels(mode):
+    from cnncli import kernels, model
+
+    before = {k: v for k, v in vars(kernels).items() if k.startswith("_k_")}
+    prof = bench.profile_step(batchnorm="channel", batch_size=8, steps=2, threads=1, mode=mode)
+    assert {k: v for k, v in vars(kernels).items() if k.startswith("_k_")} == before
+    assert model.np is np
+    calls = [r["call"] for r in prof["rows"]]
+    assert any(c.startswith("conv2d_forward") for c in calls)
+    assert any(c.startswith("conv2d_backward") for c in calls) == (mode == "train")
+    assert sum(r["share"] for r in prof["rows"]) == pytest.approx(1.0)
+    assert sum(r["ms_per_step"] for r in prof["rows"]) == pytest.approx(prof["step_ms"])
+    conv = [r for r in prof["rows"] if r["call"].startswith("conv2d_forward")]
+    assert all(r["gflops"] > 0 for r in conv)
+    assert "ms/step" in bench.format_profile(prof)

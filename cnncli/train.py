@@ -123,7 +123,8 @@ def write_metrics(run_dir: Path, history: list) -> None:
     _atomic_text(run_dir / "metrics.csv", buf.getvalue())
 
 
-def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, preprocess: dict) -> None:
+def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, preprocess: dict,
+                    cfg_text: str | None = None) -> None:
     arrays = {f"params/{k}": v for k, v in net.params.items()}
     arrays.update({f"buffers/{k}": v for k, v in net.buffers.items()})
     arrays.update({f"optim/{k}": v for k, v in opt.state_dict().items()})
@@ -136,7 +137,7 @@ def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, p
         "dtype": str(net.params.flat.dtype),
         "classes": list(classes),
         "preprocess": preprocess,
-        "config": config_mod.dump(cfg),
+        "config": cfg_text if cfg_text is not None else config_mod.dump(cfg),
         "epoch": state.epoch,
         "epoch_step": state.epoch_step,
         "step": state.step,
@@ -273,7 +274,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
     if resume is not None:
         opt.load_state_dict({k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
 
-    (run_dir / "config.yaml").write_text(config_mod.dump(cfg), encoding="utf-8")
+    cfg_text = config_mod.dump(cfg)
+    (run_dir / "config.yaml").write_text(cfg_text, encoding="utf-8")
     if skipped:
         (run_dir / "skipped.txt").write_text("".join(f"{p}\t{r}\n" for p, r in skipped), encoding="utf-8")
         echo(f"warning: skipped {len(skipped)} unreadable file(s), listed in {run_dir / 'skipped.txt'}:")
@@ -295,7 +297,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
     echo(f"Training on {n} images ({len(classes)} classes), validating on {len(val_ds.labels)}; "
          f"batchnorm={mcfg['batchnorm']}, {ocfg['name']} lr={ocfg['lr']}, batch {bs}, {threads} thread(s); "
          f"setup {time.perf_counter() - t_setup:.1f}s")
-    if state.finished or state.epoch >= epochs:
+    if state.epoch >= epochs:
         echo(f"Nothing to do: the run already completed {state.epoch} epoch(s) (raise train.epochs to continue).")
         return run_dir
 
@@ -305,7 +307,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
                            gamma=ocfg["gamma"], min_lr=ocfg["min_lr"])
 
     def save_last():
-        save_checkpoint(last_path, net, opt, state, cfg, classes, preprocess)
+        save_checkpoint(last_path, net, opt, state, cfg, classes, preprocess, cfg_text)
 
     show_bar = not quiet and sys.stderr.isatty()
     t_run = time.perf_counter()
@@ -376,7 +378,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
             stopping = es["patience"] > 0 and state.bad_epochs >= es["patience"]
             state.finished = state.epoch >= epochs or stopping
             if improved:
-                save_checkpoint(best_path, net, opt, state, cfg, classes, preprocess)
+                save_checkpoint(best_path, net, opt, state, cfg, classes, preprocess, cfg_text)
             save_last()
             write_metrics(run_dir, state.history)
             rate = imgs_this_session / max(train_time, 1e-9)

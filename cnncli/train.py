@@ -379,6 +379,12 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
             state.finished = state.epoch >= epochs or stopping
             if improved:
                 save_checkpoint(best_path, net, opt, state, cfg, classes, preprocess, cfg_text)
+            if stopping and es["restore_best"] and best_path.exists():
+                best_arrays, _ = checkpoint.load(best_path)
+                for name in net.params:
+                    net.params[name][...] = best_arrays[f"params/{name}"]
+                for name in net.buffers:
+                    net.buffers[name][...] = best_arrays[f"buffers/{name}"]
             save_last()
             write_metrics(run_dir, state.history)
             rate = imgs_this_session / max(train_time, 1e-9)
@@ -386,8 +392,9 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
                  f"val loss {val_loss:.4f} acc {val_acc:.2%}  lr {row['lr']:.3g}  {row['time_s']:.1f}s "
                  f"({rate:.0f} img/s){'  *best' if improved else ''}")
             if stopping:
-                echo(f"Early stopping: val loss did not improve for {es['patience']} epoch(s); "
-                     f"best val loss {state.best_val_loss:.4f} is in {best_path}")
+                echo(f"Early stopping: val loss did not improve for {es['patience']} epoch(s); best val loss "
+                     f"{state.best_val_loss:.4f} is in {best_path}"
+                     + (" (restored into last.npz)" if es["restore_best"] else ""))
                 break
     echo(f"Done in {time.perf_counter() - t_run:.1f}s. Best val loss {state.best_val_loss:.4f}: {best_path}")
     return run_dir

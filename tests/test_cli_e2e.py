@@ -183,3 +183,17 @@ def test_subprocess_user_error_has_no_traceback(tmp_path):
     res = run_cli(["eval", "--checkpoint", tmp_path / "missing.npz", "--data", tmp_path], tmp_path)
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert "missing.npz" in res.stderr
+
+
+def test_early_stopping_restores_best_into_last(workspace, tmp_path):
+    tmp, data = workspace
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=5)
+    res = invoke(["train", "--config", cfg, "-q", "--no-report", "--set", "train.early_stopping.patience=1",
+                  "--set", "train.early_stopping.min_delta=10.0"])
+    assert res.exit_code == 0, res.output
+    assert "Early stopping" in res.output
+    assert len((tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()) == 1 + 2
+    best, last = load_params(tmp_path / "run" / "best.npz"), load_params(tmp_path / "run" / "last.npz")
+    for k in best:
+        if k.startswith("params/"):
+            assert np.array_equal(best[k], last[k]), k

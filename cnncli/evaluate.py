@@ -127,7 +127,8 @@ def format_metrics(metrics) -> str:
     confusion = metrics["confusion"]
     if names:
         biggest = max(max(row) for row in confusion) if confusion else 0
-        col_w = max(len(str(biggest)), min(8, max(len(n) for n in names)), 3)
+        name_cap = 8 if len(names) <= 8 else 6  # keep 12 classes within ~100 columns
+        col_w = max(len(str(biggest)), min(name_cap, max(len(n) for n in names)), 3)
         corner = "true \\ pred"
         row_w = min(16, max([len(corner)] + [len(n) for n in names]))
         lines.append("")

@@ -87,7 +87,10 @@ def _validation_data(run_dir: Path, predictor):
     if val_ds is None or len(val_ds.labels) == 0:
         raise CnnError(f"{cfg_path}: the run has no validation images; pass --data to choose some")
     check_classes(predictor.classes, val_ds.classes, cfg_path)
-    return val_ds, len(skipped), f"validation split rebuilt from {cfg_path}"
+    d = cfg["data"]
+    if d.get("val"):
+        return val_ds, len(skipped), f"{d['val']} (data.val of {cfg_path})"
+    return val_ds, len(skipped), f"validation split {d.get('val_split')} of {d.get('train')} (from {cfg_path})"
 
 
 # ---------------------------------------------------------------- figures

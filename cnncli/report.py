@@ -304,7 +304,7 @@ def render_html(title, metrics, classes, history, config_text, pictures, errors_
         parts += ["<h3>Most confidently wrong images</h3>",
                   _table(("file", "true class", "predicted class", "probability"), errors_rows)]
     parts += ["<h2>Configuration (config.yaml)</h2>", f"<pre>{e(config_text or '(no config.yaml)')}</pre>"]
-    machine = {k: v for k, v in metrics.items()}
+    machine = dict(metrics)
     machine["classes"] = list(classes)
     parts.append(f'<script type="application/json" id="metrics">{_json_for_script(machine)}</script>')
     parts.append("</body></html>")
@@ -364,18 +364,21 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None) -> Path:
         ("filters.png", "First-layer convolution filters",
          (9, 2.2), lambda fig: plot_filters(fig, predictor.network.params["conv1.w"])),
     ]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pictures = []
-    with matplotlib.rc_context(STYLE):
-        for name, caption, size, draw in specs:
-            fig = _new_figure(Figure, Canvas, *size)
-            draw(fig)
-            fig.savefig(out_dir / name, format="png", dpi=DPI)
-            pictures.append((name, caption, (out_dir / name).read_bytes()))
-    title = f"cnn report: {run_dir.resolve().name}"
-    page = render_html(title, metrics, classes, history, config_text, pictures, errors_rows)
     target = out_dir / "report.html"
-    _write_atomic(target, page.encode("utf-8"))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pictures = []
+        with matplotlib.rc_context(STYLE):
+            for name, caption, size, draw in specs:
+                fig = _new_figure(Figure, Canvas, *size)
+                draw(fig)
+                fig.savefig(out_dir / name, format="png", dpi=DPI)
+                pictures.append((name, caption, (out_dir / name).read_bytes()))
+        title = f"cnn report: {run_dir.resolve().name}"
+        page = render_html(title, metrics, classes, history, config_text, pictures, errors_rows)
+        _write_atomic(target, page.encode("utf-8"))
+    except OSError as err:
+        raise CnnError(f"{out_dir}: cannot write the report ({err.strerror or err})") from err
     return target
 
 

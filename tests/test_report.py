@@ -285,3 +285,12 @@ def test_cli_report_numbers_equal_cli_eval_json(trained_run, tmp_path):
     assert got["confusion"] == want["confusion"]
     for name in CLASSES:
         assert got["per_class"][name] == pytest.approx(want["per_class"][name], rel=1e-12)
+
+
+@needs_matplotlib
+def test_unwritable_output_is_a_user_error(run, tmp_path):
+    run_dir, data_dir, _ = run
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(CnnError, match="cannot write the report"):
+        write_report(run_dir, data_dir=data_dir, out_dir=blocker / "report")

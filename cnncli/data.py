@@ -82,10 +82,8 @@ def _to_gray_u8(img) -> np.ndarray:
     from PIL import Image
 
     mode = img.mode
-    if mode == "L":
-        return np.asarray(img, dtype=np.uint8)
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info) \
-            or (mode in ("L", "RGB") and "transparency" in img.info):
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+            mode in ("P", "L", "RGB") and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (ALPHA_BACKGROUND,) * 3 + (255,))
         return np.asarray(Image.alpha_composite(background, rgba).convert("L"), dtype=np.uint8)
@@ -99,6 +97,8 @@ def _to_gray_u8(img) -> np.ndarray:
         if a.size and a.min() >= 0.0 and a.max() <= 1.0:
             return np.rint(a * 255.0).astype(np.uint8)
         return _stretch(a)
+    if mode == "L":
+        return np.asarray(img, dtype=np.uint8)
     if mode in ("1", "P", "RGB"):
         return np.asarray(img.convert("L"), dtype=np.uint8)
     try:                                                       # CMYK, YCbCr, LAB, HSV, ...
@@ -242,24 +242,41 @@ def decode_many(paths, image_size=32, resize="pad", workers=2, max_pixels=MAX_PI
 
 # ----------------------------------------------------------------------------- indexing
 
-def _walk_files(top: str) -> list[str]:
-    """Relative paths (with '/') of every non-hidden file under top, recursively, following symlinks once."""
-    out: list[str] = []
+def _scan_images(top: str) -> list[tuple[str, int, int]]:
+    """(relative path with '/', size, mtime_ns) of every non-hidden image file under top, recursively,
+    sorted by path. Follows symlinked folders, each real folder once (no loops)."""
+    out: list[tuple[str, int, int]] = []
     seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:                                # symlink loop
-            dirnames[:] = []
+    stack = [("", top)]
+    while stack:
+        rel_dir, full_dir = stack.pop()
+        real = os.path.realpath(full_dir)
+        if real in seen:
             continue
         seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d) and d not in IGNORED_DIRS)
-        rel_dir = os.path.relpath(dirpath, top)
-        for name in filenames:
-            if _is_hidden(name):
+        try:
+            with os.scandir(full_dir) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        for e in entries:
+            name = e.name
+            if name[0] == "." or name in IGNORED_DIRS:
                 continue
-            rel = name if rel_dir == "." else os.path.join(rel_dir, name)
-            out.append(rel.replace(os.sep, "/"))
-    return sorted(out)
+            rel = rel_dir + name
+            try:
+                if e.is_dir():
+                    stack.append((rel + "/", e.path))
+                elif "." in name and "." + name.rpartition(".")[2].lower() in IMAGE_EXTENSIONS:
+                    try:
+                        st = e.stat()
+                        out.append((rel, st.st_size, st.st_mtime_ns))
+                    except OSError:                    # dangling symlink: the decoder reports it
+                        out.append((rel, -1, -1))
+            except OSError:
+                continue
+    out.sort()
+    return out
 
 
 def list_images(path) -> list[str]:
@@ -269,8 +286,8 @@ def list_images(path) -> list[str]:
         return [path]
     if not os.path.isdir(path):
         raise DataError(f"{path}: no such file or folder")
-    return [os.path.join(path, rel) for rel in _walk_files(path)
-            if _has_image_ext(rel.rsplit("/", 1)[-1])]
+    prefix = os.path.join(path, "")
+    return [prefix + rel for rel, _, _ in _scan_images(path)]
 
 
 def _check_root(root: str) -> list[str]:
@@ -291,7 +308,7 @@ def _index(root: str, classes):
     found = _check_root(root)
     if not found:
         raise DataError(f"data folder {root}: has no class subfolders "
-                        "(expected one subfolder per class, e.g. {root}/cat/*.png)".replace("{root}", root))
+                        f"(expected one subfolder of images per class, e.g. {os.path.join(root, 'cat')})")
     if classes is not None:
         classes = [str(c) for c in classes]
         missing = sorted(set(classes) - set(found))
@@ -310,16 +327,9 @@ def _index(root: str, classes):
         raise DataError(f"data folder {root}: has only one class ({classes[0]}); need at least 2")
     entries = []
     for ci, name in enumerate(classes):
-        for rel in _walk_files(os.path.join(root, name)):
-            if not _has_image_ext(rel.rsplit("/", 1)[-1]):
-                continue
-            full = os.path.join(root, name, rel)
-            try:
-                st = os.stat(full)
-                entries.append((f"{name}/{rel}", ci, st.st_size, st.st_mtime_ns))
-            except OSError:
-                entries.append((f"{name}/{rel}", ci, -1, -1))
-    entries.sort(key=lambda e: (e[1], e[0]))
+        head = name + "/"
+        entries.extend((head + rel, ci, size, mtime)
+                       for rel, size, mtime in _scan_images(os.path.join(root, name)))
     counts = np.bincount(np.array([e[1] for e in entries], dtype=np.int64), minlength=len(classes))
     if len(entries) == 0:
         raise DataError(f"data folder {root}: contains no image files "
@@ -347,9 +357,9 @@ def _cache_names(root, classes, entries, loose, image_size, resize, max_pixels):
                 "resize": resize, "max_pixels": max_pixels, "classes": classes}
     slot = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for rel, ci, size, mtime in entries:
-        h.update(f"{rel}\0{ci}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
-    h.update(json.dumps(loose).encode("utf-8", "surrogateescape"))
+    h.update("\n".join(f"{rel}\0{ci}\0{size}\0{mtime}" for rel, ci, size, mtime in entries)
+             .encode("utf-8", "surrogatepass"))
+    h.update(json.dumps(loose).encode())
     return os.path.join(cache_dir(), f"dataset-{slot}.npz"), h.hexdigest()
 
 
@@ -362,9 +372,9 @@ def _cache_read(path, key, image_size, n_entries):
             if str(z["key"][()]) != key:
                 return None
             images, labels = z["images"], z["labels"]
-            rels = [str(p) for p in z["paths"]]
-            srels = [str(p) for p in z["skipped_paths"]]
-            reasons = [str(r) for r in z["skipped_reasons"]]
+            rels = z["paths"].tolist()
+            srels = z["skipped_paths"].tolist()
+            reasons = z["skipped_reasons"].tolist()
         n = len(rels)
         if (images.dtype != np.uint8 or images.shape != (n, image_size, image_size)
                 or labels.dtype != np.int64 or labels.shape != (n,) or len(srels) != len(reasons)
@@ -416,11 +426,12 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
     image_size = int(image_size)
     classes, entries, loose = _index(root, classes)
     cache_path, key = _cache_names(root, classes, entries, loose, image_size, resize, int(max_pixels))
+    prefix = os.path.join(root, "")                   # paths below are prefix + "class/sub/name.png"
     hit = _cache_read(cache_path, key, image_size, len(entries)) if cache else None
     if hit is not None:
         images, labels, rels, srels, reasons = hit
     else:
-        full = [os.path.join(root, *e[0].split("/")) for e in entries]
+        full = [prefix + e[0] for e in entries]
         arrays, why = decode_many(full, image_size, resize, workers, max_pixels)
         keep = [i for i, a in enumerate(arrays) if a is not None]
         images = np.zeros((len(keep), image_size, image_size), dtype=np.uint8)   # (N,S,S)
@@ -432,7 +443,7 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
         reasons = ["not inside a class subfolder"] * len(loose) + [r for r in why if r is not None]
         if cache:
             _cache_write(cache_path, key, images, labels, rels, srels, reasons)
-    skipped = [(os.path.join(root, *r.split("/")), why) for r, why in zip(srels, reasons)]
+    skipped = [(prefix + r, why) for r, why in zip(srels, reasons)]
     if strict and skipped:
         lines = [f"data folder {root}: {len(skipped)} unusable file(s) (strict mode)"]
         lines += [f"  {p}: {why}" for p, why in skipped]
@@ -442,7 +453,7 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
     if empty:
         raise DataError(f"data folder {root}: no usable images in class folder(s) {', '.join(empty)} "
                         f"({len(skipped)} file(s) skipped)")
-    paths = [os.path.join(root, *r.split("/")) for r in rels]
+    paths = [prefix + r for r in rels]
     return Dataset(images, labels, list(classes), paths), skipped
 
 

@@ -28,16 +28,16 @@ def _range(lo=None, hi=None, lo_open=False, hi_open=False):
         bad_hi = hi is not None and (v >= hi if hi_open else v > hi)
         if not (bad_lo or bad_hi):
             return None
-        if lo is not None and hi is not None:
+        if lo is not None and hi is not None and hi != MAX_INT:
             return f"must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        if lo is not None:
+        if bad_lo:
             return f"must be {'>' if lo_open else '>='} {lo}"
         return f"must be {'<' if hi_open else '<='} {hi}"
     return check
 
 
 def _image_size(v):
-    return None if v == 32 else "must be 32: the network takes 32x32 images (other sizes are not supported yet)"
+    return None if v == 32 else "only 32 is accepted: the network takes 32x32 images (other sizes are not supported yet)"
 
 
 def _not_empty(v):
@@ -105,7 +105,7 @@ OPTIONS = (
            check=_range(1, MAX_INT)),
     Option("train.batch_size", 64, "Images per optimizer step, >= 1.", "int", check=_range(1, MAX_INT)),
     Option("train.seed", 0, "Seed of the weight init and the data order.", "int", check=_range(0, MAX_INT)),
-    Option("train.threads", 0, "Numba threads; 0 = all cores.", "int", check=_range(0, 4096)),
+    Option("train.threads", 0, "Numba threads; 0 = all cores.", "int", check=_range(0, MAX_INT)),
     Option("train.checkpoint_every", 100, "Steps between saves of last.npz (0 = only at the end of each "
            "epoch).", "int", check=_range(0, MAX_INT)),
     Option("train.early_stopping.patience", 0, "Epochs without validation-loss improvement before stopping; "
@@ -191,8 +191,8 @@ def _suggest(key):
 
 # -- YAML -------------------------------------------------------------------------------------
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader whose mappings remember each key's line and reject duplicate keys."""
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """SafeLoader (libyaml when available) whose mappings remember key lines and reject duplicates."""
 
 
 class _Lined(dict):
@@ -225,6 +225,7 @@ def _construct_mapping(loader, node):
 
 
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def _parse_yaml(text, where, with_line=True):
@@ -236,6 +237,10 @@ def _parse_yaml(text, where, with_line=True):
         line = f":{mark.line + 1}" if mark is not None and with_line else ""
         problem = " ".join(f"{e.problem or ''} {e.context or ''}".split()) or type(e).__name__
         raise ConfigError(f"{where}{line}: could not parse YAML: {problem}") from None
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow
+        line = f":{text[:e.position].count(chr(10)) + 1}" if with_line and isinstance(e.position, int) else ""
+        ch = chr(e.character) if isinstance(e.character, int) else str(e.character)
+        raise ConfigError(f"{where}{line}: could not parse YAML: character {ch!r} is not allowed") from None
     except Exception as e:  # e.g. ValueError for an impossible date, RecursionError for deep nesting
         raise ConfigError(f"{where}: could not parse YAML: {' '.join(str(e).split()) or type(e).__name__}") from None
 
@@ -445,7 +450,7 @@ def get(cfg, key):
 
 def _flow(value):
     """One-line YAML for a value (flow style)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"), allow_unicode=True)
+    text = yaml.dump(value, Dumper=_Dumper, default_flow_style=True, width=1 << 30, allow_unicode=True)
     if text.endswith("\n...\n"):
         text = text[:-5]
     return text.rstrip("\n")
@@ -476,8 +481,8 @@ def dump(cfg, comments=True):
         if isinstance(value, list):
             block = f"{leaf}: {_flow(value)}\n"
         else:
-            block = yaml.safe_dump({leaf: value}, default_flow_style=False, width=float("inf"),
-                                   allow_unicode=True, sort_keys=False)
+            block = yaml.dump({leaf: value}, Dumper=_Dumper, default_flow_style=False, width=1 << 30,
+                              allow_unicode=True, sort_keys=False)
         lines.extend(indent + line if line else line for line in block.rstrip("\n").split("\n"))
     return "\n".join(lines) + "\n"
 

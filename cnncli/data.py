@@ -196,13 +196,16 @@ def _one_line(e: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class _BombWarningsAsErrors(warnings.catch_warnings):
-    """Turn Pillow's DecompressionBombWarning into an exception (hence a skip) for one load."""
+class _PillowWarnings(warnings.catch_warnings):
+    """For one load: Pillow's DecompressionBombWarning becomes an exception (hence a skip); its other
+    warnings about odd metadata ("Corrupt EXIF data", ...) are silenced. Enter it from one thread only:
+    worker threads see the filters, but catch_warnings itself is not thread-safe."""
 
     def __enter__(self):
         from PIL import Image
 
         super().__enter__()
+        warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         return self
 
@@ -213,7 +216,7 @@ def load_image(path, image_size: int = 32, resize: str = "pad",
     if resize not in RESIZE_MODES:
         raise DataError(f"resize: {resize!r} is not one of {', '.join(RESIZE_MODES)}")
     path = os.fspath(path)
-    with _BombWarningsAsErrors():
+    with _PillowWarnings():
         try:
             return _decode(path, int(image_size), resize, int(max_pixels))
         except _Skip as e:
@@ -231,7 +234,7 @@ def _decode_or_reason(args) -> tuple[np.ndarray | None, str | None]:
 def decode_many(paths, image_size=32, resize="pad", workers=2, max_pixels=MAX_PIXELS):
     """Decode in order with a thread pool. Returns (list of (S,S) uint8 or None, list of reasons or None)."""
     jobs = [(p, int(image_size), resize, int(max_pixels)) for p in paths]
-    with _BombWarningsAsErrors():
+    with _PillowWarnings():
         if workers is None or workers <= 1 or len(jobs) < 64:
             results = [_decode_or_reason(j) for j in jobs]
         else:

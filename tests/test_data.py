@@ -505,3 +505,44 @@ def test_dataset_subset():
                       np.array([0, 1, 0], np.int64), ["a", "b"], ["x", "y", "z"])
     sub = ds.subset([2, 0])
     assert len(sub) == 2 and sub.paths == ["z", "x"] and np.array_equal(sub.images[0], ds.images[2])
+
+
+# ----------------------------------------------------------------------------- robustness
+
+@pytest.mark.parametrize("fmt,ext", [("PNG", "png"), ("JPEG", "jpg"), ("GIF", "gif"), ("BMP", "bmp"),
+                                     ("TIFF", "tif"), ("WEBP", "webp"), ("PPM", "pgm")])
+def test_mutated_files_never_crash(tmp_path, fmt, ext):
+    """Random byte flips/truncations of a valid file: either a (32,32) uint8 image or a DataError."""
+    img = noise_img(5, 24, 20) if fmt != "JPEG" else noise_img(5, 24, 20).convert("RGB")
+    good = _bytes_of(img, fmt)
+    rng = np.random.default_rng(42)
+    outcomes = {"ok": 0, "skipped": 0}
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        for k in range(40):
+            b = bytearray(good)
+            for _ in range(int(rng.integers(1, 6))):
+                b[int(rng.integers(0, len(b)))] = int(rng.integers(0, 256))
+            if k % 3 == 0:
+                b = b[: int(rng.integers(1, len(b)))]
+            p = tmp_path / f"m{k}.{ext}"
+            p.write_bytes(bytes(b))
+            try:
+                a = data.load_image(p)
+                assert a.shape == (32, 32) and a.dtype == np.uint8
+                outcomes["ok"] += 1
+            except DataError as e:
+                assert str(e).startswith(str(p)) and "\n" not in str(e)
+                outcomes["skipped"] += 1
+    assert outcomes["skipped"] > 0
+    assert [str(w.message) for w in recorded] == []             # Pillow's metadata warnings stay quiet
+
+
+def test_symlinked_class_folder_and_symlink_loop(tmp_path):
+    root = make_folder(tmp_path / "d")
+    elsewhere = make_folder(tmp_path / "other", classes=("eel",))
+    os.symlink(elsewhere / "eel", root / "eel")
+    os.symlink(root / "cat", root / "cat" / "loop")            # cat/loop -> cat
+    ds, skipped = data.load_folder(root, cache=False)
+    assert ds.classes == ["cat", "dog", "eel"] and np.bincount(ds.labels).tolist() == [3, 3, 3]
+    assert skipped == []

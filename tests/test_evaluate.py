@@ -254,3 +254,24 @@ def test_predict_paths_ranks_classes_and_reports_bad_files(trained, tmp_path):
         assert r["top_k"][0]["probability"] >= r["top_k"][1]["probability"]
         assert r["top_k"][1]["probability"] == pytest.approx(np.sort(row)[-2])
     assert predict_paths(predictor, [missing], top_k=3) == ([], [(missing, failures[1][1])])
+
+
+def test_random_inputs_match_reference_and_stay_finite():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.integers(1, 30), st.integers(2, 6), st.integers(1, 7), st.integers(0, 2**32 - 1))
+    def check(n, c, k, seed):
+        rng = np.random.default_rng(seed)
+        probs = rng.choice([0.0, 0.25, 0.5, 1.0], size=(n, c)) if seed % 2 else rng.random((n, c))  # (N,C)
+        labels = rng.integers(0, c, n)
+        classes = [f"c{j}" for j in range(c)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = compute_metrics(probs, labels, classes, top_k=k)
+        assert_metrics_equal(got, reference_metrics(probs, labels, classes, top_k=k))
+        assert sum(map(sum, got["confusion"])) == n
+        assert got["accuracy"] <= got["top_k_accuracy"] <= 1.0
+
+    check()

@@ -26,7 +26,8 @@ def _arrays():
     }
 
 
-META = {"num_classes": 12, "classes": ["a", "b", "ü"], "best_val_loss": 0.25, "config": "x: 1\n"}
+META = {"num_classes": 12, "classes": ["a", "b", "ü"], "best_val_loss": 0.25, "config": "x: 1\n",
+        "worst": float("inf"), "history": [{"epoch": 1, "lr": 0.001}]}
 
 
 def _write_npz(path, members, compression=zipfile.ZIP_STORED):

@@ -275,3 +275,22 @@ def test_lr_at_is_pure_and_validates():
         lr_at(0, 5, 10, 0.1, "linear")
     with pytest.raises(ValueError, match="steps_per_epoch"):
         lr_at(0, 0, 10, 0.1)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_step_allocates_no_parameter_sized_arrays(name):
+    import tracemalloc
+
+    size = 200_000  # 1.6 MB per float64 temporary: any would show up in the peak
+    p = np.zeros(size)
+    g = np.full(size, 0.1)
+    opt = Optimizer(name, size, 0.1, weight_decay=0.01, dtype=np.float64)
+    opt.step(p, g, 0.1)  # first step (may take its own branch)
+    tracemalloc.start()
+    try:
+        opt.step(p, g, 0.1)
+        opt.step(p, g, 0.05)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000, f"{name}: step allocated {peak} bytes"

@@ -37,7 +37,9 @@ def _range(lo=None, hi=None, lo_open=False, hi_open=False):
 
 
 def _image_size(v):
-    return None if v == 32 else "only 32 is accepted: the network takes 32x32 images (other sizes are not supported yet)"
+    if v == 32:
+        return None
+    return "only 32 is accepted: the network takes 32x32 images (other sizes are not supported yet)"
 
 
 def _not_empty(v):
@@ -151,6 +153,13 @@ def _show(value, limit=60):
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def _type_name(value):
+    if isinstance(value, dict):
+        return "mapping"
+    names = {bool: "bool", int: "int", float: "float", str: "string", list: "list"}
+    return names.get(type(value), type(value).__name__)
+
+
 def _show_key(key):
     return key if key.isprintable() and key.strip() == key and key else repr(key)
 
@@ -262,7 +271,7 @@ def _flatten(mapping, prefix, origin_of, out):
             if not isinstance(value, dict):
                 children = sorted({k[len(full) + 1:].split(".")[0] for k in LEAVES if k.startswith(full + ".")})
                 _fail(origin, full, f"is a section: expected a mapping of {', '.join(children)}, "
-                                    f"got {type(value).__name__} {_show(value)}")
+                                    f"got {_type_name(value)} {_show(value)}")
             _flatten(value, full + ".", origin_of, out)
         else:
             _fail(origin, full, _suggest(full))
@@ -308,7 +317,8 @@ def _check_value(opt, value, origin):
         expected = f"one of {', '.join(opt.choices)}" if opt.kind == "choice" else _KIND_TEXT[opt.kind]
         _fail(origin, opt.key, f"must not be null (expected {expected})")
     original = value
-    wrong = f"expected {_KIND_TEXT.get(opt.kind, 'a string')}, got {type(value).__name__} {_show(value)}"
+    shown = _show(dict(value) if isinstance(value, dict) else value)
+    wrong = f"expected {_KIND_TEXT.get(opt.kind, 'a string')}, got {_type_name(value)} {shown}"
     if opt.kind == "str":
         if not isinstance(value, str):
             hint = " (quote it in YAML)" if isinstance(value, (int, float)) else ""
@@ -390,7 +400,7 @@ def validate(cfg):
     if cfg is None:
         cfg = {}
     if not isinstance(cfg, dict):
-        raise ConfigError(f"config: the top level must be a mapping of sections, got {type(cfg).__name__}")
+        raise ConfigError(f"config: the top level must be a mapping of sections, got {_type_name(cfg)}")
     values = {}
     _flatten(cfg, "", _no_origin, values)
     return _resolve(values)
@@ -403,7 +413,7 @@ def load_config_text(text, overrides=(), source="<config>"):
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections (data:, model:, optim:, "
-                          f"train:, out:), got {type(data).__name__}")
+                          f"train:, out:), got {_type_name(data)}")
     values = {}
     _flatten(data, "", _file_origin(source), values)
     for text_ in overrides:

@@ -177,7 +177,8 @@ def test_pickled_object_array_is_refused_and_not_executed(tmp_path):
 def test_plain_object_array_is_refused(tmp_path):
     path = tmp_path / "obj.npz"
     with open(path, "wb") as f:
-        np.savez(f, names=np.array(["a", 1, None], dtype=object), __meta__=np.frombuffer(b'{"format_version": 1}', np.uint8))
+        np.savez(f, names=np.array(["a", 1, None], dtype=object),
+                 __meta__=np.frombuffer(b'{"format_version": 1}', np.uint8))
     with pytest.raises(CheckpointError, match="'names'.*objects"):
         load(path)
 
@@ -277,7 +278,8 @@ def test_check_arrays_ok():
 
 
 @pytest.mark.parametrize("mutate,match", [
-    (lambda d: d.pop("params/conv1.w"), r"x\.npz: missing array 'params/conv1.w' \(expected shape \(6, 1, 5, 5\), dtype float32\)"),
+    (lambda d: d.pop("params/conv1.w"),
+     r"x\.npz: missing array 'params/conv1.w' \(expected shape \(6, 1, 5, 5\), dtype float32\)"),
     (lambda d: d.update({"params/extra": np.zeros(2)}), r"unexpected array 'params/extra' \(found shape \(2,\)\)"),
     (lambda d: d.update({"params/conv1.w": np.zeros((6, 1, 3, 3), np.float32)}),
      r"'params/conv1.w' has shape \(6, 1, 3, 3\), expected \(6, 1, 5, 5\)"),

@@ -113,7 +113,7 @@ def render(name: str, rng: np.random.Generator, image_size: int = 32) -> np.ndar
 
     s = image_size
     big = s * SUPERSAMPLE
-    r = rng.uniform(0.27, 0.44) * big                    # half-size
+    r = rng.uniform(0.30, 0.45) * big                    # half-size
     margin = r * 0.9
     cx = rng.uniform(margin, big - margin)
     cy = rng.uniform(margin, big - margin)
@@ -132,23 +132,44 @@ def render(name: str, rng: np.random.Generator, image_size: int = 32) -> np.ndar
     yy, xx = _grid(s)                                     # (S,S) each, in [-0.5, 0.5)
     g = rng.uniform(-40, 40, size=2)                      # background gradient
     background = bg + g[0] * xx + g[1] * yy
-    noise = rng.normal(0.0, rng.uniform(3, 15), size=(s, s))
+    noise = rng.normal(0.0, rng.uniform(2, 12), size=(s, s))
     pixels = background * (1 - mask) + fg * mask + noise
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
+def _write_class(job) -> int:
+    """Render and write every image of one (split, class): its own seeded stream, so order-free."""
+    root, split_index, split, ci, count, seed, image_size = job
+    folder = os.path.join(root, split, CLASSES[ci])
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), split_index, ci]))
+    for i in range(int(count)):
+        with open(os.path.join(folder, f"{i:05d}.png"), "wb") as f:
+            f.write(png_bytes(render(CLASSES[ci], rng, image_size)))
+    return int(count)
+
+
 def generate_demo(root, train_per_class: int = 600, test_per_class: int = 150, seed: int = 0,
-                  image_size: int = 32) -> str:
-    """Write root/{train,test}/<class>/NNNNN.png plus the marker file. Returns root."""
+                  image_size: int = 32, workers: int = 2) -> str:
+    """Write root/{train,test}/<class>/NNNNN.png plus the marker file. Returns root.
+
+    workers > 1 renders classes in that many spawned processes; the bytes do not depend on it.
+    """
     root = os.fspath(root)
-    for split_index, (split, count) in enumerate((("train", train_per_class), ("test", test_per_class))):
-        for ci, name in enumerate(CLASSES):
-            folder = os.path.join(root, split, name)
-            os.makedirs(folder, exist_ok=True)
-            rng = np.random.default_rng(np.random.SeedSequence([int(seed), split_index, ci]))
-            for i in range(int(count)):
-                with open(os.path.join(folder, f"{i:05d}.png"), "wb") as f:
-                    f.write(png_bytes(render(name, rng, image_size)))
+    jobs = [(root, si, split, ci, count, seed, image_size)
+            for si, (split, count) in enumerate((("train", train_per_class), ("test", test_per_class)))
+            for ci in range(len(CLASSES))]
+    total = sum(j[4] for j in jobs)
+    if workers and workers > 1 and total >= 1000:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")     # no fork: the caller may have threads running
+        with ProcessPoolExecutor(max_workers=int(workers), mp_context=ctx) as pool:
+            list(pool.map(_write_class, jobs))
+    else:
+        for job in jobs:
+            _write_class(job)
     with open(os.path.join(root, MARKER), "w") as f:
         json.dump(_marker(train_per_class, test_per_class, seed, image_size), f, sort_keys=True)
     return root

@@ -145,3 +145,10 @@ def test_ensure_demo_refuses_a_foreign_folder(tmp_path):
     empty.mkdir()
     demo.ensure_demo(empty, **SMALL)                                   # an empty folder is fine
     assert demo.is_complete(empty, **SMALL)
+
+
+def test_parallel_generation_writes_the_same_bytes(tmp_path):
+    sizes = dict(train_per_class=70, test_per_class=14)             # 1008 images: the parallel path
+    a = tree_bytes(demo.generate_demo(tmp_path / "par", workers=2, **sizes))
+    b = tree_bytes(demo.generate_demo(tmp_path / "ser", workers=1, **sizes))
+    assert len(a) == 1008 + 1 and a == b

@@ -19,7 +19,6 @@ FORMAT_VERSION = 1
 META_KEY = "__meta__"
 MAX_BYTES = 2 * 1024 ** 3  # default cap on the total uncompressed size of a checkpoint
 MAX_RATIO = 20  # declared uncompressed size may be at most this many times the file size
-_HEADER_SLACK = 1 << 16  # the ratio check allows this much on top (zip/npy headers of tiny files)
 
 
 def save(path, arrays, meta) -> None:
@@ -118,7 +117,7 @@ def _check_members(path, zf, file_size, max_bytes):
     if total > max_bytes:
         raise CheckpointError(
             f"{path}: declared uncompressed size {total} bytes exceeds the limit of {max_bytes} bytes")
-    if total > MAX_RATIO * file_size + _HEADER_SLACK:
+    if total > MAX_RATIO * file_size:
         raise CheckpointError(
             f"{path}: declared uncompressed size {total} bytes is over {MAX_RATIO}x the file size "
             f"({file_size} bytes); refusing a possible zip bomb")

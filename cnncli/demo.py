@@ -2,7 +2,7 @@
 
 Deterministic from a seed (numpy Generator + PIL ImageDraw), no downloads. Each image has random
 position, size, rotation, stroke width, contrast/polarity and noise, so there is something to
-learn. This is not a benchmark: it only exists so `cnn train --demo` works out of the box.
+learn. Not a benchmark: it only exists so `cnn demo` / configs/demo.yaml work out of the box.
 """
 
 from __future__ import annotations

@@ -163,13 +163,17 @@ def generate_demo(root, train_per_class: int = 600, test_per_class: int = 150, s
     if workers and workers > 1 and total >= 1000:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
         ctx = multiprocessing.get_context("spawn")     # no fork: the caller may have threads running
-        with ProcessPoolExecutor(max_workers=int(workers), mp_context=ctx) as pool:
-            list(pool.map(_write_class, jobs))
-    else:
-        for job in jobs:
-            _write_class(job)
+        try:
+            with ProcessPoolExecutor(max_workers=int(workers), mp_context=ctx) as pool:
+                list(pool.map(_write_class, jobs))
+            jobs = []
+        except (OSError, NotImplementedError, BrokenProcessPool):
+            pass                                        # no usable multiprocessing here: go serial
+    for job in jobs:
+        _write_class(job)
     with open(os.path.join(root, MARKER), "w") as f:
         json.dump(_marker(train_per_class, test_per_class, seed, image_size), f, sort_keys=True)
     return root

@@ -1,0 +1,618 @@
+"""Numba kernels for the CNN: forward/backward pairs of every layer.
+
+Shape legend (every array below carries a shape comment in these letters):
+    N       images in the batch
+    C       input maps (channels) of a layer
+    F       output maps (filters) of a convolution
+    H, W    height, width of a convolution's output maps (= its input's: stride 1, "same" padding)
+    K       filter size (5); P = K // 2 zero padding; Hp = H + 2P, Wp = W + 2P (padded input)
+    S       spatial positions of one map (H * W), used by per-channel batch norm
+    D       units of a flat layer (fully connected, or a conv layer seen as N x (F*H*W))
+    I, O    inputs, outputs of a fully connected layer
+
+Conventions (PyTorch's): NCHW, conv weights (F,C,K,K) applied as cross-correlation, fc weights (O,I).
+Rules kept everywhere:
+  * Numba kernels (`_k_*`) only loop; they never allocate their outputs and never check anything.
+    The public wrappers check shapes/dtypes (ValueError naming the argument and its shape) and
+    allocate outputs that the caller did not pass in.
+  * Kernels have no signatures: the same code compiles for float32 and float64.
+  * Every parallel loop (`prange`) writes only its own slice of every output and sums in a fixed
+    order, so results are bitwise reproducible run to run and for any thread count.
+  * No fastmath: the gradients are checked against finite differences.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# --------------------------------------------------------------------------------------------
+# argument checks (used by the wrappers here and by model.py)
+# --------------------------------------------------------------------------------------------
+
+def check_array(name, arr, shape, dtype=None, contiguous=True):
+    """Raise ValueError unless `arr` is an ndarray of `shape` (None = any size) and `dtype`."""
+    if not isinstance(arr, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(arr).__name__}")
+    if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
+        want = "(" + ",".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name} has shape {arr.shape}, expected {want}")
+    if dtype is not None and arr.dtype != np.dtype(dtype):
+        raise ValueError(f"{name} has dtype {arr.dtype} (shape {arr.shape}), expected {np.dtype(dtype)}")
+    if dtype is None and arr.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} has dtype {arr.dtype} (shape {arr.shape}), expected float32 or float64")
+    if contiguous and not arr.flags.c_contiguous:
+        raise ValueError(f"{name} (shape {arr.shape}) must be C-contiguous")
+    return arr
+
+
+def _out(name, out, shape, dtype):
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    return check_array(name, out, shape, dtype, contiguous=False)
+
+
+# --------------------------------------------------------------------------------------------
+# zero padding
+# --------------------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def _k_pad(x, xp, P):
+    # x (N,C,H,W) -> xp (N,C,H+2P,W+2P): border zero, interior x
+    N, C, H, W = x.shape
+    for n in prange(N):
+        for c in range(C):
+            for i in range(H + 2 * P):
+                for j in range(W + 2 * P):
+                    xp[n, c, i, j] = 0
+            for i in range(H):
+                for j in range(W):
+                    xp[n, c, i + P, j + P] = x[n, c, i, j]
+
+
+def pad2d(x, pad, out=None):
+    """x (N,C,H,W) -> (N,C,H+2*pad,W+2*pad) with a zero border."""
+    check_array("x", x, (None, None, None, None), contiguous=False)
+    N, C, H, W = x.shape
+    out = _out("out", out, (N, C, H + 2 * pad, W + 2 * pad), x.dtype)
+    _k_pad(x, out, pad)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# convolution: stride 1, zero padding P = K // 2 ("same"), cross-correlation like PyTorch
+#   z[n,f,y,x] = b[f] + sum_{c,ky,kx} w[f,c,ky,kx] * xp[n,c,y+ky,x+kx]
+# --------------------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def _k_conv2d_forward(xp, w, b, z):
+    # xp (N,C,Hp,Wp) padded input   w (F,C,K,K)   b (F,)   ->   z (N,F,H,W)
+    N, F, H, W = z.shape
+    C = xp.shape[1]
+    K = w.shape[2]
+    for n in prange(N):                      # each image: writes z[n] only
+        for f in range(F):
+            for y in range(H):
+                for x in range(W):
+                    z[n, f, y, x] = b[f]
+            for c in range(C):
+                for ky in range(K):
+                    for kx in range(K):
+                        wv = w[f, c, ky, kx]
+                        for y in range(H):
+                            for x in range(W):   # innermost over output columns: vectorizes
+                                z[n, f, y, x] += wv * xp[n, c, y + ky, x + kx]
+
+
+@njit(cache=True, parallel=True)
+def _k_conv2d_backward_dx(dz, w, dxp):
+    # dz (N,F,H,W)   w (F,C,K,K)   ->   dxp (N,C,Hp,Wp): gradient w.r.t. the PADDED input
+    # forward reversed: every product w*xp that fed z[n,f,y,x] sends dz[n,f,y,x]*w back to xp
+    N, F, H, W = dz.shape
+    C = w.shape[1]
+    K = w.shape[2]
+    Hp = dxp.shape[2]
+    Wp = dxp.shape[3]
+    for n in prange(N):                      # each image: writes dxp[n] only
+        for c in range(C):
+            for i in range(Hp):
+                for j in range(Wp):
+                    dxp[n, c, i, j] = 0
+        for f in range(F):
+            for c in range(C):
+                for ky in range(K):
+                    for kx in range(K):
+                        wv = w[f, c, ky, kx]
+                        for y in range(H):
+                            for x in range(W):
+                                dxp[n, c, y + ky, x + kx] += wv * dz[n, f, y, x]
+
+
+@njit(cache=True, parallel=True)
+def _k_conv2d_backward_dw(dz, xp, dw, db):
+    # dz (N,F,H,W)   xp (N,C,Hp,Wp)   ->   dw (F,C,K,K), db (F,)
+    # dw[f,c,ky,kx] = sum_{n,y,x} dz[n,f,y,x] * xp[n,c,y+ky,x+kx];  db[f] = sum_{n,y,x} dz[n,f,y,x]
+    # partial sums are kept per output column x (a vector the compiler can use), then summed.
+    N, F, H, W = dz.shape
+    C = xp.shape[1]
+    K = dw.shape[2]
+    for f in prange(F):                      # each filter: writes dw[f], db[f] only
+        acc = np.zeros((C, K, K, W), dtype=dz.dtype)     # (C,K,K,W) partial sums per column
+        accb = np.zeros(W, dtype=dz.dtype)               # (W,)
+        for n in range(N):
+            for y in range(H):
+                for x in range(W):
+                    accb[x] += dz[n, f, y, x]
+                for c in range(C):
+                    for ky in range(K):
+                        for kx in range(K):
+                            for x in range(W):
+                                acc[c, ky, kx, x] += dz[n, f, y, x] * xp[n, c, y + ky, x + kx]
+        for c in range(C):
+            for ky in range(K):
+                for kx in range(K):
+                    s = acc[c, ky, kx, 0]
+                    for x in range(1, W):
+                        s += acc[c, ky, kx, x]
+                    dw[f, c, ky, kx] = s
+        s = accb[0]
+        for x in range(1, W):
+            s += accb[x]
+        db[f] = s
+
+
+def _check_conv(x, w, b, pad):
+    check_array("x", x, (None, None, None, None), contiguous=False)
+    F, C, K, K2 = check_array("w", w, (None, x.shape[1], None, None), x.dtype).shape
+    if K != K2 or K % 2 != 1 or pad != K // 2:
+        raise ValueError(f"w has shape {w.shape}: need square odd filters with pad = K//2 (pad={pad})")
+    if b is not None:
+        check_array("b", b, (F,), x.dtype)
+    return F, C, K
+
+
+def conv2d_forward(x, w, b, pad=2, out=None, xpad=None):
+    """x (N,C,H,W), w (F,C,K,K), b (F,) -> z (N,F,H,W). `xpad` (N,C,H+2P,W+2P) may be given as workspace."""
+    F, C, K = _check_conv(x, w, b, pad)
+    N, _, H, W = x.shape
+    xp = pad2d(x, pad, out=xpad)
+    out = _out("out", out, (N, F, H, W), x.dtype)
+    _k_conv2d_forward(xp, w, b, out)
+    return out
+
+
+def conv2d_forward_padded(xp, w, b, out=None):
+    """Same as conv2d_forward on an input already zero-padded: xp (N,C,H+2P,W+2P) -> z (N,F,H,W)."""
+    check_array("xp", xp, (None, None, None, None), contiguous=False)
+    F, C, K, _ = check_array("w", w, (None, xp.shape[1], None, None), xp.dtype).shape
+    check_array("b", b, (F,), xp.dtype)
+    N, _, Hp, Wp = xp.shape
+    out = _out("out", out, (N, F, Hp - K + 1, Wp - K + 1), xp.dtype)
+    _k_conv2d_forward(xp, w, b, out)
+    return out
+
+
+def conv2d_backward(dz, x, w, pad=2, need_dx=True, xpad=None, dxpad=None, dw=None, db=None):
+    """Gradients of conv2d_forward: dz (N,F,H,W), x (N,C,H,W), w (F,C,K,K) -> (dx, dw, db).
+
+    dx (N,C,H,W) is None when need_dx is False (the input layer). `xpad` may pass the padded input
+    the forward pass already built; `dxpad` (N,C,H+2P,W+2P) is workspace for the padded gradient,
+    and the returned dx is a view of its interior.
+    """
+    F, C, K = _check_conv(x, w, None, pad)
+    N, _, H, W = x.shape
+    check_array("dz", dz, (N, F, H, W), x.dtype, contiguous=False)
+    xp = pad2d(x, pad) if xpad is None else check_array("xpad", xpad, (N, C, H + 2 * pad, W + 2 * pad),
+                                                        x.dtype, contiguous=False)
+    dw = _out("dw", dw, (F, C, K, K), x.dtype)
+    db = _out("db", db, (F,), x.dtype)
+    _k_conv2d_backward_dw(dz, xp, dw, db)
+    dx = None
+    if need_dx:
+        dxp = _out("dxpad", dxpad, (N, C, H + 2 * pad, W + 2 * pad), x.dtype)
+        _k_conv2d_backward_dx(dz, w, dxp)
+        dx = dxp[:, :, pad:pad + H, pad:pad + W]
+    return dx, dw, db
+
+
+# --------------------------------------------------------------------------------------------
+# max pooling 2x2, stride 2. argmax = 2*dy + dx of the winner in its window; ties -> first maximum
+# --------------------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def _k_maxpool2x2_forward(a, out, arg):
+    # a (N,C,H,W)   ->   out (N,C,H/2,W/2), arg (N,C,H/2,W/2) int8 in 0..3
+    N, C, Ho, Wo = out.shape
+    for n in prange(N):
+        for c in range(C):
+            for i in range(Ho):
+                for j in range(Wo):
+                    best = a[n, c, 2 * i, 2 * j]
+                    k = 0
+                    v = a[n, c, 2 * i, 2 * j + 1]
+                    if v > best:
+                        best = v
+                        k = 1
+                    v = a[n, c, 2 * i + 1, 2 * j]
+                    if v > best:
+                        best = v
+                        k = 2
+                    v = a[n, c, 2 * i + 1, 2 * j + 1]
+                    if v > best:
+                        best = v
+                        k = 3
+                    out[n, c, i, j] = best
+                    arg[n, c, i, j] = k
+
+
+@njit(cache=True, parallel=True)
+def _k_maxpool2x2_backward(dout, arg, da):
+    # dout (N,C,H/2,W/2), arg (N,C,H/2,W/2)   ->   da (N,C,H,W): dout routed to the winner, 0 elsewhere
+    N, C, Ho, Wo = dout.shape
+    for n in prange(N):
+        for c in range(C):
+            for i in range(Ho):
+                for j in range(Wo):
+                    g = dout[n, c, i, j]
+                    k = arg[n, c, i, j]
+                    da[n, c, 2 * i, 2 * j] = g if k == 0 else 0
+                    da[n, c, 2 * i, 2 * j + 1] = g if k == 1 else 0
+                    da[n, c, 2 * i + 1, 2 * j] = g if k == 2 else 0
+                    da[n, c, 2 * i + 1, 2 * j + 1] = g if k == 3 else 0
+
+
+def maxpool2x2_forward(a, out=None, argmax=None):
+    """a (N,C,H,W), H and W even -> (out (N,C,H/2,W/2), argmax int8 (N,C,H/2,W/2))."""
+    check_array("a", a, (None, None, None, None), contiguous=False)
+    N, C, H, W = a.shape
+    if H % 2 or W % 2:
+        raise ValueError(f"a has shape {a.shape}: height and width must be even for 2x2 pooling")
+    out = _out("out", out, (N, C, H // 2, W // 2), a.dtype)
+    argmax = _out("argmax", argmax, (N, C, H // 2, W // 2), np.int8)
+    _k_maxpool2x2_forward(a, out, argmax)
+    return out, argmax
+
+
+def maxpool2x2_backward(dout, argmax, out=None):
+    """dout (N,C,H/2,W/2), argmax from the forward pass -> da (N,C,H,W)."""
+    check_array("dout", dout, (None, None, None, None), contiguous=False)
+    check_array("argmax", argmax, dout.shape, np.int8, contiguous=False)
+    N, C, Ho, Wo = dout.shape
+    out = _out("out", out, (N, C, 2 * Ho, 2 * Wo), dout.dtype)
+    _k_maxpool2x2_backward(dout, argmax, out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# ELU: a = z (z >= 0), exp(z) - 1 (z < 0).  da/dz = 1 (a > 0), a + 1 (a <= 0): needs only a.
+# --------------------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def _k_elu_forward(z, a):
+    # z (D,) flat   ->   a (D,)
+    for i in prange(z.shape[0]):
+        v = z[i]
+        a[i] = v if v >= 0 else math.expm1(v)
+
+
+@njit(cache=True, parallel=True)
+def _k_elu_backward(da, a, dz):
+    # da (D,), a (D,) forward output   ->   dz (D,)
+    for i in prange(da.shape[0]):
+        v = a[i]
+        dz[i] = da[i] if v > 0 else da[i] * (v + 1)
+
+
+def elu_forward(z, out=None):
+    """Elementwise ELU (alpha = 1) of a C-contiguous array of any shape; out may alias z."""
+    check_array("z", z, (None,) * z.ndim if isinstance(z, np.ndarray) else (None,))
+    out = _out("out", out, z.shape, z.dtype)
+    _k_elu_forward(z.reshape(-1), out.reshape(-1))
+    return out
+
+
+def elu_backward(da, a, out=None):
+    """Gradient of ELU from its output a: da (any shape), a (same) -> dz; out may alias da."""
+    check_array("da", da, (None,) * da.ndim if isinstance(da, np.ndarray) else (None,))
+    check_array("a", a, da.shape, da.dtype)
+    out = _out("out", out, da.shape, da.dtype)
+    _k_elu_backward(da.reshape(-1), a.reshape(-1), out.reshape(-1))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# batch normalization, training mode (batch statistics, biased variance, sqrt(V + eps)).
+#   unit:    z (N,D),   statistics per unit d over the batch  (the seed's Part IV; fc BN too)
+#   channel: z (N,C,S), statistics per channel c over (N,S)   (PyTorch BatchNorm2d)
+#   xhat = (z - mean) * invstd;  y = gamma * xhat + beta
+#   backward, M values per statistic:
+#   dz = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat)); dgamma = sum(dy*xhat); dbeta = sum(dy)
+# Statistics are summed in float64 whatever the dtype.
+# --------------------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def _k_bn_unit_forward(z, gamma, beta, eps, y, xhat, mean, var, invstd):
+    # z (N,D) gamma (D,) beta (D,)  ->  y (N,D), xhat (N,D), mean (D,), var (D,), invstd (D,)
+    N, D = z.shape
+    for d in prange(D):
+        s = 0.0
+        for n in range(N):
+            s += z[n, d]
+        m = s / N
+        v = 0.0
+        for n in range(N):
+            t = z[n, d] - m
+            v += t * t
+        v /= N
+        inv = 1.0 / math.sqrt(v + eps)
+        for n in range(N):
+            xh = (z[n, d] - m) * inv
+            xhat[n, d] = xh
+            y[n, d] = gamma[d] * xh + beta[d]
+        mean[d] = m
+        var[d] = v
+        invstd[d] = inv
+
+
+@njit(cache=True, parallel=True)
+def _k_bn_unit_backward(dy, xhat, gamma, invstd, dz, dgamma, dbeta):
+    # dy (N,D) xhat (N,D) gamma (D,) invstd (D,)  ->  dz (N,D), dgamma (D,), dbeta (D,)
+    N, D = dy.shape
+    for d in prange(D):
+        sdy = 0.0
+        sdyx = 0.0
+        for n in range(N):
+            sdy += dy[n, d]
+            sdyx += dy[n, d] * xhat[n, d]
+        dgamma[d] = sdyx
+        dbeta[d] = sdy
+        g = gamma[d] * invstd[d] / N
+        for n in range(N):
+            dz[n, d] = g * (N * dy[n, d] - sdy - xhat[n, d] * sdyx)
+
+
+@njit(cache=True, parallel=True)
+def _k_bn_channel_forward(z, gamma, beta, eps, y, xhat, mean, var, invstd):
+    # z (N,C,S) gamma (C,) beta (C,)  ->  y (N,C,S), xhat (N,C,S), mean (C,), var (C,), invstd (C,)
+    N, C, S = z.shape
+    M = N * S
+    for c in prange(C):
+        s = 0.0
+        for n in range(N):
+            for i in range(S):
+                s += z[n, c, i]
+        m = s / M
+        v = 0.0
+        for n in range(N):
+            for i in range(S):
+                t = z[n, c, i] - m
+                v += t * t
+        v /= M
+        inv = 1.0 / math.sqrt(v + eps)
+        for n in range(N):
+            for i in range(S):
+                xh = (z[n, c, i] - m) * inv
+                xhat[n, c, i] = xh
+                y[n, c, i] = gamma[c] * xh + beta[c]
+        mean[c] = m
+        var[c] = v
+        invstd[c] = inv
+
+
+@njit(cache=True, parallel=True)
+def _k_bn_channel_backward(dy, xhat, gamma, invstd, dz, dgamma, dbeta):
+    # dy (N,C,S) xhat (N,C,S) gamma (C,) invstd (C,)  ->  dz (N,C,S), dgamma (C,), dbeta (C,)
+    N, C, S = dy.shape
+    M = N * S
+    for c in prange(C):
+        sdy = 0.0
+        sdyx = 0.0
+        for n in range(N):
+            for i in range(S):
+                sdy += dy[n, c, i]
+                sdyx += dy[n, c, i] * xhat[n, c, i]
+        dgamma[c] = sdyx
+        dbeta[c] = sdy
+        g = gamma[c] * invstd[c] / M
+        for n in range(N):
+            for i in range(S):
+                dz[n, c, i] = g * (M * dy[n, c, i] - sdy - xhat[n, c, i] * sdyx)
+
+
+@njit(cache=True, parallel=True)
+def _k_affine_channel(z, scale, shift, y):
+    # z (N,C,S) scale (C,) shift (C,)  ->  y (N,C,S) = z*scale + shift   (BN in inference mode)
+    N, C, S = z.shape
+    for n in prange(N):
+        for c in range(C):
+            a = scale[c]
+            b = shift[c]
+            for i in range(S):
+                y[n, c, i] = z[n, c, i] * a + b
+
+
+def _bn_outputs(z, stat_shape, out):
+    y, xhat, mean, var, invstd = (None,) * 5 if out is None else out
+    y = _out("y", y, z.shape, z.dtype)
+    xhat = _out("xhat", xhat, z.shape, z.dtype)
+    mean = _out("mean", mean, stat_shape, z.dtype)
+    var = _out("var", var, stat_shape, z.dtype)
+    invstd = _out("invstd", invstd, stat_shape, z.dtype)
+    return y, xhat, mean, var, invstd
+
+
+def bn_unit_forward(z, gamma, beta, eps=1e-5, out=None):
+    """Per-unit BN over the batch: z (N,D), gamma (D,), beta (D,) -> (y, xhat, mean, var, invstd).
+
+    `out` may be a 5-tuple of preallocated arrays (y (N,D), xhat (N,D), mean, var, invstd (D,)).
+    """
+    N, D = check_array("z", z, (None, None)).shape
+    check_array("gamma", gamma, (D,), z.dtype)
+    check_array("beta", beta, (D,), z.dtype)
+    res = _bn_outputs(z, (D,), out)
+    _k_bn_unit_forward(z, gamma, beta, eps, *res)
+    return res
+
+
+def bn_unit_backward(dy, xhat, gamma, invstd, out=None):
+    """Gradients of bn_unit_forward: dy (N,D), xhat (N,D), gamma (D,), invstd (D,) -> (dz, dgamma, dbeta)."""
+    N, D = check_array("dy", dy, (None, None)).shape
+    check_array("xhat", xhat, (N, D), dy.dtype)
+    check_array("gamma", gamma, (D,), dy.dtype)
+    check_array("invstd", invstd, (D,), dy.dtype)
+    dz, dgamma, dbeta = (None,) * 3 if out is None else out
+    dz = _out("dz", dz, (N, D), dy.dtype)
+    dgamma = _out("dgamma", dgamma, (D,), dy.dtype)
+    dbeta = _out("dbeta", dbeta, (D,), dy.dtype)
+    _k_bn_unit_backward(dy, xhat, gamma, invstd, dz, dgamma, dbeta)
+    return dz, dgamma, dbeta
+
+
+def bn_channel_forward(z, gamma, beta, eps=1e-5, out=None):
+    """Per-channel BN: z (N,C,S) (S = H*W), gamma (C,), beta (C,) -> (y, xhat, mean, var, invstd)."""
+    N, C, S = check_array("z", z, (None, None, None)).shape
+    check_array("gamma", gamma, (C,), z.dtype)
+    check_array("beta", beta, (C,), z.dtype)
+    res = _bn_outputs(z, (C,), out)
+    _k_bn_channel_forward(z, gamma, beta, eps, *res)
+    return res
+
+
+def bn_channel_backward(dy, xhat, gamma, invstd, out=None):
+    """Gradients of bn_channel_forward: dy (N,C,S), xhat, gamma (C,), invstd (C,) -> (dz, dgamma, dbeta)."""
+    N, C, S = check_array("dy", dy, (None, None, None)).shape
+    check_array("xhat", xhat, (N, C, S), dy.dtype)
+    check_array("gamma", gamma, (C,), dy.dtype)
+    check_array("invstd", invstd, (C,), dy.dtype)
+    dz, dgamma, dbeta = (None,) * 3 if out is None else out
+    dz = _out("dz", dz, (N, C, S), dy.dtype)
+    dgamma = _out("dgamma", dgamma, (C,), dy.dtype)
+    dbeta = _out("dbeta", dbeta, (C,), dy.dtype)
+    _k_bn_channel_backward(dy, xhat, gamma, invstd, dz, dgamma, dbeta)
+    return dz, dgamma, dbeta
+
+
+def bn_inference(z, gamma, beta, running_mean, running_var, eps=1e-5, out=None):
+    """BN with running statistics: z (N,C,S), per-channel stats (C,) -> y (N,C,S).
+
+    For per-unit BN pass z as (N,D,1) and stats of shape (D,).
+    """
+    N, C, S = check_array("z", z, (None, None, None)).shape
+    for name, arr in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+                      ("running_var", running_var)):
+        check_array(name, arr, (C,), z.dtype)
+    scale = (gamma / np.sqrt(running_var + eps)).astype(z.dtype)
+    shift = (beta - running_mean * scale).astype(z.dtype)
+    out = _out("out", out, z.shape, z.dtype)
+    _k_affine_channel(z, scale, shift, out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# fully connected: z = x @ w.T + b  (BLAS through numpy; deterministic for fixed shapes)
+# --------------------------------------------------------------------------------------------
+
+def fc_forward(x, w, b, out=None):
+    """x (N,I), w (O,I), b (O,) -> z (N,O)."""
+    N, I = check_array("x", x, (None, None), contiguous=False).shape
+    O = check_array("w", w, (None, I), x.dtype).shape[0]
+    check_array("b", b, (O,), x.dtype)
+    out = _out("out", out, (N, O), x.dtype)
+    np.matmul(x, w.T, out=out)
+    out += b
+    return out
+
+
+def fc_backward(dz, x, w, need_dx=True, dx=None, dw=None, db=None):
+    """Gradients of fc_forward: dz (N,O), x (N,I), w (O,I) -> (dx (N,I) or None, dw (O,I), db (O,))."""
+    N, I = check_array("x", x, (None, None), contiguous=False).shape
+    O = check_array("w", w, (None, I), x.dtype).shape[0]
+    check_array("dz", dz, (N, O), x.dtype, contiguous=False)
+    dw = _out("dw", dw, (O, I), x.dtype)
+    db = _out("db", db, (O,), x.dtype)
+    np.matmul(dz.T, x, out=dw)
+    np.sum(dz, axis=0, out=db)
+    if need_dx:
+        dx = _out("dx", dx, (N, I), x.dtype)
+        np.matmul(dz, w, out=dx)
+    else:
+        dx = None
+    return dx, dw, db
+
+
+# --------------------------------------------------------------------------------------------
+# output: sigmoid + binary cross-entropy against one-hot targets, from the logits (stable)
+#   loss = (1/N) sum_n sum_c [ max(z,0) - z*y + log1p(exp(-|z|)) ];  dz = (sigmoid(z) - y) / N
+# --------------------------------------------------------------------------------------------
+
+@njit(cache=True)
+def _k_sigmoid_bce(z, labels, probs, dz):
+    # z (N,O) logits, labels (N,) int   ->   probs (N,O), dz (N,O); returns the mean loss (float64)
+    N, O = z.shape
+    total = 0.0
+    for n in range(N):
+        lab = labels[n]
+        for c in range(O):
+            v = z[n, c]
+            t = 1.0 if lab == c else 0.0
+            total += max(v, 0.0) - v * t + math.log1p(math.exp(-abs(v)))
+            if v >= 0:
+                p = 1.0 / (1.0 + math.exp(-v))
+            else:
+                e = math.exp(v)
+                p = e / (1.0 + e)
+            probs[n, c] = p
+            dz[n, c] = (p - t) / N
+    return total / N
+
+
+@njit(cache=True)
+def _k_sigmoid(z, probs):
+    # z (N,O)   ->   probs (N,O)
+    N, O = z.shape
+    for n in range(N):
+        for c in range(O):
+            v = z[n, c]
+            if v >= 0:
+                p = 1.0 / (1.0 + math.exp(-v))
+            else:
+                e = math.exp(v)
+                p = e / (1.0 + e)
+            probs[n, c] = p
+
+
+def check_labels(labels, n, num_classes):
+    """labels must be an integer array (n,) with values in [0, num_classes)."""
+    if not isinstance(labels, np.ndarray):
+        raise ValueError(f"labels must be a numpy array, got {type(labels).__name__}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels has shape {labels.shape}, expected ({n},)")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"labels has dtype {labels.dtype} (shape {labels.shape}), expected an integer dtype")
+    if n and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels (shape {labels.shape}) has values outside [0, {num_classes}): "
+                         f"min {labels.min()}, max {labels.max()}")
+    return labels
+
+
+def sigmoid_bce_forward_backward(z, labels, probs=None, dz=None):
+    """z (N,O) logits, labels (N,) in [0,O) -> (mean loss, probs (N,O), dz (N,O))."""
+    N, O = check_array("z", z, (None, None)).shape
+    check_labels(labels, N, O)
+    probs = _out("probs", probs, (N, O), z.dtype)
+    dz = _out("dz", dz, (N, O), z.dtype)
+    loss = _k_sigmoid_bce(z, labels.astype(np.int64, copy=False), probs, dz)
+    return float(loss), probs, dz
+
+
+def sigmoid(z, out=None):
+    """Stable elementwise logistic function of z (N,O)."""
+    check_array("z", z, (None, None))
+    out = _out("out", out, z.shape, z.dtype)
+    _k_sigmoid(z, out)
+    return out

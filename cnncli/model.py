@@ -1,0 +1,479 @@
+"""The network: parameter layout, initialisation, forward/backward of the whole net, inference.
+
+    x (N,1,32,32) -> conv1 5x5, 6 maps, pad 2 [-> bn1] -> ELU -> maxpool 2x2   -> (N,6,16,16)
+                  -> conv2 5x5x6, 16 maps, pad 2 [-> bn2] -> ELU -> maxpool 2x2 -> (N,16,8,8)
+                  -> flatten (C-order, NCHW) (N,1024) -> fc1 65 [-> bn3] -> ELU -> fc2 C -> sigmoid
+
+Loss: binary cross-entropy of the C sigmoid outputs against the one-hot target, summed over the
+C outputs and AVERAGED over the batch, computed from the logits (log-sigmoid, stable).
+
+Batch normalization (`batchnorm`), between the linear step and the ELU of conv1, conv2 and fc1:
+  "none"    no BN.
+  "unit"    the seed's Part IV: statistics per unit (every map position) over the batch; gamma and
+            beta have the layer's own shape (6,32,32), (16,16,16), (65,).
+  "channel" the usual per-map BN (PyTorch BatchNorm2d/1d): statistics over (N,H,W) per map;
+            gamma/beta (6,), (16,), (65,).
+  Training uses the batch's biased variance and sqrt(V + eps); running statistics are updated as
+  PyTorch does (running = (1-momentum)*running + momentum*stat, running_var from the UNBIASED
+  batch variance) and are used in inference mode. Conv/fc biases stay even under BN (as in the
+  seed); their gradient is then zero up to rounding.
+
+All parameters live in one flat contiguous buffer (`Params.flat`) with named views; the same for
+gradients and for the BN running statistics. The functional API (`loss_and_grads`,
+`predict_proba`) runs the same code as `Network`, which keeps preallocated workspaces.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels as K
+
+BATCHNORM = ("none", "unit", "channel")
+IMAGE_SHAPE = (1, 32, 32)
+FC1_UNITS = 65
+PREDICT_CHUNK = 256          # predict_proba works through big inputs in chunks of this many images
+
+
+class Params(dict):
+    """name -> ndarray view into `.flat`, a 1-D contiguous buffer holding every tensor in spec order."""
+
+    flat: np.ndarray
+
+    def copy(self) -> "Params":
+        specs = [(k, v.shape) for k, v in self.items()]
+        p = allocate(specs, self.flat.dtype)
+        p.flat[:] = self.flat
+        return p
+
+
+def _check_batchnorm(batchnorm):
+    if batchnorm not in BATCHNORM:
+        raise ValueError(f"batchnorm must be one of {BATCHNORM}, got {batchnorm!r}")
+
+
+def _check_num_classes(num_classes):
+    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+
+
+def _check_dtype(dtype):
+    dt = np.dtype(dtype)
+    if dt not in K.FLOAT_DTYPES:
+        raise ValueError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def param_specs(num_classes=12, batchnorm="none"):
+    """[(name, shape)] of every parameter tensor, in the order of the flat buffer."""
+    _check_num_classes(num_classes)
+    _check_batchnorm(batchnorm)
+    bn = {"unit": [(6, 32, 32), (16, 16, 16), (FC1_UNITS,)],
+          "channel": [(6,), (16,), (FC1_UNITS,)]}.get(batchnorm)
+    specs = [("conv1.w", (6, 1, 5, 5)), ("conv1.b", (6,))]
+    if bn:
+        specs += [("bn1.gamma", bn[0]), ("bn1.beta", bn[0])]
+    specs += [("conv2.w", (16, 6, 5, 5)), ("conv2.b", (16,))]
+    if bn:
+        specs += [("bn2.gamma", bn[1]), ("bn2.beta", bn[1])]
+    specs += [("fc1.w", (FC1_UNITS, 1024)), ("fc1.b", (FC1_UNITS,))]
+    if bn:
+        specs += [("bn3.gamma", bn[2]), ("bn3.beta", bn[2])]
+    specs += [("fc2.w", (num_classes, FC1_UNITS)), ("fc2.b", (num_classes,))]
+    return specs
+
+
+def buffer_specs(num_classes=12, batchnorm="none"):
+    """[(name, shape)] of the BN running statistics (empty for "none")."""
+    specs = []
+    for name, shape in param_specs(num_classes, batchnorm):
+        if name.endswith(".gamma"):
+            layer = name.split(".")[0]
+            specs += [(f"{layer}.running_mean", shape), (f"{layer}.running_var", shape)]
+    return specs
+
+
+def allocate(specs, dtype=np.float32) -> Params:
+    """Zeros for every (name, shape) in specs, as views into one flat contiguous buffer."""
+    dt = _check_dtype(dtype)
+    total = sum(int(np.prod(shape)) for _, shape in specs)
+    p = Params()
+    p.flat = np.zeros(total, dtype=dt)
+    off = 0
+    for name, shape in specs:
+        size = int(np.prod(shape))
+        p[name] = p.flat[off:off + size].reshape(shape)
+        off += size
+    return p
+
+
+def init_params(num_classes=12, batchnorm="none", seed=0, dtype=np.float32) -> Params:
+    """Glorot-uniform weights (Keras default: fans include the receptive field), zero biases,
+    gamma = 1, beta = 0. Deterministic in `seed`."""
+    p = allocate(param_specs(num_classes, batchnorm), dtype)
+    rng = np.random.default_rng(seed)
+    for name, arr in p.items():
+        kind = name.split(".")[1]
+        if kind == "w":
+            if arr.ndim == 4:        # (F,C,K,K)
+                rf = arr.shape[2] * arr.shape[3]
+                fan_in, fan_out = arr.shape[1] * rf, arr.shape[0] * rf
+            else:                    # (O,I)
+                fan_in, fan_out = arr.shape[1], arr.shape[0]
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            arr[...] = rng.uniform(-limit, limit, size=arr.shape)
+        elif kind == "gamma":
+            arr[...] = 1
+        # biases and beta stay zero
+    return p
+
+
+def init_buffers(num_classes=12, batchnorm="none", dtype=np.float32) -> Params:
+    """BN running statistics: mean 0, var 1 (PyTorch's initial values)."""
+    b = allocate(buffer_specs(num_classes, batchnorm), dtype)
+    for name, arr in b.items():
+        if name.endswith("running_var"):
+            arr[...] = 1
+    return b
+
+
+def infer_architecture(params) -> tuple:
+    """(num_classes, batchnorm) from the keys and shapes of a params mapping; ValueError if it fits none."""
+    if "fc2.b" not in params:
+        raise ValueError("params has no 'fc2.b': cannot tell the number of classes")
+    num_classes = int(np.shape(params["fc2.b"])[0]) if np.ndim(params["fc2.b"]) == 1 else 0
+    if num_classes < 1:
+        raise ValueError(f"params['fc2.b'] has shape {np.shape(params['fc2.b'])}, expected (C,)")
+    if "bn1.gamma" not in params:
+        batchnorm = "none"
+    else:
+        batchnorm = "channel" if np.shape(params["bn1.gamma"]) == (6,) else "unit"
+    specs = param_specs(num_classes, batchnorm)
+    names = {n for n, _ in specs}
+    extra = sorted(set(params) - names)
+    if extra:
+        raise ValueError(f"params has unexpected key {extra[0]!r} for batchnorm={batchnorm!r}")
+    for name, shape in specs:
+        if name not in params:
+            raise ValueError(f"params is missing {name!r} (batchnorm={batchnorm!r})")
+        if tuple(np.shape(params[name])) != tuple(shape):
+            raise ValueError(f"params[{name!r}] has shape {np.shape(params[name])}, expected {shape}")
+    return num_classes, batchnorm
+
+
+# ------------------------------------------------------------------------------------------------
+# workspaces: every intermediate array of one forward/backward pass for a given batch size
+# ------------------------------------------------------------------------------------------------
+
+class _Workspace:
+    def __init__(self, n, num_classes, batchnorm, dtype, train):
+        e = lambda *s: np.empty(s, dtype=dtype)      # noqa: E731
+        z = lambda *s: np.zeros(s, dtype=dtype)      # noqa: E731
+        bn = batchnorm != "none"
+        self.n = n
+        self.xp1 = z(n, 1, 36, 36)                   # padded input (border stays 0)
+        self.z1 = e(n, 6, 32, 32)                    # conv1 output
+        self.y1 = e(n, 6, 32, 32) if bn else None    # bn1 output
+        self.a1 = e(n, 6, 32, 32)                    # ELU
+        self.xp2 = z(n, 6, 20, 20)                   # pool1 output, written into a padded buffer
+        self.p1 = self.xp2[:, :, 2:18, 2:18]         # (N,6,16,16) view
+        self.arg1 = np.empty((n, 6, 16, 16), np.int8)
+        self.z2 = e(n, 16, 16, 16)
+        self.y2 = e(n, 16, 16, 16) if bn else None
+        self.a2 = e(n, 16, 16, 16)
+        self.p2 = e(n, 16, 8, 8)
+        self.flat = self.p2.reshape(n, 1024)         # view
+        self.arg2 = np.empty((n, 16, 8, 8), np.int8)
+        self.z3 = e(n, FC1_UNITS)
+        self.y3 = e(n, FC1_UNITS) if bn else None
+        self.a3 = e(n, FC1_UNITS)
+        self.z4 = e(n, num_classes)
+        self.probs = e(n, num_classes)
+        if not train:
+            return
+        # BN caches (xhat, mean, var, invstd) per layer
+        self.bn = {}
+        if bn:
+            for k, z_ in ((1, self.z1), (2, self.z2), (3, self.z3)):
+                stat = z_.shape[1:] if (batchnorm == "unit" or k == 3) else (z_.shape[1],)
+                self.bn[k] = (e(*z_.shape), e(*stat), e(*stat), e(*stat))
+        # gradients of the activations
+        self.dz4 = e(n, num_classes)
+        self.da3 = e(n, FC1_UNITS)
+        self.dz3 = e(n, FC1_UNITS)
+        self.dy3 = e(n, FC1_UNITS) if bn else None
+        self.dflat = e(n, 1024)
+        self.dp2 = self.dflat.reshape(n, 16, 8, 8)
+        self.da2 = e(n, 16, 16, 16)
+        self.dy2 = e(n, 16, 16, 16) if bn else None
+        self.dz2 = e(n, 16, 16, 16)
+        self.dxp2 = e(n, 6, 20, 20)
+        self.dp1 = self.dxp2[:, :, 2:18, 2:18]
+        self.da1 = e(n, 6, 32, 32)
+        self.dy1 = e(n, 6, 32, 32) if bn else None
+        self.dz1 = e(n, 6, 32, 32)
+
+
+def _bn_view(a, batchnorm, layer):
+    """The (N,D) view for per-unit BN or the (N,C,S) view for per-channel BN of an activation."""
+    n = a.shape[0]
+    if batchnorm == "unit" or layer == 3:
+        return a.reshape(n, -1)
+    return a.reshape(n, a.shape[1], -1)
+
+
+def _bn_train(P, B, layer, z, y, cache, batchnorm, eps, momentum):
+    xhat, mean, var, invstd = cache
+    g, b = P[f"bn{layer}.gamma"], P[f"bn{layer}.beta"]
+    zv, yv, xv = (_bn_view(t, batchnorm, layer) for t in (z, y, xhat))
+    if zv.ndim == 2:
+        K._k_bn_unit_forward(zv, g.reshape(-1), b.reshape(-1), eps, yv, xv,
+                             mean.reshape(-1), var.reshape(-1), invstd.reshape(-1))
+        count = zv.shape[0]
+    else:
+        K._k_bn_channel_forward(zv, g, b, eps, yv, xv, mean, var, invstd)
+        count = zv.shape[0] * zv.shape[2]
+    if B is not None:
+        rm, rv = B[f"bn{layer}.running_mean"], B[f"bn{layer}.running_var"]
+        rm *= 1 - momentum
+        rm += momentum * mean
+        rv *= 1 - momentum
+        rv += (momentum * count / (count - 1)) * var
+
+
+def _bn_backward(P, G, layer, dy, dz, cache, batchnorm):
+    xhat, mean, var, invstd = cache
+    g = P[f"bn{layer}.gamma"]
+    dyv, dzv, xv = (_bn_view(t, batchnorm, layer) for t in (dy, dz, xhat))
+    dg, dbeta = G[f"bn{layer}.gamma"], G[f"bn{layer}.beta"]
+    if dyv.ndim == 2:
+        K._k_bn_unit_backward(dyv, xv, g.reshape(-1), invstd.reshape(-1), dzv,
+                              dg.reshape(-1), dbeta.reshape(-1))
+    else:
+        K._k_bn_channel_backward(dyv, xv, g, invstd, dzv, dg, dbeta)
+
+
+def _bn_infer(P, B, layer, z, y, batchnorm, eps):
+    g, b = P[f"bn{layer}.gamma"], P[f"bn{layer}.beta"]
+    rm, rv = B[f"bn{layer}.running_mean"], B[f"bn{layer}.running_var"]
+    scale = (g / np.sqrt(rv + eps)).astype(z.dtype).reshape(-1)
+    shift = (b - rm * scale.reshape(g.shape)).astype(z.dtype).reshape(-1)
+    n = z.shape[0]
+    if batchnorm == "unit" or layer == 3:
+        K._k_affine_channel(z.reshape(n, -1, 1), scale, shift, y.reshape(n, -1, 1))
+    else:
+        K._k_affine_channel(z.reshape(n, z.shape[1], -1), scale, shift, y.reshape(n, z.shape[1], -1))
+
+
+def _forward(P, B, x, ws, batchnorm, eps, momentum, train):
+    """Forward pass into the workspace; training mode uses batch statistics (and updates B)."""
+    bn = batchnorm != "none"
+    ws.xp1[:, :, 2:34, 2:34] = x
+    K._k_conv2d_forward(ws.xp1, P["conv1.w"], P["conv1.b"], ws.z1)
+    pre = ws.z1
+    if bn:
+        if train:
+            _bn_train(P, B, 1, ws.z1, ws.y1, ws.bn[1], batchnorm, eps, momentum)
+        else:
+            _bn_infer(P, B, 1, ws.z1, ws.y1, batchnorm, eps)
+        pre = ws.y1
+    K._k_elu_forward(pre.reshape(-1), ws.a1.reshape(-1))
+    K._k_maxpool2x2_forward(ws.a1, ws.p1, ws.arg1)
+
+    K._k_conv2d_forward(ws.xp2, P["conv2.w"], P["conv2.b"], ws.z2)
+    pre = ws.z2
+    if bn:
+        if train:
+            _bn_train(P, B, 2, ws.z2, ws.y2, ws.bn[2], batchnorm, eps, momentum)
+        else:
+            _bn_infer(P, B, 2, ws.z2, ws.y2, batchnorm, eps)
+        pre = ws.y2
+    K._k_elu_forward(pre.reshape(-1), ws.a2.reshape(-1))
+    K._k_maxpool2x2_forward(ws.a2, ws.p2, ws.arg2)
+
+    np.matmul(ws.flat, P["fc1.w"].T, out=ws.z3)
+    ws.z3 += P["fc1.b"]
+    pre = ws.z3
+    if bn:
+        if train:
+            _bn_train(P, B, 3, ws.z3, ws.y3, ws.bn[3], batchnorm, eps, momentum)
+        else:
+            _bn_infer(P, B, 3, ws.z3, ws.y3, batchnorm, eps)
+        pre = ws.y3
+    K._k_elu_forward(pre.reshape(-1), ws.a3.reshape(-1))
+
+    np.matmul(ws.a3, P["fc2.w"].T, out=ws.z4)
+    ws.z4 += P["fc2.b"]
+
+
+def _backward(P, G, ws, batchnorm):
+    """Backward pass: forward reversed. Overwrites every gradient in G."""
+    bn = batchnorm != "none"
+    # fc2
+    np.matmul(ws.dz4.T, ws.a3, out=G["fc2.w"])
+    np.sum(ws.dz4, axis=0, out=G["fc2.b"])
+    np.matmul(ws.dz4, P["fc2.w"], out=ws.da3)
+    # ELU, [bn3], fc1
+    if bn:
+        K._k_elu_backward(ws.da3.reshape(-1), ws.a3.reshape(-1), ws.dy3.reshape(-1))
+        _bn_backward(P, G, 3, ws.dy3, ws.dz3, ws.bn[3], batchnorm)
+    else:
+        K._k_elu_backward(ws.da3.reshape(-1), ws.a3.reshape(-1), ws.dz3.reshape(-1))
+    np.matmul(ws.dz3.T, ws.flat, out=G["fc1.w"])
+    np.sum(ws.dz3, axis=0, out=G["fc1.b"])
+    np.matmul(ws.dz3, P["fc1.w"], out=ws.dflat)
+    # pool2, ELU, [bn2], conv2
+    K._k_maxpool2x2_backward(ws.dp2, ws.arg2, ws.da2)
+    if bn:
+        K._k_elu_backward(ws.da2.reshape(-1), ws.a2.reshape(-1), ws.dy2.reshape(-1))
+        _bn_backward(P, G, 2, ws.dy2, ws.dz2, ws.bn[2], batchnorm)
+    else:
+        K._k_elu_backward(ws.da2.reshape(-1), ws.a2.reshape(-1), ws.dz2.reshape(-1))
+    K._k_conv2d_backward_dw(ws.dz2, ws.xp2, G["conv2.w"], G["conv2.b"])
+    K._k_conv2d_backward_dx(ws.dz2, P["conv2.w"], ws.dxp2)
+    # pool1, ELU, [bn1], conv1 (input layer: no dx)
+    K._k_maxpool2x2_backward(ws.dp1, ws.arg1, ws.da1)
+    if bn:
+        K._k_elu_backward(ws.da1.reshape(-1), ws.a1.reshape(-1), ws.dy1.reshape(-1))
+        _bn_backward(P, G, 1, ws.dy1, ws.dz1, ws.bn[1], batchnorm)
+    else:
+        K._k_elu_backward(ws.da1.reshape(-1), ws.a1.reshape(-1), ws.dz1.reshape(-1))
+    K._k_conv2d_backward_dw(ws.dz1, ws.xp1, G["conv1.w"], G["conv1.b"])
+
+
+def _check_input(x, dtype, name="x"):
+    K.check_array(name, x, (None,) + IMAGE_SHAPE, dtype, contiguous=False)
+    if x.shape[0] < 1:
+        raise ValueError(f"{name} has shape {x.shape}: the batch is empty")
+    return x
+
+
+def _check_params(params, buffers, batchnorm, eps=1e-5, momentum=0.1):
+    num_classes, found = infer_architecture(params)
+    _check_batchnorm(batchnorm)
+    if found != batchnorm:
+        raise ValueError(f"params are for batchnorm={found!r}, not {batchnorm!r}")
+    dtype = np.asarray(params["fc2.b"]).dtype
+    _check_dtype(dtype)
+    for name, shape in param_specs(num_classes, batchnorm):
+        K.check_array(f"params[{name!r}]", params[name], shape, dtype, contiguous=False)
+    if batchnorm != "none" and buffers is not None:
+        for name, shape in buffer_specs(num_classes, batchnorm):
+            if name not in buffers:
+                raise ValueError(f"buffers is missing {name!r}")
+            K.check_array(f"buffers[{name!r}]", buffers[name], shape, dtype, contiguous=False)
+    if not (isinstance(eps, (float, int)) and eps > 0):
+        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    if not (isinstance(momentum, (float, int)) and 0 <= momentum <= 1):
+        raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+    return num_classes, np.dtype(dtype)
+
+
+class Network:
+    """The fast path the trainer uses: parameters, gradients and BN buffers as flat buffers,
+    and preallocated workspaces per batch size (a step allocates nothing after the first)."""
+
+    MAX_WORKSPACES = 4
+
+    def __init__(self, num_classes=12, batchnorm="none", eps=1e-5, momentum=0.1,
+                 dtype=np.float32, seed=0):
+        _check_num_classes(num_classes)
+        _check_batchnorm(batchnorm)
+        self.dtype = _check_dtype(dtype)
+        if not (isinstance(eps, (float, int)) and eps > 0):
+            raise ValueError(f"eps must be a positive number, got {eps!r}")
+        if not (isinstance(momentum, (float, int)) and 0 <= momentum <= 1):
+            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+        self.num_classes = int(num_classes)
+        self.batchnorm = batchnorm
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.params = init_params(num_classes, batchnorm, seed, self.dtype)
+        self.grads = allocate(param_specs(num_classes, batchnorm), self.dtype)
+        self.buffers = init_buffers(num_classes, batchnorm, self.dtype)
+        self._ws = {}
+
+    def load_arrays(self, params, buffers=None):
+        """Copy parameter (and BN buffer) arrays into this network's flat buffers, checking shapes."""
+        for name, shape in param_specs(self.num_classes, self.batchnorm):
+            if name not in params:
+                raise ValueError(f"params is missing {name!r}")
+            if tuple(np.shape(params[name])) != shape:
+                raise ValueError(f"params[{name!r}] has shape {np.shape(params[name])}, expected {shape}")
+            self.params[name][...] = params[name]
+        if buffers is not None:
+            for name, shape in buffer_specs(self.num_classes, self.batchnorm):
+                if name not in buffers:
+                    raise ValueError(f"buffers is missing {name!r}")
+                if tuple(np.shape(buffers[name])) != shape:
+                    raise ValueError(f"buffers[{name!r}] has shape {np.shape(buffers[name])}, expected {shape}")
+                self.buffers[name][...] = buffers[name]
+
+    def _workspace(self, n, train):
+        key = (n, train)
+        ws = self._ws.get(key)
+        if ws is None:
+            if len(self._ws) >= self.MAX_WORKSPACES:
+                self._ws.pop(next(iter(self._ws)))
+            ws = self._ws[key] = _Workspace(n, self.num_classes, self.batchnorm, self.dtype, train)
+        return ws
+
+    def train_step(self, x, labels):
+        """Forward + backward in training mode on x (N,1,32,32), labels (N,).
+
+        Overwrites self.grads, updates the BN running statistics; returns (mean loss, probs (N,C)).
+        """
+        _check_input(x, self.dtype)
+        n = x.shape[0]
+        K.check_labels(labels, n, self.num_classes)
+        if self.batchnorm != "none" and n < 2:
+            raise ValueError(f"x has shape {x.shape}: training with batchnorm={self.batchnorm!r} "
+                             "needs at least 2 images in a batch")
+        ws = self._workspace(n, True)
+        _forward(self.params, self.buffers, x, ws, self.batchnorm, self.eps, self.momentum, True)
+        loss = K._k_sigmoid_bce(ws.z4, labels.astype(np.int64, copy=False), ws.probs, ws.dz4)
+        _backward(self.params, self.grads, ws, self.batchnorm)
+        return float(loss), ws.probs.copy()
+
+    def predict_proba(self, x):
+        """Inference mode (running statistics): x (N,1,32,32) -> probabilities (N,C)."""
+        _check_input(x, self.dtype)
+        n = x.shape[0]
+        out = np.empty((n, self.num_classes), dtype=self.dtype)
+        for s in range(0, n, PREDICT_CHUNK):
+            xs = x[s:s + PREDICT_CHUNK]
+            ws = self._workspace(xs.shape[0], False)
+            _forward(self.params, self.buffers, xs, ws, self.batchnorm, self.eps, self.momentum, False)
+            K._k_sigmoid(ws.z4, out[s:s + xs.shape[0]])
+        return out
+
+
+def _network_for(params, buffers, batchnorm, eps, momentum):
+    """A Network whose params/buffers ARE the given arrays (no copy when they are Params)."""
+    num_classes, dtype = _check_params(params, buffers, batchnorm, eps, momentum)
+    net = Network.__new__(Network)
+    net.num_classes, net.batchnorm, net.dtype = num_classes, batchnorm, dtype
+    net.eps, net.momentum, net._ws = float(eps), float(momentum), {}
+    net.params = params
+    net.grads = allocate(param_specs(num_classes, batchnorm), dtype)
+    net.buffers = buffers          # None: training mode keeps no running statistics
+    return net
+
+
+def loss_and_grads(params, x, labels, batchnorm="none", eps=1e-5, buffers=None, momentum=0.1):
+    """Training-mode loss (mean over the batch of the summed BCE) and gradients (a new Params).
+
+    When `buffers` is given (batchnorm != "none") the running statistics are updated in place;
+    without it they are not kept.
+    """
+    net = _network_for(params, buffers, batchnorm, eps, momentum)
+    loss, _ = net.train_step(x, labels)
+    return loss, net.grads
+
+
+def predict_proba(params, x, batchnorm="none", eps=1e-5, buffers=None):
+    """Inference-mode probabilities (N,C); buffers (running statistics) required when batchnorm != "none"."""
+    if batchnorm != "none" and buffers is None:
+        raise ValueError(f"predict_proba with batchnorm={batchnorm!r} needs buffers (running statistics)")
+    net = _network_for(params, buffers, batchnorm, eps, 0.1)
+    return net.predict_proba(x)

@@ -1,0 +1,192 @@
+"""Every Numba kernel against the slow NumPy reference (tests/reference.py), float64 and float32."""
+
+import numpy as np
+import pytest
+
+from cnncli import kernels as K
+
+import reference as R
+
+TOL = {np.float64: 1e-12, np.float32: 2e-5}
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("N,C,F,H", [(3, 1, 6, 32), (2, 6, 16, 16), (1, 2, 3, 6)])
+def test_conv2d_forward_backward(rng, dtype, N, C, F, H):
+    x = rng.standard_normal((N, C, H, H)).astype(dtype)
+    w = rng.standard_normal((F, C, 5, 5)).astype(dtype)
+    b = rng.standard_normal(F).astype(dtype)
+    z = K.conv2d_forward(x, w, b, 2)
+    assert z.dtype == dtype and z.shape == (N, F, H, H)
+    assert rel(z, R.conv2d_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), 2)) < TOL[dtype]
+    dz = rng.standard_normal(z.shape).astype(dtype)
+    dx, dw, db = K.conv2d_backward(dz, x, w, 2)
+    rdx, rdw, rdb = R.conv2d_backward(dz.astype(np.float64), x.astype(np.float64), w.astype(np.float64), 2)
+    assert rel(dx, rdx) < TOL[dtype]
+    assert rel(dw, rdw) < TOL[dtype]
+    assert rel(db, rdb) < TOL[dtype]
+    # the input layer skips dx
+    dx2, dw2, db2 = K.conv2d_backward(dz, x, w, 2, need_dx=False)
+    assert dx2 is None and np.array_equal(dw2, dw) and np.array_equal(db2, db)
+
+
+def test_conv2d_padded_equals_unpadded(rng):
+    x = rng.standard_normal((2, 6, 16, 16))
+    w = rng.standard_normal((16, 6, 5, 5))
+    b = rng.standard_normal(16)
+    assert np.array_equal(K.conv2d_forward(x, w, b, 2), K.conv2d_forward_padded(K.pad2d(x, 2), w, b))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_maxpool_forward_backward(rng, dtype):
+    a = rng.standard_normal((3, 6, 32, 32)).astype(dtype)
+    out, arg = K.maxpool2x2_forward(a)
+    rout, rarg = R.maxpool_forward(a)
+    assert np.array_equal(out, rout) and np.array_equal(arg, rarg) and arg.dtype == np.int8
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    assert np.array_equal(K.maxpool2x2_backward(dout, arg), R.maxpool_backward(dout, rarg).astype(dtype))
+
+
+def test_maxpool_ties_go_to_first_maximum():
+    a = np.zeros((1, 1, 4, 4))
+    a[0, 0, :2, 2:] = [[1, 3], [3, 3]]      # window (0,1): max 3 at positions 1, 2, 3 -> first is 1
+    a[0, 0, 2:, 2:] = [[2, 0], [0, 2]]      # window (1,1): positions 0 and 3 -> 0
+    out, arg = K.maxpool2x2_forward(a)
+    assert arg.tolist() == [[[[0, 1], [0, 0]]]]       # all-zero windows -> 0 as well
+    assert out.tolist() == [[[[0, 3], [0, 2]]]]
+    da = K.maxpool2x2_backward(np.ones_like(out), arg)
+    assert da[0, 0].sum() == 4 and da[0, 0, 0, 3] == 1 and da[0, 0, 1, 2] == 0 and da[0, 0, 2, 2] == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_elu(rng, dtype):
+    z = (3 * rng.standard_normal((4, 6, 8, 8))).astype(dtype)
+    z[0, 0, 0, :3] = [0, -0.0, 1e-30]
+    a = K.elu_forward(z)
+    assert rel(a, R.elu(z.astype(np.float64))) < TOL[dtype]
+    da = rng.standard_normal(z.shape).astype(dtype)
+    dz = K.elu_backward(da, a)
+    assert rel(dz, da * R.elu_grad(z.astype(np.float64))) < 1e-6 if dtype == np.float32 else 1e-12
+    # in place (out aliases the input) works too
+    zc = z.copy()
+    K.elu_forward(zc, out=zc)
+    assert np.array_equal(zc, a)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("N", [2, 7])
+def test_bn_unit(rng, dtype, N):
+    z = (rng.standard_normal((N, 300)) * 2 + 1).astype(dtype)
+    g = rng.uniform(0.5, 1.5, 300).astype(dtype)
+    b = rng.standard_normal(300).astype(dtype)
+    y, xhat, mean, var, invstd = K.bn_unit_forward(z, g, b, 1e-5)
+    ry, rxhat, rmean, rvar = R.bn_forward(z.astype(np.float64), g, b, 1e-5, (0,))
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    assert rel(y, ry) < tol and rel(xhat, rxhat) < tol
+    assert rel(mean, rmean[0]) < tol and rel(var, rvar[0]) < tol
+    dy = rng.standard_normal(z.shape).astype(dtype)
+    dz, dg, db = K.bn_unit_backward(dy, xhat, g, invstd)
+    rdz, rdg, rdb = R.bn_backward(dy.astype(np.float64), z.astype(np.float64), g, 1e-5, (0,))
+    tol = 1e-9 if dtype == np.float64 else 1e-3
+    assert rel(dz, rdz) < tol and rel(dg, rdg) < tol and rel(db, rdb) < tol
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bn_channel(rng, dtype):
+    z = (rng.standard_normal((5, 6, 16, 16)) * 3 - 2).astype(dtype)
+    g = rng.uniform(0.5, 1.5, 6).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    z3 = z.reshape(5, 6, 256)
+    y, xhat, mean, var, invstd = K.bn_channel_forward(z3, g, b, 1e-5)
+    ry, rxhat, rmean, rvar = R.bn_forward(z.astype(np.float64), g.reshape(1, 6, 1, 1), b.reshape(1, 6, 1, 1),
+                                          1e-5, (0, 2, 3))
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    assert rel(y, ry.reshape(5, 6, 256)) < tol
+    assert rel(mean, rmean.ravel()) < tol and rel(var, rvar.ravel()) < tol
+    dy = rng.standard_normal(z3.shape).astype(dtype)
+    dz, dg, db = K.bn_channel_backward(dy, xhat, g, invstd)
+    rdz, rdg, rdb = R.bn_backward(dy.reshape(z.shape).astype(np.float64), z.astype(np.float64),
+                                  g.reshape(1, 6, 1, 1), 1e-5, (0, 2, 3))
+    tol = 1e-9 if dtype == np.float64 else 1e-3
+    assert rel(dz, rdz.reshape(5, 6, 256)) < tol and rel(dg, rdg) < tol and rel(db, rdb) < tol
+
+
+def test_bn_inference_matches_formula(rng):
+    z = rng.standard_normal((4, 6, 10))
+    g, b, m, v = rng.standard_normal(6), rng.standard_normal(6), rng.standard_normal(6), rng.uniform(0.1, 2, 6)
+    y = K.bn_inference(z, g, b, m, v, 1e-5)
+    ref = (z - m[None, :, None]) / np.sqrt(v[None, :, None] + 1e-5) * g[None, :, None] + b[None, :, None]
+    assert rel(y, ref) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fc(rng, dtype):
+    x = rng.standard_normal((5, 1024)).astype(dtype)
+    w = rng.standard_normal((65, 1024)).astype(dtype)
+    b = rng.standard_normal(65).astype(dtype)
+    z = K.fc_forward(x, w, b)
+    assert rel(z, x.astype(np.float64) @ w.T.astype(np.float64) + b) < TOL[dtype] * 10
+    dz = rng.standard_normal(z.shape).astype(dtype)
+    dx, dw, db = K.fc_backward(dz, x, w)
+    assert rel(dx, dz.astype(np.float64) @ w) < TOL[dtype] * 10
+    assert rel(dw, dz.T.astype(np.float64) @ x) < TOL[dtype] * 10
+    assert rel(db, dz.sum(0)) < TOL[dtype] * 10
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sigmoid_bce(rng, dtype):
+    z = (rng.standard_normal((6, 12)) * 4).astype(dtype)
+    labels = rng.integers(0, 12, 6)
+    loss, p, dz = K.sigmoid_bce_forward_backward(z, labels)
+    rloss, rp, rdz = R.sigmoid_bce(z.astype(np.float64), labels)
+    tol = 1e-12 if dtype == np.float64 else 1e-6
+    assert abs(loss - rloss) / rloss < tol and rel(p, rp) < tol and rel(dz, rdz) < tol
+    assert np.array_equal(K.sigmoid(z), p)
+
+
+def test_sigmoid_bce_is_stable_for_huge_logits():
+    z = np.array([[800.0, -800.0, 0.0]])
+    loss, p, dz = K.sigmoid_bce_forward_backward(z, np.array([1]))
+    # label 1 has logit -800: its BCE term is 800; the class with logit 800 and target 0 adds 800
+    assert np.isfinite(loss) and abs(loss - (1600 + np.log(2))) < 1e-9
+    assert np.all(np.isfinite(p)) and p[0, 0] == 1 and p[0, 1] == 0
+
+
+def test_wrappers_raise_value_errors_naming_argument_and_shape(rng):
+    x = rng.standard_normal((2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"w has shape \(4, 2, 5, 5\)"):
+        K.conv2d_forward(x, np.zeros((4, 2, 5, 5)), np.zeros(4), 2)
+    with pytest.raises(ValueError, match=r"b has shape \(3,\)"):
+        K.conv2d_forward(x, np.zeros((4, 3, 5, 5)), np.zeros(3), 2)
+    with pytest.raises(ValueError, match=r"w has dtype float32"):
+        K.conv2d_forward(x, np.zeros((4, 3, 5, 5), np.float32), np.zeros(4), 2)
+    with pytest.raises(ValueError, match=r"a has shape \(2, 3, 7, 8\)"):
+        K.maxpool2x2_forward(rng.standard_normal((2, 3, 7, 8)))
+    with pytest.raises(ValueError, match=r"labels .*outside \[0, 12\)"):
+        K.sigmoid_bce_forward_backward(np.zeros((2, 12)), np.array([0, 12]))
+    with pytest.raises(ValueError, match=r"labels has dtype float64"):
+        K.sigmoid_bce_forward_backward(np.zeros((2, 12)), np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"z has dtype int64"):
+        K.elu_forward(np.zeros((3, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"gamma has shape \(5,\)"):
+        K.bn_unit_forward(np.zeros((2, 4)), np.ones(5), np.zeros(4))
+
+
+def test_conv_backward_is_bitwise_reproducible(rng):
+    x = rng.standard_normal((9, 6, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((16, 6, 5, 5)).astype(np.float32)
+    dz = rng.standard_normal((9, 16, 16, 16)).astype(np.float32)
+    first = K.conv2d_backward(dz, x, w, 2)
+    for _ in range(3):
+        again = K.conv2d_backward(dz, x, w, 2)
+        assert all(np.array_equal(a, b) for a, b in zip(first, again))

@@ -1,0 +1,201 @@
+"""The whole network: layout, init, validation, loss vs reference, inference, training, determinism."""
+
+import numpy as np
+import pytest
+
+from cnncli import model as M
+
+import reference as R
+
+VARIANTS = M.BATCHNORM
+
+
+def batch(n, dtype=np.float32, seed=0, num_classes=12):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 1, 32, 32)).astype(dtype), rng.integers(0, num_classes, n)
+
+
+def test_param_specs_order_and_shapes():
+    assert M.param_specs(12, "none") == [
+        ("conv1.w", (6, 1, 5, 5)), ("conv1.b", (6,)), ("conv2.w", (16, 6, 5, 5)), ("conv2.b", (16,)),
+        ("fc1.w", (65, 1024)), ("fc1.b", (65,)), ("fc2.w", (12, 65)), ("fc2.b", (12,))]
+    unit = dict(M.param_specs(3, "unit"))
+    assert unit["bn1.gamma"] == (6, 32, 32) and unit["bn2.beta"] == (16, 16, 16) and unit["bn3.gamma"] == (65,)
+    assert unit["fc2.w"] == (3, 65)
+    names = [n for n, _ in M.param_specs(12, "channel")]
+    assert names == ["conv1.w", "conv1.b", "bn1.gamma", "bn1.beta", "conv2.w", "conv2.b", "bn2.gamma",
+                     "bn2.beta", "fc1.w", "fc1.b", "bn3.gamma", "bn3.beta", "fc2.w", "fc2.b"]
+    assert dict(M.param_specs(12, "channel"))["bn2.gamma"] == (16,)
+    assert M.buffer_specs(12, "none") == []
+    assert M.buffer_specs(12, "channel")[:2] == [("bn1.running_mean", (6,)), ("bn1.running_var", (6,))]
+
+
+@pytest.mark.parametrize("bn", VARIANTS)
+def test_flat_buffer_views(bn):
+    p = M.allocate(M.param_specs(12, bn), np.float64)
+    assert p.flat.flags.c_contiguous and p.flat.size == sum(a.size for a in p.values())
+    p.flat[:] = np.arange(p.flat.size)
+    off = 0
+    for name, arr in p.items():
+        assert np.shares_memory(arr, p.flat)
+        assert arr.ravel()[0] == off
+        off += arr.size
+
+
+def test_init_params():
+    p = M.init_params(12, "unit", seed=3)
+    assert p.flat.dtype == np.float32
+    lim = np.sqrt(6 / (25 * 1 + 25 * 6))
+    assert np.abs(p["conv1.w"]).max() <= lim and np.abs(p["conv1.w"]).max() > 0.8 * lim
+    assert np.abs(p["fc1.w"]).max() <= np.sqrt(6 / (1024 + 65))
+    assert np.all(p["conv1.b"] == 0) and np.all(p["bn1.gamma"] == 1) and np.all(p["bn2.beta"] == 0)
+    assert np.array_equal(M.init_params(12, "unit", seed=3).flat, p.flat)
+    assert not np.array_equal(M.init_params(12, "unit", seed=4).flat, p.flat)
+    b = M.init_buffers(12, "channel", np.float64)
+    assert np.all(b["bn2.running_mean"] == 0) and np.all(b["bn2.running_var"] == 1)
+
+
+@pytest.mark.parametrize("bn", VARIANTS)
+def test_infer_architecture(bn):
+    assert M.infer_architecture(M.init_params(7, bn)) == (7, bn)
+
+
+def test_infer_architecture_rejects_wrong_shapes():
+    p = dict(M.init_params(12, "none"))
+    p["conv2.w"] = np.zeros((16, 6, 3, 3))
+    with pytest.raises(ValueError, match=r"conv2.w.*\(16, 6, 3, 3\)"):
+        M.infer_architecture(p)
+    p = dict(M.init_params(12, "none"))
+    del p["fc1.b"]
+    with pytest.raises(ValueError, match="fc1.b"):
+        M.infer_architecture(p)
+
+
+@pytest.mark.parametrize("bn", VARIANTS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_loss_matches_reference(bn, dtype):
+    p = M.init_params(12, bn, seed=1, dtype=dtype)
+    rng = np.random.default_rng(5)
+    for name, arr in p.items():              # non-trivial gamma/beta/biases
+        if not name.endswith(".w"):
+            arr += rng.uniform(-0.3, 0.3, arr.shape).astype(dtype)
+    x, y = batch(6, dtype)
+    loss, grads = M.loss_and_grads(p, x, y, bn)
+    rloss = R.network_loss(p, x, y, bn)[0]
+    assert abs(loss - rloss) / rloss < (1e-12 if dtype == np.float64 else 1e-5)
+    assert grads.flat.dtype == dtype and set(grads) == set(p)
+
+
+def test_validation_errors():
+    net = M.Network(12, "channel")
+    x, y = batch(4)
+    with pytest.raises(ValueError, match=r"x has shape \(4, 1, 32, 31\)"):
+        net.train_step(np.zeros((4, 1, 32, 31), np.float32), y)
+    with pytest.raises(ValueError, match=r"x has dtype float64"):
+        net.train_step(x.astype(np.float64), y)
+    with pytest.raises(ValueError, match=r"labels has shape \(3,\)"):
+        net.train_step(x, y[:3])
+    with pytest.raises(ValueError, match=r"outside \[0, 12\)"):
+        net.train_step(x, np.array([0, 1, 2, 12]))
+    with pytest.raises(ValueError, match=r"labels has dtype float64"):
+        net.train_step(x, y.astype(np.float64))
+    with pytest.raises(ValueError, match="at least 2 images"):
+        net.train_step(x[:1], y[:1])
+    with pytest.raises(ValueError, match=r"x has shape \(0, 1, 32, 32\)"):
+        net.predict_proba(x[:0])
+    with pytest.raises(ValueError, match="batchnorm"):
+        M.Network(12, "layer")
+    with pytest.raises(ValueError, match="dtype"):
+        M.Network(12, "none", dtype=np.float16)
+    with pytest.raises(ValueError, match="needs buffers"):
+        M.predict_proba(M.init_params(12, "unit"), x, "unit")
+    with pytest.raises(ValueError, match="params are for batchnorm='unit'"):
+        M.loss_and_grads(M.init_params(12, "unit"), x, y, "channel")
+
+
+@pytest.mark.parametrize("bn", VARIANTS)
+def test_functional_api_equals_network(bn):
+    net = M.Network(12, bn, dtype=np.float64, seed=2)
+    p = net.params.copy()
+    buf = net.buffers.copy()
+    x, y = batch(5, np.float64)
+    loss_n, _ = net.train_step(x, y)
+    loss_f, g = M.loss_and_grads(p, x, y, bn, buffers=buf)
+    assert loss_n == loss_f and np.array_equal(g.flat, net.grads.flat)
+    assert np.array_equal(buf.flat, net.buffers.flat)
+    assert np.array_equal(M.predict_proba(p, x, bn, buffers=buf), net.predict_proba(x))
+
+
+@pytest.mark.parametrize("bn", ["unit", "channel"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_running_stats_inference_is_per_image(bn, dtype):
+    net = M.Network(12, bn, dtype=dtype, seed=0)
+    for s in range(4):
+        x, y = batch(16, dtype, seed=s)
+        net.train_step(x, y)
+        net.params.flat -= 0.05 * net.grads.flat
+    assert not np.all(net.buffers["bn1.running_mean"] == 0)
+    x, _ = batch(37, dtype, seed=99)
+    all_at_once = net.predict_proba(x)
+    for i in (0, 17, 36):
+        one = net.predict_proba(x[i:i + 1])
+        np.testing.assert_allclose(one[0], all_at_once[i], rtol=1e-12 if dtype == np.float64 else 1e-6)
+        # and inside another batch at another position
+        mixed = np.concatenate([x[i:i + 1][::-1], x[:3]])[[1, 0, 2, 3]]
+        np.testing.assert_allclose(net.predict_proba(mixed)[1], all_at_once[i],
+                                   rtol=1e-12 if dtype == np.float64 else 1e-6)
+
+
+@pytest.mark.parametrize("bn", VARIANTS)
+def test_sgd_overfits_one_small_batch(bn):
+    net = M.Network(12, bn, seed=0)
+    x, y = batch(12, seed=7)
+    losses = []
+    lr = 0.01 if bn == "none" else 0.1     # raw N(0,1) images without BN need a small step
+    for _ in range(40):
+        loss, probs = net.train_step(x, y)
+        losses.append(loss)
+        net.params.flat -= lr * net.grads.flat
+    loss, probs = net.train_step(x, y)
+    assert loss < 0.3 * losses[0]
+    assert np.mean(probs.argmax(1) == y) == 1.0
+
+
+@pytest.mark.parametrize("bn", VARIANTS)
+def test_train_step_is_bitwise_reproducible(bn):
+    net = M.Network(12, bn, seed=0)
+    x, y = batch(32, seed=3)
+    loss1, probs1 = net.train_step(x, y)
+    g1 = net.grads.flat.copy()
+    net.grads.flat[:] = np.nan          # train_step must overwrite every gradient
+    loss2, probs2 = net.train_step(x, y)
+    assert loss1 == loss2 and np.array_equal(probs1, probs2)
+    assert np.array_equal(g1, net.grads.flat)
+    other = M.Network(12, bn, seed=0)
+    assert np.array_equal(other.train_step(x, y)[1], probs1) and np.array_equal(other.grads.flat, g1)
+
+
+def test_train_step_does_not_keep_references_to_outputs():
+    net = M.Network(12, "none")
+    x, y = batch(4)
+    _, p1 = net.train_step(x, y)
+    keep = p1.copy()
+    net.train_step(x[::-1].copy(), y[::-1].copy())
+    assert np.array_equal(p1, keep)
+
+
+def test_predict_handles_more_than_one_chunk():
+    net = M.Network(12, "none", dtype=np.float64)
+    x, _ = batch(M.PREDICT_CHUNK + 3, np.float64)
+    p = net.predict_proba(x)
+    assert p.shape == (M.PREDICT_CHUNK + 3, 12)
+    np.testing.assert_allclose(p[-3:], net.predict_proba(x[-3:]), rtol=1e-12)
+
+
+def test_load_arrays():
+    a = M.Network(12, "channel", seed=1)
+    b = M.Network(12, "channel", seed=2)
+    b.load_arrays(dict(a.params), dict(a.buffers))
+    assert np.array_equal(a.params.flat, b.params.flat)
+    with pytest.raises(ValueError, match="conv1.w"):
+        b.load_arrays({"conv1.w": np.zeros((6, 1, 3, 3))})

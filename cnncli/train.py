@@ -127,7 +127,7 @@ def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, p
                     cfg_text: str | None = None) -> None:
     arrays = {f"params/{k}": v for k, v in net.params.items()}
     arrays.update({f"buffers/{k}": v for k, v in net.buffers.items()})
-    arrays.update({f"optim/{k}": v for k, v in opt.state_dict().items()})
+    arrays.update({f"optim/{k.removeprefix('optim.')}": v for k, v in opt.state_dict().items()})
     arrays["rng/seed"] = np.array([cfg["train"]["seed"]], dtype=np.int64)
     meta = {
         "cnncli_version": __version__,
@@ -272,7 +272,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
     opt = optim.Optimizer(ocfg["name"], net.params.flat.size, ocfg["lr"], momentum=ocfg["momentum"],
                           weight_decay=ocfg["weight_decay"], betas=tuple(ocfg["betas"]), dtype=dtype)
     if resume is not None:
-        opt.load_state_dict({k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
+        opt.load_state_dict({"optim." + k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
 
     cfg_text = config_mod.dump(cfg)
     (run_dir / "config.yaml").write_text(cfg_text, encoding="utf-8")

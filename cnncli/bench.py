@@ -28,15 +28,51 @@ _OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS
 # environment
 
 def set_threads(threads: int) -> int:
-    """Numba (and, when imported, torch) thread count; 0 means all the threads numba may use."""
+    """Numba's thread count, and OpenBLAS's (numpy's matmul) when it can be reached; 0 = all cores.
+
+    The torch twin gets the same number through torch.set_num_threads (see run_bench).
+    """
     import numba
 
     n = min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n)
+    blas = _openblas_threads_api()
+    if blas is not None:
+        blas[1](n)
     return n
 
 
+def _openblas_threads_api():
+    """(get_num_threads, set_num_threads) of the OpenBLAS numpy loaded (Linux, via ctypes), or None."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
+                               ("openblas", "")):
+            get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            if get is not None and put is not None:
+                get.restype, put.argtypes = ctypes.c_int, [ctypes.c_int]
+                return get, put
+    return None
+
+
 def _blas_info() -> str:
+    api = _openblas_threads_api()
+    threads = f", {api[0]()} thread(s)" if api is not None else ""
+    return _blas_name() + threads
+
+
+def _blas_name() -> str:
     try:
         from threadpoolctl import threadpool_info
 
@@ -473,9 +509,10 @@ def format_result(result: dict) -> str:
 def _kernel_flops(name, args):
     """FLOPs of one call when the arguments have the shapes the conv kernels/matmul use, else None."""
     try:
-        if name == "matmul":
+        if name in ("matmul", "dot"):       # (..., M, K) @ (..., K, P), batch dims broadcast
             a, b = args[0], args[1]
-            return 2 * a.shape[0] * a.shape[1] * b.shape[1]
+            batch = int(np.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2])))
+            return 2 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
         if "conv2d_forward" in name:       # (xp, w, b, z): each output = C*K*K multiply-adds
             return 2 * args[3].size * args[1][0].size
         if "conv2d_backward_dx" in name:   # (dz, w, dxp)
@@ -487,19 +524,23 @@ def _kernel_flops(name, args):
     return None
 
 
+_TIMED_NUMPY = ("matmul", "dot", "einsum", "sum", "add", "multiply", "subtract", "copyto")
+
+
 class _NumpyProxy:
-    """Stands in for `numpy` inside cnncli.model so its matmul/sum calls can be timed."""
+    """Stands in for `numpy` inside cnncli.model so its matmul/sum/... calls can be timed
+    (`a @ b` and array methods bypass it and land in "other")."""
 
     def __init__(self, wrap):
         self._wrap = wrap
 
     def __getattr__(self, attr):
         value = getattr(np, attr)
-        return self._wrap(attr, value) if attr in ("matmul", "sum") else value
+        return self._wrap(attr, value) if attr in _TIMED_NUMPY else value
 
 
 def profile_step(batchnorm="none", batch_size=128, steps=20, threads=0, mode="train", num_classes=12) -> dict:
-    """Time every numba kernel (cnncli.kernels._k_*) and numpy matmul/sum call of a training step
+    """Time every numba kernel (cnncli.kernels._k_*) and numpy matmul/sum/... call of a training step
     (or an inference pass) by wrapping them; the rest of the step is reported as "other".
 
     Returns {"step_ms", "rows": [{"call", "calls_per_step", "ms_per_step", "share", "gflops"}]}.
@@ -520,7 +561,7 @@ def profile_step(batchnorm="none", batch_size=128, steps=20, threads=0, mode="tr
             out = f(*args, **kwargs)
             dt = time.perf_counter() - t0
             arrays = [a for a in args if isinstance(a, np.ndarray)]
-            shape = "x".join(str(tuple(a.shape) if name == "matmul" or a.ndim == 1 else tuple(a.shape[1:]))
+            shape = "x".join(str(tuple(a.shape) if name in _TIMED_NUMPY or a.ndim == 1 else tuple(a.shape[1:]))
                              for a in arrays[:2])
             label = f"{name.removeprefix('_k_')} {shape}"
             slot = acc.setdefault(label, [0.0, 0, 0])

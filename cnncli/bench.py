@@ -8,6 +8,7 @@ benchmark (see scripts/bench_data.py, scripts/bench_startup.py, scripts/bench_me
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -40,6 +41,27 @@ def set_threads(threads: int) -> int:
     if blas is not None:
         blas[1](n)
     return n
+
+
+@contextlib.contextmanager
+def using_threads(threads: int, torch_module=None):
+    """set_threads (and torch.set_num_threads) for the duration of a with-block, then restore them."""
+    import numba
+
+    blas = _openblas_threads_api()
+    old = (numba.get_num_threads(), blas[0]() if blas else None,
+           torch_module.get_num_threads() if torch_module is not None else None)
+    n = set_threads(threads)
+    if torch_module is not None:
+        torch_module.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        numba.set_num_threads(old[0])
+        if blas is not None:
+            blas[1](old[1])
+        if torch_module is not None:
+            torch_module.set_num_threads(old[2])
 
 
 def _openblas_threads_api():
@@ -388,9 +410,13 @@ def run_bench(batchnorm="none", batch_sizes=(32, 64, 128, 256), threads=0, secon
     if batchnorm not in model.BATCHNORM:
         raise CnnError(f"--batchnorm: {batchnorm!r} is not one of {', '.join(model.BATCHNORM)}")
     torch = _import_torch() if vs_torch else None
-    n_threads = set_threads(threads)
-    if torch is not None:
-        torch.set_num_threads(n_threads)
+    with using_threads(threads, torch) as n_threads:
+        result = _measure_all(batchnorm, batch_sizes, n_threads, seconds, repeats, torch, num_classes)
+    echo(json.dumps(result, indent=2) if as_json else format_result(result))
+    return result
+
+
+def _measure_all(batchnorm, batch_sizes, n_threads, seconds, repeats, torch, num_classes) -> dict:
     warmup = min(0.5, seconds)
 
     ours = Ours(num_classes, batchnorm)
@@ -432,7 +458,7 @@ def run_bench(batchnorm="none", batch_sizes=(32, 64, 128, 256), threads=0, secon
     result = {
         "machine": machine_facts(n_threads, torch),
         "settings": {"batchnorm": batchnorm, "num_classes": num_classes, "optimizer": "adam", "dtype": "float32",
-                     "seconds": seconds, "repeats": repeats, "warmup_seconds": warmup, "vs_torch": bool(vs_torch)},
+                     "seconds": seconds, "repeats": repeats, "warmup_seconds": warmup, "vs_torch": torch is not None},
         "jit": jit,
         "rows": rows,
         "latency": latency,
@@ -444,7 +470,6 @@ def run_bench(batchnorm="none", batch_sizes=(32, 64, 128, 256), threads=0, secon
     except Exception:  # no parallel kernel has run yet
         result["machine"]["numba_threading_layer"] = None
     result["machine"]["load_average_after"] = _load_average()
-    echo(json.dumps(result, indent=2) if as_json else format_result(result))
     return result
 
 
@@ -546,9 +571,13 @@ def profile_step(batchnorm="none", batch_size=128, steps=20, threads=0, mode="tr
     Returns {"step_ms", "rows": [{"call", "calls_per_step", "ms_per_step", "share", "gflops"}]}.
     The wrappers cost about a microsecond per call; kernels are first run once unwrapped (JIT).
     """
+    with using_threads(threads) as n_threads:
+        return _profile(batchnorm, batch_size, steps, n_threads, mode, num_classes)
+
+
+def _profile(batchnorm, batch_size, steps, n_threads, mode, num_classes) -> dict:
     from cnncli import kernels, model
 
-    n_threads = set_threads(threads)
     ours = Ours(num_classes, batchnorm)
     batches = _batches(batch_size, num_classes)
     fn = ours.train if mode == "train" else (lambda x, y: ours.infer(x))

@@ -179,3 +179,23 @@ def test_profile_step_accounts_for_the_step_and_restores_kernels():
         calls[mode] = sum(r["calls_per_step"] for r in timed)
         assert "ms/step" in bench.format_profile(prof)
     assert calls["train"] > calls["infer"]  # the backward pass adds calls
+
+
+def test_run_bench_restores_thread_counts():
+    import numba
+
+    before = numba.get_num_threads()
+    api = bench._openblas_threads_api()
+    blas_before = api[0]() if api else None
+    bench.run_bench(batch_sizes=[4], threads=1, seconds=0.05, repeats=1, echo=lambda s: None)
+    assert numba.get_num_threads() == before
+    if api:
+        assert api[0]() == blas_before
+
+
+def test_kernel_flops_of_batched_matmul_and_conv():
+    w, cols = np.zeros((16, 150)), np.zeros((32, 150, 256))
+    assert bench._kernel_flops("matmul", (w, cols)) == 2 * 32 * 16 * 150 * 256
+    xp, wc, b, z = np.zeros((4, 6, 20, 20)), np.zeros((16, 6, 5, 5)), np.zeros(16), np.zeros((4, 16, 16, 16))
+    assert bench._kernel_flops("_k_conv2d_forward", (xp, wc, b, z)) == 2 * z.size * 150
+    assert bench._kernel_flops("_k_elu_forward", (z, z)) is None

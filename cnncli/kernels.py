@@ -616,3 +616,144 @@ def sigmoid(z, out=None):
     out = _out("out", out, z.shape, z.dtype)
     _k_sigmoid(z, out)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# fast path used by model.Network (each checked against the plain layers above in the tests)
+# --------------------------------------------------------------------------------------------
+# Convolution as GEMM: im2col unrolls every 5x5xC input patch into a column, so that
+#   z[n] (F, H*W) = w.reshape(F, C*K*K) @ cols[n] (C*K*K, H*W)                 (forward)
+#   dw (F, C*K*K) = sum_n dz[n] (F, H*W) @ cols[n].T                          (backward, weights)
+#   dcols[n] = w.reshape(F, C*K*K).T @ dz[n];  dxp = col2im(dcols)            (backward, input)
+# The GEMMs run in BLAS (numpy.matmul); im2col/col2im are Numba loops, parallel over images.
+
+@njit(cache=True, parallel=True)
+def _k_im2col(xp, K, cols):
+    # xp (N,C,Hp,Wp) padded input   ->   cols (N, C*K*K, H*W), row r = (c*K + ky)*K + kx
+    N, C, Hp, Wp = xp.shape
+    H = Hp - K + 1
+    W = Wp - K + 1
+    for n in prange(N):
+        for c in range(C):
+            for ky in range(K):
+                for kx in range(K):
+                    r = (c * K + ky) * K + kx
+                    for y in range(H):
+                        for x in range(W):
+                            cols[n, r, y * W + x] = xp[n, c, y + ky, x + kx]
+
+
+@njit(cache=True, parallel=True)
+def _k_col2im(dcols, K, dxp):
+    # dcols (N, C*K*K, H*W)   ->   dxp (N,C,Hp,Wp): every column entry added back where im2col took it
+    N, C, Hp, Wp = dxp.shape
+    H = Hp - K + 1
+    W = Wp - K + 1
+    for n in prange(N):
+        for c in range(C):
+            for i in range(Hp):
+                for j in range(Wp):
+                    dxp[n, c, i, j] = 0
+            for ky in range(K):
+                for kx in range(K):
+                    r = (c * K + ky) * K + kx
+                    for y in range(H):
+                        for x in range(W):
+                            dxp[n, c, y + ky, x + kx] += dcols[n, r, y * W + x]
+
+
+@njit(cache=True, parallel=True)
+def _k_add_bias(z, b):
+    # z (N,F,S) += b (F,) per map, in place
+    N, F, S = z.shape
+    for n in prange(N):
+        for f in range(F):
+            bv = b[f]
+            for i in range(S):
+                z[n, f, i] += bv
+
+
+@njit(cache=True, parallel=True)
+def _k_pool_elu_forward(z, b, p, arg):
+    # z (N,C,H,W) pre-activation, b (C,) bias added here   ->   p (N,C,H/2,W/2) = ELU(max window + b),
+    # arg (N,C,H/2,W/2) int8. Same as maxpool(ELU(z + b)): ELU is increasing, so it commutes with
+    # max (ties stay ties), and it now runs on a quarter of the values.
+    N, C, Ho, Wo = p.shape
+    for n in prange(N):
+        for c in range(C):
+            bv = b[c]
+            for i in range(Ho):
+                for j in range(Wo):
+                    best = z[n, c, 2 * i, 2 * j]
+                    k = 0
+                    v = z[n, c, 2 * i, 2 * j + 1]
+                    if v > best:
+                        best = v
+                        k = 1
+                    v = z[n, c, 2 * i + 1, 2 * j]
+                    if v > best:
+                        best = v
+                        k = 2
+                    v = z[n, c, 2 * i + 1, 2 * j + 1]
+                    if v > best:
+                        best = v
+                        k = 3
+                    best = best + bv
+                    p[n, c, i, j] = best if best >= 0 else math.expm1(best)
+                    arg[n, c, i, j] = k
+
+
+@njit(cache=True, parallel=True)
+def _k_pool_elu_backward(dp, p, arg, dz):
+    # dp (N,C,H/2,W/2) gradient of p, p its forward value, arg   ->   dz (N,C,H,W):
+    # dp * ELU'(winner) at the winner of each window (ELU' = 1 if p > 0 else p + 1), 0 elsewhere
+    N, C, Ho, Wo = dp.shape
+    for n in prange(N):
+        for c in range(C):
+            for i in range(Ho):
+                for j in range(Wo):
+                    v = p[n, c, i, j]
+                    g = dp[n, c, i, j] if v > 0 else dp[n, c, i, j] * (v + 1)
+                    k = arg[n, c, i, j]
+                    dz[n, c, 2 * i, 2 * j] = g if k == 0 else 0
+                    dz[n, c, 2 * i, 2 * j + 1] = g if k == 1 else 0
+                    dz[n, c, 2 * i + 1, 2 * j] = g if k == 2 else 0
+                    dz[n, c, 2 * i + 1, 2 * j + 1] = g if k == 3 else 0
+
+
+def im2col(xp, K, out=None):
+    """xp (N,C,Hp,Wp) zero-padded input -> cols (N, C*K*K, H*W) with H = Hp-K+1, W = Wp-K+1."""
+    N, C, Hp, Wp = check_array("xp", xp, (None, None, None, None), contiguous=False).shape
+    out = _out("out", out, (N, C * K * K, (Hp - K + 1) * (Wp - K + 1)), xp.dtype)
+    _k_im2col(xp, K, out)
+    return out
+
+
+def col2im(dcols, K, C, Hp, Wp, out=None):
+    """Adjoint of im2col: dcols (N, C*K*K, H*W) -> dxp (N,C,Hp,Wp)."""
+    N = check_array("dcols", dcols, (None, C * K * K, (Hp - K + 1) * (Wp - K + 1)), contiguous=False).shape[0]
+    out = _out("out", out, (N, C, Hp, Wp), dcols.dtype)
+    _k_col2im(dcols, K, out)
+    return out
+
+
+def pool_elu_forward(z, b, out=None, argmax=None):
+    """Fused maxpool2x2(ELU(z + b)): z (N,C,H,W), b (C,) -> (p (N,C,H/2,W/2), argmax int8)."""
+    N, C, H, W = check_array("z", z, (None, None, None, None), contiguous=False).shape
+    check_array("b", b, (C,), z.dtype)
+    if H % 2 or W % 2:
+        raise ValueError(f"z has shape {z.shape}: height and width must be even for 2x2 pooling")
+    out = _out("out", out, (N, C, H // 2, W // 2), z.dtype)
+    argmax = _out("argmax", argmax, (N, C, H // 2, W // 2), np.int8)
+    _k_pool_elu_forward(z, b, out, argmax)
+    return out, argmax
+
+
+def pool_elu_backward(dp, p, argmax, out=None):
+    """Gradient of pool_elu_forward w.r.t. z: dp, p, argmax (N,C,H/2,W/2) -> dz (N,C,H,W)."""
+    N, C, Ho, Wo = check_array("dp", dp, (None, None, None, None), contiguous=False).shape
+    check_array("p", p, dp.shape, dp.dtype, contiguous=False)
+    check_array("argmax", argmax, dp.shape, np.int8, contiguous=False)
+    out = _out("out", out, (N, C, 2 * Ho, 2 * Wo), dp.dtype)
+    _k_pool_elu_backward(dp, p, argmax, out)
+    return out

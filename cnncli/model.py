@@ -165,23 +165,29 @@ def infer_architecture(params) -> tuple:
 # workspaces: every intermediate array of one forward/backward pass for a given batch size
 # ------------------------------------------------------------------------------------------------
 
+CHUNK = 32     # images per im2col/GEMM chunk: the unrolled columns stay in cache (~5 MB)
+
+
 class _Workspace:
+    """Every intermediate array of one pass for a batch of n images (allocated once, reused)."""
+
     def __init__(self, n, num_classes, batchnorm, dtype, train):
         e = lambda *s: np.empty(s, dtype=dtype)      # noqa: E731
         z = lambda *s: np.zeros(s, dtype=dtype)      # noqa: E731
         bn = batchnorm != "none"
+        ch = min(n, CHUNK)
         self.n = n
         self.xp1 = z(n, 1, 36, 36)                   # padded input (border stays 0)
-        self.z1 = e(n, 6, 32, 32)                    # conv1 output
+        self.cols1 = e(ch, 25, 1024)                 # im2col of a chunk of xp1
+        self.z1 = e(n, 6, 32, 32)                    # conv1 output (bias added later, see _forward)
         self.y1 = e(n, 6, 32, 32) if bn else None    # bn1 output
-        self.a1 = e(n, 6, 32, 32)                    # ELU
-        self.xp2 = z(n, 6, 20, 20)                   # pool1 output, written into a padded buffer
+        self.xp2 = z(n, 6, 20, 20)                   # ELU(pool1), written into a padded buffer
         self.p1 = self.xp2[:, :, 2:18, 2:18]         # (N,6,16,16) view
         self.arg1 = np.empty((n, 6, 16, 16), np.int8)
+        self.cols2 = e(ch, 150, 256)                 # im2col of a chunk of xp2
         self.z2 = e(n, 16, 16, 16)
         self.y2 = e(n, 16, 16, 16) if bn else None
-        self.a2 = e(n, 16, 16, 16)
-        self.p2 = e(n, 16, 8, 8)
+        self.p2 = e(n, 16, 8, 8)                     # ELU(pool2)
         self.flat = self.p2.reshape(n, 1024)         # view
         self.arg2 = np.empty((n, 16, 8, 8), np.int8)
         self.z3 = e(n, FC1_UNITS)
@@ -189,6 +195,7 @@ class _Workspace:
         self.a3 = e(n, FC1_UNITS)
         self.z4 = e(n, num_classes)
         self.probs = e(n, num_classes)
+        self.zero6, self.zero16 = z(6), z(16)        # "no bias" for the fused pool+ELU after BN
         if not train:
             return
         # BN caches (xhat, mean, var, invstd) per layer
@@ -204,12 +211,13 @@ class _Workspace:
         self.dy3 = e(n, FC1_UNITS) if bn else None
         self.dflat = e(n, 1024)
         self.dp2 = self.dflat.reshape(n, 16, 8, 8)
-        self.da2 = e(n, 16, 16, 16)
         self.dy2 = e(n, 16, 16, 16) if bn else None
         self.dz2 = e(n, 16, 16, 16)
+        self.dcols2 = e(ch, 150, 256)
+        self.dwn2 = e(ch, 16, 150)                   # per-image weight gradients of a chunk
+        self.dwsum2 = e(16, 150)
         self.dxp2 = e(n, 6, 20, 20)
         self.dp1 = self.dxp2[:, :, 2:18, 2:18]
-        self.da1 = e(n, 6, 32, 32)
         self.dy1 = e(n, 6, 32, 32) if bn else None
         self.dz1 = e(n, 6, 32, 32)
 
@@ -265,31 +273,71 @@ def _bn_infer(P, B, layer, z, y, batchnorm, eps):
         K._k_affine_channel(z.reshape(n, z.shape[1], -1), scale, shift, y.reshape(n, z.shape[1], -1))
 
 
+def _conv_forward(xp, w, z, cols):
+    """z (N,F,H,W) = conv(xp, w) WITHOUT bias, as im2col + GEMM, chunk by chunk."""
+    n, f = z.shape[0], z.shape[1]
+    ch = cols.shape[0]
+    wmat = w.reshape(f, -1)                      # (F, C*K*K)
+    z3 = z.reshape(n, f, -1)                     # (N, F, H*W)
+    for s in range(0, n, ch):
+        m = min(ch, n - s)
+        K._k_im2col(xp[s:s + m], 5, cols[:m])
+        np.matmul(wmat, cols[:m], out=z3[s:s + m])
+
+
+def _conv_backward(dz, xp, w, dw, db, cols, dcols, dwn, dwsum, dxp):
+    """dw, db (overwritten) and, when dxp is given, the padded input gradient: GEMMs per chunk,
+    summed in a fixed order (bitwise reproducible)."""
+    n, f = dz.shape[0], dz.shape[1]
+    ch = cols.shape[0]
+    wmat = w.reshape(f, -1)                      # (F, C*K*K)
+    dz3 = dz.reshape(n, f, -1)                   # (N, F, H*W)
+    acc = dw.reshape(f, -1)                      # (F, C*K*K) view of the gradient buffer
+    for s in range(0, n, ch):
+        m = min(ch, n - s)
+        K._k_im2col(xp[s:s + m], 5, cols[:m])
+        np.matmul(dz3[s:s + m], cols[:m].transpose(0, 2, 1), out=dwn[:m])
+        if s == 0:
+            np.sum(dwn[:m], axis=0, out=acc)
+        else:
+            np.sum(dwn[:m], axis=0, out=dwsum)
+            acc += dwsum
+        if dxp is not None:
+            np.matmul(wmat.T, dz3[s:s + m], out=dcols[:m])
+            K._k_col2im(dcols[:m], 5, dxp[s:s + m])
+    np.sum(dz3, axis=(0, 2), out=db)
+
+
 def _forward(P, B, x, ws, batchnorm, eps, momentum, train):
-    """Forward pass into the workspace; training mode uses batch statistics (and updates B)."""
+    """Forward pass into the workspace; training mode uses batch statistics (and updates B if given).
+
+    conv -> [+bias, BN] -> fused (pool, ELU, + bias when no BN); ELU after the max is the same as
+    before it (ELU increases), and computes a quarter of the exponentials.
+    """
     bn = batchnorm != "none"
+    n = x.shape[0]
     ws.xp1[:, :, 2:34, 2:34] = x
-    K._k_conv2d_forward(ws.xp1, P["conv1.w"], P["conv1.b"], ws.z1)
-    pre = ws.z1
+    _conv_forward(ws.xp1, P["conv1.w"], ws.z1, ws.cols1)
     if bn:
+        K._k_add_bias(ws.z1.reshape(n, 6, -1), P["conv1.b"])
         if train:
             _bn_train(P, B, 1, ws.z1, ws.y1, ws.bn[1], batchnorm, eps, momentum)
         else:
             _bn_infer(P, B, 1, ws.z1, ws.y1, batchnorm, eps)
-        pre = ws.y1
-    K._k_elu_forward(pre.reshape(-1), ws.a1.reshape(-1))
-    K._k_maxpool2x2_forward(ws.a1, ws.p1, ws.arg1)
+        K._k_pool_elu_forward(ws.y1, ws.zero6, ws.p1, ws.arg1)
+    else:
+        K._k_pool_elu_forward(ws.z1, P["conv1.b"], ws.p1, ws.arg1)
 
-    K._k_conv2d_forward(ws.xp2, P["conv2.w"], P["conv2.b"], ws.z2)
-    pre = ws.z2
+    _conv_forward(ws.xp2, P["conv2.w"], ws.z2, ws.cols2)
     if bn:
+        K._k_add_bias(ws.z2.reshape(n, 16, -1), P["conv2.b"])
         if train:
             _bn_train(P, B, 2, ws.z2, ws.y2, ws.bn[2], batchnorm, eps, momentum)
         else:
             _bn_infer(P, B, 2, ws.z2, ws.y2, batchnorm, eps)
-        pre = ws.y2
-    K._k_elu_forward(pre.reshape(-1), ws.a2.reshape(-1))
-    K._k_maxpool2x2_forward(ws.a2, ws.p2, ws.arg2)
+        K._k_pool_elu_forward(ws.y2, ws.zero16, ws.p2, ws.arg2)
+    else:
+        K._k_pool_elu_forward(ws.z2, P["conv2.b"], ws.p2, ws.arg2)
 
     np.matmul(ws.flat, P["fc1.w"].T, out=ws.z3)
     ws.z3 += P["fc1.b"]
@@ -322,22 +370,20 @@ def _backward(P, G, ws, batchnorm):
     np.matmul(ws.dz3.T, ws.flat, out=G["fc1.w"])
     np.sum(ws.dz3, axis=0, out=G["fc1.b"])
     np.matmul(ws.dz3, P["fc1.w"], out=ws.dflat)
-    # pool2, ELU, [bn2], conv2
-    K._k_maxpool2x2_backward(ws.dp2, ws.arg2, ws.da2)
+    # (pool2, ELU), [bn2], conv2
     if bn:
-        K._k_elu_backward(ws.da2.reshape(-1), ws.a2.reshape(-1), ws.dy2.reshape(-1))
+        K._k_pool_elu_backward(ws.dp2, ws.p2, ws.arg2, ws.dy2)
         _bn_backward(P, G, 2, ws.dy2, ws.dz2, ws.bn[2], batchnorm)
     else:
-        K._k_elu_backward(ws.da2.reshape(-1), ws.a2.reshape(-1), ws.dz2.reshape(-1))
-    K._k_conv2d_backward_dw(ws.dz2, ws.xp2, G["conv2.w"], G["conv2.b"])
-    K._k_conv2d_backward_dx(ws.dz2, P["conv2.w"], ws.dxp2)
-    # pool1, ELU, [bn1], conv1 (input layer: no dx)
-    K._k_maxpool2x2_backward(ws.dp1, ws.arg1, ws.da1)
+        K._k_pool_elu_backward(ws.dp2, ws.p2, ws.arg2, ws.dz2)
+    _conv_backward(ws.dz2, ws.xp2, P["conv2.w"], G["conv2.w"], G["conv2.b"],
+                   ws.cols2, ws.dcols2, ws.dwn2, ws.dwsum2, ws.dxp2)
+    # (pool1, ELU), [bn1], conv1 (input layer: no dx; C = 1, the direct kernel beats the GEMM)
     if bn:
-        K._k_elu_backward(ws.da1.reshape(-1), ws.a1.reshape(-1), ws.dy1.reshape(-1))
+        K._k_pool_elu_backward(ws.dp1, ws.p1, ws.arg1, ws.dy1)
         _bn_backward(P, G, 1, ws.dy1, ws.dz1, ws.bn[1], batchnorm)
     else:
-        K._k_elu_backward(ws.da1.reshape(-1), ws.a1.reshape(-1), ws.dz1.reshape(-1))
+        K._k_pool_elu_backward(ws.dp1, ws.p1, ws.arg1, ws.dz1)
     K._k_conv2d_backward_dw(ws.dz1, ws.xp1, G["conv1.w"], G["conv1.b"])
 
 

@@ -9,6 +9,7 @@ benchmark (see scripts/bench_data.py, scripts/bench_startup.py, scripts/bench_me
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -64,6 +65,7 @@ def using_threads(threads: int, torch_module=None):
             torch_module.set_num_threads(old[2])
 
 
+@functools.lru_cache(maxsize=1)
 def _openblas_threads_api():
     """(get_num_threads, set_num_threads) of the OpenBLAS numpy loaded (Linux, via ctypes), or None."""
     import ctypes

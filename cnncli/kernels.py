@@ -19,16 +19,75 @@ Rules kept everywhere:
   * Every parallel loop (`prange`) writes only its own slice of every output and sums in a fixed
     order, so results are bitwise reproducible run to run and for any thread count.
   * No fastmath: the gradients are checked against finite differences.
+
+Threads (measured on the 2-core machine, see scripts/bench_core.py): numba's default OpenMP layer
+busy-waits between parallel loops, and OpenBLAS runs its own busy-waiting threads; together, or
+with any other load on the machine, a training step became 5-25x slower. So (1) unless the user
+set it, OMP_WAIT_POLICY defaults to "passive" here, before numba starts its OpenMP pool, and
+(2) `blas_single_thread()` keeps OpenBLAS on one thread while the network runs (its GEMMs are
+small, per chunk of images); numba's own threads (numba.set_num_threads) do the parallel work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 
-import numpy as np
-from numba import njit, prange
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+_BLAS_API = []
+
+
+def _openblas_threads_api():
+    """(get_num_threads, set_num_threads) of the OpenBLAS that numpy loaded (Linux, ctypes), or None."""
+    if _BLAS_API:
+        return _BLAS_API[0]
+    import ctypes
+
+    api = None
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln})
+    except OSError:
+        paths = []
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
+                               ("openblas", "")):
+            get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            if get is not None and put is not None:
+                get.restype, put.argtypes = ctypes.c_int, [ctypes.c_int]
+                api = (get, put)
+                break
+        if api:
+            break
+    _BLAS_API.append(api)
+    return api
+
+
+@contextlib.contextmanager
+def blas_single_thread():
+    """OpenBLAS on one thread inside the block (restored after); a no-op where it can't be reached."""
+    api = _openblas_threads_api()
+    old = api[0]() if api else 1
+    if old != 1:
+        api[1](1)
+    try:
+        yield
+    finally:
+        if old != 1:
+            api[1](old)
 
 
 # --------------------------------------------------------------------------------------------
@@ -757,3 +816,41 @@ def pool_elu_backward(dp, p, argmax, out=None):
     out = _out("out", out, (N, C, 2 * Ho, 2 * Wo), dp.dtype)
     _k_pool_elu_backward(dp, p, argmax, out)
     return out
+
+
+# serial twins of im2col/col2im that release the GIL: model.py runs them on its own worker threads,
+# one chunk of images per call, next to BLAS calls (numpy.matmul releases the GIL too)
+
+@njit(cache=True, nogil=True)
+def _k_im2col_serial(xp, K, cols):
+    # xp (N,C,Hp,Wp)   ->   cols (N, C*K*K, H*W)      (same as _k_im2col)
+    N, C, Hp, Wp = xp.shape
+    H = Hp - K + 1
+    W = Wp - K + 1
+    for n in range(N):
+        for c in range(C):
+            for ky in range(K):
+                for kx in range(K):
+                    r = (c * K + ky) * K + kx
+                    for y in range(H):
+                        for x in range(W):
+                            cols[n, r, y * W + x] = xp[n, c, y + ky, x + kx]
+
+
+@njit(cache=True, nogil=True)
+def _k_col2im_serial(dcols, K, dxp):
+    # dcols (N, C*K*K, H*W)   ->   dxp (N,C,Hp,Wp)    (same as _k_col2im)
+    N, C, Hp, Wp = dxp.shape
+    H = Hp - K + 1
+    W = Wp - K + 1
+    for n in range(N):
+        for c in range(C):
+            for i in range(Hp):
+                for j in range(Wp):
+                    dxp[n, c, i, j] = 0
+            for ky in range(K):
+                for kx in range(K):
+                    r = (c * K + ky) * K + kx
+                    for y in range(H):
+                        for x in range(W):
+                            dxp[n, c, y + ky, x + kx] += dcols[n, r, y * W + x]

@@ -25,6 +25,8 @@ gradients and for the BN running statistics. The functional API (`loss_and_grads
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from . import kernels as K
@@ -175,16 +177,15 @@ class _Workspace:
         e = lambda *s: np.empty(s, dtype=dtype)      # noqa: E731
         z = lambda *s: np.zeros(s, dtype=dtype)      # noqa: E731
         bn = batchnorm != "none"
-        ch = min(n, CHUNK)
         self.n = n
         self.xp1 = z(n, 1, 36, 36)                   # padded input (border stays 0)
-        self.cols1 = e(ch, 25, 1024)                 # im2col of a chunk of xp1
+        self.conv1 = _ConvBuffers(n, 25, 1024, 6, dtype, False)    # im2col buffers (conv1: no backward GEMM)
         self.z1 = e(n, 6, 32, 32)                    # conv1 output (bias added later, see _forward)
         self.y1 = e(n, 6, 32, 32) if bn else None    # bn1 output
         self.xp2 = z(n, 6, 20, 20)                   # ELU(pool1), written into a padded buffer
         self.p1 = self.xp2[:, :, 2:18, 2:18]         # (N,6,16,16) view
         self.arg1 = np.empty((n, 6, 16, 16), np.int8)
-        self.cols2 = e(ch, 150, 256)                 # im2col of a chunk of xp2
+        self.conv2 = _ConvBuffers(n, 150, 256, 16, dtype, train)
         self.z2 = e(n, 16, 16, 16)
         self.y2 = e(n, 16, 16, 16) if bn else None
         self.p2 = e(n, 16, 8, 8)                     # ELU(pool2)
@@ -213,9 +214,6 @@ class _Workspace:
         self.dp2 = self.dflat.reshape(n, 16, 8, 8)
         self.dy2 = e(n, 16, 16, 16) if bn else None
         self.dz2 = e(n, 16, 16, 16)
-        self.dcols2 = e(ch, 150, 256)
-        self.dwn2 = e(ch, 16, 150)                   # per-image weight gradients of a chunk
-        self.dwsum2 = e(16, 150)
         self.dxp2 = e(n, 6, 20, 20)
         self.dp1 = self.dxp2[:, :, 2:18, 2:18]
         self.dy1 = e(n, 6, 32, 32) if bn else None
@@ -273,38 +271,100 @@ def _bn_infer(P, B, layer, z, y, batchnorm, eps):
         K._k_affine_channel(z.reshape(n, z.shape[1], -1), scale, shift, y.reshape(n, z.shape[1], -1))
 
 
-def _conv_forward(xp, w, z, cols):
-    """z (N,F,H,W) = conv(xp, w) WITHOUT bias, as im2col + GEMM, chunk by chunk."""
+_POOL = [None, 0]      # [ThreadPoolExecutor, its size]
+
+
+def _workers():
+    """Worker threads for the conv GEMM chunks: as many as numba threads (numba.set_num_threads)."""
+    import numba
+
+    t = numba.get_num_threads()
+    if t <= 1:
+        return None, 1
+    if _POOL[1] != t:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if _POOL[0] is not None:
+            _POOL[0].shutdown(wait=True)
+        _POOL[0], _POOL[1] = ThreadPoolExecutor(max_workers=t, thread_name_prefix="cnncli-conv"), t
+    return _POOL[0], t
+
+
+def _run(job, nchunks):
+    """job(worker, stride) for each worker: worker w takes chunks w, w+T, ... (fixed assignment)."""
+    pool, t = _workers()
+    t = min(t, nchunks)
+    if t <= 1:
+        job(0, 1)
+        return
+    futures = [pool.submit(job, w, t) for w in range(t)]
+    for f in futures:
+        f.result()
+
+
+def _chunk(n):
+    """Images per chunk: at most CHUNK, and at least two chunks when n > 1 (both cores get work).
+    It depends on n only, so results do not depend on the thread count."""
+    return max(1, min(CHUNK, -(-n // 2)))
+
+
+class _ConvBuffers:
+    """Per-worker im2col buffers for one convolution and batch size."""
+
+    def __init__(self, n, rows, cols, f, dtype, train):
+        self.ch = _chunk(n)
+        self.nchunks = -(-n // self.ch)
+        self.rows, self.cols_, self.f, self.dtype, self.train = rows, cols, f, dtype, train
+        self.per_worker = []
+        self.parts = np.empty((self.nchunks, f, rows), dtype) if train else None   # dw per chunk
+
+    def get(self, w):
+        while len(self.per_worker) <= w:
+            e = lambda *s: np.empty(s, dtype=self.dtype)     # noqa: E731
+            self.per_worker.append((e(self.ch, self.rows, self.cols_),
+                                    e(self.ch, self.rows, self.cols_) if self.train else None,
+                                    e(self.ch, self.f, self.rows) if self.train else None))
+        return self.per_worker[w]
+
+
+def _conv_forward(xp, w, z, bufs):
+    """z (N,F,H,W) = conv(xp, w) WITHOUT bias, as im2col + GEMM per chunk of images."""
     n, f = z.shape[0], z.shape[1]
-    ch = cols.shape[0]
+    ch = bufs.ch
     wmat = w.reshape(f, -1)                      # (F, C*K*K)
     z3 = z.reshape(n, f, -1)                     # (N, F, H*W)
-    for s in range(0, n, ch):
-        m = min(ch, n - s)
-        K._k_im2col(xp[s:s + m], 5, cols[:m])
-        np.matmul(wmat, cols[:m], out=z3[s:s + m])
+
+    def job(worker, stride):
+        cols = bufs.get(worker)[0]
+        for c in range(worker, bufs.nchunks, stride):
+            s = c * ch
+            m = min(ch, n - s)
+            K._k_im2col_serial(xp[s:s + m], 5, cols[:m])
+            np.matmul(wmat, cols[:m], out=z3[s:s + m])
+    _run(job, bufs.nchunks)
 
 
-def _conv_backward(dz, xp, w, dw, db, cols, dcols, dwn, dwsum, dxp):
-    """dw, db (overwritten) and, when dxp is given, the padded input gradient: GEMMs per chunk,
-    summed in a fixed order (bitwise reproducible)."""
+def _conv_backward(dz, xp, w, dw, db, bufs, dxp):
+    """dw, db (overwritten) and, when dxp is given, the padded input gradient. Each chunk's weight
+    gradient goes to its own slot; the slots are summed in chunk order (bitwise reproducible)."""
     n, f = dz.shape[0], dz.shape[1]
-    ch = cols.shape[0]
+    ch = bufs.ch
     wmat = w.reshape(f, -1)                      # (F, C*K*K)
     dz3 = dz.reshape(n, f, -1)                   # (N, F, H*W)
-    acc = dw.reshape(f, -1)                      # (F, C*K*K) view of the gradient buffer
-    for s in range(0, n, ch):
-        m = min(ch, n - s)
-        K._k_im2col(xp[s:s + m], 5, cols[:m])
-        np.matmul(dz3[s:s + m], cols[:m].transpose(0, 2, 1), out=dwn[:m])
-        if s == 0:
-            np.sum(dwn[:m], axis=0, out=acc)
-        else:
-            np.sum(dwn[:m], axis=0, out=dwsum)
-            acc += dwsum
-        if dxp is not None:
-            np.matmul(wmat.T, dz3[s:s + m], out=dcols[:m])
-            K._k_col2im(dcols[:m], 5, dxp[s:s + m])
+
+    def job(worker, stride):
+        cols, dcols, dwn = bufs.get(worker)
+        for c in range(worker, bufs.nchunks, stride):
+            s = c * ch
+            m = min(ch, n - s)
+            K._k_im2col_serial(xp[s:s + m], 5, cols[:m])
+            np.matmul(dz3[s:s + m], cols[:m].transpose(0, 2, 1), out=dwn[:m])
+            np.sum(dwn[:m], axis=0, out=bufs.parts[c])
+            if dxp is not None:
+                np.matmul(wmat.T, dz3[s:s + m], out=dcols[:m])
+                K._k_col2im_serial(dcols[:m], 5, dxp[s:s + m])
+    _run(job, bufs.nchunks)
+    np.sum(bufs.parts, axis=0, out=dw.reshape(f, -1))
     np.sum(dz3, axis=(0, 2), out=db)
 
 
@@ -317,7 +377,7 @@ def _forward(P, B, x, ws, batchnorm, eps, momentum, train):
     bn = batchnorm != "none"
     n = x.shape[0]
     ws.xp1[:, :, 2:34, 2:34] = x
-    _conv_forward(ws.xp1, P["conv1.w"], ws.z1, ws.cols1)
+    _conv_forward(ws.xp1, P["conv1.w"], ws.z1, ws.conv1)
     if bn:
         K._k_add_bias(ws.z1.reshape(n, 6, -1), P["conv1.b"])
         if train:
@@ -328,7 +388,7 @@ def _forward(P, B, x, ws, batchnorm, eps, momentum, train):
     else:
         K._k_pool_elu_forward(ws.z1, P["conv1.b"], ws.p1, ws.arg1)
 
-    _conv_forward(ws.xp2, P["conv2.w"], ws.z2, ws.cols2)
+    _conv_forward(ws.xp2, P["conv2.w"], ws.z2, ws.conv2)
     if bn:
         K._k_add_bias(ws.z2.reshape(n, 16, -1), P["conv2.b"])
         if train:
@@ -376,8 +436,7 @@ def _backward(P, G, ws, batchnorm):
         _bn_backward(P, G, 2, ws.dy2, ws.dz2, ws.bn[2], batchnorm)
     else:
         K._k_pool_elu_backward(ws.dp2, ws.p2, ws.arg2, ws.dz2)
-    _conv_backward(ws.dz2, ws.xp2, P["conv2.w"], G["conv2.w"], G["conv2.b"],
-                   ws.cols2, ws.dcols2, ws.dwn2, ws.dwsum2, ws.dxp2)
+    _conv_backward(ws.dz2, ws.xp2, P["conv2.w"], G["conv2.w"], G["conv2.b"], ws.conv2, ws.dxp2)
     # (pool1, ELU), [bn1], conv1 (input layer: no dx; C = 1, the direct kernel beats the GEMM)
     if bn:
         K._k_pool_elu_backward(ws.dp1, ws.p1, ws.arg1, ws.dy1)
@@ -413,6 +472,27 @@ def _check_params(params, buffers, batchnorm, eps=1e-5, momentum=0.1):
     if not (isinstance(momentum, (float, int)) and 0 <= momentum <= 1):
         raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
     return num_classes, np.dtype(dtype)
+
+
+SMALL_BATCH = 8   # up to this many images one thread is faster than waking the others
+
+
+@contextlib.contextmanager
+def _numba_threads_for(n):
+    """One numba thread for tiny batches (parallel-loop start-up would dominate), else unchanged."""
+    if n > SMALL_BATCH:
+        yield
+        return
+    import numba
+
+    old = numba.get_num_threads()
+    if old != 1:
+        numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if old != 1:
+            numba.set_num_threads(old)
 
 
 class Network:
@@ -476,9 +556,10 @@ class Network:
             raise ValueError(f"x has shape {x.shape}: training with batchnorm={self.batchnorm!r} "
                              "needs at least 2 images in a batch")
         ws = self._workspace(n, True)
-        _forward(self.params, self.buffers, x, ws, self.batchnorm, self.eps, self.momentum, True)
-        loss = K._k_sigmoid_bce(ws.z4, labels.astype(np.int64, copy=False), ws.probs, ws.dz4)
-        _backward(self.params, self.grads, ws, self.batchnorm)
+        with K.blas_single_thread(), _numba_threads_for(n):
+            _forward(self.params, self.buffers, x, ws, self.batchnorm, self.eps, self.momentum, True)
+            loss = K._k_sigmoid_bce(ws.z4, labels.astype(np.int64, copy=False), ws.probs, ws.dz4)
+            _backward(self.params, self.grads, ws, self.batchnorm)
         return float(loss), ws.probs.copy()
 
     def predict_proba(self, x):
@@ -486,11 +567,12 @@ class Network:
         _check_input(x, self.dtype)
         n = x.shape[0]
         out = np.empty((n, self.num_classes), dtype=self.dtype)
-        for s in range(0, n, PREDICT_CHUNK):
-            xs = x[s:s + PREDICT_CHUNK]
-            ws = self._workspace(xs.shape[0], False)
-            _forward(self.params, self.buffers, xs, ws, self.batchnorm, self.eps, self.momentum, False)
-            K._k_sigmoid(ws.z4, out[s:s + xs.shape[0]])
+        with K.blas_single_thread(), _numba_threads_for(n):
+            for s in range(0, n, PREDICT_CHUNK):
+                xs = x[s:s + PREDICT_CHUNK]
+                ws = self._workspace(xs.shape[0], False)
+                _forward(self.params, self.buffers, xs, ws, self.batchnorm, self.eps, self.momentum, False)
+                K._k_sigmoid(ws.z4, out[s:s + xs.shape[0]])
         return out
 
 

@@ -190,3 +190,60 @@ def test_conv_backward_is_bitwise_reproducible(rng):
     for _ in range(3):
         again = K.conv2d_backward(dz, x, w, 2)
         assert all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+# ---- fast-path kernels used by model.Network ------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("C,F,H", [(1, 6, 32), (6, 16, 16)])
+def test_im2col_gemm_convolution_matches_reference(rng, dtype, C, F, H):
+    N = 3
+    x = rng.standard_normal((N, C, H, H)).astype(dtype)
+    w = rng.standard_normal((F, C, 5, 5)).astype(dtype)
+    xp = K.pad2d(x, 2)
+    cols = K.im2col(xp, 5)
+    assert cols.shape == (N, C * 25, H * H)
+    serial = np.empty_like(cols)
+    K._k_im2col_serial(xp, 5, serial)
+    assert np.array_equal(serial, cols)
+    z = np.matmul(w.reshape(F, -1), cols).reshape(N, F, H, H)
+    ref = R.conv2d_forward(x.astype(np.float64), w.astype(np.float64), np.zeros(F), 2)
+    assert rel(z, ref) < TOL[dtype] * 10
+    # col2im is the adjoint of im2col: <im2col(x), d> == <x, col2im(d)>
+    d = rng.standard_normal(cols.shape).astype(dtype)
+    back = K.col2im(d, 5, C, H + 4, H + 4)
+    serial_back = np.empty_like(back)
+    K._k_col2im_serial(d, 5, serial_back)
+    assert np.array_equal(serial_back, back)
+    lhs = np.sum(cols.astype(np.float64) * d)
+    rhs = np.sum(xp.astype(np.float64) * back)
+    assert abs(lhs - rhs) <= 1e-10 * abs(lhs) if dtype == np.float64 else abs(lhs - rhs) <= 1e-4 * abs(lhs)
+    # and gives the reference input gradient
+    dz = rng.standard_normal((N, F, H * H)).astype(dtype)
+    dxp = K.col2im(np.matmul(w.reshape(F, -1).T, dz), 5, C, H + 4, H + 4)
+    rdx = R.conv2d_backward(dz.reshape(N, F, H, H).astype(np.float64), x.astype(np.float64),
+                            w.astype(np.float64), 2)[0]
+    assert rel(dxp[:, :, 2:-2, 2:-2], rdx) < TOL[dtype] * 10
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fused_pool_elu_equals_pool_of_elu(rng, dtype):
+    z = (2 * rng.standard_normal((3, 6, 16, 16))).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    p, arg = K.pool_elu_forward(z, b)
+    rp, rarg = R.maxpool_forward(R.elu(z.astype(np.float64) + b.reshape(1, 6, 1, 1)))
+    assert rel(p, rp) < TOL[dtype] and np.array_equal(arg, rarg)
+    dp = rng.standard_normal(p.shape).astype(dtype)
+    dz = K.pool_elu_backward(dp, p, arg)
+    rdz = R.maxpool_backward(dp.astype(np.float64), rarg) * R.elu_grad(z.astype(np.float64) + b.reshape(1, 6, 1, 1))
+    assert rel(dz, rdz) < (1e-12 if dtype == np.float64 else 1e-5)
+
+
+def test_blas_single_thread_restores_the_thread_count():
+    api = K._openblas_threads_api()
+    if api is None:
+        pytest.skip("OpenBLAS thread API not reachable")
+    old = api[0]()
+    with K.blas_single_thread():
+        assert api[0]() == 1
+    assert api[0]() == old

@@ -197,3 +197,14 @@ def test_early_stopping_restores_best_into_last(workspace, tmp_path):
     for k in best:
         if k.startswith("params/"):
             assert np.array_equal(best[k], last[k]), k
+
+
+def test_train_ends_with_a_report(workspace, tmp_path):
+    pytest.importorskip("matplotlib", reason="the report is an optional extra (cnncli[plots])")
+    tmp, data = workspace
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=1)
+    res = invoke(["train", "--config", cfg, "-q"])
+    assert res.exit_code == 0, res.output
+    html = (tmp_path / "run" / "report" / "report.html").read_text()
+    pngs = sorted(p.name for p in (tmp_path / "run" / "report").glob("*.png"))
+    assert len(pngs) >= 5 and all(name in html for name in pngs)

@@ -394,45 +394,64 @@ def elu_backward(da, a, out=None):
 # Statistics are summed in float64 whatever the dtype.
 # --------------------------------------------------------------------------------------------
 
+_UNIT_BLOCK = 512   # units per parallel task in per-unit BN (inner loops run along d: vectorized)
+
+
 @njit(cache=True, parallel=True)
 def _k_bn_unit_forward(z, gamma, beta, eps, y, xhat, mean, var, invstd):
     # z (N,D) gamma (D,) beta (D,)  ->  y (N,D), xhat (N,D), mean (D,), var (D,), invstd (D,)
+    # statistics of unit d summed over n in order, in float64; a block of units per task
     N, D = z.shape
-    for d in prange(D):
-        s = 0.0
+    nblocks = (D + _UNIT_BLOCK - 1) // _UNIT_BLOCK
+    for bi in prange(nblocks):
+        d0 = bi * _UNIT_BLOCK
+        d1 = min(D, d0 + _UNIT_BLOCK)
+        s = np.zeros(d1 - d0)            # (block,) float64 sums
         for n in range(N):
-            s += z[n, d]
+            for d in range(d0, d1):
+                s[d - d0] += z[n, d]
         m = s / N
-        v = 0.0
+        v = np.zeros(d1 - d0)
         for n in range(N):
-            t = z[n, d] - m
-            v += t * t
+            for d in range(d0, d1):
+                t = z[n, d] - m[d - d0]
+                v[d - d0] += t * t
         v /= N
-        inv = 1.0 / math.sqrt(v + eps)
+        inv = 1.0 / np.sqrt(v + eps)
         for n in range(N):
-            xh = (z[n, d] - m) * inv
-            xhat[n, d] = xh
-            y[n, d] = gamma[d] * xh + beta[d]
-        mean[d] = m
-        var[d] = v
-        invstd[d] = inv
+            for d in range(d0, d1):
+                xh = (z[n, d] - m[d - d0]) * inv[d - d0]
+                xhat[n, d] = xh
+                y[n, d] = gamma[d] * xh + beta[d]
+        for d in range(d0, d1):
+            mean[d] = m[d - d0]
+            var[d] = v[d - d0]
+            invstd[d] = inv[d - d0]
 
 
 @njit(cache=True, parallel=True)
 def _k_bn_unit_backward(dy, xhat, gamma, invstd, dz, dgamma, dbeta):
     # dy (N,D) xhat (N,D) gamma (D,) invstd (D,)  ->  dz (N,D), dgamma (D,), dbeta (D,)
     N, D = dy.shape
-    for d in prange(D):
-        sdy = 0.0
-        sdyx = 0.0
+    nblocks = (D + _UNIT_BLOCK - 1) // _UNIT_BLOCK
+    for bi in prange(nblocks):
+        d0 = bi * _UNIT_BLOCK
+        d1 = min(D, d0 + _UNIT_BLOCK)
+        sdy = np.zeros(d1 - d0)          # (block,) float64 sums
+        sdyx = np.zeros(d1 - d0)
         for n in range(N):
-            sdy += dy[n, d]
-            sdyx += dy[n, d] * xhat[n, d]
-        dgamma[d] = sdyx
-        dbeta[d] = sdy
-        g = gamma[d] * invstd[d] / N
+            for d in range(d0, d1):
+                sdy[d - d0] += dy[n, d]
+                sdyx[d - d0] += dy[n, d] * xhat[n, d]
+        g = np.empty(d1 - d0)
+        for d in range(d0, d1):
+            dgamma[d] = sdyx[d - d0]
+            dbeta[d] = sdy[d - d0]
+            g[d - d0] = gamma[d] * invstd[d] / N
         for n in range(N):
-            dz[n, d] = g * (N * dy[n, d] - sdy - xhat[n, d] * sdyx)
+            for d in range(d0, d1):
+                k = d - d0
+                dz[n, d] = g[k] * (N * dy[n, d] - sdy[k] - xhat[n, d] * sdyx[k])
 
 
 @njit(cache=True, parallel=True)

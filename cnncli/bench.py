@@ -23,7 +23,8 @@ from cnncli.errors import CnnError
 MFLOP_TRAIN = 4.70    # per trained image (forward + backward), see docs/performance.md
 MFLOP_INFER = 1.67    # per inferred image (forward)
 TORCH_HINT = "pip install torch==2.13.0"
-_OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+_OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                  "OMP_WAIT_POLICY")  # cnncli.kernels defaults OMP_WAIT_POLICY to passive (torch sees it too)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -495,7 +496,7 @@ def format_result(result: dict) -> str:
            if m.get("load_average") and m.get("load_average_after") else ""),
         f"versions:  python {m['python']}, numpy {m['numpy']}, numba {m['numba']}"
         + (f", torch {m['torch']}" if m["torch"] else ""),
-        f"BLAS:      {m['blas']}; OpenBLAS/OMP env: {env}",
+        f"BLAS:      {m['blas']}; OpenBLAS/OMP env as the run saw it: {env}",
     ]
     if jit["already_compiled"]:
         lines.append("first call: not measured (kernels already compiled in this process)")

@@ -703,9 +703,10 @@ def sigmoid(z, out=None):
 #   z[n] (F, H*W) = w.reshape(F, C*K*K) @ cols[n] (C*K*K, H*W)                 (forward)
 #   dw (F, C*K*K) = sum_n dz[n] (F, H*W) @ cols[n].T                          (backward, weights)
 #   dcols[n] = w.reshape(F, C*K*K).T @ dz[n];  dxp = col2im(dcols)            (backward, input)
-# The GEMMs run in BLAS (numpy.matmul); im2col/col2im are Numba loops, parallel over images.
+# The GEMMs run in BLAS (numpy.matmul); im2col/col2im are Numba loops, parallel over images, that
+# release the GIL: model.py also runs them from its worker threads (one numba thread each).
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _k_im2col(xp, K, cols):
     # xp (N,C,Hp,Wp) padded input   ->   cols (N, C*K*K, H*W), row r = (c*K + ky)*K + kx
     N, C, Hp, Wp = xp.shape
@@ -721,7 +722,7 @@ def _k_im2col(xp, K, cols):
                             cols[n, r, y * W + x] = xp[n, c, y + ky, x + kx]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _k_col2im(dcols, K, dxp):
     # dcols (N, C*K*K, H*W)   ->   dxp (N,C,Hp,Wp): every column entry added back where im2col took it
     N, C, Hp, Wp = dxp.shape
@@ -836,40 +837,3 @@ def pool_elu_backward(dp, p, argmax, out=None):
     _k_pool_elu_backward(dp, p, argmax, out)
     return out
 
-
-# serial twins of im2col/col2im that release the GIL: model.py runs them on its own worker threads,
-# one chunk of images per call, next to BLAS calls (numpy.matmul releases the GIL too)
-
-@njit(cache=True, nogil=True)
-def _k_im2col_serial(xp, K, cols):
-    # xp (N,C,Hp,Wp)   ->   cols (N, C*K*K, H*W)      (same as _k_im2col)
-    N, C, Hp, Wp = xp.shape
-    H = Hp - K + 1
-    W = Wp - K + 1
-    for n in range(N):
-        for c in range(C):
-            for ky in range(K):
-                for kx in range(K):
-                    r = (c * K + ky) * K + kx
-                    for y in range(H):
-                        for x in range(W):
-                            cols[n, r, y * W + x] = xp[n, c, y + ky, x + kx]
-
-
-@njit(cache=True, nogil=True)
-def _k_col2im_serial(dcols, K, dxp):
-    # dcols (N, C*K*K, H*W)   ->   dxp (N,C,Hp,Wp)    (same as _k_col2im)
-    N, C, Hp, Wp = dxp.shape
-    H = Hp - K + 1
-    W = Wp - K + 1
-    for n in range(N):
-        for c in range(C):
-            for i in range(Hp):
-                for j in range(Wp):
-                    dxp[n, c, i, j] = 0
-            for ky in range(K):
-                for kx in range(K):
-                    r = (c * K + ky) * K + kx
-                    for y in range(H):
-                        for x in range(W):
-                            dxp[n, c, y + ky, x + kx] += dcols[n, r, y * W + x]

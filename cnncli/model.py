@@ -286,7 +286,10 @@ def _workers():
 
         if _POOL[0] is not None:
             _POOL[0].shutdown(wait=True)
-        _POOL[0], _POOL[1] = ThreadPoolExecutor(max_workers=t, thread_name_prefix="cnncli-conv"), t
+        # each worker runs numba kernels on one thread of its own (numba's thread count is per thread)
+        _POOL[0] = ThreadPoolExecutor(max_workers=t, thread_name_prefix="cnncli-conv",
+                                      initializer=numba.set_num_threads, initargs=(1,))
+        _POOL[1] = t
     return _POOL[0], t
 
 
@@ -342,7 +345,7 @@ def _conv_forward(xp, w, z, bufs):
         for c in range(worker, bufs.nchunks, stride):
             s = c * ch
             m = min(ch, n - s)
-            K._k_im2col_serial(xp[s:s + m], 5, cols[:m])
+            K._k_im2col(xp[s:s + m], 5, cols[:m])
             np.matmul(wmat, cols[:m], out=z3[s:s + m])
     _run(job, bufs.nchunks)
 
@@ -360,12 +363,12 @@ def _conv_backward(dz, xp, w, dw, db, bufs, dxp):
         for c in range(worker, bufs.nchunks, stride):
             s = c * ch
             m = min(ch, n - s)
-            K._k_im2col_serial(xp[s:s + m], 5, cols[:m])
+            K._k_im2col(xp[s:s + m], 5, cols[:m])
             np.matmul(dz3[s:s + m], cols[:m].transpose(0, 2, 1), out=dwn[:m])
             np.sum(dwn[:m], axis=0, out=bufs.parts[c])
             if dxp is not None:
                 np.matmul(wmat.T, dz3[s:s + m], out=dcols[:m])
-                K._k_col2im_serial(dcols[:m], 5, dxp[s:s + m])
+                K._k_col2im(dcols[:m], 5, dxp[s:s + m])
     _run(job, bufs.nchunks)
     np.sum(bufs.parts, axis=0, out=dw.reshape(f, -1))
     np.sum(dz3, axis=(0, 2), out=db)

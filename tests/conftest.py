@@ -16,3 +16,24 @@ def _private_dataset_cache():
             os.environ.pop("CNNCLI_CACHE_DIR", None)
         else:
             os.environ["CNNCLI_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _warm_numba_cache():
+    """Numba compiles with cache=True, and several processes compiling the same cached *parallel*
+    function at once can race on the cache files (numba issue 4807); the CLI tests start `cnn`
+    subprocesses. So every kernel the network uses (float32 and float64, all BN variants, training
+    and inference) is compiled here first, in this process: the subprocesses then load the cache."""
+    import numpy as np
+
+    from cnncli.model import BATCHNORM, Network
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((3, 1, 32, 32)).astype(dtype)
+        y = np.array([0, 1, 2])
+        for bn in BATCHNORM:
+            net = Network(12, bn, dtype=dtype)
+            net.train_step(x, y)
+            net.predict_proba(x)
+    yield

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +35,9 @@ def user_errors(fn):
             raise _UserError(str(err), getattr(err, "exit_code", 1)) from None
         except KeyboardInterrupt:
             raise _UserError("interrupted", 130) from None
+        except BrokenPipeError:  # `cnn predict ... | head`: the reader left; stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except OSError as err:
             raise _UserError(str(err), 1) from None
 

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 
 import numpy as np
@@ -573,6 +574,9 @@ def profile_step(batchnorm="none", batch_size=128, steps=20, threads=0, mode="tr
 
     Returns {"step_ms", "rows": [{"call", "calls_per_step", "ms_per_step", "share", "gflops"}]}.
     The wrappers cost about a microsecond per call; kernels are first run once unwrapped (JIT).
+    With more than one thread, calls made concurrently by worker threads are summed, so the shares
+    are of thread time, not wall time ("other" can then come out small or negative): profile at
+    threads=1 to see where a step's wall time goes.
     """
     with using_threads(threads) as n_threads:
         return _profile(batchnorm, batch_size, steps, n_threads, mode, num_classes)
@@ -586,6 +590,7 @@ def _profile(batchnorm, batch_size, steps, n_threads, mode, num_classes) -> dict
     fn = ours.train if mode == "train" else (lambda x, y: ours.infer(x))
     _rate(fn, batches, 0.3)  # compile / load from cache, warm up
     acc = {}  # label -> [seconds, calls, flops]
+    lock = threading.Lock()
 
     def wrap(name, f):
         def timed(*args, **kwargs):
@@ -596,10 +601,12 @@ def _profile(batchnorm, batch_size, steps, n_threads, mode, num_classes) -> dict
             shape = "x".join(str(tuple(a.shape) if name in _TIMED_NUMPY or a.ndim == 1 else tuple(a.shape[1:]))
                              for a in arrays[:2])
             label = f"{name.removeprefix('_k_')} {shape}"
-            slot = acc.setdefault(label, [0.0, 0, 0])
-            slot[0] += dt
-            slot[1] += 1
-            slot[2] += _kernel_flops(name, args) or 0
+            flops = _kernel_flops(name, args) or 0
+            with lock:  # the model's conv worker threads call kernels concurrently
+                slot = acc.setdefault(label, [0.0, 0, 0])
+                slot[0] += dt
+                slot[1] += 1
+                slot[2] += flops
             return out
         return timed
 

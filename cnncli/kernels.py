@@ -457,26 +457,30 @@ def _k_bn_unit_backward(dy, xhat, gamma, invstd, dz, dgamma, dbeta):
 @njit(cache=True, parallel=True)
 def _k_bn_channel_forward(z, gamma, beta, eps, y, xhat, mean, var, invstd):
     # z (N,C,S) gamma (C,) beta (C,)  ->  y (N,C,S), xhat (N,C,S), mean (C,), var (C,), invstd (C,)
+    # sums over n go into one float64 accumulator per position i (a vector: no serial add chain),
+    # then over i; the order is fixed
     N, C, S = z.shape
     M = N * S
     for c in prange(C):
-        s = 0.0
+        acc = np.zeros(S)                # (S,) float64
         for n in range(N):
             for i in range(S):
-                s += z[n, c, i]
-        m = s / M
-        v = 0.0
+                acc[i] += z[n, c, i]
+        m = acc.sum() / M
+        acc[:] = 0
         for n in range(N):
             for i in range(S):
                 t = z[n, c, i] - m
-                v += t * t
-        v /= M
+                acc[i] += t * t
+        v = acc.sum() / M
         inv = 1.0 / math.sqrt(v + eps)
+        g = gamma[c]
+        b = beta[c]
         for n in range(N):
             for i in range(S):
                 xh = (z[n, c, i] - m) * inv
                 xhat[n, c, i] = xh
-                y[n, c, i] = gamma[c] * xh + beta[c]
+                y[n, c, i] = g * xh + b
         mean[c] = m
         var[c] = v
         invstd[c] = inv
@@ -488,12 +492,14 @@ def _k_bn_channel_backward(dy, xhat, gamma, invstd, dz, dgamma, dbeta):
     N, C, S = dy.shape
     M = N * S
     for c in prange(C):
-        sdy = 0.0
-        sdyx = 0.0
+        acc_dy = np.zeros(S)             # (S,) float64
+        acc_dyx = np.zeros(S)            # (S,) float64
         for n in range(N):
             for i in range(S):
-                sdy += dy[n, c, i]
-                sdyx += dy[n, c, i] * xhat[n, c, i]
+                acc_dy[i] += dy[n, c, i]
+                acc_dyx[i] += dy[n, c, i] * xhat[n, c, i]
+        sdy = acc_dy.sum()
+        sdyx = acc_dyx.sum()
         dgamma[c] = sdyx
         dbeta[c] = sdy
         g = gamma[c] * invstd[c] / M

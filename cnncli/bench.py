@@ -413,6 +413,9 @@ def run_bench(batchnorm="none", batch_sizes=(32, 64, 128, 256), threads=0, secon
 
     if batchnorm not in model.BATCHNORM:
         raise CnnError(f"--batchnorm: {batchnorm!r} is not one of {', '.join(model.BATCHNORM)}")
+    if batchnorm != "none" and min(batch_sizes) < 2:
+        raise CnnError(f"--batch-sizes: training with batchnorm={batchnorm} needs at least 2 images per batch, "
+                       f"got {min(batch_sizes)}")
     torch = _import_torch() if vs_torch else None
     with using_threads(threads, torch) as n_threads:
         result = _measure_all(batchnorm, batch_sizes, n_threads, seconds, repeats, torch, num_classes)
@@ -422,6 +425,7 @@ def run_bench(batchnorm="none", batch_sizes=(32, 64, 128, 256), threads=0, secon
 
 def _measure_all(batchnorm, batch_sizes, n_threads, seconds, repeats, torch, num_classes) -> dict:
     warmup = min(0.5, seconds)
+    load_before = _load_average()
 
     ours = Ours(num_classes, batchnorm)
     jit = _first_calls(ours, num_classes)
@@ -473,6 +477,7 @@ def _measure_all(batchnorm, batch_sizes, n_threads, seconds, repeats, torch, num
         result["machine"]["numba_threading_layer"] = numba.threading_layer()
     except Exception:  # no parallel kernel has run yet
         result["machine"]["numba_threading_layer"] = None
+    result["machine"]["load_average"] = load_before
     result["machine"]["load_average_after"] = _load_average()
     return result
 

@@ -199,3 +199,10 @@ def test_kernel_flops_of_batched_matmul_and_conv():
     xp, wc, b, z = np.zeros((4, 6, 20, 20)), np.zeros((16, 6, 5, 5)), np.zeros(16), np.zeros((4, 16, 16, 16))
     assert bench._kernel_flops("_k_conv2d_forward", (xp, wc, b, z)) == 2 * z.size * 150
     assert bench._kernel_flops("_k_elu_forward", (z, z)) is None
+
+
+def test_cli_bench_batchnorm_needs_two_images():
+    res = CliRunner().invoke(cli, ["bench", "--batchnorm", "unit", "--batch-sizes", "1,8", "--seconds", "0.1"])
+    assert res.exit_code == 1
+    assert "--batch-sizes" in res.output and "at least 2" in res.output
+    assert "Traceback" not in res.output

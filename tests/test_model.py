@@ -199,3 +199,23 @@ def test_load_arrays():
     assert np.array_equal(a.params.flat, b.params.flat)
     with pytest.raises(ValueError, match="conv1.w"):
         b.load_arrays({"conv1.w": np.zeros((6, 1, 3, 3))})
+
+
+@pytest.mark.parametrize("bn", VARIANTS)
+def test_results_do_not_depend_on_the_thread_count(bn):
+    import numba
+
+    x, y = batch(40, seed=5)
+    out = []
+    old = numba.get_num_threads()
+    try:
+        for t in sorted({1, old}):
+            numba.set_num_threads(t)
+            net = M.Network(12, bn, seed=0)
+            loss, probs = net.train_step(x, y)
+            out.append((loss, probs, net.grads.flat.copy(), net.buffers.flat.copy(), net.predict_proba(x)))
+    finally:
+        numba.set_num_threads(old)
+    for other in out[1:]:
+        assert other[0] == out[0][0]
+        assert all(np.array_equal(a, b) for a, b in zip(other[1:], out[0][1:]))

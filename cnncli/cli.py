@@ -151,8 +151,8 @@ def predict(checkpoint, paths, top_k, as_json):
     for p in paths:
         try:
             files.extend(list_images(p))
-        except CnnError as err:
-            failures.append((p, str(err)))
+        except CnnError as err:  # its message names the path already
+            failures.append((p, str(err).removeprefix(f"{p}: ")))
     results, bad = predict_paths(predictor, files, top_k)
     failures.extend(bad)
     if as_json:
@@ -163,6 +163,7 @@ def predict(checkpoint, paths, top_k, as_json):
             click.echo(f"{r['path']}\t{r['class']}\t{r['probability']:.4f}" + (f"\t{extra}" if extra else ""))
     for path, reason in failures:
         click.echo(f"error: {path}: {reason}", err=True)
+    _FAST_EXIT.append(True)
     if failures:
         sys.exit(1)
 
@@ -230,5 +231,18 @@ def demo(root):
     click.echo(str(ensure_demo(root)))
 
 
+_FAST_EXIT = []  # set by commands whose process has nothing left to clean up after printing
+
+
 def main():
-    cli(prog_name="cnn")
+    """Console entry point. `cnn predict` skips interpreter teardown (numba/OpenMP runtime shutdown
+    measured at ~0.4 s of a 1.5 s warm one-image run): all its output is flushed first."""
+    try:
+        cli(prog_name="cnn")
+    except SystemExit as done:
+        if not _FAST_EXIT:
+            raise
+        sys.stdout.flush()
+        sys.stderr.flush()
+        code = done.code
+        os._exit(code if isinstance(code, int) else (0 if code is None else 1))

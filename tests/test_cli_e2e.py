@@ -208,3 +208,13 @@ def test_train_ends_with_a_report(workspace, tmp_path):
     html = (tmp_path / "run" / "report" / "report.html").read_text()
     pngs = sorted(p.name for p in (tmp_path / "run" / "report").glob("*.png"))
     assert len(pngs) >= 5 and all(name in html for name in pngs)
+
+
+def test_predict_in_a_real_process_flushes_everything_before_its_fast_exit(trained):
+    tmp, data, run, _ = trained
+    res = run_cli(["predict", "--checkpoint", run, data / "bar" / "001.png", tmp / "nope.png", "--json"], tmp)
+    assert res.returncode == 1
+    assert json.loads(res.stdout)[0]["path"].endswith("001.png")
+    assert res.stderr.strip() == f"error: {tmp / 'nope.png'}: no such file or folder"
+    ok = run_cli(["predict", "--checkpoint", run, data / "bar" / "001.png"], tmp)
+    assert ok.returncode == 0 and ok.stdout.count("\n") == 1

@@ -371,6 +371,10 @@ def _resolve(values):
     if flat["optim.warmup_epochs"] > flat["train.epochs"]:
         _fail(origin("optim.warmup_epochs"), "optim.warmup_epochs",
               f"must be <= train.epochs ({flat['train.epochs']}), got {flat['optim.warmup_epochs']}")
+    if flat["model.batchnorm"] != "none" and flat["train.batch_size"] < 2:
+        _fail(origin("train.batch_size"), "train.batch_size",
+              f"must be >= 2 with model.batchnorm={flat['model.batchnorm']} (batch statistics), "
+              f"got {flat['train.batch_size']}")
     return _nest(flat)
 
 

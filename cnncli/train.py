@@ -248,6 +248,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
     train_ds, val_ds, skipped = load_datasets(cfg, echo=echo)
     classes = train_ds.classes
     tcfg, ocfg, mcfg = cfg["train"], cfg["optim"], cfg["model"]
+    if mcfg["batchnorm"] != "none" and len(train_ds.labels) < 2:
+        raise DataError(f"{cfg['data']['train']}: model.batchnorm={mcfg['batchnorm']} needs at least 2 training images")
     dtype = np.float32
 
     if resume is None:

@@ -18,6 +18,7 @@ from e2e_util import SHAPES, load_params, make_folder, run_cli, write_config
 def workspace(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     data = make_folder(tmp / "data")
+    write_config(tmp / "cfg.yaml", data, tmp / "run", epochs=2)
     return tmp, data
 
 
@@ -33,7 +34,7 @@ def invoke(args):
 @pytest.fixture(scope="module")
 def trained(workspace):
     tmp, data = workspace
-    cfg = write_config(tmp / "cfg.yaml", data, tmp / "run", epochs=2)
+    cfg = tmp / "cfg.yaml"
     res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--quiet", "--no-report"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     return tmp, data, tmp / "run", res
@@ -129,6 +130,7 @@ def test_print_config_shows_every_default(workspace):
         (["--set", "model.batchnorm=batch"], "model.batchnorm"),
         (["--set", "train.epochs=0"], "train.epochs"),
         (["--set", "noequals"], "noequals"),
+        (["--set", "model.batchnorm=channel", "--set", "train.batch_size=1", "-q"], "train.batch_size"),
     ],
 )
 def test_bad_settings_fail_in_one_line_with_exit_2(workspace, args, needle):

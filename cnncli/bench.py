@@ -9,7 +9,6 @@ benchmark (see scripts/bench_data.py, scripts/bench_startup.py, scripts/bench_me
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import platform
@@ -67,29 +66,11 @@ def using_threads(threads: int, torch_module=None):
             torch_module.set_num_threads(old[2])
 
 
-@functools.lru_cache(maxsize=1)
 def _openblas_threads_api():
-    """(get_num_threads, set_num_threads) of the OpenBLAS numpy loaded (Linux, via ctypes), or None."""
-    import ctypes
+    """The (get, set) thread-count functions of numpy's OpenBLAS, found once by cnncli.kernels."""
+    from cnncli.kernels import _openblas_threads_api as find
 
-    try:
-        with open("/proc/self/maps", encoding="utf-8") as f:
-            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
-    except OSError:
-        return None
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
-                               ("openblas", "")):
-            get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-            put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-            if get is not None and put is not None:
-                get.restype, put.argtypes = ctypes.c_int, [ctypes.c_int]
-                return get, put
-    return None
+    return find()
 
 
 def _blas_info() -> str:

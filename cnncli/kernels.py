@@ -283,6 +283,35 @@ def conv2d_backward(dz, x, w, pad=2, need_dx=True, xpad=None, dxpad=None, dw=Non
 # max pooling 2x2, stride 2. argmax = 2*dy + dx of the winner in its window; ties -> first maximum
 # --------------------------------------------------------------------------------------------
 
+@njit(inline="always")
+def _window_max(a, n, c, i, j):
+    # a (N,C,H,W) -> (max of the 2x2 window at (i,j), its position 0..3 row-major; ties: the first)
+    best = a[n, c, 2 * i, 2 * j]
+    k = 0
+    v = a[n, c, 2 * i, 2 * j + 1]
+    if v > best:
+        best = v
+        k = 1
+    v = a[n, c, 2 * i + 1, 2 * j]
+    if v > best:
+        best = v
+        k = 2
+    v = a[n, c, 2 * i + 1, 2 * j + 1]
+    if v > best:
+        best = v
+        k = 3
+    return best, k
+
+
+@njit(inline="always")
+def _window_route(g, k, da, n, c, i, j):
+    # writes the 2x2 window (i,j) of da (N,C,H,W): g at position k, 0 at the other three
+    da[n, c, 2 * i, 2 * j] = g if k == 0 else 0
+    da[n, c, 2 * i, 2 * j + 1] = g if k == 1 else 0
+    da[n, c, 2 * i + 1, 2 * j] = g if k == 2 else 0
+    da[n, c, 2 * i + 1, 2 * j + 1] = g if k == 3 else 0
+
+
 @njit(cache=True, parallel=True)
 def _k_maxpool2x2_forward(a, out, arg):
     # a (N,C,H,W)   ->   out (N,C,H/2,W/2), arg (N,C,H/2,W/2) int8 in 0..3
@@ -291,20 +320,7 @@ def _k_maxpool2x2_forward(a, out, arg):
         for c in range(C):
             for i in range(Ho):
                 for j in range(Wo):
-                    best = a[n, c, 2 * i, 2 * j]
-                    k = 0
-                    v = a[n, c, 2 * i, 2 * j + 1]
-                    if v > best:
-                        best = v
-                        k = 1
-                    v = a[n, c, 2 * i + 1, 2 * j]
-                    if v > best:
-                        best = v
-                        k = 2
-                    v = a[n, c, 2 * i + 1, 2 * j + 1]
-                    if v > best:
-                        best = v
-                        k = 3
+                    best, k = _window_max(a, n, c, i, j)
                     out[n, c, i, j] = best
                     arg[n, c, i, j] = k
 
@@ -319,10 +335,7 @@ def _k_maxpool2x2_backward(dout, arg, da):
                 for j in range(Wo):
                     g = dout[n, c, i, j]
                     k = arg[n, c, i, j]
-                    da[n, c, 2 * i, 2 * j] = g if k == 0 else 0
-                    da[n, c, 2 * i, 2 * j + 1] = g if k == 1 else 0
-                    da[n, c, 2 * i + 1, 2 * j] = g if k == 2 else 0
-                    da[n, c, 2 * i + 1, 2 * j + 1] = g if k == 3 else 0
+                    _window_route(g, k, da, n, c, i, j)
 
 
 def maxpool2x2_forward(a, out=None, argmax=None):
@@ -769,20 +782,7 @@ def _k_pool_elu_forward(z, b, p, arg):
             bv = b[c]
             for i in range(Ho):
                 for j in range(Wo):
-                    best = z[n, c, 2 * i, 2 * j]
-                    k = 0
-                    v = z[n, c, 2 * i, 2 * j + 1]
-                    if v > best:
-                        best = v
-                        k = 1
-                    v = z[n, c, 2 * i + 1, 2 * j]
-                    if v > best:
-                        best = v
-                        k = 2
-                    v = z[n, c, 2 * i + 1, 2 * j + 1]
-                    if v > best:
-                        best = v
-                        k = 3
+                    best, k = _window_max(z, n, c, i, j)
                     best = best + bv
                     p[n, c, i, j] = best if best >= 0 else math.expm1(best)
                     arg[n, c, i, j] = k
@@ -800,10 +800,7 @@ def _k_pool_elu_backward(dp, p, arg, dz):
                     v = p[n, c, i, j]
                     g = dp[n, c, i, j] if v > 0 else dp[n, c, i, j] * (v + 1)
                     k = arg[n, c, i, j]
-                    dz[n, c, 2 * i, 2 * j] = g if k == 0 else 0
-                    dz[n, c, 2 * i, 2 * j + 1] = g if k == 1 else 0
-                    dz[n, c, 2 * i + 1, 2 * j] = g if k == 2 else 0
-                    dz[n, c, 2 * i + 1, 2 * j + 1] = g if k == 3 else 0
+                    _window_route(g, k, dz, n, c, i, j)
 
 
 def im2col(xp, K, out=None):

@@ -213,20 +213,16 @@ def set_threads(threads: int) -> int:
 
 
 def evaluate_loss_acc(net, table, ds, batch_size=256):
-    """Mean training loss (summed BCE over classes) and accuracy of `net` on a Dataset, inference mode."""
+    """Loss (evaluate.bce_loss, as `cnn eval` reports it) and accuracy of `net` on a Dataset, inference mode."""
+    from cnncli.evaluate import bce_loss
+
     n = len(ds.labels)
     if n == 0:
         return float("nan"), float("nan")
-    loss_sum, correct = 0.0, 0
+    probs = np.empty((n, net.num_classes), dtype=np.float64)  # (N,C)
     for start in range(0, n, batch_size):
-        x = table[ds.images[start : start + batch_size]][:, None]  # (B,1,S,S)
-        y = ds.labels[start : start + batch_size]                   # (B,)
-        p = np.clip(net.predict_proba(x).astype(np.float64), 1e-12, 1 - 1e-12)  # (B,C)
-        onehot = np.zeros_like(p)
-        onehot[np.arange(len(y)), y] = 1.0
-        loss_sum += float(-(onehot * np.log(p) + (1 - onehot) * np.log1p(-p)).sum())
-        correct += int((p.argmax(1) == y).sum())
-    return loss_sum / n, correct / n
+        probs[start : start + batch_size] = net.predict_proba(table[ds.images[start : start + batch_size]][:, None])
+    return bce_loss(probs, ds.labels), float((probs.argmax(1) == ds.labels).mean())
 
 
 def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> Path:

@@ -118,7 +118,7 @@ def _report_after_training(run_dir):
         click.echo(f"note: no report ({err})", err=True)
 
 
-@cli.command("eval")
+@cli.command("eval", short_help="Loss, accuracy, per-class P/R/F1 and confusion of a checkpoint.")
 @click.option("--checkpoint", required=True, type=click.Path(),
               help="A .npz checkpoint, or a run folder (its best.npz, else last.npz).")
 @click.option("--data", "data_dir", required=True, type=click.Path(), help="Image folder with one subfolder per class.")
@@ -133,7 +133,7 @@ def eval_cmd(checkpoint, data_dir, batch_size, as_json):
     click.echo(json.dumps(metrics, indent=2) if as_json else format_metrics(metrics))
 
 
-@cli.command()
+@cli.command(short_help="Classify image files or folders.")
 @click.option("--checkpoint", required=True, type=click.Path(),
               help="A .npz checkpoint, or a run folder (its best.npz, else last.npz).")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
@@ -168,7 +168,7 @@ def predict(checkpoint, paths, top_k, as_json):
         sys.exit(1)
 
 
-@cli.command()
+@cli.command(short_help="Check every gradient against finite differences.")
 @click.option("--batchnorm", "variants", multiple=True, type=click.Choice(["none", "unit", "channel"]),
               help="Variant(s) to check; default all three.")
 @click.option("--batch-size", default=2, show_default=True, type=click.IntRange(min=1), help="Random batch size.")
@@ -183,7 +183,7 @@ def gradcheck(variants, batch_size, seed):
     sys.exit(status)
 
 
-@cli.command()
+@cli.command(short_help="Pictures of a run: curves, confusion, mistakes, filters.")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", "data_dir", type=click.Path(), default=None,
               help="Labelled image folder for the confusion matrix and mistakes (default: the run's validation data).")
@@ -196,7 +196,7 @@ def report(run_dir, data_dir, out_dir):
     click.echo(str(write_report(run_dir, data_dir=data_dir, out_dir=out_dir)))
 
 
-@cli.command()
+@cli.command(short_help="Images/s of training and inference (optionally vs PyTorch).")
 @click.option("--batchnorm", default="none", show_default=True, type=click.Choice(["none", "unit", "channel"]),
               help="Network variant to measure.")
 @click.option("--batch-sizes", default="32,64,128,256", show_default=True, help="Comma-separated training batch sizes.")
@@ -221,7 +221,7 @@ def bench(batchnorm, batch_sizes, threads, seconds, repeats, vs_torch, as_json):
               vs_torch=vs_torch, as_json=as_json, echo=click.echo)
 
 
-@cli.command()
+@cli.command(short_help="Generate the built-in 12-class demo dataset.")
 @click.argument("root", type=click.Path(file_okay=False), default="data/demo")
 @user_errors
 def demo(root):

@@ -45,11 +45,14 @@ def network_from_arrays(arrays: dict, meta: dict, path, momentum: float = 0.1):
     subset = {k: v for k, v in arrays.items() if k.startswith(("params/", "buffers/"))}
     checkpoint.check_arrays(subset, expected, path)
     net = model.Network(num_classes=num_classes, batchnorm=batchnorm, eps=eps, momentum=momentum, dtype=dtype)
-    for name in net.params:
-        net.params[name][...] = arrays[f"params/{name}"]
-    for name in net.buffers:
-        net.buffers[name][...] = arrays[f"buffers/{name}"]
+    load_into(net, arrays)
     return net
+
+
+def load_into(net, arrays: dict) -> None:
+    """Copy a checkpoint's `params/<name>` and `buffers/<name>` arrays into `net` (Network.load_arrays)."""
+    net.load_arrays({k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")},
+                    {k[len("buffers/"):]: v for k, v in arrays.items() if k.startswith("buffers/")})
 
 
 def input_table(mean: float, std: float, dtype) -> np.ndarray:

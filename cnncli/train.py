@@ -228,7 +228,7 @@ def evaluate_loss_acc(net, table, ds, batch_size=256):
 def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> Path:
     """Train as `cfg` says (or continue the checkpoint `resume`); returns the run folder."""
     from cnncli import model, optim
-    from cnncli.predictor import input_table, network_from_arrays
+    from cnncli.predictor import input_table, load_into, network_from_arrays
 
     t_setup = time.perf_counter()
     if resume is not None:
@@ -378,11 +378,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
             if improved:
                 save_checkpoint(best_path, net, opt, state, cfg, classes, preprocess, cfg_text)
             if stopping and es["restore_best"] and best_path.exists():
-                best_arrays, _ = checkpoint.load(best_path)
-                for name in net.params:
-                    net.params[name][...] = best_arrays[f"params/{name}"]
-                for name in net.buffers:
-                    net.buffers[name][...] = best_arrays[f"buffers/{name}"]
+                load_into(net, checkpoint.load(best_path)[0])
             save_last()
             write_metrics(run_dir, state.history)
             rate = imgs_this_session / max(train_time, 1e-9)

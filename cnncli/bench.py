@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from cnncli.errors import CnnError
+from cnncli.kernels import set_threads
 
 MFLOP_TRAIN = 4.70    # per trained image (forward + backward), see docs/performance.md
 MFLOP_INFER = 1.67    # per inferred image (forward)
@@ -29,21 +30,6 @@ _OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS
 
 # ----------------------------------------------------------------------------------------------
 # environment
-
-def set_threads(threads: int) -> int:
-    """Numba's thread count, and OpenBLAS's (numpy's matmul) when it can be reached; 0 = all cores.
-
-    The torch twin gets the same number through torch.set_num_threads (see run_bench).
-    """
-    import numba
-
-    n = min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(n)
-    blas = _openblas_threads_api()
-    if blas is not None:
-        blas[1](n)
-    return n
-
 
 @contextlib.contextmanager
 def using_threads(threads: int, torch_module=None):

@@ -76,6 +76,18 @@ def _openblas_threads_api():
     return api
 
 
+def set_threads(threads: int) -> int:
+    """Numba's thread count, and OpenBLAS's (numpy's matmul) when it can be reached; 0 = all cores."""
+    import numba
+
+    n = min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n)
+    blas = _openblas_threads_api()
+    if blas is not None:
+        blas[1](n)
+    return n
+
+
 @contextlib.contextmanager
 def blas_single_thread():
     """OpenBLAS on one thread inside the block (restored after); a no-op where it can't be reached."""

@@ -203,15 +203,6 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def set_threads(threads: int) -> int:
-    import numba
-
-    n = threads or numba.config.NUMBA_NUM_THREADS
-    n = min(n, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(n)
-    return n
-
-
 def evaluate_loss_acc(net, table, ds, batch_size=256):
     """Loss (evaluate.bce_loss, as `cnn eval` reports it) and accuracy of `net` on a Dataset, inference mode."""
     from cnncli.evaluate import bce_loss
@@ -239,6 +230,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
         run_dir.mkdir(parents=True, exist_ok=True)
         for debris in run_dir.glob(".*.tmp-*"):  # half-written saves of a killed process
             debris.unlink(missing_ok=True)
+    from cnncli.kernels import set_threads
+
     threads = set_threads(cfg["train"]["threads"])
 
     train_ds, val_ds, skipped = load_datasets(cfg, echo=echo)

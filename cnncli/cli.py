@@ -46,13 +46,9 @@ def user_errors(fn):
 
 def _resolve_checkpoint(path: str) -> Path:
     """A checkpoint file, or a run folder: its best.npz (else last.npz)."""
-    p = Path(path)
-    if p.is_dir():
-        for name in ("best.npz", "last.npz"):
-            if (p / name).is_file():
-                return p / name
-        raise CnnError(f"{p}: run folder has no best.npz or last.npz")
-    return p
+    from cnncli.predictor import run_checkpoint
+
+    return run_checkpoint(path, ("best.npz", "last.npz"))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -88,9 +84,9 @@ def train(config_path, overrides, resume, out, strict, print_config, quiet, no_r
     overrides = list(overrides) + (["data.strict=true"] if strict else [])
     if resume is not None and config_path is None:
         from cnncli import checkpoint
-        from cnncli.train import resolve_resume
+        from cnncli.predictor import run_checkpoint
 
-        _, meta = checkpoint.load(resolve_resume(resume))
+        _, meta = checkpoint.load(run_checkpoint(resume))
         cfg = config_mod.load_config_text(meta.get("config", ""), overrides, source=f"{resume} (config)")
     else:
         cfg = config_mod.load_config(config_path, overrides)

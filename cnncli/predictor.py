@@ -6,11 +6,24 @@ the network's normalized float input; it is not a data loader (see data.py) nor 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from cnncli import checkpoint
 from cnncli.errors import CheckpointError
 
+
+def run_checkpoint(path, names=("last.npz",)) -> Path:
+    """A checkpoint file as given, or a run folder's first existing file of `names`. --resume uses
+    last.npz; eval/predict prefer best.npz. A missing file is reported by checkpoint.load."""
+    p = Path(path)
+    if p.is_dir():
+        for name in names:
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(f"{p}: run folder has no {' or '.join(names)}")
+    return p
 
 
 def _require(meta: dict, key: str, kind, path) -> object:

@@ -152,16 +152,6 @@ def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, p
     checkpoint.save(path, arrays, meta)
 
 
-def resolve_resume(path) -> Path:
-    """--resume takes a checkpoint file or a run folder (its last.npz)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "last.npz"
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no checkpoint to resume from")
-    return p
-
-
 def _state_from_meta(meta: dict, path) -> RunState:
     try:
         best = meta["best_val_loss"]
@@ -223,7 +213,9 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
 
     t_setup = time.perf_counter()
     if resume is not None:
-        ckpt_path = resolve_resume(resume)
+        from cnncli.predictor import run_checkpoint
+
+        ckpt_path = run_checkpoint(resume)
         arrays, meta = checkpoint.load(ckpt_path)
         state = _state_from_meta(meta, ckpt_path)
         run_dir = Path(out) if out else ckpt_path.parent

@@ -43,7 +43,6 @@ class RunState:
     seen: int = 0                 # current epoch: images so far
     best_val_loss: float = math.inf
     bad_epochs: int = 0           # epochs since the best val loss (early stopping)
-    finished: bool = False
     history: list = field(default_factory=list)
 
 
@@ -146,7 +145,6 @@ def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, p
         "seen": state.seen,
         "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
         "bad_epochs": state.bad_epochs,
-        "finished": state.finished,
         "history": state.history,
     }
     checkpoint.save(path, arrays, meta)
@@ -159,7 +157,7 @@ def _state_from_meta(meta: dict, path) -> RunState:
             epoch=int(meta["epoch"]), epoch_step=int(meta["epoch_step"]), step=int(meta["step"]),
             loss_sum=float(meta["loss_sum"]), correct=int(meta["correct"]), seen=int(meta["seen"]),
             best_val_loss=math.inf if best is None else float(best), bad_epochs=int(meta["bad_epochs"]),
-            finished=bool(meta["finished"]), history=list(meta["history"]),
+            history=list(meta["history"]),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: checkpoint metadata lacks the run state needed to resume ({err})") from None
@@ -359,7 +357,6 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
             else:
                 state.bad_epochs += 1
             stopping = es["patience"] > 0 and state.bad_epochs >= es["patience"]
-            state.finished = state.epoch >= epochs or stopping
             if improved:
                 save_checkpoint(best_path, net, opt, state, cfg, classes, preprocess, cfg_text)
             if stopping and es["restore_best"] and best_path.exists():

@@ -39,7 +39,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from .arch import FLOAT_DTYPES  # noqa: E402,F401
 
 
 _BLAS_API = []

@@ -1,0 +1,140 @@
+"""Parameter layout of the network: names, shapes, the flat buffer with named views, initialisation.
+
+NumPy only (no numba): `cnn predict` and the checkpoint checks use it without loading the kernels.
+It computes nothing about the network's outputs; that is model.py (fast path) and infer.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+BATCHNORM = ("none", "unit", "channel")
+IMAGE_SHAPE = (1, 32, 32)
+FC1_UNITS = 65
+
+
+class Params(dict):
+    """name -> ndarray view into `.flat`, a 1-D contiguous buffer holding every tensor in spec order."""
+
+    flat: np.ndarray
+
+    def copy(self) -> "Params":
+        specs = [(k, v.shape) for k, v in self.items()]
+        p = allocate(specs, self.flat.dtype)
+        p.flat[:] = self.flat
+        return p
+
+
+def _check_batchnorm(batchnorm):
+    if batchnorm not in BATCHNORM:
+        raise ValueError(f"batchnorm must be one of {BATCHNORM}, got {batchnorm!r}")
+
+
+def _check_num_classes(num_classes):
+    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+
+
+def _check_dtype(dtype):
+    dt = np.dtype(dtype)
+    if dt not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def param_specs(num_classes=12, batchnorm="none"):
+    """[(name, shape)] of every parameter tensor, in the order of the flat buffer."""
+    _check_num_classes(num_classes)
+    _check_batchnorm(batchnorm)
+    bn = {"unit": [(6, 32, 32), (16, 16, 16), (FC1_UNITS,)],
+          "channel": [(6,), (16,), (FC1_UNITS,)]}.get(batchnorm)
+    specs = [("conv1.w", (6, 1, 5, 5)), ("conv1.b", (6,))]
+    if bn:
+        specs += [("bn1.gamma", bn[0]), ("bn1.beta", bn[0])]
+    specs += [("conv2.w", (16, 6, 5, 5)), ("conv2.b", (16,))]
+    if bn:
+        specs += [("bn2.gamma", bn[1]), ("bn2.beta", bn[1])]
+    specs += [("fc1.w", (FC1_UNITS, 1024)), ("fc1.b", (FC1_UNITS,))]
+    if bn:
+        specs += [("bn3.gamma", bn[2]), ("bn3.beta", bn[2])]
+    specs += [("fc2.w", (num_classes, FC1_UNITS)), ("fc2.b", (num_classes,))]
+    return specs
+
+
+def buffer_specs(num_classes=12, batchnorm="none"):
+    """[(name, shape)] of the BN running statistics (empty for "none")."""
+    specs = []
+    for name, shape in param_specs(num_classes, batchnorm):
+        if name.endswith(".gamma"):
+            layer = name.split(".")[0]
+            specs += [(f"{layer}.running_mean", shape), (f"{layer}.running_var", shape)]
+    return specs
+
+
+def allocate(specs, dtype=np.float32) -> Params:
+    """Zeros for every (name, shape) in specs, as views into one flat contiguous buffer."""
+    dt = _check_dtype(dtype)
+    total = sum(int(np.prod(shape)) for _, shape in specs)
+    p = Params()
+    p.flat = np.zeros(total, dtype=dt)
+    off = 0
+    for name, shape in specs:
+        size = int(np.prod(shape))
+        p[name] = p.flat[off:off + size].reshape(shape)
+        off += size
+    return p
+
+
+def init_params(num_classes=12, batchnorm="none", seed=0, dtype=np.float32) -> Params:
+    """Glorot-uniform weights (Keras default: fans include the receptive field), zero biases,
+    gamma = 1, beta = 0. Deterministic in `seed`."""
+    p = allocate(param_specs(num_classes, batchnorm), dtype)
+    rng = np.random.default_rng(seed)
+    for name, arr in p.items():
+        kind = name.split(".")[1]
+        if kind == "w":
+            if arr.ndim == 4:        # (F,C,K,K)
+                rf = arr.shape[2] * arr.shape[3]
+                fan_in, fan_out = arr.shape[1] * rf, arr.shape[0] * rf
+            else:                    # (O,I)
+                fan_in, fan_out = arr.shape[1], arr.shape[0]
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            arr[...] = rng.uniform(-limit, limit, size=arr.shape)
+        elif kind == "gamma":
+            arr[...] = 1
+        # biases and beta stay zero
+    return p
+
+
+def init_buffers(num_classes=12, batchnorm="none", dtype=np.float32) -> Params:
+    """BN running statistics: mean 0, var 1 (PyTorch's initial values)."""
+    b = allocate(buffer_specs(num_classes, batchnorm), dtype)
+    for name, arr in b.items():
+        if name.endswith("running_var"):
+            arr[...] = 1
+    return b
+
+
+def infer_architecture(params) -> tuple:
+    """(num_classes, batchnorm) from the keys and shapes of a params mapping; ValueError if it fits none."""
+    if "fc2.b" not in params:
+        raise ValueError("params has no 'fc2.b': cannot tell the number of classes")
+    num_classes = int(np.shape(params["fc2.b"])[0]) if np.ndim(params["fc2.b"]) == 1 else 0
+    if num_classes < 1:
+        raise ValueError(f"params['fc2.b'] has shape {np.shape(params['fc2.b'])}, expected (C,)")
+    if "bn1.gamma" not in params:
+        batchnorm = "none"
+    else:
+        batchnorm = "channel" if np.shape(params["bn1.gamma"]) == (6,) else "unit"
+    specs = param_specs(num_classes, batchnorm)
+    names = {n for n, _ in specs}
+    extra = sorted(set(params) - names)
+    if extra:
+        raise ValueError(f"params has unexpected key {extra[0]!r} for batchnorm={batchnorm!r}")
+    for name, shape in specs:
+        if name not in params:
+            raise ValueError(f"params is missing {name!r} (batchnorm={batchnorm!r})")
+        if tuple(np.shape(params[name])) != tuple(shape):
+            raise ValueError(f"params[{name!r}] has shape {np.shape(params[name])}, expected {shape}")
+    return num_classes, batchnorm

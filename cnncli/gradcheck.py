@@ -61,8 +61,8 @@ def _setup(batchnorm, batch_size, seed, num_classes):
 
 def _loss(net, x, labels):
     """Training-mode forward only: the loss at the current parameters."""
-    ws = net._workspace(x.shape[0], True)
-    M._forward(net.params, None, x, ws, net.batchnorm, net.eps, net.momentum, True)
+    ws = net._workspace(x.shape[0])
+    M._forward(net.params, None, x, ws, net.batchnorm, net.eps, net.momentum)
     return K._k_sigmoid_bce(ws.z4, labels, ws.probs, ws.dz4)
 
 

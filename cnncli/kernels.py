@@ -852,3 +852,121 @@ def pool_elu_backward(dp, p, argmax, out=None):
     _k_pool_elu_backward(dp, p, argmax, out)
     return out
 
+
+
+# --------------------------------------------------------------------------------------------
+# inference path (model.Network.predict_proba): the conv part of the whole net, image by image
+# --------------------------------------------------------------------------------------------
+# One image at a time, every intermediate in small per-image buffers that stay in L1/L2:
+#   conv (direct, "wide" rows) -> +bias -> *scale + shift (BN folded; 1 and 0 without BN)
+#   -> max of each 2x2 window -> ELU, written straight into the next layer's padded input.
+# "Wide" rows: a map with padded width Wp is one flat row of the padded input, and output (y, x)
+# is computed at flat position q = y*Wp + x for every x < Wp (x >= W are discarded), so the inner
+# loop is one long contiguous run over q that LLVM vectorizes (slices keep indices provably >= 0).
+# Each image is independent, so results are the same for any batch size or thread count. Not
+# used in training (no argmax, no caches) and not gradient-checked: the tests compare it with
+# the training path in inference mode.
+
+@njit(inline="always")
+def _conv5_wide(src, Wp, w, nq, dst):
+    # src (C, Hp*Wp) padded input maps as flat rows, w (F,C,5,5)   ->   dst (F, >=nq): no bias
+    F, C = w.shape[0], w.shape[1]
+    for f in range(F):
+        d = dst[f, :nq]
+        d[:] = 0
+        for c in range(C):
+            for ky in range(5):
+                s = src[c, ky * Wp:]
+                w0, w1, w2, w3, w4 = w[f, c, ky, 0], w[f, c, ky, 1], w[f, c, ky, 2], w[f, c, ky, 3], w[f, c, ky, 4]
+                for q in range(nq):
+                    d[q] += w0 * s[q] + w1 * s[q + 1] + w2 * s[q + 2] + w3 * s[q + 3] + w4 * s[q + 4]
+
+
+@njit(inline="always")
+def _pool_affine_elu(d, Wp, W, bias, scale, shift, i, j):
+    # d (>=H*Wp,) one wide conv map; scale/shift (U,) with U = H*W (per unit) or 1 (per map)
+    #   ->   ELU(max over the 2x2 window (i,j) of (d + bias) * scale + shift)
+    q = 2 * i * Wp + 2 * j
+    per_unit = scale.shape[0] > 1
+    u = 2 * i * W + 2 * j if per_unit else 0
+    du = 1 if per_unit else 0
+    dv = W if per_unit else 0
+    best = (d[q] + bias) * scale[u] + shift[u]
+    v = (d[q + 1] + bias) * scale[u + du] + shift[u + du]
+    if v > best:
+        best = v
+    v = (d[q + Wp] + bias) * scale[u + dv] + shift[u + dv]
+    if v > best:
+        best = v
+    v = (d[q + Wp + 1] + bias) * scale[u + dv + du] + shift[u + dv + du]
+    if v > best:
+        best = v
+    return best if best >= 0 else math.expm1(best)
+
+
+@njit(inline="always")
+def _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat):
+    # x (N,1,32,32) image n   ->   flat[n] (1024,) = ELU(pool(bn2(conv2(ELU(pool(bn1(conv1 x))))))))
+    xp = np.zeros((1, 36 * 36), x.dtype)             # (1, 36*36) padded input
+    for y in range(32):
+        for xx in range(32):
+            xp[0, (y + 2) * 36 + xx + 2] = x[n, 0, y, xx]
+    z1 = np.empty((6, 32 * 36), x.dtype)             # (6, 32*36) wide conv1 output
+    _conv5_wide(xp, 36, w1, 31 * 36 + 32, z1)
+    p1 = np.zeros((6, 20 * 20), x.dtype)             # (6, 20*20) padded conv2 input
+    for f in range(6):
+        for i in range(16):
+            for j in range(16):
+                p1[f, (i + 2) * 20 + j + 2] = _pool_affine_elu(z1[f], 36, 32, b1[f], sc1[f], sh1[f], i, j)
+    z2 = np.empty((16, 16 * 20), x.dtype)            # (16, 16*20) wide conv2 output
+    _conv5_wide(p1, 20, w2, 15 * 20 + 16, z2)
+    for f in range(16):
+        for i in range(8):
+            for j in range(8):
+                flat[n, f * 64 + i * 8 + j] = _pool_affine_elu(z2[f], 20, 16, b2[f], sc2[f], sh2[f], i, j)
+
+
+@njit(cache=True, parallel=True)
+def _k_infer_features(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat):
+    # x (N,1,32,32), w1 (6,1,5,5), b1 (6,), sc1/sh1 (6,U1), w2 (16,6,5,5), b2 (16,), sc2/sh2 (16,U2)
+    #   ->   flat (N,1024): the C-order flattened input of fc1. U = H*W (unit BN) or 1.
+    for n in prange(x.shape[0]):
+        _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat)
+
+
+@njit(cache=True)
+def _k_infer_features_serial(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat):
+    # the same on the calling thread: for a few images, waking the thread pool costs more
+    for n in range(x.shape[0]):
+        _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat)
+
+
+@njit(cache=True)
+def _k_bn_fold(gamma, beta, running_mean, running_var, eps, scale, shift):
+    # (D,) each   ->   scale = gamma / sqrt(var + eps), shift = beta - mean * scale  (float64 inside)
+    for i in range(gamma.shape[0]):
+        s = gamma[i] / math.sqrt(np.float64(running_var[i]) + eps)
+        scale[i] = s
+        shift[i] = beta[i] - running_mean[i] * scale[i]
+
+
+@njit(cache=True)
+def _k_infer_head(z3, b3, sc3, sh3, w4, b4, probs):
+    # z3 (N,65) = flat @ fc1.w.T (no bias), b3 (65,), sc3/sh3 (65,), w4 (C,65), b4 (C,)
+    #   ->   probs (N,C) = sigmoid(fc2(ELU(bn3(z3 + b3))))
+    N, D = z3.shape
+    a = np.empty(D, z3.dtype)                        # (65,) one image's fc1 activation
+    for n in range(N):
+        for d in range(D):
+            v = (z3[n, d] + b3[d]) * sc3[d] + sh3[d]
+            a[d] = v if v >= 0 else math.expm1(v)
+        for c in range(w4.shape[0]):
+            v = b4[c]
+            for d in range(D):
+                v += w4[c, d] * a[d]
+            if v >= 0:
+                p = 1.0 / (1.0 + math.exp(-v))
+            else:
+                e = math.exp(v)
+                p = e / (1.0 + e)
+            probs[n, c] = p

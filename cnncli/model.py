@@ -47,7 +47,7 @@ CHUNK = 8      # images per im2col/GEMM chunk: columns of a chunk stay in L2 (me
 class _Workspace:
     """Every intermediate array of one pass for a batch of n images (allocated once, reused)."""
 
-    def __init__(self, n, num_classes, batchnorm, dtype, train):
+    def __init__(self, n, num_classes, batchnorm, dtype):
         e = lambda *s: np.empty(s, dtype=dtype)      # noqa: E731
         z = lambda *s: np.zeros(s, dtype=dtype)      # noqa: E731
         bn = batchnorm != "none"
@@ -59,7 +59,7 @@ class _Workspace:
         self.xp2 = z(n, 6, 20, 20)                   # ELU(pool1), written into a padded buffer
         self.p1 = self.xp2[:, :, 2:18, 2:18]         # (N,6,16,16) view
         self.arg1 = np.empty((n, 6, 16, 16), np.int8)
-        self.conv2 = _ConvBuffers(n, 150, 256, 16, dtype, train)
+        self.conv2 = _ConvBuffers(n, 150, 256, 16, dtype, True)
         self.z2 = e(n, 16, 16, 16)
         self.y2 = e(n, 16, 16, 16) if bn else None
         self.p2 = e(n, 16, 8, 8)                     # ELU(pool2)
@@ -71,8 +71,6 @@ class _Workspace:
         self.z4 = e(n, num_classes)
         self.probs = e(n, num_classes)
         self.zero6, self.zero16 = z(6), z(16)        # "no bias" for the fused pool+ELU after BN
-        if not train:
-            return
         # BN caches (xhat, mean, var, invstd) per layer
         self.bn = {}
         if bn:
@@ -131,18 +129,6 @@ def _bn_backward(P, G, layer, dy, dz, cache, batchnorm):
                               dg.reshape(-1), dbeta.reshape(-1))
     else:
         K._k_bn_channel_backward(dyv, xv, g, invstd, dzv, dg, dbeta)
-
-
-def _bn_infer(P, B, layer, z, y, batchnorm, eps):
-    g, b = P[f"bn{layer}.gamma"], P[f"bn{layer}.beta"]
-    rm, rv = B[f"bn{layer}.running_mean"], B[f"bn{layer}.running_var"]
-    scale = (g / np.sqrt(rv + eps)).astype(z.dtype).reshape(-1)
-    shift = (b - rm * scale.reshape(g.shape)).astype(z.dtype).reshape(-1)
-    n = z.shape[0]
-    if batchnorm == "unit" or layer == 3:
-        K._k_affine_channel(z.reshape(n, -1, 1), scale, shift, y.reshape(n, -1, 1))
-    else:
-        K._k_affine_channel(z.reshape(n, z.shape[1], -1), scale, shift, y.reshape(n, z.shape[1], -1))
 
 
 _POOL = [None, 0]      # [ThreadPoolExecutor, its size]
@@ -248,8 +234,8 @@ def _conv_backward(dz, xp, w, dw, db, bufs, dxp):
     np.sum(dz3, axis=(0, 2), out=db)
 
 
-def _forward(P, B, x, ws, batchnorm, eps, momentum, train):
-    """Forward pass into the workspace; training mode uses batch statistics (and updates B if given).
+def _forward(P, B, x, ws, batchnorm, eps, momentum):
+    """Training-mode forward pass into the workspace: batch statistics (B updated if given).
 
     conv -> [+bias, BN] -> fused (pool, ELU, + bias when no BN); ELU after the max is the same as
     before it (ELU increases), and computes a quarter of the exponentials.
@@ -260,10 +246,7 @@ def _forward(P, B, x, ws, batchnorm, eps, momentum, train):
     _conv_forward(ws.xp1, P["conv1.w"], ws.z1, ws.conv1)
     if bn:
         K._k_add_bias(ws.z1.reshape(n, 6, -1), P["conv1.b"])
-        if train:
-            _bn_train(P, B, 1, ws.z1, ws.y1, ws.bn[1], batchnorm, eps, momentum)
-        else:
-            _bn_infer(P, B, 1, ws.z1, ws.y1, batchnorm, eps)
+        _bn_train(P, B, 1, ws.z1, ws.y1, ws.bn[1], batchnorm, eps, momentum)
         K._k_pool_elu_forward(ws.y1, ws.zero6, ws.p1, ws.arg1)
     else:
         K._k_pool_elu_forward(ws.z1, P["conv1.b"], ws.p1, ws.arg1)
@@ -271,10 +254,7 @@ def _forward(P, B, x, ws, batchnorm, eps, momentum, train):
     _conv_forward(ws.xp2, P["conv2.w"], ws.z2, ws.conv2)
     if bn:
         K._k_add_bias(ws.z2.reshape(n, 16, -1), P["conv2.b"])
-        if train:
-            _bn_train(P, B, 2, ws.z2, ws.y2, ws.bn[2], batchnorm, eps, momentum)
-        else:
-            _bn_infer(P, B, 2, ws.z2, ws.y2, batchnorm, eps)
+        _bn_train(P, B, 2, ws.z2, ws.y2, ws.bn[2], batchnorm, eps, momentum)
         K._k_pool_elu_forward(ws.y2, ws.zero16, ws.p2, ws.arg2)
     else:
         K._k_pool_elu_forward(ws.z2, P["conv2.b"], ws.p2, ws.arg2)
@@ -283,10 +263,7 @@ def _forward(P, B, x, ws, batchnorm, eps, momentum, train):
     ws.z3 += P["fc1.b"]
     pre = ws.z3
     if bn:
-        if train:
-            _bn_train(P, B, 3, ws.z3, ws.y3, ws.bn[3], batchnorm, eps, momentum)
-        else:
-            _bn_infer(P, B, 3, ws.z3, ws.y3, batchnorm, eps)
+        _bn_train(P, B, 3, ws.z3, ws.y3, ws.bn[3], batchnorm, eps, momentum)
         pre = ws.y3
     K._k_elu_forward(pre.reshape(-1), ws.a3.reshape(-1))
 
@@ -398,6 +375,7 @@ class Network:
         self.grads = allocate(param_specs(num_classes, batchnorm), self.dtype)
         self.buffers = init_buffers(num_classes, batchnorm, self.dtype)
         self._ws = {}
+        self._identity = None      # the (scale, shift) = (1, 0) arrays of predict_proba without BN
 
     def load_arrays(self, params, buffers=None):
         """Copy parameter (and BN buffer) arrays into this network's flat buffers, checking shapes."""
@@ -415,13 +393,12 @@ class Network:
                     raise ValueError(f"buffers[{name!r}] has shape {np.shape(buffers[name])}, expected {shape}")
                 self.buffers[name][...] = buffers[name]
 
-    def _workspace(self, n, train):
-        key = (n, train)
-        ws = self._ws.get(key)
+    def _workspace(self, n):
+        ws = self._ws.get(n)
         if ws is None:
             if len(self._ws) >= self.MAX_WORKSPACES:
                 self._ws.pop(next(iter(self._ws)))
-            ws = self._ws[key] = _Workspace(n, self.num_classes, self.batchnorm, self.dtype, train)
+            ws = self._ws[n] = _Workspace(n, self.num_classes, self.batchnorm, self.dtype)
         return ws
 
     def train_step(self, x, labels):
@@ -435,24 +412,55 @@ class Network:
         if self.batchnorm != "none" and n < 2:
             raise ValueError(f"x has shape {x.shape}: training with batchnorm={self.batchnorm!r} "
                              "needs at least 2 images in a batch")
-        ws = self._workspace(n, True)
+        ws = self._workspace(n)
         with K.blas_single_thread(), _numba_threads_for(n):
-            _forward(self.params, self.buffers, x, ws, self.batchnorm, self.eps, self.momentum, True)
+            _forward(self.params, self.buffers, x, ws, self.batchnorm, self.eps, self.momentum)
             loss = K._k_sigmoid_bce(ws.z4, labels.astype(np.int64, copy=False), ws.probs, ws.dz4)
             _backward(self.params, self.grads, ws, self.batchnorm)
         return float(loss), ws.probs.copy()
 
     def predict_proba(self, x):
-        """Inference mode (running statistics): x (N,1,32,32) -> probabilities (N,C)."""
+        """Inference mode (running statistics): x (N,1,32,32) -> probabilities (N,C).
+
+        The conv part runs image by image in one fused kernel (kernels._k_infer_features), fc1 is one
+        BLAS GEMM per chunk, the head one small kernel. Each image's result is independent of the
+        batch it came in and of the thread count.
+        """
         _check_input(x, self.dtype)
         n = x.shape[0]
-        out = np.empty((n, self.num_classes), dtype=self.dtype)
-        with K.blas_single_thread(), _numba_threads_for(n):
+        P = self.params
+        (sc1, sh1), (sc2, sh2), (sc3, sh3) = self._inference_affine()
+        out = np.empty((n, self.num_classes), dtype=self.dtype)             # (N,C)
+        small = n <= SMALL_BATCH
+        # a 2-thread OpenBLAS made the fc1 GEMM of 256 images 6x slower (measured); a few images
+        # never get a second BLAS thread, so they skip the (ctypes) thread-count switch
+        with contextlib.nullcontext() if small else K.blas_single_thread():
             for s in range(0, n, PREDICT_CHUNK):
                 xs = x[s:s + PREDICT_CHUNK]
-                ws = self._workspace(xs.shape[0], False)
-                _forward(self.params, self.buffers, xs, ws, self.batchnorm, self.eps, self.momentum, False)
-                K._k_sigmoid(ws.z4, out[s:s + xs.shape[0]])
+                flat = np.empty((xs.shape[0], 1024), self.dtype)            # (n,1024)
+                features = K._k_infer_features_serial if small else K._k_infer_features
+                features(xs, P["conv1.w"], P["conv1.b"], sc1, sh1, P["conv2.w"], P["conv2.b"], sc2, sh2, flat)
+                z3 = np.matmul(flat, P["fc1.w"].T)                           # (n,65), no bias yet
+                K._k_infer_head(z3, P["fc1.b"], sc3, sh3, P["fc2.w"], P["fc2.b"], out[s:s + xs.shape[0]])
+        return out
+
+    def _inference_affine(self):
+        """[(scale, shift)] for conv1, conv2, fc1: BN folded with the running statistics, recomputed
+        every call (the optimizer changes the parameters in place); 1 and 0 without BN.
+        Conv layers get (F, U) arrays, U = H*W for per-unit BN, else 1; fc1 gets (65,)."""
+        if self.batchnorm == "none":
+            if self._identity is None:
+                self._identity = [(np.ones(shape, self.dtype), np.zeros(shape, self.dtype))
+                                  for shape in ((6, 1), (16, 1), (FC1_UNITS,))]
+            return self._identity
+        out = []
+        for layer, rows in ((1, 6), (2, 16), (3, None)):
+            g = self.params[f"bn{layer}.gamma"].reshape(-1)
+            scale, shift = np.empty_like(g), np.empty_like(g)
+            K._k_bn_fold(g, self.params[f"bn{layer}.beta"].reshape(-1),
+                         self.buffers[f"bn{layer}.running_mean"].reshape(-1),
+                         self.buffers[f"bn{layer}.running_var"].reshape(-1), self.eps, scale, shift)
+            out.append((scale, shift) if rows is None else (scale.reshape(rows, -1), shift.reshape(rows, -1)))
         return out
 
 
@@ -461,7 +469,7 @@ def _network_for(params, buffers, batchnorm, eps, momentum):
     num_classes, dtype = _check_params(params, buffers, batchnorm, eps, momentum)
     net = Network.__new__(Network)
     net.num_classes, net.batchnorm, net.dtype = num_classes, batchnorm, dtype
-    net.eps, net.momentum, net._ws = float(eps), float(momentum), {}
+    net.eps, net.momentum, net._ws, net._identity = float(eps), float(momentum), {}, None
     net.params = params
     net.grads = allocate(param_specs(num_classes, batchnorm), dtype)
     net.buffers = buffers          # None: training mode keeps no running statistics

@@ -118,3 +118,25 @@ def network_loss(params, x, labels, batchnorm="none", eps=1e-5):
     a = elu(bn(a @ P["fc1.w"].T + P["fc1.b"], 3))
     z = a @ P["fc2.w"].T + P["fc2.b"]
     return sigmoid_bce(z, labels)
+
+
+def network_predict(params, buffers, x, batchnorm="none", eps=1e-5):
+    """Inference-mode probabilities (running statistics) from the reference layers, in float64."""
+    P = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+    B = {k: np.asarray(v, dtype=np.float64) for k, v in (buffers or {}).items()}
+    x = np.asarray(x, dtype=np.float64)
+    N = x.shape[0]
+
+    def bn(z, k):
+        if batchnorm == "none":
+            return z
+        stats = [P[f"bn{k}.gamma"], P[f"bn{k}.beta"], B[f"bn{k}.running_mean"], B[f"bn{k}.running_var"]]
+        if batchnorm == "channel" and z.ndim == 4:
+            stats = [s.reshape(1, -1, 1, 1) for s in stats]
+        g, b, m, v = stats
+        return g * (z - m) / np.sqrt(v + eps) + b
+
+    a = maxpool_forward(elu(bn(conv2d_forward(x, P["conv1.w"], P["conv1.b"], 2), 1)))[0]
+    a = maxpool_forward(elu(bn(conv2d_forward(a, P["conv2.w"], P["conv2.b"], 2), 2)))[0].reshape(N, -1)
+    a = elu(bn(a @ P["fc1.w"].T + P["fc1.b"], 3))
+    return 1 / (1 + np.exp(-(a @ P["fc2.w"].T + P["fc2.b"])))

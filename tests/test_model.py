@@ -126,6 +126,29 @@ def test_functional_api_equals_network(bn):
     assert np.array_equal(M.predict_proba(p, x, bn, buffers=buf), net.predict_proba(x))
 
 
+@pytest.mark.parametrize("bn", VARIANTS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n", [1, 3, 11])
+def test_predict_matches_reference_inference(bn, dtype, n):
+    """The fused inference kernels vs the plain NumPy layers, with non-trivial BN statistics
+    (negative gammas too: the max must be taken after the BN affine, not before)."""
+    net = M.Network(7, bn, dtype=dtype, seed=3)
+    rng = np.random.default_rng(n)
+    for name, arr in list(net.params.items()) + list(net.buffers.items()):
+        if name.endswith(("gamma", "beta", ".b", "running_mean")):
+            arr[...] = rng.normal(0, 0.5, arr.shape)
+        elif name.endswith("running_var"):
+            arr[...] = rng.uniform(0.2, 2.0, arr.shape)
+    x, _ = batch(n, dtype, seed=n)
+    got = net.predict_proba(x)
+    ref = R.network_predict(net.params, net.buffers, x, bn, net.eps)
+    np.testing.assert_allclose(got, ref, rtol=1e-10 if dtype == np.float64 else 2e-5, atol=1e-12 if dtype == np.float64 else 1e-6)
+    # a non-contiguous input gives the same answer
+    wide = np.zeros((n, 1, 32, 64), dtype)
+    wide[..., ::2] = x
+    assert np.array_equal(net.predict_proba(wide[..., ::2]), got)
+
+
 @pytest.mark.parametrize("bn", ["unit", "channel"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_running_stats_inference_is_per_image(bn, dtype):

@@ -882,6 +882,21 @@ def _conv5_wide(src, Wp, w, nq, dst):
                     d[q] += w0 * s[q] + w1 * s[q + 1] + w2 * s[q + 2] + w3 * s[q + 3] + w4 * s[q + 4]
 
 
+@njit(cache=True, parallel=True)
+def _k_conv5_direct_forward(xp, w, z):
+    # xp (N,C,Hp,Wp) padded input (C-contiguous), w (F,C,5,5)   ->   z (N,F,H,W), no bias.
+    # The training path's conv1 (C = 1): 4x faster than im2col + a GEMM with only F = 6 rows.
+    N, C, Hp, Wp = xp.shape
+    F, H, W = z.shape[1], z.shape[2], z.shape[3]
+    for n in prange(N):
+        wide = np.empty((F, H * Wp), z.dtype)       # (F, H*Wp) wide output rows
+        _conv5_wide(xp[n].reshape((C, Hp * Wp)), Wp, w, (H - 1) * Wp + W, wide)
+        for f in range(F):
+            for y in range(H):
+                for x in range(W):
+                    z[n, f, y, x] = wide[f, y * Wp + x]
+
+
 @njit(inline="always")
 def _pool_affine_elu(d, Wp, W, bias, scale, shift, i, j):
     # d (>=H*Wp,) one wide conv map; scale/shift (U,) with U = H*W (per unit) or 1 (per map)

@@ -53,7 +53,6 @@ class _Workspace:
         bn = batchnorm != "none"
         self.n = n
         self.xp1 = z(n, 1, 36, 36)                   # padded input (border stays 0)
-        self.conv1 = _ConvBuffers(n, 25, 1024, 6, dtype, False)    # im2col buffers (conv1: no backward GEMM)
         self.z1 = e(n, 6, 32, 32)                    # conv1 output (bias added later, see _forward)
         self.y1 = e(n, 6, 32, 32) if bn else None    # bn1 output
         self.xp2 = z(n, 6, 20, 20)                   # ELU(pool1), written into a padded buffer
@@ -243,7 +242,7 @@ def _forward(P, B, x, ws, batchnorm, eps, momentum):
     bn = batchnorm != "none"
     n = x.shape[0]
     ws.xp1[:, :, 2:34, 2:34] = x
-    _conv_forward(ws.xp1, P["conv1.w"], ws.z1, ws.conv1)
+    K._k_conv5_direct_forward(ws.xp1, P["conv1.w"], ws.z1)     # C = 1: direct beats im2col + GEMM
     if bn:
         K._k_add_bias(ws.z1.reshape(n, 6, -1), P["conv1.b"])
         _bn_train(P, B, 1, ws.z1, ws.y1, ws.bn[1], batchnorm, eps, momentum)

@@ -241,3 +241,14 @@ def test_blas_single_thread_restores_the_thread_count():
     with K.blas_single_thread():
         assert api[0]() == 1
     assert api[0]() == old
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("C,F,H", [(1, 6, 32), (6, 16, 16), (2, 3, 4)])
+def test_direct_wide_conv_matches_reference(rng, dtype, C, F, H):
+    x = rng.standard_normal((3, C, H, H + 2)).astype(dtype)
+    w = rng.standard_normal((F, C, 5, 5)).astype(dtype)
+    z = np.full((3, F, H, H + 2), np.nan, dtype)
+    K._k_conv5_direct_forward(K.pad2d(x, 2), w, z)
+    ref = R.conv2d_forward(x.astype(np.float64), w.astype(np.float64), np.zeros(F), 2)
+    assert rel(z, ref) < TOL[dtype]

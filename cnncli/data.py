@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -238,6 +236,8 @@ def decode_many(paths, image_size=32, resize="pad", workers=2, max_pixels=MAX_PI
         if workers is None or workers <= 1 or len(jobs) < 64:
             results = [_decode_or_reason(j) for j in jobs]
         else:
+            from concurrent.futures import ThreadPoolExecutor  # lazily: `cnn predict` decodes a few files
+
             with ThreadPoolExecutor(max_workers=int(workers)) as pool:
                 results = list(pool.map(_decode_or_reason, jobs, chunksize=1))
     return [r[0] for r in results], [r[1] for r in results]
@@ -389,6 +389,8 @@ def _cache_read(path, key, image_size, n_entries):
 
 
 def _cache_write(path, key, images, labels, rels, srels, reasons) -> None:
+    import tempfile
+
     def u(strings):
         return np.array(strings, dtype=str) if strings else np.zeros((0,), dtype="<U1")
 

@@ -1,7 +1,8 @@
 """A trained network restored from a checkpoint, with the preprocessing it was trained with.
 
 Used by `cnn eval`, `cnn predict`, `cnn report` and by the trainer to resume. It maps uint8 images to
-the network's normalized float input; it is not a data loader (see data.py) nor a trainer.
+the network's normalized float input and runs small calls on the NumPy forward (infer.py), big ones on
+the numba Network (model.py, imported only then); it is not a data loader (see data.py) nor a trainer.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import checkpoint
+from cnncli import arch, checkpoint, infer
 from cnncli.errors import CheckpointError
 
 
@@ -35,28 +36,36 @@ def _require(meta: dict, key: str, kind, path) -> object:
     return value
 
 
-def network_from_arrays(arrays: dict, meta: dict, path, momentum: float = 0.1):
-    """Build a Network whose parameters and BN buffers are those of a loaded checkpoint (every key checked)."""
-    from cnncli import model
-
+def check_architecture(arrays: dict, meta: dict, path) -> tuple:
+    """Check a loaded checkpoint's architecture metadata and every `params/` and `buffers/` key,
+    shape and dtype against cnncli.arch (no numba) -> (num_classes, batchnorm, eps, dtype)."""
     num_classes = _require(meta, "num_classes", int, path)
     batchnorm = _require(meta, "batchnorm", str, path)
     eps = float(_require(meta, "eps", (int, float), path))
     dtype_name = _require(meta, "dtype", str, path)
-    if batchnorm not in model.BATCHNORM:
-        raise CheckpointError(f"{path}: checkpoint metadata 'batchnorm' is {batchnorm!r}, not one of {model.BATCHNORM}")
+    if batchnorm not in arch.BATCHNORM:
+        raise CheckpointError(f"{path}: checkpoint metadata 'batchnorm' is {batchnorm!r}, not one of {arch.BATCHNORM}")
     if dtype_name not in ("float32", "float64"):
         raise CheckpointError(f"{path}: checkpoint metadata 'dtype' is {dtype_name!r}, not float32/float64")
     if num_classes < 2:
         raise CheckpointError(f"{path}: checkpoint metadata 'num_classes' is {num_classes}, need >= 2")
     dtype = np.dtype(dtype_name)
     expected = {}
-    for name, shape in model.param_specs(num_classes, batchnorm):
+    for name, shape in arch.param_specs(num_classes, batchnorm):
         expected[f"params/{name}"] = (tuple(shape), dtype)
-    for name, shape in model.buffer_specs(num_classes, batchnorm):
+    for name, shape in arch.buffer_specs(num_classes, batchnorm):
         expected[f"buffers/{name}"] = (tuple(shape), dtype)
     subset = {k: v for k, v in arrays.items() if k.startswith(("params/", "buffers/"))}
     checkpoint.check_arrays(subset, expected, path)
+    return num_classes, batchnorm, eps, dtype
+
+
+def network_from_arrays(arrays: dict, meta: dict, path, momentum: float = 0.1):
+    """Build a numba Network whose parameters and BN buffers are those of a loaded checkpoint
+    (every key checked first, see check_architecture)."""
+    from cnncli import model
+
+    num_classes, batchnorm, eps, dtype = check_architecture(arrays, meta, path)
     net = model.Network(num_classes=num_classes, batchnorm=batchnorm, eps=eps, momentum=momentum, dtype=dtype)
     load_into(net, arrays)
     return net
@@ -73,20 +82,47 @@ def input_table(mean: float, std: float, dtype) -> np.ndarray:
     return ((np.arange(256, dtype=np.float64) / 255.0 - mean) / std).astype(dtype)
 
 
-class Predictor:
-    """A restored network plus class names and preprocessing; see docs/design.md."""
+def _named(arrays: dict, prefix: str, specs, dtype) -> arch.Params:
+    """The checkpoint arrays `<prefix><name>` for every (name, shape) of specs, copied into one
+    contiguous arch.Params buffer."""
+    out = arch.allocate(specs, dtype)
+    for name, _ in specs:
+        out[name][...] = arrays[prefix + name]
+    return out
 
-    def __init__(self, network, classes: list, preprocess: dict, meta: dict):
-        self.network = network
+
+# A predict_proba call on more images than this runs the numba Network (model.py); up to this many it
+# runs the NumPy forward (infer.py) and never imports numba. Measured by `scripts/bench_startup.py
+# --crossover` (fresh processes, float32, batchnorm none, median of 7, 2-core machine, 2026-11-28,
+# load ~1.5-2): numba path 0.83 s for 1 image, 0.99 s for 4096, 1.45 s for 8192 images; NumPy path
+# 0.007 s, 0.66 s, 1.43 s. numba costs ~0.75 s before its first image (import numba + cnncli.model
+# ~0.4 s, kernel cache load ~0.37 s) and then saves ~90 us per image (72-80 vs 165-172 us), so the
+# break-even is ~8000 images (~6000 in an earlier run). 4096 keeps a margin.
+NUMPY_MAX_IMAGES = 4096
+
+
+class Predictor:
+    """A checkpoint's parameters plus class names and preprocessing; see docs/design.md.
+
+    Small calls run the NumPy forward (infer.py); the numba `network` (model.Network) is built on
+    first use only: by a call on more than NUMPY_MAX_IMAGES images, or by reading `.network`."""
+
+    def __init__(self, params: arch.Params, buffers: arch.Params, batchnorm: str, eps: float,
+                 classes: list, preprocess: dict, meta: dict):
+        self.params = params
+        self.buffers = buffers
+        self.batchnorm = batchnorm
+        self.eps = float(eps)
         self.classes = list(classes)
         self.preprocess = dict(preprocess)
         self.meta = meta
-        self._table = input_table(self.preprocess["mean"], self.preprocess["std"], network.params.flat.dtype)
+        self._network = None
+        self._table = input_table(self.preprocess["mean"], self.preprocess["std"], params.flat.dtype)
 
     @classmethod
     def from_checkpoint(cls, path) -> "Predictor":
         arrays, meta = checkpoint.load(path)
-        net = network_from_arrays(arrays, meta, path)
+        num_classes, batchnorm, eps, dtype = check_architecture(arrays, meta, path)
         classes = _require(meta, "classes", list, path)
         if len(classes) != meta["num_classes"] or not all(isinstance(c, str) for c in classes):
             raise CheckpointError(f"{path}: checkpoint metadata 'classes' does not list {meta['num_classes']} names")
@@ -95,7 +131,21 @@ class Predictor:
             _require(prep, key, kind, f"{path}: preprocess")
         if not prep["std"] > 0:
             raise CheckpointError(f"{path}: checkpoint metadata 'preprocess.std' must be > 0")
-        return cls(net, classes, prep, meta)
+        params = _named(arrays, "params/", arch.param_specs(num_classes, batchnorm), dtype)
+        buffers = _named(arrays, "buffers/", arch.buffer_specs(num_classes, batchnorm), dtype)
+        return cls(params, buffers, batchnorm, eps, classes, prep, meta)
+
+    @property
+    def network(self):
+        """The numba fast path (model.Network) with these parameters, built (numba imported) on first use."""
+        if self._network is None:
+            from cnncli import model
+
+            net = model.Network(num_classes=len(self.classes), batchnorm=self.batchnorm, eps=self.eps,
+                                dtype=self.params.flat.dtype)
+            net.load_arrays(self.params, self.buffers)
+            self._network = net
+        return self._network
 
     def to_input(self, images_u8: np.ndarray) -> np.ndarray:
         """(N,S,S) uint8 -> (N,1,S,S) normalized float input of the network's dtype."""
@@ -103,11 +153,19 @@ class Predictor:
             raise ValueError(f"images_u8 must be (N,S,S) uint8, got {images_u8.shape} {images_u8.dtype}")
         return self._table[images_u8][:, None, :, :]
 
-    def predict_proba(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """(N,S,S) uint8 -> (N,C) class probabilities (sigmoid outputs), inference mode."""
+    def predict_proba(self, images_u8: np.ndarray, batch_size: int = 256, fast=None) -> np.ndarray:
+        """(N,S,S) uint8 -> (N,C) class probabilities (sigmoid outputs), inference mode.
+
+        fast: None picks by size (the numba network above NUMPY_MAX_IMAGES images, else NumPy);
+        True / False force the numba / NumPy path. The two agree to float rounding (~1e-7 in float32)."""
         n = images_u8.shape[0]
+        use_numba = n > NUMPY_MAX_IMAGES if fast is None else bool(fast)
         out = np.empty((n, len(self.classes)), dtype=np.float64)  # (N,C)
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            out[start:stop] = self.network.predict_proba(self.to_input(images_u8[start:stop]))
+            x = self.to_input(images_u8[start:stop])
+            if use_numba:
+                out[start:stop] = self.network.predict_proba(x)
+            else:
+                out[start:stop] = infer.predict_proba(self.params, x, self.batchnorm, self.eps, self.buffers)
         return out

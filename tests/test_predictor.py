@@ -1,17 +1,23 @@
-"""Restoring a network from a checkpoint: exact round trip, and every tampered key refused by name."""
+"""Restoring a network from a checkpoint: exact round trip, every tampered key refused by name,
+the NumPy path for small calls (numba never imported by a one-image `cnn predict`)."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
-from cnncli import checkpoint, model, optim
+from cnncli import checkpoint, model, optim, predictor
 from cnncli.cli import cli
 from cnncli.config import load_config
 from cnncli.errors import CheckpointError
 from cnncli.predictor import Predictor
 from cnncli.train import RunState, save_checkpoint
+from e2e_util import cli_env
 
 CLASSES = ["a", "b", "c"]
 
@@ -30,13 +36,82 @@ def ckpt(tmp_path):
     return path, net, prep
 
 
+def _inputs(n, seed=1):
+    images = np.random.default_rng(seed).integers(0, 256, size=(n, 32, 32), dtype=np.uint8)
+    return images, ((images.astype(np.float64) / 255 - 0.25) / 0.5).astype(np.float32)[:, None]
+
+
 def test_round_trip_predicts_exactly_as_the_saved_network(ckpt):
     path, net, prep = ckpt
     p = Predictor.from_checkpoint(path)
     assert p.classes == CLASSES and p.preprocess == prep
-    images = np.random.default_rng(1).integers(0, 256, size=(5, 32, 32), dtype=np.uint8)
-    x = ((images.astype(np.float64) / 255 - 0.25) / 0.5).astype(np.float32)[:, None]
-    assert np.array_equal(p.predict_proba(images, batch_size=5), net.predict_proba(x).astype(np.float64))
+    images, x = _inputs(5)
+    assert np.array_equal(p.predict_proba(images, batch_size=5, fast=True), net.predict_proba(x).astype(np.float64))
+
+
+def test_small_calls_use_the_numpy_path_and_agree_with_the_network(ckpt):
+    path, net, _ = ckpt
+    p = Predictor.from_checkpoint(path)
+    images, x = _inputs(5)
+    got = p.predict_proba(images, batch_size=2)
+    assert p._network is None  # no numba Network was built for 5 images
+    want = net.predict_proba(x).astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert not np.array_equal(got, want)  # the numpy path really ran: float32 rounding differs
+    assert np.array_equal(got.argmax(axis=1), want.argmax(axis=1))
+    assert np.array_equal(p.predict_proba(images, batch_size=2, fast=False), got)
+
+
+def test_calls_above_the_threshold_build_the_network_once(ckpt, monkeypatch):
+    path, net, _ = ckpt
+    monkeypatch.setattr(predictor, "NUMPY_MAX_IMAGES", 3)
+    p = Predictor.from_checkpoint(path)
+    images, x = _inputs(4)
+    p.predict_proba(images[:3])
+    assert p._network is None
+    assert np.array_equal(p.predict_proba(images), net.predict_proba(x).astype(np.float64))
+    built = p._network
+    assert built is not None and p.network is built
+    assert np.array_equal(p.network.buffers.flat, net.buffers.flat)
+
+
+# A `cnn predict` in a fresh process, run through cnncli.cli.main (which ends with os._exit after
+# flushing): os._exit is wrapped to print whether numba was imported before the process ends.
+_PROBE = r"""
+import os, sys
+import cnncli.cli, cnncli.predictor
+if sys.argv[1] != "-":
+    cnncli.predictor.NUMPY_MAX_IMAGES = int(sys.argv[1])
+real_exit = os._exit
+def probe(code):
+    sys.stdout.flush()
+    print(f"numba-imported={'numba' in sys.modules}", file=sys.stderr, flush=True)
+    real_exit(code)
+os._exit = probe
+sys.argv = ["cnn", "predict", "--checkpoint", *sys.argv[2:]]
+cnncli.cli.main()
+probe(0)
+"""
+
+
+def _predict_probe(tmp_path, threshold, *args):
+    res = subprocess.run([sys.executable, "-c", _PROBE, threshold, *map(str, args)], env=cli_env(tmp_path),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("numba-imported=") == 1, res.stderr
+    return res.stdout, "numba-imported=True" in res.stderr
+
+
+def test_one_image_cnn_predict_never_imports_numba(ckpt, tmp_path):
+    path, _, _ = ckpt
+    img = tmp_path / "one.png"
+    Image.fromarray(_inputs(1)[0][0]).save(img)
+    out, numba_loaded = _predict_probe(tmp_path, "-", path, img)
+    assert out.startswith(f"{img}\t") and out.split("\t")[1] in CLASSES
+    assert not numba_loaded
+    # the probe does see numba when the call is made to take the fast path
+    out_fast, numba_loaded = _predict_probe(tmp_path, "0", path, img)
+    assert numba_loaded and out_fast.split("\t")[1] == out.split("\t")[1]
 
 
 def _tamper(path, arrays=None, meta=None):

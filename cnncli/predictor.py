@@ -93,11 +93,12 @@ def _named(arrays: dict, prefix: str, specs, dtype) -> arch.Params:
 
 # A predict_proba call on more images than this runs the numba Network (model.py); up to this many it
 # runs the NumPy forward (infer.py) and never imports numba. Measured by `scripts/bench_startup.py
-# --crossover` (fresh processes, float32, batchnorm none, median of 7, 2-core machine, 2026-11-28,
-# load ~1.5-2): numba path 0.83 s for 1 image, 0.99 s for 4096, 1.45 s for 8192 images; NumPy path
-# 0.007 s, 0.66 s, 1.43 s. numba costs ~0.75 s before its first image (import numba + cnncli.model
-# ~0.4 s, kernel cache load ~0.37 s) and then saves ~90 us per image (72-80 vs 165-172 us), so the
-# break-even is ~8000 images (~6000 in an earlier run). 4096 keeps a margin.
+# --crossover` (fresh processes, float32, batchnorm none, 2-core machine, 2026-11-28, load 1.5-2.4;
+# three runs, each a median of 7): 4096 images took 0.90-1.06 s by numba vs 0.65-0.67 s by NumPy,
+# 8192 images 1.31-1.45 s vs 1.28-1.43 s. numba costs ~0.7 s before its first image (import numba +
+# cnncli.model ~0.35 s, kernel cache load ~0.35 s), then saves ~85 us per image (69-79 vs 149-163 us),
+# so the break-even is ~8000-9000 images. 4096 keeps a margin: numba's per-image gain shrinks on a busy
+# machine (it needs both cores), and in a process that already loaded numba NumPy is the slower one.
 NUMPY_MAX_IMAGES = 4096
 
 

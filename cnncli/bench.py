@@ -53,10 +53,10 @@ def using_threads(threads: int, torch_module=None):
 
 
 def _openblas_threads_api():
-    """The (get, set) thread-count functions of numpy's OpenBLAS, found once by cnncli.kernels."""
-    from cnncli.kernels import _openblas_threads_api as find
+    """The (get, set) thread-count functions of numpy's OpenBLAS (cnncli.blas)."""
+    from cnncli.blas import threads_api
 
-    return find()
+    return threads_api()
 
 
 def _blas_info() -> str:

@@ -7,62 +7,13 @@ path for many images (model.Network is) and it has no training mode and no gradi
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
 from .arch import BATCHNORM, FLOAT_DTYPES, IMAGE_SHAPE, buffer_specs, param_specs
+from .blas import single_thread
 
 CHUNK = 16   # images per pass: the im2col copies stay in cache (8-32 measured best of 4..256: 145-170
              # vs 194 us/img at 256, float32, one thread)
-
-_BLAS = []   # [(get_num_threads, set_num_threads) of numpy's OpenBLAS, or None]
-
-
-def _blas_api():
-    """OpenBLAS's thread get/set through ctypes (found in /proc/self/maps), or None. The same
-    lookup as kernels._openblas_threads_api, which this module must not import (it loads numba)."""
-    if not _BLAS:
-        import ctypes
-
-        api = None
-        try:
-            with open("/proc/self/maps", encoding="utf-8") as f:
-                paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln})
-        except OSError:
-            paths = []
-        for path in paths:
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
-                                   ("openblas", "")):
-                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                if get is not None and put is not None:
-                    get.restype, put.argtypes = ctypes.c_int, [ctypes.c_int]
-                    api = (get, put)
-                    break
-            if api:
-                break
-        _BLAS.append(api)
-    return _BLAS[0]
-
-
-@contextlib.contextmanager
-def _blas_single_thread():
-    """OpenBLAS on one thread inside the block, as the fast path does: these GEMMs are small, and
-    with another process on the 2 cores multi-threaded OpenBLAS made this path 10x slower."""
-    api = _blas_api()
-    old = api[0]() if api else 1
-    if old != 1:
-        api[1](1)
-    try:
-        yield
-    finally:
-        if old != 1:
-            api[1](old)
 
 
 def _conv(x, w):
@@ -164,7 +115,7 @@ def predict_proba(params, x, batchnorm="none", eps=1e-5, buffers=None) -> np.nda
     num_classes, dtype = _check(params, buffers, x, batchnorm, eps)
     n = x.shape[0]
     out = np.empty((n, num_classes), dtype=dtype)                     # (N,C)
-    with _blas_single_thread():
+    with single_thread():
         for s in range(0, n, CHUNK):
             out[s:s + CHUNK] = _forward(params, buffers, x[s:s + CHUNK], batchnorm, eps)
     return out

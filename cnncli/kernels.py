@@ -24,13 +24,12 @@ Threads (measured on the 2-core machine, see scripts/bench_core.py): numba's def
 busy-waits between parallel loops, and OpenBLAS runs its own busy-waiting threads; together, or
 with any other load on the machine, a training step became 5-25x slower. So (1) unless the user
 set it, OMP_WAIT_POLICY defaults to "passive" here, before numba starts its OpenMP pool, and
-(2) `blas_single_thread()` keeps OpenBLAS on one thread while the network runs (its GEMMs are
+(2) `blas_single_thread()` (cnncli.blas) keeps OpenBLAS on one thread while the network runs (its GEMMs are
 small, per chunk of images); numba's own threads (numba.set_num_threads) do the parallel work.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 
@@ -40,40 +39,8 @@ import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
 from .arch import FLOAT_DTYPES  # noqa: E402,F401
-
-
-_BLAS_API = []
-
-
-def _openblas_threads_api():
-    """(get_num_threads, set_num_threads) of the OpenBLAS that numpy loaded (Linux, ctypes), or None."""
-    if _BLAS_API:
-        return _BLAS_API[0]
-    import ctypes
-
-    api = None
-    try:
-        with open("/proc/self/maps", encoding="utf-8") as f:
-            paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln})
-    except OSError:
-        paths = []
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
-                               ("openblas", "")):
-            get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-            put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-            if get is not None and put is not None:
-                get.restype, put.argtypes = ctypes.c_int, [ctypes.c_int]
-                api = (get, put)
-                break
-        if api:
-            break
-    _BLAS_API.append(api)
-    return api
+from .blas import single_thread as blas_single_thread  # noqa: E402,F401  (model.py uses it as K.*)
+from .blas import threads_api as _openblas_threads_api  # noqa: E402
 
 
 def set_threads(threads: int) -> int:
@@ -86,20 +53,6 @@ def set_threads(threads: int) -> int:
     if blas is not None:
         blas[1](n)
     return n
-
-
-@contextlib.contextmanager
-def blas_single_thread():
-    """OpenBLAS on one thread inside the block (restored after); a no-op where it can't be reached."""
-    api = _openblas_threads_api()
-    old = api[0]() if api else 1
-    if old != 1:
-        api[1](1)
-    try:
-        yield
-    finally:
-        if old != 1:
-            api[1](old)
 
 
 # --------------------------------------------------------------------------------------------

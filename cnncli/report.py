@@ -362,7 +362,7 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None) -> Path:
         ("errors.png", "Most confidently wrong images (true class, predicted class, probability)",
          (10, 0.5 + 1.45 * grid_rows), lambda fig: plot_errors(fig, dataset.images, dataset.labels, classes, errors)),
         ("filters.png", "First-layer convolution filters",
-         (9, 2.2), lambda fig: plot_filters(fig, predictor.network.params["conv1.w"])),
+         (9, 2.2), lambda fig: plot_filters(fig, predictor.params["conv1.w"])),
     ]
     target = out_dir / "report.html"
     try:

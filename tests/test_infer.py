@@ -90,7 +90,9 @@ def test_bad_arguments_raise_value_errors_naming_them():
 
 
 def test_openblas_thread_count_is_restored():
-    api = infer._blas_api()
+    from cnncli.blas import threads_api
+
+    api = threads_api()
     if api is None:
         pytest.skip("numpy's OpenBLAS is not reachable through ctypes here")
     old = api[0]()

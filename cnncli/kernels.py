@@ -903,13 +903,6 @@ def _k_infer_features(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat):
 
 
 @njit(cache=True)
-def _k_infer_features_serial(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat):
-    # the same on the calling thread: for a few images, waking the thread pool costs more
-    for n in range(x.shape[0]):
-        _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat)
-
-
-@njit(cache=True)
 def _k_bn_fold(gamma, beta, running_mean, running_var, eps, scale, shift):
     # (D,) each   ->   scale = gamma / sqrt(var + eps), shift = beta - mean * scale  (float64 inside)
     for i in range(gamma.shape[0]):
@@ -918,23 +911,55 @@ def _k_bn_fold(gamma, beta, running_mean, running_var, eps, scale, shift):
         shift[i] = beta[i] - running_mean[i] * scale[i]
 
 
+@njit(inline="always")
+def _infer_head_row(z3, n, b3, sc3, sh3, w4, b4, a, probs):
+    # z3 (N,65) fc1 output without bias, row n   ->   probs[n] (C,) = sigmoid(fc2(ELU(bn3(z3[n] + b3))))
+    for d in range(a.shape[0]):
+        v = (z3[n, d] + b3[d]) * sc3[d] + sh3[d]
+        a[d] = v if v >= 0 else math.expm1(v)
+    for c in range(w4.shape[0]):
+        v = b4[c]
+        for d in range(a.shape[0]):
+            v += w4[c, d] * a[d]
+        if v >= 0:
+            p = 1.0 / (1.0 + math.exp(-v))
+        else:
+            e = math.exp(v)
+            p = e / (1.0 + e)
+        probs[n, c] = p
+
+
 @njit(cache=True)
 def _k_infer_head(z3, b3, sc3, sh3, w4, b4, probs):
     # z3 (N,65) = flat @ fc1.w.T (no bias), b3 (65,), sc3/sh3 (65,), w4 (C,65), b4 (C,)
     #   ->   probs (N,C) = sigmoid(fc2(ELU(bn3(z3 + b3))))
-    N, D = z3.shape
-    a = np.empty(D, z3.dtype)                        # (65,) one image's fc1 activation
+    a = np.empty(z3.shape[1], z3.dtype)              # (65,) one image's fc1 activation
+    for n in range(z3.shape[0]):
+        _infer_head_row(z3, n, b3, sc3, sh3, w4, b4, a, probs)
+
+
+@njit(cache=True)
+def _k_infer_serial(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, b3, sc3, sh3, w4, b4, probs):
+    # The whole inference pass for a few images in one call on the calling thread (no thread-pool
+    # wake-up, no BLAS call): x (N,1,32,32), w3 (65,1024), the rest as above   ->   probs (N,C).
+    # fc1 sums each dot product in 8 interleaved partial sums (vectorized), then those in order.
+    N = x.shape[0]
+    D, I = w3.shape
+    flat = np.empty((N, I), x.dtype)                 # (N,1024)
+    z3 = np.empty((N, D), x.dtype)                   # (N,65)
+    part = np.empty(8, x.dtype)                      # (8,) partial sums of one dot product
+    a = np.empty(D, x.dtype)                         # (65,)
     for n in range(N):
+        _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat)
         for d in range(D):
-            v = (z3[n, d] + b3[d]) * sc3[d] + sh3[d]
-            a[d] = v if v >= 0 else math.expm1(v)
-        for c in range(w4.shape[0]):
-            v = b4[c]
-            for d in range(D):
-                v += w4[c, d] * a[d]
-            if v >= 0:
-                p = 1.0 / (1.0 + math.exp(-v))
-            else:
-                e = math.exp(v)
-                p = e / (1.0 + e)
-            probs[n, c] = p
+            part[:] = 0
+            for i in range(0, I - 7, 8):
+                for k in range(8):
+                    part[k] += w3[d, i + k] * flat[n, i + k]
+            v = part[0]
+            for k in range(1, 8):
+                v += part[k]
+            for i in range(I - I % 8, I):
+                v += w3[d, i] * flat[n, i]
+            z3[n, d] = v
+        _infer_head_row(z3, n, b3, sc3, sh3, w4, b4, a, probs)

@@ -421,24 +421,26 @@ class Network:
     def predict_proba(self, x):
         """Inference mode (running statistics): x (N,1,32,32) -> probabilities (N,C).
 
-        The conv part runs image by image in one fused kernel (kernels._k_infer_features), fc1 is one
-        BLAS GEMM per chunk, the head one small kernel. Each image's result is independent of the
-        batch it came in and of the thread count.
+        Up to SMALL_BATCH images: one serial kernel does everything (kernels._k_infer_serial). More:
+        the conv part runs image by image in one parallel kernel (kernels._k_infer_features), fc1 is
+        one BLAS GEMM per chunk, the head one small kernel. Results do not depend on the thread
+        count; the two routes differ in fc1's summation order (float rounding only).
         """
         _check_input(x, self.dtype)
         n = x.shape[0]
         P = self.params
         (sc1, sh1), (sc2, sh2), (sc3, sh3) = self._inference_affine()
         out = np.empty((n, self.num_classes), dtype=self.dtype)             # (N,C)
-        small = n <= SMALL_BATCH
-        # a 2-thread OpenBLAS made the fc1 GEMM of 256 images 6x slower (measured); a few images
-        # never get a second BLAS thread, so they skip the (ctypes) thread-count switch
-        with contextlib.nullcontext() if small else K.blas_single_thread():
+        if n <= SMALL_BATCH:
+            K._k_infer_serial(x, P["conv1.w"], P["conv1.b"], sc1, sh1, P["conv2.w"], P["conv2.b"], sc2, sh2,
+                              P["fc1.w"], P["fc1.b"], sc3, sh3, P["fc2.w"], P["fc2.b"], out)
+            return out
+        with K.blas_single_thread():        # a 2-thread OpenBLAS made this GEMM of 256 images 6x slower
             for s in range(0, n, PREDICT_CHUNK):
                 xs = x[s:s + PREDICT_CHUNK]
                 flat = np.empty((xs.shape[0], 1024), self.dtype)            # (n,1024)
-                features = K._k_infer_features_serial if small else K._k_infer_features
-                features(xs, P["conv1.w"], P["conv1.b"], sc1, sh1, P["conv2.w"], P["conv2.b"], sc2, sh2, flat)
+                K._k_infer_features(xs, P["conv1.w"], P["conv1.b"], sc1, sh1, P["conv2.w"], P["conv2.b"],
+                                    sc2, sh2, flat)
                 z3 = np.matmul(flat, P["fc1.w"].T)                           # (n,65), no bias yet
                 K._k_infer_head(z3, P["fc1.b"], sc3, sh3, P["fc2.w"], P["fc2.b"], out[s:s + xs.shape[0]])
         return out

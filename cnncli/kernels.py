@@ -904,10 +904,9 @@ def _k_infer_features(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat):
 
 @njit(cache=True)
 def _k_bn_fold(gamma, beta, running_mean, running_var, eps, scale, shift):
-    # (D,) each   ->   scale = gamma / sqrt(var + eps), shift = beta - mean * scale  (float64 inside)
+    # (D,) each, eps a scalar of their dtype   ->   scale = gamma / sqrt(var + eps), shift = beta - mean * scale
     for i in range(gamma.shape[0]):
-        s = gamma[i] / math.sqrt(np.float64(running_var[i]) + eps)
-        scale[i] = s
+        scale[i] = gamma[i] / math.sqrt(running_var[i] + eps)
         shift[i] = beta[i] - running_mean[i] * scale[i]
 
 

@@ -374,7 +374,7 @@ class Network:
         self.grads = allocate(param_specs(num_classes, batchnorm), self.dtype)
         self.buffers = init_buffers(num_classes, batchnorm, self.dtype)
         self._ws = {}
-        self._identity = None      # the (scale, shift) = (1, 0) arrays of predict_proba without BN
+        self._affine = None        # predict_proba's BN-folding arrays (see _inference_affine)
 
     def load_arrays(self, params, buffers=None):
         """Copy parameter (and BN buffer) arrays into this network's flat buffers, checking shapes."""
@@ -448,20 +448,27 @@ class Network:
     def _inference_affine(self):
         """[(scale, shift)] for conv1, conv2, fc1: BN folded with the running statistics, recomputed
         every call (the optimizer changes the parameters in place); 1 and 0 without BN.
-        Conv layers get (F, U) arrays, U = H*W for per-unit BN, else 1; fc1 gets (65,)."""
-        if self.batchnorm == "none":
-            if self._identity is None:
-                self._identity = [(np.ones(shape, self.dtype), np.zeros(shape, self.dtype))
-                                  for shape in ((6, 1), (16, 1), (FC1_UNITS,))]
-            return self._identity
-        out = []
-        for layer, rows in ((1, 6), (2, 16), (3, None)):
-            g = self.params[f"bn{layer}.gamma"].reshape(-1)
-            scale, shift = np.empty_like(g), np.empty_like(g)
-            K._k_bn_fold(g, self.params[f"bn{layer}.beta"].reshape(-1),
-                         self.buffers[f"bn{layer}.running_mean"].reshape(-1),
-                         self.buffers[f"bn{layer}.running_var"].reshape(-1), self.eps, scale, shift)
-            out.append((scale, shift) if rows is None else (scale.reshape(rows, -1), shift.reshape(rows, -1)))
+        Conv layers get (F, U) arrays, U = H*W for per-unit BN, else 1; fc1 gets (65,).
+        The flat views and output arrays are made once per (params, buffers) pair and reused."""
+        if self._affine is None or self._affine[0] is not self.params or self._affine[1] is not self.buffers:
+            if self.batchnorm == "none":
+                folds = []
+                out = [(np.ones(shape, self.dtype), np.zeros(shape, self.dtype))
+                       for shape in ((6, 1), (16, 1), (FC1_UNITS,))]
+            else:
+                folds, out = [], []
+                for layer, rows in ((1, 6), (2, 16), (3, None)):
+                    g = self.params[f"bn{layer}.gamma"].reshape(-1)
+                    scale, shift = np.empty_like(g), np.empty_like(g)
+                    folds.append((g, self.params[f"bn{layer}.beta"].reshape(-1),
+                                  self.buffers[f"bn{layer}.running_mean"].reshape(-1),
+                                  self.buffers[f"bn{layer}.running_var"].reshape(-1), scale, shift))
+                    out.append((scale, shift) if rows is None else (scale.reshape(rows, -1), shift.reshape(rows, -1)))
+            self._affine = (self.params, self.buffers, folds, out)
+        _, _, folds, out = self._affine
+        eps = self.dtype.type(self.eps)      # the fold in the network's dtype (vectorizes in float32)
+        for g, beta, mean, var, scale, shift in folds:
+            K._k_bn_fold(g, beta, mean, var, eps, scale, shift)
         return out
 
 
@@ -470,7 +477,7 @@ def _network_for(params, buffers, batchnorm, eps, momentum):
     num_classes, dtype = _check_params(params, buffers, batchnorm, eps, momentum)
     net = Network.__new__(Network)
     net.num_classes, net.batchnorm, net.dtype = num_classes, batchnorm, dtype
-    net.eps, net.momentum, net._ws, net._identity = float(eps), float(momentum), {}, None
+    net.eps, net.momentum, net._ws, net._affine = float(eps), float(momentum), {}, None
     net.params = params
     net.grads = allocate(param_specs(num_classes, batchnorm), dtype)
     net.buffers = buffers          # None: training mode keeps no running statistics

@@ -242,3 +242,19 @@ def test_results_do_not_depend_on_the_thread_count(bn):
     for other in out[1:]:
         assert other[0] == out[0][0]
         assert all(np.array_equal(a, b) for a, b in zip(other[1:], out[0][1:]))
+
+
+@pytest.mark.parametrize("bn", VARIANTS)
+def test_predict_sees_in_place_parameter_changes(bn):
+    """predict_proba reuses its BN-folding arrays between calls; it must still read the current
+    parameters and running statistics (changed in place by the optimizer and by train_step)."""
+    net = M.Network(12, bn, dtype=np.float64, seed=4)
+    x, y = batch(3, np.float64)
+    before = net.predict_proba(x)
+    net.train_step(x, y)
+    net.params.flat -= 0.1 * net.grads.flat
+    after = net.predict_proba(x)
+    fresh = M.Network(12, bn, dtype=np.float64, seed=0)
+    fresh.load_arrays(net.params, net.buffers)
+    assert not np.allclose(before, after)
+    assert np.array_equal(after, fresh.predict_proba(x))

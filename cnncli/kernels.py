@@ -612,6 +612,15 @@ def fc_backward(dz, x, w, need_dx=True, dx=None, dw=None, db=None):
 #   loss = (1/N) sum_n sum_c [ max(z,0) - z*y + log1p(exp(-|z|)) ];  dz = (sigmoid(z) - y) / N
 # --------------------------------------------------------------------------------------------
 
+@njit(inline="always")
+def _logistic(v):
+    # 1 / (1 + exp(-v)) without overflow for either sign of v
+    if v >= 0:
+        return 1.0 / (1.0 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1.0 + e)
+
+
 @njit(cache=True)
 def _k_sigmoid_bce(z, labels, probs, dz):
     # z (N,O) logits, labels (N,) int   ->   probs (N,O), dz (N,O); returns the mean loss (float64)
@@ -623,11 +632,7 @@ def _k_sigmoid_bce(z, labels, probs, dz):
             v = z[n, c]
             t = 1.0 if lab == c else 0.0
             total += max(v, 0.0) - v * t + math.log1p(math.exp(-abs(v)))
-            if v >= 0:
-                p = 1.0 / (1.0 + math.exp(-v))
-            else:
-                e = math.exp(v)
-                p = e / (1.0 + e)
+            p = _logistic(v)
             probs[n, c] = p
             dz[n, c] = (p - t) / N
     return total / N
@@ -639,13 +644,7 @@ def _k_sigmoid(z, probs):
     N, O = z.shape
     for n in range(N):
         for c in range(O):
-            v = z[n, c]
-            if v >= 0:
-                p = 1.0 / (1.0 + math.exp(-v))
-            else:
-                e = math.exp(v)
-                p = e / (1.0 + e)
-            probs[n, c] = p
+            probs[n, c] = _logistic(z[n, c])
 
 
 def check_labels(labels, n, num_classes):
@@ -920,12 +919,7 @@ def _infer_head_row(z3, n, b3, sc3, sh3, w4, b4, a, probs):
         v = b4[c]
         for d in range(a.shape[0]):
             v += w4[c, d] * a[d]
-        if v >= 0:
-            p = 1.0 / (1.0 + math.exp(-v))
-        else:
-            e = math.exp(v)
-            p = e / (1.0 + e)
-        probs[n, c] = p
+        probs[n, c] = _logistic(v)
 
 
 @njit(cache=True)

@@ -288,13 +288,50 @@ def test_nested_folders_case_insensitive_extensions_and_order(tmp_path):
     assert [(os.path.basename(p), w) for p, w in skipped] == [("loose.png", "not inside a class subfolder")]
 
 
-def test_parallel_decode_matches_serial(tmp_path):
+def test_parallel_decode_matches_serial(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "d", per_class=40, classes=("a", "b", "c"))
     (root / "b" / "bad.png").write_bytes(b"x")
     one, s1 = data.load_folder(root, workers=1, cache=False)
+    monkeypatch.setattr(data, "PROCESS_MIN_IMAGES", 16)      # take the worker-process path
+    calls = []
+    real = data._decode_in_processes
+    monkeypatch.setattr(data, "_decode_in_processes", lambda jobs, w: calls.append(w) or real(jobs, w))
     two, s2 = data.load_folder(root, workers=2, cache=False)
+    assert calls == [2]
     assert np.array_equal(one.images, two.images) and np.array_equal(one.labels, two.labels)
     assert one.paths == two.paths and s1 == s2 and len(one) == 120
+    assert any("bad.png" in p for p, _ in s2)
+
+
+class _DIES:
+    parent = None
+
+
+def _dies_in_child(jobs):
+    """A decode_many chunk worker that kills its process unless it runs in the test process."""
+    if os.getpid() != _DIES.parent:
+        os._exit(3)
+    return _REAL_CHUNK(jobs)
+
+
+_REAL_CHUNK = data._decode_chunk
+
+
+def test_decode_falls_back_when_a_worker_process_dies_or_fork_is_missing(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "d", per_class=12, classes=("a", "b"))
+    one, s1 = data.load_folder(root, workers=1, cache=False)
+    monkeypatch.setattr(data, "PROCESS_MIN_IMAGES", 4)
+    real = data._decode_chunk
+    monkeypatch.setattr(_DIES, "parent", os.getpid())
+    monkeypatch.setattr(data, "_decode_chunk", _dies_in_child)
+    two, s2 = data.load_folder(root, workers=2, cache=False)
+    assert np.array_equal(one.images, two.images) and one.paths == two.paths and s1 == s2
+    monkeypatch.setattr(data, "_decode_chunk", real)
+    import multiprocessing
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    assert data._decode_in_processes([(str(p), 32, "pad", data.MAX_PIXELS) for p in one.paths], 2) is None
+    three, s3 = data.load_folder(root, workers=2, cache=False)
+    assert np.array_equal(one.images, three.images) and s1 == s3
 
 
 # ----------------------------------------------------------------------------- folder errors

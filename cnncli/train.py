@@ -310,7 +310,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
                 x = table[train_ds.images[idx]][:, None]  # (B,1,S,S)
                 y = train_ds.labels[idx]                   # (B,)
                 lr = lr_at(state.step)
-                loss, probs = net.train_step(x, y)
+                with np.errstate(over="ignore", invalid="ignore"):   # a diverging run is reported below,
+                    loss, probs = net.train_step(x, y)              # in one line, not as numpy warnings
                 if not (math.isfinite(loss) and math.isfinite(float(np.add.reduce(net.grads.flat)))):
                     raise TrainingDiverged(
                         f"loss or gradients became non-finite at epoch {state.epoch + 1}, step {state.epoch_step + 1} "

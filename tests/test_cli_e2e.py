@@ -176,6 +176,16 @@ def test_non_finite_loss_stops_with_epoch_and_step(workspace, tmp_path):
     assert "non-finite" in res.stderr and "epoch 1" in res.stderr and "step" in res.stderr
 
 
+def test_non_finite_loss_prints_one_line_and_no_numpy_warnings(workspace, tmp_path):
+    tmp, data = workspace
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=3)
+    res = run_cli(["train", "--config", cfg, "-q", "--no-report", "--set", "optim.name=sgd",
+                   "--set", "optim.lr=1e30"], tmp_path)
+    assert res.returncode == 1
+    assert "Warning" not in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert sum("non-finite" in ln for ln in res.stderr.splitlines()) == 1, res.stderr
+
+
 def test_python_dash_m_matches_cnn(tmp_path):
     res = subprocess.run([sys.executable, "-m", "cnncli", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "train" in res.stdout and "predict" in res.stdout

@@ -815,9 +815,10 @@ def pool_elu_backward(dp, p, argmax, out=None):
 # "Wide" rows: a map with padded width Wp is one flat row of the padded input, and output (y, x)
 # is computed at flat position q = y*Wp + x for every x < Wp (x >= W are discarded), so the inner
 # loop is one long contiguous run over q that LLVM vectorizes (slices keep indices provably >= 0).
-# Each image is independent, so results are the same for any batch size or thread count. Not
-# used in training (no argmax, no caches) and not gradient-checked: the tests compare it with
-# the training path in inference mode.
+# Each image is independent, so results are the same for any batch size or thread count.
+# _conv5_wide also computes the training path's conv1 forward (_k_conv5_direct_forward, covered by
+# the gradient checks); the rest is inference only (no argmax, no caches), tested against a NumPy
+# reference of the inference-mode network (tests/test_model.py) and the PyTorch twin.
 
 @njit(inline="always")
 def _conv5_wide(src, Wp, w, nq, dst):
@@ -837,7 +838,7 @@ def _conv5_wide(src, Wp, w, nq, dst):
 @njit(cache=True, parallel=True)
 def _k_conv5_direct_forward(xp, w, z):
     # xp (N,C,Hp,Wp) padded input (C-contiguous), w (F,C,5,5)   ->   z (N,F,H,W), no bias.
-    # The training path's conv1 (C = 1): 4x faster than im2col + a GEMM with only F = 6 rows.
+    # The training path's conv1 (C = 1): 2.5-4x faster than im2col + a GEMM with only F = 6 rows.
     N, C, Hp, Wp = xp.shape
     F, H, W = z.shape[1], z.shape[2], z.shape[3]
     for n in prange(N):

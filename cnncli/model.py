@@ -1,4 +1,5 @@
-"""The network: parameter layout, initialisation, forward/backward of the whole net, inference.
+"""The network: forward/backward of the whole net (training) and inference, on flat parameter
+buffers whose layout and initialisation live in arch.py (re-exported here).
 
     x (N,1,32,32) -> conv1 5x5, 6 maps, pad 2 [-> bn1] -> ELU -> maxpool 2x2   -> (N,6,16,16)
                   -> conv2 5x5x6, 16 maps, pad 2 [-> bn2] -> ELU -> maxpool 2x2 -> (N,16,8,8)
@@ -20,7 +21,9 @@ Batch normalization (`batchnorm`), between the linear step and the ELU of conv1,
 
 All parameters live in one flat contiguous buffer (`Params.flat`) with named views; the same for
 gradients and for the BN running statistics. The functional API (`loss_and_grads`,
-`predict_proba`) runs the same code as `Network`, which keeps preallocated workspaces.
+`predict_proba`) runs the same code as `Network`, which keeps preallocated workspaces. Training
+runs layer by layer over the batch; inference runs image by image in fused kernels (kernels.py,
+"inference path"). It is not a trainer (train.py) and has no NumPy-only path (infer.py).
 """
 
 from __future__ import annotations

@@ -270,7 +270,7 @@ def _decode_in_processes(jobs, workers):
             warnings.simplefilter("ignore", DeprecationWarning)   # the children only decode files
             with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
                 parts = list(pool.map(_decode_chunk, chunks))
-    except (BrokenProcessPool, OSError):
+    except (BrokenProcessPool, OSError, NotImplementedError, ImportError):  # no sem_open (/dev/shm) etc.
         return None
     return [r for part in parts for r in part]
 

@@ -29,7 +29,7 @@ def _conv(x, w):
 
 
 def _bn(z, params, buffers, layer, batchnorm, eps):
-    """Inference batch norm with running statistics, as model._bn_infer: z*scale + shift."""
+    """Inference batch norm with running statistics folded into z*scale + shift (as the numba path does)."""
     g, b = params[f"bn{layer}.gamma"], params[f"bn{layer}.beta"]
     rm, rv = buffers[f"bn{layer}.running_mean"], buffers[f"bn{layer}.running_var"]
     scale = (g / np.sqrt(rv + eps)).astype(z.dtype)

@@ -157,7 +157,7 @@ def _k_conv2d_backward_dx(dz, w, dxp):
                                 dxp[n, c, y + ky, x + kx] += wv * dz[n, f, y, x]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _k_conv2d_backward_dw(dz, xp, dw, db):
     # dz (N,F,H,W)   xp (N,C,Hp,Wp)   ->   dw (F,C,K,K), db (F,)
     # dw[f,c,ky,kx] = sum_{n,y,x} dz[n,f,y,x] * xp[n,c,y+ky,x+kx];  db[f] = sum_{n,y,x} dz[n,f,y,x]
@@ -329,7 +329,7 @@ def maxpool2x2_backward(dout, argmax, out=None):
 # ELU: a = z (z >= 0), exp(z) - 1 (z < 0).  da/dz = 1 (a > 0), a + 1 (a <= 0): needs only a.
 # --------------------------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _k_elu_forward(z, a):
     # z (D,) flat   ->   a (D,)
     for i in prange(z.shape[0]):
@@ -337,7 +337,7 @@ def _k_elu_forward(z, a):
         a[i] = v if v >= 0 else math.expm1(v)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _k_elu_backward(da, a, dz):
     # da (D,), a (D,) forward output   ->   dz (D,)
     for i in prange(da.shape[0]):
@@ -621,7 +621,7 @@ def _logistic(v):
     return e / (1.0 + e)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _k_sigmoid_bce(z, labels, probs, dz):
     # z (N,O) logits, labels (N,) int   ->   probs (N,O), dz (N,O); returns the mean loss (float64)
     N, O = z.shape
@@ -735,7 +735,7 @@ def _k_add_bias(z, b):
                 z[n, f, i] += bv
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _k_pool_elu_forward(z, b, p, arg):
     # z (N,C,H,W) pre-activation, b (C,) bias added here   ->   p (N,C,H/2,W/2) = ELU(max window + b),
     # arg (N,C,H/2,W/2) int8. Same as maxpool(ELU(z + b)): ELU is increasing, so it commutes with
@@ -752,7 +752,7 @@ def _k_pool_elu_forward(z, b, p, arg):
                     arg[n, c, i, j] = k
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _k_pool_elu_backward(dp, p, arg, dz):
     # dp (N,C,H/2,W/2) gradient of p, p its forward value, arg   ->   dz (N,C,H,W):
     # dp * ELU'(winner) at the winner of each window (ELU' = 1 if p > 0 else p + 1), 0 elsewhere
@@ -835,7 +835,7 @@ def _conv5_wide(src, Wp, w, nq, dst):
                     d[q] += ((w0 * s[q] + w1 * s[q + 1]) + (w2 * s[q + 2] + w3 * s[q + 3])) + w4 * s[q + 4]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _k_conv5_direct_forward(xp, w, z):
     # xp (N,C,Hp,Wp) padded input (C-contiguous), w (F,C,5,5)   ->   z (N,F,H,W), no bias.
     # The training path's conv1 (C = 1): 2.5-4x faster than im2col + a GEMM with only F = 6 rows.

@@ -334,6 +334,7 @@ def _check_params(params, buffers, batchnorm, eps=1e-5, momentum=0.1):
 
 
 SMALL_BATCH = 8   # up to this many images one thread is faster than waking the others
+SPLIT_MIN = 16    # training batches (no BN) of at least this many images run as two halves
 
 
 @contextlib.contextmanager
@@ -358,7 +359,7 @@ class Network:
     """The fast path the trainer uses: parameters, gradients and BN buffers as flat buffers,
     and preallocated workspaces per batch size (a step allocates nothing after the first)."""
 
-    MAX_WORKSPACES = 4
+    MAX_WORKSPACES = 6
 
     def __init__(self, num_classes=12, batchnorm="none", eps=1e-5, momentum=0.1,
                  dtype=np.float32, seed=0):
@@ -378,6 +379,7 @@ class Network:
         self.buffers = init_buffers(num_classes, batchnorm, self.dtype)
         self._ws = {}
         self._affine = None        # predict_proba's BN-folding arrays (see _inference_affine)
+        self._half_grads = None    # the two halves' gradients (see _train_step_halves)
 
     def load_arrays(self, params, buffers=None):
         """Copy parameter (and BN buffer) arrays into this network's flat buffers, checking shapes."""
@@ -395,12 +397,12 @@ class Network:
                     raise ValueError(f"buffers[{name!r}] has shape {np.shape(buffers[name])}, expected {shape}")
                 self.buffers[name][...] = buffers[name]
 
-    def _workspace(self, n):
-        ws = self._ws.get(n)
+    def _workspace(self, n, slot=0):
+        ws = self._ws.get((n, slot))
         if ws is None:
             if len(self._ws) >= self.MAX_WORKSPACES:
                 self._ws.pop(next(iter(self._ws)))
-            ws = self._ws[n] = _Workspace(n, self.num_classes, self.batchnorm, self.dtype)
+            ws = self._ws[(n, slot)] = _Workspace(n, self.num_classes, self.batchnorm, self.dtype)
         return ws
 
     def train_step(self, x, labels):
@@ -414,12 +416,48 @@ class Network:
         if self.batchnorm != "none" and n < 2:
             raise ValueError(f"x has shape {x.shape}: training with batchnorm={self.batchnorm!r} "
                              "needs at least 2 images in a batch")
+        labels = labels.astype(np.int64, copy=False)
+        if self.batchnorm == "none" and n >= SPLIT_MIN:
+            return self._train_step_halves(x, labels)
         ws = self._workspace(n)
         with K.blas_single_thread(), _numba_threads_for(n):
             _forward(self.params, self.buffers, x, ws, self.batchnorm, self.eps, self.momentum)
-            loss = K._k_sigmoid_bce(ws.z4, labels.astype(np.int64, copy=False), ws.probs, ws.dz4)
+            loss = K._k_sigmoid_bce(ws.z4, labels, ws.probs, ws.dz4)
             _backward(self.params, self.grads, ws, self.batchnorm)
         return float(loss), ws.probs.copy()
+
+    def _train_step_halves(self, x, labels):
+        """train_step without BN as two independent halves of the batch, one per worker thread when
+        there are two (else one after the other: the same arithmetic, so the same bits for any
+        thread count). Each half's output gradient is scaled by its share of the batch, so the two
+        gradient buffers add up to the batch mean."""
+        n = x.shape[0]
+        h = n // 2
+        spans = ((0, h), (h, n))
+        if self._half_grads is None:
+            self._half_grads = [allocate(param_specs(self.num_classes, "none"), self.dtype) for _ in spans]
+        losses = [0.0, 0.0]
+        wss = [self._workspace(e - s, slot=1 + i) for i, (s, e) in enumerate(spans)]
+
+        def half(i):
+            s, e = spans[i]
+            ws = wss[i]
+            _forward(self.params, None, x[s:e], ws, "none", self.eps, self.momentum)
+            losses[i] = K._k_sigmoid_bce(ws.z4, labels[s:e], ws.probs, ws.dz4)
+            ws.dz4 *= (e - s) / n                       # the half's mean -> its share of the batch mean
+            _backward(self.params, self._half_grads[i], ws, "none")
+
+        pool, t = _workers()
+        with K.blas_single_thread():
+            if t >= 2:
+                for f in [pool.submit(half, i) for i in range(2)]:
+                    f.result()
+            else:
+                half(0)
+                half(1)
+        np.add(self._half_grads[0].flat, self._half_grads[1].flat, out=self.grads.flat)
+        loss = (losses[0] * h + losses[1] * (n - h)) / n
+        return float(loss), np.concatenate([wss[0].probs, wss[1].probs])
 
     def predict_proba(self, x):
         """Inference mode (running statistics): x (N,1,32,32) -> probabilities (N,C).
@@ -481,6 +519,7 @@ def _network_for(params, buffers, batchnorm, eps, momentum):
     net = Network.__new__(Network)
     net.num_classes, net.batchnorm, net.dtype = num_classes, batchnorm, dtype
     net.eps, net.momentum, net._ws, net._affine = float(eps), float(momentum), {}, None
+    net._half_grads = None
     net.params = params
     net.grads = allocate(param_specs(num_classes, batchnorm), dtype)
     net.buffers = buffers          # None: training mode keeps no running statistics

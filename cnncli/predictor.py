@@ -99,6 +99,9 @@ def _named(arrays: dict, prefix: str, specs, dtype) -> arch.Params:
 # cnncli.model ~0.35 s, kernel cache load ~0.35 s), then saves ~85 us per image (69-79 vs 149-163 us),
 # so the break-even is ~8000-9000 images. 4096 keeps a margin: numba's per-image gain shrinks on a busy
 # machine (it needs both cores), and in a process that already loaded numba NumPy is the slower one.
+# Re-measured after the fused inference kernels (commit a35e9c5, ~22:35 UTC, median of 5): numba now
+# 42-45 us per image warm; 4096 images 0.78 s by numba vs 0.65 s by NumPy, 8192 1.07 vs 1.27 s, so
+# the break-even moved down to ~5000-6000 images and 4096 still sits below it.
 NUMPY_MAX_IMAGES = 4096
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -260,8 +261,8 @@ def _decode_in_processes(jobs, workers):
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return None
+    if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
+        return None                            # fork is only safe enough on Linux (macOS: system frameworks)
     n = min(len(jobs), workers * 4)
     bounds = [len(jobs) * i // n for i in range(n + 1)]
     chunks = [jobs[bounds[i]:bounds[i + 1]] for i in range(n)]

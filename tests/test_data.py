@@ -328,8 +328,12 @@ def test_decode_falls_back_when_a_worker_process_dies_or_fork_is_missing(tmp_pat
     assert np.array_equal(one.images, two.images) and one.paths == two.paths and s1 == s2
     monkeypatch.setattr(data, "_decode_chunk", real)
     import multiprocessing
+    jobs = [(str(p), 32, "pad", data.MAX_PIXELS) for p in one.paths]
+    with monkeypatch.context() as m:
+        m.setattr(data.sys, "platform", "darwin")          # fork is used on Linux only
+        assert data._decode_in_processes(jobs, 2) is None
     monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
-    assert data._decode_in_processes([(str(p), 32, "pad", data.MAX_PIXELS) for p in one.paths], 2) is None
+    assert data._decode_in_processes(jobs, 2) is None
     three, s3 = data.load_folder(root, workers=2, cache=False)
     assert np.array_equal(one.images, three.images) and s1 == s3
 

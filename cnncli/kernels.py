@@ -568,8 +568,8 @@ def bn_inference(z, gamma, beta, running_mean, running_var, eps=1e-5, out=None):
     for name, arr in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
                       ("running_var", running_var)):
         check_array(name, arr, (C,), z.dtype)
-    scale = (gamma / np.sqrt(running_var + eps)).astype(z.dtype)
-    shift = (beta - running_mean * scale).astype(z.dtype)
+    scale, shift = np.empty(C, z.dtype), np.empty(C, z.dtype)             # (C,) each
+    _k_bn_fold(gamma, beta, running_mean, running_var, z.dtype.type(eps), scale, shift)
     out = _out("out", out, z.shape, z.dtype)
     _k_affine_channel(z, scale, shift, out)
     return out

@@ -61,7 +61,7 @@ class _Workspace:
         self.xp2 = z(n, 6, 20, 20)                   # ELU(pool1), written into a padded buffer
         self.p1 = self.xp2[:, :, 2:18, 2:18]         # (N,6,16,16) view
         self.arg1 = np.empty((n, 6, 16, 16), np.int8)
-        self.conv2 = _ConvBuffers(n, 150, 256, 16, dtype, True)
+        self.conv2 = _ConvBuffers(n, 150, 256, 16, dtype)
         self.z2 = e(n, 16, 16, 16)
         self.y2 = e(n, 16, 16, 16) if bn else None
         self.p2 = e(n, 16, 8, 8)                     # ELU(pool2)
@@ -177,21 +177,21 @@ def _chunk(n):
 
 
 class _ConvBuffers:
-    """Per-worker im2col buffers for one convolution and batch size."""
+    """Per-worker im2col buffers for conv2 (the GEMM convolution) and one batch size."""
 
-    def __init__(self, n, rows, cols, f, dtype, train):
+    def __init__(self, n, rows, cols, f, dtype):
         self.ch = _chunk(n)
         self.nchunks = -(-n // self.ch)
-        self.rows, self.cols_, self.f, self.dtype, self.train = rows, cols, f, dtype, train
+        self.rows, self.cols_, self.f, self.dtype = rows, cols, f, dtype
         self.per_worker = []
-        self.parts = np.empty((self.nchunks, f, rows), dtype) if train else None   # dw per chunk
+        self.parts = np.empty((self.nchunks, f, rows), dtype)     # (chunks, F, C*K*K) dw per chunk
 
     def get(self, w):
+        """Worker w's scratch: (cols, dcols (ch, C*K*K, H*W), dw per image (ch, F, C*K*K))."""
         while len(self.per_worker) <= w:
             e = lambda *s: np.empty(s, dtype=self.dtype)     # noqa: E731
-            self.per_worker.append((e(self.ch, self.rows, self.cols_),
-                                    e(self.ch, self.rows, self.cols_) if self.train else None,
-                                    e(self.ch, self.f, self.rows) if self.train else None))
+            self.per_worker.append((e(self.ch, self.rows, self.cols_), e(self.ch, self.rows, self.cols_),
+                                    e(self.ch, self.f, self.rows)))
         return self.per_worker[w]
 
 

@@ -82,6 +82,36 @@ def _out(name, out, shape, dtype):
 
 
 # --------------------------------------------------------------------------------------------
+# input batches: uint8 images -> network input through a (256,) lookup table (normalization)
+# --------------------------------------------------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def _k_lookup_batch(images, idx, table, x):
+    # images (M,H,W) uint8, idx (N,) int, table (256,)   ->   x (N,1,H,W) = table[images[idx]]
+    # (one pass, no temporaries: numpy's fancy indexing took ~175 us for 64 images, this ~10 us)
+    for n in range(idx.shape[0]):
+        m = idx[n]
+        for i in range(images.shape[1]):
+            for j in range(images.shape[2]):
+                x[n, 0, i, j] = table[images[m, i, j]]
+
+
+def lookup_batch(images, idx, table, out=None):
+    """The network input for images[idx]: images (M,H,W) uint8, idx (N,) indices, table (256,)
+    (value -> input) -> x (N,1,H,W) of table's dtype, equal to table[images[idx]][:, None]."""
+    M, H, W = check_array("images", images, (None, None, None), np.uint8, contiguous=False).shape
+    check_array("table", table, (256,), contiguous=False)
+    idx = np.asarray(idx)
+    if idx.ndim != 1 or idx.dtype.kind not in "iu":
+        raise ValueError(f"idx must be a 1-D integer array, got {idx.dtype} of shape {idx.shape}")
+    if idx.size and (idx.min() < 0 or idx.max() >= M):
+        raise ValueError(f"idx has values outside 0..{M - 1}")
+    out = _out("out", out, (idx.shape[0], 1, H, W), table.dtype)
+    _k_lookup_batch(images, idx, table, out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # zero padding
 # --------------------------------------------------------------------------------------------
 

@@ -194,13 +194,15 @@ class _StopFlag:
 def evaluate_loss_acc(net, table, ds, batch_size=256):
     """Loss (evaluate.bce_loss, as `cnn eval` reports it) and accuracy of `net` on a Dataset, inference mode."""
     from cnncli.evaluate import bce_loss
+    from cnncli.kernels import lookup_batch
 
     n = len(ds.labels)
     if n == 0:
         return float("nan"), float("nan")
     probs = np.empty((n, net.num_classes), dtype=np.float64)  # (N,C)
     for start in range(0, n, batch_size):
-        probs[start : start + batch_size] = net.predict_proba(table[ds.images[start : start + batch_size]][:, None])
+        idx = np.arange(start, min(start + batch_size, n))
+        probs[start : start + batch_size] = net.predict_proba(lookup_batch(ds.images, idx, table))
     return bce_loss(probs, ds.labels), float((probs.argmax(1) == ds.labels).mean())
 
 
@@ -220,7 +222,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
         run_dir.mkdir(parents=True, exist_ok=True)
         for debris in run_dir.glob(".*.tmp-*"):  # half-written saves of a killed process
             debris.unlink(missing_ok=True)
-    from cnncli.kernels import set_threads
+    from cnncli.kernels import lookup_batch, set_threads
 
     threads = set_threads(cfg["train"]["threads"])
 
@@ -307,7 +309,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
             imgs_this_session = 0
             while state.epoch_step < len(batches):
                 idx = batches[state.epoch_step]
-                x = table[train_ds.images[idx]][:, None]  # (B,1,S,S)
+                x = lookup_batch(train_ds.images, idx, table)  # (B,1,S,S)
                 y = train_ds.labels[idx]                   # (B,)
                 lr = lr_at(state.step)
                 with np.errstate(over="ignore", invalid="ignore"):   # a diverging run is reported below,

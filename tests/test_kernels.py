@@ -252,3 +252,25 @@ def test_direct_wide_conv_matches_reference(rng, dtype, C, F, H):
     K._k_conv5_direct_forward(K.pad2d(x, 2), w, z)
     ref = R.conv2d_forward(x.astype(np.float64), w.astype(np.float64), np.zeros(F), 2)
     assert rel(z, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("idx_dtype", [np.int64, np.int32, np.uint16])
+def test_lookup_batch_equals_fancy_indexing(rng, dtype, idx_dtype):
+    images = rng.integers(0, 256, (50, 32, 32), dtype=np.uint8)
+    table = ((np.arange(256) / 255.0 - 0.4) / 0.3).astype(dtype)
+    idx = rng.permutation(50)[:17].astype(idx_dtype)
+    x = K.lookup_batch(images, idx, table)
+    assert x.dtype == dtype and x.shape == (17, 1, 32, 32)
+    assert np.array_equal(x, table[images[idx]][:, None])
+
+
+def test_lookup_batch_rejects_bad_indices(rng):
+    images = rng.integers(0, 256, (5, 8, 8), dtype=np.uint8)
+    table = np.zeros(256, np.float32)
+    with pytest.raises(ValueError, match="outside 0..4"):
+        K.lookup_batch(images, np.array([0, 5]), table)
+    with pytest.raises(ValueError, match="integer"):
+        K.lookup_batch(images, np.array([0.0]), table)
+    with pytest.raises(ValueError, match="images has dtype float32"):
+        K.lookup_batch(images.astype(np.float32), np.array([0]), table)

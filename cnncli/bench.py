@@ -110,6 +110,7 @@ def machine_facts(threads: int, torch_module=None) -> dict:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": numba.__version__,
+        "numba_slp_vectorize": bool(numba.config.SLP_VECTORIZE),   # on unless the user set it off (kernels.py)
         "torch": getattr(torch_module, "__version__", None),
         "blas": _blas_info(),
         "env": {k: os.environ[k] for k in _OPENBLAS_VARS if k in os.environ},
@@ -468,6 +469,7 @@ def format_result(result: dict) -> str:
         + (f"; load average {m['load_average'][0]:.2f} before, {m['load_average_after'][0]:.2f} after"
            if m.get("load_average") and m.get("load_average_after") else ""),
         f"versions:  python {m['python']}, numpy {m['numpy']}, numba {m['numba']}"
+        + (f" (SLP vectorizer {'on' if m.get('numba_slp_vectorize') else 'off'})" if "numba_slp_vectorize" in m else "")
         + (f", torch {m['torch']}" if m["torch"] else ""),
         f"BLAS:      {m['blas']}; OpenBLAS/OMP env as the run saw it: {env}",
     ]

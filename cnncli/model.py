@@ -474,7 +474,7 @@ class Network:
         out = np.empty((n, self.num_classes), dtype=self.dtype)             # (N,C)
         if n <= SMALL_BATCH:
             K._k_infer_serial(x, P["conv1.w"], P["conv1.b"], sc1, sh1, P["conv2.w"], P["conv2.b"], sc2, sh2,
-                              P["fc1.w"], P["fc1.b"], sc3, sh3, P["fc2.w"], P["fc2.b"], out)
+                              np.ascontiguousarray(P["fc1.w"]), P["fc1.b"], sc3, sh3, P["fc2.w"], P["fc2.b"], out)
             return out
         with K.blas_single_thread():        # a 2-thread OpenBLAS made this GEMM of 256 images 6x slower
             for s in range(0, n, PREDICT_CHUNK):

@@ -1,0 +1,68 @@
+"""cnncli.kernels turns on LLVM's SLP vectorizer (numba leaves it off by default after
+miscompilations elsewhere). Without fastmath it may not change a single float result, so a build
+with it and a build without it must agree bit for bit. This test runs the same training steps and
+predictions here and in a fresh process with the other setting (and its own numba cache, so
+nothing compiled with one setting is loaded by the other) and compares every output array.
+
+Run as a script (`python tests/test_slp.py OUT.npz`) it writes the outputs of this process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def outputs() -> dict:
+    """float32 outputs that go through every training and inference kernel of the network."""
+    from cnncli import model as M
+
+    out = {}
+    rng = np.random.default_rng(5)
+    for bn in ("none", "unit", "channel"):
+        net = M.Network(12, bn, dtype=np.float32, seed=3)
+        for n in (5, 24):                      # one pass (< 16 images) and two halves
+            x = rng.standard_normal((n, 1, 32, 32)).astype(np.float32)
+            y = rng.integers(0, 12, n)
+            loss, probs = net.train_step(x, y)
+            out[f"{bn}/{n}/loss"] = np.array(loss)
+            out[f"{bn}/{n}/probs"] = probs
+            out[f"{bn}/{n}/grads"] = net.grads.flat.copy()
+            net.params.flat -= 0.05 * net.grads.flat      # so the inference below sees trained weights
+        out[f"{bn}/buffers"] = net.buffers.flat.copy()
+        for n in (1, 8, 40):                   # the serial kernel (<= 8 images) and the parallel one
+            x = rng.standard_normal((n, 1, 32, 32)).astype(np.float32)
+            out[f"{bn}/predict{n}"] = net.predict_proba(x)
+    return out
+
+
+def test_slp_vectorizer_changes_no_bits(tmp_path):
+    import numba
+
+    here = bool(numba.config.SLP_VECTORIZE)
+    env = dict(os.environ, NUMBA_SLP_VECTORIZE="0" if here else "1",
+               NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+    path = tmp_path / "other.npz"
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, __file__, str(path)], env=env, cwd=root,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == f"SLP {'off' if here else 'on'}"     # the other process really differs
+    mine = outputs()
+    with np.load(path) as other:
+        assert sorted(other.files) == sorted(mine)
+        differ = [k for k in mine if not np.array_equal(mine[k], other[k])]
+    assert not differ, f"SLP {'on' if here else 'off'} vs {'off' if here else 'on'} differ in: {differ}"
+
+
+if __name__ == "__main__":
+    import numba
+
+    from cnncli import kernels  # noqa: F401  (sets the default before numba compiles anything)
+
+    np.savez(sys.argv[1], **outputs())
+    print(f"SLP {'on' if numba.config.SLP_VECTORIZE else 'off'}")

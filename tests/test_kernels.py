@@ -274,3 +274,20 @@ def test_lookup_batch_rejects_bad_indices(rng):
         K.lookup_batch(images, np.array([0.0]), table)
     with pytest.raises(ValueError, match="images has dtype float32"):
         K.lookup_batch(images.astype(np.float32), np.array([0]), table)
+
+
+@pytest.mark.parametrize("dtype,max_ulp", [(np.float64, 2), (np.float32, 1)])
+def test_elu_exp_matches_libm_expm1(rng, dtype, max_ulp):
+    """ELU's negative side is kernels._expm1_neg (vectorizable arithmetic), not libm's expm1: it must
+    stay within 2 ulp (float64) / 1 ulp (float32) of np.expm1 over the whole negative range, and
+    keep -0, -inf, NaN and the underflow to -1 right."""
+    z = np.concatenate([-np.logspace(-300 if dtype == np.float64 else -38, 3, 50001),
+                        -rng.uniform(0, 60, 50000), rng.uniform(0, 5, 1000)]).astype(dtype)
+    a = K.elu_forward(z)
+    want = np.where(z >= 0, z, np.expm1(np.minimum(z, 0)))
+    ulp = np.abs(a.astype(np.float64) - want) / np.spacing(np.abs(want).clip(np.finfo(dtype).tiny))
+    assert ulp.max() <= max_ulp
+    assert np.array_equal(a[z >= 0], z[z >= 0])
+    special = K.elu_forward(np.array([-0.0, -np.inf, np.nan, -1e4, -41.0, -np.finfo(dtype).tiny], dtype))
+    assert special[0] == 0 and special[1] == -1 and np.isnan(special[2])
+    assert special[3] == -1 and special[4] == -1 and special[5] == -np.finfo(dtype).tiny

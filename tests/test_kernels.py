@@ -276,17 +276,23 @@ def test_lookup_batch_rejects_bad_indices(rng):
         K.lookup_batch(images.astype(np.float32), np.array([0]), table)
 
 
-@pytest.mark.parametrize("dtype,max_ulp", [(np.float64, 2), (np.float32, 1)])
-def test_elu_exp_matches_libm_expm1(rng, dtype, max_ulp):
-    """ELU's negative side is kernels._expm1_neg (vectorizable arithmetic), not libm's expm1: it must
-    stay within 2 ulp (float64) / 1 ulp (float32) of np.expm1 over the whole negative range, and
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_elu_exp_matches_libm_expm1(rng, dtype):
+    """ELU's negative side is kernels._expm1_neg (vectorizable arithmetic), not libm's expm1: over
+    the whole negative range it must stay within 2 ulp (float64) / 1 ulp (float32) of np.expm1 and
+    within 1.5 ulp of the exact value (np.expm1 in long double, or float64 for float32 inputs; where
+    long double is only double, that reference is itself off by up to ~1 ulp, so 2.5 there), and
     keep -0, -inf, NaN and the underflow to -1 right."""
     z = np.concatenate([-np.logspace(-300 if dtype == np.float64 else -38, 3, 50001),
                         -rng.uniform(0, 60, 50000), rng.uniform(0, 5, 1000)]).astype(dtype)
     a = K.elu_forward(z)
-    want = np.where(z >= 0, z, np.expm1(np.minimum(z, 0)))
-    ulp = np.abs(a.astype(np.float64) - want) / np.spacing(np.abs(want).clip(np.finfo(dtype).tiny))
-    assert ulp.max() <= max_ulp
+    spacing = np.spacing(np.abs(np.expm1(np.minimum(z, 0))).clip(np.finfo(dtype).tiny)).astype(np.longdouble)
+    libm = np.where(z >= 0, z, np.expm1(np.minimum(z, 0)))
+    assert (np.abs(a.astype(np.longdouble) - libm) / spacing).max() <= (2 if dtype == np.float64 else 1)
+    wide = np.longdouble if dtype == np.float64 else np.float64
+    exact = np.where(z >= 0, z.astype(wide), np.expm1(np.minimum(z, 0).astype(wide)))
+    bound = 1.5 if (dtype == np.float32 or np.finfo(np.longdouble).nmant > 52) else 2.5
+    assert (np.abs(a.astype(np.longdouble) - exact.astype(np.longdouble)) / spacing).max() <= bound
     assert np.array_equal(a[z >= 0], z[z >= 0])
     special = K.elu_forward(np.array([-0.0, -np.inf, np.nan, -1e4, -41.0, -np.finfo(dtype).tiny], dtype))
     assert special[0] == 0 and special[1] == -1 and np.isnan(special[2])

@@ -28,15 +28,21 @@ def _conv(x, w):
     return np.matmul(w.reshape(f, c * k * k), cols).reshape(n, f, h, wd)
 
 
-def _bn(z, params, buffers, layer, batchnorm, eps):
-    """Inference batch norm with running statistics folded into z*scale + shift (as the numba path does)."""
-    g, b = params[f"bn{layer}.gamma"], params[f"bn{layer}.beta"]
-    rm, rv = buffers[f"bn{layer}.running_mean"], buffers[f"bn{layer}.running_var"]
-    scale = (g / np.sqrt(rv + eps)).astype(z.dtype)
-    shift = (b - rm * scale).astype(z.dtype)
-    if batchnorm == "channel" and z.ndim == 4:                        # (C,) -> (C,1,1)
-        scale, shift = scale[:, None, None], shift[:, None, None]
-    return z * scale + shift
+def _bn_folds(params, buffers, batchnorm, eps, dtype):
+    """{layer: (scale, shift)}: inference batch norm with the running statistics folded into
+    z*scale + shift (as the numba path does), once per predict_proba call; {} without BN."""
+    folds = {}
+    if batchnorm == "none":
+        return folds
+    for layer in (1, 2, 3):
+        g, b = params[f"bn{layer}.gamma"], params[f"bn{layer}.beta"]
+        rm, rv = buffers[f"bn{layer}.running_mean"], buffers[f"bn{layer}.running_var"]
+        scale = (g / np.sqrt(rv + eps)).astype(dtype)
+        shift = (b - rm * scale).astype(dtype)
+        if batchnorm == "channel" and layer < 3:                       # (C,) -> (C,1,1)
+            scale, shift = scale[:, None, None], shift[:, None, None]
+        folds[layer] = (scale, shift)
+    return folds
 
 
 def _elu(z):
@@ -59,20 +65,21 @@ def _sigmoid(z):
     return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
-def _forward(params, buffers, x, batchnorm, eps):
-    """x (N,1,32,32) -> probabilities (N,C). Bias before BN; ELU after the max (ELU increases,
-    so pool(ELU(v)) == ELU(pool(v)) and only a quarter of the exponentials are taken)."""
-    bn = batchnorm != "none"
+def _forward(params, folds, x):
+    """x (N,1,32,32) -> probabilities (N,C); folds from _bn_folds. Bias before BN; ELU after the
+    max (ELU increases, so pool(ELU(v)) == ELU(pool(v)) and only a quarter of the exponentials are taken)."""
     a = x
     for layer, conv in ((1, "conv1"), (2, "conv2")):
         z = _conv(a, params[f"{conv}.w"]) + params[f"{conv}.b"][:, None, None]   # (N,F,H,W)
-        if bn:
-            z = _bn(z, params, buffers, layer, batchnorm, eps)
+        if folds:
+            scale, shift = folds[layer]
+            z = z * scale + shift
         a = _elu(_pool(z))                                            # (N,F,H/2,W/2)
     flat = a.reshape(a.shape[0], -1)                                  # (N,1024) C-order
     z3 = flat @ params["fc1.w"].T + params["fc1.b"]                   # (N,65)
-    if bn:
-        z3 = _bn(z3, params, buffers, 3, batchnorm, eps)
+    if folds:
+        scale, shift = folds[3]
+        z3 = z3 * scale + shift
     z4 = _elu(z3) @ params["fc2.w"].T + params["fc2.b"]               # (N,C)
     return _sigmoid(z4)
 
@@ -115,7 +122,8 @@ def predict_proba(params, x, batchnorm="none", eps=1e-5, buffers=None) -> np.nda
     num_classes, dtype = _check(params, buffers, x, batchnorm, eps)
     n = x.shape[0]
     out = np.empty((n, num_classes), dtype=dtype)                     # (N,C)
+    folds = _bn_folds(params, buffers, batchnorm, eps, dtype)
     with single_thread():
         for s in range(0, n, CHUNK):
-            out[s:s + CHUNK] = _forward(params, buffers, x[s:s + CHUNK], batchnorm, eps)
+            out[s:s + CHUNK] = _forward(params, folds, x[s:s + CHUNK])
     return out

@@ -200,6 +200,8 @@ def _k_conv2d_backward_dw(dz, xp, dw, db):
     # dz (N,F,H,W)   xp (N,C,Hp,Wp)   ->   dw (F,C,K,K), db (F,)
     # dw[f,c,ky,kx] = sum_{n,y,x} dz[n,f,y,x] * xp[n,c,y+ky,x+kx];  db[f] = sum_{n,y,x} dz[n,f,y,x]
     # partial sums are kept per output column x (a vector the compiler can use), then summed.
+    # W == 32 (the training path's conv1) runs the same loops with a constant row length, which
+    # LLVM turns into straight vector code (1.18 vs 1.78 ms for 64 images; the same bits).
     N, F, H, W = dz.shape
     C = xp.shape[1]
     K = dw.shape[2]
@@ -208,6 +210,15 @@ def _k_conv2d_backward_dw(dz, xp, dw, db):
         accb = np.zeros(W, dtype=dz.dtype)               # (W,)
         for n in range(N):
             for y in range(H):
+                if W == 32:
+                    for x in range(32):
+                        accb[x] += dz[n, f, y, x]
+                    for c in range(C):
+                        for ky in range(K):
+                            for kx in range(K):
+                                for x in range(32):
+                                    acc[c, ky, kx, x] += dz[n, f, y, x] * xp[n, c, y + ky, x + kx]
+                    continue
                 for x in range(W):
                     accb[x] += dz[n, f, y, x]
                 for c in range(C):
@@ -799,6 +810,8 @@ def sigmoid(z, out=None):
 @njit(cache=True, parallel=True, nogil=True)
 def _k_im2col(xp, K, cols):
     # xp (N,C,Hp,Wp) padded input   ->   cols (N, C*K*K, H*W), row r = (c*K + ky)*K + kx
+    # W == 16 (conv2) has its own copy of the loop with a constant row length: LLVM then moves
+    # each 16-value run with vector loads/stores instead of a memcpy call (42 vs 71 us for 8 images)
     N, C, Hp, Wp = xp.shape
     H = Hp - K + 1
     W = Wp - K + 1
@@ -807,9 +820,14 @@ def _k_im2col(xp, K, cols):
             for ky in range(K):
                 for kx in range(K):
                     r = (c * K + ky) * K + kx
-                    for y in range(H):
-                        for x in range(W):
-                            cols[n, r, y * W + x] = xp[n, c, y + ky, x + kx]
+                    if W == 16:
+                        for y in range(H):
+                            for x in range(16):
+                                cols[n, r, y * 16 + x] = xp[n, c, y + ky, x + kx]
+                    else:
+                        for y in range(H):
+                            for x in range(W):
+                                cols[n, r, y * W + x] = xp[n, c, y + ky, x + kx]
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -826,9 +844,14 @@ def _k_col2im(dcols, K, dxp):
             for ky in range(K):
                 for kx in range(K):
                     r = (c * K + ky) * K + kx
-                    for y in range(H):
-                        for x in range(W):
-                            dxp[n, c, y + ky, x + kx] += dcols[n, r, y * W + x]
+                    if W == 16:                  # constant row length, as in _k_im2col (35 vs 69 us)
+                        for y in range(H):
+                            for x in range(16):
+                                dxp[n, c, y + ky, x + kx] += dcols[n, r, y * 16 + x]
+                    else:
+                        for y in range(H):
+                            for x in range(W):
+                                dxp[n, c, y + ky, x + kx] += dcols[n, r, y * W + x]
 
 
 @njit(cache=True, parallel=True)

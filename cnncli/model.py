@@ -249,17 +249,17 @@ def _forward(P, B, x, ws, batchnorm, eps, momentum):
     if bn:
         K._k_add_bias(ws.z1.reshape(n, 6, -1), P["conv1.b"])
         _bn_train(P, B, 1, ws.z1, ws.y1, ws.bn[1], batchnorm, eps, momentum)
-        K._k_pool_elu_forward(ws.y1, ws.zero6, ws.p1, ws.arg1)
+        K._k_pool_elu_forward(ws.y1, ws.zero6, ws.xp2, 2, ws.arg1)
     else:
-        K._k_pool_elu_forward(ws.z1, P["conv1.b"], ws.p1, ws.arg1)
+        K._k_pool_elu_forward(ws.z1, P["conv1.b"], ws.xp2, 2, ws.arg1)
 
     _conv_forward(ws.xp2, P["conv2.w"], ws.z2, ws.conv2)
     if bn:
         K._k_add_bias(ws.z2.reshape(n, 16, -1), P["conv2.b"])
         _bn_train(P, B, 2, ws.z2, ws.y2, ws.bn[2], batchnorm, eps, momentum)
-        K._k_pool_elu_forward(ws.y2, ws.zero16, ws.p2, ws.arg2)
+        K._k_pool_elu_forward(ws.y2, ws.zero16, ws.p2, 0, ws.arg2)
     else:
-        K._k_pool_elu_forward(ws.z2, P["conv2.b"], ws.p2, ws.arg2)
+        K._k_pool_elu_forward(ws.z2, P["conv2.b"], ws.p2, 0, ws.arg2)
 
     np.matmul(ws.flat, P["fc1.w"].T, out=ws.z3)
     ws.z3 += P["fc1.b"]

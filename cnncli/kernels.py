@@ -1128,3 +1128,38 @@ def _k_infer_serial(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, b3, sc3, sh3, w4,
                 p7 += wb[d, j, 7] * fb[j, 7]
             z3[n, d] = p0 + p1 + p2 + p3 + p4 + p5 + p6 + p7
         _infer_head_row(z3, n, b3, sc3, sh3, w4, b4, a, probs)
+
+
+# --------------------------------------------------------------------------------------------
+# optimizer: Adam/AdamW in one pass (optim.Optimizer uses it; its NumPy sequence is the reference)
+# --------------------------------------------------------------------------------------------
+
+@njit(inline="always")
+def _adam_element(pi, gi, m, v, i, one_m_b1, one_m_b2, b2, bias2_sqrt, eps, neg_step):
+    # moments m[i], v[i] updated in place   ->   the new parameter value
+    mi = m[i] + (gi - m[i]) * one_m_b1
+    vi = v[i] * b2 + (gi * gi) * one_m_b2
+    m[i] = mi
+    v[i] = vi
+    return pi + (mi / ((np.sqrt(vi) / bias2_sqrt) + eps)) * neg_step
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _k_adam(p, g, m, v, decay, wd, one_m_b1, one_m_b2, b2, bias2_sqrt, eps, neg_step):
+    # p, g, m, v (P,) one flat buffer each; the scalars already in p's dtype. Per element, the same
+    # operations in the same order as optim.Optimizer._adam_numpy's 14 NumPy passes (so the same
+    # bits): decay = 1 - lr*wd (AdamW, else 1 and skipped), wd = L2 weight decay (Adam, else 0).
+    # error_model="numpy" (IEEE division, no zero check) and one loop per case let it vectorize:
+    # 40 us for 70k float32 parameters (the NumPy passes: 184 us).
+    n = p.shape[0]
+    if decay != 1:                          # AdamW: decoupled decay first
+        for i in range(n):
+            pi = p[i] * decay
+            p[i] = _adam_element(pi, g[i], m, v, i, one_m_b1, one_m_b2, b2, bias2_sqrt, eps, neg_step)
+    elif wd != 0:                           # Adam with L2: grad + wd * param
+        for i in range(n):
+            pi = p[i]
+            p[i] = _adam_element(pi, g[i] + pi * wd, m, v, i, one_m_b1, one_m_b2, b2, bias2_sqrt, eps, neg_step)
+    else:
+        for i in range(n):
+            p[i] = _adam_element(p[i], g[i], m, v, i, one_m_b1, one_m_b2, b2, bias2_sqrt, eps, neg_step)

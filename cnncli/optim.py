@@ -97,6 +97,21 @@ class Optimizer:
         np.add(p, out, out=p)
 
     def _adam(self, p, g, lr):
+        """One fused pass (kernels._k_adam); the same bits as _adam_numpy, which the tests compare."""
+        from . import kernels
+
+        beta1, beta2 = self.betas
+        wd = self.weight_decay
+        t = self.dtype.type
+        decay = 1.0 - lr * wd if (self.name == "adamw" and wd != 0.0) else 1.0
+        l2 = wd if self.name == "adam" else 0.0
+        step_size = lr / (1.0 - beta1 ** self.t)
+        bias2_sqrt = math.sqrt(1.0 - beta2 ** self.t)
+        kernels._k_adam(p, g, self.m, self.v, t(decay), t(l2), t(1.0 - beta1), t(1.0 - beta2), t(beta2),
+                        t(bias2_sqrt), t(self.eps), t(-step_size))
+
+    def _adam_numpy(self, p, g, lr):
+        """The reference: Adam/AdamW as NumPy passes over the flat buffers (what _adam must equal)."""
         s1, s2, m, v = self._s1, self._s2, self.m, self.v
         beta1, beta2 = self.betas
         wd = self.weight_decay

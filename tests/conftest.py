@@ -23,10 +23,11 @@ def _warm_numba_cache():
     """Numba compiles with cache=True, and several processes compiling the same cached *parallel*
     function at once can race on the cache files (numba issue 4807); the CLI tests start `cnn`
     subprocesses. So every kernel the network uses (float32 and float64, all BN variants, training
-    and inference) is compiled here first, in this process: the subprocesses then load the cache."""
+    and inference, and the fused Adam step) is compiled here first, in this process: the subprocesses then load the cache."""
     import numpy as np
 
     from cnncli.model import BATCHNORM, Network
+    from cnncli.optim import Optimizer
 
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
@@ -36,4 +37,5 @@ def _warm_numba_cache():
             net = Network(12, bn, dtype=dtype)
             net.train_step(x, y)
             net.predict_proba(x)
+        Optimizer("adam", net.params.flat.size, 1e-3, dtype=dtype).step(net.params.flat, net.grads.flat)
     yield

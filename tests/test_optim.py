@@ -294,3 +294,26 @@ def test_step_allocates_no_parameter_sized_arrays(name):
     finally:
         tracemalloc.stop()
     assert peak < 100_000, f"{name}: step allocated {peak} bytes"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,wd", [("adam", 0.0), ("adam", 0.01), ("adamw", 0.0), ("adamw", 0.05)])
+def test_fused_adam_is_bitwise_the_numpy_sequence(name, wd, dtype):
+    """The one-pass kernel (Optimizer._adam) equals the 14 NumPy passes (_adam_numpy) bit for bit,
+    over steps with changing lr, on values spanning many magnitudes (and zero gradients)."""
+    rng = np.random.default_rng(7)
+    size = 1001
+    p0 = (rng.standard_normal(size) * np.exp(rng.uniform(-8, 4, size))).astype(dtype)
+    a, b = Optimizer(name, size, 1e-3, weight_decay=wd, dtype=dtype), Optimizer(name, size, 1e-3, weight_decay=wd, dtype=dtype)
+    pa, pb = p0.copy(), p0.copy()
+    for k, lr in enumerate([1e-3, 3e-2, 1e-4, 1e-3, 0.5]):
+        g = (rng.standard_normal(size) * np.exp(rng.uniform(-10, 3, size))).astype(dtype)
+        g[:5] = 0
+        a.t += 1
+        b.t += 1
+        a._adam(pa, g, lr)
+        b._adam_numpy(pb, g, lr)
+        assert pa.dtype == dtype
+        assert np.array_equal(pa, pb), f"step {k}: params differ"
+        assert np.array_equal(a.m, b.m) and np.array_equal(a.v, b.v), f"step {k}: moments differ"
+    assert not np.array_equal(pa, p0)

@@ -943,7 +943,8 @@ def col2im(dcols, K, C, Hp, Wp, out=None):
 
 
 def pool_elu_forward(z, b, out=None, argmax=None):
-    """Fused maxpool2x2(ELU(z + b)): z (N,C,H,W), b (C,) -> (p (N,C,H/2,W/2), argmax int8)."""
+    """Fused maxpool2x2(ELU(z + b)): z (N,C,H,W), b (C,) -> (p (N,C,H/2,W/2), argmax int8);
+    an `out` given must be C-contiguous (the ELU runs over it as one flat run)."""
     N, C, H, W = check_array("z", z, (None, None, None, None), contiguous=False).shape
     check_array("b", b, (C,), z.dtype)
     if H % 2 or W % 2:

@@ -1,8 +1,10 @@
 """Optimizers on one flat parameter buffer, and learning-rate schedules as pure functions.
 
 Update rules follow torch.optim (SGD, momentum, Nesterov, Adam, AdamW) exactly; `step` works in
-place with preallocated scratch and allocates nothing. This module is not a general optimizer
-framework: no parameter groups, no closures, no lr state (the lr is passed to every step).
+place with preallocated scratch and allocates nothing. Adam/AdamW run as one fused numba pass
+(kernels._k_adam, imported on first use), bitwise equal to the NumPy sequence kept beside it.
+This module is not a general optimizer framework: no parameter groups, no closures, no lr state
+(the lr is passed to every step).
 """
 
 import math

@@ -556,9 +556,23 @@ def _k_bn_unit_backward(dy, xhat, gamma, invstd, dz, dgamma, dbeta):
 @njit(cache=True, parallel=True)
 def _k_bn_channel_forward(z, gamma, beta, eps, y, xhat, mean, var, invstd):
     # z (N,C,S) gamma (C,) beta (C,)  ->  y (N,C,S), xhat (N,C,S), mean (C,), var (C,), invstd (C,)
+    # sums over n go into one float64 accumulator per position i (a vector: no serial add chain),
+    # then over i; the order is fixed
     N, C, S = z.shape
+    M = N * S
     for c in prange(C):
-        m, v, inv = _bn_channel_stats(z, c, eps)
+        acc = np.zeros(S)                # (S,) float64
+        for n in range(N):
+            for i in range(S):
+                acc[i] += z[n, c, i]
+        m = acc.sum() / M
+        acc[:] = 0
+        for n in range(N):
+            for i in range(S):
+                t = z[n, c, i] - m
+                acc[i] += t * t
+        v = acc.sum() / M
+        inv = 1.0 / math.sqrt(v + eps)
         g = gamma[c]
         b = beta[c]
         for n in range(N):
@@ -569,41 +583,6 @@ def _k_bn_channel_forward(z, gamma, beta, eps, y, xhat, mean, var, invstd):
         mean[c] = m
         var[c] = v
         invstd[c] = inv
-
-
-@njit(inline="always")
-def _bn_channel_stats(z, c, eps):
-    # z (N,C,S), channel c   ->   (mean, biased variance, 1/sqrt(var + eps)) in float64.
-    # Sums over n go into one float64 accumulator per position i (a vector: no serial add chain),
-    # then over i; the order is fixed.
-    N, S = z.shape[0], z.shape[2]
-    M = N * S
-    acc = np.zeros(S)                    # (S,) float64
-    for n in range(N):
-        for i in range(S):
-            acc[i] += z[n, c, i]
-    m = acc.sum() / M
-    acc[:] = 0
-    for n in range(N):
-        for i in range(S):
-            t = z[n, c, i] - m
-            acc[i] += t * t
-    v = acc.sum() / M
-    return m, v, 1.0 / math.sqrt(v + eps)
-
-
-@njit(cache=True, parallel=True)
-def _k_bn_channel_stats(z, eps, mean, var, invstd, mean64, invstd64):
-    # z (N,C,S)   ->   mean, var, invstd (C,) in z's dtype, and mean64, invstd64 (C,) float64: the
-    # statistics of _k_bn_channel_forward alone (the training path normalizes inside its pooling
-    # kernel, _k_pool_bn_elu_forward, which needs them unrounded to give the same bits)
-    for c in prange(z.shape[1]):
-        m, v, inv = _bn_channel_stats(z, c, eps)
-        mean[c] = m
-        var[c] = v
-        invstd[c] = inv
-        mean64[c] = m
-        invstd64[c] = inv
 
 
 @njit(cache=True, parallel=True)
@@ -930,48 +909,6 @@ def _k_pool_elu_forward(z, b, pp, o, arg):
             else:
                 _pool_plane(z, b[c], pp, o, arg, n, c, Ho, Wo)
         _elu_rows(pp[n].reshape((1, C * Hq * Wq)))     # (a sliced run of each plane was 3x slower)
-
-
-@njit(inline="always")
-def _bn_point(z, xhat, n, c, y, x, m, inv, g, b):
-    # per-channel BN of z[n,c,y,x] as _k_bn_channel_forward computes it: writes xhat, returns y
-    xh = (z[n, c, y, x] - m) * inv
-    xhat[n, c, y, x] = xh
-    return z.dtype.type(g * xh + b)
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def _k_pool_bn_elu_forward(z, mean64, invstd64, gamma, beta, xhat, pp, o, arg):
-    # Per-channel BN, pooling and ELU in one pass over z (N,C,H,W) (conv output, bias included):
-    # xhat (N,C,H,W) and y = gamma*xhat + beta exactly as _k_bn_channel_forward (statistics from
-    # _k_bn_channel_stats: mean64, invstd64 (C,) float64), then pp and arg as
-    # _k_pool_elu_forward(y, 0, ...).
-    # y is never stored: it saves writing and reading one activation-sized array.
-    N, C, Ho, Wo = arg.shape
-    Hq, Wq = pp.shape[2], pp.shape[3]
-    zero = z.dtype.type(0)
-    for n in prange(N):
-        for c in range(C):
-            m, inv, g, b = mean64[c], invstd64[c], gamma[c], beta[c]
-            for i in range(Ho):
-                for j in range(Wo):
-                    best = _bn_point(z, xhat, n, c, 2 * i, 2 * j, m, inv, g, b)
-                    k = 0
-                    v = _bn_point(z, xhat, n, c, 2 * i, 2 * j + 1, m, inv, g, b)
-                    if v > best:
-                        best = v
-                        k = 1
-                    v = _bn_point(z, xhat, n, c, 2 * i + 1, 2 * j, m, inv, g, b)
-                    if v > best:
-                        best = v
-                        k = 2
-                    v = _bn_point(z, xhat, n, c, 2 * i + 1, 2 * j + 1, m, inv, g, b)
-                    if v > best:
-                        best = v
-                        k = 3
-                    pp[n, c, o + i, o + j] = best + zero
-                    arg[n, c, i, j] = k
-        _elu_rows(pp[n].reshape((1, C * Hq * Wq)))
 
 
 @njit(cache=True, parallel=True, nogil=True)

@@ -57,14 +57,13 @@ class _Workspace:
         self.n = n
         self.xp1 = z(n, 1, 36, 36)                   # padded input (border stays 0)
         self.z1 = e(n, 6, 32, 32)                    # conv1 output (bias added later, see _forward)
-        unit = batchnorm == "unit"                   # per-channel BN never stores y1/y2 (_bn_pool_elu)
-        self.y1 = e(n, 6, 32, 32) if unit else None  # bn1 output
+        self.y1 = e(n, 6, 32, 32) if bn else None    # bn1 output
         self.xp2 = z(n, 6, 20, 20)                   # ELU(pool1), written into a padded buffer
         self.p1 = self.xp2[:, :, 2:18, 2:18]         # (N,6,16,16) view
         self.arg1 = np.empty((n, 6, 16, 16), np.int8)
         self.conv2 = _ConvBuffers(n, 150, 256, 16, dtype)
         self.z2 = e(n, 16, 16, 16)
-        self.y2 = e(n, 16, 16, 16) if unit else None
+        self.y2 = e(n, 16, 16, 16) if bn else None
         self.p2 = e(n, 16, 8, 8)                     # ELU(pool2)
         self.flat = self.p2.reshape(n, 1024)         # view
         self.arg2 = np.empty((n, 16, 8, 8), np.int8)
@@ -74,15 +73,12 @@ class _Workspace:
         self.z4 = e(n, num_classes)
         self.probs = e(n, num_classes)
         self.zero6, self.zero16 = z(6), z(16)        # "no bias" for the fused pool+ELU after BN
-        # BN caches (xhat, mean, var, invstd) per layer; per-channel conv layers also keep their
-        # float64 (mean, invstd) for the fused normalize+pool kernel
-        self.bn, self.bn64 = {}, {}
+        # BN caches (xhat, mean, var, invstd) per layer
+        self.bn = {}
         if bn:
             for k, z_ in ((1, self.z1), (2, self.z2), (3, self.z3)):
                 stat = z_.shape[1:] if (batchnorm == "unit" or k == 3) else (z_.shape[1],)
                 self.bn[k] = (e(*z_.shape), e(*stat), e(*stat), e(*stat))
-                if batchnorm == "channel" and k < 3:
-                    self.bn64[k] = (np.empty(stat), np.empty(stat))
         # gradients of the activations
         self.dz4 = e(n, num_classes)
         self.da3 = e(n, FC1_UNITS)
@@ -117,34 +113,12 @@ def _bn_train(P, B, layer, z, y, cache, batchnorm, eps, momentum):
     else:
         K._k_bn_channel_forward(zv, g, b, eps, yv, xv, mean, var, invstd)
         count = zv.shape[0] * zv.shape[2]
-    _update_running(B, layer, mean, var, count, momentum)
-
-
-def _update_running(B, layer, mean, var, count, momentum):
-    """PyTorch's running statistics update from a batch's mean and biased variance (count values
-    per statistic); nothing when B is None."""
     if B is not None:
         rm, rv = B[f"bn{layer}.running_mean"], B[f"bn{layer}.running_var"]
         rm *= 1 - momentum
         rm += momentum * mean
         rv *= 1 - momentum
         rv += (momentum * count / (count - 1)) * var
-
-
-def _bn_pool_elu(P, B, layer, z, y, cache, stats64, batchnorm, eps, momentum, zero, pp, o, arg):
-    """A conv layer's BN (training mode), then pooling + ELU into pp (see K._k_pool_elu_forward).
-    Per-channel BN runs as its statistics kernel and one fused normalize+pool pass that never
-    stores y (y is None then; stats64 holds the unrounded float64 mean and 1/std it normalizes
-    with); per-unit BN as its own kernel, then the pooling."""
-    if batchnorm != "channel":
-        _bn_train(P, B, layer, z, y, cache, batchnorm, eps, momentum)
-        K._k_pool_elu_forward(y, zero, pp, o, arg)
-        return
-    xhat, mean, var, invstd = cache
-    m64, inv64 = stats64
-    K._k_bn_channel_stats(_bn_view(z, batchnorm, layer), eps, mean, var, invstd, m64, inv64)
-    _update_running(B, layer, mean, var, z.shape[0] * z.shape[2] * z.shape[3], momentum)
-    K._k_pool_bn_elu_forward(z, m64, inv64, P[f"bn{layer}.gamma"], P[f"bn{layer}.beta"], xhat, pp, o, arg)
 
 
 def _bn_backward(P, G, layer, dy, dz, cache, batchnorm):
@@ -274,16 +248,16 @@ def _forward(P, B, x, ws, batchnorm, eps, momentum):
     K._k_conv5_direct_forward(ws.xp1, P["conv1.w"], ws.z1)     # C = 1: direct beats im2col + GEMM
     if bn:
         K._k_add_bias(ws.z1.reshape(n, 6, -1), P["conv1.b"])
-        _bn_pool_elu(P, B, 1, ws.z1, ws.y1, ws.bn[1], ws.bn64.get(1), batchnorm, eps, momentum,
-                     ws.zero6, ws.xp2, 2, ws.arg1)
+        _bn_train(P, B, 1, ws.z1, ws.y1, ws.bn[1], batchnorm, eps, momentum)
+        K._k_pool_elu_forward(ws.y1, ws.zero6, ws.xp2, 2, ws.arg1)
     else:
         K._k_pool_elu_forward(ws.z1, P["conv1.b"], ws.xp2, 2, ws.arg1)
 
     _conv_forward(ws.xp2, P["conv2.w"], ws.z2, ws.conv2)
     if bn:
         K._k_add_bias(ws.z2.reshape(n, 16, -1), P["conv2.b"])
-        _bn_pool_elu(P, B, 2, ws.z2, ws.y2, ws.bn[2], ws.bn64.get(2), batchnorm, eps, momentum,
-                     ws.zero16, ws.p2, 0, ws.arg2)
+        _bn_train(P, B, 2, ws.z2, ws.y2, ws.bn[2], batchnorm, eps, momentum)
+        K._k_pool_elu_forward(ws.y2, ws.zero16, ws.p2, 0, ws.arg2)
     else:
         K._k_pool_elu_forward(ws.z2, P["conv2.b"], ws.p2, 0, ws.arg2)
 

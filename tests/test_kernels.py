@@ -297,28 +297,3 @@ def test_elu_exp_matches_libm_expm1(rng, dtype):
     special = K.elu_forward(np.array([-0.0, -np.inf, np.nan, -1e4, -41.0, -np.finfo(dtype).tiny], dtype))
     assert special[0] == 0 and special[1] == -1 and np.isnan(special[2])
     assert special[3] == -1 and special[4] == -1 and special[5] == -np.finfo(dtype).tiny
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("C,H,o", [(6, 32, 2), (16, 16, 0)])
-def test_fused_channel_bn_pool_is_bitwise_the_two_kernels(rng, dtype, C, H, o):
-    """The training path's per-channel BN + pooling + ELU in one pass (statistics kernel, then
-    _k_pool_bn_elu_forward, which never stores y) gives the bits of bn_channel_forward followed
-    by the pooling kernel: xhat, statistics, pooled ELU output (border left 0) and argmax."""
-    N = 5
-    z = (3 * rng.standard_normal((N, C, H, H)) + 1).astype(dtype)
-    g, b = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
-    y, xhat, mean, var, invstd = K.bn_channel_forward(z.reshape(N, C, -1), g, b, 1e-5)
-    p, arg = K.pool_elu_forward(y.reshape(z.shape), np.zeros(C, dtype))
-    stats = [np.empty(C, dtype) for _ in range(3)]
-    m64, inv64 = np.empty(C), np.empty(C)
-    K._k_bn_channel_stats(z.reshape(N, C, -1), 1e-5, *stats, m64, inv64)
-    for got, want in zip(stats, (mean, var, invstd)):
-        assert np.array_equal(got, want)
-    xhat2, arg2 = np.empty_like(z), np.empty_like(arg)
-    pp = np.zeros((N, C, H // 2 + 2 * o, H // 2 + 2 * o), dtype)
-    K._k_pool_bn_elu_forward(z, m64, inv64, g, b, xhat2, pp, o, arg2)
-    assert np.array_equal(xhat2.reshape(N, C, -1), xhat)
-    assert np.array_equal(pp[:, :, o:o + H // 2, o:o + H // 2], p) and np.array_equal(arg2, arg)
-    if o:
-        assert not pp[:, :, :o].any() and not pp[:, :, :, :o].any()

@@ -195,13 +195,26 @@ def _k_conv2d_backward_dx(dz, w, dxp):
                                 dxp[n, c, y + ky, x + kx] += wv * dz[n, f, y, x]
 
 
+@njit(inline="always")
+def _dw_row(dz, xp, acc, accb, n, f, y, W):
+    # output row y of image n, filter f, added into the per-column partial sums of
+    # _k_conv2d_backward_dw: accb (W,) += dz row; acc (C,K,K,W) += dz row * shifted input rows
+    for x in range(W):
+        accb[x] += dz[n, f, y, x]
+    for c in range(acc.shape[0]):
+        for ky in range(acc.shape[1]):
+            for kx in range(acc.shape[2]):
+                for x in range(W):
+                    acc[c, ky, kx, x] += dz[n, f, y, x] * xp[n, c, y + ky, x + kx]
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def _k_conv2d_backward_dw(dz, xp, dw, db):
     # dz (N,F,H,W)   xp (N,C,Hp,Wp)   ->   dw (F,C,K,K), db (F,)
     # dw[f,c,ky,kx] = sum_{n,y,x} dz[n,f,y,x] * xp[n,c,y+ky,x+kx];  db[f] = sum_{n,y,x} dz[n,f,y,x]
     # partial sums are kept per output column x (a vector the compiler can use), then summed.
-    # W == 32 (the training path's conv1) runs the same loops with a constant row length, which
-    # LLVM turns into straight vector code (1.18 vs 1.78 ms for 64 images; the same bits).
+    # W == 32 (the training path's conv1) runs _dw_row with a constant row length, which LLVM
+    # turns into straight vector code (1.18 vs 1.78 ms for 64 images; the same bits).
     N, F, H, W = dz.shape
     C = xp.shape[1]
     K = dw.shape[2]
@@ -211,21 +224,9 @@ def _k_conv2d_backward_dw(dz, xp, dw, db):
         for n in range(N):
             for y in range(H):
                 if W == 32:
-                    for x in range(32):
-                        accb[x] += dz[n, f, y, x]
-                    for c in range(C):
-                        for ky in range(K):
-                            for kx in range(K):
-                                for x in range(32):
-                                    acc[c, ky, kx, x] += dz[n, f, y, x] * xp[n, c, y + ky, x + kx]
-                    continue
-                for x in range(W):
-                    accb[x] += dz[n, f, y, x]
-                for c in range(C):
-                    for ky in range(K):
-                        for kx in range(K):
-                            for x in range(W):
-                                acc[c, ky, kx, x] += dz[n, f, y, x] * xp[n, c, y + ky, x + kx]
+                    _dw_row(dz, xp, acc, accb, n, f, y, 32)
+                else:
+                    _dw_row(dz, xp, acc, accb, n, f, y, W)
         for c in range(C):
             for ky in range(K):
                 for kx in range(K):
@@ -439,23 +440,27 @@ def _expm1_neg_numba(v):
 
 
 @njit(inline="always")
+def _elu(v):
+    # ELU of one value. exp is computed for every value and the sign picks (a select, not a
+    # branch), so loops over it vectorize: 1.95 ns a value instead of 2.87 with the call inside
+    # the `else`.
+    e = _expm1_neg(v)
+    return v if v >= 0 else e
+
+
+@njit(inline="always")
 def _elu_rows(a):
-    # a (R,L) in place: ELU of every value. exp is computed for every value and the sign picks
-    # (a select, not a branch): 1.95 ns a value instead of 2.87 with the call inside the `else`.
+    # a (R,L) in place: ELU of every value
     for r in range(a.shape[0]):
         for i in range(a.shape[1]):
-            v = a[r, i]
-            e = _expm1_neg(v)
-            a[r, i] = v if v >= 0 else e
+            a[r, i] = _elu(a[r, i])
 
 
 @njit(cache=True, parallel=True, nogil=True)
 def _k_elu_forward(z, a):
     # z (D,) flat   ->   a (D,)
     for i in prange(z.shape[0]):
-        v = z[i]
-        e = _expm1_neg(v)                  # for every value, then a select (see _elu_rows)
-        a[i] = v if v >= 0 else e
+        a[i] = _elu(z[i])
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -810,11 +815,27 @@ def sigmoid(z, out=None):
 # The GEMMs run in BLAS (numpy.matmul); im2col/col2im are Numba loops, parallel over images, that
 # release the GIL: model.py also runs them from its worker threads (one numba thread each).
 
+@njit(inline="always")
+def _im2col_row(xp, cols, n, c, ky, kx, r, H, W):
+    # column row r = (c, ky, kx) of image n: cols[n, r, y*W + x] = xp[n, c, y+ky, x+kx]
+    for y in range(H):
+        for x in range(W):
+            cols[n, r, y * W + x] = xp[n, c, y + ky, x + kx]
+
+
+@njit(inline="always")
+def _col2im_row(dcols, dxp, n, c, ky, kx, r, H, W):
+    # the adjoint of _im2col_row: dxp[n, c, y+ky, x+kx] += dcols[n, r, y*W + x]
+    for y in range(H):
+        for x in range(W):
+            dxp[n, c, y + ky, x + kx] += dcols[n, r, y * W + x]
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def _k_im2col(xp, K, cols):
     # xp (N,C,Hp,Wp) padded input   ->   cols (N, C*K*K, H*W), row r = (c*K + ky)*K + kx
-    # W == 16 (conv2) has its own copy of the loop with a constant row length: LLVM then moves
-    # each 16-value run with vector loads/stores instead of a memcpy call (41 vs 68 us for 8 images)
+    # W == 16 (conv2) runs _im2col_row with a constant row length: LLVM then moves each
+    # 16-value run with vector loads/stores instead of a memcpy call (41 vs 68 us for 8 images)
     N, C, Hp, Wp = xp.shape
     H = Hp - K + 1
     W = Wp - K + 1
@@ -824,13 +845,9 @@ def _k_im2col(xp, K, cols):
                 for kx in range(K):
                     r = (c * K + ky) * K + kx
                     if W == 16:
-                        for y in range(H):
-                            for x in range(16):
-                                cols[n, r, y * 16 + x] = xp[n, c, y + ky, x + kx]
+                        _im2col_row(xp, cols, n, c, ky, kx, r, H, 16)
                     else:
-                        for y in range(H):
-                            for x in range(W):
-                                cols[n, r, y * W + x] = xp[n, c, y + ky, x + kx]
+                        _im2col_row(xp, cols, n, c, ky, kx, r, H, W)
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -848,13 +865,9 @@ def _k_col2im(dcols, K, dxp):
                 for kx in range(K):
                     r = (c * K + ky) * K + kx
                     if W == 16:                  # constant row length, as in _k_im2col (44 vs 69 us)
-                        for y in range(H):
-                            for x in range(16):
-                                dxp[n, c, y + ky, x + kx] += dcols[n, r, y * 16 + x]
+                        _col2im_row(dcols, dxp, n, c, ky, kx, r, H, 16)
                     else:
-                        for y in range(H):
-                            for x in range(W):
-                                dxp[n, c, y + ky, x + kx] += dcols[n, r, y * W + x]
+                        _col2im_row(dcols, dxp, n, c, ky, kx, r, H, W)
 
 
 @njit(cache=True, parallel=True)
@@ -1080,9 +1093,7 @@ def _k_bn_fold(gamma, beta, running_mean, running_var, eps, scale, shift):
 def _infer_head_row(z3, n, b3, sc3, sh3, w4, b4, a, probs):
     # z3 (N,65) fc1 output without bias, row n   ->   probs[n] (C,) = sigmoid(fc2(ELU(bn3(z3[n] + b3))))
     for d in range(a.shape[0]):
-        v = (z3[n, d] + b3[d]) * sc3[d] + sh3[d]
-        e = _expm1_neg(v)
-        a[d] = v if v >= 0 else e
+        a[d] = _elu((z3[n, d] + b3[d]) * sc3[d] + sh3[d])
     for c in range(w4.shape[0]):
         v = b4[c]
         for d in range(a.shape[0]):

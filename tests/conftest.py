@@ -23,7 +23,8 @@ def _warm_numba_cache():
     """Numba compiles with cache=True, and several processes compiling the same cached *parallel*
     function at once can race on the cache files (numba issue 4807); the CLI tests start `cnn`
     subprocesses. So every kernel the network uses (float32 and float64, all BN variants, training
-    and inference, and the fused Adam step) is compiled here first, in this process: the subprocesses then load the cache."""
+    and inference, and the fused Adam step) is compiled here first, in this process: the
+    subprocesses then load the cache."""
     import numpy as np
 
     from cnncli.model import BATCHNORM, Network

@@ -304,7 +304,7 @@ def test_fused_adam_is_bitwise_the_numpy_sequence(name, wd, dtype):
     rng = np.random.default_rng(7)
     size = 1001
     p0 = (rng.standard_normal(size) * np.exp(rng.uniform(-8, 4, size))).astype(dtype)
-    a, b = Optimizer(name, size, 1e-3, weight_decay=wd, dtype=dtype), Optimizer(name, size, 1e-3, weight_decay=wd, dtype=dtype)
+    a, b = (Optimizer(name, size, 1e-3, weight_decay=wd, dtype=dtype) for _ in range(2))
     pa, pb = p0.copy(), p0.copy()
     for k, lr in enumerate([1e-3, 3e-2, 1e-4, 1e-3, 0.5]):
         g = (rng.standard_normal(size) * np.exp(rng.uniform(-10, 3, size))).astype(dtype)

@@ -20,11 +20,13 @@ import numpy as np
 def outputs() -> dict:
     """float32 outputs that go through every training and inference kernel of the network."""
     from cnncli import model as M
+    from cnncli.optim import Optimizer
 
     out = {}
     rng = np.random.default_rng(5)
     for bn in ("none", "unit", "channel"):
         net = M.Network(12, bn, dtype=np.float32, seed=3)
+        opt = Optimizer("adamw", net.params.flat.size, 0.05, weight_decay=0.01)
         for n in (5, 24):                      # one pass (< 16 images) and two halves
             x = rng.standard_normal((n, 1, 32, 32)).astype(np.float32)
             y = rng.integers(0, 12, n)
@@ -33,6 +35,8 @@ def outputs() -> dict:
             out[f"{bn}/{n}/probs"] = probs
             out[f"{bn}/{n}/grads"] = net.grads.flat.copy()
             net.params.flat -= 0.05 * net.grads.flat      # so the inference below sees trained weights
+            opt.step(net.params.flat, net.grads.flat)      # and the fused Adam kernel runs too
+            out[f"{bn}/{n}/params"] = net.params.flat.copy()
         out[f"{bn}/buffers"] = net.buffers.flat.copy()
         for n in (1, 8, 40):                   # the serial kernel (<= 8 images) and the parallel one
             x = rng.standard_normal((n, 1, 32, 32)).astype(np.float32)

@@ -44,7 +44,7 @@ PREDICT_CHUNK = 256          # predict_proba works through big inputs in chunks 
 # workspaces: every intermediate array of one forward/backward pass for a given batch size
 # ------------------------------------------------------------------------------------------------
 
-CHUNK = 8      # images per im2col/GEMM chunk: columns of a chunk stay in L2 (measured best of 2..32)
+CHUNK = 8      # images per conv2 chunk (the unit of work of a worker thread; see _conv_backward)
 
 
 class _Workspace:
@@ -61,7 +61,7 @@ class _Workspace:
         self.xp2 = z(n, 6, 20, 20)                   # ELU(pool1), written into a padded buffer
         self.p1 = self.xp2[:, :, 2:18, 2:18]         # (N,6,16,16) view
         self.arg1 = np.empty((n, 6, 16, 16), np.int8)
-        self.conv2 = _ConvBuffers(n, 150, 256, 16, dtype)
+        self.conv2 = _ConvBuffers(n, 16, 6, dtype)
         self.z2 = e(n, 16, 16, 16)
         self.y2 = e(n, 16, 16, 16) if bn else None
         self.p2 = e(n, 16, 8, 8)                     # ELU(pool2)
@@ -88,8 +88,7 @@ class _Workspace:
         self.dp2 = self.dflat.reshape(n, 16, 8, 8)
         self.dy2 = e(n, 16, 16, 16) if bn else None
         self.dz2 = e(n, 16, 16, 16)
-        self.dxp2 = e(n, 6, 20, 20)
-        self.dp1 = self.dxp2[:, :, 2:18, 2:18]
+        self.dp1 = e(n, 6, 16, 16)
         self.dy1 = e(n, 6, 32, 32) if bn else None
         self.dz1 = e(n, 6, 32, 32)
 
@@ -137,7 +136,7 @@ _POOL = [None, 0]      # [ThreadPoolExecutor, its size]
 
 
 def _workers():
-    """Worker threads for the conv GEMM chunks: as many as numba threads (numba.set_num_threads)."""
+    """Worker threads for the conv2 chunks: as many as numba threads (numba.set_num_threads)."""
     import numba
 
     t = numba.get_num_threads()
@@ -177,63 +176,50 @@ def _chunk(n):
 
 
 class _ConvBuffers:
-    """Per-worker im2col buffers for conv2 (the GEMM convolution) and one batch size."""
+    """conv2's scratch for one batch size: each chunk's weight gradient (summed in chunk order
+    afterwards) and, per worker, a zero-bordered copy of a chunk's dz (the input gradient's input)."""
 
-    def __init__(self, n, rows, cols, f, dtype):
+    def __init__(self, n, f, c, dtype):
         self.ch = _chunk(n)
         self.nchunks = -(-n // self.ch)
-        self.rows, self.cols_, self.f, self.dtype = rows, cols, f, dtype
+        self.f, self.dtype = f, dtype
+        self.parts = np.empty((self.nchunks, f, c, 5, 5), dtype)     # (chunks, F,C,K,K) dw per chunk
         self.per_worker = []
-        self.parts = np.empty((self.nchunks, f, rows), dtype)     # (chunks, F, C*K*K) dw per chunk
 
     def get(self, w):
-        """Worker w's scratch: (cols, dcols (ch, C*K*K, H*W), dw per image (ch, F, C*K*K))."""
+        """Worker w's dzp (ch, F, 20, 20): dz of a chunk padded by 2; its border stays 0."""
         while len(self.per_worker) <= w:
-            e = lambda *s: np.empty(s, dtype=self.dtype)     # noqa: E731
-            self.per_worker.append((e(self.ch, self.rows, self.cols_), e(self.ch, self.rows, self.cols_),
-                                    e(self.ch, self.f, self.rows)))
+            self.per_worker.append(np.zeros((self.ch, self.f, 20, 20), self.dtype))
         return self.per_worker[w]
 
 
 def _conv_forward(xp, w, z, bufs):
-    """z (N,F,H,W) = conv(xp, w) WITHOUT bias, as im2col + GEMM per chunk of images."""
-    n, f = z.shape[0], z.shape[1]
-    ch = bufs.ch
-    wmat = w.reshape(f, -1)                      # (F, C*K*K)
-    z3 = z.reshape(n, f, -1)                     # (N, F, H*W)
+    """z (N,F,16,16) = conv(xp, w) WITHOUT bias (xp (N,C,20,20) zero-padded), per chunk of images."""
+    n, ch = z.shape[0], bufs.ch
 
     def job(worker, stride):
-        cols = bufs.get(worker)[0]
         for c in range(worker, bufs.nchunks, stride):
             s = c * ch
-            m = min(ch, n - s)
-            K._k_im2col(xp[s:s + m], 5, cols[:m])
-            np.matmul(wmat, cols[:m], out=z3[s:s + m])
+            K._k_conv16_forward(xp[s:s + ch], w, z[s:s + ch])
     _run(job, bufs.nchunks)
 
 
-def _conv_backward(dz, xp, w, dw, db, bufs, dxp):
-    """dw, db (overwritten) and, when dxp is given, the padded input gradient. Each chunk's weight
-    gradient goes to its own slot; the slots are summed in chunk order (bitwise reproducible)."""
-    n, f = dz.shape[0], dz.shape[1]
-    ch = bufs.ch
-    wmat = w.reshape(f, -1)                      # (F, C*K*K)
-    dz3 = dz.reshape(n, f, -1)                   # (N, F, H*W)
+def _conv_backward(dz, xp, w, dw, db, bufs, dx):
+    """dw, db (overwritten) and, when dx (N,C,16,16) is given, the input gradient. Each chunk's
+    weight gradient goes to its own slot; the slots are summed in chunk order (bitwise reproducible)."""
+    n, ch = dz.shape[0], bufs.ch
 
     def job(worker, stride):
-        cols, dcols, dwn = bufs.get(worker)
+        dzp = bufs.get(worker)
         for c in range(worker, bufs.nchunks, stride):
             s = c * ch
             m = min(ch, n - s)
-            K._k_im2col(xp[s:s + m], 5, cols[:m])
-            np.matmul(dz3[s:s + m], cols[:m].transpose(0, 2, 1), out=dwn[:m])
-            np.sum(dwn[:m], axis=0, out=bufs.parts[c])
-            if dxp is not None:
-                np.matmul(wmat.T, dz3[s:s + m], out=dcols[:m])
-                K._k_col2im(dcols[:m], 5, dxp[s:s + m])
+            K._k_conv16_backward_dw(dz[s:s + m], xp[s:s + m], bufs.parts[c])
+            if dx is not None:
+                K._k_conv16_backward_dx(dz[s:s + m], w, dzp[:m], dx[s:s + m])
     _run(job, bufs.nchunks)
-    np.sum(bufs.parts, axis=0, out=dw.reshape(f, -1))
-    np.sum(dz3, axis=(0, 2), out=db)
+    np.sum(bufs.parts, axis=0, out=dw)
+    np.sum(dz.reshape(n, dz.shape[1], -1), axis=(0, 2), out=db)
 
 
 def _forward(P, B, x, ws, batchnorm, eps, momentum):
@@ -295,7 +281,7 @@ def _backward(P, G, ws, batchnorm):
         _bn_backward(P, G, 2, ws.dy2, ws.dz2, ws.bn[2], batchnorm)
     else:
         K._k_pool_elu_backward(ws.dp2, ws.p2, ws.arg2, ws.dz2)
-    _conv_backward(ws.dz2, ws.xp2, P["conv2.w"], G["conv2.w"], G["conv2.b"], ws.conv2, ws.dxp2)
+    _conv_backward(ws.dz2, ws.xp2, P["conv2.w"], G["conv2.w"], G["conv2.b"], ws.conv2, ws.dp1)
     # (pool1, ELU), [bn1], conv1 (input layer: no dx; C = 1, the direct kernel beats the GEMM)
     if bn:
         K._k_pool_elu_backward(ws.dp1, ws.p1, ws.arg1, ws.dy1)

@@ -195,29 +195,39 @@ def test_conv_backward_is_bitwise_reproducible(rng):
 # ---- fast-path kernels used by model.Network ------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("C,F,H", [(1, 6, 32), (6, 16, 16)])
-def test_im2col_gemm_convolution_matches_reference(rng, dtype, C, F, H):
-    N = 3
-    x = rng.standard_normal((N, C, H, H)).astype(dtype)
-    w = rng.standard_normal((F, C, 5, 5)).astype(dtype)
+@pytest.mark.parametrize("N,F", [(1, 16), (3, 16), (2, 4)])
+def test_conv16_kernels_match_reference(rng, dtype, N, F):
+    # conv2's 16-lane direct kernels (forward, input and weight gradients) against the plain
+    # NumPy convolution; F = 4 covers a single tile of maps in the forward kernel
+    x = rng.standard_normal((N, 6, 16, 16)).astype(dtype)
+    w = rng.standard_normal((F, 6, 5, 5)).astype(dtype)
     xp = K.pad2d(x, 2)
-    cols = K.im2col(xp, 5)
-    assert cols.shape == (N, C * 25, H * H)
-    z = np.matmul(w.reshape(F, -1), cols).reshape(N, F, H, H)
-    ref = R.conv2d_forward(x.astype(np.float64), w.astype(np.float64), np.zeros(F), 2)
-    assert rel(z, ref) < TOL[dtype] * 10
-    # col2im is the adjoint of im2col: <im2col(x), d> == <x, col2im(d)>
-    d = rng.standard_normal(cols.shape).astype(dtype)
-    back = K.col2im(d, 5, C, H + 4, H + 4)
-    lhs = np.sum(cols.astype(np.float64) * d)
-    rhs = np.sum(xp.astype(np.float64) * back)
-    assert abs(lhs - rhs) <= 1e-10 * abs(lhs) if dtype == np.float64 else abs(lhs - rhs) <= 1e-4 * abs(lhs)
-    # and gives the reference input gradient
-    dz = rng.standard_normal((N, F, H * H)).astype(dtype)
-    dxp = K.col2im(np.matmul(w.reshape(F, -1).T, dz), 5, C, H + 4, H + 4)
-    rdx = R.conv2d_backward(dz.reshape(N, F, H, H).astype(np.float64), x.astype(np.float64),
-                            w.astype(np.float64), 2)[0]
-    assert rel(dxp[:, :, 2:-2, 2:-2], rdx) < TOL[dtype] * 10
+    z = K.conv16_forward(xp, w)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    assert z.dtype == dtype and rel(z, R.conv2d_forward(x64, w64, np.zeros(F), 2)) < TOL[dtype]
+    dz = rng.standard_normal(z.shape).astype(dtype)
+    dx, dw = K.conv16_backward(dz, xp, w)
+    rdx, rdw, _ = R.conv2d_backward(dz.astype(np.float64), x64, w64, 2)
+    assert dx.dtype == dw.dtype == dtype
+    assert rel(dx, rdx) < TOL[dtype] and rel(dw, rdw) < TOL[dtype]
+    # every lane and every tile position matters: one changed input value moves the outputs
+    # it touches and no other
+    xp2 = xp.copy()
+    xp2[N - 1, 5, 2 + 15, 2 + 0] += 1
+    moved = K.conv16_forward(xp2, w) != z
+    assert moved[N - 1, :, 13:, :3].all() and moved.sum() == F * 3 * 3
+
+
+def test_conv16_checks_shapes():
+    xp = np.zeros((2, 6, 20, 20), np.float32)
+    with pytest.raises(ValueError, match="w"):
+        K.conv16_forward(xp, np.zeros((6, 6, 5, 5), np.float32))        # 6 maps: not a multiple of 4
+    with pytest.raises(ValueError, match="xp"):
+        K.conv16_forward(np.zeros((2, 6, 18, 18), np.float32), np.zeros((16, 6, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="w"):
+        K.conv16_forward(xp, np.zeros((16, 6, 5, 5), np.float64))       # dtype mismatch
+    with pytest.raises(ValueError, match="dz"):
+        K.conv16_backward(np.zeros((2, 16, 16, 15), np.float32), xp, np.zeros((16, 6, 5, 5), np.float32))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -1,0 +1,128 @@
+"""16-lane float vectors for numba kernels: a numba type whose LLVM value is <16 x float> (or
+<16 x double>), and the few intrinsics the direct convolutions in kernels.py need (load, store,
+splat, fused multiply-add, lane sum). A kernel keeps a tile of such vectors as loop variables, and
+LLVM keeps them in registers: the register-blocked inner loops numba's vectorizers do not find.
+Not a SIMD library: no masks, no bounds checks (the kernels' wrappers check the shapes).
+
+`vfma` is llvm.fma: one rounding, the same bits on every CPU (with or without FMA hardware), so
+results stay bitwise reproducible; this is explicit arithmetic, not `fastmath` contraction (which
+would let LLVM choose). `vhsum` adds the lanes left to right, a fixed order.
+Numba's cache does not see edits to this file: after changing it, clear the kernels' cache.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+LANES = 16                     # conv2's maps are 16 wide: one output row is one vector
+
+
+class Vec(types.Type):
+    """LANES values of one float dtype (float32 or float64)."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        super().__init__(name=f"Vec{LANES}({dtype})")
+
+
+@register_model(Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(dmm.lookup(fe_type.dtype).get_value_type(), LANES))
+
+
+def _vec_ptr(context, builder, arrty, arr, idxty, idx, vecty):
+    # address of element `idx` of a C-contiguous array, counted over its flat data
+    data = context.make_array(arrty)(context, builder, arr).data
+    i = context.cast(builder, idx, idxty, types.intp)
+    return builder.bitcast(builder.gep(data, [i]), vecty.as_pointer())
+
+
+def _check_float_array(arr):
+    if not (isinstance(arr, types.Array) and arr.dtype in (types.float32, types.float64)
+            and arr.layout == "C"):
+        raise TypeError(f"simd: need a C-contiguous float32/float64 array, got {arr}")
+
+
+@intrinsic
+def vload(typingctx, arr, idx):
+    """arr[flat idx : flat idx + LANES] as one vector (any alignment)."""
+    _check_float_array(arr)
+    vt = Vec(arr.dtype)
+
+    def codegen(context, builder, sig, args):
+        p = _vec_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1], context.get_value_type(vt))
+        return builder.load(p, align=arr.dtype.bitwidth // 8)
+    return vt(arr, idx), codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, idx, v):
+    """arr[flat idx : flat idx + LANES] = v."""
+    _check_float_array(arr)
+    if not (isinstance(v, Vec) and v.dtype == arr.dtype):
+        raise TypeError(f"simd.vstore: {v} does not match {arr}")
+
+    def codegen(context, builder, sig, args):
+        p = _vec_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1], context.get_value_type(v))
+        builder.store(args[2], p, align=arr.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+    return types.none(arr, idx, v), codegen
+
+
+@intrinsic
+def vsplat(typingctx, x):
+    """A vector with x in every lane (x: a float32 or float64 scalar, e.g. one weight)."""
+    if x not in (types.float32, types.float64):
+        raise TypeError(f"simd.vsplat: need a float32/float64 scalar, got {x}")
+    vt = Vec(x)
+
+    def codegen(context, builder, sig, args):
+        vecty = context.get_value_type(vt)
+        undef = ir.Constant(vecty, ir.Undefined)
+        v = builder.insert_element(undef, args[0], ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+    return vt(x), codegen
+
+
+@intrinsic
+def vzero(typingctx, like):
+    """A zero vector of the dtype of the array `like`."""
+    _check_float_array(like)
+    vt = Vec(like.dtype)
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(context.get_value_type(vt), None)
+    return vt(like), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """a * b + c in every lane, rounded once (llvm.fma)."""
+    if not (isinstance(a, Vec) and a == b == c):
+        raise TypeError(f"simd.vfma: need three vectors of one dtype, got {a}, {b}, {c}")
+
+    def codegen(context, builder, sig, args):
+        vecty = args[0].type
+        name = f"llvm.fma.v{LANES}f{'32' if a.dtype == types.float32 else '64'}"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vecty, [vecty] * 3), name)
+        return builder.call(fn, list(args))
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def vhsum(typingctx, v):
+    """The sum of the lanes, added left to right: ((v0 + v1) + v2) + ... + v15."""
+    if not isinstance(v, Vec):
+        raise TypeError(f"simd.vhsum: need a vector, got {v}")
+
+    def codegen(context, builder, sig, args):
+        lane = lambda i: builder.extract_element(args[0], ir.Constant(ir.IntType(32), i))  # noqa: E731
+        acc = lane(0)
+        for i in range(1, LANES):
+            acc = builder.fadd(acc, lane(i))
+        return acc
+    return v.dtype(v), codegen

@@ -231,7 +231,7 @@ def _forward(P, B, x, ws, batchnorm, eps, momentum):
     bn = batchnorm != "none"
     n = x.shape[0]
     ws.xp1[:, :, 2:34, 2:34] = x
-    K._k_conv5_direct_forward(ws.xp1, P["conv1.w"], ws.z1)     # C = 1: direct beats im2col + GEMM
+    K._k_conv32_forward(ws.xp1, P["conv1.w"], ws.z1)
     if bn:
         K._k_add_bias(ws.z1.reshape(n, 6, -1), P["conv1.b"])
         _bn_train(P, B, 1, ws.z1, ws.y1, ws.bn[1], batchnorm, eps, momentum)
@@ -282,13 +282,13 @@ def _backward(P, G, ws, batchnorm):
     else:
         K._k_pool_elu_backward(ws.dp2, ws.p2, ws.arg2, ws.dz2)
     _conv_backward(ws.dz2, ws.xp2, P["conv2.w"], G["conv2.w"], G["conv2.b"], ws.conv2, ws.dp1)
-    # (pool1, ELU), [bn1], conv1 (input layer: no dx; C = 1, the direct kernel beats the GEMM)
+    # (pool1, ELU), [bn1], conv1 (input layer: no dx)
     if bn:
         K._k_pool_elu_backward(ws.dp1, ws.p1, ws.arg1, ws.dy1)
         _bn_backward(P, G, 1, ws.dy1, ws.dz1, ws.bn[1], batchnorm)
     else:
         K._k_pool_elu_backward(ws.dp1, ws.p1, ws.arg1, ws.dz1)
-    K._k_conv2d_backward_dw(ws.dz1, ws.xp1, G["conv1.w"], G["conv1.b"])
+    K._k_conv32_backward_dw(ws.dz1, ws.xp1, G["conv1.w"], G["conv1.b"])
 
 
 def _check_input(x, dtype, name="x"):

@@ -1,7 +1,8 @@
 """16-lane float vectors for numba kernels: a numba type whose LLVM value is <16 x float> (or
 <16 x double>), and the few intrinsics the direct convolutions in kernels.py need (load, store,
-splat, fused multiply-add, lane sum). A kernel keeps a tile of such vectors as loop variables, and
-LLVM keeps them in registers: the register-blocked inner loops numba's vectorizers do not find.
+splat, add, fused multiply-add, lane sum). A kernel keeps a tile of such vectors as loop
+variables, and LLVM keeps them in registers: the register-blocked inner loops numba's
+vectorizers do not find.
 Not a SIMD library: no masks, no bounds checks (the kernels' wrappers check the shapes).
 
 `vfma` is llvm.fma: one rounding, the same bits on every CPU (with or without FMA hardware), so
@@ -111,6 +112,17 @@ def vfma(typingctx, a, b, c):
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vecty, [vecty] * 3), name)
         return builder.call(fn, list(args))
     return a(a, b, c), codegen
+
+
+@intrinsic
+def vadd(typingctx, a, b):
+    """a + b in every lane."""
+    if not (isinstance(a, Vec) and a == b):
+        raise TypeError(f"simd.vadd: need two vectors of one dtype, got {a}, {b}")
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+    return a(a, b), codegen
 
 
 @intrinsic

@@ -254,14 +254,27 @@ def test_blas_single_thread_restores_the_thread_count():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("C,F,H", [(1, 6, 32), (6, 16, 16), (2, 3, 4)])
-def test_direct_wide_conv_matches_reference(rng, dtype, C, F, H):
-    x = rng.standard_normal((3, C, H, H + 2)).astype(dtype)
-    w = rng.standard_normal((F, C, 5, 5)).astype(dtype)
-    z = np.full((3, F, H, H + 2), np.nan, dtype)
-    K._k_conv5_direct_forward(K.pad2d(x, 2), w, z)
-    ref = R.conv2d_forward(x.astype(np.float64), w.astype(np.float64), np.zeros(F), 2)
-    assert rel(z, ref) < TOL[dtype]
+@pytest.mark.parametrize("N,C,F", [(3, 1, 6), (1, 1, 3), (2, 2, 6)])
+def test_conv32_kernels_match_reference(rng, dtype, N, C, F):
+    # conv1's 16-lane kernels: the forward (6 maps, any C) and the weight/bias gradient (C = 1)
+    x = rng.standard_normal((N, C, 32, 32)).astype(dtype)
+    xp = K.pad2d(x, 2)
+    x64 = x.astype(np.float64)
+    if F == 6:
+        w = rng.standard_normal((6, C, 5, 5)).astype(dtype)
+        z = K.conv32_forward(xp, w)
+        assert z.dtype == dtype and rel(z, R.conv2d_forward(x64, w.astype(np.float64), np.zeros(6), 2)) < TOL[dtype]
+    if C == 1:
+        w = rng.standard_normal((F, 1, 5, 5)).astype(dtype)
+        dz = rng.standard_normal((N, F, 32, 32)).astype(dtype)
+        dw, db = K.conv32_backward_dw(dz, xp)
+        _, rdw, rdb = R.conv2d_backward(dz.astype(np.float64), x64, w.astype(np.float64), 2)
+        assert dw.dtype == db.dtype == dtype
+        assert rel(dw, rdw) < TOL[dtype] and rel(db, rdb) < TOL[dtype]
+    with pytest.raises(ValueError, match="w"):
+        K.conv32_forward(xp, np.zeros((4, C, 5, 5), dtype))               # the kernel computes 6 maps
+    with pytest.raises(ValueError, match="xp"):
+        K.conv32_backward_dw(np.zeros((N, F, 32, 32), dtype), K.pad2d(np.zeros((N, 2, 32, 32), dtype), 2))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -183,13 +183,16 @@ class _ConvBuffers:
         self.ch = _chunk(n)
         self.nchunks = -(-n // self.ch)
         self.f, self.dtype = f, dtype
-        self.parts = np.empty((self.nchunks, f, c, 5, 5), dtype)     # (chunks, F,C,K,K) dw per chunk
+        self.parts = np.empty((self.nchunks, c, 5, 5, f), dtype)     # (chunks, C,K,K,F) dw per chunk
+        self.dwt = np.empty((c, 5, 5, f), dtype)                     # (C,K,K,F) their sum
         self.per_worker = []
 
     def get(self, w):
-        """Worker w's dzp (ch, F, 20, 20): dz of a chunk padded by 2; its border stays 0."""
+        """Worker w's scratch: dzp (ch, F, 20, 20), dz of a chunk padded by 2 (its border stays
+        0), and dzt (ch, 256, F), dz of a chunk with the map index last."""
         while len(self.per_worker) <= w:
-            self.per_worker.append(np.zeros((self.ch, self.f, 20, 20), self.dtype))
+            self.per_worker.append((np.zeros((self.ch, self.f, 20, 20), self.dtype),
+                                    np.empty((self.ch, 256, self.f), self.dtype)))
         return self.per_worker[w]
 
 
@@ -210,15 +213,16 @@ def _conv_backward(dz, xp, w, dw, db, bufs, dx):
     n, ch = dz.shape[0], bufs.ch
 
     def job(worker, stride):
-        dzp = bufs.get(worker)
+        dzp, dzt = bufs.get(worker)
         for c in range(worker, bufs.nchunks, stride):
             s = c * ch
             m = min(ch, n - s)
-            K._k_conv16_backward_dw(dz[s:s + m], xp[s:s + m], bufs.parts[c])
+            K._k_conv16_backward_dw(dz[s:s + m], xp[s:s + m], dzt[:m], bufs.parts[c])
             if dx is not None:
                 K._k_conv16_backward_dx(dz[s:s + m], w, dzp[:m], dx[s:s + m])
     _run(job, bufs.nchunks)
-    np.sum(bufs.parts, axis=0, out=dw)
+    np.sum(bufs.parts, axis=0, out=bufs.dwt)
+    dw[...] = bufs.dwt.transpose(3, 0, 1, 2)
     np.sum(dz.reshape(n, dz.shape[1], -1), axis=(0, 2), out=db)
 
 

@@ -1000,15 +1000,20 @@ def _k_conv32_forward(xp, w, z):
 @njit(cache=True, parallel=True, nogil=True)
 def _k_conv32_backward_dw(dz, xp, dw, db):
     # dz (N,F,32,32), xp (N,1,36,36) padded input   ->   dw (F,1,5,5), db (F,) overwritten
+    # Image by image: the five ky tiles reuse one image's rows from L1; the tile's partial sums
+    # go back to `acc` between images (each lane still sums over n, y, half in order).
     N, F = dz.shape[0], dz.shape[1]
     for f in prange(F):                      # each map: writes dw[f], db[f] only
-        for ky in range(5):
-            a0 = vzero(dz)
-            a1 = vzero(dz)
-            a2 = vzero(dz)
-            a3 = vzero(dz)
-            a4 = vzero(dz)
-            for n in range(N):
+        acc = np.zeros((5, 5, 16), dz.dtype)   # (ky, kx, lane) partial sums
+        s = vzero(dz)
+        for n in range(N):
+            for ky in range(5):
+                o = ky * 80
+                a0 = vload(acc, o)
+                a1 = vload(acc, o + 16)
+                a2 = vload(acc, o + 32)
+                a3 = vload(acc, o + 48)
+                a4 = vload(acc, o + 64)
                 for y in range(32):
                     for h in range(0, 32, 16):
                         d = vload(dz, ((n * F + f) * 32 + y) * 32 + h)
@@ -1018,16 +1023,17 @@ def _k_conv32_backward_dw(dz, xp, dw, db):
                         a2 = vfma(d, vload(xp, ox + 2), a2)
                         a3 = vfma(d, vload(xp, ox + 3), a3)
                         a4 = vfma(d, vload(xp, ox + 4), a4)
-            dw[f, 0, ky, 0] = vhsum(a0)
-            dw[f, 0, ky, 1] = vhsum(a1)
-            dw[f, 0, ky, 2] = vhsum(a2)
-            dw[f, 0, ky, 3] = vhsum(a3)
-            dw[f, 0, ky, 4] = vhsum(a4)
-        s = vzero(dz)
-        for n in range(N):
+                vstore(acc, o, a0)
+                vstore(acc, o + 16, a1)
+                vstore(acc, o + 32, a2)
+                vstore(acc, o + 48, a3)
+                vstore(acc, o + 64, a4)
             for y in range(32):
                 for h in range(0, 32, 16):
                     s = vadd(s, vload(dz, ((n * F + f) * 32 + y) * 32 + h))
+        for ky in range(5):
+            for kx in range(5):
+                dw[f, 0, ky, kx] = vhsum(vload(acc, (ky * 5 + kx) * 16))
         db[f] = vhsum(s)
 
 

@@ -1,8 +1,8 @@
 """16-lane float vectors for numba kernels: a numba type whose LLVM value is <16 x float> (or
 <16 x double>), and the few intrinsics the direct convolutions in kernels.py need (load, store,
-splat, add, fused multiply-add, lane sum). A kernel keeps a tile of such vectors as loop
-variables, and LLVM keeps them in registers: the register-blocked inner loops numba's
-vectorizers do not find.
+splat, add, fused multiply-add, lane sum), plus a scalar int -> float bit cast (ELU's 2^k).
+A kernel keeps a tile of such vectors as loop variables, and LLVM keeps them in registers: the
+register-blocked inner loops numba's vectorizers do not find.
 Not a SIMD library: no masks, no bounds checks (the kernels' wrappers check the shapes).
 
 `vfma` is llvm.fma: one rounding, the same bits on every CPU (with or without FMA hardware), so
@@ -138,3 +138,16 @@ def vhsum(typingctx, v):
             acc = builder.fadd(acc, lane(i))
         return acc
     return v.dtype(v), codegen
+
+
+@intrinsic
+def float_from_bits(typingctx, i):
+    """The float whose IEEE bits are the integer i: float32 for an int32, float64 for an int64
+    (a bitcast; e.g. 2^-m = float_from_bits(np.int32(127 - m) << 23) exactly)."""
+    out = {types.int32: types.float32, types.int64: types.float64}.get(i)
+    if out is None:
+        raise TypeError(f"simd.float_from_bits: need an int32 or int64, got {i}")
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(out))
+    return out(i), codegen

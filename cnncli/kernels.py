@@ -18,14 +18,16 @@ Rules kept everywhere:
   * Kernels have no signatures: the same code compiles for float32 and float64.
   * Every parallel loop (`prange`) writes only its own slice of every output and sums in a fixed
     order, so results are bitwise reproducible run to run and for any thread count.
-  * No fastmath: the gradients are checked against finite differences.
+  * No fastmath: the gradients are checked against finite differences. The direct convolutions
+    use explicit fused multiply-adds (cnncli.simd.vfma, llvm.fma: rounded once, the same bits on
+    every CPU), not fastmath contraction.
 
 Threads (measured on the 2-core machine, see scripts/bench_core.py): numba's default OpenMP layer
 busy-waits between parallel loops, and OpenBLAS runs its own busy-waiting threads; together, or
 with any other load on the machine, a training step became 5-25x slower. So (1) unless the user
 set it, OMP_WAIT_POLICY defaults to "passive" here, before numba starts its OpenMP pool, and
-(2) `blas_single_thread()` (cnncli.blas) keeps OpenBLAS on one thread while the network runs (its GEMMs are
-small, per chunk of images); numba's own threads (numba.set_num_threads) do the parallel work.
+(2) `blas_single_thread()` (cnncli.blas) keeps OpenBLAS on one thread while the network runs (its
+GEMMs, the fc layers', are small); numba's own threads (numba.set_num_threads) do the parallel work.
 """
 
 from __future__ import annotations

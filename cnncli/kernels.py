@@ -50,7 +50,8 @@ from numba.extending import overload  # noqa: E402
 from .arch import FLOAT_DTYPES  # noqa: E402,F401
 from .blas import single_thread as blas_single_thread  # noqa: E402,F401  (model.py uses it as K.*)
 from .blas import threads_api as _openblas_threads_api  # noqa: E402
-from .simd import float_from_bits, vadd, vfma, vhsum, vload, vsplat, vstore, vzero  # noqa: E402
+from .simd import (float_from_bits, vadd, veven, vfma, vhsum, vload, vload_i8, vmul, vodd,  # noqa: E402
+                   vsel_eq, vsel_gt, vsplat, vstore, vstore_i8, vzero, vzip_hi, vzip_lo)
 
 
 def set_threads(threads: int) -> int:
@@ -1090,13 +1091,100 @@ def _pool_plane(z, bv, pp, o, arg, n, c, Ho, Wo):
 
 
 @njit(inline="always")
-def _unpool_plane(dp, p, arg, dz, n, c, Ho, Wo):
-    # one (n, c) plane of _k_pool_elu_backward
+def _unpool_plane(dp, pp, o, arg, dz, n, c, Ho, Wo):
+    # one (n, c) plane of _k_pool_elu_backward; v + 1 in the array's dtype, as the vectors do
+    # (with the int literal 1, numba computed it in float64 for float32 arrays)
+    one = dz.dtype.type(1)
     for i in range(Ho):
         for j in range(Wo):
-            v = p[n, c, i, j]
-            g = dp[n, c, i, j] if v > 0 else dp[n, c, i, j] * (v + 1)
+            v = pp[n, c, o + i, o + j]
+            g = dp[n, c, i, j] if v > 0 else dp[n, c, i, j] * (v + one)
             _window_route(g, arg[n, c, i, j], dz, n, c, i, j)
+
+
+# The network's two pooling shapes in 16-lane vectors (cnncli.simd): 16 windows at a time, their
+# four positions gathered by even/odd lane shuffles of the input rows, the scalar comparisons
+# above as lane selects (same order, same ties, same NaN behaviour: the same bits; the
+# positions travel as small whole floats). conv1: 32-wide rows -> 16 windows of one output row;
+# conv2: 16-wide rows, two output rows of 8 windows (pp without a border, o = 0).
+
+@njit(inline="always")
+def _window_max_v(a, b, c, d, pos):
+    # a, b, c, d: window positions 0..3 of 16 windows, pos = (0, 1, 2, 3) as vectors
+    #   ->   (max, its position); ties keep the first
+    k = vsel_gt(b, a, pos[1], pos[0])
+    best = vsel_gt(b, a, b, a)
+    k = vsel_gt(c, best, pos[2], k)
+    best = vsel_gt(c, best, c, best)
+    k = vsel_gt(d, best, pos[3], k)
+    best = vsel_gt(d, best, d, best)
+    return best, k
+
+
+@njit(inline="always")
+def _positions(a):
+    # (0, 1, 2, 3) as vectors of a's dtype
+    zero = vzero(a)
+    one = vsplat(a.dtype.type(1))
+    two = vadd(one, one)
+    return zero, one, two, vadd(two, one)
+
+
+@njit(inline="always")
+def _pool_plane_v(z, bv, pp, o, arg, n, c, W):
+    # _pool_plane for W = 32 (o any) or W = 16 (o = 0, pp rows of 8)
+    C = z.shape[1]
+    Hq, Wq = pp.shape[2], pp.shape[3]
+    pos = _positions(z)
+    b16 = vsplat(bv)
+    if W == 32:
+        for i in range(16):
+            r = (n * C + c) * 1024 + i * 64                  # input rows 2i, 2i+1
+            v0, v1, v2, v3 = vload(z, r), vload(z, r + 16), vload(z, r + 32), vload(z, r + 48)
+            best, k = _window_max_v(veven(v0, v1), vodd(v0, v1), veven(v2, v3), vodd(v2, v3), pos)
+            vstore(pp, ((n * C + c) * Hq + o + i) * Wq + o, vadd(best, b16))
+            vstore_i8(arg, (n * C + c) * 256 + i * 16, k)
+    else:
+        for i in range(0, 8, 2):
+            r = (n * C + c) * 256 + i * 32                   # input rows 2i .. 2i+3
+            v0, v1, v2, v3 = vload(z, r), vload(z, r + 16), vload(z, r + 32), vload(z, r + 48)
+            best, k = _window_max_v(veven(v0, v2), vodd(v0, v2), veven(v1, v3), vodd(v1, v3), pos)
+            vstore(pp, (n * C + c) * 64 + i * 8, vadd(best, b16))
+            vstore_i8(arg, (n * C + c) * 64 + i * 8, k)
+
+
+@njit(inline="always")
+def _unpool_plane_v(dp, pp, o, arg, dz, n, c, W):
+    # _unpool_plane for W = 32 (o any) or W = 16 (o = 0)
+    C = dz.shape[1]
+    Hq, Wq = pp.shape[2], pp.shape[3]
+    zero, one, two, three = _positions(dz)
+    if W == 32:
+        for i in range(16):
+            dv = vload(dp, (n * C + c) * 256 + i * 16)
+            pv = vload(pp, ((n * C + c) * Hq + o + i) * Wq + o)
+            kv = vload_i8(arg, (n * C + c) * 256 + i * 16, dz)
+            g = vsel_gt(pv, zero, dv, vmul(dv, vadd(pv, one)))
+            e0, e1 = vsel_eq(kv, zero, g, zero), vsel_eq(kv, one, g, zero)
+            e2, e3 = vsel_eq(kv, two, g, zero), vsel_eq(kv, three, g, zero)
+            r = (n * C + c) * 1024 + i * 64
+            vstore(dz, r, vzip_lo(e0, e1))
+            vstore(dz, r + 16, vzip_hi(e0, e1))
+            vstore(dz, r + 32, vzip_lo(e2, e3))
+            vstore(dz, r + 48, vzip_hi(e2, e3))
+    else:
+        for i in range(0, 8, 2):
+            dv = vload(dp, (n * C + c) * 64 + i * 8)
+            pv = vload(pp, (n * C + c) * 64 + i * 8)
+            kv = vload_i8(arg, (n * C + c) * 64 + i * 8, dz)
+            g = vsel_gt(pv, zero, dv, vmul(dv, vadd(pv, one)))
+            e0, e1 = vsel_eq(kv, zero, g, zero), vsel_eq(kv, one, g, zero)
+            e2, e3 = vsel_eq(kv, two, g, zero), vsel_eq(kv, three, g, zero)
+            r = (n * C + c) * 256 + i * 32
+            vstore(dz, r, vzip_lo(e0, e1))
+            vstore(dz, r + 16, vzip_lo(e2, e3))
+            vstore(dz, r + 32, vzip_hi(e0, e1))
+            vstore(dz, r + 48, vzip_hi(e2, e3))
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -1107,34 +1195,35 @@ def _k_pool_elu_forward(z, b, pp, o, arg):
     # arg (N,C,H/2,W/2) int8. Same as maxpool(ELU(z + b)): ELU is increasing, so it commutes with
     # max (ties stay ties), and it now runs on a quarter of the values.
     # The ELU runs as a second pass over each image's whole contiguous pp[n], where it vectorizes
-    # (rows of 16 or 8 did not). The network's two shapes (16x16 and 8x8 maxima) run with
-    # constant loop bounds, which LLVM unrolls into vector code.
+    # (rows of 16 or 8 did not). The network's two shapes run in vectors (_pool_plane_v).
+    # Every array C-contiguous.
     N, C, Ho, Wo = arg.shape
     Hq, Wq = pp.shape[2], pp.shape[3]
     for n in prange(N):
         for c in range(C):
             if Ho == 16 and Wo == 16:
-                _pool_plane(z, b[c], pp, o, arg, n, c, 16, 16)
-            elif Ho == 8 and Wo == 8:
-                _pool_plane(z, b[c], pp, o, arg, n, c, 8, 8)
+                _pool_plane_v(z, b[c], pp, o, arg, n, c, 32)
+            elif Ho == 8 and Wo == 8 and o == 0:
+                _pool_plane_v(z, b[c], pp, o, arg, n, c, 16)
             else:
                 _pool_plane(z, b[c], pp, o, arg, n, c, Ho, Wo)
         _elu_rows(pp[n].reshape((1, C * Hq * Wq)))     # (a sliced run of each plane was 3x slower)
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _k_pool_elu_backward(dp, p, arg, dz):
-    # dp (N,C,H/2,W/2) gradient of p, p its forward value, arg   ->   dz (N,C,H,W):
-    # dp * ELU'(winner) at the winner of each window (ELU' = 1 if p > 0 else p + 1), 0 elsewhere
+def _k_pool_elu_backward(dp, pp, o, arg, dz):
+    # dp (N,C,H/2,W/2) gradient of p, pp holding p as _k_pool_elu_forward wrote it (offset o), arg
+    #   ->   dz (N,C,H,W): dp * ELU'(winner) at the winner of each window (ELU' = 1 if p > 0 else
+    # p + 1), 0 elsewhere. Every array C-contiguous.
     N, C, Ho, Wo = dp.shape
     for n in prange(N):
         for c in range(C):
             if Ho == 16 and Wo == 16:
-                _unpool_plane(dp, p, arg, dz, n, c, 16, 16)
-            elif Ho == 8 and Wo == 8:
-                _unpool_plane(dp, p, arg, dz, n, c, 8, 8)
+                _unpool_plane_v(dp, pp, o, arg, dz, n, c, 32)
+            elif Ho == 8 and Wo == 8 and o == 0:
+                _unpool_plane_v(dp, pp, o, arg, dz, n, c, 16)
             else:
-                _unpool_plane(dp, p, arg, dz, n, c, Ho, Wo)
+                _unpool_plane(dp, pp, o, arg, dz, n, c, Ho, Wo)
 
 
 def pool_elu_forward(z, b, out=None, argmax=None):
@@ -1148,7 +1237,7 @@ def pool_elu_forward(z, b, out=None, argmax=None):
     if not out.flags.c_contiguous:
         raise ValueError(f"out (shape {out.shape}) must be C-contiguous")
     argmax = _out("argmax", argmax, (N, C, H // 2, W // 2), np.int8)
-    _k_pool_elu_forward(z, b, out, 0, argmax)
+    _k_pool_elu_forward(np.ascontiguousarray(z), b, out, 0, argmax)
     return out, argmax
 
 
@@ -1158,7 +1247,8 @@ def pool_elu_backward(dp, p, argmax, out=None):
     check_array("p", p, dp.shape, dp.dtype, contiguous=False)
     check_array("argmax", argmax, dp.shape, np.int8, contiguous=False)
     out = _out("out", out, (N, C, 2 * Ho, 2 * Wo), dp.dtype)
-    _k_pool_elu_backward(dp, p, argmax, out)
+    c = np.ascontiguousarray
+    _k_pool_elu_backward(c(dp), c(p), 0, c(argmax), out)
     return out
 
 

@@ -281,17 +281,17 @@ def _backward(P, G, ws, batchnorm):
     np.matmul(ws.dz3, P["fc1.w"], out=ws.dflat)
     # (pool2, ELU), [bn2], conv2
     if bn:
-        K._k_pool_elu_backward(ws.dp2, ws.p2, ws.arg2, ws.dy2)
+        K._k_pool_elu_backward(ws.dp2, ws.p2, 0, ws.arg2, ws.dy2)
         _bn_backward(P, G, 2, ws.dy2, ws.dz2, ws.bn[2], batchnorm)
     else:
-        K._k_pool_elu_backward(ws.dp2, ws.p2, ws.arg2, ws.dz2)
+        K._k_pool_elu_backward(ws.dp2, ws.p2, 0, ws.arg2, ws.dz2)
     _conv_backward(ws.dz2, ws.xp2, P["conv2.w"], G["conv2.w"], G["conv2.b"], ws.conv2, ws.dp1)
     # (pool1, ELU), [bn1], conv1 (input layer: no dx)
     if bn:
-        K._k_pool_elu_backward(ws.dp1, ws.p1, ws.arg1, ws.dy1)
+        K._k_pool_elu_backward(ws.dp1, ws.xp2, 2, ws.arg1, ws.dy1)
         _bn_backward(P, G, 1, ws.dy1, ws.dz1, ws.bn[1], batchnorm)
     else:
-        K._k_pool_elu_backward(ws.dp1, ws.p1, ws.arg1, ws.dz1)
+        K._k_pool_elu_backward(ws.dp1, ws.xp2, 2, ws.arg1, ws.dz1)
     K._k_conv32_backward_dw(ws.dz1, ws.xp1, G["conv1.w"], G["conv1.b"])
 
 

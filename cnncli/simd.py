@@ -151,3 +151,86 @@ def float_from_bits(typingctx, i):
     def codegen(context, builder, sig, args):
         return builder.bitcast(args[0], context.get_value_type(out))
     return out(i), codegen
+
+
+def _shuffle_intrinsic(mask, doc):
+    # a vector intrinsic (a, b) -> lanes of the 32-lane concatenation [a, b] picked by `mask`
+    @intrinsic
+    def shuffle(typingctx, a, b):
+        if not (isinstance(a, Vec) and a == b):
+            raise TypeError(f"simd: need two vectors of one dtype, got {a}, {b}")
+
+        def codegen(context, builder, sig, args):
+            m = ir.Constant(ir.VectorType(ir.IntType(32), LANES), list(mask))
+            return builder.shuffle_vector(args[0], args[1], m)
+        return a(a, b), codegen
+    shuffle.__doc__ = doc
+    return shuffle
+
+
+veven = _shuffle_intrinsic(range(0, 2 * LANES, 2), "The even lanes of [a, b]: a0 a2 .. a14 b0 b2 .. b14.")
+vodd = _shuffle_intrinsic(range(1, 2 * LANES, 2), "The odd lanes of [a, b]: a1 a3 .. a15 b1 b3 .. b15.")
+vzip_lo = _shuffle_intrinsic([j for i in range(LANES // 2) for j in (i, i + LANES)],
+                             "a0 b0 a1 b1 .. a7 b7 (the low halves interleaved).")
+vzip_hi = _shuffle_intrinsic([j for i in range(LANES // 2, LANES) for j in (i, i + LANES)],
+                             "a8 b8 a9 b9 .. a15 b15 (the high halves interleaved).")
+
+
+@intrinsic
+def vmul(typingctx, a, b):
+    """a * b in every lane."""
+    if not (isinstance(a, Vec) and a == b):
+        raise TypeError(f"simd.vmul: need two vectors of one dtype, got {a}, {b}")
+
+    def codegen(context, builder, sig, args):
+        return builder.fmul(args[0], args[1])
+    return a(a, b), codegen
+
+
+def _select_intrinsic(op, doc):
+    # (a, b, x, y) -> x where `a op b` (ordered: false for NaN), else y; lane by lane
+    @intrinsic
+    def select(typingctx, a, b, x, y):
+        if not (isinstance(a, Vec) and a == b == x == y):
+            raise TypeError(f"simd: need four vectors of one dtype, got {a}, {b}, {x}, {y}")
+
+        def codegen(context, builder, sig, args):
+            return builder.select(builder.fcmp_ordered(op, args[0], args[1]), args[2], args[3])
+        return a(a, b, x, y), codegen
+    select.__doc__ = doc
+    return select
+
+
+vsel_gt = _select_intrinsic(">", "x where a > b, else y (lane by lane; a NaN compares false).")
+vsel_eq = _select_intrinsic("==", "x where a == b, else y (lane by lane).")
+
+
+@intrinsic
+def vload_i8(typingctx, arr, idx, like):
+    """arr[flat idx : flat idx + LANES] of an int8 array, as a vector of the dtype of `like`."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int8 and arr.layout == "C"):
+        raise TypeError(f"simd.vload_i8: need a C-contiguous int8 array, got {arr}")
+    _check_float_array(like)
+    vt = Vec(like.dtype)
+
+    def codegen(context, builder, sig, args):
+        i8v = ir.VectorType(ir.IntType(8), LANES)
+        p = _vec_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1], i8v)
+        return builder.sitofp(builder.load(p, align=1), context.get_value_type(vt))
+    return vt(arr, idx, like), codegen
+
+
+@intrinsic
+def vstore_i8(typingctx, arr, idx, v):
+    """arr[flat idx : flat idx + LANES] = v converted to int8 (v holds small whole numbers)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int8 and arr.layout == "C"):
+        raise TypeError(f"simd.vstore_i8: need a C-contiguous int8 array, got {arr}")
+    if not isinstance(v, Vec):
+        raise TypeError(f"simd.vstore_i8: need a vector, got {v}")
+
+    def codegen(context, builder, sig, args):
+        i8v = ir.VectorType(ir.IntType(8), LANES)
+        p = _vec_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1], i8v)
+        builder.store(builder.fptosi(args[2], i8v), p, align=1)
+        return context.get_dummy_value()
+    return types.none(arr, idx, v), codegen

@@ -522,6 +522,14 @@ def _kernel_flops(name, args):
             return 2 * args[0].size * args[1][0].size
         if "conv2d_backward_dw" in name:   # (dz, xp, dw, db)
             return 2 * args[0].size * args[2][0].size
+        if name.endswith(("conv16_forward", "conv32_forward")):   # (xp, w, z)
+            return 2 * args[2].size * args[1][0].size
+        if name.endswith("conv16_backward_dx"):                  # (dz, w, dzp, dx)
+            return 2 * args[0].size * args[1][0].size
+        if name.endswith("conv16_backward_dw"):                  # (dz, xp, dzt, dwt (C,K,K,F))
+            return 2 * args[0].size * args[3][..., 0].size
+        if name.endswith("conv32_backward_dw"):                  # (dz, xp, dw, db)
+            return 2 * args[0].size * args[2][0].size
         if "infer_features" in name or "infer_serial" in name:   # (x, w1, .., w2, .., [w3, ..])
             fc1 = args[9].size if "infer_serial" in name else 0    # convs: 32x32 and 16x16 outputs
             return 2 * args[0].shape[0] * (args[1].size * 32 * 32 + args[5].size * 16 * 16 + fc1)

@@ -59,7 +59,6 @@ class _Workspace:
         self.z1 = e(n, 6, 32, 32)                    # conv1 output (bias added later, see _forward)
         self.y1 = e(n, 6, 32, 32) if bn else None    # bn1 output
         self.xp2 = z(n, 6, 20, 20)                   # ELU(pool1), written into a padded buffer
-        self.p1 = self.xp2[:, :, 2:18, 2:18]         # (N,6,16,16) view
         self.arg1 = np.empty((n, 6, 16, 16), np.int8)
         self.conv2 = _ConvBuffers(n, 16, 6, dtype)
         self.z2 = e(n, 16, 16, 16)

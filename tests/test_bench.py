@@ -199,6 +199,14 @@ def test_kernel_flops_of_batched_matmul_and_conv():
     xp, wc, b, z = np.zeros((4, 6, 20, 20)), np.zeros((16, 6, 5, 5)), np.zeros(16), np.zeros((4, 16, 16, 16))
     assert bench._kernel_flops("_k_conv2d_forward", (xp, wc, b, z)) == 2 * z.size * 150
     assert bench._kernel_flops("_k_elu_forward", (z, z)) is None
+    # the 16-lane kernels the training step runs: the same counts as the plain convolutions
+    dzt, dwt = np.zeros((4, 256, 16)), np.zeros((6, 5, 5, 16))
+    assert bench._kernel_flops("_k_conv16_forward", (xp, wc, z)) == 2 * z.size * 150
+    assert bench._kernel_flops("_k_conv16_backward_dx", (z, wc, np.zeros((4, 16, 20, 20)), xp)) == 2 * z.size * 150
+    assert bench._kernel_flops("_k_conv16_backward_dw", (z, xp, dzt, dwt)) == 2 * z.size * 150
+    z1, w1 = np.zeros((4, 6, 32, 32)), np.zeros((6, 1, 5, 5))
+    assert bench._kernel_flops("_k_conv32_forward", (np.zeros((4, 1, 36, 36)), w1, z1)) == 2 * z1.size * 25
+    assert bench._kernel_flops("_k_conv32_backward_dw", (z1, None, w1, None)) == 2 * z1.size * 25
 
 
 def test_cli_bench_batchnorm_needs_two_images():

@@ -836,8 +836,10 @@ def sigmoid(z, out=None):
 # One thread, float32, chunk of 8 images: forward 111 us (89 GFLOP/s) vs 192-237 us for im2col +
 # OpenBLAS sgemm; input gradient 109 vs 218 us (sgemm + col2im); weight gradient 122 us (80
 # GFLOP/s) vs 230 us (im2col + sgemm) and 178 us for a first kernel with x in the lanes (2 maps x
-# 3 kx tiles, 55 GFLOP/s: two unaligned loads per FMA pair). The kernels run per chunk of images on model.py's worker threads (nogil);
-# every output element is summed in a fixed order, so the bits do not depend on threads.
+# 3 kx tiles, 55 GFLOP/s: two unaligned loads per FMA pair). The kernels run per chunk of images
+# on model.py's worker threads (nogil); every output element is summed in a fixed order, so the
+# bits do not depend on threads. The tiles repeat one line per accumulator on purpose: each
+# accumulator must be its own variable for LLVM to keep it in a register.
 
 @njit(inline="always")
 def _conv16_image(xp, xo, w, z, zo):
@@ -953,7 +955,8 @@ def _k_conv16_backward_dw(dz, xp, dzt, dwt):
 #   weights   one map x 5 kx per tile for each ky, both halves of a row into the same lanes;
 #             the bias gradient is a lane sum too
 # 64 images, one thread, float32: forward 245-251 us vs 644-652 for the wide-row kernel it
-# replaced; weight gradient 457-474 us vs 821-842 (_k_conv2d_backward_dw).
+# replaced; weight gradient 457-474 us vs 821-842 (_k_conv2d_backward_dw), and for 128 images
+# 741-768 us image by image vs 968-1,113 us streaming the batch once per (map, ky).
 
 @njit(inline="always")
 def _conv32_image(xp, xo, w, z, zo):

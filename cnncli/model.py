@@ -197,12 +197,12 @@ class _ConvBuffers:
 
 def _conv_forward(xp, w, z, bufs):
     """z (N,F,16,16) = conv(xp, w) WITHOUT bias (xp (N,C,20,20) zero-padded), per chunk of images."""
-    n, ch = z.shape[0], bufs.ch
+    ch = bufs.ch
 
     def job(worker, stride):
         for c in range(worker, bufs.nchunks, stride):
             s = c * ch
-            K._k_conv16_forward(xp[s:s + ch], w, z[s:s + ch])
+            K._k_conv16_forward(xp[s:s + ch], w, z[s:s + ch])     # the last chunk may be shorter
     _run(job, bufs.nchunks)
 
 

@@ -1,9 +1,10 @@
 """16-lane float vectors for numba kernels: a numba type whose LLVM value is <16 x float> (or
-<16 x double>), and the few intrinsics the direct convolutions in kernels.py need (load, store,
-splat, add, fused multiply-add, lane sum), plus a scalar int -> float bit cast (ELU's 2^k).
+<16 x double>), and the few intrinsics kernels.py needs: load, store, splat, add, multiply, fused
+multiply-add, lane sum (the direct convolutions); even/odd and interleave shuffles, compare-and-
+select, int8 loads/stores (the 2x2 pooling); plus a scalar int -> float bit cast (ELU's 2^k).
 A kernel keeps a tile of such vectors as loop variables, and LLVM keeps them in registers: the
 register-blocked inner loops numba's vectorizers do not find.
-Not a SIMD library: no masks, no bounds checks (the kernels' wrappers check the shapes).
+Not a SIMD library: no bounds checks (the kernels' wrappers check the shapes), no general shuffles.
 
 `vfma` is llvm.fma: one rounding, the same bits on every CPU (with or without FMA hardware), so
 results stay bitwise reproducible; this is explicit arithmetic, not `fastmath` contraction (which

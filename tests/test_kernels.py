@@ -234,8 +234,9 @@ def test_conv16_checks_shapes():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_fused_pool_elu_equals_pool_of_elu(rng, dtype):
-    z = (2 * rng.standard_normal((3, 6, 16, 16))).astype(dtype)
+@pytest.mark.parametrize("H", [16, 32, 6])       # conv2's and conv1's vector paths, the scalar one
+def test_fused_pool_elu_equals_pool_of_elu(rng, dtype, H):
+    z = (2 * rng.standard_normal((3, 6, H, H))).astype(dtype)
     b = rng.standard_normal(6).astype(dtype)
     p, arg = K.pool_elu_forward(z, b)
     rp, rarg = R.maxpool_forward(R.elu(z.astype(np.float64) + b.reshape(1, 6, 1, 1)))
@@ -244,6 +245,47 @@ def test_fused_pool_elu_equals_pool_of_elu(rng, dtype):
     dz = K.pool_elu_backward(dp, p, arg)
     rdz = R.maxpool_backward(dp.astype(np.float64), rarg) * R.elu_grad(z.astype(np.float64) + b.reshape(1, 6, 1, 1))
     assert rel(dz, rdz) < (1e-12 if dtype == np.float64 else 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("H,o", [(32, 2), (32, 0), (16, 0)])
+def test_vector_pooling_equals_the_scalar_loops_bitwise(rng, dtype, H, o):
+    # the 16-lane pooling (the network's shapes) against the scalar loops it replaces, through
+    # ties (rounded values), NaN and the padded output buffer: the same values and positions
+    from numba import njit
+
+    @njit
+    def scalar(z, b, pp, o, arg, dp, dz):
+        N, C, Ho, Wo = arg.shape
+        for n in range(N):
+            for c in range(C):
+                K._pool_plane(z, b[c], pp, o, arg, n, c, Ho, Wo)
+                K._elu_rows(pp[n, c].reshape((1, pp.shape[2] * pp.shape[3])))
+        for n in range(N):
+            for c in range(C):
+                K._unpool_plane(dp, pp, o, arg, dz, n, c, Ho, Wo)
+
+    N, C, Ho = 4, 3, H // 2
+    z = (2 * rng.standard_normal((N, C, H, H))).astype(dtype)
+    z[1] = np.round(z[1])                     # many ties, some at 0
+    z[2, 0, 0, 1] = z[2, 1, 5, 4] = np.nan
+    z[3] = -30                                # ELU saturates: p = -1, its derivative 0
+    b = rng.standard_normal(C).astype(dtype)
+    dp = rng.standard_normal((N, C, Ho, Ho)).astype(dtype)
+    outs = []
+    for fast in (True, False):
+        pp = np.zeros((N, C, Ho + 2 * o, Ho + 2 * o), dtype)
+        arg = np.full((N, C, Ho, Ho), -1, np.int8)
+        dz = np.full((N, C, H, H), 7, dtype)
+        if fast:
+            K._k_pool_elu_forward(z, b, pp, o, arg)
+            K._k_pool_elu_backward(dp, pp, o, arg, dz)
+        else:
+            scalar(z, b, pp, o, arg, dp, dz)
+        outs.append((pp, arg, dz))
+    for a, c in zip(*outs):
+        assert np.array_equal(a, c, equal_nan=True)
+    assert (outs[0][1] >= 0).all() and not (outs[0][2] == 7).any()
 
 
 def test_blas_single_thread_restores_the_thread_count():

@@ -60,8 +60,10 @@ class Optimizer:
         self.t = 0
         self.m = np.zeros(size, self.dtype) if "optim.m" in _STATE_KEYS[name] else None  # (P,)
         self.v = np.zeros(size, self.dtype) if "optim.v" in _STATE_KEYS[name] else None  # (P,)
-        self._s1 = np.empty(size, self.dtype)  # (P,) scratch
-        self._s2 = np.empty(size, self.dtype) if name != "sgd" else None  # (P,) scratch
+        # (P,) scratch of the NumPy updates; Adam's fused kernel needs none (_adam_numpy makes its own)
+        adam = name in ("adam", "adamw")
+        self._s1 = None if adam else np.empty(size, self.dtype)
+        self._s2 = None if (adam or name == "sgd") else np.empty(size, self.dtype)
 
     # -- the update -------------------------------------------------------------------------
     def step(self, params_flat, grads_flat, lr=None) -> None:
@@ -114,7 +116,7 @@ class Optimizer:
 
     def _adam_numpy(self, p, g, lr):
         """The reference: Adam/AdamW as NumPy passes over the flat buffers (what _adam must equal)."""
-        s1, s2, m, v = self._s1, self._s2, self.m, self.v
+        s1, s2, m, v = np.empty_like(p), np.empty_like(p), self.m, self.v
         beta1, beta2 = self.betas
         wd = self.weight_decay
         if self.name == "adamw" and wd != 0.0:  # torch AdamW: param *= 1 - lr * wd (decoupled)

@@ -104,7 +104,8 @@ def train_vs_bench(args, tmp: Path, train_dir: Path):
     """Run cnncli.train on the generated folder; after each epoch, one bench repeat of the same length.
     Returns (training images/s per epoch from the trainer's log, bench images/s after each epoch)."""
     from cnncli import config as config_mod
-    from cnncli.bench import Ours, _batches, _rate, using_threads
+    from cnncli.bench import Ours, images_per_second, random_batches
+    from cnncli.machine import using_threads
     from cnncli.train import train
 
     cfg = config_mod.load_config(None, [
@@ -113,9 +114,9 @@ def train_vs_bench(args, tmp: Path, train_dir: Path):
         f"out={tmp / 'run'}",
     ])
     ours = Ours(12, "none")
-    batches = _batches(args.batch_size, 12)
+    batches = random_batches(args.batch_size, 12)
     with using_threads(args.threads):
-        _rate(ours.train, batches, 0.5)                  # the bench's own warm-up, before training starts
+        images_per_second(ours.train, batches, 0.5)                  # the bench's own warm-up, before training starts
     train_rates, bench_rates = [], []
 
     def echo(line):
@@ -125,7 +126,7 @@ def train_vs_bench(args, tmp: Path, train_dir: Path):
         train_rates.append(float(m.group(1)))
         seconds = args.per_class * 12 / train_rates[-1]  # as long as the epoch's training part
         with using_threads(args.threads):
-            bench_rates.append(_rate(ours.train, batches, seconds))
+            bench_rates.append(images_per_second(ours.train, batches, seconds))
 
     train(cfg, quiet=True, echo=echo)
     if len(train_rates) != args.epochs:

@@ -48,7 +48,7 @@ print(json.dumps({"peak_mb": peak_mb(), "maxrss_mb": maxrss_mb()}))
 
 TRAIN_OURS = COMMON + r"""
 from cnncli import model, optim
-from cnncli.bench import set_threads
+from cnncli.kernels import set_threads
 set_threads(args["threads"])
 rng = np.random.default_rng(0)
 images = rng.integers(0, 256, (args["images"], 32, 32), dtype=np.uint8)     # (N,32,32)
@@ -72,7 +72,7 @@ print(json.dumps({"peak_mb": peak_mb(), "maxrss_mb": maxrss_mb(), "before_loop_m
 
 TRAIN_TORCH = COMMON + r"""
 import torch
-from cnncli.bench import build_torch_twin, torch_loss    # cnncli.bench imports no numba
+from cnncli.twin import build_torch_twin, torch_loss    # cnncli.twin imports no numba
 torch.set_num_threads(args["threads"] or len(__import__("os").sched_getaffinity(0)))
 rng = np.random.default_rng(0)
 images = rng.integers(0, 256, (args["images"], 32, 32), dtype=np.uint8)

@@ -1,6 +1,6 @@
 """Correctness of the `cnn bench` machinery (never its speed): rows, JSON, and an honest torch twin.
 
-The twin test checks, in float64, that the PyTorch network built by cnncli.bench computes the same
+The twin test checks, in float64, that the PyTorch network of cnncli.twin computes the same
 loss, gradients, probabilities and Adam update as cnncli.model.Network with the same weights, so
 `--vs-torch` compares like with like. It is skipped (with a reason) when torch is not installed.
 """
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cnncli import bench
+from cnncli import bench, kernel_profile, machine, twin
 from cnncli.cli import cli
 
 try:
@@ -95,14 +95,6 @@ def test_cli_vs_torch_rows_have_ratios():
     assert data["latency"]["torch"]["median_us"] > 0
 
 
-def _grad_name(twin_name):
-    """torch state name -> our parameter name ("conv1.weight" -> "conv1.w", "bn1.weight" -> "bn1.gamma")."""
-    layer, field = twin_name.split(".")
-    if layer.startswith("bn"):
-        return f"{layer}.{ {'weight': 'gamma', 'bias': 'beta'}[field] }"
-    return f"{layer}.{ {'weight': 'w', 'bias': 'b'}[field] }"
-
-
 @needs_torch
 @pytest.mark.parametrize("batchnorm", ["none", "unit", "channel"])
 def test_torch_twin_matches_network_in_float64(batchnorm):
@@ -114,28 +106,28 @@ def test_torch_twin_matches_network_in_float64(batchnorm):
             arr[...] = rng.uniform(0.5, 1.5, arr.shape) if name.endswith("gamma") else rng.normal(0, 0.2, arr.shape)
     for name, arr in ours.net.buffers.items():
         arr[...] = rng.uniform(0.5, 2.0, arr.shape) if name.endswith("var") else rng.normal(0, 0.3, arr.shape)
-    twin = bench.Torch(ours, batchnorm)
+    tw = twin.Torch(ours.net, batchnorm)
     x = rng.standard_normal((6, 1, 32, 32))           # (N,1,32,32) float64
     y = rng.integers(0, 5, 6)                         # (N,)
 
     # inference mode (running statistics)
     p_ours = ours.infer(x)
-    p_twin = twin.infer(x).numpy()
+    p_twin = tw.infer(x).numpy()
     np.testing.assert_allclose(p_twin, p_ours, rtol=1e-10, atol=1e-12)
 
     # training mode: loss, every gradient, running statistics
     loss_ours, _ = ours.net.train_step(x, y)
-    twin.model.train()
-    twin.opt.zero_grad(set_to_none=True)
-    loss_twin, _ = bench.torch_loss(twin.model, torch.from_numpy(x), torch.from_numpy(y))
+    tw.model.train()
+    tw.opt.zero_grad(set_to_none=True)
+    loss_twin, _ = twin.torch_loss(tw.model, torch.from_numpy(x), torch.from_numpy(y))
     loss_twin.backward()
     assert loss_ours == pytest.approx(loss_twin.item(), rel=1e-12)
-    named = dict(twin.model.named_parameters())
-    assert {_grad_name(k) for k in named} == set(ours.net.grads)
+    named = dict(tw.model.named_parameters())
+    assert {twin.our_name(k) for k in named} == set(ours.net.grads)
     for tname, p in named.items():
-        np.testing.assert_allclose(p.grad.numpy(), ours.net.grads[_grad_name(tname)], rtol=1e-8, atol=1e-11,
+        np.testing.assert_allclose(p.grad.numpy(), ours.net.grads[twin.our_name(tname)], rtol=1e-8, atol=1e-11,
                                    err_msg=tname)
-    state = twin.model.state_dict()
+    state = tw.model.state_dict()
     for name, arr in ours.net.buffers.items():
         np.testing.assert_allclose(state[name].numpy(), arr, rtol=1e-10, atol=1e-12, err_msg=name)
 
@@ -143,11 +135,11 @@ def test_torch_twin_matches_network_in_float64(batchnorm):
     # zero up to rounding, and Adam would amplify that rounding noise into the update)
     with torch.no_grad():
         for tname, p in named.items():
-            p.grad.copy_(torch.from_numpy(ours.net.grads[_grad_name(tname)]))
+            p.grad.copy_(torch.from_numpy(ours.net.grads[twin.our_name(tname)]))
     ours.opt.step(ours.net.params.flat, ours.net.grads.flat, ours.lr)
-    twin.opt.step()
+    tw.opt.step()
     for tname, p in named.items():
-        np.testing.assert_allclose(p.detach().numpy(), ours.net.params[_grad_name(tname)], rtol=1e-9, atol=1e-12,
+        np.testing.assert_allclose(p.detach().numpy(), ours.net.params[twin.our_name(tname)], rtol=1e-9, atol=1e-12,
                                    err_msg=tname)
 
 
@@ -157,14 +149,14 @@ def test_torch_twin_rejects_mismatched_layout():
     params = dict(ours.net.params)
     params["bn9.gamma"] = params.pop("bn1.gamma")
     with pytest.raises((ValueError, KeyError)):
-        bench.build_torch_twin(params, ours.net.buffers, "channel")
+        twin.build_torch_twin(params, ours.net.buffers, "channel")
 
 
 def test_profile_step_accounts_for_the_step_and_restores_kernels():
     from cnncli import kernels, model
 
     before = {k: v for k, v in vars(kernels).items() if k.startswith("_k_")}
-    profs = {mode: bench.profile_step(batchnorm="channel", batch_size=8, steps=2, threads=1, mode=mode)
+    profs = {mode: kernel_profile.profile_step(batchnorm="channel", batch_size=8, steps=2, threads=1, mode=mode)
              for mode in ("train", "infer")}
     assert {k: v for k, v in vars(kernels).items() if k.startswith("_k_")} == before
     assert model.np is np
@@ -177,7 +169,7 @@ def test_profile_step_accounts_for_the_step_and_restores_kernels():
         assert any(r["gflops"] for r in timed), f"{mode}: no conv/matmul FLOPs recognised"
         assert all(r["ms_per_step"] >= 0 for r in timed)
         calls[mode] = sum(r["calls_per_step"] for r in timed)
-        assert "ms/step" in bench.format_profile(prof)
+        assert "ms/step" in kernel_profile.format_profile(prof)
     assert calls["train"] > calls["infer"]  # the backward pass adds calls
 
 
@@ -185,7 +177,7 @@ def test_run_bench_restores_thread_counts():
     import numba
 
     before = numba.get_num_threads()
-    api = bench._openblas_threads_api()
+    api = machine.openblas_threads_api()
     blas_before = api[0]() if api else None
     bench.run_bench(batch_sizes=[4], threads=1, seconds=0.05, repeats=1, echo=lambda s: None)
     assert numba.get_num_threads() == before
@@ -195,18 +187,18 @@ def test_run_bench_restores_thread_counts():
 
 def test_kernel_flops_of_batched_matmul_and_conv():
     w, cols = np.zeros((16, 150)), np.zeros((32, 150, 256))
-    assert bench._kernel_flops("matmul", (w, cols)) == 2 * 32 * 16 * 150 * 256
+    assert kernel_profile.kernel_flops("matmul", (w, cols)) == 2 * 32 * 16 * 150 * 256
     xp, wc, b, z = np.zeros((4, 6, 20, 20)), np.zeros((16, 6, 5, 5)), np.zeros(16), np.zeros((4, 16, 16, 16))
-    assert bench._kernel_flops("_k_conv2d_forward", (xp, wc, b, z)) == 2 * z.size * 150
-    assert bench._kernel_flops("_k_elu_forward", (z, z)) is None
+    assert kernel_profile.kernel_flops("_k_conv2d_forward", (xp, wc, b, z)) == 2 * z.size * 150
+    assert kernel_profile.kernel_flops("_k_elu_forward", (z, z)) is None
     # the 16-lane kernels the training step runs: the same counts as the plain convolutions
     dzt, dwt = np.zeros((4, 256, 16)), np.zeros((6, 5, 5, 16))
-    assert bench._kernel_flops("_k_conv16_forward", (xp, wc, z)) == 2 * z.size * 150
-    assert bench._kernel_flops("_k_conv16_backward_dx", (z, wc, np.zeros((4, 16, 20, 20)), xp)) == 2 * z.size * 150
-    assert bench._kernel_flops("_k_conv16_backward_dw", (z, xp, dzt, dwt)) == 2 * z.size * 150
+    assert kernel_profile.kernel_flops("_k_conv16_forward", (xp, wc, z)) == 2 * z.size * 150
+    assert kernel_profile.kernel_flops("_k_conv16_backward_dx", (z, wc, np.zeros((4, 16, 20, 20)), xp)) == 2 * z.size * 150
+    assert kernel_profile.kernel_flops("_k_conv16_backward_dw", (z, xp, dzt, dwt)) == 2 * z.size * 150
     z1, w1 = np.zeros((4, 6, 32, 32)), np.zeros((6, 1, 5, 5))
-    assert bench._kernel_flops("_k_conv32_forward", (np.zeros((4, 1, 36, 36)), w1, z1)) == 2 * z1.size * 25
-    assert bench._kernel_flops("_k_conv32_backward_dw", (z1, None, w1, None)) == 2 * z1.size * 25
+    assert kernel_profile.kernel_flops("_k_conv32_forward", (np.zeros((4, 1, 36, 36)), w1, z1)) == 2 * z1.size * 25
+    assert kernel_profile.kernel_flops("_k_conv32_backward_dw", (z1, None, w1, None)) == 2 * z1.size * 25
 
 
 def test_cli_bench_batchnorm_needs_two_images():

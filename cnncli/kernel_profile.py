@@ -1,0 +1,167 @@
+"""Where a training step's (or an inference pass's) time goes, kernel by kernel.
+
+    python -m cnncli.kernel_profile [train|infer] [batchnorm] [batch_size]
+
+Wraps every numba kernel and the numpy matmul/sum/... calls of cnncli.model with timers for a few
+steps, then restores them. A diagnostic for developers: the wrappers add about a microsecond per call,
+so its absolute rates are below `cnn bench`'s; it is not a benchmark.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from cnncli.bench import Ours, images_per_second, random_batches
+from cnncli.machine import compute_modules, is_dispatcher, using_threads
+
+_TIMED_NUMPY = ("matmul", "dot", "einsum", "sum", "add", "multiply", "subtract", "copyto")
+
+
+def _profiled_targets():
+    """([(module, attribute, dispatcher)] of the kernels to time, [modules whose `np` to time]).
+
+    The one place that knows where the kernels live and how they are named (module-level numba
+    dispatchers whose name starts with _k_), and which module makes the step's numpy calls.
+    """
+    from cnncli import model
+
+    kernels = [(mod, name, obj) for mod in compute_modules() if mod is not model
+               for name, obj in vars(mod).items() if name.startswith("_k_") and is_dispatcher(obj)]
+    return kernels, [model]
+
+
+def kernel_flops(name, args):
+    """FLOPs of one call when the arguments have the shapes the conv kernels/matmul use, else None."""
+    try:
+        if name in ("matmul", "dot"):       # (..., M, K) @ (..., K, P), batch dims broadcast
+            a, b = args[0], args[1]
+            batch = int(np.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2])))
+            return 2 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
+        if "conv2d_forward" in name:       # (xp, w, b, z): each output = C*K*K multiply-adds
+            return 2 * args[3].size * args[1][0].size
+        if "conv2d_backward_dx" in name:   # (dz, w, dxp)
+            return 2 * args[0].size * args[1][0].size
+        if "conv2d_backward_dw" in name:   # (dz, xp, dw, db)
+            return 2 * args[0].size * args[2][0].size
+        if name.endswith(("conv16_forward", "conv32_forward")):   # (xp, w, z)
+            return 2 * args[2].size * args[1][0].size
+        if name.endswith("conv16_backward_dx"):                  # (dz, w, dzp, dx)
+            return 2 * args[0].size * args[1][0].size
+        if name.endswith("conv16_backward_dw"):                  # (dz, xp, dzt, dwt (C,K,K,F))
+            return 2 * args[0].size * args[3][..., 0].size
+        if name.endswith("conv32_backward_dw"):                  # (dz, xp, dw, db)
+            return 2 * args[0].size * args[2][0].size
+        if "infer_features" in name or "infer_serial" in name:   # (x, w1, .., w2, .., [w3, ..])
+            fc1 = args[9].size if "infer_serial" in name else 0    # convs: 32x32 and 16x16 outputs
+            return 2 * args[0].shape[0] * (args[1].size * 32 * 32 + args[5].size * 16 * 16 + fc1)
+    except (AttributeError, IndexError, TypeError):
+        pass
+    return None
+
+
+class _NumpyProxy:
+    """Stands in for `numpy` inside cnncli.model so its matmul/sum/... calls can be timed
+    (`a @ b` and array methods bypass it and land in "other")."""
+
+    def __init__(self, wrap):
+        self._wrap = wrap
+
+    def __getattr__(self, attr):
+        value = getattr(np, attr)
+        return self._wrap(attr, value) if attr in _TIMED_NUMPY else value
+
+
+def profile_step(batchnorm="none", batch_size=128, steps=20, threads=0, mode="train", num_classes=12) -> dict:
+    """Time every numba kernel and numpy matmul/sum/... call of a training step (or an inference pass)
+    by wrapping them; the rest of the step is reported as "other".
+
+    Returns {"step_ms", "rows": [{"call", "calls_per_step", "ms_per_step", "share", "gflops"}]}.
+    Kernels are first run once unwrapped (JIT). With more than one thread, calls made concurrently by
+    worker threads are summed, so the shares are of thread time, not wall time ("other" can then come
+    out small or negative): profile at threads=1 to see where a step's wall time goes.
+    """
+    with using_threads(threads) as n_threads:
+        ours = Ours(num_classes, batchnorm)
+        batches = random_batches(batch_size, num_classes)
+        fn = ours.train if mode == "train" else (lambda x, y: ours.infer(x))
+        images_per_second(fn, batches, 0.3)  # compile / load from cache, warm up
+        acc, total = _timed_run(fn, batches, steps)
+    rows = []
+    for label, (sec, calls, flops) in sorted(acc.items(), key=lambda kv: -kv[1][0]):
+        rows.append({"call": label, "calls_per_step": calls / steps, "ms_per_step": sec / steps * 1e3,
+                     "share": sec / total, "gflops": (flops / sec / 1e9) if flops else None})
+    other = total - sum(v[0] for v in acc.values())
+    rows.append({"call": "other (python, numpy glue, optimizer)" if mode == "train" else "other (python, numpy glue)",
+                 "calls_per_step": None, "ms_per_step": other / steps * 1e3, "share": other / total, "gflops": None})
+    return {"mode": mode, "batchnorm": batchnorm, "batch_size": batch_size, "threads": n_threads,
+            "steps": steps, "step_ms": total / steps * 1e3, "rows": rows}
+
+
+def _timer(acc, lock):
+    """wrap(name, f) -> f timed into acc[label] = [seconds, calls, flops], label = name + argument shapes."""
+    def wrap(name, f):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = f(*args, **kwargs)
+            dt = time.perf_counter() - t0
+            arrays = [a for a in args if isinstance(a, np.ndarray)]
+            shape = "x".join(str(tuple(a.shape) if name in _TIMED_NUMPY or a.ndim == 1 else tuple(a.shape[1:]))
+                             for a in arrays[:2])
+            label = f"{name.removeprefix('_k_')} {shape}"
+            flops = kernel_flops(name, args) or 0
+            with lock:  # the model's conv worker threads call kernels concurrently
+                slot = acc.setdefault(label, [0.0, 0, 0])
+                slot[0] += dt
+                slot[1] += 1
+                slot[2] += flops
+            return out
+        return timed
+    return wrap
+
+
+def _timed_run(fn, batches, steps):
+    """({label: [seconds, calls, flops]}, total seconds) of `steps` calls of fn with the timers in place."""
+    acc = {}
+    wrap = _timer(acc, threading.Lock())
+    kernels, numpy_users = _profiled_targets()
+    try:
+        for mod, name, obj in kernels:
+            setattr(mod, name, wrap(name, obj))
+        for mod in numpy_users:
+            mod.np = _NumpyProxy(wrap)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            x, y = batches[i % len(batches)]
+            fn(x, y)
+        total = time.perf_counter() - t0
+    finally:
+        for mod, name, obj in kernels:
+            setattr(mod, name, obj)
+        for mod in numpy_users:
+            mod.np = np
+    return acc, total
+
+
+def format_profile(prof: dict) -> str:
+    """The profile as a table: call and argument shapes, calls, ms per step, share, GFLOP/s."""
+    lines = [f"profile: {prof['mode']}, batchnorm={prof['batchnorm']}, batch {prof['batch_size']}, "
+             f"{prof['threads']} thread(s), {prof['steps']} steps: {prof['step_ms']:.2f} ms per step "
+             f"({prof['batch_size'] / prof['step_ms'] * 1e3:,.0f} img/s with the timing wrappers)",
+             f"{'call (argument shapes without N)':58s} {'calls':>5s} {'ms/step':>8s} {'share':>6s} {'GFLOP/s':>8s}"]
+    for r in prof["rows"]:
+        calls = "" if r["calls_per_step"] is None else f"{r['calls_per_step']:.0f}"
+        gf = "" if r["gflops"] is None else f"{r['gflops']:.1f}"
+        lines.append(f"{r['call'][:58]:58s} {calls:>5s} {r['ms_per_step']:>8.3f} {r['share']:>6.1%} {gf:>8s}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m cnncli.kernel_profile [train|infer] [batchnorm] [batch_size]
+    import sys
+
+    argv = sys.argv[1:]
+    print(format_profile(profile_step(mode=argv[0] if argv else "train",
+                                      batchnorm=argv[1] if len(argv) > 1 else "none",
+                                      batch_size=int(argv[2]) if len(argv) > 2 else 128)))

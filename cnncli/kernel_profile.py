@@ -1,6 +1,6 @@
 """Where a training step's (or an inference pass's) time goes, kernel by kernel.
 
-    python -m cnncli.kernel_profile [train|infer] [batchnorm] [batch_size]
+    python -m cnncli.kernel_profile [train|infer] [batchnorm] [batch_size] [threads (0 = all)]
 
 Wraps every numba kernel and the numpy matmul/sum/... calls of cnncli.model with timers for a few
 steps, then restores them. A diagnostic for developers: the wrappers add about a microsecond per call,
@@ -158,10 +158,11 @@ def format_profile(prof: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m cnncli.kernel_profile [train|infer] [batchnorm] [batch_size]
+if __name__ == "__main__":  # python -m cnncli.kernel_profile [train|infer] [batchnorm] [batch_size] [threads]
     import sys
 
     argv = sys.argv[1:]
     print(format_profile(profile_step(mode=argv[0] if argv else "train",
                                       batchnorm=argv[1] if len(argv) > 1 else "none",
-                                      batch_size=int(argv[2]) if len(argv) > 2 else 128)))
+                                      batch_size=int(argv[2]) if len(argv) > 2 else 128,
+                                      threads=int(argv[3]) if len(argv) > 3 else 0)))

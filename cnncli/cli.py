@@ -222,7 +222,7 @@ def bench(batchnorm, batch_sizes, threads, seconds, repeats, vs_torch, as_json):
               help="A .npz checkpoint, or a run folder (its best.npz, else last.npz).")
 @click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx"]),
               help="Output format.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The model file to write, e.g. model.onnx.")
+@click.option("--out", required=True, type=click.Path(), help="The model file to write, e.g. model.onnx.")
 @click.option("--input", "input_kind", default="uint8", show_default=True, type=click.Choice(["uint8", "float"]),
               help="Graph input: uint8 (N,32,32) pixels, normalized in the graph, or float32 (N,1,32,32) "
                    "already normalized. See docs/interop.md.")

@@ -260,3 +260,23 @@ def test_float64_checkpoint_exports_in_float32(onnx, ort, tmp_path):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert props["source_dtype"] == "float64"
+
+
+def test_docs_pil_pad_loader_matches_cnncli(runs, tmp_path):
+    """docs/interop.md's Pillow-only loader gives data.load_image's pixels (resize=pad) bitwise, on the
+    probe files (PNG, JPEG, RGB, 48x48, non-square) and on a rotated-by-EXIF JPEG."""
+    from pathlib import Path
+
+    _, _, files = runs
+    text = (Path(__file__).resolve().parents[1] / "docs" / "interop.md").read_text()
+    start, end = "<!-- pil-pad:start -->\n```python\n", "```\n<!-- pil-pad:end -->"
+    scope: dict = {}
+    exec(text[text.index(start) + len(start): text.index(end)], scope)  # noqa: S102 - our own doc
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6                                                   # orientation: rotate 90
+    draw("bar", np.random.default_rng(3), size=64).resize((60, 30)).save(rotated, exif=exif)
+    checked = [f for f in files] + [str(rotated)]
+    assert any(f.endswith(".jpg") for f in checked) and any("odd" in f for f in checked)
+    for f in checked:
+        assert np.array_equal(scope["load_pad"](f), data.load_image(f, 32, "pad")), f

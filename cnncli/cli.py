@@ -217,6 +217,23 @@ def bench(batchnorm, batch_sizes, threads, seconds, repeats, vs_torch, as_json):
               vs_torch=vs_torch, as_json=as_json, echo=click.echo)
 
 
+@cli.command(short_help="Write a checkpoint as an ONNX model (for onnxruntime etc.).")
+@click.option("--checkpoint", required=True, type=click.Path(),
+              help="A .npz checkpoint, or a run folder (its best.npz, else last.npz).")
+@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx"]),
+              help="Output format.")
+@click.option("--out", required=True, type=click.Path(), help="The model file to write, e.g. model.onnx.")
+@click.option("--input", "input_kind", default="uint8", show_default=True, type=click.Choice(["uint8", "float"]),
+              help="Graph input: uint8 (N,32,32) pixels, normalized in the graph, or float32 (N,1,32,32) "
+                   "already normalized. See docs/interop.md.")
+@user_errors
+def export(checkpoint, fmt, out, input_kind):
+    """Export the inference network of a checkpoint; class names and preprocessing go in its metadata."""
+    from cnncli.export import export_onnx
+
+    click.echo(str(export_onnx(_resolve_checkpoint(checkpoint), out, kind=input_kind)))
+
+
 @cli.command(short_help="Generate the built-in 12-class demo dataset.")
 @click.argument("root", type=click.Path(file_okay=False), default="data/demo")
 @user_errors

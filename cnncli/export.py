@@ -1,0 +1,197 @@
+"""`cnn export`: a checkpoint's inference network as an ONNX model, built with onnx.helper.
+
+The graph computes what infer.py computes (BN with running statistics folded into a scale and shift,
+per unit or per channel), in float32, with a dynamic batch dimension; it needs the optional `onnx`
+package (cnncli[onnx]). This module does not run models (onnxruntime does: docs/interop.md) nor train.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .arch import IMAGE_SHAPE
+from .errors import CnnError
+from .infer import _bn_folds
+from .predictor import Predictor, input_table
+
+OPSET = 17          # onnxruntime runs opsets 7..23 (1.20+); 17 keeps older runtimes working too
+IR_VERSION = 8      # the IR version that introduced opset 17
+INPUT_KINDS = ("uint8", "float")
+INPUT_NAMES = {"uint8": "pixels", "float": "input"}
+OUTPUT_NAME = "probabilities"
+INPUT_DOCS = {
+    "uint8": "pixels: (N,32,32) uint8 grayscale images, already decoded and resized as the checkpoint's "
+             "preprocessing says (metadata 'preprocess'); the graph applies (v/255 - mean) / std itself.",
+    "float": "input: (N,1,32,32) float32 normalized images, (v/255 - mean) / std of the uint8 pixels v "
+             "with mean and std of the metadata 'preprocess'.",
+}
+OUTPUT_DOC = ("probabilities: (N,C) float32, the sigmoid output of each class (independent, not summing "
+              "to 1); the class names are the metadata 'classes' in column order.")
+
+
+class ExportError(CnnError):
+    """Export impossible: onnx missing, output path unusable."""
+
+
+def _import_onnx():
+    """The onnx module, or ExportError naming the extra to install."""
+    try:
+        import onnx
+        from onnx import checker, helper, numpy_helper  # noqa: F401  (submodules used below)
+    except ImportError as e:
+        raise ExportError(f"cnn export needs the onnx package ({e}); install it with: "
+                          "pip install 'cnncli[onnx]'") from None
+    return onnx
+
+
+def _check_out(out: Path) -> None:
+    """ExportError when `out` cannot be a file we create: its folder is missing or not a folder, or
+    `out` is a folder. Whether the folder is writable shows when writing."""
+    parent = out.parent
+    if out.is_dir():
+        raise ExportError(f"{out}: is a folder; give the .onnx file to write")
+    if not parent.exists():
+        raise ExportError(f"{out}: folder {str(parent)!r} does not exist")
+    if not parent.is_dir():
+        raise ExportError(f"{out}: {str(parent)!r} is not a folder")
+
+
+def _input_nodes(helper, kind: str, table: np.ndarray, inits: list) -> tuple[list, str]:
+    """Nodes from the graph input to the (N,1,32,32) float32 network input -> (nodes, its name).
+
+    uint8: a lookup in the 256-entry table of predictor.input_table (the exact values `cnn predict`
+    feeds the network), then a channel axis; float: the input is "x" already."""
+    from onnx import TensorProto
+
+    if kind == "float":
+        return [], INPUT_NAMES["float"]
+    inits.append(("input_table", table))                             # (256,)
+    inits.append(("channel_axis", np.array([1], dtype=np.int64)))
+    nodes = [
+        helper.make_node("Cast", [INPUT_NAMES["uint8"]], ["pixel_index"], name="to_index",
+                         to=TensorProto.INT32),
+        helper.make_node("Gather", ["input_table", "pixel_index"], ["normalized"], name="normalize", axis=0),
+        helper.make_node("Unsqueeze", ["normalized", "channel_axis"], ["x"], name="add_channel"),
+    ]
+    return nodes, "x"
+
+
+def _bn_nodes(helper, layer: int, src: str, folds: dict, inits: list) -> tuple[list, str]:
+    """z * scale + shift for BN layer `layer` (nothing without BN) -> (nodes, output name)."""
+    if not folds:
+        return [], src
+    scale, shift = folds[layer]
+    inits += [(f"bn{layer}.scale", scale), (f"bn{layer}.shift", shift)]
+    nodes = [helper.make_node("Mul", [src, f"bn{layer}.scale"], [f"bn{layer}.scaled"], name=f"bn{layer}.scale"),
+             helper.make_node("Add", [f"bn{layer}.scaled", f"bn{layer}.shift"], [f"bn{layer}.out"],
+                              name=f"bn{layer}.shift")]
+    return nodes, f"bn{layer}.out"
+
+
+def _network_nodes(helper, params, folds: dict, src: str, inits: list) -> list:
+    """conv [BN] maxpool ELU twice, flatten (C order), fc1 [BN] ELU, fc2, sigmoid: infer._forward's
+    order (pool before ELU: ELU increases, so both orders give the same values)."""
+    nodes = []
+    for layer, conv in ((1, "conv1"), (2, "conv2")):
+        inits += [(f"{conv}.w", params[f"{conv}.w"]), (f"{conv}.b", params[f"{conv}.b"])]
+        nodes.append(helper.make_node("Conv", [src, f"{conv}.w", f"{conv}.b"], [f"{conv}.out"], name=conv,
+                                      kernel_shape=[5, 5], pads=[2, 2, 2, 2], strides=[1, 1]))
+        bn, src = _bn_nodes(helper, layer, f"{conv}.out", folds, inits)
+        nodes += bn
+        nodes += [helper.make_node("MaxPool", [src], [f"pool{layer}.out"], name=f"pool{layer}",
+                                   kernel_shape=[2, 2], strides=[2, 2]),
+                  helper.make_node("Elu", [f"pool{layer}.out"], [f"elu{layer}.out"], name=f"elu{layer}", alpha=1.0)]
+        src = f"elu{layer}.out"
+    nodes.append(helper.make_node("Flatten", [src], ["flat"], name="flatten", axis=1))      # (N,1024)
+    inits += [("fc1.w", params["fc1.w"]), ("fc1.b", params["fc1.b"])]
+    nodes.append(helper.make_node("Gemm", ["flat", "fc1.w", "fc1.b"], ["fc1.out"], name="fc1", transB=1))
+    bn, src = _bn_nodes(helper, 3, "fc1.out", folds, inits)
+    nodes += bn
+    nodes.append(helper.make_node("Elu", [src], ["elu3.out"], name="elu3", alpha=1.0))       # (N,65)
+    inits += [("fc2.w", params["fc2.w"]), ("fc2.b", params["fc2.b"])]
+    nodes += [helper.make_node("Gemm", ["elu3.out", "fc2.w", "fc2.b"], ["logits"], name="fc2", transB=1),
+              helper.make_node("Sigmoid", ["logits"], [OUTPUT_NAME], name="sigmoid")]          # (N,C)
+    return nodes
+
+
+def metadata(predictor: Predictor, kind: str) -> dict:
+    """The model's metadata_props: every value a string (JSON for the structured ones)."""
+    prep = predictor.preprocess
+    mean, std = float(prep["mean"]), float(prep["std"])
+    return {
+        "classes": json.dumps(list(predictor.classes), ensure_ascii=False),
+        "preprocess": json.dumps({"image_size": int(prep["image_size"]), "resize": prep["resize"], "mean": mean,
+                                  "std": std, "normalize": not (mean == 0.0 and std == 1.0)}),
+        "cnncli_version": __version__,
+        "batchnorm": predictor.batchnorm,
+        "input_kind": kind,
+        "input_name": INPUT_NAMES[kind],
+        "output_name": OUTPUT_NAME,
+        "source_dtype": str(predictor.params.flat.dtype),
+    }
+
+
+def build_model(predictor: Predictor, kind: str = "uint8"):
+    """An onnx.ModelProto of the predictor's network (float32, opset OPSET), checked by onnx.checker."""
+    onnx = _import_onnx()
+    from onnx import TensorProto, helper, numpy_helper
+
+    if kind not in INPUT_KINDS:
+        raise ValueError(f"kind must be one of {INPUT_KINDS}, got {kind!r}")
+    f32 = np.dtype(np.float32)
+    params = {k: np.ascontiguousarray(v, dtype=f32) for k, v in predictor.params.items()}
+    folds = {k: (s.astype(f32), t.astype(f32)) for k, (s, t) in
+             _bn_folds(predictor.params, predictor.buffers, predictor.batchnorm, predictor.eps,
+                       predictor.params.flat.dtype).items()}
+    table = input_table(predictor.preprocess["mean"], predictor.preprocess["std"], f32)   # (256,)
+    inits: list = []
+    nodes, src = _input_nodes(helper, kind, table, inits)
+    nodes += _network_nodes(helper, params, folds, src, inits)
+    shape = ["N", *IMAGE_SHAPE] if kind == "float" else ["N", *IMAGE_SHAPE[1:]]
+    elem = TensorProto.FLOAT if kind == "float" else TensorProto.UINT8
+    graph = helper.make_graph(
+        nodes, "cnncli", [helper.make_tensor_value_info(INPUT_NAMES[kind], elem, shape, INPUT_DOCS[kind])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", len(predictor.classes)], OUTPUT_DOC)],
+        initializer=[numpy_helper.from_array(np.ascontiguousarray(a), name) for name, a in inits],
+        doc_string=f"cnncli {predictor.batchnorm} network: {INPUT_DOCS[kind]} -> {OUTPUT_DOC}")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="cnncli", producer_version=__version__)
+    model.ir_version = IR_VERSION
+    helper.set_model_props(model, metadata(predictor, kind))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _write_atomic(onnx, model, out: Path) -> None:
+    """Serialize to a temporary file beside `out`, fsync, os.replace: `out` is whole or untouched."""
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        with open(tmp, "xb") as f:
+            onnx.save_model(model, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise ExportError(f"{out}: cannot write ({e.strerror or e})") from None
+        raise
+
+
+def export_onnx(checkpoint, out, kind: str = "uint8") -> Path:
+    """Write the checkpoint file `checkpoint` as an ONNX model at `out` (see build_model) -> out."""
+    onnx = _import_onnx()
+    out = Path(out)
+    _check_out(out)
+    model = build_model(Predictor.from_checkpoint(checkpoint), kind)
+    _write_atomic(onnx, model, out)
+    return out

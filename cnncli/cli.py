@@ -120,13 +120,19 @@ def _report_after_training(run_dir):
 @click.option("--data", "data_dir", required=True, type=click.Path(), help="Image folder with one subfolder per class.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--fail-under", type=click.FloatRange(0, 1), default=None,
+              help="Exit 1 (after printing the metrics) when --metric is below this value, in [0, 1]: a CI gate.")
+@click.option("--metric", default="accuracy", show_default=True,
+              type=click.Choice(["accuracy", "macro_f1", "top_k_accuracy"]), help="The metric --fail-under checks.")
 @user_errors
-def eval_cmd(checkpoint, data_dir, batch_size, as_json):
+def eval_cmd(checkpoint, data_dir, batch_size, as_json, fail_under, metric):
     """Measure a checkpoint on a labelled image folder: loss, accuracy, top-k, per-class P/R/F1, confusion."""
-    from cnncli.evaluate import evaluate, format_metrics
+    from cnncli.evaluate import below_threshold, evaluate, format_metrics
 
     metrics, _, _ = evaluate(_resolve_checkpoint(checkpoint), data_dir, batch_size=batch_size)
     click.echo(json.dumps(metrics, indent=2) if as_json else format_metrics(metrics))
+    if fail_under is not None and (problem := below_threshold(metrics, metric, fail_under)):
+        raise CnnError(problem)
 
 
 @cli.command(short_help="Classify image files or folders.")
@@ -232,6 +238,32 @@ def export(checkpoint, fmt, out, input_kind):
     from cnncli.export import export_onnx
 
     click.echo(str(export_onnx(_resolve_checkpoint(checkpoint), out, kind=input_kind)))
+
+
+@cli.command("augment-preview", short_help="A PNG grid of augmented samples of your training images.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML config file (as for cnn train); its data.train images and augment section are used.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. --set augment.affine.rotate=20. Repeatable.")
+@click.option("--out", "out_path", default="augment-preview.png", show_default=True,
+              type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.option("--rows", default=6, show_default=True, type=click.IntRange(1, 100),
+              help="Images (one row each, classes in turn).")
+@click.option("--cols", default=8, show_default=True, type=click.IntRange(2, 50),
+              help="Columns: the original, then cols-1 augmented variants.")
+@click.option("--seed", default=None, type=click.IntRange(min=0),
+              help="Seed of the image choice and the draws (default: train.seed, as epoch 0 of training).")
+@user_errors
+def augment_preview(config_path, overrides, out_path, rows, cols, seed):
+    """Render what the model sees: each row one of your images, then augmented variants of it."""
+    from cnncli import config as config_mod
+    from cnncli.augment_preview import write_preview
+
+    cfg = config_mod.load_config(config_path, overrides)
+    if not cfg["augment"]["enabled"]:
+        click.echo("note: augment.enabled is false: training uses the originals; the variants show the "
+                   "augment settings as they would apply", err=True)
+    click.echo(str(write_preview(cfg, out_path, rows=rows, cols=cols, seed=seed)))
 
 
 @cli.command(short_help="Generate the built-in 12-class demo dataset.")

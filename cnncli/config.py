@@ -18,6 +18,7 @@ from .errors import ConfigError
 
 OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adam", "adamw")  # == optim.OPTIMIZERS (tested)
 SCHEDULE_NAMES = ("constant", "step", "cosine")  # == optim.SCHEDULES (tested)
+CLASS_WEIGHTS = ("none", "balanced")  # train.class_weight's named settings (or a mapping)
 MAX_INT = 2 ** 31 - 1  # sanity bound on every integer (keeps numpy int32/int64 use safe downstream)
 
 
@@ -46,12 +47,33 @@ def _not_empty(v):
     return None if v.strip() else "must not be empty"
 
 
+def _pair(lo, hi, lo_open=False):
+    """A check for [a, b]: lo <(=) a <= b <= hi."""
+    def check(v):
+        a, b = v
+        if (a <= lo if lo_open else a < lo) or b > hi:
+            return f"each value must be in {'(' if lo_open else '['}{lo}, {hi}]"
+        return None if a <= b else "must be [lo, hi] with lo <= hi"
+    return check
+
+
+def _class_weight(v):
+    if isinstance(v, str):  # _weights checked the name
+        return None
+    if not v:
+        return "must be none, balanced or a non-empty mapping {class: weight}"
+    for name, w in v.items():
+        if not (w > 0):
+            return f"the weight of class {name!r} must be > 0"
+    return None
+
+
 @dataclass(frozen=True)
 class Option:
     key: str                    # dotted path, e.g. "optim.lr"
     default: Any                # None means "null is allowed"
     help: str                   # one line, used by dump() and reference_table()
-    kind: str                   # "str" | "int" | "float" | "bool" | "choice" | "unit_pair"
+    kind: str                   # "str" | "int" | "float" | "bool" | "choice" | "unit_pair" | "pair" | "weights"
     choices: tuple = ()
     check: Optional[Callable] = None
 
@@ -117,6 +139,39 @@ OPTIONS = (
     Option("train.early_stopping.restore_best", True, "When stopping early, restore the best weights into "
            "last.npz.", "bool"),
     Option("train.top_k", 3, "k of the top-k accuracy that is reported, >= 1.", "int", check=_range(1, MAX_INT)),
+    Option("train.class_weight", "none", "Loss weight per class: none, balanced (n_images / (n_classes * "
+           "n_images_of_class), sklearn's convention) or a mapping {class: weight > 0}, unlisted classes 1.",
+           "weights", check=_class_weight),
+    Option("augment.enabled", False, "Augment training batches (never validation, eval or predict) with the "
+           "transforms below, each drawn per image from (train.seed, epoch, step).", "bool"),
+    Option("augment.affine.p", 0.9, "Probability of a random affine (shift, rotation, scale, shear) per image, "
+           "in [0, 1].", "float", check=_range(0, 1)),
+    Option("augment.affine.shift", 2.0, "Largest shift in pixels (of 32) per axis, in [0, 16].", "float",
+           check=_range(0, 16)),
+    Option("augment.affine.rotate", 10.0, "Largest rotation in degrees either way, in [0, 180].", "float",
+           check=_range(0, 180)),
+    Option("augment.affine.scale", [0.9, 1.1], "Zoom factor range [lo, hi], 0 < lo <= hi <= 4.", "pair",
+           check=_pair(0, 4, lo_open=True)),
+    Option("augment.affine.shear", 5.0, "Largest horizontal shear in degrees either way, in [0, 45].", "float",
+           check=_range(0, 45)),
+    Option("augment.flip.horizontal", 0.0, "Probability of a left-right mirror, in [0, 1] (0: letters and "
+           "digits are not mirror-symmetric).", "float", check=_range(0, 1)),
+    Option("augment.flip.vertical", 0.0, "Probability of an up-down mirror, in [0, 1].", "float",
+           check=_range(0, 1)),
+    Option("augment.jitter.p", 0.5, "Probability of brightness/contrast jitter per image, in [0, 1].", "float",
+           check=_range(0, 1)),
+    Option("augment.jitter.brightness", 0.1, "Largest brightness change, a fraction of the 0..255 range, "
+           "in [0, 1].", "float", check=_range(0, 1)),
+    Option("augment.jitter.contrast", 0.2, "Largest contrast change: a factor in [1-c, 1+c] about the image "
+           "mean, c in [0, 1].", "float", check=_range(0, 1)),
+    Option("augment.noise.p", 0.2, "Probability of added Gaussian noise per image, in [0, 1].", "float",
+           check=_range(0, 1)),
+    Option("augment.noise.std", 0.02, "Noise standard deviation, a fraction of the 0..255 range, in [0, 1].",
+           "float", check=_range(0, 1)),
+    Option("augment.erase.p", 0.0, "Probability of erasing a random rectangle (filled with the image's "
+           "background) per image, in [0, 1].", "float", check=_range(0, 1)),
+    Option("augment.erase.scale", [0.02, 0.1], "Area fraction range [lo, hi] of the erased rectangle, "
+           "0 < lo <= hi <= 1.", "pair", check=_pair(0, 1, lo_open=True)),
     Option("out", "runs/latest", "Run folder: config.yaml, metrics.csv, last.npz, best.npz, report/.", "str",
            check=_not_empty),
 )
@@ -292,7 +347,9 @@ def _no_origin(mapping, key):
 
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _KIND_TEXT = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
-              "unit_pair": "a list of two numbers, e.g. [0.9, 0.999]"}
+              "unit_pair": "a list of two numbers, e.g. [0.9, 0.999]",
+              "pair": "a list of two numbers [lo, hi], e.g. [0.9, 1.1]",
+              "weights": "none, balanced or a mapping {class: weight}"}
 
 
 def _as_float(v):
@@ -348,11 +405,37 @@ def _check_value(opt, value, origin):
         if any(v is None or not (0.0 <= v < 1.0) for v in pair):
             _fail(origin, opt.key, f"each value must be a number in [0, 1), got {_show(value)}")
         value = pair
+    elif opt.kind == "pair":
+        pair = [_as_float(v) for v in value] if isinstance(value, (list, tuple)) and len(value) == 2 else None
+        if pair is None or any(v is None or not math.isfinite(v) for v in pair):
+            _fail(origin, opt.key, wrong)
+        value = pair
+    elif opt.kind == "weights":
+        value = _weights(opt, value, origin, wrong)
     if opt.check is not None:
         problem = opt.check(value)
         if problem:
             _fail(origin, opt.key, f"{problem}, got {_show(original)}")
     return value
+
+
+def _weights(opt, value, origin, wrong):
+    """A class_weight value: "none" | "balanced" | {class name: float} (integer names become text)."""
+    if isinstance(value, str):
+        if value not in CLASS_WEIGHTS:
+            close = difflib.get_close_matches(value, CLASS_WEIGHTS, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            _fail(origin, opt.key, f"must be none, balanced or a mapping {{class: weight}}, got {_show(value)}{hint}")
+        return value
+    if not isinstance(value, dict):
+        _fail(origin, opt.key, wrong)
+    out = {}
+    for name, w in value.items():
+        f = _as_float(w)
+        if isinstance(name, bool) or not isinstance(name, (str, int)) or f is None or not math.isfinite(f):
+            _fail(origin, opt.key, f"expected {{class name: number}}, got {_show(name)}: {_show(w)}")
+        out[str(name)] = f
+    return out
 
 
 def _resolve(values):
@@ -417,7 +500,7 @@ def load_config_text(text, overrides=(), source="<config>"):
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections (data:, model:, optim:, "
-                          f"train:, out:), got {_type_name(data)}")
+                          f"train:, augment:, out:), got {_type_name(data)}")
     values = {}
     _flatten(data, "", _file_origin(source), values)
     for text_ in overrides:

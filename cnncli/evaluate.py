@@ -140,6 +140,14 @@ def format_metrics(metrics) -> str:
     return "\n".join(lines)
 
 
+def below_threshold(metrics, metric, threshold):
+    """None when metrics[metric] >= threshold, else the one-line failure message (`cnn eval --fail-under`)."""
+    value = float(metrics[metric])
+    if value >= threshold:
+        return None
+    return f"{metric} {value:.4f} is below the threshold {threshold:g} (--fail-under)"
+
+
 def evaluate(checkpoint, data_dir, batch_size=256):
     """Evaluate a checkpoint on an image folder -> (metrics, dataset, probs (N,C))."""
     from .predictor import Predictor
@@ -219,6 +227,7 @@ def predict_paths(predictor, paths, top_k=3):
 
 __all__ = [
     "compute_metrics",
+    "below_threshold",
     "format_metrics",
     "evaluate",
     "evaluate_predictor",

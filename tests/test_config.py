@@ -43,7 +43,13 @@ def test_defaults_match_the_documented_table():
         "optim.step_size": 10, "optim.gamma": 0.1, "optim.min_lr": 0.0, "train.epochs": 10,
         "train.batch_size": 64, "train.seed": 0, "train.threads": 0, "train.checkpoint_every": 100,
         "train.early_stopping.patience": 0, "train.early_stopping.min_delta": 0.0,
-        "train.early_stopping.restore_best": True, "train.top_k": 3, "out": "runs/latest",
+        "train.early_stopping.restore_best": True, "train.top_k": 3, "train.class_weight": "none",
+        "augment.enabled": False, "augment.affine.p": 0.9, "augment.affine.shift": 2.0,
+        "augment.affine.rotate": 10.0, "augment.affine.scale": [0.9, 1.1], "augment.affine.shear": 5.0,
+        "augment.flip.horizontal": 0.0, "augment.flip.vertical": 0.0, "augment.jitter.p": 0.5,
+        "augment.jitter.brightness": 0.1, "augment.jitter.contrast": 0.2, "augment.noise.p": 0.2,
+        "augment.noise.std": 0.02, "augment.erase.p": 0.0, "augment.erase.scale": [0.02, 0.1],
+        "out": "runs/latest",
     }
     assert {o.key: o.default for o in OPTIONS} == expected
     assert list(HELP) == list(expected) and all(h and "\n" not in h for h in HELP.values())
@@ -331,6 +337,12 @@ def _valid_value(opt):
         return st.sampled_from(opt.choices)
     if opt.kind == "unit_pair":
         return st.lists(st.floats(0, 0.999), min_size=2, max_size=2)
+    if opt.kind == "pair":
+        return st.lists(st.floats(0.01, 1), min_size=2, max_size=2).map(sorted)
+    if opt.kind == "weights":
+        weight = st.floats(0.01, 100)
+        return st.sampled_from(["none", "balanced"]) | st.dictionaries(st.sampled_from(["a", "b", "7"]), weight,
+                                                                       min_size=1)
     if opt.kind == "str":
         text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20)
         return text.filter(lambda s: s.strip()) | (st.none() if opt.default is None else st.nothing())
@@ -339,7 +351,9 @@ def _valid_value(opt):
     lo, hi = {"optim.momentum": (0, 0.999), "data.val_split": (0.01, 0.99), "model.bn_momentum": (0.01, 1),
               "model.num_classes": (2, 1000), "train.epochs": (1, 1000), "train.batch_size": (1, 4096),
               "optim.step_size": (1, 100), "train.top_k": (1, 20), "train.threads": (0, 64),
-              "model.bn_eps": (1e-9, 1), "optim.lr": (1e-6, 10), "optim.gamma": (0.01, 1)}.get(opt.key, (0, 1000))
+              "model.bn_eps": (1e-9, 1), "optim.lr": (1e-6, 10), "optim.gamma": (0.01, 1),
+              "augment.affine.shift": (0, 16), "augment.affine.rotate": (0, 180),
+              "augment.affine.shear": (0, 45)}.get(opt.key, (0, 1000 if not opt.key.startswith("augment.") else 1))
     if opt.kind == "int":
         value = st.integers(lo, hi)
     else:
@@ -366,3 +380,41 @@ def test_valid_configs_validate_and_round_trip(flat):
     assert load_config_text(dump(cfg, comments=False)) == cfg
     overrides = [f"{k}={config._flow(get(cfg, k))}" for k in LEAVES]
     assert load_config(None, overrides) == cfg
+
+
+# -- augment and class_weight ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("override,needles", [
+    ("augment.affine.rotate=-5", ["augment.affine.rotate", "[0, 180]", "-5"]),
+    ("augment.affine.p=1.5", ["augment.affine.p", "[0, 1]", "1.5"]),
+    ("augment.flip.vertical=-0.1", ["augment.flip.vertical", "[0, 1]"]),
+    ("augment.affine.scale=[1.2, 0.9]", ["augment.affine.scale", "lo <= hi", "[1.2, 0.9]"]),
+    ("augment.affine.scale=[0, 1]", ["augment.affine.scale", "(0, 4]"]),
+    ("augment.erase.scale=[0.1, 2]", ["augment.erase.scale", "(0, 1]"]),
+    ("augment.erase.scale=0.1", ["augment.erase.scale", "two numbers"]),
+    ("augment.affine.scale=[a, 1]", ["augment.affine.scale", "two numbers"]),
+    ("augment.afine.p=0.5", ["did you mean 'augment.affine.p'"]),
+    ("augment.enabld=true", ["did you mean 'augment.enabled'"]),
+    ("augment.enabled=1", ["augment.enabled", "true or false"]),
+    ("train.class_weight=balancd", ["train.class_weight", "did you mean 'balanced'"]),
+    ("train.class_weight={a: 0}", ["train.class_weight", "'a'", "> 0"]),
+    ("train.class_weight={a: -1}", ["train.class_weight", "> 0"]),
+    ("train.class_weight={a: x}", ["train.class_weight", "class name: number"]),
+    ("train.class_weight={}", ["train.class_weight", "non-empty"]),
+    ("train.class_weight=[1, 2]", ["train.class_weight", "got list"]),
+])
+def test_augment_and_class_weight_errors(override, needles):
+    message = _error(load_config, None, [override])
+    for needle in needles:
+        assert needle in message
+
+
+def test_augment_and_class_weight_values_round_trip(tmp_path):
+    path = _write(tmp_path, "augment:\n  enabled: true\n  affine: {scale: [0.8, 1.25], rotate: 15}\n"
+                            "train:\n  class_weight: {cat: 2, 7: 0.5}\n")
+    cfg = load_config(path)
+    assert cfg["augment"]["enabled"] is True and cfg["augment"]["affine"]["scale"] == [0.8, 1.25]
+    assert cfg["augment"]["affine"]["rotate"] == 15.0 and cfg["augment"]["affine"]["shift"] == 2.0
+    assert cfg["train"]["class_weight"] == {"cat": 2.0, "7": 0.5}
+    assert type(cfg["train"]["class_weight"]) is dict
+    assert load_config_text(dump(cfg)) == cfg

@@ -1,0 +1,95 @@
+"""`cnn augment-preview`: a PNG grid of a config's augmentations applied to the user's own images.
+
+Row r shows one training image (labelled with its class, classes in turn): the original first, then
+augmented variants drawn as training batches are (cnncli.augment, epoch 0, steps 0, 1, ...). PIL
+only; this module does not train, and it does not check the variants (a person looks at them).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CnnError
+
+CELL = 96          # pixels per image in the grid (32x32 scaled 3x, nearest neighbour)
+GAP = 4            # pixels between cells
+LABEL_W = 100      # left column with the class names
+HEADER_H = 18      # top row with the column titles
+
+
+def grid_size(rows: int, cols: int) -> tuple[int, int]:
+    """(width, height) of the PNG for rows x cols cells."""
+    return LABEL_W + cols * (CELL + GAP) + GAP, HEADER_H + rows * (CELL + GAP) + GAP
+
+
+def pick_images(labels, n_classes, rows, seed):
+    """rows image indices: class r % n_classes for row r, a seeded choice within the class, no repeats
+    while a class has unused images."""
+    rng = np.random.default_rng(seed)
+    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in range(n_classes)]
+    return np.array([pools[r % n_classes][(r // n_classes) % len(pools[r % n_classes])] for r in range(rows)])
+
+
+def augmented_grid(images, settings, mean, std, cols, seed):
+    """images (R,32,32) uint8 -> (R, cols, 32, 32) uint8: column 0 the originals, then variants."""
+    from .augment import Augmenter
+    from .predictor import input_table
+
+    table = input_table(mean, std, np.float32)                       # (256,)
+    x = np.ascontiguousarray(table[images][:, None])                 # (R,1,32,32)
+    aug = Augmenter(settings, seed=seed, pixel_std=std, max_batch=len(images))
+    out = np.empty((len(images), cols, 32, 32), np.uint8)            # (R,cols,32,32)
+    out[:, 0] = images
+    for j in range(1, cols):
+        y = aug(x, epoch=0, step=j - 1)[:, 0].astype(np.float64)     # (R,32,32)
+        out[:, j] = np.clip(np.rint((y * std + mean) * 255.0), 0, 255).astype(np.uint8)
+    return out
+
+
+def draw_grid(cells, names):
+    """cells (R,cols,32,32) uint8 and R row names -> a PIL image of grid_size(R, cols)."""
+    from PIL import Image, ImageDraw
+
+    rows, cols = cells.shape[:2]
+    canvas = Image.new("L", grid_size(rows, cols), 255)
+    pen = ImageDraw.Draw(canvas)
+    pen.text((LABEL_W + GAP, 3), "original", fill=0)
+    pen.text((LABEL_W + GAP + CELL + GAP, 3), "augmented ->", fill=0)
+    for r in range(rows):
+        top = HEADER_H + GAP + r * (CELL + GAP)
+        pen.text((4, top + CELL // 2 - 6), str(names[r])[:14], fill=0)
+        for c in range(cols):
+            tile = Image.fromarray(cells[r, c]).resize((CELL, CELL), Image.NEAREST)
+            canvas.paste(tile, (LABEL_W + GAP + c * (CELL + GAP), top))
+    return canvas
+
+
+def write_preview(cfg: dict, out, rows: int = 6, cols: int = 8, seed: int | None = None) -> Path:
+    """Render the grid for config `cfg` (validated) to the PNG `out`, atomically; returns its path."""
+    from . import data
+    from .augment import AugmentSettings
+
+    d = cfg["data"]
+    if not d["train"]:
+        raise CnnError("data.train is not set: give --config FILE or --set data.train=FOLDER")
+    ds, _ = data.load_folder(d["train"], image_size=d["image_size"], resize=d["resize"])
+    mean, std = 0.0, 1.0
+    if d["normalize"]:  # as the trainer normalizes (the augmenter works on normalized inputs)
+        pix = ds.images.astype(np.float64) / 255.0
+        mean, std = float(pix.mean()), float(pix.std())
+        std = std if std > 1e-6 else 1.0
+    seed = cfg["train"]["seed"] if seed is None else seed
+    idx = pick_images(ds.labels, len(ds.classes), rows, seed)
+    cells = augmented_grid(ds.images[idx], AugmentSettings.from_config(cfg["augment"]), mean, std, cols, seed)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        draw_grid(cells, [ds.classes[ds.labels[i]] for i in idx]).save(tmp, format="PNG")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out

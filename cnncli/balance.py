@@ -1,0 +1,45 @@
+"""Per-class loss weights for `train.class_weight`: none, balanced, or a {class: weight} mapping.
+
+`balanced` follows scikit-learn: weight_c = n_images / (n_classes * n_images_of_class_c). This module
+only computes and checks the weights against the training classes; the loss applies them (train).
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+def class_weights(setting, labels, classes) -> np.ndarray | None:
+    """(C,) float64 weights for train.class_weight `setting`, or None for "none" (an unweighted loss).
+
+    labels (N,) integer class indices of the training images; classes the C class names in index
+    order. A mapping names classes (unlisted ones get 1.0); a name that is not a training class is a
+    ConfigError naming it (with a did-you-mean), before any training starts.
+    """
+    n_classes = len(classes)
+    if setting is None or setting == "none":
+        return None
+    if setting == "balanced":
+        labels = np.asarray(labels)
+        counts = np.bincount(labels, minlength=n_classes).astype(np.float64)  # (C,)
+        empty = [classes[i] for i in np.flatnonzero(counts == 0)]
+        if empty:
+            raise ConfigError(f"train.class_weight: balanced needs images of every class; none of {empty}")
+        return labels.size / (n_classes * counts)
+    if isinstance(setting, dict):
+        index = {name: i for i, name in enumerate(classes)}
+        weights = np.ones(n_classes)
+        for name, w in setting.items():
+            if name not in index:
+                close = difflib.get_close_matches(str(name), list(index), n=1, cutoff=0.6)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; the classes are: {', '.join(classes)}"
+                raise ConfigError(f"train.class_weight: {name!r} is not a training class{hint}")
+            if not (float(w) > 0 and np.isfinite(float(w))):
+                raise ConfigError(f"train.class_weight: the weight of class {name!r} must be > 0, got {w!r}")
+            weights[index[name]] = float(w)
+        return weights
+    raise ConfigError(f"train.class_weight: must be none, balanced or a mapping {{class: weight}}, got {setting!r}")

@@ -1,0 +1,194 @@
+"""cnncli.augment against a slow NumPy reference (float64), plus properties: integer shifts move pixels
+exactly, identity settings leave x bitwise unchanged, erasing fills a rectangle, jitter is affine in
+the values, and the draws depend on (seed, epoch, step) only, not on the thread count."""
+
+import math
+
+import numba
+import numpy as np
+import pytest
+
+from cnncli import augment as A
+
+S = A.SIZE
+
+
+def reference_fill(img):
+    """data.resize_gray's pad value: the median of the 4 edges (corners counted twice)."""
+    return float(np.median(np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])))
+
+
+def reference_sample(img, q):
+    """Bilinear sampling of img (H,W) through the inverse of the forward map of parameter row q."""
+    fill = reference_fill(img)
+    th, sh, sc = q[A.P_ROT], q[A.P_SHEAR], q[A.P_SCALE]
+    flip = np.diag([q[A.P_FLIPX], q[A.P_FLIPY]])
+    rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    shear = np.array([[1.0, math.tan(sh)], [0.0, 1.0]])
+    inv = np.linalg.inv(flip @ rot @ shear * sc)
+    ctr = (S - 1) / 2.0
+    out = np.empty((S, S))
+
+    def at(r, c):
+        return img[r, c] if 0 <= r < S and 0 <= c < S else fill
+
+    for r in range(S):
+        for c in range(S):
+            sx, sy = inv @ np.array([c - ctr - q[A.P_TX], r - ctr - q[A.P_TY]]) + ctr
+            x0, y0 = math.floor(sx), math.floor(sy)
+            fx, fy = sx - x0, sy - y0
+            out[r, c] = ((1 - fy) * ((1 - fx) * at(y0, x0) + fx * at(y0, x0 + 1))
+                         + fy * ((1 - fx) * at(y0 + 1, x0) + fx * at(y0 + 1, x0 + 1)))
+    return out, fill
+
+
+def reference(x, params, noise):
+    """The whole augmentation of x (N,1,S,S), image by image, in float64."""
+    out = np.empty(x.shape)
+    for i, q in enumerate(params):
+        img = x[i, 0].astype(np.float64)
+        fill = reference_fill(img)
+        if q[A.P_GEO]:
+            img, fill = reference_sample(img, q)
+        if q[A.P_JITTER]:
+            img = (img - img.mean()) * q[A.P_CONTRAST] + img.mean() + q[A.P_BRIGHT]
+        if q[A.P_NOISE_SLOT] >= 0:
+            img = img + q[A.P_NOISE_STD] * noise[int(q[A.P_NOISE_SLOT])]
+        t, lft, h, w = (int(q[k]) for k in (A.P_ER_TOP, A.P_ER_LEFT, A.P_ER_H, A.P_ER_W))
+        img[t:t + h, lft:lft + w] = fill
+        out[i, 0] = img
+    return out
+
+
+def glyphs(n, seed=0, dtype=np.float64):
+    """Letterbox-like images: a flat background per image with a random blob of strokes."""
+    rng = np.random.default_rng(seed)
+    x = np.repeat(rng.normal(size=(n, 1, 1, 1)), S * S).reshape(n, 1, S, S)
+    x[:, :, 6:26, 8:24] += rng.normal(size=(n, 1, 20, 16)) * 2
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+SETTINGS = A.AugmentSettings(affine_p=0.8, shift=3, rotate=25, scale=(0.8, 1.2), shear=10, flip_h=0.3,
+                             flip_v=0.3, jitter_p=0.5, brightness=0.2, contrast=0.3, noise_p=0.5,
+                             noise_std=0.1, erase_p=0.5, erase_scale=(0.02, 0.2))
+
+
+def identity_params(n):
+    p = np.zeros((n, A.N_PARAMS))
+    p[:, [A.P_SCALE, A.P_FLIPX, A.P_FLIPY, A.P_CONTRAST]] = 1.0
+    p[:, A.P_NOISE_SLOT] = -1.0
+    return p
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_augmenter_matches_the_numpy_reference(dtype, tol):
+    x = glyphs(24, dtype=dtype)
+    aug = A.Augmenter(SETTINGS, seed=5, pixel_std=0.5, dtype=dtype, max_batch=8)  # grows to 24
+    got = aug(x, epoch=1, step=2).copy()
+    params, noise = aug.draw(24, 1, 2)
+    assert params[:, A.P_GEO].any() and params[:, A.P_ER_H].any() and (params[:, A.P_NOISE_SLOT] >= 0).any()
+    assert (params[:, A.P_FLIPX] < 0).any() and params[:, A.P_JITTER].any()
+    want = reference(x, params, noise)
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol * max(1.0, np.abs(want).max()))
+
+
+def test_identity_settings_return_x_bitwise():
+    for dtype in (np.float32, np.float64):
+        x = glyphs(10, dtype=dtype)
+        for settings in (A.AugmentSettings(), A.AugmentSettings(affine_p=1.0)):  # p=1 with zero ranges too
+            out = A.Augmenter(settings, seed=0, dtype=dtype)(x, 0, 0)
+            assert out.dtype == dtype and np.array_equal(out, x) and out.tobytes() == x.tobytes()
+
+
+@pytest.mark.parametrize("tx,ty", [(3, 0), (0, -2), (-5, 4)])
+def test_integer_shift_moves_the_image_exactly(tx, ty):
+    x = glyphs(3, seed=1)
+    p = identity_params(3)
+    p[:, A.P_GEO], p[:, A.P_TX], p[:, A.P_TY] = 1.0, tx, ty
+    out = A.apply_params(x, p)
+    for i in range(3):
+        fill = reference_fill(x[i, 0])
+        want = np.full((S, S), fill)
+        want[max(ty, 0):S + min(ty, 0), max(tx, 0):S + min(tx, 0)] = \
+            x[i, 0, max(-ty, 0):S + min(-ty, 0), max(-tx, 0):S + min(-tx, 0)]
+        assert np.array_equal(out[i, 0], want)
+
+
+def test_flip_and_zero_rotation():
+    x = glyphs(2, seed=2)
+    p = identity_params(2)
+    p[:, A.P_GEO] = 1.0
+    assert np.array_equal(A.apply_params(x, p), x)  # rotation 0, scale 1, no shift: identity
+    p[0, A.P_FLIPX], p[1, A.P_FLIPY] = -1.0, -1.0
+    out = A.apply_params(x, p)
+    assert np.array_equal(out[0, 0], x[0, 0, :, ::-1]) and np.array_equal(out[1, 0], x[1, 0, ::-1, :])
+
+
+def test_rotation_by_90_degrees_is_a_transpose_of_indices():
+    x = glyphs(1, seed=3)
+    p = identity_params(1)
+    p[0, A.P_GEO], p[0, A.P_ROT] = 1.0, math.pi / 2
+    out = A.apply_params(x, p)
+    np.testing.assert_allclose(out[0, 0], np.rot90(x[0, 0], k=-1), atol=1e-12)  # y-down: clockwise
+
+
+def test_erasing_fills_a_rectangle_with_the_background():
+    x = glyphs(1, seed=4)
+    p = identity_params(1)
+    p[0, [A.P_ER_TOP, A.P_ER_LEFT, A.P_ER_H, A.P_ER_W]] = 5, 7, 9, 4
+    out = A.apply_params(x, p)[0, 0]
+    inside = np.zeros((S, S), bool)
+    inside[5:14, 7:11] = True
+    assert np.all(out[inside] == reference_fill(x[0, 0]))
+    assert np.array_equal(out[~inside], x[0, 0][~inside])
+
+
+def test_brightness_and_contrast_are_affine_in_the_values():
+    x = glyphs(2, seed=5)
+    p = identity_params(2)
+    p[:, A.P_JITTER], p[:, A.P_CONTRAST], p[:, A.P_BRIGHT] = 1.0, [0.7, 1.4], [0.25, -0.1]
+    out = A.apply_params(x, p)
+    for i in range(2):
+        m = x[i, 0].mean()
+        np.testing.assert_allclose(out[i, 0], p[i, A.P_CONTRAST] * (x[i, 0] - m) + m + p[i, A.P_BRIGHT], atol=1e-12)
+
+
+def test_draws_depend_on_seed_epoch_step_only_and_not_on_threads():
+    x = glyphs(16, dtype=np.float32)
+    make = lambda seed=3: A.Augmenter(SETTINGS, seed=seed, pixel_std=0.4)  # noqa: E731
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = make()(x, 2, 7).copy()
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        aug = make()
+        aug(x, 0, 0)  # an earlier call leaves no state behind
+        two = aug(x, 2, 7).copy()
+    finally:
+        numba.set_num_threads(before)
+    assert one.tobytes() == two.tobytes()
+    for other in (aug(x, 2, 8), aug(x, 3, 7), make(4)(x, 2, 7)):
+        assert not np.array_equal(other, one)
+
+
+def test_drawn_parameters_stay_in_their_ranges():
+    aug = A.Augmenter(SETTINGS, seed=0, pixel_std=0.5)
+    p, _ = aug.draw(64, 0, 0)
+    on = p[:, A.P_GEO] > 0
+    assert np.all(np.abs(p[:, A.P_TX]) <= 3) and np.all(np.abs(p[:, A.P_ROT]) <= math.radians(25))
+    assert np.all((p[on, A.P_SCALE] >= 0.8) & (p[on, A.P_SCALE] <= 1.2))
+    assert np.all(np.abs(p[:, A.P_BRIGHT]) <= 0.2 / 0.5) and np.all(np.abs(p[:, A.P_CONTRAST] - 1) <= 0.3)
+    h, w = p[:, A.P_ER_H], p[:, A.P_ER_W]
+    assert np.all(p[:, A.P_ER_TOP] + h <= S) and np.all(p[:, A.P_ER_LEFT] + w <= S)
+    erased = h > 0
+    assert erased.any() and np.all(h[erased] * w[erased] <= 0.2 * S * S * 1.6)
+
+
+def test_bad_batches_are_refused():
+    aug = A.Augmenter(SETTINGS, seed=0)
+    with pytest.raises(ValueError, match="x must be"):
+        aug(np.zeros((2, 1, 28, 28), np.float32), 0, 0)
+    with pytest.raises(ValueError, match="float32"):
+        aug(np.zeros((2, 1, S, S)), 0, 0)
+    with pytest.raises(ValueError, match="pixel_std"):
+        A.Augmenter(SETTINGS, seed=0, pixel_std=0.0)

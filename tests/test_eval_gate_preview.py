@@ -1,0 +1,104 @@
+"""Through the CLI: `cnn eval --fail-under` (both sides of the threshold, each metric, --json kept)
+and `cnn augment-preview` (the PNG, its size, and variants that differ from the originals)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cnncli import augment_preview
+from cnncli.cli import cli
+from e2e_util import make_folder, write_config
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def invoke(args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gate")
+    data = make_folder(tmp / "data", odd_files=False)
+    cfg = write_config(tmp / "cfg.yaml", data, tmp / "run", epochs=1)
+    res = invoke(["train", "--config", cfg, "--quiet", "--no-report"])
+    assert res.exit_code == 0, res.output
+    plain = invoke(["eval", "--checkpoint", tmp / "run", "--data", data, "--json"])
+    return tmp, data, json.loads(plain.stdout)
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "macro_f1", "top_k_accuracy"])
+def test_fail_under_each_metric_both_sides(trained, metric):
+    tmp, data, metrics = trained
+    value = metrics[metric]
+    base = ["eval", "--checkpoint", tmp / "run", "--data", data, "--json", "--metric", metric]
+    ok = invoke(base + ["--fail-under", value])
+    assert ok.exit_code == 0 and json.loads(ok.stdout) == metrics
+    if value < 1.0:  # a threshold just above the value fails
+        above = min(1.0, value + 1e-3)
+        bad = invoke(base + ["--fail-under", above])
+        assert bad.exit_code == 1
+        assert json.loads(bad.stdout) == metrics  # the JSON still prints, unchanged
+        line = bad.stderr.strip()
+        assert "\n" not in line and metric in line and f"{value:.4f}" in line and f"{above:g}" in line
+    low = invoke(["eval", "--checkpoint", tmp / "run", "--data", data, "--metric", metric, "--fail-under", 0])
+    assert low.exit_code == 0 and "accuracy" in low.stdout
+
+
+def test_fail_under_default_metric_is_accuracy_and_range_is_checked(trained):
+    tmp, data, metrics = trained
+    res = invoke(["eval", "--checkpoint", tmp / "run", "--data", data, "--fail-under", 1.0])
+    assert res.exit_code == (0 if metrics["accuracy"] >= 1.0 else 1)
+    if res.exit_code:
+        assert "accuracy" in res.stderr and "macro_f1" not in res.stderr
+    assert invoke(["eval", "--checkpoint", tmp / "run", "--data", data, "--fail-under", 1.5]).exit_code == 2
+
+
+def test_augment_preview_png(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    out = tmp_path / "sub" / "grid.png"
+    res = invoke(["augment-preview", "--set", f"data.train={data}", "--set", "augment.enabled=true",
+                  "--set", "augment.affine.p=1", "--set", "augment.affine.rotate=30",
+                  "--out", out, "--rows", 3, "--cols", 4])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip() == str(out)
+    img = Image.open(out)
+    assert img.size == augment_preview.grid_size(3, 4) and img.format == "PNG"
+    cells = np.asarray(img.convert("L"))
+    c, g, top = augment_preview.CELL, augment_preview.GAP, augment_preview.HEADER_H + augment_preview.GAP
+    for r in range(3):
+        y = top + r * (c + g)
+        tiles = [cells[y:y + c, augment_preview.LABEL_W + g + k * (c + g):][:, :c] for k in range(4)]
+        assert all(not np.array_equal(tiles[0], t) for t in tiles[1:])
+    again = tmp_path / "again.png"
+    invoke(["augment-preview", "--set", f"data.train={data}", "--out", again, "--rows", 3, "--cols", 4,
+            "--set", "augment.affine.p=1", "--set", "augment.affine.rotate=30"])
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(img))  # seeded: same picture
+
+
+def test_augment_preview_identity_settings_repeat_the_original(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=2, odd_files=False)
+    out = tmp_path / "grid.png"
+    zero = [f"augment.{k}=0" for k in ("affine.p", "jitter.p", "noise.p", "erase.p")]
+    args = ["augment-preview", "--set", f"data.train={data}", "--out", out, "--rows", 2, "--cols", 3]
+    res = invoke(args + [a for z in zero for a in ("--set", z)])
+    assert res.exit_code == 0 and "augment.enabled is false" in res.stderr
+    cells = np.asarray(Image.open(out))
+    c, g, top = augment_preview.CELL, augment_preview.GAP, augment_preview.HEADER_H + augment_preview.GAP
+    left = augment_preview.LABEL_W + g
+    assert np.array_equal(cells[top:top + c, left:left + c], cells[top:top + c, left + 2 * (c + g):][:, :c])
+
+
+def test_augment_preview_errors_are_one_line(tmp_path):
+    res = invoke(["augment-preview", "--set", "augment.affine.rotate=-1", "--set", f"data.train={tmp_path}"])
+    assert res.exit_code == 2 and "augment.affine.rotate" in res.output
+    res = invoke(["augment-preview", "--set", f"data.train={tmp_path / 'missing'}", "--out", tmp_path / "g.png"])
+    assert res.exit_code == 1 and "missing" in res.output and "Traceback" not in res.output

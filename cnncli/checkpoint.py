@@ -49,11 +49,14 @@ def save(path, arrays, meta) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.remove(tmp)
         except OSError:
             pass
+        if isinstance(err, OSError):              # full disk, quota, read-only: one line, old file intact
+            raise CheckpointError(f"{path}: cannot save the checkpoint ({err.strerror or err}); "
+                                  "the previous file there is unchanged") from None
         raise
     _fsync_dir(folder)
 

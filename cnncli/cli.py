@@ -73,15 +73,17 @@ def cli():
               help="Continue a run: a checkpoint file or a run folder (uses its last.npz). Its config is reused; --set still applies.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (overrides the config's `out`).")
 @click.option("--strict", is_flag=True, help="Refuse to start if any image is unreadable (same as --set data.strict=true).")
+@click.option("--no-cache", is_flag=True, help="Decode every image again; do not read or write the dataset cache "
+              "(same as --set data.cache=false).")
 @click.option("--print-config", is_flag=True, help="Print the resolved config (every default filled in) and exit.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
 @click.option("--no-report", is_flag=True, help="Do not render the report pictures at the end of the run.")
 @user_errors
-def train(config_path, overrides, resume, out, strict, print_config, quiet, no_report):
+def train(config_path, overrides, resume, out, strict, no_cache, print_config, quiet, no_report):
     """Train a network on an image folder (one subfolder per class)."""
     from cnncli import config as config_mod
 
-    overrides = list(overrides) + (["data.strict=true"] if strict else [])
+    overrides = list(overrides) + (["data.strict=true"] if strict else []) + (["data.cache=false"] if no_cache else [])
     if resume is not None and config_path is None:
         from cnncli import checkpoint
         from cnncli.predictor import run_checkpoint
@@ -124,12 +126,13 @@ def _report_after_training(run_dir):
               help="Exit 1 (after printing the metrics) when --metric is below this value, in [0, 1]: a CI gate.")
 @click.option("--metric", default="accuracy", show_default=True,
               type=click.Choice(["accuracy", "macro_f1", "top_k_accuracy"]), help="The metric --fail-under checks.")
+@click.option("--no-cache", is_flag=True, help="Decode every image again; do not read or write the dataset cache.")
 @user_errors
-def eval_cmd(checkpoint, data_dir, batch_size, as_json, fail_under, metric):
+def eval_cmd(checkpoint, data_dir, batch_size, as_json, fail_under, metric, no_cache):
     """Measure a checkpoint on a labelled image folder: loss, accuracy, top-k, per-class P/R/F1, confusion."""
     from cnncli.evaluate import below_threshold, evaluate, format_metrics
 
-    metrics, _, _ = evaluate(_resolve_checkpoint(checkpoint), data_dir, batch_size=batch_size)
+    metrics, _, _ = evaluate(_resolve_checkpoint(checkpoint), data_dir, batch_size=batch_size, cache=not no_cache)
     click.echo(json.dumps(metrics, indent=2) if as_json else format_metrics(metrics))
     if fail_under is not None and (problem := below_threshold(metrics, metric, fail_under)):
         raise CnnError(problem)
@@ -144,7 +147,7 @@ def eval_cmd(checkpoint, data_dir, batch_size, as_json, fail_under, metric):
 @user_errors
 def predict(checkpoint, paths, top_k, as_json):
     """Classify images: each PATH is an image file or a folder of images. Exit status 1 if any file failed."""
-    from cnncli.data import list_images
+    from cnncli.data import list_images_and_bad
     from cnncli.evaluate import predict_paths
     from cnncli.predictor import Predictor
 
@@ -152,7 +155,9 @@ def predict(checkpoint, paths, top_k, as_json):
     files, failures = [], []
     for p in paths:
         try:
-            files.extend(list_images(p))
+            found, unscannable = list_images_and_bad(p)
+            files.extend(found)
+            failures.extend(unscannable)
         except CnnError as err:  # its message names the path already
             failures.append((p, str(err).removeprefix(f"{p}: ")))
     results, bad = predict_paths(predictor, files, top_k)
@@ -274,6 +279,22 @@ def demo(root):
     from cnncli.demo import ensure_demo
 
     click.echo(str(ensure_demo(root)))
+
+
+@cli.command(short_help="Show or clear the decoded-dataset cache.")
+@click.option("--clear", is_flag=True, help="Delete every cached dataset (the demo dataset stays).")
+@user_errors
+def cache(clear):
+    """Where the decoded-dataset cache lives ($CNNCLI_CACHE_DIR, else $XDG_CACHE_HOME/cnncli, else
+    ~/.cache/cnncli) and its size; --clear deletes it."""
+    from cnncli import data
+
+    if clear:
+        n, size = data.clear_cache()
+        click.echo(f"removed {n} cached dataset(s), {size / 1e6:.1f} MB, from {data.cache_dir()}")
+    else:
+        folder, n, size = data.cache_info()
+        click.echo(f"{folder}: {n} cached dataset(s), {size / 1e6:.1f} MB")
 
 
 _FAST_EXIT = []  # set by commands whose process has nothing left to clean up after printing

@@ -95,6 +95,8 @@ OPTIONS = (
            "checkpoint).", "bool"),
     Option("data.strict", False, "Refuse to start when any image is unreadable (otherwise skip it and list it "
            "in skipped.txt).", "bool"),
+    Option("data.cache", True, "Keep decoded images in the dataset cache (see `cnn cache`) and reuse them "
+           "while no file changed; false decodes every time (same as --no-cache).", "bool"),
     Option("data.demo", False, "When true and the data folders are missing, generate the built-in 12-class "
            "demo dataset there.", "bool"),
     Option("model.batchnorm", "none", "Batch normalization: none, unit (per activation) or channel (per "

@@ -62,7 +62,7 @@ def load_datasets(cfg: dict, echo=None):
         if echo:
             echo(f"Generating the built-in demo dataset in {root} ...")
         ensure_demo(root)
-    opts = dict(image_size=d["image_size"], resize=d["resize"], strict=d["strict"])
+    opts = dict(image_size=d["image_size"], resize=d["resize"], strict=d["strict"], cache=d.get("cache", True))
     train_ds, skipped = data.load_folder(train_dir, **opts)
     n_classes = cfg["model"]["num_classes"]
     if n_classes is not None and n_classes != len(train_ds.classes):
@@ -74,7 +74,7 @@ def load_datasets(cfg: dict, echo=None):
         skipped = list(skipped) + list(val_skipped)
     else:
         tr_idx, va_idx = data.stratified_split(train_ds.labels, d["val_split"], d["seed"])
-        train_ds, val_ds = train_ds.subset(tr_idx), train_ds.subset(va_idx)
+        train_ds, val_ds = data.split(train_ds, tr_idx, va_idx)   # in place: no second copy
     if len(train_ds.labels) == 0:
         raise DataError(f"{train_dir}: no training images left after the validation split")
     return train_ds, val_ds, skipped
@@ -238,9 +238,9 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
         state = RunState()
         mean, std = 0.0, 1.0
         if cfg["data"]["normalize"]:
-            pix = train_ds.images.astype(np.float64) / 255.0
-            mean, std = float(pix.mean()), float(pix.std())
-            std = std if std > 1e-6 else 1.0
+            from cnncli.data import pixel_mean_std
+
+            mean, std = pixel_mean_std(train_ds.images)   # streamed: no float64 copy of the dataset
         preprocess = {"image_size": cfg["data"]["image_size"], "resize": cfg["data"]["resize"], "mean": mean, "std": std}
         net = model.Network(num_classes=len(classes), batchnorm=mcfg["batchnorm"], eps=mcfg["bn_eps"],
                             momentum=mcfg["bn_momentum"], dtype=dtype, seed=tcfg["seed"])

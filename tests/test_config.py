@@ -36,7 +36,7 @@ def _error(fn, *args, **kwargs):
 def test_defaults_match_the_documented_table():
     expected = {
         "data.train": None, "data.val": None, "data.val_split": 0.1, "data.seed": 0, "data.image_size": 32,
-        "data.resize": "pad", "data.normalize": True, "data.strict": False, "data.demo": False,
+        "data.resize": "pad", "data.normalize": True, "data.strict": False, "data.cache": True, "data.demo": False,
         "model.batchnorm": "none", "model.num_classes": None, "model.bn_eps": 1e-5, "model.bn_momentum": 0.1,
         "optim.name": "adam", "optim.lr": 0.001, "optim.momentum": 0.9, "optim.betas": [0.9, 0.999],
         "optim.weight_decay": 0.0, "optim.schedule": "constant", "optim.warmup_epochs": 0.0,

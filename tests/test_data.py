@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from cnncli import data
+from cnncli.data import decode as dec
 from cnncli.errors import DataError
 
 
@@ -292,10 +293,10 @@ def test_parallel_decode_matches_serial(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "d", per_class=40, classes=("a", "b", "c"))
     (root / "b" / "bad.png").write_bytes(b"x")
     one, s1 = data.load_folder(root, workers=1, cache=False)
-    monkeypatch.setattr(data, "PROCESS_MIN_IMAGES", 16)      # take the worker-process path
+    monkeypatch.setattr(dec, "PROCESS_MIN_IMAGES", 16)      # take the worker-process path
     calls = []
-    real = data._decode_in_processes
-    monkeypatch.setattr(data, "_decode_in_processes", lambda jobs, w: calls.append(w) or real(jobs, w))
+    real = dec._decode_in_processes
+    monkeypatch.setattr(dec, "_decode_in_processes", lambda jobs, w: calls.append(w) or real(jobs, w))
     two, s2 = data.load_folder(root, workers=2, cache=False)
     assert calls == [2]
     assert np.array_equal(one.images, two.images) and np.array_equal(one.labels, two.labels)
@@ -314,26 +315,26 @@ def _dies_in_child(jobs):
     return _REAL_CHUNK(jobs)
 
 
-_REAL_CHUNK = data._decode_chunk
+_REAL_CHUNK = dec._decode_chunk
 
 
 def test_decode_falls_back_when_a_worker_process_dies_or_fork_is_missing(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "d", per_class=12, classes=("a", "b"))
     one, s1 = data.load_folder(root, workers=1, cache=False)
-    monkeypatch.setattr(data, "PROCESS_MIN_IMAGES", 4)
-    real = data._decode_chunk
+    monkeypatch.setattr(dec, "PROCESS_MIN_IMAGES", 4)
+    real = dec._decode_chunk
     monkeypatch.setattr(_DIES, "parent", os.getpid())
-    monkeypatch.setattr(data, "_decode_chunk", _dies_in_child)
+    monkeypatch.setattr(dec, "_decode_chunk", _dies_in_child)
     two, s2 = data.load_folder(root, workers=2, cache=False)
     assert np.array_equal(one.images, two.images) and one.paths == two.paths and s1 == s2
-    monkeypatch.setattr(data, "_decode_chunk", real)
+    monkeypatch.setattr(dec, "_decode_chunk", real)
     import multiprocessing
     jobs = [(str(p), 32, "pad", data.MAX_PIXELS) for p in one.paths]
     with monkeypatch.context() as m:
-        m.setattr(data.sys, "platform", "darwin")          # fork is used on Linux only
-        assert data._decode_in_processes(jobs, 2) is None
+        m.setattr(dec.sys, "platform", "darwin")          # fork is used on Linux only
+        assert dec._decode_in_processes(jobs, 2) is None
     monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
-    assert data._decode_in_processes(jobs, 2) is None
+    assert dec._decode_in_processes(jobs, 2) is None
     three, s3 = data.load_folder(root, workers=2, cache=False)
     assert np.array_equal(one.images, three.images) and s1 == s3
 
@@ -409,14 +410,14 @@ def test_classes_must_match(tmp_path):
 def _forbid_decoding(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("decoder called on a cache hit")
-    monkeypatch.setattr(data, "_decode", boom)
+    monkeypatch.setattr(dec, "_decode", boom)
 
 
 def test_cache_hit_does_not_decode_and_keeps_skips(tmp_path, monkeypatch, cache_in_tmp):
     root = make_folder(tmp_path / "d")
     (root / "dog" / "zero.png").write_bytes(b"")
     first, s1 = data.load_folder(root)
-    assert len(list(cache_in_tmp.glob("*.npz"))) == 1
+    assert len(list(cache_in_tmp.glob("*.npy"))) == 1
     assert not [p for p in cache_in_tmp.iterdir() if p.name.startswith(".tmp")]
     _forbid_decoding(monkeypatch)
     second, s2 = data.load_folder(root)
@@ -432,8 +433,8 @@ def test_cache_is_keyed_on_settings(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "d")
     data.load_folder(root)
     calls = []
-    real = data._decode
-    monkeypatch.setattr(data, "_decode", lambda *a: calls.append(a) or real(*a))
+    real = dec._decode
+    monkeypatch.setattr(dec, "_decode", lambda *a: calls.append(a) or real(*a))
     ds, _ = data.load_folder(root, image_size=16)
     assert ds.images.shape == (6, 16, 16) and len(calls) == 6
     data.load_folder(root, resize="crop")
@@ -455,8 +456,8 @@ def test_cache_invalidated_when_files_change(tmp_path, monkeypatch, change):
     else:
         target.unlink()
     calls = []
-    real = data._decode
-    monkeypatch.setattr(data, "_decode", lambda *a: calls.append(a) or real(*a))
+    real = dec._decode
+    monkeypatch.setattr(dec, "_decode", lambda *a: calls.append(a) or real(*a))
     ds, _ = data.load_folder(root)
     assert calls, "a changed folder must be decoded again"
     expected = {"content": 6, "mtime": 6, "new_file": 7, "removed_file": 5}[change]
@@ -469,7 +470,7 @@ def test_cache_invalidated_when_files_change(tmp_path, monkeypatch, change):
 def test_corrupt_cache_is_ignored_and_rebuilt(tmp_path, cache_in_tmp, garbage, monkeypatch):
     root = make_folder(tmp_path / "d")
     first, _ = data.load_folder(root)
-    (cache_file,) = cache_in_tmp.glob("*.npz")
+    (cache_file,) = cache_in_tmp.glob("*.npy")
     cache_file.write_bytes(garbage)
     again, _ = data.load_folder(root)
     assert np.array_equal(first.images, again.images)

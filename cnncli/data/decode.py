@@ -1,0 +1,332 @@
+"""Decoding one image file to 8-bit grayscale (any Pillow mode), resizing, and decoding many in order.
+
+Bad files raise _Skip(reason) inside and come out as a reason, never a crash. Many files decode in
+forked worker processes, one per core this process may use, with a progress bar. This module does
+not scan folders (scan.py) or cache results (cache.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import numpy as np
+
+from ..errors import DataError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".tif", ".tiff", ".webp"}
+# Pillow plugins we let parse a file; anything else is "not a supported image" (JPEG covers MPO).
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "PPM", "TIFF", "WEBP")
+RESIZE_MODES = ("pad", "stretch", "crop")
+MAX_PIXELS = 40_000_000          # header-declared width*height above this is skipped, undecoded
+ALPHA_BACKGROUND = 255           # transparent pixels are composited onto white
+
+
+# ----------------------------------------------------------------------------- decoding
+
+class _Skip(Exception):
+    """One file cannot be used; str() is the short reason."""
+
+
+def _not_image_reason(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        return f"cannot read file ({e.strerror or e})"
+    names = "PNG/JPEG/BMP/GIF/PGM/TIFF/WebP"
+    if head.startswith(b"%PDF"):
+        return f"not a {names} image (it is a PDF)"
+    try:
+        text = head.decode("utf-8")
+        if all(c.isprintable() or c in "\r\n\t" for c in text):
+            return f"not a {names} image (it looks like text)"
+    except UnicodeDecodeError:
+        pass
+    return f"not a {names} image (unrecognised or unsupported real format)"
+
+
+def _to_gray_u8(img) -> np.ndarray:
+    """Any Pillow mode -> (H, W) uint8. Alpha is composited on white; 16-bit is scaled by 255/65535."""
+    from PIL import Image
+
+    mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+            mode in ("P", "L", "RGB") and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (ALPHA_BACKGROUND,) * 3 + (255,))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("L"), dtype=np.uint8)
+    if mode.startswith("I"):                                   # I;16, I;16B, I;16L, I (32-bit)
+        a = np.asarray(img).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):        # not a 16-bit range: stretch
+            return _stretch(a.astype(np.float64))
+        return ((a * 255 + 32767) // 65535).astype(np.uint8)
+    if mode == "F":
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if a.size and a.min() >= 0.0 and a.max() <= 1.0:
+            return np.rint(a * 255.0).astype(np.uint8)
+        return _stretch(a)
+    if mode == "L":
+        return np.asarray(img, dtype=np.uint8)
+    if mode in ("1", "P", "RGB"):
+        return np.asarray(img.convert("L"), dtype=np.uint8)
+    try:                                                       # CMYK, YCbCr, LAB, HSV, ...
+        return np.asarray(img.convert("RGB").convert("L"), dtype=np.uint8)
+    except (ValueError, OSError) as e:
+        raise _Skip(f"unsupported colour mode {mode}") from e
+
+
+def _stretch(a: np.ndarray) -> np.ndarray:
+    lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        return np.zeros(a.shape, dtype=np.uint8)
+    return np.rint((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def resize_gray(a: np.ndarray, image_size: int, resize: str) -> np.ndarray:
+    """(H, W) uint8 -> (S, S) uint8.
+
+    stretch: resize to S x S ignoring aspect. crop: centre square of side min(H, W), then resize.
+    pad: keep aspect, fit inside S x S, centre, fill with the median of the resized image's border
+    pixels (its background), so dark-on-light and light-on-dark images both pad invisibly.
+    """
+    from PIL import Image
+
+    s = image_size
+    h, w = a.shape
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    if resize == "crop":
+        m = min(h, w)
+        top, left = (h - m) // 2, (w - m) // 2
+        a = a[top:top + m, left:left + m]
+        h = w = m
+    if resize in ("crop", "stretch") or h == w:
+        if (h, w) == (s, s):
+            return np.ascontiguousarray(a, dtype=np.uint8)
+        img = Image.fromarray(np.ascontiguousarray(a), mode="L")
+        return np.asarray(img.resize((s, s), Image.Resampling.BILINEAR), dtype=np.uint8)
+    scale = s / max(h, w)
+    nh = min(s, max(1, int(round(h * scale))))
+    nw = min(s, max(1, int(round(w * scale))))
+    img = Image.fromarray(np.ascontiguousarray(a), mode="L")
+    small = np.asarray(img.resize((nw, nh), Image.Resampling.BILINEAR), dtype=np.uint8)
+    border = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
+    fill = int(np.median(border))
+    out = np.full((s, s), fill, dtype=np.uint8)
+    top, left = (s - nh) // 2, (s - nw) // 2
+    out[top:top + nh, left:left + nw] = small
+    return out
+
+
+def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndarray:
+    """One file -> (S, S) uint8, or raise _Skip(reason). Catches everything a hostile file can throw."""
+    from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+    try:
+        if os.path.getsize(path) == 0:
+            raise _Skip("empty file (0 bytes)")
+    except OSError as e:
+        raise _Skip(f"cannot read file ({e.strerror or e})") from e
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise _Skip("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; refusing to accept truncated data")
+    try:
+        with Image.open(path, formats=list(PIL_FORMATS)) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise _Skip(f"too large: {w}x{h} = {w * h / 1e6:.1f} megapixels "
+                            f"(limit {max_pixels / 1e6:g}); possible decompression bomb")
+            if w < 1 or h < 1:
+                raise _Skip(f"empty image ({w}x{h})")
+            if img.format == "JPEG" or img.format == "MPO":
+                img.draft("L" if img.mode in ("L", "RGB", "YCbCr") else None, (image_size, image_size))
+            img.load()                                  # first frame only; truncation raises here
+            try:
+                oriented = ImageOps.exif_transpose(img)
+            except Exception:                           # broken EXIF: keep the pixels as stored
+                oriented = img
+            gray = _to_gray_u8(oriented)
+        return resize_gray(gray, image_size, resize)
+    except _Skip:
+        raise
+    except UnidentifiedImageError:
+        raise _Skip(_not_image_reason(path)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise _Skip(f"too large: possible decompression bomb ({_one_line(e)})") from None
+    except Exception as e:                              # noqa: BLE001 - one bad file must not crash
+        msg = _one_line(e)
+        if "truncated" in msg.lower():
+            raise _Skip(f"truncated image ({msg})") from None
+        raise _Skip(f"cannot decode: {type(e).__name__}: {msg}") from None
+
+
+def _one_line(e: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _PillowWarnings(warnings.catch_warnings):
+    """For one load: Pillow's DecompressionBombWarning becomes an exception (hence a skip); its other
+    warnings about odd metadata ("Corrupt EXIF data", ...) are silenced. Enter it from one thread only:
+    worker threads see the filters, but catch_warnings itself is not thread-safe."""
+
+    def __enter__(self):
+        from PIL import Image
+
+        super().__enter__()
+        warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return self
+
+
+def load_image(path, image_size: int = 32, resize: str = "pad",
+               max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode one image file to (S, S) uint8 grayscale; DataError("<path>: <reason>") if unusable."""
+    if resize not in RESIZE_MODES:
+        raise DataError(f"resize: {resize!r} is not one of {', '.join(RESIZE_MODES)}")
+    path = os.fspath(path)
+    with _PillowWarnings():
+        try:
+            return _decode(path, int(image_size), resize, int(max_pixels))
+        except _Skip as e:
+            raise DataError(f"{path}: {e}") from None
+
+
+def _decode_or_reason(args) -> tuple[np.ndarray | None, str | None]:
+    path, image_size, resize, max_pixels = args
+    try:
+        return _decode(path, image_size, resize, max_pixels), None
+    except _Skip as e:
+        return None, str(e)
+
+
+PROCESS_MIN_IMAGES = 512   # below this, decoding runs in this process (forking costs ~20-50 ms)
+CHUNK = 256                # images per unit of work (and per progress-bar update)
+
+
+def default_workers() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class Jobs:
+    """The decode jobs (path, image_size, resize, max_pixels) of prefix + rel for rel in rels, made
+    per slice so a million files do not hold a million tuples."""
+
+    def __init__(self, rels, image_size, resize, max_pixels, prefix=""):
+        self.rels, self.prefix = rels, prefix
+        self.args = (int(image_size), resize, int(max_pixels))
+
+    def __len__(self):
+        return len(self.rels)
+
+    def __getitem__(self, sl):
+        return [(self.prefix + r,) + self.args for r in self.rels[sl]]
+
+
+def _decode_chunk(jobs) -> list:
+    """Worker-process side of decoding: [(array or None, reason or None)] for a list of jobs."""
+    with _PillowWarnings():
+        return [_decode_or_reason(j) for j in jobs]
+
+
+def _bounds(n: int, workers: int) -> list:
+    size = max(1, min(CHUNK, -(-n // (workers * 4))))
+    return list(range(0, n, size)) + [n]
+
+
+def _decode_in_processes(jobs, workers):
+    """A generator of _decode_chunk results, in order, from `workers` forked processes; None where fork
+    is not available. It stops early (no exception) when a worker dies; the caller does the rest."""
+    import multiprocessing
+
+    if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
+        return None                            # fork is only safe enough on Linux (macOS: system frameworks)
+    return _process_parts(jobs, workers, multiprocessing.get_context("fork"))
+
+
+def _process_parts(jobs, workers, ctx):
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    b = _bounds(len(jobs), workers)
+    try:
+        with warnings.catch_warnings():       # Python >= 3.12 warns when forking a threaded process;
+            warnings.simplefilter("ignore", DeprecationWarning)   # the children only decode files
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                pending = deque()             # at most 2 chunks per worker in flight: bounded memory
+                for i in range(len(b) - 1):
+                    pending.append(pool.submit(_decode_chunk, jobs[b[i]:b[i + 1]]))
+                    if len(pending) >= 2 * workers:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+    except (BrokenProcessPool, OSError, NotImplementedError, ImportError):  # no sem_open (/dev/shm) etc.
+        return
+
+
+def iter_decoded(jobs, workers=None, progress=False):
+    """Yield lists of (array (S,S) uint8 or None, reason or None) covering `jobs` in order.
+
+    With workers > 1 (default: every core of this process) and at least PROCESS_MIN_IMAGES files,
+    chunks go to forked processes: small images are GIL-bound Python work. Where fork is unavailable,
+    or a worker dies, the rest decodes in this process: same bytes, same order. progress=True shows a
+    tqdm bar with an ETA on stderr when it is a terminal."""
+    workers = default_workers() if workers is None else int(workers)
+    bar = _bar(len(jobs)) if progress and sys.stderr.isatty() else None
+    done = 0
+    try:
+        parts = None
+        if workers > 1 and len(jobs) >= PROCESS_MIN_IMAGES:
+            parts = _decode_in_processes(jobs, workers)
+        for part in parts or ():
+            done += len(part)
+            if bar is not None:
+                bar.update(len(part))
+            yield part
+        for a in range(done, len(jobs), CHUNK):
+            part = _decode_chunk(jobs[a:a + CHUNK])
+            if bar is not None:
+                bar.update(len(part))
+            yield part
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _bar(total):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="decoding images", unit="img", leave=False, dynamic_ncols=True,
+                file=sys.stderr, mininterval=0.5)
+
+
+def decode_many(paths, image_size=32, resize="pad", workers=None, max_pixels=MAX_PIXELS, progress=False):
+    """Decode in order. Returns (list of (S,S) uint8 or None, list of reasons or None)."""
+    arrays, why = [], []
+    for part in iter_decoded(Jobs(list(paths), image_size, resize, max_pixels), workers, progress):
+        arrays.extend(r[0] for r in part)
+        why.extend(r[1] for r in part)
+    return arrays, why
+
+
+def decode_array(jobs, workers=None, progress=False):
+    """Decode `jobs` into one (K,S,S) uint8 array of the usable files, filled in place (no list of
+    arrays, no stacked copy) -> (images, [(job index, reason)] of the skipped ones)."""
+    s = jobs.args[0]
+    images = np.empty((len(jobs), s, s), dtype=np.uint8)   # (N,S,S); untouched rows cost no memory
+    skipped, k, i = [], 0, 0
+    for part in iter_decoded(jobs, workers, progress):
+        for a, reason in part:
+            if a is None:
+                skipped.append((i, reason))
+            else:
+                images[k] = a
+                k += 1
+            i += 1
+    return images[:k], skipped

@@ -1,0 +1,223 @@
+"""Tests for the data path at scale: cache key on rewritten files, --no-cache, `cnn cache --clear`,
+concurrent cache writers, unscannable folders, non-UTF-8 names, the memory-mapped cache, the in-place
+split, the streamed mean/std, and a full disk during a checkpoint save."""
+
+import errno
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cnncli import checkpoint, data
+from cnncli.cli import cli
+from cnncli.data import decode as dec
+from cnncli.errors import CheckpointError, DataError
+
+
+@pytest.fixture(autouse=True)
+def cache_in_tmp(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(d))
+    return d
+
+
+def make_folder(root, per_class=5, classes=("a", "b")):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(root / c / f"{i:03d}.png")
+    return root
+
+
+def count_decodes(monkeypatch):
+    calls = []
+    real = dec._decode
+    monkeypatch.setattr(dec, "_decode", lambda *a: calls.append(a) or real(*a))
+    return calls
+
+
+def test_cache_misses_a_file_rewritten_with_same_size_and_mtime(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "d")
+    target = root / "a" / "001.png"
+    first, _ = data.load_folder(root)
+    st = os.stat(target)
+    new = np.full((32, 32), 7, dtype=np.uint8)
+    Image.fromarray(new).save(tmp_path / "x.png")
+    blob = (tmp_path / "x.png").read_bytes()
+    old = target.read_bytes()
+    blob = blob + b"\0" * (len(old) - len(blob)) if len(blob) < len(old) else blob
+    assert len(blob) == len(old)                       # same size, as an archive restore would give
+    target.write_bytes(blob)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))   # and the old mtime
+    assert os.stat(target).st_size == st.st_size and os.stat(target).st_mtime_ns == st.st_mtime_ns
+    calls = count_decodes(monkeypatch)
+    again, _ = data.load_folder(root)
+    assert calls, "a rewritten file must be decoded again"
+    assert np.array_equal(again.images[1], new) and not np.array_equal(first.images[1], new)
+
+
+def test_cached_load_is_a_memory_map_equal_to_a_fresh_decode(tmp_path, monkeypatch, cache_in_tmp):
+    root = make_folder(tmp_path / "d", per_class=7)
+    (root / "b" / "bad.png").write_bytes(b"not a png")
+    fresh, s0 = data.load_folder(root, cache=False)
+    data.load_folder(root)
+    calls = count_decodes(monkeypatch)
+    hit, s1 = data.load_folder(root)
+    assert calls == []
+    assert isinstance(hit.images.base, np.memmap) or isinstance(hit.images, np.memmap)
+    assert hit.images.flags.writeable and hit.images.dtype == np.uint8
+    assert np.array_equal(hit.images, fresh.images) and np.array_equal(hit.labels, fresh.labels)
+    assert hit.paths == fresh.paths and s0 == s1 and len(s1) == 1
+    before = {p.name: p.read_bytes() for p in cache_in_tmp.iterdir()}
+    tr, va = data.stratified_split(hit.labels, 0.3, 0)
+    data.split(hit, tr, va)                             # writes into the copy-on-write map only
+    assert {p.name: p.read_bytes() for p in cache_in_tmp.iterdir()} == before
+
+
+def test_no_cache_option_and_cache_clear(tmp_path, cache_in_tmp):
+    root = make_folder(tmp_path / "d")
+    runner = CliRunner()
+    r = runner.invoke(cli, ["train", "--set", f"data.train={root}", "--set", "train.epochs=1", "--no-cache",
+                            "--no-report", "--out", str(tmp_path / "run"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert not cache_in_tmp.exists() or not list(cache_in_tmp.glob("dataset-*.npy"))
+    data.load_folder(root)
+    assert len(list(cache_in_tmp.glob("dataset-*.npy"))) == 1
+    r = runner.invoke(cli, ["cache"])
+    assert r.exit_code == 0 and str(cache_in_tmp) in r.output and "1 cached dataset" in r.output
+    r = runner.invoke(cli, ["cache", "--clear"])
+    assert r.exit_code == 0 and "removed 1 cached dataset" in r.output
+    assert not list(cache_in_tmp.glob("dataset-*"))
+
+
+def _load_in_child(root, q):
+    ds, skipped = data.load_folder(root, workers=1)
+    q.put((ds.images.tobytes(), ds.labels.tolist(), ds.paths, skipped))
+
+
+def test_concurrent_writers_both_get_correct_data_and_a_valid_cache(tmp_path, monkeypatch, cache_in_tmp):
+    root = make_folder(tmp_path / "d", per_class=30)
+    (root / "a" / "bad.png").write_bytes(b"")
+    ref, ref_s = data.load_folder(root, cache=False)
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_load_in_child, args=(root, q)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for img, labels, paths, skipped in results:
+        assert img == ref.images.tobytes() and labels == ref.labels.tolist()
+        assert paths == ref.paths and skipped == ref_s
+    assert not [p for p in cache_in_tmp.iterdir() if p.name.startswith(".tmp")]
+    calls = count_decodes(monkeypatch)
+    hit, _ = data.load_folder(root)
+    assert calls == [] and np.array_equal(hit.images, ref.images)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders without permission")
+def test_unreadable_subfolder_is_reported_and_refused_by_strict(tmp_path):
+    root = make_folder(tmp_path / "d")
+    locked = root / "a" / "locked"
+    locked.mkdir()
+    Image.new("L", (4, 4)).save(locked / "x.png")
+    locked.chmod(0)
+    try:
+        _check_reported(root, "a/locked/", "Permission denied")
+    finally:
+        locked.chmod(0o755)
+
+
+def _check_reported(root, rel, reason):
+    ds, skipped = data.load_folder(root, cache=False)
+    assert len(ds) == 10
+    hits = [(p, w) for p, w in skipped if p.endswith(rel)]
+    assert hits and "cannot scan folder" in hits[0][1] and reason in hits[0][1]
+    with pytest.raises(DataError, match="strict"):
+        data.load_folder(root, strict=True, cache=False)
+
+
+def test_symlink_loop_and_overlong_path_are_reported(tmp_path):
+    root = make_folder(tmp_path / "d")
+    os.symlink("loop", root / "a" / "loop")            # a symlink to itself: ELOOP on stat
+    _check_reported(root, "a/loop/", "symbolic links")
+    os.unlink(root / "a" / "loop")
+    name = "n" * 200
+    fd = os.open(root / "b", os.O_RDONLY)
+    try:
+        for _ in range(25):                              # deeper than PATH_MAX (4096) allows to open
+            os.mkdir(name, dir_fd=fd)
+            fd, old = os.open(name, os.O_RDONLY, dir_fd=fd), fd
+            os.close(old)
+    except OSError:
+        pytest.skip("cannot build a path over the OS limit here")
+    finally:
+        os.close(fd)
+    ds, skipped = data.load_folder(root, cache=False)
+    assert len(ds) == 10 and any("cannot scan folder" in w and "too long" in w for _, w in skipped)
+
+
+def test_names_that_are_not_utf8(tmp_path):
+    root = make_folder(tmp_path / "d")
+    try:
+        bad_dir = os.path.join(os.fsencode(root), b"a", b"sub\xff")
+        os.mkdir(bad_dir)
+        Image.new("L", (32, 32), 9).save(os.path.join(bad_dir, b"caf\xe9.png").decode("utf-8", "surrogateescape"))
+        open(os.path.join(os.fsencode(root), b"b", b"broken\xfe.png"), "wb").close()
+    except (OSError, UnicodeError):
+        pytest.skip("the filesystem refuses names that are not UTF-8")
+    ds, skipped = data.load_folder(root)
+    assert len(ds) == 11 and any(os.fsencode(p).endswith(b"sub\xff/caf\xe9.png") for p in ds.paths)
+    (path, why), = skipped
+    assert path.endswith("broken\\xfe.png") and "empty file" in why
+    path.encode("utf-8")                               # printable: no lone surrogates
+    again, _ = data.load_folder(root)                  # through the cache as well
+    assert again.paths == ds.paths and np.array_equal(again.images, ds.images)
+    files, bad = data.list_images_and_bad(root)
+    assert len(files) == 12 and bad == []
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 3), (7, 32, 32), (300, 32, 32), (1000, 17, 5)])
+def test_streamed_mean_std_is_bitwise_numpys(shape):
+    images = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    x = images.astype(np.float64) / 255.0
+    expected = (float(x.mean()), float(x.std()))
+    for leaf in (128, 1000, 4096, 1 << 20):               # several chunkings, one result
+        assert data.pixel_mean_std(images, leaf=leaf) == expected
+    assert data.pixel_mean_std(np.full((3, 4, 4), 9, np.uint8))[1] == 1.0
+
+
+def test_split_in_place_equals_two_subsets():
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (500, 8, 8), dtype=np.uint8)
+    labels = rng.integers(0, 4, 500).astype(np.int64)
+    ds = data.Dataset(images.copy(), labels, ["a", "b", "c", "d"], [f"p{i}" for i in range(500)])
+    tr, va = data.stratified_split(labels, 0.2, 1)
+    want_tr, want_va = ds.subset(tr), ds.subset(va)
+    got_tr, got_va = data.split(ds, tr, va, chunk=7)
+    for got, want in ((got_tr, want_tr), (got_va, want_va)):
+        assert np.array_equal(got.images, want.images) and np.array_equal(got.labels, want.labels)
+        assert got.paths == want.paths and got.images.flags.c_contiguous
+
+
+def test_full_disk_during_checkpoint_save_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.npz"
+    checkpoint.save(path, {"w": np.arange(4.0)}, {"epoch": 1})
+    before = path.read_bytes()
+    real = np.savez
+
+    def full_disk(f, **arrays):
+        real(f, **arrays)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.save(path, {"w": np.arange(8.0)}, {"epoch": 2})
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and "No space left" in msg
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["last.npz"]

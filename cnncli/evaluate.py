@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DataError
+from .errors import CnnError, DataError
 
 # Probabilities are clipped to [PROB_EPS, 1 - PROB_EPS] before the logs of the BCE loss.
 PROB_EPS = 1e-7
@@ -140,17 +140,28 @@ def format_metrics(metrics) -> str:
     return "\n".join(lines)
 
 
-def evaluate(checkpoint, data_dir, batch_size=256):
-    """Evaluate a checkpoint on an image folder -> (metrics, dataset, probs (N,C))."""
+def checkpoint_top_k(meta: dict) -> int:
+    """The train.top_k of the config stored in a checkpoint's metadata (3 when it has none)."""
+    from . import config as config_mod
+
+    try:
+        return int(config_mod.load_config_text(meta.get("config") or "")["train"]["top_k"])
+    except (CnnError, TypeError, ValueError, AttributeError):
+        return 3
+
+
+def evaluate(checkpoint, data_dir, batch_size=256, top_k=None):
+    """Evaluate a checkpoint on an image folder -> (metrics, dataset, probs (N,C)).
+    top_k None: the checkpoint config's train.top_k."""
     from .predictor import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint)
-    metrics, dataset, probs = evaluate_predictor(predictor, data_dir, batch_size=batch_size)
+    metrics, dataset, probs = evaluate_predictor(predictor, data_dir, batch_size=batch_size, top_k=top_k)
     metrics["checkpoint"] = str(checkpoint)
     return metrics, dataset, probs
 
 
-def evaluate_predictor(predictor, data_dir, batch_size=256):
+def evaluate_predictor(predictor, data_dir, batch_size=256, top_k=None):
     """Like `evaluate` for an already restored Predictor (metrics get "data" and "skipped")."""
     from . import data
 
@@ -165,7 +176,8 @@ def evaluate_predictor(predictor, data_dir, batch_size=256):
     if len(dataset.labels) == 0:
         raise DataError(f"{data_dir}: no readable images to evaluate")
     probs = predictor.predict_proba(dataset.images, batch_size=batch_size)  # (N,C)
-    metrics = compute_metrics(probs, dataset.labels, predictor.classes)
+    k = checkpoint_top_k(predictor.meta) if top_k is None else top_k
+    metrics = compute_metrics(probs, dataset.labels, predictor.classes, top_k=k)
     metrics["data"] = str(data_dir)
     metrics["skipped"] = len(skipped)
     return metrics, dataset, probs
@@ -226,6 +238,7 @@ __all__ = [
     "top_k_indices",
     "bce_loss",
     "check_classes",
+    "checkpoint_top_k",
     "short_name",
     "PROB_EPS",
 ]

@@ -37,8 +37,11 @@ def save(path, arrays, meta) -> None:
         members[name] = a
     meta = dict(meta)
     meta["format_version"] = FORMAT_VERSION
-    text = json.dumps(meta, ensure_ascii=False, sort_keys=False)
-    members[META_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)  # (bytes,)
+    try:
+        raw = json.dumps(meta, ensure_ascii=False, sort_keys=False).encode("utf-8")
+    except UnicodeEncodeError:  # a name that is not valid UTF-8 (surrogate escapes): \udcXX round-trips
+        raw = json.dumps(meta, ensure_ascii=True, sort_keys=False).encode("ascii")
+    members[META_KEY] = np.frombuffer(raw, dtype=np.uint8)  # (bytes,)
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)

@@ -32,7 +32,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except CnnError as err:
-            raise _UserError(str(err), getattr(err, "exit_code", 1)) from None
+            raise _UserError(_printable(str(err)), getattr(err, "exit_code", 1)) from None
         except KeyboardInterrupt:
             raise _UserError("interrupted", 130) from None
         except BrokenPipeError:  # `cnn predict ... | head`: the reader left; stop quietly
@@ -42,6 +42,13 @@ def user_errors(fn):
             raise _UserError(str(err), 1) from None
 
     return wrapper
+
+
+def _printable(text: str) -> str:
+    """Text for the terminal: bytes of names that are not valid UTF-8 shown as \\xNN (never UnicodeEncodeError)."""
+    from cnncli.runfolder import printable
+
+    return printable(text)
 
 
 def _resolve_checkpoint(path: str) -> Path:
@@ -121,6 +128,8 @@ def _report_after_training(run_dir):
               help="A .npz checkpoint, or a run folder (its best.npz, else last.npz).")
 @click.option("--data", "data_dir", required=True, type=click.Path(), help="Image folder with one subfolder per class.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
+@click.option("--top-k", default=None, type=click.IntRange(min=1),
+              help="k of the top-k accuracy [default: the checkpoint config's train.top_k].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--fail-under", type=click.FloatRange(0, 1), default=None,
               help="Exit 1 (after printing the metrics) when --metric is below this value, in [0, 1]: a CI gate.")
@@ -128,12 +137,13 @@ def _report_after_training(run_dir):
               type=click.Choice(["accuracy", "macro_f1", "top_k_accuracy"]), help="The metric --fail-under checks.")
 @click.option("--no-cache", is_flag=True, help="Decode every image again; do not read or write the dataset cache.")
 @user_errors
-def eval_cmd(checkpoint, data_dir, batch_size, as_json, fail_under, metric, no_cache):
+def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metric, no_cache):
     """Measure a checkpoint on a labelled image folder: loss, accuracy, top-k, per-class P/R/F1, confusion."""
     from cnncli.evaluate import below_threshold, evaluate, format_metrics
 
-    metrics, _, _ = evaluate(_resolve_checkpoint(checkpoint), data_dir, batch_size=batch_size, cache=not no_cache)
-    click.echo(json.dumps(metrics, indent=2) if as_json else format_metrics(metrics))
+    metrics, _, _ = evaluate(_resolve_checkpoint(checkpoint), data_dir, batch_size=batch_size, top_k=top_k,
+                             cache=not no_cache)
+    click.echo(json.dumps(metrics, indent=2) if as_json else _printable(format_metrics(metrics)))
     if fail_under is not None and (problem := below_threshold(metrics, metric, fail_under)):
         raise CnnError(problem)
 
@@ -167,9 +177,9 @@ def predict(checkpoint, paths, top_k, as_json):
     else:
         for r in results:
             extra = "  ".join(f"{t['class']}={t['probability']:.3f}" for t in r["top_k"][1:]) if top_k > 1 else ""
-            click.echo(f"{r['path']}\t{r['class']}\t{r['probability']:.4f}" + (f"\t{extra}" if extra else ""))
+            click.echo(_printable(f"{r['path']}\t{r['class']}\t{r['probability']:.4f}" + (f"\t{extra}" if extra else "")))
     for path, reason in failures:
-        click.echo(f"error: {path}: {reason}", err=True)
+        click.echo(_printable(f"error: {path}: {reason}"), err=True)
     _FAST_EXIT.append(True)
     if failures:
         sys.exit(1)

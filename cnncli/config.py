@@ -140,7 +140,8 @@ OPTIONS = (
            "improvement, >= 0.", "float", check=_range(0)),
     Option("train.early_stopping.restore_best", True, "When stopping early, restore the best weights into "
            "last.npz.", "bool"),
-    Option("train.top_k", 3, "k of the top-k accuracy that is reported, >= 1.", "int", check=_range(1, MAX_INT)),
+    Option("train.top_k", 3, "k of the top-k accuracy that cnn eval (unless --top-k) and cnn report show, >= 1.",
+           "int", check=_range(1, MAX_INT)),
     Option("train.class_weight", "none", "Loss weight per class: none, balanced (n_images / (n_classes * "
            "n_images_of_class), sklearn's convention) or a mapping {class: weight > 0}, unlisted classes 1.",
            "weights", check=_class_weight),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DataError
+from .errors import CnnError, DataError
 
 # Probabilities are clipped to [PROB_EPS, 1 - PROB_EPS] before the logs of the BCE loss.
 PROB_EPS = 1e-7
@@ -148,17 +148,29 @@ def below_threshold(metrics, metric, threshold):
     return f"{metric} {value:.4f} is below the threshold {threshold:g} (--fail-under)"
 
 
-def evaluate(checkpoint, data_dir, batch_size=256, cache=True):
-    """Evaluate a checkpoint on an image folder -> (metrics, dataset, probs (N,C))."""
+def checkpoint_top_k(meta: dict) -> int:
+    """The train.top_k of the config stored in a checkpoint's metadata (3 when it has none)."""
+    from . import config as config_mod
+
+    try:
+        return int(config_mod.load_config_text(meta.get("config") or "")["train"]["top_k"])
+    except (CnnError, TypeError, ValueError, AttributeError):
+        return 3
+
+
+def evaluate(checkpoint, data_dir, batch_size=256, top_k=None, cache=True):
+    """Evaluate a checkpoint on an image folder -> (metrics, dataset, probs (N,C)).
+    top_k None: the checkpoint config's train.top_k."""
     from .predictor import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint)
-    metrics, dataset, probs = evaluate_predictor(predictor, data_dir, batch_size=batch_size, cache=cache)
+    metrics, dataset, probs = evaluate_predictor(predictor, data_dir, batch_size=batch_size, top_k=top_k,
+                                                      cache=cache)
     metrics["checkpoint"] = str(checkpoint)
     return metrics, dataset, probs
 
 
-def evaluate_predictor(predictor, data_dir, batch_size=256, cache=True):
+def evaluate_predictor(predictor, data_dir, batch_size=256, top_k=None, cache=True):
     """Like `evaluate` for an already restored Predictor (metrics get "data" and "skipped")."""
     from . import data
 
@@ -174,7 +186,8 @@ def evaluate_predictor(predictor, data_dir, batch_size=256, cache=True):
     if len(dataset.labels) == 0:
         raise DataError(f"{data_dir}: no readable images to evaluate")
     probs = predictor.predict_proba(dataset.images, batch_size=batch_size)  # (N,C)
-    metrics = compute_metrics(probs, dataset.labels, predictor.classes)
+    k = checkpoint_top_k(predictor.meta) if top_k is None else top_k
+    metrics = compute_metrics(probs, dataset.labels, predictor.classes, top_k=k)
     metrics["data"] = str(data_dir)
     metrics["skipped"] = len(skipped)
     return metrics, dataset, probs
@@ -233,6 +246,7 @@ __all__ = [
     "top_k_indices",
     "bce_loss",
     "check_classes",
+    "checkpoint_top_k",
     "short_name",
     "PROB_EPS",
 ]

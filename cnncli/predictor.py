@@ -38,7 +38,8 @@ def _require(meta: dict, key: str, kind, path) -> object:
 
 def check_architecture(arrays: dict, meta: dict, path) -> tuple:
     """Check a loaded checkpoint's architecture metadata and every `params/` and `buffers/` key,
-    shape and dtype against cnncli.arch (no numba) -> (num_classes, batchnorm, eps, dtype)."""
+    shape and dtype against cnncli.arch (no numba), and that every value is finite
+    -> (num_classes, batchnorm, eps, dtype)."""
     num_classes = _require(meta, "num_classes", int, path)
     batchnorm = _require(meta, "batchnorm", str, path)
     eps = float(_require(meta, "eps", (int, float), path))
@@ -57,6 +58,10 @@ def check_architecture(arrays: dict, meta: dict, path) -> tuple:
         expected[f"buffers/{name}"] = (tuple(shape), dtype)
     subset = {k: v for k, v in arrays.items() if k.startswith(("params/", "buffers/"))}
     checkpoint.check_arrays(subset, expected, path)
+    for key, a in subset.items():
+        if not np.isfinite(a).all():
+            raise CheckpointError(f"{path}: array {key!r} holds {int((~np.isfinite(a)).sum())} non-finite "
+                                  "value(s) (NaN or inf); refusing a broken checkpoint")
     return num_classes, batchnorm, eps, dtype
 
 

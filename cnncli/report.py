@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CnnError
-from .evaluate import check_classes, compute_metrics, evaluate_predictor, short_name
+from .runfolder import printable
+from .evaluate import check_classes, checkpoint_top_k, compute_metrics, evaluate_predictor, short_name
 
 MATPLOTLIB_MISSING = "cnn report needs matplotlib: pip install 'cnncli[plots]'"
 DPI = 120
@@ -335,18 +336,18 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None) -> Path:
     history = read_history(run_dir / "metrics.csv")
 
     predictor = Predictor.from_checkpoint(ckpt)
-    classes = list(predictor.classes)
+    classes = [printable(c) for c in predictor.classes]   # names not valid UTF-8 shown as \xNN
     if data_dir is not None:
         metrics, dataset, probs = evaluate_predictor(predictor, data_dir)
     else:
         dataset, skipped, description = _validation_data(run_dir, predictor)
         probs = predictor.predict_proba(dataset.images)  # (N,C)
-        metrics = compute_metrics(probs, dataset.labels, classes)
+        metrics = compute_metrics(probs, dataset.labels, classes, top_k=checkpoint_top_k(predictor.meta))
         metrics["data"] = description
         metrics["skipped"] = skipped
     metrics["checkpoint"] = str(ckpt)
     errors = most_confident_errors(probs, dataset.labels)
-    errors_rows = [(dataset.paths[i] if i < len(dataset.paths) else str(i), classes[dataset.labels[i]], classes[p],
+    errors_rows = [(printable(dataset.paths[i]) if i < len(dataset.paths) else str(i), classes[dataset.labels[i]], classes[p],
                     f"{q:.4f}") for i, p, q in zip(*errors)]
 
     n = len(classes)
@@ -376,7 +377,7 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None) -> Path:
                 pictures.append((name, caption, (out_dir / name).read_bytes()))
         title = f"cnn report: {run_dir.resolve().name}"
         page = render_html(title, metrics, classes, history, config_text, pictures, errors_rows)
-        _write_atomic(target, page.encode("utf-8"))
+        _write_atomic(target, page.encode("utf-8", "backslashreplace"))
     except OSError as err:
         raise CnnError(f"{out_dir}: cannot write the report ({err.strerror or err})") from err
     return target

@@ -1,28 +1,26 @@
-"""The training loop: seeded mini-batches, validation, metrics.csv, atomic checkpoints, exact resume.
+"""The training loop: seeded mini-batches, validation, early stopping, checkpoints, exact resume.
 
-It owns the run folder and the order of events; the maths lives in model/optim, the images in data.
-It is not a general trainer: one network family, one loss, one process.
+`train()` sets up a run and hands it to a `Trainer`, whose loop is a few named steps (one optimizer
+step, end of epoch, interruption) calling small pieces (ProgressBar, EarlyStopping, runfolder's
+writers). It owns the order of events; the maths lives in model/optim, the images in data, the files
+in runfolder. It is not a general trainer: one network family, one loss, one process.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cnncli import __version__, checkpoint
+from cnncli import checkpoint, resume as resume_mod, runfolder
+from cnncli.callbacks import EarlyStopping, ProgressBar, StopFlag
 from cnncli import config as config_mod
-from cnncli.errors import CheckpointError, CnnError, ConfigError, DataError, TrainingDiverged
-
-METRICS_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time_s")
+from cnncli.errors import CnnError, ConfigError, DataError, TrainingDiverged
+from cnncli.runfolder import METRICS_COLUMNS, RunState, new_run_dir, save_checkpoint  # noqa: F401 (API)
 
 
 class Interrupted(CnnError):
@@ -31,26 +29,12 @@ class Interrupted(CnnError):
     exit_code = 130
 
 
-@dataclass
-class RunState:
-    """Where a run stands; all of it goes into every checkpoint so a resume continues bit for bit."""
-
-    epoch: int = 0                # completed epochs
-    epoch_step: int = 0           # steps done inside the current epoch
-    step: int = 0                 # global optimizer steps
-    loss_sum: float = 0.0         # current epoch: sum of per-image loss so far
-    correct: int = 0              # current epoch: correct predictions so far
-    seen: int = 0                 # current epoch: images so far
-    best_val_loss: float = math.inf
-    bad_epochs: int = 0           # epochs since the best val loss (early stopping)
-    history: list = field(default_factory=list)
-
-
 # ----------------------------------------------------------------------------------------------
 # data
 
-def load_datasets(cfg: dict, echo=None):
-    """(train_ds, val_ds, skipped) as the config says: data.val, or a stratified data.val_split of train."""
+def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
+    """(train_ds, val_ds, skipped) as the config says: data.val, or a stratified data.val_split of train.
+    `classes` (a checkpoint's) must match the class folders; a mismatch fails before any image is decoded."""
     from cnncli import data
 
     d = cfg["data"]
@@ -62,8 +46,9 @@ def load_datasets(cfg: dict, echo=None):
         if echo:
             echo(f"Generating the built-in demo dataset in {root} ...")
         ensure_demo(root)
-    opts = dict(image_size=d["image_size"], resize=d["resize"], strict=d["strict"], cache=d.get("cache", True))
-    train_ds, skipped = data.load_folder(train_dir, **opts)
+    opts = dict(image_size=d["image_size"], resize=d["resize"], strict=d["strict"], cache=d["cache"],
+                progress=progress)
+    train_ds, skipped = data.load_folder(train_dir, classes=classes, **opts)
     n_classes = cfg["model"]["num_classes"]
     if n_classes is not None and n_classes != len(train_ds.classes):
         raise ConfigError(
@@ -90,107 +75,6 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, min_last: int)
     return batches
 
 
-# ----------------------------------------------------------------------------------------------
-# run folder and checkpoints
-
-def new_run_dir(out: str) -> Path:
-    """`out`, or `out-2`, `out-3`... when `out` already holds a run: a new run never overwrites an old one."""
-    base = Path(out)
-    candidate, k = base, 1
-    while candidate.exists() and any(candidate.iterdir()):
-        k += 1
-        candidate = base.with_name(f"{base.name}-{k}")
-    candidate.mkdir(parents=True, exist_ok=True)
-    return candidate
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_metrics(run_dir: Path, history: list) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: row[k] for k in METRICS_COLUMNS})
-    _atomic_text(run_dir / "metrics.csv", buf.getvalue())
-
-
-def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, preprocess: dict,
-                    cfg_text: str | None = None) -> None:
-    arrays = {f"params/{k}": v for k, v in net.params.items()}
-    arrays.update({f"buffers/{k}": v for k, v in net.buffers.items()})
-    arrays.update({f"optim/{k.removeprefix('optim.')}": v for k, v in opt.state_dict().items()})
-    arrays["rng/seed"] = np.array([cfg["train"]["seed"]], dtype=np.int64)
-    meta = {
-        "cnncli_version": __version__,
-        "num_classes": len(classes),
-        "batchnorm": cfg["model"]["batchnorm"],
-        "eps": cfg["model"]["bn_eps"],
-        "dtype": str(net.params.flat.dtype),
-        "classes": list(classes),
-        "preprocess": preprocess,
-        "config": cfg_text if cfg_text is not None else config_mod.dump(cfg),
-        "epoch": state.epoch,
-        "epoch_step": state.epoch_step,
-        "step": state.step,
-        "loss_sum": state.loss_sum,
-        "correct": state.correct,
-        "seen": state.seen,
-        "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
-        "bad_epochs": state.bad_epochs,
-        "history": state.history,
-    }
-    checkpoint.save(path, arrays, meta)
-
-
-def _state_from_meta(meta: dict, path) -> RunState:
-    try:
-        best = meta["best_val_loss"]
-        return RunState(
-            epoch=int(meta["epoch"]), epoch_step=int(meta["epoch_step"]), step=int(meta["step"]),
-            loss_sum=float(meta["loss_sum"]), correct=int(meta["correct"]), seen=int(meta["seen"]),
-            best_val_loss=math.inf if best is None else float(best), bad_epochs=int(meta["bad_epochs"]),
-            history=list(meta["history"]),
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: checkpoint metadata lacks the run state needed to resume ({err})") from None
-
-
-# ----------------------------------------------------------------------------------------------
-# the loop
-
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves, and stops. A second SIGINT aborts."""
-
-    def __init__(self):
-        self.signum = None
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: no handlers, nothing to restore
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def evaluate_loss_acc(net, table, ds, batch_size=256):
     """Loss (evaluate.bce_loss, as `cnn eval` reports it) and accuracy of `net` on a Dataset, inference mode."""
     from cnncli.evaluate import bce_loss
@@ -206,174 +90,262 @@ def evaluate_loss_acc(net, table, ds, batch_size=256):
     return bce_loss(probs, ds.labels), float((probs.argmax(1) == ds.labels).mean())
 
 
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+class Trainer:
+    """A set-up run: network, optimizer, data, run folder, state. `fit()` runs the remaining epochs.
+
+    Extension points: `batch_input` (where the float batch is made: augmentation transforms it),
+    `sample_weights` (per-image loss weights, e.g. class weights), `is_main_process` (only the main
+    process writes files and prints; several MPI processes would share one loop)."""
+
+    is_main_process = True
+
+    def __init__(self, cfg, run_dir, net, opt, state, train_ds, val_ds, classes, preprocess, echo, quiet):
+        from cnncli.predictor import input_table
+
+        self.cfg, self.run_dir, self.net, self.opt, self.state = cfg, run_dir, net, opt, state
+        self.train_ds, self.val_ds, self.classes, self.preprocess = train_ds, val_ds, classes, preprocess
+        self._echo, self.quiet = echo, quiet
+        self.cfg_text = config_mod.dump(cfg)
+        self.table = input_table(preprocess["mean"], preprocess["std"], net.params.flat.dtype)  # (256,)
+        t = cfg["train"]
+        self.epochs, self.batch_size, self.seed, self.every = t["epochs"], t["batch_size"], t["seed"], t["checkpoint_every"]
+        self.min_last = 2 if cfg["model"]["batchnorm"] != "none" else 1
+        self.steps_per_epoch = len(epoch_batches(len(train_ds.labels), self.batch_size, self.seed, 0, self.min_last))
+        self.early = EarlyStopping(t["early_stopping"], have_val=len(val_ds.labels) > 0)
+        self.last_path, self.best_path = run_dir / "last.npz", run_dir / "best.npz"
+        self.restored = False
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def batch_input(self, idx: np.ndarray) -> np.ndarray:
+        """(B,) training indices -> (B,1,S,S) float network input. Augmentation plugs in here."""
+        from cnncli.kernels import lookup_batch
+
+        return lookup_batch(self.train_ds.images, idx, self.table)
+
+    def sample_weights(self, idx: np.ndarray, labels: np.ndarray):
+        """(B,) per-image loss weights, or None for the plain mean loss (the only kind model.Network
+        trains today). Class weights plug in here."""
+        return None
+
+    def echo(self, message: str) -> None:
+        if self.is_main_process:
+            self._echo(message)
+
+    # -- steps ---------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        from cnncli import optim
+
+        o = self.cfg["optim"]
+        return optim.lr_at(step, self.steps_per_epoch, self.epochs, o["lr"], schedule=o["schedule"],
+                           warmup_epochs=o["warmup_epochs"], step_size=o["step_size"], gamma=o["gamma"],
+                           min_lr=o["min_lr"])
+
+    def train_step(self, idx: np.ndarray) -> None:
+        """One optimizer step on the training images `idx`; updates the epoch's running loss/accuracy."""
+        state, net = self.state, self.net
+        x = self.batch_input(idx)          # (B,1,S,S)
+        y = self.train_ds.labels[idx]      # (B,)
+        if self.sample_weights(idx, y) is not None:
+            raise NotImplementedError("model.Network.train_step takes no per-image loss weights yet")
+        lr = self.lr_at(state.step)
+        with np.errstate(over="ignore", invalid="ignore"):   # a diverging run is reported below,
+            loss, probs = net.train_step(x, y)              # in one line, not as numpy warnings
+        if not (math.isfinite(loss) and math.isfinite(float(np.add.reduce(net.grads.flat)))):
+            raise TrainingDiverged(
+                f"loss or gradients became non-finite at epoch {state.epoch + 1}, step {state.epoch_step + 1} "
+                f"(lr {lr:.3g}); the last good checkpoint is {self.last_path if self.last_path.exists() else 'none'}; "
+                "try a lower optim.lr")
+        self.opt.step(net.params.flat, net.grads.flat, lr)
+        state.step += 1
+        state.epoch_step += 1
+        state.loss_sum += loss * len(idx)
+        state.correct += int((probs.argmax(1) == y).sum())
+        state.seen += len(idx)
+
+    def run_epoch(self, stop: StopFlag, bar: ProgressBar) -> bool:
+        """The rest of the current epoch, then its end; returns True when early stopping ends the run."""
+        state = self.state
+        batches = epoch_batches(len(self.train_ds.labels), self.batch_size, self.seed, state.epoch, self.min_last)
+        t_epoch = time.perf_counter()
+        bar.start_epoch(state, len(batches))
+        images = 0
+        while state.epoch_step < len(batches):
+            idx = batches[state.epoch_step]
+            self.train_step(idx)
+            images += len(idx)
+            bar.update(state, images, t_epoch)
+            if stop.signum is not None:
+                bar.close()
+                self.interrupt(stop.signum)
+            if self.every and state.step % self.every == 0 and state.epoch_step < len(batches):
+                self.save_last()
+        bar.close()
+        return self.end_epoch(t_epoch, images)
+
+    def end_epoch(self, t_epoch: float, images: int) -> bool:
+        """Validate, log the epoch, update best/early stopping, save checkpoints and metrics.csv."""
+        state = self.state
+        train_time = time.perf_counter() - t_epoch
+        val_loss, val_acc = evaluate_loss_acc(self.net, self.table, self.val_ds)
+        row = {"epoch": state.epoch + 1, "step": state.step,
+               "train_loss": state.loss_sum / max(state.seen, 1), "train_acc": state.correct / max(state.seen, 1),
+               "val_loss": val_loss, "val_acc": val_acc, "lr": self.lr_at(max(state.step - 1, 0)),
+               "time_s": round(time.perf_counter() - t_epoch, 3)}
+        state.history.append(row)
+        state.epoch += 1
+        state.epoch_step, state.loss_sum, state.correct, state.seen = 0, 0.0, 0, 0
+        improved, stopping = self.early.update(state, row)
+        if improved:
+            self.save_best()
+        if stopping and self.early.restore_best:
+            self.restore_best()
+        self.save_last()
+        if self.is_main_process:
+            runfolder.write_metrics(self.run_dir, state.history)
+        val = f"val loss {val_loss:.4f} acc {val_acc:.2%}" if self.val_ds.labels.size else "no val"
+        self.echo(f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}  "
+                  f"{val}  lr {row['lr']:.3g}  {row['time_s']:.1f}s "
+                  f"({images / max(train_time, 1e-9):.0f} img/s){'  *best' if improved else ''}")
+        if stopping:
+            self.echo(f"Early stopping: {self.early.monitor.replace('_', ' ')} did not improve for "
+                      f"{self.early.patience} epoch(s); {self._best_note()}")
+        return stopping
+
+    def restore_best(self) -> None:
+        """Early stopping with restore_best: best.npz's weights, BN statistics and optimizer state."""
+        from cnncli.predictor import load_into
+
+        if self.best_path.exists():
+            arrays = checkpoint.load(self.best_path)[0]
+            load_into(self.net, arrays)
+            self.opt.load_state_dict({"optim." + k[len("optim/"):]: v for k, v in arrays.items()
+                                      if k.startswith("optim/")})
+            self.restored = True
+
+    def interrupt(self, signum: int):
+        """SIGINT/SIGTERM after a finished step: save last.npz, say how to resume, raise Interrupted."""
+        self.save_last()
+        raise Interrupted(f"{signal.Signals(signum).name}: stopped at epoch {self.state.epoch + 1}, step "
+                          f"{self.state.epoch_step}; saved {self.last_path}; resume with: cnn train --resume {self.run_dir}")
+
+    def save_last(self) -> None:
+        if self.is_main_process:
+            save_checkpoint(self.last_path, self.net, self.opt, self.state, self.cfg, self.classes,
+                            self.preprocess, self.cfg_text)
+
+    def save_best(self) -> None:
+        if self.is_main_process:
+            save_checkpoint(self.best_path, self.net, self.opt, self.state, self.cfg, self.classes,
+                            self.preprocess, self.cfg_text)
+
+    def _best_note(self) -> str:
+        what = "val loss" if self.early.monitor == "val_loss" else "train loss"
+        if not self.best_path.exists():
+            return f"no epoch had a finite {what}, so there is no best.npz"
+        restored = " (restored into last.npz)" if self.restored else ""
+        return f"best {what} {self.state.best_val_loss:.4f} is in {self.best_path}{restored}"
+
+    def fit(self) -> None:
+        """The remaining epochs, or one line when there is nothing to do."""
+        state = self.state
+        if state.epoch >= self.epochs or state.stopped_early:
+            why = "early stopping ended it; raise train.epochs or train.early_stopping.patience" \
+                if state.stopped_early else "raise train.epochs"
+            self.echo(f"Nothing to do: the run already completed {state.epoch} epoch(s) ({why} to continue).")
+            return
+        bar = ProgressBar(not self.quiet and sys.stderr.isatty() and self.is_main_process, self.epochs,
+                          self.steps_per_epoch * self.epochs, state.step)
+        with StopFlag() as stop:
+            while state.epoch < self.epochs:
+                if self.run_epoch(stop, bar):
+                    break
+        self.echo(f"Done in {time.perf_counter() - bar.t_run:.1f}s. {self._best_note().capitalize()}")
+
+
+# ----------------------------------------------------------------------------------------------
+# set up the run
+
+def _normalization(cfg: dict, train_ds) -> dict:
+    mean, std = 0.0, 1.0
+    if cfg["data"]["normalize"]:
+        from cnncli.data import pixel_mean_std
+
+        mean, std = pixel_mean_std(train_ds.images)   # streamed: no float64 copy of the dataset
+    return {"image_size": cfg["data"]["image_size"], "resize": cfg["data"]["resize"], "mean": mean, "std": std}
+
+
+def _open_resume(resume, cfg: dict, out):
+    """Load the checkpoint to continue and check the config against it (before any data is read)
+    -> ((arrays, meta, path), state, run_dir)."""
+    from cnncli.predictor import check_architecture, run_checkpoint
+
+    ckpt_path = run_checkpoint(resume)
+    arrays, meta = checkpoint.load(ckpt_path)
+    check_architecture(arrays, meta, ckpt_path)           # shapes, dtypes, finite values
+    resume_mod.check_unchanged(meta.get("config", ""), cfg, ckpt_path)
+    state = runfolder.state_from_meta(meta, ckpt_path)
+    saved = config_mod.load_config_text(meta.get("config", ""), source=f"{ckpt_path} (config)")
+    if resume_mod.should_continue(state, saved, cfg):
+        state.stopped_early = False
+    run_dir = Path(out) if out else ckpt_path.parent
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runfolder.clean_debris(run_dir)                       # half-written saves of a killed process
+    resume_mod.carry_best(ckpt_path.parent, run_dir)
+    return (arrays, meta, ckpt_path), state, run_dir
+
+
+def _build(cfg: dict, train_ds, resumed):
+    """-> (net, opt, preprocess): fresh ones for a new run, the checkpoint's for a resume."""
+    from cnncli import model, optim
+    from cnncli.predictor import network_from_arrays
+
+    m, o = cfg["model"], cfg["optim"]
+    if resumed is None:
+        preprocess = _normalization(cfg, train_ds)
+        net = model.Network(num_classes=len(train_ds.classes), batchnorm=m["batchnorm"], eps=m["bn_eps"],
+                            momentum=m["bn_momentum"], dtype=np.float32, seed=cfg["train"]["seed"])
+    else:
+        arrays, meta, path = resumed
+        preprocess = meta["preprocess"]
+        net = network_from_arrays(arrays, meta, path, momentum=m["bn_momentum"])
+    opt = optim.Optimizer(o["name"], net.params.flat.size, o["lr"], momentum=o["momentum"],
+                          weight_decay=o["weight_decay"], betas=tuple(o["betas"]), dtype=np.float32)
+    if resumed is not None:
+        opt.load_state_dict({"optim." + k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
+    return net, opt, preprocess
+
+
 def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> Path:
     """Train as `cfg` says (or continue the checkpoint `resume`); returns the run folder."""
-    from cnncli import model, optim
-    from cnncli.predictor import input_table, load_into, network_from_arrays
-
     t_setup = time.perf_counter()
+    cfg = resume_mod.absolute_paths(cfg)
+    resumed, state = None, RunState()
     if resume is not None:
-        from cnncli.predictor import run_checkpoint
-
-        ckpt_path = run_checkpoint(resume)
-        arrays, meta = checkpoint.load(ckpt_path)
-        state = _state_from_meta(meta, ckpt_path)
-        run_dir = Path(out) if out else ckpt_path.parent
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for debris in run_dir.glob(".*.tmp-*"):  # half-written saves of a killed process
-            debris.unlink(missing_ok=True)
-    from cnncli.kernels import lookup_batch, set_threads
+        resumed, state, run_dir = _open_resume(resume, cfg, out)
+    from cnncli.kernels import set_threads
 
     threads = set_threads(cfg["train"]["threads"])
-
-    train_ds, val_ds, skipped = load_datasets(cfg, echo=echo)
-    classes = train_ds.classes
-    tcfg, ocfg, mcfg = cfg["train"], cfg["optim"], cfg["model"]
-    if mcfg["batchnorm"] != "none" and len(train_ds.labels) < 2:
-        raise DataError(f"{cfg['data']['train']}: model.batchnorm={mcfg['batchnorm']} needs at least 2 training images")
-    dtype = np.float32
-
+    train_ds, val_ds, skipped = load_datasets(cfg, echo=echo, classes=resumed and resumed[1].get("classes"),
+                                               progress=not quiet)
+    m, o = cfg["model"], cfg["optim"]
+    if m["batchnorm"] != "none" and len(train_ds.labels) < 2:
+        raise DataError(f"{cfg['data']['train']}: model.batchnorm={m['batchnorm']} needs at least 2 training images")
+    net, opt, preprocess = _build(cfg, train_ds, resumed)
     if resume is None:
         run_dir = new_run_dir(out or cfg["out"])
-        state = RunState()
-        mean, std = 0.0, 1.0
-        if cfg["data"]["normalize"]:
-            from cnncli.data import pixel_mean_std
-
-            mean, std = pixel_mean_std(train_ds.images)   # streamed: no float64 copy of the dataset
-        preprocess = {"image_size": cfg["data"]["image_size"], "resize": cfg["data"]["resize"], "mean": mean, "std": std}
-        net = model.Network(num_classes=len(classes), batchnorm=mcfg["batchnorm"], eps=mcfg["bn_eps"],
-                            momentum=mcfg["bn_momentum"], dtype=dtype, seed=tcfg["seed"])
-    else:
-        if meta.get("classes") != list(classes):
-            raise DataError(f"{cfg['data']['train']}: classes differ from those of checkpoint {ckpt_path}")
-        if meta.get("batchnorm") != mcfg["batchnorm"]:
-            raise ConfigError(f"model.batchnorm is {mcfg['batchnorm']!r} but {ckpt_path} was trained with {meta.get('batchnorm')!r}")
-        preprocess = meta["preprocess"]
-        net = network_from_arrays(arrays, meta, ckpt_path, momentum=mcfg["bn_momentum"])
-
-    opt = optim.Optimizer(ocfg["name"], net.params.flat.size, ocfg["lr"], momentum=ocfg["momentum"],
-                          weight_decay=ocfg["weight_decay"], betas=tuple(ocfg["betas"]), dtype=dtype)
-    if resume is not None:
-        opt.load_state_dict({"optim." + k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
-
-    cfg_text = config_mod.dump(cfg)
-    (run_dir / "config.yaml").write_text(cfg_text, encoding="utf-8")
-    if skipped:
-        (run_dir / "skipped.txt").write_text("".join(f"{p}\t{r}\n" for p, r in skipped), encoding="utf-8")
-        echo(f"warning: skipped {len(skipped)} unreadable file(s), listed in {run_dir / 'skipped.txt'}:")
-        for p, r in skipped[:5]:
-            echo(f"  {p}: {r}")
-        if len(skipped) > 5:
-            echo(f"  ... and {len(skipped) - 5} more")
-
-    table = input_table(preprocess["mean"], preprocess["std"], dtype)  # (256,) uint8 -> input
-    epochs, bs = tcfg["epochs"], tcfg["batch_size"]
-    n = len(train_ds.labels)
-    min_last = 2 if mcfg["batchnorm"] != "none" else 1
-    steps_per_epoch = len(epoch_batches(n, bs, tcfg["seed"], 0, min_last))
-    last_path, best_path = run_dir / "last.npz", run_dir / "best.npz"
-    every = tcfg["checkpoint_every"]
-    es = tcfg["early_stopping"]
-
-    echo(f"Run folder: {run_dir}")
-    echo(f"Training on {n} images ({len(classes)} classes), validating on {len(val_ds.labels)}; "
-         f"batchnorm={mcfg['batchnorm']}, {ocfg['name']} lr={ocfg['lr']}, batch {bs}, {threads} thread(s); "
-         f"setup {time.perf_counter() - t_setup:.1f}s")
-    if state.epoch >= epochs:
-        echo(f"Nothing to do: the run already completed {state.epoch} epoch(s) (raise train.epochs to continue).")
-        return run_dir
-
-    def lr_at(step):
-        return optim.lr_at(step, steps_per_epoch, epochs, ocfg["lr"], schedule=ocfg["schedule"],
-                           warmup_epochs=ocfg["warmup_epochs"], step_size=ocfg["step_size"],
-                           gamma=ocfg["gamma"], min_lr=ocfg["min_lr"])
-
-    def save_last():
-        save_checkpoint(last_path, net, opt, state, cfg, classes, preprocess, cfg_text)
-
-    show_bar = not quiet and sys.stderr.isatty()
-    t_run = time.perf_counter()
-    steps_total = steps_per_epoch * epochs
-    steps_at_start = state.step
-    with _StopFlag() as stop:
-        while state.epoch < epochs:
-            batches = epoch_batches(n, bs, tcfg["seed"], state.epoch, min_last)
-            t_epoch = time.perf_counter()
-            bar = None
-            if show_bar:
-                from tqdm import tqdm
-
-                bar = tqdm(total=len(batches), initial=state.epoch_step, desc=f"epoch {state.epoch + 1}/{epochs}",
-                           unit="batch", leave=False, dynamic_ncols=True, file=sys.stderr)
-            imgs_this_session = 0
-            while state.epoch_step < len(batches):
-                idx = batches[state.epoch_step]
-                x = lookup_batch(train_ds.images, idx, table)  # (B,1,S,S)
-                y = train_ds.labels[idx]                   # (B,)
-                lr = lr_at(state.step)
-                with np.errstate(over="ignore", invalid="ignore"):   # a diverging run is reported below,
-                    loss, probs = net.train_step(x, y)              # in one line, not as numpy warnings
-                if not (math.isfinite(loss) and math.isfinite(float(np.add.reduce(net.grads.flat)))):
-                    raise TrainingDiverged(
-                        f"loss or gradients became non-finite at epoch {state.epoch + 1}, step {state.epoch_step + 1} "
-                        f"(lr {lr:.3g}); the last good checkpoint is {last_path if last_path.exists() else 'none'}; "
-                        "try a lower optim.lr")
-                opt.step(net.params.flat, net.grads.flat, lr)
-                state.step += 1
-                state.epoch_step += 1
-                state.loss_sum += loss * len(idx)
-                state.correct += int((probs.argmax(1) == y).sum())
-                state.seen += len(idx)
-                imgs_this_session += len(idx)
-                if bar is not None:
-                    el = time.perf_counter() - t_epoch
-                    done = state.step - steps_at_start
-                    eta = (time.perf_counter() - t_run) / max(done, 1) * (steps_total - state.step)
-                    bar.set_postfix_str(f"loss {state.loss_sum / state.seen:.4f} acc {state.correct / state.seen:.3f} "
-                                        f"{imgs_this_session / max(el, 1e-9):.0f} img/s run ETA {eta:.0f}s",
-                                        refresh=False)
-                    bar.update(1)
-                if stop.signum is not None:
-                    save_last()
-                    if bar is not None:
-                        bar.close()
-                    name = signal.Signals(stop.signum).name
-                    raise Interrupted(f"{name}: stopped at epoch {state.epoch + 1}, step {state.epoch_step}; saved "
-                                      f"{last_path}; resume with: cnn train --resume {run_dir}")
-                if every and state.step % every == 0 and state.epoch_step < len(batches):
-                    save_last()
-            if bar is not None:
-                bar.close()
-            train_time = time.perf_counter() - t_epoch
-            val_loss, val_acc = evaluate_loss_acc(net, table, val_ds)
-            row = {"epoch": state.epoch + 1, "step": state.step,
-                   "train_loss": state.loss_sum / max(state.seen, 1), "train_acc": state.correct / max(state.seen, 1),
-                   "val_loss": val_loss, "val_acc": val_acc, "lr": lr_at(max(state.step - 1, 0)),
-                   "time_s": round(time.perf_counter() - t_epoch, 3)}
-            state.history.append(row)
-            state.epoch += 1
-            state.epoch_step, state.loss_sum, state.correct, state.seen = 0, 0.0, 0, 0
-            improved = math.isfinite(val_loss) and val_loss < state.best_val_loss - es["min_delta"]
-            if improved:
-                state.best_val_loss, state.bad_epochs = val_loss, 0
-            else:
-                state.bad_epochs += 1
-            stopping = es["patience"] > 0 and state.bad_epochs >= es["patience"]
-            if improved:
-                save_checkpoint(best_path, net, opt, state, cfg, classes, preprocess, cfg_text)
-            if stopping and es["restore_best"] and best_path.exists():
-                load_into(net, checkpoint.load(best_path)[0])
-            save_last()
-            write_metrics(run_dir, state.history)
-            rate = imgs_this_session / max(train_time, 1e-9)
-            echo(f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}  "
-                 f"val loss {val_loss:.4f} acc {val_acc:.2%}  lr {row['lr']:.3g}  {row['time_s']:.1f}s "
-                 f"({rate:.0f} img/s){'  *best' if improved else ''}")
-            if stopping:
-                echo(f"Early stopping: val loss did not improve for {es['patience']} epoch(s); best val loss "
-                     f"{state.best_val_loss:.4f} is in {best_path}"
-                     + (" (restored into last.npz)" if es["restore_best"] else ""))
-                break
-    echo(f"Done in {time.perf_counter() - t_run:.1f}s. Best val loss {state.best_val_loss:.4f}: {best_path}")
+    trainer = Trainer(cfg, run_dir, net, opt, state, train_ds, val_ds, train_ds.classes, preprocess, echo, quiet)
+    if trainer.is_main_process:
+        (run_dir / "config.yaml").write_text(trainer.cfg_text, encoding="utf-8", errors="backslashreplace")
+        if skipped:
+            runfolder.write_skipped(run_dir, skipped, echo)
+    trainer.echo(f"Run folder: {run_dir}")
+    trainer.echo(f"Training on {len(train_ds.labels)} images ({len(train_ds.classes)} classes), validating on "
+                 f"{len(val_ds.labels)}; batchnorm={m['batchnorm']}, {o['name']} lr={o['lr']}, batch "
+                 f"{cfg['train']['batch_size']}, {threads} thread(s); setup {time.perf_counter() - t_setup:.1f}s")
+    if len(val_ds.labels) == 0:
+        trainer.echo("warning: no validation images; best.npz and early stopping use the training loss instead")
+    trainer.fit()
     return run_dir

@@ -1,9 +1,20 @@
-"""Test-session setup: the decoded-dataset cache goes to a temporary folder, never to ~/.cache."""
+"""Test-session setup: the decoded-dataset cache goes to a temporary folder, never to ~/.cache; under
+CI=true a torch that cannot be imported fails the run instead of skipping the PyTorch comparisons."""
 
 import os
 import tempfile
 
 import pytest
+
+
+def pytest_configure(config):
+    if os.environ.get("CI", "").strip().lower() not in ("true", "1", "yes"):
+        return
+    try:
+        import torch  # noqa: F401
+    except Exception as err:  # ImportError, or a broken install raising something else
+        raise pytest.UsageError(f"CI=true but torch cannot be imported ({type(err).__name__}: {err}); "
+                                "install the test extra: pip install -e '.[test]'") from None
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -140,3 +140,46 @@ def network_predict(params, buffers, x, batchnorm="none", eps=1e-5):
     a = maxpool_forward(elu(bn(conv2d_forward(a, P["conv2.w"], P["conv2.b"], 2), 2)))[0].reshape(N, -1)
     a = elu(bn(a @ P["fc1.w"].T + P["fc1.b"], 3))
     return 1 / (1 + np.exp(-(a @ P["fc2.w"].T + P["fc2.b"])))
+
+
+def network_loss_and_grads(params, x, labels, batchnorm="none", eps=1e-5):
+    """Training-mode loss and the gradient of every parameter tensor (name -> array), in float64:
+    the reference layers' backward functions chained by hand, independently of cnncli.model."""
+    P = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+    x = np.asarray(x, dtype=np.float64)
+    N = x.shape[0]
+    G = {}
+
+    def bn(z, k):
+        """-> (y, backward(dy) -> dz) for the batch norm of layer k (identity without BN)."""
+        if batchnorm == "none":
+            return z, lambda dy: dy
+        g, b = P[f"bn{k}.gamma"], P[f"bn{k}.beta"]
+        axes = (0,) if (batchnorm == "unit" or z.ndim == 2) else (0, 2, 3)
+        shape = g.shape if axes == (0,) else (1, -1, 1, 1)
+        y = bn_forward(z, g.reshape(shape), b.reshape(shape), eps, axes)[0]
+
+        def back(dy):
+            dz, G[f"bn{k}.gamma"], G[f"bn{k}.beta"] = bn_backward(dy, z, g.reshape(shape), eps, axes)
+            G[f"bn{k}.gamma"] = G[f"bn{k}.gamma"].reshape(g.shape)
+            G[f"bn{k}.beta"] = G[f"bn{k}.beta"].reshape(g.shape)
+            return dz
+        return y, back
+
+    y1, back1 = bn(conv2d_forward(x, P["conv1.w"], P["conv1.b"], 2), 1)
+    p1, arg1 = maxpool_forward(elu(y1))
+    y2, back2 = bn(conv2d_forward(p1, P["conv2.w"], P["conv2.b"], 2), 2)
+    p2, arg2 = maxpool_forward(elu(y2))
+    f = p2.reshape(N, -1)
+    y3, back3 = bn(f @ P["fc1.w"].T + P["fc1.b"], 3)
+    a3 = elu(y3)
+    loss, _, dz4 = sigmoid_bce(a3 @ P["fc2.w"].T + P["fc2.b"], labels)
+    # backward: the forward reversed
+    G["fc2.w"], G["fc2.b"] = dz4.T @ a3, dz4.sum(0)
+    dz3 = back3(dz4 @ P["fc2.w"] * elu_grad(y3))
+    G["fc1.w"], G["fc1.b"] = dz3.T @ f, dz3.sum(0)
+    dz2 = back2(maxpool_backward((dz3 @ P["fc1.w"]).reshape(p2.shape), arg2) * elu_grad(y2))
+    dp1, G["conv2.w"], G["conv2.b"] = conv2d_backward(dz2, p1, P["conv2.w"], 2)
+    dz1 = back1(maxpool_backward(dp1, arg1) * elu_grad(y1))
+    _, G["conv1.w"], G["conv1.b"] = conv2d_backward(dz1, x, P["conv1.w"], 2)
+    return loss, G

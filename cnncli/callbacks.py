@@ -1,0 +1,91 @@
+"""The small pieces the training loop calls: the stop flag of SIGINT/SIGTERM, the progress bar and
+early stopping. Each holds its own bit of state; none of them trains, saves or reads data (train.py does).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+
+from cnncli.runfolder import RunState
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves, and stops. A second SIGINT aborts."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handlers, nothing to restore
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class ProgressBar:
+    """One tqdm bar per epoch on a terminal (loss, accuracy, img/s, run ETA); does nothing when disabled."""
+
+    def __init__(self, enabled: bool, epochs: int, steps_total: int, steps_at_start: int):
+        self.enabled, self.epochs = enabled, epochs
+        self.steps_total, self.steps_at_start = steps_total, steps_at_start
+        self.t_run = time.perf_counter()
+        self.bar = None
+
+    def start_epoch(self, state: RunState, n_batches: int) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=n_batches, initial=state.epoch_step, desc=f"epoch {state.epoch + 1}/{self.epochs}",
+                            unit="batch", leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, state: RunState, images: int, t_epoch: float) -> None:
+        if self.bar is None:
+            return
+        el = time.perf_counter() - t_epoch
+        done = state.step - self.steps_at_start
+        eta = (time.perf_counter() - self.t_run) / max(done, 1) * (self.steps_total - state.step)
+        self.bar.set_postfix_str(f"loss {state.loss_sum / state.seen:.4f} acc {state.correct / state.seen:.3f} "
+                                 f"{images / max(el, 1e-9):.0f} img/s run ETA {eta:.0f}s", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class EarlyStopping:
+    """Best-so-far tracking and patience. It watches the validation loss, or the training loss of the
+    epoch when the run has no validation images (the README's "No validation images" rule)."""
+
+    def __init__(self, es_cfg: dict, have_val: bool):
+        self.patience, self.min_delta = es_cfg["patience"], es_cfg["min_delta"]
+        self.restore_best = es_cfg["restore_best"]
+        self.monitor = "val_loss" if have_val else "train_loss"
+
+    def update(self, state: RunState, row: dict) -> tuple[bool, bool]:
+        """-> (improved, stop now); updates best_val_loss / bad_epochs / stopped_early in `state`."""
+        score = row[self.monitor]
+        improved = math.isfinite(score) and score < state.best_val_loss - self.min_delta
+        if improved:
+            state.best_val_loss, state.bad_epochs = score, 0
+        else:
+            state.bad_epochs += 1
+        stopping = self.patience > 0 and state.bad_epochs >= self.patience
+        state.stopped_early = stopping
+        return improved, stopping

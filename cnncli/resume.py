@@ -1,0 +1,74 @@
+"""What `cnn train --resume` may and may not change, checked before any data is loaded.
+
+A checkpoint's meaning (architecture, preprocessing, the classes, how the current epoch's images are
+drawn, the optimizer's state) is fixed; everything else (epochs, patience, lr, threads, out...) applies.
+This module compares configs and resolves paths; it does not load data or build networks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from cnncli import config as config_mod
+from cnncli.errors import ConfigError
+
+# Keys that cannot change on --resume, and why (the README's "Resuming" section lists the same).
+FROZEN = {
+    "data.image_size": "the network's input",
+    "data.resize": "the preprocessing the weights were trained with",
+    "data.normalize": "the preprocessing the weights were trained with",
+    "data.val_split": "which images are held out for validation",
+    "data.seed": "which images are held out for validation",
+    "train.batch_size": "the learning-rate schedule and the current epoch's batches",
+    "train.seed": "the order of the current epoch's images",
+    "optim.name": "the optimizer state stored in the checkpoint",
+}
+FROZEN.update({o.key: "the network's architecture" for o in config_mod.OPTIONS if o.key.startswith("model.")})
+
+
+def check_unchanged(saved_text: str, cfg: dict, ckpt_path) -> None:
+    """ConfigError naming the first frozen key whose value differs between the checkpoint's config and `cfg`."""
+    saved = config_mod.load_config_text(saved_text or "", source=f"{ckpt_path} (config)")
+    for key, why in FROZEN.items():
+        old, new = config_mod.get(saved, key), config_mod.get(cfg, key)
+        if old != new:
+            raise ConfigError(f"{key} cannot change on --resume ({why}): {ckpt_path} has {old!r}, "
+                              f"the config now says {new!r}; start a new run instead")
+
+
+def absolute_paths(cfg: dict, start_dir=None) -> dict:
+    """`cfg` with data.train and data.val made absolute against `start_dir` (default: the working folder),
+    so the config saved in the run folder resumes from any working directory."""
+    start = Path(start_dir or os.getcwd())
+    d = dict(cfg["data"])
+    for key in ("train", "val"):
+        if d[key]:
+            d[key] = os.path.normpath(start / Path(d[key]).expanduser())
+    return {**cfg, "data": d}
+
+
+def should_continue(state, saved_cfg: dict, cfg: dict) -> bool:
+    """Whether a run that early stopping ended has something to do: only when train.epochs or
+    train.early_stopping.patience was raised. Raising epochs alone starts a fresh patience window."""
+    if not state.stopped_early:
+        return True
+    old_p, new_p = (config_mod.get(c, "train.early_stopping.patience") for c in (saved_cfg, cfg))
+    old_e, new_e = (config_mod.get(c, "train.epochs") for c in (saved_cfg, cfg))
+    if new_p > old_p or new_p == 0:
+        return True
+    if new_e > old_e:
+        state.bad_epochs = 0
+        return True
+    return False
+
+
+def carry_best(src_dir: Path, run_dir: Path) -> None:
+    """Resuming into another folder: copy the source run's best.npz there, so the new folder is whole
+    and every message names a file that exists."""
+    src, dst = src_dir / "best.npz", run_dir / "best.npz"
+    if src.is_file() and src.resolve() != dst.resolve() and not dst.exists():
+        tmp = run_dir / f".best.npz.tmp-{os.getpid()}"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)

@@ -1,0 +1,155 @@
+"""The run folder: its atomic creation, what a run writes there (metrics.csv, skipped.txt, checkpoints)
+and the run state every checkpoint carries so that a resume continues bit for bit.
+
+It writes files and nothing else: the order of events is train.py's, the maths model/optim's.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cnncli import __version__, checkpoint
+from cnncli import config as config_mod
+from cnncli.errors import CheckpointError, CnnError
+
+METRICS_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time_s")
+MAX_RUN_SUFFIX = 10_000  # out-2 ... out-10000, then give up with one line
+
+
+@dataclass
+class RunState:
+    """Where a run stands; all of it goes into every checkpoint so a resume continues bit for bit."""
+
+    epoch: int = 0                # completed epochs
+    epoch_step: int = 0           # steps done inside the current epoch
+    step: int = 0                 # global optimizer steps
+    loss_sum: float = 0.0         # current epoch: sum of per-image loss so far
+    correct: int = 0              # current epoch: correct predictions so far
+    seen: int = 0                 # current epoch: images so far
+    best_val_loss: float = math.inf
+    bad_epochs: int = 0           # epochs since the best val loss (early stopping)
+    stopped_early: bool = False   # early stopping ended the run at `epoch`
+    history: list = field(default_factory=list)
+
+
+def printable(text) -> str:
+    """`text` safe for any terminal or UTF-8 file: a name that is not valid UTF-8 (os.fsdecode's
+    surrogate escapes) shows its bad bytes as \\xNN instead of raising UnicodeEncodeError."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def new_run_dir(out: str) -> Path:
+    """Create and return `out`, or `out-2`, `out-3`... when `out` already exists and is not empty.
+
+    Creation is exclusive (os.mkdir): two runs started at once never get the same folder. An existing
+    empty folder is taken only by the process that creates a marker file in it first.
+    """
+    base = Path(out)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, MAX_RUN_SUFFIX + 1):
+        candidate = base if k == 1 else base.with_name(f"{base.name}-{k}")
+        try:
+            os.mkdir(candidate)
+            claim_marker(candidate)
+            return candidate
+        except FileExistsError:
+            if candidate.is_dir() and not any(p.name != ".claimed" for p in candidate.iterdir()):
+                try:
+                    claim_marker(candidate)
+                    return candidate
+                except FileExistsError:
+                    continue
+    raise CnnError(f"{out}: {MAX_RUN_SUFFIX} run folders of this name exist already; choose another `out`")
+
+
+def claim_marker(folder: Path) -> None:
+    """Create `folder/.claimed` exclusively (FileExistsError when another run got there first)."""
+    with open(folder / ".claimed", "x", encoding="utf-8") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def clean_debris(run_dir: Path) -> list:
+    """Delete the temporary files of saves a killed process left half-written; returns their names."""
+    gone = []
+    for debris in run_dir.glob(".*.tmp-*"):
+        debris.unlink(missing_ok=True)
+        gone.append(debris.name)
+    return gone
+
+
+def atomic_text(path: Path, text: str) -> None:
+    """Write `text` (UTF-8; undecodable name bytes as \\xNN) to `path` via a temporary file and os.replace."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_metrics(run_dir: Path, history: list) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row[k] for k in METRICS_COLUMNS})
+    atomic_text(run_dir / "metrics.csv", buf.getvalue())
+
+
+def write_skipped(run_dir: Path, skipped, echo) -> None:
+    """skipped.txt (one `path<TAB>reason` a line) and a short warning naming the first five."""
+    atomic_text(run_dir / "skipped.txt", "".join(f"{printable(p)}\t{printable(r)}\n" for p, r in skipped))
+    echo(f"warning: skipped {len(skipped)} unreadable file(s), listed in {run_dir / 'skipped.txt'}:")
+    for p, r in skipped[:5]:
+        echo(f"  {printable(p)}: {printable(r)}")
+    if len(skipped) > 5:
+        echo(f"  ... and {len(skipped) - 5} more")
+
+
+def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, preprocess: dict,
+                    cfg_text: str | None = None) -> None:
+    arrays = {f"params/{k}": v for k, v in net.params.items()}
+    arrays.update({f"buffers/{k}": v for k, v in net.buffers.items()})
+    arrays.update({f"optim/{k.removeprefix('optim.')}": v for k, v in opt.state_dict().items()})
+    arrays["rng/seed"] = np.array([cfg["train"]["seed"]], dtype=np.int64)
+    meta = {
+        "cnncli_version": __version__,
+        "num_classes": len(classes),
+        "batchnorm": cfg["model"]["batchnorm"],
+        "eps": cfg["model"]["bn_eps"],
+        "dtype": str(net.params.flat.dtype),
+        "classes": list(classes),
+        "preprocess": preprocess,
+        "config": cfg_text if cfg_text is not None else config_mod.dump(cfg),
+        "epoch": state.epoch,
+        "epoch_step": state.epoch_step,
+        "step": state.step,
+        "loss_sum": state.loss_sum,
+        "correct": state.correct,
+        "seen": state.seen,
+        "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
+        "bad_epochs": state.bad_epochs,
+        "stopped_early": state.stopped_early,
+        "history": state.history,
+    }
+    checkpoint.save(path, arrays, meta)
+
+
+def state_from_meta(meta: dict, path) -> RunState:
+    try:
+        best = meta["best_val_loss"]
+        return RunState(
+            epoch=int(meta["epoch"]), epoch_step=int(meta["epoch_step"]), step=int(meta["step"]),
+            loss_sum=float(meta["loss_sum"]), correct=int(meta["correct"]), seen=int(meta["seen"]),
+            best_val_loss=math.inf if best is None else float(best), bad_epochs=int(meta["bad_epochs"]),
+            stopped_early=bool(meta.get("stopped_early", False)), history=list(meta["history"]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: checkpoint metadata lacks the run state needed to resume ({err})") from None

@@ -1,0 +1,192 @@
+"""Resume rules and run-folder edge cases through the CLI (issue 18): frozen keys, stopped-early runs,
+another --out or working directory, no validation images, names that are not valid UTF-8, atomic run
+folders, stray temporary files, non-finite checkpoints, train.top_k. Each test fails on the old behaviour."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cnncli import checkpoint, runfolder
+from cnncli.cli import cli
+from e2e_util import load_params, make_folder, write_config
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def train(cfg, *extra):
+    res = invoke("train", "--config", cfg, "-q", "--no-report", *extra)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def rows(run):
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("rr") / "data", per_class=12, odd_files=False)
+
+
+@pytest.fixture()
+def run1(data, tmp_path):
+    """A finished 1-epoch run (batch 8, checkpoint at epoch ends)."""
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=1)
+    train(cfg)
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("key, value", [
+    ("model.bn_eps", "100"), ("model.batchnorm", "unit"), ("data.resize", "crop"), ("data.normalize", "false"),
+    ("train.batch_size", "16"), ("optim.name", "sgd"), ("train.seed", "5"),
+])
+def test_resume_refuses_a_frozen_key_before_reading_data(data, run1, tmp_path, key, value):
+    moved = tmp_path / "moved"
+    os.rename(data, moved)          # the data is gone: the refusal must come before any data is read
+    try:
+        res = invoke("train", "--resume", run1, "--set", f"{key}={value}", "--set", "train.epochs=2", "-q", "--no-report")
+    finally:
+        os.rename(moved, data)
+    assert res.exit_code == 2, res.output
+    line = res.output.strip().splitlines()[-1]
+    assert key in line and value in line.lower() and "cannot change on --resume" in line and str(run1) in line
+    assert len(rows(run1)) == 1     # nothing was trained
+
+
+def test_resume_from_another_working_directory_trains_only_the_new_epochs(data, tmp_path, monkeypatch):
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    start.mkdir(), elsewhere.mkdir()
+    os.symlink(data, start / "imgs")
+    monkeypatch.chdir(start)
+    train(write_config(start / "c.yaml", "imgs", start / "run", epochs=1))
+    first = rows(start / "run")
+    steps_per_epoch = int(first[0]["step"])
+    monkeypatch.chdir(elsewhere)     # "imgs" does not exist here
+    res = invoke("train", "--resume", start / "run", "--set", "train.epochs=3", "-q", "--no-report")
+    assert res.exit_code == 0, res.output
+    after = rows(start / "run")
+    assert after[0] == first[0]      # epoch 1 (time_s included) untouched: it was not retrained
+    assert [int(r["epoch"]) for r in after] == [1, 2, 3]
+    assert [int(r["step"]) for r in after] == [steps_per_epoch * e for e in (1, 2, 3)]
+    _, meta = checkpoint.load(start / "run" / "last.npz")
+    assert meta["step"] == 3 * steps_per_epoch and meta["epoch"] == 3
+
+
+def _stopped_early(data, tmp_path, out="run"):
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / out, epochs=6)
+    res = train(cfg, "--set", "train.early_stopping.patience=1", "--set", "train.early_stopping.min_delta=10.0")
+    assert "Early stopping" in res.output and len(rows(tmp_path / out)) == 2
+    return tmp_path / out
+
+
+def test_stopped_early_run_resumes_as_nothing_to_do(data, tmp_path):
+    run = _stopped_early(data, tmp_path)
+    before = load_params(run / "last.npz")
+    res = invoke("train", "--resume", run, "-q", "--no-report")
+    assert res.exit_code == 0 and "Nothing to do" in res.output and "early stopping" in res.output
+    after = load_params(run / "last.npz")
+    assert all(np.array_equal(before[k], after[k]) for k in before) and len(rows(run)) == 2
+
+
+def test_stopped_early_run_continues_when_epochs_are_raised(data, tmp_path):
+    run = _stopped_early(data, tmp_path)
+    res = invoke("train", "--resume", run, "--set", "train.epochs=8", "--set", "train.early_stopping.min_delta=0",
+                 "-q", "--no-report")
+    assert res.exit_code == 0, res.output
+    assert "Nothing to do" not in res.output and len(rows(run)) > 3   # a fresh patience window, not one epoch
+
+
+def test_resume_into_another_out_names_only_files_that_exist(data, tmp_path):
+    run = _stopped_early(data, tmp_path)
+    other = tmp_path / "other"
+    res = invoke("train", "--resume", run, "--out", other, "--set", "train.epochs=8",
+                 "--set", "train.early_stopping.patience=2", "-q", "--no-report")
+    assert res.exit_code == 0, res.output
+    assert (other / "best.npz").is_file() and (other / "last.npz").is_file()
+    for word in res.output.split():
+        if word.endswith(".npz") or word.endswith(".npz:"):
+            assert os.path.exists(word.rstrip(":")), (word, res.output)
+
+
+def test_no_validation_images_warns_once_and_tracks_the_training_loss(tmp_path):
+    tiny = make_folder(tmp_path / "tiny", per_class=1, odd_files=False)   # one image a class: none held out
+    res = train(write_config(tmp_path / "c.yaml", tiny, tmp_path / "run", epochs=2, batch_size=2))
+    assert res.output.count("no validation images") == 1
+    assert "nan" not in res.output.lower() and "inf" not in res.output.split("Done")[-1]
+    assert (tmp_path / "run" / "best.npz").is_file()
+    _, meta = checkpoint.load(tmp_path / "run" / "best.npz")
+    assert meta["best_val_loss"] == pytest.approx(float(rows(tmp_path / "run")[meta["epoch"] - 1]["train_loss"]))
+
+
+def test_names_that_are_not_utf8_never_give_a_traceback(tmp_path):
+    pytest.importorskip("matplotlib")
+    root = make_folder(tmp_path / "data", per_class=8, odd_files=False)
+    os.rename(os.fsencode(root / "disc"), os.fsencode(root) + b"/d\xffisc")
+    (root / "bar" / os.fsdecode(b"bad\xfe.png")).write_bytes(b"junk")
+    cfg = write_config(tmp_path / "c.yaml", root, tmp_path / "run", epochs=1)
+    res = invoke("train", "--config", cfg, "-q")
+    assert res.exit_code == 0, res.output
+    assert "bad\\xfe.png" in (tmp_path / "run" / "skipped.txt").read_text(encoding="utf-8")
+    _, meta = checkpoint.load(tmp_path / "run" / "last.npz")
+    assert os.fsdecode(b"d\xffisc") in meta["classes"]           # round-trips exactly
+    for args in (["eval", "--checkpoint", tmp_path / "run", "--data", root],
+                 ["eval", "--checkpoint", tmp_path / "run", "--data", root, "--json"],
+                 ["predict", "--checkpoint", tmp_path / "run", root / os.fsdecode(b"d\xffisc")],
+                 ["report", tmp_path / "run"]):
+        res = invoke(*args)
+        assert res.exit_code == 0, (args, res.output)
+
+
+def _claim(out):
+    return str(runfolder.new_run_dir(out))
+
+
+def test_simultaneous_runs_never_share_a_run_folder(tmp_path):
+    out = str(tmp_path / "runs" / "same")
+    with ProcessPoolExecutor(4) as pool:
+        got = list(pool.map(_claim, [out] * 16))
+    assert len(set(got)) == 16, got
+
+
+def test_resume_cleans_stray_temporary_files(run1):
+    stray = run1 / ".last.npz.tmp-99999-abcd1234"
+    stray.write_bytes(b"half a checkpoint")
+    assert invoke("train", "--resume", run1, "--set", "train.epochs=2", "-q", "--no-report").exit_code == 0
+    assert not stray.exists()
+
+
+def test_non_finite_checkpoint_is_refused_in_one_line(run1):
+    arrays, meta = checkpoint.load(run1 / "last.npz")
+    arrays["params/fc1.w"][3, 4] = np.nan
+    checkpoint.save(run1 / "last.npz", arrays, meta)
+    for args in (["eval", "--checkpoint", run1 / "last.npz", "--data", run1],
+                 ["train", "--resume", run1, "--set", "train.epochs=2", "-q", "--no-report"]):
+        res = invoke(*args)
+        assert res.exit_code == 1, res.output
+        assert "'params/fc1.w'" in res.output and "non-finite" in res.output and "Traceback" not in res.output
+
+
+def test_train_top_k_is_honored_by_eval_and_report(data, tmp_path):
+    train(write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=1), "--set", "train.top_k=2")
+    res = invoke("eval", "--checkpoint", tmp_path / "run", "--data", data, "--json")
+    assert json.loads(res.output)["top_k"] == 2
+    res = invoke("eval", "--checkpoint", tmp_path / "run", "--data", data, "--top-k", "1")
+    assert "top-1 accuracy" in res.output and "top-2" not in res.output
+    if pytest.importorskip("matplotlib"):
+        assert invoke("report", tmp_path / "run").exit_code == 0
+        assert "top-2 accuracy" in (tmp_path / "run" / "report" / "report.html").read_text()

@@ -1,0 +1,144 @@
+"""The decoded-dataset cache: per folder and settings, a raw uint8 .npy of the usable images (opened
+memory-mapped, so a cached load reads at disk/page-cache speed) and a small JSON index (key, skipped
+files with reasons). Files appear by atomic rename under a per-slot lock file (fcntl.flock), so
+processes racing on one folder (MPI ranks) decode it once and never read a partial file.
+
+It does not decide what to decode (dataset.py) and never raises on a broken or unwritable cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+
+import numpy as np
+
+CACHE_FORMAT_VERSION = 2         # bump when decoding/resizing/the key changes what pixels come out
+
+
+def cache_dir() -> str:
+    """$CNNCLI_CACHE_DIR, else $XDG_CACHE_HOME/cnncli, else ~/.cache/cnncli."""
+    d = os.environ.get("CNNCLI_CACHE_DIR")
+    if d:
+        return d
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return os.path.join(xdg if xdg else os.path.join(os.path.expanduser("~"), ".cache"), "cnncli")
+
+
+def cache_names(root, classes, digest, image_size, resize, max_pixels) -> tuple[str, str]:
+    """-> (slot path without extension, key). The slot is one folder+settings; the key adds every
+    file's (path, size, mtime_ns, inode, ctime_ns), so a rewritten file (even with a restored mtime)
+    misses."""
+    settings = {"v": CACHE_FORMAT_VERSION, "root": os.path.abspath(root), "size": image_size,
+                "resize": resize, "max_pixels": max_pixels, "classes": classes}
+    text = json.dumps(settings, sort_keys=True).encode("utf-8", "surrogatepass")
+    slot = hashlib.sha256(text).hexdigest()[:32]
+    key = hashlib.sha256(text + digest.encode()).hexdigest()
+    return os.path.join(cache_dir(), f"dataset-{slot}"), key
+
+
+def read(slot: str, key: str, image_size: int, n_entries: int):
+    """-> (images (K,S,S) uint8 memory-mapped copy-on-write, [(entry index, reason)]) or None."""
+    try:
+        with open(slot + ".json", encoding="utf-8") as f:
+            index = json.load(f)
+        if index.get("v") != CACHE_FORMAT_VERSION or index.get("key") != key:
+            return None
+        skipped = [(int(i), str(r)) for i, r in index["skipped"]]
+        idx = [i for i, _ in skipped]
+        if idx != sorted(set(idx)) or (idx and (idx[0] < 0 or idx[-1] >= n_entries)):
+            return None
+        images = np.load(f"{slot}-{key[:16]}.npy", mmap_mode="c", allow_pickle=False)
+        if images.dtype != np.uint8 or images.shape != (n_entries - len(skipped), image_size, image_size):
+            return None
+        return np.asarray(images), skipped            # plain ndarray view; the mapping stays alive
+    except Exception:                              # noqa: BLE001 - absent/stale/corrupt: rebuild
+        return None
+
+
+@contextlib.contextmanager
+def locked(slot: str):
+    """Hold an exclusive lock on `slot` (no-op where locking or the folder is not possible)."""
+    fd = None
+    try:
+        os.makedirs(os.path.dirname(slot), exist_ok=True)
+        fd = os.open(slot + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except (OSError, ImportError):
+        pass
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)                               # releases the flock
+
+
+def _atomic(path: str, write) -> None:
+    tmp = f"{os.path.dirname(path)}/.tmp-{os.path.basename(path)}-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def write(slot: str, key: str, images: np.ndarray, skipped) -> None:
+    """Store images and the skipped list for `key` (call inside `locked(slot)`). Removes this slot's
+    files of other keys and temporary files of killed writers; a failure just leaves no cache."""
+    folder, base = os.path.dirname(slot), os.path.basename(slot)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(folder):              # under the lock, any tmp of this slot is debris
+            if name.startswith(f".tmp-{base}"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+        npy = f"{slot}-{key[:16]}.npy"
+        _atomic(npy, lambda f: np.lib.format.write_array(f, np.ascontiguousarray(images), allow_pickle=False))
+        index = {"v": CACHE_FORMAT_VERSION, "key": key, "skipped": [[i, r] for i, r in skipped]}
+        _atomic(slot + ".json", lambda f: f.write(json.dumps(index).encode("utf-8", "surrogateescape")))
+        for name in os.listdir(folder):
+            if name.startswith(base + "-") and name.endswith(".npy") and name != os.path.basename(npy):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+    except (OSError, ValueError, UnicodeError):       # read-only home, full disk: just no cache
+        pass
+
+
+def _dataset_files(folder: str) -> list[str]:
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return [os.path.join(folder, n) for n in names
+            if n.startswith(("dataset-", ".tmp-dataset-")) and n.endswith((".npy", ".json", ".lock"))
+            or n.startswith(".tmp-dataset-")]
+
+
+def info() -> tuple[str, int, int]:
+    """-> (cache folder, number of cached datasets, bytes of dataset cache files)."""
+    files = _dataset_files(cache_dir())
+    size = 0
+    for p in files:
+        with contextlib.suppress(OSError):
+            size += os.path.getsize(p)
+    return cache_dir(), sum(p.endswith(".json") for p in files), size
+
+
+def clear() -> tuple[int, int]:
+    """Delete every dataset cache file (not the demo dataset) -> (datasets removed, bytes freed)."""
+    _, n, size = info()
+    for p in _dataset_files(cache_dir()):
+        with contextlib.suppress(OSError):
+            os.unlink(p)
+    return n, size

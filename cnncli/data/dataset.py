@@ -1,0 +1,153 @@
+"""Datasets in bounded memory: load_folder (scan, decode or cached load), the stratified split done in
+place, and the pixel mean/std streamed in chunks (bitwise equal to NumPy's over a float64 copy).
+
+It does not batch, scale to [0,1] or normalize: the trainer does that; a Dataset keeps uint8 pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import DataError
+from . import cache as cache_mod
+from . import decode as dec
+from .scan import Index, printable
+
+
+@dataclass
+class Dataset:
+    images: np.ndarray                       # (N, S, S) uint8, C-contiguous (maybe memory-mapped)
+    labels: np.ndarray                       # (N,) int64 in [0, len(classes))
+    classes: list[str]
+    paths: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, idx) -> "Dataset":
+        idx = np.asarray(idx, dtype=np.int64)
+        return Dataset(np.ascontiguousarray(self.images[idx]), self.labels[idx].copy(),
+                       list(self.classes), [self.paths[i] for i in idx])
+
+
+def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, strict: bool = False,
+                workers: int | None = None, cache: bool = True, max_pixels: int = dec.MAX_PIXELS,
+                progress: bool = True) -> tuple[Dataset, list[tuple[str, str]]]:
+    """Index, decode (on every core, with a progress bar on a terminal) and cache a class-per-subfolder
+    image folder. A cached load is a memory map of the cache file (copy-on-write).
+
+    Returns (dataset, skipped) with skipped = [(printable path, reason)]: loose root-level images,
+    unscannable folders, then unusable files in class/path order. strict=True raises DataError
+    listing them instead. Dataset.paths keep undecodable name bytes (surrogateescape) so files open.
+    """
+    root = os.fspath(root)
+    if resize not in dec.RESIZE_MODES:
+        raise DataError(f"resize: {resize!r} is not one of {', '.join(dec.RESIZE_MODES)}")
+    image_size = int(image_size)
+    ix = Index(root, classes)
+    prefix = os.path.join(root, "")                   # paths below are prefix + "class/sub/name.png"
+    jobs = dec.Jobs(ix.rels, image_size, resize, max_pixels, prefix)
+    if cache:
+        slot, key = cache_mod.cache_names(root, ix.classes, ix.digest, image_size, resize, int(max_pixels))
+        hit = cache_mod.read(slot, key, image_size, len(ix.rels))
+        if hit is None:
+            with cache_mod.locked(slot):              # racing processes: one decodes, the others read
+                hit = cache_mod.read(slot, key, image_size, len(ix.rels))
+                if hit is None:
+                    hit = dec.decode_array(jobs, workers, progress)
+                    cache_mod.write(slot, key, *hit)
+        images, bad = hit
+    else:
+        images, bad = dec.decode_array(jobs, workers, progress)
+    skipped = ([(printable(prefix + n), "not inside a class subfolder") for n in ix.loose]
+               + [(printable(prefix + p), why) for p, why in ix.bad]
+               + [(printable(prefix + ix.rels[i]), why) for i, why in bad])
+    if strict and skipped:
+        lines = [f"data folder {printable(root)}: {len(skipped)} unusable file(s) or folder(s) (strict mode)"]
+        lines += [f"  {p}: {why}" for p, why in skipped]
+        raise DataError("\n".join(lines))
+    keep = np.ones(len(ix.rels), dtype=bool)
+    keep[[i for i, _ in bad]] = False
+    labels = ix.labels[keep]
+    counts = np.bincount(labels, minlength=len(ix.classes))
+    empty = [printable(ix.classes[i]) for i in range(len(ix.classes)) if counts[i] == 0]
+    if empty:
+        raise DataError(f"data folder {printable(root)}: no usable images in class folder(s) "
+                        f"{', '.join(empty)} ({len(skipped)} file(s) skipped)")
+    paths = [prefix + r for r, k in zip(ix.rels, keep) if k]
+    return Dataset(images, labels, list(ix.classes), paths), skipped
+
+
+def split(ds: Dataset, train_idx, val_idx, chunk: int = 4096) -> tuple[Dataset, Dataset]:
+    """(ds.subset(train_idx), ds.subset(val_idx)) without a second copy of the training images: the
+    validation rows are copied out, then the training rows move forward in place (a memory-mapped
+    cache is copy-on-write, so the file is untouched). `ds` must not be used afterwards.
+    train_idx and val_idx are sorted, disjoint, and together every row."""
+    tr = np.asarray(train_idx, dtype=np.int64)
+    va = np.asarray(val_idx, dtype=np.int64)
+    if tr.size + va.size != len(ds) or (tr.size > 1 and np.any(np.diff(tr) <= 0)):
+        raise ValueError("train_idx and val_idx must be sorted and cover the dataset exactly once")
+    val = ds.subset(va)
+    images = ds.images
+    if not images.flags.writeable:
+        images = np.array(images)                     # read-only source: one copy, then in place
+    for a in range(0, tr.size, chunk):                # tr[j] >= j: rows read before they are written
+        b = min(a + chunk, tr.size)
+        images[a:b] = images[tr[a:b]]
+    train = Dataset(images[:tr.size], ds.labels[tr], list(ds.classes), [ds.paths[i] for i in tr])
+    return train, val
+
+
+def _pairwise(images, start, n, leaf, fn) -> float:
+    """np.add.reduce over fn(float64 pixels [start, start+n) of the flattened images), with NumPy's
+    pairwise-summation tree (blocks of 8 below 128 elements) so the result equals the one-shot sum."""
+    if n <= leaf:
+        flat = images.reshape(-1)
+        return np.add.reduce(fn(flat[start:start + n].astype(np.float64)))
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pairwise(images, start, n2, leaf, fn) + _pairwise(images, start + n2, n - n2, leaf, fn)
+
+
+def pixel_mean_std(images: np.ndarray, leaf: int = 1 << 20) -> tuple[float, float]:
+    """(mean, std) of images / 255 in float64, streamed in chunks of <= `leaf` pixels: bitwise equal to
+    `x = images.astype(np.float64) / 255.0; (x.mean(), x.std())` without that 8-bytes-a-pixel copy.
+    A std below 1e-6 (constant images) becomes 1.0."""
+    images = np.ascontiguousarray(images)
+    n = images.size
+    if n == 0:
+        return float("nan"), 1.0
+    leaf = max(int(leaf), 128)
+    mean = _pairwise(images, 0, n, leaf, lambda x: x / 255.0) / n
+    var = _pairwise(images, 0, n, leaf, lambda x: np.square(x / 255.0 - mean)) / n
+    std = float(np.sqrt(var))
+    return float(mean), (std if std > 1e-6 else 1.0)
+
+
+def stratified_split(labels, fraction: float, seed) -> tuple[np.ndarray, np.ndarray]:
+    """Per class c with n_c images: a seeded permutation; validation takes round(fraction * n_c),
+    at least 1 when n_c >= 2 (and fraction > 0), at most n_c - 1. -> (train_idx, val_idx), sorted int64."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+    fraction = float(fraction)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        perm = idx[rng.permutation(idx.size)]
+        n = idx.size
+        k = int(np.floor(fraction * n + 0.5))
+        if fraction > 0 and n >= 2:
+            k = min(max(k, 1), n - 1)
+        else:
+            k = 0
+        val.append(perm[:k])
+        train.append(perm[k:])
+    cat = lambda parts: np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
+    return cat(train), cat(val)

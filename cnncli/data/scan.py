@@ -1,0 +1,173 @@
+"""Indexing an image folder: class subfolders, image files (sorted), their stat key, and what could not
+be scanned (folders without permission, paths over the OS limit, symlink loops), each with a reason.
+
+It does not open or decode files (decode.py). Names that are not valid UTF-8 keep Python's
+surrogateescape form (so the files open); `printable` turns them into a displayable escaped form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+from ..errors import DataError
+from .decode import IMAGE_EXTENSIONS
+
+IGNORED_DIRS = {"__MACOSX"}      # macOS zip debris; hidden (dot) folders are ignored as well
+
+
+def printable(path: str) -> str:
+    """`path` with bytes that are not valid UTF-8 (surrogateescape) shown as \\xNN: safe to print/write."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _has_image_ext(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _reason(e: OSError) -> str:
+    return f"cannot scan folder ({e.strerror or e})"
+
+
+def _scan_images(top: str, bad: list | None = None) -> list[tuple]:
+    """(relative path with '/', size, mtime_ns, inode, ctime_ns) of every non-hidden image file under
+    top, recursively, sorted by path. Follows symlinked folders, each real folder once (no loops).
+    Folders that cannot be listed go to `bad` as (relative path + '/', reason)."""
+    out: list[tuple] = []
+    seen: set[str] = set()
+    stack = [("", top)]
+    while stack:
+        rel_dir, full_dir = stack.pop()
+        real = os.path.realpath(full_dir)
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            with os.scandir(full_dir) as it:
+                entries = list(it)
+        except OSError as e:
+            if bad is not None:
+                bad.append((rel_dir, _reason(e)))
+            continue
+        for e in entries:
+            name = e.name
+            if name[0] == "." or name in IGNORED_DIRS:
+                continue
+            rel = rel_dir + name
+            try:
+                is_dir = e.is_dir()
+            except OSError as err:                     # symlink loop, name too long, ...
+                if bad is not None:
+                    bad.append((rel + "/", _reason(err)))
+                continue
+            if is_dir:
+                stack.append((rel + "/", e.path))
+            elif "." in name and "." + name.rpartition(".")[2].lower() in IMAGE_EXTENSIONS:
+                try:
+                    st = e.stat()
+                    out.append((rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+                except OSError:                        # dangling symlink: the decoder reports it
+                    out.append((rel, -1, -1, -1, -1))
+    out.sort()
+    if bad is not None:
+        bad.sort()
+    return out
+
+
+def list_images(path) -> list[str]:
+    """A file -> [path]; a folder -> every accepted, non-hidden image file under it, sorted."""
+    return list_images_and_bad(path)[0]
+
+
+def list_images_and_bad(path) -> tuple[list[str], list[tuple[str, str]]]:
+    """Like list_images, plus [(folder path, reason)] of subfolders that could not be scanned."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return [path], []
+    if not os.path.isdir(path):
+        raise DataError(f"{printable(path)}: no such file or folder")
+    prefix = os.path.join(path, "")
+    bad: list = []
+    files = [prefix + e[0] for e in _scan_images(path, bad)]
+    return files, [(printable(prefix + rel), why) for rel, why in bad]
+
+
+def _check_root(root: str) -> list[str]:
+    if not os.path.exists(root):
+        raise DataError(f"data folder {printable(root)}: does not exist")
+    if not os.path.isdir(root):
+        raise DataError(f"data folder {printable(root)}: is not a folder")
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError as e:
+        raise DataError(f"data folder {printable(root)}: cannot be read ({e.strerror or e})") from None
+    return [e for e in entries if not _is_hidden(e) and e not in IGNORED_DIRS
+            and os.path.isdir(os.path.join(root, e))]
+
+
+def _match_classes(root: str, found: list, classes) -> list:
+    if classes is None:
+        return found
+    classes = [str(c) for c in classes]
+    missing = sorted(set(classes) - set(found))
+    extra = sorted(set(found) - set(classes))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(map(printable, missing)))
+        if extra:
+            parts.append("extra " + ", ".join(map(printable, extra)))
+        raise DataError(f"data folder {printable(root)}: classes do not match the expected ones "
+                        f"({'; '.join(parts)})")
+    return classes
+
+
+class Index:
+    """What scanning a class-per-subfolder root found: classes, rel paths ('class/sub/name.png') with
+    labels, the stat digest of the cache key, loose root-level images and unscannable folders."""
+
+    def __init__(self, root: str, classes=None):
+        found = _check_root(root)
+        if not found:
+            raise DataError(f"data folder {printable(root)}: has no class subfolders (expected one "
+                            f"subfolder of images per class, e.g. {os.path.join(root, 'cat')})")
+        self.classes = _match_classes(root, found, classes)
+        if len(self.classes) < 2:
+            raise DataError(f"data folder {printable(root)}: has only one class "
+                            f"({printable(self.classes[0])}); need at least 2")
+        h = hashlib.sha256()
+        self.rels, counts, self.bad = [], [], []
+        for ci, name in enumerate(self.classes):
+            head, bad = name + "/", []
+            found_files = _scan_images(os.path.join(root, name), bad)
+            h.update("".join(f"{head}{rel}\0{ci}\0{size}\0{mtime}\0{ino}\0{ctime}\n"
+                             for rel, size, mtime, ino, ctime in found_files).encode("utf-8", "surrogatepass"))
+            self.rels.extend(head + e[0] for e in found_files)
+            counts.append(len(found_files))
+            self.bad.extend((head + rel, why) for rel, why in bad)
+        self.labels = np.repeat(np.arange(len(self.classes), dtype=np.int64), counts)   # (N,)
+        self.loose = [n for n in sorted(os.listdir(root)) if not _is_hidden(n) and _has_image_ext(n)
+                      and os.path.isfile(os.path.join(root, n))]
+        h.update(repr(self.loose).encode("utf-8", "surrogatepass"))
+        self.digest = h.hexdigest()
+        self._check(root, counts)
+
+    def _check(self, root, counts):
+        if not self.rels:
+            raise DataError(f"data folder {printable(root)}: contains no image files "
+                            f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        empty = [printable(self.classes[i]) for i in range(len(self.classes)) if counts[i] == 0]
+        if empty:
+            why = "".join(f"; {printable(p)}: {r}" for p, r in self.bad)
+            raise DataError(f"data folder {printable(root)}: class folder(s) with no image files: "
+                            f"{', '.join(empty)}{why}")

@@ -110,7 +110,7 @@ def machine_facts(threads: int, torch_module=None) -> dict:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": numba.__version__,
-        "numba_slp_vectorize": bool(numba.config.SLP_VECTORIZE),   # on unless the user set it off (kernels.py)
+        "numba_slp_vectorize": bool(numba.config.SLP_VECTORIZE),   # on unless the user set it off (cnncli/kernels/__init__.py)
         "torch": getattr(torch_module, "__version__", None),
         "blas": _blas_info(),
         "env": {k: os.environ[k] for k in _OPENBLAS_VARS if k in os.environ},
@@ -123,18 +123,23 @@ def machine_facts(threads: int, torch_module=None) -> dict:
 
 def _numba_dispatchers():
     """Every numba-compiled function defined at module level in cnncli's compute modules."""
-    import importlib
-
     found = []
-    for name in ("cnncli.kernels", "cnncli.model", "cnncli.optim"):
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
+    for mod in kernel_modules():
         for obj in vars(mod).values():
-            if hasattr(obj, "stats") and hasattr(obj, "signatures") and hasattr(obj, "py_func"):
+            if (hasattr(obj, "stats") and hasattr(obj, "signatures") and hasattr(obj, "py_func")
+                    and obj.py_func.__module__ == mod.__name__):
                 found.append(obj)
     return found
+
+
+def kernel_modules():
+    """cnncli.kernels' modules, imported: the layers' numba kernels live there."""
+    import importlib
+    import pkgutil
+
+    from cnncli import kernels
+
+    return [importlib.import_module(f"cnncli.kernels.{m.name}") for m in pkgutil.iter_modules(kernels.__path__)]
 
 
 def _cache_counts(dispatchers) -> tuple[int, int]:
@@ -542,8 +547,8 @@ _TIMED_NUMPY = ("matmul", "dot", "einsum", "sum", "add", "multiply", "subtract",
 
 
 class _NumpyProxy:
-    """Stands in for `numpy` inside cnncli.model so its matmul/sum/... calls can be timed
-    (`a @ b` and array methods bypass it and land in "other")."""
+    """Stands in for `numpy` inside the modules that make a step's NumPy calls, so their
+    matmul/sum/... calls can be timed (`a @ b` and array methods bypass it and land in "other")."""
 
     def __init__(self, wrap):
         self._wrap = wrap
@@ -554,7 +559,7 @@ class _NumpyProxy:
 
 
 def profile_step(batchnorm="none", batch_size=128, steps=20, threads=0, mode="train", num_classes=12) -> dict:
-    """Time every numba kernel (cnncli.kernels._k_*) and numpy matmul/sum/... call of a training step
+    """Time every numba kernel (cnncli.kernels' `*_into`) and numpy matmul/sum/... call of a training step
     (or an inference pass) by wrapping them; the rest of the step is reported as "other".
 
     Returns {"step_ms", "rows": [{"call", "calls_per_step", "ms_per_step", "share", "gflops"}]}.
@@ -568,7 +573,8 @@ def profile_step(batchnorm="none", batch_size=128, steps=20, threads=0, mode="tr
 
 
 def _profile(batchnorm, batch_size, steps, n_threads, mode, num_classes) -> dict:
-    from cnncli import kernels, model
+    from cnncli import model, passes
+    from cnncli.kernels import conv16, fc
 
     ours = Ours(num_classes, batchnorm)
     batches = _batches(batch_size, num_classes)
@@ -585,8 +591,8 @@ def _profile(batchnorm, batch_size, steps, n_threads, mode, num_classes) -> dict
             arrays = [a for a in args if isinstance(a, np.ndarray)]
             shape = "x".join(str(tuple(a.shape) if name in _TIMED_NUMPY or a.ndim == 1 else tuple(a.shape[1:]))
                              for a in arrays[:2])
-            label = f"{name.removeprefix('_k_')} {shape}"
-            flops = _kernel_flops(name, args) or 0
+            label = f"{name.removesuffix('_into')} {shape}"
+            flops = _kernel_flops(name.removesuffix("_into"), args) or 0
             with lock:  # the model's conv worker threads call kernels concurrently
                 slot = acc.setdefault(label, [0.0, 0, 0])
                 slot[0] += dt
@@ -595,20 +601,25 @@ def _profile(batchnorm, batch_size, steps, n_threads, mode, num_classes) -> dict
             return out
         return timed
 
-    originals = {k: v for k, v in vars(kernels).items() if k.startswith("_k_") and hasattr(v, "py_func")}
+    callers = kernel_modules() + [model, passes]        # every module that calls a kernel by name
+    originals = {(mod, k): v for mod in callers for k, v in vars(mod).items()
+                 if k.endswith("_into") and hasattr(v, "py_func")}
+    numpy_users = (model, passes, fc, conv16)             # no numba code of theirs reads `np`
     try:
-        for k, v in originals.items():
-            setattr(kernels, k, wrap(k, v))
-        model.np = _NumpyProxy(wrap)
+        for (mod, k), v in originals.items():
+            setattr(mod, k, wrap(k, v))
+        for mod in numpy_users:
+            mod.np = _NumpyProxy(wrap)
         t0 = time.perf_counter()
         for i in range(steps):
             x, y = batches[i % len(batches)]
             fn(x, y)
         total = time.perf_counter() - t0
     finally:
-        for k, v in originals.items():
-            setattr(kernels, k, v)
-        model.np = np
+        for (mod, k), v in originals.items():
+            setattr(mod, k, v)
+        for mod in numpy_users:
+            mod.np = np
     rows = []
     for label, (sec, calls, flops) in sorted(acc.items(), key=lambda kv: -kv[1][0]):
         rows.append({"call": label, "calls_per_step": calls / steps, "ms_per_step": sec / steps * 1e3,

@@ -26,17 +26,17 @@ class Params(dict):
         return p
 
 
-def _check_batchnorm(batchnorm):
+def check_batchnorm(batchnorm):
     if batchnorm not in BATCHNORM:
         raise ValueError(f"batchnorm must be one of {BATCHNORM}, got {batchnorm!r}")
 
 
-def _check_num_classes(num_classes):
+def check_num_classes(num_classes):
     if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
 
 
-def _check_dtype(dtype):
+def check_dtype(dtype):
     dt = np.dtype(dtype)
     if dt not in FLOAT_DTYPES:
         raise ValueError(f"dtype must be float32 or float64, got {dt}")
@@ -45,8 +45,8 @@ def _check_dtype(dtype):
 
 def param_specs(num_classes=12, batchnorm="none"):
     """[(name, shape)] of every parameter tensor, in the order of the flat buffer."""
-    _check_num_classes(num_classes)
-    _check_batchnorm(batchnorm)
+    check_num_classes(num_classes)
+    check_batchnorm(batchnorm)
     bn = {"unit": [(6, 32, 32), (16, 16, 16), (FC1_UNITS,)],
           "channel": [(6,), (16,), (FC1_UNITS,)]}.get(batchnorm)
     specs = [("conv1.w", (6, 1, 5, 5)), ("conv1.b", (6,))]
@@ -74,7 +74,7 @@ def buffer_specs(num_classes=12, batchnorm="none"):
 
 def allocate(specs, dtype=np.float32) -> Params:
     """Zeros for every (name, shape) in specs, as views into one flat contiguous buffer."""
-    dt = _check_dtype(dtype)
+    dt = check_dtype(dtype)
     total = sum(int(np.prod(shape)) for _, shape in specs)
     p = Params()
     p.flat = np.zeros(total, dtype=dt)

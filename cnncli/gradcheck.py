@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels as K
 from . import model as M
 
 FULL_CHECK = 32       # tensors up to this many elements are checked whole
@@ -61,9 +60,7 @@ def _setup(batchnorm, batch_size, seed, num_classes):
 
 def _loss(net, x, labels):
     """Training-mode forward only: the loss at the current parameters."""
-    ws = net._workspace(x.shape[0])
-    M._forward(net.params, None, x, ws, net.batchnorm, net.eps, net.momentum)
-    return K._k_sigmoid_bce(ws.z4, labels, ws.probs, ws.dz4)
+    return net.forward_loss(x, labels)
 
 
 def gradcheck(batchnorm, batch_size=2, seed=0, num_classes=12, steps=STEPS, only=None, detail=False):

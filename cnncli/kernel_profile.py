@@ -2,7 +2,7 @@
 
     python -m cnncli.kernel_profile [train|infer] [batchnorm] [batch_size] [threads (0 = all)]
 
-Wraps every numba kernel and the numpy matmul/sum/... calls of cnncli.model with timers for a few
+Wraps every numba kernel and the numpy matmul/sum/... calls of a step with timers for a few
 steps, then restores them. A diagnostic for developers: the wrappers add about a microsecond per call,
 so its absolute rates are below `cnn bench`'s; it is not a benchmark.
 """
@@ -24,13 +24,16 @@ def _profiled_targets():
     """([(module, attribute, dispatcher)] of the kernels to time, [modules whose `np` to time]).
 
     The one place that knows where the kernels live and how they are named (module-level numba
-    dispatchers whose name starts with _k_), and which module makes the step's numpy calls.
+    dispatchers named `*_into`, wrapped in every module that calls them by name), and which modules
+    make the step's numpy calls (none of their numba code reads `np`).
     """
-    from cnncli import model
+    from cnncli import model, passes
+    from cnncli.kernels import conv16, fc
 
-    kernels = [(mod, name, obj) for mod in compute_modules() if mod is not model
-               for name, obj in vars(mod).items() if name.startswith("_k_") and is_dispatcher(obj)]
-    return kernels, [model]
+    callers = [mod for mod in compute_modules() if mod is not model] + [model, passes]
+    kernels = [(mod, name, obj) for mod in callers
+               for name, obj in vars(mod).items() if name.endswith("_into") and is_dispatcher(obj)]
+    return kernels, [model, passes, fc, conv16]
 
 
 def kernel_flops(name, args):
@@ -63,7 +66,7 @@ def kernel_flops(name, args):
 
 
 class _NumpyProxy:
-    """Stands in for `numpy` inside cnncli.model so its matmul/sum/... calls can be timed
+    """Stands in for `numpy` inside the modules that make a step's numpy calls, so their matmul/sum/... calls can be timed
     (`a @ b` and array methods bypass it and land in "other")."""
 
     def __init__(self, wrap):
@@ -110,8 +113,8 @@ def _timer(acc, lock):
             arrays = [a for a in args if isinstance(a, np.ndarray)]
             shape = "x".join(str(tuple(a.shape) if name in _TIMED_NUMPY or a.ndim == 1 else tuple(a.shape[1:]))
                              for a in arrays[:2])
-            label = f"{name.removeprefix('_k_')} {shape}"
-            flops = kernel_flops(name, args) or 0
+            label = f"{name.removesuffix('_into')} {shape}"
+            flops = kernel_flops(name.removesuffix("_into"), args) or 0
             with lock:  # the model's conv worker threads call kernels concurrently
                 slot = acc.setdefault(label, [0.0, 0, 0])
                 slot[0] += dt

@@ -2,7 +2,7 @@
 
 Update rules follow torch.optim (SGD, momentum, Nesterov, Adam, AdamW) exactly; `step` works in
 place with preallocated scratch and allocates nothing. Adam/AdamW run as one fused numba pass
-(kernels._k_adam, imported on first use), bitwise equal to the NumPy sequence kept beside it.
+(kernels/adam.py, imported on first use), bitwise equal to the NumPy sequence kept beside it.
 This module is not a general optimizer framework: no parameter groups, no closures, no lr state
 (the lr is passed to every step).
 """
@@ -101,8 +101,8 @@ class Optimizer:
         np.add(p, out, out=p)
 
     def _adam(self, p, g, lr):
-        """One fused pass (kernels._k_adam); the same bits as _adam_numpy, which the tests compare."""
-        from . import kernels
+        """One fused pass (kernels.adam.adam_step_into); the same bits as _adam_numpy, which the tests compare."""
+        from .kernels.adam import adam_step_into
 
         beta1, beta2 = self.betas
         wd = self.weight_decay
@@ -111,8 +111,8 @@ class Optimizer:
         l2 = wd if self.name == "adam" else 0.0
         step_size = lr / (1.0 - beta1 ** self.t)
         bias2_sqrt = math.sqrt(1.0 - beta2 ** self.t)
-        kernels._k_adam(p, g, self.m, self.v, t(decay), t(l2), t(1.0 - beta1), t(1.0 - beta2), t(beta2),
-                        t(bias2_sqrt), t(self.eps), t(-step_size))
+        adam_step_into(p, g, self.m, self.v, t(decay), t(l2), t(1.0 - beta1), t(1.0 - beta2), t(beta2),
+                       t(bias2_sqrt), t(self.eps), t(-step_size))
 
     def _adam_numpy(self, p, g, lr):
         """The reference: Adam/AdamW as NumPy passes over the flat buffers (what _adam must equal)."""

@@ -153,13 +153,18 @@ def test_torch_twin_rejects_mismatched_layout():
 
 
 def test_profile_step_accounts_for_the_step_and_restores_kernels():
-    from cnncli import kernels, model
+    from cnncli import model, passes
+    from cnncli.kernels import conv16, fc
 
-    before = {k: v for k, v in vars(kernels).items() if k.startswith("_k_")}
+    def kernels():
+        return {(m.__name__, k): v for m in machine.compute_modules() + [model, passes] for k, v in vars(m).items()
+                if k.endswith("_into")}
+
+    before = kernels()
     profs = {mode: kernel_profile.profile_step(batchnorm="channel", batch_size=8, steps=2, threads=1, mode=mode)
              for mode in ("train", "infer")}
-    assert {k: v for k, v in vars(kernels).items() if k.startswith("_k_")} == before
-    assert model.np is np
+    assert kernels() == before
+    assert model.np is np and passes.np is np and fc.np is np and conv16.np is np
     calls = {}
     for mode, prof in profs.items():
         timed = [r for r in prof["rows"] if r["calls_per_step"]]
@@ -189,16 +194,16 @@ def test_kernel_flops_of_batched_matmul_and_conv():
     w, cols = np.zeros((16, 150)), np.zeros((32, 150, 256))
     assert kernel_profile.kernel_flops("matmul", (w, cols)) == 2 * 32 * 16 * 150 * 256
     xp, wc, b, z = np.zeros((4, 6, 20, 20)), np.zeros((16, 6, 5, 5)), np.zeros(16), np.zeros((4, 16, 16, 16))
-    assert kernel_profile.kernel_flops("_k_conv2d_forward", (xp, wc, b, z)) == 2 * z.size * 150
-    assert kernel_profile.kernel_flops("_k_elu_forward", (z, z)) is None
+    assert kernel_profile.kernel_flops("conv2d_forward", (xp, wc, b, z)) == 2 * z.size * 150
+    assert kernel_profile.kernel_flops("elu_forward", (z, z)) is None
     # the 16-lane kernels the training step runs: the same counts as the plain convolutions
     dzt, dwt = np.zeros((4, 256, 16)), np.zeros((6, 5, 5, 16))
-    assert kernel_profile.kernel_flops("_k_conv16_forward", (xp, wc, z)) == 2 * z.size * 150
-    assert kernel_profile.kernel_flops("_k_conv16_backward_dx", (z, wc, np.zeros((4, 16, 20, 20)), xp)) == 2 * z.size * 150
-    assert kernel_profile.kernel_flops("_k_conv16_backward_dw", (z, xp, dzt, dwt)) == 2 * z.size * 150
+    assert kernel_profile.kernel_flops("conv16_forward", (xp, wc, z)) == 2 * z.size * 150
+    assert kernel_profile.kernel_flops("conv16_backward_dx", (z, wc, np.zeros((4, 16, 20, 20)), xp)) == 2 * z.size * 150
+    assert kernel_profile.kernel_flops("conv16_backward_dw", (z, xp, dzt, dwt)) == 2 * z.size * 150
     z1, w1 = np.zeros((4, 6, 32, 32)), np.zeros((6, 1, 5, 5))
-    assert kernel_profile.kernel_flops("_k_conv32_forward", (np.zeros((4, 1, 36, 36)), w1, z1)) == 2 * z1.size * 25
-    assert kernel_profile.kernel_flops("_k_conv32_backward_dw", (z1, None, w1, None)) == 2 * z1.size * 25
+    assert kernel_profile.kernel_flops("conv32_forward", (np.zeros((4, 1, 36, 36)), w1, z1)) == 2 * z1.size * 25
+    assert kernel_profile.kernel_flops("conv32_backward_dw", (z1, None, w1, None)) == 2 * z1.size * 25
 
 
 def test_cli_bench_batchnorm_needs_two_images():

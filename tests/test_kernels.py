@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from cnncli import kernels as K
+from cnncli import blas
+from cnncli.kernels import activation, batchnorm, conv, conv16, conv32, fc, lookup, pool, threads
+from cnncli.kernels import loss as kloss
 
 import reference as R
 
@@ -26,17 +28,17 @@ def test_conv2d_forward_backward(rng, dtype, N, C, F, H):
     x = rng.standard_normal((N, C, H, H)).astype(dtype)
     w = rng.standard_normal((F, C, 5, 5)).astype(dtype)
     b = rng.standard_normal(F).astype(dtype)
-    z = K.conv2d_forward(x, w, b, 2)
+    z = conv.conv2d_forward(x, w, b, 2)
     assert z.dtype == dtype and z.shape == (N, F, H, H)
     assert rel(z, R.conv2d_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), 2)) < TOL[dtype]
     dz = rng.standard_normal(z.shape).astype(dtype)
-    dx, dw, db = K.conv2d_backward(dz, x, w, 2)
+    dx, dw, db = conv.conv2d_backward(dz, x, w, 2)
     rdx, rdw, rdb = R.conv2d_backward(dz.astype(np.float64), x.astype(np.float64), w.astype(np.float64), 2)
     assert rel(dx, rdx) < TOL[dtype]
     assert rel(dw, rdw) < TOL[dtype]
     assert rel(db, rdb) < TOL[dtype]
     # the input layer skips dx
-    dx2, dw2, db2 = K.conv2d_backward(dz, x, w, 2, need_dx=False)
+    dx2, dw2, db2 = conv.conv2d_backward(dz, x, w, 2, need_dx=False)
     assert dx2 is None and np.array_equal(dw2, dw) and np.array_equal(db2, db)
 
 
@@ -44,27 +46,27 @@ def test_conv2d_padded_equals_unpadded(rng):
     x = rng.standard_normal((2, 6, 16, 16))
     w = rng.standard_normal((16, 6, 5, 5))
     b = rng.standard_normal(16)
-    assert np.array_equal(K.conv2d_forward(x, w, b, 2), K.conv2d_forward_padded(K.pad2d(x, 2), w, b))
+    assert np.array_equal(conv.conv2d_forward(x, w, b, 2), conv.conv2d_forward_padded(conv.pad2d(x, 2), w, b))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_maxpool_forward_backward(rng, dtype):
     a = rng.standard_normal((3, 6, 32, 32)).astype(dtype)
-    out, arg = K.maxpool2x2_forward(a)
+    out, arg = pool.maxpool2x2_forward(a)
     rout, rarg = R.maxpool_forward(a)
     assert np.array_equal(out, rout) and np.array_equal(arg, rarg) and arg.dtype == np.int8
     dout = rng.standard_normal(out.shape).astype(dtype)
-    assert np.array_equal(K.maxpool2x2_backward(dout, arg), R.maxpool_backward(dout, rarg).astype(dtype))
+    assert np.array_equal(pool.maxpool2x2_backward(dout, arg), R.maxpool_backward(dout, rarg).astype(dtype))
 
 
 def test_maxpool_ties_go_to_first_maximum():
     a = np.zeros((1, 1, 4, 4))
     a[0, 0, :2, 2:] = [[1, 3], [3, 3]]      # window (0,1): max 3 at positions 1, 2, 3 -> first is 1
     a[0, 0, 2:, 2:] = [[2, 0], [0, 2]]      # window (1,1): positions 0 and 3 -> 0
-    out, arg = K.maxpool2x2_forward(a)
+    out, arg = pool.maxpool2x2_forward(a)
     assert arg.tolist() == [[[[0, 1], [0, 0]]]]       # all-zero windows -> 0 as well
     assert out.tolist() == [[[[0, 3], [0, 2]]]]
-    da = K.maxpool2x2_backward(np.ones_like(out), arg)
+    da = pool.maxpool2x2_backward(np.ones_like(out), arg)
     assert da[0, 0].sum() == 4 and da[0, 0, 0, 3] == 1 and da[0, 0, 1, 2] == 0 and da[0, 0, 2, 2] == 1
 
 
@@ -72,14 +74,14 @@ def test_maxpool_ties_go_to_first_maximum():
 def test_elu(rng, dtype):
     z = (3 * rng.standard_normal((4, 6, 8, 8))).astype(dtype)
     z[0, 0, 0, :3] = [0, -0.0, 1e-30]
-    a = K.elu_forward(z)
+    a = activation.elu_forward(z)
     assert rel(a, R.elu(z.astype(np.float64))) < TOL[dtype]
     da = rng.standard_normal(z.shape).astype(dtype)
-    dz = K.elu_backward(da, a)
-    assert rel(dz, da * R.elu_grad(z.astype(np.float64))) < 1e-6 if dtype == np.float32 else 1e-12
+    dz = activation.elu_backward(da, a)
+    assert rel(dz, da * R.elu_grad(z.astype(np.float64))) < (1e-6 if dtype == np.float32 else 1e-12)
     # in place (out aliases the input) works too
     zc = z.copy()
-    K.elu_forward(zc, out=zc)
+    activation.elu_forward(zc, out=zc)
     assert np.array_equal(zc, a)
 
 
@@ -89,13 +91,13 @@ def test_bn_unit(rng, dtype, N):
     z = (rng.standard_normal((N, 300)) * 2 + 1).astype(dtype)
     g = rng.uniform(0.5, 1.5, 300).astype(dtype)
     b = rng.standard_normal(300).astype(dtype)
-    y, xhat, mean, var, invstd = K.bn_unit_forward(z, g, b, 1e-5)
+    y, xhat, mean, var, invstd = batchnorm.bn_unit_forward(z, g, b, 1e-5)
     ry, rxhat, rmean, rvar = R.bn_forward(z.astype(np.float64), g, b, 1e-5, (0,))
     tol = 1e-10 if dtype == np.float64 else 1e-4
     assert rel(y, ry) < tol and rel(xhat, rxhat) < tol
     assert rel(mean, rmean[0]) < tol and rel(var, rvar[0]) < tol
     dy = rng.standard_normal(z.shape).astype(dtype)
-    dz, dg, db = K.bn_unit_backward(dy, xhat, g, invstd)
+    dz, dg, db = batchnorm.bn_unit_backward(dy, xhat, g, invstd)
     rdz, rdg, rdb = R.bn_backward(dy.astype(np.float64), z.astype(np.float64), g, 1e-5, (0,))
     tol = 1e-9 if dtype == np.float64 else 1e-3
     assert rel(dz, rdz) < tol and rel(dg, rdg) < tol and rel(db, rdb) < tol
@@ -107,14 +109,14 @@ def test_bn_channel(rng, dtype):
     g = rng.uniform(0.5, 1.5, 6).astype(dtype)
     b = rng.standard_normal(6).astype(dtype)
     z3 = z.reshape(5, 6, 256)
-    y, xhat, mean, var, invstd = K.bn_channel_forward(z3, g, b, 1e-5)
+    y, xhat, mean, var, invstd = batchnorm.bn_channel_forward(z3, g, b, 1e-5)
     ry, rxhat, rmean, rvar = R.bn_forward(z.astype(np.float64), g.reshape(1, 6, 1, 1), b.reshape(1, 6, 1, 1),
                                           1e-5, (0, 2, 3))
     tol = 1e-10 if dtype == np.float64 else 1e-4
     assert rel(y, ry.reshape(5, 6, 256)) < tol
     assert rel(mean, rmean.ravel()) < tol and rel(var, rvar.ravel()) < tol
     dy = rng.standard_normal(z3.shape).astype(dtype)
-    dz, dg, db = K.bn_channel_backward(dy, xhat, g, invstd)
+    dz, dg, db = batchnorm.bn_channel_backward(dy, xhat, g, invstd)
     rdz, rdg, rdb = R.bn_backward(dy.reshape(z.shape).astype(np.float64), z.astype(np.float64),
                                   g.reshape(1, 6, 1, 1), 1e-5, (0, 2, 3))
     tol = 1e-9 if dtype == np.float64 else 1e-3
@@ -124,7 +126,7 @@ def test_bn_channel(rng, dtype):
 def test_bn_inference_matches_formula(rng):
     z = rng.standard_normal((4, 6, 10))
     g, b, m, v = rng.standard_normal(6), rng.standard_normal(6), rng.standard_normal(6), rng.uniform(0.1, 2, 6)
-    y = K.bn_inference(z, g, b, m, v, 1e-5)
+    y = batchnorm.bn_inference(z, g, b, m, v, 1e-5)
     ref = (z - m[None, :, None]) / np.sqrt(v[None, :, None] + 1e-5) * g[None, :, None] + b[None, :, None]
     assert rel(y, ref) < 1e-12
 
@@ -134,10 +136,10 @@ def test_fc(rng, dtype):
     x = rng.standard_normal((5, 1024)).astype(dtype)
     w = rng.standard_normal((65, 1024)).astype(dtype)
     b = rng.standard_normal(65).astype(dtype)
-    z = K.fc_forward(x, w, b)
+    z = fc.fc_forward(x, w, b)
     assert rel(z, x.astype(np.float64) @ w.T.astype(np.float64) + b) < TOL[dtype] * 10
     dz = rng.standard_normal(z.shape).astype(dtype)
-    dx, dw, db = K.fc_backward(dz, x, w)
+    dx, dw, db = fc.fc_backward(dz, x, w)
     assert rel(dx, dz.astype(np.float64) @ w) < TOL[dtype] * 10
     assert rel(dw, dz.T.astype(np.float64) @ x) < TOL[dtype] * 10
     assert rel(db, dz.sum(0)) < TOL[dtype] * 10
@@ -147,16 +149,16 @@ def test_fc(rng, dtype):
 def test_sigmoid_bce(rng, dtype):
     z = (rng.standard_normal((6, 12)) * 4).astype(dtype)
     labels = rng.integers(0, 12, 6)
-    loss, p, dz = K.sigmoid_bce_forward_backward(z, labels)
+    loss, p, dz = kloss.sigmoid_bce_forward_backward(z, labels)
     rloss, rp, rdz = R.sigmoid_bce(z.astype(np.float64), labels)
     tol = 1e-12 if dtype == np.float64 else 1e-6
     assert abs(loss - rloss) / rloss < tol and rel(p, rp) < tol and rel(dz, rdz) < tol
-    assert np.array_equal(K.sigmoid(z), p)
+    assert np.array_equal(activation.sigmoid(z), p)
 
 
 def test_sigmoid_bce_is_stable_for_huge_logits():
     z = np.array([[800.0, -800.0, 0.0]])
-    loss, p, dz = K.sigmoid_bce_forward_backward(z, np.array([1]))
+    loss, p, dz = kloss.sigmoid_bce_forward_backward(z, np.array([1]))
     # label 1 has logit -800: its BCE term is 800; the class with logit 800 and target 0 adds 800
     assert np.isfinite(loss) and abs(loss - (1600 + np.log(2))) < 1e-9
     assert np.all(np.isfinite(p)) and p[0, 0] == 1 and p[0, 1] == 0
@@ -165,30 +167,30 @@ def test_sigmoid_bce_is_stable_for_huge_logits():
 def test_wrappers_raise_value_errors_naming_argument_and_shape(rng):
     x = rng.standard_normal((2, 3, 8, 8))
     with pytest.raises(ValueError, match=r"w has shape \(4, 2, 5, 5\)"):
-        K.conv2d_forward(x, np.zeros((4, 2, 5, 5)), np.zeros(4), 2)
+        conv.conv2d_forward(x, np.zeros((4, 2, 5, 5)), np.zeros(4), 2)
     with pytest.raises(ValueError, match=r"b has shape \(3,\)"):
-        K.conv2d_forward(x, np.zeros((4, 3, 5, 5)), np.zeros(3), 2)
+        conv.conv2d_forward(x, np.zeros((4, 3, 5, 5)), np.zeros(3), 2)
     with pytest.raises(ValueError, match=r"w has dtype float32"):
-        K.conv2d_forward(x, np.zeros((4, 3, 5, 5), np.float32), np.zeros(4), 2)
+        conv.conv2d_forward(x, np.zeros((4, 3, 5, 5), np.float32), np.zeros(4), 2)
     with pytest.raises(ValueError, match=r"a has shape \(2, 3, 7, 8\)"):
-        K.maxpool2x2_forward(rng.standard_normal((2, 3, 7, 8)))
+        pool.maxpool2x2_forward(rng.standard_normal((2, 3, 7, 8)))
     with pytest.raises(ValueError, match=r"labels .*outside \[0, 12\)"):
-        K.sigmoid_bce_forward_backward(np.zeros((2, 12)), np.array([0, 12]))
+        kloss.sigmoid_bce_forward_backward(np.zeros((2, 12)), np.array([0, 12]))
     with pytest.raises(ValueError, match=r"labels has dtype float64"):
-        K.sigmoid_bce_forward_backward(np.zeros((2, 12)), np.array([0.0, 1.0]))
+        kloss.sigmoid_bce_forward_backward(np.zeros((2, 12)), np.array([0.0, 1.0]))
     with pytest.raises(ValueError, match=r"z has dtype int64"):
-        K.elu_forward(np.zeros((3, 3), dtype=np.int64))
+        activation.elu_forward(np.zeros((3, 3), dtype=np.int64))
     with pytest.raises(ValueError, match=r"gamma has shape \(5,\)"):
-        K.bn_unit_forward(np.zeros((2, 4)), np.ones(5), np.zeros(4))
+        batchnorm.bn_unit_forward(np.zeros((2, 4)), np.ones(5), np.zeros(4))
 
 
 def test_conv_backward_is_bitwise_reproducible(rng):
     x = rng.standard_normal((9, 6, 16, 16)).astype(np.float32)
     w = rng.standard_normal((16, 6, 5, 5)).astype(np.float32)
     dz = rng.standard_normal((9, 16, 16, 16)).astype(np.float32)
-    first = K.conv2d_backward(dz, x, w, 2)
+    first = conv.conv2d_backward(dz, x, w, 2)
     for _ in range(3):
-        again = K.conv2d_backward(dz, x, w, 2)
+        again = conv.conv2d_backward(dz, x, w, 2)
         assert all(np.array_equal(a, b) for a, b in zip(first, again))
 
 
@@ -201,13 +203,13 @@ def test_conv16_kernels_match_reference(rng, dtype, N, F):
     # NumPy convolution; F = 4 covers a single tile of maps in the forward kernel
     x = rng.standard_normal((N, 6, 16, 16)).astype(dtype)
     w = rng.standard_normal((F, 6, 5, 5)).astype(dtype)
-    xp = K.pad2d(x, 2)
-    z = K.conv16_forward(xp, w)
+    xp = conv.pad2d(x, 2)
+    z = conv16.conv16_forward(xp, w)
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
     assert z.dtype == dtype and rel(z, R.conv2d_forward(x64, w64, np.zeros(F), 2)) < TOL[dtype]
     if F == 16:                      # the backward kernels are written for conv2's 16 maps
         dz = rng.standard_normal(z.shape).astype(dtype)
-        dx, dw = K.conv16_backward(dz, xp, w)
+        dx, dw = conv16.conv16_backward(dz, xp, w)
         rdx, rdw, _ = R.conv2d_backward(dz.astype(np.float64), x64, w64, 2)
         assert dx.dtype == dw.dtype == dtype
         assert rel(dx, rdx) < TOL[dtype] and rel(dw, rdw) < TOL[dtype]
@@ -215,22 +217,22 @@ def test_conv16_kernels_match_reference(rng, dtype, N, F):
     # it touches and no other
     xp2 = xp.copy()
     xp2[N - 1, 5, 2 + 15, 2 + 0] += 1
-    moved = K.conv16_forward(xp2, w) != z
+    moved = conv16.conv16_forward(xp2, w) != z
     assert moved[N - 1, :, 13:, :3].all() and moved.sum() == F * 3 * 3
 
 
 def test_conv16_checks_shapes():
     xp = np.zeros((2, 6, 20, 20), np.float32)
     with pytest.raises(ValueError, match="w"):
-        K.conv16_forward(xp, np.zeros((6, 6, 5, 5), np.float32))        # 6 maps: not a multiple of 4
+        conv16.conv16_forward(xp, np.zeros((6, 6, 5, 5), np.float32))        # 6 maps: not a multiple of 4
     with pytest.raises(ValueError, match="xp"):
-        K.conv16_forward(np.zeros((2, 6, 18, 18), np.float32), np.zeros((16, 6, 5, 5), np.float32))
+        conv16.conv16_forward(np.zeros((2, 6, 18, 18), np.float32), np.zeros((16, 6, 5, 5), np.float32))
     with pytest.raises(ValueError, match="w"):
-        K.conv16_forward(xp, np.zeros((16, 6, 5, 5), np.float64))       # dtype mismatch
+        conv16.conv16_forward(xp, np.zeros((16, 6, 5, 5), np.float64))       # dtype mismatch
     with pytest.raises(ValueError, match="dz"):
-        K.conv16_backward(np.zeros((2, 16, 16, 15), np.float32), xp, np.zeros((16, 6, 5, 5), np.float32))
+        conv16.conv16_backward(np.zeros((2, 16, 16, 15), np.float32), xp, np.zeros((16, 6, 5, 5), np.float32))
     with pytest.raises(ValueError, match="16 filters"):
-        K.conv16_backward(np.zeros((2, 8, 16, 16), np.float32), xp, np.zeros((8, 6, 5, 5), np.float32))
+        conv16.conv16_backward(np.zeros((2, 8, 16, 16), np.float32), xp, np.zeros((8, 6, 5, 5), np.float32))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -238,11 +240,11 @@ def test_conv16_checks_shapes():
 def test_fused_pool_elu_equals_pool_of_elu(rng, dtype, H):
     z = (2 * rng.standard_normal((3, 6, H, H))).astype(dtype)
     b = rng.standard_normal(6).astype(dtype)
-    p, arg = K.pool_elu_forward(z, b)
+    p, arg = pool.pool_elu_forward(z, b)
     rp, rarg = R.maxpool_forward(R.elu(z.astype(np.float64) + b.reshape(1, 6, 1, 1)))
     assert rel(p, rp) < TOL[dtype] and np.array_equal(arg, rarg)
     dp = rng.standard_normal(p.shape).astype(dtype)
-    dz = K.pool_elu_backward(dp, p, arg)
+    dz = pool.pool_elu_backward(dp, p, arg)
     rdz = R.maxpool_backward(dp.astype(np.float64), rarg) * R.elu_grad(z.astype(np.float64) + b.reshape(1, 6, 1, 1))
     assert rel(dz, rdz) < (1e-12 if dtype == np.float64 else 1e-5)
 
@@ -259,11 +261,11 @@ def test_vector_pooling_equals_the_scalar_loops_bitwise(rng, dtype, H, o):
         N, C, Ho, Wo = arg.shape
         for n in range(N):
             for c in range(C):
-                K._pool_plane(z, b[c], pp, o, arg, n, c, Ho, Wo)
-                K._elu_rows(pp[n, c].reshape((1, pp.shape[2] * pp.shape[3])))
+                pool._pool_plane(z, b[c], pp, o, arg, n, c, Ho, Wo)
+                activation.elu_rows(pp[n, c].reshape((1, pp.shape[2] * pp.shape[3])))
         for n in range(N):
             for c in range(C):
-                K._unpool_plane(dp, pp, o, arg, dz, n, c, Ho, Wo)
+                pool._unpool_plane(dp, pp, o, arg, dz, n, c, Ho, Wo)
 
     N, C, Ho = 4, 3, H // 2
     z = (2 * rng.standard_normal((N, C, H, H))).astype(dtype)
@@ -278,8 +280,8 @@ def test_vector_pooling_equals_the_scalar_loops_bitwise(rng, dtype, H, o):
         arg = np.full((N, C, Ho, Ho), -1, np.int8)
         dz = np.full((N, C, H, H), 7, dtype)
         if fast:
-            K._k_pool_elu_forward(z, b, pp, o, arg)
-            K._k_pool_elu_backward(dp, pp, o, arg, dz)
+            pool.pool_elu_forward_into(z, b, pp, o, arg)
+            pool.pool_elu_backward_into(dp, pp, o, arg, dz)
         else:
             scalar(z, b, pp, o, arg, dp, dz)
         outs.append((pp, arg, dz))
@@ -289,11 +291,11 @@ def test_vector_pooling_equals_the_scalar_loops_bitwise(rng, dtype, H, o):
 
 
 def test_blas_single_thread_restores_the_thread_count():
-    api = K._openblas_threads_api()
+    api = blas.threads_api()
     if api is None:
         pytest.skip("OpenBLAS thread API not reachable")
     old = api[0]()
-    with K.blas_single_thread():
+    with threads.blas_single_thread():
         assert api[0]() == 1
     assert api[0]() == old
 
@@ -303,23 +305,23 @@ def test_blas_single_thread_restores_the_thread_count():
 def test_conv32_kernels_match_reference(rng, dtype, N, C, F):
     # conv1's 16-lane kernels: the forward (6 maps, any C) and the weight/bias gradient (C = 1)
     x = rng.standard_normal((N, C, 32, 32)).astype(dtype)
-    xp = K.pad2d(x, 2)
+    xp = conv.pad2d(x, 2)
     x64 = x.astype(np.float64)
     if F == 6:
         w = rng.standard_normal((6, C, 5, 5)).astype(dtype)
-        z = K.conv32_forward(xp, w)
+        z = conv32.conv32_forward(xp, w)
         assert z.dtype == dtype and rel(z, R.conv2d_forward(x64, w.astype(np.float64), np.zeros(6), 2)) < TOL[dtype]
     if C == 1:
         w = rng.standard_normal((F, 1, 5, 5)).astype(dtype)
         dz = rng.standard_normal((N, F, 32, 32)).astype(dtype)
-        dw, db = K.conv32_backward_dw(dz, xp)
+        dw, db = conv32.conv32_backward_dw(dz, xp)
         _, rdw, rdb = R.conv2d_backward(dz.astype(np.float64), x64, w.astype(np.float64), 2)
         assert dw.dtype == db.dtype == dtype
         assert rel(dw, rdw) < TOL[dtype] and rel(db, rdb) < TOL[dtype]
     with pytest.raises(ValueError, match="w"):
-        K.conv32_forward(xp, np.zeros((4, C, 5, 5), dtype))               # the kernel computes 6 maps
+        conv32.conv32_forward(xp, np.zeros((4, C, 5, 5), dtype))               # the kernel computes 6 maps
     with pytest.raises(ValueError, match="xp"):
-        K.conv32_backward_dw(np.zeros((N, F, 32, 32), dtype), K.pad2d(np.zeros((N, 2, 32, 32), dtype), 2))
+        conv32.conv32_backward_dw(np.zeros((N, F, 32, 32), dtype), conv.pad2d(np.zeros((N, 2, 32, 32), dtype), 2))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -328,7 +330,7 @@ def test_lookup_batch_equals_fancy_indexing(rng, dtype, idx_dtype):
     images = rng.integers(0, 256, (50, 32, 32), dtype=np.uint8)
     table = ((np.arange(256) / 255.0 - 0.4) / 0.3).astype(dtype)
     idx = rng.permutation(50)[:17].astype(idx_dtype)
-    x = K.lookup_batch(images, idx, table)
+    x = lookup.lookup_batch(images, idx, table)
     assert x.dtype == dtype and x.shape == (17, 1, 32, 32)
     assert np.array_equal(x, table[images[idx]][:, None])
 
@@ -337,23 +339,23 @@ def test_lookup_batch_rejects_bad_indices(rng):
     images = rng.integers(0, 256, (5, 8, 8), dtype=np.uint8)
     table = np.zeros(256, np.float32)
     with pytest.raises(ValueError, match="outside 0..4"):
-        K.lookup_batch(images, np.array([0, 5]), table)
+        lookup.lookup_batch(images, np.array([0, 5]), table)
     with pytest.raises(ValueError, match="integer"):
-        K.lookup_batch(images, np.array([0.0]), table)
+        lookup.lookup_batch(images, np.array([0.0]), table)
     with pytest.raises(ValueError, match="images has dtype float32"):
-        K.lookup_batch(images.astype(np.float32), np.array([0]), table)
+        lookup.lookup_batch(images.astype(np.float32), np.array([0]), table)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_elu_exp_matches_libm_expm1(rng, dtype):
-    """ELU's negative side is kernels._expm1_neg (vectorizable arithmetic), not libm's expm1: over
+    """ELU's negative side is activation._expm1_neg (vectorizable arithmetic), not libm's expm1: over
     the whole negative range it must stay within 2 ulp (float64) / 1 ulp (float32) of np.expm1 and
     within 1.5 ulp of the exact value (np.expm1 in long double, or float64 for float32 inputs; where
     long double is only double, that reference is itself off by up to ~1 ulp, so 2.5 there), and
     keep -0, -inf, NaN and the underflow to -1 right."""
     z = np.concatenate([-np.logspace(-300 if dtype == np.float64 else -38, 3, 50001),
                         -rng.uniform(0, 60, 50000), rng.uniform(0, 5, 1000)]).astype(dtype)
-    a = K.elu_forward(z)
+    a = activation.elu_forward(z)
     spacing = np.spacing(np.abs(np.expm1(np.minimum(z, 0))).clip(np.finfo(dtype).tiny)).astype(np.longdouble)
     libm = np.where(z >= 0, z, np.expm1(np.minimum(z, 0)))
     assert (np.abs(a.astype(np.longdouble) - libm) / spacing).max() <= (2 if dtype == np.float64 else 1)
@@ -362,6 +364,6 @@ def test_elu_exp_matches_libm_expm1(rng, dtype):
     bound = 1.5 if (dtype == np.float32 or np.finfo(np.longdouble).nmant > 52) else 2.5
     assert (np.abs(a.astype(np.longdouble) - exact.astype(np.longdouble)) / spacing).max() <= bound
     assert np.array_equal(a[z >= 0], z[z >= 0])
-    special = K.elu_forward(np.array([-0.0, -np.inf, np.nan, -1e4, -41.0, -np.finfo(dtype).tiny], dtype))
+    special = activation.elu_forward(np.array([-0.0, -np.inf, np.nan, -1e4, -41.0, -np.finfo(dtype).tiny], dtype))
     assert special[0] == 0 and special[1] == -1 and np.isnan(special[2])
     assert special[3] == -1 and special[4] == -1 and special[5] == -np.finfo(dtype).tiny

@@ -1,5 +1,5 @@
 """16-lane float vectors for numba kernels: a numba type whose LLVM value is <16 x float> (or
-<16 x double>), and the few intrinsics kernels.py needs: load, store, splat, add, multiply, fused
+<16 x double>), and the few intrinsics the kernels need: load, store, splat, add, multiply, fused
 multiply-add, lane sum (the direct convolutions); even/odd and interleave shuffles, compare-and-
 select, int8 loads/stores (the 2x2 pooling); plus a scalar int -> float bit cast (ELU's 2^k).
 A kernel keeps a tile of such vectors as loop variables, and LLVM keeps them in registers: the

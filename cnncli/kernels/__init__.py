@@ -1,0 +1,33 @@
+"""The network's numba kernels, one module per layer kind (conv, conv32, conv16, pool, activation,
+batchnorm, fc, loss, inference, adam), plus their support: simd (16-lane vectors), threads,
+checks, input. It is not the network (model.py composes these) and has no training loop.
+
+Rules kept in every module:
+  * Numba kernels (`*_into`) only loop: they write into the arrays the caller passes and never
+    allocate their outputs or check anything. The checked wrappers beside them (`conv16_forward`,
+    `bn_unit_forward`...) check shapes/dtypes (ValueError naming the argument and its shape) and
+    allocate the outputs the caller did not pass in; model.py calls the kernels on its workspaces.
+  * Kernels have no signatures: the same code compiles for float32 and float64.
+  * Every parallel loop (`prange`) writes only its own slice of every output and sums in a fixed
+    order, so results are bitwise reproducible run to run and for any thread count.
+  * No fastmath: the gradients are checked against finite differences. The direct convolutions
+    use explicit fused multiply-adds (simd.vfma, llvm.fma: rounded once, the same bits on every
+    CPU), not fastmath contraction.
+
+Compiler settings, made here before numba is first imported (unless the user set them):
+  * OMP_WAIT_POLICY=passive: numba's OpenMP layer otherwise busy-waits between parallel loops,
+    and with OpenBLAS's own busy-waiting threads, or any other load, a training step became
+    5-25x slower (scripts/bench_core.py; threads.py keeps OpenBLAS on one thread meanwhile).
+  * NUMBA_SLP_VECTORIZE=1: LLVM's SLP vectorizer (numba turned it off by default in 0.57 after
+    miscompilations, numba PR #8852) made the pooling backward 2.9x and the one-image fc1 3x
+    faster (docs/performance.md). Without fastmath it cannot change a float result (no
+    reassociation); tests/test_slp.py checks bitwise that it does not, against a build without it.
+"""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+os.environ.setdefault("NUMBA_SLP_VECTORIZE", "1")
+
+from .lookup import lookup_batch  # noqa: E402,F401  (the trainer's two entry points)
+from .threads import set_threads  # noqa: E402,F401

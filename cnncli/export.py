@@ -17,7 +17,7 @@ import numpy as np
 from . import __version__
 from .arch import IMAGE_SHAPE
 from .errors import CnnError
-from .infer import _bn_folds
+from .infer import bn_folds
 from .predictor import Predictor, input_table
 
 OPSET = 17          # onnxruntime runs opsets 7..23 (1.20+); 17 keeps older runtimes working too
@@ -147,7 +147,7 @@ def build_model(predictor: Predictor, kind: str = "uint8"):
     f32 = np.dtype(np.float32)
     params = {k: np.ascontiguousarray(v, dtype=f32) for k, v in predictor.params.items()}
     folds = {k: (s.astype(f32), t.astype(f32)) for k, (s, t) in
-             _bn_folds(predictor.params, predictor.buffers, predictor.batchnorm, predictor.eps,
+             bn_folds(predictor.params, predictor.buffers, predictor.batchnorm, predictor.eps,
                        predictor.params.flat.dtype).items()}
     table = input_table(predictor.preprocess["mean"], predictor.preprocess["std"], f32)   # (256,)
     inits: list = []

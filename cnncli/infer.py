@@ -28,7 +28,7 @@ def _conv(x, w):
     return np.matmul(w.reshape(f, c * k * k), cols).reshape(n, f, h, wd)
 
 
-def _bn_folds(params, buffers, batchnorm, eps, dtype):
+def bn_folds(params, buffers, batchnorm, eps, dtype):
     """{layer: (scale, shift)}: inference batch norm with the running statistics folded into
     z*scale + shift (as the numba path does), once per predict_proba call; {} without BN."""
     folds = {}
@@ -66,7 +66,7 @@ def _sigmoid(z):
 
 
 def _forward(params, folds, x):
-    """x (N,1,32,32) -> probabilities (N,C); folds from _bn_folds. Bias before BN; ELU after the
+    """x (N,1,32,32) -> probabilities (N,C); folds from bn_folds. Bias before BN; ELU after the
     max (ELU increases, so pool(ELU(v)) == ELU(pool(v)) and only a quarter of the exponentials are taken)."""
     a = x
     for layer, conv in ((1, "conv1"), (2, "conv2")):
@@ -122,7 +122,7 @@ def predict_proba(params, x, batchnorm="none", eps=1e-5, buffers=None) -> np.nda
     num_classes, dtype = _check(params, buffers, x, batchnorm, eps)
     n = x.shape[0]
     out = np.empty((n, num_classes), dtype=dtype)                     # (N,C)
-    folds = _bn_folds(params, buffers, batchnorm, eps, dtype)
+    folds = bn_folds(params, buffers, batchnorm, eps, dtype)
     with single_thread():
         for s in range(0, n, CHUNK):
             out[s:s + CHUNK] = _forward(params, folds, x[s:s + CHUNK])

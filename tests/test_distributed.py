@@ -129,3 +129,76 @@ def test_mpirun_sum_shards_equals_one_process_bitwise(k):
     assert rows == [",".join(str(r) for r in range(k) for _ in range(r + 1))] * k
     # any_flag: the last rank raised it at step 3, so every rank stopped at step 3
     assert sorted(ln[1:] for ln in lines if ln[0] == "flag") == [[str(r), "3"] for r in range(k)]
+
+
+FAULT_JOB = Path(__file__).resolve().parent / "mpi_fault_job.py"
+
+
+def start_fault_job(out, k=2, extra_env=None):
+    """mpirun -n K mpi_fault_job.py OUT in the background; returns (process, {rank: pid}) once all are up."""
+    import subprocess
+    import time
+
+    from mpi_util import mpi_env, mpirun_path
+
+    proc = subprocess.Popen([mpirun_path(), "-n", str(k), sys.executable, str(FAULT_JOB), str(out)],
+                            env=mpi_env(extra_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids, deadline = {}, time.monotonic() + 120
+    while len(pids) < k and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("ready"):
+            _, rank, pid = line.split()
+            pids[int(rank)] = int(pid)
+        elif not line and proc.poll() is not None:
+            break
+    assert len(pids) == k, proc.stderr.read()
+    while not (out / "last.txt").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    return proc, pids
+
+
+def test_kill_9_of_one_rank_ends_the_job_and_keeps_rank0_file(tmp_path):
+    import os
+    import signal
+    import time
+
+    require_mpi()
+    proc, pids = start_fault_job(tmp_path)
+    os.kill(pids[1], signal.SIGKILL)
+    t0 = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert time.monotonic() - t0 < 20
+    assert proc.returncode != 0
+    assert f"process rank 1 with PID {pids[1]}" in " ".join(err.split()) and "signal 9" in err
+    text = (tmp_path / "last.txt").read_text()
+    assert text.startswith("step ") and int(text.split()[1]) >= 1      # intact, never half-written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.txt"]
+
+
+def test_sigusr1_to_mpirun_stops_every_rank_at_one_step_with_a_save(tmp_path):
+    import signal
+
+    require_mpi()
+    proc, _ = start_fault_job(tmp_path, extra_env={"STOP_DELAY": "2"})     # a save slower than 0.5 s
+    proc.send_signal(signal.SIGUSR1)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    step = (tmp_path / "last.txt").read_text().split()
+    assert step[0] == "step" and step[2:] == ["stopped", "by", "SIGUSR1"]
+    assert f"rank 0 saved step {step[1]} and stops (SIGUSR1)" in out
+
+
+def test_config_error_on_every_rank_is_printed_once(tmp_path):
+    require_mpi()
+    res = run_mpi(2, ["python", FAULT_JOB, tmp_path, "config-error"], timeout=120)
+    assert res.returncode == 2
+    ours = [ln for ln in res.stderr.splitlines() if "train.batch_size" in ln]
+    assert ours == ["Error: cfg.yaml: train.batch_size: 64 is 8 shard(s) ... (on every rank)"]
+    assert res.stdout == ""

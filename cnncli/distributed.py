@@ -94,6 +94,10 @@ class Comm:
         """tree_sum over all nshards per-shard rows; local_parts (hi-lo, M) are this rank's rows."""
         return tree_sum(self._all_parts(local_parts, nshards))
 
+    def sum_shards_columns(self, local_parts: np.ndarray, nshards: int) -> np.ndarray:
+        """sum_shards with less traffic at large K (see MpiComm); the same bits."""
+        return self.sum_shards(local_parts, nshards)
+
     def gather_rows(self, local_rows: np.ndarray) -> np.ndarray:
         """Every rank's rows (n_r, ...) concatenated in rank order, on every rank."""
         return np.ascontiguousarray(local_rows)
@@ -141,6 +145,30 @@ class MpiComm(Comm):
         parts = np.empty((nshards, m), dtype=local.dtype)              # (S, M)
         self.comm.Allgatherv(local, [parts, (counts, displs)])
         return parts
+
+    def sum_shards_columns(self, local_parts, nshards):
+        """sum_shards for many ranks, the same bits with about a ring allreduce's traffic: when every
+        block is 2^j whole shards it is a node of the tree, so each rank first sums its block locally;
+        then rank j gathers column slice j of every rank's rows (Alltoallv), tree-sums it, and the
+        slices are allgathered. Per rank ~(rows per rank + 1) * M floats, not S * M."""
+        local = np.ascontiguousarray(Comm._all_parts(self, local_parts, nshards))
+        k, m = self.size, local.shape[1]
+        b = nshards // k
+        if nshards % k == 0 and b >= 1 and b & (b - 1) == 0:
+            local = tree_sum(local)[None, :]                                  # (1, M): one tree node
+            nrows = [1] * k
+        else:
+            nrows = [hi - lo for lo, hi in (block_of(r, k, nshards) for r in range(k))]
+        cols = [j * m // k for j in range(k + 1)]
+        widths = [cols[j + 1] - cols[j] for j in range(k)]
+        send = np.concatenate([local[:, cols[j]:cols[j + 1]].ravel() for j in range(k)])
+        mine = widths[self.rank]
+        recv = np.empty((sum(nrows), mine), dtype=local.dtype)               # (rows of all ranks, w)
+        self.comm.Alltoallv([send, ([len(local) * w for w in widths], None)],
+                            [recv, ([r * mine for r in nrows], None)])
+        out = np.empty(m, dtype=local.dtype)
+        self.comm.Allgatherv(tree_sum(recv), [out, (widths, cols[:-1])])
+        return out
 
     def gather_rows(self, local_rows):
         local = np.ascontiguousarray(local_rows)

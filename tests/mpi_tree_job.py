@@ -1,6 +1,7 @@
 """Run under `mpirun -n K` by test_distributed.py (not a test module): every rank computes its
 block of deterministic per-shard parts, sums them with MpiComm.sum_shards, and prints one line
-per case: "tree RANK NSHARDS LO HI SHA256" of the result bytes; then gather_rows and any_flag lines.
+per case and method: "tree|cols RANK NSHARDS LO HI SHA256" of the result bytes (sum_shards,
+sum_shards_columns); then gather_rows and any_flag lines.
 Usage: python mpi_tree_job.py M NSHARDS [NSHARDS ...]
 """
 
@@ -26,9 +27,11 @@ def main():
     m = int(sys.argv[1])
     for nshards in map(int, sys.argv[2:]):
         lo, hi = comm.shard_block(nshards)
-        total = comm.sum_shards(shard_parts(nshards, m, lo, hi), nshards)
-        print(f"tree {comm.rank} {nshards} {lo} {hi} {hashlib.sha256(total.tobytes()).hexdigest()}",
-              flush=True)
+        parts = shard_parts(nshards, m, lo, hi)
+        for name, total in (("tree", comm.sum_shards(parts, nshards)),
+                            ("cols", comm.sum_shards_columns(parts, nshards))):
+            print(f"{name} {comm.rank} {nshards} {lo} {hi} {hashlib.sha256(total.tobytes()).hexdigest()}",
+                  flush=True)
     rows = np.full((comm.rank + 1, 3), comm.rank, dtype=np.int64)     # rank r gives r+1 rows
     print(f"rows {comm.rank} {','.join(map(str, comm.gather_rows(rows)[:, 0]))}", flush=True)
     stop_at = None

@@ -87,6 +87,7 @@ def test_single_process_comm():
     assert comm.shard_block(5) == (0, 5)
     parts = shard_parts(5, 100, 0, 5)
     assert comm.sum_shards(parts, 5).tobytes() == D.tree_sum(parts).tobytes()
+    assert comm.sum_shards_columns(parts, 5).tobytes() == D.tree_sum(parts).tobytes()
     with pytest.raises(ValueError, match="expected \\(5, M\\)"):
         comm.sum_shards(parts[:4], 5)
     rows = np.arange(6).reshape(3, 2)
@@ -104,7 +105,7 @@ def test_launch_detection_and_missing_mpi4py(monkeypatch):
         D.get_comm(environ={"PMIX_RANK": "0"})
 
 
-CASES = [1, 2, 3, 4, 5, 7, 8, 9, 12]
+CASES = [1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 32]
 
 
 def expected_hashes(m):
@@ -118,12 +119,12 @@ def test_mpirun_sum_shards_equals_one_process_bitwise(k):
     res = run_mpi(k, ["python", JOB, m, *CASES], timeout=180)
     assert res.returncode == 0, res.stderr
     lines = [ln.split() for ln in res.stdout.splitlines()]
-    tree = [ln for ln in lines if ln[0] == "tree"]
-    assert len(tree) == k * len(CASES)
+    tree = [ln for ln in lines if ln[0] in ("tree", "cols")]
+    assert len(tree) == 2 * k * len(CASES)
     want = expected_hashes(m)
     for _, rank, s, lo, hi, sha in tree:
         assert (int(lo), int(hi)) == D.block_of(int(rank), k, int(s))
-        assert sha == want[int(s)], f"rank {rank}, {s} shards"
+        assert sha == want[int(s)], f"{_} on rank {rank}, {s} shards"
     # gather_rows: rank r gave r+1 rows of value r; every rank sees all of them in rank order
     rows = [ln[2] for ln in lines if ln[0] == "rows"]
     assert rows == [",".join(str(r) for r in range(k) for _ in range(r + 1))] * k

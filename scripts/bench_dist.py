@@ -10,6 +10,7 @@ is a callable `step(x, labels)`; the sharded one is built from `model.Network(..
     python scripts/bench_dist.py [--batchnorm none] [--batch 64] [--seconds 3] [--repeats 3]
 
 The script starts `mpirun -n 2` (the one next to python) on itself for mode D.
+`mpirun -n K python scripts/bench_dist.py --reductions S` times only the reductions.
 """
 
 from __future__ import annotations
@@ -79,6 +80,23 @@ def measure(step, batch, seconds, repeats, comm):
     return float(np.median(rates))
 
 
+def reductions(comm, m, nshards, calls=200):
+    """Median microseconds of one reduction of nshards rows of m float32 (this rank's block)."""
+    lo, hi = comm.shard_block(nshards)
+    rows = np.random.default_rng(comm.rank).standard_normal((hi - lo, m)).astype(np.float32)
+    out = {}
+    for name, fn in (("sum_shards", comm.sum_shards), ("sum_shards_columns", comm.sum_shards_columns),
+                     ("local tree_sum of S rows", lambda r, s: D.tree_sum(np.repeat(r, s // len(r), 0)))):
+        times = []
+        for _ in range(calls):
+            comm.barrier()
+            t0 = time.perf_counter()
+            fn(rows, nshards)
+            times.append(time.perf_counter() - t0)
+        out[name] = float(np.median(times) * 1e6)
+    return out
+
+
 def run_mode(args, threads, sharded, comm):
     import numba
 
@@ -97,8 +115,16 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--mpirun-args", default="", help="Extra mpirun arguments, e.g. '--bind-to none'.")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--reductions", type=int, metavar="S", default=0,
+                   help="Only time the reductions of S shard rows of 69,989 float32 (run it under mpirun).")
     args = p.parse_args()
     comm = D.get_comm()
+    if args.reductions:
+        res = reductions(comm, 69989, args.reductions)
+        if comm.is_main:
+            for name, us in res.items():
+                print(f"{comm.size} rank(s), S={args.reductions}: {name:28s} {us:8.0f} us median")
+        return
     if args.worker:                                    # mode D, one of the mpirun ranks
         rate = run_mode(args, 1, True, comm)
         if comm.is_main:

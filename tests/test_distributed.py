@@ -122,9 +122,9 @@ def test_mpirun_sum_shards_equals_one_process_bitwise(k):
     tree = [ln for ln in lines if ln[0] in ("tree", "cols")]
     assert len(tree) == 2 * k * len(CASES)
     want = expected_hashes(m)
-    for _, rank, s, lo, hi, sha in tree:
+    for name, rank, s, lo, hi, sha in tree:
         assert (int(lo), int(hi)) == D.block_of(int(rank), k, int(s))
-        assert sha == want[int(s)], f"{_} on rank {rank}, {s} shards"
+        assert sha == want[int(s)], f"{name} on rank {rank}, {s} shards"
     # gather_rows: rank r gave r+1 rows of value r; every rank sees all of them in rank order
     rows = [ln[2] for ln in lines if ln[0] == "rows"]
     assert rows == [",".join(str(r) for r in range(k) for _ in range(r + 1))] * k

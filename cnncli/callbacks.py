@@ -1,5 +1,5 @@
-"""The small pieces the training loop calls: the stop flag of SIGINT/SIGTERM, the progress bar and
-early stopping. Each holds its own bit of state; none of them trains, saves or reads data (train.py does).
+"""The small pieces the training loop calls: the stop flag of SIGINT/SIGTERM/SIGUSR1, the progress
+bar and early stopping. Each holds its own bit of state; none of them trains, saves or reads data (train.py does).
 """
 
 from __future__ import annotations
@@ -13,14 +13,16 @@ from cnncli.runfolder import RunState
 
 
 class StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves, and stops. A second SIGINT aborts."""
+    """SIGINT/SIGTERM/SIGUSR1 set a flag; the loop finishes its step, saves, and stops. A second
+    SIGINT aborts. SIGUSR1 is the graceful stop of an MPI job (`kill -USR1 <mpirun pid>`: mpirun
+    forwards it to every rank and kills nothing)."""
 
     def __init__(self):
         self.signum = None
         self._old = {}
 
     def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: no handlers, nothing to restore
@@ -35,6 +37,17 @@ class StopFlag:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+    def agreed(self, comm, save_now):
+        """After a step: the stop signal when any rank got one (every rank then stops at this same
+        step), else None. A rank that got the signal itself calls save_now() first (rank 0's saves;
+        the others' do nothing): on Ctrl-C/SIGTERM mpirun kills the ranks 0.5 s later, and a
+        collective with a slower rank might not finish by then."""
+        if self.signum is not None:
+            save_now()
+        if not comm.any_flag(self.signum is not None):
+            return None
+        return next(s for s in comm.allgather(self.signum) if s is not None)
 
 
 class ProgressBar:

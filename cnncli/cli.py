@@ -87,7 +87,41 @@ def cli():
 @click.option("--no-report", is_flag=True, help="Do not render the report pictures at the end of the run.")
 @user_errors
 def train(config_path, overrides, resume, out, strict, no_cache, print_config, quiet, no_report):
-    """Train a network on an image folder (one subfolder per class)."""
+    """Train a network on an image folder (one subfolder per class). Under `mpirun -n K` the K
+    processes train one run together (docs/distributed.md)."""
+    from cnncli import distributed
+
+    comm = distributed.get_comm()
+    try:
+        _train(comm, config_path, overrides, resume, out, strict, no_cache, print_config, quiet, no_report)
+    except (CnnError, OSError) as err:
+        if comm.size == 1:
+            raise
+        distributed.fail(comm, err)     # one rank's error ends the job; every rank's is printed once
+
+
+def _train(comm, config_path, overrides, resume, out, strict, no_cache, print_config, quiet, no_report):
+    from cnncli.distributed import everyone
+
+    cfg = everyone(comm, _train_config, config_path, overrides, resume, strict, no_cache, print_config)
+    if print_config:
+        if comm.is_main:
+            from cnncli import config as config_mod
+
+            click.echo(config_mod.dump(cfg), nl=False)
+        return
+    from cnncli.train import train as run_training
+
+    run_dir = run_training(cfg, resume=resume, quiet=quiet, echo=lambda m: click.echo(m, err=True), out=out,
+                           comm=comm)
+    if comm.is_main:
+        if not no_report:
+            _report_after_training(run_dir)
+        click.echo(str(run_dir))
+
+
+def _train_config(config_path, overrides, resume, strict, no_cache, print_config) -> dict:
+    """The config `cnn train` runs: the file (or the resumed checkpoint's) with --set and the flags."""
     from cnncli import config as config_mod
 
     overrides = list(overrides) + (["data.strict=true"] if strict else []) + (["data.cache=false"] if no_cache else [])
@@ -99,18 +133,10 @@ def train(config_path, overrides, resume, out, strict, no_cache, print_config, q
         cfg = config_mod.load_config_text(meta.get("config", ""), overrides, source=f"{resume} (config)")
     else:
         cfg = config_mod.load_config(config_path, overrides)
-    if print_config:
-        click.echo(config_mod.dump(cfg), nl=False)
-        return
-    if not cfg["data"]["train"]:
+    if not cfg["data"]["train"] and not print_config:
         raise CnnError("data.train is not set: give --config FILE or --set data.train=FOLDER "
                        "(try: cnn train --config configs/demo.yaml)")
-    from cnncli.train import train as run_training
-
-    run_dir = run_training(cfg, resume=resume, quiet=quiet, echo=lambda m: click.echo(m, err=True), out=out)
-    if not no_report:
-        _report_after_training(run_dir)
-    click.echo(str(run_dir))
+    return cfg
 
 
 def _report_after_training(run_dir):

@@ -110,8 +110,16 @@ class Comm:
         """Rank 0's (picklable) obj on every rank."""
         return obj
 
+    def allgather(self, obj) -> list:
+        """Every rank's (picklable) obj, in rank order, on every rank."""
+        return [obj]
+
     def barrier(self) -> None:
         pass
+
+    def idle_barrier(self, poll: float = 0.01) -> None:
+        """A barrier that sleeps while it waits (MPI's spins a core), for waits of seconds."""
+
 
     def abort(self, code: int) -> None:
         sys.exit(code)
@@ -186,8 +194,18 @@ class MpiComm(Comm):
     def bcast(self, obj):
         return self.comm.bcast(obj, root=0)
 
+    def allgather(self, obj):
+        return self.comm.allgather(obj)
+
     def barrier(self):
         self.comm.Barrier()
+
+    def idle_barrier(self, poll=0.01):
+        import time  # noqa: PLC0415
+
+        req = self.comm.Ibarrier()
+        while not req.Test():
+            time.sleep(poll)
 
     def abort(self, code):
         """End every rank of the job now (for an error only some ranks see)."""
@@ -229,3 +247,96 @@ def report_once(comm: Comm, err: CnnError) -> None:
         print(f"Error: {err}", file=sys.stderr, flush=True)
     comm.barrier()
     sys.exit(getattr(err, "exit_code", 1))
+
+
+def rank_threads(comm: Comm, threads: int) -> int:
+    """train.threads for this rank. A positive value is used as given. 0 means the cores this
+    process may run on (its CPU affinity), shared with the ranks on the same host that have the
+    same affinity: bound ranks (mpirun's default for few ranks) get their own cores, unbound ones
+    an equal part of the host (the first ranks one more core each when it does not divide)."""
+    if threads:
+        return int(threads)
+    try:
+        cores = tuple(sorted(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        cores = tuple(range(os.cpu_count() or 1))
+    if comm.size == 1:
+        return max(1, len(cores))
+    import socket  # noqa: PLC0415
+
+    me = (socket.gethostname(), cores)
+    mates = [r for r, other in enumerate(comm.allgather(me)) if other == me]   # includes this rank
+    i, n = mates.index(comm.rank), len(mates)
+    return max(1, len(cores) // n + (i < len(cores) % n))
+
+
+# ----------------------------------------------------------------------------------------------
+# errors under mpirun: every rank's error printed once; one rank's error named and fatal
+
+def _line(err: BaseException) -> tuple[str, int]:
+    """(the error's one line, printable on any terminal; its exit code)."""
+    text = str(err).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text, int(getattr(err, "exit_code", 1))
+
+
+def _settle(comm: Comm, errs: list) -> None:
+    """errs: every rank's (line, code) or None. Returns when all are None; else every rank exits
+    with the first failing rank's code after the line(s) are printed: once when every rank failed
+    the same way (rank 0 prints it), else each failing rank prints "rank r of K: ..."."""
+    failed = [e for e in errs if e is not None]
+    if not failed:
+        return
+    if len(failed) == comm.size and len({line for line, _ in failed}) == 1:
+        if comm.is_main:
+            print(f"Error: {failed[0][0]}", file=sys.stderr, flush=True)
+    elif errs[comm.rank] is not None:
+        print(f"Error: rank {comm.rank} of {comm.size}: {errs[comm.rank][0]}", file=sys.stderr, flush=True)
+    comm.barrier()                     # nobody exits (and so gets the others killed) before the print
+    sys.exit(failed[0][1])
+
+
+def _attempt(fn, args, kw):
+    try:
+        return fn(*args, **kw), None
+    except (CnnError, OSError) as err:
+        return None, err
+
+
+def everyone(comm: Comm, fn, *args, **kw):
+    """fn(*args, **kw) on every rank at once, then agree: the result when no rank raised a CnnError
+    or OSError, else every rank ends (see _settle). One process: fn's errors propagate unchanged."""
+    if comm.size == 1:
+        return fn(*args, **kw)
+    result, err = _attempt(fn, args, kw)
+    _settle(comm, comm.allgather(None if err is None else _line(err)))
+    return result
+
+
+def main_first(comm: Comm, fn, *args, others: bool = True, **kw):
+    """fn on rank 0 first (it fills a cache, creates a folder); an error there is printed once and
+    ends every rank. Then, with others=True, fn on the other ranks (as everyone() does) and each
+    rank keeps its own result; with others=False every rank gets rank 0's (picklable) result.
+    The other ranks wait without spinning."""
+    if comm.size == 1:
+        return fn(*args, **kw)
+    result, err = _attempt(fn, args, kw) if comm.is_main else (None, None)
+    comm.idle_barrier()
+    first = comm.bcast(None if err is None else _line(err))
+    _settle(comm, [first] * comm.size)
+    if not others:
+        return comm.bcast(result)
+    if comm.is_main:
+        return everyone(comm, lambda: result)
+    return everyone(comm, fn, *args, **kw)
+
+
+def fail(comm: Comm, err: BaseException) -> None:
+    """A CnnError or OSError that ended training on this rank. `err.everywhere` (set where every
+    rank raises the same error at the same step: a stop, a diverged loss) means rank 0 prints it
+    once and all exit with its code; otherwise this rank prints one line naming itself and exits
+    non-zero, and mpirun ends the other ranks within about a second."""
+    line, code = _line(err)
+    if getattr(err, "everywhere", False):
+        _settle(comm, [(line, code)] * comm.size)
+    print(f"Error: rank {comm.rank} of {comm.size}: {line}", file=sys.stderr, flush=True)
+    sys.exit(code)

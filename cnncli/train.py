@@ -3,7 +3,9 @@
 `train()` sets up a run and hands it to a `Trainer`, whose loop is a few named steps (one optimizer
 step, end of epoch, interruption) calling small pieces (ProgressBar, EarlyStopping, runfolder's
 writers). It owns the order of events; the maths lives in model/optim, the images in data, the files
-in runfolder. It is not a general trainer: one network family, one loss, one process.
+in runfolder. Under `mpirun -n K` every rank runs the same loop on the same batches (the Network
+computes the rank's shards); rank 0 alone writes and prints, and the ranks agree on every stop.
+It is not a general trainer: one network family, one loss.
 """
 
 from __future__ import annotations
@@ -24,9 +26,15 @@ from cnncli.runfolder import METRICS_COLUMNS, RunState, new_run_dir, save_checkp
 
 
 class Interrupted(CnnError):
-    """SIGINT/SIGTERM: the current step finished, last.npz was saved."""
+    """SIGINT/SIGTERM/SIGUSR1: the current step finished, last.npz was saved."""
 
     exit_code = 130
+
+
+def _everywhere(err: CnnError) -> CnnError:
+    """Mark an error every rank raises at the same step (all hold the same state): printed once."""
+    err.everywhere = True
+    return err
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,18 +83,26 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, min_last: int)
     return batches
 
 
-def evaluate_loss_acc(net, table, ds, batch_size=256):
-    """Loss (evaluate.bce_loss, as `cnn eval` reports it) and accuracy of `net` on a Dataset, inference mode."""
+def evaluate_loss_acc(net, table, ds, batch_size=256, comm=None):
+    """Loss (evaluate.bce_loss, as `cnn eval` reports it) and accuracy of `net` on a Dataset, inference
+    mode. With a comm, each rank predicts a block of the fixed chunks of `batch_size` images and the
+    probabilities are gathered: every rank gets the numbers one process gets, bit for bit."""
+    from cnncli.distributed import block_of
     from cnncli.evaluate import bce_loss
     from cnncli.kernels import lookup_batch
 
     n = len(ds.labels)
     if n == 0:
         return float("nan"), float("nan")
-    probs = np.empty((n, net.num_classes), dtype=np.float64)  # (N,C)
-    for start in range(0, n, batch_size):
+    rank, size = (0, 1) if comm is None else (comm.rank, comm.size)
+    lo, hi = block_of(rank, size, -(-n // batch_size))                # this rank's chunks
+    first, last = lo * batch_size, min(hi * batch_size, n)
+    probs = np.empty((last - first, net.num_classes), dtype=np.float64)  # (chunk images, C)
+    for start in range(first, last, batch_size):
         idx = np.arange(start, min(start + batch_size, n))
-        probs[start : start + batch_size] = net.predict_proba(lookup_batch(ds.images, idx, table))
+        probs[start - first : start - first + batch_size] = net.predict_proba(lookup_batch(ds.images, idx, table))
+    if comm is not None:
+        probs = comm.gather_rows(probs)                                  # (N,C), rank order = image order
     return bce_loss(probs, ds.labels), float((probs.argmax(1) == ds.labels).mean())
 
 
@@ -98,13 +114,17 @@ class Trainer:
 
     Extension points: `batch_input` (where the float batch is made: augmentation transforms it),
     `sample_weights` (per-image loss weights, e.g. class weights), `is_main_process` (only the main
-    process writes files and prints; several MPI processes would share one loop)."""
+    process -- rank 0 under mpirun -- writes files and prints)."""
 
     is_main_process = True
 
-    def __init__(self, cfg, run_dir, net, opt, state, train_ds, val_ds, classes, preprocess, echo, quiet):
+    def __init__(self, cfg, run_dir, net, opt, state, train_ds, val_ds, classes, preprocess, echo, quiet,
+                 comm=None):
+        from cnncli.distributed import Comm
         from cnncli.predictor import input_table
 
+        self.comm = Comm() if comm is None else comm
+        self.is_main_process = self.comm.is_main
         self.cfg, self.run_dir, self.net, self.opt, self.state = cfg, run_dir, net, opt, state
         self.train_ds, self.val_ds, self.classes, self.preprocess = train_ds, val_ds, classes, preprocess
         self._echo, self.quiet = echo, quiet
@@ -154,10 +174,10 @@ class Trainer:
         with np.errstate(over="ignore", invalid="ignore"):   # a diverging run is reported below,
             loss, probs = net.train_step(x, y)              # in one line, not as numpy warnings
         if not (math.isfinite(loss) and math.isfinite(float(np.add.reduce(net.grads.flat)))):
-            raise TrainingDiverged(
+            raise _everywhere(TrainingDiverged(
                 f"loss or gradients became non-finite at epoch {state.epoch + 1}, step {state.epoch_step + 1} "
                 f"(lr {lr:.3g}); the last good checkpoint is {self.last_path if self.last_path.exists() else 'none'}; "
-                "try a lower optim.lr")
+                "try a lower optim.lr"))
         self.opt.step(net.params.flat, net.grads.flat, lr)
         state.step += 1
         state.epoch_step += 1
@@ -177,9 +197,10 @@ class Trainer:
             self.train_step(idx)
             images += len(idx)
             bar.update(state, images, t_epoch)
-            if stop.signum is not None:
+            signum = stop.agreed(self.comm, self.save_last)
+            if signum is not None:
                 bar.close()
-                self.interrupt(stop.signum)
+                self.interrupt(signum, saved=stop.signum is not None)
             if self.every and state.step % self.every == 0 and state.epoch_step < len(batches):
                 self.save_last()
         bar.close()
@@ -189,7 +210,7 @@ class Trainer:
         """Validate, log the epoch, update best/early stopping, save checkpoints and metrics.csv."""
         state = self.state
         train_time = time.perf_counter() - t_epoch
-        val_loss, val_acc = evaluate_loss_acc(self.net, self.table, self.val_ds)
+        val_loss, val_acc = evaluate_loss_acc(self.net, self.table, self.val_ds, comm=self.comm)
         row = {"epoch": state.epoch + 1, "step": state.step,
                "train_loss": state.loss_sum / max(state.seen, 1), "train_acc": state.correct / max(state.seen, 1),
                "val_loss": val_loss, "val_acc": val_acc, "lr": self.lr_at(max(state.step - 1, 0)),
@@ -218,18 +239,22 @@ class Trainer:
         """Early stopping with restore_best: best.npz's weights, BN statistics and optimizer state."""
         from cnncli.predictor import load_into
 
-        if self.best_path.exists():
-            arrays = checkpoint.load(self.best_path)[0]
+        arrays = self.comm.bcast(checkpoint.load(self.best_path)[0] if self.is_main_process
+                                 and self.best_path.exists() else None)     # rank 0's file, every rank
+        if arrays is not None:
             load_into(self.net, arrays)
             self.opt.load_state_dict({"optim." + k[len("optim/"):]: v for k, v in arrays.items()
                                       if k.startswith("optim/")})
             self.restored = True
 
-    def interrupt(self, signum: int):
-        """SIGINT/SIGTERM after a finished step: save last.npz, say how to resume, raise Interrupted."""
-        self.save_last()
-        raise Interrupted(f"{signal.Signals(signum).name}: stopped at epoch {self.state.epoch + 1}, step "
-                          f"{self.state.epoch_step}; saved {self.last_path}; resume with: cnn train --resume {self.run_dir}")
+    def interrupt(self, signum: int, saved: bool = False):
+        """A stop signal after a finished step: save last.npz (unless saved), say how to resume,
+        raise Interrupted (on every rank; printed once)."""
+        if not saved:
+            self.save_last()
+        raise _everywhere(Interrupted(
+            f"{signal.Signals(signum).name}: stopped at epoch {self.state.epoch + 1}, step "
+            f"{self.state.epoch_step}; saved {self.last_path}; resume with: cnn train --resume {self.run_dir}"))
 
     def save_last(self) -> None:
         if self.is_main_process:
@@ -277,9 +302,9 @@ def _normalization(cfg: dict, train_ds) -> dict:
     return {"image_size": cfg["data"]["image_size"], "resize": cfg["data"]["resize"], "mean": mean, "std": std}
 
 
-def _open_resume(resume, cfg: dict, out):
+def _open_resume(resume, cfg: dict, out, write: bool = True):
     """Load the checkpoint to continue and check the config against it (before any data is read)
-    -> ((arrays, meta, path), state, run_dir)."""
+    -> ((arrays, meta, path), state, run_dir). write=False (MPI ranks but 0): the folder is not touched."""
     from cnncli.predictor import check_architecture, run_checkpoint
 
     ckpt_path = run_checkpoint(resume)
@@ -291,26 +316,33 @@ def _open_resume(resume, cfg: dict, out):
     if resume_mod.should_continue(state, saved, cfg):
         state.stopped_early = False
     run_dir = Path(out) if out else ckpt_path.parent
-    run_dir.mkdir(parents=True, exist_ok=True)
-    runfolder.clean_debris(run_dir)                       # half-written saves of a killed process
-    resume_mod.carry_best(ckpt_path.parent, run_dir)
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runfolder.clean_debris(run_dir)                   # half-written saves of a killed process
+        resume_mod.carry_best(ckpt_path.parent, run_dir)
     return (arrays, meta, ckpt_path), state, run_dir
 
 
-def _build(cfg: dict, train_ds, resumed):
+def _build(cfg: dict, train_ds, resumed, comm):
     """-> (net, opt, preprocess): fresh ones for a new run, the checkpoint's for a resume."""
+    import inspect
+
     from cnncli import model, optim
-    from cnncli.predictor import network_from_arrays
+    from cnncli.predictor import check_architecture, load_into
 
     m, o = cfg["model"], cfg["optim"]
+    rank = {"comm": comm} if comm.size > 1 and "comm" in inspect.signature(model.Network).parameters else {}
     if resumed is None:
         preprocess = _normalization(cfg, train_ds)
-        net = model.Network(num_classes=len(train_ds.classes), batchnorm=m["batchnorm"], eps=m["bn_eps"],
+        net = model.Network(**rank, num_classes=len(train_ds.classes), batchnorm=m["batchnorm"], eps=m["bn_eps"],
                             momentum=m["bn_momentum"], dtype=np.float32, seed=cfg["train"]["seed"])
     else:
         arrays, meta, path = resumed
         preprocess = meta["preprocess"]
-        net = network_from_arrays(arrays, meta, path, momentum=m["bn_momentum"])
+        num_classes, batchnorm, eps, dtype = check_architecture(arrays, meta, path)
+        net = model.Network(**rank, num_classes=num_classes, batchnorm=batchnorm, eps=eps,
+                            momentum=m["bn_momentum"], dtype=dtype)
+        load_into(net, arrays)
     opt = optim.Optimizer(o["name"], net.params.flat.size, o["lr"], momentum=o["momentum"],
                           weight_decay=o["weight_decay"], betas=tuple(o["betas"]), dtype=np.float32)
     if resumed is not None:
@@ -318,33 +350,55 @@ def _build(cfg: dict, train_ds, resumed):
     return net, opt, preprocess
 
 
-def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> Path:
-    """Train as `cfg` says (or continue the checkpoint `resume`); returns the run folder."""
-    t_setup = time.perf_counter()
-    cfg = resume_mod.absolute_paths(cfg)
-    resumed, state = None, RunState()
-    if resume is not None:
-        resumed, state, run_dir = _open_resume(resume, cfg, out)
+def _setup(cfg: dict, resume, out, quiet, echo, comm):
+    """Every rank: check, resume, threads, data, network. Errors every rank hits are printed once."""
+    from cnncli.distributed import check_ranks, everyone, main_first, rank_threads
     from cnncli.kernels import set_threads
 
-    threads = set_threads(cfg["train"]["threads"])
-    train_ds, val_ds, skipped = load_datasets(cfg, echo=echo, classes=resumed and resumed[1].get("classes"),
-                                               progress=not quiet)
-    m, o = cfg["model"], cfg["optim"]
-    if m["batchnorm"] != "none" and len(train_ds.labels) < 2:
-        raise DataError(f"{cfg['data']['train']}: model.batchnorm={m['batchnorm']} needs at least 2 training images")
-    net, opt, preprocess = _build(cfg, train_ds, resumed)
+    resumed, state, run_dir = None, RunState(), None
+    everyone(comm, check_ranks, cfg["train"]["batch_size"], comm.size)
+    if resume is not None:
+        resumed, state, run_dir = everyone(comm, _open_resume, resume, cfg, out, write=comm.is_main)
+    threads = set_threads(rank_threads(comm, cfg["train"]["threads"]))
+
+    def load():
+        loaded = load_datasets(cfg, echo=echo if comm.is_main else None, progress=not quiet and comm.is_main,
+                               classes=resumed and resumed[1].get("classes"))
+        if cfg["model"]["batchnorm"] != "none" and len(loaded[0].labels) < 2:
+            raise DataError(f"{cfg['data']['train']}: model.batchnorm={cfg['model']['batchnorm']} "
+                            "needs at least 2 training images")
+        return loaded
+
+    # rank 0 decodes and writes the cache first; the others then read it (or all decode: no cache)
+    train_ds, val_ds, skipped = (main_first if cfg["data"]["cache"] else everyone)(comm, load)
+    net, opt, preprocess = _build(cfg, train_ds, resumed, comm)
     if resume is None:
-        run_dir = new_run_dir(out or cfg["out"])
-    trainer = Trainer(cfg, run_dir, net, opt, state, train_ds, val_ds, train_ds.classes, preprocess, echo, quiet)
+        run_dir = main_first(comm, new_run_dir, out or cfg["out"], others=False)
+    return state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess)
+
+
+def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, comm=None) -> Path:
+    """Train as `cfg` says (or continue the checkpoint `resume`); returns the run folder. `comm`
+    (distributed.get_comm() under mpirun) makes this one rank of a data-parallel run."""
+    from cnncli.distributed import Comm
+
+    t_setup = time.perf_counter()
+    comm = Comm() if comm is None else comm
+    cfg = resume_mod.absolute_paths(cfg)
+    state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess) = \
+        _setup(cfg, resume, out, quiet, echo, comm)
+    trainer = Trainer(cfg, run_dir, net, opt, state, train_ds, val_ds, train_ds.classes, preprocess, echo, quiet,
+                      comm=comm)
     if trainer.is_main_process:
         (run_dir / "config.yaml").write_text(trainer.cfg_text, encoding="utf-8", errors="backslashreplace")
         if skipped:
             runfolder.write_skipped(run_dir, skipped, echo)
+    m, o = cfg["model"], cfg["optim"]
+    ranks = f"{comm.size} MPI ranks x " if comm.size > 1 else ""
     trainer.echo(f"Run folder: {run_dir}")
     trainer.echo(f"Training on {len(train_ds.labels)} images ({len(train_ds.classes)} classes), validating on "
                  f"{len(val_ds.labels)}; batchnorm={m['batchnorm']}, {o['name']} lr={o['lr']}, batch "
-                 f"{cfg['train']['batch_size']}, {threads} thread(s); setup {time.perf_counter() - t_setup:.1f}s")
+                 f"{cfg['train']['batch_size']}, {ranks}{threads} thread(s); setup {time.perf_counter() - t_setup:.1f}s")
     if len(val_ds.labels) == 0:
         trainer.echo("warning: no validation images; best.npz and early stopping use the training loss instead")
     trainer.fit()

@@ -1,0 +1,217 @@
+"""`mpirun -n K cnn train` through real processes (oversubscribed on small machines): K ranks give the
+checkpoints of one process bit for bit (every array, every BN variant), one run folder, one log;
+a run resumes across K; config errors are printed once; kill -9 of a rank ends the job with a
+checkpoint that resumes; SIGUSR1 to mpirun stops every rank at one step with a save.
+Skipped only where MPI cannot start at all (tests/mpi_util.py; a failure under CI=true).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from e2e_util import load_params, make_folder, run_cli, write_config
+from mpi_util import mpi_env, mpirun_path, require_mpi, run_mpi
+
+BN = ("none", "unit", "channel")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mpitrain")
+    return tmp, make_folder(tmp / "data", per_class=16)       # 48 images, 3 of them unreadable
+
+
+def cnn_mpi(k, args, tmp, timeout=300, mpirun_args=()):
+    """`mpirun -n K python -m cnncli ARGS` with the test's dataset cache."""
+    return run_mpi(k, ["python", "-m", "cnncli", *map(str, args)], timeout=timeout, mpirun_args=mpirun_args,
+                   extra_env={"CNNCLI_CACHE_DIR": str(tmp / "cache")})
+
+
+def assert_same_arrays(a: Path, b: Path):
+    pa, pb = load_params(a), load_params(b)
+    assert pa.keys() == pb.keys() and len(pa) > 10
+    for k in pa:
+        assert pa[k].tobytes() == pb[k].tobytes(), f"{k} differs between {a} and {b}"
+
+
+def metrics_rows(run: Path):
+    """metrics.csv rows without the wall time column."""
+    lines = (run / "metrics.csv").read_text().splitlines()
+    return [ln.rsplit(",", 1)[0] for ln in lines]
+
+
+@pytest.fixture(scope="module")
+def pairs(data):
+    """For each BN variant: a one-process run and a `mpirun -n 2` run of the same 2-epoch config."""
+    require_mpi()
+    tmp, folder = data
+    out = {}
+    for bn in BN:
+        cfg = write_config(tmp / f"cfg-{bn}.yaml", folder, tmp / "unused", epochs=2, batch_size=16)
+        one = run_cli(["train", "--config", cfg, "--no-report", "--out", tmp / f"one-{bn}",
+                       "--set", f"model.batchnorm={bn}"], tmp, timeout=300)
+        assert one.returncode == 0, one.stderr
+        two = cnn_mpi(2, ["train", "--config", cfg, "--no-report", "--out", tmp / f"two-{bn}",
+                          "--set", f"model.batchnorm={bn}"], tmp)
+        assert two.returncode == 0, two.stderr
+        out[bn] = (cfg, tmp / f"one-{bn}", tmp / f"two-{bn}", one, two)
+    return out
+
+
+@pytest.mark.parametrize("bn", BN)
+def test_two_ranks_write_the_one_process_run(pairs, data, bn):
+    tmp, _ = data
+    _, one, two, res_one, res_two = pairs[bn]
+    for name in ("last.npz", "best.npz"):
+        assert_same_arrays(one / name, two / name)
+    assert metrics_rows(one) == metrics_rows(two) and len(metrics_rows(two)) == 3
+    assert (two / "config.yaml").read_text() == (one / "config.yaml").read_text()
+    assert (two / "skipped.txt").read_text() == (one / "skipped.txt").read_text()
+    assert not list(tmp.glob(f"two-{bn}-*")), "a second run folder"
+    assert res_two.stdout.splitlines() == [str(two)]                # printed once, by rank 0
+    err = res_two.stderr.splitlines()
+    for start in ("Run folder:", "epoch 1/2", "epoch 2/2", "Done in", "warning: skipped 2"):
+        assert sum(ln.startswith(start) for ln in err) == 1, (start, res_two.stderr)
+    assert "2 MPI ranks x 1 thread(s)" in res_two.stderr           # 2 cores: one each
+    strip = [ln.split("  lr ")[0] for ln in err if ln.startswith("epoch ")]   # drop times and img/s
+    assert strip == [ln.split("  lr ")[0] for ln in res_one.stderr.splitlines() if ln.startswith("epoch ")]
+
+
+def test_ranks_that_cannot_split_the_batch_get_one_config_error(data):
+    require_mpi()
+    tmp, folder = data
+    cfg = write_config(tmp / "cfg-odd.yaml", folder, tmp / "odd", epochs=1, batch_size=24)
+    res = cnn_mpi(2, ["train", "--config", cfg, "--no-report"], tmp, timeout=120)
+    assert res.returncode == 2, res.stderr
+    ours = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")]
+    assert ours == ["Error: train.batch_size: 24 is 3 shard(s) of 8 images, which 2 MPI ranks cannot split "
+                    "evenly; use a number of ranks that divides 3 (3) or a batch_size that is a multiple of 16"]
+    assert res.stdout == "" and not (tmp / "odd").exists()
+
+
+def test_resume_across_rank_counts_equals_one_uninterrupted_process(pairs, data):
+    """2 ranks x 2 epochs, resumed by 1 process to 3 epochs; and 1 process x 2 epochs resumed by 2
+    ranks: both end bitwise equal to 1 process x 3 epochs."""
+    tmp, _ = data
+    cfg, one, two, _, _ = pairs["channel"]
+    ref = run_cli(["train", "--config", cfg, "--no-report", "--out", tmp / "ref3", "--set", "train.epochs=3",
+                   "--set", "model.batchnorm=channel"], tmp, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    for src, name in ((two, "two-to-one"), (one, "one-to-two")):
+        shutil.copytree(src, tmp / name)
+    res = run_cli(["train", "--resume", tmp / "two-to-one", "--set", "train.epochs=3", "--no-report"], tmp,
+                  timeout=300)
+    assert res.returncode == 0, res.stderr
+    res = cnn_mpi(2, ["train", "--resume", tmp / "one-to-two", "--set", "train.epochs=3", "--no-report"], tmp)
+    assert res.returncode == 0, res.stderr
+    for name in ("two-to-one", "one-to-two"):
+        assert_same_arrays(tmp / "ref3" / "last.npz", tmp / name / "last.npz")
+        assert metrics_rows(tmp / "ref3") == metrics_rows(tmp / name)
+
+
+# ----------------------------------------------------------------------------------------------
+# faults: a long enough run (a checkpoint every step) to kill or stop in the middle
+
+@pytest.fixture(scope="module")
+def long_run(data):
+    tmp, folder = data
+    cfg = write_config(tmp / "cfg-long.yaml", folder, tmp / "unused", epochs=12, batch_size=16, checkpoint_every=1)
+    res = run_cli(["train", "--config", cfg, "-q", "--no-report", "--out", tmp / "long-ref"], tmp, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return cfg, tmp / "long-ref"
+
+
+def start_job(tmp, cfg, out, k=2):
+    """mpirun -n K cnn train in the background; returns (mpirun process, {rank: pid}) once rank 0
+    has written its first checkpoint."""
+    require_mpi()
+    proc = subprocess.Popen([mpirun_path(), "-n", str(k), sys.executable, "-m", "cnncli", "train", "--config",
+                             str(cfg), "-q", "--no-report", "--out", str(out)],
+                            env=mpi_env({"CNNCLI_CACHE_DIR": str(tmp / "cache")}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not (out / "last.npz").exists():
+        if proc.poll() is not None or time.monotonic() - t0 > 240:
+            proc.kill()
+            raise AssertionError(f"no checkpoint appeared; mpirun ended with {proc.returncode}: "
+                                 f"{proc.communicate()[1]}")
+        time.sleep(0.005)
+    return proc, rank_pids(proc.pid, k)
+
+
+def rank_pids(root: int, k: int) -> dict:
+    """{rank: pid} of the descendants of `root` that MPI started (OMPI_COMM_WORLD_RANK in /proc/PID/environ)."""
+    parent = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found = {}
+    for pid in parent:
+        p = pid
+        while p in parent and p not in (root, 0, 1):
+            p = parent[p]
+        if p != root or pid == root:
+            continue
+        try:
+            env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv)
+        except OSError:
+            continue
+        if "OMPI_COMM_WORLD_RANK" in env and "cnncli" in Path(f"/proc/{pid}/cmdline").read_text():
+            found[int(env["OMPI_COMM_WORLD_RANK"])] = pid
+    assert sorted(found) == list(range(k)), found
+    return found
+
+
+def test_kill_9_of_one_rank_ends_the_job_and_the_checkpoint_resumes(long_run, data):
+    tmp, _ = data
+    cfg, ref = long_run
+    out = tmp / "killed"
+    proc, pids = start_job(tmp, cfg, out)
+    os.kill(pids[1], signal.SIGKILL)
+    t0 = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    took = time.monotonic() - t0
+    if proc.returncode == 0:
+        pytest.fail("the run finished before the kill landed")
+    assert took < 10, f"the job took {took:.1f}s to end after kill -9 of rank 1"
+    assert f"process rank 1 with PID {pids[1]}" in " ".join(err.split()) and "signal 9" in err, err
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+    res = run_cli(["train", "--resume", out, "-q", "--no-report"], tmp, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert_same_arrays(ref / "last.npz", out / "last.npz")
+    assert metrics_rows(ref) == metrics_rows(out)
+
+
+def test_sigusr1_to_mpirun_stops_every_rank_at_one_step_and_saves(long_run, data):
+    tmp, _ = data
+    cfg, ref = long_run
+    out = tmp / "usr1"
+    proc, _ = start_job(tmp, cfg, out)
+    proc.send_signal(signal.SIGUSR1)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    ours = [ln for ln in err.splitlines() if ln.startswith("Error:")]
+    assert len(ours) == 1 and ours[0].startswith("Error: SIGUSR1: stopped at epoch "), err
+    assert f"resume with: cnn train --resume {out}" in ours[0] and "Traceback" not in err
+    res = run_cli(["train", "--resume", out, "-q", "--no-report"], tmp, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert_same_arrays(ref / "last.npz", out / "last.npz")
+    assert metrics_rows(ref) == metrics_rows(out)

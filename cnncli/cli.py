@@ -98,6 +98,13 @@ def train(config_path, overrides, resume, out, strict, no_cache, print_config, q
         if comm.size == 1:
             raise
         distributed.fail(comm, err)     # one rank's error ends the job; every rank's is printed once
+    except (Exception, KeyboardInterrupt):
+        if comm.size == 1:
+            raise
+        import traceback
+
+        traceback.print_exc()           # a bug, or a second Ctrl-C: end every rank, do not hang
+        comm.abort(1)
 
 
 def _train(comm, config_path, overrides, resume, out, strict, no_cache, print_config, quiet, no_report):

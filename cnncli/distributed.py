@@ -333,10 +333,10 @@ def main_first(comm: Comm, fn, *args, others: bool = True, **kw):
 def fail(comm: Comm, err: BaseException) -> None:
     """A CnnError or OSError that ended training on this rank. `err.everywhere` (set where every
     rank raises the same error at the same step: a stop, a diverged loss) means rank 0 prints it
-    once and all exit with its code; otherwise this rank prints one line naming itself and exits
-    non-zero, and mpirun ends the other ranks within about a second."""
+    once and all exit with its code; otherwise this rank prints one line naming itself and ends
+    the job (MPI_Abort with the error's exit code)."""
     line, code = _line(err)
     if getattr(err, "everywhere", False):
         _settle(comm, [(line, code)] * comm.size)
     print(f"Error: rank {comm.rank} of {comm.size}: {line}", file=sys.stderr, flush=True)
-    sys.exit(code)
+    comm.abort(code)       # a plain exit would wait in MPI_Finalize for ranks that wait for this one

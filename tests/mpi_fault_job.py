@@ -1,7 +1,9 @@
 """Run under `mpirun -n K` by test_distributed.py and the fault experiments (not a test module):
 a dummy training loop. Each step is one Allgather and a short sleep; SIGINT/SIGTERM set a flag,
 any_flag makes every rank stop at the same step, rank 0 saves OUT/last.txt atomically every step
-and at the stop (after STOP_DELAY seconds, a slow save). Usage: python mpi_fault_job.py OUT [config-error]
+and at the stop (after STOP_DELAY seconds, a slow save). Usage: python mpi_fault_job.py OUT [MODE]
+with MODE config-error (report_once), rank-error (rank 1 alone fails inside everyone()), main-error
+(rank 0 fails inside main_first()) or fail (rank 1 fails after setup while rank 0 waits: fail()).
 """
 
 import os
@@ -12,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.distributed import get_comm, report_once
-from cnncli.errors import ConfigError
+from cnncli.distributed import everyone, fail, get_comm, main_first, report_once
+from cnncli.errors import ConfigError, DataError
 
 
 def save(out: Path, text: str) -> None:
@@ -27,6 +29,8 @@ def main():
     comm = get_comm()
     if sys.argv[2:] == ["config-error"]:
         report_once(comm, ConfigError("cfg.yaml: train.batch_size: 64 is 8 shard(s) ... (on every rank)"))
+    if sys.argv[2:] in (["rank-error"], ["main-error"], ["fail"]):
+        errors(comm, sys.argv[2])
     got = []
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, lambda s, f: got.append(s))
@@ -47,6 +51,24 @@ def main():
         save(out, f"step {step} stopped by {names}\n")
         print(f"rank 0 saved step {step} and stops ({names})", flush=True)
     sys.exit(0)
+
+
+def errors(comm, mode):
+    def broken(rank):
+        if comm.rank == rank:
+            raise DataError(f"data/x.png: unreadable on rank {rank} only")
+        return comm.rank
+
+    if mode == "rank-error":
+        everyone(comm, broken, 1)
+    elif mode == "main-error":
+        main_first(comm, broken, 0)
+    else:
+        assert everyone(comm, broken, -1) == comm.rank      # no rank fails: each keeps its result
+        if comm.rank == 1:
+            fail(comm, OSError(28, "No space left on device"))
+        comm.barrier()                                        # rank 0 waits here until mpirun ends it
+    print(f"rank {comm.rank} went on", flush=True)
 
 
 if __name__ == "__main__":

@@ -215,3 +215,65 @@ def test_sigusr1_to_mpirun_stops_every_rank_at_one_step_and_saves(long_run, data
     assert res.returncode == 0, res.stderr
     assert_same_arrays(ref / "last.npz", out / "last.npz")
     assert metrics_rows(ref) == metrics_rows(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# the error policy of distributed.everyone / main_first / fail, in a small job (tests/mpi_fault_job.py)
+
+FAULT_JOB = Path(__file__).resolve().parent / "mpi_fault_job.py"
+
+
+@pytest.mark.parametrize("mode, code, line", [
+    ("rank-error", 1, "Error: rank 1 of 2: data/x.png: unreadable on rank 1 only"),
+    ("main-error", 1, "Error: data/x.png: unreadable on rank 0 only"),
+    ("fail", 1, "Error: rank 1 of 2: [Errno 28] No space left on device"),
+])
+def test_an_error_of_one_rank_ends_the_job_with_one_line_naming_it(tmp_path, mode, code, line):
+    require_mpi()
+    t0 = time.monotonic()
+    res = run_mpi(2, ["python", FAULT_JOB, tmp_path, mode], timeout=120)
+    assert res.returncode == code, res.stderr
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith("Error")] == [line], res.stderr
+    assert "went on" not in res.stdout and "Traceback" not in res.stderr
+    assert time.monotonic() - t0 < 60
+
+
+def test_error_policy_in_one_process_raises_unchanged():
+    from cnncli import distributed as D
+    from cnncli.errors import DataError
+
+    comm = D.Comm()
+    assert D.everyone(comm, lambda a, b=0: a + b, 1, b=2) == 3
+    assert D.main_first(comm, lambda: "x", others=False) == "x"
+    err = DataError("data: broken")
+    for helper in (D.everyone, D.main_first):
+        with pytest.raises(DataError) as got:
+            helper(comm, lambda: (_ for _ in ()).throw(err))
+        assert got.value is err
+
+
+def test_rank_threads(monkeypatch):
+    from cnncli import distributed as D
+
+    class FakeComm(D.Comm):
+        """Rank `rank` of ranks whose (host, cores) are `layout`."""
+        def __init__(self, rank, layout):
+            self.rank, self.size, self.layout = rank, len(layout), layout
+
+        def allgather(self, obj):
+            assert obj == self.layout[self.rank]
+            return list(self.layout)
+
+    host = __import__("socket").gethostname()
+    assert D.rank_threads(D.Comm(), 3) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
+    assert D.rank_threads(D.Comm(), 0) == 5
+    everything = (host, (0, 1, 2, 3, 4))
+    # unbound: 5 cores shared by 2 ranks on this host (a third rank elsewhere does not count)
+    layout = [everything, everything, ("other", (0, 1, 2, 3, 4))]
+    assert [D.rank_threads(FakeComm(r, layout), 0) for r in (0, 1)] == [3, 2]
+    # bound: each rank its own cores
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    layout = [(host, (0, 1)), (host, (2, 3))]
+    assert D.rank_threads(FakeComm(0, layout), 0) == 2
+    assert D.rank_threads(FakeComm(0, layout), 4) == 4            # an explicit train.threads wins

@@ -1,11 +1,10 @@
-"""Data-parallel training speed on this machine: training img/s of
-  A  1 process x 1 thread    today's Network.train_step on the whole batch
-  B  1 process x 2 threads   the same (its two-halves path)
-  C  1 process x 1 thread    micro-sharded: train_step per 8-image shard, scaled, tree_sum (the design)
-  D  2 ranks x 1 thread      C split over `mpirun -n 2` (each rank its shard block, MpiComm.sum_shards)
-and the ratios D/B (goal >= 0.90) and B/A. Every mode runs the same optimizer step (Adam) after the
-reduction. Not a correctness test (tests/test_distributed.py is) and not wired to train.py yet: a mode
-is a callable `step(x, labels)`; the sharded one is built from `model.Network(...).train_step`.
+"""Data-parallel training speed on this machine, the real training step (model.Network.train_step on
+the global batch + the Adam step, as cnn train runs it), training img/s of
+  A  1 process x 1 thread
+  B  1 process x 2 threads
+  D  2 ranks x 1 thread      `mpirun -n 2`, Network(comm=MpiComm): each rank its block of the shards
+alternated A, B, D in every round (rounds = --repeats), each with the 1-minute load average, then the
+medians and the ratios D/B (goal >= 0.90) and B/A. Not a correctness test (tests/test_mpi_train.py is).
 
     python scripts/bench_dist.py [--batchnorm none] [--batch 64] [--seconds 3] [--repeats 3]
 
@@ -36,29 +35,11 @@ MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
            "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe"}
 
 
-def whole_batch_step(net, opt):
-    """Today's path: one train_step on the whole batch, then the optimizer."""
+def training_step(net, opt):
+    """What Trainer.train_step does after the batch is made: train_step, then the optimizer."""
     def step(x, labels):
         net.train_step(x, labels)
-        opt.step(net.params.flat, net.grads.flat)
-    return step
-
-
-def sharded_step(net, opt, comm):
-    """The design: this rank's shards one by one (gradients scaled by the shard's share of the
-    batch), the per-shard rows summed in the fixed tree across ranks, then the optimizer.
-    Without BN only: BN needs the shards' partial statistics first (the next wave's model API)."""
-    def step(x, labels):
-        n = x.shape[0]
-        nshards = D.shard_count(n)
-        lo, hi = comm.shard_block(nshards)
-        rows = np.empty((hi - lo, net.grads.flat.size), net.grads.flat.dtype)   # (hi-lo, M)
-        for i in range(lo, hi):
-            sl = D.shard_slice(i, n)
-            net.train_step(x[sl], labels[sl])
-            np.multiply(net.grads.flat, (sl.stop - sl.start) / n, out=rows[i - lo])
-        net.grads.flat[...] = comm.sum_shards(rows, nshards)
-        opt.step(net.params.flat, net.grads.flat)
+        opt.step(net.params.flat, net.grads.flat, 1e-3)
     return step
 
 
@@ -97,19 +78,30 @@ def reductions(comm, m, nshards, calls=200):
     return out
 
 
-def run_mode(args, threads, sharded, comm):
-    import numba
+def run_mode(args, threads, comm, repeats):
+    from cnncli.kernels import set_threads
 
-    numba.set_num_threads(threads)
-    net = Network(batchnorm=args.batchnorm, seed=0)
+    set_threads(threads)
+    net = Network(batchnorm=args.batchnorm, seed=0, **({"comm": comm} if comm.size > 1 else {}))
     opt = Optimizer("adam", net.params.flat.size, 1e-3)
-    step = sharded_step(net, opt, comm) if sharded else whole_batch_step(net, opt)
-    return measure(step, args.batch, args.seconds, args.repeats, comm)
+    return measure(training_step(net, opt), args.batch, args.seconds, repeats, comm)
+
+
+def mpirun_mode(args):
+    """Mode D in a fresh `mpirun -n 2` (one measurement of --seconds after a warm-up step)."""
+    mpirun = Path(sys.executable).parent / "mpirun"
+    env = {**os.environ, **MPI_ENV, "NUMBA_NUM_THREADS": "1"}
+    out = subprocess.run([str(mpirun), "-n", "2", *args.mpirun_args.split(), sys.executable, __file__, "--worker",
+                          "--batchnorm", args.batchnorm, "--batch", str(args.batch), "--seconds", str(args.seconds)],
+                         env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        sys.exit(f"mpirun -n 2 failed (exit {out.returncode}): {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["D"]
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batchnorm", default="none", choices=["none"])
+    p.add_argument("--batchnorm", default="none", choices=["none", "unit", "channel"])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--repeats", type=int, default=3)
@@ -126,28 +118,26 @@ def main():
                 print(f"{comm.size} rank(s), S={args.reductions}: {name:28s} {us:8.0f} us median")
         return
     if args.worker:                                    # mode D, one of the mpirun ranks
-        rate = run_mode(args, 1, True, comm)
+        rate = run_mode(args, 1, comm, 1)
         if comm.is_main:
             print(json.dumps({"D": rate}))
         return
     D.check_ranks(args.batch, 2)
-    res = {"A": run_mode(args, 1, False, comm), "B": run_mode(args, 2, False, comm),
-           "C": run_mode(args, 1, True, comm)}
-    mpirun = Path(sys.executable).parent / "mpirun"
-    env = {**os.environ, **MPI_ENV, "NUMBA_NUM_THREADS": "1"}
-    out = subprocess.run([str(mpirun), "-n", "2", *args.mpirun_args.split(), sys.executable, __file__, "--worker", "--batch", str(args.batch),
-                          "--seconds", str(args.seconds), "--repeats", str(args.repeats)],
-                         env=env, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        sys.exit(f"mpirun -n 2 failed (exit {out.returncode}): {out.stderr.strip().splitlines()[-1:]}")
-    res.update(json.loads(out.stdout.strip().splitlines()[-1]))
-    names = {"A": "1 process x 1 thread", "B": "1 process x 2 threads",
-             "C": "1 process x 1 thread, 8-image shards + tree", "D": "2 ranks x 1 thread (mpirun)"}
-    print(f"batchnorm={args.batchnorm}, batch {args.batch}, {args.repeats} x {args.seconds:g} s, median img/s")
-    for k in "ABCD":
-        print(f"  {k}  {names[k]:45s} {res[k]:9,.0f}")
-    print(f"  D/B (2 ranks vs 2 threads, goal >= 0.90): {res['D'] / res['B']:.2f}")
-    print(f"  B/A (2 threads vs 1): {res['B'] / res['A']:.2f}    C/A (sharding overhead): {res['C'] / res['A']:.2f}")
+    names = {"A": "1 process x 1 thread", "B": "1 process x 2 threads", "D": "2 ranks x 1 thread (mpirun)"}
+    print(f"batchnorm={args.batchnorm}, batch {args.batch}, {args.repeats} round(s) of {args.seconds:g} s "
+          f"per mode, training img/s (load = 1-minute load average before the measurement)")
+    res = {k: [] for k in names}
+    for r in range(args.repeats):
+        for k in names:
+            load = os.getloadavg()[0]
+            rate = mpirun_mode(args) if k == "D" else run_mode(args, 1 if k == "A" else 2, comm, 1)
+            res[k].append(rate)
+            print(f"  round {r + 1}  {k}  {names[k]:28s} {rate:9,.0f}   load {load:.2f}", flush=True)
+    med = {k: float(np.median(v)) for k, v in res.items()}
+    for k in names:
+        print(f"  median {k}  {names[k]:28s} {med[k]:9,.0f}")
+    print(f"  D/B (2 ranks vs 2 threads, goal >= 0.90): {med['D'] / med['B']:.2f}    "
+          f"B/A (2 threads vs 1): {med['B'] / med['A']:.2f}")
 
 
 if __name__ == "__main__":

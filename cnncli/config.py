@@ -20,6 +20,8 @@ OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adam", "adamw")  # == optim.O
 SCHEDULE_NAMES = ("constant", "step", "cosine")  # == optim.SCHEDULES (tested)
 CLASS_WEIGHTS = ("none", "balanced")  # train.class_weight's named settings (or a mapping)
 MAX_INT = 2 ** 31 - 1  # sanity bound on every integer (keeps numpy int32/int64 use safe downstream)
+AUTO_STEPS = 3000  # train.epochs=auto: the optimizer-step budget ...
+AUTO_EPOCHS = (10, 150)  # ... divided by the steps per epoch, clamped to this range
 
 
 def _range(lo=None, hi=None, lo_open=False, hi_open=False):
@@ -116,10 +118,11 @@ OPTIONS = (
            "unit_pair"),
     Option("optim.weight_decay", 0.0, "Weight decay, >= 0 (L2 added to the gradient; decoupled for adamw).",
            "float", check=_range(0)),
-    Option("optim.schedule", "constant", "Learning-rate schedule after warmup: constant, step (times "
+    Option("optim.schedule", "cosine", "Learning-rate schedule after warmup: constant, step (times "
            "optim.gamma every optim.step_size epochs) or cosine (down to optim.min_lr).", "choice",
            choices=SCHEDULE_NAMES),
-    Option("optim.warmup_epochs", 0.0, "Epochs of linear warmup from ~0 to optim.lr (may be fractional).",
+    Option("optim.warmup_epochs", 1.0, "Epochs of linear warmup from ~0 to optim.lr (may be fractional; 0 = "
+           "none), <= train.epochs.",
            "float", check=_range(0)),
     Option("optim.step_size", 10, "Epochs between learning-rate drops, for schedule=step.", "int",
            check=_range(1, MAX_INT)),
@@ -127,14 +130,16 @@ OPTIONS = (
            check=_range(0, None, True)),
     Option("optim.min_lr", 0.0, "Final learning rate of the cosine schedule, in [0, optim.lr].", "float",
            check=_range(0)),
-    Option("train.epochs", 10, "Number of passes over the training images, >= 1.", "int",
+    Option("train.epochs", "auto", "Number of passes over the training images, >= 1, or auto: about "
+           f"{AUTO_STEPS} optimizer steps, clamped to [{AUTO_EPOCHS[0]}, {AUTO_EPOCHS[1]}] epochs (resolved once "
+           "the training set is known, printed and saved resolved in config.yaml).", "epochs",
            check=_range(1, MAX_INT)),
     Option("train.batch_size", 64, "Images per optimizer step, >= 1.", "int", check=_range(1, MAX_INT)),
     Option("train.seed", 0, "Seed of the weight init and the data order.", "int", check=_range(0, MAX_INT)),
     Option("train.threads", 0, "Numba threads; 0 = all cores.", "int", check=_range(0, MAX_INT)),
     Option("train.checkpoint_every", 100, "Steps between saves of last.npz (0 = only at the end of each "
            "epoch).", "int", check=_range(0, MAX_INT)),
-    Option("train.early_stopping.patience", 0, "Epochs without validation-loss improvement before stopping; "
+    Option("train.early_stopping.patience", 10, "Epochs without validation-loss improvement before stopping; "
            "0 = never stop early.", "int", check=_range(0, MAX_INT)),
     Option("train.early_stopping.min_delta", 0.0, "Smallest validation-loss decrease that counts as an "
            "improvement, >= 0.", "float", check=_range(0)),
@@ -145,7 +150,7 @@ OPTIONS = (
     Option("train.class_weight", "none", "Loss weight per class: none, balanced (n_images / (n_classes * "
            "n_images_of_class), sklearn's convention) or a mapping {class: weight > 0}, unlisted classes 1.",
            "weights", check=_class_weight),
-    Option("augment.enabled", False, "Augment training batches (never validation, eval or predict) with the "
+    Option("augment.enabled", True, "Augment training batches (never validation, eval or predict) with the "
            "transforms below, each drawn per image from (train.seed, epoch, step).", "bool"),
     Option("augment.affine.p", 0.9, "Probability of a random affine (shift, rotation, scale, shear) per image, "
            "in [0, 1].", "float", check=_range(0, 1)),
@@ -349,7 +354,7 @@ def _no_origin(mapping, key):
 # -- checking values --------------------------------------------------------------------------
 
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-_KIND_TEXT = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+_KIND_TEXT = {"str": "a string", "int": "an integer", "epochs": "an integer or auto", "float": "a number", "bool": "true or false",
               "unit_pair": "a list of two numbers, e.g. [0.9, 0.999]",
               "pair": "a list of two numbers [lo, hi], e.g. [0.9, 1.1]",
               "weights": "none, balanced or a mapping {class: weight}"}
@@ -386,7 +391,9 @@ def _check_value(opt, value, origin):
     elif opt.kind == "bool":
         if not isinstance(value, bool):
             _fail(origin, opt.key, wrong)
-    elif opt.kind == "int":
+    elif opt.kind in ("int", "epochs"):
+        if opt.kind == "epochs" and value == "auto":
+            return value
         if isinstance(value, bool) or not isinstance(value, int):
             _fail(origin, opt.key, wrong)
     elif opt.kind == "float":
@@ -454,7 +461,7 @@ def _resolve(values):
     if flat["optim.min_lr"] > flat["optim.lr"]:
         _fail(origin("optim.min_lr"), "optim.min_lr",
               f"must be <= optim.lr ({flat['optim.lr']}), got {flat['optim.min_lr']}")
-    if flat["optim.warmup_epochs"] > flat["train.epochs"]:
+    if flat["train.epochs"] != "auto" and flat["optim.warmup_epochs"] > flat["train.epochs"]:
         _fail(origin("optim.warmup_epochs"), "optim.warmup_epochs",
               f"must be <= train.epochs ({flat['train.epochs']}), got {flat['optim.warmup_epochs']}")
     if flat["model.batchnorm"] != "none" and flat["train.batch_size"] < 2:
@@ -465,6 +472,23 @@ def _resolve(values):
 
 
 # -- public API -------------------------------------------------------------------------------
+
+def auto_epochs(n_train, batch_size):
+    """train.epochs=auto for n_train training images: AUTO_STEPS optimizer steps, clamped to AUTO_EPOCHS."""
+    steps_per_epoch = max(math.ceil(n_train / batch_size), 1)
+    return min(max(round(AUTO_STEPS / steps_per_epoch), AUTO_EPOCHS[0]), AUTO_EPOCHS[1])
+
+
+def resolve_epochs(cfg, n_train, origin="train.epochs=auto"):
+    """cfg with train.epochs an integer (auto resolved for n_train images); ConfigError when
+    optim.warmup_epochs exceeds it."""
+    t = cfg["train"]
+    epochs = auto_epochs(n_train, t["batch_size"]) if t["epochs"] == "auto" else t["epochs"]
+    if cfg["optim"]["warmup_epochs"] > epochs:
+        _fail(None, "optim.warmup_epochs", f"must be <= train.epochs ({origin} is {epochs}), "
+                                           f"got {cfg['optim']['warmup_epochs']}")
+    return {**cfg, "train": {**t, "epochs": epochs}}
+
 
 def parse_override(text):
     """'a.b.c=VALUE' -> ('a.b.c', value parsed as YAML); ConfigError for a bad key or syntax."""

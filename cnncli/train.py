@@ -117,13 +117,24 @@ class Trainer:
         self.early = EarlyStopping(t["early_stopping"], have_val=len(val_ds.labels) > 0)
         self.last_path, self.best_path = run_dir / "last.npz", run_dir / "best.npz"
         self.restored = False
+        self.augmenter = None
+        if cfg["augment"]["enabled"]:
+            from cnncli.augment import Augmenter, AugmentSettings
+
+            self.augmenter = Augmenter(AugmentSettings.from_config(cfg["augment"]), seed=self.seed,
+                                       pixel_std=preprocess["std"], dtype=net.params.flat.dtype,
+                                       max_batch=self.batch_size)
 
     # -- hooks ---------------------------------------------------------------------------------
     def batch_input(self, idx: np.ndarray) -> np.ndarray:
-        """(B,) training indices -> (B,1,S,S) float network input. Augmentation plugs in here."""
+        """(B,) training indices -> (B,1,S,S) float network input, augmented (when augment.enabled) by
+        draws from (train.seed, epoch, step in the epoch), so a resumed run sees the same pixels."""
         from cnncli.kernels import lookup_batch
 
-        return lookup_batch(self.train_ds.images, idx, self.table)
+        x = lookup_batch(self.train_ds.images, idx, self.table)
+        if self.augmenter is not None:
+            x = self.augmenter(x, self.state.epoch, self.state.epoch_step)
+        return x
 
     def sample_weights(self, idx: np.ndarray, labels: np.ndarray):
         """(B,) per-image loss weights, or None for the plain mean loss (the only kind model.Network
@@ -279,7 +290,7 @@ def _normalization(cfg: dict, train_ds) -> dict:
 
 def _open_resume(resume, cfg: dict, out):
     """Load the checkpoint to continue and check the config against it (before any data is read)
-    -> ((arrays, meta, path), state, run_dir)."""
+    -> ((arrays, meta, path), state, run_dir, cfg); train.epochs=auto keeps the run's resolved value."""
     from cnncli.predictor import check_architecture, run_checkpoint
 
     ckpt_path = run_checkpoint(resume)
@@ -288,13 +299,15 @@ def _open_resume(resume, cfg: dict, out):
     resume_mod.check_unchanged(meta.get("config", ""), cfg, ckpt_path)
     state = runfolder.state_from_meta(meta, ckpt_path)
     saved = config_mod.load_config_text(meta.get("config", ""), source=f"{ckpt_path} (config)")
+    if cfg["train"]["epochs"] == "auto" and saved["train"]["epochs"] != "auto":
+        cfg = {**cfg, "train": {**cfg["train"], "epochs": saved["train"]["epochs"]}}
     if resume_mod.should_continue(state, saved, cfg):
         state.stopped_early = False
     run_dir = Path(out) if out else ckpt_path.parent
     run_dir.mkdir(parents=True, exist_ok=True)
     runfolder.clean_debris(run_dir)                       # half-written saves of a killed process
     resume_mod.carry_best(ckpt_path.parent, run_dir)
-    return (arrays, meta, ckpt_path), state, run_dir
+    return (arrays, meta, ckpt_path), state, run_dir, cfg
 
 
 def _build(cfg: dict, train_ds, resumed):
@@ -324,12 +337,14 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
     cfg = resume_mod.absolute_paths(cfg)
     resumed, state = None, RunState()
     if resume is not None:
-        resumed, state, run_dir = _open_resume(resume, cfg, out)
+        resumed, state, run_dir, cfg = _open_resume(resume, cfg, out)
     from cnncli.kernels import set_threads
 
     threads = set_threads(cfg["train"]["threads"])
     train_ds, val_ds, skipped = load_datasets(cfg, echo=echo, classes=resumed and resumed[1].get("classes"),
                                                progress=not quiet)
+    auto = cfg["train"]["epochs"] == "auto"
+    cfg = config_mod.resolve_epochs(cfg, len(train_ds.labels))
     m, o = cfg["model"], cfg["optim"]
     if m["batchnorm"] != "none" and len(train_ds.labels) < 2:
         raise DataError(f"{cfg['data']['train']}: model.batchnorm={m['batchnorm']} needs at least 2 training images")
@@ -343,8 +358,11 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
             runfolder.write_skipped(run_dir, skipped, echo)
     trainer.echo(f"Run folder: {run_dir}")
     trainer.echo(f"Training on {len(train_ds.labels)} images ({len(train_ds.classes)} classes), validating on "
-                 f"{len(val_ds.labels)}; batchnorm={m['batchnorm']}, {o['name']} lr={o['lr']}, batch "
+                 f"{len(val_ds.labels)}; batchnorm={m['batchnorm']}, {o['name']} lr={o['lr']} {o['schedule']}, batch "
                  f"{cfg['train']['batch_size']}, {threads} thread(s); setup {time.perf_counter() - t_setup:.1f}s")
+    trainer.echo(f"Epochs: {trainer.epochs}{' (train.epochs=auto for this training set)' if auto else ''}; "
+                 f"augmentation {'on' if trainer.augmenter is not None else 'off'}; early stopping "
+                 f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}")
     if len(val_ds.labels) == 0:
         trainer.echo("warning: no validation images; best.npz and early stopping use the training loss instead")
     trainer.fit()

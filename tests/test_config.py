@@ -375,7 +375,7 @@ def test_valid_configs_validate_and_round_trip(flat):
         flat["optim.min_lr"] = 0.0
     if flat.get("model.batchnorm", "none") != "none" and flat.get("train.batch_size", 2) < 2:
         flat["train.batch_size"] = 2           # batch statistics need 2 images (a cross-check)
-    cfg = validate(config._nest(flat))
+    cfg = validate(config.nest(flat))
     for key, value in flat.items():
         got = get(cfg, key)
         assert got == value or (isinstance(value, int) and got == float(value))

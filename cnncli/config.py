@@ -1,5 +1,6 @@
 """The training config: YAML loading, `--set a.b=VALUE` overrides, validation with "did you mean"
-hints, dump and the README reference table, over the schema in options.py (re-exported here). Every problem is a one-line ConfigError naming the file, line and key.
+hints, dump and the README reference table, over the schema in options.py (re-exported here).
+Every problem is a one-line ConfigError naming the file, line and key.
 This module does not touch data or models: relative paths stay as given (the trainer resolves them).
 """
 

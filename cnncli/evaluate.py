@@ -1,6 +1,7 @@
 """Classification metrics (loss, accuracy, top-k, per-class P/R/F1, confusion) and prediction helpers.
 
-Pure numpy and vectorized; the model is reached only through `predictor.Predictor`.
+Pure numpy and vectorized; the model is reached through `predictor.Predictor`, and by the training
+loop's validation (`evaluate_loss_acc`) through the Network it trains.
 This module does not plot (see report.py) and does not know about the CLI.
 """
 
@@ -250,3 +251,25 @@ __all__ = [
     "short_name",
     "PROB_EPS",
 ]
+
+
+def evaluate_loss_acc(net, table, ds, batch_size=256, comm=None):
+    """Loss (evaluate.bce_loss, as `cnn eval` reports it) and accuracy of `net` on a Dataset, inference
+    mode. With a comm, each rank predicts a block of the fixed chunks of `batch_size` images and the
+    probabilities are gathered: every rank gets the numbers one process gets, bit for bit."""
+    from cnncli.distributed import block_of
+    from cnncli.kernels import lookup_batch
+
+    n = len(ds.labels)
+    if n == 0:
+        return float("nan"), float("nan")
+    rank, size = (0, 1) if comm is None else (comm.rank, comm.size)
+    lo, hi = block_of(rank, size, -(-n // batch_size))                # this rank's chunks
+    first, last = lo * batch_size, min(hi * batch_size, n)
+    probs = np.empty((last - first, net.num_classes), dtype=np.float64)  # (chunk images, C)
+    for start in range(first, last, batch_size):
+        idx = np.arange(start, min(start + batch_size, n))
+        probs[start - first : start - first + batch_size] = net.predict_proba(lookup_batch(ds.images, idx, table))
+    if comm is not None:
+        probs = comm.gather_rows(probs)                                  # (N,C), rank order = image order
+    return bce_loss(probs, ds.labels), float((probs.argmax(1) == ds.labels).mean())

@@ -83,29 +83,6 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, min_last: int)
     return batches
 
 
-def evaluate_loss_acc(net, table, ds, batch_size=256, comm=None):
-    """Loss (evaluate.bce_loss, as `cnn eval` reports it) and accuracy of `net` on a Dataset, inference
-    mode. With a comm, each rank predicts a block of the fixed chunks of `batch_size` images and the
-    probabilities are gathered: every rank gets the numbers one process gets, bit for bit."""
-    from cnncli.distributed import block_of
-    from cnncli.evaluate import bce_loss
-    from cnncli.kernels import lookup_batch
-
-    n = len(ds.labels)
-    if n == 0:
-        return float("nan"), float("nan")
-    rank, size = (0, 1) if comm is None else (comm.rank, comm.size)
-    lo, hi = block_of(rank, size, -(-n // batch_size))                # this rank's chunks
-    first, last = lo * batch_size, min(hi * batch_size, n)
-    probs = np.empty((last - first, net.num_classes), dtype=np.float64)  # (chunk images, C)
-    for start in range(first, last, batch_size):
-        idx = np.arange(start, min(start + batch_size, n))
-        probs[start - first : start - first + batch_size] = net.predict_proba(lookup_batch(ds.images, idx, table))
-    if comm is not None:
-        probs = comm.gather_rows(probs)                                  # (N,C), rank order = image order
-    return bce_loss(probs, ds.labels), float((probs.argmax(1) == ds.labels).mean())
-
-
 # ----------------------------------------------------------------------------------------------
 # the loop
 
@@ -137,13 +114,24 @@ class Trainer:
         self.early = EarlyStopping(t["early_stopping"], have_val=len(val_ds.labels) > 0)
         self.last_path, self.best_path = run_dir / "last.npz", run_dir / "best.npz"
         self.restored = False
+        self.augmenter = None
+        if cfg["augment"]["enabled"]:
+            from cnncli.augment import Augmenter, AugmentSettings
+
+            self.augmenter = Augmenter(AugmentSettings.from_config(cfg["augment"]), seed=self.seed,
+                                       pixel_std=preprocess["std"], dtype=net.params.flat.dtype,
+                                       max_batch=self.batch_size)
 
     # -- hooks ---------------------------------------------------------------------------------
     def batch_input(self, idx: np.ndarray) -> np.ndarray:
-        """(B,) training indices -> (B,1,S,S) float network input. Augmentation plugs in here."""
+        """(B,) training indices -> (B,1,S,S) float network input, augmented (when augment.enabled) by
+        draws from (train.seed, epoch, step in the epoch), so a resumed run sees the same pixels."""
         from cnncli.kernels import lookup_batch
 
-        return lookup_batch(self.train_ds.images, idx, self.table)
+        x = lookup_batch(self.train_ds.images, idx, self.table)
+        if self.augmenter is not None:
+            x = self.augmenter(x, self.state.epoch, self.state.epoch_step)
+        return x
 
     def sample_weights(self, idx: np.ndarray, labels: np.ndarray):
         """(B,) per-image loss weights, or None for the plain mean loss (the only kind model.Network
@@ -210,6 +198,8 @@ class Trainer:
         """Validate, log the epoch, update best/early stopping, save checkpoints and metrics.csv."""
         state = self.state
         train_time = time.perf_counter() - t_epoch
+        from cnncli.evaluate import evaluate_loss_acc
+
         val_loss, val_acc = evaluate_loss_acc(self.net, self.table, self.val_ds, comm=self.comm)
         row = {"epoch": state.epoch + 1, "step": state.step,
                "train_loss": state.loss_sum / max(state.seen, 1), "train_acc": state.correct / max(state.seen, 1),
@@ -304,7 +294,8 @@ def _normalization(cfg: dict, train_ds) -> dict:
 
 def _open_resume(resume, cfg: dict, out, write: bool = True):
     """Load the checkpoint to continue and check the config against it (before any data is read)
-    -> ((arrays, meta, path), state, run_dir). write=False (MPI ranks but 0): the folder is not touched."""
+    -> ((arrays, meta, path), state, run_dir, cfg); train.epochs=auto keeps the run's resolved value.
+    write=False (MPI ranks but 0): the folder is not touched."""
     from cnncli.predictor import check_architecture, run_checkpoint
 
     ckpt_path = run_checkpoint(resume)
@@ -313,6 +304,8 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     resume_mod.check_unchanged(meta.get("config", ""), cfg, ckpt_path)
     state = runfolder.state_from_meta(meta, ckpt_path)
     saved = config_mod.load_config_text(meta.get("config", ""), source=f"{ckpt_path} (config)")
+    if cfg["train"]["epochs"] == "auto" and saved["train"]["epochs"] != "auto":
+        cfg = {**cfg, "train": {**cfg["train"], "epochs": saved["train"]["epochs"]}}
     if resume_mod.should_continue(state, saved, cfg):
         state.stopped_early = False
     run_dir = Path(out) if out else ckpt_path.parent
@@ -320,10 +313,10 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
         run_dir.mkdir(parents=True, exist_ok=True)
         runfolder.clean_debris(run_dir)                   # half-written saves of a killed process
         resume_mod.carry_best(ckpt_path.parent, run_dir)
-    return (arrays, meta, ckpt_path), state, run_dir
+    return (arrays, meta, ckpt_path), state, run_dir, cfg
 
 
-def _build(cfg: dict, train_ds, resumed, comm):
+def _build(cfg: dict, train_ds, resumed, comm=None):
     """-> (net, opt, preprocess): fresh ones for a new run, the checkpoint's for a resume."""
     import inspect
 
@@ -331,7 +324,7 @@ def _build(cfg: dict, train_ds, resumed, comm):
     from cnncli.predictor import check_architecture, load_into
 
     m, o = cfg["model"], cfg["optim"]
-    rank = {"comm": comm} if comm.size > 1 and "comm" in inspect.signature(model.Network).parameters else {}
+    rank = {"comm": comm} if comm is not None and comm.size > 1 and "comm" in inspect.signature(model.Network).parameters else {}
     if resumed is None:
         preprocess = _normalization(cfg, train_ds)
         net = model.Network(**rank, num_classes=len(train_ds.classes), batchnorm=m["batchnorm"], eps=m["bn_eps"],
@@ -351,14 +344,15 @@ def _build(cfg: dict, train_ds, resumed, comm):
 
 
 def _setup(cfg: dict, resume, out, quiet, echo, comm):
-    """Every rank: check, resume, threads, data, network. Errors every rank hits are printed once."""
+    """Every rank: check, resume, threads, data, network -> (cfg with train.epochs resolved, ...).
+    Errors every rank hits are printed once."""
     from cnncli.distributed import check_ranks, everyone, main_first, rank_threads
     from cnncli.kernels import set_threads
 
     resumed, state, run_dir = None, RunState(), None
     everyone(comm, check_ranks, cfg["train"]["batch_size"], comm.size)
     if resume is not None:
-        resumed, state, run_dir = everyone(comm, _open_resume, resume, cfg, out, write=comm.is_main)
+        resumed, state, run_dir, cfg = everyone(comm, _open_resume, resume, cfg, out, write=comm.is_main)
     threads = set_threads(rank_threads(comm, cfg["train"]["threads"]))
 
     def load():
@@ -371,10 +365,12 @@ def _setup(cfg: dict, resume, out, quiet, echo, comm):
 
     # rank 0 decodes and writes the cache first; the others then read it (or all decode: no cache)
     train_ds, val_ds, skipped = (main_first if cfg["data"]["cache"] else everyone)(comm, load)
+    auto = cfg["train"]["epochs"] == "auto"
+    cfg = config_mod.resolve_epochs(cfg, len(train_ds.labels))
     net, opt, preprocess = _build(cfg, train_ds, resumed, comm)
     if resume is None:
         run_dir = main_first(comm, new_run_dir, out or cfg["out"], others=False)
-    return state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess)
+    return (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess)
 
 
 def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, comm=None) -> Path:
@@ -385,7 +381,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     t_setup = time.perf_counter()
     comm = Comm() if comm is None else comm
     cfg = resume_mod.absolute_paths(cfg)
-    state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess) = \
+    (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess) = \
         _setup(cfg, resume, out, quiet, echo, comm)
     trainer = Trainer(cfg, run_dir, net, opt, state, train_ds, val_ds, train_ds.classes, preprocess, echo, quiet,
                       comm=comm)
@@ -397,8 +393,11 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     ranks = f"{comm.size} MPI ranks x " if comm.size > 1 else ""
     trainer.echo(f"Run folder: {run_dir}")
     trainer.echo(f"Training on {len(train_ds.labels)} images ({len(train_ds.classes)} classes), validating on "
-                 f"{len(val_ds.labels)}; batchnorm={m['batchnorm']}, {o['name']} lr={o['lr']}, batch "
+                 f"{len(val_ds.labels)}; batchnorm={m['batchnorm']}, {o['name']} lr={o['lr']} {o['schedule']}, batch "
                  f"{cfg['train']['batch_size']}, {ranks}{threads} thread(s); setup {time.perf_counter() - t_setup:.1f}s")
+    trainer.echo(f"Epochs: {trainer.epochs}{' (train.epochs=auto for this training set)' if auto else ''}; "
+                 f"augmentation {'on' if trainer.augmenter is not None else 'off'}; early stopping "
+                 f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}")
     if len(val_ds.labels) == 0:
         trainer.echo("warning: no validation images; best.npz and early stopping use the training loss instead")
     trainer.fit()

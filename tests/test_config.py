@@ -39,12 +39,12 @@ def test_defaults_match_the_documented_table():
         "data.resize": "pad", "data.normalize": True, "data.strict": False, "data.cache": True, "data.demo": False,
         "model.batchnorm": "none", "model.num_classes": None, "model.bn_eps": 1e-5, "model.bn_momentum": 0.1,
         "optim.name": "adam", "optim.lr": 0.001, "optim.momentum": 0.9, "optim.betas": [0.9, 0.999],
-        "optim.weight_decay": 0.0, "optim.schedule": "constant", "optim.warmup_epochs": 0.0,
-        "optim.step_size": 10, "optim.gamma": 0.1, "optim.min_lr": 0.0, "train.epochs": 10,
+        "optim.weight_decay": 0.0, "optim.schedule": "cosine", "optim.warmup_epochs": 1.0,
+        "optim.step_size": 10, "optim.gamma": 0.1, "optim.min_lr": 0.0, "train.epochs": "auto",
         "train.batch_size": 64, "train.seed": 0, "train.threads": 0, "train.checkpoint_every": 100,
-        "train.early_stopping.patience": 0, "train.early_stopping.min_delta": 0.0,
+        "train.early_stopping.patience": 10, "train.early_stopping.min_delta": 0.0,
         "train.early_stopping.restore_best": True, "train.top_k": 3, "train.class_weight": "none",
-        "augment.enabled": False, "augment.affine.p": 0.9, "augment.affine.shift": 2.0,
+        "augment.enabled": True, "augment.affine.p": 0.9, "augment.affine.shift": 2.0,
         "augment.affine.rotate": 10.0, "augment.affine.scale": [0.9, 1.1], "augment.affine.shear": 5.0,
         "augment.flip.horizontal": 0.0, "augment.flip.vertical": 0.0, "augment.jitter.p": 0.5,
         "augment.jitter.brightness": 0.1, "augment.jitter.contrast": 0.2, "augment.noise.p": 0.2,
@@ -54,7 +54,7 @@ def test_defaults_match_the_documented_table():
     assert {o.key: o.default for o in OPTIONS} == expected
     assert list(HELP) == list(expected) and all(h and "\n" not in h for h in HELP.values())
     assert load_config() == DEFAULTS == validate({})
-    assert DEFAULTS["train"]["early_stopping"]["patience"] == 0
+    assert DEFAULTS["train"]["early_stopping"]["patience"] == 10
 
 
 def test_choices_agree_with_the_optimizer_module():
@@ -76,9 +76,9 @@ def test_validate_does_not_share_or_mutate():
 def test_get():
     cfg = load_config(overrides=["optim.lr=0.5"])
     assert get(cfg, "optim.lr") == 0.5
-    assert get(cfg, "train.early_stopping.patience") == 0
+    assert get(cfg, "train.early_stopping.patience") == 10
     assert get({}, "train.batch_size") == 64  # absent known key -> default
-    assert get(cfg, "train.early_stopping") == {"patience": 0, "min_delta": 0.0, "restore_best": True}
+    assert get(cfg, "train.early_stopping") == {"patience": 10, "min_delta": 0.0, "restore_best": True}
     assert "did you mean 'optim.lr'" in _error(get, cfg, "optim.lrr")
 
 
@@ -179,7 +179,8 @@ def test_parse_override():
     ("data:\n  normalize: 1\n", ["data.normalize", "true or false"]),
     ("out: null\n", ["out", "must not be null"]),
     ("optim:\n  lr: 0.01\n  min_lr: 0.1\n", ["optim.min_lr", "<= optim.lr"]),
-    ("optim:\n  warmup_epochs: 20\n", ["optim.warmup_epochs", "<= train.epochs"]),
+    ("train:\n  epochs: 5\noptim:\n  warmup_epochs: 20\n", ["optim.warmup_epochs", "<= train.epochs (5)"]),
+    ("train:\n  epochs: Auto\n", ["train.epochs", "expected an integer or auto", "'Auto'"]),
 ])
 def test_file_errors_name_file_line_and_key(tmp_path, text, needles):
     message = _error(load_config, _write(tmp_path, text))
@@ -354,7 +355,9 @@ def _valid_value(opt):
               "model.bn_eps": (1e-9, 1), "optim.lr": (1e-6, 10), "optim.gamma": (0.01, 1),
               "augment.affine.shift": (0, 16), "augment.affine.rotate": (0, 180),
               "augment.affine.shear": (0, 45)}.get(opt.key, (0, 1000 if not opt.key.startswith("augment.") else 1))
-    if opt.kind == "int":
+    if opt.kind == "epochs":
+        value = st.integers(lo, hi) | st.just("auto")
+    elif opt.kind == "int":
         value = st.integers(lo, hi)
     else:
         value = st.floats(lo, hi)
@@ -366,13 +369,13 @@ def _valid_value(opt):
 @settings(max_examples=150, deadline=None)
 @given(st.fixed_dictionaries({}, optional={o.key: _valid_value(o) for o in OPTIONS}))
 def test_valid_configs_validate_and_round_trip(flat):
-    if flat.get("optim.warmup_epochs", 0) > flat.get("train.epochs", 10):  # cross-checks
+    if flat.get("train.epochs", "auto") != "auto" and flat.get("optim.warmup_epochs", 1.0) > flat["train.epochs"]:
         flat["optim.warmup_epochs"] = 0.0
     if flat.get("optim.min_lr", 0) > flat.get("optim.lr", 0.001):
         flat["optim.min_lr"] = 0.0
     if flat.get("model.batchnorm", "none") != "none" and flat.get("train.batch_size", 2) < 2:
         flat["train.batch_size"] = 2           # batch statistics need 2 images (a cross-check)
-    cfg = validate(config._nest(flat))
+    cfg = validate(config.nest(flat))
     for key, value in flat.items():
         got = get(cfg, key)
         assert got == value or (isinstance(value, int) and got == float(value))
@@ -418,3 +421,27 @@ def test_augment_and_class_weight_values_round_trip(tmp_path):
     assert cfg["train"]["class_weight"] == {"cat": 2.0, "7": 0.5}
     assert type(cfg["train"]["class_weight"]) is dict
     assert load_config_text(dump(cfg)) == cfg
+
+
+# -- train.epochs=auto --------------------------------------------------------------------------
+
+def test_auto_epochs_spend_the_step_budget_within_the_clamp():
+    lo, hi = config.AUTO_EPOCHS
+    steps = config.AUTO_STEPS
+    assert config.auto_epochs(1080, 64) == min(round(steps / 17), hi)      # 17 steps per epoch
+    assert config.auto_epochs(10800, 64) == round(steps / 169)              # 169 steps per epoch
+    assert lo < config.auto_epochs(10800, 64) < hi
+    assert config.auto_epochs(10, 64) == hi and config.auto_epochs(10 ** 7, 64) == lo
+    sizes = [100, 1000, 5000, 20000, 100000]
+    picked = [config.auto_epochs(n, 64) for n in sizes]
+    assert picked == sorted(picked, reverse=True)                            # more images, fewer epochs
+
+
+def test_resolve_epochs_fills_auto_and_checks_warmup():
+    cfg = load_config()
+    resolved = config.resolve_epochs(cfg, 10800)
+    assert resolved["train"]["epochs"] == config.auto_epochs(10800, 64) and cfg["train"]["epochs"] == "auto"
+    assert load_config_text(dump(resolved))["train"]["epochs"] == resolved["train"]["epochs"]
+    assert config.resolve_epochs(load_config(None, ["train.epochs=3"]), 10800)["train"]["epochs"] == 3
+    msg = _error(config.resolve_epochs, load_config(None, ["optim.warmup_epochs=50"]), 10 ** 6)
+    assert "optim.warmup_epochs" in msg and "train.epochs=auto is 10" in msg

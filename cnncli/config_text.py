@@ -1,0 +1,120 @@
+"""How config text is read and how its problems are worded: the YAML loader that keeps line
+numbers and refuses duplicate keys, and the one-line ConfigError messages with "did you mean".
+
+Used by config.py only; it knows the schema (options.py) but validates no values.
+"""
+
+import difflib
+
+import yaml
+
+from .errors import ConfigError
+from .options import LEAVES, SECTIONS
+
+# -- messages ---------------------------------------------------------------------------------
+
+def show(value, limit=60):
+    """A short one-line rendering of a user value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def type_name(value):
+    if isinstance(value, dict):
+        return "mapping"
+    names = {bool: "bool", int: "int", float: "float", str: "string", list: "list"}
+    return names.get(type(value), type(value).__name__)
+
+
+def show_key(key):
+    return key if key.isprintable() and key.strip() == key and key else repr(key)
+
+
+def where(origin):
+    """Message prefix for where a value came from: 'cfg.yaml:7: ', '--set ', or ''."""
+    if origin is None:
+        return ""
+    kind, source, line = origin
+    if kind == "set":
+        return "--set "
+    return f"{source}:{line}: " if line else f"{source}: "
+
+
+def fail(origin, key, problem):
+    raise ConfigError(f"{where(origin)}{show_key(key)}: {problem}")
+
+
+def suggest(key):
+    """" did you mean 'x'?" for a mistyped dotted key, or a list of what exists there."""
+    known = list(LEAVES) + SECTIONS
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not close:  # a bare leaf name in the wrong place: "lr" -> "optim.lr"
+        last = key.rsplit(".", 1)[-1]
+        by_name = {}
+        for k in LEAVES:
+            by_name.setdefault(k.rsplit(".", 1)[-1], k)
+        names = difflib.get_close_matches(last, list(by_name), n=1, cutoff=0.75)
+        close = [by_name[n] for n in names]
+    if close:
+        return f"unknown key; did you mean '{close[0]}'?"
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    if parent in SECTIONS:
+        children = sorted({k[len(parent) + 1:].split(".")[0] for k in known if k.startswith(parent + ".")})
+        return f"unknown key; {parent} has: {', '.join(children)}"
+    return f"unknown key; the sections are: {', '.join(s for s in SECTIONS if '.' not in s)}, and out"
+
+
+# -- YAML -------------------------------------------------------------------------------------
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """SafeLoader (libyaml when available) whose mappings remember key lines and reject duplicates."""
+
+
+class _Lined(dict):
+    lines: dict
+
+
+def _construct_mapping(loader, node):
+    seen = {}
+    for key_node, _ in node.value:
+        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+            if key_node.value in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key_node.value!r}", key_node.start_mark)
+            seen[key_node.value] = True
+    loader.flatten_mapping(node)
+    data = _Lined()
+    data.lines = {}
+    yield data
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark, "found unhashable key",
+                key_node.start_mark) from None
+        data[key] = loader.construct_object(value_node, deep=True)
+        data.lines[key] = key_node.start_mark.line + 1
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def parse_yaml(text, where, with_line=True):
+    """Safe-load one YAML document; ConfigError '<where>:<line>: could not parse YAML: ...'."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = f":{mark.line + 1}" if mark is not None and with_line else ""
+        problem = " ".join(f"{e.problem or ''} {e.context or ''}".split()) or type(e).__name__
+        raise ConfigError(f"{where}{line}: could not parse YAML: {problem}") from None
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow
+        line = f":{text[:e.position].count(chr(10)) + 1}" if with_line and isinstance(e.position, int) else ""
+        ch = chr(e.character) if isinstance(e.character, int) else str(e.character)
+        raise ConfigError(f"{where}{line}: could not parse YAML: character {ch!r} is not allowed") from None
+    except Exception as e:  # e.g. ValueError for an impossible date, RecursionError for deep nesting
+        raise ConfigError(f"{where}: could not parse YAML: {' '.join(str(e).split()) or type(e).__name__}") from None

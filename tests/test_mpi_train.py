@@ -88,6 +88,21 @@ def test_two_ranks_write_the_one_process_run(pairs, data, bn):
     assert strip == [ln.split("  lr ")[0] for ln in res_one.stderr.splitlines() if ln.startswith("epoch ")]
 
 
+def test_four_ranks_write_the_one_process_run(data):
+    """-n 4 on a 2-core machine (oversubscribed): batch 32 is 4 shards, one per rank."""
+    require_mpi()
+    tmp, folder = data
+    cfg = write_config(tmp / "cfg-four.yaml", folder, tmp / "unused", epochs=1, batch_size=32)
+    args = ["train", "--config", cfg, "--no-report", "-q", "--set", "model.batchnorm=channel"]
+    one = run_cli([*args, "--out", tmp / "four-one"], tmp, timeout=300)
+    assert one.returncode == 0, one.stderr
+    four = cnn_mpi(4, [*args, "--out", tmp / "four-four"], tmp)
+    assert four.returncode == 0, four.stderr
+    assert "4 MPI ranks x 1 thread(s)" in four.stderr
+    assert_same_arrays(tmp / "four-one" / "last.npz", tmp / "four-four" / "last.npz")
+    assert metrics_rows(tmp / "four-one") == metrics_rows(tmp / "four-four")
+
+
 def test_ranks_that_cannot_split_the_batch_get_one_config_error(data):
     require_mpi()
     tmp, folder = data

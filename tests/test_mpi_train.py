@@ -234,6 +234,41 @@ def test_sigusr1_to_mpirun_stops_every_rank_at_one_step_and_saves(long_run, data
     assert metrics_rows(ref) == metrics_rows(out)
 
 
+def test_sigterm_to_mpirun_leaves_a_checkpoint_that_resumes(long_run, data):
+    """Ctrl-C/SIGTERM: mpirun kills the ranks 0.5 s later; rank 0's stop save lands or not, and
+    either way last.npz is whole and resumes to the uninterrupted bits."""
+    tmp, _ = data
+    cfg, ref = long_run
+    out = tmp / "term"
+    proc, _ = start_job(tmp, cfg, out)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    res = run_cli(["train", "--resume", out, "-q", "--no-report"], tmp, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert_same_arrays(ref / "last.npz", out / "last.npz")
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_sigusr1_stops_a_single_process_too(long_run, data):
+    tmp, _ = data
+    cfg, _ = long_run
+    out = tmp / "usr1-one"
+    proc = subprocess.Popen([sys.executable, "-m", "cnncli", "train", "--config", str(cfg), "-q", "--no-report",
+                             "--out", str(out)], env={**os.environ, "CNNCLI_CACHE_DIR": str(tmp / "cache")},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not (out / "last.npz").exists() and proc.poll() is None and time.monotonic() - t0 < 240:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Error: SIGUSR1: stopped at epoch " in err and "resume with: cnn train --resume" in err
+
+
 # ----------------------------------------------------------------------------------------------
 # the error policy of distributed.everyone / main_first / fail, in a small job (tests/mpi_fault_job.py)
 

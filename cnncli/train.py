@@ -324,7 +324,8 @@ def _build(cfg: dict, train_ds, resumed, comm=None):
     from cnncli.predictor import check_architecture, load_into
 
     m, o = cfg["model"], cfg["optim"]
-    rank = {"comm": comm} if comm is not None and comm.size > 1 and "comm" in inspect.signature(model.Network).parameters else {}
+    sharded = comm is not None and comm.size > 1 and "comm" in inspect.signature(model.Network).parameters
+    rank = {"comm": comm} if sharded else {}           # this rank's shards of every batch
     if resumed is None:
         preprocess = _normalization(cfg, train_ds)
         net = model.Network(**rank, num_classes=len(train_ds.classes), batchnorm=m["batchnorm"], eps=m["bn_eps"],

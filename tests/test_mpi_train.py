@@ -113,6 +113,12 @@ def test_ranks_that_cannot_split_the_batch_get_one_config_error(data):
     assert ours == ["Error: train.batch_size: 24 is 3 shard(s) of 8 images, which 2 MPI ranks cannot split "
                     "evenly; use a number of ranks that divides 3 (3) or a batch_size that is a multiple of 16"]
     assert res.stdout == "" and not (tmp / "odd").exists()
+    bad = tmp / "cfg-typo.yaml"
+    bad.write_text("train:\n  epocs: 3\n")
+    res = cnn_mpi(2, ["train", "--config", bad], tmp, timeout=120)
+    assert res.returncode == 2, res.stderr
+    ours = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(ours) == 1 and "train.epocs" in ours[0] and "did you mean" in ours[0], res.stderr
 
 
 def test_resume_across_rank_counts_equals_one_uninterrupted_process(pairs, data):

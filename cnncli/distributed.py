@@ -1,0 +1,186 @@
+"""Data-parallel plumbing: fixed micro-shards, one fixed pairwise reduction tree, and a communicator
+(`Comm` for one process, `MpiComm` over mpi4py under `mpirun`) that sums per-shard partial vectors
+so K ranks produce the same bits as one process. Design and costs: docs/distributed.md.
+It is not a trainer and computes no gradients; mpi4py is imported only under an MPI launcher.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from .errors import CnnError, ConfigError
+
+SHARD = 8   # images per micro-shard: the unit of work of a thread or rank, and a leaf of the tree
+
+# Set by mpirun/mpiexec/srun in every rank's environment (Open MPI, MPICH/Hydra, PMIx, Slurm PMI).
+LAUNCH_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "MPI_LOCALNRANKS")
+LAUNCH_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
+
+
+def shard_count(n: int, shard: int = SHARD) -> int:
+    """Number of micro-shards of a batch of n images (the last one may be shorter)."""
+    return -(-int(n) // shard)
+
+
+def shard_slice(i: int, n: int, shard: int = SHARD) -> slice:
+    """The images of shard i of a batch of n images."""
+    return slice(i * shard, min((i + 1) * shard, n))
+
+
+def block_of(rank: int, size: int, nshards: int) -> tuple[int, int]:
+    """Rank `rank`'s contiguous block [lo, hi) of nshards shards split over `size` ranks
+    (equal blocks when size divides nshards, else as even as possible; possibly empty)."""
+    return rank * nshards // size, (rank + 1) * nshards // size
+
+
+def tree_sum(parts: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Sum of the rows of parts (S,M) in ONE fixed pairwise tree: level by level row 2i + row 2i+1,
+    an odd last row carried up unchanged. The result's bits depend only on the rows, never on who
+    computed them. Allocates one (ceil(S/2),M) scratch; returns out (M,) (dtype of parts)."""
+    if parts.ndim != 2 or parts.shape[0] < 1:
+        raise ValueError(f"parts must have shape (S, M) with S >= 1, got {parts.shape}")
+    s, m = parts.shape
+    if out is None:
+        out = np.empty(m, dtype=parts.dtype)
+    if s == 1:
+        out[...] = parts[0]
+        return out
+    half = s // 2
+    work = np.empty(((s + 1) // 2, m), dtype=parts.dtype)           # (ceil(S/2), M)
+    np.add(parts[0:2 * half:2], parts[1:2 * half:2], out=work[:half])
+    if s % 2:
+        work[half] = parts[s - 1]
+    n = work.shape[0]
+    while n > 1:            # in place: row i is written after rows 2i, 2i+1 were read (i <= 2i)
+        half = n // 2
+        for i in range(half):
+            np.add(work[2 * i], work[2 * i + 1], out=work[i])
+        if n % 2:
+            work[half] = work[n - 1]
+        n = half + n % 2
+    out[...] = work[0]
+    return out
+
+
+def check_ranks(batch_size: int, size: int) -> None:
+    """ConfigError unless `size` ranks split every full batch into equal shard blocks."""
+    s = shard_count(batch_size)
+    if size > 1 and s % size:
+        ok = [k for k in range(2, s + 1) if s % k == 0]
+        raise ConfigError(
+            f"train.batch_size: {batch_size} is {s} shard(s) of {SHARD} images, which {size} MPI ranks "
+            f"cannot split evenly; use a number of ranks that divides {s} ({', '.join(map(str, ok)) or 'none'}) "
+            f"or a batch_size that is a multiple of {SHARD * size}")
+
+
+class Comm:
+    """One process: rank 0 of 1. The same interface as MpiComm, so callers never branch."""
+
+    rank = 0
+    size = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard_block(self, nshards: int) -> tuple[int, int]:
+        """This rank's shards [lo, hi) of a batch of nshards shards."""
+        return block_of(self.rank, self.size, nshards)
+
+    def sum_shards(self, local_parts: np.ndarray, nshards: int) -> np.ndarray:
+        """tree_sum over all nshards per-shard rows; local_parts (hi-lo, M) are this rank's rows."""
+        return tree_sum(self._all_parts(local_parts, nshards))
+
+    def gather_rows(self, local_rows: np.ndarray) -> np.ndarray:
+        """Every rank's rows (n_r, ...) concatenated in rank order, on every rank."""
+        return np.ascontiguousarray(local_rows)
+
+    def any_flag(self, flag: bool) -> bool:
+        """True on every rank if any rank passes True (all ranks must call it at the same step)."""
+        return bool(flag)
+
+    def bcast(self, obj):
+        """Rank 0's (picklable) obj on every rank."""
+        return obj
+
+    def barrier(self) -> None:
+        pass
+
+    def abort(self, code: int) -> None:
+        sys.exit(code)
+
+    def _all_parts(self, local_parts, nshards):
+        lo, hi = self.shard_block(nshards)
+        if local_parts.ndim != 2 or local_parts.shape[0] != hi - lo:
+            raise ValueError(f"rank {self.rank}: local_parts has shape {local_parts.shape}, "
+                             f"expected ({hi - lo}, M) for shards [{lo}, {hi}) of {nshards}")
+        return local_parts
+
+
+class MpiComm(Comm):
+    """mpi4py's COMM_WORLD. Sums go through Allgatherv of the per-shard rows and the same local
+    tree_sum on every rank (MPI's Allreduce promises no order); every rank gets identical bits."""
+
+    def __init__(self, mpi_comm=None):
+        from mpi4py import MPI    # noqa: PLC0415 -- only under a launcher (get_comm)
+
+        self.MPI = MPI
+        self.comm = mpi_comm if mpi_comm is not None else MPI.COMM_WORLD
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+
+    def _all_parts(self, local_parts, nshards):
+        local = np.ascontiguousarray(Comm._all_parts(self, local_parts, nshards))
+        m = local.shape[1]
+        blocks = [block_of(r, self.size, nshards) for r in range(self.size)]
+        counts = [(hi - lo) * m for lo, hi in blocks]
+        displs = [lo * m for lo, _ in blocks]
+        parts = np.empty((nshards, m), dtype=local.dtype)              # (S, M)
+        self.comm.Allgatherv(local, [parts, (counts, displs)])
+        return parts
+
+    def gather_rows(self, local_rows):
+        local = np.ascontiguousarray(local_rows)
+        rows = self.comm.allgather(local.shape[0])
+        row = int(np.prod(local.shape[1:], dtype=np.int64))
+        out = np.empty((sum(rows), *local.shape[1:]), dtype=local.dtype)
+        counts = [r * row for r in rows]
+        displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+        self.comm.Allgatherv(local, [out, (counts, displs)])
+        return out
+
+    def any_flag(self, flag):
+        return bool(self.comm.allreduce(int(bool(flag)), op=self.MPI.MAX))
+
+    def bcast(self, obj):
+        return self.comm.bcast(obj, root=0)
+
+    def barrier(self):
+        self.comm.Barrier()
+
+    def abort(self, code):
+        """End every rank of the job now (for an error only some ranks see)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.comm.Abort(code)
+
+
+def launched_by_mpi(environ=None) -> bool:
+    """True when an MPI launcher (mpirun, mpiexec, srun) started this process."""
+    env = os.environ if environ is None else environ
+    return any(v in env for v in LAUNCH_SIZE_VARS + LAUNCH_RANK_VARS)
+
+
+def get_comm(environ=None) -> Comm:
+    """MpiComm under an MPI launcher, else the one-process Comm."""
+    if not launched_by_mpi(environ):
+        return Comm()
+    try:
+        import mpi4py  # noqa: F401, PLC0415
+    except ImportError:
+        raise CnnError("this process was started by an MPI launcher but mpi4py is not installed: "
+                       "pip install 'cnncli[mpi]'") from None
+    return MpiComm()

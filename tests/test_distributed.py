@@ -1,0 +1,131 @@
+"""cnncli.distributed: the fixed reduction tree, the one-process Comm, and real `mpirun` jobs whose
+sums must equal the one-process tree bit for bit (skipped only when MPI cannot start at all)."""
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnncli import distributed as D
+from cnncli.errors import CnnError, ConfigError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mpi_tree_job import shard_parts  # noqa: E402
+from mpi_util import require_mpi, run_mpi  # noqa: E402
+
+JOB = Path(__file__).resolve().parent / "mpi_tree_job.py"
+
+
+def reference_tree(rows):
+    """The tree written recursively: pair neighbours, carry an odd last one, repeat."""
+    if len(rows) == 1:
+        return rows[0]
+    paired = [rows[i] + rows[i + 1] for i in range(0, len(rows) - 1, 2)]
+    if len(rows) % 2:
+        paired.append(rows[-1])
+    return reference_tree(paired)
+
+
+@pytest.mark.parametrize("s", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tree_sum_is_the_recursive_tree_bitwise(s, dtype):
+    parts = shard_parts(s, 257, 0, s).astype(dtype)
+    before = parts.copy()
+    got = D.tree_sum(parts)
+    assert got.dtype == dtype and got.shape == (257,)
+    assert got.tobytes() == reference_tree(list(parts)).tobytes()
+    assert parts.tobytes() == before.tobytes()          # the input is not touched
+    out = np.empty(257, dtype)
+    assert D.tree_sum(parts, out=out) is out and out.tobytes() == got.tobytes()
+
+
+def test_tree_sum_order_differs_from_left_to_right():
+    """float32 with wide magnitudes: the tree's bits differ from a running sum's, and from a tree
+    over the rows in another order -- so the tests above would notice a changed order."""
+    parts = shard_parts(9, 4096, 0, 9)
+    tree = D.tree_sum(parts)
+    running = parts[0].copy()
+    for row in parts[1:]:
+        running += row
+    assert tree.tobytes() != running.tobytes()
+    assert tree.tobytes() != D.tree_sum(parts[::-1].copy()).tobytes()
+    np.testing.assert_allclose(tree, parts.astype(np.float64).sum(0), rtol=1e-4, atol=1e-2)
+
+
+def test_tree_sum_rejects_bad_shapes():
+    with pytest.raises(ValueError):
+        D.tree_sum(np.zeros((0, 3)))
+    with pytest.raises(ValueError):
+        D.tree_sum(np.zeros(3))
+
+
+def test_shards_and_blocks():
+    assert [D.shard_count(n) for n in (1, 8, 9, 64, 65)] == [1, 1, 2, 8, 9]
+    assert D.shard_slice(2, 20) == slice(16, 20)
+    for s in (1, 3, 8, 9, 17):
+        for k in (1, 2, 3, 4):
+            blocks = [D.block_of(r, k, s) for r in range(k)]
+            assert blocks[0][0] == 0 and blocks[-1][1] == s
+            assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+            assert max(h - l for l, h in blocks) - min(h - l for l, h in blocks) <= 1
+    assert D.block_of(1, 4, 8) == (2, 4)
+
+
+def test_check_ranks():
+    D.check_ranks(64, 1)
+    D.check_ranks(64, 8)
+    D.check_ranks(60, 2)      # 8 shards, the last short
+    with pytest.raises(ConfigError, match=r"train.batch_size: 64 is 8 shard\(s\).* 3 MPI ranks .*2, 4, 8"):
+        D.check_ranks(64, 3)
+
+
+def test_single_process_comm():
+    comm = D.get_comm(environ={})
+    assert type(comm) is D.Comm and (comm.rank, comm.size, comm.is_main) == (0, 1, True)
+    assert comm.shard_block(5) == (0, 5)
+    parts = shard_parts(5, 100, 0, 5)
+    assert comm.sum_shards(parts, 5).tobytes() == D.tree_sum(parts).tobytes()
+    with pytest.raises(ValueError, match="expected \\(5, M\\)"):
+        comm.sum_shards(parts[:4], 5)
+    rows = np.arange(6).reshape(3, 2)
+    assert np.array_equal(comm.gather_rows(rows), rows)
+    assert comm.any_flag(True) is True and comm.any_flag(False) is False
+    assert comm.bcast({"a": 1}) == {"a": 1}
+    comm.barrier()
+
+
+def test_launch_detection_and_missing_mpi4py(monkeypatch):
+    assert not D.launched_by_mpi({})
+    assert D.launched_by_mpi({"OMPI_COMM_WORLD_SIZE": "2"}) and D.launched_by_mpi({"PMI_SIZE": "4"})
+    monkeypatch.setitem(sys.modules, "mpi4py", None)       # import mpi4py -> ImportError
+    with pytest.raises(CnnError, match=r"^this process was started by an MPI launcher .*pip install 'cnncli\[mpi\]'$"):
+        D.get_comm(environ={"PMIX_RANK": "0"})
+
+
+CASES = [1, 2, 3, 4, 5, 7, 8, 9, 12]
+
+
+def expected_hashes(m):
+    return {s: hashlib.sha256(D.tree_sum(shard_parts(s, m, 0, s)).tobytes()).hexdigest() for s in CASES}
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_mpirun_sum_shards_equals_one_process_bitwise(k):
+    require_mpi()
+    m = 1531
+    res = run_mpi(k, ["python", JOB, m, *CASES], timeout=180)
+    assert res.returncode == 0, res.stderr
+    lines = [ln.split() for ln in res.stdout.splitlines()]
+    tree = [ln for ln in lines if ln[0] == "tree"]
+    assert len(tree) == k * len(CASES)
+    want = expected_hashes(m)
+    for _, rank, s, lo, hi, sha in tree:
+        assert (int(lo), int(hi)) == D.block_of(int(rank), k, int(s))
+        assert sha == want[int(s)], f"rank {rank}, {s} shards"
+    # gather_rows: rank r gave r+1 rows of value r; every rank sees all of them in rank order
+    rows = [ln[2] for ln in lines if ln[0] == "rows"]
+    assert rows == [",".join(str(r) for r in range(k) for _ in range(r + 1))] * k
+    # any_flag: the last rank raised it at step 3, so every rank stopped at step 3
+    assert sorted(ln[1:] for ln in lines if ln[0] == "flag") == [[str(r), "3"] for r in range(k)]

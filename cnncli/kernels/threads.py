@@ -1,6 +1,6 @@
 """Thread settings and the worker pool: numba's and OpenBLAS's thread counts, and worker threads
-that run a job's chunks in a fixed assignment (conv2's chunks, the two halves of a batch).
-It does not decide what a chunk is (conv16.py, model.py do).
+that run a job's chunks in a fixed assignment (a training step's micro-shards).
+It does not decide what a chunk is (shards.py does).
 
 Measured on the 2-core machine (scripts/bench_core.py): several threads calling a multi-threaded
 OpenBLAS at once ran 100x slower, so `blas_single_thread()` keeps OpenBLAS on one thread while the
@@ -48,13 +48,21 @@ def workers():
 
 def run(job, nchunks):
     """job(worker, stride) for each worker: worker w takes chunks w, w+T, ... (fixed assignment).
+    One chunk (or one thread) runs on the calling thread with numba on one thread, as on a worker.
     OpenBLAS stays on one thread meanwhile (several threads calling a multi-threaded OpenBLAS
     at once was measured 100x slower)."""
     pool, t = workers()
     t = min(t, nchunks)
     with blas_single_thread():
         if t <= 1:
-            job(0, 1)
+            import numba
+
+            old = numba.get_num_threads()
+            numba.set_num_threads(1)
+            try:
+                job(0, 1)
+            finally:
+                numba.set_num_threads(old)
             return
         futures = [pool.submit(job, w, t) for w in range(t)]
         for f in futures:

@@ -85,7 +85,7 @@ def _bn_statistics(net, plan, k, comm):
     mean, var, invstd, tmp = plan.stats[k]
     M = plan.count[k]
     np.divide(comm.sum_shards(plan.fwd[k], plan.S), M, out=mean)
-    sqdev = norm.BN_KERNELS[2 if (net.batchnorm == "unit" or k == 3) else 3][1]
+    sqdev = norm.bn_kernel(2 if (net.batchnorm == "unit" or k == 3) else 3, "sqdev")
 
     def shard(j):
         z = plan.ws[j].bn_pair(k)[0]
@@ -110,7 +110,7 @@ def _bn_normalize(net, plan, k, j):
     z, y, xhat, _, _ = plan.ws[j].bn_pair(k)
     kind = 2 if (net.batchnorm == "unit" or k == 3) else 3
     v = lambda a: _stat_view(a, net.batchnorm, k)      # noqa: E731
-    norm.BN_KERNELS[kind][2](v(z), mean, invstd, net.params[f"bn{k}.gamma"].reshape(-1),
+    norm.bn_kernel(kind, "normalize")(v(z), mean, invstd, net.params[f"bn{k}.gamma"].reshape(-1),
                              net.params[f"bn{k}.beta"].reshape(-1), v(xhat), v(y))
 
 
@@ -120,7 +120,7 @@ def _bn_grad_sums(net, plan, k, j):
     kind = 2 if (net.batchnorm == "unit" or k == 3) else 3
     d = plan.bwd[k].shape[1] // 2
     v = lambda a: _stat_view(a, net.batchnorm, k)      # noqa: E731
-    norm.BN_KERNELS[kind][3](v(dy), v(xhat), plan.bwd[k][j, :d], plan.bwd[k][j, d:])
+    norm.bn_kernel(kind, "grad_sums")(v(dy), v(xhat), plan.bwd[k][j, :d], plan.bwd[k][j, d:])
 
 
 def _bn_backward(net, plan, k, j, sums):
@@ -129,7 +129,7 @@ def _bn_backward(net, plan, k, j, sums):
     kind = 2 if (net.batchnorm == "unit" or k == 3) else 3
     d = sums.shape[0] // 2
     v = lambda a: _stat_view(a, net.batchnorm, k)      # noqa: E731
-    norm.BN_KERNELS[kind][4](v(dy), v(xhat), net.params[f"bn{k}.gamma"].reshape(-1), plan.stats[k][2],
+    norm.bn_kernel(kind, "backward_given")(v(dy), v(xhat), net.params[f"bn{k}.gamma"].reshape(-1), plan.stats[k][2],
                              sums[:d], sums[d:], float(plan.count[k]), v(dz))
 
 
@@ -185,7 +185,7 @@ def _bn_forward_phases(net, plan, comm, inputs):
             else:
                 _bn_normalize(net, plan, k - 1, j)
                 FORWARD[k](net.params, ws, True)
-            norm.BN_KERNELS[kind(k)][0](_stat_view(ws.bn_pair(k)[0], net.batchnorm, k), plan.fwd[k][j])
+            norm.bn_kernel(kind(k), "sum")(_stat_view(ws.bn_pair(k)[0], net.batchnorm, k), plan.fwd[k][j])
         each(shard, len(plan.ws))
         _bn_statistics(net, plan, k, comm)
 

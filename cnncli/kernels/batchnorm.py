@@ -183,12 +183,10 @@ def bn_channel_backward_given_into(dy, xhat, gamma, invstd, sdy, sdyx, M, dz):
                 zr[i] = g * (M * dr[i] - s - xr[i] * sx)
 
 
-BN_KERNELS = {   # z's ndim -> (sum, sqdev, normalize, grad_sums, backward_given)
-    2: (bn_unit_sum_into, bn_unit_sqdev_into, bn_unit_normalize_into, bn_unit_grad_sums_into,
-        bn_unit_backward_given_into),
-    3: (bn_channel_sum_into, bn_channel_sqdev_into, bn_channel_normalize_into,
-        bn_channel_grad_sums_into, bn_channel_backward_given_into),
-}
+def bn_kernel(ndim, phase):
+    """The kernel of a phase ("sum", "sqdev", "normalize", "grad_sums", "backward_given") for z of
+    ndim 2 (per unit) or 3 (per channel), looked up at call time (kernel_profile can wrap it)."""
+    return globals()[f"bn_{'unit' if ndim == 2 else 'channel'}_{phase}_into"]
 
 
 @njit(cache=True, parallel=True)
@@ -216,9 +214,9 @@ def bn_partial_sums(z, mean=None):
     _check_z("z", z)
     out = np.empty(z.shape[1])                                          # (D,) or (C,) float64
     if mean is None:
-        BN_KERNELS[z.ndim][0](z, out)
+        bn_kernel(z.ndim, "sum")(z, out)
     else:
-        BN_KERNELS[z.ndim][1](z, check_array("mean", mean, (z.shape[1],), np.float64), out)
+        bn_kernel(z.ndim, "sqdev")(z, check_array("mean", mean, (z.shape[1],), np.float64), out)
     return out
 
 
@@ -230,7 +228,7 @@ def bn_normalize(z, mean, invstd, gamma, beta):
     for name, a in (("gamma", gamma), ("beta", beta)):
         check_array(name, a, (z.shape[1],), z.dtype)
     xhat, y = np.empty_like(z), np.empty_like(z)
-    BN_KERNELS[z.ndim][2](z, mean, invstd, gamma, beta, xhat, y)
+    bn_kernel(z.ndim, "normalize")(z, mean, invstd, gamma, beta, xhat, y)
     return xhat, y
 
 
@@ -239,7 +237,7 @@ def bn_grad_sums(dy, xhat):
     _check_z("dy", dy)
     check_array("xhat", xhat, dy.shape, dy.dtype)
     sdy, sdyx = np.empty(dy.shape[1]), np.empty(dy.shape[1])           # (D,) or (C,) float64
-    BN_KERNELS[dy.ndim][3](dy, xhat, sdy, sdyx)
+    bn_kernel(dy.ndim, "grad_sums")(dy, xhat, sdy, sdyx)
     return sdy, sdyx
 
 
@@ -252,7 +250,7 @@ def bn_backward_given(dy, xhat, gamma, invstd, sdy, sdyx, count):
     for name, a in (("invstd", invstd), ("sdy", sdy), ("sdyx", sdyx)):
         check_array(name, a, (dy.shape[1],), np.float64)
     dz = np.empty_like(dy)
-    BN_KERNELS[dy.ndim][4](dy, xhat, gamma, invstd, sdy, sdyx, float(count), dz)
+    bn_kernel(dy.ndim, "backward_given")(dy, xhat, gamma, invstd, sdy, sdyx, float(count), dz)
     return dz
 
 

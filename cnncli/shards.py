@@ -71,11 +71,9 @@ class Plan:
 
 
 def each(fn, count):
-    """fn(j) for j in range(count) on the worker threads (worker w takes j = w, w+T, ...)."""
-    def job(worker, stride):
-        for j in range(worker, count, stride):
-            fn(j)
-    run(job, count)
+    """fn(j) for j in range(count) on the worker threads and this one (threads.run); fn(j) writes
+    only shard j's workspace and rows, so who runs which j changes no bit."""
+    run(fn, count)
 
 
 def _bn_statistics(net, plan, k, comm):

@@ -133,13 +133,18 @@ def backward_conv1(G, ws):
     conv32.conv32_backward_dw_into(ws.dz1, ws.xp1, G["conv1.w"], G["conv1.b"])
 
 
-def shard_step_plain(P, G, ws, x, labels, weights, scale):
-    """A whole training step of one shard without BN (nothing waits for other shards); returns
-    its sum of weight * loss."""
+def shard_forward_plain(P, ws, x, labels, weights, scale):
+    """One shard's forward without BN, up to the loss; returns its sum of weight * loss."""
     forward_conv1(P, ws, x, False)
     forward_conv2(P, ws, False)
     forward_fc1(P, ws, False)
-    loss = forward_head(P, ws, False, labels, weights, scale)
+    return forward_head(P, ws, False, labels, weights, scale)
+
+
+def shard_step_plain(P, G, ws, x, labels, weights, scale):
+    """A whole training step of one shard without BN (nothing waits for other shards); returns
+    its sum of weight * loss."""
+    loss = shard_forward_plain(P, ws, x, labels, weights, scale)
     backward_head(P, G, ws, False)
     backward_fc1(P, G, ws, False)
     backward_conv2(P, G, ws, False)

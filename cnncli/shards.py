@@ -147,7 +147,10 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
     if not bn:
         def plain(j):
             xs, ls, wj = inputs(j)
-            plan.loss[j, 0] = passes.shard_step_plain(P, plan.grads[j], plan.ws[j], xs, ls, wj, scale)
+            if backward:
+                plan.loss[j, 0] = passes.shard_step_plain(P, plan.grads[j], plan.ws[j], xs, ls, wj, scale)
+            else:
+                plan.loss[j, 0] = passes.shard_forward_plain(P, plan.ws[j], xs, ls, wj, scale)
         each(plain, L)
     else:
         _bn_forward_phases(net, plan, comm, inputs)

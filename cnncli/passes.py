@@ -57,12 +57,13 @@ class Workspace:
         self.dzp2 = z(n, 16, 20, 20)
         self.dzt2 = e(n, 256, 16)
         self.dwt2 = e(6, 5, 5, 16)
+        self._bn_pairs = {1: (self.z1, self.y1, self.xhat.get(1), self.dy1, self.dz1),
+                          2: (self.z2, self.y2, self.xhat.get(2), self.dy2, self.dz2),
+                          3: (self.z3, self.y3, self.xhat.get(3), self.dy3, self.dz3)}
 
     def bn_pair(self, layer):
         """(z, y, xhat, dy, dz) of BN layer 1, 2 or 3."""
-        return {1: (self.z1, self.y1, self.xhat.get(1), self.dy1, self.dz1),
-                2: (self.z2, self.y2, self.xhat.get(2), self.dy2, self.dz2),
-                3: (self.z3, self.y3, self.xhat.get(3), self.dy3, self.dz3)}[layer]
+        return self._bn_pairs[layer]
 
 
 # ---- forward, segment by segment: each ends at a pre-BN activation (or the loss) -------------

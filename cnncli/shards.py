@@ -60,6 +60,10 @@ class Plan:
         self.ones = np.ones(B)                              # (B,) the weights when none are given
         self.fwd, self.bwd, self.stats, self.count = {}, {}, {}, {}
         self.bn_grads = {}                                  # layer -> (sum dy, sum dy*xhat) of the batch
+        # per shard and BN layer: (z, y, xhat, dy, dz) as (n,D) or (n,C,S) views; the z ndim per layer
+        self.views = [{k: tuple(a if a is None else _stat_view(a, batchnorm, k) for a in ws.bn_pair(k))
+                       for k in (1, 2, 3)} for ws in self.ws] if batchnorm != "none" else []
+        self.ndim = {k: 2 if (batchnorm == "unit" or k == 3) else 3 for k in (1, 2, 3)}
         if batchnorm != "none":
             channel = batchnorm == "channel"
             for k, (units, maps, positions) in ((1, (6144, 6, 1024)), (2, (4096, 16, 256)), (3, (65, 65, 1))):
@@ -83,11 +87,10 @@ def _bn_statistics(net, plan, k, comm):
     mean, var, invstd, tmp = plan.stats[k]
     M = plan.count[k]
     np.divide(comm.sum_shards(plan.fwd[k], plan.S), M, out=mean)
-    sqdev = norm.bn_kernel(2 if (net.batchnorm == "unit" or k == 3) else 3, "sqdev")
+    sqdev = norm.bn_kernel(plan.ndim[k], "sqdev")
 
     def shard(j):
-        z = plan.ws[j].bn_pair(k)[0]
-        sqdev(_stat_view(z, net.batchnorm, k), mean, plan.fwd[k][j])
+        sqdev(plan.views[j][k][0], mean, plan.fwd[k][j])
     each(shard, len(plan.ws))
     np.divide(comm.sum_shards(plan.fwd[k], plan.S), M, out=var)
     np.add(var, net.eps, out=invstd)
@@ -105,30 +108,24 @@ def _bn_statistics(net, plan, k, comm):
 def _bn_normalize(net, plan, k, j):
     """Shard j's y and xhat of BN layer k from the batch statistics."""
     mean, _, invstd, _ = plan.stats[k]
-    z, y, xhat, _, _ = plan.ws[j].bn_pair(k)
-    kind = 2 if (net.batchnorm == "unit" or k == 3) else 3
-    v = lambda a: _stat_view(a, net.batchnorm, k)      # noqa: E731
-    norm.bn_kernel(kind, "normalize")(v(z), mean, invstd, net.params[f"bn{k}.gamma"].reshape(-1),
-                             net.params[f"bn{k}.beta"].reshape(-1), v(xhat), v(y))
+    z, y, xhat, _, _ = plan.views[j][k]
+    norm.bn_kernel(plan.ndim[k], "normalize")(z, mean, invstd, net.params[f"bn{k}.gamma"].reshape(-1),
+                                              net.params[f"bn{k}.beta"].reshape(-1), xhat, y)
 
 
 def _bn_grad_sums(net, plan, k, j):
     """Shard j's float64 sums of dy and dy*xhat of BN layer k into its row of plan.bwd[k]."""
-    _, _, xhat, dy, _ = plan.ws[j].bn_pair(k)
-    kind = 2 if (net.batchnorm == "unit" or k == 3) else 3
+    _, _, xhat, dy, _ = plan.views[j][k]
     d = plan.bwd[k].shape[1] // 2
-    v = lambda a: _stat_view(a, net.batchnorm, k)      # noqa: E731
-    norm.bn_kernel(kind, "grad_sums")(v(dy), v(xhat), plan.bwd[k][j, :d], plan.bwd[k][j, d:])
+    norm.bn_kernel(plan.ndim[k], "grad_sums")(dy, xhat, plan.bwd[k][j, :d], plan.bwd[k][j, d:])
 
 
 def _bn_backward(net, plan, k, j, sums):
     """Shard j's dz of BN layer k from the batch's sums (sdy | sdyx) and invstd."""
-    _, _, xhat, dy, dz = plan.ws[j].bn_pair(k)
-    kind = 2 if (net.batchnorm == "unit" or k == 3) else 3
+    _, _, xhat, dy, dz = plan.views[j][k]
     d = sums.shape[0] // 2
-    v = lambda a: _stat_view(a, net.batchnorm, k)      # noqa: E731
-    norm.bn_kernel(kind, "backward_given")(v(dy), v(xhat), net.params[f"bn{k}.gamma"].reshape(-1), plan.stats[k][2],
-                             sums[:d], sums[d:], float(plan.count[k]), v(dz))
+    norm.bn_kernel(plan.ndim[k], "backward_given")(dy, xhat, net.params[f"bn{k}.gamma"].reshape(-1),
+                                                   plan.stats[k][2], sums[:d], sums[d:], float(plan.count[k]), dz)
 
 
 def run_step(net, plan, x, labels, weights, comm, backward=True):
@@ -177,7 +174,6 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
 def _bn_forward_phases(net, plan, comm, inputs):
     """Up to BN3's statistics: per shard the layers up to a BN's input and its partial sums, the
     sums over all shards (comm), the statistics; then the next layers from the normalized output."""
-    kind = lambda k: 2 if (net.batchnorm == "unit" or k == 3) else 3      # noqa: E731
     for k in (1, 2, 3):
         def shard(j, k=k):
             ws = plan.ws[j]
@@ -186,7 +182,7 @@ def _bn_forward_phases(net, plan, comm, inputs):
             else:
                 _bn_normalize(net, plan, k - 1, j)
                 FORWARD[k](net.params, ws, True)
-            norm.bn_kernel(kind(k), "sum")(_stat_view(ws.bn_pair(k)[0], net.batchnorm, k), plan.fwd[k][j])
+            norm.bn_kernel(plan.ndim[k], "sum")(plan.views[j][k][0], plan.fwd[k][j])
         each(shard, len(plan.ws))
         _bn_statistics(net, plan, k, comm)
 

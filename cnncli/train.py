@@ -137,8 +137,8 @@ class Trainer:
         return x
 
     def sample_weights(self, idx: np.ndarray, labels: np.ndarray):
-        """(B,) per-image loss weights, or None for the plain mean loss (the only kind model.Network
-        trains today). Class weights plug in here."""
+        """(B,) per-image loss weights for model.Network.train_step (the loss is mean_i w_i * loss_i),
+        or None for the plain mean loss. Class weights plug in here."""
         return None
 
     def echo(self, message: str) -> None:
@@ -159,11 +159,10 @@ class Trainer:
         state, net = self.state, self.net
         x = self.batch_input(idx)          # (B,1,S,S)
         y = self.train_ds.labels[idx]      # (B,)
-        if self.sample_weights(idx, y) is not None:
-            raise NotImplementedError("model.Network.train_step takes no per-image loss weights yet")
+        weights = self.sample_weights(idx, y)
         lr = self.lr_at(state.step)
         with np.errstate(over="ignore", invalid="ignore"):   # a diverging run is reported below,
-            loss, probs = net.train_step(x, y)              # in one line, not as numpy warnings
+            loss, probs = net.train_step(x, y, weights)     # in one line, not as numpy warnings
         if not (math.isfinite(loss) and math.isfinite(float(np.add.reduce(net.grads.flat)))):
             raise TrainingDiverged(
                 f"loss or gradients became non-finite at epoch {state.epoch + 1}, step {state.epoch_step + 1} "

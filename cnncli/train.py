@@ -19,6 +19,7 @@ import numpy as np
 from cnncli import checkpoint, resume as resume_mod, runfolder
 from cnncli.callbacks import EarlyStopping, ProgressBar, StopFlag
 from cnncli import config as config_mod
+from cnncli.balance import class_weights
 from cnncli.errors import CnnError, ConfigError, DataError, TrainingDiverged
 from cnncli.runfolder import METRICS_COLUMNS, RunState, new_run_dir, save_checkpoint  # noqa: F401 (API)
 
@@ -117,6 +118,9 @@ class Trainer:
         self.early = EarlyStopping(t["early_stopping"], have_val=len(val_ds.labels) > 0)
         self.last_path, self.best_path = run_dir / "last.npz", run_dir / "best.npz"
         self.restored = False
+        self.class_weight = class_weights(t["class_weight"], train_ds.labels, classes)  # (C,) or None
+        if self.class_weight is not None:
+            self.class_weight = self.class_weight.astype(net.params.flat.dtype)
         self.augmenter = None
         if cfg["augment"]["enabled"]:
             from cnncli.augment import Augmenter, AugmentSettings
@@ -137,9 +141,9 @@ class Trainer:
         return x
 
     def sample_weights(self, idx: np.ndarray, labels: np.ndarray):
-        """(B,) per-image loss weights for model.Network.train_step (the loss is mean_i w_i * loss_i),
-        or None for the plain mean loss. Class weights plug in here."""
-        return None
+        """(B,) per-image loss weights for model.Network.train_step (the loss is mean_i w_i * loss_i):
+        train.class_weight of each image's class, or None for the plain mean loss."""
+        return None if self.class_weight is None else self.class_weight[labels]
 
     def echo(self, message: str) -> None:
         if self.is_main_process:

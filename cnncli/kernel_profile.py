@@ -27,13 +27,13 @@ def _profiled_targets():
     dispatchers named `*_into`, wrapped in every module that calls them by name), and which modules
     make the step's numpy calls (none of their numba code reads `np`).
     """
-    from cnncli import model, passes
+    from cnncli import model, passes, shards
     from cnncli.kernels import conv16, fc
 
-    callers = [mod for mod in compute_modules() if mod is not model] + [model, passes]
+    callers = [mod for mod in compute_modules() if mod is not model] + [model, passes, shards]
     kernels = [(mod, name, obj) for mod in callers
                for name, obj in vars(mod).items() if name.endswith("_into") and is_dispatcher(obj)]
-    return kernels, [model, passes, fc, conv16]
+    return kernels, [model, passes, shards, fc, conv16]
 
 
 def kernel_flops(name, args):

@@ -22,25 +22,27 @@ Batch normalization (`batchnorm`), between the linear step and the ELU of conv1,
 All parameters live in one flat contiguous buffer (`Params.flat`) with named views; the same for
 gradients and for the BN running statistics. The functional API (`loss_and_grads`,
 `predict_proba`) runs the same code as `Network`, which keeps preallocated workspaces. Training
-runs layer by layer over the batch (passes.py); inference runs image by image in fused kernels
-(kernels/inference.py). It is not a trainer (train.py) and has no NumPy-only path (infer.py).
+runs in micro-shards of 8 images on the worker threads, summed in one fixed tree, on one process
+or a block of shards per MPI rank (shards.py, distributed.py); inference runs image by image in
+fused kernels (kernels/inference.py). It is not a trainer (train.py) and has no NumPy-only path
+(infer.py).
 """
 
 from __future__ import annotations
 
-import contextlib
+import threading
 
 import numpy as np
 
-from . import passes
+from . import shards
+from .distributed import Comm
 from .arch import (BATCHNORM, FC1_UNITS, IMAGE_SHAPE, Params, check_batchnorm,  # noqa: F401
                    check_dtype, check_num_classes, allocate, buffer_specs, infer_architecture,
                    init_buffers, init_params, param_specs)
 from .kernels import batchnorm as norm
 from .kernels import inference
 from .kernels.checks import check_array, check_labels
-from .kernels.loss import sigmoid_bce_into
-from .kernels.threads import blas_single_thread, workers
+from .kernels.threads import blas_single_thread
 
 PREDICT_CHUNK = 256          # predict_proba works through big inputs in chunks of this many images
 
@@ -73,36 +75,31 @@ def _check_params(params, buffers, batchnorm, eps=1e-5, momentum=0.1):
     return num_classes, np.dtype(dtype)
 
 
-SMALL_BATCH = 8   # up to this many images one thread is faster than waking the others
-SPLIT_MIN = 16    # training batches (no BN) of at least this many images run as two halves
+SMALL_BATCH = 8   # predict_proba: up to this many images one serial kernel does everything
 
 
-@contextlib.contextmanager
-def _numba_threads_for(n):
-    """One numba thread for tiny batches (parallel-loop start-up would dominate), else unchanged."""
-    if n > SMALL_BATCH:
-        yield
-        return
-    import numba
-
-    old = numba.get_num_threads()
-    if old != 1:
-        numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if old != 1:
-            numba.set_num_threads(old)
+def _check_weights(weights, n):
+    """None, or per-image loss weights (n,) as a float64 array: finite and >= 0."""
+    if weights is None:
+        return None
+    w = np.ascontiguousarray(weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"weights has shape {w.shape}, expected ({n},)")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(f"weights (shape {w.shape}) must be finite and >= 0, got min {w.min()}")
+    return w
 
 
 class Network:
     """The fast path the trainer uses: parameters, gradients and BN buffers as flat buffers,
-    and preallocated workspaces per batch size (a step allocates nothing after the first)."""
+    and preallocated per-shard workspaces per batch size (a step allocates nothing after the first
+    but the comm's tree scratch). `comm` (distributed.Comm or MpiComm; None = one process) decides
+    which shards of each batch this process computes and sums the shards' rows."""
 
-    MAX_WORKSPACES = 6
+    MAX_PLANS = 6
 
     def __init__(self, num_classes=12, batchnorm="none", eps=1e-5, momentum=0.1,
-                 dtype=np.float32, seed=0):
+                 dtype=np.float32, seed=0, comm=None):
         check_num_classes(num_classes)
         check_batchnorm(batchnorm)
         self.dtype = check_dtype(dtype)
@@ -117,9 +114,9 @@ class Network:
         self.params = init_params(num_classes, batchnorm, seed, self.dtype)
         self.grads = allocate(param_specs(num_classes, batchnorm), self.dtype)
         self.buffers = init_buffers(num_classes, batchnorm, self.dtype)
-        self._ws = {}
+        self.comm = Comm() if comm is None else comm
+        self._plans = {}
         self._affine = None        # predict_proba's BN-folding arrays (see _inference_affine)
-        self._half_grads = None    # the two halves' gradients (see _train_step_halves)
 
     def load_arrays(self, params, buffers=None):
         """Copy parameter (and BN buffer) arrays into this network's flat buffers, checking shapes."""
@@ -137,18 +134,23 @@ class Network:
                     raise ValueError(f"buffers[{name!r}] has shape {np.shape(buffers[name])}, expected {shape}")
                 self.buffers[name][...] = buffers[name]
 
-    def _workspace(self, n, slot=0):
-        ws = self._ws.get((n, slot))
-        if ws is None:
-            if len(self._ws) >= self.MAX_WORKSPACES:
-                self._ws.pop(next(iter(self._ws)))
-            ws = self._ws[(n, slot)] = passes.Workspace(n, self.num_classes, self.batchnorm, self.dtype)
-        return ws
+    def _plan(self, n):
+        """The shard plan (workspaces, gradient rows, BN sums) for a batch of n images on this rank."""
+        lo, hi = self.comm.shard_block(shards.shard_count(n))
+        plan = self._plans.get((n, lo, hi))
+        if plan is None:
+            if len(self._plans) >= self.MAX_PLANS:
+                self._plans.pop(next(iter(self._plans)))
+            plan = self._plans[(n, lo, hi)] = shards.Plan(n, lo, hi, self.num_classes, self.batchnorm, self.dtype)
+        return plan
 
-    def train_step(self, x, labels):
-        """Forward + backward in training mode on x (N,1,32,32), labels (N,).
+    def train_step(self, x, labels, weights=None):
+        """Forward + backward in training mode on the global batch x (B,1,32,32), labels (B,),
+        optional per-image loss weights (B,) (the loss is mean_i w_i * loss_i, as Keras's
+        class_weight). Every rank passes the same batch and computes its block of shards.
 
-        Overwrites self.grads, updates the BN running statistics; returns (mean loss, probs (N,C)).
+        Overwrites self.grads, updates the BN running statistics; returns (loss, probs (B,C)),
+        the same on every rank.
         """
         _check_input(x, self.dtype)
         n = x.shape[0]
@@ -156,56 +158,17 @@ class Network:
         if self.batchnorm != "none" and n < 2:
             raise ValueError(f"x has shape {x.shape}: training with batchnorm={self.batchnorm!r} "
                              "needs at least 2 images in a batch")
+        weights = _check_weights(weights, n)
         labels = labels.astype(np.int64, copy=False)
-        if self.batchnorm == "none" and n >= SPLIT_MIN:
-            return self._train_step_halves(x, labels)
-        ws = self._workspace(n)
-        with blas_single_thread(), _numba_threads_for(n):
-            passes.forward(self.params, self.buffers, x, ws, self.batchnorm, self.eps, self.momentum)
-            loss = sigmoid_bce_into(ws.z4, labels, ws.probs, ws.dz4)
-            passes.backward(self.params, self.grads, ws, self.batchnorm)
-        return float(loss), ws.probs.copy()
+        plan = self._plan(n)
+        loss = shards.run_step(self, plan, x, labels, weights, self.comm)
+        return loss, np.array(self.comm.gather_rows(plan.probs))
 
     def forward_loss(self, x, labels):
         """Training-mode forward only (batch statistics, running statistics updated when kept):
         the mean loss as a float64. Unchecked, for gradcheck's thousands of passes on its own
         arrays: x (N,1,32,32) of the network's dtype, labels (N,) int64."""
-        ws = self._workspace(x.shape[0])
-        passes.forward(self.params, self.buffers, x, ws, self.batchnorm, self.eps, self.momentum)
-        return sigmoid_bce_into(ws.z4, labels, ws.probs, ws.dz4)
-
-    def _train_step_halves(self, x, labels):
-        """train_step without BN as two independent halves of the batch, one per worker thread when
-        there are two (else one after the other: the same arithmetic, so the same bits for any
-        thread count). Each half's output gradient is scaled by its share of the batch, so the two
-        gradient buffers add up to the batch mean."""
-        n = x.shape[0]
-        h = n // 2
-        spans = ((0, h), (h, n))
-        if self._half_grads is None:
-            self._half_grads = [allocate(param_specs(self.num_classes, "none"), self.dtype) for _ in spans]
-        losses = [0.0, 0.0]
-        wss = [self._workspace(e - s, slot=1 + i) for i, (s, e) in enumerate(spans)]
-
-        def half(i):
-            s, e = spans[i]
-            ws = wss[i]
-            passes.forward(self.params, None, x[s:e], ws, "none", self.eps, self.momentum)
-            losses[i] = sigmoid_bce_into(ws.z4, labels[s:e], ws.probs, ws.dz4)
-            ws.dz4 *= (e - s) / n                       # the half's mean -> its share of the batch mean
-            passes.backward(self.params, self._half_grads[i], ws, "none")
-
-        pool, t = workers()
-        with blas_single_thread():
-            if t >= 2:
-                for f in [pool.submit(half, i) for i in range(2)]:
-                    f.result()
-            else:
-                half(0)
-                half(1)
-        np.add(self._half_grads[0].flat, self._half_grads[1].flat, out=self.grads.flat)
-        loss = (losses[0] * h + losses[1] * (n - h)) / n
-        return float(loss), np.concatenate([wss[0].probs, wss[1].probs])
+        return shards.run_step(self, self._plan(x.shape[0]), x, labels, None, self.comm, backward=False)
 
     def predict_proba(self, x):
         """Inference mode (running statistics): x (N,1,32,32) -> probabilities (N,C).
@@ -261,33 +224,42 @@ class Network:
         return out
 
 
+_CACHE_LOCK = threading.Lock()
+_NETWORKS = {}     # (num_classes, batchnorm, dtype, eps, momentum) -> Network reused by the functional API
+
+
 def _network_for(params, buffers, batchnorm, eps, momentum):
-    """A Network whose params/buffers ARE the given arrays (no copy when they are Params)."""
+    """A cached Network whose params/buffers ARE the given arrays (no copy when they are Params):
+    its plans (workspaces) are reused from call to call. Call under _CACHE_LOCK."""
     num_classes, dtype = _check_params(params, buffers, batchnorm, eps, momentum)
-    net = Network.__new__(Network)
-    net.num_classes, net.batchnorm, net.dtype = num_classes, batchnorm, dtype
-    net.eps, net.momentum, net._ws, net._affine = float(eps), float(momentum), {}, None
-    net._half_grads = None
+    key = (num_classes, batchnorm, dtype.str, float(eps), float(momentum))
+    net = _NETWORKS.get(key)
+    if net is None:
+        if len(_NETWORKS) >= 4:
+            _NETWORKS.pop(next(iter(_NETWORKS)))
+        net = _NETWORKS[key] = Network(num_classes, batchnorm, eps, momentum, dtype)
     net.params = params
-    net.grads = allocate(param_specs(num_classes, batchnorm), dtype)
     net.buffers = buffers          # None: training mode keeps no running statistics
     return net
 
 
-def loss_and_grads(params, x, labels, batchnorm="none", eps=1e-5, buffers=None, momentum=0.1):
-    """Training-mode loss (mean over the batch of the summed BCE) and gradients (a new Params).
+def loss_and_grads(params, x, labels, batchnorm="none", eps=1e-5, buffers=None, momentum=0.1, weights=None):
+    """Training-mode loss (weighted mean over the batch of the summed BCE; weights (N,) or None)
+    and gradients (a new Params).
 
     When `buffers` is given (batchnorm != "none") the running statistics are updated in place;
     without it they are not kept.
     """
-    net = _network_for(params, buffers, batchnorm, eps, momentum)
-    loss, _ = net.train_step(x, labels)
-    return loss, net.grads
+    with _CACHE_LOCK:
+        net = _network_for(params, buffers, batchnorm, eps, momentum)
+        loss, _ = net.train_step(x, labels, weights)
+        return loss, net.grads.copy()
 
 
 def predict_proba(params, x, batchnorm="none", eps=1e-5, buffers=None):
     """Inference-mode probabilities (N,C); buffers (running statistics) required when batchnorm != "none"."""
     if batchnorm != "none" and buffers is None:
         raise ValueError(f"predict_proba with batchnorm={batchnorm!r} needs buffers (running statistics)")
-    net = _network_for(params, buffers, batchnorm, eps, 0.1)
-    return net.predict_proba(x)
+    with _CACHE_LOCK:
+        net = _network_for(params, buffers, batchnorm, eps, 0.1)
+        return net.predict_proba(x)

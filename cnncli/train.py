@@ -21,6 +21,7 @@ import numpy as np
 from cnncli import checkpoint, resume as resume_mod, runfolder
 from cnncli.callbacks import EarlyStopping, ProgressBar, StopFlag
 from cnncli import config as config_mod
+from cnncli.balance import class_weights
 from cnncli.errors import CnnError, ConfigError, DataError, TrainingDiverged
 from cnncli.runfolder import METRICS_COLUMNS, RunState, new_run_dir, save_checkpoint  # noqa: F401 (API)
 
@@ -114,6 +115,9 @@ class Trainer:
         self.early = EarlyStopping(t["early_stopping"], have_val=len(val_ds.labels) > 0)
         self.last_path, self.best_path = run_dir / "last.npz", run_dir / "best.npz"
         self.restored = False
+        self.class_weight = class_weights(t["class_weight"], train_ds.labels, classes)  # (C,) or None
+        if self.class_weight is not None:
+            self.class_weight = self.class_weight.astype(net.params.flat.dtype)
         self.augmenter = None
         if cfg["augment"]["enabled"]:
             from cnncli.augment import Augmenter, AugmentSettings
@@ -134,9 +138,9 @@ class Trainer:
         return x
 
     def sample_weights(self, idx: np.ndarray, labels: np.ndarray):
-        """(B,) per-image loss weights, or None for the plain mean loss (the only kind model.Network
-        trains today). Class weights plug in here."""
-        return None
+        """(B,) per-image loss weights for model.Network.train_step (the loss is mean_i w_i * loss_i):
+        train.class_weight of each image's class, or None for the plain mean loss."""
+        return None if self.class_weight is None else self.class_weight[labels]
 
     def echo(self, message: str) -> None:
         if self.is_main_process:
@@ -156,11 +160,10 @@ class Trainer:
         state, net = self.state, self.net
         x = self.batch_input(idx)          # (B,1,S,S)
         y = self.train_ds.labels[idx]      # (B,)
-        if self.sample_weights(idx, y) is not None:
-            raise NotImplementedError("model.Network.train_step takes no per-image loss weights yet")
+        weights = self.sample_weights(idx, y)
         lr = self.lr_at(state.step)
         with np.errstate(over="ignore", invalid="ignore"):   # a diverging run is reported below,
-            loss, probs = net.train_step(x, y)              # in one line, not as numpy warnings
+            loss, probs = net.train_step(x, y, weights)     # in one line, not as numpy warnings
         if not (math.isfinite(loss) and math.isfinite(float(np.add.reduce(net.grads.flat)))):
             raise _everywhere(TrainingDiverged(
                 f"loss or gradients became non-finite at epoch {state.epoch + 1}, step {state.epoch_step + 1} "

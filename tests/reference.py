@@ -88,16 +88,18 @@ def bn_backward(dy, z, gamma, eps, axes):
     return dz, dgamma, dbeta
 
 
-def sigmoid_bce(z, labels):
-    # mean over batch of sum over classes of BCE(sigmoid(z), onehot); plain (not log-sigmoid) form
+def sigmoid_bce(z, labels, weights=None):
+    # mean over batch of weight * sum over classes of BCE(sigmoid(z), onehot); plain (not
+    # log-sigmoid) form; weights (N,) default 1
     N, C = z.shape
+    w = np.ones(N) if weights is None else np.asarray(weights, np.float64)
     y = np.eye(C)[labels]
     p = 1 / (1 + np.exp(-z))
-    loss = -np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)) / N
-    return loss, p, (p - y) / N
+    loss = -np.sum(w[:, None] * (y * np.log(p) + (1 - y) * np.log(1 - p))) / N
+    return loss, p, (p - y) * w[:, None] / N
 
 
-def network_loss(params, x, labels, batchnorm="none", eps=1e-5):
+def network_loss(params, x, labels, batchnorm="none", eps=1e-5, weights=None):
     """Training-mode loss of the whole network, from the reference layers, in float64."""
     P = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
     x = np.asarray(x, dtype=np.float64)
@@ -117,7 +119,7 @@ def network_loss(params, x, labels, batchnorm="none", eps=1e-5):
     a = maxpool_forward(a)[0].reshape(N, -1)
     a = elu(bn(a @ P["fc1.w"].T + P["fc1.b"], 3))
     z = a @ P["fc2.w"].T + P["fc2.b"]
-    return sigmoid_bce(z, labels)
+    return sigmoid_bce(z, labels, weights)
 
 
 def network_predict(params, buffers, x, batchnorm="none", eps=1e-5):
@@ -142,7 +144,7 @@ def network_predict(params, buffers, x, batchnorm="none", eps=1e-5):
     return 1 / (1 + np.exp(-(a @ P["fc2.w"].T + P["fc2.b"])))
 
 
-def network_loss_and_grads(params, x, labels, batchnorm="none", eps=1e-5):
+def network_loss_and_grads(params, x, labels, batchnorm="none", eps=1e-5, weights=None):
     """Training-mode loss and the gradient of every parameter tensor (name -> array), in float64:
     the reference layers' backward functions chained by hand, independently of cnncli.model."""
     P = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
@@ -173,7 +175,7 @@ def network_loss_and_grads(params, x, labels, batchnorm="none", eps=1e-5):
     f = p2.reshape(N, -1)
     y3, back3 = bn(f @ P["fc1.w"].T + P["fc1.b"], 3)
     a3 = elu(y3)
-    loss, _, dz4 = sigmoid_bce(a3 @ P["fc2.w"].T + P["fc2.b"], labels)
+    loss, _, dz4 = sigmoid_bce(a3 @ P["fc2.w"].T + P["fc2.b"], labels, weights)
     # backward: the forward reversed
     G["fc2.w"], G["fc2.b"] = dz4.T @ a3, dz4.sum(0)
     dz3 = back3(dz4 @ P["fc2.w"] * elu_grad(y3))

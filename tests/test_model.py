@@ -258,19 +258,3 @@ def test_predict_sees_in_place_parameter_changes(bn):
     fresh.load_arrays(net.params, net.buffers)
     assert not np.allclose(before, after)
     assert np.array_equal(after, fresh.predict_proba(x))
-
-
-@pytest.mark.parametrize("n", [16, 33])
-def test_two_halves_equal_one_pass(n, monkeypatch):
-    """Training batches without BN run as two halves (one per core); the result must be the whole
-    batch's loss, probabilities and mean gradient, as one pass over the batch computes them."""
-    x, y = batch(n, np.float64, seed=n)
-    halves = M.Network(12, "none", dtype=np.float64, seed=1)
-    loss_h, probs_h = halves.train_step(x, y)
-    monkeypatch.setattr(M, "SPLIT_MIN", 10 ** 9)
-    whole = M.Network(12, "none", dtype=np.float64, seed=1)
-    loss_w, probs_w = whole.train_step(x, y)
-    assert halves._half_grads is not None and whole._half_grads is None
-    assert loss_h == pytest.approx(loss_w, rel=1e-13)
-    np.testing.assert_allclose(probs_h, probs_w, rtol=1e-13)
-    np.testing.assert_allclose(halves.grads.flat, whole.grads.flat, rtol=1e-10, atol=1e-15)

@@ -1,6 +1,6 @@
-"""The whole network's gradients at batch 64 (the parallel path: two halves without BN, conv2 in
-chunks on the worker threads with BN) against tests/reference.py's independent float64 backward,
-and under BN the analytic gradient of the biases before each BN (which BN cancels) is ~0."""
+"""The whole network's gradients at batch 64 (eight micro-shards on the worker threads, summed in
+the fixed tree; with BN the statistics summed over the shards) against tests/reference.py's
+independent float64 backward, and under BN the analytic gradient of the biases before each BN (which BN cancels) is ~0."""
 
 import numpy as np
 import pytest
@@ -24,8 +24,7 @@ def test_batch_64_gradients_match_the_independent_reference(bn):
     x, y = _batch(64)
     params = {k: v.copy() for k, v in net.params.items()}
     loss, _ = net.train_step(x, y)
-    if bn == "none":
-        assert net._half_grads is not None, "batch 64 must take the two-halves path"
+    assert len(net._plan(64).ws) == 8, "batch 64 must run as eight micro-shards"
     ref_loss, ref = R.network_loss_and_grads(params, x, y, bn, net.eps)
     assert loss == pytest.approx(ref_loss, rel=1e-12)
     assert set(ref) == set(net.grads), (sorted(ref), sorted(net.grads))

@@ -27,7 +27,7 @@ def outputs() -> dict:
     for bn in ("none", "unit", "channel"):
         net = M.Network(12, bn, dtype=np.float32, seed=3)
         opt = Optimizer("adamw", net.params.flat.size, 0.05, weight_decay=0.01)
-        for n in (5, 24):                      # one pass (< 16 images) and two halves
+        for n in (5, 24):                      # one micro-shard and three
             x = rng.standard_normal((n, 1, 32, 32)).astype(np.float32)
             y = rng.integers(0, 12, n)
             loss, probs = net.train_step(x, y)

@@ -1,7 +1,8 @@
 """Batch normalization: training mode per unit (the seed's Part IV, and fc1's) and per channel
-(PyTorch's BatchNorm2d), forward/backward pairs; inference mode as running statistics folded into
-a scale and shift (bn_fold_into) and applied per channel. Not the running-statistics update
-(model.py's, PyTorch's rule) nor the fused inference path (inference.py applies the fold).
+(PyTorch's BatchNorm2d) as per-shard phases (partial sums, normalize, backward from given sums) and
+whole-batch forward/backward wrappers built from them; inference mode as running statistics folded
+into a scale and shift (bn_fold_into). Not the running-statistics update nor the cross-shard
+sums (shards.py) nor the fused inference path (inference.py applies the fold).
 
 Shape legend: N images, D units of a flat layer (a conv layer seen as N x (F*H*W)), C channels,
 S positions of one map (H * W).
@@ -18,143 +19,174 @@ from .checks import check_array, check_out
 
 
 # --------------------------------------------------------------------------------------------
-# batch normalization, training mode (batch statistics, biased variance, sqrt(V + eps)).
+# batch normalization, training mode (batch statistics, biased variance, sqrt(V + eps)), in
+# phases so that a batch cut into micro-shards (cnncli/shards.py) gives the same statistics
+# whoever computes which shard: every kernel works on ONE shard, the caller sums the shards'
+# float64 partial sums in a fixed tree (distributed.tree_sum) between the phases.
 #   unit:    z (N,D),   statistics per unit d over the batch  (the seed's Part IV; fc BN too)
 #   channel: z (N,C,S), statistics per channel c over (N,S)   (PyTorch BatchNorm2d)
-#   xhat = (z - mean) * invstd;  y = gamma * xhat + beta
-#   backward, M values per statistic:
-#   dz = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat)); dgamma = sum(dy*xhat); dbeta = sum(dy)
-# Statistics are summed in float64 whatever the dtype.
+#   forward:  sum(z) -> mean;  sum((z - mean)^2) -> var;  xhat = (z - mean) * invstd;
+#             y = gamma * xhat + beta           (invstd = 1 / sqrt(var + eps), in float64)
+#   backward, M values per statistic over the whole batch, sdy = sum(dy), sdyx = sum(dy*xhat):
+#             dz = gamma*invstd/M * (M*dy - sdy - xhat*sdyx); dgamma = sdyx; dbeta = sdy
+# Partial sums are float64 whatever the dtype, each summed in a fixed order; the kernels are
+# serial and release the GIL (a shard is one worker thread's unit of work).
 # --------------------------------------------------------------------------------------------
 
-_UNIT_BLOCK = 512   # units per parallel task in per-unit BN (inner loops run along d: vectorized)
-
-
-@njit(cache=True, parallel=True)
-def bn_unit_forward_into(z, gamma, beta, eps, y, xhat, mean, var, invstd):
-    # z (N,D) gamma (D,) beta (D,)  ->  y (N,D), xhat (N,D), mean (D,), var (D,), invstd (D,)
-    # statistics of unit d summed over n in order, in float64; a block of units per task.
-    # Rows are sliced to the block (zr = z[n, d0:d1]) so that the inner index k counts from 0:
-    # with z[n, d0 + k] numba's negative-index fix-up kept the loops scalar (3.0 vs 0.8 ms for
-    # (128, 6144) float32, one thread; the same bits).
+@njit(cache=True, nogil=True)
+def bn_unit_sum_into(z, out):
+    # z (N,D)   ->   out (D,) float64 = sum over n (in order)
     N, D = z.shape
-    nblocks = (D + _UNIT_BLOCK - 1) // _UNIT_BLOCK
-    for bi in prange(nblocks):
-        d0 = bi * _UNIT_BLOCK
-        d1 = min(D, d0 + _UNIT_BLOCK)
-        L = d1 - d0
-        s = np.zeros(L)                  # (block,) float64 sums
-        for n in range(N):
-            zr = z[n, d0:d1]
-            for k in range(L):
-                s[k] += zr[k]
-        m = s / N
-        v = np.zeros(L)
-        for n in range(N):
-            zr = z[n, d0:d1]
-            for k in range(L):
-                t = zr[k] - m[k]
-                v[k] += t * t
-        v /= N
-        inv = 1.0 / np.sqrt(v + eps)
-        g = gamma[d0:d1]
-        b = beta[d0:d1]
-        for n in range(N):
-            zr = z[n, d0:d1]
-            xr = xhat[n, d0:d1]
-            yr = y[n, d0:d1]
-            for k in range(L):
-                xh = (zr[k] - m[k]) * inv[k]
-                xr[k] = xh
-                yr[k] = g[k] * xh + b[k]
-        mean[d0:d1] = m
-        var[d0:d1] = v
-        invstd[d0:d1] = inv
+    out[:] = 0.0
+    for n in range(N):
+        zr = z[n]
+        for d in range(D):
+            out[d] += zr[d]
 
 
-@njit(cache=True, parallel=True)
-def bn_unit_backward_into(dy, xhat, gamma, invstd, dz, dgamma, dbeta):
-    # dy (N,D) xhat (N,D) gamma (D,) invstd (D,)  ->  dz (N,D), dgamma (D,), dbeta (D,)
-    # rows sliced to the block as in bn_unit_forward_into
+@njit(cache=True, nogil=True)
+def bn_unit_sqdev_into(z, mean, out):
+    # z (N,D), mean (D,) float64   ->   out (D,) float64 = sum over n of (z - mean)^2
+    N, D = z.shape
+    out[:] = 0.0
+    for n in range(N):
+        zr = z[n]
+        for d in range(D):
+            t = zr[d] - mean[d]
+            out[d] += t * t
+
+
+@njit(cache=True, nogil=True)
+def bn_unit_normalize_into(z, mean, invstd, gamma, beta, xhat, y):
+    # z (N,D), mean (D,) invstd (D,) float64, gamma (D,) beta (D,)   ->   xhat (N,D), y (N,D)
+    N, D = z.shape
+    for n in range(N):
+        zr, xr, yr = z[n], xhat[n], y[n]
+        for d in range(D):
+            xh = (zr[d] - mean[d]) * invstd[d]
+            xr[d] = xh
+            yr[d] = gamma[d] * xh + beta[d]
+
+
+@njit(cache=True, nogil=True)
+def bn_unit_grad_sums_into(dy, xhat, sdy, sdyx):
+    # dy (N,D), xhat (N,D)   ->   sdy (D,), sdyx (D,) float64: sums over n of dy and dy*xhat
     N, D = dy.shape
-    nblocks = (D + _UNIT_BLOCK - 1) // _UNIT_BLOCK
-    for bi in prange(nblocks):
-        d0 = bi * _UNIT_BLOCK
-        d1 = min(D, d0 + _UNIT_BLOCK)
-        L = d1 - d0
-        sdy = np.zeros(L)                # (block,) float64 sums
-        sdyx = np.zeros(L)
-        for n in range(N):
-            dr = dy[n, d0:d1]
-            xr = xhat[n, d0:d1]
-            for k in range(L):
-                sdy[k] += dr[k]
-                sdyx[k] += dr[k] * xr[k]
-        g = np.empty(L)
-        for k in range(L):
-            g[k] = gamma[d0 + k] * invstd[d0 + k] / N
-        dgamma[d0:d1] = sdyx
-        dbeta[d0:d1] = sdy
-        for n in range(N):
-            dr = dy[n, d0:d1]
-            xr = xhat[n, d0:d1]
-            zr = dz[n, d0:d1]
-            for k in range(L):
-                zr[k] = g[k] * (N * dr[k] - sdy[k] - xr[k] * sdyx[k])
+    sdy[:] = 0.0
+    sdyx[:] = 0.0
+    for n in range(N):
+        dr, xr = dy[n], xhat[n]
+        for d in range(D):
+            sdy[d] += dr[d]
+            sdyx[d] += dr[d] * xr[d]
 
 
-@njit(cache=True, parallel=True)
-def bn_channel_forward_into(z, gamma, beta, eps, y, xhat, mean, var, invstd):
-    # z (N,C,S) gamma (C,) beta (C,)  ->  y (N,C,S), xhat (N,C,S), mean (C,), var (C,), invstd (C,)
-    # sums over n go into one float64 accumulator per position i (a vector: no serial add chain),
-    # then over i; the order is fixed
+@njit(cache=True, nogil=True)
+def bn_unit_backward_given_into(dy, xhat, gamma, invstd, sdy, sdyx, M, dz):
+    # dy (N,D) xhat (N,D) gamma (D,), invstd sdy sdyx (D,) float64 (the whole batch's), M the
+    # batch size   ->   dz (N,D)
+    N, D = dy.shape
+    g = np.empty(D)                      # (D,) float64
+    for d in range(D):
+        g[d] = gamma[d] * invstd[d] / M
+    for n in range(N):
+        dr, xr, zr = dy[n], xhat[n], dz[n]
+        for d in range(D):
+            zr[d] = g[d] * (M * dr[d] - sdy[d] - xr[d] * sdyx[d])
+
+
+@njit(cache=True, nogil=True)
+def bn_channel_sum_into(z, out):
+    # z (N,C,S)   ->   out (C,) float64: per channel, a float64 accumulator per position i summed
+    # over n in order (a vector: no serial add chain), then the positions in order
     N, C, S = z.shape
-    M = N * S
-    for c in prange(C):
-        acc = np.zeros(S)                # (S,) float64
+    acc = np.empty(S)                    # (S,) float64
+    for c in range(C):
+        acc[:] = 0.0
         for n in range(N):
+            zr = z[n, c]
             for i in range(S):
-                acc[i] += z[n, c, i]
-        m = acc.sum() / M
-        acc[:] = 0
+                acc[i] += zr[i]
+        t = 0.0
+        for i in range(S):
+            t += acc[i]
+        out[c] = t
+
+
+@njit(cache=True, nogil=True)
+def bn_channel_sqdev_into(z, mean, out):
+    # z (N,C,S), mean (C,) float64   ->   out (C,) float64 = sum over (n, i) of (z - mean)^2
+    N, C, S = z.shape
+    acc = np.empty(S)                    # (S,) float64
+    for c in range(C):
+        acc[:] = 0.0
+        m = mean[c]
         for n in range(N):
+            zr = z[n, c]
             for i in range(S):
-                t = z[n, c, i] - m
+                t = zr[i] - m
                 acc[i] += t * t
-        v = acc.sum() / M
-        inv = 1.0 / math.sqrt(v + eps)
-        g = gamma[c]
-        b = beta[c]
-        for n in range(N):
+        t = 0.0
+        for i in range(S):
+            t += acc[i]
+        out[c] = t
+
+
+@njit(cache=True, nogil=True)
+def bn_channel_normalize_into(z, mean, invstd, gamma, beta, xhat, y):
+    # z (N,C,S), mean (C,) invstd (C,) float64, gamma (C,) beta (C,)   ->   xhat (N,C,S), y (N,C,S)
+    N, C, S = z.shape
+    for n in range(N):
+        for c in range(C):
+            m, inv, g, b = mean[c], invstd[c], gamma[c], beta[c]
+            zr, xr, yr = z[n, c], xhat[n, c], y[n, c]
             for i in range(S):
-                xh = (z[n, c, i] - m) * inv
-                xhat[n, c, i] = xh
-                y[n, c, i] = g * xh + b
-        mean[c] = m
-        var[c] = v
-        invstd[c] = inv
+                xh = (zr[i] - m) * inv
+                xr[i] = xh
+                yr[i] = g * xh + b
 
 
-@njit(cache=True, parallel=True)
-def bn_channel_backward_into(dy, xhat, gamma, invstd, dz, dgamma, dbeta):
-    # dy (N,C,S) xhat (N,C,S) gamma (C,) invstd (C,)  ->  dz (N,C,S), dgamma (C,), dbeta (C,)
+@njit(cache=True, nogil=True)
+def bn_channel_grad_sums_into(dy, xhat, sdy, sdyx):
+    # dy (N,C,S), xhat (N,C,S)   ->   sdy (C,), sdyx (C,) float64 (per-position accumulators first)
     N, C, S = dy.shape
-    M = N * S
-    for c in prange(C):
-        acc_dy = np.zeros(S)             # (S,) float64
-        acc_dyx = np.zeros(S)            # (S,) float64
+    a = np.empty(S)                      # (S,) float64
+    b = np.empty(S)                      # (S,) float64
+    for c in range(C):
+        a[:] = 0.0
+        b[:] = 0.0
         for n in range(N):
+            dr, xr = dy[n, c], xhat[n, c]
             for i in range(S):
-                acc_dy[i] += dy[n, c, i]
-                acc_dyx[i] += dy[n, c, i] * xhat[n, c, i]
-        sdy = acc_dy.sum()
-        sdyx = acc_dyx.sum()
-        dgamma[c] = sdyx
-        dbeta[c] = sdy
-        g = gamma[c] * invstd[c] / M
-        for n in range(N):
+                a[i] += dr[i]
+                b[i] += dr[i] * xr[i]
+        t = 0.0
+        u = 0.0
+        for i in range(S):
+            t += a[i]
+            u += b[i]
+        sdy[c] = t
+        sdyx[c] = u
+
+
+@njit(cache=True, nogil=True)
+def bn_channel_backward_given_into(dy, xhat, gamma, invstd, sdy, sdyx, M, dz):
+    # dy (N,C,S) xhat (N,C,S) gamma (C,), invstd sdy sdyx (C,) float64 (the whole batch's), M the
+    # values per channel in the batch (N_batch * S)   ->   dz (N,C,S)
+    N, C, S = dy.shape
+    for n in range(N):
+        for c in range(C):
+            g = gamma[c] * invstd[c] / M
+            s, sx = sdy[c], sdyx[c]
+            dr, xr, zr = dy[n, c], xhat[n, c], dz[n, c]
             for i in range(S):
-                dz[n, c, i] = g * (M * dy[n, c, i] - sdy - xhat[n, c, i] * sdyx)
+                zr[i] = g * (M * dr[i] - s - xr[i] * sx)
+
+
+def bn_kernel(ndim, phase):
+    """The kernel of a phase ("sum", "sqdev", "normalize", "grad_sums", "backward_given") for z of
+    ndim 2 (per unit) or 3 (per channel), looked up at call time (kernel_profile can wrap it)."""
+    return globals()[f"bn_{'unit' if ndim == 2 else 'channel'}_{phase}_into"]
 
 
 @njit(cache=True, parallel=True)
@@ -169,65 +201,96 @@ def affine_channel_into(z, scale, shift, y):
                 y[n, c, i] = z[n, c, i] * a + b
 
 
-def _bn_outputs(z, stat_shape, out):
-    y, xhat, mean, var, invstd = (None,) * 5 if out is None else out
-    y = check_out("y", y, z.shape, z.dtype)
-    xhat = check_out("xhat", xhat, z.shape, z.dtype)
-    mean = check_out("mean", mean, stat_shape, z.dtype)
-    var = check_out("var", var, stat_shape, z.dtype)
-    invstd = check_out("invstd", invstd, stat_shape, z.dtype)
+def _check_z(name, z, dtype=None):
+    """z (N,D) for per-unit BN or (N,C,S) for per-channel BN."""
+    if getattr(z, "ndim", None) not in (2, 3):
+        raise ValueError(f"{name} must have shape (N, D) or (N, C, S), got {np.shape(z)}")
+    return check_array(name, z, (None,) * z.ndim, dtype)
+
+
+def bn_partial_sums(z, mean=None):
+    """One shard's float64 partial sums: sum(z) per statistic, or sum((z - mean)^2) when mean
+    (float64) is given. z (N,D) per unit or (N,C,S) per channel -> (D,) or (C,)."""
+    _check_z("z", z)
+    out = np.empty(z.shape[1])                                          # (D,) or (C,) float64
+    if mean is None:
+        bn_kernel(z.ndim, "sum")(z, out)
+    else:
+        bn_kernel(z.ndim, "sqdev")(z, check_array("mean", mean, (z.shape[1],), np.float64), out)
+    return out
+
+
+def bn_normalize(z, mean, invstd, gamma, beta):
+    """One shard normalized with the batch's float64 mean and invstd -> (xhat, y), z's shape."""
+    _check_z("z", z)
+    for name, a in (("mean", mean), ("invstd", invstd)):
+        check_array(name, a, (z.shape[1],), np.float64)
+    for name, a in (("gamma", gamma), ("beta", beta)):
+        check_array(name, a, (z.shape[1],), z.dtype)
+    xhat, y = np.empty_like(z), np.empty_like(z)
+    bn_kernel(z.ndim, "normalize")(z, mean, invstd, gamma, beta, xhat, y)
+    return xhat, y
+
+
+def bn_grad_sums(dy, xhat):
+    """One shard's float64 (sum(dy), sum(dy*xhat)) per statistic."""
+    _check_z("dy", dy)
+    check_array("xhat", xhat, dy.shape, dy.dtype)
+    sdy, sdyx = np.empty(dy.shape[1]), np.empty(dy.shape[1])           # (D,) or (C,) float64
+    bn_kernel(dy.ndim, "grad_sums")(dy, xhat, sdy, sdyx)
+    return sdy, sdyx
+
+
+def bn_backward_given(dy, xhat, gamma, invstd, sdy, sdyx, count):
+    """One shard's dz from the batch's float64 invstd, sum(dy), sum(dy*xhat) and its number of
+    values per statistic (count)."""
+    _check_z("dy", dy)
+    check_array("xhat", xhat, dy.shape, dy.dtype)
+    check_array("gamma", gamma, (dy.shape[1],), dy.dtype)
+    for name, a in (("invstd", invstd), ("sdy", sdy), ("sdyx", sdyx)):
+        check_array(name, a, (dy.shape[1],), np.float64)
+    dz = np.empty_like(dy)
+    bn_kernel(dy.ndim, "backward_given")(dy, xhat, gamma, invstd, sdy, sdyx, float(count), dz)
+    return dz
+
+
+def _count(z):
+    return z.shape[0] if z.ndim == 2 else z.shape[0] * z.shape[2]
+
+
+def _bn_forward(z, gamma, beta, eps):
+    mean = bn_partial_sums(z) / _count(z)
+    var = bn_partial_sums(z, mean) / _count(z)
+    invstd = 1.0 / np.sqrt(var + eps)
+    xhat, y = bn_normalize(z, mean, invstd, gamma, beta)
     return y, xhat, mean, var, invstd
 
 
-def bn_unit_forward(z, gamma, beta, eps=1e-5, out=None):
-    """Per-unit BN over the batch: z (N,D), gamma (D,), beta (D,) -> (y, xhat, mean, var, invstd).
-
-    `out` may be a 5-tuple of preallocated arrays (y (N,D), xhat (N,D), mean, var, invstd (D,)).
-    """
-    N, D = check_array("z", z, (None, None)).shape
-    check_array("gamma", gamma, (D,), z.dtype)
-    check_array("beta", beta, (D,), z.dtype)
-    res = _bn_outputs(z, (D,), out)
-    bn_unit_forward_into(z, gamma, beta, eps, *res)
-    return res
+def _bn_backward(dy, xhat, gamma, invstd):
+    sdy, sdyx = bn_grad_sums(dy, xhat)
+    return bn_backward_given(dy, xhat, gamma, np.asarray(invstd, np.float64), sdy, sdyx, _count(dy)), sdyx, sdy
 
 
-def bn_unit_backward(dy, xhat, gamma, invstd, out=None):
+def bn_unit_forward(z, gamma, beta, eps=1e-5):
+    """Per-unit BN of a whole batch taken as one shard: z (N,D), gamma (D,), beta (D,)
+    -> (y, xhat (N,D), mean, var, invstd (D,) float64)."""
+    return _bn_forward(check_array("z", z, (None, None)), gamma, beta, eps)
+
+
+def bn_unit_backward(dy, xhat, gamma, invstd):
     """Gradients of bn_unit_forward: dy (N,D), xhat (N,D), gamma (D,), invstd (D,) -> (dz, dgamma, dbeta)."""
-    N, D = check_array("dy", dy, (None, None)).shape
-    check_array("xhat", xhat, (N, D), dy.dtype)
-    check_array("gamma", gamma, (D,), dy.dtype)
-    check_array("invstd", invstd, (D,), dy.dtype)
-    dz, dgamma, dbeta = (None,) * 3 if out is None else out
-    dz = check_out("dz", dz, (N, D), dy.dtype)
-    dgamma = check_out("dgamma", dgamma, (D,), dy.dtype)
-    dbeta = check_out("dbeta", dbeta, (D,), dy.dtype)
-    bn_unit_backward_into(dy, xhat, gamma, invstd, dz, dgamma, dbeta)
-    return dz, dgamma, dbeta
+    return _bn_backward(check_array("dy", dy, (None, None)), xhat, gamma, invstd)
 
 
-def bn_channel_forward(z, gamma, beta, eps=1e-5, out=None):
-    """Per-channel BN: z (N,C,S) (S = H*W), gamma (C,), beta (C,) -> (y, xhat, mean, var, invstd)."""
-    N, C, S = check_array("z", z, (None, None, None)).shape
-    check_array("gamma", gamma, (C,), z.dtype)
-    check_array("beta", beta, (C,), z.dtype)
-    res = _bn_outputs(z, (C,), out)
-    bn_channel_forward_into(z, gamma, beta, eps, *res)
-    return res
+def bn_channel_forward(z, gamma, beta, eps=1e-5):
+    """Per-channel BN of a whole batch: z (N,C,S) (S = H*W), gamma (C,), beta (C,)
+    -> (y, xhat, mean, var, invstd (C,) float64)."""
+    return _bn_forward(check_array("z", z, (None, None, None)), gamma, beta, eps)
 
 
-def bn_channel_backward(dy, xhat, gamma, invstd, out=None):
+def bn_channel_backward(dy, xhat, gamma, invstd):
     """Gradients of bn_channel_forward: dy (N,C,S), xhat, gamma (C,), invstd (C,) -> (dz, dgamma, dbeta)."""
-    N, C, S = check_array("dy", dy, (None, None, None)).shape
-    check_array("xhat", xhat, (N, C, S), dy.dtype)
-    check_array("gamma", gamma, (C,), dy.dtype)
-    check_array("invstd", invstd, (C,), dy.dtype)
-    dz, dgamma, dbeta = (None,) * 3 if out is None else out
-    dz = check_out("dz", dz, (N, C, S), dy.dtype)
-    dgamma = check_out("dgamma", dgamma, (C,), dy.dtype)
-    dbeta = check_out("dbeta", dbeta, (C,), dy.dtype)
-    bn_channel_backward_into(dy, xhat, gamma, invstd, dz, dgamma, dbeta)
-    return dz, dgamma, dbeta
+    return _bn_backward(check_array("dy", dy, (None, None, None)), xhat, gamma, invstd)
 
 
 def bn_inference(z, gamma, beta, running_mean, running_var, eps=1e-5, out=None):

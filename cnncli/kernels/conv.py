@@ -172,7 +172,7 @@ def conv2d_backward(dz, x, w, pad=2, need_dx=True, xpad=None, dxpad=None, dw=Non
     return dx, dw, db
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def add_bias_into(z, b):
     # z (N,F,S) += b (F,) per map, in place
     N, F, S = z.shape

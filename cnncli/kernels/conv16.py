@@ -1,11 +1,10 @@
 """conv2's direct convolution (6 input maps of 16 x 16 -> 16 maps, 5x5, pad 2) in 16-lane vectors
-(simd.py): forward, input gradient and weight gradient kernels, and the batch-level pair
-conv16_forward_chunks / conv16_backward_chunks that run them per chunk of images on the worker
-threads (threads.py) with a fixed chunk order. No bias in the kernels; conv.py holds the generic
-layer these are checked against.
+(simd.py): forward, input gradient and weight gradient kernels, serial and releasing the GIL (a
+training step runs them per micro-shard on the worker threads, shards.py). No bias in the kernels;
+conv.py holds the generic layer these are checked against.
 
 Shape legend: N images, C input maps (6), F output maps (16), 16 x 16 maps, 20 x 20 the
-zero-padded input, 5 x 5 filters; a chunk is at most CHUNK images.
+zero-padded input, 5 x 5 filters.
 """
 
 from __future__ import annotations
@@ -15,9 +14,6 @@ from numba import njit
 
 from .checks import check_array, check_out
 from .simd import vfma, vload, vsplat, vstore, vzero
-from .threads import run
-
-CHUNK = 8      # images per conv2 chunk (the unit of work of a worker thread)
 
 
 # conv2 (C = 6 -> F = 16 maps of 16 x 16, K = 5): direct convolution in 16-lane vectors
@@ -32,8 +28,8 @@ CHUNK = 8      # images per conv2 chunk (the unit of work of a worker thread)
 # One thread, float32, chunk of 8 images: forward 111 us (89 GFLOP/s) vs 192-237 us for im2col +
 # OpenBLAS sgemm; input gradient 109 vs 218 us (sgemm + col2im); weight gradient 122 us (80
 # GFLOP/s) vs 230 us (im2col + sgemm) and 178 us for a first kernel with x in the lanes (2 maps x
-# 3 kx tiles, 55 GFLOP/s: two unaligned loads per FMA pair). The kernels run per chunk of images
-# on model.py's worker threads (nogil); every output element is summed in a fixed order, so the
+# 3 kx tiles, 55 GFLOP/s: two unaligned loads per FMA pair). The kernels run per micro-shard of images
+# on the worker threads (nogil); every output element is summed in a fixed order, so the
 # bits do not depend on threads. The tiles repeat one line per accumulator on purpose: each
 # accumulator must be its own variable for LLVM to keep it in a register.
 
@@ -177,64 +173,3 @@ def conv16_backward(dz, xp, w, need_dx=True):
         dx = np.empty((N, 6, 16, 16), xp.dtype)
         conv16_backward_dx_into(dz, w, np.zeros((N, F, 20, 20), xp.dtype), dx)
     return dx, dw
-
-
-# --------------------------------------------------------------------------------------------
-# the batch, chunk by chunk on the worker threads (model.py's conv2)
-# --------------------------------------------------------------------------------------------
-
-def chunk_size(n):
-    """Images per chunk: at most CHUNK, and at least two chunks when n > 1 (both cores get work).
-    It depends on n only, so results do not depend on the thread count."""
-    return max(1, min(CHUNK, -(-n // 2)))
-
-
-class Conv16Scratch:
-    """conv2's scratch for one batch size: each chunk's weight gradient (summed in chunk order
-    afterwards) and, per worker, a zero-bordered copy of a chunk's dz (the input gradient's input)."""
-
-    def __init__(self, n, f, c, dtype):
-        self.ch = chunk_size(n)
-        self.nchunks = -(-n // self.ch)
-        self.f, self.dtype = f, dtype
-        self.parts = np.empty((self.nchunks, c, 5, 5, f), dtype)     # (chunks, C,K,K,F) dw per chunk
-        self.dwt = np.empty((c, 5, 5, f), dtype)                     # (C,K,K,F) their sum
-        self.per_worker = []
-
-    def get(self, w):
-        """Worker w's scratch: dzp (ch, F, 20, 20), dz of a chunk padded by 2 (its border stays
-        0), and dzt (ch, 256, F), dz of a chunk with the map index last."""
-        while len(self.per_worker) <= w:
-            self.per_worker.append((np.zeros((self.ch, self.f, 20, 20), self.dtype),
-                                    np.empty((self.ch, 256, self.f), self.dtype)))
-        return self.per_worker[w]
-
-
-def conv16_forward_chunks(xp, w, z, bufs):
-    """z (N,F,16,16) = conv(xp, w) WITHOUT bias (xp (N,C,20,20) zero-padded), per chunk of images."""
-    ch = bufs.ch
-
-    def job(worker, stride):
-        for c in range(worker, bufs.nchunks, stride):
-            s = c * ch
-            conv16_forward_into(xp[s:s + ch], w, z[s:s + ch])     # the last chunk may be shorter
-    run(job, bufs.nchunks)
-
-
-def conv16_backward_chunks(dz, xp, w, dw, db, bufs, dx):
-    """dw, db (overwritten) and, when dx (N,C,16,16) is given, the input gradient. Each chunk's
-    weight gradient goes to its own slot; the slots are summed in chunk order (bitwise reproducible)."""
-    n, ch = dz.shape[0], bufs.ch
-
-    def job(worker, stride):
-        dzp, dzt = bufs.get(worker)
-        for c in range(worker, bufs.nchunks, stride):
-            s = c * ch
-            m = min(ch, n - s)
-            conv16_backward_dw_into(dz[s:s + m], xp[s:s + m], dzt[:m], bufs.parts[c])
-            if dx is not None:
-                conv16_backward_dx_into(dz[s:s + m], w, dzp[:m], dx[s:s + m])
-    run(job, bufs.nchunks)
-    np.sum(bufs.parts, axis=0, out=bufs.dwt)
-    dw[...] = bufs.dwt.transpose(3, 0, 1, 2)
-    np.sum(dz.reshape(n, dz.shape[1], -1), axis=(0, 2), out=db)

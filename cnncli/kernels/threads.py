@@ -1,6 +1,6 @@
 """Thread settings and the worker pool: numba's and OpenBLAS's thread counts, and worker threads
-that run a job's chunks in a fixed assignment (conv2's chunks, the two halves of a batch).
-It does not decide what a chunk is (conv16.py, model.py do).
+that run a job's chunks (a training step's micro-shards), each taken by whichever thread is free.
+It does not decide what a chunk is (shards.py does).
 
 Measured on the 2-core machine (scripts/bench_core.py): several threads calling a multi-threaded
 OpenBLAS at once ran 100x slower, so `blas_single_thread()` keeps OpenBLAS on one thread while the
@@ -8,6 +8,8 @@ network runs (its GEMMs, the fc layers', are small); numba's own threads do the 
 """
 
 from __future__ import annotations
+
+import itertools
 
 from ..blas import single_thread as blas_single_thread  # noqa: F401  (re-exported: model.py uses it)
 from ..blas import threads_api
@@ -40,22 +42,35 @@ def workers():
         if _POOL[0] is not None:
             _POOL[0].shutdown(wait=True)
         # each worker runs numba kernels on one thread of its own (numba's thread count is per thread)
-        _POOL[0] = ThreadPoolExecutor(max_workers=t, thread_name_prefix="cnncli-conv",
+        _POOL[0] = ThreadPoolExecutor(max_workers=t, thread_name_prefix="cnncli-shard",
                                       initializer=numba.set_num_threads, initargs=(1,))
         _POOL[1] = t
     return _POOL[0], t
 
 
-def run(job, nchunks):
-    """job(worker, stride) for each worker: worker w takes chunks w, w+T, ... (fixed assignment).
-    OpenBLAS stays on one thread meanwhile (several threads calling a multi-threaded OpenBLAS
-    at once was measured 100x slower)."""
+def run(task, count):
+    """task(j) for j in range(count), handed out in turn to the calling thread and T-1 worker
+    threads (whoever is free takes the next j, so a thread the OS delays holds up nobody); callers
+    make each j's result independent of the thread that runs it. Numba runs on one thread inside
+    a task; OpenBLAS stays on one thread meanwhile (several threads calling a multi-threaded
+    OpenBLAS at once was measured 100x slower)."""
+    import numba
+
     pool, t = workers()
-    t = min(t, nchunks)
+    t = min(t, count)
+    taken = itertools.count()
+
+    def drain():
+        while (j := next(taken)) < count:           # itertools.count's next is atomic (GIL)
+            task(j)
+
+    old = numba.get_num_threads()
     with blas_single_thread():
-        if t <= 1:
-            job(0, 1)
-            return
-        futures = [pool.submit(job, w, t) for w in range(t)]
-        for f in futures:
-            f.result()
+        futures = [pool.submit(drain) for _ in range(t - 1)]
+        numba.set_num_threads(1)
+        try:
+            drain()
+        finally:
+            numba.set_num_threads(old)
+            for f in futures:
+                f.result()

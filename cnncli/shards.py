@@ -1,0 +1,209 @@
+"""One training step cut into fixed micro-shards of distributed.SHARD images: each shard runs on its
+own workspace on the worker threads, writes its parameter gradient into its own row, and the rows,
+the losses and (with BN) the per-shard partial statistics are summed through the comm in one fixed
+tree, so the bits depend neither on the thread count nor on the number of ranks.
+Not the API (model.Network.train_step calls run_step) nor the layers (passes.py).
+
+Shapes: B images in the global batch, S = ceil(B / SHARD) shards, L of them on this rank
+(comm.shard_block), P parameters, C classes; D statistics of a BN layer (units or channels).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import passes
+from .arch import Params, param_specs
+from .distributed import shard_count, shard_slice
+from .kernels import batchnorm as norm
+from .kernels.threads import run
+
+FORWARD = (None, passes.forward_conv1, passes.forward_conv2, passes.forward_fc1)
+
+
+def _row_views(flat, specs):
+    """A Params whose named views are slices of the given 1-D row."""
+    p, o = Params(), 0
+    for name, shape in specs:
+        size = int(np.prod(shape))
+        p[name] = flat[o:o + size].reshape(shape)
+        o += size
+    p.flat = flat
+    return p
+
+
+def _stat_view(a, batchnorm, layer):
+    """The (n,D) view for per-unit BN (and fc1's), the (n,C,S) view for per-channel BN."""
+    n = a.shape[0]
+    return a.reshape(n, -1) if (batchnorm == "unit" or layer == 3) else a.reshape(n, a.shape[1], -1)
+
+
+class Plan:
+    """Everything a step of B images needs on this rank (shards [lo, hi)), allocated once."""
+
+    def __init__(self, B, lo, hi, num_classes, batchnorm, dtype):
+        self.B, self.S, self.lo, self.hi = B, shard_count(B), lo, hi
+        self.slices = [shard_slice(i, B) for i in range(lo, hi)]
+        first = self.slices[0].start if self.slices else 0
+        n_local = sum(s.stop - s.start for s in self.slices)
+        self.probs = np.empty((n_local, num_classes), dtype)                # (n_local, C) this rank's
+        self.ws = []
+        for s in self.slices:
+            ws = passes.Workspace(s.stop - s.start, num_classes, batchnorm, dtype)
+            ws.probs = self.probs[s.start - first:s.stop - first]           # a view: no copy later
+            self.ws.append(ws)
+        specs = param_specs(num_classes, batchnorm)
+        size = sum(int(np.prod(shape)) for _, shape in specs)
+        self.rows = np.zeros((hi - lo, size), dtype)        # (L, P) each shard's gradient; BN's stay 0
+        self.grads = [_row_views(self.rows[j], specs) for j in range(hi - lo)]
+        self.loss = np.zeros((hi - lo, 1))                  # (L, 1) float64 sum of weight * loss
+        self.ones = np.ones(B)                              # (B,) the weights when none are given
+        self.fwd, self.bwd, self.stats, self.count = {}, {}, {}, {}
+        self.bn_grads = {}                                  # layer -> (sum dy, sum dy*xhat) of the batch
+        # per shard and BN layer: (z, y, xhat, dy, dz) as (n,D) or (n,C,S) views; the z ndim per layer
+        self.views = [{k: tuple(a if a is None else _stat_view(a, batchnorm, k) for a in ws.bn_pair(k))
+                       for k in (1, 2, 3)} for ws in self.ws] if batchnorm != "none" else []
+        self.ndim = {k: 2 if (batchnorm == "unit" or k == 3) else 3 for k in (1, 2, 3)}
+        if batchnorm != "none":
+            channel = batchnorm == "channel"
+            for k, (units, maps, positions) in ((1, (6144, 6, 1024)), (2, (4096, 16, 256)), (3, (65, 65, 1))):
+                d = maps if channel else units
+                self.count[k] = B * (positions if channel else 1)   # values per statistic
+                self.fwd[k] = np.zeros((hi - lo, d))                 # (L, D) float64 partial sums
+                self.bwd[k] = np.zeros((hi - lo, 2 * d))             # (L, 2D) sums of dy, dy*xhat
+                self.stats[k] = np.zeros((4, d))                     # mean, var, invstd, scratch
+
+
+def each(fn, count):
+    """fn(j) for j in range(count) on the worker threads and this one (threads.run); fn(j) writes
+    only shard j's workspace and rows, so who runs which j changes no bit."""
+    run(fn, count)
+
+
+def _bn_statistics(net, plan, k, comm):
+    """Phase 2 of BN layer k's forward: (the partial sums are in plan.fwd[k]) -> mean; per-shard
+    sums of (z - mean)^2 -> biased var -> invstd; the running statistics updated (PyTorch's rule,
+    the unbiased variance) when the network keeps them."""
+    mean, var, invstd, tmp = plan.stats[k]
+    M = plan.count[k]
+    np.divide(comm.sum_shards(plan.fwd[k], plan.S), M, out=mean)
+    sqdev = norm.bn_kernel(plan.ndim[k], "sqdev")
+
+    def shard(j):
+        sqdev(plan.views[j][k][0], mean, plan.fwd[k][j])
+    each(shard, len(plan.ws))
+    np.divide(comm.sum_shards(plan.fwd[k], plan.S), M, out=var)
+    np.add(var, net.eps, out=invstd)
+    np.sqrt(invstd, out=invstd)
+    np.divide(1.0, invstd, out=invstd)
+    if net.buffers is not None:
+        m = net.momentum
+        rm, rv = net.buffers[f"bn{k}.running_mean"].reshape(-1), net.buffers[f"bn{k}.running_var"].reshape(-1)
+        rm *= 1 - m
+        rm += np.multiply(mean, m, out=tmp)
+        rv *= 1 - m
+        rv += np.multiply(var, m * M / (M - 1), out=tmp)
+
+
+def _bn_normalize(net, plan, k, j):
+    """Shard j's y and xhat of BN layer k from the batch statistics."""
+    mean, _, invstd, _ = plan.stats[k]
+    z, y, xhat, _, _ = plan.views[j][k]
+    norm.bn_kernel(plan.ndim[k], "normalize")(z, mean, invstd, net.params[f"bn{k}.gamma"].reshape(-1),
+                                              net.params[f"bn{k}.beta"].reshape(-1), xhat, y)
+
+
+def _bn_grad_sums(net, plan, k, j):
+    """Shard j's float64 sums of dy and dy*xhat of BN layer k into its row of plan.bwd[k]."""
+    _, _, xhat, dy, _ = plan.views[j][k]
+    d = plan.bwd[k].shape[1] // 2
+    norm.bn_kernel(plan.ndim[k], "grad_sums")(dy, xhat, plan.bwd[k][j, :d], plan.bwd[k][j, d:])
+
+
+def _bn_backward(net, plan, k, j, sums):
+    """Shard j's dz of BN layer k from the batch's sums (sdy | sdyx) and invstd."""
+    _, _, xhat, dy, dz = plan.views[j][k]
+    d = sums.shape[0] // 2
+    norm.bn_kernel(plan.ndim[k], "backward_given")(dy, xhat, net.params[f"bn{k}.gamma"].reshape(-1),
+                                                   plan.stats[k][2], sums[:d], sums[d:], float(plan.count[k]), dz)
+
+
+def run_step(net, plan, x, labels, weights, comm, backward=True):
+    """A training step (forward only when backward=False) of the batch x (B,1,32,32) on this
+    rank's shards: net.grads overwritten (all of them, every rank the same), BN running statistics
+    updated when kept. Returns the weighted mean loss (float64) over the global batch."""
+    P, bn = net.params, net.batchnorm != "none"
+    w = plan.ones if weights is None else weights
+    scale = 1.0 / plan.B
+    L = len(plan.ws)
+
+    def inputs(j):
+        s = plan.slices[j]
+        return x[s], labels[s], w[s]
+
+    if not bn:
+        def plain(j):
+            xs, ls, wj = inputs(j)
+            if backward:
+                plan.loss[j, 0] = passes.shard_step_plain(P, plan.grads[j], plan.ws[j], xs, ls, wj, scale)
+            else:
+                plan.loss[j, 0] = passes.shard_forward_plain(P, plan.ws[j], xs, ls, wj, scale)
+        each(plain, L)
+    else:
+        _bn_forward_phases(net, plan, comm, inputs)
+
+        def head(j):
+            _bn_normalize(net, plan, 3, j)
+            xs, ls, wj = inputs(j)
+            plan.loss[j, 0] = passes.forward_head(P, plan.ws[j], True, ls, wj, scale)
+            if backward:
+                passes.backward_head(P, plan.grads[j], plan.ws[j], True)
+                _bn_grad_sums(net, plan, 3, j)
+        each(head, L)
+        if backward:
+            _bn_backward_phases(net, plan, comm)
+    loss = float(comm.sum_shards(plan.loss, plan.S)[0]) / plan.B
+    if backward:
+        net.grads.flat[...] = comm.sum_shards(plan.rows, plan.S)
+        for k, (sdy, sdyx) in plan.bn_grads.items():
+            net.grads[f"bn{k}.beta"].reshape(-1)[...] = sdy
+            net.grads[f"bn{k}.gamma"].reshape(-1)[...] = sdyx
+    return loss
+
+
+def _bn_forward_phases(net, plan, comm, inputs):
+    """Up to BN3's statistics: per shard the layers up to a BN's input and its partial sums, the
+    sums over all shards (comm), the statistics; then the next layers from the normalized output."""
+    for k in (1, 2, 3):
+        def shard(j, k=k):
+            ws = plan.ws[j]
+            if k == 1:
+                passes.forward_conv1(net.params, ws, inputs(j)[0], True)
+            else:
+                _bn_normalize(net, plan, k - 1, j)
+                FORWARD[k](net.params, ws, True)
+            norm.bn_kernel(plan.ndim[k], "sum")(plan.views[j][k][0], plan.fwd[k][j])
+        each(shard, len(plan.ws))
+        _bn_statistics(net, plan, k, comm)
+
+
+BACKWARD = {3: lambda P, G, ws: passes.backward_fc1(P, G, ws, True),
+            2: lambda P, G, ws: passes.backward_conv2(P, G, ws, True),
+            1: lambda P, G, ws: passes.backward_conv1(G, ws)}
+
+
+def _bn_backward_phases(net, plan, comm):
+    """From BN3's dy down: the sums of dy, dy*xhat over all shards (comm), then per shard the BN's
+    dz, the layers below it and the next BN's partial sums."""
+    plan.bn_grads = {}
+    for k in (3, 2, 1):
+        sums = comm.sum_shards(plan.bwd[k], plan.S)                  # (2D,) float64: sdy | sdyx
+        d = sums.shape[0] // 2
+        plan.bn_grads[k] = (sums[:d], sums[d:])
+
+        def shard(j, k=k, sums=sums):
+            _bn_backward(net, plan, k, j, sums)
+            BACKWARD[k](net.params, plan.grads[j], plan.ws[j])
+            if k > 1:
+                _bn_grad_sums(net, plan, k - 1, j)
+        each(shard, len(plan.ws))

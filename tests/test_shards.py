@@ -1,0 +1,213 @@
+"""Micro-shards: the per-shard BN kernels against NumPy, whole-network float64 gradients for batch
+sizes that are not multiples of the shard, per-image loss weights against the reference, K ranks
+simulated in threads giving one process's bits, and the functional API's reused networks."""
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import reference as R
+from cnncli import model as M
+from cnncli.distributed import SHARD, Comm, tree_sum
+from cnncli.kernels import batchnorm as bnk
+from cnncli.kernels import loss as kloss
+
+
+def rel(a, b):
+    return np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-300)
+
+
+def _net_and_batch(bn, n, seed=1):
+    net = M.Network(12, bn, dtype=np.float64, seed=seed)
+    rng = np.random.default_rng(seed + 10)
+    for name, arr in net.params.items():            # non-trivial biases, gammas and betas
+        if name.endswith((".b", "gamma", "beta")):
+            arr[...] += rng.normal(0, 0.3, arr.shape)
+    x = rng.standard_normal((n, 1, 32, 32))
+    return net, x, rng.integers(0, 12, n), rng.uniform(0.1, 3.0, n)
+
+
+# ---- the per-shard BN kernels ------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape, axes", [((13, 300), (0,)), ((13, 6, 64), (0, 2))])
+def test_bn_phases_over_shards_match_numpy(dtype, shape, axes):
+    """Partial sums of shards of 8, summed in the tree, then normalize and backward per shard:
+    the whole batch's BN forward and backward (tests/reference.py)."""
+    rng = np.random.default_rng(4)
+    z = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    d = shape[1]
+    g, b = rng.uniform(0.5, 1.5, d).astype(dtype), rng.standard_normal(d).astype(dtype)
+    parts = [slice(0, 8), slice(8, 13)]
+    count = shape[0] * (shape[2] if len(shape) == 3 else 1)
+    mean = tree_sum(np.stack([bnk.bn_partial_sums(z[s]) for s in parts])) / count
+    var = tree_sum(np.stack([bnk.bn_partial_sums(z[s], mean) for s in parts])) / count
+    invstd = 1 / np.sqrt(var + 1e-5)
+    xhat, y = (np.concatenate(a) for a in zip(*(bnk.bn_normalize(z[s], mean, invstd, g, b) for s in parts)))
+    sums = [bnk.bn_grad_sums(dy[s], xhat[s]) for s in parts]
+    sdy, sdyx = tree_sum(np.stack([s[0] for s in sums])), tree_sum(np.stack([s[1] for s in sums]))
+    dz = np.concatenate([bnk.bn_backward_given(dy[s], xhat[s], g, invstd, sdy, sdyx, count) for s in parts])
+    cshape = (1, d) + (1,) * (len(shape) - 2)
+    ry, rxhat, rmean, rvar = R.bn_forward(z.astype(np.float64), g.reshape(cshape), b.reshape(cshape), 1e-5, axes)
+    rdz, rdg, rdb = R.bn_backward(dy.astype(np.float64), z.astype(np.float64), g.reshape(cshape), 1e-5, axes)
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    assert rel(mean, rmean.ravel()) < tol and rel(var, rvar.ravel()) < tol
+    assert rel(y, ry) < tol and rel(xhat, rxhat) < tol
+    tol = 1e-9 if dtype == np.float64 else 1e-3
+    assert rel(dz, rdz) < tol and rel(sdyx, rdg) < tol and rel(sdy, rdb) < tol
+
+
+def test_bn_kernels_refuse_bad_shapes():
+    with pytest.raises(ValueError, match=r"z must have shape \(N, D\) or \(N, C, S\)"):
+        bnk.bn_partial_sums(np.zeros(4))
+    with pytest.raises(ValueError, match=r"mean has dtype float32"):
+        bnk.bn_partial_sums(np.zeros((2, 4)), np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match=r"gamma has shape \(5,\)"):
+        bnk.bn_normalize(np.zeros((2, 4)), np.zeros(4), np.ones(4), np.ones(5), np.zeros(4))
+
+
+def test_weighted_bce_kernel_matches_reference():
+    rng = np.random.default_rng(2)
+    z, labels, w = rng.standard_normal((6, 12)) * 4, rng.integers(0, 12, 6), rng.uniform(0, 3, 6)
+    loss, p, dz = kloss.sigmoid_bce_forward_backward(z, labels, w)
+    rloss, rp, rdz = R.sigmoid_bce(z, labels, w)
+    assert abs(loss - rloss) / rloss < 1e-12 and rel(p, rp) < 1e-12 and rel(dz, rdz) < 1e-12
+    unweighted = kloss.sigmoid_bce_forward_backward(z, labels)[0]
+    assert abs(loss - unweighted) > 1e-3 * unweighted      # the weights do change the loss
+
+
+# ---- the whole network --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bn", M.BATCHNORM)
+@pytest.mark.parametrize("n", [5, 13, 67])
+def test_gradients_match_the_reference_for_any_batch_size(bn, n):
+    net, x, y, w = _net_and_batch(bn, n)
+    params = {k: v.copy() for k, v in net.params.items()}
+    for weights in (None, w):
+        loss, probs = net.train_step(x, y, weights)
+        ref_loss, ref = R.network_loss_and_grads(params, x, y, bn, net.eps, weights)
+        assert loss == pytest.approx(ref_loss, rel=1e-12)
+        assert rel(probs, R.network_loss(params, x, y, bn, net.eps)[1]) < 1e-12
+        scale = max(np.abs(g).max() for g in ref.values())   # biases before BN ~1e-17: absolute there
+        for name, g in ref.items():
+            np.testing.assert_allclose(net.grads[name], g, rtol=1e-8, atol=1e-10 * scale, err_msg=name)
+
+
+def test_weighted_loss_matches_finite_differences():
+    """d(loss)/d(fc2.b) and one conv1 weight with weights, by central differences (float64, BN)."""
+    net, x, y, w = _net_and_batch("channel", 11)
+    net.buffers = None
+    loss, _ = net.train_step(x, y, w)
+    for name, idx in (("fc2.b", (3,)), ("conv1.w", (2, 0, 1, 4))):
+        analytic = net.grads[name][idx]
+        old = net.params[name][idx]
+        vals = []
+        for h in (1e-6, -1e-6):
+            net.params[name][idx] = old + h
+            vals.append(net.train_step(x, y, w)[0])
+        net.params[name][idx] = old
+        assert (vals[0] - vals[1]) / 2e-6 == pytest.approx(analytic, rel=1e-5, abs=1e-9), name
+
+
+def test_weights_are_checked():
+    net, x, y, _ = _net_and_batch("none", 3)
+    with pytest.raises(ValueError, match=r"weights has shape \(2,\), expected \(3,\)"):
+        net.train_step(x, y, np.ones(2))
+    with pytest.raises(ValueError, match=r"weights .* must be finite and >= 0"):
+        net.train_step(x, y, np.array([1.0, -1.0, 1.0]))
+
+
+# ---- K ranks in threads: the same bits as one process ------------------------------------------
+
+class _Hub:
+    def __init__(self, size):
+        self.barrier, self.slots = threading.Barrier(size), [None] * size
+
+    def exchange(self, rank, arr):
+        self.slots[rank] = np.array(arr)
+        self.barrier.wait()
+        out = list(self.slots)
+        self.barrier.wait()
+        return out
+
+
+class ThreadComm(Comm):
+    """Rank `rank` of `size` ranks that are threads of this process, exchanging rows through a hub
+    (what MpiComm's Allgatherv does between processes)."""
+
+    def __init__(self, rank, size, hub):
+        self.rank, self.size, self.hub = rank, size, hub
+
+    def _all_parts(self, local_parts, nshards):
+        Comm._all_parts(self, local_parts, nshards)          # the shape check
+        return np.concatenate(self.hub.exchange(self.rank, local_parts))
+
+    def gather_rows(self, local_rows):
+        return np.concatenate(self.hub.exchange(self.rank, local_rows))
+
+
+def _state(net, loss, probs):
+    return [np.float64(loss), probs, net.grads.flat.copy(), net.buffers.flat.copy()]
+
+
+@pytest.mark.parametrize("bn", M.BATCHNORM)
+@pytest.mark.parametrize("ranks, n", [(2, 64), (4, 64), (2, 67)])
+def test_k_ranks_give_one_process_bits(bn, ranks, n):
+    import numba
+
+    rng = np.random.default_rng(n)
+    x, y = rng.standard_normal((n, 1, 32, 32)).astype(np.float32), rng.integers(0, 12, n)
+    w = rng.uniform(0.5, 2.0, n)
+    one = M.Network(12, bn, seed=3)
+    expected = [_state(one, *one.train_step(x, y, w)) for _ in range(2)]
+    hub, results = _Hub(ranks), [None] * ranks
+
+    def rank(r):
+        numba.set_num_threads(1)
+        net = M.Network(12, bn, seed=3, comm=ThreadComm(r, ranks, hub))
+        lo, hi = net.comm.shard_block(-(-n // SHARD))
+        results[r] = [_state(net, *net.train_step(x, y, w)) for _ in range(2)], len(net._plan(n).ws), (lo, hi)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(ranks)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    for r in range(ranks):
+        states, local, (lo, hi) = results[r]
+        assert local == hi - lo < -(-n // SHARD)          # each rank computed only its block
+        for got, want in zip(states, expected):
+            assert all(np.array_equal(a, b) for a, b in zip(got, want)), (bn, r)
+
+
+def test_one_process_does_not_import_mpi4py():
+    code = ("import sys, numpy as np; from cnncli import model as M; net = M.Network(12, 'channel');"
+            "net.train_step(np.zeros((9, 1, 32, 32), np.float32), np.zeros(9, np.int64));"
+            "print('mpi4py' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "False"
+
+
+# ---- the functional API reuses its networks ------------------------------------------------------
+
+@pytest.mark.parametrize("bn", ["none", "unit"])
+def test_loss_and_grads_reuses_a_network_and_returns_fresh_grads(bn):
+    net, x, y, w = _net_and_batch(bn, 12)
+    p1 = {k: v.copy() for k, v in net.params.items()}
+    p2 = {k: v * 1.01 for k, v in p1.items()}
+    loss1, g1 = M.loss_and_grads(p1, x, y, bn, weights=w)
+    keep = g1.flat.copy()
+    loss2, g2 = M.loss_and_grads(p2, x, y, bn)
+    assert np.array_equal(g1.flat, keep)                  # the second call did not overwrite the first
+    assert M._network_for(p1, None, bn, 1e-5, 0.1) is M._network_for(p2, None, bn, 1e-5, 0.1)
+    for params, loss, g, weights in ((p1, loss1, g1, w), (p2, loss2, g2, None)):
+        fresh = M.Network(12, bn, dtype=np.float64)
+        fresh.load_arrays(params)
+        fresh.buffers = None
+        assert fresh.train_step(x, y, weights)[0] == loss
+        assert np.array_equal(fresh.grads.flat, g.flat)

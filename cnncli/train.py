@@ -320,25 +320,22 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
 
 
 def _build(cfg: dict, train_ds, resumed, comm=None):
-    """-> (net, opt, preprocess): fresh ones for a new run, the checkpoint's for a resume."""
-    import inspect
-
+    """-> (net, opt, preprocess): fresh ones for a new run, the checkpoint's for a resume. The network
+    computes the shards of every batch that `comm` gives this rank (all of them in one process)."""
     from cnncli import model, optim
     from cnncli.predictor import check_architecture, load_into
 
     m, o = cfg["model"], cfg["optim"]
-    sharded = comm is not None and comm.size > 1 and "comm" in inspect.signature(model.Network).parameters
-    rank = {"comm": comm} if sharded else {}           # this rank's shards of every batch
     if resumed is None:
         preprocess = _normalization(cfg, train_ds)
-        net = model.Network(**rank, num_classes=len(train_ds.classes), batchnorm=m["batchnorm"], eps=m["bn_eps"],
+        net = model.Network(num_classes=len(train_ds.classes), batchnorm=m["batchnorm"], eps=m["bn_eps"], comm=comm,
                             momentum=m["bn_momentum"], dtype=np.float32, seed=cfg["train"]["seed"])
     else:
         arrays, meta, path = resumed
         preprocess = meta["preprocess"]
         num_classes, batchnorm, eps, dtype = check_architecture(arrays, meta, path)
-        net = model.Network(**rank, num_classes=num_classes, batchnorm=batchnorm, eps=eps,
-                            momentum=m["bn_momentum"], dtype=dtype)
+        net = model.Network(num_classes=num_classes, batchnorm=batchnorm, eps=eps, momentum=m["bn_momentum"],
+                            dtype=dtype, comm=comm)
         load_into(net, arrays)
     opt = optim.Optimizer(o["name"], net.params.flat.size, o["lr"], momentum=o["momentum"],
                           weight_decay=o["weight_decay"], betas=tuple(o["betas"]), dtype=np.float32)

@@ -89,11 +89,13 @@ def test_two_ranks_write_the_one_process_run(pairs, data, bn):
 
 
 def test_four_ranks_write_the_one_process_run(data):
-    """-n 4 on a 2-core machine (oversubscribed): batch 32 is 4 shards, one per rank."""
+    """-n 4 on a 2-core machine (oversubscribed): batch 32 is 4 shards, one per rank; with class
+    weights (per-image loss weights through the shards)."""
     require_mpi()
     tmp, folder = data
     cfg = write_config(tmp / "cfg-four.yaml", folder, tmp / "unused", epochs=1, batch_size=32)
-    args = ["train", "--config", cfg, "--no-report", "-q", "--set", "model.batchnorm=channel"]
+    args = ["train", "--config", cfg, "--no-report", "-q", "--set", "model.batchnorm=channel",
+            "--set", "train.class_weight={bar: 3, column: 1, disc: 0.5}"]
     one = run_cli([*args, "--out", tmp / "four-one"], tmp, timeout=300)
     assert one.returncode == 0, one.stderr
     four = cnn_mpi(4, [*args, "--out", tmp / "four-four"], tmp)

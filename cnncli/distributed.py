@@ -1,6 +1,7 @@
 """Data-parallel plumbing: fixed micro-shards, one fixed pairwise reduction tree, and a communicator
 (`Comm` for one process, `MpiComm` over mpi4py under `mpirun`) that sums per-shard partial vectors
-so K ranks produce the same bits as one process. Design and costs: docs/distributed.md.
+so K ranks produce the same bits as one process; a rank's threads; how a K-rank run reports errors
+(once, or naming the rank). Design and costs: docs/distributed.md.
 It is not a trainer and computes no gradients; mpi4py is imported only under an MPI launcher.
 """
 

@@ -391,7 +391,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
         if skipped:
             runfolder.write_skipped(run_dir, skipped, echo)
     m, o = cfg["model"], cfg["optim"]
-    ranks = f"{comm.size} MPI ranks x " if comm.size > 1 else ""
+    ranks = f"{net.comm.size} MPI ranks x " if net.comm.size > 1 else ""      # the ranks that share each step
     trainer.echo(f"Run folder: {run_dir}")
     trainer.echo(f"Training on {len(train_ds.labels)} images ({len(train_ds.classes)} classes), validating on "
                  f"{len(val_ds.labels)}; batchnorm={m['batchnorm']}, {o['name']} lr={o['lr']} {o['schedule']}, batch "

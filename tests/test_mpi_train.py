@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from e2e_util import load_params, make_folder, run_cli, write_config
@@ -83,7 +82,7 @@ def test_two_ranks_write_the_one_process_run(pairs, data, bn):
     err = res_two.stderr.splitlines()
     for start in ("Run folder:", "epoch 1/2", "epoch 2/2", "Done in", "warning: skipped 2"):
         assert sum(ln.startswith(start) for ln in err) == 1, (start, res_two.stderr)
-    assert "2 MPI ranks x 1 thread(s)" in res_two.stderr           # 2 cores: one each
+    assert "2 MPI ranks x 1 thread(s)" in res_two.stderr           # the Network's comm; 2 cores: one each
     strip = [ln.split("  lr ")[0] for ln in err if ln.startswith("epoch ")]   # drop times and img/s
     assert strip == [ln.split("  lr ")[0] for ln in res_one.stderr.splitlines() if ln.startswith("epoch ")]
 

@@ -1,0 +1,184 @@
+"""First-run compilation of the numba kernels a run needs, in parallel worker processes.
+
+`start()` finds the kernels a training run calls, with their argument types, by a dry run of a tiny
+network in which every kernel is stubbed out; it checks numba's on-disk cache for each and compiles the
+missing ones in spawned processes (one kernel per task, a process per core), which write the cache that
+the run then loads. It changes when and where kernels compile, never what they compile to. It is not the
+kernels (kernels/) nor a cache manager: numba keeps the cache (docs/performance.md, "Start-up").
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import threading
+import time
+import warnings
+
+import numpy as np
+
+KERNEL_MODULES = ("activation", "adam", "batchnorm", "conv", "conv16", "conv32", "inference", "lookup",
+                  "loss", "pool")
+
+# Compile seconds of the slowest kernels (scripts/bench_first_run.py, 2 cores, load ~4, f3e8fe0): the
+# pool starts them first so that one of them does not end up alone at the end; others count 1.
+_WEIGHTS = {"infer_features_into": 15.5, "infer_serial_into": 9.6, "pool_elu_backward_into": 7.1,
+            "pool_elu_forward_into": 5.7, "conv32_backward_dw_into": 5.7, "conv32_forward_into": 2.9}
+
+
+def kernel_dispatchers() -> list:
+    """Every cached numba dispatcher (`@njit(cache=True)`) of the cnncli.kernels modules."""
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    found = []
+    for name in KERNEL_MODULES:
+        mod = importlib.import_module(f"cnncli.kernels.{name}")
+        for obj in vars(mod).values():
+            if isinstance(obj, Dispatcher) and obj.py_func.__module__ == mod.__name__ \
+                    and not isinstance(getattr(obj, "_cache", None), NullCache):
+                found.append(obj)
+    return found
+
+
+def record_calls(run, dispatchers=None) -> dict:
+    """Run `run()` with every kernel stubbed out -> {dispatcher: {argument types}} of the kernel calls
+    that had no compiled version in this process. A stub returns 0.0 and writes nothing, so `run` must
+    not depend on the values kernels compute. Thread-safe (kernels called from worker threads count)."""
+    dispatchers = kernel_dispatchers() if dispatchers is None else dispatchers
+    calls, lock = {}, threading.Lock()
+
+    def stub_for(disp):
+        def stub(*args):          # numba's dispatcher calls this where it would compile, then its result
+            sig = tuple(disp.typeof_pyval(a) for a in args)
+            with lock:
+                calls.setdefault(disp, set()).add(sig)
+            return lambda *a: 0.0
+        return stub
+
+    for d in dispatchers:
+        d._compile_for_args = stub_for(d)
+    try:
+        run()
+    finally:
+        for d in dispatchers:
+            del d._compile_for_args
+    return calls
+
+
+def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32):
+    """A function doing, on a tiny network, every kind of kernel call a `cnn train` run makes: the input
+    lookup, train steps (two halves without BN), the optimizer, and inference of > 8 and of <= 8 images."""
+    def run():
+        from cnncli import model, optim
+        from cnncli.kernels import lookup_batch
+
+        net = model.Network(num_classes=2, batchnorm=batchnorm, dtype=dtype)
+        images = np.zeros((model.SPLIT_MIN, 32, 32), np.uint8)                      # (M,H,W)
+        table = np.zeros(256, dtype)                                                # (256,)
+        idx = np.arange(model.SPLIT_MIN)                                            # (N,)
+        labels = np.zeros(model.SPLIT_MIN, np.int64)                                # (N,)
+        opt = optim.Optimizer(optimizer, net.params.flat.size, 1e-3, dtype=dtype)
+        with np.errstate(all="ignore"), warnings.catch_warnings():   # the stubs leave arrays uninitialized,
+            warnings.simplefilter("ignore")                            # also on the worker threads
+            net.train_step(lookup_batch(images, idx, table), labels)
+            opt.step(net.params.flat, net.grads.flat, 1e-3)
+            x = lookup_batch(images, idx, table)
+            net.predict_proba(x[: model.SMALL_BATCH + 1])
+            net.predict_proba(x[:1])
+    return run
+
+
+def missing(calls: dict):
+    """The subset of `calls` that numba's on-disk cache lacks, or None when the cache cannot be read
+    this way (numba internals changed: then nothing is known and nothing is done)."""
+    try:
+        out = {}
+        for disp, sigs in calls.items():
+            cache = disp._cache
+            index = cache._cache_file._load_index()
+            codegen = disp.targetctx.codegen()
+            lacking = {s for s in sigs if cache._index_key(s, codegen) not in index}
+            if lacking:
+                out[disp] = lacking
+        return out
+    except Exception:       # a private API: never let it break a run
+        return None
+
+
+def _compile(module: str, name: str, sigs: list) -> float:
+    """Worker process: compile `module.name` for each signature (numba saves each to its cache)."""
+    t = time.perf_counter()
+    disp = getattr(importlib.import_module(module), name)
+    for sig in sigs:
+        disp.compile(sig)
+    return time.perf_counter() - t
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class Precompile:
+    """Compiles kernels in worker processes; `wait()` returns when they are all in the cache (or a worker
+    failed: the run then compiles what is still missing itself, as numba always does). The workers are
+    daemons: a run that stops early (a bad path, Ctrl-C) ends them instead of waiting for them."""
+
+    def __init__(self, todo: dict, workers: int):
+        import multiprocessing
+
+        tasks = sorted(((d.py_func.__module__, d.py_func.__name__, sorted(todo[d], key=str)) for d in todo),
+                       key=lambda t: -_WEIGHTS.get(t[1], 1.0))
+        self.kernels, self.workers, self.t0 = len(tasks), workers, time.perf_counter()
+        # spawn, not fork: this process may already run numba's and OpenBLAS's threads
+        self._pool = multiprocessing.get_context("spawn").Pool(workers)
+        self._results = [self._pool.apply_async(_compile, t) for t in tasks]
+        self._pool.close()
+
+    def wait(self) -> float:
+        """Block until every worker is done -> seconds since the start."""
+        for r in self._results:
+            try:
+                r.get()
+            except Exception:   # noqa: BLE001 -- the kernel then compiles in this process on first use
+                pass
+        self._pool.join()
+        return time.perf_counter() - self.t0
+
+
+class _Nothing:
+    """Nothing to compile ahead (a warm cache, or the pre-compile turned off)."""
+
+    def wait(self) -> float:
+        return 0.0
+
+
+def env_workers() -> int:
+    """CNNCLI_COMPILE_WORKERS: compile processes (default: one per core); 0 turns the pre-compile off, so
+    kernels compile in the run's own process on first use, one after the other."""
+    value = os.environ.get("CNNCLI_COMPILE_WORKERS", "").strip()
+    return int(value) if value.isdigit() else cpu_count()
+
+
+def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=None, say=None):
+    """Start compiling, in `workers` processes (None: env_workers()), the kernels a training run of this
+    kind needs and the cache lacks; `say(line)` tells the user, once, when there is anything to compile.
+    Returns an object whose `wait()` blocks until they are in the cache."""
+    workers = env_workers() if workers is None else workers
+    todo = missing(record_calls(training_run(batchnorm, optimizer, dtype)))
+    if not todo:
+        return _Nothing()
+    job = Precompile(todo, min(workers, len(todo))) if workers > 0 else _Nothing()
+    if say is not None:
+        where = f" in {job.workers} processes" if workers > 0 else ""
+        say(f"Compiling {len(todo)} numba kernels for this CPU{where} (first run only; later runs load "
+            "them from numba's cache) ...")
+    return job
+
+
+def stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

@@ -1,0 +1,167 @@
+"""The first-run pre-compile (cnncli/precompile.py) and numba's cache in a read-only install.
+
+Each test runs in a fresh process where it needs its own NUMBA_CACHE_DIR or a clean dispatcher state;
+the only kernel compiled from scratch is the tiny input lookup (kernels.lookup).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from e2e_util import make_folder, write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python(code: str, env=None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})), **kw)
+
+
+LOOKUP_PLAN = """
+import json, numpy as np
+from cnncli import precompile
+from cnncli.kernels import lookup
+def run():
+    lookup.lookup_batch(np.zeros((3, 4, 4), np.uint8), np.arange(2), np.zeros(256, np.float32))
+calls = precompile.record_calls(run, [lookup.lookup_batch_into])
+before = precompile.missing(calls)
+job = precompile.Precompile(before, 1)
+job.wait()
+after = precompile.missing(calls)
+print(json.dumps({"recorded": sum(map(len, calls.values())), "before": sum(map(len, before.values())),
+                  "after": sum(map(len, after.values())), "in_process": len(lookup.lookup_batch_into.overloads)}))
+"""
+
+
+def test_worker_fills_the_cache_the_check_reads(tmp_path):
+    """An empty cache lacks the recorded kernel; a spawned worker compiles it into the cache; then it is
+    found there, and the stubbed dry run compiled nothing in this process."""
+    res = _python(LOOKUP_PLAN, env={"NUMBA_CACHE_DIR": str(tmp_path / "nc"), "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out == {"recorded": 1, "before": 1, "after": 0, "in_process": 0}
+    assert list((tmp_path / "nc").rglob("lookup*.nbi")), "the worker wrote no index file"
+
+
+COVERAGE = """
+import json, sys
+from cnncli import config, precompile
+from cnncli.train import train
+plan = precompile.record_calls(precompile.training_run(sys.argv[2]))
+planned = {(d.py_func.__name__, str(s)) for d, sigs in plan.items() for s in sigs}
+cfg = config.load_config(sys.argv[1], overrides=[f"model.batchnorm={sys.argv[2]}"])
+train(cfg, quiet=True, echo=lambda m: None)
+used = set()
+for d in precompile.kernel_dispatchers():
+    for s in list(d.stats.cache_hits) + list(d.stats.cache_misses):
+        used.add((d.py_func.__name__, str(s)))
+print(json.dumps({"planned": sorted(planned), "used": sorted(used)}))
+"""
+
+
+@pytest.mark.parametrize("batchnorm", ["none", "channel", "unit"])
+def test_dry_run_plans_every_kernel_a_training_run_uses(tmp_path, batchnorm):
+    """Every (kernel, argument types) a real `cnn train` loads or compiles is in the dry run's plan, so the
+    workers leave nothing for the run to compile (batch 32: the two-halves step; eval of 18 images)."""
+    folder = make_folder(tmp_path / "data", per_class=24, odd_files=False)
+    cfg = write_config(tmp_path / "c.yaml", folder, tmp_path / "run", epochs=1, batch_size=32)
+    res = subprocess.run([sys.executable, "-c", COVERAGE, str(cfg), batchnorm], capture_output=True, text=True,
+                         cwd=tmp_path, env=dict(os.environ, CNNCLI_COMPILE_WORKERS="0", PYTHONPATH=str(ROOT)))
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.splitlines()[-1])
+    used, planned = set(map(tuple, out["used"])), set(map(tuple, out["planned"]))
+    assert used, "the run used no cached kernel: the check saw nothing"
+    assert used <= planned, f"not planned: {sorted(used - planned)}"
+
+
+def test_line_only_when_something_is_missing(monkeypatch):
+    from cnncli import precompile
+
+    lines = []
+    monkeypatch.setattr(precompile, "record_calls", lambda run: {"k": {"sig"}})
+    monkeypatch.setattr(precompile, "missing", lambda calls: {})
+    assert precompile.start("none", workers=0, say=lines.append).wait() == 0.0
+    assert lines == []
+    monkeypatch.setattr(precompile, "missing", lambda calls: dict(calls))
+    precompile.start("none", workers=0, say=lines.append).wait()
+    assert len(lines) == 1 and "Compiling 1 numba kernels" in lines[0] and "first run only" in lines[0]
+    monkeypatch.setattr(precompile, "missing", lambda calls: None)     # numba's internals changed
+    precompile.start("none", workers=0, say=lines.append)
+    assert len(lines) == 1
+
+
+READONLY_RUN = """
+import json, os, numpy as np
+from cnncli.kernels import lookup
+x = lookup.lookup_batch(np.arange(48, dtype=np.uint8).reshape(3, 4, 4), np.array([2, 0]), np.arange(256, dtype=np.float32))
+d = lookup.lookup_batch_into
+print(json.dumps({"file": lookup.__file__, "hits": sum(d.stats.cache_hits.values()),
+                  "misses": sum(d.stats.cache_misses.values()), "x": x.ravel().tolist(),
+                  "cache": d._cache.cache_path}))
+"""
+
+
+def _unprivileged(home: Path):
+    """argv prefix + env that run a child without write access to root's files: as `nobody` when we are
+    root (root ignores permission bits), else as ourselves (the copy is then made read-only)."""
+    if os.geteuid() != 0:
+        return [], {}
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot make a folder read-only for the child")
+    os.chown(home, 65534, 65534)
+    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"], {}
+
+
+def test_read_only_install_caches_per_user():
+    """cnncli copied into a site folder the user cannot write: numba falls back to the per-user cache
+    (HOME/.cache/numba), the second process loads the kernel from it (a cache hit, no compile) and
+    nothing is written into the package folder."""
+    top = Path(tempfile.mkdtemp(prefix="cnncli-ro-"))
+    try:
+        os.chmod(top, 0o755)
+        site, home = top / "site", top / "home"
+        shutil.copytree(ROOT / "cnncli", site / "cnncli", ignore=shutil.ignore_patterns("__pycache__"))
+        home.mkdir()
+        prefix, _ = _unprivileged(home)
+        if not prefix:
+            for p in [site, *site.rglob("*")]:
+                os.chmod(p, 0o555 if p.is_dir() else 0o444)
+        before = sorted(str(p) for p in site.rglob("*"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CACHE_DIR", "PYTHONPATH"))}
+        env.update(HOME=str(home), PYTHONPATH=str(site), XDG_CACHE_HOME=str(home / ".cache"))
+        if os.access(sys.executable, os.X_OK) and prefix:
+            probe = subprocess.run(prefix + [sys.executable, "-c", "import numba"], env=env, capture_output=True)
+            if probe.returncode != 0:
+                pytest.skip(f"the unprivileged user cannot run this Python: {probe.stderr.decode()[-200:]}")
+        runs = []
+        for _ in range(2):
+            res = subprocess.run(prefix + [sys.executable, "-c", READONLY_RUN], env=env, capture_output=True,
+                                 text=True, cwd=home)
+            assert res.returncode == 0, res.stderr
+            runs.append(json.loads(res.stdout))
+        assert runs[0]["file"].startswith(str(site))
+        assert runs[0]["cache"].startswith(str(home)), runs[0]["cache"]
+        assert (runs[0]["hits"], runs[0]["misses"]) == (0, 1)
+        assert (runs[1]["hits"], runs[1]["misses"]) == (1, 0)
+        images = np.arange(48, dtype=np.uint8).reshape(3, 4, 4)                 # as READONLY_RUN makes them
+        assert runs[1]["x"] == runs[0]["x"] == images[[2, 0]].astype(np.float32).ravel().tolist()
+        assert sorted(str(p) for p in site.rglob("*")) == before, "something was written into the package"
+        assert list(home.rglob("*lookup*.nbi")), "no per-user index file"
+    finally:
+        for p in [top, *top.rglob("*")]:
+            try:
+                os.chmod(p, 0o755 if p.is_dir() else 0o644)
+            except OSError:
+                pass
+        shutil.rmtree(top, ignore_errors=True)

@@ -3,7 +3,7 @@
 `start()` finds the kernels a training run calls, with their argument types, by a dry run of a tiny
 network in which every kernel is stubbed out; it checks numba's on-disk cache for each and compiles the
 missing ones in spawned processes (one kernel per task, a process per core), which write the cache that
-the run then loads. It changes when and where kernels compile, never what they compile to. It is not the
+the run loads each kernel from as soon as it is there. It changes when and where kernels compile, never what they compile to. It is not the
 kernels (kernels/) nor a cache manager: numba keeps the cache (docs/performance.md, "Start-up").
 """
 
@@ -20,12 +20,6 @@ import numpy as np
 
 KERNEL_MODULES = ("activation", "adam", "batchnorm", "conv", "conv16", "conv32", "inference", "lookup",
                   "loss", "pool")
-
-# Compile seconds of the slowest kernels (scripts/bench_first_run.py, 2 cores, load ~4, f3e8fe0): the
-# pool starts them first so that one of them does not end up alone at the end; others count 1.
-_WEIGHTS = {"infer_features_into": 15.5, "infer_serial_into": 9.6, "pool_elu_backward_into": 7.1,
-            "pool_elu_forward_into": 5.7, "conv32_backward_dw_into": 5.7, "conv32_forward_into": 2.9}
-
 
 def kernel_dispatchers() -> list:
     """Every cached numba dispatcher (`@njit(cache=True)`) of the cnncli.kernels modules."""
@@ -124,28 +118,49 @@ def cpu_count() -> int:
 
 
 class Precompile:
-    """Compiles kernels in worker processes; `wait()` returns when they are all in the cache (or a worker
-    failed: the run then compiles what is still missing itself, as numba always does). The workers are
-    daemons: a run that stops early (a bad path, Ctrl-C) ends them instead of waiting for them."""
+    """Compiles kernels in worker processes, in the order the run first calls them. Until a kernel's
+    worker is done, a call of it in this process waits for it (then loads it from the cache), so the run
+    goes as far as the kernels ready allow: the first training step need not wait for the inference
+    kernels. A failed worker just leaves its kernel to compile here, as numba always does. The workers
+    are daemons: a run that stops early (a bad path, Ctrl-C) ends them instead of waiting for them."""
 
     def __init__(self, todo: dict, workers: int):
         import multiprocessing
 
-        tasks = sorted(((d.py_func.__module__, d.py_func.__name__, sorted(todo[d], key=str)) for d in todo),
-                       key=lambda t: -_WEIGHTS.get(t[1], 1.0))
-        self.kernels, self.workers, self.t0 = len(tasks), workers, time.perf_counter()
+        self.kernels, self.workers, self.t0 = len(todo), workers, time.perf_counter()
+        self._lock = threading.Lock()
         # spawn, not fork: this process may already run numba's and OpenBLAS's threads
         self._pool = multiprocessing.get_context("spawn").Pool(workers)
-        self._results = [self._pool.apply_async(_compile, t) for t in tasks]
+        self._pending = {}
+        for d, sigs in todo.items():        # dict order: the order of the dry run's first calls
+            task = (d.py_func.__module__, d.py_func.__name__, sorted(sigs, key=str))
+            self._pending[d] = result = self._pool.apply_async(_compile, task)
+            d._compile_for_args = self._waiting(d, result)
         self._pool.close()
+
+    def _waiting(self, disp, result):
+        def compile_for_args(*args, **kws):     # numba calls this where it would compile
+            try:
+                result.get()
+            except Exception:   # noqa: BLE001 -- the kernel then compiles in this process
+                pass
+            self._release(disp)
+            return type(disp)._compile_for_args(disp, *args, **kws)     # loads it from the cache
+        return compile_for_args
+
+    def _release(self, disp) -> None:
+        with self._lock:
+            if self._pending.pop(disp, None) is not None:
+                disp.__dict__.pop("_compile_for_args", None)
 
     def wait(self) -> float:
         """Block until every worker is done -> seconds since the start."""
-        for r in self._results:
+        for disp, result in list(self._pending.items()):
             try:
-                r.get()
-            except Exception:   # noqa: BLE001 -- the kernel then compiles in this process on first use
+                result.get()
+            except Exception:   # noqa: BLE001
                 pass
+            self._release(disp)
         self._pool.join()
         return time.perf_counter() - self.t0
 
@@ -178,6 +193,24 @@ def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=Non
         say(f"Compiling {len(todo)} numba kernels for this CPU{where} (first run only; later runs load "
             "them from numba's cache) ...")
     return job
+
+
+def warmup(variants=("none", "unit", "channel"), workers=None) -> tuple[int, float]:
+    """Compile into numba's cache every kernel that training and inference of these BN variants need
+    (float32, Adam) -> (kernels compiled, seconds). `cnn warmup`; 0 kernels when the cache is warm."""
+    t = time.perf_counter()
+    workers = env_workers() if workers is None else workers
+    todo = {}
+    for bn in variants:
+        for disp, sigs in (missing(record_calls(training_run(bn))) or {}).items():
+            todo.setdefault(disp, set()).update(sigs)
+    if todo:
+        if workers > 0:
+            Precompile(todo, min(workers, len(todo))).wait()
+        else:
+            for disp, sigs in todo.items():
+                _compile(disp.py_func.__module__, disp.py_func.__name__, sorted(sigs, key=str))
+    return sum(map(len, todo.values())), time.perf_counter() - t
 
 
 def stderr_line(line: str) -> None:

@@ -328,10 +328,9 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
     from cnncli.kernels import set_threads
 
     threads = set_threads(cfg["train"]["threads"])
-    from cnncli import precompile      # first run: compile the kernels in worker processes meanwhile
+    from cnncli import precompile      # a cold cache: the kernels compile in worker processes meanwhile
 
-    compiling = precompile.start(cfg["model"]["batchnorm"], cfg["optim"]["name"],
-                                 say=None if quiet else precompile.stderr_line)
+    precompile.start(cfg["model"]["batchnorm"], cfg["optim"]["name"], say=None if quiet else precompile.stderr_line)
     train_ds, val_ds, skipped = load_datasets(cfg, echo=echo, classes=resumed and resumed[1].get("classes"),
                                                progress=not quiet)
     m, o = cfg["model"], cfg["optim"]
@@ -351,6 +350,5 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
                  f"{cfg['train']['batch_size']}, {threads} thread(s); setup {time.perf_counter() - t_setup:.1f}s")
     if len(val_ds.labels) == 0:
         trainer.echo("warning: no validation images; best.npz and early stopping use the training loss instead")
-    compiling.wait()
     trainer.fit()
     return run_dir

@@ -3,9 +3,10 @@ fresh `cnn predict one.png`.
 
 In a temp folder, per --rounds: a cold run with the pre-compile off (CNNCLI_COMPILE_WORKERS=0, every kernel
 compiles in the run's process at first use), a cold run with it on (default workers), then a warm run; each
-a fresh NUMBA_CACHE_DIR, the demo's 2 epochs. Prints each run's wall time, epoch 1 - epoch 2 (the compile
-cost inside the epoch), the start-up compile cost (cold wall - warm wall) and the 1-minute load average
-before and after (the machine may be shared). Then times `cnn predict one.png` with an empty cache and
+a fresh NUMBA_CACHE_DIR, the demo's 2 epochs. Prints each run's wall time, when its first training step
+returned (seconds since the process started), its CPU time (with its workers'), epoch 1 - epoch 2 (the compile cost inside the epoch), the
+whole compile cost (cold wall - warm wall) and the 1-minute load average before and after (the machine
+may be shared). Then times `cnn predict one.png` with an empty cache and
 checks that numba was not imported. Prints numbers; asserts nothing.
 
     python scripts/bench_first_run.py [--rounds 1] [--epochs 2]
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -34,24 +36,47 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
+def children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes and their children (compile workers)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+# `cnn train ARGS` in this process, printing when the first training step returned (seconds since start)
+RUNNER = ("import sys, time; t0 = time.perf_counter()\n"
+          "from cnncli import model\n"
+          "step = model.Network.train_step\n"
+          "def timed(self, *a):\n"
+          "    out = step(self, *a)\n"
+          "    if not hasattr(model, 'first') and self.num_classes > 2:   # not precompile's dry run\n"
+          "        model.first = time.perf_counter() - t0\n"
+          "        print(f'FIRST_STEP {model.first:.2f}', file=sys.stderr)\n"
+          "    return out\n"
+          "model.Network.train_step = timed\n"
+          "from cnncli.cli import cli\n"
+          "cli(sys.argv[1:], prog_name='cnn')\n")
+
+
 def train(work: Path, cache: Path, out: str, epochs: int, workers=None) -> dict:
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
     if workers is not None:
         env["CNNCLI_COMPILE_WORKERS"] = str(workers)
-    cmd = [sys.executable, "-m", "cnncli", "train", "--config", str(ROOT / "configs/demo.yaml"), "-q",
+    cmd = [sys.executable, "-c", RUNNER, "train", "--config", str(ROOT / "configs/demo.yaml"), "-q",
            "--set", f"train.epochs={epochs}", "--set", f"out={out}"]
-    l0, t = load(), time.perf_counter()
-    subprocess.run(cmd, cwd=work, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    l0, t, cpu0 = load(), time.perf_counter(), children_cpu()
+    res = subprocess.run(cmd, cwd=work, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
     wall = time.perf_counter() - t
+    first = float(res.stderr.split("FIRST_STEP ")[1].split()[0])
     with open(work / out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     times = [float(r["time_s"]) for r in rows]
-    return {"wall": wall, "e1_e2": times[0] - times[1], "load": (l0, load()), "val_loss": rows[-1]["val_loss"]}
+    return {"wall": wall, "cpu": children_cpu() - cpu0, "first": first, "e1_e2": times[0] - times[1], "load": (l0, load()), "val_loss": rows[-1]["val_loss"]}
 
 
 def show(name: str, r: dict, warm=None) -> None:
-    extra = f"  start-up compile (wall - warm wall) {r['wall'] - warm:6.1f} s" if warm is not None else ""
-    print(f"{name:34s} wall {r['wall']:6.1f} s  epoch1-epoch2 {r['e1_e2']:6.1f} s{extra}  "
+    extra = f"  compile cost (wall - warm wall) {r['wall'] - warm:5.1f} s" if warm is not None else ""
+    print(f"{name:22s} wall {r['wall']:5.1f} s  cpu {r['cpu']:5.1f} s  first step at {r['first']:5.1f} s  epoch1-epoch2 {r['e1_e2']:6.1f} s{extra}  "
           f"load {r['load'][0]:.2f} -> {r['load'][1]:.2f}  last val_loss {r['val_loss']}")
 
 

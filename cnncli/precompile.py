@@ -1,10 +1,10 @@
 """First-run compilation of the numba kernels a run needs, in parallel worker processes.
 
 `start()` finds the kernels a training run calls, with their argument types, by a dry run of a tiny
-network in which every kernel is stubbed out; it checks numba's on-disk cache for each and compiles the
-missing ones in spawned processes (one kernel per task, a process per core), which write the cache that
-the run loads each kernel from as soon as it is there. It changes when and where kernels compile, never what they compile to. It is not the
-kernels (kernels/) nor a cache manager: numba keeps the cache (docs/performance.md, "Start-up").
+network with every kernel stubbed out, checks numba's on-disk cache for each, and compiles the missing
+ones in spawned processes (a kernel per task, a process per core) that write the cache the run loads
+each kernel from once it is there: it changes when and where kernels compile, never what they compile
+to. Not the kernels (kernels/), nor a cache manager (numba keeps it; docs/performance.md, "Start-up").
 """
 
 from __future__ import annotations
@@ -61,9 +61,10 @@ def record_calls(run, dispatchers=None) -> dict:
     return calls
 
 
-def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32):
-    """A function doing, on a tiny network, every kind of kernel call a `cnn train` run makes: the input
-    lookup, train steps (two halves without BN), the optimizer, and inference of > 8 and of <= 8 images."""
+def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32, parts=("step", "inference")):
+    """A function doing, on a tiny network, every kind of kernel call a `cnn train` run makes: "step" the
+    input lookup, a train step (two halves without BN) and the optimizer; "inference" the validation's
+    lookup and inference of > 8 and of <= 8 images."""
     def run():
         from cnncli import model, optim
         from cnncli.kernels import lookup_batch
@@ -76,12 +77,26 @@ def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32):
         opt = optim.Optimizer(optimizer, net.params.flat.size, 1e-3, dtype=dtype)
         with np.errstate(all="ignore"), warnings.catch_warnings():   # the stubs leave arrays uninitialized,
             warnings.simplefilter("ignore")                            # also on the worker threads
-            net.train_step(lookup_batch(images, idx, table), labels)
-            opt.step(net.params.flat, net.grads.flat, 1e-3)
-            x = lookup_batch(images, idx, table)
-            net.predict_proba(x[: model.SMALL_BATCH + 1])
-            net.predict_proba(x[:1])
+            if "step" in parts:
+                net.train_step(lookup_batch(images, idx, table), labels)
+                opt.step(net.params.flat, net.grads.flat, 1e-3)
+            if "inference" in parts:
+                x = lookup_batch(images, idx, table)
+                net.predict_proba(x[: model.SMALL_BATCH + 1])
+                net.predict_proba(x[:1])
     return run
+
+
+def plan(batchnorm: str, optimizer: str = "adam", dtype=np.float32):
+    """(first, later): what the first training step needs and the cache lacks, then what only validation
+    needs ({dispatcher: {argument types}} each); (None, None) when the cache cannot be read."""
+    first = missing(record_calls(training_run(batchnorm, optimizer, dtype, ("step",))))
+    later = missing(record_calls(training_run(batchnorm, optimizer, dtype, ("inference",))))
+    if first is None or later is None:
+        return None, None
+    for d in [d for d in later if d in first]:       # one task per kernel: with the first step's
+        first[d] = first[d] | later.pop(d)
+    return first, later
 
 
 def missing(calls: dict):
@@ -118,49 +133,73 @@ def cpu_count() -> int:
 
 
 class Precompile:
-    """Compiles kernels in worker processes, in the order the run first calls them. Until a kernel's
-    worker is done, a call of it in this process waits for it (then loads it from the cache), so the run
-    goes as far as the kernels ready allow: the first training step need not wait for the inference
-    kernels. A failed worker just leaves its kernel to compile here, as numba always does. The workers
-    are daemons: a run that stops early (a bad path, Ctrl-C) ends them instead of waiting for them."""
+    """Compiles kernels in worker processes: `todo` (what the first training step needs) in the order the
+    run first calls them, then `later` (validation's), on workers to spare or once `todo` is done. Until a
+    kernel's worker is done, a call of it in this process waits for it (then loads it from the cache), so
+    the run goes as far as the kernels ready allow. A failed worker just leaves its kernel to compile here,
+    as numba always does. The workers are daemons: a run that stops early (a bad path, Ctrl-C) ends them
+    instead of waiting for them."""
 
-    def __init__(self, todo: dict, workers: int):
+    def __init__(self, todo: dict, workers: int, later=None):
         import multiprocessing
 
-        self.kernels, self.workers, self.t0 = len(todo), workers, time.perf_counter()
-        self._lock = threading.Lock()
+        later = list((later or {}).items())
+        self.kernels, self.workers, self.t0 = len(todo) + len(later), workers, time.perf_counter()
+        self._lock, self._submitted = threading.Lock(), threading.Event()
+        self._results, self._first_left = {}, len(todo)
+        spare = max(workers - len(todo), 0) if todo else len(later)
+        self._held = dict(later[spare:])
         # spawn, not fork: this process may already run numba's and OpenBLAS's threads
         self._pool = multiprocessing.get_context("spawn").Pool(workers)
-        self._pending = {}
-        for d, sigs in todo.items():        # dict order: the order of the dry run's first calls
-            task = (d.py_func.__module__, d.py_func.__name__, sorted(sigs, key=str))
-            self._pending[d] = result = self._pool.apply_async(_compile, task)
-            d._compile_for_args = self._waiting(d, result)
-        self._pool.close()
+        for d in [*todo, *self._held]:
+            d._compile_for_args = self._waiting(d)
+        for d, sigs in todo.items():                  # dict order: the dry run's call order
+            self._submit(d, sigs, self._first_done)
+        for d, sigs in later[:spare]:
+            d._compile_for_args = self._waiting(d)
+            self._submit(d, sigs, None)
+        if not self._held:
+            self._release_held()
 
-    def _waiting(self, disp, result):
+    def _submit(self, disp, sigs, callback) -> None:
+        task = (disp.py_func.__module__, disp.py_func.__name__, sorted(sigs, key=str))
+        self._results[disp] = self._pool.apply_async(_compile, task, callback=callback, error_callback=callback)
+
+    def _first_done(self, _result) -> None:
+        """Pool's result thread, after each of the first step's kernels: after the last, submit the rest."""
+        with self._lock:
+            self._first_left -= 1
+            if self._first_left != 0:
+                return
+        for d, sigs in self._held.items():
+            self._submit(d, sigs, None)
+        self._release_held()
+
+    def _release_held(self) -> None:
+        self._pool.close()
+        self._submitted.set()
+
+    def _waiting(self, disp):
         def compile_for_args(*args, **kws):     # numba calls this where it would compile
+            if disp not in self._results:
+                self._submitted.wait()
             try:
-                result.get()
+                self._results[disp].get()
             except Exception:   # noqa: BLE001 -- the kernel then compiles in this process
                 pass
-            self._release(disp)
+            disp.__dict__.pop("_compile_for_args", None)
             return type(disp)._compile_for_args(disp, *args, **kws)     # loads it from the cache
         return compile_for_args
 
-    def _release(self, disp) -> None:
-        with self._lock:
-            if self._pending.pop(disp, None) is not None:
-                disp.__dict__.pop("_compile_for_args", None)
-
     def wait(self) -> float:
         """Block until every worker is done -> seconds since the start."""
-        for disp, result in list(self._pending.items()):
+        self._submitted.wait()
+        for disp, result in list(self._results.items()):
             try:
                 result.get()
             except Exception:   # noqa: BLE001
                 pass
-            self._release(disp)
+            disp.__dict__.pop("_compile_for_args", None)
         self._pool.join()
         return time.perf_counter() - self.t0
 
@@ -184,14 +223,15 @@ def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=Non
     kind needs and the cache lacks; `say(line)` tells the user, once, when there is anything to compile.
     Returns an object whose `wait()` blocks until they are in the cache."""
     workers = env_workers() if workers is None else workers
-    todo = missing(record_calls(training_run(batchnorm, optimizer, dtype)))
-    if not todo:
+    first, later = plan(batchnorm, optimizer, dtype)
+    n = len(first or {}) + len(later or {})
+    if n == 0:
         return _Nothing()
-    job = Precompile(todo, min(workers, len(todo))) if workers > 0 else _Nothing()
+    job = Precompile(first, min(workers, n), later) if workers > 0 else _Nothing()
     if say is not None:
         where = f" in {job.workers} processes" if workers > 0 else ""
-        say(f"Compiling {len(todo)} numba kernels for this CPU{where} (first run only; later runs load "
-            "them from numba's cache) ...")
+        say(f"Compiling {n} numba kernels for this CPU{where} (first run only; later runs load them from "
+            "numba's cache) ...")
     return job
 
 

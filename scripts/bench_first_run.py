@@ -3,10 +3,10 @@ fresh `cnn predict one.png`.
 
 In a temp folder, per --rounds: a cold run with the pre-compile off (CNNCLI_COMPILE_WORKERS=0, every kernel
 compiles in the run's process at first use), a cold run with it on (default workers), then a warm run; each
-a fresh NUMBA_CACHE_DIR, the demo's 2 epochs. Prints each run's wall time, when its first training step
-returned (seconds since the process started), its CPU time (with its workers'), epoch 1 - epoch 2 (the compile cost inside the epoch), the
-whole compile cost (cold wall - warm wall) and the 1-minute load average before and after (the machine
-may be shared). Then times `cnn predict one.png` with an empty cache and
+a fresh NUMBA_CACHE_DIR, the demo's 2 epochs. Prints each run's wall time, its CPU time (with its
+workers'), when its first training step returned (seconds since the process started), epoch 1 - epoch 2
+(the compile cost inside the epoch), the whole compile cost (cold wall - warm wall) and the 1-minute
+load average before and after (the machine may be shared). Then times `cnn predict one.png` with an empty cache and
 checks that numba was not imported. Prints numbers; asserts nothing.
 
     python scripts/bench_first_run.py [--rounds 1] [--epochs 2]
@@ -71,12 +71,14 @@ def train(work: Path, cache: Path, out: str, epochs: int, workers=None) -> dict:
     with open(work / out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     times = [float(r["time_s"]) for r in rows]
-    return {"wall": wall, "cpu": children_cpu() - cpu0, "first": first, "e1_e2": times[0] - times[1], "load": (l0, load()), "val_loss": rows[-1]["val_loss"]}
+    return {"wall": wall, "cpu": children_cpu() - cpu0, "first": first, "e1_e2": times[0] - times[1],
+            "load": (l0, load()), "val_loss": rows[-1]["val_loss"]}
 
 
 def show(name: str, r: dict, warm=None) -> None:
     extra = f"  compile cost (wall - warm wall) {r['wall'] - warm:5.1f} s" if warm is not None else ""
-    print(f"{name:22s} wall {r['wall']:5.1f} s  cpu {r['cpu']:5.1f} s  first step at {r['first']:5.1f} s  epoch1-epoch2 {r['e1_e2']:6.1f} s{extra}  "
+    print(f"{name:22s} wall {r['wall']:5.1f} s  cpu {r['cpu']:5.1f} s  first step at {r['first']:5.1f} s  "
+          f"epoch1-epoch2 {r['e1_e2']:5.1f} s{extra}  "
           f"load {r['load'][0]:.2f} -> {r['load'][1]:.2f}  last val_loss {r['val_loss']}")
 
 

@@ -30,26 +30,35 @@ def _python(code: str, env=None, **kw) -> subprocess.CompletedProcess:
 LOOKUP_PLAN = """
 import json, numpy as np
 from cnncli import precompile
-from cnncli.kernels import lookup
+from cnncli.kernels import activation, lookup
 def run():
     lookup.lookup_batch(np.zeros((3, 4, 4), np.uint8), np.arange(2), np.zeros(256, np.float32))
-calls = precompile.record_calls(run, [lookup.lookup_batch_into])
-before = precompile.missing(calls)
-job = precompile.Precompile(before, 1)
+def run_later():
+    activation.sigmoid(np.zeros((2, 3), np.float32))
+kernels = [lookup.lookup_batch_into, activation.sigmoid_into]
+calls = precompile.record_calls(run, kernels)
+later = precompile.record_calls(run_later, kernels)
+before = precompile.missing({**calls, **later})
+job = precompile.Precompile(precompile.missing(calls), 1, precompile.missing(later))   # sigmoid held back
+run()                      # each call waits for its worker, then loads the kernel from the cache
+run_later()
+stats = [(sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values())) for d in kernels]
 job.wait()
-after = precompile.missing(calls)
-print(json.dumps({"recorded": sum(map(len, calls.values())), "before": sum(map(len, before.values())),
-                  "after": sum(map(len, after.values())), "in_process": len(lookup.lookup_batch_into.overloads)}))
+after = precompile.missing({**calls, **later})
+print(json.dumps({"recorded": sum(map(len, calls.values())) + sum(map(len, later.values())),
+                  "before": sum(map(len, before.values())), "after": sum(map(len, after.values())),
+                  "stats": stats, "waiting": any("_compile_for_args" in vars(d) for d in kernels)}))
 """
 
 
 def test_worker_fills_the_cache_the_check_reads(tmp_path):
-    """An empty cache lacks the recorded kernel; a spawned worker compiles it into the cache; then it is
-    found there, and the stubbed dry run compiled nothing in this process."""
+    """An empty cache lacks the recorded kernels; a spawned worker compiles them into the cache (the held
+    one after the first); a call made meanwhile waits for its worker and loads the kernel from the cache
+    (a hit, no compile here)."""
     res = _python(LOOKUP_PLAN, env={"NUMBA_CACHE_DIR": str(tmp_path / "nc"), "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
-    assert out == {"recorded": 1, "before": 1, "after": 0, "in_process": 0}
+    assert out == {"recorded": 2, "before": 2, "after": 0, "stats": [[1, 0], [1, 0]], "waiting": False}
     assert list((tmp_path / "nc").rglob("lookup*.nbi")), "the worker wrote no index file"
 
 
@@ -92,7 +101,7 @@ def test_line_only_when_something_is_missing(monkeypatch):
     monkeypatch.setattr(precompile, "missing", lambda calls: {})
     assert precompile.start("none", workers=0, say=lines.append).wait() == 0.0
     assert lines == []
-    monkeypatch.setattr(precompile, "missing", lambda calls: dict(calls))
+    monkeypatch.setattr(precompile, "missing", lambda calls: dict(calls))    # one kernel, in both parts
     precompile.start("none", workers=0, say=lines.append).wait()
     assert len(lines) == 1 and "Compiling 1 numba kernels" in lines[0] and "first run only" in lines[0]
     monkeypatch.setattr(precompile, "missing", lambda calls: None)     # numba's internals changed
@@ -100,10 +109,27 @@ def test_line_only_when_something_is_missing(monkeypatch):
     assert len(lines) == 1
 
 
+def test_cnn_warmup_passes_its_options(monkeypatch):
+    from click.testing import CliRunner
+
+    from cnncli import precompile
+    from cnncli.cli import cli
+
+    seen = []
+    monkeypatch.setattr(precompile, "warmup", lambda variants, workers: seen.append((variants, workers)) or (3, 1.5))
+    res = CliRunner().invoke(cli, ["warmup", "--batchnorm", "unit", "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert seen == [(("unit",), 0)] and "compiled 3 kernel(s) in 1.5 s" in res.output
+    monkeypatch.setattr(precompile, "warmup", lambda variants, workers: seen.append((variants, workers)) or (0, 0.2))
+    res = CliRunner().invoke(cli, ["warmup"])
+    assert seen[-1] == (("none", "unit", "channel"), None) and "already in numba's cache" in res.output
+
+
 READONLY_RUN = """
 import json, os, numpy as np
 from cnncli.kernels import lookup
-x = lookup.lookup_batch(np.arange(48, dtype=np.uint8).reshape(3, 4, 4), np.array([2, 0]), np.arange(256, dtype=np.float32))
+images, table = np.arange(48, dtype=np.uint8).reshape(3, 4, 4), np.arange(256, dtype=np.float32)
+x = lookup.lookup_batch(images, np.array([2, 0]), table)
 d = lookup.lookup_batch_into
 print(json.dumps({"file": lookup.__file__, "hits": sum(d.stats.cache_hits.values()),
                   "misses": sum(d.stats.cache_misses.values()), "x": x.ravel().tolist(),

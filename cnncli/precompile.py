@@ -2,9 +2,9 @@
 
 `start()` finds the kernels a training run calls, with their argument types, by a dry run of a tiny
 network with every kernel stubbed out, checks numba's on-disk cache for each, and compiles the missing
-ones in spawned processes (a kernel per task, a process per core) that write the cache the run loads
-each kernel from once it is there: it changes when and where kernels compile, never what they compile
-to. Not the kernels (kernels/), nor a cache manager (numba keeps it; docs/performance.md, "Start-up").
+ones in this and spawned processes (a kernel per task, a process per core) that write the cache the run
+loads each kernel from once it is there: it changes when and where kernels compile, never what they
+compile to. Not the kernels (kernels/), nor a cache manager (numba keeps it; docs/performance.md, "Start-up").
 """
 
 from __future__ import annotations
@@ -116,13 +116,29 @@ def missing(calls: dict):
         return None
 
 
-def _compile(module: str, name: str, sigs: list) -> float:
-    """Worker process: compile `module.name` for each signature (numba saves each to its cache)."""
-    t = time.perf_counter()
+def _compile(module: str, name: str, sigs: list) -> None:
+    """Compile `module.name` for each signature (numba saves each to its cache)."""
     disp = getattr(importlib.import_module(module), name)
     for sig in sigs:
         disp.compile(sig)
-    return time.perf_counter() - t
+
+
+FREE, TAKEN, DONE = 0, 1, 2     # a task's state, shared by this process and the workers
+
+
+def _worker(tasks: list, order: list, state) -> None:
+    """Worker process: claim the next free task in `order`, compile it, until none is left."""
+    while True:
+        with state.get_lock():
+            i = next((i for i in order if state[i] == FREE), None)
+            if i is None:
+                return
+            state[i] = TAKEN
+        try:
+            _compile(*tasks[i])
+        except Exception:   # noqa: BLE001 -- the run then compiles this kernel itself
+            pass
+        state[i] = DONE
 
 
 def cpu_count() -> int:
@@ -133,74 +149,74 @@ def cpu_count() -> int:
 
 
 class Precompile:
-    """Compiles kernels in worker processes: `todo` (what the first training step needs) in the order the
-    run first calls them, then `later` (validation's), on workers to spare or once `todo` is done. Until a
-    kernel's worker is done, a call of it in this process waits for it (then loads it from the cache), so
-    the run goes as far as the kernels ready allow. A failed worker just leaves its kernel to compile here,
-    as numba always does. The workers are daemons: a run that stops early (a bad path, Ctrl-C) ends them
-    instead of waiting for them."""
+    """Compiles the kernels of `todo` (what the first training step needs, in the order the run calls
+    them) and `later` (validation's) in this process and `workers` spawned ones, each kernel once: a
+    worker takes the first step's kernels from the last one back (this process meets them from the
+    front as the run calls them), then validation's. A call of a kernel no one took compiles it here;
+    of one a worker took, waits for it and loads it from the cache. So no process idles while a kernel
+    it needs is left, and a busy machine loses nothing to the workers. A failed worker leaves its kernel
+    to this process; the workers are daemons, ended when the run ends (a bad path, Ctrl-C)."""
 
     def __init__(self, todo: dict, workers: int, later=None):
         import multiprocessing
 
-        later = list((later or {}).items())
-        self.kernels, self.workers, self.t0 = len(todo) + len(later), workers, time.perf_counter()
-        self._lock, self._submitted = threading.Lock(), threading.Event()
-        self._results, self._first_left = {}, len(todo)
-        spare = max(workers - len(todo), 0) if todo else len(later)
-        self._held = dict(later[spare:])
+        items = list(todo.items()) + list((later or {}).items())
+        self.kernels, self.workers, self.t0 = len(items), workers, time.perf_counter()
+        self._tasks = [(d.py_func.__module__, d.py_func.__name__, sorted(sigs, key=str)) for d, sigs in items]
+        order = list(range(len(todo) - 1, -1, -1)) + list(range(len(todo), len(items)))
         # spawn, not fork: this process may already run numba's and OpenBLAS's threads
-        self._pool = multiprocessing.get_context("spawn").Pool(workers)
-        for d in [*todo, *self._held]:
-            d._compile_for_args = self._waiting(d)
-        for d, sigs in todo.items():                  # dict order: the dry run's call order
-            self._submit(d, sigs, self._first_done)
-        for d, sigs in later[:spare]:
-            d._compile_for_args = self._waiting(d)
-            self._submit(d, sigs, None)
-        if not self._held:
-            self._release_held()
+        ctx = multiprocessing.get_context("spawn")
+        self._state = ctx.Array("b", len(items))                   # FREE/TAKEN/DONE per task
+        self._procs = [ctx.Process(target=_worker, args=(self._tasks, order, self._state), daemon=True,
+                                   name=f"cnncli-compile-{k}") for k in range(workers)]
+        for p in self._procs:
+            p.start()
+        self._disps = [d for d, _ in items]
+        for i, d in enumerate(self._disps):
+            d._compile_for_args = self._claim_or_wait(d, i)
 
-    def _submit(self, disp, sigs, callback) -> None:
-        task = (disp.py_func.__module__, disp.py_func.__name__, sorted(sigs, key=str))
-        self._results[disp] = self._pool.apply_async(_compile, task, callback=callback, error_callback=callback)
+    def _claim(self, i: int) -> bool:
+        with self._state.get_lock():
+            mine = self._state[i] == FREE
+            if mine:
+                self._state[i] = TAKEN
+        return mine
 
-    def _first_done(self, _result) -> None:
-        """Pool's result thread, after each of the first step's kernels: after the last, submit the rest."""
-        with self._lock:
-            self._first_left -= 1
-            if self._first_left != 0:
-                return
-        for d, sigs in self._held.items():
-            self._submit(d, sigs, None)
-        self._release_held()
+    def _wait_for(self, i: int) -> None:
+        while self._state[i] != DONE and any(p.is_alive() for p in self._procs):
+            time.sleep(0.02)
 
-    def _release_held(self) -> None:
-        self._pool.close()
-        self._submitted.set()
-
-    def _waiting(self, disp):
+    def _claim_or_wait(self, disp, i):
         def compile_for_args(*args, **kws):     # numba calls this where it would compile
-            if disp not in self._results:
-                self._submitted.wait()
-            try:
-                self._results[disp].get()
-            except Exception:   # noqa: BLE001 -- the kernel then compiles in this process
-                pass
+            mine = self._claim(i)
+            if not mine:
+                self._wait_for(i)
             disp.__dict__.pop("_compile_for_args", None)
-            return type(disp)._compile_for_args(disp, *args, **kws)     # loads it from the cache
+            try:                                # compiles here if mine, else loads the worker's
+                return type(disp)._compile_for_args(disp, *args, **kws)
+            finally:
+                if mine:
+                    self._state[i] = DONE
         return compile_for_args
 
+    def pending(self) -> int:
+        """Tasks not done yet."""
+        return sum(1 for s in self._state if s != DONE)
+
     def wait(self) -> float:
-        """Block until every worker is done -> seconds since the start."""
-        self._submitted.wait()
-        for disp, result in list(self._results.items()):
-            try:
-                result.get()
-            except Exception:   # noqa: BLE001
-                pass
-            disp.__dict__.pop("_compile_for_args", None)
-        self._pool.join()
+        """Compile here what no worker took, wait for the workers -> seconds since the start."""
+        for i, task in enumerate(self._tasks):
+            if self._claim(i):
+                try:
+                    _compile(*task)
+                finally:
+                    self._state[i] = DONE
+        for i in range(len(self._tasks)):
+            self._wait_for(i)
+        for p in self._procs:
+            p.join()
+        for d in self._disps:
+            d.__dict__.pop("_compile_for_args", None)
         return time.perf_counter() - self.t0
 
 
@@ -212,10 +228,10 @@ class _Nothing:
 
 
 def env_workers() -> int:
-    """CNNCLI_COMPILE_WORKERS: compile processes (default: one per core); 0 turns the pre-compile off, so
-    kernels compile in the run's own process on first use, one after the other."""
+    """CNNCLI_COMPILE_WORKERS: compile processes besides the run's own (default: one per core but one);
+    0 compiles every kernel in the run's process on first use, one after the other."""
     value = os.environ.get("CNNCLI_COMPILE_WORKERS", "").strip()
-    return int(value) if value.isdigit() else cpu_count()
+    return int(value) if value.isdigit() else cpu_count() - 1
 
 
 def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=None, say=None):
@@ -229,7 +245,7 @@ def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=Non
         return _Nothing()
     job = Precompile(first, min(workers, n), later) if workers > 0 else _Nothing()
     if say is not None:
-        where = f" in {job.workers} processes" if workers > 0 else ""
+        where = f" in {job.workers + 1} processes" if workers > 0 else ""
         say(f"Compiling {n} numba kernels for this CPU{where} (first run only; later runs load them from "
             "numba's cache) ...")
     return job
@@ -245,11 +261,7 @@ def warmup(variants=("none", "unit", "channel"), workers=None) -> tuple[int, flo
         for disp, sigs in (missing(record_calls(training_run(bn))) or {}).items():
             todo.setdefault(disp, set()).update(sigs)
     if todo:
-        if workers > 0:
-            Precompile(todo, min(workers, len(todo))).wait()
-        else:
-            for disp, sigs in todo.items():
-                _compile(disp.py_func.__module__, disp.py_func.__name__, sorted(sigs, key=str))
+        Precompile(todo, min(workers, len(todo))).wait()
     return sum(map(len, todo.values())), time.perf_counter() - t
 
 

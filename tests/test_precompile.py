@@ -28,7 +28,7 @@ def _python(code: str, env=None, **kw) -> subprocess.CompletedProcess:
 
 
 LOOKUP_PLAN = """
-import json, numpy as np
+import json, time, numpy as np
 from cnncli import precompile
 from cnncli.kernels import activation, lookup
 def run():
@@ -39,8 +39,11 @@ kernels = [lookup.lookup_batch_into, activation.sigmoid_into]
 calls = precompile.record_calls(run, kernels)
 later = precompile.record_calls(run_later, kernels)
 before = precompile.missing({**calls, **later})
-job = precompile.Precompile(precompile.missing(calls), 1, precompile.missing(later))   # sigmoid held back
-run()                      # each call waits for its worker, then loads the kernel from the cache
+job = precompile.Precompile(precompile.missing(calls), 1, precompile.missing(later))
+t = time.perf_counter()
+while job.pending() and time.perf_counter() - t < 120:     # the worker takes both, this process none
+    time.sleep(0.05)
+run()                      # the worker's kernels load from the cache
 run_later()
 stats = [(sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values())) for d in kernels]
 job.wait()
@@ -52,13 +55,35 @@ print(json.dumps({"recorded": sum(map(len, calls.values())) + sum(map(len, later
 
 
 def test_worker_fills_the_cache_the_check_reads(tmp_path):
-    """An empty cache lacks the recorded kernels; a spawned worker compiles them into the cache (the held
-    one after the first); a call made meanwhile waits for its worker and loads the kernel from the cache
-    (a hit, no compile here)."""
+    """An empty cache lacks the recorded kernels; a spawned worker compiles them into the cache; the calls
+    then load them from it (hits, no compile here) and the check finds them there."""
     res = _python(LOOKUP_PLAN, env={"NUMBA_CACHE_DIR": str(tmp_path / "nc"), "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out == {"recorded": 2, "before": 2, "after": 0, "stats": [[1, 0], [1, 0]], "waiting": False}
+
+
+CLAIM = """
+import json, numpy as np
+from cnncli import precompile
+from cnncli.kernels import activation, lookup
+def run():
+    lookup.lookup_batch(np.zeros((3, 4, 4), np.uint8), np.arange(2), np.zeros(256, np.float32))
+kernels = [lookup.lookup_batch_into, activation.sigmoid_into]
+calls = precompile.record_calls(run, kernels)
+later = precompile.record_calls(lambda: activation.sigmoid(np.zeros((2, 3), np.float32)), kernels)
+job = precompile.Precompile(precompile.missing(calls), 0, precompile.missing(later))     # no worker
+run()                      # nobody took it: compiles here
+job.wait()                 # compiles sigmoid here
+print(json.dumps({"stats": [(sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values()))
+                            for d in kernels], "after": len(precompile.missing({**calls, **later}))}))
+"""
+
+
+def test_a_kernel_no_worker_took_compiles_in_the_run(tmp_path):
+    res = _python(CLAIM, env={"NUMBA_CACHE_DIR": str(tmp_path / "nc"), "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == {"stats": [[0, 1], [0, 1]], "after": 0}
     assert list((tmp_path / "nc").rglob("lookup*.nbi")), "the worker wrote no index file"
 
 

@@ -295,7 +295,8 @@ def demo(root):
 @click.option("--batchnorm", "variants", multiple=True, type=click.Choice(["none", "unit", "channel"]),
               help="Network variant(s) to compile for; default all three.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Compile processes; default one per core ($CNNCLI_COMPILE_WORKERS); 0 compiles in this process.")
+              help="Worker processes besides this one; default one per other idle core ($CNNCLI_COMPILE_WORKERS); "
+                   "0 compiles everything in this process.")
 @user_errors
 def warmup(variants, workers):
     """Compile the kernels that training and inference need into numba's on-disk cache (the package's

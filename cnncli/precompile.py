@@ -228,10 +228,19 @@ class _Nothing:
 
 
 def env_workers() -> int:
-    """CNNCLI_COMPILE_WORKERS: compile processes besides the run's own (default: one per core but one);
-    0 compiles every kernel in the run's process on first use, one after the other."""
+    """Compile processes besides the run's own: CNNCLI_COMPILE_WORKERS when set (0: none, every kernel
+    compiles in the run's process on first use), else one per core that is idle by the 1-minute load
+    average, at most cores - 1: on a busy machine a worker adds its own numba start-up and takes no
+    less time (scripts/bench_first_run.py at load ~4 on 2 cores, 29f5f34: 40-44 s vs 35-37 s)."""
     value = os.environ.get("CNNCLI_COMPILE_WORKERS", "").strip()
-    return int(value) if value.isdigit() else cpu_count() - 1
+    if value.isdigit():
+        return int(value)
+    cores = cpu_count()
+    try:
+        idle = round(cores - os.getloadavg()[0])
+    except (AttributeError, OSError):     # no load average on this OS
+        idle = cores
+    return max(0, min(cores - 1, idle))
 
 
 def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=None, say=None):

@@ -1,13 +1,13 @@
 """First-run cost: `cnn train --config configs/demo.yaml` with an empty numba cache vs a warm one, and a
 fresh `cnn predict one.png`.
 
-In a temp folder, per --rounds: a cold run with the pre-compile off (CNNCLI_COMPILE_WORKERS=0, every kernel
-compiles in the run's process at first use), a cold run with it on (default workers), then a warm run; each
-a fresh NUMBA_CACHE_DIR, the demo's 2 epochs. Prints each run's wall time, its CPU time (with its
-workers'), when its first training step returned (seconds since the process started), epoch 1 - epoch 2
-(the compile cost inside the epoch), the whole compile cost (cold wall - warm wall) and the 1-minute
-load average before and after (the machine may be shared). Then times `cnn predict one.png` with an empty cache and
-checks that numba was not imported. Prints numbers; asserts nothing.
+In a temp folder, per --rounds: a cold run with the pre-compile off (CNNCLI_COMPILE_WORKERS=0, every
+kernel compiles in the run's process at first use), a cold run with it on (cores - 1 workers, whatever
+the load), then a warm run; each a fresh NUMBA_CACHE_DIR, the demo's 2 epochs. Prints each run's wall
+time, its CPU time (with its workers'), when its first training step returned (seconds since the
+process started), epoch 1 - epoch 2 (the compile cost inside the epoch), the whole compile cost (cold
+wall - warm wall) and the 1-minute load average before and after (the machine may be shared). Then
+times `cnn predict one.png` with an empty cache and checks that numba was not imported. Prints numbers; asserts nothing.
 
     python scripts/bench_first_run.py [--rounds 1] [--epochs 2]
 """
@@ -64,8 +64,9 @@ def train(work: Path, cache: Path, out: str, epochs: int, workers=None) -> dict:
     cmd = [sys.executable, "-c", RUNNER, "train", "--config", str(ROOT / "configs/demo.yaml"), "-q",
            "--set", f"train.epochs={epochs}", "--set", f"out={out}"]
     l0, t, cpu0 = load(), time.perf_counter(), children_cpu()
-    res = subprocess.run(cmd, cwd=work, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True)
+    res = subprocess.run(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[3:])} failed (exit {res.returncode}):\n{res.stderr[-2000:]}")
     wall = time.perf_counter() - t
     first = float(res.stderr.split("FIRST_STEP ")[1].split()[0])
     with open(work / out / "metrics.csv", newline="") as f:
@@ -93,7 +94,7 @@ def main() -> None:
         train(work, work / "cache-prep", "runs/prep", 2)     # makes the demo data and its dataset cache
         for i in range(args.rounds):
             off = train(work, work / f"c-off{i}", f"runs/off{i}", args.epochs, workers=0)
-            on = train(work, work / f"c-on{i}", f"runs/on{i}", args.epochs)
+            on = train(work, work / f"c-on{i}", f"runs/on{i}", args.epochs, workers=max(1, os.cpu_count() - 1))
             warm = train(work, work / f"c-on{i}", f"runs/warm{i}", args.epochs)
             show("cold, pre-compile off", off, warm["wall"])
             show("cold, pre-compile on", on, warm["wall"])

@@ -118,6 +118,17 @@ def test_dry_run_plans_every_kernel_a_training_run_uses(tmp_path, batchnorm):
     assert used <= planned, f"not planned: {sorted(used - planned)}"
 
 
+@pytest.mark.parametrize("env, cores, load, expected", [
+    ("", 16, 0.2, 15), ("", 16, 6.0, 10), ("", 2, 0.1, 1), ("", 2, 3.9, 0), ("3", 2, 3.9, 3), ("0", 16, 0.0, 0)])
+def test_workers_use_idle_cores(monkeypatch, env, cores, load, expected):
+    from cnncli import precompile
+
+    monkeypatch.setenv("CNNCLI_COMPILE_WORKERS", env)
+    monkeypatch.setattr(precompile, "cpu_count", lambda: cores)
+    monkeypatch.setattr(precompile.os, "getloadavg", lambda: (load, load, load))
+    assert precompile.env_workers() == expected
+
+
 def test_line_only_when_something_is_missing(monkeypatch):
     from cnncli import precompile
 

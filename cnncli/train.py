@@ -328,14 +328,14 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None) -> 
     from cnncli.kernels import set_threads
 
     threads = set_threads(cfg["train"]["threads"])
-    from cnncli import precompile      # a cold cache: the kernels compile in worker processes meanwhile
-
-    precompile.start(cfg["model"]["batchnorm"], cfg["optim"]["name"], say=None if quiet else precompile.stderr_line)
     train_ds, val_ds, skipped = load_datasets(cfg, echo=echo, classes=resumed and resumed[1].get("classes"),
                                                progress=not quiet)
     m, o = cfg["model"], cfg["optim"]
     if m["batchnorm"] != "none" and len(train_ds.labels) < 2:
         raise DataError(f"{cfg['data']['train']}: model.batchnorm={m['batchnorm']} needs at least 2 training images")
+    from cnncli import precompile      # a cold numba cache: compile the kernels in parallel, say so once
+
+    precompile.start(m["batchnorm"], o["name"], say=None if quiet else precompile.stderr_line)
     net, opt, preprocess = _build(cfg, train_ds, resumed)
     if resume is None:
         run_dir = new_run_dir(out or cfg["out"])

@@ -324,6 +324,22 @@ def demo(root):
     click.echo(str(ensure_demo(root)))
 
 
+@cli.command(short_help="Compile the numba kernels now (a first run does it anyway).")
+@click.option("--batchnorm", "variants", multiple=True, type=click.Choice(["none", "unit", "channel"]),
+              help="Network variant(s) to compile for; default all three.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Worker processes besides this one; default one per other idle core ($CNNCLI_COMPILE_WORKERS); "
+                   "0 compiles everything in this process.")
+@user_errors
+def warmup(variants, workers):
+    """Compile the kernels that training and inference need into numba's on-disk cache (the package's
+    __pycache__, else ~/.cache/numba when it is read-only, or $NUMBA_CACHE_DIR), e.g. in a Docker build."""
+    from cnncli.precompile import warmup as run_warmup
+
+    n, seconds = run_warmup(variants or ("none", "unit", "channel"), workers)
+    click.echo(f"compiled {n} kernel(s) in {seconds:.1f} s" if n else "every kernel is already in numba's cache")
+
+
 @cli.command(short_help="Show or clear the decoded-dataset cache.")
 @click.option("--clear", is_flag=True, help="Delete every cached dataset (the demo dataset stays).")
 @user_errors

@@ -344,6 +344,22 @@ def _build(cfg: dict, train_ds, resumed, comm=None):
     return net, opt, preprocess
 
 
+def _compile_kernels(cfg: dict, quiet, comm) -> None:
+    """A cold numba cache: compile the run's kernels in parallel processes, saying so once. One
+    process overlaps this with its first steps; under MPI rank 0 fills the cache first and the other
+    ranks then load it (instead of K ranks compiling the same kernels at once)."""
+    from cnncli import precompile
+    from cnncli.distributed import main_first
+
+    bn, opt = cfg["model"]["batchnorm"], cfg["optim"]["name"]
+    say = None if quiet or not comm.is_main else precompile.stderr_line
+    if comm.size == 1:
+        precompile.start(bn, opt, say=say)
+        return
+    main_first(comm, lambda: precompile.start(bn, opt, workers=max(1, precompile.env_workers()), say=say).wait(),
+               others=False)
+
+
 def _setup(cfg: dict, resume, out, quiet, echo, comm):
     """Every rank: check, resume, threads, data, network -> (cfg with train.epochs resolved, ...).
     Errors every rank hits are printed once."""
@@ -366,6 +382,7 @@ def _setup(cfg: dict, resume, out, quiet, echo, comm):
 
     # rank 0 decodes and writes the cache first; the others then read it (or all decode: no cache)
     train_ds, val_ds, skipped = (main_first if cfg["data"]["cache"] else everyone)(comm, load)
+    _compile_kernels(cfg, quiet, comm)
     auto = cfg["train"]["epochs"] == "auto"
     cfg = config_mod.resolve_epochs(cfg, len(train_ds.labels))
     net, opt, preprocess = _build(cfg, train_ds, resumed, comm)

@@ -1,0 +1,278 @@
+"""First-run compilation of the numba kernels a run needs, in parallel worker processes.
+
+`start()` finds the kernels a training run calls, with their argument types, by a dry run of a tiny
+network with every kernel stubbed out, checks numba's on-disk cache for each, and compiles the missing
+ones in this and spawned processes (a kernel per task, a process per core) that write the cache the run
+loads each kernel from once it is there: it changes when and where kernels compile, never what they
+compile to. Not the kernels (kernels/), nor a cache manager (numba keeps it; docs/performance.md, "Start-up").
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import threading
+import time
+import warnings
+
+import numpy as np
+
+KERNEL_MODULES = ("activation", "adam", "batchnorm", "conv", "conv16", "conv32", "inference", "lookup",
+                  "loss", "pool")
+
+def kernel_dispatchers() -> list:
+    """Every cached numba dispatcher (`@njit(cache=True)`) of the cnncli.kernels modules."""
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    found = []
+    for name in KERNEL_MODULES:
+        mod = importlib.import_module(f"cnncli.kernels.{name}")
+        for obj in vars(mod).values():
+            if isinstance(obj, Dispatcher) and obj.py_func.__module__ == mod.__name__ \
+                    and not isinstance(getattr(obj, "_cache", None), NullCache):
+                found.append(obj)
+    return found
+
+
+def record_calls(run, dispatchers=None) -> dict:
+    """Run `run()` with every kernel stubbed out -> {dispatcher: {argument types}} of the kernel calls
+    that had no compiled version in this process. A stub returns 0.0 and writes nothing, so `run` must
+    not depend on the values kernels compute. Thread-safe (kernels called from worker threads count)."""
+    dispatchers = kernel_dispatchers() if dispatchers is None else dispatchers
+    calls, lock = {}, threading.Lock()
+
+    def stub_for(disp):
+        def stub(*args):          # numba's dispatcher calls this where it would compile, then its result
+            sig = tuple(disp.typeof_pyval(a) for a in args)
+            with lock:
+                calls.setdefault(disp, set()).add(sig)
+            return lambda *a: 0.0
+        return stub
+
+    for d in dispatchers:
+        d._compile_for_args = stub_for(d)
+    try:
+        run()
+    finally:
+        for d in dispatchers:
+            del d._compile_for_args
+    return calls
+
+
+def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32, parts=("step", "inference")):
+    """A function doing, on a tiny network, every kind of kernel call a `cnn train` run makes: "step" the
+    input lookup, a train step (two halves without BN) and the optimizer; "inference" the validation's
+    lookup and inference of > 8 and of <= 8 images."""
+    def run():
+        from cnncli import model, optim
+        from cnncli.kernels import lookup_batch
+
+        net = model.Network(num_classes=2, batchnorm=batchnorm, dtype=dtype)
+        images = np.zeros((model.SPLIT_MIN, 32, 32), np.uint8)                      # (M,H,W)
+        table = np.zeros(256, dtype)                                                # (256,)
+        idx = np.arange(model.SPLIT_MIN)                                            # (N,)
+        labels = np.zeros(model.SPLIT_MIN, np.int64)                                # (N,)
+        opt = optim.Optimizer(optimizer, net.params.flat.size, 1e-3, dtype=dtype)
+        with np.errstate(all="ignore"), warnings.catch_warnings():   # the stubs leave arrays uninitialized,
+            warnings.simplefilter("ignore")                            # also on the worker threads
+            if "step" in parts:
+                net.train_step(lookup_batch(images, idx, table), labels)
+                opt.step(net.params.flat, net.grads.flat, 1e-3)
+            if "inference" in parts:
+                x = lookup_batch(images, idx, table)
+                net.predict_proba(x[: model.SMALL_BATCH + 1])
+                net.predict_proba(x[:1])
+    return run
+
+
+def plan(batchnorm: str, optimizer: str = "adam", dtype=np.float32):
+    """(first, later): what the first training step needs and the cache lacks, then what only validation
+    needs ({dispatcher: {argument types}} each); (None, None) when the cache cannot be read."""
+    first = missing(record_calls(training_run(batchnorm, optimizer, dtype, ("step",))))
+    later = missing(record_calls(training_run(batchnorm, optimizer, dtype, ("inference",))))
+    if first is None or later is None:
+        return None, None
+    for d in [d for d in later if d in first]:       # one task per kernel: with the first step's
+        first[d] = first[d] | later.pop(d)
+    return first, later
+
+
+def missing(calls: dict):
+    """The subset of `calls` that numba's on-disk cache lacks, or None when the cache cannot be read
+    this way (numba internals changed: then nothing is known and nothing is done)."""
+    try:
+        out = {}
+        for disp, sigs in calls.items():
+            cache = disp._cache
+            index = cache._cache_file._load_index()
+            codegen = disp.targetctx.codegen()
+            lacking = {s for s in sigs if cache._index_key(s, codegen) not in index}
+            if lacking:
+                out[disp] = lacking
+        return out
+    except Exception:       # a private API: never let it break a run
+        return None
+
+
+def _compile(module: str, name: str, sigs: list) -> None:
+    """Compile `module.name` for each signature (numba saves each to its cache)."""
+    disp = getattr(importlib.import_module(module), name)
+    for sig in sigs:
+        disp.compile(sig)
+
+
+FREE, TAKEN, DONE = 0, 1, 2     # a task's state, shared by this process and the workers
+
+
+def _worker(tasks: list, order: list, state) -> None:
+    """Worker process: claim the next free task in `order`, compile it, until none is left."""
+    while True:
+        with state.get_lock():
+            i = next((i for i in order if state[i] == FREE), None)
+            if i is None:
+                return
+            state[i] = TAKEN
+        try:
+            _compile(*tasks[i])
+        except Exception:   # noqa: BLE001 -- the run then compiles this kernel itself
+            pass
+        state[i] = DONE
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class Precompile:
+    """Compiles the kernels of `todo` (what the first training step needs, in the order the run calls
+    them) and `later` (validation's) in this process and `workers` spawned ones, each kernel once: a
+    worker takes the first step's kernels from the last one back (this process meets them from the
+    front as the run calls them), then validation's. A call of a kernel no one took compiles it here;
+    of one a worker took, waits for it and loads it from the cache. So no process idles while a kernel
+    it needs is left, and a busy machine loses nothing to the workers. A failed worker leaves its kernel
+    to this process; the workers are daemons, ended when the run ends (a bad path, Ctrl-C)."""
+
+    def __init__(self, todo: dict, workers: int, later=None):
+        import multiprocessing
+
+        items = list(todo.items()) + list((later or {}).items())
+        self.kernels, self.workers, self.t0 = len(items), workers, time.perf_counter()
+        self._tasks = [(d.py_func.__module__, d.py_func.__name__, sorted(sigs, key=str)) for d, sigs in items]
+        order = list(range(len(todo) - 1, -1, -1)) + list(range(len(todo), len(items)))
+        # spawn, not fork: this process may already run numba's and OpenBLAS's threads
+        ctx = multiprocessing.get_context("spawn")
+        self._state = ctx.Array("b", len(items))                   # FREE/TAKEN/DONE per task
+        self._procs = [ctx.Process(target=_worker, args=(self._tasks, order, self._state), daemon=True,
+                                   name=f"cnncli-compile-{k}") for k in range(workers)]
+        for p in self._procs:
+            p.start()
+        self._disps = [d for d, _ in items]
+        for i, d in enumerate(self._disps):
+            d._compile_for_args = self._claim_or_wait(d, i)
+
+    def _claim(self, i: int) -> bool:
+        with self._state.get_lock():
+            mine = self._state[i] == FREE
+            if mine:
+                self._state[i] = TAKEN
+        return mine
+
+    def _wait_for(self, i: int) -> None:
+        while self._state[i] != DONE and any(p.is_alive() for p in self._procs):
+            time.sleep(0.02)
+
+    def _claim_or_wait(self, disp, i):
+        def compile_for_args(*args, **kws):     # numba calls this where it would compile
+            mine = self._claim(i)
+            if not mine:
+                self._wait_for(i)
+            disp.__dict__.pop("_compile_for_args", None)
+            try:                                # compiles here if mine, else loads the worker's
+                return type(disp)._compile_for_args(disp, *args, **kws)
+            finally:
+                if mine:
+                    self._state[i] = DONE
+        return compile_for_args
+
+    def pending(self) -> int:
+        """Tasks not done yet."""
+        return sum(1 for s in self._state if s != DONE)
+
+    def wait(self) -> float:
+        """Compile here what no worker took, wait for the workers -> seconds since the start."""
+        for i, task in enumerate(self._tasks):
+            if self._claim(i):
+                try:
+                    _compile(*task)
+                finally:
+                    self._state[i] = DONE
+        for i in range(len(self._tasks)):
+            self._wait_for(i)
+        for p in self._procs:
+            p.join()
+        for d in self._disps:
+            d.__dict__.pop("_compile_for_args", None)
+        return time.perf_counter() - self.t0
+
+
+class _Nothing:
+    """Nothing to compile ahead (a warm cache, or the pre-compile turned off)."""
+
+    def wait(self) -> float:
+        return 0.0
+
+
+def env_workers() -> int:
+    """Compile processes besides the run's own: CNNCLI_COMPILE_WORKERS when set (0: none, every kernel
+    compiles in the run's process on first use), else one per core that is idle by the 1-minute load
+    average, at most cores - 1: on a busy machine a worker adds its own numba start-up and takes no
+    less time (scripts/bench_first_run.py at load ~4 on 2 cores, 29f5f34: 40-44 s vs 35-37 s)."""
+    value = os.environ.get("CNNCLI_COMPILE_WORKERS", "").strip()
+    if value.isdigit():
+        return int(value)
+    cores = cpu_count()
+    try:
+        idle = round(cores - os.getloadavg()[0])
+    except (AttributeError, OSError):     # no load average on this OS
+        idle = cores
+    return max(0, min(cores - 1, idle))
+
+
+def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=None, say=None):
+    """Start compiling, in `workers` processes (None: env_workers()), the kernels a training run of this
+    kind needs and the cache lacks; `say(line)` tells the user, once, when there is anything to compile.
+    Returns an object whose `wait()` blocks until they are in the cache."""
+    workers = env_workers() if workers is None else workers
+    first, later = plan(batchnorm, optimizer, dtype)
+    n = len(first or {}) + len(later or {})
+    if n == 0:
+        return _Nothing()
+    job = Precompile(first, min(workers, n), later) if workers > 0 else _Nothing()
+    if say is not None:
+        where = f" in {job.workers + 1} processes" if workers > 0 else ""
+        say(f"Compiling {n} numba kernels for this CPU{where} (first run only; later runs load them from "
+            "numba's cache) ...")
+    return job
+
+
+def warmup(variants=("none", "unit", "channel"), workers=None) -> tuple[int, float]:
+    """Compile into numba's cache every kernel that training and inference of these BN variants need
+    (float32, Adam) -> (kernels compiled, seconds). `cnn warmup`; 0 kernels when the cache is warm."""
+    t = time.perf_counter()
+    workers = env_workers() if workers is None else workers
+    todo = {}
+    for bn in variants:
+        for disp, sigs in (missing(record_calls(training_run(bn))) or {}).items():
+            todo.setdefault(disp, set()).update(sigs)
+    if todo:
+        Precompile(todo, min(workers, len(todo))).wait()
+    return sum(map(len, todo.values())), time.perf_counter() - t
+
+
+def stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

@@ -1,0 +1,229 @@
+"""The first-run pre-compile (cnncli/precompile.py) and numba's cache in a read-only install.
+
+Each test runs in a fresh process where it needs its own NUMBA_CACHE_DIR or a clean dispatcher state;
+the only kernel compiled from scratch is the tiny input lookup (kernels.lookup).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from e2e_util import make_folder, write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python(code: str, env=None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})), **kw)
+
+
+LOOKUP_PLAN = """
+import json, time, numpy as np
+from cnncli import precompile
+from cnncli.kernels import activation, lookup
+def run():
+    lookup.lookup_batch(np.zeros((3, 4, 4), np.uint8), np.arange(2), np.zeros(256, np.float32))
+def run_later():
+    activation.sigmoid(np.zeros((2, 3), np.float32))
+kernels = [lookup.lookup_batch_into, activation.sigmoid_into]
+calls = precompile.record_calls(run, kernels)
+later = precompile.record_calls(run_later, kernels)
+before = precompile.missing({**calls, **later})
+job = precompile.Precompile(precompile.missing(calls), 1, precompile.missing(later))
+t = time.perf_counter()
+while job.pending() and time.perf_counter() - t < 120:     # the worker takes both, this process none
+    time.sleep(0.05)
+run()                      # the worker's kernels load from the cache
+run_later()
+stats = [(sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values())) for d in kernels]
+job.wait()
+after = precompile.missing({**calls, **later})
+print(json.dumps({"recorded": sum(map(len, calls.values())) + sum(map(len, later.values())),
+                  "before": sum(map(len, before.values())), "after": sum(map(len, after.values())),
+                  "stats": stats, "waiting": any("_compile_for_args" in vars(d) for d in kernels)}))
+"""
+
+
+def test_worker_fills_the_cache_the_check_reads(tmp_path):
+    """An empty cache lacks the recorded kernels; a spawned worker compiles them into the cache; the calls
+    then load them from it (hits, no compile here) and the check finds them there."""
+    res = _python(LOOKUP_PLAN, env={"NUMBA_CACHE_DIR": str(tmp_path / "nc"), "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out == {"recorded": 2, "before": 2, "after": 0, "stats": [[1, 0], [1, 0]], "waiting": False}
+
+
+CLAIM = """
+import json, numpy as np
+from cnncli import precompile
+from cnncli.kernels import activation, lookup
+def run():
+    lookup.lookup_batch(np.zeros((3, 4, 4), np.uint8), np.arange(2), np.zeros(256, np.float32))
+kernels = [lookup.lookup_batch_into, activation.sigmoid_into]
+calls = precompile.record_calls(run, kernels)
+later = precompile.record_calls(lambda: activation.sigmoid(np.zeros((2, 3), np.float32)), kernels)
+job = precompile.Precompile(precompile.missing(calls), 0, precompile.missing(later))     # no worker
+run()                      # nobody took it: compiles here
+job.wait()                 # compiles sigmoid here
+print(json.dumps({"stats": [(sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values()))
+                            for d in kernels], "after": len(precompile.missing({**calls, **later}))}))
+"""
+
+
+def test_a_kernel_no_worker_took_compiles_in_the_run(tmp_path):
+    res = _python(CLAIM, env={"NUMBA_CACHE_DIR": str(tmp_path / "nc"), "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == {"stats": [[0, 1], [0, 1]], "after": 0}
+    assert list((tmp_path / "nc").rglob("lookup*.nbi")), "the worker wrote no index file"
+
+
+COVERAGE = """
+import json, sys
+from cnncli import config, precompile
+from cnncli.train import train
+plan = precompile.record_calls(precompile.training_run(sys.argv[2]))
+planned = {(d.py_func.__name__, str(s)) for d, sigs in plan.items() for s in sigs}
+cfg = config.load_config(sys.argv[1], overrides=[f"model.batchnorm={sys.argv[2]}"])
+train(cfg, quiet=True, echo=lambda m: None)
+used = set()
+for d in precompile.kernel_dispatchers():
+    for s in list(d.stats.cache_hits) + list(d.stats.cache_misses):
+        used.add((d.py_func.__name__, str(s)))
+print(json.dumps({"planned": sorted(planned), "used": sorted(used)}))
+"""
+
+
+@pytest.mark.parametrize("batchnorm", ["none", "channel", "unit"])
+def test_dry_run_plans_every_kernel_a_training_run_uses(tmp_path, batchnorm):
+    """Every (kernel, argument types) a real `cnn train` loads or compiles is in the dry run's plan, so the
+    workers leave nothing for the run to compile (batch 32: the two-halves step; eval of 18 images)."""
+    folder = make_folder(tmp_path / "data", per_class=24, odd_files=False)
+    cfg = write_config(tmp_path / "c.yaml", folder, tmp_path / "run", epochs=1, batch_size=32)
+    res = subprocess.run([sys.executable, "-c", COVERAGE, str(cfg), batchnorm], capture_output=True, text=True,
+                         cwd=tmp_path, env=dict(os.environ, CNNCLI_COMPILE_WORKERS="0", PYTHONPATH=str(ROOT)))
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.splitlines()[-1])
+    used, planned = set(map(tuple, out["used"])), set(map(tuple, out["planned"]))
+    assert used, "the run used no cached kernel: the check saw nothing"
+    assert used <= planned, f"not planned: {sorted(used - planned)}"
+
+
+@pytest.mark.parametrize("env, cores, load, expected", [
+    ("", 16, 0.2, 15), ("", 16, 6.0, 10), ("", 2, 0.1, 1), ("", 2, 3.9, 0), ("3", 2, 3.9, 3), ("0", 16, 0.0, 0)])
+def test_workers_use_idle_cores(monkeypatch, env, cores, load, expected):
+    from cnncli import precompile
+
+    monkeypatch.setenv("CNNCLI_COMPILE_WORKERS", env)
+    monkeypatch.setattr(precompile, "cpu_count", lambda: cores)
+    monkeypatch.setattr(precompile.os, "getloadavg", lambda: (load, load, load))
+    assert precompile.env_workers() == expected
+
+
+def test_line_only_when_something_is_missing(monkeypatch):
+    from cnncli import precompile
+
+    lines = []
+    monkeypatch.setattr(precompile, "record_calls", lambda run: {"k": {"sig"}})
+    monkeypatch.setattr(precompile, "missing", lambda calls: {})
+    assert precompile.start("none", workers=0, say=lines.append).wait() == 0.0
+    assert lines == []
+    monkeypatch.setattr(precompile, "missing", lambda calls: dict(calls))    # one kernel, in both parts
+    precompile.start("none", workers=0, say=lines.append).wait()
+    assert len(lines) == 1 and "Compiling 1 numba kernels" in lines[0] and "first run only" in lines[0]
+    monkeypatch.setattr(precompile, "missing", lambda calls: None)     # numba's internals changed
+    precompile.start("none", workers=0, say=lines.append)
+    assert len(lines) == 1
+
+
+def test_cnn_warmup_passes_its_options(monkeypatch):
+    from click.testing import CliRunner
+
+    from cnncli import precompile
+    from cnncli.cli import cli
+
+    seen = []
+    monkeypatch.setattr(precompile, "warmup", lambda variants, workers: seen.append((variants, workers)) or (3, 1.5))
+    res = CliRunner().invoke(cli, ["warmup", "--batchnorm", "unit", "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert seen == [(("unit",), 0)] and "compiled 3 kernel(s) in 1.5 s" in res.output
+    monkeypatch.setattr(precompile, "warmup", lambda variants, workers: seen.append((variants, workers)) or (0, 0.2))
+    res = CliRunner().invoke(cli, ["warmup"])
+    assert seen[-1] == (("none", "unit", "channel"), None) and "already in numba's cache" in res.output
+
+
+READONLY_RUN = """
+import json, os, numpy as np
+from cnncli.kernels import lookup
+images, table = np.arange(48, dtype=np.uint8).reshape(3, 4, 4), np.arange(256, dtype=np.float32)
+x = lookup.lookup_batch(images, np.array([2, 0]), table)
+d = lookup.lookup_batch_into
+print(json.dumps({"file": lookup.__file__, "hits": sum(d.stats.cache_hits.values()),
+                  "misses": sum(d.stats.cache_misses.values()), "x": x.ravel().tolist(),
+                  "cache": d._cache.cache_path}))
+"""
+
+
+def _unprivileged(home: Path):
+    """argv prefix + env that run a child without write access to root's files: as `nobody` when we are
+    root (root ignores permission bits), else as ourselves (the copy is then made read-only)."""
+    if os.geteuid() != 0:
+        return [], {}
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot make a folder read-only for the child")
+    os.chown(home, 65534, 65534)
+    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"], {}
+
+
+def test_read_only_install_caches_per_user():
+    """cnncli copied into a site folder the user cannot write: numba falls back to the per-user cache
+    (HOME/.cache/numba), the second process loads the kernel from it (a cache hit, no compile) and
+    nothing is written into the package folder."""
+    top = Path(tempfile.mkdtemp(prefix="cnncli-ro-"))
+    try:
+        os.chmod(top, 0o755)
+        site, home = top / "site", top / "home"
+        shutil.copytree(ROOT / "cnncli", site / "cnncli", ignore=shutil.ignore_patterns("__pycache__"))
+        home.mkdir()
+        prefix, _ = _unprivileged(home)
+        if not prefix:
+            for p in [site, *site.rglob("*")]:
+                os.chmod(p, 0o555 if p.is_dir() else 0o444)
+        before = sorted(str(p) for p in site.rglob("*"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CACHE_DIR", "PYTHONPATH"))}
+        env.update(HOME=str(home), PYTHONPATH=str(site), XDG_CACHE_HOME=str(home / ".cache"))
+        if os.access(sys.executable, os.X_OK) and prefix:
+            probe = subprocess.run(prefix + [sys.executable, "-c", "import numba"], env=env, capture_output=True)
+            if probe.returncode != 0:
+                pytest.skip(f"the unprivileged user cannot run this Python: {probe.stderr.decode()[-200:]}")
+        runs = []
+        for _ in range(2):
+            res = subprocess.run(prefix + [sys.executable, "-c", READONLY_RUN], env=env, capture_output=True,
+                                 text=True, cwd=home)
+            assert res.returncode == 0, res.stderr
+            runs.append(json.loads(res.stdout))
+        assert runs[0]["file"].startswith(str(site))
+        assert runs[0]["cache"].startswith(str(home)), runs[0]["cache"]
+        assert (runs[0]["hits"], runs[0]["misses"]) == (0, 1)
+        assert (runs[1]["hits"], runs[1]["misses"]) == (1, 0)
+        images = np.arange(48, dtype=np.uint8).reshape(3, 4, 4)                 # as READONLY_RUN makes them
+        assert runs[1]["x"] == runs[0]["x"] == images[[2, 0]].astype(np.float32).ravel().tolist()
+        assert sorted(str(p) for p in site.rglob("*")) == before, "something was written into the package"
+        assert list(home.rglob("*lookup*.nbi")), "no per-user index file"
+    finally:
+        for p in [top, *top.rglob("*")]:
+            try:
+                os.chmod(p, 0o755 if p.is_dir() else 0o644)
+            except OSError:
+                pass
+        shutil.rmtree(top, ignore_errors=True)

@@ -1,0 +1,153 @@
+"""Setting up a training run, on every rank: the config against a resumed checkpoint, the data (rank 0
+first, so the dataset cache is written once), the numba kernels, the network and the optimizer.
+
+It trains nothing (train.py's Trainer does) and writes no files except the run folder it claims.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cnncli import checkpoint, resume as resume_mod, runfolder
+from cnncli import config as config_mod
+from cnncli.errors import ConfigError, DataError
+from cnncli.runfolder import RunState, new_run_dir
+
+def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
+    """(train_ds, val_ds, skipped) as the config says: data.val, or a stratified data.val_split of train.
+    `classes` (a checkpoint's) must match the class folders; a mismatch fails before any image is decoded."""
+    from cnncli import data
+
+    d = cfg["data"]
+    train_dir, val_dir = Path(d["train"]), (Path(d["val"]) if d["val"] else None)
+    if d["demo"] and (not train_dir.exists() or (val_dir is not None and not val_dir.exists())):
+        from cnncli.demo import ensure_demo
+
+        root = train_dir.parent
+        if echo:
+            echo(f"Generating the built-in demo dataset in {root} ...")
+        ensure_demo(root)
+    opts = dict(image_size=d["image_size"], resize=d["resize"], strict=d["strict"], cache=d["cache"],
+                progress=progress)
+    train_ds, skipped = data.load_folder(train_dir, classes=classes, **opts)
+    n_classes = cfg["model"]["num_classes"]
+    if n_classes is not None and n_classes != len(train_ds.classes):
+        raise ConfigError(
+            f"model.num_classes is {n_classes} but {train_dir} has {len(train_ds.classes)} class folders"
+        )
+    if val_dir is not None:
+        val_ds, val_skipped = data.load_folder(val_dir, classes=train_ds.classes, **opts)
+        skipped = list(skipped) + list(val_skipped)
+    else:
+        tr_idx, va_idx = data.stratified_split(train_ds.labels, d["val_split"], d["seed"])
+        train_ds, val_ds = data.split(train_ds, tr_idx, va_idx)   # in place: no second copy
+    if len(train_ds.labels) == 0:
+        raise DataError(f"{train_dir}: no training images left after the validation split")
+    return train_ds, val_ds, skipped
+
+
+def _normalization(cfg: dict, train_ds) -> dict:
+    mean, std = 0.0, 1.0
+    if cfg["data"]["normalize"]:
+        from cnncli.data import pixel_mean_std
+
+        mean, std = pixel_mean_std(train_ds.images)   # streamed: no float64 copy of the dataset
+    return {"image_size": cfg["data"]["image_size"], "resize": cfg["data"]["resize"], "mean": mean, "std": std}
+
+
+def _open_resume(resume, cfg: dict, out, write: bool = True):
+    """Load the checkpoint to continue and check the config against it (before any data is read)
+    -> ((arrays, meta, path), state, run_dir, cfg); train.epochs=auto keeps the run's resolved value.
+    write=False (MPI ranks but 0): the folder is not touched."""
+    from cnncli.predictor import check_architecture, run_checkpoint
+
+    ckpt_path = run_checkpoint(resume)
+    arrays, meta = checkpoint.load(ckpt_path)
+    check_architecture(arrays, meta, ckpt_path)           # shapes, dtypes, finite values
+    resume_mod.check_unchanged(meta.get("config", ""), cfg, ckpt_path)
+    state = runfolder.state_from_meta(meta, ckpt_path)
+    saved = config_mod.load_config_text(meta.get("config", ""), source=f"{ckpt_path} (config)")
+    if cfg["train"]["epochs"] == "auto" and saved["train"]["epochs"] != "auto":
+        cfg = {**cfg, "train": {**cfg["train"], "epochs": saved["train"]["epochs"]}}
+    if resume_mod.should_continue(state, saved, cfg):
+        state.stopped_early = False
+    run_dir = Path(out) if out else ckpt_path.parent
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runfolder.clean_debris(run_dir)                   # half-written saves of a killed process
+        resume_mod.carry_best(ckpt_path.parent, run_dir)
+    return (arrays, meta, ckpt_path), state, run_dir, cfg
+
+
+def _build(cfg: dict, train_ds, resumed, comm=None):
+    """-> (net, opt, preprocess): fresh ones for a new run, the checkpoint's for a resume. The network
+    computes the shards of every batch that `comm` gives this rank (all of them in one process)."""
+    from cnncli import model, optim
+    from cnncli.predictor import check_architecture, load_into
+
+    m, o = cfg["model"], cfg["optim"]
+    if resumed is None:
+        preprocess = _normalization(cfg, train_ds)
+        net = model.Network(num_classes=len(train_ds.classes), batchnorm=m["batchnorm"], eps=m["bn_eps"], comm=comm,
+                            momentum=m["bn_momentum"], dtype=np.float32, seed=cfg["train"]["seed"])
+    else:
+        arrays, meta, path = resumed
+        preprocess = meta["preprocess"]
+        num_classes, batchnorm, eps, dtype = check_architecture(arrays, meta, path)
+        net = model.Network(num_classes=num_classes, batchnorm=batchnorm, eps=eps, momentum=m["bn_momentum"],
+                            dtype=dtype, comm=comm)
+        load_into(net, arrays)
+    opt = optim.Optimizer(o["name"], net.params.flat.size, o["lr"], momentum=o["momentum"],
+                          weight_decay=o["weight_decay"], betas=tuple(o["betas"]), dtype=np.float32)
+    if resumed is not None:
+        opt.load_state_dict({"optim." + k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
+    return net, opt, preprocess
+
+
+def _compile_kernels(cfg: dict, quiet, comm) -> None:
+    """A cold numba cache: compile the run's kernels in parallel processes, saying so once. One
+    process overlaps this with its first steps; under MPI rank 0 fills the cache first and the other
+    ranks then load it (instead of K ranks compiling the same kernels at once)."""
+    from cnncli import precompile
+    from cnncli.distributed import main_first
+
+    bn, opt = cfg["model"]["batchnorm"], cfg["optim"]["name"]
+    say = None if quiet or not comm.is_main else precompile.stderr_line
+    if comm.size == 1:
+        precompile.start(bn, opt, say=say)
+        return
+    main_first(comm, lambda: precompile.start(bn, opt, workers=max(1, precompile.env_workers()), say=say).wait(),
+               others=False)
+
+
+def setup(cfg: dict, resume, out, quiet, echo, comm):
+    """Every rank: check, resume, threads, data, network -> (cfg with train.epochs resolved, ...).
+    Errors every rank hits are printed once."""
+    from cnncli.distributed import check_ranks, everyone, main_first, rank_threads
+    from cnncli.kernels import set_threads
+
+    resumed, state, run_dir = None, RunState(), None
+    everyone(comm, check_ranks, cfg["train"]["batch_size"], comm.size)
+    if resume is not None:
+        resumed, state, run_dir, cfg = everyone(comm, _open_resume, resume, cfg, out, write=comm.is_main)
+    threads = set_threads(rank_threads(comm, cfg["train"]["threads"]))
+
+    def load():
+        loaded = load_datasets(cfg, echo=echo if comm.is_main else None, progress=not quiet and comm.is_main,
+                               classes=resumed and resumed[1].get("classes"))
+        if cfg["model"]["batchnorm"] != "none" and len(loaded[0].labels) < 2:
+            raise DataError(f"{cfg['data']['train']}: model.batchnorm={cfg['model']['batchnorm']} "
+                            "needs at least 2 training images")
+        return loaded
+
+    # rank 0 decodes and writes the cache first; the others then read it (or all decode: no cache)
+    train_ds, val_ds, skipped = (main_first if cfg["data"]["cache"] else everyone)(comm, load)
+    _compile_kernels(cfg, quiet, comm)
+    auto = cfg["train"]["epochs"] == "auto"
+    cfg = config_mod.resolve_epochs(cfg, len(train_ds.labels))
+    net, opt, preprocess = _build(cfg, train_ds, resumed, comm)
+    if resume is None:
+        run_dir = main_first(comm, new_run_dir, out or cfg["out"], others=False)
+    return (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess)

@@ -63,22 +63,25 @@ def record_calls(run, dispatchers=None) -> dict:
 
 def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32, parts=("step", "inference")):
     """A function doing, on a tiny network, every kind of kernel call a `cnn train` run makes: "step" the
-    input lookup, a train step (two halves without BN) and the optimizer; "inference" the validation's
-    lookup and inference of > 8 and of <= 8 images."""
+    input lookup, a train step of two 8-image shards (unweighted and with per-image loss weights) and the
+    optimizer; "inference" the validation's lookup and inference of > 8 and of <= 8 images."""
     def run():
         from cnncli import model, optim
+        from cnncli.distributed import SHARD
         from cnncli.kernels import lookup_batch
 
         net = model.Network(num_classes=2, batchnorm=batchnorm, dtype=dtype)
-        images = np.zeros((model.SPLIT_MIN, 32, 32), np.uint8)                      # (M,H,W)
+        n = 2 * SHARD
+        images = np.zeros((n, 32, 32), np.uint8)                                    # (M,H,W)
         table = np.zeros(256, dtype)                                                # (256,)
-        idx = np.arange(model.SPLIT_MIN)                                            # (N,)
-        labels = np.zeros(model.SPLIT_MIN, np.int64)                                # (N,)
+        idx = np.arange(n)                                                          # (N,)
+        labels = np.zeros(n, np.int64)                                              # (N,)
         opt = optim.Optimizer(optimizer, net.params.flat.size, 1e-3, dtype=dtype)
         with np.errstate(all="ignore"), warnings.catch_warnings():   # the stubs leave arrays uninitialized,
             warnings.simplefilter("ignore")                            # also on the worker threads
             if "step" in parts:
                 net.train_step(lookup_batch(images, idx, table), labels)
+                net.train_step(lookup_batch(images, idx, table), labels, np.ones(n, dtype))
                 opt.step(net.params.flat, net.grads.flat, 1e-3)
             if "inference" in parts:
                 x = lookup_batch(images, idx, table)

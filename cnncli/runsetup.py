@@ -81,7 +81,7 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     return (arrays, meta, ckpt_path), state, run_dir, cfg
 
 
-def _build(cfg: dict, train_ds, resumed, comm=None):
+def build(cfg: dict, train_ds, resumed, comm=None):
     """-> (net, opt, preprocess): fresh ones for a new run, the checkpoint's for a resume. The network
     computes the shards of every batch that `comm` gives this rank (all of them in one process)."""
     from cnncli import model, optim
@@ -147,7 +147,7 @@ def setup(cfg: dict, resume, out, quiet, echo, comm):
     _compile_kernels(cfg, quiet, comm)
     auto = cfg["train"]["epochs"] == "auto"
     cfg = config_mod.resolve_epochs(cfg, len(train_ds.labels))
-    net, opt, preprocess = _build(cfg, train_ds, resumed, comm)
+    net, opt, preprocess = build(cfg, train_ds, resumed, comm)
     if resume is None:
         run_dir = main_first(comm, new_run_dir, out or cfg["out"], others=False)
     return (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess)

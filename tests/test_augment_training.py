@@ -45,7 +45,7 @@ def _same(a, b):
 
 
 def test_training_batches_are_augmented_and_validation_is_not(data, tmp_path):
-    from cnncli import train as train_mod
+    from cnncli import runsetup, train as train_mod
     from cnncli.kernels import lookup_batch
 
     train_dir, val_dir = data
@@ -63,7 +63,7 @@ def test_training_batches_are_augmented_and_validation_is_not(data, tmp_path):
         c = config.load_config(cfg, [f"augment.enabled={str(enabled).lower()}"])
         c = config.resolve_epochs(c, 100)
         t_ds, v_ds, _ = train_mod.load_datasets(c, progress=False)
-        net, opt, pre = train_mod._build(c, t_ds, None)
+        net, opt, pre = runsetup.build(c, t_ds, None)
         tr = train_mod.Trainer(c, tmp_path / "x", net, opt, train_mod.RunState(), t_ds, v_ds, t_ds.classes, pre,
                                print, True)
         idx = np.arange(8)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cnncli import train as train_mod
+from cnncli import runsetup
 from cnncli.cli import cli
 from e2e_util import make_folder, write_config
 
@@ -39,12 +39,12 @@ def test_a_few_epochs_learn_the_shapes(folders):
 
 def test_shuffled_labels_do_not_reach_the_threshold(folders, monkeypatch):
     tmp, train_dir, test_dir = folders
-    real = train_mod.load_datasets
+    real = runsetup.load_datasets
 
     def shuffled(*args, **kwargs):
         train_ds, val_ds, skipped = real(*args, **kwargs)
         np.random.default_rng(0).shuffle(train_ds.labels)   # images keep their order, labels do not
         return train_ds, val_ds, skipped
 
-    monkeypatch.setattr(train_mod, "load_datasets", shuffled)
+    monkeypatch.setattr(runsetup, "load_datasets", shuffled)      # where train() loads its data
     assert _train_and_eval(tmp, train_dir, test_dir, "shuffled") < LEARNED

@@ -10,12 +10,15 @@ Shapes: B images in the global batch, S = ceil(B / SHARD) shards, L of them on t
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from . import passes
 from .arch import Params, param_specs
 from .distributed import shard_count, shard_slice
 from .kernels import batchnorm as norm
+from .kernels.reduce import tree_sum_into
 from .kernels.threads import run
 
 FORWARD = (None, passes.forward_conv1, passes.forward_conv2, passes.forward_fc1)
@@ -30,6 +33,21 @@ def _row_views(flat, specs):
         o += size
     p.flat = flat
     return p
+
+
+def _summed_segments(specs):
+    """[(c0, c1)] column ranges of a gradient row that shards write: every parameter but BN's
+    gamma/beta (their gradients are the batch's BN sums, set after the tree)."""
+    segs, o = [], 0
+    for name, shape in specs:
+        size = int(np.prod(shape))
+        if not name.startswith("bn"):
+            if segs and segs[-1][1] == o:
+                segs[-1] = (segs[-1][0], o + size)
+            else:
+                segs.append((o, o + size))
+        o += size
+    return segs
 
 
 def _stat_view(a, batchnorm, layer):
@@ -56,6 +74,7 @@ class Plan:
         size = sum(int(np.prod(shape)) for _, shape in specs)
         self.rows = np.zeros((hi - lo, size), dtype)        # (L, P) each shard's gradient; BN's stay 0
         self.grads = [_row_views(self.rows[j], specs) for j in range(hi - lo)]
+        self.tree = partial(tree_sum_into, segments=_summed_segments(specs))   # the rows' tree, threaded
         self.loss = np.zeros((hi - lo, 1))                  # (L, 1) float64 sum of weight * loss
         self.ones = np.ones(B)                              # (B,) the weights when none are given
         self.fwd, self.bwd, self.stats, self.count = {}, {}, {}, {}
@@ -86,13 +105,13 @@ def _bn_statistics(net, plan, k, comm):
     the unbiased variance) when the network keeps them."""
     mean, var, invstd, tmp = plan.stats[k]
     M = plan.count[k]
-    np.divide(comm.sum_shards(plan.fwd[k], plan.S), M, out=mean)
+    np.divide(comm.sum_shards(plan.fwd[k], plan.S, tree=tree_sum_into), M, out=mean)
     sqdev = norm.bn_kernel(plan.ndim[k], "sqdev")
 
     def shard(j):
         sqdev(plan.views[j][k][0], mean, plan.fwd[k][j])
     each(shard, len(plan.ws))
-    np.divide(comm.sum_shards(plan.fwd[k], plan.S), M, out=var)
+    np.divide(comm.sum_shards(plan.fwd[k], plan.S, tree=tree_sum_into), M, out=var)
     np.add(var, net.eps, out=invstd)
     np.sqrt(invstd, out=invstd)
     np.divide(1.0, invstd, out=invstd)
@@ -162,9 +181,9 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
         each(head, L)
         if backward:
             _bn_backward_phases(net, plan, comm)
-    loss = float(comm.sum_shards(plan.loss, plan.S)[0]) / plan.B
+    loss = float(comm.sum_shards(plan.loss, plan.S, tree=tree_sum_into)[0]) / plan.B
     if backward:
-        net.grads.flat[...] = comm.sum_shards(plan.rows, plan.S)
+        comm.sum_shards(plan.rows, plan.S, out=net.grads.flat, tree=plan.tree)
         for k, (sdy, sdyx) in plan.bn_grads.items():
             net.grads[f"bn{k}.beta"].reshape(-1)[...] = sdy
             net.grads[f"bn{k}.gamma"].reshape(-1)[...] = sdyx
@@ -197,7 +216,7 @@ def _bn_backward_phases(net, plan, comm):
     dz, the layers below it and the next BN's partial sums."""
     plan.bn_grads = {}
     for k in (3, 2, 1):
-        sums = comm.sum_shards(plan.bwd[k], plan.S)                  # (2D,) float64: sdy | sdyx
+        sums = comm.sum_shards(plan.bwd[k], plan.S, tree=tree_sum_into)   # (2D,) float64: sdy | sdyx
         d = sums.shape[0] // 2
         plan.bn_grads[k] = (sums[:d], sums[d:])
 

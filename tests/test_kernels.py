@@ -146,6 +146,22 @@ def test_fc(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n, o, i", [(8, 65, 1024), (3, 12, 65), (1, 5, 70), (0, 4, 64)])
+def test_fc_grads_sum_images_in_order(rng, dtype, n, o, i):
+    """fc_grads_into's fixed rule, bit for bit: per element the rounded products dz[k,o]*x[k,i]
+    added for k = 0, 1, ... in order (vector columns and the scalar tail alike)."""
+    dz = (rng.standard_normal((n, o)) * 10.0 ** rng.integers(-3, 4, (n, o))).astype(dtype)
+    x = rng.standard_normal((n, i)).astype(dtype)
+    dw, db = np.full((o, i), np.nan, dtype), np.full(o, np.nan, dtype)
+    fc.fc_grads_into(dz, x, dw, db)
+    ref, rdb = np.zeros((o, i), dtype), np.zeros(o, dtype)
+    for k in range(n):
+        ref = dz[k][:, None] * x[k][None, :] if k == 0 else ref + dz[k][:, None] * x[k][None, :]
+        rdb = dz[k].copy() if k == 0 else rdb + dz[k]
+    assert dw.tobytes() == ref.tobytes() and db.tobytes() == rdb.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_sigmoid_bce(rng, dtype):
     z = (rng.standard_normal((6, 12)) * 4).astype(dtype)
     labels = rng.integers(0, 12, 6)

@@ -18,7 +18,7 @@ from . import passes
 from .arch import Params, param_specs
 from .distributed import shard_count, shard_slice
 from .kernels import batchnorm as norm
-from .kernels.reduce import tree_sum_into
+from .kernels.reduce import RowTree, tree_sum_into
 from .kernels.threads import run
 
 FORWARD = (None, passes.forward_conv1, passes.forward_conv2, passes.forward_fc1)
@@ -74,7 +74,9 @@ class Plan:
         size = sum(int(np.prod(shape)) for _, shape in specs)
         self.rows = np.zeros((hi - lo, size), dtype)        # (L, P) each shard's gradient; BN's stay 0
         self.grads = [_row_views(self.rows[j], specs) for j in range(hi - lo)]
-        self.tree = partial(tree_sum_into, segments=_summed_segments(specs))   # the rows' tree, threaded
+        self.segments = _summed_segments(specs)
+        self.tree = partial(tree_sum_into, segments=self.segments)   # the rows' tree over ranks, threaded
+        self.rowtree = RowTree(self.rows, self.segments)             # ... in one process, as rows finish
         self.loss = np.zeros((hi - lo, 1))                  # (L, 1) float64 sum of weight * loss
         self.ones = np.ones(B)                              # (B,) the weights when none are given
         self.fwd, self.bwd, self.stats, self.count = {}, {}, {}, {}
@@ -155,6 +157,9 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
     w = plan.ones if weights is None else weights
     scale = 1.0 / plan.B
     L = len(plan.ws)
+    # one process: each shard's finished row goes into the tree at once (plan.rowtree); ranks: sum_shards
+    done = plan.rowtree.done if (backward and comm.size == 1) else (lambda j: None)
+    plan.rowtree.reset()
 
     def inputs(j):
         s = plan.slices[j]
@@ -165,6 +170,7 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
             xs, ls, wj = inputs(j)
             if backward:
                 plan.loss[j, 0] = passes.shard_step_plain(P, plan.grads[j], plan.ws[j], xs, ls, wj, scale)
+                done(j)
             else:
                 plan.loss[j, 0] = passes.shard_forward_plain(P, plan.ws[j], xs, ls, wj, scale)
         each(plain, L)
@@ -180,10 +186,14 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
                 _bn_grad_sums(net, plan, 3, j)
         each(head, L)
         if backward:
-            _bn_backward_phases(net, plan, comm)
+            _bn_backward_phases(net, plan, comm, done)
     loss = float(comm.sum_shards(plan.loss, plan.S, tree=tree_sum_into)[0]) / plan.B
     if backward:
-        comm.sum_shards(plan.rows, plan.S, out=net.grads.flat, tree=plan.tree)
+        if comm.size == 1:
+            for c0, c1 in plan.segments:
+                net.grads.flat[c0:c1] = plan.rowtree.result()[c0:c1]
+        else:
+            comm.sum_shards(plan.rows, plan.S, out=net.grads.flat, tree=plan.tree)
         for k, (sdy, sdyx) in plan.bn_grads.items():
             net.grads[f"bn{k}.beta"].reshape(-1)[...] = sdy
             net.grads[f"bn{k}.gamma"].reshape(-1)[...] = sdyx
@@ -211,9 +221,9 @@ BACKWARD = {3: lambda P, G, ws: passes.backward_fc1(P, G, ws, True),
             1: lambda P, G, ws: passes.backward_conv1(G, ws)}
 
 
-def _bn_backward_phases(net, plan, comm):
+def _bn_backward_phases(net, plan, comm, done):
     """From BN3's dy down: the sums of dy, dy*xhat over all shards (comm), then per shard the BN's
-    dz, the layers below it and the next BN's partial sums."""
+    dz, the layers below it and the next BN's partial sums; done(j) once shard j's row is complete."""
     plan.bn_grads = {}
     for k in (3, 2, 1):
         sums = comm.sum_shards(plan.bwd[k], plan.S, tree=tree_sum_into)   # (2D,) float64: sdy | sdyx
@@ -225,4 +235,6 @@ def _bn_backward_phases(net, plan, comm):
             BACKWARD[k](net.params, plan.grads[j], plan.ws[j])
             if k > 1:
                 _bn_grad_sums(net, plan, k - 1, j)
+            else:
+                done(j)
         each(shard, len(plan.ws))

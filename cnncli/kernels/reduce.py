@@ -69,3 +69,44 @@ def tree_sum_into(parts, out, segments=None):
     else:
         run(lambda j: tree_cols_into(parts, out, *tasks[j]), len(tasks))
     return out
+
+
+class RowTree:
+    """tree_sum of the rows of parts (S,M) computed while they are being written: each worker that
+    finishes row j (done(j)) adds every tree node whose two children are now complete, left + right
+    into the left child's row, so the root ends in row 0 -- the same nodes, operands and bits as
+    tree_sum, no extra pass or thread hand-off after the last row, and the rows are overwritten.
+    Only the columns of `segments` are summed."""
+
+    def __init__(self, parts, segments=None):
+        import threading
+
+        self.parts, self.lock = parts, threading.Lock()
+        self.segments = list(segments) if segments is not None else [(0, parts.shape[1])]
+        self.sizes = [parts.shape[0]]                 # nodes per level: S, ceil(S/2), ..., 1
+        while self.sizes[-1] > 1:
+            self.sizes.append((self.sizes[-1] + 1) // 2)
+        self.reset()
+
+    def reset(self):
+        """Before the rows of a new step are written."""
+        self.seen = [[0] * n for n in self.sizes]
+
+    def done(self, j):
+        """Row j holds its leaf: add the nodes it completes (any thread; each node once)."""
+        level, i = 0, j
+        while level + 1 < len(self.sizes):
+            parent, need = i // 2, 2 if (i // 2) * 2 + 1 < self.sizes[level] else 1
+            with self.lock:
+                self.seen[level + 1][parent] += 1
+                if self.seen[level + 1][parent] < need:
+                    return
+            if need == 2:                             # rows of the leftmost leaves of the two children
+                left, right = self.parts[(2 * parent) << level], self.parts[(2 * parent + 1) << level]
+                for c0, c1 in self.segments:
+                    np.add(left[c0:c1], right[c0:c1], out=left[c0:c1])
+            level, i = level + 1, parent
+
+    def result(self):
+        """Row 0: the root (valid once done(j) has run for every row)."""
+        return self.parts[0]

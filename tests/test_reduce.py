@@ -50,3 +50,21 @@ def test_tree_sum_into_rejects_bad_arrays():
         R.tree_sum_into(np.zeros((4, 6))[:, ::2], np.zeros(3))
     with pytest.raises(ValueError, match="out"):
         R.tree_sum_into(np.zeros((4, 6)), np.zeros(6, np.float32))
+
+
+@pytest.mark.parametrize("s", [1, 2, 3, 5, 7, 9, 16, 17, 33])
+def test_row_tree_in_any_completion_order_is_tree_sum_bitwise(s):
+    parts = parts_of(s, 300, np.float32, seed=s)
+    segments = [(0, 40), (60, 300)]
+    ref = D.tree_sum(parts)
+    rng = np.random.default_rng(s)
+    rows = parts.copy()
+    tree = R.RowTree(rows, segments)
+    for _ in range(3):                          # reset() makes the tree reusable step after step
+        rows[...] = parts
+        tree.reset()
+        for j in rng.permutation(s):
+            tree.done(j)
+        for a, b in segments:
+            assert tree.result()[a:b].tobytes() == ref[a:b].tobytes()
+        assert tree.result()[40:60].tobytes() == parts[0, 40:60].tobytes()    # outside: untouched

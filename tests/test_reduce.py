@@ -68,3 +68,23 @@ def test_row_tree_in_any_completion_order_is_tree_sum_bitwise(s):
         for a, b in segments:
             assert tree.result()[a:b].tobytes() == ref[a:b].tobytes()
         assert tree.result()[40:60].tobytes() == parts[0, 40:60].tobytes()    # outside: untouched
+
+
+def test_run_does_every_task_once_and_raises_a_tasks_error():
+    from cnncli.kernels.threads import run
+
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        hits = np.zeros(200, int)
+
+        def task(j):
+            hits[j] += 1
+            sum(range(2000))                     # long enough for the worker to take some
+        run(task, 200)
+        assert (hits == 1).all()
+        with pytest.raises(ZeroDivisionError):
+            run(lambda j: 1 / (j - 13), 40)
+        run(task, 0)
+    finally:
+        numba.set_num_threads(old)

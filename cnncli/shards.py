@@ -16,7 +16,7 @@ import numpy as np
 
 from . import passes
 from .arch import Params, param_specs
-from .distributed import shard_count, shard_slice
+from .distributed import SHARD, shard_count, shard_slice
 from .kernels import batchnorm as norm
 from .kernels.reduce import RowTree, tree_sum_into
 from .kernels.threads import run
@@ -70,6 +70,8 @@ class Plan:
             ws = passes.Workspace(s.stop - s.start, num_classes, batchnorm, dtype)
             ws.probs = self.probs[s.start - first:s.stop - first]           # a view: no copy later
             self.ws.append(ws)
+        self.args = (num_classes, batchnorm, dtype)
+        self.spare = []     # without BN: full-size workspaces reused shard after shard (kept in cache)
         specs = param_specs(num_classes, batchnorm)
         size = sum(int(np.prod(shape)) for _, shape in specs)
         self.rows = np.zeros((hi - lo, size), dtype)        # (L, P) each shard's gradient; BN's stay 0
@@ -99,6 +101,21 @@ def each(fn, count):
     """fn(j) for j in range(count) on the worker threads and this one (threads.run); fn(j) writes
     only shard j's workspace and rows, so who runs which j changes no bit."""
     run(fn, count)
+
+
+def _borrow(plan, j):
+    """A workspace for shard j of a step without BN, where nothing outlives the shard: a spare
+    full-size one (the last thread's, still in cache; at most one per thread is ever made) with
+    shard j's probs view, or shard j's own when it is short. The arithmetic is the same."""
+    ws = plan.ws[j]
+    if ws.n != SHARD:
+        return ws
+    try:
+        spare = plan.spare.pop()
+    except IndexError:
+        spare = passes.Workspace(SHARD, *plan.args)
+    spare.probs = ws.probs
+    return spare
 
 
 def _bn_statistics(net, plan, k, comm):
@@ -168,11 +185,14 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
     if not bn:
         def plain(j):
             xs, ls, wj = inputs(j)
+            ws = _borrow(plan, j)
             if backward:
-                plan.loss[j, 0] = passes.shard_step_plain(P, plan.grads[j], plan.ws[j], xs, ls, wj, scale)
+                plan.loss[j, 0] = passes.shard_step_plain(P, plan.grads[j], ws, xs, ls, wj, scale)
                 done(j)
             else:
-                plan.loss[j, 0] = passes.shard_forward_plain(P, plan.ws[j], xs, ls, wj, scale)
+                plan.loss[j, 0] = passes.shard_forward_plain(P, ws, xs, ls, wj, scale)
+            if ws is not plan.ws[j]:
+                plan.spare.append(ws)                 # list.append/pop are atomic (GIL)
         each(plain, L)
     else:
         _bn_forward_phases(net, plan, comm, inputs)

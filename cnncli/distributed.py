@@ -91,9 +91,14 @@ class Comm:
         """This rank's shards [lo, hi) of a batch of nshards shards."""
         return block_of(self.rank, self.size, nshards)
 
-    def sum_shards(self, local_parts: np.ndarray, nshards: int) -> np.ndarray:
-        """tree_sum over all nshards per-shard rows; local_parts (hi-lo, M) are this rank's rows."""
-        return tree_sum(self._all_parts(local_parts, nshards))
+    def sum_shards(self, local_parts: np.ndarray, nshards: int, out=None, tree=None) -> np.ndarray:
+        """tree_sum over all nshards per-shard rows; local_parts (hi-lo, M) are this rank's rows.
+        tree(parts, out) -> out, when given, must give tree_sum's bits (kernels.reduce's threaded
+        kernel does; it may skip columns the caller overwrites)."""
+        parts = self._all_parts(local_parts, nshards)
+        if tree is None:
+            return tree_sum(parts, out)
+        return tree(parts, np.empty(parts.shape[1], parts.dtype) if out is None else out)
 
     def sum_shards_columns(self, local_parts: np.ndarray, nshards: int) -> np.ndarray:
         """sum_shards with less traffic at large K (see MpiComm); the same bits."""

@@ -70,7 +70,7 @@ class Workspace:
 
 def forward_conv1(P, ws, x, bn):
     """x (n,1,32,32) -> z1 (+ bias under BN: BN's input)."""
-    ws.xp1[:, :, 2:34, 2:34] = x
+    conv32.pad2_into(x, ws.xp1)
     conv32.conv32_forward_into(ws.xp1, P["conv1.w"], ws.z1)
     if bn:
         conv.add_bias_into(ws.z1.reshape(ws.n, 6, -1), P["conv1.b"])
@@ -123,8 +123,7 @@ def backward_fc1(P, G, ws, bn):
 def backward_conv2(P, G, ws, bn):
     """dz2 -> conv2's gradients, dp1 -> (pool1, ELU) -> dy1 (BN) or dz1."""
     conv16.conv16_backward_dw_into(ws.dz2, ws.xp2, ws.dzt2, ws.dwt2)
-    G["conv2.w"][...] = ws.dwt2.transpose(3, 0, 1, 2)
-    np.sum(ws.dz2.reshape(ws.n, 16, -1), axis=(0, 2), out=G["conv2.b"])
+    conv16.conv16_grads_finish_into(ws.dwt2, ws.dzt2, G["conv2.w"], G["conv2.b"])
     conv16.conv16_backward_dx_into(ws.dz2, P["conv2.w"], ws.dzp2, ws.dp1)
     pool.pool_elu_backward_into(ws.dp1, ws.xp2, 2, ws.arg1, ws.dy1 if bn else ws.dz1)
 

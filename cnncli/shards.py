@@ -10,12 +10,15 @@ Shapes: B images in the global batch, S = ceil(B / SHARD) shards, L of them on t
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from . import passes
 from .arch import Params, param_specs
-from .distributed import shard_count, shard_slice
+from .distributed import SHARD, shard_count, shard_slice
 from .kernels import batchnorm as norm
+from .kernels.reduce import RowTree, tree_sum_into
 from .kernels.threads import run
 
 FORWARD = (None, passes.forward_conv1, passes.forward_conv2, passes.forward_fc1)
@@ -30,6 +33,21 @@ def _row_views(flat, specs):
         o += size
     p.flat = flat
     return p
+
+
+def _summed_segments(specs):
+    """[(c0, c1)] column ranges of a gradient row that shards write: every parameter but BN's
+    gamma/beta (their gradients are the batch's BN sums, set after the tree)."""
+    segs, o = [], 0
+    for name, shape in specs:
+        size = int(np.prod(shape))
+        if not name.startswith("bn"):
+            if segs and segs[-1][1] == o:
+                segs[-1] = (segs[-1][0], o + size)
+            else:
+                segs.append((o, o + size))
+        o += size
+    return segs
 
 
 def _stat_view(a, batchnorm, layer):
@@ -52,10 +70,15 @@ class Plan:
             ws = passes.Workspace(s.stop - s.start, num_classes, batchnorm, dtype)
             ws.probs = self.probs[s.start - first:s.stop - first]           # a view: no copy later
             self.ws.append(ws)
+        self.args = (num_classes, batchnorm, dtype)
+        self.spare = []     # without BN: full-size workspaces reused shard after shard (kept in cache)
         specs = param_specs(num_classes, batchnorm)
         size = sum(int(np.prod(shape)) for _, shape in specs)
         self.rows = np.zeros((hi - lo, size), dtype)        # (L, P) each shard's gradient; BN's stay 0
         self.grads = [_row_views(self.rows[j], specs) for j in range(hi - lo)]
+        self.segments = _summed_segments(specs)
+        self.tree = partial(tree_sum_into, segments=self.segments)   # the rows' tree over ranks, threaded
+        self.rowtree = RowTree(self.rows, self.segments)             # ... in one process, as rows finish
         self.loss = np.zeros((hi - lo, 1))                  # (L, 1) float64 sum of weight * loss
         self.ones = np.ones(B)                              # (B,) the weights when none are given
         self.fwd, self.bwd, self.stats, self.count = {}, {}, {}, {}
@@ -80,19 +103,34 @@ def each(fn, count):
     run(fn, count)
 
 
+def _borrow(plan, j):
+    """A workspace for shard j of a step without BN, where nothing outlives the shard: a spare
+    full-size one (the last thread's, still in cache; at most one per thread is ever made) with
+    shard j's probs view, or shard j's own when it is short. The arithmetic is the same."""
+    ws = plan.ws[j]
+    if ws.n != SHARD:
+        return ws
+    try:
+        spare = plan.spare.pop()
+    except IndexError:
+        spare = passes.Workspace(SHARD, *plan.args)
+    spare.probs = ws.probs
+    return spare
+
+
 def _bn_statistics(net, plan, k, comm):
     """Phase 2 of BN layer k's forward: (the partial sums are in plan.fwd[k]) -> mean; per-shard
     sums of (z - mean)^2 -> biased var -> invstd; the running statistics updated (PyTorch's rule,
     the unbiased variance) when the network keeps them."""
     mean, var, invstd, tmp = plan.stats[k]
     M = plan.count[k]
-    np.divide(comm.sum_shards(plan.fwd[k], plan.S), M, out=mean)
+    np.divide(comm.sum_shards(plan.fwd[k], plan.S, tree=tree_sum_into), M, out=mean)
     sqdev = norm.bn_kernel(plan.ndim[k], "sqdev")
 
     def shard(j):
         sqdev(plan.views[j][k][0], mean, plan.fwd[k][j])
     each(shard, len(plan.ws))
-    np.divide(comm.sum_shards(plan.fwd[k], plan.S), M, out=var)
+    np.divide(comm.sum_shards(plan.fwd[k], plan.S, tree=tree_sum_into), M, out=var)
     np.add(var, net.eps, out=invstd)
     np.sqrt(invstd, out=invstd)
     np.divide(1.0, invstd, out=invstd)
@@ -136,6 +174,9 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
     w = plan.ones if weights is None else weights
     scale = 1.0 / plan.B
     L = len(plan.ws)
+    # one process: each shard's finished row goes into the tree at once (plan.rowtree); ranks: sum_shards
+    done = plan.rowtree.done if (backward and comm.size == 1) else (lambda j: None)
+    plan.rowtree.reset()
 
     def inputs(j):
         s = plan.slices[j]
@@ -144,10 +185,14 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
     if not bn:
         def plain(j):
             xs, ls, wj = inputs(j)
+            ws = _borrow(plan, j)
             if backward:
-                plan.loss[j, 0] = passes.shard_step_plain(P, plan.grads[j], plan.ws[j], xs, ls, wj, scale)
+                plan.loss[j, 0] = passes.shard_step_plain(P, plan.grads[j], ws, xs, ls, wj, scale)
+                done(j)
             else:
-                plan.loss[j, 0] = passes.shard_forward_plain(P, plan.ws[j], xs, ls, wj, scale)
+                plan.loss[j, 0] = passes.shard_forward_plain(P, ws, xs, ls, wj, scale)
+            if ws is not plan.ws[j]:
+                plan.spare.append(ws)                 # list.append/pop are atomic (GIL)
         each(plain, L)
     else:
         _bn_forward_phases(net, plan, comm, inputs)
@@ -161,10 +206,14 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
                 _bn_grad_sums(net, plan, 3, j)
         each(head, L)
         if backward:
-            _bn_backward_phases(net, plan, comm)
-    loss = float(comm.sum_shards(plan.loss, plan.S)[0]) / plan.B
+            _bn_backward_phases(net, plan, comm, done)
+    loss = float(comm.sum_shards(plan.loss, plan.S, tree=tree_sum_into)[0]) / plan.B
     if backward:
-        net.grads.flat[...] = comm.sum_shards(plan.rows, plan.S)
+        if comm.size == 1:
+            for c0, c1 in plan.segments:
+                net.grads.flat[c0:c1] = plan.rowtree.result()[c0:c1]
+        else:
+            comm.sum_shards(plan.rows, plan.S, out=net.grads.flat, tree=plan.tree)
         for k, (sdy, sdyx) in plan.bn_grads.items():
             net.grads[f"bn{k}.beta"].reshape(-1)[...] = sdy
             net.grads[f"bn{k}.gamma"].reshape(-1)[...] = sdyx
@@ -192,12 +241,12 @@ BACKWARD = {3: lambda P, G, ws: passes.backward_fc1(P, G, ws, True),
             1: lambda P, G, ws: passes.backward_conv1(G, ws)}
 
 
-def _bn_backward_phases(net, plan, comm):
+def _bn_backward_phases(net, plan, comm, done):
     """From BN3's dy down: the sums of dy, dy*xhat over all shards (comm), then per shard the BN's
-    dz, the layers below it and the next BN's partial sums."""
+    dz, the layers below it and the next BN's partial sums; done(j) once shard j's row is complete."""
     plan.bn_grads = {}
     for k in (3, 2, 1):
-        sums = comm.sum_shards(plan.bwd[k], plan.S)                  # (2D,) float64: sdy | sdyx
+        sums = comm.sum_shards(plan.bwd[k], plan.S, tree=tree_sum_into)   # (2D,) float64: sdy | sdyx
         d = sums.shape[0] // 2
         plan.bn_grads[k] = (sums[:d], sums[d:])
 
@@ -206,4 +255,6 @@ def _bn_backward_phases(net, plan, comm):
             BACKWARD[k](net.params, plan.grads[j], plan.ws[j])
             if k > 1:
                 _bn_grad_sums(net, plan, k - 1, j)
+            else:
+                done(j)
         each(shard, len(plan.ws))

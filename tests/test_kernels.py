@@ -146,6 +146,22 @@ def test_fc(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n, o, i", [(8, 65, 1024), (3, 12, 65), (1, 5, 70), (0, 4, 64)])
+def test_fc_grads_sum_images_in_order(rng, dtype, n, o, i):
+    """fc_grads_into's fixed rule, bit for bit: per element the rounded products dz[k,o]*x[k,i]
+    added for k = 0, 1, ... in order (vector columns and the scalar tail alike)."""
+    dz = (rng.standard_normal((n, o)) * 10.0 ** rng.integers(-3, 4, (n, o))).astype(dtype)
+    x = rng.standard_normal((n, i)).astype(dtype)
+    dw, db = np.full((o, i), np.nan, dtype), np.full(o, np.nan, dtype)
+    fc.fc_grads_into(dz, x, dw, db)
+    ref, rdb = np.zeros((o, i), dtype), np.zeros(o, dtype)
+    for k in range(n):
+        ref = dz[k][:, None] * x[k][None, :] if k == 0 else ref + dz[k][:, None] * x[k][None, :]
+        rdb = dz[k].copy() if k == 0 else rdb + dz[k]
+    assert dw.tobytes() == ref.tobytes() and db.tobytes() == rdb.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_sigmoid_bce(rng, dtype):
     z = (rng.standard_normal((6, 12)) * 4).astype(dtype)
     labels = rng.integers(0, 12, 6)
@@ -369,3 +385,22 @@ def test_elu_exp_matches_libm_expm1(rng, dtype):
     special = activation.elu_forward(np.array([-0.0, -np.inf, np.nan, -1e4, -41.0, -np.finfo(dtype).tiny], dtype))
     assert special[0] == 0 and special[1] == -1 and np.isnan(special[2])
     assert special[3] == -1 and special[4] == -1 and special[5] == -np.finfo(dtype).tiny
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_conv16_grads_finish_transposes_and_sums_in_order(rng, dtype):
+    """dw = dwt with the map index first; db per map = the positions of dzt summed in order, bitwise;
+    pad2_into writes the interior and leaves the border."""
+    dwt = rng.standard_normal((6, 5, 5, 16)).astype(dtype)
+    dzt = (rng.standard_normal((3, 256, 16)) * 10.0 ** rng.integers(-3, 4, (3, 256, 16))).astype(dtype)
+    dw, db = np.empty((16, 6, 5, 5), dtype), np.empty(16, dtype)
+    conv16.conv16_grads_finish_into(dwt, dzt, dw, db)
+    assert np.array_equal(dw, dwt.transpose(3, 0, 1, 2))
+    ref = np.zeros(16, dtype)
+    for row in dzt.reshape(-1, 16):
+        ref = ref + row
+    assert db.tobytes() == ref.tobytes()
+    x = rng.standard_normal((2, 1, 32, 32)).astype(dtype)
+    xp = np.full((2, 1, 36, 36), 7.0, dtype)
+    conv32.pad2_into(x, xp)
+    assert np.array_equal(xp[:, :, 2:34, 2:34], x) and (xp[:, :, :2] == 7).all() and (xp[:, :, :, 34:] == 7).all()

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from .checks import check_array, check_out
-from .simd import vfma, vload, vsplat, vstore, vzero
+from .simd import vadd, vfma, vload, vsplat, vstore, vzero
 
 
 # conv2 (C = 6 -> F = 16 maps of 16 x 16, K = 5): direct convolution in 16-lane vectors
@@ -103,6 +103,22 @@ def conv16_backward_dx_into(dz, w, dzp, dx):
             vstore(dx, o + 768, a3)
             vstore(dx, o + 1024, a4)
             vstore(dx, o + 1280, a5)
+
+
+@njit(cache=True, nogil=True)
+def conv16_grads_finish_into(dwt, dzt, dw, db):
+    # dwt (C,5,5,16) from conv16_backward_dw_into, dzt (N,256,16) its transposed dz   ->   dw (16,C,5,5)
+    # = dwt with the map index first, db (16,) = per map the sum over (n, position) in order (16 lanes)
+    C = dwt.shape[0]
+    for c in range(C):
+        for ky in range(5):
+            for kx in range(5):
+                for f in range(16):
+                    dw[f, c, ky, kx] = dwt[c, ky, kx, f]
+    acc = vzero(dzt)
+    for q in range(dzt.shape[0] * 256):
+        acc = vadd(acc, vload(dzt, q * 16))
+    vstore(db, 0, acc)
 
 
 @njit(cache=True, nogil=True)

@@ -57,6 +57,17 @@ def conv32_image(xp, xo, w, z, zo):
             vstore(z, o + 5120, a5)
 
 
+@njit(cache=True, nogil=True)
+def pad2_into(x, xp):
+    # x (N,C,H,W)   ->   xp (N,C,H+4,W+4)'s interior [2:H+2, 2:W+2] (the border is the caller's zeros)
+    N, C, H, W = x.shape
+    for n in range(N):
+        for c in range(C):
+            for y in range(H):
+                for i in range(W):
+                    xp[n, c, y + 2, i + 2] = x[n, c, y, i]
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def conv32_forward_into(xp, w, z):
     # xp (N,C,36,36) padded input, w (6,C,5,5)   ->   z (N,6,32,32), no bias

@@ -10,6 +10,7 @@ network runs (its GEMMs, the fc layers', are small); numba's own threads do the 
 from __future__ import annotations
 
 import itertools
+import threading
 
 from ..blas import single_thread as blas_single_thread  # noqa: F401  (re-exported: model.py uses it)
 from ..blas import threads_api
@@ -51,7 +52,10 @@ def workers():
 def run(task, count):
     """task(j) for j in range(count), handed out in turn to the calling thread and T-1 worker
     threads (whoever is free takes the next j, so a thread the OS delays holds up nobody); callers
-    make each j's result independent of the thread that runs it. Numba runs on one thread inside
+    make each j's result independent of the thread that runs it. Returns when every task has
+    finished -- not when every worker has woken: a worker the OS starts late finds nothing left
+    and returns at once, so on a loaded machine a step does not wait a time slice per call. The
+    first exception of a task is raised here after all tasks ran. Numba runs on one thread inside
     a task; OpenBLAS stays on one thread meanwhile (several threads calling a multi-threaded
     OpenBLAS at once was measured 100x slower)."""
     import numba
@@ -59,18 +63,32 @@ def run(task, count):
     pool, t = workers()
     t = min(t, count)
     taken = itertools.count()
+    lock, finished = threading.Lock(), threading.Event()
+    state = [0, None]                               # [tasks finished, first exception]
 
     def drain():
         while (j := next(taken)) < count:           # itertools.count's next is atomic (GIL)
-            task(j)
+            try:
+                task(j)
+            except BaseException as e:  # noqa: BLE001 -- re-raised by the caller below
+                with lock:
+                    state[1] = state[1] or e
+            with lock:
+                state[0] += 1
+                if state[0] == count:
+                    finished.set()
 
+    if count <= 0:
+        return
     old = numba.get_num_threads()
     with blas_single_thread():
-        futures = [pool.submit(drain) for _ in range(t - 1)]
+        for _ in range(t - 1):
+            pool.submit(drain)
         numba.set_num_threads(1)
         try:
             drain()
+            finished.wait()
         finally:
             numba.set_num_threads(old)
-            for f in futures:
-                f.result()
+    if state[1] is not None:
+        raise state[1]

@@ -1,0 +1,90 @@
+"""cnncli.kernels.reduce: the threaded column-block tree gives distributed.tree_sum's bits for every
+shard count, dtype, column segment and thread count, and leaves the columns outside its segments."""
+
+import numba
+import numpy as np
+import pytest
+
+from cnncli import distributed as D
+from cnncli.kernels import reduce as R
+
+
+def parts_of(s, m, dtype, seed=0):
+    """Rows with magnitudes over many decades, so a changed summation order changes float32 bits."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((s, m)) * 10.0 ** rng.integers(-4, 5, (s, m))).astype(dtype)
+
+
+@pytest.mark.parametrize("s", [1, 2, 3, 5, 8, 9, 16, 17, 33])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_tree_sum_into_is_tree_sum_bitwise(s, dtype, threads):
+    m = 2 * R.TASK + 777                          # several tasks and a ragged last block
+    parts = parts_of(s, m, dtype, seed=s)
+    before = parts.copy()
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        out = np.full(m, 7.0, dtype)
+        assert R.tree_sum_into(parts, out) is out
+    finally:
+        numba.set_num_threads(old)
+    assert out.tobytes() == D.tree_sum(parts).tobytes()
+    assert parts.tobytes() == before.tobytes()
+
+
+def test_tree_sum_into_sums_only_its_segments():
+    parts = parts_of(6, 3000, np.float32)
+    segments = [(0, 5), (100, 1700), (2999, 3000)]
+    out = np.full(3000, -1.0, np.float32)
+    R.tree_sum_into(parts, out, segments)
+    inside = np.zeros(3000, bool)
+    for a, b in segments:
+        inside[a:b] = True
+    assert out[inside].tobytes() == D.tree_sum(parts)[inside].tobytes()
+    assert (out[~inside] == -1.0).all()
+
+
+def test_tree_sum_into_rejects_bad_arrays():
+    with pytest.raises(ValueError, match="parts"):
+        R.tree_sum_into(np.zeros((4, 6))[:, ::2], np.zeros(3))
+    with pytest.raises(ValueError, match="out"):
+        R.tree_sum_into(np.zeros((4, 6)), np.zeros(6, np.float32))
+
+
+@pytest.mark.parametrize("s", [1, 2, 3, 5, 7, 9, 16, 17, 33])
+def test_row_tree_in_any_completion_order_is_tree_sum_bitwise(s):
+    parts = parts_of(s, 300, np.float32, seed=s)
+    segments = [(0, 40), (60, 300)]
+    ref = D.tree_sum(parts)
+    rng = np.random.default_rng(s)
+    rows = parts.copy()
+    tree = R.RowTree(rows, segments)
+    for _ in range(3):                          # reset() makes the tree reusable step after step
+        rows[...] = parts
+        tree.reset()
+        for j in rng.permutation(s):
+            tree.done(j)
+        for a, b in segments:
+            assert tree.result()[a:b].tobytes() == ref[a:b].tobytes()
+        assert tree.result()[40:60].tobytes() == parts[0, 40:60].tobytes()    # outside: untouched
+
+
+def test_run_does_every_task_once_and_raises_a_tasks_error():
+    from cnncli.kernels.threads import run
+
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        hits = np.zeros(200, int)
+
+        def task(j):
+            hits[j] += 1
+            sum(range(2000))                     # long enough for the worker to take some
+        run(task, 200)
+        assert (hits == 1).all()
+        with pytest.raises(ZeroDivisionError):
+            run(lambda j: 1 / (j - 13), 40)
+        run(task, 0)
+    finally:
+        numba.set_num_threads(old)

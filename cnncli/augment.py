@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels as _kernels  # noqa: F401  (sets numba's environment before numba is imported)
-from numba import njit, prange, uint64  # noqa: E402
+from numba import int64, njit, prange  # noqa: E402
 
 SIZE = 32
 CENTER = (SIZE - 1) / 2.0           # rotation/scale/shear centre in pixel-index coordinates
@@ -181,11 +181,13 @@ def _frame(img, pad, fill):
 
 
 @njit(cache=True)
-def _k_warp(img, pad, out, q, fill):
+def _k_warp(img, pad, out, q, fill, idx, frac):
     """out (H,W) = img (H,W) sampled bilinearly through the inverse map of parameter row q (P,).
     pad (H+2G,W+2G) scratch: the image inside a frame of `fill` G wide; a coordinate is clamped to
     the frame, so a neighbour outside the image reads `fill` without a branch. The source coordinate
-    is affine in the column: per row a start and a step, so a pixel costs two fused multiply-adds."""
+    is affine in the column: per row a start and a step. Each row runs as two loops: the coordinates
+    (idx (W,) flat index into pad, frac (2,W) the fractions, in pad's dtype) in straight-line arithmetic
+    that vectorizes, then the four-tap gathers and the interpolation in the image's dtype."""
     cr, sr = math.cos(q[P_ROT]), math.sin(q[P_ROT])
     t = math.tan(q[P_SHEAR])
     sc = q[P_SCALE]
@@ -196,9 +198,10 @@ def _k_warp(img, pad, out, q, fill):
     i00, i01, i10, i11 = m11 / det, -m01 / det, -m10 / det, m00 / det
     H, W = img.shape
     _frame(img, pad, fill)
+    P = pad.shape[1]
+    flat = pad.ravel()                             # (PADDED*PADDED,)
     dx0 = -CENTER - q[P_TX]                        # dx of column 0
     lo, hx, hy = FRAME - 2.0, FRAME + W + 1.0, FRAME + H + 1.0   # clamp range in pad coordinates (>= 1)
-    one = uint64(1)   # unsigned indices: no negative-index wraparound in the loop, so it stays branch-free
     for r in range(H):
         dy = r - CENTER - q[P_TY]
         bx = i00 * dx0 + i01 * dy + (CENTER + FRAME)   # source x, y of column 0, in pad coordinates
@@ -206,11 +209,15 @@ def _k_warp(img, pad, out, q, fill):
         for c in range(W):
             sx = min(max(bx + i00 * c, lo), hx)
             sy = min(max(by + i10 * c, lo), hy)
-            xa, ya = uint64(sx), uint64(sy)            # sx, sy >= 1: the conversion floors
-            fx, fy = sx - xa, sy - ya
-            xb, yb = xa + one, ya + one
-            top = pad[ya, xa] + (pad[ya, xb] - pad[ya, xa]) * fx
-            bottom = pad[yb, xa] + (pad[yb, xb] - pad[yb, xa]) * fx
+            xa, ya = int64(sx), int64(sy)              # sx, sy >= 1: the conversion floors
+            idx[c] = ya * P + xa
+            frac[0, c] = sx - xa
+            frac[1, c] = sy - ya
+        for c in range(W):
+            k = idx[c]
+            fx, fy = frac[0, c], frac[1, c]
+            top = flat[k] + (flat[k + 1] - flat[k]) * fx
+            bottom = flat[k + P] + (flat[k + P + 1] - flat[k + P]) * fx
             out[r, c] = top + (bottom - top) * fy
 
 
@@ -243,15 +250,15 @@ def _k_values(out, q, noise, fill):
 
 
 @njit(parallel=True, cache=True)
-def _k_augment(x, p, noise, out, border, pad):
+def _k_augment(x, p, noise, out, border, pad, idx, frac):
     """out (N,1,H,W) = augmented x (N,1,H,W) under parameters p (N,P); scratch border (N,B) float64,
-    pad (N,H+2G,W+2G) of x's dtype."""
+    pad (N,H+2G,W+2G), idx (N,W) int64 and frac (N,2,W) of x's dtype."""
     for i in prange(x.shape[0]):
         q = p[i]
         needs_fill = q[P_GEO] > 0.0 or q[P_ER_H] > 0.0
         fill = _border_median(x[i, 0], border[i]) if needs_fill else 0.0
         if q[P_GEO] > 0.0:
-            _k_warp(x[i, 0], pad[i], out[i, 0], q, fill)
+            _k_warp(x[i, 0], pad[i], out[i, 0], q, fill, idx[i], frac[i])
         else:
             out[i, 0, :, :] = x[i, 0]
         _k_values(out[i, 0], q, noise, fill)
@@ -282,7 +289,8 @@ def apply_params(x, params, noise=None, out=None):
     check_batch(out, x.dtype)
     if out.shape != x.shape:
         raise ValueError(f"out must be {x.shape}, got {out.shape}")
-    _k_augment(x, params, noise, out, np.empty((n, BORDER)), np.empty((n, PADDED, PADDED), x.dtype))
+    _k_augment(x, params, noise, out, np.empty((n, BORDER)), np.empty((n, PADDED, PADDED), x.dtype),
+               np.empty((n, SIZE), np.int64), np.empty((n, 2, SIZE), x.dtype))
     return out
 
 
@@ -312,6 +320,8 @@ class Augmenter:
         self.noise = np.empty((cap, SIZE, SIZE), np.float32)   # (N,H,W) standard normals
         self.border = np.empty((cap, BORDER))                  # (N,B)
         self.pad = np.empty((cap, PADDED, PADDED), self.dtype)  # (N,H+2G,W+2G)
+        self.idx = np.empty((cap, SIZE), np.int64)             # (N,W) flat pad index of a row's taps
+        self.frac = np.empty((cap, 2, SIZE), self.dtype)       # (N,2,W) their x and y fractions
         self.out = np.empty((cap, 1, SIZE, SIZE), self.dtype)  # (N,1,H,W)
 
     def draw(self, n, epoch, step):
@@ -331,5 +341,5 @@ class Augmenter:
         n = x.shape[0]
         params, noise = self.draw(n, epoch, step)
         out = self.out[:n]
-        _k_augment(x, params, noise, out, self.border[:n], self.pad[:n])
+        _k_augment(x, params, noise, out, self.border[:n], self.pad[:n], self.idx[:n], self.frac[:n])
         return out

@@ -13,6 +13,7 @@ from .errors import CnnError, DataError
 
 # Probabilities are clipped to [PROB_EPS, 1 - PROB_EPS] before the logs of the BCE loss.
 PROB_EPS = 1e-7
+ROWS = 1 << 16      # rows per chunk of the (N,C) temporaries: a million images add MBs, not GBs
 
 
 def _check_inputs(probs, labels, classes):
@@ -33,18 +34,25 @@ def _check_inputs(probs, labels, classes):
 def top_k_indices(probs, k):
     """(N,C) -> (N,k) class indices by decreasing probability; ties keep the lower index first."""
     k = max(1, min(int(k), probs.shape[1]))
-    return np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    out = np.empty((probs.shape[0], k), dtype=np.intp)  # (N,k)
+    for a in range(0, probs.shape[0], ROWS):            # rows are independent: chunks change nothing
+        out[a:a + ROWS] = np.argsort(-probs[a:a + ROWS], axis=1, kind="stable")[:, :k]
+    return out
 
 
 def bce_loss(probs, labels):
-    """Mean over images of the summed binary cross-entropy of C sigmoid outputs vs one-hot."""
+    """Mean over images of the summed binary cross-entropy of C sigmoid outputs vs one-hot. The (N,C)
+    temporaries are made ROWS rows at a time; each row's sum and the one mean are as in one shot."""
     n, c = probs.shape
     if n == 0:
         return 0.0
-    p = np.clip(probs.astype(np.float64), PROB_EPS, 1.0 - PROB_EPS)  # (N,C)
-    onehot = np.zeros((n, c), dtype=bool)
-    onehot[np.arange(n), labels] = True
-    per_image = -np.where(onehot, np.log(p), np.log1p(-p)).sum(axis=1)  # (N,)
+    labels = np.asarray(labels)
+    per_image = np.empty(n, dtype=np.float64)  # (N,)
+    for a in range(0, n, ROWS):
+        p = np.clip(probs[a:a + ROWS].astype(np.float64), PROB_EPS, 1.0 - PROB_EPS)  # (rows,C)
+        onehot = np.zeros(p.shape, dtype=bool)
+        onehot[np.arange(p.shape[0]), labels[a:a + ROWS]] = True
+        per_image[a:a + ROWS] = -np.where(onehot, np.log(p), np.log1p(-p)).sum(axis=1)
     return float(per_image.mean())
 
 

@@ -221,28 +221,39 @@ def check_classes(expected, found, data_dir):
 
 def predict_paths(predictor, paths, top_k=3):
     """Classify image files -> (results, failures); an unreadable file goes to failures [(path, reason)]."""
+    results, failures = predict_stream(predictor, paths, top_k)
+    return list(results), failures
+
+
+def predict_stream(predictor, paths, top_k=3):
+    """Like predict_paths, but results is an iterator that builds each result dict when it is reached
+    (a million files hold their probabilities, not a million dicts)."""
     from . import data
 
     pre = predictor.preprocess
     size, resize = int(pre.get("image_size", 32)), pre.get("resize", "pad")
-    paths = [str(p) for p in paths]
+    if not isinstance(paths, data.PathList):
+        paths = [str(p) for p in paths]
     # decoded in parallel into one (K,S,S) uint8 array: no list of arrays, no stacked copy
     images, bad = data.decode_array(data.Jobs(paths, size, resize, data.MAX_PIXELS), progress=True)
-    failed = {i for i, _ in bad}
     failures = [(data.printable(paths[i]), reason) for i, reason in bad]
-    good = [data.printable(p) for i, p in enumerate(paths) if i not in failed]
-    if not good:
-        return [], failures
-    probs = predictor.predict_proba(images, batch_size=256)  # (N,C)
-    top = top_k_indices(probs, top_k)  # (N,k)
-    classes = list(predictor.classes)
-    results = []
-    for i, path in enumerate(good):
-        ranked = [{"class": classes[j], "probability": float(probs[i, j])} for j in top[i]]
-        results.append(
-            {"path": path, "class": ranked[0]["class"], "probability": ranked[0]["probability"], "top_k": ranked}
-        )
-    return results, failures
+    good = np.ones(len(paths), dtype=bool)  # (N,)
+    good[[i for i, _ in bad]] = False
+    if not good.any():
+        return iter(()), failures
+    probs = predictor.predict_proba(images, batch_size=256)  # (K,C)
+    del images
+    return _results(paths, np.flatnonzero(good), probs, top_k_indices(probs, top_k), list(predictor.classes)), failures
+
+
+def _results(paths, good, probs, top, classes):
+    """The result dict of each good file (positions `good` in paths), in order, one at a time."""
+    from .data import printable
+
+    for row, i in enumerate(good.tolist()):
+        ranked = [{"class": classes[j], "probability": float(probs[row, j])} for j in top[row]]
+        yield {"path": printable(paths[i]), "class": ranked[0]["class"],
+               "probability": ranked[0]["probability"], "top_k": ranked}
 
 
 __all__ = [
@@ -252,6 +263,7 @@ __all__ = [
     "evaluate",
     "evaluate_predictor",
     "predict_paths",
+    "predict_stream",
     "top_k_indices",
     "bce_loss",
     "check_classes",

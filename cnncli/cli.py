@@ -51,6 +51,16 @@ def _printable(text: str) -> str:
     return printable(text)
 
 
+def _echo_json_list(items) -> None:
+    """Echo json.dumps(list(items), indent=2), text for text, one item at a time."""
+    first = True
+    for item in items:
+        body = json.dumps(item, indent=2).replace("\n", "\n  ")
+        click.echo(("[\n  " if first else ",\n  ") + body, nl=False)
+        first = False
+    click.echo("[]" if first else "\n]")
+
+
 def _resolve_checkpoint(path: str) -> Path:
     """A checkpoint file, or a run folder: its best.npz (else last.npz)."""
     from cnncli.predictor import run_checkpoint
@@ -190,12 +200,12 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
 @user_errors
 def predict(checkpoint, paths, top_k, as_json):
     """Classify images: each PATH is an image file or a folder of images. Exit status 1 if any file failed."""
-    from cnncli.data import list_images_and_bad
-    from cnncli.evaluate import predict_paths
+    from cnncli.data import PathList, list_images_and_bad
+    from cnncli.evaluate import predict_stream
     from cnncli.predictor import Predictor
 
     predictor = Predictor.from_checkpoint(_resolve_checkpoint(checkpoint))
-    files, failures = [], []
+    files, failures = PathList(), []                 # compact: a million paths take ~30 MB
     for p in paths:
         try:
             found, unscannable = list_images_and_bad(p)
@@ -203,10 +213,10 @@ def predict(checkpoint, paths, top_k, as_json):
             failures.extend(unscannable)
         except CnnError as err:  # its message names the path already
             failures.append((p, str(err).removeprefix(f"{p}: ")))
-    results, bad = predict_paths(predictor, files, top_k)
+    results, bad = predict_stream(predictor, files, top_k)
     failures.extend(bad)
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        _echo_json_list(results)
     else:
         for r in results:
             extra = "  ".join(f"{t['class']}={t['probability']:.3f}" for t in r["top_k"][1:]) if top_k > 1 else ""

@@ -13,6 +13,7 @@ from .errors import CnnError, DataError
 
 # Probabilities are clipped to [PROB_EPS, 1 - PROB_EPS] before the logs of the BCE loss.
 PROB_EPS = 1e-7
+ROWS = 1 << 16      # rows per chunk of the (N,C) temporaries: a million images add MBs, not GBs
 
 
 def _check_inputs(probs, labels, classes):
@@ -33,18 +34,25 @@ def _check_inputs(probs, labels, classes):
 def top_k_indices(probs, k):
     """(N,C) -> (N,k) class indices by decreasing probability; ties keep the lower index first."""
     k = max(1, min(int(k), probs.shape[1]))
-    return np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    out = np.empty((probs.shape[0], k), dtype=np.intp)  # (N,k)
+    for a in range(0, probs.shape[0], ROWS):            # rows are independent: chunks change nothing
+        out[a:a + ROWS] = np.argsort(-probs[a:a + ROWS], axis=1, kind="stable")[:, :k]
+    return out
 
 
 def bce_loss(probs, labels):
-    """Mean over images of the summed binary cross-entropy of C sigmoid outputs vs one-hot."""
+    """Mean over images of the summed binary cross-entropy of C sigmoid outputs vs one-hot. The (N,C)
+    temporaries are made ROWS rows at a time; each row's sum and the one mean are as in one shot."""
     n, c = probs.shape
     if n == 0:
         return 0.0
-    p = np.clip(probs.astype(np.float64), PROB_EPS, 1.0 - PROB_EPS)  # (N,C)
-    onehot = np.zeros((n, c), dtype=bool)
-    onehot[np.arange(n), labels] = True
-    per_image = -np.where(onehot, np.log(p), np.log1p(-p)).sum(axis=1)  # (N,)
+    labels = np.asarray(labels)
+    per_image = np.empty(n, dtype=np.float64)  # (N,)
+    for a in range(0, n, ROWS):
+        p = np.clip(probs[a:a + ROWS].astype(np.float64), PROB_EPS, 1.0 - PROB_EPS)  # (rows,C)
+        onehot = np.zeros(p.shape, dtype=bool)
+        onehot[np.arange(p.shape[0]), labels[a:a + ROWS]] = True
+        per_image[a:a + ROWS] = -np.where(onehot, np.log(p), np.log1p(-p)).sum(axis=1)
     return float(per_image.mean())
 
 
@@ -213,28 +221,39 @@ def check_classes(expected, found, data_dir):
 
 def predict_paths(predictor, paths, top_k=3):
     """Classify image files -> (results, failures); an unreadable file goes to failures [(path, reason)]."""
+    results, failures = predict_stream(predictor, paths, top_k)
+    return list(results), failures
+
+
+def predict_stream(predictor, paths, top_k=3):
+    """Like predict_paths, but results is an iterator that builds each result dict when it is reached
+    (a million files hold their probabilities, not a million dicts)."""
     from . import data
 
     pre = predictor.preprocess
     size, resize = int(pre.get("image_size", 32)), pre.get("resize", "pad")
-    paths = [str(p) for p in paths]
+    if not isinstance(paths, data.PathList):
+        paths = [str(p) for p in paths]
     # decoded in parallel into one (K,S,S) uint8 array: no list of arrays, no stacked copy
     images, bad = data.decode_array(data.Jobs(paths, size, resize, data.MAX_PIXELS), progress=True)
-    failed = {i for i, _ in bad}
     failures = [(data.printable(paths[i]), reason) for i, reason in bad]
-    good = [data.printable(p) for i, p in enumerate(paths) if i not in failed]
-    if not good:
-        return [], failures
-    probs = predictor.predict_proba(images, batch_size=256)  # (N,C)
-    top = top_k_indices(probs, top_k)  # (N,k)
-    classes = list(predictor.classes)
-    results = []
-    for i, path in enumerate(good):
-        ranked = [{"class": classes[j], "probability": float(probs[i, j])} for j in top[i]]
-        results.append(
-            {"path": path, "class": ranked[0]["class"], "probability": ranked[0]["probability"], "top_k": ranked}
-        )
-    return results, failures
+    good = np.ones(len(paths), dtype=bool)  # (N,)
+    good[[i for i, _ in bad]] = False
+    if not good.any():
+        return iter(()), failures
+    probs = predictor.predict_proba(images, batch_size=256)  # (K,C)
+    del images
+    return _results(paths, np.flatnonzero(good), probs, top_k_indices(probs, top_k), list(predictor.classes)), failures
+
+
+def _results(paths, good, probs, top, classes):
+    """The result dict of each good file (positions `good` in paths), in order, one at a time."""
+    from .data import printable
+
+    for row, i in enumerate(good.tolist()):
+        ranked = [{"class": classes[j], "probability": float(probs[row, j])} for j in top[row]]
+        yield {"path": printable(paths[i]), "class": ranked[0]["class"],
+               "probability": ranked[0]["probability"], "top_k": ranked}
 
 
 __all__ = [
@@ -244,6 +263,7 @@ __all__ = [
     "evaluate",
     "evaluate_predictor",
     "predict_paths",
+    "predict_stream",
     "top_k_indices",
     "bce_loss",
     "check_classes",

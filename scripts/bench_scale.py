@@ -8,6 +8,10 @@ of `cnn train` (1 epoch), `cnn eval` and `cnn predict` on the folder, each in a 
 linearity. Prints numbers; asserts nothing.
 
     .venv/bin/python scripts/bench_scale.py [--sizes 10k,100k] [--distinct 3000] [--classes 4]
+        [--tmp DIR [--reuse]]
+
+--reuse keeps the size folders (and their dataset cache) in --tmp, takes the ones already there
+without a first decode, and skips the 1-worker decode, so the peak RSS of the commands at 1M can be measured again in minutes.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ def parse_size(s: str) -> int:
     return int(float(s.rstrip("km")) * mult)
 
 
-def make_sources(folder, distinct, classes):
+def make_sources(folder, distinct, classes, keep_existing=False):
     from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(0)
@@ -64,7 +68,8 @@ def make_sources(folder, distinct, classes):
         box = [x - r, y - r, x + r, y + r]
         [d.ellipse, d.rectangle, d.line, d.polygon][c % 4]([(x - r, y - r), (x + r, y + r), (x - r, y + r)] if c % 4 == 3 else box, fill=int(rng.integers(150, 256)))
         p = os.path.join(folder, f"{i:05d}.png")
-        img.save(p)
+        if not (keep_existing and os.path.exists(p)):     # rewriting would change the links' cache key
+            img.save(p)
         paths.append((c, p))
     return paths
 
@@ -90,18 +95,22 @@ def peak_mb(cmd, env):
     return int(kib) / 1024.0, time.perf_counter() - t0, int(code)
 
 
-def run_size(n, tmp, sources, classes, env, serial):
+def run_size(n, tmp, sources, classes, env, serial, reuse=False):
     root = os.path.join(tmp, f"n{n}")
-    make_folder(root, n, sources, classes)
+    first_time = not (reuse and os.path.isdir(root))
+    if first_time:
+        make_folder(root, n, sources, classes)
+    serial = serial and not reuse                     # the quick re-measure mode skips the 1-worker decode
     if serial:
         one = json.loads(child_load(root, 1, False, env))
-    first = json.loads(child_load(root, 0, True, env))
+    first = json.loads(child_load(root, 0, True, env)) if first_time else None
     cached = json.loads(child_load(root, 0, True, env))
     pix = cached["bytes"]
     budget = pix / 2**20 + BUDGET_MB
     print(f"\n== {n:,} images ({pix / 1e6:.1f} MB of pixels; budget {budget:.0f} MB peak RSS)")
-    print(f"first decode, {len(os.sched_getaffinity(0))} workers: {first['load_s']:.1f} s "
-          f"({first['load_s'] / n * 1e6:.0f} us/image)")
+    if first is not None:
+        print(f"first decode, {len(os.sched_getaffinity(0))} workers: {first['load_s']:.1f} s "
+              f"({first['load_s'] / n * 1e6:.0f} us/image)")
     if serial:
         print(f"first decode, 1 worker:  {one['load_s']:.1f} s -> speedup {one['load_s'] / first['load_s']:.2f}x")
     rate = pix / 1e9 / cached["read_s"]
@@ -109,6 +118,7 @@ def run_size(n, tmp, sources, classes, env, serial):
           f"read every pixel {cached['read_s']:.3f} s = {rate:.2f} GB/s; "
           f"total {pix / 1e9 / (cached['load_s'] + cached['read_s']):.2f} GB/s")
     run = os.path.join(tmp, f"run{n}")
+    shutil.rmtree(run, ignore_errors=True)            # a kept --tmp: train into the same folder again
     cmds = {"train (1 epoch)": ["cnn", "train", "--set", f"data.train={root}", "--set", "train.epochs=1",
                                 "--set", "train.batch_size=128", "--no-report", "--out", run, "-q"],
             "eval": ["cnn", "eval", "--checkpoint", run, "--data", root],
@@ -118,7 +128,8 @@ def run_size(n, tmp, sources, classes, env, serial):
         verdict = "OK" if mb <= budget else "OVER"
         print(f"{name:16s} peak RSS {mb:8.0f} MB  ({mb / budget:.2f} of budget, {verdict}); "
               f"{secs:.1f} s, {secs / n * 1e6:.0f} us/image; exit {code}")
-    shutil.rmtree(root, ignore_errors=True)
+    if not reuse:                                     # --reuse keeps the folder for the next run
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def child_load(root, workers, cache, env):
@@ -131,6 +142,8 @@ def main() -> None:
     ap.add_argument("--distinct", type=int, default=3000, help="distinct PNG files the links point to")
     ap.add_argument("--classes", type=int, default=4, help="class subfolders")
     ap.add_argument("--tmp", default=None, help="work folder (default: a new temp dir, removed after)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --tmp: use (and keep) the size folders and dataset cache already there; no first decode")
     args = ap.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     tmp = args.tmp or tempfile.mkdtemp(prefix="cnncli-scale-")
@@ -138,9 +151,9 @@ def main() -> None:
     print(f"cores for this process: {len(os.sched_getaffinity(0))}; work folder {tmp}")
     try:
         os.makedirs(os.path.join(tmp, "src"), exist_ok=True)
-        sources = make_sources(os.path.join(tmp, "src"), args.distinct, args.classes)
+        sources = make_sources(os.path.join(tmp, "src"), args.distinct, args.classes, keep_existing=args.reuse)
         for k, n in enumerate(sizes):
-            run_size(n, tmp, sources, args.classes, env, serial=(k == 0))
+            run_size(n, tmp, sources, args.classes, env, serial=(k == 0), reuse=args.reuse and args.tmp is not None)
     finally:
         if args.tmp is None:
             shutil.rmtree(tmp, ignore_errors=True)

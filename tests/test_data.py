@@ -588,3 +588,18 @@ def test_symlinked_class_folder_and_symlink_loop(tmp_path):
     ds, skipped = data.load_folder(root, cache=False)
     assert ds.classes == ["cat", "dog", "eel"] and np.bincount(ds.labels).tolist() == [3, 3, 3]
     assert skipped == []
+
+
+def test_pathlist_stores_indexes_subsets_and_compares_like_a_list():
+    import pickle
+
+    from cnncli.data.pathlist import PathList
+
+    names = ["b/x.png", "a/caf\udce9.png", "", "c/\u00e9t\u00e9.png", "z" * 300]
+    pl = PathList(names, prefix="/root/")
+    want = ["/root/" + n for n in names]
+    assert len(pl) == 5 and list(pl) == want and pl == want and pl[-1] == want[-1] and pl[1:3] == want[1:3]
+    assert pl.take([4, 0, 1]) == [want[4], want[0], want[1]] and pl.take([]) == []
+    assert pickle.loads(pickle.dumps(pl)) == pl and pl != want[:4] and pl != want[::-1]
+    with pytest.raises(IndexError):
+        pl[5]

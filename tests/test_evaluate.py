@@ -275,3 +275,19 @@ def test_random_inputs_match_reference_and_stay_finite():
         assert got["accuracy"] <= got["top_k_accuracy"] <= 1.0
 
     check()
+
+
+def test_bce_loss_and_top_k_in_row_chunks_equal_the_one_shot_formulas(monkeypatch):
+    import cnncli.evaluate as ev
+
+    rng = np.random.default_rng(3)
+    probs = rng.random((1003, 5))
+    probs[0, 0], probs[1, 1] = 0.0, 1.0
+    labels = rng.integers(0, 5, 1003)
+    p = np.clip(probs, ev.PROB_EPS, 1 - ev.PROB_EPS)
+    onehot = np.zeros(probs.shape, dtype=bool)
+    onehot[np.arange(1003), labels] = True
+    want = float((-np.where(onehot, np.log(p), np.log1p(-p)).sum(axis=1)).mean())
+    monkeypatch.setattr(ev, "ROWS", 64)
+    assert ev.bce_loss(probs, labels) == want
+    assert np.array_equal(ev.top_k_indices(probs, 3), np.argsort(-probs, axis=1, kind="stable")[:, :3])

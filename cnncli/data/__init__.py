@@ -11,10 +11,11 @@ from .dataset import Dataset, load_folder, pixel_mean_std, split, stratified_spl
 from .decode import (ALPHA_BACKGROUND, IMAGE_EXTENSIONS, MAX_PIXELS, PIL_FORMATS, PROCESS_MIN_IMAGES,
                      Jobs, RESIZE_MODES, decode_array, decode_many, default_workers, iter_decoded, load_image,
                      resize_gray)
+from .pathlist import PathList
 from .scan import IGNORED_DIRS, list_images, list_images_and_bad, printable
 
 __all__ = ["ALPHA_BACKGROUND", "CACHE_FORMAT_VERSION", "IGNORED_DIRS", "IMAGE_EXTENSIONS", "Jobs", "MAX_PIXELS",
-           "PIL_FORMATS", "PROCESS_MIN_IMAGES", "RESIZE_MODES", "Dataset", "cache_dir", "cache_info",
+           "PIL_FORMATS", "PathList", "PROCESS_MIN_IMAGES", "RESIZE_MODES", "Dataset", "cache_dir", "cache_info",
            "clear_cache", "decode_array", "decode_many", "default_workers", "iter_decoded",
            "list_images", "list_images_and_bad", "load_folder", "load_image", "pixel_mean_std",
            "printable", "resize_gray", "split", "stratified_split"]

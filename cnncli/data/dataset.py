@@ -14,7 +14,13 @@ import numpy as np
 from ..errors import DataError
 from . import cache as cache_mod
 from . import decode as dec
+from .pathlist import PathList
 from .scan import Index, printable
+
+
+def _take(paths, idx):
+    """paths at integer positions idx: a PathList stays compact, any other sequence becomes a list."""
+    return paths.take(idx) if isinstance(paths, PathList) else [paths[i] for i in idx]
 
 
 @dataclass
@@ -22,7 +28,7 @@ class Dataset:
     images: np.ndarray                       # (N, S, S) uint8, C-contiguous (maybe memory-mapped)
     labels: np.ndarray                       # (N,) int64 in [0, len(classes))
     classes: list[str]
-    paths: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)    # or a PathList (load_folder): a sequence of str
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -30,7 +36,7 @@ class Dataset:
     def subset(self, idx) -> "Dataset":
         idx = np.asarray(idx, dtype=np.int64)
         return Dataset(np.ascontiguousarray(self.images[idx]), self.labels[idx].copy(),
-                       list(self.classes), [self.paths[i] for i in idx])
+                       list(self.classes), _take(self.paths, idx))
 
 
 def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, strict: bool = False,
@@ -77,7 +83,8 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
     if empty:
         raise DataError(f"data folder {printable(root)}: no usable images in class folder(s) "
                         f"{', '.join(empty)} ({len(skipped)} file(s) skipped)")
-    paths = [prefix + r for r, k in zip(ix.rels, keep) if k]
+    ix.rels.prefix = prefix                           # the Index is done with: its names become the paths
+    paths = ix.rels if keep.all() else ix.rels.take(np.flatnonzero(keep))
     return Dataset(images, labels, list(ix.classes), paths), skipped
 
 
@@ -97,7 +104,7 @@ def split(ds: Dataset, train_idx, val_idx, chunk: int = 4096) -> tuple[Dataset, 
     for a in range(0, tr.size, chunk):                # tr[j] >= j: rows read before they are written
         b = min(a + chunk, tr.size)
         images[a:b] = images[tr[a:b]]
-    train = Dataset(images[:tr.size], ds.labels[tr], list(ds.classes), [ds.paths[i] for i in tr])
+    train = Dataset(images[:tr.size], ds.labels[tr], list(ds.classes), _take(ds.paths, tr))
     return train, val
 
 

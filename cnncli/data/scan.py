@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from array import array
 
 import numpy as np
 
 from ..errors import DataError
 from .decode import IMAGE_EXTENSIONS
+from .pathlist import PathList
 
 IGNORED_DIRS = {"__MACOSX"}      # macOS zip debris; hidden (dot) folders are ignored as well
 
@@ -39,11 +41,38 @@ def _reason(e: OSError) -> str:
     return f"cannot scan folder ({e.strerror or e})"
 
 
-def _scan_images(top: str, bad: list | None = None) -> list[tuple]:
-    """(relative path with '/', size, mtime_ns, inode, ctime_ns) of every non-hidden image file under
-    top, recursively, sorted by path. Follows symlinked folders, each real folder once (no loops).
-    Folders that cannot be listed go to `bad` as (relative path + '/', reason)."""
-    out: list[tuple] = []
+def _add_entry(e, rel_dir: str, out: list, st_all, stack: list, bad) -> None:
+    """One scandir entry: a folder goes on `stack`, an image file's rel path to `out` (and its
+    (size, mtime_ns, inode, ctime_ns) to st_all), an unreadable entry to `bad`."""
+    name = e.name
+    if name[0] == "." or name in IGNORED_DIRS:
+        return
+    rel = rel_dir + name
+    try:
+        is_dir = e.is_dir()
+    except OSError as err:                             # symlink loop, name too long, ...
+        if bad is not None:
+            bad.append((rel + "/", _reason(err)))
+        return
+    if is_dir:
+        stack.append((rel + "/", e.path))
+    elif "." in name and "." + name.rpartition(".")[2].lower() in IMAGE_EXTENSIONS:
+        out.append(rel)
+        if st_all is not None:
+            try:
+                st = e.stat()
+                st_all.extend((st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+            except OSError:                            # dangling symlink: the decoder reports it
+                st_all.extend((-1, -1, -1, -1))
+
+
+def _scan_images(top: str, bad: list | None = None, stats: list | None = None) -> list[str]:
+    """Relative paths (with '/') of every non-hidden image file under top, recursively, sorted.
+    Follows symlinked folders, each real folder once (no loops). Folders that cannot be listed go to
+    `bad` as (relative path + '/', reason). With `stats` (a list), stats[0] becomes an (N,4) int64
+    array of (size, mtime_ns, inode, ctime_ns) in the same order (-1s for a dangling symlink)."""
+    out: list[str] = []
+    st_all = array("q")                                # 4 numbers a file, not a tuple of Python ints
     seen: set[str] = set()
     stack = [("", top)]
     while stack:
@@ -53,35 +82,20 @@ def _scan_images(top: str, bad: list | None = None) -> list[tuple]:
             continue
         seen.add(real)
         try:
-            with os.scandir(full_dir) as it:
-                entries = list(it)
+            with os.scandir(full_dir) as it:           # one entry at a time: no list of DirEntry objects
+                for e in it:
+                    _add_entry(e, rel_dir, out, st_all if stats is not None else None, stack, bad)
         except OSError as e:
             if bad is not None:
                 bad.append((rel_dir, _reason(e)))
             continue
-        for e in entries:
-            name = e.name
-            if name[0] == "." or name in IGNORED_DIRS:
-                continue
-            rel = rel_dir + name
-            try:
-                is_dir = e.is_dir()
-            except OSError as err:                     # symlink loop, name too long, ...
-                if bad is not None:
-                    bad.append((rel + "/", _reason(err)))
-                continue
-            if is_dir:
-                stack.append((rel + "/", e.path))
-            elif "." in name and "." + name.rpartition(".")[2].lower() in IMAGE_EXTENSIONS:
-                try:
-                    st = e.stat()
-                    out.append((rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
-                except OSError:                        # dangling symlink: the decoder reports it
-                    out.append((rel, -1, -1, -1, -1))
-    out.sort()
+    order = sorted(range(len(out)), key=out.__getitem__)   # paths are unique: as sorting the tuples
+    if stats is not None:
+        table = np.frombuffer(st_all, dtype=np.int64).reshape(-1, 4) if out else np.zeros((0, 4), np.int64)
+        stats.append(table[np.asarray(order, dtype=np.int64)])    # (N,4)
     if bad is not None:
         bad.sort()
-    return out
+    return [out[i] for i in order]
 
 
 def list_images(path) -> list[str]:
@@ -98,7 +112,7 @@ def list_images_and_bad(path) -> tuple[list[str], list[tuple[str, str]]]:
         raise DataError(f"{printable(path)}: no such file or folder")
     prefix = os.path.join(path, "")
     bad: list = []
-    files = [prefix + e[0] for e in _scan_images(path, bad)]
+    files = [prefix + rel for rel in _scan_images(path, bad)]
     return files, [(printable(prefix + rel), why) for rel, why in bad]
 
 
@@ -132,6 +146,15 @@ def _match_classes(root: str, found: list, classes) -> list:
     return classes
 
 
+def _digest_rows(h, head: str, ci: int, rels: list, stats: np.ndarray, chunk: int = 1 << 14) -> None:
+    """Feed 'head+rel\0class\0size\0mtime\0inode\0ctime\n' of each file to h, a chunk at a time."""
+    for a in range(0, len(rels), chunk):
+        rows = stats[a:a + chunk].tolist()
+        h.update("".join(f"{head}{rel}\0{ci}\0{size}\0{mtime}\0{ino}\0{ctime}\n"
+                         for rel, (size, mtime, ino, ctime) in zip(rels[a:a + chunk], rows))
+                 .encode("utf-8", "surrogatepass"))
+
+
 class Index:
     """What scanning a class-per-subfolder root found: classes, rel paths ('class/sub/name.png') with
     labels, the stat digest of the cache key, loose root-level images and unscannable folders."""
@@ -146,15 +169,15 @@ class Index:
             raise DataError(f"data folder {printable(root)}: has only one class "
                             f"({printable(self.classes[0])}); need at least 2")
         h = hashlib.sha256()
-        self.rels, counts, self.bad = [], [], []
+        self.rels, counts, self.bad = PathList(), [], []
         for ci, name in enumerate(self.classes):
-            head, bad = name + "/", []
-            found_files = _scan_images(os.path.join(root, name), bad)
-            h.update("".join(f"{head}{rel}\0{ci}\0{size}\0{mtime}\0{ino}\0{ctime}\n"
-                             for rel, size, mtime, ino, ctime in found_files).encode("utf-8", "surrogatepass"))
-            self.rels.extend(head + e[0] for e in found_files)
+            head, bad, stats = name + "/", [], []
+            found_files = _scan_images(os.path.join(root, name), bad, stats)
+            _digest_rows(h, head, ci, found_files, stats[0])
+            self.rels.extend(head + rel for rel in found_files)
             counts.append(len(found_files))
             self.bad.extend((head + rel, why) for rel, why in bad)
+            del found_files, stats
         self.labels = np.repeat(np.arange(len(self.classes), dtype=np.int64), counts)   # (N,)
         self.loose = [n for n in sorted(os.listdir(root)) if not _is_hidden(n) and _has_image_ext(n)
                       and os.path.isfile(os.path.join(root, n))]

@@ -8,11 +8,11 @@ This module knows nothing about models or optimizers: it stores and checks named
 import json
 import math
 import os
-import secrets
 import zipfile
 
 import numpy as np
 
+from .atomic import write_atomic
 from .errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -45,22 +45,11 @@ def save(path, arrays, meta) -> None:
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        with open(tmp, "xb") as f:
-            np.savez(f, **members)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        if isinstance(err, OSError):              # full disk, quota, read-only: one line, old file intact
-            raise CheckpointError(f"{path}: cannot save the checkpoint ({err.strerror or err}); "
-                                  "the previous file there is unchanged") from None
-        raise
+        write_atomic(path, lambda f: np.savez(f, **members))
+    except OSError as err:                        # full disk, quota, read-only: one line, old file intact
+        raise CheckpointError(f"{path}: cannot save the checkpoint ({err.strerror or err}); "
+                              "the previous file there is unchanged") from None
     _fsync_dir(folder)
 
 

@@ -8,14 +8,13 @@ package (cnncli[onnx]). This module does not run models (onnxruntime does: docs/
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .arch import IMAGE_SHAPE
+from .atomic import write_atomic
 from .errors import CnnError
 from .infer import bn_folds
 from .predictor import Predictor, input_table
@@ -169,22 +168,11 @@ def build_model(predictor: Predictor, kind: str = "uint8"):
 
 
 def _write_atomic(onnx, model, out: Path) -> None:
-    """Serialize to a temporary file beside `out`, fsync, os.replace: `out` is whole or untouched."""
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    """`out` whole or untouched (atomic.write_atomic); an OSError becomes one ExportError line."""
     try:
-        with open(tmp, "xb") as f:
-            onnx.save_model(model, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException as e:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise ExportError(f"{out}: cannot write ({e.strerror or e})") from None
-        raise
+        write_atomic(out, lambda f: onnx.save_model(model, f))
+    except OSError as e:
+        raise ExportError(f"{out}: cannot write ({e.strerror or e})") from None
 
 
 def export_onnx(checkpoint, out, kind: str = "uint8") -> Path:

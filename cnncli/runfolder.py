@@ -17,6 +17,7 @@ import numpy as np
 
 from cnncli import __version__, checkpoint
 from cnncli import config as config_mod
+from cnncli.atomic import write_atomic
 from cnncli.errors import CheckpointError, CnnError
 
 METRICS_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time_s")
@@ -85,13 +86,8 @@ def clean_debris(run_dir: Path) -> list:
 
 
 def atomic_text(path: Path, text: str) -> None:
-    """Write `text` (UTF-8; undecodable name bytes as \\xNN) to `path` via a temporary file and os.replace."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write `text` (UTF-8; undecodable name bytes as \\xNN) to `path` atomically (atomic.write_atomic)."""
+    write_atomic(path, lambda f: f.write(text), text=True)
 
 
 def write_metrics(run_dir: Path, history: list) -> None:

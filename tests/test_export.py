@@ -194,7 +194,7 @@ def test_unwritable_outputs_are_one_line_and_leave_nothing(runs, onnx, tmp_path)
 
 def test_read_only_folder_is_one_line_and_leaves_nothing(runs, onnx, tmp_path, monkeypatch):
     """A mode-555 folder; where this user can write there anyway (root), open() is made to refuse."""
-    from cnncli import export
+    from cnncli import atomic
 
     _, run_dirs, _ = runs
     ro = tmp_path / "ro"
@@ -203,7 +203,7 @@ def test_read_only_folder_is_one_line_and_leaves_nothing(runs, onnx, tmp_path, m
     if os.access(ro, os.W_OK):
         def refuse(path, *a, **kw):
             raise PermissionError(13, "Permission denied", str(path))
-        monkeypatch.setattr(export, "open", refuse, raising=False)
+        monkeypatch.setattr(atomic, "open", refuse, raising=False)   # where the model file is opened
     try:
         res = invoke(["export", "--checkpoint", run_dirs["none"], "--out", ro / "m.onnx"])
         assert res.exit_code == 1 and res.output.count("\n") == 1, res.output

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
 SHAPES = ("bar", "column", "disc")
@@ -84,3 +85,18 @@ def run_cli(args, tmp: Path, **kw) -> subprocess.CompletedProcess:
 def load_params(path: Path) -> dict:
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files if k.startswith(("params/", "buffers/", "optim/"))}
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Each test's dataset cache in its own tmp folder (import it into a test module to use it)."""
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def invoke(args):
+    """`cnn ARGS` in this process (click's CliRunner; exceptions propagate)."""
+    from click.testing import CliRunner
+
+    from cnncli.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)

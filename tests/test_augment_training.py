@@ -13,12 +13,7 @@ from click.testing import CliRunner
 from cnncli import config
 from cnncli.cli import cli
 from cnncli.evaluate import evaluate
-from e2e_util import load_params, make_folder, write_config
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+from e2e_util import load_params, make_folder, private_cache, write_config  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from cnncli.cli import cli
-from e2e_util import SHAPES, load_params, make_folder, run_cli, write_config
+from e2e_util import SHAPES, invoke, load_params, make_folder, private_cache, run_cli, write_config  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -20,15 +20,6 @@ def workspace(tmp_path_factory):
     data = make_folder(tmp / "data")
     write_config(tmp / "cfg.yaml", data, tmp / "run", epochs=2)
     return tmp, data
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def invoke(args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

@@ -7,21 +7,10 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from cnncli import augment_preview
-from cnncli.cli import cli
-from e2e_util import make_folder, write_config
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def invoke(args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+from e2e_util import invoke, make_folder, private_cache, write_config  # noqa: F401
 
 
 @pytest.fixture(scope="module")

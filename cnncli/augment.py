@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels as _kernels  # noqa: F401  (sets numba's environment before numba is imported)
-from numba import int64, njit, prange  # noqa: E402
+from numba import int64, njit  # noqa: E402
 
 SIZE = 32
 CENTER = (SIZE - 1) / 2.0           # rotation/scale/shear centre in pixel-index coordinates
@@ -249,19 +249,36 @@ def _k_values(out, q, noise, fill):
             out[r, c] = fill
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def _k_augment(x, p, noise, out, border, pad, idx, frac):
     """out (N,1,H,W) = augmented x (N,1,H,W) under parameters p (N,P); scratch border (N,B) float64,
-    pad (N,H+2G,W+2G), idx (N,W) int64 and frac (N,2,W) of x's dtype."""
-    for i in prange(x.shape[0]):
+    pad (N,H+2G,W+2G), idx (N,W) int64 and frac (N,2,W) of x's dtype. One thread: _augment hands
+    blocks of images to the worker threads (each image depends on its own parameters only)."""
+    for i in range(x.shape[0]):
         q = p[i]
         needs_fill = q[P_GEO] > 0.0 or q[P_ER_H] > 0.0
         fill = _border_median(x[i, 0], border[i]) if needs_fill else 0.0
         if q[P_GEO] > 0.0:
             _k_warp(x[i, 0], pad[i], out[i, 0], q, fill, idx[i], frac[i])
         else:
-            out[i, 0, :, :] = x[i, 0]
+            for r in range(x.shape[2]):             # (a slice assignment took 5 s of compile here)
+                for c in range(x.shape[3]):
+                    out[i, 0, r, c] = x[i, 0, r, c]
         _k_values(out[i, 0], q, noise, fill)
+
+
+BLOCK = 16     # images per task handed to a worker thread
+
+
+def _augment(x, p, noise, out, border, pad, idx, frac):
+    """_k_augment over blocks of BLOCK images on the worker threads (kernels.threads.run)."""
+    from cnncli.kernels.threads import run
+
+    def block(j):
+        r = slice(j * BLOCK, (j + 1) * BLOCK)
+        _k_augment(x[r], p[r], noise, out[r], border[r], pad[r], idx[r], frac[r])
+
+    run(block, -(-x.shape[0] // BLOCK))
 
 
 def check_batch(x, dtype=None):
@@ -289,7 +306,7 @@ def apply_params(x, params, noise=None, out=None):
     check_batch(out, x.dtype)
     if out.shape != x.shape:
         raise ValueError(f"out must be {x.shape}, got {out.shape}")
-    _k_augment(x, params, noise, out, np.empty((n, BORDER)), np.empty((n, PADDED, PADDED), x.dtype),
+    _augment(x, params, noise, out, np.empty((n, BORDER)), np.empty((n, PADDED, PADDED), x.dtype),
                np.empty((n, SIZE), np.int64), np.empty((n, 2, SIZE), x.dtype))
     return out
 
@@ -341,5 +358,5 @@ class Augmenter:
         n = x.shape[0]
         params, noise = self.draw(n, epoch, step)
         out = self.out[:n]
-        _k_augment(x, params, noise, out, self.border[:n], self.pad[:n], self.idx[:n], self.frac[:n])
+        _augment(x, params, noise, out, self.border[:n], self.pad[:n], self.idx[:n], self.frac[:n])
         return out

@@ -57,9 +57,10 @@ def kernel_flops(name, args):
             return 2 * args[0].size * args[3][..., 0].size
         if name.endswith("conv32_backward_dw"):                  # (dz, xp, dw, db)
             return 2 * args[0].size * args[2][0].size
-        if "infer_features" in name or "infer_serial" in name:   # (x, w1, .., w2, .., [w3, ..])
-            fc1 = args[9].size if "infer_serial" in name else 0    # convs: 32x32 and 16x16 outputs
-            return 2 * args[0].shape[0] * (args[1].size * 32 * 32 + args[5].size * 16 * 16 + fc1)
+        if "infer_features" in name:     # (x, w1, .., w2, ..): convs of 32x32 and 16x16 outputs
+            return 2 * args[0].shape[0] * (args[1].size * 32 * 32 + args[5].size * 16 * 16)
+        if "infer_fc1" in name:          # (flat, w3, z3)
+            return 2 * args[0].shape[0] * args[1].size
     except (AttributeError, IndexError, TypeError):
         pass
     return None

@@ -18,17 +18,18 @@ import warnings
 
 import numpy as np
 
-KERNEL_MODULES = ("activation", "adam", "batchnorm", "conv", "conv16", "conv32", "inference", "lookup",
-                  "loss", "pool")
+KERNEL_MODULES = tuple(f"cnncli.kernels.{name}" for name in (
+    "activation", "adam", "batchnorm", "conv", "conv16", "conv32", "fc", "inference", "lookup", "loss", "pool",
+    "reduce")) + ("cnncli.augment",)
 
 def kernel_dispatchers() -> list:
-    """Every cached numba dispatcher (`@njit(cache=True)`) of the cnncli.kernels modules."""
+    """Every cached numba dispatcher (`@njit(cache=True)`) of the kernel modules (KERNEL_MODULES)."""
     from numba.core.caching import NullCache
     from numba.core.dispatcher import Dispatcher
 
     found = []
     for name in KERNEL_MODULES:
-        mod = importlib.import_module(f"cnncli.kernels.{name}")
+        mod = importlib.import_module(name)
         for obj in vars(mod).values():
             if isinstance(obj, Dispatcher) and obj.py_func.__module__ == mod.__name__ \
                     and not isinstance(getattr(obj, "_cache", None), NullCache):
@@ -61,10 +62,12 @@ def record_calls(run, dispatchers=None) -> dict:
     return calls
 
 
-def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32, parts=("step", "inference")):
-    """A function doing, on a tiny network, every kind of kernel call a `cnn train` run makes: "step" the
-    input lookup, a train step of two 8-image shards (unweighted and with per-image loss weights) and the
-    optimizer; "inference" the validation's lookup and inference of > 8 and of <= 8 images."""
+def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32,
+                 parts=("augment", "step", "inference")):
+    """A function doing, on a tiny network, every kind of kernel call a `cnn train` run makes: "augment"
+    the augmentation of a batch; "step" the input lookup, a train step of two 8-image shards
+    (unweighted and with per-image loss weights) and the optimizer; "inference" the validation's lookup
+    and inference of > 8 and of <= 8 images."""
     def run():
         from cnncli import model, optim
         from cnncli.distributed import SHARD
@@ -79,6 +82,12 @@ def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32, part
         opt = optim.Optimizer(optimizer, net.params.flat.size, 1e-3, dtype=dtype)
         with np.errstate(all="ignore"), warnings.catch_warnings():   # the stubs leave arrays uninitialized,
             warnings.simplefilter("ignore")                            # also on the worker threads
+            if "augment" in parts:
+                from cnncli.augment import Augmenter, AugmentSettings, _k_noise
+
+                aug = Augmenter(AugmentSettings(), seed=0, dtype=dtype, max_batch=n)
+                aug(lookup_batch(images, idx, table), 0, 0)
+                _k_noise(aug.uniforms[:n], aug.params[:n], aug.pool, aug.noise)   # the stubbed draw skips it
             if "step" in parts:
                 net.train_step(lookup_batch(images, idx, table), labels)
                 net.train_step(lookup_batch(images, idx, table), labels, np.ones(n, dtype))
@@ -90,10 +99,12 @@ def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32, part
     return run
 
 
-def plan(batchnorm: str, optimizer: str = "adam", dtype=np.float32):
-    """(first, later): what the first training step needs and the cache lacks, then what only validation
-    needs ({dispatcher: {argument types}} each); (None, None) when the cache cannot be read."""
-    first = missing(record_calls(training_run(batchnorm, optimizer, dtype, ("step",))))
+def plan(batchnorm: str, optimizer: str = "adam", dtype=np.float32, augment: bool = True):
+    """(first, later): what the first training step needs (with its augmentation when `augment`) and the
+    cache lacks, then what only validation needs ({dispatcher: {argument types}} each); (None, None)
+    when the cache cannot be read."""
+    first = missing(record_calls(training_run(batchnorm, optimizer, dtype, ("augment", "step") if augment
+                                              else ("step",))))
     later = missing(record_calls(training_run(batchnorm, optimizer, dtype, ("inference",))))
     if first is None or later is None:
         return None, None
@@ -154,8 +165,10 @@ def cpu_count() -> int:
 class Precompile:
     """Compiles the kernels of `todo` (what the first training step needs, in the order the run calls
     them) and `later` (validation's) in this process and `workers` spawned ones, each kernel once: a
-    worker takes the first step's kernels from the last one back (this process meets them from the
-    front as the run calls them), then validation's. A call of a kernel no one took compiles it here;
+    worker takes validation's first (the inference kernel is the longest task: started last, it would
+    finish after everything else; validation needs it only at the end of the epoch), then the first
+    step's from the last one back (this process meets them from the front as the run calls them).
+    A call of a kernel no one took compiles it here;
     of one a worker took, waits for it and loads it from the cache. So no process idles while a kernel
     it needs is left, and a busy machine loses nothing to the workers. A failed worker leaves its kernel
     to this process; the workers are daemons, ended when the run ends (a bad path, Ctrl-C)."""
@@ -166,7 +179,7 @@ class Precompile:
         items = list(todo.items()) + list((later or {}).items())
         self.kernels, self.workers, self.t0 = len(items), workers, time.perf_counter()
         self._tasks = [(d.py_func.__module__, d.py_func.__name__, sorted(sigs, key=str)) for d, sigs in items]
-        order = list(range(len(todo) - 1, -1, -1)) + list(range(len(todo), len(items)))
+        order = list(range(len(todo), len(items))) + list(range(len(todo) - 1, -1, -1))
         # spawn, not fork: this process may already run numba's and OpenBLAS's threads
         ctx = multiprocessing.get_context("spawn")
         self._state = ctx.Array("b", len(items))                   # FREE/TAKEN/DONE per task
@@ -246,12 +259,12 @@ def env_workers() -> int:
     return max(0, min(cores - 1, idle))
 
 
-def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=None, say=None):
+def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=None, say=None, augment=True):
     """Start compiling, in `workers` processes (None: env_workers()), the kernels a training run of this
     kind needs and the cache lacks; `say(line)` tells the user, once, when there is anything to compile.
     Returns an object whose `wait()` blocks until they are in the cache."""
     workers = env_workers() if workers is None else workers
-    first, later = plan(batchnorm, optimizer, dtype)
+    first, later = plan(batchnorm, optimizer, dtype, augment)
     n = len(first or {}) + len(later or {})
     if n == 0:
         return _Nothing()

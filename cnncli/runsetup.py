@@ -113,13 +113,13 @@ def _compile_kernels(cfg: dict, quiet, comm) -> None:
     from cnncli import precompile
     from cnncli.distributed import main_first
 
-    bn, opt = cfg["model"]["batchnorm"], cfg["optim"]["name"]
+    bn, opt, aug = cfg["model"]["batchnorm"], cfg["optim"]["name"], cfg["augment"]["enabled"]
     say = None if quiet or not comm.is_main else precompile.stderr_line
     if comm.size == 1:
-        precompile.start(bn, opt, say=say)
+        precompile.start(bn, opt, say=say, augment=aug)
         return
-    main_first(comm, lambda: precompile.start(bn, opt, workers=max(1, precompile.env_workers()), say=say).wait(),
-               others=False)
+    main_first(comm, lambda: precompile.start(bn, opt, workers=max(1, precompile.env_workers()), say=say,
+                                              augment=aug).wait(), others=False)
 
 
 def setup(cfg: dict, resume, out, quiet, echo, comm):

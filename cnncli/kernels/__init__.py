@@ -8,8 +8,11 @@ Rules kept in every module:
     `bn_unit_forward`...) check shapes/dtypes (ValueError naming the argument and its shape) and
     allocate the outputs the caller did not pass in; model.py calls the kernels on its workspaces.
   * Kernels have no signatures: the same code compiles for float32 and float64.
-  * Every parallel loop (`prange`) writes only its own slice of every output and sums in a fixed
-    order, so results are bitwise reproducible run to run and for any thread count.
+  * The network's kernels run on one thread each (`nogil`): threads.run hands a step's 8-image
+    shards, and inference's and augmentation's blocks of images, to the worker threads; each task
+    writes only its own slice and shards meet in a fixed tree, so results are bitwise reproducible
+    run to run and for any thread count. (`prange` stays only in reference layers outside the
+    network's path, conv.py's generic conv2d: a parallel loop costs seconds of first-run compile.)
   * No fastmath: the gradients are checked against finite differences. The direct convolutions
     use explicit fused multiply-adds (simd.vfma, llvm.fma: rounded once, the same bits on every
     CPU), not fastmath contraction.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import overload
 
 from .checks import check_array, check_out
@@ -93,17 +93,17 @@ def elu_rows(a):
             a[r, i] = elu(a[r, i])
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, nogil=True)
 def elu_forward_into(z, a):
     # z (D,) flat   ->   a (D,)
-    for i in prange(z.shape[0]):
+    for i in range(z.shape[0]):
         a[i] = elu(z[i])
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, nogil=True)
 def elu_backward_into(da, a, dz):
     # da (D,), a (D,) forward output   ->   dz (D,)
-    for i in prange(da.shape[0]):
+    for i in range(da.shape[0]):
         v = a[i]
         dz[i] = da[i] if v > 0 else da[i] * (v + 1)
 

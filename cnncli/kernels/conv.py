@@ -172,11 +172,11 @@ def conv2d_backward(dz, x, w, pad=2, need_dx=True, xpad=None, dxpad=None, dw=Non
     return dx, dw, db
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, nogil=True)
 def add_bias_into(z, b):
     # z (N,F,S) += b (F,) per map, in place
     N, F, S = z.shape
-    for n in prange(N):
+    for n in range(N):
         for f in range(F):
             bv = b[f]
             for i in range(S):

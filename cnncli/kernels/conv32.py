@@ -10,7 +10,7 @@ Shape legend: N images, C input maps (1 in the network), F output maps (6), 32 x
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .checks import check_array, check_out
 from .simd import vadd, vfma, vhsum, vload, vsplat, vstore, vzero
@@ -68,21 +68,21 @@ def pad2_into(x, xp):
                     xp[n, c, y + 2, i + 2] = x[n, c, y, i]
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, nogil=True)
 def conv32_forward_into(xp, w, z):
     # xp (N,C,36,36) padded input, w (6,C,5,5)   ->   z (N,6,32,32), no bias
     N, C = xp.shape[0], xp.shape[1]
-    for n in prange(N):                      # each image: writes z[n] only
+    for n in range(N):
         conv32_image(xp, n * C * 1296, w, z, n * 6 * 1024)
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, nogil=True)
 def conv32_backward_dw_into(dz, xp, dw, db):
     # dz (N,F,32,32), xp (N,1,36,36) padded input   ->   dw (F,1,5,5), db (F,) overwritten
     # Image by image: the five ky tiles reuse one image's rows from L1; the tile's partial sums
     # go back to `acc` between images (each lane still sums over n, y, half in order).
     N, F = dz.shape[0], dz.shape[1]
-    for f in prange(F):                      # each map: writes dw[f], db[f] only
+    for f in range(F):
         acc = np.zeros((5, 5, 16), dz.dtype)   # (ky, kx, lane) partial sums
         s = vzero(dz)
         for n in range(N):

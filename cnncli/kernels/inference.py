@@ -10,7 +10,7 @@ w3 (65,1024), w4 (C,65).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .activation import elu, elu_rows, logistic
 from .conv16 import conv16_image
@@ -72,11 +72,12 @@ def _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat):
     elu_rows(flat[n:n + 1])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def infer_features_into(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat):
     # x (N,1,32,32), w1 (6,1,5,5), b1 (6,), sc1/sh1 (6,U1), w2 (16,6,5,5), b2 (16,), sc2/sh2 (16,U2)
     #   ->   flat (N,1024): the C-order flattened input of fc1. U = H*W (unit BN) or 1.
-    for n in prange(x.shape[0]):
+    # One thread; model.predict_proba hands blocks of images to the worker threads (kernels.threads).
+    for n in range(x.shape[0]):
         _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat)
 
 
@@ -101,25 +102,21 @@ def infer_head_into(z3, b3, sc3, sh3, w4, b4, probs):
         _infer_head_row(z3, n, b3, sc3, sh3, w4, b4, a, probs)
 
 
-@njit(cache=True)
-def infer_serial_into(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, b3, sc3, sh3, w4, b4, probs):
-    # The whole inference pass for a few images in one call on the calling thread (no thread-pool
-    # wake-up, no BLAS call): x (N,1,32,32), w3 (65,1024), the rest as above   ->   probs (N,C).
-    # fc1 sums each dot product in 8 interleaved partial sums, then those in order: eight scalar
-    # chains over blocks of 8 (plain range indices: no negative-index fix-ups), which the SLP
-    # vectorizer turns into one 8-lane vector (8.7 us for 65 x 1024 instead of 28-40 us).
-    N = x.shape[0]
+@njit(cache=True, nogil=True)
+def infer_fc1_into(flat, w3, z3):
+    # flat (N,1024), w3 (65,1024) C-contiguous   ->   z3 (N,65) = flat @ w3.T (no bias), for a few
+    # images on the calling thread (no BLAS call). Each dot product sums in 8 interleaved partial
+    # sums, then those in order: eight scalar chains over blocks of 8 (plain range indices: no
+    # negative-index fix-ups), which the SLP vectorizer turns into one 8-lane vector (8.7 us for
+    # 65 x 1024 instead of 28-40 us through BLAS).
+    N = flat.shape[0]
     D, I = w3.shape
     J = I // 8
-    flat = np.empty((N, I), x.dtype)                 # (N,1024)
-    z3 = np.empty((N, D), x.dtype)                   # (N,65)
-    a = np.empty(D, x.dtype)                         # (65,)
     wb = w3.reshape((D, J, 8))                       # (65,128,8) blocks of 8 inputs
     for n in range(N):
-        _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat)
         fb = flat[n].reshape((J, 8))                 # (128,8)
         for d in range(D):
-            p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = x.dtype.type(0)
+            p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = flat.dtype.type(0)
             for j in range(J):
                 p0 += wb[d, j, 0] * fb[j, 0]
                 p1 += wb[d, j, 1] * fb[j, 1]
@@ -130,4 +127,3 @@ def infer_serial_into(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, b3, sc3, sh3, w
                 p6 += wb[d, j, 6] * fb[j, 6]
                 p7 += wb[d, j, 7] * fb[j, 7]
             z3[n, d] = p0 + p1 + p2 + p3 + p4 + p5 + p6 + p7
-        _infer_head_row(z3, n, b3, sc3, sh3, w4, b4, a, probs)

@@ -202,7 +202,7 @@ def _unpool_plane_v(dp, pp, o, arg, dz, n, c, W):
             vstore(dz, r + 48, vzip_hi(e2, e3))
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, nogil=True)
 def pool_elu_forward_into(z, b, pp, o, arg):
     # z (N,C,H,W) pre-activation, b (C,) bias added here   ->   pp (N,C,H/2+2o,W/2+2o) C-contiguous,
     # whose interior pp[:, :, o:-o, o:-o] (all of it when o = 0) gets p = ELU(max window + b) and
@@ -214,7 +214,7 @@ def pool_elu_forward_into(z, b, pp, o, arg):
     # Every array C-contiguous.
     N, C, Ho, Wo = arg.shape
     Hq, Wq = pp.shape[2], pp.shape[3]
-    for n in prange(N):
+    for n in range(N):
         for c in range(C):
             if Ho == 16 and Wo == 16:
                 _pool_plane_v(z, b[c], pp, o, arg, n, c, 32)
@@ -225,13 +225,13 @@ def pool_elu_forward_into(z, b, pp, o, arg):
         elu_rows(pp[n].reshape((1, C * Hq * Wq)))     # (a sliced run of each plane was 3x slower)
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, nogil=True)
 def pool_elu_backward_into(dp, pp, o, arg, dz):
     # dp (N,C,H/2,W/2) gradient of p, pp holding p as pool_elu_forward_into wrote it (offset o), arg
     #   ->   dz (N,C,H,W): dp * ELU'(winner) at the winner of each window (ELU' = 1 if p > 0 else
     # p + 1), 0 elsewhere. Every array C-contiguous.
     N, C, Ho, Wo = dp.shape
-    for n in prange(N):
+    for n in range(N):
         for c in range(C):
             if Ho == 16 and Wo == 16:
                 _unpool_plane_v(dp, pp, o, arg, dz, n, c, 32)

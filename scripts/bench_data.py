@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5, help="training epochs (all but the first are compared)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
+    ap.add_argument("--no-augment", action="store_true", help="train with augment.enabled=false (the default "
+                    "config augments every batch, which the bench's loop does not)")
     ap.add_argument("--repeats", type=int, default=3, help="cache loads are timed this many +2 times")
     args = ap.parse_args()
 
@@ -111,7 +113,7 @@ def train_vs_bench(args, tmp: Path, train_dir: Path):
     cfg = config_mod.load_config(None, [
         f"data.train={train_dir}", f"data.val={tmp / 'demo' / 'test'}", f"train.epochs={args.epochs}",
         f"train.batch_size={args.batch_size}", f"train.threads={args.threads}", "train.checkpoint_every=0",
-        f"out={tmp / 'run'}",
+        f"out={tmp / 'run'}", f"augment.enabled={'false' if args.no_augment else 'true'}",
     ])
     ours = Ours(12, "none")
     batches = random_batches(args.batch_size, 12)

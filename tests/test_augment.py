@@ -154,7 +154,7 @@ def test_brightness_and_contrast_are_affine_in_the_values():
 
 
 def test_draws_depend_on_seed_epoch_step_only_and_not_on_threads():
-    x = glyphs(16, dtype=np.float32)
+    x = glyphs(2 * A.BLOCK + 5, dtype=np.float32)     # blocks of A.BLOCK go to the worker threads; a short last one
     make = lambda seed=3: A.Augmenter(SETTINGS, seed=seed, pixel_std=0.4)  # noqa: E731
     before = numba.get_num_threads()
     try:
@@ -169,6 +169,26 @@ def test_draws_depend_on_seed_epoch_step_only_and_not_on_threads():
     assert one.tobytes() == two.tobytes()
     for other in (aug(x, 2, 8), aug(x, 3, 7), make(4)(x, 2, 7)):
         assert not np.array_equal(other, one)
+
+
+def test_blocks_on_the_worker_threads_equal_one_kernel_call_over_the_batch():
+    """Augmenter hands blocks of A.BLOCK images to the worker threads; the result is the kernel's over
+    the whole batch at once, bit for bit (a block's slices of params, scratch and output line up)."""
+    n = 2 * A.BLOCK + 5
+    x = glyphs(n, dtype=np.float32)
+    aug = A.Augmenter(SETTINGS, seed=1, pixel_std=0.4, max_batch=n)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        got = aug(x, 1, 4).copy()
+    finally:
+        numba.set_num_threads(before)
+    p, noise = aug.draw(n, 1, 4)
+    want = np.empty_like(x)
+    A._k_augment(x, p, noise, want, np.empty((n, A.BORDER)), np.empty((n, A.PADDED, A.PADDED), x.dtype),
+                 np.empty((n, A.SIZE), np.int64), np.empty((n, 2, A.SIZE), x.dtype))
+    assert got.tobytes() == want.tobytes()
+    assert not np.array_equal(got, x)
 
 
 def test_drawn_parameters_stay_in_their_ranges():

@@ -150,7 +150,9 @@ def run_bench(batchnorm="none", batch_sizes=(32, 64, 128, 256), threads=0, secon
 
 
 def _measure_all(batchnorm, batch_sizes, n_threads, seconds, repeats, torch, num_classes) -> dict:
-    """The result dict of run_bench: machine facts, settings, JIT time, one row per (mode, batch), latency."""
+    """The result dict of run_bench: machine facts, settings, JIT time, one row per (mode, batch), latency,
+    the measured FMA peak (each row's fraction of it)."""
+    from cnncli.kernels.peak import fma_peak_gflops
     from cnncli.twin import Torch
 
     warmup = min(0.5, seconds)
@@ -161,6 +163,9 @@ def _measure_all(batchnorm, batch_sizes, n_threads, seconds, repeats, torch, num
     rows = [_measure_row(impls, mode, bs, num_classes, seconds, repeats, warmup)
             for mode in ("train", "infer") for bs in batch_sizes]
     latency = _measure_latency(impls, num_classes, seconds, repeats)
+    peak = fma_peak_gflops(n_threads, seconds=min(0.15, seconds))
+    for row in rows:
+        row["ours_peak_fraction"] = row["ours_gflops"] / peak
     result = {
         "machine": machine_facts(n_threads, torch),
         "settings": {"batchnorm": batchnorm, "num_classes": num_classes, "optimizer": "adam", "dtype": "float32",
@@ -168,6 +173,7 @@ def _measure_all(batchnorm, batch_sizes, n_threads, seconds, repeats, torch, num
         "jit": jit,
         "rows": rows,
         "latency": latency,
+        "fma_peak_gflops": peak,
     }
     result["machine"]["numba_threading_layer"] = numba_threading_layer()
     result["machine"]["load_average"] = load_before
@@ -239,12 +245,13 @@ def format_result(result: dict) -> str:
                      f"({jit['cache']}: {jit['cache_hits']} hit(s), {jit['cache_misses']} miss(es))")
     lines.append("")
     has_torch = any(r["torch"] is not None for r in result["rows"])
-    header = ["mode", "batch", "ours img/s median (min-max)", "GFLOP/s"]
+    header = ["mode", "batch", "ours img/s median (min-max)", "GFLOP/s", "% peak"]
     if has_torch:
         header += ["torch img/s median (min-max)", "ours/torch"]
     table = [header]
     for r in result["rows"]:
-        cells = [r["mode"], str(r["batch_size"]), _rate_cell(r["ours"]), f"{r['ours_gflops']:.1f}"]
+        cells = [r["mode"], str(r["batch_size"]), _rate_cell(r["ours"]), f"{r['ours_gflops']:.1f}",
+                 f"{100 * r['ours_peak_fraction']:.0f}%"]
         if has_torch:
             cells += [_rate_cell(r["torch"]), f"{r['ratio']:.2f}x"]
         table.append(cells)
@@ -261,5 +268,7 @@ def format_result(result: dict) -> str:
         t = lat["torch"]
         text += f"; torch {t['median_us']:,.0f} us median ({t['calls']} calls); torch/ours {lat['ratio']:.2f}x"
     lines += ["", text,
-              f"GFLOP/s counts {MFLOP_TRAIN} MFLOP per trained and {MFLOP_INFER} MFLOP per inferred image."]
+              f"GFLOP/s counts {MFLOP_TRAIN} MFLOP per trained and {MFLOP_INFER} MFLOP per inferred image; "
+              f"% peak is of {result['fma_peak_gflops']:,.0f} GFLOP/s, this machine's float32 FMA peak on "
+              f"{m['threads']} thread(s) as measured in this run (kernels/peak.py)."]
     return "\n".join(lines)

@@ -267,7 +267,8 @@ def report(run_dir, data_dir, out_dir):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors
 def bench(batchnorm, batch_sizes, threads, seconds, repeats, vs_torch, as_json):
-    """Measure the core alone (no data loading): training and inference images/s, one-image latency, JIT time."""
+    """Measure the core alone (no data loading): training and inference images/s, GFLOP/s and their
+    share of this machine's measured FMA peak, one-image latency, JIT time."""
     from cnncli.bench import run_bench
 
     try:

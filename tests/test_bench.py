@@ -38,6 +38,8 @@ def test_run_bench_rows_and_text():
         _check_rate(row["ours"])
         assert row["torch"] is None and row["ratio"] is None
         assert row["ours_gflops"] > 0
+        assert row["ours_peak_fraction"] == pytest.approx(row["ours_gflops"] / result["fma_peak_gflops"])
+    assert np.isfinite(result["fma_peak_gflops"]) and result["fma_peak_gflops"] > 0
     assert result["latency"]["ours"]["median_us"] > 0
     assert result["latency"]["ours"]["calls"] >= 50
     assert result["machine"]["threads"] == 1
@@ -45,6 +47,26 @@ def test_run_bench_rows_and_text():
     text = printed[0]
     assert "train" in text and "infer" in text and "ours img/s" in text and "ours/torch" not in text
     assert "numba" in text and "BLAS" in text
+    assert "% peak" in text and f"{result['fma_peak_gflops']:,.0f} GFLOP/s" in text
+
+
+def test_peak_probe_computes_its_fma_chains():
+    """The probe's kernel does the work its FLOP count says: 12 chains of a = a * b + c (one rounding
+    each, emulated in float64: the float32 product is exact there), summed pairwise."""
+    from cnncli.kernels import peak
+
+    x = peak.chain_inputs()
+    out = np.zeros(16, np.float32)
+    peak.fma_chains_into(x, 7, out)
+    a = x[2:].astype(np.float64)
+    for _ in range(7):
+        a = (a * np.float64(x[0]) + np.float64(x[1])).astype(np.float32).astype(np.float64)
+    a = a.astype(np.float32)
+    pair = lambda u, v: np.float32(u + v)  # noqa: E731
+    s = pair(pair(pair(a[0], a[1]), pair(a[2], a[3])), pair(pair(a[4], a[5]), pair(a[6], a[7])))
+    s = pair(s, pair(pair(a[8], a[9]), pair(a[10], a[11])))
+    np.testing.assert_allclose(out, np.full(16, s), rtol=2e-7)
+    assert peak.CHAINS == 12 and len(x) == 2 + peak.CHAINS
 
 
 def test_run_bench_rejects_unknown_variant():

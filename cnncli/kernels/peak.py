@@ -1,0 +1,59 @@
+"""The machine's measured fused multiply-add peak, the yardstick `cnn bench` divides its GFLOP/s by:
+12 independent chains of 16-lane float32 FMAs (simd.vfma) per thread, one chain per register, so
+nothing but the FMA units bounds it. Not a network kernel, and not a spec sheet: CPUs with 256-bit
+and 512-bit FMA units, one or two of them, give different peaks, and the VM's CPU can change.
+
+Shape legend: L = 16 lanes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from numba import njit
+
+from .simd import LANES, vadd, vfma, vsplat, vstore
+from .threads import run
+
+CHAINS = 12
+
+
+@njit(cache=True, nogil=True)
+def fma_chains_into(x, iters, out):
+    # x (14,) float32: b, c and the 12 chains' starts   ->   out (L,) = the sum of the 12 chains after
+    # `iters` steps of a = a * b + c each (2 * 16 * 12 FLOP per step)
+    b, c = vsplat(x[0]), vsplat(x[1])
+    a0, a1, a2, a3 = vsplat(x[2]), vsplat(x[3]), vsplat(x[4]), vsplat(x[5])
+    a4, a5, a6, a7 = vsplat(x[6]), vsplat(x[7]), vsplat(x[8]), vsplat(x[9])
+    a8, a9, a10, a11 = vsplat(x[10]), vsplat(x[11]), vsplat(x[12]), vsplat(x[13])
+    for _ in range(iters):
+        a0, a1, a2, a3 = vfma(a0, b, c), vfma(a1, b, c), vfma(a2, b, c), vfma(a3, b, c)
+        a4, a5, a6, a7 = vfma(a4, b, c), vfma(a5, b, c), vfma(a6, b, c), vfma(a7, b, c)
+        a8, a9, a10, a11 = vfma(a8, b, c), vfma(a9, b, c), vfma(a10, b, c), vfma(a11, b, c)
+    s = vadd(vadd(vadd(a0, a1), vadd(a2, a3)), vadd(vadd(a4, a5), vadd(a6, a7)))
+    vstore(out, 0, vadd(s, vadd(vadd(a8, a9), vadd(a10, a11))))
+
+
+def chain_inputs() -> np.ndarray:
+    """b = 0.999 and c = 0.001 (every chain converges to 1: no overflow, no subnormals), 12 starts."""
+    return np.array([0.999, 0.001] + [0.5 + 0.01 * k for k in range(CHAINS)], np.float32)   # (14,)
+
+
+def fma_peak_gflops(threads: int, seconds: float = 0.15, repeats: int = 3) -> float:
+    """GFLOP/s of `threads` threads running fma_chains_into at once (kernels.threads.run: one task per
+    thread), the best of `repeats` runs of about `seconds` each."""
+    x = chain_inputs()
+    outs = np.zeros((threads, LANES), np.float32)                    # (T, L)
+    fma_chains_into(x, 10, outs[0])                                   # compile or load, warm up
+    iters = 100_000
+    t = time.perf_counter()
+    fma_chains_into(x, iters, outs[0])
+    per_iter = max(time.perf_counter() - t, 1e-9) / iters
+    iters = max(1000, int(seconds / per_iter))
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run(lambda j: fma_chains_into(x, iters, outs[j]), threads)
+        best = max(best, 2 * LANES * CHAINS * iters * threads / (time.perf_counter() - t) / 1e9)
+    return best

@@ -133,18 +133,22 @@ def _import_torch():
 
 
 def run_bench(batchnorm="none", batch_sizes=(32, 64, 128, 256), threads=0, seconds=2.0, repeats=3,
-              vs_torch=False, as_json=False, echo=print, num_classes=12) -> dict:
+              vs_torch=False, as_json=False, echo=print, num_classes=12, compare_bn=False) -> dict:
     """Measure, print (a table, or one JSON object) through `echo`, and return the result dict."""
     from cnncli import model
 
     if batchnorm not in model.BATCHNORM:
         raise CnnError(f"--batchnorm: {batchnorm!r} is not one of {', '.join(model.BATCHNORM)}")
-    if batchnorm != "none" and min(batch_sizes) < 2:
-        raise CnnError(f"--batch-sizes: training with batchnorm={batchnorm} needs at least 2 images per batch, "
+    if (batchnorm != "none" or compare_bn) and min(batch_sizes) < 2:
+        what = f"batchnorm={batchnorm}" if batchnorm != "none" else "batch norm (--compare-bn)"
+        raise CnnError(f"--batch-sizes: training with {what} needs at least 2 images per batch, "
                        f"got {min(batch_sizes)}")
     torch = _import_torch() if vs_torch else None
     with using_threads(threads, torch) as n_threads:
         result = _measure_all(batchnorm, batch_sizes, n_threads, seconds, repeats, torch, num_classes)
+        if compare_bn:
+            result["bn_vs_none"] = [_measure_bn_row(bs, num_classes, seconds, repeats, min(0.5, seconds))
+                                    for bs in batch_sizes]
     echo(json.dumps(result, indent=2) if as_json else format_result(result))
     return result
 
@@ -197,6 +201,21 @@ def _measure_row(impls, mode, bs, num_classes, seconds, repeats, warmup) -> dict
     return row
 
 
+def _measure_bn_row(bs, num_classes, seconds, repeats, warmup) -> dict:
+    """Training images/s of the three variants at batch bs, alternating none, unit, channel in each
+    repeat (so the machine's drift hits all three), and each BN variant's fraction of no-BN's."""
+    impls = []
+    for variant in ("none", "unit", "channel"):
+        impl = Ours(num_classes, variant)
+        impl.name = variant
+        impls.append(impl)
+    res = _alternate(impls, lambda impl: impl.train, random_batches(bs, num_classes), seconds, repeats, warmup)
+    row = {"batch_size": bs, **res}
+    for variant in ("unit", "channel"):
+        row[f"{variant}_vs_none"] = res[variant]["median"] / res["none"]["median"]
+    return row
+
+
 def _measure_latency(impls, num_classes, seconds, repeats) -> dict:
     """One-image predict latency of each implementation: median, p10, p90 (us), alternating repeats."""
     x1 = random_batches(1, num_classes, count=1, seed=7)[0][0]  # (1,1,32,32)
@@ -219,6 +238,17 @@ def _rate_cell(s) -> str:
     if s is None:
         return "-"
     return f"{s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f})"
+
+
+def _aligned(table) -> list:
+    """Rows of cells -> text lines: the first column left-aligned, the others right, a rule under the header."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = []
+    for i, cells in enumerate(table):
+        lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths))))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
 
 
 def format_result(result: dict) -> str:
@@ -255,11 +285,7 @@ def format_result(result: dict) -> str:
         if has_torch:
             cells += [_rate_cell(r["torch"]), f"{r['ratio']:.2f}x"]
         table.append(cells)
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for i, cells in enumerate(table):
-        lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths))))
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines += _aligned(table)
     lat = result["latency"]
     o = lat["ours"]
     text = (f"one-image latency: ours {o['median_us']:,.0f} us median (p10 {o['p10_us']:,.0f}, "
@@ -267,6 +293,13 @@ def format_result(result: dict) -> str:
     if "torch" in lat:
         t = lat["torch"]
         text += f"; torch {t['median_us']:,.0f} us median ({t['calls']} calls); torch/ours {lat['ratio']:.2f}x"
+    if result.get("bn_vs_none"):
+        lines += ["", "training with BN vs without, the three variants alternating in each repeat:"]
+        bn_table = [["batch", "none img/s", "unit img/s", "unit/none", "channel img/s", "channel/none"]]
+        for r in result["bn_vs_none"]:
+            bn_table.append([str(r["batch_size"]), _rate_cell(r["none"]), _rate_cell(r["unit"]),
+                             f"{r['unit_vs_none']:.2f}", _rate_cell(r["channel"]), f"{r['channel_vs_none']:.2f}"])
+        lines += _aligned(bn_table)
     lines += ["", text,
               f"GFLOP/s counts {MFLOP_TRAIN} MFLOP per trained and {MFLOP_INFER} MFLOP per inferred image; "
               f"% peak is of {result['fma_peak_gflops']:,.0f} GFLOP/s, this machine's float32 FMA peak on "

@@ -69,6 +69,25 @@ def test_peak_probe_computes_its_fma_chains():
     assert peak.CHAINS == 12 and len(x) == 2 + peak.CHAINS
 
 
+def test_compare_bn_alternates_the_three_variants_and_divides_by_no_bn():
+    printed = []
+    result = bench.run_bench(batch_sizes=[4], threads=1, seconds=0.05, repeats=2, echo=printed.append,
+                             compare_bn=True)
+    (row,) = result["bn_vs_none"]
+    assert row["batch_size"] == 4
+    for variant in ("none", "unit", "channel"):
+        _check_rate(row[variant])
+        assert len(row[variant]["runs"]) == 2
+    assert row["unit_vs_none"] == pytest.approx(row["unit"]["median"] / row["none"]["median"])
+    assert row["channel_vs_none"] == pytest.approx(row["channel"]["median"] / row["none"]["median"])
+    assert "channel/none" in printed[0] and f"{row['unit_vs_none']:.2f}" in printed[0]
+
+
+def test_compare_bn_needs_two_images_per_batch():
+    res = CliRunner().invoke(cli, ["bench", "--compare-bn", "--batch-sizes", "1,8", "--seconds", "0.1"])
+    assert res.exit_code == 1 and "--batch-sizes" in res.output and "Traceback" not in res.output
+
+
 def test_run_bench_rejects_unknown_variant():
     from cnncli.errors import CnnError
 

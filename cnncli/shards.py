@@ -87,12 +87,16 @@ class Plan:
         self.views = [{k: tuple(a if a is None else _stat_view(a, batchnorm, k) for a in ws.bn_pair(k))
                        for k in (1, 2, 3)} for ws in self.ws] if batchnorm != "none" else []
         self.ndim = {k: 2 if (batchnorm == "unit" or k == 3) else 3 for k in (1, 2, 3)}
+        self.shard_counts = {}                              # layer -> (S,) values per statistic in each shard
         if batchnorm != "none":
             channel = batchnorm == "channel"
+            all_slices = [shard_slice(i, B) for i in range(self.S)]
             for k, (units, maps, positions) in ((1, (6144, 6, 1024)), (2, (4096, 16, 256)), (3, (65, 65, 1))):
                 d = maps if channel else units
                 self.count[k] = B * (positions if channel else 1)   # values per statistic
-                self.fwd[k] = np.zeros((hi - lo, d))                 # (L, D) float64 partial sums
+                self.fwd[k] = np.zeros((hi - lo, 2 * d))             # (L, 2D) float64 [sum | M2] per shard
+                self.shard_counts[k] = np.array([(sl.stop - sl.start) * (positions if channel else 1)
+                                                 for sl in all_slices], np.float64)   # (S,) every rank's
                 self.bwd[k] = np.zeros((hi - lo, 2 * d))             # (L, 2D) sums of dy, dy*xhat
                 self.stats[k] = np.zeros((4, d))                     # mean, var, invstd, scratch
 
@@ -119,18 +123,19 @@ def _borrow(plan, j):
 
 
 def _bn_statistics(net, plan, k, comm):
-    """Phase 2 of BN layer k's forward: (the partial sums are in plan.fwd[k]) -> mean; per-shard
-    sums of (z - mean)^2 -> biased var -> invstd; the running statistics updated (PyTorch's rule,
-    the unbiased variance) when the network keeps them."""
+    """BN layer k's statistics from the shards' [sum | M2] rows in plan.fwd[k]: their tree (sums
+    added, M2 combined: batchnorm.bn_moments_tree_into) -> mean, biased var -> invstd; the running
+    statistics updated (PyTorch's rule, the unbiased variance) when the network keeps them."""
     mean, var, invstd, tmp = plan.stats[k]
     M = plan.count[k]
-    np.divide(comm.sum_shards(plan.fwd[k], plan.S, tree=tree_sum_into), M, out=mean)
-    sqdev = norm.bn_kernel(plan.ndim[k], "sqdev")
 
-    def shard(j):
-        sqdev(plan.views[j][k][0], mean, plan.fwd[k][j])
-    each(shard, len(plan.ws))
-    np.divide(comm.sum_shards(plan.fwd[k], plan.S, tree=tree_sum_into), M, out=var)
+    def tree(parts, out):
+        norm.bn_moments_tree_into(parts, plan.shard_counts[k], out)
+        return out
+    moments = comm.sum_shards(plan.fwd[k], plan.S, tree=tree)    # (2D,) the batch's [sum | M2]
+    d = moments.shape[0] // 2
+    np.divide(moments[:d], M, out=mean)
+    np.divide(moments[d:], M, out=var)
     np.add(var, net.eps, out=invstd)
     np.sqrt(invstd, out=invstd)
     np.divide(1.0, invstd, out=invstd)
@@ -231,7 +236,7 @@ def _bn_forward_phases(net, plan, comm, inputs):
             else:
                 _bn_normalize(net, plan, k - 1, j)
                 FORWARD[k](net.params, ws, True)
-            norm.bn_kernel(plan.ndim[k], "sum")(plan.views[j][k][0], plan.fwd[k][j])
+            norm.bn_kernel(plan.ndim[k], "moments")(plan.views[j][k][0], plan.fwd[k][j])
         each(shard, len(plan.ws))
         _bn_statistics(net, plan, k, comm)
 

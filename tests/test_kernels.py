@@ -123,6 +123,43 @@ def test_bn_channel(rng, dtype):
     assert rel(dz, rdz.reshape(5, 6, 256)) < tol and rel(dg, rdg) < tol and rel(db, rdb) < tol
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bn_moments_per_shard_and_their_tree(rng, dtype):
+    """Each shard's [sum | M2 about its own mean] (channel and unit kernels) against NumPy, and the
+    tree of the shards' rows against the whole batch's sum and sum of squared deviations; the sum half
+    is tree_sum's bits (so the batch mean is too). Shards of unequal size, an odd count (a carried row)."""
+    from cnncli.distributed import tree_sum
+
+    sizes = (8, 8, 8, 3, 8)
+    z = (rng.standard_normal((sum(sizes), 6, 64)) * 3 + 40).astype(dtype)    # a large mean: cancellation
+    edges = np.cumsum((0,) + sizes)
+    for kernel, view, per in ((batchnorm.bn_channel_moments_into, lambda a: a, 64),
+                              (batchnorm.bn_unit_moments_into, lambda a: a.reshape(len(a), -1), 1)):
+        rows, counts = [], []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            zs = view(z[lo:hi])
+            out = np.full(2 * (6 if per > 1 else 6 * 64), np.nan)
+            kernel(zs, out)
+            assert batchnorm.bn_moments(zs).tobytes() == out.tobytes()        # the checked wrapper
+            z64 = zs.astype(np.float64)
+            axes = (0, 2) if per > 1 else (0,)
+            want_m2 = ((z64 - z64.mean(axis=axes, keepdims=True)) ** 2).sum(axis=axes)
+            np.testing.assert_allclose(out[: len(out) // 2], z64.sum(axis=axes), rtol=1e-13)
+            np.testing.assert_allclose(out[len(out) // 2:], want_m2, rtol=1e-10)
+            rows.append(out)
+            counts.append((hi - lo) * per)
+        parts = np.array(rows)
+        total = np.empty(parts.shape[1])
+        batchnorm.bn_moments_tree_into(parts, np.array(counts, np.float64), total)
+        assert batchnorm.bn_moments_tree(parts, np.array(counts, np.float64)).tobytes() == total.tobytes()
+        d = parts.shape[1] // 2
+        z64 = view(z).astype(np.float64)
+        axes = (0, 2) if per > 1 else (0,)
+        assert total[:d].tobytes() == tree_sum(parts[:, :d]).tobytes()
+        want = ((z64 - z64.mean(axis=axes, keepdims=True)) ** 2).sum(axis=axes)
+        np.testing.assert_allclose(total[d:], want, rtol=1e-10)
+
+
 def test_bn_inference_matches_formula(rng):
     z = rng.standard_normal((4, 6, 10))
     g, b, m, v = rng.standard_normal(6), rng.standard_normal(6), rng.standard_normal(6), rng.uniform(0.1, 2, 6)

@@ -35,8 +35,8 @@ def _net_and_batch(bn, n, seed=1):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shape, axes", [((13, 300), (0,)), ((13, 6, 64), (0, 2))])
 def test_bn_phases_over_shards_match_numpy(dtype, shape, axes):
-    """Partial sums of shards of 8, summed in the tree, then normalize and backward per shard:
-    the whole batch's BN forward and backward (tests/reference.py)."""
+    """Each shard's [sum | M2] (shards of 8 and 5), combined in the tree, then normalize and backward
+    per shard: the whole batch's BN forward and backward (tests/reference.py)."""
     rng = np.random.default_rng(4)
     z = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
@@ -44,8 +44,10 @@ def test_bn_phases_over_shards_match_numpy(dtype, shape, axes):
     g, b = rng.uniform(0.5, 1.5, d).astype(dtype), rng.standard_normal(d).astype(dtype)
     parts = [slice(0, 8), slice(8, 13)]
     count = shape[0] * (shape[2] if len(shape) == 3 else 1)
-    mean = tree_sum(np.stack([bnk.bn_partial_sums(z[s]) for s in parts])) / count
-    var = tree_sum(np.stack([bnk.bn_partial_sums(z[s], mean) for s in parts])) / count
+    per = count // shape[0]
+    moments = bnk.bn_moments_tree(np.stack([bnk.bn_moments(z[s]) for s in parts]),
+                                  np.array([(s.stop - s.start) * per for s in parts], np.float64))
+    mean, var = moments[:d] / count, moments[d:] / count
     invstd = 1 / np.sqrt(var + 1e-5)
     xhat, y = (np.concatenate(a) for a in zip(*(bnk.bn_normalize(z[s], mean, invstd, g, b) for s in parts)))
     sums = [bnk.bn_grad_sums(dy[s], xhat[s]) for s in parts]
@@ -63,9 +65,11 @@ def test_bn_phases_over_shards_match_numpy(dtype, shape, axes):
 
 def test_bn_kernels_refuse_bad_shapes():
     with pytest.raises(ValueError, match=r"z must have shape \(N, D\) or \(N, C, S\)"):
-        bnk.bn_partial_sums(np.zeros(4))
-    with pytest.raises(ValueError, match=r"mean has dtype float32"):
-        bnk.bn_partial_sums(np.zeros((2, 4)), np.zeros(4, np.float32))
+        bnk.bn_moments(np.zeros(4))
+    with pytest.raises(ValueError, match=r"counts has dtype float32"):
+        bnk.bn_moments_tree(np.zeros((2, 4)), np.ones(2, np.float32))
+    with pytest.raises(ValueError, match=r"counts > 0"):
+        bnk.bn_moments_tree(np.zeros((2, 4)), np.array([3.0, 0.0]))
     with pytest.raises(ValueError, match=r"gamma has shape \(5,\)"):
         bnk.bn_normalize(np.zeros((2, 4)), np.zeros(4), np.ones(4), np.ones(5), np.zeros(4))
 

@@ -25,36 +25,13 @@ from .checks import check_array, check_out
 # float64 partial sums in a fixed tree (distributed.tree_sum) between the phases.
 #   unit:    z (N,D),   statistics per unit d over the batch  (the seed's Part IV; fc BN too)
 #   channel: z (N,C,S), statistics per channel c over (N,S)   (PyTorch BatchNorm2d)
-#   forward:  sum(z) -> mean;  sum((z - mean)^2) -> var;  xhat = (z - mean) * invstd;
+#   forward:  sum(z) -> mean;  M2 = sum((z - mean)^2) -> var;  xhat = (z - mean) * invstd;
 #             y = gamma * xhat + beta           (invstd = 1 / sqrt(var + eps), in float64)
 #   backward, M values per statistic over the whole batch, sdy = sum(dy), sdyx = sum(dy*xhat):
 #             dz = gamma*invstd/M * (M*dy - sdy - xhat*sdyx); dgamma = sdyx; dbeta = sdy
 # Partial sums are float64 whatever the dtype, each summed in a fixed order; the kernels are
 # serial and release the GIL (a shard is one worker thread's unit of work).
 # --------------------------------------------------------------------------------------------
-
-@njit(cache=True, nogil=True)
-def bn_unit_sum_into(z, out):
-    # z (N,D)   ->   out (D,) float64 = sum over n (in order)
-    N, D = z.shape
-    out[:] = 0.0
-    for n in range(N):
-        zr = z[n]
-        for d in range(D):
-            out[d] += zr[d]
-
-
-@njit(cache=True, nogil=True)
-def bn_unit_sqdev_into(z, mean, out):
-    # z (N,D), mean (D,) float64   ->   out (D,) float64 = sum over n of (z - mean)^2
-    N, D = z.shape
-    out[:] = 0.0
-    for n in range(N):
-        zr = z[n]
-        for d in range(D):
-            t = zr[d] - mean[d]
-            out[d] += t * t
-
 
 @njit(cache=True, nogil=True)
 def bn_unit_normalize_into(z, mean, invstd, gamma, beta, xhat, y):
@@ -93,43 +70,6 @@ def bn_unit_backward_given_into(dy, xhat, gamma, invstd, sdy, sdyx, M, dz):
         dr, xr, zr = dy[n], xhat[n], dz[n]
         for d in range(D):
             zr[d] = g[d] * (M * dr[d] - sdy[d] - xr[d] * sdyx[d])
-
-
-@njit(cache=True, nogil=True)
-def bn_channel_sum_into(z, out):
-    # z (N,C,S)   ->   out (C,) float64: per channel, a float64 accumulator per position i summed
-    # over n in order (a vector: no serial add chain), then the positions in order
-    N, C, S = z.shape
-    acc = np.empty(S)                    # (S,) float64
-    for c in range(C):
-        acc[:] = 0.0
-        for n in range(N):
-            zr = z[n, c]
-            for i in range(S):
-                acc[i] += zr[i]
-        t = 0.0
-        for i in range(S):
-            t += acc[i]
-        out[c] = t
-
-
-@njit(cache=True, nogil=True)
-def bn_channel_sqdev_into(z, mean, out):
-    # z (N,C,S), mean (C,) float64   ->   out (C,) float64 = sum over (n, i) of (z - mean)^2
-    N, C, S = z.shape
-    acc = np.empty(S)                    # (S,) float64
-    for c in range(C):
-        acc[:] = 0.0
-        m = mean[c]
-        for n in range(N):
-            zr = z[n, c]
-            for i in range(S):
-                t = zr[i] - m
-                acc[i] += t * t
-        t = 0.0
-        for i in range(S):
-            t += acc[i]
-        out[c] = t
 
 
 @njit(cache=True, nogil=True)
@@ -183,9 +123,91 @@ def bn_channel_backward_given_into(dy, xhat, gamma, invstd, sdy, sdyx, M, dz):
                 zr[i] = g * (M * dr[i] - s - xr[i] * sx)
 
 
+# The forward's statistics in one phase: each shard's sum and its sum of squared deviations about
+# its OWN mean (M2), both while its z is still in cache; the shards' (sum, M2) then meet in
+# tree_sum's pairwise tree, M2 combined as Chan, Golub and LeVeque's parallel variance:
+#   M2 = M2a + M2b + (mean_b - mean_a)^2 * n_a n_b / (n_a + n_b),   mean = sum / n
+# (the sums add exactly as tree_sum adds them, so the mean is tree_sum's bits).
+
+@njit(cache=True, nogil=True)
+def bn_unit_moments_into(z, out):
+    # z (N,D)   ->   out (2D,) float64: [sum over n (in order) | sum over n of (z - shard mean)^2]
+    N, D = z.shape
+    out[:] = 0.0
+    for n in range(N):
+        zr = z[n]
+        for d in range(D):
+            out[d] += zr[d]
+    mean = np.empty(D)                   # (D,) float64
+    for d in range(D):
+        mean[d] = out[d] / N
+    for n in range(N):
+        zr = z[n]
+        for d in range(D):
+            t = zr[d] - mean[d]
+            out[D + d] += t * t
+
+
+@njit(cache=True, nogil=True)
+def bn_channel_moments_into(z, out):
+    # z (N,C,S)   ->   out (2C,) float64: [sum | sum of (z - shard mean)^2] per channel, each over
+    # (n, i) with a float64 accumulator per position i summed over n in order, then the positions
+    N, C, S = z.shape
+    acc = np.empty(S)                    # (S,) float64
+    for c in range(C):
+        acc[:] = 0.0
+        for n in range(N):
+            zr = z[n, c]
+            for i in range(S):
+                acc[i] += zr[i]
+        t = 0.0
+        for i in range(S):
+            t += acc[i]
+        out[c] = t
+        m = t / (N * S)
+        acc[:] = 0.0
+        for n in range(N):
+            zr = z[n, c]
+            for i in range(S):
+                u = zr[i] - m
+                acc[i] += u * u
+        t = 0.0
+        for i in range(S):
+            t += acc[i]
+        out[C + c] = t
+
+
+@njit(cache=True, nogil=True)
+def bn_moments_tree_into(parts, counts, out):
+    # parts (S,2D) float64, shard rows [sum | M2], counts (S,) values per statistic in each shard
+    #   ->   out (2D,) the batch's [sum | M2]: rows 2i and 2i+1 combined level by level into row i,
+    #   an odd last row carried up (tree_sum's tree)
+    S, W = parts.shape
+    D = W // 2
+    work = parts.copy()                  # (S,2D)
+    cnt = counts.astype(np.float64)      # (S,)
+    n = S
+    while n > 1:
+        half = n // 2
+        for i in range(half):
+            na, nb = cnt[2 * i], cnt[2 * i + 1]
+            f = na * nb / (na + nb)
+            for d in range(D):
+                sa, sb = work[2 * i, d], work[2 * i + 1, d]
+                delta = sb / nb - sa / na
+                work[i, D + d] = work[2 * i, D + d] + work[2 * i + 1, D + d] + delta * delta * f
+                work[i, d] = sa + sb
+            cnt[i] = na + nb
+        if n % 2:
+            work[half] = work[n - 1]
+            cnt[half] = cnt[n - 1]
+        n = half + n % 2
+    out[:] = work[0]
+
+
 def bn_kernel(ndim, phase):
-    """The kernel of a phase ("sum", "sqdev", "normalize", "grad_sums", "backward_given") for z of
-    ndim 2 (per unit) or 3 (per channel), looked up at call time (kernel_profile can wrap it)."""
+    """The kernel of a phase ("moments", "normalize", "grad_sums", "backward_given") for z of ndim 2
+    (per unit) or 3 (per channel), looked up at call time (kernel_profile can wrap it)."""
     return globals()[f"bn_{'unit' if ndim == 2 else 'channel'}_{phase}_into"]
 
 
@@ -208,15 +230,24 @@ def _check_z(name, z, dtype=None):
     return check_array(name, z, (None,) * z.ndim, dtype)
 
 
-def bn_partial_sums(z, mean=None):
-    """One shard's float64 partial sums: sum(z) per statistic, or sum((z - mean)^2) when mean
-    (float64) is given. z (N,D) per unit or (N,C,S) per channel -> (D,) or (C,)."""
+def bn_moments(z):
+    """One shard's float64 [sum | sum of (z - its own mean)^2] per statistic: z (N,D) per unit or
+    (N,C,S) per channel -> (2D,) or (2C,)."""
     _check_z("z", z)
-    out = np.empty(z.shape[1])                                          # (D,) or (C,) float64
-    if mean is None:
-        bn_kernel(z.ndim, "sum")(z, out)
-    else:
-        bn_kernel(z.ndim, "sqdev")(z, check_array("mean", mean, (z.shape[1],), np.float64), out)
+    out = np.empty(2 * z.shape[1])                                      # (2D,) or (2C,) float64
+    bn_kernel(z.ndim, "moments")(z, out)
+    return out
+
+
+def bn_moments_tree(parts, counts):
+    """The batch's [sum | M2] from the shards' rows parts (S,2D) and their values per statistic
+    counts (S,), through tree_sum's tree (bn_moments_tree_into)."""
+    parts = check_array("parts", parts, (None, None), np.float64)
+    counts = check_array("counts", counts, (parts.shape[0],), np.float64)
+    if parts.shape[0] < 1 or parts.shape[1] % 2 or not np.all(counts > 0):
+        raise ValueError(f"parts must be (S >= 1, 2D) with counts > 0, got {parts.shape} and {counts}")
+    out = np.empty(parts.shape[1])                                      # (2D,) float64
+    bn_moments_tree_into(parts, counts, out)
     return out
 
 
@@ -259,8 +290,9 @@ def _count(z):
 
 
 def _bn_forward(z, gamma, beta, eps):
-    mean = bn_partial_sums(z) / _count(z)
-    var = bn_partial_sums(z, mean) / _count(z)
+    moments = bn_moments(z)                                             # the batch as one shard
+    d = z.shape[1]
+    mean, var = moments[:d] / _count(z), moments[d:] / _count(z)
     invstd = 1.0 / np.sqrt(var + eps)
     xhat, y = bn_normalize(z, mean, invstd, gamma, beta)
     return y, xhat, mean, var, invstd

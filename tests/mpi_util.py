@@ -77,3 +77,12 @@ def require_mpi() -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"MPI must work in CI: {reason}")
     pytest.skip(reason)
+
+
+def communicate_or_kill(proc: subprocess.Popen, timeout: float):
+    """proc.communicate(timeout=timeout) -> (stdout, stderr); the job is killed on the way out
+    (a timeout, a failed assertion later), so no mpirun outlives its test."""
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()

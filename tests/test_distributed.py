@@ -13,7 +13,7 @@ from cnncli.errors import CnnError, ConfigError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mpi_tree_job import shard_parts  # noqa: E402
-from mpi_util import require_mpi, run_mpi  # noqa: E402
+from mpi_util import communicate_or_kill, require_mpi, run_mpi  # noqa: E402
 
 JOB = Path(__file__).resolve().parent / "mpi_tree_job.py"
 
@@ -168,10 +168,7 @@ def test_kill_9_of_one_rank_ends_the_job_and_keeps_rank0_file(tmp_path):
     proc, pids = start_fault_job(tmp_path)
     os.kill(pids[1], signal.SIGKILL)
     t0 = time.monotonic()
-    try:
-        out, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
+    out, err = communicate_or_kill(proc, 20)
     assert time.monotonic() - t0 < 20
     assert proc.returncode != 0
     assert f"process rank 1 with PID {pids[1]}" in " ".join(err.split()) and "signal 9" in err
@@ -186,10 +183,7 @@ def test_sigusr1_to_mpirun_stops_every_rank_at_one_step_with_a_save(tmp_path):
     require_mpi()
     proc, _ = start_fault_job(tmp_path, extra_env={"STOP_DELAY": "2"})     # a save slower than 0.5 s
     proc.send_signal(signal.SIGUSR1)
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    out, err = communicate_or_kill(proc, 60)
     assert proc.returncode == 0, err
     step = (tmp_path / "last.txt").read_text().split()
     assert step[0] == "step" and step[2:] == ["stopped", "by", "SIGUSR1"]

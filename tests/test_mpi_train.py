@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from e2e_util import load_params, make_folder, run_cli, write_config
-from mpi_util import mpi_env, mpirun_path, require_mpi, run_mpi
+from mpi_util import communicate_or_kill, mpi_env, mpirun_path, require_mpi, run_mpi
 
 BN = ("none", "unit", "channel")
 # a schedule that does not depend on train.epochs, so 2 epochs resumed to 3 equal 3 epochs
@@ -42,6 +42,13 @@ def assert_same_arrays(a: Path, b: Path):
     assert pa.keys() == pb.keys() and len(pa) > 10
     for k in pa:
         assert pa[k].tobytes() == pb[k].tobytes(), f"{k} differs between {a} and {b}"
+
+
+def resume_to_reference(tmp: Path, out: Path, ref: Path):
+    """`cnn train --resume out` in one process finishes with the uninterrupted run's last.npz."""
+    res = run_cli(["train", "--resume", out, "-q", "--no-report"], tmp, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert_same_arrays(ref / "last.npz", out / "last.npz")
 
 
 def metrics_rows(run: Path):
@@ -205,19 +212,14 @@ def test_kill_9_of_one_rank_ends_the_job_and_the_checkpoint_resumes(long_run, da
     proc, pids = start_job(tmp, cfg, out)
     os.kill(pids[1], signal.SIGKILL)
     t0 = time.monotonic()
-    try:
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
+    _, err = communicate_or_kill(proc, 30)
     took = time.monotonic() - t0
     if proc.returncode == 0:
         pytest.fail("the run finished before the kill landed")
     assert took < 10, f"the job took {took:.1f}s to end after kill -9 of rank 1"
     assert f"process rank 1 with PID {pids[1]}" in " ".join(err.split()) and "signal 9" in err, err
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
-    res = run_cli(["train", "--resume", out, "-q", "--no-report"], tmp, timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert_same_arrays(ref / "last.npz", out / "last.npz")
+    resume_to_reference(tmp, out, ref)
     assert metrics_rows(ref) == metrics_rows(out)
 
 
@@ -227,17 +229,12 @@ def test_sigusr1_to_mpirun_stops_every_rank_at_one_step_and_saves(long_run, data
     out = tmp / "usr1"
     proc, _ = start_job(tmp, cfg, out)
     proc.send_signal(signal.SIGUSR1)
-    try:
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    _, err = communicate_or_kill(proc, 60)
     assert proc.returncode == 130, err
     ours = [ln for ln in err.splitlines() if ln.startswith("Error:")]
     assert len(ours) == 1 and ours[0].startswith("Error: SIGUSR1: stopped at epoch "), err
     assert f"resume with: cnn train --resume {out}" in ours[0] and "Traceback" not in err
-    res = run_cli(["train", "--resume", out, "-q", "--no-report"], tmp, timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert_same_arrays(ref / "last.npz", out / "last.npz")
+    resume_to_reference(tmp, out, ref)
     assert metrics_rows(ref) == metrics_rows(out)
 
 
@@ -249,14 +246,9 @@ def test_sigterm_to_mpirun_leaves_a_checkpoint_that_resumes(long_run, data):
     out = tmp / "term"
     proc, _ = start_job(tmp, cfg, out)
     proc.send_signal(signal.SIGTERM)
-    try:
-        proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    communicate_or_kill(proc, 60)
     assert proc.returncode != 0
-    res = run_cli(["train", "--resume", out, "-q", "--no-report"], tmp, timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert_same_arrays(ref / "last.npz", out / "last.npz")
+    resume_to_reference(tmp, out, ref)
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
 
 

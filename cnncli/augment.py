@@ -271,14 +271,13 @@ BLOCK = 16     # images per task handed to a worker thread
 
 
 def _augment(x, p, noise, out, border, pad, idx, frac):
-    """_k_augment over blocks of BLOCK images on the worker threads (kernels.threads.run)."""
-    from cnncli.kernels.threads import run
+    """_k_augment over blocks of BLOCK images on the worker threads (kernels.threads.run_blocks)."""
+    from cnncli.kernels.threads import run_blocks
 
-    def block(j):
-        r = slice(j * BLOCK, (j + 1) * BLOCK)
+    def block(r):
         _k_augment(x[r], p[r], noise, out[r], border[r], pad[r], idx[r], frac[r])
 
-    run(block, -(-x.shape[0] // BLOCK))
+    run_blocks(block, x.shape[0], BLOCK)
 
 
 def check_batch(x, dtype=None):

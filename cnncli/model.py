@@ -43,7 +43,7 @@ from .kernels import batchnorm as norm
 from .kernels import inference
 from .kernels.checks import check_array, check_labels
 from .kernels.threads import blas_single_thread
-from .kernels.threads import run as run_threads
+from .kernels.threads import run_blocks
 
 PREDICT_CHUNK = 256          # predict_proba works through big inputs in chunks of this many images
 PREDICT_BLOCK = 8           # ... and hands blocks of this many images to the worker threads
@@ -200,11 +200,10 @@ class Network:
                 xs = x[s:s + PREDICT_CHUNK]
                 flat = np.empty((xs.shape[0], 1024), self.dtype)            # (n,1024)
 
-                def block(j, xs=xs, flat=flat):     # images [j*B, (j+1)*B) of the chunk
-                    r = slice(j * PREDICT_BLOCK, (j + 1) * PREDICT_BLOCK)
+                def block(r, xs=xs, flat=flat):     # a block of the chunk's images
                     inference.infer_features_into(xs[r], *convs, flat[r])
 
-                run_threads(block, -(-xs.shape[0] // PREDICT_BLOCK))
+                run_blocks(block, xs.shape[0], PREDICT_BLOCK)
                 z3 = np.matmul(flat, P["fc1.w"].T)                           # (n,65), no bias yet
                 inference.infer_head_into(z3, P["fc1.b"], sc3, sh3, P["fc2.w"], P["fc2.b"], out[s:s + xs.shape[0]])
         return out

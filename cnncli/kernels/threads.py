@@ -92,3 +92,9 @@ def run(task, count):
             numba.set_num_threads(old)
     if state[1] is not None:
         raise state[1]
+
+
+def run_blocks(task, n, size):
+    """task(slice) for the consecutive blocks of `size` items of range(n) (the last one shorter), on
+    the worker threads through run(): for kernels whose items are independent (images)."""
+    run(lambda j: task(slice(j * size, min(n, (j + 1) * size))), -(-n // size))

@@ -15,6 +15,7 @@ import numpy as np
 from .errors import CnnError, ConfigError
 
 SHARD = 8   # images per micro-shard: the unit of work of a thread or rank, and a leaf of the tree
+ABORT_GRACE = 0.5   # seconds a failing rank waits between its error line and MPI_Abort (see MpiComm.abort)
 
 # Set by mpirun/mpiexec/srun in every rank's environment (Open MPI, MPICH/Hydra, PMIx, Slurm PMI).
 LAUNCH_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "MPI_LOCALNRANKS")
@@ -214,9 +215,14 @@ class MpiComm(Comm):
             time.sleep(poll)
 
     def abort(self, code):
-        """End every rank of the job now (for an error only some ranks see)."""
+        """End every rank of the job now (for an error only some ranks see). The pause lets the
+        launcher forward this rank's last lines (its own pipe) before the abort (another channel)
+        makes it print its banner, so the error line comes first."""
+        import time  # noqa: PLC0415
+
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE)
         self.comm.Abort(code)
 
 

@@ -1,7 +1,9 @@
 """One micro-shard's training-mode passes on its preallocated workspace, in segments that end where
 batch normalization needs the whole batch's statistics (shards.py runs the segments of every
 shard and the BN sums between them); each reads like the network diagram, one layer call per line.
-Not the API (model.py), not the cross-shard sums (shards.py), not the inference path.
+The conv layers' BN runs fused with their pool + ELU (kernels/bnpool.py): their BN output, xhat
+and dy are never stored. Not the API (model.py), not the cross-shard sums (shards.py), not the
+inference path.
 
 Shapes: n images in the shard, C classes; every workspace array's shape is commented in Workspace.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .arch import FC1_UNITS
-from .kernels import activation, conv, conv16, conv32, fc, pool
+from .kernels import activation, bnpool, conv, conv16, conv32, fc, pool
 from .kernels.loss import sigmoid_bce_into
 
 
@@ -25,21 +27,18 @@ class Workspace:
         self.n = n
         self.xp1 = z(n, 1, 36, 36)                   # padded input (border stays 0)
         self.z1 = e(n, 6, 32, 32)                    # conv1 output (bias added later, see forward)
-        self.y1 = e(n, 6, 32, 32) if bn else None    # bn1 output
         self.xp2 = z(n, 6, 20, 20)                   # ELU(pool1), written into a padded buffer
         self.arg1 = np.empty((n, 6, 16, 16), np.int8)
         self.z2 = e(n, 16, 16, 16)
-        self.y2 = e(n, 16, 16, 16) if bn else None
         self.p2 = e(n, 16, 8, 8)                     # ELU(pool2)
         self.flat = self.p2.reshape(n, 1024)         # view
         self.arg2 = np.empty((n, 16, 8, 8), np.int8)
         self.z3 = e(n, FC1_UNITS)
-        self.y3 = e(n, FC1_UNITS) if bn else None
+        self.y3 = e(n, FC1_UNITS) if bn else None    # bn3 output
+        self.xhat3 = e(n, FC1_UNITS) if bn else None
         self.a3 = e(n, FC1_UNITS)
         self.z4 = e(n, num_classes)
         self.probs = e(n, num_classes)               # shards.py makes it a view of the batch's probs
-        self.zero6, self.zero16 = z(6), z(16)        # "no bias" for the fused pool+ELU after BN
-        self.xhat = {k: e(*a.shape) for k, a in ((1, self.z1), (2, self.z2), (3, self.z3))} if bn else {}
         # gradients of the activations
         self.dz4 = e(n, num_classes)
         self.da3 = e(n, FC1_UNITS)
@@ -47,23 +46,14 @@ class Workspace:
         self.dy3 = e(n, FC1_UNITS) if bn else None
         self.dflat = e(n, 1024)
         self.dp2 = self.dflat.reshape(n, 16, 8, 8)
-        self.dy2 = e(n, 16, 16, 16) if bn else None
         self.dz2 = e(n, 16, 16, 16)
         self.dp1 = e(n, 6, 16, 16)
-        self.dy1 = e(n, 6, 32, 32) if bn else None
         self.dz1 = e(n, 6, 32, 32)
         # conv2's backward scratch: dz padded by 2 (border stays 0), dz with the map index last,
         # and the weight gradient as the kernel writes it (C,K,K,F)
         self.dzp2 = z(n, 16, 20, 20)
         self.dzt2 = e(n, 256, 16)
         self.dwt2 = e(6, 5, 5, 16)
-        self._bn_pairs = {1: (self.z1, self.y1, self.xhat.get(1), self.dy1, self.dz1),
-                          2: (self.z2, self.y2, self.xhat.get(2), self.dy2, self.dz2),
-                          3: (self.z3, self.y3, self.xhat.get(3), self.dy3, self.dz3)}
-
-    def bn_pair(self, layer):
-        """(z, y, xhat, dy, dz) of BN layer 1, 2 or 3."""
-        return self._bn_pairs[layer]
 
 
 # ---- forward, segment by segment: each ends at a pre-BN activation (or the loss) -------------
@@ -76,24 +66,26 @@ def forward_conv1(P, ws, x, bn):
         conv.add_bias_into(ws.z1.reshape(ws.n, 6, -1), P["conv1.b"])
 
 
-def forward_conv2(P, ws, bn):
-    """(pool1, ELU) of y1 (BN) or z1 + bias -> xp2 -> conv2 -> z2 (+ bias under BN).
-    ELU after the max is the same as before it (ELU increases) and takes a quarter of the exps."""
-    if bn:
-        pool.pool_elu_forward_into(ws.y1, ws.zero6, ws.xp2, 2, ws.arg1)
-    else:
+def forward_conv2(P, ws, bn1=None):
+    """(pool1, ELU) of z1 + bias, or of BN1(z1) given its coefficients bn1 (bnpool's coef) -> xp2
+    -> conv2 -> z2 (+ bias under BN). ELU after the max is the same as before it (ELU increases)
+    and takes a quarter of the exps."""
+    if bn1 is None:
         pool.pool_elu_forward_into(ws.z1, P["conv1.b"], ws.xp2, 2, ws.arg1)
+    else:
+        bnpool.bn_pool_elu_forward_into(ws.z1, bn1, ws.xp2, 2, ws.arg1)
     conv16.conv16_forward_into(ws.xp2, P["conv2.w"], ws.z2)
-    if bn:
+    if bn1 is not None:
         conv.add_bias_into(ws.z2.reshape(ws.n, 16, -1), P["conv2.b"])
 
 
-def forward_fc1(P, ws, bn):
-    """(pool2, ELU) of y2 (BN) or z2 + bias -> flat (n,1024) -> fc1 -> z3."""
-    if bn:
-        pool.pool_elu_forward_into(ws.y2, ws.zero16, ws.p2, 0, ws.arg2)
-    else:
+def forward_fc1(P, ws, bn2=None):
+    """(pool2, ELU) of z2 + bias, or of BN2(z2) given its coefficients bn2 -> flat (n,1024) -> fc1
+    -> z3."""
+    if bn2 is None:
         pool.pool_elu_forward_into(ws.z2, P["conv2.b"], ws.p2, 0, ws.arg2)
+    else:
+        bnpool.bn_pool_elu_forward_into(ws.z2, bn2, ws.p2, 0, ws.arg2)
     fc.fc_forward_into(ws.flat, P["fc1.w"], P["fc1.b"], ws.z3)
 
 
@@ -114,18 +106,35 @@ def backward_head(P, G, ws, bn):
     activation.elu_backward_into(ws.da3.reshape(-1), ws.a3.reshape(-1), (ws.dy3 if bn else ws.dz3).reshape(-1))
 
 
-def backward_fc1(P, G, ws, bn):
-    """dz3 -> fc1's gradients, dflat -> (pool2, ELU) -> dy2 (BN) or dz2."""
+def backward_fc1(P, G, ws, bn2=None):
+    """dz3 -> fc1's gradients, dflat -> (pool2, ELU) -> dz2; under BN, bn2 = (coef, row): only
+    the shard's sums of BN2's dy and dy*xhat into row (backward_bn_pool gives dz2 later)."""
     fc.fc_backward_into(ws.dz3, ws.flat, P["fc1.w"], G["fc1.w"], G["fc1.b"], ws.dflat)
-    pool.pool_elu_backward_into(ws.dp2, ws.p2, 0, ws.arg2, ws.dy2 if bn else ws.dz2)
+    if bn2 is None:
+        pool.pool_elu_backward_into(ws.dp2, ws.p2, 0, ws.arg2, ws.dz2)
+    else:
+        bnpool.bn_unpool_sums_into(ws.dp2, ws.p2, 0, ws.arg2, ws.z2, bn2[0], bn2[1])
 
 
-def backward_conv2(P, G, ws, bn):
-    """dz2 -> conv2's gradients, dp1 -> (pool1, ELU) -> dy1 (BN) or dz1."""
+def backward_conv2(P, G, ws, bn1=None):
+    """dz2 -> conv2's gradients, dp1 -> (pool1, ELU) -> dz1; under BN, bn1 = (coef, row): only
+    the shard's sums of BN1's dy and dy*xhat into row (backward_bn_pool gives dz1 later)."""
     conv16.conv16_backward_dw_into(ws.dz2, ws.xp2, ws.dzt2, ws.dwt2)
     conv16.conv16_grads_finish_into(ws.dwt2, ws.dzt2, G["conv2.w"], G["conv2.b"])
     conv16.conv16_backward_dx_into(ws.dz2, P["conv2.w"], ws.dzp2, ws.dp1)
-    pool.pool_elu_backward_into(ws.dp1, ws.xp2, 2, ws.arg1, ws.dy1 if bn else ws.dz1)
+    if bn1 is None:
+        pool.pool_elu_backward_into(ws.dp1, ws.xp2, 2, ws.arg1, ws.dz1)
+    else:
+        bnpool.bn_unpool_sums_into(ws.dp1, ws.xp2, 2, ws.arg1, ws.z1, bn1[0], bn1[1])
+
+
+def backward_bn_pool(ws, layer, coef):
+    """Conv layer 1 or 2 under BN, given its coefficients with the batch's sums (bnpool's coef):
+    dp -> (pool, ELU, BN) -> dz1 or dz2."""
+    if layer == 1:
+        bnpool.bn_unpool_backward_into(ws.dp1, ws.xp2, 2, ws.arg1, ws.z1, coef, ws.dz1)
+    else:
+        bnpool.bn_unpool_backward_into(ws.dp2, ws.p2, 0, ws.arg2, ws.z2, coef, ws.dz2)
 
 
 def backward_conv1(G, ws):
@@ -136,8 +145,8 @@ def backward_conv1(G, ws):
 def shard_forward_plain(P, ws, x, labels, weights, scale):
     """One shard's forward without BN, up to the loss; returns its sum of weight * loss."""
     forward_conv1(P, ws, x, False)
-    forward_conv2(P, ws, False)
-    forward_fc1(P, ws, False)
+    forward_conv2(P, ws)
+    forward_fc1(P, ws)
     return forward_head(P, ws, False, labels, weights, scale)
 
 
@@ -146,7 +155,7 @@ def shard_step_plain(P, G, ws, x, labels, weights, scale):
     its sum of weight * loss."""
     loss = shard_forward_plain(P, ws, x, labels, weights, scale)
     backward_head(P, G, ws, False)
-    backward_fc1(P, G, ws, False)
-    backward_conv2(P, G, ws, False)
+    backward_fc1(P, G, ws)
+    backward_conv2(P, G, ws)
     backward_conv1(G, ws)
     return loss

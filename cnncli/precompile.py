@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 
 KERNEL_MODULES = tuple(f"cnncli.kernels.{name}" for name in (
-    "activation", "adam", "batchnorm", "conv", "conv16", "conv32", "fc", "inference", "lookup", "loss", "pool",
+    "activation", "adam", "batchnorm", "bnpool", "conv", "conv16", "conv32", "fc", "inference", "lookup", "loss", "pool",
     "reduce")) + ("cnncli.augment",)
 
 def kernel_dispatchers() -> list:

@@ -18,11 +18,9 @@ from . import passes
 from .arch import Params, param_specs
 from .distributed import SHARD, shard_count, shard_slice
 from .kernels import batchnorm as norm
+from .kernels import bnpool
 from .kernels.reduce import RowTree, tree_sum_into
 from .kernels.threads import run
-
-FORWARD = (None, passes.forward_conv1, passes.forward_conv2, passes.forward_fc1)
-
 
 def _row_views(flat, specs):
     """A Params whose named views are slices of the given 1-D row."""
@@ -83,9 +81,14 @@ class Plan:
         self.ones = np.ones(B)                              # (B,) the weights when none are given
         self.fwd, self.bwd, self.stats, self.count = {}, {}, {}, {}
         self.bn_grads = {}                                  # layer -> (sum dy, sum dy*xhat) of the batch
-        # per shard and BN layer: (z, y, xhat, dy, dz) as (n,D) or (n,C,S) views; the z ndim per layer
-        self.views = [{k: tuple(a if a is None else _stat_view(a, batchnorm, k) for a in ws.bn_pair(k))
-                       for k in (1, 2, 3)} for ws in self.ws] if batchnorm != "none" else []
+        # per shard: each BN layer's z as an (n,D) or (n,C,S) view (its statistics' input); fc1's
+        # BN (no pooling to fuse with) also keeps (y, xhat, dy, dz)
+        self.views = [{1: _stat_view(ws.z1, batchnorm, 1), 2: _stat_view(ws.z2, batchnorm, 2), 3: ws.z3}
+                      for ws in self.ws] if batchnorm != "none" else []
+        self.fc_bn = [(ws.z3, ws.y3, ws.xhat3, ws.dy3, ws.dz3) for ws in self.ws] if batchnorm != "none" else []
+        # the conv BN layers' coefficients for the fused kernels (bnpool), set once per step
+        self.coef = {1: np.zeros((6, 6 * 1024), dtype), 2: np.zeros((6, 16 * 256), dtype)} \
+            if batchnorm != "none" else {}
         self.ndim = {k: 2 if (batchnorm == "unit" or k == 3) else 3 for k in (1, 2, 3)}
         self.shard_counts = {}                              # layer -> (S,) values per statistic in each shard
         if batchnorm != "none":
@@ -148,27 +151,30 @@ def _bn_statistics(net, plan, k, comm):
         rv += np.multiply(var, m * M / (M - 1), out=tmp)
 
 
-def _bn_normalize(net, plan, k, j):
-    """Shard j's y and xhat of BN layer k from the batch statistics."""
-    mean, _, invstd, _ = plan.stats[k]
-    z, y, xhat, _, _ = plan.views[j][k]
-    norm.bn_kernel(plan.ndim[k], "normalize")(z, mean, invstd, net.params[f"bn{k}.gamma"].reshape(-1),
-                                              net.params[f"bn{k}.beta"].reshape(-1), xhat, y)
+def _gamma_beta(net, k):
+    return net.params[f"bn{k}.gamma"].reshape(-1), net.params[f"bn{k}.beta"].reshape(-1)
 
 
-def _bn_grad_sums(net, plan, k, j):
-    """Shard j's float64 sums of dy and dy*xhat of BN layer k into its row of plan.bwd[k]."""
-    _, _, xhat, dy, _ = plan.views[j][k]
-    d = plan.bwd[k].shape[1] // 2
-    norm.bn_kernel(plan.ndim[k], "grad_sums")(dy, xhat, plan.bwd[k][j, :d], plan.bwd[k][j, d:])
+def _fc_bn_normalize(net, plan, j):
+    """Shard j's y3 and xhat3 of fc1's BN from the batch statistics."""
+    mean, _, invstd, _ = plan.stats[3]
+    z, y, xhat, _, _ = plan.fc_bn[j]
+    norm.bn_unit_normalize_into(z, mean, invstd, *_gamma_beta(net, 3), xhat, y)
 
 
-def _bn_backward(net, plan, k, j, sums):
-    """Shard j's dz of BN layer k from the batch's sums (sdy | sdyx) and invstd."""
-    _, _, xhat, dy, dz = plan.views[j][k]
+def _fc_bn_grad_sums(plan, j):
+    """Shard j's float64 sums of dy3 and dy3*xhat3 into its row of plan.bwd[3]."""
+    _, _, xhat, dy, _ = plan.fc_bn[j]
+    d = plan.bwd[3].shape[1] // 2
+    norm.bn_unit_grad_sums_into(dy, xhat, plan.bwd[3][j, :d], plan.bwd[3][j, d:])
+
+
+def _fc_bn_backward(net, plan, j, sums):
+    """Shard j's dz3 of fc1's BN from the batch's sums (sdy | sdyx) and invstd."""
+    _, _, xhat, dy, dz = plan.fc_bn[j]
     d = sums.shape[0] // 2
-    norm.bn_kernel(plan.ndim[k], "backward_given")(dy, xhat, net.params[f"bn{k}.gamma"].reshape(-1),
-                                                   plan.stats[k][2], sums[:d], sums[d:], float(plan.count[k]), dz)
+    norm.bn_unit_backward_given_into(dy, xhat, _gamma_beta(net, 3)[0], plan.stats[3][2],
+                                     sums[:d], sums[d:], float(plan.count[3]), dz)
 
 
 def run_step(net, plan, x, labels, weights, comm, backward=True):
@@ -203,12 +209,12 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
         _bn_forward_phases(net, plan, comm, inputs)
 
         def head(j):
-            _bn_normalize(net, plan, 3, j)
+            _fc_bn_normalize(net, plan, j)
             xs, ls, wj = inputs(j)
             plan.loss[j, 0] = passes.forward_head(P, plan.ws[j], True, ls, wj, scale)
             if backward:
                 passes.backward_head(P, plan.grads[j], plan.ws[j], True)
-                _bn_grad_sums(net, plan, 3, j)
+                _fc_bn_grad_sums(plan, j)
         each(head, L)
         if backward:
             _bn_backward_phases(net, plan, comm, done)
@@ -226,40 +232,51 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
 
 
 def _bn_forward_phases(net, plan, comm, inputs):
-    """Up to BN3's statistics: per shard the layers up to a BN's input and its partial sums, the
-    sums over all shards (comm), the statistics; then the next layers from the normalized output."""
+    """Up to BN3's statistics: per shard the layers up to a BN's input (from the BN below, fused with
+    its pool + ELU) and its partial sums, the sums over all shards (comm), the statistics (and, for
+    the conv layers, the fused kernels' coefficients)."""
+    P = net.params
     for k in (1, 2, 3):
         def shard(j, k=k):
             ws = plan.ws[j]
             if k == 1:
-                passes.forward_conv1(net.params, ws, inputs(j)[0], True)
+                passes.forward_conv1(P, ws, inputs(j)[0], True)
+            elif k == 2:
+                passes.forward_conv2(P, ws, plan.coef[1])
             else:
-                _bn_normalize(net, plan, k - 1, j)
-                FORWARD[k](net.params, ws, True)
-            norm.bn_kernel(plan.ndim[k], "moments")(plan.views[j][k][0], plan.fwd[k][j])
+                passes.forward_fc1(P, ws, plan.coef[2])
+            norm.bn_kernel(plan.ndim[k], "moments")(plan.views[j][k], plan.fwd[k][j])
         each(shard, len(plan.ws))
         _bn_statistics(net, plan, k, comm)
-
-
-BACKWARD = {3: lambda P, G, ws: passes.backward_fc1(P, G, ws, True),
-            2: lambda P, G, ws: passes.backward_conv2(P, G, ws, True),
-            1: lambda P, G, ws: passes.backward_conv1(G, ws)}
+        if k < 3:
+            mean, _, invstd, _ = plan.stats[k]
+            bnpool.bn_coef_forward_into(mean, invstd, *_gamma_beta(net, k), plan.coef[k])
 
 
 def _bn_backward_phases(net, plan, comm, done):
     """From BN3's dy down: the sums of dy, dy*xhat over all shards (comm), then per shard the BN's
-    dz, the layers below it and the next BN's partial sums; done(j) once shard j's row is complete."""
+    dz, the layers below it and the next BN's partial sums (fused with the unpooling); done(j)
+    once shard j's row is complete."""
+    P = net.params
     plan.bn_grads = {}
     for k in (3, 2, 1):
         sums = comm.sum_shards(plan.bwd[k], plan.S, tree=tree_sum_into)   # (2D,) float64: sdy | sdyx
         d = sums.shape[0] // 2
         plan.bn_grads[k] = (sums[:d], sums[d:])
+        if k < 3:
+            bnpool.bn_coef_backward_into(plan.stats[k][2], _gamma_beta(net, k)[0], sums, float(plan.count[k]),
+                                         plan.coef[k])
 
         def shard(j, k=k, sums=sums):
-            _bn_backward(net, plan, k, j, sums)
-            BACKWARD[k](net.params, plan.grads[j], plan.ws[j])
-            if k > 1:
-                _bn_grad_sums(net, plan, k - 1, j)
+            ws, G = plan.ws[j], plan.grads[j]
+            if k == 3:
+                _fc_bn_backward(net, plan, j, sums)
+                passes.backward_fc1(P, G, ws, (plan.coef[2], plan.bwd[2][j]))
+            elif k == 2:
+                passes.backward_bn_pool(ws, 2, plan.coef[2])
+                passes.backward_conv2(P, G, ws, (plan.coef[1], plan.bwd[1][j]))
             else:
+                passes.backward_bn_pool(ws, 1, plan.coef[1])
+                passes.backward_conv1(G, ws)
                 done(j)
         each(shard, len(plan.ws))

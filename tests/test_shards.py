@@ -33,7 +33,7 @@ def _net_and_batch(bn, n, seed=1):
 # ---- the per-shard BN kernels ------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("shape, axes", [((13, 300), (0,)), ((13, 6, 64), (0, 2))])
+@pytest.mark.parametrize("shape, axes", [((13, 300), (0,)), ((13, 6, 64), (0, 2)), ((13, 3, 20), (0, 2))])
 def test_bn_phases_over_shards_match_numpy(dtype, shape, axes):
     """Each shard's [sum | M2] (shards of 8 and 5), combined in the tree, then normalize and backward
     per shard: the whole batch's BN forward and backward (tests/reference.py)."""

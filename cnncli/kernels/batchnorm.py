@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from .checks import check_array, check_out
+from .simd import vadd, vfma, vhsum, vload, vsplat, vstore, vsub, vwiden, vzero
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,50 +132,59 @@ def bn_channel_backward_given_into(dy, xhat, gamma, invstd, sdy, sdyx, M, dz):
 
 @njit(cache=True, nogil=True)
 def bn_unit_moments_into(z, out):
-    # z (N,D)   ->   out (2D,) float64: [sum over n (in order) | sum over n of (z - shard mean)^2]
+    # z (N,D)   ->   out (2D,) float64: [sum over n (in order) | sum over n of (z - shard mean)^2],
+    # 16 units at a time in float64 vectors, the last D % 16 units one by one
     N, D = z.shape
+    V = D - D % 16
     out[:] = 0.0
     for n in range(N):
-        zr = z[n]
-        for d in range(D):
-            out[d] += zr[d]
+        for d in range(0, V, 16):
+            vstore(out, d, vadd(vload(out, d), vwiden(vload(z, n * D + d))))
+        for d in range(V, D):
+            out[d] += z[n, d]
     mean = np.empty(D)                   # (D,) float64
     for d in range(D):
         mean[d] = out[d] / N
     for n in range(N):
-        zr = z[n]
-        for d in range(D):
-            t = zr[d] - mean[d]
+        for d in range(0, V, 16):
+            t = vsub(vwiden(vload(z, n * D + d)), vload(mean, d))
+            vstore(out, D + d, vfma(t, t, vload(out, D + d)))
+        for d in range(V, D):
+            t = z[n, d] - mean[d]
             out[D + d] += t * t
 
 
 @njit(cache=True, nogil=True)
 def bn_channel_moments_into(z, out):
-    # z (N,C,S)   ->   out (2C,) float64: [sum | sum of (z - shard mean)^2] per channel, each over
-    # (n, i) with a float64 accumulator per position i summed over n in order, then the positions
+    # z (N,C,S)   ->   out (2C,) float64: [sum | sum of (z - shard mean)^2] per channel over (n, i):
+    # 16 float64 lanes over n and i in order (the last S % 16 positions one by one into a scalar),
+    # the lanes added left to right, then the scalar
     N, C, S = z.shape
-    acc = np.empty(S)                    # (S,) float64
+    V = S - S % 16
     for c in range(C):
-        acc[:] = 0.0
-        for n in range(N):
-            zr = z[n, c]
-            for i in range(S):
-                acc[i] += zr[i]
+        acc = vzero(out)
         t = 0.0
-        for i in range(S):
-            t += acc[i]
-        out[c] = t
-        m = t / (N * S)
-        acc[:] = 0.0
         for n in range(N):
-            zr = z[n, c]
-            for i in range(S):
-                u = zr[i] - m
-                acc[i] += u * u
+            base = (n * C + c) * S
+            for i in range(0, V, 16):
+                acc = vadd(acc, vwiden(vload(z, base + i)))
+            for i in range(V, S):
+                t += z[n, c, i]
+        total = vhsum(acc) + t
+        out[c] = total
+        m = total / (N * S)
+        mv = vsplat(m)
+        acc = vzero(out)
         t = 0.0
-        for i in range(S):
-            t += acc[i]
-        out[C + c] = t
+        for n in range(N):
+            base = (n * C + c) * S
+            for i in range(0, V, 16):
+                u = vsub(vwiden(vload(z, base + i)), mv)
+                acc = vfma(u, u, acc)
+            for i in range(V, S):
+                u = z[n, c, i] - m
+                t += u * u
+        out[C + c] = vhsum(acc) + t
 
 
 @njit(cache=True, nogil=True)

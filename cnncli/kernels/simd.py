@@ -1,7 +1,8 @@
 """16-lane float vectors for numba kernels: a numba type whose LLVM value is <16 x float> (or
-<16 x double>), and the few intrinsics the kernels need: load, store, splat, add, multiply, fused
-multiply-add, lane sum (the direct convolutions); even/odd and interleave shuffles, compare-and-
-select, int8 loads/stores (the 2x2 pooling); plus a scalar int -> float bit cast (ELU's 2^k).
+<16 x double>), and the few intrinsics the kernels need: load, store, splat, add, subtract,
+multiply, fused multiply-add, lane sum, widening to float64 (the direct convolutions, BN's
+sums); even/odd and interleave shuffles, compare-and-select, int8 loads/stores (the 2x2
+pooling); plus a scalar int -> float bit cast (ELU's 2^k).
 A kernel keeps a tile of such vectors as loop variables, and LLVM keeps them in registers: the
 register-blocked inner loops numba's vectorizers do not find.
 Not a SIMD library: no bounds checks (the kernels' wrappers check the shapes), no general shuffles.
@@ -175,6 +176,31 @@ vzip_lo = _shuffle_intrinsic([j for i in range(LANES // 2) for j in (i, i + LANE
                              "a0 b0 a1 b1 .. a7 b7 (the low halves interleaved).")
 vzip_hi = _shuffle_intrinsic([j for i in range(LANES // 2, LANES) for j in (i, i + LANES)],
                              "a8 b8 a9 b9 .. a15 b15 (the high halves interleaved).")
+
+
+@intrinsic
+def vsub(typingctx, a, b):
+    """a - b in every lane."""
+    if not (isinstance(a, Vec) and a == b):
+        raise TypeError(f"simd.vsub: need two vectors of one dtype, got {a}, {b}")
+
+    def codegen(context, builder, sig, args):
+        return builder.fsub(args[0], args[1])
+    return a(a, b), codegen
+
+
+@intrinsic
+def vwiden(typingctx, v):
+    """v in float64 lanes (exact: float32 -> float64 loses nothing; a float64 vector as is)."""
+    if not isinstance(v, Vec):
+        raise TypeError(f"simd.vwiden: need a vector, got {v}")
+    vt = Vec(types.float64)
+
+    def codegen(context, builder, sig, args):
+        if v.dtype == types.float64:
+            return args[0]
+        return builder.fpext(args[0], context.get_value_type(vt))
+    return vt(v), codegen
 
 
 @intrinsic

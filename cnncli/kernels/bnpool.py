@@ -1,0 +1,310 @@
+"""Training-mode batch normalization of the two conv layers fused with their 2x2 max pool + ELU,
+one shard at a time, in 16-lane vectors (simd.py): the forward pools ELU(BN(z)) straight from z;
+the backward's two passes (the shard's sums of dy and dy*xhat, then dz once the batch's sums are
+known) unpool dp and recompute xhat from z as they go. BN's output, xhat and dy are never stored.
+Not the statistics (batchnorm.py's moments and tree), not fc1's BN (no pooling there), not the
+inference path (inference.py folds the running statistics).
+
+Shape legend: N images, C maps, H = W = 32 (conv1, pooled into conv2's input padded by o = 2) or
+16 (conv2, pooled into fc1's input, o = 0), S = H*W, D = C (per channel) or C*S (per unit).
+coef (6, D) in the dtype, per statistic: m = mean, inv = 1/sqrt(var + eps), a = gamma * inv,
+beta; and for the backward, with M values per statistic in the batch, B = -a * sum(dy) / M and
+G = -a * sum(dy*xhat) / M:
+    forward:  y = (z - m) * a + beta                 (= gamma * xhat + beta)
+    sums:     sum(dy), sum(dy * xhat), xhat = (z - m) * inv, in float64 lanes
+    backward: dz = a * dy + (G * xhat + B)          (= gamma*inv/M * (M dy - sum dy - xhat sum dy*xhat))
+Every array C-contiguous. Each 4-vector block is 64 values of a map: two rows of 32 (16 windows
+of one pooled row) or four rows of 16 (8 windows of two pooled rows).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .activation import elu_rows
+from .checks import check_array
+from .pool import _positions, _window_max_v
+from .simd import (vadd, veven, vfma, vhsum, vload, vload_i8, vmul, vodd, vsel_eq, vsel_gt, vsplat, vstore,
+                   vstore_i8, vsub, vwiden, vzero, vzip_hi, vzip_lo)
+
+M_ROW, INV_ROW, A_ROW, BETA_ROW, B_ROW, G_ROW = range(6)     # the rows of coef
+
+
+@njit(cache=True, nogil=True)
+def bn_coef_forward_into(mean, invstd, gamma, beta, coef):
+    # mean invstd (D,) float64 (the batch's), gamma beta (D,)   ->   coef (6,C*S) rows m, inv, a,
+    # beta in the dtype, each statistic repeated over the S/(C*S/D) positions it covers (per channel:
+    # its whole map), so that the kernels load every coefficient the same way
+    D, E = mean.shape[0], coef.shape[1]
+    rep = E // D
+    for d in range(D):
+        m, inv, a, b = mean[d], invstd[d], gamma[d] * invstd[d], beta[d]
+        for e in range(d * rep, (d + 1) * rep):
+            coef[M_ROW, e] = m
+            coef[INV_ROW, e] = inv
+            coef[A_ROW, e] = a
+            coef[BETA_ROW, e] = b
+
+
+@njit(cache=True, nogil=True)
+def bn_coef_backward_into(invstd, gamma, sums, M, coef):
+    # invstd (D,) float64, gamma (D,), sums (2D,) float64 [sum dy | sum dy*xhat] of the batch, M
+    #   ->   coef rows B = -gamma*inv*sum(dy)/M, G = -gamma*inv*sum(dy*xhat)/M (dtype, repeated as above)
+    D, E = invstd.shape[0], coef.shape[1]
+    rep = E // D
+    for d in range(D):
+        f = gamma[d] * invstd[d] / M
+        b, g = -f * sums[d], -f * sums[D + d]
+        for e in range(d * rep, (d + 1) * rep):
+            coef[B_ROW, e] = b
+            coef[G_ROW, e] = g
+
+
+# The per-map loops below index every array in place and call only helpers on vectors: an array
+# handed to a helper inside a loop costs a reference count (an atomic) per call.
+
+@njit(inline="always")
+def _windows(W, v0, v1, v2, v3):
+    # a block's 4 vectors in memory order -> its windows' positions 0, 1, 2, 3 (16 windows each)
+    if W == 32:
+        return veven(v0, v1), vodd(v0, v1), veven(v2, v3), vodd(v2, v3)
+    return veven(v0, v2), vodd(v0, v2), veven(v1, v3), vodd(v1, v3)
+
+
+@njit(inline="always")
+def _memory(W, e0, e1, e2, e3):
+    # the inverse of _windows: positions 0..3 of 16 windows -> the block's 4 vectors in memory order
+    if W == 32:
+        return vzip_lo(e0, e1), vzip_hi(e0, e1), vzip_lo(e2, e3), vzip_hi(e2, e3)
+    return vzip_lo(e0, e1), vzip_lo(e2, e3), vzip_hi(e0, e1), vzip_hi(e2, e3)
+
+
+@njit(inline="always")
+def _routed(g, kv, pos):
+    # g at each window's winner position kv, 0 at the other three: positions 0..3
+    zero = pos[0]
+    return (vsel_eq(kv, pos[0], g, zero), vsel_eq(kv, pos[1], g, zero),
+            vsel_eq(kv, pos[2], g, zero), vsel_eq(kv, pos[3], g, zero))
+
+
+@njit(inline="always")
+def _elu_grad(dv, pv, one, zero):
+    # dp * ELU'(p): ELU' = 1 where p > 0, else p + 1
+    return vsel_gt(pv, zero, dv, vmul(dv, vadd(pv, one)))
+
+
+@njit(inline="always")
+def _pooled_at(Hq, Wq, o, n, C, c, i, W):
+    # flat offset in pp (N,C,Hq,Wq) of block i's 16 pooled values (a row of 16, or two rows of 8, o = 0)
+    if W == 32:
+        return ((n * C + c) * Hq + o + i) * Wq + o
+    return (n * C + c) * Hq * Wq + i * 16
+
+
+@njit(inline="always")
+def _forward_map(z, coef, pp, o, arg, n, c, W):
+    # map (n, c): pooled maxima of y = (z - m) * a + beta into pp, their positions into arg
+    C, S, E = arg.shape[1], W * W, coef.shape[1]
+    Hq, Wq = pp.shape[2], pp.shape[3]
+    zo = (n * C + c) * S
+    pos = _positions(pp)
+    for i in range(S // 64):
+        r = i * 64
+        u = c * S + r
+        y0 = vfma(vsub(vload(z, zo + r), vload(coef, u)), vload(coef, A_ROW * E + u), vload(coef, BETA_ROW * E + u))
+        y1 = vfma(vsub(vload(z, zo + r + 16), vload(coef, u + 16)), vload(coef, A_ROW * E + u + 16),
+                  vload(coef, BETA_ROW * E + u + 16))
+        y2 = vfma(vsub(vload(z, zo + r + 32), vload(coef, u + 32)), vload(coef, A_ROW * E + u + 32),
+                  vload(coef, BETA_ROW * E + u + 32))
+        y3 = vfma(vsub(vload(z, zo + r + 48), vload(coef, u + 48)), vload(coef, A_ROW * E + u + 48),
+                  vload(coef, BETA_ROW * E + u + 48))
+        p0, p1, p2, p3 = _windows(W, y0, y1, y2, y3)
+        best, k = _window_max_v(p0, p1, p2, p3, pos)
+        vstore(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W), best)
+        vstore_i8(arg, zo // 4 + i * 16, k)
+
+
+@njit(cache=True, nogil=True)
+def bn_pool_elu_forward_into(z, coef, pp, o, arg):
+    # z (N,C,W,W) BN's input, coef (6,C*W*W)   ->   pp (N,C,W/2+2o,W/2+2o): interior = ELU(max of
+    # each 2x2 window of BN's output y), border left as is (0 = ELU(0)); arg (N,C,W/2,W/2) int8
+    # 0..3 (ties -> the first, as pool.py)
+    N, C = arg.shape[0], arg.shape[1]
+    W = z.shape[3]
+    Hq, Wq = pp.shape[2], pp.shape[3]
+    for n in range(N):
+        for c in range(C):
+            if W == 32:
+                _forward_map(z, coef, pp, o, arg, n, c, 32)
+            else:
+                _forward_map(z, coef, pp, o, arg, n, c, 16)
+        elu_rows(pp[n].reshape((1, C * Hq * Wq)))
+
+
+@njit(inline="always")
+def _sums_map(dp, pp, o, arg, z, coef, out, per_unit, n, c, W, s1, s2):
+    # map (n, c) of bn_unpool_sums_into: per channel added to the float64 lanes (s1, s2), returned;
+    # per unit added to out's per-unit float64 sums
+    C, S, E = arg.shape[1], W * W, coef.shape[1]
+    Hq, Wq = pp.shape[2], pp.shape[3]
+    zo = (n * C + c) * S
+    pos = _positions(pp)
+    one = vsplat(pp.dtype.type(1))
+    for i in range(S // 64):
+        r = i * 64
+        u = c * S + r
+        g = _elu_grad(vload(dp, zo // 4 + i * 16), vload(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W)), one, pos[0])
+        kv = vload_i8(arg, zo // 4 + i * 16, pp)
+        x0 = vmul(vsub(vload(z, zo + r), vload(coef, u)), vload(coef, INV_ROW * E + u))
+        x1 = vmul(vsub(vload(z, zo + r + 16), vload(coef, u + 16)), vload(coef, INV_ROW * E + u + 16))
+        x2 = vmul(vsub(vload(z, zo + r + 32), vload(coef, u + 32)), vload(coef, INV_ROW * E + u + 32))
+        x3 = vmul(vsub(vload(z, zo + r + 48), vload(coef, u + 48)), vload(coef, INV_ROW * E + u + 48))
+        if per_unit:
+            e0, e1, e2, e3 = _routed(g, kv, pos)
+            d0, d1, d2, d3 = _memory(W, e0, e1, e2, e3)
+            vstore(out, u, vadd(vload(out, u), vwiden(d0)))
+            vstore(out, u + 16, vadd(vload(out, u + 16), vwiden(d1)))
+            vstore(out, u + 32, vadd(vload(out, u + 32), vwiden(d2)))
+            vstore(out, u + 48, vadd(vload(out, u + 48), vwiden(d3)))
+            vstore(out, E + u, vadd(vload(out, E + u), vwiden(vmul(d0, x0))))
+            vstore(out, E + u + 16, vadd(vload(out, E + u + 16), vwiden(vmul(d1, x1))))
+            vstore(out, E + u + 32, vadd(vload(out, E + u + 32), vwiden(vmul(d2, x2))))
+            vstore(out, E + u + 48, vadd(vload(out, E + u + 48), vwiden(vmul(d3, x3))))
+        else:
+            w0, w1, w2, w3 = _windows(W, x0, x1, x2, x3)
+            xw = vsel_eq(kv, pos[0], w0, vsel_eq(kv, pos[1], w1, vsel_eq(kv, pos[2], w2, w3)))   # the winner's xhat
+            s1 = vadd(s1, vwiden(g))
+            s2 = vadd(s2, vwiden(vmul(g, xw)))
+    return s1, s2
+
+
+@njit(cache=True, nogil=True)
+def bn_unpool_sums_into(dp, pp, o, arg, z, coef, out):
+    # dp (N,C,W/2,W/2) gradient of the pooled ELU output, pp and arg as the forward wrote them, z
+    # (N,C,W,W) BN's input, coef (6,C*W*W) (rows m, inv)   ->   out (2D,) float64 [sum of dy |
+    # sum of dy*xhat] of this shard (dy: dp routed to each window's winner through ELU'). Per
+    # channel (D = C) over (n, position) in 16 float64 lanes, the lanes added left to right; per
+    # unit (D = C*W*W) over n in order.
+    N, C = arg.shape[0], arg.shape[1]
+    W = z.shape[3]
+    D = out.shape[0] // 2
+    per_unit = D != C
+    out[:] = 0.0
+    acc = vzero(out)
+    for c in range(C):
+        s1, s2 = acc, acc
+        for n in range(N):
+            if W == 32:
+                s1, s2 = _sums_map(dp, pp, o, arg, z, coef, out, per_unit, n, c, 32, s1, s2)
+            else:
+                s1, s2 = _sums_map(dp, pp, o, arg, z, coef, out, per_unit, n, c, 16, s1, s2)
+        if not per_unit:
+            out[c] = vhsum(s1)
+            out[D + c] = vhsum(s2)
+
+
+@njit(inline="always")
+def _dz(d, zv, coef, E, v):
+    # dz = a * dy + (G * xhat + B) of 16 values, xhat = (z - m) * inv; coef's columns v .. v+15
+    x = vmul(vsub(zv, vload(coef, v)), vload(coef, INV_ROW * E + v))
+    return vfma(vload(coef, A_ROW * E + v), d, vfma(vload(coef, G_ROW * E + v), x, vload(coef, B_ROW * E + v)))
+
+
+@njit(inline="always")
+def _backward_map(dp, pp, o, arg, z, coef, dz, n, c, W):
+    # map (n, c) of bn_unpool_backward_into
+    C, S, E = arg.shape[1], W * W, coef.shape[1]
+    Hq, Wq = pp.shape[2], pp.shape[3]
+    zo = (n * C + c) * S
+    pos = _positions(pp)
+    one = vsplat(pp.dtype.type(1))
+    for i in range(S // 64):
+        r = i * 64
+        u = c * S + r
+        g = _elu_grad(vload(dp, zo // 4 + i * 16), vload(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W)), one, pos[0])
+        kv = vload_i8(arg, zo // 4 + i * 16, pp)
+        e0, e1, e2, e3 = _routed(g, kv, pos)
+        d0, d1, d2, d3 = _memory(W, e0, e1, e2, e3)
+        vstore(dz, zo + r, _dz(d0, vload(z, zo + r), coef, E, u))
+        vstore(dz, zo + r + 16, _dz(d1, vload(z, zo + r + 16), coef, E, u + 16))
+        vstore(dz, zo + r + 32, _dz(d2, vload(z, zo + r + 32), coef, E, u + 32))
+        vstore(dz, zo + r + 48, _dz(d3, vload(z, zo + r + 48), coef, E, u + 48))
+
+
+@njit(cache=True, nogil=True)
+def bn_unpool_backward_into(dp, pp, o, arg, z, coef, dz):
+    # dp, pp, arg, z as in bn_unpool_sums_into, coef (6,C*W*W) with the batch's B and G rows
+    #   ->   dz (N,C,W,W) = a * dy + (G * xhat + B), BN's input gradient
+    N, C = arg.shape[0], arg.shape[1]
+    W = z.shape[3]
+    for n in range(N):
+        for c in range(C):
+            if W == 32:
+                _backward_map(dp, pp, o, arg, z, coef, dz, n, c, 32)
+            else:
+                _backward_map(dp, pp, o, arg, z, coef, dz, n, c, 16)
+
+
+# ---- checked wrappers (tests); the step calls the kernels above directly ---------------------
+
+def _check(z, mean, pp, o):
+    """z (N,C,W,W) with (W, o) in ((32, 0), (32, 2), (16, 0)), mean (D,) float64 with D = C or
+    C*W*W, pp (N,C,W/2+2o,W/2+2o) -> D."""
+    N, C, H, W = check_array("z", z, (None, None, None, None)).shape
+    if (H, W, o) not in ((32, 32, 2), (32, 32, 0), (16, 16, 0)):
+        raise ValueError(f"z has shape {z.shape} with o={o}: only 32x32 maps (o 0 or 2) or 16x16 maps (o 0)")
+    if np.shape(mean) not in ((C,), (C * H * W,)):
+        raise ValueError(f"mean has shape {np.shape(mean)}: need ({C},) per channel or ({C * H * W},) per unit")
+    check_array("mean", mean, mean.shape, np.float64)
+    check_array("pp", pp, (N, C, H // 2 + 2 * o, W // 2 + 2 * o), z.dtype)
+    return mean.shape[0]
+
+
+def _coef(z, mean, invstd, gamma, beta):
+    D = mean.shape[0]
+    check_array("invstd", invstd, (D,), np.float64)
+    for name, a in (("gamma", gamma), ("beta", beta)):
+        check_array(name, a, (D,), z.dtype)
+    coef = np.zeros((6, z[0].size), z.dtype)                            # (6,C*W*W)
+    bn_coef_forward_into(mean, invstd, gamma, beta, coef)
+    return coef
+
+
+def bn_pool_elu_forward(z, mean, invstd, gamma, beta, o=0):
+    """ELU(maxpool2x2(gamma * (z - mean) * invstd + beta)) of one shard -> (pp (N,C,W/2+2o,W/2+2o)
+    with a zero border, argmax int8 (N,C,W/2,W/2))."""
+    N, C, H, W = z.shape
+    pp = np.zeros((N, C, H // 2 + 2 * o, W // 2 + 2 * o), z.dtype)
+    _check(z, mean, pp, o)
+    arg = np.empty((N, C, H // 2, W // 2), np.int8)
+    bn_pool_elu_forward_into(z, _coef(z, mean, invstd, gamma, beta), pp, o, arg)
+    return pp, arg
+
+
+def _check_grad(dp, arg, z):
+    check_array("arg", arg, (z.shape[0], z.shape[1], z.shape[2] // 2, z.shape[3] // 2), np.int8)
+    check_array("dp", dp, arg.shape, z.dtype)
+
+
+def bn_unpool_sums(dp, pp, o, arg, z, mean, invstd):
+    """One shard's float64 [sum dy | sum dy*xhat] (2D,) from the pooled output's gradient dp."""
+    D = _check(z, mean, pp, o)
+    _check_grad(dp, arg, z)
+    coef = _coef(z, mean, invstd, np.ones(D, z.dtype), np.zeros(D, z.dtype))
+    out = np.empty(2 * D)                                               # (2D,) float64
+    bn_unpool_sums_into(dp, pp, o, arg, z, coef, out)
+    return out
+
+
+def bn_unpool_backward(dp, pp, o, arg, z, mean, invstd, gamma, sums, count):
+    """One shard's dz (N,C,W,W) from dp and the batch's float64 sums [sum dy | sum dy*xhat] (2D,)
+    over `count` values per statistic."""
+    D = _check(z, mean, pp, o)
+    _check_grad(dp, arg, z)
+    coef = _coef(z, mean, invstd, gamma, np.zeros(D, z.dtype))
+    check_array("sums", sums, (2 * D,), np.float64)
+    bn_coef_backward_into(invstd, gamma, sums, float(count), coef)
+    dz = np.empty_like(z)
+    bn_unpool_backward_into(dp, pp, o, arg, z, coef, dz)
+    return dz

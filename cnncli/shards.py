@@ -18,7 +18,7 @@ from . import passes
 from .arch import Params, param_specs
 from .distributed import SHARD, shard_count, shard_slice
 from .kernels import batchnorm as norm
-from .kernels import bnpool
+from .kernels import bnpool, head
 from .kernels.reduce import RowTree, tree_sum_into
 from .kernels.threads import run
 
@@ -155,20 +155,6 @@ def _gamma_beta(net, k):
     return net.params[f"bn{k}.gamma"].reshape(-1), net.params[f"bn{k}.beta"].reshape(-1)
 
 
-def _fc_bn_normalize(net, plan, j):
-    """Shard j's y3 and xhat3 of fc1's BN from the batch statistics."""
-    mean, _, invstd, _ = plan.stats[3]
-    z, y, xhat, _, _ = plan.fc_bn[j]
-    norm.bn_unit_normalize_into(z, mean, invstd, *_gamma_beta(net, 3), xhat, y)
-
-
-def _fc_bn_grad_sums(plan, j):
-    """Shard j's float64 sums of dy3 and dy3*xhat3 into its row of plan.bwd[3]."""
-    _, _, xhat, dy, _ = plan.fc_bn[j]
-    d = plan.bwd[3].shape[1] // 2
-    norm.bn_unit_grad_sums_into(dy, xhat, plan.bwd[3][j, :d], plan.bwd[3][j, d:])
-
-
 def _fc_bn_backward(net, plan, j, sums):
     """Shard j's dz3 of fc1's BN from the batch's sums (sdy | sdyx) and invstd."""
     _, _, xhat, dy, dz = plan.fc_bn[j]
@@ -208,14 +194,16 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
     else:
         _bn_forward_phases(net, plan, comm, inputs)
 
-        def head(j):
-            _fc_bn_normalize(net, plan, j)
-            xs, ls, wj = inputs(j)
-            plan.loss[j, 0] = passes.forward_head(P, plan.ws[j], True, ls, wj, scale)
-            if backward:
-                passes.backward_head(P, plan.grads[j], plan.ws[j], True)
-                _fc_bn_grad_sums(plan, j)
-        each(head, L)
+        # the head on this thread, one fused call per shard (kernels/head.py): its tasks are a few
+        # microseconds each, shorter than a hand-off to the workers
+        mean, _, invstd, _ = plan.stats[3]
+        gamma, beta = _gamma_beta(net, 3)
+        for j in range(L):
+            ws, G, (_, ls, wj) = plan.ws[j], plan.grads[j], inputs(j)
+            plan.loss[j, 0] = head.bn_head_into(
+                ws.z3, mean, invstd, gamma, beta, P["fc2.w"], P["fc2.b"], ls, wj, scale, backward,
+                ws.xhat3, ws.y3, ws.a3, ws.z4, ws.probs, ws.dz4, G["fc2.w"], G["fc2.b"], ws.da3, ws.dy3,
+                plan.bwd[3][j])
         if backward:
             _bn_backward_phases(net, plan, comm, done)
     loss = float(comm.sum_shards(plan.loss, plan.S, tree=tree_sum_into)[0]) / plan.B

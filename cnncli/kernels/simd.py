@@ -1,7 +1,7 @@
 """16-lane float vectors for numba kernels: a numba type whose LLVM value is <16 x float> (or
 <16 x double>), and the few intrinsics the kernels need: load, store, splat, add, subtract,
-multiply, fused multiply-add, lane sum, widening to float64 (the direct convolutions, BN's
-sums); even/odd and interleave shuffles, compare-and-select, int8 loads/stores (the 2x2
+multiply, divide, fused multiply-add, lane sum, widening to float64 (the direct convolutions,
+BN's statistics and sums); even/odd and interleave shuffles, compare-and-select, int8 loads/stores (the 2x2
 pooling); plus a scalar int -> float bit cast (ELU's 2^k).
 A kernel keeps a tile of such vectors as loop variables, and LLVM keeps them in registers: the
 register-blocked inner loops numba's vectorizers do not find.
@@ -186,6 +186,17 @@ def vsub(typingctx, a, b):
 
     def codegen(context, builder, sig, args):
         return builder.fsub(args[0], args[1])
+    return a(a, b), codegen
+
+
+@intrinsic
+def vdiv(typingctx, a, b):
+    """a / b in every lane (IEEE division, as the scalar a / b)."""
+    if not (isinstance(a, Vec) and a == b):
+        raise TypeError(f"simd.vdiv: need two vectors of one dtype, got {a}, {b}")
+
+    def codegen(context, builder, sig, args):
+        return builder.fdiv(args[0], args[1])
     return a(a, b), codegen
 
 

@@ -79,7 +79,7 @@ class Plan:
         self.rowtree = RowTree(self.rows, self.segments)             # ... in one process, as rows finish
         self.loss = np.zeros((hi - lo, 1))                  # (L, 1) float64 sum of weight * loss
         self.ones = np.ones(B)                              # (B,) the weights when none are given
-        self.fwd, self.bwd, self.stats, self.count = {}, {}, {}, {}
+        self.fwd, self.bwd, self.bwdtree, self.stats, self.count = {}, {}, {}, {}, {}
         self.bn_grads = {}                                  # layer -> (sum dy, sum dy*xhat) of the batch
         # per shard: each BN layer's z as an (n,D) or (n,C,S) view (its statistics' input); fc1's
         # BN (no pooling to fuse with) also keeps (y, xhat, dy, dz)
@@ -101,6 +101,7 @@ class Plan:
                 self.shard_counts[k] = np.array([(sl.stop - sl.start) * (positions if channel else 1)
                                                  for sl in all_slices], np.float64)   # (S,) every rank's
                 self.bwd[k] = np.zeros((hi - lo, 2 * d))             # (L, 2D) sums of dy, dy*xhat
+                self.bwdtree[k] = RowTree(self.bwd[k])               # their tree as rows finish (one process)
                 self.stats[k] = np.zeros((4, d))                     # mean, var, invstd, scratch
 
 
@@ -174,6 +175,8 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
     # one process: each shard's finished row goes into the tree at once (plan.rowtree); ranks: sum_shards
     done = plan.rowtree.done if (backward and comm.size == 1) else (lambda j: None)
     plan.rowtree.reset()
+    for tree in plan.bwdtree.values():
+        tree.reset()
 
     def inputs(j):
         s = plan.slices[j]
@@ -204,6 +207,8 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
                 ws.z3, mean, invstd, gamma, beta, P["fc2.w"], P["fc2.b"], ls, wj, scale, backward,
                 ws.xhat3, ws.y3, ws.a3, ws.z4, ws.probs, ws.dz4, G["fc2.w"], G["fc2.b"], ws.da3, ws.dy3,
                 plan.bwd[3][j])
+            if backward:
+                sums_done(plan, 3, comm)(j)
         if backward:
             _bn_backward_phases(net, plan, comm, done)
     loss = float(comm.sum_shards(plan.loss, plan.S, tree=tree_sum_into)[0]) / plan.B
@@ -241,6 +246,15 @@ def _bn_forward_phases(net, plan, comm, inputs):
             bnpool.bn_coef_forward_into(mean, invstd, *_gamma_beta(net, k), plan.coef[k])
 
 
+def sums_done(plan, k, comm):
+    """done(j) for shard j's finished row of BN layer k's backward sums: in one process it goes into
+    the rows' tree at once (RowTree: the same bits as tree_sum, no serial pass after the phase);
+    with ranks the rows are summed through the comm after the phase."""
+    if comm.size > 1:
+        return lambda j: None
+    return plan.bwdtree[k].done
+
+
 def _bn_backward_phases(net, plan, comm, done):
     """From BN3's dy down: the sums of dy, dy*xhat over all shards (comm), then per shard the BN's
     dz, the layers below it and the next BN's partial sums (fused with the unpooling); done(j)
@@ -248,21 +262,28 @@ def _bn_backward_phases(net, plan, comm, done):
     P = net.params
     plan.bn_grads = {}
     for k in (3, 2, 1):
-        sums = comm.sum_shards(plan.bwd[k], plan.S, tree=tree_sum_into)   # (2D,) float64: sdy | sdyx
+        if comm.size == 1:
+            sums = plan.bwdtree[k].result()                                # (2D,) float64: sdy | sdyx
+        else:
+            sums = comm.sum_shards(plan.bwd[k], plan.S, tree=tree_sum_into)
         d = sums.shape[0] // 2
         plan.bn_grads[k] = (sums[:d], sums[d:])
         if k < 3:
             bnpool.bn_coef_backward_into(plan.stats[k][2], _gamma_beta(net, k)[0], sums, float(plan.count[k]),
                                          plan.coef[k])
 
-        def shard(j, k=k, sums=sums):
+        below_done = sums_done(plan, k - 1, comm) if k > 1 else None
+
+        def shard(j, k=k, sums=sums, below_done=below_done):
             ws, G = plan.ws[j], plan.grads[j]
             if k == 3:
                 _fc_bn_backward(net, plan, j, sums)
                 passes.backward_fc1(P, G, ws, (plan.coef[2], plan.bwd[2][j]))
+                below_done(j)
             elif k == 2:
                 passes.backward_bn_pool(ws, 2, plan.coef[2])
                 passes.backward_conv2(P, G, ws, (plan.coef[1], plan.bwd[1][j]))
+                below_done(j)
             else:
                 passes.backward_bn_pool(ws, 1, plan.coef[1])
                 passes.backward_conv1(G, ws)

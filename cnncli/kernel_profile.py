@@ -1,6 +1,8 @@
-"""Where a training step's (or an inference pass's) time goes, kernel by kernel.
+"""Where a training step's (or an inference pass's) time goes, kernel by kernel; or, for a training
+step, phase by phase (the shard tasks between BN's whole-batch statistics, and the calling
+thread's time between them).
 
-    python -m cnncli.kernel_profile [train|infer] [batchnorm] [batch_size] [threads (0 = all)]
+    python -m cnncli.kernel_profile [train|infer|phases] [batchnorm] [batch_size] [threads (0 = all)]
 
 Wraps every numba kernel and the numpy matmul/sum/... calls of a step with timers for a few
 steps, then restores them. A diagnostic for developers: the wrappers add about a microsecond per call,
@@ -162,11 +164,68 @@ def format_profile(prof: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m cnncli.kernel_profile [train|infer] [batchnorm] [batch_size] [threads]
+def profile_phases(batchnorm="none", batch_size=128, steps=20, threads=0, num_classes=12) -> dict:
+    """Time each phase of a training step (shards.each: one task per 8-image shard on the worker
+    threads) and each of its tasks; the rest of the step ran on the calling thread alone.
+
+    Returns {"step_ms", "rows": [{"phase", "tasks", "task_us", "busy_ms", "wall_ms"}], "serial_ms"}
+    per step: busy_ms adds the tasks' times over the threads, wall_ms is the phase's elapsed time.
+    """
+    from cnncli import shards
+
+    acc, lock = {}, threading.Lock()
+    real_each = shards.each
+
+    def each(fn, count):
+        slot = acc.setdefault(fn.__name__, [0.0, 0.0, 0])          # [wall, busy, tasks]
+
+        def timed(j):
+            t0 = time.perf_counter()
+            fn(j)
+            dt = time.perf_counter() - t0
+            with lock:
+                slot[1] += dt
+                slot[2] += 1
+        t0 = time.perf_counter()
+        real_each(timed, count)
+        slot[0] += time.perf_counter() - t0
+
+    with using_threads(threads) as n_threads:
+        ours = Ours(num_classes, batchnorm)
+        batches = random_batches(batch_size, num_classes)
+        images_per_second(ours.train, batches, 0.3)
+        shards.each = each
+        try:
+            t0 = time.perf_counter()
+            for i in range(steps):
+                ours.train(*batches[i % len(batches)])
+            total = time.perf_counter() - t0
+        finally:
+            shards.each = real_each
+    rows = [{"phase": name, "tasks": tasks / steps, "task_us": busy / tasks * 1e6, "busy_ms": busy / steps * 1e3,
+             "wall_ms": wall / steps * 1e3} for name, (wall, busy, tasks) in acc.items()]
+    return {"batchnorm": batchnorm, "batch_size": batch_size, "threads": n_threads, "steps": steps,
+            "step_ms": total / steps * 1e3, "rows": rows,
+            "serial_ms": (total - sum(w for w, _, _ in acc.values())) / steps * 1e3}
+
+
+def format_phases(prof: dict) -> str:
+    """The phase profile as a table, in the step's order."""
+    lines = [f"phases: train, batchnorm={prof['batchnorm']}, batch {prof['batch_size']}, {prof['threads']} "
+             f"thread(s), {prof['steps']} steps: {prof['step_ms']:.2f} ms per step",
+             f"{'phase':34s} {'tasks':>5s} {'us/task':>8s} {'busy ms':>8s} {'wall ms':>8s}"]
+    for r in prof["rows"]:
+        lines.append(f"{r['phase'][:34]:34s} {r['tasks']:>5.0f} {r['task_us']:>8.1f} {r['busy_ms']:>8.3f} "
+                     f"{r['wall_ms']:>8.3f}")
+    lines.append(f"{'calling thread alone (sums, head, optimizer)':44s} {'':>8s} {prof['serial_ms']:>8.3f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m cnncli.kernel_profile [train|infer|phases] [batchnorm] [batch_size] [threads]
     import sys
 
     argv = sys.argv[1:]
-    print(format_profile(profile_step(mode=argv[0] if argv else "train",
-                                      batchnorm=argv[1] if len(argv) > 1 else "none",
-                                      batch_size=int(argv[2]) if len(argv) > 2 else 128,
-                                      threads=int(argv[3]) if len(argv) > 3 else 0)))
+    what = argv[0] if argv else "train"
+    kw = dict(batchnorm=argv[1] if len(argv) > 1 else "none", batch_size=int(argv[2]) if len(argv) > 2 else 128,
+              threads=int(argv[3]) if len(argv) > 3 else 0)
+    print(format_phases(profile_phases(**kw)) if what == "phases" else format_profile(profile_step(mode=what, **kw)))

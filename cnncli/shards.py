@@ -193,6 +193,7 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
                 plan.loss[j, 0] = passes.shard_forward_plain(P, ws, xs, ls, wj, scale)
             if ws is not plan.ws[j]:
                 plan.spare.append(ws)                 # list.append/pop are atomic (GIL)
+        plain.__name__ = "shard step (no BN)"
         each(plain, L)
     else:
         _bn_forward_phases(net, plan, comm, inputs)
@@ -239,6 +240,7 @@ def _bn_forward_phases(net, plan, comm, inputs):
             else:
                 passes.forward_fc1(P, ws, plan.coef[2])
             norm.bn_kernel(plan.ndim[k], "moments")(plan.views[j][k], plan.fwd[k][j])
+        shard.__name__ = f"forward to BN{k}'s input, its moments"     # (kernel_profile's phase names)
         each(shard, len(plan.ws))
         _bn_statistics(net, plan, k, comm)
         if k < 3:
@@ -288,4 +290,5 @@ def _bn_backward_phases(net, plan, comm, done):
                 passes.backward_bn_pool(ws, 1, plan.coef[1])
                 passes.backward_conv1(G, ws)
                 done(j)
+        shard.__name__ = f"backward from BN{k}" + (f" to BN{k - 1}'s sums" if k > 1 else "")
         each(shard, len(plan.ws))

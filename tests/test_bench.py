@@ -219,6 +219,22 @@ def test_profile_step_accounts_for_the_step_and_restores_kernels():
     assert calls["train"] > calls["infer"]  # the backward pass adds calls
 
 
+@pytest.mark.parametrize("bn, phases", [("none", 1), ("channel", 6)])
+def test_profile_phases_times_every_phase_of_the_step_and_restores_each(bn, phases):
+    from cnncli import shards
+
+    each = shards.each
+    prof = kernel_profile.profile_phases(batchnorm=bn, batch_size=20, steps=2, threads=1)
+    assert shards.each is each
+    rows = prof["rows"]
+    assert len(rows) == phases and len({r["phase"] for r in rows}) == phases
+    assert all(r["tasks"] == 3 for r in rows)                  # 20 images: shards of 8, 8 and 4
+    assert all(0 < r["busy_ms"] <= r["wall_ms"] * 1.01 for r in rows)   # one thread: tasks inside the phase
+    assert sum(r["wall_ms"] for r in rows) + prof["serial_ms"] == pytest.approx(prof["step_ms"])
+    assert prof["serial_ms"] > 0
+    assert "us/task" in kernel_profile.format_phases(prof)
+
+
 def test_run_bench_restores_thread_counts():
     import numba
 

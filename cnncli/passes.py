@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .arch import FC1_UNITS
-from .kernels import activation, bnpool, conv, conv16, conv32, fc, pool
+from .kernels import activation, bnpool, conv16, conv32, fc, pool
 from .kernels.loss import sigmoid_bce_into
 
 
@@ -58,25 +58,22 @@ class Workspace:
 
 # ---- forward, segment by segment: each ends at a pre-BN activation (or the loss) -------------
 
-def forward_conv1(P, ws, x, bn):
-    """x (n,1,32,32) -> z1 (+ bias under BN: BN's input)."""
+def forward_conv1(P, ws, x):
+    """x (n,1,32,32) -> z1 without the bias (the pool adds it, or, under BN, shards.py with BN1's
+    moments: batchnorm.bn_bias_moments_into)."""
     conv32.pad2_into(x, ws.xp1)
     conv32.conv32_forward_into(ws.xp1, P["conv1.w"], ws.z1)
-    if bn:
-        conv.add_bias_into(ws.z1.reshape(ws.n, 6, -1), P["conv1.b"])
 
 
 def forward_conv2(P, ws, bn1=None):
     """(pool1, ELU) of z1 + bias, or of BN1(z1) given its coefficients bn1 (bnpool's coef) -> xp2
-    -> conv2 -> z2 (+ bias under BN). ELU after the max is the same as before it (ELU increases)
-    and takes a quarter of the exps."""
+    -> conv2 -> z2 without the bias (as forward_conv1). ELU after the max is the same as before
+    it (ELU increases) and takes a quarter of the exps."""
     if bn1 is None:
         pool.pool_elu_forward_into(ws.z1, P["conv1.b"], ws.xp2, 2, ws.arg1)
     else:
         bnpool.bn_pool_elu_forward_into(ws.z1, bn1, ws.xp2, 2, ws.arg1)
     conv16.conv16_forward_into(ws.xp2, P["conv2.w"], ws.z2)
-    if bn1 is not None:
-        conv.add_bias_into(ws.z2.reshape(ws.n, 16, -1), P["conv2.b"])
 
 
 def forward_fc1(P, ws, bn2=None):
@@ -144,7 +141,7 @@ def backward_conv1(G, ws):
 
 def shard_forward_plain(P, ws, x, labels, weights, scale):
     """One shard's forward without BN, up to the loss; returns its sum of weight * loss."""
-    forward_conv1(P, ws, x, False)
+    forward_conv1(P, ws, x)
     forward_conv2(P, ws)
     forward_fc1(P, ws)
     return forward_head(P, ws, False, labels, weights, scale)

@@ -48,12 +48,6 @@ def _summed_segments(specs):
     return segs
 
 
-def _stat_view(a, batchnorm, layer):
-    """The (n,D) view for per-unit BN (and fc1's), the (n,C,S) view for per-channel BN."""
-    n = a.shape[0]
-    return a.reshape(n, -1) if (batchnorm == "unit" or layer == 3) else a.reshape(n, a.shape[1], -1)
-
-
 class Plan:
     """Everything a step of B images needs on this rank (shards [lo, hi)), allocated once."""
 
@@ -81,15 +75,11 @@ class Plan:
         self.ones = np.ones(B)                              # (B,) the weights when none are given
         self.fwd, self.bwd, self.bwdtree, self.stats, self.count = {}, {}, {}, {}, {}
         self.bn_grads = {}                                  # layer -> (sum dy, sum dy*xhat) of the batch
-        # per shard: each BN layer's z as an (n,D) or (n,C,S) view (its statistics' input); fc1's
-        # BN (no pooling to fuse with) also keeps (y, xhat, dy, dz)
-        self.views = [{1: _stat_view(ws.z1, batchnorm, 1), 2: _stat_view(ws.z2, batchnorm, 2), 3: ws.z3}
-                      for ws in self.ws] if batchnorm != "none" else []
+        # per shard: fc1's BN (no pooling to fuse with) keeps (z, y, xhat, dy, dz)
         self.fc_bn = [(ws.z3, ws.y3, ws.xhat3, ws.dy3, ws.dz3) for ws in self.ws] if batchnorm != "none" else []
         # the conv BN layers' coefficients for the fused kernels (bnpool), set once per step
         self.coef = {1: np.zeros((6, 6 * 1024), dtype), 2: np.zeros((6, 16 * 256), dtype)} \
             if batchnorm != "none" else {}
-        self.ndim = {k: 2 if (batchnorm == "unit" or k == 3) else 3 for k in (1, 2, 3)}
         self.shard_counts = {}                              # layer -> (S,) values per statistic in each shard
         if batchnorm != "none":
             channel = batchnorm == "channel"
@@ -234,12 +224,14 @@ def _bn_forward_phases(net, plan, comm, inputs):
         def shard(j, k=k):
             ws = plan.ws[j]
             if k == 1:
-                passes.forward_conv1(P, ws, inputs(j)[0], True)
+                passes.forward_conv1(P, ws, inputs(j)[0])
+                norm.bn_bias_moments_into(ws.z1.reshape(ws.n, 6, 1024), P["conv1.b"], plan.fwd[1][j])
             elif k == 2:
                 passes.forward_conv2(P, ws, plan.coef[1])
+                norm.bn_bias_moments_into(ws.z2.reshape(ws.n, 16, 256), P["conv2.b"], plan.fwd[2][j])
             else:
                 passes.forward_fc1(P, ws, plan.coef[2])
-            norm.bn_kernel(plan.ndim[k], "moments")(plan.views[j][k], plan.fwd[k][j])
+                norm.bn_unit_moments_into(ws.z3, plan.fwd[3][j])
         shard.__name__ = f"forward to BN{k}'s input, its moments"     # (kernel_profile's phase names)
         each(shard, len(plan.ws))
         _bn_statistics(net, plan, k, comm)

@@ -63,6 +63,25 @@ def test_bn_phases_over_shards_match_numpy(dtype, shape, axes):
     assert rel(dz, rdz) < tol and rel(sdyx, rdg) < tol and rel(sdy, rdb) < tol
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("S", [256, 20])
+@pytest.mark.parametrize("per_unit", [False, True])
+def test_bias_and_moments_in_one_pass_have_the_bits_of_bias_then_moments(dtype, S, per_unit):
+    from cnncli.kernels import conv
+
+    rng = np.random.default_rng(5)
+    z = (rng.normal(size=(5, 3, S)) * 3 + 7).astype(dtype)
+    b = rng.normal(size=3).astype(dtype)
+    ref = z.copy()
+    conv.add_bias_into(ref, b)
+    want = bnk.bn_moments(ref.reshape(5, -1) if per_unit else ref)
+    got = np.empty_like(want)
+    bnk.bn_bias_moments_into(z, b, got)
+    assert np.array_equal(z, ref)
+    assert np.array_equal(got.view(np.uint64), want.view(np.uint64))
+    assert np.allclose(want[:want.size // 2], ref.reshape(5, -1).sum(0) if per_unit else ref.sum((0, 2)))
+
+
 def test_bn_kernels_refuse_bad_shapes():
     with pytest.raises(ValueError, match=r"z must have shape \(N, D\) or \(N, C, S\)"):
         bnk.bn_moments(np.zeros(4))

@@ -130,35 +130,60 @@ def bn_channel_backward_given_into(dy, xhat, gamma, invstd, sdy, sdyx, M, dz):
 #   M2 = M2a + M2b + (mean_b - mean_a)^2 * n_a n_b / (n_a + n_b),   mean = sum / n
 # (the sums add exactly as tree_sum adds them, so the mean is tree_sum's bits).
 
+@njit(inline="always")
+def _unit_block(z, d, bv, add_bias, out):
+    # units d .. d+15 of z (N,D) (+ bv in place first when add_bias) -> out[d..], out[D + d..]
+    N, D = z.shape
+    acc = vzero(out)
+    for n in range(N):
+        v = vload(z, n * D + d)
+        if add_bias:
+            v = vadd(v, bv)
+            vstore(z, n * D + d, v)
+        acc = vadd(acc, vwiden(v))
+    vstore(out, d, acc)
+    mean = vdiv(acc, vsplat(float(N)))
+    m2 = vzero(out)
+    for n in range(N):
+        t = vsub(vwiden(vload(z, n * D + d)), mean)
+        m2 = vadd(m2, vmul(t, t))                # (not an fma: the bits of _unit_scalar, lane by lane)
+    vstore(out, D + d, m2)
+
+
+@njit(inline="always")
+def _unit_scalar(z, d, out):
+    # unit d of z (N,D) -> out[d], out[D + d], the operations of one lane of _unit_block
+    N, D = z.shape
+    t = 0.0
+    for n in range(N):
+        t += z[n, d]
+    out[d] = t
+    mean = t / N
+    m2 = 0.0
+    for n in range(N):
+        u = z[n, d] - mean
+        m2 += u * u
+    out[D + d] = m2
+
+
 @njit(cache=True, nogil=True)
 def bn_unit_moments_into(z, out):
     # z (N,D)   ->   out (2D,) float64: [sum over n (in order) | sum over n of (z - shard mean)^2],
-    # 16 units at a time in float64 vectors, the last D % 16 units one by one
+    # 16 units at a time in float64 vectors (each block through all n in registers), the last
+    # D % 16 units one by one
     N, D = z.shape
     V = D - D % 16
-    out[:] = 0.0
-    for n in range(N):
-        for d in range(0, V, 16):
-            vstore(out, d, vadd(vload(out, d), vwiden(vload(z, n * D + d))))
-        for d in range(V, D):
-            out[d] += z[n, d]
-    mean = np.empty(D)                   # (D,) float64
-    for d in range(D):
-        mean[d] = out[d] / N
-    for n in range(N):
-        for d in range(0, V, 16):
-            t = vsub(vwiden(vload(z, n * D + d)), vload(mean, d))
-            vstore(out, D + d, vfma(t, t, vload(out, D + d)))
-        for d in range(V, D):
-            t = z[n, d] - mean[d]
-            out[D + d] += t * t
+    for d in range(0, V, 16):
+        _unit_block(z, d, vsplat(z.dtype.type(0)), False, out)
+    for d in range(V, D):
+        _unit_scalar(z, d, out)
 
 
-@njit(cache=True, nogil=True)
-def bn_channel_moments_into(z, out):
-    # z (N,C,S)   ->   out (2C,) float64: [sum | sum of (z - shard mean)^2] per channel over (n, i):
-    # 16 float64 lanes over n and i in order (the last S % 16 positions one by one into a scalar),
-    # the lanes added left to right, then the scalar
+@njit(inline="always")
+def _channel_moments(z, b, add_bias, out):
+    # z (N,C,S) (+ b[c] in place first when add_bias)   ->   out (2C,) float64: [sum | sum of
+    # (z - shard mean)^2] per channel over (n, i): 16 float64 lanes over n and i in order (the last
+    # S % 16 positions one by one into a scalar), the lanes added left to right, then the scalar
     N, C, S = z.shape
     V = S - S % 16
     for c in range(C):
@@ -167,8 +192,14 @@ def bn_channel_moments_into(z, out):
         for n in range(N):
             base = (n * C + c) * S
             for i in range(0, V, 16):
-                acc = vadd(acc, vwiden(vload(z, base + i)))
+                v = vload(z, base + i)
+                if add_bias:
+                    v = vadd(v, vsplat(b[c]))
+                    vstore(z, base + i, v)
+                acc = vadd(acc, vwiden(v))
             for i in range(V, S):
+                if add_bias:
+                    z[n, c, i] += b[c]
                 t += z[n, c, i]
         total = vhsum(acc) + t
         out[c] = total
@@ -185,6 +216,33 @@ def bn_channel_moments_into(z, out):
                 u = z[n, c, i] - m
                 t += u * u
         out[C + c] = vhsum(acc) + t
+
+
+@njit(cache=True, nogil=True)
+def bn_channel_moments_into(z, out):
+    # z (N,C,S)   ->   out (2C,) float64 (_channel_moments)
+    _channel_moments(z, np.empty(0, z.dtype), False, out)
+
+
+@njit(cache=True, nogil=True)
+def bn_bias_moments_into(z, b, out):
+    # z (N,C,S) a conv layer's output without its bias, b (C,)   ->   z += b in place (the bits of
+    # conv.add_bias_into) and out = BN's moments of the result: (2C,) per channel or (2CS,) per
+    # unit (the bits of bn_channel_moments_into / bn_unit_moments_into), in one pass fewer
+    N, C, S = z.shape
+    if out.shape[0] == 2 * C:
+        _channel_moments(z, b, True, out)
+        return
+    zu = z.reshape(N, C * S)                     # (N,D) per unit, D = C*S
+    V = S - S % 16
+    for c in range(C):
+        bv = vsplat(b[c])
+        for d in range(c * S, c * S + V, 16):
+            _unit_block(zu, d, bv, True, out)
+        for d in range(c * S + V, (c + 1) * S):
+            for n in range(N):
+                zu[n, d] += b[c]
+            _unit_scalar(zu, d, out)
 
 
 @njit(inline="always")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels as _kernels  # noqa: F401  (sets numba's environment before numba is imported)
-from numba import int64, njit  # noqa: E402
+from numba import int64, njit, uint64  # noqa: E402
 
 SIZE = 32
 CENTER = (SIZE - 1) / 2.0           # rotation/scale/shear centre in pixel-index coordinates
@@ -187,7 +187,8 @@ def _k_warp(img, pad, out, q, fill, idx, frac):
     the frame, so a neighbour outside the image reads `fill` without a branch. The source coordinate
     is affine in the column: per row a start and a step. Each row runs as two loops: the coordinates
     (idx (W,) flat index into pad, frac (2,W) the fractions, in pad's dtype) in straight-line arithmetic
-    that vectorizes, then the four-tap gathers and the interpolation in the image's dtype."""
+    that vectorizes, then the four-tap gathers and the interpolation in the image's dtype, indexed
+    by unsigned integers (the taps are >= 0: no negative-index fix-up per load)."""
     cr, sr = math.cos(q[P_ROT]), math.sin(q[P_ROT])
     t = math.tan(q[P_SHEAR])
     sc = q[P_SCALE]
@@ -200,6 +201,7 @@ def _k_warp(img, pad, out, q, fill, idx, frac):
     _frame(img, pad, fill)
     P = pad.shape[1]
     flat = pad.ravel()                             # (PADDED*PADDED,)
+    one, below = uint64(1), uint64(P)              # the taps' offsets: next column, next row
     dx0 = -CENTER - q[P_TX]                        # dx of column 0
     lo, hx, hy = FRAME - 2.0, FRAME + W + 1.0, FRAME + H + 1.0   # clamp range in pad coordinates (>= 1)
     for r in range(H):
@@ -214,10 +216,12 @@ def _k_warp(img, pad, out, q, fill, idx, frac):
             frac[0, c] = sx - xa
             frac[1, c] = sy - ya
         for c in range(W):
-            k = idx[c]
+            k = uint64(idx[c])
             fx, fy = frac[0, c], frac[1, c]
-            top = flat[k] + (flat[k + 1] - flat[k]) * fx
-            bottom = flat[k + P] + (flat[k + P + 1] - flat[k + P]) * fx
+            a0, a1 = flat[k], flat[k + one]
+            b0, b1 = flat[k + below], flat[k + below + one]
+            top = a0 + (a1 - a0) * fx
+            bottom = b0 + (b1 - b0) * fx
             out[r, c] = top + (bottom - top) * fy
 
 

@@ -86,21 +86,21 @@ def forward_fc1(P, ws, bn2=None):
     fc.fc_forward_into(ws.flat, P["fc1.w"], P["fc1.b"], ws.z3)
 
 
-def forward_head(P, ws, bn, labels, weights, scale):
-    """ELU of y3 (BN) or z3 -> fc2 -> logits z4 -> sigmoid probs and the loss gradient dz4
-    ((p - onehot) * weight * scale, scale = 1/B of the whole batch). Returns the shard's
-    sum of weight * loss (float64)."""
-    activation.elu_forward_into((ws.y3 if bn else ws.z3).reshape(-1), ws.a3.reshape(-1))
+def forward_head(P, ws, labels, weights, scale):
+    """ELU of z3 -> fc2 -> logits z4 -> sigmoid probs and the loss gradient dz4 ((p - onehot) *
+    weight * scale, scale = 1/B of the whole batch). Returns the shard's sum of weight * loss
+    (float64). (Under BN the head is kernels/head.py's one kernel.)"""
+    activation.elu_forward_into(ws.z3.reshape(-1), ws.a3.reshape(-1))
     fc.fc_forward_into(ws.a3, P["fc2.w"], P["fc2.b"], ws.z4)
     return sigmoid_bce_into(ws.z4, labels, weights, scale, ws.probs, ws.dz4)
 
 
 # ---- backward: the forward reversed, segment by segment (each ends at a BN's dy) -------------
 
-def backward_head(P, G, ws, bn):
-    """dz4 -> fc2's gradients, da3 -> ELU -> dy3 (BN) or dz3."""
+def backward_head(P, G, ws):
+    """dz4 -> fc2's gradients, da3 -> ELU -> dz3."""
     fc.fc_backward_into(ws.dz4, ws.a3, P["fc2.w"], G["fc2.w"], G["fc2.b"], ws.da3)
-    activation.elu_backward_into(ws.da3.reshape(-1), ws.a3.reshape(-1), (ws.dy3 if bn else ws.dz3).reshape(-1))
+    activation.elu_backward_into(ws.da3.reshape(-1), ws.a3.reshape(-1), ws.dz3.reshape(-1))
 
 
 def backward_fc1(P, G, ws, bn2=None):
@@ -144,14 +144,14 @@ def shard_forward_plain(P, ws, x, labels, weights, scale):
     forward_conv1(P, ws, x)
     forward_conv2(P, ws)
     forward_fc1(P, ws)
-    return forward_head(P, ws, False, labels, weights, scale)
+    return forward_head(P, ws, labels, weights, scale)
 
 
 def shard_step_plain(P, G, ws, x, labels, weights, scale):
     """A whole training step of one shard without BN (nothing waits for other shards); returns
     its sum of weight * loss."""
     loss = shard_forward_plain(P, ws, x, labels, weights, scale)
-    backward_head(P, G, ws, False)
+    backward_head(P, G, ws)
     backward_fc1(P, G, ws)
     backward_conv2(P, G, ws)
     backward_conv1(G, ws)

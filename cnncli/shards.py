@@ -143,6 +143,7 @@ def _bn_statistics(net, plan, k, comm):
 
 
 def _gamma_beta(net, k):
+    """BN layer k's gamma and beta as flat views."""
     return net.params[f"bn{k}.gamma"].reshape(-1), net.params[f"bn{k}.beta"].reshape(-1)
 
 
@@ -188,8 +189,8 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
     else:
         _bn_forward_phases(net, plan, comm, inputs)
 
-        # the head on this thread, one fused call per shard (kernels/head.py): its tasks are a few
-        # microseconds each, shorter than a hand-off to the workers
+        # the head on this thread, one fused call per shard (kernels/head.py, ~10-15 us each):
+        # shared with the workers, such short tasks ran slower than on one thread
         mean, _, invstd, _ = plan.stats[3]
         gamma, beta = _gamma_beta(net, 3)
         for j in range(L):
@@ -199,7 +200,7 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
                 ws.xhat3, ws.y3, ws.a3, ws.z4, ws.probs, ws.dz4, G["fc2.w"], G["fc2.b"], ws.da3, ws.dy3,
                 plan.bwd[3][j])
             if backward:
-                sums_done(plan, 3, comm)(j)
+                _sums_done(plan, 3, comm)(j)
         if backward:
             _bn_backward_phases(net, plan, comm, done)
     loss = float(comm.sum_shards(plan.loss, plan.S, tree=tree_sum_into)[0]) / plan.B
@@ -240,7 +241,7 @@ def _bn_forward_phases(net, plan, comm, inputs):
             bnpool.bn_coef_forward_into(mean, invstd, *_gamma_beta(net, k), plan.coef[k])
 
 
-def sums_done(plan, k, comm):
+def _sums_done(plan, k, comm):
     """done(j) for shard j's finished row of BN layer k's backward sums: in one process it goes into
     the rows' tree at once (RowTree: the same bits as tree_sum, no serial pass after the phase);
     with ranks the rows are summed through the comm after the phase."""
@@ -266,7 +267,7 @@ def _bn_backward_phases(net, plan, comm, done):
             bnpool.bn_coef_backward_into(plan.stats[k][2], _gamma_beta(net, k)[0], sums, float(plan.count[k]),
                                          plan.coef[k])
 
-        below_done = sums_done(plan, k - 1, comm) if k > 1 else None
+        below_done = _sums_done(plan, k - 1, comm) if k > 1 else None
 
         def shard(j, k=k, sums=sums, below_done=below_done):
             ws, G = plan.ws[j], plan.grads[j]

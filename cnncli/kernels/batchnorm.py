@@ -245,7 +245,7 @@ def bn_bias_moments_into(z, b, out):
             _unit_scalar(zu, d, out)
 
 
-@njit(inline="always")
+@njit(nogil=True)
 def _chan_pair(src, a, b, na, nb, dst, o):
     # rows a and b of src (.,2D) [sum | M2] over na and nb values -> row o of dst: sums added, M2s
     # combined (Chan et al.); 16 statistics at a time in float64 vectors, the same operations as
@@ -269,6 +269,13 @@ def _chan_pair(src, a, b, na, nb, dst, o):
         dst[o, d] = sa + sb
 
 
+@njit(inline="always")
+def _copy_row(src, i, dst):
+    # dst (W,) = src[i] (a loop: numba compiles a slice assignment several times slower)
+    for d in range(dst.shape[0]):
+        dst[d] = src[i, d]
+
+
 @njit(cache=True, nogil=True)
 def bn_moments_tree_into(parts, counts, out):
     # parts (S,2D) float64, shard rows [sum | M2], counts (S,) values per statistic in each shard
@@ -277,7 +284,7 @@ def bn_moments_tree_into(parts, counts, out):
     #   work in place on a half-size copy.
     S, W = parts.shape
     if S == 1:
-        out[:] = parts[0]
+        _copy_row(parts, 0, out)
         return
     half = S // 2
     work = np.empty((half + S % 2, W))   # (ceil(S/2),2D)
@@ -287,7 +294,7 @@ def bn_moments_tree_into(parts, counts, out):
         _chan_pair(parts, 2 * i, 2 * i + 1, na, nb, work, i)
         cnt[i] = na + nb
     if S % 2:
-        work[half] = parts[S - 1]
+        _copy_row(parts, S - 1, work[half])
         cnt[half] = counts[S - 1]
     n = half + S % 2
     while n > 1:
@@ -297,10 +304,10 @@ def bn_moments_tree_into(parts, counts, out):
             _chan_pair(work, 2 * i, 2 * i + 1, na, nb, work, i)
             cnt[i] = na + nb
         if n % 2:
-            work[half] = work[n - 1]
+            _copy_row(work, n - 1, work[half])
             cnt[half] = cnt[n - 1]
         n = half + n % 2
-    out[:] = work[0]
+    _copy_row(work, 0, out)
 
 
 def bn_kernel(ndim, phase):

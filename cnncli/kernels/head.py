@@ -28,21 +28,23 @@ def bn_head_into(z3, mean, invstd, gamma, beta, w2, b2, labels, weights, scale, 
     C = w2.shape[0]
     bn_unit_normalize_into(z3, mean, invstd, gamma, beta, xhat3, y3)
     elu_forward_into(y3.reshape(n * U), a3.reshape(n * U))
-    for i in range(n):                              # z4 = a3 @ w2.T + b2, each dot product in order
+    for i in range(n):          # z4 = a3 @ w2.T + b2, each dot product over u in order, the C of a
+        for c in range(C):      # row side by side (independent sums: no chain of dependent adds)
+            z4[i, c] = a3[i, 0] * w2[c, 0]
+        for u in range(1, U):
+            for c in range(C):
+                z4[i, c] += a3[i, u] * w2[c, u]
         for c in range(C):
-            t = a3[i, 0] * w2[c, 0]
-            for u in range(1, U):
-                t += a3[i, u] * w2[c, u]
-            z4[i, c] = t + b2[c]
+            z4[i, c] += b2[c]
     loss = sigmoid_bce_into(z4, labels, weights, scale, probs, dz4)
     if backward:
         fc_grads_into(dz4, a3, dw2, db2)
         for i in range(n):                          # da3 = dz4 @ w2, over the classes in order
             for u in range(U):
-                t = dz4[i, 0] * w2[0, u]
-                for c in range(1, C):
-                    t += dz4[i, c] * w2[c, u]
-                da3[i, u] = t
+                da3[i, u] = dz4[i, 0] * w2[0, u]
+            for c in range(1, C):
+                for u in range(U):
+                    da3[i, u] += dz4[i, c] * w2[c, u]
         elu_backward_into(da3.reshape(n * U), a3.reshape(n * U), dy3.reshape(n * U))
         bn_unit_grad_sums_into(dy3, xhat3, sums[:U], sums[U:])
     return loss

@@ -281,33 +281,22 @@ def bn_moments_tree_into(parts, counts, out):
     # parts (S,2D) float64, shard rows [sum | M2], counts (S,) values per statistic in each shard
     #   ->   out (2D,) the batch's [sum | M2]: rows 2i and 2i+1 combined level by level into row i,
     #   an odd last row carried up (tree_sum's tree). The first level reads parts, the next ones
-    #   work in place on a half-size copy.
+    #   work in place in a half-size buffer. counts float64.
     S, W = parts.shape
-    if S == 1:
-        _copy_row(parts, 0, out)
-        return
-    half = S // 2
-    work = np.empty((half + S % 2, W))   # (ceil(S/2),2D)
-    cnt = np.empty(half + S % 2)         # (ceil(S/2),)
-    for i in range(half):
-        na, nb = float(counts[2 * i]), float(counts[2 * i + 1])
-        _chan_pair(parts, 2 * i, 2 * i + 1, na, nb, work, i)
-        cnt[i] = na + nb
-    if S % 2:
-        _copy_row(parts, S - 1, work[half])
-        cnt[half] = counts[S - 1]
-    n = half + S % 2
+    work = np.empty(((S + 1) // 2, W))          # (ceil(S/2),2D) every level after the first
+    cnt = np.empty((S + 1) // 2)                # (ceil(S/2),) their value counts
+    src, src_cnt, n = parts, counts, S
     while n > 1:
         half = n // 2
         for i in range(half):
-            na, nb = cnt[2 * i], cnt[2 * i + 1]
-            _chan_pair(work, 2 * i, 2 * i + 1, na, nb, work, i)
+            na, nb = src_cnt[2 * i], src_cnt[2 * i + 1]
+            _chan_pair(src, 2 * i, 2 * i + 1, na, nb, work, i)
             cnt[i] = na + nb
         if n % 2:
-            _copy_row(work, n - 1, work[half])
-            cnt[half] = cnt[n - 1]
-        n = half + n % 2
-    _copy_row(work, 0, out)
+            _copy_row(src, n - 1, work[half])
+            cnt[half] = src_cnt[n - 1]
+        src, src_cnt, n = work, cnt, half + n % 2
+    _copy_row(src, 0, out)
 
 
 def bn_kernel(ndim, phase):

@@ -103,6 +103,14 @@ def _pooled_at(Hq, Wq, o, n, C, c, i, W):
 
 
 @njit(inline="always")
+def _map_setup(arg, pp, coef, n, c, W):
+    # the sizes and constants of map (n, c)'s loop: C, S, E (coef's columns), pp's Hq and Wq, the
+    # map's flat offset in z, the positions 0..3 and 1 as vectors
+    C, S = arg.shape[1], W * W
+    return C, S, coef.shape[1], pp.shape[2], pp.shape[3], (n * C + c) * S, _positions(pp), vsplat(pp.dtype.type(1))
+
+
+@njit(inline="always")
 def _forward_map(z, coef, pp, o, arg, n, c, W):
     # map (n, c): pooled maxima of y = (z - m) * a + beta into pp, their positions into arg
     C, S, E = arg.shape[1], W * W, coef.shape[1]
@@ -146,14 +154,9 @@ def bn_pool_elu_forward_into(z, coef, pp, o, arg):
 def _sums_map(dp, pp, o, arg, z, coef, out, per_unit, n, c, W, s1, s2):
     # map (n, c) of bn_unpool_sums_into: per channel added to the float64 lanes (s1, s2), returned;
     # per unit added to out's per-unit float64 sums
-    C, S, E = arg.shape[1], W * W, coef.shape[1]
-    Hq, Wq = pp.shape[2], pp.shape[3]
-    zo = (n * C + c) * S
-    pos = _positions(pp)
-    one = vsplat(pp.dtype.type(1))
+    C, S, E, Hq, Wq, zo, pos, one = _map_setup(arg, pp, coef, n, c, W)
     for i in range(S // 64):
-        r = i * 64
-        u = c * S + r
+        r, u = i * 64, c * S + i * 64
         g = _elu_grad(vload(dp, zo // 4 + i * 16), vload(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W)), one, pos[0])
         kv = vload_i8(arg, zo // 4 + i * 16, pp)
         x0 = vmul(vsub(vload(z, zo + r), vload(coef, u)), vload(coef, INV_ROW * E + u))
@@ -214,14 +217,9 @@ def _dz(d, zv, coef, E, v):
 @njit(inline="always")
 def _backward_map(dp, pp, o, arg, z, coef, dz, n, c, W):
     # map (n, c) of bn_unpool_backward_into
-    C, S, E = arg.shape[1], W * W, coef.shape[1]
-    Hq, Wq = pp.shape[2], pp.shape[3]
-    zo = (n * C + c) * S
-    pos = _positions(pp)
-    one = vsplat(pp.dtype.type(1))
+    C, S, E, Hq, Wq, zo, pos, one = _map_setup(arg, pp, coef, n, c, W)
     for i in range(S // 64):
-        r = i * 64
-        u = c * S + r
+        r, u = i * 64, c * S + i * 64
         g = _elu_grad(vload(dp, zo // 4 + i * 16), vload(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W)), one, pos[0])
         kv = vload_i8(arg, zo // 4 + i * 16, pp)
         e0, e1, e2, e3 = _routed(g, kv, pos)

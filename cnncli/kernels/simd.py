@@ -116,15 +116,24 @@ def vfma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
-@intrinsic
-def vadd(typingctx, a, b):
-    """a + b in every lane."""
-    if not (isinstance(a, Vec) and a == b):
-        raise TypeError(f"simd.vadd: need two vectors of one dtype, got {a}, {b}")
+def _binary_intrinsic(name, op, doc):
+    # a vector intrinsic (a, b) -> builder.<op>(a, b) lane by lane, for two vectors of one dtype
+    @intrinsic
+    def binary(typingctx, a, b):
+        if not (isinstance(a, Vec) and a == b):
+            raise TypeError(f"simd.{name}: need two vectors of one dtype, got {a}, {b}")
 
-    def codegen(context, builder, sig, args):
-        return builder.fadd(args[0], args[1])
-    return a(a, b), codegen
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1])
+        return a(a, b), codegen
+    binary.__doc__ = doc
+    return binary
+
+
+vadd = _binary_intrinsic("vadd", "fadd", "a + b in every lane.")
+vsub = _binary_intrinsic("vsub", "fsub", "a - b in every lane.")
+vmul = _binary_intrinsic("vmul", "fmul", "a * b in every lane.")
+vdiv = _binary_intrinsic("vdiv", "fdiv", "a / b in every lane (IEEE division, as the scalar a / b).")
 
 
 @intrinsic
@@ -179,28 +188,6 @@ vzip_hi = _shuffle_intrinsic([j for i in range(LANES // 2, LANES) for j in (i, i
 
 
 @intrinsic
-def vsub(typingctx, a, b):
-    """a - b in every lane."""
-    if not (isinstance(a, Vec) and a == b):
-        raise TypeError(f"simd.vsub: need two vectors of one dtype, got {a}, {b}")
-
-    def codegen(context, builder, sig, args):
-        return builder.fsub(args[0], args[1])
-    return a(a, b), codegen
-
-
-@intrinsic
-def vdiv(typingctx, a, b):
-    """a / b in every lane (IEEE division, as the scalar a / b)."""
-    if not (isinstance(a, Vec) and a == b):
-        raise TypeError(f"simd.vdiv: need two vectors of one dtype, got {a}, {b}")
-
-    def codegen(context, builder, sig, args):
-        return builder.fdiv(args[0], args[1])
-    return a(a, b), codegen
-
-
-@intrinsic
 def vwiden(typingctx, v):
     """v in float64 lanes (exact: float32 -> float64 loses nothing; a float64 vector as is)."""
     if not isinstance(v, Vec):
@@ -212,17 +199,6 @@ def vwiden(typingctx, v):
             return args[0]
         return builder.fpext(args[0], context.get_value_type(vt))
     return vt(v), codegen
-
-
-@intrinsic
-def vmul(typingctx, a, b):
-    """a * b in every lane."""
-    if not (isinstance(a, Vec) and a == b):
-        raise TypeError(f"simd.vmul: need two vectors of one dtype, got {a}, {b}")
-
-    def codegen(context, builder, sig, args):
-        return builder.fmul(args[0], args[1])
-    return a(a, b), codegen
 
 
 def _select_intrinsic(op, doc):

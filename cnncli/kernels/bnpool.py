@@ -7,9 +7,9 @@ inference path (inference.py folds the running statistics).
 
 Shape legend: N images, C maps, H = W = 32 (conv1, pooled into conv2's input padded by o = 2) or
 16 (conv2, pooled into fc1's input, o = 0), S = H*W, D = C (per channel) or C*S (per unit).
-coef (6, D) in the dtype, per statistic: m = mean, inv = 1/sqrt(var + eps), a = gamma * inv,
-beta; and for the backward, with M values per statistic in the batch, B = -a * sum(dy) / M and
-G = -a * sum(dy*xhat) / M:
+coef (6, C*S) in the dtype, per position the values of the statistic that covers it (a channel's
+repeated over its map): m = mean, inv = 1/sqrt(var + eps), a = gamma * inv, beta; and for the
+backward, with M values per statistic in the batch, B = -a * sum(dy) / M and G = -a * sum(dy*xhat) / M:
     forward:  y = (z - m) * a + beta                 (= gamma * xhat + beta)
     sums:     sum(dy), sum(dy * xhat), xhat = (z - m) * inv, in float64 lanes
     backward: dz = a * dy + (G * xhat + B)          (= gamma*inv/M * (M dy - sum dy - xhat sum dy*xhat))
@@ -34,8 +34,8 @@ M_ROW, INV_ROW, A_ROW, BETA_ROW, B_ROW, G_ROW = range(6)     # the rows of coef
 @njit(cache=True, nogil=True)
 def bn_coef_forward_into(mean, invstd, gamma, beta, coef):
     # mean invstd (D,) float64 (the batch's), gamma beta (D,)   ->   coef (6,C*S) rows m, inv, a,
-    # beta in the dtype, each statistic repeated over the S/(C*S/D) positions it covers (per channel:
-    # its whole map), so that the kernels load every coefficient the same way
+    # beta in the dtype, each statistic repeated over the C*S/D positions it covers (per channel:
+    # its whole map; per unit: its own), so that the kernels load every coefficient the same way
     D, E = mean.shape[0], coef.shape[1]
     rep = E // D
     for d in range(D):

@@ -1,8 +1,9 @@
 """The network's head under batch normalization, one shard in one call: fc1's BN (given the batch's
 statistics) -> ELU -> fc2 -> sigmoid + loss, and back down to BN3's dy and the shard's sums of dy
-and dy*xhat. Its pieces are the kernels the plain head calls one by one (batchnorm, activation,
-loss, fc); fused, a shard's head is one call instead of nine, on tasks too short to share between
-threads. Not the plain head (passes.py), not the statistics.
+and dy*xhat. Its pieces are kernels of batchnorm, activation, loss and fc (fc2's two products
+written as loops here, where the plain head calls BLAS): a shard's head is one call instead of
+nine, on tasks too short to share between threads. Not the plain head (passes.py), not the
+statistics.
 
 Shape legend: n images of the shard, U = 65 fc1 units, C classes.
 """

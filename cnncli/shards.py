@@ -81,6 +81,7 @@ class Plan:
         self.coef = {1: np.zeros((6, 6 * 1024), dtype), 2: np.zeros((6, 16 * 256), dtype)} \
             if batchnorm != "none" else {}
         self.shard_counts = {}                              # layer -> (S,) values per statistic in each shard
+        self.no_running = np.empty(0, dtype)                # "no running statistics" for bn_stats_into
         if batchnorm != "none":
             channel = batchnorm == "channel"
             all_slices = [shard_slice(i, B) for i in range(self.S)]
@@ -92,7 +93,7 @@ class Plan:
                                                  for sl in all_slices], np.float64)   # (S,) every rank's
                 self.bwd[k] = np.zeros((hi - lo, 2 * d))             # (L, 2D) sums of dy, dy*xhat
                 self.bwdtree[k] = RowTree(self.bwd[k])               # their tree as rows finish (one process)
-                self.stats[k] = np.zeros((4, d))                     # mean, var, invstd, scratch
+                self.stats[k] = np.zeros((3, d))                     # mean, var, invstd
 
 
 def each(fn, count):
@@ -120,26 +121,19 @@ def _bn_statistics(net, plan, k, comm):
     """BN layer k's statistics from the shards' [sum | M2] rows in plan.fwd[k]: their tree (sums
     added, M2 combined: batchnorm.bn_moments_tree_into) -> mean, biased var -> invstd; the running
     statistics updated (PyTorch's rule, the unbiased variance) when the network keeps them."""
-    mean, var, invstd, tmp = plan.stats[k]
     M = plan.count[k]
 
     def tree(parts, out):
         norm.bn_moments_tree_into(parts, plan.shard_counts[k], out)
         return out
     moments = comm.sum_shards(plan.fwd[k], plan.S, tree=tree)    # (2D,) the batch's [sum | M2]
-    d = moments.shape[0] // 2
-    np.divide(moments[:d], M, out=mean)
-    np.divide(moments[d:], M, out=var)
-    np.add(var, net.eps, out=invstd)
-    np.sqrt(invstd, out=invstd)
-    np.divide(1.0, invstd, out=invstd)
+    m = net.momentum
     if net.buffers is not None:
-        m = net.momentum
         rm, rv = net.buffers[f"bn{k}.running_mean"].reshape(-1), net.buffers[f"bn{k}.running_var"].reshape(-1)
-        rm *= 1 - m
-        rm += np.multiply(mean, m, out=tmp)
-        rv *= 1 - m
-        rv += np.multiply(var, m * M / (M - 1), out=tmp)
+    else:
+        rm = rv = plan.no_running
+    norm.bn_stats_into(moments, float(M), float(net.eps), plan.stats[k], rm.dtype.type(1 - m), m,
+                       m * M / (M - 1), rm, rv)
 
 
 def _gamma_beta(net, k):
@@ -191,7 +185,7 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
 
         # the head on this thread, one fused call per shard (kernels/head.py, ~10-15 us each):
         # shared with the workers, such short tasks ran slower than on one thread
-        mean, _, invstd, _ = plan.stats[3]
+        mean, _, invstd = plan.stats[3]
         gamma, beta = _gamma_beta(net, 3)
         for j in range(L):
             ws, G, (_, ls, wj) = plan.ws[j], plan.grads[j], inputs(j)
@@ -237,7 +231,7 @@ def _bn_forward_phases(net, plan, comm, inputs):
         each(shard, len(plan.ws))
         _bn_statistics(net, plan, k, comm)
         if k < 3:
-            mean, _, invstd, _ = plan.stats[k]
+            mean, _, invstd = plan.stats[k]
             bnpool.bn_coef_forward_into(mean, invstd, *_gamma_beta(net, k), plan.coef[k])
 
 

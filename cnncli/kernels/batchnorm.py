@@ -299,6 +299,27 @@ def bn_moments_tree_into(parts, counts, out):
     _copy_row(src, 0, out)
 
 
+@njit(cache=True, nogil=True)
+def bn_stats_into(moments, M, eps, stats, keep, m, unbias, running_mean, running_var):
+    # moments (2D,) float64 the batch's [sum | M2] over M values per statistic   ->   stats rows
+    # 0, 1, 2 (D,) float64: mean, biased var, invstd = 1 / sqrt(var + eps); and when running_mean
+    # has D values (the network keeps running statistics, in its dtype): running = running * keep
+    # + stat * m, the variance's stat unbiased (unbias = m * M / (M - 1)), keep = 1 - m in the
+    # buffers' dtype: the operations (and bits) of the same update written with numpy's in-place
+    # operators on those buffers
+    D = moments.shape[0] // 2
+    for d in range(D):
+        mean = moments[d] / M
+        var = moments[D + d] / M
+        stats[0, d] = mean
+        stats[1, d] = var
+        stats[2, d] = 1.0 / math.sqrt(var + eps)
+    if running_mean.shape[0] == D:
+        for d in range(D):
+            running_mean[d] = running_mean[d] * keep + stats[0, d] * m
+            running_var[d] = running_var[d] * keep + stats[1, d] * unbias
+
+
 def bn_kernel(ndim, phase):
     """The kernel of a phase ("moments", "normalize", "grad_sums", "backward_given") for z of ndim 2
     (per unit) or 3 (per channel), looked up at call time (kernel_profile can wrap it)."""

@@ -132,8 +132,8 @@ def _bn_statistics(net, plan, k, comm):
         rm, rv = net.buffers[f"bn{k}.running_mean"].reshape(-1), net.buffers[f"bn{k}.running_var"].reshape(-1)
     else:
         rm = rv = plan.no_running
-    norm.bn_stats_into(moments, float(M), float(net.eps), plan.stats[k], rm.dtype.type(1 - m), m,
-                       m * M / (M - 1), rm, rv)
+    unbias = m * M / (M - 1) if M > 1 else 0.0     # (train_step refuses BN batches of one image)
+    norm.bn_stats_into(moments, float(M), float(net.eps), plan.stats[k], rm.dtype.type(1 - m), m, unbias, rm, rv)
 
 
 def _gamma_beta(net, k):

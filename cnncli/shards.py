@@ -75,8 +75,6 @@ class Plan:
         self.ones = np.ones(B)                              # (B,) the weights when none are given
         self.fwd, self.bwd, self.bwdtree, self.stats, self.count = {}, {}, {}, {}, {}
         self.bn_grads = {}                                  # layer -> (sum dy, sum dy*xhat) of the batch
-        # per shard: fc1's BN (no pooling to fuse with) keeps (z, y, xhat, dy, dz)
-        self.fc_bn = [(ws.z3, ws.y3, ws.xhat3, ws.dy3, ws.dz3) for ws in self.ws] if batchnorm != "none" else []
         # the conv BN layers' coefficients for the fused kernels (bnpool), set once per step
         self.coef = {1: np.zeros((6, 6 * 1024), dtype), 2: np.zeros((6, 16 * 256), dtype)} \
             if batchnorm != "none" else {}
@@ -143,10 +141,10 @@ def _gamma_beta(net, k):
 
 def _fc_bn_backward(net, plan, j, sums):
     """Shard j's dz3 of fc1's BN from the batch's sums (sdy | sdyx) and invstd."""
-    _, _, xhat, dy, dz = plan.fc_bn[j]
+    ws = plan.ws[j]
     d = sums.shape[0] // 2
-    norm.bn_unit_backward_given_into(dy, xhat, _gamma_beta(net, 3)[0], plan.stats[3][2],
-                                     sums[:d], sums[d:], float(plan.count[3]), dz)
+    norm.bn_unit_backward_given_into(ws.dy3, ws.xhat3, _gamma_beta(net, 3)[0], plan.stats[3][2],
+                                     sums[:d], sums[d:], float(plan.count[3]), ws.dz3)
 
 
 def run_step(net, plan, x, labels, weights, comm, backward=True):

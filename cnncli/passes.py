@@ -60,7 +60,7 @@ class Workspace:
 
 def forward_conv1(P, ws, x):
     """x (n,1,32,32) -> z1 without the bias (the pool adds it, or, under BN, shards.py with BN1's
-    moments: batchnorm.bn_bias_moments_into)."""
+    moments: bnstats.bn_bias_moments_into)."""
     conv32.pad2_into(x, ws.xp1)
     conv32.conv32_forward_into(ws.xp1, P["conv1.w"], ws.z1)
 

@@ -18,7 +18,7 @@ from . import passes
 from .arch import Params, param_specs
 from .distributed import SHARD, shard_count, shard_slice
 from .kernels import batchnorm as norm
-from .kernels import bnpool, head
+from .kernels import bnpool, bnstats, head
 from .kernels.reduce import RowTree, tree_sum_into
 from .kernels.threads import run
 
@@ -117,12 +117,12 @@ def _borrow(plan, j):
 
 def _bn_statistics(net, plan, k, comm):
     """BN layer k's statistics from the shards' [sum | M2] rows in plan.fwd[k]: their tree (sums
-    added, M2 combined: batchnorm.bn_moments_tree_into) -> mean, biased var -> invstd; the running
+    added, M2 combined: bnstats.bn_moments_tree_into) -> mean, biased var -> invstd; the running
     statistics updated (PyTorch's rule, the unbiased variance) when the network keeps them."""
     M = plan.count[k]
 
     def tree(parts, out):
-        norm.bn_moments_tree_into(parts, plan.shard_counts[k], out)
+        bnstats.bn_moments_tree_into(parts, plan.shard_counts[k], out)
         return out
     moments = comm.sum_shards(plan.fwd[k], plan.S, tree=tree)    # (2D,) the batch's [sum | M2]
     m = net.momentum
@@ -131,7 +131,7 @@ def _bn_statistics(net, plan, k, comm):
     else:
         rm = rv = plan.no_running
     unbias = m * M / (M - 1) if M > 1 else 0.0     # (train_step refuses BN batches of one image)
-    norm.bn_stats_into(moments, float(M), float(net.eps), plan.stats[k], rm.dtype.type(1 - m), m, unbias, rm, rv)
+    bnstats.bn_stats_into(moments, float(M), float(net.eps), plan.stats[k], rm.dtype.type(1 - m), m, unbias, rm, rv)
 
 
 def _gamma_beta(net, k):
@@ -218,13 +218,13 @@ def _bn_forward_phases(net, plan, comm, inputs):
             ws = plan.ws[j]
             if k == 1:
                 passes.forward_conv1(P, ws, inputs(j)[0])
-                norm.bn_bias_moments_into(ws.z1.reshape(ws.n, 6, 1024), P["conv1.b"], plan.fwd[1][j])
+                bnstats.bn_bias_moments_into(ws.z1.reshape(ws.n, 6, 1024), P["conv1.b"], plan.fwd[1][j])
             elif k == 2:
                 passes.forward_conv2(P, ws, plan.coef[1])
-                norm.bn_bias_moments_into(ws.z2.reshape(ws.n, 16, 256), P["conv2.b"], plan.fwd[2][j])
+                bnstats.bn_bias_moments_into(ws.z2.reshape(ws.n, 16, 256), P["conv2.b"], plan.fwd[2][j])
             else:
                 passes.forward_fc1(P, ws, plan.coef[2])
-                norm.bn_unit_moments_into(ws.z3, plan.fwd[3][j])
+                bnstats.bn_unit_moments_into(ws.z3, plan.fwd[3][j])
         shard.__name__ = f"forward to BN{k}'s input, its moments"     # (kernel_profile's phase names)
         each(shard, len(plan.ws))
         _bn_statistics(net, plan, k, comm)

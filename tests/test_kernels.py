@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cnncli import blas
-from cnncli.kernels import activation, batchnorm, conv, conv16, conv32, fc, lookup, pool, threads
+from cnncli.kernels import activation, batchnorm, bnstats, conv, conv16, conv32, fc, lookup, pool, threads
 from cnncli.kernels import loss as kloss
 
 import reference as R
@@ -133,14 +133,14 @@ def test_bn_moments_per_shard_and_their_tree(rng, dtype):
     sizes = (8, 8, 8, 3, 8)
     z = (rng.standard_normal((sum(sizes), 6, 64)) * 3 + 40).astype(dtype)    # a large mean: cancellation
     edges = np.cumsum((0,) + sizes)
-    for kernel, view, per in ((batchnorm.bn_channel_moments_into, lambda a: a, 64),
-                              (batchnorm.bn_unit_moments_into, lambda a: a.reshape(len(a), -1), 1)):
+    for kernel, view, per in ((bnstats.bn_channel_moments_into, lambda a: a, 64),
+                              (bnstats.bn_unit_moments_into, lambda a: a.reshape(len(a), -1), 1)):
         rows, counts = [], []
         for lo, hi in zip(edges[:-1], edges[1:]):
             zs = view(z[lo:hi])
             out = np.full(2 * (6 if per > 1 else 6 * 64), np.nan)
             kernel(zs, out)
-            assert batchnorm.bn_moments(zs).tobytes() == out.tobytes()        # the checked wrapper
+            assert bnstats.bn_moments(zs).tobytes() == out.tobytes()        # the checked wrapper
             z64 = zs.astype(np.float64)
             axes = (0, 2) if per > 1 else (0,)
             want_m2 = ((z64 - z64.mean(axis=axes, keepdims=True)) ** 2).sum(axis=axes)
@@ -150,8 +150,8 @@ def test_bn_moments_per_shard_and_their_tree(rng, dtype):
             counts.append((hi - lo) * per)
         parts = np.array(rows)
         total = np.empty(parts.shape[1])
-        batchnorm.bn_moments_tree_into(parts, np.array(counts, np.float64), total)
-        assert batchnorm.bn_moments_tree(parts, np.array(counts, np.float64)).tobytes() == total.tobytes()
+        bnstats.bn_moments_tree_into(parts, np.array(counts, np.float64), total)
+        assert bnstats.bn_moments_tree(parts, np.array(counts, np.float64)).tobytes() == total.tobytes()
         d = parts.shape[1] // 2
         z64 = view(z).astype(np.float64)
         axes = (0, 2) if per > 1 else (0,)

@@ -13,6 +13,7 @@ import reference as R
 from cnncli import model as M
 from cnncli.distributed import SHARD, Comm, tree_sum
 from cnncli.kernels import batchnorm as bnk
+from cnncli.kernels import bnstats as bns
 from cnncli.kernels import loss as kloss
 
 
@@ -45,7 +46,7 @@ def test_bn_phases_over_shards_match_numpy(dtype, shape, axes):
     parts = [slice(0, 8), slice(8, 13)]
     count = shape[0] * (shape[2] if len(shape) == 3 else 1)
     per = count // shape[0]
-    moments = bnk.bn_moments_tree(np.stack([bnk.bn_moments(z[s]) for s in parts]),
+    moments = bns.bn_moments_tree(np.stack([bns.bn_moments(z[s]) for s in parts]),
                                   np.array([(s.stop - s.start) * per for s in parts], np.float64))
     mean, var = moments[:d] / count, moments[d:] / count
     invstd = 1 / np.sqrt(var + 1e-5)
@@ -74,9 +75,9 @@ def test_bias_and_moments_in_one_pass_have_the_bits_of_bias_then_moments(dtype, 
     b = rng.normal(size=3).astype(dtype)
     ref = z.copy()
     conv.add_bias_into(ref, b)
-    want = bnk.bn_moments(ref.reshape(5, -1) if per_unit else ref)
+    want = bns.bn_moments(ref.reshape(5, -1) if per_unit else ref)
     got = np.empty_like(want)
-    bnk.bn_bias_moments_into(z, b, got)
+    bns.bn_bias_moments_into(z, b, got)
     assert np.array_equal(z, ref)
     assert np.array_equal(got.view(np.uint64), want.view(np.uint64))
     assert np.allclose(want[:want.size // 2], ref.reshape(5, -1).sum(0) if per_unit else ref.sum((0, 2)))
@@ -84,11 +85,11 @@ def test_bias_and_moments_in_one_pass_have_the_bits_of_bias_then_moments(dtype, 
 
 def test_bn_kernels_refuse_bad_shapes():
     with pytest.raises(ValueError, match=r"z must have shape \(N, D\) or \(N, C, S\)"):
-        bnk.bn_moments(np.zeros(4))
+        bns.bn_moments(np.zeros(4))
     with pytest.raises(ValueError, match=r"counts has dtype float32"):
-        bnk.bn_moments_tree(np.zeros((2, 4)), np.ones(2, np.float32))
+        bns.bn_moments_tree(np.zeros((2, 4)), np.ones(2, np.float32))
     with pytest.raises(ValueError, match=r"counts > 0"):
-        bnk.bn_moments_tree(np.zeros((2, 4)), np.array([3.0, 0.0]))
+        bns.bn_moments_tree(np.zeros((2, 4)), np.array([3.0, 0.0]))
     with pytest.raises(ValueError, match=r"gamma has shape \(5,\)"):
         bnk.bn_normalize(np.zeros((2, 4)), np.zeros(4), np.ones(4), np.ones(5), np.zeros(4))
 

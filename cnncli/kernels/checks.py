@@ -43,3 +43,10 @@ def check_labels(labels, n, num_classes):
         raise ValueError(f"labels (shape {labels.shape}) has values outside [0, {num_classes}): "
                          f"min {labels.min()}, max {labels.max()}")
     return labels
+
+
+def check_bn_z(name, z, dtype=None):
+    """z (N,D) for per-unit BN or (N,C,S) for per-channel BN."""
+    if getattr(z, "ndim", None) not in (2, 3):
+        raise ValueError(f"{name} must have shape (N, D) or (N, C, S), got {np.shape(z)}")
+    return check_array(name, z, (None,) * z.ndim, dtype)

@@ -24,7 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels as _kernels  # noqa: F401  (sets numba's environment before numba is imported)
-from numba import int64, njit, uint64  # noqa: E402
+from numba import njit, uint64  # noqa: E402
+
+from .kernels.simd import (LANES, vadd, vconvert, vfloor, vgather_pair, vload, vmul, vsel_gt, vsplat,  # noqa: E402
+                           vstore, vsub)
+from .kernels.threads import run_blocks  # noqa: E402
 
 SIZE = 32
 CENTER = (SIZE - 1) / 2.0           # rotation/scale/shear centre in pixel-index coordinates
@@ -33,7 +37,7 @@ FRAME = 3                           # G: fill frame around an image (coordinates
 PADDED = SIZE + 2 * FRAME
 ERASE_ASPECT = (0.3, 3.3)           # log-uniform aspect-ratio range of an erased rectangle (torchvision's)
 
-# uniforms per image, columns of U (N,K), drawn as one block so changing one setting moves no other draw
+# the uniforms of an image, numbered k: image i's is _uniform(key, i, k), so changing one setting moves no other draw
 (U_AFFINE, U_TX, U_TY, U_ROT, U_SCALE, U_SHEAR, U_HFLIP, U_VFLIP, U_JITTER, U_BRIGHT, U_CONTRAST,
  U_NOISE, U_ERASE, U_AREA, U_ASPECT, U_TOP, U_LEFT, U_NOISE_AT) = range(18)
 K_UNIFORMS = 18
@@ -80,38 +84,75 @@ class AugmentSettings:
                          self.erase_p, self.erase_scale[0], self.erase_scale[1]], dtype=np.float64)
 
 
+_GOLDEN = uint64(0x9E3779B97F4A7C15)
+
+
 @njit(cache=True)
-def _k_params(u, s, p):
-    """Uniforms u (N,K) and settings s (16,) -> per-image parameters p (N,P); returns the noise count."""
+def _mix(z):
+    """SplitMix64's finalizer: a bijection of uint64 that scatters every input bit over the output."""
+    z = (z ^ (z >> uint64(30))) * uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> uint64(27))) * uint64(0x94D049BB133111EB)
+    return z ^ (z >> uint64(31))
+
+
+@njit(cache=True)
+def step_key(seed, epoch, step):
+    """The uint64 key of batch `step` of `epoch` under `seed` (each mixed in turn)."""
+    return _mix(_mix(_mix(uint64(seed) + _GOLDEN) + uint64(epoch)) + uint64(step))
+
+
+@njit(cache=True)
+def _uniform(key, i, k):
+    """Uniform k of image i of the batch keyed `key`, in [0, 1) (53 bits): SplitMix64's output for
+    counter i*K+k -- a pure function of (key, i, k), so any slice of a batch draws alone."""
+    return float(_mix(key + uint64(i * K_UNIFORMS + k + 1) * _GOLDEN) >> uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True)
+def _image_params(key, i, s, q):
+    """Image i's parameters q (P,) from its uniforms and the settings s (16,); returns the offset of
+    its noise window in the pool, or -1 (q[P_NOISE_SLOT] is left for the caller)."""
+    aff = _uniform(key, i, U_AFFINE) < s[0]
+    q[P_TX] = (2.0 * _uniform(key, i, U_TX) - 1.0) * s[1] if aff else 0.0
+    q[P_TY] = (2.0 * _uniform(key, i, U_TY) - 1.0) * s[1] if aff else 0.0
+    q[P_ROT] = (2.0 * _uniform(key, i, U_ROT) - 1.0) * s[2] if aff else 0.0
+    q[P_SCALE] = s[3] + _uniform(key, i, U_SCALE) * (s[4] - s[3]) if aff else 1.0
+    q[P_SHEAR] = (2.0 * _uniform(key, i, U_SHEAR) - 1.0) * s[5] if aff else 0.0
+    q[P_FLIPX] = -1.0 if _uniform(key, i, U_HFLIP) < s[6] else 1.0
+    q[P_FLIPY] = -1.0 if _uniform(key, i, U_VFLIP) < s[7] else 1.0
+    q[P_GEO] = 1.0 if (aff or q[P_FLIPX] < 0 or q[P_FLIPY] < 0) else 0.0
+    jit = _uniform(key, i, U_JITTER) < s[8]
+    q[P_JITTER] = 1.0 if jit else 0.0
+    q[P_BRIGHT] = (2.0 * _uniform(key, i, U_BRIGHT) - 1.0) * s[9] if jit else 0.0
+    q[P_CONTRAST] = 1.0 + (2.0 * _uniform(key, i, U_CONTRAST) - 1.0) * s[10] if jit else 1.0
+    noisy = _uniform(key, i, U_NOISE) < s[11] and s[12] > 0.0
+    q[P_NOISE_STD] = s[12] if noisy else 0.0
+    h = w = 0
+    if _uniform(key, i, U_ERASE) < s[13]:
+        lo_r, hi_r = math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])
+        area = (s[14] + _uniform(key, i, U_AREA) * (s[15] - s[14])) * SIZE * SIZE
+        ratio = math.exp(lo_r + _uniform(key, i, U_ASPECT) * (hi_r - lo_r))
+        h = min(max(int(round(math.sqrt(area * ratio))), 1), SIZE)
+        w = min(max(int(round(math.sqrt(area / ratio))), 1), SIZE)
+    q[P_ER_H], q[P_ER_W] = h, w
+    q[P_ER_TOP] = int(_uniform(key, i, U_TOP) * (SIZE - h + 1)) if h else 0
+    q[P_ER_LEFT] = int(_uniform(key, i, U_LEFT) * (SIZE - w + 1)) if w else 0
+    return int(_uniform(key, i, U_NOISE_AT) * NOISE_POOL) if noisy else -1
+
+
+@njit(cache=True)
+def _k_draw(key, n, s, pool, p, noise):
+    """The parameters p (n,P) of a whole batch and the noise windows of its noisy images, copied into
+    noise (n,H,W) in order (P_NOISE_SLOT their row); returns the noise count."""
     slots = 0
-    lo_r, hi_r = math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])
-    for i in range(u.shape[0]):
-        aff = u[i, U_AFFINE] < s[0]
-        p[i, P_TX] = (2.0 * u[i, U_TX] - 1.0) * s[1] if aff else 0.0
-        p[i, P_TY] = (2.0 * u[i, U_TY] - 1.0) * s[1] if aff else 0.0
-        p[i, P_ROT] = (2.0 * u[i, U_ROT] - 1.0) * s[2] if aff else 0.0
-        p[i, P_SCALE] = s[3] + u[i, U_SCALE] * (s[4] - s[3]) if aff else 1.0
-        p[i, P_SHEAR] = (2.0 * u[i, U_SHEAR] - 1.0) * s[5] if aff else 0.0
-        p[i, P_FLIPX] = -1.0 if u[i, U_HFLIP] < s[6] else 1.0
-        p[i, P_FLIPY] = -1.0 if u[i, U_VFLIP] < s[7] else 1.0
-        p[i, P_GEO] = 1.0 if (aff or p[i, P_FLIPX] < 0 or p[i, P_FLIPY] < 0) else 0.0
-        jit = u[i, U_JITTER] < s[8]
-        p[i, P_JITTER] = 1.0 if jit else 0.0
-        p[i, P_BRIGHT] = (2.0 * u[i, U_BRIGHT] - 1.0) * s[9] if jit else 0.0
-        p[i, P_CONTRAST] = 1.0 + (2.0 * u[i, U_CONTRAST] - 1.0) * s[10] if jit else 1.0
-        noisy = u[i, U_NOISE] < s[11] and s[12] > 0.0
-        p[i, P_NOISE_STD] = s[12] if noisy else 0.0
-        p[i, P_NOISE_SLOT] = slots if noisy else -1.0
-        slots += 1 if noisy else 0
-        h = w = 0
-        if u[i, U_ERASE] < s[13]:
-            area = (s[14] + u[i, U_AREA] * (s[15] - s[14])) * SIZE * SIZE
-            ratio = math.exp(lo_r + u[i, U_ASPECT] * (hi_r - lo_r))
-            h = min(max(int(round(math.sqrt(area * ratio))), 1), SIZE)
-            w = min(max(int(round(math.sqrt(area / ratio))), 1), SIZE)
-        p[i, P_ER_H], p[i, P_ER_W] = h, w
-        p[i, P_ER_TOP] = int(u[i, U_TOP] * (SIZE - h + 1)) if h else 0
-        p[i, P_ER_LEFT] = int(u[i, U_LEFT] * (SIZE - w + 1)) if w else 0
+    for i in range(n):
+        at = _image_params(key, i, s, p[i])
+        p[i, P_NOISE_SLOT] = slots if at >= 0 else -1.0
+        if at >= 0:
+            flat = noise[slots].ravel()
+            for k in range(flat.shape[0]):
+                flat[k] = pool[at + k]
+            slots += 1
     return slots
 
 
@@ -142,17 +183,6 @@ def _select(buf, k, lo, hi):
 
 
 @njit(cache=True)
-def _k_noise(u, p, pool, noise):
-    """noise[slot] (H,W) = the window of pool (L+H*W,) at the offset drawn in u (N,K), for every noisy image."""
-    for i in range(u.shape[0]):
-        if p[i, P_NOISE_SLOT] >= 0.0:
-            at = int(u[i, U_NOISE_AT] * NOISE_POOL)
-            flat = noise[int(p[i, P_NOISE_SLOT])].ravel()
-            for k in range(flat.shape[0]):
-                flat[k] = pool[at + k]
-
-
-@njit(cache=True)
 def _border_median(img, buf):
     """Median of the B border samples of img (H,W) (4 edges, corners twice); buf (B,) float64 scratch."""
     n = img.shape[0]
@@ -180,15 +210,18 @@ def _frame(img, pad, fill):
                 pad[r, c] = fill
 
 
+_COLUMNS = np.arange(SIZE, dtype=np.float64)     # (W,) 0, 1, .. 31: a row's column numbers, LANES at a time
+
+
 @njit(cache=True)
-def _k_warp(img, pad, out, q, fill, idx, frac):
+def _k_warp(img, pad, out, q, fill):
     """out (H,W) = img (H,W) sampled bilinearly through the inverse map of parameter row q (P,).
     pad (H+2G,W+2G) scratch: the image inside a frame of `fill` G wide; a coordinate is clamped to
     the frame, so a neighbour outside the image reads `fill` without a branch. The source coordinate
-    is affine in the column: per row a start and a step. Each row runs as two loops: the coordinates
-    (idx (W,) flat index into pad, frac (2,W) the fractions, in pad's dtype) in straight-line arithmetic
-    that vectorizes, then the four-tap gathers and the interpolation in the image's dtype, indexed
-    by unsigned integers (the taps are >= 0: no negative-index fix-up per load)."""
+    is affine in the column: per row a start and a step. LANES columns at a time (simd): the
+    coordinates in float64 (clamped, floored; the flat pad index is a whole float64), the four taps
+    gathered, the fractions and the interpolation in the image's dtype -- the arithmetic of the
+    scalar formula, lane by lane (W is a multiple of LANES)."""
     cr, sr = math.cos(q[P_ROT]), math.sin(q[P_ROT])
     t = math.tan(q[P_SHEAR])
     sc = q[P_SCALE]
@@ -200,35 +233,34 @@ def _k_warp(img, pad, out, q, fill, idx, frac):
     H, W = img.shape
     _frame(img, pad, fill)
     P = pad.shape[1]
-    flat = pad.ravel()                             # (PADDED*PADDED,)
-    one, below = uint64(1), uint64(P)              # the taps' offsets: next column, next row
+    flat, dst = pad.ravel(), out.ravel()           # (PADDED*PADDED,), (H*W,)
     dx0 = -CENTER - q[P_TX]                        # dx of column 0
-    lo, hx, hy = FRAME - 2.0, FRAME + W + 1.0, FRAME + H + 1.0   # clamp range in pad coordinates (>= 1)
+    lo, hx, hy = vsplat(FRAME - 2.0), vsplat(FRAME + W + 1.0), vsplat(FRAME + H + 1.0)  # clamp range (>= 1)
+    ax, ay, rows = vsplat(i00), vsplat(i10), vsplat(float(P))
     for r in range(H):
         dy = r - CENTER - q[P_TY]
-        bx = i00 * dx0 + i01 * dy + (CENTER + FRAME)   # source x, y of column 0, in pad coordinates
-        by = i10 * dx0 + i11 * dy + (CENTER + FRAME)
-        for c in range(W):
-            sx = min(max(bx + i00 * c, lo), hx)
-            sy = min(max(by + i10 * c, lo), hy)
-            xa, ya = int64(sx), int64(sy)              # sx, sy >= 1: the conversion floors
-            idx[c] = ya * P + xa
-            frac[0, c] = sx - xa
-            frac[1, c] = sy - ya
-        for c in range(W):
-            k = uint64(idx[c])
-            fx, fy = frac[0, c], frac[1, c]
-            a0, a1 = flat[k], flat[k + one]
-            b0, b1 = flat[k + below], flat[k + below + one]
-            top = a0 + (a1 - a0) * fx
-            bottom = b0 + (b1 - b0) * fx
-            out[r, c] = top + (bottom - top) * fy
+        bx = vsplat(i00 * dx0 + i01 * dy + (CENTER + FRAME))   # source x, y of column 0, in pad coordinates
+        by = vsplat(i10 * dx0 + i11 * dy + (CENTER + FRAME))
+        for c in range(0, W, LANES):
+            col = vload(_COLUMNS, c)
+            sx = vadd(bx, vmul(ax, col))
+            sx = vsel_gt(sx, hx, hx, vsel_gt(sx, lo, sx, lo))  # min(max(sx, lo), hx)
+            sy = vadd(by, vmul(ay, col))
+            sy = vsel_gt(sy, hy, hy, vsel_gt(sy, lo, sy, lo))
+            xa, ya = vfloor(sx), vfloor(sy)
+            at = vadd(vmul(ya, rows), xa)              # flat pad index of the top-left tap (exact)
+            fx, fy = vconvert(vsub(sx, xa), flat), vconvert(vsub(sy, ya), flat)
+            a0, a1 = vgather_pair(flat, at, 0)
+            b0, b1 = vgather_pair(flat, at, P)
+            top = vadd(a0, vmul(vsub(a1, a0), fx))
+            bottom = vadd(b0, vmul(vsub(b1, b0), fx))
+            vstore(dst, r * W + c, vadd(top, vmul(vsub(bottom, top), fy)))
 
 
 @njit(cache=True)
-def _k_values(out, q, noise, fill):
-    """In place on out (H,W): contrast about the mean and brightness, then noise (from noise (M,H,W)), in
-    one pass (v*contrast + (1-contrast)*mean + brightness + std*noise); then erasing."""
+def _k_values(out, q, noise, at, fill):
+    """In place on out (H,W): contrast about the mean and brightness, then noise (noise[at : at+H*W],
+    when at >= 0), in one pass (v*contrast + (1-contrast)*mean + brightness + std*noise); then erasing."""
     H, W = out.shape
     gain, shift = 1.0, 0.0
     if q[P_JITTER] > 0.0:
@@ -238,11 +270,11 @@ def _k_values(out, q, noise, fill):
                 mean += out[r, c]
         mean /= H * W
         gain, shift = q[P_CONTRAST], (1.0 - q[P_CONTRAST]) * mean + q[P_BRIGHT]
-    if q[P_NOISE_SLOT] >= 0.0:
-        slot, std = int(q[P_NOISE_SLOT]), q[P_NOISE_STD]
+    if at >= 0:
+        std = q[P_NOISE_STD]
         for r in range(H):
             for c in range(W):
-                out[r, c] = out[r, c] * gain + shift + std * noise[slot, r, c]
+                out[r, c] = out[r, c] * gain + shift + std * noise[at + r * W + c]
     elif q[P_JITTER] > 0.0:
         for r in range(H):
             for c in range(W):
@@ -253,35 +285,46 @@ def _k_values(out, q, noise, fill):
             out[r, c] = fill
 
 
+@njit(cache=True)
+def _augment_image(img, q, noise, at, out, border, pad):
+    """out (H,W) = img (H,W) augmented under parameters q (P,), its noise noise[at:] (at < 0: none);
+    scratch border (B,) float64 and pad (H+2G,W+2G) of img's dtype."""
+    needs_fill = q[P_GEO] > 0.0 or q[P_ER_H] > 0.0
+    fill = _border_median(img, border) if needs_fill else 0.0
+    if q[P_GEO] > 0.0:
+        _k_warp(img, pad, out, q, fill)
+    else:
+        for r in range(img.shape[0]):             # (a slice assignment here compiles in ~5 s)
+            for c in range(img.shape[1]):
+                out[r, c] = img[r, c]
+    _k_values(out, q, noise, at, fill)
+
+
 @njit(cache=True, nogil=True)
-def _k_augment(x, p, noise, out, border, pad, idx, frac):
-    """out (N,1,H,W) = augmented x (N,1,H,W) under parameters p (N,P); scratch border (N,B) float64,
-    pad (N,H+2G,W+2G), idx (N,W) int64 and frac (N,2,W) of x's dtype. One thread: _augment hands
-    blocks of images to the worker threads (each image depends on its own parameters only)."""
+def _k_augment(x, p, noise, out):
+    """out (N,1,H,W) = augmented x (N,1,H,W) under the explicit parameters p (N,P) and noise (M,H,W)
+    (row P_NOISE_SLOT of an image's). One thread; scratch allocated once per call."""
+    border, pad = np.empty(BORDER), np.empty((PADDED, PADDED), x.dtype)   # (B,), (H+2G,W+2G)
+    flat = noise.ravel()                                                     # (M*H*W,)
+    hw = x.shape[2] * x.shape[3]
     for i in range(x.shape[0]):
         q = p[i]
-        needs_fill = q[P_GEO] > 0.0 or q[P_ER_H] > 0.0
-        fill = _border_median(x[i, 0], border[i]) if needs_fill else 0.0
-        if q[P_GEO] > 0.0:
-            _k_warp(x[i, 0], pad[i], out[i, 0], q, fill, idx[i], frac[i])
-        else:
-            for r in range(x.shape[2]):             # (a slice assignment here compiles in ~5 s)
-                for c in range(x.shape[3]):
-                    out[i, 0, r, c] = x[i, 0, r, c]
-        _k_values(out[i, 0], q, noise, fill)
+        at = int(q[P_NOISE_SLOT]) * hw if q[P_NOISE_SLOT] >= 0.0 else -1
+        _augment_image(x[i, 0], q, flat, at, out[i, 0], border, pad)
+
+
+@njit(cache=True, nogil=True)
+def _k_augment_keyed(x, out, first, key, s, pool):
+    """out (N,1,H,W) = augmented x (N,1,H,W), the images first, first+1, .. of the batch keyed `key`:
+    each image draws its own parameters (_image_params, settings s (16,)) and reads its noise from
+    pool (L+H*W,). One thread; scratch allocated once per call."""
+    q, border, pad = np.empty(N_PARAMS), np.empty(BORDER), np.empty((PADDED, PADDED), x.dtype)  # (P,) (B,)
+    for i in range(x.shape[0]):
+        at = _image_params(key, first + i, s, q)
+        _augment_image(x[i, 0], q, pool, at, out[i, 0], border, pad)
 
 
 BLOCK = 16     # images per task handed to a worker thread
-
-
-def _augment(x, p, noise, out, border, pad, idx, frac):
-    """_k_augment over blocks of BLOCK images on the worker threads (kernels.threads.run_blocks)."""
-    from cnncli.kernels.threads import run_blocks
-
-    def block(r):
-        _k_augment(x[r], p[r], noise, out[r], border[r], pad[r], idx[r], frac[r])
-
-    run_blocks(block, x.shape[0], BLOCK)
 
 
 def check_batch(x, dtype=None):
@@ -309,16 +352,17 @@ def apply_params(x, params, noise=None, out=None):
     check_batch(out, x.dtype)
     if out.shape != x.shape:
         raise ValueError(f"out must be {x.shape}, got {out.shape}")
-    _augment(x, params, noise, out, np.empty((n, BORDER)), np.empty((n, PADDED, PADDED), x.dtype),
-               np.empty((n, SIZE), np.int64), np.empty((n, 2, SIZE), x.dtype))
+    run_blocks(lambda r: _k_augment(x[r], params[r], noise, out[r]), n, BLOCK)
     return out
 
 
 class Augmenter:
-    """Augments batches into buffers it owns (grown only when a larger batch arrives).
+    """Augments batches, each image under parameters drawn from (seed, epoch, step, its index in the batch).
 
     aug = Augmenter(settings, seed, pixel_std=preprocess["std"]); x_aug = aug(x, epoch, step)
-    The result is a view of an internal buffer, overwritten by the next call.
+    The result is a view of an internal buffer (grown only when a larger batch arrives), overwritten by
+    the next call. Inside a training step, Network.train_step(x, y, transform=aug.bind(epoch, step))
+    augments each shard's images in the shard's own task: the same pixels.
     """
 
     def __init__(self, settings: AugmentSettings, seed: int, pixel_std: float = 1.0, dtype=np.float32,
@@ -335,31 +379,41 @@ class Augmenter:
 
     def _alloc(self, cap):
         self.cap = cap
-        self.uniforms = np.empty((cap, K_UNIFORMS))            # (N,K)
-        self.params = np.empty((cap, N_PARAMS))                # (N,P)
-        self.noise = np.empty((cap, SIZE, SIZE), np.float32)   # (N,H,W) standard normals
-        self.border = np.empty((cap, BORDER))                  # (N,B)
-        self.pad = np.empty((cap, PADDED, PADDED), self.dtype)  # (N,H+2G,W+2G)
-        self.idx = np.empty((cap, SIZE), np.int64)             # (N,W) flat pad index of a row's taps
-        self.frac = np.empty((cap, 2, SIZE), self.dtype)       # (N,2,W) their x and y fractions
+        self.params = np.empty((cap, N_PARAMS))                # (N,P) draw()'s
+        self.noise = np.empty((cap, SIZE, SIZE), np.float32)   # (N,H,W) draw()'s standard normals
         self.out = np.empty((cap, 1, SIZE, SIZE), self.dtype)  # (N,1,H,W)
 
+    def key(self, epoch, step):
+        """The np.uint64 key of batch `step` of `epoch` (step_key of the seed; typed for the kernels)."""
+        return np.uint64(step_key(self.seed, int(epoch), int(step)))
+
     def draw(self, n, epoch, step):
-        """Per-image parameters (n,P) and noise for batch `step` of `epoch` (views of the buffers)."""
+        """Per-image parameters (n,P) and noise (M,H,W) of batch `step` of `epoch`, as the kernel draws
+        them (views of the buffers): apply_params(x, *aug.draw(n, epoch, step)) equals aug(x, epoch, step)."""
         if n > self.cap:
             self._alloc(n)
-        rng = np.random.default_rng([self.seed, int(epoch), int(step)])
-        rng.random(out=self.uniforms[:n])
-        slots = _k_params(self.uniforms[:n], self.vector, self.params[:n])
-        if slots:
-            _k_noise(self.uniforms[:n], self.params[:n], self.pool, self.noise)
+        slots = _k_draw(self.key(epoch, step), n, self.vector, self.pool, self.params[:n],
+                        self.noise)
         return self.params[:n], self.noise[:max(slots, 1)]
 
     def __call__(self, x, epoch, step):
-        """x (N,1,32,32) of the augmenter's dtype -> augmented (N,1,32,32) (a view, reused next call)."""
+        """x (N,1,32,32) of the augmenter's dtype -> augmented (N,1,32,32) (a view, reused next call),
+        in blocks of BLOCK images on the worker threads."""
         check_batch(x, self.dtype)
         n = x.shape[0]
-        params, noise = self.draw(n, epoch, step)
-        out = self.out[:n]
-        _augment(x, params, noise, out, self.border[:n], self.pad[:n], self.idx[:n], self.frac[:n])
+        if n > self.cap:
+            self._alloc(n)
+        out, transform = self.out[:n], self.bind(epoch, step)
+        run_blocks(lambda r: transform(r, x[r], out[r]), n, BLOCK)
         return out
+
+    def bind(self, epoch, step):
+        """Batch `step` of `epoch` as transform(s, x_s, out): augments the images s (a slice of the
+        batch) x_s (m,1,32,32) of the augmenter's dtype into out (m,1,32,32), on the calling thread,
+        with no Python per image. Network.train_step(x, y, transform=...) runs it inside each shard's
+        task; slices may run at once. The same pixels as __call__."""
+        key, vector, pool = self.key(epoch, step), self.vector, self.pool
+
+        def transform(s, x_s, out):
+            _k_augment_keyed(x_s, out, s.start, key, vector, pool)
+        return transform

@@ -146,10 +146,14 @@ class Network:
             plan = self._plans[(n, lo, hi)] = shards.Plan(n, lo, hi, self.num_classes, self.batchnorm, self.dtype)
         return plan
 
-    def train_step(self, x, labels, weights=None):
+    def train_step(self, x, labels, weights=None, transform=None):
         """Forward + backward in training mode on the global batch x (B,1,32,32), labels (B,),
         optional per-image loss weights (B,) (the loss is mean_i w_i * loss_i, as Keras's
         class_weight). Every rank passes the same batch and computes its block of shards.
+        transform(s, x[s], out), when given, writes the network's input for the images s (a slice
+        of the batch) into out (a C-contiguous array shaped as x[s]); each shard runs it in its
+        own task (augment.Augmenter.bind makes one). It must treat every image on its own, so
+        that the step equals train_step(transformed x).
 
         Overwrites self.grads, updates the BN running statistics; returns (loss, probs (B,C)),
         the same on every rank.
@@ -162,8 +166,10 @@ class Network:
                              "needs at least 2 images in a batch")
         weights = _check_weights(weights, n)
         labels = labels.astype(np.int64, copy=False)
+        if transform is not None and not callable(transform):
+            raise ValueError(f"transform must be callable, got {type(transform).__name__}")
         plan = self._plan(n)
-        loss = shards.run_step(self, plan, x, labels, weights, self.comm)
+        loss = shards.run_step(self, plan, x, labels, weights, self.comm, transform=transform)
         return loss, np.array(self.comm.gather_rows(plan.probs))
 
     def forward_loss(self, x, labels):

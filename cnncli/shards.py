@@ -147,10 +147,13 @@ def _fc_bn_backward(net, plan, j, sums):
                                      sums[:d], sums[d:], float(plan.count[3]), ws.dz3)
 
 
-def run_step(net, plan, x, labels, weights, comm, backward=True):
+def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None):
     """A training step (forward only when backward=False) of the batch x (B,1,32,32) on this
     rank's shards: net.grads overwritten (all of them, every rank the same), BN running statistics
-    updated when kept. Returns the weighted mean loss (float64) over the global batch."""
+    updated when kept. transform(s, x[s], out), when given, makes the input of the images s (a
+    shard's slice of the batch) into out, inside the shard's task: augmentation runs on the worker
+    threads, shard by shard, while the images are in cache. Returns the weighted mean loss
+    (float64) over the global batch."""
     P, bn = net.params, net.batchnorm != "none"
     w = plan.ones if weights is None else weights
     scale = 1.0 / plan.B
@@ -161,14 +164,22 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
     for tree in plan.bwdtree.values():
         tree.reset()
 
-    def inputs(j):
+    def inputs(j, ws):
+        """Shard j's input (n,1,32,32): its slice of x, or the transform's output in ws.xin."""
         s = plan.slices[j]
-        return x[s], labels[s], w[s]
+        if transform is None:
+            return x[s]
+        transform(s, x[s], ws.xin)
+        return ws.xin
+
+    def targets(j):
+        s = plan.slices[j]
+        return labels[s], w[s]
 
     if not bn:
         def plain(j):
-            xs, ls, wj = inputs(j)
             ws = _borrow(plan, j)
+            xs, (ls, wj) = inputs(j, ws), targets(j)
             if backward:
                 plan.loss[j, 0] = passes.shard_step_plain(P, plan.grads[j], ws, xs, ls, wj, scale)
                 done(j)
@@ -186,7 +197,7 @@ def run_step(net, plan, x, labels, weights, comm, backward=True):
         mean, _, invstd = plan.stats[3]
         gamma, beta = _gamma_beta(net, 3)
         for j in range(L):
-            ws, G, (_, ls, wj) = plan.ws[j], plan.grads[j], inputs(j)
+            ws, G, (ls, wj) = plan.ws[j], plan.grads[j], targets(j)
             plan.loss[j, 0] = head.bn_head_into(
                 ws.z3, mean, invstd, gamma, beta, P["fc2.w"], P["fc2.b"], ls, wj, scale, backward,
                 ws.xhat3, ws.y3, ws.a3, ws.z4, ws.probs, ws.dz4, G["fc2.w"], G["fc2.b"], ws.da3, ws.dy3,
@@ -217,7 +228,7 @@ def _bn_forward_phases(net, plan, comm, inputs):
         def shard(j, k=k):
             ws = plan.ws[j]
             if k == 1:
-                passes.forward_conv1(P, ws, inputs(j)[0])
+                passes.forward_conv1(P, ws, inputs(j, ws))
                 bnstats.bn_bias_moments_into(ws.z1.reshape(ws.n, 6, 1024), P["conv1.b"], plan.fwd[1][j])
             elif k == 2:
                 passes.forward_conv2(P, ws, plan.coef[1])

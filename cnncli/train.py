@@ -55,7 +55,8 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, min_last: int)
 class Trainer:
     """A set-up run: network, optimizer, data, run folder, state. `fit()` runs the remaining epochs.
 
-    Extension points: `batch_input` (where the float batch is made: augmentation transforms it),
+    Extension points: `step_input` (where the float batch is made, and the augmentation each shard
+    of the step applies to it; `batch_input` is the augmented batch the step sees),
     `sample_weights` (per-image loss weights, e.g. class weights), `is_main_process` (only the main
     process -- rank 0 under mpirun -- writes files and prints)."""
 
@@ -95,12 +96,24 @@ class Trainer:
     def batch_input(self, idx: np.ndarray) -> np.ndarray:
         """(B,) training indices -> (B,1,S,S) float network input, augmented (when augment.enabled) by
         draws from (train.seed, epoch, step in the epoch), so a resumed run sees the same pixels."""
+        x, transform = self.step_input(idx)
+        if transform is not None:
+            out = np.empty_like(x)
+            transform(slice(0, len(x)), x, out)
+            x = out
+        return x
+
+    def step_input(self, idx: np.ndarray):
+        """(x, transform) for a step on the training images idx: x (B,1,S,S) before augmentation and
+        the augmenter bound to this step's draw (None when augment.enabled is false), which
+        Network.train_step runs inside each shard's task (the images are augmented while they are
+        in cache, on the worker threads). The step sees batch_input(idx)."""
         from cnncli.kernels import lookup_batch
 
         x = lookup_batch(self.train_ds.images, idx, self.table)
-        if self.augmenter is not None:
-            x = self.augmenter(x, self.state.epoch, self.state.epoch_step)
-        return x
+        if self.augmenter is None:
+            return x, None
+        return x, self.augmenter.bind(self.state.epoch, self.state.epoch_step)
 
     def sample_weights(self, idx: np.ndarray, labels: np.ndarray):
         """(B,) per-image loss weights for model.Network.train_step (the loss is mean_i w_i * loss_i):
@@ -123,12 +136,12 @@ class Trainer:
     def train_step(self, idx: np.ndarray) -> None:
         """One optimizer step on the training images `idx`; updates the epoch's running loss/accuracy."""
         state, net = self.state, self.net
-        x = self.batch_input(idx)          # (B,1,S,S)
+        x, transform = self.step_input(idx)   # (B,1,S,S) before augmentation, the augmenter's draw
         y = self.train_ds.labels[idx]      # (B,)
         weights = self.sample_weights(idx, y)
         lr = self.lr_at(state.step)
         with np.errstate(over="ignore", invalid="ignore"):   # a diverging run is reported below,
-            loss, probs = net.train_step(x, y, weights)     # in one line, not as numpy warnings
+            loss, probs = net.train_step(x, y, weights, transform)   # in one line, not as numpy warnings
         if not (math.isfinite(loss) and math.isfinite(float(np.add.reduce(net.grads.flat)))):
             raise _everywhere(TrainingDiverged(
                 f"loss or gradients became non-finite at epoch {state.epoch + 1}, step {state.epoch_step + 1} "

@@ -171,9 +171,11 @@ def test_draws_depend_on_seed_epoch_step_only_and_not_on_threads():
         assert not np.array_equal(other, one)
 
 
-def test_blocks_on_the_worker_threads_equal_one_kernel_call_over_the_batch():
-    """Augmenter hands blocks of A.BLOCK images to the worker threads; the result is the kernel's over
-    the whole batch at once, bit for bit (a block's slices of params, scratch and output line up)."""
+def test_blocks_slices_and_the_explicit_draw_give_the_same_pixels():
+    """Augmenter hands blocks of A.BLOCK images to the worker threads, each image drawing its own
+    parameters from (key, its index); the result is one explicit-parameter kernel call over the batch
+    with draw()'s parameters, and bind()'s transform over any split of the batch (as train_step's
+    shards run it), bit for bit."""
     n = 2 * A.BLOCK + 5
     x = glyphs(n, dtype=np.float32)
     aug = A.Augmenter(SETTINGS, seed=1, pixel_std=0.4, max_batch=n)
@@ -185,10 +187,32 @@ def test_blocks_on_the_worker_threads_equal_one_kernel_call_over_the_batch():
         numba.set_num_threads(before)
     p, noise = aug.draw(n, 1, 4)
     want = np.empty_like(x)
-    A._k_augment(x, p, noise, want, np.empty((n, A.BORDER)), np.empty((n, A.PADDED, A.PADDED), x.dtype),
-                 np.empty((n, A.SIZE), np.int64), np.empty((n, 2, A.SIZE), x.dtype))
+    A._k_augment(x, p, noise, want)
     assert got.tobytes() == want.tobytes()
     assert not np.array_equal(got, x)
+    transform, pieces = aug.bind(1, 4), np.empty_like(x)
+    for s in (slice(11, n), slice(0, 3), slice(3, 11)):
+        transform(s, x[s], pieces[s])
+    assert pieces.tobytes() == want.tobytes()
+
+
+def test_drawn_uniforms_are_uniform_and_independent():
+    """The counter-based draws (SplitMix64 of key and counter): the shifts of 4,096 images, mapped
+    back to their uniforms, fill 16 equal bins evenly (each within 5 sigma), and are uncorrelated
+    across the two axes, across neighbouring images and across neighbouring steps."""
+    settings = A.AugmentSettings(affine_p=1.0, shift=1.0)
+    n, bins = 4096, 16
+    aug = A.Augmenter(settings, seed=11, max_batch=n)
+    u = [(aug.draw(n, 0, step)[0][:, [A.P_TX, A.P_TY]] + 1.0) / 2.0 for step in (0, 1)]   # (n,2) each
+    sigma = math.sqrt(n / bins)
+    for col in (u[0][:, 0], u[0][:, 1], u[1][:, 0]):
+        counts = np.histogram(col, bins=bins, range=(0.0, 1.0))[0]
+        assert np.all(np.abs(counts - n / bins) < 5 * sigma), counts
+    corr = lambda a, b: abs(np.corrcoef(a, b)[0, 1])  # noqa: E731
+    limit = 5 / math.sqrt(n)
+    assert corr(u[0][:, 0], u[0][:, 1]) < limit
+    assert corr(u[0][:-1, 0], u[0][1:, 0]) < limit
+    assert corr(u[0][:, 0], u[1][:, 0]) < limit
 
 
 def test_drawn_parameters_stay_in_their_ranges():

@@ -208,6 +208,48 @@ def test_k_ranks_give_one_process_bits(bn, ranks, n):
             assert all(np.array_equal(a, b) for a, b in zip(got, want)), (bn, r)
 
 
+@pytest.mark.parametrize("bn", M.BATCHNORM)
+def test_a_transform_inside_the_shards_equals_the_transformed_batch(bn):
+    """train_step(x, y, w, transform=aug.bind(epoch, step)) augments shard by shard inside the shards'
+    tasks: loss, probabilities, gradients and BN buffers equal train_step(aug(x, epoch, step), y, w)
+    bit for bit, in one process (a short last shard: 67 images) and on 2 simulated ranks."""
+    import numba
+
+    from cnncli.augment import Augmenter, AugmentSettings
+
+    n = 67
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((n, 1, 32, 32)).astype(np.float32), rng.integers(0, 12, n)
+    w = rng.uniform(0.5, 2.0, n)
+    settings = AugmentSettings(affine_p=0.9, shift=2.0, rotate=10.0, scale=(0.9, 1.1), jitter_p=0.5,
+                               brightness=0.1, contrast=0.2, noise_p=0.3, noise_std=0.05, erase_p=0.3)
+    aug = Augmenter(settings, seed=4, pixel_std=0.3, max_batch=n)
+    whole = M.Network(12, bn, seed=3)
+    expected = [_state(whole, *whole.train_step(aug(x, 1, step).copy(), y, w)) for step in (0, 1)]
+    assert not np.array_equal(aug(x, 1, 0), x)
+    fused = M.Network(12, bn, seed=3)
+    got = [_state(fused, *fused.train_step(x, y, w, transform=aug.bind(1, step))) for step in (0, 1)]
+    for a_state, b_state in zip(got, expected):
+        assert all(np.array_equal(a, b) for a, b in zip(a_state, b_state)), bn
+    hub, results = _Hub(2), [None] * 2
+
+    def rank(r):
+        numba.set_num_threads(1)
+        net = M.Network(12, bn, seed=3, comm=ThreadComm(r, 2, hub))
+        results[r] = [_state(net, *net.train_step(x, y, w, transform=aug.bind(1, step))) for step in (0, 1)]
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    for r in range(2):
+        for a_state, b_state in zip(results[r], expected):
+            assert all(np.array_equal(a, b) for a, b in zip(a_state, b_state)), (bn, r)
+    with pytest.raises(ValueError, match="transform must be callable"):
+        fused.train_step(x, y, transform="augment")
+
+
 def test_one_process_does_not_import_mpi4py():
     code = ("import sys, numpy as np; from cnncli import model as M; net = M.Network(12, 'channel');"
             "net.train_step(np.zeros((9, 1, 32, 32), np.float32), np.zeros(9, np.int64));"

@@ -2,7 +2,8 @@
 <16 x double>), and the few intrinsics the kernels need: load, store, splat, add, subtract,
 multiply, divide, fused multiply-add, lane sum, widening to float64 (the direct convolutions,
 BN's statistics and sums); even/odd and interleave shuffles, compare-and-select, int8 loads/stores (the 2x2
-pooling); plus a scalar int -> float bit cast (ELU's 2^k).
+pooling); floor, conversion to an array's dtype and a gather (augmentation's bilinear warp); plus a
+scalar int -> float bit cast (ELU's 2^k).
 A kernel keeps a tile of such vectors as loop variables, and LLVM keeps them in registers: the
 register-blocked inner loops numba's vectorizers do not find.
 Not a SIMD library: no bounds checks (the kernels' wrappers check the shapes), no general shuffles.
@@ -248,3 +249,102 @@ def vstore_i8(typingctx, arr, idx, v):
         builder.store(builder.fptosi(args[2], i8v), p, align=1)
         return context.get_dummy_value()
     return types.none(arr, idx, v), codegen
+
+
+@intrinsic
+def vfloor(typingctx, v):
+    """floor(v) in every lane (llvm.floor: exact)."""
+    if not isinstance(v, Vec):
+        raise TypeError(f"simd.vfloor: need a vector, got {v}")
+
+    def codegen(context, builder, sig, args):
+        vecty = args[0].type
+        name = f"llvm.floor.v{LANES}f{v.dtype.bitwidth}"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vecty, [vecty]), name)
+        return builder.call(fn, [args[0]])
+    return v(v), codegen
+
+
+@intrinsic
+def vconvert(typingctx, v, like):
+    """v in the dtype of the array `like`, rounded to nearest as a scalar store of it would be."""
+    if not isinstance(v, Vec):
+        raise TypeError(f"simd.vconvert: need a vector, got {v}")
+    _check_float_array(like)
+    vt = Vec(like.dtype)
+
+    def codegen(context, builder, sig, args):
+        to = context.get_value_type(vt)
+        if v.dtype == like.dtype:
+            return args[0]
+        conv = builder.fptrunc if v.dtype.bitwidth > like.dtype.bitwidth else builder.fpext
+        return conv(args[0], to)
+    return vt(v, like), codegen
+
+
+def _gather(builder, data, at, off, stride, valty):
+    # llvm.masked.gather (every lane on) of valty (a vector of N values) from the addresses
+    # data + (at + off) * stride bytes: `at` a vector of N whole floats, `off` an i64
+    width = valty.count
+    i64 = ir.IntType(64)
+    iv = ir.VectorType(i64, width)
+    start = builder.add(builder.ptrtoint(data, i64), builder.mul(off, ir.Constant(i64, stride)))
+    undef = ir.Constant(iv, ir.Undefined)
+    start = builder.shuffle_vector(builder.insert_element(undef, start, ir.Constant(ir.IntType(32), 0)), undef,
+                                   ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
+    offsets = builder.mul(builder.fptosi(at, iv), ir.Constant(iv, [stride] * width))
+    ptrs = builder.inttoptr(builder.add(start, offsets), ir.VectorType(data.type, width))
+    mask = ir.Constant(ir.VectorType(ir.IntType(1), width), [1] * width)
+    elem = {ir.FloatType: "f32", ir.DoubleType: "f64"}.get(type(valty.element), "i64")
+    fnty = ir.FunctionType(valty, [ptrs.type, ir.IntType(32), mask.type, valty])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.gather.v{width}{elem}.v{width}p0")
+    return builder.call(fn, [ptrs, ir.Constant(ir.IntType(32), 4), mask, ir.Constant(valty, None)])
+
+
+@intrinsic
+def vgather(typingctx, arr, at, off):
+    """arr's flat elements at + off, lane by lane (llvm.masked.gather): `at` a float vector of whole
+    numbers, `off` an int; the caller keeps every at + off inside arr."""
+    _check_float_array(arr)
+    if not isinstance(at, Vec) or at.dtype != types.float64:
+        raise TypeError(f"simd.vgather: need a float64 vector of indices, got {at}")
+    vt = Vec(arr.dtype)
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        off = context.cast(builder, args[2], sig.args[2], types.int64)
+        return _gather(builder, data, args[1], off, arr.dtype.bitwidth // 8, context.get_value_type(vt))
+    return vt(arr, at, off), codegen
+
+
+@intrinsic
+def vgather_pair(typingctx, arr, at, off):
+    """(arr's flat elements at + off, those at + off + 1): two neighbours per lane. For float32 each
+    pair is one 64-bit element of the gather, split by even/odd shuffles (half the loads of two
+    vgathers); float64 runs two vgathers."""
+    _check_float_array(arr)
+    if not isinstance(at, Vec) or at.dtype != types.float64:
+        raise TypeError(f"simd.vgather_pair: need a float64 vector of indices, got {at}")
+    vt = Vec(arr.dtype)
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        off = context.cast(builder, args[2], sig.args[2], types.int64)
+        valty = context.get_value_type(vt)
+        if arr.dtype == types.float64:
+            first = _gather(builder, data, args[1], off, 8, valty)
+            second = _gather(builder, data, args[1], builder.add(off, ir.Constant(off.type, 1)), 8, valty)
+        else:
+            i32, half = ir.IntType(32), LANES // 2
+            parts = []
+            for lanes in (range(half), range(half, LANES)):
+                at = builder.shuffle_vector(args[1], args[1], ir.Constant(ir.VectorType(i32, half), list(lanes)))
+                pairs = _gather(builder, data, at, off, 4, ir.VectorType(ir.IntType(64), half))
+                parts.append(builder.bitcast(pairs, valty))       # little-endian: lane 2k = the pair's first
+            first = builder.shuffle_vector(parts[0], parts[1], ir.Constant(ir.VectorType(i32, LANES),
+                                                                           list(range(0, 2 * LANES, 2))))
+            second = builder.shuffle_vector(parts[0], parts[1], ir.Constant(ir.VectorType(i32, LANES),
+                                                                            list(range(1, 2 * LANES, 2))))
+        tup = context.get_value_type(sig.return_type)
+        return builder.insert_value(builder.insert_value(ir.Constant(tup, ir.Undefined), first, 0), second, 1)
+    return types.UniTuple(vt, 2)(arr, at, off), codegen

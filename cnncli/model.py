@@ -151,23 +151,31 @@ class Network:
         optional per-image loss weights (B,) (the loss is mean_i w_i * loss_i, as Keras's
         class_weight). Every rank passes the same batch and computes its block of shards.
         transform(s, x[s], out), when given, writes the network's input for the images s (a slice
-        of the batch) into out (a C-contiguous array shaped as x[s]); each shard runs it in its
-        own task (augment.Augmenter.bind makes one). It must treat every image on its own, so
-        that the step equals train_step(transformed x).
+        of the batch) into out, a C-contiguous (len(s),1,32,32) array of the network's dtype; each
+        shard runs it in its own task (augment.Augmenter.bind makes one). It must treat every image
+        on its own, so that the step equals train_step(transformed x). x may be None when the
+        transform makes the input alone (transform(s, None, out): the trainer's lookup of the
+        images from the dataset, then their augmentation); the batch size is then len(labels).
 
         Overwrites self.grads, updates the BN running statistics; returns (loss, probs (B,C)),
         the same on every rank.
         """
-        _check_input(x, self.dtype)
-        n = x.shape[0]
+        if transform is not None and not callable(transform):
+            raise ValueError(f"transform must be callable, got {type(transform).__name__}")
+        if x is None:
+            if transform is None:
+                raise ValueError("x is None: only a transform that makes the input can stand in for it")
+            n = np.shape(labels)[0] if np.ndim(labels) == 1 else -1
+            if n == 0:
+                raise ValueError("labels is empty: the batch is empty")
+        else:
+            n = _check_input(x, self.dtype).shape[0]
         check_labels(labels, n, self.num_classes)
         if self.batchnorm != "none" and n < 2:
-            raise ValueError(f"x has shape {x.shape}: training with batchnorm={self.batchnorm!r} "
+            raise ValueError(f"the batch has {n} image(s): training with batchnorm={self.batchnorm!r} "
                              "needs at least 2 images in a batch")
         weights = _check_weights(weights, n)
         labels = labels.astype(np.int64, copy=False)
-        if transform is not None and not callable(transform):
-            raise ValueError(f"transform must be callable, got {type(transform).__name__}")
         plan = self._plan(n)
         loss = shards.run_step(self, plan, x, labels, weights, self.comm, transform=transform)
         return loss, np.array(self.comm.gather_rows(plan.probs))

@@ -151,9 +151,10 @@ def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None)
     """A training step (forward only when backward=False) of the batch x (B,1,32,32) on this
     rank's shards: net.grads overwritten (all of them, every rank the same), BN running statistics
     updated when kept. transform(s, x[s], out), when given, makes the input of the images s (a
-    shard's slice of the batch) into out, inside the shard's task: augmentation runs on the worker
-    threads, shard by shard, while the images are in cache. Returns the weighted mean loss
-    (float64) over the global batch."""
+    shard's slice of the batch) into out, inside the shard's task (x may be None: transform(s,
+    None, out)): the trainer's lookup and augmentation run on the worker threads, shard by shard,
+    while the images are in cache, and each rank makes only its own shards' input. Returns the
+    weighted mean loss (float64) over the global batch."""
     P, bn = net.params, net.batchnorm != "none"
     w = plan.ones if weights is None else weights
     scale = 1.0 / plan.B
@@ -169,7 +170,7 @@ def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None)
         s = plan.slices[j]
         if transform is None:
             return x[s]
-        transform(s, x[s], ws.xin)
+        transform(s, None if x is None else x[s], ws.xin)
         return ws.xin
 
     def targets(j):

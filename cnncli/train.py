@@ -95,25 +95,32 @@ class Trainer:
     # -- hooks ---------------------------------------------------------------------------------
     def batch_input(self, idx: np.ndarray) -> np.ndarray:
         """(B,) training indices -> (B,1,S,S) float network input, augmented (when augment.enabled) by
-        draws from (train.seed, epoch, step in the epoch), so a resumed run sees the same pixels."""
+        draws from (train.seed, epoch, step in the epoch), so a resumed run sees the same pixels:
+        what step_input's transform makes, for the whole batch at once."""
         x, transform = self.step_input(idx)
-        if transform is not None:
-            out = np.empty_like(x)
-            transform(slice(0, len(x)), x, out)
-            x = out
-        return x
+        if transform is None:
+            return x
+        out = np.empty((len(idx), 1) + self.train_ds.images.shape[1:], self.table.dtype)   # (B,1,S,S)
+        transform(slice(0, len(idx)), x, out)
+        return out
 
     def step_input(self, idx: np.ndarray):
-        """(x, transform) for a step on the training images idx: x (B,1,S,S) before augmentation and
-        the augmenter bound to this step's draw (None when augment.enabled is false), which
-        Network.train_step runs inside each shard's task (the images are augmented while they are
-        in cache, on the worker threads). The step sees batch_input(idx)."""
-        from cnncli.kernels import lookup_batch
+        """(x, transform) for Network.train_step on the training images idx: x is None and
+        transform(s, None, out) makes the input of the images idx[s] inside each shard's task --
+        their lookup through the normalization table, then (when augment.enabled) the augmentation
+        drawn for this epoch and step, in one kernel call (Augmenter.bind's lookup). Each shard's
+        images are looked up and augmented on the worker threads while they are in cache, and each
+        rank makes only its own shards'."""
+        from cnncli.kernels.lookup import lookup_batch_into
 
-        x = lookup_batch(self.train_ds.images, idx, self.table)
-        if self.augmenter is None:
-            return x, None
-        return x, self.augmenter.bind(self.state.epoch, self.state.epoch_step)
+        images, table = self.train_ds.images, self.table
+        idx = np.ascontiguousarray(idx, dtype=np.int64)                                  # (B,)
+        if self.augmenter is not None:               # one kernel call per shard: lookup, then augmentation
+            return None, self.augmenter.bind(self.state.epoch, self.state.epoch_step, lookup=(images, idx, table))
+
+        def transform(s, _, out):
+            lookup_batch_into(images, idx[s], table, out)
+        return None, transform
 
     def sample_weights(self, idx: np.ndarray, labels: np.ndarray):
         """(B,) per-image loss weights for model.Network.train_step (the loss is mean_i w_i * loss_i):
@@ -136,7 +143,7 @@ class Trainer:
     def train_step(self, idx: np.ndarray) -> None:
         """One optimizer step on the training images `idx`; updates the epoch's running loss/accuracy."""
         state, net = self.state, self.net
-        x, transform = self.step_input(idx)   # (B,1,S,S) before augmentation, the augmenter's draw
+        x, transform = self.step_input(idx)   # (None, the lookup + augmentation each shard runs)
         y = self.train_ds.labels[idx]      # (B,)
         weights = self.sample_weights(idx, y)
         lr = self.lr_at(state.step)

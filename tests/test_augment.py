@@ -194,6 +194,46 @@ def test_blocks_slices_and_the_explicit_draw_give_the_same_pixels():
     for s in (slice(11, n), slice(0, 3), slice(3, 11)):
         transform(s, x[s], pieces[s])
     assert pieces.tobytes() == want.tobytes()
+    in_place = x.copy()                     # out may be x_s itself (the trainer augments its lookup in place)
+    transform(slice(0, n), in_place, in_place)
+    assert in_place.tobytes() == want.tobytes()
+
+
+def test_lookup_and_augmentation_in_one_call_equal_the_two_apart():
+    """bind(lookup=(images, idx, table)) makes each slice's input itself: the pixels of
+    aug(lookup_batch(images, idx, table)), bit for bit, for any split of the batch."""
+    from cnncli.kernels import lookup_batch
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (50, S, S), dtype=np.uint8)
+    idx = rng.permutation(50)[:21].astype(np.int64)
+    for dtype in (np.float32, np.float64):
+        table = ((np.arange(256) / 255.0 - 0.4) / 0.3).astype(dtype)
+        aug = A.Augmenter(SETTINGS, seed=2, pixel_std=0.3, dtype=dtype, max_batch=21)
+        want = aug(lookup_batch(images, idx, table), 3, 5).copy()
+        transform, got = aug.bind(3, 5, lookup=(images, idx, table)), np.empty_like(want)
+        for s in (slice(0, 8), slice(8, 16), slice(16, 21)):
+            transform(s, None, got[s])
+        assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["normal", "few values", "flat", "sorted runs"])
+def test_border_median_is_numpy_median(kind):
+    """The fill (the median of the 128 border samples) by the branch-free quickselect equals
+    np.median, for distinct values, many duplicates, a flat border and long sorted runs."""
+    rng = np.random.default_rng(len(kind))
+    buf = np.empty(A.BORDER)
+    for _ in range(200):
+        if kind == "normal":
+            img = rng.standard_normal((S, S))
+        elif kind == "few values":
+            img = rng.integers(0, 4, (S, S)).astype(np.float64)
+        elif kind == "flat":
+            img = np.full((S, S), rng.normal())
+        else:
+            img = np.sort(rng.integers(0, 30, (S, S)), axis=None)[::-1].reshape(S, S).astype(np.float64)
+        for x in (img, img.astype(np.float32)):      # (the middle pair is averaged in float64)
+            assert A._border_median(x, buf) == reference_fill(x.astype(np.float64))
 
 
 def test_drawn_uniforms_are_uniform_and_independent():

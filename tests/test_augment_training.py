@@ -66,6 +66,12 @@ def test_training_batches_are_augmented_and_validation_is_not(data, tmp_path):
         seen[enabled] = (tr.batch_input(idx).copy(), plain)
         tr.state.epoch_step = 1
         seen[enabled] += (tr.batch_input(idx).copy(),)
+        # the step's shards make that same input themselves (lookup + augmentation in their tasks)
+        x_seen, (x, transform) = tr.batch_input(idx), tr.step_input(idx)
+        ref = runsetup.build(c, t_ds, None)[0]
+        assert x is None and transform is not None
+        want, got = ref.train_step(x_seen, t_ds.labels[idx]), net.train_step(x, t_ds.labels[idx], transform=transform)
+        assert want[0] == got[0] and np.array_equal(want[1], got[1]) and np.array_equal(ref.grads.flat, net.grads.flat)
     aug0, plain, aug1 = seen[True]
     assert not np.array_equal(aug0, plain) and not np.array_equal(aug0, aug1)   # differs per step
     assert np.array_equal(seen[False][0], plain) and np.array_equal(seen[False][2], plain)

@@ -231,6 +231,19 @@ def test_a_transform_inside_the_shards_equals_the_transformed_batch(bn):
     got = [_state(fused, *fused.train_step(x, y, w, transform=aug.bind(1, step))) for step in (0, 1)]
     for a_state, b_state in zip(got, expected):
         assert all(np.array_equal(a, b) for a, b in zip(a_state, b_state)), bn
+
+    def made(step):      # x=None: the transform makes each shard's input alone (as the trainer's lookup)
+        augment = aug.bind(1, step)
+
+        def transform(s, none, out):
+            assert none is None
+            out[...] = x[s]
+            augment(s, out, out)
+        return transform
+    alone = M.Network(12, bn, seed=3)
+    got = [_state(alone, *alone.train_step(None, y, w, transform=made(step))) for step in (0, 1)]
+    for a_state, b_state in zip(got, expected):
+        assert all(np.array_equal(a, b) for a, b in zip(a_state, b_state)), bn
     hub, results = _Hub(2), [None] * 2
 
     def rank(r):
@@ -248,6 +261,10 @@ def test_a_transform_inside_the_shards_equals_the_transformed_batch(bn):
             assert all(np.array_equal(a, b) for a, b in zip(a_state, b_state)), (bn, r)
     with pytest.raises(ValueError, match="transform must be callable"):
         fused.train_step(x, y, transform="augment")
+    with pytest.raises(ValueError, match="x is None"):
+        fused.train_step(None, y)
+    with pytest.raises(ValueError, match="labels is empty"):
+        fused.train_step(None, y[:0], transform=made(0))
 
 
 def test_one_process_does_not_import_mpi4py():

@@ -5,20 +5,21 @@ Generates the demo dataset (default 600 train images per class, 12 classes) in a
 private dataset cache (CNNCLI_CACHE_DIR). Prints numbers and ratios against the targets
 (cache load >= 50k images/s; training within 10% of `cnn bench`); asserts nothing.
 
-Training vs bench alternates, as `cnn bench --vs-torch` does, so the machine's drift hits both:
-after every epoch of cnncli.train (and its validation) one repeat of the bench's training loop
-(cnncli.bench: Network.train_step + Adam on random batches, same batch size and threads) runs for
-as long as that epoch's training part took. Epoch 1 (warm-up: first workspaces, kernel loading)
-is left out of the comparison, which is of the medians over the other epochs.
+Training vs bench alternates at the grain of steps: after every --every steps of cnncli.train, as
+many steps of the bench's training loop (cnncli.bench: Network.train_step + Adam on random batches,
+same batch size and threads) run inside the same process, timed apart; each epoch's training rate
+is its images over its training time with the bench's time taken out. So both see the same drift
+of this shared machine (alternating whole ~1 s epochs, single epochs swung by up to a third).
+Epoch 1 (warm-up: first workspaces, kernel loading) is left out of the comparison, which is of the
+medians over the other epochs.
 
-    .venv/bin/python scripts/bench_data.py [--per-class 600] [--epochs 5] [--batch-size 64]
+    .venv/bin/python scripts/bench_data.py [--per-class 600] [--epochs 5] [--batch-size 64] [--every 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -43,6 +44,7 @@ def main() -> None:
     ap.add_argument("--no-augment", action="store_true", help="train with augment.enabled=false (the default "
                     "config augments every batch, which the bench's loop does not)")
     ap.add_argument("--repeats", type=int, default=3, help="cache loads are timed this many +2 times")
+    ap.add_argument("--every", type=int, default=10, help="training steps between blocks of as many bench steps")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="cnncli-data-bench-"))
@@ -91,7 +93,7 @@ def run(args, tmp: Path) -> None:
     # real training vs the core alone, alternating
     train_rates, bench_rates = train_vs_bench(args, tmp, train_dir)
     for i, (r, b) in enumerate(zip(train_rates, bench_rates), 1):
-        print(f"epoch {i}: cnncli.train {r:>8,.0f} images/s, then bench {b:>8,.0f} images/s  ({r / b:.2f})"
+        print(f"epoch {i}: cnncli.train {r:>8,.0f} images/s, bench between its steps {b:>8,.0f} images/s  ({r / b:.2f})"
               + ("  (warm-up, not compared)" if i == 1 else ""))
     if len(train_rates) < 2:
         print("  (one epoch only: nothing to compare; use --epochs 3 or more)")
@@ -103,9 +105,11 @@ def run(args, tmp: Path) -> None:
 
 
 def train_vs_bench(args, tmp: Path, train_dir: Path):
-    """Run cnncli.train on the generated folder; after each epoch, one bench repeat of the same length.
-    Returns (training images/s per epoch from the trainer's log, bench images/s after each epoch)."""
+    """Run cnncli.train on the generated folder with a block of --every bench steps after every
+    --every of its steps. Returns (training images/s per epoch, its bench time taken out; bench
+    images/s in that epoch)."""
     from cnncli import config as config_mod
+    from cnncli import train as train_mod
     from cnncli.bench import Ours, images_per_second, random_batches
     from cnncli.machine import using_threads
     from cnncli.train import train
@@ -120,19 +124,33 @@ def train_vs_bench(args, tmp: Path, train_dir: Path):
     with using_threads(args.threads):
         images_per_second(ours.train, batches, 0.5)                  # the bench's own warm-up, before training starts
     train_rates, bench_rates = [], []
+    block = {"seconds": 0.0, "images": 0, "steps": 0}               # the bench's share of the current epoch
+    step, end = train_mod.Trainer.train_step, train_mod.Trainer.end_epoch
 
-    def echo(line):
-        m = re.search(r"^epoch \d+/\d+ .*\((\d+) img/s\)", line)
-        if m is None:
-            return
-        train_rates.append(float(m.group(1)))
-        seconds = args.per_class * 12 / train_rates[-1]  # as long as the epoch's training part
-        with using_threads(args.threads):
-            bench_rates.append(images_per_second(ours.train, batches, seconds))
+    def train_step(self, idx):
+        step(self, idx)
+        block["steps"] += 1
+        if block["steps"] % args.every == 0:
+            t0 = time.perf_counter()
+            for k in range(args.every):
+                x, y = batches[k % len(batches)]
+                ours.train(x, y)
+            block["seconds"] += time.perf_counter() - t0
+            block["images"] += args.every * args.batch_size
 
-    train(cfg, quiet=True, echo=echo)
+    def end_epoch(self, t_epoch, images):
+        train_rates.append(images / (time.perf_counter() - t_epoch - block["seconds"]))
+        bench_rates.append(block["images"] / block["seconds"] if block["seconds"] else float("nan"))
+        block.update(seconds=0.0, images=0)
+        return end(self, t_epoch, images)
+
+    train_mod.Trainer.train_step, train_mod.Trainer.end_epoch = train_step, end_epoch
+    try:
+        train(cfg, quiet=True, echo=lambda line: None)
+    finally:
+        train_mod.Trainer.train_step, train_mod.Trainer.end_epoch = step, end
     if len(train_rates) != args.epochs:
-        sys.exit("could not read the epoch rates from the training log")
+        sys.exit("the run did not finish its epochs")
     return train_rates, bench_rates
 
 

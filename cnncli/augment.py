@@ -297,11 +297,18 @@ def _k_values(out, q, noise, at, fill):
 
 
 @njit(cache=True)
-def _augment_image(img, q, noise, at, out, border, pad):
+def _augment_image(img, q, noise, at, out, border, pad, fills, m):
     """out (H,W) = img (H,W) augmented under parameters q (P,), its noise noise[at:] (at < 0: none);
-    scratch border (B,) float64 and pad (H+2G,W+2G) of img's dtype."""
-    needs_fill = q[P_GEO] > 0.0 or q[P_ER_H] > 0.0
-    fill = _border_median(img, border) if needs_fill else 0.0
+    scratch border (B,) float64 and pad (H+2G,W+2G) of img's dtype. fills (M,) float64 keeps each
+    dataset image's fill once computed (NaN: not yet), img being image m; m < 0: no such cache."""
+    fill = 0.0
+    if q[P_GEO] > 0.0 or q[P_ER_H] > 0.0:
+        if m >= 0 and not math.isnan(fills[m]):
+            fill = fills[m]
+        else:
+            fill = _border_median(img, border)
+            if m >= 0:
+                fills[m] = fill
     if q[P_GEO] > 0.0:
         _k_warp(img, pad, out, q, fill)
     else:
@@ -321,7 +328,7 @@ def _k_augment(x, p, noise, out):
     for i in range(x.shape[0]):
         q = p[i]
         at = int(q[P_NOISE_SLOT]) * hw if q[P_NOISE_SLOT] >= 0.0 else -1
-        _augment_image(x[i, 0], q, flat, at, out[i, 0], border, pad)
+        _augment_image(x[i, 0], q, flat, at, out[i, 0], border, pad, border, -1)   # (no fill cache)
 
 
 @njit(cache=True, nogil=True)
@@ -332,14 +339,16 @@ def _k_augment_keyed(x, out, first, key, s, pool):
     q, border, pad = np.empty(N_PARAMS), np.empty(BORDER), np.empty((PADDED, PADDED), x.dtype)  # (P,) (B,)
     for i in range(x.shape[0]):
         at = _image_params(key, first + i, s, q)
-        _augment_image(x[i, 0], q, pool, at, out[i, 0], border, pad)
+        _augment_image(x[i, 0], q, pool, at, out[i, 0], border, pad, border, -1)   # (no fill cache)
 
 
 @njit(cache=True, nogil=True)
-def _k_lookup_augment(images, idx, table, out, first, key, s, pool):
+def _k_lookup_augment(images, idx, table, fills, out, first, key, s, pool):
     """out (N,1,H,W) = the images images[idx] (M,H,W) uint8 through table (256,) (the trainer's input
     lookup), augmented as _k_augment_keyed augments them (images first, first+1, .. of the batch
-    keyed `key`): the same pixels as lookup_batch then _k_augment_keyed, in one call."""
+    keyed `key`): the same pixels as lookup_batch then _k_augment_keyed, in one call. fills (M,)
+    float64: each image's fill, computed the first time it is needed (NaN until then), kept for
+    the run (a batch's images are distinct, so no two threads write one entry)."""
     H, W = images.shape[1], images.shape[2]
     img = np.empty((H, W), table.dtype)                                                  # (H,W)
     q, border, pad = np.empty(N_PARAMS), np.empty(BORDER), np.empty((PADDED, PADDED), table.dtype)  # (P,) (B,)
@@ -349,7 +358,7 @@ def _k_lookup_augment(images, idx, table, out, first, key, s, pool):
             for c in range(W):
                 img[r, c] = table[images[m, r, c]]
         at = _image_params(key, first + i, s, q)
-        _augment_image(img, q, pool, at, out[i, 0], border, pad)
+        _augment_image(img, q, pool, at, out[i, 0], border, pad, fills, m if fills.shape[0] else -1)
 
 
 BLOCK = 16     # images per task handed to a worker thread
@@ -441,16 +450,19 @@ class Augmenter:
         with no Python per image; out may be x_s itself (each image is read whole before its output
         is written). Network.train_step(x, y, transform=...) runs it inside each shard's task;
         slices may run at once. The same pixels as __call__.
-        lookup=(images (M,32,32) uint8, idx (B,) int64, table (256,) of the augmenter's dtype): the
-        transform makes x_s itself, table[images[idx[s]]] (x_s is ignored: pass None), in the same
-        kernel call -- the trainer's input lookup and augmentation in one."""
+        lookup=(images (M,32,32) uint8, idx (B,) int64, table (256,) of the augmenter's dtype, fills
+        (M,) float64 all NaN at first, or None): the transform makes x_s itself, table[images[idx[s]]]
+        (x_s is ignored: pass None), in the same kernel call -- the trainer's input lookup and
+        augmentation in one; fills keeps each image's fill (the median of its border) from one
+        batch to the next, for this images and table only."""
         key, vector, pool = self.key(epoch, step), self.vector, self.pool
         if lookup is None:
             def transform(s, x_s, out):
                 _k_augment_keyed(x_s, out, s.start, key, vector, pool)
         else:
-            images, idx, table = lookup
+            images, idx, table, fills = lookup
+            fills = np.empty(0) if fills is None else fills        # (M,) or (0,): nothing kept
 
             def transform(s, x_s, out):
-                _k_lookup_augment(images, idx[s], table, out, s.start, key, vector, pool)
+                _k_lookup_augment(images, idx[s], table, fills, out, s.start, key, vector, pool)
         return transform

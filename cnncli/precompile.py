@@ -87,7 +87,8 @@ def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32,
 
                 aug = Augmenter(AugmentSettings(), seed=0, dtype=dtype, max_batch=n)
                 out = np.empty((n, 1, 32, 32), dtype)                                   # (N,1,H,W)
-                aug.bind(0, 0, lookup=(images, idx, table))(slice(0, n), None, out)  # the trainer's transform
+                fills = np.full(n, np.nan)                                              # (M,)
+                aug.bind(0, 0, lookup=(images, idx, table, fills))(slice(0, n), None, out)  # the trainer's
             if "step" in parts:
                 net.train_step(lookup_batch(images, idx, table), labels)
                 net.train_step(lookup_batch(images, idx, table), labels, np.ones(n, dtype))

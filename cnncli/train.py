@@ -91,6 +91,7 @@ class Trainer:
             self.augmenter = Augmenter(AugmentSettings.from_config(cfg["augment"]), seed=self.seed,
                                        pixel_std=preprocess["std"], dtype=net.params.flat.dtype,
                                        max_batch=self.batch_size)
+            self.fills = np.full(len(train_ds.labels), np.nan)   # (M,) each image's fill, kept once computed
 
     # -- hooks ---------------------------------------------------------------------------------
     def batch_input(self, idx: np.ndarray) -> np.ndarray:
@@ -116,7 +117,8 @@ class Trainer:
         images, table = self.train_ds.images, self.table
         idx = np.ascontiguousarray(idx, dtype=np.int64)                                  # (B,)
         if self.augmenter is not None:               # one kernel call per shard: lookup, then augmentation
-            return None, self.augmenter.bind(self.state.epoch, self.state.epoch_step, lookup=(images, idx, table))
+            return None, self.augmenter.bind(self.state.epoch, self.state.epoch_step,
+                                             lookup=(images, idx, table, self.fills))
 
         def transform(s, _, out):
             lookup_batch_into(images, idx[s], table, out)

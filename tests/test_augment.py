@@ -200,8 +200,9 @@ def test_blocks_slices_and_the_explicit_draw_give_the_same_pixels():
 
 
 def test_lookup_and_augmentation_in_one_call_equal_the_two_apart():
-    """bind(lookup=(images, idx, table)) makes each slice's input itself: the pixels of
-    aug(lookup_batch(images, idx, table)), bit for bit, for any split of the batch."""
+    """bind(lookup=(images, idx, table, fills)) makes each slice's input itself: the pixels of
+    aug(lookup_batch(images, idx, table)), bit for bit, for any split of the batch, with and
+    without the fills kept from one batch to the next (which the kernel then uses)."""
     from cnncli.kernels import lookup_batch
 
     rng = np.random.default_rng(3)
@@ -211,10 +212,18 @@ def test_lookup_and_augmentation_in_one_call_equal_the_two_apart():
         table = ((np.arange(256) / 255.0 - 0.4) / 0.3).astype(dtype)
         aug = A.Augmenter(SETTINGS, seed=2, pixel_std=0.3, dtype=dtype, max_batch=21)
         want = aug(lookup_batch(images, idx, table), 3, 5).copy()
-        transform, got = aug.bind(3, 5, lookup=(images, idx, table)), np.empty_like(want)
-        for s in (slice(0, 8), slice(8, 16), slice(16, 21)):
-            transform(s, None, got[s])
-        assert got.tobytes() == want.tobytes()
+        fills = np.full(len(images), np.nan)
+        for kept in (None, fills, fills):          # no cache; a cache filled by the first pass, then used
+            transform, got = aug.bind(3, 5, lookup=(images, idx, table, kept)), np.empty_like(want)
+            for s in (slice(0, 8), slice(8, 16), slice(16, 21)):
+                transform(s, None, got[s])
+            assert got.tobytes() == want.tobytes()
+        on = np.isin(np.arange(len(images)), idx)
+        assert np.isnan(fills[~on]).all() and not np.isnan(fills[on]).all()     # only the batch's images
+        fills[idx] = 1e9                            # a kept fill is what the next batches use
+        transform, got = aug.bind(3, 5, lookup=(images, idx, table, fills)), np.empty_like(want)
+        transform(slice(0, 21), None, got)
+        assert (got == dtype(1e9)).any() and not (want == dtype(1e9)).any()
 
 
 @pytest.mark.parametrize("kind", ["normal", "few values", "flat", "sorted runs"])

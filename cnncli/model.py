@@ -165,7 +165,10 @@ class Network:
         if x is None:
             if transform is None:
                 raise ValueError("x is None: only a transform that makes the input can stand in for it")
-            n = np.shape(labels)[0] if np.ndim(labels) == 1 else -1
+            if not (isinstance(labels, np.ndarray) and labels.ndim == 1):
+                raise ValueError("x is None: labels must be a 1-D numpy array (its length is the batch size), "
+                                 f"got {getattr(labels, 'shape', type(labels).__name__)}")
+            n = labels.shape[0]
             if n == 0:
                 raise ValueError("labels is empty: the batch is empty")
         else:

@@ -25,7 +25,7 @@ class Workspace:
         z = lambda *s: np.zeros(s, dtype=dtype)      # noqa: E731
         bn = batchnorm != "none"
         self.n = n
-        self.xin = e(n, 1, 32, 32)                   # the input a step's transform makes (augmentation)
+        self.xin = e(n, 1, 32, 32)                   # the input a step's transform makes (lookup, augmentation)
         self.xp1 = z(n, 1, 36, 36)                   # padded input (border stays 0)
         self.z1 = e(n, 6, 32, 32)                    # conv1 output (bias added later, see forward)
         self.xp2 = z(n, 6, 20, 20)                   # ELU(pool1), written into a padded buffer

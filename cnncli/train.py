@@ -55,8 +55,8 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, min_last: int)
 class Trainer:
     """A set-up run: network, optimizer, data, run folder, state. `fit()` runs the remaining epochs.
 
-    Extension points: `step_input` (where the float batch is made, and the augmentation each shard
-    of the step applies to it; `batch_input` is the augmented batch the step sees),
+    Extension points: `step_input` (how each shard of a step makes its float input: the lookup and
+    the augmentation; `batch_input` is the whole batch the step sees),
     `sample_weights` (per-image loss weights, e.g. class weights), `is_main_process` (only the main
     process -- rank 0 under mpirun -- writes files and prints)."""
 

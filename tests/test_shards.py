@@ -265,6 +265,8 @@ def test_a_transform_inside_the_shards_equals_the_transformed_batch(bn):
         fused.train_step(None, y)
     with pytest.raises(ValueError, match="labels is empty"):
         fused.train_step(None, y[:0], transform=made(0))
+    with pytest.raises(ValueError, match="1-D numpy array"):
+        fused.train_step(None, y.reshape(1, -1), transform=made(0))
 
 
 def test_one_process_does_not_import_mpi4py():

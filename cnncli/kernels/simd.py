@@ -302,26 +302,11 @@ def _gather(builder, data, at, off, stride, valty):
 
 
 @intrinsic
-def vgather(typingctx, arr, at, off):
-    """arr's flat elements at + off, lane by lane (llvm.masked.gather): `at` a float vector of whole
-    numbers, `off` an int; the caller keeps every at + off inside arr."""
-    _check_float_array(arr)
-    if not isinstance(at, Vec) or at.dtype != types.float64:
-        raise TypeError(f"simd.vgather: need a float64 vector of indices, got {at}")
-    vt = Vec(arr.dtype)
-
-    def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        off = context.cast(builder, args[2], sig.args[2], types.int64)
-        return _gather(builder, data, args[1], off, arr.dtype.bitwidth // 8, context.get_value_type(vt))
-    return vt(arr, at, off), codegen
-
-
-@intrinsic
 def vgather_pair(typingctx, arr, at, off):
-    """(arr's flat elements at + off, those at + off + 1): two neighbours per lane. For float32 each
-    pair is one 64-bit element of the gather, split by even/odd shuffles (half the loads of two
-    vgathers); float64 runs two vgathers."""
+    """(arr's flat elements at + off, those at + off + 1), lane by lane (llvm.masked.gather): two
+    neighbours per lane, `at` a float64 vector of whole numbers, `off` an int; the caller keeps
+    every at + off + 1 inside arr. For float32 each pair is one 64-bit element of the gather, split
+    by even/odd shuffles (half the loads of two gathers); float64 runs two gathers."""
     _check_float_array(arr)
     if not isinstance(at, Vec) or at.dtype != types.float64:
         raise TypeError(f"simd.vgather_pair: need a float64 vector of indices, got {at}")

@@ -165,43 +165,62 @@ def format_profile(prof: dict) -> str:
 
 
 def profile_phases(batchnorm="none", batch_size=128, steps=20, threads=0, num_classes=12) -> dict:
-    """Time each phase of a training step (shards.each: one task per 8-image shard on the worker
-    threads) and each of its tasks; the rest of the step ran on the calling thread alone.
+    """Time each phase of a training step (shards.each, or a phase of shards.run_phases: one task per
+    8-image shard on the worker threads) and each of its tasks; the rest of the step (the afters
+    between BN's phases, the optimizer) is "between phases".
 
     Returns {"step_ms", "rows": [{"phase", "tasks", "task_us", "busy_ms", "wall_ms"}], "serial_ms"}
-    per step: busy_ms adds the tasks' times over the threads, wall_ms is the phase's elapsed time.
+    per step: busy_ms adds the tasks' times over the threads, wall_ms is the phase's elapsed time
+    (from its first task's start to its last task's end, for run_phases' phases).
     """
     from cnncli import shards
 
     acc, lock = {}, threading.Lock()
-    real_each = shards.each
+    real_each, real_run_phases = shards.each, shards.run_phases
 
-    def each(fn, count):
+    def timed(fn, spans=None):
         slot = acc.setdefault(fn.__name__, [0.0, 0.0, 0])          # [wall, busy, tasks]
 
-        def timed(j):
+        def task(j):
             t0 = time.perf_counter()
             fn(j)
-            dt = time.perf_counter() - t0
+            t1 = time.perf_counter()
             with lock:
-                slot[1] += dt
+                slot[1] += t1 - t0
                 slot[2] += 1
+                if spans is not None:
+                    spans[0], spans[1] = min(spans[0], t0), max(spans[1], t1)
+        return slot, task
+
+    def each(fn, count):
+        slot, task = timed(fn)
         t0 = time.perf_counter()
-        real_each(timed, count)
+        real_each(task, count)
         slot[0] += time.perf_counter() - t0
+
+    def run_phases(phases, count, on_caller=False):
+        spans, wrapped = [], []
+        for fn, after in phases:
+            span = [float("inf"), 0.0]
+            slot, task = timed(fn, span)
+            spans.append((slot, span))
+            wrapped.append((task, after))
+        real_run_phases(wrapped, count, on_caller=on_caller)
+        for slot, (first, last) in spans:
+            slot[0] += last - first
 
     with using_threads(threads) as n_threads:
         ours = Ours(num_classes, batchnorm)
         batches = random_batches(batch_size, num_classes)
         images_per_second(ours.train, batches, 0.3)
-        shards.each = each
+        shards.each, shards.run_phases = each, run_phases
         try:
             t0 = time.perf_counter()
             for i in range(steps):
                 ours.train(*batches[i % len(batches)])
             total = time.perf_counter() - t0
         finally:
-            shards.each = real_each
+            shards.each, shards.run_phases = real_each, real_run_phases
     rows = [{"phase": name, "tasks": tasks / steps, "task_us": busy / tasks * 1e6, "busy_ms": busy / steps * 1e3,
              "wall_ms": wall / steps * 1e3} for name, (wall, busy, tasks) in acc.items()]
     return {"batchnorm": batchnorm, "batch_size": batch_size, "threads": n_threads, "steps": steps,
@@ -217,7 +236,7 @@ def format_phases(prof: dict) -> str:
     for r in prof["rows"]:
         lines.append(f"{r['phase'][:34]:34s} {r['tasks']:>5.0f} {r['task_us']:>8.1f} {r['busy_ms']:>8.3f} "
                      f"{r['wall_ms']:>8.3f}")
-    lines.append(f"{'calling thread alone (sums, head, optimizer)':44s} {'':>8s} {prof['serial_ms']:>8.3f}")
+    lines.append(f"{'between phases (sums, head, optimizer)':44s} {'':>8s} {prof['serial_ms']:>8.3f}")
     return "\n".join(lines)
 
 

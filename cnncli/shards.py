@@ -20,7 +20,7 @@ from .distributed import SHARD, shard_count, shard_slice
 from .kernels import batchnorm as norm
 from .kernels import bnpool, bnstats, head
 from .kernels.reduce import RowTree, tree_sum_into
-from .kernels.threads import run
+from .kernels.threads import run, run_phases
 
 def _row_views(flat, specs):
     """A Params whose named views are slices of the given 1-D row."""
@@ -75,6 +75,7 @@ class Plan:
         self.ones = np.ones(B)                              # (B,) the weights when none are given
         self.fwd, self.bwd, self.bwdtree, self.stats, self.count = {}, {}, {}, {}, {}
         self.bn_grads = {}                                  # layer -> (sum dy, sum dy*xhat) of the batch
+        self.sums = {}                                      # layer -> (2D,) float64 those sums, one array
         # the conv BN layers' coefficients for the fused kernels (bnpool), set once per step
         self.coef = {1: np.zeros((6, 6 * 1024), dtype), 2: np.zeros((6, 16 * 256), dtype)} \
             if batchnorm != "none" else {}
@@ -191,22 +192,10 @@ def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None)
         plain.__name__ = "shard step (no BN)"
         each(plain, L)
     else:
-        _bn_forward_phases(net, plan, comm, inputs)
-
-        # the head on this thread, one fused call per shard (kernels/head.py, ~10-15 us each):
-        # shared with the workers, such short tasks ran slower than on one thread
-        mean, _, invstd = plan.stats[3]
-        gamma, beta = _gamma_beta(net, 3)
-        for j in range(L):
-            ws, G, (ls, wj) = plan.ws[j], plan.grads[j], targets(j)
-            plan.loss[j, 0] = head.bn_head_into(
-                ws.z3, mean, invstd, gamma, beta, P["fc2.w"], P["fc2.b"], ls, wj, scale, backward,
-                ws.xhat3, ws.y3, ws.a3, ws.z4, ws.probs, ws.dz4, G["fc2.w"], G["fc2.b"], ws.da3, ws.dy3,
-                plan.bwd[3][j])
-            if backward:
-                _sums_done(plan, 3, comm)(j)
-        if backward:
-            _bn_backward_phases(net, plan, comm, done)
+        sums3, back = _bn_backward_phases(net, plan, comm, done) if backward else (None, [])
+        phases = _bn_forward_phases(net, plan, comm, inputs, targets, scale, backward, then=sums3) + back
+        # one job for all the phases in one process; with ranks the afters' collectives stay on this thread
+        run_phases(phases, L, on_caller=comm.size > 1)
     loss = float(comm.sum_shards(plan.loss, plan.S, tree=tree_sum_into)[0]) / plan.B
     if backward:
         if comm.size == 1:
@@ -220,11 +209,13 @@ def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None)
     return loss
 
 
-def _bn_forward_phases(net, plan, comm, inputs):
-    """Up to BN3's statistics: per shard the layers up to a BN's input (from the BN below, fused with
-    its pool + ELU) and its partial sums, the sums over all shards (comm), the statistics (and, for
-    the conv layers, the fused kernels' coefficients)."""
+def _bn_forward_phases(net, plan, comm, inputs, targets, scale, backward, then=None):
+    """Up to the loss, as [(task, after)] phases (threads.run_phases): per shard the layers up to a
+    BN's input (from the BN below, fused with its pool + ELU) and its partial sums; after each
+    phase the sums over all shards (comm), the statistics (and, for the conv layers, the fused
+    kernels' coefficients); after BN3's, the head, then then()."""
     P = net.params
+    phases = []
     for k in (1, 2, 3):
         def shard(j, k=k):
             ws = plan.ws[j]
@@ -238,11 +229,35 @@ def _bn_forward_phases(net, plan, comm, inputs):
                 passes.forward_fc1(P, ws, plan.coef[2])
                 bnstats.bn_unit_moments_into(ws.z3, plan.fwd[3][j])
         shard.__name__ = f"forward to BN{k}'s input, its moments"     # (kernel_profile's phase names)
-        each(shard, len(plan.ws))
-        _bn_statistics(net, plan, k, comm)
-        if k < 3:
-            mean, _, invstd = plan.stats[k]
-            bnpool.bn_coef_forward_into(mean, invstd, *_gamma_beta(net, k), plan.coef[k])
+
+        def after(k=k):
+            _bn_statistics(net, plan, k, comm)
+            if k < 3:
+                mean, _, invstd = plan.stats[k]
+                bnpool.bn_coef_forward_into(mean, invstd, *_gamma_beta(net, k), plan.coef[k])
+            else:
+                _head(net, plan, comm, targets, scale, backward)
+                if then is not None:
+                    then()
+        phases.append((shard, after))
+    return phases
+
+
+def _head(net, plan, comm, targets, scale, backward):
+    """fc1's BN, ELU, fc2, the loss (and the backward down to BN3's sums), one fused call per shard
+    (kernels/head.py, ~10-15 us each) on one thread: shared with the others, such short tasks ran
+    slower than on one thread."""
+    P = net.params
+    mean, _, invstd = plan.stats[3]
+    gamma, beta = _gamma_beta(net, 3)
+    for j in range(len(plan.ws)):
+        ws, G, (ls, wj) = plan.ws[j], plan.grads[j], targets(j)
+        plan.loss[j, 0] = head.bn_head_into(
+            ws.z3, mean, invstd, gamma, beta, P["fc2.w"], P["fc2.b"], ls, wj, scale, backward,
+            ws.xhat3, ws.y3, ws.a3, ws.z4, ws.probs, ws.dz4, G["fc2.w"], G["fc2.b"], ws.da3, ws.dy3,
+            plan.bwd[3][j])
+        if backward:
+            _sums_done(plan, 3, comm)(j)
 
 
 def _sums_done(plan, k, comm):
@@ -255,12 +270,14 @@ def _sums_done(plan, k, comm):
 
 
 def _bn_backward_phases(net, plan, comm, done):
-    """From BN3's dy down: the sums of dy, dy*xhat over all shards (comm), then per shard the BN's
-    dz, the layers below it and the next BN's partial sums (fused with the unpooling); done(j)
-    once shard j's row is complete."""
+    """From BN3's dy down: (sums3, [(task, after)] phases). Before each phase (sums3() after the
+    head, then the previous phase's after) the sums of dy, dy*xhat over all shards (comm) and the
+    BN's coefficients; per shard the BN's dz, the layers below it and the next BN's partial sums
+    (fused with the unpooling); done(j) once shard j's row is complete."""
     P = net.params
     plan.bn_grads = {}
-    for k in (3, 2, 1):
+
+    def sums_of(k):
         if comm.size == 1:
             sums = plan.bwdtree[k].result()                                # (2D,) float64: sdy | sdyx
         else:
@@ -270,13 +287,16 @@ def _bn_backward_phases(net, plan, comm, done):
         if k < 3:
             bnpool.bn_coef_backward_into(plan.stats[k][2], _gamma_beta(net, k)[0], sums, float(plan.count[k]),
                                          plan.coef[k])
+        plan.sums[k] = sums
 
+    phases = []
+    for k in (3, 2, 1):
         below_done = _sums_done(plan, k - 1, comm) if k > 1 else None
 
-        def shard(j, k=k, sums=sums, below_done=below_done):
+        def shard(j, k=k, below_done=below_done):
             ws, G = plan.ws[j], plan.grads[j]
             if k == 3:
-                _fc_bn_backward(net, plan, j, sums)
+                _fc_bn_backward(net, plan, j, plan.sums[3])
                 passes.backward_fc1(P, G, ws, (plan.coef[2], plan.bwd[2][j]))
                 below_done(j)
             elif k == 2:
@@ -288,4 +308,5 @@ def _bn_backward_phases(net, plan, comm, done):
                 passes.backward_conv1(G, ws)
                 done(j)
         shard.__name__ = f"backward from BN{k}" + (f" to BN{k - 1}'s sums" if k > 1 else "")
-        each(shard, len(plan.ws))
+        phases.append((shard, (lambda k=k: sums_of(k - 1)) if k > 1 else None))
+    return (lambda: sums_of(3)), phases

@@ -45,3 +45,78 @@ def test_thread_counts_give_the_same_bits():
         for n in SIZES:
             got = {t: digests[f"{bn}/{n}/{t}"] for t in THREADS}
             assert len(set(got.values())) == 1, (bn, n, got)
+
+
+# ---- threads.run_phases: a step's BN phases as one job ----------------------------------------
+
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import numba  # noqa: E402
+import pytest  # noqa: E402
+
+from cnncli.kernels.threads import run_phases  # noqa: E402
+
+
+@pytest.fixture
+def two_threads():
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    yield
+    numba.set_num_threads(before)
+
+
+def _logged_phases(n_phases, log, lock):
+    def task(p):
+        def run(j):
+            time.sleep(0.0005 * (j % 3))            # uneven tasks: the threads finish phases in turn
+            with lock:
+                log.append(("task", p, j))
+        return run
+
+    def after(p):
+        def run():
+            with lock:
+                log.append(("after", p, threading.current_thread().name))
+        return run
+    return [(task(p), after(p)) for p in range(n_phases)]
+
+
+@pytest.mark.parametrize("on_caller", [False, True])
+def test_run_phases_runs_every_task_then_the_after_before_the_next_phase(two_threads, on_caller):
+    log, lock = [], threading.Lock()
+    run_phases(_logged_phases(5, log, lock), 7, on_caller=on_caller)
+    afters = [i for i, e in enumerate(log) if e[0] == "after"]
+    assert [log[i][1] for i in afters] == list(range(5))
+    start = 0
+    for p, end in enumerate(afters):              # phase p's 7 tasks, each once, then its after
+        assert sorted((e[1], e[2]) for e in log[start:end]) == [(p, j) for j in range(7)]
+        start = end + 1
+    assert start == len(log)
+    if on_caller:
+        assert {log[i][2] for i in afters} == {threading.current_thread().name}
+
+
+def test_run_phases_raises_the_first_error_once_no_task_is_running(two_threads):
+    lock, running, later = threading.Lock(), [0], []
+
+    def task(j):
+        with lock:
+            running[0] += 1
+        try:
+            time.sleep(0.002)
+            if j == 3:
+                raise ValueError("task 3 failed")
+        finally:
+            with lock:
+                running[0] -= 1
+
+    with pytest.raises(ValueError, match="task 3 failed"):
+        run_phases([(task, lambda: later.append("after")), (lambda j: later.append(j), None)], 8)
+    assert running[0] == 0 and later == []        # nothing of a later phase ran; no task still inside
+
+    def bad_after():
+        raise RuntimeError("after failed")
+    with pytest.raises(RuntimeError, match="after failed"):
+        run_phases([(lambda j: None, bad_after), (lambda j: later.append(j), None)], 4)
+    assert later == []

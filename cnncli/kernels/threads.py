@@ -98,3 +98,74 @@ def run_blocks(task, n, size):
     """task(slice) for the consecutive blocks of `size` items of range(n) (the last one shorter), on
     the worker threads through run(): for kernels whose items are independent (images)."""
     run(lambda j: task(slice(j * size, min(n, (j + 1) * size))), -(-n // size))
+
+
+def run_phases(phases, count, on_caller=False):
+    """For each (task, after) of `phases` in turn: task(j) for j in range(count) on the calling and
+    the worker threads, then after() once, before any task of the next phase starts. One job for
+    all the phases: after() runs on the thread that finished the phase's last task, which goes
+    straight on to the next phase's tasks, while the others wait on a condition -- a step's
+    phases pay no per-phase hand-out, and no sleeping caller is woken at each phase's end.
+    on_caller=True: every after() on the calling thread (run() per phase), for afters that must
+    stay on it (MPI collectives). The first exception of a task or an after() ends the job and is
+    raised here once every thread has left it."""
+    import numba
+
+    pool, t = workers()
+    if on_caller or t <= 1 or count <= 1:
+        for task, after in phases:
+            run(task, count)
+            if after is not None:
+                after()
+        return
+    cond = threading.Condition()
+    state = {"phase": 0, "next": 0, "done": 0, "busy": 0, "error": None}
+    n_phases = len(phases)
+
+    def over():
+        return state["error"] is not None or state["phase"] >= n_phases
+
+    def drain():
+        while True:
+            with cond:
+                while not over() and state["next"] >= count:
+                    cond.wait()
+                if over():
+                    return
+                p, j = state["phase"], state["next"]
+                state["next"] += 1
+                state["busy"] += 1
+            task, after = phases[p]
+            try:
+                task(j)
+                with cond:
+                    state["done"] += 1
+                    last = state["done"] == count
+                if last and after is not None:
+                    after()
+                with cond:
+                    if last:
+                        state["phase"], state["next"], state["done"] = p + 1, 0, 0
+                    state["busy"] -= 1
+                    cond.notify_all()
+            except BaseException as e:  # noqa: BLE001 -- re-raised by the caller below
+                with cond:
+                    state["error"] = state["error"] or e
+                    state["busy"] -= 1
+                    cond.notify_all()
+                return
+
+    old = numba.get_num_threads()
+    with blas_single_thread():
+        for _ in range(t - 1):
+            pool.submit(drain)
+        numba.set_num_threads(1)
+        try:
+            drain()
+            with cond:           # the job is over and no thread is inside a task (a worker still asleep
+                while not over() or state["busy"]:   # finds the job over and leaves at once)
+                    cond.wait()
+        finally:
+            numba.set_num_threads(old)
+    if state["error"] is not None:
+        raise state["error"]

@@ -8,8 +8,9 @@ Rules kept in every module:
     `bn_unit_forward`...) check shapes/dtypes (ValueError naming the argument and its shape) and
     allocate the outputs the caller did not pass in; model.py calls the kernels on its workspaces.
   * Kernels have no signatures: the same code compiles for float32 and float64.
-  * The network's kernels run on one thread each (`nogil`): threads.run hands a step's 8-image
-    shards, and inference's and augmentation's blocks of images, to the worker threads; each task
+  * The network's kernels run on one thread each (`nogil`): threads.run (and run_phases, a BN
+    step's phases as one job) hands a step's 8-image shards, and inference's and augmentation's
+    blocks of images, to the worker threads; each task
     writes only its own slice and shards meet in a fixed tree, so results are bitwise reproducible
     run to run and for any thread count. (`prange` stays only in reference layers outside the
     network's path, conv.py's generic conv2d: a parallel loop costs seconds of first-run compile.)

@@ -1,6 +1,7 @@
 """Thread settings and the worker pool: numba's and OpenBLAS's thread counts, and worker threads
-that run a job's chunks (a training step's micro-shards), each taken by whichever thread is free.
-It does not decide what a chunk is (shards.py does).
+that run a job's chunks (a training step's micro-shards), each taken by whichever thread is free
+(run; run_phases: phases of chunks with a serial step between them, as one job). It does not
+decide what a chunk is (shards.py does).
 
 Measured on the 2-core machine (scripts/bench_core.py): several threads calling a multi-threaded
 OpenBLAS at once ran 100x slower, so `blas_single_thread()` keeps OpenBLAS on one thread while the

@@ -2,8 +2,9 @@
 batch normalization needs the whole batch's statistics (shards.py runs the segments of every
 shard and the BN sums between them); each reads like the network diagram, one layer call per line.
 The conv layers' BN runs fused with their pool + ELU (kernels/bnpool.py): their BN output, xhat
-and dy are never stored. Not the API (model.py), not the cross-shard sums (shards.py), not the
-inference path.
+and dy are never stored; under BN their segments are one numba call each (kernels/segments.py
+runs the same layer kernels in the same order). Not the API (model.py), not the cross-shard sums
+(shards.py), not the inference path.
 
 Shapes: n images in the shard, C classes; every workspace array's shape is commented in Workspace.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .arch import FC1_UNITS
-from .kernels import activation, bnpool, conv16, conv32, fc, pool
+from .kernels import activation, bnpool, conv16, conv32, fc, pool, segments
 from .kernels.loss import sigmoid_bce_into
 
 
@@ -66,15 +67,22 @@ def forward_conv1(P, ws, x):
     conv32.conv32_forward_into(ws.xp1, P["conv1.w"], ws.z1)
 
 
-def forward_conv2(P, ws, bn1=None):
-    """(pool1, ELU) of z1 + bias, or of BN1(z1) given its coefficients bn1 (bnpool's coef) -> xp2
-    -> conv2 -> z2 without the bias (as forward_conv1). ELU after the max is the same as before
-    it (ELU increases) and takes a quarter of the exps."""
-    if bn1 is None:
-        pool.pool_elu_forward_into(ws.z1, P["conv1.b"], ws.xp2, 2, ws.arg1)
-    else:
-        bnpool.bn_pool_elu_forward_into(ws.z1, bn1, ws.xp2, 2, ws.arg1)
+def forward_conv2(P, ws):
+    """(pool1, ELU) of z1 + bias -> xp2 -> conv2 -> z2 without the bias (as forward_conv1). ELU
+    after the max is the same as before it (ELU increases) and takes a quarter of the exps."""
+    pool.pool_elu_forward_into(ws.z1, P["conv1.b"], ws.xp2, 2, ws.arg1)
     conv16.conv16_forward_into(ws.xp2, P["conv2.w"], ws.z2)
+
+
+def forward_bn1_input(P, ws, x, row):
+    """Under BN: x -> conv1 -> z1 + bias, BN1's moments into row (one numba call, kernels/segments.py)."""
+    segments.conv1_moments_into(x, ws.xp1, P["conv1.w"], ws.z1, P["conv1.b"], row)
+
+
+def forward_bn2_input(P, ws, coef1, row):
+    """Under BN: (BN1 given its coefficients, pool1, ELU) of z1 -> xp2 -> conv2 -> z2 + bias, BN2's
+    moments into row (one numba call)."""
+    segments.bn1_conv2_moments_into(ws.z1, coef1, ws.xp2, ws.arg1, P["conv2.w"], ws.z2, P["conv2.b"], row)
 
 
 def forward_fc1(P, ws, bn2=None):
@@ -106,7 +114,7 @@ def backward_head(P, G, ws):
 
 def backward_fc1(P, G, ws, bn2=None):
     """dz3 -> fc1's gradients, dflat -> (pool2, ELU) -> dz2; under BN, bn2 = (coef, row): only
-    the shard's sums of BN2's dy and dy*xhat into row (backward_bn_pool gives dz2 later)."""
+    the shard's sums of BN2's dy and dy*xhat into row (backward_bn2_to_bn1_sums gives dz2 later)."""
     fc.fc_backward_into(ws.dz3, ws.flat, P["fc1.w"], G["fc1.w"], G["fc1.b"], ws.dflat)
     if bn2 is None:
         pool.pool_elu_backward_into(ws.dp2, ws.p2, 0, ws.arg2, ws.dz2)
@@ -114,30 +122,32 @@ def backward_fc1(P, G, ws, bn2=None):
         bnpool.bn_unpool_sums_into(ws.dp2, ws.p2, 0, ws.arg2, ws.z2, bn2[0], bn2[1])
 
 
-def backward_conv2(P, G, ws, bn1=None):
-    """dz2 -> conv2's gradients, dp1 -> (pool1, ELU) -> dz1; under BN, bn1 = (coef, row): only
-    the shard's sums of BN1's dy and dy*xhat into row (backward_bn_pool gives dz1 later)."""
+def backward_conv2(P, G, ws):
+    """dz2 -> conv2's gradients, dp1 -> (pool1, ELU) -> dz1."""
     conv16.conv16_backward_dw_into(ws.dz2, ws.xp2, ws.dzt2, ws.dwt2)
     conv16.conv16_grads_finish_into(ws.dwt2, ws.dzt2, G["conv2.w"], G["conv2.b"])
     conv16.conv16_backward_dx_into(ws.dz2, P["conv2.w"], ws.dzp2, ws.dp1)
-    if bn1 is None:
-        pool.pool_elu_backward_into(ws.dp1, ws.xp2, 2, ws.arg1, ws.dz1)
-    else:
-        bnpool.bn_unpool_sums_into(ws.dp1, ws.xp2, 2, ws.arg1, ws.z1, bn1[0], bn1[1])
-
-
-def backward_bn_pool(ws, layer, coef):
-    """Conv layer 1 or 2 under BN, given its coefficients with the batch's sums (bnpool's coef):
-    dp -> (pool, ELU, BN) -> dz1 or dz2."""
-    if layer == 1:
-        bnpool.bn_unpool_backward_into(ws.dp1, ws.xp2, 2, ws.arg1, ws.z1, coef, ws.dz1)
-    else:
-        bnpool.bn_unpool_backward_into(ws.dp2, ws.p2, 0, ws.arg2, ws.z2, coef, ws.dz2)
+    pool.pool_elu_backward_into(ws.dp1, ws.xp2, 2, ws.arg1, ws.dz1)
 
 
 def backward_conv1(G, ws):
     """dz1 -> conv1's gradients (the input layer: no dx)."""
     conv32.conv32_backward_dw_into(ws.dz1, ws.xp1, G["conv1.w"], G["conv1.b"])
+
+
+def backward_bn2_to_bn1_sums(P, G, ws, coef2, coef1, row1):
+    """Under BN, given BN2's coefficients with the batch's sums: dp2 -> (pool2, ELU, BN2) -> dz2 ->
+    conv2's gradients, dp1 -> the shard's sums of BN1's dy and dy*xhat into row1 (one numba call)."""
+    segments.bn2_conv2_back_into(ws.dp2, ws.p2, ws.arg2, ws.z2, coef2, ws.dz2, ws.xp2, ws.dzt2, ws.dwt2,
+                                 G["conv2.w"], G["conv2.b"], P["conv2.w"], ws.dzp2, ws.dp1, ws.arg1, ws.z1,
+                                 coef1, row1)
+
+
+def backward_bn1(G, ws, coef1):
+    """Under BN, given BN1's coefficients with the batch's sums: dp1 -> (pool1, ELU, BN1) -> dz1 ->
+    conv1's gradients (one numba call)."""
+    segments.bn1_conv1_back_into(ws.dp1, ws.xp2, ws.arg1, ws.z1, coef1, ws.dz1, ws.xp1, G["conv1.w"],
+                                 G["conv1.b"])
 
 
 def shard_forward_plain(P, ws, x, labels, weights, scale):

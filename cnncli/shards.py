@@ -220,11 +220,9 @@ def _bn_forward_phases(net, plan, comm, inputs, targets, scale, backward, then=N
         def shard(j, k=k):
             ws = plan.ws[j]
             if k == 1:
-                passes.forward_conv1(P, ws, inputs(j, ws))
-                bnstats.bn_bias_moments_into(ws.z1.reshape(ws.n, 6, 1024), P["conv1.b"], plan.fwd[1][j])
+                passes.forward_bn1_input(P, ws, inputs(j, ws), plan.fwd[1][j])
             elif k == 2:
-                passes.forward_conv2(P, ws, plan.coef[1])
-                bnstats.bn_bias_moments_into(ws.z2.reshape(ws.n, 16, 256), P["conv2.b"], plan.fwd[2][j])
+                passes.forward_bn2_input(P, ws, plan.coef[1], plan.fwd[2][j])
             else:
                 passes.forward_fc1(P, ws, plan.coef[2])
                 bnstats.bn_unit_moments_into(ws.z3, plan.fwd[3][j])
@@ -300,12 +298,10 @@ def _bn_backward_phases(net, plan, comm, done):
                 passes.backward_fc1(P, G, ws, (plan.coef[2], plan.bwd[2][j]))
                 below_done(j)
             elif k == 2:
-                passes.backward_bn_pool(ws, 2, plan.coef[2])
-                passes.backward_conv2(P, G, ws, (plan.coef[1], plan.bwd[1][j]))
+                passes.backward_bn2_to_bn1_sums(P, G, ws, plan.coef[2], plan.coef[1], plan.bwd[1][j])
                 below_done(j)
             else:
-                passes.backward_bn_pool(ws, 1, plan.coef[1])
-                passes.backward_conv1(G, ws)
+                passes.backward_bn1(G, ws, plan.coef[1])
                 done(j)
         shard.__name__ = f"backward from BN{k}" + (f" to BN{k - 1}'s sums" if k > 1 else "")
         phases.append((shard, (lambda k=k: sums_of(k - 1)) if k > 1 else None))

@@ -1,0 +1,50 @@
+"""A BN training step's conv-layer tasks as single numba calls: each function runs, in order, the
+layer kernels one shard's phase would call one by one from Python, on the same arrays (the same
+bits). A task then releases and retakes the GIL once instead of once per kernel: with two threads
+each retake could wait for the other thread's Python and a wake-up. No arithmetic of its own, no
+checks (passes.py calls these on a shard's workspace). fc1's segments stay in Python: their
+products are BLAS calls.
+
+Shapes: n images of the shard; the arrays are passes.Workspace's (their shapes are commented there).
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from . import bnpool, bnstats, conv16, conv32
+
+
+@njit(cache=True, nogil=True)
+def conv1_moments_into(x, xp1, w1, z1, b1, row):
+    # x (n,1,32,32) -> xp1 (padded) -> conv1 -> z1 (n,6,32,32) + b1, and BN1's moments of it into row
+    conv32.pad2_into(x, xp1)
+    conv32.conv32_forward_into(xp1, w1, z1)
+    bnstats.bn_bias_moments_into(z1.reshape(z1.shape[0], 6, 1024), b1, row)
+
+
+@njit(cache=True, nogil=True)
+def bn1_conv2_moments_into(z1, coef1, xp2, arg1, w2, z2, b2, row):
+    # z1 -> (BN1, pool, ELU) -> xp2 (arg1 its argmax) -> conv2 -> z2 (n,16,16,16) + b2, BN2's moments into row
+    bnpool.bn_pool_elu_forward_into(z1, coef1, xp2, 2, arg1)
+    conv16.conv16_forward_into(xp2, w2, z2)
+    bnstats.bn_bias_moments_into(z2.reshape(z2.shape[0], 16, 256), b2, row)
+
+
+@njit(cache=True, nogil=True)
+def bn2_conv2_back_into(dp2, p2, arg2, z2, coef2, dz2, xp2, dzt2, dwt2, gw2, gb2, w2, dzp2, dp1, arg1, z1,
+                        coef1, row1):
+    # dp2 -> (pool2, ELU, BN2)' -> dz2 -> conv2's gradients gw2, gb2 and dp1 -> BN1's sums of dy and
+    # dy*xhat (through pool1 and ELU) into row1
+    bnpool.bn_unpool_backward_into(dp2, p2, 0, arg2, z2, coef2, dz2)
+    conv16.conv16_backward_dw_into(dz2, xp2, dzt2, dwt2)
+    conv16.conv16_grads_finish_into(dwt2, dzt2, gw2, gb2)
+    conv16.conv16_backward_dx_into(dz2, w2, dzp2, dp1)
+    bnpool.bn_unpool_sums_into(dp1, xp2, 2, arg1, z1, coef1, row1)
+
+
+@njit(cache=True, nogil=True)
+def bn1_conv1_back_into(dp1, xp2, arg1, z1, coef1, dz1, xp1, gw1, gb1):
+    # dp1 -> (pool1, ELU, BN1)' -> dz1 -> conv1's gradients gw1, gb1 (the input layer: no dx)
+    bnpool.bn_unpool_backward_into(dp1, xp2, 2, arg1, z1, coef1, dz1)
+    conv32.conv32_backward_dw_into(dz1, xp1, gw1, gb1)

@@ -59,8 +59,6 @@ def run(task, count):
     first exception of a task is raised here after all tasks ran. Numba runs on one thread inside
     a task; OpenBLAS stays on one thread meanwhile (several threads calling a multi-threaded
     OpenBLAS at once was measured 100x slower)."""
-    import numba
-
     pool, t = workers()
     t = min(t, count)
     taken = itertools.count()
@@ -81,6 +79,16 @@ def run(task, count):
 
     if count <= 0:
         return
+    _on_threads(pool, t, drain, finished.wait)
+    if state[1] is not None:
+        raise state[1]
+
+
+def _on_threads(pool, t, drain, wait):
+    """drain() on t-1 worker threads and on this one, numba and OpenBLAS on one thread each
+    meanwhile; then wait() for the job's end (run and run_phases)."""
+    import numba
+
     old = numba.get_num_threads()
     with blas_single_thread():
         for _ in range(t - 1):
@@ -88,11 +96,9 @@ def run(task, count):
         numba.set_num_threads(1)
         try:
             drain()
-            finished.wait()
+            wait()
         finally:
             numba.set_num_threads(old)
-    if state[1] is not None:
-        raise state[1]
 
 
 def run_blocks(task, n, size):
@@ -110,8 +116,6 @@ def run_phases(phases, count, on_caller=False):
     on_caller=True: every after() on the calling thread (run() per phase), for afters that must
     stay on it (MPI collectives). The first exception of a task or an after() ends the job and is
     raised here once every thread has left it."""
-    import numba
-
     pool, t = workers()
     if on_caller or t <= 1 or count <= 1:
         for task, after in phases:
@@ -156,17 +160,11 @@ def run_phases(phases, count, on_caller=False):
                     cond.notify_all()
                 return
 
-    old = numba.get_num_threads()
-    with blas_single_thread():
-        for _ in range(t - 1):
-            pool.submit(drain)
-        numba.set_num_threads(1)
-        try:
-            drain()
-            with cond:           # the job is over and no thread is inside a task (a worker still asleep
-                while not over() or state["busy"]:   # finds the job over and leaves at once)
-                    cond.wait()
-        finally:
-            numba.set_num_threads(old)
+    def wait():
+        with cond:               # the job is over and no thread is inside a task (a worker still asleep
+            while not over() or state["busy"]:   # finds the job over and leaves at once)
+                cond.wait()
+
+    _on_threads(pool, t, drain, wait)
     if state["error"] is not None:
         raise state["error"]

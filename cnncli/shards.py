@@ -75,7 +75,6 @@ class Plan:
         self.ones = np.ones(B)                              # (B,) the weights when none are given
         self.fwd, self.bwd, self.bwdtree, self.stats, self.count = {}, {}, {}, {}, {}
         self.bn_grads = {}                                  # layer -> (sum dy, sum dy*xhat) of the batch
-        self.sums = {}                                      # layer -> (2D,) float64 those sums, one array
         # the conv BN layers' coefficients for the fused kernels (bnpool), set once per step
         self.coef = {1: np.zeros((6, 6 * 1024), dtype), 2: np.zeros((6, 16 * 256), dtype)} \
             if batchnorm != "none" else {}
@@ -140,12 +139,12 @@ def _gamma_beta(net, k):
     return net.params[f"bn{k}.gamma"].reshape(-1), net.params[f"bn{k}.beta"].reshape(-1)
 
 
-def _fc_bn_backward(net, plan, j, sums):
-    """Shard j's dz3 of fc1's BN from the batch's sums (sdy | sdyx) and invstd."""
+def _fc_bn_backward(net, plan, j):
+    """Shard j's dz3 of fc1's BN from the batch's sums of dy and dy*xhat (plan.bn_grads[3]) and invstd."""
     ws = plan.ws[j]
-    d = sums.shape[0] // 2
+    sdy, sdyx = plan.bn_grads[3]
     norm.bn_unit_backward_given_into(ws.dy3, ws.xhat3, _gamma_beta(net, 3)[0], plan.stats[3][2],
-                                     sums[:d], sums[d:], float(plan.count[3]), ws.dz3)
+                                     sdy, sdyx, float(plan.count[3]), ws.dz3)
 
 
 def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None):
@@ -285,7 +284,6 @@ def _bn_backward_phases(net, plan, comm, done):
         if k < 3:
             bnpool.bn_coef_backward_into(plan.stats[k][2], _gamma_beta(net, k)[0], sums, float(plan.count[k]),
                                          plan.coef[k])
-        plan.sums[k] = sums
 
     phases = []
     for k in (3, 2, 1):
@@ -294,7 +292,7 @@ def _bn_backward_phases(net, plan, comm, done):
         def shard(j, k=k, below_done=below_done):
             ws, G = plan.ws[j], plan.grads[j]
             if k == 3:
-                _fc_bn_backward(net, plan, j, plan.sums[3])
+                _fc_bn_backward(net, plan, j)
                 passes.backward_fc1(P, G, ws, (plan.coef[2], plan.bwd[2][j]))
                 below_done(j)
             elif k == 2:

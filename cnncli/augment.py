@@ -28,6 +28,7 @@ from numba import njit, uint64  # noqa: E402
 
 from .kernels.simd import (LANES, vadd, vconvert, vfloor, vgather_pair, vhsum, vload, vmul, vsel_gt,  # noqa: E402
                            vsplat, vstore, vsub, vwiden)
+from .kernels.lookup import lookup_batch_into  # noqa: E402
 from .kernels.threads import run_blocks  # noqa: E402
 
 SIZE = 32
@@ -349,16 +350,13 @@ def _k_lookup_augment(images, idx, table, fills, out, first, key, s, pool):
     keyed `key`): the same pixels as lookup_batch then _k_augment_keyed, in one call. fills (M,)
     float64: each image's fill, computed the first time it is needed (NaN until then), kept for
     the run (a batch's images are distinct, so no two threads write one entry)."""
-    H, W = images.shape[1], images.shape[2]
-    img = np.empty((H, W), table.dtype)                                                  # (H,W)
+    img = np.empty((1, 1, images.shape[1], images.shape[2]), table.dtype)               # (1,1,H,W)
     q, border, pad = np.empty(N_PARAMS), np.empty(BORDER), np.empty((PADDED, PADDED), table.dtype)  # (P,) (B,)
     for i in range(idx.shape[0]):
-        m = idx[i]
-        for r in range(H):
-            for c in range(W):
-                img[r, c] = table[images[m, r, c]]
+        lookup_batch_into(images, idx[i:i + 1], table, img)
         at = _image_params(key, first + i, s, q)
-        _augment_image(img, q, pool, at, out[i, 0], border, pad, fills, m if fills.shape[0] else -1)
+        m = idx[i] if fills.shape[0] else -1
+        _augment_image(img[0, 0], q, pool, at, out[i, 0], border, pad, fills, m)
 
 
 BLOCK = 16     # images per task handed to a worker thread

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cnncli import augment as A
+from cnncli import augment_pixels
 
 S = A.SIZE
 
@@ -242,7 +243,7 @@ def test_border_median_is_numpy_median(kind):
         else:
             img = np.sort(rng.integers(0, 30, (S, S)), axis=None)[::-1].reshape(S, S).astype(np.float64)
         for x in (img, img.astype(np.float32)):      # (the middle pair is averaged in float64)
-            assert A._border_median(x, buf) == reference_fill(x.astype(np.float64))
+            assert augment_pixels._border_median(x, buf) == reference_fill(x.astype(np.float64))
 
 
 def test_drawn_uniforms_are_uniform_and_independent():

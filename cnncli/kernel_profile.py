@@ -167,7 +167,8 @@ def format_profile(prof: dict) -> str:
 def profile_phases(batchnorm="none", batch_size=128, steps=20, threads=0, num_classes=12) -> dict:
     """Time each phase of a training step (shards.each, or a phase of shards.run_phases: one task per
     8-image shard on the worker threads) and each of its tasks; the rest of the step (the afters
-    between BN's phases, the optimizer) is "between phases".
+    between BN's phases, the optimizer) is "between phases". A BN step in one process is one
+    phase: kernels/bnstep.py's job (shards.run_together), one task per thread.
 
     Returns {"step_ms", "rows": [{"phase", "tasks", "task_us", "busy_ms", "wall_ms"}], "serial_ms"}
     per step: busy_ms adds the tasks' times over the threads, wall_ms is the phase's elapsed time
@@ -176,7 +177,7 @@ def profile_phases(batchnorm="none", batch_size=128, steps=20, threads=0, num_cl
     from cnncli import shards
 
     acc, lock = {}, threading.Lock()
-    real_each, real_run_phases = shards.each, shards.run_phases
+    real_each, real_run_phases, real_together = shards.each, shards.run_phases, shards.run_together
 
     def timed(fn, spans=None):
         slot = acc.setdefault(fn.__name__, [0.0, 0.0, 0])          # [wall, busy, tasks]
@@ -209,18 +210,27 @@ def profile_phases(batchnorm="none", batch_size=128, steps=20, threads=0, num_cl
         for slot, (first, last) in spans:
             slot[0] += last - first
 
+    def run_together(job, abort):
+        def fn(t):
+            job(t)
+        fn.__name__ = "BN step: every phase (bnstep)"
+        slot, task = timed(fn)
+        t0 = time.perf_counter()
+        real_together(task, abort)
+        slot[0] += time.perf_counter() - t0
+
     with using_threads(threads) as n_threads:
         ours = Ours(num_classes, batchnorm)
         batches = random_batches(batch_size, num_classes)
         images_per_second(ours.train, batches, 0.3)
-        shards.each, shards.run_phases = each, run_phases
+        shards.each, shards.run_phases, shards.run_together = each, run_phases, run_together
         try:
             t0 = time.perf_counter()
             for i in range(steps):
                 ours.train(*batches[i % len(batches)])
             total = time.perf_counter() - t0
         finally:
-            shards.each, shards.run_phases = real_each, real_run_phases
+            shards.each, shards.run_phases, shards.run_together = real_each, real_run_phases, real_together
     rows = [{"phase": name, "tasks": tasks / steps, "task_us": busy / tasks * 1e6, "busy_ms": busy / steps * 1e3,
              "wall_ms": wall / steps * 1e3} for name, (wall, busy, tasks) in acc.items()]
     return {"batchnorm": batchnorm, "batch_size": batch_size, "threads": n_threads, "steps": steps,

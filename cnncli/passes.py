@@ -3,7 +3,8 @@ batch normalization needs the whole batch's statistics (shards.py runs the segme
 shard and the BN sums between them); each reads like the network diagram, one layer call per line.
 The conv layers' BN runs fused with their pool + ELU (kernels/bnpool.py): their BN output, xhat
 and dy are never stored; under BN their segments are one numba call each (kernels/segments.py
-runs the same layer kernels in the same order). Not the API (model.py), not the cross-shard sums
+runs the same layer kernels in the same order), and in one process kernels/bnstep.py runs the whole
+BN step in numba from the same kernels. Not the API (model.py), not the cross-shard sums
 (shards.py), not the inference path.
 
 Shapes: n images in the shard, C classes; every workspace array's shape is commented in Workspace.
@@ -57,6 +58,15 @@ class Workspace:
         self.dzt2 = e(n, 256, 16)
         self.dwt2 = e(6, 5, 5, 16)
 
+    def rows(self, a, b, dwt2):
+        """A shard's workspace whose per-image arrays are rows a:b of this one's (a view, no copy),
+        with its own conv2 weight scratch dwt2 (6,5,5,16)."""
+        ws = object.__new__(Workspace)
+        for name, arr in vars(self).items():
+            setattr(ws, name, arr[a:b] if isinstance(arr, np.ndarray) else arr)
+        ws.n, ws.dwt2 = b - a, dwt2
+        return ws
+
 
 # ---- forward, segment by segment: each ends at a pre-BN activation (or the loss) -------------
 
@@ -90,9 +100,10 @@ def forward_fc1(P, ws, bn2=None):
     -> z3."""
     if bn2 is None:
         pool.pool_elu_forward_into(ws.z2, P["conv2.b"], ws.p2, 0, ws.arg2)
-    else:
+        fc.fc_forward_into(ws.flat, P["fc1.w"], P["fc1.b"], ws.z3)
+    else:      # kernels/bnstep.py runs this segment in numba: no BLAS, here too (the same bits)
         bnpool.bn_pool_elu_forward_into(ws.z2, bn2, ws.p2, 0, ws.arg2)
-    fc.fc_forward_into(ws.flat, P["fc1.w"], P["fc1.b"], ws.z3)
+        fc.fc_forward_loop_into(ws.flat, P["fc1.w"], P["fc1.b"], ws.z3)
 
 
 def forward_head(P, ws, labels, weights, scale):
@@ -115,10 +126,12 @@ def backward_head(P, G, ws):
 def backward_fc1(P, G, ws, bn2=None):
     """dz3 -> fc1's gradients, dflat -> (pool2, ELU) -> dz2; under BN, bn2 = (coef, row): only
     the shard's sums of BN2's dy and dy*xhat into row (backward_bn2_to_bn1_sums gives dz2 later)."""
-    fc.fc_backward_into(ws.dz3, ws.flat, P["fc1.w"], G["fc1.w"], G["fc1.b"], ws.dflat)
     if bn2 is None:
+        fc.fc_backward_into(ws.dz3, ws.flat, P["fc1.w"], G["fc1.w"], G["fc1.b"], ws.dflat)
         pool.pool_elu_backward_into(ws.dp2, ws.p2, 0, ws.arg2, ws.dz2)
-    else:
+    else:      # as forward_fc1: the loop product bnstep.py also runs
+        fc.fc_grads_into(ws.dz3, ws.flat, G["fc1.w"], G["fc1.b"])
+        fc.fc_dx_loop_into(ws.dz3, P["fc1.w"], ws.dflat)
         bnpool.bn_unpool_sums_into(ws.dp2, ws.p2, 0, ws.arg2, ws.z2, bn2[0], bn2[1])
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 KERNEL_MODULES = tuple(f"cnncli.kernels.{name}" for name in (
     "activation", "adam", "batchnorm", "bnpool", "bnstats", "conv", "conv16", "conv32", "fc", "head", "inference",
-    "lookup", "loss", "pool", "reduce", "segments")) + ("cnncli.augment", "cnncli.augment_pixels")
+    "lookup", "loss", "pool", "reduce", "segments", "bnstep")) + ("cnncli.augment", "cnncli.augment_pixels")
 
 def kernel_dispatchers() -> list:
     """Every cached numba dispatcher (`@njit(cache=True)`) of the kernel modules (KERNEL_MODULES)."""

@@ -1,7 +1,9 @@
 """One training step cut into fixed micro-shards of distributed.SHARD images: each shard runs on its
 own workspace on the worker threads, writes its parameter gradient into its own row, and the rows,
 the losses and (with BN) the per-shard partial statistics are summed through the comm in one fixed
-tree, so the bits depend neither on the thread count nor on the number of ranks.
+tree, so the bits depend neither on the thread count nor on the number of ranks. With BN in one
+process the whole step is one numba call per thread (kernels/bnstep.py: the same kernels and
+trees, the threads meeting at spin barriers); with ranks its phases run from here (run_phases).
 Not the API (model.Network.train_step calls run_step) nor the layers (passes.py).
 
 Shapes: B images in the global batch, S = ceil(B / SHARD) shards, L of them on this rank
@@ -18,9 +20,10 @@ from . import passes
 from .arch import Params, param_specs
 from .distributed import SHARD, shard_count, shard_slice
 from .kernels import batchnorm as norm
-from .kernels import bnpool, bnstats, head
-from .kernels.reduce import RowTree, tree_sum_into
-from .kernels.threads import run, run_phases
+from .kernels import bnpool, bnstats, bnstep, head
+from .kernels.reduce import TASK, RowTree, tree_sum_into
+from .kernels.sync import ABORT
+from .kernels.threads import run, run_phases, run_together
 
 def _row_views(flat, specs):
     """A Params whose named views are slices of the given 1-D row."""
@@ -58,10 +61,20 @@ class Plan:
         n_local = sum(s.stop - s.start for s in self.slices)
         self.probs = np.empty((n_local, num_classes), dtype)                # (n_local, C) this rank's
         self.ws = []
-        for s in self.slices:
-            ws = passes.Workspace(s.stop - s.start, num_classes, batchnorm, dtype)
-            ws.probs = self.probs[s.start - first:s.stop - first]           # a view: no copy later
-            self.ws.append(ws)
+        if batchnorm != "none":
+            # one workspace for this rank's images, the shards' workspaces rows of it (bnstep.py
+            # runs a whole step on the big one; the per-shard phases use the views)
+            self.big = passes.Workspace(n_local, num_classes, batchnorm, dtype)
+            self.big.probs = self.probs
+            self.dwt2s = np.empty((hi - lo, 6, 5, 5, 16), dtype)             # (L,6,5,5,16) each shard's
+            self.bounds = np.array([s.start - first for s in self.slices] + [n_local], np.int64)   # (L+1,)
+            self.ws = [self.big.rows(s.start - first, s.stop - first, self.dwt2s[j])
+                       for j, s in enumerate(self.slices)]
+        else:
+            for s in self.slices:
+                ws = passes.Workspace(s.stop - s.start, num_classes, batchnorm, dtype)
+                ws.probs = self.probs[s.start - first:s.stop - first]       # a view: no copy later
+                self.ws.append(ws)
         self.args = (num_classes, batchnorm, dtype)
         self.spare = []     # without BN: full-size workspaces reused shard after shard (kept in cache)
         specs = param_specs(num_classes, batchnorm)
@@ -75,11 +88,22 @@ class Plan:
         self.ones = np.ones(B)                              # (B,) the weights when none are given
         self.fwd, self.bwd, self.bwdtree, self.stats, self.count = {}, {}, {}, {}, {}
         self.bn_grads = {}                                  # layer -> (sum dy, sum dy*xhat) of the batch
+        self.sums = {}                                      # layer -> (2D,) float64 bnstep's sums
         # the conv BN layers' coefficients for the fused kernels (bnpool), set once per step
         self.coef = {1: np.zeros((6, 6 * 1024), dtype), 2: np.zeros((6, 16 * 256), dtype)} \
             if batchnorm != "none" else {}
         self.shard_counts = {}                              # layer -> (S,) values per statistic in each shard
         self.no_running = np.empty(0, dtype)                # "no running statistics" for bn_stats_into
+        self.moments = {}                                   # layer -> (2D,) float64 the batch's [sum | M2]
+        self.sync = np.zeros(bnstep.SYNC_SIZE, np.int64)   # bnstep's barrier and phase counters
+        offsets, o = {}, 0
+        for name, shape in specs:
+            offsets[name] = o
+            o += int(np.prod(shape))
+        self.offs = np.array([offsets[n] for n in ("conv1.w", "conv1.b", "conv2.w", "conv2.b",
+                                                   "fc1.w", "fc1.b", "fc2.w", "fc2.b")], np.int64)
+        self.chunks = np.array([(a, min(a + TASK, c1)) for c0, c1 in self.segments
+                                for a in range(c0, c1, TASK)], np.int64).reshape(-1, 2)   # (K,2) the rows' tree
         if batchnorm != "none":
             channel = batchnorm == "channel"
             all_slices = [shard_slice(i, B) for i in range(self.S)]
@@ -92,6 +116,8 @@ class Plan:
                 self.bwd[k] = np.zeros((hi - lo, 2 * d))             # (L, 2D) sums of dy, dy*xhat
                 self.bwdtree[k] = RowTree(self.bwd[k])               # their tree as rows finish (one process)
                 self.stats[k] = np.zeros((3, d))                     # mean, var, invstd
+                self.moments[k] = np.zeros(2 * d)
+                self.sums[k] = np.zeros(2 * d)                       # the batch's sums of dy, dy*xhat
 
 
 def each(fn, count):
@@ -190,6 +216,8 @@ def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None)
                 plan.spare.append(ws)                 # list.append/pop are atomic (GIL)
         plain.__name__ = "shard step (no BN)"
         each(plain, L)
+    elif comm.size == 1:
+        _bn_step_fused(net, plan, x, labels, w, scale, backward, transform)
     else:
         sums3, back = _bn_backward_phases(net, plan, comm, done) if backward else (None, [])
         phases = _bn_forward_phases(net, plan, comm, inputs, targets, scale, backward, then=sums3) + back
@@ -197,7 +225,9 @@ def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None)
         run_phases(phases, L, on_caller=comm.size > 1)
     loss = float(comm.sum_shards(plan.loss, plan.S, tree=tree_sum_into)[0]) / plan.B
     if backward:
-        if comm.size == 1:
+        if comm.size == 1 and bn:
+            pass                                  # bnstep summed the rows into net.grads.flat
+        elif comm.size == 1:
             for c0, c1 in plan.segments:
                 net.grads.flat[c0:c1] = plan.rowtree.result()[c0:c1]
         else:
@@ -206,6 +236,45 @@ def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None)
             net.grads[f"bn{k}.beta"].reshape(-1)[...] = sdy
             net.grads[f"bn{k}.gamma"].reshape(-1)[...] = sdyx
     return loss
+
+
+def _bn_step_fused(net, plan, x, labels, w, scale, backward, transform):
+    """The BN step in one process: kernels/bnstep.py on every thread at once (the same kernels and
+    trees as the phases below, so the same bits), after the transform's input shard by shard."""
+    if transform is not None:
+        each(lambda j: transform(plan.slices[j], None if x is None else x[plan.slices[j]], plan.ws[j].xin),
+             len(plan.ws))
+        x = plan.big.xin
+    else:
+        x = np.ascontiguousarray(x)
+    P, G, big = net.params, net.grads, plan.big
+    eps, m = float(net.eps), float(net.momentum)
+    running = []                                  # rm1, rv1, rm2, ... (empty when none are kept)
+    for k in (1, 2, 3):
+        if net.buffers is not None:
+            running += [net.buffers[f"bn{k}.running_mean"].reshape(-1), net.buffers[f"bn{k}.running_var"].reshape(-1)]
+        else:
+            running += [plan.no_running, plan.no_running]
+    keep = plan.no_running.dtype.type(1 - m)
+    unbias = [m * plan.count[k] / (plan.count[k] - 1) if plan.count[k] > 1 else 0.0 for k in (1, 2, 3)]
+    (g1, be1), (g2, be2), (g3, be3) = (_gamma_beta(net, k) for k in (1, 2, 3))
+    plan.sync[:] = 0
+    args = (plan.bounds, backward, x, labels, w, scale,
+            P["conv1.w"], P["conv1.b"], P["conv2.w"], P["conv2.b"], P["fc1.w"], P["fc1.b"], P["fc2.w"], P["fc2.b"],
+            g1, be1, g2, be2, g3, be3,
+            big.xp1, big.z1, big.xp2, big.arg1, big.z2, big.p2, big.arg2, big.z3, big.xhat3, big.y3, big.a3,
+            big.z4, big.probs, big.dz4, big.da3, big.dz3, big.dy3, big.dflat, big.dz2, big.dp1, big.dz1,
+            big.dzp2, big.dzt2, plan.dwt2s,
+            plan.fwd[1], plan.fwd[2], plan.fwd[3], plan.bwd[1], plan.bwd[2], plan.bwd[3],
+            plan.shard_counts[1], plan.shard_counts[2], plan.shard_counts[3],
+            float(plan.count[1]), float(plan.count[2]), float(plan.count[3]),
+            plan.stats[1], plan.stats[2], plan.stats[3], plan.moments[1], plan.moments[2], plan.moments[3],
+            plan.sums[1], plan.sums[2], plan.sums[3], plan.coef[1], plan.coef[2],
+            eps, keep, m, *unbias, *running,
+            plan.rows, plan.offs, plan.loss, plan.chunks, G.flat)
+    run_together(lambda t: bnstep.bn_step_into(plan.sync, t, *args), abort=lambda: plan.sync.__setitem__(ABORT, 1))
+    if backward:
+        plan.bn_grads = {k: np.split(plan.sums[k], 2) for k in (1, 2, 3)}     # (sum dy, sum dy*xhat) views
 
 
 def _bn_forward_phases(net, plan, comm, inputs, targets, scale, backward, then=None):

@@ -202,8 +202,10 @@ def test_profile_step_accounts_for_the_step_and_restores_kernels():
                 if k.endswith("_into")}
 
     before = kernels()
-    profs = {mode: kernel_profile.profile_step(batchnorm="channel", batch_size=8, steps=2, threads=1, mode=mode)
+    profs = {mode: kernel_profile.profile_step(batchnorm="none", batch_size=8, steps=2, threads=1, mode=mode)
              for mode in ("train", "infer")}
+    bn = kernel_profile.profile_step(batchnorm="channel", batch_size=8, steps=2, threads=1, mode="train")
+    assert any(r["call"].startswith("bn_step") for r in bn["rows"]), bn["rows"]   # one process: one numba job
     assert kernels() == before
     assert model.np is np and passes.np is np and fc.np is np and conv16.np is np
     calls = {}
@@ -219,16 +221,18 @@ def test_profile_step_accounts_for_the_step_and_restores_kernels():
     assert calls["train"] > calls["infer"]  # the backward pass adds calls
 
 
-@pytest.mark.parametrize("bn, phases", [("none", 1), ("channel", 6)])
-def test_profile_phases_times_every_phase_of_the_step_and_restores_each(bn, phases):
+@pytest.mark.parametrize("bn, phases, tasks", [("none", 1, 3), ("channel", 1, 1)])
+def test_profile_phases_times_every_phase_of_the_step_and_restores_each(bn, phases, tasks):
+    """Without BN the step is one phase of a task per shard (20 images: shards of 8, 8 and 4);
+    with BN, in one process, one bnstep job of a task per thread (one here)."""
     from cnncli import shards
 
-    each = shards.each
+    each, together = shards.each, shards.run_together
     prof = kernel_profile.profile_phases(batchnorm=bn, batch_size=20, steps=2, threads=1)
-    assert shards.each is each
+    assert shards.each is each and shards.run_together is together
     rows = prof["rows"]
     assert len(rows) == phases and len({r["phase"] for r in rows}) == phases
-    assert all(r["tasks"] == 3 for r in rows)                  # 20 images: shards of 8, 8 and 4
+    assert all(r["tasks"] == tasks for r in rows)
     assert all(0 < r["busy_ms"] <= r["wall_ms"] * 1.01 for r in rows)   # one thread: tasks inside the phase
     assert sum(r["wall_ms"] for r in rows) + prof["serial_ms"] == pytest.approx(prof["step_ms"])
     assert prof["serial_ms"] > 0

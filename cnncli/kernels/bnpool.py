@@ -36,9 +36,15 @@ def bn_coef_forward_into(mean, invstd, gamma, beta, coef):
     # mean invstd (D,) float64 (the batch's), gamma beta (D,)   ->   coef (6,C*S) rows m, inv, a,
     # beta in the dtype, each statistic repeated over the C*S/D positions it covers (per channel:
     # its whole map; per unit: its own), so that the kernels load every coefficient the same way
+    bn_coef_forward_range(mean, invstd, gamma, beta, coef, 0, mean.shape[0])
+
+
+@njit(inline="always")
+def bn_coef_forward_range(mean, invstd, gamma, beta, coef, d0, d1):
+    # bn_coef_forward_into for the statistics d0 <= d < d1 only (each statistic's own operations)
     D, E = mean.shape[0], coef.shape[1]
     rep = E // D
-    for d in range(D):
+    for d in range(d0, d1):
         m, inv, a, b = mean[d], invstd[d], gamma[d] * invstd[d], beta[d]
         for e in range(d * rep, (d + 1) * rep):
             coef[M_ROW, e] = m
@@ -51,9 +57,15 @@ def bn_coef_forward_into(mean, invstd, gamma, beta, coef):
 def bn_coef_backward_into(invstd, gamma, sums, M, coef):
     # invstd (D,) float64, gamma (D,), sums (2D,) float64 [sum dy | sum dy*xhat] of the batch, M
     #   ->   coef rows B = -gamma*inv*sum(dy)/M, G = -gamma*inv*sum(dy*xhat)/M (dtype, repeated as above)
+    bn_coef_backward_range(invstd, gamma, sums, M, coef, 0, invstd.shape[0])
+
+
+@njit(inline="always")
+def bn_coef_backward_range(invstd, gamma, sums, M, coef, d0, d1):
+    # bn_coef_backward_into for the statistics d0 <= d < d1 only
     D, E = invstd.shape[0], coef.shape[1]
     rep = E // D
-    for d in range(D):
+    for d in range(d0, d1):
         f = gamma[d] * invstd[d] / M
         b, g = -f * sums[d], -f * sums[D + d]
         for e in range(d * rep, (d + 1) * rep):

@@ -141,23 +141,24 @@ def bn_bias_moments_into(z, b, out):
 
 
 @njit(nogil=True)
-def _chan_pair(src, a, b, na, nb, dst, o):
-    # rows a and b of src (.,2D) [sum | M2] over na and nb values -> row o of dst: sums added, M2s
-    # combined (Chan et al.); 16 statistics at a time in float64 vectors, the same operations as
-    # the scalar tail lane by lane. dst may be src with o <= a (every value is read before written).
+def _chan_pair(src, a, b, na, nb, dst, o, d0, d1):
+    # rows a and b of src (.,2D) [sum | M2] over na and nb values -> row o of dst, statistics
+    # d0 <= d < d1: sums added, M2s combined (Chan et al.); 16 statistics at a time in float64
+    # vectors, the same operations as the scalar tail lane by lane (so any range gives each
+    # statistic the same bits). dst may be src with o <= a (every value is read before written).
     W = src.shape[1]
     D = W // 2
-    V = D - D % 16
+    V = d1 - (d1 - d0) % 16
     f = na * nb / (na + nb)
     ra, rb, ro = a * W, b * W, o * W
     va, vb, vf = vsplat(na), vsplat(nb), vsplat(f)
-    for d in range(0, V, 16):
+    for d in range(d0, V, 16):
         sa, sb = vload(src, ra + d), vload(src, rb + d)
         delta = vsub(vdiv(sb, vb), vdiv(sa, va))
         m2 = vadd(vadd(vload(src, ra + D + d), vload(src, rb + D + d)), vmul(vmul(delta, delta), vf))
         vstore(dst, ro + D + d, m2)
         vstore(dst, ro + d, vadd(sa, sb))
-    for d in range(V, D):
+    for d in range(V, d1):
         sa, sb = src[a, d], src[b, d]
         delta = sb / nb - sa / na
         dst[o, D + d] = src[a, D + d] + src[b, D + d] + delta * delta * f
@@ -165,10 +166,13 @@ def _chan_pair(src, a, b, na, nb, dst, o):
 
 
 @njit(inline="always")
-def _copy_row(src, i, dst):
-    # dst (W,) = src[i] (a loop: numba compiles a slice assignment several times slower)
-    for d in range(dst.shape[0]):
+def _copy_stats(src, i, dst, d0, d1):
+    # dst[d0:d1] and dst[D+d0:D+d1] = those of row i of src (.,2D) (loops: numba compiles a slice
+    # assignment several times slower)
+    D = src.shape[1] // 2
+    for d in range(d0, d1):
         dst[d] = src[i, d]
+        dst[D + d] = src[i, D + d]
 
 
 @njit(cache=True, nogil=True)
@@ -177,6 +181,12 @@ def bn_moments_tree_into(parts, counts, out):
     #   ->   out (2D,) the batch's [sum | M2]: rows 2i and 2i+1 combined level by level into row i,
     #   an odd last row carried up (tree_sum's tree). The first level reads parts, the next ones
     #   work in place in a half-size buffer. counts float64.
+    bn_moments_tree_range(parts, counts, out, 0, parts.shape[1] // 2)
+
+
+@njit(inline="always")
+def bn_moments_tree_range(parts, counts, out, d0, d1):
+    # bn_moments_tree_into for the statistics d0 <= d < d1 only (out's [d0:d1] and [D+d0:D+d1])
     S, W = parts.shape
     work = np.empty(((S + 1) // 2, W))          # (ceil(S/2),2D) every level after the first
     cnt = np.empty((S + 1) // 2)                # (ceil(S/2),) their value counts
@@ -185,13 +195,13 @@ def bn_moments_tree_into(parts, counts, out):
         half = n // 2
         for i in range(half):
             na, nb = src_cnt[2 * i], src_cnt[2 * i + 1]
-            _chan_pair(src, 2 * i, 2 * i + 1, na, nb, work, i)
+            _chan_pair(src, 2 * i, 2 * i + 1, na, nb, work, i, d0, d1)
             cnt[i] = na + nb
         if n % 2:
-            _copy_row(src, n - 1, work[half])
+            _copy_stats(src, n - 1, work[half], d0, d1)
             cnt[half] = src_cnt[n - 1]
         src, src_cnt, n = work, cnt, half + n % 2
-    _copy_row(src, 0, out)
+    _copy_stats(src, 0, out, d0, d1)
 
 
 @njit(cache=True, nogil=True)
@@ -202,15 +212,21 @@ def bn_stats_into(moments, M, eps, stats, keep, m, unbias, running_mean, running
     # + stat * m, the variance's stat unbiased (unbias = m * M / (M - 1)), keep = 1 - m in the
     # buffers' dtype: the operations (and bits) of the same update written with numpy's in-place
     # operators on those buffers
+    bn_stats_range(moments, M, eps, stats, keep, m, unbias, running_mean, running_var, 0, moments.shape[0] // 2)
+
+
+@njit(inline="always")
+def bn_stats_range(moments, M, eps, stats, keep, m, unbias, running_mean, running_var, d0, d1):
+    # bn_stats_into for the statistics d0 <= d < d1 only
     D = moments.shape[0] // 2
-    for d in range(D):
+    for d in range(d0, d1):
         mean = moments[d] / M
         var = moments[D + d] / M
         stats[0, d] = mean
         stats[1, d] = var
         stats[2, d] = 1.0 / math.sqrt(var + eps)
     if running_mean.shape[0] == D:
-        for d in range(D):
+        for d in range(d0, d1):
             running_mean[d] = running_mean[d] * keep + stats[0, d] * m
             running_var[d] = running_var[d] * keep + stats[1, d] * unbias
 

@@ -1,7 +1,7 @@
 """16-lane float vectors for numba kernels: a numba type whose LLVM value is <16 x float> (or
 <16 x double>), and the few intrinsics the kernels need: load, store, splat, add, subtract,
-multiply, divide, fused multiply-add, lane sum, widening to float64 (the direct convolutions,
-BN's statistics and sums); even/odd and interleave shuffles, compare-and-select, int8 loads/stores (the 2x2
+multiply, divide, fused multiply-add (and its scalar form), lane sum, widening to float64 (the
+direct convolutions, the fc products, BN's statistics and sums); even/odd and interleave shuffles, compare-and-select, int8 loads/stores (the 2x2
 pooling); floor, conversion to an array's dtype and a gather (augmentation's bilinear warp); plus a
 scalar int -> float bit cast (ELU's 2^k).
 A kernel keeps a tile of such vectors as loop variables, and LLVM keeps them in registers: the
@@ -113,6 +113,20 @@ def vfma(typingctx, a, b, c):
         vecty = args[0].type
         name = f"llvm.fma.v{LANES}f{'32' if a.dtype == types.float32 else '64'}"
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vecty, [vecty] * 3), name)
+        return builder.call(fn, list(args))
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def sfma(typingctx, a, b, c):
+    """a * b + c for three float32 or three float64 scalars, rounded once: one lane of vfma."""
+    if not (a in (types.float32, types.float64) and a == b == c):
+        raise TypeError(f"simd.sfma: need three scalars of one float dtype, got {a}, {b}, {c}")
+
+    def codegen(context, builder, sig, args):
+        ty = args[0].type
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * 3),
+                                            f"llvm.fma.f{'32' if a == types.float32 else '64'}")
         return builder.call(fn, list(args))
     return a(a, b, c), codegen
 

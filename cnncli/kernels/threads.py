@@ -1,7 +1,8 @@
 """Thread settings and the worker pool: numba's and OpenBLAS's thread counts, and worker threads
 that run a job's chunks (a training step's micro-shards), each taken by whichever thread is free
-(run; run_phases: phases of chunks with a serial step between them, as one job). It does not
-decide what a chunk is (shards.py does).
+(run; run_phases: phases of chunks with a serial step between them, as one job); run_together
+runs one call on every thread at once (kernels/bnstep.py's step, whose threads wait for one
+another). It does not decide what a chunk is (shards.py does).
 
 Measured on the 2-core machine (scripts/bench_core.py): several threads calling a multi-threaded
 OpenBLAS at once ran 100x slower, so `blas_single_thread()` keeps OpenBLAS on one thread while the
@@ -84,21 +85,59 @@ def run(task, count):
         raise state[1]
 
 
-def _on_threads(pool, t, drain, wait):
+def _on_threads(pool, t, drain, wait, futures=None):
     """drain() on t-1 worker threads and on this one, numba and OpenBLAS on one thread each
-    meanwhile; then wait() for the job's end (run and run_phases)."""
+    meanwhile; then wait() for the job's end (run, run_phases, run_together: its futures list
+    receives the workers' futures)."""
     import numba
 
     old = numba.get_num_threads()
     with blas_single_thread():
         for _ in range(t - 1):
-            pool.submit(drain)
+            f = pool.submit(drain)
+            if futures is not None:
+                futures.append(f)
         numba.set_num_threads(1)
         try:
             drain()
             wait()
         finally:
             numba.set_num_threads(old)
+
+
+def run_together(job, abort):
+    """job(t) at once on the calling thread and the t-1 worker threads, each running it exactly
+    once (t = the thread count): for a job whose threads wait for one another (kernels/sync.py's
+    barrier), which run() could hand twice to one thread. A thread whose job raises calls abort()
+    (which must make the others' waits return: sync.ABORT) before the exception goes on. Returns
+    when every thread has finished; the first exception is raised here."""
+    pool, t = workers()
+    if t <= 1:
+        job(1)
+        return
+    futures = []
+
+    def one():
+        try:
+            job(t)
+        except BaseException:
+            abort()
+            raise
+
+    def wait():
+        for f in futures:
+            f.result()
+
+    try:
+        _on_threads(pool, t, one, wait, futures)
+    except BaseException:
+        abort()                  # (the calling thread failed elsewhere: let the workers go)
+        for f in futures:        # ... and wait for them to leave the arrays
+            try:
+                f.result()
+            except BaseException:  # noqa: BLE001 -- the first exception is the one raised
+                pass
+        raise
 
 
 def run_blocks(task, n, size):

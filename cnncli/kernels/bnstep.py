@@ -1,0 +1,198 @@
+"""A whole BN training step in one nogil numba call per thread (one process): the phases of
+shards.py's BN step -- each shard's segments up to a BN, the batch's statistics, the next
+segments -- with the threads meeting at spin barriers (sync.py) instead of in Python, so a step
+takes the GIL once per thread, not once per kernel. Each phase's shards go to whichever thread
+takes them next; each shard runs the very kernels, on the very arrays, that shards.py's per-shard
+tasks run (segments.py, bnpool, fc, head), and every sum over shards is the same fixed tree
+(bn_moments_tree_into, tree_cols_into), so the bits depend neither on the thread count nor on
+this path: with MPI ranks shards.py runs the same kernels phase by phase.
+Not the checks (shards.Plan built the arrays), not the per-rank gather.
+
+Shapes: B images (this process's batch), L shards (bounds (L+1,) their first images), C classes,
+P parameters; the workspace arrays are passes.Workspace's with n = B (a shard takes rows a:b).
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from . import bnpool, bnstats, segments
+from .batchnorm import bn_unit_backward_given_into
+from .fc import fc_dx_loop_into, fc_forward_loop_into, fc_grads_into
+from .head import bn_head_into
+from .reduce import tree_cols_into
+from . import sync as _sync
+from .sync import barrier, take
+
+# the counters of sync.py's array, one per phase: the shards' segments, and the statistics' chunks
+F1, F2, F3, HEAD, B3, B2, B1, TREE, S1, S2, S3, T3, T2, T1 = range(14)
+SYNC_SIZE = _sync.COUNTERS + 14     # the job's sync array: the barrier's slots and the counters
+CHUNK = 512                         # statistics per chunk of a BN layer's batch statistics
+
+
+@njit(inline="always")
+def _forward_stats(sync, counter, fwd, counts, M, eps, stats, keep, m, unbias, rm, rv, moments, gamma, beta,
+                   coef, with_coef):
+    # chunks of CHUNK statistics to whichever thread takes them: the shards' [sum | M2] rows fwd
+    # (L,2D) -> the batch's moments (2D,) -> stats (3,D) (mean, var, invstd), running statistics
+    # updated when rm has D values (shards._bn_statistics), and with_coef the fused kernels'
+    # coefficients (bnpool); each statistic's operations are the whole-layer kernels'
+    D = stats.shape[1]
+    n = -(-D // CHUNK)
+    for _ in range(n):
+        c = take(sync, counter)
+        if c >= n:
+            break
+        d0, d1 = c * CHUNK, min(D, (c + 1) * CHUNK)
+        bnstats.bn_moments_tree_range(fwd, counts, moments, d0, d1)
+        bnstats.bn_stats_range(moments, M, eps, stats, keep, m, unbias, rm, rv, d0, d1)
+        if with_coef:
+            bnpool.bn_coef_forward_range(stats[0], stats[2], gamma, beta, coef, d0, d1)
+
+
+@njit(inline="always")
+def _backward_sums(sync, counter, bwd, sums, stats, gamma, M, coef, with_coef):
+    # chunks as above: the shards' [sum dy | sum dy*xhat] rows bwd (L,2D) -> their tree, sums
+    # (2D,), and with_coef the backward coefficients
+    D = stats.shape[1]
+    n = -(-D // CHUNK)
+    for _ in range(n):
+        c = take(sync, counter)
+        if c >= n:
+            break
+        d0, d1 = c * CHUNK, min(D, (c + 1) * CHUNK)
+        tree_cols_into(bwd, sums, d0, d1)
+        tree_cols_into(bwd, sums, D + d0, D + d1)
+        if with_coef:
+            bnpool.bn_coef_backward_range(stats[2], gamma, sums, M, coef, d0, d1)
+
+
+@njit(cache=True, nogil=True)
+def bn_step_into(sync, T, bounds, backward, x, labels, weights, scale,
+                 w1, b1, w2, b2, w3, b3, w4, b4, g1, be1, g2, be2, g3, be3,
+                 xp1, z1, xp2, arg1, z2, p2, arg2, z3, xhat3, y3, a3, z4, probs, dz4,
+                 da3, dz3, dy3, dflat, dz2, dp1, dz1, dzp2, dzt2, dwt2s,
+                 fwd1, fwd2, fwd3, bwd1, bwd2, bwd3, counts1, counts2, counts3, M1, M2, M3,
+                 stats1, stats2, stats3, moments1, moments2, moments3, sums1, sums2, sums3,
+                 coef1, coef2, eps, keep, m, unbias1, unbias2, unbias3, rm1, rv1, rm2, rv2, rm3, rv3,
+                 rows, offs, loss, chunks, gflat):
+    # sync (SYNC_SIZE,) int64 zeroed, T threads each calling this once; bounds (L+1,) int64;
+    # x (B,1,32,32) the input; labels (B,) int64, weights (B,) float64, scale = 1/B; the
+    # parameters' views; the workspace (n = B), dwt2s (L,6,5,5,16); fwd*/bwd* (L,2D) float64 the
+    # shards' rows, counts* (L,) values per statistic in each shard, M* the batch's; stats* (3,D),
+    # moments*/sums* (2D,) float64; coef* (6,E); running statistics rm*/rv* (D,) or (0,);
+    # rows (L,P) the shards' gradients, offs (8,) int64 where conv1.w, conv1.b, conv2.w, conv2.b,
+    # fc1.w, fc1.b, fc2.w, fc2.b start in a row; chunks (K,2) int64 column ranges of the rows'
+    # tree   ->   loss (L,1) float64 each shard's sum of weight * loss; with backward: gflat
+    # (P,) the rows' tree over chunks, sums* the batch's [sum dy | sum dy*xhat] per BN layer
+    L = bounds.shape[0] - 1
+    C = w4.shape[0]
+    # forward, to BN1's input and its moments
+    for _ in range(L):
+        j = take(sync, F1)
+        if j >= L:
+            break
+        a, b = bounds[j], bounds[j + 1]
+        segments.conv1_moments_into(x[a:b], xp1[a:b], w1, z1[a:b], b1, fwd1[j])
+    if barrier(sync, T):
+        return
+    _forward_stats(sync, S1, fwd1, counts1, M1, eps, stats1, keep, m, unbias1, rm1, rv1, moments1, g1, be1, coef1, True)
+    if barrier(sync, T):
+        return
+    # BN1, pool, ELU, conv2, to BN2's input and its moments
+    for _ in range(L):
+        j = take(sync, F2)
+        if j >= L:
+            break
+        a, b = bounds[j], bounds[j + 1]
+        segments.bn1_conv2_moments_into(z1[a:b], coef1, xp2[a:b], arg1[a:b], w2, z2[a:b], b2, fwd2[j])
+    if barrier(sync, T):
+        return
+    _forward_stats(sync, S2, fwd2, counts2, M2, eps, stats2, keep, m, unbias2, rm2, rv2, moments2, g2, be2, coef2, True)
+    if barrier(sync, T):
+        return
+    # BN2, pool, ELU, fc1, to BN3's input and its moments
+    for _ in range(L):
+        j = take(sync, F3)
+        if j >= L:
+            break
+        a, b = bounds[j], bounds[j + 1]
+        bnpool.bn_pool_elu_forward_into(z2[a:b], coef2, p2[a:b], 0, arg2[a:b])
+        fc_forward_loop_into(p2[a:b].reshape(b - a, 1024), w3, b3, z3[a:b])
+        bnstats.bn_unit_moments_into(z3[a:b], fwd3[j])
+    if barrier(sync, T):
+        return
+    _forward_stats(sync, S3, fwd3, counts3, M3, eps, stats3, keep, m, unbias3, rm3, rv3, moments3, g3, be3, coef2,
+                   False)
+    if barrier(sync, T):
+        return
+    # the head: BN3, ELU, fc2, the loss (and down to BN3's dy and its sums)
+    for _ in range(L):
+        j = take(sync, HEAD)
+        if j >= L:
+            break
+        a, b = bounds[j], bounds[j + 1]
+        r = rows[j]
+        loss[j, 0] = bn_head_into(
+            z3[a:b], stats3[0], stats3[2], g3, be3, w4, b4, labels[a:b], weights[a:b], scale, backward,
+            xhat3[a:b], y3[a:b], a3[a:b], z4[a:b], probs[a:b], dz4[a:b],
+            r[offs[6]:offs[6] + C * 65].reshape(C, 65), r[offs[7]:offs[7] + C], da3[a:b], dy3[a:b], bwd3[j])
+    if not backward:
+        return
+    if barrier(sync, T):
+        return
+    _backward_sums(sync, T3, bwd3, sums3, stats3, g3, M3, coef2, False)
+    if barrier(sync, T):
+        return
+    # backward from BN3: fc1's gradients, pool2 + ELU, to BN2's sums
+    U = g3.shape[0]
+    for _ in range(L):
+        j = take(sync, B3)
+        if j >= L:
+            break
+        a, b = bounds[j], bounds[j + 1]
+        r = rows[j]
+        bn_unit_backward_given_into(dy3[a:b], xhat3[a:b], g3, stats3[2], sums3[:U], sums3[U:], M3, dz3[a:b])
+        flat = p2[a:b].reshape(b - a, 1024)
+        fc_grads_into(dz3[a:b], flat, r[offs[4]:offs[4] + U * 1024].reshape(U, 1024), r[offs[5]:offs[5] + U])
+        fc_dx_loop_into(dz3[a:b], w3, dflat[a:b])
+        bnpool.bn_unpool_sums_into(dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], 0, arg2[a:b], z2[a:b], coef2,
+                                   bwd2[j])
+    if barrier(sync, T):
+        return
+    _backward_sums(sync, T2, bwd2, sums2, stats2, g2, M2, coef2, True)
+    if barrier(sync, T):
+        return
+    # backward from BN2: conv2's gradients, to BN1's sums
+    for _ in range(L):
+        j = take(sync, B2)
+        if j >= L:
+            break
+        a, b = bounds[j], bounds[j + 1]
+        r = rows[j]
+        segments.bn2_conv2_back_into(
+            dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], arg2[a:b], z2[a:b], coef2, dz2[a:b], xp2[a:b],
+            dzt2[a:b], dwt2s[j], r[offs[2]:offs[2] + 2400].reshape(16, 6, 5, 5), r[offs[3]:offs[3] + 16],
+            w2, dzp2[a:b], dp1[a:b], arg1[a:b], z1[a:b], coef1, bwd1[j])
+    if barrier(sync, T):
+        return
+    _backward_sums(sync, T1, bwd1, sums1, stats1, g1, M1, coef1, True)
+    if barrier(sync, T):
+        return
+    # backward from BN1: conv1's gradients
+    for _ in range(L):
+        j = take(sync, B1)
+        if j >= L:
+            break
+        a, b = bounds[j], bounds[j + 1]
+        r = rows[j]
+        segments.bn1_conv1_back_into(dp1[a:b], xp2[a:b], arg1[a:b], z1[a:b], coef1, dz1[a:b], xp1[a:b],
+                                     r[offs[0]:offs[0] + 150].reshape(6, 1, 5, 5), r[offs[1]:offs[1] + 6])
+    if barrier(sync, T):
+        return
+    # the gradient rows' tree, column chunks to whichever thread takes them
+    for _ in range(chunks.shape[0]):
+        k = take(sync, TREE)
+        if k >= chunks.shape[0]:
+            break
+        tree_cols_into(rows, gflat, chunks[k, 0], chunks[k, 1])

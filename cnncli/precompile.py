@@ -93,6 +93,12 @@ def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32,
                 net.train_step(lookup_batch(images, idx, table), labels)
                 net.train_step(lookup_batch(images, idx, table), labels, np.ones(n, dtype))
                 opt.step(net.params.flat, net.grads.flat, 1e-3)
+                if batchnorm != "none":             # the steps while a worker compiles bnstep's kernel
+                    _DRY_RUN_WITHOUT[0] = True
+                    try:
+                        net.train_step(lookup_batch(images, idx, table), labels, np.ones(n, dtype))
+                    finally:
+                        _DRY_RUN_WITHOUT[0] = False
             if "inference" in parts:
                 x = lookup_batch(images, idx, table)
                 net.predict_proba(x[: model.SMALL_BATCH + 1])
@@ -131,6 +137,21 @@ def missing(calls: dict):
         return None
 
 
+def finish_background(say=None) -> None:
+    """At a training run's end, in its process: wait for the BACKGROUND kernels the workers still
+    have to compile, saying so once (the workers are daemons: leaving now would throw their work
+    away, and every later run would start it again), then forget the jobs."""
+    for job in list(_JOBS):
+        left = [i for i, d in enumerate(job._disps)
+                if (d.py_func.__module__, d.py_func.__name__) in BACKGROUND and job._state[i] != DONE]
+        if left and any(p.is_alive() for p in job._procs):
+            if say is not None:
+                say("Finishing numba's cache for the one-call BN step (first run only) ...")
+            for i in left:
+                job._wait_for(i)
+        _JOBS.remove(job)
+
+
 def _compile(module: str, name: str, sigs: list) -> None:
     """Compile `module.name` for each signature (numba saves each to its cache)."""
     disp = getattr(importlib.import_module(module), name)
@@ -139,6 +160,21 @@ def _compile(module: str, name: str, sigs: list) -> None:
 
 
 FREE, TAKEN, DONE = 0, 1, 2     # a task's state, shared by this process and the workers
+_JOBS = []                      # the Precompile jobs of this process (compiling_elsewhere asks them)
+_DRY_RUN_WITHOUT = [False]      # training_run's second BN step: as if the BACKGROUND kernels were compiling
+
+# kernels the run does not call while a worker compiles them (compiling_elsewhere): bnstep's
+# one-call BN step (~25 s of LLVM over every layer kernel it calls) -- the run's steps go phase by
+# phase through the layer kernels meanwhile, and a worker takes it after every other kernel
+BACKGROUND = (("cnncli.kernels.bnstep", "bn_step_into"),)
+
+
+def compiling_elsewhere(disp) -> bool:
+    """True while a worker process of a running Precompile job has `disp` still to compile (a call
+    would wait for it): shards.py then runs a BN step through kernels it already has (the same bits)."""
+    if _DRY_RUN_WITHOUT[0] and (disp.py_func.__module__, disp.py_func.__name__) in BACKGROUND:
+        return True
+    return any(job.busy(disp) for job in _JOBS)
 
 
 def _worker(tasks: list, order: list, state) -> None:
@@ -168,7 +204,8 @@ class Precompile:
     them) and `later` (validation's) in this process and `workers` spawned ones, each kernel once: a
     worker takes validation's first (the inference kernel is the longest task: started last, it would
     finish after everything else; validation needs it only at the end of the epoch), then the first
-    step's from the last one back (this process meets them from the front as the run calls them).
+    step's from the last one back (this process meets them from the front as the run calls them),
+    the BACKGROUND kernels last (the run goes without them until they are done).
     A call of a kernel no one took compiles it here;
     of one a worker took, waits for it and loads it from the cache. So no process idles while a kernel
     it needs is left, and a busy machine loses nothing to the workers. A failed worker leaves its kernel
@@ -181,6 +218,7 @@ class Precompile:
         self.kernels, self.workers, self.t0 = len(items), workers, time.perf_counter()
         self._tasks = [(d.py_func.__module__, d.py_func.__name__, sorted(sigs, key=str)) for d, sigs in items]
         order = list(range(len(todo), len(items))) + list(range(len(todo) - 1, -1, -1))
+        order.sort(key=lambda i: self._tasks[i][:2] in BACKGROUND)       # last (a stable sort)
         # spawn, not fork: this process may already run numba's and OpenBLAS's threads
         ctx = multiprocessing.get_context("spawn")
         self._state = ctx.Array("b", len(items))                   # FREE/TAKEN/DONE per task
@@ -191,6 +229,12 @@ class Precompile:
         self._disps = [d for d, _ in items]
         for i, d in enumerate(self._disps):
             d._compile_for_args = self._claim_or_wait(d, i)
+        _JOBS.append(self)
+
+    def busy(self, disp) -> bool:
+        """`disp` has a task not done yet while a worker lives to do it."""
+        return any(d is disp and self._state[i] != DONE for i, d in enumerate(self._disps)) \
+            and any(p.is_alive() for p in self._procs)
 
     def _claim(self, i: int) -> bool:
         with self._state.get_lock():
@@ -260,12 +304,16 @@ def env_workers() -> int:
     return max(0, min(cores - 1, idle))
 
 
-def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=None, say=None, augment=True):
+def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=None, say=None, augment=True,
+          background=True):
     """Start compiling, in `workers` processes (None: env_workers()), the kernels a training run of this
     kind needs and the cache lacks; `say(line)` tells the user, once, when there is anything to compile.
-    Returns an object whose `wait()` blocks until they are in the cache."""
+    background=False leaves out the BACKGROUND kernels (MPI ranks never call bnstep's). Returns an
+    object whose `wait()` blocks until they are in the cache."""
     workers = env_workers() if workers is None else workers
     first, later = plan(batchnorm, optimizer, dtype, augment)
+    if first is not None and not background:
+        first = {d: s for d, s in first.items() if (d.py_func.__module__, d.py_func.__name__) not in BACKGROUND}
     n = len(first or {}) + len(later or {})
     if n == 0:
         return _Nothing()

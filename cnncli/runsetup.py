@@ -119,7 +119,7 @@ def _compile_kernels(cfg: dict, quiet, comm) -> None:
         precompile.start(bn, opt, say=say, augment=aug)
         return
     main_first(comm, lambda: precompile.start(bn, opt, workers=max(1, precompile.env_workers()), say=say,
-                                              augment=aug).wait(), others=False)
+                                              augment=aug, background=False).wait(), others=False)
 
 
 def setup(cfg: dict, resume, out, quiet, echo, comm):

@@ -185,6 +185,7 @@ def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None)
     w = plan.ones if weights is None else weights
     scale = 1.0 / plan.B
     L = len(plan.ws)
+    fused = bn and comm.size == 1 and not _bnstep_compiling()     # the BN step in bnstep.py's one call
     # one process: each shard's finished row goes into the tree at once (plan.rowtree); ranks: sum_shards
     done = plan.rowtree.done if (backward and comm.size == 1) else (lambda j: None)
     plan.rowtree.reset()
@@ -216,7 +217,7 @@ def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None)
                 plan.spare.append(ws)                 # list.append/pop are atomic (GIL)
         plain.__name__ = "shard step (no BN)"
         each(plain, L)
-    elif comm.size == 1:
+    elif fused:
         _bn_step_fused(net, plan, x, labels, w, scale, backward, transform)
     else:
         sums3, back = _bn_backward_phases(net, plan, comm, done) if backward else (None, [])
@@ -225,7 +226,7 @@ def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None)
         run_phases(phases, L, on_caller=comm.size > 1)
     loss = float(comm.sum_shards(plan.loss, plan.S, tree=tree_sum_into)[0]) / plan.B
     if backward:
-        if comm.size == 1 and bn:
+        if fused:
             pass                                  # bnstep summed the rows into net.grads.flat
         elif comm.size == 1:
             for c0, c1 in plan.segments:
@@ -236,6 +237,14 @@ def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None)
             net.grads[f"bn{k}.beta"].reshape(-1)[...] = sdy
             net.grads[f"bn{k}.gamma"].reshape(-1)[...] = sdyx
     return loss
+
+
+def _bnstep_compiling():
+    """True while a pre-compile worker compiles bnstep's kernel on a first run: the steps meanwhile
+    run phase by phase (the same kernels, the same bits) instead of waiting ~25 s for it."""
+    from .precompile import compiling_elsewhere
+
+    return compiling_elsewhere(bnstep.bn_step_into)
 
 
 def _bn_step_fused(net, plan, x, labels, w, scale, backward, transform):

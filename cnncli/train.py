@@ -301,4 +301,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     if len(val_ds.labels) == 0:
         trainer.echo("warning: no validation images; best.npz and early stopping use the training loss instead")
     trainer.fit()
+    if comm.size == 1:
+        from cnncli import precompile
+
+        precompile.finish_background(None if quiet else precompile.stderr_line)
     return run_dir

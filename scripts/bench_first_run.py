@@ -9,7 +9,7 @@ process started), epoch 1 - epoch 2 (the compile cost inside the epoch), the who
 wall - warm wall) and the 1-minute load average before and after (the machine may be shared). Then
 times `cnn predict one.png` with an empty cache and checks that numba was not imported. Prints numbers; asserts nothing.
 
-    python scripts/bench_first_run.py [--rounds 1] [--epochs 2]
+    python scripts/bench_first_run.py [--rounds 1] [--epochs 2] [--set model.batchnorm=channel ...]
 """
 
 from __future__ import annotations
@@ -57,12 +57,12 @@ RUNNER = ("import sys, time; t0 = time.perf_counter()\n"
           "cli(sys.argv[1:], prog_name='cnn')\n")
 
 
-def train(work: Path, cache: Path, out: str, epochs: int, workers=None) -> dict:
+def train(work: Path, cache: Path, out: str, epochs: int, workers=None, sets=()) -> dict:
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
     if workers is not None:
         env["CNNCLI_COMPILE_WORKERS"] = str(workers)
     cmd = [sys.executable, "-c", RUNNER, "train", "--config", str(ROOT / "configs/demo.yaml"), "-q",
-           "--set", f"train.epochs={epochs}", "--set", f"out={out}"]
+           "--set", f"train.epochs={epochs}", "--set", f"out={out}"] + [a for kv in sets for a in ("--set", kv)]
     l0, t, cpu0 = load(), time.perf_counter(), children_cpu()
     res = subprocess.run(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if res.returncode != 0:
@@ -87,15 +87,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=1, help="cold-off, cold-on, warm triples to run")
     ap.add_argument("--epochs", type=int, default=2, help="epochs of each demo run (>= 2)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for the timed runs (repeatable), e.g. model.batchnorm=channel")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cnn-first-run-"))
     try:
         print(f"cnncli from {ROOT}, {os.cpu_count()} cores, work folder {work}")
         train(work, work / "cache-prep", "runs/prep", 2)     # makes the demo data and its dataset cache
         for i in range(args.rounds):
-            off = train(work, work / f"c-off{i}", f"runs/off{i}", args.epochs, workers=0)
-            on = train(work, work / f"c-on{i}", f"runs/on{i}", args.epochs, workers=max(1, os.cpu_count() - 1))
-            warm = train(work, work / f"c-on{i}", f"runs/warm{i}", args.epochs)
+            off = train(work, work / f"c-off{i}", f"runs/off{i}", args.epochs, workers=0, sets=args.set)
+            on = train(work, work / f"c-on{i}", f"runs/on{i}", args.epochs, workers=max(1, os.cpu_count() - 1),
+                       sets=args.set)
+            warm = train(work, work / f"c-on{i}", f"runs/warm{i}", args.epochs, sets=args.set)
             show("cold, pre-compile off", off, warm["wall"])
             show("cold, pre-compile on", on, warm["wall"])
             show("warm cache", warm)

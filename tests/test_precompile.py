@@ -227,3 +227,28 @@ def test_read_only_install_caches_per_user():
             except OSError:
                 pass
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_run_waits_at_its_end_for_the_background_kernel_a_worker_compiles():
+    """finish_background: one line, then it returns once the worker's task is done, and forgets the job;
+    with the task done (or no worker alive) it says nothing."""
+    import threading as th
+
+    from cnncli import precompile
+    from cnncli.kernels import bnstep
+
+    class Proc:
+        def is_alive(self):
+            return True
+
+    for state, expect_lines in ((precompile.TAKEN, 1), (precompile.DONE, 0)):
+        job = object.__new__(precompile.Precompile)
+        job._disps, job._state, job._procs = [bnstep.bn_step_into], [state], [Proc()]
+        precompile._JOBS.append(job)
+        said = []
+        timer = th.Timer(0.2, lambda: job._state.__setitem__(0, precompile.DONE))
+        timer.start()
+        precompile.finish_background(said.append)
+        timer.join()
+        assert len(said) == expect_lines and job._state[0] == precompile.DONE
+        assert job not in precompile._JOBS

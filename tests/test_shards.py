@@ -208,6 +208,55 @@ def test_k_ranks_give_one_process_bits(bn, ranks, n):
             assert all(np.array_equal(a, b) for a, b in zip(got, want)), (bn, r)
 
 
+@pytest.mark.parametrize("bn", ["unit", "channel"])
+def test_one_process_bn_step_phase_by_phase_gives_bnsteps_bits(bn, monkeypatch):
+    """While a pre-compile worker builds bnstep's kernel, one process runs its BN steps phase by
+    phase (threads.run_phases, RowTree): loss, probabilities, gradients and running statistics
+    equal the one-call step's bit for bit, over steps that reuse the plan (67 images: a short shard)."""
+    from cnncli import shards
+
+    rng = np.random.default_rng(8)
+    n = 67
+    x, y, w = rng.standard_normal((n, 1, 32, 32)).astype(np.float32), rng.integers(0, 12, n), rng.uniform(0.5, 2, n)
+    fused = M.Network(12, bn, seed=3)
+    expected = [_state(fused, *fused.train_step(x, y, w if k else None)) for k in range(3)]
+    calls = []
+    monkeypatch.setattr(shards, "_bnstep_compiling", lambda: calls.append(1) or True)
+    monkeypatch.setattr(shards, "_bn_step_fused", lambda *a: pytest.fail("bnstep ran while compiling"))
+    phased = M.Network(12, bn, seed=3)
+    got = [_state(phased, *phased.train_step(x, y, w if k else None)) for k in range(3)]
+    assert len(calls) == 3
+    for a_state, b_state in zip(got, expected):
+        assert all(np.array_equal(a, b) for a, b in zip(a_state, b_state)), bn
+
+
+def test_compiling_elsewhere_while_a_live_worker_has_the_kernel():
+    from cnncli import precompile
+    from cnncli.kernels import bnstep
+
+    class Proc:
+        def __init__(self, alive):
+            self.alive = alive
+
+        def is_alive(self):
+            return self.alive
+
+    job = object.__new__(precompile.Precompile)
+    job._disps, job._state, job._procs = [bnstep.bn_step_into], [precompile.TAKEN], [Proc(True)]
+    precompile._JOBS.append(job)
+    try:
+        assert precompile.compiling_elsewhere(bnstep.bn_step_into)
+        assert not precompile.compiling_elsewhere(bnstep.SYNC_SIZE)      # not one of the job's kernels
+        job._state[0] = precompile.FREE                  # not taken yet: a worker will, the run waits for it
+        assert precompile.compiling_elsewhere(bnstep.bn_step_into)
+        job._procs[0].alive = False                      # the worker died: the run compiles it itself
+        assert not precompile.compiling_elsewhere(bnstep.bn_step_into)
+        job._procs[0].alive, job._state[0] = True, precompile.DONE
+        assert not precompile.compiling_elsewhere(bnstep.bn_step_into)
+    finally:
+        precompile._JOBS.remove(job)
+
+
 @pytest.mark.parametrize("bn", M.BATCHNORM)
 def test_a_transform_inside_the_shards_equals_the_transformed_batch(bn):
     """train_step(x, y, w, transform=aug.bind(epoch, step)) augments shard by shard inside the shards'

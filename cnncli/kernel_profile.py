@@ -167,8 +167,9 @@ def format_profile(prof: dict) -> str:
 def profile_phases(batchnorm="none", batch_size=128, steps=20, threads=0, num_classes=12) -> dict:
     """Time each phase of a training step (shards.each, or a phase of shards.run_phases: one task per
     8-image shard on the worker threads) and each of its tasks; the rest of the step (the afters
-    between BN's phases, the optimizer) is "between phases". A BN step in one process is one
-    phase: kernels/bnstep.py's job (shards.run_together), one task per thread.
+    between BN's phases, the optimizer) is "between phases". A BN step in one process is
+    kernels/bnstep.py's one job (shards.run_together): its segments (bnstep.SEGMENTS) are timed by
+    the marks it writes into its clock array, each thread's part of a segment one task.
 
     Returns {"step_ms", "rows": [{"phase", "tasks", "task_us", "busy_ms", "wall_ms"}], "serial_ms"}
     per step: busy_ms adds the tasks' times over the threads, wall_ms is the phase's elapsed time
@@ -210,20 +211,34 @@ def profile_phases(batchnorm="none", batch_size=128, steps=20, threads=0, num_cl
         for slot, (first, last) in spans:
             slot[0] += last - first
 
+    from cnncli.kernels import bnstep
+    from cnncli.kernels.sync import cycle_rate
+
+    rate, clocks, real_step = cycle_rate(), [], bnstep.bn_step_into
+
+    def bn_step_into(*args):
+        clocks.append(args[-1])            # (Tc,2,K) the job's marks
+        return real_step(*args)
+
     def run_together(job, abort):
-        def fn(t):
-            job(t)
-        fn.__name__ = "BN step: every phase (bnstep)"
-        slot, task = timed(fn)
-        t0 = time.perf_counter()
-        real_together(task, abort)
-        slot[0] += time.perf_counter() - t0
+        real_together(job, abort)
+        clock = clocks[-1]
+        ran = clock[:, 1, 0] != 0                                     # the threads that ran it
+        start, end = clock[ran, 1, :] / rate, clock[ran, 0, :] / rate  # (T, K) seconds
+        for k, name in enumerate(bnstep.SEGMENTS):
+            slot = acc.setdefault(name, [0.0, 0.0, 0])
+            slot[0] += end[:, k].max() - start[:, k].min()
+            slot[1] += float((end[:, k] - start[:, k]).sum())
+            slot[2] += int(ran.sum())
+        clock[...] = 0
+        clocks.clear()
 
     with using_threads(threads) as n_threads:
         ours = Ours(num_classes, batchnorm)
         batches = random_batches(batch_size, num_classes)
         images_per_second(ours.train, batches, 0.3)
         shards.each, shards.run_phases, shards.run_together = each, run_phases, run_together
+        bnstep.bn_step_into = bn_step_into
         try:
             t0 = time.perf_counter()
             for i in range(steps):
@@ -231,6 +246,7 @@ def profile_phases(batchnorm="none", batch_size=128, steps=20, threads=0, num_cl
             total = time.perf_counter() - t0
         finally:
             shards.each, shards.run_phases, shards.run_together = real_each, real_run_phases, real_together
+            bnstep.bn_step_into = real_step
     rows = [{"phase": name, "tasks": tasks / steps, "task_us": busy / tasks * 1e6, "busy_ms": busy / steps * 1e3,
              "wall_ms": wall / steps * 1e3} for name, (wall, busy, tasks) in acc.items()]
     return {"batchnorm": batchnorm, "batch_size": batch_size, "threads": n_threads, "steps": steps,
@@ -242,11 +258,11 @@ def format_phases(prof: dict) -> str:
     """The phase profile as a table, in the step's order."""
     lines = [f"phases: train, batchnorm={prof['batchnorm']}, batch {prof['batch_size']}, {prof['threads']} "
              f"thread(s), {prof['steps']} steps: {prof['step_ms']:.2f} ms per step",
-             f"{'phase':34s} {'tasks':>5s} {'us/task':>8s} {'busy ms':>8s} {'wall ms':>8s}"]
+             f"{'phase':38s} {'tasks':>5s} {'us/task':>8s} {'busy ms':>8s} {'wall ms':>8s}"]
     for r in prof["rows"]:
-        lines.append(f"{r['phase'][:34]:34s} {r['tasks']:>5.0f} {r['task_us']:>8.1f} {r['busy_ms']:>8.3f} "
+        lines.append(f"{r['phase'][:38]:38s} {r['tasks']:>5.0f} {r['task_us']:>8.1f} {r['busy_ms']:>8.3f} "
                      f"{r['wall_ms']:>8.3f}")
-    lines.append(f"{'between phases (sums, head, optimizer)':44s} {'':>8s} {prof['serial_ms']:>8.3f}")
+    lines.append(f"{'between phases (Python, waits, optimizer)':48s} {'':>8s} {prof['serial_ms']:>8.3f}")
     return "\n".join(lines)
 
 

@@ -25,6 +25,13 @@ from .kernels.reduce import TASK, RowTree, tree_sum_into
 from .kernels.sync import ABORT
 from .kernels.threads import run, run_phases, run_together
 
+
+def numba_threads():
+    """The most threads numba can run (NUMBA_NUM_THREADS): rows of bnstep's clock marks."""
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
+
 def _row_views(flat, specs):
     """A Params whose named views are slices of the given 1-D row."""
     p, o = Params(), 0
@@ -96,6 +103,7 @@ class Plan:
         self.no_running = np.empty(0, dtype)                # "no running statistics" for bn_stats_into
         self.moments = {}                                   # layer -> (2D,) float64 the batch's [sum | M2]
         self.sync = np.zeros(bnstep.SYNC_SIZE, np.int64)   # bnstep's barrier and phase counters
+        self.clock = np.zeros((numba_threads(), 2, len(bnstep.SEGMENTS)), np.int64)   # bnstep's marks
         offsets, o = {}, 0
         for name, shape in specs:
             offsets[name] = o
@@ -280,7 +288,7 @@ def _bn_step_fused(net, plan, x, labels, w, scale, backward, transform):
             plan.stats[1], plan.stats[2], plan.stats[3], plan.moments[1], plan.moments[2], plan.moments[3],
             plan.sums[1], plan.sums[2], plan.sums[3], plan.coef[1], plan.coef[2],
             eps, keep, m, *unbias, *running,
-            plan.rows, plan.offs, plan.loss, plan.chunks, G.flat)
+            plan.rows, plan.offs, plan.loss, plan.chunks, G.flat, plan.clock)
     run_together(lambda t: bnstep.bn_step_into(plan.sync, t, *args), abort=lambda: plan.sync.__setitem__(ABORT, 1))
     if backward:
         plan.bn_grads = {k: np.split(plan.sums[k], 2) for k in (1, 2, 3)}     # (sum dy, sum dy*xhat) views

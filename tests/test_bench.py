@@ -221,15 +221,16 @@ def test_profile_step_accounts_for_the_step_and_restores_kernels():
     assert calls["train"] > calls["infer"]  # the backward pass adds calls
 
 
-@pytest.mark.parametrize("bn, phases, tasks", [("none", 1, 3), ("channel", 1, 1)])
+@pytest.mark.parametrize("bn, phases, tasks", [("none", 1, 3), ("channel", 14, 1)])
 def test_profile_phases_times_every_phase_of_the_step_and_restores_each(bn, phases, tasks):
     """Without BN the step is one phase of a task per shard (20 images: shards of 8, 8 and 4);
-    with BN, in one process, one bnstep job of a task per thread (one here)."""
+    with BN, in one process, bnstep's 14 segments from its clock marks, a task per thread (one here)."""
     from cnncli import shards
+    from cnncli.kernels import bnstep
 
-    each, together = shards.each, shards.run_together
+    each, together, step = shards.each, shards.run_together, bnstep.bn_step_into
     prof = kernel_profile.profile_phases(batchnorm=bn, batch_size=20, steps=2, threads=1)
-    assert shards.each is each and shards.run_together is together
+    assert shards.each is each and shards.run_together is together and bnstep.bn_step_into is step
     rows = prof["rows"]
     assert len(rows) == phases and len({r["phase"] for r in rows}) == phases
     assert all(r["tasks"] == tasks for r in rows)

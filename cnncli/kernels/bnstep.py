@@ -22,11 +22,17 @@ from .fc import fc_dx_loop_into, fc_forward_loop_into, fc_grads_into
 from .head import bn_head_into
 from .reduce import tree_cols_into
 from . import sync as _sync
-from .sync import barrier, take
+from .sync import barrier, cycles, take
 
-# the counters of sync.py's array, one per phase: the shards' segments, and the statistics' chunks
-F1, F2, F3, HEAD, B3, B2, B1, TREE, S1, S2, S3, T3, T2, T1 = range(14)
-SYNC_SIZE = _sync.COUNTERS + 14     # the job's sync array: the barrier's slots and the counters
+# the counters of sync.py's array, one per phase: the shards' segments, and the statistics' chunks;
+# TID numbers the threads (for the clock marks)
+F1, F2, F3, HEAD, B3, B2, B1, TREE, S1, S2, S3, T3, T2, T1, TID = range(15)
+SYNC_SIZE = _sync.COUNTERS + 15     # the job's sync array: the barrier's slots and the counters
+# the step's segments in order, each ended by a barrier (the last by the call's end): clock marks
+SEGMENTS = ("forward to BN1's input, its moments", "BN1's statistics", "BN1 .. BN2's input, its moments",
+            "BN2's statistics", "BN2 .. BN3's input, its moments", "BN3's statistics", "head (BN3 .. loss .. BN3's dy)",
+            "BN3's sums", "backward BN3 .. BN2's sums", "BN2's sums", "backward BN2 .. BN1's sums", "BN1's sums",
+            "backward from BN1", "gradient rows' tree")
 CHUNK = 512                         # statistics per chunk of a BN layer's batch statistics
 
 
@@ -67,6 +73,19 @@ def _backward_sums(sync, counter, bwd, sums, stats, gamma, M, coef, with_coef):
             bnpool.bn_coef_backward_range(stats[2], gamma, sums, M, coef, d0, d1)
 
 
+@njit(inline="always")
+def _meet(sync, T, clock, tid, k):
+    # the end of segment k on this thread: its arrival mark, the barrier, its departure mark (the
+    # start of segment k + 1); True when the job was aborted
+    if tid < clock.shape[0]:
+        clock[tid, 0, k] = cycles()
+    if barrier(sync, T):
+        return True
+    if tid < clock.shape[0]:
+        clock[tid, 1, k + 1] = cycles()
+    return False
+
+
 @njit(cache=True, nogil=True)
 def bn_step_into(sync, T, bounds, backward, x, labels, weights, scale,
                  w1, b1, w2, b2, w3, b3, w4, b4, g1, be1, g2, be2, g3, be3,
@@ -75,7 +94,7 @@ def bn_step_into(sync, T, bounds, backward, x, labels, weights, scale,
                  fwd1, fwd2, fwd3, bwd1, bwd2, bwd3, counts1, counts2, counts3, M1, M2, M3,
                  stats1, stats2, stats3, moments1, moments2, moments3, sums1, sums2, sums3,
                  coef1, coef2, eps, keep, m, unbias1, unbias2, unbias3, rm1, rv1, rm2, rv2, rm3, rv3,
-                 rows, offs, loss, chunks, gflat):
+                 rows, offs, loss, chunks, gflat, clock):
     # sync (SYNC_SIZE,) int64 zeroed, T threads each calling this once; bounds (L+1,) int64;
     # x (B,1,32,32) the input; labels (B,) int64, weights (B,) float64, scale = 1/B; the
     # parameters' views; the workspace (n = B), dwt2s (L,6,5,5,16); fwd*/bwd* (L,2D) float64 the
@@ -84,9 +103,14 @@ def bn_step_into(sync, T, bounds, backward, x, labels, weights, scale,
     # rows (L,P) the shards' gradients, offs (8,) int64 where conv1.w, conv1.b, conv2.w, conv2.b,
     # fc1.w, fc1.b, fc2.w, fc2.b start in a row; chunks (K,2) int64 column ranges of the rows'
     # tree   ->   loss (L,1) float64 each shard's sum of weight * loss; with backward: gflat
-    # (P,) the rows' tree over chunks, sums* the batch's [sum dy | sum dy*xhat] per BN layer
+    # (P,) the rows' tree over chunks, sums* the batch's [sum dy | sum dy*xhat] per BN layer;
+    # clock (Tc,2,14) int64: [t, 1, k] when thread t started SEGMENTS[k], [t, 0, k] when it ended
+    # it (time-stamp counter, for kernel_profile; threads t >= Tc mark nothing)
     L = bounds.shape[0] - 1
     C = w4.shape[0]
+    tid = take(sync, TID)
+    if tid < clock.shape[0]:
+        clock[tid, 1, 0] = cycles()
     # forward, to BN1's input and its moments
     for _ in range(L):
         j = take(sync, F1)
@@ -94,10 +118,10 @@ def bn_step_into(sync, T, bounds, backward, x, labels, weights, scale,
             break
         a, b = bounds[j], bounds[j + 1]
         segments.conv1_moments_into(x[a:b], xp1[a:b], w1, z1[a:b], b1, fwd1[j])
-    if barrier(sync, T):
+    if _meet(sync, T, clock, tid, 0):
         return
     _forward_stats(sync, S1, fwd1, counts1, M1, eps, stats1, keep, m, unbias1, rm1, rv1, moments1, g1, be1, coef1, True)
-    if barrier(sync, T):
+    if _meet(sync, T, clock, tid, 1):
         return
     # BN1, pool, ELU, conv2, to BN2's input and its moments
     for _ in range(L):
@@ -106,10 +130,10 @@ def bn_step_into(sync, T, bounds, backward, x, labels, weights, scale,
             break
         a, b = bounds[j], bounds[j + 1]
         segments.bn1_conv2_moments_into(z1[a:b], coef1, xp2[a:b], arg1[a:b], w2, z2[a:b], b2, fwd2[j])
-    if barrier(sync, T):
+    if _meet(sync, T, clock, tid, 2):
         return
     _forward_stats(sync, S2, fwd2, counts2, M2, eps, stats2, keep, m, unbias2, rm2, rv2, moments2, g2, be2, coef2, True)
-    if barrier(sync, T):
+    if _meet(sync, T, clock, tid, 3):
         return
     # BN2, pool, ELU, fc1, to BN3's input and its moments
     for _ in range(L):
@@ -120,11 +144,11 @@ def bn_step_into(sync, T, bounds, backward, x, labels, weights, scale,
         bnpool.bn_pool_elu_forward_into(z2[a:b], coef2, p2[a:b], 0, arg2[a:b])
         fc_forward_loop_into(p2[a:b].reshape(b - a, 1024), w3, b3, z3[a:b])
         bnstats.bn_unit_moments_into(z3[a:b], fwd3[j])
-    if barrier(sync, T):
+    if _meet(sync, T, clock, tid, 4):
         return
     _forward_stats(sync, S3, fwd3, counts3, M3, eps, stats3, keep, m, unbias3, rm3, rv3, moments3, g3, be3, coef2,
                    False)
-    if barrier(sync, T):
+    if _meet(sync, T, clock, tid, 5):
         return
     # the head: BN3, ELU, fc2, the loss (and down to BN3's dy and its sums)
     for _ in range(L):
@@ -139,10 +163,10 @@ def bn_step_into(sync, T, bounds, backward, x, labels, weights, scale,
             r[offs[6]:offs[6] + C * 65].reshape(C, 65), r[offs[7]:offs[7] + C], da3[a:b], dy3[a:b], bwd3[j])
     if not backward:
         return
-    if barrier(sync, T):
+    if _meet(sync, T, clock, tid, 6):
         return
     _backward_sums(sync, T3, bwd3, sums3, stats3, g3, M3, coef2, False)
-    if barrier(sync, T):
+    if _meet(sync, T, clock, tid, 7):
         return
     # backward from BN3: fc1's gradients, pool2 + ELU, to BN2's sums
     U = g3.shape[0]
@@ -158,10 +182,10 @@ def bn_step_into(sync, T, bounds, backward, x, labels, weights, scale,
         fc_dx_loop_into(dz3[a:b], w3, dflat[a:b])
         bnpool.bn_unpool_sums_into(dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], 0, arg2[a:b], z2[a:b], coef2,
                                    bwd2[j])
-    if barrier(sync, T):
+    if _meet(sync, T, clock, tid, 8):
         return
     _backward_sums(sync, T2, bwd2, sums2, stats2, g2, M2, coef2, True)
-    if barrier(sync, T):
+    if _meet(sync, T, clock, tid, 9):
         return
     # backward from BN2: conv2's gradients, to BN1's sums
     for _ in range(L):
@@ -174,10 +198,10 @@ def bn_step_into(sync, T, bounds, backward, x, labels, weights, scale,
             dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], arg2[a:b], z2[a:b], coef2, dz2[a:b], xp2[a:b],
             dzt2[a:b], dwt2s[j], r[offs[2]:offs[2] + 2400].reshape(16, 6, 5, 5), r[offs[3]:offs[3] + 16],
             w2, dzp2[a:b], dp1[a:b], arg1[a:b], z1[a:b], coef1, bwd1[j])
-    if barrier(sync, T):
+    if _meet(sync, T, clock, tid, 10):
         return
     _backward_sums(sync, T1, bwd1, sums1, stats1, g1, M1, coef1, True)
-    if barrier(sync, T):
+    if _meet(sync, T, clock, tid, 11):
         return
     # backward from BN1: conv1's gradients
     for _ in range(L):
@@ -188,7 +212,7 @@ def bn_step_into(sync, T, bounds, backward, x, labels, weights, scale,
         r = rows[j]
         segments.bn1_conv1_back_into(dp1[a:b], xp2[a:b], arg1[a:b], z1[a:b], coef1, dz1[a:b], xp1[a:b],
                                      r[offs[0]:offs[0] + 150].reshape(6, 1, 5, 5), r[offs[1]:offs[1] + 6])
-    if barrier(sync, T):
+    if _meet(sync, T, clock, tid, 12):
         return
     # the gradient rows' tree, column chunks to whichever thread takes them
     for _ in range(chunks.shape[0]):
@@ -196,3 +220,5 @@ def bn_step_into(sync, T, bounds, backward, x, labels, weights, scale,
         if k >= chunks.shape[0]:
             break
         tree_cols_into(rows, gflat, chunks[k, 0], chunks[k, 1])
+    if tid < clock.shape[0]:
+        clock[tid, 0, 13] = cycles()

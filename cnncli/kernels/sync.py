@@ -90,6 +90,34 @@ def sched_yield(typingctx):
     return types.none(), codegen
 
 
+@intrinsic
+def cycles(typingctx):
+    """The CPU's time-stamp counter (llvm.readcyclecounter; 0 where there is none): for timing
+    marks inside a kernel, converted to seconds by the caller (cycle_rate)."""
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(64), []),
+                                            "llvm.readcyclecounter")
+        return builder.call(fn, [])
+    return types.int64(), codegen
+
+
+@njit(cache=True, nogil=True)
+def cycles_now():
+    # the time-stamp counter, from Python
+    return cycles()
+
+
+def cycle_rate(seconds: float = 0.02) -> float:
+    """Counter ticks per second, measured against time.perf_counter over `seconds`."""
+    import time
+
+    cycles_now()
+    c0, t0 = cycles_now(), time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        pass
+    return (cycles_now() - c0) / (time.perf_counter() - t0)
+
+
 @njit(inline="always")
 def take(sync, k):
     """The next item of counter k (0, 1, 2, ... across all threads, each once)."""

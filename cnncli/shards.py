@@ -110,8 +110,16 @@ class Plan:
             o += int(np.prod(shape))
         self.offs = np.array([offsets[n] for n in ("conv1.w", "conv1.b", "conv2.w", "conv2.b",
                                                    "fc1.w", "fc1.b", "fc2.w", "fc2.b")], np.int64)
-        self.chunks = np.array([(a, min(a + TASK, c1)) for c0, c1 in self.segments
-                                for a in range(c0, c1, TASK)], np.int64).reshape(-1, 2)   # (K,2) the rows' tree
+        # the rows' tree in column ranges of at most TASK, by layer (bnstep sums each layer's
+        # columns in the phase after the one that finishes them): [fc1 + fc2, conv2, conv1]
+        self.chunks = []
+        for names in (("fc1.w", "fc1.b", "fc2.w", "fc2.b"), ("conv2.w", "conv2.b"), ("conv1.w", "conv1.b")):
+            cols = []
+            for n in names:                                     # adjacent tensors as one range
+                c0, c1 = offsets[n], offsets[n] + int(np.prod(dict(specs)[n]))
+                cols[-1:] = [(cols[-1][0], c1)] if cols and cols[-1][1] == c0 else cols[-1:] + [(c0, c1)]
+            self.chunks.append(np.array([(a, min(a + TASK, c1)) for c0, c1 in cols for a in range(c0, c1, TASK)],
+                                        np.int64).reshape(-1, 2))                      # (K,2)
         if batchnorm != "none":
             channel = batchnorm == "channel"
             all_slices = [shard_slice(i, B) for i in range(self.S)]
@@ -288,7 +296,7 @@ def _bn_step_fused(net, plan, x, labels, w, scale, backward, transform):
             plan.stats[1], plan.stats[2], plan.stats[3], plan.moments[1], plan.moments[2], plan.moments[3],
             plan.sums[1], plan.sums[2], plan.sums[3], plan.coef[1], plan.coef[2],
             eps, keep, m, *unbias, *running,
-            plan.rows, plan.offs, plan.loss, plan.chunks, G.flat, plan.clock)
+            plan.rows, plan.offs, plan.loss, *plan.chunks, G.flat, plan.clock)
     run_together(lambda t: bnstep.bn_step_into(plan.sync, t, *args), abort=lambda: plan.sync.__setitem__(ABORT, 1))
     if backward:
         plan.bn_grads = {k: np.split(plan.sums[k], 2) for k in (1, 2, 3)}     # (sum dy, sum dy*xhat) views

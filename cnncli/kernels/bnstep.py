@@ -26,13 +26,13 @@ from .sync import barrier, cycles, take
 
 # the counters of sync.py's array, one per phase: the shards' segments, and the statistics' chunks;
 # TID numbers the threads (for the clock marks)
-F1, F2, F3, HEAD, B3, B2, B1, TREE, S1, S2, S3, T3, T2, T1, TID = range(15)
-SYNC_SIZE = _sync.COUNTERS + 15     # the job's sync array: the barrier's slots and the counters
+F1, F2, F3, HEAD, B3, B2, B1, TREE, S1, S2, S3, T3, T2, T1, TID, TREE_FC, TREE_C2 = range(17)
+SYNC_SIZE = _sync.COUNTERS + 17     # the job's sync array: the barrier's slots and the counters
 # the step's segments in order, each ended by a barrier (the last by the call's end): clock marks
 SEGMENTS = ("forward to BN1's input, its moments", "BN1's statistics", "BN1 .. BN2's input, its moments",
             "BN2's statistics", "BN2 .. BN3's input, its moments", "BN3's statistics", "head (BN3 .. loss .. BN3's dy)",
-            "BN3's sums", "backward BN3 .. BN2's sums", "BN2's sums", "backward BN2 .. BN1's sums", "BN1's sums",
-            "backward from BN1", "gradient rows' tree")
+            "BN3's sums", "backward BN3 .. BN2's sums", "BN2's sums", "backward BN2 .. BN1's sums (+ fc rows' tree)", "BN1's sums",
+            "backward from BN1 (+ conv2 rows' tree)", "conv1 rows' tree")
 CHUNK = 512                         # statistics per chunk of a BN layer's batch statistics
 
 
@@ -74,6 +74,17 @@ def _backward_sums(sync, counter, bwd, sums, stats, gamma, M, coef, with_coef):
 
 
 @njit(inline="always")
+def _tree_chunks(sync, counter, rows, gflat, chunks):
+    # the gradient rows' tree over the column ranges chunks (K,2), a range to whichever thread
+    # takes it: tree_cols_into, the bits of tree_sum whenever it runs
+    for _ in range(chunks.shape[0]):
+        k = take(sync, counter)
+        if k >= chunks.shape[0]:
+            break
+        tree_cols_into(rows, gflat, chunks[k, 0], chunks[k, 1])
+
+
+@njit(inline="always")
 def _meet(sync, T, clock, tid, k):
     # the end of segment k on this thread: its arrival mark, the barrier, its departure mark (the
     # start of segment k + 1); True when the job was aborted
@@ -94,15 +105,17 @@ def bn_step_into(sync, T, bounds, backward, x, labels, weights, scale,
                  fwd1, fwd2, fwd3, bwd1, bwd2, bwd3, counts1, counts2, counts3, M1, M2, M3,
                  stats1, stats2, stats3, moments1, moments2, moments3, sums1, sums2, sums3,
                  coef1, coef2, eps, keep, m, unbias1, unbias2, unbias3, rm1, rv1, rm2, rv2, rm3, rv3,
-                 rows, offs, loss, chunks, gflat, clock):
+                 rows, offs, loss, chunks_fc, chunks_conv2, chunks_conv1, gflat, clock):
     # sync (SYNC_SIZE,) int64 zeroed, T threads each calling this once; bounds (L+1,) int64;
     # x (B,1,32,32) the input; labels (B,) int64, weights (B,) float64, scale = 1/B; the
     # parameters' views; the workspace (n = B), dwt2s (L,6,5,5,16); fwd*/bwd* (L,2D) float64 the
     # shards' rows, counts* (L,) values per statistic in each shard, M* the batch's; stats* (3,D),
     # moments*/sums* (2D,) float64; coef* (6,E); running statistics rm*/rv* (D,) or (0,);
     # rows (L,P) the shards' gradients, offs (8,) int64 where conv1.w, conv1.b, conv2.w, conv2.b,
-    # fc1.w, fc1.b, fc2.w, fc2.b start in a row; chunks (K,2) int64 column ranges of the rows'
-    # tree   ->   loss (L,1) float64 each shard's sum of weight * loss; with backward: gflat
+    # fc1.w, fc1.b, fc2.w, fc2.b start in a row; chunks_* (K,2) int64 column ranges of the rows'
+    # tree, by layer: each layer's columns are summed in the phase after the one that finishes
+    # them, by threads done with their shards (fc1 + fc2 during conv2's backward, conv2 during
+    # conv1's, conv1 at the end)   ->   loss (L,1) float64 each shard's sum of weight * loss; with backward: gflat
     # (P,) the rows' tree over chunks, sums* the batch's [sum dy | sum dy*xhat] per BN layer;
     # clock (Tc,2,14) int64: [t, 1, k] when thread t started SEGMENTS[k], [t, 0, k] when it ended
     # it (time-stamp counter, for kernel_profile; threads t >= Tc mark nothing)
@@ -198,6 +211,7 @@ def bn_step_into(sync, T, bounds, backward, x, labels, weights, scale,
             dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], arg2[a:b], z2[a:b], coef2, dz2[a:b], xp2[a:b],
             dzt2[a:b], dwt2s[j], r[offs[2]:offs[2] + 2400].reshape(16, 6, 5, 5), r[offs[3]:offs[3] + 16],
             w2, dzp2[a:b], dp1[a:b], arg1[a:b], z1[a:b], coef1, bwd1[j])
+    _tree_chunks(sync, TREE_FC, rows, gflat, chunks_fc)         # fc1's and fc2's rows are final
     if _meet(sync, T, clock, tid, 10):
         return
     _backward_sums(sync, T1, bwd1, sums1, stats1, g1, M1, coef1, True)
@@ -212,13 +226,9 @@ def bn_step_into(sync, T, bounds, backward, x, labels, weights, scale,
         r = rows[j]
         segments.bn1_conv1_back_into(dp1[a:b], xp2[a:b], arg1[a:b], z1[a:b], coef1, dz1[a:b], xp1[a:b],
                                      r[offs[0]:offs[0] + 150].reshape(6, 1, 5, 5), r[offs[1]:offs[1] + 6])
+    _tree_chunks(sync, TREE_C2, rows, gflat, chunks_conv2)      # conv2's rows are final
     if _meet(sync, T, clock, tid, 12):
         return
-    # the gradient rows' tree, column chunks to whichever thread takes them
-    for _ in range(chunks.shape[0]):
-        k = take(sync, TREE)
-        if k >= chunks.shape[0]:
-            break
-        tree_cols_into(rows, gflat, chunks[k, 0], chunks[k, 1])
+    _tree_chunks(sync, TREE, rows, gflat, chunks_conv1)         # and conv1's
     if tid < clock.shape[0]:
         clock[tid, 0, 13] = cycles()

@@ -12,6 +12,7 @@ Shapes: B images in the global batch, S = ceil(B / SHARD) shards, L of them on t
 
 from __future__ import annotations
 
+import itertools
 from functools import partial
 
 import numpy as np
@@ -263,15 +264,11 @@ def _bnstep_compiling():
     return compiling_elsewhere(bnstep.bn_step_into)
 
 
-def _bn_step_fused(net, plan, x, labels, w, scale, backward, transform):
+def _bn_step_fused(net, plan, x_in, labels, w, scale, backward, transform):
     """The BN step in one process: kernels/bnstep.py on every thread at once (the same kernels and
-    trees as the phases below, so the same bits), after the transform's input shard by shard."""
-    if transform is not None:
-        each(lambda j: transform(plan.slices[j], None if x is None else x[plan.slices[j]], plan.ws[j].xin),
-             len(plan.ws))
-        x = plan.big.xin
-    else:
-        x = np.ascontiguousarray(x)
+    trees as the phases below, so the same bits); with a transform each thread first makes its part
+    of the input, in the same job."""
+    x = plan.big.xin if transform is not None else np.ascontiguousarray(x_in)    # (B,1,32,32) the input
     P, G, big = net.params, net.grads, plan.big
     eps, m = float(net.eps), float(net.momentum)
     running = []                                  # rm1, rv1, rm2, ... (empty when none are kept)
@@ -297,7 +294,18 @@ def _bn_step_fused(net, plan, x, labels, w, scale, backward, transform):
             plan.sums[1], plan.sums[2], plan.sums[3], plan.coef[1], plan.coef[2],
             eps, keep, m, *unbias, *running,
             plan.rows, plan.offs, plan.loss, *plan.chunks, G.flat, plan.clock)
-    run_together(lambda t: bnstep.bn_step_into(plan.sync, t, *args), abort=lambda: plan.sync.__setitem__(ABORT, 1))
+    ticket = itertools.count()
+
+    def job(t):
+        """On each of the t threads: its part of the input (the transform treats each image on its
+        own, so any split gives the same input), then the step, which first waits for every part."""
+        if transform is not None:
+            j, n = next(ticket), x.shape[0]            # (itertools.count's next is atomic under the GIL)
+            part = slice(n * j // t, n * (j + 1) // t)
+            transform(part, None if x_in is None else x_in[part], x[part])
+        bnstep.bn_step_into(plan.sync, t, transform is not None, *args)
+
+    run_together(job, abort=lambda: plan.sync.__setitem__(ABORT, 1))
     if backward:
         plan.bn_grads = {k: np.split(plan.sums[k], 2) for k in (1, 2, 3)}     # (sum dy, sum dy*xhat) views
 

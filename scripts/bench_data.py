@@ -14,6 +14,7 @@ Epoch 1 (warm-up: first workspaces, kernel loading) is left out of the compariso
 medians over the other epochs.
 
     .venv/bin/python scripts/bench_data.py [--per-class 600] [--epochs 5] [--batch-size 64] [--every 10]
+        [--batchnorm none]
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5, help="training epochs (all but the first are compared)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
+    ap.add_argument("--batchnorm", default="none", choices=("none", "unit", "channel"),
+                    help="the network variant of both the training and the bench")
     ap.add_argument("--no-augment", action="store_true", help="train with augment.enabled=false (the default "
                     "config augments every batch, which the bench's loop does not)")
     ap.add_argument("--repeats", type=int, default=3, help="cache loads are timed this many +2 times")
@@ -118,8 +121,9 @@ def train_vs_bench(args, tmp: Path, train_dir: Path):
         f"data.train={train_dir}", f"data.val={tmp / 'demo' / 'test'}", f"train.epochs={args.epochs}",
         f"train.batch_size={args.batch_size}", f"train.threads={args.threads}", "train.checkpoint_every=0",
         f"out={tmp / 'run'}", f"augment.enabled={'false' if args.no_augment else 'true'}",
+        f"model.batchnorm={args.batchnorm}",
     ])
-    ours = Ours(12, "none")
+    ours = Ours(12, args.batchnorm)
     batches = random_batches(args.batch_size, 12)
     with using_threads(args.threads):
         images_per_second(ours.train, batches, 0.5)                  # the bench's own warm-up, before training starts

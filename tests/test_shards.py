@@ -230,6 +230,29 @@ def test_one_process_bn_step_phase_by_phase_gives_bnsteps_bits(bn, monkeypatch):
         assert all(np.array_equal(a, b) for a, b in zip(a_state, b_state)), bn
 
 
+@pytest.mark.parametrize("bn", ["unit", "channel"])
+def test_a_transform_that_fails_in_a_bn_step_raises_and_changes_nothing(bn):
+    """The transform runs inside bnstep's job (each thread its part of the batch, then the barrier):
+    one that raises ends the step with its error, no thread left waiting, no statistic or gradient
+    half-updated: the next good step gives a fresh network's bits."""
+    rng = np.random.default_rng(9)
+    n = 40
+    x, y = rng.standard_normal((n, 1, 32, 32)).astype(np.float32), rng.integers(0, 12, n)
+
+    def bad(s, none, out):
+        if s.stop > n // 2:
+            raise RuntimeError("image 33 could not be read")
+        out[...] = x[s]
+
+    net = M.Network(12, bn, seed=3)
+    with pytest.raises(RuntimeError, match="could not be read"):
+        net.train_step(None, y, transform=bad)
+    got = _state(net, *net.train_step(x, y))
+    fresh = M.Network(12, bn, seed=3)
+    want = _state(fresh, *fresh.train_step(x, y))
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
 def test_compiling_elsewhere_while_a_live_worker_has_the_kernel():
     from cnncli import precompile
     from cnncli.kernels import bnstep

@@ -98,7 +98,7 @@ def _meet(sync, T, clock, tid, k):
 
 
 @njit(cache=True, nogil=True)
-def bn_step_into(sync, T, bounds, backward, x, labels, weights, scale,
+def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scale,
                  w1, b1, w2, b2, w3, b3, w4, b4, g1, be1, g2, be2, g3, be3,
                  xp1, z1, xp2, arg1, z2, p2, arg2, z3, xhat3, y3, a3, z4, probs, dz4,
                  da3, dz3, dy3, dflat, dz2, dp1, dz1, dzp2, dzt2, dwt2s,
@@ -106,7 +106,8 @@ def bn_step_into(sync, T, bounds, backward, x, labels, weights, scale,
                  stats1, stats2, stats3, moments1, moments2, moments3, sums1, sums2, sums3,
                  coef1, coef2, eps, keep, m, unbias1, unbias2, unbias3, rm1, rv1, rm2, rv2, rm3, rv3,
                  rows, offs, loss, chunks_fc, chunks_conv2, chunks_conv1, gflat, clock):
-    # sync (SYNC_SIZE,) int64 zeroed, T threads each calling this once; bounds (L+1,) int64;
+    # sync (SYNC_SIZE,) int64 zeroed, T threads each calling this once (wait_input: after each made
+    # its part of x, so they first wait for one another); bounds (L+1,) int64;
     # x (B,1,32,32) the input; labels (B,) int64, weights (B,) float64, scale = 1/B; the
     # parameters' views; the workspace (n = B), dwt2s (L,6,5,5,16); fwd*/bwd* (L,2D) float64 the
     # shards' rows, counts* (L,) values per statistic in each shard, M* the batch's; stats* (3,D),
@@ -121,6 +122,8 @@ def bn_step_into(sync, T, bounds, backward, x, labels, weights, scale,
     # it (time-stamp counter, for kernel_profile; threads t >= Tc mark nothing)
     L = bounds.shape[0] - 1
     C = w4.shape[0]
+    if wait_input and barrier(sync, T):
+        return
     tid = take(sync, TID)
     if tid < clock.shape[0]:
         clock[tid, 1, 0] = cycles()

@@ -258,11 +258,11 @@ def format_phases(prof: dict) -> str:
     """The phase profile as a table, in the step's order."""
     lines = [f"phases: train, batchnorm={prof['batchnorm']}, batch {prof['batch_size']}, {prof['threads']} "
              f"thread(s), {prof['steps']} steps: {prof['step_ms']:.2f} ms per step",
-             f"{'phase':38s} {'tasks':>5s} {'us/task':>8s} {'busy ms':>8s} {'wall ms':>8s}"]
+             f"{'phase':46s} {'tasks':>5s} {'us/task':>8s} {'busy ms':>8s} {'wall ms':>8s}"]
     for r in prof["rows"]:
-        lines.append(f"{r['phase'][:38]:38s} {r['tasks']:>5.0f} {r['task_us']:>8.1f} {r['busy_ms']:>8.3f} "
+        lines.append(f"{r['phase'][:46]:46s} {r['tasks']:>5.0f} {r['task_us']:>8.1f} {r['busy_ms']:>8.3f} "
                      f"{r['wall_ms']:>8.3f}")
-    lines.append(f"{'between phases (Python, waits, optimizer)':48s} {'':>8s} {prof['serial_ms']:>8.3f}")
+    lines.append(f"{'between phases (Python, waits, optimizer)':56s} {'':>8s} {prof['serial_ms']:>8.3f}")
     return "\n".join(lines)
 
 

@@ -51,3 +51,14 @@ def _warm_numba_cache():
             net.predict_proba(x)
         Optimizer("adam", net.params.flat.size, 1e-3, dtype=dtype).step(net.params.flat, net.grads.flat)
     yield
+
+
+@pytest.fixture
+def two_threads():
+    """numba (and so the worker pool) at two threads, or one on a one-core machine, for the test."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    yield
+    numba.set_num_threads(before)

@@ -49,14 +49,6 @@ def test_an_aborted_job_lets_the_waiting_threads_return():
     assert state[sync.GENERATION] == 0              # the barrier never opened
 
 
-@pytest.fixture
-def two_threads():
-    before = numba.get_num_threads()
-    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-    yield
-    numba.set_num_threads(before)
-
-
 def test_run_together_runs_the_job_once_on_each_thread(two_threads):
     t = numba.get_num_threads()
     rounds, items = 50, 7
@@ -136,7 +128,8 @@ def test_bn_statistics_in_chunks_give_the_whole_layer_bits(d, chunk):
         keep = np.float32(0.9)
         if name == "whole":
             bnstats.bn_moments_tree_into(parts, counts, out["moments"])
-            bnstats.bn_stats_into(out["moments"], 40.0, 1e-5, out["stats"], keep, 0.1, 0.1 * 40 / 39, out["rm"], out["rv"])
+            bnstats.bn_stats_into(out["moments"], 40.0, 1e-5, out["stats"], keep, 0.1, 0.1 * 40 / 39,
+                                  out["rm"], out["rv"])
             bnpool.bn_coef_forward_into(out["stats"][0], out["stats"][2], gamma, beta, out["coef"])
             bnpool.bn_coef_backward_into(out["stats"][2], gamma, sums, 40.0, out["coef"])
         else:

@@ -58,14 +58,6 @@ import pytest  # noqa: E402
 from cnncli.kernels.threads import run_phases  # noqa: E402
 
 
-@pytest.fixture
-def two_threads():
-    before = numba.get_num_threads()
-    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-    yield
-    numba.set_num_threads(before)
-
-
 def _logged_phases(n_phases, log, lock):
     def task(p):
         def run(j):

@@ -29,9 +29,12 @@ from .sync import barrier, cycles, take
 F1, F2, F3, HEAD, B3, B2, B1, TREE, S1, S2, S3, T3, T2, T1, TID, TREE_FC, TREE_C2 = range(17)
 SYNC_SIZE = _sync.COUNTERS + 17     # the job's sync array: the barrier's slots and the counters
 # the step's segments in order, each ended by a barrier (the last by the call's end): clock marks
-SEGMENTS = ("forward to BN1's input, its moments", "BN1's statistics", "BN1 .. BN2's input, its moments",
-            "BN2's statistics", "BN2 .. BN3's input, its moments", "BN3's statistics", "head (BN3 .. loss .. BN3's dy)",
-            "BN3's sums", "backward BN3 .. BN2's sums", "BN2's sums", "backward BN2 .. BN1's sums (+ fc rows' tree)", "BN1's sums",
+SEGMENTS = ("forward to BN1's input, its moments", "BN1's statistics",
+            "BN1 .. BN2's input, its moments", "BN2's statistics",
+            "BN2 .. BN3's input, its moments", "BN3's statistics",
+            "head (BN3 .. loss .. BN3's dy)", "BN3's sums",
+            "backward BN3 .. BN2's sums", "BN2's sums",
+            "backward BN2 .. BN1's sums (+ fc rows' tree)", "BN1's sums",
             "backward from BN1 (+ conv2 rows' tree)", "conv1 rows' tree")
 CHUNK = 512                         # statistics per chunk of a BN layer's batch statistics
 
@@ -71,6 +74,15 @@ def _backward_sums(sync, counter, bwd, sums, stats, gamma, M, coef, with_coef):
         tree_cols_into(bwd, sums, D + d0, D + d1)
         if with_coef:
             bnpool.bn_coef_backward_range(stats[2], gamma, sums, M, coef, d0, d1)
+
+
+@njit(inline="always")
+def _next_shard(sync, counter, bounds):
+    # the next shard of a phase (counter) and its images a:b, or j = -1 once every shard is taken
+    j = take(sync, counter)
+    if j >= bounds.shape[0] - 1:
+        return -1, 0, 0
+    return j, bounds[j], bounds[j + 1]
 
 
 @njit(inline="always")
@@ -116,11 +128,10 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     # fc1.w, fc1.b, fc2.w, fc2.b start in a row; chunks_* (K,2) int64 column ranges of the rows'
     # tree, by layer: each layer's columns are summed in the phase after the one that finishes
     # them, by threads done with their shards (fc1 + fc2 during conv2's backward, conv2 during
-    # conv1's, conv1 at the end)   ->   loss (L,1) float64 each shard's sum of weight * loss; with backward: gflat
-    # (P,) the rows' tree over chunks, sums* the batch's [sum dy | sum dy*xhat] per BN layer;
+    # conv1's, conv1 at the end)   ->   loss (L,1) float64 each shard's sum of weight * loss; with
+    # backward: gflat (P,) the rows' tree over chunks, sums* the batch's [sum dy | sum dy*xhat] per BN layer;
     # clock (Tc,2,14) int64: [t, 1, k] when thread t started SEGMENTS[k], [t, 0, k] when it ended
     # it (time-stamp counter, for kernel_profile; threads t >= Tc mark nothing)
-    L = bounds.shape[0] - 1
     C = w4.shape[0]
     if wait_input and barrier(sync, T):
         return
@@ -128,11 +139,10 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     if tid < clock.shape[0]:
         clock[tid, 1, 0] = cycles()
     # forward, to BN1's input and its moments
-    for _ in range(L):
-        j = take(sync, F1)
-        if j >= L:
+    while True:
+        j, a, b = _next_shard(sync, F1, bounds)
+        if j < 0:
             break
-        a, b = bounds[j], bounds[j + 1]
         segments.conv1_moments_into(x[a:b], xp1[a:b], w1, z1[a:b], b1, fwd1[j])
     if _meet(sync, T, clock, tid, 0):
         return
@@ -140,11 +150,10 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     if _meet(sync, T, clock, tid, 1):
         return
     # BN1, pool, ELU, conv2, to BN2's input and its moments
-    for _ in range(L):
-        j = take(sync, F2)
-        if j >= L:
+    while True:
+        j, a, b = _next_shard(sync, F2, bounds)
+        if j < 0:
             break
-        a, b = bounds[j], bounds[j + 1]
         segments.bn1_conv2_moments_into(z1[a:b], coef1, xp2[a:b], arg1[a:b], w2, z2[a:b], b2, fwd2[j])
     if _meet(sync, T, clock, tid, 2):
         return
@@ -152,11 +161,10 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     if _meet(sync, T, clock, tid, 3):
         return
     # BN2, pool, ELU, fc1, to BN3's input and its moments
-    for _ in range(L):
-        j = take(sync, F3)
-        if j >= L:
+    while True:
+        j, a, b = _next_shard(sync, F3, bounds)
+        if j < 0:
             break
-        a, b = bounds[j], bounds[j + 1]
         bnpool.bn_pool_elu_forward_into(z2[a:b], coef2, p2[a:b], 0, arg2[a:b])
         fc_forward_loop_into(p2[a:b].reshape(b - a, 1024), w3, b3, z3[a:b])
         bnstats.bn_unit_moments_into(z3[a:b], fwd3[j])
@@ -167,11 +175,10 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     if _meet(sync, T, clock, tid, 5):
         return
     # the head: BN3, ELU, fc2, the loss (and down to BN3's dy and its sums)
-    for _ in range(L):
-        j = take(sync, HEAD)
-        if j >= L:
+    while True:
+        j, a, b = _next_shard(sync, HEAD, bounds)
+        if j < 0:
             break
-        a, b = bounds[j], bounds[j + 1]
         r = rows[j]
         loss[j, 0] = bn_head_into(
             z3[a:b], stats3[0], stats3[2], g3, be3, w4, b4, labels[a:b], weights[a:b], scale, backward,
@@ -186,11 +193,10 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         return
     # backward from BN3: fc1's gradients, pool2 + ELU, to BN2's sums
     U = g3.shape[0]
-    for _ in range(L):
-        j = take(sync, B3)
-        if j >= L:
+    while True:
+        j, a, b = _next_shard(sync, B3, bounds)
+        if j < 0:
             break
-        a, b = bounds[j], bounds[j + 1]
         r = rows[j]
         bn_unit_backward_given_into(dy3[a:b], xhat3[a:b], g3, stats3[2], sums3[:U], sums3[U:], M3, dz3[a:b])
         flat = p2[a:b].reshape(b - a, 1024)
@@ -204,11 +210,10 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     if _meet(sync, T, clock, tid, 9):
         return
     # backward from BN2: conv2's gradients, to BN1's sums
-    for _ in range(L):
-        j = take(sync, B2)
-        if j >= L:
+    while True:
+        j, a, b = _next_shard(sync, B2, bounds)
+        if j < 0:
             break
-        a, b = bounds[j], bounds[j + 1]
         r = rows[j]
         segments.bn2_conv2_back_into(
             dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], arg2[a:b], z2[a:b], coef2, dz2[a:b], xp2[a:b],
@@ -221,11 +226,10 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     if _meet(sync, T, clock, tid, 11):
         return
     # backward from BN1: conv1's gradients
-    for _ in range(L):
-        j = take(sync, B1)
-        if j >= L:
+    while True:
+        j, a, b = _next_shard(sync, B1, bounds)
+        if j < 0:
             break
-        a, b = bounds[j], bounds[j + 1]
         r = rows[j]
         segments.bn1_conv1_back_into(dp1[a:b], xp2[a:b], arg1[a:b], z1[a:b], coef1, dz1[a:b], xp1[a:b],
                                      r[offs[0]:offs[0] + 150].reshape(6, 1, 5, 5), r[offs[1]:offs[1] + 6])

@@ -215,6 +215,8 @@ def profile_phases(batchnorm="none", batch_size=128, steps=20, threads=0, num_cl
     from cnncli.kernels.sync import cycle_rate
 
     rate, clocks, real_step = cycle_rate(), [], bnstep.bn_step_into
+    if rate <= 0:                          # no time-stamp counter: the BN step's segments stay untimed
+        rate = float("nan")
 
     def bn_step_into(*args):
         clocks.append(args[-1])            # (Tc,2,K) the job's marks

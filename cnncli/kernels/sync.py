@@ -82,10 +82,14 @@ def cpu_relax(typingctx):
 
 @intrinsic
 def sched_yield(typingctx):
-    """The C library's sched_yield(): let another runnable thread have this core."""
+    """The C library's sched_yield(): let another runnable thread have this core (POSIX; on
+    Windows nothing: the wait keeps spinning)."""
     def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
-        builder.call(fn, [])
+        import sys
+
+        if sys.platform != "win32":
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+            builder.call(fn, [])
         return context.get_dummy_value()
     return types.none(), codegen
 

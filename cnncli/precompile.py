@@ -278,6 +278,8 @@ class Precompile:
             p.join()
         for d in self._disps:
             d.__dict__.pop("_compile_for_args", None)
+        if self in _JOBS:
+            _JOBS.remove(self)
         return time.perf_counter() - self.t0
 
 

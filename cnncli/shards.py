@@ -3,7 +3,8 @@ own workspace on the worker threads, writes its parameter gradient into its own 
 the losses and (with BN) the per-shard partial statistics are summed through the comm in one fixed
 tree, so the bits depend neither on the thread count nor on the number of ranks. With BN in one
 process the whole step is one numba call per thread (kernels/bnstep.py: the same kernels and
-trees, the threads meeting at spin barriers); with ranks its phases run from here (run_phases).
+trees, the threads meeting at spin barriers); with ranks, or while a pre-compile worker still
+builds bnstep's kernel, its phases run from here (run_phases).
 Not the API (model.Network.train_step calls run_step) nor the layers (passes.py).
 
 Shapes: B images in the global batch, S = ceil(B / SHARD) shards, L of them on this rank

@@ -72,18 +72,29 @@ def buffer_specs(num_classes=12, batchnorm="none"):
     return specs
 
 
+def spans(specs) -> dict:
+    """name -> (start, stop): where each tensor of specs lies in the flat buffer (spec order)."""
+    out, off = {}, 0
+    for name, shape in specs:
+        size = int(np.prod(shape))
+        out[name] = (off, off + size)
+        off += size
+    return out
+
+
+def views(flat, specs) -> Params:
+    """A Params whose named views are slices of the 1-D buffer flat, laid out as specs says."""
+    p = Params()
+    for (name, shape), (start, stop) in zip(specs, spans(specs).values()):
+        p[name] = flat[start:stop].reshape(shape)
+    p.flat = flat
+    return p
+
+
 def allocate(specs, dtype=np.float32) -> Params:
     """Zeros for every (name, shape) in specs, as views into one flat contiguous buffer."""
     dt = check_dtype(dtype)
-    total = sum(int(np.prod(shape)) for _, shape in specs)
-    p = Params()
-    p.flat = np.zeros(total, dtype=dt)
-    off = 0
-    for name, shape in specs:
-        size = int(np.prod(shape))
-        p[name] = p.flat[off:off + size].reshape(shape)
-        off += size
-    return p
+    return views(np.zeros(sum(int(np.prod(shape)) for _, shape in specs), dtype=dt), specs)
 
 
 def init_params(num_classes=12, batchnorm="none", seed=0, dtype=np.float32) -> Params:

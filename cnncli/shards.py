@@ -18,46 +18,27 @@ from functools import partial
 
 import numpy as np
 
-from . import passes
-from .arch import Params, param_specs
+from . import arch, passes
+from .arch import param_specs
 from .distributed import SHARD, shard_count, shard_slice
 from .kernels import batchnorm as norm
 from .kernels import bnpool, bnstats, bnstep, head
-from .kernels.reduce import TASK, RowTree, tree_sum_into
+from .kernels.reduce import RowTree, column_tasks, tree_sum_into
 from .kernels.sync import ABORT
-from .kernels.threads import run, run_phases, run_together
+from .kernels.threads import max_threads, run, run_phases, run_together
 
 
-def numba_threads():
-    """The most threads numba can run (NUMBA_NUM_THREADS): rows of bnstep's clock marks."""
-    import numba
-
-    return numba.config.NUMBA_NUM_THREADS
-
-def _row_views(flat, specs):
-    """A Params whose named views are slices of the given 1-D row."""
-    p, o = Params(), 0
-    for name, shape in specs:
-        size = int(np.prod(shape))
-        p[name] = flat[o:o + size].reshape(shape)
-        o += size
-    p.flat = flat
-    return p
-
-
-def _summed_segments(specs):
-    """[(c0, c1)] column ranges of a gradient row that shards write: every parameter but BN's
-    gamma/beta (their gradients are the batch's BN sums, set after the tree)."""
-    segs, o = [], 0
-    for name, shape in specs:
-        size = int(np.prod(shape))
-        if not name.startswith("bn"):
-            if segs and segs[-1][1] == o:
-                segs[-1] = (segs[-1][0], o + size)
-            else:
-                segs.append((o, o + size))
-        o += size
-    return segs
+def _merged(spans, names):
+    """[(c0, c1)] column ranges of the named tensors (spec order) in a gradient row, adjacent ones
+    merged into one range."""
+    ranges = []
+    for name in names:
+        c0, c1 = spans[name]
+        if ranges and ranges[-1][1] == c0:
+            ranges[-1] = (ranges[-1][0], c1)
+        else:
+            ranges.append((c0, c1))
+    return ranges
 
 
 class Plan:
@@ -87,10 +68,12 @@ class Plan:
         self.args = (num_classes, batchnorm, dtype)
         self.spare = []     # without BN: full-size workspaces reused shard after shard (kept in cache)
         specs = param_specs(num_classes, batchnorm)
-        size = sum(int(np.prod(shape)) for _, shape in specs)
-        self.rows = np.zeros((hi - lo, size), dtype)        # (L, P) each shard's gradient; BN's stay 0
-        self.grads = [_row_views(self.rows[j], specs) for j in range(hi - lo)]
-        self.segments = _summed_segments(specs)
+        spans = arch.spans(specs)
+        self.rows = np.zeros((hi - lo, sum(c1 - c0 for c0, c1 in spans.values())), dtype)   # (L, P) each
+        self.grads = [arch.views(self.rows[j], specs) for j in range(hi - lo)]       # shard's; BN's stay 0
+        # the columns shards write: every parameter but BN's gamma/beta (their gradients are the
+        # batch's BN sums, set after the tree)
+        self.segments = _merged(spans, [n for n in spans if not n.startswith("bn")])
         self.tree = partial(tree_sum_into, segments=self.segments)   # the rows' tree over ranks, threaded
         self.rowtree = RowTree(self.rows, self.segments)             # ... in one process, as rows finish
         self.loss = np.zeros((hi - lo, 1))                  # (L, 1) float64 sum of weight * loss
@@ -104,24 +87,6 @@ class Plan:
         self.shard_counts = {}                              # layer -> (S,) values per statistic in each shard
         self.no_running = np.empty(0, dtype)                # "no running statistics" for bn_stats_into
         self.moments = {}                                   # layer -> (2D,) float64 the batch's [sum | M2]
-        self.sync = np.zeros(bnstep.SYNC_SIZE, np.int64)   # bnstep's barrier and phase counters
-        self.clock = np.zeros((numba_threads(), 2, len(bnstep.SEGMENTS)), np.int64)   # bnstep's marks
-        offsets, o = {}, 0
-        for name, shape in specs:
-            offsets[name] = o
-            o += int(np.prod(shape))
-        self.offs = np.array([offsets[n] for n in ("conv1.w", "conv1.b", "conv2.w", "conv2.b",
-                                                   "fc1.w", "fc1.b", "fc2.w", "fc2.b")], np.int64)
-        # the rows' tree in column ranges of at most TASK, by layer (bnstep sums each layer's
-        # columns in the phase after the one that finishes them): [fc1 + fc2, conv2, conv1]
-        self.chunks = []
-        for names in (("fc1.w", "fc1.b", "fc2.w", "fc2.b"), ("conv2.w", "conv2.b"), ("conv1.w", "conv1.b")):
-            cols = []
-            for n in names:                                     # adjacent tensors as one range
-                c0, c1 = offsets[n], offsets[n] + int(np.prod(dict(specs)[n]))
-                cols[-1:] = [(cols[-1][0], c1)] if cols and cols[-1][1] == c0 else cols[-1:] + [(c0, c1)]
-            self.chunks.append(np.array([(a, min(a + TASK, c1)) for c0, c1 in cols for a in range(c0, c1, TASK)],
-                                        np.int64).reshape(-1, 2))                      # (K,2)
         if batchnorm != "none":
             channel = batchnorm == "channel"
             all_slices = [shard_slice(i, B) for i in range(self.S)]
@@ -136,6 +101,16 @@ class Plan:
                 self.stats[k] = np.zeros((3, d))                     # mean, var, invstd
                 self.moments[k] = np.zeros(2 * d)
                 self.sums[k] = np.zeros(2 * d)                       # the batch's sums of dy, dy*xhat
+            # bnstep's: its barrier and phase counters, its clock marks, where the layers' tensors
+            # start in a gradient row, and the rows' tree in tasks by layer (bnstep sums each layer's
+            # columns in the phase after the one that finishes them): [fc1 + fc2, conv2, conv1]
+            self.sync = np.zeros(bnstep.SYNC_SIZE, np.int64)
+            self.clock = np.zeros((max_threads(), 2, len(bnstep.SEGMENTS)), np.int64)
+            self.offs = np.array([spans[n][0] for n in ("conv1.w", "conv1.b", "conv2.w", "conv2.b",
+                                                        "fc1.w", "fc1.b", "fc2.w", "fc2.b")], np.int64)
+            self.chunks = [np.array(column_tasks(_merged(spans, group)), np.int64).reshape(-1, 2)   # (K,2)
+                           for group in (("fc1.w", "fc1.b", "fc2.w", "fc2.b"), ("conv2.w", "conv2.b"),
+                                         ("conv1.w", "conv1.b"))]
 
 
 def each(fn, count):

@@ -52,6 +52,11 @@ def tree_cols_into(parts, out, c0, c1):
             out[b0 + c] = work[0, c]
 
 
+def column_tasks(segments):
+    """[(c0, c1)]: the column ranges `segments` cut into tasks of at most TASK columns."""
+    return [(a, min(a + TASK, c1)) for c0, c1 in segments for a in range(c0, c1, TASK)]
+
+
 def tree_sum_into(parts, out, segments=None):
     """out[c0:c1] = distributed.tree_sum(parts)[c0:c1] for each (c0, c1) of segments (default: all
     M columns); other columns of out untouched. parts (S,M) C-contiguous, out (M,) of its dtype.
@@ -62,7 +67,7 @@ def tree_sum_into(parts, out, segments=None):
         raise ValueError(f"out must be ({parts.shape[1]},) {parts.dtype}, got {out.shape} {out.dtype}")
     if segments is None:
         segments = ((0, parts.shape[1]),)
-    tasks = [(a, min(a + TASK, c1)) for c0, c1 in segments for a in range(c0, c1, TASK)]
+    tasks = column_tasks(segments)
     if len(tasks) == 1 or parts.shape[0] == 1:
         for c0, c1 in tasks:
             tree_cols_into(parts, out, c0, c1)

@@ -32,6 +32,13 @@ def set_threads(threads: int) -> int:
     return n
 
 
+def max_threads() -> int:
+    """The most threads numba can run in this process (NUMBA_NUM_THREADS)."""
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
+
+
 def workers():
     """(pool, T): worker threads for the chunks of a job, as many as numba threads (numba.set_num_threads)."""
     import numba

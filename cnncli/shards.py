@@ -105,6 +105,8 @@ class Plan:
             # start in a gradient row, and the rows' tree in tasks by layer (bnstep sums each layer's
             # columns in the phase after the one that finishes them): [fc1 + fc2, conv2, conv1]
             self.sync = np.zeros(bnstep.SYNC_SIZE, np.int64)
+            self.bnstep_args = None                 # (the network's arrays it was built for, the arguments)
+            self.bnstep_grads = {k: np.split(self.sums[k], 2) for k in (1, 2, 3)}   # (sum dy, sum dy*xhat) views
             self.clock = np.zeros((max_threads(), 2, len(bnstep.SEGMENTS)), np.int64)
             self.offs = np.array([spans[n][0] for n in ("conv1.w", "conv1.b", "conv2.w", "conv2.b",
                                                         "fc1.w", "fc1.b", "fc2.w", "fc2.b")], np.int64)
@@ -245,31 +247,8 @@ def _bn_step_fused(net, plan, x_in, labels, w, scale, backward, transform):
     trees as the phases below, so the same bits); with a transform each thread first makes its part
     of the input, in the same job."""
     x = plan.big.xin if transform is not None else np.ascontiguousarray(x_in)    # (B,1,32,32) the input
-    P, G, big = net.params, net.grads, plan.big
-    eps, m = float(net.eps), float(net.momentum)
-    running = []                                  # rm1, rv1, rm2, ... (empty when none are kept)
-    for k in (1, 2, 3):
-        if net.buffers is not None:
-            running += [net.buffers[f"bn{k}.running_mean"].reshape(-1), net.buffers[f"bn{k}.running_var"].reshape(-1)]
-        else:
-            running += [plan.no_running, plan.no_running]
-    keep = plan.no_running.dtype.type(1 - m)
-    unbias = [m * plan.count[k] / (plan.count[k] - 1) if plan.count[k] > 1 else 0.0 for k in (1, 2, 3)]
-    (g1, be1), (g2, be2), (g3, be3) = (_gamma_beta(net, k) for k in (1, 2, 3))
     plan.sync[:] = 0
-    args = (plan.bounds, backward, x, labels, w, scale,
-            P["conv1.w"], P["conv1.b"], P["conv2.w"], P["conv2.b"], P["fc1.w"], P["fc1.b"], P["fc2.w"], P["fc2.b"],
-            g1, be1, g2, be2, g3, be3,
-            big.xp1, big.z1, big.xp2, big.arg1, big.z2, big.p2, big.arg2, big.z3, big.xhat3, big.y3, big.a3,
-            big.z4, big.probs, big.dz4, big.da3, big.dz3, big.dy3, big.dflat, big.dz2, big.dp1, big.dz1,
-            big.dzp2, big.dzt2, plan.dwt2s,
-            plan.fwd[1], plan.fwd[2], plan.fwd[3], plan.bwd[1], plan.bwd[2], plan.bwd[3],
-            plan.shard_counts[1], plan.shard_counts[2], plan.shard_counts[3],
-            float(plan.count[1]), float(plan.count[2]), float(plan.count[3]),
-            plan.stats[1], plan.stats[2], plan.stats[3], plan.moments[1], plan.moments[2], plan.moments[3],
-            plan.sums[1], plan.sums[2], plan.sums[3], plan.coef[1], plan.coef[2],
-            eps, keep, m, *unbias, *running,
-            plan.rows, plan.offs, plan.loss, *plan.chunks, G.flat, plan.clock)
+    args = (plan.bounds, backward, x, labels, w, scale) + _bnstep_arrays(net, plan)
     ticket = itertools.count()
 
     def job(t):
@@ -283,7 +262,42 @@ def _bn_step_fused(net, plan, x_in, labels, w, scale, backward, transform):
 
     run_together(job, abort=lambda: plan.sync.__setitem__(ABORT, 1))
     if backward:
-        plan.bn_grads = {k: np.split(plan.sums[k], 2) for k in (1, 2, 3)}     # (sum dy, sum dy*xhat) views
+        plan.bn_grads = plan.bnstep_grads
+
+
+def _bnstep_arrays(net, plan):
+    """bn_step_into's arguments after (bounds, backward, x, labels, weights, scale): the network's
+    parameters, gradients and running statistics and the plan's arrays, built on a plan's first
+    step and again only when the network holds other params, grads or buffers objects (the
+    functional API hands its own in)."""
+    key = (net.params, net.grads, net.buffers)
+    if plan.bnstep_args is not None and all(a is b for a, b in zip(plan.bnstep_args[0], key)):
+        return plan.bnstep_args[1]
+    P, G, big = net.params, net.grads, plan.big
+    eps, m = float(net.eps), float(net.momentum)
+    running = []                                  # rm1, rv1, rm2, ... (empty when none are kept)
+    for k in (1, 2, 3):
+        if net.buffers is not None:
+            running += [net.buffers[f"bn{k}.running_mean"].reshape(-1), net.buffers[f"bn{k}.running_var"].reshape(-1)]
+        else:
+            running += [plan.no_running, plan.no_running]
+    keep = plan.no_running.dtype.type(1 - m)
+    unbias = [m * plan.count[k] / (plan.count[k] - 1) if plan.count[k] > 1 else 0.0 for k in (1, 2, 3)]
+    (g1, be1), (g2, be2), (g3, be3) = (_gamma_beta(net, k) for k in (1, 2, 3))
+    args = (P["conv1.w"], P["conv1.b"], P["conv2.w"], P["conv2.b"], P["fc1.w"], P["fc1.b"], P["fc2.w"], P["fc2.b"],
+            g1, be1, g2, be2, g3, be3,
+            big.xp1, big.z1, big.xp2, big.arg1, big.z2, big.p2, big.arg2, big.z3, big.xhat3, big.y3, big.a3,
+            big.z4, big.probs, big.dz4, big.da3, big.dz3, big.dy3, big.dflat, big.dz2, big.dp1, big.dz1,
+            big.dzp2, big.dzt2, plan.dwt2s,
+            plan.fwd[1], plan.fwd[2], plan.fwd[3], plan.bwd[1], plan.bwd[2], plan.bwd[3],
+            plan.shard_counts[1], plan.shard_counts[2], plan.shard_counts[3],
+            float(plan.count[1]), float(plan.count[2]), float(plan.count[3]),
+            plan.stats[1], plan.stats[2], plan.stats[3], plan.moments[1], plan.moments[2], plan.moments[3],
+            plan.sums[1], plan.sums[2], plan.sums[3], plan.coef[1], plan.coef[2],
+            eps, keep, m, *unbias, *running,
+            plan.rows, plan.offs, plan.loss, *plan.chunks, G.flat, plan.clock)
+    plan.bnstep_args = (key, args)
+    return args
 
 
 def _bn_forward_phases(net, plan, comm, inputs, targets, scale, backward, then=None):

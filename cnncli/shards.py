@@ -4,7 +4,7 @@ the losses and (with BN) the per-shard partial statistics are summed through the
 tree, so the bits depend neither on the thread count nor on the number of ranks. With BN in one
 process the whole step is one numba call per thread (kernels/bnstep.py: the same kernels and
 trees, the threads meeting at spin barriers); with ranks, or while a pre-compile worker still
-builds bnstep's kernel, its phases run from here (run_phases).
+builds bnstep's kernel, its phases run through run_phases (bnphases.py builds them).
 Not the API (model.Network.train_step calls run_step) nor the layers (passes.py).
 
 Shapes: B images in the global batch, S = ceil(B / SHARD) shards, L of them on this rank
@@ -18,11 +18,10 @@ from functools import partial
 
 import numpy as np
 
-from . import arch, passes
+from . import arch, bnphases, passes
 from .arch import param_specs
 from .distributed import SHARD, shard_count, shard_slice
-from .kernels import batchnorm as norm
-from .kernels import bnpool, bnstats, bnstep, head
+from .kernels import bnstep
 from .kernels.reduce import RowTree, column_tasks, tree_sum_into
 from .kernels.sync import ABORT
 from .kernels.threads import max_threads, run, run_phases, run_together
@@ -136,38 +135,6 @@ def _borrow(plan, j):
     return spare
 
 
-def _bn_statistics(net, plan, k, comm):
-    """BN layer k's statistics from the shards' [sum | M2] rows in plan.fwd[k]: their tree (sums
-    added, M2 combined: bnstats.bn_moments_tree_into) -> mean, biased var -> invstd; the running
-    statistics updated (PyTorch's rule, the unbiased variance) when the network keeps them."""
-    M = plan.count[k]
-
-    def tree(parts, out):
-        bnstats.bn_moments_tree_into(parts, plan.shard_counts[k], out)
-        return out
-    moments = comm.sum_shards(plan.fwd[k], plan.S, tree=tree)    # (2D,) the batch's [sum | M2]
-    m = net.momentum
-    if net.buffers is not None:
-        rm, rv = net.buffers[f"bn{k}.running_mean"].reshape(-1), net.buffers[f"bn{k}.running_var"].reshape(-1)
-    else:
-        rm = rv = plan.no_running
-    unbias = m * M / (M - 1) if M > 1 else 0.0     # (train_step refuses BN batches of one image)
-    bnstats.bn_stats_into(moments, float(M), float(net.eps), plan.stats[k], rm.dtype.type(1 - m), m, unbias, rm, rv)
-
-
-def _gamma_beta(net, k):
-    """BN layer k's gamma and beta as flat views."""
-    return net.params[f"bn{k}.gamma"].reshape(-1), net.params[f"bn{k}.beta"].reshape(-1)
-
-
-def _fc_bn_backward(net, plan, j):
-    """Shard j's dz3 of fc1's BN from the batch's sums of dy and dy*xhat (plan.bn_grads[3]) and invstd."""
-    ws = plan.ws[j]
-    sdy, sdyx = plan.bn_grads[3]
-    norm.bn_unit_backward_given_into(ws.dy3, ws.xhat3, _gamma_beta(net, 3)[0], plan.stats[3][2],
-                                     sdy, sdyx, float(plan.count[3]), ws.dz3)
-
-
 def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None):
     """A training step (forward only when backward=False) of the batch x (B,1,32,32) on this
     rank's shards: net.grads overwritten (all of them, every rank the same), BN running statistics
@@ -215,8 +182,8 @@ def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None)
     elif fused:
         _bn_step_fused(net, plan, x, labels, w, scale, backward, transform)
     else:
-        sums3, back = _bn_backward_phases(net, plan, comm, done) if backward else (None, [])
-        phases = _bn_forward_phases(net, plan, comm, inputs, targets, scale, backward, then=sums3) + back
+        sums3, back = bnphases.backward_phases(net, plan, comm, done) if backward else (None, [])
+        phases = bnphases.forward_phases(net, plan, comm, inputs, targets, scale, backward, then=sums3) + back
         # one job for all the phases in one process; with ranks the afters' collectives stay on this thread
         run_phases(phases, L, on_caller=comm.size > 1)
     loss = float(comm.sum_shards(plan.loss, plan.S, tree=tree_sum_into)[0]) / plan.B
@@ -244,7 +211,7 @@ def _bnstep_compiling():
 
 def _bn_step_fused(net, plan, x_in, labels, w, scale, backward, transform):
     """The BN step in one process: kernels/bnstep.py on every thread at once (the same kernels and
-    trees as the phases below, so the same bits); with a transform each thread first makes its part
+    trees as bnphases.py's phases, so the same bits); with a transform each thread first makes its part
     of the input, in the same job."""
     x = plan.big.xin if transform is not None else np.ascontiguousarray(x_in)    # (B,1,32,32) the input
     plan.sync[:] = 0
@@ -283,7 +250,7 @@ def _bnstep_arrays(net, plan):
             running += [plan.no_running, plan.no_running]
     keep = plan.no_running.dtype.type(1 - m)
     unbias = [m * plan.count[k] / (plan.count[k] - 1) if plan.count[k] > 1 else 0.0 for k in (1, 2, 3)]
-    (g1, be1), (g2, be2), (g3, be3) = (_gamma_beta(net, k) for k in (1, 2, 3))
+    (g1, be1), (g2, be2), (g3, be3) = (bnphases.gamma_beta(net, k) for k in (1, 2, 3))
     args = (P["conv1.w"], P["conv1.b"], P["conv2.w"], P["conv2.b"], P["fc1.w"], P["fc1.b"], P["fc2.w"], P["fc2.b"],
             g1, be1, g2, be2, g3, be3,
             big.xp1, big.z1, big.xp2, big.arg1, big.z2, big.p2, big.arg2, big.z3, big.xhat3, big.y3, big.a3,
@@ -298,101 +265,3 @@ def _bnstep_arrays(net, plan):
             plan.rows, plan.offs, plan.loss, *plan.chunks, G.flat, plan.clock)
     plan.bnstep_args = (key, args)
     return args
-
-
-def _bn_forward_phases(net, plan, comm, inputs, targets, scale, backward, then=None):
-    """Up to the loss, as [(task, after)] phases (threads.run_phases): per shard the layers up to a
-    BN's input (from the BN below, fused with its pool + ELU) and its partial sums; after each
-    phase the sums over all shards (comm), the statistics (and, for the conv layers, the fused
-    kernels' coefficients); after BN3's, the head, then then()."""
-    P = net.params
-    phases = []
-    for k in (1, 2, 3):
-        def shard(j, k=k):
-            ws = plan.ws[j]
-            if k == 1:
-                passes.forward_bn1_input(P, ws, inputs(j, ws), plan.fwd[1][j])
-            elif k == 2:
-                passes.forward_bn2_input(P, ws, plan.coef[1], plan.fwd[2][j])
-            else:
-                passes.forward_fc1(P, ws, plan.coef[2])
-                bnstats.bn_unit_moments_into(ws.z3, plan.fwd[3][j])
-        shard.__name__ = f"forward to BN{k}'s input, its moments"     # (kernel_profile's phase names)
-
-        def after(k=k):
-            _bn_statistics(net, plan, k, comm)
-            if k < 3:
-                mean, _, invstd = plan.stats[k]
-                bnpool.bn_coef_forward_into(mean, invstd, *_gamma_beta(net, k), plan.coef[k])
-            else:
-                _head(net, plan, comm, targets, scale, backward)
-                if then is not None:
-                    then()
-        phases.append((shard, after))
-    return phases
-
-
-def _head(net, plan, comm, targets, scale, backward):
-    """fc1's BN, ELU, fc2, the loss (and the backward down to BN3's sums), one fused call per shard
-    (kernels/head.py, ~10-15 us each) on one thread: shared with the others, such short tasks ran
-    slower than on one thread."""
-    P = net.params
-    mean, _, invstd = plan.stats[3]
-    gamma, beta = _gamma_beta(net, 3)
-    for j in range(len(plan.ws)):
-        ws, G, (ls, wj) = plan.ws[j], plan.grads[j], targets(j)
-        plan.loss[j, 0] = head.bn_head_into(
-            ws.z3, mean, invstd, gamma, beta, P["fc2.w"], P["fc2.b"], ls, wj, scale, backward,
-            ws.xhat3, ws.y3, ws.a3, ws.z4, ws.probs, ws.dz4, G["fc2.w"], G["fc2.b"], ws.da3, ws.dy3,
-            plan.bwd[3][j])
-        if backward:
-            _sums_done(plan, 3, comm)(j)
-
-
-def _sums_done(plan, k, comm):
-    """done(j) for shard j's finished row of BN layer k's backward sums: in one process it goes into
-    the rows' tree at once (RowTree: the same bits as tree_sum, no serial pass after the phase);
-    with ranks the rows are summed through the comm after the phase."""
-    if comm.size > 1:
-        return lambda j: None
-    return plan.bwdtree[k].done
-
-
-def _bn_backward_phases(net, plan, comm, done):
-    """From BN3's dy down: (sums3, [(task, after)] phases). Before each phase (sums3() after the
-    head, then the previous phase's after) the sums of dy, dy*xhat over all shards (comm) and the
-    BN's coefficients; per shard the BN's dz, the layers below it and the next BN's partial sums
-    (fused with the unpooling); done(j) once shard j's row is complete."""
-    P = net.params
-    plan.bn_grads = {}
-
-    def sums_of(k):
-        if comm.size == 1:
-            sums = plan.bwdtree[k].result()                                # (2D,) float64: sdy | sdyx
-        else:
-            sums = comm.sum_shards(plan.bwd[k], plan.S, tree=tree_sum_into)
-        d = sums.shape[0] // 2
-        plan.bn_grads[k] = (sums[:d], sums[d:])
-        if k < 3:
-            bnpool.bn_coef_backward_into(plan.stats[k][2], _gamma_beta(net, k)[0], sums, float(plan.count[k]),
-                                         plan.coef[k])
-
-    phases = []
-    for k in (3, 2, 1):
-        below_done = _sums_done(plan, k - 1, comm) if k > 1 else None
-
-        def shard(j, k=k, below_done=below_done):
-            ws, G = plan.ws[j], plan.grads[j]
-            if k == 3:
-                _fc_bn_backward(net, plan, j)
-                passes.backward_fc1(P, G, ws, (plan.coef[2], plan.bwd[2][j]))
-                below_done(j)
-            elif k == 2:
-                passes.backward_bn2_to_bn1_sums(P, G, ws, plan.coef[2], plan.coef[1], plan.bwd[1][j])
-                below_done(j)
-            else:
-                passes.backward_bn1(G, ws, plan.coef[1])
-                done(j)
-        shard.__name__ = f"backward from BN{k}" + (f" to BN{k - 1}'s sums" if k > 1 else "")
-        phases.append((shard, (lambda k=k: sums_of(k - 1)) if k > 1 else None))
-    return (lambda: sums_of(3)), phases

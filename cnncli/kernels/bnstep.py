@@ -1,11 +1,11 @@
 """A whole BN training step in one nogil numba call per thread (one process): the phases of
-shards.py's BN step -- each shard's segments up to a BN, the batch's statistics, the next
+bnphases.py's BN step -- each shard's segments up to a BN, the batch's statistics, the next
 segments -- with the threads meeting at spin barriers (sync.py) instead of in Python, so a step
 takes the GIL once per thread, not once per kernel. Each phase's shards go to whichever thread
-takes them next; each shard runs the very kernels, on the very arrays, that shards.py's per-shard
+takes them next; each shard runs the very kernels, on the very arrays, that bnphases.py's per-shard
 tasks run (segments.py, bnpool, fc, head), and every sum over shards is the same fixed tree
 (bn_moments_tree_into, tree_cols_into), so the bits depend neither on the thread count nor on
-this path: with MPI ranks shards.py runs the same kernels phase by phase.
+this path: with MPI ranks bnphases.py runs the same kernels phase by phase.
 Not the checks (shards.Plan built the arrays), not the per-rank gather.
 
 Shapes: B images (this process's batch), L shards (bounds (L+1,) their first images), C classes,
@@ -44,7 +44,7 @@ def _forward_stats(sync, counter, fwd, counts, M, eps, stats, keep, m, unbias, r
                    coef, with_coef):
     # chunks of CHUNK statistics to whichever thread takes them: the shards' [sum | M2] rows fwd
     # (L,2D) -> the batch's moments (2D,) -> stats (3,D) (mean, var, invstd), running statistics
-    # updated when rm has D values (shards._bn_statistics), and with_coef the fused kernels'
+    # updated when rm has D values (bnphases.statistics), and with_coef the fused kernels'
     # coefficients (bnpool); each statistic's operations are the whole-layer kernels'
     D = stats.shape[1]
     n = -(-D // CHUNK)

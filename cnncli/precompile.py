@@ -142,8 +142,7 @@ def finish_background(say=None) -> None:
     have to compile, saying so once (the workers are daemons: leaving now would throw their work
     away, and every later run would start it again), then forget the jobs."""
     for job in list(_JOBS):
-        left = [i for i, d in enumerate(job._disps)
-                if (d.py_func.__module__, d.py_func.__name__) in BACKGROUND and job._state[i] != DONE]
+        left = [i for i, d in enumerate(job._disps) if _background(d) and job._state[i] != DONE]
         if left and any(p.is_alive() for p in job._procs):
             if say is not None:
                 say("Finishing numba's cache for the one-call BN step (first run only) ...")
@@ -169,10 +168,15 @@ _DRY_RUN_WITHOUT = [False]      # training_run's second BN step: as if the BACKG
 BACKGROUND = (("cnncli.kernels.bnstep", "bn_step_into"),)
 
 
+def _background(disp) -> bool:
+    """One of the BACKGROUND kernels."""
+    return (disp.py_func.__module__, disp.py_func.__name__) in BACKGROUND
+
+
 def compiling_elsewhere(disp) -> bool:
     """True while a worker process of a running Precompile job has `disp` still to compile (a call
     would wait for it): shards.py then runs a BN step through kernels it already has (the same bits)."""
-    if _DRY_RUN_WITHOUT[0] and (disp.py_func.__module__, disp.py_func.__name__) in BACKGROUND:
+    if _DRY_RUN_WITHOUT[0] and _background(disp):
         return True
     return any(job.busy(disp) for job in _JOBS)
 
@@ -218,7 +222,7 @@ class Precompile:
         self.kernels, self.workers, self.t0 = len(items), workers, time.perf_counter()
         self._tasks = [(d.py_func.__module__, d.py_func.__name__, sorted(sigs, key=str)) for d, sigs in items]
         order = list(range(len(todo), len(items))) + list(range(len(todo) - 1, -1, -1))
-        order.sort(key=lambda i: self._tasks[i][:2] in BACKGROUND)       # last (a stable sort)
+        order.sort(key=lambda i: _background(items[i][0]))       # last (a stable sort)
         # spawn, not fork: this process may already run numba's and OpenBLAS's threads
         ctx = multiprocessing.get_context("spawn")
         self._state = ctx.Array("b", len(items))                   # FREE/TAKEN/DONE per task
@@ -315,7 +319,7 @@ def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=Non
     workers = env_workers() if workers is None else workers
     first, later = plan(batchnorm, optimizer, dtype, augment)
     if first is not None and not background:
-        first = {d: s for d, s in first.items() if (d.py_func.__module__, d.py_func.__name__) not in BACKGROUND}
+        first = {d: s for d, s in first.items() if not _background(d)}
     n = len(first or {}) + len(later or {})
     if n == 0:
         return _Nothing()

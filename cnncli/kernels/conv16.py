@@ -19,45 +19,88 @@ from .simd import vadd, vfma, vload, vsplat, vstore, vzero
 # conv2 (C = 6 -> F = 16 maps of 16 x 16, K = 5): direct convolution in 16-lane vectors
 # (cnncli.simd). One output row is one vector; each kernel keeps a tile of accumulator vectors
 # in registers and adds one fused multiply-add (vfma) per (input row segment, weight):
-#   forward   z[n,f,y,:]  = sum_{c,ky,kx} w[f,c,ky,kx] * xp[n,c,y+ky,kx:kx+16]      4 maps x 1 row
-#   input     dx[n,c,y,:] = sum_{f,a,b} w[f,c,4-a,4-b] * dzp[n,f,y+a,b:b+16]         6 maps x 1 row
+#   forward   z[n,f,y,:]  = sum_{c,ky,kx} w[f,c,ky,kx] * xp[n,c,y+ky,kx:kx+16]      4 maps x 4 rows
+#   input     dx[n,c,y,:] = sum_{f,a,b} w[f,c,4-a,4-b] * dzp[n,f,y+a,b:b+16]         6 maps x 4 rows
 #             (dzp = dz zero-padded by 2: the input gradient is the "full" correlation of dz
 #             with the flipped filters)
-#   weights   dw[:,c,ky,kx] = sum_{n,y,x} dz[n,:,y,x] * xp[n,c,y+ky,x+kx]           16 maps x 5 kx
+#   weights   dw[:,c,ky,kx] = sum_{n,y,x} dz[n,:,y,x] * xp[n,c,y+ky,x+kx]           2 c x 5 kx
 #             (the 16 maps are the lanes: dz transposed to one vector per position first)
-# One thread, float32, chunk of 8 images: forward 111 us (89 GFLOP/s) vs 192-237 us for im2col +
-# OpenBLAS sgemm; input gradient 109 vs 218 us (sgemm + col2im); weight gradient 122 us (80
-# GFLOP/s) vs 230 us (im2col + sgemm) and 178 us for a first kernel with x in the lanes (2 maps x
-# 3 kx tiles, 55 GFLOP/s: two unaligned loads per FMA pair). The kernels run per micro-shard of images
-# on the worker threads (nogil); every output element is summed in a fixed order, so the
-# bits do not depend on threads. The tiles repeat one line per accumulator on purpose: each
-# accumulator must be its own variable for LLVM to keep it in a register.
+# The forward and input-gradient tiles splat each weight once and use it for 4 rows (16 or 24
+# independent accumulators: enough FMAs in flight for two FMA units with 4-cycle latency, and one
+# load per 4 or 6 FMAs); the weight gradient's splatted inputs slide along x, one new per map and
+# position. Each output element still sums its terms in the order (c, ky, kx) / (f, a, b) /
+# (n, y, x), so the tiling does not change a bit. The tiles repeat one line per accumulator on
+# purpose: each accumulator must be its own variable for LLVM to keep it in a register.
+# Timings per 8-image shard: `python scripts/bench_conv.py` (docs/performance.md).
 
 @njit(inline="always")
 def conv16_image(xp, xo, w, z, zo):
     # one image: xp from flat offset xo (C,20,20), w (F,C,5,5)   ->   z from flat offset zo
-    # (F,16,16), no bias. F % 4 == 0.
+    # (F,16,16), no bias. F % 4 == 0. Tile: maps fb..fb+3 (a0., a1., ...) x rows y..y+3 (a.0 ... a.3).
     F, C = w.shape[0], w.shape[1]
     for fb in range(0, F, 4):
-        for y in range(16):
-            a0 = vzero(z)
-            a1 = vzero(z)
-            a2 = vzero(z)
-            a3 = vzero(z)
+        for y in range(0, 16, 4):
+            a00 = vzero(z)
+            a01 = vzero(z)
+            a02 = vzero(z)
+            a03 = vzero(z)
+            a10 = vzero(z)
+            a11 = vzero(z)
+            a12 = vzero(z)
+            a13 = vzero(z)
+            a20 = vzero(z)
+            a21 = vzero(z)
+            a22 = vzero(z)
+            a23 = vzero(z)
+            a30 = vzero(z)
+            a31 = vzero(z)
+            a32 = vzero(z)
+            a33 = vzero(z)
             for c in range(C):
                 for ky in range(5):
                     r = xo + (c * 20 + y + ky) * 20
                     for kx in range(5):
+                        w0 = vsplat(w[fb, c, ky, kx])
+                        w1 = vsplat(w[fb + 1, c, ky, kx])
+                        w2 = vsplat(w[fb + 2, c, ky, kx])
+                        w3 = vsplat(w[fb + 3, c, ky, kx])
                         v = vload(xp, r + kx)
-                        a0 = vfma(vsplat(w[fb, c, ky, kx]), v, a0)
-                        a1 = vfma(vsplat(w[fb + 1, c, ky, kx]), v, a1)
-                        a2 = vfma(vsplat(w[fb + 2, c, ky, kx]), v, a2)
-                        a3 = vfma(vsplat(w[fb + 3, c, ky, kx]), v, a3)
+                        a00 = vfma(w0, v, a00)
+                        a10 = vfma(w1, v, a10)
+                        a20 = vfma(w2, v, a20)
+                        a30 = vfma(w3, v, a30)
+                        v = vload(xp, r + kx + 20)
+                        a01 = vfma(w0, v, a01)
+                        a11 = vfma(w1, v, a11)
+                        a21 = vfma(w2, v, a21)
+                        a31 = vfma(w3, v, a31)
+                        v = vload(xp, r + kx + 40)
+                        a02 = vfma(w0, v, a02)
+                        a12 = vfma(w1, v, a12)
+                        a22 = vfma(w2, v, a22)
+                        a32 = vfma(w3, v, a32)
+                        v = vload(xp, r + kx + 60)
+                        a03 = vfma(w0, v, a03)
+                        a13 = vfma(w1, v, a13)
+                        a23 = vfma(w2, v, a23)
+                        a33 = vfma(w3, v, a33)
             o = zo + (fb * 16 + y) * 16
-            vstore(z, o, a0)
-            vstore(z, o + 256, a1)
-            vstore(z, o + 512, a2)
-            vstore(z, o + 768, a3)
+            vstore(z, o, a00)
+            vstore(z, o + 16, a01)
+            vstore(z, o + 32, a02)
+            vstore(z, o + 48, a03)
+            vstore(z, o + 256, a10)
+            vstore(z, o + 272, a11)
+            vstore(z, o + 288, a12)
+            vstore(z, o + 304, a13)
+            vstore(z, o + 512, a20)
+            vstore(z, o + 528, a21)
+            vstore(z, o + 544, a22)
+            vstore(z, o + 560, a23)
+            vstore(z, o + 768, a30)
+            vstore(z, o + 784, a31)
+            vstore(z, o + 800, a32)
+            vstore(z, o + 816, a33)
 
 
 @njit(cache=True, nogil=True)
@@ -72,37 +115,101 @@ def conv16_forward_into(xp, w, z):
 @njit(cache=True, nogil=True)
 def conv16_backward_dx_into(dz, w, dzp, dx):
     # dz (N,F,16,16), w (F,6,5,5), dzp (N,F,20,20) scratch with a zero border (only its interior
-    # is written)   ->   dx (N,6,16,16) gradient w.r.t. the unpadded input
+    # is written)   ->   dx (N,6,16,16) gradient w.r.t. the unpadded input.
+    # Tile: input maps 0..5 (a0., ..., a5.) x rows y..y+3 (a.0 ... a.3).
     N, F = dz.shape[0], dz.shape[1]
     for n in range(N):
         for f in range(F):
             for y in range(16):
                 vstore(dzp, ((n * F + f) * 20 + y + 2) * 20 + 2, vload(dz, ((n * F + f) * 16 + y) * 16))
-        for y in range(16):
-            a0 = vzero(dx)
-            a1 = vzero(dx)
-            a2 = vzero(dx)
-            a3 = vzero(dx)
-            a4 = vzero(dx)
-            a5 = vzero(dx)
+        for y in range(0, 16, 4):
+            a00 = vzero(dx)
+            a01 = vzero(dx)
+            a02 = vzero(dx)
+            a03 = vzero(dx)
+            a10 = vzero(dx)
+            a11 = vzero(dx)
+            a12 = vzero(dx)
+            a13 = vzero(dx)
+            a20 = vzero(dx)
+            a21 = vzero(dx)
+            a22 = vzero(dx)
+            a23 = vzero(dx)
+            a30 = vzero(dx)
+            a31 = vzero(dx)
+            a32 = vzero(dx)
+            a33 = vzero(dx)
+            a40 = vzero(dx)
+            a41 = vzero(dx)
+            a42 = vzero(dx)
+            a43 = vzero(dx)
+            a50 = vzero(dx)
+            a51 = vzero(dx)
+            a52 = vzero(dx)
+            a53 = vzero(dx)
             for f in range(F):
                 for a in range(5):
                     r = ((n * F + f) * 20 + y + a) * 20
                     for b in range(5):
+                        w0 = vsplat(w[f, 0, 4 - a, 4 - b])
+                        w1 = vsplat(w[f, 1, 4 - a, 4 - b])
+                        w2 = vsplat(w[f, 2, 4 - a, 4 - b])
+                        w3 = vsplat(w[f, 3, 4 - a, 4 - b])
+                        w4 = vsplat(w[f, 4, 4 - a, 4 - b])
+                        w5 = vsplat(w[f, 5, 4 - a, 4 - b])
                         v = vload(dzp, r + b)
-                        a0 = vfma(vsplat(w[f, 0, 4 - a, 4 - b]), v, a0)
-                        a1 = vfma(vsplat(w[f, 1, 4 - a, 4 - b]), v, a1)
-                        a2 = vfma(vsplat(w[f, 2, 4 - a, 4 - b]), v, a2)
-                        a3 = vfma(vsplat(w[f, 3, 4 - a, 4 - b]), v, a3)
-                        a4 = vfma(vsplat(w[f, 4, 4 - a, 4 - b]), v, a4)
-                        a5 = vfma(vsplat(w[f, 5, 4 - a, 4 - b]), v, a5)
+                        a00 = vfma(w0, v, a00)
+                        a10 = vfma(w1, v, a10)
+                        a20 = vfma(w2, v, a20)
+                        a30 = vfma(w3, v, a30)
+                        a40 = vfma(w4, v, a40)
+                        a50 = vfma(w5, v, a50)
+                        v = vload(dzp, r + b + 20)
+                        a01 = vfma(w0, v, a01)
+                        a11 = vfma(w1, v, a11)
+                        a21 = vfma(w2, v, a21)
+                        a31 = vfma(w3, v, a31)
+                        a41 = vfma(w4, v, a41)
+                        a51 = vfma(w5, v, a51)
+                        v = vload(dzp, r + b + 40)
+                        a02 = vfma(w0, v, a02)
+                        a12 = vfma(w1, v, a12)
+                        a22 = vfma(w2, v, a22)
+                        a32 = vfma(w3, v, a32)
+                        a42 = vfma(w4, v, a42)
+                        a52 = vfma(w5, v, a52)
+                        v = vload(dzp, r + b + 60)
+                        a03 = vfma(w0, v, a03)
+                        a13 = vfma(w1, v, a13)
+                        a23 = vfma(w2, v, a23)
+                        a33 = vfma(w3, v, a33)
+                        a43 = vfma(w4, v, a43)
+                        a53 = vfma(w5, v, a53)
             o = (n * 6 * 16 + y) * 16
-            vstore(dx, o, a0)
-            vstore(dx, o + 256, a1)
-            vstore(dx, o + 512, a2)
-            vstore(dx, o + 768, a3)
-            vstore(dx, o + 1024, a4)
-            vstore(dx, o + 1280, a5)
+            vstore(dx, o, a00)
+            vstore(dx, o + 16, a01)
+            vstore(dx, o + 32, a02)
+            vstore(dx, o + 48, a03)
+            vstore(dx, o + 256, a10)
+            vstore(dx, o + 272, a11)
+            vstore(dx, o + 288, a12)
+            vstore(dx, o + 304, a13)
+            vstore(dx, o + 512, a20)
+            vstore(dx, o + 528, a21)
+            vstore(dx, o + 544, a22)
+            vstore(dx, o + 560, a23)
+            vstore(dx, o + 768, a30)
+            vstore(dx, o + 784, a31)
+            vstore(dx, o + 800, a32)
+            vstore(dx, o + 816, a33)
+            vstore(dx, o + 1024, a40)
+            vstore(dx, o + 1040, a41)
+            vstore(dx, o + 1056, a42)
+            vstore(dx, o + 1072, a43)
+            vstore(dx, o + 1280, a50)
+            vstore(dx, o + 1296, a51)
+            vstore(dx, o + 1312, a52)
+            vstore(dx, o + 1328, a53)
 
 
 @njit(cache=True, nogil=True)
@@ -125,37 +232,68 @@ def conv16_grads_finish_into(dwt, dzt, dw, db):
 def conv16_backward_dw_into(dz, xp, dzt, dwt):
     # dz (N,16,16,16), xp (N,C,20,20) padded input, dzt (N,256,16) scratch   ->   dwt (C,5,5,16)
     # overwritten: the weight gradient with the map index LAST (the caller transposes).
-    # The 16 maps are the lanes: dz is first transposed to one 16-map vector per position, then
-    # each (c, ky) tile of 5 accumulators (kx = 0..4) gets, per position, one vector load and five
-    # FMAs with a splatted input value. Each lane sums its positions in order (no lane sum).
+    # The 16 maps are the lanes: dz is first transposed to one 16-map vector per position. A tile
+    # is input maps c and c + 1 (a., e.) x kx = 0..4 for one ky: per position one vector load and
+    # ten FMAs with splatted input values, which slide along x (b0..b4 = xp[n,c,y+ky,x:x+5], one
+    # new splat per map and position). Each lane sums its positions in order (no lane sum). An odd
+    # C computes its last map twice (c + 1 clamped): the same sums, written twice.
     N, F = dz.shape[0], dz.shape[1]
     C = xp.shape[1]
     for n in range(N):
         for f in range(F):
             for p in range(256):
                 dzt[n, p, f] = dz[n, f, p // 16, p % 16]
-    for c in range(C):
+    for c in range(0, C, 2):
+        c1 = min(c + 1, C - 1)
         for ky in range(5):
             a0 = vzero(dz)
             a1 = vzero(dz)
             a2 = vzero(dz)
             a3 = vzero(dz)
             a4 = vzero(dz)
+            e0 = vzero(dz)
+            e1 = vzero(dz)
+            e2 = vzero(dz)
+            e3 = vzero(dz)
+            e4 = vzero(dz)
             for n in range(N):
                 for y in range(16):
+                    b0 = vsplat(xp[n, c, y + ky, 0])
+                    b1 = vsplat(xp[n, c, y + ky, 1])
+                    b2 = vsplat(xp[n, c, y + ky, 2])
+                    b3 = vsplat(xp[n, c, y + ky, 3])
+                    g0 = vsplat(xp[n, c1, y + ky, 0])
+                    g1 = vsplat(xp[n, c1, y + ky, 1])
+                    g2 = vsplat(xp[n, c1, y + ky, 2])
+                    g3 = vsplat(xp[n, c1, y + ky, 3])
                     for x in range(16):
+                        b4 = vsplat(xp[n, c, y + ky, x + 4])
+                        g4 = vsplat(xp[n, c1, y + ky, x + 4])
                         d = vload(dzt, (n * 256 + y * 16 + x) * 16)
-                        a0 = vfma(d, vsplat(xp[n, c, y + ky, x]), a0)
-                        a1 = vfma(d, vsplat(xp[n, c, y + ky, x + 1]), a1)
-                        a2 = vfma(d, vsplat(xp[n, c, y + ky, x + 2]), a2)
-                        a3 = vfma(d, vsplat(xp[n, c, y + ky, x + 3]), a3)
-                        a4 = vfma(d, vsplat(xp[n, c, y + ky, x + 4]), a4)
+                        a0 = vfma(d, b0, a0)
+                        a1 = vfma(d, b1, a1)
+                        a2 = vfma(d, b2, a2)
+                        a3 = vfma(d, b3, a3)
+                        a4 = vfma(d, b4, a4)
+                        e0 = vfma(d, g0, e0)
+                        e1 = vfma(d, g1, e1)
+                        e2 = vfma(d, g2, e2)
+                        e3 = vfma(d, g3, e3)
+                        e4 = vfma(d, g4, e4)
+                        b0, b1, b2, b3 = b1, b2, b3, b4
+                        g0, g1, g2, g3 = g1, g2, g3, g4
             o = (c * 5 + ky) * 80
             vstore(dwt, o, a0)
             vstore(dwt, o + 16, a1)
             vstore(dwt, o + 32, a2)
             vstore(dwt, o + 48, a3)
             vstore(dwt, o + 64, a4)
+            o = (c1 * 5 + ky) * 80
+            vstore(dwt, o, e0)
+            vstore(dwt, o + 16, e1)
+            vstore(dwt, o + 32, e2)
+            vstore(dwt, o + 48, e3)
+            vstore(dwt, o + 64, e4)
 
 
 def _check_conv16(xp, w, C=None):

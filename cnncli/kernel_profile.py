@@ -87,9 +87,14 @@ def profile_step(batchnorm="none", batch_size=128, steps=20, threads=0, mode="tr
     Returns {"step_ms", "rows": [{"call", "calls_per_step", "ms_per_step", "share", "gflops"}]}.
     Kernels are first run once unwrapped (JIT). With more than one thread, calls made concurrently by
     worker threads are summed, so the shares are of thread time, not wall time ("other" can then come
-    out small or negative): profile at threads=1 to see where a step's wall time goes.
+    out small or negative): profile at threads=1 to see where a step's wall time goes. A training
+    step runs its layer kernels one by one from Python here (shard by shard, or BN's phases: the
+    path of a first run while the one-call step's kernel compiles), so that each can be timed; its
+    "other" is that path's Python glue, which the one-call step does not pay.
     """
-    with using_threads(threads) as n_threads:
+    from cnncli import shards
+
+    with using_threads(threads) as n_threads, _kernel_by_kernel(shards):
         ours = Ours(num_classes, batchnorm)
         batches = random_batches(batch_size, num_classes)
         fn = ours.train if mode == "train" else (lambda x, y: ours.infer(x))
@@ -104,6 +109,20 @@ def profile_step(batchnorm="none", batch_size=128, steps=20, threads=0, mode="tr
                  "calls_per_step": None, "ms_per_step": other / steps * 1e3, "share": other / total, "gflops": None})
     return {"mode": mode, "batchnorm": batchnorm, "batch_size": batch_size, "threads": n_threads,
             "steps": steps, "step_ms": total / steps * 1e3, "rows": rows}
+
+
+class _kernel_by_kernel:
+    """Within: shards.run_step takes its per-shard / phase path (as while a worker compiles the
+    one-call step's kernel), whose layer kernels are Python-visible calls."""
+
+    def __init__(self, shards):
+        self.shards, self.real = shards, shards._compiling
+
+    def __enter__(self):
+        self.shards._compiling = lambda kernel: True
+
+    def __exit__(self, *exc):
+        self.shards._compiling = self.real
 
 
 def _timer(acc, lock):
@@ -167,9 +186,10 @@ def format_profile(prof: dict) -> str:
 def profile_phases(batchnorm="none", batch_size=128, steps=20, threads=0, num_classes=12) -> dict:
     """Time each phase of a training step (shards.each, or a phase of shards.run_phases: one task per
     8-image shard on the worker threads) and each of its tasks; the rest of the step (the afters
-    between BN's phases, the optimizer) is "between phases". A BN step in one process is
-    kernels/bnstep.py's one job (shards.run_together): its segments (bnstep.SEGMENTS) are timed by
-    the marks it writes into its clock array, each thread's part of a segment one task.
+    between BN's phases, the optimizer) is "between phases". A step in one process is one job
+    (shards.run_together): without BN (kernels/plainstep.py) each thread's call is one task; with BN
+    (kernels/bnstep.py) its segments (bnstep.SEGMENTS) are timed by the marks it writes into its
+    clock array, each thread's part of a segment one task.
 
     Returns {"step_ms", "rows": [{"phase", "tasks", "task_us", "busy_ms", "wall_ms"}], "serial_ms"}
     per step: busy_ms adds the tasks' times over the threads, wall_ms is the phase's elapsed time
@@ -215,6 +235,7 @@ def profile_phases(batchnorm="none", batch_size=128, steps=20, threads=0, num_cl
     from cnncli.kernels.sync import cycle_rate
 
     rate, clocks, real_step = cycle_rate(), [], bnstep.bn_step_into
+    clocks_expected = [batchnorm != "none"]
     if rate <= 0:                          # no time-stamp counter: the BN step's segments stay untimed
         rate = float("nan")
 
@@ -223,6 +244,12 @@ def profile_phases(batchnorm="none", batch_size=128, steps=20, threads=0, num_cl
         return real_step(*args)
 
     def run_together(job, abort):
+        if not clocks_expected[0]:         # plainstep.py's one job: each thread's call is one task
+            slot, task = timed(job)
+            t0 = time.perf_counter()
+            real_together(task, abort)
+            slot[0] += time.perf_counter() - t0
+            return
         real_together(job, abort)
         clock = clocks[-1]
         ran = clock[:, 1, 0] != 0                                     # the threads that ran it

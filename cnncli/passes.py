@@ -97,41 +97,40 @@ def forward_bn2_input(P, ws, coef1, row):
 
 def forward_fc1(P, ws, bn2=None):
     """(pool2, ELU) of z2 + bias, or of BN2(z2) given its coefficients bn2 -> flat (n,1024) -> fc1
-    -> z3."""
+    -> z3. fc1 is a numba loop product, not BLAS: kernels/plainstep.py and bnstep.py run these
+    segments inside numba (the same bits on every path)."""
     if bn2 is None:
         pool.pool_elu_forward_into(ws.z2, P["conv2.b"], ws.p2, 0, ws.arg2)
-        fc.fc_forward_into(ws.flat, P["fc1.w"], P["fc1.b"], ws.z3)
-    else:      # kernels/bnstep.py runs this segment in numba: no BLAS, here too (the same bits)
+    else:
         bnpool.bn_pool_elu_forward_into(ws.z2, bn2, ws.p2, 0, ws.arg2)
-        fc.fc_forward_loop_into(ws.flat, P["fc1.w"], P["fc1.b"], ws.z3)
+    fc.fc_forward_loop_into(ws.flat, P["fc1.w"], P["fc1.b"], ws.z3)
 
 
-def forward_head(P, ws, labels, weights, scale):
-    """ELU of z3 -> fc2 -> logits z4 -> sigmoid probs and the loss gradient dz4 ((p - onehot) *
-    weight * scale, scale = 1/B of the whole batch). Returns the shard's sum of weight * loss
-    (float64). (Under BN the head is kernels/head.py's one kernel.)"""
+def head(P, G, ws, labels, weights, scale, backward):
+    """Without BN: ELU of z3 -> fc2 -> logits z4 -> sigmoid probs and the loss gradient dz4 ((p -
+    onehot) * weight * scale, scale = 1/B of the whole batch), and with backward fc2's gradients
+    and back to dz3 (fc2's products numba loops, no BLAS). Returns the shard's sum of weight * loss
+    (float64)."""
     activation.elu_forward_into(ws.z3.reshape(-1), ws.a3.reshape(-1))
-    fc.fc_forward_into(ws.a3, P["fc2.w"], P["fc2.b"], ws.z4)
-    return sigmoid_bce_into(ws.z4, labels, weights, scale, ws.probs, ws.dz4)
+    fc.fc_narrow_forward_into(ws.a3, P["fc2.w"], P["fc2.b"], ws.z4)
+    loss = sigmoid_bce_into(ws.z4, labels, weights, scale, ws.probs, ws.dz4)
+    if backward:
+        fc.fc_grads_into(ws.dz4, ws.a3, G["fc2.w"], G["fc2.b"])
+        fc.fc_narrow_dx_into(ws.dz4, P["fc2.w"], ws.da3)
+        activation.elu_backward_into(ws.da3.reshape(-1), ws.a3.reshape(-1), ws.dz3.reshape(-1))
+    return loss
 
 
 # ---- backward: the forward reversed, segment by segment (each ends at a BN's dy) -------------
 
-def backward_head(P, G, ws):
-    """dz4 -> fc2's gradients, da3 -> ELU -> dz3."""
-    fc.fc_backward_into(ws.dz4, ws.a3, P["fc2.w"], G["fc2.w"], G["fc2.b"], ws.da3)
-    activation.elu_backward_into(ws.da3.reshape(-1), ws.a3.reshape(-1), ws.dz3.reshape(-1))
-
-
 def backward_fc1(P, G, ws, bn2=None):
     """dz3 -> fc1's gradients, dflat -> (pool2, ELU) -> dz2; under BN, bn2 = (coef, row): only
     the shard's sums of BN2's dy and dy*xhat into row (backward_bn2_to_bn1_sums gives dz2 later)."""
+    fc.fc_grads_into(ws.dz3, ws.flat, G["fc1.w"], G["fc1.b"])
+    fc.fc_dx_loop_into(ws.dz3, P["fc1.w"], ws.dflat)
     if bn2 is None:
-        fc.fc_backward_into(ws.dz3, ws.flat, P["fc1.w"], G["fc1.w"], G["fc1.b"], ws.dflat)
         pool.pool_elu_backward_into(ws.dp2, ws.p2, 0, ws.arg2, ws.dz2)
-    else:      # as forward_fc1: the loop product bnstep.py also runs
-        fc.fc_grads_into(ws.dz3, ws.flat, G["fc1.w"], G["fc1.b"])
-        fc.fc_dx_loop_into(ws.dz3, P["fc1.w"], ws.dflat)
+    else:
         bnpool.bn_unpool_sums_into(ws.dp2, ws.p2, 0, ws.arg2, ws.z2, bn2[0], bn2[1])
 
 
@@ -163,20 +162,16 @@ def backward_bn1(G, ws, coef1):
                                  G["conv1.b"])
 
 
-def shard_forward_plain(P, ws, x, labels, weights, scale):
-    """One shard's forward without BN, up to the loss; returns its sum of weight * loss."""
+def shard_step_plain(P, G, ws, x, labels, weights, scale, backward=True):
+    """One shard's training step without BN (nothing waits for other shards), forward only when
+    backward=False: the layer kernels kernels/plainstep.py runs, in its order. Returns the shard's
+    sum of weight * loss."""
     forward_conv1(P, ws, x)
     forward_conv2(P, ws)
     forward_fc1(P, ws)
-    return forward_head(P, ws, labels, weights, scale)
-
-
-def shard_step_plain(P, G, ws, x, labels, weights, scale):
-    """A whole training step of one shard without BN (nothing waits for other shards); returns
-    its sum of weight * loss."""
-    loss = shard_forward_plain(P, ws, x, labels, weights, scale)
-    backward_head(P, G, ws)
-    backward_fc1(P, G, ws)
-    backward_conv2(P, G, ws)
-    backward_conv1(G, ws)
+    loss = head(P, G, ws, labels, weights, scale, backward)
+    if backward:
+        backward_fc1(P, G, ws)
+        backward_conv2(P, G, ws)
+        backward_conv1(G, ws)
     return loss

@@ -20,7 +20,7 @@ import numpy as np
 
 KERNEL_MODULES = tuple(f"cnncli.kernels.{name}" for name in (
     "activation", "adam", "batchnorm", "bnpool", "bnstats", "conv", "conv16", "conv32", "fc", "head", "inference",
-    "lookup", "loss", "pool", "reduce", "segments", "bnstep")) + ("cnncli.augment", "cnncli.augment_pixels")
+    "lookup", "loss", "pool", "reduce", "segments", "bnstep", "plainstep")) + ("cnncli.augment", "cnncli.augment_pixels")
 
 def kernel_dispatchers() -> list:
     """Every cached numba dispatcher (`@njit(cache=True)`) of the kernel modules (KERNEL_MODULES)."""
@@ -93,12 +93,11 @@ def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32,
                 net.train_step(lookup_batch(images, idx, table), labels)
                 net.train_step(lookup_batch(images, idx, table), labels, np.ones(n, dtype))
                 opt.step(net.params.flat, net.grads.flat, 1e-3)
-                if batchnorm != "none":             # the steps while a worker compiles bnstep's kernel
-                    _DRY_RUN_WITHOUT[0] = True
-                    try:
-                        net.train_step(lookup_batch(images, idx, table), labels, np.ones(n, dtype))
-                    finally:
-                        _DRY_RUN_WITHOUT[0] = False
+                _DRY_RUN_WITHOUT[0] = True          # the steps while a worker compiles the one-call step
+                try:
+                    net.train_step(lookup_batch(images, idx, table), labels, np.ones(n, dtype))
+                finally:
+                    _DRY_RUN_WITHOUT[0] = False
             if "inference" in parts:
                 x = lookup_batch(images, idx, table)
                 net.predict_proba(x[: model.SMALL_BATCH + 1])
@@ -143,9 +142,10 @@ def finish_background(say=None) -> None:
     away, and every later run would start it again), then forget the jobs."""
     for job in list(_JOBS):
         left = [i for i, d in enumerate(job._disps) if _background(d) and job._state[i] != DONE]
+        job._go.value = 1
         if left and any(p.is_alive() for p in job._procs):
             if say is not None:
-                say("Finishing numba's cache for the one-call BN step (first run only) ...")
+                say("Finishing numba's cache for the one-call training step (first run only) ...")
             for i in left:
                 job._wait_for(i)
         _JOBS.remove(job)
@@ -162,10 +162,11 @@ FREE, TAKEN, DONE = 0, 1, 2     # a task's state, shared by this process and the
 _JOBS = []                      # the Precompile jobs of this process (compiling_elsewhere asks them)
 _DRY_RUN_WITHOUT = [False]      # training_run's second BN step: as if the BACKGROUND kernels were compiling
 
-# kernels the run does not call while a worker compiles them (compiling_elsewhere): bnstep's
-# one-call BN step (~25 s of LLVM over every layer kernel it calls) -- the run's steps go phase by
-# phase through the layer kernels meanwhile, and a worker takes it after every other kernel
-BACKGROUND = (("cnncli.kernels.bnstep", "bn_step_into"),)
+# kernels the run does not call while a worker compiles them (compiling_elsewhere): the one-call
+# training steps (bnstep's ~25 s of LLVM over every layer kernel it calls, plainstep's less) -- the
+# run's steps go shard by shard or phase by phase through the layer kernels meanwhile, and a worker
+# takes them after every other kernel
+BACKGROUND = (("cnncli.kernels.bnstep", "bn_step_into"), ("cnncli.kernels.plainstep", "plain_step_into"))
 
 
 def _background(disp) -> bool:
@@ -181,8 +182,11 @@ def compiling_elsewhere(disp) -> bool:
     return any(job.busy(disp) for job in _JOBS)
 
 
-def _worker(tasks: list, order: list, state) -> None:
-    """Worker process: claim the next free task in `order`, compile it, until none is left."""
+def _worker(tasks: list, order: list, state, go) -> None:
+    """Worker process: claim the next free task in `order`, compile it, until none is left. The
+    BACKGROUND kernels (last in `order`) wait for `go` (the run's first steps are through: their
+    kernels are compiled) and compile at the lowest CPU priority: the run trains without them
+    meanwhile, and its threads keep their cores (os.nice: POSIX; elsewhere as before)."""
     while True:
         with state.get_lock():
             i = next((i for i in order if state[i] == FREE), None)
@@ -190,6 +194,11 @@ def _worker(tasks: list, order: list, state) -> None:
                 return
             state[i] = TAKEN
         try:
+            if tuple(tasks[i][:2]) in BACKGROUND:     # nothing but BACKGROUND kernels is left here
+                while not go.value:
+                    time.sleep(0.05)
+                if hasattr(os, "nice"):
+                    os.nice(19 - os.nice(0))
             _compile(*tasks[i])
         except Exception:   # noqa: BLE001 -- the run then compiles this kernel itself
             pass
@@ -226,7 +235,8 @@ class Precompile:
         # spawn, not fork: this process may already run numba's and OpenBLAS's threads
         ctx = multiprocessing.get_context("spawn")
         self._state = ctx.Array("b", len(items))                   # FREE/TAKEN/DONE per task
-        self._procs = [ctx.Process(target=_worker, args=(self._tasks, order, self._state), daemon=True,
+        self._go = ctx.Value("b", 0)                                # 1: the BACKGROUND kernels may start
+        self._procs = [ctx.Process(target=_worker, args=(self._tasks, order, self._state, self._go), daemon=True,
                                    name=f"cnncli-compile-{k}") for k in range(workers)]
         for p in self._procs:
             p.start()
@@ -236,9 +246,14 @@ class Precompile:
         _JOBS.append(self)
 
     def busy(self, disp) -> bool:
-        """`disp` has a task not done yet while a worker lives to do it."""
-        return any(d is disp and self._state[i] != DONE for i, d in enumerate(self._disps)) \
-            and any(p.is_alive() for p in self._procs)
+        """`disp` has a task not done yet while a worker lives to do it. Asked about a BACKGROUND
+        kernel once every other task is done (a step's kernels are all there), lets the workers
+        start the BACKGROUND ones."""
+        tasks = [i for i, d in enumerate(self._disps) if d is disp]
+        if tasks and _background(disp) and not self._go.value and all(
+                self._state[i] == DONE for i, d in enumerate(self._disps) if not _background(d)):
+            self._go.value = 1
+        return any(self._state[i] != DONE for i in tasks) and any(p.is_alive() for p in self._procs)
 
     def _claim(self, i: int) -> bool:
         with self._state.get_lock():
@@ -270,6 +285,7 @@ class Precompile:
 
     def wait(self) -> float:
         """Compile here what no worker took, wait for the workers -> seconds since the start."""
+        self._go.value = 1
         for i, task in enumerate(self._tasks):
             if self._claim(i):
                 try:
@@ -314,7 +330,7 @@ def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=Non
           background=True):
     """Start compiling, in `workers` processes (None: env_workers()), the kernels a training run of this
     kind needs and the cache lacks; `say(line)` tells the user, once, when there is anything to compile.
-    background=False leaves out the BACKGROUND kernels (MPI ranks never call bnstep's). Returns an
+    background=False leaves out the BACKGROUND kernels (MPI ranks never call the one-call steps). Returns an
     object whose `wait()` blocks until they are in the cache."""
     workers = env_workers() if workers is None else workers
     first, later = plan(batchnorm, optimizer, dtype, augment)

@@ -21,7 +21,7 @@ import numpy as np
 from . import arch, bnphases, passes
 from .arch import param_specs
 from .distributed import SHARD, shard_count, shard_slice
-from .kernels import bnstep
+from .kernels import bnstep, plainstep
 from .kernels.reduce import RowTree, column_tasks, tree_sum_into
 from .kernels.sync import ABORT
 from .kernels.threads import max_threads, run, run_phases, run_together
@@ -56,7 +56,6 @@ class Plan:
             self.big = passes.Workspace(n_local, num_classes, batchnorm, dtype)
             self.big.probs = self.probs
             self.dwt2s = np.empty((hi - lo, 6, 5, 5, 16), dtype)             # (L,6,5,5,16) each shard's
-            self.bounds = np.array([s.start - first for s in self.slices] + [n_local], np.int64)   # (L+1,)
             self.ws = [self.big.rows(s.start - first, s.stop - first, self.dwt2s[j])
                        for j, s in enumerate(self.slices)]
         else:
@@ -65,6 +64,11 @@ class Plan:
                 ws.probs = self.probs[s.start - first:s.stop - first]       # a view: no copy later
                 self.ws.append(ws)
         self.args = (num_classes, batchnorm, dtype)
+        self.bounds = np.array([s.start - first for s in self.slices] + [n_local], np.int64)   # (L+1,)
+        self.fused_args = None      # (the network's arrays they were built for, the one-call step's arguments)
+        self.scratch = None         # without BN: the one-call step's per-thread workspace (made on first use)
+        self.xin = self.big.xin if batchnorm != "none" else None   # (B,1,32,32) a one-call step's transformed input
+        self.bnstep_grads = None    # with BN: the batch's BN sums as bnstep.py leaves them
         self.spare = []     # without BN: full-size workspaces reused shard after shard (kept in cache)
         specs = param_specs(num_classes, batchnorm)
         spans = arch.spans(specs)
@@ -73,6 +77,11 @@ class Plan:
         # the columns shards write: every parameter but BN's gamma/beta (their gradients are the
         # batch's BN sums, set after the tree)
         self.segments = _merged(spans, [n for n in spans if not n.startswith("bn")])
+        # the one-call steps': where the layers' tensors start in a gradient row
+        self.offs = np.array([spans[n][0] for n in ("conv1.w", "conv1.b", "conv2.w", "conv2.b",
+                                                    "fc1.w", "fc1.b", "fc2.w", "fc2.b")], np.int64)   # (8,)
+        self.chunks_all = np.array(column_tasks(self.segments), np.int64).reshape(-1, 2)   # (K,2) plainstep's tree
+        self.sync = np.zeros(max(bnstep.SYNC_SIZE, plainstep.SYNC_SIZE), np.int64)
         self.tree = partial(tree_sum_into, segments=self.segments)   # the rows' tree over ranks, threaded
         self.rowtree = RowTree(self.rows, self.segments)             # ... in one process, as rows finish
         self.loss = np.zeros((hi - lo, 1))                  # (L, 1) float64 sum of weight * loss
@@ -100,15 +109,10 @@ class Plan:
                 self.stats[k] = np.zeros((3, d))                     # mean, var, invstd
                 self.moments[k] = np.zeros(2 * d)
                 self.sums[k] = np.zeros(2 * d)                       # the batch's sums of dy, dy*xhat
-            # bnstep's: its barrier and phase counters, its clock marks, where the layers' tensors
-            # start in a gradient row, and the rows' tree in tasks by layer (bnstep sums each layer's
-            # columns in the phase after the one that finishes them): [fc1 + fc2, conv2, conv1]
-            self.sync = np.zeros(bnstep.SYNC_SIZE, np.int64)
-            self.bnstep_args = None                 # (the network's arrays it was built for, the arguments)
+            # bnstep's: its clock marks, and the rows' tree in tasks by layer (bnstep sums each
+            # layer's columns in the phase after the one that finishes them): [fc1 + fc2, conv2, conv1]
             self.bnstep_grads = {k: np.split(self.sums[k], 2) for k in (1, 2, 3)}   # (sum dy, sum dy*xhat) views
             self.clock = np.zeros((max_threads(), 2, len(bnstep.SEGMENTS)), np.int64)
-            self.offs = np.array([spans[n][0] for n in ("conv1.w", "conv1.b", "conv2.w", "conv2.b",
-                                                        "fc1.w", "fc1.b", "fc2.w", "fc2.b")], np.int64)
             self.chunks = [np.array(column_tasks(_merged(spans, group)), np.int64).reshape(-1, 2)   # (K,2)
                            for group in (("fc1.w", "fc1.b", "fc2.w", "fc2.b"), ("conv2.w", "conv2.b"),
                                          ("conv1.w", "conv1.b"))]
@@ -147,7 +151,9 @@ def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None)
     w = plan.ones if weights is None else weights
     scale = 1.0 / plan.B
     L = len(plan.ws)
-    fused = bn and comm.size == 1 and not _bnstep_compiling()     # the BN step in bnstep.py's one call
+    # the step in one numba call per thread (plainstep.py, bnstep.py) unless ranks share it or a
+    # pre-compile worker still builds that kernel
+    fused = comm.size == 1 and not _compiling(bnstep.bn_step_into if bn else plainstep.plain_step_into)
     # one process: each shard's finished row goes into the tree at once (plan.rowtree); ranks: sum_shards
     done = plan.rowtree.done if (backward and comm.size == 1) else (lambda j: None)
     plan.rowtree.reset()
@@ -166,21 +172,21 @@ def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None)
         s = plan.slices[j]
         return labels[s], w[s]
 
-    if not bn:
+    if fused:
+        kernel, args = (bnstep.bn_step_into, _bnstep_arrays(net, plan)) if bn else \
+            (plainstep.plain_step_into, _plainstep_arrays(net, plan))
+        _one_call_step(plan, kernel, args, x, labels, w, scale, backward, transform)
+    elif not bn:
         def plain(j):
             ws = _borrow(plan, j)
             xs, (ls, wj) = inputs(j, ws), targets(j)
+            plan.loss[j, 0] = passes.shard_step_plain(P, plan.grads[j], ws, xs, ls, wj, scale, backward)
             if backward:
-                plan.loss[j, 0] = passes.shard_step_plain(P, plan.grads[j], ws, xs, ls, wj, scale)
                 done(j)
-            else:
-                plan.loss[j, 0] = passes.shard_forward_plain(P, ws, xs, ls, wj, scale)
             if ws is not plan.ws[j]:
                 plan.spare.append(ws)                 # list.append/pop are atomic (GIL)
         plain.__name__ = "shard step (no BN)"
         each(plain, L)
-    elif fused:
-        _bn_step_fused(net, plan, x, labels, w, scale, backward, transform)
     else:
         sums3, back = bnphases.backward_phases(net, plan, comm, done) if backward else (None, [])
         phases = bnphases.forward_phases(net, plan, comm, inputs, targets, scale, backward, then=sums3) + back
@@ -189,7 +195,7 @@ def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None)
     loss = float(comm.sum_shards(plan.loss, plan.S, tree=tree_sum_into)[0]) / plan.B
     if backward:
         if fused:
-            pass                                  # bnstep summed the rows into net.grads.flat
+            pass                                  # the one-call step summed the rows into net.grads.flat
         elif comm.size == 1:
             for c0, c1 in plan.segments:
                 net.grads.flat[c0:c1] = plan.rowtree.result()[c0:c1]
@@ -201,21 +207,26 @@ def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None)
     return loss
 
 
-def _bnstep_compiling():
-    """True while a pre-compile worker compiles bnstep's kernel on a first run: the steps meanwhile
-    run phase by phase (the same kernels, the same bits) instead of waiting ~25 s for it."""
+def _compiling(kernel):
+    """True while a pre-compile worker compiles this one-call step's kernel on a first run: the
+    steps meanwhile run shard by shard or phase by phase (the same kernels, the same bits) instead
+    of waiting ~20 s for it."""
     from .precompile import compiling_elsewhere
 
-    return compiling_elsewhere(bnstep.bn_step_into)
+    return compiling_elsewhere(kernel)
 
 
-def _bn_step_fused(net, plan, x_in, labels, w, scale, backward, transform):
-    """The BN step in one process: kernels/bnstep.py on every thread at once (the same kernels and
-    trees as bnphases.py's phases, so the same bits); with a transform each thread first makes its part
-    of the input, in the same job."""
-    x = plan.big.xin if transform is not None else np.ascontiguousarray(x_in)    # (B,1,32,32) the input
+def _one_call_step(plan, kernel, args, x_in, labels, w, scale, backward, transform):
+    """A step in one process as one call of kernel (plainstep.py's or bnstep.py's) on every thread
+    at once (the same kernels and trees as the per-shard and phase paths, so the same bits); with a
+    transform each thread first makes its part of the input, in the same job."""
+    if transform is not None:
+        if plan.xin is None:
+            plan.xin = np.empty((plan.probs.shape[0], 1, 32, 32), plan.probs.dtype)   # (B,1,32,32)
+        x = plan.xin
+    else:
+        x = np.ascontiguousarray(x_in)                                                # (B,1,32,32)
     plan.sync[:] = 0
-    args = (plan.bounds, backward, x, labels, w, scale) + _bnstep_arrays(net, plan)
     ticket = itertools.count()
 
     def job(t):
@@ -225,11 +236,38 @@ def _bn_step_fused(net, plan, x_in, labels, w, scale, backward, transform):
             j, n = next(ticket), x.shape[0]            # (itertools.count's next is atomic under the GIL)
             part = slice(n * j // t, n * (j + 1) // t)
             transform(part, None if x_in is None else x_in[part], x[part])
-        bnstep.bn_step_into(plan.sync, t, transform is not None, *args)
+        kernel(plan.sync, t, transform is not None, plan.bounds, backward, x, labels, w, scale, *args)
 
+    job.__name__ = f"one call per thread ({getattr(kernel, '__name__', 'step')})"   # (kernel_profile's row)
     run_together(job, abort=lambda: plan.sync.__setitem__(ABORT, 1))
-    if backward:
+    if backward and plan.bnstep_grads is not None:
         plan.bn_grads = plan.bnstep_grads
+
+
+def _cached_args(net, plan, build):
+    """A one-call step's arguments after (bounds, backward, x, labels, weights, scale): built by
+    build() on a plan's first step and again only when the network holds other params, grads or
+    buffers objects (the functional API hands its own in)."""
+    key = (net.params, net.grads, net.buffers)
+    if plan.fused_args is None or not all(a is b for a, b in zip(plan.fused_args[0], key)):
+        plan.fused_args = (key, build())
+    return plan.fused_args[1]
+
+
+def _plainstep_arrays(net, plan):
+    """plain_step_into's arguments after scale: the scratch rows per thread, the parameters, the
+    per-thread scratch workspace and the plan's arrays."""
+    def build():
+        if plan.scratch is None:
+            plan.scratch = passes.Workspace(max_threads() * SHARD, *plan.args)
+            plan.dwt2s_t = np.empty((max_threads(), 6, 5, 5, 16), plan.probs.dtype)   # (T,6,5,5,16)
+        P, s = net.params, plan.scratch
+        return (SHARD, P["conv1.w"], P["conv1.b"], P["conv2.w"], P["conv2.b"], P["fc1.w"], P["fc1.b"],
+                P["fc2.w"], P["fc2.b"],
+                s.xp1, s.z1, s.xp2, s.arg1, s.z2, s.p2, s.arg2, s.z3, s.a3, s.z4, s.dz4, s.da3, s.dz3,
+                s.dflat, s.dz2, s.dp1, s.dz1, s.dzp2, s.dzt2, plan.dwt2s_t,
+                plan.probs, plan.rows, plan.offs, plan.loss, plan.chunks_all, net.grads.flat)
+    return _cached_args(net, plan, build)
 
 
 def _bnstep_arrays(net, plan):
@@ -237,9 +275,10 @@ def _bnstep_arrays(net, plan):
     parameters, gradients and running statistics and the plan's arrays, built on a plan's first
     step and again only when the network holds other params, grads or buffers objects (the
     functional API hands its own in)."""
-    key = (net.params, net.grads, net.buffers)
-    if plan.bnstep_args is not None and all(a is b for a, b in zip(plan.bnstep_args[0], key)):
-        return plan.bnstep_args[1]
+    return _cached_args(net, plan, lambda: _bnstep_build(net, plan))
+
+
+def _bnstep_build(net, plan):
     P, G, big = net.params, net.grads, plan.big
     eps, m = float(net.eps), float(net.momentum)
     running = []                                  # rm1, rv1, rm2, ... (empty when none are kept)
@@ -263,5 +302,4 @@ def _bnstep_arrays(net, plan):
             plan.sums[1], plan.sums[2], plan.sums[3], plan.coef[1], plan.coef[2],
             eps, keep, m, *unbias, *running,
             plan.rows, plan.offs, plan.loss, *plan.chunks, G.flat, plan.clock)
-    plan.bnstep_args = (key, args)
     return args

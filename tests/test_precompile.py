@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -244,6 +245,7 @@ def test_a_run_waits_at_its_end_for_the_background_kernel_a_worker_compiles():
     for state, expect_lines in ((precompile.TAKEN, 1), (precompile.DONE, 0)):
         job = object.__new__(precompile.Precompile)
         job._disps, job._state, job._procs = [bnstep.bn_step_into], [state], [Proc()]
+        job._go = types.SimpleNamespace(value=0)
         precompile._JOBS.append(job)
         said = []
         timer = th.Timer(0.2, lambda: job._state.__setitem__(0, precompile.DONE))
@@ -251,4 +253,29 @@ def test_a_run_waits_at_its_end_for_the_background_kernel_a_worker_compiles():
         precompile.finish_background(said.append)
         timer.join()
         assert len(said) == expect_lines and job._state[0] == precompile.DONE
-        assert job not in precompile._JOBS
+        assert job not in precompile._JOBS and job._go.value == 1      # the workers were let go
+
+
+def test_a_worker_starts_the_background_kernels_only_when_let_go(monkeypatch):
+    """_worker compiles the other kernels at once, then waits for `go` before a BACKGROUND one
+    (the run's first steps need its cores) and lowers its priority for it."""
+    import threading as th
+
+    from cnncli import precompile
+
+    monkeypatch.setattr(precompile, "BACKGROUND", (("m", "late"),))
+    done, niced = [], []
+    go = types.SimpleNamespace(value=0)
+    monkeypatch.setattr(precompile, "_compile", lambda module, name, sigs: done.append((name, go.value)))
+    monkeypatch.setattr(precompile.os, "nice", lambda k: niced.append(k) or 0, raising=False)
+
+    class State(list):
+        def get_lock(self):
+            return th.Lock()
+
+    state = State([precompile.FREE] * 3)
+    timer = th.Timer(0.3, lambda: setattr(go, "value", 1))
+    timer.start()
+    precompile._worker([("m", "a", []), ("m", "late", []), ("m", "b", [])], [0, 2, 1], state, go)
+    timer.join()
+    assert done == [("a", 0), ("b", 0), ("late", 1)] and niced and state == [precompile.DONE] * 3

@@ -5,6 +5,7 @@ simulated in threads giving one process's bits, and the functional API's reused 
 import subprocess
 import sys
 import threading
+import types
 
 import numpy as np
 import pytest
@@ -208,12 +209,14 @@ def test_k_ranks_give_one_process_bits(bn, ranks, n):
             assert all(np.array_equal(a, b) for a, b in zip(got, want)), (bn, r)
 
 
-@pytest.mark.parametrize("bn", ["unit", "channel"])
-def test_one_process_bn_step_phase_by_phase_gives_bnsteps_bits(bn, monkeypatch):
-    """While a pre-compile worker builds bnstep's kernel, one process runs its BN steps phase by
-    phase (threads.run_phases, RowTree): loss, probabilities, gradients and running statistics
-    equal the one-call step's bit for bit, over steps that reuse the plan (67 images: a short shard)."""
+@pytest.mark.parametrize("bn", ["none", "unit", "channel"])
+def test_one_process_step_without_the_one_call_kernel_gives_its_bits(bn, monkeypatch):
+    """While a pre-compile worker builds the one-call step's kernel (plainstep.py, bnstep.py), one
+    process runs its steps shard by shard (no BN: threads.run, RowTree) or phase by phase (BN:
+    threads.run_phases): loss, probabilities, gradients and running statistics equal the one-call
+    step's bit for bit, over steps that reuse the plan (67 images: a short shard)."""
     from cnncli import shards
+    from cnncli.kernels import bnstep, plainstep
 
     rng = np.random.default_rng(8)
     n = 67
@@ -221,18 +224,19 @@ def test_one_process_bn_step_phase_by_phase_gives_bnsteps_bits(bn, monkeypatch):
     fused = M.Network(12, bn, seed=3)
     expected = [_state(fused, *fused.train_step(x, y, w if k else None)) for k in range(3)]
     calls = []
-    monkeypatch.setattr(shards, "_bnstep_compiling", lambda: calls.append(1) or True)
-    monkeypatch.setattr(shards, "_bn_step_fused", lambda *a: pytest.fail("bnstep ran while compiling"))
+    monkeypatch.setattr(shards, "_compiling", lambda kernel: calls.append(kernel) or True)
+    monkeypatch.setattr(shards, "_one_call_step", lambda *a: pytest.fail("the one-call step ran while compiling"))
     phased = M.Network(12, bn, seed=3)
     got = [_state(phased, *phased.train_step(x, y, w if k else None)) for k in range(3)]
-    assert len(calls) == 3
+    assert calls == [bnstep.bn_step_into if bn != "none" else plainstep.plain_step_into] * 3
     for a_state, b_state in zip(got, expected):
         assert all(np.array_equal(a, b) for a, b in zip(a_state, b_state)), bn
 
 
-@pytest.mark.parametrize("bn", ["unit", "channel"])
-def test_a_transform_that_fails_in_a_bn_step_raises_and_changes_nothing(bn):
-    """The transform runs inside bnstep's job (each thread its part of the batch, then the barrier):
+@pytest.mark.parametrize("bn", ["none", "unit", "channel"])
+def test_a_transform_that_fails_in_a_one_call_step_raises_and_changes_nothing(bn):
+    """The transform runs inside the one-call step's job (each thread its part of the batch, then
+    the barrier):
     one that raises ends the step with its error, no thread left waiting, no statistic or gradient
     half-updated: the next good step gives a fresh network's bits."""
     rng = np.random.default_rng(9)
@@ -266,6 +270,7 @@ def test_compiling_elsewhere_while_a_live_worker_has_the_kernel():
 
     job = object.__new__(precompile.Precompile)
     job._disps, job._state, job._procs = [bnstep.bn_step_into], [precompile.TAKEN], [Proc(True)]
+    job._go = types.SimpleNamespace(value=0)
     precompile._JOBS.append(job)
     try:
         assert precompile.compiling_elsewhere(bnstep.bn_step_into)
@@ -276,6 +281,29 @@ def test_compiling_elsewhere_while_a_live_worker_has_the_kernel():
         assert not precompile.compiling_elsewhere(bnstep.bn_step_into)
         job._procs[0].alive, job._state[0] = True, precompile.DONE
         assert not precompile.compiling_elsewhere(bnstep.bn_step_into)
+    finally:
+        precompile._JOBS.remove(job)
+
+
+def test_the_background_kernels_start_once_the_steps_kernels_are_done():
+    """A step asking about a BACKGROUND kernel lets the workers start it only when every other
+    kernel of the job is done (the first step's compile keeps both cores until then)."""
+    from cnncli import precompile
+    from cnncli.kernels import conv16, plainstep
+
+    class Proc:
+        def is_alive(self):
+            return True
+
+    job = object.__new__(precompile.Precompile)
+    job._disps = [conv16.conv16_forward_into, plainstep.plain_step_into]
+    job._state, job._procs = [precompile.TAKEN, precompile.FREE], [Proc()]
+    job._go = types.SimpleNamespace(value=0)
+    precompile._JOBS.append(job)
+    try:
+        assert precompile.compiling_elsewhere(plainstep.plain_step_into) and job._go.value == 0
+        job._state[0] = precompile.DONE
+        assert precompile.compiling_elsewhere(plainstep.plain_step_into) and job._go.value == 1
     finally:
         precompile._JOBS.remove(job)
 

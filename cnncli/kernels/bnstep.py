@@ -20,9 +20,9 @@ from . import bnpool, bnstats, segments
 from .batchnorm import bn_unit_backward_given_into
 from .fc import fc_dx_loop_into, fc_forward_loop_into, fc_grads_into
 from .head import bn_head_into
-from .reduce import tree_cols_into
+from .reduce import tree_chunks, tree_cols_into
 from . import sync as _sync
-from .sync import barrier, cycles, take
+from .sync import barrier, cycles, next_shard, take
 
 # the counters of sync.py's array, one per phase: the shards' segments, and the statistics' chunks;
 # TID numbers the threads (for the clock marks)
@@ -77,26 +77,6 @@ def _backward_sums(sync, counter, bwd, sums, stats, gamma, M, coef, with_coef):
 
 
 @njit(inline="always")
-def _next_shard(sync, counter, bounds):
-    # the next shard of a phase (counter) and its images a:b, or j = -1 once every shard is taken
-    j = take(sync, counter)
-    if j >= bounds.shape[0] - 1:
-        return -1, 0, 0
-    return j, bounds[j], bounds[j + 1]
-
-
-@njit(inline="always")
-def _tree_chunks(sync, counter, rows, gflat, chunks):
-    # the gradient rows' tree over the column ranges chunks (K,2), a range to whichever thread
-    # takes it: tree_cols_into, the bits of tree_sum whenever it runs
-    for _ in range(chunks.shape[0]):
-        k = take(sync, counter)
-        if k >= chunks.shape[0]:
-            break
-        tree_cols_into(rows, gflat, chunks[k, 0], chunks[k, 1])
-
-
-@njit(inline="always")
 def _meet(sync, T, clock, tid, k):
     # the end of segment k on this thread: its arrival mark, the barrier, its departure mark (the
     # start of segment k + 1); True when the job was aborted
@@ -140,7 +120,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         clock[tid, 1, 0] = cycles()
     # forward, to BN1's input and its moments
     while True:
-        j, a, b = _next_shard(sync, F1, bounds)
+        j, a, b = next_shard(sync, F1, bounds)
         if j < 0:
             break
         segments.conv1_moments_into(x[a:b], xp1[a:b], w1, z1[a:b], b1, fwd1[j])
@@ -151,7 +131,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         return
     # BN1, pool, ELU, conv2, to BN2's input and its moments
     while True:
-        j, a, b = _next_shard(sync, F2, bounds)
+        j, a, b = next_shard(sync, F2, bounds)
         if j < 0:
             break
         segments.bn1_conv2_moments_into(z1[a:b], coef1, xp2[a:b], arg1[a:b], w2, z2[a:b], b2, fwd2[j])
@@ -162,7 +142,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         return
     # BN2, pool, ELU, fc1, to BN3's input and its moments
     while True:
-        j, a, b = _next_shard(sync, F3, bounds)
+        j, a, b = next_shard(sync, F3, bounds)
         if j < 0:
             break
         bnpool.bn_pool_elu_forward_into(z2[a:b], coef2, p2[a:b], 0, arg2[a:b])
@@ -176,7 +156,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         return
     # the head: BN3, ELU, fc2, the loss (and down to BN3's dy and its sums)
     while True:
-        j, a, b = _next_shard(sync, HEAD, bounds)
+        j, a, b = next_shard(sync, HEAD, bounds)
         if j < 0:
             break
         r = rows[j]
@@ -194,7 +174,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     # backward from BN3: fc1's gradients, pool2 + ELU, to BN2's sums
     U = g3.shape[0]
     while True:
-        j, a, b = _next_shard(sync, B3, bounds)
+        j, a, b = next_shard(sync, B3, bounds)
         if j < 0:
             break
         r = rows[j]
@@ -211,7 +191,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         return
     # backward from BN2: conv2's gradients, to BN1's sums
     while True:
-        j, a, b = _next_shard(sync, B2, bounds)
+        j, a, b = next_shard(sync, B2, bounds)
         if j < 0:
             break
         r = rows[j]
@@ -219,7 +199,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
             dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], arg2[a:b], z2[a:b], coef2, dz2[a:b], xp2[a:b],
             dzt2[a:b], dwt2s[j], r[offs[2]:offs[2] + 2400].reshape(16, 6, 5, 5), r[offs[3]:offs[3] + 16],
             w2, dzp2[a:b], dp1[a:b], arg1[a:b], z1[a:b], coef1, bwd1[j])
-    _tree_chunks(sync, TREE_FC, rows, gflat, chunks_fc)         # fc1's and fc2's rows are final
+    tree_chunks(sync, TREE_FC, rows, gflat, chunks_fc)         # fc1's and fc2's rows are final
     if _meet(sync, T, clock, tid, 10):
         return
     _backward_sums(sync, T1, bwd1, sums1, stats1, g1, M1, coef1, True)
@@ -227,15 +207,15 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         return
     # backward from BN1: conv1's gradients
     while True:
-        j, a, b = _next_shard(sync, B1, bounds)
+        j, a, b = next_shard(sync, B1, bounds)
         if j < 0:
             break
         r = rows[j]
         segments.bn1_conv1_back_into(dp1[a:b], xp2[a:b], arg1[a:b], z1[a:b], coef1, dz1[a:b], xp1[a:b],
                                      r[offs[0]:offs[0] + 150].reshape(6, 1, 5, 5), r[offs[1]:offs[1] + 6])
-    _tree_chunks(sync, TREE_C2, rows, gflat, chunks_conv2)      # conv2's rows are final
+    tree_chunks(sync, TREE_C2, rows, gflat, chunks_conv2)      # conv2's rows are final
     if _meet(sync, T, clock, tid, 12):
         return
-    _tree_chunks(sync, TREE, rows, gflat, chunks_conv1)         # and conv1's
+    tree_chunks(sync, TREE, rows, gflat, chunks_conv1)         # and conv1's
     if tid < clock.shape[0]:
         clock[tid, 0, 13] = cycles()

@@ -1,7 +1,8 @@
-"""The fully connected layer, z = x @ w.T + b: the forward and the input gradient through BLAS
-(numpy's matmul; deterministic for fixed shapes), the weight and bias gradients in one numba loop
-(a shard's 8 rows are too few for BLAS); the checked fc_forward / fc_backward and the unchecked
-`_into` forms passes.py runs on its workspaces (the same operations in the same order, so the same bits).
+"""The fully connected layer, z = x @ w.T + b. The network's training steps run it in numba loops
+(no BLAS: kernels/plainstep.py and bnstep.py run whole steps inside numba, and the per-shard paths
+must give their bits): fc1's forward and input gradient in 16-lane tiles, fc2's (few outputs) in
+scalar loops, the weight and bias gradients in one loop. The checked fc_forward / fc_backward
+(tests, the reference comparisons) use BLAS (numpy's matmul) for the forward and input gradient.
 
 Shape legend: N rows (images), I inputs, O outputs; w (O,I) as PyTorch's Linear.
 """
@@ -13,12 +14,6 @@ from numba import njit
 
 from .checks import check_array, check_out
 from .simd import sfma, vadd, vfma, vhsum, vload, vmul, vsplat, vstore, vzero
-
-
-def fc_forward_into(x, w, b, z):
-    """z (N,O) = x (N,I) @ w (O,I).T + b (O,), into z; nothing checked."""
-    np.matmul(x, w.T, out=z)
-    z += b
 
 
 @njit(cache=True, nogil=True)
@@ -62,40 +57,35 @@ def fc_grads_into(dz, x, dw, db):
 @njit(cache=True, nogil=True)
 def fc_forward_loop_into(x, w, b, z):
     # x (N,I), w (O,I), b (O,) C-contiguous   ->   z (N,O) = x @ w.T + b, with no BLAS (for a numba
-    # caller: a BN step's fc1): each dot product in 16 lanes over i in order (fma), the lanes added
-    # left to right (vhsum), the last I % 16 terms after them, then b; four images times two
-    # outputs at a time (eight independent chains). The same bits for any N and any grouping.
+    # caller: fc1 in the one-call steps): each dot product in 16 lanes over i in order (fma), the
+    # lanes added left to right (vhsum), the last I % 16 terms after them, then b; four images
+    # times two outputs at a time (eight independent chains; an odd O's last output twice, the same
+    # sums). The same bits for any N and any grouping. One _finish site per loop: compile time.
     N, I = x.shape
     O = w.shape[0]
     V = I - I % 16
+    acc = np.empty((8, 16), x.dtype)                 # (8,16) the tile's lanes, then finished one by one
     for n0 in range(0, N - N % 4, 4):
         r0, r1, r2, r3 = n0 * I, (n0 + 1) * I, (n0 + 2) * I, (n0 + 3) * I
-        for o in range(0, O - O % 2, 2):
+        for o in range(0, O, 2):
+            o1 = min(o + 1, O - 1)
             a0, a1, a2, a3 = vzero(x), vzero(x), vzero(x), vzero(x)
             c0, c1, c2, c3 = vzero(x), vzero(x), vzero(x), vzero(x)
             for i in range(0, V, 16):
-                wv, wu = vload(w, o * I + i), vload(w, (o + 1) * I + i)
+                wv, wu = vload(w, o * I + i), vload(w, o1 * I + i)
                 x0, x1, x2, x3 = vload(x, r0 + i), vload(x, r1 + i), vload(x, r2 + i), vload(x, r3 + i)
                 a0, a1, a2, a3 = vfma(x0, wv, a0), vfma(x1, wv, a1), vfma(x2, wv, a2), vfma(x3, wv, a3)
                 c0, c1, c2, c3 = vfma(x0, wu, c0), vfma(x1, wu, c1), vfma(x2, wu, c2), vfma(x3, wu, c3)
-            _finish(x, w, b, z, n0, o, a0)
-            _finish(x, w, b, z, n0 + 1, o, a1)
-            _finish(x, w, b, z, n0 + 2, o, a2)
-            _finish(x, w, b, z, n0 + 3, o, a3)
-            _finish(x, w, b, z, n0, o + 1, c0)
-            _finish(x, w, b, z, n0 + 1, o + 1, c1)
-            _finish(x, w, b, z, n0 + 2, o + 1, c2)
-            _finish(x, w, b, z, n0 + 3, o + 1, c3)
-        for o in range(O - O % 2, O):
-            a0, a1, a2, a3 = vzero(x), vzero(x), vzero(x), vzero(x)
-            for i in range(0, V, 16):
-                wv = vload(w, o * I + i)
-                a0, a1 = vfma(vload(x, r0 + i), wv, a0), vfma(vload(x, r1 + i), wv, a1)
-                a2, a3 = vfma(vload(x, r2 + i), wv, a2), vfma(vload(x, r3 + i), wv, a3)
-            _finish(x, w, b, z, n0, o, a0)
-            _finish(x, w, b, z, n0 + 1, o, a1)
-            _finish(x, w, b, z, n0 + 2, o, a2)
-            _finish(x, w, b, z, n0 + 3, o, a3)
+            vstore(acc, 0, a0)
+            vstore(acc, 16, a1)
+            vstore(acc, 32, a2)
+            vstore(acc, 48, a3)
+            vstore(acc, 64, c0)
+            vstore(acc, 80, c1)
+            vstore(acc, 96, c2)
+            vstore(acc, 112, c3)
+            for k in range(8):
+                _finish(x, w, b, z, n0 + k % 4, o if k < 4 else o1, vload(acc, k * 16))
     for n in range(N - N % 4, N):
         for o in range(O):
             a = vzero(x)
@@ -142,10 +132,8 @@ def fc_dx_loop_into(dz, w, dx):
             vstore(dx, s + i + 16, e1)
             vstore(dx, s + i + 32, e2)
             vstore(dx, s + i + 48, e3)
-        _dx_columns(dz, w, dx, n0, I - I % 64)
-        _dx_columns(dz, w, dx, n0 + 1, I - I % 64)
-    for n in range(N - N % 2, N):
-        _dx_columns(dz, w, dx, n, 0)
+    for n in range(N):              # the columns the pairs left: I % 64 of a pair's rows, all of a last odd row
+        _dx_columns(dz, w, dx, n, I - I % 64 if n < N - N % 2 else 0)
 
 
 @njit(inline="always")
@@ -167,12 +155,34 @@ def _dx_columns(dz, w, dx, n, i0):
         dx[n, i] = t
 
 
-def fc_backward_into(dz, x, w, dw, db, dx=None):
-    """dw (O,I) = dz.T @ x, db (O,) = sum of dz's rows (fc_grads_into), and dx (N,I) = dz @ w when
-    given; nothing checked (x, dz, dw C-contiguous)."""
-    fc_grads_into(dz, x, dw, db)
-    if dx is not None:
-        np.matmul(dz, w, out=dx)
+@njit(cache=True, nogil=True)
+def fc_narrow_forward_into(x, w, b, z):
+    # x (N,I), w (O,I), b (O,) for few outputs (fc2: O = the classes)   ->   z (N,O) = x @ w.T + b
+    # with no BLAS: each dot product over i in order (the first product rounded, then adds), the O
+    # of a row side by side (independent sums: no chain of dependent adds), then b
+    N, I = x.shape
+    O = w.shape[0]
+    for n in range(N):
+        for o in range(O):
+            z[n, o] = x[n, 0] * w[o, 0]
+        for i in range(1, I):
+            for o in range(O):
+                z[n, o] += x[n, i] * w[o, i]
+        for o in range(O):
+            z[n, o] += b[o]
+
+
+@njit(cache=True, nogil=True)
+def fc_narrow_dx_into(dz, w, dx):
+    # dz (N,O), w (O,I) for few outputs   ->   dx (N,I) = dz @ w with no BLAS, over o in order
+    N, O = dz.shape
+    I = w.shape[1]
+    for n in range(N):
+        for i in range(I):
+            dx[n, i] = dz[n, 0] * w[0, i]
+        for o in range(1, O):
+            for i in range(I):
+                dx[n, i] += dz[n, o] * w[o, i]
 
 
 def fc_forward(x, w, b, out=None):

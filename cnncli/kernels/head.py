@@ -1,9 +1,8 @@
 """The network's head under batch normalization, one shard in one call: fc1's BN (given the batch's
 statistics) -> ELU -> fc2 -> sigmoid + loss, and back down to BN3's dy and the shard's sums of dy
-and dy*xhat. Its pieces are kernels of batchnorm, activation, loss and fc (fc2's two products
-written as loops here, where the plain head calls BLAS): a shard's head is one call instead of
-nine, on tasks too short to share between threads. Not the plain head (passes.py), not the
-statistics.
+and dy*xhat. Its pieces are kernels of batchnorm, activation, loss and fc (fc2's products the
+numba loops the plain head runs too): a shard's head is one call instead of nine, on tasks too
+short to share between threads. Not the plain head (passes.py, plainstep.py), not the statistics.
 
 Shape legend: n images of the shard, U = 65 fc1 units, C classes.
 """
@@ -14,7 +13,7 @@ from numba import njit
 
 from .activation import elu_backward_into, elu_forward_into
 from .batchnorm import bn_unit_grad_sums_into, bn_unit_normalize_into
-from .fc import fc_grads_into
+from .fc import fc_grads_into, fc_narrow_dx_into, fc_narrow_forward_into
 from .loss import sigmoid_bce_into
 
 
@@ -26,26 +25,13 @@ def bn_head_into(z3, mean, invstd, gamma, beta, w2, b2, labels, weights, scale, 
     #   ->   xhat3 y3 a3 (n,U), z4 probs dz4 (n,C), and with backward: dw2 (C,U), db2 (C,), da3 dy3
     #   (n,U), sums (2U,) float64 [sum dy3 | sum dy3*xhat3]. Returns sum of weight * loss (float64).
     n, U = z3.shape
-    C = w2.shape[0]
     bn_unit_normalize_into(z3, mean, invstd, gamma, beta, xhat3, y3)
     elu_forward_into(y3.reshape(n * U), a3.reshape(n * U))
-    for i in range(n):          # z4 = a3 @ w2.T + b2, each dot product over u in order, the C of a
-        for c in range(C):      # row side by side (independent sums: no chain of dependent adds)
-            z4[i, c] = a3[i, 0] * w2[c, 0]
-        for u in range(1, U):
-            for c in range(C):
-                z4[i, c] += a3[i, u] * w2[c, u]
-        for c in range(C):
-            z4[i, c] += b2[c]
+    fc_narrow_forward_into(a3, w2, b2, z4)
     loss = sigmoid_bce_into(z4, labels, weights, scale, probs, dz4)
     if backward:
         fc_grads_into(dz4, a3, dw2, db2)
-        for i in range(n):                          # da3 = dz4 @ w2, over the classes in order
-            for u in range(U):
-                da3[i, u] = dz4[i, 0] * w2[0, u]
-            for c in range(1, C):
-                for u in range(U):
-                    da3[i, u] += dz4[i, c] * w2[c, u]
+        fc_narrow_dx_into(dz4, w2, da3)
         elu_backward_into(da3.reshape(n * U), a3.reshape(n * U), dy3.reshape(n * U))
         bn_unit_grad_sums_into(dy3, xhat3, sums[:U], sums[U:])
     return loss

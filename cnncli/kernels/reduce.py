@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .sync import take
 from .threads import run
 
 BLOCK = 512           # columns summed through the whole tree at once: (S/2, BLOCK) stays in L1/L2
@@ -50,6 +51,18 @@ def tree_cols_into(parts, out, c0, c1):
             n = half + n % 2
         for c in range(w):
             out[b0 + c] = work[0, c]
+
+
+@njit(inline="always")
+def tree_chunks(sync, k, parts, out, chunks):
+    # inside a job of threads (kernels/sync.py): the column ranges chunks (K,2) int64 of parts'
+    # tree, each to whichever thread takes it next from counter k -- tree_cols_into, the bits of
+    # tree_sum whenever and wherever it runs
+    for _ in range(chunks.shape[0]):
+        i = take(sync, k)
+        if i >= chunks.shape[0]:
+            break
+        tree_cols_into(parts, out, chunks[i, 0], chunks[i, 1])
 
 
 def column_tasks(segments):

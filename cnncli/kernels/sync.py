@@ -129,6 +129,16 @@ def take(sync, k):
 
 
 @njit(inline="always")
+def next_shard(sync, k, bounds):
+    """The next shard (counter k) of bounds (L+1,) (shard j's images are bounds[j]:bounds[j + 1]):
+    (j, a, b), or j = -1 once every shard is taken."""
+    j = take(sync, k)
+    if j >= bounds.shape[0] - 1:
+        return -1, 0, 0
+    return j, bounds[j], bounds[j + 1]
+
+
+@njit(inline="always")
 def arrive(sync, T):
     """Arrive at the barrier: -1 on the last of the T threads to arrive (it alone runs on, and must
     call release() to let the others go), else the generation to wait() on."""

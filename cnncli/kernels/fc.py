@@ -19,8 +19,9 @@ from .simd import sfma, vadd, vfma, vhsum, vload, vmul, vsplat, vstore, vzero
 @njit(cache=True, nogil=True)
 def fc_grads_into(dz, x, dw, db):
     # dz (N,O), x (N,I) C-contiguous   ->   dw (O,I) = sum over n of dz[n,o] * x[n,:], db (O,) = sum
-    # over n of dz[n,o]: each summed over n in order, products rounded then added (no fma); 64
-    # columns of a row at a time in four 16-lane accumulators, the last I % 64 columns scalar
+    # over n of dz[n,o]: each summed over n in order, products rounded then added (no fma); two
+    # outputs x 64 columns at a time (eight 16-lane chains sharing the x loads; an odd O's last
+    # output twice, the same sums), the last I % 64 columns scalar
     N, O = dz.shape
     I = x.shape[1]
     if N == 0:
@@ -33,20 +34,31 @@ def fc_grads_into(dz, x, dw, db):
         for n in range(1, N):
             s += dz[n, o]
         db[o] = s
+    for o in range(0, O, 2):
+        p = min(o + 1, O - 1)
         for i in range(0, I64, 64):
-            a = vsplat(dz[0, o])
-            a0, a1 = vmul(a, vload(x, i)), vmul(a, vload(x, i + 16))
-            a2, a3 = vmul(a, vload(x, i + 32)), vmul(a, vload(x, i + 48))
+            a, b = vsplat(dz[0, o]), vsplat(dz[0, p])
+            x0, x1, x2, x3 = vload(x, i), vload(x, i + 16), vload(x, i + 32), vload(x, i + 48)
+            a0, a1, a2, a3 = vmul(a, x0), vmul(a, x1), vmul(a, x2), vmul(a, x3)
+            b0, b1, b2, b3 = vmul(b, x0), vmul(b, x1), vmul(b, x2), vmul(b, x3)
             for n in range(1, N):
-                a = vsplat(dz[n, o])
+                a, b = vsplat(dz[n, o]), vsplat(dz[n, p])
                 r = n * I + i
-                a0, a1 = vadd(a0, vmul(a, vload(x, r))), vadd(a1, vmul(a, vload(x, r + 16)))
-                a2, a3 = vadd(a2, vmul(a, vload(x, r + 32))), vadd(a3, vmul(a, vload(x, r + 48)))
-            r = o * I + i
+                x0, x1, x2, x3 = vload(x, r), vload(x, r + 16), vload(x, r + 32), vload(x, r + 48)
+                a0, a1 = vadd(a0, vmul(a, x0)), vadd(a1, vmul(a, x1))
+                a2, a3 = vadd(a2, vmul(a, x2)), vadd(a3, vmul(a, x3))
+                b0, b1 = vadd(b0, vmul(b, x0)), vadd(b1, vmul(b, x1))
+                b2, b3 = vadd(b2, vmul(b, x2)), vadd(b3, vmul(b, x3))
+            r, q = o * I + i, p * I + i
             vstore(dw, r, a0)
             vstore(dw, r + 16, a1)
             vstore(dw, r + 32, a2)
             vstore(dw, r + 48, a3)
+            vstore(dw, q, b0)
+            vstore(dw, q + 16, b1)
+            vstore(dw, q + 32, b2)
+            vstore(dw, q + 48, b3)
+    for o in range(O):
         for i in range(I64, I):
             t = dz[0, o] * x[0, i]
             for n in range(1, N):
@@ -59,33 +71,35 @@ def fc_forward_loop_into(x, w, b, z):
     # x (N,I), w (O,I), b (O,) C-contiguous   ->   z (N,O) = x @ w.T + b, with no BLAS (for a numba
     # caller: fc1 in the one-call steps): each dot product in 16 lanes over i in order (fma), the
     # lanes added left to right (vhsum), the last I % 16 terms after them, then b; four images
-    # times two outputs at a time (eight independent chains; an odd O's last output twice, the same
-    # sums). The same bits for any N and any grouping. One _finish site per loop: compile time.
+    # times four outputs at a time (16 independent chains, one x and one w load per 4 FMAs; the
+    # outputs past O - 1 clamped to it: the same sums again). The same bits for any N and any
+    # grouping. One _finish site per loop: compile time.
     N, I = x.shape
     O = w.shape[0]
     V = I - I % 16
-    acc = np.empty((8, 16), x.dtype)                 # (8,16) the tile's lanes, then finished one by one
+    acc = np.empty((16, 16), x.dtype)                # (16,16) the tile's lanes, then finished one by one
     for n0 in range(0, N - N % 4, 4):
         r0, r1, r2, r3 = n0 * I, (n0 + 1) * I, (n0 + 2) * I, (n0 + 3) * I
-        for o in range(0, O, 2):
-            o1 = min(o + 1, O - 1)
+        for o in range(0, O, 4):
+            q1, q2, q3 = min(o + 1, O - 1), min(o + 2, O - 1), min(o + 3, O - 1)
             a0, a1, a2, a3 = vzero(x), vzero(x), vzero(x), vzero(x)
             c0, c1, c2, c3 = vzero(x), vzero(x), vzero(x), vzero(x)
+            e0, e1, e2, e3 = vzero(x), vzero(x), vzero(x), vzero(x)
+            g0, g1, g2, g3 = vzero(x), vzero(x), vzero(x), vzero(x)
             for i in range(0, V, 16):
-                wv, wu = vload(w, o * I + i), vload(w, o1 * I + i)
                 x0, x1, x2, x3 = vload(x, r0 + i), vload(x, r1 + i), vload(x, r2 + i), vload(x, r3 + i)
+                wv = vload(w, o * I + i)
                 a0, a1, a2, a3 = vfma(x0, wv, a0), vfma(x1, wv, a1), vfma(x2, wv, a2), vfma(x3, wv, a3)
-                c0, c1, c2, c3 = vfma(x0, wu, c0), vfma(x1, wu, c1), vfma(x2, wu, c2), vfma(x3, wu, c3)
-            vstore(acc, 0, a0)
-            vstore(acc, 16, a1)
-            vstore(acc, 32, a2)
-            vstore(acc, 48, a3)
-            vstore(acc, 64, c0)
-            vstore(acc, 80, c1)
-            vstore(acc, 96, c2)
-            vstore(acc, 112, c3)
-            for k in range(8):
-                _finish(x, w, b, z, n0 + k % 4, o if k < 4 else o1, vload(acc, k * 16))
+                wv = vload(w, q1 * I + i)
+                c0, c1, c2, c3 = vfma(x0, wv, c0), vfma(x1, wv, c1), vfma(x2, wv, c2), vfma(x3, wv, c3)
+                wv = vload(w, q2 * I + i)
+                e0, e1, e2, e3 = vfma(x0, wv, e0), vfma(x1, wv, e1), vfma(x2, wv, e2), vfma(x3, wv, e3)
+                wv = vload(w, q3 * I + i)
+                g0, g1, g2, g3 = vfma(x0, wv, g0), vfma(x1, wv, g1), vfma(x2, wv, g2), vfma(x3, wv, g3)
+            for k, v in enumerate((a0, a1, a2, a3, c0, c1, c2, c3, e0, e1, e2, e3, g0, g1, g2, g3)):
+                vstore(acc, k * 16, v)
+            for k in range(16):
+                _finish(x, w, b, z, n0 + k % 4, min(o + k // 4, O - 1), vload(acc, k * 16))
     for n in range(N - N % 4, N):
         for o in range(O):
             a = vzero(x)
@@ -108,32 +122,38 @@ def _finish(x, w, b, z, n, o, a):
 @njit(cache=True, nogil=True)
 def fc_dx_loop_into(dz, w, dx):
     # dz (N,O), w (O,I) C-contiguous   ->   dx (N,I) = dz @ w with no BLAS: each element summed
-    # over o in order (the first product rounded, then fma), two images times 64 columns (eight
-    # vectors) at a time, the last I % 16 columns one by one; the same bits for any N and grouping
+    # over o in order (the first product rounded, then fma), four images times 64 columns (16
+    # vectors) at a time, the other columns and images through _dx_columns (the same operations);
+    # the same bits for any N and grouping
     N, O = dz.shape
     I = w.shape[1]
-    for n0 in range(0, N - N % 2, 2):
-        r, s = n0 * I, (n0 + 1) * I
+    for n0 in range(0, N - N % 4, 4):
+        r, s, t, u = n0 * I, (n0 + 1) * I, (n0 + 2) * I, (n0 + 3) * I
         for i in range(0, I - I % 64, 64):
-            a, c = vsplat(dz[n0, 0]), vsplat(dz[n0 + 1, 0])
+            a, c, e, g = vsplat(dz[n0, 0]), vsplat(dz[n0 + 1, 0]), vsplat(dz[n0 + 2, 0]), vsplat(dz[n0 + 3, 0])
             w0, w1, w2, w3 = vload(w, i), vload(w, i + 16), vload(w, i + 32), vload(w, i + 48)
             d0, d1, d2, d3 = vmul(a, w0), vmul(a, w1), vmul(a, w2), vmul(a, w3)
             e0, e1, e2, e3 = vmul(c, w0), vmul(c, w1), vmul(c, w2), vmul(c, w3)
+            f0, f1, f2, f3 = vmul(e, w0), vmul(e, w1), vmul(e, w2), vmul(e, w3)
+            h0, h1, h2, h3 = vmul(g, w0), vmul(g, w1), vmul(g, w2), vmul(g, w3)
             for o in range(1, O):
-                a, c, q = vsplat(dz[n0, o]), vsplat(dz[n0 + 1, o]), o * I + i
+                q = o * I + i
+                a, c, e, g = vsplat(dz[n0, o]), vsplat(dz[n0 + 1, o]), vsplat(dz[n0 + 2, o]), vsplat(dz[n0 + 3, o])
                 w0, w1, w2, w3 = vload(w, q), vload(w, q + 16), vload(w, q + 32), vload(w, q + 48)
                 d0, d1, d2, d3 = vfma(a, w0, d0), vfma(a, w1, d1), vfma(a, w2, d2), vfma(a, w3, d3)
                 e0, e1, e2, e3 = vfma(c, w0, e0), vfma(c, w1, e1), vfma(c, w2, e2), vfma(c, w3, e3)
-            vstore(dx, r + i, d0)
-            vstore(dx, r + i + 16, d1)
-            vstore(dx, r + i + 32, d2)
-            vstore(dx, r + i + 48, d3)
-            vstore(dx, s + i, e0)
-            vstore(dx, s + i + 16, e1)
-            vstore(dx, s + i + 32, e2)
-            vstore(dx, s + i + 48, e3)
-    for n in range(N):              # the columns the pairs left: I % 64 of a pair's rows, all of a last odd row
-        _dx_columns(dz, w, dx, n, I - I % 64 if n < N - N % 2 else 0)
+                f0, f1, f2, f3 = vfma(e, w0, f0), vfma(e, w1, f1), vfma(e, w2, f2), vfma(e, w3, f3)
+                h0, h1, h2, h3 = vfma(g, w0, h0), vfma(g, w1, h1), vfma(g, w2, h2), vfma(g, w3, h3)
+            for k, v in enumerate((d0, d1, d2, d3)):
+                vstore(dx, r + i + 16 * k, v)
+            for k, v in enumerate((e0, e1, e2, e3)):
+                vstore(dx, s + i + 16 * k, v)
+            for k, v in enumerate((f0, f1, f2, f3)):
+                vstore(dx, t + i + 16 * k, v)
+            for k, v in enumerate((h0, h1, h2, h3)):
+                vstore(dx, u + i + 16 * k, v)
+    for n in range(N):        # the columns the blocks left: I % 64 of a block's rows, all of the last N % 4 rows
+        _dx_columns(dz, w, dx, n, I - I % 64 if n < N - N % 4 else 0)
 
 
 @njit(inline="always")

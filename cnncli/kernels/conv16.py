@@ -29,9 +29,30 @@ from .simd import vadd, vfma, vload, vsplat, vstore, vzero
 # independent accumulators: enough FMAs in flight for two FMA units with 4-cycle latency, and one
 # load per 4 or 6 FMAs); the weight gradient's splatted inputs slide along x, one new per map and
 # position. Each output element still sums its terms in the order (c, ky, kx) / (f, a, b) /
-# (n, y, x), so the tiling does not change a bit. The tiles repeat one line per accumulator on
-# purpose: each accumulator must be its own variable for LLVM to keep it in a register.
+# (n, y, x), so the tiling does not change a bit. Each accumulator is its own variable (fma4,
+# fma6 and store4 take and return them one by one) for LLVM to keep it in a register.
 # Timings per 8-image shard: `python scripts/bench_conv.py` (docs/performance.md).
+
+@njit(inline="always")
+def fma4(w0, w1, w2, w3, v, a0, a1, a2, a3):
+    # the tile's four accumulators that share the input vector v, each + its splatted weight * v
+    return vfma(w0, v, a0), vfma(w1, v, a1), vfma(w2, v, a2), vfma(w3, v, a3)
+
+
+@njit(inline="always")
+def fma6(w0, w1, w2, w3, w4, w5, v, a0, a1, a2, a3, a4, a5):
+    # the same for six accumulators
+    return vfma(w0, v, a0), vfma(w1, v, a1), vfma(w2, v, a2), vfma(w3, v, a3), vfma(w4, v, a4), vfma(w5, v, a5)
+
+
+@njit(inline="always")
+def store4(z, o, step, a0, a1, a2, a3):
+    # z[flat o + k*step : + 16] = a_k, k = 0..3
+    vstore(z, o, a0)
+    vstore(z, o + step, a1)
+    vstore(z, o + 2 * step, a2)
+    vstore(z, o + 3 * step, a3)
+
 
 @njit(inline="always")
 def conv16_image(xp, xo, w, z, zo):
@@ -40,67 +61,23 @@ def conv16_image(xp, xo, w, z, zo):
     F, C = w.shape[0], w.shape[1]
     for fb in range(0, F, 4):
         for y in range(0, 16, 4):
-            a00 = vzero(z)
-            a01 = vzero(z)
-            a02 = vzero(z)
-            a03 = vzero(z)
-            a10 = vzero(z)
-            a11 = vzero(z)
-            a12 = vzero(z)
-            a13 = vzero(z)
-            a20 = vzero(z)
-            a21 = vzero(z)
-            a22 = vzero(z)
-            a23 = vzero(z)
-            a30 = vzero(z)
-            a31 = vzero(z)
-            a32 = vzero(z)
-            a33 = vzero(z)
+            a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = vzero(z)
+            a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = vzero(z)
             for c in range(C):
                 for ky in range(5):
                     r = xo + (c * 20 + y + ky) * 20
                     for kx in range(5):
-                        w0 = vsplat(w[fb, c, ky, kx])
-                        w1 = vsplat(w[fb + 1, c, ky, kx])
-                        w2 = vsplat(w[fb + 2, c, ky, kx])
-                        w3 = vsplat(w[fb + 3, c, ky, kx])
-                        v = vload(xp, r + kx)
-                        a00 = vfma(w0, v, a00)
-                        a10 = vfma(w1, v, a10)
-                        a20 = vfma(w2, v, a20)
-                        a30 = vfma(w3, v, a30)
-                        v = vload(xp, r + kx + 20)
-                        a01 = vfma(w0, v, a01)
-                        a11 = vfma(w1, v, a11)
-                        a21 = vfma(w2, v, a21)
-                        a31 = vfma(w3, v, a31)
-                        v = vload(xp, r + kx + 40)
-                        a02 = vfma(w0, v, a02)
-                        a12 = vfma(w1, v, a12)
-                        a22 = vfma(w2, v, a22)
-                        a32 = vfma(w3, v, a32)
-                        v = vload(xp, r + kx + 60)
-                        a03 = vfma(w0, v, a03)
-                        a13 = vfma(w1, v, a13)
-                        a23 = vfma(w2, v, a23)
-                        a33 = vfma(w3, v, a33)
+                        w0, w1 = vsplat(w[fb, c, ky, kx]), vsplat(w[fb + 1, c, ky, kx])
+                        w2, w3 = vsplat(w[fb + 2, c, ky, kx]), vsplat(w[fb + 3, c, ky, kx])
+                        a00, a10, a20, a30 = fma4(w0, w1, w2, w3, vload(xp, r + kx), a00, a10, a20, a30)
+                        a01, a11, a21, a31 = fma4(w0, w1, w2, w3, vload(xp, r + kx + 20), a01, a11, a21, a31)
+                        a02, a12, a22, a32 = fma4(w0, w1, w2, w3, vload(xp, r + kx + 40), a02, a12, a22, a32)
+                        a03, a13, a23, a33 = fma4(w0, w1, w2, w3, vload(xp, r + kx + 60), a03, a13, a23, a33)
             o = zo + (fb * 16 + y) * 16
-            vstore(z, o, a00)
-            vstore(z, o + 16, a01)
-            vstore(z, o + 32, a02)
-            vstore(z, o + 48, a03)
-            vstore(z, o + 256, a10)
-            vstore(z, o + 272, a11)
-            vstore(z, o + 288, a12)
-            vstore(z, o + 304, a13)
-            vstore(z, o + 512, a20)
-            vstore(z, o + 528, a21)
-            vstore(z, o + 544, a22)
-            vstore(z, o + 560, a23)
-            vstore(z, o + 768, a30)
-            vstore(z, o + 784, a31)
-            vstore(z, o + 800, a32)
-            vstore(z, o + 816, a33)
+            store4(z, o, 16, a00, a01, a02, a03)
+            store4(z, o + 256, 16, a10, a11, a12, a13)
+            store4(z, o + 512, 16, a20, a21, a22, a23)
+            store4(z, o + 768, 16, a30, a31, a32, a33)
 
 
 @njit(cache=True, nogil=True)
@@ -123,93 +100,30 @@ def conv16_backward_dx_into(dz, w, dzp, dx):
             for y in range(16):
                 vstore(dzp, ((n * F + f) * 20 + y + 2) * 20 + 2, vload(dz, ((n * F + f) * 16 + y) * 16))
         for y in range(0, 16, 4):
-            a00 = vzero(dx)
-            a01 = vzero(dx)
-            a02 = vzero(dx)
-            a03 = vzero(dx)
-            a10 = vzero(dx)
-            a11 = vzero(dx)
-            a12 = vzero(dx)
-            a13 = vzero(dx)
-            a20 = vzero(dx)
-            a21 = vzero(dx)
-            a22 = vzero(dx)
-            a23 = vzero(dx)
-            a30 = vzero(dx)
-            a31 = vzero(dx)
-            a32 = vzero(dx)
-            a33 = vzero(dx)
-            a40 = vzero(dx)
-            a41 = vzero(dx)
-            a42 = vzero(dx)
-            a43 = vzero(dx)
-            a50 = vzero(dx)
-            a51 = vzero(dx)
-            a52 = vzero(dx)
-            a53 = vzero(dx)
+            a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = a20 = a21 = a22 = a23 = vzero(dx)
+            a30 = a31 = a32 = a33 = a40 = a41 = a42 = a43 = a50 = a51 = a52 = a53 = vzero(dx)
             for f in range(F):
                 for a in range(5):
                     r = ((n * F + f) * 20 + y + a) * 20
                     for b in range(5):
-                        w0 = vsplat(w[f, 0, 4 - a, 4 - b])
-                        w1 = vsplat(w[f, 1, 4 - a, 4 - b])
-                        w2 = vsplat(w[f, 2, 4 - a, 4 - b])
-                        w3 = vsplat(w[f, 3, 4 - a, 4 - b])
-                        w4 = vsplat(w[f, 4, 4 - a, 4 - b])
-                        w5 = vsplat(w[f, 5, 4 - a, 4 - b])
-                        v = vload(dzp, r + b)
-                        a00 = vfma(w0, v, a00)
-                        a10 = vfma(w1, v, a10)
-                        a20 = vfma(w2, v, a20)
-                        a30 = vfma(w3, v, a30)
-                        a40 = vfma(w4, v, a40)
-                        a50 = vfma(w5, v, a50)
-                        v = vload(dzp, r + b + 20)
-                        a01 = vfma(w0, v, a01)
-                        a11 = vfma(w1, v, a11)
-                        a21 = vfma(w2, v, a21)
-                        a31 = vfma(w3, v, a31)
-                        a41 = vfma(w4, v, a41)
-                        a51 = vfma(w5, v, a51)
-                        v = vload(dzp, r + b + 40)
-                        a02 = vfma(w0, v, a02)
-                        a12 = vfma(w1, v, a12)
-                        a22 = vfma(w2, v, a22)
-                        a32 = vfma(w3, v, a32)
-                        a42 = vfma(w4, v, a42)
-                        a52 = vfma(w5, v, a52)
-                        v = vload(dzp, r + b + 60)
-                        a03 = vfma(w0, v, a03)
-                        a13 = vfma(w1, v, a13)
-                        a23 = vfma(w2, v, a23)
-                        a33 = vfma(w3, v, a33)
-                        a43 = vfma(w4, v, a43)
-                        a53 = vfma(w5, v, a53)
+                        w0, w1 = vsplat(w[f, 0, 4 - a, 4 - b]), vsplat(w[f, 1, 4 - a, 4 - b])
+                        w2, w3 = vsplat(w[f, 2, 4 - a, 4 - b]), vsplat(w[f, 3, 4 - a, 4 - b])
+                        w4, w5 = vsplat(w[f, 4, 4 - a, 4 - b]), vsplat(w[f, 5, 4 - a, 4 - b])
+                        a00, a10, a20, a30, a40, a50 = fma6(w0, w1, w2, w3, w4, w5, vload(dzp, r + b),
+                                                            a00, a10, a20, a30, a40, a50)
+                        a01, a11, a21, a31, a41, a51 = fma6(w0, w1, w2, w3, w4, w5, vload(dzp, r + b + 20),
+                                                            a01, a11, a21, a31, a41, a51)
+                        a02, a12, a22, a32, a42, a52 = fma6(w0, w1, w2, w3, w4, w5, vload(dzp, r + b + 40),
+                                                            a02, a12, a22, a32, a42, a52)
+                        a03, a13, a23, a33, a43, a53 = fma6(w0, w1, w2, w3, w4, w5, vload(dzp, r + b + 60),
+                                                            a03, a13, a23, a33, a43, a53)
             o = (n * 6 * 16 + y) * 16
-            vstore(dx, o, a00)
-            vstore(dx, o + 16, a01)
-            vstore(dx, o + 32, a02)
-            vstore(dx, o + 48, a03)
-            vstore(dx, o + 256, a10)
-            vstore(dx, o + 272, a11)
-            vstore(dx, o + 288, a12)
-            vstore(dx, o + 304, a13)
-            vstore(dx, o + 512, a20)
-            vstore(dx, o + 528, a21)
-            vstore(dx, o + 544, a22)
-            vstore(dx, o + 560, a23)
-            vstore(dx, o + 768, a30)
-            vstore(dx, o + 784, a31)
-            vstore(dx, o + 800, a32)
-            vstore(dx, o + 816, a33)
-            vstore(dx, o + 1024, a40)
-            vstore(dx, o + 1040, a41)
-            vstore(dx, o + 1056, a42)
-            vstore(dx, o + 1072, a43)
-            vstore(dx, o + 1280, a50)
-            vstore(dx, o + 1296, a51)
-            vstore(dx, o + 1312, a52)
-            vstore(dx, o + 1328, a53)
+            store4(dx, o, 16, a00, a01, a02, a03)
+            store4(dx, o + 256, 16, a10, a11, a12, a13)
+            store4(dx, o + 512, 16, a20, a21, a22, a23)
+            store4(dx, o + 768, 16, a30, a31, a32, a33)
+            store4(dx, o + 1024, 16, a40, a41, a42, a43)
+            store4(dx, o + 1280, 16, a50, a51, a52, a53)
 
 
 @njit(cache=True, nogil=True)
@@ -246,53 +160,25 @@ def conv16_backward_dw_into(dz, xp, dzt, dwt):
     for c in range(0, C, 2):
         c1 = min(c + 1, C - 1)
         for ky in range(5):
-            a0 = vzero(dz)
-            a1 = vzero(dz)
-            a2 = vzero(dz)
-            a3 = vzero(dz)
-            a4 = vzero(dz)
-            e0 = vzero(dz)
-            e1 = vzero(dz)
-            e2 = vzero(dz)
-            e3 = vzero(dz)
-            e4 = vzero(dz)
+            a0 = a1 = a2 = a3 = a4 = e0 = e1 = e2 = e3 = e4 = vzero(dz)
             for n in range(N):
                 for y in range(16):
-                    b0 = vsplat(xp[n, c, y + ky, 0])
-                    b1 = vsplat(xp[n, c, y + ky, 1])
-                    b2 = vsplat(xp[n, c, y + ky, 2])
-                    b3 = vsplat(xp[n, c, y + ky, 3])
-                    g0 = vsplat(xp[n, c1, y + ky, 0])
-                    g1 = vsplat(xp[n, c1, y + ky, 1])
-                    g2 = vsplat(xp[n, c1, y + ky, 2])
-                    g3 = vsplat(xp[n, c1, y + ky, 3])
+                    row, row1 = xp[n, c, y + ky], xp[n, c1, y + ky]
+                    b0, b1, b2, b3 = vsplat(row[0]), vsplat(row[1]), vsplat(row[2]), vsplat(row[3])
+                    g0, g1, g2, g3 = vsplat(row1[0]), vsplat(row1[1]), vsplat(row1[2]), vsplat(row1[3])
                     for x in range(16):
-                        b4 = vsplat(xp[n, c, y + ky, x + 4])
-                        g4 = vsplat(xp[n, c1, y + ky, x + 4])
+                        b4, g4 = vsplat(row[x + 4]), vsplat(row1[x + 4])
                         d = vload(dzt, (n * 256 + y * 16 + x) * 16)
-                        a0 = vfma(d, b0, a0)
-                        a1 = vfma(d, b1, a1)
-                        a2 = vfma(d, b2, a2)
-                        a3 = vfma(d, b3, a3)
-                        a4 = vfma(d, b4, a4)
-                        e0 = vfma(d, g0, e0)
-                        e1 = vfma(d, g1, e1)
-                        e2 = vfma(d, g2, e2)
-                        e3 = vfma(d, g3, e3)
-                        e4 = vfma(d, g4, e4)
+                        a0, a1, a2, a3 = fma4(b0, b1, b2, b3, d, a0, a1, a2, a3)
+                        e0, e1, e2, e3 = fma4(g0, g1, g2, g3, d, e0, e1, e2, e3)
+                        a4, e4 = vfma(d, b4, a4), vfma(d, g4, e4)
                         b0, b1, b2, b3 = b1, b2, b3, b4
                         g0, g1, g2, g3 = g1, g2, g3, g4
             o = (c * 5 + ky) * 80
-            vstore(dwt, o, a0)
-            vstore(dwt, o + 16, a1)
-            vstore(dwt, o + 32, a2)
-            vstore(dwt, o + 48, a3)
+            store4(dwt, o, 16, a0, a1, a2, a3)
             vstore(dwt, o + 64, a4)
             o = (c1 * 5 + ky) * 80
-            vstore(dwt, o, e0)
-            vstore(dwt, o + 16, e1)
-            vstore(dwt, o + 32, e2)
-            vstore(dwt, o + 48, e3)
+            store4(dwt, o, 16, e0, e1, e2, e3)
             vstore(dwt, o + 64, e4)
 
 

@@ -160,7 +160,7 @@ def _compile(module: str, name: str, sigs: list) -> None:
 
 FREE, TAKEN, DONE = 0, 1, 2     # a task's state, shared by this process and the workers
 _JOBS = []                      # the Precompile jobs of this process (compiling_elsewhere asks them)
-_DRY_RUN_WITHOUT = [False]      # training_run's second BN step: as if the BACKGROUND kernels were compiling
+_DRY_RUN_WITHOUT = [False]      # training_run's third step: as if the BACKGROUND kernels were compiling
 
 # kernels the run does not call while a worker compiles them (compiling_elsewhere): the one-call
 # training steps (bnstep's ~25 s of LLVM over every layer kernel it calls, plainstep's less) -- the

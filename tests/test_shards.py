@@ -222,13 +222,18 @@ def test_one_process_step_without_the_one_call_kernel_gives_its_bits(bn, monkeyp
     n = 67
     x, y, w = rng.standard_normal((n, 1, 32, 32)).astype(np.float32), rng.integers(0, 12, n), rng.uniform(0.5, 2, n)
     fused = M.Network(12, bn, seed=3)
+    one_call, real = [], shards._one_call_step
+    monkeypatch.setattr(shards, "_one_call_step",
+                        lambda plan, kernel, *a: one_call.append(kernel) or real(plan, kernel, *a))
     expected = [_state(fused, *fused.train_step(x, y, w if k else None)) for k in range(3)]
+    kernel = bnstep.bn_step_into if bn != "none" else plainstep.plain_step_into
+    assert one_call == [kernel] * 3                    # the expected bits are the one-call step's
     calls = []
     monkeypatch.setattr(shards, "_compiling", lambda kernel: calls.append(kernel) or True)
     monkeypatch.setattr(shards, "_one_call_step", lambda *a: pytest.fail("the one-call step ran while compiling"))
     phased = M.Network(12, bn, seed=3)
     got = [_state(phased, *phased.train_step(x, y, w if k else None)) for k in range(3)]
-    assert calls == [bnstep.bn_step_into if bn != "none" else plainstep.plain_step_into] * 3
+    assert calls == [kernel] * 3
     for a_state, b_state in zip(got, expected):
         assert all(np.array_equal(a, b) for a, b in zip(a_state, b_state)), bn
 

@@ -235,7 +235,7 @@ def profile_phases(batchnorm="none", batch_size=128, steps=20, threads=0, num_cl
     from cnncli.kernels.sync import cycle_rate
 
     rate, clocks, real_step = cycle_rate(), [], bnstep.bn_step_into
-    clocks_expected = [batchnorm != "none"]
+    marks = batchnorm != "none"            # bnstep writes clock marks; plainstep does not
     if rate <= 0:                          # no time-stamp counter: the BN step's segments stay untimed
         rate = float("nan")
 
@@ -244,7 +244,7 @@ def profile_phases(batchnorm="none", batch_size=128, steps=20, threads=0, num_cl
         return real_step(*args)
 
     def run_together(job, abort):
-        if not clocks_expected[0]:         # plainstep.py's one job: each thread's call is one task
+        if not marks:                      # plainstep.py's one job: each thread's call is one task
             slot, task = timed(job)
             t0 = time.perf_counter()
             real_together(task, abort)

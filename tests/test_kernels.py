@@ -315,7 +315,6 @@ def test_vector_pooling_equals_the_scalar_loops_bitwise(rng, dtype, H, o):
         for n in range(N):
             for c in range(C):
                 pool._pool_plane(z, b[c], pp, o, arg, n, c, Ho, Wo)
-                activation.elu_rows(pp[n, c].reshape((1, pp.shape[2] * pp.shape[3])))
         for n in range(N):
             for c in range(C):
                 pool._unpool_plane(dp, pp, o, arg, dz, n, c, Ho, Wo)
@@ -422,6 +421,34 @@ def test_elu_exp_matches_libm_expm1(rng, dtype):
     special = activation.elu_forward(np.array([-0.0, -np.inf, np.nan, -1e4, -41.0, -np.finfo(dtype).tiny], dtype))
     assert special[0] == 0 and special[1] == -1 and np.isnan(special[2])
     assert special[3] == -1 and special[4] == -1 and special[5] == -np.finfo(dtype).tiny
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_vector_elu_equals_the_scalar_elu_bitwise(rng, dtype):
+    """activation.velu (16 lanes, fused into the pooling stores) gives every value the bits of the
+    scalar elu, over the whole range and the special values."""
+    from numba import njit
+
+    from cnncli.kernels.simd import vload, vstore
+
+    @njit
+    def vector(z, out):
+        for i in range(0, z.shape[0], 16):
+            vstore(out, i, activation.velu(vload(z, i)))
+
+    @njit
+    def scalar(z, out):
+        for i in range(z.shape[0]):
+            out[i] = activation.elu(z[i])
+
+    z = np.concatenate([-np.logspace(-300 if dtype == np.float64 else -38, 3, 50000),
+                        rng.standard_normal(50000) * 20, np.logspace(-30, 30, 1000),
+                        [-0.0, 0.0, -np.inf, np.inf, np.nan, -18, -40, -41, np.finfo(dtype).min]]).astype(dtype)
+    z = np.concatenate([z, np.zeros(-len(z) % 16, dtype)])
+    fast, slow = np.empty_like(z), np.empty_like(z)
+    vector(z, fast)
+    scalar(z, slow)
+    assert fast.tobytes() == slow.tobytes()
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

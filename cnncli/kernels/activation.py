@@ -13,7 +13,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from .checks import check_array, check_out
-from .simd import float_from_bits
+from .simd import float_from_bits, vadd, vexp2, vfloor, vmul, vsel_gt, vsplat, vsub
 
 
 # --------------------------------------------------------------------------------------------
@@ -31,7 +31,9 @@ _INV_LN2 = 1.44269504088896338700e+00
 _F = np.float32                         # float32 constants keep the float32 version in float32 (8 lanes)
 _LN2_HI32, _LN2_LO32, _INV_LN2_32 = _F(6.9314575195e-01), _F(1.4286067653e-06), _F(1.4426950216e+00)
 _C32 = tuple(_F(1.0 / math.factorial(i)) for i in range(1, 10))
-_LIM32, _HALF32, _ONE32 = _F(-18.0), _F(0.5), _F(1.0)
+_LIM32, _HALF32, _ONE32, _ZERO32 = _F(-18.0), _F(0.5), _F(1.0), _F(0.0)
+_C64_BACKWARDS = tuple(1.0 / math.factorial(i) for i in range(13, 0, -1))   # the float64 Taylor terms, last first
+_C32_BACKWARDS = _C32[::-1]
 
 
 def _expm1_neg(v):
@@ -83,6 +85,57 @@ def elu(v):
     # the `else`.
     e = _expm1_neg(v)
     return v if v >= 0 else e
+
+
+# The same ELU on 16-lane vectors (cnncli.simd): the scalar versions' operations lane by lane, in
+# the same order, so a value gets the same bits either way; fused into the pooling kernels' stores.
+
+def velu(v):
+    """ELU of every lane of a simd vector (numba only: the float32/float64 versions below)."""
+    raise NotImplementedError("velu runs inside numba kernels")
+
+
+@njit
+def _vpoly(r, backwards):
+    # c1 + r * (c2 + r * (... + r * cK)) for the vector r, in the scalar Horner expression's order;
+    # backwards = (cK, ..., c2, c1). A plain njit function (LLVM inlines it): numba's IR inliner
+    # warns on loops
+    acc = vsplat(backwards[0])
+    for i in range(1, len(backwards)):
+        acc = vadd(vsplat(backwards[i]), vmul(r, acc))
+    return acc
+
+
+@njit(inline="always")
+def _vexpm1_neg64(v):
+    # _expm1_neg64 lane by lane (max(v, -40) keeps a NaN, as np.maximum does)
+    lim = vsplat(-40.0)
+    t = vsel_gt(lim, v, lim, v)
+    k = vfloor(vadd(vmul(t, vsplat(_INV_LN2)), vsplat(0.5)))
+    r = vsub(vsub(t, vmul(k, vsplat(_LN2_HI))), vmul(k, vsplat(_LN2_LO)))
+    q = vmul(r, _vpoly(r, _C64_BACKWARDS))
+    s = vexp2(k)
+    return vadd(vsub(s, vsplat(1.0)), vmul(s, q))
+
+
+@njit(inline="always")
+def _vexpm1_neg32(v):
+    # _expm1_neg32 lane by lane
+    lim = vsplat(_LIM32)
+    t = vsel_gt(lim, v, lim, v)
+    k = vfloor(vadd(vmul(t, vsplat(_INV_LN2_32)), vsplat(_HALF32)))
+    r = vsub(vsub(t, vmul(k, vsplat(_LN2_HI32))), vmul(k, vsplat(_LN2_LO32)))
+    q = vmul(r, _vpoly(r, _C32_BACKWARDS))
+    s = vexp2(k)
+    return vadd(vsub(s, vsplat(_ONE32)), vmul(s, q))
+
+
+@overload(velu, inline="always")
+def _velu_numba(v):
+    # v if v >= 0 else expm1(v); a NaN lane stays NaN
+    if v.dtype == types.float32:
+        return lambda v: vsel_gt(vsplat(_ZERO32), v, _vexpm1_neg32(v), v)
+    return lambda v: vsel_gt(vsplat(0.0), v, _vexpm1_neg64(v), v)
 
 
 @njit(inline="always")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .activation import elu_rows
+from .activation import velu
 from .checks import check_array
 from .pool import _positions, _window_max_v
 from .simd import (vadd, veven, vfma, vhsum, vload, vload_i8, vmul, vodd, vsel_eq, vsel_gt, vsplat, vstore,
@@ -141,7 +141,7 @@ def _forward_map(z, coef, pp, o, arg, n, c, W):
                   vload(coef, BETA_ROW * E + u + 48))
         p0, p1, p2, p3 = _windows(W, y0, y1, y2, y3)
         best, k = _window_max_v(p0, p1, p2, p3, pos)
-        vstore(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W), best)
+        vstore(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W), velu(best))
         vstore_i8(arg, zo // 4 + i * 16, k)
 
 
@@ -151,15 +151,14 @@ def bn_pool_elu_forward_into(z, coef, pp, o, arg):
     # each 2x2 window of BN's output y), border left as is (0 = ELU(0)); arg (N,C,W/2,W/2) int8
     # 0..3 (ties -> the first, as pool.py)
     N, C = arg.shape[0], arg.shape[1]
-    W = z.shape[3]
-    Hq, Wq = pp.shape[2], pp.shape[3]
-    for n in range(N):
-        for c in range(C):
-            if W == 32:
+    if z.shape[3] == 32:             # each shape in a loop of its own (as pool.py: a test per map is slower)
+        for n in range(N):
+            for c in range(C):
                 _forward_map(z, coef, pp, o, arg, n, c, 32)
-            else:
+    else:
+        for n in range(N):
+            for c in range(C):
                 _forward_map(z, coef, pp, o, arg, n, c, 16)
-        elu_rows(pp[n].reshape((1, C * Hq * Wq)))
 
 
 @njit(inline="always")
@@ -201,19 +200,29 @@ def bn_unpool_sums_into(dp, pp, o, arg, z, coef, out):
     # sum of dy*xhat] of this shard (dy: dp routed to each window's winner through ELU'). Per
     # channel (D = C) over (n, position) in 16 float64 lanes, the lanes added left to right; per
     # unit (D = C*W*W) over n in order.
-    N, C = arg.shape[0], arg.shape[1]
     W = z.shape[3]
-    D = out.shape[0] // 2
-    per_unit = D != C
+    per_unit = out.shape[0] // 2 != arg.shape[1]
     out[:] = 0.0
+    if W == 32 and per_unit:         # each case in a loop of its own, W and per_unit constants there
+        _sums_maps(dp, pp, o, arg, z, coef, out, True, 32)
+    elif W == 32:
+        _sums_maps(dp, pp, o, arg, z, coef, out, False, 32)
+    elif per_unit:
+        _sums_maps(dp, pp, o, arg, z, coef, out, True, 16)
+    else:
+        _sums_maps(dp, pp, o, arg, z, coef, out, False, 16)
+
+
+@njit(inline="always")
+def _sums_maps(dp, pp, o, arg, z, coef, out, per_unit, W):
+    # bn_unpool_sums_into's loops over the maps, by channel (a channel's lanes summed over n in order)
+    N, C = arg.shape[0], arg.shape[1]
+    D = out.shape[0] // 2
     acc = vzero(out)
     for c in range(C):
         s1, s2 = acc, acc
         for n in range(N):
-            if W == 32:
-                s1, s2 = _sums_map(dp, pp, o, arg, z, coef, out, per_unit, n, c, 32, s1, s2)
-            else:
-                s1, s2 = _sums_map(dp, pp, o, arg, z, coef, out, per_unit, n, c, 16, s1, s2)
+            s1, s2 = _sums_map(dp, pp, o, arg, z, coef, out, per_unit, n, c, W, s1, s2)
         if not per_unit:
             out[c] = vhsum(s1)
             out[D + c] = vhsum(s2)
@@ -247,12 +256,13 @@ def bn_unpool_backward_into(dp, pp, o, arg, z, coef, dz):
     # dp, pp, arg, z as in bn_unpool_sums_into, coef (6,C*W*W) with the batch's B and G rows
     #   ->   dz (N,C,W,W) = a * dy + (G * xhat + B), BN's input gradient
     N, C = arg.shape[0], arg.shape[1]
-    W = z.shape[3]
-    for n in range(N):
-        for c in range(C):
-            if W == 32:
+    if z.shape[3] == 32:
+        for n in range(N):
+            for c in range(C):
                 _backward_map(dp, pp, o, arg, z, coef, dz, n, c, 32)
-            else:
+    else:
+        for n in range(N):
+            for c in range(C):
                 _backward_map(dp, pp, o, arg, z, coef, dz, n, c, 16)
 
 

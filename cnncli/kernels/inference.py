@@ -12,40 +12,61 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .activation import elu, elu_rows, logistic
+from .activation import elu, logistic, velu
 from .conv16 import conv16_image
 from .conv32 import conv32_image
+from .simd import vadd, veven, vload, vmul, vodd, vsel_gt, vsplat, vstore
 
 
 # One image at a time, every intermediate in small per-image buffers that stay in L1/L2:
 #   conv (conv32_image, conv16_image: the training path's 16-lane kernels)
 #   -> +bias -> *scale + shift (BN folded; 1 and 0 without BN)
-#   -> max of each 2x2 window, written straight into the next layer's padded input -> ELU (one
-#   vectorized pass over that buffer; ELU(0) = 0 keeps the zero border).
+#   -> max of each 2x2 window -> ELU, 16 windows per vector (activation.velu), written straight
+#   into the next layer's padded input (whose zero border is never written: 0 = ELU(0)).
 # Each image is independent, so results are the same for any batch size or thread count.
 # Inference only (no argmax, no caches), tested against a NumPy reference of the inference-mode
 # network (tests/test_model.py) and the PyTorch twin.
 
 @njit(inline="always")
-def _pool_affine(d, W, bias, scale, shift, i, j):
-    # d (H*W,) one conv map; scale/shift (U,) with U = H*W (per unit) or 1 (per map)
-    #   ->   max over the 2x2 window (i,j) of (d + bias) * scale + shift (the caller applies the ELU)
-    q = 2 * i * W + 2 * j
-    per_unit = scale.shape[0] > 1
-    u = 2 * i * W + 2 * j if per_unit else 0
-    du = 1 if per_unit else 0
-    dv = W if per_unit else 0
-    best = (d[q] + bias) * scale[u] + shift[u]
-    v = (d[q + 1] + bias) * scale[u + du] + shift[u + du]
-    if v > best:
-        best = v
-    v = (d[q + W] + bias) * scale[u + dv] + shift[u + dv]
-    if v > best:
-        best = v
-    v = (d[q + W + 1] + bias) * scale[u + dv + du] + shift[u + dv + du]
-    if v > best:
-        best = v
-    return best
+def _affine(d, q, b, scale, shift, u, per_unit):
+    # 16 values of d from flat offset q: (d + b) * scale + shift, rounded step by step as the
+    # scalar expression; scale/shift (F,U): from flat offset u (per unit) or row u (per map, U = 1)
+    if per_unit:
+        sc, sh = vload(scale, u), vload(shift, u)
+    else:
+        sc, sh = vsplat(scale[u, 0]), vsplat(shift[u, 0])
+    return vadd(vmul(vadd(vload(d, q), b), sc), sh)
+
+
+@njit(inline="always")
+def _max4(a, b, c, d):
+    # the max of each lane's 2x2 window, positions in order (as `if v > best`: a NaN never wins)
+    best = vsel_gt(b, a, b, a)
+    best = vsel_gt(c, best, c, best)
+    return vsel_gt(d, best, d, best)
+
+
+@njit(inline="always")
+def _pool_elu_map(z, f, W, bias, scale, shift, out, at, row):
+    # z (F,W*W) conv maps, map f; scale/shift (F,U)   ->   ELU(max of each 2x2 window of the
+    # affine map) into out (flat offsets): block k of 16 pooled values at out[at + k * row].
+    # W = 32: block k = pooled row k (row = the padded row's stride); W = 16: pooled rows 2k, 2k+1
+    # of 8 (row = 16)
+    S = W * W
+    per_unit = scale.shape[1] > 1
+    b = vsplat(bias)
+    for k in range(S // 64):
+        q = f * S + k * 64
+        u = q if per_unit else f
+        v0 = _affine(z, q, b, scale, shift, u, per_unit)
+        v1 = _affine(z, q + 16, b, scale, shift, u + 16 * per_unit, per_unit)
+        v2 = _affine(z, q + 32, b, scale, shift, u + 32 * per_unit, per_unit)
+        v3 = _affine(z, q + 48, b, scale, shift, u + 48 * per_unit, per_unit)
+        if W == 32:                                  # v0 v1: input row 2k, v2 v3: row 2k + 1
+            best = _max4(veven(v0, v1), vodd(v0, v1), veven(v2, v3), vodd(v2, v3))
+        else:                                        # v0 .. v3: input rows 4k .. 4k + 3
+            best = _max4(veven(v0, v2), vodd(v0, v2), veven(v1, v3), vodd(v1, v3))
+        vstore(out, at + k * row, velu(best))
 
 
 @njit(inline="always")
@@ -59,17 +80,11 @@ def _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat):
     conv32_image(xp, 0, w1, z1, 0)
     p1 = np.zeros((6, 20 * 20), x.dtype)             # (6, 20*20) padded conv2 input
     for f in range(6):
-        for i in range(16):
-            for j in range(16):
-                p1[f, (i + 2) * 20 + j + 2] = _pool_affine(z1[f], 32, b1[f], sc1[f], sh1[f], i, j)
-    elu_rows(p1)                                    # the zero border stays 0 = ELU(0)
+        _pool_elu_map(z1, f, 32, b1[f], sc1, sh1, p1, f * 400 + 2 * 20 + 2, 20)
     z2 = np.empty((16, 16 * 16), x.dtype)            # (16, 16*16) conv2 output (16-lane kernel)
     conv16_image(p1, 0, w2, z2, 0)
     for f in range(16):
-        for i in range(8):
-            for j in range(8):
-                flat[n, f * 64 + i * 8 + j] = _pool_affine(z2[f], 16, b2[f], sc2[f], sh2[f], i, j)
-    elu_rows(flat[n:n + 1])
+        _pool_elu_map(z2, f, 16, b2[f], sc2, sh2, flat, n * 1024 + f * 64, 16)
 
 
 @njit(cache=True, nogil=True)

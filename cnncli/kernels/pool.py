@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .activation import elu_rows
+from .activation import elu, velu
 from .checks import check_array, check_out
 from .simd import vadd, veven, vload, vload_i8, vmul, vodd, vsel_eq, vsel_gt, vsplat, vstore, vstore_i8, vzero, vzip_hi, vzip_lo
 
@@ -97,11 +97,11 @@ def maxpool2x2_backward(dout, argmax, out=None):
 
 @njit(inline="always")
 def _pool_plane(z, bv, pp, o, arg, n, c, Ho, Wo):
-    # one (n, c) plane of pool_elu_forward_into before the ELU: pp[.., o+i, o+j] = window max + bv, arg
+    # one (n, c) plane of pool_elu_forward_into: pp[.., o+i, o+j] = ELU(window max + bv), arg
     for i in range(Ho):
         for j in range(Wo):
             best, k = _window_max(z, n, c, i, j)
-            pp[n, c, o + i, o + j] = best + bv
+            pp[n, c, o + i, o + j] = elu(best + bv)
             arg[n, c, i, j] = k
 
 
@@ -157,14 +157,14 @@ def _pool_plane_v(z, bv, pp, o, arg, n, c, W):
             r = (n * C + c) * 1024 + i * 64                  # input rows 2i, 2i+1
             v0, v1, v2, v3 = vload(z, r), vload(z, r + 16), vload(z, r + 32), vload(z, r + 48)
             best, k = _window_max_v(veven(v0, v1), vodd(v0, v1), veven(v2, v3), vodd(v2, v3), pos)
-            vstore(pp, ((n * C + c) * Hq + o + i) * Wq + o, vadd(best, b16))
+            vstore(pp, ((n * C + c) * Hq + o + i) * Wq + o, velu(vadd(best, b16)))
             vstore_i8(arg, (n * C + c) * 256 + i * 16, k)
     else:
         for i in range(0, 8, 2):
             r = (n * C + c) * 256 + i * 32                   # input rows 2i .. 2i+3
             v0, v1, v2, v3 = vload(z, r), vload(z, r + 16), vload(z, r + 32), vload(z, r + 48)
             best, k = _window_max_v(veven(v0, v2), vodd(v0, v2), veven(v1, v3), vodd(v1, v3), pos)
-            vstore(pp, (n * C + c) * 64 + i * 8, vadd(best, b16))
+            vstore(pp, (n * C + c) * 64 + i * 8, velu(vadd(best, b16)))
             vstore_i8(arg, (n * C + c) * 64 + i * 8, k)
 
 
@@ -208,21 +208,22 @@ def pool_elu_forward_into(z, b, pp, o, arg):
     # whose interior pp[:, :, o:-o, o:-o] (all of it when o = 0) gets p = ELU(max window + b) and
     # whose border must be 0 (stays 0 = ELU(0): o = 2 writes conv2's zero-padded input directly);
     # arg (N,C,H/2,W/2) int8. Same as maxpool(ELU(z + b)): ELU is increasing, so it commutes with
-    # max (ties stay ties), and it now runs on a quarter of the values.
-    # The ELU runs as a second pass over each image's whole contiguous pp[n], where it vectorizes
-    # (rows of 16 or 8 did not). The network's two shapes run in vectors (_pool_plane_v).
-    # Every array C-contiguous.
+    # max (ties stay ties), and it runs on a quarter of the values, just before the store. The
+    # network's two shapes run in vectors (_pool_plane_v, activation.velu), each in a loop of its
+    # own (a shape test per plane made conv2's loop 1.5x slower). Every array C-contiguous.
     N, C, Ho, Wo = arg.shape
-    Hq, Wq = pp.shape[2], pp.shape[3]
-    for n in range(N):
-        for c in range(C):
-            if Ho == 16 and Wo == 16:
+    if Ho == 16 and Wo == 16:
+        for n in range(N):
+            for c in range(C):
                 _pool_plane_v(z, b[c], pp, o, arg, n, c, 32)
-            elif Ho == 8 and Wo == 8 and o == 0:
+    elif Ho == 8 and Wo == 8 and o == 0:
+        for n in range(N):
+            for c in range(C):
                 _pool_plane_v(z, b[c], pp, o, arg, n, c, 16)
-            else:
+    else:
+        for n in range(N):
+            for c in range(C):
                 _pool_plane(z, b[c], pp, o, arg, n, c, Ho, Wo)
-        elu_rows(pp[n].reshape((1, C * Hq * Wq)))     # (a sliced run of each plane was 3x slower)
 
 
 @njit(cache=True, nogil=True)
@@ -231,19 +232,23 @@ def pool_elu_backward_into(dp, pp, o, arg, dz):
     #   ->   dz (N,C,H,W): dp * ELU'(winner) at the winner of each window (ELU' = 1 if p > 0 else
     # p + 1), 0 elsewhere. Every array C-contiguous.
     N, C, Ho, Wo = dp.shape
-    for n in range(N):
-        for c in range(C):
-            if Ho == 16 and Wo == 16:
+    if Ho == 16 and Wo == 16:
+        for n in range(N):
+            for c in range(C):
                 _unpool_plane_v(dp, pp, o, arg, dz, n, c, 32)
-            elif Ho == 8 and Wo == 8 and o == 0:
+    elif Ho == 8 and Wo == 8 and o == 0:
+        for n in range(N):
+            for c in range(C):
                 _unpool_plane_v(dp, pp, o, arg, dz, n, c, 16)
-            else:
+    else:
+        for n in range(N):
+            for c in range(C):
                 _unpool_plane(dp, pp, o, arg, dz, n, c, Ho, Wo)
 
 
 def pool_elu_forward(z, b, out=None, argmax=None):
     """Fused maxpool2x2(ELU(z + b)): z (N,C,H,W), b (C,) -> (p (N,C,H/2,W/2), argmax int8);
-    an `out` given must be C-contiguous (the ELU runs over it as one flat run)."""
+    an `out` given must be C-contiguous (the kernel writes it by flat offsets)."""
     N, C, H, W = check_array("z", z, (None, None, None, None), contiguous=False).shape
     check_array("b", b, (C,), z.dtype)
     if H % 2 or W % 2:

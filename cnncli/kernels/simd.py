@@ -2,8 +2,8 @@
 <16 x double>), and the few intrinsics the kernels need: load, store, splat, add, subtract,
 multiply, divide, fused multiply-add (and its scalar form), lane sum, widening to float64 (the
 direct convolutions, the fc products, BN's statistics and sums); even/odd and interleave shuffles, compare-and-select, int8 loads/stores (the 2x2
-pooling); floor, conversion to an array's dtype and a gather (augmentation's bilinear warp); plus a
-scalar int -> float bit cast (ELU's 2^k).
+pooling); floor, conversion to an array's dtype and a gather (augmentation's bilinear warp); plus
+2^k from exponent bits, scalar and vector (ELU's expm1).
 A kernel keeps a tile of such vectors as loop variables, and LLVM keeps them in registers: the
 register-blocked inner loops numba's vectorizers do not find.
 Not a SIMD library: no bounds checks (the kernels' wrappers check the shapes), no general shuffles.
@@ -177,6 +177,21 @@ def float_from_bits(typingctx, i):
     def codegen(context, builder, sig, args):
         return builder.bitcast(args[0], context.get_value_type(out))
     return out(i), codegen
+
+
+@intrinsic
+def vexp2(typingctx, k):
+    """2^k in every lane, for whole-valued lanes k with 2^k a normal number (its exponent bits;
+    the vector form of float_from_bits((bias + k) << mantissa bits), exact)."""
+    if not isinstance(k, Vec):
+        raise TypeError(f"simd.vexp2: need a vector, got {k}")
+    bits, bias, shift = (32, 127, 23) if k.dtype == types.float32 else (64, 1023, 52)
+
+    def codegen(context, builder, sig, args):
+        ivec = ir.VectorType(ir.IntType(bits), LANES)
+        i = builder.add(builder.fptosi(args[0], ivec), ir.Constant(ivec, [bias] * LANES))
+        return builder.bitcast(builder.shl(i, ir.Constant(ivec, [shift] * LANES)), args[0].type)
+    return k(k), codegen
 
 
 def _shuffle_intrinsic(mask, doc):

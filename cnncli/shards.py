@@ -19,9 +19,9 @@ from functools import partial
 import numpy as np
 
 from . import arch, bnphases, passes
-from .arch import param_specs
+from .arch import FC1_UNITS, param_specs
 from .distributed import SHARD, shard_count, shard_slice
-from .kernels import bnstep, plainstep
+from .kernels import bnstep, fc, plainstep
 from .kernels.reduce import RowTree, column_tasks, tree_sum_into
 from .kernels.sync import ABORT
 from .kernels.threads import max_threads, run, run_phases, run_together
@@ -80,7 +80,9 @@ class Plan:
         # the one-call steps': where the layers' tensors start in a gradient row
         self.offs = np.array([spans[n][0] for n in ("conv1.w", "conv1.b", "conv2.w", "conv2.b",
                                                     "fc1.w", "fc1.b", "fc2.w", "fc2.b")], np.int64)   # (8,)
-        self.chunks_all = np.array(column_tasks(self.segments), np.int64).reshape(-1, 2)   # (K,2) plainstep's tree
+        # (K,2) plainstep's tree of the rows: all their columns but fc1's (it sums those as it makes them)
+        self.chunks_plain = np.array(column_tasks(_merged(spans, [n for n in spans if n not in ("fc1.w", "fc1.b")
+                                                                  and not n.startswith("bn")])), np.int64).reshape(-1, 2)
         self.sync = np.zeros(max(bnstep.SYNC_SIZE, plainstep.SYNC_SIZE), np.int64)
         self.tree = partial(tree_sum_into, segments=self.segments)   # the rows' tree over ranks, threaded
         self.rowtree = RowTree(self.rows, self.segments)             # ... in one process, as rows finish
@@ -259,14 +261,18 @@ def _plainstep_arrays(net, plan):
     per-thread scratch workspace and the plan's arrays."""
     def build():
         if plan.scratch is None:
-            plan.scratch = passes.Workspace(max_threads() * SHARD, *plan.args)
-            plan.dwt2s_t = np.empty((max_threads(), 6, 5, 5, 16), plan.probs.dtype)   # (T,6,5,5,16)
+            T, B, dtype = max_threads(), plan.probs.shape[0], plan.probs.dtype
+            plan.scratch = passes.Workspace(T * SHARD, *plan.args)
+            plan.dwt2s_t = np.empty((T, 6, 5, 5, 16), dtype)                  # (T,6,5,5,16)
+            plan.p2_batch = np.empty((B, 16, 8, 8), dtype)                     # (B,16,8,8) fc1's input
+            plan.dz3_batch = np.empty((B, FC1_UNITS), dtype)                    # (B,65) its output's gradient
+            plan.fc_stack = (np.empty((T, fc.LEVELS, 128), dtype), np.empty((T, fc.LEVELS), np.int64))
         P, s = net.params, plan.scratch
         return (SHARD, P["conv1.w"], P["conv1.b"], P["conv2.w"], P["conv2.b"], P["fc1.w"], P["fc1.b"],
                 P["fc2.w"], P["fc2.b"],
-                s.xp1, s.z1, s.xp2, s.arg1, s.z2, s.p2, s.arg2, s.z3, s.a3, s.z4, s.dz4, s.da3, s.dz3,
-                s.dflat, s.dz2, s.dp1, s.dz1, s.dzp2, s.dzt2, plan.dwt2s_t,
-                plan.probs, plan.rows, plan.offs, plan.loss, plan.chunks_all, net.grads.flat)
+                s.xp1, s.z1, s.xp2, s.arg1, s.z2, plan.p2_batch, s.arg2, s.z3, s.a3, s.z4, s.dz4, s.da3,
+                plan.dz3_batch, s.dflat, s.dz2, s.dp1, s.dz1, s.dzp2, s.dzt2, plan.dwt2s_t, *plan.fc_stack,
+                plan.probs, plan.rows, plan.offs, plan.loss, plan.chunks_plain, net.grads.flat)
     return _cached_args(net, plan, build)
 
 

@@ -66,6 +66,97 @@ def fc_grads_into(dz, x, dw, db):
             dw[o, i] = t
 
 
+# fc1's weight and bias gradients of a whole batch, summed over its shards through
+# distributed.tree_sum's tree as they are made: each shard's partial sum is fc_grads_into's (the
+# same operations), and the tree runs on a small stack of finished left subtrees (a new node adds
+# the one below it while both are the same height; at the end the stack adds up right to left),
+# which is tree_sum's left-aligned pairing with the odd node carried up. The same bits as
+# fc_grads_into per shard followed by tree_sum, without writing the (L, O*I) rows in between.
+# A task is one output pair (o, o+1; an odd O's last output twice) times GROUP columns.
+
+GROUP = 256
+LEVELS = 48                    # stack depth: up to 2^47 shards
+
+
+@njit(inline="always")
+def _tree_push(stk, lev, top, width):
+    # stk (LEVELS, W) holds `top` finished subtrees, lev (LEVELS,) their heights, and a new leaf in
+    # row `top` (its first `width` values)   ->   the new count, the leaf merged into the stack
+    c, h = top, 0
+    while c > 0 and lev[c - 1] == h:
+        for q in range(width):
+            stk[c - 1, q] = stk[c - 1, q] + stk[c, q]
+        c -= 1
+        h += 1
+    lev[c] = h
+    return c + 1
+
+
+@njit(inline="always")
+def _tree_fold(stk, top, width):
+    # the stack's subtrees added right to left: the root in stk[0, :width]
+    for c in range(top - 2, -1, -1):
+        for q in range(width):
+            stk[c, q] = stk[c, q] + stk[c + 1, q]
+
+
+@njit(cache=True)
+def fc_grads_tree_tasks(O, I):
+    # the number of fc_grads_tree_task tasks for O outputs and I inputs (I a multiple of 64)
+    return (O + 1) // 2 * ((I + GROUP - 1) // GROUP)
+
+
+@njit(cache=True, nogil=True)
+def fc_grads_tree_task(dz, x, bounds, dw, db, task, stk, lev):
+    # dz (B,O), x (B,I) C-contiguous with I a multiple of 64, bounds (L+1,) int64 the shards' first
+    # rows, task < fc_grads_tree_tasks(O, I), stk (LEVELS,128) and lev (LEVELS,) int64 scratch
+    #   ->   dw[o:o+2, c0:c0+GROUP] (and db[o:o+2] for the first column group) = tree_sum over the
+    #   shards of fc_grads_into(dz[a:b], x[a:b])'s values there
+    O = dz.shape[1]
+    I = x.shape[1]
+    L = bounds.shape[0] - 1
+    G = (I + GROUP - 1) // GROUP
+    o = 2 * (task // G)
+    p = min(o + 1, O - 1)
+    c0 = (task % G) * GROUP
+    for i in range(c0, min(c0 + GROUP, I), 64):
+        top = 0
+        for j in range(L):
+            a, b = bounds[j], bounds[j + 1]
+            u, v = vsplat(dz[a, o]), vsplat(dz[a, p])
+            r = a * I + i
+            x0, x1, x2, x3 = vload(x, r), vload(x, r + 16), vload(x, r + 32), vload(x, r + 48)
+            a0, a1, a2, a3 = vmul(u, x0), vmul(u, x1), vmul(u, x2), vmul(u, x3)
+            b0, b1, b2, b3 = vmul(v, x0), vmul(v, x1), vmul(v, x2), vmul(v, x3)
+            for n in range(a + 1, b):
+                u, v = vsplat(dz[n, o]), vsplat(dz[n, p])
+                r = n * I + i
+                x0, x1, x2, x3 = vload(x, r), vload(x, r + 16), vload(x, r + 32), vload(x, r + 48)
+                a0, a1 = vadd(a0, vmul(u, x0)), vadd(a1, vmul(u, x1))
+                a2, a3 = vadd(a2, vmul(u, x2)), vadd(a3, vmul(u, x3))
+                b0, b1 = vadd(b0, vmul(v, x0)), vadd(b1, vmul(v, x1))
+                b2, b3 = vadd(b2, vmul(v, x2)), vadd(b3, vmul(v, x3))
+            for k, t in enumerate((a0, a1, a2, a3, b0, b1, b2, b3)):
+                vstore(stk, top * 128 + 16 * k, t)
+            top = _tree_push(stk, lev, top, 128)
+        _tree_fold(stk, top, 128)
+        for q in range(64):
+            dw[o, i + q] = stk[0, q]
+            dw[p, i + q] = stk[0, 64 + q]
+    if c0 == 0:
+        top = 0
+        for j in range(L):
+            a, b = bounds[j], bounds[j + 1]
+            s, t = dz[a, o], dz[a, p]
+            for n in range(a + 1, b):
+                s += dz[n, o]
+                t += dz[n, p]
+            stk[top, 0], stk[top, 1] = s, t
+            top = _tree_push(stk, lev, top, 2)
+        _tree_fold(stk, top, 2)
+        db[o], db[p] = stk[0, 0], stk[0, 1]
+
+
 @njit(cache=True, nogil=True)
 def fc_forward_loop_into(x, w, b, z):
     # x (N,I), w (O,I), b (O,) C-contiguous   ->   z (N,O) = x @ w.T + b, with no BLAS (for a numba

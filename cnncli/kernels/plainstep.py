@@ -1,15 +1,19 @@
 """A whole training step without BN in one nogil numba call per thread (one process): each thread
 takes the next micro-shard from an atomic counter and runs its forward and backward -- the layer
 kernels passes.shard_step_plain calls one by one from Python, in the same order -- on a scratch
-workspace of its own, writing the shard's probabilities, loss and gradient row; after a barrier
-the threads sum the rows through the fixed tree in column chunks (reduce.tree_chunks). A step
+workspace of its own, writing the shard's probabilities, loss and gradient row (all but fc1's:
+fc1's input and output gradient stay in batch-wide arrays); after a barrier the threads make
+fc1's weight gradient already summed through the tree (fc.fc_grads_tree_task: 95% of the
+parameters, never written as rows) and sum the other columns of the rows through the same fixed
+tree in column chunks (reduce.tree_chunks). A step
 takes the GIL once per thread instead of ~20 times per shard, and the bits are those of the
 per-shard path (MPI ranks, and the first run while a worker still compiles this kernel).
 Not the checks (shards.Plan built the arrays), not BN (bnstep.py).
 
 Shapes: B images (this process's batch), L shards (bounds (L+1,) their first images), C classes,
 P parameters, T threads; the scratch arrays are passes.Workspace's with n = T * m (thread t uses
-rows t*m : t*m + m, m >= the largest shard), dwt2s (T,6,5,5,16).
+rows t*m : t*m + m, m >= the largest shard) but p2 (B,16,8,8) and dz3 (B,65), the batch's;
+dwt2s (T,6,5,5,16); stk (T,fc.LEVELS,128), lev (T,fc.LEVELS) int64 fc1's tree stacks.
 """
 
 from __future__ import annotations
@@ -20,29 +24,30 @@ from . import sync as _sync
 from .activation import elu_backward_into, elu_forward_into
 from .conv16 import conv16_backward_dw_into, conv16_backward_dx_into, conv16_forward_into, conv16_grads_finish_into
 from .conv32 import conv32_backward_dw_into, conv32_forward_into, pad2_into
-from .fc import fc_dx_loop_into, fc_forward_loop_into, fc_grads_into, fc_narrow_dx_into, fc_narrow_forward_into
+from .fc import (fc_dx_loop_into, fc_forward_loop_into, fc_grads_into, fc_grads_tree_task, fc_grads_tree_tasks,
+                 fc_narrow_dx_into, fc_narrow_forward_into)
 from .loss import sigmoid_bce_into
 from .pool import pool_elu_backward_into, pool_elu_forward_into
 from .reduce import tree_chunks
 from .sync import barrier, next_shard, take
 
-SHARDS, TREE, TID = range(3)        # the counters of the job's sync array
-SYNC_SIZE = _sync.COUNTERS + 3
+SHARDS, TREE, TID, FC1 = range(4)   # the counters of the job's sync array
+SYNC_SIZE = _sync.COUNTERS + 4
 
 
 @njit(cache=True, nogil=True)
 def plain_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scale, m,
                     w1, b1, w2, b2, w3, b3, w4, b4,
                     xp1, z1, xp2, arg1, z2, p2, arg2, z3, a3, z4, dz4, da3, dz3, dflat, dz2, dp1, dz1,
-                    dzp2, dzt2, dwt2s, probs, rows, offs, loss, chunks, gflat):
+                    dzp2, dzt2, dwt2s, stk, lev, probs, rows, offs, loss, chunks, gflat):
     # sync (SYNC_SIZE,) int64 zeroed, T threads each calling this once (wait_input: after each made
     # its part of x, so they first wait for one another); bounds (L+1,) int64; x (B,1,32,32) the
     # input, labels (B,) int64, weights (B,) float64, scale = 1/B; m scratch rows per thread; the
     # parameters' views; the scratch workspace (n = T*m) and dwt2s (T,6,5,5,16); probs (B,C);
     # rows (L,P) the shards' gradients, offs (8,) int64 where conv1.w, conv1.b, conv2.w, conv2.b,
     # fc1.w, fc1.b, fc2.w, fc2.b start in a row; chunks (K,2) int64 column ranges of the rows' tree
-    #   ->   probs, loss (L,1) float64 each shard's sum of weight * loss; with backward: rows, and
-    #   gflat (P,) their tree
+    # (all but fc1's)   ->   probs, loss (L,1) float64 each shard's sum of weight * loss; with
+    #   backward: rows (but fc1's columns), and gflat (P,) the tree of every shard's gradient
     C, U = w4.shape
     if wait_input and barrier(sync, T):
         return
@@ -58,8 +63,8 @@ def plain_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, s
         conv32_forward_into(xp1[o:e], w1, z1[o:e])
         pool_elu_forward_into(z1[o:e], b1, xp2[o:e], 2, arg1[o:e])
         conv16_forward_into(xp2[o:e], w2, z2[o:e])
-        pool_elu_forward_into(z2[o:e], b2, p2[o:e], 0, arg2[o:e])
-        flat = p2[o:e].reshape(n, 1024)
+        pool_elu_forward_into(z2[o:e], b2, p2[a:b], 0, arg2[o:e])
+        flat = p2[a:b].reshape(n, 1024)
         fc_forward_loop_into(flat, w3, b3, z3[o:e])
         elu_forward_into(z3[o:e].reshape(n * U), a3[o:e].reshape(n * U))
         fc_narrow_forward_into(a3[o:e], w4, b4, z4[o:e])
@@ -69,10 +74,9 @@ def plain_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, s
         # backward: the forward reversed
         fc_grads_into(dz4[o:e], a3[o:e], r[offs[6]:offs[6] + C * U].reshape(C, U), r[offs[7]:offs[7] + C])
         fc_narrow_dx_into(dz4[o:e], w4, da3[o:e])
-        elu_backward_into(da3[o:e].reshape(n * U), a3[o:e].reshape(n * U), dz3[o:e].reshape(n * U))
-        fc_grads_into(dz3[o:e], flat, r[offs[4]:offs[4] + U * 1024].reshape(U, 1024), r[offs[5]:offs[5] + U])
-        fc_dx_loop_into(dz3[o:e], w3, dflat[o:e])
-        pool_elu_backward_into(dflat[o:e].reshape(n, 16, 8, 8), p2[o:e], 0, arg2[o:e], dz2[o:e])
+        elu_backward_into(da3[o:e].reshape(n * U), a3[o:e].reshape(n * U), dz3[a:b].reshape(n * U))
+        fc_dx_loop_into(dz3[a:b], w3, dflat[o:e])
+        pool_elu_backward_into(dflat[o:e].reshape(n, 16, 8, 8), p2[a:b], 0, arg2[o:e], dz2[o:e])
         conv16_backward_dw_into(dz2[o:e], xp2[o:e], dzt2[o:e], dwt2s[tid])
         conv16_grads_finish_into(dwt2s[tid], dzt2[o:e], r[offs[2]:offs[2] + 2400].reshape(16, 6, 5, 5),
                                  r[offs[3]:offs[3] + 16])
@@ -82,4 +86,11 @@ def plain_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, s
                                 r[offs[1]:offs[1] + 6])
     if not backward or barrier(sync, T):
         return
+    B = p2.shape[0]
+    fc1w = gflat[offs[4]:offs[4] + U * 1024].reshape(U, 1024)
+    while True:
+        i = take(sync, FC1)
+        if i >= fc_grads_tree_tasks(U, 1024):
+            break
+        fc_grads_tree_task(dz3, p2.reshape(B, 1024), bounds, fc1w, gflat[offs[5]:offs[5] + U], i, stk[tid], lev[tid])
     tree_chunks(sync, TREE, rows, gflat, chunks)

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from .checks import check_array, check_out
-from .simd import vadd, vfma, vload, vsplat, vstore, vzero
+from .simd import vadd, vfma, vload, vsplat, vstore, vzero, vzip_hi, vzip_lo
 
 
 # conv2 (C = 6 -> F = 16 maps of 16 x 16, K = 5): direct convolution in 16-lane vectors
@@ -142,21 +142,44 @@ def conv16_grads_finish_into(dwt, dzt, dw, db):
     vstore(db, 0, acc)
 
 
+@njit(inline="always")
+def _zip_round(t):
+    # rows i and i + 8 of a 16 x 16 block interleaved into rows 2i, 2i + 1: the bits of (row, column)
+    # rotate left by one, so four rounds transpose the block
+    return (vzip_lo(t[0], t[8]), vzip_hi(t[0], t[8]), vzip_lo(t[1], t[9]), vzip_hi(t[1], t[9]),
+            vzip_lo(t[2], t[10]), vzip_hi(t[2], t[10]), vzip_lo(t[3], t[11]), vzip_hi(t[3], t[11]),
+            vzip_lo(t[4], t[12]), vzip_hi(t[4], t[12]), vzip_lo(t[5], t[13]), vzip_hi(t[5], t[13]),
+            vzip_lo(t[6], t[14]), vzip_hi(t[6], t[14]), vzip_lo(t[7], t[15]), vzip_hi(t[7], t[15]))
+
+
+@njit(inline="always")
+def _transpose_rows(dz, dzt, n, y):
+    # dz (N,16,16,16) row y of image n's 16 maps   ->   dzt[n, 16y : 16y + 16] (16 positions x 16 maps)
+    r = (n * 256 + y) * 16
+    t = (vload(dz, r), vload(dz, r + 256), vload(dz, r + 512), vload(dz, r + 768),
+         vload(dz, r + 1024), vload(dz, r + 1280), vload(dz, r + 1536), vload(dz, r + 1792),
+         vload(dz, r + 2048), vload(dz, r + 2304), vload(dz, r + 2560), vload(dz, r + 2816),
+         vload(dz, r + 3072), vload(dz, r + 3328), vload(dz, r + 3584), vload(dz, r + 3840))
+    t = _zip_round(_zip_round(_zip_round(_zip_round(t))))
+    for x, v in enumerate(t):
+        vstore(dzt, (n * 256 + y * 16 + x) * 16, v)
+
+
 @njit(cache=True, nogil=True)
 def conv16_backward_dw_into(dz, xp, dzt, dwt):
     # dz (N,16,16,16), xp (N,C,20,20) padded input, dzt (N,256,16) scratch   ->   dwt (C,5,5,16)
     # overwritten: the weight gradient with the map index LAST (the caller transposes).
-    # The 16 maps are the lanes: dz is first transposed to one 16-map vector per position. A tile
+    # The 16 maps are the lanes: dz is first transposed to one 16-map vector per position (16 x 16
+    # blocks through vector shuffles). A tile
     # is input maps c and c + 1 (a., e.) x kx = 0..4 for one ky: per position one vector load and
     # ten FMAs with splatted input values, which slide along x (b0..b4 = xp[n,c,y+ky,x:x+5], one
     # new splat per map and position). Each lane sums its positions in order (no lane sum). An odd
     # C computes its last map twice (c + 1 clamped): the same sums, written twice.
-    N, F = dz.shape[0], dz.shape[1]
+    N = dz.shape[0]
     C = xp.shape[1]
     for n in range(N):
-        for f in range(F):
-            for p in range(256):
-                dzt[n, p, f] = dz[n, f, p // 16, p % 16]
+        for y in range(16):
+            _transpose_rows(dz, dzt, n, y)
     for c in range(0, C, 2):
         c1 = min(c + 1, C - 1)
         for ky in range(5):

@@ -67,6 +67,7 @@ class Plan:
         self.bounds = np.array([s.start - first for s in self.slices] + [n_local], np.int64)   # (L+1,)
         self.fused_args = None      # (the network's arrays they were built for, the one-call step's arguments)
         self.scratch = None         # without BN: the one-call step's per-thread workspace (made on first use)
+        self.fc_stack = None        # the one-call steps' stacks for fc1's gradient tree (_fc_stack)
         self.xin = self.big.xin if batchnorm != "none" else None   # (B,1,32,32) a one-call step's transformed input
         self.bnstep_grads = None    # with BN: the batch's BN sums as bnstep.py leaves them
         self.spare = []     # without BN: full-size workspaces reused shard after shard (kept in cache)
@@ -112,11 +113,12 @@ class Plan:
                 self.moments[k] = np.zeros(2 * d)
                 self.sums[k] = np.zeros(2 * d)                       # the batch's sums of dy, dy*xhat
             # bnstep's: its clock marks, and the rows' tree in tasks by layer (bnstep sums each
-            # layer's columns in the phase after the one that finishes them): [fc1 + fc2, conv2, conv1]
+            # layer's columns in the phase after the one that finishes them; fc1's never go
+            # through the rows there): [fc2, conv2, conv1]
             self.bnstep_grads = {k: np.split(self.sums[k], 2) for k in (1, 2, 3)}   # (sum dy, sum dy*xhat) views
             self.clock = np.zeros((max_threads(), 2, len(bnstep.SEGMENTS)), np.int64)
             self.chunks = [np.array(column_tasks(_merged(spans, group)), np.int64).reshape(-1, 2)   # (K,2)
-                           for group in (("fc1.w", "fc1.b", "fc2.w", "fc2.b"), ("conv2.w", "conv2.b"),
+                           for group in (("fc2.w", "fc2.b"), ("conv2.w", "conv2.b"),
                                          ("conv1.w", "conv1.b"))]
 
 
@@ -266,14 +268,22 @@ def _plainstep_arrays(net, plan):
             plan.dwt2s_t = np.empty((T, 6, 5, 5, 16), dtype)                  # (T,6,5,5,16)
             plan.p2_batch = np.empty((B, 16, 8, 8), dtype)                     # (B,16,8,8) fc1's input
             plan.dz3_batch = np.empty((B, FC1_UNITS), dtype)                    # (B,65) its output's gradient
-            plan.fc_stack = (np.empty((T, fc.LEVELS, 128), dtype), np.empty((T, fc.LEVELS), np.int64))
         P, s = net.params, plan.scratch
         return (SHARD, P["conv1.w"], P["conv1.b"], P["conv2.w"], P["conv2.b"], P["fc1.w"], P["fc1.b"],
                 P["fc2.w"], P["fc2.b"],
                 s.xp1, s.z1, s.xp2, s.arg1, s.z2, plan.p2_batch, s.arg2, s.z3, s.a3, s.z4, s.dz4, s.da3,
-                plan.dz3_batch, s.dflat, s.dz2, s.dp1, s.dz1, s.dzp2, s.dzt2, plan.dwt2s_t, *plan.fc_stack,
+                plan.dz3_batch, s.dflat, s.dz2, s.dp1, s.dz1, s.dzp2, s.dzt2, plan.dwt2s_t, *_fc_stack(plan),
                 plan.probs, plan.rows, plan.offs, plan.loss, plan.chunks_plain, net.grads.flat)
     return _cached_args(net, plan, build)
+
+
+def _fc_stack(plan):
+    """The one-call steps' per-thread stacks for fc1's gradient tree (fc.fc_grads_tree_task): stk
+    (T,LEVELS,128) and lev (T,LEVELS) int64, made on first use."""
+    if plan.fc_stack is None:
+        T = max_threads()
+        plan.fc_stack = (np.empty((T, fc.LEVELS, 128), plan.probs.dtype), np.empty((T, fc.LEVELS), np.int64))
+    return plan.fc_stack
 
 
 def _bnstep_arrays(net, plan):
@@ -300,7 +310,7 @@ def _bnstep_build(net, plan):
             g1, be1, g2, be2, g3, be3,
             big.xp1, big.z1, big.xp2, big.arg1, big.z2, big.p2, big.arg2, big.z3, big.xhat3, big.y3, big.a3,
             big.z4, big.probs, big.dz4, big.da3, big.dz3, big.dy3, big.dflat, big.dz2, big.dp1, big.dz1,
-            big.dzp2, big.dzt2, plan.dwt2s,
+            big.dzp2, big.dzt2, plan.dwt2s, *_fc_stack(plan),
             plan.fwd[1], plan.fwd[2], plan.fwd[3], plan.bwd[1], plan.bwd[2], plan.bwd[3],
             plan.shard_counts[1], plan.shard_counts[2], plan.shard_counts[3],
             float(plan.count[1]), float(plan.count[2]), float(plan.count[3]),

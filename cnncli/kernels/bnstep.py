@@ -18,7 +18,7 @@ from numba import njit
 
 from . import bnpool, bnstats, segments
 from .batchnorm import bn_unit_backward_given_into
-from .fc import fc_dx_loop_into, fc_forward_loop_into, fc_grads_into
+from .fc import fc_dx_loop_into, fc_forward_loop_into, fc_grads_tree_task, fc_grads_tree_tasks
 from .head import bn_head_into
 from .reduce import tree_chunks, tree_cols_into
 from . import sync as _sync
@@ -26,15 +26,15 @@ from .sync import barrier, cycles, next_shard, take
 
 # the counters of sync.py's array, one per phase: the shards' segments, and the statistics' chunks;
 # TID numbers the threads (for the clock marks)
-F1, F2, F3, HEAD, B3, B2, B1, TREE, S1, S2, S3, T3, T2, T1, TID, TREE_FC, TREE_C2 = range(17)
-SYNC_SIZE = _sync.COUNTERS + 17     # the job's sync array: the barrier's slots and the counters
+F1, F2, F3, HEAD, B3, B2, B1, TREE, S1, S2, S3, T3, T2, T1, TID, TREE_FC, TREE_C2, FC1 = range(18)
+SYNC_SIZE = _sync.COUNTERS + 18     # the job's sync array: the barrier's slots and the counters
 # the step's segments in order, each ended by a barrier (the last by the call's end): clock marks
 SEGMENTS = ("forward to BN1's input, its moments", "BN1's statistics",
             "BN1 .. BN2's input, its moments", "BN2's statistics",
             "BN2 .. BN3's input, its moments", "BN3's statistics",
             "head (BN3 .. loss .. BN3's dy)", "BN3's sums",
             "backward BN3 .. BN2's sums", "BN2's sums",
-            "backward BN2 .. BN1's sums (+ fc rows' tree)", "BN1's sums",
+            "backward BN2 .. BN1's sums (+ fc1's gradient, fc2 rows' tree)", "BN1's sums",
             "backward from BN1 (+ conv2 rows' tree)", "conv1 rows' tree")
 CHUNK = 512                         # statistics per chunk of a BN layer's batch statistics
 
@@ -93,7 +93,7 @@ def _meet(sync, T, clock, tid, k):
 def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scale,
                  w1, b1, w2, b2, w3, b3, w4, b4, g1, be1, g2, be2, g3, be3,
                  xp1, z1, xp2, arg1, z2, p2, arg2, z3, xhat3, y3, a3, z4, probs, dz4,
-                 da3, dz3, dy3, dflat, dz2, dp1, dz1, dzp2, dzt2, dwt2s,
+                 da3, dz3, dy3, dflat, dz2, dp1, dz1, dzp2, dzt2, dwt2s, stk, lev,
                  fwd1, fwd2, fwd3, bwd1, bwd2, bwd3, counts1, counts2, counts3, M1, M2, M3,
                  stats1, stats2, stats3, moments1, moments2, moments3, sums1, sums2, sums3,
                  coef1, coef2, eps, keep, m, unbias1, unbias2, unbias3, rm1, rv1, rm2, rv2, rm3, rv3,
@@ -101,14 +101,16 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     # sync (SYNC_SIZE,) int64 zeroed, T threads each calling this once (wait_input: after each made
     # its part of x, so they first wait for one another); bounds (L+1,) int64;
     # x (B,1,32,32) the input; labels (B,) int64, weights (B,) float64, scale = 1/B; the
-    # parameters' views; the workspace (n = B), dwt2s (L,6,5,5,16); fwd*/bwd* (L,2D) float64 the
+    # parameters' views; the workspace (n = B), dwt2s (L,6,5,5,16), stk (T,fc.LEVELS,128) and lev
+    # (T,fc.LEVELS) int64 fc1's gradient tree stacks (fc.fc_grads_tree_task); fwd*/bwd* (L,2D) float64 the
     # shards' rows, counts* (L,) values per statistic in each shard, M* the batch's; stats* (3,D),
     # moments*/sums* (2D,) float64; coef* (6,E); running statistics rm*/rv* (D,) or (0,);
     # rows (L,P) the shards' gradients, offs (8,) int64 where conv1.w, conv1.b, conv2.w, conv2.b,
     # fc1.w, fc1.b, fc2.w, fc2.b start in a row; chunks_* (K,2) int64 column ranges of the rows'
     # tree, by layer: each layer's columns are summed in the phase after the one that finishes
-    # them, by threads done with their shards (fc1 + fc2 during conv2's backward, conv2 during
-    # conv1's, conv1 at the end)   ->   loss (L,1) float64 each shard's sum of weight * loss; with
+    # them, by threads done with their shards (fc2 during conv2's backward, with fc1's gradient,
+    # which never goes through the rows: fc_grads_tree_task makes it summed; conv2 during conv1's,
+    # conv1 at the end)   ->   loss (L,1) float64 each shard's sum of weight * loss; with
     # backward: gflat (P,) the rows' tree over chunks, sums* the batch's [sum dy | sum dy*xhat] per BN layer;
     # clock (Tc,2,14) int64: [t, 1, k] when thread t started SEGMENTS[k], [t, 0, k] when it ended
     # it (time-stamp counter, for kernel_profile; threads t >= Tc mark nothing)
@@ -177,10 +179,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         j, a, b = next_shard(sync, B3, bounds)
         if j < 0:
             break
-        r = rows[j]
         bn_unit_backward_given_into(dy3[a:b], xhat3[a:b], g3, stats3[2], sums3[:U], sums3[U:], M3, dz3[a:b])
-        flat = p2[a:b].reshape(b - a, 1024)
-        fc_grads_into(dz3[a:b], flat, r[offs[4]:offs[4] + U * 1024].reshape(U, 1024), r[offs[5]:offs[5] + U])
         fc_dx_loop_into(dz3[a:b], w3, dflat[a:b])
         bnpool.bn_unpool_sums_into(dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], 0, arg2[a:b], z2[a:b], coef2,
                                    bwd2[j])
@@ -199,7 +198,13 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
             dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], arg2[a:b], z2[a:b], coef2, dz2[a:b], xp2[a:b],
             dzt2[a:b], dwt2s[j], r[offs[2]:offs[2] + 2400].reshape(16, 6, 5, 5), r[offs[3]:offs[3] + 16],
             w2, dzp2[a:b], dp1[a:b], arg1[a:b], z1[a:b], coef1, bwd1[j])
-    tree_chunks(sync, TREE_FC, rows, gflat, chunks_fc)         # fc1's and fc2's rows are final
+    while True:                                                 # fc1's gradient, summed as it is made
+        i = take(sync, FC1)
+        if i >= fc_grads_tree_tasks(U, 1024):
+            break
+        fc_grads_tree_task(dz3, p2.reshape(p2.shape[0], 1024), bounds, gflat[offs[4]:offs[4] + U * 1024].reshape(U, 1024),
+                           gflat[offs[5]:offs[5] + U], i, stk[tid], lev[tid])
+    tree_chunks(sync, TREE_FC, rows, gflat, chunks_fc)         # fc2's rows are final
     if _meet(sync, T, clock, tid, 10):
         return
     _backward_sums(sync, T1, bwd1, sums1, stats1, g1, M1, coef1, True)

@@ -78,26 +78,67 @@ GROUP = 256
 LEVELS = 48                    # stack depth: up to 2^47 shards
 
 
-@njit(inline="always")
-def _tree_push(stk, lev, top, width):
-    # stk (LEVELS, W) holds `top` finished subtrees, lev (LEVELS,) their heights, and a new leaf in
-    # row `top` (its first `width` values)   ->   the new count, the leaf merged into the stack
+@njit(nogil=True)
+def _tree_push(stk, lev, top, v0, v1, v2, v3, v4, v5, v6, v7):
+    # stk (LEVELS,128) holds `top` finished subtrees, lev (LEVELS,) their heights; a new leaf
+    # (v0..v7: 128 values)   ->   the new count, the leaf merged into the stack (left + right)
     c, h = top, 0
     while c > 0 and lev[c - 1] == h:
-        for q in range(width):
-            stk[c - 1, q] = stk[c - 1, q] + stk[c, q]
+        q = (c - 1) * 128
+        v0, v1, v2, v3 = vadd(vload(stk, q), v0), vadd(vload(stk, q + 16), v1), \
+            vadd(vload(stk, q + 32), v2), vadd(vload(stk, q + 48), v3)
+        v4, v5, v6, v7 = vadd(vload(stk, q + 64), v4), vadd(vload(stk, q + 80), v5), \
+            vadd(vload(stk, q + 96), v6), vadd(vload(stk, q + 112), v7)
         c -= 1
         h += 1
+    q = c * 128
+    for k, v in enumerate((v0, v1, v2, v3, v4, v5, v6, v7)):
+        vstore(stk, q + 16 * k, v)
     lev[c] = h
     return c + 1
 
 
-@njit(inline="always")
-def _tree_fold(stk, top, width):
-    # the stack's subtrees added right to left: the root in stk[0, :width]
+@njit(nogil=True)
+def _tree_fold(stk, top, dw, r0, r1):
+    # the stack's subtrees added right to left (left + right); the root's first 64 values into dw
+    # from flat offset r0, the other 64 from r1
+    q = (top - 1) * 128
+    v0, v1, v2, v3 = vload(stk, q), vload(stk, q + 16), vload(stk, q + 32), vload(stk, q + 48)
+    v4, v5, v6, v7 = vload(stk, q + 64), vload(stk, q + 80), vload(stk, q + 96), vload(stk, q + 112)
     for c in range(top - 2, -1, -1):
-        for q in range(width):
-            stk[c, q] = stk[c, q] + stk[c + 1, q]
+        q = c * 128
+        v0, v1, v2, v3 = vadd(vload(stk, q), v0), vadd(vload(stk, q + 16), v1), \
+            vadd(vload(stk, q + 32), v2), vadd(vload(stk, q + 48), v3)
+        v4, v5, v6, v7 = vadd(vload(stk, q + 64), v4), vadd(vload(stk, q + 80), v5), \
+            vadd(vload(stk, q + 96), v6), vadd(vload(stk, q + 112), v7)
+    for k, v in enumerate((v0, v1, v2, v3)):
+        vstore(dw, r0 + 16 * k, v)
+    for k, v in enumerate((v4, v5, v6, v7)):
+        vstore(dw, r1 + 16 * k, v)
+
+
+@njit(nogil=True)
+def _bias_tree(dz, bounds, o, p, stk, lev, db):
+    # db[o], db[p] = tree_sum over the shards of each shard's sum of dz[:, o] (and p) in order,
+    # on the scalar stack stk[:, 0:2]
+    top = 0
+    for j in range(bounds.shape[0] - 1):
+        a, b = bounds[j], bounds[j + 1]
+        s, t = dz[a, o], dz[a, p]
+        for n in range(a + 1, b):
+            s += dz[n, o]
+            t += dz[n, p]
+        c, h = top, 0
+        while c > 0 and lev[c - 1] == h:
+            s, t = stk[c - 1, 0] + s, stk[c - 1, 1] + t
+            c -= 1
+            h += 1
+        stk[c, 0], stk[c, 1], lev[c] = s, t, h
+        top = c + 1
+    s, t = stk[top - 1, 0], stk[top - 1, 1]
+    for c in range(top - 2, -1, -1):
+        s, t = stk[c, 0] + s, stk[c, 1] + t
+    db[o], db[p] = s, t
 
 
 @njit(cache=True)
@@ -136,25 +177,10 @@ def fc_grads_tree_task(dz, x, bounds, dw, db, task, stk, lev):
                 a2, a3 = vadd(a2, vmul(u, x2)), vadd(a3, vmul(u, x3))
                 b0, b1 = vadd(b0, vmul(v, x0)), vadd(b1, vmul(v, x1))
                 b2, b3 = vadd(b2, vmul(v, x2)), vadd(b3, vmul(v, x3))
-            for k, t in enumerate((a0, a1, a2, a3, b0, b1, b2, b3)):
-                vstore(stk, top * 128 + 16 * k, t)
-            top = _tree_push(stk, lev, top, 128)
-        _tree_fold(stk, top, 128)
-        for q in range(64):
-            dw[o, i + q] = stk[0, q]
-            dw[p, i + q] = stk[0, 64 + q]
+            top = _tree_push(stk, lev, top, a0, a1, a2, a3, b0, b1, b2, b3)
+        _tree_fold(stk, top, dw, o * I + i, p * I + i)
     if c0 == 0:
-        top = 0
-        for j in range(L):
-            a, b = bounds[j], bounds[j + 1]
-            s, t = dz[a, o], dz[a, p]
-            for n in range(a + 1, b):
-                s += dz[n, o]
-                t += dz[n, p]
-            stk[top, 0], stk[top, 1] = s, t
-            top = _tree_push(stk, lev, top, 2)
-        _tree_fold(stk, top, 2)
-        db[o], db[p] = stk[0, 0], stk[0, 1]
+        _bias_tree(dz, bounds, o, p, stk, lev, db)
 
 
 @njit(cache=True, nogil=True)

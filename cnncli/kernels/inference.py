@@ -47,13 +47,12 @@ def _max4(a, b, c, d):
 
 
 @njit(inline="always")
-def _pool_elu_map(z, f, W, bias, scale, shift, out, at, row):
+def _pool_elu_map(z, f, W, bias, scale, shift, per_unit, out, at, row):
     # z (F,W*W) conv maps, map f; scale/shift (F,U)   ->   ELU(max of each 2x2 window of the
     # affine map) into out (flat offsets): block k of 16 pooled values at out[at + k * row].
     # W = 32: block k = pooled row k (row = the padded row's stride); W = 16: pooled rows 2k, 2k+1
-    # of 8 (row = 16)
+    # of 8 (row = 16); per_unit: scale.shape[1] > 1, a constant of the caller's loop
     S = W * W
-    per_unit = scale.shape[1] > 1
     b = vsplat(bias)
     for k in range(S // 64):
         q = f * S + k * 64
@@ -70,7 +69,7 @@ def _pool_elu_map(z, f, W, bias, scale, shift, out, at, row):
 
 
 @njit(inline="always")
-def _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat):
+def _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, per_unit, flat):
     # x (N,1,32,32) image n   ->   flat[n] (1024,) = ELU(pool(bn2(conv2(ELU(pool(bn1(conv1 x))))))))
     xp = np.zeros((1, 36 * 36), x.dtype)             # (1, 36*36) padded input
     for y in range(32):
@@ -80,11 +79,11 @@ def _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat):
     conv32_image(xp, 0, w1, z1, 0)
     p1 = np.zeros((6, 20 * 20), x.dtype)             # (6, 20*20) padded conv2 input
     for f in range(6):
-        _pool_elu_map(z1, f, 32, b1[f], sc1, sh1, p1, f * 400 + 2 * 20 + 2, 20)
+        _pool_elu_map(z1, f, 32, b1[f], sc1, sh1, per_unit, p1, f * 400 + 2 * 20 + 2, 20)
     z2 = np.empty((16, 16 * 16), x.dtype)            # (16, 16*16) conv2 output (16-lane kernel)
     conv16_image(p1, 0, w2, z2, 0)
     for f in range(16):
-        _pool_elu_map(z2, f, 16, b2[f], sc2, sh2, flat, n * 1024 + f * 64, 16)
+        _pool_elu_map(z2, f, 16, b2[f], sc2, sh2, per_unit, flat, n * 1024 + f * 64, 16)
 
 
 @njit(cache=True, nogil=True)
@@ -92,8 +91,12 @@ def infer_features_into(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat):
     # x (N,1,32,32), w1 (6,1,5,5), b1 (6,), sc1/sh1 (6,U1), w2 (16,6,5,5), b2 (16,), sc2/sh2 (16,U2)
     #   ->   flat (N,1024): the C-order flattened input of fc1. U = H*W (unit BN) or 1.
     # One thread; model.predict_proba hands blocks of images to the worker threads (kernels.threads).
-    for n in range(x.shape[0]):
-        _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat)
+    if sc1.shape[1] > 1:             # per-unit BN; each case in a loop of its own (a test inside is slower)
+        for n in range(x.shape[0]):
+            _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, True, flat)
+    else:
+        for n in range(x.shape[0]):
+            _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, False, flat)
 
 
 @njit(inline="always")

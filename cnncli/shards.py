@@ -68,6 +68,7 @@ class Plan:
         self.fused_args = None      # (the network's arrays they were built for, the one-call step's arguments)
         self.scratch = None         # without BN: the one-call step's per-thread workspace (made on first use)
         self.fc_stack = None        # the one-call steps' stacks for fc1's gradient tree (_fc_stack)
+        self.bn_scratch = None      # with BN: the one-call step's per-thread scratch (_bn_scratch)
         self.xin = self.big.xin if batchnorm != "none" else None   # (B,1,32,32) a one-call step's transformed input
         self.bnstep_grads = None    # with BN: the batch's BN sums as bnstep.py leaves them
         self.spare = []     # without BN: full-size workspaces reused shard after shard (kept in cache)
@@ -286,6 +287,19 @@ def _fc_stack(plan):
     return plan.fc_stack
 
 
+def _bn_scratch(plan):
+    """bn_step_into's per-thread scratch, made on first use: SHARD rows per thread of the arrays a
+    shard's backward task makes and uses up (dz2, dz1, dzp2 with its zero border, dzt2), and its
+    conv2 weight scratch (T,6,5,5,16)."""
+    if plan.bn_scratch is None:
+        T, dtype = max_threads(), plan.probs.dtype
+        n = T * SHARD
+        plan.bn_scratch = (SHARD, np.empty((n, 16, 16, 16), dtype), np.empty((n, 6, 32, 32), dtype),
+                           np.zeros((n, 16, 20, 20), dtype), np.empty((n, 256, 16), dtype),
+                           np.empty((T, 6, 5, 5, 16), dtype))
+    return plan.bn_scratch
+
+
 def _bnstep_arrays(net, plan):
     """bn_step_into's arguments after (bounds, backward, x, labels, weights, scale): the network's
     parameters, gradients and running statistics and the plan's arrays, built on a plan's first
@@ -309,8 +323,8 @@ def _bnstep_build(net, plan):
     args = (P["conv1.w"], P["conv1.b"], P["conv2.w"], P["conv2.b"], P["fc1.w"], P["fc1.b"], P["fc2.w"], P["fc2.b"],
             g1, be1, g2, be2, g3, be3,
             big.xp1, big.z1, big.xp2, big.arg1, big.z2, big.p2, big.arg2, big.z3, big.xhat3, big.y3, big.a3,
-            big.z4, big.probs, big.dz4, big.da3, big.dz3, big.dy3, big.dflat, big.dz2, big.dp1, big.dz1,
-            big.dzp2, big.dzt2, plan.dwt2s, *_fc_stack(plan),
+            big.z4, big.probs, big.dz4, big.da3, big.dz3, big.dy3, big.dflat, big.dp1, *_bn_scratch(plan),
+            *_fc_stack(plan),
             plan.fwd[1], plan.fwd[2], plan.fwd[3], plan.bwd[1], plan.bwd[2], plan.bwd[3],
             plan.shard_counts[1], plan.shard_counts[2], plan.shard_counts[3],
             float(plan.count[1]), float(plan.count[2]), float(plan.count[3]),

@@ -123,6 +123,41 @@ def test_bn_channel(rng, dtype):
     assert rel(dz, rdz.reshape(5, 6, 256)) < tol and rel(dg, rdg) < tol and rel(db, rdb) < tol
 
 
+@pytest.mark.parametrize("counts", [(8, 8, 8, 8, 8), (8, 8, 8, 3), (6, 6, 6), (1024, 2048, 512), (16,)])
+def test_bn_moments_tree_is_chans_formula_with_divisions_bitwise(rng, counts):
+    """The moments' tree combines rows exactly as Chan's formula written with divisions, level by
+    level (an odd last row carried): for power-of-two counts the kernel multiplies by 1/n instead,
+    which must not change a bit; other counts divide."""
+    S, D = len(counts), 37                               # 37 statistics: vector blocks and a scalar tail
+    rows = np.concatenate([rng.standard_normal((S, D)) * 50, rng.random((S, D)) * 900], axis=1)
+    out = np.empty(2 * D)
+    bnstats.bn_moments_tree_into(rows, np.array(counts, np.float64), out)
+    level, n = [r.copy() for r in rows], [float(c) for c in counts]
+    while len(level) > 1:
+        nxt, cnt = [], []
+        for i in range(len(level) // 2):
+            a, b, na, nb = level[2 * i], level[2 * i + 1], n[2 * i], n[2 * i + 1]
+            delta = b[:D] / nb - a[:D] / na
+            nxt.append(np.concatenate([a[:D] + b[:D], a[D:] + b[D:] + delta * delta * (na * nb / (na + nb))]))
+            cnt.append(na + nb)
+        if len(level) % 2:
+            nxt.append(level[-1])
+            cnt.append(n[-1])
+        level, n = nxt, cnt
+    assert out.tobytes() == level[0].tobytes()
+    z = rng.standard_normal((8, 40)).astype(np.float32)  # a shard's moments: the mean as sum / 8
+    got = np.empty(80)
+    bnstats.bn_unit_moments_into(z, got)
+    z64 = z.astype(np.float64)
+    total = z64[0].copy()
+    for k in range(1, 8):
+        total = total + z64[k]
+    m2 = np.zeros(40)
+    for k in range(8):
+        m2 = m2 + (z64[k] - total / 8) * (z64[k] - total / 8)
+    assert got.tobytes() == np.concatenate([total, m2]).tobytes()
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_bn_moments_per_shard_and_their_tree(rng, dtype):
     """Each shard's [sum | M2 about its own mean] (channel and unit kernels) against NumPy, and the

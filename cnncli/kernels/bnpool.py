@@ -162,9 +162,9 @@ def bn_pool_elu_forward_into(z, coef, pp, o, arg):
 
 
 @njit(inline="always")
-def _sums_map(dp, pp, o, arg, z, coef, out, per_unit, n, c, W, s1, s2):
-    # map (n, c) of bn_unpool_sums_into: per channel added to the float64 lanes (s1, s2), returned;
-    # per unit added to out's per-unit float64 sums
+def _sums_map(dp, pp, o, arg, z, coef, n, c, W, s1, s2):
+    # map (n, c) of bn_unpool_sums_into per channel: its dy and dy*xhat added to the float64 lanes
+    # (s1, s2), returned
     C, S, E, Hq, Wq, zo, pos, one = _map_setup(arg, pp, coef, n, c, W)
     for i in range(S // 64):
         r, u = i * 64, c * S + i * 64
@@ -174,23 +174,46 @@ def _sums_map(dp, pp, o, arg, z, coef, out, per_unit, n, c, W, s1, s2):
         x1 = vmul(vsub(vload(z, zo + r + 16), vload(coef, u + 16)), vload(coef, INV_ROW * E + u + 16))
         x2 = vmul(vsub(vload(z, zo + r + 32), vload(coef, u + 32)), vload(coef, INV_ROW * E + u + 32))
         x3 = vmul(vsub(vload(z, zo + r + 48), vload(coef, u + 48)), vload(coef, INV_ROW * E + u + 48))
-        if per_unit:
-            e0, e1, e2, e3 = _routed(g, kv, pos)
-            d0, d1, d2, d3 = _memory(W, e0, e1, e2, e3)
-            vstore(out, u, vadd(vload(out, u), vwiden(d0)))
-            vstore(out, u + 16, vadd(vload(out, u + 16), vwiden(d1)))
-            vstore(out, u + 32, vadd(vload(out, u + 32), vwiden(d2)))
-            vstore(out, u + 48, vadd(vload(out, u + 48), vwiden(d3)))
-            vstore(out, E + u, vadd(vload(out, E + u), vwiden(vmul(d0, x0))))
-            vstore(out, E + u + 16, vadd(vload(out, E + u + 16), vwiden(vmul(d1, x1))))
-            vstore(out, E + u + 32, vadd(vload(out, E + u + 32), vwiden(vmul(d2, x2))))
-            vstore(out, E + u + 48, vadd(vload(out, E + u + 48), vwiden(vmul(d3, x3))))
-        else:
-            w0, w1, w2, w3 = _windows(W, x0, x1, x2, x3)
-            xw = vsel_eq(kv, pos[0], w0, vsel_eq(kv, pos[1], w1, vsel_eq(kv, pos[2], w2, w3)))   # the winner's xhat
-            s1 = vadd(s1, vwiden(g))
-            s2 = vadd(s2, vwiden(vmul(g, xw)))
+        w0, w1, w2, w3 = _windows(W, x0, x1, x2, x3)
+        xw = vsel_eq(kv, pos[0], w0, vsel_eq(kv, pos[1], w1, vsel_eq(kv, pos[2], w2, w3)))   # the winner's xhat
+        s1 = vadd(s1, vwiden(g))
+        s2 = vadd(s2, vwiden(vmul(g, xw)))
     return s1, s2
+
+
+@njit(inline="always")
+def _unit_sums(dp, pp, o, arg, z, coef, out, W):
+    # bn_unpool_sums_into per unit: block by block of 64 units, each unit's dy and dy*xhat summed
+    # over n in order in float64 registers (from 0, as a zeroed out), written once
+    N, C = arg.shape[0], arg.shape[1]
+    S, E = W * W, coef.shape[1]
+    Hq, Wq = pp.shape[2], pp.shape[3]
+    pos = _positions(pp)
+    one = vsplat(pp.dtype.type(1))
+    zero = vzero(out)
+    for c in range(C):
+        for i in range(S // 64):
+            r, u = i * 64, c * S + i * 64
+            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero
+            m0, m1, m2, m3 = vload(coef, u), vload(coef, u + 16), vload(coef, u + 32), vload(coef, u + 48)
+            v = INV_ROW * E + u
+            i0, i1, i2, i3 = vload(coef, v), vload(coef, v + 16), vload(coef, v + 32), vload(coef, v + 48)
+            for n in range(N):
+                zo = (n * C + c) * S
+                g = _elu_grad(vload(dp, zo // 4 + i * 16), vload(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W)), one,
+                              pos[0])
+                kv = vload_i8(arg, zo // 4 + i * 16, pp)
+                e0, e1, e2, e3 = _routed(g, kv, pos)
+                d0, d1, d2, d3 = _memory(W, e0, e1, e2, e3)
+                a0, a1, a2, a3 = vadd(a0, vwiden(d0)), vadd(a1, vwiden(d1)), vadd(a2, vwiden(d2)), vadd(a3, vwiden(d3))
+                b0 = vadd(b0, vwiden(vmul(d0, vmul(vsub(vload(z, zo + r), m0), i0))))
+                b1 = vadd(b1, vwiden(vmul(d1, vmul(vsub(vload(z, zo + r + 16), m1), i1))))
+                b2 = vadd(b2, vwiden(vmul(d2, vmul(vsub(vload(z, zo + r + 32), m2), i2))))
+                b3 = vadd(b3, vwiden(vmul(d3, vmul(vsub(vload(z, zo + r + 48), m3), i3))))
+            for k, t in enumerate((a0, a1, a2, a3)):
+                vstore(out, u + 16 * k, t)
+            for k, t in enumerate((b0, b1, b2, b3)):
+                vstore(out, E + u + 16 * k, t)
 
 
 @njit(cache=True, nogil=True)
@@ -202,30 +225,27 @@ def bn_unpool_sums_into(dp, pp, o, arg, z, coef, out):
     # unit (D = C*W*W) over n in order.
     W = z.shape[3]
     per_unit = out.shape[0] // 2 != arg.shape[1]
-    out[:] = 0.0
-    if W == 32 and per_unit:         # each case in a loop of its own, W and per_unit constants there
-        _sums_maps(dp, pp, o, arg, z, coef, out, True, 32)
-    elif W == 32:
-        _sums_maps(dp, pp, o, arg, z, coef, out, False, 32)
+    if W == 32 and per_unit:         # each case in a loop of its own, W a constant there
+        _unit_sums(dp, pp, o, arg, z, coef, out, 32)
     elif per_unit:
-        _sums_maps(dp, pp, o, arg, z, coef, out, True, 16)
+        _unit_sums(dp, pp, o, arg, z, coef, out, 16)
+    elif W == 32:
+        _channel_sums(dp, pp, o, arg, z, coef, out, 32)
     else:
-        _sums_maps(dp, pp, o, arg, z, coef, out, False, 16)
+        _channel_sums(dp, pp, o, arg, z, coef, out, 16)
 
 
 @njit(inline="always")
-def _sums_maps(dp, pp, o, arg, z, coef, out, per_unit, W):
-    # bn_unpool_sums_into's loops over the maps, by channel (a channel's lanes summed over n in order)
+def _channel_sums(dp, pp, o, arg, z, coef, out, W):
+    # bn_unpool_sums_into per channel: a channel's lanes summed over n in order, then added left to right
     N, C = arg.shape[0], arg.shape[1]
-    D = out.shape[0] // 2
     acc = vzero(out)
     for c in range(C):
         s1, s2 = acc, acc
         for n in range(N):
-            s1, s2 = _sums_map(dp, pp, o, arg, z, coef, out, per_unit, n, c, W, s1, s2)
-        if not per_unit:
-            out[c] = vhsum(s1)
-            out[D + c] = vhsum(s2)
+            s1, s2 = _sums_map(dp, pp, o, arg, z, coef, n, c, W, s1, s2)
+        out[c] = vhsum(s1)
+        out[C + c] = vhsum(s2)
 
 
 @njit(inline="always")

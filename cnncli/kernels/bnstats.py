@@ -37,7 +37,7 @@ def _unit_block(z, d, bv, add_bias, out):
             vstore(z, n * D + d, v)
         acc = vadd(acc, vwiden(v))
     vstore(out, d, acc)
-    mean = vdiv(acc, vsplat(float(N)))
+    mean = vmul(acc, vsplat(1.0 / N)) if _power_of_two(float(N)) else vdiv(acc, vsplat(float(N)))   # (exact)
     m2 = vzero(out)
     for n in range(N):
         t = vsub(vwiden(vload(z, n * D + d)), mean)
@@ -140,6 +140,12 @@ def bn_bias_moments_into(z, b, out):
             _unit_scalar(zu, d, out)
 
 
+@njit(inline="always")
+def _power_of_two(x):
+    # x (a positive float count) is 2^k: then dividing by it is multiplying by 1/x, exactly
+    return math.frexp(x)[0] == 0.5
+
+
 @njit(nogil=True)
 def _chan_pair(src, a, b, na, nb, dst, o, d0, d1):
     # rows a and b of src (.,2D) [sum | M2] over na and nb values -> row o of dst, statistics
@@ -152,12 +158,21 @@ def _chan_pair(src, a, b, na, nb, dst, o, d0, d1):
     f = na * nb / (na + nb)
     ra, rb, ro = a * W, b * W, o * W
     va, vb, vf = vsplat(na), vsplat(nb), vsplat(f)
-    for d in range(d0, V, 16):
-        sa, sb = vload(src, ra + d), vload(src, rb + d)
-        delta = vsub(vdiv(sb, vb), vdiv(sa, va))
-        m2 = vadd(vadd(vload(src, ra + D + d), vload(src, rb + D + d)), vmul(vmul(delta, delta), vf))
-        vstore(dst, ro + D + d, m2)
-        vstore(dst, ro + d, vadd(sa, sb))
+    if _power_of_two(na) and _power_of_two(nb):       # x / 2^k = x * 2^-k exactly: 16 divisions fewer
+        ia, ib = vsplat(1.0 / na), vsplat(1.0 / nb)
+        for d in range(d0, V, 16):
+            sa, sb = vload(src, ra + d), vload(src, rb + d)
+            delta = vsub(vmul(sb, ib), vmul(sa, ia))
+            m2 = vadd(vadd(vload(src, ra + D + d), vload(src, rb + D + d)), vmul(vmul(delta, delta), vf))
+            vstore(dst, ro + D + d, m2)
+            vstore(dst, ro + d, vadd(sa, sb))
+    else:
+        for d in range(d0, V, 16):
+            sa, sb = vload(src, ra + d), vload(src, rb + d)
+            delta = vsub(vdiv(sb, vb), vdiv(sa, va))
+            m2 = vadd(vadd(vload(src, ra + D + d), vload(src, rb + D + d)), vmul(vmul(delta, delta), vf))
+            vstore(dst, ro + D + d, m2)
+            vstore(dst, ro + d, vadd(sa, sb))
     for d in range(V, d1):
         sa, sb = src[a, d], src[b, d]
         delta = sb / nb - sa / na
@@ -181,15 +196,18 @@ def bn_moments_tree_into(parts, counts, out):
     #   ->   out (2D,) the batch's [sum | M2]: rows 2i and 2i+1 combined level by level into row i,
     #   an odd last row carried up (tree_sum's tree). The first level reads parts, the next ones
     #   work in place in a half-size buffer. counts float64.
-    bn_moments_tree_range(parts, counts, out, 0, parts.shape[1] // 2)
+    S, W = parts.shape
+    bn_moments_tree_range(parts, counts, out, 0, W // 2, np.empty(((S + 1) // 2, W)))
 
 
 @njit(inline="always")
-def bn_moments_tree_range(parts, counts, out, d0, d1):
-    # bn_moments_tree_into for the statistics d0 <= d < d1 only (out's [d0:d1] and [D+d0:D+d1])
-    S, W = parts.shape
-    work = np.empty(((S + 1) // 2, W))          # (ceil(S/2),2D) every level after the first
-    cnt = np.empty((S + 1) // 2)                # (ceil(S/2),) their value counts
+def bn_moments_tree_range(parts, counts, out, d0, d1, work):
+    # bn_moments_tree_into for the statistics d0 <= d < d1 only (out's [d0:d1] and [D+d0:D+d1]),
+    # every level after the first in work (>= ceil(S/2) rows of 2D float64): parts itself sums in
+    # place (each row is read before it is written), a large step's chunks without a (S/2, 2D)
+    # allocation each
+    S = parts.shape[0]
+    cnt = np.empty((S + 1) // 2)                # (ceil(S/2),) the levels' value counts
     src, src_cnt, n = parts, counts, S
     while n > 1:
         half = n // 2

@@ -53,7 +53,7 @@ def _forward_stats(sync, counter, fwd, counts, M, eps, stats, keep, m, unbias, r
         if c >= n:
             break
         d0, d1 = c * CHUNK, min(D, (c + 1) * CHUNK)
-        bnstats.bn_moments_tree_range(fwd, counts, moments, d0, d1)
+        bnstats.bn_moments_tree_range(fwd, counts, moments, d0, d1, fwd)     # (fwd is not read again)
         bnstats.bn_stats_range(moments, M, eps, stats, keep, m, unbias, rm, rv, d0, d1)
         if with_coef:
             bnpool.bn_coef_forward_range(stats[0], stats[2], gamma, beta, coef, d0, d1)
@@ -93,7 +93,7 @@ def _meet(sync, T, clock, tid, k):
 def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scale,
                  w1, b1, w2, b2, w3, b3, w4, b4, g1, be1, g2, be2, g3, be3,
                  xp1, z1, xp2, arg1, z2, p2, arg2, z3, xhat3, y3, a3, z4, probs, dz4,
-                 da3, dz3, dy3, dflat, dz2, dp1, dz1, dzp2, dzt2, dwt2s, stk, lev,
+                 da3, dz3, dy3, dflat, dp1, sm, dz2, dz1, dzp2, dzt2, dwt2s, stk, lev,
                  fwd1, fwd2, fwd3, bwd1, bwd2, bwd3, counts1, counts2, counts3, M1, M2, M3,
                  stats1, stats2, stats3, moments1, moments2, moments3, sums1, sums2, sums3,
                  coef1, coef2, eps, keep, m, unbias1, unbias2, unbias3, rm1, rv1, rm2, rv2, rm3, rv3,
@@ -101,9 +101,12 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     # sync (SYNC_SIZE,) int64 zeroed, T threads each calling this once (wait_input: after each made
     # its part of x, so they first wait for one another); bounds (L+1,) int64;
     # x (B,1,32,32) the input; labels (B,) int64, weights (B,) float64, scale = 1/B; the
-    # parameters' views; the workspace (n = B), dwt2s (L,6,5,5,16), stk (T,fc.LEVELS,128) and lev
+    # parameters' views; the workspace (n = B) but for the arrays no phase hands to the next: dz2,
+    # dz1, dzp2, dzt2 are a per-thread scratch (thread t's shard in rows t*sm : t*sm + sm, which
+    # stay in its cache), dwt2s (T,6,5,5,16); stk (T,fc.LEVELS,128) and lev
     # (T,fc.LEVELS) int64 fc1's gradient tree stacks (fc.fc_grads_tree_task); fwd*/bwd* (L,2D) float64 the
-    # shards' rows, counts* (L,) values per statistic in each shard, M* the batch's; stats* (3,D),
+    # shards' rows (fwd* summed in place: overwritten), counts* (L,) values per statistic in each
+    # shard, M* the batch's; stats* (3,D),
     # moments*/sums* (2D,) float64; coef* (6,E); running statistics rm*/rv* (D,) or (0,);
     # rows (L,P) the shards' gradients, offs (8,) int64 where conv1.w, conv1.b, conv2.w, conv2.b,
     # fc1.w, fc1.b, fc2.w, fc2.b start in a row; chunks_* (K,2) int64 column ranges of the rows'
@@ -193,11 +196,11 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         j, a, b = next_shard(sync, B2, bounds)
         if j < 0:
             break
-        r = rows[j]
+        r, o, e = rows[j], tid * sm, tid * sm + b - a
         segments.bn2_conv2_back_into(
-            dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], arg2[a:b], z2[a:b], coef2, dz2[a:b], xp2[a:b],
-            dzt2[a:b], dwt2s[j], r[offs[2]:offs[2] + 2400].reshape(16, 6, 5, 5), r[offs[3]:offs[3] + 16],
-            w2, dzp2[a:b], dp1[a:b], arg1[a:b], z1[a:b], coef1, bwd1[j])
+            dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], arg2[a:b], z2[a:b], coef2, dz2[o:e], xp2[a:b],
+            dzt2[o:e], dwt2s[tid], r[offs[2]:offs[2] + 2400].reshape(16, 6, 5, 5), r[offs[3]:offs[3] + 16],
+            w2, dzp2[o:e], dp1[a:b], arg1[a:b], z1[a:b], coef1, bwd1[j])
     while True:                                                 # fc1's gradient, summed as it is made
         i = take(sync, FC1)
         if i >= fc_grads_tree_tasks(U, 1024):
@@ -215,8 +218,8 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         j, a, b = next_shard(sync, B1, bounds)
         if j < 0:
             break
-        r = rows[j]
-        segments.bn1_conv1_back_into(dp1[a:b], xp2[a:b], arg1[a:b], z1[a:b], coef1, dz1[a:b], xp1[a:b],
+        r, o, e = rows[j], tid * sm, tid * sm + b - a
+        segments.bn1_conv1_back_into(dp1[a:b], xp2[a:b], arg1[a:b], z1[a:b], coef1, dz1[o:e], xp1[a:b],
                                      r[offs[0]:offs[0] + 150].reshape(6, 1, 5, 5), r[offs[1]:offs[1] + 6])
     tree_chunks(sync, TREE_C2, rows, gflat, chunks_conv2)      # conv2's rows are final
     if _meet(sync, T, clock, tid, 12):

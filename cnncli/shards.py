@@ -280,10 +280,11 @@ def _plainstep_arrays(net, plan):
 
 def _fc_stack(plan):
     """The one-call steps' per-thread stacks for fc1's gradient tree (fc.fc_grads_tree_task): stk
-    (T,LEVELS,128) and lev (T,LEVELS) int64, made on first use."""
+    (T,PAIRS*LEVELS,128) and lev (T,PAIRS*LEVELS) int64, made on first use."""
     if plan.fc_stack is None:
         T = max_threads()
-        plan.fc_stack = (np.empty((T, fc.LEVELS, 128), plan.probs.dtype), np.empty((T, fc.LEVELS), np.int64))
+        rows = fc.PAIRS * fc.LEVELS
+        plan.fc_stack = (np.empty((T, rows, 128), plan.probs.dtype), np.empty((T, rows), np.int64))
     return plan.fc_stack
 
 

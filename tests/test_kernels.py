@@ -1,5 +1,7 @@
 """Every Numba kernel against the slow NumPy reference (tests/reference.py), float64 and float32."""
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -220,17 +222,40 @@ def test_fc(rng, dtype):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n, o, i", [(8, 65, 1024), (3, 12, 65), (1, 5, 70), (0, 4, 64)])
 def test_fc_grads_sum_images_in_order(rng, dtype, n, o, i):
-    """fc_grads_into's fixed rule, bit for bit: per element the rounded products dz[k,o]*x[k,i]
-    added for k = 0, 1, ... in order (vector columns and the scalar tail alike)."""
+    """fc_grads_into's fixed rule, bit for bit: per element the rounded product dz[0,o]*x[0,i], then
+    dz[k,o]*x[k,i] added by one fused multiply-add for k = 1, 2, ... in order (vector columns and
+    the scalar tail alike); db the plain sums in order. The fused multiply-add of the reference is
+    exact arithmetic (fractions) rounded once."""
     dz = (rng.standard_normal((n, o)) * 10.0 ** rng.integers(-3, 4, (n, o))).astype(dtype)
     x = rng.standard_normal((n, i)).astype(dtype)
     dw, db = np.full((o, i), np.nan, dtype), np.full(o, np.nan, dtype)
     fc.fc_grads_into(dz, x, dw, db)
-    ref, rdb = np.zeros((o, i), dtype), np.zeros(o, dtype)
+    rdb = np.zeros(o, dtype)
     for k in range(n):
-        ref = dz[k][:, None] * x[k][None, :] if k == 0 else ref + dz[k][:, None] * x[k][None, :]
         rdb = dz[k].copy() if k == 0 else rdb + dz[k]
-    assert dw.tobytes() == ref.tobytes() and db.tobytes() == rdb.tobytes()
+    assert db.tobytes() == rdb.tobytes()
+    if n == 0:
+        assert not dw.any()
+        return
+    cols = sorted(set(range(min(i, 20))) | set(range(max(0, i - 20), i)))        # both ends: vectors and tail
+    for oo in sorted({0, o // 2, o - 1}):
+        for ii in cols:
+            t = dtype(dz[0, oo] * x[0, ii])
+            for k in range(1, n):
+                exact = Fraction(float(dz[k, oo])) * Fraction(float(x[k, ii])) + Fraction(float(t))
+                t = _round_once(exact, dtype)
+            assert dw[oo, ii].tobytes() == t.tobytes(), (oo, ii)
+
+
+def _round_once(exact, dtype):
+    """The fraction `exact` rounded to the nearest value of dtype, ties to even (one rounding: a
+    float32 via float64 could round twice)."""
+    guess = dtype(float(exact))
+    near = [guess, np.nextafter(guess, dtype(np.inf)), np.nextafter(guess, dtype(-np.inf))]
+    err = [abs(Fraction(float(c)) - exact) for c in near]
+    best = min(err)
+    ties = [c for c, e in zip(near, err) if e == best]
+    return min(ties, key=lambda c: int(c.view(np.uint32 if dtype == np.float32 else np.uint64)) & 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

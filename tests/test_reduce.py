@@ -112,7 +112,7 @@ def test_fc_grads_tree_is_the_shards_gradients_through_tree_sum_bitwise(dtype, s
         a, b = bounds[j], bounds[j + 1]
         fc.fc_grads_into(dz[a:b], x[a:b], rows[j, :O * I].reshape(O, I), rows[j, O * I:])
     dw, db = np.full((O, I), np.nan, dtype), np.full(O, np.nan, dtype)
-    stk, lev = np.empty((fc.LEVELS, 128), dtype), np.empty(fc.LEVELS, np.int64)
+    stk, lev = np.empty((fc.PAIRS * fc.LEVELS, 128), dtype), np.empty(fc.PAIRS * fc.LEVELS, np.int64)
     for task in rng.permutation(fc.fc_grads_tree_tasks(O, I)):
         fc.fc_grads_tree_task(dz, x, bounds, dw, db, task, stk, lev)
     assert np.concatenate([dw.ravel(), db]).tobytes() == D.tree_sum(rows).tobytes()

@@ -103,8 +103,8 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     # x (B,1,32,32) the input; labels (B,) int64, weights (B,) float64, scale = 1/B; the
     # parameters' views; the workspace (n = B) but for the arrays no phase hands to the next: dz2,
     # dz1, dzp2, dzt2 are a per-thread scratch (thread t's shard in rows t*sm : t*sm + sm, which
-    # stay in its cache), dwt2s (T,6,5,5,16); stk (T,fc.LEVELS,128) and lev
-    # (T,fc.LEVELS) int64 fc1's gradient tree stacks (fc.fc_grads_tree_task); fwd*/bwd* (L,2D) float64 the
+    # stay in its cache), dwt2s (T,6,5,5,16); stk (T,fc.PAIRS*fc.LEVELS,128) and
+    # lev (T,fc.PAIRS*fc.LEVELS) int64 fc1's gradient tree stacks (fc.fc_grads_tree_task); fwd*/bwd* (L,2D) float64 the
     # shards' rows (fwd* summed in place: overwritten), counts* (L,) values per statistic in each
     # shard, M* the batch's; stats* (3,D),
     # moments*/sums* (2D,) float64; coef* (6,E); running statistics rm*/rv* (D,) or (0,);

@@ -16,12 +16,31 @@ from .checks import check_array, check_out
 from .simd import sfma, vadd, vfma, vhsum, vload, vmul, vsplat, vstore, vzero
 
 
+@njit(inline="always")
+def _grad_tile(dz, x, o, p, n0, n1, i):
+    # outputs o and p x columns i .. i+63 of sum over n0 <= n < n1 of dz[n, .] * x[n, :]: the first
+    # product rounded, then one fma per image in order; eight 16-lane chains sharing the x loads
+    I = x.shape[1]
+    u, v = vsplat(dz[n0, o]), vsplat(dz[n0, p])
+    r = n0 * I + i
+    x0, x1, x2, x3 = vload(x, r), vload(x, r + 16), vload(x, r + 32), vload(x, r + 48)
+    a0, a1, a2, a3 = vmul(u, x0), vmul(u, x1), vmul(u, x2), vmul(u, x3)
+    b0, b1, b2, b3 = vmul(v, x0), vmul(v, x1), vmul(v, x2), vmul(v, x3)
+    for n in range(n0 + 1, n1):
+        u, v = vsplat(dz[n, o]), vsplat(dz[n, p])
+        r = n * I + i
+        x0, x1, x2, x3 = vload(x, r), vload(x, r + 16), vload(x, r + 32), vload(x, r + 48)
+        a0, a1, a2, a3 = vfma(u, x0, a0), vfma(u, x1, a1), vfma(u, x2, a2), vfma(u, x3, a3)
+        b0, b1, b2, b3 = vfma(v, x0, b0), vfma(v, x1, b1), vfma(v, x2, b2), vfma(v, x3, b3)
+    return a0, a1, a2, a3, b0, b1, b2, b3
+
+
 @njit(cache=True, nogil=True)
 def fc_grads_into(dz, x, dw, db):
     # dz (N,O), x (N,I) C-contiguous   ->   dw (O,I) = sum over n of dz[n,o] * x[n,:], db (O,) = sum
-    # over n of dz[n,o]: each summed over n in order, products rounded then added (no fma); two
-    # outputs x 64 columns at a time (eight 16-lane chains sharing the x loads; an odd O's last
-    # output twice, the same sums), the last I % 64 columns scalar
+    # over n of dz[n,o]: each summed over n in order, dw's first product rounded and the others
+    # added by fma (_grad_tile); two outputs x 64 columns at a time (an odd O's last output
+    # twice, the same sums), the last I % 64 columns scalar with the same operations
     N, O = dz.shape
     I = x.shape[1]
     if N == 0:
@@ -37,76 +56,62 @@ def fc_grads_into(dz, x, dw, db):
     for o in range(0, O, 2):
         p = min(o + 1, O - 1)
         for i in range(0, I64, 64):
-            a, b = vsplat(dz[0, o]), vsplat(dz[0, p])
-            x0, x1, x2, x3 = vload(x, i), vload(x, i + 16), vload(x, i + 32), vload(x, i + 48)
-            a0, a1, a2, a3 = vmul(a, x0), vmul(a, x1), vmul(a, x2), vmul(a, x3)
-            b0, b1, b2, b3 = vmul(b, x0), vmul(b, x1), vmul(b, x2), vmul(b, x3)
-            for n in range(1, N):
-                a, b = vsplat(dz[n, o]), vsplat(dz[n, p])
-                r = n * I + i
-                x0, x1, x2, x3 = vload(x, r), vload(x, r + 16), vload(x, r + 32), vload(x, r + 48)
-                a0, a1 = vadd(a0, vmul(a, x0)), vadd(a1, vmul(a, x1))
-                a2, a3 = vadd(a2, vmul(a, x2)), vadd(a3, vmul(a, x3))
-                b0, b1 = vadd(b0, vmul(b, x0)), vadd(b1, vmul(b, x1))
-                b2, b3 = vadd(b2, vmul(b, x2)), vadd(b3, vmul(b, x3))
-            r, q = o * I + i, p * I + i
-            vstore(dw, r, a0)
-            vstore(dw, r + 16, a1)
-            vstore(dw, r + 32, a2)
-            vstore(dw, r + 48, a3)
-            vstore(dw, q, b0)
-            vstore(dw, q + 16, b1)
-            vstore(dw, q + 32, b2)
-            vstore(dw, q + 48, b3)
+            a0, a1, a2, a3, b0, b1, b2, b3 = _grad_tile(dz, x, o, p, 0, N, i)
+            for k, t in enumerate((a0, a1, a2, a3)):
+                vstore(dw, o * I + i + 16 * k, t)
+            for k, t in enumerate((b0, b1, b2, b3)):
+                vstore(dw, p * I + i + 16 * k, t)
     for o in range(O):
         for i in range(I64, I):
             t = dz[0, o] * x[0, i]
             for n in range(1, N):
-                t += dz[n, o] * x[n, i]
+                t = sfma(dz[n, o], x[n, i], t)
             dw[o, i] = t
 
 
 # fc1's weight and bias gradients of a whole batch, summed over its shards through
 # distributed.tree_sum's tree as they are made: each shard's partial sum is fc_grads_into's (the
-# same operations), and the tree runs on a small stack of finished left subtrees (a new node adds
+# same _grad_tile), and the tree runs on a small stack of finished left subtrees (a new node adds
 # the one below it while both are the same height; at the end the stack adds up right to left),
 # which is tree_sum's left-aligned pairing with the odd node carried up. The same bits as
 # fc_grads_into per shard followed by tree_sum, without writing the (L, O*I) rows in between.
-# A task is one output pair (o, o+1; an odd O's last output twice) times GROUP columns.
+# A task is 64 columns times up to PAIRS output pairs (o, o+1; an odd O's last output twice),
+# shard by shard: a shard's 64 columns of x stay in L1 while every pair of the task uses them
+# (pair by pair over all shards instead read x from L2 for each pair: 2.7x slower).
 
-GROUP = 256
-LEVELS = 48                    # stack depth: up to 2^47 shards
+PAIRS = 11                     # output pairs per task: fc1's 65 outputs in 3 tasks per column block
+LEVELS = 40                    # stack depth per pair: up to 2^39 shards
 
 
-@njit(nogil=True)
-def _tree_push(stk, lev, top, v0, v1, v2, v3, v4, v5, v6, v7):
-    # stk (LEVELS,128) holds `top` finished subtrees, lev (LEVELS,) their heights; a new leaf
-    # (v0..v7: 128 values)   ->   the new count, the leaf merged into the stack (left + right)
+@njit(inline="always")
+def _tree_push(stk, lev, base, top, v0, v1, v2, v3, v4, v5, v6, v7):
+    # stk (., 128) rows base .. base + top - 1 hold finished subtrees, lev (.,) their heights; a new
+    # leaf (v0..v7: 128 values)   ->   the new count, the leaf merged into the stack (left + right)
     c, h = top, 0
-    while c > 0 and lev[c - 1] == h:
-        q = (c - 1) * 128
+    while c > 0 and lev[base + c - 1] == h:
+        q = (base + c - 1) * 128
         v0, v1, v2, v3 = vadd(vload(stk, q), v0), vadd(vload(stk, q + 16), v1), \
             vadd(vload(stk, q + 32), v2), vadd(vload(stk, q + 48), v3)
         v4, v5, v6, v7 = vadd(vload(stk, q + 64), v4), vadd(vload(stk, q + 80), v5), \
             vadd(vload(stk, q + 96), v6), vadd(vload(stk, q + 112), v7)
         c -= 1
         h += 1
-    q = c * 128
+    q = (base + c) * 128
     for k, v in enumerate((v0, v1, v2, v3, v4, v5, v6, v7)):
         vstore(stk, q + 16 * k, v)
-    lev[c] = h
+    lev[base + c] = h
     return c + 1
 
 
-@njit(nogil=True)
-def _tree_fold(stk, top, dw, r0, r1):
-    # the stack's subtrees added right to left (left + right); the root's first 64 values into dw
-    # from flat offset r0, the other 64 from r1
-    q = (top - 1) * 128
+@njit(inline="always")
+def _tree_fold(stk, base, top, dw, r0, r1):
+    # the stack's subtrees (rows base ..) added right to left (left + right); the root's first 64
+    # values into dw from flat offset r0, the other 64 from r1
+    q = (base + top - 1) * 128
     v0, v1, v2, v3 = vload(stk, q), vload(stk, q + 16), vload(stk, q + 32), vload(stk, q + 48)
     v4, v5, v6, v7 = vload(stk, q + 64), vload(stk, q + 80), vload(stk, q + 96), vload(stk, q + 112)
     for c in range(top - 2, -1, -1):
-        q = c * 128
+        q = (base + c) * 128
         v0, v1, v2, v3 = vadd(vload(stk, q), v0), vadd(vload(stk, q + 16), v1), \
             vadd(vload(stk, q + 32), v2), vadd(vload(stk, q + 48), v3)
         v4, v5, v6, v7 = vadd(vload(stk, q + 64), v4), vadd(vload(stk, q + 80), v5), \
@@ -117,7 +122,7 @@ def _tree_fold(stk, top, dw, r0, r1):
         vstore(dw, r1 + 16 * k, v)
 
 
-@njit(nogil=True)
+@njit(inline="always")
 def _bias_tree(dz, bounds, o, p, stk, lev, db):
     # db[o], db[p] = tree_sum over the shards of each shard's sum of dz[:, o] (and p) in order,
     # on the scalar stack stk[:, 0:2]
@@ -144,43 +149,35 @@ def _bias_tree(dz, bounds, o, p, stk, lev, db):
 @njit(cache=True)
 def fc_grads_tree_tasks(O, I):
     # the number of fc_grads_tree_task tasks for O outputs and I inputs (I a multiple of 64)
-    return (O + 1) // 2 * ((I + GROUP - 1) // GROUP)
+    return -(-((O + 1) // 2) // PAIRS) * (I // 64)
 
 
 @njit(cache=True, nogil=True)
 def fc_grads_tree_task(dz, x, bounds, dw, db, task, stk, lev):
     # dz (B,O), x (B,I) C-contiguous with I a multiple of 64, bounds (L+1,) int64 the shards' first
-    # rows, task < fc_grads_tree_tasks(O, I), stk (LEVELS,128) and lev (LEVELS,) int64 scratch
-    #   ->   dw[o:o+2, c0:c0+GROUP] (and db[o:o+2] for the first column group) = tree_sum over the
-    #   shards of fc_grads_into(dz[a:b], x[a:b])'s values there
+    # rows, task < fc_grads_tree_tasks(O, I), stk (PAIRS*LEVELS,128) and lev (PAIRS*LEVELS,) int64
+    # scratch   ->   dw[o0:o1, i:i+64] (and db[o0:o1] for the first column block) = tree_sum over
+    #   the shards of fc_grads_into(dz[a:b], x[a:b])'s values there
     O = dz.shape[1]
     I = x.shape[1]
     L = bounds.shape[0] - 1
-    G = (I + GROUP - 1) // GROUP
-    o = 2 * (task // G)
-    p = min(o + 1, O - 1)
-    c0 = (task % G) * GROUP
-    for i in range(c0, min(c0 + GROUP, I), 64):
-        top = 0
-        for j in range(L):
-            a, b = bounds[j], bounds[j + 1]
-            u, v = vsplat(dz[a, o]), vsplat(dz[a, p])
-            r = a * I + i
-            x0, x1, x2, x3 = vload(x, r), vload(x, r + 16), vload(x, r + 32), vload(x, r + 48)
-            a0, a1, a2, a3 = vmul(u, x0), vmul(u, x1), vmul(u, x2), vmul(u, x3)
-            b0, b1, b2, b3 = vmul(v, x0), vmul(v, x1), vmul(v, x2), vmul(v, x3)
-            for n in range(a + 1, b):
-                u, v = vsplat(dz[n, o]), vsplat(dz[n, p])
-                r = n * I + i
-                x0, x1, x2, x3 = vload(x, r), vload(x, r + 16), vload(x, r + 32), vload(x, r + 48)
-                a0, a1 = vadd(a0, vmul(u, x0)), vadd(a1, vmul(u, x1))
-                a2, a3 = vadd(a2, vmul(u, x2)), vadd(a3, vmul(u, x3))
-                b0, b1 = vadd(b0, vmul(v, x0)), vadd(b1, vmul(v, x1))
-                b2, b3 = vadd(b2, vmul(v, x2)), vadd(b3, vmul(v, x3))
-            top = _tree_push(stk, lev, top, a0, a1, a2, a3, b0, b1, b2, b3)
-        _tree_fold(stk, top, dw, o * I + i, p * I + i)
-    if c0 == 0:
-        _bias_tree(dz, bounds, o, p, stk, lev, db)
+    K = I // 64
+    q0 = (task // K) * PAIRS
+    nq = min(PAIRS, (O + 1) // 2 - q0)                # the task's pairs q0 .. q0 + nq - 1
+    i = (task % K) * 64
+    tops = np.zeros(PAIRS, np.int64)
+    for j in range(L):
+        for g in range(nq):
+            o = 2 * (q0 + g)
+            p = min(o + 1, O - 1)
+            a0, a1, a2, a3, b0, b1, b2, b3 = _grad_tile(dz, x, o, p, bounds[j], bounds[j + 1], i)
+            tops[g] = _tree_push(stk, lev, g * LEVELS, tops[g], a0, a1, a2, a3, b0, b1, b2, b3)
+    for g in range(nq):
+        o = 2 * (q0 + g)
+        p = min(o + 1, O - 1)
+        _tree_fold(stk, g * LEVELS, tops[g], dw, o * I + i, p * I + i)
+        if i == 0:
+            _bias_tree(dz, bounds, o, p, stk, lev, db)
 
 
 @njit(cache=True, nogil=True)

@@ -13,7 +13,8 @@ Not the checks (shards.Plan built the arrays), not BN (bnstep.py).
 Shapes: B images (this process's batch), L shards (bounds (L+1,) their first images), C classes,
 P parameters, T threads; the scratch arrays are passes.Workspace's with n = T * m (thread t uses
 rows t*m : t*m + m, m >= the largest shard) but p2 (B,16,8,8) and dz3 (B,65), the batch's;
-dwt2s (T,6,5,5,16); stk (T,fc.LEVELS,128), lev (T,fc.LEVELS) int64 fc1's tree stacks.
+dwt2s (T,6,5,5,16); stk (T,fc.PAIRS*fc.LEVELS,128), lev (T,fc.PAIRS*fc.LEVELS) int64
+fc1's tree stacks.
 """
 
 from __future__ import annotations

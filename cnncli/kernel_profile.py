@@ -61,8 +61,9 @@ def kernel_flops(name, args):
             return 2 * args[0].size * args[2][0].size
         if "infer_features" in name:     # (x, w1, .., w2, ..): convs of 32x32 and 16x16 outputs
             return 2 * args[0].shape[0] * (args[1].size * 32 * 32 + args[5].size * 16 * 16)
-        if "infer_fc1" in name:          # (flat, w3, z3)
-            return 2 * args[0].shape[0] * args[1].size
+        if "infer_block" in name:        # (x, w1, .., w2, .., w3, ..): the whole network per image
+            return 2 * args[0].shape[0] * (args[1].size * 32 * 32 + args[5].size * 16 * 16 + args[9].size
+                                           + args[14].size)
     except (AttributeError, IndexError, TypeError):
         pass
     return None

@@ -42,11 +42,9 @@ from .arch import (BATCHNORM, FC1_UNITS, IMAGE_SHAPE, Params, check_batchnorm,  
 from .kernels import batchnorm as norm
 from .kernels import inference
 from .kernels.checks import check_array, check_labels
-from .kernels.threads import blas_single_thread
 from .kernels.threads import run_blocks
 
-PREDICT_CHUNK = 256          # predict_proba works through big inputs in chunks of this many images
-PREDICT_BLOCK = 8           # ... and hands blocks of this many images to the worker threads
+PREDICT_BLOCK = 8           # predict_proba hands blocks of this many images to the worker threads
 
 
 def _check_input(x, dtype, name="x"):
@@ -77,7 +75,7 @@ def _check_params(params, buffers, batchnorm, eps=1e-5, momentum=0.1):
     return num_classes, np.dtype(dtype)
 
 
-SMALL_BATCH = 8   # predict_proba: up to this many images run on the calling thread, fc1 without BLAS
+SMALL_BATCH = 8   # predict_proba: up to this many images run as one block on the calling thread
 
 
 def _check_weights(weights, n):
@@ -192,37 +190,22 @@ class Network:
     def predict_proba(self, x):
         """Inference mode (running statistics): x (N,1,32,32) -> probabilities (N,C).
 
-        The conv part runs image by image (inference.infer_features_into), in blocks of
-        PREDICT_BLOCK images handed to the worker threads; fc1 is one BLAS GEMM per chunk of
-        PREDICT_CHUNK images, the head one small kernel. Up to SMALL_BATCH images everything runs
-        on the calling thread and fc1 in a small kernel (infer_fc1_into: no BLAS call). Results do
-        not depend on the thread count; the two routes differ in fc1's summation order (float
-        rounding only).
+        The whole network runs in blocks of PREDICT_BLOCK images (inference.infer_block_into: the
+        conv part image by image, fc1 in the training path's 16-lane loop, the head), handed to
+        the worker threads; up to SMALL_BATCH images one block on the calling thread. No BLAS: an
+        image's probabilities have the same bits in any batch, block or thread count.
         """
         _check_input(x, self.dtype)
         n = x.shape[0]
         P = self.params
         (sc1, sh1), (sc2, sh2), (sc3, sh3) = self._inference_affine()
         out = np.empty((n, self.num_classes), dtype=self.dtype)             # (N,C)
-        convs = (P["conv1.w"], P["conv1.b"], sc1, sh1, P["conv2.w"], P["conv2.b"], sc2, sh2)
+        args = (P["conv1.w"], P["conv1.b"], sc1, sh1, P["conv2.w"], P["conv2.b"], sc2, sh2,
+                P["fc1.w"], np.zeros(FC1_UNITS, self.dtype), P["fc1.b"], sc3, sh3, P["fc2.w"], P["fc2.b"])
         if n <= SMALL_BATCH:
-            flat = np.empty((n, 1024), self.dtype)                          # (N,1024)
-            z3 = np.empty((n, FC1_UNITS), self.dtype)                       # (N,65)
-            inference.infer_features_into(x, *convs, flat)
-            inference.infer_fc1_into(flat, np.ascontiguousarray(P["fc1.w"]), z3)
-            inference.infer_head_into(z3, P["fc1.b"], sc3, sh3, P["fc2.w"], P["fc2.b"], out)
-            return out
-        with blas_single_thread():        # a 2-thread OpenBLAS made this GEMM of 256 images 6x slower
-            for s in range(0, n, PREDICT_CHUNK):
-                xs = x[s:s + PREDICT_CHUNK]
-                flat = np.empty((xs.shape[0], 1024), self.dtype)            # (n,1024)
-
-                def block(r, xs=xs, flat=flat):     # a block of the chunk's images
-                    inference.infer_features_into(xs[r], *convs, flat[r])
-
-                run_blocks(block, xs.shape[0], PREDICT_BLOCK)
-                z3 = np.matmul(flat, P["fc1.w"].T)                           # (n,65), no bias yet
-                inference.infer_head_into(z3, P["fc1.b"], sc3, sh3, P["fc2.w"], P["fc2.b"], out[s:s + xs.shape[0]])
+            inference.infer_block_into(x, *args, out)
+        else:
+            run_blocks(lambda r: inference.infer_block_into(x[r], *args, out[r]), n, PREDICT_BLOCK)
         return out
 
     def _inference_affine(self):

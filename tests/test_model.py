@@ -207,12 +207,17 @@ def test_train_step_does_not_keep_references_to_outputs():
     assert np.array_equal(p1, keep)
 
 
-def test_predict_handles_more_than_one_chunk():
-    net = M.Network(12, "none", dtype=np.float64)
-    x, _ = batch(M.PREDICT_CHUNK + 3, np.float64)
+@pytest.mark.parametrize("bn", VARIANTS)
+def test_an_image_gets_the_same_probabilities_in_any_batch(bn):
+    """predict_proba's blocks (threads) and its one-block small path give each image the same
+    bits, wherever it sits in a batch of any size."""
+    net = M.Network(12, bn, seed=4)
+    net.buffers.flat[:] = np.abs(np.random.default_rng(1).standard_normal(net.buffers.flat.size)) + 0.5
+    x, _ = batch(2 * M.PREDICT_BLOCK * 5 + 3)
     p = net.predict_proba(x)
-    assert p.shape == (M.PREDICT_CHUNK + 3, 12)
-    np.testing.assert_allclose(p[-3:], net.predict_proba(x[-3:]), rtol=1e-12)
+    assert p.shape == (x.shape[0], 12)
+    for lo, hi in ((0, 1), (5, 8), (x.shape[0] - 3, x.shape[0]), (3, 3 + M.SMALL_BATCH + 5)):
+        assert net.predict_proba(x[lo:hi]).tobytes() == p[lo:hi].tobytes(), (lo, hi)
 
 
 def test_load_arrays():

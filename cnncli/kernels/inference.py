@@ -15,6 +15,7 @@ from numba import njit
 from .activation import elu, logistic, velu
 from .conv16 import conv16_image
 from .conv32 import conv32_image
+from .fc import fc_forward_loop_into
 from .simd import vadd, veven, vload, vmul, vodd, vsel_gt, vsplat, vstore
 
 
@@ -121,27 +122,14 @@ def infer_head_into(z3, b3, sc3, sh3, w4, b4, probs):
 
 
 @njit(cache=True, nogil=True)
-def infer_fc1_into(flat, w3, z3):
-    # flat (N,1024), w3 (65,1024) C-contiguous   ->   z3 (N,65) = flat @ w3.T (no bias), for a few
-    # images on the calling thread (no BLAS call). Each dot product sums in 8 interleaved partial
-    # sums, then those in order: eight scalar chains over blocks of 8 (plain range indices: no
-    # negative-index fix-ups), which the SLP vectorizer turns into one 8-lane vector (8.7 us for
-    # 65 x 1024 instead of 28-40 us through BLAS).
-    N = flat.shape[0]
-    D, I = w3.shape
-    J = I // 8
-    wb = w3.reshape((D, J, 8))                       # (65,128,8) blocks of 8 inputs
-    for n in range(N):
-        fb = flat[n].reshape((J, 8))                 # (128,8)
-        for d in range(D):
-            p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = flat.dtype.type(0)
-            for j in range(J):
-                p0 += wb[d, j, 0] * fb[j, 0]
-                p1 += wb[d, j, 1] * fb[j, 1]
-                p2 += wb[d, j, 2] * fb[j, 2]
-                p3 += wb[d, j, 3] * fb[j, 3]
-                p4 += wb[d, j, 4] * fb[j, 4]
-                p5 += wb[d, j, 5] * fb[j, 5]
-                p6 += wb[d, j, 6] * fb[j, 6]
-                p7 += wb[d, j, 7] * fb[j, 7]
-            z3[n, d] = p0 + p1 + p2 + p3 + p4 + p5 + p6 + p7
+def infer_block_into(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3, b3, sc3, sh3, w4, b4, probs):
+    # x (N,1,32,32) a block of images (N a few), the layers' parameters and folds as above, zero3
+    # (65,) zeros   ->   probs (N,C): the features image by image, fc1 in the training path's
+    # 16-lane loop (fc.fc_forward_loop_into, bias 0: infer_head_into adds b3; its sums do not depend
+    # on how the images are grouped), the head. No BLAS and no shared array: blocks run on any thread.
+    N = x.shape[0]
+    flat = np.empty((N, 1024), x.dtype)             # (N,1024)
+    z3 = np.empty((N, w3.shape[0]), x.dtype)        # (N,65)
+    infer_features_into(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat)
+    fc_forward_loop_into(flat, w3, zero3, z3)
+    infer_head_into(z3, b3, sc3, sh3, w4, b4, probs)

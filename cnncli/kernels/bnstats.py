@@ -146,6 +146,14 @@ def _power_of_two(x):
     return math.frexp(x)[0] == 0.5
 
 
+@njit(inline="always")
+def _chan_store(src, dst, ra, rb, ro, D, d, sa, sb, delta, vf):
+    # statistics d .. d+15 of _chan_pair given the two rows' sums and their means' difference delta
+    m2 = vadd(vadd(vload(src, ra + D + d), vload(src, rb + D + d)), vmul(vmul(delta, delta), vf))
+    vstore(dst, ro + D + d, m2)
+    vstore(dst, ro + d, vadd(sa, sb))
+
+
 @njit(nogil=True)
 def _chan_pair(src, a, b, na, nb, dst, o, d0, d1):
     # rows a and b of src (.,2D) [sum | M2] over na and nb values -> row o of dst, statistics
@@ -162,17 +170,11 @@ def _chan_pair(src, a, b, na, nb, dst, o, d0, d1):
         ia, ib = vsplat(1.0 / na), vsplat(1.0 / nb)
         for d in range(d0, V, 16):
             sa, sb = vload(src, ra + d), vload(src, rb + d)
-            delta = vsub(vmul(sb, ib), vmul(sa, ia))
-            m2 = vadd(vadd(vload(src, ra + D + d), vload(src, rb + D + d)), vmul(vmul(delta, delta), vf))
-            vstore(dst, ro + D + d, m2)
-            vstore(dst, ro + d, vadd(sa, sb))
+            _chan_store(src, dst, ra, rb, ro, D, d, sa, sb, vsub(vmul(sb, ib), vmul(sa, ia)), vf)
     else:
         for d in range(d0, V, 16):
             sa, sb = vload(src, ra + d), vload(src, rb + d)
-            delta = vsub(vdiv(sb, vb), vdiv(sa, va))
-            m2 = vadd(vadd(vload(src, ra + D + d), vload(src, rb + D + d)), vmul(vmul(delta, delta), vf))
-            vstore(dst, ro + D + d, m2)
-            vstore(dst, ro + d, vadd(sa, sb))
+            _chan_store(src, dst, ra, rb, ro, D, d, sa, sb, vsub(vdiv(sb, vb), vdiv(sa, va)), vf)
     for d in range(V, d1):
         sa, sb = src[a, d], src[b, d]
         delta = sb / nb - sa / na

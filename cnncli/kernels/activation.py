@@ -1,7 +1,8 @@
-"""Activations: ELU (alpha = 1; forward, backward, and the inline per-value and in-place forms the
-fused kernels use) and the logistic sigmoid. Not the loss (loss.py) nor the fused pool+ELU (pool.py).
+"""Activations: ELU (alpha = 1; forward, backward, and the inline per-value and 16-lane vector
+forms the fused kernels use) and the logistic sigmoid. Not the loss (loss.py) nor the fused
+pool+ELU (pool.py).
 
-Shape legend: D values of a flat array, (R,L) rows of values, (N,O) logits.
+Shape legend: D values of a flat array, (N,O) logits.
 """
 
 from __future__ import annotations
@@ -136,14 +137,6 @@ def _velu_numba(v):
     if v.dtype == types.float32:
         return lambda v: vsel_gt(vsplat(_ZERO32), v, _vexpm1_neg32(v), v)
     return lambda v: vsel_gt(vsplat(0.0), v, _vexpm1_neg64(v), v)
-
-
-@njit(inline="always")
-def elu_rows(a):
-    # a (R,L) in place: ELU of every value
-    for r in range(a.shape[0]):
-        for i in range(a.shape[1]):
-            a[r, i] = elu(a[r, i])
 
 
 @njit(cache=True, nogil=True)

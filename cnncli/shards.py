@@ -40,6 +40,13 @@ def _merged(spans, names):
     return ranges
 
 
+class _ShardSlot:
+    """A full no-BN shard's place in Plan.ws: its size and its view of the batch's probs."""
+
+    def __init__(self, n):
+        self.n, self.probs = n, None
+
+
 class Plan:
     """Everything a step of B images needs on this rank (shards [lo, hi)), allocated once."""
 
@@ -59,8 +66,12 @@ class Plan:
             self.ws = [self.big.rows(s.start - first, s.stop - first, self.dwt2s[j])
                        for j, s in enumerate(self.slices)]
         else:
+            # a full shard runs on a spare full-size workspace (_borrow) and needs only its probs
+            # view here; a short last shard gets a workspace of its own (a batch's worth of
+            # workspaces, ~160 KB per image, would sit unused in the one-call step)
             for s in self.slices:
-                ws = passes.Workspace(s.stop - s.start, num_classes, batchnorm, dtype)
+                n = s.stop - s.start
+                ws = passes.Workspace(n, num_classes, batchnorm, dtype) if n != SHARD else _ShardSlot(n)
                 ws.probs = self.probs[s.start - first:s.stop - first]       # a view: no copy later
                 self.ws.append(ws)
         self.args = (num_classes, batchnorm, dtype)
@@ -132,7 +143,8 @@ def each(fn, count):
 def _borrow(plan, j):
     """A workspace for shard j of a step without BN, where nothing outlives the shard: a spare
     full-size one (the last thread's, still in cache; at most one per thread is ever made) with
-    shard j's probs view, or shard j's own when it is short. The arithmetic is the same."""
+    shard j's probs view, or shard j's own when it is short (full shards have none: _ShardSlot).
+    The arithmetic is the same."""
     ws = plan.ws[j]
     if ws.n != SHARD:
         return ws

@@ -59,8 +59,6 @@ def kernel_flops(name, args):
             return 2 * args[0].size * args[3][..., 0].size
         if name.endswith("conv32_backward_dw"):                  # (dz, xp, dw, db)
             return 2 * args[0].size * args[2][0].size
-        if "infer_features" in name:     # (x, w1, .., w2, ..): convs of 32x32 and 16x16 outputs
-            return 2 * args[0].shape[0] * (args[1].size * 32 * 32 + args[5].size * 16 * 16)
         if "infer_block" in name:        # (x, w1, .., w2, .., w3, ..): the whole network per image
             return 2 * args[0].shape[0] * (args[1].size * 32 * 32 + args[5].size * 16 * 16 + args[9].size
                                            + args[14].size)

@@ -24,8 +24,8 @@ from numba import njit
 
 from .activation import velu
 from .checks import check_array
-from .pool import _positions, _window_max_v
-from .simd import (vadd, veven, vfma, vhsum, vload, vload_i8, vmul, vodd, vsel_eq, vsel_gt, vsplat, vstore,
+from .pool import _positions, _window_max_v, _windows
+from .simd import (vadd, vfma, vhsum, vload, vload_i8, vmul, vsel_eq, vsel_gt, vsplat, vstore,
                    vstore_i8, vsub, vwiden, vzero, vzip_hi, vzip_lo)
 
 M_ROW, INV_ROW, A_ROW, BETA_ROW, B_ROW, G_ROW = range(6)     # the rows of coef
@@ -75,14 +75,6 @@ def bn_coef_backward_range(invstd, gamma, sums, M, coef, d0, d1):
 
 # The per-map loops below index every array in place and call only helpers on vectors: an array
 # handed to a helper inside a loop costs a reference count (an atomic) per call.
-
-@njit(inline="always")
-def _windows(W, v0, v1, v2, v3):
-    # a block's 4 vectors in memory order -> its windows' positions 0, 1, 2, 3 (16 windows each)
-    if W == 32:
-        return veven(v0, v1), vodd(v0, v1), veven(v2, v3), vodd(v2, v3)
-    return veven(v0, v2), vodd(v0, v2), veven(v1, v3), vodd(v1, v3)
-
 
 @njit(inline="always")
 def _memory(W, e0, e1, e2, e3):

@@ -16,7 +16,8 @@ from .activation import elu, logistic, velu
 from .conv16 import conv16_image
 from .conv32 import conv32_image
 from .fc import fc_forward_loop_into
-from .simd import vadd, veven, vload, vmul, vodd, vsel_gt, vsplat, vstore
+from .pool import _positions, _window_max_v, _windows
+from .simd import vadd, vload, vmul, vsplat, vstore
 
 
 # One image at a time, every intermediate in small per-image buffers that stay in L1/L2:
@@ -40,14 +41,6 @@ def _affine(d, q, b, scale, shift, u, per_unit):
 
 
 @njit(inline="always")
-def _max4(a, b, c, d):
-    # the max of each lane's 2x2 window, positions in order (as `if v > best`: a NaN never wins)
-    best = vsel_gt(b, a, b, a)
-    best = vsel_gt(c, best, c, best)
-    return vsel_gt(d, best, d, best)
-
-
-@njit(inline="always")
 def _pool_elu_map(z, f, W, bias, scale, shift, per_unit, out, at, row):
     # z (F,W*W) conv maps, map f; scale/shift (F,U)   ->   ELU(max of each 2x2 window of the
     # affine map) into out (flat offsets): block k of 16 pooled values at out[at + k * row].
@@ -55,6 +48,7 @@ def _pool_elu_map(z, f, W, bias, scale, shift, per_unit, out, at, row):
     # of 8 (row = 16); per_unit: scale.shape[1] > 1, a constant of the caller's loop
     S = W * W
     b = vsplat(bias)
+    pos = _positions(z)
     for k in range(S // 64):
         q = f * S + k * 64
         u = q if per_unit else f
@@ -62,10 +56,8 @@ def _pool_elu_map(z, f, W, bias, scale, shift, per_unit, out, at, row):
         v1 = _affine(z, q + 16, b, scale, shift, u + 16 * per_unit, per_unit)
         v2 = _affine(z, q + 32, b, scale, shift, u + 32 * per_unit, per_unit)
         v3 = _affine(z, q + 48, b, scale, shift, u + 48 * per_unit, per_unit)
-        if W == 32:                                  # v0 v1: input row 2k, v2 v3: row 2k + 1
-            best = _max4(veven(v0, v1), vodd(v0, v1), veven(v2, v3), vodd(v2, v3))
-        else:                                        # v0 .. v3: input rows 4k .. 4k + 3
-            best = _max4(veven(v0, v2), vodd(v0, v2), veven(v1, v3), vodd(v1, v3))
+        p0, p1, p2, p3 = _windows(W, v0, v1, v2, v3)
+        best, _ = _window_max_v(p0, p1, p2, p3, pos)    # (the training path's max; no argmax here)
         vstore(out, at + k * row, velu(best))
 
 

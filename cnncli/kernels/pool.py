@@ -124,6 +124,15 @@ def _unpool_plane(dp, pp, o, arg, dz, n, c, Ho, Wo):
 # conv2: 16-wide rows, two output rows of 8 windows (pp without a border, o = 0).
 
 @njit(inline="always")
+def _windows(W, v0, v1, v2, v3):
+    # a block's 4 vectors in memory order (W = 32: two input rows of 32; W = 16: four rows of 16)
+    #   ->   its windows' positions 0, 1, 2, 3 (16 windows each)
+    if W == 32:
+        return veven(v0, v1), vodd(v0, v1), veven(v2, v3), vodd(v2, v3)
+    return veven(v0, v2), vodd(v0, v2), veven(v1, v3), vodd(v1, v3)
+
+
+@njit(inline="always")
 def _window_max_v(a, b, c, d, pos):
     # a, b, c, d: window positions 0..3 of 16 windows, pos = (0, 1, 2, 3) as vectors
     #   ->   (max, its position); ties keep the first
@@ -156,14 +165,16 @@ def _pool_plane_v(z, bv, pp, o, arg, n, c, W):
         for i in range(16):
             r = (n * C + c) * 1024 + i * 64                  # input rows 2i, 2i+1
             v0, v1, v2, v3 = vload(z, r), vload(z, r + 16), vload(z, r + 32), vload(z, r + 48)
-            best, k = _window_max_v(veven(v0, v1), vodd(v0, v1), veven(v2, v3), vodd(v2, v3), pos)
+            p0, p1, p2, p3 = _windows(32, v0, v1, v2, v3)
+            best, k = _window_max_v(p0, p1, p2, p3, pos)
             vstore(pp, ((n * C + c) * Hq + o + i) * Wq + o, velu(vadd(best, b16)))
             vstore_i8(arg, (n * C + c) * 256 + i * 16, k)
     else:
         for i in range(0, 8, 2):
             r = (n * C + c) * 256 + i * 32                   # input rows 2i .. 2i+3
             v0, v1, v2, v3 = vload(z, r), vload(z, r + 16), vload(z, r + 32), vload(z, r + 48)
-            best, k = _window_max_v(veven(v0, v2), vodd(v0, v2), veven(v1, v3), vodd(v1, v3), pos)
+            p0, p1, p2, p3 = _windows(16, v0, v1, v2, v3)
+            best, k = _window_max_v(p0, p1, p2, p3, pos)
             vstore(pp, (n * C + c) * 64 + i * 8, velu(vadd(best, b16)))
             vstore_i8(arg, (n * C + c) * 64 + i * 8, k)
 

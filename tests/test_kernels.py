@@ -125,12 +125,14 @@ def test_bn_channel(rng, dtype):
     assert rel(dz, rdz.reshape(5, 6, 256)) < tol and rel(dg, rdg) < tol and rel(db, rdb) < tol
 
 
-@pytest.mark.parametrize("counts", [(8, 8, 8, 8, 8), (8, 8, 8, 3), (6, 6, 6), (1024, 2048, 512), (16,)])
+@pytest.mark.parametrize("counts", [(8, 8, 8, 8, 8), (8, 8, 8, 3), (6, 6, 6), (1024, 2048, 512), (16,), (8,) * 16,
+                                    (8,) * 16 + (5,), (4,) * 7 + (8,) * 6])
 def test_bn_moments_tree_is_chans_formula_with_divisions_bitwise(rng, counts):
     """The moments' tree combines rows exactly as Chan's formula written with divisions, level by
-    level (an odd last row carried): for power-of-two counts the kernel multiplies by 1/n instead,
-    which must not change a bit; other counts divide."""
-    S, D = len(counts), 37                               # 37 statistics: vector blocks and a scalar tail
+    level (an odd last row carried): the kernel's stack order must give the same nodes, and for
+    power-of-two counts it multiplies by 1/n instead, which must not change a bit; other counts
+    divide."""
+    S, D = len(counts), 101                      # 101 statistics: a 64-block, 16-blocks, a scalar tail
     rows = np.concatenate([rng.standard_normal((S, D)) * 50, rng.random((S, D)) * 900], axis=1)
     out = np.empty(2 * D)
     bnstats.bn_moments_tree_into(rows, np.array(counts, np.float64), out)
@@ -158,6 +160,35 @@ def test_bn_moments_tree_is_chans_formula_with_divisions_bitwise(rng, counts):
     for k in range(8):
         m2 = m2 + (z64[k] - total / 8) * (z64[k] - total / 8)
     assert got.tobytes() == np.concatenate([total, m2]).tobytes()
+
+
+@pytest.mark.parametrize("M", [128.0, 100.0, 8192.0, 3.0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bn_stats_and_coefficients_are_their_formulas_bitwise(rng, M, dtype):
+    """bn_stats_into (16-lane division and square root, 1/M for a power of two) and the fused
+    kernels' coefficients (per unit in one loop, per channel repeated over the map) give the bits
+    of the scalar formulas written in NumPy."""
+    from cnncli.kernels import bnpool
+
+    D = 6 * 16 + 7                                       # 16-lane blocks and a scalar tail
+    moments = np.concatenate([rng.standard_normal(D) * 30, rng.random(D) * 500 * M])
+    rm, rv = rng.standard_normal(D).astype(dtype), rng.random(D).astype(dtype)
+    keep, m, unbias, eps = dtype(0.9), 0.1, 0.1 * M / (M - 1), 1e-5
+    stats = np.empty((3, D))
+    want_rm, want_rv = rm * keep + (moments[:D] / M) * m, rv * keep + (moments[D:] / M) * unbias
+    bnstats.bn_stats_into(moments, M, eps, stats, keep, m, unbias, rm, rv)
+    var = moments[D:] / M
+    assert stats.tobytes() == np.stack([moments[:D] / M, var, 1.0 / np.sqrt(var + eps)]).tobytes()
+    assert rm.tobytes() == want_rm.astype(dtype).tobytes() and rv.tobytes() == want_rv.astype(dtype).tobytes()
+    gamma, beta = rng.standard_normal(D).astype(dtype), rng.standard_normal(D).astype(dtype)
+    sums = rng.standard_normal(2 * D) * 100
+    f = gamma * stats[2] / M
+    for rep in (1, 4):
+        coef = np.empty((6, D * rep), dtype)
+        bnpool.bn_coef_forward_into(stats[0], stats[2], gamma, beta, coef)
+        bnpool.bn_coef_backward_into(stats[2], gamma, sums, M, coef)
+        want = np.stack([stats[0], stats[2], gamma * stats[2], beta, -f * sums[:D], -f * sums[D:]]).astype(dtype)
+        assert coef.tobytes() == np.repeat(want, rep, axis=1).tobytes()
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

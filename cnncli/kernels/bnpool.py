@@ -44,6 +44,13 @@ def bn_coef_forward_range(mean, invstd, gamma, beta, coef, d0, d1):
     # bn_coef_forward_into for the statistics d0 <= d < d1 only (each statistic's own operations)
     D, E = mean.shape[0], coef.shape[1]
     rep = E // D
+    if rep == 1:                                 # per unit: one loop LLVM vectorizes
+        for d in range(d0, d1):
+            coef[M_ROW, d] = mean[d]
+            coef[INV_ROW, d] = invstd[d]
+            coef[A_ROW, d] = gamma[d] * invstd[d]
+            coef[BETA_ROW, d] = beta[d]
+        return
     for d in range(d0, d1):
         m, inv, a, b = mean[d], invstd[d], gamma[d] * invstd[d], beta[d]
         for e in range(d * rep, (d + 1) * rep):
@@ -65,6 +72,12 @@ def bn_coef_backward_range(invstd, gamma, sums, M, coef, d0, d1):
     # bn_coef_backward_into for the statistics d0 <= d < d1 only
     D, E = invstd.shape[0], coef.shape[1]
     rep = E // D
+    if rep == 1:                                 # per unit: one loop LLVM vectorizes
+        for d in range(d0, d1):
+            f = gamma[d] * invstd[d] / M
+            coef[B_ROW, d] = -f * sums[d]
+            coef[G_ROW, d] = -f * sums[D + d]
+        return
     for d in range(d0, d1):
         f = gamma[d] * invstd[d] / M
         b, g = -f * sums[d], -f * sums[D + d]

@@ -16,7 +16,8 @@ import numpy as np
 from numba import njit
 
 from .checks import check_array, check_bn_z
-from .simd import vadd, vdiv, vfma, vhsum, vload, vmul, vsplat, vstore, vsub, vwiden, vzero
+from .reduce import LEVELS
+from .simd import vadd, vdiv, vfma, vhsum, vload, vmul, vsplat, vsqrt, vstore, vsub, vwiden, vzero
 
 
 # The forward's statistics in one phase: each shard's sum and its sum of squared deviations about
@@ -147,81 +148,132 @@ def _power_of_two(x):
 
 
 @njit(inline="always")
-def _chan_store(src, dst, ra, rb, ro, D, d, sa, sb, delta, vf):
-    # statistics d .. d+15 of _chan_pair given the two rows' sums and their means' difference delta
-    m2 = vadd(vadd(vload(src, ra + D + d), vload(src, rb + D + d)), vmul(vmul(delta, delta), vf))
-    vstore(dst, ro + D + d, m2)
-    vstore(dst, ro + d, vadd(sa, sb))
-
-
-@njit(nogil=True)
-def _chan_pair(src, a, b, na, nb, dst, o, d0, d1):
-    # rows a and b of src (.,2D) [sum | M2] over na and nb values -> row o of dst, statistics
-    # d0 <= d < d1: sums added, M2s combined (Chan et al.); 16 statistics at a time in float64
-    # vectors, the same operations as the scalar tail lane by lane (so any range gives each
-    # statistic the same bits). dst may be src with o <= a (every value is read before written).
-    W = src.shape[1]
-    D = W // 2
-    V = d1 - (d1 - d0) % 16
-    f = na * nb / (na + nb)
-    ra, rb, ro = a * W, b * W, o * W
-    va, vb, vf = vsplat(na), vsplat(nb), vsplat(f)
-    if _power_of_two(na) and _power_of_two(nb):       # x / 2^k = x * 2^-k exactly: 16 divisions fewer
-        ia, ib = vsplat(1.0 / na), vsplat(1.0 / nb)
-        for d in range(d0, V, 16):
-            sa, sb = vload(src, ra + d), vload(src, rb + d)
-            _chan_store(src, dst, ra, rb, ro, D, d, sa, sb, vsub(vmul(sb, ib), vmul(sa, ia)), vf)
+def _chan(sa, ma, sb, mb, coef, k):
+    # two nodes' [sum | M2] vectors   ->   their parent's: sums added, M2s combined (Chan et al.)
+    # with merge k's coefficients (_chan_coefs), the operations of _chan_scalar lane by lane
+    f, ia, ib, na, nb = coef[k, 0], coef[k, 1], coef[k, 2], coef[k, 3], coef[k, 4]
+    if ia > 0.0:                                      # x / 2^k = x * 2^-k exactly: 16 divisions fewer
+        delta = vsub(vmul(sb, vsplat(ib)), vmul(sa, vsplat(ia)))
     else:
-        for d in range(d0, V, 16):
-            sa, sb = vload(src, ra + d), vload(src, rb + d)
-            _chan_store(src, dst, ra, rb, ro, D, d, sa, sb, vsub(vdiv(sb, vb), vdiv(sa, va)), vf)
-    for d in range(V, d1):
-        sa, sb = src[a, d], src[b, d]
-        delta = sb / nb - sa / na
-        dst[o, D + d] = src[a, D + d] + src[b, D + d] + delta * delta * f
-        dst[o, d] = sa + sb
+        delta = vsub(vdiv(sb, vsplat(nb)), vdiv(sa, vsplat(na)))
+    return vadd(sa, sb), vadd(vadd(ma, mb), vmul(vmul(delta, delta), vsplat(f)))
 
 
 @njit(inline="always")
-def _copy_stats(src, i, dst, d0, d1):
-    # dst[d0:d1] and dst[D+d0:D+d1] = those of row i of src (.,2D) (loops: numba compiles a slice
-    # assignment several times slower)
-    D = src.shape[1] // 2
-    for d in range(d0, d1):
-        dst[d] = src[i, d]
-        dst[D + d] = src[i, D + d]
+def _chan_scalar(sa, ma, sb, mb, coef, k):
+    # one statistic of _chan
+    f, na, nb = coef[k, 0], coef[k, 3], coef[k, 4]
+    delta = sb / nb - sa / na
+    return sa + sb, ma + mb + delta * delta * f
+
+
+@njit(inline="always")
+def _chan_coefs(counts, coef, lev, sc):
+    # the tree's merges in the stack's order (bn_moments_tree_range) for shards of counts (S,)
+    # values   ->   coef (S-1, 5) rows (f = na nb / (na + nb), 1/na and 1/nb when both are powers of
+    # two (else 0), na, nb), the same for every statistic
+    top, k = 0, 0
+    for j in range(counts.shape[0]):
+        nb, h = counts[j], 0
+        while top > 0 and lev[top - 1] == h:
+            top -= 1
+            nb, h, k = _chan_coef(sc[top], nb, coef, k), h + 1, k + 1
+        sc[top], lev[top] = nb, h
+        top += 1
+    top -= 1
+    nb = sc[top]
+    for i in range(top - 1, -1, -1):
+        nb, k = _chan_coef(sc[i], nb, coef, k), k + 1
+
+
+@njit(inline="always")
+def _chan_coef(na, nb, coef, k):
+    # merge k of two nodes over na and nb values -> coef[k]; returns na + nb
+    two = _power_of_two(na) and _power_of_two(nb)
+    coef[k, 0], coef[k, 1], coef[k, 2] = na * nb / (na + nb), 1.0 / na if two else 0.0, 1.0 / nb if two else 0.0
+    coef[k, 3], coef[k, 4] = na, nb
+    return na + nb
 
 
 @njit(cache=True, nogil=True)
 def bn_moments_tree_into(parts, counts, out):
-    # parts (S,2D) float64, shard rows [sum | M2], counts (S,) values per statistic in each shard
-    #   ->   out (2D,) the batch's [sum | M2]: rows 2i and 2i+1 combined level by level into row i,
-    #   an odd last row carried up (tree_sum's tree). The first level reads parts, the next ones
-    #   work in place in a half-size buffer. counts float64.
-    S, W = parts.shape
-    bn_moments_tree_range(parts, counts, out, 0, W // 2, np.empty(((S + 1) // 2, W)))
+    # parts (S,2D) float64, shard rows [sum | M2], counts (S,) float64 values per statistic in each
+    # shard   ->   out (2D,) the batch's [sum | M2] through tree_sum's tree (bn_moments_tree_range)
+    bn_moments_tree_range(parts, counts, out, 0, parts.shape[1] // 2)
 
 
 @njit(inline="always")
-def bn_moments_tree_range(parts, counts, out, d0, d1, work):
-    # bn_moments_tree_into for the statistics d0 <= d < d1 only (out's [d0:d1] and [D+d0:D+d1]),
-    # every level after the first in work (>= ceil(S/2) rows of 2D float64): parts itself sums in
-    # place (each row is read before it is written), a large step's chunks without a (S/2, 2D)
-    # allocation each
-    S = parts.shape[0]
-    cnt = np.empty((S + 1) // 2)                # (ceil(S/2),) the levels' value counts
-    src, src_cnt, n = parts, counts, S
-    while n > 1:
-        half = n // 2
-        for i in range(half):
-            na, nb = src_cnt[2 * i], src_cnt[2 * i + 1]
-            _chan_pair(src, 2 * i, 2 * i + 1, na, nb, work, i, d0, d1)
-            cnt[i] = na + nb
-        if n % 2:
-            _copy_stats(src, n - 1, work[half], d0, d1)
-            cnt[half] = src_cnt[n - 1]
-        src, src_cnt, n = work, cnt, half + n % 2
-    _copy_stats(src, 0, out, d0, d1)
+def bn_moments_tree_range(parts, counts, out, d0, d1):
+    # bn_moments_tree_into for the statistics d0 <= d < d1 only (out's [d0:d1] and [D+d0:D+d1]):
+    # tree_sum's tree on a stack of finished left subtrees (reduce.tree_push's order: the same
+    # nodes and operands as pairing level by level), 64 statistics at a time (four independent
+    # 16-lane chains), then 16, then one by one; the shards' rows read once, the stack in L1;
+    # parts is only read
+    S, W = parts.shape
+    D = W // 2
+    ss = np.empty((LEVELS, 2, 64))              # (LEVELS,2,64) the stack's [sums | M2s]
+    sc = np.empty(LEVELS)                       # (LEVELS,) value counts
+    lev = np.empty(LEVELS, np.int64)            # (LEVELS,) the stack's heights
+    coef = np.empty((max(S - 1, 1), 5))         # (S-1,5) the merges' coefficients
+    _chan_coefs(counts, coef, lev, sc)
+    V64 = d1 - (d1 - d0) % 64
+    V16 = d1 - (d1 - V64) % 16
+    for d in range(d0, V64, 64):
+        _chan_tree_block(parts, d, 4, ss, lev, coef, out)
+    for d in range(V64, V16, 16):
+        _chan_tree_block(parts, d, 1, ss, lev, coef, out)
+    for d in range(V16, d1):
+        top, k = 0, 0
+        for j in range(S):
+            sb, mb, h = parts[j, d], parts[j, D + d], 0
+            while top > 0 and lev[top - 1] == h:
+                top -= 1
+                sb, mb = _chan_scalar(ss[top, 0, 0], ss[top, 1, 0], sb, mb, coef, k)
+                h, k = h + 1, k + 1
+            ss[top, 0, 0], ss[top, 1, 0], lev[top] = sb, mb, h
+            top += 1
+        top -= 1
+        sb, mb = ss[top, 0, 0], ss[top, 1, 0]
+        for i in range(top - 1, -1, -1):
+            sb, mb = _chan_scalar(ss[i, 0, 0], ss[i, 1, 0], sb, mb, coef, k)
+            k += 1
+        out[d], out[D + d] = sb, mb
+
+
+@njit(inline="always")
+def _chan_tree_block(parts, d, n, ss, lev, coef, out):
+    # statistics d .. d + 16n - 1 (n <= 4 vectors) of bn_moments_tree_range: each merge is n
+    # independent vector merges, through the stack ss (LEVELS,2,64)
+    S, W = parts.shape
+    D = W // 2
+    top, k = 0, 0
+    for j in range(S):
+        h = 0
+        q = top * 128                           # the leaf goes to the stack's top, then sinks
+        for u in range(n):
+            vstore(ss, q + 16 * u, vload(parts, j * W + d + 16 * u))
+            vstore(ss, q + 64 + 16 * u, vload(parts, j * W + D + d + 16 * u))
+        while top > 0 and lev[top - 1] == h:
+            a, b = (top - 1) * 128, top * 128
+            for u in range(n):
+                sv, mv = _chan(vload(ss, a + 16 * u), vload(ss, a + 64 + 16 * u),
+                               vload(ss, b + 16 * u), vload(ss, b + 64 + 16 * u), coef, k)
+                vstore(ss, a + 16 * u, sv)
+                vstore(ss, a + 64 + 16 * u, mv)
+            top, h, k = top - 1, h + 1, k + 1
+        lev[top] = h
+        top += 1
+    for i in range(top - 2, -1, -1):
+        a, b = i * 128, (i + 1) * 128
+        for u in range(n):
+            sv, mv = _chan(vload(ss, a + 16 * u), vload(ss, a + 64 + 16 * u),
+                           vload(ss, b + 16 * u), vload(ss, b + 64 + 16 * u), coef, k)
+            vstore(ss, a + 16 * u, sv)
+            vstore(ss, a + 64 + 16 * u, mv)
+        k += 1
+    for u in range(n):
+        vstore(out, d + 16 * u, vload(ss, 16 * u))
+        vstore(out, D + d + 16 * u, vload(ss, 64 + 16 * u))
 
 
 @njit(cache=True, nogil=True)
@@ -237,9 +289,18 @@ def bn_stats_into(moments, M, eps, stats, keep, m, unbias, running_mean, running
 
 @njit(inline="always")
 def bn_stats_range(moments, M, eps, stats, keep, m, unbias, running_mean, running_var, d0, d1):
-    # bn_stats_into for the statistics d0 <= d < d1 only
+    # bn_stats_into for the statistics d0 <= d < d1 only: 16 at a time in float64 vectors (IEEE
+    # division and square root lane by lane: the scalar tail's bits), a power-of-two M as a
+    # multiplication by its exact reciprocal
     D = moments.shape[0] // 2
-    for d in range(d0, d1):
+    V = d1 - (d1 - d0) % 16
+    if _power_of_two(M):
+        for d in range(d0, V, 16):
+            _stats_block(moments, d, vsplat(1.0 / M), vsplat(eps), stats, True)
+    else:
+        for d in range(d0, V, 16):
+            _stats_block(moments, d, vsplat(M), vsplat(eps), stats, False)
+    for d in range(V, d1):
         mean = moments[d] / M
         var = moments[D + d] / M
         stats[0, d] = mean
@@ -249,6 +310,17 @@ def bn_stats_range(moments, M, eps, stats, keep, m, unbias, running_mean, runnin
         for d in range(d0, d1):
             running_mean[d] = running_mean[d] * keep + stats[0, d] * m
             running_var[d] = running_var[d] * keep + stats[1, d] * unbias
+
+
+@njit(inline="always")
+def _stats_block(moments, d, vm, veps, stats, reciprocal):
+    # statistics d .. d+15 of bn_stats_range: vm is M's reciprocal (reciprocal) or M
+    D = moments.shape[0] // 2
+    s, q = vload(moments, d), vload(moments, D + d)
+    mean, var = (vmul(s, vm), vmul(q, vm)) if reciprocal else (vdiv(s, vm), vdiv(q, vm))
+    vstore(stats, d, mean)
+    vstore(stats, D + d, var)
+    vstore(stats, 2 * D + d, vdiv(vsplat(1.0), vsqrt(vadd(var, veps))))
 
 
 def bn_moments(z):

@@ -53,7 +53,7 @@ def _forward_stats(sync, counter, fwd, counts, M, eps, stats, keep, m, unbias, r
         if c >= n:
             break
         d0, d1 = c * CHUNK, min(D, (c + 1) * CHUNK)
-        bnstats.bn_moments_tree_range(fwd, counts, moments, d0, d1, fwd)     # (fwd is not read again)
+        bnstats.bn_moments_tree_range(fwd, counts, moments, d0, d1)
         bnstats.bn_stats_range(moments, M, eps, stats, keep, m, unbias, rm, rv, d0, d1)
         if with_coef:
             bnpool.bn_coef_forward_range(stats[0], stats[2], gamma, beta, coef, d0, d1)
@@ -105,7 +105,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     # dz1, dzp2, dzt2 are a per-thread scratch (thread t's shard in rows t*sm : t*sm + sm, which
     # stay in its cache), dwt2s (T,6,5,5,16); stk (T,fc.PAIRS*fc.LEVELS,128) and
     # lev (T,fc.PAIRS*fc.LEVELS) int64 fc1's gradient tree stacks (fc.fc_grads_tree_task); fwd*/bwd* (L,2D) float64 the
-    # shards' rows (fwd* summed in place: overwritten), counts* (L,) values per statistic in each
+    # shards' rows, counts* (L,) values per statistic in each
     # shard, M* the batch's; stats* (3,D),
     # moments*/sums* (2D,) float64; coef* (6,E); running statistics rm*/rv* (D,) or (0,);
     # rows (L,P) the shards' gradients, offs (8,) int64 where conv1.w, conv1.b, conv2.w, conv2.b,

@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit
 
 from .checks import check_array, check_out
+from .reduce import LEVELS, tree_fold, tree_push
 from .simd import sfma, vadd, vfma, vhsum, vload, vmul, vsplat, vstore, vzero
 
 
@@ -74,55 +75,14 @@ def fc_grads_into(dz, x, dw, db):
 
 # fc1's weight and bias gradients of a whole batch, summed over its shards through
 # distributed.tree_sum's tree as they are made: each shard's partial sum is fc_grads_into's (the
-# same _grad_tile), and the tree runs on a small stack of finished left subtrees (a new node adds
-# the one below it while both are the same height; at the end the stack adds up right to left),
-# which is tree_sum's left-aligned pairing with the odd node carried up. The same bits as
+# same _grad_tile), pushed onto a stack of finished left subtrees per output pair (reduce.py's
+# tree_push / tree_fold: tree_sum's nodes and operands). The same bits as
 # fc_grads_into per shard followed by tree_sum, without writing the (L, O*I) rows in between.
 # A task is 64 columns times up to PAIRS output pairs (o, o+1; an odd O's last output twice),
 # shard by shard: a shard's 64 columns of x stay in L1 while every pair of the task uses them
 # (pair by pair over all shards instead read x from L2 for each pair: 2.7x slower).
 
 PAIRS = 11                     # output pairs per task: fc1's 65 outputs in 3 tasks per column block
-LEVELS = 40                    # stack depth per pair: up to 2^39 shards
-
-
-@njit(inline="always")
-def _tree_push(stk, lev, base, top, v0, v1, v2, v3, v4, v5, v6, v7):
-    # stk (., 128) rows base .. base + top - 1 hold finished subtrees, lev (.,) their heights; a new
-    # leaf (v0..v7: 128 values)   ->   the new count, the leaf merged into the stack (left + right)
-    c, h = top, 0
-    while c > 0 and lev[base + c - 1] == h:
-        q = (base + c - 1) * 128
-        v0, v1, v2, v3 = vadd(vload(stk, q), v0), vadd(vload(stk, q + 16), v1), \
-            vadd(vload(stk, q + 32), v2), vadd(vload(stk, q + 48), v3)
-        v4, v5, v6, v7 = vadd(vload(stk, q + 64), v4), vadd(vload(stk, q + 80), v5), \
-            vadd(vload(stk, q + 96), v6), vadd(vload(stk, q + 112), v7)
-        c -= 1
-        h += 1
-    q = (base + c) * 128
-    for k, v in enumerate((v0, v1, v2, v3, v4, v5, v6, v7)):
-        vstore(stk, q + 16 * k, v)
-    lev[base + c] = h
-    return c + 1
-
-
-@njit(inline="always")
-def _tree_fold(stk, base, top, dw, r0, r1):
-    # the stack's subtrees (rows base ..) added right to left (left + right); the root's first 64
-    # values into dw from flat offset r0, the other 64 from r1
-    q = (base + top - 1) * 128
-    v0, v1, v2, v3 = vload(stk, q), vload(stk, q + 16), vload(stk, q + 32), vload(stk, q + 48)
-    v4, v5, v6, v7 = vload(stk, q + 64), vload(stk, q + 80), vload(stk, q + 96), vload(stk, q + 112)
-    for c in range(top - 2, -1, -1):
-        q = (base + c) * 128
-        v0, v1, v2, v3 = vadd(vload(stk, q), v0), vadd(vload(stk, q + 16), v1), \
-            vadd(vload(stk, q + 32), v2), vadd(vload(stk, q + 48), v3)
-        v4, v5, v6, v7 = vadd(vload(stk, q + 64), v4), vadd(vload(stk, q + 80), v5), \
-            vadd(vload(stk, q + 96), v6), vadd(vload(stk, q + 112), v7)
-    for k, v in enumerate((v0, v1, v2, v3)):
-        vstore(dw, r0 + 16 * k, v)
-    for k, v in enumerate((v4, v5, v6, v7)):
-        vstore(dw, r1 + 16 * k, v)
 
 
 @njit(inline="always")
@@ -174,11 +134,11 @@ def fc_grads_tree_task(dz, x, bounds, dw, db, task, stk, lev):
             o = 2 * (q0 + g)
             p = min(o + 1, O - 1)
             a0, a1, a2, a3, b0, b1, b2, b3 = _grad_tile(dz, x, o, p, bounds[j], bounds[j + 1], i)
-            tops[g] = _tree_push(stk, lev, g * LEVELS, tops[g], a0, a1, a2, a3, b0, b1, b2, b3)
+            tops[g] = tree_push(stk, lev, g * LEVELS, tops[g], a0, a1, a2, a3, b0, b1, b2, b3)
     for g in range(nq):
         o = 2 * (q0 + g)
         p = min(o + 1, O - 1)
-        _tree_fold(stk, g * LEVELS, tops[g], dw, o * I + i, p * I + i)
+        tree_fold(stk, g * LEVELS, tops[g], dw, o * I + i, p * I + i)
         if i == 0:
             _bias_tree(dz, bounds, o, p, stk, lev, db)
 

@@ -11,46 +11,93 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .simd import vadd, vload, vstore
 from .sync import take
 from .threads import run
 
-BLOCK = 512           # columns summed through the whole tree at once: (S/2, BLOCK) stays in L1/L2
-TASK = 16 * BLOCK     # columns per worker task (threads.run hands them out)
+TASK = 8192           # columns per worker task (threads.run hands them out)
+
+
+# The tree on a stack of finished left subtrees: rows pushed in order, a new node adds the one below
+# it while both have the same height (left + right), and at the end the stack adds up right to
+# left. That is tree_sum's left-aligned pairing with an odd node carried up, so the same nodes,
+# operands and bits as summing level by level, with each row read once and every partial sum in L1
+# (tree_cols_into; fc.fc_grads_tree_task pushes each shard's gradient as it makes it).
+
+LEVELS = 40                    # stack depth: up to 2^39 rows
+
+
+@njit(inline="always")
+def tree_push(stk, lev, base, top, v0, v1, v2, v3, v4, v5, v6, v7):
+    # stk (., 128) rows base .. base + top - 1 hold finished subtrees, lev (.,) their heights; a new
+    # leaf (v0..v7: 128 values)   ->   the new count, the leaf merged into the stack (left + right)
+    c, h = top, 0
+    while c > 0 and lev[base + c - 1] == h:
+        q = (base + c - 1) * 128
+        v0, v1, v2, v3 = vadd(vload(stk, q), v0), vadd(vload(stk, q + 16), v1), \
+            vadd(vload(stk, q + 32), v2), vadd(vload(stk, q + 48), v3)
+        v4, v5, v6, v7 = vadd(vload(stk, q + 64), v4), vadd(vload(stk, q + 80), v5), \
+            vadd(vload(stk, q + 96), v6), vadd(vload(stk, q + 112), v7)
+        c -= 1
+        h += 1
+    q = (base + c) * 128
+    for k, v in enumerate((v0, v1, v2, v3, v4, v5, v6, v7)):
+        vstore(stk, q + 16 * k, v)
+    lev[base + c] = h
+    return c + 1
+
+
+@njit(inline="always")
+def tree_fold(stk, base, top, out, r0, r1):
+    # the stack's subtrees (rows base ..) added right to left (left + right); the root's first 64
+    # values into out from flat offset r0, the other 64 from r1
+    q = (base + top - 1) * 128
+    v0, v1, v2, v3 = vload(stk, q), vload(stk, q + 16), vload(stk, q + 32), vload(stk, q + 48)
+    v4, v5, v6, v7 = vload(stk, q + 64), vload(stk, q + 80), vload(stk, q + 96), vload(stk, q + 112)
+    for c in range(top - 2, -1, -1):
+        q = (base + c) * 128
+        v0, v1, v2, v3 = vadd(vload(stk, q), v0), vadd(vload(stk, q + 16), v1), \
+            vadd(vload(stk, q + 32), v2), vadd(vload(stk, q + 48), v3)
+        v4, v5, v6, v7 = vadd(vload(stk, q + 64), v4), vadd(vload(stk, q + 80), v5), \
+            vadd(vload(stk, q + 96), v6), vadd(vload(stk, q + 112), v7)
+    for k, v in enumerate((v0, v1, v2, v3)):
+        vstore(out, r0 + 16 * k, v)
+    for k, v in enumerate((v4, v5, v6, v7)):
+        vstore(out, r1 + 16 * k, v)
 
 
 @njit(cache=True, nogil=True)
 def tree_cols_into(parts, out, c0, c1):
-    # parts (S,M), out (M,): out[c0:c1] = tree_sum(parts)[c0:c1] -- level by level row 2i + row 2i+1,
-    # an odd last row carried up unchanged, each block of BLOCK columns through every level at once
-    S = parts.shape[0]
-    work = np.empty(((S + 1) // 2, BLOCK), parts.dtype)               # (ceil(S/2), BLOCK)
-    for b0 in range(c0, c1, BLOCK):
-        w = min(BLOCK, c1 - b0)
-        if S == 1:
-            for c in range(w):
-                out[b0 + c] = parts[0, b0 + c]
-            continue
-        half = S // 2
-        for i in range(half):
-            a, b, r = parts[2 * i, b0:b0 + w], parts[2 * i + 1, b0:b0 + w], work[i]
-            for c in range(w):
-                r[c] = a[c] + b[c]
-        if S % 2:
-            for c in range(w):
-                work[half, c] = parts[S - 1, b0 + c]
-        n = (S + 1) // 2
-        while n > 1:
-            half = n // 2
-            for i in range(half):
-                a, b, r = work[2 * i], work[2 * i + 1], work[i]
-                for c in range(w):
-                    r[c] = a[c] + b[c]
-            if n % 2:
-                for c in range(w):
-                    work[half, c] = work[n - 1, c]
-            n = half + n % 2
-        for c in range(w):
-            out[b0 + c] = work[0, c]
+    # parts (S,M) C-contiguous, out (M,): out[c0:c1] = tree_sum(parts)[c0:c1] -- 128 columns at a
+    # time, row by row onto the stack (tree_push), then column by column on a scalar stack for the
+    # last (c1 - c0) % 128: the same additions, in the same order, for every column
+    S, M = parts.shape
+    stk = np.empty((LEVELS, 128), parts.dtype)                         # (LEVELS,128) the stack
+    lev = np.empty(LEVELS, np.int64)                                   # (LEVELS,) its heights
+    V = c1 - (c1 - c0) % 128
+    for b0 in range(c0, V, 128):
+        top = 0
+        for j in range(S):
+            q = j * M + b0
+            top = tree_push(stk, lev, 0, top, vload(parts, q), vload(parts, q + 16), vload(parts, q + 32),
+                            vload(parts, q + 48), vload(parts, q + 64), vload(parts, q + 80),
+                            vload(parts, q + 96), vload(parts, q + 112))
+        tree_fold(stk, 0, top, out, b0, b0 + 64)
+    for c in range(V, c1):
+        top = 0
+        for j in range(S):
+            v, h = parts[j, c], 0
+            while top > 0 and lev[top - 1] == h:
+                v = stk[top - 1, 0] + v
+                top -= 1
+                h += 1
+            stk[top, 0] = v
+            lev[top] = h
+            top += 1
+        v = stk[top - 1, 0]
+        for k in range(top - 2, -1, -1):
+            v = stk[k, 0] + v
+        out[c] = v
 
 
 @njit(inline="always")

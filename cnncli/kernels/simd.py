@@ -2,7 +2,7 @@
 <16 x double>), and the few intrinsics the kernels need: load, store, splat, add, subtract,
 multiply, divide, fused multiply-add (and its scalar form), lane sum, widening to float64 (the
 direct convolutions, the fc products, BN's statistics and sums); even/odd and interleave shuffles, compare-and-select, int8 loads/stores (the 2x2
-pooling); floor, conversion to an array's dtype and a gather (augmentation's bilinear warp); plus
+pooling); floor, square root, conversion to an array's dtype and a gather (augmentation's bilinear warp); plus
 2^k from exponent bits, scalar and vector (ELU's expm1).
 A kernel keeps a tile of such vectors as loop variables, and LLVM keeps them in registers: the
 register-blocked inner loops numba's vectorizers do not find.
@@ -289,6 +289,20 @@ def vfloor(typingctx, v):
     def codegen(context, builder, sig, args):
         vecty = args[0].type
         name = f"llvm.floor.v{LANES}f{v.dtype.bitwidth}"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vecty, [vecty]), name)
+        return builder.call(fn, [args[0]])
+    return v(v), codegen
+
+
+@intrinsic
+def vsqrt(typingctx, v):
+    """sqrt(v) in every lane (llvm.sqrt: correctly rounded, the bits of math.sqrt lane by lane)."""
+    if not isinstance(v, Vec):
+        raise TypeError(f"simd.vsqrt: need a vector, got {v}")
+
+    def codegen(context, builder, sig, args):
+        vecty = args[0].type
+        name = f"llvm.sqrt.v{LANES}f{v.dtype.bitwidth}"
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vecty, [vecty]), name)
         return builder.call(fn, [args[0]])
     return v(v), codegen

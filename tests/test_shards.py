@@ -279,7 +279,7 @@ def test_compiling_elsewhere_while_a_live_worker_has_the_kernel():
     precompile._JOBS.append(job)
     try:
         assert precompile.compiling_elsewhere(bnstep.bn_step_into)
-        assert not precompile.compiling_elsewhere(bnstep.SYNC_SIZE)      # not one of the job's kernels
+        assert not precompile.compiling_elsewhere(bnstep.SYNC_COUNTERS)      # not one of the job's kernels
         job._state[0] = precompile.FREE                  # not taken yet: a worker will, the run waits for it
         assert precompile.compiling_elsewhere(bnstep.bn_step_into)
         job._procs[0].alive = False                      # the worker died: the run compiles it itself

@@ -32,6 +32,29 @@ def test_barrier_and_counters_hand_out_every_item_once_per_round(threads):
     assert (state[sync.COUNTERS:] == items + threads).all()     # each thread's last take finds the round empty
 
 
+@pytest.mark.parametrize("threads, shards", [(1, 5), (2, 16), (2, 7), (3, 16), (5, 3)])
+def test_own_shard_hands_out_every_shard_once_each_phase(threads, shards):
+    """own_shard: each phase's shards are taken once each, by one of the job's threads (forward and
+    reverse phases alike, shares stolen once a thread's own is done; with more threads than shards
+    the empty shares are skipped)."""
+    rounds = 40
+    bounds = np.arange(shards + 1, dtype=np.int64) * 8
+    state = np.zeros(sync.COUNTERS + 1 + rounds * threads, np.int64)
+    taken = np.zeros((rounds, 2 * shards), np.int64)
+    pool = [threading.Thread(target=sync.own_shards_into, args=(state, threads, bounds, rounds, taken))
+            for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(120)
+    assert not any(t.is_alive() for t in pool)
+    assert (taken[:, :shards] == 1).all()                        # each shard once
+    takers = taken[:, shards:]
+    assert ((takers >= 1) & (takers <= threads)).all()
+    if threads == 1:
+        assert (takers == 1).all()
+
+
 def test_an_aborted_job_lets_the_waiting_threads_return():
     """Two of three threads wait at the first barrier for a third that never comes; ABORT set from
     Python lets them return."""

@@ -1,8 +1,10 @@
 """A whole BN training step in one nogil numba call per thread (one process): the phases of
 bnphases.py's BN step -- each shard's segments up to a BN, the batch's statistics, the next
 segments -- with the threads meeting at spin barriers (sync.py) instead of in Python, so a step
-takes the GIL once per thread, not once per kernel. Each phase's shards go to whichever thread
-takes them next; each shard runs the very kernels, on the very arrays, that bnphases.py's per-shard
+takes the GIL once per thread, not once per kernel. Each thread first takes the shards of its own
+share (sync.own_shard: the same share in every phase, every other phase in reverse order, so a
+thread starts a phase on the arrays it wrote last, still in its L2), then any left in the others';
+each shard runs the very kernels, on the very arrays, that bnphases.py's per-shard
 tasks run (segments.py, bnpool, fc, head), and every sum over shards is the same fixed tree
 (bn_moments_tree_into, tree_cols_into), so the bits depend neither on the thread count nor on
 this path: with MPI ranks bnphases.py runs the same kernels phase by phase.
@@ -22,12 +24,13 @@ from .fc import fc_dx_loop_into, fc_forward_loop_into, fc_grads_tree_task, fc_gr
 from .head import bn_head_into
 from .reduce import tree_chunks, tree_cols_into
 from . import sync as _sync
-from .sync import barrier, cycles, next_shard, take
+from .sync import barrier, cycles, own_shard, take
 
 # the counters of sync.py's array, one per phase: the shards' segments, and the statistics' chunks;
 # TID numbers the threads (for the clock marks)
 F1, F2, F3, HEAD, B3, B2, B1, TREE, S1, S2, S3, T3, T2, T1, TID, TREE_FC, TREE_C2, FC1 = range(18)
-SYNC_SIZE = _sync.COUNTERS + 18     # the job's sync array: the barrier's slots and the counters
+SYNC_COUNTERS = _sync.COUNTERS + 18   # the barrier's slots and the counters; then each shard phase's T shares
+SHARD_PHASES = 7
 # the step's segments in order, each ended by a barrier (the last by the call's end): clock marks
 SEGMENTS = ("forward to BN1's input, its moments", "BN1's statistics",
             "BN1 .. BN2's input, its moments", "BN2's statistics",
@@ -125,7 +128,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         clock[tid, 1, 0] = cycles()
     # forward, to BN1's input and its moments
     while True:
-        j, a, b = next_shard(sync, F1, bounds)
+        j, a, b = own_shard(sync, SYNC_COUNTERS + 0 * T, bounds, tid, T, False)
         if j < 0:
             break
         segments.conv1_moments_into(x[a:b], xp1[a:b], w1, z1[a:b], b1, fwd1[j])
@@ -136,7 +139,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         return
     # BN1, pool, ELU, conv2, to BN2's input and its moments
     while True:
-        j, a, b = next_shard(sync, F2, bounds)
+        j, a, b = own_shard(sync, SYNC_COUNTERS + 1 * T, bounds, tid, T, True)
         if j < 0:
             break
         segments.bn1_conv2_moments_into(z1[a:b], coef1, xp2[a:b], arg1[a:b], w2, z2[a:b], b2, fwd2[j])
@@ -147,7 +150,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         return
     # BN2, pool, ELU, fc1, to BN3's input and its moments
     while True:
-        j, a, b = next_shard(sync, F3, bounds)
+        j, a, b = own_shard(sync, SYNC_COUNTERS + 2 * T, bounds, tid, T, False)
         if j < 0:
             break
         bnpool.bn_pool_elu_forward_into(z2[a:b], coef2, p2[a:b], 0, arg2[a:b])
@@ -161,7 +164,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         return
     # the head: BN3, ELU, fc2, the loss (and down to BN3's dy and its sums)
     while True:
-        j, a, b = next_shard(sync, HEAD, bounds)
+        j, a, b = own_shard(sync, SYNC_COUNTERS + 3 * T, bounds, tid, T, True)
         if j < 0:
             break
         r = rows[j]
@@ -179,7 +182,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     # backward from BN3: fc1's gradients, pool2 + ELU, to BN2's sums
     U = g3.shape[0]
     while True:
-        j, a, b = next_shard(sync, B3, bounds)
+        j, a, b = own_shard(sync, SYNC_COUNTERS + 4 * T, bounds, tid, T, False)
         if j < 0:
             break
         bn_unit_backward_given_into(dy3[a:b], xhat3[a:b], g3, stats3[2], sums3[:U], sums3[U:], M3, dz3[a:b])
@@ -193,7 +196,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         return
     # backward from BN2: conv2's gradients, to BN1's sums
     while True:
-        j, a, b = next_shard(sync, B2, bounds)
+        j, a, b = own_shard(sync, SYNC_COUNTERS + 5 * T, bounds, tid, T, True)
         if j < 0:
             break
         r, o, e = rows[j], tid * sm, tid * sm + b - a
@@ -215,7 +218,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         return
     # backward from BN1: conv1's gradients
     while True:
-        j, a, b = next_shard(sync, B1, bounds)
+        j, a, b = own_shard(sync, SYNC_COUNTERS + 6 * T, bounds, tid, T, False)
         if j < 0:
             break
         r, o, e = rows[j], tid * sm, tid * sm + b - a

@@ -139,6 +139,27 @@ def next_shard(sync, k, bounds):
 
 
 @njit(inline="always")
+def own_shard(sync, base, bounds, tid, T, rev):
+    """The next shard for thread tid of T: first from its own share of bounds (L+1,) (shards
+    L*tid//T .. L*(tid+1)//T - 1, in order, or from the last one down when rev), then from the
+    other threads' shares (tid+1, tid+2, ... mod T) the same way. Share r's items are counted in
+    sync[base + r] (T slots, zeroed). (j, a, b), or j = -1 once every shard is taken. A thread
+    meets the shards it had in the phase before, whose arrays are still in its cache; each
+    shard's arithmetic does not depend on which thread runs it."""
+    L = bounds.shape[0] - 1
+    for s in range(T):
+        r = (tid + s) % T
+        lo, hi = L * r // T, L * (r + 1) // T
+        if lo >= hi:
+            continue
+        i = atomic_add(sync, base + r, 1)
+        if lo + i < hi:
+            j = hi - 1 - i if rev else lo + i
+            return j, bounds[j], bounds[j + 1]
+    return -1, 0, 0
+
+
+@njit(inline="always")
 def arrive(sync, T):
     """Arrive at the barrier: -1 on the last of the T threads to arrive (it alone runs on, and must
     call release() to let the others go), else the generation to wait() on."""
@@ -179,6 +200,23 @@ def barrier(sync, T):
         release(sync)
         return False
     return wait(sync, gen)
+
+
+@njit(cache=True, nogil=True)
+def own_shards_into(sync, T, bounds, rounds, taken):
+    # a test job for own_shard: `rounds` phases of the shards of bounds, every other one in reverse,
+    # with a barrier after each; taken (rounds, L) int64 zeroed   ->   taken[r, j] = how many times
+    # shard j was taken in round r (1), taken[r, L + j] = 1 + the thread that took it
+    tid = take(sync, 0)
+    for r in range(rounds):
+        while True:
+            j, a, b = own_shard(sync, COUNTERS + 1 + r * T, bounds, tid, T, r % 2 == 1)
+            if j < 0:
+                break
+            atomic_add(taken[r], j, 1)
+            taken[r, bounds.shape[0] - 1 + j] = tid + 1
+        if barrier(sync, T):
+            return
 
 
 @njit(cache=True, nogil=True)

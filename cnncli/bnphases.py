@@ -139,7 +139,7 @@ def backward_phases(net, plan, comm, done):
                 passes.backward_bn2_to_bn1_sums(P, G, ws, plan.coef[2], plan.coef[1], plan.bwd[1][j])
                 below_done(j)
             else:
-                passes.backward_bn1(G, ws, plan.coef[1])
+                passes.backward_bn1(P, G, ws, plan.coef[1])
                 done(j)
         shard.__name__ = f"backward from BN{k}" + (f" to BN{k - 1}'s sums" if k > 1 else "")
         phases.append((shard, (lambda k=k: sums_of(k - 1)) if k > 1 else None))

@@ -84,6 +84,11 @@ def forward_conv2(P, ws):
     conv16.conv16_forward_into(ws.xp2, P["conv2.w"], ws.z2)
 
 
+def per_unit(P):
+    """True when the network's BN is per unit (BN1's gamma has a value per conv1 output, not per map)."""
+    return P["bn1.gamma"].size != P["conv1.b"].size
+
+
 def forward_bn1_input(P, ws, x, row):
     """Under BN: x -> conv1 -> z1 + bias, BN1's moments into row (one numba call, kernels/segments.py)."""
     segments.conv1_moments_into(x, ws.xp1, P["conv1.w"], ws.z1, P["conv1.b"], row)
@@ -92,7 +97,8 @@ def forward_bn1_input(P, ws, x, row):
 def forward_bn2_input(P, ws, coef1, row):
     """Under BN: (BN1 given its coefficients, pool1, ELU) of z1 -> xp2 -> conv2 -> z2 + bias, BN2's
     moments into row (one numba call)."""
-    segments.bn1_conv2_moments_into(ws.z1, coef1, ws.xp2, ws.arg1, P["conv2.w"], ws.z2, P["conv2.b"], row)
+    segments.bn1_conv2_moments_into(ws.z1, coef1, ws.xp2, ws.arg1, P["conv2.w"], ws.z2, P["conv2.b"], row,
+                                    per_unit(P))
 
 
 def forward_fc1(P, ws, bn2=None):
@@ -102,7 +108,7 @@ def forward_fc1(P, ws, bn2=None):
     if bn2 is None:
         pool.pool_elu_forward_into(ws.z2, P["conv2.b"], ws.p2, 0, ws.arg2)
     else:
-        bnpool.bn_pool_elu_forward_into(ws.z2, bn2, ws.p2, 0, ws.arg2)
+        bnpool.bn_pool_elu_forward_into(ws.z2, bn2, ws.p2, 0, ws.arg2, per_unit(P))
     fc.fc_forward_loop_into(ws.flat, P["fc1.w"], P["fc1.b"], ws.z3)
 
 
@@ -152,14 +158,14 @@ def backward_bn2_to_bn1_sums(P, G, ws, coef2, coef1, row1):
     conv2's gradients, dp1 -> the shard's sums of BN1's dy and dy*xhat into row1 (one numba call)."""
     segments.bn2_conv2_back_into(ws.dp2, ws.p2, ws.arg2, ws.z2, coef2, ws.dz2, ws.xp2, ws.dzt2, ws.dwt2,
                                  G["conv2.w"], G["conv2.b"], P["conv2.w"], ws.dzp2, ws.dp1, ws.arg1, ws.z1,
-                                 coef1, row1)
+                                 coef1, row1, per_unit(P))
 
 
-def backward_bn1(G, ws, coef1):
+def backward_bn1(P, G, ws, coef1):
     """Under BN, given BN1's coefficients with the batch's sums: dp1 -> (pool1, ELU, BN1) -> dz1 ->
     conv1's gradients (one numba call)."""
     segments.bn1_conv1_back_into(ws.dp1, ws.xp2, ws.arg1, ws.z1, coef1, ws.dz1, ws.xp1, G["conv1.w"],
-                                 G["conv1.b"])
+                                 G["conv1.b"], per_unit(P))
 
 
 def shard_step_plain(P, G, ws, x, labels, weights, scale, backward=True):

@@ -53,8 +53,8 @@ def test_segments_equal_their_kernels_one_by_one(dtype):
     assert rows[0].tobytes() == rows[1].tobytes()
 
     rows = [np.zeros(2 * 4096), np.zeros(2 * 4096)]
-    segments.bn1_conv2_moments_into(a.z1, coef1, a.xp2, a.arg1, w2, a.z2, b2, rows[0])
-    bnpool.bn_pool_elu_forward_into(b.z1, coef1, b.xp2, 2, b.arg1)
+    segments.bn1_conv2_moments_into(a.z1, coef1, a.xp2, a.arg1, w2, a.z2, b2, rows[0], True)
+    bnpool.bn_pool_elu_forward_into(b.z1, coef1, b.xp2, 2, b.arg1, True)
     conv16.conv16_forward_into(b.xp2, w2, b.z2)
     bnstats.bn_bias_moments_into(b.z2.reshape(5, 16, 256), b2, rows[1])
     _same(a, b)
@@ -64,8 +64,8 @@ def test_segments_equal_their_kernels_one_by_one(dtype):
     gb = [np.zeros(16, dtype) for _ in range(2)]
     rows = [np.zeros(2 * 6144), np.zeros(2 * 6144)]
     segments.bn2_conv2_back_into(a.dp2, a.p2, a.arg2, a.z2, coef2, a.dz2, a.xp2, a.dzt2, a.dwt2, gw[0], gb[0], w2,
-                                 a.dzp2, a.dp1, a.arg1, a.z1, coef1, rows[0])
-    bnpool.bn_unpool_backward_into(b.dp2, b.p2, 0, b.arg2, b.z2, coef2, b.dz2)
+                                 a.dzp2, a.dp1, a.arg1, a.z1, coef1, rows[0], True)
+    bnpool.bn_unpool_backward_into(b.dp2, b.p2, 0, b.arg2, b.z2, coef2, b.dz2, True)
     conv16.conv16_backward_dw_into(b.dz2, b.xp2, b.dzt2, b.dwt2)
     conv16.conv16_grads_finish_into(b.dwt2, b.dzt2, gw[1], gb[1])
     conv16.conv16_backward_dx_into(b.dz2, w2, b.dzp2, b.dp1)
@@ -76,8 +76,8 @@ def test_segments_equal_their_kernels_one_by_one(dtype):
 
     gw = [np.zeros((6, 1, 5, 5), dtype) for _ in range(2)]
     gb = [np.zeros(6, dtype) for _ in range(2)]
-    segments.bn1_conv1_back_into(a.dp1, a.xp2, a.arg1, a.z1, coef1, a.dz1, a.xp1, gw[0], gb[0])
-    bnpool.bn_unpool_backward_into(b.dp1, b.xp2, 2, b.arg1, b.z1, coef1, b.dz1)
+    segments.bn1_conv1_back_into(a.dp1, a.xp2, a.arg1, a.z1, coef1, a.dz1, a.xp1, gw[0], gb[0], True)
+    bnpool.bn_unpool_backward_into(b.dp1, b.xp2, 2, b.arg1, b.z1, coef1, b.dz1, True)
     conv32.conv32_backward_dw_into(b.dz1, b.xp1, gw[1], gb[1])
     _same(a, b)
     assert gw[0].tobytes() == gw[1].tobytes() and gb[0].tobytes() == gb[1].tobytes() and np.abs(gw[0]).sum() > 0

@@ -128,22 +128,28 @@ def _map_setup(arg, pp, coef, n, c, W):
 
 
 @njit(inline="always")
-def _forward_map(z, coef, pp, o, arg, n, c, W):
-    # map (n, c): pooled maxima of y = (z - m) * a + beta into pp, their positions into arg
+def _forward_map(z, coef, pp, o, arg, n, c, W, unit):
+    # map (n, c): pooled maxima of y = (z - m) * a + beta into pp, their positions into arg; per
+    # channel (not unit) the map's m, a, beta are one value each, splat once
     C, S, E = arg.shape[1], W * W, coef.shape[1]
     Hq, Wq = pp.shape[2], pp.shape[3]
-    zo = (n * C + c) * S
+    zo, cs = (n * C + c) * S, c * S
     pos = _positions(pp)
+    m, a, b = vsplat(coef[M_ROW, cs]), vsplat(coef[A_ROW, cs]), vsplat(coef[BETA_ROW, cs])
     for i in range(S // 64):
         r = i * 64
-        u = c * S + r
-        y0 = vfma(vsub(vload(z, zo + r), vload(coef, u)), vload(coef, A_ROW * E + u), vload(coef, BETA_ROW * E + u))
-        y1 = vfma(vsub(vload(z, zo + r + 16), vload(coef, u + 16)), vload(coef, A_ROW * E + u + 16),
-                  vload(coef, BETA_ROW * E + u + 16))
-        y2 = vfma(vsub(vload(z, zo + r + 32), vload(coef, u + 32)), vload(coef, A_ROW * E + u + 32),
-                  vload(coef, BETA_ROW * E + u + 32))
-        y3 = vfma(vsub(vload(z, zo + r + 48), vload(coef, u + 48)), vload(coef, A_ROW * E + u + 48),
-                  vload(coef, BETA_ROW * E + u + 48))
+        u = cs + r
+        if unit:
+            y0 = vfma(vsub(vload(z, zo + r), vload(coef, u)), vload(coef, A_ROW * E + u), vload(coef, BETA_ROW * E + u))
+            y1 = vfma(vsub(vload(z, zo + r + 16), vload(coef, u + 16)), vload(coef, A_ROW * E + u + 16),
+                      vload(coef, BETA_ROW * E + u + 16))
+            y2 = vfma(vsub(vload(z, zo + r + 32), vload(coef, u + 32)), vload(coef, A_ROW * E + u + 32),
+                      vload(coef, BETA_ROW * E + u + 32))
+            y3 = vfma(vsub(vload(z, zo + r + 48), vload(coef, u + 48)), vload(coef, A_ROW * E + u + 48),
+                      vload(coef, BETA_ROW * E + u + 48))
+        else:
+            y0, y1 = vfma(vsub(vload(z, zo + r), m), a, b), vfma(vsub(vload(z, zo + r + 16), m), a, b)
+            y2, y3 = vfma(vsub(vload(z, zo + r + 32), m), a, b), vfma(vsub(vload(z, zo + r + 48), m), a, b)
         p0, p1, p2, p3 = _windows(W, y0, y1, y2, y3)
         best, k = _window_max_v(p0, p1, p2, p3, pos)
         vstore(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W), velu(best))
@@ -151,19 +157,28 @@ def _forward_map(z, coef, pp, o, arg, n, c, W):
 
 
 @njit(cache=True, nogil=True)
-def bn_pool_elu_forward_into(z, coef, pp, o, arg):
-    # z (N,C,W,W) BN's input, coef (6,C*W*W)   ->   pp (N,C,W/2+2o,W/2+2o): interior = ELU(max of
-    # each 2x2 window of BN's output y), border left as is (0 = ELU(0)); arg (N,C,W/2,W/2) int8
-    # 0..3 (ties -> the first, as pool.py)
+def bn_pool_elu_forward_into(z, coef, pp, o, arg, unit):
+    # z (N,C,W,W) BN's input, coef (6,C*W*W), unit: BN per unit (else per channel: coef's values
+    # repeat over each map)   ->   pp (N,C,W/2+2o,W/2+2o): interior = ELU(max of each 2x2 window
+    # of BN's output y), border left as is (0 = ELU(0)); arg (N,C,W/2,W/2) int8 0..3 (ties -> the
+    # first, as pool.py)
     N, C = arg.shape[0], arg.shape[1]
-    if z.shape[3] == 32:             # each shape in a loop of its own (as pool.py: a test per map is slower)
+    if z.shape[3] == 32 and unit:    # each case in a loop of its own (as pool.py: a test per map is slower)
         for n in range(N):
             for c in range(C):
-                _forward_map(z, coef, pp, o, arg, n, c, 32)
+                _forward_map(z, coef, pp, o, arg, n, c, 32, True)
+    elif z.shape[3] == 32:
+        for n in range(N):
+            for c in range(C):
+                _forward_map(z, coef, pp, o, arg, n, c, 32, False)
+    elif unit:
+        for n in range(N):
+            for c in range(C):
+                _forward_map(z, coef, pp, o, arg, n, c, 16, True)
     else:
         for n in range(N):
             for c in range(C):
-                _forward_map(z, coef, pp, o, arg, n, c, 16)
+                _forward_map(z, coef, pp, o, arg, n, c, 16, False)
 
 
 @njit(inline="always")
@@ -171,14 +186,13 @@ def _sums_map(dp, pp, o, arg, z, coef, n, c, W, s1, s2):
     # map (n, c) of bn_unpool_sums_into per channel: its dy and dy*xhat added to the float64 lanes
     # (s1, s2), returned
     C, S, E, Hq, Wq, zo, pos, one = _map_setup(arg, pp, coef, n, c, W)
+    m, inv = vsplat(coef[M_ROW, c * S]), vsplat(coef[INV_ROW, c * S])     # (one value each per channel)
     for i in range(S // 64):
-        r, u = i * 64, c * S + i * 64
+        r = i * 64
         g = _elu_grad(vload(dp, zo // 4 + i * 16), vload(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W)), one, pos[0])
         kv = vload_i8(arg, zo // 4 + i * 16, pp)
-        x0 = vmul(vsub(vload(z, zo + r), vload(coef, u)), vload(coef, INV_ROW * E + u))
-        x1 = vmul(vsub(vload(z, zo + r + 16), vload(coef, u + 16)), vload(coef, INV_ROW * E + u + 16))
-        x2 = vmul(vsub(vload(z, zo + r + 32), vload(coef, u + 32)), vload(coef, INV_ROW * E + u + 32))
-        x3 = vmul(vsub(vload(z, zo + r + 48), vload(coef, u + 48)), vload(coef, INV_ROW * E + u + 48))
+        x0, x1 = vmul(vsub(vload(z, zo + r), m), inv), vmul(vsub(vload(z, zo + r + 16), m), inv)
+        x2, x3 = vmul(vsub(vload(z, zo + r + 32), m), inv), vmul(vsub(vload(z, zo + r + 48), m), inv)
         w0, w1, w2, w3 = _windows(W, x0, x1, x2, x3)
         xw = vsel_eq(kv, pos[0], w0, vsel_eq(kv, pos[1], w1, vsel_eq(kv, pos[2], w2, w3)))   # the winner's xhat
         s1 = vadd(s1, vwiden(g))
@@ -254,41 +268,54 @@ def _channel_sums(dp, pp, o, arg, z, coef, out, W):
 
 
 @njit(inline="always")
-def _dz(d, zv, coef, E, v):
-    # dz = a * dy + (G * xhat + B) of 16 values, xhat = (z - m) * inv; coef's columns v .. v+15
-    x = vmul(vsub(zv, vload(coef, v)), vload(coef, INV_ROW * E + v))
-    return vfma(vload(coef, A_ROW * E + v), d, vfma(vload(coef, G_ROW * E + v), x, vload(coef, B_ROW * E + v)))
+def _dz(d, zv, m, inv, a, g, b):
+    # dz = a * dy + (G * xhat + B) of 16 values, xhat = (z - m) * inv
+    return vfma(a, d, vfma(g, vmul(vsub(zv, m), inv), b))
 
 
 @njit(inline="always")
-def _backward_map(dp, pp, o, arg, z, coef, dz, n, c, W):
-    # map (n, c) of bn_unpool_backward_into
+def _backward_map(dp, pp, o, arg, z, coef, dz, n, c, W, unit):
+    # map (n, c) of bn_unpool_backward_into; per channel (not unit) its five coefficients are one
+    # value each, splat once
     C, S, E, Hq, Wq, zo, pos, one = _map_setup(arg, pp, coef, n, c, W)
+    cs = c * S
+    m, inv = vsplat(coef[M_ROW, cs]), vsplat(coef[INV_ROW, cs])
+    a, g, b = vsplat(coef[A_ROW, cs]), vsplat(coef[G_ROW, cs]), vsplat(coef[B_ROW, cs])
     for i in range(S // 64):
-        r, u = i * 64, c * S + i * 64
-        g = _elu_grad(vload(dp, zo // 4 + i * 16), vload(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W)), one, pos[0])
+        r, u = i * 64, cs + i * 64
+        gd = _elu_grad(vload(dp, zo // 4 + i * 16), vload(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W)), one, pos[0])
         kv = vload_i8(arg, zo // 4 + i * 16, pp)
-        e0, e1, e2, e3 = _routed(g, kv, pos)
+        e0, e1, e2, e3 = _routed(gd, kv, pos)
         d0, d1, d2, d3 = _memory(W, e0, e1, e2, e3)
-        vstore(dz, zo + r, _dz(d0, vload(z, zo + r), coef, E, u))
-        vstore(dz, zo + r + 16, _dz(d1, vload(z, zo + r + 16), coef, E, u + 16))
-        vstore(dz, zo + r + 32, _dz(d2, vload(z, zo + r + 32), coef, E, u + 32))
-        vstore(dz, zo + r + 48, _dz(d3, vload(z, zo + r + 48), coef, E, u + 48))
+        for k, d in enumerate((d0, d1, d2, d3)):
+            v = u + 16 * k
+            if unit:
+                m, inv = vload(coef, v), vload(coef, INV_ROW * E + v)
+                a, g, b = vload(coef, A_ROW * E + v), vload(coef, G_ROW * E + v), vload(coef, B_ROW * E + v)
+            vstore(dz, zo + r + 16 * k, _dz(d, vload(z, zo + r + 16 * k), m, inv, a, g, b))
 
 
 @njit(cache=True, nogil=True)
-def bn_unpool_backward_into(dp, pp, o, arg, z, coef, dz):
-    # dp, pp, arg, z as in bn_unpool_sums_into, coef (6,C*W*W) with the batch's B and G rows
-    #   ->   dz (N,C,W,W) = a * dy + (G * xhat + B), BN's input gradient
+def bn_unpool_backward_into(dp, pp, o, arg, z, coef, dz, unit):
+    # dp, pp, arg, z as in bn_unpool_sums_into, coef (6,C*W*W) with the batch's B and G rows, unit
+    # as in bn_pool_elu_forward_into   ->   dz (N,C,W,W) = a * dy + (G * xhat + B), BN's input gradient
     N, C = arg.shape[0], arg.shape[1]
-    if z.shape[3] == 32:
+    if z.shape[3] == 32 and unit:    # each case in a loop of its own
         for n in range(N):
             for c in range(C):
-                _backward_map(dp, pp, o, arg, z, coef, dz, n, c, 32)
+                _backward_map(dp, pp, o, arg, z, coef, dz, n, c, 32, True)
+    elif z.shape[3] == 32:
+        for n in range(N):
+            for c in range(C):
+                _backward_map(dp, pp, o, arg, z, coef, dz, n, c, 32, False)
+    elif unit:
+        for n in range(N):
+            for c in range(C):
+                _backward_map(dp, pp, o, arg, z, coef, dz, n, c, 16, True)
     else:
         for n in range(N):
             for c in range(C):
-                _backward_map(dp, pp, o, arg, z, coef, dz, n, c, 16)
+                _backward_map(dp, pp, o, arg, z, coef, dz, n, c, 16, False)
 
 
 # ---- checked wrappers (tests); the step calls the kernels above directly ---------------------
@@ -323,7 +350,7 @@ def bn_pool_elu_forward(z, mean, invstd, gamma, beta, o=0):
     pp = np.zeros((N, C, H // 2 + 2 * o, W // 2 + 2 * o), z.dtype)
     _check(z, mean, pp, o)
     arg = np.empty((N, C, H // 2, W // 2), np.int8)
-    bn_pool_elu_forward_into(z, _coef(z, mean, invstd, gamma, beta), pp, o, arg)
+    bn_pool_elu_forward_into(z, _coef(z, mean, invstd, gamma, beta), pp, o, arg, mean.shape[0] != C)
     return pp, arg
 
 
@@ -351,5 +378,5 @@ def bn_unpool_backward(dp, pp, o, arg, z, mean, invstd, gamma, sums, count):
     check_array("sums", sums, (2 * D,), np.float64)
     bn_coef_backward_into(invstd, gamma, sums, float(count), coef)
     dz = np.empty_like(z)
-    bn_unpool_backward_into(dp, pp, o, arg, z, coef, dz)
+    bn_unpool_backward_into(dp, pp, o, arg, z, coef, dz, D != z.shape[1])
     return dz

@@ -121,6 +121,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     # clock (Tc,2,14) int64: [t, 1, k] when thread t started SEGMENTS[k], [t, 0, k] when it ended
     # it (time-stamp counter, for kernel_profile; threads t >= Tc mark nothing)
     C = w4.shape[0]
+    unit = g1.shape[0] != b1.shape[0]            # BN per unit (per channel: a gamma per conv1 map)
     if wait_input and barrier(sync, T):
         return
     tid = take(sync, TID)
@@ -142,7 +143,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         j, a, b = own_shard(sync, SYNC_COUNTERS + 1 * T, bounds, tid, T, True)
         if j < 0:
             break
-        segments.bn1_conv2_moments_into(z1[a:b], coef1, xp2[a:b], arg1[a:b], w2, z2[a:b], b2, fwd2[j])
+        segments.bn1_conv2_moments_into(z1[a:b], coef1, xp2[a:b], arg1[a:b], w2, z2[a:b], b2, fwd2[j], unit)
     if _meet(sync, T, clock, tid, 2):
         return
     _forward_stats(sync, S2, fwd2, counts2, M2, eps, stats2, keep, m, unbias2, rm2, rv2, moments2, g2, be2, coef2, True)
@@ -153,7 +154,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         j, a, b = own_shard(sync, SYNC_COUNTERS + 2 * T, bounds, tid, T, False)
         if j < 0:
             break
-        bnpool.bn_pool_elu_forward_into(z2[a:b], coef2, p2[a:b], 0, arg2[a:b])
+        bnpool.bn_pool_elu_forward_into(z2[a:b], coef2, p2[a:b], 0, arg2[a:b], unit)
         fc_forward_loop_into(p2[a:b].reshape(b - a, 1024), w3, b3, z3[a:b])
         bnstats.bn_unit_moments_into(z3[a:b], fwd3[j])
     if _meet(sync, T, clock, tid, 4):
@@ -203,7 +204,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         segments.bn2_conv2_back_into(
             dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], arg2[a:b], z2[a:b], coef2, dz2[o:e], xp2[a:b],
             dzt2[o:e], dwt2s[tid], r[offs[2]:offs[2] + 2400].reshape(16, 6, 5, 5), r[offs[3]:offs[3] + 16],
-            w2, dzp2[o:e], dp1[a:b], arg1[a:b], z1[a:b], coef1, bwd1[j])
+            w2, dzp2[o:e], dp1[a:b], arg1[a:b], z1[a:b], coef1, bwd1[j], unit)
     while True:                                                 # fc1's gradient, summed as it is made
         i = take(sync, FC1)
         if i >= fc_grads_tree_tasks(U, 1024):
@@ -223,7 +224,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
             break
         r, o, e = rows[j], tid * sm, tid * sm + b - a
         segments.bn1_conv1_back_into(dp1[a:b], xp2[a:b], arg1[a:b], z1[a:b], coef1, dz1[o:e], xp1[a:b],
-                                     r[offs[0]:offs[0] + 150].reshape(6, 1, 5, 5), r[offs[1]:offs[1] + 6])
+                                     r[offs[0]:offs[0] + 150].reshape(6, 1, 5, 5), r[offs[1]:offs[1] + 6], unit)
     tree_chunks(sync, TREE_C2, rows, gflat, chunks_conv2)      # conv2's rows are final
     if _meet(sync, T, clock, tid, 12):
         return

@@ -128,32 +128,51 @@ def _map_setup(arg, pp, coef, n, c, W):
 
 
 @njit(inline="always")
-def _forward_map(z, coef, pp, o, arg, n, c, W, unit):
-    # map (n, c): pooled maxima of y = (z - m) * a + beta into pp, their positions into arg; per
-    # channel (not unit) the map's m, a, beta are one value each, splat once
-    C, S, E = arg.shape[1], W * W, coef.shape[1]
+def _forward_map(z, coef, pp, o, arg, n, c, W):
+    # map (n, c) per channel: pooled maxima of y = (z - m) * a + beta into pp, their positions
+    # into arg; the map's m, a, beta are one value each, splat once
+    C, S = arg.shape[1], W * W
     Hq, Wq = pp.shape[2], pp.shape[3]
     zo, cs = (n * C + c) * S, c * S
     pos = _positions(pp)
     m, a, b = vsplat(coef[M_ROW, cs]), vsplat(coef[A_ROW, cs]), vsplat(coef[BETA_ROW, cs])
     for i in range(S // 64):
-        r = i * 64
-        u = cs + r
-        if unit:
-            y0 = vfma(vsub(vload(z, zo + r), vload(coef, u)), vload(coef, A_ROW * E + u), vload(coef, BETA_ROW * E + u))
-            y1 = vfma(vsub(vload(z, zo + r + 16), vload(coef, u + 16)), vload(coef, A_ROW * E + u + 16),
-                      vload(coef, BETA_ROW * E + u + 16))
-            y2 = vfma(vsub(vload(z, zo + r + 32), vload(coef, u + 32)), vload(coef, A_ROW * E + u + 32),
-                      vload(coef, BETA_ROW * E + u + 32))
-            y3 = vfma(vsub(vload(z, zo + r + 48), vload(coef, u + 48)), vload(coef, A_ROW * E + u + 48),
-                      vload(coef, BETA_ROW * E + u + 48))
-        else:
-            y0, y1 = vfma(vsub(vload(z, zo + r), m), a, b), vfma(vsub(vload(z, zo + r + 16), m), a, b)
-            y2, y3 = vfma(vsub(vload(z, zo + r + 32), m), a, b), vfma(vsub(vload(z, zo + r + 48), m), a, b)
-        p0, p1, p2, p3 = _windows(W, y0, y1, y2, y3)
-        best, k = _window_max_v(p0, p1, p2, p3, pos)
-        vstore(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W), velu(best))
-        vstore_i8(arg, zo // 4 + i * 16, k)
+        r = zo + i * 64
+        y0, y1 = vfma(vsub(vload(z, r), m), a, b), vfma(vsub(vload(z, r + 16), m), a, b)
+        y2, y3 = vfma(vsub(vload(z, r + 32), m), a, b), vfma(vsub(vload(z, r + 48), m), a, b)
+        _pool_store(pp, o, arg, n, C, c, i, W, zo, pos, y0, y1, y2, y3)
+
+
+@njit(inline="always")
+def _pool_store(pp, o, arg, n, C, c, i, W, zo, pos, y0, y1, y2, y3):
+    # block i of map (n, c): the ELU of its 16 windows' maxima into pp, their positions into arg
+    p0, p1, p2, p3 = _windows(W, y0, y1, y2, y3)
+    best, k = _window_max_v(p0, p1, p2, p3, pos)
+    vstore(pp, _pooled_at(pp.shape[2], pp.shape[3], o, n, C, c, i, W), velu(best))
+    vstore_i8(arg, zo // 4 + i * 16, k)
+
+
+@njit(inline="always")
+def _forward_units(z, coef, pp, o, arg, W):
+    # per unit: block by block of 64 units, their m, a, beta in registers through the shard's
+    # images (the operations of _forward_map with each unit's own values)
+    N, C = arg.shape[0], arg.shape[1]
+    S, E = W * W, coef.shape[1]
+    pos = _positions(pp)
+    for c in range(C):
+        for i in range(S // 64):
+            u = c * S + i * 64
+            m0, m1, m2, m3 = vload(coef, u), vload(coef, u + 16), vload(coef, u + 32), vload(coef, u + 48)
+            v = A_ROW * E + u
+            a0, a1, a2, a3 = vload(coef, v), vload(coef, v + 16), vload(coef, v + 32), vload(coef, v + 48)
+            v = BETA_ROW * E + u
+            b0, b1, b2, b3 = vload(coef, v), vload(coef, v + 16), vload(coef, v + 32), vload(coef, v + 48)
+            for n in range(N):
+                zo = (n * C + c) * S
+                r = zo + i * 64
+                y0, y1 = vfma(vsub(vload(z, r), m0), a0, b0), vfma(vsub(vload(z, r + 16), m1), a1, b1)
+                y2, y3 = vfma(vsub(vload(z, r + 32), m2), a2, b2), vfma(vsub(vload(z, r + 48), m3), a3, b3)
+                _pool_store(pp, o, arg, n, C, c, i, W, zo, pos, y0, y1, y2, y3)
 
 
 @njit(cache=True, nogil=True)
@@ -164,21 +183,17 @@ def bn_pool_elu_forward_into(z, coef, pp, o, arg, unit):
     # first, as pool.py)
     N, C = arg.shape[0], arg.shape[1]
     if z.shape[3] == 32 and unit:    # each case in a loop of its own (as pool.py: a test per map is slower)
-        for n in range(N):
-            for c in range(C):
-                _forward_map(z, coef, pp, o, arg, n, c, 32, True)
+        _forward_units(z, coef, pp, o, arg, 32)
     elif z.shape[3] == 32:
         for n in range(N):
             for c in range(C):
-                _forward_map(z, coef, pp, o, arg, n, c, 32, False)
+                _forward_map(z, coef, pp, o, arg, n, c, 32)
     elif unit:
-        for n in range(N):
-            for c in range(C):
-                _forward_map(z, coef, pp, o, arg, n, c, 16, True)
+        _forward_units(z, coef, pp, o, arg, 16)
     else:
         for n in range(N):
             for c in range(C):
-                _forward_map(z, coef, pp, o, arg, n, c, 16, False)
+                _forward_map(z, coef, pp, o, arg, n, c, 16)
 
 
 @njit(inline="always")
@@ -274,25 +289,59 @@ def _dz(d, zv, m, inv, a, g, b):
 
 
 @njit(inline="always")
-def _backward_map(dp, pp, o, arg, z, coef, dz, n, c, W, unit):
-    # map (n, c) of bn_unpool_backward_into; per channel (not unit) its five coefficients are one
-    # value each, splat once
+def _backward_map(dp, pp, o, arg, z, coef, dz, n, c, W):
+    # map (n, c) of bn_unpool_backward_into per channel: its five coefficients are one value each,
+    # splat once
     C, S, E, Hq, Wq, zo, pos, one = _map_setup(arg, pp, coef, n, c, W)
     cs = c * S
     m, inv = vsplat(coef[M_ROW, cs]), vsplat(coef[INV_ROW, cs])
     a, g, b = vsplat(coef[A_ROW, cs]), vsplat(coef[G_ROW, cs]), vsplat(coef[B_ROW, cs])
     for i in range(S // 64):
-        r, u = i * 64, cs + i * 64
-        gd = _elu_grad(vload(dp, zo // 4 + i * 16), vload(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W)), one, pos[0])
-        kv = vload_i8(arg, zo // 4 + i * 16, pp)
-        e0, e1, e2, e3 = _routed(gd, kv, pos)
-        d0, d1, d2, d3 = _memory(W, e0, e1, e2, e3)
-        for k, d in enumerate((d0, d1, d2, d3)):
-            v = u + 16 * k
-            if unit:
-                m, inv = vload(coef, v), vload(coef, INV_ROW * E + v)
-                a, g, b = vload(coef, A_ROW * E + v), vload(coef, G_ROW * E + v), vload(coef, B_ROW * E + v)
-            vstore(dz, zo + r + 16 * k, _dz(d, vload(z, zo + r + 16 * k), m, inv, a, g, b))
+        r = zo + i * 64
+        d0, d1, d2, d3 = _dy_block(dp, pp, o, arg, n, C, c, i, W, zo, pos, one)
+        vstore(dz, r, _dz(d0, vload(z, r), m, inv, a, g, b))
+        vstore(dz, r + 16, _dz(d1, vload(z, r + 16), m, inv, a, g, b))
+        vstore(dz, r + 32, _dz(d2, vload(z, r + 32), m, inv, a, g, b))
+        vstore(dz, r + 48, _dz(d3, vload(z, r + 48), m, inv, a, g, b))
+
+
+@njit(inline="always")
+def _dy_block(dp, pp, o, arg, n, C, c, i, W, zo, pos, one):
+    # block i of map (n, c): dp through ELU' routed to each window's winner, in memory order
+    g = _elu_grad(vload(dp, zo // 4 + i * 16), vload(pp, _pooled_at(pp.shape[2], pp.shape[3], o, n, C, c, i, W)),
+                  one, pos[0])
+    e0, e1, e2, e3 = _routed(g, vload_i8(arg, zo // 4 + i * 16, pp), pos)
+    return _memory(W, e0, e1, e2, e3)
+
+
+@njit(inline="always")
+def _backward_units(dp, pp, o, arg, z, coef, dz, W):
+    # bn_unpool_backward_into per unit: block by block of 64 units, their five coefficients in
+    # registers through the shard's images (the operations of _backward_map with each unit's own)
+    N, C = arg.shape[0], arg.shape[1]
+    S, E = W * W, coef.shape[1]
+    pos = _positions(pp)
+    one = vsplat(pp.dtype.type(1))
+    for c in range(C):
+        for i in range(S // 64):
+            u = c * S + i * 64
+            m0, m1, m2, m3 = vload(coef, u), vload(coef, u + 16), vload(coef, u + 32), vload(coef, u + 48)
+            v = INV_ROW * E + u
+            i0, i1, i2, i3 = vload(coef, v), vload(coef, v + 16), vload(coef, v + 32), vload(coef, v + 48)
+            v = A_ROW * E + u
+            a0, a1, a2, a3 = vload(coef, v), vload(coef, v + 16), vload(coef, v + 32), vload(coef, v + 48)
+            v = G_ROW * E + u
+            g0, g1, g2, g3 = vload(coef, v), vload(coef, v + 16), vload(coef, v + 32), vload(coef, v + 48)
+            v = B_ROW * E + u
+            b0, b1, b2, b3 = vload(coef, v), vload(coef, v + 16), vload(coef, v + 32), vload(coef, v + 48)
+            for n in range(N):
+                zo = (n * C + c) * S
+                r = zo + i * 64
+                d0, d1, d2, d3 = _dy_block(dp, pp, o, arg, n, C, c, i, W, zo, pos, one)
+                vstore(dz, r, _dz(d0, vload(z, r), m0, i0, a0, g0, b0))
+                vstore(dz, r + 16, _dz(d1, vload(z, r + 16), m1, i1, a1, g1, b1))
+                vstore(dz, r + 32, _dz(d2, vload(z, r + 32), m2, i2, a2, g2, b2))
+                vstore(dz, r + 48, _dz(d3, vload(z, r + 48), m3, i3, a3, g3, b3))
 
 
 @njit(cache=True, nogil=True)
@@ -301,21 +350,17 @@ def bn_unpool_backward_into(dp, pp, o, arg, z, coef, dz, unit):
     # as in bn_pool_elu_forward_into   ->   dz (N,C,W,W) = a * dy + (G * xhat + B), BN's input gradient
     N, C = arg.shape[0], arg.shape[1]
     if z.shape[3] == 32 and unit:    # each case in a loop of its own
-        for n in range(N):
-            for c in range(C):
-                _backward_map(dp, pp, o, arg, z, coef, dz, n, c, 32, True)
+        _backward_units(dp, pp, o, arg, z, coef, dz, 32)
     elif z.shape[3] == 32:
         for n in range(N):
             for c in range(C):
-                _backward_map(dp, pp, o, arg, z, coef, dz, n, c, 32, False)
+                _backward_map(dp, pp, o, arg, z, coef, dz, n, c, 32)
     elif unit:
-        for n in range(N):
-            for c in range(C):
-                _backward_map(dp, pp, o, arg, z, coef, dz, n, c, 16, True)
+        _backward_units(dp, pp, o, arg, z, coef, dz, 16)
     else:
         for n in range(N):
             for c in range(C):
-                _backward_map(dp, pp, o, arg, z, coef, dz, n, c, 16, False)
+                _backward_map(dp, pp, o, arg, z, coef, dz, n, c, 16)
 
 
 # ---- checked wrappers (tests); the step calls the kernels above directly ---------------------

@@ -22,7 +22,7 @@ from . import arch, bnphases, passes
 from .arch import FC1_UNITS, param_specs
 from .distributed import SHARD, shard_count, shard_slice
 from .kernels import bnstep, fc, plainstep
-from .kernels.reduce import RowTree, column_tasks, tree_sum_into
+from .kernels.reduce import RowTree, column_tasks, tree_slots, tree_sum_into
 from .kernels.sync import ABORT
 from .kernels.threads import max_threads, run, run_phases, run_together
 
@@ -96,8 +96,8 @@ class Plan:
         # (K,2) plainstep's tree of the rows: all their columns but fc1's (it sums those as it makes them)
         self.chunks_plain = np.array(column_tasks(_merged(spans, [n for n in spans if n not in ("fc1.w", "fc1.b")
                                                                   and not n.startswith("bn")])), np.int64).reshape(-1, 2)
-        self.sync = np.zeros(max(bnstep.SYNC_COUNTERS + bnstep.SHARD_PHASES * max_threads(), plainstep.SYNC_SIZE),
-                             np.int64)
+        self.sync = np.zeros(max(bnstep.SYNC_COUNTERS + bnstep.SHARD_PHASES * max_threads()
+                                 + bnstep.ROW_TREES * int(tree_slots(int(hi - lo))), plainstep.SYNC_SIZE), np.int64)
         self.tree = partial(tree_sum_into, segments=self.segments)   # the rows' tree over ranks, threaded
         self.rowtree = RowTree(self.rows, self.segments)             # ... in one process, as rows finish
         self.loss = np.zeros((hi - lo, 1))                  # (L, 1) float64 sum of weight * loss

@@ -116,3 +116,35 @@ def test_fc_grads_tree_is_the_shards_gradients_through_tree_sum_bitwise(dtype, s
     for task in rng.permutation(fc.fc_grads_tree_tasks(O, I)):
         fc.fc_grads_tree_task(dz, x, bounds, dw, db, task, stk, lev)
     assert np.concatenate([dw.ravel(), db]).tobytes() == D.tree_sum(rows).tobytes()
+
+
+@pytest.mark.parametrize("s", [1, 2, 3, 5, 9, 16, 17, 33])
+@pytest.mark.parametrize("moments", [False, True])
+def test_trees_made_as_rows_finish_are_the_level_by_level_trees_bitwise(s, moments):
+    """reduce.tree_rows_done (added) and bnstats.bn_moments_rows_done (Chan's rule), rows reported
+    done in random orders by 1 to 3 threads at once: the root in row 0 has the bits of tree_sum /
+    bn_moments_tree_into (odd shard counts carry nodes up; a counter array of tree_slots(s))."""
+    import threading
+
+    from cnncli.kernels import bnstats, sync
+
+    rng = np.random.default_rng(s)
+    parts = parts_of(s, 2 * 101, np.float64, seed=s)        # 101 statistics: vector blocks and a tail
+    counts = np.full(s, 8.0)
+    counts[-1] = 5.0
+    if moments:
+        parts[:, 101:] = np.abs(parts[:, 101:])
+        want = bnstats.bn_moments_tree(parts, counts)
+    else:
+        want = D.tree_sum(parts)
+    for threads in (1, 2, 3):
+        rows = parts.copy()
+        state = np.zeros(sync.COUNTERS + 1 + R.tree_slots(s), np.int64)
+        order = rng.permutation(s).astype(np.int64)
+        pool = [threading.Thread(target=bnstats.rows_done_job_into,
+                                 args=(state, sync.COUNTERS + 1, rows, counts, moments, order)) for _ in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join(60)
+        assert rows[0].tobytes() == want.tobytes(), (threads, order)

@@ -16,7 +16,8 @@ import numpy as np
 from numba import njit
 
 from .checks import check_array, check_bn_z
-from .reduce import LEVELS
+from .reduce import LEVELS, tree_climb, tree_rows_done
+from .sync import take
 from .simd import vadd, vdiv, vfma, vhsum, vload, vmul, vsplat, vsqrt, vstore, vsub, vwiden, vzero
 
 
@@ -274,6 +275,53 @@ def _chan_tree_block(parts, d, n, ss, lev, coef, out):
     for u in range(n):
         vstore(out, d + 16 * u, vload(ss, 16 * u))
         vstore(out, D + d + 16 * u, vload(ss, 64 + 16 * u))
+
+
+@njit(inline="always")
+def bn_moments_rows_done(sync, base, parts, counts, j):
+    # row j of the shards' [sum | M2] rows parts (L,2D) is written (counts (L,) values per statistic
+    # in each): the merges of the moments tree it completes (reduce.tree_climb; right into left
+    # row with Chan's rule, in place), so the batch's moments end in row 0 with
+    # bn_moments_tree_into's bits
+    L, W = parts.shape
+    D = W // 2
+    V = D - D % 16
+    coef = np.empty((1, 5))                     # (1,5) the merge's coefficients (_chan_coef)
+    k, i = 0, j
+    while True:
+        k, i, a, b, hi = tree_climb(sync, base, L, k, i)
+        if k < 0:
+            return
+        na, nb = 0.0, 0.0
+        for q in range(a, b):
+            na += counts[q]
+        for q in range(b, hi):
+            nb += counts[q]
+        _chan_coef(na, nb, coef, 0)
+        ra, rb = a * W, b * W
+        for d in range(0, V, 16):
+            sv, mv = _chan(vload(parts, ra + d), vload(parts, ra + D + d), vload(parts, rb + d),
+                           vload(parts, rb + D + d), coef, 0)
+            vstore(parts, ra + d, sv)
+            vstore(parts, ra + D + d, mv)
+        for d in range(V, D):
+            sv, mv = _chan_scalar(parts[a, d], parts[a, D + d], parts[b, d], parts[b, D + d], coef, 0)
+            parts[a, d], parts[a, D + d] = sv, mv
+
+
+@njit(cache=True, nogil=True)
+def rows_done_job_into(sync, base, parts, counts, moments, order):
+    # a test job for the trees made as rows finish, run by any number of threads at once: each
+    # takes the next index of order (L,) int64 (counter 0) and reports row order[i] of parts (L,M)
+    # written; moments: [sum | M2] rows merged by Chan's rule, else added   ->   the root in row 0
+    while True:
+        i = take(sync, 0)
+        if i >= order.shape[0]:
+            return
+        if moments:
+            bn_moments_rows_done(sync, base, parts, counts, order[i])
+        else:
+            tree_rows_done(sync, base, parts, order[i])
 
 
 @njit(cache=True, nogil=True)

@@ -5,9 +5,11 @@ takes the GIL once per thread, not once per kernel. Each thread first takes the 
 share (sync.own_shard: the same share in every phase, every other phase in reverse order, so a
 thread starts a phase on the arrays it wrote last, still in its L2), then any left in the others';
 each shard runs the very kernels, on the very arrays, that bnphases.py's per-shard
-tasks run (segments.py, bnpool, fc, head), and every sum over shards is the same fixed tree
-(bn_moments_tree_into, tree_cols_into), so the bits depend neither on the thread count nor on
-this path: with MPI ranks bnphases.py runs the same kernels phase by phase.
+tasks run (segments.py, bnpool, fc, head), and every sum over shards is the same fixed tree: the
+BN rows' trees are made as the rows finish (bnstats.bn_moments_rows_done, reduce.tree_rows_done:
+the thread that completes a node merges it), with bn_moments_tree_into's and tree_sum's nodes, so
+the bits depend neither on the thread count nor on this path: with MPI ranks bnphases.py runs the
+same kernels phase by phase.
 Not the checks (shards.Plan built the arrays), not the per-rank gather.
 
 Shapes: B images (this process's batch), L shards (bounds (L+1,) their first images), C classes,
@@ -22,7 +24,7 @@ from . import bnpool, bnstats, segments
 from .batchnorm import bn_unit_backward_given_into
 from .fc import fc_dx_loop_into, fc_forward_loop_into, fc_grads_tree_task, fc_grads_tree_tasks
 from .head import bn_head_into
-from .reduce import tree_chunks, tree_cols_into
+from .reduce import tree_chunks, tree_rows_done, tree_slots
 from . import sync as _sync
 from .sync import barrier, cycles, own_shard, take
 
@@ -31,6 +33,7 @@ from .sync import barrier, cycles, own_shard, take
 F1, F2, F3, HEAD, B3, B2, B1, TREE, S1, S2, S3, T3, T2, T1, TID, TREE_FC, TREE_C2, FC1 = range(18)
 SYNC_COUNTERS = _sync.COUNTERS + 18   # the barrier's slots and the counters; then each shard phase's T shares
 SHARD_PHASES = 7
+ROW_TREES = 6                       # fwd1, fwd2, fwd3, bwd3, bwd2, bwd1: each reduce.tree_slots(L) counters after those
 # the step's segments in order, each ended by a barrier (the last by the call's end): clock marks
 SEGMENTS = ("forward to BN1's input, its moments", "BN1's statistics",
             "BN1 .. BN2's input, its moments", "BN2's statistics",
@@ -45,8 +48,8 @@ CHUNK = 512                         # statistics per chunk of a BN layer's batch
 @njit(inline="always")
 def _forward_stats(sync, counter, fwd, counts, M, eps, stats, keep, m, unbias, rm, rv, moments, gamma, beta,
                    coef, with_coef):
-    # chunks of CHUNK statistics to whichever thread takes them: the shards' [sum | M2] rows fwd
-    # (L,2D) -> the batch's moments (2D,) -> stats (3,D) (mean, var, invstd), running statistics
+    # chunks of CHUNK statistics to whichever thread takes them: the batch's moments (2D,) from
+    # the root of the shard rows' tree (fwd (L,2D): row 0) -> stats (3,D) (mean, var, invstd), running statistics
     # updated when rm has D values (bnphases.statistics), and with_coef the fused kernels'
     # coefficients (bnpool); each statistic's operations are the whole-layer kernels'
     D = stats.shape[1]
@@ -56,7 +59,8 @@ def _forward_stats(sync, counter, fwd, counts, M, eps, stats, keep, m, unbias, r
         if c >= n:
             break
         d0, d1 = c * CHUNK, min(D, (c + 1) * CHUNK)
-        bnstats.bn_moments_tree_range(fwd, counts, moments, d0, d1)
+        for d in range(d0, d1):                 # the tree's root (bnstats.bn_moments_rows_done)
+            moments[d], moments[D + d] = fwd[0, d], fwd[0, D + d]
         bnstats.bn_stats_range(moments, M, eps, stats, keep, m, unbias, rm, rv, d0, d1)
         if with_coef:
             bnpool.bn_coef_forward_range(stats[0], stats[2], gamma, beta, coef, d0, d1)
@@ -64,8 +68,8 @@ def _forward_stats(sync, counter, fwd, counts, M, eps, stats, keep, m, unbias, r
 
 @njit(inline="always")
 def _backward_sums(sync, counter, bwd, sums, stats, gamma, M, coef, with_coef):
-    # chunks as above: the shards' [sum dy | sum dy*xhat] rows bwd (L,2D) -> their tree, sums
-    # (2D,), and with_coef the backward coefficients
+    # chunks as above: the batch's [sum dy | sum dy*xhat] sums (2D,) from the root of the shard
+    # rows' tree (bwd (L,2D): row 0), and with_coef the backward coefficients
     D = stats.shape[1]
     n = -(-D // CHUNK)
     for _ in range(n):
@@ -73,8 +77,8 @@ def _backward_sums(sync, counter, bwd, sums, stats, gamma, M, coef, with_coef):
         if c >= n:
             break
         d0, d1 = c * CHUNK, min(D, (c + 1) * CHUNK)
-        tree_cols_into(bwd, sums, d0, d1)
-        tree_cols_into(bwd, sums, D + d0, D + d1)
+        for d in range(d0, d1):                 # the tree's root (reduce.tree_rows_done)
+            sums[d], sums[D + d] = bwd[0, d], bwd[0, D + d]
         if with_coef:
             bnpool.bn_coef_backward_range(stats[2], gamma, sums, M, coef, d0, d1)
 
@@ -101,14 +105,14 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
                  stats1, stats2, stats3, moments1, moments2, moments3, sums1, sums2, sums3,
                  coef1, coef2, eps, keep, m, unbias1, unbias2, unbias3, rm1, rv1, rm2, rv2, rm3, rv3,
                  rows, offs, loss, chunks_fc, chunks_conv2, chunks_conv1, gflat, clock):
-    # sync (SYNC_SIZE,) int64 zeroed, T threads each calling this once (wait_input: after each made
+    # sync (SYNC_COUNTERS + SHARD_PHASES*T + ROW_TREES*tree_slots(L),) int64 zeroed, T threads each calling this once (wait_input: after each made
     # its part of x, so they first wait for one another); bounds (L+1,) int64;
     # x (B,1,32,32) the input; labels (B,) int64, weights (B,) float64, scale = 1/B; the
     # parameters' views; the workspace (n = B) but for the arrays no phase hands to the next: dz2,
     # dz1, dzp2, dzt2 are a per-thread scratch (thread t's shard in rows t*sm : t*sm + sm, which
     # stay in its cache), dwt2s (T,6,5,5,16); stk (T,fc.PAIRS*fc.LEVELS,128) and
     # lev (T,fc.PAIRS*fc.LEVELS) int64 fc1's gradient tree stacks (fc.fc_grads_tree_task); fwd*/bwd* (L,2D) float64 the
-    # shards' rows, counts* (L,) values per statistic in each
+    # shards' rows (merged in place as they finish: row 0 ends as the root), counts* (L,) values per statistic in each
     # shard, M* the batch's; stats* (3,D),
     # moments*/sums* (2D,) float64; coef* (6,E); running statistics rm*/rv* (D,) or (0,);
     # rows (L,P) the shards' gradients, offs (8,) int64 where conv1.w, conv1.b, conv2.w, conv2.b,
@@ -122,6 +126,8 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     # it (time-stamp counter, for kernel_profile; threads t >= Tc mark nothing)
     C = w4.shape[0]
     unit = g1.shape[0] != b1.shape[0]            # BN per unit (per channel: a gamma per conv1 map)
+    L = bounds.shape[0] - 1
+    tb, ts = SYNC_COUNTERS + SHARD_PHASES * T, tree_slots(L)    # the six row trees' node counters
     if wait_input and barrier(sync, T):
         return
     tid = take(sync, TID)
@@ -133,6 +139,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         if j < 0:
             break
         segments.conv1_moments_into(x[a:b], xp1[a:b], w1, z1[a:b], b1, fwd1[j])
+        bnstats.bn_moments_rows_done(sync, tb, fwd1, counts1, j)
     if _meet(sync, T, clock, tid, 0):
         return
     _forward_stats(sync, S1, fwd1, counts1, M1, eps, stats1, keep, m, unbias1, rm1, rv1, moments1, g1, be1, coef1, True)
@@ -144,6 +151,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         if j < 0:
             break
         segments.bn1_conv2_moments_into(z1[a:b], coef1, xp2[a:b], arg1[a:b], w2, z2[a:b], b2, fwd2[j], unit)
+        bnstats.bn_moments_rows_done(sync, tb + 1 * ts, fwd2, counts2, j)
     if _meet(sync, T, clock, tid, 2):
         return
     _forward_stats(sync, S2, fwd2, counts2, M2, eps, stats2, keep, m, unbias2, rm2, rv2, moments2, g2, be2, coef2, True)
@@ -157,6 +165,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         bnpool.bn_pool_elu_forward_into(z2[a:b], coef2, p2[a:b], 0, arg2[a:b], unit)
         fc_forward_loop_into(p2[a:b].reshape(b - a, 1024), w3, b3, z3[a:b])
         bnstats.bn_unit_moments_into(z3[a:b], fwd3[j])
+        bnstats.bn_moments_rows_done(sync, tb + 2 * ts, fwd3, counts3, j)
     if _meet(sync, T, clock, tid, 4):
         return
     _forward_stats(sync, S3, fwd3, counts3, M3, eps, stats3, keep, m, unbias3, rm3, rv3, moments3, g3, be3, coef2,
@@ -173,6 +182,8 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
             z3[a:b], stats3[0], stats3[2], g3, be3, w4, b4, labels[a:b], weights[a:b], scale, backward,
             xhat3[a:b], y3[a:b], a3[a:b], z4[a:b], probs[a:b], dz4[a:b],
             r[offs[6]:offs[6] + C * 65].reshape(C, 65), r[offs[7]:offs[7] + C], da3[a:b], dy3[a:b], bwd3[j])
+        if backward:
+            tree_rows_done(sync, tb + 3 * ts, bwd3, j)
     if not backward:
         return
     if _meet(sync, T, clock, tid, 6):
@@ -190,6 +201,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         fc_dx_loop_into(dz3[a:b], w3, dflat[a:b])
         bnpool.bn_unpool_sums_into(dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], 0, arg2[a:b], z2[a:b], coef2,
                                    bwd2[j])
+        tree_rows_done(sync, tb + 4 * ts, bwd2, j)
     if _meet(sync, T, clock, tid, 8):
         return
     _backward_sums(sync, T2, bwd2, sums2, stats2, g2, M2, coef2, True)
@@ -205,6 +217,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
             dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], arg2[a:b], z2[a:b], coef2, dz2[o:e], xp2[a:b],
             dzt2[o:e], dwt2s[tid], r[offs[2]:offs[2] + 2400].reshape(16, 6, 5, 5), r[offs[3]:offs[3] + 16],
             w2, dzp2[o:e], dp1[a:b], arg1[a:b], z1[a:b], coef1, bwd1[j], unit)
+        tree_rows_done(sync, tb + 5 * ts, bwd1, j)
     while True:                                                 # fc1's gradient, summed as it is made
         i = take(sync, FC1)
         if i >= fc_grads_tree_tasks(U, 1024):

@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 from .simd import vadd, vload, vstore
-from .sync import take
+from .sync import atomic_add, take
 from .threads import run
 
 TASK = 8192           # columns per worker task (threads.run hands them out)
@@ -100,6 +100,61 @@ def tree_cols_into(parts, out, c0, c1):
         out[c] = v
 
 
+# The same tree made while the rows are being written (inside a job of threads, kernels/sync.py):
+# a thread that finishes row j climbs from it, and at each node whose other child is not done yet
+# (the node's counter in sync goes 0 -> 1) it stops; the thread that completes the second child
+# (1 -> 2) merges the two into the left child's row and climbs on. A node without a right child
+# (the odd last one of a level) is its left child unchanged. Node i of level k lives in row
+# i * 2^k (its first leaf), so the root ends in row 0: tree_sum's nodes and operands, merged by the
+# threads that wrote their rows (still in their caches), with no pass over all the rows after the
+# last one. The counters: sync[base .. base + tree_slots(L)) (zeroed), one per node above the rows.
+
+@njit(cache=True)
+def tree_slots(L):
+    # the counters tree_climb needs for L rows: one per node above them (at most L + LEVELS)
+    return L + LEVELS
+
+
+@njit(inline="always")
+def tree_climb(sync, base, L, k, i):
+    # node i of level k (level 0: the L rows) is complete   ->   (k + 1, p, a, b, hi): the merge
+    # this thread must now make, rows a (leaves a .. b-1) and b (leaves b .. hi-1) into row a, node p
+    # of level k + 1; or k = -1 when the sibling is not done yet or the root is complete
+    n, off = L, base
+    for _ in range(k):
+        n = (n + 1) // 2
+        off += n
+    while n > 1:
+        p = i // 2
+        if i % 2 == 0 and i == n - 1:           # no right sibling: carried up unchanged
+            k, i, n = k + 1, p, (n + 1) // 2
+            off += n
+            continue
+        if atomic_add(sync, off + p, 1) == 0:   # the other child is not done: its thread merges
+            return -1, 0, 0, 0, 0
+        size = 1 << k
+        a, b = 2 * p * size, (2 * p + 1) * size
+        return k + 1, p, a, b, min(b + size, L)
+    return -1, 0, 0, 0, 0
+
+
+@njit(inline="always")
+def tree_rows_done(sync, base, parts, j):
+    # row j of parts (L,M) is written: the additions of the row tree it completes (right into left
+    # row, in place; the root ends in row 0)
+    L, M = parts.shape
+    V = M - M % 16
+    k, i = 0, j
+    while True:
+        k, i, a, b, hi = tree_climb(sync, base, L, k, i)
+        if k < 0:
+            return
+        for c in range(0, V, 16):
+            vstore(parts, a * M + c, vadd(vload(parts, a * M + c), vload(parts, b * M + c)))
+        for c in range(V, M):
+            parts[a, c] = parts[a, c] + parts[b, c]
+
+
 @njit(inline="always")
 def tree_chunks(sync, k, parts, out, chunks):
     # inside a job of threads (kernels/sync.py): the column ranges chunks (K,2) int64 of parts'
@@ -175,3 +230,4 @@ class RowTree:
     def result(self):
         """Row 0: the root (valid once done(j) has run for every row)."""
         return self.parts[0]
+

@@ -13,6 +13,16 @@ from cnncli.kernels import bnpool, bnstats, fc, sync
 from cnncli.kernels.threads import run_together
 
 
+def _run_threads(target, args, n):
+    """target(*args) on n Python threads at once; fails if one is still running after 120 s."""
+    pool = [threading.Thread(target=target, args=args) for _ in range(n)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(120)
+    assert not any(t.is_alive() for t in pool)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3, 5])
 def test_barrier_and_counters_hand_out_every_item_once_per_round(threads):
     """Each round's items are taken once each, by any thread; after the barrier every thread sees the
@@ -20,13 +30,7 @@ def test_barrier_and_counters_hand_out_every_item_once_per_round(threads):
     rounds, items = 300, 11
     state = np.zeros(sync.COUNTERS + rounds, np.int64)
     out = np.zeros((rounds, items), np.int64)
-    pool = [threading.Thread(target=sync.count_together_into, args=(state, threads, rounds, items, out))
-            for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(120)
-    assert not any(t.is_alive() for t in pool)
+    _run_threads(sync.count_together_into, (state, threads, rounds, items, out), threads)
     np.testing.assert_array_equal(out, np.arange(1, rounds + 1)[:, None] * np.ones(items, np.int64))
     assert state[sync.GENERATION] == rounds and state[sync.ARRIVED] == 0
     assert (state[sync.COUNTERS:] == items + threads).all()     # each thread's last take finds the round empty
@@ -41,13 +45,7 @@ def test_own_shard_hands_out_every_shard_once_each_phase(threads, shards):
     bounds = np.arange(shards + 1, dtype=np.int64) * 8
     state = np.zeros(sync.COUNTERS + 1 + rounds * threads, np.int64)
     taken = np.zeros((rounds, 2 * shards), np.int64)
-    pool = [threading.Thread(target=sync.own_shards_into, args=(state, threads, bounds, rounds, taken))
-            for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(120)
-    assert not any(t.is_alive() for t in pool)
+    _run_threads(sync.own_shards_into, (state, threads, bounds, rounds, taken), threads)
     assert (taken[:, :shards] == 1).all()                        # each shard once
     takers = taken[:, shards:]
     assert ((takers >= 1) & (takers <= threads)).all()

@@ -120,6 +120,12 @@ def _pooled_at(Hq, Wq, o, n, C, c, i, W):
 
 
 @njit(inline="always")
+def _load4(a, q):
+    # the 4 vectors of a (flat) from q: a block of 64 values
+    return vload(a, q), vload(a, q + 16), vload(a, q + 32), vload(a, q + 48)
+
+
+@njit(inline="always")
 def _map_setup(arg, pp, coef, n, c, W):
     # the sizes and constants of map (n, c)'s loop: C, S, E (coef's columns), pp's Hq and Wq, the
     # map's flat offset in z, the positions 0..3 and 1 as vectors
@@ -162,11 +168,11 @@ def _forward_units(z, coef, pp, o, arg, W):
     for c in range(C):
         for i in range(S // 64):
             u = c * S + i * 64
-            m0, m1, m2, m3 = vload(coef, u), vload(coef, u + 16), vload(coef, u + 32), vload(coef, u + 48)
+            m0, m1, m2, m3 = _load4(coef, u)
             v = A_ROW * E + u
-            a0, a1, a2, a3 = vload(coef, v), vload(coef, v + 16), vload(coef, v + 32), vload(coef, v + 48)
+            a0, a1, a2, a3 = _load4(coef, v)
             v = BETA_ROW * E + u
-            b0, b1, b2, b3 = vload(coef, v), vload(coef, v + 16), vload(coef, v + 32), vload(coef, v + 48)
+            b0, b1, b2, b3 = _load4(coef, v)
             for n in range(N):
                 zo = (n * C + c) * S
                 r = zo + i * 64
@@ -229,9 +235,9 @@ def _unit_sums(dp, pp, o, arg, z, coef, out, W):
         for i in range(S // 64):
             r, u = i * 64, c * S + i * 64
             a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero
-            m0, m1, m2, m3 = vload(coef, u), vload(coef, u + 16), vload(coef, u + 32), vload(coef, u + 48)
+            m0, m1, m2, m3 = _load4(coef, u)
             v = INV_ROW * E + u
-            i0, i1, i2, i3 = vload(coef, v), vload(coef, v + 16), vload(coef, v + 32), vload(coef, v + 48)
+            i0, i1, i2, i3 = _load4(coef, v)
             for n in range(N):
                 zo = (n * C + c) * S
                 g = _elu_grad(vload(dp, zo // 4 + i * 16), vload(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W)), one,
@@ -325,15 +331,15 @@ def _backward_units(dp, pp, o, arg, z, coef, dz, W):
     for c in range(C):
         for i in range(S // 64):
             u = c * S + i * 64
-            m0, m1, m2, m3 = vload(coef, u), vload(coef, u + 16), vload(coef, u + 32), vload(coef, u + 48)
+            m0, m1, m2, m3 = _load4(coef, u)
             v = INV_ROW * E + u
-            i0, i1, i2, i3 = vload(coef, v), vload(coef, v + 16), vload(coef, v + 32), vload(coef, v + 48)
+            i0, i1, i2, i3 = _load4(coef, v)
             v = A_ROW * E + u
-            a0, a1, a2, a3 = vload(coef, v), vload(coef, v + 16), vload(coef, v + 32), vload(coef, v + 48)
+            a0, a1, a2, a3 = _load4(coef, v)
             v = G_ROW * E + u
-            g0, g1, g2, g3 = vload(coef, v), vload(coef, v + 16), vload(coef, v + 32), vload(coef, v + 48)
+            g0, g1, g2, g3 = _load4(coef, v)
             v = B_ROW * E + u
-            b0, b1, b2, b3 = vload(coef, v), vload(coef, v + 16), vload(coef, v + 32), vload(coef, v + 48)
+            b0, b1, b2, b3 = _load4(coef, v)
             for n in range(N):
                 zo = (n * C + c) * S
                 r = zo + i * 64

@@ -1,9 +1,10 @@
 """16-lane float vectors for numba kernels: a numba type whose LLVM value is <16 x float> (or
 <16 x double>), and the few intrinsics the kernels need: load, store, splat, add, subtract,
 multiply, divide, fused multiply-add (and its scalar form), lane sum, widening to float64 (the
-direct convolutions, the fc products, BN's statistics and sums); even/odd and interleave shuffles, compare-and-select, int8 loads/stores (the 2x2
-pooling); floor, square root, conversion to an array's dtype and a gather (augmentation's bilinear warp); plus
-2^k from exponent bits, scalar and vector (ELU's expm1).
+direct convolutions, the fc products, BN's statistics and sums); even/odd and interleave
+shuffles, compare-and-select, int8 loads/stores (the 2x2 pooling); floor, conversion to an array's
+dtype and a gather (augmentation's bilinear warp); square root (BN's invstd); plus 2^k from
+exponent bits, scalar and vector (ELU's expm1).
 A kernel keeps a tile of such vectors as loop variables, and LLVM keeps them in registers: the
 register-blocked inner loops numba's vectorizers do not find.
 Not a SIMD library: no bounds checks (the kernels' wrappers check the shapes), no general shuffles.
@@ -280,32 +281,26 @@ def vstore_i8(typingctx, arr, idx, v):
     return types.none(arr, idx, v), codegen
 
 
-@intrinsic
-def vfloor(typingctx, v):
-    """floor(v) in every lane (llvm.floor: exact)."""
-    if not isinstance(v, Vec):
-        raise TypeError(f"simd.vfloor: need a vector, got {v}")
+def _unary_intrinsic(name, llvm, doc):
+    # a vector intrinsic v -> llvm.<llvm>.v16f32/64(v) lane by lane
+    @intrinsic
+    def unary(typingctx, v):
+        if not isinstance(v, Vec):
+            raise TypeError(f"simd.{name}: need a vector, got {v}")
 
-    def codegen(context, builder, sig, args):
-        vecty = args[0].type
-        name = f"llvm.floor.v{LANES}f{v.dtype.bitwidth}"
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vecty, [vecty]), name)
-        return builder.call(fn, [args[0]])
-    return v(v), codegen
+        def codegen(context, builder, sig, args):
+            vecty = args[0].type
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vecty, [vecty]),
+                                                f"llvm.{llvm}.v{LANES}f{v.dtype.bitwidth}")
+            return builder.call(fn, [args[0]])
+        return v(v), codegen
+    unary.__doc__ = doc
+    return unary
 
 
-@intrinsic
-def vsqrt(typingctx, v):
-    """sqrt(v) in every lane (llvm.sqrt: correctly rounded, the bits of math.sqrt lane by lane)."""
-    if not isinstance(v, Vec):
-        raise TypeError(f"simd.vsqrt: need a vector, got {v}")
-
-    def codegen(context, builder, sig, args):
-        vecty = args[0].type
-        name = f"llvm.sqrt.v{LANES}f{v.dtype.bitwidth}"
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vecty, [vecty]), name)
-        return builder.call(fn, [args[0]])
-    return v(v), codegen
+vfloor = _unary_intrinsic("vfloor", "floor", "floor(v) in every lane (llvm.floor: exact).")
+vsqrt = _unary_intrinsic("vsqrt", "sqrt", "sqrt(v) in every lane (llvm.sqrt: correctly rounded, the bits of "
+                         "math.sqrt lane by lane).")
 
 
 @intrinsic

@@ -169,10 +169,8 @@ def _forward_units(z, coef, pp, o, arg, W):
         for i in range(S // 64):
             u = c * S + i * 64
             m0, m1, m2, m3 = _load4(coef, u)
-            v = A_ROW * E + u
-            a0, a1, a2, a3 = _load4(coef, v)
-            v = BETA_ROW * E + u
-            b0, b1, b2, b3 = _load4(coef, v)
+            a0, a1, a2, a3 = _load4(coef, A_ROW * E + u)
+            b0, b1, b2, b3 = _load4(coef, BETA_ROW * E + u)
             for n in range(N):
                 zo = (n * C + c) * S
                 r = zo + i * 64
@@ -236,8 +234,7 @@ def _unit_sums(dp, pp, o, arg, z, coef, out, W):
             r, u = i * 64, c * S + i * 64
             a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero
             m0, m1, m2, m3 = _load4(coef, u)
-            v = INV_ROW * E + u
-            i0, i1, i2, i3 = _load4(coef, v)
+            i0, i1, i2, i3 = _load4(coef, INV_ROW * E + u)
             for n in range(N):
                 zo = (n * C + c) * S
                 g = _elu_grad(vload(dp, zo // 4 + i * 16), vload(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W)), one,
@@ -332,14 +329,10 @@ def _backward_units(dp, pp, o, arg, z, coef, dz, W):
         for i in range(S // 64):
             u = c * S + i * 64
             m0, m1, m2, m3 = _load4(coef, u)
-            v = INV_ROW * E + u
-            i0, i1, i2, i3 = _load4(coef, v)
-            v = A_ROW * E + u
-            a0, a1, a2, a3 = _load4(coef, v)
-            v = G_ROW * E + u
-            g0, g1, g2, g3 = _load4(coef, v)
-            v = B_ROW * E + u
-            b0, b1, b2, b3 = _load4(coef, v)
+            i0, i1, i2, i3 = _load4(coef, INV_ROW * E + u)
+            a0, a1, a2, a3 = _load4(coef, A_ROW * E + u)
+            g0, g1, g2, g3 = _load4(coef, G_ROW * E + u)
+            b0, b1, b2, b3 = _load4(coef, B_ROW * E + u)
             for n in range(N):
                 zo = (n * C + c) * S
                 r = zo + i * 64

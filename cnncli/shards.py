@@ -22,9 +22,9 @@ from . import arch, bnphases, passes
 from .arch import FC1_UNITS, param_specs
 from .distributed import SHARD, shard_count, shard_slice
 from .kernels import bnstep, fc, plainstep
-from .kernels.reduce import RowTree, column_tasks, tree_slots, tree_sum_into
+from .kernels.reduce import RowTree, column_tasks, tree_sum_into
 from .kernels.sync import ABORT
-from .kernels.threads import max_threads, run, run_phases, run_together
+from .kernels.threads import max_threads, run, run_phases, run_together, workers
 
 
 def _merged(spans, names):
@@ -96,8 +96,7 @@ class Plan:
         # (K,2) plainstep's tree of the rows: all their columns but fc1's (it sums those as it makes them)
         self.chunks_plain = np.array(column_tasks(_merged(spans, [n for n in spans if n not in ("fc1.w", "fc1.b")
                                                                   and not n.startswith("bn")])), np.int64).reshape(-1, 2)
-        self.sync = np.zeros(max(bnstep.SYNC_COUNTERS + bnstep.SHARD_PHASES * max_threads()
-                                 + bnstep.ROW_TREES * int(tree_slots(int(hi - lo))), plainstep.SYNC_SIZE), np.int64)
+        self.sync = np.zeros(max(bnstep.sync_size(max_threads(), hi - lo), plainstep.SYNC_SIZE), np.int64)
         self.tree = partial(tree_sum_into, segments=self.segments)   # the rows' tree over ranks, threaded
         self.rowtree = RowTree(self.rows, self.segments)             # ... in one process, as rows finish
         self.loss = np.zeros((hi - lo, 1))                  # (L, 1) float64 sum of weight * loss
@@ -244,6 +243,8 @@ def _one_call_step(plan, kernel, args, x_in, labels, w, scale, backward, transfo
         x = plan.xin
     else:
         x = np.ascontiguousarray(x_in)                                                # (B,1,32,32)
+    if kernel is bnstep.bn_step_into and plan.sync.shape[0] < bnstep.sync_size(workers()[1], len(plan.bounds) - 1):
+        raise RuntimeError(f"the plan's sync array ({plan.sync.shape[0]}) is too short for this step")   # (no bounds checks inside)
     plan.sync[:] = 0
     ticket = itertools.count()
 

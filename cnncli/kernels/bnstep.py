@@ -24,16 +24,23 @@ from . import bnpool, bnstats, segments
 from .batchnorm import bn_unit_backward_given_into
 from .fc import fc_dx_loop_into, fc_forward_loop_into, fc_grads_tree_task, fc_grads_tree_tasks
 from .head import bn_head_into
-from .reduce import tree_chunks, tree_rows_done, tree_slots
+from .reduce import LEVELS, tree_chunks, tree_rows_done, tree_slots
 from . import sync as _sync
 from .sync import barrier, cycles, own_shard, take
 
-# the counters of sync.py's array, one per phase: the shards' segments, and the statistics' chunks;
-# TID numbers the threads (for the clock marks)
-F1, F2, F3, HEAD, B3, B2, B1, TREE, S1, S2, S3, T3, T2, T1, TID, TREE_FC, TREE_C2, FC1 = range(18)
-SYNC_COUNTERS = _sync.COUNTERS + 18   # the barrier's slots and the counters; then each shard phase's T shares
+# the counters of sync.py's array: the statistics' chunks and the rows' tree by phase; TID numbers
+# the threads (for the clock marks)
+TREE, S1, S2, S3, T3, T2, T1, TID, TREE_FC, TREE_C2, FC1 = range(11)
+SYNC_COUNTERS = _sync.COUNTERS + 11   # the barrier's slots and those counters; then, T each, the
+F1, F2, F3, HEAD, B3, B2, B1 = range(7)   # shard phases' shares (sync.own_shard): sync[SYNC_COUNTERS + F1*T + t]
 SHARD_PHASES = 7
-ROW_TREES = 6                       # fwd1, fwd2, fwd3, bwd3, bwd2, bwd1: each reduce.tree_slots(L) counters after those
+ROW_TREES = 6                       # then fwd1, fwd2, fwd3, bwd3, bwd2, bwd1's tree_slots(L) node counters each
+
+
+def sync_size(T: int, L: int) -> int:
+    """The length of bn_step_into's sync array for T threads and L shards."""
+    return SYNC_COUNTERS + SHARD_PHASES * T + ROW_TREES * tree_slots(L)
+
 # the step's segments in order, each ended by a barrier (the last by the call's end): clock marks
 SEGMENTS = ("forward to BN1's input, its moments", "BN1's statistics",
             "BN1 .. BN2's input, its moments", "BN2's statistics",
@@ -49,9 +56,9 @@ CHUNK = 512                         # statistics per chunk of a BN layer's batch
 def _forward_stats(sync, counter, fwd, counts, M, eps, stats, keep, m, unbias, rm, rv, moments, gamma, beta,
                    coef, with_coef):
     # chunks of CHUNK statistics to whichever thread takes them: the batch's moments (2D,) from
-    # the root of the shard rows' tree (fwd (L,2D): row 0) -> stats (3,D) (mean, var, invstd), running statistics
-    # updated when rm has D values (bnphases.statistics), and with_coef the fused kernels'
-    # coefficients (bnpool); each statistic's operations are the whole-layer kernels'
+    # the root of the shard rows' tree (fwd (L,2D): row 0) -> stats (3,D) (mean, var, invstd),
+    # running statistics updated when rm has D values (bnphases.statistics), and with_coef the
+    # fused kernels' coefficients (bnpool); each statistic's operations are the whole-layer kernels'
     D = stats.shape[1]
     n = -(-D // CHUNK)
     for _ in range(n):
@@ -105,15 +112,16 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
                  stats1, stats2, stats3, moments1, moments2, moments3, sums1, sums2, sums3,
                  coef1, coef2, eps, keep, m, unbias1, unbias2, unbias3, rm1, rv1, rm2, rv2, rm3, rv3,
                  rows, offs, loss, chunks_fc, chunks_conv2, chunks_conv1, gflat, clock):
-    # sync (SYNC_COUNTERS + SHARD_PHASES*T + ROW_TREES*tree_slots(L),) int64 zeroed, T threads each calling this once (wait_input: after each made
-    # its part of x, so they first wait for one another); bounds (L+1,) int64;
+    # sync (sync_size(T, L),) int64 zeroed, T threads each
+    # calling this once (wait_input: after each made its part of x, so they first wait for one
+    # another); bounds (L+1,) int64;
     # x (B,1,32,32) the input; labels (B,) int64, weights (B,) float64, scale = 1/B; the
     # parameters' views; the workspace (n = B) but for the arrays no phase hands to the next: dz2,
     # dz1, dzp2, dzt2 are a per-thread scratch (thread t's shard in rows t*sm : t*sm + sm, which
     # stay in its cache), dwt2s (T,6,5,5,16); stk (T,fc.PAIRS*fc.LEVELS,128) and
-    # lev (T,fc.PAIRS*fc.LEVELS) int64 fc1's gradient tree stacks (fc.fc_grads_tree_task); fwd*/bwd* (L,2D) float64 the
-    # shards' rows (merged in place as they finish: row 0 ends as the root), counts* (L,) values per statistic in each
-    # shard, M* the batch's; stats* (3,D),
+    # lev (T,fc.PAIRS*fc.LEVELS) int64 fc1's gradient tree stacks (fc.fc_grads_tree_task);
+    # fwd*/bwd* (L,2D) float64 the shards' rows (merged in place as they finish: row 0 ends as the
+    # root), counts* (L,) values per statistic in each shard, M* the batch's; stats* (3,D),
     # moments*/sums* (2D,) float64; coef* (6,E); running statistics rm*/rv* (D,) or (0,);
     # rows (L,P) the shards' gradients, offs (8,) int64 where conv1.w, conv1.b, conv2.w, conv2.b,
     # fc1.w, fc1.b, fc2.w, fc2.b start in a row; chunks_* (K,2) int64 column ranges of the rows'
@@ -127,7 +135,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     C = w4.shape[0]
     unit = g1.shape[0] != b1.shape[0]            # BN per unit (per channel: a gamma per conv1 map)
     L = bounds.shape[0] - 1
-    tb, ts = SYNC_COUNTERS + SHARD_PHASES * T, tree_slots(L)    # the six row trees' node counters
+    tb, ts = SYNC_COUNTERS + SHARD_PHASES * T, L + LEVELS    # the six row trees' node counters (tree_slots)
     if wait_input and barrier(sync, T):
         return
     tid = take(sync, TID)
@@ -135,7 +143,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         clock[tid, 1, 0] = cycles()
     # forward, to BN1's input and its moments
     while True:
-        j, a, b = own_shard(sync, SYNC_COUNTERS + 0 * T, bounds, tid, T, False)
+        j, a, b = own_shard(sync, SYNC_COUNTERS + F1 * T, bounds, tid, T, False)
         if j < 0:
             break
         segments.conv1_moments_into(x[a:b], xp1[a:b], w1, z1[a:b], b1, fwd1[j])
@@ -147,7 +155,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         return
     # BN1, pool, ELU, conv2, to BN2's input and its moments
     while True:
-        j, a, b = own_shard(sync, SYNC_COUNTERS + 1 * T, bounds, tid, T, True)
+        j, a, b = own_shard(sync, SYNC_COUNTERS + F2 * T, bounds, tid, T, True)
         if j < 0:
             break
         segments.bn1_conv2_moments_into(z1[a:b], coef1, xp2[a:b], arg1[a:b], w2, z2[a:b], b2, fwd2[j], unit)
@@ -159,7 +167,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         return
     # BN2, pool, ELU, fc1, to BN3's input and its moments
     while True:
-        j, a, b = own_shard(sync, SYNC_COUNTERS + 2 * T, bounds, tid, T, False)
+        j, a, b = own_shard(sync, SYNC_COUNTERS + F3 * T, bounds, tid, T, False)
         if j < 0:
             break
         bnpool.bn_pool_elu_forward_into(z2[a:b], coef2, p2[a:b], 0, arg2[a:b], unit)
@@ -174,7 +182,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         return
     # the head: BN3, ELU, fc2, the loss (and down to BN3's dy and its sums)
     while True:
-        j, a, b = own_shard(sync, SYNC_COUNTERS + 3 * T, bounds, tid, T, True)
+        j, a, b = own_shard(sync, SYNC_COUNTERS + HEAD * T, bounds, tid, T, True)
         if j < 0:
             break
         r = rows[j]
@@ -194,7 +202,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     # backward from BN3: fc1's gradients, pool2 + ELU, to BN2's sums
     U = g3.shape[0]
     while True:
-        j, a, b = own_shard(sync, SYNC_COUNTERS + 4 * T, bounds, tid, T, False)
+        j, a, b = own_shard(sync, SYNC_COUNTERS + B3 * T, bounds, tid, T, False)
         if j < 0:
             break
         bn_unit_backward_given_into(dy3[a:b], xhat3[a:b], g3, stats3[2], sums3[:U], sums3[U:], M3, dz3[a:b])
@@ -209,7 +217,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         return
     # backward from BN2: conv2's gradients, to BN1's sums
     while True:
-        j, a, b = own_shard(sync, SYNC_COUNTERS + 5 * T, bounds, tid, T, True)
+        j, a, b = own_shard(sync, SYNC_COUNTERS + B2 * T, bounds, tid, T, True)
         if j < 0:
             break
         r, o, e = rows[j], tid * sm, tid * sm + b - a
@@ -232,7 +240,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         return
     # backward from BN1: conv1's gradients
     while True:
-        j, a, b = own_shard(sync, SYNC_COUNTERS + 6 * T, bounds, tid, T, False)
+        j, a, b = own_shard(sync, SYNC_COUNTERS + B1 * T, bounds, tid, T, False)
         if j < 0:
             break
         r, o, e = rows[j], tid * sm, tid * sm + b - a

@@ -1,6 +1,7 @@
 """distributed.tree_sum's fixed pairwise tree as a numba kernel over column blocks, the blocks spread
-over the worker threads (threads.run): every column goes through the same tree whoever sums it, so
-the bits are tree_sum's for any thread count. Not the tree's definition (distributed.tree_sum is
+over the worker threads (threads.run), and the same tree made as its rows finish, by the threads
+that write them (tree_climb, inside a numba job; RowTree from Python): every column goes through
+the same tree whoever sums it, so the bits are tree_sum's for any thread count. Not the tree's definition (distributed.tree_sum is
 the reference, tests/test_reduce.py checks bitwise) nor the cross-rank gather (distributed.Comm).
 
 Shape legend: S rows (per-shard partial sums), M columns.
@@ -109,9 +110,10 @@ def tree_cols_into(parts, out, c0, c1):
 # threads that wrote their rows (still in their caches), with no pass over all the rows after the
 # last one. The counters: sync[base .. base + tree_slots(L)) (zeroed), one per node above the rows.
 
-@njit(cache=True)
-def tree_slots(L):
-    # the counters tree_climb needs for L rows: one per node above them (at most L + LEVELS)
+def tree_slots(L: int) -> int:
+    """The counters tree_climb needs for L rows: one per node above them, at most L + LEVELS (a
+    numba caller writes L + LEVELS; this is Python's, kept out of the kernel dispatchers that
+    precompile's dry run stubs out)."""
     return L + LEVELS
 
 
@@ -230,4 +232,3 @@ class RowTree:
     def result(self):
         """Row 0: the root (valid once done(j) has run for every row)."""
         return self.parts[0]
-

@@ -138,7 +138,6 @@ def _forward_map(z, coef, pp, o, arg, n, c, W):
     # map (n, c) per channel: pooled maxima of y = (z - m) * a + beta into pp, their positions
     # into arg; the map's m, a, beta are one value each, splat once
     C, S = arg.shape[1], W * W
-    Hq, Wq = pp.shape[2], pp.shape[3]
     zo, cs = (n * C + c) * S, c * S
     pos = _positions(pp)
     m, a, b = vsplat(coef[M_ROW, cs]), vsplat(coef[A_ROW, cs]), vsplat(coef[BETA_ROW, cs])

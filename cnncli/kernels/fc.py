@@ -17,7 +17,7 @@ from numba import njit
 
 from .checks import check_array, check_out
 from .reduce import LEVELS, tree_fold, tree_push
-from .simd import sfma, vadd, vfma, vhsum, vload, vmul, vsplat, vstore, vzero
+from .simd import sfma, vfma, vhsum, vload, vmul, vsplat, vstore, vzero
 
 
 @njit(inline="always")

@@ -35,7 +35,7 @@ def bn1_conv2_moments_into(z1, coef1, xp2, arg1, w2, z2, b2, row, unit):
 def bn2_conv2_back_into(dp2, p2, arg2, z2, coef2, dz2, xp2, dzt2, dwt2, gw2, gb2, w2, dzp2, dp1, arg1, z1,
                         coef1, row1, unit):
     # dp2 -> (pool2, ELU, BN2)' -> dz2 -> conv2's gradients gw2, gb2 and dp1 -> BN1's sums of dy and
-    # dy*xhat (through pool1 and ELU) into row1
+    # dy*xhat (through pool1 and ELU) into row1; unit as in bn1_conv2_moments_into
     bnpool.bn_unpool_backward_into(dp2, p2, 0, arg2, z2, coef2, dz2, unit)
     conv16.conv16_backward_dw_into(dz2, xp2, dzt2, dwt2)
     conv16.conv16_grads_finish_into(dwt2, dzt2, gw2, gb2)
@@ -45,6 +45,7 @@ def bn2_conv2_back_into(dp2, p2, arg2, z2, coef2, dz2, xp2, dzt2, dwt2, gw2, gb2
 
 @njit(cache=True, nogil=True)
 def bn1_conv1_back_into(dp1, xp2, arg1, z1, coef1, dz1, xp1, gw1, gb1, unit):
-    # dp1 -> (pool1, ELU, BN1)' -> dz1 -> conv1's gradients gw1, gb1 (the input layer: no dx)
+    # dp1 -> (pool1, ELU, BN1)' -> dz1 -> conv1's gradients gw1, gb1 (the input layer: no dx); unit
+    # as in bn1_conv2_moments_into
     bnpool.bn_unpool_backward_into(dp1, xp2, 2, arg1, z1, coef1, dz1, unit)
     conv32.conv32_backward_dw_into(dz1, xp1, gw1, gb1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from . import passes
 from .kernels import batchnorm as norm
-from .kernels import bnpool, bnstats, head
+from .kernels import bncoef, bnstats, head
 from .kernels.reduce import tree_sum_into
 
 
@@ -71,7 +71,7 @@ def forward_phases(net, plan, comm, inputs, targets, scale, backward, then=None)
             statistics(net, plan, k, comm)
             if k < 3:
                 mean, _, invstd = plan.stats[k]
-                bnpool.bn_coef_forward_into(mean, invstd, *gamma_beta(net, k), plan.coef[k])
+                bncoef.bn_coef_forward_into(mean, invstd, *gamma_beta(net, k), plan.coef[k])
             else:
                 head_step(net, plan, comm, targets, scale, backward)
                 if then is not None:
@@ -122,7 +122,7 @@ def backward_phases(net, plan, comm, done):
         d = sums.shape[0] // 2
         plan.bn_grads[k] = (sums[:d], sums[d:])
         if k < 3:
-            bnpool.bn_coef_backward_into(plan.stats[k][2], gamma_beta(net, k)[0], sums, float(plan.count[k]),
+            bncoef.bn_coef_backward_into(plan.stats[k][2], gamma_beta(net, k)[0], sums, float(plan.count[k]),
                                          plan.coef[k])
 
     phases = []

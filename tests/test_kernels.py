@@ -168,7 +168,7 @@ def test_bn_stats_and_coefficients_are_their_formulas_bitwise(rng, M, dtype):
     """bn_stats_into (16-lane division and square root, 1/M for a power of two) and the fused
     kernels' coefficients (per unit in one loop, per channel repeated over the map) give the bits
     of the scalar formulas written in NumPy."""
-    from cnncli.kernels import bnpool
+    from cnncli.kernels import bncoef
 
     D = 6 * 16 + 7                                       # 16-lane blocks and a scalar tail
     moments = np.concatenate([rng.standard_normal(D) * 30, rng.random(D) * 500 * M])
@@ -185,8 +185,8 @@ def test_bn_stats_and_coefficients_are_their_formulas_bitwise(rng, M, dtype):
     f = gamma * stats[2] / M
     for rep in (1, 4):
         coef = np.empty((6, D * rep), dtype)
-        bnpool.bn_coef_forward_into(stats[0], stats[2], gamma, beta, coef)
-        bnpool.bn_coef_backward_into(stats[2], gamma, sums, M, coef)
+        bncoef.bn_coef_forward_into(stats[0], stats[2], gamma, beta, coef)
+        bncoef.bn_coef_backward_into(stats[2], gamma, sums, M, coef)
         want = np.stack([stats[0], stats[2], gamma * stats[2], beta, -f * sums[:D], -f * sums[D:]]).astype(dtype)
         assert coef.tobytes() == np.repeat(want, rep, axis=1).tobytes()
 

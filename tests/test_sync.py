@@ -9,7 +9,7 @@ import numba
 import numpy as np
 import pytest
 
-from cnncli.kernels import bnpool, bnstats, fc, sync
+from cnncli.kernels import bncoef, bnstats, fc, sync
 from cnncli.kernels.threads import run_together
 
 
@@ -151,16 +151,16 @@ def test_bn_statistics_in_chunks_give_the_whole_layer_bits(d, chunk):
             bnstats.bn_moments_tree_into(parts, counts, out["moments"])
             bnstats.bn_stats_into(out["moments"], 40.0, 1e-5, out["stats"], keep, 0.1, 0.1 * 40 / 39,
                                   out["rm"], out["rv"])
-            bnpool.bn_coef_forward_into(out["stats"][0], out["stats"][2], gamma, beta, out["coef"])
-            bnpool.bn_coef_backward_into(out["stats"][2], gamma, sums, 40.0, out["coef"])
+            bncoef.bn_coef_forward_into(out["stats"][0], out["stats"][2], gamma, beta, out["coef"])
+            bncoef.bn_coef_backward_into(out["stats"][2], gamma, sums, 40.0, out["coef"])
         else:
             for d0 in range(0, d, chunk):
                 d1 = min(d, d0 + chunk)
                 bnstats.bn_moments_tree_range(parts, counts, out["moments"], d0, d1)
                 bnstats.bn_stats_range(out["moments"], 40.0, 1e-5, out["stats"], keep, 0.1, 0.1 * 40 / 39,
                                        out["rm"], out["rv"], d0, d1)
-                bnpool.bn_coef_forward_range(out["stats"][0], out["stats"][2], gamma, beta, out["coef"], d0, d1)
-                bnpool.bn_coef_backward_range(out["stats"][2], gamma, sums, 40.0, out["coef"], d0, d1)
+                bncoef.bn_coef_forward_range(out["stats"][0], out["stats"][2], gamma, beta, out["coef"], d0, d1)
+                bncoef.bn_coef_backward_range(out["stats"][2], gamma, sums, 40.0, out["coef"], d0, d1)
     for key in whole:
         assert np.array_equal(whole[key], chunked[key]), key
     np.testing.assert_allclose(whole["stats"][0], z.reshape(-1, d).mean(0), rtol=1e-12, atol=1e-12)

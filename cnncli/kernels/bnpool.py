@@ -2,8 +2,8 @@
 one shard at a time, in 16-lane vectors (simd.py): the forward pools ELU(BN(z)) straight from z;
 the backward's two passes (the shard's sums of dy and dy*xhat, then dz once the batch's sums are
 known) unpool dp and recompute xhat from z as they go. BN's output, xhat and dy are never stored.
-Not the statistics (batchnorm.py's moments and tree), not fc1's BN (no pooling there), not the
-inference path (inference.py folds the running statistics).
+Not the coefficients (bncoef.py makes them), not the statistics (bnstats.py), not fc1's BN (no
+pooling there), not the inference path (inference.py folds the running statistics).
 
 Shape legend: N images, C maps, H = W = 32 (conv1, pooled into conv2's input padded by o = 2) or
 16 (conv2, pooled into fc1's input, o = 0), S = H*W, D = C (per channel) or C*S (per unit).
@@ -23,68 +23,11 @@ import numpy as np
 from numba import njit
 
 from .activation import velu
+from .bncoef import A_ROW, B_ROW, BETA_ROW, G_ROW, INV_ROW, M_ROW, bn_coef_backward_into, bn_coef_forward_into
 from .checks import check_array
 from .pool import _positions, _window_max_v, _windows
 from .simd import (vadd, vfma, vhsum, vload, vload_i8, vmul, vsel_eq, vsel_gt, vsplat, vstore,
                    vstore_i8, vsub, vwiden, vzero, vzip_hi, vzip_lo)
-
-M_ROW, INV_ROW, A_ROW, BETA_ROW, B_ROW, G_ROW = range(6)     # the rows of coef
-
-
-@njit(cache=True, nogil=True)
-def bn_coef_forward_into(mean, invstd, gamma, beta, coef):
-    # mean invstd (D,) float64 (the batch's), gamma beta (D,)   ->   coef (6,C*S) rows m, inv, a,
-    # beta in the dtype, each statistic repeated over the C*S/D positions it covers (per channel:
-    # its whole map; per unit: its own), so that the kernels load every coefficient the same way
-    bn_coef_forward_range(mean, invstd, gamma, beta, coef, 0, mean.shape[0])
-
-
-@njit(inline="always")
-def bn_coef_forward_range(mean, invstd, gamma, beta, coef, d0, d1):
-    # bn_coef_forward_into for the statistics d0 <= d < d1 only (each statistic's own operations)
-    D, E = mean.shape[0], coef.shape[1]
-    rep = E // D
-    if rep == 1:                                 # per unit: one loop LLVM vectorizes
-        for d in range(d0, d1):
-            coef[M_ROW, d] = mean[d]
-            coef[INV_ROW, d] = invstd[d]
-            coef[A_ROW, d] = gamma[d] * invstd[d]
-            coef[BETA_ROW, d] = beta[d]
-        return
-    for d in range(d0, d1):
-        m, inv, a, b = mean[d], invstd[d], gamma[d] * invstd[d], beta[d]
-        for e in range(d * rep, (d + 1) * rep):
-            coef[M_ROW, e] = m
-            coef[INV_ROW, e] = inv
-            coef[A_ROW, e] = a
-            coef[BETA_ROW, e] = b
-
-
-@njit(cache=True, nogil=True)
-def bn_coef_backward_into(invstd, gamma, sums, M, coef):
-    # invstd (D,) float64, gamma (D,), sums (2D,) float64 [sum dy | sum dy*xhat] of the batch, M
-    #   ->   coef rows B = -gamma*inv*sum(dy)/M, G = -gamma*inv*sum(dy*xhat)/M (dtype, repeated as above)
-    bn_coef_backward_range(invstd, gamma, sums, M, coef, 0, invstd.shape[0])
-
-
-@njit(inline="always")
-def bn_coef_backward_range(invstd, gamma, sums, M, coef, d0, d1):
-    # bn_coef_backward_into for the statistics d0 <= d < d1 only
-    D, E = invstd.shape[0], coef.shape[1]
-    rep = E // D
-    if rep == 1:                                 # per unit: one loop LLVM vectorizes
-        for d in range(d0, d1):
-            f = gamma[d] * invstd[d] / M
-            coef[B_ROW, d] = -f * sums[d]
-            coef[G_ROW, d] = -f * sums[D + d]
-        return
-    for d in range(d0, d1):
-        f = gamma[d] * invstd[d] / M
-        b, g = -f * sums[d], -f * sums[D + d]
-        for e in range(d * rep, (d + 1) * rep):
-            coef[B_ROW, e] = b
-            coef[G_ROW, e] = g
-
 
 # The per-map loops below index every array in place and call only helpers on vectors: an array
 # handed to a helper inside a loop costs a reference count (an atomic) per call.

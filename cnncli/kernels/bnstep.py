@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from . import bnpool, bnstats, segments
+from . import bncoef, bnpool, bnstats, segments
 from .batchnorm import bn_unit_backward_given_into
 from .fc import fc_dx_loop_into, fc_forward_loop_into, fc_grads_tree_task, fc_grads_tree_tasks
 from .head import bn_head_into
@@ -70,7 +70,7 @@ def _forward_stats(sync, counter, fwd, counts, M, eps, stats, keep, m, unbias, r
             moments[d], moments[D + d] = fwd[0, d], fwd[0, D + d]
         bnstats.bn_stats_range(moments, M, eps, stats, keep, m, unbias, rm, rv, d0, d1)
         if with_coef:
-            bnpool.bn_coef_forward_range(stats[0], stats[2], gamma, beta, coef, d0, d1)
+            bncoef.bn_coef_forward_range(stats[0], stats[2], gamma, beta, coef, d0, d1)
 
 
 @njit(inline="always")
@@ -87,7 +87,7 @@ def _backward_sums(sync, counter, bwd, sums, stats, gamma, M, coef, with_coef):
         for d in range(d0, d1):                 # the tree's root (reduce.tree_rows_done)
             sums[d], sums[D + d] = bwd[0, d], bwd[0, D + d]
         if with_coef:
-            bnpool.bn_coef_backward_range(stats[2], gamma, sums, M, coef, d0, d1)
+            bncoef.bn_coef_backward_range(stats[2], gamma, sums, M, coef, d0, d1)
 
 
 @njit(inline="always")

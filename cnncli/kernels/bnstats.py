@@ -28,16 +28,14 @@ from .simd import vadd, vdiv, vfma, vhsum, vload, vmul, vsplat, vsqrt, vstore, v
 # (the sums add exactly as tree_sum adds them, so the mean is tree_sum's bits).
 
 @njit(inline="always")
-def _unit_block(z, d, bv, add_bias, out):
-    # units d .. d+15 of z (N,D) (+ bv in place first when add_bias) -> out[d..], out[D + d..]
+def _unit_block(z, d, out):
+    # units d .. d+15 of z (N,D)   ->   out[d..], out[D + d..]; only loads from z (a store to z
+    # here would sit D*4 bytes, a multiple of 4 KiB, before the next image's load of the same
+    # lanes: the store-to-load aliasing that doubled this loop's time when it added the bias)
     N, D = z.shape
     acc = vzero(out)
     for n in range(N):
-        v = vload(z, n * D + d)
-        if add_bias:
-            v = vadd(v, bv)
-            vstore(z, n * D + d, v)
-        acc = vadd(acc, vwiden(v))
+        acc = vadd(acc, vwiden(vload(z, n * D + d)))
     vstore(out, d, acc)
     mean = vmul(acc, vsplat(1.0 / N)) if _power_of_two(float(N)) else vdiv(acc, vsplat(float(N)))   # (exact)
     m2 = vzero(out)
@@ -71,7 +69,7 @@ def bn_unit_moments_into(z, out):
     N, D = z.shape
     V = D - D % 16
     for d in range(0, V, 16):
-        _unit_block(z, d, vsplat(z.dtype.type(0)), False, out)
+        _unit_block(z, d, out)
     for d in range(V, D):
         _unit_scalar(z, d, out)
 
@@ -125,21 +123,20 @@ def bn_channel_moments_into(z, out):
 def bn_bias_moments_into(z, b, out):
     # z (N,C,S) a conv layer's output without its bias, b (C,)   ->   z += b in place (the bits of
     # conv.add_bias_into) and out = BN's moments of the result: (2C,) per channel or (2CS,) per
-    # unit (the bits of bn_channel_moments_into / bn_unit_moments_into), in one pass fewer
+    # unit (the bits of bn_channel_moments_into / bn_unit_moments_into); per channel in one pass
+    # fewer, per unit the bias first in memory order (_unit_block's note)
     N, C, S = z.shape
     if out.shape[0] == 2 * C:
         _channel_moments(z, b, True, out)
         return
-    zu = z.reshape(N, C * S)                     # (N,D) per unit, D = C*S
-    V = S - S % 16
-    for c in range(C):
-        bv = vsplat(b[c])
-        for d in range(c * S, c * S + V, 16):
-            _unit_block(zu, d, bv, True, out)
-        for d in range(c * S + V, (c + 1) * S):
-            for n in range(N):
-                zu[n, d] += b[c]
-            _unit_scalar(zu, d, out)
+    for n in range(N):                           # the bias, image by image in memory order
+        for c in range(C):
+            bv, base = vsplat(b[c]), (n * C + c) * S
+            for i in range(0, S - S % 16, 16):
+                vstore(z, base + i, vadd(vload(z, base + i), bv))
+            for i in range(S - S % 16, S):
+                z[n, c, i] += b[c]
+    bn_unit_moments_into(z.reshape(N, C * S), out)
 
 
 @njit(inline="always")

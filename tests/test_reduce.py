@@ -120,10 +120,13 @@ def test_fc_grads_tree_is_the_shards_gradients_through_tree_sum_bitwise(dtype, s
 
 @pytest.mark.parametrize("s", [1, 2, 3, 5, 9, 16, 17, 33])
 @pytest.mark.parametrize("moments", [False, True])
-def test_trees_made_as_rows_finish_are_the_level_by_level_trees_bitwise(s, moments):
+@pytest.mark.parametrize("top", [0, 1, 2, 3, 60])
+def test_trees_made_as_rows_finish_are_the_level_by_level_trees_bitwise(s, moments, top):
     """reduce.tree_rows_done (added) and bnstats.bn_moments_rows_done (Chan's rule), rows reported
-    done in random orders by 1 to 3 threads at once: the root in row 0 has the bits of tree_sum /
-    bn_moments_tree_into (odd shard counts carry nodes up; a counter array of tree_slots(s))."""
+    done in random orders by 1 to 3 threads at once, the climbs stopped at level `top`, then the
+    rest of the tree over rows 0, 2^top, .. (tree_cols_step / bn_moments_tree_range with that step,
+    in column chunks): the bits of tree_sum / bn_moments_tree_into (odd shard counts carry nodes
+    up; a counter array of tree_slots(s))."""
     import threading
 
     from cnncli.kernels import bnstats, sync
@@ -142,9 +145,24 @@ def test_trees_made_as_rows_finish_are_the_level_by_level_trees_bitwise(s, momen
         state = np.zeros(sync.COUNTERS + 1 + R.tree_slots(s), np.int64)
         order = rng.permutation(s).astype(np.int64)
         pool = [threading.Thread(target=bnstats.rows_done_job_into,
-                                 args=(state, sync.COUNTERS + 1, rows, counts, moments, order)) for _ in range(threads)]
+                                 args=(state, sync.COUNTERS + 1, rows, counts, moments, order, top))
+                for _ in range(threads)]
         for t in pool:
             t.start()
         for t in pool:
             t.join(60)
-        assert rows[0].tobytes() == want.tobytes(), (threads, order)
+        step = 1 << min(top, 40)
+        for chunk in (40, 101):                            # the chunks of the phase that finishes the tree
+            got = np.full(2 * 101, np.nan)
+            for d0 in range(0, 101, chunk):
+                d1 = min(101, d0 + chunk)
+                if moments:
+                    bnstats.bn_moments_tree_range(rows, counts, got, d0, d1, step)
+                elif chunk == 40:
+                    R.tree_cols_step(rows, step, got, d0, d1)
+                    R.tree_cols_step(rows, step, got, 101 + d0, 101 + d1)
+                else:                                      # 128 columns in vectors, then the rest
+                    R.tree_cols_step(rows, step, got, 0, 202)
+            assert got.tobytes() == want.tobytes(), (threads, order, chunk)
+        if (1 << top) >= s:                                # a climb to the root leaves it in row 0
+            assert rows[0].tobytes() == want.tobytes(), (threads, order)

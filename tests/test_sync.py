@@ -156,7 +156,7 @@ def test_bn_statistics_in_chunks_give_the_whole_layer_bits(d, chunk):
         else:
             for d0 in range(0, d, chunk):
                 d1 = min(d, d0 + chunk)
-                bnstats.bn_moments_tree_range(parts, counts, out["moments"], d0, d1)
+                bnstats.bn_moments_tree_range(parts, counts, out["moments"], d0, d1, 1)
                 bnstats.bn_stats_range(out["moments"], 40.0, 1e-5, out["stats"], keep, 0.1, 0.1 * 40 / 39,
                                        out["rm"], out["rv"], d0, d1)
                 bncoef.bn_coef_forward_range(out["stats"][0], out["stats"][2], gamma, beta, out["coef"], d0, d1)

@@ -197,33 +197,39 @@ def _chan_coef(na, nb, coef, k):
 def bn_moments_tree_into(parts, counts, out):
     # parts (S,2D) float64, shard rows [sum | M2], counts (S,) float64 values per statistic in each
     # shard   ->   out (2D,) the batch's [sum | M2] through tree_sum's tree (bn_moments_tree_range)
-    bn_moments_tree_range(parts, counts, out, 0, parts.shape[1] // 2)
+    bn_moments_tree_range(parts, counts, out, 0, parts.shape[1] // 2, 1)
 
 
 @njit(inline="always")
-def bn_moments_tree_range(parts, counts, out, d0, d1):
-    # bn_moments_tree_into for the statistics d0 <= d < d1 only (out's [d0:d1] and [D+d0:D+d1]):
-    # tree_sum's tree on a stack of finished left subtrees (reduce.tree_push's order: the same
-    # nodes and operands as pairing level by level), 64 statistics at a time (four independent
-    # 16-lane chains), then 16, then one by one; the shards' rows read once, the stack in L1;
+def bn_moments_tree_range(parts, counts, out, d0, d1, step):
+    # bn_moments_tree_into for the statistics d0 <= d < d1 only (out's [d0:d1] and [D+d0:D+d1]) of
+    # the rows 0, step, 2*step, .. of parts, each over the values of counts[j*step : (j+1)*step]
+    # (step = 2^k: the nodes of level k of the tree over all rows, which bn_moments_rows_done with
+    # top = k leaves there): tree_sum's tree on a stack of finished left subtrees (reduce.tree_push's
+    # order: the same nodes and operands as pairing level by level), 64 statistics at a time (four
+    # independent 16-lane chains), then 16, then one by one; the rows read once, the stack in L1;
     # parts is only read
-    S, W = parts.shape
+    L, W = parts.shape
     D = W // 2
+    S = -(-L // step)                           # the rows in the tree
+    nc = np.zeros(S)                            # (S,) their value counts
+    for j in range(L):
+        nc[j // step] += counts[j]
     ss = np.empty((LEVELS, 2, 64))              # (LEVELS,2,64) the stack's [sums | M2s]
     sc = np.empty(LEVELS)                       # (LEVELS,) value counts
     lev = np.empty(LEVELS, np.int64)            # (LEVELS,) the stack's heights
     coef = np.empty((max(S - 1, 1), 5))         # (S-1,5) the merges' coefficients
-    _chan_coefs(counts, coef, lev, sc)
+    _chan_coefs(nc, coef, lev, sc)
     V64 = d1 - (d1 - d0) % 64
     V16 = d1 - (d1 - V64) % 16
     for d in range(d0, V64, 64):
-        _chan_tree_block(parts, d, 4, ss, lev, coef, out)
+        _chan_tree_block(parts, S, step, d, 4, ss, lev, coef, out)
     for d in range(V64, V16, 16):
-        _chan_tree_block(parts, d, 1, ss, lev, coef, out)
+        _chan_tree_block(parts, S, step, d, 1, ss, lev, coef, out)
     for d in range(V16, d1):
         top, k = 0, 0
         for j in range(S):
-            sb, mb, h = parts[j, d], parts[j, D + d], 0
+            sb, mb, h = parts[j * step, d], parts[j * step, D + d], 0
             while top > 0 and lev[top - 1] == h:
                 top -= 1
                 sb, mb = _chan_scalar(ss[top, 0, 0], ss[top, 1, 0], sb, mb, coef, k)
@@ -239,18 +245,18 @@ def bn_moments_tree_range(parts, counts, out, d0, d1):
 
 
 @njit(inline="always")
-def _chan_tree_block(parts, d, n, ss, lev, coef, out):
-    # statistics d .. d + 16n - 1 (n <= 4 vectors) of bn_moments_tree_range: each merge is n
-    # independent vector merges, through the stack ss (LEVELS,2,64)
-    S, W = parts.shape
+def _chan_tree_block(parts, S, step, d, n, ss, lev, coef, out):
+    # statistics d .. d + 16n - 1 (n <= 4 vectors) of bn_moments_tree_range over the S rows 0,
+    # step, ..: each merge is n independent vector merges, through the stack ss (LEVELS,2,64)
+    W = parts.shape[1]
     D = W // 2
     top, k = 0, 0
     for j in range(S):
         h = 0
-        q = top * 128                           # the leaf goes to the stack's top, then sinks
+        q, r = top * 128, j * step * W         # the leaf goes to the stack's top, then sinks
         for u in range(n):
-            vstore(ss, q + 16 * u, vload(parts, j * W + d + 16 * u))
-            vstore(ss, q + 64 + 16 * u, vload(parts, j * W + D + d + 16 * u))
+            vstore(ss, q + 16 * u, vload(parts, r + d + 16 * u))
+            vstore(ss, q + 64 + 16 * u, vload(parts, r + D + d + 16 * u))
         while top > 0 and lev[top - 1] == h:
             a, b = (top - 1) * 128, top * 128
             for u in range(n):
@@ -275,18 +281,18 @@ def _chan_tree_block(parts, d, n, ss, lev, coef, out):
 
 
 @njit(inline="always")
-def bn_moments_rows_done(sync, base, parts, counts, j):
+def bn_moments_rows_done(sync, base, parts, counts, j, top):
     # row j of the shards' [sum | M2] rows parts (L,2D) is written (counts (L,) values per statistic
-    # in each): the merges of the moments tree it completes (reduce.tree_climb; right into left
-    # row with Chan's rule, in place), so the batch's moments end in row 0 with
-    # bn_moments_tree_into's bits
+    # in each): the merges of the moments tree it completes up to level top (reduce.tree_climb;
+    # right into left row with Chan's rule, in place): node i of level top ends in row i * 2^top,
+    # and bn_moments_tree_range with step 2^top over them has bn_moments_tree_into's bits
     L, W = parts.shape
     D = W // 2
     V = D - D % 16
     coef = np.empty((1, 5))                     # (1,5) the merge's coefficients (_chan_coef)
     k, i = 0, j
     while True:
-        k, i, a, b, hi = tree_climb(sync, base, L, k, i)
+        k, i, a, b, hi = tree_climb(sync, base, L, k, i, top)
         if k < 0:
             return
         na, nb = 0.0, 0.0
@@ -307,18 +313,19 @@ def bn_moments_rows_done(sync, base, parts, counts, j):
 
 
 @njit(cache=True, nogil=True)
-def rows_done_job_into(sync, base, parts, counts, moments, order):
+def rows_done_job_into(sync, base, parts, counts, moments, order, top):
     # a test job for the trees made as rows finish, run by any number of threads at once: each
     # takes the next index of order (L,) int64 (counter 0) and reports row order[i] of parts (L,M)
-    # written; moments: [sum | M2] rows merged by Chan's rule, else added   ->   the root in row 0
+    # written; moments: [sum | M2] rows merged by Chan's rule, else added   ->   the nodes of level
+    # top in rows 0, 2^top, .. (the root in row 0 when 2^top >= L)
     while True:
         i = take(sync, 0)
         if i >= order.shape[0]:
             return
         if moments:
-            bn_moments_rows_done(sync, base, parts, counts, order[i])
+            bn_moments_rows_done(sync, base, parts, counts, order[i], top)
         else:
-            tree_rows_done(sync, base, parts, order[i])
+            tree_rows_done(sync, base, parts, order[i], top)
 
 
 @njit(cache=True, nogil=True)

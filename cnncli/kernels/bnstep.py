@@ -7,7 +7,9 @@ thread starts a phase on the arrays it wrote last, still in its L2), then any le
 each shard runs the very kernels, on the very arrays, that bnphases.py's per-shard
 tasks run (segments.py, bnpool, fc, head), and every sum over shards is the same fixed tree: the
 BN rows' trees are made as the rows finish (bnstats.bn_moments_rows_done, reduce.tree_rows_done:
-the thread that completes a node merges it), with bn_moments_tree_into's and tree_sum's nodes, so
+the thread that completes a node merges it) up to nodes of about a thread's share of shards
+(reduce.tree_top), and the statistics phase after finishes them column by column on every thread
+(bn_moments_tree_range, tree_cols_step), with bn_moments_tree_into's and tree_sum's nodes, so
 the bits depend neither on the thread count nor on this path: with MPI ranks bnphases.py runs the
 same kernels phase by phase.
 Not the checks (shards.Plan built the arrays), not the per-rank gather.
@@ -24,7 +26,7 @@ from . import bncoef, bnpool, bnstats, segments
 from .batchnorm import bn_unit_backward_given_into
 from .fc import fc_dx_loop_into, fc_forward_loop_into, fc_grads_tree_task, fc_grads_tree_tasks
 from .head import bn_head_into
-from .reduce import LEVELS, tree_chunks, tree_rows_done, tree_slots
+from .reduce import LEVELS, tree_chunks, tree_cols_step, tree_rows_done, tree_slots, tree_top
 from . import sync as _sync
 from .sync import barrier, cycles, own_shard, take
 
@@ -53,10 +55,11 @@ CHUNK = 512                         # statistics per chunk of a BN layer's batch
 
 
 @njit(inline="always")
-def _forward_stats(sync, counter, fwd, counts, M, eps, stats, keep, m, unbias, rm, rv, moments, gamma, beta,
+def _forward_stats(sync, counter, fwd, counts, step, M, eps, stats, keep, m, unbias, rm, rv, moments, gamma, beta,
                    coef, with_coef):
     # chunks of CHUNK statistics to whichever thread takes them: the batch's moments (2D,) from
-    # the root of the shard rows' tree (fwd (L,2D): row 0) -> stats (3,D) (mean, var, invstd),
+    # the top of the shard rows' tree (fwd (L,2D): the nodes the climbs left in rows 0, step, ..)
+    # -> stats (3,D) (mean, var, invstd),
     # running statistics updated when rm has D values (bnphases.statistics), and with_coef the
     # fused kernels' coefficients (bnpool); each statistic's operations are the whole-layer kernels'
     D = stats.shape[1]
@@ -66,17 +69,16 @@ def _forward_stats(sync, counter, fwd, counts, M, eps, stats, keep, m, unbias, r
         if c >= n:
             break
         d0, d1 = c * CHUNK, min(D, (c + 1) * CHUNK)
-        for d in range(d0, d1):                 # the tree's root (bnstats.bn_moments_rows_done)
-            moments[d], moments[D + d] = fwd[0, d], fwd[0, D + d]
+        bnstats.bn_moments_tree_range(fwd, counts, moments, d0, d1, step)   # the tree's top
         bnstats.bn_stats_range(moments, M, eps, stats, keep, m, unbias, rm, rv, d0, d1)
         if with_coef:
             bncoef.bn_coef_forward_range(stats[0], stats[2], gamma, beta, coef, d0, d1)
 
 
 @njit(inline="always")
-def _backward_sums(sync, counter, bwd, sums, stats, gamma, M, coef, with_coef):
-    # chunks as above: the batch's [sum dy | sum dy*xhat] sums (2D,) from the root of the shard
-    # rows' tree (bwd (L,2D): row 0), and with_coef the backward coefficients
+def _backward_sums(sync, counter, bwd, step, sums, stats, gamma, M, coef, with_coef):
+    # chunks as above: the batch's [sum dy | sum dy*xhat] sums (2D,) from the top of the shard
+    # rows' tree (bwd (L,2D): rows 0, step, ..), and with_coef the backward coefficients
     D = stats.shape[1]
     n = -(-D // CHUNK)
     for _ in range(n):
@@ -84,8 +86,8 @@ def _backward_sums(sync, counter, bwd, sums, stats, gamma, M, coef, with_coef):
         if c >= n:
             break
         d0, d1 = c * CHUNK, min(D, (c + 1) * CHUNK)
-        for d in range(d0, d1):                 # the tree's root (reduce.tree_rows_done)
-            sums[d], sums[D + d] = bwd[0, d], bwd[0, D + d]
+        tree_cols_step(bwd, step, sums, d0, d1)             # the tree's top
+        tree_cols_step(bwd, step, sums, D + d0, D + d1)
         if with_coef:
             bncoef.bn_coef_backward_range(stats[2], gamma, sums, M, coef, d0, d1)
 
@@ -120,8 +122,8 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     # dz1, dzp2, dzt2 are a per-thread scratch (thread t's shard in rows t*sm : t*sm + sm, which
     # stay in its cache), dwt2s (T,6,5,5,16); stk (T,fc.PAIRS*fc.LEVELS,128) and
     # lev (T,fc.PAIRS*fc.LEVELS) int64 fc1's gradient tree stacks (fc.fc_grads_tree_task);
-    # fwd*/bwd* (L,2D) float64 the shards' rows (merged in place as they finish: row 0 ends as the
-    # root), counts* (L,) values per statistic in each shard, M* the batch's; stats* (3,D),
+    # fwd*/bwd* (L,2D) float64 the shards' rows (merged in place as they finish, up to level
+    # tree_top(L, T): the statistics and sums phases finish the tree), counts* (L,) values per statistic in each shard, M* the batch's; stats* (3,D),
     # moments*/sums* (2D,) float64; coef* (6,E); running statistics rm*/rv* (D,) or (0,);
     # rows (L,P) the shards' gradients, offs (8,) int64 where conv1.w, conv1.b, conv2.w, conv2.b,
     # fc1.w, fc1.b, fc2.w, fc2.b start in a row; chunks_* (K,2) int64 column ranges of the rows'
@@ -136,6 +138,8 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     unit = g1.shape[0] != b1.shape[0]            # BN per unit (per channel: a gamma per conv1 map)
     L = bounds.shape[0] - 1
     tb, ts = SYNC_COUNTERS + SHARD_PHASES * T, L + LEVELS    # the six row trees' node counters (tree_slots)
+    top = tree_top(L, T)                         # the climbs stop at level top (reduce.tree_climb)
+    step = 1 << top
     if wait_input and barrier(sync, T):
         return
     tid = take(sync, TID)
@@ -147,10 +151,10 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         if j < 0:
             break
         segments.conv1_moments_into(x[a:b], xp1[a:b], w1, z1[a:b], b1, fwd1[j])
-        bnstats.bn_moments_rows_done(sync, tb, fwd1, counts1, j)
+        bnstats.bn_moments_rows_done(sync, tb, fwd1, counts1, j, top)
     if _meet(sync, T, clock, tid, 0):
         return
-    _forward_stats(sync, S1, fwd1, counts1, M1, eps, stats1, keep, m, unbias1, rm1, rv1, moments1, g1, be1, coef1, True)
+    _forward_stats(sync, S1, fwd1, counts1, step, M1, eps, stats1, keep, m, unbias1, rm1, rv1, moments1, g1, be1, coef1, True)
     if _meet(sync, T, clock, tid, 1):
         return
     # BN1, pool, ELU, conv2, to BN2's input and its moments
@@ -159,10 +163,10 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         if j < 0:
             break
         segments.bn1_conv2_moments_into(z1[a:b], coef1, xp2[a:b], arg1[a:b], w2, z2[a:b], b2, fwd2[j], unit)
-        bnstats.bn_moments_rows_done(sync, tb + 1 * ts, fwd2, counts2, j)
+        bnstats.bn_moments_rows_done(sync, tb + 1 * ts, fwd2, counts2, j, top)
     if _meet(sync, T, clock, tid, 2):
         return
-    _forward_stats(sync, S2, fwd2, counts2, M2, eps, stats2, keep, m, unbias2, rm2, rv2, moments2, g2, be2, coef2, True)
+    _forward_stats(sync, S2, fwd2, counts2, step, M2, eps, stats2, keep, m, unbias2, rm2, rv2, moments2, g2, be2, coef2, True)
     if _meet(sync, T, clock, tid, 3):
         return
     # BN2, pool, ELU, fc1, to BN3's input and its moments
@@ -173,10 +177,10 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         bnpool.bn_pool_elu_forward_into(z2[a:b], coef2, p2[a:b], 0, arg2[a:b], unit)
         fc_forward_loop_into(p2[a:b].reshape(b - a, 1024), w3, b3, z3[a:b])
         bnstats.bn_unit_moments_into(z3[a:b], fwd3[j])
-        bnstats.bn_moments_rows_done(sync, tb + 2 * ts, fwd3, counts3, j)
+        bnstats.bn_moments_rows_done(sync, tb + 2 * ts, fwd3, counts3, j, top)
     if _meet(sync, T, clock, tid, 4):
         return
-    _forward_stats(sync, S3, fwd3, counts3, M3, eps, stats3, keep, m, unbias3, rm3, rv3, moments3, g3, be3, coef2,
+    _forward_stats(sync, S3, fwd3, counts3, step, M3, eps, stats3, keep, m, unbias3, rm3, rv3, moments3, g3, be3, coef2,
                    False)
     if _meet(sync, T, clock, tid, 5):
         return
@@ -191,12 +195,12 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
             xhat3[a:b], y3[a:b], a3[a:b], z4[a:b], probs[a:b], dz4[a:b],
             r[offs[6]:offs[6] + C * 65].reshape(C, 65), r[offs[7]:offs[7] + C], da3[a:b], dy3[a:b], bwd3[j])
         if backward:
-            tree_rows_done(sync, tb + 3 * ts, bwd3, j)
+            tree_rows_done(sync, tb + 3 * ts, bwd3, j, top)
     if not backward:
         return
     if _meet(sync, T, clock, tid, 6):
         return
-    _backward_sums(sync, T3, bwd3, sums3, stats3, g3, M3, coef2, False)
+    _backward_sums(sync, T3, bwd3, step, sums3, stats3, g3, M3, coef2, False)
     if _meet(sync, T, clock, tid, 7):
         return
     # backward from BN3: fc1's gradients, pool2 + ELU, to BN2's sums
@@ -209,10 +213,10 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         fc_dx_loop_into(dz3[a:b], w3, dflat[a:b])
         bnpool.bn_unpool_sums_into(dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], 0, arg2[a:b], z2[a:b], coef2,
                                    bwd2[j])
-        tree_rows_done(sync, tb + 4 * ts, bwd2, j)
+        tree_rows_done(sync, tb + 4 * ts, bwd2, j, top)
     if _meet(sync, T, clock, tid, 8):
         return
-    _backward_sums(sync, T2, bwd2, sums2, stats2, g2, M2, coef2, True)
+    _backward_sums(sync, T2, bwd2, step, sums2, stats2, g2, M2, coef2, True)
     if _meet(sync, T, clock, tid, 9):
         return
     # backward from BN2: conv2's gradients, to BN1's sums
@@ -225,7 +229,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
             dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], arg2[a:b], z2[a:b], coef2, dz2[o:e], xp2[a:b],
             dzt2[o:e], dwt2s[tid], r[offs[2]:offs[2] + 2400].reshape(16, 6, 5, 5), r[offs[3]:offs[3] + 16],
             w2, dzp2[o:e], dp1[a:b], arg1[a:b], z1[a:b], coef1, bwd1[j], unit)
-        tree_rows_done(sync, tb + 5 * ts, bwd1, j)
+        tree_rows_done(sync, tb + 5 * ts, bwd1, j, top)
     while True:                                                 # fc1's gradient, summed as it is made
         i = take(sync, FC1)
         if i >= fc_grads_tree_tasks(U, 1024):
@@ -235,7 +239,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     tree_chunks(sync, TREE_FC, rows, gflat, chunks_fc)         # fc2's rows are final
     if _meet(sync, T, clock, tid, 10):
         return
-    _backward_sums(sync, T1, bwd1, sums1, stats1, g1, M1, coef1, True)
+    _backward_sums(sync, T1, bwd1, step, sums1, stats1, g1, M1, coef1, True)
     if _meet(sync, T, clock, tid, 11):
         return
     # backward from BN1: conv1's gradients

@@ -69,17 +69,26 @@ def tree_fold(stk, base, top, out, r0, r1):
 
 @njit(cache=True, nogil=True)
 def tree_cols_into(parts, out, c0, c1):
-    # parts (S,M) C-contiguous, out (M,): out[c0:c1] = tree_sum(parts)[c0:c1] -- 128 columns at a
-    # time, row by row onto the stack (tree_push), then column by column on a scalar stack for the
-    # last (c1 - c0) % 128: the same additions, in the same order, for every column
+    # parts (S,M) C-contiguous, out (M,): out[c0:c1] = tree_sum(parts)[c0:c1] (tree_cols_step)
+    tree_cols_step(parts, 1, out, c0, c1)
+
+
+@njit(inline="always")
+def tree_cols_step(parts, step, out, c0, c1):
+    # parts (S,M) C-contiguous, out (M,): out[c0:c1] = tree_sum of rows 0, step, 2*step, .. of parts
+    # [c0:c1] -- 128 columns at a time, row by row onto the stack (tree_push), then column by column
+    # on a scalar stack for the last (c1 - c0) % 128: the same additions, in the same order, for
+    # every column. With step = 2^k those rows are the nodes of level k of the tree over all S rows
+    # (tree_climb with top = k), so this finishes that tree.
     S, M = parts.shape
+    S = -(-S // step)                                                  # the rows summed
     stk = np.empty((LEVELS, 128), parts.dtype)                         # (LEVELS,128) the stack
     lev = np.empty(LEVELS, np.int64)                                   # (LEVELS,) its heights
     V = c1 - (c1 - c0) % 128
     for b0 in range(c0, V, 128):
         top = 0
         for j in range(S):
-            q = j * M + b0
+            q = j * step * M + b0
             top = tree_push(stk, lev, 0, top, vload(parts, q), vload(parts, q + 16), vload(parts, q + 32),
                             vload(parts, q + 48), vload(parts, q + 64), vload(parts, q + 80),
                             vload(parts, q + 96), vload(parts, q + 112))
@@ -87,7 +96,7 @@ def tree_cols_into(parts, out, c0, c1):
     for c in range(V, c1):
         top = 0
         for j in range(S):
-            v, h = parts[j, c], 0
+            v, h = parts[j * step, c], 0
             while top > 0 and lev[top - 1] == h:
                 v = stk[top - 1, 0] + v
                 top -= 1
@@ -109,6 +118,9 @@ def tree_cols_into(parts, out, c0, c1):
 # i * 2^k (its first leaf), so the root ends in row 0: tree_sum's nodes and operands, merged by the
 # threads that wrote their rows (still in their caches), with no pass over all the rows after the
 # last one. The counters: sync[base .. base + tree_slots(L)) (zeroed), one per node above the rows.
+# A climb may stop at level `top` (tree_top): the nodes of that level, rows 0, 2^top, 2*2^top, ..,
+# are then complete, and tree_cols_step / bnstats.bn_moments_tree_range with step 2^top make the
+# rest of the tree column by column (all threads at once, instead of one thread merging the root).
 
 def tree_slots(L: int) -> int:
     """The counters tree_climb needs for L rows: one per node above them, at most L + LEVELS (a
@@ -118,15 +130,26 @@ def tree_slots(L: int) -> int:
 
 
 @njit(inline="always")
-def tree_climb(sync, base, L, k, i):
+def tree_top(L, T):
+    # the level where the climbs of T threads over L rows stop: nodes of about L / T rows (a thread's
+    # share in sync.own_shard), so each thread climbs in its own rows and the few nodes left (T to
+    # 2T) meet column by column in the phase after
+    top, size = 0, 2
+    while size <= L // max(T, 1):
+        top, size = top + 1, size * 2
+    return top
+
+
+@njit(inline="always")
+def tree_climb(sync, base, L, k, i, top):
     # node i of level k (level 0: the L rows) is complete   ->   (k + 1, p, a, b, hi): the merge
     # this thread must now make, rows a (leaves a .. b-1) and b (leaves b .. hi-1) into row a, node p
-    # of level k + 1; or k = -1 when the sibling is not done yet or the root is complete
+    # of level k + 1; or k = -1 when the sibling is not done yet, or level `top` or the root is reached
     n, off = L, base
     for _ in range(k):
         n = (n + 1) // 2
         off += n
-    while n > 1:
+    while n > 1 and k < top:
         p = i // 2
         if i % 2 == 0 and i == n - 1:           # no right sibling: carried up unchanged
             k, i, n = k + 1, p, (n + 1) // 2
@@ -141,14 +164,14 @@ def tree_climb(sync, base, L, k, i):
 
 
 @njit(inline="always")
-def tree_rows_done(sync, base, parts, j):
-    # row j of parts (L,M) is written: the additions of the row tree it completes (right into left
-    # row, in place; the root ends in row 0)
+def tree_rows_done(sync, base, parts, j, top):
+    # row j of parts (L,M) is written: the additions of the row tree it completes up to level top
+    # (right into left row, in place; node i of level top ends in row i * 2^top, the root in row 0)
     L, M = parts.shape
     V = M - M % 16
     k, i = 0, j
     while True:
-        k, i, a, b, hi = tree_climb(sync, base, L, k, i)
+        k, i, a, b, hi = tree_climb(sync, base, L, k, i, top)
         if k < 0:
             return
         for c in range(0, V, 16):

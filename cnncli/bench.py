@@ -21,6 +21,7 @@ from cnncli.machine import (cache_counts, load_average, machine_facts, numba_dis
 MFLOP_TRAIN = 4.70    # per trained image (forward + backward), see docs/performance.md, "How to measure"
 MFLOP_INFER = 1.67    # per inferred image (forward)
 TORCH_HINT = "pip install torch==2.13.0"
+BN_SLICE_SECONDS = 0.1   # --compare-bn: the three variants take turns this often within each repeat
 
 
 class Ours:
@@ -56,6 +57,12 @@ def random_batches(batch_size, num_classes, count=4, seed=0, dtype=np.float32):
 
 def images_per_second(fn, batches, seconds) -> float:
     """Images/s of calling fn(x, y) over the rotating batches for about `seconds` (at least one call)."""
+    n_imgs, elapsed = _images_and_seconds(fn, batches, seconds)
+    return n_imgs / elapsed
+
+
+def _images_and_seconds(fn, batches, seconds):
+    """(images, seconds) of calling fn(x, y) over the rotating batches for about `seconds` (at least one call)."""
     n_imgs, calls = 0, 0
     t0 = time.perf_counter()
     while True:
@@ -65,7 +72,7 @@ def images_per_second(fn, batches, seconds) -> float:
         n_imgs += len(y)
         elapsed = time.perf_counter() - t0
         if elapsed >= seconds:
-            return n_imgs / elapsed
+            return n_imgs, elapsed
 
 
 def _latencies_us(fn, x, seconds, min_calls=50) -> list:
@@ -82,15 +89,25 @@ def _summary(values) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": list(values)}
 
 
-def _alternate(impls, make_fn, batches, seconds, repeats, warmup_seconds) -> dict:
-    """{impl.name: summary of images/s}: warm-up each, then repeats alternating ours, theirs, ours..."""
+def _alternate(impls, make_fn, batches, seconds, repeats, warmup_seconds, slice_seconds=None) -> dict:
+    """{impl.name: summary of images/s}: warm-up each, then repeats alternating ours, theirs, ours...
+    With slice_seconds, each repeat's `seconds` per implementation is cut into slices of about that
+    long, the implementations alternating slice by slice, and a repeat's images/s is its slices'
+    images over their time: a burst of load from elsewhere on the machine then falls on all of them."""
     fns = {impl.name: make_fn(impl) for impl in impls}
     for impl in impls:
         images_per_second(fns[impl.name], batches, warmup_seconds)
+    slices = max(1, round(seconds / slice_seconds)) if slice_seconds else 1
     runs = {impl.name: [] for impl in impls}
     for _ in range(repeats):
-        for impl in impls:
-            runs[impl.name].append(images_per_second(fns[impl.name], batches, seconds))
+        done = {impl.name: [0, 0.0] for impl in impls}             # images, seconds
+        for _ in range(slices):
+            for impl in impls:
+                n, t = _images_and_seconds(fns[impl.name], batches, seconds / slices)
+                done[impl.name][0] += n
+                done[impl.name][1] += t
+        for name, (n, t) in done.items():
+            runs[name].append(n / t)
     return {name: _summary(r) for name, r in runs.items()}
 
 
@@ -206,14 +223,16 @@ def _measure_row(impls, mode, bs, num_classes, seconds, repeats, warmup) -> dict
 
 
 def _measure_bn_row(bs, num_classes, seconds, repeats, warmup) -> dict:
-    """Training images/s of the three variants at batch bs, alternating none, unit, channel in each
-    repeat (so the machine's drift hits all three), and each BN variant's fraction of no-BN's."""
+    """Training images/s of the three variants at batch bs, alternating none, unit, channel every
+    BN_SLICE_SECONDS within each repeat (so the machine's drift and bursts hit all three), and each
+    BN variant's fraction of no-BN's."""
     impls = []
     for variant in ("none", "unit", "channel"):
         impl = Ours(num_classes, variant)
         impl.name = variant
         impls.append(impl)
-    res = _alternate(impls, lambda impl: impl.train, random_batches(bs, num_classes), seconds, repeats, warmup)
+    res = _alternate(impls, lambda impl: impl.train, random_batches(bs, num_classes), seconds, repeats, warmup,
+                     slice_seconds=BN_SLICE_SECONDS)
     row = {"batch_size": bs, **res}
     for variant in ("unit", "channel"):
         row[f"{variant}_vs_none"] = res[variant]["median"] / res["none"]["median"]
@@ -298,7 +317,8 @@ def format_result(result: dict) -> str:
         t = lat["torch"]
         text += f"; torch {t['median_us']:,.0f} us median ({t['calls']} calls); torch/ours {lat['ratio']:.2f}x"
     if result.get("bn_vs_none"):
-        lines += ["", "training with BN vs without, the three variants alternating in each repeat:"]
+        lines += ["", f"training with BN vs without, the three variants alternating every {BN_SLICE_SECONDS} s "
+                  "in each repeat:"]
         bn_table = [["batch", "none img/s", "unit img/s", "unit/none", "channel img/s", "channel/none"]]
         for r in result["bn_vs_none"]:
             bn_table.append([str(r["batch_size"]), _rate_cell(r["none"]), _rate_cell(r["unit"]),

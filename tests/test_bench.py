@@ -7,6 +7,7 @@ loss, gradients, probabilities and Adam update as cnncli.model.Network with the 
 
 import json
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -81,6 +82,28 @@ def test_compare_bn_alternates_the_three_variants_and_divides_by_no_bn():
     assert row["unit_vs_none"] == pytest.approx(row["unit"]["median"] / row["none"]["median"])
     assert row["channel_vs_none"] == pytest.approx(row["channel"]["median"] / row["none"]["median"])
     assert "channel/none" in printed[0] and f"{row['unit_vs_none']:.2f}" in printed[0]
+
+
+def test_alternate_in_slices_takes_turns_and_rates_each_repeat_by_its_slices():
+    calls = []
+
+    class Fake:
+        def __init__(self, name, pause):
+            self.name, self.pause = name, pause
+
+        def run(self, x, y):
+            calls.append(self.name)
+            time.sleep(self.pause)
+
+    batches = [(None, np.zeros(4)), (None, np.zeros(6))]
+    impls = [Fake("a", 0.002), Fake("b", 0.004)]
+    res = bench._alternate(impls, lambda impl: impl.run, batches, seconds=0.06, repeats=2, warmup_seconds=0.001,
+                           slice_seconds=0.02)
+    turns = [name for i, name in enumerate(calls) if i == 0 or calls[i - 1] != name]
+    assert turns[:2] == ["a", "b"] and len(turns) >= 2 + 2 * 3 * 2   # warm-ups, then 3 slices x 2 repeats each
+    for name, pause in (("a", 0.002), ("b", 0.004)):
+        assert len(res[name]["runs"]) == 2
+        assert 0.5 * 5 / pause < res[name]["median"] < 1.05 * 5 / pause   # 5 images per call on average
 
 
 def test_compare_bn_needs_two_images_per_batch():

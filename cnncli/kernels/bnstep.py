@@ -123,7 +123,8 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     # stay in its cache), dwt2s (T,6,5,5,16); stk (T,fc.PAIRS*fc.LEVELS,128) and
     # lev (T,fc.PAIRS*fc.LEVELS) int64 fc1's gradient tree stacks (fc.fc_grads_tree_task);
     # fwd*/bwd* (L,2D) float64 the shards' rows (merged in place as they finish, up to level
-    # tree_top(L, T): the statistics and sums phases finish the tree), counts* (L,) values per statistic in each shard, M* the batch's; stats* (3,D),
+    # tree_top(L, T): the statistics and sums phases finish the tree), counts* (L,) values per
+    # statistic in each shard, M* the batch's; stats* (3,D),
     # moments*/sums* (2D,) float64; coef* (6,E); running statistics rm*/rv* (D,) or (0,);
     # rows (L,P) the shards' gradients, offs (8,) int64 where conv1.w, conv1.b, conv2.w, conv2.b,
     # fc1.w, fc1.b, fc2.w, fc2.b start in a row; chunks_* (K,2) int64 column ranges of the rows'
@@ -154,7 +155,8 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         bnstats.bn_moments_rows_done(sync, tb, fwd1, counts1, j, top)
     if _meet(sync, T, clock, tid, 0):
         return
-    _forward_stats(sync, S1, fwd1, counts1, step, M1, eps, stats1, keep, m, unbias1, rm1, rv1, moments1, g1, be1, coef1, True)
+    _forward_stats(sync, S1, fwd1, counts1, step, M1, eps, stats1, keep, m, unbias1, rm1, rv1, moments1, g1,
+                   be1, coef1, True)
     if _meet(sync, T, clock, tid, 1):
         return
     # BN1, pool, ELU, conv2, to BN2's input and its moments
@@ -166,7 +168,8 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         bnstats.bn_moments_rows_done(sync, tb + 1 * ts, fwd2, counts2, j, top)
     if _meet(sync, T, clock, tid, 2):
         return
-    _forward_stats(sync, S2, fwd2, counts2, step, M2, eps, stats2, keep, m, unbias2, rm2, rv2, moments2, g2, be2, coef2, True)
+    _forward_stats(sync, S2, fwd2, counts2, step, M2, eps, stats2, keep, m, unbias2, rm2, rv2, moments2, g2,
+                   be2, coef2, True)
     if _meet(sync, T, clock, tid, 3):
         return
     # BN2, pool, ELU, fc1, to BN3's input and its moments

@@ -166,8 +166,8 @@ def _unit_sums(dp, pp, o, arg, z, coef, out, W):
     # bn_unpool_sums_into per unit: block by block of 64 units, each unit's dy and dy*xhat summed
     # over n in order in float64 registers (from 0, as a zeroed out), written once. The sums stay
     # in window order (position k of the 16 windows) and each image adds its winners only, a
-    # masked add per position: dy is 0 at the other three, and adding that 0 (or 0 * xhat)
-    # would leave the same bits (a sum from +0 never holds -0); memory order once per block
+    # masked add per position: dy is 0 at the other three, and adding that 0 (or 0 * xhat, xhat
+    # finite) would leave the same bits (a sum from +0 never holds -0); memory order once per block
     N, C = arg.shape[0], arg.shape[1]
     S, E = W * W, coef.shape[1]
     Hq, Wq = pp.shape[2], pp.shape[3]

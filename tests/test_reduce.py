@@ -127,9 +127,8 @@ def test_trees_made_as_rows_finish_are_the_level_by_level_trees_bitwise(s, momen
     rest of the tree over rows 0, 2^top, .. (tree_cols_step / bn_moments_tree_range with that step,
     in column chunks): the bits of tree_sum / bn_moments_tree_into (odd shard counts carry nodes
     up; a counter array of tree_slots(s))."""
-    import threading
-
     from cnncli.kernels import bnstats, sync
+    from thread_util import run_threads
 
     rng = np.random.default_rng(s)
     parts = parts_of(s, 2 * 101, np.float64, seed=s)        # 101 statistics: vector blocks and a tail
@@ -144,13 +143,8 @@ def test_trees_made_as_rows_finish_are_the_level_by_level_trees_bitwise(s, momen
         rows = parts.copy()
         state = np.zeros(sync.COUNTERS + 1 + R.tree_slots(s), np.int64)
         order = rng.permutation(s).astype(np.int64)
-        pool = [threading.Thread(target=bnstats.rows_done_job_into,
-                                 args=(state, sync.COUNTERS + 1, rows, counts, moments, order, top))
-                for _ in range(threads)]
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join(60)
+        run_threads(bnstats.rows_done_job_into, (state, sync.COUNTERS + 1, rows, counts, moments, order, top),
+                    threads)
         step = 1 << min(top, 40)
         for chunk in (40, 101):                            # the chunks of the phase that finishes the tree
             got = np.full(2 * 101, np.nan)

@@ -12,15 +12,7 @@ import pytest
 from cnncli.kernels import bncoef, bnstats, fc, sync
 from cnncli.kernels.threads import run_together
 
-
-def _run_threads(target, args, n):
-    """target(*args) on n Python threads at once; fails if one is still running after 120 s."""
-    pool = [threading.Thread(target=target, args=args) for _ in range(n)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(120)
-    assert not any(t.is_alive() for t in pool)
+from thread_util import run_threads
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 5])
@@ -30,7 +22,7 @@ def test_barrier_and_counters_hand_out_every_item_once_per_round(threads):
     rounds, items = 300, 11
     state = np.zeros(sync.COUNTERS + rounds, np.int64)
     out = np.zeros((rounds, items), np.int64)
-    _run_threads(sync.count_together_into, (state, threads, rounds, items, out), threads)
+    run_threads(sync.count_together_into, (state, threads, rounds, items, out), threads)
     np.testing.assert_array_equal(out, np.arange(1, rounds + 1)[:, None] * np.ones(items, np.int64))
     assert state[sync.GENERATION] == rounds and state[sync.ARRIVED] == 0
     assert (state[sync.COUNTERS:] == items + threads).all()     # each thread's last take finds the round empty
@@ -45,7 +37,7 @@ def test_own_shard_hands_out_every_shard_once_each_phase(threads, shards):
     bounds = np.arange(shards + 1, dtype=np.int64) * 8
     state = np.zeros(sync.COUNTERS + 1 + rounds * threads, np.int64)
     taken = np.zeros((rounds, 2 * shards), np.int64)
-    _run_threads(sync.own_shards_into, (state, threads, bounds, rounds, taken), threads)
+    run_threads(sync.own_shards_into, (state, threads, bounds, rounds, taken), threads)
     assert (taken[:, :shards] == 1).all()                        # each shard once
     takers = taken[:, shards:]
     assert ((takers >= 1) & (takers <= threads)).all()

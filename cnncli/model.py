@@ -190,10 +190,11 @@ class Network:
     def predict_proba(self, x):
         """Inference mode (running statistics): x (N,1,32,32) -> probabilities (N,C).
 
-        The whole network runs in blocks of PREDICT_BLOCK images (inference.infer_block_into: the
-        conv part image by image, fc1 in the training path's 16-lane loop, the head), handed to
-        the worker threads; up to SMALL_BATCH images one block on the calling thread. No BLAS: an
-        image's probabilities have the same bits in any batch, block or thread count.
+        The whole network runs in blocks of PREDICT_BLOCK images (inference.infer_block_into, or
+        infer_block_unit_into with per-unit BN: the conv part image by image, fc1 in the training
+        path's 16-lane loop, the head), handed to the worker threads; up to SMALL_BATCH images one
+        block on the calling thread. No BLAS: an image's probabilities have the same bits in any
+        batch, block or thread count.
         """
         _check_input(x, self.dtype)
         n = x.shape[0]
@@ -202,10 +203,11 @@ class Network:
         out = np.empty((n, self.num_classes), dtype=self.dtype)             # (N,C)
         args = (P["conv1.w"], P["conv1.b"], sc1, sh1, P["conv2.w"], P["conv2.b"], sc2, sh2,
                 P["fc1.w"], np.zeros(FC1_UNITS, self.dtype), P["fc1.b"], sc3, sh3, P["fc2.w"], P["fc2.b"])
+        block = inference.infer_block_unit_into if sc1.shape[1] > 1 else inference.infer_block_into
         if n <= SMALL_BATCH:
-            inference.infer_block_into(x, *args, out)
+            block(x, *args, out)
         else:
-            run_blocks(lambda r: inference.infer_block_into(x[r], *args, out[r]), n, PREDICT_BLOCK)
+            run_blocks(lambda r: block(x[r], *args, out[r]), n, PREDICT_BLOCK)
         return out
 
     def _inference_affine(self):

@@ -10,7 +10,7 @@ w3 (65,1024), w4 (C,65).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import literally, njit
 
 from .activation import elu, logistic, velu
 from .conv16 import conv16_image
@@ -61,35 +61,22 @@ def _pool_elu_map(z, f, W, bias, scale, shift, per_unit, out, at, row):
         vstore(out, at + k * row, velu(best))
 
 
-@njit(inline="always")
-def _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, per_unit, flat):
-    # x (N,1,32,32) image n   ->   flat[n] (1024,) = ELU(pool(bn2(conv2(ELU(pool(bn1(conv1 x))))))))
-    xp = np.zeros((1, 36 * 36), x.dtype)             # (1, 36*36) padded input
+@njit(nogil=True)
+def _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, per_unit, flat, xp, z1, p1, z2):
+    # x (N,1,32,32) image n   ->   flat[n] (1024,) = ELU(pool(bn2(conv2(ELU(pool(bn1(conv1 x))))))));
+    # xp (1,36*36) and p1 (6,20*20) zero borders, z1 (6,32*32), z2 (16,16*16) scratch. per_unit: a
+    # literal of each caller (numba compiles one copy per value, its tests folded away). Not inline:
+    # numba copies an inlined callee's whole IR into its caller, seconds of first-run compile
+    literally(per_unit)
     for y in range(32):
         for xx in range(32):
             xp[0, (y + 2) * 36 + xx + 2] = x[n, 0, y, xx]
-    z1 = np.empty((6, 32 * 32), x.dtype)             # (6, 32*32) conv1 output
     conv32_image(xp, 0, w1, z1, 0)
-    p1 = np.zeros((6, 20 * 20), x.dtype)             # (6, 20*20) padded conv2 input
     for f in range(6):
         _pool_elu_map(z1, f, 32, b1[f], sc1, sh1, per_unit, p1, f * 400 + 2 * 20 + 2, 20)
-    z2 = np.empty((16, 16 * 16), x.dtype)            # (16, 16*16) conv2 output (16-lane kernel)
     conv16_image(p1, 0, w2, z2, 0)
     for f in range(16):
         _pool_elu_map(z2, f, 16, b2[f], sc2, sh2, per_unit, flat, n * 1024 + f * 64, 16)
-
-
-@njit(cache=True, nogil=True)
-def infer_features_into(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat):
-    # x (N,1,32,32), w1 (6,1,5,5), b1 (6,), sc1/sh1 (6,U1), w2 (16,6,5,5), b2 (16,), sc2/sh2 (16,U2)
-    #   ->   flat (N,1024): the C-order flattened input of fc1. U = H*W (unit BN) or 1.
-    # One thread; model.predict_proba hands blocks of images to the worker threads (kernels.threads).
-    if sc1.shape[1] > 1:             # per-unit BN; each case in a loop of its own (a test inside is slower)
-        for n in range(x.shape[0]):
-            _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, True, flat)
-    else:
-        for n in range(x.shape[0]):
-            _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, False, flat)
 
 
 @njit(inline="always")
@@ -113,15 +100,35 @@ def infer_head_into(z3, b3, sc3, sh3, w4, b4, probs):
         _infer_head_row(z3, n, b3, sc3, sh3, w4, b4, a, probs)
 
 
+@njit(inline="always")
+def _blocks_arrays(x, w3):
+    # a block's flat (N,1024) fc1 input, z3 (N,65) fc1 output, and _infer_image's scratch
+    f = x.dtype
+    return (np.empty((x.shape[0], 1024), f), np.empty((x.shape[0], w3.shape[0]), f), np.zeros((1, 36 * 36), f),
+            np.empty((6, 32 * 32), f), np.zeros((6, 20 * 20), f), np.empty((16, 16 * 16), f))
+
+
 @njit(cache=True, nogil=True)
 def infer_block_into(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3, b3, sc3, sh3, w4, b4, probs):
-    # x (N,1,32,32) a block of images (N a few), the layers' parameters and folds as above, zero3
-    # (65,) zeros   ->   probs (N,C): the features image by image, fc1 in the training path's
-    # 16-lane loop (fc.fc_forward_loop_into, bias 0: infer_head_into adds b3; its sums do not depend
-    # on how the images are grouped), the head. No BLAS and no shared array: blocks run on any thread.
-    N = x.shape[0]
-    flat = np.empty((N, 1024), x.dtype)             # (N,1024)
-    z3 = np.empty((N, w3.shape[0]), x.dtype)        # (N,65)
-    infer_features_into(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, flat)
+    # x (N,1,32,32) a block of images (N a few); w1 (6,1,5,5), b1 (6,), sc1/sh1 (6,1), w2
+    # (16,6,5,5), b2 (16,), sc2/sh2 (16,1) (no BN, or per channel), w3 (65,1024), zero3 (65,)
+    # zeros, b3/sc3/sh3 (65,), w4 (C,65), b4 (C,)   ->   probs (N,C): the features image by image,
+    # fc1 in the training path's 16-lane loop (fc.fc_forward_loop_into, bias 0: infer_head_into
+    # adds b3; its sums do not depend on how the images are grouped), the head. No BLAS and no
+    # shared array: blocks run on any thread.
+    flat, z3, xp, z1, p1, z2 = _blocks_arrays(x, w3)
+    for n in range(x.shape[0]):
+        _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, False, flat, xp, z1, p1, z2)
+    fc_forward_loop_into(flat, w3, zero3, z3)
+    infer_head_into(z3, b3, sc3, sh3, w4, b4, probs)
+
+
+@njit(cache=True, nogil=True)
+def infer_block_unit_into(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3, b3, sc3, sh3, w4, b4, probs):
+    # infer_block_into with per-unit BN: sc1/sh1 (6,1024), sc2/sh2 (16,256). A kernel of its own,
+    # so that the other networks never compile this copy of the conv part
+    flat, z3, xp, z1, p1, z2 = _blocks_arrays(x, w3)
+    for n in range(x.shape[0]):
+        _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, True, flat, xp, z1, p1, z2)
     fc_forward_loop_into(flat, w3, zero3, z3)
     infer_head_into(z3, b3, sc3, sh3, w4, b4, probs)

@@ -101,34 +101,32 @@ def infer_head_into(z3, b3, sc3, sh3, w4, b4, probs):
 
 
 @njit(inline="always")
-def _blocks_arrays(x, w3):
-    # a block's flat (N,1024) fc1 input, z3 (N,65) fc1 output, and _infer_image's scratch
-    f = x.dtype
-    return (np.empty((x.shape[0], 1024), f), np.empty((x.shape[0], w3.shape[0]), f), np.zeros((1, 36 * 36), f),
-            np.empty((6, 32 * 32), f), np.zeros((6, 20 * 20), f), np.empty((16, 16 * 16), f))
+def _infer_block(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3, b3, sc3, sh3, w4, b4, probs, per_unit):
+    # x (N,1,32,32) a block of images (N a few); w1 (6,1,5,5), b1 (6,), sc1/sh1 (6,U1), w2
+    # (16,6,5,5), b2 (16,), sc2/sh2 (16,U2), w3 (65,1024), zero3 (65,) zeros, b3/sc3/sh3 (65,), w4
+    # (C,65), b4 (C,)   ->   probs (N,C): the features image by image, fc1 in the training path's
+    # 16-lane loop (fc.fc_forward_loop_into, bias 0: infer_head_into adds b3; its sums do not depend
+    # on how the images are grouped), the head. No BLAS and no shared array: blocks run on any
+    # thread. per_unit: the literal of the kernel below that inlines this (small: _infer_image is a call)
+    N, f = x.shape[0], x.dtype
+    flat = np.empty((N, 1024), f)                    # (N,1024) fc1's input
+    z3 = np.empty((N, w3.shape[0]), f)               # (N,65) fc1's output
+    xp, z1 = np.zeros((1, 36 * 36), f), np.empty((6, 32 * 32), f)       # _infer_image's scratch
+    p1, z2 = np.zeros((6, 20 * 20), f), np.empty((16, 16 * 16), f)
+    for n in range(N):
+        _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, per_unit, flat, xp, z1, p1, z2)
+    fc_forward_loop_into(flat, w3, zero3, z3)
+    infer_head_into(z3, b3, sc3, sh3, w4, b4, probs)
 
 
 @njit(cache=True, nogil=True)
 def infer_block_into(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3, b3, sc3, sh3, w4, b4, probs):
-    # x (N,1,32,32) a block of images (N a few); w1 (6,1,5,5), b1 (6,), sc1/sh1 (6,1), w2
-    # (16,6,5,5), b2 (16,), sc2/sh2 (16,1) (no BN, or per channel), w3 (65,1024), zero3 (65,)
-    # zeros, b3/sc3/sh3 (65,), w4 (C,65), b4 (C,)   ->   probs (N,C): the features image by image,
-    # fc1 in the training path's 16-lane loop (fc.fc_forward_loop_into, bias 0: infer_head_into
-    # adds b3; its sums do not depend on how the images are grouped), the head. No BLAS and no
-    # shared array: blocks run on any thread.
-    flat, z3, xp, z1, p1, z2 = _blocks_arrays(x, w3)
-    for n in range(x.shape[0]):
-        _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, False, flat, xp, z1, p1, z2)
-    fc_forward_loop_into(flat, w3, zero3, z3)
-    infer_head_into(z3, b3, sc3, sh3, w4, b4, probs)
+    # _infer_block without BN or with per-channel BN: U1 = U2 = 1
+    _infer_block(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3, b3, sc3, sh3, w4, b4, probs, False)
 
 
 @njit(cache=True, nogil=True)
 def infer_block_unit_into(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3, b3, sc3, sh3, w4, b4, probs):
-    # infer_block_into with per-unit BN: sc1/sh1 (6,1024), sc2/sh2 (16,256). A kernel of its own,
-    # so that the other networks never compile this copy of the conv part
-    flat, z3, xp, z1, p1, z2 = _blocks_arrays(x, w3)
-    for n in range(x.shape[0]):
-        _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, True, flat, xp, z1, p1, z2)
-    fc_forward_loop_into(flat, w3, zero3, z3)
-    infer_head_into(z3, b3, sc3, sh3, w4, b4, probs)
+    # _infer_block with per-unit BN: U1 = 1024, U2 = 256. A kernel of its own, so that the other
+    # networks never compile this copy of the conv part
+    _infer_block(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3, b3, sc3, sh3, w4, b4, probs, True)

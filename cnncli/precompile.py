@@ -218,20 +218,24 @@ class Precompile:
     worker takes validation's first (the inference kernel is the longest task: started last, it would
     finish after everything else; validation needs it only at the end of the epoch), then the first
     step's from the last one back (this process meets them from the front as the run calls them),
-    the BACKGROUND kernels last (the run goes without them until they are done).
+    the BACKGROUND kernels last (the run goes without them until they are done); or, with
+    background_last=False (for a caller that only `wait()`s: `cnn warmup`), first, as the longest tasks.
     A call of a kernel no one took compiles it here;
     of one a worker took, waits for it and loads it from the cache. So no process idles while a kernel
     it needs is left, and a busy machine loses nothing to the workers. A failed worker leaves its kernel
     to this process; the workers are daemons, ended when the run ends (a bad path, Ctrl-C)."""
 
-    def __init__(self, todo: dict, workers: int, later=None):
+    def __init__(self, todo: dict, workers: int, later=None, background_last: bool = True):
         import multiprocessing
 
         items = list(todo.items()) + list((later or {}).items())
         self.kernels, self.workers, self.t0 = len(items), workers, time.perf_counter()
         self._tasks = [(d.py_func.__module__, d.py_func.__name__, sorted(sigs, key=str)) for d, sigs in items]
         order = list(range(len(todo), len(items))) + list(range(len(todo) - 1, -1, -1))
-        order.sort(key=lambda i: _background(items[i][0]))       # last (a stable sort)
+        order.sort(key=lambda i: _background(items[i][0]) == background_last)   # last or first (stable)
+        # wait(): this process from the front (the first step's kernels in the order the run calls them),
+        # or, everything at once, in the workers' order (longest first)
+        self._mine = list(range(len(items))) if background_last else order
         # spawn, not fork: this process may already run numba's and OpenBLAS's threads
         ctx = multiprocessing.get_context("spawn")
         self._state = ctx.Array("b", len(items))                   # FREE/TAKEN/DONE per task
@@ -286,10 +290,10 @@ class Precompile:
     def wait(self) -> float:
         """Compile here what no worker took, wait for the workers -> seconds since the start."""
         self._go.value = 1
-        for i, task in enumerate(self._tasks):
+        for i in self._mine:
             if self._claim(i):
                 try:
-                    _compile(*task)
+                    _compile(*self._tasks[i])
                 finally:
                     self._state[i] = DONE
         for i in range(len(self._tasks)):
@@ -357,7 +361,7 @@ def warmup(variants=("none", "unit", "channel"), workers=None) -> tuple[int, flo
         for disp, sigs in (missing(record_calls(training_run(bn))) or {}).items():
             todo.setdefault(disp, set()).update(sigs)
     if todo:
-        Precompile(todo, min(workers, len(todo))).wait()
+        Precompile(todo, min(workers, len(todo)), background_last=False).wait()
     return sum(map(len, todo.values())), time.perf_counter() - t
 
 

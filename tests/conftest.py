@@ -3,6 +3,7 @@ CI=true a torch that cannot be imported fails the run instead of skipping the Py
 
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -30,26 +31,52 @@ def _private_dataset_cache():
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _warm_numba_cache():
+def _warm_numba_cache(request, tmp_path_factory):
     """Numba compiles with cache=True, and several processes compiling the same cached *parallel*
     function at once can race on the cache files (numba issue 4807); the CLI tests start `cnn`
     subprocesses. So every kernel the network uses (float32 and float64, all BN variants, training
-    and inference, and the fused Adam step) is compiled here first, in this process: the
-    subprocesses then load the cache."""
+    and inference, and the fused Adam step) is compiled here first: by cnncli.precompile, a kernel per
+    task in this and cores - 1 spawned processes (one process per kernel, so no two write one cache
+    file), then loaded by a real run of each here; the subprocesses then load the cache. test_slp's
+    other-settings process, when that test runs, compiles alongside (its own cache) and is waited for
+    here too, so no test shares the cores with a compile."""
     import numpy as np
 
+    from cnncli import precompile
     from cnncli.model import BATCHNORM, Network
     from cnncli.optim import Optimizer
 
-    rng = np.random.default_rng(0)
-    for dtype in (np.float32, np.float64):
-        x = rng.standard_normal((3, 1, 32, 32)).astype(dtype)
-        y = np.array([0, 1, 2])
-        for bn in BATCHNORM:
-            net = Network(12, bn, dtype=dtype)
-            net.train_step(x, y)
-            net.predict_proba(x)
-        Optimizer("adam", net.params.flat.size, 1e-3, dtype=dtype).step(net.params.flat, net.grads.flat)
+    slp = None
+    if any(Path(str(item.fspath)).name == "test_slp.py" for item in request.session.items):
+        import test_slp
+
+        slp = test_slp.OtherSettings(tmp_path_factory.mktemp("slp"))
+        test_slp.STARTED.append(slp)
+
+    def warm():
+        rng = np.random.default_rng(0)
+        with np.errstate(all="ignore"):           # a dry run's stubbed kernels leave garbage behind
+            for dtype in (np.float32, np.float64):
+                x = rng.standard_normal((3, 1, 32, 32)).astype(dtype)
+                y = np.array([0, 1, 2])
+                for bn in BATCHNORM:
+                    net = Network(12, bn, dtype=dtype)
+                    net.train_step(x, y)
+                    net.predict_proba(x)
+                opt = Optimizer("adam", net.params.flat.size, 1e-3, dtype=dtype)
+                opt.step(net.params.flat, net.grads.flat)
+
+    runs = [warm] + [precompile.training_run(bn, "adam", dtype) for bn in BATCHNORM
+                     for dtype in (np.float32, np.float64)]
+    todo = {}
+    for run in runs:
+        for disp, sigs in (precompile.missing(precompile.record_calls(run)) or {}).items():
+            todo.setdefault(disp, set()).update(sigs)
+    if todo:
+        precompile.Precompile(todo, max(1, min(precompile.cpu_count() - 1, len(todo))), background_last=False).wait()
+    warm()
+    if slp is not None:
+        slp.wait()
     yield
 
 

@@ -44,23 +44,48 @@ def outputs() -> dict:
     return out
 
 
-def test_slp_vectorizer_changes_no_bits(tmp_path):
-    import numba
+class OtherSettings:
+    """This file run as a script in a fresh process with the other SLP setting and its own numba cache
+    (compiling every kernel there takes minutes: tests/conftest.py starts it with the session's warm-up
+    so the two compile side by side)."""
 
-    here = bool(numba.config.SLP_VECTORIZE)
-    env = dict(os.environ, NUMBA_SLP_VECTORIZE="0" if here else "1",
-               NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
-    path = tmp_path / "other.npz"
-    root = Path(__file__).resolve().parents[1]
-    res = subprocess.run([sys.executable, __file__, str(path)], env=env, cwd=root,
-                         capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.strip() == f"SLP {'off' if here else 'on'}"     # the other process really differs
+    def __init__(self, folder: Path):
+        import numba
+
+        self.here = bool(numba.config.SLP_VECTORIZE)
+        self.path = folder / "other.npz"
+        env = dict(os.environ, NUMBA_SLP_VECTORIZE="0" if self.here else "1",
+                   NUMBA_CACHE_DIR=str(folder / "numba-cache"))
+        self.proc = subprocess.Popen([sys.executable, __file__, str(self.path)], env=env,
+                                     cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.result = None
+
+    def wait(self):
+        """-> (returncode, stdout, stderr) of the process, once it ends (killed after 15 minutes)."""
+        if self.result is None:
+            try:
+                out, err = self.proc.communicate(timeout=900)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                out, err = self.proc.communicate()
+            self.result = (self.proc.returncode, out, err)
+        return self.result
+
+
+STARTED = []     # the OtherSettings tests/conftest.py started with the warm-up
+
+
+def test_slp_vectorizer_changes_no_bits(tmp_path):
+    other = STARTED.pop() if STARTED else OtherSettings(tmp_path)
+    code, out, err = other.wait()
+    assert code == 0, err[-3000:]
+    assert out.strip() == f"SLP {'off' if other.here else 'on'}"     # the other process really differs
     mine = outputs()
-    with np.load(path) as other:
-        assert sorted(other.files) == sorted(mine)
-        differ = [k for k in mine if not np.array_equal(mine[k], other[k])]
-    assert not differ, f"SLP {'on' if here else 'off'} vs {'off' if here else 'on'} differ in: {differ}"
+    with np.load(other.path) as theirs:
+        assert sorted(theirs.files) == sorted(mine)
+        differ = [k for k in mine if not np.array_equal(mine[k], theirs[k])]
+    assert not differ, f"SLP {'on' if other.here else 'off'} vs {'off' if other.here else 'on'} differ in: {differ}"
 
 
 if __name__ == "__main__":

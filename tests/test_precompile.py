@@ -288,3 +288,24 @@ def test_a_worker_starts_the_background_kernels_only_when_let_go(monkeypatch):
     precompile._worker([("m", "a", []), ("m", "late", []), ("m", "b", [])], [0, 2, 1], state, go)
     timer.join()
     assert done == [("a", 0), ("b", 0), ("late", 1)] and niced and state == [precompile.DONE] * 3
+
+
+@pytest.mark.parametrize("background_last", [True, False])
+def test_wait_alone_takes_the_longest_background_kernel_first(monkeypatch, background_last):
+    """Precompile.wait() with no worker compiles every task here: for a run (background_last) in the
+    order the run calls them; for `cnn warmup` and the test warm-up, which only wait, the BACKGROUND
+    kernel (the longest task) first, then the workers' order (validation's, then the step's backwards)."""
+    from cnncli import precompile
+
+    monkeypatch.setattr(precompile, "BACKGROUND", (("m", "step"),))
+    done = []
+    monkeypatch.setattr(precompile, "_compile", lambda module, name, sigs: done.append(name))
+
+    class Disp:                  # what Precompile reads of a numba dispatcher
+        def __init__(self, name):
+            self.py_func = types.SimpleNamespace(__module__="m", __name__=name)
+
+    todo = {Disp(name): {"sig"} for name in ("first", "step", "second")}
+    precompile.Precompile(todo, 0, {Disp("validation"): {"sig"}}, background_last=background_last).wait()
+    assert done == (["first", "step", "second", "validation"] if background_last
+                    else ["step", "validation", "second", "first"])

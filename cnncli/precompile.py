@@ -182,10 +182,10 @@ def compiling_elsewhere(disp) -> bool:
     return any(job.busy(disp) for job in _JOBS)
 
 
-def _worker(tasks: list, order: list, state, go) -> None:
-    """Worker process: claim the next free task in `order`, compile it, until none is left. The
-    BACKGROUND kernels (last in `order`) wait for `go` (the run's first steps are through: their
-    kernels are compiled) and compile at the lowest CPU priority: the run trains without them
+def _worker(tasks: list, order: list, state, go, for_a_run: bool = True) -> None:
+    """Worker process: claim the next free task in `order`, compile it, until none is left. For a
+    run, the BACKGROUND kernels (last in `order`) wait for `go` (the run's first steps are through:
+    their kernels are compiled) and compile at the lowest CPU priority: the run trains without them
     meanwhile, and its threads keep their cores (os.nice: POSIX; elsewhere as before)."""
     while True:
         with state.get_lock():
@@ -194,7 +194,7 @@ def _worker(tasks: list, order: list, state, go) -> None:
                 return
             state[i] = TAKEN
         try:
-            if tuple(tasks[i][:2]) in BACKGROUND:     # nothing but BACKGROUND kernels is left here
+            if for_a_run and tuple(tasks[i][:2]) in BACKGROUND:     # (last: nothing else is left)
                 while not go.value:
                     time.sleep(0.05)
                 if hasattr(os, "nice"):
@@ -219,7 +219,8 @@ class Precompile:
     finish after everything else; validation needs it only at the end of the epoch), then the first
     step's from the last one back (this process meets them from the front as the run calls them),
     the BACKGROUND kernels last (the run goes without them until they are done); or, with
-    background_last=False (for a caller that only `wait()`s: `cnn warmup`), first, as the longest tasks.
+    background_last=False (for a caller that only `wait()`s: `cnn warmup`), first, as the longest tasks,
+    at the workers' normal priority.
     A call of a kernel no one took compiles it here;
     of one a worker took, waits for it and loads it from the cache. So no process idles while a kernel
     it needs is left, and a busy machine loses nothing to the workers. A failed worker leaves its kernel
@@ -240,7 +241,8 @@ class Precompile:
         ctx = multiprocessing.get_context("spawn")
         self._state = ctx.Array("b", len(items))                   # FREE/TAKEN/DONE per task
         self._go = ctx.Value("b", 0)                                # 1: the BACKGROUND kernels may start
-        self._procs = [ctx.Process(target=_worker, args=(self._tasks, order, self._state, self._go), daemon=True,
+        self._procs = [ctx.Process(target=_worker, args=(self._tasks, order, self._state, self._go, background_last),
+                                   daemon=True,
                                    name=f"cnncli-compile-{k}") for k in range(workers)]
         for p in self._procs:
             p.start()

@@ -267,7 +267,7 @@ def test_a_run_waits_at_its_end_for_the_background_kernel_a_worker_compiles():
 
 def test_a_worker_starts_the_background_kernels_only_when_let_go(monkeypatch):
     """_worker compiles the other kernels at once, then waits for `go` before a BACKGROUND one
-    (the run's first steps need its cores) and lowers its priority for it."""
+    (the run's first steps need its cores) and lowers its priority for it; not for `cnn warmup`."""
     import threading as th
 
     from cnncli import precompile
@@ -288,6 +288,13 @@ def test_a_worker_starts_the_background_kernels_only_when_let_go(monkeypatch):
     precompile._worker([("m", "a", []), ("m", "late", []), ("m", "b", [])], [0, 2, 1], state, go)
     timer.join()
     assert done == [("a", 0), ("b", 0), ("late", 1)] and niced and state == [precompile.DONE] * 3
+
+    # for `cnn warmup` (nothing trains meanwhile): in order, at once, at the normal priority
+    done.clear(), niced.clear()
+    go.value = 0
+    state = State([precompile.FREE] * 3)
+    precompile._worker([("m", "a", []), ("m", "late", []), ("m", "b", [])], [1, 0, 2], state, go, False)
+    assert done == [("late", 0), ("a", 0), ("b", 0)] and not niced and state == [precompile.DONE] * 3
 
 
 @pytest.mark.parametrize("background_last", [True, False])

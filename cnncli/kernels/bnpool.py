@@ -32,6 +32,12 @@ from .simd import (vadd, vfma, vhsum, vload, vload_i8, vmul, vsel_eq, vsel_gt, v
 # The per-map loops below index every array in place and call only helpers on vectors: an array
 # handed to a helper inside a loop costs a reference count (an atomic) per call.
 
+# Per unit, the loops hold a block's coefficients in registers through GROUP images at a time: the
+# images of a group are read side by side, one stream per image and array, and the hardware
+# prefetchers follow about four such streams of each array, not a whole shard's (8 images: the
+# backward then ran ~1.5x slower on arrays out of L2, scripts/bn_unit_group.py).
+GROUP = 4
+
 @njit(inline="always")
 def _memory(W, e0, e1, e2, e3):
     # the inverse of _windows: positions 0..3 of 16 windows -> the block's 4 vectors in memory order
@@ -101,24 +107,25 @@ def _pool_store(pp, o, arg, n, C, c, i, W, zo, pos, y0, y1, y2, y3):
 
 
 @njit(inline="always")
-def _forward_units(z, coef, pp, o, arg, W):
-    # per unit: block by block of 64 units, their m, a, beta in registers through the shard's
-    # images (the operations of _forward_map with each unit's own values)
+def _forward_units(z, coef, pp, o, arg, W, G):
+    # per unit: G images at a time, block by block of 64 units, the block's m, a, beta in
+    # registers through the group's images (the operations of _forward_map with each unit's own values)
     N, C = arg.shape[0], arg.shape[1]
     S, E = W * W, coef.shape[1]
     pos = _positions(pp)
-    for c in range(C):
-        for i in range(S // 64):
-            u = c * S + i * 64
-            m0, m1, m2, m3 = _load4(coef, u)
-            a0, a1, a2, a3 = _load4(coef, A_ROW * E + u)
-            b0, b1, b2, b3 = _load4(coef, BETA_ROW * E + u)
-            for n in range(N):
-                zo = (n * C + c) * S
-                r = zo + i * 64
-                y0, y1 = vfma(vsub(vload(z, r), m0), a0, b0), vfma(vsub(vload(z, r + 16), m1), a1, b1)
-                y2, y3 = vfma(vsub(vload(z, r + 32), m2), a2, b2), vfma(vsub(vload(z, r + 48), m3), a3, b3)
-                _pool_store(pp, o, arg, n, C, c, i, W, zo, pos, y0, y1, y2, y3)
+    for n0 in range(0, N, G):
+        for c in range(C):
+            for i in range(S // 64):
+                u = c * S + i * 64
+                m0, m1, m2, m3 = _load4(coef, u)
+                a0, a1, a2, a3 = _load4(coef, A_ROW * E + u)
+                b0, b1, b2, b3 = _load4(coef, BETA_ROW * E + u)
+                for n in range(n0, min(N, n0 + G)):
+                    zo = (n * C + c) * S
+                    r = zo + i * 64
+                    y0, y1 = vfma(vsub(vload(z, r), m0), a0, b0), vfma(vsub(vload(z, r + 16), m1), a1, b1)
+                    y2, y3 = vfma(vsub(vload(z, r + 32), m2), a2, b2), vfma(vsub(vload(z, r + 48), m3), a3, b3)
+                    _pool_store(pp, o, arg, n, C, c, i, W, zo, pos, y0, y1, y2, y3)
 
 
 @njit(cache=True, nogil=True)
@@ -129,13 +136,13 @@ def bn_pool_elu_forward_into(z, coef, pp, o, arg, unit):
     # first, as pool.py)
     N, C = arg.shape[0], arg.shape[1]
     if z.shape[3] == 32 and unit:    # each case in a loop of its own (as pool.py: a test per map is slower)
-        _forward_units(z, coef, pp, o, arg, 32)
+        _forward_units(z, coef, pp, o, arg, 32, GROUP)
     elif z.shape[3] == 32:
         for n in range(N):
             for c in range(C):
                 _forward_map(z, coef, pp, o, arg, n, c, 32)
     elif unit:
-        _forward_units(z, coef, pp, o, arg, 16)
+        _forward_units(z, coef, pp, o, arg, 16, GROUP)
     else:
         for n in range(N):
             for c in range(C):
@@ -162,49 +169,39 @@ def _sums_map(dp, pp, o, arg, z, coef, n, c, W, s1, s2):
 
 
 @njit(inline="always")
-def _unit_sums(dp, pp, o, arg, z, coef, out, W):
-    # bn_unpool_sums_into per unit: block by block of 64 units, each unit's dy and dy*xhat summed
-    # over n in order in float64 registers (from 0, as a zeroed out), written once. The sums stay
-    # in window order (position k of the 16 windows) and each image adds its winners only, a
-    # masked add per position: dy is 0 at the other three, and adding that 0 (or 0 * xhat, xhat
-    # finite) would leave the same bits (a sum from +0 never holds -0); memory order once per block
+def _unit_sums(dp, pp, o, arg, z, coef, out, W, G):
+    # bn_unpool_sums_into per unit: G images at a time, block by block of 64 units, each unit's
+    # dy and dy*xhat added over n in order to float64 registers (from 0 for the first group, else
+    # from out), written back after each group. dy is 0 off each window's winner, and adding that 0
+    # (or 0 * xhat, xhat finite) to a sum leaves its bits (a sum from +0 never holds -0)
     N, C = arg.shape[0], arg.shape[1]
     S, E = W * W, coef.shape[1]
-    Hq, Wq = pp.shape[2], pp.shape[3]
     pos = _positions(pp)
-    p0, p1, p2, p3 = _positions(out)               # (0, 1, 2, 3) in float64 lanes
     one = vsplat(pp.dtype.type(1))
     zero = vzero(out)
-    for c in range(C):
-        for i in range(S // 64):
-            r, u = i * 64, c * S + i * 64
-            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero
-            m0, m1, m2, m3 = _load4(coef, u)
-            m0, m1, m2, m3 = _windows(W, m0, m1, m2, m3)
-            i0, i1, i2, i3 = _load4(coef, INV_ROW * E + u)
-            i0, i1, i2, i3 = _windows(W, i0, i1, i2, i3)
-            for n in range(N):
-                zo = (n * C + c) * S
-                g = _elu_grad(vload(dp, zo // 4 + i * 16), vload(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W)), one,
-                              pos[0])
-                kv = vload_i8(arg, zo // 4 + i * 16, pp)
-                z0, z1, z2, z3 = _load4(z, zo + r)
-                z0, z1, z2, z3 = _windows(W, z0, z1, z2, z3)
-                zw = vsel_eq(kv, pos[0], z0, vsel_eq(kv, pos[1], z1, vsel_eq(kv, pos[2], z2, z3)))
-                mw = vsel_eq(kv, pos[0], m0, vsel_eq(kv, pos[1], m1, vsel_eq(kv, pos[2], m2, m3)))
-                iw = vsel_eq(kv, pos[0], i0, vsel_eq(kv, pos[1], i1, vsel_eq(kv, pos[2], i2, i3)))
-                gd, xd = vwiden(g), vwiden(vmul(g, vmul(vsub(zw, mw), iw)))
-                kd = vwiden(kv)
-                a0, b0 = vsel_eq(kd, p0, vadd(a0, gd), a0), vsel_eq(kd, p0, vadd(b0, xd), b0)
-                a1, b1 = vsel_eq(kd, p1, vadd(a1, gd), a1), vsel_eq(kd, p1, vadd(b1, xd), b1)
-                a2, b2 = vsel_eq(kd, p2, vadd(a2, gd), a2), vsel_eq(kd, p2, vadd(b2, xd), b2)
-                a3, b3 = vsel_eq(kd, p3, vadd(a3, gd), a3), vsel_eq(kd, p3, vadd(b3, xd), b3)
-            a0, a1, a2, a3 = _memory(W, a0, a1, a2, a3)
-            b0, b1, b2, b3 = _memory(W, b0, b1, b2, b3)
-            for k, t in enumerate((a0, a1, a2, a3)):
-                vstore(out, u + 16 * k, t)
-            for k, t in enumerate((b0, b1, b2, b3)):
-                vstore(out, E + u + 16 * k, t)
+    for n0 in range(0, N, G):
+        for c in range(C):
+            for i in range(S // 64):
+                u = c * S + i * 64
+                if n0 == 0:
+                    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero
+                else:
+                    a0, a1, a2, a3 = _load4(out, u)
+                    b0, b1, b2, b3 = _load4(out, E + u)
+                m0, m1, m2, m3 = _load4(coef, u)
+                i0, i1, i2, i3 = _load4(coef, INV_ROW * E + u)
+                for n in range(n0, min(N, n0 + G)):
+                    zo = (n * C + c) * S
+                    r = zo + i * 64
+                    d0, d1, d2, d3 = _dy_block(dp, pp, o, arg, n, C, c, i, W, zo, pos, one)
+                    a0, b0 = vadd(a0, vwiden(d0)), vadd(b0, vwiden(vmul(d0, vmul(vsub(vload(z, r), m0), i0))))
+                    a1, b1 = vadd(a1, vwiden(d1)), vadd(b1, vwiden(vmul(d1, vmul(vsub(vload(z, r + 16), m1), i1))))
+                    a2, b2 = vadd(a2, vwiden(d2)), vadd(b2, vwiden(vmul(d2, vmul(vsub(vload(z, r + 32), m2), i2))))
+                    a3, b3 = vadd(a3, vwiden(d3)), vadd(b3, vwiden(vmul(d3, vmul(vsub(vload(z, r + 48), m3), i3))))
+                for k, t in enumerate((a0, a1, a2, a3)):
+                    vstore(out, u + 16 * k, t)
+                for k, t in enumerate((b0, b1, b2, b3)):
+                    vstore(out, E + u + 16 * k, t)
 
 
 @njit(cache=True, nogil=True)
@@ -217,9 +214,9 @@ def bn_unpool_sums_into(dp, pp, o, arg, z, coef, out):
     W = z.shape[3]
     per_unit = out.shape[0] // 2 != arg.shape[1]
     if W == 32 and per_unit:         # each case in a loop of its own, W a constant there
-        _unit_sums(dp, pp, o, arg, z, coef, out, 32)
+        _unit_sums(dp, pp, o, arg, z, coef, out, 32, GROUP)
     elif per_unit:
-        _unit_sums(dp, pp, o, arg, z, coef, out, 16)
+        _unit_sums(dp, pp, o, arg, z, coef, out, 16, GROUP)
     elif W == 32:
         _channel_sums(dp, pp, o, arg, z, coef, out, 32)
     else:
@@ -272,29 +269,31 @@ def _dy_block(dp, pp, o, arg, n, C, c, i, W, zo, pos, one):
 
 
 @njit(inline="always")
-def _backward_units(dp, pp, o, arg, z, coef, dz, W):
-    # bn_unpool_backward_into per unit: block by block of 64 units, their five coefficients in
-    # registers through the shard's images (the operations of _backward_map with each unit's own)
+def _backward_units(dp, pp, o, arg, z, coef, dz, W, G):
+    # bn_unpool_backward_into per unit: G images at a time, block by block of 64 units, their
+    # five coefficients in registers through the group's images (the operations of _backward_map
+    # with each unit's own)
     N, C = arg.shape[0], arg.shape[1]
     S, E = W * W, coef.shape[1]
     pos = _positions(pp)
     one = vsplat(pp.dtype.type(1))
-    for c in range(C):
-        for i in range(S // 64):
-            u = c * S + i * 64
-            m0, m1, m2, m3 = _load4(coef, u)
-            i0, i1, i2, i3 = _load4(coef, INV_ROW * E + u)
-            a0, a1, a2, a3 = _load4(coef, A_ROW * E + u)
-            g0, g1, g2, g3 = _load4(coef, G_ROW * E + u)
-            b0, b1, b2, b3 = _load4(coef, B_ROW * E + u)
-            for n in range(N):
-                zo = (n * C + c) * S
-                r = zo + i * 64
-                d0, d1, d2, d3 = _dy_block(dp, pp, o, arg, n, C, c, i, W, zo, pos, one)
-                vstore(dz, r, _dz(d0, vload(z, r), m0, i0, a0, g0, b0))
-                vstore(dz, r + 16, _dz(d1, vload(z, r + 16), m1, i1, a1, g1, b1))
-                vstore(dz, r + 32, _dz(d2, vload(z, r + 32), m2, i2, a2, g2, b2))
-                vstore(dz, r + 48, _dz(d3, vload(z, r + 48), m3, i3, a3, g3, b3))
+    for n0 in range(0, N, G):
+        for c in range(C):
+            for i in range(S // 64):
+                u = c * S + i * 64
+                m0, m1, m2, m3 = _load4(coef, u)
+                i0, i1, i2, i3 = _load4(coef, INV_ROW * E + u)
+                a0, a1, a2, a3 = _load4(coef, A_ROW * E + u)
+                g0, g1, g2, g3 = _load4(coef, G_ROW * E + u)
+                b0, b1, b2, b3 = _load4(coef, B_ROW * E + u)
+                for n in range(n0, min(N, n0 + G)):
+                    zo = (n * C + c) * S
+                    r = zo + i * 64
+                    d0, d1, d2, d3 = _dy_block(dp, pp, o, arg, n, C, c, i, W, zo, pos, one)
+                    vstore(dz, r, _dz(d0, vload(z, r), m0, i0, a0, g0, b0))
+                    vstore(dz, r + 16, _dz(d1, vload(z, r + 16), m1, i1, a1, g1, b1))
+                    vstore(dz, r + 32, _dz(d2, vload(z, r + 32), m2, i2, a2, g2, b2))
+                    vstore(dz, r + 48, _dz(d3, vload(z, r + 48), m3, i3, a3, g3, b3))
 
 
 @njit(cache=True, nogil=True)
@@ -303,13 +302,13 @@ def bn_unpool_backward_into(dp, pp, o, arg, z, coef, dz, unit):
     # as in bn_pool_elu_forward_into   ->   dz (N,C,W,W) = a * dy + (G * xhat + B), BN's input gradient
     N, C = arg.shape[0], arg.shape[1]
     if z.shape[3] == 32 and unit:    # each case in a loop of its own
-        _backward_units(dp, pp, o, arg, z, coef, dz, 32)
+        _backward_units(dp, pp, o, arg, z, coef, dz, 32, GROUP)
     elif z.shape[3] == 32:
         for n in range(N):
             for c in range(C):
                 _backward_map(dp, pp, o, arg, z, coef, dz, n, c, 32)
     elif unit:
-        _backward_units(dp, pp, o, arg, z, coef, dz, 16)
+        _backward_units(dp, pp, o, arg, z, coef, dz, 16, GROUP)
     else:
         for n in range(N):
             for c in range(C):

@@ -19,6 +19,9 @@ Rules kept in every module:
     use explicit fused multiply-adds (simd.vfma, llvm.fma: rounded once, the same bits on every
     CPU), not fastmath contraction.
 
+Numba's on-disk cache stamps each kernel with every numba source file of the package, not only its
+own (cachestamp.py): editing or upgrading any kernel file recompiles the kernels that inline it.
+
 Compiler settings, made here before numba is first imported (unless the user set them):
   * OMP_WAIT_POLICY=passive: numba's OpenMP layer otherwise busy-waits between parallel loops,
     and with OpenBLAS's own busy-waiting threads, or any other load, a training step became
@@ -33,6 +36,10 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 os.environ.setdefault("NUMBA_SLP_VECTORIZE", "1")
+
+from . import cachestamp  # noqa: E402  (numba imported only now, after the settings above)
+
+cachestamp.install()          # before any kernel is defined: their caches' stamps cover every numba file
 
 from .lookup import lookup_batch  # noqa: E402,F401  (the trainer's two entry points)
 from .threads import set_threads  # noqa: E402,F401

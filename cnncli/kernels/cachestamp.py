@@ -1,0 +1,90 @@
+"""numba's on-disk cache of cnncli's kernels, stamped with every numba source file of the package
+rather than a kernel's own file only: numba keys a cached kernel on its own file's hash, so a kernel
+that inlines another file's kernels (bnstep.py: bnpool.py, fc.py, ...) kept running the old code
+after that other file changed (an upgrade over an old cache, a git pull into an editable install).
+Not a cache of its own: numba's locators still choose the folder (NUMBA_CACHE_DIR, the package's
+__pycache__, else the per-user cache); kernels/__init__.py installs it before any kernel is defined.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+
+from numba.core import caching
+
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the cnncli folder
+# a line that decorates a function numba compiles (the files holding one are numba's sources)
+_NUMBA_CODE = re.compile(rb"^[ \t]*@(?:numba\.)?(?:njit|jit|intrinsic|overload\w*|register_jitable|vectorize|guvectorize|cfunc)\b",
+                         re.MULTILINE)
+
+
+def numba_sources(package: str = PACKAGE) -> list[str]:
+    """The package's .py files that hold numba code (a numba decorator), sorted."""
+    found = []
+    for root, dirs, files in os.walk(package):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                with open(path, "rb") as f:
+                    text = f.read()
+                if _NUMBA_CODE.search(text):
+                    found.append(path)
+    return found
+
+
+def fingerprint(package: str = PACKAGE) -> str:
+    """sha256 over the relative path and contents of every numba source file of the package."""
+    h = hashlib.sha256()
+    for path in numba_sources(package):
+        with open(path, "rb") as f:
+            h.update(os.path.relpath(path, package).encode() + b"\0" + hashlib.sha256(f.read()).digest())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _package_stamp() -> str:
+    return fingerprint()
+
+
+class PackageStampLocator(caching._CacheLocator):
+    """numba's own locator for a cnncli function (the first that accepts it), with the package's
+    fingerprint added to its source stamp: any numba file's change makes every cached kernel of
+    the package stale, so numba compiles it again and overwrites the entry."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self._py_file = getattr(inner, "_py_file", None)         # numba's warnings read it
+
+    def ensure_cache_path(self):
+        self._inner.ensure_cache_path()
+
+    def get_cache_path(self):
+        return self._inner.get_cache_path()
+
+    def get_disambiguator(self):
+        return self._inner.get_disambiguator()
+
+    def get_source_stamp(self):
+        return ("cnncli", _package_stamp(), self._inner.get_source_stamp())
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if os.path.commonpath([PACKAGE, os.path.abspath(py_file)]) != PACKAGE:
+            return None
+        for other in caching.CacheImpl._locator_classes:
+            if other is not cls:
+                inner = other.from_function(py_func, py_file)
+                if inner is not None:
+                    return cls(inner)
+        return None
+
+
+def install() -> None:
+    """Put PackageStampLocator first in numba's locator list (once)."""
+    classes = caching.CacheImpl._locator_classes
+    if PackageStampLocator not in classes:
+        classes.insert(0, PackageStampLocator)

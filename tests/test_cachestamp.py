@@ -1,0 +1,78 @@
+"""kernels/cachestamp.py: numba's on-disk cache of a kernel goes stale when any numba source file of
+the package changes, not only the kernel's own file. On a copy of the package in a temporary folder,
+in fresh processes with their own NUMBA_CACHE_DIR; the kernel compiled is loss.py's small
+sigmoid_bce_into, which inlines activation.py's logistic."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from cnncli.kernels import cachestamp
+
+PACKAGE = Path(cachestamp.PACKAGE)
+
+CHILD = """
+import json, numpy as np
+from cnncli.kernels import loss
+z = np.zeros((2, 3)); probs = np.empty((2, 3)); dz = np.empty((2, 3))
+loss.sigmoid_bce_into(z, np.zeros(2, np.int64), np.ones(2), 0.5, probs, dz)
+s = loss.sigmoid_bce_into.stats
+print(json.dumps({"hits": sum(s.cache_hits.values()), "misses": sum(s.cache_misses.values()),
+                  "p": float(probs[0, 0]), "file": loss.__file__}))
+"""
+
+
+def _copy(tmp_path) -> Path:
+    root = tmp_path / "src"
+    shutil.copytree(PACKAGE, root / "cnncli", ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def _run(root, cache):
+    env = dict(os.environ, PYTHONPATH=str(root), NUMBA_CACHE_DIR=str(cache))
+    r = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, cwd=root)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["file"].startswith(str(root)), out          # the copy ran, not the checkout
+    return out
+
+
+def _edit(path: Path, old: str, new: str):
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_fingerprint_covers_the_numba_files_only(tmp_path):
+    root = _copy(tmp_path)
+    pkg = str(root / "cnncli")
+    names = {os.path.relpath(p, pkg) for p in cachestamp.numba_sources(pkg)}
+    assert {"kernels/bnstep.py", "kernels/simd.py", "augment.py"} <= names
+    assert not names & {"cli.py", "kernels/checks.py", "kernels/cachestamp.py"}
+    before = cachestamp.fingerprint(pkg)
+    (root / "cnncli" / "cli.py").write_text((root / "cnncli" / "cli.py").read_text() + "\n# edited\n")
+    assert cachestamp.fingerprint(pkg) == before
+    (root / "cnncli" / "kernels" / "simd.py").write_text((root / "cnncli" / "kernels" / "simd.py").read_text() + "\n# x\n")
+    assert cachestamp.fingerprint(pkg) != before
+
+
+def test_a_kernel_is_compiled_again_when_a_kernel_it_inlines_changes(tmp_path):
+    root, cache = _copy(tmp_path), tmp_path / "cache"
+    first = _run(root, cache)
+    assert first["misses"] == 1 and first["p"] == 0.5
+    assert _run(root, cache)["hits"] == 1                  # the cache works
+    (root / "cnncli" / "cli.py").write_text((root / "cnncli" / "cli.py").read_text() + "\n# edited\n")
+    assert _run(root, cache)["hits"] == 1                  # a file without numba code leaves it
+    # activation.py's logistic, which loss.py's kernel inlines, now returns 0.25 for v = 0: numba
+    # alone would load loss.py's cached code (its own file is unchanged) and still give 0.5
+    _edit(root / "cnncli" / "kernels" / "activation.py",
+          "    if v >= 0:\n        return 1.0 / (1.0 + math.exp(-v))",
+          "    if v >= 0:\n        return 0.5 / (1.0 + math.exp(-v))")
+    edited = _run(root, cache)
+    assert edited["misses"] == 1 and edited["p"] == 0.25
+    assert _run(root, cache)["hits"] == 1

@@ -170,34 +170,52 @@ def _sums_map(dp, pp, o, arg, z, coef, n, c, W, s1, s2):
 
 @njit(inline="always")
 def _unit_sums(dp, pp, o, arg, z, coef, out, W, G):
-    # bn_unpool_sums_into per unit: G images at a time, block by block of 64 units, each unit's
-    # dy and dy*xhat added over n in order to float64 registers (from 0 for the first group, else
-    # from out), written back after each group. dy is 0 off each window's winner, and adding that 0
-    # (or 0 * xhat, xhat finite) to a sum leaves its bits (a sum from +0 never holds -0)
+    # bn_unpool_sums_into per unit: G images at a time, block by block of 64 units, each unit's dy
+    # and dy*xhat added over n in order to float64 registers (from 0 for the first group, else from
+    # out), written back after each group. The sums stay in window order (position k of the 16
+    # windows) inside a group and each image adds its winners only, a masked add per position: dy
+    # is 0 at the other three, and adding that 0 (or 0 * xhat, xhat finite) would leave the same
+    # bits (a sum from +0 never holds -0); memory order in out
     N, C = arg.shape[0], arg.shape[1]
     S, E = W * W, coef.shape[1]
+    Hq, Wq = pp.shape[2], pp.shape[3]
     pos = _positions(pp)
+    p0, p1, p2, p3 = _positions(out)               # (0, 1, 2, 3) in float64 lanes
     one = vsplat(pp.dtype.type(1))
     zero = vzero(out)
     for n0 in range(0, N, G):
         for c in range(C):
             for i in range(S // 64):
-                u = c * S + i * 64
+                r, u = i * 64, c * S + i * 64
                 if n0 == 0:
                     a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero
                 else:
                     a0, a1, a2, a3 = _load4(out, u)
+                    a0, a1, a2, a3 = _windows(W, a0, a1, a2, a3)
                     b0, b1, b2, b3 = _load4(out, E + u)
+                    b0, b1, b2, b3 = _windows(W, b0, b1, b2, b3)
                 m0, m1, m2, m3 = _load4(coef, u)
+                m0, m1, m2, m3 = _windows(W, m0, m1, m2, m3)
                 i0, i1, i2, i3 = _load4(coef, INV_ROW * E + u)
+                i0, i1, i2, i3 = _windows(W, i0, i1, i2, i3)
                 for n in range(n0, min(N, n0 + G)):
                     zo = (n * C + c) * S
-                    r = zo + i * 64
-                    d0, d1, d2, d3 = _dy_block(dp, pp, o, arg, n, C, c, i, W, zo, pos, one)
-                    a0, b0 = vadd(a0, vwiden(d0)), vadd(b0, vwiden(vmul(d0, vmul(vsub(vload(z, r), m0), i0))))
-                    a1, b1 = vadd(a1, vwiden(d1)), vadd(b1, vwiden(vmul(d1, vmul(vsub(vload(z, r + 16), m1), i1))))
-                    a2, b2 = vadd(a2, vwiden(d2)), vadd(b2, vwiden(vmul(d2, vmul(vsub(vload(z, r + 32), m2), i2))))
-                    a3, b3 = vadd(a3, vwiden(d3)), vadd(b3, vwiden(vmul(d3, vmul(vsub(vload(z, r + 48), m3), i3))))
+                    g = _elu_grad(vload(dp, zo // 4 + i * 16), vload(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W)), one,
+                                  pos[0])
+                    kv = vload_i8(arg, zo // 4 + i * 16, pp)
+                    z0, z1, z2, z3 = _load4(z, zo + r)
+                    z0, z1, z2, z3 = _windows(W, z0, z1, z2, z3)
+                    zw = vsel_eq(kv, pos[0], z0, vsel_eq(kv, pos[1], z1, vsel_eq(kv, pos[2], z2, z3)))
+                    mw = vsel_eq(kv, pos[0], m0, vsel_eq(kv, pos[1], m1, vsel_eq(kv, pos[2], m2, m3)))
+                    iw = vsel_eq(kv, pos[0], i0, vsel_eq(kv, pos[1], i1, vsel_eq(kv, pos[2], i2, i3)))
+                    gd, xd = vwiden(g), vwiden(vmul(g, vmul(vsub(zw, mw), iw)))
+                    kd = vwiden(kv)
+                    a0, b0 = vsel_eq(kd, p0, vadd(a0, gd), a0), vsel_eq(kd, p0, vadd(b0, xd), b0)
+                    a1, b1 = vsel_eq(kd, p1, vadd(a1, gd), a1), vsel_eq(kd, p1, vadd(b1, xd), b1)
+                    a2, b2 = vsel_eq(kd, p2, vadd(a2, gd), a2), vsel_eq(kd, p2, vadd(b2, xd), b2)
+                    a3, b3 = vsel_eq(kd, p3, vadd(a3, gd), a3), vsel_eq(kd, p3, vadd(b3, xd), b3)
+                a0, a1, a2, a3 = _memory(W, a0, a1, a2, a3)
+                b0, b1, b2, b3 = _memory(W, b0, b1, b2, b3)
                 for k, t in enumerate((a0, a1, a2, a3)):
                     vstore(out, u + 16 * k, t)
                 for k, t in enumerate((b0, b1, b2, b3)):

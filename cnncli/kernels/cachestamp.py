@@ -45,6 +45,10 @@ def fingerprint(package: str = PACKAGE) -> str:
     return h.hexdigest()
 
 
+# numba's list of locator classes lives on CacheImpl (_CacheImpl in older releases)
+_IMPL = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
+
+
 @functools.lru_cache(maxsize=None)
 def _package_stamp() -> str:
     return fingerprint()
@@ -73,9 +77,12 @@ class PackageStampLocator(caching._CacheLocator):
 
     @classmethod
     def from_function(cls, py_func, py_file):
-        if os.path.commonpath([PACKAGE, os.path.abspath(py_file)]) != PACKAGE:
+        try:
+            if os.path.commonpath([PACKAGE, os.path.abspath(py_file)]) != PACKAGE:
+                return None
+        except ValueError:                                        # another drive
             return None
-        for other in caching.CacheImpl._locator_classes:
+        for other in _IMPL._locator_classes:
             if other is not cls:
                 inner = other.from_function(py_func, py_file)
                 if inner is not None:
@@ -84,7 +91,8 @@ class PackageStampLocator(caching._CacheLocator):
 
 
 def install() -> None:
-    """Put PackageStampLocator first in numba's locator list (once)."""
-    classes = caching.CacheImpl._locator_classes
-    if PackageStampLocator not in classes:
+    """Put PackageStampLocator first in numba's locator list (once; where a numba release keeps no
+    such list, its own stamps stay)."""
+    classes = getattr(_IMPL, "_locator_classes", None)
+    if isinstance(classes, list) and PackageStampLocator not in classes:
         classes.insert(0, PackageStampLocator)

@@ -48,6 +48,10 @@ def _edit(path: Path, old: str, new: str):
     path.write_text(text.replace(old, new))
 
 
+def _append(path: Path, line: str):
+    path.write_text(path.read_text() + line)
+
+
 def test_fingerprint_covers_the_numba_files_only(tmp_path):
     root = _copy(tmp_path)
     pkg = str(root / "cnncli")
@@ -55,9 +59,9 @@ def test_fingerprint_covers_the_numba_files_only(tmp_path):
     assert {"kernels/bnstep.py", "kernels/simd.py", "augment.py"} <= names
     assert not names & {"cli.py", "kernels/checks.py", "kernels/cachestamp.py"}
     before = cachestamp.fingerprint(pkg)
-    (root / "cnncli" / "cli.py").write_text((root / "cnncli" / "cli.py").read_text() + "\n# edited\n")
+    _append(root / "cnncli" / "cli.py", "\n# edited\n")
     assert cachestamp.fingerprint(pkg) == before
-    (root / "cnncli" / "kernels" / "simd.py").write_text((root / "cnncli" / "kernels" / "simd.py").read_text() + "\n# x\n")
+    _append(root / "cnncli" / "kernels" / "simd.py", "\n# x\n")
     assert cachestamp.fingerprint(pkg) != before
 
 
@@ -66,7 +70,7 @@ def test_a_kernel_is_compiled_again_when_a_kernel_it_inlines_changes(tmp_path):
     first = _run(root, cache)
     assert first["misses"] == 1 and first["p"] == 0.5
     assert _run(root, cache)["hits"] == 1                  # the cache works
-    (root / "cnncli" / "cli.py").write_text((root / "cnncli" / "cli.py").read_text() + "\n# edited\n")
+    _append(root / "cnncli" / "cli.py", "\n# edited\n")
     assert _run(root, cache)["hits"] == 1                  # a file without numba code leaves it
     # activation.py's logistic, which loss.py's kernel inlines, now returns 0.25 for v = 0: numba
     # alone would load loss.py's cached code (its own file is unchanged) and still give 0.5

@@ -21,9 +21,8 @@ _NUMBA_CODE = re.compile(rb"^[ \t]*@(?:numba\.)?(?:njit|jit|intrinsic|overload\w
                          re.MULTILINE)
 
 
-def numba_sources(package: str = PACKAGE) -> list[str]:
-    """The package's .py files that hold numba code (a numba decorator), sorted."""
-    found = []
+def _numba_files(package: str):
+    """(path, contents) of the package's .py files that hold numba code (a numba decorator), sorted."""
     for root, dirs, files in os.walk(package):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         for name in sorted(files):
@@ -32,16 +31,19 @@ def numba_sources(package: str = PACKAGE) -> list[str]:
                 with open(path, "rb") as f:
                     text = f.read()
                 if _NUMBA_CODE.search(text):
-                    found.append(path)
-    return found
+                    yield path, text
+
+
+def numba_sources(package: str = PACKAGE) -> list[str]:
+    """The package's .py files that hold numba code (a numba decorator), sorted."""
+    return [path for path, _ in _numba_files(package)]
 
 
 def fingerprint(package: str = PACKAGE) -> str:
     """sha256 over the relative path and contents of every numba source file of the package."""
     h = hashlib.sha256()
-    for path in numba_sources(package):
-        with open(path, "rb") as f:
-            h.update(os.path.relpath(path, package).encode() + b"\0" + hashlib.sha256(f.read()).digest())
+    for path, text in _numba_files(package):
+        h.update(os.path.relpath(path, package).encode() + b"\0" + hashlib.sha256(text).digest())
     return h.hexdigest()
 
 

@@ -124,19 +124,45 @@ def bn_bias_moments_into(z, b, out):
     # z (N,C,S) a conv layer's output without its bias, b (C,)   ->   z += b in place (the bits of
     # conv.add_bias_into) and out = BN's moments of the result: (2C,) per channel or (2CS,) per
     # unit (the bits of bn_channel_moments_into / bn_unit_moments_into); per channel in one pass
-    # fewer, per unit the bias first in memory order (_unit_block's note)
+    # fewer, per unit in one (_unit_bias_block)
     N, C, S = z.shape
     if out.shape[0] == 2 * C:
         _channel_moments(z, b, True, out)
         return
-    for n in range(N):                           # the bias, image by image in memory order
-        for c in range(C):
-            bv, base = vsplat(b[c]), (n * C + c) * S
-            for i in range(0, S - S % 16, 16):
-                vstore(z, base + i, vadd(vload(z, base + i), bv))
-            for i in range(S - S % 16, S):
-                z[n, c, i] += b[c]
-    bn_unit_moments_into(z.reshape(N, C * S), out)
+    D = C * S
+    zf = z.reshape(N, D)
+    if S % 16:                                   # (a unit block would straddle two channels)
+        for n in range(N):
+            for c in range(C):
+                for i in range(S):
+                    z[n, c, i] += b[c]
+        bn_unit_moments_into(zf, out)
+        return
+    tmp = np.empty(N * 16, z.dtype)              # (N*16,) a block's N vectors, in L1
+    for d in range(0, D, 16):
+        _unit_bias_block(zf, vsplat(b[d // S]), d, tmp, out)
+
+
+@njit(inline="always")
+def _unit_bias_block(z, bv, d, tmp, out):
+    # units d .. d+15 of z (N,D): z += bv in place, then out[d..], out[D + d..] as _unit_block
+    # gives them, in one pass over z: the N vectors are loaded (bias added, kept in tmp), then
+    # stored, so no load of the block follows a store to its lanes D*4 bytes away (_unit_block's note)
+    N, D = z.shape
+    acc = vzero(out)
+    for n in range(N):
+        v = vadd(vload(z, n * D + d), bv)
+        vstore(tmp, n * 16, v)
+        acc = vadd(acc, vwiden(v))
+    for n in range(N):
+        vstore(z, n * D + d, vload(tmp, n * 16))
+    vstore(out, d, acc)
+    mean = vmul(acc, vsplat(1.0 / N)) if _power_of_two(float(N)) else vdiv(acc, vsplat(float(N)))
+    m2 = vzero(out)
+    for n in range(N):
+        t = vsub(vwiden(vload(tmp, n * 16)), mean)
+        m2 = vadd(m2, vmul(t, t))
+    vstore(out, D + d, m2)
 
 
 @njit(inline="always")

@@ -171,29 +171,22 @@ def _sums_map(dp, pp, o, arg, z, coef, n, c, W, s1, s2):
 @njit(inline="always")
 def _unit_sums(dp, pp, o, arg, z, coef, out, W, G):
     # bn_unpool_sums_into per unit: G images at a time, block by block of 64 units, each unit's dy
-    # and dy*xhat added over n in order to float64 registers (from 0 for the first group, else from
-    # out), written back after each group. The sums stay in window order (position k of the 16
-    # windows) inside a group and each image adds its winners only, a masked add per position: dy
-    # is 0 at the other three, and adding that 0 (or 0 * xhat, xhat finite) would leave the same
-    # bits (a sum from +0 never holds -0); memory order in out
+    # and dy*xhat over the group's images (in order) added in the dtype, in registers; each group's
+    # sums then go into out in float64 (stored by the first group, added by the next). The sums stay
+    # in window order (position k of the 16 windows) and each image adds its winners only, a masked
+    # add per position: dy is 0 at the other three, and adding that 0 (or 0 * xhat, xhat finite)
+    # would leave the same bits (a sum from +0 never holds -0); memory order in out
     N, C = arg.shape[0], arg.shape[1]
     S, E = W * W, coef.shape[1]
     Hq, Wq = pp.shape[2], pp.shape[3]
     pos = _positions(pp)
-    p0, p1, p2, p3 = _positions(out)               # (0, 1, 2, 3) in float64 lanes
     one = vsplat(pp.dtype.type(1))
-    zero = vzero(out)
+    zero = pos[0]
     for n0 in range(0, N, G):
         for c in range(C):
             for i in range(S // 64):
                 r, u = i * 64, c * S + i * 64
-                if n0 == 0:
-                    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero
-                else:
-                    a0, a1, a2, a3 = _load4(out, u)
-                    a0, a1, a2, a3 = _windows(W, a0, a1, a2, a3)
-                    b0, b1, b2, b3 = _load4(out, E + u)
-                    b0, b1, b2, b3 = _windows(W, b0, b1, b2, b3)
+                a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero
                 m0, m1, m2, m3 = _load4(coef, u)
                 m0, m1, m2, m3 = _windows(W, m0, m1, m2, m3)
                 i0, i1, i2, i3 = _load4(coef, INV_ROW * E + u)
@@ -208,18 +201,23 @@ def _unit_sums(dp, pp, o, arg, z, coef, out, W, G):
                     zw = vsel_eq(kv, pos[0], z0, vsel_eq(kv, pos[1], z1, vsel_eq(kv, pos[2], z2, z3)))
                     mw = vsel_eq(kv, pos[0], m0, vsel_eq(kv, pos[1], m1, vsel_eq(kv, pos[2], m2, m3)))
                     iw = vsel_eq(kv, pos[0], i0, vsel_eq(kv, pos[1], i1, vsel_eq(kv, pos[2], i2, i3)))
-                    gd, xd = vwiden(g), vwiden(vmul(g, vmul(vsub(zw, mw), iw)))
-                    kd = vwiden(kv)
-                    a0, b0 = vsel_eq(kd, p0, vadd(a0, gd), a0), vsel_eq(kd, p0, vadd(b0, xd), b0)
-                    a1, b1 = vsel_eq(kd, p1, vadd(a1, gd), a1), vsel_eq(kd, p1, vadd(b1, xd), b1)
-                    a2, b2 = vsel_eq(kd, p2, vadd(a2, gd), a2), vsel_eq(kd, p2, vadd(b2, xd), b2)
-                    a3, b3 = vsel_eq(kd, p3, vadd(a3, gd), a3), vsel_eq(kd, p3, vadd(b3, xd), b3)
+                    xd = vmul(g, vmul(vsub(zw, mw), iw))
+                    a0, b0 = vsel_eq(kv, pos[0], vadd(a0, g), a0), vsel_eq(kv, pos[0], vadd(b0, xd), b0)
+                    a1, b1 = vsel_eq(kv, pos[1], vadd(a1, g), a1), vsel_eq(kv, pos[1], vadd(b1, xd), b1)
+                    a2, b2 = vsel_eq(kv, pos[2], vadd(a2, g), a2), vsel_eq(kv, pos[2], vadd(b2, xd), b2)
+                    a3, b3 = vsel_eq(kv, pos[3], vadd(a3, g), a3), vsel_eq(kv, pos[3], vadd(b3, xd), b3)
                 a0, a1, a2, a3 = _memory(W, a0, a1, a2, a3)
                 b0, b1, b2, b3 = _memory(W, b0, b1, b2, b3)
                 for k, t in enumerate((a0, a1, a2, a3)):
-                    vstore(out, u + 16 * k, t)
+                    _add_out(out, u + 16 * k, vwiden(t), n0 == 0)
                 for k, t in enumerate((b0, b1, b2, b3)):
-                    vstore(out, E + u + 16 * k, t)
+                    _add_out(out, E + u + 16 * k, vwiden(t), n0 == 0)
+
+
+@njit(inline="always")
+def _add_out(out, q, v, first):
+    # out[q .. q+15] = v (the first group's sums) or out[q ..] + v (a later group's)
+    vstore(out, q, v if first else vadd(vload(out, q), v))
 
 
 @njit(cache=True, nogil=True)
@@ -228,7 +226,8 @@ def bn_unpool_sums_into(dp, pp, o, arg, z, coef, out):
     # (N,C,W,W) BN's input, coef (6,C*W*W) (rows m, inv)   ->   out (2D,) float64 [sum of dy |
     # sum of dy*xhat] of this shard (dy: dp routed to each window's winner through ELU'). Per
     # channel (D = C) over (n, position) in 16 float64 lanes, the lanes added left to right; per
-    # unit (D = C*W*W) over n in order.
+    # unit (D = C*W*W) over each GROUP of images in order in the dtype, the groups' sums added in
+    # float64.
     W = z.shape[3]
     per_unit = out.shape[0] // 2 != arg.shape[1]
     if W == 32 and per_unit:         # each case in a loop of its own, W a constant there

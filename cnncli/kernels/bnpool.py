@@ -11,7 +11,8 @@ coef (6, C*S) in the dtype, per position the values of the statistic that covers
 repeated over its map): m = mean, inv = 1/sqrt(var + eps), a = gamma * inv, beta; and for the
 backward, with M values per statistic in the batch, B = -a * sum(dy) / M and G = -a * sum(dy*xhat) / M:
     forward:  y = (z - m) * a + beta                 (= gamma * xhat + beta)
-    sums:     sum(dy), sum(dy * xhat), xhat = (z - m) * inv, in float64 lanes
+    sums:     sum(dy), sum(dy * xhat), xhat = (z - m) * inv: per channel in float64 lanes, per unit in
+              the dtype over each group of images, then in a float64 row
     backward: dz = a * dy + (G * xhat + B)          (= gamma*inv/M * (M dy - sum dy - xhat sum dy*xhat))
 Every array C-contiguous. Each 4-vector block is 64 values of a map: two rows of 32 (16 windows
 of one pooled row) or four rows of 16 (8 windows of two pooled rows).

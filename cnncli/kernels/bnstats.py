@@ -36,11 +36,20 @@ def _unit_block(z, d, out):
     acc = vzero(out)
     for n in range(N):
         acc = vadd(acc, vwiden(vload(z, n * D + d)))
+    _unit_sum_m2(z, D, d, N, acc, d, out)
+
+
+@njit(inline="always")
+def _unit_sum_m2(src, stride, off, N, acc, d, out):
+    # a block's 16 units over N images (image n's vector at src[n * stride + off]) with their sums
+    # acc (float64)   ->   out[d..] = acc, out[D + d..] = the sums of squared deviations about the
+    # block's means (D = out's length / 2)
+    D = out.shape[0] // 2
     vstore(out, d, acc)
     mean = vmul(acc, vsplat(1.0 / N)) if _power_of_two(float(N)) else vdiv(acc, vsplat(float(N)))   # (exact)
     m2 = vzero(out)
     for n in range(N):
-        t = vsub(vwiden(vload(z, n * D + d)), mean)
+        t = vsub(vwiden(vload(src, n * stride + off)), mean)
         m2 = vadd(m2, vmul(t, t))                # (not an fma: the bits of _unit_scalar, lane by lane)
     vstore(out, D + d, m2)
 
@@ -156,13 +165,7 @@ def _unit_bias_block(z, bv, d, tmp, out):
         acc = vadd(acc, vwiden(v))
     for n in range(N):
         vstore(z, n * D + d, vload(tmp, n * 16))
-    vstore(out, d, acc)
-    mean = vmul(acc, vsplat(1.0 / N)) if _power_of_two(float(N)) else vdiv(acc, vsplat(float(N)))
-    m2 = vzero(out)
-    for n in range(N):
-        t = vsub(vwiden(vload(tmp, n * 16)), mean)
-        m2 = vadd(m2, vmul(t, t))
-    vstore(out, D + d, m2)
+    _unit_sum_m2(tmp, 16, 0, N, acc, d, out)
 
 
 @njit(inline="always")

@@ -45,22 +45,31 @@ def fail(origin, key, problem):
 
 
 def suggest(key):
-    """" did you mean 'x'?" for a mistyped dotted key, or a list of what exists there."""
+    """" did you mean 'x'?" for a mistyped dotted key, or a list of what exists there. In a known
+    section: a known name from another section ("train.lr" -> optim.lr, "train.out" -> out, every
+    section that has it), else a near name in that section, else what it has. Elsewhere: a near
+    spelling of a whole key ("trian.epochs"), a known name ("lr"), a section ("optimm"), a near name
+    ("lrr")."""
     known = list(LEAVES) + SECTIONS
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    if not close:  # a bare leaf name in the wrong place: "lr" -> "optim.lr"
-        last = key.rsplit(".", 1)[-1]
-        by_name = {}
-        for k in LEAVES:
-            by_name.setdefault(k.rsplit(".", 1)[-1], k)
-        names = difflib.get_close_matches(last, list(by_name), n=1, cutoff=0.75)
-        close = [by_name[n] for n in names]
-    if close:
-        return f"unknown key; did you mean '{close[0]}'?"
-    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    parent, last = key.rsplit(".", 1) if "." in key else ("", key)
+    moved = [k for k in LEAVES if k.rsplit(".", 1)[-1] == last and k != key]
     if parent in SECTIONS:
         children = sorted({k[len(parent) + 1:].split(".")[0] for k in known if k.startswith(parent + ".")})
-        return f"unknown key; {parent} has: {', '.join(children)}"
+        close = [] if moved else [f"{parent}.{n}" for n in difflib.get_close_matches(last, children, n=1, cutoff=0.6)]
+        if not moved and not close:
+            return f"unknown key; {parent} has: {', '.join(children)}"
+    else:
+        close = difflib.get_close_matches(key, list(LEAVES), n=1, cutoff=0.8) or \
+            (None if moved else difflib.get_close_matches(key, known, n=1, cutoff=0.6))
+        if not close and not moved:   # a bare leaf name misspelt: "lrr" -> "optim.lr"
+            by_name = {}
+            for k in LEAVES:
+                by_name.setdefault(k.rsplit(".", 1)[-1], k)
+            close = [by_name[n] for n in difflib.get_close_matches(last, list(by_name), n=1, cutoff=0.75)]
+    if close:
+        return f"unknown key; did you mean '{close[0]}'?"
+    if moved:
+        return "unknown key; did you mean " + " or ".join(f"'{k}'" for k in moved) + "?"
     return f"unknown key; the sections are: {', '.join(s for s in SECTIONS if '.' not in s)}, and out"
 
 

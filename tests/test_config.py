@@ -141,6 +141,7 @@ def test_parse_override():
     ("just text\n", ["cfg.yaml:", "top level must be a mapping"]),
     ("optim:\n  lrr: 0.1\n", ["cfg.yaml:2:", "optim.lrr", "did you mean 'optim.lr'?"]),
     ("lr: 0.1\n", ["cfg.yaml:1:", "did you mean 'optim.lr'?"]),
+    ("train:\n  lr: 0.1\n", ["cfg.yaml:2:", "train.lr", "did you mean 'optim.lr'?"]),
     ("train:\n  batchsize: 8\n", ["cfg.yaml:2:", "did you mean 'train.batch_size'?"]),
     ("trian:\n  epochs: 3\n", ["cfg.yaml:1:", "did you mean 'train'?"]),
     ("zzz: 1\n", ["cfg.yaml:1:", "zzz: unknown key", "sections are"]),
@@ -193,6 +194,11 @@ def test_file_errors_name_file_line_and_key(tmp_path, text, needles):
     (["optim.lrr=0.1"], ["--set optim.lrr", "did you mean 'optim.lr'?"]),
     (["train.batchsize=3"], ["did you mean 'train.batch_size'?"]),
     (["epochs=3"], ["did you mean 'train.epochs'?"]),
+    (["train.lr=0.1"], ["--set train.lr", "did you mean 'optim.lr'?"]),             # a key in the wrong section
+    (["train.out=runs/x"], ["did you mean 'out'?"]),
+    (["optim.seed=1"], ["did you mean 'data.seed' or 'train.seed'?"]),
+    (["optim.zzz=1"], ["--set optim.zzz", "optim has: betas, gamma, lr,"]),       # not its own section
+    (["augment.affine.zz=1"], ["augment.affine has: p, rotate, scale"]),
     (["noequals"], ["--set noequals", "KEY=VALUE"]),
     (["=3"], ["missing the key"]),
     (["optim=3"], ["--set optim: is a section", "optim.name="]),

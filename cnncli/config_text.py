@@ -44,6 +44,14 @@ def fail(origin, key, problem):
     raise ConfigError(f"{where(origin)}{show_key(key)}: {problem}")
 
 
+def _near_leaf(name):
+    """[the key] of the leaf whose last name is spelt like `name` ("lrr" -> optim.lr), or []."""
+    by_name = {}
+    for k in LEAVES:
+        by_name.setdefault(k.rsplit(".", 1)[-1], k)
+    return [by_name[n] for n in difflib.get_close_matches(name, list(by_name), n=1, cutoff=0.75)]
+
+
 def suggest(key):
     """" did you mean 'x'?" for a mistyped dotted key, or a list of what exists there. In a known
     section: a known name from another section ("train.lr" -> optim.lr, "train.out" -> out, every
@@ -59,13 +67,9 @@ def suggest(key):
         if not moved and not close:
             return f"unknown key; {parent} has: {', '.join(children)}"
     else:
-        close = difflib.get_close_matches(key, list(LEAVES), n=1, cutoff=0.8) or \
-            (None if moved else difflib.get_close_matches(key, known, n=1, cutoff=0.6))
-        if not close and not moved:   # a bare leaf name misspelt: "lrr" -> "optim.lr"
-            by_name = {}
-            for k in LEAVES:
-                by_name.setdefault(k.rsplit(".", 1)[-1], k)
-            close = [by_name[n] for n in difflib.get_close_matches(last, list(by_name), n=1, cutoff=0.75)]
+        close = difflib.get_close_matches(key, list(LEAVES), n=1, cutoff=0.8)
+        if not close and not moved:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6) or _near_leaf(last)
     if close:
         return f"unknown key; did you mean '{close[0]}'?"
     if moved:

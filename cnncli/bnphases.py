@@ -12,18 +12,18 @@ from __future__ import annotations
 
 from . import passes
 from .kernels import batchnorm as norm
-from .kernels import bncoef, bnstats, head
+from .kernels import bncoef, bnstats, bntree, head
 from .kernels.reduce import tree_sum_into
 
 
 def statistics(net, plan, k, comm):
     """BN layer k's statistics from the shards' [sum | M2] rows in plan.fwd[k]: their tree (sums
-    added, M2 combined: bnstats.bn_moments_tree_into) -> mean, biased var -> invstd; the running
+    added, M2 combined: bntree.bn_moments_tree_into) -> mean, biased var -> invstd; the running
     statistics updated (PyTorch's rule, the unbiased variance) when the network keeps them."""
     M = plan.count[k]
 
     def tree(parts, out):
-        bnstats.bn_moments_tree_into(parts, plan.shard_counts[k], out)
+        bntree.bn_moments_tree_into(parts, plan.shard_counts[k], out)
         return out
     moments = comm.sum_shards(plan.fwd[k], plan.S, tree=tree)    # (2D,) the batch's [sum | M2]
     m = net.momentum

@@ -19,8 +19,8 @@ import warnings
 import numpy as np
 
 KERNEL_MODULES = tuple(f"cnncli.kernels.{name}" for name in (
-    "activation", "adam", "batchnorm", "bncoef", "bnpool", "bnstats", "conv", "conv16", "conv32", "fc", "head", "inference",
-    "lookup", "loss", "pool", "reduce", "segments", "bnstep", "plainstep")) + ("cnncli.augment", "cnncli.augment_pixels")
+    "activation", "adam", "batchnorm", "bncoef", "bnpool", "bnstats", "bntree", "conv", "conv16", "conv32", "fc",
+    "head", "inference", "lookup", "loss", "pool", "reduce", "segments", "bnstep", "plainstep")) + ("cnncli.augment", "cnncli.augment_pixels")
 
 def kernel_dispatchers() -> list:
     """Every cached numba dispatcher (`@njit(cache=True)`) of the kernel modules (KERNEL_MODULES)."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnncli import blas
-from cnncli.kernels import activation, batchnorm, bnstats, conv, conv16, conv32, fc, lookup, pool, threads
+from cnncli.kernels import activation, batchnorm, bnstats, bntree, conv, conv16, conv32, fc, lookup, pool, threads
 from cnncli.kernels import loss as kloss
 
 import reference as R
@@ -135,7 +135,7 @@ def test_bn_moments_tree_is_chans_formula_with_divisions_bitwise(rng, counts):
     S, D = len(counts), 101                      # 101 statistics: a 64-block, 16-blocks, a scalar tail
     rows = np.concatenate([rng.standard_normal((S, D)) * 50, rng.random((S, D)) * 900], axis=1)
     out = np.empty(2 * D)
-    bnstats.bn_moments_tree_into(rows, np.array(counts, np.float64), out)
+    bntree.bn_moments_tree_into(rows, np.array(counts, np.float64), out)
     level, n = [r.copy() for r in rows], [float(c) for c in counts]
     while len(level) > 1:
         nxt, cnt = [], []
@@ -218,8 +218,8 @@ def test_bn_moments_per_shard_and_their_tree(rng, dtype):
             counts.append((hi - lo) * per)
         parts = np.array(rows)
         total = np.empty(parts.shape[1])
-        bnstats.bn_moments_tree_into(parts, np.array(counts, np.float64), total)
-        assert bnstats.bn_moments_tree(parts, np.array(counts, np.float64)).tobytes() == total.tobytes()
+        bntree.bn_moments_tree_into(parts, np.array(counts, np.float64), total)
+        assert bntree.bn_moments_tree(parts, np.array(counts, np.float64)).tobytes() == total.tobytes()
         d = parts.shape[1] // 2
         z64 = view(z).astype(np.float64)
         axes = (0, 2) if per > 1 else (0,)

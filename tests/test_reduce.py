@@ -122,12 +122,12 @@ def test_fc_grads_tree_is_the_shards_gradients_through_tree_sum_bitwise(dtype, s
 @pytest.mark.parametrize("moments", [False, True])
 @pytest.mark.parametrize("top", [0, 1, 2, 3, 60])
 def test_trees_made_as_rows_finish_are_the_level_by_level_trees_bitwise(s, moments, top):
-    """reduce.tree_rows_done (added) and bnstats.bn_moments_rows_done (Chan's rule), rows reported
+    """reduce.tree_rows_done (added) and bntree.bn_moments_rows_done (Chan's rule), rows reported
     done in random orders by 1 to 3 threads at once, the climbs stopped at level `top`, then the
     rest of the tree over rows 0, 2^top, .. (tree_cols_step / bn_moments_tree_range with that step,
     in column chunks): the bits of tree_sum / bn_moments_tree_into (odd shard counts carry nodes
     up; a counter array of tree_slots(s))."""
-    from cnncli.kernels import bnstats, sync
+    from cnncli.kernels import bntree, sync
     from thread_util import run_threads
 
     rng = np.random.default_rng(s)
@@ -136,14 +136,14 @@ def test_trees_made_as_rows_finish_are_the_level_by_level_trees_bitwise(s, momen
     counts[-1] = 5.0
     if moments:
         parts[:, 101:] = np.abs(parts[:, 101:])
-        want = bnstats.bn_moments_tree(parts, counts)
+        want = bntree.bn_moments_tree(parts, counts)
     else:
         want = D.tree_sum(parts)
     for threads in (1, 2, 3):
         rows = parts.copy()
         state = np.zeros(sync.COUNTERS + 1 + R.tree_slots(s), np.int64)
         order = rng.permutation(s).astype(np.int64)
-        run_threads(bnstats.rows_done_job_into, (state, sync.COUNTERS + 1, rows, counts, moments, order, top),
+        run_threads(bntree.rows_done_job_into, (state, sync.COUNTERS + 1, rows, counts, moments, order, top),
                     threads)
         step = 1 << min(top, 40)
         for chunk in (40, 101):                            # the chunks of the phase that finishes the tree
@@ -151,7 +151,7 @@ def test_trees_made_as_rows_finish_are_the_level_by_level_trees_bitwise(s, momen
             for d0 in range(0, 101, chunk):
                 d1 = min(101, d0 + chunk)
                 if moments:
-                    bnstats.bn_moments_tree_range(rows, counts, got, d0, d1, step)
+                    bntree.bn_moments_tree_range(rows, counts, got, d0, d1, step)
                 elif chunk == 40:
                     R.tree_cols_step(rows, step, got, d0, d1)
                     R.tree_cols_step(rows, step, got, 101 + d0, 101 + d1)

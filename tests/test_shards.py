@@ -15,6 +15,7 @@ from cnncli import model as M
 from cnncli.distributed import SHARD, Comm, tree_sum
 from cnncli.kernels import batchnorm as bnk
 from cnncli.kernels import bnstats as bns
+from cnncli.kernels import bntree
 from cnncli.kernels import loss as kloss
 
 
@@ -47,7 +48,7 @@ def test_bn_phases_over_shards_match_numpy(dtype, shape, axes):
     parts = [slice(0, 8), slice(8, 13)]
     count = shape[0] * (shape[2] if len(shape) == 3 else 1)
     per = count // shape[0]
-    moments = bns.bn_moments_tree(np.stack([bns.bn_moments(z[s]) for s in parts]),
+    moments = bntree.bn_moments_tree(np.stack([bns.bn_moments(z[s]) for s in parts]),
                                   np.array([(s.stop - s.start) * per for s in parts], np.float64))
     mean, var = moments[:d] / count, moments[d:] / count
     invstd = 1 / np.sqrt(var + 1e-5)
@@ -88,9 +89,9 @@ def test_bn_kernels_refuse_bad_shapes():
     with pytest.raises(ValueError, match=r"z must have shape \(N, D\) or \(N, C, S\)"):
         bns.bn_moments(np.zeros(4))
     with pytest.raises(ValueError, match=r"counts has dtype float32"):
-        bns.bn_moments_tree(np.zeros((2, 4)), np.ones(2, np.float32))
+        bntree.bn_moments_tree(np.zeros((2, 4)), np.ones(2, np.float32))
     with pytest.raises(ValueError, match=r"counts > 0"):
-        bns.bn_moments_tree(np.zeros((2, 4)), np.array([3.0, 0.0]))
+        bntree.bn_moments_tree(np.zeros((2, 4)), np.array([3.0, 0.0]))
     with pytest.raises(ValueError, match=r"gamma has shape \(5,\)"):
         bnk.bn_normalize(np.zeros((2, 4)), np.zeros(4), np.ones(4), np.ones(5), np.zeros(4))
 

@@ -9,7 +9,7 @@ import numba
 import numpy as np
 import pytest
 
-from cnncli.kernels import bncoef, bnstats, fc, sync
+from cnncli.kernels import bncoef, bnstats, bntree, fc, sync
 from cnncli.kernels.threads import run_together
 
 from thread_util import run_threads
@@ -140,7 +140,7 @@ def test_bn_statistics_in_chunks_give_the_whole_layer_bits(d, chunk):
         out["coef"] = np.zeros((6, 2 * d), np.float32)
         keep = np.float32(0.9)
         if name == "whole":
-            bnstats.bn_moments_tree_into(parts, counts, out["moments"])
+            bntree.bn_moments_tree_into(parts, counts, out["moments"])
             bnstats.bn_stats_into(out["moments"], 40.0, 1e-5, out["stats"], keep, 0.1, 0.1 * 40 / 39,
                                   out["rm"], out["rv"])
             bncoef.bn_coef_forward_into(out["stats"][0], out["stats"][2], gamma, beta, out["coef"])
@@ -148,7 +148,7 @@ def test_bn_statistics_in_chunks_give_the_whole_layer_bits(d, chunk):
         else:
             for d0 in range(0, d, chunk):
                 d1 = min(d, d0 + chunk)
-                bnstats.bn_moments_tree_range(parts, counts, out["moments"], d0, d1, 1)
+                bntree.bn_moments_tree_range(parts, counts, out["moments"], d0, d1, 1)
                 bnstats.bn_stats_range(out["moments"], 40.0, 1e-5, out["stats"], keep, 0.1, 0.1 * 40 / 39,
                                        out["rm"], out["rv"], d0, d1)
                 bncoef.bn_coef_forward_range(out["stats"][0], out["stats"][2], gamma, beta, out["coef"], d0, d1)

@@ -1,5 +1,5 @@
 """The network's numba kernels, one module per layer kind (conv, conv32, conv16, pool, activation,
-batchnorm, bnstats, bnpool, head, fc, loss, inference, adam), a BN step's conv tasks as single calls
+batchnorm, bnstats, bntree, bnpool, head, fc, loss, inference, adam), a BN step's conv tasks as single calls
 (segments), plus their support: simd (16-lane vectors), threads, reduce, checks, lookup (input),
 peak (the machine's measured FMA peak, for `cnn bench`). It is not the network (model.py composes these) and has no training loop.
 

@@ -6,7 +6,7 @@ share (sync.own_shard: the same share in every phase, every other phase in rever
 thread starts a phase on the arrays it wrote last, still in its L2), then any left in the others';
 each shard runs the very kernels, on the very arrays, that bnphases.py's per-shard
 tasks run (segments.py, bnpool, fc, head), and every sum over shards is the same fixed tree: the
-BN rows' trees are made as the rows finish (bnstats.bn_moments_rows_done, reduce.tree_rows_done:
+BN rows' trees are made as the rows finish (bntree.bn_moments_rows_done, reduce.tree_rows_done:
 the thread that completes a node merges it) up to nodes of about a thread's share of shards
 (reduce.tree_top), and the statistics phase after finishes them column by column on every thread
 (bn_moments_tree_range, tree_cols_step), with bn_moments_tree_into's and tree_sum's nodes, so
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from . import bncoef, bnpool, bnstats, segments
+from . import bncoef, bnpool, bnstats, bntree, segments
 from .batchnorm import bn_unit_backward_given_into
 from .fc import fc_dx_loop_into, fc_forward_loop_into, fc_grads_tree_task, fc_grads_tree_tasks
 from .head import bn_head_into
@@ -69,7 +69,7 @@ def _forward_stats(sync, counter, fwd, counts, step, M, eps, stats, keep, m, unb
         if c >= n:
             break
         d0, d1 = c * CHUNK, min(D, (c + 1) * CHUNK)
-        bnstats.bn_moments_tree_range(fwd, counts, moments, d0, d1, step)   # the tree's top
+        bntree.bn_moments_tree_range(fwd, counts, moments, d0, d1, step)   # the tree's top
         bnstats.bn_stats_range(moments, M, eps, stats, keep, m, unbias, rm, rv, d0, d1)
         if with_coef:
             bncoef.bn_coef_forward_range(stats[0], stats[2], gamma, beta, coef, d0, d1)
@@ -152,7 +152,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         if j < 0:
             break
         segments.conv1_moments_into(x[a:b], xp1[a:b], w1, z1[a:b], b1, fwd1[j])
-        bnstats.bn_moments_rows_done(sync, tb, fwd1, counts1, j, top)
+        bntree.bn_moments_rows_done(sync, tb, fwd1, counts1, j, top)
     if _meet(sync, T, clock, tid, 0):
         return
     _forward_stats(sync, S1, fwd1, counts1, step, M1, eps, stats1, keep, m, unbias1, rm1, rv1, moments1, g1,
@@ -165,7 +165,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         if j < 0:
             break
         segments.bn1_conv2_moments_into(z1[a:b], coef1, xp2[a:b], arg1[a:b], w2, z2[a:b], b2, fwd2[j], unit)
-        bnstats.bn_moments_rows_done(sync, tb + 1 * ts, fwd2, counts2, j, top)
+        bntree.bn_moments_rows_done(sync, tb + 1 * ts, fwd2, counts2, j, top)
     if _meet(sync, T, clock, tid, 2):
         return
     _forward_stats(sync, S2, fwd2, counts2, step, M2, eps, stats2, keep, m, unbias2, rm2, rv2, moments2, g2,
@@ -180,7 +180,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         bnpool.bn_pool_elu_forward_into(z2[a:b], coef2, p2[a:b], 0, arg2[a:b], unit)
         fc_forward_loop_into(p2[a:b].reshape(b - a, 1024), w3, b3, z3[a:b])
         bnstats.bn_unit_moments_into(z3[a:b], fwd3[j])
-        bnstats.bn_moments_rows_done(sync, tb + 2 * ts, fwd3, counts3, j, top)
+        bntree.bn_moments_rows_done(sync, tb + 2 * ts, fwd3, counts3, j, top)
     if _meet(sync, T, clock, tid, 4):
         return
     _forward_stats(sync, S3, fwd3, counts3, step, M3, eps, stats3, keep, m, unbias3, rm3, rv3, moments3, g3, be3, coef2,

@@ -119,7 +119,7 @@ def tree_cols_step(parts, step, out, c0, c1):
 # threads that wrote their rows (still in their caches), with no pass over all the rows after the
 # last one. The counters: sync[base .. base + tree_slots(L)) (zeroed), one per node above the rows.
 # A climb may stop at level `top` (tree_top): the nodes of that level, rows 0, 2^top, 2*2^top, ..,
-# are then complete, and tree_cols_step / bnstats.bn_moments_tree_range with step 2^top make the
+# are then complete, and tree_cols_step / bntree.bn_moments_tree_range with step 2^top make the
 # rest of the tree column by column (all threads at once, instead of one thread merging the root).
 
 def tree_slots(L: int) -> int:

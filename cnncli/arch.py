@@ -6,6 +6,8 @@ It computes nothing about the network's outputs; that is model.py (fast path) an
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -20,10 +22,7 @@ class Params(dict):
     flat: np.ndarray
 
     def copy(self) -> "Params":
-        specs = [(k, v.shape) for k, v in self.items()]
-        p = allocate(specs, self.flat.dtype)
-        p.flat[:] = self.flat
-        return p
+        return views(self.flat.copy(), [(k, v.shape) for k, v in self.items()])
 
 
 def check_batchnorm(batchnorm):
@@ -76,7 +75,7 @@ def spans(specs) -> dict:
     """name -> (start, stop): where each tensor of specs lies in the flat buffer (spec order)."""
     out, off = {}, 0
     for name, shape in specs:
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         out[name] = (off, off + size)
         off += size
     return out
@@ -94,7 +93,7 @@ def views(flat, specs) -> Params:
 def allocate(specs, dtype=np.float32) -> Params:
     """Zeros for every (name, shape) in specs, as views into one flat contiguous buffer."""
     dt = check_dtype(dtype)
-    return views(np.zeros(sum(int(np.prod(shape)) for _, shape in specs), dtype=dt), specs)
+    return views(np.zeros(sum(math.prod(shape) for _, shape in specs), dtype=dt), specs)
 
 
 def init_params(num_classes=12, batchnorm="none", seed=0, dtype=np.float32) -> Params:

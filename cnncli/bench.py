@@ -45,6 +45,36 @@ class Ours:
         return self.net.predict_proba(x)
 
 
+class StepOnly:
+    """Network.train_step alone (no optimizer): the yardstick of the functional API."""
+
+    name = "train_step"
+
+    def __init__(self, num_classes, batchnorm):
+        from cnncli import model
+
+        self.net = model.Network(num_classes=num_classes, batchnorm=batchnorm, seed=0)
+
+    def train(self, x, y):
+        return self.net.train_step(x, y)[0]
+
+
+class Functional:
+    """model.loss_and_grads as a user calls it: params (and BN buffers) in, loss and new grads out."""
+
+    name = "loss_and_grads"
+
+    def __init__(self, num_classes, batchnorm):
+        from cnncli import model
+
+        self.model, self.batchnorm = model, batchnorm
+        self.params = model.init_params(num_classes, batchnorm, seed=0)
+        self.buffers = model.init_buffers(num_classes, batchnorm) if batchnorm != "none" else None
+
+    def train(self, x, y):
+        return self.model.loss_and_grads(self.params, x, y, self.batchnorm, buffers=self.buffers)[0]
+
+
 # ----------------------------------------------------------------------------------------------
 # timing
 
@@ -150,7 +180,8 @@ def _import_torch():
 
 
 def run_bench(batchnorm="none", batch_sizes=(32, 64, 128, 256), threads=0, seconds=2.0, repeats=3,
-              vs_torch=False, as_json=False, echo=print, num_classes=12, compare_bn=False) -> dict:
+              vs_torch=False, as_json=False, echo=print, num_classes=12, compare_bn=False,
+              functional=False) -> dict:
     """Measure, print (a table, or one JSON object) through `echo`, and return the result dict."""
     from cnncli import model
 
@@ -166,6 +197,9 @@ def run_bench(batchnorm="none", batch_sizes=(32, 64, 128, 256), threads=0, secon
         if compare_bn:
             result["bn_vs_none"] = [_measure_bn_row(bs, num_classes, seconds, repeats, min(0.5, seconds))
                                     for bs in batch_sizes]
+        if functional:
+            result["functional"] = [_measure_functional_row(batchnorm, bs, num_classes, seconds, repeats,
+                                                            min(0.5, seconds)) for bs in batch_sizes]
     echo(json.dumps(result, indent=2) if as_json else format_result(result))
     return result
 
@@ -237,6 +271,16 @@ def _measure_bn_row(bs, num_classes, seconds, repeats, warmup) -> dict:
     for variant in ("unit", "channel"):
         row[f"{variant}_vs_none"] = res[variant]["median"] / res["none"]["median"]
     return row
+
+
+def _measure_functional_row(batchnorm, bs, num_classes, seconds, repeats, warmup) -> dict:
+    """Images/s of model.loss_and_grads and of Network.train_step (neither with an optimizer) at
+    batch bs, alternating every BN_SLICE_SECONDS within each repeat, and their ratio."""
+    impls = [StepOnly(num_classes, batchnorm), Functional(num_classes, batchnorm)]
+    res = _alternate(impls, lambda impl: impl.train, random_batches(bs, num_classes), seconds, repeats, warmup,
+                     slice_seconds=BN_SLICE_SECONDS)
+    return {"batch_size": bs, **res,
+            "functional_vs_step": res["loss_and_grads"]["median"] / res["train_step"]["median"]}
 
 
 def _measure_latency(impls, num_classes, seconds, repeats) -> dict:
@@ -324,6 +368,14 @@ def format_result(result: dict) -> str:
             bn_table.append([str(r["batch_size"]), _rate_cell(r["none"]), _rate_cell(r["unit"]),
                              f"{r['unit_vs_none']:.2f}", _rate_cell(r["channel"]), f"{r['channel_vs_none']:.2f}"])
         lines += _aligned(bn_table)
+    if result.get("functional"):
+        lines += ["", f"the functional API vs the Network it wraps (batchnorm={s['batchnorm']}, no optimizer), "
+                  f"alternating every {BN_SLICE_SECONDS} s in each repeat:"]
+        f_table = [["batch", "train_step img/s", "loss_and_grads img/s", "loss_and_grads/train_step"]]
+        for r in result["functional"]:
+            f_table.append([str(r["batch_size"]), _rate_cell(r["train_step"]), _rate_cell(r["loss_and_grads"]),
+                            f"{r['functional_vs_step']:.2f}"])
+        lines += _aligned(f_table)
     lines += ["", text,
               f"GFLOP/s counts {MFLOP_TRAIN} MFLOP per trained and {MFLOP_INFER} MFLOP per inferred image; "
               f"% peak is of {result['fma_peak_gflops']:,.0f} GFLOP/s, this machine's float32 FMA peak on "

@@ -267,9 +267,12 @@ def report(run_dir, data_dir, out_dir):
 @click.option("--compare-bn", is_flag=True,
               help="Also train the none, unit and channel variants alternating in one run and print each BN "
                    "variant's images/s as a fraction of no-BN's.")
+@click.option("--functional", is_flag=True,
+              help="Also time model.loss_and_grads against Network.train_step (no optimizer), alternating, "
+                   "and print the ratio.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors
-def bench(batchnorm, batch_sizes, threads, seconds, repeats, vs_torch, compare_bn, as_json):
+def bench(batchnorm, batch_sizes, threads, seconds, repeats, vs_torch, compare_bn, functional, as_json):
     """Measure the core alone (no data loading): training and inference images/s, GFLOP/s and their
     share of this machine's measured FMA peak, one-image latency, JIT time."""
     from cnncli.bench import run_bench
@@ -282,7 +285,7 @@ def bench(batchnorm, batch_sizes, threads, seconds, repeats, vs_torch, compare_b
         raise click.BadParameter(f"{batch_sizes!r} is not a comma-separated list of positive integers",
                                  param_hint="--batch-sizes") from None
     run_bench(batchnorm=batchnorm, batch_sizes=sizes, threads=threads, seconds=seconds, repeats=repeats,
-              vs_torch=vs_torch, as_json=as_json, echo=click.echo, compare_bn=compare_bn)
+              vs_torch=vs_torch, as_json=as_json, echo=click.echo, compare_bn=compare_bn, functional=functional)
 
 
 @cli.command(short_help="Write a checkpoint as an ONNX model (for onnxruntime etc.).")

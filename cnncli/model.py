@@ -61,13 +61,19 @@ def _check_params(params, buffers, batchnorm, eps=1e-5, momentum=0.1):
         raise ValueError(f"params are for batchnorm={found!r}, not {batchnorm!r}")
     dtype = np.asarray(params["fc2.b"]).dtype
     check_dtype(dtype)
+    # infer_architecture checked every name and shape: an ndarray of the dtype passes (the usual
+    # case, ~20 arrays a call), anything else gets check_array's message
     for name, shape in param_specs(num_classes, batchnorm):
-        check_array(f"params[{name!r}]", params[name], shape, dtype, contiguous=False)
+        a = params[name]
+        if type(a) is not np.ndarray or a.dtype != dtype:
+            check_array(f"params[{name!r}]", a, shape, dtype, contiguous=False)
     if batchnorm != "none" and buffers is not None:
         for name, shape in buffer_specs(num_classes, batchnorm):
             if name not in buffers:
                 raise ValueError(f"buffers is missing {name!r}")
-            check_array(f"buffers[{name!r}]", buffers[name], shape, dtype, contiguous=False)
+            a = buffers[name]
+            if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape:
+                check_array(f"buffers[{name!r}]", a, shape, dtype, contiguous=False)
     if not (isinstance(eps, (float, int)) and eps > 0):
         raise ValueError(f"eps must be a positive number, got {eps!r}")
     if not (isinstance(momentum, (float, int)) and 0 <= momentum <= 1):

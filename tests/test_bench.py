@@ -84,6 +84,25 @@ def test_compare_bn_alternates_the_three_variants_and_divides_by_no_bn():
     assert "channel/none" in printed[0] and f"{row['unit_vs_none']:.2f}" in printed[0]
 
 
+@pytest.mark.parametrize("bn", ["none", "channel"])
+def test_functional_row_times_loss_and_grads_against_train_step(bn, monkeypatch):
+    from cnncli import model
+
+    seen = []
+    real = model.loss_and_grads
+    monkeypatch.setattr(model, "loss_and_grads", lambda *a, **k: seen.append(a[3]) or real(*a, **k))
+    printed = []
+    result = bench.run_bench(batchnorm=bn, batch_sizes=[4], threads=1, seconds=0.05, repeats=2,
+                             echo=printed.append, functional=True)
+    (row,) = result["functional"]
+    assert row["batch_size"] == 4 and seen and set(seen) == {bn}
+    for name in ("train_step", "loss_and_grads"):
+        _check_rate(row[name])
+        assert len(row[name]["runs"]) == 2
+    assert row["functional_vs_step"] == pytest.approx(row["loss_and_grads"]["median"] / row["train_step"]["median"])
+    assert "loss_and_grads/train_step" in printed[0] and f"{row['functional_vs_step']:.2f}" in printed[0]
+
+
 def test_alternate_in_slices_takes_turns_and_rates_each_repeat_by_its_slices():
     calls = []
 

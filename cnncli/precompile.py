@@ -20,7 +20,7 @@ import numpy as np
 
 KERNEL_MODULES = tuple(f"cnncli.kernels.{name}" for name in (
     "activation", "adam", "batchnorm", "bncoef", "bnpool", "bnstats", "bntree", "conv", "conv16", "conv32", "fc",
-    "head", "inference", "lookup", "loss", "pool", "reduce", "segments", "bnstep", "plainstep")) + ("cnncli.augment", "cnncli.augment_pixels")
+    "head", "inference", "lookup", "loss", "pool", "reduce", "segments", "tally", "bnstep", "plainstep")) + ("cnncli.augment", "cnncli.augment_pixels")
 
 def kernel_dispatchers() -> list:
     """Every cached numba dispatcher (`@njit(cache=True)`) of the kernel modules (KERNEL_MODULES)."""
@@ -72,6 +72,7 @@ def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32,
         from cnncli import model, optim
         from cnncli.distributed import SHARD
         from cnncli.kernels import lookup_batch
+        from cnncli.kernels.tally import tally
 
         net = model.Network(num_classes=2, batchnorm=batchnorm, dtype=dtype)
         n = 2 * SHARD
@@ -91,7 +92,8 @@ def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32,
                 aug.bind(0, 0, lookup=(images, idx, table, fills))(slice(0, n), None, out)  # the trainer's
             if "step" in parts:
                 net.train_step(lookup_batch(images, idx, table), labels)
-                net.train_step(lookup_batch(images, idx, table), labels, np.ones(n, dtype))
+                _, probs = net.train_step(lookup_batch(images, idx, table), labels, np.ones(n, dtype))
+                tally(net.grads.flat, probs, labels)                                  # the trainer's
                 opt.step(net.params.flat, net.grads.flat, 1e-3)
                 _DRY_RUN_WITHOUT[0] = True          # the steps while a worker compiles the one-call step
                 try:

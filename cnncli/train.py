@@ -78,6 +78,7 @@ class Trainer:
         self.epochs, self.batch_size, self.seed, self.every = t["epochs"], t["batch_size"], t["seed"], t["checkpoint_every"]
         self.min_last = 2 if cfg["model"]["batchnorm"] != "none" else 1
         self.steps_per_epoch = len(epoch_batches(len(train_ds.labels), self.batch_size, self.seed, 0, self.min_last))
+        self._rates = (0, [])                  # lr_at's epoch of rates: (its first step, [rate per step])
         self.early = EarlyStopping(t["early_stopping"], have_val=len(val_ds.labels) > 0)
         self.last_path, self.best_path = run_dir / "last.npz", run_dir / "best.npz"
         self.restored = False
@@ -135,15 +136,24 @@ class Trainer:
 
     # -- steps ---------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
+        """optim.lr_at for this run; the values of a whole epoch's steps are made at once and kept
+        (the same floats: a step then looks its rate up instead of running the schedule's Python)."""
         from cnncli import optim
 
-        o = self.cfg["optim"]
-        return optim.lr_at(step, self.steps_per_epoch, self.epochs, o["lr"], schedule=o["schedule"],
-                           warmup_epochs=o["warmup_epochs"], step_size=o["step_size"], gamma=o["gamma"],
-                           min_lr=o["min_lr"])
+        first, rates = self._rates
+        if not first <= step < first + len(rates):
+            o, spe = self.cfg["optim"], self.steps_per_epoch
+            first = step - step % spe
+            rates = [optim.lr_at(s, spe, self.epochs, o["lr"], schedule=o["schedule"],
+                                 warmup_epochs=o["warmup_epochs"], step_size=o["step_size"], gamma=o["gamma"],
+                                 min_lr=o["min_lr"]) for s in range(first, first + spe)]
+            self._rates = (first, rates)
+        return rates[step - first]
 
     def train_step(self, idx: np.ndarray) -> None:
         """One optimizer step on the training images `idx`; updates the epoch's running loss/accuracy."""
+        from cnncli.kernels.tally import tally
+
         state, net = self.state, self.net
         x, transform = self.step_input(idx)   # (None, the lookup + augmentation each shard runs)
         y = self.train_ds.labels[idx]      # (B,)
@@ -151,7 +161,8 @@ class Trainer:
         lr = self.lr_at(state.step)
         with np.errstate(over="ignore", invalid="ignore"):   # a diverging run is reported below,
             loss, probs = net.train_step(x, y, weights, transform)   # in one line, not as numpy warnings
-        if not (math.isfinite(loss) and math.isfinite(float(np.add.reduce(net.grads.flat)))):
+        right = tally(net.grads.flat, probs, y)             # -1: a gradient is not finite
+        if not math.isfinite(loss) or right < 0:
             raise _everywhere(TrainingDiverged(
                 f"loss or gradients became non-finite at epoch {state.epoch + 1}, step {state.epoch_step + 1} "
                 f"(lr {lr:.3g}); the last good checkpoint is {self.last_path if self.last_path.exists() else 'none'}; "
@@ -160,7 +171,7 @@ class Trainer:
         state.step += 1
         state.epoch_step += 1
         state.loss_sum += loss * len(idx)
-        state.correct += int((probs.argmax(1) == y).sum())
+        state.correct += right
         state.seen += len(idx)
 
     def run_epoch(self, stop: StopFlag, bar: ProgressBar) -> bool:

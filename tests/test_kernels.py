@@ -559,3 +559,22 @@ def test_conv16_grads_finish_transposes_and_sums_in_order(rng, dtype):
     xp = np.full((2, 1, 36, 36), 7.0, dtype)
     conv32.pad2_into(x, xp)
     assert np.array_equal(xp[:, :, 2:34, 2:34], x) and (xp[:, :, :2] == 7).all() and (xp[:, :, :, 34:] == 7).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_step_tally_counts_argmax_hits_and_flags_non_finite_gradients(rng, dtype):
+    from cnncli.kernels.tally import tally
+
+    probs = rng.integers(0, 4, (37, 12)).astype(dtype)          # small integers: many ties
+    labels = rng.integers(0, 12, 37)
+    grads = rng.standard_normal(1003).astype(dtype)
+    assert tally(grads, probs, labels) == int((probs.argmax(1) == labels).sum())
+    big = np.full(1003, np.finfo(dtype).max, dtype)             # finite, though their sum overflows
+    assert tally(big, probs, labels) == int((probs.argmax(1) == labels).sum())
+    for bad in (np.nan, np.inf, -np.inf):
+        for at in (0, 500, 1002):
+            g = grads.copy()
+            g[at] = bad
+            assert tally(g, probs, labels) == -1
+    with pytest.raises(ValueError, match="labels"):
+        tally(grads, probs, labels[:-1])

@@ -7,10 +7,9 @@ Shapes: P parameters, N images, C classes.
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
-from .checks import check_array
+from .checks import check_array, check_labels
 
 
 @njit(cache=True, nogil=True)
@@ -35,9 +34,7 @@ def step_tally(grads, probs, labels):
 
 def tally(grads, probs, labels) -> int:
     """-1 when any of grads (P,) is NaN or infinite, else how many rows of probs (N,C) have their
-    first maximum at labels (N,): np.argmax(probs, 1) == labels counted."""
+    first maximum at labels (N,) (integers in [0, C)): np.argmax(probs, 1) == labels counted."""
     check_array("grads", grads, (None,))
-    n, _ = check_array("probs", probs, (None, None), grads.dtype, contiguous=False).shape
-    if not isinstance(labels, np.ndarray) or labels.shape != (n,) or labels.dtype.kind not in "iu":
-        raise ValueError(f"labels must be an integer array ({n},), got {getattr(labels, 'shape', labels)}")
-    return int(step_tally(grads, probs, labels))
+    n, c = check_array("probs", probs, (None, None), grads.dtype, contiguous=False).shape
+    return int(step_tally(grads, probs, check_labels(labels, n, c)))

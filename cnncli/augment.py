@@ -1,13 +1,14 @@
-"""Training-time augmentation of a normalized input batch: the settings, the per-image draws and
-the batch kernels (augment_pixels.py holds one image's pixel kernels).
+"""Training-time augmentation of a normalized input batch: the settings, the batch kernels, the
+Augmenter and StepInput, a training step's input made inside the step (kernels/augment_draw.py
+draws each image's parameters, kernels/augment_pixels.py holds one image's pixel kernels).
 
 Random affine (shift, rotation, scale, shear) and flips composed into one inverse map per image and
 sampled once (bilinear), then brightness/contrast jitter, Gaussian noise and random erasing. The draws
 are a pure function of (seed, epoch, step, the image's index in the batch). It does not load, batch
 or normalize images, and never runs for validation, eval or predict.
 
-Shape legend: N images, H = W = 32 rows/columns, K uniforms per image (U_*), P parameters per image
-(P_*, augment_pixels' layout), B = 128 border samples of one image, G = 3 the fill frame.
+Shape legend: N images, M stored, H = W = 32 rows/columns, P parameters per image (P_*,
+augment_pixels' layout), B = 128 border samples of one image, G = 3 the fill frame.
 """
 
 from __future__ import annotations
@@ -18,21 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels as _kernels  # noqa: F401  (sets numba's environment before numba is imported)
-from numba import njit, uint64  # noqa: E402
+from numba import njit  # noqa: E402
 
-from .augment_pixels import (BORDER, N_PARAMS, PADDED, SIZE, P_BRIGHT, P_CONTRAST, P_ER_H,  # noqa: E402
-                             P_ER_LEFT, P_ER_TOP, P_ER_W, P_FLIPX, P_FLIPY, P_GEO, P_JITTER, P_NOISE_SLOT,
-                             P_NOISE_STD, P_ROT, P_SCALE, P_SHEAR, P_TX, P_TY, augment_image)
-from .kernels.lookup import lookup_batch_into  # noqa: E402
+from .kernels.augment_draw import AUGMENT, LOOKUP, NOISE_POOL, image_params, make_input_into, step_key  # noqa: E402
+# (the P_* columns are re-exported: tests and previews name an image's parameters through this module)
+from .kernels.augment_pixels import (BORDER, N_PARAMS, PADDED, SIZE, P_BRIGHT, P_CONTRAST, P_ER_H,  # noqa: E402,F401
+                                     P_ER_LEFT, P_ER_TOP, P_ER_W, P_FLIPX, P_FLIPY, P_GEO, P_JITTER, P_NOISE_SLOT,
+                                     P_NOISE_STD, P_ROT, P_SCALE, P_SHEAR, P_TX, P_TY, augment_image)
 from .kernels.threads import run_blocks  # noqa: E402
-
-ERASE_ASPECT = (0.3, 3.3)           # log-uniform aspect-ratio range of an erased rectangle (torchvision's)
-
-# the uniforms of an image, numbered k: image i's is _uniform(key, i, k), so changing one setting moves no other draw
-(U_AFFINE, U_TX, U_TY, U_ROT, U_SCALE, U_SHEAR, U_HFLIP, U_VFLIP, U_JITTER, U_BRIGHT, U_CONTRAST,
- U_NOISE, U_ERASE, U_AREA, U_ASPECT, U_TOP, U_LEFT, U_NOISE_AT) = range(18)
-K_UNIFORMS = 18
-NOISE_POOL = 1 << 16                # standard normals drawn once per Augmenter; an image's noise is a window
 
 
 @dataclass(frozen=True)
@@ -71,69 +65,13 @@ class AugmentSettings:
                          self.erase_p, self.erase_scale[0], self.erase_scale[1]], dtype=np.float64)
 
 
-_GOLDEN = uint64(0x9E3779B97F4A7C15)
-
-
-@njit(cache=True)
-def _mix(z):
-    """SplitMix64's finalizer: a bijection of uint64 that scatters every input bit over the output."""
-    z = (z ^ (z >> uint64(30))) * uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> uint64(27))) * uint64(0x94D049BB133111EB)
-    return z ^ (z >> uint64(31))
-
-
-@njit(cache=True)
-def step_key(seed, epoch, step):
-    """The uint64 key of batch `step` of `epoch` under `seed` (each mixed in turn)."""
-    return _mix(_mix(_mix(uint64(seed) + _GOLDEN) + uint64(epoch)) + uint64(step))
-
-
-@njit(cache=True)
-def _uniform(key, i, k):
-    """Uniform k of image i of the batch keyed `key`, in [0, 1) (53 bits): SplitMix64's output for
-    counter i*K+k -- a pure function of (key, i, k), so any slice of a batch draws alone."""
-    return float(_mix(key + uint64(i * K_UNIFORMS + k + 1) * _GOLDEN) >> uint64(11)) * (1.0 / 9007199254740992.0)
-
-
-@njit(cache=True)
-def _image_params(key, i, s, q):
-    """Image i's parameters q (P,) from its uniforms and the settings s (16,); returns the offset of
-    its noise window in the pool, or -1 (q[P_NOISE_SLOT] is left for the caller)."""
-    aff = _uniform(key, i, U_AFFINE) < s[0]
-    q[P_TX] = (2.0 * _uniform(key, i, U_TX) - 1.0) * s[1] if aff else 0.0
-    q[P_TY] = (2.0 * _uniform(key, i, U_TY) - 1.0) * s[1] if aff else 0.0
-    q[P_ROT] = (2.0 * _uniform(key, i, U_ROT) - 1.0) * s[2] if aff else 0.0
-    q[P_SCALE] = s[3] + _uniform(key, i, U_SCALE) * (s[4] - s[3]) if aff else 1.0
-    q[P_SHEAR] = (2.0 * _uniform(key, i, U_SHEAR) - 1.0) * s[5] if aff else 0.0
-    q[P_FLIPX] = -1.0 if _uniform(key, i, U_HFLIP) < s[6] else 1.0
-    q[P_FLIPY] = -1.0 if _uniform(key, i, U_VFLIP) < s[7] else 1.0
-    q[P_GEO] = 1.0 if (aff or q[P_FLIPX] < 0 or q[P_FLIPY] < 0) else 0.0
-    jit = _uniform(key, i, U_JITTER) < s[8]
-    q[P_JITTER] = 1.0 if jit else 0.0
-    q[P_BRIGHT] = (2.0 * _uniform(key, i, U_BRIGHT) - 1.0) * s[9] if jit else 0.0
-    q[P_CONTRAST] = 1.0 + (2.0 * _uniform(key, i, U_CONTRAST) - 1.0) * s[10] if jit else 1.0
-    noisy = _uniform(key, i, U_NOISE) < s[11] and s[12] > 0.0
-    q[P_NOISE_STD] = s[12] if noisy else 0.0
-    h = w = 0
-    if _uniform(key, i, U_ERASE) < s[13]:
-        lo_r, hi_r = math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])
-        area = (s[14] + _uniform(key, i, U_AREA) * (s[15] - s[14])) * SIZE * SIZE
-        ratio = math.exp(lo_r + _uniform(key, i, U_ASPECT) * (hi_r - lo_r))
-        h = min(max(int(round(math.sqrt(area * ratio))), 1), SIZE)
-        w = min(max(int(round(math.sqrt(area / ratio))), 1), SIZE)
-    q[P_ER_H], q[P_ER_W] = h, w
-    q[P_ER_TOP] = int(_uniform(key, i, U_TOP) * (SIZE - h + 1)) if h else 0
-    q[P_ER_LEFT] = int(_uniform(key, i, U_LEFT) * (SIZE - w + 1)) if w else 0
-    return int(_uniform(key, i, U_NOISE_AT) * NOISE_POOL) if noisy else -1
-
-
 @njit(cache=True)
 def _k_draw(key, n, s, pool, p, noise):
     """The parameters p (n,P) of a whole batch and the noise windows of its noisy images, copied into
     noise (n,H,W) in order (P_NOISE_SLOT their row); returns the noise count."""
     slots = 0
     for i in range(n):
-        at = _image_params(key, i, s, p[i])
+        at = image_params(key, i, s, p[i])
         p[i, P_NOISE_SLOT] = slots if at >= 0 else -1.0
         if at >= 0:
             flat = noise[slots].ravel()
@@ -163,24 +101,8 @@ def _k_augment_keyed(x, out, first, key, s, pool):
     pool (L+H*W,). One thread; scratch allocated once per call."""
     q, border, pad = np.empty(N_PARAMS), np.empty(BORDER), np.empty((PADDED, PADDED), x.dtype)  # (P,) (B,)
     for i in range(x.shape[0]):
-        at = _image_params(key, first + i, s, q)
+        at = image_params(key, first + i, s, q)
         augment_image(x[i, 0], q, pool, at, out[i, 0], border, pad, border, -1)   # (no fill cache)
-
-
-@njit(cache=True, nogil=True)
-def _k_lookup_augment(images, idx, table, fills, out, first, key, s, pool):
-    """out (N,1,H,W) = the images images[idx] (M,H,W) uint8 through table (256,) (the trainer's input
-    lookup), augmented as _k_augment_keyed augments them (images first, first+1, .. of the batch
-    keyed `key`): the same pixels as lookup_batch then _k_augment_keyed, in one call. fills (M,)
-    float64: each image's fill, computed the first time it is needed (NaN until then), kept for
-    the run (a batch's images are distinct, so no two threads write one entry)."""
-    img = np.empty((1, 1, images.shape[1], images.shape[2]), table.dtype)               # (1,1,H,W)
-    q, border, pad = np.empty(N_PARAMS), np.empty(BORDER), np.empty((PADDED, PADDED), table.dtype)  # (P,) (B,)
-    for i in range(idx.shape[0]):
-        lookup_batch_into(images, idx[i:i + 1], table, img)
-        at = _image_params(key, first + i, s, q)
-        m = idx[i] if fills.shape[0] else -1
-        augment_image(img[0, 0], q, pool, at, out[i, 0], border, pad, fills, m)
 
 
 BLOCK = 16     # images per task handed to a worker thread
@@ -273,18 +195,48 @@ class Augmenter:
         is written). Network.train_step(x, y, transform=...) runs it inside each shard's task;
         slices may run at once. The same pixels as __call__.
         lookup=(images (M,32,32) uint8, idx (B,) int64, table (256,) of the augmenter's dtype, fills
-        (M,) float64 all NaN at first, or None): the transform makes x_s itself, table[images[idx[s]]]
-        (x_s is ignored: pass None), in the same kernel call -- the trainer's input lookup and
-        augmentation in one; fills keeps each image's fill (the median of its border) from one
+        (M,) float64 all NaN at first, or None): a StepInput that makes x_s itself, table[images[idx[s]]]
+        augmented (x_s is ignored: pass None), in one kernel call, which the one-call steps make
+        inside their own kernel; fills keeps each image's fill (the median of its border) from one
         batch to the next, for this images and table only."""
         key, vector, pool = self.key(epoch, step), self.vector, self.pool
         if lookup is None:
             def transform(s, x_s, out):
                 _k_augment_keyed(x_s, out, s.start, key, vector, pool)
-        else:
-            images, idx, table, fills = lookup
-            fills = np.empty(0) if fills is None else fills        # (M,) or (0,): nothing kept
+            return transform
+        images, idx, table, fills = lookup
+        return StepInput(AUGMENT, images, idx, table, fills, key, vector, pool)
 
-            def transform(s, x_s, out):
-                _k_lookup_augment(images, idx[s], table, fills, out, s.start, key, vector, pool)
-        return transform
+
+class StepInput:
+    """A training step's input made from the stored images: table[images[idx]], augmented or not.
+    Called as a transform (s, x_s, out) it writes the input of the images idx[s] into out (x_s is
+    ignored); the one-call steps take `kernel_args` instead and make each shard's rows inside their
+    own kernel with the same function (augment_draw.make_input_into), so the same bits. kernel_args
+    is None when an array is not of the types the steps are compiled for (then the threads call the
+    transform before the step, as for any transform)."""
+
+    def __init__(self, kind, images, idx, table, fills=None, key=0, vector=None, pool=None):
+        if kind not in (LOOKUP, AUGMENT):
+            raise ValueError(f"kind must be LOOKUP or AUGMENT, got {kind!r}")
+        self.kind, self.images, self.table = kind, images, table       # (M,32,32) uint8, (256,)
+        self.idx = np.ascontiguousarray(idx, dtype=np.int64)           # (B,)
+        self.fills = np.empty(0) if fills is None else fills            # (M,) float64 or (0,): none kept
+        self.key = np.uint64(key)
+        self.vector = np.zeros(16) if vector is None else vector        # (16,) float64
+        self.pool = np.zeros(1, np.float32) if pool is None else pool   # (NL,) float32
+        arrays = (images, self.idx, table, self.fills, self.vector, self.pool)
+        usual = (images.dtype == np.uint8 and images.ndim == 3 and table.ndim == 1 and self.fills.dtype == np.float64
+                 and self.vector.dtype == np.float64 and self.pool.dtype == np.float32
+                 and all(isinstance(a, np.ndarray) and a.flags.c_contiguous and a.flags.writeable for a in arrays))
+        self.kernel_args = (kind, images, self.idx, table, self.fills, self.key, self.vector, self.pool) if usual \
+            else None
+
+    def __call__(self, s, x_s, out):
+        make_input_into(self.kind, self.images, self.idx[s], self.table, self.fills, s.start, self.key, self.vector,
+                        self.pool, out)
+
+
+def lookup_input(images, idx, table) -> StepInput:
+    """The step input table[images[idx]] (no augmentation) as a StepInput."""
+    return StepInput(LOOKUP, images, idx, table)

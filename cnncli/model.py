@@ -159,7 +159,9 @@ class Network:
         shard runs it in its own task (augment.Augmenter.bind makes one). It must treat every image
         on its own, so that the step equals train_step(transformed x). x may be None when the
         transform makes the input alone (transform(s, None, out): the trainer's lookup of the
-        images from the dataset, then their augmentation); the batch size is then len(labels).
+        images from the dataset, then their augmentation); the batch size is then len(labels). An
+        augment.StepInput (the trainer's) is made inside the one-call step's kernel instead, shard
+        by shard, with the same function: the same input.
 
         Overwrites self.grads, updates the BN running statistics; returns (loss, probs (B,C)),
         the same on every rank.

@@ -19,8 +19,9 @@ import warnings
 import numpy as np
 
 KERNEL_MODULES = tuple(f"cnncli.kernels.{name}" for name in (
-    "activation", "adam", "batchnorm", "bncoef", "bnpool", "bnstats", "bntree", "conv", "conv16", "conv32", "fc",
-    "head", "inference", "lookup", "loss", "pool", "reduce", "segments", "tally", "bnstep", "plainstep")) + ("cnncli.augment", "cnncli.augment_pixels")
+    "activation", "adam", "augment_draw", "augment_pixels", "batchnorm", "bncoef", "bnpool", "bnstats", "bntree",
+    "conv", "conv16", "conv32", "fc", "head", "inference", "lookup", "loss", "pool", "reduce", "segments", "tally",
+    "bnstep", "plainstep")) + ("cnncli.augment",)
 
 def kernel_dispatchers() -> list:
     """Every cached numba dispatcher (`@njit(cache=True)`) of the kernel modules (KERNEL_MODULES)."""
@@ -91,13 +92,16 @@ def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32,
                 fills = np.full(n, np.nan)                                              # (M,)
                 aug.bind(0, 0, lookup=(images, idx, table, fills))(slice(0, n), None, out)  # the trainer's
             if "step" in parts:
-                net.train_step(lookup_batch(images, idx, table), labels)
-                _, probs = net.train_step(lookup_batch(images, idx, table), labels, np.ones(n, dtype))
+                from cnncli.augment import lookup_input
+
+                net.train_step(lookup_batch(images, idx, table), labels)                  # an input given
+                _, probs = net.train_step(None, labels, np.ones(n, dtype),                # the trainer's
+                                          lookup_input(images, idx, table))
                 tally(net.grads.flat, probs, labels)                                  # the trainer's
                 opt.step(net.params.flat, net.grads.flat, 1e-3)
                 _DRY_RUN_WITHOUT[0] = True          # the steps while a worker compiles the one-call step
                 try:
-                    net.train_step(lookup_batch(images, idx, table), labels, np.ones(n, dtype))
+                    net.train_step(None, labels, np.ones(n, dtype), lookup_input(images, idx, table))
                 finally:
                     _DRY_RUN_WITHOUT[0] = False
             if "inference" in parts:

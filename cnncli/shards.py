@@ -22,6 +22,7 @@ from . import arch, bnphases, passes
 from .arch import FC1_UNITS, param_specs
 from .distributed import SHARD, shard_count, shard_slice
 from .kernels import bnstep, fc, plainstep
+from .kernels.augment_draw import GIVEN, MADE
 from .kernels.reduce import RowTree, column_tasks, tree_sum_into
 from .kernels.sync import ABORT
 from .kernels.threads import max_threads, run, run_phases, run_together, workers
@@ -79,6 +80,7 @@ class Plan:
         self.fused_args = None      # (the network's arrays they were built for, the one-call step's arguments)
         self.scratch = None         # without BN: the one-call step's per-thread workspace (made on first use)
         self.fc_stack = None        # the one-call steps' stacks for fc1's gradient tree (_fc_stack)
+        self.no_input = None        # the one-call steps' input arguments when they make no input (_no_input)
         self.bn_scratch = None      # with BN: the one-call step's per-thread scratch (_bn_scratch)
         self.xin = self.big.xin if batchnorm != "none" else None   # (B,1,32,32) a one-call step's transformed input
         self.bnstep_grads = None    # with BN: the batch's BN sums as bnstep.py leaves them
@@ -235,32 +237,51 @@ def _compiling(kernel):
 
 def _one_call_step(plan, kernel, args, x_in, labels, w, scale, backward, transform):
     """A step in one process as one call of kernel (plainstep.py's or bnstep.py's) on every thread
-    at once (the same kernels and trees as the per-shard and phase paths, so the same bits); with a
-    transform each thread first makes its part of the input, in the same job."""
+    at once (the same kernels and trees as the per-shard and phase paths, so the same bits). A
+    transform with kernel_args (augment.StepInput: the trainer's lookup and augmentation) is made
+    inside the kernel, each shard's input in its own task; any other transform each thread first
+    runs on its part of the input, in the same job."""
+    made = getattr(transform, "kernel_args", None)
     if transform is not None:
         if plan.xin is None:
             plan.xin = np.empty((plan.probs.shape[0], 1, 32, 32), plan.probs.dtype)   # (B,1,32,32)
         x = plan.xin
     else:
         x = np.ascontiguousarray(x_in)                                                # (B,1,32,32)
+    if made is None:
+        made = (GIVEN if transform is None else MADE,) + _no_input(plan)
+    elif made[3].dtype != x.dtype:
+        raise ValueError(f"the input's table is {made[3].dtype}, the network {x.dtype}")
     if kernel is bnstep.bn_step_into and plan.sync.shape[0] < bnstep.sync_size(workers()[1], len(plan.bounds) - 1):
         raise RuntimeError(f"the plan's sync array ({plan.sync.shape[0]}) is too short for this step")   # (no bounds checks inside)
     plan.sync[:] = 0
     ticket = itertools.count()
+    before = made[0] == MADE
 
     def job(t):
-        """On each of the t threads: its part of the input (the transform treats each image on its
-        own, so any split gives the same input), then the step, which first waits for every part."""
-        if transform is not None:
+        """On each of the t threads: its part of the input when a Python transform makes it (the
+        transform treats each image on its own, so any split gives the same input), then the
+        step, which first waits for every part."""
+        if before:
             j, n = next(ticket), x.shape[0]            # (itertools.count's next is atomic under the GIL)
             part = slice(n * j // t, n * (j + 1) // t)
             transform(part, None if x_in is None else x_in[part], x[part])
-        kernel(plan.sync, t, transform is not None, plan.bounds, backward, x, labels, w, scale, *args)
+        kernel(plan.sync, t, made[0], plan.bounds, backward, x, labels, w, scale, *made[1:], *args)
 
     job.__name__ = f"one call per thread ({getattr(kernel, '__name__', 'step')})"   # (kernel_profile's row)
     run_together(job, abort=lambda: plan.sync.__setitem__(ABORT, 1))
     if backward and plan.bnstep_grads is not None:
         plan.bn_grads = plan.bnstep_grads
+
+
+def _no_input(plan):
+    """The one-call steps' input arguments when they make no input (images, idx, table, fills, key,
+    augs, pool): empty arrays of the types augment.StepInput hands in, so one compiled step serves
+    both."""
+    if plan.no_input is None:
+        plan.no_input = (np.zeros((1, 32, 32), np.uint8), np.zeros(0, np.int64), np.zeros(256, plan.probs.dtype),
+                         np.zeros(0), np.uint64(0), np.zeros(16), np.zeros(1, np.float32))
+    return plan.no_input
 
 
 def _cached_args(net, plan, build):

@@ -107,23 +107,20 @@ class Trainer:
         return out
 
     def step_input(self, idx: np.ndarray):
-        """(x, transform) for Network.train_step on the training images idx: x is None and
-        transform(s, None, out) makes the input of the images idx[s] inside each shard's task --
-        their lookup through the normalization table, then (when augment.enabled) the augmentation
-        drawn for this epoch and step, in one kernel call (Augmenter.bind's lookup). Each shard's
-        images are looked up and augmented on the worker threads while they are in cache, and each
-        rank makes only its own shards'."""
-        from cnncli.kernels.lookup import lookup_batch_into
+        """(x, transform) for Network.train_step on the training images idx: x is None and the
+        transform (an augment.StepInput) makes the input of the images idx[s] -- their lookup
+        through the normalization table, then (when augment.enabled) the augmentation drawn for
+        this epoch and step, in one kernel call: the one-call steps make each shard's input inside
+        their own kernel, the other paths call it in each shard's task, so each shard's images are
+        looked up and augmented on the worker threads while they are in cache, and each rank makes
+        only its own shards'."""
+        from cnncli.augment import lookup_input
 
         images, table = self.train_ds.images, self.table
-        idx = np.ascontiguousarray(idx, dtype=np.int64)                                  # (B,)
         if self.augmenter is not None:               # one kernel call per shard: lookup, then augmentation
             return None, self.augmenter.bind(self.state.epoch, self.state.epoch_step,
                                              lookup=(images, idx, table, self.fills))
-
-        def transform(s, _, out):
-            lookup_batch_into(images, idx[s], table, out)
-        return None, transform
+        return None, lookup_input(images, idx, table)
 
     def sample_weights(self, idx: np.ndarray, labels: np.ndarray):
         """(B,) per-image loss weights for model.Network.train_step (the loss is mean_i w_i * loss_i):

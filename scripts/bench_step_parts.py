@@ -26,6 +26,7 @@ def main():
 
     from cnncli import shards
     from cnncli.kernels import plainstep
+    from cnncli.kernels.augment_draw import GIVEN
     from cnncli.kernels.threads import run_together
     from cnncli.machine import using_threads
     from cnncli.model import Network
@@ -41,12 +42,13 @@ def main():
         net.train_step(x, y)                                                     # compile or load, plan
         plan = net._plan(B)
         arrays = shards._plainstep_arrays(net, plan)
+        no_input = (GIVEN,) + shards._no_input(plan)
         weights, labels = np.ones(B), y.astype(np.int64)
 
         def one_call():
             plan.sync[:] = 0
-            run_together(lambda t: plainstep.plain_step_into(plan.sync, t, False, plan.bounds, True, x, labels,
-                                                             weights, 1.0 / B, *arrays), abort=lambda: None)
+            run_together(lambda t: plainstep.plain_step_into(plan.sync, t, no_input[0], plan.bounds, True, x,
+                                                             labels, weights, 1.0 / B, *no_input[1:], *arrays), abort=lambda: None)
 
         def train_step():
             net.train_step(x, y)

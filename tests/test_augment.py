@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cnncli import augment as A
-from cnncli import augment_pixels
+from cnncli.kernels import augment_pixels
 
 S = A.SIZE
 

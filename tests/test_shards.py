@@ -375,6 +375,77 @@ def test_a_transform_inside_the_shards_equals_the_transformed_batch(bn):
         fused.train_step(None, y.reshape(1, -1), transform=made(0))
 
 
+@pytest.mark.parametrize("bn", M.BATCHNORM)
+def test_a_step_input_made_inside_the_step_kernel_equals_the_given_batch(bn):
+    """The trainer's StepInput (lookup of uint8 images through a table, augmented or not) is made
+    inside the one-call step's kernel, shard by shard: loss, probabilities, gradients and BN buffers
+    equal train_step(its whole batch given), bit for bit -- and so do the same StepInput called by
+    the threads before the step (kernel_args None, as for a read-only image array) and on 2
+    simulated ranks; the fills it keeps are those of the whole-batch call."""
+    import numba
+
+    from cnncli.augment import Augmenter, AugmentSettings, StepInput, lookup_input
+
+    n, m = 67, 90
+    rng = np.random.default_rng(6)
+    images = rng.integers(0, 256, (m, 32, 32), dtype=np.uint8)             # (M,32,32)
+    idx = rng.permutation(m)[:n]                                            # (B,) distinct
+    table = ((np.arange(256) - 120.0) / 70.0).astype(np.float32)           # (256,)
+    y, w = rng.integers(0, 12, n), rng.uniform(0.5, 2.0, n)
+    settings = AugmentSettings(affine_p=0.9, shift=2.0, rotate=10.0, scale=(0.9, 1.1), jitter_p=0.5,
+                               brightness=0.1, contrast=0.2, noise_p=0.3, noise_std=0.05, erase_p=0.3)
+    aug = Augmenter(settings, seed=4, pixel_std=0.3, max_batch=n)
+
+    def inputs(kind):
+        """StepInput makers: each call a fresh one (with fresh fills, all NaN)."""
+        if kind == "lookup":
+            return lambda: lookup_input(images, idx, table)
+        return lambda: aug.bind(1, 0, lookup=(images, idx, table, np.full(m, np.nan)))
+
+    for kind in ("lookup", "augment"):
+        make = inputs(kind)
+        whole_input = make()
+        x = np.empty((n, 1, 32, 32), np.float32)
+        whole_input(slice(0, n), None, x)
+        assert isinstance(whole_input, StepInput) and whole_input.kernel_args is not None
+        net = M.Network(12, bn, seed=3)
+        expected = _state(net, *net.train_step(x, y, w))
+        inside = make()
+        net = M.Network(12, bn, seed=3)
+        got = _state(net, *net.train_step(None, y, w, transform=inside))
+        assert all(np.array_equal(a, b) for a, b in zip(got, expected)), (bn, kind)
+        assert np.array_equal(inside.fills, whole_input.fills, equal_nan=True), (bn, kind)
+        if kind == "augment":
+            assert np.isfinite(inside.fills[idx]).any()       # the affine images' fills were kept
+        before = make()
+        before.kernel_args = None                             # the threads make it, then the step
+        net = M.Network(12, bn, seed=3)
+        got = _state(net, *net.train_step(None, y, w, transform=before))
+        assert all(np.array_equal(a, b) for a, b in zip(got, expected)), (bn, kind)
+        hub, results = _Hub(2), [None] * 2
+
+        def rank(r):
+            numba.set_num_threads(1)
+            net = M.Network(12, bn, seed=3, comm=ThreadComm(r, 2, hub))
+            results[r] = _state(net, *net.train_step(None, y, w, transform=make()))
+
+        threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        for r in range(2):
+            assert all(np.array_equal(a, b) for a, b in zip(results[r], expected)), (bn, kind, r)
+    frozen = images.copy()
+    frozen.flags.writeable = False
+    assert lookup_input(frozen, idx, table).kernel_args is None           # read-only: not the compiled types
+    assert lookup_input(images, idx, table).kernel_args is not None
+    with pytest.raises(ValueError, match="kind"):
+        StepInput(7, images, idx, table)
+    with pytest.raises(ValueError, match="table is float64"):
+        net.train_step(None, y, w, transform=lookup_input(images, idx, table.astype(np.float64)))
+
+
 def test_one_process_does_not_import_mpi4py():
     code = ("import sys, numpy as np; from cnncli import model as M; net = M.Network(12, 'channel');"
             "net.train_step(np.zeros((9, 1, 32, 32), np.float32), np.zeros(9, np.int64));"

@@ -23,6 +23,7 @@ from __future__ import annotations
 from numba import njit
 
 from . import bncoef, bnpool, bnstats, bntree, segments
+from .augment_draw import MADE, make_input_into
 from .batchnorm import bn_unit_backward_given_into
 from .fc import fc_dx_loop_into, fc_forward_loop_into, fc_grads_tree_task, fc_grads_tree_tasks
 from .head import bn_head_into
@@ -106,7 +107,8 @@ def _meet(sync, T, clock, tid, k):
 
 
 @njit(cache=True, nogil=True)
-def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scale,
+def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
+                 images, idx, table, fills, key, augs, pool,
                  w1, b1, w2, b2, w3, b3, w4, b4, g1, be1, g2, be2, g3, be3,
                  xp1, z1, xp2, arg1, z2, p2, arg2, z3, xhat3, y3, a3, z4, probs, dz4,
                  da3, dz3, dy3, dflat, dp1, sm, dz2, dz1, dzp2, dzt2, dwt2s, stk, lev,
@@ -114,10 +116,12 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
                  stats1, stats2, stats3, moments1, moments2, moments3, sums1, sums2, sums3,
                  coef1, coef2, eps, keep, m, unbias1, unbias2, unbias3, rm1, rv1, rm2, rv2, rm3, rv3,
                  rows, offs, loss, chunks_fc, chunks_conv2, chunks_conv1, gflat, clock):
-    # sync (sync_size(T, L),) int64 zeroed, T threads each
-    # calling this once (wait_input: after each made its part of x, so they first wait for one
-    # another); bounds (L+1,) int64;
-    # x (B,1,32,32) the input; labels (B,) int64, weights (B,) float64, scale = 1/B; the
+    # sync (sync_size(T, L),) int64 zeroed, T threads each calling this once; bounds (L+1,) int64;
+    # x (B,1,32,32) the input; labels (B,) int64, weights (B,) float64, scale = 1/B; src how x is
+    # made (augment_draw's kinds: GIVEN; MADE by each thread before this call, so the threads
+    # first wait for one another; LOOKUP or AUGMENT: each shard's rows of x made in its first task
+    # by make_input_into from images (M,32,32) uint8, idx (B,) int64, table (256,), fills (M,) or
+    # (0,) float64, key uint64, augs (16,) float64 and pool (NL,) float32); the
     # parameters' views; the workspace (n = B) but for the arrays no phase hands to the next: dz2,
     # dz1, dzp2, dzt2 are a per-thread scratch (thread t's shard in rows t*sm : t*sm + sm, which
     # stay in its cache), dwt2s (T,6,5,5,16); stk (T,fc.PAIRS*fc.LEVELS,128) and
@@ -141,7 +145,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
     tb, ts = SYNC_COUNTERS + SHARD_PHASES * T, L + LEVELS    # the six row trees' node counters (tree_slots)
     top = tree_top(L, T)                         # the climbs stop at level top (reduce.tree_climb)
     step = 1 << top
-    if wait_input and barrier(sync, T):
+    if src == MADE and barrier(sync, T):
         return
     tid = take(sync, TID)
     if tid < clock.shape[0]:
@@ -151,6 +155,7 @@ def bn_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scal
         j, a, b = own_shard(sync, SYNC_COUNTERS + F1 * T, bounds, tid, T, False)
         if j < 0:
             break
+        make_input_into(src, images, idx[a:b], table, fills, a, key, augs, pool, x[a:b])
         segments.conv1_moments_into(x[a:b], xp1[a:b], w1, z1[a:b], b1, fwd1[j])
         bntree.bn_moments_rows_done(sync, tb, fwd1, counts1, j, top)
     if _meet(sync, T, clock, tid, 0):

@@ -23,6 +23,7 @@ from numba import njit
 
 from . import sync as _sync
 from .activation import elu_backward_into, elu_forward_into
+from .augment_draw import MADE, make_input_into
 from .conv16 import conv16_backward_dw_into, conv16_backward_dx_into, conv16_forward_into, conv16_grads_finish_into
 from .conv32 import conv32_backward_dw_into, conv32_forward_into, pad2_into
 from .fc import (fc_dx_loop_into, fc_forward_loop_into, fc_grads_into, fc_grads_tree_task, fc_grads_tree_tasks,
@@ -37,20 +38,24 @@ SYNC_SIZE = _sync.COUNTERS + 4
 
 
 @njit(cache=True, nogil=True)
-def plain_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, scale, m,
+def plain_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
+                    images, idx, table, fills, key, augs, pool, m,
                     w1, b1, w2, b2, w3, b3, w4, b4,
                     xp1, z1, xp2, arg1, z2, p2, arg2, z3, a3, z4, dz4, da3, dz3, dflat, dz2, dp1, dz1,
                     dzp2, dzt2, dwt2s, stk, lev, probs, rows, offs, loss, chunks, gflat):
-    # sync (SYNC_SIZE,) int64 zeroed, T threads each calling this once (wait_input: after each made
-    # its part of x, so they first wait for one another); bounds (L+1,) int64; x (B,1,32,32) the
-    # input, labels (B,) int64, weights (B,) float64, scale = 1/B; m scratch rows per thread; the
+    # sync (SYNC_SIZE,) int64 zeroed, T threads each calling this once; bounds (L+1,) int64;
+    # x (B,1,32,32) the input, labels (B,) int64, weights (B,) float64, scale = 1/B; src how x is
+    # made (augment_draw's kinds: GIVEN; MADE by each thread before this call, so the threads
+    # first wait for one another; LOOKUP or AUGMENT: each shard's rows of x made in its task by
+    # make_input_into from images (M,32,32) uint8, idx (B,) int64, table (256,), fills (M,) or (0,)
+    # float64, key uint64, augs (16,) float64 and pool (NL,) float32); m scratch rows per thread; the
     # parameters' views; the scratch workspace (n = T*m) and dwt2s (T,6,5,5,16); probs (B,C);
     # rows (L,P) the shards' gradients, offs (8,) int64 where conv1.w, conv1.b, conv2.w, conv2.b,
     # fc1.w, fc1.b, fc2.w, fc2.b start in a row; chunks (K,2) int64 column ranges of the rows' tree
     # (all but fc1's)   ->   probs, loss (L,1) float64 each shard's sum of weight * loss; with
     #   backward: rows (but fc1's columns), and gflat (P,) the tree of every shard's gradient
     C, U = w4.shape
-    if wait_input and barrier(sync, T):
+    if src == MADE and barrier(sync, T):
         return
     tid = take(sync, TID)
     while True:
@@ -59,7 +64,8 @@ def plain_step_into(sync, T, wait_input, bounds, backward, x, labels, weights, s
             break
         o, e, n = tid * m, tid * m + (b - a), b - a
         r = rows[j]
-        # forward: conv1 -> pool + ELU -> conv2 -> pool + ELU -> fc1 -> the head (passes.shard_step_plain)
+        # forward: the input, conv1 -> pool + ELU -> conv2 -> pool + ELU -> fc1 -> the head (passes.shard_step_plain)
+        make_input_into(src, images, idx[a:b], table, fills, a, key, augs, pool, x[a:b])
         pad2_into(x[a:b], xp1[o:e])
         conv32_forward_into(xp1[o:e], w1, z1[o:e])
         pool_elu_forward_into(z1[o:e], b1, xp2[o:e], 2, arg1[o:e])

@@ -1,7 +1,8 @@
 """One image's augmentation pixels, the numba kernels augment.py's batch kernels run per image:
 the fill (the median of the image's border), the bilinear warp through a frame of that fill, the
 brightness/contrast jitter, noise and erasing -- all under one row of parameters. It does not draw
-the parameters, loop over a batch or hand work to threads (augment.py does).
+the parameters (augment_draw.py does), loop over a batch or hand work to threads (augment.py and the
+one-call steps do).
 
 Shape legend: H = W = 32 rows/columns, P parameters per image (P_*), B = 128 border samples of one
 image (its 4 edges, corners twice, as data.resize_gray pads), G = 3 the frame of fill values around
@@ -19,12 +20,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
 
-from . import kernels as _kernels  # noqa: F401  (sets numba's environment before numba is imported)
-from numba import njit  # noqa: E402
-
-from .kernels.simd import (LANES, vadd, vconvert, vfloor, vgather_pair, vhsum, vload, vmul, vsel_gt,  # noqa: E402
-                           vsplat, vstore, vsub, vwiden)
+from .simd import (LANES, vadd, vconvert, vfloor, vgather_pair, vhsum, vload, vmul, vsel_gt, vsplat, vstore, vsub,
+                   vwiden)
 
 SIZE = 32
 CENTER = (SIZE - 1) / 2.0           # rotation/scale/shear centre in pixel-index coordinates

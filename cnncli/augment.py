@@ -222,6 +222,13 @@ class StepInput:
         self.kind, self.images, self.table = kind, images, table       # (M,32,32) uint8, (256,)
         self.idx = np.ascontiguousarray(idx, dtype=np.int64)           # (B,)
         self.fills = np.empty(0) if fills is None else fills            # (M,) float64 or (0,): none kept
+        # the kernels check no bounds: every index they take is checked here
+        M = images.shape[0]
+        if images.shape[1:] != (SIZE, SIZE) or table.shape != (256,) or self.fills.shape not in ((0,), (M,)):
+            raise ValueError(f"images must be (M,{SIZE},{SIZE}), table (256,) and fills (M,) or (0,); got "
+                             f"{images.shape}, {table.shape} and {self.fills.shape}")
+        if self.idx.ndim != 1 or (self.idx.size and (self.idx.min() < 0 or self.idx.max() >= M)):
+            raise ValueError(f"idx must be a 1-D array of indices in [0, {M}), got shape {self.idx.shape}")
         self.key = np.uint64(key)
         self.vector = np.zeros(16) if vector is None else vector        # (16,) float64
         self.pool = np.zeros(1, np.float32) if pool is None else pool   # (NL,) float32

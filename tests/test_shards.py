@@ -442,6 +442,14 @@ def test_a_step_input_made_inside_the_step_kernel_equals_the_given_batch(bn):
     assert lookup_input(images, idx, table).kernel_args is not None
     with pytest.raises(ValueError, match="kind"):
         StepInput(7, images, idx, table)
+    with pytest.raises(ValueError, match=r"in \[0, 90\)"):
+        lookup_input(images, np.array([0, 90]), table)
+    with pytest.raises(ValueError, match=r"in \[0, 90\)"):
+        lookup_input(images, np.array([-1]), table)
+    with pytest.raises(ValueError, match="fills"):
+        aug.bind(0, 0, lookup=(images, idx, table, np.full(m - 1, np.nan)))
+    with pytest.raises(ValueError, match="images must be"):
+        lookup_input(images[:, :16], idx, table)
     with pytest.raises(ValueError, match="table is float64"):
         net.train_step(None, y, w, transform=lookup_input(images, idx, table.astype(np.float64)))
 

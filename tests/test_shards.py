@@ -314,13 +314,30 @@ def test_the_background_kernels_start_once_the_steps_kernels_are_done():
         precompile._JOBS.remove(job)
 
 
+def _two_ranks(bn, step):
+    """step(net) on 2 simulated ranks (ThreadComm; one numba thread each), each with its own
+    Network(12, bn, seed=3)   ->   [rank 0's result, rank 1's]."""
+    import numba
+
+    hub, results = _Hub(2), [None] * 2
+
+    def rank(r):
+        numba.set_num_threads(1)
+        results[r] = step(M.Network(12, bn, seed=3, comm=ThreadComm(r, 2, hub)))
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    return results
+
+
 @pytest.mark.parametrize("bn", M.BATCHNORM)
 def test_a_transform_inside_the_shards_equals_the_transformed_batch(bn):
     """train_step(x, y, w, transform=aug.bind(epoch, step)) augments shard by shard inside the shards'
     tasks: loss, probabilities, gradients and BN buffers equal train_step(aug(x, epoch, step), y, w)
     bit for bit, in one process (a short last shard: 67 images) and on 2 simulated ranks."""
-    import numba
-
     from cnncli.augment import Augmenter, AugmentSettings
 
     n = 67
@@ -350,18 +367,8 @@ def test_a_transform_inside_the_shards_equals_the_transformed_batch(bn):
     got = [_state(alone, *alone.train_step(None, y, w, transform=made(step))) for step in (0, 1)]
     for a_state, b_state in zip(got, expected):
         assert all(np.array_equal(a, b) for a, b in zip(a_state, b_state)), bn
-    hub, results = _Hub(2), [None] * 2
-
-    def rank(r):
-        numba.set_num_threads(1)
-        net = M.Network(12, bn, seed=3, comm=ThreadComm(r, 2, hub))
-        results[r] = [_state(net, *net.train_step(x, y, w, transform=aug.bind(1, step))) for step in (0, 1)]
-
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(600)
+    results = _two_ranks(bn, lambda net: [_state(net, *net.train_step(x, y, w, transform=aug.bind(1, step)))
+                                          for step in (0, 1)])
     for r in range(2):
         for a_state, b_state in zip(results[r], expected):
             assert all(np.array_equal(a, b) for a, b in zip(a_state, b_state)), (bn, r)
@@ -382,8 +389,6 @@ def test_a_step_input_made_inside_the_step_kernel_equals_the_given_batch(bn):
     equal train_step(its whole batch given), bit for bit -- and so do the same StepInput called by
     the threads before the step (kernel_args None, as for a read-only image array) and on 2
     simulated ranks; the fills it keeps are those of the whole-batch call."""
-    import numba
-
     from cnncli.augment import Augmenter, AugmentSettings, StepInput, lookup_input
 
     n, m = 67, 90
@@ -422,18 +427,7 @@ def test_a_step_input_made_inside_the_step_kernel_equals_the_given_batch(bn):
         net = M.Network(12, bn, seed=3)
         got = _state(net, *net.train_step(None, y, w, transform=before))
         assert all(np.array_equal(a, b) for a, b in zip(got, expected)), (bn, kind)
-        hub, results = _Hub(2), [None] * 2
-
-        def rank(r):
-            numba.set_num_threads(1)
-            net = M.Network(12, bn, seed=3, comm=ThreadComm(r, 2, hub))
-            results[r] = _state(net, *net.train_step(None, y, w, transform=make()))
-
-        threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(600)
+        results = _two_ranks(bn, lambda net: _state(net, *net.train_step(None, y, w, transform=make())))
         for r in range(2):
             assert all(np.array_equal(a, b) for a, b in zip(results[r], expected)), (bn, kind, r)
     frozen = images.copy()

@@ -1,6 +1,7 @@
 """A whole training step without BN in one nogil numba call per thread (one process): each thread
-takes the next micro-shard from an atomic counter and runs its forward and backward -- the layer
-kernels passes.shard_step_plain calls one by one from Python, in the same order -- on a scratch
+takes the next micro-shard from an atomic counter, makes its input when the trainer's lookup and
+augmentation are passed in (augment_draw.make_input_into), and runs its forward and backward -- the
+layer kernels passes.shard_step_plain calls one by one from Python, in the same order -- on a scratch
 workspace of its own, writing the shard's probabilities, loss and gradient row (all but fc1's:
 fc1's input and output gradient stay in batch-wide arrays); after a barrier the threads make
 fc1's weight gradient already summed through the tree (fc.fc_grads_tree_task: 95% of the

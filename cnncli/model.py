@@ -177,6 +177,9 @@ class Network:
             n = labels.shape[0]
             if n == 0:
                 raise ValueError("labels is empty: the batch is empty")
+            made = getattr(transform, "idx", None)          # (augment.StepInput: the images it looks up)
+            if made is not None and len(made) != n:
+                raise ValueError(f"the transform makes {len(made)} images' input, labels has {n}")
         else:
             n = _check_input(x, self.dtype).shape[0]
         check_labels(labels, n, self.num_classes)

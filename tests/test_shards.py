@@ -444,6 +444,8 @@ def test_a_step_input_made_inside_the_step_kernel_equals_the_given_batch(bn):
         aug.bind(0, 0, lookup=(images, idx, table, np.full(m - 1, np.nan)))
     with pytest.raises(ValueError, match="images must be"):
         lookup_input(images[:, :16], idx, table)
+    with pytest.raises(ValueError, match="makes 66 images' input, labels has 67"):
+        net.train_step(None, y, w, transform=lookup_input(images, idx[:-1], table))
     with pytest.raises(ValueError, match="table is float64"):
         net.train_step(None, y, w, transform=lookup_input(images, idx, table.astype(np.float64)))
 

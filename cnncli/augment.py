@@ -21,7 +21,8 @@ import numpy as np
 from . import kernels as _kernels  # noqa: F401  (sets numba's environment before numba is imported)
 from numba import njit  # noqa: E402
 
-from .kernels.augment_draw import AUGMENT, LOOKUP, NOISE_POOL, image_params, make_input_into, step_key  # noqa: E402
+from .kernels.augment_draw import (AUGMENT, LOOKUP, NO_FILLS, NO_POOL, NO_SETTINGS, NOISE_POOL,  # noqa: E402
+                                  image_params, make_input_into, step_key)
 # (the P_* columns are re-exported: tests and previews name an image's parameters through this module)
 from .kernels.augment_pixels import (BORDER, N_PARAMS, PADDED, SIZE, P_BRIGHT, P_CONTRAST, P_ER_H,  # noqa: E402,F401
                                      P_ER_LEFT, P_ER_TOP, P_ER_W, P_FLIPX, P_FLIPY, P_GEO, P_JITTER, P_NOISE_SLOT,
@@ -221,7 +222,7 @@ class StepInput:
             raise ValueError(f"kind must be LOOKUP or AUGMENT, got {kind!r}")
         self.kind, self.images, self.table = kind, images, table       # (M,32,32) uint8, (256,)
         self.idx = np.ascontiguousarray(idx, dtype=np.int64)           # (B,)
-        self.fills = np.empty(0) if fills is None else fills            # (M,) float64 or (0,): none kept
+        self.fills = NO_FILLS if fills is None else fills               # (M,) float64 or (0,): none kept
         # the kernels check no bounds: every index they take is checked here
         M = images.shape[0]
         if images.shape[1:] != (SIZE, SIZE) or table.shape != (256,) or self.fills.shape not in ((0,), (M,)):
@@ -230,8 +231,8 @@ class StepInput:
         if self.idx.ndim != 1 or (self.idx.size and (self.idx.min() < 0 or self.idx.max() >= M)):
             raise ValueError(f"idx must be a 1-D array of indices in [0, {M}), got shape {self.idx.shape}")
         self.key = np.uint64(key)
-        self.vector = np.zeros(16) if vector is None else vector        # (16,) float64
-        self.pool = np.zeros(1, np.float32) if pool is None else pool   # (NL,) float32
+        self.vector = NO_SETTINGS if vector is None else vector         # (16,) float64
+        self.pool = NO_POOL if pool is None else pool                   # (NL,) float32
         arrays = (images, self.idx, table, self.fills, self.vector, self.pool)
         usual = (images.dtype == np.uint8 and images.ndim == 3 and table.ndim == 1 and self.fills.dtype == np.float64
                  and self.vector.dtype == np.float64 and self.pool.dtype == np.float32

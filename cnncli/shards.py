@@ -22,7 +22,7 @@ from . import arch, bnphases, passes
 from .arch import FC1_UNITS, param_specs
 from .distributed import SHARD, shard_count, shard_slice
 from .kernels import bnstep, fc, plainstep
-from .kernels.augment_draw import GIVEN, MADE
+from .kernels.augment_draw import GIVEN, MADE, no_input
 from .kernels.reduce import RowTree, column_tasks, tree_sum_into
 from .kernels.sync import ABORT
 from .kernels.threads import max_threads, run, run_phases, run_together, workers
@@ -275,12 +275,10 @@ def _one_call_step(plan, kernel, args, x_in, labels, w, scale, backward, transfo
 
 
 def _no_input(plan):
-    """The one-call steps' input arguments when they make no input (images, idx, table, fills, key,
-    augs, pool): empty arrays of the types augment.StepInput hands in, so one compiled step serves
-    both."""
+    """The one-call steps' input arguments when they make no input (augment_draw.no_input), made
+    once per plan."""
     if plan.no_input is None:
-        plan.no_input = (np.zeros((1, 32, 32), np.uint8), np.zeros(0, np.int64), np.zeros(256, plan.probs.dtype),
-                         np.zeros(0), np.uint64(0), np.zeros(16), np.zeros(1, np.float32))
+        plan.no_input = no_input(plan.probs.dtype)
     return plan.no_input
 
 

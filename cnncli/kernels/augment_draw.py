@@ -33,6 +33,10 @@ NOISE_POOL = 1 << 16                # standard normals drawn once per Augmenter;
 # augmented
 GIVEN, MADE, LOOKUP, AUGMENT = range(4)
 
+# make_input_into's arguments where a caller has none (no fills kept, no settings, no noise pool):
+# read-only to the kernels, shared
+NO_FILLS, NO_SETTINGS, NO_POOL = np.empty(0), np.zeros(16), np.zeros(1, np.float32)   # (0,) (16,) (1,)
+
 _GOLDEN = uint64(0x9E3779B97F4A7C15)
 
 
@@ -114,3 +118,11 @@ def make_input_into(kind, images, idx, table, fills, first, key, s, pool, out):
         lookup_batch_into(images, idx, table, out)
     elif kind == AUGMENT:
         lookup_augment_into(images, idx, table, fills, out, first, key, s, pool)
+
+
+def no_input(dtype):
+    """make_input_into's arguments after kind (images, idx, table, fills, key, s, pool) for a step
+    that makes no input (GIVEN, MADE): empty arrays of the types augment.StepInput passes, so one
+    compiled step serves both."""
+    return (np.zeros((1, SIZE, SIZE), np.uint8), np.zeros(0, np.int64), np.zeros(256, dtype), NO_FILLS,
+            np.uint64(0), NO_SETTINGS, NO_POOL)

@@ -76,9 +76,9 @@ OPTIONS = (
            check=_not_empty),
     Option("data.val", None, "Validation folder with the same class subfolders; when null, data.val_split of "
            "the training images is held out.", "str", check=_not_empty),
-    Option("data.val_split", 0.1, "Fraction of the training images held out for validation, in (0, 1); used "
-           "only when data.val is null; stratified by class, seeded by data.seed.", "float",
-           check=_range(0, 1, True, True)),
+    Option("data.val_split", 0.1, "Fraction of the training images held out for validation, in [0, 1) (0: "
+           "none, train on every image); used only when data.val is null; stratified by class, seeded by "
+           "data.seed.", "float", check=_range(0, 1, False, True)),
     Option("data.seed", 0, "Seed of the train/validation split.", "int", check=_range(0, MAX_INT)),
     Option("data.image_size", 32, "Side of the square network input; the network takes 32x32, so only 32 is "
            "accepted.", "int", check=_image_size),

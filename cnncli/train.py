@@ -307,7 +307,9 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                  f"augmentation {'on' if trainer.augmenter is not None else 'off'}; early stopping "
                  f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}")
     if len(val_ds.labels) == 0:
-        trainer.echo("warning: no validation images; best.npz and early stopping use the training loss instead")
+        asked = not cfg["data"]["val"] and cfg["data"]["val_split"] == 0
+        trainer.echo(("note: no validation images (data.val_split is 0)" if asked else "warning: no validation images")
+                     + "; best.npz and early stopping use the training loss instead")
     trainer.fit()
     if comm.size == 1:
         from cnncli import precompile

@@ -156,8 +156,9 @@ def test_parse_override():
     ("train:\n  epochs: true\n", ["train.epochs", "expected an integer", "bool"]),
     ("train:\n  epochs: 2.5\n", ["train.epochs", "expected an integer", "float"]),
     ("train:\n  epochs: 99999999999999\n", ["train.epochs", "must be <= 2147483647"]),
-    ("data:\n  val_split: 1.5\n", ["data.val_split", "(0, 1)"]),
-    ("data:\n  val_split: 0\n", ["data.val_split", "(0, 1)"]),
+    ("data:\n  val_split: 1.5\n", ["data.val_split", "[0, 1)"]),
+    ("data:\n  val_split: 1\n", ["data.val_split", "[0, 1)"]),
+    ("data:\n  val_split: -0.1\n", ["data.val_split", "[0, 1)"]),
     ("optim:\n  momentum: 1.0\n", ["optim.momentum", "[0, 1)"]),
     ("optim:\n  momentum: -0.1\n", ["optim.momentum", "[0, 1)"]),
     ("optim:\n  betas: [0.9, 1.0]\n", ["optim.betas", "[0, 1)"]),
@@ -355,7 +356,7 @@ def _valid_value(opt):
         return text.filter(lambda s: s.strip()) | (st.none() if opt.default is None else st.nothing())
     if opt.key == "data.image_size":
         return st.just(32)
-    lo, hi = {"optim.momentum": (0, 0.999), "data.val_split": (0.01, 0.99), "model.bn_momentum": (0.01, 1),
+    lo, hi = {"optim.momentum": (0, 0.999), "data.val_split": (0, 0.99), "model.bn_momentum": (0.01, 1),
               "model.num_classes": (2, 1000), "train.epochs": (1, 1000), "train.batch_size": (1, 4096),
               "optim.step_size": (1, 100), "train.top_k": (1, 20), "train.threads": (0, 64),
               "model.bn_eps": (1e-9, 1), "optim.lr": (1e-6, 10), "optim.gamma": (0.01, 1),

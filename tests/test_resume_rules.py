@@ -133,6 +133,20 @@ def test_no_validation_images_warns_once_and_tracks_the_training_loss(tmp_path):
     assert meta["best_val_loss"] == pytest.approx(float(rows(tmp_path / "run")[meta["epoch"] - 1]["train_loss"]))
 
 
+@pytest.mark.parametrize("split, held_out", [(0, 0), (0.25, 3)])
+def test_val_split_zero_trains_on_every_image(tmp_path, split, held_out):
+    root = make_folder(tmp_path / "data", per_class=4, odd_files=False)      # 3 classes x 4 images
+    cfg = write_config(tmp_path / "c.yaml", root, tmp_path / "run", epochs=2, batch_size=4)
+    res = invoke("train", "--config", cfg, "--set", f"data.val_split={split}", "--no-report")
+    assert res.exit_code == 0, res.output
+    assert f"Training on {12 - held_out} images (3 classes), validating on {held_out};" in res.output
+    assert res.output.count("no validation images (data.val_split is 0)") == (split == 0)
+    if split == 0:
+        assert all(r["val_loss"] == "nan" for r in rows(tmp_path / "run"))
+        _, meta = checkpoint.load(tmp_path / "run" / "best.npz")
+        assert meta["best_val_loss"] == pytest.approx(float(rows(tmp_path / "run")[meta["epoch"] - 1]["train_loss"]))
+
+
 def test_names_that_are_not_utf8_never_give_a_traceback(tmp_path):
     pytest.importorskip("matplotlib")
     root = make_folder(tmp_path / "data", per_class=8, odd_files=False)

@@ -246,7 +246,8 @@ def gradcheck(variants, batch_size, seed):
 @cli.command(short_help="Pictures of a run: curves, confusion, mistakes, filters.")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", "data_dir", type=click.Path(), default=None,
-              help="Labelled image folder for the confusion matrix and mistakes (default: the run's validation data).")
+              help="Labelled image folder for the confusion matrix and mistakes (default: the run's validation data; "
+                   "a run without any gets its curves and filters only).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output folder (default RUN_DIR/report).")
 @user_errors
 def report(run_dir, data_dir, out_dir):

@@ -73,7 +73,8 @@ def read_history(path: Path) -> list[dict]:
 
 
 def _validation_data(run_dir: Path, predictor):
-    """(dataset, skipped count, description): the run's validation split rebuilt from its config.yaml."""
+    """(dataset, skipped count, description): the run's validation split rebuilt from its config.yaml;
+    None when the run has no validation images (data.val_split 0 decodes nothing to find that out)."""
     from . import config as config_mod
     from . import train
 
@@ -82,11 +83,13 @@ def _validation_data(run_dir: Path, predictor):
         raise CnnError(f"{cfg_path}: not found; pass --data to choose the images to evaluate")
     try:
         cfg = config_mod.load_config(cfg_path)
+        if not cfg["data"]["val"] and cfg["data"]["val_split"] == 0:
+            return None
         _, val_ds, skipped = train.load_datasets(cfg)
     except CnnError as err:
         raise CnnError(f"cannot rebuild the validation data from {cfg_path} ({err}); pass --data FOLDER") from err
     if val_ds is None or len(val_ds.labels) == 0:
-        raise CnnError(f"{cfg_path}: the run has no validation images; pass --data to choose some")
+        return None
     check_classes(predictor.classes, val_ds.classes, cfg_path)
     d = cfg["data"]
     if d.get("val"):
@@ -263,21 +266,19 @@ img{max-width:100%;border:1px solid #eee}figure{margin:1em 0 2em}figcaption{colo
 def render_html(title, metrics, classes, history, config_text, pictures, errors_rows) -> str:
     """The whole report page; every piece of text is escaped, pictures are embedded as data URIs."""
     e = html.escape
+    evaluated = "confusion" in metrics            # (else only the checkpoint and a note on the data)
     summary = [
         ("checkpoint", metrics.get("checkpoint", "")),
         ("data", metrics.get("data", "")),
+    ]
+    summary += [
         ("images", metrics["num_images"]),
         ("skipped files", metrics.get("skipped", 0)),
         ("accuracy", f"{metrics['accuracy']:.4f}"),
         (f"top-{metrics['top_k']} accuracy", f"{metrics['top_k_accuracy']:.4f}"),
         ("loss (summed BCE)", f"{metrics['loss']:.4f}"),
         ("macro F1", f"{metrics['macro_f1']:.4f}"),
-    ]
-    per_class = [
-        (c, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"])
-        for c, m in metrics["per_class"].items()
-    ]
-    confusion = [(c, *row) for c, row in zip(classes, metrics["confusion"])]
+    ] if evaluated else []
     parts = [
         "<!DOCTYPE html>",
         f'<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title><style>{CSS}</style></head><body>',
@@ -290,11 +291,14 @@ def render_html(title, metrics, classes, history, config_text, pictures, errors_
         cols = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time_s")
         shown = [(k, "" if math.isnan(last.get(k, math.nan)) else f"{last[k]:.6g}") for k in cols if k in last]
         parts += ["<h3>Last row of metrics.csv</h3>", _table(("column", "value"), shown)]
-    parts += ["<h2>Per-class metrics</h2>", _table(("class", "precision", "recall", "f1", "support"), per_class)]
-    parts += [
-        "<h2>Confusion matrix</h2><p>Rows are true classes, columns predicted classes.</p>",
-        _table(("true \\ predicted", *classes), confusion),
-    ]
+    if evaluated:
+        per_class = [(c, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"])
+                     for c, m in metrics["per_class"].items()]
+        parts += ["<h2>Per-class metrics</h2>", _table(("class", "precision", "recall", "f1", "support"), per_class)]
+        parts += [
+            "<h2>Confusion matrix</h2><p>Rows are true classes, columns predicted classes.</p>",
+            _table(("true \\ predicted", *classes), [(c, *row) for c, row in zip(classes, metrics["confusion"])]),
+        ]
     for name, caption, png in pictures:
         data = base64.b64encode(png).decode("ascii")
         parts.append(
@@ -337,16 +341,20 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None) -> Path:
 
     predictor = Predictor.from_checkpoint(ckpt)
     classes = [printable(c) for c in predictor.classes]   # names not valid UTF-8 shown as \xNN
+    found = None if data_dir is not None else _validation_data(run_dir, predictor)
     if data_dir is not None:
         metrics, dataset, probs = evaluate_predictor(predictor, data_dir)
-    else:
-        dataset, skipped, description = _validation_data(run_dir, predictor)
+    elif found is not None:
+        dataset, skipped, description = found
         probs = predictor.predict_proba(dataset.images)  # (N,C)
         metrics = compute_metrics(probs, dataset.labels, classes, top_k=checkpoint_top_k(predictor.meta))
         metrics["data"] = description
         metrics["skipped"] = skipped
+    else:                                   # no validation images: the curves and filters only
+        dataset, metrics = None, {"data": f"none: the run has no validation images (cnn report {run_dir} --data "
+                                          "FOLDER adds the confusion matrix, per-class bars and mistakes)"}
     metrics["checkpoint"] = str(ckpt)
-    errors = most_confident_errors(probs, dataset.labels)
+    errors = most_confident_errors(probs, dataset.labels) if dataset is not None else ([], [], [])
     errors_rows = [(printable(dataset.paths[i]) if i < len(dataset.paths) else str(i), classes[dataset.labels[i]], classes[p],
                     f"{q:.4f}") for i, p, q in zip(*errors)]
 
@@ -365,6 +373,8 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None) -> Path:
         ("filters.png", "First-layer convolution filters",
          (9, 2.2), lambda fig: plot_filters(fig, predictor.params["conv1.w"])),
     ]
+    if dataset is None:
+        specs = [spec for spec in specs if spec[0] in ("curves.png", "filters.png")]
     target = out_dir / "report.html"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

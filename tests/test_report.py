@@ -294,3 +294,23 @@ def test_unwritable_output_is_a_user_error(run, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(CnnError, match="cannot write the report"):
         write_report(run_dir, data_dir=data_dir, out_dir=blocker / "report")
+
+
+@needs_matplotlib
+def test_a_run_without_validation_images_reports_its_curves_and_filters(tmp_path):
+    from cnncli import config, train
+
+    data_dir = write_image_folder(tmp_path / "data", CLASSES, per_class=4)
+    cfg = config.load_config(None, [f"data.train={data_dir}", "data.val_split=0", "train.epochs=2",
+                                    "train.batch_size=8", f"out={tmp_path / 'run'}"])
+    run_dir = train.train(cfg, quiet=True, echo=lambda message: None)
+    out = write_report(run_dir)
+    names = sorted(p.name for p in out.parent.glob("*.png"))
+    assert names == ["curves.png", "filters.png"]
+    text = out.read_text(encoding="utf-8")
+    got = embedded_metrics(text)
+    assert "confusion" not in got and "no validation images" in got["data"] and "--data" in got["data"]
+    assert "Confusion matrix" not in text and "curves.png" in text
+    full = write_report(run_dir, data_dir=data_dir, out_dir=tmp_path / "full")   # --data: the whole report
+    assert embedded_metrics(full.read_text(encoding="utf-8"))["num_images"] == 12
+    assert (tmp_path / "full" / "confusion.png").is_file()

@@ -267,11 +267,7 @@ def render_html(title, metrics, classes, history, config_text, pictures, errors_
     """The whole report page; every piece of text is escaped, pictures are embedded as data URIs."""
     e = html.escape
     evaluated = "confusion" in metrics            # (else only the checkpoint and a note on the data)
-    summary = [
-        ("checkpoint", metrics.get("checkpoint", "")),
-        ("data", metrics.get("data", "")),
-    ]
-    summary += [
+    summary = [("checkpoint", metrics.get("checkpoint", "")), ("data", metrics.get("data", ""))] + [
         ("images", metrics["num_images"]),
         ("skipped files", metrics.get("skipped", 0)),
         ("accuracy", f"{metrics['accuracy']:.4f}"),

@@ -83,7 +83,7 @@ def _validation_data(run_dir: Path, predictor):
         raise CnnError(f"{cfg_path}: not found; pass --data to choose the images to evaluate")
     try:
         cfg = config_mod.load_config(cfg_path)
-        if not cfg["data"]["val"] and cfg["data"]["val_split"] == 0:
+        if train.holds_out_nothing(cfg):
             return None
         _, val_ds, skipped = train.load_datasets(cfg)
     except CnnError as err:

@@ -15,6 +15,11 @@ from cnncli import config as config_mod
 from cnncli.errors import ConfigError, DataError
 from cnncli.runfolder import RunState, new_run_dir
 
+def holds_out_nothing(cfg: dict) -> bool:
+    """The config asks for no validation images: no data.val and data.val_split 0 (train on every image)."""
+    return not cfg["data"]["val"] and cfg["data"]["val_split"] == 0
+
+
 def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
     """(train_ds, val_ds, skipped) as the config says: data.val, or a stratified data.val_split of train.
     `classes` (a checkpoint's) must match the class folders; a mismatch fails before any image is decoded."""

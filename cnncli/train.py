@@ -24,7 +24,7 @@ from cnncli import config as config_mod
 from cnncli.balance import class_weights
 from cnncli.errors import CnnError, TrainingDiverged
 from cnncli.runfolder import METRICS_COLUMNS, RunState, new_run_dir, save_checkpoint  # noqa: F401 (API)
-from cnncli.runsetup import load_datasets, setup  # noqa: F401 (load_datasets: API)
+from cnncli.runsetup import holds_out_nothing, load_datasets, setup  # noqa: F401 (load_datasets: API)
 
 
 class Interrupted(CnnError):
@@ -307,8 +307,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                  f"augmentation {'on' if trainer.augmenter is not None else 'off'}; early stopping "
                  f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}")
     if len(val_ds.labels) == 0:
-        asked = not cfg["data"]["val"] and cfg["data"]["val_split"] == 0
-        trainer.echo(("note: no validation images (data.val_split is 0)" if asked else "warning: no validation images")
+        trainer.echo(("note: no validation images (data.val_split is 0)" if holds_out_nothing(cfg)
+                      else "warning: no validation images")
                      + "; best.npz and early stopping use the training loss instead")
     trainer.fit()
     if comm.size == 1:

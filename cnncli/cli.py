@@ -289,6 +289,20 @@ def bench(batchnorm, batch_sizes, threads, seconds, repeats, vs_torch, compare_b
               vs_torch=vs_torch, as_json=as_json, echo=click.echo, compare_bn=compare_bn, functional=functional)
 
 
+@cli.command(short_help="What a checkpoint holds: classes, input, layers, parameters, progress.")
+@click.argument("checkpoint", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def info(checkpoint, as_json):
+    """Show what CHECKPOINT (a .npz file, or a run folder: its best.npz, else last.npz) holds: its
+    classes, input preprocessing, the network layer by layer with output shapes and parameter counts
+    (as Keras' model.summary()), and how far its run trained. Runs nothing; numba is not loaded."""
+    from cnncli.summary import describe, format_info
+
+    summary = describe(_resolve_checkpoint(checkpoint))
+    click.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))
+
+
 @cli.command(short_help="Write a checkpoint as an ONNX model (for onnxruntime etc.).")
 @click.option("--checkpoint", required=True, type=click.Path(),
               help="A .npz checkpoint, or a run folder (its best.npz, else last.npz).")

@@ -1,0 +1,163 @@
+"""What a checkpoint holds, for `cnn info`: its classes, its input preprocessing, the network layer
+by layer (output shape and parameters, as Keras' model.summary() prints them) and how far its run
+trained. NumPy only (no numba): it loads and checks the file as `cnn predict` does (predictor.py);
+it runs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import yaml
+
+from cnncli import arch
+from cnncli.predictor import Predictor
+from cnncli.runfolder import printable
+
+
+def layers(num_classes: int, batchnorm: str) -> list:
+    """[{name, type, output, parameters, statistics}] of the network in order: output the shape of
+    one image's output (C,H,W) or (D,), parameters the trainable values (arch.param_specs),
+    statistics BN's running mean and variance (arch.buffer_specs)."""
+    c, s = arch.IMAGE_SHAPE[0], arch.IMAGE_SHAPE[1]
+    bn = {"unit": "batch norm per unit", "channel": "batch norm per channel"}.get(batchnorm)
+    rows = [("input", "grayscale image", (c, s, s))]
+    for i, (maps, size) in enumerate(((6, s), (16, s // 2)), start=1):
+        rows.append((f"conv{i}", "conv 5x5, pad 2", (maps, size, size)))
+        if bn:
+            rows.append((f"bn{i}", bn, (maps, size, size)))
+        rows += [(f"elu{i}", "ELU", (maps, size, size)), (f"pool{i}", "max pool 2x2", (maps, size // 2, size // 2))]
+    rows.append(("flatten", "C-order flatten", (16 * (s // 4) ** 2,)))
+    rows.append(("fc1", "fully connected", (arch.FC1_UNITS,)))
+    if bn:
+        rows.append(("bn3", bn, (arch.FC1_UNITS,)))
+    rows += [("elu3", "ELU", (arch.FC1_UNITS,)), ("fc2", "fully connected", (num_classes,)),
+             ("sigmoid", "sigmoid", (num_classes,))]
+    params = _sizes(arch.param_specs(num_classes, batchnorm))
+    stats = _sizes(arch.buffer_specs(num_classes, batchnorm))
+    return [{"name": name, "type": kind, "output": list(shape), "parameters": params.get(name, 0),
+             "statistics": stats.get(name, 0)} for name, kind, shape in rows]
+
+
+def _sizes(specs) -> dict:
+    # layer name ("conv1") -> the number of values of its tensors ("conv1.w", "conv1.b")
+    out = {}
+    for name, shape in specs:
+        layer = name.split(".")[0]
+        out[layer] = out.get(layer, 0) + math.prod(shape)
+    return out
+
+
+def describe(path) -> dict:
+    """Everything `cnn info` shows about the checkpoint file `path`, as JSON-ready values; a file that
+    cnn predict would refuse raises its one-line CheckpointError."""
+    pred = Predictor.from_checkpoint(path)
+    meta, prep = pred.meta, pred.preprocess
+    rows = layers(len(pred.classes), pred.batchnorm)
+    return {
+        "checkpoint": os.fspath(path),
+        "bytes": os.path.getsize(path),
+        "cnncli_version": _typed(meta.get("cnncli_version"), str),
+        "classes": pred.classes,
+        "preprocess": {"image_size": prep["image_size"], "resize": prep["resize"],
+                       "mean": float(prep["mean"]), "std": float(prep["std"])},
+        "batchnorm": pred.batchnorm,
+        "dtype": str(pred.params.flat.dtype),
+        "eps": pred.eps,
+        "parameters": int(pred.params.flat.size),
+        "statistics": int(pred.buffers.flat.size),
+        "layers": rows,
+        "training": _training(meta),
+    }
+
+
+def _typed(value, kind):
+    # value when it has the type kind (bool is not an int here), else None: metadata is untrusted
+    if isinstance(value, bool) and kind is not bool:
+        return None
+    return value if isinstance(value, kind) else None
+
+
+def _training(meta: dict) -> dict:
+    # how far the run had trained when it wrote the file (None where the metadata does not say)
+    history = _typed(meta.get("history"), list) or []
+    last = history[-1] if history and isinstance(history[-1], dict) else None
+    if last is not None:                         # NaN (no validation images) -> None: strict JSON
+        last = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in last.items()}
+    return {"epoch": _typed(meta.get("epoch"), int), "epoch_step": _typed(meta.get("epoch_step"), int),
+            "step": _typed(meta.get("step"), int), "epochs": _configured_epochs(meta.get("config")),
+            "stopped_early": _typed(meta.get("stopped_early"), bool), "last_epoch": last}
+
+
+def _configured_epochs(text):
+    # train.epochs of the run's config (YAML text in the metadata), or None
+    try:
+        cfg = yaml.safe_load(text) if isinstance(text, str) else None
+        return _typed(cfg["train"]["epochs"], int)
+    except (yaml.YAMLError, KeyError, TypeError):
+        return None
+
+
+def format_info(info: dict) -> str:
+    """The text `cnn info` prints for describe()'s dict."""
+    prep, train = info["preprocess"], info["training"]
+    size = info["bytes"]
+    made = f", cnncli {info['cnncli_version']}" if info["cnncli_version"] else ""
+    names = ", ".join(printable(c) for c in info["classes"])
+    lines = [
+        f"checkpoint  {printable(info['checkpoint'])} ({_bytes(size)}{made})",
+        f"classes     {len(info['classes'])}: {names}",
+        f"input       {prep['image_size']}x{prep['image_size']} grayscale (resize: {prep['resize']}), "
+        f"normalized as (pixel/255 - {prep['mean']:.4f}) / {prep['std']:.4f}",
+        f"network     batchnorm {info['batchnorm']}, {info['dtype']}"
+        + (f", eps {info['eps']:g}" if info["batchnorm"] != "none" else ""),
+        f"trained     {_progress(train)}",
+    ]
+    last = train["last_epoch"]
+    if last:
+        lines.append(f"            {_epoch_line(last)}")
+    lines += ["", f"{'layer':9s} {'type':24s} {'output':>10s} {'parameters':>11s}"]
+    for row in info["layers"]:
+        shape = "x".join(str(d) for d in row["output"])
+        lines.append(f"{row['name']:9s} {row['type']:24s} {shape:>10s} {row['parameters']:>11,}")
+    total = f"total: {info['parameters']:,} trainable parameters ({info['dtype']})"
+    if info["statistics"]:
+        total += f"; {info['statistics']:,} BN running statistics (not trained)"
+    lines.append(total)
+    return "\n".join(lines)
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
+
+
+def _progress(train: dict) -> str:
+    # "18 of 150 epochs (90 steps), stopped early", or what of it the metadata holds
+    epoch, epochs = train["epoch"], train["epochs"]
+    if epoch is None:
+        return "unknown (no run state in the metadata)"
+    text = f"{epoch} of {epochs} epochs" if epochs is not None else f"{epoch} epoch(s)"
+    if train["epoch_step"]:
+        text += f" and {train['epoch_step']} step(s) of epoch {epoch + 1}"
+    if train["step"] is not None:
+        text += f" ({train['step']} steps)"
+    if train["stopped_early"]:
+        text += ", stopped early"
+    return text
+
+
+def _epoch_line(row: dict) -> str:
+    # "epoch 18: train loss 2.2450 acc 40.00%, val loss 2.2511 acc 36.67%" (what the row holds)
+    parts = []
+    for side in ("train", "val"):
+        loss, acc = _number(row.get(f"{side}_loss")), _number(row.get(f"{side}_acc"))
+        if loss is not None and math.isfinite(loss):
+            parts.append(f"{side} loss {loss:.4f}" + (f" acc {acc:.2%}" if acc is not None and math.isfinite(acc) else ""))
+    epoch = _number(row.get("epoch"))
+    head = f"epoch {int(epoch)}" if epoch is not None and math.isfinite(epoch) else "last epoch"
+    return f"{head}: " + (", ".join(parts) if parts else "no metrics recorded")
+
+
+def _number(value):
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

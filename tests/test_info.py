@@ -1,0 +1,186 @@
+"""`cnn info`: a checkpoint's layers against the reference network's own activations (names, output
+shapes) and the file's own arrays (parameter counts), its training progress against the run state it
+was saved with, hostile metadata shown as unknown, broken files refused in one line, no numba import."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import reference as ref
+from cnncli import checkpoint, model, optim
+from cnncli.cli import cli
+from cnncli.config import load_config
+from cnncli.train import RunState, save_checkpoint
+from e2e_util import cli_env
+
+CLASSES = ["circle", "square", "star", "naïve é"]
+PREP = {"image_size": 32, "resize": "crop", "mean": 0.25, "std": 0.5}
+HISTORY = [{"epoch": 1, "step": 3, "train_loss": 3.1, "train_acc": 0.4, "val_loss": 3.0, "val_acc": 0.42,
+            "lr": 0.01, "time_s": 1.5},
+           {"epoch": 2, "step": 6, "train_loss": 2.5, "train_acc": 0.55, "val_loss": 2.6, "val_acc": 0.5,
+            "lr": 0.01, "time_s": 3.0}]
+
+
+def _save(path, batchnorm, state=None, epochs=7):
+    cfg = load_config(None, [f"model.batchnorm={batchnorm}", "data.train=x", f"train.epochs={epochs}"])
+    net = model.Network(num_classes=len(CLASSES), batchnorm=batchnorm, seed=3)
+    opt = optim.Optimizer("adam", net.params.flat.size, 1e-3)
+    save_checkpoint(path, net, opt, state or RunState(), cfg, CLASSES, PREP)
+    return path
+
+
+def _info(*args):
+    res = CliRunner().invoke(cli, ["info", *map(str, args)])
+    return res
+
+
+def _reference_layers(arrays, batchnorm):
+    """[(name, output shape)] of one image through tests/reference.py's layers, in order."""
+    P = {k[len("params/"):]: v.astype(np.float64) for k, v in arrays.items() if k.startswith("params/")}
+    a = np.random.default_rng(0).standard_normal((2, 1, 32, 32))
+    out = [("input", a.shape[1:])]
+
+    def step(name, value):
+        out.append((name, value.shape[1:]))
+        return value
+
+    def bn(z, k):
+        if batchnorm == "none":
+            return z
+        g, b = P[f"bn{k}.gamma"], P[f"bn{k}.beta"]
+        if batchnorm == "channel" and z.ndim == 4:
+            g, b, axes = g.reshape(1, -1, 1, 1), b.reshape(1, -1, 1, 1), (0, 2, 3)
+        else:
+            axes = (0,)
+        return step(f"bn{k}", ref.bn_forward(z, g, b, 1e-5, axes)[0])
+
+    for k in (1, 2):
+        a = step(f"conv{k}", ref.conv2d_forward(a, P[f"conv{k}.w"], P[f"conv{k}.b"], 2))
+        a = step(f"pool{k}", ref.maxpool_forward(step(f"elu{k}", ref.elu(bn(a, k))))[0])
+    a = step("flatten", a.reshape(a.shape[0], -1))
+    a = step("fc1", a @ P["fc1.w"].T + P["fc1.b"])
+    a = step("elu3", ref.elu(bn(a, 3)))
+    a = step("fc2", a @ P["fc2.w"].T + P["fc2.b"])
+    step("sigmoid", 1 / (1 + np.exp(-a)))
+    return out
+
+
+@pytest.mark.parametrize("batchnorm", ["none", "unit", "channel"])
+def test_layers_follow_the_reference_network_and_count_the_files_arrays(tmp_path, batchnorm):
+    path = _save(tmp_path / "m.npz", batchnorm)
+    res = _info(path, "--json")
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    arrays, _ = checkpoint.load(path)
+    assert [(r["name"], tuple(r["output"])) for r in info["layers"]] == _reference_layers(arrays, batchnorm)
+
+    def counts(prefix):                            # layer -> values of its arrays in the file
+        out = {}
+        for key, a in arrays.items():
+            if key.startswith(prefix):
+                layer = key[len(prefix):].split(".")[0]
+                out[layer] = out.get(layer, 0) + a.size
+        return out
+
+    params, stats = counts("params/"), counts("buffers/")
+    assert {r["name"]: r["parameters"] for r in info["layers"] if r["parameters"]} == params
+    assert {r["name"]: r["statistics"] for r in info["layers"] if r["statistics"]} == stats
+    assert info["parameters"] == sum(params.values()) and info["statistics"] == sum(stats.values())
+    assert (info["statistics"] > 0) == (batchnorm != "none")
+    assert info["classes"] == CLASSES and info["preprocess"] == PREP and info["batchnorm"] == batchnorm
+    assert info["bytes"] == path.stat().st_size
+
+    text = _info(path)
+    assert text.exit_code == 0
+    assert f"total: {info['parameters']:,} trainable parameters" in text.output
+    assert f"4: {', '.join(CLASSES)}" in text.output
+    lines = text.output.splitlines()
+    table = lines[next(i for i, ln in enumerate(lines) if ln.startswith("layer ")) + 1:]
+    assert len(table) == len(info["layers"]) + 1   # a line per layer, then the total
+    for row, line in zip(info["layers"], table):
+        assert line.split()[0] == row["name"] and line.split()[-1] == f"{row['parameters']:,}"
+
+
+def test_training_progress_is_the_saved_run_state(tmp_path):
+    state = RunState(epoch=2, epoch_step=1, step=7, best_val_loss=2.6, stopped_early=True, history=HISTORY)
+    run = tmp_path / "run"
+    _save(run / "last.npz", "none", state, epochs=9)
+    res = _info(run, "--json")                     # a run folder without best.npz: its last.npz
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["checkpoint"] == str(run / "last.npz")
+    assert info["training"] == {"epoch": 2, "epoch_step": 1, "step": 7, "epochs": 9, "stopped_early": True,
+                                "last_epoch": HISTORY[-1]}
+    text = _info(run).output
+    assert "2 of 9 epochs and 1 step(s) of epoch 3 (7 steps), stopped early" in text
+    assert "epoch 2: train loss 2.5000 acc 55.00%, val loss 2.6000 acc 50.00%" in text
+    _save(run / "best.npz", "unit")                # a run folder prefers best.npz, as eval/predict do
+    assert json.loads(_info(run, "--json").output)["batchnorm"] == "unit"
+
+
+def test_no_validation_images_and_hostile_run_metadata_show_as_unknown(tmp_path):
+    path = _save(tmp_path / "m.npz", "channel",
+                 RunState(epoch=1, step=3, history=[dict(HISTORY[0], val_loss=math.nan, val_acc=math.nan)]))
+    res = _info(path, "--json")
+    assert res.exit_code == 0 and "NaN" not in res.output        # strict JSON
+    assert json.loads(res.output)["training"]["last_epoch"]["val_loss"] is None
+    assert "epoch 1: train loss 3.1000 acc 40.00%\n" in _info(path).output
+
+    arrays, meta = checkpoint.load(path)
+    meta.pop("format_version")
+    meta.update(epoch="many", step=True, history=[5], config="train: [", stopped_early="yes")
+    checkpoint.save(path, arrays, meta)
+    res = _info(path, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["training"] == {"epoch": None, "epoch_step": 0, "step": None, "epochs": None,
+                                                  "stopped_early": None, "last_epoch": None}
+    assert "trained     unknown (no run state in the metadata)" in _info(path).output
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda p: None, "no such checkpoint file"),
+    (lambda p: p.write_bytes(b"not a zip"), "not a checkpoint"),
+    (lambda p: p.mkdir(), "run folder has no best.npz or last.npz"),
+])
+def test_broken_paths_are_one_line_errors(tmp_path, make, needle):
+    path = tmp_path / "m.npz"
+    make(path)
+    res = _info(path)
+    assert res.exit_code == 1 and needle in res.stderr and str(path) in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.output
+
+
+def test_tampered_parameters_are_refused_naming_the_key(tmp_path):
+    path = _save(tmp_path / "m.npz", "unit")
+    arrays, meta = checkpoint.load(path)
+    meta.pop("format_version")
+    arrays["params/bn2.gamma"] = np.ones((16,), np.float32)
+    checkpoint.save(path, arrays, meta)
+    res = _info(path)
+    assert res.exit_code == 1 and "params/bn2.gamma" in res.stderr and "Traceback" not in res.output
+
+
+_PROBE = """
+import sys, cnncli.cli
+sys.argv = ["cnn", "info", sys.argv[1]]
+try:
+    cnncli.cli.main()
+except SystemExit as e:
+    assert not e.code, e.code
+print(f"numba-imported={'numba' in sys.modules}", file=sys.stderr)
+"""
+
+
+def test_info_never_imports_numba(tmp_path):
+    path = _save(tmp_path / "m.npz", "unit")
+    res = subprocess.run([sys.executable, "-c", _PROBE, str(path)], env=cli_env(tmp_path),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "bn1" in res.stdout and "numba-imported=False" in res.stderr

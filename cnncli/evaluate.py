@@ -95,7 +95,9 @@ def compute_metrics(probs, labels, classes, top_k=3) -> dict:
         "top_k_accuracy": float(np.any(top == labels[:, None], axis=1).mean()) if n else 0.0,
         "num_images": int(n),
         "per_class": per_class,
-        "macro_f1": float(f1.mean()) if c else 0.0,
+        # over the classes that are true or predicted at least once (scikit-learn's default labels):
+        # a class with no images here that the model never predicts has no F1 to average
+        "macro_f1": float(f1[(support > 0) | (predicted > 0)].mean()) if n else 0.0,
         "confusion": confusion.astype(int).tolist(),
     }
 
@@ -117,6 +119,9 @@ def format_metrics(metrics) -> str:
     lines.append(f"{'images':<16}{metrics['num_images']}")
     if "skipped" in metrics:
         lines.append(f"{'skipped':<16}{metrics['skipped']}")
+    if metrics.get("absent"):
+        lines.append(f"{'no images of':<16}{', '.join(metrics['absent'])} (support 0: recall 0; in macro F1 "
+                     "only if predicted)")
     lines.append(f"{'accuracy':<16}{metrics['accuracy']:.4f}")
     lines.append(f"{'top-' + str(metrics['top_k']) + ' accuracy':<16}{metrics['top_k_accuracy']:.4f}")
     lines.append(f"{'loss':<16}{metrics['loss']:.4f}")
@@ -190,6 +195,7 @@ def evaluate_predictor(predictor, data_dir, batch_size=256, top_k=None, cache=Tr
         resize=pre.get("resize", "pad"),
         classes=list(predictor.classes),
         cache=cache,
+        missing_ok=True,
     )
     check_classes(predictor.classes, dataset.classes, data_dir)
     if len(dataset.labels) == 0:
@@ -199,6 +205,7 @@ def evaluate_predictor(predictor, data_dir, batch_size=256, top_k=None, cache=Tr
     metrics = compute_metrics(probs, dataset.labels, predictor.classes, top_k=k)
     metrics["data"] = str(data_dir)
     metrics["skipped"] = len(skipped)
+    metrics["absent"] = [name for name, m in metrics["per_class"].items() if m["support"] == 0]
     return metrics, dataset, probs
 
 

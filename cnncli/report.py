@@ -270,6 +270,7 @@ def render_html(title, metrics, classes, history, config_text, pictures, errors_
     summary = [("checkpoint", metrics.get("checkpoint", "")), ("data", metrics.get("data", ""))] + [
         ("images", metrics["num_images"]),
         ("skipped files", metrics.get("skipped", 0)),
+    ] + ([("no images of", ", ".join(metrics["absent"]))] if metrics.get("absent") else []) + [
         ("accuracy", f"{metrics['accuracy']:.4f}"),
         (f"top-{metrics['top_k']} accuracy", f"{metrics['top_k_accuracy']:.4f}"),
         ("loss (summed BCE)", f"{metrics['loss']:.4f}"),

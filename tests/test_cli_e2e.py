@@ -158,6 +158,40 @@ def test_eval_refuses_a_folder_with_other_classes(trained, tmp_path):
     assert "cat" in res.stderr or "dog" in res.stderr
 
 
+def test_eval_of_a_folder_with_some_of_the_classes_labels_them_by_name(trained, tmp_path):
+    # the folder holds the model's last two classes (the first has no folder, and an empty one is
+    # as absent): its images keep the model's class indices, which a renumbering from 0 would break
+    tmp, data, run, _ = trained
+    part = tmp_path / "part"
+    (part / SHAPES[0]).mkdir(parents=True)
+    for name in SHAPES[1:]:
+        (part / name).mkdir()
+        for src in sorted((data / name).glob("00[0-4].png")):
+            (part / name / src.name).write_bytes(src.read_bytes())
+    for empty_first in (True, False):
+        if not empty_first:
+            (part / SHAPES[0]).rmdir()
+        res = invoke(["eval", "--checkpoint", run, "--data", part, "--json"])
+        assert res.exit_code == 0, res.stderr
+        m = json.loads(res.stdout)
+        pred = json.loads(invoke(["predict", "--checkpoint", run, part, "--json"]).stdout)
+        truth = [r["path"].split("/")[-2] for r in pred]
+        assert m["num_images"] == len(pred) == 10 and m["absent"] == [SHAPES[0]]
+        assert m["accuracy"] == pytest.approx(np.mean([r["class"] == t for r, t in zip(pred, truth)]))
+        assert [v["support"] for v in m["per_class"].values()] == [0, 5, 5]
+        assert sum(m["confusion"][0]) == 0
+    table = invoke(["eval", "--checkpoint", run, "--data", part])
+    assert table.exit_code == 0 and f"no images of    {SHAPES[0]} (support 0" in table.stdout
+    pytest.importorskip("matplotlib")
+    rep = invoke(["report", run, "--data", part, "--out", tmp_path / "rep"])
+    assert rep.exit_code == 0, rep.stderr
+    assert f"<td>no images of</td><td>{SHAPES[0]}</td>" in (tmp_path / "rep" / "report.html").read_text()
+    (part / "cat").mkdir()                          # a subfolder that is no class of the model: refused
+    (part / "cat" / "a.png").write_bytes((data / "bar" / "001.png").read_bytes())
+    res = invoke(["eval", "--checkpoint", run, "--data", part])
+    assert res.exit_code == 1 and "extra cat" in res.stderr and "Traceback" not in res.output
+
+
 def test_non_finite_loss_stops_with_epoch_and_step(workspace, tmp_path):
     tmp, data = workspace
     cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=3)

@@ -405,6 +405,22 @@ def test_classes_must_match(tmp_path):
     assert os.path.basename(os.path.dirname(ds.paths[0])) == "eel"
 
 
+def test_missing_ok_keeps_the_given_classes_and_their_indices(tmp_path, cache_in_tmp):
+    # eval's load: fox has no folder, cat's images are all broken; the labels stay the model's
+    root = make_folder(tmp_path / "d", classes=("cat", "dog", "eel"))
+    for f in (root / "cat").iterdir():
+        f.write_bytes(b"broken")
+    assert "missing fox" in _error(root, classes=["fox", "dog", "eel", "cat"])
+    for _ in range(2):                                            # decoded, then from the cache
+        ds, skipped = data.load_folder(root, classes=["fox", "dog", "eel", "cat"], missing_ok=True)
+        assert ds.classes == ["fox", "dog", "eel", "cat"] and len(skipped) == 3
+        assert ds.labels.tolist() == [1, 1, 1, 2, 2, 2]
+        assert [os.path.basename(os.path.dirname(p)) for p in ds.paths] == ["dog"] * 3 + ["eel"] * 3
+    assert len(list(cache_in_tmp.glob("*.npy"))) == 1
+    assert "extra eel" in _error(root, classes=["cat", "dog"], missing_ok=True)
+    assert "no usable images in class folder(s) cat" in _error(root, classes=["dog", "eel", "cat"])
+
+
 # ----------------------------------------------------------------------------- cache
 
 def _forbid_decoding(monkeypatch):

@@ -31,7 +31,7 @@ def reference_metrics(probs, labels, classes, top_k=3):
             p = min(max(row[j], PROB_EPS), 1 - PROB_EPS)
             loss -= math.log(p) if j == labels[i] else math.log(1 - p)
     per_class = {}
-    f1s = []
+    f1s = []                                    # of the classes true or predicted at least once
     for j, name in enumerate(classes):
         tp = confusion[j][j]
         pred = sum(confusion[r][j] for r in range(c))
@@ -39,7 +39,8 @@ def reference_metrics(probs, labels, classes, top_k=3):
         prec = tp / pred if pred else 0.0
         rec = tp / sup if sup else 0.0
         f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        f1s.append(f1)
+        if pred or sup:
+            f1s.append(f1)
         per_class[name] = {"precision": prec, "recall": rec, "f1": f1, "support": sup}
     return {
         "accuracy": correct / n,
@@ -48,7 +49,7 @@ def reference_metrics(probs, labels, classes, top_k=3):
         "top_k_accuracy": top_correct / n,
         "num_images": n,
         "per_class": per_class,
-        "macro_f1": sum(f1s) / c,
+        "macro_f1": sum(f1s) / len(f1s),
         "confusion": confusion,
     }
 
@@ -113,6 +114,20 @@ def test_all_wrong_and_class_never_predicted_has_zero_precision_without_nan():
     assert m["per_class"]["x"]["precision"] == 0.0 and m["macro_f1"] == 0.0
     flat = [m["accuracy"], m["loss"], m["macro_f1"]] + [v for c in m["per_class"].values() for v in c.values()]
     assert all(np.isfinite(flat))
+
+
+def test_macro_f1_averages_the_classes_true_or_predicted_as_scikit_learn_does():
+    # true: a a b ; predicted: a b c -> a: F1 2/3, b: 1, c (predicted, never true): 0; d (neither): left out
+    labels = np.array([0, 0, 1])
+    probs = np.array([[0.9, 0.1, 0.0, 0.0], [0.1, 0.2, 0.8, 0.0], [0.1, 0.8, 0.2, 0.0]])
+    m = compute_metrics(probs, labels, ["a", "b", "c", "d"])
+    assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    try:
+        from sklearn.metrics import f1_score
+    except ImportError:
+        return
+    assert m["macro_f1"] == pytest.approx(f1_score(labels, probs.argmax(1), average="macro"))
 
 
 def test_hand_checked_precision_recall():

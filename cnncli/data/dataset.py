@@ -41,19 +41,20 @@ class Dataset:
 
 def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, strict: bool = False,
                 workers: int | None = None, cache: bool = True, max_pixels: int = dec.MAX_PIXELS,
-                progress: bool = True) -> tuple[Dataset, list[tuple[str, str]]]:
+                progress: bool = True, missing_ok: bool = False) -> tuple[Dataset, list[tuple[str, str]]]:
     """Index, decode (on every core, with a progress bar on a terminal) and cache a class-per-subfolder
     image folder. A cached load is a memory map of the cache file (copy-on-write).
 
     Returns (dataset, skipped) with skipped = [(printable path, reason)]: loose root-level images,
     unscannable folders, then unusable files in class/path order. strict=True raises DataError
     listing them instead. Dataset.paths keep undecodable name bytes (surrogateescape) so files open.
+    missing_ok: classes (all of them, in their order) may have no images here (scan.Index).
     """
     root = os.fspath(root)
     if resize not in dec.RESIZE_MODES:
         raise DataError(f"resize: {resize!r} is not one of {', '.join(dec.RESIZE_MODES)}")
     image_size = int(image_size)
-    ix = Index(root, classes)
+    ix = Index(root, classes, missing_ok)
     prefix = os.path.join(root, "")                   # paths below are prefix + "class/sub/name.png"
     jobs = dec.Jobs(ix.rels, image_size, resize, max_pixels, prefix)
     if cache:
@@ -80,7 +81,7 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
     labels = ix.labels[keep]
     counts = np.bincount(labels, minlength=len(ix.classes))
     empty = [printable(ix.classes[i]) for i in range(len(ix.classes)) if counts[i] == 0]
-    if empty:
+    if empty and not missing_ok:
         raise DataError(f"data folder {printable(root)}: no usable images in class folder(s) "
                         f"{', '.join(empty)} ({len(skipped)} file(s) skipped)")
     ix.rels.prefix = prefix                           # the Index is done with: its names become the paths

@@ -129,11 +129,11 @@ def _check_root(root: str) -> list[str]:
             and os.path.isdir(os.path.join(root, e))]
 
 
-def _match_classes(root: str, found: list, classes) -> list:
+def _match_classes(root: str, found: list, classes, missing_ok: bool) -> list:
     if classes is None:
         return found
     classes = [str(c) for c in classes]
-    missing = sorted(set(classes) - set(found))
+    missing = [] if missing_ok else sorted(set(classes) - set(found))
     extra = sorted(set(found) - set(classes))
     if missing or extra:
         parts = []
@@ -157,20 +157,27 @@ def _digest_rows(h, head: str, ci: int, rels: list, stats: np.ndarray, chunk: in
 
 class Index:
     """What scanning a class-per-subfolder root found: classes, rel paths ('class/sub/name.png') with
-    labels, the stat digest of the cache key, loose root-level images and unscannable folders."""
+    labels, the stat digest of the cache key, loose root-level images and unscannable folders.
+    missing_ok (with classes): a class without a subfolder, or with no images in it, has none here
+    (cnn eval of a folder that holds some of a model's classes); a subfolder of no class is refused."""
 
-    def __init__(self, root: str, classes=None):
+    def __init__(self, root: str, classes=None, missing_ok: bool = False):
         found = _check_root(root)
         if not found:
             raise DataError(f"data folder {printable(root)}: has no class subfolders (expected one "
                             f"subfolder of images per class, e.g. {os.path.join(root, 'cat')})")
-        self.classes = _match_classes(root, found, classes)
+        self.classes = _match_classes(root, found, classes, missing_ok and classes is not None)
+        self.missing_ok = missing_ok
+        here = set(found)
         if len(self.classes) < 2:
             raise DataError(f"data folder {printable(root)}: has only one class "
                             f"({printable(self.classes[0])}); need at least 2")
         h = hashlib.sha256()
         self.rels, counts, self.bad = PathList(), [], []
         for ci, name in enumerate(self.classes):
+            if name not in here:                       # missing_ok: no folder of this class
+                counts.append(0)
+                continue
             head, bad, stats = name + "/", [], []
             found_files = _scan_images(os.path.join(root, name), bad, stats)
             _digest_rows(h, head, ci, found_files, stats[0])
@@ -190,7 +197,7 @@ class Index:
             raise DataError(f"data folder {printable(root)}: contains no image files "
                             f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
         empty = [printable(self.classes[i]) for i in range(len(self.classes)) if counts[i] == 0]
-        if empty:
+        if empty and not self.missing_ok:
             why = "".join(f"; {printable(p)}: {r}" for p, r in self.bad)
             raise DataError(f"data folder {printable(root)}: class folder(s) with no image files: "
                             f"{', '.join(empty)}{why}")

@@ -41,6 +41,8 @@ def test_train_writes_a_complete_run_folder(trained):
     skipped = (run / "skipped.txt").read_text()
     assert "broken.png" in skipped and "empty.jpg" in skipped and ".DS_Store" not in skipped
     assert "epoch 2/2" in res.output
+    n_params = sum(a.size for k, a in load_params(run / "last.npz").items() if k.startswith("params/"))
+    assert f"batchnorm=none ({n_params:,} parameters)," in res.output
 
 
 def test_eval_json_and_table(trained):

@@ -169,7 +169,9 @@ def _report_after_training(run_dir):
 @cli.command("eval", short_help="Loss, accuracy, per-class P/R/F1 and confusion of a checkpoint.")
 @click.option("--checkpoint", required=True, type=click.Path(),
               help="A .npz checkpoint, or a run folder (its best.npz, else last.npz).")
-@click.option("--data", "data_dir", required=True, type=click.Path(), help="Image folder with one subfolder per class.")
+@click.option("--data", "data_dir", default=None, type=click.Path(),
+              help="Image folder with one subfolder per class (some of the model's classes will do). Default: "
+                   "the run's validation images, held out again from its config.yaml as training did.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
 @click.option("--top-k", default=None, type=click.IntRange(min=1),
               help="k of the top-k accuracy [default: the checkpoint config's train.top_k].")
@@ -181,7 +183,8 @@ def _report_after_training(run_dir):
 @click.option("--no-cache", is_flag=True, help="Decode every image again; do not read or write the dataset cache.")
 @user_errors
 def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metric, no_cache):
-    """Measure a checkpoint on a labelled image folder: loss, accuracy, top-k, per-class P/R/F1, confusion."""
+    """Measure a checkpoint on a labelled image folder (default: its run's validation images): loss,
+    accuracy, top-k, per-class P/R/F1, confusion."""
     from cnncli.evaluate import below_threshold, evaluate, format_metrics
 
     metrics, _, _ = evaluate(_resolve_checkpoint(checkpoint), data_dir, batch_size=batch_size, top_k=top_k,

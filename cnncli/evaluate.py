@@ -7,6 +7,8 @@ This module does not plot (see report.py) and does not know about the CLI.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .errors import CnnError, DataError
@@ -173,15 +175,56 @@ def checkpoint_top_k(meta: dict) -> int:
 
 
 def evaluate(checkpoint, data_dir, batch_size=256, top_k=None, cache=True):
-    """Evaluate a checkpoint on an image folder -> (metrics, dataset, probs (N,C)).
+    """Evaluate a checkpoint on an image folder -> (metrics, dataset, probs (N,C)); data_dir None: on
+    the validation images of the run folder the checkpoint lies in (validation_data).
     top_k None: the checkpoint config's train.top_k."""
     from .predictor import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint)
-    metrics, dataset, probs = evaluate_predictor(predictor, data_dir, batch_size=batch_size, top_k=top_k,
-                                                      cache=cache)
+    if data_dir is not None:
+        metrics, dataset, probs = evaluate_predictor(predictor, data_dir, batch_size=batch_size, top_k=top_k,
+                                                     cache=cache)
+    else:
+        run_dir = Path(checkpoint).parent
+        found = validation_data(run_dir, predictor, cache=cache)
+        if found is None:
+            raise CnnError(f"{run_dir}: the run has no validation images (data.val_split 0); "
+                           "pass --data FOLDER to choose the images to evaluate")
+        dataset, skipped, description = found
+        probs = predictor.predict_proba(dataset.images, batch_size=batch_size)  # (N,C)
+        k = checkpoint_top_k(predictor.meta) if top_k is None else top_k
+        metrics = compute_metrics(probs, dataset.labels, predictor.classes, top_k=k)
+        metrics["data"] = description
+        metrics["skipped"] = skipped
     metrics["checkpoint"] = str(checkpoint)
     return metrics, dataset, probs
+
+
+def validation_data(run_dir: Path, predictor, cache=True):
+    """(dataset, skipped count, description): the run's validation split rebuilt from its config.yaml
+    as training held it out; None when the run has no validation images (data.val_split 0 decodes
+    nothing to find that out). cache False: decode again, bypassing the dataset cache."""
+    from . import config as config_mod
+    from . import train
+
+    cfg_path = Path(run_dir) / "config.yaml"
+    if not cfg_path.is_file():
+        raise CnnError(f"{cfg_path}: not found; pass --data to choose the images to evaluate")
+    try:
+        cfg = config_mod.load_config(cfg_path)
+        if train.holds_out_nothing(cfg):
+            return None
+        cfg["data"]["cache"] = cfg["data"]["cache"] and cache
+        _, val_ds, skipped = train.load_datasets(cfg)
+    except CnnError as err:
+        raise CnnError(f"cannot rebuild the validation data from {cfg_path} ({err}); pass --data FOLDER") from err
+    if val_ds is None or len(val_ds.labels) == 0:
+        return None
+    check_classes(predictor.classes, val_ds.classes, cfg_path)
+    d = cfg["data"]
+    if d.get("val"):
+        return val_ds, len(skipped), f"{d['val']} (data.val of {cfg_path})"
+    return val_ds, len(skipped), f"validation split {d.get('val_split')} of {d.get('train')} (from {cfg_path})"
 
 
 def evaluate_predictor(predictor, data_dir, batch_size=256, top_k=None, cache=True):

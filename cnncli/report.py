@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import CnnError
 from .runfolder import printable
-from .evaluate import check_classes, checkpoint_top_k, compute_metrics, evaluate_predictor, short_name
+from .evaluate import checkpoint_top_k, compute_metrics, evaluate_predictor, short_name, validation_data
 
 MATPLOTLIB_MISSING = "cnn report needs matplotlib: pip install 'cnncli[plots]'"
 DPI = 120
@@ -70,31 +70,6 @@ def read_history(path: Path) -> list[dict]:
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise CnnError(f"{path}: cannot read metrics ({err})") from err
     return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def _validation_data(run_dir: Path, predictor):
-    """(dataset, skipped count, description): the run's validation split rebuilt from its config.yaml;
-    None when the run has no validation images (data.val_split 0 decodes nothing to find that out)."""
-    from . import config as config_mod
-    from . import train
-
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise CnnError(f"{cfg_path}: not found; pass --data to choose the images to evaluate")
-    try:
-        cfg = config_mod.load_config(cfg_path)
-        if train.holds_out_nothing(cfg):
-            return None
-        _, val_ds, skipped = train.load_datasets(cfg)
-    except CnnError as err:
-        raise CnnError(f"cannot rebuild the validation data from {cfg_path} ({err}); pass --data FOLDER") from err
-    if val_ds is None or len(val_ds.labels) == 0:
-        return None
-    check_classes(predictor.classes, val_ds.classes, cfg_path)
-    d = cfg["data"]
-    if d.get("val"):
-        return val_ds, len(skipped), f"{d['val']} (data.val of {cfg_path})"
-    return val_ds, len(skipped), f"validation split {d.get('val_split')} of {d.get('train')} (from {cfg_path})"
 
 
 # ---------------------------------------------------------------- figures
@@ -338,7 +313,7 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None) -> Path:
 
     predictor = Predictor.from_checkpoint(ckpt)
     classes = [printable(c) for c in predictor.classes]   # names not valid UTF-8 shown as \xNN
-    found = None if data_dir is not None else _validation_data(run_dir, predictor)
+    found = None if data_dir is not None else validation_data(run_dir, predictor)
     if data_dir is not None:
         metrics, dataset, probs = evaluate_predictor(predictor, data_dir)
     elif found is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -57,6 +58,30 @@ def test_eval_json_and_table(trained):
     assert m["accuracy"] == pytest.approx(np.trace(conf) / conf.sum())
     table = invoke(["eval", "--checkpoint", run, "--data", data])
     assert table.exit_code == 0 and "disc" in table.stdout
+
+
+def test_eval_without_data_measures_the_runs_own_validation_images(trained, tmp_path):
+    tmp, data, run, res = trained
+    held_out = int(res.output.split("validating on ")[1].split(";")[0])
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    best = min(rows, key=lambda r: float(r["val_loss"]))           # the epoch best.npz holds
+    for ckpt in (run, run / "best.npz"):
+        out = invoke(["eval", "--checkpoint", ckpt, "--json"])
+        assert out.exit_code == 0, out.stderr
+        m = json.loads(out.stdout)
+        assert m["num_images"] == held_out and "validation split" in m["data"]
+        assert m["accuracy"] == pytest.approx(float(best["val_acc"]))
+        assert m["loss"] == pytest.approx(float(best["val_loss"]), rel=1e-5)
+    lone = tmp_path / "lone.npz"                                   # no run folder around it
+    lone.write_bytes((run / "best.npz").read_bytes())
+    out = invoke(["eval", "--checkpoint", lone])
+    assert out.exit_code == 1 and "config.yaml: not found; pass --data" in out.stderr
+    whole = tmp_path / "whole"                                     # a run that held out nothing
+    assert invoke(["train", "--config", tmp / "cfg.yaml", "--out", whole, "-q", "--no-report",
+                   "--set", "data.val_split=0", "--set", "train.epochs=1"]).exit_code == 0
+    out = invoke(["eval", "--checkpoint", whole])
+    assert out.exit_code == 1 and "has no validation images" in out.stderr and "--data" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
 
 
 def test_predict_files_folders_json_and_a_bad_file(trained):

@@ -101,6 +101,7 @@ def compute_metrics(probs, labels, classes, top_k=3) -> dict:
         # a class with no images here that the model never predicts has no F1 to average
         "macro_f1": float(f1[(support > 0) | (predicted > 0)].mean()) if n else 0.0,
         "confusion": confusion.astype(int).tolist(),
+        "absent": [name for name, m in per_class.items() if m["support"] == 0],   # no images of these
     }
 
 
@@ -248,7 +249,6 @@ def evaluate_predictor(predictor, data_dir, batch_size=256, top_k=None, cache=Tr
     metrics = compute_metrics(probs, dataset.labels, predictor.classes, top_k=k)
     metrics["data"] = str(data_dir)
     metrics["skipped"] = len(skipped)
-    metrics["absent"] = [name for name, m in metrics["per_class"].items() if m["support"] == 0]
     return metrics, dataset, probs
 
 

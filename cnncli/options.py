@@ -74,8 +74,9 @@ class Option:
 OPTIONS = (
     Option("data.train", None, "Folder of class subfolders (one subfolder per class); required for training.", "str",
            check=_not_empty),
-    Option("data.val", None, "Validation folder with the same class subfolders; when null, data.val_split of "
-           "the training images is held out.", "str", check=_not_empty),
+    Option("data.val", None, "Validation folder with the training's class subfolders (a class may be missing: "
+           "a note says so); when null, data.val_split of the training images is held out.", "str",
+           check=_not_empty),
     Option("data.val_split", 0.1, "Fraction of the training images held out for validation, in [0, 1) (0: "
            "none, train on every image); used only when data.val is null; stratified by class, seeded by "
            "data.seed.", "float", check=_range(0, 1, False, True)),

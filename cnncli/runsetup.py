@@ -21,7 +21,8 @@ def holds_out_nothing(cfg: dict) -> bool:
 
 
 def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
-    """(train_ds, val_ds, skipped) as the config says: data.val, or a stratified data.val_split of train.
+    """(train_ds, val_ds, skipped) as the config says: data.val (which may lack some of the classes, as
+    a test folder for cnn eval may), or a stratified data.val_split of train.
     `classes` (a checkpoint's) must match the class folders; a mismatch fails before any image is decoded."""
     from cnncli import data
 
@@ -43,7 +44,7 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
             f"model.num_classes is {n_classes} but {train_dir} has {len(train_ds.classes)} class folders"
         )
     if val_dir is not None:
-        val_ds, val_skipped = data.load_folder(val_dir, classes=train_ds.classes, **opts)
+        val_ds, val_skipped = data.load_folder(val_dir, classes=train_ds.classes, missing_ok=True, **opts)
         skipped = list(skipped) + list(val_skipped)
     else:
         tr_idx, va_idx = data.stratified_split(train_ds.labels, d["val_split"], d["seed"])

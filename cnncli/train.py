@@ -306,6 +306,10 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     trainer.echo(f"Epochs: {trainer.epochs}{' (train.epochs=auto for this training set)' if auto else ''}; "
                  f"augmentation {'on' if trainer.augmenter is not None else 'off'}; early stopping "
                  f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}")
+    absent = [c for c, k in zip(train_ds.classes, np.bincount(val_ds.labels, minlength=len(train_ds.classes)))
+              if k == 0]
+    if 0 < len(absent) < len(train_ds.classes):
+        trainer.echo(f"note: no validation images of {', '.join(map(runfolder.printable, absent))}")
     if len(val_ds.labels) == 0:
         trainer.echo(("note: no validation images (data.val_split is 0)" if holds_out_nothing(cfg)
                       else "warning: no validation images")

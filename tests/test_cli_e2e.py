@@ -84,6 +84,23 @@ def test_eval_without_data_measures_the_runs_own_validation_images(trained, tmp_
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def test_a_validation_folder_without_some_classes_trains_and_says_so(workspace, tmp_path):
+    tmp, data = workspace
+    val = tmp_path / "val"
+    for name in SHAPES[1:]:                                        # no SHAPES[0] folder
+        (val / name).mkdir(parents=True)
+        for src in sorted((data / name).glob("00[0-2].png")):
+            (val / name / src.name).write_bytes(src.read_bytes())
+    res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", tmp_path / "run", "--no-report",
+                  "--set", f"data.val={val}", "--set", "train.epochs=1"])
+    assert res.exit_code == 0, res.stderr
+    assert "validating on 6;" in res.stderr and f"note: no validation images of {SHAPES[0]}\n" in res.stderr
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    m = json.loads(invoke(["eval", "--checkpoint", tmp_path / "run" / "last.npz", "--json"]).stdout)
+    assert m["num_images"] == 6 and m["absent"] == [SHAPES[0]]
+    assert m["accuracy"] == pytest.approx(float(rows[-1]["val_acc"]))
+
+
 def test_predict_files_folders_json_and_a_bad_file(trained):
     tmp, data, run, _ = trained
     res = CliRunner().invoke(cli, ["predict", "--checkpoint", str(run), str(data / "disc"), "--json", "--top-k", "2"])

@@ -191,13 +191,20 @@ def evaluate(checkpoint, data_dir, batch_size=256, top_k=None, cache=True):
         if found is None:
             raise CnnError(f"{run_dir}: the run has no validation images (data.val_split 0); "
                            "pass --data FOLDER to choose the images to evaluate")
-        dataset, skipped, description = found
-        probs = predictor.predict_proba(dataset.images, batch_size=batch_size)  # (N,C)
-        k = checkpoint_top_k(predictor.meta) if top_k is None else top_k
-        metrics = compute_metrics(probs, dataset.labels, predictor.classes, top_k=k)
-        metrics["data"] = description
-        metrics["skipped"] = skipped
+        metrics, dataset, probs = evaluate_found(predictor, found, batch_size=batch_size, top_k=top_k)
     metrics["checkpoint"] = str(checkpoint)
+    return metrics, dataset, probs
+
+
+def evaluate_found(predictor, found, batch_size=256, top_k=None, classes=None):
+    """(metrics, dataset, probs) of a Predictor on validation_data's (dataset, skipped, description);
+    classes: the names the metrics use (default the predictor's)."""
+    dataset, skipped, description = found
+    probs = predictor.predict_proba(dataset.images, batch_size=batch_size)  # (N,C)
+    k = checkpoint_top_k(predictor.meta) if top_k is None else top_k
+    metrics = compute_metrics(probs, dataset.labels, predictor.classes if classes is None else classes, top_k=k)
+    metrics["data"] = description
+    metrics["skipped"] = skipped
     return metrics, dataset, probs
 
 

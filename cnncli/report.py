@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import CnnError
 from .runfolder import printable
-from .evaluate import checkpoint_top_k, compute_metrics, evaluate_predictor, short_name, validation_data
+from .evaluate import evaluate_found, evaluate_predictor, short_name, validation_data
 
 MATPLOTLIB_MISSING = "cnn report needs matplotlib: pip install 'cnncli[plots]'"
 DPI = 120
@@ -317,11 +317,7 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None) -> Path:
     if data_dir is not None:
         metrics, dataset, probs = evaluate_predictor(predictor, data_dir)
     elif found is not None:
-        dataset, skipped, description = found
-        probs = predictor.predict_proba(dataset.images)  # (N,C)
-        metrics = compute_metrics(probs, dataset.labels, classes, top_k=checkpoint_top_k(predictor.meta))
-        metrics["data"] = description
-        metrics["skipped"] = skipped
+        metrics, dataset, probs = evaluate_found(predictor, found, classes=classes)
     else:                                   # no validation images: the curves and filters only
         dataset, metrics = None, {"data": f"none: the run has no validation images (cnn report {run_dir} --data "
                                           "FOLDER adds the confusion matrix, per-class bars and mistakes)"}

@@ -301,8 +301,9 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     ranks = f"{net.comm.size} MPI ranks x " if net.comm.size > 1 else ""      # the ranks that share each step
     trainer.echo(f"Run folder: {run_dir}")
     trainer.echo(f"Training on {len(train_ds.labels)} images ({len(train_ds.classes)} classes), validating on "
-                 f"{len(val_ds.labels)}; batchnorm={m['batchnorm']} ({net.params.flat.size:,} parameters), {o['name']} lr={o['lr']} {o['schedule']}, batch "
-                 f"{cfg['train']['batch_size']}, {ranks}{threads} thread(s); setup {time.perf_counter() - t_setup:.1f}s")
+                 f"{len(val_ds.labels)}; batchnorm={m['batchnorm']} ({net.params.flat.size:,} parameters), "
+                 f"{o['name']} lr={o['lr']} {o['schedule']}, batch {cfg['train']['batch_size']}, {ranks}{threads} "
+                 f"thread(s); setup {time.perf_counter() - t_setup:.1f}s")
     trainer.echo(f"Epochs: {trainer.epochs}{' (train.epochs=auto for this training set)' if auto else ''}; "
                  f"augmentation {'on' if trainer.augmenter is not None else 'off'}; early stopping "
                  f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}")

@@ -259,7 +259,11 @@ class Trainer:
         if not self.best_path.exists():
             return f"no epoch had a finite {what}, so there is no best.npz"
         restored = " (restored into last.npz)" if self.restored else ""
-        return f"best {what} {self.state.best_val_loss:.4f} is in {self.best_path}{restored}"
+        side = self.early.monitor.split("_")[0]                 # the epoch that set the best: its accuracy
+        row = next((r for r in reversed(self.state.history) if r.get(self.early.monitor) == self.state.best_val_loss),
+                   None)
+        at = f" (epoch {row['epoch']}, {side} acc {row[side + '_acc']:.2%})" if row else ""
+        return f"best {what} {self.state.best_val_loss:.4f}{at} is in {self.best_path}{restored}"
 
     def fit(self) -> None:
         """The remaining epochs, or one line when there is nothing to do."""

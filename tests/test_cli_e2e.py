@@ -274,6 +274,9 @@ def test_early_stopping_restores_best_into_last(workspace, tmp_path):
     assert res.exit_code == 0, res.output
     assert "Early stopping" in res.output
     assert len((tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()) == 1 + 2
+    first = next(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))     # the best epoch (min_delta 10)
+    assert (f"Best val loss {float(first['val_loss']):.4f} (epoch 1, val acc {float(first['val_acc']):.2%}) "
+            f"is in {tmp_path / 'run' / 'best.npz'} (restored into last.npz)") in res.output
     best, last = load_params(tmp_path / "run" / "best.npz"), load_params(tmp_path / "run" / "last.npz")
     for k in best:
         if k.startswith("params/"):

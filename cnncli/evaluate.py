@@ -189,8 +189,8 @@ def evaluate(checkpoint, data_dir, batch_size=256, top_k=None, cache=True):
         run_dir = Path(checkpoint).parent
         found = validation_data(run_dir, predictor, cache=cache)
         if found is None:
-            raise CnnError(f"{run_dir}: the run has no validation images (data.val_split 0); "
-                           "pass --data FOLDER to choose the images to evaluate")
+            raise CnnError(f"{run_dir}: the run held out no validation images (data.val_split 0, or too few "
+                           "images); pass --data FOLDER to choose the images to evaluate")
         metrics, dataset, probs = evaluate_found(predictor, found, batch_size=batch_size, top_k=top_k)
     metrics["checkpoint"] = str(checkpoint)
     return metrics, dataset, probs

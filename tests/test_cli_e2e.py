@@ -80,7 +80,7 @@ def test_eval_without_data_measures_the_runs_own_validation_images(trained, tmp_
     assert invoke(["train", "--config", tmp / "cfg.yaml", "--out", whole, "-q", "--no-report",
                    "--set", "data.val_split=0", "--set", "train.epochs=1"]).exit_code == 0
     out = invoke(["eval", "--checkpoint", whole])
-    assert out.exit_code == 1 and "has no validation images" in out.stderr and "--data" in out.stderr
+    assert out.exit_code == 1 and "held out no validation images" in out.stderr and "--data" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
 
 

@@ -135,6 +135,10 @@ def _match_classes(root: str, found: list, classes, missing_ok: bool) -> list:
     classes = [str(c) for c in classes]
     missing = [] if missing_ok else sorted(set(classes) - set(found))
     extra = sorted(set(found) - set(classes))
+    if missing_ok and extra:                           # (Cat for cat: the names the folder may use)
+        shown = ", ".join(map(printable, classes[:20])) + (", ..." if len(classes) > 20 else "")
+        raise DataError(f"data folder {printable(root)}: class folder(s) {', '.join(map(printable, extra))} "
+                        f"not among the expected classes ({shown})")
     if missing or extra:
         parts = []
         if missing:

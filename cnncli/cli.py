@@ -292,6 +292,30 @@ def bench(batchnorm, batch_sizes, threads, seconds, repeats, vs_torch, compare_b
               vs_torch=vs_torch, as_json=as_json, echo=click.echo, compare_bn=compare_bn, functional=functional)
 
 
+@cli.command("lr-find", short_help="Suggest optim.lr: a learning-rate range test, as Lightning's lr_find.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML config file (as for cnn train): its data, network, optimizer and batch size are used.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. --set optim.name=sgd. Repeatable.")
+@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=2), help="Training steps to run.")
+@click.option("--min-lr", default=1e-6, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Rate of the first step.")
+@click.option("--max-lr", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Rate of the last step (the rate rises geometrically in between).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (every step's rate and losses).")
+@user_errors
+def lr_find(config_path, overrides, steps, min_lr, max_lr, as_json):
+    """Train from the initial weights for --steps steps with the learning rate rising from --min-lr to
+    --max-lr, stop once the smoothed loss passes 4x its best, and suggest the rate where it falls
+    fastest. Writes no run folder; the config is not changed."""
+    from cnncli import config as config_mod
+    from cnncli.lrfind import format_result, lr_find as run
+
+    cfg = config_mod.load_config(config_path, overrides)
+    result = run(cfg, steps=steps, min_lr=min_lr, max_lr=max_lr, echo=lambda m: click.echo(m, err=True))
+    click.echo(json.dumps(result, indent=2) if as_json else format_result(result, cfg["optim"]["name"]))
+
+
 @cli.command(short_help="What a checkpoint holds: classes, input, layers, parameters, progress.")
 @click.argument("checkpoint", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

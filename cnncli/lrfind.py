@@ -1,0 +1,107 @@
+"""`cnn lr-find`: the learning-rate range test of Lightning's lr_find (after Smith, 2015): from the
+config's initial weights, train a few steps with the rate rising geometrically from min to max,
+smooth the loss, stop once it exceeds 4x its best, and suggest the rate where it falls fastest.
+It writes no run folder and no checkpoint; it does not change the config (it prints what to set).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cnncli.errors import CnnError, TrainingDiverged
+
+SMOOTHING = 0.98          # the loss's exponential moving average (bias-corrected), as Lightning
+DIVERGED = 4.0            # stop once the smoothed loss exceeds this multiple of its best
+SKIP_BEGIN, SKIP_END = 10, 1   # points left out of the suggestion at each end (Lightning's defaults)
+
+
+def rates(min_lr: float, max_lr: float, steps: int) -> np.ndarray:
+    """(steps,) float64: min_lr * (max_lr/min_lr)^(i/(steps-1)), the rate of step i."""
+    return min_lr * (max_lr / min_lr) ** (np.arange(steps) / max(1, steps - 1))
+
+
+def smooth(losses) -> np.ndarray:
+    """(K,) the bias-corrected exponential moving average of the losses (SMOOTHING)."""
+    out, avg = np.empty(len(losses)), 0.0
+    for i, loss in enumerate(losses):
+        avg = SMOOTHING * avg + (1 - SMOOTHING) * loss
+        out[i] = avg / (1 - SMOOTHING ** (i + 1))
+    return out
+
+
+def suggest(lrs, smoothed):
+    """The rate at the steepest descent of the smoothed loss (the most negative np.gradient, the
+    first SKIP_BEGIN and last SKIP_END points left out), or None with too few points."""
+    a, b = SKIP_BEGIN, len(smoothed) - SKIP_END
+    if b - a < 2:
+        return None
+    return float(lrs[a + int(np.argmin(np.gradient(np.asarray(smoothed)[a:b])))])
+
+
+def lr_find(cfg: dict, steps: int = 100, min_lr: float = 1e-6, max_lr: float = 1.0, echo=print) -> dict:
+    """Run the range test as `cfg` sets up training (data, network, optimizer, augmentation, batch
+    size, threads) -> {"lr": [...], "loss": [...], "smoothed": [...], "suggested": lr or None,
+    "stopped": why it ended early or None}."""
+    from cnncli import config as config_mod
+    from cnncli.distributed import Comm, rank_threads
+    from cnncli.kernels import set_threads
+    from cnncli.runfolder import RunState
+    from cnncli.runsetup import _compile_kernels, build, load_datasets
+    from cnncli.train import Trainer, epoch_batches
+
+    if not 0 < min_lr < max_lr:
+        raise CnnError(f"--min-lr {min_lr:g} must be > 0 and below --max-lr {max_lr:g}")
+    comm = Comm()
+    set_threads(rank_threads(comm, cfg["train"]["threads"]))
+    train_ds, val_ds, _ = load_datasets(cfg, echo=echo)
+    _compile_kernels(cfg, False, comm)
+    cfg = config_mod.resolve_epochs(cfg, len(train_ds.labels))
+    net, opt, preprocess = build(cfg, train_ds, None, comm)
+    trainer = Trainer(cfg, Path("<lr-find: no run folder>"), net, opt, RunState(), train_ds, val_ds,
+                      train_ds.classes, preprocess, lambda _: None, True, comm=comm)
+    lrs = rates(min_lr, max_lr, steps)
+    trainer.lr_at = lambda step: float(lrs[step])
+    state, losses, stopped = trainer.state, [], None
+    batches = epoch_batches(len(train_ds.labels), trainer.batch_size, trainer.seed, 0, trainer.min_last)
+    for i in range(steps):
+        if state.epoch_step == len(batches):               # next epoch: its own order and draws
+            state.epoch, state.epoch_step = state.epoch + 1, 0
+            batches = epoch_batches(len(train_ds.labels), trainer.batch_size, trainer.seed, state.epoch,
+                                    trainer.min_last)
+        before = state.loss_sum
+        idx = batches[state.epoch_step]
+        try:
+            trainer.train_step(idx)
+        except TrainingDiverged:
+            stopped = f"the loss or a gradient became non-finite at lr {lrs[i]:.3g}"
+            break
+        losses.append((state.loss_sum - before) / len(idx))
+        s = smooth(losses)
+        if i > 0 and s[-1] > DIVERGED * s.min():
+            stopped = f"the smoothed loss passed {DIVERGED:g}x its best at lr {lrs[i]:.3g}"
+            break
+    if not losses:
+        raise CnnError(f"lr-find: the first step already diverged (lr {min_lr:g}); lower --min-lr")
+    smoothed = smooth(losses)
+    return {"lr": lrs[:len(losses)].tolist(), "loss": losses, "smoothed": smoothed.tolist(),
+            "suggested": suggest(lrs, smoothed), "stopped": stopped}
+
+
+def format_result(result: dict, optimizer: str) -> str:
+    """A table of every 10th step (rate, smoothed loss), how it ended, and the suggestion."""
+    lrs, smoothed = result["lr"], result["smoothed"]
+    lines = [f"{'step':>5} {'lr':>10} {'smoothed loss':>14}"]
+    for i in sorted(set(range(0, len(lrs), 10)) | {len(lrs) - 1}):
+        lines.append(f"{i + 1:>5} {lrs[i]:>10.3g} {smoothed[i]:>14.4f}")
+    lines.append(f"ran {len(lrs)} step(s)" + (f"; stopped: {result['stopped']}" if result["stopped"] else ""))
+    best = result["suggested"]
+    if best is None:
+        lines.append(f"no suggestion: fewer than {SKIP_BEGIN + SKIP_END + 2} steps ran before it stopped; "
+                     "try more --steps or a lower --max-lr")
+    else:
+        lines.append(f"suggested optim.lr: {best:.3g} (steepest descent of the smoothed loss, {optimizer}); "
+                     f"try: cnn train --set optim.lr={best:.3g}")
+    return "\n".join(lines)
+

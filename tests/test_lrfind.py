@@ -1,0 +1,81 @@
+"""`cnn lr-find`: the rates rise geometrically, the smoothing and the suggestion follow the returned
+losses (recomputed here by plain loops), a diverging test stops early, runs repeat bit for bit, and
+nothing is written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cnncli import lrfind
+from e2e_util import invoke, make_folder, private_cache, write_config  # noqa: F401
+
+
+def _smooth_loop(losses, beta=0.98):
+    out, avg = [], 0.0
+    for i, loss in enumerate(losses):
+        avg = beta * avg + (1 - beta) * loss
+        out.append(avg / (1 - beta ** (i + 1)))
+    return out
+
+
+def _steepest(lrs, smoothed, skip_begin=10, skip_end=1):
+    # the rate where the smoothed loss falls fastest: central differences, one-sided at the ends
+    y = smoothed[skip_begin:len(smoothed) - skip_end]
+    slope = [y[1] - y[0]] + [(y[i + 1] - y[i - 1]) / 2 for i in range(1, len(y) - 1)] + [y[-1] - y[-2]]
+    return lrs[skip_begin + min(range(len(slope)), key=lambda i: (slope[i], i))]
+
+
+def test_rates_smoothing_and_suggestion_by_hand():
+    lrs = lrfind.rates(1e-5, 1e-1, 41)
+    assert lrs[0] == pytest.approx(1e-5) and lrs[-1] == pytest.approx(1e-1)
+    assert np.allclose(lrs[1:] / lrs[:-1], 10 ** 0.1)
+    losses = [3.0] * 20 + [3.0 - 0.5 * k for k in range(1, 4)] + [1.5] * 18     # the fall at steps 20-22
+    smoothed = lrfind.smooth(losses)
+    assert smoothed[0] == losses[0] and np.allclose(smoothed, _smooth_loop(losses), rtol=0, atol=1e-12)
+    assert lrfind.suggest(lrs, smoothed) == _steepest(list(lrs), list(smoothed))
+    assert 20 <= list(lrs).index(lrfind.suggest(lrs, smoothed)) <= 23
+    assert lrfind.suggest(lrs[:12], smoothed[:12]) is None                      # too few points
+
+
+@pytest.fixture()
+def cfg(tmp_path):
+    return write_config(tmp_path / "c.yaml", make_folder(tmp_path / "data", per_class=8), tmp_path / "runs" / "x")
+
+
+def test_a_run_follows_its_own_losses_repeats_and_writes_nothing(cfg, tmp_path):
+    runs = []
+    for _ in range(2):
+        res = invoke(["lr-find", "--config", cfg, "--steps", "30", "--min-lr", "1e-5", "--max-lr", "1e-2", "--json"])
+        assert res.exit_code == 0, res.stderr
+        runs.append(json.loads(res.stdout))
+    r = runs[0]
+    assert runs[1] == r                                              # bit for bit
+    assert r["stopped"] is None and len(r["lr"]) == len(r["loss"]) == 30
+    assert r["lr"] == pytest.approx(list(lrfind.rates(1e-5, 1e-2, 30)), rel=1e-12)
+    assert np.isfinite(r["loss"]).all() and r["smoothed"] == pytest.approx(_smooth_loop(r["loss"]), rel=1e-12)
+    assert r["suggested"] == _steepest(r["lr"], r["smoothed"])
+    assert not (tmp_path / "runs").exists()
+    text = invoke(["lr-find", "--config", cfg, "--steps", "30", "--min-lr", "1e-5", "--max-lr", "1e-2"]).stdout
+    assert f"suggested optim.lr: {r['suggested']:.3g} (steepest descent of the smoothed loss, adam)" in text
+    assert f"try: cnn train --set optim.lr={r['suggested']:.3g}" in text
+
+
+def test_a_diverging_test_stops_early_and_says_why(cfg):
+    res = invoke(["lr-find", "--config", cfg, "--set", "optim.name=sgd", "--steps", "60", "--min-lr", "1e-3",
+                  "--max-lr", "1e6", "--json"])
+    assert res.exit_code == 0, res.stderr
+    r = json.loads(res.stdout)
+    assert r["stopped"] and len(r["loss"]) < 60
+    assert r["suggested"] is None or r["suggested"] < r["lr"][-1]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--min-lr", "1", "--max-lr", "0.1"], "--min-lr 1 must be > 0 and below --max-lr 0.1"),
+    (["--set", "optim.nmae=sgd"], "did you mean"),
+])
+def test_bad_arguments_are_one_line(cfg, args, needle):
+    res = invoke(["lr-find", "--config", cfg, *args])
+    assert res.exit_code != 0 and needle in res.stderr and "Traceback" not in res.output

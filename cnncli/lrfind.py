@@ -82,6 +82,9 @@ def lr_find(cfg: dict, steps: int = 100, min_lr: float = 1e-6, max_lr: float = 1
         if i > 0 and s[-1] > DIVERGED * s.min():
             stopped = f"the smoothed loss passed {DIVERGED:g}x its best at lr {lrs[i]:.3g}"
             break
+    from cnncli import precompile
+
+    precompile.finish_background(precompile.stderr_line)   # first run: keep the workers' compiled kernels
     if not losses:
         raise CnnError(f"lr-find: the first step already diverged (lr {min_lr:g}); lower --min-lr")
     smoothed = smooth(losses)

@@ -302,17 +302,21 @@ def bench(batchnorm, batch_sizes, threads, seconds, repeats, vs_torch, compare_b
               help="Rate of the first step.")
 @click.option("--max-lr", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Rate of the last step (the rate rises geometrically in between).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write a PNG of the loss against the rate, the suggestion marked (needs cnncli[plots]).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (every step's rate and losses).")
 @user_errors
-def lr_find(config_path, overrides, steps, min_lr, max_lr, as_json):
+def lr_find(config_path, overrides, steps, min_lr, max_lr, plot_path, as_json):
     """Train from the initial weights for --steps steps with the learning rate rising from --min-lr to
     --max-lr, stop once the smoothed loss passes 4x its best, and suggest the rate where it falls
     fastest. Writes no run folder; the config is not changed."""
     from cnncli import config as config_mod
-    from cnncli.lrfind import format_result, lr_find as run
+    from cnncli.lrfind import format_result, lr_find as run, write_plot
 
     cfg = config_mod.load_config(config_path, overrides)
     result = run(cfg, steps=steps, min_lr=min_lr, max_lr=max_lr, echo=lambda m: click.echo(m, err=True))
+    if plot_path is not None:
+        click.echo(f"plot: {write_plot(result, plot_path)}", err=True)
     click.echo(json.dumps(result, indent=2) if as_json else format_result(result, cfg["optim"]["name"]))
 
 

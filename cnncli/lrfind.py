@@ -92,6 +92,38 @@ def lr_find(cfg: dict, steps: int = 100, min_lr: float = 1e-6, max_lr: float = 1
             "suggested": suggest(lrs, smoothed), "stopped": stopped}
 
 
+def write_plot(result: dict, path) -> Path:
+    """A PNG at `path` (written whole or not at all): the loss, raw and smoothed, against the rate on a
+    log axis, the suggested rate marked, as Lightning's lr_finder.plot(suggest=True). Needs matplotlib."""
+    from cnncli.atomic import write_atomic
+    from cnncli.report import DPI, STYLE, matplotlib_parts, new_figure
+
+    matplotlib, Figure, Canvas = matplotlib_parts()
+    with matplotlib.rc_context(STYLE):
+        fig = new_figure(Figure, Canvas, 6, 4)
+        ax = fig.subplots()
+        ax.plot(result["lr"], result["loss"], color="0.75", lw=1, label="loss")
+        ax.plot(result["lr"], result["smoothed"], color="tab:blue", lw=2, label="smoothed loss")
+        best = result["suggested"]
+        if best is not None:
+            ax.axvline(best, color="tab:red", ls="--", label=f"suggested lr {best:.3g}")
+        raw, smoothed = np.asarray(result["loss"]), np.asarray(result["smoothed"])
+        until = int(np.argmin(smoothed)) + 1                     # up to the smoothed minimum: the rise
+        low = min(raw.min(), smoothed.min())                     # after it runs off the top
+        high = max(raw[:until].max(), smoothed[:until].max())
+        ax.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("training loss (summed BCE)")
+        ax.set_title("cnn lr-find")
+        ax.legend(loc="best")
+        try:
+            write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
+        except OSError as err:
+            raise CnnError(f"{path}: cannot write the plot ({err.strerror or err})") from None
+    return Path(path)
+
+
 def format_result(result: dict, optimizer: str) -> str:
     """A table of every 10th step (rate, smoothed loss), how it ended, and the suggestion."""
     lrs, smoothed = result["lr"], result["smoothed"]

@@ -27,7 +27,7 @@ STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fo
          "xtick.labelsize": 8, "ytick.labelsize": 8, "figure.dpi": DPI, "savefig.dpi": DPI}
 
 
-def _matplotlib():
+def matplotlib_parts():
     """(matplotlib module, Figure, FigureCanvasAgg), or CnnError when matplotlib is not installed."""
     try:
         import matplotlib
@@ -80,7 +80,7 @@ def _label(name, width):
     return short_name(name, width).replace("$", r"\$")
 
 
-def _new_figure(Figure, Canvas, width, height):
+def new_figure(Figure, Canvas, width, height):
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     Canvas(fig)
     return fig
@@ -299,7 +299,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None) -> Path:
     """Write the run's PNGs and report.html into out_dir (default run_dir/report); returns the HTML path."""
-    matplotlib, Figure, Canvas = _matplotlib()
+    matplotlib, Figure, Canvas = matplotlib_parts()
     from .predictor import Predictor
 
     run_dir = Path(run_dir)
@@ -349,7 +349,7 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None) -> Path:
         pictures = []
         with matplotlib.rc_context(STYLE):
             for name, caption, size, draw in specs:
-                fig = _new_figure(Figure, Canvas, *size)
+                fig = new_figure(Figure, Canvas, *size)
                 draw(fig)
                 fig.savefig(out_dir / name, format="png", dpi=DPI)
                 pictures.append((name, caption, (out_dir / name).read_bytes()))

@@ -79,3 +79,19 @@ def test_a_diverging_test_stops_early_and_says_why(cfg):
 def test_bad_arguments_are_one_line(cfg, args, needle):
     res = invoke(["lr-find", "--config", cfg, *args])
     assert res.exit_code != 0 and needle in res.stderr and "Traceback" not in res.output
+
+
+def test_plot_is_a_png_of_the_curve(cfg, tmp_path):
+    pytest.importorskip("matplotlib", reason="the plot is an optional extra (cnncli[plots])")
+    from PIL import Image
+
+    png = tmp_path / "lr.png"
+    res = invoke(["lr-find", "--config", cfg, "--steps", "30", "--plot", png])
+    assert res.exit_code == 0, res.stderr
+    assert f"plot: {png}" in res.stderr and "suggested optim.lr" in res.stdout
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
+        assert len(np.unique(np.asarray(im.convert("L")))) > 10   # a drawing, not a blank canvas
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".lr.png")] == []   # no temp file left
+    res = invoke(["lr-find", "--config", cfg, "--steps", "30", "--plot", tmp_path / "no" / "such" / "dir.png"])
+    assert res.exit_code == 1 and "cannot write the plot" in res.stderr and "Traceback" not in res.output

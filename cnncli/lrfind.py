@@ -44,26 +44,21 @@ def lr_find(cfg: dict, steps: int = 100, min_lr: float = 1e-6, max_lr: float = 1
     """Run the range test as `cfg` sets up training (data, network, optimizer, augmentation, batch
     size, threads) -> {"lr": [...], "loss": [...], "smoothed": [...], "suggested": lr or None,
     "stopped": why it ended early or None}."""
-    from cnncli import config as config_mod
-    from cnncli.distributed import Comm, rank_threads
-    from cnncli.kernels import set_threads
-    from cnncli.runfolder import RunState
-    from cnncli.runsetup import _compile_kernels, build, load_datasets
+    from cnncli import precompile
+    from cnncli.distributed import Comm
+    from cnncli.runsetup import setup
     from cnncli.train import Trainer, epoch_batches
 
     if not 0 < min_lr < max_lr:
         raise CnnError(f"--min-lr {min_lr:g} must be > 0 and below --max-lr {max_lr:g}")
     comm = Comm()
-    set_threads(rank_threads(comm, cfg["train"]["threads"]))
-    train_ds, val_ds, _ = load_datasets(cfg, echo=echo)
-    _compile_kernels(cfg, False, comm)
-    cfg = config_mod.resolve_epochs(cfg, len(train_ds.labels))
-    net, opt, preprocess = build(cfg, train_ds, None, comm)
-    trainer = Trainer(cfg, Path("<lr-find: no run folder>"), net, opt, RunState(), train_ds, val_ds,
+    (cfg, _), state, _, _, (train_ds, val_ds, _), (net, opt, preprocess) = \
+        setup(cfg, None, None, False, echo, comm, run_folder=False)       # as cnn train, without a run folder
+    trainer = Trainer(cfg, Path("<lr-find: no run folder>"), net, opt, state, train_ds, val_ds,
                       train_ds.classes, preprocess, lambda _: None, True, comm=comm)
     lrs = rates(min_lr, max_lr, steps)
     trainer.lr_at = lambda step: float(lrs[step])
-    state, losses, stopped = trainer.state, [], None
+    losses, stopped = [], None
     batches = epoch_batches(len(train_ds.labels), trainer.batch_size, trainer.seed, 0, trainer.min_last)
     for i in range(steps):
         if state.epoch_step == len(batches):               # next epoch: its own order and draws
@@ -82,8 +77,6 @@ def lr_find(cfg: dict, steps: int = 100, min_lr: float = 1e-6, max_lr: float = 1
         if i > 0 and s[-1] > DIVERGED * s.min():
             stopped = f"the smoothed loss passed {DIVERGED:g}x its best at lr {lrs[i]:.3g}"
             break
-    from cnncli import precompile
-
     precompile.finish_background(precompile.stderr_line)   # first run: keep the workers' compiled kernels
     if not losses:
         raise CnnError(f"lr-find: the first step already diverged (lr {min_lr:g}); lower --min-lr")

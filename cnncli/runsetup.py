@@ -128,9 +128,10 @@ def _compile_kernels(cfg: dict, quiet, comm) -> None:
                                               augment=aug, background=False).wait(), others=False)
 
 
-def setup(cfg: dict, resume, out, quiet, echo, comm):
+def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     """Every rank: check, resume, threads, data, network -> (cfg with train.epochs resolved, ...).
-    Errors every rank hits are printed once."""
+    Errors every rank hits are printed once. run_folder False (cnn lr-find): no run folder is made
+    (run_dir None)."""
     from cnncli.distributed import check_ranks, everyone, main_first, rank_threads
     from cnncli.kernels import set_threads
 
@@ -154,6 +155,6 @@ def setup(cfg: dict, resume, out, quiet, echo, comm):
     auto = cfg["train"]["epochs"] == "auto"
     cfg = config_mod.resolve_epochs(cfg, len(train_ds.labels))
     net, opt, preprocess = build(cfg, train_ds, resumed, comm)
-    if resume is None:
+    if resume is None and run_folder:
         run_dir = main_first(comm, new_run_dir, out or cfg["out"], others=False)
     return (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess)

@@ -1,0 +1,66 @@
+"""What every `cnn` command shares: user errors turned into one line and an exit code, names made
+printable, JSON lists echoed item by item, a checkpoint argument resolved. No command lives here
+(cli.py, cli_tools.py); nothing heavy is imported, so `cnn --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from cnncli.errors import CnnError
+
+
+class UserError(click.ClickException):
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def user_errors(fn):
+    """Turn CnnError (and OS errors on user paths, Ctrl-C) into one line on stderr, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CnnError as err:
+            raise UserError(printable(str(err)), getattr(err, "exit_code", 1)) from None
+        except KeyboardInterrupt:
+            raise UserError("interrupted", 130) from None
+        except BrokenPipeError:  # `cnn predict ... | head`: the reader left; stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
+        except OSError as err:
+            raise UserError(str(err), 1) from None
+
+    return wrapper
+
+
+def printable(text: str) -> str:
+    """Text for the terminal: bytes of names that are not valid UTF-8 shown as \\xNN (never UnicodeEncodeError)."""
+    from cnncli.runfolder import printable as runfolder_printable
+
+    return runfolder_printable(text)
+
+
+def echo_json_list(items) -> None:
+    """Echo json.dumps(list(items), indent=2), text for text, one item at a time."""
+    first = True
+    for item in items:
+        body = json.dumps(item, indent=2).replace("\n", "\n  ")
+        click.echo(("[\n  " if first else ",\n  ") + body, nl=False)
+        first = False
+    click.echo("[]" if first else "\n]")
+
+
+def resolve_checkpoint(path: str) -> Path:
+    """A checkpoint file, or a run folder: its best.npz (else last.npz)."""
+    from cnncli.predictor import run_checkpoint
+
+    return run_checkpoint(path, ("best.npz", "last.npz"))

@@ -1,0 +1,174 @@
+"""The `cnn` commands around the train-evaluate-ship path: checking and measuring the core
+(gradcheck, bench, warmup), preparing a run (demo, augment-preview, lr-find, cache) and looking into a
+checkpoint (info). Each parses options and calls one library function; cli.py registers them on the
+`cnn` group, beside train, eval, predict, report and export.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from cnncli.cli_common import resolve_checkpoint, user_errors
+
+
+@click.command(short_help="Check every gradient against finite differences.")
+@click.option("--batchnorm", "variants", multiple=True, type=click.Choice(["none", "unit", "channel"]),
+              help="Variant(s) to check; default all three.")
+@click.option("--batch-size", default=2, show_default=True, type=click.IntRange(min=1), help="Random batch size.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights and inputs.")
+@user_errors
+def gradcheck(variants, batch_size, seed):
+    """Compare every hand-derived gradient with float64 finite differences; exit 1 above 1e-6."""
+    from cnncli.gradcheck import run_gradcheck
+
+    status = run_gradcheck(variants=variants or ("none", "unit", "channel"), batch_size=batch_size, seed=seed,
+                           echo=click.echo)
+    sys.exit(status)
+
+
+@click.command(short_help="Images/s of training and inference (optionally vs PyTorch).")
+@click.option("--batchnorm", default="none", show_default=True, type=click.Choice(["none", "unit", "channel"]),
+              help="Network variant to measure.")
+@click.option("--batch-sizes", default="32,64,128,256", show_default=True, help="Comma-separated training batch sizes.")
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0), help="Threads (0 = all cores).")
+@click.option("--seconds", default=2.0, show_default=True, type=click.FloatRange(min=0.1), help="Time per repeat.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Repeats; median and min-max shown.")
+@click.option("--vs-torch", is_flag=True, help="Also run an identical PyTorch eager network, alternating, and print ratios.")
+@click.option("--compare-bn", is_flag=True,
+              help="Also train the none, unit and channel variants alternating in one run and print each BN "
+                   "variant's images/s as a fraction of no-BN's.")
+@click.option("--functional", is_flag=True,
+              help="Also time model.loss_and_grads against Network.train_step (no optimizer), alternating, "
+                   "and print the ratio.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def bench(batchnorm, batch_sizes, threads, seconds, repeats, vs_torch, compare_bn, functional, as_json):
+    """Measure the core alone (no data loading): training and inference images/s, GFLOP/s and their
+    share of this machine's measured FMA peak, one-image latency, JIT time."""
+    from cnncli.bench import run_bench
+
+    try:
+        sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
+        if not sizes or min(sizes) < 1:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{batch_sizes!r} is not a comma-separated list of positive integers",
+                                 param_hint="--batch-sizes") from None
+    run_bench(batchnorm=batchnorm, batch_sizes=sizes, threads=threads, seconds=seconds, repeats=repeats,
+              vs_torch=vs_torch, as_json=as_json, echo=click.echo, compare_bn=compare_bn, functional=functional)
+
+
+@click.command("lr-find", short_help="Suggest optim.lr: a learning-rate range test, as Lightning's lr_find.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML config file (as for cnn train): its data, network, optimizer and batch size are used.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. --set optim.name=sgd. Repeatable.")
+@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=2), help="Training steps to run.")
+@click.option("--min-lr", default=1e-6, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Rate of the first step.")
+@click.option("--max-lr", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Rate of the last step (the rate rises geometrically in between).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write a PNG of the loss against the rate, the suggestion marked (needs cnncli[plots]).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (every step's rate and losses).")
+@user_errors
+def lr_find(config_path, overrides, steps, min_lr, max_lr, plot_path, as_json):
+    """Train from the initial weights for --steps steps with the learning rate rising from --min-lr to
+    --max-lr, stop once the smoothed loss passes 4x its best, and suggest the rate where it falls
+    fastest. Writes no run folder; the config is not changed."""
+    from cnncli import config as config_mod
+    from cnncli.lrfind import format_result, lr_find as run, write_plot
+
+    cfg = config_mod.load_config(config_path, overrides)
+    result = run(cfg, steps=steps, min_lr=min_lr, max_lr=max_lr, echo=lambda m: click.echo(m, err=True))
+    if plot_path is not None:
+        click.echo(f"plot: {write_plot(result, plot_path)}", err=True)
+    click.echo(json.dumps(result, indent=2) if as_json else format_result(result, cfg["optim"]["name"]))
+
+
+@click.command(short_help="What a checkpoint holds: classes, input, layers, parameters, progress.")
+@click.argument("checkpoint", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def info(checkpoint, as_json):
+    """Show what CHECKPOINT (a .npz file, or a run folder: its best.npz, else last.npz) holds: its
+    classes, input preprocessing, the network layer by layer with output shapes and parameter counts
+    (as Keras' model.summary()), and how far its run trained. Runs nothing; numba is not loaded."""
+    from cnncli.summary import describe, format_info
+
+    summary = describe(resolve_checkpoint(checkpoint))
+    click.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))
+
+
+@click.command("augment-preview", short_help="A PNG grid of augmented samples of your training images.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML config file (as for cnn train); its data.train images and augment section are used.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. --set augment.affine.rotate=20. Repeatable.")
+@click.option("--out", "out_path", default="augment-preview.png", show_default=True,
+              type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.option("--rows", default=6, show_default=True, type=click.IntRange(1, 100),
+              help="Images (one row each, classes in turn).")
+@click.option("--cols", default=8, show_default=True, type=click.IntRange(2, 50),
+              help="Columns: the original, then cols-1 augmented variants.")
+@click.option("--seed", default=None, type=click.IntRange(min=0),
+              help="Seed of the image choice and the draws (default: train.seed, as epoch 0 of training).")
+@user_errors
+def augment_preview(config_path, overrides, out_path, rows, cols, seed):
+    """Render what the model sees: each row one of your images, then augmented variants of it."""
+    from cnncli import config as config_mod
+    from cnncli.augment_preview import write_preview
+
+    cfg = config_mod.load_config(config_path, overrides)
+    if not cfg["augment"]["enabled"]:
+        click.echo("note: augment.enabled is false: training uses the originals; the variants show the "
+                   "augment settings as they would apply", err=True)
+    click.echo(str(write_preview(cfg, out_path, rows=rows, cols=cols, seed=seed)))
+
+
+@click.command(short_help="Generate the built-in 12-class demo dataset.")
+@click.argument("root", type=click.Path(file_okay=False), default="data/demo")
+@user_errors
+def demo(root):
+    """Generate the built-in 12-class demo dataset (ROOT/train, ROOT/test) if it is not there yet."""
+    from cnncli.demo import ensure_demo
+
+    click.echo(str(ensure_demo(root)))
+
+
+@click.command(short_help="Compile the numba kernels now (a first run does it anyway).")
+@click.option("--batchnorm", "variants", multiple=True, type=click.Choice(["none", "unit", "channel"]),
+              help="Network variant(s) to compile for; default all three.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Worker processes besides this one; default one per other idle core ($CNNCLI_COMPILE_WORKERS); "
+                   "0 compiles everything in this process.")
+@user_errors
+def warmup(variants, workers):
+    """Compile the kernels that training and inference need into numba's on-disk cache (the package's
+    __pycache__, else ~/.cache/numba when it is read-only, or $NUMBA_CACHE_DIR), e.g. in a Docker build."""
+    from cnncli.precompile import warmup as run_warmup
+
+    n, seconds = run_warmup(variants or ("none", "unit", "channel"), workers)
+    click.echo(f"compiled {n} kernel(s) in {seconds:.1f} s" if n else "every kernel is already in numba's cache")
+
+
+@click.command(short_help="Show or clear the decoded-dataset cache.")
+@click.option("--clear", is_flag=True, help="Delete every cached dataset (the demo dataset stays).")
+@user_errors
+def cache(clear):
+    """Where the decoded-dataset cache lives ($CNNCLI_CACHE_DIR, else $XDG_CACHE_HOME/cnncli, else
+    ~/.cache/cnncli) and its size; --clear deletes it."""
+    from cnncli import data
+
+    if clear:
+        n, size = data.clear_cache()
+        click.echo(f"removed {n} cached dataset(s), {size / 1e6:.1f} MB, from {data.cache_dir()}")
+    else:
+        folder, n, size = data.cache_info()
+        click.echo(f"{folder}: {n} cached dataset(s), {size / 1e6:.1f} MB")
+
+
+COMMANDS = (gradcheck, bench, lr_find, info, augment_preview, demo, warmup, cache)

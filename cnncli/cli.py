@@ -14,7 +14,7 @@ import click
 
 from cnncli import __version__, cli_tools
 from cnncli.cli_common import echo_json_list, printable, resolve_checkpoint, user_errors
-from cnncli.errors import CnnError
+from cnncli.errors import CnnError, ConfigError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -37,6 +37,9 @@ def cli():
               help="Override a config key (dotted path, value parsed as YAML), e.g. --set train.epochs=3. Repeatable.")
 @click.option("--resume", type=click.Path(), default=None,
               help="Continue a run: a checkpoint file or a run folder (uses its last.npz). Its config is reused; --set still applies.")
+@click.option("--init-from", type=click.Path(), default=None,
+              help="Start a new run from a checkpoint's weights (fine-tuning): a .npz or a run folder; same as "
+                   "--set train.init_from=PATH. Classes are matched by name.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (overrides the config's `out`).")
 @click.option("--strict", is_flag=True, help="Refuse to start if any image is unreadable (same as --set data.strict=true).")
 @click.option("--no-cache", is_flag=True, help="Decode every image again; do not read or write the dataset cache "
@@ -45,14 +48,14 @@ def cli():
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
 @click.option("--no-report", is_flag=True, help="Do not render the report pictures at the end of the run.")
 @user_errors
-def train(config_path, overrides, resume, out, strict, no_cache, print_config, quiet, no_report):
+def train(config_path, overrides, resume, init_from, out, strict, no_cache, print_config, quiet, no_report):
     """Train a network on an image folder (one subfolder per class). Under `mpirun -n K` the K
     processes train one run together (docs/distributed.md)."""
     from cnncli import distributed
 
     comm = distributed.get_comm()
     try:
-        _train(comm, config_path, overrides, resume, out, strict, no_cache, print_config, quiet, no_report)
+        _train(comm, config_path, overrides, resume, init_from, out, strict, no_cache, print_config, quiet, no_report)
     except (CnnError, OSError) as err:
         if comm.size == 1:
             raise
@@ -66,10 +69,10 @@ def train(config_path, overrides, resume, out, strict, no_cache, print_config, q
         comm.abort(1)
 
 
-def _train(comm, config_path, overrides, resume, out, strict, no_cache, print_config, quiet, no_report):
+def _train(comm, config_path, overrides, resume, init_from, out, strict, no_cache, print_config, quiet, no_report):
     from cnncli.distributed import everyone
 
-    cfg = everyone(comm, _train_config, config_path, overrides, resume, strict, no_cache, print_config)
+    cfg = everyone(comm, _train_config, config_path, overrides, resume, init_from, strict, no_cache, print_config)
     if print_config:
         if comm.is_main:
             from cnncli import config as config_mod
@@ -86,10 +89,15 @@ def _train(comm, config_path, overrides, resume, out, strict, no_cache, print_co
         click.echo(str(run_dir))
 
 
-def _train_config(config_path, overrides, resume, strict, no_cache, print_config) -> dict:
+def _train_config(config_path, overrides, resume, init_from, strict, no_cache, print_config) -> dict:
     """The config `cnn train` runs: the file (or the resumed checkpoint's) with --set and the flags."""
     from cnncli import config as config_mod
 
+    if init_from is not None and resume is not None:
+        raise ConfigError("--init-from starts a new run from a checkpoint's weights, --resume continues a run: "
+                       "give one of them")
+    if init_from is not None and not init_from.strip():
+        raise ConfigError("--init-from: the path is empty")
     overrides = list(overrides) + (["data.strict=true"] if strict else []) + (["data.cache=false"] if no_cache else [])
     if resume is not None and config_path is None:
         from cnncli import checkpoint
@@ -99,6 +107,8 @@ def _train_config(config_path, overrides, resume, strict, no_cache, print_config
         cfg = config_mod.load_config_text(meta.get("config", ""), overrides, source=f"{resume} (config)")
     else:
         cfg = config_mod.load_config(config_path, overrides)
+    if init_from is not None:
+        cfg = {**cfg, "train": {**cfg["train"], "init_from": init_from}}
     if not cfg["data"]["train"] and not print_config:
         raise CnnError("data.train is not set: give --config FILE or --set data.train=FOLDER "
                        "(try: cnn train --config configs/demo.yaml)")

@@ -128,6 +128,10 @@ OPTIONS = (
            check=_range(1, MAX_INT)),
     Option("train.batch_size", 64, "Images per optimizer step, >= 1.", "int", check=_range(1, MAX_INT)),
     Option("train.seed", 0, "Seed of the weight init and the data order.", "int", check=_range(0, MAX_INT)),
+    Option("train.init_from", None, "Checkpoint (.npz, or a run folder: its best.npz, else last.npz) whose "
+           "weights start this new run (fine-tuning): every layer and BN statistic is copied, the output layer "
+           "by class name (classes it lacks start from train.seed's init), with its input mean/std; the same "
+           "model.batchnorm and data.normalize; optimizer and schedule start anew.", "str", check=_not_empty),
     Option("train.threads", 0, "Numba threads; 0 = all cores.", "int", check=_range(0, MAX_INT)),
     Option("train.checkpoint_every", 100, "Steps between saves of last.npz (0 = only at the end of each "
            "epoch).", "int", check=_range(0, MAX_INT)),

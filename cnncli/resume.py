@@ -39,14 +39,17 @@ def check_unchanged(saved_text: str, cfg: dict, ckpt_path) -> None:
 
 
 def absolute_paths(cfg: dict, start_dir=None) -> dict:
-    """`cfg` with data.train and data.val made absolute against `start_dir` (default: the working folder),
+    """`cfg` with data.train, data.val and train.init_from made absolute against `start_dir` (default: the working folder),
     so the config saved in the run folder resumes from any working directory."""
     start = Path(start_dir or os.getcwd())
     d = dict(cfg["data"])
     for key in ("train", "val"):
         if d[key]:
             d[key] = os.path.normpath(start / Path(d[key]).expanduser())
-    return {**cfg, "data": d}
+    t = dict(cfg["train"])
+    if t.get("init_from"):
+        t["init_from"] = os.path.normpath(start / Path(t["init_from"]).expanduser())
+    return {**cfg, "data": d, "train": t}
 
 
 def should_continue(state, saved_cfg: dict, cfg: dict) -> bool:

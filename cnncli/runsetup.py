@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import checkpoint, resume as resume_mod, runfolder
+from cnncli import checkpoint, resume as resume_mod, runfolder, warmstart
 from cnncli import config as config_mod
 from cnncli.errors import ConfigError, DataError
 from cnncli.runfolder import RunState, new_run_dir
@@ -77,6 +77,12 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     saved = config_mod.load_config_text(meta.get("config", ""), source=f"{ckpt_path} (config)")
     if cfg["train"]["epochs"] == "auto" and saved["train"]["epochs"] != "auto":
         cfg = {**cfg, "train": {**cfg["train"], "epochs": saved["train"]["epochs"]}}
+    # the weights come from the checkpoint; its config keeps where the run's first weights came from
+    first = saved["train"]["init_from"]
+    if cfg["train"]["init_from"] not in (None, first):
+        raise ConfigError(f"train.init_from applies to a new run; --resume continues from {ckpt_path}'s weights "
+                          f"(its run started from {first or 'train.seed'!s}): drop train.init_from or start a new run")
+    cfg = {**cfg, "train": {**cfg["train"], "init_from": first}}
     if resume_mod.should_continue(state, saved, cfg):
         state.stopped_early = False
     run_dir = Path(out) if out else ckpt_path.parent
@@ -87,17 +93,22 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     return (arrays, meta, ckpt_path), state, run_dir, cfg
 
 
-def build(cfg: dict, train_ds, resumed, comm=None):
-    """-> (net, opt, preprocess): fresh ones for a new run, the checkpoint's for a resume. The network
-    computes the shards of every batch that `comm` gives this rank (all of them in one process)."""
+def build(cfg: dict, train_ds, resumed, comm=None, source=None, echo=None):
+    """-> (net, opt, preprocess): fresh ones for a new run (from the weights of `source`, a
+    warmstart.Source, when given; echo says what was copied), the checkpoint's for a resume. The
+    network computes the shards of every batch that `comm` gives this rank (all of them in one process)."""
     from cnncli import model, optim
     from cnncli.predictor import check_architecture, load_into
 
     m, o = cfg["model"], cfg["optim"]
     if resumed is None:
-        preprocess = _normalization(cfg, train_ds)
+        preprocess = _normalization(cfg, train_ds) if source is None else warmstart.preprocess(cfg, source)
         net = model.Network(num_classes=len(train_ds.classes), batchnorm=m["batchnorm"], eps=m["bn_eps"], comm=comm,
                             momentum=m["bn_momentum"], dtype=np.float32, seed=cfg["train"]["seed"])
+        if source is not None:
+            note = warmstart.apply(net, source, train_ds.classes)
+            if echo:
+                echo(note)
     else:
         arrays, meta, path = resumed
         preprocess = meta["preprocess"]
@@ -135,10 +146,12 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     from cnncli.distributed import check_ranks, everyone, main_first, rank_threads
     from cnncli.kernels import set_threads
 
-    resumed, state, run_dir = None, RunState(), None
+    resumed, state, run_dir, source = None, RunState(), None, None
     everyone(comm, check_ranks, cfg["train"]["batch_size"], comm.size)
     if resume is not None:
         resumed, state, run_dir, cfg = everyone(comm, _open_resume, resume, cfg, out, write=comm.is_main)
+    else:
+        source = everyone(comm, warmstart.open_source, cfg)    # train.init_from, before any data is read
     threads = set_threads(rank_threads(comm, cfg["train"]["threads"]))
 
     def load():
@@ -154,7 +167,7 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     _compile_kernels(cfg, quiet, comm)
     auto = cfg["train"]["epochs"] == "auto"
     cfg = config_mod.resolve_epochs(cfg, len(train_ds.labels))
-    net, opt, preprocess = build(cfg, train_ds, resumed, comm)
+    net, opt, preprocess = build(cfg, train_ds, resumed, comm, source, echo=echo if comm.is_main else None)
     if resume is None and run_folder:
         run_dir = main_first(comm, new_run_dir, out or cfg["out"], others=False)
     return (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess)

@@ -87,14 +87,20 @@ def _training(meta: dict) -> dict:
         last = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in last.items()}
     return {"epoch": _typed(meta.get("epoch"), int), "epoch_step": _typed(meta.get("epoch_step"), int),
             "step": _typed(meta.get("step"), int), "epochs": _configured_epochs(meta.get("config")),
-            "stopped_early": _typed(meta.get("stopped_early"), bool), "last_epoch": last}
+            "stopped_early": _typed(meta.get("stopped_early"), bool), "last_epoch": last,
+            "init_from": _configured(meta.get("config"), "init_from", str)}
 
 
 def _configured_epochs(text):
     # train.epochs of the run's config (YAML text in the metadata), or None
+    return _configured(text, "epochs", int)
+
+
+def _configured(text, key, kind):
+    # train.<key> of the run's config (YAML text in the metadata) when it has the type kind, or None
     try:
         cfg = yaml.safe_load(text) if isinstance(text, str) else None
-        return _typed(cfg["train"]["epochs"], int)
+        return _typed(cfg["train"][key], kind)
     except (yaml.YAMLError, KeyError, TypeError):
         return None
 
@@ -112,7 +118,8 @@ def format_info(info: dict) -> str:
         f"normalized as (pixel/255 - {prep['mean']:.4f}) / {prep['std']:.4f}",
         f"network     batchnorm {info['batchnorm']}, {info['dtype']}"
         + (f", eps {info['eps']:g}" if info["batchnorm"] != "none" else ""),
-        f"trained     {_progress(train)}",
+        f"trained     {_progress(train)}"
+        + (f", starting from {printable(train['init_from'])}'s weights" if train["init_from"] else ""),
     ]
     last = train["last_epoch"]
     if last:

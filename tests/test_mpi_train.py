@@ -111,6 +111,26 @@ def test_four_ranks_write_the_one_process_run(data):
     assert metrics_rows(tmp / "four-one") == metrics_rows(tmp / "four-four")
 
 
+def test_two_ranks_fine_tune_as_one_process_does(pairs, data):
+    """--init-from under mpirun: every rank starts from the checkpoint's weights, so 2 ranks write the
+    one-process run (a 2-class folder: one output row kept by name, one new)."""
+    tmp, folder = data
+    sub = tmp / "two-classes"
+    if not sub.exists():
+        shutil.copytree(folder / "column", sub / "column")
+        shutil.copytree(folder / "disc", sub / "zigzag")
+    _, src, _, _, _ = pairs["channel"]
+    args = ["train", "--set", f"data.train={sub}", "--set", "train.epochs=1", "--set", "train.batch_size=16",
+            "--set", "model.batchnorm=channel", "--init-from", src, "--no-report"]
+    one = run_cli([*args, "--out", tmp / "tune-one"], tmp, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = cnn_mpi(2, [*args, "--out", tmp / "tune-two"], tmp)
+    assert two.returncode == 0, two.stderr
+    assert_same_arrays(tmp / "tune-one" / "last.npz", tmp / "tune-two" / "last.npz")
+    line = f"Weights from {src / 'best.npz'}: every layer below the output, the output rows of 1 shared class(es)"
+    assert sum(ln.startswith(line) for ln in two.stderr.splitlines()) == 1, two.stderr    # said once
+
+
 def test_ranks_that_cannot_split_the_batch_get_one_config_error(data):
     require_mpi()
     tmp, folder = data

@@ -8,6 +8,7 @@ output rows are new) train with the default recipe, and each is measured on the 
 images per class with the checkpoint `cnn eval` picks. Prints one row per run, then the means.
 
     python scripts/finetune_study.py [--work /tmp/finetune_study] [--sizes 20,50] [--seeds 0,1]
+                                     [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ def classes_of(src: Path, dst: Path, names) -> Path:
     return dst
 
 
-def run(train_dir, test_dir, seed, out, init_from=None):
+def run(train_dir, test_dir, seed, out, init_from=None, extra=()):
     """One run with the default recipe and its test accuracy -> (accuracy, epochs run, seconds)."""
     from cnncli import config, train
     from cnncli.evaluate import evaluate
     from cnncli.predictor import run_checkpoint
 
-    sets = [f"data.train={train_dir}", f"train.seed={seed}", f"out={out}"]
+    sets = [f"data.train={train_dir}", f"train.seed={seed}", f"out={out}", *extra]
     if init_from is not None:
         sets.append(f"train.init_from={init_from}")
     cfg = config.load_config(None, sets)
@@ -59,6 +60,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/finetune_study", help="folder for datasets, runs and results")
     ap.add_argument("--sizes", default="20,50", help="training images per new class")
     ap.add_argument("--seeds", default="0,1", help="comma list of train.seed values")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for the runs on the new classes (not the source run); repeatable")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -80,7 +83,8 @@ def main() -> None:
         for start in ("scratch", "init_from"):
             for seed in (int(s) for s in args.seeds.split(",")):
                 out = work / "runs" / f"new{n}-{start}-{seed}"
-                acc, epochs, secs = run(small, new_test, seed, out, source if start == "init_from" else None)
+                acc, epochs, secs = run(small, new_test, seed, out, source if start == "init_from" else None,
+                                        args.sets)
                 rows.append((n, start, acc))
                 print(f"{n}\t{start}\t{seed}\t{acc:.4f}\t{epochs}\t{secs:.0f}", flush=True)
     print("\nmean test accuracy on the 6 new classes")

@@ -83,22 +83,46 @@ class ProgressBar:
 
 
 class EarlyStopping:
-    """Best-so-far tracking and patience. It watches the validation loss, or the training loss of the
-    epoch when the run has no validation images (the README's "No validation images" rule)."""
+    """Best-so-far tracking and patience over train.monitor: the validation loss (lower is better) or
+    accuracy (higher; an equal accuracy with a lower loss also counts as better), or the epoch's
+    training loss/accuracy when the run has no validation images (the README's "No validation
+    images" rule). min_delta is in the monitored metric's units."""
 
-    def __init__(self, es_cfg: dict, have_val: bool):
+    def __init__(self, es_cfg: dict, have_val: bool, monitor: str = "val_loss"):
         self.patience, self.min_delta = es_cfg["patience"], es_cfg["min_delta"]
         self.restore_best = es_cfg["restore_best"]
-        self.monitor = "val_loss" if have_val else "train_loss"
+        side = "val" if have_val else "train"
+        self.loss_key, self.acc_key = f"{side}_loss", f"{side}_acc"
+        self.by_accuracy = monitor == "val_acc"
+        self.monitor = self.acc_key if self.by_accuracy else self.loss_key
+
+    def better(self, state: RunState, row: dict) -> bool:
+        """Whether the epoch's row improves on the best so far (state.best_val_loss, state.best_acc)."""
+        loss, acc = row[self.loss_key], row[self.acc_key]
+        if not self.by_accuracy:
+            return math.isfinite(loss) and loss < state.best_val_loss - self.min_delta
+        if not math.isfinite(acc):
+            return False
+        if acc > state.best_acc + self.min_delta:
+            return True
+        return acc == state.best_acc and math.isfinite(loss) and loss < state.best_val_loss
 
     def update(self, state: RunState, row: dict) -> tuple[bool, bool]:
-        """-> (improved, stop now); updates best_val_loss / bad_epochs / stopped_early in `state`."""
-        score = row[self.monitor]
-        improved = math.isfinite(score) and score < state.best_val_loss - self.min_delta
+        """-> (improved, stop now); updates best_val_loss (the best epoch's loss), best_acc (its
+        accuracy, when monitoring accuracy), bad_epochs and stopped_early in `state`."""
+        improved = self.better(state, row)
         if improved:
-            state.best_val_loss, state.bad_epochs = score, 0
+            state.best_val_loss, state.bad_epochs = row[self.loss_key], 0
+            if self.by_accuracy:
+                state.best_acc = row[self.acc_key]
         else:
             state.bad_epochs += 1
         stopping = self.patience > 0 and state.bad_epochs >= self.patience
         state.stopped_early = stopping
         return improved, stopping
+
+    def is_best(self, state: RunState, row: dict) -> bool:
+        """Whether a history row is the epoch that set the best so far."""
+        if row.get(self.loss_key) != state.best_val_loss:
+            return False
+        return not self.by_accuracy or row.get(self.acc_key) == state.best_acc

@@ -135,10 +135,14 @@ OPTIONS = (
     Option("train.threads", 0, "Numba threads; 0 = all cores.", "int", check=_range(0, MAX_INT)),
     Option("train.checkpoint_every", 100, "Steps between saves of last.npz (0 = only at the end of each "
            "epoch).", "int", check=_range(0, MAX_INT)),
-    Option("train.early_stopping.patience", 10, "Epochs without validation-loss improvement before stopping; "
+    Option("train.monitor", "val_loss", "What picks best.npz and drives early stopping: val_loss (lower is "
+           "better) or val_acc (higher is better; an equal accuracy with a lower val loss also counts); "
+           "without validation images, the epoch's train_loss or train_acc.", "choice",
+           choices=("val_loss", "val_acc")),
+    Option("train.early_stopping.patience", 10, "Epochs without an improvement of train.monitor before stopping; "
            "0 = never stop early.", "int", check=_range(0, MAX_INT)),
-    Option("train.early_stopping.min_delta", 0.0, "Smallest validation-loss decrease that counts as an "
-           "improvement, >= 0.", "float", check=_range(0)),
+    Option("train.early_stopping.min_delta", 0.0, "Smallest change of train.monitor that counts as an "
+           "improvement (a loss decrease, or an accuracy increase as a fraction), >= 0.", "float", check=_range(0)),
     Option("train.early_stopping.restore_best", True, "When stopping early, restore the best weights into "
            "last.npz.", "bool"),
     Option("train.top_k", 3, "k of the top-k accuracy that cnn eval (unless --top-k) and cnn report show, >= 1.",

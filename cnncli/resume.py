@@ -23,6 +23,7 @@ FROZEN = {
     "data.seed": "which images are held out for validation",
     "train.batch_size": "the learning-rate schedule and the current epoch's batches",
     "train.seed": "the order of the current epoch's images",
+    "train.monitor": "what best.npz holds and early stopping compares",
     "optim.name": "the optimizer state stored in the checkpoint",
 }
 FROZEN.update({o.key: "the network's architecture" for o in config_mod.OPTIONS if o.key.startswith("model.")})

@@ -34,8 +34,9 @@ class RunState:
     loss_sum: float = 0.0         # current epoch: sum of per-image loss so far
     correct: int = 0              # current epoch: correct predictions so far
     seen: int = 0                 # current epoch: images so far
-    best_val_loss: float = math.inf
-    bad_epochs: int = 0           # epochs since the best val loss (early stopping)
+    best_val_loss: float = math.inf   # the best epoch's loss (val, else train; see callbacks.EarlyStopping)
+    best_acc: float = -math.inf   # the best epoch's accuracy, under train.monitor=val_acc
+    bad_epochs: int = 0           # epochs since the best epoch (early stopping)
     stopped_early: bool = False   # early stopping ended the run at `epoch`
     history: list = field(default_factory=list)
 
@@ -131,6 +132,7 @@ def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, p
         "correct": state.correct,
         "seen": state.seen,
         "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
+        "best_acc": state.best_acc if math.isfinite(state.best_acc) else None,
         "bad_epochs": state.bad_epochs,
         "stopped_early": state.stopped_early,
         "history": state.history,
@@ -140,11 +142,12 @@ def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, p
 
 def state_from_meta(meta: dict, path) -> RunState:
     try:
-        best = meta["best_val_loss"]
+        best, best_acc = meta["best_val_loss"], meta.get("best_acc")     # (older checkpoints: no best_acc)
         return RunState(
             epoch=int(meta["epoch"]), epoch_step=int(meta["epoch_step"]), step=int(meta["step"]),
             loss_sum=float(meta["loss_sum"]), correct=int(meta["correct"]), seen=int(meta["seen"]),
-            best_val_loss=math.inf if best is None else float(best), bad_epochs=int(meta["bad_epochs"]),
+            best_val_loss=math.inf if best is None else float(best),
+            best_acc=-math.inf if best_acc is None else float(best_acc), bad_epochs=int(meta["bad_epochs"]),
             stopped_early=bool(meta.get("stopped_early", False)), history=list(meta["history"]),
         )
     except (KeyError, TypeError, ValueError) as err:

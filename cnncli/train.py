@@ -79,7 +79,7 @@ class Trainer:
         self.min_last = 2 if cfg["model"]["batchnorm"] != "none" else 1
         self.steps_per_epoch = len(epoch_batches(len(train_ds.labels), self.batch_size, self.seed, 0, self.min_last))
         self._rates = (0, [])                  # lr_at's epoch of rates: (its first step, [rate per step])
-        self.early = EarlyStopping(t["early_stopping"], have_val=len(val_ds.labels) > 0)
+        self.early = EarlyStopping(t["early_stopping"], have_val=len(val_ds.labels) > 0, monitor=t["monitor"])
         self.last_path, self.best_path = run_dir / "last.npz", run_dir / "best.npz"
         self.restored = False
         self.class_weight = class_weights(t["class_weight"], train_ds.labels, classes)  # (C,) or None
@@ -255,15 +255,19 @@ class Trainer:
                             self.preprocess, self.cfg_text)
 
     def _best_note(self) -> str:
-        what = "val loss" if self.early.monitor == "val_loss" else "train loss"
+        early = self.early
+        what = early.monitor.replace("_", " ")                       # "val loss", "train acc", ...
         if not self.best_path.exists():
             return f"no epoch had a finite {what}, so there is no best.npz"
         restored = " (restored into last.npz)" if self.restored else ""
-        side = self.early.monitor.split("_")[0]                 # the epoch that set the best: its accuracy
-        row = next((r for r in reversed(self.state.history) if r.get(self.early.monitor) == self.state.best_val_loss),
-                   None)
-        at = f" (epoch {row['epoch']}, {side} acc {row[side + '_acc']:.2%})" if row else ""
-        return f"best {what} {self.state.best_val_loss:.4f}{at} is in {self.best_path}{restored}"
+        row = next((r for r in reversed(self.state.history) if early.is_best(self.state, r)), None)
+        if early.by_accuracy:
+            best = f"{self.state.best_acc:.2%}"
+            at = f" (epoch {row['epoch']}, {early.loss_key.replace('_', ' ')} {row[early.loss_key]:.4f})" if row else ""
+        else:
+            best = f"{self.state.best_val_loss:.4f}"            # the epoch that set the best: its accuracy
+            at = f" (epoch {row['epoch']}, {early.acc_key.replace('_', ' ')} {row[early.acc_key]:.2%})" if row else ""
+        return f"best {what} {best}{at} is in {self.best_path}{restored}"
 
     def fit(self) -> None:
         """The remaining epochs, or one line when there is nothing to do."""

@@ -1,0 +1,105 @@
+"""train.monitor: val_loss or val_acc picks best.npz and drives early stopping. The rule on rows
+(accuracy ties broken by the lower loss, min_delta, no validation images), then real runs: best.npz
+is the epoch metrics.csv says, the end line names it, a resumed run keeps the best so far, and
+the key cannot change on --resume.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from cnncli.callbacks import EarlyStopping
+from cnncli.checkpoint import load as load_checkpoint
+from cnncli.runfolder import RunState
+from e2e_util import invoke, load_params, make_folder, private_cache, write_config  # noqa: F401
+
+ES = {"patience": 2, "min_delta": 0.0, "restore_best": True}
+
+
+def rows(pairs, side="val"):
+    return [{"epoch": i + 1, f"{side}_loss": loss, f"{side}_acc": acc} for i, (loss, acc) in enumerate(pairs)]
+
+
+def run_rule(monitor, history, es=ES, have_val=True):
+    early, state = EarlyStopping(es, have_val=have_val, monitor=monitor), RunState()
+    marks = []
+    for row in history:
+        improved, stopping = early.update(state, row)
+        marks.append("*" if improved else ("stop" if stopping else "."))
+        if stopping:
+            break
+    return marks, state
+
+
+HISTORY = [(1.0, 0.50), (0.8, 0.50), (0.9, 0.70), (0.7, 0.60), (0.95, 0.70), (1.2, 0.70), (0.6, 0.65)]
+
+
+def test_loss_and_accuracy_pick_different_epochs():
+    marks, state = run_rule("val_loss", rows(HISTORY), es={**ES, "patience": 0})
+    assert marks == ["*", "*", ".", "*", ".", ".", "*"] and state.best_val_loss == 0.6
+    marks, state = run_rule("val_acc", rows(HISTORY), es={**ES, "patience": 0})
+    # epoch 2: same accuracy, lower loss -> better; epoch 5: same accuracy as 3, higher loss -> not
+    assert marks == ["*", "*", "*", ".", ".", ".", "."]
+    assert (state.best_acc, state.best_val_loss, state.bad_epochs) == (0.70, 0.9, 4)
+
+
+def test_patience_min_delta_and_no_validation_images():
+    marks, state = run_rule("val_acc", rows(HISTORY))
+    assert marks == ["*", "*", "*", ".", "stop"] and state.stopped_early
+    marks, _ = run_rule("val_acc", rows(HISTORY), es={**ES, "patience": 0, "min_delta": 0.25})
+    assert marks == ["*", "*", ".", ".", ".", ".", "."]      # +0.2 is below min_delta; an equal acc, lower loss is not
+    marks, state = run_rule("val_acc", rows(HISTORY, side="train"), es={**ES, "patience": 0}, have_val=False)
+    assert marks == ["*", "*", "*", ".", ".", ".", "."] and state.best_acc == 0.70   # the training metrics
+    marks, state = run_rule("val_acc", rows([(math.nan, math.nan), (0.5, 0.4)]))
+    assert marks == [".", "*"] and state.best_acc == 0.4
+
+
+def metrics(run):
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("monitor")
+    folder = make_folder(tmp / "data", per_class=12, odd_files=False)
+    classes = sorted(p.name for p in folder.iterdir())
+    for i, name in enumerate(classes):           # mislabel a third of each class: accuracy moves between epochs
+        for f in sorted((folder / name).iterdir())[:4]:
+            f.rename(folder / classes[(i + 1) % 3] / f"moved-{f.name}")
+    return tmp, folder
+
+
+def test_best_npz_is_the_most_accurate_epoch_and_a_resume_keeps_it(data, tmp_path):
+    tmp, folder = data
+    sets = ["--set", "train.monitor=val_acc", "--set", "train.early_stopping.patience=3", "-q", "--no-report",
+            "--set", "optim.schedule=constant", "--set", "optim.warmup_epochs=0"]   # the same lr at any train.epochs
+    full = write_config(tmp_path / "full.yaml", folder, tmp_path / "full", epochs=6)
+    res = invoke(["train", "--config", full, *sets])
+    assert res.exit_code == 0, res.output
+    table = metrics(tmp_path / "full")
+    best = max(table, key=lambda r: (float(r["val_acc"]), -float(r["val_loss"])))      # first such epoch
+    best = next(r for r in table if (r["val_acc"], r["val_loss"]) == (best["val_acc"], best["val_loss"]))
+    by_loss = min(table, key=lambda r: float(r["val_loss"]))
+    assert by_loss["epoch"] != best["epoch"]        # this data tells the two monitors apart
+    _, meta = load_checkpoint(tmp_path / "full" / "best.npz")
+    assert meta["epoch"] == int(best["epoch"])
+    assert meta["best_acc"] == float(best["val_acc"]) and meta["best_val_loss"] == float(best["val_loss"])
+    assert (f"Best val acc {float(best['val_acc']):.2%} (epoch {best['epoch']}, val loss "
+            f"{float(best['val_loss']):.4f})") in res.output
+
+    part = write_config(tmp_path / "part.yaml", folder, tmp_path / "part", epochs=2)
+    assert invoke(["train", "--config", part, *sets]).exit_code == 0
+    res = invoke(["train", "--resume", tmp_path / "part", "--set", "train.epochs=6", "-q", "--no-report"])
+    assert res.exit_code == 0, res.output
+    for name in ("last.npz", "best.npz"):
+        a, b = load_params(tmp_path / "full" / name), load_params(tmp_path / "part" / name)
+        assert all(np.array_equal(a[k], b[k]) for k in a), name
+    assert [r["val_acc"] for r in metrics(tmp_path / "part")] == [r["val_acc"] for r in table]
+
+    res = invoke(["train", "--resume", tmp_path / "part", "--set", "train.monitor=val_loss", "-q"])
+    assert res.exit_code == 2 and "train.monitor cannot change on --resume" in res.output

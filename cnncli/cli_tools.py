@@ -1,5 +1,5 @@
 """The `cnn` commands around the train-evaluate-ship path: checking and measuring the core
-(gradcheck, bench, warmup), preparing a run (demo, augment-preview, lr-find, cache) and looking into a
+(gradcheck, bench, warmup), preparing a run (demo, augment-preview, lr-find, cv, cache) and looking into a
 checkpoint (info). Each parses options and calls one library function; cli.py registers them on the
 `cnn` group, beside train, eval, predict, report and export.
 """
@@ -171,4 +171,42 @@ def cache(clear):
         click.echo(f"{folder}: {n} cached dataset(s), {size / 1e6:.1f} MB")
 
 
-COMMANDS = (gradcheck, bench, lr_find, info, augment_preview, demo, warmup, cache)
+@click.command("cv", short_help="K-fold cross-validation: one run per fold, mean and std of the folds.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML config file (as for cnn train); its data.train is split into the folds.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. --set train.epochs=20. Repeatable.")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(min=2), help="Number of folds K.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Parent folder of the fold runs [default: the config's out + '-cv'].")
+@click.option("--resume", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Continue a cnn cv folder: finished folds are kept, the others resume or start.")
+@click.option("--json", "as_json", is_flag=True, help="Print cv.json's object instead of the table.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@user_errors
+def cv(config_path, overrides, folds, out, resume, as_json, quiet):
+    """Stratified K-fold cross-validation of a config, as Ludwig's experiment --k_fold: fold k of
+    data.train is held out for validation in run OUT/fold-k (an ordinary run folder), then each
+    fold's best epoch and the mean +- std of their val loss and val acc are printed and written
+    to OUT/cv.json."""
+    from cnncli import config as config_mod
+    from cnncli.crossval import cross_validate, format_summary
+    from cnncli.distributed import launched_by_mpi
+    from cnncli.errors import CnnError
+
+    if launched_by_mpi():
+        raise CnnError("cnn cv runs in one process (each fold uses train.threads); start it without mpirun")
+    if resume is not None and (config_path or overrides or out):
+        raise CnnError("--resume continues a cnn cv folder with its own config.yaml; drop --config, --set "
+                       "and --out")
+    cfg = None
+    if resume is None:
+        cfg = config_mod.load_config(config_path, overrides)
+        if not cfg["data"]["train"]:
+            raise CnnError("data.train is not set: give --config FILE or --set data.train=FOLDER")
+    parent, summary = cross_validate(cfg, folds, out=out, resume=resume, quiet=quiet,
+                                     echo=lambda m: click.echo(m, err=True))
+    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(parent, summary))
+
+
+COMMANDS = (gradcheck, bench, lr_find, cv, info, augment_preview, demo, warmup, cache)

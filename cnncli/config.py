@@ -164,6 +164,11 @@ def _resolve(values):
     if flat["train.epochs"] != "auto" and flat["optim.warmup_epochs"] > flat["train.epochs"]:
         fail(origin("optim.warmup_epochs"), "optim.warmup_epochs",
               f"must be <= train.epochs ({flat['train.epochs']}), got {flat['optim.warmup_epochs']}")
+    if flat["data.folds"] and flat["data.fold"] >= flat["data.folds"]:
+        fail(origin("data.fold"), "data.fold", f"must be < data.folds ({flat['data.folds']}), got {flat['data.fold']}")
+    if flat["data.folds"] and flat["data.val"]:
+        fail(origin("data.folds"), "data.folds", "holds out a fold of data.train, so data.val must be null "
+             f"(it is {flat['data.val']!r})")
     if flat["model.batchnorm"] != "none" and flat["train.batch_size"] < 2:
         fail(origin("train.batch_size"), "train.batch_size",
               f"must be >= 2 with model.batchnorm={flat['model.batchnorm']} (batch statistics), "

@@ -232,6 +232,8 @@ def validation_data(run_dir: Path, predictor, cache=True):
     d = cfg["data"]
     if d.get("val"):
         return val_ds, len(skipped), f"{d['val']} (data.val of {cfg_path})"
+    if d.get("folds"):
+        return val_ds, len(skipped), f"fold {d['fold'] + 1} of {d['folds']} of {d.get('train')} (from {cfg_path})"
     return val_ds, len(skipped), f"validation split {d.get('val_split')} of {d.get('train')} (from {cfg_path})"
 
 

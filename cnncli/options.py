@@ -36,6 +36,10 @@ def _image_size(v):
     return "only 32 is accepted: the network takes 32x32 images (other sizes are not supported yet)"
 
 
+def _folds(v):
+    return None if v == 0 or 2 <= v <= MAX_INT else "must be 0 (off) or >= 2"
+
+
 def _not_empty(v):
     return None if v.strip() else "must not be empty"
 
@@ -80,7 +84,13 @@ OPTIONS = (
     Option("data.val_split", 0.1, "Fraction of the training images held out for validation, in [0, 1) (0: "
            "none, train on every image); used only when data.val is null; stratified by class, seeded by "
            "data.seed.", "float", check=_range(0, 1, False, True)),
-    Option("data.seed", 0, "Seed of the train/validation split.", "int", check=_range(0, MAX_INT)),
+    Option("data.folds", 0, "K-fold cross-validation (cnn cv sets it): when >= 2, the validation images are "
+           "fold data.fold of K stratified folds of data.train (data.val_split is not used); 0 = off.", "int",
+           check=_folds),
+    Option("data.fold", 0, "Which of the data.folds folds is held out for validation, in [0, data.folds).",
+           "int", check=_range(0, MAX_INT)),
+    Option("data.seed", 0, "Seed of the train/validation split (and of the folds).", "int",
+           check=_range(0, MAX_INT)),
     Option("data.image_size", 32, "Side of the square network input; the network takes 32x32, so only 32 is "
            "accepted.", "int", check=_image_size),
     Option("data.resize", "pad", "How images become square: pad (keep aspect, pad with the border colour), "

@@ -21,6 +21,8 @@ FROZEN = {
     "data.normalize": "the preprocessing the weights were trained with",
     "data.val_split": "which images are held out for validation",
     "data.seed": "which images are held out for validation",
+    "data.folds": "which images are held out for validation",
+    "data.fold": "which images are held out for validation",
     "train.batch_size": "the learning-rate schedule and the current epoch's batches",
     "train.seed": "the order of the current epoch's images",
     "train.monitor": "what best.npz holds and early stopping compares",

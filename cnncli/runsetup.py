@@ -17,12 +17,12 @@ from cnncli.runfolder import RunState, new_run_dir
 
 def holds_out_nothing(cfg: dict) -> bool:
     """The config asks for no validation images: no data.val and data.val_split 0 (train on every image)."""
-    return not cfg["data"]["val"] and cfg["data"]["val_split"] == 0
+    return not cfg["data"]["val"] and cfg["data"]["val_split"] == 0 and not cfg["data"]["folds"]
 
 
 def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
     """(train_ds, val_ds, skipped) as the config says: data.val (which may lack some of the classes, as
-    a test folder for cnn eval may), or a stratified data.val_split of train.
+    a test folder for cnn eval may), fold data.fold of data.folds, or a stratified data.val_split of train.
     `classes` (a checkpoint's) must match the class folders; a mismatch fails before any image is decoded."""
     from cnncli import data
 
@@ -47,7 +47,8 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
         val_ds, val_skipped = data.load_folder(val_dir, classes=train_ds.classes, missing_ok=True, **opts)
         skipped = list(skipped) + list(val_skipped)
     else:
-        tr_idx, va_idx = data.stratified_split(train_ds.labels, d["val_split"], d["seed"])
+        tr_idx, va_idx = (data.fold_split(train_ds.labels, d["folds"], d["fold"], d["seed"]) if d["folds"] else
+                          data.stratified_split(train_ds.labels, d["val_split"], d["seed"]))
         train_ds, val_ds = data.split(train_ds, tr_idx, va_idx)   # in place: no second copy
     if len(train_ds.labels) == 0:
         raise DataError(f"{train_dir}: no training images left after the validation split")

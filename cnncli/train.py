@@ -283,7 +283,9 @@ class Trainer:
             while state.epoch < self.epochs:
                 if self.run_epoch(stop, bar):
                     break
-        self.echo(f"Done in {time.perf_counter() - bar.t_run:.1f}s. {self._best_note().capitalize()}")
+        note = self._best_note()
+        self.echo(f"Done in {time.perf_counter() - bar.t_run:.1f}s. {note[0].upper()}{note[1:]}")   # (not
+        # str.capitalize: it lowercases the rest, the run folder's path included)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def _error(fn, *args, **kwargs):
 
 def test_defaults_match_the_documented_table():
     expected = {
-        "data.train": None, "data.val": None, "data.val_split": 0.1, "data.seed": 0, "data.image_size": 32,
+        "data.train": None, "data.val": None, "data.val_split": 0.1, "data.folds": 0, "data.fold": 0, "data.seed": 0, "data.image_size": 32,
         "data.resize": "pad", "data.normalize": True, "data.strict": False, "data.cache": True, "data.demo": False,
         "model.batchnorm": "none", "model.num_classes": None, "model.bn_eps": 1e-5, "model.bn_momentum": 0.1,
         "optim.name": "adam", "optim.lr": 0.001, "optim.momentum": 0.9, "optim.betas": [0.9, 0.999],
@@ -382,6 +382,10 @@ def test_valid_configs_validate_and_round_trip(flat):
         flat["optim.min_lr"] = 0.0
     if flat.get("model.batchnorm", "none") != "none" and flat.get("train.batch_size", 2) < 2:
         flat["train.batch_size"] = 2           # batch statistics need 2 images (a cross-check)
+    if flat.get("data.folds") == 1:
+        flat["data.folds"] = 0                  # 0 (off) or >= 2
+    if flat.get("data.folds", 0) and (flat.get("data.fold", 0) >= flat["data.folds"] or flat.get("data.val")):
+        flat["data.folds"] = 0                  # the fold cross-checks
     cfg = validate(config.nest(flat))
     for key, value in flat.items():
         got = get(cfg, key)

@@ -135,6 +135,27 @@ def pixel_mean_std(images: np.ndarray, leaf: int = 1 << 20) -> tuple[float, floa
     return float(mean), (std if std > 1e-6 else 1.0)
 
 
+def fold_split(labels, folds: int, fold: int, seed) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified K-fold: per class c a seeded permutation whose i-th image goes to fold
+    (i + images of the classes before c) mod K, so every fold gets each class's share and the folds
+    differ in size by at most one image; fold `fold` is validation. -> (train_idx, val_idx), sorted int64.
+    The K folds' validation parts are disjoint and together hold every image once."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+    if not (folds >= 2 and 0 <= fold < folds):
+        raise ValueError(f"need folds >= 2 and 0 <= fold < folds, got fold {fold} of {folds}")
+    rng = np.random.default_rng(seed)
+    assign = np.empty(labels.size, np.int64)            # (N,) each image's fold
+    offset = 0
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        perm = idx[rng.permutation(idx.size)]
+        assign[perm] = (np.arange(idx.size) + offset) % folds
+        offset += idx.size
+    return np.flatnonzero(assign != fold).astype(np.int64), np.flatnonzero(assign == fold).astype(np.int64)
+
+
 def stratified_split(labels, fraction: float, seed) -> tuple[np.ndarray, np.ndarray]:
     """Per class c with n_c images: a seeded permutation; validation takes round(fraction * n_c),
     at least 1 when n_c >= 2 (and fraction > 0), at most n_c - 1. -> (train_idx, val_idx), sorted int64."""

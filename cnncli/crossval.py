@@ -1,0 +1,134 @@
+"""K-fold cross-validation (`cnn cv`), as Ludwig's `experiment --k_fold`: one training run per fold of
+data.train (data.folds, data.fold), each an ordinary run folder under one parent, then every fold's
+best epoch and the mean and standard deviation of their validation metrics, in cv.json.
+Not a hyperparameter search, and one process: each fold trains with train.threads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+from cnncli import checkpoint
+from cnncli import config as config_mod
+from cnncli import runfolder
+from cnncli.atomic import write_atomic
+from cnncli.errors import CnnError, ConfigError
+
+SUMMARY = "cv.json"
+METRICS = ("val_loss", "val_acc")
+
+
+def fold_config(cfg: dict, folds: int, k: int, parent: Path) -> dict:
+    """The config of fold k (0-based): fold k of `folds` held out, its run folder parent/fold-<k+1>."""
+    data = {**cfg["data"], "folds": folds, "fold": k}
+    return {**cfg, "data": data, "out": str(parent / f"fold-{k + 1}")}
+
+
+def check(cfg: dict, folds: int) -> None:
+    if folds < 2:
+        raise ConfigError(f"--folds must be >= 2, got {folds}")
+    if cfg["data"]["val"]:
+        raise ConfigError(f"cnn cv holds out folds of data.train, so data.val must be null (it is "
+                          f"{cfg['data']['val']!r})")
+
+
+def fold_result(run_dir: Path, k: int) -> dict:
+    """Fold k's row: its best epoch (best.npz's last history row) and how far the run went."""
+    row = {"fold": k + 1, "run": str(run_dir)}
+    _, last = checkpoint.load(run_dir / "last.npz")
+    row["epochs_run"] = int(last.get("epoch", 0))
+    best_path = run_dir / "best.npz"
+    if best_path.exists():
+        _, meta = checkpoint.load(best_path)
+        best = (meta.get("history") or [{}])[-1]
+        row.update(best_epoch=best.get("epoch"), val_loss=best.get("val_loss"), val_acc=best.get("val_acc"),
+                   train_loss=best.get("train_loss"), train_acc=best.get("train_acc"))
+    return row
+
+
+def finished(last: Path) -> bool:
+    """Whether the run that wrote `last` trained all its epochs or was ended by early stopping."""
+    _, meta = checkpoint.load(last)
+    state = runfolder.state_from_meta(meta, last)
+    epochs = config_mod.load_config_text(meta.get("config", ""), source=f"{last} (config)")["train"]["epochs"]
+    return state.stopped_early or (epochs != "auto" and state.epoch >= epochs)
+
+
+def summarize(rows: list) -> dict:
+    """Mean and standard deviation (numpy's np.std: of the K values, ddof 0) of each metric over the folds
+    that have it."""
+    out = {}
+    for key in METRICS:
+        vals = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        if vals:
+            mean = sum(vals) / len(vals)
+            out[key] = {"mean": mean, "std": math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals)),
+                        "folds": len(vals)}
+    return out
+
+
+def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, echo=print) -> tuple[Path, dict]:
+    """Train every fold (or, with `resume`, a cv folder: the folds not finished) -> (parent, summary)."""
+    from cnncli import train
+    from cnncli.resume import absolute_paths
+
+    if resume is not None:
+        parent = Path(resume)
+        cfg_path = parent / "config.yaml"
+        if not cfg_path.is_file():
+            raise CnnError(f"{parent}: not a cnn cv folder (no config.yaml)")
+        cfg = config_mod.load_config(cfg_path)
+        folds = cfg["data"]["folds"]
+    else:
+        cfg = absolute_paths(cfg)
+        check(cfg, folds)
+        parent = runfolder.new_run_dir(out or f"{cfg['out']}-cv")
+        base = {**cfg, "data": {**cfg["data"], "folds": folds, "fold": 0}, "out": str(parent)}
+        text = config_mod.dump(base)
+        write_atomic(parent / "config.yaml", lambda f: f.write(text), text=True)
+    echo(f"Cross-validation: {folds} folds of {cfg['data']['train']} in {parent}")
+    rows = []
+    for k in range(folds):
+        fold_cfg = fold_config(cfg, folds, k, parent)
+        fold_dir = parent / f"fold-{k + 1}"
+        echo(f"-- fold {k + 1} of {folds}")
+        again = (fold_dir / "last.npz").is_file()
+        if again and finished(fold_dir / "last.npz"):
+            echo(f"finished earlier: {fold_dir}")
+            rows.append(fold_result(fold_dir, k))
+            continue
+        if fold_dir.exists() and not again:
+            shutil.rmtree(fold_dir)          # started, no checkpoint yet: nothing to keep
+        try:
+            run_dir = train.train(fold_cfg, resume=fold_dir if again else None, quiet=quiet, echo=echo)
+        except train.Interrupted as err:
+            raise train.Interrupted(f"{err}; or continue the cross-validation with: cnn cv --resume {parent}") \
+                from None
+        rows.append(fold_result(run_dir, k))
+    summary = {"folds": rows, "summary": summarize(rows), "config": str(parent / "config.yaml")}
+    text = json.dumps(summary, indent=2) + "\n"
+    write_atomic(parent / SUMMARY, lambda f: f.write(text), text=True)
+    return parent, summary
+
+
+def format_summary(parent: Path, summary: dict) -> str:
+    """The table `cnn cv` prints: one row per fold, then mean +- std."""
+    def pct(v):
+        return f"{v:.2%}" if isinstance(v, (int, float)) else "-"
+
+    def num(v):
+        return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+    lines = [f"{'fold':>4}  {'epochs':>6}  {'best':>4}  {'val loss':>8}  {'val acc':>7}"]
+    for r in summary["folds"]:
+        lines.append(f"{r['fold']:>4}  {r['epochs_run']:>6}  {r.get('best_epoch') or '-':>4}  "
+                     f"{num(r.get('val_loss')):>8}  {pct(r.get('val_acc')):>7}")
+    s = summary["summary"]
+    if "val_acc" in s:
+        lines.append(f"val acc  {s['val_acc']['mean']:.2%} +- {s['val_acc']['std']:.2%}, val loss "
+                     f"{s['val_loss']['mean']:.4f} +- {s['val_loss']['std']:.4f} (mean +- std over "
+                     f"{s['val_acc']['folds']} folds, each at its best epoch)")
+    lines.append(f"Summary: {parent / SUMMARY}")
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""K-fold cross-validation: the stratified folds (data.fold_split), the config keys data.folds and
+data.fold, and `cnn cv` end to end: one ordinary run per fold whose validation images are that fold
+(cnn eval of a fold run rebuilds them), the summary's mean and std, and `cnn cv --resume`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from cnncli.checkpoint import load as load_checkpoint
+from cnncli.config import load_config
+from cnncli.data import fold_split
+from cnncli.errors import ConfigError
+from e2e_util import cli_env, invoke, load_params, make_folder, private_cache  # noqa: F401
+
+
+@pytest.mark.parametrize("counts, folds", [((12, 12, 12), 3), ((10, 3, 7, 1), 4), ((5, 5), 5), ((9,), 2)])
+def test_folds_partition_every_class_evenly(counts, folds):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    np.random.default_rng(1).shuffle(labels)
+    vals = []
+    for k in range(folds):
+        tr, va = fold_split(labels, folds, k, seed=3)
+        assert np.intersect1d(tr, va).size == 0 and np.array_equal(np.sort(np.r_[tr, va]), np.arange(labels.size))
+        vals.append(va)
+    assert np.array_equal(np.sort(np.concatenate(vals)), np.arange(labels.size))     # each image once
+    sizes = [v.size for v in vals]
+    assert max(sizes) - min(sizes) <= 1
+    for c, n in enumerate(counts):                        # each class spread over the folds
+        per_fold = [int((labels[v] == c).sum()) for v in vals]
+        assert max(per_fold) - min(per_fold) <= 1 and sum(per_fold) == n
+    assert all(np.array_equal(fold_split(labels, folds, k, 3)[1], vals[k]) for k in range(folds))    # seeded
+    assert any(not np.array_equal(fold_split(labels, folds, k, 4)[1], vals[k]) for k in range(folds))
+    with pytest.raises(ValueError, match="fold 5 of 5"):
+        fold_split(labels, 5, 5, 0)
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["data.folds=1"], "data.folds: must be 0 (off) or >= 2"),
+    (["data.folds=3", "data.fold=3"], "data.fold: must be < data.folds (3), got 3"),
+    (["data.folds=3", "data.val=x"], "data.folds: holds out a fold of data.train, so data.val must be null"),
+])
+def test_fold_keys_are_checked(sets, needle):
+    with pytest.raises(ConfigError, match=None) as err:
+        load_config(None, sets)
+    assert needle in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def cv_run(tmp_path_factory):
+    """`cnn cv --folds 3` on 3 classes x 10 images, 2 epochs, in a folder with capitals in its name."""
+    tmp = tmp_path_factory.mktemp("cv")
+    data = make_folder(tmp / "data", per_class=10, odd_files=False)
+    args = ["cv", "--set", f"data.train={data}", "--set", "train.epochs=2", "--set", "train.batch_size=8",
+            "--folds", "3", "-q"]
+    res = invoke([*args, "--out", tmp / "CV-Runs", "--json"])
+    assert res.exit_code == 0, res.output
+    return tmp, data, tmp / "CV-Runs", args, res
+
+
+def test_each_fold_is_a_run_validated_on_its_fold(cv_run):
+    tmp, data, parent, _, res = cv_run
+    summary = json.loads(res.output[res.output.index("{"):])
+    assert summary == json.loads((parent / "cv.json").read_text())
+    rows = summary["folds"]
+    assert [r["fold"] for r in rows] == [1, 2, 3]
+    for k, row in enumerate(rows):
+        run = parent / f"fold-{k + 1}"
+        cfg = load_config(run / "config.yaml")
+        assert (cfg["data"]["folds"], cfg["data"]["fold"]) == (3, k)
+        assert f"Best val loss {row['val_loss']:.4f} (epoch {row['best_epoch']}" in res.output
+        assert f"is in {run / 'best.npz'}" in res.output                  # the path as given, capitals kept
+        assert "Training on 20 images (3 classes), validating on 10" in res.output
+        _, meta = load_checkpoint(run / "best.npz")
+        assert meta["history"][-1]["val_acc"] == row["val_acc"] and meta["epoch"] == row["best_epoch"]
+        ev = invoke(["eval", "--checkpoint", run, "--json"])              # the fold rebuilt from config.yaml
+        assert ev.exit_code == 0, ev.output
+        metrics = json.loads(ev.output)
+        assert metrics["accuracy"] == pytest.approx(row["val_acc"], abs=1e-12)
+        assert metrics["data"].startswith(f"fold {k + 1} of 3 of {data}")
+    accs = np.array([r["val_acc"] for r in rows])
+    assert summary["summary"]["val_acc"]["mean"] == pytest.approx(accs.mean())
+    assert summary["summary"]["val_acc"]["std"] == pytest.approx(accs.std())
+
+
+def test_the_table_and_a_resume_of_unfinished_folds(cv_run, tmp_path):
+    tmp, data, parent, args, _ = cv_run
+    copy = tmp_path / "copy"
+    shutil.copytree(parent, copy)
+    for name in ("last.npz", "best.npz"):
+        (copy / "fold-2" / name).unlink()                 # fold 2 stopped before its first save
+    shutil.rmtree(copy / "fold-3")                        # fold 3 never started
+    (copy / "cv.json").unlink()
+    res = invoke(["cv", "--resume", copy, "-q"])
+    assert res.exit_code == 0, res.output
+    assert f"finished earlier: {copy / 'fold-1'}" in res.output
+    assert f"Run folder: {copy / 'fold-1'}" not in res.output            # not set up again
+    for k in (1, 2, 3):
+        a, b = load_params(parent / f"fold-{k}" / "last.npz"), load_params(copy / f"fold-{k}" / "last.npz")
+        assert all(np.array_equal(a[key], b[key]) for key in a), k
+    ours, theirs = (json.loads((p / "cv.json").read_text())["summary"] for p in (parent, copy))
+    assert ours == theirs
+    acc = ours["val_acc"]
+    assert f"val acc  {acc['mean']:.2%} +- {acc['std']:.2%}" in res.output
+    assert not list(copy.glob("fold-*-2"))                # the folds' own folders were reused
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--resume", "{tmp}"], "not a cnn cv folder (no config.yaml)"),
+    (["--resume", "{tmp}", "--set", "train.epochs=3"], "--resume continues a cnn cv folder with its own"),
+    (["--set", "data.val={tmp}"], "data.val must be null"),
+])
+def test_bad_requests_are_one_line(tmp_path, extra, needle):
+    res = invoke(["cv", "--set", f"data.train={tmp_path}", *[e.format(tmp=tmp_path) for e in extra]]
+                 if "--resume" not in extra else ["cv", *[e.format(tmp=tmp_path) for e in extra]])
+    assert res.exit_code != 0
+    out = res.output.strip()
+    assert len(out.splitlines()) == 1 and needle in out, out
+
+
+def test_ctrl_c_in_a_fold_says_how_to_go_on_and_the_resume_ends_as_one_run(cv_run, tmp_path):
+    """SIGINT while fold 1 trains (a checkpoint every step): exit 130 with both resume lines; `cnn cv
+    --resume` then finishes every fold with the checkpoints of an uninterrupted cv."""
+    tmp, data, _, _, _ = cv_run
+    sets = ["--set", f"data.train={data}", "--set", "train.epochs=60", "--set", "train.batch_size=8",
+            "--set", "train.checkpoint_every=1", "--set", "train.early_stopping.patience=0", "--folds", "2", "-q"]
+    ref = invoke(["cv", *sets, "--out", tmp_path / "ref"])
+    assert ref.exit_code == 0, ref.output
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "cnncli", "cv", *sets, "--out", str(out)], env=cli_env(tmp),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not (out / "fold-1" / "last.npz").exists() and proc.poll() is None and time.monotonic() - t0 < 120:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    line = [ln for ln in err.splitlines() if ln.startswith("Error:")]
+    assert len(line) == 1 and "Error: SIGINT: stopped at epoch " in line[0], err
+    assert line[0].endswith(f"resume with: cnn train --resume {out / 'fold-1'}; or continue the "
+                            f"cross-validation with: cnn cv --resume {out}"), line
+    assert not (out / "fold-2").exists()
+    res = invoke(["cv", "--resume", out, "-q"])
+    assert res.exit_code == 0, res.output
+    for k in (1, 2):
+        for name in ("last.npz", "best.npz"):
+            a, b = load_params(tmp_path / "ref" / f"fold-{k}" / name), load_params(out / f"fold-{k}" / name)
+            assert all(np.array_equal(a[key], b[key]) for key in a), (k, name)
+
+
+def test_under_mpirun_cv_refuses_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")           # what mpirun sets in each rank
+    res = invoke(["cv", "--set", f"data.train={tmp_path}"])
+    assert res.exit_code == 1
+    assert res.output.strip() == ("Error: cnn cv runs in one process (each fold uses train.threads); start it "
+                                  "without mpirun")

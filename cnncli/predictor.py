@@ -23,7 +23,8 @@ def run_checkpoint(path, names=("last.npz",)) -> Path:
         for name in names:
             if (p / name).is_file():
                 return p / name
-        raise CheckpointError(f"{p}: run folder has no {' or '.join(names)}")
+        hint = "; it is a cnn cv folder: give one of its fold-k runs" if (p / "fold-1").is_dir() else ""
+        raise CheckpointError(f"{p}: run folder has no {' or '.join(names)}{hint}")
     return p
 
 

@@ -91,6 +91,15 @@ def test_each_fold_is_a_run_validated_on_its_fold(cv_run):
     assert summary["summary"]["val_acc"]["std"] == pytest.approx(accs.std())
 
 
+def test_a_cv_folder_given_as_a_checkpoint_points_to_its_folds(cv_run):
+    _, _, parent, _, _ = cv_run
+    for args in (["eval", "--checkpoint", parent], ["predict", "--checkpoint", parent, parent],
+                 ["info", parent]):
+        res = invoke(args)
+        assert res.exit_code != 0
+        assert res.output.strip().endswith("it is a cnn cv folder: give one of its fold-k runs"), res.output
+
+
 def test_the_table_and_a_resume_of_unfinished_folds(cv_run, tmp_path):
     tmp, data, parent, args, _ = cv_run
     copy = tmp_path / "copy"

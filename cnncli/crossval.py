@@ -32,7 +32,7 @@ def check(cfg: dict, folds: int) -> None:
         raise ConfigError(f"--folds must be >= 2, got {folds}")
     if cfg["data"]["val"]:
         raise ConfigError(f"cnn cv holds out folds of data.train, so data.val must be null (it is "
-                          f"{cfg['data']['val']!r})")
+                          f"{cfg['data']['val']!r}; add --set data.val=null)")
 
 
 def fold_result(run_dir: Path, k: int) -> dict:

@@ -125,14 +125,14 @@ def test_the_table_and_a_resume_of_unfinished_folds(cv_run, tmp_path):
 @pytest.mark.parametrize("extra, needle", [
     (["--resume", "{tmp}"], "not a cnn cv folder (no config.yaml)"),
     (["--resume", "{tmp}", "--set", "train.epochs=3"], "--resume continues a cnn cv folder with its own"),
-    (["--set", "data.val={tmp}"], "data.val must be null"),
+    (["--set", "data.val={tmp}"], "data.val must be null (it is '{tmp}'; add --set data.val=null)"),
 ])
 def test_bad_requests_are_one_line(tmp_path, extra, needle):
     res = invoke(["cv", "--set", f"data.train={tmp_path}", *[e.format(tmp=tmp_path) for e in extra]]
                  if "--resume" not in extra else ["cv", *[e.format(tmp=tmp_path) for e in extra]])
     assert res.exit_code != 0
     out = res.output.strip()
-    assert len(out.splitlines()) == 1 and needle in out, out
+    assert len(out.splitlines()) == 1 and needle.format(tmp=tmp_path) in out, out
 
 
 def test_ctrl_c_in_a_fold_says_how_to_go_on_and_the_resume_ends_as_one_run(cv_run, tmp_path):

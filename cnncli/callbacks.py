@@ -126,3 +126,19 @@ class EarlyStopping:
         if row.get(self.loss_key) != state.best_val_loss:
             return False
         return not self.by_accuracy or row.get(self.acc_key) == state.best_acc
+
+
+def plateau_drops(early: EarlyStopping, history: list, patience: int) -> int:
+    """How many times ReduceLROnPlateau (Keras' rule: a drop once `patience` epochs in a row did not
+    improve on the best, then the count starts again; min_delta 0) drops the rate over the finished
+    epochs' rows, replayed from the start, so a resumed run gets the same count from its history.
+    Improvement is judged as `early` judges it (train.monitor, val or train metrics)."""
+    judge = EarlyStopping({"patience": 0, "min_delta": 0.0, "restore_best": False}, early.loss_key == "val_loss",
+                          "val_acc" if early.by_accuracy else "val_loss")
+    state, drops, wait = RunState(), 0, 0
+    for row in history:
+        improved, _ = judge.update(state, row)
+        wait = 0 if improved else wait + 1
+        if wait >= patience:
+            drops, wait = drops + 1, 0
+    return drops

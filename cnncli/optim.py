@@ -14,7 +14,7 @@ import numpy as np
 from .errors import CheckpointError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
-SCHEDULES = ("constant", "step", "cosine")
+SCHEDULES = ("constant", "step", "cosine", "plateau")
 
 # which state arrays each optimizer keeps (besides the step counter "optim.t")
 _STATE_KEYS = {
@@ -199,12 +199,14 @@ class Optimizer:
 
 
 def lr_at(step, steps_per_epoch, epochs, base_lr, schedule="constant", warmup_epochs=0.0,
-          step_size=10, gamma=0.1, min_lr=0.0) -> float:
+          step_size=10, gamma=0.1, min_lr=0.0, drops=0) -> float:
     """Learning rate for global step `step` (0-based): a pure function, so resuming is exact.
 
     Linear warmup from base_lr/W to base_lr over W = round(warmup_epochs * steps_per_epoch)
-    steps, then: constant; step (times gamma every `step_size` epochs, by epoch index); or cosine
-    (base_lr at the end of warmup, min_lr at step steps_per_epoch * epochs, the step after the last).
+    steps, then: constant; step (times gamma every `step_size` epochs, by epoch index); cosine
+    (base_lr at the end of warmup, min_lr at step steps_per_epoch * epochs, the step after the last);
+    or plateau (base_lr times gamma per drop so far, `drops` from callbacks.plateau_drops, not below
+    min_lr: Keras' ReduceLROnPlateau).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule: unknown {schedule!r}; choose one of {', '.join(SCHEDULES)}")
@@ -220,6 +222,8 @@ def lr_at(step, steps_per_epoch, epochs, base_lr, schedule="constant", warmup_ep
             raise ValueError(f"step_size: must be >= 1, got {step_size}")
         epoch = step // steps_per_epoch
         lr = base_lr * gamma ** (epoch // step_size)
+    elif schedule == "plateau":
+        lr = max(base_lr * gamma ** drops, min_lr) if drops else base_lr
     else:  # cosine over the steps after warmup (torch CosineAnnealingLR, T_max = those steps)
         total = max(1, steps_per_epoch * epochs - warmup)
         progress = min(1.0, max(0.0, (step - warmup) / total))

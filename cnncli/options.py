@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adam", "adamw")  # == optim.OPTIMIZERS (tested)
-SCHEDULE_NAMES = ("constant", "step", "cosine")  # == optim.SCHEDULES (tested)
+SCHEDULE_NAMES = ("constant", "step", "cosine", "plateau")  # == optim.SCHEDULES (tested)
 CLASS_WEIGHTS = ("none", "balanced")  # train.class_weight's named settings (or a mapping)
 MAX_INT = 2 ** 31 - 1  # sanity bound on every integer (keeps numpy int32/int64 use safe downstream)
 AUTO_STEPS = 3000  # train.epochs=auto: the optimizer-step budget ...
@@ -121,16 +121,21 @@ OPTIONS = (
     Option("optim.weight_decay", 0.0, "Weight decay, >= 0 (L2 added to the gradient; decoupled for adamw).",
            "float", check=_range(0)),
     Option("optim.schedule", "cosine", "Learning-rate schedule after warmup: constant, step (times "
-           "optim.gamma every optim.step_size epochs) or cosine (down to optim.min_lr).", "choice",
+           "optim.gamma every optim.step_size epochs), cosine (down to optim.min_lr) or plateau (times optim.gamma "
+           "after optim.plateau_patience epochs without an improvement of train.monitor, not below optim.min_lr; "
+           "Keras' ReduceLROnPlateau).", "choice",
            choices=SCHEDULE_NAMES),
     Option("optim.warmup_epochs", 1.0, "Epochs of linear warmup from ~0 to optim.lr (may be fractional; 0 = "
            "none), <= train.epochs.",
            "float", check=_range(0)),
     Option("optim.step_size", 10, "Epochs between learning-rate drops, for schedule=step.", "int",
            check=_range(1, MAX_INT)),
-    Option("optim.gamma", 0.1, "Learning-rate factor at each drop, for schedule=step, > 0.", "float",
+    Option("optim.plateau_patience", 5, "Epochs without an improvement of train.monitor before each "
+           "learning-rate drop, for schedule=plateau.", "int", check=_range(1, MAX_INT)),
+    Option("optim.gamma", 0.1, "Learning-rate factor at each drop, for schedule=step or plateau, > 0.", "float",
            check=_range(0, None, True)),
-    Option("optim.min_lr", 0.0, "Final learning rate of the cosine schedule, in [0, optim.lr].", "float",
+    Option("optim.min_lr", 0.0, "Final learning rate of the cosine schedule, and the floor of plateau's, in "
+           "[0, optim.lr].", "float",
            check=_range(0)),
     Option("train.epochs", "auto", "Number of passes over the training images, >= 1, or auto: about "
            f"{AUTO_STEPS} optimizer steps, clamped to [{AUTO_EPOCHS[0]}, {AUTO_EPOCHS[1]}] epochs (resolved once "

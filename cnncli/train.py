@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import checkpoint, resume as resume_mod, runfolder
-from cnncli.callbacks import EarlyStopping, ProgressBar, StopFlag
+from cnncli.callbacks import EarlyStopping, ProgressBar, StopFlag, plateau_drops
 from cnncli import config as config_mod
 from cnncli.balance import class_weights
 from cnncli.errors import CnnError, TrainingDiverged
@@ -80,6 +80,7 @@ class Trainer:
         self.steps_per_epoch = len(epoch_batches(len(train_ds.labels), self.batch_size, self.seed, 0, self.min_last))
         self._rates = (0, [])                  # lr_at's epoch of rates: (its first step, [rate per step])
         self.early = EarlyStopping(t["early_stopping"], have_val=len(val_ds.labels) > 0, monitor=t["monitor"])
+        self.drops = self.plateau_drops()      # schedule=plateau: the rate's drops so far (from the history)
         self.last_path, self.best_path = run_dir / "last.npz", run_dir / "best.npz"
         self.restored = False
         self.class_weight = class_weights(t["class_weight"], train_ds.labels, classes)  # (C,) or None
@@ -131,6 +132,13 @@ class Trainer:
         if self.is_main_process:
             self._echo(message)
 
+    def plateau_drops(self) -> int:
+        """schedule=plateau: the rate's drops over the finished epochs (0 for the other schedules)."""
+        o = self.cfg["optim"]
+        if o["schedule"] != "plateau":
+            return 0
+        return plateau_drops(self.early, self.state.history, o["plateau_patience"])
+
     # -- steps ---------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
         """optim.lr_at for this run; the values of a whole epoch's steps are made at once and kept
@@ -143,7 +151,7 @@ class Trainer:
             first = step - step % spe
             rates = [optim.lr_at(s, spe, self.epochs, o["lr"], schedule=o["schedule"],
                                  warmup_epochs=o["warmup_epochs"], step_size=o["step_size"], gamma=o["gamma"],
-                                 min_lr=o["min_lr"]) for s in range(first, first + spe)]
+                                 min_lr=o["min_lr"], drops=self.drops) for s in range(first, first + spe)]
             self._rates = (first, rates)
         return rates[step - first]
 
@@ -207,6 +215,7 @@ class Trainer:
         state.epoch += 1
         state.epoch_step, state.loss_sum, state.correct, state.seen = 0, 0.0, 0, 0
         improved, stopping = self.early.update(state, row)
+        drops, self.drops = self.drops, self.plateau_drops()
         if improved:
             self.save_best()
         if stopping and self.early.restore_best:
@@ -218,6 +227,11 @@ class Trainer:
         self.echo(f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}  "
                   f"{val}  lr {row['lr']:.3g}  {row['time_s']:.1f}s "
                   f"({images / max(train_time, 1e-9):.0f} img/s){'  *best' if improved else ''}")
+        o = self.cfg["optim"]
+        before, after = (max(o["lr"] * o["gamma"] ** d, o["min_lr"]) for d in (drops, self.drops))
+        if after != before and not stopping:
+            self.echo(f"Plateau: {self.early.monitor.replace('_', ' ')} did not improve for {o['plateau_patience']} "
+                      f"epoch(s); lr {after:.3g} from the next step")
         if stopping:
             self.echo(f"Early stopping: {self.early.monitor.replace('_', ' ')} did not improve for "
                       f"{self.early.patience} epoch(s); {self._best_note()}")

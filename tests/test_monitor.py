@@ -1,7 +1,8 @@
-"""train.monitor: val_loss or val_acc picks best.npz and drives early stopping. The rule on rows
-(accuracy ties broken by the lower loss, min_delta, no validation images), then real runs: best.npz
-is the epoch metrics.csv says, the end line names it, a resumed run keeps the best so far, and
-the key cannot change on --resume.
+"""train.monitor: val_loss or val_acc picks best.npz and drives early stopping and the plateau
+schedule. The rules on rows (accuracy ties broken by the lower loss, min_delta, no validation images;
+plateau drops), then real runs: best.npz is the epoch metrics.csv says, the end line names it, the
+plateau schedule's rates in metrics.csv follow its rule, a resumed run keeps the best so far and
+the drops, and train.monitor cannot change on --resume.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import math
 import numpy as np
 import pytest
 
-from cnncli.callbacks import EarlyStopping
+from cnncli.callbacks import EarlyStopping, plateau_drops
+from cnncli.optim import lr_at
 from cnncli.checkpoint import load as load_checkpoint
 from cnncli.runfolder import RunState
 from e2e_util import invoke, load_params, make_folder, private_cache, write_config  # noqa: F401
@@ -103,3 +105,45 @@ def test_best_npz_is_the_most_accurate_epoch_and_a_resume_keeps_it(data, tmp_pat
 
     res = invoke(["train", "--resume", tmp_path / "part", "--set", "train.monitor=val_loss", "-q"])
     assert res.exit_code == 2 and "train.monitor cannot change on --resume" in res.output
+
+
+def test_plateau_drops_replay_keras_rule():
+    early = EarlyStopping(ES, have_val=True, monitor="val_loss")
+    # val loss 1.0 .8 .9 .7 .95 1.2 .6: bad epochs 3 (1), 5, 6 (2 in a row) -> drops after 6 with patience 2
+    assert [plateau_drops(early, rows(HISTORY[:n]), 2) for n in range(1, 8)] == [0, 0, 0, 0, 0, 1, 1]
+    assert plateau_drops(early, rows(HISTORY), 1) == 3                  # epochs 3, 5, 6
+    by_acc = EarlyStopping(ES, have_val=True, monitor="val_acc")
+    assert plateau_drops(by_acc, rows(HISTORY), 2) == 2                 # acc: 4, 5 bad -> 1; 6, 7 bad -> 2
+    no_val = EarlyStopping(ES, have_val=False, monitor="val_loss")
+    assert plateau_drops(no_val, rows(HISTORY, side="train"), 1) == 3   # the training loss instead
+
+
+def test_plateau_rates():
+    assert lr_at(7, 4, 10, 0.1, "plateau") == 0.1
+    assert lr_at(7, 4, 10, 0.1, "plateau", gamma=0.5, drops=2) == pytest.approx(0.025)
+    assert lr_at(7, 4, 10, 0.1, "plateau", gamma=0.1, drops=3, min_lr=0.001) == 0.001      # the floor
+    assert lr_at(1, 4, 10, 0.1, "plateau", warmup_epochs=1, drops=1) == pytest.approx(0.01 * 2 / 4)
+
+
+def test_plateau_run_lowers_the_rate_as_its_history_says_and_resumes_bitwise(data, tmp_path):
+    tmp, folder = data
+    sets = ["--set", "optim.schedule=plateau", "--set", "optim.plateau_patience=1", "--set", "optim.gamma=0.5",
+            "--set", "train.early_stopping.patience=0", "--set", "optim.warmup_epochs=0", "-q", "--no-report"]
+    full = write_config(tmp_path / "full.yaml", folder, tmp_path / "full", epochs=8)
+    res = invoke(["train", "--config", full, *sets])
+    assert res.exit_code == 0, res.output
+    table = metrics(tmp_path / "full")
+    early = EarlyStopping(ES, have_val=True, monitor="val_loss")
+    history = [{k: float(v) for k, v in r.items()} for r in table]
+    for i, r in enumerate(table):            # each epoch's rate: 0.003 x 0.5 ** (drops over the epochs before)
+        assert float(r["lr"]) == pytest.approx(0.003 * 0.5 ** plateau_drops(early, history[:i], 1), rel=1e-12)
+    drops = plateau_drops(early, history, 1)
+    assert 1 <= drops < 8                                # the data makes both kinds of epoch
+    assert res.output.count("Plateau: val loss did not improve for 1 epoch(s)") == drops
+    part = write_config(tmp_path / "part.yaml", folder, tmp_path / "part", epochs=3)
+    assert invoke(["train", "--config", part, *sets]).exit_code == 0
+    res = invoke(["train", "--resume", tmp_path / "part", "--set", "train.epochs=8", "-q", "--no-report"])
+    assert res.exit_code == 0, res.output
+    a, b = load_params(tmp_path / "full" / "last.npz"), load_params(tmp_path / "part" / "last.npz")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert [r["lr"] for r in metrics(tmp_path / "part")] == [r["lr"] for r in table]

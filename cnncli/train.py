@@ -331,6 +331,11 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     trainer.echo(f"Epochs: {trainer.epochs}{' (train.epochs=auto for this training set)' if auto else ''}; "
                  f"augmentation {'on' if trainer.augmenter is not None else 'off'}; early stopping "
                  f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}")
+    untrained = [c for c, k in zip(train_ds.classes, np.bincount(train_ds.labels, minlength=len(train_ds.classes)))
+                 if k == 0]
+    if untrained:              # (a K-fold split of a class with fewer images than folds)
+        trainer.echo(f"note: no training images of {', '.join(map(runfolder.printable, untrained))} "
+                     "(all held out for validation)")
     absent = [c for c, k in zip(train_ds.classes, np.bincount(val_ds.labels, minlength=len(train_ds.classes)))
               if k == 0]
     if 0 < len(absent) < len(train_ds.classes):

@@ -171,3 +171,15 @@ def test_under_mpirun_cv_refuses_in_one_line(tmp_path, monkeypatch):
     assert res.exit_code == 1
     assert res.output.strip() == ("Error: cnn cv runs in one process (each fold uses train.threads); start it "
                                   "without mpirun")
+
+
+def test_a_class_with_fewer_images_than_folds_is_named_where_it_is_missing(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
+    (data / "solo").mkdir()
+    shutil.copy(next((data / "bar").iterdir()), data / "solo" / "only.png")
+    res = invoke(["cv", "--set", f"data.train={data}", "--set", "train.epochs=1", "--folds", "2", "-q",
+                  "--out", tmp_path / "cv"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads((tmp_path / "cv" / "cv.json").read_text())["folds"]) == 2
+    assert res.output.count("note: no training images of solo (all held out for validation)") == 1
+    assert res.output.count("note: no validation images of solo") == 1

@@ -1,7 +1,7 @@
 """The `cnn` commands around the train-evaluate-ship path: checking and measuring the core
-(gradcheck, bench, warmup), preparing a run (demo, augment-preview, lr-find, cv, cache) and looking into a
-checkpoint (info). Each parses options and calls one library function; cli.py registers them on the
-`cnn` group, beside train, eval, predict, report and export.
+(gradcheck, bench, warmup), preparing a run (demo, augment-preview, lr-find, cv, cache) and looking
+into a checkpoint or a folder of runs (info, runs). Each parses options and calls one library
+function; cli.py registers them on the `cnn` group, beside train, eval, predict, report and export.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from cnncli.cli_common import resolve_checkpoint, user_errors
+from cnncli.cli_common import echo_json_list, resolve_checkpoint, user_errors
 
 
 @click.command(short_help="Check every gradient against finite differences.")
@@ -209,4 +209,25 @@ def cv(config_path, overrides, folds, out, resume, as_json, quiet):
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(parent, summary))
 
 
-COMMANDS = (gradcheck, bench, lr_find, cv, info, augment_preview, demo, warmup, cache)
+@click.command("runs", short_help="The run folders under a folder, one row each: compare experiments.")
+@click.argument("folders", nargs=-1, type=click.Path())
+@click.option("--sort", "sort_by", default="name", show_default=True,
+              type=click.Choice(["name", "val_acc", "val_loss", "time"]),
+              help="Row order: name, val_acc (best first), val_loss (best first) or time (newest first).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of the rows.")
+@user_errors
+def runs(folders, sort_by, as_json):
+    """List the run folders at or below FOLDERS (default: runs), cnn cv folds included: classes,
+    batchnorm, optimizer and lr, epochs done of the total (* stopped early), the best epoch with its
+    val loss and val acc (best.npz's), and the checkpoint its weights started from. Runs nothing;
+    numba is not loaded."""
+    from cnncli.runs import describe_run, find_runs, format_runs, sort_rows
+
+    rows = sort_rows([describe_run(r) for r in find_runs(folders or ("runs",))], sort_by)
+    if as_json:
+        echo_json_list(rows)
+    else:
+        click.echo(format_runs(rows))
+
+
+COMMANDS = (gradcheck, bench, lr_find, cv, info, runs, augment_preview, demo, warmup, cache)

@@ -1,0 +1,134 @@
+"""`cnn runs`: the run folders under a folder, one row each, to compare experiments: how far each
+trained, its best epoch's validation metrics and its set-up (batchnorm, optimizer, where its weights
+started). NumPy only: it reads the checkpoints' metadata and never loads numba. Not the story of one
+run (cnn info, cnn report).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+from pathlib import Path
+
+import yaml
+
+from cnncli import checkpoint
+from cnncli.errors import CnnError
+from cnncli.runfolder import printable
+
+SORTS = ("name", "val_acc", "val_loss", "time")
+DEPTH = 3      # a cv parent's fold-k runs sit one level below it: runs/x-cv/fold-1
+
+
+def is_run(folder: Path) -> bool:
+    return (folder / "last.npz").is_file() or (folder / "best.npz").is_file()
+
+
+def find_runs(roots) -> list:
+    """Every run folder at or below each root (to DEPTH levels), in name order; a root that is no
+    folder is a CnnError."""
+    found = []
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise CnnError(f"{root}: no such folder")
+        level = [root]
+        for _ in range(DEPTH + 1):
+            nxt = []
+            for folder in level:
+                if is_run(folder):
+                    found.append(folder)
+                    continue
+                try:
+                    nxt += sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+                except OSError:
+                    continue         # unreadable: not a run we can list
+            level = nxt
+    return sorted(set(found))
+
+
+def _config(meta: dict) -> dict:
+    try:
+        cfg = yaml.safe_load(meta.get("config") or "")
+        return cfg if isinstance(cfg, dict) else {}
+    except yaml.YAMLError:
+        return {}
+
+
+def _get(cfg: dict, dotted: str):
+    for part in dotted.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else None
+    return cfg
+
+
+def _number(value):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        else None
+
+
+def describe_run(run: Path) -> dict:
+    """One run's row; a run whose checkpoint cannot be read gets {"run", "error"} instead."""
+    row = {"run": os.fspath(run)}
+    try:
+        last = run / "last.npz"
+        _, meta = checkpoint.load(last if last.is_file() else run / "best.npz")
+        best_meta = checkpoint.load(run / "best.npz")[1] if (run / "best.npz").is_file() else None
+    except CnnError as err:
+        return {**row, "error": str(err)}
+    cfg = _config(meta)
+    best = ((best_meta or {}).get("history") or [None])[-1]
+    best = best if isinstance(best, dict) else {}
+    classes = meta.get("classes")
+    row.update(
+        classes=len(classes) if isinstance(classes, list) else None,
+        batchnorm=meta.get("batchnorm") if isinstance(meta.get("batchnorm"), str) else None,
+        optimizer=_get(cfg, "optim.name"), lr=_number(_get(cfg, "optim.lr")),
+        epochs=_number(meta.get("epoch")), epochs_total=_number(_get(cfg, "train.epochs")),
+        stopped_early=meta.get("stopped_early") is True,
+        best_epoch=_number(best.get("epoch")), val_loss=_number(best.get("val_loss")),
+        val_acc=_number(best.get("val_acc")), init_from=_get(cfg, "train.init_from"),
+        modified=datetime.datetime.fromtimestamp((run / ("last.npz" if last.is_file() else "best.npz"))
+                                                 .stat().st_mtime).isoformat(timespec="seconds"),
+    )
+    return row
+
+
+def sort_rows(rows: list, by: str) -> list:
+    """Rows in `by` order: name; val_acc (highest first); val_loss (lowest first); time (newest
+    first). Rows without the value (and unreadable runs) go last, in name order."""
+    if by not in SORTS:
+        raise CnnError(f"--sort must be one of {', '.join(SORTS)}, got {by!r}")
+    rows = sorted(rows, key=lambda r: r["run"])
+    if by == "name":
+        return rows
+    key = {"val_acc": lambda r: -r["val_acc"], "val_loss": lambda r: r["val_loss"],
+           "time": lambda r: -datetime.datetime.fromisoformat(r["modified"]).timestamp()}[by]
+    field = "modified" if by == "time" else by
+    have = [r for r in rows if r.get(field) is not None]
+    return sorted(have, key=key) + [r for r in rows if r.get(field) is None]
+
+
+def format_runs(rows: list) -> str:
+    """The table `cnn runs` prints."""
+    if not rows:
+        return "no run folders found"
+    head = f"{'run':32s} {'classes':>7s} {'bn':7s} {'optim':13s} {'epochs':>9s} {'best':>4s} " \
+           f"{'val loss':>8s} {'val acc':>7s}  started from"
+    lines = [head]
+    for r in rows:
+        name = printable(r["run"])
+        if "error" in r:
+            lines.append(f"{name:32s} unreadable: {printable(r['error'])}")
+            continue
+        done = "-" if r["epochs"] is None else str(r["epochs"])
+        total = f"/{r['epochs_total']}" if r["epochs_total"] is not None else ""
+        epochs = done + total + ("*" if r["stopped_early"] else "")
+        optim = f"{r['optimizer'] or '-'} {r['lr']:g}" if r["lr"] is not None else (r["optimizer"] or "-")
+        loss = f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-"
+        acc = f"{r['val_acc']:.2%}" if r["val_acc"] is not None else "-"
+        start = printable(r["init_from"]) if isinstance(r["init_from"], str) else "-"
+        lines.append(f"{name:32s} {str(r['classes'] or '-'):>7s} {r['batchnorm'] or '-':7s} {optim:13s} "
+                     f"{epochs:>9s} {str(r['best_epoch'] or '-'):>4s} {loss:>8s} {acc:>7s}  {start}")
+    if any(r.get("stopped_early") for r in rows):
+        lines.append("* stopped early")
+    return "\n".join(lines)

@@ -1,0 +1,103 @@
+"""`cnn runs`: every run folder below a folder (cv folds included), each row as its checkpoints and
+metrics.csv say, the orders, unreadable runs as a row of their own, and no numba import.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cnncli.checkpoint import load as load_checkpoint
+from e2e_util import cli_env, invoke, make_folder, private_cache, write_config  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def experiments(tmp_path_factory):
+    """runs/ with two plain runs (lr 0.003 and 0.0003), one fine-tuned from the first, a 2-fold cv,
+    a run folder whose last.npz is garbage and a folder that is no run."""
+    tmp = tmp_path_factory.mktemp("runs")
+    data = make_folder(tmp / "data", per_class=10, odd_files=False)
+    root = tmp / "runs"
+    cfg = write_config(tmp / "cfg.yaml", data, root / "unused", epochs=3)
+    for name, sets in (("fast", []), ("slow", ["--set", "optim.lr=0.0003"]),
+                       ("tuned", ["--init-from", root / "fast", "--set", "train.epochs=2"])):
+        res = invoke(["train", "--config", cfg, "--out", root / name, "-q", "--no-report", *sets])
+        assert res.exit_code == 0, res.output
+    res = invoke(["cv", "--config", cfg, "--folds", "2", "--out", root / "five-cv", "-q"])
+    assert res.exit_code == 0, res.output
+    (root / "broken").mkdir()
+    (root / "broken" / "last.npz").write_bytes(b"not a zip")
+    (root / "notes").mkdir()
+    (root / "notes" / "todo.txt").write_text("x")
+    return tmp, root
+
+
+def test_every_run_is_listed_as_its_files_say(experiments):
+    tmp, root = experiments
+    res = invoke(["runs", root, "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    names = [r["run"] for r in rows]
+    assert names == [str(root / n) for n in ("broken", "fast", "five-cv/fold-1", "five-cv/fold-2", "slow", "tuned")]
+    for row in rows:
+        if row["run"].endswith("broken"):
+            assert "not a checkpoint" in row["error"]
+            continue
+        run = root / row["run"][len(str(root)) + 1:]
+        _, best = load_checkpoint(run / "best.npz")
+        with open(run / "metrics.csv") as f:
+            table = list(csv.DictReader(f))
+        assert row["epochs"] == len(table) == row["epochs_total"]
+        assert (row["best_epoch"], row["val_acc"], row["val_loss"]) == (
+            best["epoch"], best["history"][-1]["val_acc"], best["history"][-1]["val_loss"])
+        assert row["classes"] == 3 and row["batchnorm"] == "none" and row["optimizer"] == "adam"
+    by_name = {r["run"]: r for r in rows}
+    assert by_name[str(root / "tuned")]["init_from"] == str(root / "fast")
+    assert by_name[str(root / "slow")]["lr"] == 0.0003 and by_name[str(root / "fast")]["init_from"] is None
+    text = invoke(["runs", root]).output
+    assert f"{root / 'broken'}" in text and "unreadable:" in text and str(root / "fast") in text
+
+
+def test_orders(experiments):
+    _, root = experiments
+    for key, pick in (("val_loss", min), ("val_acc", max)):
+        rows = json.loads(invoke(["runs", root, "--json", "--sort", key]).output)
+        have = [r for r in rows if "error" not in r]
+        values = [r[key] for r in have]
+        assert values == sorted(values, reverse=key == "val_acc") and values[0] == pick(values)
+        assert "error" in rows[-1]                                  # the unreadable run last
+    rows = json.loads(invoke(["runs", root, "--json", "--sort", "time"]).output)
+    times = [r["modified"] for r in rows if "error" not in r]
+    assert times == sorted(times, reverse=True)
+
+
+def test_a_run_folder_itself_and_bad_roots(experiments, tmp_path):
+    _, root = experiments
+    rows = json.loads(invoke(["runs", root / "fast", "--json"]).output)
+    assert [r["run"] for r in rows] == [str(root / "fast")]
+    assert invoke(["runs", tmp_path]).output.strip() == "no run folders found"
+    res = invoke(["runs", tmp_path / "nope"])
+    assert res.exit_code == 1 and res.output.strip() == f"Error: {tmp_path / 'nope'}: no such folder"
+
+
+_PROBE = """
+import sys, cnncli.cli
+sys.argv = ["cnn", "runs", sys.argv[1]]
+try:
+    cnncli.cli.main()
+except SystemExit as e:
+    assert not e.code, e.code
+print(f"numba-imported={'numba' in sys.modules}", file=sys.stderr)
+"""
+
+
+def test_runs_never_imports_numba(experiments, tmp_path):
+    _, root = experiments
+    res = subprocess.run([sys.executable, "-c", _PROBE, str(root)], env=cli_env(tmp_path),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "fold-2" in res.stdout and "numba-imported=False" in res.stderr

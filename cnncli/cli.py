@@ -126,8 +126,9 @@ def _report_after_training(run_dir):
 
 
 @cli.command("eval", short_help="Loss, accuracy, per-class P/R/F1 and confusion of a checkpoint.")
-@click.option("--checkpoint", required=True, type=click.Path(),
-              help="A .npz checkpoint, or a run folder (its best.npz, else last.npz).")
+@click.option("--checkpoint", required=True, multiple=True, type=click.Path(),
+              help="A .npz checkpoint, or a run folder (its best.npz, else last.npz). Repeated, or a cnn cv "
+                   "folder (its folds): the ensemble, the mean of their probabilities (needs --data).")
 @click.option("--data", "data_dir", default=None, type=click.Path(),
               help="Image folder with one subfolder per class (some of the model's classes will do). Default: "
                    "the run's validation images, held out again from its config.yaml as training did.")
@@ -146,16 +147,16 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
     accuracy, top-k, per-class P/R/F1, confusion."""
     from cnncli.evaluate import below_threshold, evaluate, format_metrics
 
-    metrics, _, _ = evaluate(resolve_checkpoint(checkpoint), data_dir, batch_size=batch_size, top_k=top_k,
-                             cache=not no_cache)
+    metrics, _, _ = evaluate(list(checkpoint), data_dir, batch_size=batch_size, top_k=top_k, cache=not no_cache)
     click.echo(json.dumps(metrics, indent=2) if as_json else printable(format_metrics(metrics)))
     if fail_under is not None and (problem := below_threshold(metrics, metric, fail_under)):
         raise CnnError(problem)
 
 
 @cli.command(short_help="Classify image files or folders.")
-@click.option("--checkpoint", required=True, type=click.Path(),
-              help="A .npz checkpoint, or a run folder (its best.npz, else last.npz).")
+@click.option("--checkpoint", required=True, multiple=True, type=click.Path(),
+              help="A .npz checkpoint, or a run folder (its best.npz, else last.npz). Repeated, or a cnn cv "
+                   "folder (its folds): the ensemble, the mean of their probabilities.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1), help="Show the K most likely classes.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {path, class, probability, top_k}.")
@@ -164,9 +165,9 @@ def predict(checkpoint, paths, top_k, as_json):
     """Classify images: each PATH is an image file or a folder of images. Exit status 1 if any file failed."""
     from cnncli.data import PathList, list_images_and_bad
     from cnncli.evaluate import predict_stream
-    from cnncli.predictor import Predictor
+    from cnncli.ensemble import load
 
-    predictor = Predictor.from_checkpoint(resolve_checkpoint(checkpoint))
+    predictor, _ = load(checkpoint)
     files, failures = PathList(), []                 # compact: a million paths take ~30 MB
     for p in paths:
         try:

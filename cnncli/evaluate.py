@@ -117,8 +117,11 @@ def format_metrics(metrics) -> str:
     """Readable aligned text: summary, per-class table, confusion matrix with class names."""
     lines = []
     for key, label in (("checkpoint", "checkpoint"), ("data", "data")):
+        value = metrics.get(key)
+        if isinstance(value, list):         # an ensemble's checkpoints
+            value = f"mean of {len(value)}: " + ", ".join(value)
         if key in metrics:
-            lines.append(f"{label:<16}{metrics[key]}")
+            lines.append(f"{label:<16}{value}")
     lines.append(f"{'images':<16}{metrics['num_images']}")
     if "skipped" in metrics:
         lines.append(f"{'skipped':<16}{metrics['skipped']}")
@@ -178,10 +181,15 @@ def checkpoint_top_k(meta: dict) -> int:
 def evaluate(checkpoint, data_dir, batch_size=256, top_k=None, cache=True):
     """Evaluate a checkpoint on an image folder -> (metrics, dataset, probs (N,C)); data_dir None: on
     the validation images of the run folder the checkpoint lies in (validation_data).
-    top_k None: the checkpoint config's train.top_k."""
-    from .predictor import Predictor
+    top_k None: the checkpoint config's train.top_k. `checkpoint` may be a list of checkpoints, run
+    folders and cnn cv folders: their ensemble (ensemble.py) is evaluated, on data_dir only."""
+    from .ensemble import load
 
-    predictor = Predictor.from_checkpoint(checkpoint)
+    predictor, files = load(checkpoint if isinstance(checkpoint, (list, tuple)) else [checkpoint])
+    if len(files) > 1 and data_dir is None:
+        raise CnnError(f"{len(files)} checkpoints (an ensemble): pass --data FOLDER to choose the images to "
+                       "evaluate (each run held out other validation images)")
+    checkpoint = files[0]
     if data_dir is not None:
         metrics, dataset, probs = evaluate_predictor(predictor, data_dir, batch_size=batch_size, top_k=top_k,
                                                      cache=cache)
@@ -192,7 +200,7 @@ def evaluate(checkpoint, data_dir, batch_size=256, top_k=None, cache=True):
             raise CnnError(f"{run_dir}: the run held out no validation images (data.val_split 0, or too few "
                            "images); pass --data FOLDER to choose the images to evaluate")
         metrics, dataset, probs = evaluate_found(predictor, found, batch_size=batch_size, top_k=top_k)
-    metrics["checkpoint"] = str(checkpoint)
+    metrics["checkpoint"] = str(checkpoint) if len(files) == 1 else [str(f) for f in files]
     return metrics, dataset, probs
 
 

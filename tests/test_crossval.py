@@ -91,10 +91,9 @@ def test_each_fold_is_a_run_validated_on_its_fold(cv_run):
     assert summary["summary"]["val_acc"]["std"] == pytest.approx(accs.std())
 
 
-def test_a_cv_folder_given_as_a_checkpoint_points_to_its_folds(cv_run):
-    _, _, parent, _, _ = cv_run
-    for args in (["eval", "--checkpoint", parent], ["predict", "--checkpoint", parent, parent],
-                 ["info", parent]):
+def test_a_cv_folder_given_as_one_checkpoint_points_to_its_folds(cv_run):
+    _, data, parent, _, _ = cv_run
+    for args in (["info", parent], ["train", "--set", f"data.train={data}", "--init-from", parent]):
         res = invoke(args)
         assert res.exit_code != 0
         assert res.output.strip().endswith("it is a cnn cv folder: give one of its fold-k runs"), res.output

@@ -1,0 +1,66 @@
+"""Several checkpoints as one model for `cnn eval` and `cnn predict`: the mean of their class
+probabilities (soft voting), as a cross-validation's fold models are usually combined. A `cnn cv`
+folder stands for its folds. Each member keeps its own input mean/std; all must share the classes
+and the image size and resize. Not a trainer of ensembles, and not exportable as one ONNX graph.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from cnncli.errors import CheckpointError
+from cnncli.predictor import Predictor, run_checkpoint
+
+_FOLD = re.compile(r"fold-(\d+)")
+
+
+def checkpoint_files(paths) -> list:
+    """The checkpoint files of `paths`, in order: a .npz as given; a run folder's best.npz (else
+    last.npz); a cnn cv folder's fold-1, fold-2, ... runs, each the same way."""
+    out = []
+    for given in paths:
+        p = Path(given)
+        folds = sorted((f for f in p.glob("fold-*") if f.is_dir() and _FOLD.fullmatch(f.name)),
+                       key=lambda f: int(_FOLD.fullmatch(f.name).group(1))) if p.is_dir() else []
+        if p.is_dir() and folds and not (p / "best.npz").exists() and not (p / "last.npz").exists():
+            out += [run_checkpoint(f, ("best.npz", "last.npz")) for f in folds]
+        else:
+            out.append(run_checkpoint(p, ("best.npz", "last.npz")))
+    return out
+
+
+class Ensemble:
+    """Predictors of the same classes, image size and resize, as one (Predictor's interface for
+    evaluate and predict: classes, preprocess, meta, predict_proba)."""
+
+    def __init__(self, members: list, paths: list):
+        first = members[0]
+        for member, path in zip(members[1:], paths[1:]):
+            if member.classes != first.classes:
+                raise CheckpointError(f"{path}: its classes {member.classes} differ from {paths[0]}'s "
+                                      f"{first.classes}; an ensemble needs the same classes")
+            for key in ("image_size", "resize"):
+                if member.preprocess[key] != first.preprocess[key]:
+                    raise CheckpointError(f"{path}: its input {key} {member.preprocess[key]!r} differs from "
+                                          f"{paths[0]}'s {first.preprocess[key]!r}")
+        self.members, self.paths = members, [str(p) for p in paths]
+        self.classes, self.meta = first.classes, first.meta
+        self.preprocess = {"image_size": first.preprocess["image_size"], "resize": first.preprocess["resize"]}
+
+    def predict_proba(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """(N,S,S) uint8 -> (N,C): the members' probabilities averaged, added in member order."""
+        total = None
+        for member in self.members:
+            probs = member.predict_proba(images_u8, batch_size=batch_size)     # (N,C) float64
+            total = probs if total is None else total + probs
+        return total / len(self.members)
+
+
+def load(paths):
+    """-> (a Predictor, or an Ensemble of several, and the checkpoint files)."""
+    files = checkpoint_files(paths)
+    members = [Predictor.from_checkpoint(f) for f in files]
+    return (members[0] if len(members) == 1 else Ensemble(members, files)), files

@@ -130,7 +130,8 @@ def _report_after_training(run_dir):
               help="A .npz checkpoint, or a run folder (its best.npz, else last.npz). Repeated, or a cnn cv "
                    "folder (its folds): the ensemble, the mean of their probabilities (needs --data).")
 @click.option("--data", "data_dir", default=None, type=click.Path(),
-              help="Image folder with one subfolder per class (some of the model's classes will do). Default: "
+              help="Image folder with one subfolder per class, or a labels CSV (some of the model's classes will "
+                   "do). Default: "
                    "the run's validation images, held out again from its config.yaml as training did.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
 @click.option("--top-k", default=None, type=click.IntRange(min=1),

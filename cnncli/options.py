@@ -76,9 +76,10 @@ class Option:
 
 
 OPTIONS = (
-    Option("data.train", None, "Folder of class subfolders (one subfolder per class); required for training.", "str",
+    Option("data.train", None, "Folder of class subfolders (one subfolder per class), or a labels CSV (columns "
+           "path and label); required for training.", "str",
            check=_not_empty),
-    Option("data.val", None, "Validation folder with the training's class subfolders (a class may be missing: "
+    Option("data.val", None, "Validation folder (or labels CSV) with the training's classes (a class may be missing: "
            "a note says so); when null, data.val_split of the training images is held out.", "str",
            check=_not_empty),
     Option("data.val_split", 0.1, "Fraction of the training images held out for validation, in [0, 1) (0: "

@@ -15,6 +15,7 @@ from ..errors import DataError
 from . import cache as cache_mod
 from . import decode as dec
 from .pathlist import PathList
+from .csvindex import CsvIndex, is_labels_file
 from .scan import Index, printable
 
 
@@ -43,7 +44,8 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
                 workers: int | None = None, cache: bool = True, max_pixels: int = dec.MAX_PIXELS,
                 progress: bool = True, missing_ok: bool = False) -> tuple[Dataset, list[tuple[str, str]]]:
     """Index, decode (on every core, with a progress bar on a terminal) and cache a class-per-subfolder
-    image folder. A cached load is a memory map of the cache file (copy-on-write).
+    image folder, or the images a labels CSV lists (csvindex.py). A cached load is a memory map of the
+    cache file (copy-on-write).
 
     Returns (dataset, skipped) with skipped = [(printable path, reason)]: loose root-level images,
     unscannable folders, then unusable files in class/path order. strict=True raises DataError
@@ -54,8 +56,11 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
     if resize not in dec.RESIZE_MODES:
         raise DataError(f"resize: {resize!r} is not one of {', '.join(dec.RESIZE_MODES)}")
     image_size = int(image_size)
-    ix = Index(root, classes, missing_ok)
-    prefix = os.path.join(root, "")                   # paths below are prefix + "class/sub/name.png"
+    if is_labels_file(root):                          # a labels CSV: its rows' full paths
+        ix, prefix = CsvIndex(root, classes, missing_ok), ""
+    else:
+        ix = Index(root, classes, missing_ok)
+        prefix = os.path.join(root, "")               # paths below are prefix + "class/sub/name.png"
     jobs = dec.Jobs(ix.rels, image_size, resize, max_pixels, prefix)
     if cache:
         slot, key = cache_mod.cache_names(root, ix.classes, ix.digest, image_size, resize, int(max_pixels))
@@ -73,7 +78,7 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
                + [(printable(prefix + p), why) for p, why in ix.bad]
                + [(printable(prefix + ix.rels[i]), why) for i, why in bad])
     if strict and skipped:
-        lines = [f"data folder {printable(root)}: {len(skipped)} unusable file(s) or folder(s) (strict mode)"]
+        lines = [f"{ix.what} {printable(root)}: {len(skipped)} unusable file(s) or folder(s) (strict mode)"]
         lines += [f"  {p}: {why}" for p, why in skipped]
         raise DataError("\n".join(lines))
     keep = np.ones(len(ix.rels), dtype=bool)
@@ -82,8 +87,10 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
     counts = np.bincount(labels, minlength=len(ix.classes))
     empty = [printable(ix.classes[i]) for i in range(len(ix.classes)) if counts[i] == 0]
     if empty and not missing_ok:
-        raise DataError(f"data folder {printable(root)}: no usable images in class folder(s) "
-                        f"{', '.join(empty)} ({len(skipped)} file(s) skipped)")
+        raise DataError(f"{ix.what} {printable(root)}: no usable images in class folder(s) "
+                        f"{', '.join(empty)} ({len(skipped)} file(s) skipped)" if ix.what == "data folder" else
+                        f"{ix.what} {printable(root)}: no usable images of {', '.join(empty)} "
+                        f"({len(skipped)} file(s) skipped)")
     ix.rels.prefix = prefix                           # the Index is done with: its names become the paths
     paths = ix.rels if keep.all() else ix.rels.take(np.flatnonzero(keep))
     return Dataset(images, labels, list(ix.classes), paths), skipped

@@ -165,6 +165,8 @@ class Index:
     missing_ok (with classes): a class without a subfolder, or with no images in it, has none here
     (cnn eval of a folder that holds some of a model's classes); a subfolder of no class is refused."""
 
+    what = "data folder"
+
     def __init__(self, root: str, classes=None, missing_ok: bool = False):
         found = _check_root(root)
         if not found:

@@ -1,0 +1,118 @@
+"""Indexing a labels CSV instead of a class-per-subfolder folder (as Ludwig and most Kaggle sets ship
+data): a header row with a path column and a label column, one row per image; relative paths are
+taken from the CSV's own folder, the classes are the distinct labels in sorted order. It has the
+attributes of scan.Index (so load_folder decodes and caches it the same way); it does not decode.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+
+import numpy as np
+
+from ..errors import DataError
+from .pathlist import PathList
+from .scan import printable
+
+PATH_COLUMNS = ("path", "file", "filename", "file_name", "filepath", "image", "image_path", "img")
+LABEL_COLUMNS = ("label", "class", "category", "target", "y")
+MAX_BYTES = 1 << 30            # a labels file larger than this is refused (a million rows take ~50 MB)
+
+
+def is_labels_file(root: str) -> bool:
+    """Whether a data path names a labels CSV (a file ending in .csv) rather than a folder."""
+    return root.lower().endswith(".csv") and not os.path.isdir(root)
+
+
+def _column(header: list, names: tuple, what: str, path: str) -> int:
+    keys = [h.strip().lower() for h in header]
+    hits = [i for i, k in enumerate(keys) if k in names]
+    if len(hits) != 1:
+        problem = "no" if not hits else "more than one"
+        raise DataError(f"labels file {printable(path)}: {problem} {what} column in its header "
+                        f"{header!r}; name it one of {', '.join(names)}")
+    return hits[0]
+
+
+class CsvIndex:
+    """What reading a labels CSV found: classes, full paths with labels, the digest of the cache key
+    (the CSV's bytes and every file's stat), rows that name no usable file (bad)."""
+
+    what = "labels file"
+
+    def __init__(self, path: str, classes=None, missing_ok: bool = False):
+        self.missing_ok, self.loose = missing_ok, []
+        try:
+            if os.path.getsize(path) > MAX_BYTES:
+                raise DataError(f"labels file {printable(path)}: larger than {MAX_BYTES >> 20} MB")
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            raise DataError(f"labels file {printable(path)}: does not exist") from None
+        except OSError as e:
+            raise DataError(f"labels file {printable(path)}: cannot be read ({e.strerror or e})") from None
+        try:
+            rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
+        except UnicodeDecodeError:
+            raise DataError(f"labels file {printable(path)}: is not UTF-8 text") from None
+        except csv.Error as e:
+            raise DataError(f"labels file {printable(path)}: not a CSV file ({e})") from None
+        rows = [r for r in rows if any(cell.strip() for cell in r)]
+        if not rows:
+            raise DataError(f"labels file {printable(path)}: is empty (expected a header row, e.g. path,label)")
+        header, body = rows[0], rows[1:]
+        if not body:
+            raise DataError(f"labels file {printable(path)}: lists no images (only its header row)")
+        pi = _column(header, PATH_COLUMNS, "path", path)
+        li = _column(header, LABEL_COLUMNS, "label", path)
+        base = os.path.dirname(os.path.abspath(path))
+        files, names, self.bad = [], [], []
+        for n, row in enumerate(body, start=2):
+            file = row[pi].strip() if pi < len(row) else ""
+            label = row[li].strip() if li < len(row) else ""
+            if not file or not label:
+                self.bad.append((f"{printable(path)} line {n}", "no path" if not file else "no label"))
+                continue
+            files.append(file if os.path.isabs(file) else os.path.join(base, file))
+            names.append(label)
+        self.classes = self._classes(path, names, classes)
+        index = {c: i for i, c in enumerate(self.classes)}
+        h = hashlib.sha256(raw)
+        self.rels, labels = PathList(), []
+        for file, label in zip(files, names):
+            try:
+                st = os.stat(file)
+            except OSError as e:
+                self.bad.append((file, f"cannot read ({e.strerror or e})"))
+                continue
+            h.update(f"{file}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}\n"
+                     .encode("utf-8", "surrogatepass"))
+            self.rels.extend([file])
+            labels.append(index[label])
+        self.labels = np.asarray(labels, dtype=np.int64)        # (N,)
+        self.digest = h.hexdigest()
+        if not len(self.rels):
+            raise DataError(f"labels file {printable(path)}: lists no readable image files")
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        empty = [printable(c) for c, k in zip(self.classes, counts) if k == 0]
+        if empty and not missing_ok:
+            raise DataError(f"labels file {printable(path)}: no readable image files of {', '.join(empty)}")
+
+    @staticmethod
+    def _classes(path: str, names: list, classes) -> list:
+        found = sorted(set(names))
+        if classes is None:
+            if len(found) < 2:
+                raise DataError(f"labels file {printable(path)}: has {len(found)} distinct label(s) "
+                                f"({', '.join(map(printable, found))}); need at least 2")
+            return found
+        classes = [str(c) for c in classes]
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            shown = ", ".join(map(printable, classes[:20])) + (", ..." if len(classes) > 20 else "")
+            raise DataError(f"labels file {printable(path)}: label(s) {', '.join(map(printable, extra))} not "
+                            f"among the expected classes ({shown})")
+        return classes

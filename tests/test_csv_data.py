@@ -1,0 +1,129 @@
+"""A labels CSV wherever a data folder goes (data.train, data.val, eval --data): the same dataset and
+the same checkpoint as the class-per-subfolder folder it lists; any layout, BOM, blank lines, absolute
+paths; rows without a usable file skipped with a reason; the cache follows the CSV's labels; one-line
+errors for headers, encodings, classes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnncli.data import load_folder
+from cnncli.errors import DataError
+from e2e_util import SHAPES, invoke, load_params, make_folder, private_cache  # noqa: F401
+
+
+def write_csv(path, rows, header=("path", "label"), bom=False):
+    with open(path, "w", newline="", encoding="utf-8-sig" if bom else "utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def folder_rows(root, relative_to):
+    """(path, class) of every image of a class-per-subfolder folder, in the folder index's order."""
+    return [(str(p.relative_to(relative_to)), c.name) for c in sorted(root.iterdir()) if c.is_dir()
+            for p in sorted(c.iterdir())]
+
+
+def test_a_csv_of_a_folder_gives_its_dataset_and_its_checkpoint(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=8, odd_files=False)
+    labels = write_csv(tmp_path / "labels.csv", folder_rows(data, tmp_path))
+    a, skipped_a = load_folder(data, cache=False)
+    b, skipped_b = load_folder(labels, cache=False)
+    assert a.classes == b.classes == sorted(SHAPES) and skipped_a == skipped_b == []
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    for source, out in ((data, "dir"), (labels, "csv")):
+        res = invoke(["train", "--set", f"data.train={source}", "--set", "train.epochs=2", "--set",
+                      "train.batch_size=8", "--out", tmp_path / out, "-q", "--no-report"])
+        assert res.exit_code == 0, res.output
+    pa, pb = load_params(tmp_path / "dir" / "last.npz"), load_params(tmp_path / "csv" / "last.npz")
+    assert all(pa[k].tobytes() == pb[k].tobytes() for k in pa)
+    ev = json.loads(invoke(["eval", "--checkpoint", tmp_path / "csv", "--data", labels, "--json"]).output)
+    ev_dir = json.loads(invoke(["eval", "--checkpoint", tmp_path / "csv", "--data", data, "--json"]).output)
+    assert ev["accuracy"] == ev_dir["accuracy"] and ev["num_images"] == 24
+    ev_val = json.loads(invoke(["eval", "--checkpoint", tmp_path / "csv", "--json"]).output)   # its own split
+    assert ev_val["data"].startswith(f"validation split 0.1 of {labels}")
+
+
+def test_any_layout_bom_absolute_paths_and_bad_rows(tmp_path):
+    pics = tmp_path / "pics" / "flat"
+    pics.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(9):
+        Image.fromarray(rng.integers(0, 255, (20 + i, 30), dtype=np.uint8)).save(pics / f"img {i}.png")
+        rows.append((f"pics/flat/img {i}.png" if i % 2 else str(pics / f"img {i}.png"),
+                     ["Ünïcode class", "b", "a c"][i % 3]))
+    (pics / "broken.png").write_bytes(b"not a png")
+    rows += [("pics/flat/broken.png", "b"), ("pics/flat/gone.png", "a c"), ("pics/flat/img 1.png", ""), ("", "b")]
+    labels = write_csv(tmp_path / "labels.csv", rows, header=("Image", " Class "), bom=True)
+    with open(labels, "a", encoding="utf-8") as f:
+        f.write("\n\n")                                   # blank lines at the end
+    ds, skipped = load_folder(labels, cache=False)
+    assert ds.classes == ["a c", "b", "Ünïcode class"] and len(ds.labels) == 9
+    assert np.bincount(ds.labels).tolist() == [3, 3, 3]
+    reasons = dict(skipped)
+    assert reasons[f"{labels} line 13"] == "no label" and reasons[f"{labels} line 14"] == "no path"
+    assert reasons[str(pics / "gone.png")].startswith("cannot read (No such file")
+    assert str(pics / "broken.png") in reasons and len(skipped) == 4
+    with pytest.raises(DataError, match="4 unusable file"):
+        load_folder(labels, cache=False, strict=True)
+
+
+def test_the_cache_follows_the_csvs_labels(tmp_path, monkeypatch):
+    from cnncli.data import decode as dec
+
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    rows = folder_rows(data, tmp_path)
+    labels = write_csv(tmp_path / "labels.csv", rows)
+    first = load_folder(labels)[0]
+    calls = []
+    real = dec._decode
+    monkeypatch.setattr(dec, "_decode", lambda *a: calls.append(a) or real(*a))
+    again = load_folder(labels)[0]
+    assert calls == [] and np.array_equal(first.images, again.images)        # from the cache
+    rows[0] = (rows[0][0], "column")                     # one image relabelled: the same files
+    write_csv(labels, rows)
+    changed = load_folder(labels)[0]
+    assert changed.labels[0] == 1 and np.bincount(changed.labels).tolist() == [3, 5, 4]
+    assert len(calls) == 12                              # a new key: decoded again
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"file,name\na.png,x\n", "no label column in its header ['file', 'name']; name it one of label, class"),
+    (b"path,image,label\na.png,b.png,x\n", "more than one path column"),
+    (b"path,label\n", "lists no images (only its header row)"),
+    (b"path,label\nnope.png,x\ngone.png,y\n", "lists no readable image files"),
+    (b"", "is empty (expected a header row"),
+    (b"path,label\n\xff\xfe,x\n", "is not UTF-8 text"),
+    (b"path,label\nIMG,x\nIMG,x\n", "has 1 distinct label(s) (x); need at least 2"),
+])
+def test_bad_labels_files_are_one_line(tmp_path, content, needle):
+    Image.new("L", (8, 8)).save(tmp_path / "img.png")
+    path = tmp_path / "labels.csv"
+    path.write_bytes(content.replace(b"IMG", str(tmp_path / "img.png").encode()))
+    res = invoke(["train", "--set", f"data.train={path}", "--out", tmp_path / "run", "-q"])
+    assert res.exit_code == 1
+    out = res.output.strip()
+    assert len(out.splitlines()) == 1 and out.startswith(f"Error: labels file {path}: ") and needle in out, out
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_refuses_labels_the_model_does_not_know(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    assert invoke(["train", "--set", f"data.train={data}", "--set", "train.epochs=1", "--out", tmp_path / "run",
+                   "-q", "--no-report"]).exit_code == 0
+    rows = folder_rows(data, tmp_path)
+    labels = write_csv(tmp_path / "test.csv", [(p, "ring" if c == "disc" else c) for p, c in rows])
+    res = invoke(["eval", "--checkpoint", tmp_path / "run", "--data", labels])
+    assert res.exit_code == 1 and "label(s) ring not among the expected classes (bar, column, disc)" in res.output
+    some = write_csv(tmp_path / "some.csv", [r for r in rows if r[1] != "bar"])      # a class absent: fine
+    ev = json.loads(invoke(["eval", "--checkpoint", tmp_path / "run", "--data", some, "--json"]).output)
+    assert ev["num_images"] == 8 and ev["absent"] == ["bar"]

@@ -161,6 +161,8 @@ OPTIONS = (
            "improvement (a loss decrease, or an accuracy increase as a fraction), >= 0.", "float", check=_range(0)),
     Option("train.early_stopping.restore_best", True, "When stopping early, restore the best weights into "
            "last.npz.", "bool"),
+    Option("train.tensorboard", True, "Write each epoch's metrics as a TensorBoard event file in the run "
+           "folder (tensorboard --logdir runs), as Lightning's default logger does.", "bool"),
     Option("train.top_k", 3, "k of the top-k accuracy that cnn eval (unless --top-k) and cnn report show, >= 1.",
            "int", check=_range(1, MAX_INT)),
     Option("train.class_weight", "none", "Loss weight per class: none, balanced (n_images / (n_classes * "

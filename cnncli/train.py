@@ -20,6 +20,7 @@ import numpy as np
 
 from cnncli import checkpoint, resume as resume_mod, runfolder
 from cnncli.callbacks import EarlyStopping, ProgressBar, StopFlag, plateau_drops
+from cnncli.tblog import EventLog
 from cnncli import config as config_mod
 from cnncli.balance import class_weights
 from cnncli.errors import CnnError, TrainingDiverged
@@ -82,6 +83,7 @@ class Trainer:
         self.early = EarlyStopping(t["early_stopping"], have_val=len(val_ds.labels) > 0, monitor=t["monitor"])
         self.drops = self.plateau_drops()      # schedule=plateau: the rate's drops so far (from the history)
         self.last_path, self.best_path = run_dir / "last.npz", run_dir / "best.npz"
+        self.events = EventLog(run_dir) if t["tensorboard"] and self.is_main_process else None
         self.restored = False
         self.class_weight = class_weights(t["class_weight"], train_ds.labels, classes)  # (C,) or None
         if self.class_weight is not None:
@@ -223,6 +225,12 @@ class Trainer:
         self.save_last()
         if self.is_main_process:
             runfolder.write_metrics(self.run_dir, state.history)
+        if self.events is not None:
+            try:
+                self.events.epoch(row)
+            except OSError as err:            # a side log: say so once, train on
+                self.echo(f"warning: no more TensorBoard events ({self.events.path}: {err.strerror or err})")
+                self.events = None
         val = f"val loss {val_loss:.4f} acc {val_acc:.2%}" if self.val_ds.labels.size else "no val"
         self.echo(f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}  "
                   f"{val}  lr {row['lr']:.3g}  {row['time_s']:.1f}s "

@@ -43,7 +43,7 @@ def test_defaults_match_the_documented_table():
         "optim.step_size": 10, "optim.plateau_patience": 5, "optim.gamma": 0.1, "optim.min_lr": 0.0, "train.epochs": "auto",
         "train.batch_size": 64, "train.seed": 0, "train.init_from": None, "train.threads": 0, "train.checkpoint_every": 100,
         "train.monitor": "val_loss", "train.early_stopping.patience": 10, "train.early_stopping.min_delta": 0.0,
-        "train.early_stopping.restore_best": True, "train.top_k": 3, "train.class_weight": "none",
+        "train.early_stopping.restore_best": True, "train.tensorboard": True, "train.top_k": 3, "train.class_weight": "none",
         "augment.enabled": True, "augment.affine.p": 0.9, "augment.affine.shift": 2.0,
         "augment.affine.rotate": 10.0, "augment.affine.scale": [0.9, 1.1], "augment.affine.shear": 5.0,
         "augment.flip.horizontal": 0.0, "augment.flip.vertical": 0.0, "augment.jitter.p": 0.5,

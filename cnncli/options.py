@@ -82,6 +82,9 @@ OPTIONS = (
     Option("data.val", None, "Validation folder (or labels CSV) with the training's classes (a class may be missing: "
            "a note says so); when null, data.val_split of the training images is held out.", "str",
            check=_not_empty),
+    Option("data.test", None, "Test folder (or labels CSV; some of the classes will do), evaluated with best.npz "
+           "(else last.npz) once training ends: printed and written to test_metrics.json in the run folder. Its "
+           "classes are checked before training starts.", "str", check=_not_empty),
     Option("data.val_split", 0.1, "Fraction of the training images held out for validation, in [0, 1) (0: "
            "none, train on every image); used only when data.val is null; stratified by class, seeded by "
            "data.seed.", "float", check=_range(0, 1, False, True)),

@@ -55,6 +55,18 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
     return train_ds, val_ds, skipped
 
 
+def check_test_data(path: str, classes) -> None:
+    """data.test indexed (not decoded) against the training's classes before any step, so a wrong
+    path or an unknown class stops the run now rather than after training."""
+    from cnncli.data.csvindex import CsvIndex, is_labels_file
+    from cnncli.data.scan import Index
+
+    try:
+        (CsvIndex if is_labels_file(path) else Index)(path, classes, missing_ok=True)
+    except DataError as err:
+        raise DataError(f"data.test: {err}") from None
+
+
 def _normalization(cfg: dict, train_ds) -> dict:
     mean, std = 0.0, 1.0
     if cfg["data"]["normalize"]:
@@ -158,6 +170,8 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     def load():
         loaded = load_datasets(cfg, echo=echo if comm.is_main else None, progress=not quiet and comm.is_main,
                                classes=resumed and resumed[1].get("classes"))
+        if cfg["data"]["test"]:
+            check_test_data(cfg["data"]["test"], loaded[0].classes)
         if cfg["model"]["batchnorm"] != "none" and len(loaded[0].labels) < 2:
             raise DataError(f"{cfg['data']['train']}: model.batchnorm={cfg['model']['batchnorm']} "
                             "needs at least 2 training images")

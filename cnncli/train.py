@@ -310,6 +310,23 @@ class Trainer:
         # str.capitalize: it lowercases the rest, the run folder's path included)
 
 
+def test_after_training(run_dir: Path, cfg: dict, echo) -> dict:
+    """data.test: best.npz (else last.npz) evaluated on it, one line, RUN/test_metrics.json."""
+    import json
+
+    from cnncli.atomic import write_atomic
+    from cnncli.evaluate import evaluate
+
+    ckpt = run_dir / "best.npz" if (run_dir / "best.npz").exists() else run_dir / "last.npz"
+    metrics, _, _ = evaluate(ckpt, cfg["data"]["test"], cache=cfg["data"]["cache"])
+    text = json.dumps(metrics, indent=2) + "\n"
+    write_atomic(run_dir / "test_metrics.json", lambda f: f.write(text), text=True)
+    echo(f"Test ({metrics['num_images']} images of {runfolder.printable(cfg['data']['test'])}, {ckpt.name}): "
+         f"loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.2%}, macro F1 {metrics['macro_f1']:.4f}, "
+         f"top-{metrics['top_k']} {metrics['top_k_accuracy']:.2%}; {run_dir / 'test_metrics.json'}")
+    return metrics
+
+
 # ----------------------------------------------------------------------------------------------
 # set up the run
 
@@ -353,6 +370,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                       else "warning: no validation images")
                      + "; best.npz and early stopping use the training loss instead")
     trainer.fit()
+    if comm.is_main and cfg["data"]["test"]:
+        test_after_training(run_dir, cfg, echo)
     if comm.size == 1:
         from cnncli import precompile
 

@@ -35,7 +35,7 @@ def _error(fn, *args, **kwargs):
 
 def test_defaults_match_the_documented_table():
     expected = {
-        "data.train": None, "data.val": None, "data.val_split": 0.1, "data.folds": 0, "data.fold": 0, "data.seed": 0, "data.image_size": 32,
+        "data.train": None, "data.val": None, "data.test": None, "data.val_split": 0.1, "data.folds": 0, "data.fold": 0, "data.seed": 0, "data.image_size": 32,
         "data.resize": "pad", "data.normalize": True, "data.strict": False, "data.cache": True, "data.demo": False,
         "model.batchnorm": "none", "model.num_classes": None, "model.bn_eps": 1e-5, "model.bn_momentum": 0.1,
         "optim.name": "adam", "optim.lr": 0.001, "optim.momentum": 0.9, "optim.betas": [0.9, 0.999],

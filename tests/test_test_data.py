@@ -1,0 +1,38 @@
+"""data.test: the run evaluates best.npz on it once training ends (the line, test_metrics.json),
+equal to what `cnn eval --data` says of the run; a wrong folder or an unknown class stops the run
+before its first step, in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from e2e_util import invoke, make_folder, private_cache  # noqa: F401
+
+
+def test_the_run_ends_with_its_test_metrics(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=8, odd_files=False)
+    test = make_folder(tmp_path / "test", per_class=4, seed=5, odd_files=False)
+    shutil.rmtree(test / "bar")                                   # a test set may lack a class
+    res = invoke(["train", "--set", f"data.train={data}", "--set", f"data.test={test}", "--set", "train.epochs=2",
+                  "--set", "train.batch_size=8", "--out", tmp_path / "run", "-q", "--no-report"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    ev = json.loads(invoke(["eval", "--checkpoint", tmp_path / "run", "--data", test, "--json"]).output)
+    assert saved == ev and saved["num_images"] == 8 and saved["absent"] == ["bar"]
+    assert (f"Test (8 images of {test}, best.npz): loss {ev['loss']:.4f}, accuracy {ev['accuracy']:.2%}, "
+            f"macro F1 {ev['macro_f1']:.4f}") in res.output
+
+
+def test_a_wrong_test_folder_stops_before_training(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    other = make_folder(tmp_path / "other", per_class=2, odd_files=False)
+    (other / "disc").rename(other / "ring")
+    for test, needle in ((tmp_path / "nope", f"Error: data.test: data folder {tmp_path / 'nope'}: does not exist"),
+                         (other, "Error: data.test: data folder " + str(other) + ": class folder(s) ring not among "
+                                 "the expected classes (bar, column, disc)")):
+        res = invoke(["train", "--set", f"data.train={data}", "--set", f"data.test={test}",
+                      "--out", tmp_path / "run", "-q", "--no-report"])
+        assert res.exit_code == 1 and res.output.strip() == needle, res.output
+        assert not (tmp_path / "run").exists()

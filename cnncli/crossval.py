@@ -18,7 +18,7 @@ from cnncli.atomic import write_atomic
 from cnncli.errors import CnnError, ConfigError
 
 SUMMARY = "cv.json"
-METRICS = ("val_loss", "val_acc")
+METRICS = ("val_loss", "val_acc", "test_loss", "test_acc")
 
 
 def fold_config(cfg: dict, folds: int, k: int, parent: Path) -> dict:
@@ -46,6 +46,10 @@ def fold_result(run_dir: Path, k: int) -> dict:
         best = (meta.get("history") or [{}])[-1]
         row.update(best_epoch=best.get("epoch"), val_loss=best.get("val_loss"), val_acc=best.get("val_acc"),
                    train_loss=best.get("train_loss"), train_acc=best.get("train_acc"))
+    test = run_dir / "test_metrics.json"
+    if test.is_file():                      # data.test: the fold's own evaluation of it
+        metrics = json.loads(test.read_text(encoding="utf-8"))
+        row.update(test_loss=metrics.get("loss"), test_acc=metrics.get("accuracy"))
     return row
 
 
@@ -109,6 +113,12 @@ def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, ec
                 from None
         rows.append(fold_result(run_dir, k))
     summary = {"folds": rows, "summary": summarize(rows), "config": str(parent / "config.yaml")}
+    if cfg["data"]["test"]:                 # the folds' ensemble on data.test (ensemble.py)
+        from cnncli.evaluate import evaluate
+
+        metrics, _, _ = evaluate([str(parent)], cfg["data"]["test"], cache=cfg["data"]["cache"])
+        summary["ensemble_test"] = {"loss": metrics["loss"], "accuracy": metrics["accuracy"],
+                                    "macro_f1": metrics["macro_f1"], "num_images": metrics["num_images"]}
     text = json.dumps(summary, indent=2) + "\n"
     write_atomic(parent / SUMMARY, lambda f: f.write(text), text=True)
     return parent, summary
@@ -121,14 +131,21 @@ def format_summary(parent: Path, summary: dict) -> str:
 
     def num(v):
         return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
-    lines = [f"{'fold':>4}  {'epochs':>6}  {'best':>4}  {'val loss':>8}  {'val acc':>7}"]
+    s = summary["summary"]
+    test = "test_acc" in s
+    lines = [f"{'fold':>4}  {'epochs':>6}  {'best':>4}  {'val loss':>8}  {'val acc':>7}"
+             + (f"  {'test acc':>8}" if test else "")]
     for r in summary["folds"]:
         lines.append(f"{r['fold']:>4}  {r['epochs_run']:>6}  {r.get('best_epoch') or '-':>4}  "
-                     f"{num(r.get('val_loss')):>8}  {pct(r.get('val_acc')):>7}")
-    s = summary["summary"]
+                     f"{num(r.get('val_loss')):>8}  {pct(r.get('val_acc')):>7}"
+                     + (f"  {pct(r.get('test_acc')):>8}" if test else ""))
     if "val_acc" in s:
         lines.append(f"val acc  {s['val_acc']['mean']:.2%} +- {s['val_acc']['std']:.2%}, val loss "
                      f"{s['val_loss']['mean']:.4f} +- {s['val_loss']['std']:.4f} (mean +- std over "
                      f"{s['val_acc']['folds']} folds, each at its best epoch)")
+    if test:
+        lines.append(f"test acc {s['test_acc']['mean']:.2%} +- {s['test_acc']['std']:.2%} over the folds; "
+                     f"their ensemble {summary['ensemble_test']['accuracy']:.2%} "
+                     f"({summary['ensemble_test']['num_images']} images of data.test)")
     lines.append(f"Summary: {parent / SUMMARY}")
     return "\n".join(lines)

@@ -182,3 +182,19 @@ def test_a_class_with_fewer_images_than_folds_is_named_where_it_is_missing(tmp_p
     assert len(json.loads((tmp_path / "cv" / "cv.json").read_text())["folds"]) == 2
     assert res.output.count("note: no training images of solo (all held out for validation)") == 1
     assert res.output.count("note: no validation images of solo") == 1
+
+
+def test_with_data_test_each_fold_and_their_ensemble_are_tested(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
+    test = make_folder(tmp_path / "test", per_class=3, seed=9, odd_files=False)
+    res = invoke(["cv", "--set", f"data.train={data}", "--set", f"data.test={test}", "--set", "train.epochs=1",
+                  "--folds", "2", "-q", "--out", tmp_path / "cv", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output[res.output.index("{"):])
+    for k, row in enumerate(summary["folds"], start=1):
+        own = json.loads((tmp_path / "cv" / f"fold-{k}" / "test_metrics.json").read_text())
+        assert (row["test_acc"], row["test_loss"]) == (own["accuracy"], own["loss"])
+    accs = np.array([r["test_acc"] for r in summary["folds"]])
+    assert summary["summary"]["test_acc"]["mean"] == pytest.approx(accs.mean())
+    ens = json.loads(invoke(["eval", "--checkpoint", tmp_path / "cv", "--data", test, "--json"]).output)
+    assert summary["ensemble_test"]["accuracy"] == ens["accuracy"] and summary["ensemble_test"]["num_images"] == 9

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import os
+from array import array
 
 import numpy as np
 
@@ -44,55 +44,28 @@ class CsvIndex:
     what = "labels file"
 
     def __init__(self, path: str, classes=None, missing_ok: bool = False):
-        self.missing_ok, self.loose = missing_ok, []
+        self.missing_ok, self.loose, self.bad = missing_ok, [], []
+        h = hashlib.sha256()
         try:
             if os.path.getsize(path) > MAX_BYTES:
                 raise DataError(f"labels file {printable(path)}: larger than {MAX_BYTES >> 20} MB")
-            with open(path, "rb") as f:
-                raw = f.read()
+            with open(path, "rb") as f:                   # the CSV's bytes key the cache: a relabel is seen
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                ids, names = self._rows(path, f, h)
         except FileNotFoundError:
             raise DataError(f"labels file {printable(path)}: does not exist") from None
-        except OSError as e:
-            raise DataError(f"labels file {printable(path)}: cannot be read ({e.strerror or e})") from None
-        try:
-            rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
         except UnicodeDecodeError:
             raise DataError(f"labels file {printable(path)}: is not UTF-8 text") from None
         except csv.Error as e:
             raise DataError(f"labels file {printable(path)}: not a CSV file ({e})") from None
-        rows = [r for r in rows if any(cell.strip() for cell in r)]
-        if not rows:
-            raise DataError(f"labels file {printable(path)}: is empty (expected a header row, e.g. path,label)")
-        header, body = rows[0], rows[1:]
-        if not body:
-            raise DataError(f"labels file {printable(path)}: lists no images (only its header row)")
-        pi = _column(header, PATH_COLUMNS, "path", path)
-        li = _column(header, LABEL_COLUMNS, "label", path)
-        base = os.path.dirname(os.path.abspath(path))
-        files, names, self.bad = [], [], []
-        for n, row in enumerate(body, start=2):
-            file = row[pi].strip() if pi < len(row) else ""
-            label = row[li].strip() if li < len(row) else ""
-            if not file or not label:
-                self.bad.append((f"{printable(path)} line {n}", "no path" if not file else "no label"))
-                continue
-            files.append(file if os.path.isabs(file) else os.path.join(base, file))
-            names.append(label)
+        except OSError as e:
+            raise DataError(f"labels file {printable(path)}: cannot be read ({e.strerror or e})") from None
         self.classes = self._classes(path, names, classes)
-        index = {c: i for i, c in enumerate(self.classes)}
-        h = hashlib.sha256(raw)
-        self.rels, labels = PathList(), []
-        for file, label in zip(files, names):
-            try:
-                st = os.stat(file)
-            except OSError as e:
-                self.bad.append((file, f"cannot read ({e.strerror or e})"))
-                continue
-            h.update(f"{file}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}\n"
-                     .encode("utf-8", "surrogatepass"))
-            self.rels.extend([file])
-            labels.append(index[label])
-        self.labels = np.asarray(labels, dtype=np.int64)        # (N,)
+        where = {c: i for i, c in enumerate(self.classes)}
+        remap = np.array([where[n] for n in names], dtype=np.int64)     # first-seen label id -> class index
+        self.labels = remap[np.frombuffer(ids, dtype=np.int64)] if len(ids) else np.zeros(0, np.int64)   # (N,)
         self.digest = h.hexdigest()
         if not len(self.rels):
             raise DataError(f"labels file {printable(path)}: lists no readable image files")
@@ -100,6 +73,42 @@ class CsvIndex:
         empty = [printable(c) for c, k in zip(self.classes, counts) if k == 0]
         if empty and not missing_ok:
             raise DataError(f"labels file {printable(path)}: no readable image files of {', '.join(empty)}")
+
+    def _rows(self, path: str, f, h) -> tuple:
+        """Stream the rows: each usable file's full path into self.rels (its stat into the digest h),
+        its label as an id in order of first appearance -> (ids array, the labels by id)."""
+        reader = csv.reader(f)
+        header = next((r for r in reader if any(cell.strip() for cell in r)), None)
+        if header is None:
+            raise DataError(f"labels file {printable(path)}: is empty (expected a header row, e.g. path,label)")
+        pi = _column(header, PATH_COLUMNS, "path", path)
+        li = _column(header, LABEL_COLUMNS, "label", path)
+        base = os.path.dirname(os.path.abspath(path))
+        self.rels, ids, id_of, rows = PathList(), array("q"), {}, 0
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            rows += 1
+            line = reader.line_num
+            file = row[pi].strip() if pi < len(row) else ""
+            label = row[li].strip() if li < len(row) else ""
+            if not file or not label:
+                self.bad.append((f"{printable(path)} line {line}", "no path" if not file else "no label"))
+                continue
+            label_id = id_of.setdefault(label, len(id_of))       # a class even if none of its files is there
+            full = file if os.path.isabs(file) else os.path.join(base, file)
+            try:
+                st = os.stat(full)
+            except OSError as e:
+                self.bad.append((full, f"cannot read ({e.strerror or e})"))
+                continue
+            h.update(f"{full}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}\n"
+                     .encode("utf-8", "surrogatepass"))
+            self.rels.extend([full])
+            ids.append(label_id)
+        if not rows:
+            raise DataError(f"labels file {printable(path)}: lists no images (only its header row)")
+        return ids, list(id_of)
 
     @staticmethod
     def _classes(path: str, names: list, classes) -> list:

@@ -42,8 +42,9 @@ def check_unchanged(saved_text: str, cfg: dict, ckpt_path) -> None:
 
 
 def absolute_paths(cfg: dict, start_dir=None) -> dict:
-    """`cfg` with data.train, data.val, data.test and train.init_from made absolute against `start_dir` (default: the working folder),
-    so the config saved in the run folder resumes from any working directory."""
+    """`cfg` with data.train, data.val, data.test and train.init_from made absolute against `start_dir`
+    (default: the working folder), so the config saved in the run folder resumes from any working
+    directory."""
     start = Path(start_dir or os.getcwd())
     d = dict(cfg["data"])
     for key in ("train", "val", "test"):

@@ -93,8 +93,9 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     # the weights come from the checkpoint; its config keeps where the run's first weights came from
     first = saved["train"]["init_from"]
     if cfg["train"]["init_from"] not in (None, first):
+        origin = first or "train.seed's initial weights"
         raise ConfigError(f"train.init_from applies to a new run; --resume continues from {ckpt_path}'s weights "
-                          f"(its run started from {first or 'train.seed'!s}): drop train.init_from or start a new run")
+                          f"(its run started from {origin}): drop train.init_from or start a new run")
     cfg = {**cfg, "train": {**cfg["train"], "init_from": first}}
     if resume_mod.should_continue(state, saved, cfg):
         state.stopped_early = False

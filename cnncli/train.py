@@ -310,7 +310,7 @@ class Trainer:
         # str.capitalize: it lowercases the rest, the run folder's path included)
 
 
-def test_after_training(run_dir: Path, cfg: dict, echo) -> dict:
+def evaluate_test_data(run_dir: Path, cfg: dict, echo) -> dict:
     """data.test: best.npz (else last.npz) evaluated on it, one line, RUN/test_metrics.json."""
     import json
 
@@ -371,7 +371,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                      + "; best.npz and early stopping use the training loss instead")
     trainer.fit()
     if comm.is_main and cfg["data"]["test"]:
-        test_after_training(run_dir, cfg, echo)
+        evaluate_test_data(run_dir, cfg, echo)
     if comm.size == 1:
         from cnncli import precompile
 

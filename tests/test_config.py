@@ -35,15 +35,18 @@ def _error(fn, *args, **kwargs):
 
 def test_defaults_match_the_documented_table():
     expected = {
-        "data.train": None, "data.val": None, "data.test": None, "data.val_split": 0.1, "data.folds": 0, "data.fold": 0, "data.seed": 0, "data.image_size": 32,
+        "data.train": None, "data.val": None, "data.test": None, "data.val_split": 0.1, "data.folds": 0,
+        "data.fold": 0, "data.seed": 0, "data.image_size": 32,
         "data.resize": "pad", "data.normalize": True, "data.strict": False, "data.cache": True, "data.demo": False,
         "model.batchnorm": "none", "model.num_classes": None, "model.bn_eps": 1e-5, "model.bn_momentum": 0.1,
         "optim.name": "adam", "optim.lr": 0.001, "optim.momentum": 0.9, "optim.betas": [0.9, 0.999],
         "optim.weight_decay": 0.0, "optim.schedule": "cosine", "optim.warmup_epochs": 1.0,
-        "optim.step_size": 10, "optim.plateau_patience": 5, "optim.gamma": 0.1, "optim.min_lr": 0.0, "train.epochs": "auto",
-        "train.batch_size": 64, "train.seed": 0, "train.init_from": None, "train.threads": 0, "train.checkpoint_every": 100,
+        "optim.step_size": 10, "optim.plateau_patience": 5, "optim.gamma": 0.1, "optim.min_lr": 0.0,
+        "train.epochs": "auto", "train.batch_size": 64, "train.seed": 0, "train.init_from": None,
+        "train.threads": 0, "train.checkpoint_every": 100,
         "train.monitor": "val_loss", "train.early_stopping.patience": 10, "train.early_stopping.min_delta": 0.0,
-        "train.early_stopping.restore_best": True, "train.tensorboard": True, "train.top_k": 3, "train.class_weight": "none",
+        "train.early_stopping.restore_best": True, "train.tensorboard": True, "train.top_k": 3,
+        "train.class_weight": "none",
         "augment.enabled": True, "augment.affine.p": 0.9, "augment.affine.shift": 2.0,
         "augment.affine.rotate": 10.0, "augment.affine.scale": [0.9, 1.1], "augment.affine.shear": 5.0,
         "augment.flip.horizontal": 0.0, "augment.flip.vertical": 0.0, "augment.jitter.p": 0.5,
@@ -358,7 +361,8 @@ def _valid_value(opt):
         return st.just(32)
     lo, hi = {"optim.momentum": (0, 0.999), "data.val_split": (0, 0.99), "model.bn_momentum": (0.01, 1),
               "model.num_classes": (2, 1000), "train.epochs": (1, 1000), "train.batch_size": (1, 4096),
-              "optim.step_size": (1, 100), "optim.plateau_patience": (1, 100), "train.top_k": (1, 20), "train.threads": (0, 64),
+              "optim.step_size": (1, 100), "optim.plateau_patience": (1, 100), "train.top_k": (1, 20),
+              "train.threads": (0, 64),
               "model.bn_eps": (1e-9, 1), "optim.lr": (1e-6, 10), "optim.gamma": (0.01, 1),
               "augment.affine.shift": (0, 16), "augment.affine.rotate": (0, 180),
               "augment.affine.shear": (0, 45)}.get(opt.key, (0, 1000 if not opt.key.startswith("augment.") else 1))

@@ -40,7 +40,8 @@ def test_eval_of_a_cv_folder_is_the_mean_of_its_folds(folds):
     expect = compute_metrics(mean, images.labels, images.classes, top_k=3)
     assert metrics["accuracy"] == expect["accuracy"] and metrics["loss"] == pytest.approx(expect["loss"], rel=1e-12)
     assert metrics["confusion"] == expect["confusion"]
-    again = json.loads(invoke(["eval", "--data", test, "--json", *sum((["--checkpoint", f] for f in files), [])]).output)
+    each = [arg for f in files for arg in ("--checkpoint", f)]
+    again = json.loads(invoke(["eval", "--data", test, "--json", *each]).output)
     assert again == metrics                                       # the folds named one by one: the same
     text = invoke(["eval", "--checkpoint", cv, "--data", test]).output
     assert text.startswith(f"checkpoint      mean of 3: {files[0]}, {files[1]}, {files[2]}")

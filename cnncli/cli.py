@@ -161,25 +161,33 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1), help="Show the K most likely classes.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {path, class, probability, top_k}.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the predictions to this CSV instead (path, class, probability, then one column per "
+                   "class with its probability), e.g. for a submission file.")
 @user_errors
-def predict(checkpoint, paths, top_k, as_json):
-    """Classify images: each PATH is an image file or a folder of images. Exit status 1 if any file failed."""
+def predict(checkpoint, paths, top_k, as_json, csv_path):
+    """Classify images: each PATH is an image file, a folder of images, or a CSV whose path column
+    lists them. Exit status 1 if any file failed."""
     from cnncli.data import PathList, list_images_and_bad
-    from cnncli.evaluate import predict_stream
+    from cnncli.data.csvindex import is_labels_file, list_csv_paths
+    from cnncli.evaluate import predict_stream, write_predictions_csv
     from cnncli.ensemble import load
 
     predictor, _ = load(checkpoint)
     files, failures = PathList(), []                 # compact: a million paths take ~30 MB
     for p in paths:
         try:
-            found, unscannable = list_images_and_bad(p)
+            found, unscannable = list_csv_paths(p) if is_labels_file(p) else list_images_and_bad(p)
             files.extend(found)
             failures.extend(unscannable)
         except CnnError as err:  # its message names the path already
             failures.append((p, str(err).removeprefix(f"{p}: ")))
-    results, bad = predict_stream(predictor, files, top_k)
+    results, bad = predict_stream(predictor, files, len(predictor.classes) if csv_path else top_k)
     failures.extend(bad)
-    if as_json:
+    if csv_path:
+        n = write_predictions_csv(csv_path, results, predictor.classes)
+        click.echo(printable(f"{n} prediction(s) in {csv_path}"), err=True)
+    elif as_json:
         echo_json_list(results)
     else:
         for r in results:

@@ -313,6 +313,29 @@ def predict_stream(predictor, paths, top_k=3):
     return _results(paths, np.flatnonzero(good), probs, top_k_indices(probs, top_k), list(predictor.classes)), failures
 
 
+def write_predictions_csv(path, results, classes) -> int:
+    """predict_stream's results (with every class in top_k) as a CSV written atomically: path, class,
+    probability, then one column per class in the model's order -> the number of rows."""
+    import csv
+
+    from .atomic import write_atomic
+
+    count = [0]
+
+    def write(f):
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "class", "probability", *classes])
+        for r in results:
+            p = {t["class"]: t["probability"] for t in r["top_k"]}
+            w.writerow([r["path"], r["class"], repr(r["probability"]), *(repr(p[c]) for c in classes)])
+            count[0] += 1
+    try:
+        write_atomic(path, write, text=True)
+    except OSError as e:
+        raise CnnError(f"{path}: cannot write the predictions ({e.strerror or e})") from None
+    return count[0]
+
+
 def _results(paths, good, probs, top, classes):
     """The result dict of each good file (positions `good` in paths), in order, one at a time."""
     from .data import printable

@@ -127,3 +127,24 @@ def test_eval_refuses_labels_the_model_does_not_know(tmp_path):
     some = write_csv(tmp_path / "some.csv", [r for r in rows if r[1] != "bar"])      # a class absent: fine
     ev = json.loads(invoke(["eval", "--checkpoint", tmp_path / "run", "--data", some, "--json"]).output)
     assert ev["num_images"] == 8 and ev["absent"] == ["bar"]
+
+
+def test_predict_reads_a_csv_of_paths_and_writes_a_predictions_csv(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    assert invoke(["train", "--set", f"data.train={data}", "--set", "train.epochs=1", "--out", tmp_path / "run",
+                   "-q", "--no-report"]).exit_code == 0
+    rows = folder_rows(data, tmp_path)
+    listing = write_csv(tmp_path / "test.csv", [(p,) for p, _ in rows] + [("data/gone.png",)], header=("file",))
+    out = tmp_path / "preds.csv"
+    res = invoke(["predict", "--checkpoint", tmp_path / "run", listing, "--csv", out])
+    assert res.exit_code == 1                                     # the missing file
+    assert f"error: {tmp_path / 'data' / 'gone.png'}:" in res.output and "12 prediction(s) in" in res.output
+    with open(out, newline="") as f:
+        written = list(csv.DictReader(f))
+    want = json.loads(invoke(["predict", "--checkpoint", tmp_path / "run", data, "--json", "--top-k", "3"]).output)
+    assert [w["path"] for w in written] == [str(tmp_path / p) for p, _ in rows] == [r["path"] for r in want]
+    for w, r in zip(written, want):
+        assert w["class"] == r["class"] and float(w["probability"]) == r["probability"]
+        assert {t["class"]: t["probability"] for t in r["top_k"]} == {c: float(w[c]) for c in sorted(SHAPES)}
+    res = invoke(["predict", "--checkpoint", tmp_path / "run", listing, "--csv", tmp_path / "no" / "p.csv"])
+    assert res.exit_code == 1 and f"Error: {tmp_path / 'no' / 'p.csv'}: cannot write the predictions" in res.output

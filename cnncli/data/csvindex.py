@@ -37,6 +37,36 @@ def _column(header: list, names: tuple, what: str, path: str) -> int:
     return hits[0]
 
 
+def list_csv_paths(path: str) -> tuple[list, list]:
+    """The image paths a CSV lists (its path column; a label column is not needed), relative ones
+    taken from the CSV's folder -> (paths, [(where, reason)] of rows without a path). For
+    `cnn predict`, which classifies the files a test CSV names."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            header = next((r for r in reader if any(cell.strip() for cell in r)), None)
+            if header is None:
+                raise DataError(f"labels file {printable(path)}: is empty (expected a header row with a path column)")
+            pi = _column(header, PATH_COLUMNS, "path", path)
+            base = os.path.dirname(os.path.abspath(path))
+            files, bad = [], []
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                file = row[pi].strip() if pi < len(row) else ""
+                if not file:
+                    bad.append((f"{printable(path)} line {reader.line_num}", "no path"))
+                    continue
+                files.append(file if os.path.isabs(file) else os.path.join(base, file))
+    except UnicodeDecodeError:
+        raise DataError(f"labels file {printable(path)}: is not UTF-8 text") from None
+    except csv.Error as e:
+        raise DataError(f"labels file {printable(path)}: not a CSV file ({e})") from None
+    except OSError as e:
+        raise DataError(f"labels file {printable(path)}: cannot be read ({e.strerror or e})") from None
+    return files, bad
+
+
 class CsvIndex:
     """What reading a labels CSV found: classes, full paths with labels, the digest of the cache key
     (the CSV's bytes and every file's stat), rows that name no usable file (bad)."""

@@ -12,6 +12,7 @@ import sys
 import click
 
 from cnncli.cli_common import echo_json_list, resolve_checkpoint, user_errors
+from cnncli.errors import CnnError
 
 
 @click.command(short_help="Check every gradient against finite differences.")
@@ -188,25 +189,45 @@ def cv(config_path, overrides, folds, out, resume, as_json, quiet):
     """Stratified K-fold cross-validation of a config, as Ludwig's experiment --k_fold: fold k of
     data.train is held out for validation in run OUT/fold-k (an ordinary run folder), then each
     fold's best epoch and the mean +- std of their val loss and val acc are printed and written
-    to OUT/cv.json."""
+    to OUT/cv.json. Under `mpirun -n K` each fold trains on the K processes, as cnn train does."""
+    from cnncli import distributed
+
+    comm = distributed.get_comm()
+    try:
+        _cv(comm, config_path, overrides, folds, out, resume, as_json, quiet)
+    except (CnnError, OSError) as err:
+        if comm.size == 1:
+            raise
+        distributed.fail(comm, err)     # as cnn train: one line, every rank ends
+    except (Exception, KeyboardInterrupt):
+        if comm.size == 1:
+            raise
+        import traceback
+
+        traceback.print_exc()           # a bug, or a second Ctrl-C: end every rank, do not hang
+        comm.abort(1)
+
+
+def _cv(comm, config_path, overrides, folds, out, resume, as_json, quiet):
     from cnncli import config as config_mod
     from cnncli.crossval import cross_validate, format_summary
-    from cnncli.distributed import launched_by_mpi
-    from cnncli.errors import CnnError
+    from cnncli.distributed import everyone
 
-    if launched_by_mpi():
-        raise CnnError("cnn cv runs in one process (each fold uses train.threads); start it without mpirun")
-    if resume is not None and (config_path or overrides or out):
-        raise CnnError("--resume continues a cnn cv folder with its own config.yaml; drop --config, --set "
-                       "and --out")
-    cfg = None
-    if resume is None:
+    def config():
+        if resume is not None and (config_path or overrides or out):
+            raise CnnError("--resume continues a cnn cv folder with its own config.yaml; drop --config, --set "
+                           "and --out")
+        if resume is not None:
+            return None
         cfg = config_mod.load_config(config_path, overrides)
         if not cfg["data"]["train"]:
             raise CnnError("data.train is not set: give --config FILE or --set data.train=FOLDER")
+        return cfg
+    cfg = everyone(comm, config)
     parent, summary = cross_validate(cfg, folds, out=out, resume=resume, quiet=quiet,
-                                     echo=lambda m: click.echo(m, err=True))
-    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(parent, summary))
+                                     echo=lambda m: click.echo(m, err=True), comm=comm)
+    if comm.is_main:
+        click.echo(json.dumps(summary, indent=2) if as_json else format_summary(parent, summary))
 
 
 @click.command("runs", short_help="The run folders under a folder, one row each: compare experiments.")

@@ -1,7 +1,7 @@
 """K-fold cross-validation (`cnn cv`), as Ludwig's `experiment --k_fold`: one training run per fold of
 data.train (data.folds, data.fold), each an ordinary run folder under one parent, then every fold's
 best epoch and the mean and standard deviation of their validation metrics, in cv.json.
-Not a hyperparameter search, and one process: each fold trains with train.threads.
+Not a hyperparameter search. Under mpirun each fold trains data-parallel on every rank.
 """
 
 from __future__ import annotations
@@ -74,9 +74,8 @@ def summarize(rows: list) -> dict:
     return out
 
 
-def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, echo=print) -> tuple[Path, dict]:
-    """Train every fold (or, with `resume`, a cv folder: the folds not finished) -> (parent, summary)."""
-    from cnncli import train
+def _open_parent(resume, cfg: dict, folds: int, out) -> tuple:
+    """(parent, cfg, folds): a resumed cv folder's, or a new parent folder with the base config."""
     from cnncli.resume import absolute_paths
 
     if resume is not None:
@@ -85,33 +84,56 @@ def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, ec
         if not cfg_path.is_file():
             raise CnnError(f"{parent}: not a cnn cv folder (no config.yaml)")
         cfg = config_mod.load_config(cfg_path)
-        folds = cfg["data"]["folds"]
-    else:
-        cfg = absolute_paths(cfg)
-        check(cfg, folds)
-        parent = runfolder.new_run_dir(out or f"{cfg['out']}-cv")
-        base = {**cfg, "data": {**cfg["data"], "folds": folds, "fold": 0}, "out": str(parent)}
-        text = config_mod.dump(base)
-        write_atomic(parent / "config.yaml", lambda f: f.write(text), text=True)
-    echo(f"Cross-validation: {folds} folds of {cfg['data']['train']} in {parent}")
+        return parent, cfg, cfg["data"]["folds"]
+    cfg = absolute_paths(cfg)
+    check(cfg, folds)
+    parent = runfolder.new_run_dir(out or f"{cfg['out']}-cv")
+    base = {**cfg, "data": {**cfg["data"], "folds": folds, "fold": 0}, "out": str(parent)}
+    text = config_mod.dump(base)
+    write_atomic(parent / "config.yaml", lambda f: f.write(text), text=True)
+    return parent, cfg, folds
+
+
+def _prepare_fold(fold_dir: Path) -> str:
+    """'finished', 'resume' (it has a checkpoint) or 'new' (a folder without one is removed)."""
+    if (fold_dir / "last.npz").is_file():
+        return "finished" if finished(fold_dir / "last.npz") else "resume"
+    if fold_dir.exists():
+        shutil.rmtree(fold_dir)              # started, no checkpoint yet: nothing to keep
+    return "new"
+
+
+def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, echo=print,
+                   comm=None) -> tuple[Path, dict | None]:
+    """Train every fold (or, with `resume`, a cv folder: the folds not finished) -> (parent, summary).
+    Under mpirun (`comm`) every fold trains data-parallel on all ranks, as `cnn train` does; rank 0
+    makes the folders and writes the summary (the other ranks get None)."""
+    from cnncli import train
+    from cnncli.distributed import Comm, main_first
+
+    comm = Comm() if comm is None else comm
+    say = echo if comm.is_main else (lambda message: None)
+    parent, cfg, folds = main_first(comm, _open_parent, resume, cfg, folds, out, others=False)
+    say(f"Cross-validation: {folds} folds of {cfg['data']['train']} in {parent}")
     rows = []
     for k in range(folds):
-        fold_cfg = fold_config(cfg, folds, k, parent)
         fold_dir = parent / f"fold-{k + 1}"
-        echo(f"-- fold {k + 1} of {folds}")
-        again = (fold_dir / "last.npz").is_file()
-        if again and finished(fold_dir / "last.npz"):
-            echo(f"finished earlier: {fold_dir}")
+        say(f"-- fold {k + 1} of {folds}")
+        status = main_first(comm, _prepare_fold, fold_dir, others=False)
+        if status == "finished":
+            say(f"finished earlier: {fold_dir}")
+        else:
+            try:
+                train.train(fold_config(cfg, folds, k, parent), resume=fold_dir if status == "resume" else None,
+                            quiet=quiet, echo=echo, comm=comm)
+            except train.Interrupted as err:
+                more = train.Interrupted(f"{err}; or continue the cross-validation with: cnn cv --resume {parent}")
+                more.everywhere = getattr(err, "everywhere", False)     # (every rank stops at the same step)
+                raise more from None
+        if comm.is_main:
             rows.append(fold_result(fold_dir, k))
-            continue
-        if fold_dir.exists() and not again:
-            shutil.rmtree(fold_dir)          # started, no checkpoint yet: nothing to keep
-        try:
-            run_dir = train.train(fold_cfg, resume=fold_dir if again else None, quiet=quiet, echo=echo)
-        except train.Interrupted as err:
-            raise train.Interrupted(f"{err}; or continue the cross-validation with: cnn cv --resume {parent}") \
-                from None
-        rows.append(fold_result(run_dir, k))
+    if not comm.is_main:
+        return parent, None
     summary = {"folds": rows, "summary": summarize(rows), "config": str(parent / "config.yaml")}
     if cfg["data"]["test"]:                 # the folds' ensemble on data.test (ensemble.py)
         from cnncli.evaluate import evaluate

@@ -164,14 +164,6 @@ def test_ctrl_c_in_a_fold_says_how_to_go_on_and_the_resume_ends_as_one_run(cv_ru
             assert all(np.array_equal(a[key], b[key]) for key in a), (k, name)
 
 
-def test_under_mpirun_cv_refuses_in_one_line(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")           # what mpirun sets in each rank
-    res = invoke(["cv", "--set", f"data.train={tmp_path}"])
-    assert res.exit_code == 1
-    assert res.output.strip() == ("Error: cnn cv runs in one process (each fold uses train.threads); start it "
-                                  "without mpirun")
-
-
 def test_a_class_with_fewer_images_than_folds_is_named_where_it_is_missing(tmp_path):
     data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
     (data / "solo").mkdir()

@@ -7,6 +7,7 @@ Skipped only where MPI cannot start at all (tests/mpi_util.py; a failure under C
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -129,6 +130,25 @@ def test_two_ranks_fine_tune_as_one_process_does(pairs, data):
     assert_same_arrays(tmp / "tune-one" / "last.npz", tmp / "tune-two" / "last.npz")
     line = f"Weights from {src / 'best.npz'}: every layer below the output, the output rows of 1 shared class(es)"
     assert sum(ln.startswith(line) for ln in two.stderr.splitlines()) == 1, two.stderr    # said once
+
+
+def test_two_ranks_cross_validate_as_one_process_does(data):
+    """mpirun -n 2 cnn cv: every fold trains on both ranks and writes the one-process fold runs; the
+    summary is printed once, by rank 0."""
+    require_mpi()
+    tmp, folder = data
+    args = ["cv", "--set", f"data.train={folder}", "--set", "train.epochs=1", "--set", "train.batch_size=16",
+            "--folds", "2", "-q", "--json"]
+    one = run_cli([*args, "--out", tmp / "cv-one"], tmp, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = cnn_mpi(2, [*args, "--out", tmp / "cv-two"], tmp)
+    assert two.returncode == 0, two.stderr
+    for k in (1, 2):
+        assert_same_arrays(tmp / "cv-one" / f"fold-{k}" / "last.npz", tmp / "cv-two" / f"fold-{k}" / "last.npz")
+    ours, theirs = (json.loads(p.stdout) for p in (one, two))
+    assert ours["summary"] == theirs["summary"] and len(theirs["folds"]) == 2
+    assert sum(ln.startswith("Cross-validation: 2 folds") for ln in two.stderr.splitlines()) == 1
+    assert "2 MPI ranks x 1 thread(s)" in two.stderr
 
 
 def test_ranks_that_cannot_split_the_batch_get_one_config_error(data):

@@ -100,3 +100,22 @@ def invoke(args):
     from cnncli.cli import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+_NUMBA_PROBE = """
+import sys, cnncli.cli
+sys.argv = ["cnn", *sys.argv[1:]]
+try:
+    cnncli.cli.main()
+except SystemExit as e:
+    assert not e.code, e.code
+print(f"numba-imported={'numba' in sys.modules}", file=sys.stderr)
+"""
+
+
+def run_cli_probing_numba(args, tmp: Path) -> tuple:
+    """`cnn ARGS` in a fresh process -> (its CompletedProcess, whether it imported numba)."""
+    res = subprocess.run([sys.executable, "-c", _NUMBA_PROBE, *map(str, args)], env=cli_env(tmp),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return res, "numba-imported=True" in res.stderr

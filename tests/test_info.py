@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from cnncli import checkpoint, model, optim
 from cnncli.cli import cli
 from cnncli.config import load_config
 from cnncli.train import RunState, save_checkpoint
-from e2e_util import cli_env
+from e2e_util import run_cli_probing_numba
 
 CLASSES = ["circle", "square", "star", "naïve é"]
 PREP = {"image_size": 32, "resize": "crop", "mean": 0.25, "std": 0.5}
@@ -168,20 +166,7 @@ def test_tampered_parameters_are_refused_naming_the_key(tmp_path):
     assert res.exit_code == 1 and "params/bn2.gamma" in res.stderr and "Traceback" not in res.output
 
 
-_PROBE = """
-import sys, cnncli.cli
-sys.argv = ["cnn", "info", sys.argv[1]]
-try:
-    cnncli.cli.main()
-except SystemExit as e:
-    assert not e.code, e.code
-print(f"numba-imported={'numba' in sys.modules}", file=sys.stderr)
-"""
-
-
 def test_info_never_imports_numba(tmp_path):
     path = _save(tmp_path / "m.npz", "unit")
-    res = subprocess.run([sys.executable, "-c", _PROBE, str(path)], env=cli_env(tmp_path),
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert "bn1" in res.stdout and "numba-imported=False" in res.stderr
+    res, imported = run_cli_probing_numba(["info", path], tmp_path)
+    assert "bn1" in res.stdout and not imported

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
 
 from cnncli.checkpoint import load as load_checkpoint
-from e2e_util import cli_env, invoke, make_folder, private_cache, write_config  # noqa: F401
+from e2e_util import invoke, make_folder, private_cache, run_cli_probing_numba, write_config  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -84,20 +82,7 @@ def test_a_run_folder_itself_and_bad_roots(experiments, tmp_path):
     assert res.exit_code == 1 and res.output.strip() == f"Error: {tmp_path / 'nope'}: no such folder"
 
 
-_PROBE = """
-import sys, cnncli.cli
-sys.argv = ["cnn", "runs", sys.argv[1]]
-try:
-    cnncli.cli.main()
-except SystemExit as e:
-    assert not e.code, e.code
-print(f"numba-imported={'numba' in sys.modules}", file=sys.stderr)
-"""
-
-
 def test_runs_never_imports_numba(experiments, tmp_path):
     _, root = experiments
-    res = subprocess.run([sys.executable, "-c", _PROBE, str(root)], env=cli_env(tmp_path),
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert "fold-2" in res.stdout and "numba-imported=False" in res.stderr
+    res, imported = run_cli_probing_numba(["runs", root], tmp_path)
+    assert "fold-2" in res.stdout and not imported

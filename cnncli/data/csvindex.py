@@ -6,6 +6,7 @@ attributes of scan.Index (so load_folder decodes and caches it the same way); it
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import os
@@ -37,33 +38,50 @@ def _column(header: list, names: tuple, what: str, path: str) -> int:
     return hits[0]
 
 
-def list_csv_paths(path: str) -> tuple[list, list]:
-    """The image paths a CSV lists (its path column; a label column is not needed), relative ones
-    taken from the CSV's folder -> (paths, [(where, reason)] of rows without a path). For
-    `cnn predict`, which classifies the files a test CSV names."""
+@contextlib.contextmanager
+def _reading(path: str):
+    """Reading or parsing problems of a labels file as one DataError line naming it."""
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f)
-            header = next((r for r in reader if any(cell.strip() for cell in r)), None)
-            if header is None:
-                raise DataError(f"labels file {printable(path)}: is empty (expected a header row with a path column)")
-            pi = _column(header, PATH_COLUMNS, "path", path)
-            base = os.path.dirname(os.path.abspath(path))
-            files, bad = [], []
-            for row in reader:
-                if not any(cell.strip() for cell in row):
-                    continue
-                file = row[pi].strip() if pi < len(row) else ""
-                if not file:
-                    bad.append((f"{printable(path)} line {reader.line_num}", "no path"))
-                    continue
-                files.append(file if os.path.isabs(file) else os.path.join(base, file))
+        yield
+    except FileNotFoundError:
+        raise DataError(f"labels file {printable(path)}: does not exist") from None
     except UnicodeDecodeError:
         raise DataError(f"labels file {printable(path)}: is not UTF-8 text") from None
     except csv.Error as e:
         raise DataError(f"labels file {printable(path)}: not a CSV file ({e})") from None
     except OSError as e:
         raise DataError(f"labels file {printable(path)}: cannot be read ({e.strerror or e})") from None
+
+
+def _rows(path: str, f, with_label: bool):
+    """(line number, full path or '', label or '') of each non-blank row after the header; relative
+    paths are taken from the CSV's folder."""
+    reader = csv.reader(f)
+    header = next((r for r in reader if any(cell.strip() for cell in r)), None)
+    if header is None:
+        raise DataError(f"labels file {printable(path)}: is empty (expected a header row, e.g. path,label)")
+    pi = _column(header, PATH_COLUMNS, "path", path)
+    li = _column(header, LABEL_COLUMNS, "label", path) if with_label else None
+    base = os.path.dirname(os.path.abspath(path))
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        file = row[pi].strip() if pi < len(row) else ""
+        label = row[li].strip() if li is not None and li < len(row) else ""
+        yield reader.line_num, (file if not file or os.path.isabs(file) else os.path.join(base, file)), label
+
+
+def list_csv_paths(path: str) -> tuple[list, list]:
+    """The image paths a CSV lists (its path column; a label column is not needed) -> (paths,
+    [(where, reason)] of rows without a path). For `cnn predict`, which classifies the files a test
+    CSV names."""
+    files, bad = [], []
+    with _reading(path), open(path, encoding="utf-8-sig", newline="") as f:
+        for line, file, _ in _rows(path, f, with_label=False):
+            if file:
+                files.append(file)
+            else:
+                bad.append((f"{printable(path)} line {line}", "no path"))
     return files, bad
 
 
@@ -76,22 +94,14 @@ class CsvIndex:
     def __init__(self, path: str, classes=None, missing_ok: bool = False):
         self.missing_ok, self.loose, self.bad = missing_ok, [], []
         h = hashlib.sha256()
-        try:
+        with _reading(path):
             if os.path.getsize(path) > MAX_BYTES:
                 raise DataError(f"labels file {printable(path)}: larger than {MAX_BYTES >> 20} MB")
             with open(path, "rb") as f:                   # the CSV's bytes key the cache: a relabel is seen
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
             with open(path, encoding="utf-8-sig", newline="") as f:
-                ids, names = self._rows(path, f, h)
-        except FileNotFoundError:
-            raise DataError(f"labels file {printable(path)}: does not exist") from None
-        except UnicodeDecodeError:
-            raise DataError(f"labels file {printable(path)}: is not UTF-8 text") from None
-        except csv.Error as e:
-            raise DataError(f"labels file {printable(path)}: not a CSV file ({e})") from None
-        except OSError as e:
-            raise DataError(f"labels file {printable(path)}: cannot be read ({e.strerror or e})") from None
+                ids, names = self._index(path, f, h)
         self.classes = self._classes(path, names, classes)
         where = {c: i for i, c in enumerate(self.classes)}
         remap = np.array([where[n] for n in names], dtype=np.int64)     # first-seen label id -> class index
@@ -104,37 +114,24 @@ class CsvIndex:
         if empty and not missing_ok:
             raise DataError(f"labels file {printable(path)}: no readable image files of {', '.join(empty)}")
 
-    def _rows(self, path: str, f, h) -> tuple:
+    def _index(self, path: str, f, h) -> tuple:
         """Stream the rows: each usable file's full path into self.rels (its stat into the digest h),
         its label as an id in order of first appearance -> (ids array, the labels by id)."""
-        reader = csv.reader(f)
-        header = next((r for r in reader if any(cell.strip() for cell in r)), None)
-        if header is None:
-            raise DataError(f"labels file {printable(path)}: is empty (expected a header row, e.g. path,label)")
-        pi = _column(header, PATH_COLUMNS, "path", path)
-        li = _column(header, LABEL_COLUMNS, "label", path)
-        base = os.path.dirname(os.path.abspath(path))
         self.rels, ids, id_of, rows = PathList(), array("q"), {}, 0
-        for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue
+        for line, file, label in _rows(path, f, with_label=True):
             rows += 1
-            line = reader.line_num
-            file = row[pi].strip() if pi < len(row) else ""
-            label = row[li].strip() if li < len(row) else ""
             if not file or not label:
                 self.bad.append((f"{printable(path)} line {line}", "no path" if not file else "no label"))
                 continue
             label_id = id_of.setdefault(label, len(id_of))       # a class even if none of its files is there
-            full = file if os.path.isabs(file) else os.path.join(base, file)
             try:
-                st = os.stat(full)
+                st = os.stat(file)
             except OSError as e:
-                self.bad.append((full, f"cannot read ({e.strerror or e})"))
+                self.bad.append((file, f"cannot read ({e.strerror or e})"))
                 continue
-            h.update(f"{full}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}\n"
+            h.update(f"{file}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}\n"
                      .encode("utf-8", "surrogatepass"))
-            self.rels.extend([full])
+            self.rels.extend([file])
             ids.append(label_id)
         if not rows:
             raise DataError(f"labels file {printable(path)}: lists no images (only its header row)")

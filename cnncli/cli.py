@@ -13,7 +13,7 @@ import sys
 import click
 
 from cnncli import __version__, cli_tools
-from cnncli.cli_common import echo_json_list, printable, resolve_checkpoint, user_errors
+from cnncli.cli_common import echo_json_list, on_every_rank, printable, resolve_checkpoint, user_errors
 from cnncli.errors import CnnError, ConfigError
 
 
@@ -51,22 +51,8 @@ def cli():
 def train(config_path, overrides, resume, init_from, out, strict, no_cache, print_config, quiet, no_report):
     """Train a network on an image folder (one subfolder per class). Under `mpirun -n K` the K
     processes train one run together (docs/distributed.md)."""
-    from cnncli import distributed
-
-    comm = distributed.get_comm()
-    try:
-        _train(comm, config_path, overrides, resume, init_from, out, strict, no_cache, print_config, quiet, no_report)
-    except (CnnError, OSError) as err:
-        if comm.size == 1:
-            raise
-        distributed.fail(comm, err)     # one rank's error ends the job; every rank's is printed once
-    except (Exception, KeyboardInterrupt):
-        if comm.size == 1:
-            raise
-        import traceback
-
-        traceback.print_exc()           # a bug, or a second Ctrl-C: end every rank, do not hang
-        comm.abort(1)
+    on_every_rank(_train, config_path, overrides, resume, init_from, out, strict, no_cache, print_config, quiet,
+                  no_report)
 
 
 def _train(comm, config_path, overrides, resume, init_from, out, strict, no_cache, print_config, quiet, no_report):

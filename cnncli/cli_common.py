@@ -1,5 +1,5 @@
-"""What every `cnn` command shares: user errors turned into one line and an exit code, names made
-printable, JSON lists echoed item by item, a checkpoint argument resolved. No command lives here
+"""What every `cnn` command shares: user errors turned into one line and an exit code, a command run
+on every MPI rank, names made printable, JSON lists echoed item by item, a checkpoint argument resolved. No command lives here
 (cli.py, cli_tools.py); nothing heavy is imported, so `cnn --help` stays instant.
 """
 
@@ -40,6 +40,28 @@ def user_errors(fn):
             raise UserError(str(err), 1) from None
 
     return wrapper
+
+
+def on_every_rank(fn, *args):
+    """fn(comm, *args) with the MPI communicator (one process: distributed.Comm). Under mpirun a
+    CnnError or OSError ends every rank with one line (distributed.fail) and a bug or a second
+    Ctrl-C aborts the job rather than hang it; in one process errors go on to user_errors."""
+    from cnncli import distributed
+
+    comm = distributed.get_comm()
+    try:
+        return fn(comm, *args)
+    except (CnnError, OSError) as err:
+        if comm.size == 1:
+            raise
+        distributed.fail(comm, err)     # one rank's error ends the job; every rank's is printed once
+    except (Exception, KeyboardInterrupt):
+        if comm.size == 1:
+            raise
+        import traceback
+
+        traceback.print_exc()           # a bug, or a second Ctrl-C: end every rank, do not hang
+        comm.abort(1)
 
 
 def printable(text: str) -> str:

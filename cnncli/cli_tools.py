@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from cnncli.cli_common import echo_json_list, resolve_checkpoint, user_errors
+from cnncli.cli_common import echo_json_list, on_every_rank, resolve_checkpoint, user_errors
 from cnncli.errors import CnnError
 
 
@@ -190,22 +190,7 @@ def cv(config_path, overrides, folds, out, resume, as_json, quiet):
     data.train is held out for validation in run OUT/fold-k (an ordinary run folder), then each
     fold's best epoch and the mean +- std of their val loss and val acc are printed and written
     to OUT/cv.json. Under `mpirun -n K` each fold trains on the K processes, as cnn train does."""
-    from cnncli import distributed
-
-    comm = distributed.get_comm()
-    try:
-        _cv(comm, config_path, overrides, folds, out, resume, as_json, quiet)
-    except (CnnError, OSError) as err:
-        if comm.size == 1:
-            raise
-        distributed.fail(comm, err)     # as cnn train: one line, every rank ends
-    except (Exception, KeyboardInterrupt):
-        if comm.size == 1:
-            raise
-        import traceback
-
-        traceback.print_exc()           # a bug, or a second Ctrl-C: end every rank, do not hang
-        comm.abort(1)
+    on_every_rank(_cv, config_path, overrides, folds, out, resume, as_json, quiet)
 
 
 def _cv(comm, config_path, overrides, folds, out, resume, as_json, quiet):

@@ -261,12 +261,7 @@ def evaluate_predictor(predictor, data_dir, batch_size=256, top_k=None, cache=Tr
     check_classes(predictor.classes, dataset.classes, data_dir)
     if len(dataset.labels) == 0:
         raise DataError(f"{data_dir}: no readable images to evaluate")
-    probs = predictor.predict_proba(dataset.images, batch_size=batch_size)  # (N,C)
-    k = checkpoint_top_k(predictor.meta) if top_k is None else top_k
-    metrics = compute_metrics(probs, dataset.labels, predictor.classes, top_k=k)
-    metrics["data"] = str(data_dir)
-    metrics["skipped"] = len(skipped)
-    return metrics, dataset, probs
+    return evaluate_found(predictor, (dataset, len(skipped), str(data_dir)), batch_size=batch_size, top_k=top_k)
 
 
 def check_classes(expected, found, data_dir):

@@ -4,6 +4,7 @@ bar and early stopping. Each holds its own bit of state; none of them trains, sa
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import sys
@@ -133,8 +134,8 @@ def plateau_drops(early: EarlyStopping, history: list, patience: int) -> int:
     improve on the best, then the count starts again; min_delta 0) drops the rate over the finished
     epochs' rows, replayed from the start, so a resumed run gets the same count from its history.
     Improvement is judged as `early` judges it (train.monitor, val or train metrics)."""
-    judge = EarlyStopping({"patience": 0, "min_delta": 0.0, "restore_best": False}, early.loss_key == "val_loss",
-                          "val_acc" if early.by_accuracy else "val_loss")
+    judge = copy.copy(early)                 # the same metric and rule, min_delta 0
+    judge.min_delta = 0.0
     state, drops, wait = RunState(), 0, 0
     for row in history:
         improved, _ = judge.update(state, row)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import DataError
 from .pathlist import PathList
-from .scan import printable
+from .scan import printable, shown_classes
 
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "filepath", "image", "image_path", "img")
 LABEL_COLUMNS = ("label", "class", "category", "target", "y")
@@ -148,7 +148,6 @@ class CsvIndex:
         classes = [str(c) for c in classes]
         extra = sorted(set(found) - set(classes))
         if extra:
-            shown = ", ".join(map(printable, classes[:20])) + (", ..." if len(classes) > 20 else "")
             raise DataError(f"labels file {printable(path)}: label(s) {', '.join(map(printable, extra))} not "
-                            f"among the expected classes ({shown})")
+                            f"among the expected classes ({shown_classes(classes)})")
         return classes

@@ -129,6 +129,11 @@ def _check_root(root: str) -> list[str]:
             and os.path.isdir(os.path.join(root, e))]
 
 
+def shown_classes(classes) -> str:
+    """The first 20 class names for a message ("a, b, ..." beyond that)."""
+    return ", ".join(map(printable, classes[:20])) + (", ..." if len(classes) > 20 else "")
+
+
 def _match_classes(root: str, found: list, classes, missing_ok: bool) -> list:
     if classes is None:
         return found
@@ -136,9 +141,8 @@ def _match_classes(root: str, found: list, classes, missing_ok: bool) -> list:
     missing = [] if missing_ok else sorted(set(classes) - set(found))
     extra = sorted(set(found) - set(classes))
     if missing_ok and extra:                           # (Cat for cat: the names the folder may use)
-        shown = ", ".join(map(printable, classes[:20])) + (", ..." if len(classes) > 20 else "")
         raise DataError(f"data folder {printable(root)}: class folder(s) {', '.join(map(printable, extra))} "
-                        f"not among the expected classes ({shown})")
+                        f"not among the expected classes ({shown_classes(classes)})")
     if missing or extra:
         parts = []
         if missing:

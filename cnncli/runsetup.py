@@ -58,11 +58,10 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
 def check_test_data(path: str, classes) -> None:
     """data.test indexed (not decoded) against the training's classes before any step, so a wrong
     path or an unknown class stops the run now rather than after training."""
-    from cnncli.data.csvindex import CsvIndex, is_labels_file
-    from cnncli.data.scan import Index
+    from cnncli.data.dataset import index
 
     try:
-        (CsvIndex if is_labels_file(path) else Index)(path, classes, missing_ok=True)
+        index(path, classes, missing_ok=True)
     except DataError as err:
         raise DataError(f"data.test: {err}") from None
 

@@ -40,6 +40,16 @@ class Dataset:
                        list(self.classes), _take(self.paths, idx))
 
 
+def index(root: str, classes=None, missing_ok: bool = False) -> tuple:
+    """(the index of a data path, the prefix of its paths): a labels CSV's rows (full paths, prefix
+    ""), or a class-per-subfolder folder's files (prefix root/, names "class/sub/name.png"). Scans,
+    does not decode."""
+    root = os.fspath(root)
+    if is_labels_file(root):
+        return CsvIndex(root, classes, missing_ok), ""
+    return Index(root, classes, missing_ok), os.path.join(root, "")
+
+
 def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, strict: bool = False,
                 workers: int | None = None, cache: bool = True, max_pixels: int = dec.MAX_PIXELS,
                 progress: bool = True, missing_ok: bool = False) -> tuple[Dataset, list[tuple[str, str]]]:
@@ -56,11 +66,7 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
     if resize not in dec.RESIZE_MODES:
         raise DataError(f"resize: {resize!r} is not one of {', '.join(dec.RESIZE_MODES)}")
     image_size = int(image_size)
-    if is_labels_file(root):                          # a labels CSV: its rows' full paths
-        ix, prefix = CsvIndex(root, classes, missing_ok), ""
-    else:
-        ix = Index(root, classes, missing_ok)
-        prefix = os.path.join(root, "")               # paths below are prefix + "class/sub/name.png"
+    ix, prefix = index(root, classes, missing_ok)
     jobs = dec.Jobs(ix.rels, image_size, resize, max_pixels, prefix)
     if cache:
         slot, key = cache_mod.cache_names(root, ix.classes, ix.digest, image_size, resize, int(max_pixels))

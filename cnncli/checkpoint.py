@@ -74,6 +74,25 @@ def load(path, max_bytes=MAX_BYTES):
     the file (and the array key when one is at fault).
     """
     path = os.fspath(path)
+    zf, infos = _open(path, max_bytes)
+    with zf:
+        arrays = {key: _read_member(path, zf, key, info) for key, info in infos.items()}
+    meta = _parse_meta(path, arrays.pop(META_KEY, None))
+    return arrays, meta
+
+
+def load_meta(path, max_bytes=MAX_BYTES) -> dict:
+    """The metadata of a checkpoint, checked as `load` checks it, without reading its arrays (for
+    callers that load the whole file later anyway, or only read the run's state)."""
+    path = os.fspath(path)
+    zf, infos = _open(path, max_bytes)
+    with zf:
+        raw = _read_member(path, zf, META_KEY, infos[META_KEY]) if META_KEY in infos else None
+    return _parse_meta(path, raw)
+
+
+def _open(path: str, max_bytes):
+    """(the open zip, its validated members): every problem a one-line CheckpointError."""
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     if os.path.isdir(path):
@@ -85,13 +104,11 @@ def load(path, max_bytes=MAX_BYTES):
         raise CheckpointError(f"{path}: not a checkpoint (.npz zip archive); truncated or not a zip file") from None
     except Exception as e:  # zipfile raises many types on hostile directories (NotImplementedError, ...)
         raise CheckpointError(f"{path}: cannot open checkpoint: {_one_line(e)}") from None
-    with zf:
-        infos = _check_members(path, zf, file_size, max_bytes)
-        arrays = {}
-        for key, info in infos.items():
-            arrays[key] = _read_member(path, zf, key, info)
-    meta = _parse_meta(path, arrays.pop(META_KEY, None))
-    return arrays, meta
+    try:
+        return zf, _check_members(path, zf, file_size, max_bytes)
+    except BaseException:
+        zf.close()
+        raise
 
 
 def _check_members(path, zf, file_size, max_bytes):

@@ -89,7 +89,7 @@ def _train_config(config_path, overrides, resume, init_from, strict, no_cache, p
         from cnncli import checkpoint
         from cnncli.predictor import run_checkpoint
 
-        _, meta = checkpoint.load(run_checkpoint(resume))
+        meta = checkpoint.load_meta(run_checkpoint(resume))     # (setup loads and checks the whole file)
         cfg = config_mod.load_config_text(meta.get("config", ""), overrides, source=f"{resume} (config)")
     else:
         cfg = config_mod.load_config(config_path, overrides)

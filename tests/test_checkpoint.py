@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cnncli import checkpoint
-from cnncli.checkpoint import FORMAT_VERSION, check_arrays, load, save
+from cnncli.checkpoint import FORMAT_VERSION, check_arrays, load, load_meta, save
 from cnncli.errors import CheckpointError
 
 
@@ -253,6 +253,26 @@ def test_bad_meta(tmp_path, meta_member, match):
     with pytest.raises(CheckpointError, match=match) as info:
         load(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(CheckpointError) as meta_only:
+        load_meta(path)
+    assert str(meta_only.value) == str(info.value)          # the metadata alone: the same refusal
+
+
+def test_load_meta_reads_the_metadata_alone(tmp_path, monkeypatch):
+    path = tmp_path / "m.npz"
+    save(path, _arrays(), META)
+    read = []
+    real = checkpoint._read_member
+    monkeypatch.setattr(checkpoint, "_read_member", lambda p, zf, key, info: read.append(key) or
+                        real(p, zf, key, info))
+    assert load_meta(path) == load(path)[1] == {**META, "format_version": FORMAT_VERSION}
+    assert read[0] == "__meta__" and sorted(read[1:]) == sorted([*_arrays(), "__meta__"])
+    for bad in (tmp_path / "nope.npz", tmp_path):
+        with pytest.raises(CheckpointError) as whole:
+            load(bad)
+        with pytest.raises(CheckpointError) as meta_only:
+            load_meta(bad)
+        assert str(meta_only.value) == str(whole.value)
 
 
 def test_corrupted_data_fails_crc(tmp_path):

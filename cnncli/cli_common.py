@@ -83,6 +83,6 @@ def echo_json_list(items) -> None:
 
 def resolve_checkpoint(path: str) -> Path:
     """A checkpoint file, or a run folder: its best.npz (else last.npz)."""
-    from cnncli.predictor import run_checkpoint
+    from cnncli.predictor import BEST_FIRST, run_checkpoint
 
-    return run_checkpoint(path, ("best.npz", "last.npz"))
+    return run_checkpoint(path, BEST_FIRST)

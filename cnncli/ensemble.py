@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.errors import CheckpointError
-from cnncli.predictor import Predictor, run_checkpoint
+from cnncli.predictor import BEST_FIRST, Predictor, run_checkpoint
 
 _FOLD = re.compile(r"fold-(\d+)")
 
@@ -26,9 +26,9 @@ def checkpoint_files(paths) -> list:
         folds = sorted((f for f in p.glob("fold-*") if f.is_dir() and _FOLD.fullmatch(f.name)),
                        key=lambda f: int(_FOLD.fullmatch(f.name).group(1))) if p.is_dir() else []
         if p.is_dir() and folds and not (p / "best.npz").exists() and not (p / "last.npz").exists():
-            out += [run_checkpoint(f, ("best.npz", "last.npz")) for f in folds]
+            out += [run_checkpoint(f, BEST_FIRST) for f in folds]
         else:
-            out.append(run_checkpoint(p, ("best.npz", "last.npz")))
+            out.append(run_checkpoint(p, BEST_FIRST))
     return out
 
 

@@ -15,6 +15,9 @@ from cnncli import arch, checkpoint, infer
 from cnncli.errors import CheckpointError
 
 
+BEST_FIRST = ("best.npz", "last.npz")     # what eval, predict, info, export and init_from take of a run folder
+
+
 def run_checkpoint(path, names=("last.npz",)) -> Path:
     """A checkpoint file as given, or a run folder's first existing file of `names`. --resume uses
     last.npz; eval/predict prefer best.npz. A missing file is reported by checkpoint.load."""

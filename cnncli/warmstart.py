@@ -30,13 +30,13 @@ def open_source(cfg: dict) -> Source | None:
     """The checkpoint cfg's train.init_from names (a .npz, or a run folder's best.npz, else
     last.npz), checked as eval checks one and against the config: the same model.batchnorm and
     data.normalize. None when the key is unset. Problems are one ConfigError naming the key."""
-    from cnncli.predictor import check_architecture, run_checkpoint
+    from cnncli.predictor import BEST_FIRST, check_architecture, run_checkpoint
 
     given = cfg["train"]["init_from"]
     if not given:
         return None
     try:
-        path = run_checkpoint(given, names=("best.npz", "last.npz"))
+        path = run_checkpoint(given, BEST_FIRST)
         arrays, meta = checkpoint.load(path)
         num_classes, batchnorm, _, _ = check_architecture(arrays, meta, path)
         saved = config_mod.load_config_text(meta.get("config", ""), source=f"{path} (config)")

@@ -11,11 +11,10 @@ import math
 import os
 from pathlib import Path
 
-import yaml
-
 from cnncli import checkpoint
 from cnncli.errors import CnnError
 from cnncli.runfolder import printable
+from cnncli.summary import config_value, run_config
 
 SORTS = ("name", "val_acc", "val_loss", "time")
 DEPTH = 3      # a cv parent's fold-k runs sit one level below it: runs/x-cv/fold-1
@@ -47,20 +46,6 @@ def find_runs(roots) -> list:
     return sorted(set(found))
 
 
-def _config(meta: dict) -> dict:
-    try:
-        cfg = yaml.safe_load(meta.get("config") or "")
-        return cfg if isinstance(cfg, dict) else {}
-    except yaml.YAMLError:
-        return {}
-
-
-def _get(cfg: dict, dotted: str):
-    for part in dotted.split("."):
-        cfg = cfg.get(part) if isinstance(cfg, dict) else None
-    return cfg
-
-
 def _number(value):
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
         else None
@@ -75,18 +60,18 @@ def describe_run(run: Path) -> dict:
         best_meta = checkpoint.load(run / "best.npz")[1] if (run / "best.npz").is_file() else None
     except CnnError as err:
         return {**row, "error": str(err)}
-    cfg = _config(meta)
+    cfg = run_config(meta)
     best = ((best_meta or {}).get("history") or [None])[-1]
     best = best if isinstance(best, dict) else {}
     classes = meta.get("classes")
     row.update(
         classes=len(classes) if isinstance(classes, list) else None,
         batchnorm=meta.get("batchnorm") if isinstance(meta.get("batchnorm"), str) else None,
-        optimizer=_get(cfg, "optim.name"), lr=_number(_get(cfg, "optim.lr")),
-        epochs=_number(meta.get("epoch")), epochs_total=_number(_get(cfg, "train.epochs")),
+        optimizer=config_value(cfg, "optim.name"), lr=_number(config_value(cfg, "optim.lr")),
+        epochs=_number(meta.get("epoch")), epochs_total=_number(config_value(cfg, "train.epochs")),
         stopped_early=meta.get("stopped_early") is True,
         best_epoch=_number(best.get("epoch")), val_loss=_number(best.get("val_loss")),
-        val_acc=_number(best.get("val_acc")), init_from=_get(cfg, "train.init_from"),
+        val_acc=_number(best.get("val_acc")), init_from=config_value(cfg, "train.init_from"),
         modified=datetime.datetime.fromtimestamp((run / ("last.npz" if last.is_file() else "best.npz"))
                                                  .stat().st_mtime).isoformat(timespec="seconds"),
     )

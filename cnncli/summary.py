@@ -85,24 +85,30 @@ def _training(meta: dict) -> dict:
     last = history[-1] if history and isinstance(history[-1], dict) else None
     if last is not None:                         # NaN (no validation images) -> None: strict JSON
         last = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in last.items()}
+    cfg = run_config(meta)
     return {"epoch": _typed(meta.get("epoch"), int), "epoch_step": _typed(meta.get("epoch_step"), int),
-            "step": _typed(meta.get("step"), int), "epochs": _configured_epochs(meta.get("config")),
+            "step": _typed(meta.get("step"), int), "epochs": _typed(config_value(cfg, "train.epochs"), int),
             "stopped_early": _typed(meta.get("stopped_early"), bool), "last_epoch": last,
-            "init_from": _configured(meta.get("config"), "init_from", str)}
+            "init_from": _typed(config_value(cfg, "train.init_from"), str)}
 
 
-def _configured_epochs(text):
-    # train.epochs of the run's config (YAML text in the metadata), or None
-    return _configured(text, "epochs", int)
-
-
-def _configured(text, key, kind):
-    # train.<key> of the run's config (YAML text in the metadata) when it has the type kind, or None
+def run_config(meta: dict) -> dict:
+    """The run's config in a checkpoint's metadata (untrusted YAML text) as a dict; {} when there is
+    none, it does not parse or is no mapping."""
+    text = meta.get("config")
     try:
         cfg = yaml.safe_load(text) if isinstance(text, str) else None
-        return _typed(cfg["train"][key], kind)
-    except (yaml.YAMLError, KeyError, TypeError):
-        return None
+    except yaml.YAMLError:
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def config_value(cfg: dict, dotted: str):
+    """cfg["a"]["b"] for "a.b" as stored, or None where the path does not lead (no defaults: the
+    metadata's own values, for cnn info and cnn runs)."""
+    for part in dotted.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else None
+    return cfg
 
 
 def format_info(info: dict) -> str:

@@ -86,3 +86,19 @@ def test_runs_never_imports_numba(experiments, tmp_path):
     _, root = experiments
     res, imported = run_cli_probing_numba(["runs", root], tmp_path)
     assert "fold-2" in res.stdout and not imported
+
+
+def test_hostile_run_metadata_shows_as_unknown(experiments, tmp_path):
+    from cnncli import checkpoint
+
+    _, root = experiments
+    for name, config in (("number", 5), ("list", "- a\n- b\n"), ("broken", "train: [")):
+        run = tmp_path / name
+        run.mkdir()
+        arrays, meta = checkpoint.load(root / "fast" / "last.npz")
+        meta.pop("format_version")
+        checkpoint.save(run / "last.npz", arrays, {**meta, "config": config})
+    res = invoke(["runs", tmp_path, "--json"])
+    assert res.exit_code == 0, res.output
+    for row in json.loads(res.output):
+        assert row["optimizer"] is None and row["epochs_total"] is None and row["epochs"] == 3, row

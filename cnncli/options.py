@@ -175,7 +175,7 @@ OPTIONS = (
            "transforms below, each drawn per image from (train.seed, epoch, step).", "bool"),
     Option("augment.affine.p", 0.9, "Probability of a random affine (shift, rotation, scale, shear) per image, "
            "in [0, 1].", "float", check=_range(0, 1)),
-    Option("augment.affine.shift", 2.0, "Largest shift in pixels (of 32) per axis, in [0, 16].", "float",
+    Option("augment.affine.shift", 4.0, "Largest shift in pixels (of 32) per axis, in [0, 16].", "float",
            check=_range(0, 16)),
     Option("augment.affine.rotate", 10.0, "Largest rotation in degrees either way, in [0, 180].", "float",
            check=_range(0, 180)),

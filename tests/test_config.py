@@ -47,7 +47,7 @@ def test_defaults_match_the_documented_table():
         "train.monitor": "val_loss", "train.early_stopping.patience": 10, "train.early_stopping.min_delta": 0.0,
         "train.early_stopping.restore_best": True, "train.tensorboard": True, "train.top_k": 3,
         "train.class_weight": "none",
-        "augment.enabled": True, "augment.affine.p": 0.9, "augment.affine.shift": 2.0,
+        "augment.enabled": True, "augment.affine.p": 0.9, "augment.affine.shift": 4.0,
         "augment.affine.rotate": 10.0, "augment.affine.scale": [0.9, 1.1], "augment.affine.shear": 5.0,
         "augment.flip.horizontal": 0.0, "augment.flip.vertical": 0.0, "augment.jitter.p": 0.5,
         "augment.jitter.brightness": 0.1, "augment.jitter.contrast": 0.2, "augment.noise.p": 0.2,
@@ -432,7 +432,7 @@ def test_augment_and_class_weight_values_round_trip(tmp_path):
                             "train:\n  class_weight: {cat: 2, 7: 0.5}\n")
     cfg = load_config(path)
     assert cfg["augment"]["enabled"] is True and cfg["augment"]["affine"]["scale"] == [0.8, 1.25]
-    assert cfg["augment"]["affine"]["rotate"] == 15.0 and cfg["augment"]["affine"]["shift"] == 2.0
+    assert cfg["augment"]["affine"]["rotate"] == 15.0 and cfg["augment"]["affine"]["shift"] == 4.0
     assert cfg["train"]["class_weight"] == {"cat": 2.0, "7": 0.5}
     assert type(cfg["train"]["class_weight"]) is dict
     assert load_config_text(dump(cfg)) == cfg

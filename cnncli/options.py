@@ -11,8 +11,8 @@ OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adam", "adamw")  # == optim.O
 SCHEDULE_NAMES = ("constant", "step", "cosine", "plateau")  # == optim.SCHEDULES (tested)
 CLASS_WEIGHTS = ("none", "balanced")  # train.class_weight's named settings (or a mapping)
 MAX_INT = 2 ** 31 - 1  # sanity bound on every integer (keeps numpy int32/int64 use safe downstream)
-AUTO_STEPS = 3000  # train.epochs=auto: the optimizer-step budget ...
-AUTO_EPOCHS = (10, 150)  # ... divided by the steps per epoch, clamped to this range
+AUTO_STEPS = 10000  # train.epochs=auto: the optimizer-step budget ...
+AUTO_EPOCHS = (10, 400)  # ... divided by the steps per epoch, clamped to this range
 
 
 def _range(lo=None, hi=None, lo_open=False, hi_open=False):

@@ -158,7 +158,7 @@ OPTIONS = (
            "better) or val_acc (higher is better; an equal accuracy with a lower val loss also counts); "
            "without validation images, the epoch's train_loss or train_acc.", "choice",
            choices=("val_loss", "val_acc")),
-    Option("train.early_stopping.patience", 10, "Epochs without an improvement of train.monitor before stopping; "
+    Option("train.early_stopping.patience", 0, "Epochs without an improvement of train.monitor before stopping; "
            "0 = never stop early.", "int", check=_range(0, MAX_INT)),
     Option("train.early_stopping.min_delta", 0.0, "Smallest change of train.monitor that counts as an "
            "improvement (a loss decrease, or an accuracy increase as a fraction), >= 0.", "float", check=_range(0)),

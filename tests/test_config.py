@@ -44,7 +44,7 @@ def test_defaults_match_the_documented_table():
         "optim.step_size": 10, "optim.plateau_patience": 5, "optim.gamma": 0.1, "optim.min_lr": 0.0,
         "train.epochs": "auto", "train.batch_size": 64, "train.seed": 0, "train.init_from": None,
         "train.threads": 0, "train.checkpoint_every": 100,
-        "train.monitor": "val_loss", "train.early_stopping.patience": 10, "train.early_stopping.min_delta": 0.0,
+        "train.monitor": "val_loss", "train.early_stopping.patience": 0, "train.early_stopping.min_delta": 0.0,
         "train.early_stopping.restore_best": True, "train.tensorboard": True, "train.top_k": 3,
         "train.class_weight": "none",
         "augment.enabled": True, "augment.affine.p": 0.9, "augment.affine.shift": 4.0,
@@ -57,7 +57,7 @@ def test_defaults_match_the_documented_table():
     assert {o.key: o.default for o in OPTIONS} == expected
     assert list(HELP) == list(expected) and all(h and "\n" not in h for h in HELP.values())
     assert load_config() == DEFAULTS == validate({})
-    assert DEFAULTS["train"]["early_stopping"]["patience"] == 10
+    assert DEFAULTS["train"]["early_stopping"]["patience"] == 0
 
 
 def test_choices_agree_with_the_optimizer_module():
@@ -79,9 +79,9 @@ def test_validate_does_not_share_or_mutate():
 def test_get():
     cfg = load_config(overrides=["optim.lr=0.5"])
     assert get(cfg, "optim.lr") == 0.5
-    assert get(cfg, "train.early_stopping.patience") == 10
+    assert get(cfg, "train.early_stopping.patience") == 0
     assert get({}, "train.batch_size") == 64  # absent known key -> default
-    assert get(cfg, "train.early_stopping") == {"patience": 10, "min_delta": 0.0, "restore_best": True}
+    assert get(cfg, "train.early_stopping") == {"patience": 0, "min_delta": 0.0, "restore_best": True}
     assert "did you mean 'optim.lr'" in _error(get, cfg, "optim.lrr")
 
 

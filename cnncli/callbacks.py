@@ -13,6 +13,12 @@ import time
 from cnncli.runfolder import RunState
 
 
+def loss_text(value: float) -> str:
+    """A loss for the epoch and end lines: 4 decimals, or 4 significant digits once it is below 1e-3
+    (a tiny set trained long reaches 1e-5, which 4 decimals would show as 0.0000)."""
+    return f"{value:.3e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
+
+
 class StopFlag:
     """SIGINT/SIGTERM/SIGUSR1 set a flag; the loop finishes its step, saves, and stops. A second
     SIGINT aborts. SIGUSR1 is the graceful stop of an MPI job (`kill -USR1 <mpirun pid>`: mpirun

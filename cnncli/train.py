@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import checkpoint, resume as resume_mod, runfolder
-from cnncli.callbacks import EarlyStopping, ProgressBar, StopFlag, plateau_drops
+from cnncli.callbacks import EarlyStopping, ProgressBar, StopFlag, loss_text, plateau_drops
 from cnncli.tblog import EventLog
 from cnncli import config as config_mod
 from cnncli.balance import class_weights
@@ -231,8 +231,9 @@ class Trainer:
             except OSError as err:            # a side log: say so once, train on
                 self.echo(f"warning: no more TensorBoard events ({self.events.path}: {err.strerror or err})")
                 self.events = None
-        val = f"val loss {val_loss:.4f} acc {val_acc:.2%}" if self.val_ds.labels.size else "no val"
-        self.echo(f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}  "
+        val = f"val loss {loss_text(val_loss)} acc {val_acc:.2%}" if self.val_ds.labels.size else "no val"
+        self.echo(f"epoch {row['epoch']}/{self.epochs}  train loss {loss_text(row['train_loss'])} "
+                  f"acc {row['train_acc']:.2%}  "
                   f"{val}  lr {row['lr']:.3g}  {row['time_s']:.1f}s "
                   f"({images / max(train_time, 1e-9):.0f} img/s){'  *best' if improved else ''}")
         o = self.cfg["optim"]
@@ -285,9 +286,10 @@ class Trainer:
         row = next((r for r in reversed(self.state.history) if early.is_best(self.state, r)), None)
         if early.by_accuracy:
             best = f"{self.state.best_acc:.2%}"
-            at = f" (epoch {row['epoch']}, {early.loss_key.replace('_', ' ')} {row[early.loss_key]:.4f})" if row else ""
+            loss = loss_text(row[early.loss_key]) if row else ""
+            at = f" (epoch {row['epoch']}, {early.loss_key.replace('_', ' ')} {loss})" if row else ""
         else:
-            best = f"{self.state.best_val_loss:.4f}"            # the epoch that set the best: its accuracy
+            best = loss_text(self.state.best_val_loss)            # the epoch that set the best: its accuracy
             at = f" (epoch {row['epoch']}, {early.acc_key.replace('_', ' ')} {row[early.acc_key]:.2%})" if row else ""
         return f"best {what} {best}{at} is in {self.best_path}{restored}"
 

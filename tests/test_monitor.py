@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from cnncli.callbacks import EarlyStopping, plateau_drops
+from cnncli.callbacks import EarlyStopping, loss_text, plateau_drops
 from cnncli.optim import lr_at
 from cnncli.checkpoint import load as load_checkpoint
 from cnncli.runfolder import RunState
@@ -147,3 +147,11 @@ def test_plateau_run_lowers_the_rate_as_its_history_says_and_resumes_bitwise(dat
     a, b = load_params(tmp_path / "full" / "last.npz"), load_params(tmp_path / "part" / "last.npz")
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert [r["lr"] for r in metrics(tmp_path / "part")] == [r["lr"] for r in table]
+
+
+def test_loss_text_keeps_tiny_losses_visible():
+    # a tiny set trained 400 epochs reaches val losses near 1e-5: 4 decimals would print 0.0000
+    assert loss_text(1.0031930e-05) == "1.003e-05" and loss_text(0.25) == "0.2500"
+    assert loss_text(0.0) == "0.0000" and loss_text(2.5) == "2.5000" and loss_text(float("nan")) == "nan"
+    for x in np.logspace(-9, 1, 41):
+        assert float(loss_text(x)) != 0 and abs(float(loss_text(x)) - x) <= max(5e-5, 5e-4 * x)

@@ -1,5 +1,6 @@
 """The small pieces the training loop calls: the stop flag of SIGINT/SIGTERM/SIGUSR1, the progress
-bar and early stopping. Each holds its own bit of state; none of them trains, saves or reads data (train.py does).
+bar, early stopping and how a loss is printed. Each class holds its own bit of state; none of them
+trains, saves or reads data (train.py does).
 """
 
 from __future__ import annotations

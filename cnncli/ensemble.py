@@ -25,7 +25,7 @@ def checkpoint_files(paths) -> list:
         p = Path(given)
         folds = sorted((f for f in p.glob("fold-*") if f.is_dir() and _FOLD.fullmatch(f.name)),
                        key=lambda f: int(_FOLD.fullmatch(f.name).group(1))) if p.is_dir() else []
-        if p.is_dir() and folds and not (p / "best.npz").exists() and not (p / "last.npz").exists():
+        if p.is_dir() and folds and not any((p / name).exists() for name in BEST_FIRST):
             out += [run_checkpoint(f, BEST_FIRST) for f in folds]
         else:
             out.append(run_checkpoint(p, BEST_FIRST))

@@ -286,8 +286,8 @@ class Trainer:
         row = next((r for r in reversed(self.state.history) if early.is_best(self.state, r)), None)
         if early.by_accuracy:
             best = f"{self.state.best_acc:.2%}"
-            loss = loss_text(row[early.loss_key]) if row else ""
-            at = f" (epoch {row['epoch']}, {early.loss_key.replace('_', ' ')} {loss})" if row else ""
+            at = (f" (epoch {row['epoch']}, {early.loss_key.replace('_', ' ')} "
+                  f"{loss_text(row[early.loss_key])})" if row else "")
         else:
             best = loss_text(self.state.best_val_loss)            # the epoch that set the best: its accuracy
             at = f" (epoch {row['epoch']}, {early.acc_key.replace('_', ' ')} {row[early.acc_key]:.2%})" if row else ""
@@ -318,8 +318,9 @@ def evaluate_test_data(run_dir: Path, cfg: dict, echo) -> dict:
 
     from cnncli.atomic import write_atomic
     from cnncli.evaluate import evaluate
+    from cnncli.predictor import BEST_FIRST, run_checkpoint
 
-    ckpt = run_dir / "best.npz" if (run_dir / "best.npz").exists() else run_dir / "last.npz"
+    ckpt = run_checkpoint(run_dir, BEST_FIRST)
     metrics, _, _ = evaluate(ckpt, cfg["data"]["test"], cache=cfg["data"]["cache"])
     text = json.dumps(metrics, indent=2) + "\n"
     write_atomic(run_dir / "test_metrics.json", lambda f: f.write(text), text=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CnnError
+from .config import require_train
 
 CELL = 96          # pixels per image in the grid (32x32 scaled 3x, nearest neighbour)
 GAP = 4            # pixels between cells
@@ -73,8 +73,7 @@ def write_preview(cfg: dict, out, rows: int = 6, cols: int = 8, seed: int | None
     from .augment import AugmentSettings
 
     d = cfg["data"]
-    if not d["train"]:
-        raise CnnError("data.train is not set: give --config FILE or --set data.train=FOLDER")
+    require_train(cfg)
     ds, _ = data.load_folder(d["train"], image_size=d["image_size"], resize=d["resize"])
     mean, std = 0.0, 1.0
     if d["normalize"]:  # as the trainer normalizes (the augmenter works on normalized inputs)

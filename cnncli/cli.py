@@ -95,9 +95,8 @@ def _train_config(config_path, overrides, resume, init_from, strict, no_cache, p
         cfg = config_mod.load_config(config_path, overrides)
     if init_from is not None:
         cfg = {**cfg, "train": {**cfg["train"], "init_from": init_from}}
-    if not cfg["data"]["train"] and not print_config:
-        raise CnnError("data.train is not set: give --config FILE or --set data.train=FOLDER "
-                       "(try: cnn train --config configs/demo.yaml)")
+    if not print_config:
+        config_mod.require_train(cfg)
     return cfg
 
 
@@ -154,20 +153,11 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
 def predict(checkpoint, paths, top_k, as_json, csv_path):
     """Classify images: each PATH is an image file, a folder of images, or a CSV whose path column
     lists them. Exit status 1 if any file failed."""
-    from cnncli.data import PathList, list_images_and_bad
-    from cnncli.data.csvindex import is_labels_file, list_csv_paths
-    from cnncli.evaluate import predict_stream, write_predictions_csv
     from cnncli.ensemble import load
+    from cnncli.evaluate import gather_paths, predict_stream, prediction_line, write_predictions_csv
 
     predictor, _ = load(checkpoint)
-    files, failures = PathList(), []                 # compact: a million paths take ~30 MB
-    for p in paths:
-        try:
-            found, unscannable = list_csv_paths(p) if is_labels_file(p) else list_images_and_bad(p)
-            files.extend(found)
-            failures.extend(unscannable)
-        except CnnError as err:  # its message names the path already
-            failures.append((p, str(err).removeprefix(f"{p}: ")))
+    files, failures = gather_paths(paths)
     results, bad = predict_stream(predictor, files, len(predictor.classes) if csv_path else top_k)
     failures.extend(bad)
     if csv_path:
@@ -177,8 +167,7 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
         echo_json_list(results)
     else:
         for r in results:
-            extra = "  ".join(f"{t['class']}={t['probability']:.3f}" for t in r["top_k"][1:]) if top_k > 1 else ""
-            click.echo(printable(f"{r['path']}\t{r['class']}\t{r['probability']:.4f}" + (f"\t{extra}" if extra else "")))
+            click.echo(printable(prediction_line(r, top_k)))
     for path, reason in failures:
         click.echo(printable(f"error: {path}: {reason}"), err=True)
     _FAST_EXIT.append(True)
@@ -224,8 +213,8 @@ _FAST_EXIT = []  # set by commands whose process has nothing left to clean up af
 
 
 def main():
-    """Console entry point. `cnn predict` skips interpreter teardown (numba/OpenMP runtime shutdown
-    measured at ~0.4 s of a 1.5 s warm one-image run): all its output is flushed first."""
+    """Console entry point. `cnn predict` skips interpreter teardown (the numba/OpenMP runtime's
+    shutdown is a sizeable part of a warm one-image run): all its output is flushed first."""
     try:
         cli(prog_name="cnn")
     except SystemExit as done:

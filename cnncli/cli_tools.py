@@ -84,6 +84,7 @@ def lr_find(config_path, overrides, steps, min_lr, max_lr, plot_path, as_json):
     from cnncli.lrfind import format_result, lr_find as run, write_plot
 
     cfg = config_mod.load_config(config_path, overrides)
+    config_mod.require_train(cfg)
     result = run(cfg, steps=steps, min_lr=min_lr, max_lr=max_lr, echo=lambda m: click.echo(m, err=True))
     if plot_path is not None:
         click.echo(f"plot: {write_plot(result, plot_path)}", err=True)
@@ -205,8 +206,7 @@ def _cv(comm, config_path, overrides, folds, out, resume, as_json, quiet):
         if resume is not None:
             return None
         cfg = config_mod.load_config(config_path, overrides)
-        if not cfg["data"]["train"]:
-            raise CnnError("data.train is not set: give --config FILE or --set data.train=FOLDER")
+        config_mod.require_train(cfg)
         return cfg
     cfg = everyone(comm, config)
     parent, summary = cross_validate(cfg, folds, out=out, resume=resume, quiet=quiet,

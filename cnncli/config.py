@@ -13,8 +13,8 @@ import yaml
 
 from .errors import ConfigError
 from .config_text import Dumper, fail, parse_yaml, show, show_key, suggest, type_name
-from .options import (AUTO_EPOCHS, AUTO_STEPS, CLASS_WEIGHTS, DEFAULTS, HELP, LEAVES, MAX_INT,  # noqa: F401
-                      OPTIMIZER_NAMES, OPTIONS, SCHEDULE_NAMES, SECTIONS, Option, copy_value, nest)
+from .options import (AUTO_EPOCHS, AUTO_STEPS, CLASS_WEIGHTS, DEFAULTS, HELP, LEAVES,  # noqa: F401
+                      OPTIMIZER_NAMES, OPTIONS, SCHEDULE_NAMES, SECTIONS, copy_value, nest)
 
 
 # -- flattening user input --------------------------------------------------------------------
@@ -261,6 +261,13 @@ def load_config(path=None, overrides=()):
         line = raw[:e.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
     return load_config_text(text, overrides, source=path)
+
+
+def require_train(cfg):
+    """Raise the one-line error of a command that trains on data.train when the config names none."""
+    if not cfg["data"]["train"]:
+        raise ConfigError("data.train is not set: give --config FILE or --set data.train=FOLDER "
+                          "(try: --config configs/demo.yaml)")
 
 
 def get(cfg, key):

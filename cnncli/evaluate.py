@@ -221,17 +221,17 @@ def validation_data(run_dir: Path, predictor, cache=True):
     as training held it out; None when the run has no validation images (data.val_split 0 decodes
     nothing to find that out). cache False: decode again, bypassing the dataset cache."""
     from . import config as config_mod
-    from . import train
+    from . import runsetup
 
     cfg_path = Path(run_dir) / "config.yaml"
     if not cfg_path.is_file():
         raise CnnError(f"{cfg_path}: not found; pass --data to choose the images to evaluate")
     try:
         cfg = config_mod.load_config(cfg_path)
-        if train.holds_out_nothing(cfg):
+        if runsetup.holds_out_nothing(cfg):
             return None
         cfg["data"]["cache"] = cfg["data"]["cache"] and cache
-        _, val_ds, skipped = train.load_datasets(cfg)
+        _, val_ds, skipped = runsetup.load_datasets(cfg)
     except CnnError as err:
         raise CnnError(f"cannot rebuild the validation data from {cfg_path} ({err}); pass --data FOLDER") from err
     if val_ds is None or len(val_ds.labels) == 0:
@@ -279,6 +279,32 @@ def check_classes(expected, found, data_dir):
     if not parts:
         parts.append(f"order {found} != {expected}")
     raise DataError(f"{data_dir}: classes do not match the checkpoint: " + "; ".join(parts))
+
+
+def gather_paths(paths):
+    """cnn predict's PATHs (image files, folders, labels CSVs) -> (PathList of image files, failures
+    [(path, reason)]): a path that cannot be listed is a failure, not an error."""
+    from .data import PathList, list_images_and_bad
+    from .data.csvindex import is_labels_file, list_csv_paths
+
+    files, failures = PathList(), []                 # compact: a million paths take ~30 MB
+    for p in paths:
+        try:
+            found, unscannable = list_csv_paths(p) if is_labels_file(p) else list_images_and_bad(p)
+            files.extend(found)
+            failures.extend(unscannable)
+        except CnnError as err:  # its message names the path already
+            failures.append((p, str(err).removeprefix(f"{p}: ")))
+    return files, failures
+
+
+def prediction_line(result: dict, top_k: int) -> str:
+    """One tab-separated line of cnn predict: path, class, probability, then the next top_k - 1
+    classes as class=probability."""
+    line = f"{result['path']}\t{result['class']}\t{result['probability']:.4f}"
+    if top_k > 1 and len(result["top_k"]) > 1:
+        line += "\t" + "  ".join(f"{t['class']}={t['probability']:.3f}" for t in result["top_k"][1:])
+    return line
 
 
 def predict_paths(predictor, paths, top_k=3):
@@ -347,8 +373,10 @@ __all__ = [
     "format_metrics",
     "evaluate",
     "evaluate_predictor",
+    "gather_paths",
     "predict_paths",
     "predict_stream",
+    "prediction_line",
     "top_k_indices",
     "bce_loss",
     "check_classes",

@@ -183,6 +183,16 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
     assert res.exit_code == 2 and "bad.yaml" in res.stderr and ":3" in res.stderr
 
 
+@pytest.mark.parametrize("command", [["train"], ["lr-find"], ["cv", "--folds", "2"], ["augment-preview"]])
+def test_every_command_that_trains_asks_for_data_train_in_one_line(tmp_path, command):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim:\n  lr: 0.01\n")                   # a valid config that names no data
+    res = CliRunner().invoke(cli, [*command, "--config", str(cfg)])
+    assert res.exit_code == 2, res.output
+    assert "data.train is not set" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+
+
 def test_missing_data_folder_is_one_line(tmp_path):
     cfg = write_config(tmp_path / "c.yaml", tmp_path / "nope", tmp_path / "run")
     res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "-q"])

@@ -249,9 +249,3 @@ def ensure_demo(root, train_per_class: int = 600, test_per_class: int = 150, see
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
 
-
-def default_demo_root() -> str:
-    """Where the CLI keeps the demo: <cache dir>/demo-v<version>."""
-    from .data import cache_dir
-
-    return os.path.join(cache_dir(), f"demo-v{DEMO_VERSION}")

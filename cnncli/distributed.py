@@ -245,22 +245,6 @@ def get_comm(environ=None) -> Comm:
 
 
 
-# mpirun forwards SIGUSR1/SIGUSR2 to every rank unchanged. On SIGINT/SIGTERM it sends every rank
-# SIGCONT, SIGTERM 0.25 s later and SIGKILL 0.25 s after that (Open MPI 5.0.11; docs/distributed.md).
-STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
-
-
-def report_once(comm: Comm, err: CnnError) -> None:
-    """A user error that EVERY rank hits at the same point (config, data checks before training):
-    rank 0 prints the one line, every rank exits with the error's code (mpirun then adds its own
-    "exited with non-zero status" note, which no setting silences). An error only one rank sees
-    needs no call: that rank exits non-zero and mpirun ends the job within a second."""
-    if comm.is_main:
-        print(f"Error: {err}", file=sys.stderr, flush=True)
-    comm.barrier()
-    sys.exit(getattr(err, "exit_code", 1))
-
-
 def rank_threads(comm: Comm, threads: int) -> int:
     """train.threads for this rank. A positive value is used as given. 0 means the cores this
     process may run on (its CPU affinity), shared with the ranks on the same host that have the

@@ -99,6 +99,7 @@ def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32,
                                           lookup_input(images, idx, table))
                 tally(net.grads.flat, probs, labels)                                  # the trainer's
                 opt.step(net.params.flat, net.grads.flat, 1e-3)
+                _install()
                 _DRY_RUN_WITHOUT[0] = True          # the steps while a worker compiles the one-call step
                 try:
                     net.train_step(None, labels, np.ones(n, dtype), lookup_input(images, idx, table))
@@ -188,6 +189,13 @@ def compiling_elsewhere(disp) -> bool:
     return any(job.busy(disp) for job in _JOBS)
 
 
+def _install() -> None:
+    """Let the core's steps ask compiling_elsewhere (shards.py imports nothing above it)."""
+    from cnncli import shards
+
+    shards.COMPILING_ELSEWHERE[0] = compiling_elsewhere
+
+
 def _worker(tasks: list, order: list, state, go, for_a_run: bool = True) -> None:
     """Worker process: claim the next free task in `order`, compile it, until none is left. For a
     run, the BACKGROUND kernels (last in `order`) wait for `go` (the run's first steps are through:
@@ -255,6 +263,7 @@ class Precompile:
         self._disps = [d for d, _ in items]
         for i, d in enumerate(self._disps):
             d._compile_for_args = self._claim_or_wait(d, i)
+        _install()
         _JOBS.append(self)
 
     def busy(self, disp) -> bool:

@@ -2,7 +2,7 @@
 
 Used by `cnn eval`, `cnn predict`, `cnn report` and by the trainer to resume. It maps uint8 images to
 the network's normalized float input and runs small calls on the NumPy forward (infer.py), big ones on
-the numba Network (model.py, imported only then); it is not a data loader (see data.py) nor a trainer.
+the numba Network (model.py, imported only then); it is not a data loader (see the cnncli.data package) nor a trainer.
 """
 
 from __future__ import annotations
@@ -69,17 +69,6 @@ def check_architecture(arrays: dict, meta: dict, path) -> tuple:
     return num_classes, batchnorm, eps, dtype
 
 
-def network_from_arrays(arrays: dict, meta: dict, path, momentum: float = 0.1):
-    """Build a numba Network whose parameters and BN buffers are those of a loaded checkpoint
-    (every key checked first, see check_architecture)."""
-    from cnncli import model
-
-    num_classes, batchnorm, eps, dtype = check_architecture(arrays, meta, path)
-    net = model.Network(num_classes=num_classes, batchnorm=batchnorm, eps=eps, momentum=momentum, dtype=dtype)
-    load_into(net, arrays)
-    return net
-
-
 def load_into(net, arrays: dict) -> None:
     """Copy a checkpoint's `params/<name>` and `buffers/<name>` arrays into `net` (Network.load_arrays)."""
     net.load_arrays({k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")},
@@ -101,16 +90,12 @@ def _named(arrays: dict, prefix: str, specs, dtype) -> arch.Params:
 
 
 # A predict_proba call on more images than this runs the numba Network (model.py); up to this many it
-# runs the NumPy forward (infer.py) and never imports numba. Measured by `scripts/bench_startup.py
-# --crossover` (fresh processes, float32, batchnorm none, 2-core machine, 2026-11-28, load 1.5-2.4;
-# three runs, each a median of 7): 4096 images took 0.90-1.06 s by numba vs 0.65-0.67 s by NumPy,
-# 8192 images 1.31-1.45 s vs 1.28-1.43 s. numba costs ~0.7 s before its first image (import numba +
-# cnncli.model ~0.35 s, kernel cache load ~0.35 s), then saves ~85 us per image (69-79 vs 149-163 us),
-# so the break-even is ~8000-9000 images. 4096 keeps a margin: numba's per-image gain shrinks on a busy
-# machine (it needs both cores), and in a process that already loaded numba NumPy is the slower one.
-# Re-measured after the fused inference kernels (commit a35e9c5, ~22:35 UTC, median of 5): numba now
-# 42-45 us per image warm; 4096 images 0.78 s by numba vs 0.65 s by NumPy, 8192 1.07 vs 1.27 s, so
-# the break-even moved down to ~5000-6000 images and 4096 still sits below it.
+# runs the NumPy forward (infer.py) and never imports numba. `scripts/bench_startup.py --crossover` at
+# a35e9c5 (fresh processes, float32, batchnorm none, 2 cores, median of 5): 4096 images take 0.78 s by
+# numba and 0.65 s by NumPy, 8192 images 1.07 s and 1.27 s, so the break-even lies near 5000-6000
+# images. numba pays its import and kernel-cache load (~0.7 s) before its first image, then gains per
+# image; 4096 keeps a margin below the break-even, since that gain shrinks on a busy machine (it needs
+# both cores) and a process that has already loaded numba finds NumPy the slower one.
 NUMPY_MAX_IMAGES = 4096
 
 
@@ -170,7 +155,8 @@ class Predictor:
         """(N,S,S) uint8 -> (N,C) class probabilities (sigmoid outputs), inference mode.
 
         fast: None picks by size (the numba network above NUMPY_MAX_IMAGES images, else NumPy);
-        True / False force the numba / NumPy path. The two agree to float rounding (~1e-7 in float32)."""
+        True / False force the numba / NumPy path. The two agree to float rounding (~1e-6 relative in
+        float32; docs/design.md)."""
         n = images_u8.shape[0]
         use_numba = n > NUMPY_MAX_IMAGES if fast is None else bool(fast)
         out = np.empty((n, len(self.classes)), dtype=np.float64)  # (N,C)

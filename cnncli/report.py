@@ -41,14 +41,6 @@ def matplotlib_parts():
 # ---------------------------------------------------------------- run folder inputs
 
 
-def find_checkpoint(run_dir: Path) -> Path:
-    """best.npz, else last.npz of a run folder."""
-    for name in ("best.npz", "last.npz"):
-        if (run_dir / name).is_file():
-            return run_dir / name
-    raise CnnError(f"{run_dir}: no best.npz or last.npz in the run folder")
-
-
 def read_history(path: Path) -> list[dict]:
     """metrics.csv rows as floats (NaN for empty cells), one row per epoch (the last logged row wins)."""
     if not path.is_file():
@@ -300,13 +292,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None) -> Path:
     """Write the run's PNGs and report.html into out_dir (default run_dir/report); returns the HTML path."""
     matplotlib, Figure, Canvas = matplotlib_parts()
-    from .predictor import Predictor
+    from .predictor import BEST_FIRST, Predictor, run_checkpoint
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CnnError(f"{run_dir}: run folder not found")
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
-    ckpt = Path(checkpoint) if checkpoint is not None else find_checkpoint(run_dir)
+    ckpt = Path(checkpoint) if checkpoint is not None else run_checkpoint(run_dir, BEST_FIRST)
     cfg_path = run_dir / "config.yaml"
     config_text = cfg_path.read_text(encoding="utf-8", errors="replace") if cfg_path.is_file() else ""
     history = read_history(run_dir / "metrics.csv")
@@ -361,5 +353,5 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None) -> Path:
     return target
 
 
-__all__ = ["write_report", "read_history", "find_checkpoint", "most_confident_errors", "render_html",
+__all__ = ["write_report", "read_history", "most_confident_errors", "render_html",
            "MATPLOTLIB_MISSING"]

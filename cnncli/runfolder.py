@@ -13,8 +13,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from cnncli import __version__, checkpoint
 from cnncli import config as config_mod
 from cnncli.atomic import write_atomic
@@ -115,7 +113,6 @@ def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, p
     arrays = {f"params/{k}": v for k, v in net.params.items()}
     arrays.update({f"buffers/{k}": v for k, v in net.buffers.items()})
     arrays.update({f"optim/{k.removeprefix('optim.')}": v for k, v in opt.state_dict().items()})
-    arrays["rng/seed"] = np.array([cfg["train"]["seed"]], dtype=np.int64)
     meta = {
         "cnncli_version": __version__,
         "num_classes": len(classes),

@@ -24,7 +24,7 @@ from cnncli.tblog import EventLog
 from cnncli import config as config_mod
 from cnncli.balance import class_weights
 from cnncli.errors import CnnError, TrainingDiverged
-from cnncli.runfolder import METRICS_COLUMNS, RunState, new_run_dir, save_checkpoint  # noqa: F401 (API)
+from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
 from cnncli.runsetup import holds_out_nothing, load_datasets, setup  # noqa: F401 (load_datasets: API)
 
 
@@ -57,8 +57,8 @@ class Trainer:
     """A set-up run: network, optimizer, data, run folder, state. `fit()` runs the remaining epochs.
 
     Extension points: `step_input` (how each shard of a step makes its float input: the lookup and
-    the augmentation; `batch_input` is the whole batch the step sees),
-    `sample_weights` (per-image loss weights, e.g. class weights), `is_main_process` (only the main
+    the augmentation; `batch_input` makes that input for a whole batch, to look at, and is not
+    called by the step), `sample_weights` (per-image loss weights, e.g. class weights), `is_main_process` (only the main
     process -- rank 0 under mpirun -- writes files and prints)."""
 
     is_main_process = True
@@ -101,7 +101,8 @@ class Trainer:
     def batch_input(self, idx: np.ndarray) -> np.ndarray:
         """(B,) training indices -> (B,1,S,S) float network input, augmented (when augment.enabled) by
         draws from (train.seed, epoch, step in the epoch), so a resumed run sees the same pixels:
-        what step_input's transform makes, for the whole batch at once."""
+        what step_input's transform makes, for the whole batch at once. Not a hook: train_step goes
+        through step_input; this only shows its result."""
         x, transform = self.step_input(idx)
         if transform is None:
             return x

@@ -2,7 +2,7 @@
 a dummy training loop. Each step is one Allgather and a short sleep; SIGINT/SIGTERM set a flag,
 any_flag makes every rank stop at the same step, rank 0 saves OUT/last.txt atomically every step
 and at the stop (after STOP_DELAY seconds, a slow save). Usage: python mpi_fault_job.py OUT [MODE]
-with MODE config-error (report_once), rank-error (rank 1 alone fails inside everyone()), main-error
+with MODE config-error (every rank fails alike inside everyone()), rank-error (rank 1 alone fails inside everyone()), main-error
 (rank 0 fails inside main_first()) or fail (rank 1 fails after setup while rank 0 waits: fail()).
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.distributed import everyone, fail, get_comm, main_first, report_once
+from cnncli.distributed import everyone, fail, get_comm, main_first
 from cnncli.errors import ConfigError, DataError
 
 
@@ -28,7 +28,7 @@ def main():
     out = Path(sys.argv[1])
     comm = get_comm()
     if sys.argv[2:] == ["config-error"]:
-        report_once(comm, ConfigError("cfg.yaml: train.batch_size: 64 is 8 shard(s) ... (on every rank)"))
+        everyone(comm, config_error)
     if sys.argv[2:] in (["rank-error"], ["main-error"], ["fail"]):
         errors(comm, sys.argv[2])
     got = []
@@ -51,6 +51,10 @@ def main():
         save(out, f"step {step} stopped by {names}\n")
         print(f"rank 0 saved step {step} and stops ({names})", flush=True)
     sys.exit(0)
+
+
+def config_error():
+    raise ConfigError("cfg.yaml: train.batch_size: 64 is 8 shard(s) ... (on every rank)")
 
 
 def errors(comm, mode):

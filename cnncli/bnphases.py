@@ -82,8 +82,7 @@ def forward_phases(net, plan, comm, inputs, targets, scale, backward, then=None)
 
 def head_step(net, plan, comm, targets, scale, backward):
     """fc1's BN, ELU, fc2, the loss (and the backward down to BN3's sums), one fused call per shard
-    (kernels/head.py, ~10-15 us each) on one thread: shared with the others, such short tasks ran
-    slower than on one thread."""
+    (kernels/head.py) on one thread: these tasks are too short to gain from sharing them out."""
     P = net.params
     mean, _, invstd = plan.stats[3]
     gamma, beta = gamma_beta(net, 3)

@@ -1,6 +1,7 @@
 """User-facing error types: one line that names the file, key or value at fault.
 
-Library code raises these; only `cli.py` turns them into Click exceptions and exit codes.
+Library code raises these; `cli_common.user_errors` turns them into Click exceptions and exit codes
+(under mpirun, `distributed` prints them once per job).
 This module is not for programming errors (those stay ValueError/TypeError with tracebacks).
 """
 

@@ -52,7 +52,7 @@ def _elu(z):
 
 def _pool(z):
     """2x2 max pool, stride 2: (N,C,H,W) -> (N,C,H/2,W/2). Rows, then columns: two elementwise
-    maxima (a reshape + .max(axis=(3,5)) was measured 35x slower)."""
+    maxima (far faster than a reshape + .max(axis=(3,5)))."""
     n, c, h, w = z.shape
     rows = z.reshape(n, c, h // 2, 2, w)
     m = np.maximum(rows[:, :, :, 0], rows[:, :, :, 1]).reshape(n, c, h // 2, w // 2, 2)  # (N,C,H/2,W)

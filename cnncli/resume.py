@@ -14,7 +14,8 @@ from pathlib import Path
 from cnncli import config as config_mod
 from cnncli.errors import ConfigError
 
-# Keys that cannot change on --resume, and why (the README's "Resuming" section lists the same).
+# Keys that cannot change on --resume, and why (the README's "Resuming" section names them all;
+# tests/test_docs.py checks it).
 FROZEN = {
     "data.image_size": "the network's input",
     "data.resize": "the preprocessing the weights were trained with",

@@ -3,6 +3,14 @@ batchnorm, bnstats, bntree, bnpool, head, fc, loss, inference, adam), a BN step'
 (segments), plus their support: simd (16-lane vectors), threads, reduce, checks, lookup (input),
 peak (the machine's measured FMA peak, for `cnn bench`). It is not the network (model.py composes these) and has no training loop.
 
+Shape legend (every module; a module's own legend adds the letters only it uses):
+  N images (of a batch, a shard or a block), C input maps (classes in head, loss and tally), F output
+  maps (filters), H, W map height and width, S = H*W positions of a map, K filter side (5), D units of
+  a flat layer or statistics of a BN layer, I / O an fc layer's inputs / outputs, B images of the
+  whole batch, L shards. Read in their module: P is conv.py's padding (K // 2) and a parameter count
+  elsewhere; M is stored images (lookup, augmentation), values per BN statistic (batchnorm, bnpool)
+  or columns (reduce); S counts rows in reduce and bntree.
+
 Rules kept in every module:
   * Numba kernels (`*_into`) only loop: they write into the arrays the caller passes and never
     allocate their outputs or check anything. The checked wrappers beside them (`conv16_forward`,

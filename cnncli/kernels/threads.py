@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import threading
 
-from ..blas import single_thread as blas_single_thread  # noqa: F401  (re-exported: model.py uses it)
+from ..blas import single_thread as blas_single_thread
 from ..blas import threads_api
 
 _POOL = [None, 0]      # [ThreadPoolExecutor, its size]

@@ -131,9 +131,11 @@ def _report_after_training(run_dir):
 def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metric, no_cache):
     """Measure a checkpoint on a labelled image folder (default: its run's validation images): loss,
     accuracy, top-k, per-class P/R/F1, confusion."""
-    from cnncli.evaluate import below_threshold, evaluate, format_metrics
+    from cnncli.evaluate import below_threshold, evaluate, format_metrics, notice_lines
 
     metrics, _, _ = evaluate(list(checkpoint), data_dir, batch_size=batch_size, top_k=top_k, cache=not no_cache)
+    for line in notice_lines(metrics):
+        click.echo(printable(line), err=True)
     click.echo(json.dumps(metrics, indent=2) if as_json else printable(format_metrics(metrics)))
     if fail_under is not None and (problem := below_threshold(metrics, metric, fail_under)):
         raise CnnError(problem)
@@ -186,7 +188,8 @@ def report(run_dir, data_dir, out_dir):
     """Render learning curves, confusion matrix, per-class bars, mistakes and filters to PNG + report.html."""
     from cnncli.report import write_report
 
-    click.echo(str(write_report(run_dir, data_dir=data_dir, out_dir=out_dir)))
+    click.echo(str(write_report(run_dir, data_dir=data_dir, out_dir=out_dir,
+                                echo=lambda line: click.echo(printable(line), err=True))))
 
 
 @cli.command(short_help="Write a checkpoint as an ONNX model (for onnxruntime etc.).")

@@ -205,23 +205,42 @@ def evaluate(checkpoint, data_dir, batch_size=256, top_k=None, cache=True):
 
 
 def evaluate_found(predictor, found, batch_size=256, top_k=None, classes=None):
-    """(metrics, dataset, probs) of a Predictor on validation_data's (dataset, skipped, description);
-    classes: the names the metrics use (default the predictor's)."""
-    dataset, skipped, description = found
+    """(metrics, dataset, probs) of a Predictor on validation_data's (dataset, skipped [(path, reason)],
+    description, warnings); classes: the names the metrics use (default the predictor's)."""
+    from .data import printable
+
+    dataset, skipped, description, warnings = found
     probs = predictor.predict_proba(dataset.images, batch_size=batch_size)  # (N,C)
     k = checkpoint_top_k(predictor.meta) if top_k is None else top_k
     metrics = compute_metrics(probs, dataset.labels, predictor.classes if classes is None else classes, top_k=k)
     metrics["data"] = description
-    metrics["skipped"] = skipped
+    metrics["skipped"] = len(skipped)
+    metrics["skipped_files"] = [[printable(p), printable(r)] for p, r in skipped]
+    metrics["warnings"] = list(warnings)
     return metrics, dataset, probs
 
 
+def notice_lines(metrics: dict, shown: int = 5) -> list:
+    """The lines eval and report print on stderr: each warning, then the skipped files (the first
+    `shown` of them named with their reasons)."""
+    lines = [f"warning: {w}" for w in metrics.get("warnings", [])]
+    files = metrics.get("skipped_files", [])
+    if files:
+        lines.append(f"warning: skipped {len(files)} unreadable file(s):")
+        lines += [f"  {p}: {r}" for p, r in files[:shown]]
+        if len(files) > shown:
+            lines.append(f"  ... and {len(files) - shown} more (--json lists them all)")
+    return lines
+
+
 def validation_data(run_dir: Path, predictor, cache=True):
-    """(dataset, skipped count, description): the run's validation split rebuilt from its config.yaml
-    as training held it out; None when the run has no validation images (data.val_split 0 decodes
-    nothing to find that out). cache False: decode again, bypassing the dataset cache."""
+    """(dataset, skipped [(path, reason)], description, warnings): the run's validation split rebuilt
+    from its config.yaml as training held it out (a warning when its images are not those the
+    checkpoint's run validated on); None when the run has no validation images (data.val_split 0
+    decodes nothing to find that out). cache False: decode again, bypassing the dataset cache."""
     from . import config as config_mod
     from . import runsetup
+    from .runfolder import validation_changed
 
     cfg_path = Path(run_dir) / "config.yaml"
     if not cfg_path.is_file():
@@ -237,12 +256,16 @@ def validation_data(run_dir: Path, predictor, cache=True):
     if val_ds is None or len(val_ds.labels) == 0:
         return None
     check_classes(predictor.classes, val_ds.classes, cfg_path)
+    changed = validation_changed(predictor.meta, val_ds)
+    warnings = [f"{changed}; pass --data FOLDER to evaluate on images of your choice"] if changed else []
     d = cfg["data"]
     if d.get("val"):
-        return val_ds, len(skipped), f"{d['val']} (data.val of {cfg_path})"
-    if d.get("folds"):
-        return val_ds, len(skipped), f"fold {d['fold'] + 1} of {d['folds']} of {d.get('train')} (from {cfg_path})"
-    return val_ds, len(skipped), f"validation split {d.get('val_split')} of {d.get('train')} (from {cfg_path})"
+        description = f"{d['val']} (data.val of {cfg_path})"
+    elif d.get("folds"):
+        description = f"fold {d['fold'] + 1} of {d['folds']} of {d.get('train')} (from {cfg_path})"
+    else:
+        description = f"validation split {d.get('val_split')} of {d.get('train')} (from {cfg_path})"
+    return val_ds, list(skipped), description, warnings
 
 
 def evaluate_predictor(predictor, data_dir, batch_size=256, top_k=None, cache=True):
@@ -261,7 +284,7 @@ def evaluate_predictor(predictor, data_dir, batch_size=256, top_k=None, cache=Tr
     check_classes(predictor.classes, dataset.classes, data_dir)
     if len(dataset.labels) == 0:
         raise DataError(f"{data_dir}: no readable images to evaluate")
-    return evaluate_found(predictor, (dataset, len(skipped), str(data_dir)), batch_size=batch_size, top_k=top_k)
+    return evaluate_found(predictor, (dataset, list(skipped), str(data_dir), []), batch_size=batch_size, top_k=top_k)
 
 
 def check_classes(expected, found, data_dir):
@@ -374,6 +397,7 @@ __all__ = [
     "evaluate",
     "evaluate_predictor",
     "gather_paths",
+    "notice_lines",
     "predict_paths",
     "predict_stream",
     "prediction_line",

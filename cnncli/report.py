@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import CnnError
 from .runfolder import printable
-from .evaluate import evaluate_found, evaluate_predictor, short_name, validation_data
+from .evaluate import evaluate_found, evaluate_predictor, notice_lines, short_name, validation_data
 
 MATPLOTLIB_MISSING = "cnn report needs matplotlib: pip install 'cnncli[plots]'"
 DPI = 120
@@ -289,8 +289,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
 # ---------------------------------------------------------------- entry point
 
 
-def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None) -> Path:
-    """Write the run's PNGs and report.html into out_dir (default run_dir/report); returns the HTML path."""
+def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=None) -> Path:
+    """Write the run's PNGs and report.html into out_dir (default run_dir/report); returns the HTML path.
+    echo (a line -> None): where the evaluation's warnings and skipped files are said."""
     matplotlib, Figure, Canvas = matplotlib_parts()
     from .predictor import BEST_FIRST, Predictor, run_checkpoint
 
@@ -314,6 +315,9 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None) -> Path:
         dataset, metrics = None, {"data": f"none: the run has no validation images (cnn report {run_dir} --data "
                                           "FOLDER adds the confusion matrix, per-class bars and mistakes)"}
     metrics["checkpoint"] = str(ckpt)
+    if echo is not None:
+        for line in notice_lines(metrics):
+            echo(line)
     errors = most_confident_errors(probs, dataset.labels) if dataset is not None else ([], [], [])
     errors_rows = [(printable(dataset.paths[i]) if i < len(dataset.paths) else str(i), classes[dataset.labels[i]], classes[p],
                     f"{q:.4f}") for i, p, q in zip(*errors)]

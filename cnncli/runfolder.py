@@ -108,8 +108,30 @@ def write_skipped(run_dir: Path, skipped, echo) -> None:
         echo(f"  ... and {len(skipped) - 5} more")
 
 
+def validation_info(val_ds) -> dict:
+    """What a checkpoint records of the run's validation images (meta "data"): their number and
+    the digest of their names, so cnn eval and --resume can tell when a rebuilt split differs."""
+    from cnncli.data.pathlist import names_digest
+
+    return {"val_images": int(len(val_ds.labels)), "val_digest": names_digest(val_ds.paths)}
+
+
+def validation_changed(meta: dict, val_ds) -> str | None:
+    """None when `val_ds` holds the validation images the checkpoint's run used (or the checkpoint
+    does not record them); else a sentence saying how they differ."""
+    saved = meta.get("data")
+    if not isinstance(saved, dict) or "val_digest" not in saved:
+        return None
+    now = validation_info(val_ds)
+    if now["val_digest"] == saved["val_digest"]:
+        return None
+    return (f"the validation images differ from those the run used ({saved.get('val_images')} then, "
+            f"{now['val_images']} now): the data folder changed since, and a split drawn again may hold "
+            "images the run trained on")
+
+
 def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, preprocess: dict,
-                    cfg_text: str | None = None) -> None:
+                    cfg_text: str | None = None, data_info: dict | None = None) -> None:
     arrays = {f"params/{k}": v for k, v in net.params.items()}
     arrays.update({f"buffers/{k}": v for k, v in net.buffers.items()})
     arrays.update({f"optim/{k.removeprefix('optim.')}": v for k, v in opt.state_dict().items()})
@@ -134,6 +156,8 @@ def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, p
         "stopped_early": state.stopped_early,
         "history": state.history,
     }
+    if data_info is not None:
+        meta["data"] = data_info
     checkpoint.save(path, arrays, meta)
 
 

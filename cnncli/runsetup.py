@@ -12,7 +12,7 @@ import numpy as np
 
 from cnncli import checkpoint, resume as resume_mod, runfolder, warmstart
 from cnncli import config as config_mod
-from cnncli.errors import ConfigError, DataError
+from cnncli.errors import CnnError, ConfigError, DataError
 from cnncli.runfolder import RunState, new_run_dir
 
 def holds_out_nothing(cfg: dict) -> bool:
@@ -77,8 +77,8 @@ def _normalization(cfg: dict, train_ds) -> dict:
 
 def _open_resume(resume, cfg: dict, out, write: bool = True):
     """Load the checkpoint to continue and check the config against it (before any data is read)
-    -> ((arrays, meta, path), state, run_dir, cfg); train.epochs=auto keeps the run's resolved value.
-    write=False (MPI ranks but 0): the folder is not touched."""
+    -> ((arrays, meta, path), state, run_dir, cfg, notes); train.epochs=auto keeps the run's resolved
+    value. write=False (MPI ranks but 0): the folder is not touched."""
     from cnncli.predictor import check_architecture, run_checkpoint
 
     ckpt_path = run_checkpoint(resume)
@@ -99,11 +99,30 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     if resume_mod.should_continue(state, saved, cfg):
         state.stopped_early = False
     run_dir = Path(out) if out else ckpt_path.parent
+    notes = _rewind_note(ckpt_path, state, run_dir)
     if write:
         run_dir.mkdir(parents=True, exist_ok=True)
         runfolder.clean_debris(run_dir)                   # half-written saves of a killed process
         resume_mod.carry_best(ckpt_path.parent, run_dir)
-    return (arrays, meta, ckpt_path), state, run_dir, cfg
+    return (arrays, meta, ckpt_path), state, run_dir, cfg, notes
+
+
+def _rewind_note(ckpt_path: Path, state: RunState, run_dir: Path) -> list:
+    """A note when the resumed checkpoint (best.npz, say) is behind the run folder's last.npz that
+    this run will overwrite: the later epochs are trained again."""
+    last = run_dir / "last.npz"
+    if ckpt_path.name == "last.npz" and ckpt_path.parent == run_dir or not last.is_file():
+        return []
+    try:
+        later = checkpoint.load_meta(last)
+        step, epoch = int(later["step"]), int(later["epoch"])
+    except (CnnError, KeyError, TypeError, ValueError):
+        return []
+    if step <= state.step:
+        return []
+    return [f"{ckpt_path} is at epoch {state.epoch} (step {state.step}), behind {last} (epoch {epoch}, step "
+            f"{step}): training goes on from {ckpt_path.name} and overwrites last.npz and the later epochs' "
+            "metrics rows"]
 
 
 def build(cfg: dict, train_ds, resumed, comm=None, source=None, echo=None):
@@ -159,10 +178,10 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     from cnncli.distributed import check_ranks, everyone, main_first, rank_threads
     from cnncli.kernels import set_threads
 
-    resumed, state, run_dir, source = None, RunState(), None, None
+    resumed, state, run_dir, source, notes = None, RunState(), None, None, []
     everyone(comm, check_ranks, cfg["train"]["batch_size"], comm.size)
     if resume is not None:
-        resumed, state, run_dir, cfg = everyone(comm, _open_resume, resume, cfg, out, write=comm.is_main)
+        resumed, state, run_dir, cfg, notes = everyone(comm, _open_resume, resume, cfg, out, write=comm.is_main)
     else:
         source = everyone(comm, warmstart.open_source, cfg)    # train.init_from, before any data is read
     threads = set_threads(rank_threads(comm, cfg["train"]["threads"]))
@@ -179,6 +198,11 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
 
     # rank 0 decodes and writes the cache first; the others then read it (or all decode: no cache)
     train_ds, val_ds, skipped = (main_first if cfg["data"]["cache"] else everyone)(comm, load)
+    if resumed is not None:
+        notes += [n for n in [runfolder.validation_changed(resumed[1], val_ds)] if n]
+    if echo and comm.is_main:
+        for note in notes:
+            echo(f"note: {note}")
     _compile_kernels(cfg, quiet, comm)
     auto = cfg["train"]["epochs"] == "auto"
     cfg = config_mod.resolve_epochs(cfg, len(train_ds.labels))

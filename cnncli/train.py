@@ -74,6 +74,7 @@ class Trainer:
         self.train_ds, self.val_ds, self.classes, self.preprocess = train_ds, val_ds, classes, preprocess
         self._echo, self.quiet = echo, quiet
         self.cfg_text = config_mod.dump(cfg)
+        self.data_info = runfolder.validation_info(val_ds)   # which images validate: eval checks it later
         self.table = input_table(preprocess["mean"], preprocess["std"], net.params.flat.dtype)  # (256,)
         t = cfg["train"]
         self.epochs, self.batch_size, self.seed, self.every = t["epochs"], t["batch_size"], t["seed"], t["checkpoint_every"]
@@ -271,12 +272,12 @@ class Trainer:
     def save_last(self) -> None:
         if self.is_main_process:
             save_checkpoint(self.last_path, self.net, self.opt, self.state, self.cfg, self.classes,
-                            self.preprocess, self.cfg_text)
+                            self.preprocess, self.cfg_text, self.data_info)
 
     def save_best(self) -> None:
         if self.is_main_process:
             save_checkpoint(self.best_path, self.net, self.opt, self.state, self.cfg, self.classes,
-                            self.preprocess, self.cfg_text)
+                            self.preprocess, self.cfg_text, self.data_info)
 
     def _best_note(self) -> str:
         early = self.early

@@ -84,6 +84,42 @@ def test_eval_without_data_measures_the_runs_own_validation_images(trained, tmp_
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def test_eval_and_resume_say_when_the_validation_images_are_not_the_runs_any_more(workspace, tmp_path):
+    tmp, _ = workspace
+    data = make_folder(tmp_path / "data", odd_files=False)
+    run = tmp_path / "run"
+    common = ["-q", "--no-report", "--set", "train.epochs=1"]
+    assert invoke(["train", "--config", tmp / "cfg.yaml", "--out", run, "--set", f"data.train={data}",
+                   *common]).exit_code == 0
+    out = invoke(["eval", "--checkpoint", run / "last.npz", "--json"])
+    assert out.exit_code == 0 and out.stderr == "" and json.loads(out.stdout)["warnings"] == []
+    for name in SHAPES:                                            # new images: the split drawn again differs
+        for src in sorted((data / name).glob("00[0-2].png")):
+            (data / name / f"new-{src.name}").write_bytes(src.read_bytes())
+    out = invoke(["eval", "--checkpoint", run / "last.npz", "--json"])
+    assert out.exit_code == 0 and len(json.loads(out.stdout)["warnings"]) == 1
+    assert out.stderr.startswith("warning: the validation images differ from those the run used (9 then, 12 now)")
+    assert len(out.stderr.strip().splitlines()) == 1
+    (run / "last.npz").rename(run / "early.npz")
+    res = invoke(["train", "--resume", run / "early.npz", *common[:2], "--set", "train.epochs=2"])
+    assert res.exit_code == 0 and "note: the validation images differ" in res.stderr
+    assert "behind" not in res.stderr                              # no last.npz ahead of early.npz
+    out = invoke(["eval", "--checkpoint", run / "last.npz"])       # it records the split it validated on
+    assert out.exit_code == 0 and "differ" not in out.stderr
+    res = invoke(["train", "--resume", run / "early.npz", *common[:2], "--set", "train.epochs=2"])
+    assert res.exit_code == 0
+    assert f"note: {run / 'early.npz'} is at epoch 1 (step " in res.stderr and "behind" in res.stderr
+
+
+def test_eval_names_the_files_it_skipped(trained):
+    tmp, data, run, _ = trained
+    out = invoke(["eval", "--checkpoint", run, "--data", data, "--json"])
+    m = json.loads(out.stdout)
+    assert out.exit_code == 0 and m["skipped"] == 2 == len(m["skipped_files"])
+    assert "warning: skipped 2 unreadable file(s):" in out.stderr
+    assert "broken.png" in out.stderr and "empty.jpg" in out.stderr
+
+
 def test_a_validation_folder_without_some_classes_trains_and_says_so(workspace, tmp_path):
     tmp, data = workspace
     val = tmp_path / "val"

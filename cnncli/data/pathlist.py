@@ -7,6 +7,7 @@ surrogates (surrogateescape names of undecodable bytes) exactly: they round-trip
 
 from __future__ import annotations
 
+import hashlib
 from array import array
 from collections.abc import Sequence
 
@@ -51,6 +52,14 @@ class PathList(Sequence):
         for i in range(len(self)):
             yield self._one(i)
 
+    def digest(self) -> str:
+        """A short hash of the names in order (not of the prefix): the same files give the same
+        digest wherever the folder lies."""
+        ends = np.frombuffer(self._ends, dtype=np.int64) if len(self._ends) else np.zeros(0, np.int64)  # (N,)
+        h = hashlib.sha256(ends.astype("<i8").tobytes())
+        h.update(self._blob)
+        return h.hexdigest()[:16]
+
     def take(self, idx) -> "PathList":
         """A new PathList of the entries at integer positions idx (same prefix)."""
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)          # (K,)
@@ -77,3 +86,8 @@ class PathList(Sequence):
     def __repr__(self) -> str:
         head = ", ".join(repr(p) for p in self[:3])
         return f"PathList([{head}{', ...' if len(self) > 3 else ''}], n={len(self)})"
+
+
+def names_digest(paths) -> str:
+    """PathList.digest of a sequence of paths (a PathList's own, else of the strings as given)."""
+    return (paths if isinstance(paths, PathList) else PathList(paths)).digest()

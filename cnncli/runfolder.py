@@ -69,6 +69,17 @@ def new_run_dir(out: str) -> Path:
     raise CnnError(f"{out}: {MAX_RUN_SUFFIX} run folders of this name exist already; choose another `out`")
 
 
+def release(folder: Path) -> None:
+    """Give back a run folder this process claimed and wrote nothing into: its marker and the
+    folder go, so the next run of the same `out` gets the name (a folder with files stays)."""
+    try:
+        if all(p.name == ".claimed" for p in folder.iterdir()):
+            (folder / ".claimed").unlink(missing_ok=True)
+            folder.rmdir()
+    except OSError:
+        pass
+
+
 def claim_marker(folder: Path) -> None:
     """Create `folder/.claimed` exclusively (FileExistsError when another run got there first)."""
     with open(folder / ".claimed", "x", encoding="utf-8") as f:

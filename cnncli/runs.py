@@ -20,8 +20,15 @@ SORTS = ("name", "val_acc", "val_loss", "time")
 DEPTH = 3      # a cv parent's fold-k runs sit one level below it: runs/x-cv/fold-1
 
 
+NO_CHECKPOINT = "no checkpoint yet: stopped before its first save, or still starting"
+
+
 def is_run(folder: Path) -> bool:
-    return (folder / "last.npz").is_file() or (folder / "best.npz").is_file()
+    """A folder with a checkpoint, or a run's config.yaml without one (a cnn cv parent, which holds
+    fold-k runs, is no run)."""
+    if (folder / "last.npz").is_file() or (folder / "best.npz").is_file():
+        return True
+    return (folder / "config.yaml").is_file() and not (folder / "fold-1").is_dir()
 
 
 def find_runs(roots) -> list:
@@ -54,10 +61,12 @@ def _number(value):
 def describe_run(run: Path) -> dict:
     """One run's row; a run whose checkpoint cannot be read gets {"run", "error"} instead."""
     row = {"run": os.fspath(run)}
+    last = run / "last.npz"
+    if not last.is_file() and not (run / "best.npz").is_file():
+        return {**row, "error": NO_CHECKPOINT, "no_checkpoint": True}
     try:
-        last = run / "last.npz"
-        _, meta = checkpoint.load(last if last.is_file() else run / "best.npz")
-        best_meta = checkpoint.load(run / "best.npz")[1] if (run / "best.npz").is_file() else None
+        meta = checkpoint.load_meta(last if last.is_file() else run / "best.npz")
+        best_meta = checkpoint.load_meta(run / "best.npz") if (run / "best.npz").is_file() else None
     except CnnError as err:
         return {**row, "error": str(err)}
     cfg = run_config(meta)
@@ -103,7 +112,8 @@ def format_runs(rows: list) -> str:
     for r in rows:
         name = printable(r["run"])
         if "error" in r:
-            lines.append(f"{name:32s} unreadable: {printable(r['error'])}")
+            what = "" if r.get("no_checkpoint") else "unreadable: "
+            lines.append(f"{name:32s} {what}{printable(r['error'])}")
             continue
         done = "-" if r["epochs"] is None else str(r["epochs"])
         total = f"/{r['epochs_total']}" if r["epochs_total"] is not None else ""

@@ -345,8 +345,13 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     cfg = resume_mod.absolute_paths(cfg)
     (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess) = \
         setup(cfg, resume, out, quiet, echo, comm)
-    trainer = Trainer(cfg, run_dir, net, opt, state, train_ds, val_ds, train_ds.classes, preprocess, echo, quiet,
-                      comm=comm)
+    try:
+        trainer = Trainer(cfg, run_dir, net, opt, state, train_ds, val_ds, train_ds.classes, preprocess, echo,
+                          quiet, comm=comm)
+    except CnnError:              # (train.class_weight naming no class...): give the new folder's name back
+        if resume is None and comm.is_main:
+            runfolder.release(run_dir)
+        raise
     if trainer.is_main_process:
         (run_dir / "config.yaml").write_text(trainer.cfg_text, encoding="utf-8", errors="backslashreplace")
         if skipped:

@@ -212,6 +212,17 @@ def test_bad_settings_fail_in_one_line_with_exit_2(workspace, args, needle):
     assert "Traceback" not in res.output and len(res.stderr.strip().splitlines()) == 1
 
 
+def test_a_run_that_fails_before_its_first_save_gives_its_folder_name_back(workspace, tmp_path):
+    tmp, _ = workspace
+    run = tmp_path / "run"
+    res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", run, "-q", "--no-report",
+                  "--set", "train.class_weight={nosuchclass: 2}"])
+    assert res.exit_code == 2 and "nosuchclass" in res.stderr
+    assert not run.exists()                                        # not left holding the name
+    res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", run, "-q", "--no-report", "--set", "train.epochs=1"])
+    assert res.exit_code == 0 and f"Run folder: {run}\n" in res.stderr
+
+
 def test_yaml_syntax_error_names_the_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data:\n  train: x\n optim: [\n")

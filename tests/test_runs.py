@@ -102,3 +102,16 @@ def test_hostile_run_metadata_shows_as_unknown(experiments, tmp_path):
     assert res.exit_code == 0, res.output
     for row in json.loads(res.output):
         assert row["optimizer"] is None and row["epochs_total"] is None and row["epochs"] == 3, row
+
+
+def test_a_run_without_a_checkpoint_is_a_row_saying_so(tmp_path):
+    (tmp_path / "starting").mkdir()
+    (tmp_path / "starting" / "config.yaml").write_text("data:\n  train: x\n")
+    (tmp_path / "cv" / "fold-1").mkdir(parents=True)                 # a cv parent is no run; its fold is
+    (tmp_path / "cv" / "config.yaml").write_text("data:\n  train: x\n")
+    (tmp_path / "cv" / "fold-1" / "config.yaml").write_text("data:\n  train: x\n")
+    rows = json.loads(invoke(["runs", tmp_path, "--json"]).output)
+    assert [r["run"] for r in rows] == [str(tmp_path / "cv" / "fold-1"), str(tmp_path / "starting")]
+    assert all(r["no_checkpoint"] and "no checkpoint yet" in r["error"] for r in rows)
+    text = invoke(["runs", tmp_path]).output
+    assert "no checkpoint yet" in text and "unreadable" not in text

@@ -7,6 +7,7 @@ function; cli.py registers them on the `cnn` group, beside train, eval, predict,
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 import click
@@ -88,7 +89,10 @@ def lr_find(config_path, overrides, steps, min_lr, max_lr, plot_path, as_json):
     result = run(cfg, steps=steps, min_lr=min_lr, max_lr=max_lr, echo=lambda m: click.echo(m, err=True))
     if plot_path is not None:
         click.echo(f"plot: {write_plot(result, plot_path)}", err=True)
-    click.echo(json.dumps(result, indent=2) if as_json else format_result(result, cfg["optim"]["name"]))
+    args = (["--config", config_path] if config_path else []) + [a for s in overrides for a in ("--set", s)
+                                                                 if not s.startswith("optim.lr=")]
+    click.echo(json.dumps(result, indent=2) if as_json else
+               format_result(result, cfg["optim"]["name"], shlex.join(map(str, args))))
 
 
 @click.command(short_help="What a checkpoint holds: classes, input, layers, parameters, progress.")

@@ -363,15 +363,17 @@ def write_predictions_csv(path, results, classes) -> int:
     import csv
 
     from .atomic import write_atomic
+    from .data import printable
 
     count = [0]
+    names = [printable(c) for c in classes]          # as the results name them
 
     def write(f):
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["path", "class", "probability", *classes])
+        w.writerow(["path", "class", "probability", *names])
         for r in results:
             p = {t["class"]: t["probability"] for t in r["top_k"]}
-            w.writerow([r["path"], r["class"], repr(r["probability"]), *(repr(p[c]) for c in classes)])
+            w.writerow([r["path"], r["class"], repr(r["probability"]), *(repr(p[c]) for c in names)])
             count[0] += 1
     try:
         write_atomic(path, write, text=True)
@@ -384,6 +386,7 @@ def _results(paths, good, probs, top, classes):
     """The result dict of each good file (positions `good` in paths), in order, one at a time."""
     from .data import printable
 
+    classes = [printable(c) for c in classes]        # names that are not valid UTF-8 shown as \xNN
     for row, i in enumerate(good.tolist()):
         ranked = [{"class": classes[j], "probability": float(probs[row, j])} for j in top[row]]
         yield {"path": printable(paths[i]), "class": ranked[0]["class"],

@@ -117,8 +117,9 @@ def write_plot(result: dict, path) -> Path:
     return Path(path)
 
 
-def format_result(result: dict, optimizer: str) -> str:
-    """A table of every 10th step (rate, smoothed loss), how it ended, and the suggestion."""
+def format_result(result: dict, optimizer: str, train_args: str = "") -> str:
+    """A table of every 10th step (rate, smoothed loss), how it ended, and the suggestion: a cnn
+    train command line with `train_args` (the test's own --config/--set, shell-quoted)."""
     lrs, smoothed = result["lr"], result["smoothed"]
     lines = [f"{'step':>5} {'lr':>10} {'smoothed loss':>14}"]
     for i in sorted(set(range(0, len(lrs), 10)) | {len(lrs) - 1}):
@@ -130,6 +131,6 @@ def format_result(result: dict, optimizer: str) -> str:
                      "try more --steps or a lower --max-lr")
     else:
         lines.append(f"suggested optim.lr: {best:.3g} (steepest descent of the smoothed loss, {optimizer}); "
-                     f"try: cnn train --set optim.lr={best:.3g}")
+                     f"try: cnn train {train_args + ' ' if train_args else ''}--set optim.lr={best:.3g}")
     return "\n".join(lines)
 

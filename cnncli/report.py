@@ -20,7 +20,7 @@ from .errors import CnnError
 from .runfolder import printable
 from .evaluate import evaluate_found, evaluate_predictor, notice_lines, short_name, validation_data
 
-MATPLOTLIB_MISSING = "cnn report needs matplotlib: pip install 'cnncli[plots]'"
+MATPLOTLIB_MISSING = "the plots need matplotlib: pip install 'cnncli[plots]'"
 DPI = 120
 MAX_WRONG = 24  # images in the "most confidently wrong" grid
 STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,

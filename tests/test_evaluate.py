@@ -306,3 +306,15 @@ def test_bce_loss_and_top_k_in_row_chunks_equal_the_one_shot_formulas(monkeypatc
     monkeypatch.setattr(ev, "ROWS", 64)
     assert ev.bce_loss(probs, labels) == want
     assert np.array_equal(ev.top_k_indices(probs, 3), np.argsort(-probs, axis=1, kind="stable")[:, :3])
+
+
+def test_a_class_name_that_is_not_utf8_is_spelled_alike_in_csv_header_and_rows(tmp_path):
+    from cnncli.evaluate import _results, top_k_indices, write_predictions_csv
+
+    classes = ["caf\udce9", "plain"]                                 # os.fsdecode of b"caf\xe9"
+    probs = np.array([[0.9, 0.1], [0.2, 0.8]])
+    results = _results(["a.png", "b.png"], np.arange(2), probs, top_k_indices(probs, 2), classes)
+    assert write_predictions_csv(tmp_path / "p.csv", results, classes) == 2
+    head, first, second = (tmp_path / "p.csv").read_text(encoding="utf-8").splitlines()
+    assert head == "path,class,probability,caf\\xe9,plain"
+    assert first.startswith("a.png,caf\\xe9,0.9,0.9,") and second.startswith("b.png,plain,0.8,")

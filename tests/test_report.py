@@ -198,7 +198,7 @@ def test_without_matplotlib_the_message_names_the_extra(monkeypatch, tmp_path):
         monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
     with pytest.raises(CnnError) as err:
         write_report(tmp_path)
-    assert str(err.value) == MATPLOTLIB_MISSING == "cnn report needs matplotlib: pip install 'cnncli[plots]'"
+    assert str(err.value) == MATPLOTLIB_MISSING == "the plots need matplotlib: pip install 'cnncli[plots]'"
 
 
 def test_read_history_keeps_last_row_per_epoch_and_empty_cells_are_nan(tmp_path):

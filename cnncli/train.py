@@ -11,6 +11,7 @@ It is not a general trainer: one network family, one loss.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import time
@@ -26,6 +27,9 @@ from cnncli.balance import class_weights
 from cnncli.errors import CnnError, TrainingDiverged
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
 from cnncli.runsetup import holds_out_nothing, load_datasets, setup  # noqa: F401 (load_datasets: API)
+
+
+SPLIT_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation"}   # a dataset root's folders
 
 
 class Interrupted(CnnError):
@@ -366,6 +370,12 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     trainer.echo(f"Epochs: {trainer.epochs}{' (train.epochs=auto for this training set)' if auto else ''}; "
                  f"augmentation {'on' if trainer.augmenter is not None else 'off'}; early stopping "
                  f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}")
+    splits = sorted(c for c in train_ds.classes if c.lower() in SPLIT_NAMES)
+    if len(splits) >= 2:
+        inner = next((c for c in splits if c.lower().startswith("train")), splits[0])
+        trainer.echo(f"warning: the class folders include {', '.join(map(runfolder.printable, splits))}: data.train "
+                     "should be the folder that holds one subfolder per class (e.g. "
+                     f"{runfolder.printable(os.path.join(cfg['data']['train'], inner))})")
     untrained = [c for c, k in zip(train_ds.classes, np.bincount(train_ds.labels, minlength=len(train_ds.classes)))
                  if k == 0]
     if untrained:              # (a K-fold split of a class with fewer images than folds)

@@ -223,6 +223,23 @@ def test_a_run_that_fails_before_its_first_save_gives_its_folder_name_back(works
     assert res.exit_code == 0 and f"Run folder: {run}\n" in res.stderr
 
 
+def test_a_dataset_root_given_as_data_train_gets_a_warning(workspace, tmp_path):
+    tmp, data = workspace
+    for split in ("train", "test"):                                # root/train/<class>, root/test/<class>
+        for name in SHAPES[:2]:
+            (tmp_path / "root" / split / name).mkdir(parents=True)
+            for src in sorted((data / name).glob("00[0-3].png")):
+                (tmp_path / "root" / split / name / src.name).write_bytes(src.read_bytes())
+    res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", tmp_path / "run", "-q", "--no-report",
+                  "--set", f"data.train={tmp_path / 'root'}", "--set", "train.epochs=1"])
+    assert res.exit_code == 0, res.stderr
+    assert ("warning: the class folders include test, train: data.train should be the folder that holds one "
+            f"subfolder per class (e.g. {tmp_path / 'root' / 'train'})") in res.stderr
+    res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", tmp_path / "run2", "-q", "--no-report",
+                  "--set", f"data.train={tmp_path / 'root' / 'train'}", "--set", "train.epochs=1"])
+    assert res.exit_code == 0 and "warning" not in res.stderr
+
+
 def test_yaml_syntax_error_names_the_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data:\n  train: x\n optim: [\n")

@@ -27,7 +27,7 @@ def gradcheck(variants, batch_size, seed):
     from cnncli.gradcheck import run_gradcheck
 
     status = run_gradcheck(variants=variants or ("none", "unit", "channel"), batch_size=batch_size, seed=seed,
-                           echo=click.echo)
+                           echo=click.echo, say=lambda line: click.echo(line, err=True))
     sys.exit(status)
 
 

@@ -117,9 +117,25 @@ def _gradcheck(batchnorm, batch_size, seed, num_classes, steps, only, detail):
     return results
 
 
+def cold_cache(variants) -> bool:
+    """True when numba's cache lacks float64 training kernels these variants' checks call (they then
+    compile first, for minutes on a small machine)."""
+    from . import precompile
+
+    for bn in variants:
+        first, later = precompile.plan(bn, dtype=np.float64, augment=False)
+        if first:
+            return True
+    return False
+
+
 def run_gradcheck(variants=("none", "unit", "channel"), batch_size=2, seed=0, echo=print,
-                  tolerance=TOLERANCE) -> int:
-    """Print one line per tensor and variant; return 0 if every error is below tolerance, else 1."""
+                  tolerance=TOLERANCE, say=None) -> int:
+    """Print one line per tensor and variant; return 0 if every error is below tolerance, else 1.
+    say (a line -> None): told once when the kernels compile first."""
+    if say is not None and cold_cache(variants):
+        say("Compiling the float64 numba kernels of the check for this CPU (first run only; later runs load "
+            "them from numba's cache) ...")
     status = 0
     for bn in variants:
         for name, err, h, scale in gradcheck(bn, batch_size=batch_size, seed=seed, detail=True):

@@ -24,3 +24,17 @@ def test_run_gradcheck_prints_one_line_per_tensor_and_returns_status():
     assert any("conv1.b" in ln and "zero by construction" in ln for ln in lines)
     assert all(ln.rstrip().endswith("ok") for ln in lines)
     assert GC.run_gradcheck(variants=("none",), batch_size=1, seed=0, echo=lines.append, tolerance=0.0) == 1
+
+
+def test_a_cold_cache_is_said_once_before_the_check(monkeypatch):
+    import numpy as np
+
+    from cnncli import precompile
+
+    asked = []
+    for lacking, expect in (({"kernel": {"sig"}}, 1), ({}, 0)):
+        monkeypatch.setattr(precompile, "plan", lambda bn, **kw: asked.append((bn, kw)) or (lacking, {}))
+        said, lines = [], []
+        assert GC.run_gradcheck(variants=("none",), batch_size=1, echo=lines.append, say=said.append) == 0
+        assert len(said) == expect and all("first run only" in s for s in said) and lines
+    assert asked == [("none", {"dtype": np.float64, "augment": False})] * 2

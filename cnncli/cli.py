@@ -58,7 +58,8 @@ def train(config_path, overrides, resume, init_from, out, strict, no_cache, prin
 def _train(comm, config_path, overrides, resume, init_from, out, strict, no_cache, print_config, quiet, no_report):
     from cnncli.distributed import everyone
 
-    cfg = everyone(comm, _train_config, config_path, overrides, resume, init_from, strict, no_cache, print_config)
+    cfg = everyone(comm, _train_config, config_path, overrides, resume, init_from, out, strict, no_cache,
+                   print_config)
     if print_config:
         if comm.is_main:
             from cnncli import config as config_mod
@@ -75,7 +76,7 @@ def _train(comm, config_path, overrides, resume, init_from, out, strict, no_cach
         click.echo(str(run_dir))
 
 
-def _train_config(config_path, overrides, resume, init_from, strict, no_cache, print_config) -> dict:
+def _train_config(config_path, overrides, resume, init_from, out, strict, no_cache, print_config) -> dict:
     """The config `cnn train` runs: the file (or the resumed checkpoint's) with --set and the flags."""
     from cnncli import config as config_mod
 
@@ -84,6 +85,8 @@ def _train_config(config_path, overrides, resume, init_from, strict, no_cache, p
                        "give one of them")
     if init_from is not None and not init_from.strip():
         raise ConfigError("--init-from: the path is empty")
+    if out is not None and not out.strip():
+        raise ConfigError("--out: the path is empty")
     overrides = list(overrides) + (["data.strict=true"] if strict else []) + (["data.cache=false"] if no_cache else [])
     if resume is not None and config_path is None:
         from cnncli import checkpoint

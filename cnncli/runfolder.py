@@ -52,7 +52,12 @@ def new_run_dir(out: str) -> Path:
     empty folder is taken only by the process that creates a marker file in it first.
     """
     base = Path(out)
-    base.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocker = next((p for p in base.parents if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker is not None else (err.strerror or str(err))
+        raise CnnError(f"{out}: cannot create the run folder ({why})") from None
     for k in range(1, MAX_RUN_SUFFIX + 1):
         candidate = base if k == 1 else base.with_name(f"{base.name}-{k}")
         try:

@@ -180,7 +180,7 @@ def test_new_run_never_overwrites_an_old_one(trained):
     tmp, data, run, _ = trained
     res = invoke(["train", "--config", tmp / "cfg.yaml", "-q", "--no-report", "--set", "train.epochs=1"])
     assert res.exit_code == 0
-    assert res.stdout.strip().endswith("run-2")
+    assert res.stdout.strip().endswith("run-2") and f"Run folder: {run}-2 ({run} holds another run)\n" in res.stderr
     assert len((run / "metrics.csv").read_text().strip().splitlines()) == 3  # untouched
 
 
@@ -238,6 +238,16 @@ def test_a_dataset_root_given_as_data_train_gets_a_warning(workspace, tmp_path):
     res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", tmp_path / "run2", "-q", "--no-report",
                   "--set", f"data.train={tmp_path / 'root' / 'train'}", "--set", "train.epochs=1"])
     assert res.exit_code == 0 and "warning" not in res.stderr
+
+
+def test_an_out_that_cannot_be_a_folder_is_one_line(workspace, tmp_path):
+    tmp, _ = workspace
+    (tmp_path / "afile").write_text("x")
+    for out, code, needle in ((tmp_path / "afile" / "sub", 1, f"{tmp_path / 'afile'} is a file, not a folder"),
+                              ("", 2, "--out: the path is empty"), ("  ", 2, "--out: the path is empty")):
+        res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", out, "-q", "--no-report"])
+        assert res.exit_code == code and needle in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path):

@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageDraw, ImageFile
 
 from cnncli import data
 from cnncli.data import decode as dec
@@ -233,6 +233,30 @@ def test_decompression_bomb_warning_becomes_a_skip_not_a_warning(tmp_path):
         with pytest.raises(DataError, match="decompression bomb"):
             data.load_image(p, max_pixels=10**12)
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def forged_jpeg(width, height):
+    """A small valid JPEG whose frame header (SOF0) declares width x height."""
+    b = bytearray(_bytes_of(gray(0), "JPEG"))
+    sof = b.index(b"\xff\xc0")
+    b[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(b)
+
+
+def test_a_192_megapixel_phone_jpeg_loads_and_the_jpeg_limit_still_holds(tmp_path):
+    img = Image.new("L", (16000, 12000), 220)        # mostly flat: ~2 MB on disk
+    ImageDraw.Draw(img).ellipse([5000, 3000, 11000, 9000], fill=20)
+    p = save(tmp_path / "d" / "dark" / "phone.jpg", img, quality=80)
+    del img
+    a = data.load_image(p)
+    assert abs(int(a[16, 16]) - 20) <= 3 and abs(int(a[1, 1]) - 220) <= 3     # a dark disc on light
+    save(tmp_path / "d" / "light" / "x.png", gray(220))
+    ds, skipped = data.load_folder(tmp_path / "d", cache=False)
+    assert skipped == [] and np.array_equal(ds.images[0], a)
+    bomb = tmp_path / "bomb.jpg"
+    bomb.write_bytes(forged_jpeg(20000, 15000))      # 300 MP: refused from its header
+    with pytest.raises(DataError, match=r"too large: 20000x15000 = 300.0 megapixels \(limit 200 for a JPEG\)"):
+        data.load_image(bomb)
 
 
 def make_folder(root, per_class=3, classes=("cat", "dog")):

@@ -19,7 +19,13 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".tif", ".t
 # Pillow plugins we let parse a file; anything else is "not a supported image" (JPEG covers MPO).
 PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "PPM", "TIFF", "WEBP")
 RESIZE_MODES = ("pad", "stretch", "crop")
-MAX_PIXELS = 40_000_000          # header-declared width*height above this is skipped, undecoded
+# Header-declared width*height above the limit is skipped, undecoded (per call: max_pixels). A file
+# that decodes at full size holds its pixels and their copies at once: a 40 MP RGBA PNG peaks near
+# 0.9 GB. A JPEG decodes at up to 1/8 scale (draft), so it may have JPEG_PIXEL_FACTOR times as many
+# (200 MP): a baseline one decodes in strips (a few MB); a progressive one keeps its DCT coefficients,
+# 2 bytes a pixel per colour channel, up to 1.2 GB at 200 MP. (Per decoding process: one per core.)
+MAX_PIXELS = 40_000_000
+JPEG_PIXEL_FACTOR = 5
 ALPHA_BACKGROUND = 255           # transparent pixels are composited onto white
 
 
@@ -120,6 +126,23 @@ def resize_gray(a: np.ndarray, image_size: int, resize: str) -> np.ndarray:
     return out
 
 
+def _open(path: str):
+    """-> (Image.open of path restricted to PIL_FORMATS, whether it is a JPEG). Pillow's own pixel
+    limit, which is the same for every format, is off while a JPEG opens: _decode checks the JPEG limit
+    next, before any decoding."""
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        jpeg = f.read(3) == b"\xff\xd8\xff"
+    if not jpeg:
+        return Image.open(path, formats=list(PIL_FORMATS)), False
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        return Image.open(path, formats=["JPEG"]), True
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
 def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndarray:
     """One file -> (S, S) uint8, or raise _Skip(reason). Catches everything a hostile file can throw."""
     from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -132,11 +155,13 @@ def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndar
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise _Skip("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; refusing to accept truncated data")
     try:
-        with Image.open(path, formats=list(PIL_FORMATS)) as img:
+        img, jpeg = _open(path)
+        with img:
             w, h = img.size
-            if w * h > max_pixels:
-                raise _Skip(f"too large: {w}x{h} = {w * h / 1e6:.1f} megapixels "
-                            f"(limit {max_pixels / 1e6:g}); possible decompression bomb")
+            limit = max_pixels * JPEG_PIXEL_FACTOR if jpeg else max_pixels
+            if w * h > limit:
+                raise _Skip(f"too large: {w}x{h} = {w * h / 1e6:.1f} megapixels (limit {limit / 1e6:g}"
+                            f"{' for a JPEG' if jpeg else ''}); possible decompression bomb")
             if w < 1 or h < 1:
                 raise _Skip(f"empty image ({w}x{h})")
             if img.format == "JPEG" or img.format == "MPO":

@@ -101,6 +101,17 @@ def test_every_mode_and_size_becomes_uint8_square(tmp_path, name, writer, value,
     assert np.abs(a.astype(int) - value).max() <= tol, (a.min(), a.max())
 
 
+@pytest.mark.parametrize("ink,grey,background", [(255, 255, 0), (0, 0, 255), (200, 200, 0), (100, 100, 255)])
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_transparency_is_composited_on_the_background_that_keeps_the_content_visible(tmp_path, mode, ink, grey,
+                                                                                      background):
+    # a disc of grey `ink` on a fully transparent field whose hidden colour is the opposite of the ink
+    img = Image.new(mode, (40, 40), (255 - ink,) * (len(mode) - 1) + (0,))
+    ImageDraw.Draw(img).ellipse([8, 8, 31, 31], fill=(ink,) * (len(mode) - 1) + (255,))
+    a = data.load_image(save(tmp_path / "disc.png", img), resize="stretch").astype(int)
+    assert abs(a[16, 16] - grey) <= 1 and a[0, 0] == background and a[31, 31] == background
+
+
 def test_image_size_parameter(tmp_path):
     p = save(tmp_path / "x.png", noise_img(0, 50, 70))
     assert data.load_image(p, image_size=20).shape == (20, 20)

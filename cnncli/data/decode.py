@@ -26,7 +26,9 @@ RESIZE_MODES = ("pad", "stretch", "crop")
 # 2 bytes a pixel per colour channel, up to 1.2 GB at 200 MP. (Per decoding process: one per core.)
 MAX_PIXELS = 40_000_000
 JPEG_PIXEL_FACTOR = 5
-ALPHA_BACKGROUND = 255           # transparent pixels are composited onto white
+# Transparent pixels are composited onto white, or onto black when the visible content is light (its
+# alpha-weighted mean grey is above 127), so dark ink and white shapes on transparency both stay visible.
+ALPHA_BACKGROUND = 255
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -54,15 +56,16 @@ def _not_image_reason(path: str) -> str:
 
 
 def _to_gray_u8(img) -> np.ndarray:
-    """Any Pillow mode -> (H, W) uint8. Alpha is composited on white; 16-bit is scaled by 255/65535."""
-    from PIL import Image
-
+    """Any Pillow mode -> (H, W) uint8. Alpha is composited on white, or on black for light content
+    (ALPHA_BACKGROUND); 16-bit is scaled by 255/65535."""
     mode = img.mode
     if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
             mode in ("P", "L", "RGB") and "transparency" in img.info):
         rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (ALPHA_BACKGROUND,) * 3 + (255,))
-        return np.asarray(Image.alpha_composite(background, rgba).convert("L"), dtype=np.uint8)
+        on_black = _composite(rgba, 0)                     # grey * alpha / 255 in each pixel
+        alpha_sum = int(np.asarray(rgba.getchannel("A")).sum(dtype=np.uint64))
+        light = int(on_black.sum(dtype=np.uint64)) * 255 > 127 * alpha_sum   # alpha-weighted mean grey > 127
+        return on_black if light else _composite(rgba, ALPHA_BACKGROUND)
     if mode.startswith("I"):                                   # I;16, I;16B, I;16L, I (32-bit)
         a = np.asarray(img).astype(np.int64)
         if a.size and (a.min() < 0 or a.max() > 65535):        # not a 16-bit range: stretch
@@ -81,6 +84,13 @@ def _to_gray_u8(img) -> np.ndarray:
         return np.asarray(img.convert("RGB").convert("L"), dtype=np.uint8)
     except (ValueError, OSError) as e:
         raise _Skip(f"unsupported colour mode {mode}") from e
+
+
+def _composite(rgba, background: int) -> np.ndarray:
+    from PIL import Image
+
+    under = Image.new("RGBA", rgba.size, (background,) * 3 + (255,))
+    return np.asarray(Image.alpha_composite(under, rgba).convert("L"), dtype=np.uint8)
 
 
 def _stretch(a: np.ndarray) -> np.ndarray:

@@ -82,6 +82,16 @@ def _cases():
         ("sixteen.tiff", lambda p: save(p, Image.fromarray(np.full((6, 6), 65535, np.uint16))), 255, 0),
         ("float.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 0.5, np.float32))), 128, 0),
         ("int32.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 257 * 10, np.int32))), 10, 0),
+        ("int32_8bit.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 200, np.int32))), 200, 0),
+        ("int32_big.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 200_000, np.int32))), 255, 0),
+        ("float_8bit.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 200.0, np.float32))), 200, 0),
+        ("float_16bit.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 257 * 50.0, np.float32))), 50, 0),
+        ("float_big.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 1e6, np.float32))), 255, 0),
+        ("dark_sixteen.png", lambda p: save(p, Image.fromarray(np.full((6, 6), 200, np.uint16))), 1, 0),
+        ("dark_sixteen.pgm", lambda p: save(p, Image.fromarray(np.full((6, 6), 200, np.uint16))), 1, 0),
+        ("dark_sixteen.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 200, np.uint16))), 1, 0),
+        ("dark_signed16.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 200, np.uint16)),  # opens as I
+                                             tiffinfo={339: 2}), 1, 0),                                # (SampleFormat)
         ("rgb.webp", lambda p: save(p, Image.new("RGB", (8, 8), (100, 100, 100)), lossless=True), 100, 1),
         ("l.pgm", lambda p: save(p, gray(55)), 55, 0),
         ("sixteen.pgm", lambda p: save(p, Image.fromarray(np.full((5, 5), 200 * 257, np.uint16))), 200, 0),

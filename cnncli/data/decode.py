@@ -55,9 +55,10 @@ def _not_image_reason(path: str) -> str:
     return f"not a {names} image (unrecognised or unsupported real format)"
 
 
-def _to_gray_u8(img) -> np.ndarray:
+def _to_gray_u8(img, sixteen_bit: bool = False) -> np.ndarray:
     """Any Pillow mode -> (H, W) uint8. Alpha is composited on white, or on black for light content
-    (ALPHA_BACKGROUND); 16-bit is scaled by 255/65535."""
+    (ALPHA_BACKGROUND). Integer and float samples are scaled by their range (_by_range); sixteen_bit:
+    the file stores 16-bit samples (_stores_16_bit), scaled by 255/65535 whatever their range."""
     mode = img.mode
     if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
             mode in ("P", "L", "RGB") and "transparency" in img.info):
@@ -67,15 +68,10 @@ def _to_gray_u8(img) -> np.ndarray:
         light = int(on_black.sum(dtype=np.uint64)) * 255 > 127 * alpha_sum   # alpha-weighted mean grey > 127
         return on_black if light else _composite(rgba, ALPHA_BACKGROUND)
     if mode.startswith("I"):                                   # I;16, I;16B, I;16L, I (32-bit)
-        a = np.asarray(img).astype(np.int64)
-        if a.size and (a.min() < 0 or a.max() > 65535):        # not a 16-bit range: stretch
-            return _stretch(a.astype(np.float64))
-        return ((a * 255 + 32767) // 65535).astype(np.uint8)
+        return _by_range(np.asarray(img), (65535,) if sixteen_bit or mode != "I" else (255, 65535))
     if mode == "F":
         a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        if a.size and a.min() >= 0.0 and a.max() <= 1.0:
-            return np.rint(a * 255.0).astype(np.uint8)
-        return _stretch(a)
+        return _by_range(a, (1.0, 255.0, 65535.0))
     if mode == "L":
         return np.asarray(img, dtype=np.uint8)
     if mode in ("1", "P", "RGB"):
@@ -84,6 +80,25 @@ def _to_gray_u8(img) -> np.ndarray:
         return np.asarray(img.convert("RGB").convert("L"), dtype=np.uint8)
     except (ValueError, OSError) as e:
         raise _Skip(f"unsupported colour mode {mode}") from e
+
+
+def _by_range(a: np.ndarray, full_scales: tuple) -> np.ndarray:
+    """Samples -> uint8 scaled by the first of full_scales that holds them all (e.g. 0..255 as 8-bit,
+    0..65535 as 16-bit), else by their max; samples with negative values are stretched min..max."""
+    lo, hi = a.min(), a.max()
+    if lo < 0:
+        return _stretch(a.astype(np.float64))
+    top = next((t for t in full_scales if hi <= t), hi)
+    return np.rint(a * (255.0 / top)).astype(np.uint8)
+
+
+def _stores_16_bit(img) -> bool:
+    """Whether a file stores at most 16 bits an integer sample: Pillow widens 16-bit PNG and PGM to
+    mode I, as it does 32-bit TIFF; dark 16-bit data must not be taken for 8-bit."""
+    if img.format in ("PNG", "PPM"):
+        return True
+    bits = getattr(img, "tag_v2", {}).get(258, ())            # TIFF BitsPerSample
+    return img.format == "TIFF" and tuple(bits)[:1] == (16,)
 
 
 def _composite(rgba, background: int) -> np.ndarray:
@@ -181,7 +196,7 @@ def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndar
                 oriented = ImageOps.exif_transpose(img)
             except Exception:                           # broken EXIF: keep the pixels as stored
                 oriented = img
-            gray = _to_gray_u8(oriented)
+            gray = _to_gray_u8(oriented, _stores_16_bit(img))
         return resize_gray(gray, image_size, resize)
     except _Skip:
         raise

@@ -133,7 +133,10 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
     accuracy, top-k, per-class P/R/F1, confusion."""
     from cnncli.evaluate import below_threshold, evaluate, format_metrics
 
-    metrics, _, _ = evaluate(list(checkpoint), data_dir, batch_size=batch_size, top_k=top_k, cache=not no_cache)
+    metrics, dataset, _ = evaluate(list(checkpoint), data_dir, batch_size=batch_size, top_k=top_k,
+                                   cache=not no_cache)
+    for note in dataset.notes:
+        click.echo(note, err=True)
     click.echo(json.dumps(metrics, indent=2) if as_json else printable(format_metrics(metrics)))
     if fail_under is not None and (problem := below_threshold(metrics, metric, fail_under)):
         raise CnnError(problem)

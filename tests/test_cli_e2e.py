@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from cnncli.cli import cli
 from e2e_util import SHAPES, invoke, load_params, make_folder, private_cache, run_cli, write_config  # noqa: F401
@@ -99,6 +101,18 @@ def test_a_validation_folder_without_some_classes_trains_and_says_so(workspace, 
     m = json.loads(invoke(["eval", "--checkpoint", tmp_path / "run" / "last.npz", "--json"]).stdout)
     assert m["num_images"] == 6 and m["absent"] == [SHAPES[0]]
     assert m["accuracy"] == pytest.approx(float(rows[-1]["val_acc"]))
+
+
+def test_images_of_one_grey_level_are_used_and_named_in_one_warning(workspace, tmp_path):
+    tmp, data = workspace
+    shutil.copytree(data, tmp_path / "data")
+    Image.new("L", (32, 32), 255).save(tmp_path / "data" / SHAPES[1] / "blank.png")
+    line = f"warning: 1 image(s) decode to a single grey level, e.g. {tmp_path / 'data' / SHAPES[1] / 'blank.png'}\n"
+    res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", tmp_path / "run", "--no-report",
+                  "--set", f"data.train={tmp_path / 'data'}", "--set", "train.epochs=1"])
+    assert res.exit_code == 0 and res.stderr.count(line) == 1, res.stderr
+    res = invoke(["eval", "--checkpoint", tmp_path / "run", "--data", tmp_path / "data", "--json"])
+    assert res.exit_code == 0 and res.stderr == line and json.loads(res.stdout)["num_images"] == 37
 
 
 def test_predict_files_folders_json_and_a_bad_file(trained):

@@ -307,6 +307,19 @@ def test_bad_files_are_skipped_with_reasons_and_hidden_files_ignored(tmp_path):
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
+def test_images_of_a_single_grey_level_are_kept_and_counted_in_one_warning(tmp_path):
+    root = make_folder(tmp_path / "d")
+    save(root / "dog" / "blank.png", gray(255, 20, 20))
+    save(root / "dog" / "clear.png", Image.new("RGBA", (8, 8), (0, 0, 0, 0)))
+    for cache in (False, True, True):              # decoded, decoded into the cache, from the cache
+        ds, skipped = data.load_folder(root, cache=cache)
+        assert len(ds) == 8 and skipped == []
+        assert ds.notes == [f"warning: 2 image(s) decode to a single grey level, e.g. {root / 'dog' / 'blank.png'}"]
+    train, val = data.split(ds, np.arange(7), np.array([7]))
+    assert train.notes == ds.notes and val.notes == []
+    assert data.load_folder(make_folder(tmp_path / "e"), cache=False)[0].notes == []
+
+
 def test_strict_mode_lists_every_skipped_file(tmp_path):
     root = make_folder(tmp_path / "d")
     (root / "cat" / "zero.png").write_bytes(b"")

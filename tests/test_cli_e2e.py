@@ -129,6 +129,17 @@ def test_predict_files_folders_json_and_a_bad_file(trained):
     assert path.endswith("001.png") and cls in SHAPES and 0 <= float(prob) <= 1
 
 
+def test_predict_of_a_folder_without_images_fails(trained, tmp_path):
+    tmp, data, run, _ = trained
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes" / "sub").mkdir(parents=True)
+    (tmp_path / "notes" / "sub" / "a.txt").write_text("x")
+    res = invoke(["predict", "--checkpoint", run, tmp_path / "empty", tmp_path / "notes", data / "bar" / "001.png"])
+    assert res.exit_code == 1 and res.stdout.count("\n") == 1 and "001.png" in res.stdout
+    assert f"error: {tmp_path / 'empty'}: no images found\n" in res.stderr
+    assert f"error: {tmp_path / 'notes'}: no images found\n" in res.stderr
+
+
 def test_same_config_and_seed_give_bitwise_identical_checkpoints(trained):
     tmp, data, run, _ = trained
     res = invoke(["train", "--config", tmp / "cfg.yaml", "--quiet", "--no-report", "--out", tmp / "again"])

@@ -94,6 +94,12 @@ def _cases():
                                              tiffinfo={339: 2}), 1, 0),                                # (SampleFormat)
         ("rgb.webp", lambda p: save(p, Image.new("RGB", (8, 8), (100, 100, 100)), lossless=True), 100, 1),
         ("l.pgm", lambda p: save(p, gray(55)), 55, 0),
+        ("rgb.ppm", lambda p: save(p, Image.new("RGB", (8, 8), (10, 20, 30))), 18, 1),
+        ("l.pnm", lambda p: save(p, gray(57), "PPM"), 57, 0),
+        ("bilevel.pbm", lambda p: save(p, Image.new("1", (9, 9), 1)), 255, 0),
+        ("photo.jfif", lambda p: save(p, gray(150, 20, 20), "JPEG", quality=95), 150, 2),
+        ("photo.jpe", lambda p: save(p, gray(150, 20, 20), "JPEG", quality=95), 150, 2),
+        ("icon.ico", lambda p: save(p, Image.new("RGBA", (32, 32), (40, 40, 40, 255))), 40, 0),
         ("sixteen.pgm", lambda p: save(p, Image.fromarray(np.full((5, 5), 200 * 257, np.uint16))), 200, 0),
         ("rgb.bmp", lambda p: save(p, Image.new("RGB", (8, 8), (10, 20, 30))), 18, 1),
         ("upper.JPG", lambda p: save(p, gray(150, 20, 20), "JPEG", quality=95), 150, 2),
@@ -220,7 +226,7 @@ def bad_files():
         "text.png": (b"this is not an image\n", "looks like text"),
         "bomb.png": (forged_png(20000, 20000), "too large"),
         "bomb_under_pillow_limit.png": (forged_png(7000, 7000), "too large"),
-        "icon.png": (_bytes_of(rgb, "ICO"), "not a PNG/JPEG"),
+        "pcx.png": (_bytes_of(rgb, "PCX"), "not a PNG/JPEG"),
         "targa.jpg": (_bytes_of(rgb, "TGA"), "not a PNG/JPEG"),
         "doc.tif": (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "PDF"),
         "garbage.webp": (bytes(range(256)) * 4, "not a PNG/JPEG"),
@@ -345,6 +351,18 @@ def test_nested_folders_case_insensitive_extensions_and_order(tmp_path):
     assert ds.labels.dtype == np.int64 and ds.labels.tolist() == [0, 0, 1, 1]
     assert [int(round(ds.images[i].mean())) for i in range(4)] == [4, 3, 2, 1]
     assert [(os.path.basename(p), w) for p, w in skipped] == [("loose.png", "not inside a class subfolder")]
+
+
+def test_folders_read_every_image_extension_a_single_file_may_have(tmp_path):
+    root = tmp_path / "d"
+    exts = [".ppm", ".pnm", ".pbm", ".jfif", ".jpe", ".ico", ".JFIF"]
+    for i, ext in enumerate(exts):
+        save(root / "a" / f"x{i}{ext}", gray(10 * i + 5, 16, 16).convert("RGBA" if ext == ".ico" else "L"),
+             "JPEG" if ext.lower() in (".jfif", ".jpe") else None)
+    save(root / "b" / "y.png", gray(1))
+    ds, skipped = data.load_folder(root, cache=False)
+    assert skipped == [] and [os.path.basename(p) for p in ds.paths[:-1]] == [f"x{i}{e}" for i, e in enumerate(exts)]
+    assert [int(round(ds.images[i].mean())) for i in range(len(exts))] == [10 * i + 5 for i in range(len(exts))]
 
 
 def test_parallel_decode_matches_serial(tmp_path, monkeypatch):

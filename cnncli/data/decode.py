@@ -15,9 +15,11 @@ import numpy as np
 
 from ..errors import DataError
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".tif", ".tiff", ".webp"}
-# Pillow plugins we let parse a file; anything else is "not a supported image" (JPEG covers MPO).
-PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "PPM", "TIFF", "WEBP")
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".pgm", ".ppm", ".pbm", ".pnm",
+                    ".tif", ".tiff", ".webp", ".ico"}
+# Pillow plugins we let parse a file; anything else is "not a supported image" (JPEG covers MPO,
+# PPM the whole PBM/PGM/PPM/PNM family).
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "PPM", "TIFF", "WEBP", "ICO")
 RESIZE_MODES = ("pad", "stretch", "crop")
 # Header-declared width*height above the limit is skipped, undecoded (per call: max_pixels). A file
 # that decodes at full size holds its pixels and their copies at once: a 40 MP RGBA PNG peaks near
@@ -43,7 +45,7 @@ def _not_image_reason(path: str) -> str:
             head = f.read(512)
     except OSError as e:
         return f"cannot read file ({e.strerror or e})"
-    names = "PNG/JPEG/BMP/GIF/PGM/TIFF/WebP"
+    names = "PNG/JPEG/BMP/GIF/PNM/TIFF/WebP/ICO"
     if head.startswith(b"%PDF"):
         return f"not a {names} image (it is a PDF)"
     try:

@@ -216,7 +216,7 @@ def evaluate_found(predictor, found, batch_size=256, top_k=None, classes=None):
     metrics["data"] = description
     metrics["skipped"] = len(skipped)
     metrics["skipped_files"] = [[printable(p), printable(r)] for p, r in skipped]
-    metrics["warnings"] = list(warnings)
+    metrics["warnings"] = list(warnings) + [n.removeprefix("warning: ") for n in dataset.notes]
     return metrics, dataset, probs
 
 
@@ -306,7 +306,7 @@ def check_classes(expected, found, data_dir):
 
 def gather_paths(paths):
     """cnn predict's PATHs (image files, folders, labels CSVs) -> (PathList of image files, failures
-    [(path, reason)]): a path that cannot be listed is a failure, not an error."""
+    [(path, reason)]): a path that cannot be listed, or that lists no images, is a failure, not an error."""
     from .data import PathList, list_images_and_bad
     from .data.csvindex import is_labels_file, list_csv_paths
 
@@ -316,6 +316,8 @@ def gather_paths(paths):
             found, unscannable = list_csv_paths(p) if is_labels_file(p) else list_images_and_bad(p)
             files.extend(found)
             failures.extend(unscannable)
+            if not found:
+                failures.append((p, "no images found"))
         except CnnError as err:  # its message names the path already
             failures.append((p, str(err).removeprefix(f"{p}: ")))
     return files, failures

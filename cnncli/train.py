@@ -360,6 +360,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
         (run_dir / "config.yaml").write_text(trainer.cfg_text, encoding="utf-8", errors="backslashreplace")
         if skipped:
             runfolder.write_skipped(run_dir, skipped, echo)
+        for note in train_ds.notes + val_ds.notes:
+            echo(note)
     m, o = cfg["model"], cfg["optim"]
     ranks = f"{net.comm.size} MPI ranks x " if net.comm.size > 1 else ""      # the ranks that share each step
     taken = Path(out or cfg["out"])

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from cnncli.cli import cli
 from e2e_util import SHAPES, invoke, load_params, make_folder, private_cache, run_cli, write_config  # noqa: F401
@@ -137,6 +139,20 @@ def test_a_validation_folder_without_some_classes_trains_and_says_so(workspace, 
     assert m["accuracy"] == pytest.approx(float(rows[-1]["val_acc"]))
 
 
+def test_images_of_one_grey_level_are_used_and_named_in_one_warning(workspace, tmp_path):
+    tmp, data = workspace
+    shutil.copytree(data, tmp_path / "data")
+    Image.new("L", (32, 32), 255).save(tmp_path / "data" / SHAPES[1] / "blank.png")
+    line = f"warning: 1 image(s) decode to a single grey level, e.g. {tmp_path / 'data' / SHAPES[1] / 'blank.png'}\n"
+    res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", tmp_path / "run", "--no-report",
+                  "--set", f"data.train={tmp_path / 'data'}", "--set", "train.epochs=1"])
+    assert res.exit_code == 0 and res.stderr.count(line) == 1, res.stderr
+    res = invoke(["eval", "--checkpoint", tmp_path / "run", "--data", tmp_path / "data", "--json"])
+    m = json.loads(res.stdout)
+    assert res.exit_code == 0 and res.stderr.startswith(line) and res.stderr.count("single grey level") == 1
+    assert m["num_images"] == 37 and m["warnings"] == [line.removeprefix("warning: ").strip()]
+
+
 def test_predict_files_folders_json_and_a_bad_file(trained):
     tmp, data, run, _ = trained
     res = CliRunner().invoke(cli, ["predict", "--checkpoint", str(run), str(data / "disc"), "--json", "--top-k", "2"])
@@ -149,6 +165,17 @@ def test_predict_files_folders_json_and_a_bad_file(trained):
     assert one.exit_code == 0
     path, cls, prob = one.stdout.strip().split("\t")[:3]
     assert path.endswith("001.png") and cls in SHAPES and 0 <= float(prob) <= 1
+
+
+def test_predict_of_a_folder_without_images_fails(trained, tmp_path):
+    tmp, data, run, _ = trained
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes" / "sub").mkdir(parents=True)
+    (tmp_path / "notes" / "sub" / "a.txt").write_text("x")
+    res = invoke(["predict", "--checkpoint", run, tmp_path / "empty", tmp_path / "notes", data / "bar" / "001.png"])
+    assert res.exit_code == 1 and res.stdout.count("\n") == 1 and "001.png" in res.stdout
+    assert f"error: {tmp_path / 'empty'}: no images found\n" in res.stderr
+    assert f"error: {tmp_path / 'notes'}: no images found\n" in res.stderr
 
 
 def test_same_config_and_seed_give_bitwise_identical_checkpoints(trained):

@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageDraw, ImageFile
 
 from cnncli import data
 from cnncli.data import decode as dec
@@ -82,8 +82,24 @@ def _cases():
         ("sixteen.tiff", lambda p: save(p, Image.fromarray(np.full((6, 6), 65535, np.uint16))), 255, 0),
         ("float.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 0.5, np.float32))), 128, 0),
         ("int32.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 257 * 10, np.int32))), 10, 0),
+        ("int32_8bit.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 200, np.int32))), 200, 0),
+        ("int32_big.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 200_000, np.int32))), 255, 0),
+        ("float_8bit.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 200.0, np.float32))), 200, 0),
+        ("float_16bit.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 257 * 50.0, np.float32))), 50, 0),
+        ("float_big.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 1e6, np.float32))), 255, 0),
+        ("dark_sixteen.png", lambda p: save(p, Image.fromarray(np.full((6, 6), 200, np.uint16))), 1, 0),
+        ("dark_sixteen.pgm", lambda p: save(p, Image.fromarray(np.full((6, 6), 200, np.uint16))), 1, 0),
+        ("dark_sixteen.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 200, np.uint16))), 1, 0),
+        ("dark_signed16.tif", lambda p: save(p, Image.fromarray(np.full((6, 6), 200, np.uint16)),  # opens as I
+                                             tiffinfo={339: 2}), 1, 0),                                # (SampleFormat)
         ("rgb.webp", lambda p: save(p, Image.new("RGB", (8, 8), (100, 100, 100)), lossless=True), 100, 1),
         ("l.pgm", lambda p: save(p, gray(55)), 55, 0),
+        ("rgb.ppm", lambda p: save(p, Image.new("RGB", (8, 8), (10, 20, 30))), 18, 1),
+        ("l.pnm", lambda p: save(p, gray(57), "PPM"), 57, 0),
+        ("bilevel.pbm", lambda p: save(p, Image.new("1", (9, 9), 1)), 255, 0),
+        ("photo.jfif", lambda p: save(p, gray(150, 20, 20), "JPEG", quality=95), 150, 2),
+        ("photo.jpe", lambda p: save(p, gray(150, 20, 20), "JPEG", quality=95), 150, 2),
+        ("icon.ico", lambda p: save(p, Image.new("RGBA", (32, 32), (40, 40, 40, 255))), 40, 0),
         ("sixteen.pgm", lambda p: save(p, Image.fromarray(np.full((5, 5), 200 * 257, np.uint16))), 200, 0),
         ("rgb.bmp", lambda p: save(p, Image.new("RGB", (8, 8), (10, 20, 30))), 18, 1),
         ("upper.JPG", lambda p: save(p, gray(150, 20, 20), "JPEG", quality=95), 150, 2),
@@ -99,6 +115,17 @@ def test_every_mode_and_size_becomes_uint8_square(tmp_path, name, writer, value,
     a = data.load_image(p, image_size=32, resize=resize)
     assert a.shape == (32, 32) and a.dtype == np.uint8 and a.flags.c_contiguous
     assert np.abs(a.astype(int) - value).max() <= tol, (a.min(), a.max())
+
+
+@pytest.mark.parametrize("ink,grey,background", [(255, 255, 0), (0, 0, 255), (200, 200, 0), (100, 100, 255)])
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_transparency_is_composited_on_the_background_that_keeps_the_content_visible(tmp_path, mode, ink, grey,
+                                                                                      background):
+    # a disc of grey `ink` on a fully transparent field whose hidden colour is the opposite of the ink
+    img = Image.new(mode, (40, 40), (255 - ink,) * (len(mode) - 1) + (0,))
+    ImageDraw.Draw(img).ellipse([8, 8, 31, 31], fill=(ink,) * (len(mode) - 1) + (255,))
+    a = data.load_image(save(tmp_path / "disc.png", img), resize="stretch").astype(int)
+    assert abs(a[16, 16] - grey) <= 1 and a[0, 0] == background and a[31, 31] == background
 
 
 def test_image_size_parameter(tmp_path):
@@ -199,7 +226,7 @@ def bad_files():
         "text.png": (b"this is not an image\n", "looks like text"),
         "bomb.png": (forged_png(20000, 20000), "too large"),
         "bomb_under_pillow_limit.png": (forged_png(7000, 7000), "too large"),
-        "icon.png": (_bytes_of(rgb, "ICO"), "not a PNG/JPEG"),
+        "pcx.png": (_bytes_of(rgb, "PCX"), "not a PNG/JPEG"),
         "targa.jpg": (_bytes_of(rgb, "TGA"), "not a PNG/JPEG"),
         "doc.tif": (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "PDF"),
         "garbage.webp": (bytes(range(256)) * 4, "not a PNG/JPEG"),
@@ -235,6 +262,30 @@ def test_decompression_bomb_warning_becomes_a_skip_not_a_warning(tmp_path):
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
+def forged_jpeg(width, height):
+    """A small valid JPEG whose frame header (SOF0) declares width x height."""
+    b = bytearray(_bytes_of(gray(0), "JPEG"))
+    sof = b.index(b"\xff\xc0")
+    b[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(b)
+
+
+def test_a_192_megapixel_phone_jpeg_loads_and_the_jpeg_limit_still_holds(tmp_path):
+    img = Image.new("L", (16000, 12000), 220)        # mostly flat: ~2 MB on disk
+    ImageDraw.Draw(img).ellipse([5000, 3000, 11000, 9000], fill=20)
+    p = save(tmp_path / "d" / "dark" / "phone.jpg", img, quality=80)
+    del img
+    a = data.load_image(p)
+    assert abs(int(a[16, 16]) - 20) <= 3 and abs(int(a[1, 1]) - 220) <= 3     # a dark disc on light
+    save(tmp_path / "d" / "light" / "x.png", gray(220))
+    ds, skipped = data.load_folder(tmp_path / "d", cache=False)
+    assert skipped == [] and np.array_equal(ds.images[0], a)
+    bomb = tmp_path / "bomb.jpg"
+    bomb.write_bytes(forged_jpeg(20000, 15000))      # 300 MP: refused from its header
+    with pytest.raises(DataError, match=r"too large: 20000x15000 = 300.0 megapixels \(limit 200 for a JPEG\)"):
+        data.load_image(bomb)
+
+
 def make_folder(root, per_class=3, classes=("cat", "dog")):
     for ci, c in enumerate(classes):
         for i in range(per_class):
@@ -262,6 +313,19 @@ def test_bad_files_are_skipped_with_reasons_and_hidden_files_ignored(tmp_path):
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
+def test_images_of_a_single_grey_level_are_kept_and_counted_in_one_warning(tmp_path):
+    root = make_folder(tmp_path / "d")
+    save(root / "dog" / "blank.png", gray(255, 20, 20))
+    save(root / "dog" / "clear.png", Image.new("RGBA", (8, 8), (0, 0, 0, 0)))
+    for cache in (False, True, True):              # decoded, decoded into the cache, from the cache
+        ds, skipped = data.load_folder(root, cache=cache)
+        assert len(ds) == 8 and skipped == []
+        assert ds.notes == [f"warning: 2 image(s) decode to a single grey level, e.g. {root / 'dog' / 'blank.png'}"]
+    train, val = data.split(ds, np.arange(7), np.array([7]))
+    assert train.notes == ds.notes and val.notes == []
+    assert data.load_folder(make_folder(tmp_path / "e"), cache=False)[0].notes == []
+
+
 def test_strict_mode_lists_every_skipped_file(tmp_path):
     root = make_folder(tmp_path / "d")
     (root / "cat" / "zero.png").write_bytes(b"")
@@ -287,6 +351,18 @@ def test_nested_folders_case_insensitive_extensions_and_order(tmp_path):
     assert ds.labels.dtype == np.int64 and ds.labels.tolist() == [0, 0, 1, 1]
     assert [int(round(ds.images[i].mean())) for i in range(4)] == [4, 3, 2, 1]
     assert [(os.path.basename(p), w) for p, w in skipped] == [("loose.png", "not inside a class subfolder")]
+
+
+def test_folders_read_every_image_extension_a_single_file_may_have(tmp_path):
+    root = tmp_path / "d"
+    exts = [".ppm", ".pnm", ".pbm", ".jfif", ".jpe", ".ico", ".JFIF"]
+    for i, ext in enumerate(exts):
+        save(root / "a" / f"x{i}{ext}", gray(10 * i + 5, 16, 16).convert("RGBA" if ext == ".ico" else "L"),
+             "JPEG" if ext.lower() in (".jfif", ".jpe") else None)
+    save(root / "b" / "y.png", gray(1))
+    ds, skipped = data.load_folder(root, cache=False)
+    assert skipped == [] and [os.path.basename(p) for p in ds.paths[:-1]] == [f"x{i}{e}" for i, e in enumerate(exts)]
+    assert [int(round(ds.images[i].mean())) for i in range(len(exts))] == [10 * i + 5 for i in range(len(exts))]
 
 
 def test_parallel_decode_matches_serial(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import secrets
 
 import numpy as np
 
-CACHE_FORMAT_VERSION = 2         # bump when decoding/resizing/the key changes what pixels come out
+CACHE_FORMAT_VERSION = 6         # bump when decoding/resizing/the key changes what pixels come out
 
 
 def cache_dir() -> str:

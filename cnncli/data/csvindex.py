@@ -127,7 +127,8 @@ class CsvIndex:
             try:
                 st = os.stat(file)
             except OSError as e:
-                self.bad.append((file, f"cannot read ({e.strerror or e})"))
+                self.bad.append((f"{printable(path)} line {line}",
+                                 f"cannot read {printable(file)} ({e.strerror or e})"))
                 continue
             h.update(f"{file}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}\n"
                      .encode("utf-8", "surrogatepass"))

@@ -30,6 +30,7 @@ class Dataset:
     labels: np.ndarray                       # (N,) int64 in [0, len(classes))
     classes: list[str]
     paths: list[str] = field(default_factory=list)    # or a PathList (load_folder): a sequence of str
+    notes: list[str] = field(default_factory=list)    # load_folder's one-line warnings about the images
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -60,6 +61,8 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
     Returns (dataset, skipped) with skipped = [(printable path, reason)]: loose root-level images,
     unscannable folders, then unusable files in class/path order. strict=True raises DataError
     listing them instead. Dataset.paths keep undecodable name bytes (surrogateescape) so files open.
+    Dataset.notes holds one-line warnings for the user: images that decode to a single grey level are
+    kept, and counted there.
     missing_ok: classes (all of them, in their order) may have no images here (scan.Index).
     """
     root = os.fspath(root)
@@ -99,7 +102,18 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
                         f"({len(skipped)} file(s) skipped)")
     ix.rels.prefix = prefix                           # the Index is done with: its names become the paths
     paths = ix.rels if keep.all() else ix.rels.take(np.flatnonzero(keep))
-    return Dataset(images, labels, list(ix.classes), paths), skipped
+    return Dataset(images, labels, list(ix.classes), paths, _flat_note(images, paths)), skipped
+
+
+def _flat_note(images, paths, chunk: int = 1 << 16) -> list[str]:
+    """[a warning naming one of the images whose pixels are all one grey level], or [] if none is:
+    such an image is kept, but its file likely decodes to something other than its picture."""
+    flat = [a + np.flatnonzero(part.min(axis=(1, 2)) == part.max(axis=(1, 2)))
+            for a in range(0, len(images), chunk) for part in [images[a:a + chunk]]]
+    flat = np.concatenate(flat) if flat else np.zeros(0, np.int64)
+    if not flat.size:
+        return []
+    return [f"warning: {flat.size} image(s) decode to a single grey level, e.g. {printable(paths[int(flat[0])])}"]
 
 
 def split(ds: Dataset, train_idx, val_idx, chunk: int = 4096) -> tuple[Dataset, Dataset]:
@@ -118,7 +132,7 @@ def split(ds: Dataset, train_idx, val_idx, chunk: int = 4096) -> tuple[Dataset, 
     for a in range(0, tr.size, chunk):                # tr[j] >= j: rows read before they are written
         b = min(a + chunk, tr.size)
         images[a:b] = images[tr[a:b]]
-    train = Dataset(images[:tr.size], ds.labels[tr], list(ds.classes), _take(ds.paths, tr))
+    train = Dataset(images[:tr.size], ds.labels[tr], list(ds.classes), _take(ds.paths, tr), list(ds.notes))
     return train, val
 
 

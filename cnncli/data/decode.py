@@ -9,18 +9,29 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import warnings
 
 import numpy as np
 
 from ..errors import DataError
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".tif", ".tiff", ".webp"}
-# Pillow plugins we let parse a file; anything else is "not a supported image" (JPEG covers MPO).
-PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "PPM", "TIFF", "WEBP")
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".pgm", ".ppm", ".pbm", ".pnm",
+                    ".tif", ".tiff", ".webp", ".ico"}
+# Pillow plugins we let parse a file; anything else is "not a supported image" (JPEG covers MPO,
+# PPM the whole PBM/PGM/PPM/PNM family).
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "PPM", "TIFF", "WEBP", "ICO")
 RESIZE_MODES = ("pad", "stretch", "crop")
-MAX_PIXELS = 40_000_000          # header-declared width*height above this is skipped, undecoded
-ALPHA_BACKGROUND = 255           # transparent pixels are composited onto white
+# Header-declared width*height above the limit is skipped, undecoded (per call: max_pixels). A file
+# that decodes at full size holds its pixels and their copies at once: a 40 MP RGBA PNG peaks near
+# 0.9 GB. A JPEG decodes at up to 1/8 scale (draft), so it may have JPEG_PIXEL_FACTOR times as many
+# (200 MP): a baseline one decodes in strips (a few MB); a progressive one keeps its DCT coefficients,
+# 2 bytes a pixel per colour channel, up to 1.2 GB at 200 MP. (Per decoding process: one per core.)
+MAX_PIXELS = 40_000_000
+JPEG_PIXEL_FACTOR = 5
+# Transparent pixels are composited onto white, or onto black when the visible content is light (its
+# alpha-weighted mean grey is above 127), so dark ink and white shapes on transparency both stay visible.
+ALPHA_BACKGROUND = 255
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -35,7 +46,7 @@ def _not_image_reason(path: str) -> str:
             head = f.read(512)
     except OSError as e:
         return f"cannot read file ({e.strerror or e})"
-    names = "PNG/JPEG/BMP/GIF/PGM/TIFF/WebP"
+    names = "PNG/JPEG/BMP/GIF/PNM/TIFF/WebP/ICO"
     if head.startswith(b"%PDF"):
         return f"not a {names} image (it is a PDF)"
     try:
@@ -47,26 +58,23 @@ def _not_image_reason(path: str) -> str:
     return f"not a {names} image (unrecognised or unsupported real format)"
 
 
-def _to_gray_u8(img) -> np.ndarray:
-    """Any Pillow mode -> (H, W) uint8. Alpha is composited on white; 16-bit is scaled by 255/65535."""
-    from PIL import Image
-
+def _to_gray_u8(img, sixteen_bit: bool = False) -> np.ndarray:
+    """Any Pillow mode -> (H, W) uint8. Alpha is composited on white, or on black for light content
+    (ALPHA_BACKGROUND). Integer and float samples are scaled by their range (_by_range); sixteen_bit:
+    the file stores 16-bit samples (_stores_16_bit), scaled by 255/65535 whatever their range."""
     mode = img.mode
     if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
             mode in ("P", "L", "RGB") and "transparency" in img.info):
         rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (ALPHA_BACKGROUND,) * 3 + (255,))
-        return np.asarray(Image.alpha_composite(background, rgba).convert("L"), dtype=np.uint8)
+        on_black = _composite(rgba, 0)                     # grey * alpha / 255 in each pixel
+        alpha_sum = int(np.asarray(rgba.getchannel("A")).sum(dtype=np.uint64))
+        light = int(on_black.sum(dtype=np.uint64)) * 255 > 127 * alpha_sum   # alpha-weighted mean grey > 127
+        return on_black if light else _composite(rgba, ALPHA_BACKGROUND)
     if mode.startswith("I"):                                   # I;16, I;16B, I;16L, I (32-bit)
-        a = np.asarray(img).astype(np.int64)
-        if a.size and (a.min() < 0 or a.max() > 65535):        # not a 16-bit range: stretch
-            return _stretch(a.astype(np.float64))
-        return ((a * 255 + 32767) // 65535).astype(np.uint8)
+        return _by_range(np.asarray(img), (65535,) if sixteen_bit or mode != "I" else (255, 65535))
     if mode == "F":
         a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        if a.size and a.min() >= 0.0 and a.max() <= 1.0:
-            return np.rint(a * 255.0).astype(np.uint8)
-        return _stretch(a)
+        return _by_range(a, (1.0, 255.0, 65535.0))
     if mode == "L":
         return np.asarray(img, dtype=np.uint8)
     if mode in ("1", "P", "RGB"):
@@ -75,6 +83,32 @@ def _to_gray_u8(img) -> np.ndarray:
         return np.asarray(img.convert("RGB").convert("L"), dtype=np.uint8)
     except (ValueError, OSError) as e:
         raise _Skip(f"unsupported colour mode {mode}") from e
+
+
+def _by_range(a: np.ndarray, full_scales: tuple) -> np.ndarray:
+    """Samples -> uint8 scaled by the first of full_scales that holds them all (e.g. 0..255 as 8-bit,
+    0..65535 as 16-bit), else by their max; samples with negative values are stretched min..max."""
+    lo, hi = a.min(), a.max()
+    if lo < 0:
+        return _stretch(a.astype(np.float64))
+    top = next((t for t in full_scales if hi <= t), hi)
+    return np.rint(a * (255.0 / top)).astype(np.uint8)
+
+
+def _stores_16_bit(img) -> bool:
+    """Whether a file stores at most 16 bits an integer sample: Pillow widens 16-bit PNG and PGM to
+    mode I, as it does 32-bit TIFF; dark 16-bit data must not be taken for 8-bit."""
+    if img.format in ("PNG", "PPM"):
+        return True
+    bits = getattr(img, "tag_v2", {}).get(258, ())            # TIFF BitsPerSample
+    return img.format == "TIFF" and tuple(bits)[:1] == (16,)
+
+
+def _composite(rgba, background: int) -> np.ndarray:
+    from PIL import Image
+
+    under = Image.new("RGBA", rgba.size, (background,) * 3 + (255,))
+    return np.asarray(Image.alpha_composite(under, rgba).convert("L"), dtype=np.uint8)
 
 
 def _stretch(a: np.ndarray) -> np.ndarray:
@@ -120,6 +154,27 @@ def resize_gray(a: np.ndarray, image_size: int, resize: str) -> np.ndarray:
     return out
 
 
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def _open(path: str):
+    """-> (Image.open of path restricted to PIL_FORMATS, whether it is a JPEG). Pillow's own pixel
+    limit, which is the same for every format, is off while a JPEG opens: _decode checks the JPEG limit
+    next, before any decoding."""
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        jpeg = f.read(3) == b"\xff\xd8\xff"
+    if not jpeg:
+        return Image.open(path, formats=list(PIL_FORMATS)), False
+    with _PIL_LIMIT_LOCK:                     # (threads of one process: the setting is Pillow's global)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(path, formats=["JPEG"]), True
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndarray:
     """One file -> (S, S) uint8, or raise _Skip(reason). Catches everything a hostile file can throw."""
     from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -132,11 +187,13 @@ def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndar
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise _Skip("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; refusing to accept truncated data")
     try:
-        with Image.open(path, formats=list(PIL_FORMATS)) as img:
+        img, jpeg = _open(path)
+        with img:
             w, h = img.size
-            if w * h > max_pixels:
-                raise _Skip(f"too large: {w}x{h} = {w * h / 1e6:.1f} megapixels "
-                            f"(limit {max_pixels / 1e6:g}); possible decompression bomb")
+            limit = max_pixels * JPEG_PIXEL_FACTOR if jpeg else max_pixels
+            if w * h > limit:
+                raise _Skip(f"too large: {w}x{h} = {w * h / 1e6:.1f} megapixels (limit {limit / 1e6:g}"
+                            f"{' for a JPEG' if jpeg else ''}); possible decompression bomb")
             if w < 1 or h < 1:
                 raise _Skip(f"empty image ({w}x{h})")
             if img.format == "JPEG" or img.format == "MPO":
@@ -146,7 +203,7 @@ def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndar
                 oriented = ImageOps.exif_transpose(img)
             except Exception:                           # broken EXIF: keep the pixels as stored
                 oriented = img
-            gray = _to_gray_u8(oriented)
+            gray = _to_gray_u8(oriented, _stores_16_bit(img))
         return resize_gray(gray, image_size, resize)
     except _Skip:
         raise

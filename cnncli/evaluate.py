@@ -216,7 +216,7 @@ def evaluate_found(predictor, found, batch_size=256, top_k=None, classes=None):
     metrics["data"] = description
     metrics["skipped"] = len(skipped)
     metrics["skipped_files"] = [[printable(p), printable(r)] for p, r in skipped]
-    metrics["warnings"] = list(warnings) + [n.removeprefix("warning: ") for n in dataset.notes]
+    metrics["warnings"] = list(warnings) + [n.partition(": ")[2] for n in dataset.notes]   # ("warning: ...")
     return metrics, dataset, probs
 
 

@@ -326,6 +326,19 @@ def test_images_of_a_single_grey_level_are_kept_and_counted_in_one_warning(tmp_p
     assert data.load_folder(make_folder(tmp_path / "e"), cache=False)[0].notes == []
 
 
+def test_files_of_other_extensions_are_counted_in_one_note(tmp_path):
+    root = make_folder(tmp_path / "d")
+    for rel in ("cat/notes.txt", "cat/sub/scan.xyz", "dog/README", "dog/more.txt", "dog/Thumbs.db", "dog/.hidden"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    for cache in (False, True, True):              # decoded, into the cache, from the cache: scanned each time
+        ds, _ = data.load_folder(root, cache=cache)
+        assert len(ds) == 6
+        assert ds.notes == ["note: 4 file(s) with other extensions were not read (.txt: 2, (no extension): 1, "
+                            ".xyz: 1)"]
+    assert data.load_folder(make_folder(tmp_path / "e"), cache=False)[0].notes == []
+
+
 def test_strict_mode_lists_every_skipped_file(tmp_path):
     root = make_folder(tmp_path / "d")
     (root / "cat" / "zero.png").write_bytes(b"")

@@ -91,6 +91,10 @@ class CsvIndex:
 
     what = "labels file"
 
+    def ignored_note(self) -> list[str]:
+        """[]: a labels file names its images; it leaves none out by extension."""
+        return []
+
     def __init__(self, path: str, classes=None, missing_ok: bool = False):
         self.missing_ok, self.loose, self.bad = missing_ok, [], []
         h = hashlib.sha256()

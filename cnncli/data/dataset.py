@@ -30,7 +30,7 @@ class Dataset:
     labels: np.ndarray                       # (N,) int64 in [0, len(classes))
     classes: list[str]
     paths: list[str] = field(default_factory=list)    # or a PathList (load_folder): a sequence of str
-    notes: list[str] = field(default_factory=list)    # load_folder's one-line warnings about the images
+    notes: list[str] = field(default_factory=list)    # load_folder's one-line notes and warnings on the folder
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -61,8 +61,8 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
     Returns (dataset, skipped) with skipped = [(printable path, reason)]: loose root-level images,
     unscannable folders, then unusable files in class/path order. strict=True raises DataError
     listing them instead. Dataset.paths keep undecodable name bytes (surrogateescape) so files open.
-    Dataset.notes holds one-line warnings for the user: images that decode to a single grey level are
-    kept, and counted there.
+    Dataset.notes holds one-line notes for the user: files left out for their extension are counted,
+    and images that decode to a single grey level are kept and counted there.
     missing_ok: classes (all of them, in their order) may have no images here (scan.Index).
     """
     root = os.fspath(root)
@@ -102,7 +102,7 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
                         f"({len(skipped)} file(s) skipped)")
     ix.rels.prefix = prefix                           # the Index is done with: its names become the paths
     paths = ix.rels if keep.all() else ix.rels.take(np.flatnonzero(keep))
-    return Dataset(images, labels, list(ix.classes), paths, _flat_note(images, paths)), skipped
+    return Dataset(images, labels, list(ix.classes), paths, ix.ignored_note() + _flat_note(images, paths)), skipped
 
 
 def _flat_note(images, paths, chunk: int = 1 << 16) -> list[str]:

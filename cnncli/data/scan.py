@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from array import array
+from collections import Counter
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from .decode import IMAGE_EXTENSIONS
 from .pathlist import PathList
 
 IGNORED_DIRS = {"__MACOSX"}      # macOS zip debris; hidden (dot) folders are ignored as well
+OS_DEBRIS = {"thumbs.db", "desktop.ini", "ehthumbs.db"}   # files an OS leaves, not counted as ignored
 
 
 def printable(path: str) -> str:
@@ -41,9 +43,10 @@ def _reason(e: OSError) -> str:
     return f"cannot scan folder ({e.strerror or e})"
 
 
-def _add_entry(e, rel_dir: str, out: list, st_all, stack: list, bad) -> None:
+def _add_entry(e, rel_dir: str, out: list, st_all, stack: list, bad, ignored) -> None:
     """One scandir entry: a folder goes on `stack`, an image file's rel path to `out` (and its
-    (size, mtime_ns, inode, ctime_ns) to st_all), an unreadable entry to `bad`."""
+    (size, mtime_ns, inode, ctime_ns) to st_all), an unreadable entry to `bad`, another file's
+    extension to the Counter `ignored` (OS debris left out)."""
     name = e.name
     if name[0] == "." or name in IGNORED_DIRS:
         return
@@ -64,13 +67,16 @@ def _add_entry(e, rel_dir: str, out: list, st_all, stack: list, bad) -> None:
                 st_all.extend((st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
             except OSError:                            # dangling symlink: the decoder reports it
                 st_all.extend((-1, -1, -1, -1))
+    elif ignored is not None and name.lower() not in OS_DEBRIS:
+        ignored["." + name.rpartition(".")[2].lower() if "." in name else "(no extension)"] += 1
 
 
-def _scan_images(top: str, bad: list | None = None, stats: list | None = None) -> list[str]:
+def _scan_images(top: str, bad: list | None = None, stats: list | None = None, ignored=None) -> list[str]:
     """Relative paths (with '/') of every non-hidden image file under top, recursively, sorted.
     Follows symlinked folders, each real folder once (no loops). Folders that cannot be listed go to
     `bad` as (relative path + '/', reason). With `stats` (a list), stats[0] becomes an (N,4) int64
-    array of (size, mtime_ns, inode, ctime_ns) in the same order (-1s for a dangling symlink)."""
+    array of (size, mtime_ns, inode, ctime_ns) in the same order (-1s for a dangling symlink).
+    With `ignored` (a Counter), the other files are counted by extension."""
     out: list[str] = []
     st_all = array("q")                                # 4 numbers a file, not a tuple of Python ints
     seen: set[str] = set()
@@ -84,7 +90,7 @@ def _scan_images(top: str, bad: list | None = None, stats: list | None = None) -
         try:
             with os.scandir(full_dir) as it:           # one entry at a time: no list of DirEntry objects
                 for e in it:
-                    _add_entry(e, rel_dir, out, st_all if stats is not None else None, stack, bad)
+                    _add_entry(e, rel_dir, out, st_all if stats is not None else None, stack, bad, ignored)
         except OSError as e:
             if bad is not None:
                 bad.append((rel_dir, _reason(e)))
@@ -183,13 +189,13 @@ class Index:
             raise DataError(f"data folder {printable(root)}: has only one class "
                             f"({printable(self.classes[0])}); need at least 2")
         h = hashlib.sha256()
-        self.rels, counts, self.bad = PathList(), [], []
+        self.rels, counts, self.bad, self.ignored = PathList(), [], [], Counter()
         for ci, name in enumerate(self.classes):
             if name not in here:                       # missing_ok: no folder of this class
                 counts.append(0)
                 continue
             head, bad, stats = name + "/", [], []
-            found_files = _scan_images(os.path.join(root, name), bad, stats)
+            found_files = _scan_images(os.path.join(root, name), bad, stats, self.ignored)
             _digest_rows(h, head, ci, found_files, stats[0])
             self.rels.extend(head + rel for rel in found_files)
             counts.append(len(found_files))
@@ -201,6 +207,15 @@ class Index:
         h.update(repr(self.loose).encode("utf-8", "surrogatepass"))
         self.digest = h.hexdigest()
         self._check(root, counts)
+
+    def ignored_note(self) -> list[str]:
+        """[one line counting the files with extensions that are not read], or []."""
+        if not self.ignored:
+            return []
+        top = sorted(self.ignored.items(), key=lambda kv: (-kv[1], kv[0]))[:5]      # (not scan order)
+        kinds = ", ".join(f"{printable(ext)}: {n}" for ext, n in top)
+        more = ", ..." if len(self.ignored) > 5 else ""
+        return [f"note: {sum(self.ignored.values())} file(s) with other extensions were not read ({kinds}{more})"]
 
     def _check(self, root, counts):
         if not self.rels:

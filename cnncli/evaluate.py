@@ -106,8 +106,10 @@ def compute_metrics(probs, labels, classes, top_k=3) -> dict:
 
 
 def short_name(name, width):
-    """`name` cut to at most `width` characters, marking a cut with '~' at the end."""
-    name = str(name)
+    """`name` (data.printable) cut to at most `width` characters, marking a cut with '~' at the end."""
+    from .data import printable
+
+    name = printable(str(name))
     if len(name) <= width:
         return name
     return name[: max(1, width - 1)] + "~"

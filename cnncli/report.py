@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CnnError
-from .runfolder import printable
+from .data.scan import printable as name_text
 from .evaluate import evaluate_found, evaluate_predictor, notice_lines, short_name, validation_data
 
 MATPLOTLIB_MISSING = "the plots need matplotlib: pip install 'cnncli[plots]'"
@@ -305,7 +305,7 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
     history = read_history(run_dir / "metrics.csv")
 
     predictor = Predictor.from_checkpoint(ckpt)
-    classes = [printable(c) for c in predictor.classes]   # names not valid UTF-8 shown as \xNN
+    classes = [name_text(c) for c in predictor.classes]   # \xNN for bad bytes, \t \n for control characters
     found = None if data_dir is not None else validation_data(run_dir, predictor)
     if data_dir is not None:
         metrics, dataset, probs = evaluate_predictor(predictor, data_dir)
@@ -319,7 +319,7 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
         for line in notice_lines(metrics):
             echo(line)
     errors = most_confident_errors(probs, dataset.labels) if dataset is not None else ([], [], [])
-    errors_rows = [(printable(dataset.paths[i]) if i < len(dataset.paths) else str(i), classes[dataset.labels[i]], classes[p],
+    errors_rows = [(name_text(dataset.paths[i]) if i < len(dataset.paths) else str(i), classes[dataset.labels[i]], classes[p],
                     f"{q:.4f}") for i, p, q in zip(*errors)]
 
     n = len(classes)

@@ -13,6 +13,7 @@ import yaml
 
 from cnncli import arch
 from cnncli.predictor import Predictor
+from cnncli.data.scan import printable as name_text
 from cnncli.runfolder import printable
 
 
@@ -116,7 +117,7 @@ def format_info(info: dict) -> str:
     prep, train = info["preprocess"], info["training"]
     size = info["bytes"]
     made = f", cnncli {info['cnncli_version']}" if info["cnncli_version"] else ""
-    names = ", ".join(printable(c) for c in info["classes"])
+    names = ", ".join(name_text(c) for c in info["classes"])
     lines = [
         f"checkpoint  {printable(info['checkpoint'])} ({_bytes(size)}{made})",
         f"classes     {len(info['classes'])}: {names}",

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import checkpoint, resume as resume_mod, runfolder
+from cnncli.data.scan import printable as name_text
 from cnncli.callbacks import EarlyStopping, ProgressBar, StopFlag, loss_text, plateau_drops
 from cnncli.tblog import EventLog
 from cnncli import config as config_mod
@@ -377,18 +378,18 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     splits = sorted(c for c in train_ds.classes if c.lower() in SPLIT_NAMES)
     if len(splits) >= 2:
         inner = next((c for c in splits if c.lower().startswith("train")), splits[0])
-        trainer.echo(f"warning: the class folders include {', '.join(map(runfolder.printable, splits))}: data.train "
+        trainer.echo(f"warning: the class folders include {', '.join(map(name_text, splits))}: data.train "
                      "should be the folder that holds one subfolder per class (e.g. "
                      f"{runfolder.printable(os.path.join(cfg['data']['train'], inner))})")
     untrained = [c for c, k in zip(train_ds.classes, np.bincount(train_ds.labels, minlength=len(train_ds.classes)))
                  if k == 0]
     if untrained:              # (a K-fold split of a class with fewer images than folds)
-        trainer.echo(f"note: no training images of {', '.join(map(runfolder.printable, untrained))} "
+        trainer.echo(f"note: no training images of {', '.join(map(name_text, untrained))} "
                      "(all held out for validation)")
     absent = [c for c, k in zip(train_ds.classes, np.bincount(val_ds.labels, minlength=len(train_ds.classes)))
               if k == 0]
     if 0 < len(absent) < len(train_ds.classes):
-        trainer.echo(f"note: no validation images of {', '.join(map(runfolder.printable, absent))}")
+        trainer.echo(f"note: no validation images of {', '.join(map(name_text, absent))}")
     if len(val_ds.labels) == 0:
         trainer.echo(("note: no validation images (data.val_split is 0)" if holds_out_nothing(cfg)
                       else "warning: no validation images")

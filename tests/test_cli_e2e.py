@@ -277,6 +277,28 @@ def test_an_out_that_cannot_be_a_folder_is_one_line(workspace, tmp_path):
         assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_names_with_a_tab_or_a_newline_stay_on_their_line(workspace, tmp_path):
+    tmp, data = workspace
+    root = tmp_path / "data"
+    for name, src in (("tab\there", SHAPES[0]), ("new\nline", SHAPES[1])):
+        (root / name).mkdir(parents=True)
+        for i, f in enumerate(sorted((data / src).glob("00[0-5].png"))):
+            (root / name / (f"odd\n{i}.png" if i == 0 else f.name)).write_bytes(f.read_bytes())
+    run = tmp_path / "run"
+    assert invoke(["train", "--config", tmp / "cfg.yaml", "--out", run, "-q", "--no-report",
+                   "--set", f"data.train={root}", "--set", "train.epochs=1"]).exit_code == 0
+    res = invoke(["predict", "--checkpoint", run, root])
+    lines = res.stdout.splitlines()
+    images = sum(1 for f in root.rglob("*") if f.is_file())
+    assert res.exit_code == 0 and len(lines) == images >= 8 and all(ln.count("\t") == 2 for ln in lines)
+    assert sum("odd\\n0.png" in ln for ln in lines) == 2
+    assert {ln.split("\t")[1] for ln in lines} <= {"tab\\there", "new\\nline"}
+    info = invoke(["info", run]).stdout
+    assert "new\\nline, tab\\there" in info and "new\nline" not in info
+    table = invoke(["eval", "--checkpoint", run, "--data", root]).stdout
+    assert "new\\nline" in table and "new\nline" not in table
+
+
 def test_yaml_syntax_error_names_the_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data:\n  train: x\n optim: [\n")

@@ -22,13 +22,20 @@ IGNORED_DIRS = {"__MACOSX"}      # macOS zip debris; hidden (dot) folders are ig
 OS_DEBRIS = {"thumbs.db", "desktop.ini", "ehthumbs.db"}   # files an OS leaves, not counted as ignored
 
 
+_CONTROL = {**{c: f"\\x{c:02x}" for c in (*range(32), 127)}, 9: "\\t", 10: "\\n", 13: "\\r"}
+
+
 def printable(path: str) -> str:
-    """`path` with bytes that are not valid UTF-8 (surrogateescape) shown as \\xNN: safe to print/write."""
+    """A path or name on one line: bytes that are not valid UTF-8 (surrogateescape) shown as \\xNN,
+    control characters (a tab, a newline in a folder name) as \\t, \\n, \\xNN. Safe to print or
+    write into a tab-separated line."""
+    if path.isprintable():
+        return path
     try:
         path.encode("utf-8")
-        return path
     except UnicodeEncodeError:
-        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        path = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return path.translate(_CONTROL)
 
 
 def _is_hidden(name: str) -> bool:

@@ -89,11 +89,9 @@ def _train_config(config_path, overrides, resume, init_from, out, strict, no_cac
         raise ConfigError("--out: the path is empty")
     overrides = list(overrides) + (["data.strict=true"] if strict else []) + (["data.cache=false"] if no_cache else [])
     if resume is not None and config_path is None:
-        from cnncli import checkpoint
-        from cnncli.predictor import run_checkpoint
+        from cnncli.resume import resumed_config
 
-        meta = checkpoint.load_meta(run_checkpoint(resume))     # (setup loads and checks the whole file)
-        cfg = config_mod.load_config_text(meta.get("config", ""), overrides, source=f"{resume} (config)")
+        cfg = resumed_config(resume, overrides)
     else:
         cfg = config_mod.load_config(config_path, overrides)
     if init_from is not None:

@@ -32,6 +32,17 @@ FROZEN = {
 FROZEN.update({o.key: "the network's architecture" for o in config_mod.OPTIONS if o.key.startswith("model.")})
 
 
+def resumed_config(resume, overrides=()) -> dict:
+    """The config stored in the checkpoint `resume` (a file, or a run folder's last.npz), with the
+    --set overrides: what `cnn train --resume` runs without --config. Reads the metadata only (the
+    run's setup loads and checks the whole file)."""
+    from cnncli import checkpoint
+    from cnncli.predictor import run_checkpoint
+
+    meta = checkpoint.load_meta(run_checkpoint(resume))
+    return config_mod.load_config_text(meta.get("config", ""), overrides, source=f"{resume} (config)")
+
+
 def check_unchanged(saved_text: str, cfg: dict, ckpt_path) -> None:
     """ConfigError naming the first frozen key whose value differs between the checkpoint's config and `cfg`."""
     saved = config_mod.load_config_text(saved_text or "", source=f"{ckpt_path} (config)")

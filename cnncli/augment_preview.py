@@ -49,6 +49,35 @@ def augmented_grid(images, settings, mean, std, cols, seed):
     return out
 
 
+def label_font():
+    """A font for the class names: matplotlib's DejaVu Sans when cnncli[plots] is installed (Latin,
+    Greek, Cyrillic...), else Pillow's own (its scalable default where FreeType is available)."""
+    from PIL import ImageFont
+
+    try:
+        import matplotlib
+
+        return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"), 11)
+    except (ImportError, OSError):
+        pass
+    try:
+        return ImageFont.load_default(size=11)
+    except (TypeError, OSError, ImportError):             # an old Pillow, or no FreeType
+        return ImageFont.load_default()
+
+
+def fit_label(name: str, font, width: int) -> str:
+    """`name` (data.printable) cut to fit `width` pixels in `font`, a cut marked with '~'."""
+    from .data import printable
+
+    name = printable(str(name))
+    if font.getlength(name) <= width:
+        return name
+    while len(name) > 1 and font.getlength(name + "~") > width:
+        name = name[:-1]
+    return name + "~"
+
+
 def draw_grid(cells, names):
     """cells (R,cols,32,32) uint8 and R row names -> a PIL image of grid_size(R, cols)."""
     from PIL import Image, ImageDraw
@@ -56,11 +85,12 @@ def draw_grid(cells, names):
     rows, cols = cells.shape[:2]
     canvas = Image.new("L", grid_size(rows, cols), 255)
     pen = ImageDraw.Draw(canvas)
-    pen.text((LABEL_W + GAP, 3), "original", fill=0)
-    pen.text((LABEL_W + GAP + CELL + GAP, 3), "augmented ->", fill=0)
+    font = label_font()
+    pen.text((LABEL_W + GAP, 3), "original", fill=0, font=font)
+    pen.text((LABEL_W + GAP + CELL + GAP, 3), "augmented ->", fill=0, font=font)
     for r in range(rows):
         top = HEADER_H + GAP + r * (CELL + GAP)
-        pen.text((4, top + CELL // 2 - 6), str(names[r])[:14], fill=0)
+        pen.text((4, top + CELL // 2 - 6), fit_label(names[r], font, LABEL_W - 8), fill=0, font=font)
         for c in range(cols):
             tile = Image.fromarray(cells[r, c]).resize((CELL, CELL), Image.NEAREST)
             canvas.paste(tile, (LABEL_W + GAP + c * (CELL + GAP), top))

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from cnncli import augment_preview
+from cnncli.data import printable
 from e2e_util import invoke, make_folder, private_cache, write_config  # noqa: F401
 
 
@@ -92,3 +93,14 @@ def test_augment_preview_errors_are_one_line(tmp_path):
     assert res.exit_code == 2 and "augment.affine.rotate" in res.output
     res = invoke(["augment-preview", "--set", f"data.train={tmp_path / 'missing'}", "--out", tmp_path / "g.png"])
     assert res.exit_code == 1 and "missing" in res.output and "Traceback" not in res.output
+
+
+def test_preview_labels_fit_their_column_and_draw_other_scripts():
+    font = augment_preview.label_font()
+    width = augment_preview.LABEL_W - 8
+    for name in ("circle", "Треугольник", "a-very-long-class-name-that-cannot-fit", "tab\there"):
+        label, shown = augment_preview.fit_label(name, font, width), printable(name)
+        assert font.getlength(label) <= width and "\t" not in label
+        assert label == shown or (label.endswith("~") and len(label) > 1 and shown.startswith(label[:-1]))
+    pytest.importorskip("matplotlib")                       # DejaVu Sans: Cyrillic glyphs, not boxes
+    assert getattr(font, "path", "").endswith("DejaVuSans.ttf")

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import checkpoint, resume as resume_mod, runfolder
-from cnncli.data.scan import printable as name_text
 from cnncli.callbacks import EarlyStopping, ProgressBar, StopFlag, loss_text, plateau_drops
 from cnncli.tblog import EventLog
 from cnncli import config as config_mod
 from cnncli.balance import class_weights
+from cnncli.data.scan import printable as name_text
 from cnncli.errors import CnnError, TrainingDiverged
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
 from cnncli.runsetup import holds_out_nothing, load_datasets, setup  # noqa: F401 (load_datasets: API)
@@ -63,8 +63,8 @@ class Trainer:
 
     Extension points: `step_input` (how each shard of a step makes its float input: the lookup and
     the augmentation; `batch_input` makes that input for a whole batch, to look at, and is not
-    called by the step), `sample_weights` (per-image loss weights, e.g. class weights), `is_main_process` (only the main
-    process -- rank 0 under mpirun -- writes files and prints)."""
+    called by the step), `sample_weights` (per-image loss weights, e.g. class weights),
+    `is_main_process` (only the main process -- rank 0 under mpirun -- writes files and prints)."""
 
     is_main_process = True
 

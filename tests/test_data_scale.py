@@ -221,3 +221,86 @@ def test_full_disk_during_checkpoint_save_keeps_the_old_file(tmp_path, monkeypat
     msg = str(err.value)
     assert "\n" not in msg and str(path) in msg and "No space left" in msg
     assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["last.npz"]
+
+
+_SLOW_DECODE = """
+import sys, time
+from cnncli.data import dataset, decode as dec
+real = dec._decode_chunk
+def slow(jobs):
+    time.sleep(0.2)
+    return real(jobs)
+dec._decode_chunk, dec.PROCESS_MIN_IMAGES = slow, 1
+dataset.load_folder(sys.argv[1], workers=2, cache=True, progress=False)
+"""
+
+
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="Linux /proc needed")
+def test_a_decode_killed_midway_leaves_no_worker_and_no_lock(tmp_path):
+    import fcntl
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = make_folder(tmp_path / "d", per_class=60)
+    env = {**os.environ, "CNNCLI_CACHE_DIR": str(tmp_path / "cache")}
+    parent = subprocess.Popen([sys.executable, "-c", _SLOW_DECODE, str(root)], env=env)
+    deadline = time.monotonic() + 60
+    while len(_children(parent.pid)) < 2 and time.monotonic() < deadline and parent.poll() is None:
+        time.sleep(0.05)
+    workers = _children(parent.pid)
+    assert len(workers) >= 2, "the decode workers did not start"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_alive, workers))                      # they end with their parent
+    locks = list((tmp_path / "cache").rglob("*.lock"))
+    assert locks
+    for lock in locks:                                        # and hold no lock: the next run goes on
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+
+
+def test_a_run_waiting_for_the_cache_lock_says_so(tmp_path):
+    import threading
+
+    from cnncli.data import cache as cache_mod
+
+    slot, said, entered = str(tmp_path / "c" / "slot"), [], threading.Event()
+
+    def second():
+        with cache_mod.locked(slot, waiting=lambda: said.append("waiting")):
+            entered.set()
+
+    with cache_mod.locked(slot, waiting=lambda: said.append("first waited")):
+        t = threading.Thread(target=second)
+        t.start()
+        for _ in range(100):                                  # up to 10 s for the thread to ask
+            if said:
+                break
+            entered.wait(0.1)
+        assert said == ["waiting"] and not entered.is_set()         # it says so, then waits
+    t.join(10)
+    assert entered.is_set()

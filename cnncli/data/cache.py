@@ -59,23 +59,44 @@ def read(slot: str, key: str, image_size: int, n_entries: int):
         return None
 
 
+_HELD = set()        # the lock fds this process holds; decode workers forked meanwhile close their copies
+
+
 @contextlib.contextmanager
-def locked(slot: str):
-    """Hold an exclusive lock on `slot` (no-op where locking or the folder is not possible)."""
+def locked(slot: str, waiting=None):
+    """Hold an exclusive lock on `slot` (no-op where locking or the folder is not possible).
+    waiting(): called once when another process holds it, before this one waits for it."""
     fd = None
     try:
         os.makedirs(os.path.dirname(slot), exist_ok=True)
         fd = os.open(slot + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         import fcntl
 
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                waiting()
+            fcntl.flock(fd, fcntl.LOCK_EX)
     except (OSError, ImportError):
         pass
+    if fd is not None:
+        _HELD.add(fd)
     try:
         yield
     finally:
         if fd is not None:
+            _HELD.discard(fd)
             os.close(fd)                               # releases the flock
+
+
+def close_inherited_locks() -> None:
+    """In a forked child: close its copies of the parent's lock fds. The lock stays the parent's
+    (an flock goes when every copy is closed), so a child that outlives a killed parent holds none."""
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
 
 
 def _atomic(path: str, write) -> None:

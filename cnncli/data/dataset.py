@@ -7,6 +7,7 @@ It does not batch, scale to [0,1] or normalize: the trainer does that; a Dataset
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,7 +76,8 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
         slot, key = cache_mod.cache_names(root, ix.classes, ix.digest, image_size, resize, int(max_pixels))
         hit = cache_mod.read(slot, key, image_size, len(ix.rels))
         if hit is None:
-            with cache_mod.locked(slot):              # racing processes: one decodes, the others read
+            busy = f"waiting for another process that is decoding {printable(root)} into the dataset cache ..."
+            with cache_mod.locked(slot, waiting=lambda: _say(busy)):  # racing processes: one decodes, the others read
                 hit = cache_mod.read(slot, key, image_size, len(ix.rels))
                 if hit is None:
                     hit = dec.decode_array(jobs, workers, progress)
@@ -103,6 +105,10 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
     ix.rels.prefix = prefix                           # the Index is done with: its names become the paths
     paths = ix.rels if keep.all() else ix.rels.take(np.flatnonzero(keep))
     return Dataset(images, labels, list(ix.classes), paths, ix.ignored_note() + _flat_note(images, paths)), skipped
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _flat_note(images, paths, chunk: int = 1 << 16) -> list[str]:

@@ -306,6 +306,24 @@ def _decode_in_processes(jobs, workers):
     return _process_parts(jobs, workers, multiprocessing.get_context("fork"))
 
 
+def _worker_start(parent: int) -> None:
+    """A forked decode worker: it holds none of the parent's cache locks, and it ends with its parent
+    (Linux PR_SET_PDEATHSIG), so a parent killed mid-decode (SIGKILL, SIGTERM) leaves no worker behind
+    to block the next run."""
+    from .cache import close_inherited_locks
+
+    close_inherited_locks()
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)    # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:                 # the parent died before the call above
+        os._exit(0)
+
+
 def _process_parts(jobs, workers, ctx):
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
@@ -315,7 +333,8 @@ def _process_parts(jobs, workers, ctx):
     try:
         with warnings.catch_warnings():       # Python >= 3.12 warns when forking a threaded process;
             warnings.simplefilter("ignore", DeprecationWarning)   # the children only decode files
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_start,
+                                     initargs=(os.getpid(),)) as pool:
                 pending = deque()             # at most 2 chunks per worker in flight: bounded memory
                 for i in range(len(b) - 1):
                     pending.append(pool.submit(_decode_chunk, jobs[b[i]:b[i + 1]]))

@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 
+from cnncli.errors import CnnError
 from cnncli.runfolder import RunState
 
 
@@ -18,6 +19,35 @@ def loss_text(value: float) -> str:
     """A loss for the epoch and end lines: 4 decimals, or 4 significant digits once it is below 1e-3
     (a tiny set trained long reaches 1e-5, which 4 decimals would show as 0.0000)."""
     return f"{value:.3e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
+
+
+class SetupStopped(CnnError):
+    """SIGTERM or SIGUSR1 before the first step (decoding, compiling): nothing was trained or saved."""
+
+    exit_code = 130
+
+
+class StopDuringSetup:
+    """Around a run's set-up: SIGTERM and SIGUSR1 (whose default is to end the process without a
+    word) end it with one line instead; SIGINT stays Ctrl-C. StopFlag takes over for the steps."""
+
+    def __enter__(self):
+        self._old = {}
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handlers, nothing to restore
+                pass
+        return self
+
+    @staticmethod
+    def _handle(signum, frame):
+        raise SetupStopped(f"{signal.Signals(signum).name}: stopped during set-up, before the first step: "
+                           "nothing was trained; start the run again")
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 class StopFlag:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import checkpoint, resume as resume_mod, runfolder
-from cnncli.callbacks import EarlyStopping, ProgressBar, StopFlag, loss_text, plateau_drops
+from cnncli.callbacks import EarlyStopping, ProgressBar, StopDuringSetup, StopFlag, loss_text, plateau_drops
 from cnncli.tblog import EventLog
 from cnncli import config as config_mod
 from cnncli.balance import class_weights
@@ -348,15 +348,16 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     t_setup = time.perf_counter()
     comm = Comm() if comm is None else comm
     cfg = resume_mod.absolute_paths(cfg)
-    (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess) = \
-        setup(cfg, resume, out, quiet, echo, comm)
-    try:
-        trainer = Trainer(cfg, run_dir, net, opt, state, train_ds, val_ds, train_ds.classes, preprocess, echo,
-                          quiet, comm=comm)
-    except CnnError:              # (train.class_weight naming no class...): give the new folder's name back
-        if resume is None and comm.is_main:
-            runfolder.release(run_dir)
-        raise
+    with StopDuringSetup():
+        (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess) = \
+            setup(cfg, resume, out, quiet, echo, comm)
+        try:
+            trainer = Trainer(cfg, run_dir, net, opt, state, train_ds, val_ds, train_ds.classes, preprocess, echo,
+                              quiet, comm=comm)
+        except CnnError:          # (train.class_weight naming no class...): give the new folder's name back
+            if resume is None and comm.is_main:
+                runfolder.release(run_dir)
+            raise
     if trainer.is_main_process:
         (run_dir / "config.yaml").write_text(trainer.cfg_text, encoding="utf-8", errors="backslashreplace")
         if skipped:

@@ -304,3 +304,34 @@ def test_a_run_waiting_for_the_cache_lock_says_so(tmp_path):
         assert said == ["waiting"] and not entered.is_set()         # it says so, then waits
     t.join(10)
     assert entered.is_set()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="Linux /proc needed")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
+def test_a_stop_during_set_up_is_one_line_and_leaves_no_worker(tmp_path, sig):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = make_folder(tmp_path / "d", per_class=60)
+    script = _SLOW_DECODE.replace("dataset.load_folder(sys.argv[1], workers=2, cache=True, progress=False)",
+                                  "import cnncli.cli; sys.argv = ['cnn', 'train', '--set', 'data.train=' + "
+                                  "sys.argv[1], '--out', sys.argv[2], '-q', '--no-report']; cnncli.cli.main()")
+    env = {**os.environ, "CNNCLI_CACHE_DIR": str(tmp_path / "cache")}
+    cnn = subprocess.Popen([sys.executable, "-c", script, str(root), str(tmp_path / "run")], env=env,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(_children(cnn.pid)) < 2 and time.monotonic() < deadline and cnn.poll() is None:
+        time.sleep(0.05)
+    workers = _children(cnn.pid)
+    assert len(workers) >= 2, "the decode workers did not start"
+    cnn.send_signal(getattr(signal, sig))
+    err = cnn.communicate(timeout=60)[1]
+    assert cnn.returncode == 130, err
+    assert err.strip().splitlines() == [f"Error: {sig}: stopped during set-up, before the first step: nothing "
+                                        "was trained; start the run again"]
+    deadline = time.monotonic() + 10
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_alive, workers))

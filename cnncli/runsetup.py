@@ -20,6 +20,14 @@ def holds_out_nothing(cfg: dict) -> bool:
     return not cfg["data"]["val"] and cfg["data"]["val_split"] == 0 and not cfg["data"]["folds"]
 
 
+def _demo_missing(train_dir: Path, val_dir) -> bool:
+    """data.demo: a missing data folder is generated only where the demo puts it (ROOT/train, and
+    data.val ROOT/test), never for a path that merely does not exist (a typo stays an error)."""
+    missing = [p for p in (train_dir, val_dir) if p is not None and not p.exists()]
+    return bool(missing) and train_dir.name == "train" and \
+        (val_dir is None or (val_dir.name == "test" and val_dir.parent == train_dir.parent))
+
+
 def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
     """(train_ds, val_ds, skipped) as the config says: data.val (which may lack some of the classes, as
     a test folder for cnn eval may), fold data.fold of data.folds, or a stratified data.val_split of train.
@@ -28,7 +36,7 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
 
     d = cfg["data"]
     train_dir, val_dir = Path(d["train"]), (Path(d["val"]) if d["val"] else None)
-    if d["demo"] and (not train_dir.exists() or (val_dir is not None and not val_dir.exists())):
+    if d["demo"] and _demo_missing(train_dir, val_dir):
         from cnncli.demo import ensure_demo
 
         root = train_dir.parent

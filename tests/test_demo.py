@@ -152,3 +152,19 @@ def test_parallel_generation_writes_the_same_bytes(tmp_path):
     a = tree_bytes(demo.generate_demo(tmp_path / "par", workers=2, **sizes))
     b = tree_bytes(demo.generate_demo(tmp_path / "ser", workers=1, **sizes))
     assert len(a) == 1008 + 1 and a == b
+
+
+@pytest.mark.parametrize("train, val, generated", [
+    ("p/train", None, True), ("p/train", "p/test", True),
+    ("p/trian", None, False), ("nope", None, False),                  # a typo is an error, not a demo
+    ("p/train", "q/test", False), ("p/train", "p/nope2", False),
+])
+def test_data_demo_generates_only_where_the_demo_goes(tmp_path, monkeypatch, train, val, generated):
+    from cnncli import config, runsetup
+
+    calls = []
+    monkeypatch.setattr(demo, "ensure_demo", calls.append)
+    sets = [f"data.train={tmp_path / train}", "data.demo=true"] + ([f"data.val={tmp_path / val}"] if val else [])
+    with pytest.raises(DataError, match="does not exist"):           # (the stub generated nothing)
+        runsetup.load_datasets(config.load_config(None, sets))
+    assert calls == ([tmp_path / "p"] if generated else [])

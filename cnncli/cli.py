@@ -13,13 +13,14 @@ import sys
 import click
 
 from cnncli import __version__, cli_tools
-from cnncli.cli_common import echo_json_list, on_every_rank, printable, resolve_checkpoint, user_errors
+from cnncli.cli_common import echo_json_list, on_every_rank, other_rank, printable, resolve_checkpoint, user_errors
 from cnncli.errors import CnnError, ConfigError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="cnncli")
-def cli():
+@click.pass_context
+def cli(ctx):
     """Train, evaluate and run small CNN classifiers for grayscale images.
 
     \b
@@ -28,6 +29,8 @@ def cli():
       cnn eval --checkpoint runs/demo --data data/demo/test
       cnn predict --checkpoint runs/demo data/demo/test/circle
     """
+    if ctx.invoked_subcommand not in ("train", "cv") and other_rank():
+        ctx.exit(0)             # under mpirun the one-process commands run (and print, and write) on rank 0
 
 
 @cli.command()

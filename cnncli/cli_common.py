@@ -42,6 +42,15 @@ def user_errors(fn):
     return wrapper
 
 
+def other_rank() -> bool:
+    """True in a process an MPI launcher started as rank 1, 2, ... (numpy-free when there is none)."""
+    if not any(k.endswith("RANK") for k in os.environ):
+        return False
+    from cnncli.distributed import launcher_rank
+
+    return launcher_rank() not in (None, 0)
+
+
 def on_every_rank(fn, *args):
     """fn(comm, *args) with the MPI communicator (one process: distributed.Comm). Under mpirun a
     CnnError or OSError ends every rank with one line (distributed.fail) and a bug or a second

@@ -232,6 +232,17 @@ def launched_by_mpi(environ=None) -> bool:
     return any(v in env for v in LAUNCH_SIZE_VARS + LAUNCH_RANK_VARS)
 
 
+def launcher_rank(environ=None) -> int | None:
+    """This process's rank as the MPI launcher's environment gives it, or None without a launcher."""
+    env = os.environ if environ is None else environ
+    for var in LAUNCH_RANK_VARS:
+        try:
+            return int(env[var])
+        except (KeyError, ValueError):
+            continue
+    return None
+
+
 def get_comm(environ=None) -> Comm:
     """MpiComm under an MPI launcher, else the one-process Comm."""
     if not launched_by_mpi(environ):

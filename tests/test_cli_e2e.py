@@ -299,6 +299,14 @@ def test_names_with_a_tab_or_a_newline_stay_on_their_line(workspace, tmp_path):
     assert "new\\nline" in table and "new\nline" not in table
 
 
+@pytest.mark.parametrize("rank, said", [("0", True), ("1", False), ("", True)])
+def test_one_process_commands_run_on_rank_0_only_under_mpirun(trained, rank, said):
+    tmp, data, run, _ = trained
+    env = {"OMPI_COMM_WORLD_RANK": rank, "OMPI_COMM_WORLD_SIZE": "2"} if rank else {}
+    res = CliRunner().invoke(cli, ["info", str(run)], env=env)
+    assert res.exit_code == 0 and bool(res.stdout) == said, res.output
+
+
 def test_yaml_syntax_error_names_the_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data:\n  train: x\n optim: [\n")

@@ -228,7 +228,7 @@ import sys, time
 from cnncli.data import dataset, decode as dec
 real = dec._decode_chunk
 def slow(jobs):
-    time.sleep(0.2)
+    time.sleep(1.0)
     return real(jobs)
 dec._decode_chunk, dec.PROCESS_MIN_IMAGES = slow, 1
 dataset.load_folder(sys.argv[1], workers=2, cache=True, progress=False)

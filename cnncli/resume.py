@@ -32,6 +32,24 @@ FROZEN = {
 FROZEN.update({o.key: "the network's architecture" for o in config_mod.OPTIONS if o.key.startswith("model.")})
 
 
+class NothingToDo(Exception):
+    """A resumed run with no epoch left: its line (str) and run folder, found before any data is read."""
+
+    def __init__(self, line: str, run_dir):
+        super().__init__(line)
+        self.run_dir = run_dir
+
+
+def nothing_to_do(state, epochs: int) -> str | None:
+    """The line for a run that has nothing left to train (all `epochs` done, or early stopping ended it
+    and nothing was raised since), else None."""
+    if state.epoch < epochs and not state.stopped_early:
+        return None
+    why = "early stopping ended it; raise train.epochs or train.early_stopping.patience" \
+        if state.stopped_early else "raise train.epochs"
+    return f"Nothing to do: the run already completed {state.epoch} epoch(s) ({why} to continue)."
+
+
 def resumed_config(resume, overrides=()) -> dict:
     """The config stored in the checkpoint `resume` (a file, or a run folder's last.npz), with the
     --set overrides: what `cnn train --resume` runs without --config. Reads the metadata only (the

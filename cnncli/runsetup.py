@@ -190,6 +190,10 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     everyone(comm, check_ranks, cfg["train"]["batch_size"], comm.size)
     if resume is not None:
         resumed, state, run_dir, cfg, notes = everyone(comm, _open_resume, resume, cfg, out, write=comm.is_main)
+        epochs = cfg["train"]["epochs"]
+        done = resume_mod.nothing_to_do(state, epochs) if isinstance(epochs, int) else None
+        if done:
+            raise resume_mod.NothingToDo(done, run_dir)       # before any data is read or kernel compiled
     else:
         source = everyone(comm, warmstart.open_source, cfg)    # train.init_from, before any data is read
     threads = set_threads(rank_threads(comm, cfg["train"]["threads"]))

@@ -303,10 +303,9 @@ class Trainer:
     def fit(self) -> None:
         """The remaining epochs, or one line when there is nothing to do."""
         state = self.state
-        if state.epoch >= self.epochs or state.stopped_early:
-            why = "early stopping ended it; raise train.epochs or train.early_stopping.patience" \
-                if state.stopped_early else "raise train.epochs"
-            self.echo(f"Nothing to do: the run already completed {state.epoch} epoch(s) ({why} to continue).")
+        done = resume_mod.nothing_to_do(state, self.epochs)
+        if done:
+            self.echo(done)
             return
         bar = ProgressBar(not self.quiet and sys.stderr.isatty() and self.is_main_process, self.epochs,
                           self.steps_per_epoch * self.epochs, state.step)
@@ -349,8 +348,13 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     comm = Comm() if comm is None else comm
     cfg = resume_mod.absolute_paths(cfg)
     with StopDuringSetup():
-        (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess) = \
-            setup(cfg, resume, out, quiet, echo, comm)
+        try:
+            (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess) = \
+                setup(cfg, resume, out, quiet, echo, comm)
+        except resume_mod.NothingToDo as done:
+            if comm.is_main:
+                echo(str(done))
+            return done.run_dir
         try:
             trainer = Trainer(cfg, run_dir, net, opt, state, train_ds, val_ds, train_ds.classes, preprocess, echo,
                               quiet, comm=comm)

@@ -103,6 +103,20 @@ def test_stopped_early_run_resumes_as_nothing_to_do(data, tmp_path):
     assert all(np.array_equal(before[k], after[k]) for k in before) and len(rows(run)) == 2
 
 
+def test_a_finished_run_is_nothing_to_do_before_any_data_is_read(data, tmp_path):
+    import shutil
+
+    folder = tmp_path / "data"
+    shutil.copytree(data, folder)
+    cfg = write_config(tmp_path / "c.yaml", folder, tmp_path / "run", epochs=1)
+    assert train(cfg).exit_code == 0
+    shutil.rmtree(folder)                                          # no data to read: none is needed
+    res = invoke("train", "--resume", tmp_path / "run", "-q", "--no-report")
+    assert res.exit_code == 0 and "Nothing to do: the run already completed 1 epoch(s)" in res.output
+    res = invoke("train", "--resume", tmp_path / "run", "-q", "--no-report", "--set", "train.epochs=2")
+    assert res.exit_code != 0 and "does not exist" in res.output   # more epochs: the data is read again
+
+
 def test_stopped_early_run_continues_when_epochs_are_raised(data, tmp_path):
     run = _stopped_early(data, tmp_path)
     res = invoke("train", "--resume", run, "--set", "train.epochs=8", "--set", "train.early_stopping.min_delta=0",

@@ -157,27 +157,27 @@ def resize_gray(a: np.ndarray, image_size: int, resize: str) -> np.ndarray:
 _PIL_LIMIT_LOCK = threading.Lock()
 
 
-def _open(path: str):
-    """-> (Image.open of path restricted to PIL_FORMATS, whether it is a JPEG). Pillow's own pixel
-    limit, which is the same for every format, is off while a JPEG opens: _decode checks the JPEG limit
-    next, before any decoding."""
+def _open(f):
+    """-> (Image.open of the binary file f restricted to PIL_FORMATS, whether it is a JPEG). Pillow's
+    own pixel limit, which is the same for every format, is off while a JPEG opens: _decode checks the
+    JPEG limit next, before any decoding. (One open per file: f is read from its first bytes.)"""
     from PIL import Image
 
-    with open(path, "rb") as f:
-        jpeg = f.read(3) == b"\xff\xd8\xff"
+    jpeg = f.read(3) == b"\xff\xd8\xff"
+    f.seek(0)
     if not jpeg:
-        return Image.open(path, formats=list(PIL_FORMATS)), False
+        return Image.open(f, formats=list(PIL_FORMATS)), False
     with _PIL_LIMIT_LOCK:                     # (threads of one process: the setting is Pillow's global)
         saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
-            return Image.open(path, formats=["JPEG"]), True
+            return Image.open(f, formats=["JPEG"]), True
         finally:
             Image.MAX_IMAGE_PIXELS = saved
 
 
 def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndarray:
     """One file -> (S, S) uint8, or raise _Skip(reason). Catches everything a hostile file can throw."""
-    from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageFile, UnidentifiedImageError
 
     try:
         if os.path.getsize(path) == 0:
@@ -187,23 +187,9 @@ def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndar
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise _Skip("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; refusing to accept truncated data")
     try:
-        img, jpeg = _open(path)
-        with img:
-            w, h = img.size
-            limit = max_pixels * JPEG_PIXEL_FACTOR if jpeg else max_pixels
-            if w * h > limit:
-                raise _Skip(f"too large: {w}x{h} = {w * h / 1e6:.1f} megapixels (limit {limit / 1e6:g}"
-                            f"{' for a JPEG' if jpeg else ''}); possible decompression bomb")
-            if w < 1 or h < 1:
-                raise _Skip(f"empty image ({w}x{h})")
-            if img.format == "JPEG" or img.format == "MPO":
-                img.draft("L" if img.mode in ("L", "RGB", "YCbCr") else None, (image_size, image_size))
-            img.load()                                  # first frame only; truncation raises here
-            try:
-                oriented = ImageOps.exif_transpose(img)
-            except Exception:                           # broken EXIF: keep the pixels as stored
-                oriented = img
-            gray = _to_gray_u8(oriented, _stores_16_bit(img))
+        with open(path, "rb") as f:
+            img, jpeg = _open(f)
+            gray = _gray_of(img, jpeg, image_size, max_pixels)
         return resize_gray(gray, image_size, resize)
     except _Skip:
         raise
@@ -216,6 +202,28 @@ def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndar
         if "truncated" in msg.lower():
             raise _Skip(f"truncated image ({msg})") from None
         raise _Skip(f"cannot decode: {type(e).__name__}: {msg}") from None
+
+
+def _gray_of(img, jpeg: bool, image_size: int, max_pixels: int) -> np.ndarray:
+    """An opened image -> (H, W) uint8 of its first frame, upright, or raise _Skip (too large, empty)."""
+    from PIL import ImageOps
+
+    with img:
+        w, h = img.size
+        limit = max_pixels * JPEG_PIXEL_FACTOR if jpeg else max_pixels
+        if w * h > limit:
+            raise _Skip(f"too large: {w}x{h} = {w * h / 1e6:.1f} megapixels (limit {limit / 1e6:g}"
+                        f"{' for a JPEG' if jpeg else ''}); possible decompression bomb")
+        if w < 1 or h < 1:
+            raise _Skip(f"empty image ({w}x{h})")
+        if img.format == "JPEG" or img.format == "MPO":
+            img.draft("L" if img.mode in ("L", "RGB", "YCbCr") else None, (image_size, image_size))
+        img.load()                                  # first frame only; truncation raises here
+        try:
+            oriented = ImageOps.exif_transpose(img)
+        except Exception:                           # broken EXIF: keep the pixels as stored
+            oriented = img
+        return _to_gray_u8(oriented, _stores_16_bit(img))
 
 
 def _one_line(e: BaseException, limit: int = 160) -> str:

@@ -160,7 +160,7 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
     """Classify images: each PATH is an image file, a folder of images, or a CSV whose path column
     lists them. Exit status 1 if any file failed."""
     from cnncli.ensemble import load
-    from cnncli.evaluate import gather_paths, predict_stream, prediction_line, write_predictions_csv
+    from cnncli.predictions import gather_paths, predict_stream, prediction_line, write_predictions_csv
 
     predictor, _ = load(checkpoint)
     files, failures = gather_paths(paths)

@@ -1,4 +1,5 @@
-"""Classification metrics (loss, accuracy, top-k, per-class P/R/F1, confusion) and prediction helpers.
+"""Classification metrics (loss, accuracy, top-k, per-class P/R/F1, confusion) of a checkpoint or a
+network on labelled images (cnn predict's file handling is predictions.py).
 
 Pure numpy and vectorized; the model is reached through `predictor.Predictor`, and by the training
 loop's validation (`evaluate_loss_acc`) through the Network it trains.
@@ -306,108 +307,13 @@ def check_classes(expected, found, data_dir):
     raise DataError(f"{data_dir}: classes do not match the checkpoint: " + "; ".join(parts))
 
 
-def gather_paths(paths):
-    """cnn predict's PATHs (image files, folders, labels CSVs) -> (PathList of image files, failures
-    [(path, reason)]): a path that cannot be listed, or that lists no images, is a failure, not an error."""
-    from .data import PathList, list_images_and_bad
-    from .data.csvindex import is_labels_file, list_csv_paths
-
-    files, failures = PathList(), []                 # compact: a million paths take ~30 MB
-    for p in paths:
-        try:
-            found, unscannable = list_csv_paths(p) if is_labels_file(p) else list_images_and_bad(p)
-            files.extend(found)
-            failures.extend(unscannable)
-            if not found:
-                failures.append((p, "no images found"))
-        except CnnError as err:  # its message names the path already
-            failures.append((p, str(err).removeprefix(f"{p}: ")))
-    return files, failures
-
-
-def prediction_line(result: dict, top_k: int) -> str:
-    """One tab-separated line of cnn predict: path, class, probability, then the next top_k - 1
-    classes as class=probability."""
-    line = f"{result['path']}\t{result['class']}\t{result['probability']:.4f}"
-    if top_k > 1 and len(result["top_k"]) > 1:
-        line += "\t" + "  ".join(f"{t['class']}={t['probability']:.3f}" for t in result["top_k"][1:])
-    return line
-
-
-def predict_paths(predictor, paths, top_k=3):
-    """Classify image files -> (results, failures); an unreadable file goes to failures [(path, reason)]."""
-    results, failures = predict_stream(predictor, paths, top_k)
-    return list(results), failures
-
-
-def predict_stream(predictor, paths, top_k=3):
-    """Like predict_paths, but results is an iterator that builds each result dict when it is reached
-    (a million files hold their probabilities, not a million dicts)."""
-    from . import data
-
-    pre = predictor.preprocess
-    size, resize = int(pre.get("image_size", 32)), pre.get("resize", "pad")
-    if not isinstance(paths, data.PathList):
-        paths = [str(p) for p in paths]
-    # decoded in parallel into one (K,S,S) uint8 array: no list of arrays, no stacked copy
-    images, bad = data.decode_array(data.Jobs(paths, size, resize, data.MAX_PIXELS), progress=True)
-    failures = [(data.printable(paths[i]), reason) for i, reason in bad]
-    good = np.ones(len(paths), dtype=bool)  # (N,)
-    good[[i for i, _ in bad]] = False
-    if not good.any():
-        return iter(()), failures
-    probs = predictor.predict_proba(images, batch_size=256)  # (K,C)
-    del images
-    return _results(paths, np.flatnonzero(good), probs, top_k_indices(probs, top_k), list(predictor.classes)), failures
-
-
-def write_predictions_csv(path, results, classes) -> int:
-    """predict_stream's results (with every class in top_k) as a CSV written atomically: path, class,
-    probability, then one column per class in the model's order -> the number of rows."""
-    import csv
-
-    from .atomic import write_atomic
-    from .data import printable
-
-    count = [0]
-    names = [printable(c) for c in classes]          # as the results name them
-
-    def write(f):
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["path", "class", "probability", *names])
-        for r in results:
-            p = {t["class"]: t["probability"] for t in r["top_k"]}
-            w.writerow([r["path"], r["class"], repr(r["probability"]), *(repr(p[c]) for c in names)])
-            count[0] += 1
-    try:
-        write_atomic(path, write, text=True)
-    except OSError as e:
-        raise CnnError(f"{path}: cannot write the predictions ({e.strerror or e})") from None
-    return count[0]
-
-
-def _results(paths, good, probs, top, classes):
-    """The result dict of each good file (positions `good` in paths), in order, one at a time."""
-    from .data import printable
-
-    classes = [printable(c) for c in classes]        # names that are not valid UTF-8 shown as \xNN
-    for row, i in enumerate(good.tolist()):
-        ranked = [{"class": classes[j], "probability": float(probs[row, j])} for j in top[row]]
-        yield {"path": printable(paths[i]), "class": ranked[0]["class"],
-               "probability": ranked[0]["probability"], "top_k": ranked}
-
-
 __all__ = [
     "compute_metrics",
     "below_threshold",
     "format_metrics",
     "evaluate",
     "evaluate_predictor",
-    "gather_paths",
     "notice_lines",
-    "predict_paths",
-    "predict_stream",
-    "prediction_line",
     "top_k_indices",
     "bce_loss",
     "check_classes",

@@ -248,7 +248,7 @@ def test_evaluate_class_mismatch_is_a_data_error_naming_the_difference(trained, 
 
 
 def test_predict_paths_ranks_classes_and_reports_bad_files(trained, tmp_path):
-    from cnncli.evaluate import predict_paths
+    from cnncli.predictions import predict_paths
     from cnncli.predictor import Predictor
 
     ckpt, data_dir = trained
@@ -309,7 +309,8 @@ def test_bce_loss_and_top_k_in_row_chunks_equal_the_one_shot_formulas(monkeypatc
 
 
 def test_a_class_name_that_is_not_utf8_is_spelled_alike_in_csv_header_and_rows(tmp_path):
-    from cnncli.evaluate import _results, top_k_indices, write_predictions_csv
+    from cnncli.evaluate import top_k_indices
+    from cnncli.predictions import _results, write_predictions_csv
 
     classes = ["caf\udce9", "plain"]                                 # os.fsdecode of b"caf\xe9"
     probs = np.array([[0.9, 0.1], [0.2, 0.8]])

@@ -223,17 +223,14 @@ def evaluate_found(predictor, found, batch_size=256, top_k=None, classes=None):
     return metrics, dataset, probs
 
 
-def notice_lines(metrics: dict, shown: int = 5) -> list:
+def notice_lines(metrics: dict) -> list:
     """The lines eval and report print on stderr: each warning, then the skipped files (the first
-    `shown` of them named with their reasons)."""
-    lines = [f"warning: {w}" for w in metrics.get("warnings", [])]
+    five named with their reasons, as cnn train names them)."""
+    from .runfolder import skipped_lines
+
     files = metrics.get("skipped_files", [])
-    if files:
-        lines.append(f"warning: skipped {len(files)} unreadable file(s):")
-        lines += [f"  {p}: {r}" for p, r in files[:shown]]
-        if len(files) > shown:
-            lines.append(f"  ... and {len(files) - shown} more (--json lists them all)")
-    return lines
+    return [f"warning: {w}" for w in metrics.get("warnings", [])] + \
+        (skipped_lines(files, rest=" (--json lists them all)") if files else [])
 
 
 def validation_data(run_dir: Path, predictor, cache=True):

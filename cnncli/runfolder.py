@@ -114,14 +114,21 @@ def write_metrics(run_dir: Path, history: list) -> None:
     atomic_text(run_dir / "metrics.csv", buf.getvalue())
 
 
+def skipped_lines(skipped, where: str = "", rest: str = "", shown: int = 5) -> list:
+    """The warning about unreadable files [(path, reason)]: their count (`where` says where they are all
+    listed), the first `shown` with their reasons, then how many more (and `rest`)."""
+    lines = [f"warning: skipped {len(skipped)} unreadable file(s){where}:"]
+    lines += [f"  {printable(p)}: {printable(r)}" for p, r in skipped[:shown]]
+    if len(skipped) > shown:
+        lines.append(f"  ... and {len(skipped) - shown} more{rest}")
+    return lines
+
+
 def write_skipped(run_dir: Path, skipped, echo) -> None:
     """skipped.txt (one `path<TAB>reason` a line) and a short warning naming the first five."""
     atomic_text(run_dir / "skipped.txt", "".join(f"{printable(p)}\t{printable(r)}\n" for p, r in skipped))
-    echo(f"warning: skipped {len(skipped)} unreadable file(s), listed in {run_dir / 'skipped.txt'}:")
-    for p, r in skipped[:5]:
-        echo(f"  {printable(p)}: {printable(r)}")
-    if len(skipped) > 5:
-        echo(f"  ... and {len(skipped) - 5} more")
+    for line in skipped_lines(skipped, f", listed in {run_dir / 'skipped.txt'}"):
+        echo(line)
 
 
 def validation_info(val_ds) -> dict:

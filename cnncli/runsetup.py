@@ -6,6 +6,7 @@ It trains nothing (train.py's Trainer does) and writes no files except the run f
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,9 @@ from cnncli import checkpoint, resume as resume_mod, runfolder, warmstart
 from cnncli import config as config_mod
 from cnncli.errors import CnnError, ConfigError, DataError
 from cnncli.runfolder import RunState, new_run_dir
+
+SPLIT_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation"}   # a dataset root's folders
+
 
 def holds_out_nothing(cfg: dict) -> bool:
     """The config asks for no validation images: no data.val and data.val_split 0 (train on every image)."""
@@ -61,6 +65,33 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
     if len(train_ds.labels) == 0:
         raise DataError(f"{train_dir}: no training images left after the validation split")
     return train_ds, val_ds, skipped
+
+
+def data_notes(cfg: dict, train_ds, val_ds) -> list:
+    """The lines a run starts with about what its data holds: class folders named like a dataset's
+    splits (data.train one level too high), classes without training or validation images, no
+    validation images at all."""
+    from cnncli.data.scan import printable as name_text
+
+    classes, lines = train_ds.classes, []
+    splits = sorted(c for c in classes if c.lower() in SPLIT_NAMES)
+    if len(splits) >= 2:
+        inner = next((c for c in splits if c.lower().startswith("train")), splits[0])
+        lines.append(f"warning: the class folders include {', '.join(map(name_text, splits))}: data.train "
+                     "should be the folder that holds one subfolder per class (e.g. "
+                     f"{runfolder.printable(os.path.join(cfg['data']['train'], inner))})")
+    untrained = [c for c, k in zip(classes, np.bincount(train_ds.labels, minlength=len(classes))) if k == 0]
+    if untrained:              # (a K-fold split of a class with fewer images than folds)
+        lines.append(f"note: no training images of {', '.join(map(name_text, untrained))} "
+                     "(all held out for validation)")
+    absent = [c for c, k in zip(classes, np.bincount(val_ds.labels, minlength=len(classes))) if k == 0]
+    if 0 < len(absent) < len(classes):
+        lines.append(f"note: no validation images of {', '.join(map(name_text, absent))}")
+    if len(val_ds.labels) == 0:
+        lines.append(("note: no validation images (data.val_split is 0)" if holds_out_nothing(cfg)
+                      else "warning: no validation images")
+                     + "; best.npz and early stopping use the training loss instead")
+    return lines
 
 
 def check_test_data(path: str, classes) -> None:

@@ -11,7 +11,6 @@ It is not a general trainer: one network family, one loss.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sys
 import time
@@ -24,13 +23,9 @@ from cnncli.callbacks import EarlyStopping, ProgressBar, StopDuringSetup, StopFl
 from cnncli.tblog import EventLog
 from cnncli import config as config_mod
 from cnncli.balance import class_weights
-from cnncli.data.scan import printable as name_text
 from cnncli.errors import CnnError, TrainingDiverged
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
-from cnncli.runsetup import holds_out_nothing, load_datasets, setup  # noqa: F401 (load_datasets: API)
-
-
-SPLIT_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation"}   # a dataset root's folders
+from cnncli.runsetup import data_notes, load_datasets, setup  # noqa: F401 (load_datasets: API)
 
 
 class Interrupted(CnnError):
@@ -380,25 +375,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     trainer.echo(f"Epochs: {trainer.epochs}{' (train.epochs=auto for this training set)' if auto else ''}; "
                  f"augmentation {'on' if trainer.augmenter is not None else 'off'}; early stopping "
                  f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}")
-    splits = sorted(c for c in train_ds.classes if c.lower() in SPLIT_NAMES)
-    if len(splits) >= 2:
-        inner = next((c for c in splits if c.lower().startswith("train")), splits[0])
-        trainer.echo(f"warning: the class folders include {', '.join(map(name_text, splits))}: data.train "
-                     "should be the folder that holds one subfolder per class (e.g. "
-                     f"{runfolder.printable(os.path.join(cfg['data']['train'], inner))})")
-    untrained = [c for c, k in zip(train_ds.classes, np.bincount(train_ds.labels, minlength=len(train_ds.classes)))
-                 if k == 0]
-    if untrained:              # (a K-fold split of a class with fewer images than folds)
-        trainer.echo(f"note: no training images of {', '.join(map(name_text, untrained))} "
-                     "(all held out for validation)")
-    absent = [c for c, k in zip(train_ds.classes, np.bincount(val_ds.labels, minlength=len(train_ds.classes)))
-              if k == 0]
-    if 0 < len(absent) < len(train_ds.classes):
-        trainer.echo(f"note: no validation images of {', '.join(map(name_text, absent))}")
-    if len(val_ds.labels) == 0:
-        trainer.echo(("note: no validation images (data.val_split is 0)" if holds_out_nothing(cfg)
-                      else "warning: no validation images")
-                     + "; best.npz and early stopping use the training loss instead")
+    for line in data_notes(cfg, train_ds, val_ds):
+        trainer.echo(line)
     trainer.fit()
     if comm.is_main and cfg["data"]["test"]:
         evaluate_test_data(run_dir, cfg, echo)

@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 
-from cnncli.errors import CnnError
+from cnncli.errors import Stopped
 from cnncli.runfolder import RunState
 
 
@@ -21,10 +21,8 @@ def loss_text(value: float) -> str:
     return f"{value:.3e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
 
 
-class SetupStopped(CnnError):
+class SetupStopped(Stopped):
     """SIGTERM or SIGUSR1 before the first step (decoding, compiling): nothing was trained or saved."""
-
-    exit_code = 130
 
 
 class StopDuringSetup:

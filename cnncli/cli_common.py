@@ -17,9 +17,17 @@ from cnncli.errors import CnnError
 
 
 class UserError(click.ClickException):
-    def __init__(self, message: str, exit_code: int = 1):
+    """One line on stderr: "Error: " and the message (a requested stop: prefix "", the message alone)."""
+
+    def __init__(self, message: str, exit_code: int = 1, prefix: str = "Error: "):
         super().__init__(message)
         self.exit_code = exit_code
+        self.prefix = prefix
+
+    def show(self, file=None):
+        if self.prefix == "Error: ":
+            return super().show(file)
+        click.echo(self.prefix + self.format_message(), file=file or sys.stderr)
 
 
 def user_errors(fn):
@@ -30,7 +38,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except CnnError as err:
-            raise UserError(printable(str(err)), getattr(err, "exit_code", 1)) from None
+            raise UserError(printable(str(err)), err.exit_code, err.prefix) from None
         except KeyboardInterrupt:
             raise UserError("interrupted", 130) from None
         except BrokenPipeError:  # `cnn predict ... | head`: the reader left; stop quietly

@@ -280,22 +280,23 @@ def rank_threads(comm: Comm, threads: int) -> int:
 # ----------------------------------------------------------------------------------------------
 # errors under mpirun: every rank's error printed once; one rank's error named and fatal
 
-def _line(err: BaseException) -> tuple[str, int]:
-    """(the error's one line, printable on any terminal; its exit code)."""
+def _line(err: BaseException) -> tuple[str, int, str]:
+    """(the error's one line, printable on any terminal; its exit code; what goes before it when
+    printed: "Error: ", or "" for a requested stop)."""
     text = str(err).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return text, int(getattr(err, "exit_code", 1))
+    return text, int(getattr(err, "exit_code", 1)), getattr(err, "prefix", "Error: ")
 
 
 def _settle(comm: Comm, errs: list) -> None:
-    """errs: every rank's (line, code) or None. Returns when all are None; else every rank exits
+    """errs: every rank's (line, code, prefix) or None. Returns when all are None; else every rank exits
     with the first failing rank's code after the line(s) are printed: once when every rank failed
     the same way (rank 0 prints it), else each failing rank prints "rank r of K: ..."."""
     failed = [e for e in errs if e is not None]
     if not failed:
         return
-    if len(failed) == comm.size and len({line for line, _ in failed}) == 1:
+    if len(failed) == comm.size and len({line for line, _, _ in failed}) == 1:
         if comm.is_main:
-            print(f"Error: {failed[0][0]}", file=sys.stderr, flush=True)
+            print(f"{failed[0][2]}{failed[0][0]}", file=sys.stderr, flush=True)
     elif errs[comm.rank] is not None:
         print(f"Error: rank {comm.rank} of {comm.size}: {errs[comm.rank][0]}", file=sys.stderr, flush=True)
     comm.barrier()                     # nobody exits (and so gets the others killed) before the print
@@ -342,8 +343,8 @@ def fail(comm: Comm, err: BaseException) -> None:
     rank raises the same error at the same step: a stop, a diverged loss) means rank 0 prints it
     once and all exit with its code; otherwise this rank prints one line naming itself and ends
     the job (MPI_Abort with the error's exit code)."""
-    line, code = _line(err)
+    line, code, prefix = _line(err)
     if getattr(err, "everywhere", False):
-        _settle(comm, [(line, code)] * comm.size)
+        _settle(comm, [(line, code, prefix)] * comm.size)
     print(f"Error: rank {comm.rank} of {comm.size}: {line}", file=sys.stderr, flush=True)
     comm.abort(code)       # a plain exit would wait in MPI_Finalize for ranks that wait for this one

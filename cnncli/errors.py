@@ -7,9 +7,19 @@ This module is not for programming errors (those stay ValueError/TypeError with 
 
 
 class CnnError(Exception):
-    """A problem the user can fix; str(err) is the whole one-line message. CLI exit status 1."""
+    """A problem the user can fix; str(err) is the whole one-line message, printed after `prefix`.
+    CLI exit status 1."""
 
     exit_code = 1
+    prefix = "Error: "
+
+
+class Stopped(CnnError):
+    """A stop the user asked for (SIGINT, SIGTERM, SIGUSR1): not an error, so its line is printed
+    as it is, without "Error: ". CLI exit status 130, as a shell gives a process ended by Ctrl-C."""
+
+    exit_code = 130
+    prefix = ""
 
 
 class ConfigError(CnnError):

@@ -23,15 +23,13 @@ from cnncli.callbacks import EarlyStopping, ProgressBar, StopDuringSetup, StopFl
 from cnncli.tblog import EventLog
 from cnncli import config as config_mod
 from cnncli.balance import class_weights
-from cnncli.errors import CnnError, TrainingDiverged
+from cnncli.errors import CnnError, Stopped, TrainingDiverged
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
 from cnncli.runsetup import data_notes, load_datasets, setup  # noqa: F401 (load_datasets: API)
 
 
-class Interrupted(CnnError):
+class Interrupted(Stopped):
     """SIGINT/SIGTERM/SIGUSR1: the current step finished, last.npz was saved."""
-
-    exit_code = 130
 
 
 def _everywhere(err: CnnError) -> CnnError:

@@ -329,7 +329,7 @@ def test_a_stop_during_set_up_is_one_line_and_leaves_no_worker(tmp_path, sig):
     cnn.send_signal(getattr(signal, sig))
     err = cnn.communicate(timeout=60)[1]
     assert cnn.returncode == 130, err
-    assert err.strip().splitlines() == [f"Error: {sig}: stopped during set-up, before the first step: nothing "
+    assert err.strip().splitlines() == [f"{sig}: stopped during set-up, before the first step: nothing "
                                         "was trained; start the run again"]
     deadline = time.monotonic() + 10
     while any(map(_alive, workers)) and time.monotonic() < deadline:

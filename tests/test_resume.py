@@ -85,6 +85,8 @@ def test_signal_saves_and_says_how_to_resume(setup, tmp_path, sig):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "resume with: cnn train --resume" in err and "Traceback" not in err
+    last = err.strip().splitlines()[-1]                  # a requested stop, said as such: no "Error: "
+    assert last.startswith(f"{sig.name}: stopped at epoch ") and "Error" not in err, err
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
     res = run_cli(["train", "--resume", out / "last.npz", "-q", "--no-report"], tmp)
     assert res.returncode == 0, res.stderr

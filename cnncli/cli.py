@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -105,6 +106,11 @@ def _train_config(config_path, overrides, resume, init_from, out, strict, no_cac
 
 
 def _report_after_training(run_dir):
+    html = Path(run_dir) / "report" / "report.html"
+    if html.is_file() and all(f.stat().st_mtime_ns <= html.stat().st_mtime_ns
+                              for f in Path(run_dir).iterdir() if f.is_file()):
+        click.echo(f"Report: {html} (up to date)", err=True)    # nothing trained since it was drawn
+        return
     try:
         from cnncli.report import write_report
 

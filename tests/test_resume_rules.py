@@ -218,3 +218,16 @@ def test_train_top_k_is_honored_by_eval_and_report(data, tmp_path):
     if pytest.importorskip("matplotlib"):
         assert invoke("report", tmp_path / "run").exit_code == 0
         assert "top-2 accuracy" in (tmp_path / "run" / "report" / "report.html").read_text()
+
+
+def test_a_resume_with_nothing_to_do_keeps_the_report_it_has(data, tmp_path):
+    pytest.importorskip("matplotlib")
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=1)
+    assert invoke("train", "--config", cfg, "-q").exit_code == 0
+    html = tmp_path / "run" / "report" / "report.html"
+    drawn = html.stat().st_mtime_ns
+    res = invoke("train", "--resume", tmp_path / "run", "-q")
+    assert res.exit_code == 0 and "Nothing to do" in res.output, res.output
+    assert f"Report: {html} (up to date)" in res.output and html.stat().st_mtime_ns == drawn
+    res = invoke("train", "--resume", tmp_path / "run", "-q", "--set", "train.epochs=2")
+    assert res.exit_code == 0 and "up to date" not in res.output and html.stat().st_mtime_ns > drawn

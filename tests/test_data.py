@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw, ImageFile
 
 from cnncli import data
 from cnncli.data import decode as dec
+from cnncli.data import decodemany as many
 from cnncli.errors import DataError
 
 
@@ -382,10 +383,10 @@ def test_parallel_decode_matches_serial(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "d", per_class=40, classes=("a", "b", "c"))
     (root / "b" / "bad.png").write_bytes(b"x")
     one, s1 = data.load_folder(root, workers=1, cache=False)
-    monkeypatch.setattr(dec, "PROCESS_MIN_IMAGES", 16)      # take the worker-process path
+    monkeypatch.setattr(many, "PROCESS_MIN_IMAGES", 16)      # take the worker-process path
     calls = []
-    real = dec._decode_in_processes
-    monkeypatch.setattr(dec, "_decode_in_processes", lambda jobs, w: calls.append(w) or real(jobs, w))
+    real = many._decode_in_processes
+    monkeypatch.setattr(many, "_decode_in_processes", lambda jobs, w: calls.append(w) or real(jobs, w))
     two, s2 = data.load_folder(root, workers=2, cache=False)
     assert calls == [2]
     assert np.array_equal(one.images, two.images) and np.array_equal(one.labels, two.labels)
@@ -404,26 +405,26 @@ def _dies_in_child(jobs):
     return _REAL_CHUNK(jobs)
 
 
-_REAL_CHUNK = dec._decode_chunk
+_REAL_CHUNK = many._decode_chunk
 
 
 def test_decode_falls_back_when_a_worker_process_dies_or_fork_is_missing(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "d", per_class=12, classes=("a", "b"))
     one, s1 = data.load_folder(root, workers=1, cache=False)
-    monkeypatch.setattr(dec, "PROCESS_MIN_IMAGES", 4)
-    real = dec._decode_chunk
+    monkeypatch.setattr(many, "PROCESS_MIN_IMAGES", 4)
+    real = many._decode_chunk
     monkeypatch.setattr(_DIES, "parent", os.getpid())
-    monkeypatch.setattr(dec, "_decode_chunk", _dies_in_child)
+    monkeypatch.setattr(many, "_decode_chunk", _dies_in_child)
     two, s2 = data.load_folder(root, workers=2, cache=False)
     assert np.array_equal(one.images, two.images) and one.paths == two.paths and s1 == s2
-    monkeypatch.setattr(dec, "_decode_chunk", real)
+    monkeypatch.setattr(many, "_decode_chunk", real)
     import multiprocessing
     jobs = [(str(p), 32, "pad", data.MAX_PIXELS) for p in one.paths]
     with monkeypatch.context() as m:
-        m.setattr(dec.sys, "platform", "darwin")          # fork is used on Linux only
-        assert dec._decode_in_processes(jobs, 2) is None
+        m.setattr(many.sys, "platform", "darwin")          # fork is used on Linux only
+        assert many._decode_in_processes(jobs, 2) is None
     monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
-    assert dec._decode_in_processes(jobs, 2) is None
+    assert many._decode_in_processes(jobs, 2) is None
     three, s3 = data.load_folder(root, workers=2, cache=False)
     assert np.array_equal(one.images, three.images) and s1 == s3
 

@@ -40,7 +40,7 @@ for ext, (fmt, img) in kinds.items():
         with open(p, "wb") as f:
             f.write(bytes(b))
         jobs.append((p, 32, "pad", dec.MAX_PIXELS))
-res = dec._decode_chunk(jobs)
+res = dec.decode_jobs(jobs)
 ok = sum(a is not None and a.shape == (32, 32) and a.dtype == np.uint8 and r is None for a, r in res)
 skipped = sum(a is None and isinstance(r, str) and len(r) > 0 for a, r in res)
 print(json.dumps({"n": len(jobs), "ok": ok, "skipped": skipped}))

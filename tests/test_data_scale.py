@@ -225,12 +225,12 @@ def test_full_disk_during_checkpoint_save_keeps_the_old_file(tmp_path, monkeypat
 
 _SLOW_DECODE = """
 import sys, time
-from cnncli.data import dataset, decode as dec
-real = dec._decode_chunk
+from cnncli.data import dataset, decodemany as many
+real = many._decode_chunk
 def slow(jobs):
     time.sleep(1.0)
     return real(jobs)
-dec._decode_chunk, dec.PROCESS_MIN_IMAGES = slow, 1
+many._decode_chunk, many.PROCESS_MIN_IMAGES = slow, 1
 dataset.load_folder(sys.argv[1], workers=2, cache=True, progress=False)
 """
 

@@ -1,6 +1,6 @@
 """Image-folder datasets: indexing (scan), robust decoding to 8-bit grayscale and resizing (decode),
-the memory-mapped dataset cache (cache), load_folder, the in-place split and streamed pixel statistics
-(dataset). A data folder holds one subfolder per class (like torchvision ImageFolder); bad files are
+many files at once in worker processes (decodemany), the memory-mapped dataset cache (cache),
+load_folder, the in-place split and streamed pixel statistics (dataset). A data folder holds one subfolder per class (like torchvision ImageFolder); bad files are
 skipped with a reason, never crash a load. This package does not batch or normalize (the trainer does).
 """
 
@@ -8,9 +8,8 @@ from .cache import CACHE_FORMAT_VERSION, cache_dir
 from .cache import clear as clear_cache
 from .cache import info as cache_info
 from .dataset import Dataset, fold_split, load_folder, pixel_mean_std, split, stratified_split
-from .decode import (ALPHA_BACKGROUND, IMAGE_EXTENSIONS, MAX_PIXELS, PIL_FORMATS, PROCESS_MIN_IMAGES,
-                     Jobs, RESIZE_MODES, decode_array, decode_many, default_workers, iter_decoded, load_image,
-                     resize_gray)
+from .decode import ALPHA_BACKGROUND, IMAGE_EXTENSIONS, MAX_PIXELS, PIL_FORMATS, RESIZE_MODES, load_image, resize_gray
+from .decodemany import PROCESS_MIN_IMAGES, Jobs, decode_array, decode_many, default_workers, iter_decoded
 from .pathlist import PathList
 from .scan import IGNORED_DIRS, list_images, list_images_and_bad, printable
 

@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import DataError
 from . import cache as cache_mod
 from . import decode as dec
+from . import decodemany
 from .pathlist import PathList
 from .csvindex import CsvIndex, is_labels_file
 from .scan import Index, printable
@@ -71,7 +72,7 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
         raise DataError(f"resize: {resize!r} is not one of {', '.join(dec.RESIZE_MODES)}")
     image_size = int(image_size)
     ix, prefix = index(root, classes, missing_ok)
-    jobs = dec.Jobs(ix.rels, image_size, resize, max_pixels, prefix)
+    jobs = decodemany.Jobs(ix.rels, image_size, resize, max_pixels, prefix)
     if cache:
         slot, key = cache_mod.cache_names(root, ix.classes, ix.digest, image_size, resize, int(max_pixels))
         hit = cache_mod.read(slot, key, image_size, len(ix.rels))
@@ -80,11 +81,11 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
             with cache_mod.locked(slot, waiting=lambda: _say(busy)):  # racing processes: one decodes, the others read
                 hit = cache_mod.read(slot, key, image_size, len(ix.rels))
                 if hit is None:
-                    hit = dec.decode_array(jobs, workers, progress)
+                    hit = decodemany.decode_array(jobs, workers, progress)
                     cache_mod.write(slot, key, *hit)
         images, bad = hit
     else:
-        images, bad = dec.decode_array(jobs, workers, progress)
+        images, bad = decodemany.decode_array(jobs, workers, progress)
     skipped = ([(printable(prefix + n), "not inside a class subfolder") for n in ix.loose]
                + [(printable(prefix + p), why) for p, why in ix.bad]
                + [(printable(prefix + ix.rels[i]), why) for i, why in bad])

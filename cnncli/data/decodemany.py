@@ -1,0 +1,163 @@
+"""Decoding many image files in order: in forked worker processes, one per core this process may
+use, with a progress bar and an ETA; in this process for a few files, where fork is missing, or
+after a worker died (same bytes, same order). A file's own decoding is decode.py's; this module
+does not scan folders (scan.py) or cache results (cache.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import numpy as np
+
+from .decode import MAX_PIXELS, decode_jobs
+
+PROCESS_MIN_IMAGES = 512   # below this, decoding runs in this process (forking costs ~20-50 ms)
+CHUNK = 256                # images per unit of work (and per progress-bar update)
+
+
+def default_workers() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class Jobs:
+    """The decode jobs (path, image_size, resize, max_pixels) of prefix + rel for rel in rels, made
+    per slice so a million files do not hold a million tuples."""
+
+    def __init__(self, rels, image_size, resize, max_pixels, prefix=""):
+        self.rels, self.prefix = rels, prefix
+        self.args = (int(image_size), resize, int(max_pixels))
+
+    def __len__(self):
+        return len(self.rels)
+
+    def __getitem__(self, sl):
+        return [(self.prefix + r,) + self.args for r in self.rels[sl]]
+
+
+def _decode_chunk(jobs) -> list:
+    """One chunk's [(array or None, reason or None)], in a worker process or this one (decode.decode_jobs)."""
+    return decode_jobs(jobs)
+
+
+def _bounds(n: int, workers: int) -> list:
+    size = max(1, min(CHUNK, -(-n // (workers * 4))))
+    return list(range(0, n, size)) + [n]
+
+
+def _decode_in_processes(jobs, workers):
+    """A generator of _decode_chunk results, in order, from `workers` forked processes; None where fork
+    is not available. It stops early (no exception) when a worker dies; the caller does the rest."""
+    import multiprocessing
+
+    if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
+        return None                            # fork is only safe enough on Linux (macOS: system frameworks)
+    return _process_parts(jobs, workers, multiprocessing.get_context("fork"))
+
+
+def _worker_start(parent: int) -> None:
+    """A forked decode worker: it holds none of the parent's cache locks, and it ends with its parent
+    (Linux PR_SET_PDEATHSIG), so a parent killed mid-decode (SIGKILL, SIGTERM) leaves no worker behind
+    to block the next run."""
+    from .cache import close_inherited_locks
+
+    close_inherited_locks()
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)    # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:                 # the parent died before the call above
+        os._exit(0)
+
+
+def _process_parts(jobs, workers, ctx):
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    b = _bounds(len(jobs), workers)
+    try:
+        with warnings.catch_warnings():       # Python >= 3.12 warns when forking a threaded process;
+            warnings.simplefilter("ignore", DeprecationWarning)   # the children only decode files
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_start,
+                                     initargs=(os.getpid(),)) as pool:
+                pending = deque()             # at most 2 chunks per worker in flight: bounded memory
+                for i in range(len(b) - 1):
+                    pending.append(pool.submit(_decode_chunk, jobs[b[i]:b[i + 1]]))
+                    if len(pending) >= 2 * workers:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+    except (BrokenProcessPool, OSError, NotImplementedError, ImportError):  # no sem_open (/dev/shm) etc.
+        return
+
+
+def iter_decoded(jobs, workers=None, progress=False):
+    """Yield lists of (array (S,S) uint8 or None, reason or None) covering `jobs` in order.
+
+    With workers > 1 (default: every core of this process) and at least PROCESS_MIN_IMAGES files,
+    chunks go to forked processes: small images are GIL-bound Python work. Where fork is unavailable,
+    or a worker dies, the rest decodes in this process: same bytes, same order. progress=True shows a
+    tqdm bar with an ETA on stderr when it is a terminal."""
+    workers = default_workers() if workers is None else int(workers)
+    bar = _bar(len(jobs)) if progress and sys.stderr.isatty() else None
+    done = 0
+    try:
+        parts = None
+        if workers > 1 and len(jobs) >= PROCESS_MIN_IMAGES:
+            parts = _decode_in_processes(jobs, workers)
+        for part in parts or ():
+            done += len(part)
+            if bar is not None:
+                bar.update(len(part))
+            yield part
+        for a in range(done, len(jobs), CHUNK):
+            part = _decode_chunk(jobs[a:a + CHUNK])
+            if bar is not None:
+                bar.update(len(part))
+            yield part
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _bar(total):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="decoding images", unit="img", leave=False, dynamic_ncols=True,
+                file=sys.stderr, mininterval=0.5)
+
+
+def decode_many(paths, image_size=32, resize="pad", workers=None, max_pixels=MAX_PIXELS, progress=False):
+    """Decode in order. Returns (list of (S,S) uint8 or None, list of reasons or None)."""
+    arrays, why = [], []
+    for part in iter_decoded(Jobs(list(paths), image_size, resize, max_pixels), workers, progress):
+        arrays.extend(r[0] for r in part)
+        why.extend(r[1] for r in part)
+    return arrays, why
+
+
+def decode_array(jobs, workers=None, progress=False):
+    """Decode `jobs` into one (K,S,S) uint8 array of the usable files, filled in place (no list of
+    arrays, no stacked copy) -> (images, [(job index, reason)] of the skipped ones)."""
+    s = jobs.args[0]
+    images = np.empty((len(jobs), s, s), dtype=np.uint8)   # (N,S,S); untouched rows cost no memory
+    skipped, k, i = [], 0, 0
+    for part in iter_decoded(jobs, workers, progress):
+        for a, reason in part:
+            if a is None:
+                skipped.append((i, reason))
+            else:
+                images[k] = a
+                k += 1
+            i += 1
+    return images[:k], skipped

@@ -1,6 +1,7 @@
 """`cnn lr-find`: the learning-rate range test of Lightning's lr_find (after Smith, 2015): from the
 config's initial weights, train a few steps with the rate rising geometrically from min to max,
-smooth the loss, stop once it exceeds 4x its best, and suggest the rate where it falls fastest.
+smooth the loss, stop once it exceeds 4x its best, and suggest the rate where it falls fastest
+on its way to its lowest point.
 It writes no run folder and no checkpoint; it does not change the config (it prints what to set).
 """
 
@@ -32,12 +33,18 @@ def smooth(losses) -> np.ndarray:
 
 
 def suggest(lrs, smoothed):
-    """The rate at the steepest descent of the smoothed loss (the most negative np.gradient, the
-    first SKIP_BEGIN and last SKIP_END points left out), or None with too few points."""
-    a, b = SKIP_BEGIN, len(smoothed) - SKIP_END
+    """The rate at the steepest descent of the smoothed loss (the most negative np.gradient) on the
+    way down to its lowest point: the first SKIP_BEGIN and last SKIP_END points left out, and every
+    point after the minimum (a dip inside a blown-up loss is no advice; fastai's "valley" looks
+    left of the minimum too). None with fewer than 2 such points."""
+    y = np.asarray(smoothed)
+    a, b = SKIP_BEGIN, len(y) - SKIP_END
     if b - a < 2:
         return None
-    return float(lrs[a + int(np.argmin(np.gradient(np.asarray(smoothed)[a:b])))])
+    b = a + int(np.argmin(y[a:b])) + 1                     # up to and including the minimum
+    if b - a < 2:
+        return None
+    return float(lrs[a + int(np.argmin(np.gradient(y[a:b])))])
 
 
 def lr_find(cfg: dict, steps: int = 100, min_lr: float = 1e-6, max_lr: float = 1.0, echo=print) -> dict:
@@ -126,11 +133,14 @@ def format_result(result: dict, optimizer: str, train_args: str = "") -> str:
         lines.append(f"{i + 1:>5} {lrs[i]:>10.3g} {smoothed[i]:>14.4f}")
     lines.append(f"ran {len(lrs)} step(s)" + (f"; stopped: {result['stopped']}" if result["stopped"] else ""))
     best = result["suggested"]
-    if best is None:
+    if best is None and len(lrs) < SKIP_BEGIN + SKIP_END + 2:
         lines.append(f"no suggestion: fewer than {SKIP_BEGIN + SKIP_END + 2} steps ran before it stopped; "
                      "try more --steps or a lower --max-lr")
+    elif best is None:
+        lines.append(f"no suggestion: the smoothed loss did not fall after step {SKIP_BEGIN}; "
+                     "try a lower --min-lr")
     else:
-        lines.append(f"suggested optim.lr: {best:.3g} (steepest descent of the smoothed loss, {optimizer}); "
+        lines.append(f"suggested optim.lr: {best:.3g} (steepest descent of the smoothed loss before its lowest point, {optimizer}); "
                      f"try: cnn train {train_args + ' ' if train_args else ''}--set optim.lr={best:.3g}")
     return "\n".join(lines)
 

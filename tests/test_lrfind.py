@@ -22,8 +22,10 @@ def _smooth_loop(losses, beta=0.98):
 
 
 def _steepest(lrs, smoothed, skip_begin=10, skip_end=1):
-    # the rate where the smoothed loss falls fastest: central differences, one-sided at the ends
+    # the rate where the smoothed loss falls fastest before its lowest point: central differences,
+    # one-sided at the ends
     y = smoothed[skip_begin:len(smoothed) - skip_end]
+    y = y[:min(range(len(y)), key=lambda i: (y[i], i)) + 1]
     slope = [y[1] - y[0]] + [(y[i + 1] - y[i - 1]) / 2 for i in range(1, len(y) - 1)] + [y[-1] - y[-2]]
     return lrs[skip_begin + min(range(len(slope)), key=lambda i: (slope[i], i))]
 
@@ -38,6 +40,21 @@ def test_rates_smoothing_and_suggestion_by_hand():
     assert lrfind.suggest(lrs, smoothed) == _steepest(list(lrs), list(smoothed))
     assert 20 <= list(lrs).index(lrfind.suggest(lrs, smoothed)) <= 23
     assert lrfind.suggest(lrs[:12], smoothed[:12]) is None                      # too few points
+
+
+def test_the_suggestion_lies_before_the_lowest_loss():
+    # a fall to a minimum, then a blow-up with a dip in it (a cnn lr-find run on a 140-image folder
+    # suggested such a dip, past its lowest loss, where training collapsed)
+    lrs = lrfind.rates(1e-5, 1.0, 60)
+    smoothed = ([3.0] * 15 + [3.0 - 0.2 * k for k in range(1, 11)] + [1.0] * 5
+                + [1.0 + 0.5 * k for k in range(1, 16)] + [8.5 - 3.0] + [5.6 + 0.1 * k for k in range(14)])
+    assert len(smoothed) == 60
+    s = lrfind.suggest(lrs, smoothed)
+    assert s == _steepest(list(lrs), list(smoothed)) and 15 <= list(lrs).index(s) <= 25
+    rising = [1.0] * 10 + [1.0 + k for k in range(20)]
+    assert lrfind.suggest(lrs[:30], rising) is None                                  # it never falls
+    r = {"lr": list(lrs[:30]), "smoothed": rising, "stopped": None, "suggested": None}
+    assert "no suggestion: the smoothed loss did not fall after step 10" in lrfind.format_result(r, "adam")
 
 
 @pytest.fixture()
@@ -60,7 +77,7 @@ def test_a_run_follows_its_own_losses_repeats_and_writes_nothing(cfg, tmp_path):
     assert not (tmp_path / "runs").exists()
     text = invoke(["lr-find", "--config", cfg, "--steps", "30", "--min-lr", "1e-5", "--max-lr", "1e-2",
                    "--set", "train.seed=0"]).stdout                 # (the default seed: the same test)
-    assert f"suggested optim.lr: {r['suggested']:.3g} (steepest descent of the smoothed loss, adam)" in text
+    assert f"suggested optim.lr: {r['suggested']:.3g} (steepest descent of the smoothed loss before its lowest point, adam)" in text
     assert f"try: cnn train --config {cfg} --set train.seed=0 --set optim.lr={r['suggested']:.3g}" in text
 
 

@@ -35,6 +35,22 @@ def check(cfg: dict, folds: int) -> None:
                           f"{cfg['data']['val']!r}; add --set data.val=null)")
 
 
+def check_images(cfg: dict, folds: int) -> None:
+    """Refuse more folds than data.train has files (indexed, not decoded; as scikit-learn's KFold
+    does): a fold would hold no validation image. A folder that cannot be indexed yet (the demo's,
+    before it is generated) is left to the first fold's set-up, which checks the usable images."""
+    from cnncli.data.dataset import index
+
+    try:
+        n = len(index(cfg["data"]["train"])[0].rels)
+    except (CnnError, OSError):
+        return
+    if folds > n:
+        raise ConfigError(f"--folds {folds} is more than the {n} image(s) of data.train "
+                          f"({runfolder.printable(cfg['data']['train'])}): a fold would hold no validation "
+                          f"image; use at most {n}")
+
+
 def fold_result(run_dir: Path, k: int) -> dict:
     """Fold k's row: its best epoch (best.npz's last history row) and how far the run went."""
     row = {"fold": k + 1, "run": str(run_dir)}
@@ -87,6 +103,7 @@ def _open_parent(resume, cfg: dict, folds: int, out) -> tuple:
         return parent, cfg, cfg["data"]["folds"]
     cfg = absolute_paths(cfg)
     check(cfg, folds)
+    check_images(cfg, folds)
     parent = runfolder.new_run_dir(out or f"{cfg['out']}-cv")
     base = {**cfg, "data": {**cfg["data"], "folds": folds, "fold": 0}, "out": str(parent)}
     text = config_mod.dump(base)
@@ -130,6 +147,11 @@ def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, ec
                 more = train.Interrupted(f"{err}; or continue the cross-validation with: cnn cv --resume {parent}")
                 more.everywhere = getattr(err, "everywhere", False)     # (every rank stops at the same step)
                 raise more from None
+            except CnnError:
+                if resume is None and comm.is_main and not any(parent.glob("fold-*/last.npz")):
+                    (parent / "config.yaml").unlink(missing_ok=True)     # nothing trained: the name goes back
+                    runfolder.release(parent)
+                raise
         if comm.is_main:
             rows.append(fold_result(fold_dir, k))
     if not comm.is_main:

@@ -59,6 +59,10 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
         val_ds, val_skipped = data.load_folder(val_dir, classes=train_ds.classes, missing_ok=True, **opts)
         skipped = list(skipped) + list(val_skipped)
     else:
+        if d["folds"] > len(train_ds.labels):
+            raise ConfigError(f"data.folds is {d['folds']} but {runfolder.printable(train_dir)} has "
+                              f"{len(train_ds.labels)} usable image(s): a fold would hold no validation image; "
+                              f"use at most {len(train_ds.labels)} folds")
         tr_idx, va_idx = (data.fold_split(train_ds.labels, d["folds"], d["fold"], d["seed"]) if d["folds"] else
                           data.stratified_split(train_ds.labels, d["val_split"], d["seed"]))
         train_ds, val_ds = data.split(train_ds, tr_idx, va_idx)   # in place: no second copy

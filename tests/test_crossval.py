@@ -191,3 +191,19 @@ def test_with_data_test_each_fold_and_their_ensemble_are_tested(tmp_path):
     assert summary["summary"]["test_acc"]["mean"] == pytest.approx(accs.mean())
     ens = json.loads(invoke(["eval", "--checkpoint", tmp_path / "cv", "--data", test, "--json"]).output)
     assert summary["ensemble_test"]["accuracy"] == ens["accuracy"] and summary["ensemble_test"]["num_images"] == 9
+
+
+def test_more_folds_than_images_is_refused(tmp_path):
+    # as scikit-learn's KFold: a fold without a validation image would train a run that validates
+    # on nothing (a 160-fold cv of 140 images trained 20 such runs, and its summary left them out)
+    clean = make_folder(tmp_path / "clean", per_class=2, odd_files=False)           # 6 images
+    res = invoke(["cv", "--set", f"data.train={clean}", "--folds", "7", "--out", tmp_path / "cv", "-q"])
+    assert res.exit_code == 2 and not (tmp_path / "cv").exists(), res.output
+    assert res.output.strip() == (f"Error: --folds 7 is more than the 6 image(s) of data.train ({clean}): a fold "
+                                  "would hold no validation image; use at most 6"), res.output
+    odd = make_folder(tmp_path / "odd", per_class=2)                  # 6 images and 2 files that do not decode
+    res = invoke(["cv", "--set", f"data.train={odd}", "--folds", "7", "--out", tmp_path / "cv2", "-q"])
+    assert res.exit_code == 2, res.output
+    assert (f"Error: data.folds is 7 but {odd} has 6 usable image(s): a fold would hold no validation image; "
+            "use at most 6 folds") in res.output
+    assert not (tmp_path / "cv2").exists()                             # nothing trained: no folder left

@@ -100,6 +100,10 @@ def _train_config(config_path, overrides, resume, init_from, out, strict, no_cac
         cfg = config_mod.load_config(config_path, overrides)
     if init_from is not None:
         cfg = {**cfg, "train": {**cfg["train"], "init_from": init_from}}
+    if print_config and (out is not None or resume is not None):     # where the run goes, as train() takes it
+        from cnncli.predictor import run_checkpoint
+
+        cfg = {**cfg, "out": str(out) if out is not None else str(run_checkpoint(resume).parent)}
     if not print_config:
         config_mod.require_train(cfg)
     return cfg

@@ -142,6 +142,7 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     if resume_mod.should_continue(state, saved, cfg):
         state.stopped_early = False
     run_dir = Path(out) if out else ckpt_path.parent
+    cfg = {**cfg, "out": str(run_dir)}                    # (config.yaml says where the run lives)
     notes = _rewind_note(ckpt_path, state, run_dir)
     if write:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -135,6 +135,18 @@ def test_resume_into_another_out_names_only_files_that_exist(data, tmp_path):
     for word in res.output.split():
         if word.endswith(".npz") or word.endswith(".npz:"):
             assert os.path.exists(word.rstrip(":")), (word, res.output)
+    import yaml
+
+    assert yaml.safe_load((other / "config.yaml").read_text())["out"] == str(other)   # where the run now lives
+    import shutil
+
+    copy = tmp_path / "copy"                                            # a run whose config says out: run
+    shutil.copytree(run, copy)
+    for args in ([], ["--config", tmp_path / "c.yaml"]):                # --print-config says where it would go
+        printed = invoke("train", "--resume", copy, *args, "--print-config").output
+        assert yaml.safe_load(printed)["out"] == str(copy), printed
+        printed = invoke("train", "--resume", run, *args, "--out", other, "--print-config").output
+        assert yaml.safe_load(printed)["out"] == str(other), printed
 
 
 def test_no_validation_images_warns_once_and_tracks_the_training_loss(tmp_path):

@@ -18,9 +18,9 @@ from cnncli.errors import DataError
 from e2e_util import SHAPES, invoke, load_params, make_folder, private_cache  # noqa: F401
 
 
-def write_csv(path, rows, header=("path", "label"), bom=False):
+def write_csv(path, rows, header=("path", "label"), bom=False, delimiter=","):
     with open(path, "w", newline="", encoding="utf-8-sig" if bom else "utf-8") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, delimiter=delimiter)
         w.writerow(header)
         w.writerows(rows)
     return path
@@ -75,6 +75,23 @@ def test_any_layout_bom_absolute_paths_and_bad_rows(tmp_path):
     assert str(pics / "broken.png") in reasons and len(skipped) == 4
     with pytest.raises(DataError, match="4 unusable file"):
         load_folder(labels, cache=False, strict=True)
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+def test_semicolons_and_tabs_separate_as_commas_do(tmp_path, delimiter):
+    # a European spreadsheet saves "CSV" with semicolons; a TSV has tabs; names may hold commas
+    data = make_folder(tmp_path / "da,ta", per_class=4, odd_files=False)
+    rows = folder_rows(data, tmp_path)
+    a, _ = load_folder(write_csv(tmp_path / "comma.csv", rows), cache=False)
+    with open(tmp_path / "other.csv", "w", encoding="utf-8") as f:
+        f.write("\n" + f"img{delimiter}class\n" + "".join(f"{p}{delimiter}{c}\n" for p, c in rows) + "\n")
+    b, skipped = load_folder(tmp_path / "other.csv", cache=False)
+    assert skipped == [] and a.classes == b.classes and b.paths == a.paths
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    with open(tmp_path / "other.csv", "a", encoding="utf-8") as f:
+        f.write(f"{rows[0][0]}{delimiter}\n")                       # a row without a label: its line number
+    _, skipped = load_folder(tmp_path / "other.csv", cache=False)
+    assert skipped == [(f"{tmp_path / 'other.csv'} line {len(rows) + 4}", "no label")]
 
 
 def test_the_cache_follows_the_csvs_labels(tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """Indexing a labels CSV instead of a class-per-subfolder folder (as Ludwig and most Kaggle sets ship
-data): a header row with a path column and a label column, one row per image; relative paths are
-taken from the CSV's own folder, the classes are the distinct labels in sorted order. It has the
-attributes of scan.Index (so load_folder decodes and caches it the same way); it does not decode.
+data): a header row with a path column and a label column (comma-, semicolon- or tab-separated),
+one row per image; relative paths are taken from the CSV's own folder, the classes are the distinct
+labels in sorted order. It has the attributes of scan.Index (so load_folder decodes and caches it
+the same way); it does not decode.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import itertools
 import os
 from array import array
 
@@ -53,10 +55,28 @@ def _reading(path: str):
         raise DataError(f"labels file {printable(path)}: cannot be read ({e.strerror or e})") from None
 
 
+DELIMITERS = (",", ";", "\t")     # comma first; a European spreadsheet's semicolons; tabs (TSV)
+
+
+def _reader(f):
+    """A csv.reader of f whose delimiter is the first of DELIMITERS that splits the first non-blank
+    line into a header with a path column (else a comma); its line numbers count every line."""
+    lines = []
+    for line in f:
+        lines.append(line)
+        if line.strip():
+            break
+    first = lines[-1] if lines else ""
+    delimiter = next((d for d in DELIMITERS
+                      if any(h.strip().lower() in PATH_COLUMNS for h in next(csv.reader([first], delimiter=d), []))),
+                     ",")
+    return csv.reader(itertools.chain(lines, f), delimiter=delimiter)
+
+
 def _rows(path: str, f, with_label: bool):
     """(line number, full path or '', label or '') of each non-blank row after the header; relative
     paths are taken from the CSV's folder."""
-    reader = csv.reader(f)
+    reader = _reader(f)
     header = next((r for r in reader if any(cell.strip() for cell in r)), None)
     if header is None:
         raise DataError(f"labels file {printable(path)}: is empty (expected a header row, e.g. path,label)")

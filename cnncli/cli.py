@@ -150,6 +150,9 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
     metrics, _, _ = evaluate(list(checkpoint), data_dir, batch_size=batch_size, top_k=top_k, cache=not no_cache)
     for line in notice_lines(metrics):
         click.echo(printable(line), err=True)
+    if top_k is not None and metrics["top_k"] < top_k:
+        click.echo(f"note: --top-k {top_k} is more than the model's {metrics['top_k']} classes: top-{metrics['top_k']} "
+                   "accuracy is shown", err=True)
     click.echo(json.dumps(metrics, indent=2) if as_json else printable(format_metrics(metrics)))
     if fail_under is not None and (problem := below_threshold(metrics, metric, fail_under)):
         raise CnnError(problem)
@@ -172,6 +175,9 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
     from cnncli.ensemble import load
     from cnncli.predictions import gather_paths, predict_stream, prediction_line, write_predictions_csv
 
+    if as_json and csv_path:
+        raise click.UsageError("--json and --csv: give one of them (--csv writes every class's probability "
+                               "to a file; --json prints the top --top-k)")
     predictor, _ = load(checkpoint)
     files, failures = gather_paths(paths)
     results, bad = predict_stream(predictor, files, len(predictor.classes) if csv_path else top_k)

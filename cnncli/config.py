@@ -164,6 +164,10 @@ def _resolve(values):
     if flat["train.epochs"] != "auto" and flat["optim.warmup_epochs"] > flat["train.epochs"]:
         fail(origin("optim.warmup_epochs"), "optim.warmup_epochs",
               f"must be <= train.epochs ({flat['train.epochs']}), got {flat['optim.warmup_epochs']}")
+    if flat["optim.name"] == "nesterov" and flat["optim.momentum"] == 0:
+        fail(origin("optim.momentum") or origin("optim.name"), "optim.momentum",
+             "must be > 0 with optim.name=nesterov (Nesterov's look-ahead is along the momentum; PyTorch's SGD "
+             "refuses it too; optim.name=sgd is plain SGD), got 0")
     if flat["data.folds"] and flat["data.fold"] >= flat["data.folds"]:
         fail(origin("data.fold"), "data.fold", f"must be < data.folds ({flat['data.folds']}), got {flat['data.fold']}")
     if flat["data.folds"] and flat["data.val"]:

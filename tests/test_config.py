@@ -186,6 +186,7 @@ def test_parse_override():
     ("optim:\n  lr: 0.01\n  min_lr: 0.1\n", ["optim.min_lr", "<= optim.lr"]),
     ("train:\n  epochs: 5\noptim:\n  warmup_epochs: 20\n", ["optim.warmup_epochs", "<= train.epochs (5)"]),
     ("train:\n  epochs: Auto\n", ["train.epochs", "expected an integer or auto", "'Auto'"]),
+    ("optim:\n  name: nesterov\n  momentum: 0\n", ["cfg.yaml:3:", "optim.momentum", "> 0 with optim.name=nesterov"]),
 ])
 def test_file_errors_name_file_line_and_key(tmp_path, text, needles):
     message = _error(load_config, _write(tmp_path, text))
@@ -388,6 +389,8 @@ def test_valid_configs_validate_and_round_trip(flat):
         flat["train.batch_size"] = 2           # batch statistics need 2 images (a cross-check)
     if flat.get("data.folds") == 1:
         flat["data.folds"] = 0                  # 0 (off) or >= 2
+    if flat.get("optim.name") == "nesterov" and flat.get("optim.momentum") == 0:
+        flat["optim.momentum"] = 0.5            # Nesterov needs a momentum (a cross-check)
     if flat.get("data.folds", 0) and (flat.get("data.fold", 0) >= flat["data.folds"] or flat.get("data.val")):
         flat["data.folds"] = 0                  # the fold cross-checks
     cfg = validate(config.nest(flat))

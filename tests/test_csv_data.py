@@ -165,3 +165,8 @@ def test_predict_reads_a_csv_of_paths_and_writes_a_predictions_csv(tmp_path):
         assert {t["class"]: t["probability"] for t in r["top_k"]} == {c: float(w[c]) for c in sorted(SHAPES)}
     res = invoke(["predict", "--checkpoint", tmp_path / "run", listing, "--csv", tmp_path / "no" / "p.csv"])
     assert res.exit_code == 1 and f"Error: {tmp_path / 'no' / 'p.csv'}: cannot write the predictions" in res.output
+    res = invoke(["predict", "--checkpoint", tmp_path / "run", listing, "--csv", out, "--json"])
+    assert res.exit_code == 2 and "Error: --json and --csv: give one of them" in res.output   # not one dropped
+    res = invoke(["eval", "--checkpoint", tmp_path / "run", "--data", data, "--top-k", "5"])
+    assert res.exit_code == 0 and "note: --top-k 5 is more than the model's 3 classes: top-3 accuracy" in res.output
+    assert "top-3 accuracy" in res.output

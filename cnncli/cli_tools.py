@@ -13,7 +13,7 @@ import sys
 import click
 
 from cnncli.cli_common import echo_json_list, on_every_rank, resolve_checkpoint, user_errors
-from cnncli.errors import CnnError
+from cnncli.errors import CnnError, ConfigError
 
 
 @click.command(short_help="Check every gradient against finite differences.")
@@ -187,29 +187,39 @@ def cache(clear):
               help="Parent folder of the fold runs [default: the config's out + '-cv'].")
 @click.option("--resume", type=click.Path(file_okay=False, exists=True), default=None,
               help="Continue a cnn cv folder: finished folds are kept, the others resume or start.")
+@click.option("--init-from", type=click.Path(), default=None,
+              help="Start every fold from a checkpoint's weights (fine-tuning), as cnn train --init-from.")
+@click.option("--strict", is_flag=True, help="Refuse to start if any image is unreadable (same as --set data.strict=true).")
+@click.option("--no-cache", is_flag=True, help="Decode every image again; do not read or write the dataset cache "
+              "(same as --set data.cache=false).")
 @click.option("--json", "as_json", is_flag=True, help="Print cv.json's object instead of the table.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @user_errors
-def cv(config_path, overrides, folds, out, resume, as_json, quiet):
+def cv(config_path, overrides, folds, out, resume, init_from, strict, no_cache, as_json, quiet):
     """Stratified K-fold cross-validation of a config, as Ludwig's experiment --k_fold: fold k of
     data.train is held out for validation in run OUT/fold-k (an ordinary run folder), then each
     fold's best epoch and the mean +- std of their val loss and val acc are printed and written
     to OUT/cv.json. Under `mpirun -n K` each fold trains on the K processes, as cnn train does."""
-    on_every_rank(_cv, config_path, overrides, folds, out, resume, as_json, quiet)
+    overrides = list(overrides) + (["data.strict=true"] if strict else []) + (["data.cache=false"] if no_cache else [])
+    on_every_rank(_cv, config_path, overrides, folds, out, resume, init_from, as_json, quiet)
 
 
-def _cv(comm, config_path, overrides, folds, out, resume, as_json, quiet):
+def _cv(comm, config_path, overrides, folds, out, resume, init_from, as_json, quiet):
     from cnncli import config as config_mod
     from cnncli.crossval import cross_validate, format_summary
     from cnncli.distributed import everyone
 
     def config():
-        if resume is not None and (config_path or overrides or out):
-            raise CnnError("--resume continues a cnn cv folder with its own config.yaml; drop --config, --set "
-                           "and --out")
+        if resume is not None and (config_path or overrides or out or init_from):
+            raise CnnError("--resume continues a cnn cv folder with its own config.yaml; drop --config, --set, "
+                           "--out, --init-from, --strict and --no-cache")
         if resume is not None:
             return None
+        if init_from is not None and not init_from.strip():
+            raise ConfigError("--init-from: the path is empty")
         cfg = config_mod.load_config(config_path, overrides)
+        if init_from is not None:
+            cfg = {**cfg, "train": {**cfg["train"], "init_from": init_from}}
         config_mod.require_train(cfg)
         return cfg
     cfg = everyone(comm, config)

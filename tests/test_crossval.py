@@ -207,3 +207,21 @@ def test_more_folds_than_images_is_refused(tmp_path):
     assert (f"Error: data.folds is 7 but {odd} has 6 usable image(s): a fold would hold no validation image; "
             "use at most 6 folds") in res.output
     assert not (tmp_path / "cv2").exists()                             # nothing trained: no folder left
+
+
+def test_cv_takes_train_s_data_and_init_flags(cv_run, tmp_path):
+    # --strict, --no-cache and --init-from as cnn train has them (cv had only --set for these)
+    _, data, parent, _, _ = cv_run
+    odd = make_folder(tmp_path / "odd", per_class=4)                   # with a broken file
+    res = invoke(["cv", "--set", f"data.train={odd}", "--folds", "2", "--strict", "--out", tmp_path / "s", "-q"])
+    assert res.exit_code != 0 and "unusable file" in res.output, res.output
+    cached = sorted((tmp_path / "cache").rglob("*"))
+    res = invoke(["cv", "--set", f"data.train={data}", "--set", "train.epochs=1", "--folds", "2", "--no-cache",
+                  "--init-from", parent / "fold-1", "--out", tmp_path / "ft", "-q"])
+    assert res.exit_code == 0, res.output
+    assert sorted((tmp_path / "cache").rglob("*")) == cached                  # nothing cached
+    for k in (1, 2):
+        _, meta = load_checkpoint(tmp_path / "ft" / f"fold-{k}" / "last.npz")
+        assert f"init_from: {parent / 'fold-1'}" in meta["config"] and "cache: false" in meta["config"]
+    res = invoke(["cv", "--resume", tmp_path / "ft", "--no-cache"])
+    assert res.exit_code != 0 and "--resume continues a cnn cv folder with its own config.yaml" in res.output

@@ -200,7 +200,8 @@ def resolve_epochs(cfg, n_train, origin="train.epochs=auto"):
 
 
 def parse_override(text):
-    """'a.b.c=VALUE' -> ('a.b.c', value parsed as YAML); ConfigError for a bad key or syntax."""
+    """'a.b.c=VALUE' -> ('a.b.c', value parsed as YAML; a mapping when a.b.c is a section); ConfigError
+    for a bad key or syntax."""
     if not isinstance(text, str) or "=" not in text:
         raise ConfigError(f"--set {show(text) if not isinstance(text, str) else show_key(text)}: "
                           f"expected KEY=VALUE, e.g. --set optim.lr=0.01")
@@ -209,12 +210,13 @@ def parse_override(text):
     origin = ("set", None, None)
     if not key:
         raise ConfigError(f"--set {show_key(text)}: missing the key before '=', e.g. --set optim.lr=0.01")
-    if key in SECTIONS:
-        children = [k[len(key) + 1:] for k in LEAVES if k.startswith(key + ".")]
-        fail(origin, key, f"is a section, not a value; set one of its keys, e.g. {key}.{children[0]}=...")
-    if key not in LEAVES:
+    if key not in LEAVES and key not in SECTIONS:
         fail(origin, key, suggest(key))
     value = parse_yaml(raw, f"--set {key}", with_line=False) if raw.strip() else None
+    if key in SECTIONS and not isinstance(value, dict):       # a section takes a mapping, as in a file
+        children = [k[len(key) + 1:] for k in LEAVES if k.startswith(key + ".")]
+        fail(origin, key, f"is a section, not a value; set one of its keys, e.g. {key}.{children[0]}=..., "
+                          f"or a mapping, e.g. {key}={{{children[0]}: ...}}")
     return key, value
 
 
@@ -241,7 +243,10 @@ def load_config_text(text, overrides=(), source="<config>"):
     _flatten(data, "", _file_origin(source), values)
     for text_ in overrides:
         key, value = parse_override(text_)
-        values[key] = (value, ("set", None, None))
+        if key in SECTIONS:                                   # --set train.early_stopping={patience: 3}
+            _flatten(value, key + ".", lambda mapping, k: ("set", None, None), values)
+        else:
+            values[key] = (value, ("set", None, None))
     return _resolve(values)
 
 

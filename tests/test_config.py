@@ -207,7 +207,9 @@ def test_file_errors_name_file_line_and_key(tmp_path, text, needles):
     (["noequals"], ["--set noequals", "KEY=VALUE"]),
     (["=3"], ["missing the key"]),
     (["optim=3"], ["--set optim: is a section", "optim.name="]),
-    (["train.early_stopping=3"], ["train.early_stopping: is a section"]),
+    (["train.early_stopping=3"], ["train.early_stopping: is a section", "or a mapping, e.g. train.early_stopping={"]),
+    (["train.early_stopping={patiense: 3}"], ["--set train.early_stopping.patiense", "did you mean"]),
+    (["optim={lr: -1}"], ["--set optim.lr", "> 0"]),
     (["optim.lr=-1"], ["--set optim.lr", "> 0"]),
     (["optim.lr=[1, 2"], ["--set optim.lr", "could not parse YAML"]),
     (["optim.lr="], ["--set optim.lr", "must not be null"]),
@@ -218,6 +220,14 @@ def test_override_errors(overrides, needles):
     message = _error(load_config, None, overrides)
     for needle in needles:
         assert needle in message, (needle, message)
+
+
+def test_a_section_takes_a_mapping_on_the_command_line_as_in_a_file(tmp_path):
+    path = _write(tmp_path, "train:\n  early_stopping:\n    patience: 7\n    min_delta: 0.1\n")
+    cfg = load_config(path, ["train.early_stopping={patience: 3}", "augment={enabled: false, affine: {p: 0.2}}"])
+    assert cfg["train"]["early_stopping"]["patience"] == 3 and cfg["train"]["early_stopping"]["min_delta"] == 0.1
+    assert cfg["augment"]["enabled"] is False and cfg["augment"]["affine"]["p"] == 0.2
+    assert cfg == load_config(path, ["train.early_stopping.patience=3", "augment.enabled=false", "augment.affine.p=0.2"])
 
 
 def test_override_error_wins_over_file_position(tmp_path):

@@ -124,6 +124,9 @@ def parse_yaml(text, where, with_line=True):
         mark = e.problem_mark or e.context_mark
         line = f":{mark.line + 1}" if mark is not None and with_line else ""
         problem = " ".join(f"{e.problem or ''} {e.context or ''}".split()) or type(e).__name__
+        lines = text.splitlines()
+        if mark is not None and mark.line < len(lines) and "\t" in lines[mark.line][:mark.column + 1]:
+            problem += " (a tab: YAML indents with spaces only)"
         raise ConfigError(f"{where}{line}: could not parse YAML: {problem}") from None
     except yaml.reader.ReaderError as e:  # a character YAML does not allow
         line = f":{text[:e.position].count(chr(10)) + 1}" if with_line and isinstance(e.position, int) else ""

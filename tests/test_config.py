@@ -186,6 +186,7 @@ def test_parse_override():
     ("optim:\n  lr: 0.01\n  min_lr: 0.1\n", ["optim.min_lr", "<= optim.lr"]),
     ("train:\n  epochs: 5\noptim:\n  warmup_epochs: 20\n", ["optim.warmup_epochs", "<= train.epochs (5)"]),
     ("train:\n  epochs: Auto\n", ["train.epochs", "expected an integer or auto", "'Auto'"]),
+    ("train:\n\tepochs: 3\n", ["cfg.yaml:2:", "could not parse YAML", "(a tab: YAML indents with spaces only)"]),
     ("optim:\n  name: nesterov\n  momentum: 0\n", ["cfg.yaml:3:", "optim.momentum", "> 0 with optim.name=nesterov"]),
 ])
 def test_file_errors_name_file_line_and_key(tmp_path, text, needles):

@@ -230,7 +230,9 @@ def bad_files():
         "pcx.png": (_bytes_of(rgb, "PCX"), "not a PNG/JPEG"),
         "targa.jpg": (_bytes_of(rgb, "TGA"), "not a PNG/JPEG"),
         "doc.tif": (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "PDF"),
-        "garbage.webp": (bytes(range(256)) * 4, "not a PNG/JPEG"),
+        "garbage.webp": (bytes(range(256)) * 4, "its first bytes match none of these formats"),
+        "stub.png": (png[:6], "a damaged or truncated PNG file (6 bytes)"),        # too short for Pillow to tell
+        "stub.gif": (b"GIF89a", "a damaged or truncated GIF file (6 bytes)"),
     }
 
 

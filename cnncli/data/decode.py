@@ -48,13 +48,32 @@ def _not_image_reason(path: str) -> str:
     names = "PNG/JPEG/BMP/GIF/PNM/TIFF/WebP/ICO"
     if head.startswith(b"%PDF"):
         return f"not a {names} image (it is a PDF)"
+    for magic, fmt in _SIGNATURES:
+        if head.startswith(magic):
+            return f"a damaged or truncated {fmt} file ({_size(path)})"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return f"a damaged or truncated WebP file ({_size(path)})"
     try:
         text = head.decode("utf-8")
         if all(c.isprintable() or c in "\r\n\t" for c in text):
             return f"not a {names} image (it looks like text)"
     except UnicodeDecodeError:
         pass
-    return f"not a {names} image (unrecognised or unsupported real format)"
+    if head.startswith(b"BM"):                 # (after the text test: a text may start with BM)
+        return f"a damaged or truncated BMP file ({_size(path)})"
+    return f"not a {names} image (its first bytes match none of these formats)"
+
+
+# the first bytes of the formats we read (a file that starts so but does not open is damaged)
+_SIGNATURES = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"II*\0", "TIFF"),
+               (b"MM\0*", "TIFF"))
+
+
+def _size(path: str) -> str:
+    try:
+        return f"{os.path.getsize(path):,} bytes"
+    except OSError:
+        return "size unknown"
 
 
 def _to_gray_u8(img, sixteen_bit: bool = False) -> np.ndarray:

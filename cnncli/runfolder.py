@@ -10,6 +10,7 @@ import csv
 import io
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,10 +115,19 @@ def write_metrics(run_dir: Path, history: list) -> None:
     atomic_text(run_dir / "metrics.csv", buf.getvalue())
 
 
+_CSV_ROW = re.compile(r"\.csv line \d+$", re.IGNORECASE)
+
+
 def skipped_lines(skipped, where: str = "", rest: str = "", shown: int = 5) -> list:
-    """The warning about unreadable files [(path, reason)]: their count (`where` says where they are all
+    """The warning about unreadable files and labels-file rows [(path or "F.csv line N", reason)]: their count (`where` says where they are all
     listed), the first `shown` with their reasons, then how many more (and `rest`)."""
-    lines = [f"warning: skipped {len(skipped)} unreadable file(s){where}:"]
+    rows = sum(1 for p, _ in skipped if _CSV_ROW.search(p))      # a labels file's rows (csvindex: "F line N")
+    what = []
+    if rows < len(skipped):
+        what.append(f"{len(skipped) - rows} unreadable file(s)")
+    if rows:
+        what.append(f"{rows} labels-file row(s)")
+    lines = [f"warning: skipped {' and '.join(what)}{where}:"]
     lines += [f"  {printable(p)}: {printable(r)}" for p, r in skipped[:shown]]
     if len(skipped) > shown:
         lines.append(f"  ... and {len(skipped) - shown} more{rest}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import re
 from pathlib import Path
 
 from cnncli import checkpoint
@@ -87,12 +88,17 @@ def describe_run(run: Path) -> dict:
     return row
 
 
+def natural_key(name: str) -> list:
+    """A sort key that orders the numbers in a name by value: fold-2 before fold-10, run-9 before run-10."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
+
+
 def sort_rows(rows: list, by: str) -> list:
-    """Rows in `by` order: name; val_acc (highest first); val_loss (lowest first); time (newest
+    """Rows in `by` order: name (numbers by value, natural_key); val_acc (highest first); val_loss (lowest first); time (newest
     first). Rows without the value (and unreadable runs) go last, in name order."""
     if by not in SORTS:
         raise CnnError(f"--sort must be one of {', '.join(SORTS)}, got {by!r}")
-    rows = sorted(rows, key=lambda r: r["run"])
+    rows = sorted(rows, key=lambda r: natural_key(r["run"]))
     if by == "name":
         return rows
     key = {"val_acc": lambda r: -r["val_acc"], "val_loss": lambda r: r["val_loss"],

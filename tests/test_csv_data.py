@@ -170,3 +170,14 @@ def test_predict_reads_a_csv_of_paths_and_writes_a_predictions_csv(tmp_path):
     res = invoke(["eval", "--checkpoint", tmp_path / "run", "--data", data, "--top-k", "5"])
     assert res.exit_code == 0 and "note: --top-k 5 is more than the model's 3 classes: top-3 accuracy" in res.output
     assert "top-3 accuracy" in res.output
+
+
+def test_the_skipped_warning_counts_files_and_rows_apart(tmp_path):
+    from cnncli.runfolder import skipped_lines
+
+    labels = tmp_path / "Labels.CSV"
+    skipped = [(str(tmp_path / "broken.png"), "a damaged or truncated PNG file (6 bytes)"),
+               (f"{labels} line 4", "no label"), (f"{labels} line 7", f"cannot read {tmp_path / 'gone.png'}")]
+    assert skipped_lines(skipped)[0] == "warning: skipped 1 unreadable file(s) and 2 labels-file row(s):"
+    assert skipped_lines(skipped[1:])[0] == "warning: skipped 2 labels-file row(s):"
+    assert skipped_lines(skipped[:1], ", listed in x")[0] == "warning: skipped 1 unreadable file(s), listed in x:"

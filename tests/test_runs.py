@@ -73,6 +73,14 @@ def test_orders(experiments):
     assert times == sorted(times, reverse=True)
 
 
+def test_names_sort_their_numbers_by_value():
+    from cnncli.runs import sort_rows
+
+    names = ["cv/fold-10", "cv/fold-2", "cv/fold-1", "cv-2/fold-1", "run", "run-10", "run-9", "Run-1"]
+    got = [r["run"] for r in sort_rows([{"run": n} for n in names], "name")]
+    assert got == ["Run-1", "cv-2/fold-1", "cv/fold-1", "cv/fold-2", "cv/fold-10", "run", "run-9", "run-10"]
+
+
 def test_a_run_folder_itself_and_bad_roots(experiments, tmp_path):
     _, root = experiments
     rows = json.loads(invoke(["runs", root / "fast", "--json"]).output)

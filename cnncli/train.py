@@ -329,6 +329,16 @@ def evaluate_test_data(run_dir: Path, cfg: dict, echo) -> dict:
     return metrics
 
 
+def _weights_text(setting, weights, classes, shown: int = 6) -> str:
+    """'' for an unweighted loss, else '; class weights balanced (a 0.62, b 1.87, ...)' for the
+    start-of-run line: train.class_weight and the first `shown` classes' weights."""
+    if weights is None:
+        return ""
+    pairs = ", ".join(f"{runfolder.printable(c)} {w:.3g}" for c, w in zip(classes[:shown], weights))
+    more = ", ..." if len(classes) > shown else ""
+    return f"; class weights {setting if isinstance(setting, str) else 'as set'} ({pairs}{more})"
+
+
 # ----------------------------------------------------------------------------------------------
 # set up the run
 
@@ -372,7 +382,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                  f"thread(s); setup {time.perf_counter() - t_setup:.1f}s")
     trainer.echo(f"Epochs: {trainer.epochs}{' (train.epochs=auto for this training set)' if auto else ''}; "
                  f"augmentation {'on' if trainer.augmenter is not None else 'off'}; early stopping "
-                 f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}")
+                 f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}"
+                 + _weights_text(cfg["train"]["class_weight"], trainer.class_weight, train_ds.classes))
     for line in data_notes(cfg, train_ds, val_ds):
         trainer.echo(line)
     trainer.fit()

@@ -49,6 +49,9 @@ def _train_and_eval(tmp, train, test, weight):
                    "--set", "train.early_stopping.patience=0", "--set", f"train.class_weight={weight}"], tmp,
                   cwd=_repo())
     assert res.returncode == 0, res.stderr
+    said = [line for line in res.stderr.splitlines() if line.startswith("Epochs: ")]
+    assert len(said) == 1 and (said[0].endswith("; class weights balanced (bright 5.5, dim 0.55)")
+                               if weight == "balanced" else "class weights" not in said[0]), said
     ev = run_cli(["eval", "--checkpoint", out / "last.npz", "--data", test, "--json"], tmp)
     assert ev.returncode == 0, ev.stderr
     return json.loads(ev.stdout)

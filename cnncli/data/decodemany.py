@@ -88,8 +88,9 @@ def _process_parts(jobs, workers, ctx):
     try:
         with warnings.catch_warnings():       # Python >= 3.12 warns when forking a threaded process;
             warnings.simplefilter("ignore", DeprecationWarning)   # the children only decode files
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_start,
-                                     initargs=(os.getpid(),)) as pool:
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_start,
+                                       initargs=(os.getpid(),))
+            try:
                 pending = deque()             # at most 2 chunks per worker in flight: bounded memory
                 for i in range(len(b) - 1):
                     pending.append(pool.submit(_decode_chunk, jobs[b[i]:b[i + 1]]))
@@ -97,8 +98,23 @@ def _process_parts(jobs, workers, ctx):
                         yield pending.popleft().result()
                 while pending:
                     yield pending.popleft().result()
+            finally:
+                _shut(pool)
     except (BrokenProcessPool, OSError, NotImplementedError, ImportError):  # no sem_open (/dev/shm) etc.
         return
+
+
+def _shut(pool) -> None:
+    """pool.shutdown, the chunks not started cancelled (all are done unless a stop or an error came).
+    A stop signal inside pool.submit can leave its manager thread created but never started, and
+    shutting that down raises RuntimeError ("cannot join thread before it is started"), which would
+    replace the stop's own exception: its forked workers, which nothing would stop, are killed."""
+    try:
+        pool.shutdown(wait=True, cancel_futures=True)
+    except RuntimeError:
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.kill()
+            proc.join(5)
 
 
 def iter_decoded(jobs, workers=None, progress=False):

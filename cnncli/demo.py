@@ -153,7 +153,8 @@ def generate_demo(root, train_per_class: int = 600, test_per_class: int = 150, s
                   image_size: int = 32, workers: int = 2) -> str:
     """Write root/{train,test}/<class>/NNNNN.png plus the marker file. Returns root.
 
-    workers > 1 renders classes in that many spawned processes; the bytes do not depend on it.
+    workers > 1 renders classes in that many spawned processes (which end with this one: a killed
+    `cnn demo` leaves none behind); the bytes do not depend on it.
     """
     root = os.fspath(root)
     jobs = [(root, si, split, ci, count, seed, image_size)
@@ -165,9 +166,12 @@ def generate_demo(root, train_per_class: int = 600, test_per_class: int = 150, s
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
+        from cnncli.lifeline import die_with_parent
+
         ctx = multiprocessing.get_context("spawn")     # no fork: the caller may have threads running
         try:
-            with ProcessPoolExecutor(max_workers=int(workers), mp_context=ctx) as pool:
+            with ProcessPoolExecutor(max_workers=int(workers), mp_context=ctx, initializer=die_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
                 list(pool.map(_write_class, jobs))
             jobs = []
         except (OSError, NotImplementedError, BrokenProcessPool):

@@ -168,3 +168,47 @@ def test_data_demo_generates_only_where_the_demo_goes(tmp_path, monkeypatch, tra
     with pytest.raises(DataError, match="does not exist"):           # (the stub generated nothing)
         runsetup.load_datasets(config.load_config(None, sets))
     assert calls == ([tmp_path / "p"] if generated else [])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="Linux /proc needed")
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_a_killed_cnn_demo_leaves_no_worker_behind(tmp_path, sig):
+    # its spawned renderers outlived it (blocked on their queue for an hour, holding the pipes of
+    # whoever ran it) when cnn demo was killed while they rendered
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def children(pid):
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                return [int(c) for c in f.read().split()]
+        except OSError:
+            return []
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return False
+    cnn = subprocess.Popen([sys.executable, "-m", "cnncli", "demo", str(tmp_path / "demo")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    workers = []
+    while time.monotonic() < deadline and cnn.poll() is None:   # the renderers (and the resource tracker)
+        workers = children(cnn.pid)
+        if len(workers) >= 3 and any(tmp_path.glob("*/train/*/*.png")):   # (the demo renders into a sibling)
+            break
+        time.sleep(0.05)
+    assert cnn.poll() is None and len(workers) >= 3, "the demo's workers did not start"
+    cnn.send_signal(getattr(signal, sig))
+    cnn.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while any(map(alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [w for w in workers if alive(w)]
+    for w in left:
+        os.kill(w, signal.SIGKILL)
+    assert not left, f"{len(left)} worker(s) outlived cnn demo"

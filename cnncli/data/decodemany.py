@@ -63,20 +63,13 @@ def _decode_in_processes(jobs, workers):
 
 def _worker_start(parent: int) -> None:
     """A forked decode worker: it holds none of the parent's cache locks, and it ends with its parent
-    (Linux PR_SET_PDEATHSIG), so a parent killed mid-decode (SIGKILL, SIGTERM) leaves no worker behind
-    to block the next run."""
+    (lifeline.die_with_parent), so a parent killed mid-decode (SIGKILL, SIGTERM) leaves no worker
+    behind to block the next run."""
+    from ..lifeline import die_with_parent
     from .cache import close_inherited_locks
 
     close_inherited_locks()
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)    # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:                 # the parent died before the call above
-        os._exit(0)
+    die_with_parent(parent)
 
 
 def _process_parts(jobs, workers, ctx):

@@ -196,11 +196,16 @@ def _install() -> None:
     shards.COMPILING_ELSEWHERE[0] = compiling_elsewhere
 
 
-def _worker(tasks: list, order: list, state, go, for_a_run: bool = True) -> None:
+def _worker(tasks: list, order: list, state, go, for_a_run: bool = True, parent: int | None = None) -> None:
     """Worker process: claim the next free task in `order`, compile it, until none is left. For a
     run, the BACKGROUND kernels (last in `order`) wait for `go` (the run's first steps are through:
     their kernels are compiled) and compile at the lowest CPU priority: the run trains without them
-    meanwhile, and its threads keep their cores (os.nice: POSIX; elsewhere as before)."""
+    meanwhile, and its threads keep their cores (os.nice: POSIX; elsewhere as before). With the
+    parent's pid, it ends with its parent (a killed run would leave it waiting for `go` for ever)."""
+    if parent is not None:
+        from cnncli.lifeline import die_with_parent
+
+        die_with_parent(parent)
     while True:
         with state.get_lock():
             i = next((i for i in order if state[i] == FREE), None)
@@ -255,7 +260,8 @@ class Precompile:
         ctx = multiprocessing.get_context("spawn")
         self._state = ctx.Array("b", len(items))                   # FREE/TAKEN/DONE per task
         self._go = ctx.Value("b", 0)                                # 1: the BACKGROUND kernels may start
-        self._procs = [ctx.Process(target=_worker, args=(self._tasks, order, self._state, self._go, background_last),
+        self._procs = [ctx.Process(target=_worker,
+                                   args=(self._tasks, order, self._state, self._go, background_last, os.getpid()),
                                    daemon=True,
                                    name=f"cnncli-compile-{k}") for k in range(workers)]
         for p in self._procs:

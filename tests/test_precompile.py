@@ -316,3 +316,48 @@ def test_wait_alone_takes_the_longest_background_kernel_first(monkeypatch, backg
     precompile.Precompile(todo, 0, {Disp("validation"): {"sig"}}, background_last=background_last).wait()
     assert done == (["first", "step", "second", "validation"] if background_last
                     else ["step", "validation", "second", "first"])
+
+
+_ORPHAN = """
+import multiprocessing, os, sys, time
+from cnncli import precompile
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("spawn")
+    state, go = ctx.Array("b", 1), ctx.Value("b", 0)      # a BACKGROUND task whose go never comes
+    p = ctx.Process(target=precompile._worker, args=([("cnncli.kernels.bnstep", "bn_step_into", [])], [0], state, go,
+                                                     True, os.getpid()))
+    p.start()
+    print(p.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="Linux /proc needed")
+def test_a_compile_worker_ends_with_its_killed_run(tmp_path):
+    # a run killed (SIGKILL) before its first steps were through left a worker waiting for go for ever
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN)
+    run = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(run.stdout.readline())
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return False
+    time.sleep(1.0)
+    assert alive(worker), "the worker should wait for go while its run lives"
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(worker):
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the compile worker outlived its run")

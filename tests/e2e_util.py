@@ -119,3 +119,21 @@ def run_cli_probing_numba(args, tmp: Path) -> tuple:
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     return res, "numba-imported=True" in res.stderr
+
+
+def child_pids(pid: int) -> list:
+    """The pids of a process's children (Linux /proc; [] once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie does not; Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

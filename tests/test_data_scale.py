@@ -15,6 +15,7 @@ from cnncli import checkpoint, data
 from cnncli.cli import cli
 from cnncli.data import decode as dec
 from cnncli.errors import CheckpointError, DataError
+from e2e_util import alive, child_pids
 
 
 @pytest.fixture(autouse=True)
@@ -235,22 +236,6 @@ dataset.load_folder(sys.argv[1], workers=2, cache=True, progress=False)
 """
 
 
-def _children(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(c) for c in f.read().split()]
-    except OSError:
-        return []
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="Linux /proc needed")
 def test_a_decode_killed_midway_leaves_no_worker_and_no_lock(tmp_path):
     import fcntl
@@ -263,16 +248,16 @@ def test_a_decode_killed_midway_leaves_no_worker_and_no_lock(tmp_path):
     env = {**os.environ, "CNNCLI_CACHE_DIR": str(tmp_path / "cache")}
     parent = subprocess.Popen([sys.executable, "-c", _SLOW_DECODE, str(root)], env=env)
     deadline = time.monotonic() + 60
-    while len(_children(parent.pid)) < 2 and time.monotonic() < deadline and parent.poll() is None:
+    while len(child_pids(parent.pid)) < 2 and time.monotonic() < deadline and parent.poll() is None:
         time.sleep(0.05)
-    workers = _children(parent.pid)
+    workers = child_pids(parent.pid)
     assert len(workers) >= 2, "the decode workers did not start"
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 10
-    while any(map(_alive, workers)) and time.monotonic() < deadline:
+    while any(map(alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(map(_alive, workers))                      # they end with their parent
+    assert not any(map(alive, workers))                      # they end with their parent
     locks = list((tmp_path / "cache").rglob("*.lock"))
     assert locks
     for lock in locks:                                        # and hold no lock: the next run goes on
@@ -322,9 +307,9 @@ def test_a_stop_during_set_up_is_one_line_and_leaves_no_worker(tmp_path, sig):
     cnn = subprocess.Popen([sys.executable, "-c", script, str(root), str(tmp_path / "run")], env=env,
                            stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while len(_children(cnn.pid)) < 2 and time.monotonic() < deadline and cnn.poll() is None:
+    while len(child_pids(cnn.pid)) < 2 and time.monotonic() < deadline and cnn.poll() is None:
         time.sleep(0.05)
-    workers = _children(cnn.pid)
+    workers = child_pids(cnn.pid)
     assert len(workers) >= 2, "the decode workers did not start"
     cnn.send_signal(getattr(signal, sig))
     err = cnn.communicate(timeout=60)[1]
@@ -332,6 +317,6 @@ def test_a_stop_during_set_up_is_one_line_and_leaves_no_worker(tmp_path, sig):
     assert err.strip().splitlines() == [f"{sig}: stopped during set-up, before the first step: nothing "
                                         "was trained; start the run again"]
     deadline = time.monotonic() + 10
-    while any(map(_alive, workers)) and time.monotonic() < deadline:
+    while any(map(alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(map(_alive, workers))
+    assert not any(map(alive, workers))

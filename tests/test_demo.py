@@ -180,25 +180,14 @@ def test_a_killed_cnn_demo_leaves_no_worker_behind(tmp_path, sig):
     import sys
     import time
 
-    def children(pid):
-        try:
-            with open(f"/proc/{pid}/task/{pid}/children") as f:
-                return [int(c) for c in f.read().split()]
-        except OSError:
-            return []
+    from e2e_util import alive, child_pids
 
-    def alive(pid):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().split(")")[-1].split()[0] != "Z"
-        except OSError:
-            return False
     cnn = subprocess.Popen([sys.executable, "-m", "cnncli", "demo", str(tmp_path / "demo")],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     workers = []
     while time.monotonic() < deadline and cnn.poll() is None:   # the renderers (and the resource tracker)
-        workers = children(cnn.pid)
+        workers = child_pids(cnn.pid)
         if len(workers) >= 3 and any(tmp_path.glob("*/train/*/*.png")):   # (the demo renders into a sibling)
             break
         time.sleep(0.05)

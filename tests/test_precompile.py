@@ -340,17 +340,12 @@ def test_a_compile_worker_ends_with_its_killed_run(tmp_path):
     import sys
     import time
 
+    from e2e_util import alive
+
     script = tmp_path / "orphan.py"
     script.write_text(_ORPHAN)
     run = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     worker = int(run.stdout.readline())
-
-    def alive(pid):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().split(")")[-1].split()[0] != "Z"
-        except OSError:
-            return False
     time.sleep(1.0)
     assert alive(worker), "the worker should wait for go while its run lives"
     run.send_signal(signal.SIGKILL)

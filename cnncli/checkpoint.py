@@ -185,7 +185,58 @@ def _parse_meta(path, raw):
             f"({FORMAT_VERSION}); upgrade cnncli")
     if version < 1:
         raise CheckpointError(f"{path}: invalid format_version {version}")
+    _check_meta_types(path, meta, MODEL_META)
     return meta
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+# what each metadata key must hold when present (runfolder.save_checkpoint writes them): a hostile or
+# damaged file then fails in one line naming the key, not deep in a command as a TypeError. The
+# model's keys on every load; the run's (what --resume and --init-from read) in check_run_meta, so
+# cnn info and cnn runs still show a model whose run metadata is broken
+MODEL_META = {
+    "batchnorm": (lambda v: isinstance(v, str), "a string"),
+    "dtype": (lambda v: isinstance(v, str), "a string"),
+    "num_classes": (lambda v: _count(v), "a whole number"),
+    "eps": (lambda v: _number(v) and math.isfinite(v) and v > 0, "a positive number"),
+    "classes": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of class names"),
+    "preprocess": (lambda v: isinstance(v, dict) and _count(v.get("image_size")) and isinstance(v.get("resize"), str)
+                   and _number(v.get("mean")) and math.isfinite(v["mean"])
+                   and _number(v.get("std")) and math.isfinite(v["std"]) and v["std"] > 0,
+                   "{image_size, resize, mean, std > 0}"),
+}
+RUN_META = {
+    "config": (lambda v: isinstance(v, str), "the config's YAML text"),
+    **{k: (_count, "a whole number >= 0") for k in ("epoch", "epoch_step", "step", "correct", "seen", "bad_epochs")},
+    "loss_sum": (lambda v: _number(v) and math.isfinite(v), "a finite number"),
+    "best_val_loss": (lambda v: v is None or _number(v), "a number or null"),
+    "best_acc": (lambda v: v is None or _number(v), "a number or null"),
+    "stopped_early": (lambda v: isinstance(v, bool), "true or false"),
+    "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of epoch rows"),
+    "data": (lambda v: isinstance(v, dict), "a mapping"),
+}
+
+
+def check_run_meta(path, meta: dict) -> None:
+    """CheckpointError naming the first run-state key of `meta` (config, epoch, step, history, ...)
+    that holds the wrong kind of value: what a resume or a fine-tuning start reads."""
+    _check_meta_types(path, meta, RUN_META)
+
+
+def _check_meta_types(path, meta: dict, types: dict) -> None:
+    for key, (ok, what) in types.items():
+        if key in meta and not ok(meta[key]):
+            shown = json.dumps(meta[key])
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise CheckpointError(f"{path}: checkpoint metadata {key!r} is {shown}, not {what}; a damaged or "
+                                  "hand-edited checkpoint")
 
 
 def check_arrays(arrays, expected, path) -> None:

@@ -233,6 +233,8 @@ def validate(cfg):
 
 def load_config_text(text, overrides=(), source="<config>"):
     """Parse YAML text (from a file or a checkpoint), apply overrides, validate."""
+    if not isinstance(text, str):                 # (a hand-edited checkpoint's "config")
+        raise ConfigError(f"{source}: expected the config's YAML text, got {type_name(text)}")
     data = parse_yaml(text, source) if text.strip() else None
     if data is None:
         data = {}

@@ -72,6 +72,7 @@ def fold_result(run_dir: Path, k: int) -> dict:
 def finished(last: Path) -> bool:
     """Whether the run that wrote `last` trained all its epochs or was ended by early stopping."""
     meta = checkpoint.load_meta(last)       # (a finished fold's files are loaded whole by fold_result)
+    checkpoint.check_run_meta(last, meta)
     state = runfolder.state_from_meta(meta, last)
     epochs = config_mod.load_config_text(meta.get("config", ""), source=f"{last} (config)")["train"]["epochs"]
     return state.stopped_early or (epochs != "auto" and state.epoch >= epochs)

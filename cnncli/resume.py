@@ -57,7 +57,9 @@ def resumed_config(resume, overrides=()) -> dict:
     from cnncli import checkpoint
     from cnncli.predictor import run_checkpoint
 
-    meta = checkpoint.load_meta(run_checkpoint(resume))
+    path = run_checkpoint(resume)
+    meta = checkpoint.load_meta(path)
+    checkpoint.check_run_meta(path, meta)
     return config_mod.load_config_text(meta.get("config", ""), overrides, source=f"{resume} (config)")
 
 

@@ -39,6 +39,7 @@ def open_source(cfg: dict) -> Source | None:
         path = run_checkpoint(given, BEST_FIRST)
         arrays, meta = checkpoint.load(path)
         num_classes, batchnorm, _, _ = check_architecture(arrays, meta, path)
+        checkpoint.check_run_meta(path, meta)
         saved = config_mod.load_config_text(meta.get("config", ""), source=f"{path} (config)")
         classes = meta.get("classes")
         if not (isinstance(classes, list) and len(classes) == num_classes):

@@ -345,3 +345,42 @@ def test_random_and_mutated_files_only_raise_checkpoint_error(tmp_path, blob):
         assert "\n" not in str(e) and "fuzz.npz" in str(e)
     else:
         assert isinstance(meta, dict) and all(isinstance(a, np.ndarray) for a in arrays.values())
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    from e2e_util import invoke, make_folder
+
+    tmp = tmp_path_factory.mktemp("meta")
+    data = make_folder(tmp / "data", per_class=4, odd_files=False)
+    res = invoke(["train", "--set", f"data.train={data}", "--set", "train.epochs=1", "--set", "train.batch_size=4",
+                  "--out", tmp / "run", "-q", "--no-report"])
+    assert res.exit_code == 0, res.output
+    return tmp, data, tmp / "run" / "last.npz"
+
+
+@pytest.mark.parametrize("value", [None, "x", -1, {}, [1e308]], ids=repr)
+def test_hostile_metadata_values_are_one_line_for_every_command(real_run, tmp_path, monkeypatch, value):
+    # a hostile-input trial set each metadata key to these values: resume, --init-from, eval and
+    # predict raised TypeError/AttributeError/KeyError/ValueError tracebacks for eps, classes,
+    # preprocess, config, epoch, step and history
+    from e2e_util import invoke
+
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    tmp, data, ckpt = real_run
+    arrays = dict(np.load(ckpt))
+    meta = json.loads(arrays.pop(checkpoint.META_KEY).tobytes())
+    for key in meta:
+        if key == "format_version":
+            continue
+        bad = tmp_path / key / "last.npz"
+        bad.parent.mkdir()
+        save(bad, arrays, {**meta, key: value})
+        for args in (["info", bad], ["eval", "--checkpoint", bad, "--data", data], ["predict", "--checkpoint", bad, data],
+                     ["train", "--resume", bad, "-q", "--no-report"],
+                     ["train", "--set", f"data.train={data}", "--set", "train.epochs=1", "--init-from", bad,
+                      "--out", tmp_path / key / "ft", "-q", "--no-report"]):
+            res = invoke(args)                          # (an exception would propagate: catch_exceptions=False)
+            assert res.exit_code in (0, 1, 2), (key, args[0], res.output)
+            errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+            assert res.exit_code == 0 or len(errors) == 1, (key, args[0], res.output)

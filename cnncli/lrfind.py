@@ -140,7 +140,8 @@ def format_result(result: dict, optimizer: str, train_args: str = "") -> str:
         lines.append(f"no suggestion: the smoothed loss did not fall after step {SKIP_BEGIN}; "
                      "try a lower --min-lr")
     else:
-        lines.append(f"suggested optim.lr: {best:.3g} (steepest descent of the smoothed loss before its lowest point, {optimizer}); "
+        lines.append(f"suggested optim.lr: {best:.3g} (steepest descent of the smoothed loss before its lowest "
+                     f"point, {optimizer}); "
                      f"try: cnn train {train_args + ' ' if train_args else ''}--set optim.lr={best:.3g}")
     return "\n".join(lines)
 

@@ -119,8 +119,9 @@ _CSV_ROW = re.compile(r"\.csv line \d+$", re.IGNORECASE)
 
 
 def skipped_lines(skipped, where: str = "", rest: str = "", shown: int = 5) -> list:
-    """The warning about unreadable files and labels-file rows [(path or "F.csv line N", reason)]: their count (`where` says where they are all
-    listed), the first `shown` with their reasons, then how many more (and `rest`)."""
+    """The warning about unreadable files and labels-file rows [(path or "F.csv line N", reason)]: their
+    count (`where` says where they are all listed), the first `shown` with their reasons, then how
+    many more (and `rest`)."""
     rows = sum(1 for p, _ in skipped if _CSV_ROW.search(p))      # a labels file's rows (csvindex: "F line N")
     what = []
     if rows < len(skipped):

@@ -94,8 +94,9 @@ def natural_key(name: str) -> list:
 
 
 def sort_rows(rows: list, by: str) -> list:
-    """Rows in `by` order: name (numbers by value, natural_key); val_acc (highest first); val_loss (lowest first); time (newest
-    first). Rows without the value (and unreadable runs) go last, in name order."""
+    """Rows in `by` order: name (numbers by value, natural_key); val_acc (highest first); val_loss
+    (lowest first); time (newest first). Rows without the value (and unreadable runs) go last, in
+    name order."""
     if by not in SORTS:
         raise CnnError(f"--sort must be one of {', '.join(SORTS)}, got {by!r}")
     rows = sorted(rows, key=lambda r: natural_key(r["run"]))

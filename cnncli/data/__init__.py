@@ -1,7 +1,8 @@
 """Image-folder datasets: indexing (scan), robust decoding to 8-bit grayscale and resizing (decode),
 many files at once in worker processes (decodemany), the memory-mapped dataset cache (cache),
-load_folder, the in-place split and streamed pixel statistics (dataset). A data folder holds one subfolder per class (like torchvision ImageFolder); bad files are
-skipped with a reason, never crash a load. This package does not batch or normalize (the trainer does).
+load_folder, the in-place split and streamed pixel statistics (dataset). A data folder holds one
+subfolder per class (like torchvision ImageFolder); bad files are skipped with a reason, never crash
+a load. This package does not batch or normalize (the trainer does).
 """
 
 from .cache import CACHE_FORMAT_VERSION, cache_dir

@@ -1,6 +1,6 @@
 """What a checkpoint holds, for `cnn info`: its classes, its input preprocessing, the network layer
-by layer (output shape and parameters, as Keras' model.summary() prints them) and how far its run
-trained. NumPy only (no numba): it loads and checks the file as `cnn predict` does (predictor.py);
+by layer (output shape and parameters, as Keras' model.summary() prints them), how far its run
+trained and its recipe. NumPy only (no numba): it loads and checks the file as `cnn predict` does (predictor.py);
 it runs nothing.
 """
 
@@ -70,6 +70,7 @@ def describe(path) -> dict:
         "statistics": int(pred.buffers.flat.size),
         "layers": rows,
         "training": _training(meta),
+        "recipe": _recipe(run_config(meta)),
     }
 
 
@@ -91,6 +92,23 @@ def _training(meta: dict) -> dict:
             "step": _typed(meta.get("step"), int), "epochs": _typed(config_value(cfg, "train.epochs"), int),
             "stopped_early": _typed(meta.get("stopped_early"), bool), "last_epoch": last,
             "init_from": _typed(config_value(cfg, "train.init_from"), str)}
+
+
+# the settings `cnn info` shows of the run's recipe: (dotted key, type), as the run's config stored them
+RECIPE = (("optim.name", str), ("optim.lr", float), ("optim.schedule", str), ("optim.warmup_epochs", float),
+          ("optim.weight_decay", float), ("train.batch_size", int), ("train.seed", int),
+          ("train.class_weight", (str, dict)), ("augment.enabled", bool))
+
+
+def _recipe(cfg: dict) -> dict:
+    # {dotted key: value} of RECIPE, None where the stored config lacks it or holds another type
+    out = {}
+    for key, kind in RECIPE:
+        value = config_value(cfg, key)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        out[key] = _typed(value, kind)
+    return out
 
 
 def run_config(meta: dict) -> dict:
@@ -131,6 +149,9 @@ def format_info(info: dict) -> str:
     last = train["last_epoch"]
     if last:
         lines.append(f"            {_epoch_line(last)}")
+    recipe = _recipe_line(info["recipe"])
+    if recipe:
+        lines.append(f"recipe      {recipe}")
     lines += ["", f"{'layer':9s} {'type':24s} {'output':>10s} {'parameters':>11s}"]
     for row in info["layers"]:
         shape = "x".join(str(d) for d in row["output"])
@@ -140,6 +161,32 @@ def format_info(info: dict) -> str:
         total += f"; {info['statistics']:,} BN running statistics (not trained)"
     lines.append(total)
     return "\n".join(lines)
+
+
+def _recipe_line(r: dict) -> str:
+    # "adam lr 0.003 cosine (warmup 0.5 epochs), weight decay 0, batch 64, augmentation on, seed 0"
+    parts = []
+    if r["optim.name"] is not None:
+        head = r["optim.name"] + (f" lr {r['optim.lr']:g}" if r["optim.lr"] is not None else "")
+        if r["optim.schedule"] is not None:
+            head += f" {r['optim.schedule']}"
+            if r["optim.warmup_epochs"]:
+                head += f" (warmup {r['optim.warmup_epochs']:g} epochs)"
+        parts.append(head)
+    if r["optim.weight_decay"] is not None:
+        parts.append(f"weight decay {r['optim.weight_decay']:g}")
+    if r["train.batch_size"] is not None:
+        parts.append(f"batch {r['train.batch_size']}")
+    if r["augment.enabled"] is not None:
+        parts.append(f"augmentation {'on' if r['augment.enabled'] else 'off'}")
+    weights = r["train.class_weight"]
+    if isinstance(weights, dict):
+        parts.append("class weights " + ", ".join(f"{k} {v}" for k, v in weights.items()))
+    elif weights not in (None, "none"):
+        parts.append(f"class weights {weights}")
+    if r["train.seed"] is not None:
+        parts.append(f"seed {r['train.seed']}")
+    return ", ".join(map(name_text, parts))
 
 
 def _bytes(n: int) -> str:

@@ -140,7 +140,34 @@ def test_no_validation_images_and_hostile_run_metadata_show_as_unknown(tmp_path)
     assert json.loads(res.output)["training"] == {"epoch": None, "epoch_step": 0, "step": None, "epochs": None,
                                                   "stopped_early": None, "last_epoch": None,
                                                   "init_from": None}
-    assert "trained     unknown (no run state in the metadata)" in _info(path).output
+    text = _info(path).output
+    assert "trained     unknown (no run state in the metadata)" in text and "recipe" not in text
+
+
+def test_recipe_is_the_run_configs_own_settings_and_hostile_values_are_left_out(tmp_path):
+    path = tmp_path / "m.npz"
+    cfg = load_config(None, ["data.train=x", "optim.name=momentum", "optim.lr=0.05", "optim.schedule=step",
+                             "optim.warmup_epochs=0", "optim.weight_decay=0.0005", "train.batch_size=48",
+                             "train.seed=11", "augment.enabled=false", "train.class_weight={star: 2.5}"])
+    net = model.Network(num_classes=len(CLASSES), batchnorm="none", seed=3)
+    save_checkpoint(path, net, optim.Optimizer("sgd", net.params.flat.size, 1e-3), RunState(), cfg, CLASSES, PREP)
+    res = _info(path, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["recipe"] == {
+        "optim.name": "momentum", "optim.lr": 0.05, "optim.schedule": "step", "optim.warmup_epochs": 0.0,
+        "optim.weight_decay": 0.0005, "train.batch_size": 48, "train.seed": 11,
+        "train.class_weight": {"star": 2.5}, "augment.enabled": False}
+    assert ("recipe      momentum lr 0.05 step, weight decay 0.0005, batch 48, augmentation off, "
+            "class weights star 2.5, seed 11\n") in _info(path).output
+
+    arrays, meta = checkpoint.load(path)           # wrong types are unknown; a newline stays on its line
+    meta.pop("format_version")
+    meta["config"] = "optim: {name: \"adam\\nx\", lr: fast}\ntrain: {batch_size: 2.5, seed: true}\n"
+    checkpoint.save(path, arrays, meta)
+    info = json.loads(_info(path, "--json").output)
+    assert info["recipe"]["optim.name"] == "adam\nx"
+    assert [k for k, v in info["recipe"].items() if v is not None] == ["optim.name"]
+    assert "recipe      adam\\nx\n" in _info(path).output
 
 
 @pytest.mark.parametrize("make, needle", [

@@ -167,6 +167,7 @@ def _compile(module: str, name: str, sigs: list) -> None:
 
 FREE, TAKEN, DONE = 0, 1, 2     # a task's state, shared by this process and the workers
 _JOBS = []                      # the Precompile jobs of this process (compiling_elsewhere asks them)
+_COMPILING = [False]            # start() found kernels to compile in this process (compiled_here)
 _DRY_RUN_WITHOUT = [False]      # training_run's third step: as if the BACKGROUND kernels were compiling
 
 # kernels the run does not call while a worker compiles them (compiling_elsewhere): the one-call
@@ -179,6 +180,13 @@ BACKGROUND = (("cnncli.kernels.bnstep", "bn_step_into"), ("cnncli.kernels.plains
 def _background(disp) -> bool:
     """One of the BACKGROUND kernels."""
     return (disp.py_func.__module__, disp.py_func.__name__) in BACKGROUND
+
+
+def compiled_here() -> bool:
+    """Whether start() has had kernels to compile in this process (a first run) since the last call: the
+    first epoch after it includes compiling, and its epoch line says so (once, not for cnn cv's next fold)."""
+    compiled, _COMPILING[0] = _COMPILING[0], False
+    return compiled
 
 
 def compiling_elsewhere(disp) -> bool:
@@ -366,6 +374,7 @@ def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=Non
     n = len(first or {}) + len(later or {})
     if n == 0:
         return _Nothing()
+    _COMPILING[0] = True
     job = Precompile(first, min(workers, n), later) if workers > 0 else _Nothing()
     if say is not None:
         where = f" in {job.workers + 1} processes" if workers > 0 else ""

@@ -202,6 +202,13 @@ class Trainer:
         bar.close()
         return self.end_epoch(t_epoch, images)
 
+    @staticmethod
+    def compiling_note() -> str:
+        # ", incl. compiling" on the first epoch line after this process compiled kernels (a first run)
+        from cnncli import precompile
+
+        return ", incl. compiling" if precompile.compiled_here() else ""
+
     def end_epoch(self, t_epoch: float, images: int) -> bool:
         """Validate, log the epoch, update best/early stopping, save checkpoints and metrics.csv."""
         state = self.state
@@ -232,10 +239,11 @@ class Trainer:
                 self.echo(f"warning: no more TensorBoard events ({self.events.path}: {err.strerror or err})")
                 self.events = None
         val = f"val loss {loss_text(val_loss)} acc {val_acc:.2%}" if self.val_ds.labels.size else "no val"
+        note = self.compiling_note()
         self.echo(f"epoch {row['epoch']}/{self.epochs}  train loss {loss_text(row['train_loss'])} "
                   f"acc {row['train_acc']:.2%}  "
                   f"{val}  lr {row['lr']:.3g}  {row['time_s']:.1f}s "
-                  f"({images / max(train_time, 1e-9):.0f} img/s){'  *best' if improved else ''}")
+                  f"({images / max(train_time, 1e-9):.0f} img/s{note}){'  *best' if improved else ''}")
         o = self.cfg["optim"]
         before, after = (max(o["lr"] * o["gamma"] ** d, o["min_lr"]) for d in (drops, self.drops))
         if after != before and not stopping:

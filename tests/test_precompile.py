@@ -155,6 +155,27 @@ def test_line_only_when_something_is_missing(monkeypatch):
     assert len(lines) == 1
 
 
+@pytest.mark.parametrize("compiles", [True, False])
+def test_the_first_epoch_line_after_compiling_says_so(tmp_path, monkeypatch, compiles):
+    from click.testing import CliRunner
+
+    from cnncli import precompile
+    from cnncli.cli import cli
+
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(precompile, "record_calls", lambda run: {"k": {"sig"}})
+    monkeypatch.setattr(precompile, "missing", (lambda calls: dict(calls)) if compiles else (lambda calls: {}))
+    monkeypatch.setattr(precompile, "env_workers", lambda: 0)     # the kernels compile as the run calls them
+    cfg = write_config(tmp_path / "cfg.yaml", make_folder(tmp_path / "data", per_class=4, odd_files=False),
+                       tmp_path / "run", epochs=2)
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--no-report"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    epochs = [ln for ln in res.output.splitlines() if ln.startswith("epoch ")]
+    assert len(epochs) == 2 and "img/s)" in epochs[1]
+    assert epochs[0].endswith("img/s, incl. compiling)  *best") if compiles else "img/s)" in epochs[0]
+    assert not precompile.compiled_here()                         # said once
+
+
 def test_cnn_warmup_passes_its_options(monkeypatch):
     from click.testing import CliRunner
 

@@ -146,15 +146,25 @@ def missing(calls: dict):
 def finish_background(say=None) -> None:
     """At a training run's end, in its process: wait for the BACKGROUND kernels the workers still
     have to compile, saying so once (the workers are daemons: leaving now would throw their work
-    away, and every later run would start it again), then forget the jobs."""
+    away, and every later run would start it again), then forget the jobs. Ctrl-C skips the wait: the
+    workers end, the run's results are already saved."""
     for job in list(_JOBS):
         left = [i for i, d in enumerate(job._disps) if _background(d) and job._state[i] != DONE]
         job._go.value = 1
         if left and any(p.is_alive() for p in job._procs):
             if say is not None:
-                say("Finishing numba's cache for the one-call training step (first run only) ...")
-            for i in left:
-                job._wait_for(i)
+                say("Finishing numba's cache for the one-call training step (first run only; up to a few "
+                    "minutes; Ctrl-C skips it and a later run compiles it) ...")
+            try:
+                for i in left:
+                    job._wait_for(i)
+            except KeyboardInterrupt:           # the run is complete and saved: only the cache is left
+                for p in job._procs:
+                    p.kill()
+                _JOBS.clear()
+                if say is not None:
+                    say("Skipped: a later run compiles the one-call training step.")
+                return
         _JOBS.remove(job)
 
 

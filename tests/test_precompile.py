@@ -286,6 +286,37 @@ def test_a_run_waits_at_its_end_for_the_background_kernel_a_worker_compiles():
         assert job not in precompile._JOBS and job._go.value == 1      # the workers were let go
 
 
+def test_ctrl_c_skips_the_wait_for_the_background_kernel_and_ends_the_workers():
+    """The run is saved when finish_background waits: Ctrl-C there ends the workers, says so in one line
+    and returns (no KeyboardInterrupt, so no 'Aborted!' and exit status 1)."""
+    import _thread
+    import threading as th
+
+    from cnncli import precompile
+    from cnncli.kernels import bnstep
+
+    class Proc:
+        killed = False
+
+        def is_alive(self):
+            return not self.killed
+
+        def kill(self):
+            self.killed = True
+
+    job = object.__new__(precompile.Precompile)
+    job._disps, job._state, job._procs = [bnstep.bn_step_into], [precompile.TAKEN], [Proc()]
+    job._go = types.SimpleNamespace(value=0)
+    precompile._JOBS.append(job)
+    said = []
+    timer = th.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    precompile.finish_background(said.append)
+    timer.join()
+    assert job._procs[0].killed and job not in precompile._JOBS
+    assert len(said) == 2 and "Ctrl-C skips it" in said[0] and said[1].startswith("Skipped:")
+
+
 def test_a_worker_starts_the_background_kernels_only_when_let_go(monkeypatch):
     """_worker compiles the other kernels at once, then waits for `go` before a BACKGROUND one
     (the run's first steps need its cores) and lowers its priority for it; not for `cnn warmup`."""

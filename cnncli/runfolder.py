@@ -142,6 +142,34 @@ def write_skipped(run_dir: Path, skipped, echo) -> None:
         echo(line)
 
 
+DIVERGED = "diverged.txt"    # the one-line error of a run whose loss became non-finite (cnn runs shows it)
+
+
+def write_diverged(run_dir: Path, message: str) -> None:
+    """Record in the run folder why the run stopped: its loss or gradients became non-finite."""
+    try:
+        atomic_text(run_dir / DIVERGED, printable(message) + "\n")
+    except OSError:
+        pass                    # the error line itself reaches the user anyway
+
+
+def clear_diverged(run_dir: Path) -> None:
+    """A (resumed) run that trains again is no longer diverged."""
+    try:
+        (run_dir / DIVERGED).unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def read_diverged(run_dir: Path) -> str | None:
+    """The message write_diverged left in run_dir, or None."""
+    try:
+        text = (run_dir / DIVERGED).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return text.strip().splitlines()[0] if text.strip() else "diverged"
+
+
 def validation_info(val_ds) -> dict:
     """What a checkpoint records of the run's validation images (meta "data"): their number and
     the digest of their names, so cnn eval and --resume can tell when a rebuilt split differs."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cnncli import checkpoint
 from cnncli.errors import CnnError
-from cnncli.runfolder import printable
+from cnncli.runfolder import printable, read_diverged
 from cnncli.summary import config_value, run_config
 
 SORTS = ("name", "val_acc", "val_loss", "time")
@@ -61,9 +61,13 @@ def _number(value):
 
 def describe_run(run: Path) -> dict:
     """One run's row; a run whose checkpoint cannot be read gets {"run", "error"} instead."""
-    row = {"run": os.fspath(run)}
+    diverged = read_diverged(run)
+    diverged = diverged.split(";")[0] if diverged else None     # "loss or gradients became non-finite at ..."
+    row = {"run": os.fspath(run), "diverged": diverged}
     last = run / "last.npz"
     if not last.is_file() and not (run / "best.npz").is_file():
+        if diverged:
+            return {**row, "error": f"diverged before its first save: {diverged}", "no_checkpoint": True}
         return {**row, "error": NO_CHECKPOINT, "no_checkpoint": True}
     try:
         meta = checkpoint.load_meta(last if last.is_file() else run / "best.npz")
@@ -124,7 +128,7 @@ def format_runs(rows: list) -> str:
             continue
         done = "-" if r["epochs"] is None else str(r["epochs"])
         total = f"/{r['epochs_total']}" if r["epochs_total"] is not None else ""
-        epochs = done + total + ("*" if r["stopped_early"] else "")
+        epochs = done + total + ("*" if r["stopped_early"] else "") + ("!" if r["diverged"] else "")
         optim = f"{r['optimizer'] or '-'} {r['lr']:g}" if r["lr"] is not None else (r["optimizer"] or "-")
         loss = f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-"
         acc = f"{r['val_acc']:.2%}" if r["val_acc"] is not None else "-"
@@ -133,4 +137,7 @@ def format_runs(rows: list) -> str:
                      f"{epochs:>9s} {str(r['best_epoch'] or '-'):>4s} {loss:>8s} {acc:>7s}  {start}")
     if any(r.get("stopped_early") for r in rows):
         lines.append("* stopped early")
+    if any(r.get("diverged") and "error" not in r for r in rows):
+        lines.append("! diverged: its loss or gradients became non-finite (diverged.txt in the run folder); "
+                     "the checkpoint holds its last good state")
     return "\n".join(lines)

@@ -172,8 +172,7 @@ class Trainer:
         if not math.isfinite(loss) or right < 0:
             raise _everywhere(TrainingDiverged(
                 f"loss or gradients became non-finite at epoch {state.epoch + 1}, step {state.epoch_step + 1} "
-                f"(lr {lr:.3g}); the last good checkpoint is {self.last_path if self.last_path.exists() else 'none'}; "
-                "try a lower optim.lr"))
+                f"(lr {lr:.3g}); {self.diverged_advice()}"))
         self.opt.step(net.params.flat, net.grads.flat, lr)
         state.step += 1
         state.epoch_step += 1
@@ -201,6 +200,14 @@ class Trainer:
                 self.save_last()
         bar.close()
         return self.end_epoch(t_epoch, images)
+
+    def diverged_advice(self) -> str:
+        # what a diverged run can do next: resume its last good checkpoint at a lower rate, or start anew
+        lower = f"{self.cfg['optim']['lr'] / 3:.2g}"
+        if self.last_path.exists():
+            return (f"the last good checkpoint is {self.last_path}; resume it at a lower rate: cnn train --resume "
+                    f"{self.run_dir} --set optim.lr={lower}")
+        return f"no checkpoint was saved; try a lower optim.lr (e.g. {lower})"
 
     @staticmethod
     def compiling_note() -> str:
@@ -394,7 +401,14 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                  + _weights_text(cfg["train"]["class_weight"], trainer.class_weight, train_ds.classes))
     for line in data_notes(cfg, train_ds, val_ds):
         trainer.echo(line)
-    trainer.fit()
+    if comm.is_main:
+        runfolder.clear_diverged(run_dir)        # a resumed run goes on from its last good checkpoint
+    try:
+        trainer.fit()
+    except TrainingDiverged as err:
+        if comm.is_main:
+            runfolder.write_diverged(run_dir, str(err))
+        raise
     if comm.is_main and cfg["data"]["test"]:
         evaluate_test_data(run_dir, cfg, echo)
     if comm.size == 1:

@@ -123,3 +123,29 @@ def test_a_run_without_a_checkpoint_is_a_row_saying_so(tmp_path):
     assert all(r["no_checkpoint"] and "no checkpoint yet" in r["error"] for r in rows)
     text = invoke(["runs", tmp_path]).output
     assert "no checkpoint yet" in text and "unreadable" not in text
+
+
+def test_a_diverged_run_says_how_to_go_on_and_cnn_runs_marks_it_until_it_trains_again(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=8, odd_files=False)
+    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "unused", epochs=1)
+    blown = ["--set", "optim.name=sgd", "--set", "optim.lr=1e30"]
+    early, run = tmp_path / "runs" / "early", tmp_path / "runs" / "late"
+    res = invoke(["train", "--config", cfg, "--out", early, "-q", "--no-report", *blown])
+    assert res.exit_code == 1 and "no checkpoint was saved; try a lower optim.lr (e.g. 3.3e+29)" in res.stderr
+    sgd = ["--set", "optim.name=sgd", "--set", "optim.lr=0.01"]
+    assert invoke(["train", "--config", cfg, "--out", run, "-q", "--no-report", *sgd]).exit_code == 0
+    res = invoke(["train", "--resume", run, "-q", "--no-report", "--set", "train.epochs=3", "--set", "optim.lr=1e30"])
+    assert res.exit_code == 1 and "non-finite at epoch 2, step " in res.stderr
+    assert f"the last good checkpoint is {run / 'last.npz'}; resume it at a lower rate: cnn train --resume {run} " \
+           "--set optim.lr=3.3e+29" in res.stderr
+    rows = {r["run"]: r for r in json.loads(invoke(["runs", tmp_path / "runs", "--json"]).output)}
+    assert rows[str(early)]["error"].startswith("diverged before its first save: loss or gradients became "
+                                                "non-finite at epoch 1, step ")
+    assert rows[str(run)]["diverged"].startswith("loss or gradients became non-finite at epoch 2, step ")
+    assert rows[str(run)]["epochs"] == 1 and "error" not in rows[str(run)]
+    text = invoke(["runs", tmp_path / "runs"]).output
+    assert " 1/1!" in text and "! diverged: its loss or gradients became non-finite" in text
+    res = invoke(["train", "--resume", run, "-q", "--no-report", "--set", "train.epochs=2", "--set", "optim.lr=0.01"])
+    assert res.exit_code == 0, res.output
+    row = {r["run"]: r for r in json.loads(invoke(["runs", tmp_path / "runs", "--json"]).output)}[str(run)]
+    assert row["diverged"] is None and row["epochs"] == 2 and not (run / "diverged.txt").exists()

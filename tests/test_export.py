@@ -264,7 +264,8 @@ def test_float64_checkpoint_exports_in_float32(onnx, ort, tmp_path):
 
 def test_docs_pil_pad_loader_matches_cnncli(runs, tmp_path):
     """docs/interop.md's Pillow-only loader gives data.load_image's pixels (resize=pad) bitwise, on the
-    probe files (PNG, JPEG, RGB, 48x48, non-square) and on a rotated-by-EXIF JPEG."""
+    probe files (PNG, JPEG, RGB, 48x48, non-square), a rotated-by-EXIF JPEG, 16-bit grey PNG and TIFF
+    and a CMYK JPEG."""
     from pathlib import Path
 
     _, _, files = runs
@@ -276,7 +277,14 @@ def test_docs_pil_pad_loader_matches_cnncli(runs, tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6                                                   # orientation: rotate 90
     draw("bar", np.random.default_rng(3), size=64).resize((60, 30)).save(rotated, exif=exif)
-    checked = [f for f in files] + [str(rotated)]
+    rng = np.random.default_rng(4)
+    extra = [rotated, tmp_path / "deep.png", tmp_path / "deep.tif", tmp_path / "dark16.png", tmp_path / "cmyk.jpg"]
+    Image.fromarray(rng.integers(0, 65536, (40, 28)).astype(np.uint16)).save(extra[1])   # 16-bit grey PNG
+    Image.fromarray(rng.integers(0, 65536, (28, 40)).astype(np.uint16)).save(extra[2])   # 16-bit grey TIFF
+    Image.fromarray(rng.integers(0, 200, (32, 32)).astype(np.uint16)).save(extra[3])     # dark, not 8-bit
+    draw("bar", rng, size=48).convert("RGB").convert("CMYK").save(extra[4])
+    assert Image.open(extra[1]).mode.startswith("I") and Image.open(extra[4]).mode == "CMYK"
+    checked = [f for f in files] + [str(f) for f in extra]
     assert any(f.endswith(".jpg") for f in checked) and any("odd" in f for f in checked)
     for f in checked:
         assert np.array_equal(scope["load_pad"](f), data.load_image(f, 32, "pad")), f

@@ -72,6 +72,40 @@ def _label(name, width):
     return short_name(name, width).replace("$", r"\$")
 
 
+def figure_name(name: str, drawable) -> str:
+    """A class name with each character no installed font has (drawable(c) false) as its escape
+    (\\u56db), which a figure can show, rather than an empty box."""
+    if drawable is None:
+        return name
+    return "".join(c if c.isascii() or drawable(c) else c.encode("unicode_escape").decode("ascii") for c in name)
+
+
+def font_plan(names, matplotlib) -> tuple:
+    """(font.family list, drawable(char) -> bool) for the class names: matplotlib's default font, then
+    (matplotlib falls back per character) the first installed fonts that have the characters it lacks."""
+    from matplotlib import font_manager
+
+    family = list(matplotlib.rcParams["font.family"])
+    try:
+        first = font_manager.get_font(font_manager.findfont(font_manager.FontProperties(family=family)))
+        have = set(first.get_charmap())
+    except Exception:                  # no font at all: keep matplotlib's own behaviour
+        return family, None
+    lacking = {ord(c) for c in "".join(names) if not c.isascii()} - have
+    for entry in font_manager.fontManager.ttflist if lacking else ():
+        try:
+            chars = set(font_manager.get_font(entry.fname).get_charmap())
+        except Exception:              # an unreadable font file: not a candidate
+            continue
+        if lacking & chars and entry.name not in family:
+            family.append(entry.name)
+            have |= chars
+            lacking -= chars
+        if not lacking:
+            break
+    return family, lambda c: ord(c) in have
+
+
 def new_figure(Figure, Canvas, width, height):
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     Canvas(fig)
@@ -147,15 +181,15 @@ def plot_confusion(fig, confusion, classes):
                     ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", fontsize=size, color=color)
 
 
-def plot_per_class(fig, metrics, classes):
-    """Grouped bars of precision and recall per class."""
+def plot_per_class(fig, metrics, classes, shown=None):
+    """Grouped bars of precision and recall per class (metrics' keys `classes`, labelled `shown`)."""
     ax = fig.subplots()
     x = np.arange(len(classes))
     precision = [metrics["per_class"][c]["precision"] for c in classes]
     recall = [metrics["per_class"][c]["recall"] for c in classes]
     ax.bar(x - 0.2, precision, width=0.4, label="precision", color="tab:blue")
     ax.bar(x + 0.2, recall, width=0.4, label="recall", color="tab:orange")
-    ax.set_xticks(x, [_label(c, 14) for c in classes], rotation=45, ha="right")
+    ax.set_xticks(x, [_label(c, 14) for c in shown or classes], rotation=45, ha="right")
     ax.set_xlabel("class")
     ax.set_ylabel("score")
     ax.set_title("Per-class precision and recall")
@@ -322,6 +356,8 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
     errors_rows = [(name_text(dataset.paths[i]) if i < len(dataset.paths) else str(i), classes[dataset.labels[i]], classes[p],
                     f"{q:.4f}") for i, p, q in zip(*errors)]
 
+    family, drawable = font_plan(classes, matplotlib)
+    shown = [figure_name(c, drawable) for c in classes]      # the class names as the figures draw them
     n = len(classes)
     side = max(4.0, 0.35 * n + 2.2)
     grid_rows = max(1, math.ceil(len(errors[0]) / 8))
@@ -329,11 +365,11 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
         ("curves.png", "Learning curves: loss and accuracy per epoch; learning rate dashed (right axis of the loss panel)",
          (11, 4), lambda fig: plot_curves(fig, history)),
         ("confusion.png", f"Confusion matrix of {ckpt.name} on {metrics['data']}",
-         (2 * side + 1.5, side), lambda fig: plot_confusion(fig, metrics["confusion"], classes)),
+         (2 * side + 1.5, side), lambda fig: plot_confusion(fig, metrics["confusion"], shown)),
         ("per_class.png", "Per-class precision and recall",
-         (max(6.0, 0.5 * n + 2), 4), lambda fig: plot_per_class(fig, metrics, classes)),
+         (max(6.0, 0.5 * n + 2), 4), lambda fig: plot_per_class(fig, metrics, classes, shown)),
         ("errors.png", "Most confidently wrong images (true class, predicted class, probability)",
-         (10, 0.5 + 1.45 * grid_rows), lambda fig: plot_errors(fig, dataset.images, dataset.labels, classes, errors)),
+         (10, 0.5 + 1.45 * grid_rows), lambda fig: plot_errors(fig, dataset.images, dataset.labels, shown, errors)),
         ("filters.png", "First-layer convolution filters",
          (9, 2.2), lambda fig: plot_filters(fig, predictor.params["conv1.w"])),
     ]
@@ -343,7 +379,7 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         pictures = []
-        with matplotlib.rc_context(STYLE):
+        with matplotlib.rc_context({**STYLE, "font.family": family}):
             for name, caption, size, draw in specs:
                 fig = new_figure(Figure, Canvas, *size)
                 draw(fig)

@@ -314,3 +314,29 @@ def test_a_run_without_validation_images_reports_its_curves_and_filters(tmp_path
     full = write_report(run_dir, data_dir=data_dir, out_dir=tmp_path / "full")   # --data: the whole report
     assert embedded_metrics(full.read_text(encoding="utf-8"))["num_images"] == 12
     assert (tmp_path / "full" / "confusion.png").is_file()
+
+
+@needs_matplotlib
+def test_a_class_name_no_font_draws_is_escaped_in_the_figures_and_kept_in_the_html(tmp_path, monkeypatch):
+    """A CJK class name on a machine without a CJK font used to be an empty box in every figure, with
+    matplotlib's 'Glyph missing' warnings on stderr; it is now its escape (\\u56db) in the figures,
+    drawn by any installed font that has it, and itself in the HTML."""
+    import warnings
+
+    import matplotlib
+
+    from cnncli import report
+
+    classes = ["circle", "四", "é"]
+    data = write_image_folder(tmp_path / "data", classes, per_class=3)
+    (tmp_path / "run").mkdir()
+    write_checkpoint(tmp_path / "run" / "best.npz", classes)
+    drawn, real = [], report.plot_confusion
+    monkeypatch.setattr(report, "plot_confusion", lambda fig, m, names: (drawn.append(names), real(fig, m, names)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                      # no "Glyph ... missing from font(s)"
+        out = write_report(tmp_path / "run", data_dir=data)
+    family, drawable = report.font_plan(classes, matplotlib)
+    expect = "四" if drawable("四") else "\\u56db"
+    assert drawn == [["circle", expect, "é"]] and drawable("é")
+    assert "四" in out.read_text(encoding="utf-8")

@@ -323,8 +323,6 @@ def test_a_class_name_no_font_draws_is_escaped_in_the_figures_and_kept_in_the_ht
     drawn by any installed font that has it, and itself in the HTML."""
     import warnings
 
-    import matplotlib
-
     from cnncli import report
 
     classes = ["circle", "四", "é"]

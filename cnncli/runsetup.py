@@ -32,6 +32,25 @@ def _demo_missing(train_dir: Path, val_dir) -> bool:
         (val_dir is None or (val_dir.name == "test" and val_dir.parent == train_dir.parent))
 
 
+def _refuse_dataset_root(train_dir: Path) -> None:
+    """A data.train whose every subfolder is named like a split (train, test, val...) is a dataset's
+    root, one level too high: refused before any image is decoded (data_notes warns when only some are)."""
+    try:
+        names = [e.name for e in os.scandir(train_dir) if e.is_dir() and not e.name.startswith(".")]
+    except OSError:
+        return                   # not a folder (a labels CSV) or unreadable: load_folder says which
+    splits = sorted(n for n in names if n.lower() in SPLIT_NAMES)
+    if len(splits) < 2 or len(splits) < len(names):
+        return
+    inner = next((n for n in splits if n.lower().startswith("train")), splits[0])
+    held = next((n for n in splits if not n.lower().startswith("train")), None)
+    shown = runfolder.printable
+    raise ConfigError(f"data.train: the subfolders of {shown(train_dir)} are {', '.join(map(shown, splits))}, "
+                      f"a dataset's splits rather than its classes; set data.train to "
+                      f"{shown(os.path.join(train_dir, inner))}"
+                      + (f" (and data.val to {shown(os.path.join(train_dir, held))})" if held else ""))
+
+
 def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
     """(train_ds, val_ds, skipped) as the config says: data.val (which may lack some of the classes, as
     a test folder for cnn eval may), fold data.fold of data.folds, or a stratified data.val_split of train.
@@ -47,6 +66,7 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
         if echo:
             echo(f"Generating the built-in demo dataset in {root} ...")
         ensure_demo(root)
+    _refuse_dataset_root(train_dir)
     opts = dict(image_size=d["image_size"], resize=d["resize"], strict=d["strict"], cache=d["cache"],
                 progress=progress)
     train_ds, skipped = data.load_folder(train_dir, classes=classes, **opts)

@@ -250,13 +250,22 @@ def test_a_run_that_fails_before_its_first_save_gives_its_folder_name_back(works
     assert res.exit_code == 0 and f"Run folder: {run}\n" in res.stderr
 
 
-def test_a_dataset_root_given_as_data_train_gets_a_warning(workspace, tmp_path):
+def test_a_dataset_root_given_as_data_train_is_refused_before_decoding(workspace, tmp_path):
     tmp, data = workspace
     for split in ("train", "test"):                                # root/train/<class>, root/test/<class>
         for name in SHAPES[:2]:
             (tmp_path / "root" / split / name).mkdir(parents=True)
             for src in sorted((data / name).glob("00[0-3].png")):
                 (tmp_path / "root" / split / name / src.name).write_bytes(src.read_bytes())
+    res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", tmp_path / "run", "-q", "--no-report",
+                  "--set", f"data.train={tmp_path / 'root'}", "--set", "train.epochs=1"])
+    assert res.exit_code == 2 and not (tmp_path / "run").exists(), res.stderr
+    assert res.stderr == (f"Error: data.train: the subfolders of {tmp_path / 'root'} are test, train, a dataset's "
+                          f"splits rather than its classes; set data.train to {tmp_path / 'root' / 'train'} (and "
+                          f"data.val to {tmp_path / 'root' / 'test'})\n")
+    (tmp_path / "root" / "other").mkdir()                         # a class among them: warned, not refused
+    for src in sorted((data / SHAPES[0]).glob("00[0-3].png")):
+        (tmp_path / "root" / "other" / src.name).write_bytes(src.read_bytes())
     res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", tmp_path / "run", "-q", "--no-report",
                   "--set", f"data.train={tmp_path / 'root'}", "--set", "train.epochs=1"])
     assert res.exit_code == 0, res.stderr

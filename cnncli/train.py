@@ -253,7 +253,7 @@ class Trainer:
                   f"({images / max(train_time, 1e-9):.0f} img/s{note}){'  *best' if improved else ''}")
         o = self.cfg["optim"]
         before, after = (max(o["lr"] * o["gamma"] ** d, o["min_lr"]) for d in (drops, self.drops))
-        if after != before and not stopping:
+        if after != before and not stopping and row["epoch"] < self.epochs:   # no next step after the last
             self.echo(f"Plateau: {self.early.monitor.replace('_', ' ')} did not improve for {o['plateau_patience']} "
                       f"epoch(s); lr {after:.3g} from the next step")
         if stopping:

@@ -45,9 +45,21 @@ def user_errors(fn):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
         except OSError as err:
-            raise UserError(str(err), 1) from None
+            raise UserError(os_error_text(err), 1) from None
 
     return wrapper
+
+
+def os_error_text(err: OSError) -> str:
+    """An OS error's line; one that names no file, raised because the current folder has been deleted
+    (a relative path cannot be resolved), says so."""
+    if err.filename is None and isinstance(err, FileNotFoundError):
+        try:
+            os.getcwd()
+        except FileNotFoundError:
+            return "the current folder no longer exists (deleted since this shell entered it): cd to a folder " \
+                   "that exists and run the command again"
+    return printable(str(err))
 
 
 def other_rank() -> bool:

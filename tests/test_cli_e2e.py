@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cnncli.cli import cli
-from e2e_util import SHAPES, invoke, load_params, make_folder, private_cache, run_cli, write_config  # noqa: F401
+from e2e_util import SHAPES, cli_env, invoke, load_params, make_folder, private_cache, run_cli, write_config  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -453,3 +453,13 @@ def test_predict_in_a_real_process_flushes_everything_before_its_fast_exit(train
     assert res.stderr.strip() == f"error: {tmp / 'nope.png'}: no such file or folder"
     ok = run_cli(["predict", "--checkpoint", run, data / "bar" / "001.png"], tmp)
     assert ok.returncode == 0 and ok.stdout.count("\n") == 1
+
+
+def test_a_deleted_current_folder_is_one_line_saying_so(workspace, tmp_path):
+    tmp, data = workspace
+    script = (f"mkdir gone && cd gone && rmdir ../gone && exec {sys.executable} -m cnncli train --config "
+              f"{tmp / 'cfg.yaml'} --out {tmp_path / 'run'} -q --no-report")
+    res = subprocess.run(["sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, env=cli_env(tmp_path))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr == ("Error: the current folder no longer exists (deleted since this shell entered it): cd to "
+                          "a folder that exists and run the command again\n")

@@ -72,6 +72,8 @@ def new_run_dir(out: str) -> Path:
                     return candidate
                 except FileExistsError:
                     continue
+        except OSError as err:          # a read-only or full parent folder
+            raise CnnError(f"{out}: cannot create the run folder ({err.strerror or err})") from None
     raise CnnError(f"{out}: {MAX_RUN_SUFFIX} run folders of this name exist already; choose another `out`")
 
 

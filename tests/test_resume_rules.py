@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from cnncli import checkpoint, runfolder
+from cnncli.errors import CnnError
 from cnncli.cli import cli
 from e2e_util import load_params, make_folder, write_config
 
@@ -201,6 +202,16 @@ def test_simultaneous_runs_never_share_a_run_folder(tmp_path):
     with ProcessPoolExecutor(4) as pool:
         got = list(pool.map(_claim, [out] * 16))
     assert len(set(got)) == 16, got
+
+
+def test_a_run_folder_that_cannot_be_made_is_one_line_naming_it(tmp_path, monkeypatch):
+    def refuse(path, *a, **k):                  # a read-only parent (root writes anywhere, so simulated)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(runfolder.os, "mkdir", refuse)
+    with pytest.raises(CnnError) as err:
+        runfolder.new_run_dir(str(tmp_path / "run"))
+    assert str(err.value) == f"{tmp_path / 'run'}: cannot create the run folder (Permission denied)"
 
 
 def test_resume_cleans_stray_temporary_files(run1):

@@ -95,6 +95,22 @@ def test_no_cache_option_and_cache_clear(tmp_path, cache_in_tmp):
     assert not list(cache_in_tmp.glob("dataset-*"))
 
 
+def test_a_cache_folder_that_cannot_be_written_is_a_note_and_the_run_goes_on(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "d")
+    (tmp_path / "afile").write_text("x")               # (root writes anywhere: a file in the way fails for all)
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "afile" / "cache"))
+    ds, _ = data.load_folder(root)
+    note = [n for n in ds.notes if "dataset cache" in n]
+    assert note == [f"note: the dataset cache could not be written ({tmp_path / 'afile' / 'cache'}: Not a "
+                    f"directory), so the next run decodes {root} again; CNNCLI_CACHE_DIR names another folder "
+                    "for it"]
+    r = CliRunner().invoke(cli, ["train", "--set", f"data.train={root}", "--set", "train.epochs=1", "--no-report",
+                                 "--out", str(tmp_path / "run"), "-q"])
+    assert r.exit_code == 0 and note[0] in r.stderr, r.output
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    assert not [n for n in data.load_folder(root)[0].notes if "dataset cache" in n]
+
+
 def _load_in_child(root, q):
     ds, skipped = data.load_folder(root, workers=1)
     q.put((ds.images.tobytes(), ds.labels.tolist(), ds.paths, skipped))

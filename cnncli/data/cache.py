@@ -114,9 +114,10 @@ def _atomic(path: str, write) -> None:
                 os.unlink(tmp)
 
 
-def write(slot: str, key: str, images: np.ndarray, skipped) -> None:
+def write(slot: str, key: str, images: np.ndarray, skipped) -> str | None:
     """Store images and the skipped list for `key` (call inside `locked(slot)`). Removes this slot's
-    files of other keys and temporary files of killed writers; a failure just leaves no cache."""
+    files of other keys and temporary files of killed writers. A failure leaves no cache and returns
+    why ("/path: Permission denied"); None when stored."""
     folder, base = os.path.dirname(slot), os.path.basename(slot)
     try:
         os.makedirs(folder, exist_ok=True)
@@ -132,8 +133,11 @@ def write(slot: str, key: str, images: np.ndarray, skipped) -> None:
             if name.startswith(base + "-") and name.endswith(".npy") and name != os.path.basename(npy):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(folder, name))
-    except (OSError, ValueError, UnicodeError):       # read-only home, full disk: just no cache
-        pass
+    except OSError as err:                            # read-only home, full disk: just no cache
+        return f"{folder}: {err.strerror or err}"
+    except (ValueError, UnicodeError) as err:
+        return str(err)
+    return None
 
 
 def _dataset_files(folder: str) -> list[str]:

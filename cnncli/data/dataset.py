@@ -73,6 +73,7 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
     image_size = int(image_size)
     ix, prefix = index(root, classes, missing_ok)
     jobs = decodemany.Jobs(ix.rels, image_size, resize, max_pixels, prefix)
+    unsaved = None                                    # why the dataset cache could not be written
     if cache:
         slot, key = cache_mod.cache_names(root, ix.classes, ix.digest, image_size, resize, int(max_pixels))
         hit = cache_mod.read(slot, key, image_size, len(ix.rels))
@@ -82,7 +83,7 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
                 hit = cache_mod.read(slot, key, image_size, len(ix.rels))
                 if hit is None:
                     hit = decodemany.decode_array(jobs, workers, progress)
-                    cache_mod.write(slot, key, *hit)
+                    unsaved = cache_mod.write(slot, key, *hit)
         images, bad = hit
     else:
         images, bad = decodemany.decode_array(jobs, workers, progress)
@@ -105,7 +106,11 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
                         f"({len(skipped)} file(s) skipped)")
     ix.rels.prefix = prefix                           # the Index is done with: its names become the paths
     paths = ix.rels if keep.all() else ix.rels.take(np.flatnonzero(keep))
-    return Dataset(images, labels, list(ix.classes), paths, ix.ignored_note() + _flat_note(images, paths)), skipped
+    notes = ix.ignored_note() + _flat_note(images, paths)
+    if unsaved:
+        notes.append(f"note: the dataset cache could not be written ({printable(unsaved)}), so the next run "
+                     f"decodes {printable(root)} again; CNNCLI_CACHE_DIR names another folder for it")
+    return Dataset(images, labels, list(ix.classes), paths, notes), skipped
 
 
 def _say(line: str) -> None:

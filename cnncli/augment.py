@@ -1,15 +1,16 @@
 """Training-time augmentation of a normalized input batch: the settings, the batch kernels, the
-Augmenter and StepInput, a training step's input made inside the step (kernels/augment_draw.py
-draws each image's parameters, kernels/augment_pixels.py holds one image's pixel kernels).
-
-Random affine (shift, rotation, scale, shear) and flips composed into one inverse map per image and
-sampled once (bilinear), then brightness/contrast jitter, Gaussian noise and random erasing. The draws
-are a pure function of (seed, epoch, step, the image's index in the batch). It does not load, batch
-or normalize images, and never runs for validation, eval or predict.
-
-Shape legend: N images, M stored, H = W = 32 rows/columns, P parameters per image (P_*,
-augment_pixels' layout), B = 128 border samples of one image, G = 3 the fill frame.
+Augmenter and StepInput (a training step's input, made inside the step). It does not load, batch or
+normalize images, never runs for validation, eval or predict, and draws nothing itself
+(kernels/augment_draw.py draws, kernels/augment_pixels.py holds one image's pixel kernels).
 """
+
+# Random affine (shift, rotation, scale, shear) and flips composed into one inverse map per image and
+# sampled once (bilinear), then brightness/contrast jitter, Gaussian noise and random erasing. The draws
+# are a pure function of (seed, epoch, step, the image's index in the batch). It does not load, batch
+# or normalize images, and never runs for validation, eval or predict.
+#
+# Shape legend: N images, M stored, H = W = 32 rows/columns, P parameters per image (P_*,
+# augment_pixels' layout), B = 128 border samples of one image, G = 3 the fill frame.
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """`cnn bench`: throughput of the core alone (training step, inference), one-image latency, JIT time.
-
-Measures cnncli.model.Network + cnncli.optim.Optimizer on random in-memory batches; with vs_torch the
-PyTorch twin (cnncli.twin: same weights, optimizer, threads, float32) runs in the same process,
-alternating repeats with ours so machine noise hits both. It is not a data-loading or end-to-end
-benchmark (see scripts/bench_data.py, scripts/bench_startup.py, scripts/bench_memory.py).
+Not a data-loading or end-to-end benchmark (scripts/bench_data.py, bench_startup.py, ...).
 """
+
+# Measures cnncli.model.Network + cnncli.optim.Optimizer on random in-memory batches; with vs_torch the
+# PyTorch twin (cnncli.twin: same weights, optimizer, threads, float32) runs in the same process,
+# alternating repeats with ours so machine noise hits both. It is not a data-loading or end-to-end
+# benchmark (see scripts/bench_data.py, scripts/bench_startup.py, scripts/bench_memory.py).
 
 from __future__ import annotations
 

@@ -1,12 +1,15 @@
-"""A BN training step phase by phase from Python (threads.run_phases): the per-shard tasks of each
-phase, and between phases the sums over all shards through the comm, the statistics and the
-fused kernels' coefficients, and the head. shards.run_step runs it with MPI ranks (the sums are
-collectives on the calling thread) and in one process while a pre-compile worker still builds
-kernels/bnstep.py's one-call step, which runs the same kernels and trees (the same bits).
-Not the plan (shards.Plan) nor the layers (passes.py).
-
-Shapes: as shards.py's; D statistics of a BN layer (units or channels).
+"""A BN training step phase by phase from Python (threads.run_phases): each phase's per-shard tasks,
+and between phases the sums through the comm, the statistics, the fused kernels' coefficients and
+the head. Not the plan (shards.Plan) nor the layers (passes.py).
 """
+
+# A BN training step phase by phase from Python (threads.run_phases): the per-shard tasks of each
+# phase, and between phases the sums over all shards through the comm, the statistics and the
+# fused kernels' coefficients, and the head. shards.run_step runs it with MPI ranks (the sums are
+# collectives on the calling thread) and in one process while a pre-compile worker still builds
+# kernels/bnstep.py's one-call step, which runs the same kernels and trees (the same bits).
+#
+# Shapes: as shards.py's; D statistics of a BN layer (units or channels).
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """Classification metrics (loss, accuracy, top-k, per-class P/R/F1, confusion) of a checkpoint or a
-network on labelled images (cnn predict's file handling is predictions.py).
-
-Pure numpy and vectorized; the model is reached through `predictor.Predictor`, and by the training
-loop's validation (`evaluate_loss_acc`) through the Network it trains.
-This module does not plot (see report.py) and does not know about the CLI.
+network on labelled images. It does not plot (report.py), handle cnn predict's files
+(predictions.py) or know about the CLI.
 """
+
+# Pure numpy and vectorized; the model is reached through `predictor.Predictor`, and by the training
+# loop's validation (`evaluate_loss_acc`) through the Network it trains.
+# This module does not plot (see report.py) and does not know about the CLI.
 
 from __future__ import annotations
 

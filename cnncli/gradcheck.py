@@ -1,31 +1,33 @@
-"""Finite-difference check of the hand-derived gradients, for every parameter tensor.
-
-Everything runs in float64 on random inputs (standard normal images, random labels) and the
-Glorot-initialised network of `seed`, with random gamma/beta (so BN is not at its trivial point).
-For each tensor the analytic gradient g (Network.train_step) is compared with a central finite
-difference g_fd of the training-mode loss on the checked elements: all of a tensor with at most
-FULL_CHECK elements, a random SUBSET of the others (every tensor is covered).
-
-    error = max |g - g_fd| / max |g|      over the checked elements of the tensor
-
-The finite difference is the 4th-order central stencil
-    g_fd(h) = [8 (L(p+h) - L(p-h)) - (L(p+2h) - L(p-2h))] / (12 h)
-evaluated for each tensor at the steps h in STEPS = (1e-6, 1e-5, 1e-7), in that order, stopping
-at the first step whose error is below GOOD = 1e-8; the reported error is the smallest one found
-(the printout names its step). Why several steps: FD error is truncation (~h^4 L^(5))
-plus rounding (~1e-16 |L| / h), and the two regimes meet in this net. BN over a batch of 2
-(per-unit BN; BatchNorm1d of fc1) has units whose two samples almost coincide, where invstd is
-~1/sqrt(eps) and the loss curves on a scale of ~1e-3 in z: those tensors need h <= 1e-6. Tensors
-whose gradient is tiny next to |L| (e.g. fc1.w behind a 2-sample BN) need h >= 1e-6 to keep rounding
-noise below 1e-6 of max|g|. With one fixed step some seed always failed one of the two.
-A bug would have to be hidden at all three steps at once on every checked element, which does not
-happen: a wrong gradient shows errors ~1e-2..1 at every step.
-
-Exception, not hidden: with batch normalization the bias of the layer before each BN (conv1.b,
-conv2.b, fc1.b) cannot change the loss - BN subtracts the batch mean - so its analytic gradient is
-zero up to rounding and a relative error means nothing. For those tensors the reported number is
-the ABSOLUTE max |g_fd| (which must be ~0), marked "abs" in the printout.
+"""Finite-difference check of the hand-derived gradients, for every parameter tensor, in float64 on
+random inputs (`cnn gradcheck`). It checks Network.train_step's gradients; it is not the test
+suite's reference comparisons (tests/reference.py, tests/test_reference_grads.py).
 """
+
+# Everything runs in float64 on random inputs (standard normal images, random labels) and the
+# Glorot-initialised network of `seed`, with random gamma/beta (so BN is not at its trivial point).
+# For each tensor the analytic gradient g (Network.train_step) is compared with a central finite
+# difference g_fd of the training-mode loss on the checked elements: all of a tensor with at most
+# FULL_CHECK elements, a random SUBSET of the others (every tensor is covered).
+#
+#     error = max |g - g_fd| / max |g|      over the checked elements of the tensor
+#
+# The finite difference is the 4th-order central stencil
+#     g_fd(h) = [8 (L(p+h) - L(p-h)) - (L(p+2h) - L(p-2h))] / (12 h)
+# evaluated for each tensor at the steps h in STEPS = (1e-6, 1e-5, 1e-7), in that order, stopping
+# at the first step whose error is below GOOD = 1e-8; the reported error is the smallest one found
+# (the printout names its step). Why several steps: FD error is truncation (~h^4 L^(5))
+# plus rounding (~1e-16 |L| / h), and the two regimes meet in this net. BN over a batch of 2
+# (per-unit BN; BatchNorm1d of fc1) has units whose two samples almost coincide, where invstd is
+# ~1/sqrt(eps) and the loss curves on a scale of ~1e-3 in z: those tensors need h <= 1e-6. Tensors
+# whose gradient is tiny next to |L| (e.g. fc1.w behind a 2-sample BN) need h >= 1e-6 to keep rounding
+# noise below 1e-6 of max|g|. With one fixed step some seed always failed one of the two.
+# A bug would have to be hidden at all three steps at once on every checked element, which does not
+# happen: a wrong gradient shows errors ~1e-2..1 at every step.
+#
+# Exception, not hidden: with batch normalization the bias of the layer before each BN (conv1.b,
+# conv2.b, fc1.b) cannot change the loss - BN subtracts the batch mean - so its analytic gradient is
+# zero up to rounding and a relative error means nothing. For those tensors the reported number is
+# the ABSOLUTE max |g_fd| (which must be ~0), marked "abs" in the printout.
 
 from __future__ import annotations
 

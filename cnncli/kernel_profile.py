@@ -1,13 +1,17 @@
-"""Where a training step's (or an inference pass's) time goes, kernel by kernel; or, for a training
-step, phase by phase (the shard tasks between BN's whole-batch statistics, and the calling
-thread's time between them).
-
-    python -m cnncli.kernel_profile [train|infer|phases] [batchnorm] [batch_size] [threads (0 = all)]
-
-Wraps every numba kernel and the numpy matmul/sum/... calls of a step with timers for a few
-steps, then restores them. A diagnostic for developers: the wrappers add about a microsecond per call,
-so its absolute rates are below `cnn bench`'s; it is not a benchmark.
+"""Where a training step's (or an inference pass's) time goes, kernel by kernel or phase by phase,
+from timers wrapped around every kernel for a few steps. A diagnostic for developers, not a
+benchmark: the wrappers cost about a microsecond a call (`cnn bench` measures rates).
 """
+
+# Where a training step's (or an inference pass's) time goes, kernel by kernel; or, for a training
+# step, phase by phase (the shard tasks between BN's whole-batch statistics, and the calling
+# thread's time between them).
+#
+#     python -m cnncli.kernel_profile [train|infer|phases] [batchnorm] [batch_size] [threads (0 = all)]
+#
+# Wraps every numba kernel and the numpy matmul/sum/... calls of a step with timers for a few
+# steps, then restores them. A diagnostic for developers: the wrappers add about a microsecond per call,
+# so its absolute rates are below `cnn bench`'s; it is not a benchmark.
 
 from __future__ import annotations
 

@@ -1,32 +1,32 @@
 """The network: forward/backward of the whole net (training) and inference, on flat parameter
-buffers whose layout and initialisation live in arch.py (re-exported here).
-
-    x (N,1,32,32) -> conv1 5x5, 6 maps, pad 2 [-> bn1] -> ELU -> maxpool 2x2   -> (N,6,16,16)
-                  -> conv2 5x5x6, 16 maps, pad 2 [-> bn2] -> ELU -> maxpool 2x2 -> (N,16,8,8)
-                  -> flatten (C-order, NCHW) (N,1024) -> fc1 65 [-> bn3] -> ELU -> fc2 C -> sigmoid
-
-Loss: binary cross-entropy of the C sigmoid outputs against the one-hot target, summed over the
-C outputs and AVERAGED over the batch, computed from the logits (log-sigmoid, stable).
-
-Batch normalization (`batchnorm`), between the linear step and the ELU of conv1, conv2 and fc1:
-  "none"    no BN.
-  "unit"    the seed's Part IV: statistics per unit (every map position) over the batch; gamma and
-            beta have the layer's own shape (6,32,32), (16,16,16), (65,).
-  "channel" the usual per-map BN (PyTorch BatchNorm2d/1d): statistics over (N,H,W) per map;
-            gamma/beta (6,), (16,), (65,).
-  Training uses the batch's biased variance and sqrt(V + eps); running statistics are updated as
-  PyTorch does (running = (1-momentum)*running + momentum*stat, running_var from the UNBIASED
-  batch variance) and are used in inference mode. Conv/fc biases stay even under BN (as in the
-  seed); their gradient is then zero up to rounding.
-
-All parameters live in one flat contiguous buffer (`Params.flat`) with named views; the same for
-gradients and for the BN running statistics. The functional API (`loss_and_grads`,
-`predict_proba`) runs the same code as `Network`, which keeps preallocated workspaces. Training
-runs in micro-shards of 8 images on the worker threads, summed in one fixed tree, on one process
-or a block of shards per MPI rank (shards.py, distributed.py); inference runs image by image in
-fused kernels (kernels/inference.py). It is not a trainer (train.py) and has no NumPy-only path
-(infer.py).
+buffers whose layout and initialisation live in arch.py (re-exported here). It is not a trainer
+(train.py) and has no NumPy-only path (infer.py).
 """
+
+#     x (N,1,32,32) -> conv1 5x5, 6 maps, pad 2 [-> bn1] -> ELU -> maxpool 2x2   -> (N,6,16,16)
+#                   -> conv2 5x5x6, 16 maps, pad 2 [-> bn2] -> ELU -> maxpool 2x2 -> (N,16,8,8)
+#                   -> flatten (C-order, NCHW) (N,1024) -> fc1 65 [-> bn3] -> ELU -> fc2 C -> sigmoid
+#
+# Loss: binary cross-entropy of the C sigmoid outputs against the one-hot target, summed over the
+# C outputs and AVERAGED over the batch, computed from the logits (log-sigmoid, stable).
+#
+# Batch normalization (`batchnorm`), between the linear step and the ELU of conv1, conv2 and fc1:
+#   "none"    no BN.
+#   "unit"    the seed's Part IV: statistics per unit (every map position) over the batch; gamma and
+#             beta have the layer's own shape (6,32,32), (16,16,16), (65,).
+#   "channel" the usual per-map BN (PyTorch BatchNorm2d/1d): statistics over (N,H,W) per map;
+#             gamma/beta (6,), (16,), (65,).
+#   Training uses the batch's biased variance and sqrt(V + eps); running statistics are updated as
+#   PyTorch does (running = (1-momentum)*running + momentum*stat, running_var from the UNBIASED
+#   batch variance) and are used in inference mode. Conv/fc biases stay even under BN (as in the
+#   seed); their gradient is then zero up to rounding.
+#
+# All parameters live in one flat contiguous buffer (`Params.flat`) with named views; the same for
+# gradients and for the BN running statistics. The functional API (`loss_and_grads`,
+# `predict_proba`) runs the same code as `Network`, which keeps preallocated workspaces. Training
+# runs in micro-shards of 8 images on the worker threads, summed in one fixed tree, on one process
+# or a block of shards per MPI rank (shards.py, distributed.py); inference runs image by image in
+# fused kernels (kernels/inference.py).
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""Optimizers on one flat parameter buffer, and learning-rate schedules as pure functions.
-
-Update rules follow torch.optim (SGD, momentum, Nesterov, Adam, AdamW) exactly; `step` works in
-place with preallocated scratch and allocates nothing. Adam/AdamW run as one fused numba pass
-(kernels/adam.py, imported on first use), bitwise equal to the NumPy sequence kept beside it.
-This module is not a general optimizer framework: no parameter groups, no closures, no lr state
-(the lr is passed to every step).
+"""Optimizers on one flat parameter buffer (torch.optim's SGD, momentum, Nesterov, Adam, AdamW), and
+learning-rate schedules as pure functions. Not a general optimizer framework: no parameter groups,
+no closures, no lr state (the lr is passed to every step).
 """
+
+# Update rules follow torch.optim (SGD, momentum, Nesterov, Adam, AdamW) exactly; `step` works in
+# place with preallocated scratch and allocates nothing. Adam/AdamW run as one fused numba pass
+# (kernels/adam.py, imported on first use), bitwise equal to the NumPy sequence kept beside it.
 
 import math
 

@@ -1,14 +1,17 @@
 """One micro-shard's training-mode passes on its preallocated workspace, in segments that end where
-batch normalization needs the whole batch's statistics (shards.py runs the segments of every
-shard and the BN sums between them); each reads like the network diagram, one layer call per line.
-The conv layers' BN runs fused with their pool + ELU (kernels/bnpool.py): their BN output, xhat
-and dy are never stored; under BN their segments are one numba call each (kernels/segments.py
-runs the same layer kernels in the same order), and in one process kernels/bnstep.py runs the whole
-BN step in numba from the same kernels. Not the API (model.py), not the cross-shard sums
-(shards.py), not the inference path.
-
-Shapes: n images in the shard, C classes; every workspace array's shape is commented in Workspace.
+batch normalization needs the whole batch's statistics; each reads like the network diagram. Not
+the API (model.py), not the cross-shard sums (shards.py), not the inference path.
 """
+
+# One micro-shard's training-mode passes on its preallocated workspace, in segments that end where
+# batch normalization needs the whole batch's statistics (shards.py runs the segments of every
+# shard and the BN sums between them); each reads like the network diagram, one layer call per line.
+# The conv layers' BN runs fused with their pool + ELU (kernels/bnpool.py): their BN output, xhat
+# and dy are never stored; under BN their segments are one numba call each (kernels/segments.py
+# runs the same layer kernels in the same order), and in one process kernels/bnstep.py runs the whole
+# BN step in numba from the same kernels.
+#
+# Shapes: n images in the shard, C classes; every workspace array's shape is commented in Workspace.
 
 from __future__ import annotations
 

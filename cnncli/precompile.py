@@ -1,11 +1,13 @@
-"""First-run compilation of the numba kernels a run needs, in parallel worker processes.
-
-`start()` finds the kernels a training run calls, with their argument types, by a dry run of a tiny
-network with every kernel stubbed out, checks numba's on-disk cache for each, and compiles the missing
-ones in this and spawned processes (a kernel per task, a process per core) that write the cache the run
-loads each kernel from once it is there: it changes when and where kernels compile, never what they
-compile to. Not the kernels (kernels/), nor a cache manager (numba keeps it; docs/performance.md, "Start-up").
+"""First-run compilation of the numba kernels a run needs, in parallel worker processes. It changes
+when and where kernels compile, never what they compile to. Not the kernels (kernels/), nor a cache
+manager (numba keeps it; docs/performance.md, "Start-up").
 """
+
+# `start()` finds the kernels a training run calls, with their argument types, by a dry run of a tiny
+# network with every kernel stubbed out, checks numba's on-disk cache for each, and compiles the missing
+# ones in this and spawned processes (a kernel per task, a process per core) that write the cache the run
+# loads each kernel from once it is there: it changes when and where kernels compile, never what they
+# compile to.
 
 from __future__ import annotations
 

@@ -1,15 +1,19 @@
-"""One training step cut into fixed micro-shards of distributed.SHARD images: each shard runs on its
-own workspace on the worker threads, writes its parameter gradient into its own row, and the rows,
-the losses and (with BN) the per-shard partial statistics are summed through the comm in one fixed
-tree, so the bits depend neither on the thread count nor on the number of ranks. With BN in one
-process the whole step is one numba call per thread (kernels/bnstep.py: the same kernels and
-trees, the threads meeting at spin barriers); with ranks, or while a pre-compile worker still
-builds bnstep's kernel, its phases run through run_phases (bnphases.py builds them).
-Not the API (model.Network.train_step calls run_step) nor the layers (passes.py).
-
-Shapes: B images in the global batch, S = ceil(B / SHARD) shards, L of them on this rank
-(comm.shard_block), P parameters, C classes; D statistics of a BN layer (units or channels).
+"""One training step cut into fixed micro-shards of distributed.SHARD images, run on the worker threads
+and summed through the comm in one fixed tree, so the bits depend on neither the thread count nor
+the number of ranks. Not the API (model.Network.train_step calls run_step) nor the layers
+(passes.py).
 """
+
+# One training step cut into fixed micro-shards of distributed.SHARD images: each shard runs on its
+# own workspace on the worker threads, writes its parameter gradient into its own row, and the rows,
+# the losses and (with BN) the per-shard partial statistics are summed through the comm in one fixed
+# tree, so the bits depend neither on the thread count nor on the number of ranks. With BN in one
+# process the whole step is one numba call per thread (kernels/bnstep.py: the same kernels and
+# trees, the threads meeting at spin barriers); with ranks, or while a pre-compile worker still
+# builds bnstep's kernel, its phases run through run_phases (bnphases.py builds them).
+#
+# Shapes: B images in the global batch, S = ceil(B / SHARD) shards, L of them on this rank
+# (comm.shard_block), P parameters, C classes; D statistics of a BN layer (units or channels).
 
 from __future__ import annotations
 

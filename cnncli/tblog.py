@@ -1,10 +1,13 @@
-"""TensorBoard event files for a run, written by hand: each epoch's metrics.csv values as scalars
-(train/loss, train/acc, val/loss, val/acc, lr) at the epoch's step, so `tensorboard --logdir runs`
-shows the curves, as Lightning's default logger does, with neither tensorflow nor tensorboard installed.
-The file is TFRecord framing (length, masked CRC-32C) around Event protobufs (wall_time = 1,
-step = 2, file_version = 3, summary = 5; Summary.Value tag = 1, simple_value = 2). Not a general
-protobuf or TensorBoard writer: scalars only.
+"""TensorBoard event files for a run, written by hand: each epoch's metrics.csv values as scalars, so
+`tensorboard --logdir runs` shows the curves with neither tensorflow nor tensorboard installed. Not
+a general protobuf or TensorBoard writer: scalars only.
 """
+
+# TensorBoard event files for a run, written by hand: each epoch's metrics.csv values as scalars
+# (train/loss, train/acc, val/loss, val/acc, lr) at the epoch's step, so `tensorboard --logdir runs`
+# shows the curves, as Lightning's default logger does, with neither tensorflow nor tensorboard installed.
+# The file is TFRecord framing (length, masked CRC-32C) around Event protobufs (wall_time = 1,
+# step = 2, file_version = 3, summary = 5; Summary.Value tag = 1, simple_value = 2).
 
 from __future__ import annotations
 

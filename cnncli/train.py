@@ -1,12 +1,13 @@
 """The training loop: seeded mini-batches, validation, early stopping, checkpoints, exact resume.
-
-`train()` sets up a run (runsetup.py) and hands it to a `Trainer`, whose loop is a few named steps (one optimizer
-step, end of epoch, interruption) calling small pieces (ProgressBar, EarlyStopping, runfolder's
-writers). It owns the order of events; the maths lives in model/optim, the images in data, the files
-in runfolder. Under `mpirun -n K` every rank runs the same loop on the same batches (the Network
-computes the rank's shards); rank 0 alone writes and prints, and the ranks agree on every stop.
-It is not a general trainer: one network family, one loss.
+It is not a general trainer: one network family, one loss; the maths lives in model/optim, the
+images in data, the files in runfolder.
 """
+
+# `train()` sets up a run (runsetup.py) and hands it to a `Trainer`, whose loop is a few named steps (one optimizer
+# step, end of epoch, interruption) calling small pieces (ProgressBar, EarlyStopping, runfolder's
+# writers). It owns the order of events; the maths lives in model/optim, the images in data, the files
+# in runfolder. Under `mpirun -n K` every rank runs the same loop on the same batches (the Network
+# computes the rank's shards); rank 0 alone writes and prints, and the ranks agree on every stop.
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """The PyTorch twin of cnncli's network: the same layers, loss, BN variants and parameter layout.
-
-`cnn bench --vs-torch`, scripts/bench_memory.py and the autograd tests (tests/test_torch_twin.py,
-tests/test_bench.py) all build their PyTorch copy here, so there is one definition to keep equal
-to cnncli.model. torch is imported only inside the functions (it is a test-only extra); this module
-imports neither numba nor cnncli's kernels. It is not a trainer: it mirrors one step at a time.
+It is not a trainer (it mirrors one step at a time) and imports torch only inside its functions.
 """
+
+# `cnn bench --vs-torch`, scripts/bench_memory.py and the autograd tests (tests/test_torch_twin.py,
+# tests/test_bench.py) all build their PyTorch copy here, so there is one definition to keep equal
+# to cnncli.model. torch is imported only inside the functions (it is a test-only extra); this module
+# imports neither numba nor cnncli's kernels. It is not a trainer: it mirrors one step at a time.
 
 from __future__ import annotations
 

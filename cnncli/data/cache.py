@@ -1,10 +1,14 @@
 """The decoded-dataset cache: per folder and settings, a raw uint8 .npy of the usable images (opened
-memory-mapped, so a cached load reads at disk/page-cache speed) and a small JSON index (key, skipped
-files with reasons). Files appear by atomic rename under a per-slot lock file (fcntl.flock), so
-processes racing on one folder (MPI ranks) decode it once and never read a partial file.
-
-It does not decide what to decode (dataset.py) and never raises on a broken or unwritable cache.
+memory-mapped) and a small JSON index, written by atomic rename under a per-slot lock file. It does
+not decide what to decode (dataset.py) and never raises on a broken or unwritable cache.
 """
+
+# The decoded-dataset cache: per folder and settings, a raw uint8 .npy of the usable images (opened
+# memory-mapped, so a cached load reads at disk/page-cache speed) and a small JSON index (key, skipped
+# files with reasons). Files appear by atomic rename under a per-slot lock file (fcntl.flock), so
+# processes racing on one folder (MPI ranks) decode it once and never read a partial file.
+#
+# It does not decide what to decode (dataset.py) and never raises on a broken or unwritable cache.
 
 from __future__ import annotations
 

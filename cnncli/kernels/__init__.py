@@ -1,44 +1,49 @@
-"""The network's numba kernels, one module per layer kind (conv, conv32, conv16, pool, activation,
-batchnorm, bnstats, bntree, bnpool, head, fc, loss, inference, adam), a BN step's conv tasks as single calls
-(segments), plus their support: simd (16-lane vectors), threads, reduce, checks, lookup (input),
-peak (the machine's measured FMA peak, for `cnn bench`). It is not the network (model.py composes these) and has no training loop.
-
-Shape legend (every module; a module's own legend adds the letters only it uses):
-  N images (of a batch, a shard or a block), C input maps (classes in head, loss and tally), F output
-  maps (filters), H, W map height and width, S = H*W positions of a map, K filter side (5), D units of
-  a flat layer or statistics of a BN layer, I / O an fc layer's inputs / outputs, B images of the
-  whole batch, L shards. Read in their module: P is conv.py's padding (K // 2) and a parameter count
-  elsewhere; M is stored images (lookup, augmentation), values per BN statistic (batchnorm, bnpool)
-  or columns (reduce); S counts rows in reduce and bntree.
-
-Rules kept in every module:
-  * Numba kernels (`*_into`) only loop: they write into the arrays the caller passes and never
-    allocate their outputs or check anything. The checked wrappers beside them (`conv16_forward`,
-    `bn_unit_forward`...) check shapes/dtypes (ValueError naming the argument and its shape) and
-    allocate the outputs the caller did not pass in; model.py calls the kernels on its workspaces.
-  * Kernels have no signatures: the same code compiles for float32 and float64.
-  * The network's kernels run on one thread each (`nogil`): threads.run (and run_phases, a BN
-    step's phases as one job) hands a step's 8-image shards, and inference's and augmentation's
-    blocks of images, to the worker threads; each task
-    writes only its own slice and shards meet in a fixed tree, so results are bitwise reproducible
-    run to run and for any thread count. (`prange` stays only in reference layers outside the
-    network's path, conv.py's generic conv2d: a parallel loop costs seconds of first-run compile.)
-  * No fastmath: the gradients are checked against finite differences. The direct convolutions
-    use explicit fused multiply-adds (simd.vfma, llvm.fma: rounded once, the same bits on every
-    CPU), not fastmath contraction.
-
-Numba's on-disk cache stamps each kernel with every numba source file of the package, not only its
-own (cachestamp.py): editing or upgrading any kernel file recompiles the kernels that inline it.
-
-Compiler settings, made here before numba is first imported (unless the user set them):
-  * OMP_WAIT_POLICY=passive: numba's OpenMP layer otherwise busy-waits between parallel loops,
-    and with OpenBLAS's own busy-waiting threads, or any other load, a training step became
-    5-25x slower (scripts/bench_core.py; threads.py keeps OpenBLAS on one thread meanwhile).
-  * NUMBA_SLP_VECTORIZE=1: LLVM's SLP vectorizer (numba turned it off by default in 0.57 after
-    miscompilations, numba PR #8852) made the pooling backward 2.9x and the one-image fc1 3x
-    faster (docs/performance.md). Without fastmath it cannot change a float result (no
-    reassociation); tests/test_slp.py checks bitwise that it does not, against a build without it.
+"""The network's numba kernels, one module per layer kind, plus their support (simd, threads, reduce,
+sync, lookup, peak). It is not the network (model.py composes these) and has no training loop.
+Below: the module list, the shape legend every kernel module uses, the rules they keep, and the
+compiler settings made here before numba is first imported.
 """
+
+# Modules: one per layer kind (conv, conv32, conv16, pool, activation, batchnorm, bnstats, bntree,
+# bnpool, head, fc, loss, inference, adam), a BN step's conv tasks as single calls (segments), plus
+# their support: simd (16-lane vectors), threads, reduce, checks, lookup (input), peak (the
+# machine's measured FMA peak, for `cnn bench`).
+#
+# Shape legend (every module; a module's own legend adds the letters only it uses):
+#   N images (of a batch, a shard or a block), C input maps (classes in head, loss and tally), F output
+#   maps (filters), H, W map height and width, S = H*W positions of a map, K filter side (5), D units of
+#   a flat layer or statistics of a BN layer, I / O an fc layer's inputs / outputs, B images of the
+#   whole batch, L shards. Read in their module: P is conv.py's padding (K // 2) and a parameter count
+#   elsewhere; M is stored images (lookup, augmentation), values per BN statistic (batchnorm, bnpool)
+#   or columns (reduce); S counts rows in reduce and bntree.
+#
+# Rules kept in every module:
+#   * Numba kernels (`*_into`) only loop: they write into the arrays the caller passes and never
+#     allocate their outputs or check anything. The checked wrappers beside them (`conv16_forward`,
+#     `bn_unit_forward`...) check shapes/dtypes (ValueError naming the argument and its shape) and
+#     allocate the outputs the caller did not pass in; model.py calls the kernels on its workspaces.
+#   * Kernels have no signatures: the same code compiles for float32 and float64.
+#   * The network's kernels run on one thread each (`nogil`): threads.run (and run_phases, a BN
+#     step's phases as one job) hands a step's 8-image shards, and inference's and augmentation's
+#     blocks of images, to the worker threads; each task
+#     writes only its own slice and shards meet in a fixed tree, so results are bitwise reproducible
+#     run to run and for any thread count. (`prange` stays only in reference layers outside the
+#     network's path, conv.py's generic conv2d: a parallel loop costs seconds of first-run compile.)
+#   * No fastmath: the gradients are checked against finite differences. The direct convolutions
+#     use explicit fused multiply-adds (simd.vfma, llvm.fma: rounded once, the same bits on every
+#     CPU), not fastmath contraction.
+#
+# Numba's on-disk cache stamps each kernel with every numba source file of the package, not only its
+# own (cachestamp.py): editing or upgrading any kernel file recompiles the kernels that inline it.
+#
+# Compiler settings, made here before numba is first imported (unless the user set them):
+#   * OMP_WAIT_POLICY=passive: numba's OpenMP layer otherwise busy-waits between parallel loops,
+#     and with OpenBLAS's own busy-waiting threads, or any other load, a training step became
+#     5-25x slower (scripts/bench_core.py; threads.py keeps OpenBLAS on one thread meanwhile).
+#   * NUMBA_SLP_VECTORIZE=1: LLVM's SLP vectorizer (numba turned it off by default in 0.57 after
+#     miscompilations, numba PR #8852) made the pooling backward 2.9x and the one-image fc1 3x
+#     faster (docs/performance.md). Without fastmath it cannot change a float result (no
+#     reassociation); tests/test_slp.py checks bitwise that it does not, against a build without it.
 
 import os
 

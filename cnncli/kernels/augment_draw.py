@@ -1,12 +1,16 @@
-"""A training image's augmentation draws and the step input: the per-image uniforms (SplitMix64 of
-(seed, epoch, step, index in the batch)), the parameters drawn from them, and make_input_into, the
-lookup (+ augmentation) of a slice of a batch that the one-call steps run inside each shard's task.
-Not the settings or the batch-level API (augment.py), nor one image's pixels (augment_pixels.py).
-
-Shape legend: M images stored, N images of a slice, H = W = 32, K uniforms per image (U_*), P
-parameters per image (P_*, augment_pixels' layout), B = 128 border samples of one image, G = 3 the
-fill frame, L the noise pool's length.
+"""A training image's augmentation draws (SplitMix64 uniforms of (seed, epoch, step, index), the
+parameters drawn from them) and make_input_into, a batch slice's lookup + augmentation inside a
+shard's task. Not the settings or the batch-level API (augment.py), nor one image's pixels
+(augment_pixels.py).
 """
+
+# A training image's augmentation draws and the step input: the per-image uniforms (SplitMix64 of
+# (seed, epoch, step, index in the batch)), the parameters drawn from them, and make_input_into, the
+# lookup (+ augmentation) of a slice of a batch that the one-call steps run inside each shard's task.
+#
+# Shape legend: M images stored, N images of a slice, H = W = 32, K uniforms per image (U_*), P
+# parameters per image (P_*, augment_pixels' layout), B = 128 border samples of one image, G = 3 the
+# fill frame, L the noise pool's length.
 
 from __future__ import annotations
 

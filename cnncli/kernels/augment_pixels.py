@@ -1,19 +1,21 @@
-"""One image's augmentation pixels, the numba kernels augment.py's batch kernels run per image:
-the fill (the median of the image's border), the bilinear warp through a frame of that fill, the
-brightness/contrast jitter, noise and erasing -- all under one row of parameters. It does not draw
-the parameters (augment_draw.py does), loop over a batch or hand work to threads (augment.py and the
-one-call steps do).
-
-Shape legend: H = W = 32 rows/columns, P parameters per image (P_*), B = 128 border samples of one
-image (its 4 edges, corners twice, as data.resize_gray pads), G = 3 the frame of fill values around
-an image in the sampling scratch.
-
-Fill value: a sample that falls outside the image (and an erased rectangle) takes the median of the
-image's own border pixels, the value `data.resize_gray` pads letterboxed images with: the background
-of that image, so a shifted or rotated glyph lands on its own background (dark-on-light and
-light-on-dark alike) instead of on a black/grey band or on edge streaks that clamping would smear
-from a stroke touching the border.
+"""One image's augmentation pixels under one row of parameters: the fill, the bilinear warp, the
+brightness/contrast jitter, noise and erasing. It does not draw the parameters (augment_draw.py),
+loop over a batch or hand work to threads (augment.py and the one-call steps do).
 """
+
+# One image's augmentation pixels, the numba kernels augment.py's batch kernels run per image:
+# the fill (the median of the image's border), the bilinear warp through a frame of that fill, the
+# brightness/contrast jitter, noise and erasing -- all under one row of parameters.
+#
+# Shape legend: H = W = 32 rows/columns, P parameters per image (P_*), B = 128 border samples of one
+# image (its 4 edges, corners twice, as data.resize_gray pads), G = 3 the frame of fill values around
+# an image in the sampling scratch.
+#
+# Fill value: a sample that falls outside the image (and an erased rectangle) takes the median of the
+# image's own border pixels, the value `data.resize_gray` pads letterboxed images with: the background
+# of that image, so a shifted or rotated glyph lands on its own background (dark-on-light and
+# light-on-dark alike) instead of on a black/grey band or on edge streaks that clamping would smear
+# from a stroke touching the border.
 
 from __future__ import annotations
 

@@ -1,13 +1,16 @@
-"""Batch normalization: training mode per unit (the seed's Part IV, and fc1's) and per channel
-(PyTorch's BatchNorm2d) as per-shard phases (normalize, gradient sums, backward from given sums) and
-whole-batch forward/backward wrappers built from them; inference mode as running statistics folded
-into a scale and shift (bn_fold_into). Not the statistics (bnstats.py), not the conv layers'
-fused training kernels (bnpool.py), not the cross-shard sums (shards.py) nor the fused inference
-path (inference.py applies the fold).
-
-Shape legend: N images, D units of a flat layer (a conv layer seen as N x (F*H*W)), C channels,
-S positions of one map (H * W).
+"""Batch normalization: training mode per unit and per channel as per-shard phases and whole-batch
+wrappers, inference mode as running statistics folded into a scale and shift (bn_fold_into). Not
+the statistics (bnstats.py), the conv layers' fused kernels (bnpool.py), the cross-shard sums
+(shards.py) nor the fused inference path (inference.py).
 """
+
+# Batch normalization: training mode per unit (the seed's Part IV, and fc1's) and per channel
+# (PyTorch's BatchNorm2d) as per-shard phases (normalize, gradient sums, backward from given sums) and
+# whole-batch forward/backward wrappers built from them; inference mode as running statistics folded
+# into a scale and shift (bn_fold_into).
+#
+# Shape legend: N images, D units of a flat layer (a conv layer seen as N x (F*H*W)), C channels,
+# S positions of one map (H * W).
 
 from __future__ import annotations
 

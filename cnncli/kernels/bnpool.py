@@ -1,22 +1,24 @@
-"""Training-mode batch normalization of the two conv layers fused with their 2x2 max pool + ELU,
-one shard at a time, in 16-lane vectors (simd.py): the forward pools ELU(BN(z)) straight from z;
-the backward's two passes (the shard's sums of dy and dy*xhat, then dz once the batch's sums are
-known) unpool dp and recompute xhat from z as they go. BN's output, xhat and dy are never stored.
-Not the coefficients (bncoef.py makes them), not the statistics (bnstats.py), not fc1's BN (no
-pooling there), not the inference path (inference.py folds the running statistics).
-
-Shape legend: N images, C maps, H = W = 32 (conv1, pooled into conv2's input padded by o = 2) or
-16 (conv2, pooled into fc1's input, o = 0), S = H*W, D = C (per channel) or C*S (per unit).
-coef (6, C*S) in the dtype, per position the values of the statistic that covers it (a channel's
-repeated over its map): m = mean, inv = 1/sqrt(var + eps), a = gamma * inv, beta; and for the
-backward, with M values per statistic in the batch, B = -a * sum(dy) / M and G = -a * sum(dy*xhat) / M:
-    forward:  y = (z - m) * a + beta                 (= gamma * xhat + beta)
-    sums:     sum(dy), sum(dy * xhat), xhat = (z - m) * inv: per channel in float64 lanes, per unit in
-              the dtype over each group of images, then in a float64 row
-    backward: dz = a * dy + (G * xhat + B)          (= gamma*inv/M * (M dy - sum dy - xhat sum dy*xhat))
-Every array C-contiguous. Each 4-vector block is 64 values of a map: two rows of 32 (16 windows
-of one pooled row) or four rows of 16 (8 windows of two pooled rows).
+"""Training-mode BN of the two conv layers fused with their 2x2 max pool + ELU, one shard at a time,
+in 16-lane vectors: BN's output, xhat and dy are never stored. Not the coefficients (bncoef.py),
+the statistics (bnstats.py), fc1's BN (no pooling there) nor the inference path (inference.py).
 """
+
+# Training-mode batch normalization of the two conv layers fused with their 2x2 max pool + ELU,
+# one shard at a time, in 16-lane vectors (simd.py): the forward pools ELU(BN(z)) straight from z;
+# the backward's two passes (the shard's sums of dy and dy*xhat, then dz once the batch's sums are
+# known) unpool dp and recompute xhat from z as they go. BN's output, xhat and dy are never stored.
+#
+# Shape legend: N images, C maps, H = W = 32 (conv1, pooled into conv2's input padded by o = 2) or
+# 16 (conv2, pooled into fc1's input, o = 0), S = H*W, D = C (per channel) or C*S (per unit).
+# coef (6, C*S) in the dtype, per position the values of the statistic that covers it (a channel's
+# repeated over its map): m = mean, inv = 1/sqrt(var + eps), a = gamma * inv, beta; and for the
+# backward, with M values per statistic in the batch, B = -a * sum(dy) / M and G = -a * sum(dy*xhat) / M:
+#     forward:  y = (z - m) * a + beta                 (= gamma * xhat + beta)
+#     sums:     sum(dy), sum(dy * xhat), xhat = (z - m) * inv: per channel in float64 lanes, per unit in
+#               the dtype over each group of images, then in a float64 row
+#     backward: dz = a * dy + (G * xhat + B)          (= gamma*inv/M * (M dy - sum dy - xhat sum dy*xhat))
+# Every array C-contiguous. Each 4-vector block is 64 values of a map: two rows of 32 (16 windows
+# of one pooled row) or four rows of 16 (8 windows of two pooled rows).
 
 from __future__ import annotations
 

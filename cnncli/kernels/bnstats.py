@@ -1,13 +1,17 @@
-"""Training batch normalization's statistics, one shard at a time and then the batch: each shard's
-moments (its sum and its sum of squared deviations about its own mean, in float64 vectors, a conv
-layer's bias added on the way) and, from the batch's moments, the mean, variance, invstd and the
-running statistics' update. Not the shards' tree that makes the batch's moments (bntree.py), not
-the normalization or its gradients (batchnorm.py, bnpool.py), not the cross-rank gather
-(distributed.Comm).
-
-Shape legend: N images of a shard, D statistics (units of a flat layer, or C channels of maps of
-S positions).
+"""Training BN's statistics: each shard's moments, then from the batch's moments the mean, variance,
+invstd and the running statistics' update. Not the shards' tree (bntree.py), the normalization or
+its gradients (batchnorm.py, bnpool.py), nor the cross-rank gather (distributed.Comm).
 """
+
+# Training batch normalization's statistics, one shard at a time and then the batch: each shard's
+# moments (its sum and its sum of squared deviations about its own mean, in float64 vectors, a conv
+# layer's bias added on the way) and, from the batch's moments, the mean, variance, invstd and the
+# running statistics' update. Not the shards' tree that makes the batch's moments (bntree.py), not
+# the normalization or its gradients (batchnorm.py, bnpool.py), not the cross-rank gather
+# (distributed.Comm).
+#
+# Shape legend: N images of a shard, D statistics (units of a flat layer, or C channels of maps of
+# S positions).
 
 from __future__ import annotations
 

@@ -1,23 +1,26 @@
-"""A whole BN training step in one nogil numba call per thread (one process): the phases of
-bnphases.py's BN step -- each shard's segments up to a BN, the batch's statistics, the next
-segments -- with the threads meeting at spin barriers (sync.py) instead of in Python, so a step
-takes the GIL once per thread, not once per kernel. Each thread first takes the shards of its own
-share (sync.own_shard: the same share in every phase, every other phase in reverse order, so a
-thread starts a phase on the arrays it wrote last, still in its L2), then any left in the others';
-each shard runs the very kernels, on the very arrays, that bnphases.py's per-shard
-tasks run (segments.py, bnpool, fc, head; its first task makes its input when the trainer's lookup
-and augmentation are passed in: augment_draw.make_input_into), and every sum over shards is the
-same fixed tree: the BN rows' trees are made as the rows finish (bntree.bn_moments_rows_done,
-reduce.tree_rows_done: the thread that completes a node merges it) up to nodes of about a thread's share of shards
-(reduce.tree_top), and the statistics phase after finishes them column by column on every thread
-(bn_moments_tree_range, tree_cols_step), with bn_moments_tree_into's and tree_sum's nodes, so
-the bits depend neither on the thread count nor on this path: with MPI ranks bnphases.py runs the
-same kernels phase by phase.
-Not the checks (shards.Plan built the arrays), not the per-rank gather.
-
-Shapes: B images (this process's batch), L shards (bounds (L+1,) their first images), C classes,
-P parameters; the workspace arrays are passes.Workspace's with n = B (a shard takes rows a:b).
+"""A whole BN training step in one nogil numba call per thread (one process): bnphases.py's phases,
+the threads meeting at spin barriers (sync.py), the same kernels, arrays and fixed trees, so the
+same bits. Not the checks (shards.Plan built the arrays), not the per-rank gather.
 """
+
+# A whole BN training step in one nogil numba call per thread (one process): the phases of
+# bnphases.py's BN step -- each shard's segments up to a BN, the batch's statistics, the next
+# segments -- with the threads meeting at spin barriers (sync.py) instead of in Python, so a step
+# takes the GIL once per thread, not once per kernel. Each thread first takes the shards of its own
+# share (sync.own_shard: the same share in every phase, every other phase in reverse order, so a
+# thread starts a phase on the arrays it wrote last, still in its L2), then any left in the others';
+# each shard runs the very kernels, on the very arrays, that bnphases.py's per-shard
+# tasks run (segments.py, bnpool, fc, head; its first task makes its input when the trainer's lookup
+# and augmentation are passed in: augment_draw.make_input_into), and every sum over shards is the
+# same fixed tree: the BN rows' trees are made as the rows finish (bntree.bn_moments_rows_done,
+# reduce.tree_rows_done: the thread that completes a node merges it) up to nodes of about a thread's share of shards
+# (reduce.tree_top), and the statistics phase after finishes them column by column on every thread
+# (bn_moments_tree_range, tree_cols_step), with bn_moments_tree_into's and tree_sum's nodes, so
+# the bits depend neither on the thread count nor on this path: with MPI ranks bnphases.py runs the
+# same kernels phase by phase.
+#
+# Shapes: B images (this process's batch), L shards (bounds (L+1,) their first images), C classes,
+# P parameters; the workspace arrays are passes.Workspace's with n = B (a shard takes rows a:b).
 
 from __future__ import annotations
 

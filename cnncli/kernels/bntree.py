@@ -1,14 +1,18 @@
-"""The shards' BN moments summed into the batch's: their [sum | M2] rows meet in tree_sum's pairwise
-tree (reduce.py), the sums added and the M2s combined by Chan, Golub and LeVeque's rule, either
-all at once (bn_moments_tree_into, column by column) or as the rows finish inside a job of threads
-(bn_moments_rows_done). Not a shard's own moments nor the statistics made from the batch's
-(bnstats.py), not the cross-rank gather (distributed.Comm).
-
-Shape legend: S shards (rows) in the tree, D statistics (a row is [sum | M2], 2D float64).
-Chan's rule for two nodes a and b:
-  M2 = M2a + M2b + (mean_b - mean_a)^2 * n_a n_b / (n_a + n_b),   mean = sum / n
-(the sums add exactly as tree_sum adds them, so the mean is tree_sum's bits).
+"""The shards' BN moments summed into the batch's through tree_sum's pairwise tree (sums added, M2s
+combined by Chan's rule), all at once or as the rows finish. Not a shard's own moments nor the
+statistics (bnstats.py), not the cross-rank gather (distributed.Comm).
 """
+
+# The shards' BN moments summed into the batch's: their [sum | M2] rows meet in tree_sum's pairwise
+# tree (reduce.py), the sums added and the M2s combined by Chan, Golub and LeVeque's rule, either
+# all at once (bn_moments_tree_into, column by column) or as the rows finish inside a job of threads
+# (bn_moments_rows_done). Not a shard's own moments nor the statistics made from the batch's
+# (bnstats.py), not the cross-rank gather (distributed.Comm).
+#
+# Shape legend: S shards (rows) in the tree, D statistics (a row is [sum | M2], 2D float64).
+# Chan's rule for two nodes a and b:
+#   M2 = M2a + M2b + (mean_b - mean_a)^2 * n_a n_b / (n_a + n_b),   mean = sum / n
+# (the sums add exactly as tree_sum adds them, so the mean is tree_sum's bits).
 
 from __future__ import annotations
 

@@ -1,10 +1,14 @@
 """numba's on-disk cache of cnncli's kernels, stamped with every numba source file of the package
-rather than a kernel's own file only: numba keys a cached kernel on its own file's hash, so a kernel
-that inlines another file's kernels (bnstep.py: bnpool.py, fc.py, ...) kept running the old code
-after that other file changed (an upgrade over an old cache, a git pull into an editable install).
-Not a cache of its own: numba's locators still choose the folder (NUMBA_CACHE_DIR, the package's
-__pycache__, else the per-user cache); kernels/__init__.py installs it before any kernel is defined.
+rather than a kernel's own file only. Not a cache of its own: numba's locators still choose the
+folder (NUMBA_CACHE_DIR, the package's __pycache__, else the per-user cache).
 """
+
+# numba's on-disk cache of cnncli's kernels, stamped with every numba source file of the package
+# rather than a kernel's own file only: numba keys a cached kernel on its own file's hash, so a kernel
+# that inlines another file's kernels (bnstep.py: bnpool.py, fc.py, ...) kept running the old code
+# after that other file changed (an upgrade over an old cache, a git pull into an editable install).
+# Not a cache of its own: numba's locators still choose the folder (NUMBA_CACHE_DIR, the package's
+# __pycache__, else the per-user cache); kernels/__init__.py installs it before any kernel is defined.
 
 from __future__ import annotations
 

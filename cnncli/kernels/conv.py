@@ -1,13 +1,12 @@
-"""The generic convolution layer (any C, F, odd K, "same" padding, stride 1) and its pieces: zero
-padding, conv2d_forward / conv2d_backward, the per-map bias add. The network's own two
-convolutions run the faster direct kernels in conv32.py (conv1) and conv16.py (conv2); the tests
-check those against these loops.
-
-Shape legend: N images, C input maps, F output maps (filters), H, W output height and width
-(= the input's), K filter size, P = K // 2 padding, Hp = H + 2P, Wp = W + 2P, S = H * W.
-Conventions (PyTorch's): NCHW, weights (F,C,K,K) applied as cross-correlation:
-    z[n,f,y,x] = b[f] + sum_{c,ky,kx} w[f,c,ky,kx] * xp[n,c,y+ky,x+kx]
+"""The generic convolution layer (any C, F, odd K, "same" padding, stride 1) and its pieces: padding,
+conv2d_forward / conv2d_backward, the bias add. Not the network's own convolutions (conv32.py,
+conv16.py), which the tests check against these loops.
 """
+
+# Shape legend: N images, C input maps, F output maps (filters), H, W output height and width
+# (= the input's), K filter size, P = K // 2 padding, Hp = H + 2P, Wp = W + 2P, S = H * W.
+# Conventions (PyTorch's): NCHW, weights (F,C,K,K) applied as cross-correlation:
+#     z[n,f,y,x] = b[f] + sum_{c,ky,kx} w[f,c,ky,kx] * xp[n,c,y+ky,x+kx]
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
-"""conv2's direct convolution (6 input maps of 16 x 16 -> 16 maps, 5x5, pad 2) in 16-lane vectors
-(simd.py): forward, input gradient and weight gradient kernels, serial and releasing the GIL (a
-training step runs them per micro-shard on the worker threads, shards.py). No bias in the kernels;
-conv.py holds the generic layer these are checked against.
-
-Shape legend: N images, C input maps (6), F output maps (16), 16 x 16 maps, 20 x 20 the
-zero-padded input, 5 x 5 filters.
+"""conv2's direct convolution (6 maps of 16 x 16 -> 16 maps, 5x5, pad 2) in 16-lane vectors: forward,
+input and weight gradients, serial and nogil (run per micro-shard on the worker threads). No bias in
+the kernels; conv.py holds the generic layer these are checked against.
 """
+
+# Shape legend: N images, C input maps (6), F output maps (16), 16 x 16 maps, 20 x 20 the
+# zero-padded input, 5 x 5 filters.
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
-"""conv1's direct convolution (1 input map of 32 x 32 -> 6 maps, 5x5, pad 2) in 16-lane vectors
-(simd.py): the forward kernel and the weight/bias gradient (conv1 is the input layer: no input
-gradient). No bias in the forward (the fused pool+ELU or the BN path adds it); conv.py holds the
-generic layer these are checked against.
-
-Shape legend: N images, C input maps (1 in the network), F output maps (6), 32 x 32 maps,
-36 x 36 the zero-padded input, 5 x 5 filters.
+"""conv1's direct convolution (1 map of 32 x 32 -> 6 maps, 5x5, pad 2) in 16-lane vectors: the forward
+and the weight/bias gradient (the input layer: no input gradient). No bias in the forward; conv.py
+holds the generic layer these are checked against.
 """
+
+# Shape legend: N images, C input maps (1 in the network), F output maps (6), 32 x 32 maps,
+# 36 x 36 the zero-padded input, 5 x 5 filters.
 
 from __future__ import annotations
 

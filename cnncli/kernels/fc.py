@@ -1,14 +1,18 @@
-"""The fully connected layer, z = x @ w.T + b. The network's training steps run it in numba loops
-(no BLAS: kernels/plainstep.py and bnstep.py run whole steps inside numba, and the per-shard paths
-must give their bits): fc1's forward and input gradient in 16-lane tiles, fc2's (few outputs) in
-scalar loops, the weight and bias gradients in one loop per shard, or (fc1 in the one-call steps)
-for the whole batch through the shards' tree (fc_grads_tree_task). The inference path runs fc1's
-forward loop too. The checked fc_forward / fc_backward (tests, the reference comparisons) use BLAS
-(numpy's matmul) for the forward and input gradient.
-
-Shape legend: N rows (images), I inputs, O outputs; w (O,I) as PyTorch's Linear; B images of a
-batch, L shards.
+"""The fully connected layer, z = x @ w.T + b: the training steps' numba loops (no BLAS inside numba)
+and the checked fc_forward / fc_backward (BLAS) the tests compare with. Not the head under BN
+(head.py) nor the inference path's calls (inference.py).
 """
+
+# The fully connected layer, z = x @ w.T + b. The network's training steps run it in numba loops
+# (no BLAS: kernels/plainstep.py and bnstep.py run whole steps inside numba, and the per-shard paths
+# must give their bits): fc1's forward and input gradient in 16-lane tiles, fc2's (few outputs) in
+# scalar loops, the weight and bias gradients in one loop per shard, or (fc1 in the one-call steps)
+# for the whole batch through the shards' tree (fc_grads_tree_task). The inference path runs fc1's
+# forward loop too. The checked fc_forward / fc_backward (tests, the reference comparisons) use BLAS
+# (numpy's matmul) for the forward and input gradient.
+#
+# Shape legend: N rows (images), I inputs, O outputs; w (O,I) as PyTorch's Linear; B images of a
+# batch, L shards.
 
 from __future__ import annotations
 

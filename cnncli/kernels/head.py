@@ -1,11 +1,15 @@
-"""The network's head under batch normalization, one shard in one call: fc1's BN (given the batch's
-statistics) -> ELU -> fc2 -> sigmoid + loss, and back down to BN3's dy and the shard's sums of dy
-and dy*xhat. Its pieces are kernels of batchnorm, activation, loss and fc (fc2's products the
-numba loops the plain head runs too): a shard's head is one call instead of nine, on tasks too
-short to share between threads. Not the plain head (passes.py, plainstep.py), not the statistics.
-
-Shape legend: n images of the shard, U = 65 fc1 units, C classes.
+"""The network's head under batch normalization, one shard in one call: fc1's BN -> ELU -> fc2 ->
+sigmoid + loss, and back down to BN3's dy and the shard's sums. Not the plain head (passes.py,
+plainstep.py), not the statistics.
 """
+
+# The network's head under batch normalization, one shard in one call: fc1's BN (given the batch's
+# statistics) -> ELU -> fc2 -> sigmoid + loss, and back down to BN3's dy and the shard's sums of dy
+# and dy*xhat. Its pieces are kernels of batchnorm, activation, loss and fc (fc2's products the
+# numba loops the plain head runs too): a shard's head is one call instead of nine, on tasks too
+# short to share between threads.
+#
+# Shape legend: n images of the shard, U = 65 fc1 units, C classes.
 
 from __future__ import annotations
 

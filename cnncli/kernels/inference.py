@@ -1,11 +1,11 @@
 """The inference path (model.Network.predict_proba): the whole network image by image in fused
-kernels, BN folded into a scale and shift (batchnorm.bn_fold_into), pool and ELU on the fly.
-Inference only: no argmax, no caches, no gradients (the training layers are the other modules).
-
-Shape legend: N images, U = H*W (per-unit BN) or 1 (per-channel BN, or no BN: scale 1, shift 0),
-C classes; the layers' shapes are the network's: x (N,1,32,32), w1 (6,1,5,5), w2 (16,6,5,5),
-w3 (65,1024), w4 (C,65).
+kernels, BN folded into a scale and shift, pool and ELU on the fly. Inference only: no argmax, no
+caches, no gradients (the training layers are the other modules).
 """
+
+# Shape legend: N images, U = H*W (per-unit BN) or 1 (per-channel BN, or no BN: scale 1, shift 0),
+# C classes; the layers' shapes are the network's: x (N,1,32,32), w1 (6,1,5,5), w2 (16,6,5,5),
+# w3 (65,1024), w4 (C,65).
 
 from __future__ import annotations
 

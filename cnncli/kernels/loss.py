@@ -1,11 +1,11 @@
 """The output layer and loss: sigmoid of each logit and binary cross-entropy against the one-hot
 target, forward and backward in one pass, from the logits (stable). Not the sigmoid alone
 (activation.py) nor the metrics (evaluate.py).
-
-Shape legend: N images, O outputs (classes); w (N,) per-image weights (1 when not given), B the
-batch the loss is averaged over (a micro-shard's N images are part of a batch of B).
-    loss = (1/B) sum_n w_n sum_c [ max(z,0) - z*y + log1p(exp(-|z|)) ];  dz = (sigmoid(z) - y) * w_n / B
 """
+
+# Shape legend: N images, O outputs (classes); w (N,) per-image weights (1 when not given), B the
+# batch the loss is averaged over (a micro-shard's N images are part of a batch of B).
+#     loss = (1/B) sum_n w_n sum_c [ max(z,0) - z*y + log1p(exp(-|z|)) ];  dz = (sigmoid(z) - y) * w_n / B
 
 from __future__ import annotations
 

@@ -1,10 +1,13 @@
-"""The machine's measured fused multiply-add peak, the yardstick `cnn bench` divides its GFLOP/s by:
-12 independent chains of 16-lane float32 FMAs (simd.vfma) per thread, one chain per register, so
-nothing but the FMA units bounds it. Not a network kernel, and not a spec sheet: CPUs with 256-bit
-and 512-bit FMA units, one or two of them, give different peaks, and the VM's CPU can change.
-
-Shape legend: L = 16 lanes.
+"""The machine's measured fused multiply-add peak, the yardstick `cnn bench` divides its GFLOP/s by.
+Not a network kernel, and not a spec sheet.
 """
+
+# The machine's measured fused multiply-add peak, the yardstick `cnn bench` divides its GFLOP/s by:
+# 12 independent chains of 16-lane float32 FMAs (simd.vfma) per thread, one chain per register, so
+# nothing but the FMA units bounds it. Not a network kernel, and not a spec sheet: CPUs with 256-bit
+# and 512-bit FMA units, one or two of them, give different peaks, and the VM's CPU can change.
+#
+# Shape legend: L = 16 lanes.
 
 from __future__ import annotations
 

@@ -1,22 +1,26 @@
-"""A whole training step without BN in one nogil numba call per thread (one process): each thread
-takes the next micro-shard from an atomic counter, makes its input when the trainer's lookup and
-augmentation are passed in (augment_draw.make_input_into), and runs its forward and backward -- the
-layer kernels passes.shard_step_plain calls one by one from Python, in the same order -- on a scratch
-workspace of its own, writing the shard's probabilities, loss and gradient row (all but fc1's:
-fc1's input and output gradient stay in batch-wide arrays); after a barrier the threads make
-fc1's weight gradient already summed through the tree (fc.fc_grads_tree_task: 95% of the
-parameters, never written as rows) and sum the other columns of the rows through the same fixed
-tree in column chunks (reduce.tree_chunks). A step
-takes the GIL once per thread instead of ~20 times per shard, and the bits are those of the
-per-shard path (MPI ranks, and the first run while a worker still compiles this kernel).
-Not the checks (shards.Plan built the arrays), not BN (bnstep.py).
-
-Shapes: B images (this process's batch), L shards (bounds (L+1,) their first images), C classes,
-P parameters, T threads; the scratch arrays are passes.Workspace's with n = T * m (thread t uses
-rows t*m : t*m + m, m >= the largest shard) but p2 (B,16,8,8) and dz3 (B,65), the batch's;
-dwt2s (T,6,5,5,16); stk (T,fc.PAIRS*fc.LEVELS,128), lev (T,fc.PAIRS*fc.LEVELS) int64
-fc1's tree stacks.
+"""A whole training step without BN in one nogil numba call per thread (one process): the layer
+kernels passes.shard_step_plain calls from Python, in the same order, on per-thread scratch, with
+the same fixed trees, so the same bits. Not the checks (shards.Plan built the arrays), not BN
+(bnstep.py).
 """
+
+# A whole training step without BN in one nogil numba call per thread (one process): each thread
+# takes the next micro-shard from an atomic counter, makes its input when the trainer's lookup and
+# augmentation are passed in (augment_draw.make_input_into), and runs its forward and backward -- the
+# layer kernels passes.shard_step_plain calls one by one from Python, in the same order -- on a scratch
+# workspace of its own, writing the shard's probabilities, loss and gradient row (all but fc1's:
+# fc1's input and output gradient stay in batch-wide arrays); after a barrier the threads make
+# fc1's weight gradient already summed through the tree (fc.fc_grads_tree_task: 95% of the
+# parameters, never written as rows) and sum the other columns of the rows through the same fixed
+# tree in column chunks (reduce.tree_chunks). A step
+# takes the GIL once per thread instead of ~20 times per shard, and the bits are those of the
+# per-shard path (MPI ranks, and the first run while a worker still compiles this kernel).
+#
+# Shapes: B images (this process's batch), L shards (bounds (L+1,) their first images), C classes,
+# P parameters, T threads; the scratch arrays are passes.Workspace's with n = T * m (thread t uses
+# rows t*m : t*m + m, m >= the largest shard) but p2 (B,16,8,8) and dz3 (B,65), the batch's;
+# dwt2s (T,6,5,5,16); stk (T,fc.PAIRS*fc.LEVELS,128), lev (T,fc.PAIRS*fc.LEVELS) int64
+# fc1's tree stacks.
 
 from __future__ import annotations
 

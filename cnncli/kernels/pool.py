@@ -1,11 +1,10 @@
-"""2x2 max pooling, stride 2: the plain layer (maxpool2x2_forward / _backward) and the network's
-fused pool+ELU (pool_elu_forward / _backward: ELU(max + bias), written straight into the next
-layer's padded input), with 16-lane vector versions for the network's two map sizes.
-Not the ELU itself (activation.py) nor the inference path's pooling (inference.py).
-
-Shape legend: N images, C maps, H, W input height and width (even), H/2, W/2 the pooled maps.
-argmax (int8, like the pooled maps) = 2*dy + dx of the window's winner; ties -> the first maximum.
+"""2x2 max pooling, stride 2: the plain layer and the network's fused pool+ELU, written straight into
+the next layer's padded input, with 16-lane versions for the network's two map sizes. Not the ELU
+itself (activation.py) nor the inference path's pooling (inference.py).
 """
+
+# Shape legend: N images, C maps, H, W input height and width (even), H/2, W/2 the pooled maps.
+# argmax (int8, like the pooled maps) = 2*dy + dx of the window's winner; ties -> the first maximum.
 
 from __future__ import annotations
 

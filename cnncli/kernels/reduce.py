@@ -1,11 +1,15 @@
-"""distributed.tree_sum's fixed pairwise tree as a numba kernel over column blocks, the blocks spread
-over the worker threads (threads.run), and the same tree made as its rows finish, by the threads
-that write them (tree_climb, inside a numba job; RowTree from Python): every column goes through
-the same tree whoever sums it, so the bits are tree_sum's for any thread count. Not the tree's definition (distributed.tree_sum is
-the reference, tests/test_reduce.py checks bitwise) nor the cross-rank gather (distributed.Comm).
-
-Shape legend: S rows (per-shard partial sums), M columns.
+"""distributed.tree_sum's fixed pairwise tree as numba kernels: over column blocks on the worker
+threads, or made as its rows finish. Not the tree's definition (distributed.tree_sum is the
+reference) nor the cross-rank gather (distributed.Comm).
 """
+
+# distributed.tree_sum's fixed pairwise tree as a numba kernel over column blocks, the blocks spread
+# over the worker threads (threads.run), and the same tree made as its rows finish, by the threads
+# that write them (tree_climb, inside a numba job; RowTree from Python): every column goes through
+# the same tree whoever sums it, so the bits are tree_sum's for any thread count (tests/test_reduce.py
+# checks them bitwise against distributed.tree_sum).
+#
+# Shape legend: S rows (per-shard partial sums), M columns.
 
 from __future__ import annotations
 

@@ -1,11 +1,15 @@
-"""A BN training step's conv-layer tasks as single numba calls: each function runs, in order, the
-layer kernels one shard's phase would call one by one from Python, on the same arrays (the same
-bits). With MPI ranks a task then releases and retakes the GIL once instead of once per kernel; in
-one process kernels/bnstep.py calls them inside its one-call step. No arithmetic of its own, no
-checks (passes.py calls these on a shard's workspace).
-
-Shapes: n images of the shard; the arrays are passes.Workspace's (their shapes are commented there).
+"""A BN training step's conv-layer tasks as single numba calls, each the layer kernels one shard's
+phase calls, in order, on the same arrays (the same bits). No arithmetic of its own, no checks
+(passes.py calls these on a shard's workspace).
 """
+
+# A BN training step's conv-layer tasks as single numba calls: each function runs, in order, the
+# layer kernels one shard's phase would call one by one from Python, on the same arrays (the same
+# bits). With MPI ranks a task then releases and retakes the GIL once instead of once per kernel; in
+# one process kernels/bnstep.py calls them inside its one-call step. No arithmetic of its own, no
+# checks (passes.py calls these on a shard's workspace).
+#
+# Shapes: n images of the shard; the arrays are passes.Workspace's (their shapes are commented there).
 
 from __future__ import annotations
 

@@ -1,19 +1,22 @@
-"""16-lane float vectors for numba kernels: a numba type whose LLVM value is <16 x float> (or
-<16 x double>), and the few intrinsics the kernels need: load, store, splat, add, subtract,
-multiply, divide, fused multiply-add (and its scalar form), lane sum, widening to float64 (the
-direct convolutions, the fc products, BN's statistics and sums); even/odd and interleave
-shuffles, compare-and-select, int8 loads/stores (the 2x2 pooling); floor, conversion to an array's
-dtype and a gather (augmentation's bilinear warp); square root (BN's invstd); plus 2^k from
-exponent bits, scalar and vector (ELU's expm1).
-A kernel keeps a tile of such vectors as loop variables, and LLVM keeps them in registers: the
-register-blocked inner loops numba's vectorizers do not find.
-Not a SIMD library: no bounds checks (the kernels' wrappers check the shapes), no general shuffles.
-
-`vfma` is llvm.fma: one rounding, the same bits on every CPU (with or without FMA hardware), so
-results stay bitwise reproducible; this is explicit arithmetic, not `fastmath` contraction (which
-would let LLVM choose). `vhsum` adds the lanes left to right, a fixed order.
-Numba's cache does not see edits to this file: after changing it, clear the kernels' cache.
+"""16-lane float vectors for numba kernels (<16 x float> or <16 x double> LLVM values) and the few
+intrinsics the kernels need. Not a SIMD library: no bounds checks (the kernels' wrappers check the
+shapes), no general shuffles.
 """
+
+# 16-lane float vectors for numba kernels: a numba type whose LLVM value is <16 x float> (or
+# <16 x double>), and the few intrinsics the kernels need: load, store, splat, add, subtract,
+# multiply, divide, fused multiply-add (and its scalar form), lane sum, widening to float64 (the
+# direct convolutions, the fc products, BN's statistics and sums); even/odd and interleave
+# shuffles, compare-and-select, int8 loads/stores (the 2x2 pooling); floor, conversion to an array's
+# dtype and a gather (augmentation's bilinear warp); square root (BN's invstd); plus 2^k from
+# exponent bits, scalar and vector (ELU's expm1).
+# A kernel keeps a tile of such vectors as loop variables, and LLVM keeps them in registers: the
+# register-blocked inner loops numba's vectorizers do not find.
+#
+# `vfma` is llvm.fma: one rounding, the same bits on every CPU (with or without FMA hardware), so
+# results stay bitwise reproducible; this is explicit arithmetic, not `fastmath` contraction (which
+# would let LLVM choose). `vhsum` adds the lanes left to right, a fixed order.
+# Numba's cache does not see edits to this file: after changing it, clear the kernels' cache.
 
 from __future__ import annotations
 

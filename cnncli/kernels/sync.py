@@ -1,14 +1,16 @@
-"""Synchronization between the threads of one numba job without the GIL: atomic add and load on an
-int64 array, a counter each thread takes work items from, and a spin barrier (kernels/bnstep.py:
-a BN training step's phases in one nogil call per thread). Spinning yields the core (sched_yield)
-after a short while, so a thread the OS delays costs its partners time, not a deadlock.
-Not a thread pool (threads.py starts the threads), not a lock: nothing here protects data, the
-callers write disjoint slices between barriers.
-
-Layout of a job's `sync` array (int64, zeroed before the job): [0] threads arrived at the barrier,
-[1] the barrier's generation, [2] nonzero once the job is aborted (a thread failed before it
-arrived: the waiting ones return instead of waiting forever), [3 + k] the next item of counter k.
+"""Synchronization between the threads of one numba job without the GIL: atomic add and load, work
+counters and a spin barrier. Not a thread pool (threads.py starts the threads), not a lock:
+nothing here protects data, the callers write disjoint slices between barriers.
 """
+
+# Synchronization between the threads of one numba job without the GIL: atomic add and load on an
+# int64 array, a counter each thread takes work items from, and a spin barrier (kernels/bnstep.py:
+# a BN training step's phases in one nogil call per thread). Spinning yields the core (sched_yield)
+# after a short while, so a thread the OS delays costs its partners time, not a deadlock.
+#
+# Layout of a job's `sync` array (int64, zeroed before the job): [0] threads arrived at the barrier,
+# [1] the barrier's generation, [2] nonzero once the job is aborted (a thread failed before it
+# arrived: the waiting ones return instead of waiting forever), [3 + k] the next item of counter k.
 
 from __future__ import annotations
 

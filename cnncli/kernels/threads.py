@@ -1,13 +1,17 @@
-"""Thread settings and the worker pool: numba's and OpenBLAS's thread counts, and worker threads
-that run a job's chunks (a training step's micro-shards), each taken by whichever thread is free
-(run; run_phases: phases of chunks with a serial step between them, as one job); run_together
-runs one call on every thread at once (kernels/bnstep.py's step, whose threads wait for one
-another). It does not decide what a chunk is (shards.py does).
-
-Measured on the 2-core machine (scripts/bench_core.py): several threads calling a multi-threaded
-OpenBLAS at once ran 100x slower, so `blas_single_thread()` keeps OpenBLAS on one thread while the
-network runs (its GEMMs, the fc layers', are small); numba's own threads do the parallel work.
+"""Thread settings and the worker pool: numba's and OpenBLAS's thread counts, and worker threads that
+run a job's chunks (run, run_phases) or one call on every thread at once (run_together). It does not
+decide what a chunk is (shards.py does).
 """
+
+# Thread settings and the worker pool: numba's and OpenBLAS's thread counts, and worker threads
+# that run a job's chunks (a training step's micro-shards), each taken by whichever thread is free
+# (run; run_phases: phases of chunks with a serial step between them, as one job); run_together
+# runs one call on every thread at once (kernels/bnstep.py's step, whose threads wait for one
+# another).
+#
+# Measured on the 2-core machine (scripts/bench_core.py): several threads calling a multi-threaded
+# OpenBLAS at once ran 100x slower, so `blas_single_thread()` keeps OpenBLAS on one thread while the
+# network runs (its GEMMs, the fc layers', are small); numba's own threads do the parallel work.
 
 from __future__ import annotations
 

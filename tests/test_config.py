@@ -244,6 +244,12 @@ def test_file_problems(tmp_path):
     bad.write_bytes(b"data:\n  train: caf\xe9\n")
     message = _error(load_config, bad)
     assert message.startswith(f"{bad}:2:") and "not UTF-8" in message
+    text = "data:\n  train: café\noptim:\n  lr: 0.02\n"         # PowerShell 5's `>` writes UTF-16
+    for encoding in ("utf-16", "utf-16-be", "utf-8-sig"):
+        path = tmp_path / f"{encoding}.yaml"
+        path.write_bytes((b"\xfe\xff" if encoding == "utf-16-be" else b"") + text.encode(encoding))
+        cfg = load_config(path)
+        assert cfg["data"]["train"] == "café" and cfg["optim"]["lr"] == 0.02, encoding
 
 
 def test_validate_errors_without_a_file():

@@ -88,6 +88,10 @@ def test_semicolons_and_tabs_separate_as_commas_do(tmp_path, delimiter):
     b, skipped = load_folder(tmp_path / "other.csv", cache=False)
     assert skipped == [] and a.classes == b.classes and b.paths == a.paths
     assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    if delimiter == "\t":                                            # Excel's "Unicode text": UTF-16, tabs
+        (tmp_path / "u16.txt").write_text("img\tclass\n" + "".join(f"{p}\t{c}\n" for p, c in rows), "utf-16")
+        c, skipped = load_folder(tmp_path / "u16.txt", cache=False)
+        assert skipped == [] and c.paths == a.paths and np.array_equal(a.labels, c.labels)
     with open(tmp_path / "other.csv", "a", encoding="utf-8") as f:
         f.write(f"{rows[0][0]}{delimiter}\n")                       # a row without a label: its line number
     _, skipped = load_folder(tmp_path / "other.csv", cache=False)
@@ -119,7 +123,7 @@ def test_the_cache_follows_the_csvs_labels(tmp_path, monkeypatch):
     (b"path,label\n", "lists no images (only its header row)"),
     (b"path,label\nnope.png,x\ngone.png,y\n", "lists no readable image files"),
     (b"", "is empty (expected a header row"),
-    (b"path,label\n\xff\xfe,x\n", "is not UTF-8 text"),
+    (b"path,label\n\xff\xfe,x\n", "is not UTF-8 (or UTF-16) text"),
     (b"path,label\nIMG,x\nIMG,x\n", "has 1 distinct label(s) (x); need at least 2"),
 ])
 def test_bad_labels_files_are_one_line(tmp_path, content, needle):

@@ -26,8 +26,8 @@ MAX_BYTES = 1 << 30            # a labels file larger than this is refused (a mi
 
 
 def is_labels_file(root: str) -> bool:
-    """Whether a data path names a labels CSV (a file ending in .csv) rather than a folder."""
-    return root.lower().endswith(".csv") and not os.path.isdir(root)
+    """Whether a data path names a labels CSV (a file ending in .csv, .tsv or .txt) rather than a folder."""
+    return root.lower().endswith((".csv", ".tsv", ".txt")) and not os.path.isdir(root)
 
 
 def _column(header: list, names: tuple, what: str, path: str) -> int:
@@ -40,6 +40,13 @@ def _column(header: list, names: tuple, what: str, path: str) -> int:
     return hits[0]
 
 
+def text_encoding(path: str) -> str:
+    """UTF-16 when the file starts with its byte-order mark (Excel's "Unicode text", PowerShell 5's
+    redirections), else UTF-8 with or without one."""
+    with open(path, "rb") as f:
+        return "utf-16" if f.read(2) in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+
+
 @contextlib.contextmanager
 def _reading(path: str):
     """Reading or parsing problems of a labels file as one DataError line naming it."""
@@ -48,7 +55,7 @@ def _reading(path: str):
     except FileNotFoundError:
         raise DataError(f"labels file {printable(path)}: does not exist") from None
     except UnicodeDecodeError:
-        raise DataError(f"labels file {printable(path)}: is not UTF-8 text") from None
+        raise DataError(f"labels file {printable(path)}: is not UTF-8 (or UTF-16) text") from None
     except csv.Error as e:
         raise DataError(f"labels file {printable(path)}: not a CSV file ({e})") from None
     except OSError as e:
@@ -96,7 +103,7 @@ def list_csv_paths(path: str) -> tuple[list, list]:
     [(where, reason)] of rows without a path). For `cnn predict`, which classifies the files a test
     CSV names."""
     files, bad = [], []
-    with _reading(path), open(path, encoding="utf-8-sig", newline="") as f:
+    with _reading(path), open(path, encoding=text_encoding(path), newline="") as f:
         for line, file, _ in _rows(path, f, with_label=False):
             if file:
                 files.append(file)
@@ -124,7 +131,7 @@ class CsvIndex:
             with open(path, "rb") as f:                   # the CSV's bytes key the cache: a relabel is seen
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
-            with open(path, encoding="utf-8-sig", newline="") as f:
+            with open(path, encoding=text_encoding(path), newline="") as f:
                 ids, names = self._index(path, f, h)
         self.classes = self._classes(path, names, classes)
         where = {c: i for i, c in enumerate(self.classes)}

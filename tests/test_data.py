@@ -316,6 +316,16 @@ def test_bad_files_are_skipped_with_reasons_and_hidden_files_ignored(tmp_path):
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
+def test_a_fifo_or_a_device_named_like_an_image_is_skipped_as_what_it_is(tmp_path):
+    root = make_folder(tmp_path / "d")
+    os.mkfifo(root / "cat" / "pipe.png")                     # reading it would block forever
+    (root / "dog" / "zero.png").symlink_to("/dev/zero")       # reading it would never end
+    ds, skipped = data.load_folder(root, cache=False)
+    assert len(ds) == 6
+    assert sorted((os.path.basename(p), why) for p, why in skipped) == [
+        ("pipe.png", "not a regular file (a FIFO)"), ("zero.png", "not a regular file (a device)")]
+
+
 def test_images_of_a_single_grey_level_are_kept_and_counted_in_one_warning(tmp_path):
     root = make_folder(tmp_path / "d")
     save(root / "dog" / "blank.png", gray(255, 20, 20))

@@ -8,6 +8,7 @@ results (cache.py).
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import warnings
 
@@ -198,7 +199,11 @@ def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndar
     from PIL import Image, ImageFile, UnidentifiedImageError
 
     try:
-        if os.path.getsize(path) == 0:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):          # a FIFO would block the read, a device never end
+            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+            raise _Skip(f"not a regular file ({kind})")
+        if st.st_size == 0:
             raise _Skip("empty file (0 bytes)")
     except OSError as e:
         raise _Skip(f"cannot read file ({e.strerror or e})") from e

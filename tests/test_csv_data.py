@@ -167,6 +167,9 @@ def test_predict_reads_a_csv_of_paths_and_writes_a_predictions_csv(tmp_path):
     for w, r in zip(written, want):
         assert w["class"] == r["class"] and float(w["probability"]) == r["probability"]
         assert {t["class"]: t["probability"] for t in r["top_k"]} == {c: float(w[c]) for c in sorted(SHAPES)}
+    (tmp_path / "list.txt").write_text("\n" + "".join(f"{p}\n" for p, _ in rows))   # no header: ls > list.txt
+    res = invoke(["predict", "--checkpoint", tmp_path / "run", tmp_path / "list.txt", "--json", "--top-k", "3"])
+    assert res.exit_code == 0 and json.loads(res.output) == want
     res = invoke(["predict", "--checkpoint", tmp_path / "run", listing, "--csv", tmp_path / "no" / "p.csv"])
     assert res.exit_code == 1 and f"Error: {tmp_path / 'no' / 'p.csv'}: cannot write the predictions" in res.output
     res = invoke(["predict", "--checkpoint", tmp_path / "run", listing, "--csv", out, "--json"])

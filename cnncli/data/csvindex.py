@@ -99,17 +99,30 @@ def _rows(path: str, f, with_label: bool):
 
 
 def list_csv_paths(path: str) -> tuple[list, list]:
-    """The image paths a CSV lists (its path column; a label column is not needed) -> (paths,
-    [(where, reason)] of rows without a path). For `cnn predict`, which classifies the files a test
-    CSV names."""
+    """The image paths a CSV lists (its path column; a label column is not needed), or a plain list
+    of paths one a line -> (paths, [(where, reason)] of rows without a path). For `cnn predict`, which
+    classifies the files a test CSV or a list names."""
     files, bad = [], []
     with _reading(path), open(path, encoding=text_encoding(path), newline="") as f:
+        if _headerless_list(path, f):          # one path a line, no header (ls *.png > list.txt)
+            base = os.path.dirname(os.path.abspath(path))
+            return [os.path.join(base, ln.strip()) for ln in f if ln.strip()], []
         for line, file, _ in _rows(path, f, with_label=False):
             if file:
                 files.append(file)
             else:
                 bad.append((f"{printable(path)} line {line}", "no path"))
     return files, bad
+
+
+def _headerless_list(path: str, f) -> bool:
+    """Whether f's first non-blank line is no header (no path column under any delimiter) but a file
+    that exists (relative to the list's folder): a plain list of paths. f is rewound either way."""
+    first = next((ln.strip() for ln in f if ln.strip()), "")
+    f.seek(0)
+    if not first or any(h.strip().lower() in PATH_COLUMNS for d in DELIMITERS for h in first.split(d)):
+        return False
+    return os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(path)), first))
 
 
 class CsvIndex:

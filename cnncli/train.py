@@ -415,5 +415,5 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     if comm.size == 1:
         from cnncli import precompile
 
-        precompile.finish_background(None if quiet else precompile.stderr_line)
+        precompile.finish_background(precompile.stderr_line)   # even with -q: minutes of silence after Done
     return run_dir

@@ -176,6 +176,23 @@ def test_the_first_epoch_line_after_compiling_says_so(tmp_path, monkeypatch, com
     assert not precompile.compiled_here()                         # said once
 
 
+def test_the_end_of_run_wait_is_said_even_with_quiet(tmp_path, monkeypatch):
+    """-q hides the progress bar and the compile line, not a wait of minutes after 'Done'."""
+    from click.testing import CliRunner
+
+    from cnncli import precompile
+    from cnncli.cli import cli
+
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    says = []
+    monkeypatch.setattr(precompile, "finish_background", lambda say=None: says.append(say))
+    cfg = write_config(tmp_path / "cfg.yaml", make_folder(tmp_path / "data", per_class=4, odd_files=False),
+                       tmp_path / "run", epochs=1)
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--no-report", "-q"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert says == [precompile.stderr_line]
+
+
 def test_cnn_warmup_passes_its_options(monkeypatch):
     from click.testing import CliRunner
 

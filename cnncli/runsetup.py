@@ -32,6 +32,13 @@ def _demo_missing(train_dir: Path, val_dir) -> bool:
         (val_dir is None or (val_dir.name == "test" and val_dir.parent == train_dir.parent))
 
 
+def split_folders(names) -> tuple:
+    """(the names named like a dataset's splits, sorted; the one data.train should be: the training
+    split, else the first) of a folder's subfolder or class names."""
+    splits = sorted(n for n in names if n.lower() in SPLIT_NAMES)
+    return splits, next((n for n in splits if n.lower().startswith("train")), splits[0] if splits else None)
+
+
 def _refuse_dataset_root(train_dir: Path) -> None:
     """A data.train whose every subfolder is named like a split (train, test, val...) is a dataset's
     root, one level too high: refused before any image is decoded (data_notes warns when only some are)."""
@@ -39,10 +46,9 @@ def _refuse_dataset_root(train_dir: Path) -> None:
         names = [e.name for e in os.scandir(train_dir) if e.is_dir() and not e.name.startswith(".")]
     except OSError:
         return                   # not a folder (a labels CSV) or unreadable: load_folder says which
-    splits = sorted(n for n in names if n.lower() in SPLIT_NAMES)
+    splits, inner = split_folders(names)
     if len(splits) < 2 or len(splits) < len(names):
         return
-    inner = next((n for n in splits if n.lower().startswith("train")), splits[0])
     held = next((n for n in splits if not n.lower().startswith("train")), None)
     shown = runfolder.printable
     raise ConfigError(f"data.train: the subfolders of {shown(train_dir)} are {', '.join(map(shown, splits))}, "
@@ -98,9 +104,8 @@ def data_notes(cfg: dict, train_ds, val_ds) -> list:
     from cnncli.data.scan import printable as name_text
 
     classes, lines = train_ds.classes, []
-    splits = sorted(c for c in classes if c.lower() in SPLIT_NAMES)
+    splits, inner = split_folders(classes)
     if len(splits) >= 2:
-        inner = next((c for c in splits if c.lower().startswith("train")), splits[0])
         lines.append(f"warning: the class folders include {', '.join(map(name_text, splits))}: data.train "
                      "should be the folder that holds one subfolder per class (e.g. "
                      f"{runfolder.printable(os.path.join(cfg['data']['train'], inner))})")

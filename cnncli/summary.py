@@ -1,7 +1,7 @@
 """What a checkpoint holds, for `cnn info`: its classes, its input preprocessing, the network layer
 by layer (output shape and parameters, as Keras' model.summary() prints them), how far its run
-trained and its recipe. NumPy only (no numba): it loads and checks the file as `cnn predict` does (predictor.py);
-it runs nothing.
+trained and its recipe. NumPy only (no numba): it loads and checks the file as `cnn predict` does
+(predictor.py); it runs nothing.
 """
 
 from __future__ import annotations

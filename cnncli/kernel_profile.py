@@ -63,9 +63,9 @@ def kernel_flops(name, args):
             return 2 * args[0].size * args[3][..., 0].size
         if name.endswith("conv32_backward_dw"):                  # (dz, xp, dw, db)
             return 2 * args[0].size * args[2][0].size
-        if "infer_block" in name:        # (x, w1, .., w2, .., w3, ..): the whole network per image
-            return 2 * args[0].shape[0] * (args[1].size * 32 * 32 + args[5].size * 16 * 16 + args[9].size
-                                           + args[14].size)
+        if "infer_chunks" in name:       # (sync, bounds, x, w1, .., w2, .., w3, ..): the whole network per image
+            return 2 * args[2].shape[0] * (args[3].size * 32 * 32 + args[7].size * 16 * 16 + args[11].size
+                                           + args[16].size)
     except (AttributeError, IndexError, TypeError):
         pass
     return None

@@ -42,9 +42,9 @@ from .arch import (BATCHNORM, FC1_UNITS, IMAGE_SHAPE, Params, check_batchnorm,  
 from .kernels import batchnorm as norm
 from .kernels import inference
 from .kernels.checks import check_array, check_labels
-from .kernels.threads import run_blocks
+from .kernels.threads import run_together, workers
 
-PREDICT_BLOCK = 8           # predict_proba hands blocks of this many images to the worker threads
+PREDICT_BLOCK = 8           # predict_proba's largest chunk of images (one thread's, at a time)
 
 
 def _check_input(x, dtype, name="x"):
@@ -81,7 +81,7 @@ def _check_params(params, buffers, batchnorm, eps=1e-5, momentum=0.1):
     return num_classes, np.dtype(dtype)
 
 
-SMALL_BATCH = 8   # predict_proba: up to this many images run as one block on the calling thread
+SMALL_BATCH = 8   # predict_proba: up to this many images run as one chunk on the calling thread
 
 
 def _check_weights(weights, n):
@@ -201,11 +201,12 @@ class Network:
     def predict_proba(self, x):
         """Inference mode (running statistics): x (N,1,32,32) -> probabilities (N,C).
 
-        The whole network runs in blocks of PREDICT_BLOCK images (inference.infer_block_into, or
-        infer_block_unit_into with per-unit BN: the conv part image by image, fc1 in the training
-        path's 16-lane loop, the head), handed to the worker threads; up to SMALL_BATCH images one
-        block on the calling thread. No BLAS: an image's probabilities have the same bits in any
-        batch, block or thread count.
+        The whole network runs in chunks of up to PREDICT_BLOCK images (inference.infer_chunks_into,
+        or infer_chunks_unit_into with per-unit BN: the conv part image by image, fc1 in the
+        training path's 16-lane loop, the head), in one call per thread, each thread taking the next
+        chunk from a shared counter (chunks shrink towards the end: inference.chunk_bounds); up to
+        SMALL_BATCH images one chunk on the calling thread. No BLAS: an image's probabilities have
+        the same bits in any batch, chunk or thread count.
         """
         _check_input(x, self.dtype)
         n = x.shape[0]
@@ -214,11 +215,13 @@ class Network:
         out = np.empty((n, self.num_classes), dtype=self.dtype)             # (N,C)
         args = (P["conv1.w"], P["conv1.b"], sc1, sh1, P["conv2.w"], P["conv2.b"], sc2, sh2,
                 P["fc1.w"], np.zeros(FC1_UNITS, self.dtype), P["fc1.b"], sc3, sh3, P["fc2.w"], P["fc2.b"])
-        block = inference.infer_block_unit_into if sc1.shape[1] > 1 else inference.infer_block_into
+        kernel = inference.infer_chunks_unit_into if sc1.shape[1] > 1 else inference.infer_chunks_into
+        sync = np.zeros(inference.SYNC_SIZE, np.int64)
         if n <= SMALL_BATCH:
-            block(x, *args, out)
+            kernel(sync, np.array([0, n], np.int64), x, *args, out)
         else:
-            run_blocks(lambda r: block(x[r], *args, out[r]), n, PREDICT_BLOCK)
+            bounds = inference.chunk_bounds(n, workers()[1], PREDICT_BLOCK)
+            run_together(lambda t: kernel(sync, bounds, x, *args, out), lambda: None)   # (no waits to abort)
         return out
 
     def _inference_affine(self):

@@ -578,3 +578,28 @@ def test_step_tally_counts_argmax_hits_and_flags_non_finite_gradients(rng, dtype
             assert tally(g, probs, labels) == -1
     with pytest.raises(ValueError, match="labels"):
         tally(grads, probs, labels[:-1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_carve64_starts_on_a_cache_line_wherever_the_buffer_starts(dtype):
+    from numba import njit
+
+    from cnncli.kernels.aligned import ALIGN, carve64
+
+    @njit
+    def carve(buf, at, size):
+        v = carve64(buf, at, size)
+        return v.ctypes.data, v[0], v.size
+
+    raw = np.arange(400, dtype=dtype)
+    step = ALIGN // raw.itemsize
+    seen = set()
+    for start in range(2 * step):                     # every alignment of the buffer's first element
+        buf = raw[start:start + 3 * step + 40]
+        seen.add(buf.ctypes.data % ALIGN)
+        for at in (0, step, 2 * step):
+            addr, first, size = carve(buf, at, 40)
+            assert addr % ALIGN == 0 and size == 40
+            k = int(first) - start                    # the element of buf it starts at
+            assert k - at < step and (k - at) * raw.itemsize == -buf.ctypes.data % ALIGN
+    assert len(seen) == step                          # (the buffers did start at every boundary)

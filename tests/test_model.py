@@ -263,3 +263,41 @@ def test_predict_sees_in_place_parameter_changes(bn):
     fresh.load_arrays(net.params, net.buffers)
     assert not np.allclose(before, after)
     assert np.array_equal(after, fresh.predict_proba(x))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_chunk_bounds_cover_every_image_once_and_shrink_towards_the_end(threads):
+    from cnncli.kernels.inference import chunk_bounds
+
+    for n in list(range(1, 70)) + [127, 128, 129, 1000]:
+        b = chunk_bounds(n, threads, M.PREDICT_BLOCK)
+        sizes = np.diff(b)
+        assert b[0] == 0 and b[-1] == n and b.dtype == np.int64, (n, b)
+        assert sizes.min() >= 1 and sizes.max() <= M.PREDICT_BLOCK, (n, sizes)
+        assert np.all(np.diff(sizes) <= 0), (n, sizes)            # never a bigger chunk after a smaller one
+        assert sizes[-1] == 1, (n, sizes)                         # the last chunk is one image
+        if n >= 4 * threads * M.PREDICT_BLOCK:
+            assert sizes[0] == M.PREDICT_BLOCK                   # large batches start in full chunks
+
+
+def test_predict_from_several_python_threads_at_once():
+    """Each call has its own chunk counter and scratch: calls from several threads at once on one
+    network give each its own batch's probabilities."""
+    import threading
+
+    net = M.Network(12, "channel", seed=2)
+    xs = [batch(20 + 7 * k, seed=k)[0] for k in range(4)]
+    want = [net.predict_proba(x) for x in xs]
+    bad = []
+
+    def hammer(k):
+        for _ in range(15):
+            if not np.array_equal(net.predict_proba(xs[k]), want[k]):
+                bad.append(k)
+
+    pool = [threading.Thread(target=hammer, args=(k,)) for k in range(4)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert not bad

@@ -3,8 +3,8 @@ kernels, BN folded into a scale and shift, pool and ELU on the fly. Inference on
 caches, no gradients (the training layers are the other modules).
 """
 
-# Shape legend: N images, U = H*W (per-unit BN) or 1 (per-channel BN, or no BN: scale 1, shift 0),
-# C classes; the layers' shapes are the network's: x (N,1,32,32), w1 (6,1,5,5), w2 (16,6,5,5),
+# Shape legend: N images, L chunks of at most M images, U = H*W (per-unit BN) or 1 (per-channel BN,
+# or no BN: scale 1, shift 0), C classes; the layers' shapes are the network's: x (N,1,32,32), w1 (6,1,5,5), w2 (16,6,5,5),
 # w3 (65,1024), w4 (C,65).
 
 from __future__ import annotations
@@ -13,11 +13,16 @@ import numpy as np
 from numba import literally, njit
 
 from .activation import elu, logistic, velu
+from .aligned import ALIGN, carve64
 from .conv16 import conv16_image
 from .conv32 import conv32_image
 from .fc import fc_forward_loop_into
 from .pool import _positions, _window_max_v, _windows
 from .simd import vadd, vload, vmul, vsplat, vstore
+from .sync import COUNTERS, next_shard
+
+CHUNKS = 0                      # the counter of a job's sync array that hands out the chunks
+SYNC_SIZE = COUNTERS + 1
 
 
 # One image at a time, every intermediate in small per-image buffers that stay in L1/L2:
@@ -25,7 +30,10 @@ from .simd import vadd, vload, vmul, vsplat, vstore
 #   -> +bias -> *scale + shift (BN folded; 1 and 0 without BN)
 #   -> max of each 2x2 window -> ELU, 16 windows per vector (activation.velu), written straight
 #   into the next layer's padded input (whose zero border is never written: 0 = ELU(0)).
-# Each image is independent, so results are the same for any batch size or thread count.
+# Each image is independent, so results are the same for any batch size, chunk or thread count.
+# One call per thread (model.predict_proba): each takes chunks of images from an atomic counter
+# (sync.next_shard), so a batch takes the GIL once per thread, and the chunks' sizes
+# (chunk_bounds) leave no thread finishing a big one alone.
 # Inference only (no argmax, no caches), tested against a NumPy reference of the inference-mode
 # network (tests/test_model.py) and the PyTorch twin.
 
@@ -62,8 +70,8 @@ def _pool_elu_map(z, f, W, bias, scale, shift, per_unit, out, at, row):
 
 
 @njit(nogil=True)
-def _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, per_unit, flat, xp, z1, p1, z2):
-    # x (N,1,32,32) image n   ->   flat[n] (1024,) = ELU(pool(bn2(conv2(ELU(pool(bn1(conv1 x))))))));
+def _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, per_unit, flat, row, xp, z1, p1, z2):
+    # x (N,1,32,32) image n   ->   flat[row] (1024,) = ELU(pool(bn2(conv2(ELU(pool(bn1(conv1 x))))))));
     # xp (1,36*36) and p1 (6,20*20) zero borders, z1 (6,32*32), z2 (16,16*16) scratch. per_unit: a
     # literal of each caller (numba compiles one copy per value, its tests folded away). Not inline:
     # numba copies an inlined callee's whole IR into its caller, seconds of first-run compile
@@ -76,7 +84,7 @@ def _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, per_unit, flat, xp, z
         _pool_elu_map(z1, f, 32, b1[f], sc1, sh1, per_unit, p1, f * 400 + 2 * 20 + 2, 20)
     conv16_image(p1, 0, w2, z2, 0)
     for f in range(16):
-        _pool_elu_map(z2, f, 16, b2[f], sc2, sh2, per_unit, flat, n * 1024 + f * 64, 16)
+        _pool_elu_map(z2, f, 16, b2[f], sc2, sh2, per_unit, flat, row * 1024 + f * 64, 16)
 
 
 @njit(inline="always")
@@ -101,32 +109,61 @@ def infer_head_into(z3, b3, sc3, sh3, w4, b4, probs):
 
 
 @njit(inline="always")
-def _infer_block(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3, b3, sc3, sh3, w4, b4, probs, per_unit):
-    # x (N,1,32,32) a block of images (N a few); w1 (6,1,5,5), b1 (6,), sc1/sh1 (6,U1), w2
-    # (16,6,5,5), b2 (16,), sc2/sh2 (16,U2), w3 (65,1024), zero3 (65,) zeros, b3/sc3/sh3 (65,), w4
-    # (C,65), b4 (C,)   ->   probs (N,C): the features image by image, fc1 in the training path's
-    # 16-lane loop (fc.fc_forward_loop_into, bias 0: infer_head_into adds b3; its sums do not depend
-    # on how the images are grouped), the head. No BLAS and no shared array: blocks run on any
-    # thread. per_unit: the literal of the kernel below that inlines this (small: _infer_image is a call)
-    N, f = x.shape[0], x.dtype
-    flat = np.empty((N, 1024), f)                    # (N,1024) fc1's input
-    z3 = np.empty((N, w3.shape[0]), f)               # (N,65) fc1's output
-    xp, z1 = np.zeros((1, 36 * 36), f), np.empty((6, 32 * 32), f)       # _infer_image's scratch
-    p1, z2 = np.zeros((6, 20 * 20), f), np.empty((16, 16 * 16), f)
-    for n in range(N):
-        _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, per_unit, flat, xp, z1, p1, z2)
-    fc_forward_loop_into(flat, w3, zero3, z3)
-    infer_head_into(z3, b3, sc3, sh3, w4, b4, probs)
+def _infer_chunks(sync, bounds, x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3, b3, sc3, sh3, w4, b4, probs,
+                  per_unit):
+    # sync (SYNC_SIZE,) int64 zeroed per job, bounds (L+1,) int64: chunk j is images bounds[j]:bounds[j+1];
+    # x (N,1,32,32); w1 (6,1,5,5), b1 (6,), sc1/sh1 (6,U1), w2 (16,6,5,5), b2 (16,), sc2/sh2 (16,U2),
+    # w3 (65,1024), zero3 (65,) zeros, b3/sc3/sh3 (65,), w4 (C,65), b4 (C,)   ->   probs (N,C).
+    # Each calling thread takes the next chunk from sync's counter until none is left: the features
+    # image by image, fc1 over the chunk in the training path's 16-lane loop (fc.fc_forward_loop_into,
+    # bias 0: infer_head_into adds b3; its sums do not depend on how the images are grouped), the
+    # head. per_unit: the literal of the kernel below that inlines this (small: _infer_image is a call)
+    f = x.dtype
+    M = 1
+    for j in range(bounds.shape[0] - 1):
+        M = max(M, bounds[j + 1] - bounds[j])
+    U3 = w3.shape[0]
+    # this thread's scratch in one zeroed buffer, each array from a 64-byte boundary (aligned.py):
+    # numba's np.empty lands 0 or 32 bytes past one, and with xp 32 bytes past, batch-128 inference
+    # on the AVX2 VM of docs/performance.md ran ~28,000 img/s on 2 threads instead of ~34,000
+    buf = np.zeros(13936 + M * (1024 + U3) + ALIGN // x.itemsize, f)
+    xp = carve64(buf, 0, 1296).reshape(1, 36 * 36)                  # (1,36*36) zero border
+    z1 = carve64(buf, 1296, 6144).reshape(6, 32 * 32)               # (6,32*32)
+    p1 = carve64(buf, 7440, 2400).reshape(6, 20 * 20)               # (6,20*20) zero borders
+    z2 = carve64(buf, 9840, 4096).reshape(16, 16 * 16)              # (16,16*16)
+    flat = carve64(buf, 13936, M * 1024).reshape(M, 1024)           # (M,1024) fc1's input, a chunk's rows
+    z3 = carve64(buf, 13936 + M * 1024, M * U3).reshape(M, U3)      # (M,65) fc1's output
+    while True:
+        j, a, b = next_shard(sync, CHUNKS, bounds)
+        if j < 0:
+            break
+        for n in range(a, b):
+            _infer_image(x, n, w1, b1, sc1, sh1, w2, b2, sc2, sh2, per_unit, flat, n - a, xp, z1, p1, z2)
+        fc_forward_loop_into(flat[:b - a], w3, zero3, z3[:b - a])
+        infer_head_into(z3[:b - a], b3, sc3, sh3, w4, b4, probs[a:b])
 
 
 @njit(cache=True, nogil=True)
-def infer_block_into(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3, b3, sc3, sh3, w4, b4, probs):
-    # _infer_block without BN or with per-channel BN: U1 = U2 = 1
-    _infer_block(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3, b3, sc3, sh3, w4, b4, probs, False)
+def infer_chunks_into(sync, bounds, x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3, b3, sc3, sh3, w4, b4, probs):
+    # _infer_chunks without BN or with per-channel BN: U1 = U2 = 1
+    _infer_chunks(sync, bounds, x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3, b3, sc3, sh3, w4, b4, probs, False)
 
 
 @njit(cache=True, nogil=True)
-def infer_block_unit_into(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3, b3, sc3, sh3, w4, b4, probs):
-    # _infer_block with per-unit BN: U1 = 1024, U2 = 256. A kernel of its own, so that the other
+def infer_chunks_unit_into(sync, bounds, x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3, b3, sc3, sh3, w4, b4,
+                           probs):
+    # _infer_chunks with per-unit BN: U1 = 1024, U2 = 256. A kernel of its own, so that the other
     # networks never compile this copy of the conv part
-    _infer_block(x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3, b3, sc3, sh3, w4, b4, probs, True)
+    _infer_chunks(sync, bounds, x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3, b3, sc3, sh3, w4, b4, probs, True)
+
+
+def chunk_bounds(n: int, threads: int, largest: int = 8) -> np.ndarray:
+    """(L+1,) int64 first images of the chunks of n images for `threads` threads: guided, each chunk
+    a share of what is left (at most `largest`, at least 1), so the chunks shrink towards the end
+    and no thread is left finishing a big one alone. Only the timing depends on it: every image
+    gets the same bits in any chunk."""
+    bounds, a = [0], 0
+    while a < n:
+        a += min(largest, max(1, -(-(n - a) // (2 * threads))))
+        bounds.append(a)
+    return np.array(bounds, np.int64)

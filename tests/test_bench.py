@@ -51,23 +51,43 @@ def test_run_bench_rows_and_text():
     assert "% peak" in text and f"{result['fma_peak_gflops']:,.0f} GFLOP/s" in text
 
 
-def test_peak_probe_computes_its_fma_chains():
-    """The probe's kernel does the work its FLOP count says: 12 chains of a = a * b + c (one rounding
-    each, emulated in float64: the float32 product is exact there), summed pairwise."""
+@pytest.mark.parametrize("chains", [12, 6])
+def test_peak_probe_computes_its_fma_chains(chains):
+    """Each probe's kernel does the work its FLOP count says: 12 (or 6) chains of a = a * b + c (one
+    rounding each, emulated in float64: the float32 product is exact there), summed pairwise."""
     from cnncli.kernels import peak
 
     x = peak.chain_inputs()
     out = np.zeros(16, np.float32)
-    peak.fma_chains_into(x, 7, out)
+    (peak.fma_chains_into if chains == 12 else peak.fma_chains6_into)(x, 7, out)
     a = x[2:].astype(np.float64)
     for _ in range(7):
         a = (a * np.float64(x[0]) + np.float64(x[1])).astype(np.float32).astype(np.float64)
     a = a.astype(np.float32)
     pair = lambda u, v: np.float32(u + v)  # noqa: E731
-    s = pair(pair(pair(a[0], a[1]), pair(a[2], a[3])), pair(pair(a[4], a[5]), pair(a[6], a[7])))
-    s = pair(s, pair(pair(a[8], a[9]), pair(a[10], a[11])))
+    if chains == 12:
+        s = pair(pair(pair(a[0], a[1]), pair(a[2], a[3])), pair(pair(a[4], a[5]), pair(a[6], a[7])))
+        s = pair(s, pair(pair(a[8], a[9]), pair(a[10], a[11])))
+    else:
+        s = pair(pair(pair(a[0], a[1]), pair(a[2], a[3])), pair(a[4], a[5]))
     np.testing.assert_allclose(out, np.full(16, s), rtol=2e-7)
     assert peak.CHAINS == 12 and len(x) == 2 + peak.CHAINS
+
+
+def test_peak_is_the_best_probe(monkeypatch):
+    """fma_peak_gflops reports the best of its probes, whichever it is (12 chains on AVX-512, 6 on AVX2)."""
+    from cnncli.kernels import peak
+
+    seen = []
+
+    def fake(kernel, chains, x, threads, seconds, repeats):
+        seen.append(chains)
+        return {12: 50.0, 6: 100.0}[chains] if flip else {12: 100.0, 6: 50.0}[chains]
+
+    monkeypatch.setattr(peak, "_probe_gflops", fake)
+    for flip in (False, True):
+        assert peak.fma_peak_gflops(2) == 100.0
+    assert sorted(seen) == [6, 6, 12, 12]
 
 
 def test_compare_bn_alternates_the_three_variants_and_divides_by_no_bn():

@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 from .checks import check_array, check_out
-from .simd import vadd, vfma, vload, vsplat, vstore, vzero, vzip_hi, vzip_lo
+from .simd import WIDE, vadd, vfma, vload, vsplat, vstore, vzero, vzip_hi, vzip_lo
 
 
 # conv2 (C = 6 -> F = 16 maps of 16 x 16, K = 5): direct convolution in 16-lane vectors
@@ -27,9 +27,13 @@ from .simd import vadd, vfma, vload, vsplat, vstore, vzero, vzip_hi, vzip_lo
 # The forward and input-gradient tiles splat each weight once and use it for 4 rows (16 or 24
 # independent accumulators: enough FMAs in flight for two FMA units with 4-cycle latency, and one
 # load per 4 or 6 FMAs); the weight gradient's splatted inputs slide along x, one new per map and
-# position. Each output element still sums its terms in the order (c, ky, kx) / (f, a, b) /
-# (n, y, x), so the tiling does not change a bit. Each accumulator is its own variable (fma4,
-# fma6 and store4 take and return them one by one) for LLVM to keep it in a register.
+# position. Those tiles fit AVX-512's 32 registers. On AVX2 (simd.WIDE False) a 16-lane vector
+# takes two of its 16 registers and they spill, so there the tiles are one row high (forward:
+# 4 maps x 1 row, input gradient: 6 maps x 1 row) and the weight gradient takes one input map at
+# a time: 2.7x, 3.4x and 1.7x faster on the AVX2 VM of docs/performance.md. Each output element
+# still sums its terms in the order (c, ky, kx) / (f, a, b) / (n, y, x), so no tiling changes a
+# bit (tests/test_kernels.py runs both). Each accumulator is its own variable (fma4, fma6 and
+# store4 take and return them one by one) for LLVM to keep it in a register.
 # Timings per 8-image shard: `python scripts/bench_conv.py` (docs/performance.md).
 
 @njit(inline="always")
@@ -54,7 +58,7 @@ def store4(z, o, step, a0, a1, a2, a3):
 
 
 @njit(inline="always")
-def conv16_image(xp, xo, w, z, zo):
+def conv16_image_wide(xp, xo, w, z, zo):
     # one image: xp from flat offset xo (C,20,20), w (F,C,5,5)   ->   z from flat offset zo
     # (F,16,16), no bias. F % 4 == 0. Tile: maps fb..fb+3 (a0., a1., ...) x rows y..y+3 (a.0 ... a.3).
     F, C = w.shape[0], w.shape[1]
@@ -79,6 +83,26 @@ def conv16_image(xp, xo, w, z, zo):
             store4(z, o + 768, 16, a30, a31, a32, a33)
 
 
+@njit(inline="always")
+def conv16_image_narrow(xp, xo, w, z, zo):
+    # conv16_image_wide with a tile of maps fb..fb+3 (a0 ... a3) x one row y: AVX2's
+    F, C = w.shape[0], w.shape[1]
+    for fb in range(0, F, 4):
+        for y in range(16):
+            a0 = a1 = a2 = a3 = vzero(z)
+            for c in range(C):
+                for ky in range(5):
+                    r = xo + (c * 20 + y + ky) * 20
+                    for kx in range(5):
+                        w0, w1 = vsplat(w[fb, c, ky, kx]), vsplat(w[fb + 1, c, ky, kx])
+                        w2, w3 = vsplat(w[fb + 2, c, ky, kx]), vsplat(w[fb + 3, c, ky, kx])
+                        a0, a1, a2, a3 = fma4(w0, w1, w2, w3, vload(xp, r + kx), a0, a1, a2, a3)
+            store4(z, zo + (fb * 16 + y) * 16, 256, a0, a1, a2, a3)
+
+
+conv16_image = conv16_image_wide if WIDE else conv16_image_narrow   # (numba reads it when it compiles a caller)
+
+
 @njit(cache=True, nogil=True)
 def conv16_forward_into(xp, w, z):
     # xp (N,C,20,20) padded input, w (F,C,5,5)   ->   z (N,F,16,16), no bias
@@ -92,37 +116,67 @@ def conv16_forward_into(xp, w, z):
 def conv16_backward_dx_into(dz, w, dzp, dx):
     # dz (N,F,16,16), w (F,6,5,5), dzp (N,F,20,20) scratch with a zero border (only its interior
     # is written)   ->   dx (N,6,16,16) gradient w.r.t. the unpadded input.
-    # Tile: input maps 0..5 (a0., ..., a5.) x rows y..y+3 (a.0 ... a.3).
     N, F = dz.shape[0], dz.shape[1]
     for n in range(N):
         for f in range(F):
             for y in range(16):
                 vstore(dzp, ((n * F + f) * 20 + y + 2) * 20 + 2, vload(dz, ((n * F + f) * 16 + y) * 16))
-        for y in range(0, 16, 4):
-            a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = a20 = a21 = a22 = a23 = vzero(dx)
-            a30 = a31 = a32 = a33 = a40 = a41 = a42 = a43 = a50 = a51 = a52 = a53 = vzero(dx)
-            for f in range(F):
-                for a in range(5):
-                    r = ((n * F + f) * 20 + y + a) * 20
-                    for b in range(5):
-                        w0, w1 = vsplat(w[f, 0, 4 - a, 4 - b]), vsplat(w[f, 1, 4 - a, 4 - b])
-                        w2, w3 = vsplat(w[f, 2, 4 - a, 4 - b]), vsplat(w[f, 3, 4 - a, 4 - b])
-                        w4, w5 = vsplat(w[f, 4, 4 - a, 4 - b]), vsplat(w[f, 5, 4 - a, 4 - b])
-                        a00, a10, a20, a30, a40, a50 = fma6(w0, w1, w2, w3, w4, w5, vload(dzp, r + b),
-                                                            a00, a10, a20, a30, a40, a50)
-                        a01, a11, a21, a31, a41, a51 = fma6(w0, w1, w2, w3, w4, w5, vload(dzp, r + b + 20),
-                                                            a01, a11, a21, a31, a41, a51)
-                        a02, a12, a22, a32, a42, a52 = fma6(w0, w1, w2, w3, w4, w5, vload(dzp, r + b + 40),
-                                                            a02, a12, a22, a32, a42, a52)
-                        a03, a13, a23, a33, a43, a53 = fma6(w0, w1, w2, w3, w4, w5, vload(dzp, r + b + 60),
-                                                            a03, a13, a23, a33, a43, a53)
-            o = (n * 6 * 16 + y) * 16
-            store4(dx, o, 16, a00, a01, a02, a03)
-            store4(dx, o + 256, 16, a10, a11, a12, a13)
-            store4(dx, o + 512, 16, a20, a21, a22, a23)
-            store4(dx, o + 768, 16, a30, a31, a32, a33)
-            store4(dx, o + 1024, 16, a40, a41, a42, a43)
-            store4(dx, o + 1280, 16, a50, a51, a52, a53)
+        dx_image(dzp, n, w, dx)
+
+
+@njit(inline="always")
+def dx_image_wide(dzp, n, w, dx):
+    # image n: dzp (N,F,20,20) padded dz, w (F,6,5,5)   ->   dx[n] (6,16,16).
+    # Tile: input maps 0..5 (a0., ..., a5.) x rows y..y+3 (a.0 ... a.3).
+    F = w.shape[0]
+    for y in range(0, 16, 4):
+        a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = a20 = a21 = a22 = a23 = vzero(dx)
+        a30 = a31 = a32 = a33 = a40 = a41 = a42 = a43 = a50 = a51 = a52 = a53 = vzero(dx)
+        for f in range(F):
+            for a in range(5):
+                r = ((n * F + f) * 20 + y + a) * 20
+                for b in range(5):
+                    w0, w1 = vsplat(w[f, 0, 4 - a, 4 - b]), vsplat(w[f, 1, 4 - a, 4 - b])
+                    w2, w3 = vsplat(w[f, 2, 4 - a, 4 - b]), vsplat(w[f, 3, 4 - a, 4 - b])
+                    w4, w5 = vsplat(w[f, 4, 4 - a, 4 - b]), vsplat(w[f, 5, 4 - a, 4 - b])
+                    a00, a10, a20, a30, a40, a50 = fma6(w0, w1, w2, w3, w4, w5, vload(dzp, r + b),
+                                                        a00, a10, a20, a30, a40, a50)
+                    a01, a11, a21, a31, a41, a51 = fma6(w0, w1, w2, w3, w4, w5, vload(dzp, r + b + 20),
+                                                        a01, a11, a21, a31, a41, a51)
+                    a02, a12, a22, a32, a42, a52 = fma6(w0, w1, w2, w3, w4, w5, vload(dzp, r + b + 40),
+                                                        a02, a12, a22, a32, a42, a52)
+                    a03, a13, a23, a33, a43, a53 = fma6(w0, w1, w2, w3, w4, w5, vload(dzp, r + b + 60),
+                                                        a03, a13, a23, a33, a43, a53)
+        o = (n * 6 * 16 + y) * 16
+        store4(dx, o, 16, a00, a01, a02, a03)
+        store4(dx, o + 256, 16, a10, a11, a12, a13)
+        store4(dx, o + 512, 16, a20, a21, a22, a23)
+        store4(dx, o + 768, 16, a30, a31, a32, a33)
+        store4(dx, o + 1024, 16, a40, a41, a42, a43)
+        store4(dx, o + 1280, 16, a50, a51, a52, a53)
+
+
+@njit(inline="always")
+def dx_image_narrow(dzp, n, w, dx):
+    # dx_image_wide with a tile of input maps 0..5 (a0 ... a5) x one row y: AVX2's
+    F = w.shape[0]
+    for y in range(16):
+        a0 = a1 = a2 = a3 = a4 = a5 = vzero(dx)
+        for f in range(F):
+            for a in range(5):
+                r = ((n * F + f) * 20 + y + a) * 20
+                for b in range(5):
+                    w0, w1 = vsplat(w[f, 0, 4 - a, 4 - b]), vsplat(w[f, 1, 4 - a, 4 - b])
+                    w2, w3 = vsplat(w[f, 2, 4 - a, 4 - b]), vsplat(w[f, 3, 4 - a, 4 - b])
+                    w4, w5 = vsplat(w[f, 4, 4 - a, 4 - b]), vsplat(w[f, 5, 4 - a, 4 - b])
+                    a0, a1, a2, a3, a4, a5 = fma6(w0, w1, w2, w3, w4, w5, vload(dzp, r + b), a0, a1, a2, a3, a4, a5)
+        o = (n * 6 * 16 + y) * 16
+        store4(dx, o, 256, a0, a1, a2, a3)
+        vstore(dx, o + 1024, a4)
+        vstore(dx, o + 1280, a5)
+
+
+dx_image = dx_image_wide if WIDE else dx_image_narrow
 
 
 @njit(cache=True, nogil=True)
@@ -173,12 +227,19 @@ def conv16_backward_dw_into(dz, xp, dzt, dwt):
     # is input maps c and c + 1 (a., e.) x kx = 0..4 for one ky: per position one vector load and
     # ten FMAs with splatted input values, which slide along x (b0..b4 = xp[n,c,y+ky,x:x+5], one
     # new splat per map and position). Each lane sums its positions in order (no lane sum). An odd
-    # C computes its last map twice (c + 1 clamped): the same sums, written twice.
-    N = dz.shape[0]
-    C = xp.shape[1]
-    for n in range(N):
+    # C computes its last map twice (c + 1 clamped): the same sums, written twice. On AVX2 the tile
+    # is one input map (dw_maps_narrow).
+    for n in range(dz.shape[0]):
         for y in range(16):
             _transpose_rows(dz, dzt, n, y)
+    dw_maps(dz, xp, dzt, dwt)
+
+
+@njit(inline="always")
+def dw_maps_wide(dz, xp, dzt, dwt):
+    # conv16_backward_dw_into's sums after the transpose, input maps c and c + 1 at a time
+    N = dz.shape[0]
+    C = xp.shape[1]
     for c in range(0, C, 2):
         c1 = min(c + 1, C - 1)
         for ky in range(5):
@@ -202,6 +263,32 @@ def conv16_backward_dw_into(dz, xp, dzt, dwt):
             o = (c1 * 5 + ky) * 80
             store4(dwt, o, 16, e0, e1, e2, e3)
             vstore(dwt, o + 64, e4)
+
+
+@njit(inline="always")
+def dw_maps_narrow(dz, xp, dzt, dwt):
+    # dw_maps_wide one input map at a time (a tile of kx = 0..4 for one ky): AVX2's
+    N = dz.shape[0]
+    C = xp.shape[1]
+    for c in range(C):
+        for ky in range(5):
+            a0 = a1 = a2 = a3 = a4 = vzero(dz)
+            for n in range(N):
+                for y in range(16):
+                    row = xp[n, c, y + ky]
+                    b0, b1, b2, b3 = vsplat(row[0]), vsplat(row[1]), vsplat(row[2]), vsplat(row[3])
+                    for x in range(16):
+                        b4 = vsplat(row[x + 4])
+                        d = vload(dzt, (n * 256 + y * 16 + x) * 16)
+                        a0, a1, a2, a3 = fma4(b0, b1, b2, b3, d, a0, a1, a2, a3)
+                        a4 = vfma(d, b4, a4)
+                        b0, b1, b2, b3 = b1, b2, b3, b4
+            o = (c * 5 + ky) * 80
+            store4(dwt, o, 16, a0, a1, a2, a3)
+            vstore(dwt, o + 64, a4)
+
+
+dw_maps = dw_maps_wide if WIDE else dw_maps_narrow
 
 
 def _check_conv16(xp, w, C=None):

@@ -13,7 +13,7 @@ from numba import njit
 
 from .checks import check_array, check_out
 from .conv16 import fma4, fma6, store4
-from .simd import vadd, vfma, vhsum, vload, vsplat, vstore, vzero
+from .simd import WIDE, vadd, vfma, vhsum, vload, vsplat, vstore, vzero
 
 
 # conv1 (C = 1 -> F = 6 maps of 32 x 32): the same with two vectors per row.
@@ -21,11 +21,14 @@ from .simd import vadd, vfma, vhsum, vload, vsplat, vstore, vzero
 #             splatted once and used for 4 row halves (one load per 6 FMAs)
 #   weights   3 maps x 5 kx per ky: the 5 shifted input vectors of a row half are loaded once
 #             and used by the 3 maps (8 loads per 15 FMAs); the bias gradient is a lane sum too
-# Each output element sums its terms in the same order as a one-map, one-half tile would, so the
-# tiling does not change a bit. Timings: `python scripts/bench_conv.py` (docs/performance.md).
+# Those tiles fit AVX-512's 32 registers; on AVX2 (simd.WIDE False: a 16-lane vector is two of its
+# 16) they spill, so there the forward tile is 3 maps x 1 row (both halves) and the weight
+# gradient takes one map at a time (1.8x and 2.9x faster on the AVX2 VM of docs/performance.md).
+# Each output element sums its terms in the same order as a one-map, one-half tile would, so no
+# tiling changes a bit (tests/test_kernels.py runs both). Timings: `python scripts/bench_conv.py` (docs/performance.md).
 
 @njit(inline="always")
-def conv32_image(xp, xo, w, z, zo):
+def conv32_image_wide(xp, xo, w, z, zo):
     # one image: xp from flat offset xo (C,36,36), w (6,C,5,5)   ->   z from flat offset zo
     # (6,32,32), no bias. Tile: maps 0..5 x row y (a.0, a.1: left and right half) and row y + 1
     # (b.0, b.1).
@@ -56,6 +59,35 @@ def conv32_image(xp, xo, w, z, zo):
         store4(z, o + 5120, 16, a50, a51, b50, b51)
 
 
+@njit(inline="always")
+def conv32_image_narrow(xp, xo, w, z, zo):
+    # conv32_image_wide with a tile of maps fb..fb+2 x one row y (a.0, a.1: its halves): AVX2's
+    C = w.shape[1]
+    for fb in range(0, 6, 3):
+        for y in range(32):
+            a00 = a01 = a10 = a11 = a20 = a21 = vzero(z)
+            for c in range(C):
+                for ky in range(5):
+                    r = xo + (c * 36 + y + ky) * 36
+                    for kx in range(5):
+                        w0, w1 = vsplat(w[fb, c, ky, kx]), vsplat(w[fb + 1, c, ky, kx])
+                        w2 = vsplat(w[fb + 2, c, ky, kx])
+                        v = vload(xp, r + kx)
+                        a00, a10, a20 = vfma(w0, v, a00), vfma(w1, v, a10), vfma(w2, v, a20)
+                        v = vload(xp, r + kx + 16)
+                        a01, a11, a21 = vfma(w0, v, a01), vfma(w1, v, a11), vfma(w2, v, a21)
+            o = zo + (fb * 32 + y) * 32
+            vstore(z, o, a00)
+            vstore(z, o + 16, a01)
+            vstore(z, o + 1024, a10)
+            vstore(z, o + 1040, a11)
+            vstore(z, o + 2048, a20)
+            vstore(z, o + 2064, a21)
+
+
+conv32_image = conv32_image_wide if WIDE else conv32_image_narrow   # (numba reads it when it compiles a caller)
+
+
 @njit(cache=True, nogil=True)
 def pad2_into(x, xp):
     # x (N,C,H,W)   ->   xp (N,C,H+4,W+4)'s interior [2:H+2, 2:W+2] (the border is the caller's zeros)
@@ -84,6 +116,11 @@ def load5(acc, o):
 @njit(cache=True, nogil=True)
 def conv32_backward_dw_into(dz, xp, dw, db):
     # dz (N,F,32,32), xp (N,1,36,36) padded input   ->   dw (F,1,5,5), db (F,) overwritten
+    dw_maps(dz, xp, dw, db)
+
+
+@njit(inline="always")
+def dw_maps_wide(dz, xp, dw, db):
     # Maps f, f1, f2 (a., b., c.: f + 1 and f + 2 clamped to F - 1, so a last map may be computed
     # twice, to the same sums) x kx = 0..4, image by image: the five ky tiles reuse one image's
     # rows from L1; the tile's partial sums go back to `acc` between images (each lane still sums
@@ -133,6 +170,38 @@ def conv32_backward_dw_into(dz, xp, dw, db):
         db[f] = vhsum(s0)
         db[f1] = vhsum(s1)
         db[f2] = vhsum(s2)
+
+
+@njit(inline="always")
+def dw_maps_narrow(dz, xp, dw, db):
+    # dw_maps_wide one map at a time (a tile of kx = 0..4 for one ky): AVX2's
+    N, F = dz.shape[0], dz.shape[1]
+    for f in range(F):
+        acc = np.zeros((5, 5, 16), dz.dtype)   # (ky, kx, lane) partial sums
+        s0 = vzero(dz)
+        for n in range(N):
+            for ky in range(5):
+                o = ky * 80
+                a0, a1, a2, a3, a4 = load5(acc, o)
+                for y in range(32):
+                    for h in range(0, 32, 16):
+                        ox = (n * 36 + y + ky) * 36 + h
+                        d = vload(dz, ((n * F + f) * 32 + y) * 32 + h)
+                        a0, a1 = vfma(vload(xp, ox), d, a0), vfma(vload(xp, ox + 1), d, a1)
+                        a2, a3 = vfma(vload(xp, ox + 2), d, a2), vfma(vload(xp, ox + 3), d, a3)
+                        a4 = vfma(vload(xp, ox + 4), d, a4)
+                store4(acc, o, 16, a0, a1, a2, a3)
+                vstore(acc, o + 64, a4)
+            for y in range(32):
+                for h in range(0, 32, 16):
+                    s0 = vadd(s0, vload(dz, ((n * F + f) * 32 + y) * 32 + h))
+        for ky in range(5):
+            for kx in range(5):
+                dw[f, 0, ky, kx] = vhsum(vload(acc, (ky * 5 + kx) * 16))
+        db[f] = vhsum(s0)
+
+
+dw_maps = dw_maps_wide if WIDE else dw_maps_narrow
 
 
 def conv32_forward(xp, w, out=None):

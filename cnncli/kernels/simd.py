@@ -28,6 +28,26 @@ from numba.extending import intrinsic, models, register_model
 LANES = 16                     # conv2's maps are 16 wide: one output row is one vector
 
 
+def _wide_registers() -> bool:
+    """True when numba compiles for AVX-512 (32 vector registers of 16 float32 lanes), False for
+    AVX2 and narrower (a 16-lane vector takes two of 16 registers, or more). The convolutions'
+    register tiles follow it: see conv16.py. numba's target: NUMBA_CPU_NAME/NUMBA_CPU_FEATURES when
+    set (e.g. a portable cache), else this machine's CPU."""
+    from numba.core import config
+
+    if config.CPU_NAME:
+        return "+avx512f" in (config.CPU_FEATURES or "")
+    try:
+        import llvmlite.binding as ll
+
+        return bool(ll.get_host_cpu_features().get("avx512f", False))
+    except Exception:  # noqa: BLE001 -- a CPU llvmlite cannot describe: the narrow tiles work anywhere
+        return False
+
+
+WIDE = _wide_registers()       # compile-time constant of the kernels (numba's cache is per CPU too)
+
+
 class Vec(types.Type):
     """LANES values of one float dtype (float32 or float64)."""
 

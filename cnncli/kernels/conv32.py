@@ -22,8 +22,9 @@ from .simd import WIDE, vadd, vfma, vhsum, vload, vsplat, vstore, vzero
 #   weights   3 maps x 5 kx per ky: the 5 shifted input vectors of a row half are loaded once
 #             and used by the 3 maps (8 loads per 15 FMAs); the bias gradient is a lane sum too
 # Those tiles fit AVX-512's 32 registers; on AVX2 (simd.WIDE False: a 16-lane vector is two of its
-# 16) they spill, so there the forward tile is 3 maps x 1 row (both halves) and the weight
-# gradient takes one map at a time (1.8x and 2.9x faster on the AVX2 VM of docs/performance.md).
+# 16) they spill, so there the forward tile is 6 maps x one half row, each weight splatted for
+# its one FMA, and the weight gradient takes one map at a time (3x faster each on the AVX2 VM of
+# docs/performance.md).
 # Each output element sums its terms in the same order as a one-map, one-half tile would, so no
 # tiling changes a bit (tests/test_kernels.py runs both). Timings: `python scripts/bench_conv.py` (docs/performance.md).
 
@@ -61,28 +62,24 @@ def conv32_image_wide(xp, xo, w, z, zo):
 
 @njit(inline="always")
 def conv32_image_narrow(xp, xo, w, z, zo):
-    # conv32_image_wide with a tile of maps fb..fb+2 x one row y (a.0, a.1: its halves): AVX2's
+    # conv32_image_wide with a tile of maps 0..5 (a0 ... a5) x one half row (h), each weight splatted
+    # afresh for its one FMA (splatted once for the tile, the 6 splats spill on AVX2): AVX2's
     C = w.shape[1]
-    for fb in range(0, 6, 3):
-        for y in range(32):
-            a00 = a01 = a10 = a11 = a20 = a21 = vzero(z)
+    for y in range(32):
+        for h in range(0, 32, 16):
+            a0 = a1 = a2 = a3 = a4 = a5 = vzero(z)
             for c in range(C):
                 for ky in range(5):
-                    r = xo + (c * 36 + y + ky) * 36
+                    r = xo + (c * 36 + y + ky) * 36 + h
                     for kx in range(5):
-                        w0, w1 = vsplat(w[fb, c, ky, kx]), vsplat(w[fb + 1, c, ky, kx])
-                        w2 = vsplat(w[fb + 2, c, ky, kx])
                         v = vload(xp, r + kx)
-                        a00, a10, a20 = vfma(w0, v, a00), vfma(w1, v, a10), vfma(w2, v, a20)
-                        v = vload(xp, r + kx + 16)
-                        a01, a11, a21 = vfma(w0, v, a01), vfma(w1, v, a11), vfma(w2, v, a21)
-            o = zo + (fb * 32 + y) * 32
-            vstore(z, o, a00)
-            vstore(z, o + 16, a01)
-            vstore(z, o + 1024, a10)
-            vstore(z, o + 1040, a11)
-            vstore(z, o + 2048, a20)
-            vstore(z, o + 2064, a21)
+                        a0, a1 = vfma(vsplat(w[0, c, ky, kx]), v, a0), vfma(vsplat(w[1, c, ky, kx]), v, a1)
+                        a2, a3 = vfma(vsplat(w[2, c, ky, kx]), v, a2), vfma(vsplat(w[3, c, ky, kx]), v, a3)
+                        a4, a5 = vfma(vsplat(w[4, c, ky, kx]), v, a4), vfma(vsplat(w[5, c, ky, kx]), v, a5)
+            o = zo + y * 32 + h
+            store4(z, o, 1024, a0, a1, a2, a3)
+            vstore(z, o + 4096, a4)
+            vstore(z, o + 5120, a5)
 
 
 conv32_image = conv32_image_wide if WIDE else conv32_image_narrow   # (numba reads it when it compiles a caller)

@@ -605,88 +605,68 @@ def test_carve64_starts_on_a_cache_line_wherever_the_buffer_starts(dtype):
     assert len(seen) == step                          # (the buffers did start at every boundary)
 
 
-def _images(image):
-    # an njit loop over the images of a per-image conv tile (conv16_image_* / conv32_image_*)
+def _njit_runner(kind, tile):
+    # an njit call of one register tile: per image (conv16/conv32 forward, conv16 input gradient)
+    # or over the batch (the weight gradients)
     from numba import njit
 
-    @njit
-    def run(xp, w, z):
-        for n in range(xp.shape[0]):
-            image(xp, n * xp[0].size, w, z, n * z[0].size)
+    if kind == "image":
+        @njit
+        def run(xp, w, z):
+            for n in range(xp.shape[0]):
+                tile(xp, n * xp[0].size, w, z, n * z[0].size)
+    elif kind == "dx":
+        @njit
+        def run(dzp, w, dx):
+            for n in range(dzp.shape[0]):
+                tile(dzp, n, w, dx)
+    else:
+        @njit
+        def run(a, b, c, d):
+            tile(a, b, c, d)
     return run
 
 
-def _dx_images(image):
-    # an njit loop over the images of conv16's input-gradient tile (dx_image_*)
-    from numba import njit
-
-    @njit
-    def run(dzp, w, dx):
-        for n in range(dzp.shape[0]):
-            image(dzp, n, w, dx)
-    return run
-
-
-def _calls(body):
-    # an njit call of a whole-batch tile function (dw_maps_*)
-    from numba import njit
-
-    @njit
-    def run(a, b, c, d):
-        body(a, b, c, d)
-    return run
+def _same_bits_both_ways(module, name, kind, args, outs):
+    """Run module.name_wide and module.name_narrow on args into fresh zeroed arrays shaped like
+    `outs`; assert they give the same bits; return the wide tile's arrays."""
+    got = []
+    for variant in ("wide", "narrow"):
+        fresh = [np.zeros_like(o) for o in outs]
+        _njit_runner(kind, getattr(module, f"{name}_{variant}"))(*args, *fresh)
+        got.append(fresh)
+    assert all(np.array_equal(a, b) for a, b in zip(*got)), (name, kind)
+    return got[0]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_wide_and_narrow_conv_tiles_give_the_same_bits(rng, dtype):
     """The AVX-512 (wide) and AVX2 (narrow) register tiles of every convolution kernel sum each
     output in the same order: the same bits, on whichever machine; the network's kernels use one
-    of them (simd.WIDE) and the other is checked here."""
+    of them (simd.WIDE), and both equal the public kernels' bits here."""
     N = 3
     # conv2 forward, input gradient (per image), weight gradient (C = 5: the wide tile's clamped pair)
     xp = conv.pad2d(rng.standard_normal((N, 6, 16, 16)).astype(dtype), 2)
     w = rng.standard_normal((16, 6, 5, 5)).astype(dtype)
-    zs = []
-    for image in (conv16.conv16_image_wide, conv16.conv16_image_narrow):
-        z = np.zeros((N, 16, 16, 16), dtype)
-        _images(image)(xp, w, z)
-        zs.append(z)
-    assert np.array_equal(zs[0], zs[1]) and np.array_equal(zs[0], conv16.conv16_forward(xp, w))
+    z, = _same_bits_both_ways(conv16, "conv16_image", "image", (xp, w), [np.zeros((N, 16, 16, 16), dtype)])
+    assert np.array_equal(z, conv16.conv16_forward(xp, w))
     dz = rng.standard_normal((N, 16, 16, 16)).astype(dtype)
-    dzp = conv.pad2d(dz, 2)
-    dxs = []
-    for image in (conv16.dx_image_wide, conv16.dx_image_narrow):
-        dx = np.zeros((N, 6, 16, 16), dtype)
-        _dx_images(image)(dzp, w, dx)
-        dxs.append(dx)
-    assert np.array_equal(dxs[0], dxs[1]) and np.array_equal(dxs[0], conv16.conv16_backward(dz, xp, w)[0])
-    xp5 = np.ascontiguousarray(xp[:, :5])
-    dzt = np.ascontiguousarray(dz.transpose(0, 2, 3, 1).reshape(N, 256, 16))
-    dwts = []
-    for maps in (conv16.dw_maps_wide, conv16.dw_maps_narrow):
-        dwt = np.zeros((5, 5, 5, 16), dtype)
-        _calls(maps)(dz, xp5, dzt, dwt)
-        dwts.append(dwt)
-    assert np.array_equal(dwts[0], dwts[1])
-    assert np.array_equal(dwts[0].transpose(3, 0, 1, 2), conv16.conv16_backward(dz, xp5, np.ascontiguousarray(w[:, :5]), need_dx=False)[1])
+    dx, = _same_bits_both_ways(conv16, "dx_image", "dx", (conv.pad2d(dz, 2), w), [np.zeros((N, 6, 16, 16), dtype)])
+    assert np.array_equal(dx, conv16.conv16_backward(dz, xp, w)[0])
+    xp5, w5 = np.ascontiguousarray(xp[:, :5]), np.ascontiguousarray(w[:, :5])
+    dzt = np.ascontiguousarray(dz.transpose(0, 2, 3, 1).reshape(N, 256, 16))       # (N,256,16) maps last
+    dwt, = _same_bits_both_ways(conv16, "dw_maps", "batch", (dz, xp5, dzt), [np.zeros((5, 5, 5, 16), dtype)])
+    assert np.array_equal(dwt.transpose(3, 0, 1, 2), conv16.conv16_backward(dz, xp5, w5, need_dx=False)[1])
     # conv1 forward (6 maps, C = 1 and 2) and weight/bias gradient (F = 6 and F = 4: a clamped triple)
     for C in (1, 2):
         xp1 = conv.pad2d(rng.standard_normal((N, C, 32, 32)).astype(dtype), 2)
         w1 = rng.standard_normal((6, C, 5, 5)).astype(dtype)
-        zs = []
-        for image in (conv32.conv32_image_wide, conv32.conv32_image_narrow):
-            z = np.zeros((N, 6, 32, 32), dtype)
-            _images(image)(xp1, w1, z)
-            zs.append(z)
-        assert np.array_equal(zs[0], zs[1]) and np.array_equal(zs[0], conv32.conv32_forward(xp1, w1))
+        z, = _same_bits_both_ways(conv32, "conv32_image", "image", (xp1, w1), [np.zeros((N, 6, 32, 32), dtype)])
+        assert np.array_equal(z, conv32.conv32_forward(xp1, w1))
     xp1 = conv.pad2d(rng.standard_normal((N, 1, 32, 32)).astype(dtype), 2)
     for F in (6, 4):
         dz1 = rng.standard_normal((N, F, 32, 32)).astype(dtype)
-        got = []
-        for maps in (conv32.dw_maps_wide, conv32.dw_maps_narrow):
-            dw, db = np.zeros((F, 1, 5, 5), dtype), np.zeros(F, dtype)
-            _calls(maps)(dz1, xp1, dw, db)
-            got.append((dw, db))
-        assert np.array_equal(got[0][0], got[1][0]) and np.array_equal(got[0][1], got[1][1])
+        dw, db = _same_bits_both_ways(conv32, "dw_maps", "batch", (dz1, xp1),
+                                      [np.zeros((F, 1, 5, 5), dtype), np.zeros(F, dtype)])
         want = conv32.conv32_backward_dw(dz1, xp1)
-        assert np.array_equal(got[0][0], want[0]) and np.array_equal(got[0][1], want[1])
+        assert np.array_equal(dw, want[0]) and np.array_equal(db, want[1])

@@ -50,6 +50,19 @@ def fma6(w0, w1, w2, w3, w4, w5, v, a0, a1, a2, a3, a4, a5):
 
 
 @njit(inline="always")
+def splat4(w, f, c, ky, kx):
+    # w[f..f+3, c, ky, kx], each splatted: a forward tile's four maps' weights
+    return vsplat(w[f, c, ky, kx]), vsplat(w[f + 1, c, ky, kx]), vsplat(w[f + 2, c, ky, kx]), vsplat(w[f + 3, c, ky, kx])
+
+
+@njit(inline="always")
+def splat6_flipped(w, f, a, b):
+    # w[f, 0..5, 4-a, 4-b], each splatted: an input-gradient tile's six input maps' weights
+    return (vsplat(w[f, 0, 4 - a, 4 - b]), vsplat(w[f, 1, 4 - a, 4 - b]), vsplat(w[f, 2, 4 - a, 4 - b]),
+            vsplat(w[f, 3, 4 - a, 4 - b]), vsplat(w[f, 4, 4 - a, 4 - b]), vsplat(w[f, 5, 4 - a, 4 - b]))
+
+
+@njit(inline="always")
 def store4(z, o, step, a0, a1, a2, a3):
     # z[flat o + k*step : + 16] = a_k, k = 0..3
     vstore(z, o, a0)
@@ -71,8 +84,7 @@ def conv16_image_wide(xp, xo, w, z, zo):
                 for ky in range(5):
                     r = xo + (c * 20 + y + ky) * 20
                     for kx in range(5):
-                        w0, w1 = vsplat(w[fb, c, ky, kx]), vsplat(w[fb + 1, c, ky, kx])
-                        w2, w3 = vsplat(w[fb + 2, c, ky, kx]), vsplat(w[fb + 3, c, ky, kx])
+                        w0, w1, w2, w3 = splat4(w, fb, c, ky, kx)
                         a00, a10, a20, a30 = fma4(w0, w1, w2, w3, vload(xp, r + kx), a00, a10, a20, a30)
                         a01, a11, a21, a31 = fma4(w0, w1, w2, w3, vload(xp, r + kx + 20), a01, a11, a21, a31)
                         a02, a12, a22, a32 = fma4(w0, w1, w2, w3, vload(xp, r + kx + 40), a02, a12, a22, a32)
@@ -95,8 +107,7 @@ def conv16_image_narrow(xp, xo, w, z, zo):
                 for ky in range(5):
                     r = xo + (c * 20 + y + ky) * 20
                     for kx in range(5):
-                        w0, w1 = vsplat(w[fb, c, ky, kx]), vsplat(w[fb + 1, c, ky, kx])
-                        w2, w3 = vsplat(w[fb + 2, c, ky, kx]), vsplat(w[fb + 3, c, ky, kx])
+                        w0, w1, w2, w3 = splat4(w, fb, c, ky, kx)
                         a0, a1, a2, a3 = fma4(w0, w1, w2, w3, vload(xp, r + kx), a0, a1, a2, a3)
             store4(z, zo + (fb * 16 + y) * 16, 256, a0, a1, a2, a3)
 
@@ -137,9 +148,7 @@ def dx_image_wide(dzp, n, w, dx):
             for a in range(5):
                 r = ((n * F + f) * 20 + y + a) * 20
                 for b in range(5):
-                    w0, w1 = vsplat(w[f, 0, 4 - a, 4 - b]), vsplat(w[f, 1, 4 - a, 4 - b])
-                    w2, w3 = vsplat(w[f, 2, 4 - a, 4 - b]), vsplat(w[f, 3, 4 - a, 4 - b])
-                    w4, w5 = vsplat(w[f, 4, 4 - a, 4 - b]), vsplat(w[f, 5, 4 - a, 4 - b])
+                    w0, w1, w2, w3, w4, w5 = splat6_flipped(w, f, a, b)
                     a00, a10, a20, a30, a40, a50 = fma6(w0, w1, w2, w3, w4, w5, vload(dzp, r + b),
                                                         a00, a10, a20, a30, a40, a50)
                     a01, a11, a21, a31, a41, a51 = fma6(w0, w1, w2, w3, w4, w5, vload(dzp, r + b + 20),
@@ -167,9 +176,7 @@ def dx_image_narrow(dzp, n, w, dx):
             for a in range(5):
                 r = ((n * F + f) * 20 + y + a) * 20
                 for b in range(5):
-                    w0, w1 = vsplat(w[f, 0, 4 - a, 4 - b]), vsplat(w[f, 1, 4 - a, 4 - b])
-                    w2, w3 = vsplat(w[f, 2, 4 - a, 4 - b]), vsplat(w[f, 3, 4 - a, 4 - b])
-                    w4, w5 = vsplat(w[f, 4, 4 - a, 4 - b]), vsplat(w[f, 5, 4 - a, 4 - b])
+                    w0, w1, w2, w3, w4, w5 = splat6_flipped(w, f, a, b)
                     a0, a1, a2, a3, a4, a5 = fma6(w0, w1, w2, w3, w4, w5, vload(dzp, r + b), a0, a1, a2, a3, a4, a5)
         o = (n * 6 * 16 + y) * 16
         store4(dx, o, 256, a0, a1, a2, a3)

@@ -670,3 +670,49 @@ def test_wide_and_narrow_conv_tiles_give_the_same_bits(rng, dtype):
                                       [np.zeros((F, 1, 5, 5), dtype), np.zeros(F, dtype)])
         want = conv32.conv32_backward_dw(dz1, xp1)
         assert np.array_equal(dw, want[0]) and np.array_equal(db, want[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("N,O,I", [(7, 65, 1024), (4, 12, 1000), (1, 3, 48)])
+def test_wide_and_narrow_fc_tiles_give_the_same_bits(rng, dtype, N, O, I):
+    """fc's forward, input-gradient and weight-gradient tiles, AVX-512's and AVX2's: the same bits
+    (odd N and O: the clamped and leftover rows; I % 64: the leftover columns), equal to the
+    public kernels'."""
+    from numba import njit
+
+    from cnncli.kernels.simd import vstore
+
+    x = rng.standard_normal((N, I)).astype(dtype)
+    w = rng.standard_normal((O, I)).astype(dtype)
+    b = rng.standard_normal(O).astype(dtype)
+    dz = rng.standard_normal((N, O)).astype(dtype)
+    z, = _same_bits_both_ways(fc, "forward_tiles", "batch", (x, w, b), [np.zeros((N, O), dtype)])
+    want = np.zeros((N, O), dtype)
+    fc.fc_forward_loop_into(x, w, b, want)
+    assert np.array_equal(z, want)
+    got = []
+    for tiles in (fc.dx_tiles_wide, fc.dx_tiles_narrow):
+        dx = np.zeros((N, I), dtype)
+        njit(lambda dz, w, dx: tiles(dz, w, dx))(dz, w, dx)
+        got.append(dx)
+    want = np.zeros((N, I), dtype)
+    fc.fc_dx_loop_into(dz, w, want)
+    assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], want)
+    if I % 64 == 0:
+        got = []
+        for tile in (fc._grad_tile_wide, fc._grad_tile_narrow):
+            @njit
+            def grads(dz, x, out):
+                for o in range(0, dz.shape[1], 2):
+                    p = min(o + 1, dz.shape[1] - 1)
+                    for i in range(0, x.shape[1], 64):
+                        a0, a1, a2, a3, b0, b1, b2, b3 = tile(dz, x, o, p, 0, dz.shape[0], i)
+                        r, q = o * x.shape[1] + i, p * x.shape[1] + i
+                        vstore(out, r, a0), vstore(out, r + 16, a1), vstore(out, r + 32, a2), vstore(out, r + 48, a3)
+                        vstore(out, q, b0), vstore(out, q + 16, b1), vstore(out, q + 32, b2), vstore(out, q + 48, b3)
+            out = np.zeros((O, I), dtype)
+            grads(dz, x, out)
+            got.append(out)
+        dw, db = np.zeros((O, I), dtype), np.zeros(O, dtype)
+        fc.fc_grads_into(dz, x, dw, db)
+        assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], dw)

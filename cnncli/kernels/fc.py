@@ -21,11 +21,11 @@ from numba import njit
 
 from .checks import check_array, check_out
 from .reduce import LEVELS, tree_fold, tree_push
-from .simd import sfma, vfma, vhsum, vload, vmul, vsplat, vstore, vzero
+from .simd import WIDE, sfma, vfma, vhsum, vload, vmul, vsplat, vstore, vzero
 
 
 @njit(inline="always")
-def _grad_tile(dz, x, o, p, n0, n1, i):
+def _grad_tile_wide(dz, x, o, p, n0, n1, i):
     # outputs o and p x columns i .. i+63 of sum over n0 <= n < n1 of dz[n, .] * x[n, :]: the first
     # product rounded, then one fma per image in order; eight 16-lane chains sharing the x loads
     I = x.shape[1]
@@ -41,6 +41,33 @@ def _grad_tile(dz, x, o, p, n0, n1, i):
         a0, a1, a2, a3 = vfma(u, x0, a0), vfma(u, x1, a1), vfma(u, x2, a2), vfma(u, x3, a3)
         b0, b1, b2, b3 = vfma(v, x0, b0), vfma(v, x1, b1), vfma(v, x2, b2), vfma(v, x3, b3)
     return a0, a1, a2, a3, b0, b1, b2, b3
+
+
+@njit(inline="always")
+def _grad_half(dz, x, o, p, n0, n1, i):
+    # _grad_tile_wide's sums for columns i .. i+31 only: four 16-lane chains
+    I = x.shape[1]
+    u, v = vsplat(dz[n0, o]), vsplat(dz[n0, p])
+    r = n0 * I + i
+    x0, x1 = vload(x, r), vload(x, r + 16)
+    a0, a1, b0, b1 = vmul(u, x0), vmul(u, x1), vmul(v, x0), vmul(v, x1)
+    for n in range(n0 + 1, n1):
+        u, v = vsplat(dz[n, o]), vsplat(dz[n, p])
+        r = n * I + i
+        x0, x1 = vload(x, r), vload(x, r + 16)
+        a0, a1, b0, b1 = vfma(u, x0, a0), vfma(u, x1, a1), vfma(v, x0, b0), vfma(v, x1, b1)
+    return a0, a1, b0, b1
+
+
+@njit(inline="always")
+def _grad_tile_narrow(dz, x, o, p, n0, n1, i):
+    # _grad_tile_wide in two passes of 32 columns (its 14 vectors spill on AVX2): the same sums
+    a0, a1, b0, b1 = _grad_half(dz, x, o, p, n0, n1, i)
+    a2, a3, b2, b3 = _grad_half(dz, x, o, p, n0, n1, i + 32)
+    return a0, a1, a2, a3, b0, b1, b2, b3
+
+
+_grad_tile = _grad_tile_wide if WIDE else _grad_tile_narrow   # (simd.WIDE: see conv16.py)
 
 
 @njit(cache=True, nogil=True)
@@ -155,6 +182,12 @@ def fc_forward_loop_into(x, w, b, z):
     # times four outputs at a time (16 independent chains, one x and one w load per 4 FMAs; the
     # outputs past O - 1 clamped to it: the same sums again). The same bits for any N and any
     # grouping. One _finish site per loop: compile time.
+    forward_tiles(x, w, b, z)
+
+
+@njit(inline="always")
+def forward_tiles_wide(x, w, b, z):
+    # fc_forward_loop_into's loops: four images x four outputs at a time
     N, I = x.shape
     O = w.shape[0]
     V = I - I % 16
@@ -190,6 +223,40 @@ def fc_forward_loop_into(x, w, b, z):
 
 
 @njit(inline="always")
+def forward_tiles_narrow(x, w, b, z):
+    # fc_forward_loop_into's loops with two images x two outputs at a time (the wide tile's 21
+    # vectors spill on AVX2): the same sums
+    N, I = x.shape
+    O = w.shape[0]
+    V = I - I % 16
+    acc = np.empty((4, 16), x.dtype)                 # (4,16) the tile's lanes, then finished one by one
+    for n0 in range(0, N - N % 2, 2):
+        r0, r1 = n0 * I, (n0 + 1) * I
+        for o in range(0, O, 2):
+            q = min(o + 1, O - 1)
+            a0, a1, c0, c1 = vzero(x), vzero(x), vzero(x), vzero(x)
+            for i in range(0, V, 16):
+                x0, x1 = vload(x, r0 + i), vload(x, r1 + i)
+                wv = vload(w, o * I + i)
+                a0, a1 = vfma(x0, wv, a0), vfma(x1, wv, a1)
+                wv = vload(w, q * I + i)
+                c0, c1 = vfma(x0, wv, c0), vfma(x1, wv, c1)
+            for k, v in enumerate((a0, a1, c0, c1)):
+                vstore(acc, k * 16, v)
+            for k in range(4):
+                _finish(x, w, b, z, n0 + k % 2, min(o + k // 2, O - 1), vload(acc, k * 16))
+    for n in range(N - N % 2, N):
+        for o in range(O):
+            a = vzero(x)
+            for i in range(0, V, 16):
+                a = vfma(vload(x, n * I + i), vload(w, o * I + i), a)
+            _finish(x, w, b, z, n, o, a)
+
+
+forward_tiles = forward_tiles_wide if WIDE else forward_tiles_narrow
+
+
+@njit(inline="always")
 def _finish(x, w, b, z, n, o, a):
     # z[n, o] = the lanes of a added left to right + the last I % 16 terms of x[n] . w[o] in order, + b[o]
     I = x.shape[1]
@@ -206,6 +273,12 @@ def fc_dx_loop_into(dz, w, dx):
     # over o in order (the first product rounded, then fma), four images times 64 columns (16
     # vectors) at a time, the other columns and images through _dx_columns (the same operations);
     # the same bits for any N and grouping
+    dx_tiles(dz, w, dx)
+
+
+@njit(inline="always")
+def dx_tiles_wide(dz, w, dx):
+    # fc_dx_loop_into's loops: four images x 64 columns at a time
     N, O = dz.shape
     I = w.shape[1]
     for n0 in range(0, N - N % 4, 4):
@@ -235,6 +308,34 @@ def fc_dx_loop_into(dz, w, dx):
                 vstore(dx, u + i + 16 * k, v)
     for n in range(N):        # the columns the blocks left: I % 64 of a block's rows, all of the last N % 4 rows
         _dx_columns(dz, w, dx, n, I - I % 64 if n < N - N % 4 else 0)
+
+
+@njit(inline="always")
+def dx_tiles_narrow(dz, w, dx):
+    # fc_dx_loop_into's loops with two images x 32 columns at a time (the wide tile's 24 vectors
+    # spill on AVX2): the same sums
+    N, O = dz.shape
+    I = w.shape[1]
+    for n0 in range(0, N - N % 2, 2):
+        r, s = n0 * I, (n0 + 1) * I
+        for i in range(0, I - I % 32, 32):
+            a, c = vsplat(dz[n0, 0]), vsplat(dz[n0 + 1, 0])
+            w0, w1 = vload(w, i), vload(w, i + 16)
+            d0, d1, e0, e1 = vmul(a, w0), vmul(a, w1), vmul(c, w0), vmul(c, w1)
+            for o in range(1, O):
+                q = o * I + i
+                a, c = vsplat(dz[n0, o]), vsplat(dz[n0 + 1, o])
+                w0, w1 = vload(w, q), vload(w, q + 16)
+                d0, d1, e0, e1 = vfma(a, w0, d0), vfma(a, w1, d1), vfma(c, w0, e0), vfma(c, w1, e1)
+            vstore(dx, r + i, d0)
+            vstore(dx, r + i + 16, d1)
+            vstore(dx, s + i, e0)
+            vstore(dx, s + i + 16, e1)
+    for n in range(N):        # the columns the blocks left: I % 32 of a block's rows, all of the last N % 2 rows
+        _dx_columns(dz, w, dx, n, I - I % 32 if n < N - N % 2 else 0)
+
+
+dx_tiles = dx_tiles_wide if WIDE else dx_tiles_narrow
 
 
 @njit(inline="always")

@@ -214,12 +214,7 @@ def forward_tiles_wide(x, w, b, z):
                 vstore(acc, k * 16, v)
             for k in range(16):
                 _finish(x, w, b, z, n0 + k % 4, min(o + k // 4, O - 1), vload(acc, k * 16))
-    for n in range(N - N % 4, N):
-        for o in range(O):
-            a = vzero(x)
-            for i in range(0, V, 16):
-                a = vfma(vload(x, n * I + i), vload(w, o * I + i), a)
-            _finish(x, w, b, z, n, o, a)
+    _forward_rows(x, w, b, z, N - N % 4)
 
 
 @njit(inline="always")
@@ -245,15 +240,23 @@ def forward_tiles_narrow(x, w, b, z):
                 vstore(acc, k * 16, v)
             for k in range(4):
                 _finish(x, w, b, z, n0 + k % 2, min(o + k // 2, O - 1), vload(acc, k * 16))
-    for n in range(N - N % 2, N):
-        for o in range(O):
+    _forward_rows(x, w, b, z, N - N % 2)
+
+
+forward_tiles = forward_tiles_wide if WIDE else forward_tiles_narrow
+
+
+@njit(inline="always")
+def _forward_rows(x, w, b, z, n0):
+    # the rows n0.. the tiles left, one dot product at a time with the tiles' operations
+    N, I = x.shape
+    V = I - I % 16
+    for n in range(n0, N):
+        for o in range(w.shape[0]):
             a = vzero(x)
             for i in range(0, V, 16):
                 a = vfma(vload(x, n * I + i), vload(w, o * I + i), a)
             _finish(x, w, b, z, n, o, a)
-
-
-forward_tiles = forward_tiles_wide if WIDE else forward_tiles_narrow
 
 
 @njit(inline="always")

@@ -4,8 +4,8 @@ caches, no gradients (the training layers are the other modules).
 """
 
 # Shape legend: N images, L chunks of at most M images, U = H*W (per-unit BN) or 1 (per-channel BN,
-# or no BN: scale 1, shift 0), C classes; the layers' shapes are the network's: x (N,1,32,32), w1 (6,1,5,5), w2 (16,6,5,5),
-# w3 (65,1024), w4 (C,65).
+# or no BN: scale 1, shift 0), C classes; the layers' shapes are the network's: x (N,1,32,32),
+# w1 (6,1,5,5), w2 (16,6,5,5), w3 (65,1024), w4 (C,65).
 
 from __future__ import annotations
 
@@ -126,13 +126,19 @@ def _infer_chunks(sync, bounds, x, w1, b1, sc1, sh1, w2, b2, sc2, sh2, w3, zero3
     # this thread's scratch in one zeroed buffer, each array from a 64-byte boundary (aligned.py):
     # numba's np.empty lands 0 or 32 bytes past one, and with xp 32 bytes past, batch-128 inference
     # on the AVX2 VM of docs/performance.md ran ~28,000 img/s on 2 threads instead of ~34,000
-    buf = np.zeros(13936 + M * (1024 + U3) + ALIGN // x.itemsize, f)
-    xp = carve64(buf, 0, 1296).reshape(1, 36 * 36)                  # (1,36*36) zero border
-    z1 = carve64(buf, 1296, 6144).reshape(6, 32 * 32)               # (6,32*32)
-    p1 = carve64(buf, 7440, 2400).reshape(6, 20 * 20)               # (6,20*20) zero borders
-    z2 = carve64(buf, 9840, 4096).reshape(16, 16 * 16)              # (16,16*16)
-    flat = carve64(buf, 13936, M * 1024).reshape(M, 1024)           # (M,1024) fc1's input, a chunk's rows
-    z3 = carve64(buf, 13936 + M * 1024, M * U3).reshape(M, U3)      # (M,65) fc1's output
+    # (each array's size a multiple of 16 elements, so each next one starts on a boundary too)
+    at_z1 = 36 * 36
+    at_p1 = at_z1 + 6 * 32 * 32
+    at_z2 = at_p1 + 6 * 20 * 20
+    at_flat = at_z2 + 16 * 16 * 16
+    at_z3 = at_flat + M * 1024
+    buf = np.zeros(at_z3 + M * U3 + ALIGN // x.itemsize, f)
+    xp = carve64(buf, 0, at_z1).reshape(1, 36 * 36)                 # (1,36*36) zero border
+    z1 = carve64(buf, at_z1, 6 * 1024).reshape(6, 32 * 32)          # (6,32*32)
+    p1 = carve64(buf, at_p1, 6 * 400).reshape(6, 20 * 20)           # (6,20*20) zero borders
+    z2 = carve64(buf, at_z2, 16 * 256).reshape(16, 16 * 16)         # (16,16*16)
+    flat = carve64(buf, at_flat, M * 1024).reshape(M, 1024)         # (M,1024) fc1's input, a chunk's rows
+    z3 = carve64(buf, at_z3, M * U3).reshape(M, U3)                 # (M,65) fc1's output
     while True:
         j, a, b = next_shard(sync, CHUNKS, bounds)
         if j < 0:

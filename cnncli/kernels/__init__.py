@@ -5,7 +5,7 @@ compiler settings made here before numba is first imported.
 """
 
 # Modules: one per layer kind (conv, conv32, conv16, pool, activation, batchnorm, bnstats, bntree,
-# bnpool, head, fc, loss, inference, adam), a BN step's conv tasks as single calls (segments), plus
+# bnpool (+ bnunits, bnblock), head, fc, loss, inference, adam), a BN step's conv tasks as single calls (segments), plus
 # their support: simd (16-lane vectors), threads, reduce, checks, lookup (input), peak (the
 # machine's measured FMA peak, for `cnn bench`).
 #

@@ -1,6 +1,7 @@
 """Training-mode BN of the two conv layers fused with their 2x2 max pool + ELU, one shard at a time,
-in 16-lane vectors: BN's output, xhat and dy are never stored. Not the coefficients (bncoef.py),
-the statistics (bnstats.py), fc1's BN (no pooling there) nor the inference path (inference.py).
+in 16-lane vectors: BN's output, xhat and dy are never stored. The entry points and the
+per-channel loops; the per-unit loops are in bnunits.py. Not the coefficients (bncoef.py), the
+statistics (bnstats.py), fc1's BN (no pooling there) nor the inference path (inference.py).
 """
 
 # Training-mode batch normalization of the two conv layers fused with their 2x2 max pool + ELU,
@@ -25,64 +26,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .activation import velu
+from .bnblock import _dy_block, _dz, _elu_grad, _map_setup, _pool_store, _pooled_at
 from .bncoef import A_ROW, B_ROW, BETA_ROW, G_ROW, INV_ROW, M_ROW, bn_coef_backward_into, bn_coef_forward_into
+from .bnunits import BACKWARD_GROUP, GROUP, backward_units, forward_units, unit_sums
 from .checks import check_array
-from .pool import _positions, _window_max_v, _windows
-from .simd import (vadd, vfma, vhsum, vload, vload_i8, vmul, vsel_eq, vsel_gt, vsplat, vstore,
-                   vstore_i8, vsub, vwiden, vzero, vzip_hi, vzip_lo)
+from .pool import _positions, _windows
+from .simd import vadd, vfma, vhsum, vload, vload_i8, vmul, vsel_eq, vsplat, vstore, vsub, vwiden, vzero
 
 # The per-map loops below index every array in place and call only helpers on vectors: an array
 # handed to a helper inside a loop costs a reference count (an atomic) per call.
-
-# Per unit, the loops hold a block's coefficients in registers through GROUP images at a time: the
-# images of a group are read side by side, one stream per image and array, and the hardware
-# prefetchers follow about four such streams of each array, not a whole shard's (8 images: the
-# backward then ran ~1.5x slower on arrays out of L2, scripts/bn_unit_group.py).
-GROUP = 4
-
-@njit(inline="always")
-def _memory(W, e0, e1, e2, e3):
-    # the inverse of _windows: positions 0..3 of 16 windows -> the block's 4 vectors in memory order
-    if W == 32:
-        return vzip_lo(e0, e1), vzip_hi(e0, e1), vzip_lo(e2, e3), vzip_hi(e2, e3)
-    return vzip_lo(e0, e1), vzip_lo(e2, e3), vzip_hi(e0, e1), vzip_hi(e2, e3)
-
-
-@njit(inline="always")
-def _routed(g, kv, pos):
-    # g at each window's winner position kv, 0 at the other three: positions 0..3
-    zero = pos[0]
-    return (vsel_eq(kv, pos[0], g, zero), vsel_eq(kv, pos[1], g, zero),
-            vsel_eq(kv, pos[2], g, zero), vsel_eq(kv, pos[3], g, zero))
-
-
-@njit(inline="always")
-def _elu_grad(dv, pv, one, zero):
-    # dp * ELU'(p): ELU' = 1 where p > 0, else p + 1
-    return vsel_gt(pv, zero, dv, vmul(dv, vadd(pv, one)))
-
-
-@njit(inline="always")
-def _pooled_at(Hq, Wq, o, n, C, c, i, W):
-    # flat offset in pp (N,C,Hq,Wq) of block i's 16 pooled values (a row of 16, or two rows of 8, o = 0)
-    if W == 32:
-        return ((n * C + c) * Hq + o + i) * Wq + o
-    return (n * C + c) * Hq * Wq + i * 16
-
-
-@njit(inline="always")
-def _load4(a, q):
-    # the 4 vectors of a (flat) from q: a block of 64 values
-    return vload(a, q), vload(a, q + 16), vload(a, q + 32), vload(a, q + 48)
-
-
-@njit(inline="always")
-def _map_setup(arg, pp, coef, n, c, W):
-    # the sizes and constants of map (n, c)'s loop: C, S, E (coef's columns), pp's Hq and Wq, the
-    # map's flat offset in z, the positions 0..3 and 1 as vectors
-    C, S = arg.shape[1], W * W
-    return C, S, coef.shape[1], pp.shape[2], pp.shape[3], (n * C + c) * S, _positions(pp), vsplat(pp.dtype.type(1))
 
 
 @njit(inline="always")
@@ -100,37 +52,6 @@ def _forward_map(z, coef, pp, o, arg, n, c, W):
         _pool_store(pp, o, arg, n, C, c, i, W, zo, pos, y0, y1, y2, y3)
 
 
-@njit(inline="always")
-def _pool_store(pp, o, arg, n, C, c, i, W, zo, pos, y0, y1, y2, y3):
-    # block i of map (n, c): the ELU of its 16 windows' maxima into pp, their positions into arg
-    p0, p1, p2, p3 = _windows(W, y0, y1, y2, y3)
-    best, k = _window_max_v(p0, p1, p2, p3, pos)
-    vstore(pp, _pooled_at(pp.shape[2], pp.shape[3], o, n, C, c, i, W), velu(best))
-    vstore_i8(arg, zo // 4 + i * 16, k)
-
-
-@njit(inline="always")
-def _forward_units(z, coef, pp, o, arg, W, G):
-    # per unit: G images at a time, block by block of 64 units, the block's m, a, beta in
-    # registers through the group's images (the operations of _forward_map with each unit's own values)
-    N, C = arg.shape[0], arg.shape[1]
-    S, E = W * W, coef.shape[1]
-    pos = _positions(pp)
-    for n0 in range(0, N, G):
-        for c in range(C):
-            for i in range(S // 64):
-                u = c * S + i * 64
-                m0, m1, m2, m3 = _load4(coef, u)
-                a0, a1, a2, a3 = _load4(coef, A_ROW * E + u)
-                b0, b1, b2, b3 = _load4(coef, BETA_ROW * E + u)
-                for n in range(n0, min(N, n0 + G)):
-                    zo = (n * C + c) * S
-                    r = zo + i * 64
-                    y0, y1 = vfma(vsub(vload(z, r), m0), a0, b0), vfma(vsub(vload(z, r + 16), m1), a1, b1)
-                    y2, y3 = vfma(vsub(vload(z, r + 32), m2), a2, b2), vfma(vsub(vload(z, r + 48), m3), a3, b3)
-                    _pool_store(pp, o, arg, n, C, c, i, W, zo, pos, y0, y1, y2, y3)
-
-
 @njit(cache=True, nogil=True)
 def bn_pool_elu_forward_into(z, coef, pp, o, arg, unit):
     # z (N,C,W,W) BN's input, coef (6,C*W*W), unit: BN per unit (else per channel: coef's values
@@ -139,13 +60,13 @@ def bn_pool_elu_forward_into(z, coef, pp, o, arg, unit):
     # first, as pool.py)
     N, C = arg.shape[0], arg.shape[1]
     if z.shape[3] == 32 and unit:    # each case in a loop of its own (as pool.py: a test per map is slower)
-        _forward_units(z, coef, pp, o, arg, 32, GROUP)
+        forward_units(z, coef, pp, o, arg, 32, GROUP)
     elif z.shape[3] == 32:
         for n in range(N):
             for c in range(C):
                 _forward_map(z, coef, pp, o, arg, n, c, 32)
     elif unit:
-        _forward_units(z, coef, pp, o, arg, 16, GROUP)
+        forward_units(z, coef, pp, o, arg, 16, GROUP)
     else:
         for n in range(N):
             for c in range(C):
@@ -171,58 +92,6 @@ def _sums_map(dp, pp, o, arg, z, coef, n, c, W, s1, s2):
     return s1, s2
 
 
-@njit(inline="always")
-def _unit_sums(dp, pp, o, arg, z, coef, out, W, G):
-    # bn_unpool_sums_into per unit: G images at a time, block by block of 64 units, each unit's dy
-    # and dy*xhat over the group's images (in order) added in the dtype, in registers; each group's
-    # sums then go into out in float64 (stored by the first group, added by the next). The sums stay
-    # in window order (position k of the 16 windows) and each image adds its winners only, a masked
-    # add per position: dy is 0 at the other three, and adding that 0 (or 0 * xhat, xhat finite)
-    # would leave the same bits (a sum from +0 never holds -0); memory order in out
-    N, C = arg.shape[0], arg.shape[1]
-    S, E = W * W, coef.shape[1]
-    Hq, Wq = pp.shape[2], pp.shape[3]
-    pos = _positions(pp)
-    one = vsplat(pp.dtype.type(1))
-    zero = pos[0]
-    for n0 in range(0, N, G):
-        for c in range(C):
-            for i in range(S // 64):
-                r, u = i * 64, c * S + i * 64
-                a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero
-                m0, m1, m2, m3 = _load4(coef, u)
-                m0, m1, m2, m3 = _windows(W, m0, m1, m2, m3)
-                i0, i1, i2, i3 = _load4(coef, INV_ROW * E + u)
-                i0, i1, i2, i3 = _windows(W, i0, i1, i2, i3)
-                for n in range(n0, min(N, n0 + G)):
-                    zo = (n * C + c) * S
-                    g = _elu_grad(vload(dp, zo // 4 + i * 16), vload(pp, _pooled_at(Hq, Wq, o, n, C, c, i, W)), one,
-                                  pos[0])
-                    kv = vload_i8(arg, zo // 4 + i * 16, pp)
-                    z0, z1, z2, z3 = _load4(z, zo + r)
-                    z0, z1, z2, z3 = _windows(W, z0, z1, z2, z3)
-                    zw = vsel_eq(kv, pos[0], z0, vsel_eq(kv, pos[1], z1, vsel_eq(kv, pos[2], z2, z3)))
-                    mw = vsel_eq(kv, pos[0], m0, vsel_eq(kv, pos[1], m1, vsel_eq(kv, pos[2], m2, m3)))
-                    iw = vsel_eq(kv, pos[0], i0, vsel_eq(kv, pos[1], i1, vsel_eq(kv, pos[2], i2, i3)))
-                    xd = vmul(g, vmul(vsub(zw, mw), iw))
-                    a0, b0 = vsel_eq(kv, pos[0], vadd(a0, g), a0), vsel_eq(kv, pos[0], vadd(b0, xd), b0)
-                    a1, b1 = vsel_eq(kv, pos[1], vadd(a1, g), a1), vsel_eq(kv, pos[1], vadd(b1, xd), b1)
-                    a2, b2 = vsel_eq(kv, pos[2], vadd(a2, g), a2), vsel_eq(kv, pos[2], vadd(b2, xd), b2)
-                    a3, b3 = vsel_eq(kv, pos[3], vadd(a3, g), a3), vsel_eq(kv, pos[3], vadd(b3, xd), b3)
-                a0, a1, a2, a3 = _memory(W, a0, a1, a2, a3)
-                b0, b1, b2, b3 = _memory(W, b0, b1, b2, b3)
-                for k, t in enumerate((a0, a1, a2, a3)):
-                    _add_out(out, u + 16 * k, vwiden(t), n0 == 0)
-                for k, t in enumerate((b0, b1, b2, b3)):
-                    _add_out(out, E + u + 16 * k, vwiden(t), n0 == 0)
-
-
-@njit(inline="always")
-def _add_out(out, q, v, first):
-    # out[q .. q+15] = v (the first group's sums) or out[q ..] + v (a later group's)
-    vstore(out, q, v if first else vadd(vload(out, q), v))
-
-
 @njit(cache=True, nogil=True)
 def bn_unpool_sums_into(dp, pp, o, arg, z, coef, out):
     # dp (N,C,W/2,W/2) gradient of the pooled ELU output, pp and arg as the forward wrote them, z
@@ -234,9 +103,9 @@ def bn_unpool_sums_into(dp, pp, o, arg, z, coef, out):
     W = z.shape[3]
     per_unit = out.shape[0] // 2 != arg.shape[1]
     if W == 32 and per_unit:         # each case in a loop of its own, W a constant there
-        _unit_sums(dp, pp, o, arg, z, coef, out, 32, GROUP)
+        unit_sums(dp, pp, o, arg, z, coef, out, 32, GROUP)
     elif per_unit:
-        _unit_sums(dp, pp, o, arg, z, coef, out, 16, GROUP)
+        unit_sums(dp, pp, o, arg, z, coef, out, 16, GROUP)
     elif W == 32:
         _channel_sums(dp, pp, o, arg, z, coef, out, 32)
     else:
@@ -257,12 +126,6 @@ def _channel_sums(dp, pp, o, arg, z, coef, out, W):
 
 
 @njit(inline="always")
-def _dz(d, zv, m, inv, a, g, b):
-    # dz = a * dy + (G * xhat + B) of 16 values, xhat = (z - m) * inv
-    return vfma(a, d, vfma(g, vmul(vsub(zv, m), inv), b))
-
-
-@njit(inline="always")
 def _backward_map(dp, pp, o, arg, z, coef, dz, n, c, W):
     # map (n, c) of bn_unpool_backward_into per channel: its five coefficients are one value each,
     # splat once
@@ -279,56 +142,19 @@ def _backward_map(dp, pp, o, arg, z, coef, dz, n, c, W):
         vstore(dz, r + 48, _dz(d3, vload(z, r + 48), m, inv, a, g, b))
 
 
-@njit(inline="always")
-def _dy_block(dp, pp, o, arg, n, C, c, i, W, zo, pos, one):
-    # block i of map (n, c): dp through ELU' routed to each window's winner, in memory order
-    g = _elu_grad(vload(dp, zo // 4 + i * 16), vload(pp, _pooled_at(pp.shape[2], pp.shape[3], o, n, C, c, i, W)),
-                  one, pos[0])
-    e0, e1, e2, e3 = _routed(g, vload_i8(arg, zo // 4 + i * 16, pp), pos)
-    return _memory(W, e0, e1, e2, e3)
-
-
-@njit(inline="always")
-def _backward_units(dp, pp, o, arg, z, coef, dz, W, G):
-    # bn_unpool_backward_into per unit: G images at a time, block by block of 64 units, their
-    # five coefficients in registers through the group's images (the operations of _backward_map
-    # with each unit's own)
-    N, C = arg.shape[0], arg.shape[1]
-    S, E = W * W, coef.shape[1]
-    pos = _positions(pp)
-    one = vsplat(pp.dtype.type(1))
-    for n0 in range(0, N, G):
-        for c in range(C):
-            for i in range(S // 64):
-                u = c * S + i * 64
-                m0, m1, m2, m3 = _load4(coef, u)
-                i0, i1, i2, i3 = _load4(coef, INV_ROW * E + u)
-                a0, a1, a2, a3 = _load4(coef, A_ROW * E + u)
-                g0, g1, g2, g3 = _load4(coef, G_ROW * E + u)
-                b0, b1, b2, b3 = _load4(coef, B_ROW * E + u)
-                for n in range(n0, min(N, n0 + G)):
-                    zo = (n * C + c) * S
-                    r = zo + i * 64
-                    d0, d1, d2, d3 = _dy_block(dp, pp, o, arg, n, C, c, i, W, zo, pos, one)
-                    vstore(dz, r, _dz(d0, vload(z, r), m0, i0, a0, g0, b0))
-                    vstore(dz, r + 16, _dz(d1, vload(z, r + 16), m1, i1, a1, g1, b1))
-                    vstore(dz, r + 32, _dz(d2, vload(z, r + 32), m2, i2, a2, g2, b2))
-                    vstore(dz, r + 48, _dz(d3, vload(z, r + 48), m3, i3, a3, g3, b3))
-
-
 @njit(cache=True, nogil=True)
 def bn_unpool_backward_into(dp, pp, o, arg, z, coef, dz, unit):
     # dp, pp, arg, z as in bn_unpool_sums_into, coef (6,C*W*W) with the batch's B and G rows, unit
     # as in bn_pool_elu_forward_into   ->   dz (N,C,W,W) = a * dy + (G * xhat + B), BN's input gradient
     N, C = arg.shape[0], arg.shape[1]
     if z.shape[3] == 32 and unit:    # each case in a loop of its own
-        _backward_units(dp, pp, o, arg, z, coef, dz, 32, GROUP)
+        backward_units(dp, pp, o, arg, z, coef, dz, 32, BACKWARD_GROUP)
     elif z.shape[3] == 32:
         for n in range(N):
             for c in range(C):
                 _backward_map(dp, pp, o, arg, z, coef, dz, n, c, 32)
     elif unit:
-        _backward_units(dp, pp, o, arg, z, coef, dz, 16, GROUP)
+        backward_units(dp, pp, o, arg, z, coef, dz, 16, BACKWARD_GROUP)
     else:
         for n in range(N):
             for c in range(C):

@@ -6,7 +6,7 @@ run on any machine), per 8-image shard, on arrays in cache (one shard over and o
     python scripts/bn_unit_group.py [--batch 256] [--repeats 7]
 
 Prints microseconds per shard (best of the repeats) and each time as a fraction of the wide tile's
-at G = 8, for the forward (pool of ELU(BN); one tile), the backward's sums and the backward's dz,
+at G = 8, for the forward (pool of ELU(BN)), the backward's sums and the backward's dz,
 conv1's 32x32 maps and conv2's 16x16. Every G and tile gives the same bits in the forward and dz,
 and both tiles the same sums at a G (checked); the sums add each group's images in the dtype, so G
 changes their rounding (checked to agree within 1e-5). Prints numbers and exits with an error when
@@ -29,16 +29,17 @@ GROUPS = (1, 2, 4, 8)
 
 def kernels(G, tile):
     """(forward, sums, backward) per-unit kernels taking G images at a time, in tile ("wide" or
-    "narrow"; the forward has one)."""
+    "narrow")."""
+    forward_units = getattr(bnunits, f"forward_units_{tile}")
     unit_sums = getattr(bnunits, f"unit_sums_{tile}")
     backward_units = getattr(bnunits, f"backward_units_{tile}")
 
     @njit(nogil=True)
     def forward(z, coef, pp, o, arg):
         if z.shape[3] == 32:
-            bnunits.forward_units(z, coef, pp, o, arg, 32, G)
+            forward_units(z, coef, pp, o, arg, 32, G)
         else:
-            bnunits.forward_units(z, coef, pp, o, arg, 16, G)
+            forward_units(z, coef, pp, o, arg, 16, G)
 
     @njit(nogil=True)
     def sums(dp, pp, o, arg, z, coef, out):

@@ -90,9 +90,9 @@ def test_fused_bn_pool_refuses_other_shapes():
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("W, o", CASES)
 def test_wide_and_narrow_unit_tiles_give_the_same_bits(dtype, W, o):
-    """bnunits' per-unit sums and dz in AVX-512's (wide) and AVX2's (narrow) register tiles: the same
-    bits on whichever machine, at every group size (N = 5: a short last group), and the same as the
-    public kernels, which use one of them (simd.WIDE)."""
+    """bnunits' per-unit forward, sums and dz in AVX-512's (wide) and AVX2's (narrow) register
+    tiles: the same bits on whichever machine, at every group size (N = 5: a short last group), and
+    the same as the public kernels, which use one of them (simd.WIDE)."""
     from numba import njit
 
     from cnncli.kernels import bncoef, bnunits
@@ -102,28 +102,35 @@ def test_wide_and_narrow_unit_tiles_give_the_same_bits(dtype, W, o):
     z, dp, gamma = z.astype(dtype), dp.astype(dtype), gamma.astype(dtype)
     pp, arg = bnpool.bn_pool_elu_forward(z, mean, invstd, gamma, beta.astype(dtype), o)
     sums = bnpool.bn_unpool_sums(dp, pp, o, arg, z, mean, invstd)
+    fcoef = bnpool._coef(z, mean, invstd, gamma, beta.astype(dtype))
     coef = bnpool._coef(z, mean, invstd, gamma, np.zeros_like(gamma))
     bncoef.bn_coef_backward_into(invstd, gamma, sums, float(z.shape[0]), coef)
     runs = {}
     for tile in ("wide", "narrow"):
-        unit_sums, backward = getattr(bnunits, f"unit_sums_{tile}"), getattr(bnunits, f"backward_units_{tile}")
+        forward, unit_sums = getattr(bnunits, f"forward_units_{tile}"), getattr(bnunits, f"unit_sums_{tile}")
+        backward = getattr(bnunits, f"backward_units_{tile}")
 
         @njit
-        def run(dp, pp, o, arg, z, coef, out, dz, G):
+        def run(dp, pp, o, arg, z, coef, out, dz, G, fcoef, fpp, farg):
             if z.shape[3] == 16:            # (W a constant in each call, as in bnpool)
+                forward(z, fcoef, fpp, o, farg, 16, G)
                 unit_sums(dp, pp, o, arg, z, coef, out, 16, G)
                 backward(dp, pp, o, arg, z, coef, dz, 16, G)
             else:
+                forward(z, fcoef, fpp, o, farg, 32, G)
                 unit_sums(dp, pp, o, arg, z, coef, out, 32, G)
                 backward(dp, pp, o, arg, z, coef, dz, 32, G)
         for G in (1, 2, 4):
             out, dz = np.full_like(sums, np.nan), np.full_like(z, np.nan)
-            run(dp, pp, o, arg, z, coef, out, dz, G)
-            runs[(tile, G)] = out, dz
+            fpp, farg = np.zeros_like(pp), np.full_like(arg, -1)
+            run(dp, pp, o, arg, z, coef, out, dz, G, fcoef, fpp, farg)
+            runs[(tile, G)] = out, dz, fpp, farg
     for G in (1, 2, 4):
         for a, b in zip(runs[("wide", G)], runs[("narrow", G)]):
             assert np.array_equal(a, b), G
-        assert np.array_equal(runs[("wide", G)][1], runs[("wide", 1)][1])   # dz does not depend on G
+        for k in (1, 2, 3):                 # dz and the forward do not depend on G
+            assert np.array_equal(runs[("wide", G)][k], runs[("wide", 1)][k])
     assert np.array_equal(runs[("wide", bnunits.GROUP)][0], sums)
     dz = bnpool.bn_unpool_backward(dp, pp, o, arg, z, mean, invstd, gamma, sums, z.shape[0])
     assert np.array_equal(runs[("wide", 1)][1], dz)
+    assert np.array_equal(runs[("wide", 1)][2], pp) and np.array_equal(runs[("wide", 1)][3], arg)

@@ -33,8 +33,8 @@ NARROW_BACKWARD_GROUP = 2      # AVX2's dz loop, which has no sums to round (scr
 
 
 @njit(inline="always")
-def forward_units(z, coef, pp, o, arg, W, G):
-    # per unit: G images at a time, block by block of 64 units, the block's m, a, beta in
+def forward_units_wide(z, coef, pp, o, arg, W, G):
+    # per unit, AVX-512's tile: G images at a time, block by block of 64 units, the block's m, a, beta in
     # registers through the group's images (the operations of _forward_map with each unit's own values)
     N, C = arg.shape[0], arg.shape[1]
     S, E = W * W, coef.shape[1]
@@ -129,6 +129,31 @@ def backward_units_wide(dp, pp, o, arg, z, coef, dz, W, G):
 
 
 
+
+@njit(inline="always")
+def forward_units_narrow(z, coef, pp, o, arg, W, G):
+    # forward_units_wide in AVX2's tile: m, a, beta read at each use
+    N, C = arg.shape[0], arg.shape[1]
+    S, E = W * W, coef.shape[1]
+    pos = _positions(pp)
+    for n0 in range(0, N, G):
+        for c in range(C):
+            for i in range(S // 64):
+                u = c * S + i * 64
+                for n in range(n0, min(N, n0 + G)):
+                    zo = (n * C + c) * S
+                    r = zo + i * 64
+                    y0, y1 = _y(z, coef, r, u, E), _y(z, coef, r + 16, u + 16, E)
+                    y2, y3 = _y(z, coef, r + 32, u + 32, E), _y(z, coef, r + 48, u + 48, E)
+                    _pool_store(pp, o, arg, n, C, c, i, W, zo, pos, y0, y1, y2, y3)
+
+
+@njit(inline="always")
+def _y(z, coef, r, q, E):
+    # y = (z - m) * a + beta of z[r .. r+15], units q .. q+15's coefficients read here
+    return vfma(vsub(vload(z, r), vload(coef, q)), vload(coef, A_ROW * E + q), vload(coef, BETA_ROW * E + q))
+
+
 @njit(inline="always")
 def unit_sums_narrow(dp, pp, o, arg, z, coef, out, W, G):
     # unit_sums_wide in AVX2's tile: each block in two halves, positions 0, 1 of its windows and
@@ -198,6 +223,7 @@ def _dz_stored(z, coef, dz, r, q, E, d):
 
 
 # the network's tiles (numba reads these names when it compiles a caller)
+forward_units = forward_units_wide if WIDE else forward_units_narrow
 unit_sums = unit_sums_wide if WIDE else unit_sums_narrow
 backward_units = backward_units_wide if WIDE else backward_units_narrow
 BACKWARD_GROUP = GROUP if WIDE else NARROW_BACKWARD_GROUP

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .arch import FC1_UNITS
-from .kernels import activation, bnpool, conv16, conv32, fc, pool, segments
+from .kernels import activation, bnpool, conv16, conv32, fc, fcgrad, pool, segments
 from .kernels.loss import sigmoid_bce_into
 
 
@@ -124,7 +124,7 @@ def head(P, G, ws, labels, weights, scale, backward):
     fc.fc_narrow_forward_into(ws.a3, P["fc2.w"], P["fc2.b"], ws.z4)
     loss = sigmoid_bce_into(ws.z4, labels, weights, scale, ws.probs, ws.dz4)
     if backward:
-        fc.fc_grads_into(ws.dz4, ws.a3, G["fc2.w"], G["fc2.b"])
+        fcgrad.fc_grads_into(ws.dz4, ws.a3, G["fc2.w"], G["fc2.b"])
         fc.fc_narrow_dx_into(ws.dz4, P["fc2.w"], ws.da3)
         activation.elu_backward_into(ws.da3.reshape(-1), ws.a3.reshape(-1), ws.dz3.reshape(-1))
     return loss
@@ -135,7 +135,7 @@ def head(P, G, ws, labels, weights, scale, backward):
 def backward_fc1(P, G, ws, bn2=None):
     """dz3 -> fc1's gradients, dflat -> (pool2, ELU) -> dz2; under BN, bn2 = (coef, row): only
     the shard's sums of BN2's dy and dy*xhat into row (backward_bn2_to_bn1_sums gives dz2 later)."""
-    fc.fc_grads_into(ws.dz3, ws.flat, G["fc1.w"], G["fc1.b"])
+    fcgrad.fc_grads_into(ws.dz3, ws.flat, G["fc1.w"], G["fc1.b"])
     fc.fc_dx_loop_into(ws.dz3, P["fc1.w"], ws.dflat)
     if bn2 is None:
         pool.pool_elu_backward_into(ws.dp2, ws.p2, 0, ws.arg2, ws.dz2)

@@ -22,8 +22,8 @@ import numpy as np
 
 KERNEL_MODULES = tuple(f"cnncli.kernels.{name}" for name in (
     "activation", "adam", "augment_draw", "augment_pixels", "batchnorm", "bncoef", "bnpool", "bnstats", "bntree",
-    "conv", "conv16", "conv32", "fc", "head", "inference", "lookup", "loss", "pool", "reduce", "segments", "tally",
-    "bnstep", "plainstep")) + ("cnncli.augment",)
+    "conv", "conv16", "conv32", "fc", "fcgrad", "head", "inference", "lookup", "loss", "pool", "reduce", "segments",
+    "tally", "bnstep", "plainstep")) + ("cnncli.augment",)
 
 def kernel_dispatchers() -> list:
     """Every cached numba dispatcher (`@njit(cache=True)`) of the kernel modules (KERNEL_MODULES)."""

@@ -25,7 +25,7 @@ import numpy as np
 from . import arch, bnphases, passes
 from .arch import FC1_UNITS, param_specs
 from .distributed import SHARD, shard_count, shard_slice
-from .kernels import bnstep, fc, plainstep
+from .kernels import bnstep, fcgrad, plainstep
 from .kernels.augment_draw import GIVEN, MADE, no_input
 from .kernels.reduce import RowTree, column_tasks, tree_sum_into
 from .kernels.sync import ABORT
@@ -319,11 +319,11 @@ def _plainstep_arrays(net, plan):
 
 
 def _fc_stack(plan):
-    """The one-call steps' per-thread stacks for fc1's gradient tree (fc.fc_grads_tree_task): stk
+    """The one-call steps' per-thread stacks for fc1's gradient tree (fcgrad.fc_grads_tree_task): stk
     (T,PAIRS*LEVELS,128) and lev (T,PAIRS*LEVELS) int64, made on first use."""
     if plan.fc_stack is None:
         T = max_threads()
-        rows = fc.PAIRS * fc.LEVELS
+        rows = fcgrad.PAIRS * fcgrad.LEVELS
         plan.fc_stack = (np.empty((T, rows, 128), plan.probs.dtype), np.empty((T, rows), np.int64))
     return plan.fc_stack
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from cnncli import blas
-from cnncli.kernels import activation, batchnorm, bnstats, bntree, conv, conv16, conv32, fc, lookup, pool, threads
+from cnncli.kernels import (activation, batchnorm, bnstats, bntree, conv, conv16, conv32, fc, fcgrad, lookup, pool,
+                            threads)
 from cnncli.kernels import loss as kloss
 
 import reference as R
@@ -260,7 +261,7 @@ def test_fc_grads_sum_images_in_order(rng, dtype, n, o, i):
     dz = (rng.standard_normal((n, o)) * 10.0 ** rng.integers(-3, 4, (n, o))).astype(dtype)
     x = rng.standard_normal((n, i)).astype(dtype)
     dw, db = np.full((o, i), np.nan, dtype), np.full(o, np.nan, dtype)
-    fc.fc_grads_into(dz, x, dw, db)
+    fcgrad.fc_grads_into(dz, x, dw, db)
     rdb = np.zeros(o, dtype)
     for k in range(n):
         rdb = dz[k].copy() if k == 0 else rdb + dz[k]
@@ -700,7 +701,7 @@ def test_wide_and_narrow_fc_tiles_give_the_same_bits(rng, dtype, N, O, I):
     assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], want)
     if I % 64 == 0:
         got = []
-        for tile in (fc._grad_tile_wide, fc._grad_tile_narrow):
+        for tile in (fcgrad._grad_tile_wide, fcgrad._grad_tile_narrow):
             @njit
             def grads(dz, x, out):
                 for o in range(0, dz.shape[1], 2):
@@ -714,5 +715,5 @@ def test_wide_and_narrow_fc_tiles_give_the_same_bits(rng, dtype, N, O, I):
             grads(dz, x, out)
             got.append(out)
         dw, db = np.zeros((O, I), dtype), np.zeros(O, dtype)
-        fc.fc_grads_into(dz, x, dw, db)
+        fcgrad.fc_grads_into(dz, x, dw, db)
         assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], dw)

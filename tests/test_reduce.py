@@ -94,11 +94,11 @@ def test_run_does_every_task_once_and_raises_a_tasks_error():
 @pytest.mark.parametrize("shards", [1, 2, 3, 5, 6, 7, 8, 11, 16, 17, 33])
 @pytest.mark.parametrize("O,I", [(65, 1024), (4, 64), (3, 320)])
 def test_fc_grads_tree_is_the_shards_gradients_through_tree_sum_bitwise(dtype, shards, O, I):
-    """fc.fc_grads_tree_task (fc1's gradient in the one-call step) sums the shards' fc_grads_into
+    """fcgrad.fc_grads_tree_task (fc1's gradient in the one-call step) sums the shards' fc_grads_into
     values through its stack exactly as tree_sum sums the rows: every shard count (odd nodes
     carried up), a short last shard, an odd O, a partial column group; the order of the tasks
     changes nothing."""
-    from cnncli.kernels import fc
+    from cnncli.kernels import fcgrad
 
     rng = np.random.default_rng(shards * 1000 + O)
     sizes = np.full(shards, 8)
@@ -110,11 +110,11 @@ def test_fc_grads_tree_is_the_shards_gradients_through_tree_sum_bitwise(dtype, s
     rows = np.zeros((shards, O * I + O), dtype)                                     # (L, O*I + O)
     for j in range(shards):
         a, b = bounds[j], bounds[j + 1]
-        fc.fc_grads_into(dz[a:b], x[a:b], rows[j, :O * I].reshape(O, I), rows[j, O * I:])
+        fcgrad.fc_grads_into(dz[a:b], x[a:b], rows[j, :O * I].reshape(O, I), rows[j, O * I:])
     dw, db = np.full((O, I), np.nan, dtype), np.full(O, np.nan, dtype)
-    stk, lev = np.empty((fc.PAIRS * fc.LEVELS, 128), dtype), np.empty(fc.PAIRS * fc.LEVELS, np.int64)
-    for task in rng.permutation(fc.fc_grads_tree_tasks(O, I)):
-        fc.fc_grads_tree_task(dz, x, bounds, dw, db, task, stk, lev)
+    stk, lev = np.empty((fcgrad.PAIRS * fcgrad.LEVELS, 128), dtype), np.empty(fcgrad.PAIRS * fcgrad.LEVELS, np.int64)
+    for task in rng.permutation(fcgrad.fc_grads_tree_tasks(O, I)):
+        fcgrad.fc_grads_tree_task(dz, x, bounds, dw, db, task, stk, lev)
     assert np.concatenate([dw.ravel(), db]).tobytes() == D.tree_sum(rows).tobytes()
 
 

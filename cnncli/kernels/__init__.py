@@ -5,9 +5,9 @@ compiler settings made here before numba is first imported.
 """
 
 # Modules: one per layer kind (conv, conv32, conv16, pool, activation, batchnorm, bnstats, bntree,
-# bnpool (+ bnunits, bnblock), head, fc, loss, inference, adam), a BN step's conv tasks as single calls (segments), plus
-# their support: simd (16-lane vectors), threads, reduce, checks, lookup (input), peak (the
-# machine's measured FMA peak, for `cnn bench`).
+# bnpool (+ bnunits, bnblock), head, fc (+ fcgrad), loss, inference, adam), a BN step's conv tasks
+# as single calls (segments), plus their support: simd (16-lane vectors), threads, reduce, checks,
+# lookup (input), peak (the machine's measured FMA peak, for `cnn bench`).
 #
 # Shape legend (every module; a module's own legend adds the letters only it uses):
 #   N images (of a batch, a shard or a block), C input maps (classes in head, loss and tally), F output

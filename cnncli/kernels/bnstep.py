@@ -29,7 +29,8 @@ from numba import njit
 from . import bncoef, bnpool, bnstats, bntree, segments
 from .augment_draw import MADE, make_input_into
 from .batchnorm import bn_unit_backward_given_into
-from .fc import fc_dx_loop_into, fc_forward_loop_into, fc_grads_tree_task, fc_grads_tree_tasks
+from .fc import fc_dx_loop_into, fc_forward_loop_into
+from .fcgrad import fc_grads_tree_task, fc_grads_tree_tasks
 from .head import bn_head_into
 from .reduce import LEVELS, tree_chunks, tree_cols_step, tree_rows_done, tree_slots, tree_top
 from . import sync as _sync
@@ -128,8 +129,8 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
     # (0,) float64, key uint64, augs (16,) float64 and pool (NL,) float32); the
     # parameters' views; the workspace (n = B) but for the arrays no phase hands to the next: dz2,
     # dz1, dzp2, dzt2 are a per-thread scratch (thread t's shard in rows t*sm : t*sm + sm, which
-    # stay in its cache), dwt2s (T,6,5,5,16); stk (T,fc.PAIRS*fc.LEVELS,128) and
-    # lev (T,fc.PAIRS*fc.LEVELS) int64 fc1's gradient tree stacks (fc.fc_grads_tree_task);
+    # stay in its cache), dwt2s (T,6,5,5,16); stk (T,fcgrad.PAIRS*fcgrad.LEVELS,128) and
+    # lev (T,fcgrad.PAIRS*fcgrad.LEVELS) int64 fc1's gradient tree stacks (fcgrad.fc_grads_tree_task);
     # fwd*/bwd* (L,2D) float64 the shards' rows (merged in place as they finish, up to level
     # tree_top(L, T): the statistics and sums phases finish the tree), counts* (L,) values per
     # statistic in each shard, M* the batch's; stats* (3,D),

@@ -17,7 +17,8 @@ from numba import njit
 
 from .activation import elu_backward_into, elu_forward_into
 from .batchnorm import bn_unit_grad_sums_into, bn_unit_normalize_into
-from .fc import fc_grads_into, fc_narrow_dx_into, fc_narrow_forward_into
+from .fc import fc_narrow_dx_into, fc_narrow_forward_into
+from .fcgrad import fc_grads_into
 from .loss import sigmoid_bce_into
 
 

@@ -10,7 +10,7 @@ the same fixed trees, so the same bits. Not the checks (shards.Plan built the ar
 # layer kernels passes.shard_step_plain calls one by one from Python, in the same order -- on a scratch
 # workspace of its own, writing the shard's probabilities, loss and gradient row (all but fc1's:
 # fc1's input and output gradient stay in batch-wide arrays); after a barrier the threads make
-# fc1's weight gradient already summed through the tree (fc.fc_grads_tree_task: 95% of the
+# fc1's weight gradient already summed through the tree (fcgrad.fc_grads_tree_task: 95% of the
 # parameters, never written as rows) and sum the other columns of the rows through the same fixed
 # tree in column chunks (reduce.tree_chunks). A step
 # takes the GIL once per thread instead of ~20 times per shard, and the bits are those of the
@@ -19,7 +19,7 @@ the same fixed trees, so the same bits. Not the checks (shards.Plan built the ar
 # Shapes: B images (this process's batch), L shards (bounds (L+1,) their first images), C classes,
 # P parameters, T threads; the scratch arrays are passes.Workspace's with n = T * m (thread t uses
 # rows t*m : t*m + m, m >= the largest shard) but p2 (B,16,8,8) and dz3 (B,65), the batch's;
-# dwt2s (T,6,5,5,16); stk (T,fc.PAIRS*fc.LEVELS,128), lev (T,fc.PAIRS*fc.LEVELS) int64
+# dwt2s (T,6,5,5,16); stk (T,fcgrad.PAIRS*fcgrad.LEVELS,128), lev (T,fcgrad.PAIRS*fcgrad.LEVELS) int64
 # fc1's tree stacks.
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from .activation import elu_backward_into, elu_forward_into
 from .augment_draw import MADE, make_input_into
 from .conv16 import conv16_backward_dw_into, conv16_backward_dx_into, conv16_forward_into, conv16_grads_finish_into
 from .conv32 import conv32_backward_dw_into, conv32_forward_into, pad2_into
-from .fc import (fc_dx_loop_into, fc_forward_loop_into, fc_grads_into, fc_grads_tree_task, fc_grads_tree_tasks,
-                 fc_narrow_dx_into, fc_narrow_forward_into)
+from .fc import fc_dx_loop_into, fc_forward_loop_into, fc_narrow_dx_into, fc_narrow_forward_into
+from .fcgrad import fc_grads_into, fc_grads_tree_task, fc_grads_tree_tasks
 from .loss import sigmoid_bce_into
 from .pool import pool_elu_backward_into, pool_elu_forward_into
 from .reduce import tree_chunks

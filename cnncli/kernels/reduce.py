@@ -27,7 +27,7 @@ TASK = 8192           # columns per worker task (threads.run hands them out)
 # it while both have the same height (left + right), and at the end the stack adds up right to
 # left. That is tree_sum's left-aligned pairing with an odd node carried up, so the same nodes,
 # operands and bits as summing level by level, with each row read once and every partial sum in L1
-# (tree_cols_into; fc.fc_grads_tree_task pushes each shard's gradient as it makes it).
+# (tree_cols_into; fcgrad.fc_grads_tree_task pushes each shard's gradient as it makes it).
 
 LEVELS = 40                    # stack depth: up to 2^39 rows
 

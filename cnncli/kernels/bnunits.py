@@ -16,8 +16,9 @@ register tiles (simd.WIDE). Not the entry points nor the per-channel loops (bnpo
 # the group: 12 vectors in the forward, 8 in the sums (+ 8 sums), 20 in the backward. On AVX2 a
 # 16-lane vector takes two of 16 registers, and those tiles spill; its tiles read the coefficients
 # from L1 at each use instead, and the sums take the block in two halves of 2 vectors (memory
-# order, 4 sums in registers). Each unit's operations and their order are the same in both tiles:
-# the same bits (tests/test_kernels.py's wide/narrow test).
+# order, 4 sums in registers; dy is 0 off each window's winner there, which leaves the sums' bits
+# while z is finite). Each unit's operations and their order are otherwise the same in both tiles:
+# the same bits (tests/test_bnpool.py, test_wide_and_narrow_unit_tiles_give_the_same_bits).
 
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ NARROW_BACKWARD_GROUP = 2      # AVX2's dz loop, which has no sums to round (scr
 
 @njit(inline="always")
 def forward_units_wide(z, coef, pp, o, arg, W, G):
-    # per unit, AVX-512's tile: G images at a time, block by block of 64 units, the block's m, a, beta in
-    # registers through the group's images (the operations of _forward_map with each unit's own values)
+    # per unit, AVX-512's tile: G images at a time, block by block of 64 units, the block's m, a,
+    # beta in registers through the group's images (the operations of _forward_map with each unit's
+    # own values)
     N, C = arg.shape[0], arg.shape[1]
     S, E = W * W, coef.shape[1]
     pos = _positions(pp)
@@ -56,12 +58,12 @@ def forward_units_wide(z, coef, pp, o, arg, W, G):
 
 @njit(inline="always")
 def unit_sums_wide(dp, pp, o, arg, z, coef, out, W, G):
-    # bn_unpool_sums_into per unit, AVX-512's tile: G images at a time, block by block of 64 units, each unit's dy
-    # and dy*xhat over the group's images (in order) added in the dtype, in registers; each group's
-    # sums then go into out in float64 (stored by the first group, added by the next). The sums stay
-    # in window order (position k of the 16 windows) and each image adds its winners only, a masked
-    # add per position: dy is 0 at the other three, and adding that 0 (or 0 * xhat, xhat finite)
-    # would leave the same bits (a sum from +0 never holds -0); memory order in out
+    # bn_unpool_sums_into per unit, AVX-512's tile: G images at a time, block by block of 64 units,
+    # each unit's dy and dy*xhat over the group's images (in order) added in the dtype, in registers;
+    # each group's sums then go into out in float64 (stored by the first group, added by the next).
+    # The sums stay in window order (position k of the 16 windows) and each image adds its winners
+    # only, a masked add per position: dy is 0 at the other three, and adding that 0 (or 0 * xhat,
+    # xhat finite) would leave the same bits (a sum from +0 never holds -0); memory order in out
     N, C = arg.shape[0], arg.shape[1]
     S, E = W * W, coef.shape[1]
     Hq, Wq = pp.shape[2], pp.shape[3]
@@ -102,9 +104,9 @@ def unit_sums_wide(dp, pp, o, arg, z, coef, out, W, G):
 
 @njit(inline="always")
 def backward_units_wide(dp, pp, o, arg, z, coef, dz, W, G):
-    # bn_unpool_backward_into per unit, AVX-512's tile: G images at a time, block by block of 64 units, their
-    # five coefficients in registers through the group's images (the operations of _backward_map
-    # with each unit's own)
+    # bn_unpool_backward_into per unit, AVX-512's tile: G images at a time, block by block of 64
+    # units, their five coefficients in registers through the group's images (the operations of
+    # _backward_map with each unit's own)
     N, C = arg.shape[0], arg.shape[1]
     S, E = W * W, coef.shape[1]
     pos = _positions(pp)

@@ -130,8 +130,6 @@ def backward_units_wide(dp, pp, o, arg, z, coef, dz, W, G):
                     vstore(dz, r + 48, _dz(d3, vload(z, r + 48), m3, i3, a3, g3, b3))
 
 
-
-
 @njit(inline="always")
 def forward_units_narrow(z, coef, pp, o, arg, W, G):
     # forward_units_wide in AVX2's tile: m, a, beta read at each use
@@ -161,7 +159,8 @@ def unit_sums_narrow(dp, pp, o, arg, z, coef, out, W, G):
     # unit_sums_wide in AVX2's tile: each block in two halves, positions 0, 1 of its windows and
     # then 2, 3 (memory vectors 0, 1 and 2, 3 at W = 32; 0, 2 and 1, 3 at W = 16); in a half, each
     # image's dy in memory order (0 off the winner: the same bits, unit_sums_wide's note) added to
-    # the half's sums, m and inv read at each use
+    # the half's sums, m and inv read at each use (dp, pp and arg are read, and dy routed, once per
+    # half: the price of holding 4 sums rather than 8)
     N, C = arg.shape[0], arg.shape[1]
     pos = _positions(pp)
     one = vsplat(pp.dtype.type(1))
@@ -210,11 +209,9 @@ def backward_units_narrow(dp, pp, o, arg, z, coef, dz, W, G):
             for i in range(S // 64):
                 for n in range(n0, min(N, n0 + G)):
                     zo = (n * C + c) * S
-                    d0, d1, d2, d3 = _dy_block(dp, pp, o, arg, n, C, c, i, W, zo, pos, one)
-                    _dz_stored(z, coef, dz, zo + i * 64, c * S + i * 64, E, d0)
-                    _dz_stored(z, coef, dz, zo + i * 64 + 16, c * S + i * 64 + 16, E, d1)
-                    _dz_stored(z, coef, dz, zo + i * 64 + 32, c * S + i * 64 + 32, E, d2)
-                    _dz_stored(z, coef, dz, zo + i * 64 + 48, c * S + i * 64 + 48, E, d3)
+                    d = _dy_block(dp, pp, o, arg, n, C, c, i, W, zo, pos, one)
+                    for k in range(4):
+                        _dz_stored(z, coef, dz, zo + i * 64 + 16 * k, c * S + i * 64 + 16 * k, E, d[k])
 
 
 @njit(inline="always")

@@ -166,13 +166,15 @@ def generate_demo(root, train_per_class: int = 600, test_per_class: int = 150, s
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
-        from cnncli.lifeline import die_with_parent
+        from cnncli.lifeline import die_with_parent, stops_held
 
         ctx = multiprocessing.get_context("spawn")     # no fork: the caller may have threads running
         try:
             with ProcessPoolExecutor(max_workers=int(workers), mp_context=ctx, initializer=die_with_parent,
                                      initargs=(os.getpid(),)) as pool:
-                list(pool.map(_write_class, jobs))
+                with stops_held():                  # map's submits start the workers
+                    done = pool.map(_write_class, jobs)
+                list(done)
             jobs = []
         except (OSError, NotImplementedError, BrokenProcessPool):
             pass                                        # no usable multiprocessing here: go serial

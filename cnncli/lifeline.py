@@ -1,12 +1,18 @@
 """Worker processes that end with the process that started them: the initializer of a process
 pool's workers (decoding, the demo's rendering), so a parent killed mid-job (SIGKILL, SIGTERM)
-leaves no worker behind holding its locks or its pipes. Linux only (PR_SET_PDEATHSIG); elsewhere
-it does nothing. Not a pool; it starts nothing.
+leaves no worker behind holding its locks or its pipes (Linux only: PR_SET_PDEATHSIG); and the
+stop signals held while a pool starts them, so a stop cannot leave one no one ends. Not a pool;
+it starts nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 def die_with_parent(parent: int) -> None:
@@ -21,3 +27,24 @@ def die_with_parent(parent: int) -> None:
         pass
     if os.getppid() != parent:
         os._exit(0)
+
+
+@contextlib.contextmanager
+def stops_held():
+    """Within: SIGINT, SIGTERM and SIGUSR1 wait for the block's end, then act as they would have
+    (each once, in the order they came). Around a pool's start and its submits: a stop raised as an
+    exception between a worker's fork and the pool's record of it left a worker that no shutdown
+    ends and that the process's exit waits for, forever. Outside the main thread (no handlers can
+    be set there) and for a handler set outside Python, it holds nothing."""
+    came, old = [], {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOPS:
+            if signal.getsignal(sig) is not None:
+                old[sig] = signal.signal(sig, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for signum in came:
+            signal.raise_signal(signum)

@@ -744,3 +744,67 @@ def test_a_stop_inside_the_pools_start_is_not_replaced_by_its_shutdown(tmp_path,
     with pytest.raises(Stop):
         list(many._process_parts(jobs, 2, multiprocessing.get_context("fork")))
     assert set(multiprocessing.active_children()) <= before            # its workers did not outlive it
+
+
+@pytest.mark.parametrize("after", [1, 2])
+def test_a_stop_right_after_a_workers_fork_waits_for_the_pool_to_know_it(tmp_path, monkeypatch, after):
+    # A stop raised between a worker's fork and the pool's record of it left a worker no shutdown
+    # ends; the exit then waits for it forever (CI: test_data_scale's SIGTERM during set-up printed
+    # its line and hung). Here the signal comes right after the 1st or 2nd fork, as StopDuringSetup's.
+    import multiprocessing
+    import signal
+    from multiprocessing import process as mp_process
+
+    class Stop(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Stop()
+    real, forks = mp_process.BaseProcess.start, []
+
+    def start(self):
+        real(self)
+        forks.append(self)
+        if len(forks) == after:
+            os.kill(os.getpid(), signal.SIGTERM)
+    root = make_folder(tmp_path / "d", per_class=4, classes=("a", "b"))
+    one, _ = data.load_folder(root, workers=1, cache=False)
+    jobs = many.Jobs([str(p) for p in one.paths], 32, "pad", data.MAX_PIXELS)
+    before = set(multiprocessing.active_children())
+    monkeypatch.setattr(mp_process.BaseProcess, "start", start)
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(Stop):
+            list(many._process_parts(jobs, 2, multiprocessing.get_context("fork")))
+        left = set(multiprocessing.active_children()) - before
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        for p in set(multiprocessing.active_children()) - before:    # a failing run must not hang pytest's exit
+            p.kill()
+            p.join(5)
+    assert len(forks) == 2 and not left                   # both workers started, and none outlived the pool
+
+
+def test_stops_held_delays_each_stop_to_the_blocks_end_and_restores_the_handlers():
+    import signal
+
+    from cnncli.lifeline import stops_held
+
+    seen = []
+    old = signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum))
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):             # SIGINT's own handler, after the block
+            with stops_held():
+                os.kill(os.getpid(), signal.SIGUSR1)
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):                      # handlers run between bytecodes: give them room
+                    pass
+                assert seen == []
+        assert seen == [signal.SIGUSR1]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert seen == [signal.SIGUSR1] * 2
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        signal.signal(signal.SIGINT, old_int)

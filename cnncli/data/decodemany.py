@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 
+from ..lifeline import stops_held
 from .decode import MAX_PIXELS, decode_jobs
 
 PROCESS_MIN_IMAGES = 512   # below this, decoding runs in this process (forking costs ~20-50 ms)
@@ -81,12 +82,14 @@ def _process_parts(jobs, workers, ctx):
     try:
         with warnings.catch_warnings():       # Python >= 3.12 warns when forking a threaded process;
             warnings.simplefilter("ignore", DeprecationWarning)   # the children only decode files
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_start,
-                                       initargs=(os.getpid(),))
+            with stops_held():                # a stop comes before the pool or after a submit
+                pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_start,
+                                           initargs=(os.getpid(),))
             try:
                 pending = deque()             # at most 2 chunks per worker in flight: bounded memory
                 for i in range(len(b) - 1):
-                    pending.append(pool.submit(_decode_chunk, jobs[b[i]:b[i + 1]]))
+                    with stops_held():        # the first submit forks the workers
+                        pending.append(pool.submit(_decode_chunk, jobs[b[i]:b[i + 1]]))
                     if len(pending) >= 2 * workers:
                         yield pending.popleft().result()
                 while pending:
@@ -99,9 +102,10 @@ def _process_parts(jobs, workers, ctx):
 
 def _shut(pool) -> None:
     """pool.shutdown, the chunks not started cancelled (all are done unless a stop or an error came).
-    A stop signal inside pool.submit can leave its manager thread created but never started, and
-    shutting that down raises RuntimeError ("cannot join thread before it is started"), which would
-    replace the stop's own exception: its forked workers, which nothing would stop, are killed."""
+    An error inside pool.submit (not a stop: stops_held holds them there) can leave its manager
+    thread created but never started, and shutting that down raises RuntimeError ("cannot join
+    thread before it is started"), which would replace the error: its forked workers, which nothing
+    would stop, are killed."""
     try:
         pool.shutdown(wait=True, cancel_futures=True)
     except RuntimeError:

@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 from cnncli import __version__, cli_tools
-from cnncli.cli_common import echo_json_list, on_every_rank, other_rank, printable, resolve_checkpoint, user_errors
+from cnncli.cli_common import (CHECKPOINT_HELP, checkpoints_or_newest, echo_json_list, on_every_rank, other_rank,
+                               printable, resolve_checkpoint, user_errors)
 from cnncli.errors import CnnError, ConfigError
 
 
@@ -125,9 +126,9 @@ def _report_after_training(run_dir):
 
 
 @cli.command("eval", short_help="Loss, accuracy, per-class P/R/F1 and confusion of a checkpoint.")
-@click.option("--checkpoint", required=True, multiple=True, type=click.Path(),
-              help="A .npz checkpoint, or a run folder (its best.npz, else last.npz). Repeated, or a cnn cv "
-                   "folder (its folds): the ensemble, the mean of their probabilities (needs --data).")
+@click.option("--checkpoint", multiple=True, type=click.Path(),
+              help=CHECKPOINT_HELP + " Repeated, or a cnn cv folder (its folds): the ensemble, the mean of their "
+                   "probabilities (needs --data).")
 @click.option("--data", "data_dir", default=None, type=click.Path(),
               help="Image folder with one subfolder per class, or a labels CSV (some of the model's classes will "
                    "do). Default: "
@@ -147,6 +148,7 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
     accuracy, top-k, per-class P/R/F1, confusion."""
     from cnncli.evaluate import below_threshold, evaluate, format_metrics, notice_lines
 
+    checkpoint = checkpoints_or_newest(checkpoint)
     metrics, _, _ = evaluate(list(checkpoint), data_dir, batch_size=batch_size, top_k=top_k, cache=not no_cache)
     for line in notice_lines(metrics):
         click.echo(printable(line), err=True)
@@ -159,9 +161,9 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
 
 
 @cli.command(short_help="Classify image files or folders.")
-@click.option("--checkpoint", required=True, multiple=True, type=click.Path(),
-              help="A .npz checkpoint, or a run folder (its best.npz, else last.npz). Repeated, or a cnn cv "
-                   "folder (its folds): the ensemble, the mean of their probabilities.")
+@click.option("--checkpoint", multiple=True, type=click.Path(),
+              help=CHECKPOINT_HELP + " Repeated, or a cnn cv folder (its folds): the ensemble, the mean of their "
+                   "probabilities. Without it, a first PATH ending in .npz is the checkpoint.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1), help="Show the K most likely classes.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {path, class, probability, top_k}.")
@@ -178,7 +180,11 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
     if as_json and csv_path:
         raise click.UsageError("--json and --csv: give one of them (--csv writes every class's probability "
                                "to a file; --json prints the top --top-k)")
-    predictor, _ = load(checkpoint)
+    if not checkpoint and paths[0].lower().endswith(".npz"):          # cnn predict model.npz image.png
+        checkpoint, paths = paths[:1], paths[1:]
+        if not paths:
+            raise click.UsageError(f"{checkpoint[0]} is a checkpoint: give the images to classify after it")
+    predictor, _ = load(checkpoints_or_newest(checkpoint))
     files, failures = gather_paths(paths)
     results, bad = predict_stream(predictor, files, len(predictor.classes) if csv_path else top_k)
     failures.extend(bad)
@@ -213,8 +219,7 @@ def report(run_dir, data_dir, out_dir):
 
 
 @cli.command(short_help="Write a checkpoint as an ONNX model (for onnxruntime etc.).")
-@click.option("--checkpoint", required=True, type=click.Path(),
-              help="A .npz checkpoint, or a run folder (its best.npz, else last.npz).")
+@click.option("--checkpoint", default=None, type=click.Path(), help=CHECKPOINT_HELP)
 @click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx"]),
               help="Output format.")
 @click.option("--out", required=True, type=click.Path(), help="The model file to write, e.g. model.onnx.")
@@ -226,7 +231,8 @@ def export(checkpoint, fmt, out, input_kind):
     """Export the inference network of a checkpoint; class names and preprocessing go in its metadata."""
     from cnncli.export import export_onnx
 
-    click.echo(str(export_onnx(resolve_checkpoint(checkpoint), out, kind=input_kind)))
+    path = resolve_checkpoint(checkpoints_or_newest([checkpoint] if checkpoint else [])[0])
+    click.echo(str(export_onnx(path, out, kind=input_kind)))
 
 
 for _command in cli_tools.COMMANDS:          # bench, gradcheck, info, lr-find, ...

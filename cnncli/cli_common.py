@@ -110,6 +110,26 @@ def echo_json_list(items) -> None:
     click.echo("[]" if first else "\n]")
 
 
+RUNS = "runs"      # where cnn train writes by default (options.py: out = runs/latest)
+CHECKPOINT_HELP = ("A .npz checkpoint, or a run folder (its best.npz, else last.npz). Default: the newest run "
+                   f"under ./{RUNS} (named on stderr).")
+
+
+def checkpoints_or_newest(given) -> tuple:
+    """--checkpoint's values, or when none was given the newest run under ./runs (where cnn train
+    writes by default), named on stderr; no run there is a one-line error."""
+    if given:
+        return tuple(given)
+    from cnncli.runs import newest_run
+
+    run = newest_run(RUNS)
+    if run is None:
+        raise UserError(f"no --checkpoint given, and no run with a checkpoint under ./{RUNS} to default to: give "
+                        "--checkpoint (a .npz file or a run folder)")
+    click.echo(printable(f"Checkpoint: {run} (the newest run under ./{RUNS}; --checkpoint picks another)"), err=True)
+    return (str(run),)
+
+
 def resolve_checkpoint(path: str) -> Path:
     """A checkpoint file, or a run folder: its best.npz (else last.npz)."""
     from cnncli.predictor import BEST_FIRST, run_checkpoint

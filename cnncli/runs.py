@@ -54,6 +54,22 @@ def find_runs(roots) -> list:
     return sorted(set(found))
 
 
+def newest_run(root) -> Path | None:
+    """The run folder at or below `root` whose checkpoint (best.npz, else last.npz) was written last,
+    or None when there is none (or no such folder): what eval, predict and export default to."""
+    best, when = None, None
+    for run in find_runs([root]) if Path(root).is_dir() else []:
+        for name in ("best.npz", "last.npz"):
+            try:
+                t = (run / name).stat().st_mtime
+            except OSError:
+                continue
+            if when is None or t > when:
+                best, when = run, t
+            break
+    return best
+
+
 def _number(value):
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
         else None

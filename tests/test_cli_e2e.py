@@ -463,3 +463,42 @@ def test_a_deleted_current_folder_is_one_line_saying_so(workspace, tmp_path):
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert res.stderr == ("Error: the current folder no longer exists (deleted since this shell entered it): cd to "
                           "a folder that exists and run the command again\n")
+
+
+def test_eval_predict_and_export_default_to_the_newest_run_under_runs(trained, tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    from cnncli.runs import newest_run
+
+    tmp, data, run, _ = trained
+    monkeypatch.chdir(tmp_path)
+    img = data / "bar" / "001.png"
+    res = invoke(["predict", img])                           # no ./runs yet: one line, nothing predicted
+    assert res.exit_code == 1 and res.stdout == "" and res.stderr.startswith("Error: no --checkpoint given")
+    assert res.stderr.count("\n") == 1
+    for name, age in (("old", 100), ("new", 10), ("fresh-no-checkpoint", 0)):
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        if name != "fresh-no-checkpoint":
+            shutil.copy(run / "best.npz", folder / "best.npz")
+            os.utime(folder / "best.npz", (1e9 - age, 1e9 - age))
+        else:
+            (folder / "config.yaml").write_text("seed: 0\n")  # a run still starting: no checkpoint to use
+    assert newest_run("runs") == Path("runs", "new") and newest_run(tmp_path / "none") is None
+    os.utime(tmp_path / "runs" / "old" / "best.npz", (2e9, 2e9))               # now old is the newest
+    default = res = invoke(["predict", img])
+    assert res.exit_code == 0 and res.stdout.startswith(str(img))
+    assert res.stderr == f"Checkpoint: {os.path.join('runs', 'old')} (the newest run under ./runs; --checkpoint " \
+                         "picks another)\n"
+    res = invoke(["eval", "--data", data, "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["num_images"] > 0 and "Checkpoint: runs/old" in res.stderr
+    given = invoke(["predict", "--checkpoint", run, img])     # given: used, nothing said (the same weights)
+    assert given.exit_code == 0 and given.stderr == "" and given.stdout == default.stdout
+    first = invoke(["predict", tmp_path / "runs" / "new" / "best.npz", img])   # cnn predict model.npz image.png
+    assert first.exit_code == 0 and first.stderr == "" and first.stdout.startswith(str(img))
+    alone = invoke(["predict", tmp_path / "runs" / "new" / "best.npz"])
+    assert alone.exit_code == 2 and "is a checkpoint: give the images to classify after it" in alone.stderr
+    pytest.importorskip("onnx")
+    res = invoke(["export", "--out", tmp_path / "m.onnx"])
+    assert res.exit_code == 0 and (tmp_path / "m.onnx").is_file() and "Checkpoint: runs/old" in res.stderr

@@ -122,10 +122,10 @@ def _gradcheck(batchnorm, batch_size, seed, num_classes, steps, only, detail):
 def cold_cache(variants) -> bool:
     """True when numba's cache lacks float64 training kernels these variants' checks call (they then
     compile first, for minutes on a small machine)."""
-    from . import precompile
+    from . import kernelplan
 
     for bn in variants:
-        first, later = precompile.plan(bn, dtype=np.float64, augment=False)
+        first, later = kernelplan.plan(bn, dtype=np.float64, augment=False)
         if first:
             return True
     return False

@@ -1,148 +1,24 @@
 """First-run compilation of the numba kernels a run needs, in parallel worker processes. It changes
-when and where kernels compile, never what they compile to. Not the kernels (kernels/), nor a cache
-manager (numba keeps it; docs/performance.md, "Start-up").
+when and where kernels compile, never what they compile to. Not the kernels (kernels/), nor which
+of them a run needs (kernelplan.py), nor a cache manager (numba keeps it; docs/performance.md,
+"Start-up").
 """
 
-# `start()` finds the kernels a training run calls, with their argument types, by a dry run of a tiny
-# network with every kernel stubbed out, checks numba's on-disk cache for each, and compiles the missing
-# ones in this and spawned processes (a kernel per task, a process per core) that write the cache the run
-# loads each kernel from once it is there: it changes when and where kernels compile, never what they
-# compile to.
+# `start()` takes kernelplan's list of the kernels a training run calls that numba's on-disk cache
+# lacks, and compiles them in this and spawned processes (a kernel per task, a process per core) that
+# write the cache the run loads each kernel from once it is there: it changes when and where kernels
+# compile, never what they compile to.
 
 from __future__ import annotations
 
 import importlib
 import os
 import sys
-import threading
 import time
-import warnings
 
 import numpy as np
 
-KERNEL_MODULES = tuple(f"cnncli.kernels.{name}" for name in (
-    "activation", "adam", "augment_draw", "augment_pixels", "batchnorm", "bncoef", "bnpool", "bnstats", "bntree",
-    "conv", "conv16", "conv32", "fc", "fcgrad", "head", "inference", "lookup", "loss", "pool", "reduce", "segments",
-    "tally", "bnstep", "plainstep")) + ("cnncli.augment",)
-
-def kernel_dispatchers() -> list:
-    """Every cached numba dispatcher (`@njit(cache=True)`) of the kernel modules (KERNEL_MODULES)."""
-    from numba.core.caching import NullCache
-    from numba.core.dispatcher import Dispatcher
-
-    found = []
-    for name in KERNEL_MODULES:
-        mod = importlib.import_module(name)
-        for obj in vars(mod).values():
-            if isinstance(obj, Dispatcher) and obj.py_func.__module__ == mod.__name__ \
-                    and not isinstance(getattr(obj, "_cache", None), NullCache):
-                found.append(obj)
-    return found
-
-
-def record_calls(run, dispatchers=None) -> dict:
-    """Run `run()` with every kernel stubbed out -> {dispatcher: {argument types}} of the kernel calls
-    that had no compiled version in this process. A stub returns 0.0 and writes nothing, so `run` must
-    not depend on the values kernels compute. Thread-safe (kernels called from worker threads count)."""
-    dispatchers = kernel_dispatchers() if dispatchers is None else dispatchers
-    calls, lock = {}, threading.Lock()
-
-    def stub_for(disp):
-        def stub(*args):          # numba's dispatcher calls this where it would compile, then its result
-            sig = tuple(disp.typeof_pyval(a) for a in args)
-            with lock:
-                calls.setdefault(disp, set()).add(sig)
-            return lambda *a: 0.0
-        return stub
-
-    for d in dispatchers:
-        d._compile_for_args = stub_for(d)
-    try:
-        run()
-    finally:
-        for d in dispatchers:
-            del d._compile_for_args
-    return calls
-
-
-def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32,
-                 parts=("augment", "step", "inference")):
-    """A function doing, on a tiny network, every kind of kernel call a `cnn train` run makes: "augment"
-    the augmentation of a batch; "step" the input lookup, a train step of two 8-image shards
-    (unweighted and with per-image loss weights) and the optimizer; "inference" the validation's lookup
-    and inference of > 8 and of <= 8 images."""
-    def run():
-        from cnncli import model, optim
-        from cnncli.distributed import SHARD
-        from cnncli.kernels import lookup_batch
-        from cnncli.kernels.tally import tally
-
-        net = model.Network(num_classes=2, batchnorm=batchnorm, dtype=dtype)
-        n = 2 * SHARD
-        images = np.zeros((n, 32, 32), np.uint8)                                    # (M,H,W)
-        table = np.zeros(256, dtype)                                                # (256,)
-        idx = np.arange(n)                                                          # (N,)
-        labels = np.zeros(n, np.int64)                                              # (N,)
-        opt = optim.Optimizer(optimizer, net.params.flat.size, 1e-3, dtype=dtype)
-        with np.errstate(all="ignore"), warnings.catch_warnings():   # the stubs leave arrays uninitialized,
-            warnings.simplefilter("ignore")                            # also on the worker threads
-            if "augment" in parts:
-                from cnncli.augment import Augmenter, AugmentSettings
-
-                aug = Augmenter(AugmentSettings(), seed=0, dtype=dtype, max_batch=n)
-                out = np.empty((n, 1, 32, 32), dtype)                                   # (N,1,H,W)
-                fills = np.full(n, np.nan)                                              # (M,)
-                aug.bind(0, 0, lookup=(images, idx, table, fills))(slice(0, n), None, out)  # the trainer's
-            if "step" in parts:
-                from cnncli.augment import lookup_input
-
-                net.train_step(lookup_batch(images, idx, table), labels)                  # an input given
-                _, probs = net.train_step(None, labels, np.ones(n, dtype),                # the trainer's
-                                          lookup_input(images, idx, table))
-                tally(net.grads.flat, probs, labels)                                  # the trainer's
-                opt.step(net.params.flat, net.grads.flat, 1e-3)
-                _install()
-                _DRY_RUN_WITHOUT[0] = True          # the steps while a worker compiles the one-call step
-                try:
-                    net.train_step(None, labels, np.ones(n, dtype), lookup_input(images, idx, table))
-                finally:
-                    _DRY_RUN_WITHOUT[0] = False
-            if "inference" in parts:
-                x = lookup_batch(images, idx, table)
-                net.predict_proba(x[: model.SMALL_BATCH + 1])
-                net.predict_proba(x[:1])
-    return run
-
-
-def plan(batchnorm: str, optimizer: str = "adam", dtype=np.float32, augment: bool = True):
-    """(first, later): what the first training step needs (with its augmentation when `augment`) and the
-    cache lacks, then what only validation needs ({dispatcher: {argument types}} each); (None, None)
-    when the cache cannot be read."""
-    first = missing(record_calls(training_run(batchnorm, optimizer, dtype, ("augment", "step") if augment
-                                              else ("step",))))
-    later = missing(record_calls(training_run(batchnorm, optimizer, dtype, ("inference",))))
-    if first is None or later is None:
-        return None, None
-    for d in [d for d in later if d in first]:       # one task per kernel: with the first step's
-        first[d] = first[d] | later.pop(d)
-    return first, later
-
-
-def missing(calls: dict):
-    """The subset of `calls` that numba's on-disk cache lacks, or None when the cache cannot be read
-    this way (numba internals changed: then nothing is known and nothing is done)."""
-    try:
-        out = {}
-        for disp, sigs in calls.items():
-            cache = disp._cache
-            index = cache._cache_file._load_index()
-            codegen = disp.targetctx.codegen()
-            lacking = {s for s in sigs if cache._index_key(s, codegen) not in index}
-            if lacking:
-                out[disp] = lacking
-        return out
-    except Exception:       # a private API: never let it break a run
-        return None
+from cnncli import kernelplan
 
 
 def finish_background(say=None) -> None:
@@ -151,7 +27,7 @@ def finish_background(say=None) -> None:
     away, and every later run would start it again), then forget the jobs. Ctrl-C skips the wait: the
     workers end, the run's results are already saved."""
     for job in list(_JOBS):
-        left = [i for i, d in enumerate(job._disps) if _background(d) and job._state[i] != DONE]
+        left = [i for i, d in enumerate(job._disps) if kernelplan.is_background(d) and job._state[i] != DONE]
         job._go.value = 1
         if left and any(p.is_alive() for p in job._procs):
             if say is not None:
@@ -180,18 +56,6 @@ def _compile(module: str, name: str, sigs: list) -> None:
 FREE, TAKEN, DONE = 0, 1, 2     # a task's state, shared by this process and the workers
 _JOBS = []                      # the Precompile jobs of this process (compiling_elsewhere asks them)
 _COMPILING = [False]            # start() found kernels to compile in this process (compiled_here)
-_DRY_RUN_WITHOUT = [False]      # training_run's third step: as if the BACKGROUND kernels were compiling
-
-# kernels the run does not call while a worker compiles them (compiling_elsewhere): the one-call
-# training steps (bnstep's ~25 s of LLVM over every layer kernel it calls, plainstep's less) -- the
-# run's steps go shard by shard or phase by phase through the layer kernels meanwhile, and a worker
-# takes them after every other kernel
-BACKGROUND = (("cnncli.kernels.bnstep", "bn_step_into"), ("cnncli.kernels.plainstep", "plain_step_into"))
-
-
-def _background(disp) -> bool:
-    """One of the BACKGROUND kernels."""
-    return (disp.py_func.__module__, disp.py_func.__name__) in BACKGROUND
 
 
 def compiled_here() -> bool:
@@ -204,8 +68,6 @@ def compiled_here() -> bool:
 def compiling_elsewhere(disp) -> bool:
     """True while a worker process of a running Precompile job has `disp` still to compile (a call
     would wait for it): shards.py then runs a BN step through kernels it already has (the same bits)."""
-    if _DRY_RUN_WITHOUT[0] and _background(disp):
-        return True
     return any(job.busy(disp) for job in _JOBS)
 
 
@@ -233,7 +95,7 @@ def _worker(tasks: list, order: list, state, go, for_a_run: bool = True, parent:
                 return
             state[i] = TAKEN
         try:
-            if for_a_run and tuple(tasks[i][:2]) in BACKGROUND:     # (last: nothing else is left)
+            if for_a_run and tuple(tasks[i][:2]) in kernelplan.BACKGROUND:     # (last: nothing else is left)
                 while not go.value:
                     time.sleep(0.05)
                 if hasattr(os, "nice"):
@@ -272,7 +134,7 @@ class Precompile:
         self.kernels, self.workers, self.t0 = len(items), workers, time.perf_counter()
         self._tasks = [(d.py_func.__module__, d.py_func.__name__, sorted(sigs, key=str)) for d, sigs in items]
         order = list(range(len(todo), len(items))) + list(range(len(todo) - 1, -1, -1))
-        order.sort(key=lambda i: _background(items[i][0]) == background_last)   # last or first (stable)
+        order.sort(key=lambda i: kernelplan.is_background(items[i][0]) == background_last)   # last or first (stable)
         # wait(): this process from the front (the first step's kernels in the order the run calls them),
         # or, everything at once, in the workers' order (longest first)
         self._mine = list(range(len(items))) if background_last else order
@@ -297,8 +159,8 @@ class Precompile:
         kernel once every other task is done (a step's kernels are all there), lets the workers
         start the BACKGROUND ones."""
         tasks = [i for i, d in enumerate(self._disps) if d is disp]
-        if tasks and _background(disp) and not self._go.value and all(
-                self._state[i] == DONE for i, d in enumerate(self._disps) if not _background(d)):
+        if tasks and kernelplan.is_background(disp) and not self._go.value and all(
+                self._state[i] == DONE for i, d in enumerate(self._disps) if not kernelplan.is_background(d)):
             self._go.value = 1
         return any(self._state[i] != DONE for i in tasks) and any(p.is_alive() for p in self._procs)
 
@@ -380,9 +242,9 @@ def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=Non
     background=False leaves out the BACKGROUND kernels (MPI ranks never call the one-call steps). Returns an
     object whose `wait()` blocks until they are in the cache."""
     workers = env_workers() if workers is None else workers
-    first, later = plan(batchnorm, optimizer, dtype, augment)
+    first, later = kernelplan.plan(batchnorm, optimizer, dtype, augment)
     if first is not None and not background:
-        first = {d: s for d, s in first.items() if not _background(d)}
+        first = {d: s for d, s in first.items() if not kernelplan.is_background(d)}
     n = len(first or {}) + len(later or {})
     if n == 0:
         return _Nothing()
@@ -402,7 +264,8 @@ def warmup(variants=("none", "unit", "channel"), workers=None) -> tuple[int, flo
     workers = env_workers() if workers is None else workers
     todo = {}
     for bn in variants:
-        for disp, sigs in (missing(record_calls(training_run(bn))) or {}).items():
+        calls = kernelplan.record_calls(kernelplan.training_run(bn))
+        for disp, sigs in (kernelplan.missing(calls) or {}).items():
             todo.setdefault(disp, set()).update(sigs)
     if todo:
         Precompile(todo, min(workers, len(todo)), background_last=False).wait()

@@ -42,7 +42,7 @@ def _warm_numba_cache(request, tmp_path_factory):
     here too, so no test shares the cores with a compile."""
     import numpy as np
 
-    from cnncli import precompile
+    from cnncli import kernelplan, precompile
     from cnncli.model import BATCHNORM, Network
     from cnncli.optim import Optimizer
 
@@ -66,11 +66,11 @@ def _warm_numba_cache(request, tmp_path_factory):
                 opt = Optimizer("adam", net.params.flat.size, 1e-3, dtype=dtype)
                 opt.step(net.params.flat, net.grads.flat)
 
-    runs = [warm] + [precompile.training_run(bn, "adam", dtype) for bn in BATCHNORM
+    runs = [warm] + [kernelplan.training_run(bn, "adam", dtype) for bn in BATCHNORM
                      for dtype in (np.float32, np.float64)]
     todo = {}
     for run in runs:
-        for disp, sigs in (precompile.missing(precompile.record_calls(run)) or {}).items():
+        for disp, sigs in (kernelplan.missing(kernelplan.record_calls(run)) or {}).items():
             todo.setdefault(disp, set()).update(sigs)
     if todo:
         precompile.Precompile(todo, max(1, min(precompile.cpu_count() - 1, len(todo))), background_last=False).wait()

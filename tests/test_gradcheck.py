@@ -29,11 +29,11 @@ def test_run_gradcheck_prints_one_line_per_tensor_and_returns_status():
 def test_a_cold_cache_is_said_once_before_the_check(monkeypatch):
     import numpy as np
 
-    from cnncli import precompile
+    from cnncli import kernelplan
 
     asked = []
     for lacking, expect in (({"kernel": {"sig"}}, 1), ({}, 0)):
-        monkeypatch.setattr(precompile, "plan", lambda bn, **kw: asked.append((bn, kw)) or (lacking, {}))
+        monkeypatch.setattr(kernelplan, "plan", lambda bn, **kw: asked.append((bn, kw)) or (lacking, {}))
         said, lines = [], []
         assert GC.run_gradcheck(variants=("none",), batch_size=1, echo=lines.append, say=said.append) == 0
         assert len(said) == expect and all("first run only" in s for s in said) and lines

@@ -30,17 +30,17 @@ def _python(code: str, env=None, **kw) -> subprocess.CompletedProcess:
 
 LOOKUP_PLAN = """
 import json, time, numpy as np
-from cnncli import precompile
+from cnncli import kernelplan, precompile
 from cnncli.kernels import activation, lookup
 def run():
     lookup.lookup_batch(np.zeros((3, 4, 4), np.uint8), np.arange(2), np.zeros(256, np.float32))
 def run_later():
     activation.sigmoid(np.zeros((2, 3), np.float32))
 kernels = [lookup.lookup_batch_into, activation.sigmoid_into]
-calls = precompile.record_calls(run, kernels)
-later = precompile.record_calls(run_later, kernels)
-before = precompile.missing({**calls, **later})
-job = precompile.Precompile(precompile.missing(calls), 1, precompile.missing(later))
+calls = kernelplan.record_calls(run, kernels)
+later = kernelplan.record_calls(run_later, kernels)
+before = kernelplan.missing({**calls, **later})
+job = precompile.Precompile(kernelplan.missing(calls), 1, kernelplan.missing(later))
 t = time.perf_counter()
 while job.pending() and time.perf_counter() - t < 120:     # the worker takes both, this process none
     time.sleep(0.05)
@@ -48,7 +48,7 @@ run()                      # the worker's kernels load from the cache
 run_later()
 stats = [(sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values())) for d in kernels]
 job.wait()
-after = precompile.missing({**calls, **later})
+after = kernelplan.missing({**calls, **later})
 print(json.dumps({"recorded": sum(map(len, calls.values())) + sum(map(len, later.values())),
                   "before": sum(map(len, before.values())), "after": sum(map(len, after.values())),
                   "stats": stats, "waiting": any("_compile_for_args" in vars(d) for d in kernels)}))
@@ -66,18 +66,18 @@ def test_worker_fills_the_cache_the_check_reads(tmp_path):
 
 CLAIM = """
 import json, numpy as np
-from cnncli import precompile
+from cnncli import kernelplan, precompile
 from cnncli.kernels import activation, lookup
 def run():
     lookup.lookup_batch(np.zeros((3, 4, 4), np.uint8), np.arange(2), np.zeros(256, np.float32))
 kernels = [lookup.lookup_batch_into, activation.sigmoid_into]
-calls = precompile.record_calls(run, kernels)
-later = precompile.record_calls(lambda: activation.sigmoid(np.zeros((2, 3), np.float32)), kernels)
-job = precompile.Precompile(precompile.missing(calls), 0, precompile.missing(later))     # no worker
+calls = kernelplan.record_calls(run, kernels)
+later = kernelplan.record_calls(lambda: activation.sigmoid(np.zeros((2, 3), np.float32)), kernels)
+job = precompile.Precompile(kernelplan.missing(calls), 0, kernelplan.missing(later))     # no worker
 run()                      # nobody took it: compiles here
 job.wait()                 # compiles sigmoid here
 print(json.dumps({"stats": [(sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values()))
-                            for d in kernels], "after": len(precompile.missing({**calls, **later}))}))
+                            for d in kernels], "after": len(kernelplan.missing({**calls, **later}))}))
 """
 
 
@@ -90,17 +90,17 @@ def test_a_kernel_no_worker_took_compiles_in_the_run(tmp_path):
 
 COVERAGE = """
 import json, sys
-from cnncli import config, precompile
+from cnncli import config, kernelplan, precompile
 from cnncli.train import train
 if sys.argv[3:] == ["warm"]:
     train(config.load_config(sys.argv[1], overrides=[f"model.batchnorm={sys.argv[2]}"]), quiet=True, echo=lambda m: None)
     sys.exit(0)
-plan = precompile.record_calls(precompile.training_run(sys.argv[2]))
+plan = kernelplan.record_calls(kernelplan.training_run(sys.argv[2]))
 planned = {(d.py_func.__name__, str(s)) for d, sigs in plan.items() for s in sigs}
 cfg = config.load_config(sys.argv[1], overrides=[f"model.batchnorm={sys.argv[2]}"])
 train(cfg, quiet=True, echo=lambda m: None)
 used = set()
-for d in precompile.kernel_dispatchers():
+for d in kernelplan.kernel_dispatchers():
     for s in list(d.stats.cache_hits) + list(d.stats.cache_misses):
         used.add((d.py_func.__name__, str(s)))
 print(json.dumps({"planned": sorted(planned), "used": sorted(used)}))
@@ -140,17 +140,17 @@ def test_workers_use_idle_cores(monkeypatch, env, cores, load, expected):
 
 
 def test_line_only_when_something_is_missing(monkeypatch):
-    from cnncli import precompile
+    from cnncli import kernelplan, precompile
 
     lines = []
-    monkeypatch.setattr(precompile, "record_calls", lambda run: {"k": {"sig"}})
-    monkeypatch.setattr(precompile, "missing", lambda calls: {})
+    monkeypatch.setattr(kernelplan, "record_calls", lambda run: {"k": {"sig"}})
+    monkeypatch.setattr(kernelplan, "missing", lambda calls: {})
     assert precompile.start("none", workers=0, say=lines.append).wait() == 0.0
     assert lines == []
-    monkeypatch.setattr(precompile, "missing", lambda calls: dict(calls))    # one kernel, in both parts
+    monkeypatch.setattr(kernelplan, "missing", lambda calls: dict(calls))    # one kernel, in both parts
     precompile.start("none", workers=0, say=lines.append).wait()
     assert len(lines) == 1 and "Compiling 1 numba kernels" in lines[0] and "first run only" in lines[0]
-    monkeypatch.setattr(precompile, "missing", lambda calls: None)     # numba's internals changed
+    monkeypatch.setattr(kernelplan, "missing", lambda calls: None)     # numba's internals changed
     precompile.start("none", workers=0, say=lines.append)
     assert len(lines) == 1
 
@@ -159,12 +159,12 @@ def test_line_only_when_something_is_missing(monkeypatch):
 def test_the_first_epoch_line_after_compiling_says_so(tmp_path, monkeypatch, compiles):
     from click.testing import CliRunner
 
-    from cnncli import precompile
+    from cnncli import kernelplan, precompile
     from cnncli.cli import cli
 
     monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(precompile, "record_calls", lambda run: {"k": {"sig"}})
-    monkeypatch.setattr(precompile, "missing", (lambda calls: dict(calls)) if compiles else (lambda calls: {}))
+    monkeypatch.setattr(kernelplan, "record_calls", lambda run: {"k": {"sig"}})
+    monkeypatch.setattr(kernelplan, "missing", (lambda calls: dict(calls)) if compiles else (lambda calls: {}))
     monkeypatch.setattr(precompile, "env_workers", lambda: 0)     # the kernels compile as the run calls them
     cfg = write_config(tmp_path / "cfg.yaml", make_folder(tmp_path / "data", per_class=4, odd_files=False),
                        tmp_path / "run", epochs=2)
@@ -339,9 +339,9 @@ def test_a_worker_starts_the_background_kernels_only_when_let_go(monkeypatch):
     (the run's first steps need its cores) and lowers its priority for it; not for `cnn warmup`."""
     import threading as th
 
-    from cnncli import precompile
+    from cnncli import kernelplan, precompile
 
-    monkeypatch.setattr(precompile, "BACKGROUND", (("m", "late"),))
+    monkeypatch.setattr(kernelplan, "BACKGROUND", (("m", "late"),))
     done, niced = [], []
     go = types.SimpleNamespace(value=0)
     monkeypatch.setattr(precompile, "_compile", lambda module, name, sigs: done.append((name, go.value)))
@@ -371,9 +371,9 @@ def test_wait_alone_takes_the_longest_background_kernel_first(monkeypatch, backg
     """Precompile.wait() with no worker compiles every task here: for a run (background_last) in the
     order the run calls them; for `cnn warmup` and the test warm-up, which only wait, the BACKGROUND
     kernel (the longest task) first, then the workers' order (validation's, then the step's backwards)."""
-    from cnncli import precompile
+    from cnncli import kernelplan, precompile
 
-    monkeypatch.setattr(precompile, "BACKGROUND", (("m", "step"),))
+    monkeypatch.setattr(kernelplan, "BACKGROUND", (("m", "step"),))
     done = []
     monkeypatch.setattr(precompile, "_compile", lambda module, name, sigs: done.append(name))
 
@@ -389,7 +389,7 @@ def test_wait_alone_takes_the_longest_background_kernel_first(monkeypatch, backg
 
 _ORPHAN = """
 import multiprocessing, os, sys, time
-from cnncli import precompile
+from cnncli import kernelplan, precompile
 if __name__ == "__main__":
     ctx = multiprocessing.get_context("spawn")
     state, go = ctx.Array("b", 1), ctx.Value("b", 0)      # a BACKGROUND task whose go never comes
@@ -431,7 +431,7 @@ def test_every_kernel_module_with_cached_kernels_is_planned():
     """KERNEL_MODULES names every kernels/ module holding a cached numba kernel (the dry run and its
     coverage check above see only those), but for the two whose kernels no training run calls:
     peak (cnn bench's FMA probe) and sync (kernel_profile's clock, the test jobs)."""
-    from cnncli import precompile
+    from cnncli import kernelplan
     from cnncli.kernels import cachestamp
 
     cached = set()
@@ -439,4 +439,4 @@ def test_every_kernel_module_with_cached_kernels_is_planned():
         if b"cache=True" in text:
             cached.add("cnncli.kernels." + Path(path).stem)
     assert cached, "found no cached kernel: the scan saw nothing"
-    assert cached - set(precompile.KERNEL_MODULES) == {"cnncli.kernels.peak", "cnncli.kernels.sync"}
+    assert cached - set(kernelplan.KERNEL_MODULES) == {"cnncli.kernels.peak", "cnncli.kernels.sync"}

@@ -32,7 +32,7 @@ def die_with_parent(parent: int) -> None:
 @contextlib.contextmanager
 def stops_held():
     """Within: SIGINT, SIGTERM and SIGUSR1 wait for the block's end, then act as they would have
-    (each once, in the order they came). Around a pool's start and its submits: a stop raised as an
+    (in the order they came). Around a pool's start and its submits: a stop raised as an
     exception between a worker's fork and the pool's record of it left a worker that no shutdown
     ends and that the process's exit waits for, forever. Outside the main thread (no handlers can
     be set there) and for a handler set outside Python, it holds nothing."""

@@ -55,9 +55,9 @@ def find_runs(roots) -> list:
 
 
 def newest_run(root) -> Path | None:
-    """The run folder at or below `root` whose checkpoint (best.npz, else last.npz) was written last,
-    or None when there is none (or no such folder): what eval, predict and export default to."""
-    best, when = None, None
+    """The run folder at or below `root` with the checkpoint (best.npz or last.npz) written last, or
+    None when there is none (or no such folder): what eval, predict and export default to."""
+    newest, when = None, None
     for run in find_runs([root]) if Path(root).is_dir() else []:
         for name in ("best.npz", "last.npz"):
             try:
@@ -65,9 +65,8 @@ def newest_run(root) -> Path | None:
             except OSError:
                 continue
             if when is None or t > when:
-                best, when = run, t
-            break
-    return best
+                newest, when = run, t
+    return newest
 
 
 def _number(value):

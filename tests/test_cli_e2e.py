@@ -486,7 +486,8 @@ def test_eval_predict_and_export_default_to_the_newest_run_under_runs(trained, t
         else:
             (folder / "config.yaml").write_text("seed: 0\n")  # a run still starting: no checkpoint to use
     assert newest_run("runs") == Path("runs", "new") and newest_run(tmp_path / "none") is None
-    os.utime(tmp_path / "runs" / "old" / "best.npz", (2e9, 2e9))               # now old is the newest
+    shutil.copy(run / "best.npz", tmp_path / "runs" / "old" / "last.npz")        # written now: old is the newest
+    os.utime(tmp_path / "runs" / "old" / "last.npz", (2e9, 2e9))
     default = res = invoke(["predict", img])
     assert res.exit_code == 0 and res.stdout.startswith(str(img))
     assert res.stderr == f"Checkpoint: {os.path.join('runs', 'old')} (the newest run under ./runs; --checkpoint " \

@@ -1,6 +1,6 @@
 """The small pieces the training loop calls: the stop flag of SIGINT/SIGTERM/SIGUSR1, the progress
 bar, early stopping and how a loss is printed. Each class holds its own bit of state; none of them
-trains, saves or reads data (train.py does).
+trains, saves or reads data (trainer.py does).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The network: forward/backward of the whole net (training) and inference, on flat parameter
 buffers whose layout and initialisation live in arch.py (re-exported here). It is not a trainer
-(train.py) and has no NumPy-only path (infer.py).
+(trainer.py) and has no NumPy-only path (infer.py).
 """
 
 #     x (N,1,32,32) -> conv1 5x5, 6 maps, pad 2 [-> bn1] -> ELU -> maxpool 2x2   -> (N,6,16,16)

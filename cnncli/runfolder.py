@@ -1,7 +1,7 @@
 """The run folder: its atomic creation, what a run writes there (metrics.csv, skipped.txt, checkpoints)
 and the run state every checkpoint carries so that a resume continues bit for bit.
 
-It writes files and nothing else: the order of events is train.py's, the maths model/optim's.
+It writes files and nothing else: the order of events is trainer.py's, the maths model/optim's.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Setting up a training run, on every rank: the config against a resumed checkpoint, the data (rank 0
 first, so the dataset cache is written once), the numba kernels, the network and the optimizer.
 
-It trains nothing (train.py's Trainer does) and writes no files except the run folder it claims.
+It trains nothing (trainer.py's Trainer does) and writes no files except the run folder it claims.
 """
 
 from __future__ import annotations

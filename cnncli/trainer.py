@@ -1,0 +1,324 @@
+"""The training loop of a set-up run: seeded mini-batches, one optimizer step, validation, early
+stopping, checkpoints, the stop signals. It does not set a run up (runsetup.py, train.train) nor
+hold the maths (model, optim), the images (data) or the file formats (runfolder).
+"""
+
+# A `Trainer`'s loop is a few named steps (one optimizer step, end of epoch, interruption) calling
+# small pieces (ProgressBar, EarlyStopping, runfolder's writers). It owns the order of events. Under
+# `mpirun -n K` every rank runs the same loop on the same batches (the Network computes the rank's
+# shards); rank 0 alone writes and prints, and the ranks agree on every stop.
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+
+import numpy as np
+
+from cnncli import config as config_mod
+from cnncli import checkpoint, resume as resume_mod, runfolder
+from cnncli.balance import class_weights
+from cnncli.callbacks import EarlyStopping, ProgressBar, StopFlag, loss_text, plateau_drops
+from cnncli.errors import CnnError, Stopped, TrainingDiverged
+from cnncli.runfolder import save_checkpoint
+from cnncli.tblog import EventLog
+
+
+class Interrupted(Stopped):
+    """SIGINT/SIGTERM/SIGUSR1: the current step finished, last.npz was saved."""
+
+
+def _everywhere(err: CnnError) -> CnnError:
+    """Mark an error every rank raises at the same step (all hold the same state): printed once."""
+    err.everywhere = True
+    return err
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, min_last: int) -> list:
+    """Index arrays of one epoch: a permutation that is a pure function of (seed, epoch), so a resume
+    mid-epoch replays the same order. A trailing batch smaller than min_last is dropped (BN needs 2)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)  # (n,)
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if batches and len(batches[-1]) < min_last and len(batches) > 1:
+        batches.pop()
+    return batches
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+class Trainer:
+    """A set-up run: network, optimizer, data, run folder, state. `fit()` runs the remaining epochs.
+
+    Extension points: `step_input` (how each shard of a step makes its float input: the lookup and
+    the augmentation; `batch_input` makes that input for a whole batch, to look at, and is not
+    called by the step), `sample_weights` (per-image loss weights, e.g. class weights),
+    `is_main_process` (only the main process -- rank 0 under mpirun -- writes files and prints)."""
+
+    is_main_process = True
+
+    def __init__(self, cfg, run_dir, net, opt, state, train_ds, val_ds, classes, preprocess, echo, quiet,
+                 comm=None):
+        from cnncli.distributed import Comm
+        from cnncli.predictor import input_table
+
+        self.comm = Comm() if comm is None else comm
+        self.is_main_process = self.comm.is_main
+        self.cfg, self.run_dir, self.net, self.opt, self.state = cfg, run_dir, net, opt, state
+        self.train_ds, self.val_ds, self.classes, self.preprocess = train_ds, val_ds, classes, preprocess
+        self._echo, self.quiet = echo, quiet
+        self.cfg_text = config_mod.dump(cfg)
+        self.data_info = runfolder.validation_info(val_ds)   # which images validate: eval checks it later
+        self.table = input_table(preprocess["mean"], preprocess["std"], net.params.flat.dtype)  # (256,)
+        t = cfg["train"]
+        self.epochs, self.batch_size, self.seed, self.every = t["epochs"], t["batch_size"], t["seed"], t["checkpoint_every"]
+        self.min_last = 2 if cfg["model"]["batchnorm"] != "none" else 1
+        self.steps_per_epoch = len(epoch_batches(len(train_ds.labels), self.batch_size, self.seed, 0, self.min_last))
+        self._rates = (0, [])                  # lr_at's epoch of rates: (its first step, [rate per step])
+        self.early = EarlyStopping(t["early_stopping"], have_val=len(val_ds.labels) > 0, monitor=t["monitor"])
+        self.drops = self.plateau_drops()      # schedule=plateau: the rate's drops so far (from the history)
+        self.last_path, self.best_path = run_dir / "last.npz", run_dir / "best.npz"
+        self.events = EventLog(run_dir) if t["tensorboard"] and self.is_main_process else None
+        self.restored = False
+        self.class_weight = class_weights(t["class_weight"], train_ds.labels, classes)  # (C,) or None
+        if self.class_weight is not None:
+            self.class_weight = self.class_weight.astype(net.params.flat.dtype)
+        self.augmenter = None
+        if cfg["augment"]["enabled"]:
+            from cnncli.augment import Augmenter, AugmentSettings
+
+            self.augmenter = Augmenter(AugmentSettings.from_config(cfg["augment"]), seed=self.seed,
+                                       pixel_std=preprocess["std"], dtype=net.params.flat.dtype,
+                                       max_batch=self.batch_size)
+            self.fills = np.full(len(train_ds.labels), np.nan)   # (M,) each image's fill, kept once computed
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def batch_input(self, idx: np.ndarray) -> np.ndarray:
+        """(B,) training indices -> (B,1,S,S) float network input, augmented (when augment.enabled) by
+        draws from (train.seed, epoch, step in the epoch), so a resumed run sees the same pixels:
+        what step_input's transform makes, for the whole batch at once. Not a hook: train_step goes
+        through step_input; this only shows its result."""
+        x, transform = self.step_input(idx)
+        if transform is None:
+            return x
+        out = np.empty((len(idx), 1) + self.train_ds.images.shape[1:], self.table.dtype)   # (B,1,S,S)
+        transform(slice(0, len(idx)), x, out)
+        return out
+
+    def step_input(self, idx: np.ndarray):
+        """(x, transform) for Network.train_step on the training images idx: x is None and the
+        transform (an augment.StepInput) makes the input of the images idx[s] -- their lookup
+        through the normalization table, then (when augment.enabled) the augmentation drawn for
+        this epoch and step, in one kernel call: the one-call steps make each shard's input inside
+        their own kernel, the other paths call it in each shard's task, so each shard's images are
+        looked up and augmented on the worker threads while they are in cache, and each rank makes
+        only its own shards'."""
+        from cnncli.augment import lookup_input
+
+        images, table = self.train_ds.images, self.table
+        if self.augmenter is not None:               # one kernel call per shard: lookup, then augmentation
+            return None, self.augmenter.bind(self.state.epoch, self.state.epoch_step,
+                                             lookup=(images, idx, table, self.fills))
+        return None, lookup_input(images, idx, table)
+
+    def sample_weights(self, idx: np.ndarray, labels: np.ndarray):
+        """(B,) per-image loss weights for model.Network.train_step (the loss is mean_i w_i * loss_i):
+        train.class_weight of each image's class, or None for the plain mean loss."""
+        return None if self.class_weight is None else self.class_weight[labels]
+
+    def echo(self, message: str) -> None:
+        if self.is_main_process:
+            self._echo(message)
+
+    def plateau_drops(self) -> int:
+        """schedule=plateau: the rate's drops over the finished epochs (0 for the other schedules)."""
+        o = self.cfg["optim"]
+        if o["schedule"] != "plateau":
+            return 0
+        return plateau_drops(self.early, self.state.history, o["plateau_patience"])
+
+    # -- steps ---------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        """optim.lr_at for this run; the values of a whole epoch's steps are made at once and kept
+        (the same floats: a step then looks its rate up instead of running the schedule's Python)."""
+        from cnncli import optim
+
+        first, rates = self._rates
+        if not first <= step < first + len(rates):
+            o, spe = self.cfg["optim"], self.steps_per_epoch
+            first = step - step % spe
+            rates = [optim.lr_at(s, spe, self.epochs, o["lr"], schedule=o["schedule"],
+                                 warmup_epochs=o["warmup_epochs"], step_size=o["step_size"], gamma=o["gamma"],
+                                 min_lr=o["min_lr"], drops=self.drops) for s in range(first, first + spe)]
+            self._rates = (first, rates)
+        return rates[step - first]
+
+    def train_step(self, idx: np.ndarray) -> None:
+        """One optimizer step on the training images `idx`; updates the epoch's running loss/accuracy."""
+        from cnncli.kernels.tally import tally
+
+        state, net = self.state, self.net
+        x, transform = self.step_input(idx)   # (None, the lookup + augmentation each shard runs)
+        y = self.train_ds.labels[idx]      # (B,)
+        weights = self.sample_weights(idx, y)
+        lr = self.lr_at(state.step)
+        with np.errstate(over="ignore", invalid="ignore"):   # a diverging run is reported below,
+            loss, probs = net.train_step(x, y, weights, transform)   # in one line, not as numpy warnings
+        right = tally(net.grads.flat, probs, y)             # -1: a gradient is not finite
+        if not math.isfinite(loss) or right < 0:
+            raise _everywhere(TrainingDiverged(
+                f"loss or gradients became non-finite at epoch {state.epoch + 1}, step {state.epoch_step + 1} "
+                f"(lr {lr:.3g}); {self.diverged_advice()}"))
+        self.opt.step(net.params.flat, net.grads.flat, lr)
+        state.step += 1
+        state.epoch_step += 1
+        state.loss_sum += loss * len(idx)
+        state.correct += right
+        state.seen += len(idx)
+
+    def run_epoch(self, stop: StopFlag, bar: ProgressBar) -> bool:
+        """The rest of the current epoch, then its end; returns True when early stopping ends the run."""
+        state = self.state
+        batches = epoch_batches(len(self.train_ds.labels), self.batch_size, self.seed, state.epoch, self.min_last)
+        t_epoch = time.perf_counter()
+        bar.start_epoch(state, len(batches))
+        images = 0
+        while state.epoch_step < len(batches):
+            idx = batches[state.epoch_step]
+            self.train_step(idx)
+            images += len(idx)
+            bar.update(state, images, t_epoch)
+            signum = stop.agreed(self.comm, self.save_last)
+            if signum is not None:
+                bar.close()
+                self.interrupt(signum, saved=stop.signum is not None)
+            if self.every and state.step % self.every == 0 and state.epoch_step < len(batches):
+                self.save_last()
+        bar.close()
+        return self.end_epoch(t_epoch, images)
+
+    def diverged_advice(self) -> str:
+        # what a diverged run can do next: resume its last good checkpoint at a lower rate, or start anew
+        lower = f"{self.cfg['optim']['lr'] / 3:.2g}"
+        if self.last_path.exists():
+            return (f"the last good checkpoint is {self.last_path}; resume it at a lower rate: cnn train --resume "
+                    f"{self.run_dir} --set optim.lr={lower}")
+        return f"no checkpoint was saved; try a lower optim.lr (e.g. {lower})"
+
+    @staticmethod
+    def compiling_note() -> str:
+        # ", incl. compiling" on the first epoch line after this process compiled kernels (a first run)
+        from cnncli import precompile
+
+        return ", incl. compiling" if precompile.compiled_here() else ""
+
+    def end_epoch(self, t_epoch: float, images: int) -> bool:
+        """Validate, log the epoch, update best/early stopping, save checkpoints and metrics.csv."""
+        state = self.state
+        train_time = time.perf_counter() - t_epoch
+        from cnncli.evaluate import evaluate_loss_acc
+
+        val_loss, val_acc = evaluate_loss_acc(self.net, self.table, self.val_ds, comm=self.comm)
+        row = {"epoch": state.epoch + 1, "step": state.step,
+               "train_loss": state.loss_sum / max(state.seen, 1), "train_acc": state.correct / max(state.seen, 1),
+               "val_loss": val_loss, "val_acc": val_acc, "lr": self.lr_at(max(state.step - 1, 0)),
+               "time_s": round(time.perf_counter() - t_epoch, 3)}
+        state.history.append(row)
+        state.epoch += 1
+        state.epoch_step, state.loss_sum, state.correct, state.seen = 0, 0.0, 0, 0
+        improved, stopping = self.early.update(state, row)
+        drops, self.drops = self.drops, self.plateau_drops()
+        if improved:
+            self.save_best()
+        if stopping and self.early.restore_best:
+            self.restore_best()
+        self.save_last()
+        if self.is_main_process:
+            runfolder.write_metrics(self.run_dir, state.history)
+        if self.events is not None:
+            try:
+                self.events.epoch(row)
+            except OSError as err:            # a side log: say so once, train on
+                self.echo(f"warning: no more TensorBoard events ({self.events.path}: {err.strerror or err})")
+                self.events = None
+        val = f"val loss {loss_text(val_loss)} acc {val_acc:.2%}" if self.val_ds.labels.size else "no val"
+        note = self.compiling_note()
+        self.echo(f"epoch {row['epoch']}/{self.epochs}  train loss {loss_text(row['train_loss'])} "
+                  f"acc {row['train_acc']:.2%}  "
+                  f"{val}  lr {row['lr']:.3g}  {row['time_s']:.1f}s "
+                  f"({images / max(train_time, 1e-9):.0f} img/s{note}){'  *best' if improved else ''}")
+        o = self.cfg["optim"]
+        before, after = (max(o["lr"] * o["gamma"] ** d, o["min_lr"]) for d in (drops, self.drops))
+        if after != before and not stopping and row["epoch"] < self.epochs:   # no next step after the last
+            self.echo(f"Plateau: {self.early.monitor.replace('_', ' ')} did not improve for {o['plateau_patience']} "
+                      f"epoch(s); lr {after:.3g} from the next step")
+        if stopping:
+            self.echo(f"Early stopping: {self.early.monitor.replace('_', ' ')} did not improve for "
+                      f"{self.early.patience} epoch(s); {self._best_note()}")
+        return stopping
+
+    def restore_best(self) -> None:
+        """Early stopping with restore_best: best.npz's weights, BN statistics and optimizer state."""
+        from cnncli.predictor import load_into
+
+        arrays = self.comm.bcast(checkpoint.load(self.best_path)[0] if self.is_main_process
+                                 and self.best_path.exists() else None)     # rank 0's file, every rank
+        if arrays is not None:
+            load_into(self.net, arrays)
+            self.opt.load_state_dict({"optim." + k[len("optim/"):]: v for k, v in arrays.items()
+                                      if k.startswith("optim/")})
+            self.restored = True
+
+    def interrupt(self, signum: int, saved: bool = False):
+        """A stop signal after a finished step: save last.npz (unless saved), say how to resume,
+        raise Interrupted (on every rank; printed once)."""
+        if not saved:
+            self.save_last()
+        raise _everywhere(Interrupted(
+            f"{signal.Signals(signum).name}: stopped at epoch {self.state.epoch + 1}, step "
+            f"{self.state.epoch_step}; saved {self.last_path}; resume with: cnn train --resume {self.run_dir}"))
+
+    def save_last(self) -> None:
+        if self.is_main_process:
+            save_checkpoint(self.last_path, self.net, self.opt, self.state, self.cfg, self.classes,
+                            self.preprocess, self.cfg_text, self.data_info)
+
+    def save_best(self) -> None:
+        if self.is_main_process:
+            save_checkpoint(self.best_path, self.net, self.opt, self.state, self.cfg, self.classes,
+                            self.preprocess, self.cfg_text, self.data_info)
+
+    def _best_note(self) -> str:
+        early = self.early
+        what = early.monitor.replace("_", " ")                       # "val loss", "train acc", ...
+        if not self.best_path.exists():
+            return f"no epoch had a finite {what}, so there is no best.npz"
+        restored = " (restored into last.npz)" if self.restored else ""
+        row = next((r for r in reversed(self.state.history) if early.is_best(self.state, r)), None)
+        if early.by_accuracy:
+            best = f"{self.state.best_acc:.2%}"
+            at = (f" (epoch {row['epoch']}, {early.loss_key.replace('_', ' ')} "
+                  f"{loss_text(row[early.loss_key])})" if row else "")
+        else:
+            best = loss_text(self.state.best_val_loss)            # the epoch that set the best: its accuracy
+            at = f" (epoch {row['epoch']}, {early.acc_key.replace('_', ' ')} {row[early.acc_key]:.2%})" if row else ""
+        return f"best {what} {best}{at} is in {self.best_path}{restored}"
+
+    def fit(self) -> None:
+        """The remaining epochs, or one line when there is nothing to do."""
+        state = self.state
+        done = resume_mod.nothing_to_do(state, self.epochs)
+        if done:
+            self.echo(done)
+            return
+        bar = ProgressBar(not self.quiet and sys.stderr.isatty() and self.is_main_process, self.epochs,
+                          self.steps_per_epoch * self.epochs, state.step)
+        with StopFlag() as stop:
+            while state.epoch < self.epochs:
+                if self.run_epoch(stop, bar):
+                    break
+        note = self._best_note()
+        self.echo(f"Done in {time.perf_counter() - bar.t_run:.1f}s. {note[0].upper()}{note[1:]}")   # (not
+        # str.capitalize: it lowercases the rest, the run folder's path included)

@@ -469,6 +469,8 @@ def test_eval_predict_and_export_default_to_the_newest_run_under_runs(trained, t
     import os
     from pathlib import Path
 
+    from cnncli.cli_common import RUNS
+    from cnncli.options import DEFAULTS
     from cnncli.runs import newest_run
 
     tmp, data, run, _ = trained
@@ -486,6 +488,7 @@ def test_eval_predict_and_export_default_to_the_newest_run_under_runs(trained, t
         else:
             (folder / "config.yaml").write_text("seed: 0\n")  # a run still starting: no checkpoint to use
     assert newest_run("runs") == Path("runs", "new") and newest_run(tmp_path / "none") is None
+    assert Path(DEFAULTS["out"]).parent == Path(RUNS)              # the default is where cnn train writes
     shutil.copy(run / "best.npz", tmp_path / "runs" / "old" / "last.npz")        # written now: old is the newest
     os.utime(tmp_path / "runs" / "old" / "last.npz", (2e9, 2e9))
     default = res = invoke(["predict", img])

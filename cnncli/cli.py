@@ -36,7 +36,7 @@ def cli(ctx):
 
 
 @cli.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML config file. Without it the built-in defaults are used (then data.train is required).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key (dotted path, value parsed as YAML), e.g. --set train.epochs=3. Repeatable.")
@@ -45,7 +45,8 @@ def cli(ctx):
 @click.option("--init-from", type=click.Path(), default=None,
               help="Start a new run from a checkpoint's weights (fine-tuning): a .npz or a run folder; same as "
                    "--set train.init_from=PATH. Classes are matched by name.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (overrides the config's `out`).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Run folder (overrides the config's `out`).")
 @click.option("--strict", is_flag=True, help="Refuse to start if any image is unreadable (same as --set data.strict=true).")
 @click.option("--no-cache", is_flag=True, help="Decode every image again; do not read or write the dataset cache "
               "(same as --set data.cache=false).")
@@ -208,7 +209,8 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
 @click.option("--data", "data_dir", type=click.Path(), default=None,
               help="Labelled image folder for the confusion matrix and mistakes (default: the run's validation data; "
                    "a run without any gets its curves and filters only).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output folder (default RUN_DIR/report).")
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default RUN_DIR/report).")
 @user_errors
 def report(run_dir, data_dir, out_dir):
     """Render learning curves, confusion matrix, per-class bars, mistakes and filters to PNG + report.html."""
@@ -222,7 +224,7 @@ def report(run_dir, data_dir, out_dir):
 @click.option("--checkpoint", default=None, type=click.Path(), help=CHECKPOINT_HELP)
 @click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx"]),
               help="Output format.")
-@click.option("--out", required=True, type=click.Path(), help="The model file to write, e.g. model.onnx.")
+@click.option("--out", "-o", required=True, type=click.Path(), help="The model file to write, e.g. model.onnx.")
 @click.option("--input", "input_kind", default="uint8", show_default=True, type=click.Choice(["uint8", "float"]),
               help="Graph input: uint8 (N,32,32) pixels, normalized in the graph, or float32 (N,1,32,32) "
                    "already normalized. See docs/interop.md.")

@@ -64,7 +64,7 @@ def bench(batchnorm, batch_sizes, threads, seconds, repeats, vs_torch, compare_b
 
 
 @click.command("lr-find", short_help="Suggest optim.lr: a learning-rate range test, as Lightning's lr_find.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML config file (as for cnn train): its data, network, optimizer and batch size are used.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set optim.name=sgd. Repeatable.")
@@ -110,11 +110,11 @@ def info(checkpoint, as_json):
 
 
 @click.command("augment-preview", short_help="A PNG grid of augmented samples of your training images.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML config file (as for cnn train); its data.train images and augment section are used.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set augment.affine.rotate=20. Repeatable.")
-@click.option("--out", "out_path", default="augment-preview.png", show_default=True,
+@click.option("--out", "-o", "out_path", default="augment-preview.png", show_default=True,
               type=click.Path(dir_okay=False), help="PNG file to write.")
 @click.option("--rows", default=6, show_default=True, type=click.IntRange(1, 100),
               help="Images (one row each, classes in turn).")
@@ -178,12 +178,12 @@ def cache(clear):
 
 
 @click.command("cv", short_help="K-fold cross-validation: one run per fold, mean and std of the folds.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML config file (as for cnn train); its data.train is split into the folds.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set train.epochs=20. Repeatable.")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(min=2), help="Number of folds K.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Parent folder of the fold runs [default: the config's out + '-cv'].")
 @click.option("--resume", type=click.Path(file_okay=False, exists=True), default=None,
               help="Continue a cnn cv folder: finished folds are kept, the others resume or start.")

@@ -218,6 +218,15 @@ def test_print_config_shows_every_default(workspace):
     assert "lr: 0.5" in res.stdout and "batchnorm: none" in res.stdout and "early_stopping" in res.stdout
 
 
+def test_config_and_out_have_the_short_flags_users_type(workspace, tmp_path):
+    tmp, data = workspace                                    # -c and -o, as most CLIs spell them
+    res = invoke(["train", "-c", tmp / "cfg.yaml", "-o", tmp_path / "short", "--print-config"])
+    assert res.exit_code == 0 and f"out: {tmp_path / 'short'}" in res.stdout
+    for command in ("report", "export", "cv", "augment-preview"):
+        help_text = invoke([command, "--help"]).stdout
+        assert "-o, --out" in help_text and (command in ("report", "export") or "-c, --config" in help_text)
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
@@ -504,5 +513,5 @@ def test_eval_predict_and_export_default_to_the_newest_run_under_runs(trained, t
     alone = invoke(["predict", tmp_path / "runs" / "new" / "best.npz"])
     assert alone.exit_code == 2 and "is a checkpoint: give the images to classify after it" in alone.stderr
     pytest.importorskip("onnx")
-    res = invoke(["export", "--out", tmp_path / "m.onnx"])
+    res = invoke(["export", "-o", tmp_path / "m.onnx"])
     assert res.exit_code == 0 and (tmp_path / "m.onnx").is_file() and "Checkpoint: runs/old" in res.stderr

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from cnncli import checkpoint
+from cnncli.callbacks import loss_text
 from cnncli.errors import CnnError
 from cnncli.runfolder import printable, read_diverged
 from cnncli.summary import config_value, run_config
@@ -133,7 +134,7 @@ def format_runs(rows: list) -> str:
     if not rows:
         return "no run folders found"
     head = f"{'run':32s} {'classes':>7s} {'bn':7s} {'optim':13s} {'epochs':>9s} {'best':>4s} " \
-           f"{'val loss':>8s} {'val acc':>7s}  started from"
+           f"{'val loss':>9s} {'val acc':>7s}  started from"
     lines = [head]
     for r in rows:
         name = printable(r["run"])
@@ -145,11 +146,11 @@ def format_runs(rows: list) -> str:
         total = f"/{r['epochs_total']}" if r["epochs_total"] is not None else ""
         epochs = done + total + ("*" if r["stopped_early"] else "") + ("!" if r["diverged"] else "")
         optim = f"{r['optimizer'] or '-'} {r['lr']:g}" if r["lr"] is not None else (r["optimizer"] or "-")
-        loss = f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-"
+        loss = loss_text(r["val_loss"]) if r["val_loss"] is not None else "-"
         acc = f"{r['val_acc']:.2%}" if r["val_acc"] is not None else "-"
         start = printable(r["init_from"]) if isinstance(r["init_from"], str) else "-"
         lines.append(f"{name:32s} {str(r['classes'] or '-'):>7s} {r['batchnorm'] or '-':7s} {optim:13s} "
-                     f"{epochs:>9s} {str(r['best_epoch'] or '-'):>4s} {loss:>8s} {acc:>7s}  {start}")
+                     f"{epochs:>9s} {str(r['best_epoch'] or '-'):>4s} {loss:>9s} {acc:>7s}  {start}")
     if any(r.get("stopped_early") for r in rows):
         lines.append("* stopped early")
     if any(r.get("diverged") and "error" not in r for r in rows):

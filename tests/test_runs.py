@@ -149,3 +149,18 @@ def test_a_diverged_run_says_how_to_go_on_and_cnn_runs_marks_it_until_it_trains_
     assert res.exit_code == 0, res.output
     row = {r["run"]: r for r in json.loads(invoke(["runs", tmp_path / "runs", "--json"]).output)}[str(run)]
     assert row["diverged"] is None and row["epochs"] == 2 and not (run / "diverged.txt").exists()
+
+
+def test_a_tiny_best_loss_stays_visible_and_aligned(experiments):
+    from cnncli.runs import format_runs
+    from cnncli.summary import _epoch_line
+
+    _, root = experiments
+    rows = [r for r in json.loads(invoke(["runs", root, "--json"]).output) if "error" not in r][:2]
+    rows[0]["val_loss"] = 2.596e-05                     # a tiny set trained long: not 0.0000
+    rows[0]["run"], rows[1]["run"] = "runs/a", "runs/b"  # names within the run column
+    head, first, second = format_runs(rows).splitlines()[:3]
+    assert " 2.596e-05 " in first and "0.0000" not in first
+    assert head.index("val acc") + 7 == first.index("%") + 1 == second.index("%") + 1   # columns line up
+    line = _epoch_line({"epoch": 313, "train_loss": 0.0022, "val_loss": 2.596e-05, "val_acc": 1.0})
+    assert line == "epoch 313: train loss 0.0022, val loss 2.596e-05 acc 100.00%"

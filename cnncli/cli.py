@@ -35,7 +35,7 @@ def cli(ctx):
         ctx.exit(0)             # under mpirun the one-process commands run (and print, and write) on rank 0
 
 
-@cli.command()
+@cli.command(short_help="Train a network on an image folder or a labels CSV.")
 @click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML config file. Without it the built-in defaults are used (then data.train is required).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",

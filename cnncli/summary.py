@@ -215,7 +215,8 @@ def _epoch_line(row: dict) -> str:
     for side in ("train", "val"):
         loss, acc = _number(row.get(f"{side}_loss")), _number(row.get(f"{side}_acc"))
         if loss is not None and math.isfinite(loss):
-            parts.append(f"{side} loss {loss_text(loss)}" + (f" acc {acc:.2%}" if acc is not None and math.isfinite(acc) else ""))
+            shown = f" acc {acc:.2%}" if acc is not None and math.isfinite(acc) else ""
+            parts.append(f"{side} loss {loss_text(loss)}{shown}")
     epoch = _number(row.get("epoch"))
     head = f"epoch {int(epoch)}" if epoch is not None and math.isfinite(epoch) else "last epoch"
     return f"{head}: " + (", ".join(parts) if parts else "no metrics recorded")

@@ -22,23 +22,30 @@ def bn_coef_forward_into(mean, invstd, gamma, beta, coef):
 
 @njit(inline="always")
 def bn_coef_forward_range(mean, invstd, gamma, beta, coef, d0, d1):
-    # bn_coef_forward_into for the statistics d0 <= d < d1 only (each statistic's own operations)
+    # bn_coef_forward_into for the statistics d0 <= d < d1 only (each statistic's own operations),
+    # through views that start at d0: an index counted from 0 is one LLVM knows is not negative,
+    # so no wrap-around test stops it vectorizing the loop (an index from a runtime d0 ran 2.7x slower)
     D, E = mean.shape[0], coef.shape[1]
     rep = E // D
+    mu, iv, ga, be = mean[d0:d1], invstd[d0:d1], gamma[d0:d1], beta[d0:d1]      # (d1-d0,) each
     if rep == 1:                                 # per unit: one loop LLVM vectorizes
-        for d in range(d0, d1):
-            coef[M_ROW, d] = mean[d]
-            coef[INV_ROW, d] = invstd[d]
-            coef[A_ROW, d] = gamma[d] * invstd[d]
-            coef[BETA_ROW, d] = beta[d]
+        cm, ci, ca, cb = coef[M_ROW, d0:d1], coef[INV_ROW, d0:d1], coef[A_ROW, d0:d1], coef[BETA_ROW, d0:d1]
+        for i in range(d1 - d0):
+            cm[i] = mu[i]
+            ci[i] = iv[i]
+            ca[i] = ga[i] * iv[i]
+            cb[i] = be[i]
         return
-    for d in range(d0, d1):
-        m, inv, a, b = mean[d], invstd[d], gamma[d] * invstd[d], beta[d]
-        for e in range(d * rep, (d + 1) * rep):
-            coef[M_ROW, e] = m
-            coef[INV_ROW, e] = inv
-            coef[A_ROW, e] = a
-            coef[BETA_ROW, e] = b
+    for i in range(d1 - d0):
+        m, inv, a, b = mu[i], iv[i], ga[i] * iv[i], be[i]
+        e0 = (d0 + i) * rep
+        cm, ci, ca, cb = coef[M_ROW, e0:e0 + rep], coef[INV_ROW, e0:e0 + rep], coef[A_ROW, e0:e0 + rep], \
+            coef[BETA_ROW, e0:e0 + rep]
+        for e in range(rep):
+            cm[e] = m
+            ci[e] = inv
+            ca[e] = a
+            cb[e] = b
 
 
 @njit(cache=True, nogil=True)
@@ -50,18 +57,22 @@ def bn_coef_backward_into(invstd, gamma, sums, M, coef):
 
 @njit(inline="always")
 def bn_coef_backward_range(invstd, gamma, sums, M, coef, d0, d1):
-    # bn_coef_backward_into for the statistics d0 <= d < d1 only
+    # bn_coef_backward_into for the statistics d0 <= d < d1 only (views from d0, as above)
     D, E = invstd.shape[0], coef.shape[1]
     rep = E // D
+    iv, ga, sdy, sdyx = invstd[d0:d1], gamma[d0:d1], sums[d0:d1], sums[D + d0:D + d1]   # (d1-d0,) each
     if rep == 1:                                 # per unit: one loop LLVM vectorizes
-        for d in range(d0, d1):
-            f = gamma[d] * invstd[d] / M
-            coef[B_ROW, d] = -f * sums[d]
-            coef[G_ROW, d] = -f * sums[D + d]
+        cb, cg = coef[B_ROW, d0:d1], coef[G_ROW, d0:d1]
+        for i in range(d1 - d0):
+            f = ga[i] * iv[i] / M
+            cb[i] = -f * sdy[i]
+            cg[i] = -f * sdyx[i]
         return
-    for d in range(d0, d1):
-        f = gamma[d] * invstd[d] / M
-        b, g = -f * sums[d], -f * sums[D + d]
-        for e in range(d * rep, (d + 1) * rep):
-            coef[B_ROW, e] = b
-            coef[G_ROW, e] = g
+    for i in range(d1 - d0):
+        f = ga[i] * iv[i] / M
+        b, g = -f * sdy[i], -f * sdyx[i]
+        e0 = (d0 + i) * rep
+        cb, cg = coef[B_ROW, e0:e0 + rep], coef[G_ROW, e0:e0 + rep]
+        for e in range(rep):
+            cb[e] = b
+            cg[e] = g

@@ -205,10 +205,11 @@ def bn_stats_range(moments, M, eps, stats, keep, m, unbias, running_mean, runnin
         stats[0, d] = mean
         stats[1, d] = var
         stats[2, d] = 1.0 / math.sqrt(var + eps)
-    if running_mean.shape[0] == D:
-        for d in range(d0, d1):
-            running_mean[d] = running_mean[d] * keep + stats[0, d] * m
-            running_var[d] = running_var[d] * keep + stats[1, d] * unbias
+    if running_mean.shape[0] == D:              # views from d0 (bncoef.bn_coef_forward_range's note)
+        rm, rv, mean, var = running_mean[d0:d1], running_var[d0:d1], stats[0, d0:d1], stats[1, d0:d1]
+        for i in range(d1 - d0):
+            rm[i] = rm[i] * keep + mean[i] * m
+            rv[i] = rv[i] * keep + var[i] * unbias
 
 
 @njit(inline="always")

@@ -15,6 +15,7 @@ from pathlib import Path
 from cnncli import checkpoint
 from cnncli.callbacks import loss_text
 from cnncli.errors import CnnError
+from cnncli.predictor import BEST_FIRST
 from cnncli.runfolder import printable, read_diverged
 from cnncli.summary import config_value, run_config
 
@@ -60,7 +61,7 @@ def newest_run(root) -> Path | None:
     None when there is none (or no such folder): what eval, predict and export default to."""
     newest, when = None, None
     for run in find_runs([root]) if Path(root).is_dir() else []:
-        for name in ("best.npz", "last.npz"):
+        for name in BEST_FIRST:
             try:
                 t = (run / name).stat().st_mtime
             except OSError:

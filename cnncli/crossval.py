@@ -15,6 +15,7 @@ from cnncli import checkpoint
 from cnncli import config as config_mod
 from cnncli import runfolder
 from cnncli.atomic import write_atomic
+from cnncli.callbacks import loss_text
 from cnncli.errors import CnnError, ConfigError
 
 SUMMARY = "cv.json"
@@ -175,18 +176,18 @@ def format_summary(parent: Path, summary: dict) -> str:
         return f"{v:.2%}" if isinstance(v, (int, float)) else "-"
 
     def num(v):
-        return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+        return loss_text(v) if isinstance(v, (int, float)) else "-"
     s = summary["summary"]
     test = "test_acc" in s
-    lines = [f"{'fold':>4}  {'epochs':>6}  {'best':>4}  {'val loss':>8}  {'val acc':>7}"
+    lines = [f"{'fold':>4}  {'epochs':>6}  {'best':>4}  {'val loss':>9}  {'val acc':>7}"
              + (f"  {'test acc':>8}" if test else "")]
     for r in summary["folds"]:
         lines.append(f"{r['fold']:>4}  {r['epochs_run']:>6}  {r.get('best_epoch') or '-':>4}  "
-                     f"{num(r.get('val_loss')):>8}  {pct(r.get('val_acc')):>7}"
+                     f"{num(r.get('val_loss')):>9}  {pct(r.get('val_acc')):>7}"
                      + (f"  {pct(r.get('test_acc')):>8}" if test else ""))
     if "val_acc" in s:
         lines.append(f"val acc  {s['val_acc']['mean']:.2%} +- {s['val_acc']['std']:.2%}, val loss "
-                     f"{s['val_loss']['mean']:.4f} +- {s['val_loss']['std']:.4f} (mean +- std over "
+                     f"{loss_text(s['val_loss']['mean'])} +- {loss_text(s['val_loss']['std'])} (mean +- std over "
                      f"{s['val_acc']['folds']} folds, each at its best epoch)")
     if test:
         lines.append(f"test acc {s['test_acc']['mean']:.2%} +- {s['test_acc']['std']:.2%} over the folds; "

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CnnError, DataError
+from .callbacks import loss_text
 
 # Probabilities are clipped to [PROB_EPS, 1 - PROB_EPS] before the logs of the BCE loss.
 PROB_EPS = 1e-7
@@ -134,7 +135,7 @@ def format_metrics(metrics) -> str:
                      "only if predicted)")
     lines.append(f"{'accuracy':<16}{metrics['accuracy']:.4f}")
     lines.append(f"{'top-' + str(metrics['top_k']) + ' accuracy':<16}{metrics['top_k_accuracy']:.4f}")
-    lines.append(f"{'loss':<16}{metrics['loss']:.4f}")
+    lines.append(f"{'loss':<16}{loss_text(metrics['loss'])}")
     lines.append(f"{'macro F1':<16}{metrics['macro_f1']:.4f}")
 
     names = list(metrics["per_class"])

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CnnError
+from .callbacks import loss_text
 from .data.scan import printable as name_text
 from .evaluate import evaluate_found, evaluate_predictor, notice_lines, short_name, validation_data
 
@@ -274,7 +275,7 @@ def render_html(title, metrics, classes, history, config_text, pictures, errors_
     ] + ([("no images of", ", ".join(metrics["absent"]))] if metrics.get("absent") else []) + [
         ("accuracy", f"{metrics['accuracy']:.4f}"),
         (f"top-{metrics['top_k']} accuracy", f"{metrics['top_k_accuracy']:.4f}"),
-        ("loss (summed BCE)", f"{metrics['loss']:.4f}"),
+        ("loss (summed BCE)", loss_text(metrics["loss"])),
         ("macro F1", f"{metrics['macro_f1']:.4f}"),
     ] if evaluated else []
     parts = [

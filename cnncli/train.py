@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from cnncli import resume as resume_mod, runfolder
-from cnncli.callbacks import StopDuringSetup
+from cnncli.callbacks import StopDuringSetup, loss_text
 from cnncli.errors import CnnError, TrainingDiverged
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
 from cnncli.runsetup import data_notes, load_datasets, setup  # noqa: F401 (load_datasets: API)
@@ -32,7 +32,7 @@ def evaluate_test_data(run_dir: Path, cfg: dict, echo) -> dict:
     text = json.dumps(metrics, indent=2) + "\n"
     write_atomic(run_dir / "test_metrics.json", lambda f: f.write(text), text=True)
     echo(f"Test ({metrics['num_images']} images of {runfolder.printable(cfg['data']['test'])}, {ckpt.name}): "
-         f"loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.2%}, macro F1 {metrics['macro_f1']:.4f}, "
+         f"loss {loss_text(metrics['loss'])}, accuracy {metrics['accuracy']:.2%}, macro F1 {metrics['macro_f1']:.4f}, "
          f"top-{metrics['top_k']} {metrics['top_k_accuracy']:.2%}; {run_dir / 'test_metrics.json'}")
     return metrics
 

@@ -319,3 +319,22 @@ def test_a_class_name_that_is_not_utf8_is_spelled_alike_in_csv_header_and_rows(t
     head, first, second = (tmp_path / "p.csv").read_text(encoding="utf-8").splitlines()
     assert head == "path,class,probability,caf\\xe9,plain"
     assert first.startswith("a.png,caf\\xe9,0.9,0.9,") and second.startswith("b.png,plain,0.8,")
+
+
+
+def test_every_loss_printout_keeps_a_tiny_loss_visible(tmp_path):
+    from cnncli.crossval import format_summary
+    from cnncli.report import render_html
+
+    rng = np.random.default_rng(2)
+    m = compute_metrics(rng.random((30, 3)), rng.integers(0, 3, 30), ["a", "b", "c"])
+    m["loss"] = 2.596e-05                                 # a tiny set trained long: not 0.0000
+    assert "2.596e-05" in format_metrics(m) and "2.596e-05" in render_html("t", m, ["a", "b", "c"], [], "", [], [])
+    folds = [{"fold": k, "epochs_run": 9, "best_epoch": 9, "val_loss": v, "val_acc": 1.0}
+             for k, v in ((1, 2.596e-05), (2, 0.25))]
+    summary = {"folds": folds, "summary": {"val_acc": {"mean": 1.0, "std": 0.0, "folds": 2},
+                                           "val_loss": {"mean": 0.125013, "std": 0.124987}}}
+    head, first, second, total = format_summary(tmp_path, summary).splitlines()[:4]
+    assert " 2.596e-05 " in first and " 0.2500 " in second and "0.0000" not in first
+    assert head.index("val acc") + 7 == first.index("%") + 1 == second.index("%") + 1   # columns line up
+    assert "val loss 0.1250 +- 0.1250" in total

@@ -252,7 +252,7 @@ def validation_data(run_dir: Path, predictor, cache=True):
         if runsetup.holds_out_nothing(cfg):
             return None
         cfg["data"]["cache"] = cfg["data"]["cache"] and cache
-        _, val_ds, skipped = runsetup.load_datasets(cfg)
+        val_ds, skipped = runsetup.load_validation(cfg, predictor.classes)
     except CnnError as err:
         raise CnnError(f"cannot rebuild the validation data from {cfg_path} ({err}); pass --data FOLDER") from err
     if val_ds is None or len(val_ds.labels) == 0:

@@ -97,6 +97,21 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
     return train_ds, val_ds, skipped
 
 
+def load_validation(cfg: dict, classes):
+    """(val_ds, skipped) of a run's validation images as load_datasets holds them out: data.val alone
+    when the config names it, its class folders read as the model's `classes` (the training folder
+    is not decoded, and its unreadable files are not this data's), else the split or fold of
+    data.train (skipped: that folder's unreadable files, which either side could have held)."""
+    from cnncli import data
+
+    d = cfg["data"]
+    if not d["val"]:
+        _, val_ds, skipped = load_datasets(cfg)
+        return val_ds, skipped
+    return data.load_folder(Path(d["val"]), image_size=d["image_size"], resize=d["resize"], strict=d["strict"],
+                            cache=d["cache"], classes=list(classes), missing_ok=True)
+
+
 def data_notes(cfg: dict, train_ds, val_ds) -> list:
     """The lines a run starts with about what its data holds: class folders named like a dataset's
     splits (data.train one level too high), classes without training or validation images, no

@@ -122,6 +122,19 @@ def test_eval_names_the_files_it_skipped(trained):
     assert "broken.png" in out.stderr and "empty.jpg" in out.stderr
 
 
+def test_eval_without_data_of_a_run_with_data_val_reads_that_folder_alone(workspace, tmp_path):
+    tmp, data = workspace                                          # data holds broken.png and empty.jpg
+    val = make_folder(tmp_path / "val", odd_files=False)
+    run = tmp_path / "run"
+    assert invoke(["train", "--config", tmp / "cfg.yaml", "--out", run, "-q", "--no-report",
+                   "--set", f"data.val={val}", "--set", "train.epochs=1"]).exit_code == 0
+    own, given = (invoke(["eval", "--checkpoint", run, "--json", *more]) for more in ([], ["--data", val]))
+    assert own.exit_code == 0 == given.exit_code and own.stderr == ""
+    m, g = json.loads(own.stdout), json.loads(given.stdout)
+    assert m["skipped"] == 0 and m["skipped_files"] == [] and "data.val of" in m["data"]
+    assert (m["num_images"], m["accuracy"], m["loss"]) == (g["num_images"], g["accuracy"], g["loss"])
+
+
 def test_a_validation_folder_without_some_classes_trains_and_says_so(workspace, tmp_path):
     tmp, data = workspace
     val = tmp_path / "val"

@@ -188,3 +188,26 @@ def test_the_skipped_warning_counts_files_and_rows_apart(tmp_path):
     assert skipped_lines(skipped)[0] == "warning: skipped 1 unreadable file(s) and 2 labels-file row(s):"
     assert skipped_lines(skipped[1:])[0] == "warning: skipped 2 labels-file row(s):"
     assert skipped_lines(skipped[:1], ", listed in x")[0] == "warning: skipped 1 unreadable file(s), listed in x:"
+
+
+def test_a_path_list_whose_first_file_is_missing_is_still_a_list(tmp_path):
+    from cnncli.data.csvindex import list_csv_paths
+
+    (tmp_path / "here.png").write_bytes(b"")
+    for first in ("gone.png", "sub/GONE.JPG", "hello"):            # a missing image; one column, no known name
+        listing = tmp_path / "list.txt"
+        listing.write_text(f"{first}\nhere.png\n")
+        assert list_csv_paths(str(listing)) == ([str(tmp_path / first), str(tmp_path / "here.png")], [])
+    listing.write_text("gone.png,cat\nhere.png,dog\n")            # a CSV without its header stays refused
+    with pytest.raises(DataError, match="no path column in its header"):
+        list_csv_paths(str(listing))
+
+
+def test_header_names_are_matched_whatever_their_case_spaces_or_hyphens(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=2, odd_files=False)
+    rows = folder_rows(data, tmp_path)
+    for header in (("Image Path", "Label"), (" file-name ", "CLASS"), ("File.Name", "Target")):
+        ds, skipped = load_folder(write_csv(tmp_path / "l.csv", rows, header=header), cache=False)
+        assert ds.classes == sorted(SHAPES) and len(ds.labels) == len(rows) and skipped == []
+    with pytest.raises(DataError, match="no path column in its header"):
+        load_folder(write_csv(tmp_path / "l.csv", rows, header=("picture", "label")), cache=False)

@@ -12,11 +12,13 @@ import csv
 import hashlib
 import itertools
 import os
+import re
 from array import array
 
 import numpy as np
 
 from ..errors import DataError
+from .decode import IMAGE_EXTENSIONS
 from .pathlist import PathList
 from .scan import printable, shown_classes
 
@@ -30,8 +32,14 @@ def is_labels_file(root: str) -> bool:
     return root.lower().endswith((".csv", ".tsv", ".txt")) and not os.path.isdir(root)
 
 
+def column_key(name: str) -> str:
+    """A header cell as the column names above spell it: case, surrounding blanks and the spaces,
+    hyphens or dots between words aside ("Image Path", "file-name" -> image_path, file_name)."""
+    return re.sub(r"[\s.-]+", "_", name.strip().lower())
+
+
 def _column(header: list, names: tuple, what: str, path: str) -> int:
-    keys = [h.strip().lower() for h in header]
+    keys = [column_key(h) for h in header]
     hits = [i for i, k in enumerate(keys) if k in names]
     if len(hits) != 1:
         problem = "no" if not hits else "more than one"
@@ -75,7 +83,7 @@ def _reader(f):
             break
     first = lines[-1] if lines else ""
     delimiter = next((d for d in DELIMITERS
-                      if any(h.strip().lower() in PATH_COLUMNS for h in next(csv.reader([first], delimiter=d), []))),
+                      if any(column_key(h) in PATH_COLUMNS for h in next(csv.reader([first], delimiter=d), []))),
                      ",")
     return csv.reader(itertools.chain(lines, f), delimiter=delimiter)
 
@@ -116,13 +124,18 @@ def list_csv_paths(path: str) -> tuple[list, list]:
 
 
 def _headerless_list(path: str, f) -> bool:
-    """Whether f's first non-blank line is no header (no path column under any delimiter) but a file
-    that exists (relative to the list's folder): a plain list of paths. f is rewound either way."""
+    """Whether f's first non-blank line is no header (no path column under any delimiter) but a
+    path: a file that exists (relative to the list's folder), a name with an image extension (a
+    missing file is then reported as such), or one column without a known name. A plain list of
+    paths; f is rewound either way."""
     first = next((ln.strip() for ln in f if ln.strip()), "")
     f.seek(0)
-    if not first or any(h.strip().lower() in PATH_COLUMNS for d in DELIMITERS for h in first.split(d)):
+    cells = [column_key(h) for d in DELIMITERS for h in first.split(d)]
+    if not first or any(c in PATH_COLUMNS for c in cells):
         return False
-    return os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(path)), first))
+    one_column = not any(d in first for d in DELIMITERS) and cells[0] not in LABEL_COLUMNS
+    return (one_column or os.path.splitext(first)[1].lower() in IMAGE_EXTENSIONS
+            or os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(path)), first)))
 
 
 class CsvIndex:

@@ -182,7 +182,8 @@ def cache(clear):
               help="YAML config file (as for cnn train); its data.train is split into the folds.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set train.epochs=20. Repeatable.")
-@click.option("--folds", default=5, show_default=True, type=click.IntRange(min=2), help="Number of folds K.")
+@click.option("--folds", default=None, type=click.IntRange(min=2),
+              help="Number of folds K [default: 5; a resumed folder keeps its own].")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Parent folder of the fold runs [default: the config's out + '-cv'].")
 @click.option("--resume", type=click.Path(file_okay=False, exists=True), default=None,
@@ -210,9 +211,9 @@ def _cv(comm, config_path, overrides, folds, out, resume, init_from, as_json, qu
     from cnncli.distributed import everyone
 
     def config():
-        if resume is not None and (config_path or overrides or out or init_from):
-            raise CnnError("--resume continues a cnn cv folder with its own config.yaml; drop --config, --set, "
-                           "--out, --init-from, --strict and --no-cache")
+        if resume is not None and (config_path or overrides or out or init_from or folds is not None):
+            raise CnnError("--resume continues a cnn cv folder with its own config.yaml and folds; drop --config, "
+                           "--set, --folds, --out, --init-from, --strict and --no-cache")
         if resume is not None:
             return None
         if init_from is not None and not init_from.strip():
@@ -223,7 +224,7 @@ def _cv(comm, config_path, overrides, folds, out, resume, init_from, as_json, qu
         config_mod.require_train(cfg)
         return cfg
     cfg = everyone(comm, config)
-    parent, summary = cross_validate(cfg, folds, out=out, resume=resume, quiet=quiet,
+    parent, summary = cross_validate(cfg, 5 if folds is None else folds, out=out, resume=resume, quiet=quiet,
                                      echo=lambda m: click.echo(m, err=True), comm=comm)
     if comm.is_main:
         click.echo(json.dumps(summary, indent=2) if as_json else format_summary(parent, summary))

@@ -124,6 +124,7 @@ def test_the_table_and_a_resume_of_unfinished_folds(cv_run, tmp_path):
 @pytest.mark.parametrize("extra, needle", [
     (["--resume", "{tmp}"], "not a cnn cv folder (no config.yaml)"),
     (["--resume", "{tmp}", "--set", "train.epochs=3"], "--resume continues a cnn cv folder with its own"),
+    (["--resume", "{tmp}", "--folds", "3"], "--resume continues a cnn cv folder with its own config.yaml and folds"),
     (["--set", "data.val={tmp}"], "data.val must be null (it is '{tmp}'; add --set data.val=null)"),
 ])
 def test_bad_requests_are_one_line(tmp_path, extra, needle):

@@ -1,4 +1,4 @@
-"""`cnn augment-preview`: a PNG grid of a config's augmentations applied to the user's own images.
+"""`cnn augment-preview`: an image grid (PNG, or as the output's extension says) of a config's augmentations applied to the user's own images.
 
 Row r shows one training image (labelled with its class, classes in turn): the original first, then
 augmented variants drawn as training batches are (cnncli.augment, epoch 0, steps 0, 1, ...). PIL
@@ -7,12 +7,14 @@ only; this module does not train, and it does not check the variants (a person l
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 
 from .config import require_train
+from .errors import CnnError
 
 CELL = 96          # pixels per image in the grid (32x32 scaled 3x, nearest neighbour)
 GAP = 4            # pixels between cells
@@ -107,18 +109,26 @@ def write_preview(cfg: dict, out, rows: int = 6, cols: int = 8, seed: int | None
     ds, _ = data.load_folder(d["train"], image_size=d["image_size"], resize=d["resize"])
     mean, std = 0.0, 1.0
     if d["normalize"]:  # as the trainer normalizes (the augmenter works on normalized inputs)
-        pix = ds.images.astype(np.float64) / 255.0
-        mean, std = float(pix.mean()), float(pix.std())
-        std = std if std > 1e-6 else 1.0
+        mean, std = data.pixel_mean_std(ds.images)       # (no float64 copy of the whole set)
     seed = cfg["train"]["seed"] if seed is None else seed
     idx = pick_images(ds.labels, len(ds.classes), rows, seed)
     cells = augmented_grid(ds.images[idx], AugmentSettings.from_config(cfg["augment"]), mean, std, cols, seed)
+    from PIL import Image
+
+    from .data import printable
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    grid = draw_grid(cells, [ds.classes[ds.labels[i]] for i in idx])
+    kind = Image.registered_extensions().get(out.suffix.lower(), "PNG")    # out.jpg is a JPEG
+    kind = kind if kind in Image.SAVE else "PNG"                            # (no suffix, or one PIL only reads)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        draw_grid(cells, [ds.classes[ds.labels[i]] for i in idx]).save(tmp, format="PNG")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(tmp, format=kind)
         os.replace(tmp, out)
+    except (OSError, ValueError) as err:
+        raise CnnError(f"{printable(str(out))}: cannot write the preview ({err.strerror or err})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return out

@@ -59,22 +59,44 @@ def new_run_dir(out: str) -> Path:
         blocker = next((p for p in base.parents if p.exists() and not p.is_dir()), None)
         why = f"{blocker} is a file, not a folder" if blocker is not None else (err.strerror or str(err))
         raise CnnError(f"{out}: cannot create the run folder ({why})") from None
+    if base.exists() and not base.is_dir():
+        raise CnnError(f"{printable(out)}: is a file, not a run folder; choose another `out`")
     for k in range(1, MAX_RUN_SUFFIX + 1):
         candidate = base if k == 1 else base.with_name(f"{base.name}-{k}")
         try:
-            os.mkdir(candidate)
-            claim_marker(candidate)
-            return candidate
-        except FileExistsError:
-            if candidate.is_dir() and not any(p.name != ".claimed" for p in candidate.iterdir()):
-                try:
-                    claim_marker(candidate)
-                    return candidate
-                except FileExistsError:
-                    continue
-        except OSError as err:          # a read-only or full parent folder
-            raise CnnError(f"{out}: cannot create the run folder ({err.strerror or err})") from None
+            try:
+                os.mkdir(candidate)
+                claim_marker(candidate)
+                return candidate
+            except FileExistsError:
+                if candidate.is_dir() and not any(p.name != ".claimed" for p in candidate.iterdir()):
+                    try:
+                        claim_marker(candidate)
+                        return candidate
+                    except FileExistsError:
+                        continue
+        except OSError as err:          # a read-only or full parent folder, or an empty folder not ours to write
+            raise CnnError(f"{printable(candidate)}: cannot create the run folder ({err.strerror or err})") from None
     raise CnnError(f"{out}: {MAX_RUN_SUFFIX} run folders of this name exist already; choose another `out`")
+
+
+def check_writable(folder: Path, hint: str = "") -> None:
+    """Create `folder` if needed and write (then delete) a file in it, before any data is read: a
+    read-only or full folder is one CnnError line naming it (+ hint), not a failure at the first save."""
+    probe = Path(folder) / f".write-test.tmp-{os.getpid()}"     # (clean_debris's pattern, if killed here)
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with open(probe, "x", encoding="utf-8"):
+            pass
+        probe.unlink()
+    except OSError as err:
+        raise CnnError(f"{printable(folder)}: cannot write the run folder ({err.strerror or err}){hint}") from None
+
+
+def taken_because(folder: Path) -> str:
+    """Why a new run did not take `folder` (new_run_dir): it holds a run, or other files."""
+    run = any((Path(folder) / name).exists() for name in ("config.yaml", "last.npz", "best.npz"))
+    return "holds another run" if run else "is not empty"
 
 
 def release(folder: Path) -> None:

@@ -186,7 +186,7 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     cfg = {**cfg, "out": str(run_dir)}                    # (config.yaml says where the run lives)
     notes = _rewind_note(ckpt_path, state, run_dir)
     if write:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        runfolder.check_writable(run_dir, "; --out NEWDIR continues the run in a new folder" if not out else "")
         runfolder.clean_debris(run_dir)                   # half-written saves of a killed process
         resume_mod.carry_best(ckpt_path.parent, run_dir)
     return (arrays, meta, ckpt_path), state, run_dir, cfg, notes

@@ -224,6 +224,50 @@ def test_new_run_never_overwrites_an_old_one(trained):
     assert len((run / "metrics.csv").read_text().strip().splitlines()) == 3  # untouched
 
 
+def test_an_out_that_is_a_file_a_folder_of_other_files_or_unwritable_gets_one_accurate_line(trained, tmp_path,
+                                                                                              monkeypatch):
+    from cnncli import runfolder
+
+    tmp, data, run, _ = trained
+    common = ["train", "--config", tmp / "cfg.yaml", "-q", "--no-report", "--set", "train.epochs=1"]
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.md").write_text("keep")
+    res = invoke([*common, "--out", tmp_path / "notes"])
+    assert res.exit_code == 0 and f"Run folder: {tmp_path / 'notes'}-2 ({tmp_path / 'notes'} is not empty)\n" in res.stderr
+    (tmp_path / "afile").write_text("x")
+    res = invoke([*common, "--set", f"out={tmp_path / 'afile'}"])
+    assert res.exit_code == 1 and res.output.strip() == f"Error: {tmp_path / 'afile'}: is a file, not a run folder; " \
+        "choose another `out`"
+    assert not (tmp_path / "afile-2").exists()
+
+    def read_only(folder):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(runfolder, "claim_marker", read_only)
+    (tmp_path / "empty").mkdir()                                   # an empty folder the run cannot write
+    res = invoke([*common, "--out", tmp_path / "empty"])
+    assert res.exit_code == 1 and res.output.strip() == f"Error: {tmp_path / 'empty'}: cannot create the run folder " \
+        "(Read-only file system)"
+
+
+def test_resuming_into_a_folder_it_cannot_write_says_so_before_reading_data(trained, tmp_path, monkeypatch):
+    from cnncli import runfolder
+
+    tmp, data, run, _ = trained
+    real_open = open
+
+    def no_writes_in(folder):
+        def guarded(path, mode="r", *args, **kwargs):
+            if str(path).startswith(str(folder)) and ("x" in mode or "w" in mode):
+                raise OSError(30, "Read-only file system")
+            return real_open(path, mode, *args, **kwargs)
+        return guarded
+    monkeypatch.setattr(runfolder, "open", no_writes_in(run), raising=False)
+    res = invoke(["train", "--resume", run, "--set", "train.epochs=3", "-q", "--no-report"])
+    assert res.exit_code == 1 and res.output.strip() == f"Error: {run}: cannot write the run folder (Read-only file " \
+        "system); --out NEWDIR continues the run in a new folder"
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 3  # untouched
+
+
 def test_print_config_shows_every_default(workspace):
     tmp, data = workspace
     res = invoke(["train", "--config", tmp / "cfg.yaml", "--print-config", "--set", "optim.lr=0.5"])

@@ -74,6 +74,27 @@ def test_augment_preview_png(tmp_path):
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(img))  # seeded: same picture
 
 
+def test_augment_preview_writes_the_format_its_extension_names_and_one_line_when_it_cannot(tmp_path, monkeypatch):
+    data = make_folder(tmp_path / "data", per_class=2, odd_files=False)
+    common = ["augment-preview", "--set", f"data.train={data}", "--rows", 2, "--cols", 2]
+    for name, kind in (("g.jpg", "JPEG"), ("g.WEBP", "WEBP"), ("g", "PNG"), ("g.psd", "PNG")):
+        res = invoke([*common, "--out", tmp_path / name])
+        assert res.exit_code == 0, res.output
+        assert Image.open(tmp_path / name).format == kind
+    (tmp_path / "file").write_text("x")
+    res = invoke([*common, "--out", tmp_path / "file" / "g.png"])               # its folder is a file
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1
+    assert res.output.startswith(f"Error: {tmp_path / 'file' / 'g.png'}: cannot write the preview (")
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(Image.Image, "save", read_only)
+    res = invoke([*common, "--out", tmp_path / "ro.png"])
+    assert res.exit_code == 1 and res.output.strip() == f"Error: {tmp_path / 'ro.png'}: cannot write the preview " \
+        "(Read-only file system)"
+    assert not list(tmp_path.glob(".ro.png.tmp-*"))
+
+
 def test_augment_preview_identity_settings_repeat_the_original(tmp_path):
     data = make_folder(tmp_path / "data", per_class=2, odd_files=False)
     out = tmp_path / "grid.png"

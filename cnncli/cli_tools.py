@@ -68,7 +68,8 @@ def bench(batchnorm, batch_sizes, threads, seconds, repeats, vs_torch, compare_b
               help="YAML config file (as for cnn train): its data, network, optimizer and batch size are used.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set optim.name=sgd. Repeatable.")
-@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=2), help="Training steps to run.")
+@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=13),
+              help="Training steps to run (at least 13: the suggestion leaves the first 10 and the last out).")
 @click.option("--min-lr", default=1e-6, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Rate of the first step.")
 @click.option("--max-lr", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),

@@ -16,6 +16,7 @@ from cnncli.errors import CnnError, TrainingDiverged
 SMOOTHING = 0.98          # the loss's exponential moving average (bias-corrected), as Lightning
 DIVERGED = 4.0            # stop once the smoothed loss exceeds this multiple of its best
 SKIP_BEGIN, SKIP_END = 10, 1   # points left out of the suggestion at each end (Lightning's defaults)
+MIN_STEPS = SKIP_BEGIN + SKIP_END + 2   # the fewest steps a suggestion can come from
 
 
 def rates(min_lr: float, max_lr: float, steps: int) -> np.ndarray:
@@ -133,8 +134,8 @@ def format_result(result: dict, optimizer: str, train_args: str = "") -> str:
         lines.append(f"{i + 1:>5} {lrs[i]:>10.3g} {smoothed[i]:>14.4f}")
     lines.append(f"ran {len(lrs)} step(s)" + (f"; stopped: {result['stopped']}" if result["stopped"] else ""))
     best = result["suggested"]
-    if best is None and len(lrs) < SKIP_BEGIN + SKIP_END + 2:
-        lines.append(f"no suggestion: fewer than {SKIP_BEGIN + SKIP_END + 2} steps ran before it stopped; "
+    if best is None and len(lrs) < MIN_STEPS:
+        lines.append(f"no suggestion: fewer than {MIN_STEPS} steps ran before it stopped; "
                      "try more --steps or a lower --max-lr")
     elif best is None:
         lines.append(f"no suggestion: the smoothed loss did not fall after step {SKIP_BEGIN}; "

@@ -252,7 +252,7 @@ def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=Non
     job = Precompile(first, min(workers, n), later) if workers > 0 else _Nothing()
     if say is not None:
         where = f" in {job.workers + 1} processes" if workers > 0 else ""
-        say(f"Compiling {n} numba kernels for this CPU{where} (first run only; later runs load them from "
+        say(f"Compiling {n} numba kernel{'' if n == 1 else 's'} for this CPU{where} (first run only; later runs load them from "
             "numba's cache) ...")
     return job
 

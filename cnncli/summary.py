@@ -172,7 +172,8 @@ def _recipe_line(r: dict) -> str:
         if r["optim.schedule"] is not None:
             head += f" {r['optim.schedule']}"
             if r["optim.warmup_epochs"]:
-                head += f" (warmup {r['optim.warmup_epochs']:g} epochs)"
+                w = r["optim.warmup_epochs"]
+                head += f" (warmup {w:g} epoch{'' if w == 1 else 's'})"
         parts.append(head)
     if r["optim.weight_decay"] is not None:
         parts.append(f"weight decay {r['optim.weight_decay']:g}")

@@ -197,3 +197,12 @@ def test_info_never_imports_numba(tmp_path):
     path = _save(tmp_path / "m.npz", "unit")
     res, imported = run_cli_probing_numba(["info", path], tmp_path)
     assert "bn1" in res.stdout and not imported
+
+
+def test_the_recipe_line_counts_warmup_epochs_in_words():
+    from cnncli.summary import RECIPE, _recipe_line
+
+    base = {key: None for key, _ in RECIPE}
+    for w, text in ((1.0, "(warmup 1 epoch)"), (0.5, "(warmup 0.5 epochs)"), (2.0, "(warmup 2 epochs)")):
+        r = {**base, "optim.name": "adam", "optim.lr": 1e-3, "optim.schedule": "cosine", "optim.warmup_epochs": w}
+        assert _recipe_line(r).startswith(f"adam lr 0.001 cosine {text}")

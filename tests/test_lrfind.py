@@ -113,3 +113,11 @@ def test_plot_is_a_png_of_the_curve(cfg, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".lr.png")] == []   # no temp file left
     res = invoke(["lr-find", "--config", cfg, "--steps", "30", "--plot", tmp_path / "no" / "such" / "dir.png"])
     assert res.exit_code == 1 and "cannot write the plot" in res.stderr and "Traceback" not in res.output
+
+
+def test_fewer_steps_than_a_suggestion_needs_are_refused_by_the_option():
+    from cnncli import lrfind
+
+    res = invoke(["lr-find", "--steps", str(lrfind.MIN_STEPS - 1)])
+    assert res.exit_code == 2 and f"{lrfind.MIN_STEPS - 1} is not in the range x>={lrfind.MIN_STEPS}" in res.output
+    assert f"at least {lrfind.MIN_STEPS}:" in invoke(["lr-find", "--help"]).output

@@ -149,7 +149,7 @@ def test_line_only_when_something_is_missing(monkeypatch):
     assert lines == []
     monkeypatch.setattr(kernelplan, "missing", lambda calls: dict(calls))    # one kernel, in both parts
     precompile.start("none", workers=0, say=lines.append).wait()
-    assert len(lines) == 1 and "Compiling 1 numba kernels" in lines[0] and "first run only" in lines[0]
+    assert len(lines) == 1 and "Compiling 1 numba kernel for" in lines[0] and "first run only" in lines[0]
     monkeypatch.setattr(kernelplan, "missing", lambda calls: None)     # numba's internals changed
     precompile.start("none", workers=0, say=lines.append)
     assert len(lines) == 1

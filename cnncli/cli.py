@@ -140,8 +140,8 @@ def _report_after_training(run_dir):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--fail-under", type=click.FloatRange(0, 1), default=None,
               help="Exit 1 (after printing the metrics) when --metric is below this value, in [0, 1]: a CI gate.")
-@click.option("--metric", default="accuracy", show_default=True,
-              type=click.Choice(["accuracy", "macro_f1", "top_k_accuracy"]), help="The metric --fail-under checks.")
+@click.option("--metric", default=None, type=click.Choice(["accuracy", "macro_f1", "top_k_accuracy"]),
+              help="The metric --fail-under checks [default: accuracy]; only with --fail-under.")
 @click.option("--no-cache", is_flag=True, help="Decode every image again; do not read or write the dataset cache.")
 @user_errors
 def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metric, no_cache):
@@ -149,6 +149,9 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
     accuracy, top-k, per-class P/R/F1, confusion."""
     from cnncli.evaluate import below_threshold, evaluate, format_metrics, notice_lines
 
+    if metric is not None and fail_under is None:          # (a gate without its threshold checks nothing)
+        raise click.BadParameter("chooses what --fail-under checks; add --fail-under X", param_hint="--metric")
+    metric = metric or "accuracy"
     checkpoint = checkpoints_or_newest(checkpoint)
     metrics, _, _ = evaluate(list(checkpoint), data_dir, batch_size=batch_size, top_k=top_k, cache=not no_cache)
     for line in notice_lines(metrics):

@@ -6,6 +6,7 @@ modules are imported inside the commands so `cnn --help` is instant.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -195,8 +196,8 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
     if csv_path:
         n = write_predictions_csv(csv_path, results, predictor.classes)
         click.echo(printable(f"{n} prediction(s) in {csv_path}"), err=True)
-    elif as_json:
-        echo_json_list(results)
+    elif as_json:         # the files that failed too, after the predictions: a script sees every input
+        echo_json_list(itertools.chain(results, ({"path": path, "error": reason} for path, reason in failures)))
     else:
         for r in results:
             click.echo(printable(prediction_line(r, top_k)))

@@ -172,8 +172,10 @@ def test_predict_files_folders_json_and_a_bad_file(trained):
     out = json.loads(res.stdout)
     assert res.exit_code == 1  # disc/empty.jpg is broken: reported, the others still predicted
     assert "empty.jpg" in res.stderr
-    assert len(out) == 12 and all(r["class"] in SHAPES and len(r["top_k"]) == 2 for r in out)
-    assert all(0.0 <= r["probability"] <= 1.0 for r in out)
+    good, failed = out[:-1], out[-1]                               # the failed file last, with its reason
+    assert failed["path"].endswith("empty.jpg") and failed.keys() == {"path", "error"} and failed["error"] in res.stderr
+    assert len(good) == 12 and all(r["class"] in SHAPES and len(r["top_k"]) == 2 for r in good)
+    assert all(0.0 <= r["probability"] <= 1.0 for r in good)
     one = invoke(["predict", "--checkpoint", run / "best.npz", data / "bar" / "001.png"])
     assert one.exit_code == 0
     path, cls, prob = one.stdout.strip().split("\t")[:3]
@@ -518,6 +520,7 @@ def test_predict_in_a_real_process_flushes_everything_before_its_fast_exit(train
     res = run_cli(["predict", "--checkpoint", run, data / "bar" / "001.png", tmp / "nope.png", "--json"], tmp)
     assert res.returncode == 1
     assert json.loads(res.stdout)[0]["path"].endswith("001.png")
+    assert json.loads(res.stdout)[1] == {"path": str(tmp / "nope.png"), "error": "no such file or folder"}
     assert res.stderr.strip() == f"error: {tmp / 'nope.png'}: no such file or folder"
     ok = run_cli(["predict", "--checkpoint", run, data / "bar" / "001.png"], tmp)
     assert ok.returncode == 0 and ok.stdout.count("\n") == 1

@@ -217,7 +217,9 @@ def validation_changed(meta: dict, val_ds) -> str | None:
 
 
 def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, preprocess: dict,
-                    cfg_text: str | None = None, data_info: dict | None = None) -> None:
+                    cfg_text: str | None = None, data_info: dict | None = None, weights_epoch: int | None = None) -> None:
+    # weights_epoch: the epoch whose weights these are, when not the run state's (early stopping's
+    # restore_best put best.npz's into last.npz)
     arrays = {f"params/{k}": v for k, v in net.params.items()}
     arrays.update({f"buffers/{k}": v for k, v in net.buffers.items()})
     arrays.update({f"optim/{k.removeprefix('optim.')}": v for k, v in opt.state_dict().items()})
@@ -244,6 +246,8 @@ def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, p
     }
     if data_info is not None:
         meta["data"] = data_info
+    if weights_epoch is not None:
+        meta["weights_epoch"] = int(weights_epoch)
     checkpoint.save(path, arrays, meta)
 
 

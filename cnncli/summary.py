@@ -92,7 +92,20 @@ def _training(meta: dict) -> dict:
     return {"epoch": _typed(meta.get("epoch"), int), "epoch_step": _typed(meta.get("epoch_step"), int),
             "step": _typed(meta.get("step"), int), "epochs": _typed(config_value(cfg, "train.epochs"), int),
             "stopped_early": _typed(meta.get("stopped_early"), bool), "last_epoch": last,
+            "weights_epoch": _weights_epoch(meta, history),
             "init_from": _typed(config_value(cfg, "train.init_from"), str)}
+
+
+def _weights_epoch(meta: dict, history: list):
+    # {"epoch", "row"} of the epoch whose weights the file holds when that is not its last epoch
+    # (early stopping restored the best into last.npz), else None
+    epoch = _typed(meta.get("weights_epoch"), int)
+    if epoch is None or epoch == _typed(meta.get("epoch"), int):
+        return None
+    row = next((r for r in history if isinstance(r, dict) and r.get("epoch") == epoch), None)
+    if row is not None:
+        row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+    return {"epoch": epoch, "row": row}
 
 
 # the settings `cnn info` shows of the run's recipe: (dotted key, type), as the run's config stored them
@@ -150,6 +163,10 @@ def format_info(info: dict) -> str:
     last = train["last_epoch"]
     if last:
         lines.append(f"            {_epoch_line(last)}")
+    held = train.get("weights_epoch")
+    if held:                                   # early stopping put the best epoch's weights back
+        lines.append(f"weights     epoch {held['epoch']}'s (the best, restored by early stopping)"
+                     + (f": {_epoch_line(held['row']).split(': ', 1)[1]}" if held["row"] else ""))
     recipe = _recipe_line(info["recipe"])
     if recipe:
         lines.append(f"recipe      {recipe}")

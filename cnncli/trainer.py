@@ -82,6 +82,7 @@ class Trainer:
         self.last_path, self.best_path = run_dir / "last.npz", run_dir / "best.npz"
         self.events = EventLog(run_dir) if t["tensorboard"] and self.is_main_process else None
         self.restored = False
+        self.weights_epoch = None       # the epoch whose weights restore_best put back (last.npz's meta says so)
         self.class_weight = class_weights(t["class_weight"], train_ds.labels, classes)  # (C,) or None
         if self.class_weight is not None:
             self.class_weight = self.class_weight.astype(net.params.flat.dtype)
@@ -263,9 +264,11 @@ class Trainer:
         """Early stopping with restore_best: best.npz's weights, BN statistics and optimizer state."""
         from cnncli.predictor import load_into
 
-        arrays = self.comm.bcast(checkpoint.load(self.best_path)[0] if self.is_main_process
-                                 and self.best_path.exists() else None)     # rank 0's file, every rank
+        arrays, meta = (checkpoint.load(self.best_path) if self.is_main_process and self.best_path.exists()
+                        else (None, None))
+        arrays = self.comm.bcast(arrays)                                    # rank 0's file, every rank
         if arrays is not None:
+            self.weights_epoch = meta["epoch"] if meta is not None else None   # (rank 0, the one that saves)
             load_into(self.net, arrays)
             self.opt.load_state_dict({"optim." + k[len("optim/"):]: v for k, v in arrays.items()
                                       if k.startswith("optim/")})
@@ -283,7 +286,7 @@ class Trainer:
     def save_last(self) -> None:
         if self.is_main_process:
             save_checkpoint(self.last_path, self.net, self.opt, self.state, self.cfg, self.classes,
-                            self.preprocess, self.cfg_text, self.data_info)
+                            self.preprocess, self.cfg_text, self.data_info, weights_epoch=self.weights_epoch)
 
     def save_best(self) -> None:
         if self.is_main_process:

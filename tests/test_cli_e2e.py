@@ -502,6 +502,13 @@ def test_early_stopping_restores_best_into_last(workspace, tmp_path):
     for k in best:
         if k.startswith("params/"):
             assert np.array_equal(best[k], last[k]), k
+    info = invoke(["info", tmp_path / "run" / "last.npz"])              # it says whose weights last.npz holds
+    assert info.exit_code == 0 and "trained     2 of 5 epochs" in info.stdout
+    assert f"weights     epoch 1's (the best, restored by early stopping): train loss " in info.stdout
+    assert f"val loss {float(first['val_loss']):.4f} acc {float(first['val_acc']):.2%}\n" in info.stdout
+    as_json = json.loads(invoke(["info", tmp_path / "run" / "last.npz", "--json"]).stdout)
+    assert as_json["training"]["weights_epoch"]["epoch"] == 1
+    assert "weights " not in invoke(["info", tmp_path / "run" / "best.npz"]).stdout   # its own epoch's
 
 
 def test_train_ends_with_a_report(workspace, tmp_path):

@@ -211,3 +211,11 @@ def test_header_names_are_matched_whatever_their_case_spaces_or_hyphens(tmp_path
         assert ds.classes == sorted(SHAPES) and len(ds.labels) == len(rows) and skipped == []
     with pytest.raises(DataError, match="no path column in its header"):
         load_folder(write_csv(tmp_path / "l.csv", rows, header=("picture", "label")), cache=False)
+
+
+def test_a_data_path_that_is_an_image_says_what_to_give_instead(tmp_path):
+    image = tmp_path / "one.png"
+    Image.new("L", (8, 8)).save(image)
+    with pytest.raises(DataError, match=r"one.png: is not a folder \(give the folder of class subfolders, or a "
+                                        r"labels CSV ending in .csv, .tsv or .txt\)"):
+        load_folder(image, cache=False)

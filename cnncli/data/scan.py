@@ -133,7 +133,8 @@ def _check_root(root: str) -> list[str]:
     if not os.path.exists(root):
         raise DataError(f"data folder {printable(root)}: does not exist")
     if not os.path.isdir(root):
-        raise DataError(f"data folder {printable(root)}: is not a folder")
+        raise DataError(f"data folder {printable(root)}: is not a folder (give the folder of class subfolders, "
+                        "or a labels CSV ending in .csv, .tsv or .txt)")
     try:
         entries = sorted(os.listdir(root))
     except OSError as e:

@@ -14,7 +14,7 @@ import yaml
 from cnncli import arch
 from cnncli.callbacks import loss_text
 from cnncli.predictor import Predictor
-from cnncli.data.scan import printable as name_text
+from cnncli.data.scan import listed, printable as name_text
 from cnncli.runfolder import printable
 
 
@@ -149,7 +149,7 @@ def format_info(info: dict) -> str:
     prep, train = info["preprocess"], info["training"]
     size = info["bytes"]
     made = f", cnncli {info['cnncli_version']}" if info["cnncli_version"] else ""
-    names = ", ".join(name_text(c) for c in info["classes"])
+    names = ", ".join(listed(c) for c in info["classes"])
     lines = [
         f"checkpoint  {printable(info['checkpoint'])} ({_bytes(size)}{made})",
         f"classes     {len(info['classes'])}: {names}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -206,3 +207,13 @@ def test_the_recipe_line_counts_warmup_epochs_in_words():
     for w, text in ((1.0, "(warmup 1 epoch)"), (0.5, "(warmup 0.5 epochs)"), (2.0, "(warmup 2 epochs)")):
         r = {**base, "optim.name": "adam", "optim.lr": 1e-3, "optim.schedule": "cosine", "optim.warmup_epochs": w}
         assert _recipe_line(r).startswith(f"adam lr 0.001 cosine {text}")
+
+
+def test_class_names_with_commas_are_quoted_in_the_list(tmp_path, monkeypatch):
+    from cnncli.data.scan import listed
+
+    assert [listed(n) for n in ("cat", "cat, tabby", ' say "hi"', "café ☕")] == \
+        ["cat", '"cat, tabby"', '" say "hi""', "café ☕"]
+    monkeypatch.setattr(sys.modules[__name__], "CLASSES", ["bird", "cat, tabby", "dog"])
+    path = _save(tmp_path / "m.npz", "none")
+    assert 'classes     3: bird, "cat, tabby", dog\n' in _info(path).output

@@ -143,9 +143,16 @@ def _check_root(root: str) -> list[str]:
             and os.path.isdir(os.path.join(root, e))]
 
 
+def listed(name: str) -> str:
+    """A class name as an item of a comma-separated list: printable, in double quotes when it holds
+    a comma or a quote or starts or ends with a blank (a labels CSV's "cat, tabby" is one class)."""
+    text = printable(name)
+    return f'"{text}"' if any(ch in text for ch in ',"') or text != text.strip() else text
+
+
 def shown_classes(classes) -> str:
     """The first 20 class names for a message ("a, b, ..." beyond that)."""
-    return ", ".join(map(printable, classes[:20])) + (", ..." if len(classes) > 20 else "")
+    return ", ".join(map(listed, classes[:20])) + (", ..." if len(classes) > 20 else "")
 
 
 def _match_classes(root: str, found: list, classes, missing_ok: bool) -> list:

@@ -91,6 +91,20 @@ def load_meta(path, max_bytes=MAX_BYTES) -> dict:
     return _parse_meta(path, raw)
 
 
+def _not_a_zip(path: str) -> str:
+    """What a file that zipfile cannot open is, as far as its first bytes and name tell."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    if head.startswith(b"PK"):
+        return "a damaged or truncated checkpoint (its zip archive cannot be read)"
+    if path.lower().endswith(".onnx"):
+        return "an ONNX model, not a checkpoint: give the .npz it was exported from"
+    return "not a checkpoint (.npz zip archive)" + (": the file is empty" if not head else "")
+
+
 def _open(path: str, max_bytes):
     """(the open zip, its validated members): every problem a one-line CheckpointError."""
     if not os.path.exists(path):
@@ -101,7 +115,7 @@ def _open(path: str, max_bytes):
         file_size = os.path.getsize(path)
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
-        raise CheckpointError(f"{path}: not a checkpoint (.npz zip archive); truncated or not a zip file") from None
+        raise CheckpointError(f"{path}: {_not_a_zip(path)}") from None
     except Exception as e:  # zipfile raises many types on hostile directories (NotImplementedError, ...)
         raise CheckpointError(f"{path}: cannot open checkpoint: {_one_line(e)}") from None
     try:

@@ -141,6 +141,13 @@ def test_not_a_zip(tmp_path):
     path.write_text("hello, I am not a checkpoint\n")
     with pytest.raises(CheckpointError, match=r"c\.npz: not a checkpoint"):
         load(path)
+    onnx, empty = tmp_path / "m.onnx", tmp_path / "e.npz"
+    onnx.write_bytes(b"\x08\x07\x12\x06cnncli")                      # (an ONNX protobuf's first bytes)
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"m\.onnx: an ONNX model, not a checkpoint: give the \.npz it was"):
+        load(onnx)
+    with pytest.raises(CheckpointError, match=r"e\.npz: not a checkpoint \(\.npz zip archive\): the file is empty$"):
+        load(empty)
 
 
 @pytest.mark.parametrize("keep", [0.2, 0.5, 0.9, 0.99])
@@ -149,8 +156,9 @@ def test_truncated_file(tmp_path, keep):
     save(path, _arrays(), META)
     data = path.read_bytes()
     path.write_bytes(data[:int(len(data) * keep)])
-    with pytest.raises(CheckpointError, match=r"c\.npz"):
+    with pytest.raises(CheckpointError, match=r"c\.npz") as err:
         load(path)
+    assert "not a checkpoint" not in str(err.value)                # it is one, damaged
 
 
 class _Evil:

@@ -293,7 +293,8 @@ def test_reference_table():
 
 def test_demo_config_is_valid_and_says_what_it_should():
     cfg = load_config(REPO / "configs" / "demo.yaml")
-    assert cfg["data"]["train"] == "data/demo/train" and cfg["data"]["val"] == "data/demo/test"
+    assert cfg["data"]["train"] == "data/demo/train" and cfg["data"]["val"] is None   # (held out from train)
+    assert cfg["data"]["test"] == "data/demo/test"                  # never seen in training nor in best.npz
     assert cfg["data"]["demo"] is True and cfg["out"] == "runs/demo"
     assert cfg["optim"]["name"] == "adam" and cfg["train"]["batch_size"] == 64
     text = (REPO / "configs" / "demo.yaml").read_text()

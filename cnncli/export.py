@@ -8,6 +8,7 @@ package (cnncli[onnx]). This module does not run models (onnxruntime does: docs/
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +50,17 @@ def _import_onnx():
     return onnx
 
 
-def _check_out(out: Path) -> None:
-    """ExportError when `out` cannot be a file we create: its folder is missing or not a folder, or
-    `out` is a folder. Whether the folder is writable shows when writing."""
+def _check_out(out: Path, checkpoint) -> None:
+    """ExportError when `out` cannot be a file we create: its folder is missing or not a folder,
+    `out` is a folder, the checkpoint being exported, or named like a checkpoint (.npz): a slip that
+    would put an ONNX model where a checkpoint was. Whether the folder is writable shows when writing."""
     parent = out.parent
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; give the .onnx file to write")
+    if out.exists() and os.path.samefile(out, checkpoint):
+        raise ExportError(f"{out}: is the checkpoint being exported; give the .onnx file to write")
+    if out.suffix.lower() == ".npz":
+        raise ExportError(f"{out}: ends in .npz, a checkpoint's name; an ONNX model goes into a .onnx file")
     if not parent.exists():
         raise ExportError(f"{out}: folder {str(parent)!r} does not exist")
     if not parent.is_dir():
@@ -179,7 +185,7 @@ def export_onnx(checkpoint, out, kind: str = "uint8") -> Path:
     """Write the checkpoint file `checkpoint` as an ONNX model at `out` (see build_model) -> out."""
     onnx = _import_onnx()
     out = Path(out)
-    _check_out(out)
+    _check_out(out, checkpoint)
     model = build_model(Predictor.from_checkpoint(checkpoint), kind)
     _write_atomic(onnx, model, out)
     return out

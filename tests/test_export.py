@@ -192,6 +192,20 @@ def test_unwritable_outputs_are_one_line_and_leave_nothing(runs, onnx, tmp_path)
     assert os.listdir(tmp_path / "adir") == []
 
 
+def test_an_out_that_would_overwrite_a_checkpoint_is_refused(runs, onnx, tmp_path):
+    _, run_dirs, _ = runs
+    copy = tmp_path / "run"
+    copy.mkdir()
+    (copy / "best.npz").write_bytes((run_dirs["none"] / "best.npz").read_bytes())
+    before = (copy / "best.npz").read_bytes()
+    for out, words in ((copy / "best.npz", "is the checkpoint being exported"),
+                       (tmp_path / "model.NPZ", "ends in .npz, a checkpoint's name")):
+        res = invoke(["export", "--checkpoint", copy, "--out", out])
+        assert res.exit_code == 1 and res.output == f"Error: {out}: {words}" + res.output.split(words, 1)[1]
+        assert res.output.count("\n") == 1
+    assert (copy / "best.npz").read_bytes() == before and not (tmp_path / "model.NPZ").exists()
+
+
 def test_read_only_folder_is_one_line_and_leaves_nothing(runs, onnx, tmp_path, monkeypatch):
     """A mode-555 folder; where this user can write there anyway (root), open() is made to refuse."""
     from cnncli import atomic

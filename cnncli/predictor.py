@@ -119,6 +119,8 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path) -> "Predictor":
+        """A checkpoint file, or a run folder (its best.npz, else last.npz, as the CLI takes it)."""
+        path = run_checkpoint(path, BEST_FIRST)
         arrays, meta = checkpoint.load(path)
         num_classes, batchnorm, eps, dtype = check_architecture(arrays, meta, path)
         classes = _require(meta, "classes", list, path)
@@ -145,10 +147,24 @@ class Predictor:
             self._network = net
         return self._network
 
+    def _check_images(self, images_u8) -> np.ndarray:
+        """images_u8 as a (N,S,S) uint8 array with S the model's input side, else ValueError naming it."""
+        if not isinstance(images_u8, np.ndarray):
+            raise ValueError(f"images_u8 must be a numpy array (N,{self.size},{self.size}) uint8, got "
+                             f"{type(images_u8).__name__}")
+        if images_u8.dtype != np.uint8 or images_u8.ndim != 3 or images_u8.shape[1:] != (self.size, self.size):
+            raise ValueError(f"images_u8 must be (N,{self.size},{self.size}) uint8 (data.load_image makes an "
+                             f"image so), got {images_u8.shape} {images_u8.dtype}")
+        return images_u8
+
+    @property
+    def size(self) -> int:
+        """The side of the square input images (the preprocessing's image_size)."""
+        return int(self.preprocess.get("image_size", 32))
+
     def to_input(self, images_u8: np.ndarray) -> np.ndarray:
         """(N,S,S) uint8 -> (N,1,S,S) normalized float input of the network's dtype."""
-        if images_u8.dtype != np.uint8 or images_u8.ndim != 3:
-            raise ValueError(f"images_u8 must be (N,S,S) uint8, got {images_u8.shape} {images_u8.dtype}")
+        images_u8 = self._check_images(images_u8)
         return self._table[images_u8][:, None, :, :]
 
     def predict_proba(self, images_u8: np.ndarray, batch_size: int = 256, fast=None) -> np.ndarray:
@@ -157,6 +173,9 @@ class Predictor:
         fast: None picks by size (the numba network above NUMPY_MAX_IMAGES images, else NumPy);
         True / False force the numba / NumPy path. The two agree to float rounding (~1e-6 relative in
         float32; docs/design.md)."""
+        images_u8 = self._check_images(images_u8)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         n = images_u8.shape[0]
         use_numba = n > NUMPY_MAX_IMAGES if fast is None else bool(fast)
         out = np.empty((n, len(self.classes)), dtype=np.float64)  # (N,C)

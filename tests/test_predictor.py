@@ -3,6 +3,7 @@ the NumPy path for small calls (numba never imported by a one-image `cnn predict
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -60,6 +61,24 @@ def test_small_calls_use_the_numpy_path_and_agree_with_the_network(ckpt):
     assert not np.array_equal(got, want)  # the numpy path really ran: float32 rounding differs
     assert np.array_equal(got.argmax(axis=1), want.argmax(axis=1))
     assert np.array_equal(p.predict_proba(images, batch_size=2, fast=False), got)
+
+
+def test_bad_images_and_batch_sizes_are_value_errors_naming_them_and_a_run_folder_loads(ckpt, tmp_path):
+    path, net, _ = ckpt
+    p = Predictor.from_checkpoint(path)
+    images, _ = _inputs(3)
+    for bad, words in ((images.tolist(), "images_u8 must be a numpy array (N,32,32) uint8, got list"),
+                       (np.zeros((3, 28, 28), np.uint8), "images_u8 must be (N,32,32) uint8 (data.load_image"),
+                       (images.astype(np.float32), "got (3, 32, 32) float32")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            p.predict_proba(bad)
+    for size in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=re.escape(f"batch_size must be an integer >= 1, got {size!r}")):
+            p.predict_proba(images, batch_size=size)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.npz").write_bytes(path.read_bytes())          # a run folder, as the CLI takes it
+    assert np.array_equal(Predictor.from_checkpoint(run).predict_proba(images), p.predict_proba(images))
 
 
 def test_calls_above_the_threshold_build_the_network_once(ckpt, monkeypatch):

@@ -48,6 +48,32 @@ class StopDuringSetup:
             signal.signal(sig, old)
 
 
+class StopAfterTraining:
+    """After the last step (testing best.npz on data.test, the report, the pre-compile's end):
+    SIGTERM and SIGUSR1 end the process with one line saying the checkpoints are saved and what
+    was left undone, rather than their silent default; SIGINT stays Ctrl-C."""
+
+    def __init__(self, run_dir, doing: str):
+        self.run_dir, self.doing = run_dir, doing
+
+    def __enter__(self):
+        self._old = {}
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handlers, nothing to restore
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        raise Stopped(f"{signal.Signals(signum).name}: stopped after training, {self.doing}; the run's "
+                      f"checkpoints are saved in {self.run_dir}")
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
 class StopFlag:
     """SIGINT/SIGTERM/SIGUSR1 set a flag; the loop finishes its step, saves, and stops. A second
     SIGINT aborts. SIGUSR1 is the graceful stop of an MPI job (`kill -USR1 <mpirun pid>`: mpirun

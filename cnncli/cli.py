@@ -17,7 +17,7 @@ import click
 from cnncli import __version__, cli_tools
 from cnncli.cli_common import (CHECKPOINT_HELP, checkpoints_or_newest, echo_json_list, on_every_rank, other_rank,
                                printable, resolve_checkpoint, user_errors)
-from cnncli.errors import CnnError, ConfigError
+from cnncli.errors import CnnError, ConfigError, Stopped
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -118,11 +118,16 @@ def _report_after_training(run_dir):
                               for f in Path(run_dir).iterdir() if f.is_file()):
         click.echo(f"Report: {html} (up to date)", err=True)    # nothing trained since it was drawn
         return
+    from cnncli.callbacks import StopAfterTraining
+
     try:
         from cnncli.report import write_report
 
-        path = write_report(run_dir)
+        with StopAfterTraining(run_dir, f"while drawing its report (cnn report {run_dir} draws it)"):
+            path = write_report(run_dir)
         click.echo(f"Report: {path}", err=True)
+    except Stopped:
+        raise
     except CnnError as err:  # matplotlib missing, etc.: training itself succeeded
         click.echo(f"note: no report ({err})", err=True)
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from cnncli import resume as resume_mod, runfolder
-from cnncli.callbacks import StopDuringSetup, loss_text
+from cnncli.callbacks import StopAfterTraining, StopDuringSetup, loss_text
 from cnncli.errors import CnnError, TrainingDiverged
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
 from cnncli.runsetup import data_notes, load_datasets, setup  # noqa: F401 (load_datasets: API)
@@ -100,9 +100,11 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
             runfolder.write_diverged(run_dir, str(err))
         raise
     if comm.is_main and cfg["data"]["test"]:
-        evaluate_test_data(run_dir, cfg, echo)
+        with StopAfterTraining(run_dir, "while testing best.npz on data.test"):
+            evaluate_test_data(run_dir, cfg, echo)
     if comm.size == 1:
         from cnncli import precompile
 
-        precompile.finish_background(precompile.stderr_line)   # even with -q: minutes of silence after Done
+        with StopAfterTraining(run_dir, "while finishing numba's cache (the next run compiles the rest)"):
+            precompile.finish_background(precompile.stderr_line)   # even with -q: minutes of silence after Done
     return run_dir

@@ -511,6 +511,33 @@ def test_early_stopping_restores_best_into_last(workspace, tmp_path):
     assert "weights " not in invoke(["info", tmp_path / "run" / "best.npz"]).stdout   # its own epoch's
 
 
+@pytest.mark.parametrize("stage, sig", [("test", "SIGUSR1"), ("report", "SIGTERM")])
+def test_a_stop_signal_after_training_is_one_line_saying_the_checkpoints_are_saved(workspace, tmp_path, monkeypatch,
+                                                                                    stage, sig):
+    import os
+    import signal
+
+    from cnncli import report, train
+
+    tmp, data = workspace
+
+    def signalled(*args, **kwargs):                                # the signal arrives while it runs
+        os.kill(os.getpid(), getattr(signal, sig))
+        raise AssertionError("the signal did not stop it")
+    monkeypatch.setattr(train if stage == "test" else report, "evaluate_test_data" if stage == "test"
+                        else "write_report", signalled)
+    run = tmp_path / "run"
+    res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", run, "-q", "--set", "train.epochs=1",
+                  "--set", f"data.test={data}", *(["--no-report"] if stage == "test" else [])])
+    doing = "while testing best.npz on data.test" if stage == "test" else \
+        f"while drawing its report (cnn report {run} draws it)"
+    assert res.exit_code == 130, res.output
+    assert res.stderr.strip().splitlines()[-1] == f"{sig}: stopped after training, {doing}; the run's " \
+        f"checkpoints are saved in {run}"
+    assert (run / "best.npz").is_file() and (run / "last.npz").is_file()
+    assert signal.getsignal(getattr(signal, sig)) in (signal.SIG_DFL, signal.default_int_handler)   # put back
+
+
 def test_train_ends_with_a_report(workspace, tmp_path):
     pytest.importorskip("matplotlib", reason="the report is an optional extra (cnncli[plots])")
     tmp, data = workspace

@@ -59,6 +59,23 @@ class AugmentSettings:
                    brightness=j["brightness"], contrast=j["contrast"], noise_p=n["p"], noise_std=n["std"],
                    erase_p=e["p"], erase_scale=tuple(e["scale"]))
 
+    def __post_init__(self):
+        """The ranges config.py checks for the augment section, for settings made in Python."""
+        def bad(name, rule):
+            raise ValueError(f"AugmentSettings.{name} must be {rule}, got {getattr(self, name)!r}")
+        limits = {"affine_p": 1, "flip_h": 1, "flip_v": 1, "jitter_p": 1, "noise_p": 1, "erase_p": 1, "shift": 16,
+                  "rotate": 180, "shear": 45, "brightness": 1, "contrast": 1, "noise_std": 1}
+        for name, hi in limits.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= hi:
+                bad(name, f"a number in [0, {hi}]")
+        for name, top in (("scale", 4), ("erase_scale", 1)):
+            v = getattr(self, name)
+            ok = (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(t, (int, float))
+                  and not isinstance(t, bool) for t in v) and 0 < v[0] <= v[1] <= top)
+            if not ok:
+                bad(name, f"(lo, hi) with 0 < lo <= hi <= {top}")
+
     def vector(self, pixel_std: float) -> np.ndarray:
         """(16,) float64 for the kernels; intensities divided by the normalization std (input units)."""
         return np.array([self.affine_p, self.shift, math.radians(self.rotate), self.scale[0], self.scale[1],
@@ -114,10 +131,13 @@ def check_batch(x, dtype=None):
     """x must be a C-contiguous (N,1,32,32) float32/float64 array (of `dtype` when given)."""
     if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[1:] != (1, SIZE, SIZE):
         raise ValueError(f"x must be (N,1,{SIZE},{SIZE}), got {getattr(x, 'shape', type(x).__name__)}")
-    if x.dtype not in (np.float32, np.float64) or (dtype is not None and x.dtype != dtype):
-        raise ValueError(f"x must be {np.dtype(dtype or np.float32)} (float32/float64), got {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(f"x must be {np.dtype(dtype)} (this Augmenter's dtype; Augmenter(..., dtype=...) "
+                         f"chooses it), got {x.dtype}")
+    if x.dtype not in (np.float32, np.float64):
+        raise ValueError(f"x must be float32 or float64, got {x.dtype}")
     if not x.flags.c_contiguous:
-        raise ValueError("x must be C-contiguous")
+        raise ValueError("x must be C-contiguous (np.ascontiguousarray(x) makes it so)")
 
 
 def apply_params(x, params, noise=None, out=None):

@@ -286,3 +286,19 @@ def test_bad_batches_are_refused():
         aug(np.zeros((2, 1, S, S)), 0, 0)
     with pytest.raises(ValueError, match="pixel_std"):
         A.Augmenter(SETTINGS, seed=0, pixel_std=0.0)
+
+
+@pytest.mark.parametrize("field, value", [("affine_p", 2.0), ("shift", -1.0), ("rotate", 181), ("noise_std", True),
+                                          ("scale", (1.2, 0.8)), ("scale", (0.0, 1.0)), ("erase_scale", (0.1,)),
+                                          ("jitter_p", "0.5")])
+def test_settings_made_in_python_are_checked_as_the_config_checks_them(field, value):
+    with pytest.raises(ValueError, match=rf"^AugmentSettings\.{field} must be "):
+        A.AugmentSettings(**{field: value})
+
+
+def test_a_batch_of_another_dtype_says_which_the_augmenter_takes():
+    aug = A.Augmenter(A.AugmentSettings(affine_p=1.0), seed=0)
+    with pytest.raises(ValueError, match=r"x must be float32 \(this Augmenter's dtype; Augmenter\(\.\.\., dtype=\.\.\.\)"):
+        aug(np.zeros((2, 1, 32, 32)), 0, 0)
+    with pytest.raises(ValueError, match=r"np\.ascontiguousarray"):
+        aug(np.zeros((2, 1, 32, 64), np.float32)[..., ::2], 0, 0)

@@ -77,8 +77,13 @@ def test_check_ranks():
     D.check_ranks(64, 1)
     D.check_ranks(64, 8)
     D.check_ranks(60, 2)      # 8 shards, the last short
-    with pytest.raises(ConfigError, match=r"train.batch_size: 64 is 8 shard\(s\).* 3 MPI ranks .*2, 4, 8"):
+    with pytest.raises(ConfigError, match=r"train.batch_size: 64 makes 8 shards .* 3 MPI ranks .*use 1, 2, 4 or 8 "
+                                          r"ranks, or a batch_size whose shard count 3 divides, e\.g\. 48 or 72$"):
         D.check_ranks(64, 3)
+    with pytest.raises(ConfigError, match=r"4 makes 1 shard of up to 8 images .*use 1 rank, or .* e\.g\. 16$"):
+        D.check_ranks(4, 2)
+    for batch in (48, 72, 16):                # the batch sizes those messages suggest do split
+        D.check_ranks(batch, 3 if batch != 16 else 2)
 
 
 def test_single_process_comm():

@@ -158,8 +158,9 @@ def test_ranks_that_cannot_split_the_batch_get_one_config_error(data):
     res = cnn_mpi(2, ["train", "--config", cfg, "--no-report"], tmp, timeout=120)
     assert res.returncode == 2, res.stderr
     ours = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")]
-    assert ours == ["Error: train.batch_size: 24 is 3 shard(s) of 8 images, which 2 MPI ranks cannot split "
-                    "evenly; use a number of ranks that divides 3 (3) or a batch_size that is a multiple of 16"]
+    assert ours == ["Error: train.batch_size: 24 makes 3 shards of up to 8 images (the last may hold fewer), which "
+                    "2 MPI ranks cannot split evenly; use 1 or 3 ranks, or a batch_size whose shard count 2 "
+                    "divides, e.g. 16 or 32"]
     assert res.stdout == "" and not (tmp / "odd").exists()
     bad = tmp / "cfg-typo.yaml"
     bad.write_text("train:\n  epocs: 3\n")

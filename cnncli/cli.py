@@ -27,10 +27,12 @@ def cli(ctx):
     """Train, evaluate and run small CNN classifiers for grayscale images.
 
     \b
-    Quick start (built-in demo data, nothing to download):
+    Quick start (built-in demo data, nothing to download), in the repository's folder:
       cnn train --config configs/demo.yaml
       cnn eval --checkpoint runs/demo --data data/demo/test
       cnn predict --checkpoint runs/demo data/demo/test/circle
+    Anywhere else (an installed package; the default recipe instead of the demo config's):
+      cnn train --set data.demo=true --set data.train=data/demo/train --out runs/demo
     """
     if ctx.invoked_subcommand not in ("train", "cv") and other_rank():
         ctx.exit(0)             # under mpirun the one-process commands run (and print, and write) on rank 0
@@ -237,7 +239,7 @@ def report(run_dir, data_dir, out_dir):
 @click.option("--out", "-o", required=True, type=click.Path(), help="The model file to write, e.g. model.onnx.")
 @click.option("--input", "input_kind", default="uint8", show_default=True, type=click.Choice(["uint8", "float"]),
               help="Graph input: uint8 (N,32,32) pixels, normalized in the graph, or float32 (N,1,32,32) "
-                   "already normalized. See docs/interop.md.")
+                   "already normalized. See docs/interop.md in the repository.")
 @user_errors
 def export(checkpoint, fmt, out, input_kind):
     """Export the inference network of a checkpoint; class names and preprocessing go in its metadata."""

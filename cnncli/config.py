@@ -277,8 +277,9 @@ def load_config(path=None, overrides=()):
 def require_train(cfg):
     """Raise the one-line error of a command that trains on data.train when the config names none."""
     if not cfg["data"]["train"]:
-        raise ConfigError("data.train is not set: give --config FILE or --set data.train=FOLDER "
-                          "(try: --config configs/demo.yaml)")
+        raise ConfigError("data.train is not set: give --config FILE or --set data.train=FOLDER (try the demo: "
+                          "--config configs/demo.yaml in the repository's folder, or anywhere --set data.demo=true "
+                          "--set data.train=data/demo/train)")
 
 
 def get(cfg, key):

@@ -313,7 +313,7 @@ def test_wrappers_raise_value_errors_naming_argument_and_shape(rng):
     x = rng.standard_normal((2, 3, 8, 8))
     with pytest.raises(ValueError, match=r"w has shape \(4, 2, 5, 5\)"):
         conv.conv2d_forward(x, np.zeros((4, 2, 5, 5)), np.zeros(4), 2)
-    with pytest.raises(ValueError, match=r"b has shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"b has shape \(3,\), expected \(4,\)$"):
         conv.conv2d_forward(x, np.zeros((4, 3, 5, 5)), np.zeros(3), 2)
     with pytest.raises(ValueError, match=r"w has dtype float32"):
         conv.conv2d_forward(x, np.zeros((4, 3, 5, 5), np.float32), np.zeros(4), 2)

@@ -14,7 +14,7 @@ def check_array(name, arr, shape, dtype=None, contiguous=True):
     if not isinstance(arr, np.ndarray):
         raise ValueError(f"{name} must be a numpy array, got {type(arr).__name__}")
     if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
-        want = "(" + ",".join("*" if s is None else str(s) for s in shape) + ")"
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
         raise ValueError(f"{name} has shape {arr.shape}, expected {want}")
     if dtype is not None and arr.dtype != np.dtype(dtype):
         raise ValueError(f"{name} has dtype {arr.dtype} (shape {arr.shape}), expected {np.dtype(dtype)}")

@@ -215,6 +215,13 @@ def is_complete(root, train_per_class=600, test_per_class=150, seed=0, image_siz
     return True
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it, then putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def ensure_demo(root, train_per_class: int = 600, test_per_class: int = 150, seed: int = 0,
                 image_size: int = 32) -> str:
     """Generate the demo into root unless a complete one with these settings is already there.
@@ -236,6 +243,7 @@ def ensure_demo(root, train_per_class: int = 600, test_per_class: int = 150, see
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.partial-", dir=parent)
     try:
+        os.chmod(tmp, 0o777 & ~_umask())                 # (mkdtemp's 0700 would outlive the rename)
         generate_demo(tmp, *settings)
         if os.path.exists(root):                         # stale/other-settings demo or empty folder
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.old-", dir=parent)

@@ -88,6 +88,8 @@ def test_ensure_demo_generates_once(tmp_path, monkeypatch):
     root = tmp_path / "demo"
     assert demo.ensure_demo(root, **SMALL) == str(root)
     assert demo.is_complete(root, **SMALL)
+    mode = root.stat().st_mode & 0o777                          # as a folder mkdir makes, not mkdtemp's 0700
+    assert mode == 0o777 & ~demo._umask() == (root / "train").stat().st_mode & 0o777
     before = tree_bytes(root)
 
     def fail(*a, **k):

@@ -58,8 +58,9 @@ def cli(ctx):
 @click.option("--no-report", is_flag=True, help="Do not render the report pictures at the end of the run.")
 @user_errors
 def train(config_path, overrides, resume, init_from, out, strict, no_cache, print_config, quiet, no_report):
-    """Train a network on an image folder (one subfolder per class). Under `mpirun -n K` the K
-    processes train one run together (docs/distributed.md)."""
+    """Train a network on an image folder (one subfolder per class) or a labels CSV (path and label
+    columns). Under `mpirun -n K` the K processes train one run together (docs/distributed.md in
+    the repository)."""
     on_every_rank(_train, config_path, overrides, resume, init_from, out, strict, no_cache, print_config, quiet,
                   no_report)
 
@@ -184,8 +185,8 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
                    "class with its probability), e.g. for a submission file.")
 @user_errors
 def predict(checkpoint, paths, top_k, as_json, csv_path):
-    """Classify images: each PATH is an image file, a folder of images, or a CSV whose path column
-    lists them. Exit status 1 if any file failed. A probability is the model's sigmoid output for
+    """Classify images: each PATH is an image file, a folder of images, a CSV whose path column
+    lists them, or a .txt/.csv/.tsv list of paths, one a line, without a header. Exit status 1 if any file failed. A probability is the model's sigmoid output for
     that class (one per class, as the seed's loss trains them): they need not add up to 1."""
     from cnncli.ensemble import load
     from cnncli.predictions import gather_paths, predict_stream, prediction_line, write_predictions_csv
@@ -217,16 +218,20 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
 
 
 @cli.command(short_help="Pictures of a run: curves, confusion, mistakes, filters.")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dir", type=click.Path(exists=True))
 @click.option("--data", "data_dir", type=click.Path(), default=None,
-              help="Labelled image folder for the confusion matrix and mistakes (default: the run's validation data; "
-                   "a run without any gets its curves and filters only).")
+              help="Labelled image folder (or labels CSV) for the confusion matrix and mistakes (default: the run's "
+                   "validation data; a run without any gets its curves and filters only).")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder (default RUN_DIR/report).")
 @user_errors
 def report(run_dir, data_dir, out_dir):
-    """Render learning curves, confusion matrix, per-class bars, mistakes and filters to PNG + report.html."""
+    """Render learning curves, confusion matrix, per-class bars, mistakes and filters to PNG + report.html.
+    RUN_DIR is a run folder (a checkpoint file in one stands for its folder)."""
     from cnncli.report import write_report
+
+    if os.path.isfile(run_dir):                      # runs/demo/best.npz: its run folder
+        run_dir = os.path.dirname(os.path.abspath(run_dir))
 
     click.echo(str(write_report(run_dir, data_dir=data_dir, out_dir=out_dir,
                                 echo=lambda line: click.echo(printable(line), err=True))))

@@ -137,10 +137,11 @@ def augment_preview(config_path, overrides, out_path, rows, cols, seed):
 
 
 @click.command(short_help="Generate the built-in 12-class demo dataset.")
-@click.argument("root", type=click.Path(file_okay=False), default="data/demo")
+@click.argument("root", type=click.Path(file_okay=False), default="data/demo", required=False)
 @user_errors
 def demo(root):
-    """Generate the built-in 12-class demo dataset (ROOT/train, ROOT/test) if it is not there yet."""
+    """Generate the built-in 12-class demo dataset (ROOT/train, ROOT/test) if it is not there yet.
+    ROOT defaults to data/demo, where configs/demo.yaml looks for it."""
     from cnncli.demo import ensure_demo
 
     click.echo(str(ensure_demo(root)))
@@ -240,7 +241,8 @@ def _cv(comm, config_path, overrides, folds, out, resume, init_from, as_json, qu
 @user_errors
 def runs(folders, sort_by, as_json):
     """List the run folders at or below FOLDERS (default: runs), cnn cv folds included: classes,
-    batchnorm, optimizer and lr, epochs done of the total (* stopped early), the best epoch with its
+    batchnorm, optimizer and lr, epochs done of the total (* stopped early, ! diverged: its
+    diverged.txt says where), the best epoch with its
     val loss and val acc (best.npz's), and the checkpoint its weights started from. Runs nothing;
     numba is not loaded."""
     from cnncli.runs import describe_run, find_runs, format_runs, sort_rows

@@ -285,6 +285,8 @@ def test_cli_report_numbers_equal_cli_eval_json(trained_run, tmp_path):
     assert got["confusion"] == want["confusion"]
     for name in CLASSES:
         assert got["per_class"][name] == pytest.approx(want["per_class"][name], rel=1e-12)
+    given = runner.invoke(cli, ["report", str(run_dir / "best.npz"), "--out", str(tmp_path / "f")])   # a file in it
+    assert given.exit_code == 0 and given.stdout.strip() == str(tmp_path / "f" / "report.html"), given.output
 
 
 @needs_matplotlib

@@ -31,8 +31,8 @@ def finish_background(say=None) -> None:
         job._go.value = 1
         if left and any(p.is_alive() for p in job._procs):
             if say is not None:
-                say("Finishing numba's cache for the one-call training step (first run only; up to a few "
-                    "minutes; Ctrl-C skips it and a later run compiles it) ...")
+                say("Finishing numba's cache for the one-call training step (first run only, and of each BN "
+                    "variant; up to a few minutes; Ctrl-C skips it and a later run compiles it) ...")
             try:
                 for i in left:
                     job._wait_for(i)
@@ -252,8 +252,8 @@ def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=Non
     job = Precompile(first, min(workers, n), later) if workers > 0 else _Nothing()
     if say is not None:
         where = f" in {job.workers + 1} processes" if workers > 0 else ""
-        say(f"Compiling {n} numba kernel{'' if n == 1 else 's'} for this CPU{where} (first run only; later runs load them from "
-            "numba's cache) ...")
+        say(f"Compiling {n} numba kernel{'' if n == 1 else 's'} for this CPU{where} (first run only, and of each BN "
+            "variant, optimizer and dtype; later runs load them from numba's cache) ...")
     return job
 
 

@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -78,11 +79,12 @@ def _train(comm, config_path, overrides, resume, init_from, out, strict, no_cach
         return
     from cnncli.train import train as run_training
 
+    started = time.time()
     run_dir = run_training(cfg, resume=resume, quiet=quiet, echo=lambda m: click.echo(m, err=True), out=out,
                            comm=comm)
     if comm.is_main:
         if not no_report:
-            _report_after_training(run_dir)
+            _report_after_training(run_dir, new=not _untouched_since(run_dir, started))
         click.echo(str(run_dir))
 
 
@@ -115,11 +117,20 @@ def _train_config(config_path, overrides, resume, init_from, out, strict, no_cac
     return cfg
 
 
-def _report_after_training(run_dir):
+def _untouched_since(run_dir, t0: float) -> bool:
+    """Whether no file of the run folder changed since t0 (a resumed run that had nothing to do)."""
+    return all(f.stat().st_mtime < t0 for f in Path(run_dir).iterdir() if f.is_file())
+
+
+def _report_after_training(run_dir, new=True):
+    """The run's report, drawn unless it is up to date; new False (a resume that had nothing to do):
+    none is drawn for a run that has none (it was trained with --no-report)."""
     html = Path(run_dir) / "report" / "report.html"
     if html.is_file() and all(f.stat().st_mtime_ns <= html.stat().st_mtime_ns
                               for f in Path(run_dir).iterdir() if f.is_file()):
         click.echo(f"Report: {html} (up to date)", err=True)    # nothing trained since it was drawn
+        return
+    if not new:
         return
     from cnncli.callbacks import StopAfterTraining
 

@@ -112,8 +112,9 @@ def test_a_finished_run_is_nothing_to_do_before_any_data_is_read(data, tmp_path)
     cfg = write_config(tmp_path / "c.yaml", folder, tmp_path / "run", epochs=1)
     assert train(cfg).exit_code == 0
     shutil.rmtree(folder)                                          # no data to read: none is needed
-    res = invoke("train", "--resume", tmp_path / "run", "-q", "--no-report")
+    res = invoke("train", "--resume", tmp_path / "run", "-q")           # (the run had --no-report)
     assert res.exit_code == 0 and "Nothing to do: the run already completed 1 epoch(s)" in res.output
+    assert "Report:" not in res.output and not (tmp_path / "run" / "report").exists()   # nothing new to draw
     res = invoke("train", "--resume", tmp_path / "run", "-q", "--no-report", "--set", "train.epochs=2")
     assert res.exit_code != 0 and "does not exist" in res.output   # more epochs: the data is read again
 

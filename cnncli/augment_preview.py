@@ -1,4 +1,5 @@
-"""`cnn augment-preview`: an image grid (PNG, or as the output's extension says) of a config's augmentations applied to the user's own images.
+"""`cnn augment-preview`: an image grid (PNG, or the format the output's extension names) of a
+config's augmentations applied to the user's own images.
 
 Row r shows one training image (labelled with its class, classes in turn): the original first, then
 augmented variants drawn as training batches are (cnncli.augment, epoch 0, steps 0, 1, ...). PIL
@@ -100,9 +101,13 @@ def draw_grid(cells, names):
 
 
 def write_preview(cfg: dict, out, rows: int = 6, cols: int = 8, seed: int | None = None) -> Path:
-    """Render the grid for config `cfg` (validated) to the PNG `out`, atomically; returns its path."""
+    """Render the grid for config `cfg` (validated) to the image file `out` (PNG unless its extension
+    names another format), atomically; returns its path."""
+    from PIL import Image
+
     from . import data
     from .augment import AugmentSettings
+    from .data import printable
 
     d = cfg["data"]
     require_train(cfg)
@@ -113,10 +118,6 @@ def write_preview(cfg: dict, out, rows: int = 6, cols: int = 8, seed: int | None
     seed = cfg["train"]["seed"] if seed is None else seed
     idx = pick_images(ds.labels, len(ds.classes), rows, seed)
     cells = augmented_grid(ds.images[idx], AugmentSettings.from_config(cfg["augment"]), mean, std, cols, seed)
-    from PIL import Image
-
-    from .data import printable
-
     out = Path(out)
     grid = draw_grid(cells, [ds.classes[ds.labels[i]] for i in idx])
     kind = Image.registered_extensions().get(out.suffix.lower(), "PNG")    # out.jpg is a JPEG

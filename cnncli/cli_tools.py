@@ -116,7 +116,8 @@ def info(checkpoint, as_json):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set augment.affine.rotate=20. Repeatable.")
 @click.option("--out", "-o", "out_path", default="augment-preview.png", show_default=True,
-              type=click.Path(dir_okay=False), help="Image file to write: PNG, or the format its extension names (.jpg, .webp, ...).")
+              type=click.Path(dir_okay=False),
+              help="Image file to write: PNG, or the format its extension names (.jpg, .webp, ...).")
 @click.option("--rows", default=6, show_default=True, type=click.IntRange(1, 100),
               help="Images (one row each, classes in turn).")
 @click.option("--cols", default=8, show_default=True, type=click.IntRange(2, 50),

@@ -217,7 +217,8 @@ def validation_changed(meta: dict, val_ds) -> str | None:
 
 
 def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, preprocess: dict,
-                    cfg_text: str | None = None, data_info: dict | None = None, weights_epoch: int | None = None) -> None:
+                    cfg_text: str | None = None, data_info: dict | None = None,
+                    weights_epoch: int | None = None) -> None:
     # weights_epoch: the epoch whose weights these are, when not the run state's (early stopping's
     # restore_best put best.npz's into last.npz)
     arrays = {f"params/{k}": v for k, v in net.params.items()}

@@ -298,7 +298,8 @@ def test_settings_made_in_python_are_checked_as_the_config_checks_them(field, va
 
 def test_a_batch_of_another_dtype_says_which_the_augmenter_takes():
     aug = A.Augmenter(A.AugmentSettings(affine_p=1.0), seed=0)
-    with pytest.raises(ValueError, match=r"x must be float32 \(this Augmenter's dtype; Augmenter\(\.\.\., dtype=\.\.\.\)"):
+    with pytest.raises(ValueError, match=r"x must be float32 \(this Augmenter's dtype; Augmenter\(\.\.\., "
+                                         r"dtype=\.\.\.\)"):
         aug(np.zeros((2, 1, 32, 32)), 0, 0)
     with pytest.raises(ValueError, match=r"np\.ascontiguousarray"):
         aug(np.zeros((2, 1, 32, 64), np.float32)[..., ::2], 0, 0)

@@ -235,7 +235,8 @@ def test_an_out_that_is_a_file_a_folder_of_other_files_or_unwritable_gets_one_ac
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "notes.md").write_text("keep")
     res = invoke([*common, "--out", tmp_path / "notes"])
-    assert res.exit_code == 0 and f"Run folder: {tmp_path / 'notes'}-2 ({tmp_path / 'notes'} is not empty)\n" in res.stderr
+    notes = tmp_path / "notes"
+    assert res.exit_code == 0 and f"Run folder: {notes}-2 ({notes} is not empty)\n" in res.stderr
     (tmp_path / "afile").write_text("x")
     res = invoke([*common, "--set", f"out={tmp_path / 'afile'}"])
     assert res.exit_code == 1 and res.output.strip() == f"Error: {tmp_path / 'afile'}: is a file, not a run folder; " \
@@ -504,7 +505,7 @@ def test_early_stopping_restores_best_into_last(workspace, tmp_path):
             assert np.array_equal(best[k], last[k]), k
     info = invoke(["info", tmp_path / "run" / "last.npz"])              # it says whose weights last.npz holds
     assert info.exit_code == 0 and "trained     2 of 5 epochs" in info.stdout
-    assert f"weights     epoch 1's (the best, restored by early stopping): train loss " in info.stdout
+    assert "weights     epoch 1's (the best, restored by early stopping): train loss " in info.stdout
     assert f"val loss {float(first['val_loss']):.4f} acc {float(first['val_acc']):.2%}\n" in info.stdout
     as_json = json.loads(invoke(["info", tmp_path / "run" / "last.npz", "--json"]).stdout)
     assert as_json["training"]["weights_epoch"]["epoch"] == 1

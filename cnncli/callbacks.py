@@ -25,36 +25,10 @@ class SetupStopped(Stopped):
     """SIGTERM or SIGUSR1 before the first step (decoding, compiling): nothing was trained or saved."""
 
 
-class StopDuringSetup:
-    """Around a run's set-up: SIGTERM and SIGUSR1 (whose default is to end the process without a
-    word) end it with one line instead; SIGINT stays Ctrl-C. StopFlag takes over for the steps."""
-
-    def __enter__(self):
-        self._old = {}
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: no handlers, nothing to restore
-                pass
-        return self
-
-    @staticmethod
-    def _handle(signum, frame):
-        raise SetupStopped(f"{signal.Signals(signum).name}: stopped during set-up, before the first step: "
-                           "nothing was trained; start the run again")
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-class StopAfterTraining:
-    """After the last step (testing best.npz on data.test, the report, the pre-compile's end):
-    SIGTERM and SIGUSR1 end the process with one line saying the checkpoints are saved and what
-    was left undone, rather than their silent default; SIGINT stays Ctrl-C."""
-
-    def __init__(self, run_dir, doing: str):
-        self.run_dir, self.doing = run_dir, doing
+class _StopLine:
+    """Within: SIGTERM and SIGUSR1 (whose default is to end the process without a word) raise
+    self.stopped(signal name) instead, one line; SIGINT stays Ctrl-C. Outside the main thread
+    nothing is installed."""
 
     def __enter__(self):
         self._old = {}
@@ -66,12 +40,32 @@ class StopAfterTraining:
         return self
 
     def _handle(self, signum, frame):
-        raise Stopped(f"{signal.Signals(signum).name}: stopped after training, {self.doing}; the run's "
-                      f"checkpoints are saved in {self.run_dir}")
+        raise self.stopped(signal.Signals(signum).name)
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+class StopDuringSetup(_StopLine):
+    """Around a run's set-up (decoding, compiling). StopFlag takes over for the steps."""
+
+    @staticmethod
+    def stopped(name):
+        return SetupStopped(f"{name}: stopped during set-up, before the first step: nothing was trained; "
+                            "start the run again")
+
+
+class StopAfterTraining(_StopLine):
+    """After the last step (testing best.npz on data.test, the report, the pre-compile's end): the
+    line says the checkpoints are saved and what was left undone."""
+
+    def __init__(self, run_dir, doing: str):
+        self.run_dir, self.doing = run_dir, doing
+
+    def stopped(self, name):
+        return Stopped(f"{name}: stopped after training, {self.doing}; the run's checkpoints are saved in "
+                       f"{self.run_dir}")
 
 
 class StopFlag:

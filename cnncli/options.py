@@ -86,8 +86,9 @@ OPTIONS = (
            "(else last.npz) once training ends: printed and written to test_metrics.json in the run folder. Its "
            "classes are checked before training starts.", "str", check=_not_empty),
     Option("data.val_split", 0.1, "Fraction of the training images held out for validation, in [0, 1) (0: "
-           "none, train on every image); used only when data.val is null; stratified by class, seeded by "
-           "data.seed.", "float", check=_range(0, 1, False, True)),
+           "none, train on every image); used only when data.val is null; stratified by class (each class of "
+           "2 or more images gives at least 1, and keeps at least 1 for training), seeded by data.seed.", "float",
+           check=_range(0, 1, False, True)),
     Option("data.folds", 0, "K-fold cross-validation (cnn cv sets it): when >= 2, the validation images are "
            "fold data.fold of K stratified folds of data.train (data.val_split is not used); 0 = off.", "int",
            check=_folds),

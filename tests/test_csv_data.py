@@ -219,3 +219,16 @@ def test_a_data_path_that_is_an_image_says_what_to_give_instead(tmp_path):
     with pytest.raises(DataError, match=r"one.png: is not a folder \(give the folder of class subfolders, or a "
                                         r"labels CSV ending in .csv, .tsv or .txt\)"):
         load_folder(image, cache=False)
+
+
+def test_a_csv_made_on_windows_with_backslash_paths_reads_the_same_images(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=3, odd_files=False)
+    rows = folder_rows(data, tmp_path)
+    unix = load_folder(write_csv(tmp_path / "unix.csv", rows), cache=False)[0]
+    with open(tmp_path / "win.csv", "w", newline="") as f:               # CRLF and images\0001.png
+        f.write("path,label\r\n" + "".join(f"{p.replace('/', chr(92))},{c}\r\n" for p, c in rows))
+    win, skipped = load_folder(tmp_path / "win.csv", cache=False)
+    assert skipped == [] and win.classes == unix.classes and np.array_equal(win.images, unix.images)
+    from cnncli.data.csvindex import list_csv_paths
+    (tmp_path / "list.txt").write_text("".join(p.replace("/", "\\") + "\n" for p, _ in rows))
+    assert list_csv_paths(str(tmp_path / "list.txt")) == ([str(tmp_path / p) for p, _ in rows], [])

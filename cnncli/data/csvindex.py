@@ -103,7 +103,22 @@ def _rows(path: str, f, with_label: bool):
             continue
         file = row[pi].strip() if pi < len(row) else ""
         label = row[li].strip() if li is not None and li < len(row) else ""
-        yield reader.line_num, (file if not file or os.path.isabs(file) else os.path.join(base, file)), label
+        yield reader.line_num, _full_path(file, base), label
+
+
+def _full_path(file: str, base: str) -> str:
+    """A listed path as a full path: relative ones from the CSV's folder `base`. A path written with
+    Windows backslashes (images\\0001.png, a CSV made on Windows) that names no file here is read
+    with slashes when that names one."""
+    if not file:
+        return file
+    full = file if os.path.isabs(file) else os.path.join(base, file)
+    if os.sep == "/" and "\\" in file and not os.path.exists(full):
+        alt = file.replace("\\", "/")
+        alt = alt if os.path.isabs(alt) else os.path.join(base, alt)
+        if os.path.exists(alt):
+            return alt
+    return full
 
 
 def list_csv_paths(path: str) -> tuple[list, list]:
@@ -114,7 +129,7 @@ def list_csv_paths(path: str) -> tuple[list, list]:
     with _reading(path), open(path, encoding=text_encoding(path), newline="") as f:
         if _headerless_list(path, f):          # one path a line, no header (ls *.png > list.txt)
             base = os.path.dirname(os.path.abspath(path))
-            return [os.path.join(base, ln.strip()) for ln in f if ln.strip()], []
+            return [_full_path(ln.strip(), base) for ln in f if ln.strip()], []
         for line, file, _ in _rows(path, f, with_label=False):
             if file:
                 files.append(file)

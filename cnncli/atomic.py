@@ -13,8 +13,18 @@ import secrets
 
 def write_atomic(path, write, text: bool = False) -> None:
     """write(f) into `.NAME.tmp-PID-RANDOM` beside `path`, fsync, os.replace onto `path`.
-    text=True opens it as UTF-8 text (name bytes that are not UTF-8 written as \\xNN)."""
-    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    text=True opens it as UTF-8 text (name bytes that are not UTF-8 written as \\xNN).
+
+    A symlink is written through: its target is replaced, the link stays. A path that exists and is
+    no regular file (a FIFO, /dev/stdout, a terminal) is written to directly, as a shell's > does:
+    replacing it would put a plain file where the pipe or device was."""
+    path = os.path.realpath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isfile(path):
+        opts = dict(encoding="utf-8", errors="backslashreplace", newline="") if text else {}
+        with open(path, "w" if text else "wb", **opts) as f:
+            write(f)
+        return
+    folder, name = os.path.split(path)
     tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     opts = dict(encoding="utf-8", errors="backslashreplace", newline="") if text else {}
     try:

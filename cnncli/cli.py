@@ -193,7 +193,7 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {path, class, probability, top_k}.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
               help="Write the predictions to this CSV instead (path, class, probability, then one column per "
-                   "class with its probability), e.g. for a submission file.")
+                   "class with its probability), e.g. for a submission file; - writes it to standard output.")
 @user_errors
 def predict(checkpoint, paths, top_k, as_json, csv_path):
     """Classify images: each PATH is an image file, a folder of images, a CSV whose path column
@@ -216,7 +216,7 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
     failures.extend(bad)
     if csv_path:
         n = write_predictions_csv(csv_path, results, predictor.classes)
-        click.echo(printable(f"{n} prediction(s) in {csv_path}"), err=True)
+        click.echo(printable(f"{n} prediction(s) in {'standard output' if csv_path == '-' else csv_path}"), err=True)
     elif as_json:         # the files that failed too, after the predictions: a script sees every input
         echo_json_list(itertools.chain(results, ({"path": path, "error": reason} for path, reason in failures)))
     else:

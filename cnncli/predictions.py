@@ -5,6 +5,8 @@ lines or a CSV. Not the metrics of labelled images (evaluate.py), nor the model 
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from .errors import CnnError
@@ -85,7 +87,11 @@ def write_predictions_csv(path, results, classes) -> int:
             w.writerow([r["path"], r["class"], repr(r["probability"]), *(repr(p[c]) for c in names)])
             count[0] += 1
     try:
-        write_atomic(path, write, text=True)
+        if path == "-":                              # (standard output, as most tools read "-")
+            write(sys.stdout)
+            sys.stdout.flush()
+        else:
+            write_atomic(path, write, text=True)
     except OSError as e:
         raise CnnError(f"{path}: cannot write the predictions ({e.strerror or e})") from None
     return count[0]

@@ -172,6 +172,9 @@ def test_predict_reads_a_csv_of_paths_and_writes_a_predictions_csv(tmp_path):
     assert res.exit_code == 0 and json.loads(res.output) == want
     res = invoke(["predict", "--checkpoint", tmp_path / "run", listing, "--csv", tmp_path / "no" / "p.csv"])
     assert res.exit_code == 1 and f"Error: {tmp_path / 'no' / 'p.csv'}: cannot write the predictions" in res.output
+    res = invoke(["predict", "--checkpoint", tmp_path / "run", data, "--csv", "-"])        # - : standard output
+    assert res.exit_code == 0 and list(csv.DictReader(res.stdout.splitlines())) == written
+    assert "12 prediction(s) in standard output" in res.stderr and not (tmp_path / "-").exists()
     res = invoke(["predict", "--checkpoint", tmp_path / "run", listing, "--csv", out, "--json"])
     assert res.exit_code == 2 and "Error: --json and --csv: give one of them" in res.output   # not one dropped
     res = invoke(["eval", "--checkpoint", tmp_path / "run", "--data", data, "--top-k", "5"])

@@ -182,7 +182,11 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     cfg = {**cfg, "train": {**cfg["train"], "init_from": first}}
     if resume_mod.should_continue(state, saved, cfg):
         state.stopped_early = False
-    run_dir = Path(out) if out else ckpt_path.parent
+    source = Path(os.path.realpath(ckpt_path)).parent       # (a symlinked checkpoint: the run it lies in)
+    run_dir = Path(out) if out else source
+    if out and Path(os.path.realpath(out)) != source and runfolder.taken_because(run_dir) == "holds another run":
+        raise ConfigError(f"--out {runfolder.printable(out)}: holds another run; --resume --out continues this run "
+                          f"in a new or empty folder (or give --resume {runfolder.printable(out)} to go on with that one)")
     cfg = {**cfg, "out": str(run_dir)}                    # (config.yaml says where the run lives)
     notes = _rewind_note(ckpt_path, state, run_dir)
     if write:

@@ -255,3 +255,21 @@ def test_a_resume_with_nothing_to_do_keeps_the_report_it_has(data, tmp_path):
     assert f"Report: {html} (up to date)" in res.output and html.stat().st_mtime_ns == drawn
     res = invoke("train", "--resume", tmp_path / "run", "-q", "--set", "train.epochs=2")
     assert res.exit_code == 0 and "up to date" not in res.output and html.stat().st_mtime_ns > drawn
+
+
+def test_resume_out_into_another_run_is_refused_and_a_symlinked_checkpoint_continues_its_own_run(data, run1,
+                                                                                                tmp_path):
+    other = tmp_path / "other"
+    train(write_config(tmp_path / "o.yaml", data, other, epochs=1), "--set", "train.seed=7")
+    before = {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()}
+    res = invoke("train", "--resume", run1, "--out", other, "-q", "--no-report", "--set", "train.epochs=2")
+    assert res.exit_code == 2 and res.output.strip() == (
+        f"Error: --out {other}: holds another run; --resume --out continues this run in a new or empty folder "
+        f"(or give --resume {other} to go on with that one)")
+    assert {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()} == before   # untouched
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "ck.npz").symlink_to(run1 / "last.npz")
+    res = invoke("train", "--resume", links / "ck.npz", "-q", "--no-report", "--set", "train.epochs=2")
+    assert res.exit_code == 0 and f"Run folder: {run1}" in res.output
+    assert [r["epoch"] for r in rows(run1)] == ["1", "2"] and os.listdir(links) == ["ck.npz"]

@@ -52,8 +52,9 @@ def _import_onnx():
 
 def _check_out(out: Path, checkpoint) -> None:
     """ExportError when `out` cannot be a file we create: its folder is missing or not a folder,
-    `out` is a folder, the checkpoint being exported, or named like a checkpoint (.npz): a slip that
-    would put an ONNX model where a checkpoint was. Whether the folder is writable shows when writing."""
+    `out` is a folder, the checkpoint being exported, named like a checkpoint (.npz), or an existing
+    file other than a .onnx one (a run's config.yaml, say): slips that would put an ONNX model where
+    another file was. Whether the folder is writable shows when writing."""
     parent = out.parent
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; give the .onnx file to write")
@@ -61,6 +62,8 @@ def _check_out(out: Path, checkpoint) -> None:
         raise ExportError(f"{out}: is the checkpoint being exported; give the .onnx file to write")
     if out.suffix.lower() == ".npz":
         raise ExportError(f"{out}: ends in .npz, a checkpoint's name; an ONNX model goes into a .onnx file")
+    if out.exists() and out.suffix.lower() != ".onnx":
+        raise ExportError(f"{out}: exists and is not a .onnx file; give a new name, or a .onnx file to replace")
     if not parent.exists():
         raise ExportError(f"{out}: folder {str(parent)!r} does not exist")
     if not parent.is_dir():

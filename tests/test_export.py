@@ -198,12 +198,17 @@ def test_an_out_that_would_overwrite_a_checkpoint_is_refused(runs, onnx, tmp_pat
     copy.mkdir()
     (copy / "best.npz").write_bytes((run_dirs["none"] / "best.npz").read_bytes())
     before = (copy / "best.npz").read_bytes()
+    (copy / "config.yaml").write_text("keep")
     for out, words in ((copy / "best.npz", "is the checkpoint being exported"),
-                       (tmp_path / "model.NPZ", "ends in .npz, a checkpoint's name")):
+                       (tmp_path / "model.NPZ", "ends in .npz, a checkpoint's name"),
+                       (copy / "config.yaml", "exists and is not a .onnx file; give a new name, or a .onnx")):
         res = invoke(["export", "--checkpoint", copy, "--out", out])
         assert res.exit_code == 1 and res.output == f"Error: {out}: {words}" + res.output.split(words, 1)[1]
         assert res.output.count("\n") == 1
     assert (copy / "best.npz").read_bytes() == before and not (tmp_path / "model.NPZ").exists()
+    assert (copy / "config.yaml").read_text() == "keep"
+    for _ in range(2):                                            # a .onnx file is replaced
+        assert invoke(["export", "--checkpoint", copy, "--out", copy / "m.onnx"]).exit_code == 0
 
 
 def test_read_only_folder_is_one_line_and_leaves_nothing(runs, onnx, tmp_path, monkeypatch):

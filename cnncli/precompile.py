@@ -254,6 +254,10 @@ def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=Non
         where = f" in {job.workers + 1} processes" if workers > 0 else ""
         say(f"Compiling {n} numba kernel{'' if n == 1 else 's'} for this CPU{where} (first run only, and of each BN "
             "variant, optimizer and dtype; later runs load them from numba's cache) ...")
+        from .kernels import cachestamp
+
+        if cachestamp.fallback_note():        # (the cache is not where the user asked, or in the temp folder)
+            say(cachestamp.fallback_note())
     return job
 
 

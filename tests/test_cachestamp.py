@@ -80,3 +80,30 @@ def test_a_kernel_is_compiled_again_when_a_kernel_it_inlines_changes(tmp_path):
     edited = _run(root, cache)
     assert edited["misses"] == 1 and edited["p"] == 0.25
     assert _run(root, cache)["hits"] == 1
+
+
+NO_FOLDER = """
+from numba.core import caching
+caching.CacheImpl._locator_classes[:] = []      # no folder numba would choose can be written
+""" + CHILD + """
+from cnncli.kernels import cachestamp
+print(json.dumps({"note": cachestamp.fallback_note(), "root": cachestamp.TEMP_ROOT}))
+"""
+
+
+def test_without_a_writable_cache_folder_the_kernels_cache_in_the_temp_folder_with_one_note(tmp_path):
+    root = _copy(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(root), TMPDIR=str(tmp_path / "tmp"))
+    env.pop("NUMBA_CACHE_DIR", None)
+    (tmp_path / "tmp").mkdir()
+    runs = []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", NO_FOLDER], capture_output=True, text=True, env=env, cwd=root)
+        assert r.returncode == 0, r.stderr                  # (it was numba's "no locator available" RuntimeError)
+        lines = r.stdout.strip().splitlines()
+        runs.append((json.loads(lines[-2]), json.loads(lines[-1])))
+    (first, said), (again, _) = runs
+    assert first["misses"] == 1 and again["hits"] == 1      # cached, and found again by the next process
+    assert said["root"].startswith(str(tmp_path / "tmp")) and os.listdir(said["root"])
+    assert said["note"].startswith("note: no folder numba would cache the kernels in can be written") \
+        and said["root"] in said["note"]

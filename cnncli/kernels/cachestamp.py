@@ -16,6 +16,7 @@ import functools
 import hashlib
 import os
 import re
+import tempfile
 
 from numba.core import caching
 
@@ -88,12 +89,51 @@ class PackageStampLocator(caching._CacheLocator):
                 return None
         except ValueError:                                        # another drive
             return None
-        for other in _IMPL._locator_classes:
+        for other in _IMPL._locator_classes + [TempFolderLocator]:
             if other is not cls:
                 inner = other.from_function(py_func, py_file)
                 if inner is not None:
+                    _chosen(inner)
                     return cls(inner)
         return None
+
+
+class TempFolderLocator(caching.UserWideCacheLocator):
+    """The last resort when none of the folders numba would choose can be written (NUMBA_CACHE_DIR,
+    the package's __pycache__, the per-user cache: a system-wide install run with a read-only
+    home): a per-user folder under the system's temporary folder, which later runs find again while
+    it lasts."""
+
+    def __init__(self, py_func, py_file):
+        super().__init__(py_func, py_file)
+        self._cache_path = os.path.join(TEMP_ROOT, self.get_suitable_cache_subpath(py_file))
+
+
+TEMP_ROOT = os.path.join(tempfile.gettempdir(), f"cnncli-numba-{getattr(os, 'getuid', lambda: 'user')()}")
+_NOTES: list = []          # the note fallback_note() gives, set when the first kernel's folder is chosen
+
+
+def _chosen(locator) -> None:
+    """Remember, once, when the kernels' cache is not where the user asked (NUMBA_CACHE_DIR) or
+    went to the temporary folder."""
+    if _NOTES:
+        return
+    asked = os.environ.get("NUMBA_CACHE_DIR")
+    where = locator.get_cache_path()
+    if isinstance(locator, TempFolderLocator):
+        _NOTES.append(f"note: no folder numba would cache the kernels in can be written ({asked or 'the package'}"
+                      f"'s and the per-user cache); they are cached in {TEMP_ROOT} while it lasts "
+                      "(NUMBA_CACHE_DIR=FOLDER chooses a writable one)")
+    elif asked and not isinstance(locator, caching.UserProvidedCacheLocator):
+        _NOTES.append(f"note: NUMBA_CACHE_DIR={asked} cannot be written; numba caches the kernels elsewhere "
+                      f"({where}, ...)")
+    else:
+        _NOTES.append("")
+
+
+def fallback_note() -> str:
+    """The one-line note when the kernels' cache folder is not the one asked for ('' otherwise)."""
+    return _NOTES[0] if _NOTES else ""
 
 
 def install() -> None:

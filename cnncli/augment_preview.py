@@ -57,6 +57,9 @@ def label_font():
     Greek, Cyrillic...), else Pillow's own (its scalable default where FreeType is available)."""
     from PIL import ImageFont
 
+    from .report import matplotlib_config_folder
+
+    matplotlib_config_folder()
     try:
         import matplotlib
 

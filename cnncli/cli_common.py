@@ -41,9 +41,9 @@ def user_errors(fn):
             raise UserError(printable(str(err)), err.exit_code, err.prefix) from None
         except KeyboardInterrupt:
             raise UserError("interrupted", 130) from None
-        except BrokenPipeError:  # `cnn predict ... | head`: the reader left; stop quietly
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(1)
+        except BrokenPipeError:  # `cnn predict ... | head`: the reader left; stop quietly, with the
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # status a shell gives a
+            sys.exit(128 + 13)   # process SIGPIPE ended (141), not 1: that means some files failed
         except OSError as err:
             raise UserError(os_error_text(err), 1) from None
 

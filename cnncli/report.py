@@ -12,6 +12,8 @@ import html
 import json
 import math
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +30,26 @@ STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fo
          "xtick.labelsize": 8, "ytick.labelsize": 8, "figure.dpi": DPI, "savefig.dpi": DPI}
 
 
+def matplotlib_config_folder() -> None:
+    """MPLCONFIGDIR set to a temporary folder when matplotlib's own (~/.config/matplotlib) cannot be
+    written (a read-only home), before matplotlib is imported: it would print two warnings about it."""
+    if "MPLCONFIGDIR" in os.environ or "matplotlib" in sys.modules:
+        return
+    home = os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config"),
+                        "matplotlib")
+    try:
+        os.makedirs(home, exist_ok=True)
+        if os.access(home, os.W_OK):
+            with tempfile.TemporaryFile(dir=home):
+                return
+    except OSError:
+        pass
+    os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="cnncli-matplotlib-")
+
+
 def matplotlib_parts():
     """(matplotlib module, Figure, FigureCanvasAgg), or CnnError when matplotlib is not installed."""
+    matplotlib_config_folder()
     try:
         import matplotlib
         from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -561,6 +561,16 @@ def test_predict_in_a_real_process_flushes_everything_before_its_fast_exit(train
     assert ok.returncode == 0 and ok.stdout.count("\n") == 1
 
 
+def test_predict_into_a_pipe_the_reader_closes_ends_quietly_with_sigpipes_status(trained):
+    tmp, data, run, _ = trained
+    paths = " ".join([str(data / "bar")] * 80)                     # ~1,000 lines: more than a pipe holds
+    script = f"{sys.executable} -m cnncli predict --checkpoint {run} {paths} | head -1; echo \"status ${{PIPESTATUS[0]}}\""
+    res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=cli_env(tmp), timeout=300)
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(str(data / "bar")) and lines[1] == "status 141", res.stdout
+    assert res.stderr == ""                                        # no traceback, no error line
+
+
 def test_a_deleted_current_folder_is_one_line_saying_so(workspace, tmp_path):
     tmp, data = workspace
     script = (f"mkdir gone && cd gone && rmdir ../gone && exec {sys.executable} -m cnncli train --config "

@@ -3,6 +3,7 @@ equal evaluate() for the same checkpoint and data. The run folder is built by ha
 
 import html
 import json
+import os
 import math
 import re
 import sys
@@ -340,3 +341,18 @@ def test_a_class_name_no_font_draws_is_escaped_in_the_figures_and_kept_in_the_ht
     expect = "四" if drawable("四") else "\\u56db"
     assert drawn == [["circle", expect, "é"]] and drawable("é")
     assert "四" in out.read_text(encoding="utf-8")
+
+
+def test_a_read_only_home_gets_no_matplotlib_warnings(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("matplotlib")
+    (tmp_path / "home").write_text("a file where the home folder would be: nothing can be made under it")
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    env.update(HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path))
+    code = ("import os; from cnncli.report import matplotlib_parts; matplotlib_parts(); "
+            "print(os.environ['MPLCONFIGDIR'])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.strip().startswith(str(tmp_path / "cnncli-matplotlib-"))

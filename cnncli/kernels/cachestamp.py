@@ -121,9 +121,9 @@ def _chosen(locator) -> None:
     asked = os.environ.get("NUMBA_CACHE_DIR")
     where = locator.get_cache_path()
     if isinstance(locator, TempFolderLocator):
-        _NOTES.append(f"note: no folder numba would cache the kernels in can be written ({asked or 'the package'}"
-                      f"'s and the per-user cache); they are cached in {TEMP_ROOT} while it lasts "
-                      "(NUMBA_CACHE_DIR=FOLDER chooses a writable one)")
+        _NOTES.append("note: no folder numba would cache the kernels in can be written ("
+                      + ("NUMBA_CACHE_DIR, " if asked else "") + "the package's __pycache__, the per-user cache); "
+                      f"they are cached in {TEMP_ROOT} while it lasts (NUMBA_CACHE_DIR=FOLDER chooses another)")
     elif asked and not isinstance(locator, caching.UserProvidedCacheLocator):
         _NOTES.append(f"note: NUMBA_CACHE_DIR={asked} cannot be written; numba caches the kernels elsewhere "
                       f"({where}, ...)")

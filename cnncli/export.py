@@ -58,7 +58,7 @@ def _check_out(out: Path, checkpoint) -> None:
     parent = out.parent
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; give the .onnx file to write")
-    if out.exists() and os.path.samefile(out, checkpoint):
+    if out.exists() and os.path.exists(checkpoint) and os.path.samefile(out, checkpoint):
         raise ExportError(f"{out}: is the checkpoint being exported; give the .onnx file to write")
     if out.suffix.lower() == ".npz":
         raise ExportError(f"{out}: ends in .npz, a checkpoint's name; an ONNX model goes into a .onnx file")

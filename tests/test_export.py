@@ -209,6 +209,8 @@ def test_an_out_that_would_overwrite_a_checkpoint_is_refused(runs, onnx, tmp_pat
     assert (copy / "config.yaml").read_text() == "keep"
     for _ in range(2):                                            # a .onnx file is replaced
         assert invoke(["export", "--checkpoint", copy, "--out", copy / "m.onnx"]).exit_code == 0
+    res = invoke(["export", "--checkpoint", tmp_path / "gone.npz", "--out", copy / "m.onnx"])   # (m.onnx exists)
+    assert res.exit_code == 1 and "gone.npz: no such checkpoint file" in res.output
 
 
 def test_read_only_folder_is_one_line_and_leaves_nothing(runs, onnx, tmp_path, monkeypatch):

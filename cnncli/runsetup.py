@@ -185,8 +185,9 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     source = Path(os.path.realpath(ckpt_path)).parent       # (a symlinked checkpoint: the run it lies in)
     run_dir = Path(out) if out else source
     if out and Path(os.path.realpath(out)) != source and runfolder.taken_because(run_dir) == "holds another run":
-        raise ConfigError(f"--out {runfolder.printable(out)}: holds another run; --resume --out continues this run "
-                          f"in a new or empty folder (or give --resume {runfolder.printable(out)} to go on with that one)")
+        shown = runfolder.printable(out)
+        raise ConfigError(f"--out {shown}: holds another run; --resume --out continues this run in a new or empty "
+                          f"folder (or give --resume {shown} to go on with that one)")
     cfg = {**cfg, "out": str(run_dir)}                    # (config.yaml says where the run lives)
     notes = _rewind_note(ckpt_path, state, run_dir)
     if write:

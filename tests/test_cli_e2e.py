@@ -564,7 +564,8 @@ def test_predict_in_a_real_process_flushes_everything_before_its_fast_exit(train
 def test_predict_into_a_pipe_the_reader_closes_ends_quietly_with_sigpipes_status(trained):
     tmp, data, run, _ = trained
     paths = " ".join([str(data / "bar")] * 80)                     # ~1,000 lines: more than a pipe holds
-    script = f"{sys.executable} -m cnncli predict --checkpoint {run} {paths} | head -1; echo \"status ${{PIPESTATUS[0]}}\""
+    script = (f"{sys.executable} -m cnncli predict --checkpoint {run} {paths} | head -1; "
+              "echo \"status ${PIPESTATUS[0]}\"")
     res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=cli_env(tmp), timeout=300)
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith(str(data / "bar")) and lines[1] == "status 141", res.stdout

@@ -57,7 +57,7 @@ def label_font():
     Greek, Cyrillic...), else Pillow's own (its scalable default where FreeType is available)."""
     from PIL import ImageFont
 
-    from .report import matplotlib_config_folder
+    from .plotting import matplotlib_config_folder
 
     matplotlib_config_folder()
     try:

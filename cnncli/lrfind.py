@@ -97,7 +97,7 @@ def write_plot(result: dict, path) -> Path:
     """A PNG at `path` (written whole or not at all): the loss, raw and smoothed, against the rate on a
     log axis, the suggested rate marked, as Lightning's lr_finder.plot(suggest=True). Needs matplotlib."""
     from cnncli.atomic import write_atomic
-    from cnncli.report import DPI, STYLE, matplotlib_parts, new_figure
+    from cnncli.plotting import DPI, STYLE, matplotlib_parts, new_figure
 
     matplotlib, Figure, Canvas = matplotlib_parts()
     with matplotlib.rc_context(STYLE):

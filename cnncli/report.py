@@ -1,6 +1,6 @@
 """`cnn report`: pictures of a training run (curves, confusion, per-class bars, worst errors, filters) + report.html.
 
-Matplotlib is an optional extra, imported lazily with the Agg canvas (no pyplot, no display).
+Matplotlib is an optional extra, imported lazily with the Agg canvas (plotting.py; no pyplot, no display).
 This module draws and writes files; the numbers come from evaluate.compute_metrics, never recomputed here.
 """
 
@@ -12,8 +12,6 @@ import html
 import json
 import math
 import os
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,41 +20,9 @@ from .errors import CnnError
 from .callbacks import loss_text
 from .data.scan import printable as name_text
 from .evaluate import evaluate_found, evaluate_predictor, notice_lines, short_name, validation_data
+from .plotting import DPI, MATPLOTLIB_MISSING, STYLE, matplotlib_parts, new_figure  # noqa: F401 (API)
 
-MATPLOTLIB_MISSING = "the plots need matplotlib: pip install 'cnncli[plots]'"
-DPI = 120
 MAX_WRONG = 24  # images in the "most confidently wrong" grid
-STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
-         "xtick.labelsize": 8, "ytick.labelsize": 8, "figure.dpi": DPI, "savefig.dpi": DPI}
-
-
-def matplotlib_config_folder() -> None:
-    """MPLCONFIGDIR set to a temporary folder when matplotlib's own (~/.config/matplotlib) cannot be
-    written (a read-only home), before matplotlib is imported: it would print two warnings about it."""
-    if "MPLCONFIGDIR" in os.environ or "matplotlib" in sys.modules:
-        return
-    home = os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config"),
-                        "matplotlib")
-    try:
-        os.makedirs(home, exist_ok=True)
-        if os.access(home, os.W_OK):
-            with tempfile.TemporaryFile(dir=home):
-                return
-    except OSError:
-        pass
-    os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="cnncli-matplotlib-")
-
-
-def matplotlib_parts():
-    """(matplotlib module, Figure, FigureCanvasAgg), or CnnError when matplotlib is not installed."""
-    matplotlib_config_folder()
-    try:
-        import matplotlib
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        raise CnnError(MATPLOTLIB_MISSING) from err
-    return matplotlib, Figure, FigureCanvasAgg
 
 
 # ---------------------------------------------------------------- run folder inputs
@@ -125,12 +91,6 @@ def font_plan(names, matplotlib) -> tuple:
         if not lacking:
             break
     return family, lambda c: ord(c) in have
-
-
-def new_figure(Figure, Canvas, width, height):
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    Canvas(fig)
-    return fig
 
 
 def plot_curves(fig, history):

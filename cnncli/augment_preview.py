@@ -8,12 +8,12 @@ only; this module does not train, and it does not check the variants (a person l
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_atomic
 from .config import require_train
 from .errors import CnnError
 
@@ -125,14 +125,10 @@ def write_preview(cfg: dict, out, rows: int = 6, cols: int = 8, seed: int | None
     grid = draw_grid(cells, [ds.classes[ds.labels[i]] for i in idx])
     kind = Image.registered_extensions().get(out.suffix.lower(), "PNG")    # out.jpg is a JPEG
     kind = kind if kind in Image.SAVE else "PNG"                            # (no suffix, or one PIL only reads)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        grid.save(tmp, format=kind)
-        os.replace(tmp, out)
+        write_atomic(out, lambda f: grid.save(f, format=kind))
     except (OSError, ValueError) as err:
-        raise CnnError(f"{printable(str(out))}: cannot write the preview ({err.strerror or err})") from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        raise CnnError(f"{printable(str(out))}: cannot write the preview ({getattr(err, 'strerror', None) or err})") \
+            from None
     return out

@@ -11,11 +11,11 @@ import csv
 import html
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_atomic
 from .errors import CnnError
 from .callbacks import loss_text
 from .data.scan import printable as name_text
@@ -295,12 +295,6 @@ def render_html(title, metrics, classes, history, config_text, pictures, errors_
     return "\n".join(parts) + "\n"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------- entry point
 
 
@@ -368,7 +362,8 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
                 pictures.append((name, caption, (out_dir / name).read_bytes()))
         title = f"cnn report: {run_dir.resolve().name}"
         page = render_html(title, metrics, classes, history, config_text, pictures, errors_rows)
-        _write_atomic(target, page.encode("utf-8", "backslashreplace"))
+        data = page.encode("utf-8", "backslashreplace")
+        write_atomic(target, lambda f: f.write(data))
     except OSError as err:
         raise CnnError(f"{out_dir}: cannot write the report ({err.strerror or err})") from err
     return target

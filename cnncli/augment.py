@@ -14,11 +14,13 @@ normalize images, never runs for validation, eval or predict, and draws nothing 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from .options import LEAVES
 from . import kernels as _kernels  # noqa: F401  (sets numba's environment before numba is imported)
 from numba import njit  # noqa: E402
 
@@ -29,6 +31,20 @@ from .kernels.augment_pixels import (BORDER, N_PARAMS, PADDED, SIZE, P_BRIGHT, P
                                      P_ER_LEFT, P_ER_TOP, P_ER_W, P_FLIPX, P_FLIPY, P_GEO, P_JITTER, P_NOISE_SLOT,
                                      P_NOISE_STD, P_ROT, P_SCALE, P_SHEAR, P_TX, P_TY, augment_image)
 from .kernels.threads import run_blocks  # noqa: E402
+
+
+# each setting's config key (from_config reads it there; options.py holds its range, checked for both)
+CONFIG_KEYS = {"affine_p": "augment.affine.p", "shift": "augment.affine.shift", "rotate": "augment.affine.rotate",
+               "scale": "augment.affine.scale", "shear": "augment.affine.shear", "flip_h": "augment.flip.horizontal",
+               "flip_v": "augment.flip.vertical", "jitter_p": "augment.jitter.p",
+               "brightness": "augment.jitter.brightness", "contrast": "augment.jitter.contrast",
+               "noise_p": "augment.noise.p", "noise_std": "augment.noise.std", "erase_p": "augment.erase.p",
+               "erase_scale": "augment.erase.scale"}
+
+
+def _number(v) -> bool:
+    """A finite int or float, not a bool (config.py's float keys take no more)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass(frozen=True)
@@ -53,28 +69,26 @@ class AugmentSettings:
     @classmethod
     def from_config(cls, aug: dict) -> "AugmentSettings":
         """From the validated `augment` section of a config (config.py checks every range)."""
-        a, f, j, n, e = aug["affine"], aug["flip"], aug["jitter"], aug["noise"], aug["erase"]
-        return cls(affine_p=a["p"], shift=a["shift"], rotate=a["rotate"], scale=tuple(a["scale"]),
-                   shear=a["shear"], flip_h=f["horizontal"], flip_v=f["vertical"], jitter_p=j["p"],
-                   brightness=j["brightness"], contrast=j["contrast"], noise_p=n["p"], noise_std=n["std"],
-                   erase_p=e["p"], erase_scale=tuple(e["scale"]))
+        def value(key):
+            v = functools.reduce(lambda d, k: d[k], key.split(".")[1:], aug)
+            return tuple(v) if isinstance(v, list) else v
+        return cls(**{name: value(key) for name, key in CONFIG_KEYS.items()})
 
     def __post_init__(self):
-        """The ranges config.py checks for the augment section, for settings made in Python."""
-        def bad(name, rule):
-            raise ValueError(f"AugmentSettings.{name} must be {rule}, got {getattr(self, name)!r}")
-        limits = {"affine_p": 1, "flip_h": 1, "flip_v": 1, "jitter_p": 1, "noise_p": 1, "erase_p": 1, "shift": 16,
-                  "rotate": 180, "shear": 45, "brightness": 1, "contrast": 1, "noise_std": 1}
-        for name, hi in limits.items():
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= hi:
-                bad(name, f"a number in [0, {hi}]")
-        for name, top in (("scale", 4), ("erase_scale", 1)):
-            v = getattr(self, name)
-            ok = (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(t, (int, float))
-                  and not isinstance(t, bool) for t in v) and 0 < v[0] <= v[1] <= top)
+        """Settings made in Python get the checks of their config keys (options.py: one range each)."""
+        for name, key in CONFIG_KEYS.items():
+            opt, v = LEAVES[key], getattr(self, name)
+            pair = opt.kind == "pair"
+            if pair:
+                ok = isinstance(v, (tuple, list)) and len(v) == 2 and all(map(_number, v))
+            else:
+                ok = _number(v)
             if not ok:
-                bad(name, f"(lo, hi) with 0 < lo <= hi <= {top}")
+                raise ValueError(f"AugmentSettings.{name} must be {'(lo, hi), two numbers' if pair else 'a number'}, "
+                                 f"got {v!r}")
+            problem = opt.check(list(v) if pair else v)
+            if problem:
+                raise ValueError(f"AugmentSettings.{name} must be a valid {key} ({problem}), got {v!r}")
 
     def vector(self, pixel_std: float) -> np.ndarray:
         """(16,) float64 for the kernels; intensities divided by the normalization std (input units)."""

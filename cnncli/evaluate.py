@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import textwidth
 from .errors import CnnError, DataError
 from .callbacks import loss_text
 
@@ -109,17 +110,17 @@ def compute_metrics(probs, labels, classes, top_k=3) -> dict:
 
 
 def short_name(name, width):
-    """`name` (data.printable) cut to at most `width` characters, marking a cut with '~' at the end."""
+    """`name` (data.printable) cut to at most `width` terminal columns (a CJK character takes two),
+    marking a cut with '~' at the end."""
     from .data import printable
 
-    name = printable(str(name))
-    if len(name) <= width:
-        return name
-    return name[: max(1, width - 1)] + "~"
+    return textwidth.fit(printable(str(name)), width)
 
 
 def format_metrics(metrics) -> str:
     """Readable aligned text: summary, per-class table, confusion matrix with class names."""
+    from .data import printable
+
     lines = []
     for key, label in (("checkpoint", "checkpoint"), ("data", "data")):
         value = metrics.get(key)
@@ -139,13 +140,14 @@ def format_metrics(metrics) -> str:
     lines.append(f"{'macro F1':<16}{metrics['macro_f1']:.4f}")
 
     names = list(metrics["per_class"])
-    name_w = min(24, max([5] + [len(n) for n in names]))
+    widths = [textwidth.width(printable(str(n))) for n in names]      # terminal columns, as printed
+    name_w = min(24, max([5] + widths))
     lines.append("")
     lines.append(f"{'class':<{name_w}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>7}")
     for name in names:
         m = metrics["per_class"][name]
         lines.append(
-            f"{short_name(name, name_w):<{name_w}}  {m['precision']:>9.4f}  {m['recall']:>9.4f}"
+            f"{textwidth.ljust(short_name(name, name_w), name_w)}  {m['precision']:>9.4f}  {m['recall']:>9.4f}"
             f"  {m['f1']:>9.4f}  {m['support']:>7d}"
         )
 
@@ -153,15 +155,15 @@ def format_metrics(metrics) -> str:
     if names:
         biggest = max(max(row) for row in confusion) if confusion else 0
         name_cap = 8 if len(names) <= 8 else 6  # keep 12 classes within ~100 columns
-        col_w = max(len(str(biggest)), min(name_cap, max(len(n) for n in names)), 3)
+        col_w = max(len(str(biggest)), min(name_cap, max(widths)), 3)
         corner = "true \\ pred"
-        row_w = min(16, max([len(corner)] + [len(n) for n in names]))
+        row_w = min(16, max([len(corner)] + widths))
         lines.append("")
         lines.append("confusion matrix (rows = true class, columns = predicted class)")
-        header = f"{corner:<{row_w}}" + "".join(f" {short_name(n, col_w):>{col_w}}" for n in names)
+        header = f"{corner:<{row_w}}" + "".join(f" {textwidth.rjust(short_name(n, col_w), col_w)}" for n in names)
         lines.append(header)
         for name, row in zip(names, confusion):
-            lines.append(f"{short_name(name, row_w):<{row_w}}" + "".join(f" {v:>{col_w}d}" for v in row))
+            lines.append(textwidth.ljust(short_name(name, row_w), row_w) + "".join(f" {v:>{col_w}d}" for v in row))
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from cnncli import checkpoint
+from cnncli import checkpoint, textwidth
 from cnncli.callbacks import loss_text
 from cnncli.errors import CnnError
 from cnncli.predictor import BEST_FIRST
@@ -141,7 +141,7 @@ def format_runs(rows: list) -> str:
         name = printable(r["run"])
         if "error" in r:
             what = "" if r.get("no_checkpoint") else "unreadable: "
-            lines.append(f"{name:32s} {what}{printable(r['error'])}")
+            lines.append(f"{textwidth.ljust(name, 32)} {what}{printable(r['error'])}")
             continue
         done = "-" if r["epochs"] is None else str(r["epochs"])
         total = f"/{r['epochs_total']}" if r["epochs_total"] is not None else ""
@@ -150,7 +150,7 @@ def format_runs(rows: list) -> str:
         loss = loss_text(r["val_loss"]) if r["val_loss"] is not None else "-"
         acc = f"{r['val_acc']:.2%}" if r["val_acc"] is not None else "-"
         start = printable(r["init_from"]) if isinstance(r["init_from"], str) else "-"
-        lines.append(f"{name:32s} {str(r['classes'] or '-'):>7s} {r['batchnorm'] or '-':7s} {optim:13s} "
+        lines.append(f"{textwidth.ljust(name, 32)} {str(r['classes'] or '-'):>7s} {r['batchnorm'] or '-':7s} {optim:13s} "
                      f"{epochs:>9s} {str(r['best_epoch'] or '-'):>4s} {loss:>9s} {acc:>7s}  {start}")
     if any(r.get("stopped_early") for r in rows):
         lines.append("* stopped early")

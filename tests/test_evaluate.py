@@ -176,6 +176,26 @@ def test_format_metrics_is_aligned_and_names_classes():
         assert [int(v) for v in line.split()[1:]] == row
 
 
+
+def test_format_metrics_aligns_names_by_terminal_columns():
+    # CJK names take two columns a character, a combining accent none, a name that is not valid
+    # UTF-8 prints escaped (cl\xff, 6 columns): every table row ends in the same column
+    from cnncli.textwidth import width
+
+    classes = ["猫", "犬の子ども", "cat", "cl\udcff", "e\u0301clair"]
+    rng = np.random.default_rng(2)
+    m = compute_metrics(rng.random((40, 5)), rng.integers(0, 5, 40), classes)
+    lines = format_metrics(m).splitlines()
+    start = lines.index(next(ln for ln in lines if ln.startswith("class ")))
+    per_class = lines[start:start + 6]
+    assert len({width(ln) for ln in per_class}) == 1, per_class
+    cstart = lines.index("confusion matrix (rows = true class, columns = predicted class)") + 1
+    confusion = lines[cstart:cstart + 6]
+    assert len({width(ln) for ln in confusion}) == 1, confusion
+    assert "cl\\xff" in per_class[4] and "cl\\xff" in confusion[0]      # escaped, not cut
+    for row, line in zip(m["confusion"], confusion[1:]):
+        assert [int(v) for v in line.split()[-5:]] == row
+
 # ---------------------------------------------------------------- evaluate() and predict_paths() on a real checkpoint
 
 CLASSES = ["bright", "dark", "stripes"]

@@ -164,3 +164,15 @@ def test_a_tiny_best_loss_stays_visible_and_aligned(experiments):
     assert head.index("val acc") + 7 == first.index("%") + 1 == second.index("%") + 1   # columns line up
     line = _epoch_line({"epoch": 313, "train_loss": 0.0022, "val_loss": 2.596e-05, "val_acc": 1.0})
     assert line == "epoch 313: train loss 0.0022, val loss 2.596e-05 acc 100.00%"
+
+
+def test_run_names_in_any_script_keep_the_columns(experiments):
+    from cnncli.runs import format_runs
+    from cnncli.textwidth import width
+
+    _, root = experiments
+    rows = [r for r in json.loads(invoke(["runs", root, "--json"]).output) if "error" not in r][:2]
+    rows[0]["run"], rows[1]["run"] = "runs/猫の実験", "runs/plain"     # 12 columns, 10 characters
+    head, first, second = format_runs(rows).splitlines()[:3]
+    col = width(head[:head.index("val acc")]) + 7
+    assert width(first[:first.index("%") + 1]) == width(second[:second.index("%") + 1]) == col

@@ -7,7 +7,6 @@ modules are imported inside the commands so `cnn --help` is instant.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import sys
 import time
@@ -16,8 +15,8 @@ from pathlib import Path
 import click
 
 from cnncli import __version__, cli_tools
-from cnncli.cli_common import (CHECKPOINT_HELP, checkpoints_or_newest, echo_json_list, on_every_rank, other_rank,
-                               printable, resolve_checkpoint, user_errors)
+from cnncli.cli_common import (CHECKPOINT_HELP, checkpoints_or_newest, echo_json_list, json_text, on_every_rank,
+                               other_rank, printable, resolve_checkpoint, user_errors)
 from cnncli.errors import CnnError, ConfigError, Stopped
 
 
@@ -179,7 +178,7 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
     if top_k is not None and metrics["top_k"] < top_k:
         click.echo(f"note: --top-k {top_k} is more than the model's {metrics['top_k']} classes: top-{metrics['top_k']} "
                    "accuracy is shown", err=True)
-    click.echo(json.dumps(metrics, indent=2) if as_json else printable(format_metrics(metrics)))
+    click.echo(json_text(metrics) if as_json else printable(format_metrics(metrics)))
     if fail_under is not None and (problem := below_threshold(metrics, metric, fail_under)):
         raise CnnError(problem)
 

@@ -100,11 +100,29 @@ def printable(text: str) -> str:
     return runfolder_printable(text)
 
 
+def printable_strings(obj):
+    """obj (JSON-ready: dicts, lists, strings, numbers) with every string, keys too, as printable()
+    shows it: a name that is not valid UTF-8 prints \\xNN in --json as in the text, never a lone
+    surrogate (which strict JSON readers refuse)."""
+    if isinstance(obj, str):
+        return printable(obj)
+    if isinstance(obj, dict):
+        return {printable(k) if isinstance(k, str) else k: printable_strings(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [printable_strings(v) for v in obj]
+    return obj
+
+
+def json_text(obj) -> str:
+    """json.dumps(obj, indent=2) of printable_strings(obj): what every --json prints."""
+    return json.dumps(printable_strings(obj), indent=2)
+
+
 def echo_json_list(items) -> None:
-    """Echo json.dumps(list(items), indent=2), text for text, one item at a time."""
+    """Echo json_text(list(items)), text for text, one item at a time."""
     first = True
     for item in items:
-        body = json.dumps(item, indent=2).replace("\n", "\n  ")
+        body = json_text(item).replace("\n", "\n  ")
         click.echo(("[\n  " if first else ",\n  ") + body, nl=False)
         first = False
     click.echo("[]" if first else "\n]")

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from cnncli.cli_common import echo_json_list, on_every_rank, resolve_checkpoint, user_errors
+from cnncli.cli_common import echo_json_list, json_text, on_every_rank, resolve_checkpoint, user_errors
 from cnncli.errors import CnnError, ConfigError
 
 
@@ -107,7 +107,7 @@ def info(checkpoint, as_json):
     from cnncli.summary import describe, format_info
 
     summary = describe(resolve_checkpoint(checkpoint))
-    click.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))
+    click.echo(json_text(summary) if as_json else format_info(summary))
 
 
 @click.command("augment-preview", short_help="A PNG grid of augmented samples of your training images.")
@@ -230,7 +230,7 @@ def _cv(comm, config_path, overrides, folds, out, resume, init_from, as_json, qu
     parent, summary = cross_validate(cfg, 5 if folds is None else folds, out=out, resume=resume, quiet=quiet,
                                      echo=lambda m: click.echo(m, err=True), comm=comm)
     if comm.is_main:
-        click.echo(json.dumps(summary, indent=2) if as_json else format_summary(parent, summary))
+        click.echo(json_text(summary) if as_json else format_summary(parent, summary))
 
 
 @click.command("runs", short_help="The run folders under a folder, one row each: compare experiments.")

@@ -192,6 +192,17 @@ def test_names_that_are_not_utf8_never_give_a_traceback(tmp_path):
                  ["report", tmp_path / "run"]):
         res = invoke(*args)
         assert res.exit_code == 0, (args, res.output)
+    # every --json shows such a name as the text does (\xNN), never a lone surrogate, which strict
+    # JSON readers (jq, a browser) refuse
+    for args, names in ((["eval", "--checkpoint", tmp_path / "run", "--data", root, "--json"],
+                         lambda d: list(d["per_class"])),
+                        (["info", tmp_path / "run", "--json"], lambda d: d["classes"]),
+                        (["predict", "--checkpoint", tmp_path / "run", root / os.fsdecode(b"d\xffisc"), "--json"],
+                         lambda d: [r["class"] for r in d] + [r["path"] for r in d])):
+        res = invoke(*args)
+        assert res.exit_code == 0, (args, res.output)
+        res.stdout.encode("utf-8")                                   # no lone surrogate anywhere
+        assert any("d\\xffisc" in n for n in names(json.loads(res.stdout))), (args, res.output)
 
 
 def _claim(out):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -235,3 +236,30 @@ def test_a_csv_made_on_windows_with_backslash_paths_reads_the_same_images(tmp_pa
     from cnncli.data.csvindex import list_csv_paths
     (tmp_path / "list.txt").write_text("".join(p.replace("/", "\\") + "\n" for p, _ in rows))
     assert list_csv_paths(str(tmp_path / "list.txt")) == ([str(tmp_path / p) for p, _ in rows], [])
+
+
+def test_predict_names_listed_files_as_the_list_is_spelled(tmp_path, monkeypatch):
+    # a list given as lists/a.txt names its img/1.png as lists/img/1.png, the way a folder given as
+    # lists/img names its files; an absolute entry stays absolute; a CSV's path column alike
+    from cnncli.data.csvindex import list_csv_paths
+
+    (tmp_path / "lists" / "img").mkdir(parents=True)
+    for name in ("1.png", "2.png"):
+        Image.new("L", (8, 8)).save(tmp_path / "lists" / "img" / name)
+    (tmp_path / "lists" / "a.txt").write_text(f"img/1.png\n{tmp_path / 'lists' / 'img' / '2.png'}\n")
+    (tmp_path / "lists" / "b.csv").write_text("path\nimg/1.png\n")
+    monkeypatch.chdir(tmp_path)
+    assert list_csv_paths("lists/a.txt") == ([os.path.join("lists", "img", "1.png"),
+                                              str(tmp_path / "lists" / "img" / "2.png")], [])
+    assert list_csv_paths("lists/b.csv") == ([os.path.join("lists", "img", "1.png")], [])
+    monkeypatch.chdir(tmp_path / "lists")
+    assert list_csv_paths("a.txt")[0][0] == os.path.join("img", "1.png")
+    from click.testing import CliRunner
+    from test_evaluate import write_checkpoint
+
+    from cnncli.cli import cli
+    model = write_checkpoint(tmp_path / "model.npz", ["a", "b"])
+    res = CliRunner().invoke(cli, ["predict", "--checkpoint", str(model), "a.txt"])
+    assert res.exit_code == 0, res.output
+    assert [ln.split("\t")[0] for ln in res.stdout.splitlines()] == [os.path.join("img", "1.png"),
+                                                                     str(tmp_path / "lists" / "img" / "2.png")]

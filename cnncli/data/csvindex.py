@@ -88,16 +88,16 @@ def _reader(f):
     return csv.reader(itertools.chain(lines, f), delimiter=delimiter)
 
 
-def _rows(path: str, f, with_label: bool):
+def _rows(path: str, f, with_label: bool, base=None):
     """(line number, full path or '', label or '') of each non-blank row after the header; relative
-    paths are taken from the CSV's folder."""
+    paths are taken from the CSV's folder (base: that folder as another spelling, e.g. as given)."""
     reader = _reader(f)
     header = next((r for r in reader if any(cell.strip() for cell in r)), None)
     if header is None:
         raise DataError(f"labels file {printable(path)}: is empty (expected a header row, e.g. path,label)")
     pi = _column(header, PATH_COLUMNS, "path", path)
     li = _column(header, LABEL_COLUMNS, "label", path) if with_label else None
-    base = os.path.dirname(os.path.abspath(path))
+    base = os.path.dirname(os.path.abspath(path)) if base is None else base
     for row in reader:
         if not any(cell.strip() for cell in row):
             continue
@@ -124,13 +124,15 @@ def _full_path(file: str, base: str) -> str:
 def list_csv_paths(path: str) -> tuple[list, list]:
     """The image paths a CSV lists (its path column; a label column is not needed), or a plain list
     of paths one a line -> (paths, [(where, reason)] of rows without a path). For `cnn predict`, which
-    classifies the files a test CSV or a list names."""
+    classifies the files a test CSV or a list names. A relative path is joined to the list's folder
+    as `path` spells it (lists/a.txt's img/1.png is lists/img/1.png), so the predictions name files
+    the way a folder given on the command line names its own."""
     files, bad = [], []
+    base = os.path.dirname(path)                # ('' for a list in the working folder: paths as written)
     with _reading(path), open(path, encoding=text_encoding(path), newline="") as f:
         if _headerless_list(path, f):          # one path a line, no header (ls *.png > list.txt)
-            base = os.path.dirname(os.path.abspath(path))
             return [_full_path(ln.strip(), base) for ln in f if ln.strip()], []
-        for line, file, _ in _rows(path, f, with_label=False):
+        for line, file, _ in _rows(path, f, with_label=False, base=base):
             if file:
                 files.append(file)
             else:

@@ -69,11 +69,12 @@ def record_calls(run, dispatchers=None) -> dict:
 
 
 def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32,
-                 parts=("augment", "step", "inference")):
+                 parts=("augment", "step", "fallback", "inference")):
     """A function doing, on a tiny network, every kind of kernel call a `cnn train` run makes: "augment"
     the augmentation of a batch; "step" the input lookup, a train step of two 8-image shards
-    (unweighted and with per-image loss weights) and the optimizer; "inference" the validation's lookup
-    and inference of > 8 and of <= 8 images."""
+    (unweighted and with per-image loss weights) and the optimizer; "fallback" (with "step") a step
+    as it runs while a worker compiles the one-call step, or on MPI ranks (shard by shard, phase by
+    phase); "inference" the validation's lookup and inference of > 8 and of <= 8 images."""
     def run():
         from cnncli import model, optim
         from cnncli.distributed import SHARD
@@ -104,7 +105,9 @@ def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32,
                                           lookup_input(images, idx, table))
                 tally(net.grads.flat, probs, labels)                                  # the trainer's
                 opt.step(net.params.flat, net.grads.flat, 1e-3)
+            if "step" in parts and "fallback" in parts:
                 from cnncli import shards
+                from cnncli.augment import lookup_input
 
                 ask = shards.COMPILING_ELSEWHERE[0]           # the steps while a worker compiles the one-call step
                 shards.COMPILING_ELSEWHERE[0] = is_background
@@ -119,12 +122,13 @@ def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32,
     return run
 
 
-def plan(batchnorm: str, optimizer: str = "adam", dtype=np.float32, augment: bool = True):
-    """(first, later): what the first training step needs (with its augmentation when `augment`) and the
-    cache lacks, then what only validation needs ({dispatcher: {argument types}} each); (None, None)
-    when the cache cannot be read."""
-    first = missing(record_calls(training_run(batchnorm, optimizer, dtype, ("augment", "step") if augment
-                                              else ("step",))))
+def plan(batchnorm: str, optimizer: str = "adam", dtype=np.float32, augment: bool = True, fallback: bool = True):
+    """(first, later): what the first training step needs (with its augmentation when `augment`; with
+    the steps' fallback path when `fallback`: a run with compile workers, or MPI ranks) and the cache
+    lacks, then what only validation needs ({dispatcher: {argument types}} each); (None, None) when
+    the cache cannot be read."""
+    parts = ("augment",) * augment + ("step",) + ("fallback",) * fallback
+    first = missing(record_calls(training_run(batchnorm, optimizer, dtype, parts)))
     later = missing(record_calls(training_run(batchnorm, optimizer, dtype, ("inference",))))
     if first is None or later is None:
         return None, None

@@ -440,3 +440,33 @@ def test_every_kernel_module_with_cached_kernels_is_planned():
             cached.add("cnncli.kernels." + Path(path).stem)
     assert cached, "found no cached kernel: the scan saw nothing"
     assert cached - set(kernelplan.KERNEL_MODULES) == {"cnncli.kernels.peak", "cnncli.kernels.sync"}
+
+
+FALLBACK = """
+import json
+from cnncli import kernelplan
+names = {}
+for parts in (("step",), ("step", "fallback")):
+    calls = kernelplan.record_calls(kernelplan.training_run("none", parts=parts))
+    names[" ".join(parts)] = sorted(d.py_func.__name__ for d in calls)
+print(json.dumps(names))
+"""
+
+
+def test_the_fallback_steps_kernels_are_planned_only_where_a_run_calls_them(tmp_path, monkeypatch):
+    # a run without compile workers compiles the one-call step itself and never takes the step's
+    # fallback path (shard by shard): planning its kernels made every later run say "Compiling 2
+    # numba kernels" and compile nothing (a small dataset, a busy machine)
+    res = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True, cwd=tmp_path,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert res.returncode == 0, res.stderr
+    names = json.loads(res.stdout.splitlines()[-1])
+    assert "plain_step_into" in names["step"] and "pool_elu_forward_into" not in names["step"]
+    assert "pool_elu_forward_into" in names["step fallback"]
+    from cnncli import kernelplan, precompile
+
+    asked = []
+    monkeypatch.setattr(kernelplan, "plan", lambda *a, fallback=True, **k: asked.append(fallback) or ({}, {}))
+    for workers, background in ((0, True), (1, True), (0, False)):
+        precompile.start("none", workers=workers, background=background)
+    assert asked == [False, True, True]          # MPI ranks (background=False) always take that path

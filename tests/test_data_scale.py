@@ -292,10 +292,10 @@ def test_a_run_waiting_for_the_cache_lock_says_so(tmp_path):
     slot, said, entered = str(tmp_path / "c" / "slot"), [], threading.Event()
 
     def second():
-        with cache_mod.locked(slot, waiting=lambda: said.append("waiting")):
+        with cache_mod.locked(slot, waiting=lambda pid: said.append("waiting")):
             entered.set()
 
-    with cache_mod.locked(slot, waiting=lambda: said.append("first waited")):
+    with cache_mod.locked(slot, waiting=lambda pid: said.append("first waited")):
         t = threading.Thread(target=second)
         t.start()
         for _ in range(100):                                  # up to 10 s for the thread to ask
@@ -336,3 +336,104 @@ def test_a_stop_during_set_up_is_one_line_and_leaves_no_worker(tmp_path, sig):
     while any(map(alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(map(alive, workers))
+
+
+_HOLD = """
+import sys, time
+from cnncli.data import cache
+with cache.locked(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux /proc needed")
+def test_a_run_waiting_behind_a_stopped_process_names_it_and_decodes_without_the_cache(tmp_path, capsys):
+    # Ctrl-Z (SIGSTOP) of a run decoding a folder left a second run waiting for ever with no word of
+    # whom it waits for
+    import signal
+    import subprocess
+    import sys
+
+    from cnncli.data import cache as cache_mod
+    from cnncli.data.dataset import index
+
+    root = make_folder(tmp_path / "d")
+    ix, _ = index(str(root), None, False)
+    slot, _ = cache_mod.cache_names(str(root), ix.classes, ix.digest, 32, "pad", int(dec.MAX_PIXELS))
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, slot], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        holder.send_signal(signal.SIGSTOP)
+        said = []
+        with cache_mod.locked(slot, waiting=said.append, gave_up=lambda pid: said.append(-pid)) as owned:
+            assert not owned
+        assert said == [holder.pid, -holder.pid]                  # named while waiting, then given up
+        ds, _ = data.load_folder(root)                            # the run goes on without the cache
+        err = capsys.readouterr().err
+        assert f"waiting for another process (pid {holder.pid}) that is decoding {root} into the dataset " \
+               "cache (--no-cache decodes without it) ..." in err
+        assert f"process {holder.pid}, which is decoding {root} into the dataset cache, is stopped " \
+               f"(kill -CONT {holder.pid} resumes it): decoding here without the cache" in err
+        assert len(ds) == 10 and not list((tmp_path / "cache").glob("*.npy"))   # nothing written past it
+    finally:
+        holder.kill()
+        holder.wait()
+    ds2, _ = data.load_folder(root)                                 # the lock is free again: cached
+    assert np.array_equal(ds.images, ds2.images) and list((tmp_path / "cache").glob("*.npy"))
+
+
+def test_a_run_that_decodes_again_says_the_cache_is_out_of_date(tmp_path, capsys):
+    root = make_folder(tmp_path / "d")
+    data.load_folder(root)
+    data.load_folder(root)
+    assert "out of date" not in capsys.readouterr().err               # a hit, and a first decode: silent
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "a" / "new.png")
+    data.load_folder(root)
+    assert capsys.readouterr().err.count(f"the dataset cache of {root} is out of date (a file was added, "
+                                         "removed, replaced or had its permissions changed since): decoding "
+                                         "every image again") == 1
+    (npy,) = (tmp_path / "cache").glob("*.npy")
+    npy.write_bytes(b"")
+    data.load_folder(root)
+    assert f"the dataset cache of {root} is damaged: decoding every image again" in capsys.readouterr().err
+
+
+def test_a_new_cache_entry_first_frees_the_out_of_date_ones_space(tmp_path, monkeypatch, cache_in_tmp):
+    # on a nearly full disk the old entry kept the space its successor needed, so the folder was
+    # never cached again
+    from cnncli.data import cache as cache_mod
+
+    root = make_folder(tmp_path / "d")
+    data.load_folder(root)
+    (old,) = cache_in_tmp.glob("*.npy")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "a" / "new.png")
+    real = cache_mod._atomic
+
+    def full_disk(path, write):
+        assert not old.exists(), "the out-of-date entry must be gone before the new one is written"
+        if path.endswith(".npy"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, write)
+
+    monkeypatch.setattr(cache_mod, "_atomic", full_disk)
+    ds, _ = data.load_folder(root)
+    assert len(ds) == 11 and any("could not be written" in n and "No space left on device" in n for n in ds.notes)
+    monkeypatch.setattr(cache_mod, "_atomic", real)
+    data.load_folder(root)
+    assert len(list(cache_in_tmp.glob("*.npy"))) == 1
+
+
+def test_temporary_files_of_killed_writers_go_with_the_next_write(tmp_path, cache_in_tmp):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()                                                        # a pid no process has now
+    cache_in_tmp.mkdir(parents=True)
+    gone = cache_in_tmp / f".tmp-dataset-0123-4567.npy-{dead.pid}-deadbeef"
+    live = cache_in_tmp / f".tmp-dataset-89ab-cdef.npy-{os.getpid()}-cafef00d"   # a writer still at work
+    gone.write_bytes(b"x" * 1000)
+    live.write_bytes(b"y")
+    data.load_folder(make_folder(tmp_path / "d"))                       # another folder's write
+    assert not gone.exists() and live.exists()

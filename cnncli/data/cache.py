@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import secrets
+import time
 
 import numpy as np
 
@@ -67,10 +68,13 @@ _HELD = set()        # the lock fds this process holds; decode workers forked me
 
 
 @contextlib.contextmanager
-def locked(slot: str, waiting=None):
-    """Hold an exclusive lock on `slot` (no-op where locking or the folder is not possible).
-    waiting(): called once when another process holds it, before this one waits for it."""
-    fd = None
+def locked(slot: str, waiting=None, gave_up=None):
+    """Hold an exclusive lock on `slot` (no-op where locking or the folder is not possible); the
+    holder's pid is written in the lock file. waiting(pid or None): called once when another process
+    holds it, before this one waits for it. Yields True while this process holds the lock (or none
+    can be had), False when it stopped waiting because the holder is stopped (SIGSTOP, Ctrl-Z: it
+    would never go on; gave_up(pid) is called): the caller then works without the cache."""
+    fd, owned = None, True
     try:
         os.makedirs(os.path.dirname(slot), exist_ok=True)
         fd = os.open(slot + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -80,18 +84,74 @@ def locked(slot: str, waiting=None):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if waiting is not None:
-                waiting()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+                waiting(_holder(fd))
+            owned = _wait_for_lock(fd, fcntl, gave_up)
+        if owned:
+            _mark_holder(fd)
     except (OSError, ImportError):
         pass
-    if fd is not None:
+    if fd is not None and owned:
         _HELD.add(fd)
     try:
-        yield
+        yield owned
     finally:
         if fd is not None:
             _HELD.discard(fd)
             os.close(fd)                               # releases the flock
+
+
+def _wait_for_lock(fd: int, fcntl, gave_up) -> bool:
+    """Wait until the lock on fd is this process's (True), or its holder is stopped (False)."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        pid = _holder(fd)
+        if pid is not None and _stopped(pid):
+            if gave_up is not None:
+                gave_up(pid)
+            return False
+        time.sleep(0.1)
+
+
+def _mark_holder(fd: int) -> None:
+    """Write this process's pid into the lock file it now holds (for a waiter's message)."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+
+
+def _holder(fd: int) -> int | None:
+    """The pid the lock file's holder wrote, or None (an older writer, or none yet)."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii").strip()
+    except (OSError, UnicodeError):
+        return None
+    return int(text) if text.isdigit() and int(text) != os.getpid() else None
+
+
+def _stopped(pid: int) -> bool:
+    """Whether process pid is stopped (state T or t in /proc; False where there is no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] in (b"T", b"t")
+
+
+def miss_reason(slot: str, key: str) -> str | None:
+    """Why read() found no usable dataset for `key` in `slot`: "out of date" (it holds another key's:
+    the folder's files changed since), "damaged" (its files cannot be read), or None (never cached)."""
+    if not os.path.exists(slot + ".json"):
+        return None
+    try:
+        with open(slot + ".json", encoding="utf-8") as f:
+            return "out of date" if json.load(f).get("key") != key else "damaged"
+    except Exception:                              # noqa: BLE001 - unreadable: damaged
+        return "damaged"
 
 
 def close_inherited_locks() -> None:
@@ -120,28 +180,40 @@ def _atomic(path: str, write) -> None:
 
 def write(slot: str, key: str, images: np.ndarray, skipped) -> str | None:
     """Store images and the skipped list for `key` (call inside `locked(slot)`). Removes this slot's
-    files of other keys and temporary files of killed writers. A failure leaves no cache and returns
-    why ("/path: Permission denied"); None when stored."""
+    files of other keys first (out of date: on a nearly full disk they would keep the space the new
+    one needs) and temporary files of killed writers (this slot's, and any other's whose writer is
+    gone). A failure leaves no cache and returns why ("/path: Permission denied"); None when stored."""
     folder, base = os.path.dirname(slot), os.path.basename(slot)
     try:
         os.makedirs(folder, exist_ok=True)
+        npy = f"{slot}-{key[:16]}.npy"
         for name in os.listdir(folder):              # under the lock, any tmp of this slot is debris
-            if name.startswith(f".tmp-{base}"):
+            if (name.startswith(f".tmp-{base}") or name.startswith(".tmp-dataset-") and _writer_gone(name)
+                    or name.startswith(base + "-") and name.endswith(".npy") and name != os.path.basename(npy)):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(folder, name))
-        npy = f"{slot}-{key[:16]}.npy"
         _atomic(npy, lambda f: np.lib.format.write_array(f, np.ascontiguousarray(images), allow_pickle=False))
         index = {"v": CACHE_FORMAT_VERSION, "key": key, "skipped": [[i, r] for i, r in skipped]}
         _atomic(slot + ".json", lambda f: f.write(json.dumps(index).encode("utf-8", "surrogateescape")))
-        for name in os.listdir(folder):
-            if name.startswith(base + "-") and name.endswith(".npy") and name != os.path.basename(npy):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(folder, name))
     except OSError as err:                            # read-only home, full disk: just no cache
         return f"{folder}: {err.strerror or err}"
     except (ValueError, UnicodeError) as err:
         return str(err)
     return None
+
+
+def _writer_gone(name: str) -> bool:
+    """A temporary file `.tmp-NAME-PID-HEX` (_atomic's) whose writer PID is no longer running."""
+    parts = name.rsplit("-", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:                                  # alive (another user's), or cannot tell
+        return False
+    return False
 
 
 def _dataset_files(folder: str) -> list[str]:

@@ -78,12 +78,18 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
         slot, key = cache_mod.cache_names(root, ix.classes, ix.digest, image_size, resize, int(max_pixels))
         hit = cache_mod.read(slot, key, image_size, len(ix.rels))
         if hit is None:
-            busy = f"waiting for another process that is decoding {printable(root)} into the dataset cache ..."
-            with cache_mod.locked(slot, waiting=lambda: _say(busy)):  # racing processes: one decodes, the others read
-                hit = cache_mod.read(slot, key, image_size, len(ix.rels))
+            # racing processes: one decodes, the others wait and read (or decode alone past a stopped one)
+            with cache_mod.locked(slot, waiting=lambda pid: _say(_busy(root, pid)),
+                                  gave_up=lambda pid: _say(_stopped(root, pid))) as owned:
+                hit = cache_mod.read(slot, key, image_size, len(ix.rels)) if owned else None
                 if hit is None:
+                    why = cache_mod.miss_reason(slot, key) if owned else None
+                    if why:
+                        _say(f"the dataset cache of {printable(root)} is {why}"
+                             + (" (a file was added, removed, replaced or had its permissions changed since)"
+                                if why == "out of date" else "") + ": decoding every image again")
                     hit = decodemany.decode_array(jobs, workers, progress)
-                    unsaved = cache_mod.write(slot, key, *hit)
+                    unsaved = cache_mod.write(slot, key, *hit) if owned else None
         images, bad = hit
     else:
         images, bad = decodemany.decode_array(jobs, workers, progress)
@@ -115,6 +121,19 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def _busy(root, pid) -> str:
+    """The line a run waiting for another's decode of root prints."""
+    who = "another process" if pid is None else f"another process (pid {pid})"
+    return (f"waiting for {who} that is decoding {printable(root)} into the dataset cache "
+            "(--no-cache decodes without it) ...")
+
+
+def _stopped(root, pid) -> str:
+    """The line a run prints when the process it waits for is stopped (Ctrl-Z, SIGSTOP)."""
+    return (f"process {pid}, which is decoding {printable(root)} into the dataset cache, is stopped "
+            f"(kill -CONT {pid} resumes it): decoding here without the cache")
 
 
 def _flat_note(images, paths, chunk: int = 1 << 16) -> list[str]:

@@ -211,6 +211,7 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
             raise click.UsageError(f"{checkpoint[0]} is a checkpoint: give the images to classify after it")
     predictor, _ = load(checkpoints_or_newest(checkpoint))
     files, failures = gather_paths(paths)
+    tried = len(files) + len(failures)           # the image files found, and the paths that gave none
     results, bad = predict_stream(predictor, files, len(predictor.classes) if csv_path else top_k)
     failures.extend(bad)
     if csv_path:
@@ -223,6 +224,9 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
             click.echo(printable(prediction_line(r, top_k)))
     for path, reason in failures:
         click.echo(printable(f"error: {path}: {reason}"), err=True)
+    if len(failures) > 1:      # (after a list of errors, the count is what a reader looks for)
+        click.echo(f"{len(failures)} of {tried} could not be classified"
+                   + (" (each also in the JSON, with its error)" if as_json else ""), err=True)
     _FAST_EXIT.append(True)
     if failures:
         sys.exit(1)

@@ -223,17 +223,19 @@ def evaluate_found(predictor, found, batch_size=256, top_k=None, classes=None):
     metrics["data"] = description
     metrics["skipped"] = len(skipped)
     metrics["skipped_files"] = [[printable(p), printable(r)] for p, r in skipped]
-    metrics["warnings"] = list(warnings) + [n.partition(": ")[2] for n in dataset.notes]   # ("warning: ...")
+    # the dataset's lines keep their kind: "warning: ..." among the warnings, "note: ..." among the notes
+    metrics["warnings"] = list(warnings) + [n.partition(": ")[2] for n in dataset.notes if not n.startswith("note: ")]
+    metrics["notes"] = [n.partition(": ")[2] for n in dataset.notes if n.startswith("note: ")]
     return metrics, dataset, probs
 
 
 def notice_lines(metrics: dict) -> list:
-    """The lines eval and report print on stderr: each warning, then the skipped files (the first
-    five named with their reasons, as cnn train names them)."""
+    """The lines eval and report print on stderr: each warning, each note, then the skipped files
+    (the first five named with their reasons, as cnn train names them)."""
     from .runfolder import skipped_lines
 
     files = metrics.get("skipped_files", [])
-    return [f"warning: {w}" for w in metrics.get("warnings", [])] + \
+    return [f"warning: {w}" for w in metrics.get("warnings", [])] + [f"note: {n}" for n in metrics.get("notes", [])] + \
         (skipped_lines(files, rest=" (--json lists them all)") if files else [])
 
 

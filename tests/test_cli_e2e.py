@@ -100,8 +100,10 @@ def test_eval_and_resume_say_when_the_validation_images_are_not_the_runs_any_mor
             (data / name / f"new-{src.name}").write_bytes(src.read_bytes())
     out = invoke(["eval", "--checkpoint", run / "last.npz", "--json"])
     assert out.exit_code == 0 and len(json.loads(out.stdout)["warnings"]) == 1
-    assert out.stderr.startswith("warning: the validation images differ from those the run used (9 then, 12 now)")
-    assert len(out.stderr.strip().splitlines()) == 1
+    assert out.stderr.startswith(f"note: the dataset cache of {data} is out of date (a file was added, removed, "
+                                 "replaced or had its permissions changed since): decoding every image again\n"
+                                 "warning: the validation images differ from those the run used (9 then, 12 now)")
+    assert len(out.stderr.strip().splitlines()) == 2
     (run / "last.npz").rename(run / "early.npz")
     res = invoke(["train", "--resume", run / "early.npz", *common[:2], "--set", "train.epochs=2"])
     assert res.exit_code == 0 and "note: the validation images differ" in res.stderr
@@ -191,6 +193,13 @@ def test_predict_of_a_folder_without_images_fails(trained, tmp_path):
     assert res.exit_code == 1 and res.stdout.count("\n") == 1 and "001.png" in res.stdout
     assert f"error: {tmp_path / 'empty'}: no images found\n" in res.stderr
     assert f"error: {tmp_path / 'notes'}: no images found\n" in res.stderr
+    assert res.stderr.endswith("2 of 3 could not be classified\n")      # the count after the list
+    (tmp_path / "broken.png").write_bytes(b"junk")
+    (tmp_path / "empty.png").write_bytes(b"")
+    res = invoke(["predict", "--checkpoint", run, tmp_path / "broken.png", tmp_path / "empty.png", data / "bar",
+                  "--json"])
+    assert res.exit_code == 1 and res.stderr.endswith(
+        f"2 of {len(json.loads(res.stdout))} could not be classified (each also in the JSON, with its error)\n")
 
 
 def test_same_config_and_seed_give_bitwise_identical_checkpoints(trained):

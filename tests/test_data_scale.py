@@ -107,6 +107,8 @@ def test_a_cache_folder_that_cannot_be_written_is_a_note_and_the_run_goes_on(tmp
     r = CliRunner().invoke(cli, ["train", "--set", f"data.train={root}", "--set", "train.epochs=1", "--no-report",
                                  "--out", str(tmp_path / "run"), "-q"])
     assert r.exit_code == 0 and note[0] in r.stderr, r.output
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(tmp_path / "run"), "--data", str(root)])
+    assert r.exit_code == 0 and note[0] in r.stderr and "warning: the dataset cache" not in r.stderr, r.output
     monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
     assert not [n for n in data.load_folder(root)[0].notes if "dataset cache" in n]
 
@@ -390,13 +392,13 @@ def test_a_run_that_decodes_again_says_the_cache_is_out_of_date(tmp_path, capsys
     assert "out of date" not in capsys.readouterr().err               # a hit, and a first decode: silent
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "a" / "new.png")
     data.load_folder(root)
-    assert capsys.readouterr().err.count(f"the dataset cache of {root} is out of date (a file was added, "
+    assert capsys.readouterr().err.count(f"note: the dataset cache of {root} is out of date (a file was added, "
                                          "removed, replaced or had its permissions changed since): decoding "
                                          "every image again") == 1
     (npy,) = (tmp_path / "cache").glob("*.npy")
     npy.write_bytes(b"")
     data.load_folder(root)
-    assert f"the dataset cache of {root} is damaged: decoding every image again" in capsys.readouterr().err
+    assert f"note: the dataset cache of {root} is damaged: decoding every image again" in capsys.readouterr().err
 
 
 def test_a_new_cache_entry_first_frees_the_out_of_date_ones_space(tmp_path, monkeypatch, cache_in_tmp):
@@ -437,3 +439,12 @@ def test_temporary_files_of_killed_writers_go_with_the_next_write(tmp_path, cach
     live.write_bytes(b"y")
     data.load_folder(make_folder(tmp_path / "d"))                       # another folder's write
     assert not gone.exists() and live.exists()
+
+
+def test_a_cache_path_that_is_a_file_is_named_as_such(tmp_path, monkeypatch):
+    (tmp_path / "labels.csv").write_text("x")
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "labels.csv"))
+    ds, _ = data.load_folder(make_folder(tmp_path / "d"))
+    assert len(ds) == 10 and any(f"could not be written ({tmp_path / 'labels.csv'}: is not a folder)" in n
+                                 for n in ds.notes), ds.notes
+

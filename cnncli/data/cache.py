@@ -196,6 +196,8 @@ def write(slot: str, key: str, images: np.ndarray, skipped) -> str | None:
         index = {"v": CACHE_FORMAT_VERSION, "key": key, "skipped": [[i, r] for i, r in skipped]}
         _atomic(slot + ".json", lambda f: f.write(json.dumps(index).encode("utf-8", "surrogateescape")))
     except OSError as err:                            # read-only home, full disk: just no cache
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            return f"{folder}: is not a folder"
         return f"{folder}: {err.strerror or err}"
     except (ValueError, UnicodeError) as err:
         return str(err)

@@ -22,13 +22,13 @@ def loss_text(value: float) -> str:
 
 
 class SetupStopped(Stopped):
-    """SIGTERM or SIGUSR1 before the first step (decoding, compiling): nothing was trained or saved."""
+    """SIGTERM, SIGUSR1 or Ctrl-C before the first step (decoding, compiling): nothing was trained or saved."""
 
 
 class _StopLine:
     """Within: SIGTERM and SIGUSR1 (whose default is to end the process without a word) raise
-    self.stopped(signal name) instead, one line; SIGINT stays Ctrl-C. Outside the main thread
-    nothing is installed."""
+    self.stopped(signal name) instead, one line; a Ctrl-C (KeyboardInterrupt) leaving it becomes
+    the same line, named SIGINT. Outside the main thread no handler is installed."""
 
     def __enter__(self):
         self._old = {}
@@ -42,9 +42,12 @@ class _StopLine:
     def _handle(self, signum, frame):
         raise self.stopped(signal.Signals(signum).name)
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        if exc_type is KeyboardInterrupt:
+            raise self.stopped("SIGINT") from None
+        return False
 
 
 class StopDuringSetup(_StopLine):
@@ -90,9 +93,12 @@ class StopFlag:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        if exc_type is KeyboardInterrupt:
+            raise self.stopped("SIGINT") from None
+        return False
 
     def agreed(self, comm, save_now):
         """After a step: the stop signal when any rank got one (every rank then stops at this same

@@ -521,7 +521,7 @@ def test_early_stopping_restores_best_into_last(workspace, tmp_path):
     assert "weights " not in invoke(["info", tmp_path / "run" / "best.npz"]).stdout   # its own epoch's
 
 
-@pytest.mark.parametrize("stage, sig", [("test", "SIGUSR1"), ("report", "SIGTERM")])
+@pytest.mark.parametrize("stage, sig", [("test", "SIGUSR1"), ("report", "SIGTERM"), ("test", "SIGINT")])
 def test_a_stop_signal_after_training_is_one_line_saying_the_checkpoints_are_saved(workspace, tmp_path, monkeypatch,
                                                                                     stage, sig):
     import os

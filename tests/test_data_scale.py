@@ -310,7 +310,7 @@ def test_a_run_waiting_for_the_cache_lock_says_so(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="Linux /proc needed")
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1", "SIGINT"])
 def test_a_stop_during_set_up_is_one_line_and_leaves_no_worker(tmp_path, sig):
     import signal
     import subprocess

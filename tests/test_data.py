@@ -314,6 +314,23 @@ def test_bad_files_are_skipped_with_reasons_and_hidden_files_ignored(tmp_path):
         assert reason in got[name], (name, got[name])
     assert all(os.path.isabs(p) or p.startswith(str(root)) for p, _ in skipped)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    n = len(bad_files())                                  # whose files they were: cat lost most of its own
+    assert f"warning: unreadable files cost these classes 10% or more of their images: cat {n} of {n + 3} " \
+           f"({n / (n + 3):.0%})" in ds.notes
+
+
+def test_a_class_that_lost_few_files_is_not_named(tmp_path):
+    root = make_folder(tmp_path / "d")
+    for i in range(20):
+        save(root / "dog" / f"more{i}.png", gray(i))
+    (root / "dog" / "bad1.png").write_bytes(b"junk")
+    (root / "dog" / "bad2.png").write_bytes(b"junk")          # 2 of 25: 8%
+    ds, skipped = data.load_folder(root, cache=False)
+    assert len(skipped) == 2 and not [n for n in ds.notes if "cost these classes" in n]
+    (root / "dog" / "bad3.png").write_bytes(b"junk")          # 3 of 26: 12%
+    ds, _ = data.load_folder(root, cache=False)
+    assert [n for n in ds.notes if "cost these classes" in n] == [
+        "warning: unreadable files cost these classes 10% or more of their images: dog 3 of 26 (12%)"]
 
 
 def test_a_fifo_or_a_device_named_like_an_image_is_skipped_as_what_it_is(tmp_path):

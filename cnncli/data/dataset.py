@@ -112,7 +112,7 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
                         f"({len(skipped)} file(s) skipped)")
     ix.rels.prefix = prefix                           # the Index is done with: its names become the paths
     paths = ix.rels if keep.all() else ix.rels.take(np.flatnonzero(keep))
-    notes = ix.ignored_note() + _flat_note(images, paths)
+    notes = ix.ignored_note() + _lost_note(ix.labels, keep, ix.classes) + _flat_note(images, paths)
     if unsaved:
         notes.append(f"note: the dataset cache could not be written ({printable(unsaved)}), so the next run "
                      f"decodes {printable(root)} again; CNNCLI_CACHE_DIR names another folder for it")
@@ -134,6 +134,21 @@ def _stopped(root, pid) -> str:
     """The line a run prints when the process it waits for is stopped (Ctrl-Z, SIGSTOP)."""
     return (f"process {pid}, which is decoding {printable(root)} into the dataset cache, is stopped "
             f"(kill -CONT {pid} resumes it): decoding here without the cache")
+
+
+def _lost_note(labels, keep, classes, share: float = 0.1) -> list[str]:
+    """[a warning naming the classes that lost at least `share` of their files to unreadable ones
+    (the skipped list does not say whose they are: a class of mostly broken files trains on few
+    images)], or []: labels (N,) every listed file's class, keep (N,) bool the usable ones."""
+    total = np.bincount(labels, minlength=len(classes))                            # (C,)
+    lost = total - np.bincount(labels[keep], minlength=len(classes))               # (C,)
+    hit = [c for c in range(len(classes)) if lost[c] >= 2 and lost[c] >= share * total[c]]
+    if not hit:
+        return []
+    parts = [f"{printable(classes[c])} {lost[c]:,} of {total[c]:,} ({lost[c] / total[c]:.0%})" for c in hit[:5]]
+    more = f", and {len(hit) - 5} more class(es)" if len(hit) > 5 else ""
+    return [f"warning: unreadable files cost these classes {share:.0%} or more of their images: "
+            f"{', '.join(parts)}{more}"]
 
 
 def _flat_note(images, paths, chunk: int = 1 << 16) -> list[str]:

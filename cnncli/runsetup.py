@@ -183,12 +183,16 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     if resume_mod.should_continue(state, saved, cfg):
         state.stopped_early = False
     source = Path(os.path.realpath(ckpt_path)).parent       # (a symlinked checkpoint: the run it lies in)
+    epochs = cfg["train"]["epochs"]
+    done = resume_mod.nothing_to_do(state, epochs) if isinstance(epochs, int) else None
+    if done:               # before any folder is touched (an --out would get a lone best.npz), data read, kernel compiled
+        raise resume_mod.NothingToDo(done, source)
     run_dir = Path(out) if out else source
     if out and Path(os.path.realpath(out)) != source and runfolder.taken_because(run_dir) == "holds another run":
         shown = runfolder.printable(out)
         raise ConfigError(f"--out {shown}: holds another run; --resume --out continues this run in a new or empty "
                           f"folder (or give --resume {shown} to go on with that one)")
-    cfg = {**cfg, "out": str(run_dir)}                    # (config.yaml says where the run lives)
+    cfg = {**cfg, "out": os.path.abspath(run_dir)}        # (config.yaml says where the run lives)
     notes = _rewind_note(ckpt_path, state, run_dir)
     if write:
         runfolder.check_writable(run_dir, "; --out NEWDIR continues the run in a new folder" if not out else "")
@@ -272,10 +276,6 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     everyone(comm, check_ranks, cfg["train"]["batch_size"], comm.size)
     if resume is not None:
         resumed, state, run_dir, cfg, notes = everyone(comm, _open_resume, resume, cfg, out, write=comm.is_main)
-        epochs = cfg["train"]["epochs"]
-        done = resume_mod.nothing_to_do(state, epochs) if isinstance(epochs, int) else None
-        if done:
-            raise resume_mod.NothingToDo(done, run_dir)       # before any data is read or kernel compiled
     else:
         source = everyone(comm, warmstart.open_source, cfg)    # train.init_from, before any data is read
     threads = set_threads(rank_threads(comm, cfg["train"]["threads"]))
@@ -303,4 +303,5 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     net, opt, preprocess = build(cfg, train_ds, resumed, comm, source, echo=echo if comm.is_main else None)
     if resume is None and run_folder:
         run_dir = main_first(comm, new_run_dir, out or cfg["out"], others=False)
+        cfg = {**cfg, "out": os.path.abspath(run_dir)}   # config.yaml names the folder the run got (runs/x-2)
     return (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess)

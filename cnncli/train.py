@@ -55,6 +55,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     t_setup = time.perf_counter()
     comm = Comm() if comm is None else comm
     cfg = resume_mod.absolute_paths(cfg)
+    taken = Path(out or cfg["out"])          # the folder asked for (setup's cfg names the one the run got)
     with StopDuringSetup():
         try:
             (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess) = \
@@ -78,7 +79,6 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
             echo(note)
     m, o = cfg["model"], cfg["optim"]
     ranks = f"{net.comm.size} MPI ranks x " if net.comm.size > 1 else ""      # the ranks that share each step
-    taken = Path(out or cfg["out"])
     trainer.echo(f"Run folder: {run_dir}" + (f" ({taken} {runfolder.taken_because(taken)})"
                                               if resume is None and run_dir != taken else ""))
     trainer.echo(f"Training on {len(train_ds.labels)} images ({len(train_ds.classes)} classes), validating on "

@@ -232,6 +232,10 @@ def test_new_run_never_overwrites_an_old_one(trained):
     res = invoke(["train", "--config", tmp / "cfg.yaml", "-q", "--no-report", "--set", "train.epochs=1"])
     assert res.exit_code == 0
     assert res.stdout.strip().endswith("run-2") and f"Run folder: {run}-2 ({run} holds another run)\n" in res.stderr
+    import os
+
+    import yaml                                       # its config.yaml names the folder it got, absolute
+    assert yaml.safe_load((tmp / f"{run.name}-2" / "config.yaml").read_text())["out"] == os.path.abspath(f"{run}-2")
     assert len((run / "metrics.csv").read_text().strip().splitlines()) == 3  # untouched
 
 

@@ -115,6 +115,9 @@ def test_a_finished_run_is_nothing_to_do_before_any_data_is_read(data, tmp_path)
     res = invoke("train", "--resume", tmp_path / "run", "-q")           # (the run had --no-report)
     assert res.exit_code == 0 and "Nothing to do: the run already completed 1 epoch(s)" in res.output
     assert "Report:" not in res.output and not (tmp_path / "run" / "report").exists()   # nothing new to draw
+    res = invoke("train", "--resume", tmp_path / "run", "-q", "--out", tmp_path / "copy")
+    assert res.exit_code == 0 and "Nothing to do" in res.output and res.stdout.strip() == str(tmp_path / "run")
+    assert not (tmp_path / "copy").exists()          # no folder holding a lone best.npz
     res = invoke("train", "--resume", tmp_path / "run", "-q", "--no-report", "--set", "train.epochs=2")
     assert res.exit_code != 0 and "does not exist" in res.output   # more epochs: the data is read again
 

@@ -171,7 +171,7 @@ class Trainer:
         if not math.isfinite(loss) or right < 0:
             raise _everywhere(TrainingDiverged(
                 f"loss or gradients became non-finite at epoch {state.epoch + 1}, step {state.epoch_step + 1} "
-                f"(lr {lr:.3g}); {self.diverged_advice()}"))
+                f"(lr {lr:.3g}); {self.diverged_advice(lr)}"))
         self.opt.step(net.params.flat, net.grads.flat, lr)
         state.step += 1
         state.epoch_step += 1
@@ -200,9 +200,11 @@ class Trainer:
         bar.close()
         return self.end_epoch(t_epoch, images)
 
-    def diverged_advice(self) -> str:
-        # what a diverged run can do next: resume its last good checkpoint at a lower rate, or start anew
-        lower = f"{self.cfg['optim']['lr'] / 3:.2g}"
+    def diverged_advice(self, lr: float) -> str:
+        # what a diverged run can do next: resume its last good checkpoint at a lower rate, or start anew;
+        # lower than the rate it diverged at (lr: a warmup or schedule may have had it below optim.lr)
+        base = self.cfg["optim"]["lr"]
+        lower = f"{(min(base, lr) if lr > 0 else base) / 3:.2g}"
         if self.last_path.exists():
             return (f"the last good checkpoint is {self.last_path}; resume it at a lower rate: cnn train --resume "
                     f"{self.run_dir} --set optim.lr={lower}")

@@ -472,10 +472,14 @@ def test_eval_of_a_folder_with_some_of_the_classes_labels_them_by_name(trained, 
 def test_non_finite_loss_stops_with_epoch_and_step(workspace, tmp_path):
     tmp, data = workspace
     cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=3)
-    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "-q", "--no-report",
-                                   "--set", "optim.name=sgd", "--set", "optim.lr=1e30"])
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "-q", "--no-report", "--set", "optim.name=sgd",
+                                   "--set", "optim.lr=1e30", "--set", "optim.warmup_epochs=2",
+                                   "--set", "train.batch_size=4"])    # warmup: it diverges below optim.lr
     assert res.exit_code == 1, res.output
     assert "non-finite" in res.stderr and "epoch 1" in res.stderr and "step" in res.stderr
+    import re                                  # the advice is below the rate it diverged at, not optim.lr/3
+    at, advised = re.search(r"\(lr ([0-9.e+-]+)\);.*optim\.lr[= ](?:\(e\.g\. )?([0-9.e+-]+)", res.stderr).groups()
+    assert float(advised) < float(at) <= 1e30, res.stderr
 
 
 def test_non_finite_loss_prints_one_line_and_no_numpy_warnings(workspace, tmp_path):

@@ -49,12 +49,16 @@ def _refuse_dataset_root(train_dir: Path) -> None:
     splits, inner = split_folders(names)
     if len(splits) < 2 or len(splits) < len(names):
         return
-    held = next((n for n in splits if not n.lower().startswith("train")), None)
+    # the held-out splits by role: a validation folder picks the checkpoint (data.val); a test folder
+    # is for the end alone (data.test: it never picks a checkpoint, or its accuracy would flatter)
+    val = next((n for n in splits if n.lower().startswith(("val", "dev"))), None)
+    test = next((n for n in splits if n.lower().startswith("test")), None)
     shown = runfolder.printable
+    also = [f"data.{key} to {shown(os.path.join(train_dir, name))}" for key, name in (("val", val), ("test", test))
+            if name]
     raise ConfigError(f"data.train: the subfolders of {shown(train_dir)} are {', '.join(map(shown, splits))}, "
                       f"a dataset's splits rather than its classes; set data.train to "
-                      f"{shown(os.path.join(train_dir, inner))}"
-                      + (f" (and data.val to {shown(os.path.join(train_dir, held))})" if held else ""))
+                      f"{shown(os.path.join(train_dir, inner))}" + (f" (and {' and '.join(also)})" if also else ""))
 
 
 def load_datasets(cfg: dict, echo=None, classes=None, progress=True):

@@ -344,7 +344,13 @@ def test_a_dataset_root_given_as_data_train_is_refused_before_decoding(workspace
     assert res.exit_code == 2 and not (tmp_path / "run").exists(), res.stderr
     assert res.stderr == (f"Error: data.train: the subfolders of {tmp_path / 'root'} are test, train, a dataset's "
                           f"splits rather than its classes; set data.train to {tmp_path / 'root' / 'train'} (and "
-                          f"data.val to {tmp_path / 'root' / 'test'})\n")
+                          f"data.test to {tmp_path / 'root' / 'test'})\n")      # (a test split never picks best.npz)
+    (tmp_path / "root" / "val").mkdir()
+    res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", tmp_path / "run", "-q", "--no-report",
+                  "--set", f"data.train={tmp_path / 'root'}", "--set", "train.epochs=1"])
+    assert res.exit_code == 2 and res.stderr.endswith(f"(and data.val to {tmp_path / 'root' / 'val'} and data.test to "
+                                                      f"{tmp_path / 'root' / 'test'})\n"), res.stderr
+    (tmp_path / "root" / "val").rmdir()
     (tmp_path / "root" / "other").mkdir()                         # a class among them: warned, not refused
     for src in sorted((data / SHAPES[0]).glob("00[0-3].png")):
         (tmp_path / "root" / "other" / src.name).write_bytes(src.read_bytes())

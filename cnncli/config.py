@@ -142,7 +142,11 @@ def _weights(opt, value, origin, wrong):
     out = {}
     for name, w in value.items():
         f = _as_float(w)
-        if isinstance(name, bool) or not isinstance(name, (str, int)) or f is None or not math.isfinite(f):
+        if isinstance(name, bool) or name is None:     # YAML read an unquoted yes/no/on/off/true/false/null
+            read = {True: "true", False: "false", None: "null"}[name]
+            fail(origin, opt.key, f"a class name read as {read}: YAML reads an unquoted yes, no, on, off, "
+                                  f"true, false or null as that; quote the name, e.g. 'yes': {show(w)}")
+        if not isinstance(name, (str, int)) or f is None or not math.isfinite(f):
             fail(origin, opt.key, f"expected {{class name: number}}, got {show(name)}: {show(w)}")
         out[str(name)] = f
     return out

@@ -439,6 +439,9 @@ def test_valid_configs_validate_and_round_trip(flat):
     ("train.class_weight={a: 0}", ["train.class_weight", "'a'", "> 0"]),
     ("train.class_weight={a: -1}", ["train.class_weight", "> 0"]),
     ("train.class_weight={a: x}", ["train.class_weight", "class name: number"]),
+    ("train.class_weight={yes: 5}", ["train.class_weight", "a class name read as true: YAML reads an unquoted yes",
+                                     "quote the name, e.g. 'yes': 5"]),
+    ("train.class_weight={null: 5}", ["train.class_weight", "a class name read as null"]),
     ("train.class_weight={}", ["train.class_weight", "non-empty"]),
     ("train.class_weight=[1, 2]", ["train.class_weight", "got list"]),
 ])

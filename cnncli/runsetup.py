@@ -139,6 +139,24 @@ def data_notes(cfg: dict, train_ds, val_ds) -> list:
         lines.append(("note: no validation images (data.val_split is 0)" if holds_out_nothing(cfg)
                       else "warning: no validation images")
                      + "; best.npz and early stopping use the training loss instead")
+    return lines + overlap_notes(cfg["data"])
+
+
+def overlap_notes(d: dict) -> list:
+    """Warnings for held-out data that is the training data, or a test that is the validation data
+    (the same folder or labels file): their accuracy would flatter the model."""
+    def same(a, b):
+        return bool(a and b) and os.path.realpath(a) == os.path.realpath(b)
+
+    shown, lines = runfolder.printable, []
+    if same(d["val"], d["train"]):
+        lines.append(f"warning: data.val is data.train ({shown(d['train'])}): the run validates on its training "
+                     "images, so val acc flatters and best.npz is picked on them")
+    if same(d["test"], d["train"]):
+        lines.append(f"warning: data.test is data.train ({shown(d['train'])}): the test measures training images")
+    elif same(d["test"], d["val"]):
+        lines.append(f"warning: data.test is data.val ({shown(d['val'])}): best.npz was picked on these images, "
+                     "so the test flatters it")
     return lines
 
 

@@ -263,3 +263,18 @@ def test_predict_names_listed_files_as_the_list_is_spelled(tmp_path, monkeypatch
     assert res.exit_code == 0, res.output
     assert [ln.split("\t")[0] for ln in res.stdout.splitlines()] == [os.path.join("img", "1.png"),
                                                                      str(tmp_path / "lists" / "img" / "2.png")]
+
+
+def test_a_file_listed_twice_is_a_warning_naming_one_under_two_labels(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=3, odd_files=False)
+    rows = folder_rows(data, tmp_path)
+    ds, _ = load_folder(write_csv(tmp_path / "l.csv", rows), cache=False)
+    assert not [n for n in ds.notes if "more than once" in n]
+    twice = rows + [rows[0], ("./" + rows[1][0], rows[-1][1])]       # the same file again; one relabelled
+    ds, _ = load_folder(write_csv(tmp_path / "l.csv", twice), cache=False)
+    assert len(ds) == len(rows) + 2                                    # each copy is still an image
+    other = sorted({rows[1][1], rows[-1][1]})
+    assert [n for n in ds.notes if "more than once" in n] == [
+        f"warning: labels file {tmp_path / 'l.csv'} lists 2 file(s) more than once (each copy counts as an image: "
+        f"one may train while another validates); 1 of them under different labels, e.g. "
+        f"{tmp_path / rows[1][0]}: {other[0]}, {other[1]}"]

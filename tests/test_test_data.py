@@ -36,3 +36,19 @@ def test_a_wrong_test_folder_stops_before_training(tmp_path):
                       "--out", tmp_path / "run", "-q", "--no-report"])
         assert res.exit_code == 1 and res.output.strip() == needle, res.output
         assert not (tmp_path / "run").exists()
+
+
+def test_held_out_data_that_is_the_training_data_is_a_warning(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    other = make_folder(tmp_path / "other", per_class=2, seed=3, odd_files=False)
+    common = ["train", "--set", f"data.train={data}", "--set", "train.epochs=1", "-q", "--no-report"]
+    res = invoke([*common, "--set", f"data.val={data}/", "--set", f"data.test={data}", "--out", tmp_path / "a"])
+    assert res.exit_code == 0, res.output
+    assert f"warning: data.val is data.train ({data}): the run validates on its training images, so val acc " \
+           "flatters and best.npz is picked on them" in res.stderr
+    assert f"warning: data.test is data.train ({data}): the test measures training images" in res.stderr
+    res = invoke([*common, "--set", f"data.val={other}", "--set", f"data.test={other}", "--out", tmp_path / "b"])
+    assert res.exit_code == 0 and f"warning: data.test is data.val ({other}): best.npz was picked on these " \
+        "images, so the test flatters it" in res.stderr, res.output
+    res = invoke([*common, "--set", f"data.test={other}", "--out", tmp_path / "c"])
+    assert res.exit_code == 0 and "warning: data." not in res.stderr, res.output

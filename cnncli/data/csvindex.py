@@ -155,6 +155,32 @@ def _headerless_list(path: str, f) -> bool:
             or os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(path)), first)))
 
 
+def _duplicates_note(path: str, rels, hashes, labels, classes) -> list[str]:
+    """[a warning counting the files a labels file lists more than once (each copy is an image of
+    its own: one may train while another validates), those under different labels first named], or
+    []: rels the listed files, hashes (N,) int64 their normalized paths' hashes, labels (N,)."""
+    if len(hashes) < 2:
+        return []
+    values, counts = np.unique(hashes, return_counts=True)
+    candidates = values[counts > 1]
+    if not len(candidates):
+        return []
+    groups = {}
+    for i in np.flatnonzero(np.isin(hashes, candidates)):                        # only the few that collide
+        groups.setdefault(os.path.normpath(rels[int(i)]), []).append(int(labels[i]))
+    repeated = {p: ls for p, ls in groups.items() if len(ls) > 1}
+    if not repeated:
+        return []
+    mixed = [(p, ls) for p, ls in repeated.items() if len(set(ls)) > 1]
+    line = f"warning: labels file {printable(path)} lists {len(repeated):,} file(s) more than once (each copy " \
+           "counts as an image: one may train while another validates)"
+    if mixed:
+        p, ls = mixed[0]
+        names = ", ".join(printable(classes[k]) for k in sorted(set(ls)))
+        line += f"; {len(mixed):,} of them under different labels, e.g. {printable(p)}: {names}"
+    return [line]
+
+
 class CsvIndex:
     """What reading a labels CSV found: classes, full paths with labels, the digest of the cache key
     (the CSV's bytes and every file's stat), rows that name no usable file (bad)."""
@@ -162,8 +188,9 @@ class CsvIndex:
     what = "labels file"
 
     def ignored_note(self) -> list[str]:
-        """[]: a labels file names its images; it leaves none out by extension."""
-        return []
+        """A labels file names its images and leaves none out by extension: [the warning about files
+        it lists more than once], or []."""
+        return self.duplicates
 
     def __init__(self, path: str, classes=None, missing_ok: bool = False):
         self.missing_ok, self.loose, self.bad = missing_ok, [], []
@@ -175,12 +202,14 @@ class CsvIndex:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
             with open(path, encoding=text_encoding(path), newline="") as f:
-                ids, names = self._index(path, f, h)
+                ids, names, hashes = self._index(path, f, h)
         self.classes = self._classes(path, names, classes)
         where = {c: i for i, c in enumerate(self.classes)}
         remap = np.array([where[n] for n in names], dtype=np.int64)     # first-seen label id -> class index
         self.labels = remap[np.frombuffer(ids, dtype=np.int64)] if len(ids) else np.zeros(0, np.int64)   # (N,)
         self.digest = h.hexdigest()
+        self.duplicates = _duplicates_note(path, self.rels, np.frombuffer(hashes, dtype=np.int64), self.labels,
+                                           self.classes)
         if not len(self.rels):
             raise DataError(f"labels file {printable(path)}: lists no readable image files")
         counts = np.bincount(self.labels, minlength=len(self.classes))
@@ -191,7 +220,7 @@ class CsvIndex:
     def _index(self, path: str, f, h) -> tuple:
         """Stream the rows: each usable file's full path into self.rels (its stat into the digest h),
         its label as an id in order of first appearance -> (ids array, the labels by id)."""
-        self.rels, ids, id_of, rows = PathList(), array("q"), {}, 0
+        self.rels, ids, id_of, rows, hashes = PathList(), array("q"), {}, 0, array("q")
         for line, file, label in _rows(path, f, with_label=True):
             rows += 1
             if not file or not label:
@@ -208,9 +237,10 @@ class CsvIndex:
                      .encode("utf-8", "surrogatepass"))
             self.rels.extend([file])
             ids.append(label_id)
+            hashes.append(hash(os.path.normpath(file)))
         if not rows:
             raise DataError(f"labels file {printable(path)}: lists no images (only its header row)")
-        return ids, list(id_of)
+        return ids, list(id_of), hashes
 
     @staticmethod
     def _classes(path: str, names: list, classes) -> list:

@@ -103,9 +103,9 @@ def draw_grid(cells, names):
     return canvas
 
 
-def write_preview(cfg: dict, out, rows: int = 6, cols: int = 8, seed: int | None = None) -> Path:
+def write_preview(cfg: dict, out, rows: int | None = None, cols: int = 8, seed: int | None = None) -> Path:
     """Render the grid for config `cfg` (validated) to the image file `out` (PNG unless its extension
-    names another format), atomically; returns its path."""
+    names another format), atomically; returns its path. rows None: one per class, at most 12."""
     from PIL import Image
 
     from . import data
@@ -119,6 +119,7 @@ def write_preview(cfg: dict, out, rows: int = 6, cols: int = 8, seed: int | None
     if d["normalize"]:  # as the trainer normalizes (the augmenter works on normalized inputs)
         mean, std = data.pixel_mean_std(ds.images)       # (no float64 copy of the whole set)
     seed = cfg["train"]["seed"] if seed is None else seed
+    rows = min(len(ds.classes), 12) if rows is None else rows
     idx = pick_images(ds.labels, len(ds.classes), rows, seed)
     cells = augmented_grid(ds.images[idx], AugmentSettings.from_config(cfg["augment"]), mean, std, cols, seed)
     out = Path(out)

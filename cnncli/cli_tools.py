@@ -118,8 +118,8 @@ def info(checkpoint, as_json):
 @click.option("--out", "-o", "out_path", default="augment-preview.png", show_default=True,
               type=click.Path(dir_okay=False),
               help="Image file to write: PNG, or the format its extension names (.jpg, .webp, ...).")
-@click.option("--rows", default=6, show_default=True, type=click.IntRange(1, 100),
-              help="Images (one row each, classes in turn).")
+@click.option("--rows", default=None, type=click.IntRange(1, 100),
+              help="Images (one row each, classes in turn). Default: one per class, at most 12.")
 @click.option("--cols", default=8, show_default=True, type=click.IntRange(2, 50),
               help="Columns: the original, then cols-1 augmented variants.")
 @click.option("--seed", default=None, type=click.IntRange(min=0),

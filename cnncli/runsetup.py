@@ -139,6 +139,10 @@ def data_notes(cfg: dict, train_ds, val_ds) -> list:
         lines.append(("note: no validation images (data.val_split is 0)" if holds_out_nothing(cfg)
                       else "warning: no validation images")
                      + "; best.npz and early stopping use the training loss instead")
+    n, batch = len(train_ds.labels), cfg["train"]["batch_size"]
+    if batch > n:
+        lines.append(f"note: train.batch_size {batch} is more than the {n:,} training images: each epoch is "
+                     "one step of all of them")
     return lines + overlap_notes(cfg["data"])
 
 

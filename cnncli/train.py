@@ -89,6 +89,9 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                  f"augmentation {'on' if trainer.augmenter is not None else 'off'}; early stopping "
                  f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}"
                  + _weights_text(cfg["train"]["class_weight"], trainer.class_weight, train_ds.classes))
+    if resume is not None:
+        into = f", {state.epoch_step} step(s) into epoch {state.epoch + 1}" if state.epoch_step else ""
+        trainer.echo(f"Resuming from {runfolder.printable(str(resume))}: {state.epoch} epoch(s) done{into}")
     for line in data_notes(cfg, train_ds, val_ds):
         trainer.echo(line)
     if comm.is_main:

@@ -75,6 +75,9 @@ def test_augment_preview_png(tmp_path):
     invoke(["augment-preview", "--set", f"data.train={data}", "--out", again, "--rows", 3, "--cols", 4,
             "--set", "augment.affine.p=1", "--set", "augment.affine.rotate=30"])
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(img))  # seeded: same picture
+    default = tmp_path / "default.png"                                     # one row per class by default
+    assert invoke(["augment-preview", "--set", f"data.train={data}", "--out", default, "--cols", 2]).exit_code == 0
+    assert Image.open(default).size == augment_preview.grid_size(3, 2)     # (3 classes)
 
 
 def test_augment_preview_writes_the_format_its_extension_names_and_one_line_when_it_cannot(tmp_path, monkeypatch):

@@ -52,3 +52,14 @@ def test_held_out_data_that_is_the_training_data_is_a_warning(tmp_path):
         "images, so the test flatters it" in res.stderr, res.output
     res = invoke([*common, "--set", f"data.test={other}", "--out", tmp_path / "c"])
     assert res.exit_code == 0 and "warning: data." not in res.stderr, res.output
+
+
+def test_a_batch_larger_than_the_training_set_and_a_resume_say_so(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    res = invoke(["train", "--set", f"data.train={data}", "--set", "data.val_split=0", "--set", "train.epochs=1",
+                  "--set", "train.batch_size=50", "--out", tmp_path / "run", "--no-report"])
+    assert res.exit_code == 0 and "note: train.batch_size 50 is more than the 12 training images: each epoch is " \
+        "one step of all of them" in res.stderr, res.output
+    assert "Resuming" not in res.stderr
+    res = invoke(["train", "--resume", tmp_path / "run", "--set", "train.epochs=2", "--no-report"])
+    assert res.exit_code == 0 and f"Resuming from {tmp_path / 'run'}: 1 epoch(s) done\n" in res.stderr, res.output

@@ -129,6 +129,8 @@ def plot_curves(fig, history):
             positive = lr[np.isfinite(lr) & (lr > 0)]
             if positive.size and positive.max() / positive.min() > 20:
                 ax_lr.set_yscale("log")
+                # cosine ends near 0 (1e-10 at the last epoch): four decades below the peak are enough
+                ax_lr.set_ylim(bottom=max(positive.min(), positive.max() * 1e-4) / 1.5, top=positive.max() * 1.5)
         if handles:
             ax.legend(handles=handles, labels=[h.get_label() for h in handles], loc="best")
 

@@ -356,3 +356,20 @@ def test_a_read_only_home_gets_no_matplotlib_warnings(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout.strip().startswith(str(tmp_path / "cnncli-matplotlib-"))
+
+
+def test_the_learning_rate_axis_spans_at_most_five_decades(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from cnncli.report import plot_curves
+
+    lrs = [1e-3 * 0.5 * (1 + np.cos(np.pi * e / 40)) for e in range(1, 40)] + [1e-10]   # cosine, near 0 at the end
+    history = [{"epoch": e + 1, "train_loss": 1.0 / (e + 1), "val_loss": 1.2 / (e + 1), "train_acc": 0.5,
+                "val_acc": 0.5, "lr": lr} for e, lr in enumerate(lrs)]
+    assert min(x for x in lrs if x > 0) < 1e-9
+    fig = Figure()
+    plot_curves(fig, history)
+    ax_lr = [ax for ax in fig.axes if ax.get_ylabel() == "learning rate"][0]
+    low, high = ax_lr.get_ylim()
+    assert ax_lr.get_yscale() == "log" and high / low < 1e5 and low < 1e-6 and high > 1e-3, (low, high)

@@ -187,7 +187,8 @@ def _normalization(cfg: dict, train_ds) -> dict:
 def _open_resume(resume, cfg: dict, out, write: bool = True):
     """Load the checkpoint to continue and check the config against it (before any data is read)
     -> ((arrays, meta, path), state, run_dir, cfg, notes); train.epochs=auto keeps the run's resolved
-    value. write=False (MPI ranks but 0): the folder is not touched."""
+    value. write=False (MPI ranks but 0): the folder is not touched; nor is any when the run has
+    nothing left to do (run_dir is then the checkpoint's own, for setup's NothingToDo)."""
     from cnncli.predictor import check_architecture, run_checkpoint
 
     ckpt_path = run_checkpoint(resume)
@@ -211,8 +212,8 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     source = Path(os.path.realpath(ckpt_path)).parent       # (a symlinked checkpoint: the run it lies in)
     epochs = cfg["train"]["epochs"]
     done = resume_mod.nothing_to_do(state, epochs) if isinstance(epochs, int) else None
-    if done:               # before any folder is touched (an --out would get a lone best.npz), data read, kernel compiled
-        raise resume_mod.NothingToDo(done, source)
+    if done:               # no folder is touched (an --out would get a lone best.npz); setup says so
+        return (arrays, meta, ckpt_path), state, source, cfg, []
     run_dir = Path(out) if out else source
     if out and Path(os.path.realpath(out)) != source and runfolder.taken_because(run_dir) == "holds another run":
         shown = runfolder.printable(out)
@@ -302,6 +303,10 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     everyone(comm, check_ranks, cfg["train"]["batch_size"], comm.size)
     if resume is not None:
         resumed, state, run_dir, cfg, notes = everyone(comm, _open_resume, resume, cfg, out, write=comm.is_main)
+        epochs = cfg["train"]["epochs"]
+        done = resume_mod.nothing_to_do(state, epochs) if isinstance(epochs, int) else None
+        if done:
+            raise resume_mod.NothingToDo(done, run_dir)       # before any data is read or kernel compiled
     else:
         source = everyone(comm, warmstart.open_source, cfg)    # train.init_from, before any data is read
     threads = set_threads(rank_threads(comm, cfg["train"]["threads"]))

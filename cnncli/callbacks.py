@@ -93,12 +93,9 @@ class StopFlag:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
-        if exc_type is KeyboardInterrupt:
-            raise self.stopped("SIGINT") from None
-        return False
 
     def agreed(self, comm, save_now):
         """After a step: the stop signal when any rank got one (every rank then stops at this same

@@ -646,3 +646,23 @@ def test_eval_predict_and_export_default_to_the_newest_run_under_runs(trained, t
     pytest.importorskip("onnx")
     res = invoke(["export", "-o", tmp_path / "m.onnx"])
     assert res.exit_code == 0 and (tmp_path / "m.onnx").is_file() and "Checkpoint: runs/old" in res.stderr
+
+
+def test_a_second_ctrl_c_during_training_aborts_in_one_line(workspace, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from cnncli import trainer as trainer_mod
+
+    tmp, data = workspace
+    real = trainer_mod.Trainer.train_step
+
+    def twice(self, idx):                                           # Ctrl-C, and again before the step ends
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(self, idx)
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", twice)
+    res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", tmp_path / "run", "-q", "--no-report",
+                  "--set", "train.epochs=1"])
+    assert res.exit_code == 130 and res.stderr.strip().splitlines()[-1] == "Error: interrupted", res.output
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler                   # put back

@@ -1,7 +1,7 @@
 """How many terminal columns a text takes, and padding or cutting by columns rather than characters,
-so the tables of `cnn eval`, `cnn runs` and `cnn info` stay aligned for class and run names in any
+so the tables of `cnn eval` and `cnn runs` stay aligned for class and run names in any
 script (a CJK character takes two columns, a combining accent none). Not a full terminal model: tabs,
-emoji sequences joined by zero-width joiners and ambiguous-width characters count as Python sees them.
+emoji joined by zero-width joiners and ambiguous-width characters are measured character by character.
 """
 
 from __future__ import annotations

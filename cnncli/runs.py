@@ -151,8 +151,7 @@ def format_runs(rows: list) -> str:
         acc = f"{r['val_acc']:.2%}" if r["val_acc"] is not None else "-"
         start = printable(r["init_from"]) if isinstance(r["init_from"], str) else "-"
         lines.append(f"{textwidth.ljust(name, 32)} {str(r['classes'] or '-'):>7s} {r['batchnorm'] or '-':7s} "
-                     f"{optim:13s} "
-                     f"{epochs:>9s} {str(r['best_epoch'] or '-'):>4s} {loss:>9s} {acc:>7s}  {start}")
+                     f"{optim:13s} {epochs:>9s} {str(r['best_epoch'] or '-'):>4s} {loss:>9s} {acc:>7s}  {start}")
     if any(r.get("stopped_early") for r in rows):
         lines.append("* stopped early")
     if any(r.get("diverged") and "error" not in r for r in rows):

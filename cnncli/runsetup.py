@@ -186,9 +186,9 @@ def _normalization(cfg: dict, train_ds) -> dict:
 
 def _open_resume(resume, cfg: dict, out, write: bool = True):
     """Load the checkpoint to continue and check the config against it (before any data is read)
-    -> ((arrays, meta, path), state, run_dir, cfg, notes); train.epochs=auto keeps the run's resolved
-    value. write=False (MPI ranks but 0): the folder is not touched; nor is any when the run has
-    nothing left to do (run_dir is then the checkpoint's own, for setup's NothingToDo)."""
+    -> ((arrays, meta, path), state, run_dir, cfg, notes, done); train.epochs=auto keeps the run's
+    resolved value. write=False (MPI ranks but 0): the folder is not touched; nor is any when the run
+    has nothing left to do (done: its line, and run_dir the checkpoint's own, for setup's NothingToDo)."""
     from cnncli.predictor import check_architecture, run_checkpoint
 
     ckpt_path = run_checkpoint(resume)
@@ -213,7 +213,7 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     epochs = cfg["train"]["epochs"]
     done = resume_mod.nothing_to_do(state, epochs) if isinstance(epochs, int) else None
     if done:               # no folder is touched (an --out would get a lone best.npz); setup says so
-        return (arrays, meta, ckpt_path), state, source, cfg, []
+        return (arrays, meta, ckpt_path), state, source, cfg, [], done
     run_dir = Path(out) if out else source
     if out and Path(os.path.realpath(out)) != source and runfolder.taken_because(run_dir) == "holds another run":
         shown = runfolder.printable(out)
@@ -225,7 +225,7 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
         runfolder.check_writable(run_dir, "; --out NEWDIR continues the run in a new folder" if not out else "")
         runfolder.clean_debris(run_dir)                   # half-written saves of a killed process
         resume_mod.carry_best(ckpt_path.parent, run_dir)
-    return (arrays, meta, ckpt_path), state, run_dir, cfg, notes
+    return (arrays, meta, ckpt_path), state, run_dir, cfg, notes, None
 
 
 def _rewind_note(ckpt_path: Path, state: RunState, run_dir: Path) -> list:
@@ -302,9 +302,8 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     resumed, state, run_dir, source, notes = None, RunState(), None, None, []
     everyone(comm, check_ranks, cfg["train"]["batch_size"], comm.size)
     if resume is not None:
-        resumed, state, run_dir, cfg, notes = everyone(comm, _open_resume, resume, cfg, out, write=comm.is_main)
-        epochs = cfg["train"]["epochs"]
-        done = resume_mod.nothing_to_do(state, epochs) if isinstance(epochs, int) else None
+        resumed, state, run_dir, cfg, notes, done = everyone(comm, _open_resume, resume, cfg, out,
+                                                             write=comm.is_main)
         if done:
             raise resume_mod.NothingToDo(done, run_dir)       # before any data is read or kernel compiled
     else:

@@ -47,3 +47,9 @@ def test_bad_settings_are_one_line_config_errors(setting, needles):
 def test_balanced_with_a_class_without_images_is_refused():
     with pytest.raises(ConfigError, match="dog"):
         class_weights("balanced", [0, 0, 2], CLASSES)
+
+
+def test_a_class_name_matches_in_either_unicode_form():
+    # the training folder written by macOS (e + accent), the YAML key typed as one character
+    w = class_weights({"caf\u00e9": 2.0}, [0, 1], ["bar", "cafe\u0301"])
+    np.testing.assert_array_equal(w, [1.0, 2.0])

@@ -278,3 +278,12 @@ def test_a_file_listed_twice_is_a_warning_naming_one_under_two_labels(tmp_path):
         f"warning: labels file {tmp_path / 'l.csv'} lists 2 file(s) more than once (each copy counts as an image: "
         f"one may train while another validates); 1 of them under different labels, e.g. "
         f"{tmp_path / rows[1][0]}: {other[0]}, {other[1]}"]
+
+
+def test_labels_match_the_model_classes_in_either_unicode_form(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=2, odd_files=False)
+    rows = [(p, "cafe\u0301" if c == SHAPES[0] else c) for p, c in folder_rows(data, tmp_path)]   # e + accent
+    labels = write_csv(tmp_path / "labels.csv", rows)
+    classes = ["caf\u00e9"] + sorted(SHAPES)[1:]                                                  # é
+    ds, _ = load_folder(labels, classes=classes, cache=False)
+    assert ds.classes == classes and np.bincount(ds.labels).tolist() == [2] * len(SHAPES)

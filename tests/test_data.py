@@ -825,3 +825,23 @@ def test_stops_held_delays_each_stop_to_the_blocks_end_and_restores_the_handlers
     finally:
         signal.signal(signal.SIGUSR1, old)
         signal.signal(signal.SIGINT, old_int)
+
+
+def test_class_names_match_in_either_unicode_form(tmp_path):
+    # macOS writes é as e + a combining accent (NFD); the same name typed on Linux is one character
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    root = make_folder(tmp_path / "d", classes=("bar", decomposed))
+    ds, _ = data.load_folder(root, classes=["bar", composed])
+    assert ds.classes == ["bar", composed] and sorted(set(ds.labels.tolist())) == [0, 1]
+    ds, _ = data.load_folder(root, classes=[composed, "bar"], missing_ok=True)      # cnn eval's own order
+    assert ds.classes == [composed, "bar"] and np.bincount(ds.labels).tolist() == [3, 3]
+    msg = _error(root, classes=["bar", "caff"])
+    assert "missing caff" in msg
+
+
+def test_two_folders_that_differ_only_in_unicode_form_stay_two_classes(tmp_path):
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    root = make_folder(tmp_path / "d", classes=(composed, decomposed))
+    assert data.load_folder(root)[0].classes == sorted([composed, decomposed])
+    ds, _ = data.load_folder(root, classes=[decomposed, composed])
+    assert np.bincount(ds.labels).tolist() == [3, 3]

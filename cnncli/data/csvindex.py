@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import DataError
 from .decode import IMAGE_EXTENSIONS
 from .pathlist import PathList
-from .scan import printable, shown_classes
+from .scan import printable, same_form, shown_classes
 
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "filepath", "image", "image_path", "img")
 LABEL_COLUMNS = ("label", "class", "category", "target", "y")
@@ -203,9 +203,9 @@ class CsvIndex:
                     h.update(block)
             with open(path, encoding=text_encoding(path), newline="") as f:
                 ids, names, hashes = self._index(path, f, h)
-        self.classes = self._classes(path, names, classes)
-        where = {c: i for i, c in enumerate(self.classes)}
-        remap = np.array([where[n] for n in names], dtype=np.int64)     # first-seen label id -> class index
+        self.classes, form = self._classes(path, names, classes)
+        where = {form(c): i for i, c in enumerate(self.classes)}
+        remap = np.array([where[form(n)] for n in names], dtype=np.int64)     # first-seen label id -> class index
         self.labels = remap[np.frombuffer(ids, dtype=np.int64)] if len(ids) else np.zeros(0, np.int64)   # (N,)
         self.digest = h.hexdigest()
         self.duplicates = _duplicates_note(path, self.rels, np.frombuffer(hashes, dtype=np.int64), self.labels,
@@ -243,16 +243,21 @@ class CsvIndex:
         return ids, list(id_of), hashes
 
     @staticmethod
-    def _classes(path: str, names: list, classes) -> list:
+    def _classes(path: str, names: list, classes) -> tuple:
+        """(the classes, the form their names and the labels match in: scan.same_form unless two
+        names differ only in Unicode form)."""
         found = sorted(set(names))
         if classes is None:
             if len(found) < 2:
                 raise DataError(f"labels file {printable(path)}: has {len(found)} distinct label(s) "
                                 f"({', '.join(map(printable, found))}); need at least 2")
-            return found
+            return found, str
         classes = [str(c) for c in classes]
-        extra = sorted(set(found) - set(classes))
+        unique = all(len({same_form(n) for n in group}) == len(group) for group in (found, classes))
+        form = same_form if unique else str
+        known = {form(c) for c in classes}
+        extra = [n for n in found if form(n) not in known]
         if extra:
             raise DataError(f"labels file {printable(path)}: label(s) {', '.join(map(printable, extra))} not "
                             f"among the expected classes ({shown_classes(classes)})")
-        return classes
+        return classes, form

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 from array import array
 from collections import Counter
 
@@ -155,12 +156,24 @@ def shown_classes(classes) -> str:
     return ", ".join(map(listed, classes[:20])) + (", ..." if len(classes) > 20 else "")
 
 
-def _match_classes(root: str, found: list, classes, missing_ok: bool) -> list:
+def same_form(name: str) -> str:
+    """A class name in Unicode's composed form (NFC): a folder macOS wrote as e + accent (NFD) and the
+    same name typed elsewhere as one character compare equal."""
+    return unicodedata.normalize("NFC", name)
+
+
+def _match_classes(root: str, found: list, classes, missing_ok: bool) -> tuple[list, list]:
+    """(the classes in their order, the folder of each: found's name, None when missing_ok and absent).
+    Names match in composed form (same_form) unless two of either list differ only in form."""
     if classes is None:
-        return found
+        return found, found
     classes = [str(c) for c in classes]
-    missing = [] if missing_ok else sorted(set(classes) - set(found))
-    extra = sorted(set(found) - set(classes))
+    unique = all(len({same_form(n) for n in names}) == len(names) for names in (found, classes))
+    form = same_form if unique else str
+    folder = {form(f): f for f in found}
+    wanted = {form(c) for c in classes}
+    missing = [] if missing_ok else sorted(c for c in classes if form(c) not in folder)
+    extra = sorted(f for f in found if form(f) not in wanted)
     if missing_ok and extra:                           # (Cat for cat: the names the folder may use)
         raise DataError(f"data folder {printable(root)}: class folder(s) {', '.join(map(printable, extra))} "
                         f"not among the expected classes ({shown_classes(classes)})")
@@ -172,7 +185,7 @@ def _match_classes(root: str, found: list, classes, missing_ok: bool) -> list:
             parts.append("extra " + ", ".join(map(printable, extra)))
         raise DataError(f"data folder {printable(root)}: classes do not match the expected ones "
                         f"({'; '.join(parts)})")
-    return classes
+    return classes, [folder.get(form(c)) for c in classes]
 
 
 def _digest_rows(h, head: str, ci: int, rels: list, stats: np.ndarray, chunk: int = 1 << 14) -> None:
@@ -197,16 +210,15 @@ class Index:
         if not found:
             raise DataError(f"data folder {printable(root)}: has no class subfolders (expected one "
                             f"subfolder of images per class, e.g. {os.path.join(root, 'cat')})")
-        self.classes = _match_classes(root, found, classes, missing_ok and classes is not None)
+        self.classes, folders = _match_classes(root, found, classes, missing_ok and classes is not None)
         self.missing_ok = missing_ok
-        here = set(found)
         if len(self.classes) < 2:
             raise DataError(f"data folder {printable(root)}: has only one class "
                             f"({printable(self.classes[0])}); need at least 2")
         h = hashlib.sha256()
         self.rels, counts, self.bad, self.ignored = PathList(), [], [], Counter()
-        for ci, name in enumerate(self.classes):
-            if name not in here:                       # missing_ok: no folder of this class
+        for ci, name in enumerate(folders):
+            if name is None:                           # missing_ok: no folder of this class
                 counts.append(0)
                 continue
             head, bad, stats = name + "/", [], []

@@ -845,3 +845,19 @@ def test_two_folders_that_differ_only_in_unicode_form_stay_two_classes(tmp_path)
     assert data.load_folder(root)[0].classes == sorted([composed, decomposed])
     ds, _ = data.load_folder(root, classes=[decomposed, composed])
     assert np.bincount(ds.labels).tolist() == [3, 3]
+
+
+def test_the_folder_above_the_class_folders_is_a_warning(tmp_path):
+    # data.train names parent/ of train/{cat,dog} and test/{cat,dog}: two "classes", train and test
+    make_folder(tmp_path / "parent" / "train")
+    make_folder(tmp_path / "parent" / "test")
+    ds, _ = data.load_folder(tmp_path / "parent", cache=False)
+    assert ds.classes == ["test", "train"]
+    [warning] = [n for n in ds.notes if n.startswith("warning:")]
+    assert "(test, train) hold their images only in subfolders (test: cat, dog)" in warning
+    assert warning.endswith(f"give {tmp_path / 'parent' / 'test'} instead")
+    # a class with one subfolder, or with images of its own, is a layout that says nothing
+    save(tmp_path / "parent" / "train" / "loose.png", noise_img(7))
+    assert not [n for n in data.load_folder(tmp_path / "parent", cache=False)[0].notes if n.startswith("warning:")]
+    ds, _ = data.load_folder(make_folder(tmp_path / "one", classes=("a/x", "b/y")), cache=False)
+    assert ds.classes == ["a", "b"] and not ds.notes

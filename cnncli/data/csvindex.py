@@ -187,7 +187,7 @@ class CsvIndex:
 
     what = "labels file"
 
-    def ignored_note(self) -> list[str]:
+    def notes(self) -> list[str]:
         """A labels file names its images and leaves none out by extension: [the warning about files
         it lists more than once], or []."""
         return self.duplicates

@@ -112,7 +112,7 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
                         f"({len(skipped)} file(s) skipped)")
     ix.rels.prefix = prefix                           # the Index is done with: its names become the paths
     paths = ix.rels if keep.all() else ix.rels.take(np.flatnonzero(keep))
-    notes = ix.ignored_note() + _lost_note(ix.labels, keep, ix.classes) + _flat_note(images, paths)
+    notes = ix.notes() + _lost_note(ix.labels, keep, ix.classes) + _flat_note(images, paths)
     if unsaved:
         notes.append(f"note: the dataset cache could not be written ({printable(unsaved)}), so the next run "
                      f"decodes {printable(root)} again; CNNCLI_CACHE_DIR names another folder for it")

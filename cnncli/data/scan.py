@@ -188,6 +188,28 @@ def _match_classes(root: str, found: list, classes, missing_ok: bool) -> tuple[l
     return classes, [folder.get(form(c)) for c in classes]
 
 
+def _only_in_subfolders(rels: list) -> list:
+    """The first-level subfolders of a class folder's files (rels, "sub/name.png"), or [] when any
+    file lies in the class folder itself."""
+    subs = {}
+    for rel in rels:
+        head, sep, _ = rel.partition("/")
+        if not sep:
+            return []
+        subs[head] = None
+    return list(subs)
+
+
+def _nested_warning(root: str, nested: list) -> list[str]:
+    """[the warning for class folders that each hold their images only in 2+ subfolders]: nested
+    [(class folder, its subfolders)], as when data.train names the folder above the class folders."""
+    name, subs = nested[0]
+    shown = ", ".join(map(printable, subs[:5])) + (", ..." if len(subs) > 5 else "")
+    return [f"warning: the class folders of {printable(root)} ({shown_classes([n for n, _ in nested])}) hold "
+            f"their images only in subfolders ({printable(name)}: {shown}): if those subfolders are the "
+            f"classes, give {printable(os.path.join(root, name))} instead"]
+
+
 def _digest_rows(h, head: str, ci: int, rels: list, stats: np.ndarray, chunk: int = 1 << 14) -> None:
     """Feed 'head+rel\0class\0size\0mtime\0inode\0ctime\n' of each file to h, a chunk at a time."""
     for a in range(0, len(rels), chunk):
@@ -217,6 +239,7 @@ class Index:
                             f"({printable(self.classes[0])}); need at least 2")
         h = hashlib.sha256()
         self.rels, counts, self.bad, self.ignored = PathList(), [], [], Counter()
+        nested = []         # [(class folder, its subfolders)] while each holds its images only in 2+ subfolders
         for ci, name in enumerate(folders):
             if name is None:                           # missing_ok: no folder of this class
                 counts.append(0)
@@ -226,6 +249,12 @@ class Index:
             _digest_rows(h, head, ci, found_files, stats[0])
             self.rels.extend(head + rel for rel in found_files)
             counts.append(len(found_files))
+            if found_files and nested is not None:
+                subs = _only_in_subfolders(found_files)
+                if len(subs) >= 2:
+                    nested.append((name, subs))
+                else:
+                    nested = None
             self.bad.extend((head + rel, why) for rel, why in bad)
             del found_files, stats
         self.labels = np.repeat(np.arange(len(self.classes), dtype=np.int64), counts)   # (N,)
@@ -234,15 +263,19 @@ class Index:
         h.update(repr(self.loose).encode("utf-8", "surrogatepass"))
         self.digest = h.hexdigest()
         self._check(root, counts)
+        self.nested = _nested_warning(root, nested) if nested and classes is None else []
 
-    def ignored_note(self) -> list[str]:
-        """[one line counting the files with extensions that are not read], or []."""
+    def notes(self) -> list[str]:
+        """[a warning when every class folder holds its images only in subfolders (the folder above
+        the classes given?), a note counting the files with extensions that are not read]: the ones
+        that apply."""
         if not self.ignored:
-            return []
+            return self.nested
         top = sorted(self.ignored.items(), key=lambda kv: (-kv[1], kv[0]))[:5]      # (not scan order)
         kinds = ", ".join(f"{printable(ext)}: {n}" for ext, n in top)
         more = ", ..." if len(self.ignored) > 5 else ""
-        return [f"note: {sum(self.ignored.values())} file(s) with other extensions were not read ({kinds}{more})"]
+        return self.nested + [f"note: {sum(self.ignored.values())} file(s) with other extensions were not read "
+                              f"({kinds}{more})"]
 
     def _check(self, root, counts):
         if not self.rels:

@@ -87,6 +87,8 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
         )
     if val_dir is not None:
         val_ds, val_skipped = data.load_folder(val_dir, classes=train_ds.classes, missing_ok=True, **opts)
+        if os.path.realpath(val_dir) == os.path.realpath(train_dir):    # (a warning says so): each file once
+            val_skipped, val_ds.notes = [], []
         skipped = list(skipped) + list(val_skipped)
     else:
         if d["folds"] > len(train_ds.labels):

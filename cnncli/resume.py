@@ -45,6 +45,9 @@ def nothing_to_do(state, epochs: int) -> str | None:
     and nothing was raised since), else None."""
     if state.epoch < epochs and not state.stopped_early:
         return None
+    if state.epoch > epochs:                        # (the run stopped before its own total; --set lowered it)
+        return (f"Nothing to do: train.epochs {epochs} is below the {state.epoch} epoch(s) the run has already "
+                f"done (raise it above {state.epoch} to continue).")
     why = "early stopping ended it; raise train.epochs or train.early_stopping.patience" \
         if state.stopped_early else "raise train.epochs"
     return f"Nothing to do: the run already completed {state.epoch} epoch(s) ({why} to continue)."

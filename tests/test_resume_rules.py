@@ -122,6 +122,13 @@ def test_a_finished_run_is_nothing_to_do_before_any_data_is_read(data, tmp_path)
     assert res.exit_code != 0 and "does not exist" in res.output   # more epochs: the data is read again
 
 
+def test_a_resume_that_lowers_train_epochs_below_the_epochs_done_says_so(data, tmp_path):
+    train(write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=2))
+    res = invoke("train", "--resume", tmp_path / "run", "--set", "train.epochs=1", "-q")
+    assert res.exit_code == 0 and "Nothing to do: train.epochs 1 is below the 2 epoch(s) the run has already " \
+        "done (raise it above 2 to continue)." in res.output, res.output
+
+
 def test_stopped_early_run_continues_when_epochs_are_raised(data, tmp_path):
     run = _stopped_early(data, tmp_path)
     res = invoke("train", "--resume", run, "--set", "train.epochs=8", "--set", "train.early_stopping.min_delta=0",

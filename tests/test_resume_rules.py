@@ -294,3 +294,21 @@ def test_resume_out_into_another_run_is_refused_and_a_symlinked_checkpoint_conti
     res = invoke("train", "--resume", links / "ck.npz", "-q", "--no-report", "--set", "train.epochs=2")
     assert res.exit_code == 0 and f"Run folder: {run1}" in res.output
     assert [r["epoch"] for r in rows(run1)] == ["1", "2"] and os.listdir(links) == ["ck.npz"]
+
+
+def test_only_the_writing_rank_refuses_an_out_folder_for_holding_a_run(data, run1, tmp_path):
+    # under MPI rank 0 checks --out and then carries best.npz into it while the other ranks check
+    # the config: a rank that looked at --out then found a "run" there (the carried best.npz) and
+    # failed the whole job, leaving a folder with a lone best.npz that every retry refused
+    from cnncli import runsetup
+    from cnncli.errors import ConfigError
+    from cnncli.resume import resumed_config
+
+    cfg = resumed_config(run1, ["train.epochs=2"])
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "best.npz").write_bytes((run1 / "best.npz").read_bytes())      # rank 0 got there first
+    *_, run_dir, _, _, done = runsetup._open_resume(run1, cfg, new, write=False)
+    assert run_dir == new and done is None
+    with pytest.raises(ConfigError, match="holds another run"):
+        runsetup._open_resume(run1, cfg, new, write=True)

@@ -67,19 +67,21 @@ def tree_sum(parts: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def check_ranks(batch_size: int, size: int) -> None:
-    """ConfigError unless `size` ranks split every full batch into equal shard blocks."""
+def check_ranks(batch_size: int, size: int, resume: bool = False) -> None:
+    """ConfigError unless `size` ranks split every full batch into equal shard blocks; on a resume
+    (resume=True) it offers rank counts only, as the batch size cannot change there."""
     s = shard_count(batch_size)
     if size > 1 and s % size:
         ok = [k for k in range(1, s + 1) if s % k == 0]
         ranks = ", ".join(map(str, ok[:-1])) + (" or " if len(ok) > 1 else "") + str(ok[-1])
         step = SHARD * size                       # a batch of a multiple of `size` shards, the nearest
         near = sorted({b for b in (batch_size // step * step, -(-batch_size // step) * step) if b > 0})
+        other = (" (the resumed run's batch size cannot change)" if resume else
+                 f", or a batch_size whose shard count {size} divides, e.g. {' or '.join(map(str, near))}")
         raise ConfigError(
             f"train.batch_size: {batch_size} makes {s} shard{'s' if s > 1 else ''} of up to {SHARD} images "
             f"(the last may hold fewer), which {size} MPI ranks cannot split evenly; use {ranks} "
-            f"rank{'s' if ok[-1] > 1 else ''}, or a batch_size whose shard count {size} divides, e.g. "
-            f"{' or '.join(map(str, near))}")
+            f"rank{'s' if ok[-1] > 1 else ''}{other}")
 
 
 class Comm:

@@ -303,7 +303,7 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     from cnncli.kernels import set_threads
 
     resumed, state, run_dir, source, notes = None, RunState(), None, None, []
-    everyone(comm, check_ranks, cfg["train"]["batch_size"], comm.size)
+    everyone(comm, check_ranks, cfg["train"]["batch_size"], comm.size, resume is not None)
     if resume is not None:
         resumed, state, run_dir, cfg, notes, done = everyone(comm, _open_resume, resume, cfg, out,
                                                              write=comm.is_main)

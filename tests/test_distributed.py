@@ -82,6 +82,8 @@ def test_check_ranks():
         D.check_ranks(64, 3)
     with pytest.raises(ConfigError, match=r"4 makes 1 shard of up to 8 images .*use 1 rank, or .* e\.g\. 16$"):
         D.check_ranks(4, 2)
+    with pytest.raises(ConfigError, match=r"use 1, 2, 4 or 8 ranks \(the resumed run's batch size cannot change\)$"):
+        D.check_ranks(64, 3, resume=True)     # (a resume refuses another batch size: none is offered)
     for batch in (48, 72, 16):                # the batch sizes those messages suggest do split
         D.check_ranks(batch, 3 if batch != 16 else 2)
 

@@ -303,7 +303,7 @@ def test_docs_pil_pad_loader_matches_cnncli(runs, tmp_path):
     Image.fromarray(rng.integers(0, 65536, (40, 28)).astype(np.uint16)).save(extra[1])   # 16-bit grey PNG
     Image.fromarray(rng.integers(0, 65536, (28, 40)).astype(np.uint16)).save(extra[2])   # 16-bit grey TIFF
     Image.fromarray(rng.integers(0, 200, (32, 32)).astype(np.uint16)).save(extra[3])     # dark, not 8-bit
-    draw("bar", rng, size=48).convert("RGB").convert("CMYK").save(extra[4])
+    draw("bar", rng, size=48).resize((300, 200)).convert("RGB").convert("CMYK").save(extra[4])   # draft shrinks it
     assert Image.open(extra[1]).mode.startswith("I") and Image.open(extra[4]).mode == "CMYK"
     checked = [f for f in files] + [str(f) for f in extra]
     assert any(f.endswith(".jpg") for f in checked) and any("odd" in f for f in checked)

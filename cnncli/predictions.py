@@ -5,6 +5,7 @@ lines or a CSV. Not the metrics of labelled images (evaluate.py), nor the model 
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -22,7 +23,12 @@ def gather_paths(paths):
     files, failures = PathList(), []                 # compact: a million paths take ~30 MB
     for p in paths:
         try:
-            found, unscannable = list_csv_paths(p) if is_labels_file(p) else list_images_and_bad(p)
+            listed = is_labels_file(p)
+            found, unscannable = list_csv_paths(p) if listed else list_images_and_bad(p)
+            if listed and found and not any(map(os.path.lexists, found)):    # (stops at the first that exists)
+                failures.append((p, f"none of its {len(found)} listed path(s) is a file here (a "
+                                    f"{os.path.splitext(p)[1].lower()} PATH is read as a list of images)"))
+                continue
             files.extend(found)
             failures.extend(unscannable)
             if not found:

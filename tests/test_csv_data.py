@@ -207,6 +207,22 @@ def test_a_path_list_whose_first_file_is_missing_is_still_a_list(tmp_path):
         list_csv_paths(str(listing))
 
 
+def test_a_text_file_that_lists_no_file_is_one_failure_naming_it(tmp_path):
+    # `cnn predict mydata/*` with a README.txt among the images: its prose is no list of images
+    from cnncli.predictions import gather_paths
+
+    (tmp_path / "here.png").write_bytes(b"")
+    readme = tmp_path / "README.txt"
+    readme.write_text("my dataset\nshapes drawn by hand\n")
+    files, failures = gather_paths([str(tmp_path / "here.png"), str(readme)])
+    assert list(files) == [str(tmp_path / "here.png")]
+    assert failures == [(str(readme), "none of its 2 listed path(s) is a file here (a .txt PATH is read as a list "
+                                      "of images)")]
+    readme.write_text("here.png\ngone.png\n")                 # a list with a file that exists: each is tried
+    files, failures = gather_paths([str(readme)])
+    assert list(files) == [str(tmp_path / "here.png"), str(tmp_path / "gone.png")] and failures == []
+
+
 def test_header_names_are_matched_whatever_their_case_spaces_or_hyphens(tmp_path):
     data = make_folder(tmp_path / "data", per_class=2, odd_files=False)
     rows = folder_rows(data, tmp_path)

@@ -356,6 +356,17 @@ def test_images_of_a_single_grey_level_are_kept_and_counted_in_one_warning(tmp_p
     assert data.load_folder(make_folder(tmp_path / "e"), cache=False)[0].notes == []
 
 
+def test_nearly_black_images_such_as_12_bit_data_in_16_bit_files_are_a_warning(tmp_path):
+    root = make_folder(tmp_path / "d")
+    ramp = (np.arange(40 * 30).reshape(30, 40) * 4095 // (40 * 30 - 1)).astype(np.uint16)      # 0..4095
+    Image.fromarray(ramp).save(root / "cat" / "camera.png")
+    save(root / "dog" / "dim.png", Image.fromarray((np.arange(64).reshape(8, 8) + 20).astype(np.uint8)))  # 20..83
+    ds, _ = data.load_folder(root, cache=False)
+    assert len(ds) == 8 and ds.notes == [
+        f"warning: 1 image(s) are nearly black (no pixel above 16 of 255), e.g. {root / 'cat' / 'camera.png'}: "
+        "a 16-bit file of 12-bit data (0..4095) decodes so; scale such files to their full range first"]
+
+
 def test_files_of_other_extensions_are_counted_in_one_note(tmp_path):
     root = make_folder(tmp_path / "d")
     for rel in ("cat/notes.txt", "cat/sub/scan.xyz", "dog/README", "dog/more.txt", "dog/Thumbs.db", "dog/.hidden"):

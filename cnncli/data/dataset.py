@@ -112,7 +112,7 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
                         f"({len(skipped)} file(s) skipped)")
     ix.rels.prefix = prefix                           # the Index is done with: its names become the paths
     paths = ix.rels if keep.all() else ix.rels.take(np.flatnonzero(keep))
-    notes = ix.notes() + _lost_note(ix.labels, keep, ix.classes) + _flat_note(images, paths)
+    notes = ix.notes() + _lost_note(ix.labels, keep, ix.classes) + _pixel_notes(images, paths)
     if unsaved:
         notes.append(f"note: the dataset cache could not be written ({printable(unsaved)}), so the next run "
                      f"decodes {printable(root)} again; CNNCLI_CACHE_DIR names another folder for it")
@@ -151,15 +151,29 @@ def _lost_note(labels, keep, classes, share: float = 0.1) -> list[str]:
             f"{', '.join(parts)}{more}"]
 
 
-def _flat_note(images, paths, chunk: int = 1 << 16) -> list[str]:
-    """[a warning naming one of the images whose pixels are all one grey level], or [] if none is:
-    such an image is kept, but its file likely decodes to something other than its picture."""
-    flat = [a + np.flatnonzero(part.min(axis=(1, 2)) == part.max(axis=(1, 2)))
-            for a in range(0, len(images), chunk) for part in [images[a:a + chunk]]]
-    flat = np.concatenate(flat) if flat else np.zeros(0, np.int64)
-    if not flat.size:
-        return []
-    return [f"warning: {flat.size} image(s) decode to a single grey level, e.g. {printable(paths[int(flat[0])])}"]
+def _pixel_notes(images, paths, chunk: int = 1 << 16) -> list[str]:
+    """[a warning naming one of the images whose pixels are all one grey level, one naming one of the
+    nearly black images (no pixel above DARK)]: those that apply. Such images are kept, but a flat one
+    likely decodes to something other than its picture, and a nearly black one is often a 16-bit file
+    of 10- or 12-bit camera data (16-bit values are scaled by 255/65535: 4095 becomes 16)."""
+    flat, dark = [], []
+    for a in range(0, len(images), chunk):
+        lo, hi = images[a:a + chunk].min(axis=(1, 2)), images[a:a + chunk].max(axis=(1, 2))      # (n,) each
+        flat.append(a + np.flatnonzero(lo == hi))
+        dark.append(a + np.flatnonzero((hi <= DARK) & (lo < hi)))
+    flat, dark = (np.concatenate(f) if f else np.zeros(0, np.int64) for f in (flat, dark))
+    lines = []
+    if flat.size:
+        lines.append(f"warning: {flat.size} image(s) decode to a single grey level, e.g. "
+                     f"{printable(paths[int(flat[0])])}")
+    if dark.size:
+        lines.append(f"warning: {dark.size} image(s) are nearly black (no pixel above {DARK} of 255), e.g. "
+                     f"{printable(paths[int(dark[0])])}: a 16-bit file of 12-bit data (0..4095) decodes so; "
+                     "scale such files to their full range first")
+    return lines
+
+
+DARK = 16           # the brightest pixel of a nearly black image: 12-bit data (4095) in a 16-bit file
 
 
 def split(ds: Dataset, train_idx, val_idx, chunk: int = 4096) -> tuple[Dataset, Dataset]:

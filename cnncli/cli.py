@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -281,6 +282,11 @@ def main():
     try:
         cli(prog_name="cnn")
     except SystemExit as done:
+        if done.code == 130:
+            # a stop (its line said what was saved): another Ctrl-C during the teardown is ignored;
+            # Python's finalization resets its own SIGINT handler to the default, which would end
+            # the process by the signal (a shell's status 130 would become a death by SIGINT)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         if not _FAST_EXIT:
             raise
         sys.stdout.flush()

@@ -666,3 +666,26 @@ def test_a_second_ctrl_c_during_training_aborts_in_one_line(workspace, tmp_path,
                   "--set", "train.epochs=1"])
     assert res.exit_code == 130 and res.stderr.strip().splitlines()[-1] == "Error: interrupted", res.output
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler                   # put back
+
+
+def test_a_second_ctrl_c_while_a_stopped_run_exits_keeps_its_status(workspace, tmp_path):
+    # two Ctrl-C 50 ms apart: the first stops the run (saved, its line), the second came during the
+    # interpreter's teardown, where Python had put SIGINT back to the default: the process died by
+    # the signal (-2) instead of exiting 130
+    import signal
+    import time
+
+    tmp, _ = workspace
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "cnncli", "train", "--config", str(tmp / "cfg.yaml"), "--out",
+                             str(out), "-q", "--no-report", "--set", "train.epochs=400", "--set",
+                             "train.checkpoint_every=1"], env=cli_env(tmp), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not (out / "last.npz").exists() and proc.poll() is None and time.monotonic() - t0 < 120:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "SIGINT: stopped at epoch " in err, (proc.returncode, err)

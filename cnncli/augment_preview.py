@@ -9,6 +9,7 @@ only; this module does not train, and it does not check the variants (a person l
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,9 @@ def augmented_grid(images, settings, mean, std, cols, seed):
 
 
 def label_font():
-    """A font for the class names: matplotlib's DejaVu Sans when cnncli[plots] is installed (Latin,
-    Greek, Cyrillic...), else Pillow's own (its scalable default where FreeType is available)."""
+    """A font for the class names: DejaVu Sans (Latin, Greek, Cyrillic...) from matplotlib when
+    cnncli[plots] is installed, else from the system's fonts, else Pillow's own (its scalable
+    default where FreeType is available), which has ASCII only: fit_label then drops accents."""
     from PIL import ImageFont
 
     from .plotting import matplotlib_config_folder
@@ -67,16 +69,25 @@ def label_font():
     except (ImportError, OSError):
         pass
     try:
-        return ImageFont.load_default(size=11)
+        return ImageFont.truetype("DejaVuSans.ttf", 11)   # (Pillow looks in the system's font folders)
+    except OSError:
+        pass
+    try:
+        font = ImageFont.load_default(size=11)
     except (TypeError, OSError, ImportError):             # an old Pillow, or no FreeType
-        return ImageFont.load_default()
+        font = ImageFont.load_default()
+    font.ascii_only = True
+    return font
 
 
 def fit_label(name: str, font, width: int) -> str:
-    """`name` (data.printable) cut to fit `width` pixels in `font`, a cut marked with '~'."""
+    """`name` (data.printable) cut to fit `width` pixels in `font`, a cut marked with '~'; in an
+    ASCII-only font (label_font) without its accents (é as e: a box otherwise)."""
     from .data import printable
 
     name = printable(str(name))
+    if getattr(font, "ascii_only", False):
+        name = "".join(c for c in unicodedata.normalize("NFD", name) if not unicodedata.combining(c))
     if font.getlength(name) <= width:
         return name
     while len(name) > 1 and font.getlength(name + "~") > width:

@@ -131,3 +131,21 @@ def test_preview_labels_fit_their_column_and_draw_other_scripts():
         assert label == shown or (label.endswith("~") and len(label) > 1 and shown.startswith(label[:-1]))
     pytest.importorskip("matplotlib")                       # DejaVu Sans: Cyrillic glyphs, not boxes
     assert getattr(font, "path", "").endswith("DejaVuSans.ttf")
+
+
+def test_preview_labels_drop_accents_in_an_ascii_only_font(monkeypatch):
+    # no DejaVu Sans (no matplotlib, none among the system's fonts): Pillow's own font draws é as a box
+    from PIL import ImageFont
+
+    real = ImageFont.truetype
+
+    def missing(font=None, *args, **kw):
+        if "DejaVu" in str(font):
+            raise OSError("cannot open resource")
+        return real(font, *args, **kw)                      # (Pillow's default font is read through it)
+    monkeypatch.setattr(ImageFont, "truetype", missing)
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)        # (import matplotlib fails)
+    font = augment_preview.label_font()
+    assert font.ascii_only
+    assert augment_preview.fit_label("triangle_\u00e9", font, 200) == "triangle_e"
+    assert augment_preview.fit_label("cafe\u0301", font, 200) == "cafe"

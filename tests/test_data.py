@@ -337,9 +337,11 @@ def test_a_fifo_or_a_device_named_like_an_image_is_skipped_as_what_it_is(tmp_pat
     root = make_folder(tmp_path / "d")
     os.mkfifo(root / "cat" / "pipe.png")                     # reading it would block forever
     (root / "dog" / "zero.png").symlink_to("/dev/zero")       # reading it would never end
+    (root / "dog" / "gone.png").symlink_to(tmp_path / "moved-away.png")
     ds, skipped = data.load_folder(root, cache=False)
     assert len(ds) == 6
     assert sorted((os.path.basename(p), why) for p, why in skipped) == [
+        ("gone.png", "broken symbolic link (what it points to does not exist)"),
         ("pipe.png", "not a regular file (a FIFO)"), ("zero.png", "not a regular file (a device)")]
 
 

@@ -86,7 +86,7 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
                     why = cache_mod.miss_reason(slot, key) if owned else None
                     if why:
                         _say(f"note: the dataset cache of {printable(root)} is {why}"
-                             + (" (a file was added, removed, replaced or had its permissions changed since)"
+                             + (" (a file was added, removed or changed since, or had its time or permissions changed)"
                                 if why == "out of date" else "") + ": decoding every image again")
                     hit = decodemany.decode_array(jobs, workers, progress)
                     unsaved = cache_mod.write(slot, key, *hit) if owned else None

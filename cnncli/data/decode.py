@@ -206,6 +206,8 @@ def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndar
         if st.st_size == 0:
             raise _Skip("empty file (0 bytes)")
     except OSError as e:
+        if os.path.islink(path) and not os.path.exists(path):
+            raise _Skip("broken symbolic link (what it points to does not exist)") from e
         raise _Skip(f"cannot read file ({e.strerror or e})") from e
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise _Skip("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; refusing to accept truncated data")

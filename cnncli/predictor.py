@@ -7,6 +7,7 @@ the numba Network (model.py, imported only then); it is not a data loader (see t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,19 @@ def run_checkpoint(path, names=("last.npz",)) -> Path:
             if (p / name).is_file():
                 return p / name
         hint = "; it is a cnn cv folder: give one of its fold-k runs" if (p / "fold-1").is_dir() else ""
+        if not hint and not (p / "config.yaml").is_file() and _has_subfolder(p):
+            hint = " (it holds folders, no run's files: a data folder? give a run folder or a .npz file)"
         raise CheckpointError(f"{p}: run folder has no {' or '.join(names)}{hint}")
     return p
+
+
+def _has_subfolder(folder: Path) -> bool:
+    """Whether the folder holds a folder (False when it cannot be listed)."""
+    try:
+        with os.scandir(folder) as it:
+            return any(e.is_dir() for e in it)
+    except OSError:
+        return False
 
 
 def _require(meta: dict, key: str, kind, path) -> object:

@@ -175,6 +175,8 @@ def test_recipe_is_the_run_configs_own_settings_and_hostile_values_are_left_out(
     (lambda p: None, "no such checkpoint file"),
     (lambda p: p.write_bytes(b"not a zip"), "not a checkpoint"),
     (lambda p: p.mkdir(), "run folder has no best.npz or last.npz"),
+    (lambda p: (p / "cat").mkdir(parents=True), "run folder has no best.npz or last.npz (it holds folders, no "
+                                                "run's files: a data folder? give a run folder or a .npz file)"),
 ])
 def test_broken_paths_are_one_line_errors(tmp_path, make, needle):
     path = tmp_path / "m.npz"

@@ -252,6 +252,11 @@ def test_a_csv_made_on_windows_with_backslash_paths_reads_the_same_images(tmp_pa
     from cnncli.data.csvindex import list_csv_paths
     (tmp_path / "list.txt").write_text("".join(p.replace("/", "\\") + "\n" for p, _ in rows))
     assert list_csv_paths(str(tmp_path / "list.txt")) == ([str(tmp_path / p) for p, _ in rows], [])
+    with open(tmp_path / "win.csv", "a", newline="") as f:               # a row whose file is gone
+        f.write("data\\bar\\gone.png,bar\r\n")
+    _, skipped = load_folder(tmp_path / "win.csv", cache=False)
+    assert skipped == [(f"{tmp_path / 'win.csv'} line {len(rows) + 2}",
+                        f"cannot read {tmp_path / 'data' / 'bar' / 'gone.png'} (No such file or directory)")]
 
 
 def test_predict_names_listed_files_as_the_list_is_spelled(tmp_path, monkeypatch):

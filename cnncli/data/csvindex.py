@@ -109,15 +109,13 @@ def _rows(path: str, f, with_label: bool, base=None):
 def _full_path(file: str, base: str) -> str:
     """A listed path as a full path: relative ones from the CSV's folder `base`. A path written with
     Windows backslashes (images\\0001.png, a CSV made on Windows) that names no file here is read
-    with slashes when that names one."""
+    with slashes (which names the missing file as this system would)."""
     if not file:
         return file
     full = file if os.path.isabs(file) else os.path.join(base, file)
-    if os.sep == "/" and "\\" in file and not os.path.exists(full):
+    if os.sep == "/" and "\\" in file and not os.path.lexists(full):
         alt = file.replace("\\", "/")
-        alt = alt if os.path.isabs(alt) else os.path.join(base, alt)
-        if os.path.exists(alt):
-            return alt
+        return alt if os.path.isabs(alt) else os.path.join(base, alt)
     return full
 
 

@@ -311,7 +311,11 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
             raise resume_mod.NothingToDo(done, run_dir)       # before any data is read or kernel compiled
     else:
         source = everyone(comm, warmstart.open_source, cfg)    # train.init_from, before any data is read
-    threads = set_threads(rank_threads(comm, cfg["train"]["threads"]))
+    asked = rank_threads(comm, cfg["train"]["threads"])
+    threads = set_threads(asked)
+    if threads < asked and cfg["train"]["threads"]:      # (the same bits at any count: the run goes on)
+        notes.append(f"train.threads is {asked}, but numba runs at most {threads} thread(s) in this process "
+                     f"(NUMBA_NUM_THREADS, the cores by default): using {threads}")
 
     def load():
         loaded = load_datasets(cfg, echo=echo if comm.is_main else None, progress=not quiet and comm.is_main,

@@ -65,3 +65,11 @@ def test_a_batch_larger_than_the_training_set_and_a_resume_say_so(tmp_path):
     assert "Resuming" not in res.stderr
     res = invoke(["train", "--resume", tmp_path / "run", "--set", "train.epochs=2", "--no-report"])
     assert res.exit_code == 0 and f"Resuming from {tmp_path / 'run'}: 1 epoch(s) done\n" in res.stderr, res.output
+    assert "note: train.threads" not in res.stderr
+    import numba
+
+    most = numba.config.NUMBA_NUM_THREADS                # more threads than numba may run: a note, not silence
+    res = invoke(["train", "--resume", tmp_path / "run", "--set", "train.epochs=3", "--no-report", "--set",
+                  f"train.threads={most + 6}"])
+    assert res.exit_code == 0 and f"note: train.threads is {most + 6}, but numba runs at most {most} thread(s) in " \
+        f"this process (NUMBA_NUM_THREADS, the cores by default): using {most}" in res.stderr, res.output

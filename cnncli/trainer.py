@@ -212,10 +212,11 @@ class Trainer:
 
     @staticmethod
     def compiling_note() -> str:
-        # ", incl. compiling" on the first epoch line after this process compiled kernels (a first run)
+        # "incl. compiling" in place of the img/s of the first epoch line after this process compiled
+        # kernels (a first run): a rate of compiling and training together would mislead
         from cnncli import precompile
 
-        return ", incl. compiling" if precompile.compiled_here() else ""
+        return "incl. compiling" if precompile.compiled_here() else ""
 
     def end_epoch(self, t_epoch: float, images: int) -> bool:
         """Validate, log the epoch, update best/early stopping, save checkpoints and metrics.csv."""
@@ -251,7 +252,7 @@ class Trainer:
         self.echo(f"epoch {row['epoch']}/{self.epochs}  train loss {loss_text(row['train_loss'])} "
                   f"acc {row['train_acc']:.2%}  "
                   f"{val}  lr {row['lr']:.3g}  {row['time_s']:.1f}s "
-                  f"({images / max(train_time, 1e-9):.0f} img/s{note}){'  *best' if improved else ''}")
+                  f"({note or f'{images / max(train_time, 1e-9):.0f} img/s'}){'  *best' if improved else ''}")
         o = self.cfg["optim"]
         before, after = (max(o["lr"] * o["gamma"] ** d, o["min_lr"]) for d in (drops, self.drops))
         if after != before and not stopping and row["epoch"] < self.epochs:   # no next step after the last

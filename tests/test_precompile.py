@@ -172,7 +172,7 @@ def test_the_first_epoch_line_after_compiling_says_so(tmp_path, monkeypatch, com
     assert res.exit_code == 0, res.output
     epochs = [ln for ln in res.output.splitlines() if ln.startswith("epoch ")]
     assert len(epochs) == 2 and "img/s)" in epochs[1]
-    assert epochs[0].endswith("img/s, incl. compiling)  *best") if compiles else "img/s)" in epochs[0]
+    assert epochs[0].endswith("s (incl. compiling)  *best") if compiles else "img/s)" in epochs[0]
     assert not precompile.compiled_here()                         # said once
 
 

@@ -254,8 +254,9 @@ def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=Non
     job = Precompile(first, min(workers, n), later) if workers > 0 else _Nothing()
     if say is not None:
         where = f" in {job.workers + 1} processes" if workers > 0 else ""
+        long = "; with batch norm it takes minutes" if batchnorm != "none" else ""   # (its one-call step: ~2 min)
         say(f"Compiling {n} numba kernel{'' if n == 1 else 's'} for this CPU{where} (first run only, and of each BN "
-            "variant, optimizer and dtype; later runs load them from numba's cache) ...")
+            f"variant, optimizer and dtype; later runs load them from numba's cache{long}) ...")
         from .kernels import cachestamp
 
         if cachestamp.fallback_note():        # (the cache is not where the user asked, or in the temp folder)

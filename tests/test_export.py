@@ -283,15 +283,15 @@ def test_float64_checkpoint_exports_in_float32(onnx, ort, tmp_path):
     assert props["source_dtype"] == "float64"
 
 
-def test_docs_pil_pad_loader_matches_cnncli(runs, tmp_path):
-    """docs/interop.md's Pillow-only loader gives data.load_image's pixels (resize=pad) bitwise, on the
-    probe files (PNG, JPEG, RGB, 48x48, non-square), a rotated-by-EXIF JPEG, 16-bit grey PNG and TIFF
-    and a CMYK JPEG."""
+def test_docs_pil_loader_matches_cnncli(runs, tmp_path):
+    """docs/interop.md's Pillow-only loader gives data.load_image's pixels bitwise for each resize, on
+    the probe files (PNG, JPEG, RGB, 48x48, non-square), a rotated-by-EXIF JPEG, 16-bit grey PNG and
+    TIFF, a CMYK JPEG and transparent LA, RGBA and palette PNGs."""
     from pathlib import Path
 
     _, _, files = runs
     text = (Path(__file__).resolve().parents[1] / "docs" / "interop.md").read_text()
-    start, end = "<!-- pil-pad:start -->\n```python\n", "```\n<!-- pil-pad:end -->"
+    start, end = "<!-- pil-gray:start -->\n```python\n", "```\n<!-- pil-gray:end -->"
     scope: dict = {}
     exec(text[text.index(start) + len(start): text.index(end)], scope)  # noqa: S102 - our own doc
     rotated = tmp_path / "rotated.jpg"
@@ -305,7 +305,17 @@ def test_docs_pil_pad_loader_matches_cnncli(runs, tmp_path):
     Image.fromarray(rng.integers(0, 200, (32, 32)).astype(np.uint16)).save(extra[3])     # dark, not 8-bit
     draw("bar", rng, size=48).resize((300, 200)).convert("RGB").convert("CMYK").save(extra[4])   # draft shrinks it
     assert Image.open(extra[1]).mode.startswith("I") and Image.open(extra[4]).mode == "CMYK"
+    ink = draw("disc", rng, size=40).resize((50, 36))                      # transparent: dark and light content
+    for name, img in (("dark.png", Image.merge("LA", (Image.new("L", ink.size, 30), ink))),
+                      ("light.png", Image.merge("RGBA", (ink, ink, ink, ink))),
+                      ("pal.png", ink.convert("P"))):
+        if name == "pal.png":
+            img.info["transparency"] = 0
+        img.save(tmp_path / name, **({"transparency": 0} if name == "pal.png" else {}))
+        extra.append(tmp_path / name)
+    assert {Image.open(f).mode for f in extra[-3:]} == {"LA", "RGBA", "P"}
     checked = [f for f in files] + [str(f) for f in extra]
     assert any(f.endswith(".jpg") for f in checked) and any("odd" in f for f in checked)
     for f in checked:
-        assert np.array_equal(scope["load_pad"](f), data.load_image(f, 32, "pad")), f
+        for resize in ("pad", "stretch", "crop"):
+            assert np.array_equal(scope["load_gray"](f, 32, resize), data.load_image(f, 32, resize)), (f, resize)

@@ -107,3 +107,21 @@ def test_without_a_writable_cache_folder_the_kernels_cache_in_the_temp_folder_wi
     assert said["root"].startswith(str(tmp_path / "tmp")) and os.listdir(said["root"])
     assert said["note"].startswith("note: no folder numba would cache the kernels in can be written") \
         and said["root"] in said["note"]
+
+
+def test_a_temp_cache_folder_that_others_may_write_is_not_used(tmp_path):
+    # numba reads a cache index with pickle: a /tmp/cnncli-numba-<uid> that another user made or can
+    # write would run their code in this process; a private folder for the run is used instead
+    root = _copy(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(root), TMPDIR=str(tmp_path / "tmp"))
+    env.pop("NUMBA_CACHE_DIR", None)
+    shared = tmp_path / "tmp" / f"cnncli-numba-{os.getuid()}"
+    shared.mkdir(parents=True)
+    shared.chmod(0o777)
+    r = subprocess.run([sys.executable, "-c", NO_FOLDER], capture_output=True, text=True, env=env, cwd=root)
+    assert r.returncode == 0, r.stderr
+    ran, said = (json.loads(line) for line in r.stdout.strip().splitlines()[-2:])
+    assert ran["misses"] == 1 and os.listdir(shared) == []               # compiled, and nothing written there
+    assert said["root"] == str(shared) and f"{shared} is not this user's alone" in said["note"]
+    private = said["note"].split("so they are compiled into ")[1].split(" for this run only")[0]
+    assert private != str(shared) and not os.path.exists(private)        # deleted when the run ended

@@ -12,10 +12,13 @@ folder (NUMBA_CACHE_DIR, the package's __pycache__, else the per-user cache).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import os
 import re
+import shutil
+import stat
 import tempfile
 
 from numba.core import caching
@@ -106,11 +109,49 @@ class TempFolderLocator(caching.UserWideCacheLocator):
 
     def __init__(self, py_func, py_file):
         super().__init__(py_func, py_file)
-        self._cache_path = os.path.join(TEMP_ROOT, self.get_suitable_cache_subpath(py_file))
+        self._cache_path = os.path.join(temp_root(), self.get_suitable_cache_subpath(py_file))
 
 
 TEMP_ROOT = os.path.join(tempfile.gettempdir(), f"cnncli-numba-{getattr(os, 'getuid', lambda: 'user')()}")
+_ROOT: list = []           # the folder temp_root() chose, and why TEMP_ROOT was not it ('' when it is)
 _NOTES: list = []          # the note fallback_note() gives, set when the first kernel's folder is chosen
+
+
+def temp_root() -> str:
+    """TEMP_ROOT, made for this user alone (mode 700), when it is a folder of this user's that no one
+    else may write: numba loads a cache's index with pickle, so a folder someone else made or can
+    write could run their code here. Otherwise a private folder (mkdtemp) for this run, handed to
+    the processes it spawns (the pre-compile workers) and deleted when it ends."""
+    if not _ROOT:
+        try:
+            os.makedirs(TEMP_ROOT, mode=0o700, exist_ok=True)
+            why = _not_private(TEMP_ROOT)
+        except OSError as err:
+            why = f"cannot be made ({err.strerror or err})"
+        if not why:
+            _ROOT.extend([TEMP_ROOT, ""])
+        elif os.environ.get(_PRIVATE) and os.path.isdir(os.environ[_PRIVATE]) \
+                and not _not_private(os.environ[_PRIVATE]):
+            _ROOT.extend([os.environ[_PRIVATE], why])                  # (a pre-compile worker: its run's)
+        else:
+            private = tempfile.mkdtemp(prefix="cnncli-numba-")
+            os.environ[_PRIVATE] = private
+            atexit.register(shutil.rmtree, private, True)
+            _ROOT.extend([private, why])
+    return _ROOT[0]
+
+
+_PRIVATE = "CNNCLI_PRIVATE_NUMBA_CACHE"     # a run's private kernel folder, for the processes it spawns
+
+
+def _not_private(folder: str) -> str:
+    """Why `folder` is not a folder of this user's alone ('' when it is)."""
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a folder (a symlink?)"
+    if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+        return "is not this user's alone (its owner, or who may write it)"
+    return ""
 
 
 def _chosen(locator) -> None:
@@ -121,9 +162,12 @@ def _chosen(locator) -> None:
     asked = os.environ.get("NUMBA_CACHE_DIR")
     where = locator.get_cache_path()
     if isinstance(locator, TempFolderLocator):
+        root, why = _ROOT
+        where = (f"they are cached in {root} while it lasts" if not why else
+                 f"{TEMP_ROOT} {why}, so they are compiled into {root} for this run only")
         _NOTES.append("note: no folder numba would cache the kernels in can be written ("
                       + ("NUMBA_CACHE_DIR, " if asked else "") + "the package's __pycache__, the per-user cache); "
-                      f"they are cached in {TEMP_ROOT} while it lasts (NUMBA_CACHE_DIR=FOLDER chooses another)")
+                      f"{where} (NUMBA_CACHE_DIR=FOLDER chooses another)")
     elif asked and not isinstance(locator, caching.UserProvidedCacheLocator):
         _NOTES.append(f"note: NUMBA_CACHE_DIR={asked} cannot be written; numba caches the kernels elsewhere "
                       f"({where}, ...)")

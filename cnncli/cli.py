@@ -279,6 +279,7 @@ _FAST_EXIT = []  # set by commands whose process has nothing left to clean up af
 def main():
     """Console entry point. `cnn predict` skips interpreter teardown (the numba/OpenMP runtime's
     shutdown is a sizeable part of a warm one-image run): all its output is flushed first."""
+    _open_standard_streams()
     try:
         cli(prog_name="cnn")
     except SystemExit as done:
@@ -293,3 +294,15 @@ def main():
         sys.stderr.flush()
         code = done.code
         os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
+def _open_standard_streams():
+    """Closed standard streams (`cnn train ... 2>&-` under cron) on /dev/null: Python leaves
+    sys.stderr None (a crash at the first progress line), and the next file the process opened
+    would get descriptor 2, where C libraries' messages would then be written."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            if os.open(os.devnull, os.O_RDWR) == fd:           # (the lowest free descriptor: this one)
+                setattr(sys, name, open(fd, mode, closefd=False))

@@ -690,3 +690,15 @@ def test_a_second_ctrl_c_while_a_stopped_run_exits_keeps_its_status(workspace, t
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "SIGINT: stopped at epoch " in err, (proc.returncode, err)
+
+
+def test_training_with_stderr_closed_runs_to_the_end(workspace, tmp_path):
+    # `cnn train ... 2>&-` (cron): sys.stderr was None and the first progress line crashed the run
+    import os
+
+    tmp, _ = workspace
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "cnncli", "train", "--config", str(tmp / "cfg.yaml"), "--out", str(out),
+                        "--no-report", "--set", "train.epochs=1"], env=cli_env(tmp), stdout=subprocess.PIPE,
+                       text=True, preexec_fn=lambda: os.close(2))
+    assert r.returncode == 0 and r.stdout.strip() == str(out) and (out / "last.npz").is_file()

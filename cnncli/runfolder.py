@@ -14,6 +14,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:             # (Windows: run folders are not locked)
+    fcntl = None
+
 from cnncli import __version__, checkpoint
 from cnncli import config as config_mod
 from cnncli.atomic import write_atomic
@@ -102,12 +107,56 @@ def taken_because(folder: Path) -> str:
 def release(folder: Path) -> None:
     """Give back a run folder this process claimed and wrote nothing into: its marker and the
     folder go, so the next run of the same `out` gets the name (a folder with files stays)."""
+    let_go(folder)
     try:
         if all(p.name == ".claimed" for p in folder.iterdir()):
             (folder / ".claimed").unlink(missing_ok=True)
             folder.rmdir()
     except OSError:
         pass
+
+
+_HELD: dict = {}      # run folder (real path) -> its open .claimed file, whose lock this process holds
+
+
+def hold(folder: Path) -> None:
+    """Lock the run folder for this process's training (an exclusive flock on its .claimed file,
+    which then names this process), until let_go or the process's end: a second process resuming
+    the run while it trains (or a first run still training) is refused, naming it, instead of both
+    writing its checkpoints and metrics. Where files cannot be locked the folder is not held."""
+    key = os.path.realpath(folder)
+    if fcntl is None or key in _HELD:
+        return
+    try:
+        f = open(Path(folder) / ".claimed", "a+", encoding="utf-8")
+    except OSError:
+        return
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip()
+        f.close()
+        who = f"another cnn process (pid {pid})" if pid.isdigit() else "another cnn process"
+        raise CnnError(f"{printable(str(folder))}: {who} is training this run now; let it finish, or stop it "
+                       "(Ctrl-C saves) and resume then") from None
+    except OSError:                            # (a file system without locks)
+        f.close()
+        return
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _HELD[key] = f
+
+
+def let_go(folder: Path | None = None) -> None:
+    """Give back hold()'s lock on the run folder, or on every folder this process holds (None);
+    nothing when it holds none."""
+    for key in list(_HELD) if folder is None else [os.path.realpath(folder)]:
+        f = _HELD.pop(key, None)
+        if f is not None:
+            f.close()
 
 
 def claim_marker(folder: Path) -> None:

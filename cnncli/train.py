@@ -64,50 +64,58 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
             if comm.is_main:
                 echo(str(done))
             return done.run_dir
+        except BaseException:
+            runfolder.let_go()                  # (a resume's folder, held before its data was read)
+            raise
         try:
             trainer = Trainer(cfg, run_dir, net, opt, state, train_ds, val_ds, train_ds.classes, preprocess, echo,
                               quiet, comm=comm)
         except CnnError:          # (train.class_weight naming no class...): give the new folder's name back
             if resume is None and comm.is_main:
                 runfolder.release(run_dir)
+            runfolder.let_go(run_dir)
             raise
-    if trainer.is_main_process:
-        (run_dir / "config.yaml").write_text(trainer.cfg_text, encoding="utf-8", errors="backslashreplace")
-        if skipped:
-            runfolder.write_skipped(run_dir, skipped, echo)
-        for note in train_ds.notes + val_ds.notes:
-            echo(note)
-    m, o = cfg["model"], cfg["optim"]
-    ranks = f"{net.comm.size} MPI ranks x " if net.comm.size > 1 else ""      # the ranks that share each step
-    trainer.echo(f"Run folder: {run_dir}" + (f" ({taken} {runfolder.taken_because(taken)})"
-                                              if resume is None and run_dir != taken else ""))
-    trainer.echo(f"Training on {len(train_ds.labels)} images ({len(train_ds.classes)} classes), validating on "
-                 f"{len(val_ds.labels)}; batchnorm={m['batchnorm']} ({net.params.flat.size:,} parameters), "
-                 f"{o['name']} lr={o['lr']} {o['schedule']}, batch {cfg['train']['batch_size']}, {ranks}{threads} "
-                 f"thread(s); setup {time.perf_counter() - t_setup:.1f}s")
-    trainer.echo(f"Epochs: {trainer.epochs}{' (train.epochs=auto for this training set)' if auto else ''}; "
-                 f"augmentation {'on' if trainer.augmenter is not None else 'off'}; early stopping "
-                 f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}"
-                 + _weights_text(cfg["train"]["class_weight"], trainer.class_weight, train_ds.classes))
-    if resume is not None:
-        into = f", {state.epoch_step} step(s) into epoch {state.epoch + 1}" if state.epoch_step else ""
-        trainer.echo(f"Resuming from {runfolder.printable(str(resume))}: {state.epoch} epoch(s) done{into}")
-    for line in data_notes(cfg, train_ds, val_ds):
-        trainer.echo(line)
-    if comm.is_main:
-        runfolder.clear_diverged(run_dir)        # a resumed run goes on from its last good checkpoint
     try:
-        trainer.fit()
-    except TrainingDiverged as err:
+        if trainer.is_main_process:
+            (run_dir / "config.yaml").write_text(trainer.cfg_text, encoding="utf-8", errors="backslashreplace")
+            if skipped:
+                runfolder.write_skipped(run_dir, skipped, echo)
+            for note in train_ds.notes + val_ds.notes:
+                echo(note)
+        m, o = cfg["model"], cfg["optim"]
+        ranks = f"{net.comm.size} MPI ranks x " if net.comm.size > 1 else ""      # the ranks that share each step
+        trainer.echo(f"Run folder: {run_dir}" + (f" ({taken} {runfolder.taken_because(taken)})"
+                                                  if resume is None and run_dir != taken else ""))
+        trainer.echo(f"Training on {len(train_ds.labels)} images ({len(train_ds.classes)} classes), validating on "
+                     f"{len(val_ds.labels)}; batchnorm={m['batchnorm']} ({net.params.flat.size:,} parameters), "
+                     f"{o['name']} lr={o['lr']} {o['schedule']}, batch {cfg['train']['batch_size']}, {ranks}{threads} "
+                     f"thread(s); setup {time.perf_counter() - t_setup:.1f}s")
+        trainer.echo(f"Epochs: {trainer.epochs}{' (train.epochs=auto for this training set)' if auto else ''}; "
+                     f"augmentation {'on' if trainer.augmenter is not None else 'off'}; early stopping "
+                     f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}"
+                     + _weights_text(cfg["train"]["class_weight"], trainer.class_weight, train_ds.classes))
+        if resume is not None:
+            into = f", {state.epoch_step} step(s) into epoch {state.epoch + 1}" if state.epoch_step else ""
+            trainer.echo(f"Resuming from {runfolder.printable(str(resume))}: {state.epoch} epoch(s) done{into}")
+        for line in data_notes(cfg, train_ds, val_ds):
+            trainer.echo(line)
         if comm.is_main:
-            runfolder.write_diverged(run_dir, str(err))
-        raise
-    if comm.is_main and cfg["data"]["test"]:
-        with StopAfterTraining(run_dir, "while testing best.npz on data.test"):
-            evaluate_test_data(run_dir, cfg, echo)
-    if comm.size == 1:
-        from cnncli import precompile
+            runfolder.clear_diverged(run_dir)        # a resumed run goes on from its last good checkpoint
+        try:
+            trainer.fit()
+        except TrainingDiverged as err:
+            if comm.is_main:
+                runfolder.write_diverged(run_dir, str(err))
+            raise
+        if comm.is_main and cfg["data"]["test"]:
+            with StopAfterTraining(run_dir, "while testing best.npz on data.test"):
+                evaluate_test_data(run_dir, cfg, echo)
+        if comm.size == 1:
+            from cnncli import precompile
 
-        with StopAfterTraining(run_dir, "while finishing numba's cache (the next run compiles the rest)"):
-            precompile.finish_background(precompile.stderr_line)   # even with -q: minutes of silence after Done
-    return run_dir
+            with StopAfterTraining(run_dir, "while finishing numba's cache (the next run compiles the rest)"):
+                precompile.finish_background(precompile.stderr_line)   # even with -q: minutes of silence after Done
+        return run_dir
+    finally:
+        if comm.is_main:
+            runfolder.let_go(run_dir)        # (setup held the folder for this process)

@@ -312,3 +312,33 @@ def test_only_the_writing_rank_refuses_an_out_folder_for_holding_a_run(data, run
     assert run_dir == new and done is None
     with pytest.raises(ConfigError, match="holds another run"):
         runsetup._open_resume(run1, cfg, new, write=True)
+
+
+def test_a_run_cannot_be_resumed_while_another_process_trains_it(data, tmp_path):
+    # two processes training one folder wrote each other's checkpoints, metrics and config.yaml, and
+    # both said where their best.npz was
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from e2e_util import cli_env, run_cli
+
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", data, run, epochs=400, checkpoint_every=1)
+    first = subprocess.Popen([sys.executable, "-m", "cnncli", "train", "--config", str(cfg), "-q", "--no-report"],
+                             env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not (run / "last.npz").exists() and first.poll() is None and time.monotonic() - t0 < 120:
+        time.sleep(0.01)
+    second = run_cli(["train", "--resume", run, "-q", "--no-report"], tmp_path)
+    alive = first.poll() is None
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=60)
+    assert alive and first.returncode == 130, err
+    assert second.returncode == 1 and second.stderr.strip() == (
+        f"Error: {run}: another cnn process (pid {first.pid}) is training this run now; let it finish, or stop it "
+        "(Ctrl-C saves) and resume then"), second.stderr
+    more = int(checkpoint.load_meta(run / "last.npz")["epoch"]) + 1
+    res = invoke("train", "--resume", run, "-q", "--no-report", "--set", f"train.epochs={more}")   # free again
+    assert res.exit_code == 0 and "Nothing to do" not in res.output, res.output

@@ -17,9 +17,22 @@ FC1_UNITS = 65
 
 
 class Params(dict):
-    """name -> ndarray view into `.flat`, a 1-D contiguous buffer holding every tensor in spec order."""
+    """name -> ndarray view into `.flat`, a 1-D contiguous buffer holding every tensor in spec order.
+    Assigning to a name copies the values into its view (the optimizer and checkpoints work on
+    `.flat`: a new array in its place would be trained by no one); a new name cannot be added."""
 
     flat: np.ndarray
+
+    def __setitem__(self, name, value):
+        if "flat" not in vars(self):                 # (views() filling it in)
+            return super().__setitem__(name, value)
+        if name not in self:
+            raise KeyError(f"{name!r} is not a parameter of this network (it has {', '.join(self)})")
+        view = self[name]
+        value = np.asarray(value)
+        if value.shape != view.shape:
+            raise ValueError(f"params[{name!r}] has shape {view.shape}, got {value.shape}")
+        view[...] = value
 
     def copy(self) -> "Params":
         return views(self.flat.copy(), [(k, v.shape) for k, v in self.items()])

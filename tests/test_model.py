@@ -301,3 +301,21 @@ def test_predict_from_several_python_threads_at_once():
     for t in pool:
         t.join()
     assert not bad
+
+
+def test_assigning_a_parameter_copies_into_the_buffer_the_optimizer_steps():
+    # a new array in place of the view was used by the passes but never trained
+    from cnncli import model, optim
+
+    net = model.Network(num_classes=4, seed=0)
+    net.params["fc2.b"] = np.full(4, 5.0)                       # (float64: cast into the float32 view)
+    assert net.params.flat[-4:].tolist() == [5.0] * 4 and net.params["fc2.b"].base is not None
+    opt = optim.Optimizer("sgd", net.params.flat.size, 0.1)
+    x = np.random.default_rng(0).random((8, 1, 32, 32), dtype=np.float32)
+    net.train_step(x, np.arange(8) % 4)
+    opt.step(net.params.flat, net.grads.flat)
+    assert not np.array_equal(net.params["fc2.b"], np.full(4, 5.0, np.float32))    # trained from 5.0
+    with pytest.raises(ValueError, match=r"params\['fc2.b'\] has shape \(4,\), got \(3,\)"):
+        net.params["fc2.b"] = np.zeros(3)
+    with pytest.raises(KeyError, match="'fc3.w' is not a parameter of this network"):
+        net.params["fc3.w"] = np.zeros(3)

@@ -54,6 +54,16 @@ def _check_input(x, dtype, name="x"):
     return x
 
 
+def _check_finite(x, name="x", chunk=1024):
+    """ValueError naming the first image of x (N,1,32,32) that holds NaN or inf, in chunks of images
+    (no temporary of x's size)."""
+    for a in range(0, x.shape[0], chunk):
+        part = x[a:a + chunk]
+        if not np.isfinite(part).all():
+            i = a + int(np.flatnonzero(~np.isfinite(part).reshape(part.shape[0], -1).all(axis=1))[0])
+            raise ValueError(f"{name} holds NaN or inf (image {i} is the first such)")
+
+
 def _check_params(params, buffers, batchnorm, eps=1e-5, momentum=0.1):
     num_classes, found = infer_architecture(params)
     check_batchnorm(batchnorm)
@@ -182,6 +192,7 @@ class Network:
                 raise ValueError(f"the transform makes {len(made)} images' input, labels has {n}")
         else:
             n = _check_input(x, self.dtype).shape[0]
+            _check_finite(x)              # (a NaN made the loss, the gradients and BN's running statistics NaN)
         check_labels(labels, n, self.num_classes)
         if self.batchnorm != "none" and n < 2:
             raise ValueError(f"the batch has {n} image(s): training with batchnorm={self.batchnorm!r} "
@@ -222,6 +233,8 @@ class Network:
         else:
             bounds = inference.chunk_bounds(n, workers()[1], PREDICT_BLOCK)
             run_together(lambda t: kernel(sync, bounds, x, *args, out), lambda: None)   # (no waits to abort)
+        if np.isnan(out).any():        # (a NaN in x: named, rather than NaN probabilities; x read only then)
+            _check_finite(x)
         return out
 
     def _inference_affine(self):

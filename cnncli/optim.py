@@ -1,6 +1,7 @@
 """Optimizers on one flat parameter buffer (torch.optim's SGD, momentum, Nesterov, Adam, AdamW), and
 learning-rate schedules as pure functions. Not a general optimizer framework: no parameter groups,
-no closures, no lr state (the lr is passed to every step).
+no closures, no schedule inside (the lr given at construction is step()'s default; a schedule passes
+each step its own).
 """
 
 # Update rules follow torch.optim (SGD, momentum, Nesterov, Adam, AdamW) exactly; `step` works in
@@ -26,6 +27,18 @@ _STATE_KEYS = {
 }
 
 
+def _rate(name: str, value) -> float:
+    """A learning rate or weight decay as a float: a finite number >= 0, else ValueError naming it
+    (a NaN turned every parameter into NaN at the first step)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: must be a number >= 0, got {value!r}") from None
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"{name}: must be a finite number >= 0, got {value}")
+    return value
+
+
 class Optimizer:
     """One optimizer over a flat buffer of `size` parameters of `dtype`.
 
@@ -40,10 +53,10 @@ class Optimizer:
         size = int(size)
         if size < 0:
             raise ValueError(f"size: must be >= 0, got {size}")
+        lr = _rate("lr", lr)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum: must be in [0, 1), got {momentum}")
-        if weight_decay < 0.0:
-            raise ValueError(f"weight_decay: must be >= 0, got {weight_decay}")
+        weight_decay = _rate("weight_decay", weight_decay)
         beta1, beta2 = (float(b) for b in betas)
         if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
             raise ValueError(f"betas: each must be in [0, 1), got {tuple(betas)}")
@@ -51,7 +64,7 @@ class Optimizer:
             raise ValueError(f"eps: must be > 0, got {eps}")
         self.name = name
         self.size = size
-        self.lr = float(lr)  # informational default; step() takes the lr to use
+        self.lr = lr  # the default of step()'s lr
         self.momentum = float(momentum)
         self.weight_decay = float(weight_decay)
         self.betas = (beta1, beta2)
@@ -70,7 +83,7 @@ class Optimizer:
         """Update `params_flat` (P,) in place from `grads_flat` (P,); `grads_flat` is not modified."""
         self._check_buffer("params_flat", params_flat)
         self._check_buffer("grads_flat", grads_flat)
-        lr = self.lr if lr is None else float(lr)
+        lr = self.lr if lr is None else _rate("lr", lr)
         self.t += 1
         if self.name in ("adam", "adamw"):
             self._adam(params_flat, grads_flat, lr)

@@ -319,3 +319,23 @@ def test_assigning_a_parameter_copies_into_the_buffer_the_optimizer_steps():
         net.params["fc2.b"] = np.zeros(3)
     with pytest.raises(KeyError, match="'fc3.w' is not a parameter of this network"):
         net.params["fc3.w"] = np.zeros(3)
+
+
+@pytest.mark.parametrize("bn", ["none", "channel"])
+def test_an_input_holding_nan_or_inf_is_named_before_it_reaches_the_network(bn):
+    # it made the loss, every gradient and (with BN) the running statistics NaN without a word
+    net = M.Network(num_classes=4, batchnorm=bn, seed=0)
+    x = np.random.default_rng(0).random((8, 1, 32, 32), dtype=np.float32)
+    x[3, 0, 5, 7] = np.nan
+    before = None if net.buffers is None else net.buffers.flat.copy()
+    with pytest.raises(ValueError, match=r"^x holds NaN or inf \(image 3 is the first such\)$"):
+        net.train_step(x, np.arange(8) % 4)
+    if before is not None:
+        assert np.array_equal(net.buffers.flat, before)
+    x[3, 0, 5, 7] = np.inf
+    with pytest.raises(ValueError, match=r"image 3 is the first such"):
+        M.loss_and_grads(net.params, x, np.arange(8) % 4, batchnorm=bn, buffers=net.buffers)
+    x[3, 0, 5, 7] = 0.0
+    x[6] = np.nan                                                  # a whole NaN image: NaN probabilities
+    with pytest.raises(ValueError, match=r"image 6 is the first such"):
+        net.predict_proba(x)

@@ -2,6 +2,8 @@
 
 import math
 
+import re
+
 import numpy as np
 import pytest
 
@@ -139,6 +141,23 @@ def test_step_rejects_wrong_buffers():
         opt.step(np.zeros(P, np.float32), np.zeros(P, np.float64), 0.1)
     with pytest.raises(ValueError, match="name"):
         Optimizer("rmsprop", P, 0.1)
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"lr": float("nan")}, "lr: must be a finite number >= 0, got nan"),
+    ({"lr": -1.0}, "lr: must be a finite number >= 0, got -1.0"),
+    ({"lr": None}, "lr: must be a number >= 0, got None"),
+    ({"lr": 0.1, "weight_decay": float("nan")}, "weight_decay: must be a finite number >= 0, got nan"),
+])
+def test_a_rate_that_is_not_a_finite_number_is_refused_naming_it(kw, needle):
+    # lr=nan turned every parameter into NaN at the first step; lr=None raised float()'s TypeError
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        Optimizer("sgd", P, **kw)
+    opt = Optimizer("sgd", P, 0.1)
+    p = np.ones(P, np.float32)
+    with pytest.raises(ValueError, match=re.escape("lr: must be a finite number >= 0, got inf")):
+        opt.step(p, np.ones(P, np.float32), float("inf"))
+    assert np.all(p == 1.0) and opt.t == 0                          # nothing stepped
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)

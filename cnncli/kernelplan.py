@@ -100,7 +100,9 @@ def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32,
             if "step" in parts:
                 from cnncli.augment import lookup_input
 
-                net.train_step(lookup_batch(images, idx, table), labels)                  # an input given
+                x = lookup_batch(images, idx, table)
+                x[...] = 0                # (a stub leaves it uninitialized, and the steps refuse NaN input)
+                net.train_step(x, labels)                                                 # an input given
                 _, probs = net.train_step(None, labels, np.ones(n, dtype),                # the trainer's
                                           lookup_input(images, idx, table))
                 tally(net.grads.flat, probs, labels)                                  # the trainer's
@@ -117,6 +119,7 @@ def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32,
                     shards.COMPILING_ELSEWHERE[0] = ask
             if "inference" in parts:
                 x = lookup_batch(images, idx, table)
+                x[...] = 0
                 net.predict_proba(x[: model.SMALL_BATCH + 1])
                 net.predict_proba(x[:1])
     return run

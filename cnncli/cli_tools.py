@@ -12,7 +12,8 @@ import sys
 
 import click
 
-from cnncli.cli_common import echo_json_list, json_text, on_every_rank, resolve_checkpoint, user_errors
+from cnncli.cli_common import (UserError, echo_json_list, json_text, on_every_rank, printable, resolve_checkpoint,
+                               user_errors)
 from cnncli.errors import CnnError, ConfigError
 
 
@@ -173,8 +174,11 @@ def cache(clear):
     from cnncli import data
 
     if clear:
-        n, size = data.clear_cache()
+        n, size, failed = data.clear_cache()
         click.echo(f"removed {n} cached dataset(s), {size / 1e6:.1f} MB, from {data.cache_dir()}")
+        if failed:
+            path, why = failed[0]
+            raise UserError(f"{len(failed)} cache file(s) could not be deleted ({printable(path)}: {why})")
     else:
         folder, n, size = data.cache_info()
         click.echo(f"{folder}: {n} cached dataset(s), {size / 1e6:.1f} MB")

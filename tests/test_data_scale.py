@@ -92,7 +92,25 @@ def test_no_cache_option_and_cache_clear(tmp_path, cache_in_tmp):
     assert r.exit_code == 0 and str(cache_in_tmp) in r.output and "1 cached dataset" in r.output
     r = runner.invoke(cli, ["cache", "--clear"])
     assert r.exit_code == 0 and "removed 1 cached dataset" in r.output
-    assert not list(cache_in_tmp.glob("dataset-*"))
+    assert [p.suffix for p in cache_in_tmp.glob("dataset-*")] == [".lock"]   # (a run may hold it: it stays)
+
+
+def test_cache_clear_that_cannot_delete_says_so(tmp_path, cache_in_tmp, monkeypatch):
+    # a read-only cache folder: it said "removed 1 cached dataset(s)" and exited 0 with every file there
+    import os
+
+    data.load_folder(make_folder(tmp_path / "d"))
+    real = os.unlink
+
+    def refuse(path, *a, **kw):
+        if str(path).endswith(".npy"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *a, **kw)
+    monkeypatch.setattr(os, "unlink", refuse)
+    r = CliRunner().invoke(cli, ["cache", "--clear"])
+    (npy,) = cache_in_tmp.glob("dataset-*.npy")
+    assert r.exit_code == 1 and r.output.splitlines()[-1] == (
+        f"Error: 1 cache file(s) could not be deleted ({npy}: Permission denied)"), r.output
 
 
 def test_a_cache_folder_that_cannot_be_written_is_a_note_and_the_run_goes_on(tmp_path, monkeypatch):

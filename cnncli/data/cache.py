@@ -238,10 +238,24 @@ def info() -> tuple[str, int, int]:
     return cache_dir(), sum(p.endswith(".json") for p in files), size
 
 
-def clear() -> tuple[int, int]:
-    """Delete every dataset cache file (not the demo dataset) -> (datasets removed, bytes freed)."""
-    _, n, size = info()
+def clear() -> tuple[int, int, list]:
+    """Delete every dataset cache file (not the demo dataset) -> (datasets removed, bytes freed,
+    [(file, why)] of those that could not be deleted). Lock files stay (a few bytes: a run may be
+    holding one while it decodes, and a new file in its place would let a second run decode at
+    once), as do temporary files of writers still running."""
+    removed, freed, failed = 0, 0, []
     for p in _dataset_files(cache_dir()):
-        with contextlib.suppress(OSError):
+        name = os.path.basename(p)
+        if name.endswith(".lock") or name.startswith(".tmp-") and not _writer_gone(name):
+            continue
+        try:
+            size = os.path.getsize(p)
             os.unlink(p)
-    return n, size
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            failed.append((p, err.strerror or str(err)))
+            continue
+        freed += size
+        removed += name.endswith(".json")
+    return removed, freed, failed

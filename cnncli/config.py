@@ -216,7 +216,20 @@ def parse_override(text):
         raise ConfigError(f"--set {show_key(text)}: missing the key before '=', e.g. --set optim.lr=0.01")
     if key not in LEAVES and key not in SECTIONS:
         fail(origin, key, suggest(key))
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:                       # (a command line's undecodable bytes)
+        shown = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        fail(origin, key, f"the value holds bytes that are not valid UTF-8 ({shown}); give a path whose name "
+                          "is valid UTF-8 (a symlink to it will do)")
     value = parse_yaml(raw, f"--set {key}", with_line=False) if raw.strip() else None
+    unquoted = not raw.strip().startswith(("'", '"'))
+    if unquoted and isinstance(value, (str, type(None))) and value != (raw.strip() or None):
+        if "#" in raw:                               # "data.train=/data/x #old" trained on /data/x
+            fail(origin, key, f"YAML reads {show(raw[raw.index('#') - 1:].strip())} as a comment; to keep it, "
+                              f"quote the value: --set '{key}=\"...\"'")
+        if "\n" in raw:
+            fail(origin, key, "the value holds a line break, which YAML folds into a space; quote the value")
     if key in SECTIONS and not isinstance(value, dict):       # a section takes a mapping, as in a file
         children = [k[len(key) + 1:] for k in LEAVES if k.startswith(key + ".")]
         fail(origin, key, f"is a section, not a value; set one of its keys, e.g. {key}.{children[0]}=..., "

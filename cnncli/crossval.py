@@ -106,6 +106,7 @@ def _open_parent(resume, cfg: dict, folds: int, out) -> tuple:
     cfg = absolute_paths(cfg)
     check(cfg, folds)
     check_images(cfg, folds)
+    runfolder.check_utf8_name(out or f"{cfg['out']}-cv", "--out" if out else "out")
     parent = runfolder.new_run_dir(out or f"{cfg['out']}-cv")
     base = {**cfg, "data": {**cfg["data"], "folds": folds, "fold": 0}, "out": str(parent)}
     text = config_mod.dump(base)

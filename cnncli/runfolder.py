@@ -22,7 +22,7 @@ except ImportError:             # (Windows: run folders are not locked)
 from cnncli import __version__, checkpoint
 from cnncli import config as config_mod
 from cnncli.atomic import write_atomic
-from cnncli.errors import CheckpointError, CnnError
+from cnncli.errors import CheckpointError, CnnError, ConfigError
 
 METRICS_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time_s")
 MAX_RUN_SUFFIX = 10_000  # out-2 ... out-10000, then give up with one line
@@ -83,6 +83,16 @@ def new_run_dir(out: str) -> Path:
         except OSError as err:          # a read-only or full parent folder, or an empty folder not ours to write
             raise CnnError(f"{printable(candidate)}: cannot create the run folder ({err.strerror or err})") from None
     raise CnnError(f"{out}: {MAX_RUN_SUFFIX} run folders of this name exist already; choose another `out`")
+
+
+def check_utf8_name(path, what: str) -> None:
+    """ConfigError when a run folder's path holds bytes that are not valid UTF-8 (a command line's
+    undecodable bytes): the run's config.yaml, a UTF-8 YAML file, names the folder it lives in."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{what} {printable(os.fspath(path))}: the path holds bytes that are not valid UTF-8; "
+                          "choose a name that is") from None
 
 
 def check_writable(folder: Path, hint: str = "") -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import json
 import shutil
 import subprocess
@@ -702,3 +703,13 @@ def test_training_with_stderr_closed_runs_to_the_end(workspace, tmp_path):
                         "--no-report", "--set", "train.epochs=1"], env=cli_env(tmp), stdout=subprocess.PIPE,
                        text=True, preexec_fn=lambda: os.close(2))
     assert r.returncode == 0 and r.stdout.strip() == str(out) and (out / "last.npz").is_file()
+
+
+def test_an_out_folder_whose_name_is_not_utf8_is_refused_before_anything_is_made(workspace, tmp_path):
+    # a traceback from the YAML writer of config.yaml, after the folder was made
+    tmp, _ = workspace
+    out = str(tmp_path / "bytes\udcfedir")                      # (a command line's undecodable byte)
+    res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", out, "-q", "--no-report"])
+    assert res.exit_code == 2 and res.output.strip() == (
+        f"Error: --out {tmp_path}/bytes\\xfedir: the path holds bytes that are not valid UTF-8; choose a name that is")
+    assert os.listdir(tmp_path) == []

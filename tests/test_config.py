@@ -132,6 +132,24 @@ def test_parse_override():
     assert parse_override("data.train=a=b") == ("data.train", "a=b")
     assert parse_override("optim.betas=[0.8, 0.9]") == ("optim.betas", [0.8, 0.9])
     assert parse_override("data.val=") == ("data.val", None)
+    assert parse_override("data.train=runs#2/x") == ("data.train", "runs#2/x")          # no comment in YAML
+    assert parse_override("data.train='/data/x #old'") == ("data.train", "/data/x #old")
+    assert parse_override("data.val=null") == ("data.val", None)
+
+
+@pytest.mark.parametrize("text, needle", [
+    # YAML dropped " #old" and the run trained on /data/x; folded a line break into a space
+    ("data.train=/data/x #old", "--set data.train: YAML reads '#old' as a comment; to keep it, quote the value: "
+                                "--set 'data.train=\"...\"'"),
+    ("data.train=/data/a\nb", "--set data.train: the value holds a line break, which YAML folds into a space; "
+                              "quote the value"),
+    ("data.train=/data/a\udcfeb", "--set data.train: the value holds bytes that are not valid UTF-8 "
+                                  "(/data/a\\xfeb); give a path whose name is valid UTF-8 (a symlink to it will do)"),
+])
+def test_an_override_that_yaml_would_change_is_refused(text, needle):
+    with pytest.raises(ConfigError) as err:
+        parse_override(text)
+    assert str(err.value) == needle
 
 
 # -- every error case ----------------------------------------------------------------------------

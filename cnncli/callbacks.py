@@ -1,4 +1,4 @@
-"""The small pieces the training loop calls: the stop flag of SIGINT/SIGTERM/SIGUSR1, the progress
+"""The small pieces the training loop calls: the stop flag of SIGINT/SIGTERM/SIGUSR1/SIGHUP, the progress
 bar, early stopping and how a loss is printed. Each class holds its own bit of state; none of them
 trains, saves or reads data (trainer.py does).
 """
@@ -12,6 +12,7 @@ import sys
 import time
 
 from cnncli.errors import Stopped
+from cnncli.lifeline import STOPS, silence_closed_terminal
 from cnncli.runfolder import RunState
 
 
@@ -22,17 +23,20 @@ def loss_text(value: float) -> str:
 
 
 class SetupStopped(Stopped):
-    """SIGTERM, SIGUSR1 or Ctrl-C before the first step (decoding, compiling): nothing was trained or saved."""
+    """SIGTERM, SIGUSR1, SIGHUP or Ctrl-C before the first step (decoding, compiling): nothing was trained or
+    saved."""
 
 
 class _StopLine:
-    """Within: SIGTERM and SIGUSR1 (whose default is to end the process without a word) raise
+    """Within: SIGTERM, SIGUSR1 and SIGHUP (whose default is to end the process without a word) raise
     self.stopped(signal name) instead, one line; a Ctrl-C (KeyboardInterrupt) leaving it becomes
     the same line, named SIGINT. Outside the main thread no handler is installed."""
 
     def __enter__(self):
         self._old = {}
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in STOPS:
+            if sig == signal.SIGINT:
+                continue
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: no handlers, nothing to restore
@@ -40,6 +44,7 @@ class _StopLine:
         return self
 
     def _handle(self, signum, frame):
+        silence_closed_terminal(signum)
         raise self.stopped(signal.Signals(signum).name)
 
     def __exit__(self, exc_type, exc, tb):
@@ -72,7 +77,7 @@ class StopAfterTraining(_StopLine):
 
 
 class StopFlag:
-    """SIGINT/SIGTERM/SIGUSR1 set a flag; the loop finishes its step, saves, and stops. A second
+    """SIGINT/SIGTERM/SIGUSR1/SIGHUP set a flag; the loop finishes its step, saves, and stops. A second
     SIGINT aborts. SIGUSR1 is the graceful stop of an MPI job (`kill -USR1 <mpirun pid>`: mpirun
     forwards it to every rank and kills nothing)."""
 
@@ -81,7 +86,7 @@ class StopFlag:
         self._old = {}
 
     def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        for sig in STOPS:
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: no handlers, nothing to restore
@@ -91,6 +96,7 @@ class StopFlag:
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        silence_closed_terminal(signum)
         self.signum = signum
 
     def __exit__(self, *exc):

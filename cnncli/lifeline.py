@@ -12,7 +12,21 @@ import os
 import signal
 import threading
 
-STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+# the signals that stop a run gracefully (SIGHUP: its terminal closed; not on Windows)
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
+
+
+def silence_closed_terminal(signum) -> None:
+    """On SIGHUP (the terminal closed): stdout and stderr that are that terminal go to /dev/null, so
+    the steps to the stop and the save do not fail writing to it (EIO); a file or pipe stays."""
+    if signum != getattr(signal, "SIGHUP", None):
+        return
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            if os.isatty(fd):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def die_with_parent(parent: int) -> None:

@@ -27,7 +27,7 @@ from cnncli.tblog import EventLog
 
 
 class Interrupted(Stopped):
-    """SIGINT/SIGTERM/SIGUSR1: the current step finished, last.npz was saved."""
+    """SIGINT/SIGTERM/SIGUSR1/SIGHUP: the current step finished, last.npz was saved."""
 
 
 def _everywhere(err: CnnError) -> CnnError:

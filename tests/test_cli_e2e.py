@@ -693,6 +693,26 @@ def test_a_second_ctrl_c_while_a_stopped_run_exits_keeps_its_status(workspace, t
     assert proc.returncode == 130 and "SIGINT: stopped at epoch " in err, (proc.returncode, err)
 
 
+def test_sighup_stops_a_run_as_sigterm_does(workspace, tmp_path):
+    # the terminal closed: the run died at once (exit 129) without a save or a resume line
+    import signal
+    import time
+
+    tmp, _ = workspace
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "cnncli", "train", "--config", str(tmp / "cfg.yaml"), "--out",
+                             str(out), "-q", "--no-report", "--set", "train.epochs=400", "--set",
+                             "train.checkpoint_every=1000"], env=cli_env(tmp), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not (out / "metrics.csv").exists() and proc.poll() is None and time.monotonic() - t0 < 120:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "SIGHUP: stopped at epoch " in err, (proc.returncode, err)
+    assert f"resume with: cnn train --resume {out}" in err and (out / "last.npz").is_file()
+
+
 def test_training_with_stderr_closed_runs_to_the_end(workspace, tmp_path):
     # `cnn train ... 2>&-` (cron): sys.stderr was None and the first progress line crashed the run
     import os

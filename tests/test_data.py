@@ -338,6 +338,8 @@ def test_a_fifo_or_a_device_named_like_an_image_is_skipped_as_what_it_is(tmp_pat
     os.mkfifo(root / "cat" / "pipe.png")                     # reading it would block forever
     (root / "dog" / "zero.png").symlink_to("/dev/zero")       # reading it would never end
     (root / "dog" / "gone.png").symlink_to(tmp_path / "moved-away.png")
+    with pytest.raises(DataError, match=r": not a regular file \(a folder\)$"):   # (it said "a device")
+        data.load_image(root)
     ds, skipped = data.load_folder(root, cache=False)
     assert len(ds) == 6
     assert sorted((os.path.basename(p), why) for p, why in skipped) == [

@@ -228,6 +228,8 @@ def test_streamed_mean_std_is_bitwise_numpys(shape):
     for leaf in (128, 1000, 4096, 1 << 20):               # several chunkings, one result
         assert data.pixel_mean_std(images, leaf=leaf) == expected
     assert data.pixel_mean_std(np.full((3, 4, 4), 9, np.uint8))[1] == 1.0
+    with pytest.raises(ValueError, match="images must be uint8 pixels .*, got float64"):
+        data.pixel_mean_std(x)                             # (it divided 0..1 values by 255 again)
 
 
 def test_split_in_place_equals_two_subsets():

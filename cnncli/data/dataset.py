@@ -210,8 +210,10 @@ def _pairwise(images, start, n, leaf, fn) -> float:
 def pixel_mean_std(images: np.ndarray, leaf: int = 1 << 20) -> tuple[float, float]:
     """(mean, std) of images / 255 in float64, streamed in chunks of <= `leaf` pixels: bitwise equal to
     `x = images.astype(np.float64) / 255.0; (x.mean(), x.std())` without that 8-bytes-a-pixel copy.
-    A std below 1e-6 (constant images) becomes 1.0."""
+    A std below 1e-6 (constant images) becomes 1.0. images: uint8 pixels (a Dataset's)."""
     images = np.ascontiguousarray(images)
+    if images.dtype != np.uint8:                      # (float images were divided by 255 as if 0..255)
+        raise ValueError(f"images must be uint8 pixels (0..255, a Dataset's images), got {images.dtype}")
     n = images.size
     if n == 0:
         return float("nan"), 1.0

@@ -201,7 +201,8 @@ def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndar
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):          # a FIFO would block the read, a device never end
-            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+            kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                    else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device")
             raise _Skip(f"not a regular file ({kind})")
         if st.st_size == 0:
             raise _Skip("empty file (0 bytes)")

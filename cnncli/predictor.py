@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import arch, checkpoint, infer
+from cnncli.arch import IMAGE_SHAPE
+from cnncli.data.decode import RESIZE_MODES
 from cnncli.errors import CheckpointError
 
 
@@ -136,13 +138,21 @@ class Predictor:
         arrays, meta = checkpoint.load(path)
         num_classes, batchnorm, eps, dtype = check_architecture(arrays, meta, path)
         classes = _require(meta, "classes", list, path)
-        if len(classes) != meta["num_classes"] or not all(isinstance(c, str) for c in classes):
-            raise CheckpointError(f"{path}: checkpoint metadata 'classes' does not list {meta['num_classes']} names")
+        if len(classes) != meta["num_classes"] or not all(isinstance(c, str) for c in classes) \
+                or len(set(classes)) != len(classes):
+            raise CheckpointError(f"{path}: checkpoint metadata 'classes' does not list {meta['num_classes']} "
+                                  "distinct names")
         prep = _require(meta, "preprocess", dict, path)
         for key, kind in (("image_size", int), ("resize", str), ("mean", (int, float)), ("std", (int, float))):
             _require(prep, key, kind, f"{path}: preprocess")
         if not prep["std"] > 0:
             raise CheckpointError(f"{path}: checkpoint metadata 'preprocess.std' must be > 0")
+        if prep["image_size"] != IMAGE_SHAPE[-1]:              # (the network's input is 32x32)
+            raise CheckpointError(f"{path}: checkpoint metadata 'preprocess.image_size' is {prep['image_size']}, "
+                                  f"but the network takes {IMAGE_SHAPE[-1]}x{IMAGE_SHAPE[-1]} images")
+        if prep["resize"] not in RESIZE_MODES:
+            raise CheckpointError(f"{path}: checkpoint metadata 'preprocess.resize' is {prep['resize']!r}, not one "
+                                  f"of {', '.join(RESIZE_MODES)}")
         params = _named(arrays, "params/", arch.param_specs(num_classes, batchnorm), dtype)
         buffers = _named(arrays, "buffers/", arch.buffer_specs(num_classes, batchnorm), dtype)
         return cls(params, buffers, batchnorm, eps, classes, prep, meta)

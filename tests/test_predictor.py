@@ -154,6 +154,11 @@ def _tamper(path, arrays=None, meta=None):
         (None, lambda m: m.__setitem__("batchnorm", "layer"), "batchnorm"),
         (None, lambda m: m.__setitem__("classes", ["a", "b"]), "classes"),
         (None, lambda m: m["preprocess"].__setitem__("std", 0), "std"),
+        # (cnn predict ended in a traceback on 28x28 input; resize zoom failed on every file)
+        (None, lambda m: m["preprocess"].__setitem__("image_size", 28), "'preprocess.image_size' is 28, but the "
+                                                                         "network takes 32x32 images"),
+        (None, lambda m: m["preprocess"].__setitem__("resize", "zoom"), "'preprocess.resize' is 'zoom'"),
+        (None, lambda m: m.__setitem__("classes", [m["classes"][0]] * len(m["classes"])), "distinct names"),
     ],
 )
 def test_tampered_checkpoints_are_refused_naming_the_key(ckpt, arrays, meta, needle):

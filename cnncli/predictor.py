@@ -209,3 +209,33 @@ class Predictor:
             else:
                 out[start:stop] = infer.predict_proba(self.params, x, self.batchnorm, self.eps, self.buffers)
         return out
+
+
+def save_model(path, net, classes, mean: float = 0.0, std: float = 1.0, resize: str = "pad") -> Path:
+    """Write a model.Network trained from Python as a checkpoint that Predictor.from_checkpoint,
+    `cnn predict`, `cnn eval`, `cnn export`, `cnn info` and `--init-from` read (atomically: the file is
+    complete or the previous one stays). classes: its C class names, in output order; mean, std: the
+    normalization its input had ((pixels / 255 - mean) / std); resize: how files are brought to 32x32.
+    It holds no optimizer state nor run history, so `cnn train --resume` does not take it."""
+    classes = list(classes)
+    if len(classes) != net.num_classes or not all(isinstance(c, str) and c for c in classes) \
+            or len(set(classes)) != len(classes):
+        raise ValueError(f"classes must be {net.num_classes} distinct non-empty names (the network's outputs), "
+                         f"got {classes!r}")
+    mean, std = float(mean), float(std)
+    if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
+        raise ValueError(f"mean and std must be finite and std > 0, got mean={mean}, std={std}")
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    if net.batchnorm != "none" and net.buffers is None:
+        raise ValueError("the network keeps no BN running statistics (buffers), which inference needs")
+    arrays = {f"params/{k}": v for k, v in net.params.items()}
+    if net.buffers is not None:
+        arrays.update({f"buffers/{k}": v for k, v in net.buffers.items()})
+    from cnncli import __version__
+
+    meta = {"cnncli_version": __version__, "num_classes": net.num_classes, "batchnorm": net.batchnorm,
+            "eps": float(net.eps), "dtype": str(net.params.flat.dtype), "classes": classes,
+            "preprocess": {"image_size": IMAGE_SHAPE[-1], "resize": resize, "mean": mean, "std": std}}
+    checkpoint.save(path, arrays, meta)
+    return Path(path)

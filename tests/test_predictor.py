@@ -169,3 +169,37 @@ def test_tampered_checkpoints_are_refused_naming_the_key(ckpt, arrays, meta, nee
     res = CliRunner().invoke(cli, ["predict", "--checkpoint", str(path), str(path)])
     assert res.exit_code == 1 and needle in res.stderr and "Traceback" not in res.output
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_network_trained_from_python_saves_a_checkpoint_every_command_reads(tmp_path):
+    # the only way was runfolder.save_checkpoint with a whole config (whose recipe then misdescribed the run)
+    import json
+
+    from PIL import Image
+
+    from cnncli import model, optim
+    from cnncli.predictor import save_model
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (16, 32, 32), dtype=np.uint8)                 # (N,32,32)
+    mean, std = 0.4, 0.3
+    x = ((pixels / 255.0 - mean) / std).astype(np.float32)[:, None]             # (N,1,32,32)
+    labels = np.arange(16) % 3
+    net = model.Network(num_classes=3, batchnorm="channel", seed=0)
+    opt = optim.Optimizer("adam", net.params.flat.size, 1e-3)
+    for _ in range(2):
+        net.train_step(x, labels)
+        opt.step(net.params.flat, net.grads.flat)
+    path = save_model(tmp_path / "mine.npz", net, ["a", "b", "c"], mean=mean, std=std)
+    p = Predictor.from_checkpoint(path)
+    assert p.classes == ["a", "b", "c"]
+    np.testing.assert_allclose(p.predict_proba(pixels), net.predict_proba(x), rtol=0, atol=1e-5)
+    Image.fromarray(pixels[4]).save(tmp_path / "four.png")
+    res = CliRunner().invoke(cli, ["predict", "--checkpoint", str(path), str(tmp_path / "four.png"), "--json"])
+    assert res.exit_code == 0, res.output
+    [row] = json.loads(res.stdout)
+    assert row["class"] == "abc"[int(np.argmax(net.predict_proba(x[4:5])))]
+    info = CliRunner().invoke(cli, ["info", str(path)])
+    assert info.exit_code == 0 and "Traceback" not in info.output, info.output
+    with pytest.raises(ValueError, match="classes must be 3 distinct non-empty names"):
+        save_model(tmp_path / "x.npz", net, ["a", "a", "c"])

@@ -53,7 +53,13 @@ def find_runs(roots) -> list:
                 except OSError:
                     continue         # unreadable: not a run we can list
             level = nxt
-    return sorted(set(found))
+    runs, seen = [], set()
+    for run in sorted(set(found)):              # a run reached twice (a symlink to its folder): listed once
+        real = os.path.realpath(run)
+        if real not in seen:
+            seen.add(real)
+            runs.append(run)
+    return runs
 
 
 def newest_run(root) -> Path | None:

@@ -85,8 +85,9 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                 echo(note)
         m, o = cfg["model"], cfg["optim"]
         ranks = f"{net.comm.size} MPI ranks x " if net.comm.size > 1 else ""      # the ranks that share each step
-        trainer.echo(f"Run folder: {run_dir}" + (f" ({taken} {runfolder.taken_because(taken)})"
-                                                  if resume is None and run_dir != taken else ""))
+        trainer.echo(f"Run folder: {runfolder.printable(str(run_dir))}" + (
+            f" ({runfolder.printable(str(taken))} {runfolder.taken_because(taken)})"
+            if resume is None and run_dir != taken else ""))
         trainer.echo(f"Training on {len(train_ds.labels)} images ({len(train_ds.classes)} classes), validating on "
                      f"{len(val_ds.labels)}; batchnorm={m['batchnorm']} ({net.params.flat.size:,} parameters), "
                      f"{o['name']} lr={o['lr']} {o['schedule']}, batch {cfg['train']['batch_size']}, {ranks}{threads} "

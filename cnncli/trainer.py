@@ -310,7 +310,7 @@ class Trainer:
         else:
             best = loss_text(self.state.best_val_loss)            # the epoch that set the best: its accuracy
             at = f" (epoch {row['epoch']}, {early.acc_key.replace('_', ' ')} {row[early.acc_key]:.2%})" if row else ""
-        return f"best {what} {best}{at} is in {self.best_path}{restored}"
+        return f"best {what} {best}{at} is in {runfolder.printable(str(self.best_path))}{restored}"
 
     def fit(self) -> None:
         """The remaining epochs, or one line when there is nothing to do."""

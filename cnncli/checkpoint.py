@@ -45,11 +45,12 @@ def save(path, arrays, meta) -> None:
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    had = os.path.exists(path)
     try:
         write_atomic(path, lambda f: np.savez(f, **members))
     except OSError as err:                        # full disk, quota, read-only: one line, old file intact
         raise CheckpointError(f"{path}: cannot save the checkpoint ({err.strerror or err}); "
-                              "the previous file there is unchanged") from None
+                              + ("the previous file there is unchanged" if had else "nothing was written")) from None
     _fsync_dir(folder)
 
 

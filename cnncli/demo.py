@@ -244,7 +244,11 @@ def ensure_demo(root, train_per_class: int = 600, test_per_class: int = 150, see
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.partial-", dir=parent)
     try:
         os.chmod(tmp, 0o777 & ~_umask())                 # (mkdtemp's 0700 would outlive the rename)
-        generate_demo(tmp, *settings)
+        try:
+            generate_demo(tmp, *settings)
+        except OSError as err:                           # (a full disk: the error named no file)
+            raise DataError(f"demo folder {root}: cannot write the demo dataset ({err.strerror or err}); "
+                            "nothing was left behind") from None
         if os.path.exists(root):                         # stale/other-settings demo or empty folder
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.old-", dir=parent)
             os.rename(root, os.path.join(old, "demo"))

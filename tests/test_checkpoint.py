@@ -110,6 +110,9 @@ def test_failed_save_keeps_old_file(tmp_path, monkeypatch, target):
     with pytest.raises(CheckpointError, match="cannot save the checkpoint") as err:   # one line naming the file
         save(path, {"a": np.arange(1000.0), "b": np.ones(5)}, {"epoch": 2})
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).endswith("the previous file there is unchanged")
+    with pytest.raises(CheckpointError, match=r"cannot save the checkpoint \(.*\); nothing was written$"):
+        save(tmp_path / "first.npz", {"a": np.arange(3.0)}, {"epoch": 1})     # (there was no previous file)
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["last.npz"]

@@ -203,3 +203,17 @@ def test_a_killed_cnn_demo_leaves_no_worker_behind(tmp_path, sig):
     for w in left:
         os.kill(w, signal.SIGKILL)
     assert not left, f"{len(left)} worker(s) outlived cnn demo"
+
+
+def test_a_full_disk_while_generating_names_the_demo_folder(tmp_path, monkeypatch):
+    # it said "Error: [Errno 28] No space left on device", naming nothing
+    import errno
+
+    def full(*args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(demo, "generate_demo", full)
+    with pytest.raises(DataError) as err:
+        demo.ensure_demo(tmp_path / "demo")
+    assert str(err.value) == (f"demo folder {tmp_path / 'demo'}: cannot write the demo dataset (No space left on "
+                              "device); nothing was left behind")
+    assert os.listdir(tmp_path) == []

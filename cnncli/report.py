@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import errno
 import html
 import json
 import math
@@ -366,8 +367,10 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
         page = render_html(title, metrics, classes, history, config_text, pictures, errors_rows)
         data = page.encode("utf-8", "backslashreplace")
         write_atomic(target, lambda f: f.write(data))
-    except OSError as err:
-        raise CnnError(f"{out_dir}: cannot write the report ({err.strerror or err})") from err
+    except OSError as err:                 # (the file it failed on when the error names one: a full disk)
+        where = err.filename if isinstance(err.filename, str) else out_dir
+        hint = "; --out DIR writes it elsewhere" if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else ""
+        raise CnnError(f"{where}: cannot write the report ({err.strerror or err}){hint}") from err
     return target
 
 

@@ -300,6 +300,29 @@ def test_unwritable_output_is_a_user_error(run, tmp_path):
 
 
 @needs_matplotlib
+def test_a_report_that_cannot_be_written_names_the_file_and_suggests_another_folder(run, tmp_path, monkeypatch):
+    # a full disk named the folder; a read-only run folder did not say --out writes elsewhere
+    import errno
+
+    from matplotlib.figure import Figure
+
+    run_dir, data_dir, _ = run
+
+    def full(self, fname, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(fname))
+    monkeypatch.setattr(Figure, "savefig", full)
+    with pytest.raises(CnnError) as err:
+        write_report(run_dir, data_dir=data_dir, out_dir=tmp_path / "rep")
+    assert str(err.value) == f"{tmp_path / 'rep' / 'curves.png'}: cannot write the report (No space left on device)"
+
+    def denied(self, fname, **kw):
+        raise PermissionError(errno.EACCES, "Permission denied", str(fname))
+    monkeypatch.setattr(Figure, "savefig", denied)
+    with pytest.raises(CnnError, match=r"\(Permission denied\); --out DIR writes it elsewhere$"):
+        write_report(run_dir, data_dir=data_dir, out_dir=tmp_path / "rep")
+
+
+@needs_matplotlib
 def test_a_run_without_validation_images_reports_its_curves_and_filters(tmp_path):
     from cnncli import config, train
 

@@ -5,3 +5,15 @@ with Numba; this package imports no ML framework. Heavy modules are imported laz
 """
 
 __version__ = "0.1.0"
+
+_SUBMODULES = ("augment", "checkpoint", "data", "evaluate", "export", "model", "optim", "predictor")
+
+
+def __getattr__(name):
+    """cnncli.model, cnncli.data, ... after a bare `import cnncli`, imported on first use (as
+    `from cnncli import model` does), so `cnn --help` stays as light as before."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -339,3 +339,17 @@ def test_an_input_holding_nan_or_inf_is_named_before_it_reaches_the_network(bn):
     x[6] = np.nan                                                  # a whole NaN image: NaN probabilities
     with pytest.raises(ValueError, match=r"image 6 is the first such"):
         net.predict_proba(x)
+
+
+def test_submodules_after_a_bare_import_and_a_float64_input_says_how_to_cast():
+    import subprocess
+    import sys
+
+    code = ("import sys, cnncli; assert 'cnncli.model' not in sys.modules; "
+            "print(cnncli.model.Network.__name__, cnncli.data.load_folder.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ["Network", "load_folder"], out.stderr
+    net = M.Network(num_classes=3)
+    with pytest.raises(ValueError, match=r"^x has dtype float64 \(shape \(2, 1, 32, 32\)\), expected float32 "
+                                         r"\(x\.astype\(np\.float32\)\)$"):
+        net.train_step(np.zeros((2, 1, 32, 32)), np.array([0, 1]))

@@ -17,7 +17,8 @@ def check_array(name, arr, shape, dtype=None, contiguous=True):
         want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
         raise ValueError(f"{name} has shape {arr.shape}, expected {want}")
     if dtype is not None and arr.dtype != np.dtype(dtype):
-        raise ValueError(f"{name} has dtype {arr.dtype} (shape {arr.shape}), expected {np.dtype(dtype)}")
+        cast = f" ({name}.astype(np.{np.dtype(dtype)}))" if np.dtype(dtype).kind == "f" else ""
+        raise ValueError(f"{name} has dtype {arr.dtype} (shape {arr.shape}), expected {np.dtype(dtype)}{cast}")
     if dtype is None and arr.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} has dtype {arr.dtype} (shape {arr.shape}), expected float32 or float64")
     if contiguous and not arr.flags.c_contiguous:

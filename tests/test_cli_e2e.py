@@ -733,3 +733,27 @@ def test_an_out_folder_whose_name_is_not_utf8_is_refused_before_anything_is_made
     assert res.exit_code == 2 and res.output.strip() == (
         f"Error: --out {tmp_path}/bytes\\xfedir: the path holds bytes that are not valid UTF-8; choose a name that is")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_run_folder_emptied_while_training_gets_its_config_back_with_a_warning(workspace, tmp_path, monkeypatch):
+    # rm -rf of the run folder mid-run: the checkpoints came back, config.yaml did not (cnn report failed)
+    import shutil
+
+    from cnncli import trainer as trainer_mod
+
+    tmp, _ = workspace
+    out = tmp_path / "run"
+    real, calls = trainer_mod.Trainer.train_step, []
+
+    def step(self, idx):
+        calls.append(1)
+        if len(calls) == 2:
+            shutil.rmtree(out)
+        return real(self, idx)
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", step)
+    res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", out, "-q", "--no-report", "--set", "train.epochs=1",
+                  "--set", "train.checkpoint_every=1"])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.count(f"warning: {out / 'config.yaml'} is gone (was the run folder deleted or emptied while "
+                            "the run trained?)") == 1, res.stderr
+    assert (out / "config.yaml").is_file() and (out / "last.npz").is_file()

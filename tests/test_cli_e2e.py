@@ -670,6 +670,20 @@ def test_a_second_ctrl_c_during_training_aborts_in_one_line(workspace, tmp_path,
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler                   # put back
 
 
+def _long_run_once(tmp, out, every, first):
+    """A 400-epoch `cnn train` process (a checkpoint every `every` steps), returned once out/first exists."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "cnncli", "train", "--config", str(tmp / "cfg.yaml"), "--out",
+                             str(out), "-q", "--no-report", "--set", "train.epochs=400", "--set",
+                             f"train.checkpoint_every={every}"], env=cli_env(tmp), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not (out / first).exists() and proc.poll() is None and time.monotonic() - t0 < 120:
+        time.sleep(0.005)
+    return proc
+
+
 def test_a_second_ctrl_c_while_a_stopped_run_exits_keeps_its_status(workspace, tmp_path):
     # two Ctrl-C 50 ms apart: the first stops the run (saved, its line), the second came during the
     # interpreter's teardown, where Python had put SIGINT back to the default: the process died by
@@ -678,14 +692,7 @@ def test_a_second_ctrl_c_while_a_stopped_run_exits_keeps_its_status(workspace, t
     import time
 
     tmp, _ = workspace
-    out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "cnncli", "train", "--config", str(tmp / "cfg.yaml"), "--out",
-                             str(out), "-q", "--no-report", "--set", "train.epochs=400", "--set",
-                             "train.checkpoint_every=1"], env=cli_env(tmp), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    t0 = time.monotonic()
-    while not (out / "last.npz").exists() and proc.poll() is None and time.monotonic() - t0 < 120:
-        time.sleep(0.005)
+    proc = _long_run_once(tmp, tmp_path / "run", 1, "last.npz")
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
@@ -696,17 +703,10 @@ def test_a_second_ctrl_c_while_a_stopped_run_exits_keeps_its_status(workspace, t
 def test_sighup_stops_a_run_as_sigterm_does(workspace, tmp_path):
     # the terminal closed: the run died at once (exit 129) without a save or a resume line
     import signal
-    import time
 
     tmp, _ = workspace
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "cnncli", "train", "--config", str(tmp / "cfg.yaml"), "--out",
-                             str(out), "-q", "--no-report", "--set", "train.epochs=400", "--set",
-                             "train.checkpoint_every=1000"], env=cli_env(tmp), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    t0 = time.monotonic()
-    while not (out / "metrics.csv").exists() and proc.poll() is None and time.monotonic() - t0 < 120:
-        time.sleep(0.005)
+    proc = _long_run_once(tmp, out, 1000, "metrics.csv")
     proc.send_signal(signal.SIGHUP)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "SIGHUP: stopped at epoch " in err, (proc.returncode, err)

@@ -268,6 +268,8 @@ def export(checkpoint, fmt, out, input_kind):
 
     path = resolve_checkpoint(checkpoints_or_newest([checkpoint] if checkpoint else [])[0])
     click.echo(str(export_onnx(path, out, kind=input_kind)))
+    if not str(out).lower().endswith(".onnx"):       # (-o model.txt: a model nobody would look for there)
+        click.echo(f"note: {printable(str(out))} does not end in .onnx; it holds the ONNX model all the same", err=True)
 
 
 for _command in cli_tools.COMMANDS:          # bench, gradcheck, info, lr-find, ...

@@ -319,3 +319,13 @@ def test_docs_pil_loader_matches_cnncli(runs, tmp_path):
     for f in checked:
         for resize in ("pad", "stretch", "crop"):
             assert np.array_equal(scope["load_gray"](f, 32, resize), data.load_image(f, 32, resize)), (f, resize)
+
+
+def test_an_export_under_another_extension_says_so(runs, onnx, tmp_path):
+    _, run_dirs, _ = runs
+    res = invoke(["export", "--checkpoint", run_dirs["none"], "--out", tmp_path / "model.txt"])
+    assert res.exit_code == 0 and res.stdout.strip() == str(tmp_path / "model.txt")
+    assert res.stderr.strip() == (f"note: {tmp_path / 'model.txt'} does not end in .onnx; it holds the ONNX model "
+                                  "all the same")
+    res = invoke(["export", "--checkpoint", run_dirs["none"], "--out", tmp_path / "m.ONNX"])
+    assert res.exit_code == 0 and res.stderr == ""

@@ -229,13 +229,8 @@ def save_model(path, net, classes, mean: float = 0.0, std: float = 1.0, resize: 
         raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
     if net.batchnorm != "none" and net.buffers is None:
         raise ValueError("the network keeps no BN running statistics (buffers), which inference needs")
-    arrays = {f"params/{k}": v for k, v in net.params.items()}
-    if net.buffers is not None:
-        arrays.update({f"buffers/{k}": v for k, v in net.buffers.items()})
-    from cnncli import __version__
+    from cnncli.runfolder import model_part
 
-    meta = {"cnncli_version": __version__, "num_classes": net.num_classes, "batchnorm": net.batchnorm,
-            "eps": float(net.eps), "dtype": str(net.params.flat.dtype), "classes": classes,
-            "preprocess": {"image_size": IMAGE_SHAPE[-1], "resize": resize, "mean": mean, "std": std}}
-    checkpoint.save(path, arrays, meta)
+    checkpoint.save(path, *model_part(net, classes, {"image_size": IMAGE_SHAPE[-1], "resize": resize,
+                                                     "mean": mean, "std": std}))
     return Path(path)

@@ -275,22 +275,27 @@ def validation_changed(meta: dict, val_ds) -> str | None:
             "images the run trained on")
 
 
+def model_part(net, classes, preprocess: dict) -> tuple[dict, dict]:
+    """(arrays, meta) of a checkpoint that describe the model alone: the network's parameters and BN
+    statistics, its architecture, classes and input preprocessing (what Predictor reads); a run's
+    checkpoint adds the optimizer state and the run state (save_checkpoint)."""
+    arrays = {f"params/{k}": v for k, v in net.params.items()}
+    if net.buffers is not None:
+        arrays.update({f"buffers/{k}": v for k, v in net.buffers.items()})
+    meta = {"cnncli_version": __version__, "num_classes": len(classes), "batchnorm": net.batchnorm,
+            "eps": net.eps, "dtype": str(net.params.flat.dtype), "classes": list(classes),
+            "preprocess": preprocess}
+    return arrays, meta
+
+
 def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, preprocess: dict,
                     cfg_text: str | None = None, data_info: dict | None = None,
                     weights_epoch: int | None = None) -> None:
     # weights_epoch: the epoch whose weights these are, when not the run state's (early stopping's
     # restore_best put best.npz's into last.npz)
-    arrays = {f"params/{k}": v for k, v in net.params.items()}
-    arrays.update({f"buffers/{k}": v for k, v in net.buffers.items()})
+    arrays, meta = model_part(net, classes, preprocess)
     arrays.update({f"optim/{k.removeprefix('optim.')}": v for k, v in opt.state_dict().items()})
-    meta = {
-        "cnncli_version": __version__,
-        "num_classes": len(classes),
-        "batchnorm": cfg["model"]["batchnorm"],
-        "eps": cfg["model"]["bn_eps"],
-        "dtype": str(net.params.flat.dtype),
-        "classes": list(classes),
-        "preprocess": preprocess,
+    meta.update({
         "config": cfg_text if cfg_text is not None else config_mod.dump(cfg),
         "epoch": state.epoch,
         "epoch_step": state.epoch_step,
@@ -303,7 +308,7 @@ def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, p
         "bad_epochs": state.bad_epochs,
         "stopped_early": state.stopped_early,
         "history": state.history,
-    }
+    })
     if data_info is not None:
         meta["data"] = data_info
     if weights_epoch is not None:

@@ -10,7 +10,7 @@ import difflib
 
 import numpy as np
 
-from .data.scan import same_form
+from .data.scan import matching_form
 from .errors import ConfigError
 
 
@@ -32,15 +32,16 @@ def class_weights(setting, labels, classes) -> np.ndarray | None:
             raise ConfigError(f"train.class_weight: balanced needs images of every class; none of {empty}")
         return labels.size / (n_classes * counts)
     if isinstance(setting, dict):
-        index = {same_form(name): i for i, name in enumerate(classes)}    # (a macOS folder's e + accent is é)
+        form = matching_form(classes, [str(name) for name in setting])   # (a macOS folder's e + accent is é)
+        index = {form(name): i for i, name in enumerate(classes)}
         weights = np.ones(n_classes)
         for name, w in setting.items():
-            if same_form(str(name)) not in index:
+            if form(str(name)) not in index:
                 close = difflib.get_close_matches(str(name), list(index), n=1, cutoff=0.6)
                 hint = f"; did you mean '{close[0]}'?" if close else f"; the classes are: {', '.join(classes)}"
                 raise ConfigError(f"train.class_weight: {name!r} is not a training class{hint}")
             if not (float(w) > 0 and np.isfinite(float(w))):
                 raise ConfigError(f"train.class_weight: the weight of class {name!r} must be > 0, got {w!r}")
-            weights[index[same_form(str(name))]] = float(w)
+            weights[index[form(str(name))]] = float(w)
         return weights
     raise ConfigError(f"train.class_weight: must be none, balanced or a mapping {{class: weight}}, got {setting!r}")

@@ -76,14 +76,15 @@ def apply(net, source: Source, classes) -> str:
     if net.buffers is not None:
         for name, view in net.buffers.items():
             view[...] = source.arrays["buffers/" + name]
-    from cnncli.data.scan import same_form
+    from cnncli.data.scan import matching_form
 
-    rows = {same_form(c): i for i, c in enumerate(source.classes)}      # (a macOS folder's e + accent is é)
-    shared = [(i, rows[same_form(c)]) for i, c in enumerate(classes) if same_form(c) in rows]
+    form = matching_form(source.classes, classes)                      # (a macOS folder's e + accent is é)
+    rows = {form(c): i for i, c in enumerate(source.classes)}
+    shared = [(i, rows[form(c)]) for i, c in enumerate(classes) if form(c) in rows]
     for i, j in shared:
         net.params["fc2.w"][i] = params["fc2.w"][j]
         net.params["fc2.b"][i] = params["fc2.b"][j]
-    new = [c for c in classes if same_form(c) not in rows]
+    new = [c for c in classes if form(c) not in rows]
     line = f"Weights from {source.path}: every layer"
     if not new:
         return line + f"{'' if len(classes) == len(rows) else ' (the output rows of these classes)'}"

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import DataError
 from .decode import IMAGE_EXTENSIONS
 from .pathlist import PathList
-from .scan import printable, same_form, shown_classes
+from .scan import matching_form, printable, shown_classes
 
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "filepath", "image", "image_path", "img")
 LABEL_COLUMNS = ("label", "class", "category", "target", "y")
@@ -242,8 +242,7 @@ class CsvIndex:
 
     @staticmethod
     def _classes(path: str, names: list, classes) -> tuple:
-        """(the classes, the form their names and the labels match in: scan.same_form unless two
-        names differ only in Unicode form)."""
+        """(the classes, the form their names and the labels match in: scan.matching_form)."""
         found = sorted(set(names))
         if classes is None:
             if len(found) < 2:
@@ -251,8 +250,7 @@ class CsvIndex:
                                 f"({', '.join(map(printable, found))}); need at least 2")
             return found, str
         classes = [str(c) for c in classes]
-        unique = all(len({same_form(n) for n in group}) == len(group) for group in (found, classes))
-        form = same_form if unique else str
+        form = matching_form(found, classes)
         known = {form(c) for c in classes}
         extra = [n for n in found if form(n) not in known]
         if extra:

@@ -162,14 +162,20 @@ def same_form(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
+def matching_form(*groups):
+    """The form two lists of class names are compared in: same_form, unless two names of one list
+    differ only in Unicode form (two classes, then compared exactly: str)."""
+    unique = all(len({same_form(n) for n in names}) == len(set(names)) for names in groups)
+    return same_form if unique else str
+
+
 def _match_classes(root: str, found: list, classes, missing_ok: bool) -> tuple[list, list]:
     """(the classes in their order, the folder of each: found's name, None when missing_ok and absent).
     Names match in composed form (same_form) unless two of either list differ only in form."""
     if classes is None:
         return found, found
     classes = [str(c) for c in classes]
-    unique = all(len({same_form(n) for n in names}) == len(names) for names in (found, classes))
-    form = same_form if unique else str
+    form = matching_form(found, classes)
     folder = {form(f): f for f in found}
     wanted = {form(c) for c in classes}
     missing = [] if missing_ok else sorted(c for c in classes if form(c) not in folder)

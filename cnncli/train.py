@@ -78,7 +78,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
             raise
     try:
         if trainer.is_main_process:
-            (run_dir / "config.yaml").write_text(trainer.cfg_text, encoding="utf-8", errors="backslashreplace")
+            trainer.write_config()
             if skipped:
                 runfolder.write_skipped(run_dir, skipped, echo)
             for note in train_ds.notes + val_ds.notes:

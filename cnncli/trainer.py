@@ -292,15 +292,19 @@ class Trainer:
             save_checkpoint(self.last_path, self.net, self.opt, self.state, self.cfg, self.classes,
                             self.preprocess, self.cfg_text, self.data_info, weights_epoch=self.weights_epoch)
 
+    def write_config(self) -> None:
+        """The run folder's config.yaml: this run's resolved config (eval, report and resume read it)."""
+        (self.run_dir / "config.yaml").write_text(self.cfg_text, encoding="utf-8", errors="backslashreplace")
+
     def _config_still_there(self) -> None:
-        """The run folder's config.yaml (written at the start; eval and report read it) written again,
-        with a warning, when it has gone: the folder was deleted or emptied while the run trained."""
+        """config.yaml (written at the start) written again, with a warning, when it has gone: the
+        folder was deleted or emptied while the run trained."""
         config = self.run_dir / "config.yaml"
         if not config.exists():
             self.echo(f"warning: {runfolder.printable(str(config))} is gone (was the run folder deleted or emptied "
                       "while the run trained?); writing it again with this run's checkpoints")
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            config.write_text(self.cfg_text, encoding="utf-8", errors="backslashreplace")
+            self.write_config()
 
     def save_best(self) -> None:
         if self.is_main_process:

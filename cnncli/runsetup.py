@@ -87,7 +87,7 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
         )
     if val_dir is not None:
         val_ds, val_skipped = data.load_folder(val_dir, classes=train_ds.classes, missing_ok=True, **opts)
-        if os.path.realpath(val_dir) == os.path.realpath(train_dir):    # (a warning says so): each file once
+        if same_data(val_dir, train_dir):           # (overlap_notes warns): each of its files counted once
             val_skipped, val_ds.notes = [], []
         skipped = list(skipped) + list(val_skipped)
     else:
@@ -148,13 +148,15 @@ def data_notes(cfg: dict, train_ds, val_ds) -> list:
     return lines + overlap_notes(cfg["data"])
 
 
+def same_data(a, b) -> bool:
+    """Whether two data paths (config values, None when unset) name the same folder or file."""
+    return bool(a and b) and os.path.realpath(a) == os.path.realpath(b)
+
+
 def overlap_notes(d: dict) -> list:
     """Warnings for held-out data that is the training data, or a test that is the validation data
     (the same folder or labels file): their accuracy would flatter the model."""
-    def same(a, b):
-        return bool(a and b) and os.path.realpath(a) == os.path.realpath(b)
-
-    shown, lines = runfolder.printable, []
+    same, shown, lines = same_data, runfolder.printable, []
     if same(d["val"], d["train"]):
         lines.append(f"warning: data.val is data.train ({shown(d['train'])}): the run validates on its training "
                      "images, so val acc flatters and best.npz is picked on them")

@@ -44,8 +44,9 @@ def check_batchnorm(batchnorm):
 
 
 def check_num_classes(num_classes):
-    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2 (a classifier tells classes apart; "
+                         f"checkpoints and data folders need 2 or more), got {num_classes!r}")
 
 
 def check_dtype(dtype):
@@ -144,8 +145,8 @@ def infer_architecture(params) -> tuple:
     if "fc2.b" not in params:
         raise ValueError("params has no 'fc2.b': cannot tell the number of classes")
     num_classes = int(np.shape(params["fc2.b"])[0]) if np.ndim(params["fc2.b"]) == 1 else 0
-    if num_classes < 1:
-        raise ValueError(f"params['fc2.b'] has shape {np.shape(params['fc2.b'])}, expected (C,)")
+    if num_classes < 2:
+        raise ValueError(f"params['fc2.b'] has shape {np.shape(params['fc2.b'])}, expected (C,) with C >= 2 classes")
     if "bn1.gamma" not in params:
         batchnorm = "none"
     else:

@@ -107,6 +107,13 @@ def test_validation_errors():
         M.Network(12, "layer")
     with pytest.raises(ValueError, match="dtype"):
         M.Network(12, "none", dtype=np.float16)
+    for few in (1, 0, True):                    # checkpoints and data folders need 2 or more classes
+        with pytest.raises(ValueError, match=r"num_classes must be an integer >= 2"):
+            M.Network(few)
+    one = dict(M.init_params(2, "none"))
+    one["fc2.w"], one["fc2.b"] = one["fc2.w"][:1], one["fc2.b"][:1]
+    with pytest.raises(ValueError, match=r"C >= 2 classes"):
+        M.predict_proba(one, x, "none")
     with pytest.raises(ValueError, match="needs buffers"):
         M.predict_proba(M.init_params(12, "unit"), x, "unit")
     with pytest.raises(ValueError, match="params are for batchnorm='unit'"):

@@ -172,7 +172,7 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
     if metric is not None and fail_under is None:          # (a gate without its threshold checks nothing)
         raise click.BadParameter("chooses what --fail-under checks; add --fail-under X", param_hint="--metric")
     metric = metric or "accuracy"
-    checkpoint = checkpoints_or_newest(checkpoint)
+    checkpoint = checkpoints_or_newest(checkpoint, ensemble=True)
     metrics, _, _ = evaluate(list(checkpoint), data_dir, batch_size=batch_size, top_k=top_k, cache=not no_cache)
     for line in notice_lines(metrics):
         click.echo(printable(line), err=True)
@@ -210,7 +210,7 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
         checkpoint, paths = paths[:1], paths[1:]
         if not paths:
             raise click.UsageError(f"{checkpoint[0]} is a checkpoint: give the images to classify after it")
-    predictor, _ = load(checkpoints_or_newest(checkpoint))
+    predictor, _ = load(checkpoints_or_newest(checkpoint, ensemble=True))
     files, failures = gather_paths(paths)
     tried = len(files) + len(failures)           # the image files found, and the paths that gave none
     results, bad = predict_stream(predictor, files, len(predictor.classes) if csv_path else top_k)

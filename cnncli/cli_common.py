@@ -133,17 +133,24 @@ CHECKPOINT_HELP = ("A .npz checkpoint, or a run folder (its best.npz, else last.
                    f"under ./{RUNS} (named on stderr).")
 
 
-def checkpoints_or_newest(given) -> tuple:
+def checkpoints_or_newest(given, ensemble=False) -> tuple:
     """--checkpoint's values, or when none was given the newest run under ./runs (where cnn train
-    writes by default), named on stderr; no run there is a one-line error."""
+    writes by default), named on stderr; no run there is a one-line error. With ensemble (eval,
+    predict), a fold of a finished cnn cv stands for its cv folder: all its folds, as
+    `--checkpoint CV_FOLDER` would give."""
     if given:
         return tuple(given)
-    from cnncli.runs import newest_run
+    from cnncli.runs import finished_cv, newest_run
 
     run = newest_run(RUNS)
     if run is None:
         raise UserError(f"no --checkpoint given, and no run with a checkpoint under ./{RUNS} to default to: give "
                         "--checkpoint (a .npz file or a run folder)")
+    cv = finished_cv(run) if ensemble else None
+    if cv is not None:
+        click.echo(printable(f"Checkpoint: {cv} (the newest run under ./{RUNS} is its {run.name}: the cnn cv's "
+                             "folds as an ensemble; --checkpoint picks another)"), err=True)
+        return (str(cv),)
     click.echo(printable(f"Checkpoint: {run} (the newest run under ./{RUNS}; --checkpoint picks another)"), err=True)
     return (str(run),)
 

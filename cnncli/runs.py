@@ -77,6 +77,16 @@ def newest_run(root) -> Path | None:
     return newest
 
 
+def finished_cv(run: Path) -> Path | None:
+    """The cnn cv folder whose fold `run` is (fold-k under a folder holding cv.json, which cnn cv
+    writes once every fold has trained), else None."""
+    from cnncli.crossval import SUMMARY
+
+    if re.fullmatch(r"fold-\d+", run.name) and (run.parent / SUMMARY).is_file():
+        return run.parent
+    return None
+
+
 def _number(value):
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
         else None

@@ -648,6 +648,23 @@ def test_eval_predict_and_export_default_to_the_newest_run_under_runs(trained, t
     pytest.importorskip("onnx")
     res = invoke(["export", "-o", tmp_path / "m.onnx"])
     assert res.exit_code == 0 and (tmp_path / "m.onnx").is_file() and "Checkpoint: runs/old" in res.stderr
+    cv = tmp_path / "runs" / "cv"                  # a cnn cv whose last fold is the newest run
+    for k, age in ((1, 5), (2, 0)):
+        (cv / f"fold-{k}").mkdir(parents=True)
+        shutil.copy(run / "best.npz", cv / f"fold-{k}" / "best.npz")
+        os.utime(cv / f"fold-{k}" / "best.npz", (3e9 - age, 3e9 - age))
+    res = invoke(["predict", img])                          # cv.json not written yet (cv still training): the fold
+    assert res.exit_code == 0 and "Checkpoint: runs/cv/fold-2 (the newest run" in res.stderr
+    (cv / "cv.json").write_text("{}")
+    res = invoke(["predict", img, "--json"])                # finished: both folds, as --checkpoint runs/cv
+    assert res.exit_code == 0 and res.stderr == ("Checkpoint: runs/cv (the newest run under ./runs is its fold-2: "
+                                                 "the cnn cv's folds as an ensemble; --checkpoint picks another)\n")
+    assert res.stdout == invoke(["predict", "--checkpoint", cv, img, "--json"]).stdout
+    res = invoke(["eval", "--data", data, "--json"])
+    assert res.exit_code == 0 and "Checkpoint: runs/cv (" in res.stderr
+    assert json.loads(res.stdout)["checkpoint"] == [os.path.join("runs", "cv", f"fold-{k}", "best.npz") for k in (1, 2)]
+    res = invoke(["export", "-o", tmp_path / "m2.onnx"])    # one model to export: the newest fold
+    assert res.exit_code == 0 and "Checkpoint: runs/cv/fold-2 (" in res.stderr
 
 
 def test_a_second_ctrl_c_during_training_aborts_in_one_line(workspace, tmp_path, monkeypatch):

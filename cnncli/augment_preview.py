@@ -114,6 +114,15 @@ def draw_grid(cells, names):
     return canvas
 
 
+def named_format(out) -> str | None:
+    """The Pillow format the extension of `out` names (out.jpg: JPEG), or None when it names none
+    Pillow writes (no extension, .xyz, or one Pillow only reads): the preview is then a PNG."""
+    from PIL import Image
+
+    kind = Image.registered_extensions().get(Path(out).suffix.lower())
+    return kind if kind in Image.SAVE else None
+
+
 def write_preview(cfg: dict, out, rows: int | None = None, cols: int = 8, seed: int | None = None) -> Path:
     """Render the grid for config `cfg` (validated) to the image file `out` (PNG unless its extension
     names another format), atomically; returns its path. rows None: one per class, at most 12."""
@@ -135,8 +144,7 @@ def write_preview(cfg: dict, out, rows: int | None = None, cols: int = 8, seed: 
     cells = augmented_grid(ds.images[idx], AugmentSettings.from_config(cfg["augment"]), mean, std, cols, seed)
     out = Path(out)
     grid = draw_grid(cells, [ds.classes[ds.labels[i]] for i in idx])
-    kind = Image.registered_extensions().get(out.suffix.lower(), "PNG")    # out.jpg is a JPEG
-    kind = kind if kind in Image.SAVE else "PNG"                            # (no suffix, or one PIL only reads)
+    kind = named_format(out) or "PNG"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out, lambda f: grid.save(f, format=kind))

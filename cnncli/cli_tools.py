@@ -129,13 +129,16 @@ def info(checkpoint, as_json):
 def augment_preview(config_path, overrides, out_path, rows, cols, seed):
     """Render what the model sees: each row one of your images, then augmented variants of it."""
     from cnncli import config as config_mod
-    from cnncli.augment_preview import write_preview
+    from cnncli.augment_preview import named_format, write_preview
 
     cfg = config_mod.load_config(config_path, overrides)
     if not cfg["augment"]["enabled"]:
         click.echo("note: augment.enabled is false: training uses the originals; the variants show the "
                    "augment settings as they would apply", err=True)
     click.echo(str(write_preview(cfg, out_path, rows=rows, cols=cols, seed=seed)))
+    if named_format(out_path) is None:          # (-o grid.xyz: a PNG nobody would open as one)
+        click.echo(f"note: {printable(out_path)} does not end in an image extension Pillow writes (.png, .jpg, "
+                   "...); it holds a PNG", err=True)
 
 
 @click.command(short_help="Generate the built-in 12-class demo dataset.")

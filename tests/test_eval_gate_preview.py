@@ -87,6 +87,9 @@ def test_augment_preview_writes_the_format_its_extension_names_and_one_line_when
         res = invoke([*common, "--out", tmp_path / name])
         assert res.exit_code == 0, res.output
         assert Image.open(tmp_path / name).format == kind
+        note = f"note: {tmp_path / name} does not end in an image extension Pillow writes (.png, .jpg, ...); " \
+            "it holds a PNG"
+        assert (note in res.stderr) == (name in ("g", "g.psd")), res.stderr      # (.psd: Pillow only reads it)
     (tmp_path / "file").write_text("x")
     res = invoke([*common, "--out", tmp_path / "file" / "g.png"])               # its folder is a file
     assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1

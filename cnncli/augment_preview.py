@@ -126,8 +126,6 @@ def named_format(out) -> str | None:
 def write_preview(cfg: dict, out, rows: int | None = None, cols: int = 8, seed: int | None = None) -> Path:
     """Render the grid for config `cfg` (validated) to the image file `out` (PNG unless its extension
     names another format), atomically; returns its path. rows None: one per class, at most 12."""
-    from PIL import Image
-
     from . import data
     from .augment import AugmentSettings
     from .data import printable

@@ -190,7 +190,9 @@ class Predictor:
         return self._table[images_u8][:, None, :, :]
 
     def predict_proba(self, images_u8: np.ndarray, batch_size: int = 256, fast=None) -> np.ndarray:
-        """(N,S,S) uint8 -> (N,C) class probabilities (sigmoid outputs), inference mode.
+        """(N,S,S) uint8 -> (N,C) float64 class probabilities (sigmoid outputs), inference mode:
+        the network's values (computed in its dtype, float32 from training) widened, so that
+        ensembles, metrics and files take them without a cast (Network.predict_proba keeps its dtype).
 
         fast: None picks by size (the numba network above NUMPY_MAX_IMAGES images, else NumPy);
         True / False force the numba / NumPy path. The two agree to float rounding (~1e-6 relative in

@@ -187,7 +187,7 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
 @cli.command(short_help="Classify image files or folders.")
 @click.option("--checkpoint", multiple=True, type=click.Path(),
               help=CHECKPOINT_HELP + " Repeated, or a cnn cv folder (its folds): the ensemble, the mean of their "
-                   "probabilities. Without it, a first PATH ending in .npz is the checkpoint.")
+                   "probabilities. Without it, a first PATH ending in .npz, or a run or cnn cv folder, is the checkpoint.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1), help="Show the K most likely classes.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {path, class, probability, top_k}.")
@@ -200,13 +200,13 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
     lists them, or a .txt/.csv/.tsv list of paths, one a line, without a header. Exit status 1 if
     any file failed. A probability is the model's sigmoid output for that class (one per class, as
     the seed's loss trains them): they need not add up to 1."""
-    from cnncli.ensemble import load
+    from cnncli.ensemble import load, names_a_model
     from cnncli.predictions import gather_paths, predict_stream, prediction_line, write_predictions_csv
 
     if as_json and csv_path:
         raise click.UsageError("--json and --csv: give one of them (--csv writes every class's probability "
                                "to a file; --json prints the top --top-k)")
-    if not checkpoint and paths[0].lower().endswith(".npz"):          # cnn predict model.npz image.png
+    if not checkpoint and names_a_model(paths[0]):          # cnn predict model.npz (or runs/x) image.png
         checkpoint, paths = paths[:1], paths[1:]
         if not paths:
             raise click.UsageError(f"{checkpoint[0]} is a checkpoint: give the images to classify after it")

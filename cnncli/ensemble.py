@@ -17,6 +17,15 @@ from cnncli.predictor import BEST_FIRST, Predictor, run_checkpoint
 _FOLD = re.compile(r"fold-(\d+)")
 
 
+def names_a_model(path) -> bool:
+    """True for what cnn predict takes as its first PATH in place of --checkpoint: a .npz file
+    name, a run folder (its best.npz or last.npz) or a cnn cv folder (its fold-1 run)."""
+    p = Path(path)
+    if p.suffix.lower() == ".npz":
+        return True
+    return p.is_dir() and any((p / name).is_file() or (p / "fold-1" / name).is_file() for name in BEST_FIRST)
+
+
 def checkpoint_files(paths) -> list:
     """The checkpoint files of `paths`, in order: a .npz as given; a run folder's best.npz (else
     last.npz); a cnn cv folder's fold-1, fold-2, ... runs, each the same way."""

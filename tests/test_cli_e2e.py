@@ -643,6 +643,9 @@ def test_eval_predict_and_export_default_to_the_newest_run_under_runs(trained, t
     assert given.exit_code == 0 and given.stderr == "" and given.stdout == default.stdout
     first = invoke(["predict", tmp_path / "runs" / "new" / "best.npz", img])   # cnn predict model.npz image.png
     assert first.exit_code == 0 and first.stderr == "" and first.stdout.startswith(str(img))
+    folder = invoke(["predict", run, img])                   # a run folder first: the checkpoint, as a .npz
+    assert folder.exit_code == 0 and folder.stderr == "" and folder.stdout == default.stdout
+    assert invoke(["predict", run]).exit_code == 2           # (and not a folder of images to classify)
     alone = invoke(["predict", tmp_path / "runs" / "new" / "best.npz"])
     assert alone.exit_code == 2 and "is a checkpoint: give the images to classify after it" in alone.stderr
     pytest.importorskip("onnx")

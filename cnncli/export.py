@@ -19,6 +19,7 @@ from .atomic import write_atomic
 from .errors import CnnError
 from .infer import bn_folds
 from .predictor import Predictor, input_table
+from .runfolder import printable
 
 OPSET = 17          # onnxruntime runs opsets 7..23 (1.20+); 17 keeps older runtimes working too
 IR_VERSION = 8      # the IR version that introduced opset 17
@@ -133,7 +134,8 @@ def metadata(predictor: Predictor, kind: str) -> dict:
     prep = predictor.preprocess
     mean, std = float(prep["mean"]), float(prep["std"])
     return {
-        "classes": json.dumps(list(predictor.classes), ensure_ascii=False),
+        # (a class folder whose name is not UTF-8 is written with its bad bytes as \xNN, as the CLI prints it)
+        "classes": json.dumps([printable(c) for c in predictor.classes], ensure_ascii=False),
         "preprocess": json.dumps({"image_size": int(prep["image_size"]), "resize": prep["resize"], "mean": mean,
                                   "std": std, "normalize": not (mean == 0.0 and std == 1.0)}),
         "cnncli_version": __version__,

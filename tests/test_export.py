@@ -281,6 +281,11 @@ def test_float64_checkpoint_exports_in_float32(onnx, ort, tmp_path):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert props["source_dtype"] == "float64"
+    save_checkpoint(tmp_path / "bytes.npz", net, optim.Optimizer("sgd", net.params.flat.size, 0.1, dtype=np.float64),
+                    RunState(), cfg, ["caf\udce9", "b", "c", "é"], prep)        # a folder named b"caf\xe9"
+    path = _export(tmp_path / "bytes.npz", tmp_path / "bytes.onnx", "uint8")
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(props["classes"]) == ["caf\\xe9", "b", "c", "é"]
 
 
 def test_docs_pil_loader_matches_cnncli(runs, tmp_path):

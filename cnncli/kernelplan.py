@@ -125,13 +125,18 @@ def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32,
     return run
 
 
-def plan(batchnorm: str, optimizer: str = "adam", dtype=np.float32, augment: bool = True, fallback: bool = True):
-    """(first, later): what the first training step needs (with its augmentation when `augment`; with
-    the steps' fallback path when `fallback`: a run with compile workers, or MPI ranks) and the cache
-    lacks, then what only validation needs ({dispatcher: {argument types}} each); (None, None) when
-    the cache cannot be read."""
-    parts = ("augment",) * augment + ("step",) + ("fallback",) * fallback
+def plan(batchnorm: str, optimizer: str = "adam", dtype=np.float32, augment: bool = True, fallback: bool = True,
+         ranks: bool = False):
+    """(first, later): what the first training step needs (with its augmentation when `augment`) and
+    the cache lacks, then what only validation needs ({dispatcher: {argument types}} each); (None,
+    None) when the cache cannot be read. The steps' fallback path (shard by shard, phase by phase)
+    counts for MPI `ranks`, which always take it, and with `fallback` (a run with compile workers)
+    when the one-call step itself is missing: the run takes that path only while a worker compiles
+    it (planned otherwise, a worker would compile it for a run that never waits for it)."""
+    parts = ("augment",) * augment + ("step",)
     first = missing(record_calls(training_run(batchnorm, optimizer, dtype, parts)))
+    if first is not None and (ranks or (fallback and any(is_background(d) for d in first))):
+        first = missing(record_calls(training_run(batchnorm, optimizer, dtype, parts + ("fallback",))))
     later = missing(record_calls(training_run(batchnorm, optimizer, dtype, ("inference",))))
     if first is None or later is None:
         return None, None

@@ -244,7 +244,7 @@ def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=Non
     workers = env_workers() if workers is None else workers
     # without workers the one-call step compiles in this process on its first call, so its fallback
     # path's kernels (the steps while a worker compiles it) are never called; MPI ranks call only those
-    first, later = kernelplan.plan(batchnorm, optimizer, dtype, augment, fallback=workers > 0 or not background)
+    first, later = kernelplan.plan(batchnorm, optimizer, dtype, augment, fallback=workers > 0, ranks=not background)
     if first is not None and not background:
         first = {d: s for d, s in first.items() if not kernelplan.is_background(d)}
     n = len(first or {}) + len(later or {})

@@ -466,7 +466,28 @@ def test_the_fallback_steps_kernels_are_planned_only_where_a_run_calls_them(tmp_
     from cnncli import kernelplan, precompile
 
     asked = []
-    monkeypatch.setattr(kernelplan, "plan", lambda *a, fallback=True, **k: asked.append(fallback) or ({}, {}))
+    monkeypatch.setattr(kernelplan, "plan", lambda *a, fallback=True, ranks=False, **k:
+                        asked.append((fallback, ranks)) or ({}, {}))
     for workers, background in ((0, True), (1, True), (0, False)):
         precompile.start("none", workers=workers, background=background)
-    assert asked == [False, True, True]          # MPI ranks (background=False) always take that path
+    assert asked == [(False, False), (True, False), (False, True)]   # MPI ranks (background=False) always take it
+
+
+def test_a_run_with_workers_plans_the_fallback_path_only_while_the_one_call_step_is_missing(monkeypatch):
+    # it takes that path only while a worker compiles the one-call step: a fallback kernel planned
+    # beside a cached step was compiled by a worker the end of a short run killed, and every later
+    # run said "Compiling 1 numba kernel" again
+    from cnncli import kernelplan
+    from cnncli.kernels import plainstep, pool
+
+    step, fallback = plainstep.plain_step_into, pool.pool_elu_forward_into
+    monkeypatch.setattr(kernelplan, "training_run", lambda bn, opt, dtype, parts: parts)
+    monkeypatch.setattr(kernelplan, "record_calls", lambda parts: {d: {"sig"} for d, part in (
+        (step, "step"), (fallback, "fallback")) if part in parts})
+    lacking = {fallback}                                   # the one-call step cached, a fallback kernel not
+    monkeypatch.setattr(kernelplan, "missing", lambda calls: {d: s for d, s in calls.items() if d in lacking})
+    assert kernelplan.plan("none", fallback=True) == ({}, {})
+    assert kernelplan.plan("none", fallback=True, ranks=True) == ({fallback: {"sig"}}, {})
+    lacking.add(step)
+    assert kernelplan.plan("none", fallback=True) == ({step: {"sig"}, fallback: {"sig"}}, {})
+    assert kernelplan.plan("none", fallback=False) == ({step: {"sig"}}, {})

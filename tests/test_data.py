@@ -402,6 +402,9 @@ def test_nested_folders_case_insensitive_extensions_and_order(tmp_path):
     save(root / "a" / "y.Tiff", gray(3))
     save(root / "a" / "x.bmp", gray(4))
     save(root / "__MACOSX" / "a" / "x.png", gray(5))
+    save(root / "@eaDir" / "a" / "SYNOFILE_THUMB_S.jpg", gray(5), "JPEG")     # a NAS's thumbnails: no class
+    save(root / "b" / "@eaDir" / "z.PNG" / "SYNOFILE_THUMB_M.jpg", gray(5), "JPEG")   # ... nor images of b
+    save(root / "$RECYCLE.BIN" / "a" / "x.png", gray(5))
     save(root / "loose.png", gray(6))
     ds, skipped = data.load_folder(root, cache=False)
     rel = [os.path.relpath(p, root).replace(os.sep, "/") for p in ds.paths]

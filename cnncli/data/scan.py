@@ -19,7 +19,11 @@ from ..errors import DataError
 from .decode import IMAGE_EXTENSIONS
 from .pathlist import PathList
 
-IGNORED_DIRS = {"__MACOSX"}      # macOS zip debris; hidden (dot) folders are ignored as well
+# folders that systems, not users, put among images (hidden (dot) folders are ignored as well): macOS
+# zip debris; Synology's thumbnails (a copy of every image), recycle bin and snapshots; QNAP's bin;
+# Windows' bin and volume data; a filesystem's lost+found
+IGNORED_DIRS = {"__MACOSX", "@eaDir", "#recycle", "#snapshot", "@Recycle", "$RECYCLE.BIN",
+                "System Volume Information", "lost+found"}
 OS_DEBRIS = {"thumbs.db", "desktop.ini", "ehthumbs.db"}   # files an OS leaves, not counted as ignored
 
 

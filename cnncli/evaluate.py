@@ -229,14 +229,15 @@ def evaluate_found(predictor, found, batch_size=256, top_k=None, classes=None):
     return metrics, dataset, probs
 
 
-def notice_lines(metrics: dict) -> list:
+def notice_lines(metrics: dict, lister: str = "--json") -> list:
     """The lines eval and report print on stderr: each warning, each note, then the skipped files
-    (the first five named with their reasons, as cnn train names them)."""
+    (the first five named with their reasons, as cnn train names them; `lister` names the option or
+    command that lists them all)."""
     from .runfolder import skipped_lines
 
     files = metrics.get("skipped_files", [])
     return [f"warning: {w}" for w in metrics.get("warnings", [])] + [f"note: {n}" for n in metrics.get("notes", [])] + \
-        (skipped_lines(files, rest=" (--json lists them all)") if files else [])
+        (skipped_lines(files, rest=f" ({lister} lists them all)") if files else [])
 
 
 def validation_data(run_dir: Path, predictor, cache=True):

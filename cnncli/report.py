@@ -328,7 +328,7 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
                                           "FOLDER adds the confusion matrix, per-class bars and mistakes)"}
     metrics["checkpoint"] = str(ckpt)
     if echo is not None:
-        for line in notice_lines(metrics):
+        for line in notice_lines(metrics, lister="cnn eval --json"):        # (report has no --json)
             echo(line)
     errors = most_confident_errors(probs, dataset.labels) if dataset is not None else ([], [], [])
     errors_rows = [(name_text(dataset.paths[i]) if i < len(dataset.paths) else str(i), classes[dataset.labels[i]], classes[p],

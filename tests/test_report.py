@@ -6,6 +6,7 @@ import json
 import os
 import math
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -396,3 +397,22 @@ def test_the_learning_rate_axis_spans_at_most_five_decades(tmp_path):
     ax_lr = [ax for ax in fig.axes if ax.get_ylabel() == "learning rate"][0]
     low, high = ax_lr.get_ylim()
     assert ax_lr.get_yscale() == "log" and high / low < 1e5 and low < 1e-6 and high > 1e-3, (low, high)
+
+
+@needs_matplotlib
+def test_skipped_files_point_to_a_command_that_lists_them(run, tmp_path):
+    from click.testing import CliRunner
+
+    from cnncli.cli import cli
+
+    run_dir, data_dir, _ = run
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    first = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    for i in range(7):                                  # more than the five the warning names
+        (first / f"broken{i}.png").write_bytes(b"")
+    res = CliRunner().invoke(cli, ["report", str(run_dir), "--data", str(data), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert "  ... and 2 more (cnn eval --json lists them all)" in res.stderr.splitlines()
+    res = CliRunner().invoke(cli, ["eval", "--checkpoint", str(run_dir), "--data", str(data), "--no-cache"])
+    assert "  ... and 2 more (--json lists them all)" in res.stderr.splitlines()

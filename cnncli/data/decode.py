@@ -8,6 +8,7 @@ results (cache.py).
 from __future__ import annotations
 
 import os
+import re
 import stat
 import threading
 import warnings
@@ -222,7 +223,13 @@ def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndar
     except UnidentifiedImageError:
         raise _Skip(_not_image_reason(path)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise _Skip(f"too large: possible decompression bomb ({_one_line(e)})") from None
+        # (Pillow's own limit refused it at open: said as _gray_of says ours, with the lower of the two)
+        size = re.search(r"\((\d+) pixels\) exceeds limit of (\d+) pixels", str(e))
+        if size is None:
+            raise _Skip(f"too large: possible decompression bomb ({_one_line(e)})") from None
+        limit = min(max_pixels, int(size.group(2)))
+        raise _Skip(f"too large: {int(size.group(1)) / 1e6:.1f} megapixels (limit {limit / 1e6:g}); possible "
+                    "decompression bomb") from None
     except Exception as e:                              # noqa: BLE001 - one bad file must not crash
         msg = _one_line(e)
         if "truncated" in msg.lower():

@@ -586,6 +586,22 @@ def test_predict_in_a_real_process_flushes_everything_before_its_fast_exit(train
     assert ok.returncode == 0 and ok.stdout.count("\n") == 1
 
 
+def test_predict_names_what_a_path_that_is_no_file_is(trained, tmp_path):
+    import os
+
+    tmp, data, run, _ = trained
+    os.mkfifo(tmp_path / "fifo.png")                      # (a read would block for ever: never opened)
+    os.symlink(tmp_path / "gone.png", tmp_path / "dangling.png")
+    res = invoke(["predict", "--checkpoint", run, tmp_path / "fifo.png", tmp_path / "dangling.png",
+                  tmp_path / "nope.png"])
+    assert res.exit_code == 1 and res.stdout == ""
+    assert res.stderr.splitlines() == [
+        f"error: {tmp_path / 'nope.png'}: no such file or folder",
+        f"error: {tmp_path / 'fifo.png'}: not a regular file (a FIFO)",
+        f"error: {tmp_path / 'dangling.png'}: broken symbolic link (what it points to does not exist)",
+        "3 of 3 could not be classified"]
+
+
 def test_predict_into_a_pipe_the_reader_closes_ends_quietly_with_sigpipes_status(trained):
     tmp, data, run, _ = trained
     paths = " ".join([str(data / "bar")] * 80)                     # ~1,000 lines: more than a pipe holds

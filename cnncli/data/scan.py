@@ -117,15 +117,16 @@ def _scan_images(top: str, bad: list | None = None, stats: list | None = None, i
 
 
 def list_images(path) -> list[str]:
-    """A file -> [path]; a folder -> every accepted, non-hidden image file under it, sorted."""
+    """A file (or any other entry but a folder) -> [path]; a folder -> every accepted, non-hidden image
+    file under it, sorted."""
     return list_images_and_bad(path)[0]
 
 
 def list_images_and_bad(path) -> tuple[list[str], list[tuple[str, str]]]:
     """Like list_images, plus [(folder path, reason)] of subfolders that could not be scanned."""
     path = os.fspath(path)
-    if os.path.isfile(path):
-        return [path], []
+    if os.path.lexists(path) and not os.path.isdir(path):
+        return [path], []             # a file, or a FIFO, device or broken link: its decode says which
     if not os.path.isdir(path):
         raise DataError(f"{printable(path)}: no such file or folder")
     prefix = os.path.join(path, "")

@@ -86,7 +86,10 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
             f"model.num_classes is {n_classes} but {train_dir} has {len(train_ds.classes)} class folders"
         )
     if val_dir is not None:
-        val_ds, val_skipped = data.load_folder(val_dir, classes=train_ds.classes, missing_ok=True, **opts)
+        try:
+            val_ds, val_skipped = data.load_folder(val_dir, classes=train_ds.classes, missing_ok=True, **opts)
+        except DataError as err:                    # (which of the config's folders: as data.test's)
+            raise DataError(f"data.val: {err}") from None
         if same_data(val_dir, train_dir):           # (overlap_notes warns): each of its files counted once
             val_skipped, val_ds.notes = [], []
         skipped = list(skipped) + list(val_skipped)

@@ -156,6 +156,19 @@ def test_a_validation_folder_without_some_classes_trains_and_says_so(workspace, 
     assert m["accuracy"] == pytest.approx(float(rows[-1]["val_acc"]))
 
 
+def test_a_validation_folder_of_other_classes_is_named_as_data_val(workspace, tmp_path):
+    tmp, data = workspace
+    val = tmp_path / "val"
+    for k in range(25):                             # 25 classes the model does not have: 20 named
+        (val / f"c{k:02d}").mkdir(parents=True)
+        shutil.copy(data / SHAPES[0] / "001.png", val / f"c{k:02d}")
+    res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", tmp_path / "run", "--no-report",
+                  "--set", f"data.val={val}", "--set", "train.epochs=1"])
+    assert res.exit_code == 1 and res.stdout == "" and res.stderr.count("\n") == 1
+    assert res.stderr.startswith(f"Error: data.val: data folder {val}: class folder(s) c00, c01, ")
+    assert ", c19, ... (25 in all) not among the expected classes (" in res.stderr and "c20" not in res.stderr
+
+
 def test_images_of_one_grey_level_are_used_and_named_in_one_warning(workspace, tmp_path):
     tmp, data = workspace
     shutil.copytree(data, tmp_path / "data")

@@ -186,14 +186,15 @@ def _match_classes(root: str, found: list, classes, missing_ok: bool) -> tuple[l
     missing = [] if missing_ok else sorted(c for c in classes if form(c) not in folder)
     extra = sorted(f for f in found if form(f) not in wanted)
     if missing_ok and extra:                           # (Cat for cat: the names the folder may use)
-        raise DataError(f"data folder {printable(root)}: class folder(s) {', '.join(map(printable, extra))} "
-                        f"not among the expected classes ({shown_classes(classes)})")
+        raise DataError(f"data folder {printable(root)}: class folder(s) {shown_classes(extra)}"
+                        f"{f' ({len(extra)} in all)' if len(extra) > 20 else ''} not among the expected classes "
+                        f"({shown_classes(classes)})")
     if missing or extra:
         parts = []
         if missing:
-            parts.append("missing " + ", ".join(map(printable, missing)))
+            parts.append(f"missing {shown_classes(missing)}")
         if extra:
-            parts.append("extra " + ", ".join(map(printable, extra)))
+            parts.append(f"extra {shown_classes(extra)}")
         raise DataError(f"data folder {printable(root)}: classes do not match the expected ones "
                         f"({'; '.join(parts)})")
     return classes, [folder.get(form(c)) for c in classes]

@@ -7,6 +7,7 @@ function; cli.py registers them on the `cnn` group, beside train, eval, predict,
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 
@@ -107,7 +108,10 @@ def info(checkpoint, as_json):
     (as Keras' model.summary()), and how far its run trained. Runs nothing; numba is not loaded."""
     from cnncli.summary import describe, format_info
 
-    summary = describe(resolve_checkpoint(checkpoint))
+    path = resolve_checkpoint(checkpoint)
+    last = path.parent / "last.npz"              # a run folder: how far it trained is last.npz's to say
+    run_last = last if os.path.isdir(checkpoint) and path.name == "best.npz" and last.is_file() else None
+    summary = describe(path, run_last)
     click.echo(json_text(summary) if as_json else format_info(summary))
 
 

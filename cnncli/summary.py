@@ -13,6 +13,8 @@ import yaml
 
 from cnncli import arch
 from cnncli.callbacks import loss_text
+from cnncli.checkpoint import load_meta
+from cnncli.errors import CnnError
 from cnncli.predictor import Predictor
 from cnncli.data.scan import listed, printable as name_text
 from cnncli.runfolder import printable
@@ -51,11 +53,19 @@ def _sizes(specs) -> dict:
     return out
 
 
-def describe(path) -> dict:
+def describe(path, run_last=None) -> dict:
     """Everything `cnn info` shows about the checkpoint file `path`, as JSON-ready values; a file that
-    cnn predict would refuse raises its one-line CheckpointError."""
+    cnn predict would refuse raises its one-line CheckpointError. run_last: the run's last.npz when
+    `path` is its best.npz (a run folder given): "training" then says how far the run trained, and
+    "best" which epoch's weights `path` holds."""
     pred = Predictor.from_checkpoint(path)
     meta, prep = pred.meta, pred.preprocess
+    best = None
+    if run_last is not None:                     # (a last.npz that cannot be read: the best's own state)
+        try:
+            meta, best = load_meta(run_last), _training(meta)
+        except CnnError:
+            pass
     rows = layers(len(pred.classes), pred.batchnorm)
     return {
         "checkpoint": os.fspath(path),
@@ -71,6 +81,7 @@ def describe(path) -> dict:
         "statistics": int(pred.buffers.flat.size),
         "layers": rows,
         "training": _training(meta),
+        "best": best,
         "recipe": _recipe(run_config(meta)),
     }
 
@@ -163,8 +174,11 @@ def format_info(info: dict) -> str:
     last = train["last_epoch"]
     if last:
         lines.append(f"            {_epoch_line(last)}")
-    held = train.get("weights_epoch")
-    if held:                                   # early stopping put the best epoch's weights back
+    held, best = train.get("weights_epoch"), info.get("best")
+    if best and best["last_epoch"]:            # a run folder: its best.npz, the run's state from last.npz
+        lines.append(f"weights     epoch {best['last_epoch'].get('epoch')}'s (the best, best.npz): "
+                     + _epoch_line(best["last_epoch"]).split(": ", 1)[1])
+    elif held:                                 # early stopping put the best epoch's weights back
         lines.append(f"weights     epoch {held['epoch']}'s (the best, restored by early stopping)"
                      + (f": {_epoch_line(held['row']).split(': ', 1)[1]}" if held["row"] else ""))
     recipe = _recipe_line(info["recipe"])

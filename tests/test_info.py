@@ -219,3 +219,23 @@ def test_class_names_with_commas_are_quoted_in_the_list(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "CLASSES", ["bird", "cat, tabby", "dog"])
     path = _save(tmp_path / "m.npz", "none")
     assert 'classes     3: bird, "cat, tabby", dog\n' in _info(path).output
+
+
+def test_a_run_folder_shows_how_far_the_run_trained_and_which_epoch_best_holds(tmp_path):
+    run = tmp_path / "run"
+    more = HISTORY + [{**HISTORY[-1], "epoch": 3, "step": 9, "val_loss": 2.9}]
+    _save(run / "best.npz", "none", RunState(epoch=2, step=6, best_val_loss=2.6, history=HISTORY), epochs=9)
+    _save(run / "last.npz", "none", RunState(epoch=3, step=9, best_val_loss=2.6, stopped_early=True,
+                                            history=more), epochs=9)
+    info = json.loads(_info(run, "--json").output)
+    assert info["checkpoint"] == str(run / "best.npz")              # its weights: the best epoch's
+    assert (info["training"]["epoch"], info["training"]["stopped_early"]) == (3, True)   # the run: last.npz's
+    assert info["best"]["epoch"] == 2 and info["best"]["last_epoch"] == HISTORY[-1]
+    text = _info(run).output
+    assert "trained     3 of 9 epochs (9 steps), stopped early" in text
+    assert "weights     epoch 2's (the best, best.npz): train loss 2.5000 acc 55.00%, val loss 2.6000 acc 50.00%" \
+        in text
+    alone = json.loads(_info(run / "best.npz", "--json").output)    # the file itself: its own state
+    assert alone["training"]["epoch"] == 2 and alone["best"] is None
+    (run / "last.npz").write_bytes(b"broken")                       # an unreadable last.npz: best's own
+    assert json.loads(_info(run, "--json").output)["training"]["epoch"] == 2

@@ -31,3 +31,32 @@ def test_readme_names_every_key_resume_refuses_to_change():
     named = {key for key in FROZEN if f"`{key}`" in bullet}
     named |= {key for key in FROZEN if key.startswith("model.") and "every `model.*` key" in bullet}
     assert named == set(FROZEN), sorted(set(FROZEN) - named)
+
+
+def test_readme_python_api_block_runs_as_written(tmp_path):
+    """The block of "## Python API", run in a fresh process from a folder holding what it names: the
+    demo's best.npz (a checkpoint saved from Python) and one demo test image."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from cnncli import demo, model
+    from cnncli.predictor import save_model
+
+    text = README.read_text()
+    section = text[text.index("## Python API"):]
+    start = section.index("```python\n") + len("```python\n")
+    block = section[start:section.index("\n```", start)]
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    save_model(tmp_path / "runs" / "demo" / "best.npz", model.Network(num_classes=12, seed=0), list(demo.CLASSES))
+    star = tmp_path / "data" / "demo" / "test" / "star"
+    star.mkdir(parents=True)
+    (star / "00000.png").write_bytes(demo.png_bytes(np.full((32, 32), 200, np.uint8)))
+    res = subprocess.run([sys.executable, "-c", block + "\nprint('ran', p.predict_proba(images_uint8).shape)"],
+                         cwd=tmp_path, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(README.parent)))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[-1] == "ran (1, 12)"
+    assert (tmp_path / "mine.npz").is_file()

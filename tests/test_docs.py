@@ -60,3 +60,18 @@ def test_readme_python_api_block_runs_as_written(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[-1] == "ran (1, 12)"
     assert (tmp_path / "mine.npz").is_file()
+
+
+def test_the_demo_configs_auto_epochs_comment_is_what_auto_picks():
+    import re
+
+    import numpy as np
+
+    from cnncli import demo
+    from cnncli.data import stratified_split
+
+    cfg = config.load_config(README.parent / "configs" / "demo.yaml", [])
+    said = int(re.search(r"auto, would pick (\d+) here", (README.parent / "configs" / "demo.yaml").read_text())[1])
+    labels = np.repeat(np.arange(len(demo.CLASSES)), 600)         # generate_demo's 600 training images a class
+    train, _ = stratified_split(labels, cfg["data"]["val_split"], cfg["data"]["seed"])
+    assert said == config.auto_epochs(len(train), cfg["train"]["batch_size"])

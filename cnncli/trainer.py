@@ -208,7 +208,8 @@ class Trainer:
         if self.last_path.exists():
             return (f"the last good checkpoint is {self.last_path}; resume it at a lower rate: cnn train --resume "
                     f"{self.run_dir} --set optim.lr={lower}")
-        return f"no checkpoint was saved; try a lower optim.lr (e.g. {lower})"
+        return (f"no checkpoint was saved; try a lower optim.lr (e.g. {lower}), or let `cnn lr-find --config ...` "
+                "suggest one")
 
     @staticmethod
     def compiling_note() -> str:

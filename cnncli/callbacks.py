@@ -72,8 +72,10 @@ class StopAfterTraining(_StopLine):
         self.run_dir, self.doing = run_dir, doing
 
     def stopped(self, name):
-        return Stopped(f"{name}: stopped after training, {self.doing}; the run's checkpoints are saved in "
+        stop = Stopped(f"{name}: stopped after training, {self.doing}; the run's checkpoints are saved in "
                        f"{self.run_dir}")
+        stop.alone = True           # (under mpirun only rank 0 works then: distributed.fail)
+        return stop
 
 
 class StopFlag:

@@ -82,6 +82,10 @@ def _train(comm, config_path, overrides, resume, init_from, out, strict, no_cach
     started = time.time()
     run_dir = run_training(cfg, resume=resume, quiet=quiet, echo=lambda m: click.echo(m, err=True), out=out,
                            comm=comm)
+    if not comm.is_main:
+        from cnncli.lifeline import ignore_stops
+
+        ignore_stops()                  # (it waits for rank 0's test and report, then exits)
     if comm.is_main:
         if not no_report:
             _report_after_training(run_dir, new=not _untouched_since(run_dir, started))

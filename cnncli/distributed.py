@@ -347,10 +347,14 @@ def main_first(comm: Comm, fn, *args, others: bool = True, **kw):
 def fail(comm: Comm, err: BaseException) -> None:
     """A CnnError or OSError that ended training on this rank. `err.everywhere` (set where every
     rank raises the same error at the same step: a stop, a diverged loss) means rank 0 prints it
-    once and all exit with its code; otherwise this rank prints one line naming itself and ends
-    the job (MPI_Abort with the error's exit code)."""
+    once and all exit with its code; `err.alone` (a stop of rank 0's work after training, the
+    others only waiting to exit) that this rank prints it and exits with its code; otherwise this
+    rank prints one line naming itself and ends the job (MPI_Abort with the error's exit code)."""
     line, code, prefix = _line(err)
     if getattr(err, "everywhere", False):
         _settle(comm, [(line, code, prefix)] * comm.size)
+    if getattr(err, "alone", False):   # raised where the other ranks wait for nothing but the exit
+        print(f"{prefix}{line}", file=sys.stderr, flush=True)
+        sys.exit(code)
     print(f"Error: rank {comm.rank} of {comm.size}: {line}", file=sys.stderr, flush=True)
     comm.abort(code)       # a plain exit would wait in MPI_Finalize for ranks that wait for this one

@@ -62,3 +62,13 @@ def stops_held():
             signal.signal(sig, handler)
         for signum in came:
             signal.raise_signal(signum)
+
+
+def ignore_stops() -> None:
+    """SIGTERM, SIGUSR1 and SIGHUP ignored from now on (SIGINT left as it is). For an MPI rank other
+    than 0 whose part of `cnn train` is done: it only waits for rank 0 to test and report, then
+    exits. A stop that mpirun forwards has nothing left to stop there (rank 0 says what it left
+    undone), and the signal's default action would end the rank by it and fail the job."""
+    for sig in STOPS:
+        if sig != signal.SIGINT:
+            signal.signal(sig, signal.SIG_IGN)

@@ -284,6 +284,51 @@ def test_sigusr1_to_mpirun_stops_every_rank_at_one_step_and_saves(long_run, data
     assert metrics_rows(ref) == metrics_rows(out)
 
 
+# `cnn train` under mpirun whose test on data.test (rank 0 alone, after training) marks its start
+# in a file and then takes a minute: the window for a stop signal after the last step
+SLOW_TEST = """
+import sys, time
+from pathlib import Path
+from cnncli import train
+
+marker = Path(sys.argv[1])
+
+def slow(run_dir, cfg, echo):
+    marker.write_text("testing")
+    time.sleep(60)
+
+train.evaluate_test_data = slow
+sys.argv = ["cnn"] + sys.argv[2:]
+from cnncli.cli import main
+main()
+"""
+
+
+def test_sigusr1_to_mpirun_after_training_is_one_line_and_the_job_exits_130(data):
+    require_mpi()
+    tmp, folder = data
+    cfg = write_config(tmp / "cfg-slowtest.yaml", folder, tmp / "unused", epochs=1, batch_size=16)
+    (tmp / "slow_test.py").write_text(SLOW_TEST)
+    marker, out = tmp / "testing.txt", tmp / "usr1-after"
+    proc = subprocess.Popen([mpirun_path(), "-n", "2", sys.executable, str(tmp / "slow_test.py"), str(marker),
+                             "train", "--config", str(cfg), "-q", "--no-report", "--out", str(out),
+                             "--set", f"data.test={folder}"],
+                            env=mpi_env({"CNNCLI_CACHE_DIR": str(tmp / "cache")}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not marker.exists() and proc.poll() is None and time.monotonic() - t0 < 240:
+        time.sleep(0.01)
+    time.sleep(0.5)                         # (rank 1 is past training, waiting to exit)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = communicate_or_kill(proc, 60)
+    ours = [ln for ln in err.splitlines() if "SIGUSR1" in ln]
+    assert proc.returncode == 130 and ours == [
+        f"SIGUSR1: stopped after training, while testing best.npz on data.test; the run's checkpoints are saved "
+        f"in {out}"], err
+    assert "Error" not in err and "signal" not in err.replace("SIGUSR1", ""), err
+    assert (out / "best.npz").is_file() and (out / "last.npz").is_file()
+
+
 def test_sigterm_to_mpirun_leaves_a_checkpoint_that_resumes(long_run, data):
     """Ctrl-C/SIGTERM: mpirun kills the ranks 0.5 s later; rank 0's stop save lands or not, and
     either way last.npz is whole and resumes to the uninterrupted bits."""

@@ -504,9 +504,25 @@ def test_not_a_folder(tmp_path):
 def test_no_class_subfolders(tmp_path):
     root = tmp_path / "flat"
     save(root / "a.png", gray(1))
-    assert "no class subfolders" in _error(root)
+    assert _error(root).endswith("no class subfolders (expected one subfolder of images per class, e.g. "
+                                 f"{root / 'cat'}); it holds 1 image file(s) itself: if it is a class folder, give "
+                                 "the folder above it")
     (tmp_path / "empty").mkdir()
-    assert "no class subfolders" in _error(tmp_path / "empty")
+    assert _error(tmp_path / "empty").endswith(f"e.g. {tmp_path / 'empty' / 'cat'})")
+
+
+def test_one_class_folder_says_what_the_user_likely_meant(tmp_path):
+    wrapped = tmp_path / "unzipped"                     # an archive's folder around the class folders
+    make_folder(wrapped / "dataset")
+    (wrapped / "__MACOSX").mkdir()
+    assert _error(wrapped).endswith(f"has only one class (dataset); need at least 2; if the 2 folders in dataset "
+                                    f"are the classes, give {wrapped / 'dataset'} instead")
+    cls = tmp_path / "circle"                           # data.train given a class folder with a subfolder
+    save(cls / "a.png", gray(1))
+    save(cls / "b.png", gray(2))
+    save(cls / "more" / "c.png", gray(3))
+    assert _error(cls).endswith("has only one class (more); need at least 2; it holds 2 image file(s) itself: if "
+                                "it is a class folder, give the folder above it")
 
 
 def test_empty_class_folder(tmp_path):
@@ -514,6 +530,10 @@ def test_empty_class_folder(tmp_path):
     (root / "empty").mkdir()
     (root / "empty" / "readme.txt").write_text("x")
     assert "empty" in _error(root) and "no image files" in _error(root)
+    for name in ("IMG_1.HEIC", "IMG_2.HEIC", "notes"):   # (what it holds instead: say so)
+        (root / "empty" / name).write_bytes(b"x")
+    assert "class folder(s) with no image files: empty (it holds 2 .heic, 1 (no extension), 1 .txt file(s), " \
+        "which are not read)" in _error(root)
 
 
 def test_class_whose_images_are_all_bad(tmp_path):

@@ -231,6 +231,36 @@ def _digest_rows(h, head: str, ci: int, rels: list, stats: np.ndarray, chunk: in
                  .encode("utf-8", "surrogatepass"))
 
 
+def _loose_hint(root: str) -> str:
+    """For a root with too few class folders: when it holds image files itself, a hint that it may
+    be a class folder (data.train one level too low)."""
+    try:
+        n = sum(1 for e in os.scandir(root) if not _is_hidden(e.name) and _has_image_ext(e.name) and e.is_file())
+    except OSError:
+        return ""
+    return f"; it holds {n} image file(s) itself: if it is a class folder, give the folder above it" if n else ""
+
+
+def _wrapper_hint(root: str, only: str) -> str:
+    """For a root with one class folder that holds 2+ folders itself (an archive's wrapper folder):
+    a hint to give that folder instead."""
+    try:
+        subs = [e.name for e in os.scandir(os.path.join(root, only)) if e.is_dir() and not _is_hidden(e.name)
+                and e.name not in IGNORED_DIRS]
+    except OSError:
+        return ""
+    return f"; if the {len(subs)} folders in {printable(only)} are the classes, give " \
+           f"{printable(os.path.join(root, only))} instead" if len(subs) >= 2 else ""
+
+
+def _unread_text(other) -> str:
+    """' (it holds 3 .heic file(s), which are not read)' for a class folder's files of other extensions."""
+    if not other:
+        return ""
+    kinds = ", ".join(f"{n} {printable(ext)}" for ext, n in sorted(other.items(), key=lambda kv: (-kv[1], kv[0]))[:3])
+    return f" (it holds {kinds} file(s), which are not read)"
+
+
 class Index:
     """What scanning a class-per-subfolder root found: classes, rel paths ('class/sub/name.png') with
     labels, the stat digest of the cache key, loose root-level images and unscannable folders.
@@ -243,21 +273,26 @@ class Index:
         found = _check_root(root)
         if not found:
             raise DataError(f"data folder {printable(root)}: has no class subfolders (expected one "
-                            f"subfolder of images per class, e.g. {os.path.join(root, 'cat')})")
+                            f"subfolder of images per class, e.g. {os.path.join(root, 'cat')}){_loose_hint(root)}")
         self.classes, folders = _match_classes(root, found, classes, missing_ok and classes is not None)
         self.missing_ok = missing_ok
         if len(self.classes) < 2:
             raise DataError(f"data folder {printable(root)}: has only one class "
-                            f"({printable(self.classes[0])}); need at least 2")
+                            f"({printable(self.classes[0])}); need at least 2"
+                            f"{_loose_hint(root) or _wrapper_hint(root, folders[0])}")
         h = hashlib.sha256()
         self.rels, counts, self.bad, self.ignored = PathList(), [], [], Counter()
+        self.unread = {}    # class index -> Counter of the extensions of its files when none is an image
         nested = []         # [(class folder, its subfolders)] while each holds its images only in 2+ subfolders
         for ci, name in enumerate(folders):
             if name is None:                           # missing_ok: no folder of this class
                 counts.append(0)
                 continue
-            head, bad, stats = name + "/", [], []
-            found_files = _scan_images(os.path.join(root, name), bad, stats, self.ignored)
+            head, bad, stats, other = name + "/", [], [], Counter()
+            found_files = _scan_images(os.path.join(root, name), bad, stats, other)
+            self.ignored.update(other)
+            if not found_files and other:
+                self.unread[ci] = other
             _digest_rows(h, head, ci, found_files, stats[0])
             self.rels.extend(head + rel for rel in found_files)
             counts.append(len(found_files))
@@ -293,7 +328,8 @@ class Index:
         if not self.rels:
             raise DataError(f"data folder {printable(root)}: contains no image files "
                             f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        empty = [printable(self.classes[i]) for i in range(len(self.classes)) if counts[i] == 0]
+        empty = [printable(self.classes[i]) + _unread_text(self.unread.get(i)) for i in range(len(self.classes))
+                 if counts[i] == 0]
         if empty and not self.missing_ok:
             why = "".join(f"; {printable(p)}: {r}" for p, r in self.bad)
             raise DataError(f"data folder {printable(root)}: class folder(s) with no image files: "

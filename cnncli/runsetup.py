@@ -121,10 +121,13 @@ def load_validation(cfg: dict, classes):
                             cache=d["cache"], classes=list(classes), missing_ok=True)
 
 
+IMBALANCE = 10      # a class with 10x the training images of another: data_notes suggests class weights
+
+
 def data_notes(cfg: dict, train_ds, val_ds) -> list:
     """The lines a run starts with about what its data holds: class folders named like a dataset's
     splits (data.train one level too high), classes without training or validation images, no
-    validation images at all."""
+    validation images at all, classes of very different sizes without class weights."""
     from cnncli.data.scan import printable as name_text
 
     classes, lines = train_ds.classes, []
@@ -144,6 +147,13 @@ def data_notes(cfg: dict, train_ds, val_ds) -> list:
         lines.append(("note: no validation images (data.val_split is 0)" if holds_out_nothing(cfg)
                       else "warning: no validation images")
                      + "; best.npz and early stopping use the training loss instead")
+    counts = np.bincount(train_ds.labels, minlength=len(classes))
+    few, most = int(counts.min()), int(counts.max())
+    if few > 0 and most >= IMBALANCE * few and cfg["train"]["class_weight"] in (None, "none"):
+        small = classes[int(counts.argmin())]
+        lines.append(f"note: the classes are far from even ({name_text(small)}: {few} training image(s), "
+                     f"{name_text(classes[int(counts.argmax())])}: {most}); train.class_weight: balanced "
+                     "weights each image's loss by its class's rarity")
     n, batch = len(train_ds.labels), cfg["train"]["batch_size"]
     if batch > n:
         lines.append(f"note: train.batch_size {batch} is more than the {n:,} training images: each epoch is "

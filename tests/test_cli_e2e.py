@@ -169,6 +169,23 @@ def test_a_validation_folder_of_other_classes_is_named_as_data_val(workspace, tm
     assert ", c19, ... (25 in all) not among the expected classes (" in res.stderr and "c20" not in res.stderr
 
 
+def test_classes_of_very_different_sizes_get_a_note_on_class_weights(workspace, tmp_path):
+    tmp, data = workspace
+    uneven = tmp_path / "uneven"
+    for k, name in enumerate(SHAPES):
+        (uneven / name).mkdir(parents=True)
+        for i in range(2 if k == 0 else 21):             # 2 against 21: more than 10x
+            shutil.copy(sorted((data / name).glob("*.png"))[i % 10], uneven / name / f"{i:03d}.png")
+    common = ["train", "--config", tmp / "cfg.yaml", "--no-report", "--set", f"data.train={uneven}",
+              "--set", "data.val_split=0", "--set", "train.epochs=1"]
+    res = invoke([*common, "--out", tmp_path / "a"])
+    assert res.exit_code == 0, res.stderr
+    assert f"note: the classes are far from even ({SHAPES[0]}: 2 training image(s), {SHAPES[1]}: 21); " \
+        "train.class_weight: balanced weights each image's loss by its class's rarity\n" in res.stderr
+    res = invoke([*common, "--out", tmp_path / "b", "--set", "train.class_weight=balanced"])
+    assert res.exit_code == 0 and "far from even" not in res.stderr
+
+
 def test_images_of_one_grey_level_are_used_and_named_in_one_warning(workspace, tmp_path):
     tmp, data = workspace
     shutil.copytree(data, tmp_path / "data")

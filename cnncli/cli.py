@@ -6,6 +6,7 @@ modules are imported inside the commands so `cnn --help` is instant.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import signal
@@ -205,6 +206,7 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
     any file failed. A probability is the model's sigmoid output for that class (one per class, as
     the seed's loss trains them): they need not add up to 1."""
     from cnncli.ensemble import load, names_a_model
+    from cnncli.data.scan import ignored_note
     from cnncli.predictions import gather_paths, predict_stream, prediction_line, write_predictions_csv
 
     if as_json and csv_path:
@@ -215,7 +217,10 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
         if not paths:
             raise click.UsageError(f"{checkpoint[0]} is a checkpoint: give the images to classify after it")
     predictor, _ = load(checkpoints_or_newest(checkpoint, ensemble=True))
-    files, failures = gather_paths(paths)
+    ignored = collections.Counter()
+    files, failures = gather_paths(paths, ignored)
+    if ignored:                                  # (as train and eval note them)
+        click.echo(printable(ignored_note(ignored)), err=True)
     tried = len(files) + len(failures)           # the image files found, and the paths that gave none
     results, bad = predict_stream(predictor, files, len(predictor.classes) if csv_path else top_k)
     failures.extend(bad)

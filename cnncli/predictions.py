@@ -14,9 +14,10 @@ from .errors import CnnError
 from .evaluate import top_k_indices
 
 
-def gather_paths(paths):
+def gather_paths(paths, ignored=None):
     """cnn predict's PATHs (image files, folders, labels CSVs) -> (PathList of image files, failures
-    [(path, reason)]): a path that cannot be listed, or that lists no images, is a failure, not an error."""
+    [(path, reason)]): a path that cannot be listed, or that lists no images, is a failure, not an
+    error. With `ignored` (a Counter), the folders' files of other extensions are counted there."""
     from .data import PathList, list_images_and_bad
     from .data.csvindex import is_labels_file, list_csv_paths
 
@@ -24,7 +25,7 @@ def gather_paths(paths):
     for p in paths:
         try:
             listed = is_labels_file(p)
-            found, unscannable = list_csv_paths(p) if listed else list_images_and_bad(p)
+            found, unscannable = list_csv_paths(p) if listed else list_images_and_bad(p, ignored)
             if listed and found and not any(map(os.path.lexists, found)):    # (stops at the first that exists)
                 failures.append((p, f"none of its {len(found)} listed path(s) is a file here (a "
                                     f"{os.path.splitext(p)[1].lower()} PATH is read as a list of images)"))

@@ -616,6 +616,17 @@ def test_predict_in_a_real_process_flushes_everything_before_its_fast_exit(train
     assert ok.returncode == 0 and ok.stdout.count("\n") == 1
 
 
+def test_predict_of_a_folder_notes_the_files_it_did_not_read(trained, tmp_path):
+    tmp, data, run, _ = trained
+    shutil.copy(data / "bar" / "001.png", tmp_path / "a.png")
+    for name in ("notes.txt", "b.tga", "c.tga"):
+        (tmp_path / name).write_text("x")
+    res = invoke(["predict", "--checkpoint", run, tmp_path])
+    assert res.exit_code == 0 and res.stdout.startswith(str(tmp_path / "a.png"))
+    assert res.stderr == "note: 3 file(s) with other extensions were not read (.tga: 2, .txt: 1)\n"
+    assert invoke(["predict", "--checkpoint", run, tmp_path / "a.png"]).stderr == ""
+
+
 def test_predict_names_what_a_path_that_is_no_file_is(trained, tmp_path):
     import os
 

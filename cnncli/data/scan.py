@@ -122,8 +122,9 @@ def list_images(path) -> list[str]:
     return list_images_and_bad(path)[0]
 
 
-def list_images_and_bad(path) -> tuple[list[str], list[tuple[str, str]]]:
-    """Like list_images, plus [(folder path, reason)] of subfolders that could not be scanned."""
+def list_images_and_bad(path, ignored=None) -> tuple[list[str], list[tuple[str, str]]]:
+    """Like list_images, plus [(folder path, reason)] of subfolders that could not be scanned. With
+    `ignored` (a Counter), a folder's files of other extensions are counted by extension."""
     path = os.fspath(path)
     if os.path.lexists(path) and not os.path.isdir(path):
         return [path], []             # a file, or a FIFO, device or broken link: its decode says which
@@ -131,7 +132,7 @@ def list_images_and_bad(path) -> tuple[list[str], list[tuple[str, str]]]:
         raise DataError(f"{printable(path)}: no such file or folder")
     prefix = os.path.join(path, "")
     bad: list = []
-    files = [prefix + rel for rel in _scan_images(path, bad)]
+    files = [prefix + rel for rel in _scan_images(path, bad, ignored=ignored)]
     return files, [(printable(prefix + rel), why) for rel, why in bad]
 
 
@@ -231,6 +232,14 @@ def _digest_rows(h, head: str, ci: int, rels: list, stats: np.ndarray, chunk: in
                  .encode("utf-8", "surrogatepass"))
 
 
+def ignored_note(ignored) -> str:
+    """The note on the files a scan left out for their extension (a Counter by extension)."""
+    top = sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0]))[:5]      # (not scan order)
+    kinds = ", ".join(f"{printable(ext)}: {n}" for ext, n in top)
+    more = ", ..." if len(ignored) > 5 else ""
+    return f"note: {sum(ignored.values())} file(s) with other extensions were not read ({kinds}{more})"
+
+
 def _loose_hint(root: str) -> str:
     """For a root with too few class folders: when it holds image files itself, a hint that it may
     be a class folder (data.train one level too low)."""
@@ -316,13 +325,7 @@ class Index:
         """[a warning when every class folder holds its images only in subfolders (the folder above
         the classes given?), a note counting the files with extensions that are not read]: the ones
         that apply."""
-        if not self.ignored:
-            return self.nested
-        top = sorted(self.ignored.items(), key=lambda kv: (-kv[1], kv[0]))[:5]      # (not scan order)
-        kinds = ", ".join(f"{printable(ext)}: {n}" for ext, n in top)
-        more = ", ..." if len(self.ignored) > 5 else ""
-        return self.nested + [f"note: {sum(self.ignored.values())} file(s) with other extensions were not read "
-                              f"({kinds}{more})"]
+        return self.nested + ([ignored_note(self.ignored)] if self.ignored else [])
 
     def _check(self, root, counts):
         if not self.rels:

@@ -202,7 +202,8 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
 @user_errors
 def predict(checkpoint, paths, top_k, as_json, csv_path):
     """Classify images: each PATH is an image file, a folder of images, a CSV whose path column
-    lists them, or a .txt/.csv/.tsv list of paths, one a line, without a header. Exit status 1 if
+    lists them, or a .txt/.csv/.tsv list of paths, one a line, without a header (# lines are
+    comments); - reads such a list from standard input. Exit status 1 if
     any file failed. A probability is the model's sigmoid output for that class (one per class, as
     the seed's loss trains them): they need not add up to 1."""
     from cnncli.ensemble import load, names_a_model

@@ -15,14 +15,21 @@ from .evaluate import top_k_indices
 
 
 def gather_paths(paths, ignored=None):
-    """cnn predict's PATHs (image files, folders, labels CSVs) -> (PathList of image files, failures
+    """cnn predict's PATHs (image files, folders, labels CSVs, - for paths on standard input, one a
+    line) -> (PathList of image files, failures
     [(path, reason)]): a path that cannot be listed, or that lists no images, is a failure, not an
     error. With `ignored` (a Counter), the folders' files of other extensions are counted there."""
     from .data import PathList, list_images_and_bad
-    from .data.csvindex import is_labels_file, list_csv_paths
+    from .data.csvindex import is_labels_file, list_csv_paths, path_lines
 
     files, failures = PathList(), []                 # compact: a million paths take ~30 MB
     for p in paths:
+        if p == "-":                                  # ls *.png | cnn predict - : paths, one a line
+            found = path_lines(sys.stdin)
+            files.extend(found)
+            if not found:
+                failures.append((p, "no paths on standard input"))
+            continue
         try:
             listed = is_labels_file(p)
             found, unscannable = list_csv_paths(p) if listed else list_images_and_bad(p, ignored)

@@ -221,6 +221,29 @@ def test_a_text_file_that_lists_no_file_is_one_failure_naming_it(tmp_path):
     readme.write_text("here.png\ngone.png\n")                 # a list with a file that exists: each is tried
     files, failures = gather_paths([str(readme)])
     assert list(files) == [str(tmp_path / "here.png"), str(tmp_path / "gone.png")] and failures == []
+    readme.write_text("# made by ls\nhere.png\n  # gone.png\n\n")        # comment lines are no paths
+    files, failures = gather_paths([str(readme)])
+    assert list(files) == [str(tmp_path / "here.png")] and failures == []
+
+
+def test_predict_reads_paths_from_standard_input_given_as_dash(tmp_path):
+    from click.testing import CliRunner
+
+    from cnncli.cli import cli
+
+    data = make_folder(tmp_path / "data", per_class=2, odd_files=False)
+    pngs = sorted(map(str, data.glob("*/*.png")))
+    from cnncli import model
+    from cnncli.predictor import save_model
+
+    ckpt = save_model(tmp_path / "m.npz", model.Network(num_classes=3, seed=0), ["a", "b", "c"])
+    piped = CliRunner().invoke(cli, ["predict", "--checkpoint", str(ckpt), "-"],
+                               input="# from find\n" + "\n".join(pngs) + "\n")
+    given = CliRunner().invoke(cli, ["predict", "--checkpoint", str(ckpt), *pngs])
+    assert piped.exit_code == 0 == given.exit_code and piped.stdout == given.stdout
+    assert len(piped.stdout.splitlines()) == len(pngs) > 0
+    empty = CliRunner().invoke(cli, ["predict", "--checkpoint", str(ckpt), "-"], input="")
+    assert empty.exit_code == 1 and empty.stderr == "error: -: no paths on standard input\n"
 
 
 def test_header_names_are_matched_whatever_their_case_spaces_or_hyphens(tmp_path):

@@ -129,13 +129,18 @@ def list_csv_paths(path: str) -> tuple[list, list]:
     base = os.path.dirname(path)                # ('' for a list in the working folder: paths as written)
     with _reading(path), open(path, encoding=text_encoding(path), newline="") as f:
         if _headerless_list(path, f):          # one path a line, no header (ls *.png > list.txt)
-            return [_full_path(ln.strip(), base) for ln in f if ln.strip()], []
+            return [_full_path(ln, base) for ln in path_lines(f)], []
         for line, file, _ in _rows(path, f, with_label=False, base=base):
             if file:
                 files.append(file)
             else:
                 bad.append((f"{printable(path)} line {line}", "no path"))
     return files, bad
+
+
+def path_lines(lines) -> list:
+    """The paths of a plain list, one a line: stripped, blank lines and # comment lines left out."""
+    return [ln for ln in (raw.strip() for raw in lines) if ln and not ln.startswith("#")]
 
 
 def _headerless_list(path: str, f) -> bool:

@@ -511,6 +511,22 @@ def test_no_class_subfolders(tmp_path):
     assert _error(tmp_path / "empty").endswith(f"e.g. {tmp_path / 'empty' / 'cat'})")
 
 
+def test_one_file_linked_into_two_class_folders_is_a_warning(tmp_path):
+    root = make_folder(tmp_path / "d", classes=("a", "b", "c"))
+    first = sorted((root / "a").iterdir())[0]
+    ds, _ = data.load_folder(root, cache=False)
+    assert not [n for n in ds.notes if "more than one class folder" in n]
+    os.symlink(first, root / "b" / "link.png")                    # a's image, linked among b's
+    os.link(first, root / "a" / "hard.png")                       # (a second name in its own class: no clash)
+    os.symlink(root / "a", root / "c" / "all_of_a")               # a whole folder of a's, linked into c
+    for _ in range(2):                                            # decoded, then from the cache
+        ds, _ = data.load_folder(root)
+        shared = [n for n in ds.notes if "more than one class folder" in n]
+        n_a = sum(1 for p in ds.paths if os.path.basename(os.path.dirname(p)) == "a")
+        assert shared == [f"warning: {n_a - 1} file(s) lie in more than one class folder (links to one file), e.g. "
+                          f"a/{first.name} and b/link.png: each copy trains as the class of its folder"]
+
+
 def test_one_class_folder_says_what_the_user_likely_meant(tmp_path):
     wrapped = tmp_path / "unzipped"                     # an archive's folder around the class folders
     make_folder(wrapped / "dataset")

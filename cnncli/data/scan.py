@@ -232,6 +232,33 @@ def _digest_rows(h, head: str, ci: int, rels: list, stats: np.ndarray, chunk: in
                  .encode("utf-8", "surrogatepass"))
 
 
+def _file_keys(stats: np.ndarray) -> np.ndarray:
+    """(N,4) int64 (size, mtime_ns, inode, ctime_ns) -> (N,) uint64: one file's identity, the same
+    for every link to it (a symbolic link's stat is its target's); 0 where it is unknown (a dangling
+    link, or no inode numbers, as on some Windows file systems)."""
+    s = stats.astype(np.uint64)                                           # (N,4) (-1 wraps: masked below)
+    with np.errstate(over="ignore"):
+        k = (s[:, 2] * np.uint64(0x9E3779B97F4A7C15)) ^ (s[:, 0] * np.uint64(0xC2B2AE3D27D4EB4F)) \
+            ^ s[:, 1] ^ (s[:, 3] << np.uint64(1))
+    return np.where(stats[:, 2] > 0, k | np.uint64(1), np.uint64(0))
+
+
+def _shared_files(rels, labels: np.ndarray, keys: np.ndarray) -> list[str]:
+    """[a warning naming the files found in two or more class folders through links (one file, two
+    labels: each copy trains as its folder's class)], or []. keys (N,) _file_keys in rels' order."""
+    order = np.argsort(keys, kind="stable")
+    k, lab = keys[order], labels[order]
+    clash = (k[1:] == k[:-1]) & (k[1:] != 0) & (lab[1:] != lab[:-1])      # (N-1,) neighbours, one file
+    if not clash.any():
+        return []
+    shared = np.unique(k[1:][clash])                                      # the files' keys
+    rows = np.flatnonzero(np.isin(keys, shared))                          # their paths, in rels' order
+    a = int(rows[0])
+    b = next(int(r) for r in rows if keys[r] == keys[a] and labels[r] != labels[a])
+    return [f"warning: {len(shared)} file(s) lie in more than one class folder (links to one file), e.g. "
+            f"{printable(rels[a])} and {printable(rels[b])}: each copy trains as the class of its folder"]
+
+
 def ignored_note(ignored) -> str:
     """The note on the files a scan left out for their extension (a Counter by extension)."""
     top = sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0]))[:5]      # (not scan order)
@@ -293,6 +320,7 @@ class Index:
         self.rels, counts, self.bad, self.ignored = PathList(), [], [], Counter()
         self.unread = {}    # class index -> Counter of the extensions of its files when none is an image
         nested = []         # [(class folder, its subfolders)] while each holds its images only in 2+ subfolders
+        keys = []           # [(n,) uint64] each class's files' identities (_file_keys)
         for ci, name in enumerate(folders):
             if name is None:                           # missing_ok: no folder of this class
                 counts.append(0)
@@ -303,6 +331,7 @@ class Index:
             if not found_files and other:
                 self.unread[ci] = other
             _digest_rows(h, head, ci, found_files, stats[0])
+            keys.append(_file_keys(stats[0]))
             self.rels.extend(head + rel for rel in found_files)
             counts.append(len(found_files))
             if found_files and nested is not None:
@@ -314,6 +343,7 @@ class Index:
             self.bad.extend((head + rel, why) for rel, why in bad)
             del found_files, stats
         self.labels = np.repeat(np.arange(len(self.classes), dtype=np.int64), counts)   # (N,)
+        self.shared = _shared_files(self.rels, self.labels, np.concatenate(keys) if keys else np.zeros(0, np.uint64))
         self.loose = [n for n in sorted(os.listdir(root)) if not _is_hidden(n) and _has_image_ext(n)
                       and os.path.isfile(os.path.join(root, n))]
         h.update(repr(self.loose).encode("utf-8", "surrogatepass"))
@@ -325,7 +355,7 @@ class Index:
         """[a warning when every class folder holds its images only in subfolders (the folder above
         the classes given?), a note counting the files with extensions that are not read]: the ones
         that apply."""
-        return self.nested + ([ignored_note(self.ignored)] if self.ignored else [])
+        return self.nested + self.shared + ([ignored_note(self.ignored)] if self.ignored else [])
 
     def _check(self, root, counts):
         if not self.rels:

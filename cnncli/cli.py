@@ -223,8 +223,11 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
     if ignored:                                  # (as train and eval note them)
         click.echo(printable(ignored_note(ignored)), err=True)
     tried = len(files) + len(failures)           # the image files found, and the paths that gave none
-    results, bad = predict_stream(predictor, files, len(predictor.classes) if csv_path else top_k)
+    notes = []
+    results, bad = predict_stream(predictor, files, len(predictor.classes) if csv_path else top_k, notes)
     failures.extend(bad)
+    for line in notes:                           # (before the predictions, as train and eval say them)
+        click.echo(printable(line), err=True)
     if csv_path:
         n = write_predictions_csv(csv_path, results, predictor.classes)
         click.echo(printable(f"{n} prediction(s) in {'standard output' if csv_path == '-' else csv_path}"), err=True)

@@ -61,9 +61,10 @@ def predict_paths(predictor, paths, top_k=3):
     return list(results), failures
 
 
-def predict_stream(predictor, paths, top_k=3):
+def predict_stream(predictor, paths, top_k=3, notes=None):
     """Like predict_paths, but results is an iterator that builds each result dict when it is reached
-    (a million files hold their probabilities, not a million dicts)."""
+    (a million files hold their probabilities, not a million dicts). notes (a list), when given,
+    gets the warnings about decoded pixels that train and eval give (data.pixel_notes)."""
     from . import data
 
     pre = predictor.preprocess
@@ -77,9 +78,22 @@ def predict_stream(predictor, paths, top_k=3):
     good[[i for i, _ in bad]] = False
     if not good.any():
         return iter(()), failures
+    if notes is not None:             # (a nearly black image: 12-bit data in a 16-bit file, say)
+        kept = np.flatnonzero(good)
+        notes.extend(data.pixel_notes(images, _Picked(paths, kept)))
     probs = predictor.predict_proba(images, batch_size=256)  # (K,C)
     del images
     return _results(paths, np.flatnonzero(good), probs, top_k_indices(probs, top_k), list(predictor.classes)), failures
+
+
+class _Picked:
+    """paths[kept[i]] as item i (the decoded images' paths, without a list of them)."""
+
+    def __init__(self, paths, kept):
+        self.paths, self.kept = paths, kept
+
+    def __getitem__(self, i):
+        return self.paths[int(self.kept[i])]
 
 
 def write_predictions_csv(path, results, classes) -> int:

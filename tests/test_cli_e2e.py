@@ -616,6 +616,21 @@ def test_predict_in_a_real_process_flushes_everything_before_its_fast_exit(train
     assert ok.returncode == 0 and ok.stdout.count("\n") == 1
 
 
+def test_predict_warns_of_nearly_black_and_flat_images_as_train_does(trained, tmp_path):
+    tmp, data, run, _ = trained
+    shutil.copy(data / "bar" / "001.png", tmp_path / "a.png")
+    twelve_bit = (np.arange(32 * 32).reshape(32, 32) * 4).astype(np.uint16)          # 0..4092 in a 16-bit PNG
+    Image.fromarray(twelve_bit).save(tmp_path / "camera.png")
+    Image.new("L", (32, 32), 128).save(tmp_path / "blank.png")
+    res = invoke(["predict", "--checkpoint", run, tmp_path])
+    assert res.exit_code == 0 and len(res.stdout.splitlines()) == 3
+    assert res.stderr.splitlines() == [
+        f"warning: 1 image(s) decode to a single grey level, e.g. {tmp_path / 'blank.png'}",
+        f"warning: 1 image(s) are nearly black (no pixel above 16 of 255), e.g. {tmp_path / 'camera.png'}: a 16-bit "
+        "file of 12-bit data (0..4095) decodes so; scale such files to their full range first"]
+    assert invoke(["predict", "--checkpoint", run, tmp_path / "a.png"]).stderr == ""
+
+
 def test_predict_of_a_folder_notes_the_files_it_did_not_read(trained, tmp_path):
     tmp, data, run, _ = trained
     shutil.copy(data / "bar" / "001.png", tmp_path / "a.png")

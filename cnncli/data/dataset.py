@@ -112,7 +112,7 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
                         f"({len(skipped)} file(s) skipped)")
     ix.rels.prefix = prefix                           # the Index is done with: its names become the paths
     paths = ix.rels if keep.all() else ix.rels.take(np.flatnonzero(keep))
-    notes = ix.notes() + _lost_note(ix.labels, keep, ix.classes) + _pixel_notes(images, paths)
+    notes = ix.notes() + _lost_note(ix.labels, keep, ix.classes) + pixel_notes(images, paths)
     if unsaved:
         notes.append(f"note: the dataset cache could not be written ({printable(unsaved)}), so the next run "
                      f"decodes {printable(root)} again; CNNCLI_CACHE_DIR names another folder for it")
@@ -151,7 +151,7 @@ def _lost_note(labels, keep, classes, share: float = 0.1) -> list[str]:
             f"{', '.join(parts)}{more}"]
 
 
-def _pixel_notes(images, paths, chunk: int = 1 << 16) -> list[str]:
+def pixel_notes(images, paths, chunk: int = 1 << 16) -> list[str]:
     """[a warning naming one of the images whose pixels are all one grey level, one naming one of the
     nearly black images (no pixel above DARK)]: those that apply. Such images are kept, but a flat one
     likely decodes to something other than its picture, and a nearly black one is often a 16-bit file

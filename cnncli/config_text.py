@@ -127,6 +127,9 @@ def parse_yaml(text, where, with_line=True):
         lines = text.splitlines()
         if mark is not None and mark.line < len(lines) and "\t" in lines[mark.line][:mark.column + 1]:
             problem += " (a tab: YAML indents with spaces only)"
+        start = e.context_mark
+        if with_line and mark is not None and start is not None and start.line < mark.line:
+            problem += f" (begun on line {start.line + 1})"          # an unclosed [ or quote: where it opened
         raise ConfigError(f"{where}{line}: could not parse YAML: {problem}") from None
     except yaml.reader.ReaderError as e:  # a character YAML does not allow
         line = f":{text[:e.position].count(chr(10)) + 1}" if with_line and isinstance(e.position, int) else ""

@@ -157,6 +157,7 @@ def test_an_override_that_yaml_would_change_is_refused(text, needle):
 @pytest.mark.parametrize("text,needles", [
     ("data:\n  train: x\n optim: [\n", ["cfg.yaml:3:", "could not parse YAML"]),
     ("a: [1, 2\n", ["cfg.yaml:", "could not parse YAML"]),
+    ("optim:\n  lr: [0.1\n", ["cfg.yaml:3:", "could not parse YAML", "(begun on line 2)"]),   # where [ opened
     ("train:\n  epochs: 1\n  epochs: 2\n", ["cfg.yaml:3:", "duplicate key 'epochs'"]),
     ("- 1\n- 2\n", ["cfg.yaml:", "top level must be a mapping"]),
     ("just text\n", ["cfg.yaml:", "top level must be a mapping"]),

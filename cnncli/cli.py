@@ -192,7 +192,8 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
 @cli.command(short_help="Classify image files or folders.")
 @click.option("--checkpoint", multiple=True, type=click.Path(),
               help=CHECKPOINT_HELP + " Repeated, or a cnn cv folder (its folds): the ensemble, the mean of their "
-                   "probabilities. Without it, a first PATH ending in .npz, or a run or cnn cv folder, is the checkpoint.")
+                   "probabilities. Without it, a first PATH ending in .npz, or a run or cnn cv folder, is the "
+                   "checkpoint.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1), help="Show the K most likely classes.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {path, class, probability, top_k}.")

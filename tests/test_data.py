@@ -260,7 +260,8 @@ def test_decompression_bomb_warning_becomes_a_skip_not_a_warning(tmp_path):
     p.write_bytes(forged_png(10000, 10000))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(DataError, match=r"too large: 100.0 megapixels \(limit 89.4785\); possible decompression bomb"):
+        with pytest.raises(DataError, match=r"too large: 100.0 megapixels \(limit 89.4785\); possible "
+                                            "decompression bomb"):
             data.load_image(p, max_pixels=10**12)                               # (Pillow's limit: the lower)
         for big, limit in ((10000, 40), (20000, 40)):       # above Pillow's warning and error limits: ours named
             p.write_bytes(forged_png(big, big))

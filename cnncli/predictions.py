@@ -15,10 +15,10 @@ from .evaluate import top_k_indices
 
 
 def gather_paths(paths, ignored=None):
-    """cnn predict's PATHs (image files, folders, labels CSVs, - for paths on standard input, one a
-    line) -> (PathList of image files, failures
-    [(path, reason)]): a path that cannot be listed, or that lists no images, is a failure, not an
-    error. With `ignored` (a Counter), the folders' files of other extensions are counted there."""
+    """cnn predict's PATHs (image files, folders, labels CSVs, and - for paths on standard input, one
+    a line) -> (PathList of image files, failures [(path, reason)]): a path that cannot be listed, or
+    that lists no images, is a failure, not an error. With `ignored` (a Counter), the folders' files
+    of other extensions are counted there."""
     from .data import PathList, list_images_and_bad
     from .data.csvindex import is_labels_file, list_csv_paths, path_lines
 

@@ -63,9 +63,11 @@ def describe(path, run_last=None) -> dict:
     best = None
     if run_last is not None:                     # (a last.npz that cannot be read: the best's own state)
         try:
-            meta, best = load_meta(run_last), _training(meta)
+            last_meta = load_meta(run_last)
         except CnnError:
-            pass
+            last_meta = None
+        if last_meta is not None:
+            best, meta = _training(meta), last_meta
     rows = layers(len(pred.classes), pred.batchnorm)
     return {
         "checkpoint": os.fspath(path),

@@ -353,8 +353,8 @@ class Index:
 
     def notes(self) -> list[str]:
         """[a warning when every class folder holds its images only in subfolders (the folder above
-        the classes given?), a note counting the files with extensions that are not read]: the ones
-        that apply."""
+        the classes given?), one when a file lies in two class folders through links, a note counting
+        the files with extensions that are not read]: the ones that apply."""
         return self.nested + self.shared + ([ignored_note(self.ignored)] if self.ignored else [])
 
     def _check(self, root, counts):

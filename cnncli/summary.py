@@ -177,7 +177,8 @@ def format_info(info: dict) -> str:
     if last:
         lines.append(f"            {_epoch_line(last)}")
     held, best = train.get("weights_epoch"), info.get("best")
-    if best and best["last_epoch"]:            # a run folder: its best.npz, the run's state from last.npz
+    if best and best["last_epoch"] and best["last_epoch"].get("epoch") != (last or {}).get("epoch"):
+        # a run folder whose best epoch is not its last: best.npz's weights, the run's state from last.npz
         lines.append(f"weights     epoch {best['last_epoch'].get('epoch')}'s (the best, best.npz): "
                      + _epoch_line(best["last_epoch"]).split(": ", 1)[1])
     elif held:                                 # early stopping put the best epoch's weights back

@@ -237,5 +237,7 @@ def test_a_run_folder_shows_how_far_the_run_trained_and_which_epoch_best_holds(t
         in text
     alone = json.loads(_info(run / "best.npz", "--json").output)    # the file itself: its own state
     assert alone["training"]["epoch"] == 2 and alone["best"] is None
+    _save(run / "last.npz", "none", RunState(epoch=2, step=6, best_val_loss=2.6, history=HISTORY), epochs=9)
+    assert "weights " not in _info(run).output                     # the last epoch was the best: one line
     (run / "last.npz").write_bytes(b"broken")                       # an unreadable last.npz: best's own
     assert json.loads(_info(run, "--json").output)["training"]["epoch"] == 2

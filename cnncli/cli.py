@@ -189,6 +189,13 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
         raise CnnError(problem)
 
 
+def _stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (OSError, ValueError):               # (closed)
+        return False
+
+
 @cli.command(short_help="Classify image files or folders.")
 @click.option("--checkpoint", multiple=True, type=click.Path(),
               help=CHECKPOINT_HELP + " Repeated, or a cnn cv folder (its folds): the ensemble, the mean of their "
@@ -219,6 +226,8 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
         if not paths:
             raise click.UsageError(f"{checkpoint[0]} is a checkpoint: give the images to classify after it")
     predictor, _ = load(checkpoints_or_newest(checkpoint, ensemble=True))
+    if "-" in paths and _stdin_is_terminal():   # (no pipe: the user types the paths)
+        click.echo("reading the paths to classify from standard input, one a line; Ctrl-D ends the list", err=True)
     ignored = collections.Counter()
     files, failures = gather_paths(paths, ignored)
     if ignored:                                  # (as train and eval note them)

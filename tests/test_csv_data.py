@@ -244,6 +244,14 @@ def test_predict_reads_paths_from_standard_input_given_as_dash(tmp_path):
     assert len(piped.stdout.splitlines()) == len(pngs) > 0
     empty = CliRunner().invoke(cli, ["predict", "--checkpoint", str(ckpt), "-"], input="")
     assert empty.exit_code == 1 and empty.stderr == "error: -: no paths on standard input\n"
+    from cnncli import cli as cli_mod
+
+    cli_mod._stdin_is_terminal, real = (lambda: True), cli_mod._stdin_is_terminal     # typed at a terminal
+    try:
+        typed = CliRunner().invoke(cli, ["predict", "--checkpoint", str(ckpt), "-"], input=pngs[0] + "\n")
+    finally:
+        cli_mod._stdin_is_terminal = real
+    assert typed.exit_code == 0 and typed.stderr.startswith("reading the paths to classify from standard input")
 
 
 def test_header_names_are_matched_whatever_their_case_spaces_or_hyphens(tmp_path):

@@ -275,6 +275,39 @@ dataset.load_folder(sys.argv[1], workers=2, cache=True, progress=False)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="Linux /proc needed")
+def test_ctrl_c_to_the_process_group_mid_decode_ends_it_and_its_workers(tmp_path):
+    # Ctrl-C reaches every process of the group: the workers ignore it (one interrupted inside the
+    # pool's queues could leave the parent's shutdown waiting for ever), the parent shuts them down
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = make_folder(tmp_path / "d", per_class=60)
+    env = {**os.environ, "CNNCLI_CACHE_DIR": str(tmp_path / "cache")}
+    parent = subprocess.Popen([sys.executable, "-c", _SLOW_DECODE, str(root)], env=env, start_new_session=True,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(child_pids(parent.pid)) < 2 and time.monotonic() < deadline and parent.poll() is None:
+        time.sleep(0.05)
+    workers = child_pids(parent.pid)
+    assert len(workers) >= 2, "the decode workers did not start"
+    for pid in workers:
+        ignored = next(ln for ln in open(f"/proc/{pid}/status") if ln.startswith("SigIgn:"))
+        assert int(ignored.split()[1], 16) >> (signal.SIGINT - 1) & 1, f"worker {pid} does not ignore SIGINT"
+    os.killpg(parent.pid, signal.SIGINT)
+    try:
+        parent.wait(30)
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(map(alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(alive, workers))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="Linux /proc needed")
 def test_a_decode_killed_midway_leaves_no_worker_and_no_lock(tmp_path):
     import fcntl
     import signal

@@ -63,12 +63,17 @@ def _decode_in_processes(jobs, workers):
 
 
 def _worker_start(parent: int) -> None:
-    """A forked decode worker: it holds none of the parent's cache locks, and it ends with its parent
+    """A forked decode worker: it holds none of the parent's cache locks, it ends with its parent
     (lifeline.die_with_parent), so a parent killed mid-decode (SIGKILL, SIGTERM) leaves no worker
-    behind to block the next run."""
+    behind to block the next run, and it ignores SIGINT: Ctrl-C reaches the whole process group, and
+    a worker interrupted inside the pool's queues could leave the parent's shutdown waiting on it for
+    ever; the parent, interrupted, shuts the pool down (its chunks under way finish first)."""
+    import signal
+
     from ..lifeline import die_with_parent
     from .cache import close_inherited_locks
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     close_inherited_locks()
     die_with_parent(parent)
 

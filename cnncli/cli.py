@@ -174,6 +174,8 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
     accuracy, top-k, per-class P/R/F1, confusion."""
     from cnncli.evaluate import below_threshold, evaluate, format_metrics, notice_lines
 
+    if fail_under is not None and fail_under != fail_under:    # nan (a variable expanded badly): no gate
+        raise click.BadParameter("nan is no threshold; give a number in [0, 1]", param_hint="--fail-under")
     if metric is not None and fail_under is None:          # (a gate without its threshold checks nothing)
         raise click.BadParameter("chooses what --fail-under checks; add --fail-under X", param_hint="--metric")
     metric = metric or "accuracy"

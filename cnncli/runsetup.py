@@ -136,7 +136,8 @@ def data_notes(cfg: dict, train_ds, val_ds) -> list:
         lines.append(f"warning: the class folders include {', '.join(map(name_text, splits))}: data.train "
                      "should be the folder that holds one subfolder per class (e.g. "
                      f"{runfolder.printable(os.path.join(cfg['data']['train'], inner))})")
-    untrained = [c for c, k in zip(classes, np.bincount(train_ds.labels, minlength=len(classes))) if k == 0]
+    counts = np.bincount(train_ds.labels, minlength=len(classes))          # (C,) training images a class
+    untrained = [c for c, k in zip(classes, counts) if k == 0]
     if untrained:              # (a K-fold split of a class with fewer images than folds)
         lines.append(f"note: no training images of {', '.join(map(name_text, untrained))} "
                      "(all held out for validation)")
@@ -147,7 +148,6 @@ def data_notes(cfg: dict, train_ds, val_ds) -> list:
         lines.append(("note: no validation images (data.val_split is 0)" if holds_out_nothing(cfg)
                       else "warning: no validation images")
                      + "; best.npz and early stopping use the training loss instead")
-    counts = np.bincount(train_ds.labels, minlength=len(classes))
     few, most = int(counts.min()), int(counts.max())
     if few > 0 and most >= IMBALANCE * few and cfg["train"]["class_weight"] in (None, "none"):
         small = classes[int(counts.argmin())]

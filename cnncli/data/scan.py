@@ -271,10 +271,16 @@ def _loose_hint(root: str) -> str:
     """For a root with too few class folders: when it holds image files itself, a hint that it may
     be a class folder (data.train one level too low)."""
     try:
-        n = sum(1 for e in os.scandir(root) if not _is_hidden(e.name) and _has_image_ext(e.name) and e.is_file())
+        n = len(_loose_images(root))
     except OSError:
         return ""
     return f"; it holds {n} image file(s) itself: if it is a class folder, give the folder above it" if n else ""
+
+
+def _loose_images(root: str) -> list[str]:
+    """The names of the image files that lie in root itself (not in a class folder), sorted."""
+    return [n for n in sorted(os.listdir(root)) if not _is_hidden(n) and _has_image_ext(n)
+            and os.path.isfile(os.path.join(root, n))]
 
 
 def _wrapper_hint(root: str, only: str) -> str:
@@ -344,8 +350,7 @@ class Index:
             del found_files, stats
         self.labels = np.repeat(np.arange(len(self.classes), dtype=np.int64), counts)   # (N,)
         self.shared = _shared_files(self.rels, self.labels, np.concatenate(keys) if keys else np.zeros(0, np.uint64))
-        self.loose = [n for n in sorted(os.listdir(root)) if not _is_hidden(n) and _has_image_ext(n)
-                      and os.path.isfile(os.path.join(root, n))]
+        self.loose = _loose_images(root)
         h.update(repr(self.loose).encode("utf-8", "surrogatepass"))
         self.digest = h.hexdigest()
         self._check(root, counts)

@@ -72,7 +72,7 @@ def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32,
                  parts=("augment", "step", "fallback", "inference")):
     """A function doing, on a tiny network, every kind of kernel call a `cnn train` run makes: "augment"
     the augmentation of a batch; "step" the input lookup, a train step of two 8-image shards
-    (unweighted and with per-image loss weights) and the optimizer; "fallback" (with "step") a step
+    (unweighted and with per-image loss weights) and the optimizer; "fallback" a step
     as it runs while a worker compiles the one-call step, or on MPI ranks (shard by shard, phase by
     phase); "inference" the validation's lookup and inference of > 8 and of <= 8 images."""
     def run():
@@ -107,7 +107,7 @@ def training_run(batchnorm: str, optimizer: str = "adam", dtype=np.float32,
                                           lookup_input(images, idx, table))
                 tally(net.grads.flat, probs, labels)                                  # the trainer's
                 opt.step(net.params.flat, net.grads.flat, 1e-3)
-            if "step" in parts and "fallback" in parts:
+            if "fallback" in parts:
                 from cnncli import shards
                 from cnncli.augment import lookup_input
 
@@ -136,7 +136,11 @@ def plan(batchnorm: str, optimizer: str = "adam", dtype=np.float32, augment: boo
     parts = ("augment",) * augment + ("step",)
     first = missing(record_calls(training_run(batchnorm, optimizer, dtype, parts)))
     if first is not None and (ranks or (fallback and any(is_background(d) for d in first))):
-        first = missing(record_calls(training_run(batchnorm, optimizer, dtype, parts + ("fallback",))))
+        path = missing(record_calls(training_run(batchnorm, optimizer, dtype, ("fallback",))))
+        if path is None:
+            return None, None
+        for d, sigs in path.items():                 # (the step's dry run is not made again)
+            first[d] = first.get(d, set()) | sigs
     later = missing(record_calls(training_run(batchnorm, optimizer, dtype, ("inference",))))
     if first is None or later is None:
         return None, None

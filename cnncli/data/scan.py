@@ -259,10 +259,14 @@ def _shared_files(rels, labels: np.ndarray, keys: np.ndarray) -> list[str]:
             f"{printable(rels[a])} and {printable(rels[b])}: each copy trains as the class of its folder"]
 
 
+def _by_count(counter) -> list:
+    """A Counter's (key, count) items, the most frequent first, ties by key (not scan order)."""
+    return sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
 def ignored_note(ignored) -> str:
     """The note on the files a scan left out for their extension (a Counter by extension)."""
-    top = sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0]))[:5]      # (not scan order)
-    kinds = ", ".join(f"{printable(ext)}: {n}" for ext, n in top)
+    kinds = ", ".join(f"{printable(ext)}: {n}" for ext, n in _by_count(ignored)[:5])
     more = ", ..." if len(ignored) > 5 else ""
     return f"note: {sum(ignored.values())} file(s) with other extensions were not read ({kinds}{more})"
 
@@ -299,7 +303,7 @@ def _unread_text(other) -> str:
     """' (it holds 3 .heic file(s), which are not read)' for a class folder's files of other extensions."""
     if not other:
         return ""
-    kinds = ", ".join(f"{n} {printable(ext)}" for ext, n in sorted(other.items(), key=lambda kv: (-kv[1], kv[0]))[:3])
+    kinds = ", ".join(f"{n} {printable(ext)}" for ext, n in _by_count(other)[:3])
     return f" (it holds {kinds} file(s), which are not read)"
 
 

@@ -4,8 +4,8 @@ its gradients (batchnorm.py, bnpool.py), nor the cross-rank gather (distributed.
 """
 
 # Training batch normalization's statistics, one shard at a time and then the batch: each shard's
-# moments (its sum and its sum of squared deviations about its own mean, in float64 vectors, a conv
-# layer's bias added on the way) and, from the batch's moments, the mean, variance, invstd and the
+# moments (its sum and its sum of squared deviations about its own mean, per channel in float64
+# vectors, per unit in the dtype; a conv layer's bias added on the way) and, from the batch's moments, the mean, variance, invstd and the
 # running statistics' update. Not the shards' tree that makes the batch's moments (bntree.py), not
 # the normalization or its gradients (batchnorm.py, bnpool.py), not the cross-rank gather
 # (distributed.Comm).
@@ -26,7 +26,9 @@ from .simd import vadd, vdiv, vfma, vhsum, vload, vmul, vsplat, vsqrt, vstore, v
 
 # The forward's statistics in one phase: each shard's sum and its sum of squared deviations about
 # its OWN mean (M2), both while its z is still in cache; the shards' (sum, M2) then meet in
-# tree_sum's pairwise tree (bntree.py).
+# tree_sum's pairwise tree (bntree.py). Per unit a shard's few images (8) are added in the dtype, as
+# the backward's per-unit sums are (bnpool.py), and only the shard's sum and M2 go into the float64
+# row: float32 lanes do twice the work of float64 lanes per instruction and need no widening.
 
 @njit(inline="always")
 def _unit_block(z, d, out):
@@ -34,37 +36,40 @@ def _unit_block(z, d, out):
     # here would sit D*4 bytes, a multiple of 4 KiB, before the next image's load of the same
     # lanes: the store-to-load aliasing that doubled this loop's time when it added the bias)
     N, D = z.shape
-    acc = vzero(out)
+    acc = vzero(z)
     for n in range(N):
-        acc = vadd(acc, vwiden(vload(z, n * D + d)))
+        acc = vadd(acc, vload(z, n * D + d))
     _unit_sum_m2(z, D, d, N, acc, d, out)
 
 
 @njit(inline="always")
 def _unit_sum_m2(src, stride, off, N, acc, d, out):
     # a block's 16 units over N images (image n's vector at src[n * stride + off]) with their sums
-    # acc (float64)   ->   out[d..] = acc, out[D + d..] = the sums of squared deviations about the
-    # block's means (D = out's length / 2)
+    # acc (the dtype)   ->   out[d..] = acc, out[D + d..] = the sums of squared deviations about the
+    # block's means, both in float64 (D = out's length / 2); the mean and the deviations in the dtype
     D = out.shape[0] // 2
-    vstore(out, d, acc)
-    mean = vmul(acc, vsplat(1.0 / N)) if power_of_two(float(N)) else vdiv(acc, vsplat(float(N)))   # (exact)
-    m2 = vzero(out)
+    vstore(out, d, vwiden(acc))
+    if power_of_two(float(N)):                   # (x / 2^k = x * 2^-k exactly)
+        mean = vmul(acc, vsplat(src.dtype.type(1.0 / N)))
+    else:
+        mean = vdiv(acc, vsplat(src.dtype.type(N)))
+    m2 = vzero(src)
     for n in range(N):
-        t = vsub(vwiden(vload(src, n * stride + off)), mean)
+        t = vsub(vload(src, n * stride + off), mean)
         m2 = vadd(m2, vmul(t, t))                # (not an fma: the bits of _unit_scalar, lane by lane)
-    vstore(out, D + d, m2)
+    vstore(out, D + d, vwiden(m2))
 
 
 @njit(inline="always")
 def _unit_scalar(z, d, out):
     # unit d of z (N,D) -> out[d], out[D + d], the operations of one lane of _unit_block
     N, D = z.shape
-    t = 0.0
+    t = z.dtype.type(0)
     for n in range(N):
         t += z[n, d]
     out[d] = t
-    mean = t / N
-    m2 = 0.0
+    mean = t * z.dtype.type(1.0 / N) if power_of_two(float(N)) else t / z.dtype.type(N)
+    m2 = z.dtype.type(0)
     for n in range(N):
         u = z[n, d] - mean
         m2 += u * u
@@ -74,8 +79,8 @@ def _unit_scalar(z, d, out):
 @njit(cache=True, nogil=True)
 def bn_unit_moments_into(z, out):
     # z (N,D)   ->   out (2D,) float64: [sum over n (in order) | sum over n of (z - shard mean)^2],
-    # 16 units at a time in float64 vectors (each block through all n in registers), the last
-    # D % 16 units one by one
+    # each made in the dtype (_unit_sum_m2), 16 units at a time (each block through all n in
+    # registers), the last D % 16 units one by one
     N, D = z.shape
     V = D - D % 16
     for d in range(0, V, 16):
@@ -159,11 +164,11 @@ def _unit_bias_block(z, bv, d, tmp, out):
     # gives them, in one pass over z: the N vectors are loaded (bias added, kept in tmp), then
     # stored, so no load of the block follows a store to its lanes D*4 bytes away (_unit_block's note)
     N, D = z.shape
-    acc = vzero(out)
+    acc = vzero(z)
     for n in range(N):
         v = vadd(vload(z, n * D + d), bv)
         vstore(tmp, n * 16, v)
-        acc = vadd(acc, vwiden(v))
+        acc = vadd(acc, v)
     for n in range(N):
         vstore(z, n * D + d, vload(tmp, n * 16))
     _unit_sum_m2(tmp, 16, 0, N, acc, d, out)

@@ -99,6 +99,9 @@ class Plan:
         # the one-call steps': where the layers' tensors start in a gradient row
         self.offs = np.array([spans[n][0] for n in ("conv1.w", "conv1.b", "conv2.w", "conv2.b",
                                                     "fc1.w", "fc1.b", "fc2.w", "fc2.b")], np.int64)   # (8,)
+        # bnstep's: where BN's gamma and beta gradients start in the gradient buffer
+        self.bn_offs = np.array([spans[f"bn{k}.{n}"][0] for k in (1, 2, 3) for n in ("gamma", "beta")]
+                                if batchnorm != "none" else [], np.int64)                              # (6,)
         # (K,2) plainstep's tree of the rows: all their columns but fc1's (it sums those as it makes them)
         self.chunks_plain = np.array(column_tasks(_merged(spans, [n for n in spans if n not in ("fc1.w", "fc1.b")
                                                                   and not n.startswith("bn")])), np.int64).reshape(-1, 2)
@@ -218,8 +221,8 @@ def run_step(net, plan, x, labels, weights, comm, backward=True, transform=None)
     loss = float(comm.sum_shards(plan.loss, plan.S, tree=tree_sum_into)[0]) / plan.B
     if backward:
         if fused:
-            pass                                  # the one-call step summed the rows into net.grads.flat
-        elif comm.size == 1:
+            return loss                           # the one-call step wrote every gradient into net.grads.flat
+        if comm.size == 1:
             for c0, c1 in plan.segments:
                 net.grads.flat[c0:c1] = plan.rowtree.result()[c0:c1]
         else:
@@ -372,5 +375,5 @@ def _bnstep_build(net, plan):
             plan.stats[1], plan.stats[2], plan.stats[3], plan.moments[1], plan.moments[2], plan.moments[3],
             plan.sums[1], plan.sums[2], plan.sums[3], plan.coef[1], plan.coef[2],
             eps, keep, m, *unbias, *running,
-            plan.rows, plan.offs, plan.loss, *plan.chunks, G.flat, plan.clock)
+            plan.rows, plan.offs, plan.bn_offs, plan.loss, *plan.chunks, G.flat, plan.clock)
     return args

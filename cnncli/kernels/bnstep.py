@@ -82,9 +82,11 @@ def _forward_stats(sync, counter, fwd, counts, step, M, eps, stats, keep, m, unb
 
 
 @njit(inline="always")
-def _backward_sums(sync, counter, bwd, step, sums, stats, gamma, M, coef, with_coef):
+def _backward_sums(sync, counter, bwd, step, sums, stats, gamma, M, coef, with_coef, ggamma, gbeta):
     # chunks as above: the batch's [sum dy | sum dy*xhat] sums (2D,) from the top of the shard
-    # rows' tree (bwd (L,2D): rows 0, step, ..), and with_coef the backward coefficients
+    # rows' tree (bwd (L,2D): rows 0, step, ..), which are beta's and gamma's gradients (ggamma,
+    # gbeta (D,) views of the gradient buffer: the sums rounded to the dtype), and with_coef the
+    # backward coefficients
     D = stats.shape[1]
     n = -(-D // CHUNK)
     for _ in range(n):
@@ -94,8 +96,18 @@ def _backward_sums(sync, counter, bwd, step, sums, stats, gamma, M, coef, with_c
         d0, d1 = c * CHUNK, min(D, (c + 1) * CHUNK)
         tree_cols_step(bwd, step, sums, d0, d1)             # the tree's top
         tree_cols_step(bwd, step, sums, D + d0, D + d1)
+        for d in range(d0, d1):
+            gbeta[d] = sums[d]
+            ggamma[d] = sums[D + d]
         if with_coef:
             bncoef.bn_coef_backward_range(stats[2], gamma, sums, M, coef, d0, d1)
+
+
+@njit(inline="always")
+def _bn_grad(gflat, bn_offs, k, D, beta=0):
+    # the (D,) view of gflat holding BN layer k's gamma (beta=0) or beta (beta=1) gradient
+    o = bn_offs[2 * (k - 1) + beta]
+    return gflat[o:o + D]
 
 
 @njit(inline="always")
@@ -120,7 +132,7 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
                  fwd1, fwd2, fwd3, bwd1, bwd2, bwd3, counts1, counts2, counts3, M1, M2, M3,
                  stats1, stats2, stats3, moments1, moments2, moments3, sums1, sums2, sums3,
                  coef1, coef2, eps, keep, m, unbias1, unbias2, unbias3, rm1, rv1, rm2, rv2, rm3, rv3,
-                 rows, offs, loss, chunks_fc, chunks_conv2, chunks_conv1, gflat, clock):
+                 rows, offs, bn_offs, loss, chunks_fc, chunks_conv2, chunks_conv1, gflat, clock):
     # sync (sync_size(T, L),) int64 zeroed, T threads each calling this once; bounds (L+1,) int64;
     # x (B,1,32,32) the input; labels (B,) int64, weights (B,) float64, scale = 1/B; src how x is
     # made (augment_draw's kinds: GIVEN; MADE by each thread before this call, so the threads
@@ -136,12 +148,14 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
     # statistic in each shard, M* the batch's; stats* (3,D),
     # moments*/sums* (2D,) float64; coef* (6,E); running statistics rm*/rv* (D,) or (0,);
     # rows (L,P) the shards' gradients, offs (8,) int64 where conv1.w, conv1.b, conv2.w, conv2.b,
-    # fc1.w, fc1.b, fc2.w, fc2.b start in a row; chunks_* (K,2) int64 column ranges of the rows'
+    # fc1.w, fc1.b, fc2.w, fc2.b start in a row; bn_offs (6,) int64 where bn1.gamma, bn1.beta, ..,
+    # bn3.beta start in gflat; chunks_* (K,2) int64 column ranges of the rows'
     # tree, by layer: each layer's columns are summed in the phase after the one that finishes
     # them, by threads done with their shards (fc2 during conv2's backward, with fc1's gradient,
     # which never goes through the rows: fc_grads_tree_task makes it summed; conv2 during conv1's,
     # conv1 at the end)   ->   loss (L,1) float64 each shard's sum of weight * loss; with
-    # backward: gflat (P,) the rows' tree over chunks, sums* the batch's [sum dy | sum dy*xhat] per BN layer;
+    # backward: gflat (P,) the rows' tree over chunks and BN's gamma and beta gradients, sums* the
+    # batch's [sum dy | sum dy*xhat] per BN layer;
     # clock (Tc,2,14) int64: [t, 1, k] when thread t started SEGMENTS[k], [t, 0, k] when it ended
     # it (time-stamp counter, for kernel_profile; threads t >= Tc mark nothing)
     C = w4.shape[0]
@@ -213,7 +227,8 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
         return
     if _meet(sync, T, clock, tid, 6):
         return
-    _backward_sums(sync, T3, bwd3, step, sums3, stats3, g3, M3, coef2, False)
+    _backward_sums(sync, T3, bwd3, step, sums3, stats3, g3, M3, coef2, False,
+                   _bn_grad(gflat, bn_offs, 3, g3.shape[0]), _bn_grad(gflat, bn_offs, 3, g3.shape[0], 1))
     if _meet(sync, T, clock, tid, 7):
         return
     # backward from BN3: fc1's gradients, pool2 + ELU, to BN2's sums
@@ -229,7 +244,8 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
         tree_rows_done(sync, tb + 4 * ts, bwd2, j, top)
     if _meet(sync, T, clock, tid, 8):
         return
-    _backward_sums(sync, T2, bwd2, step, sums2, stats2, g2, M2, coef2, True)
+    _backward_sums(sync, T2, bwd2, step, sums2, stats2, g2, M2, coef2, True,
+                   _bn_grad(gflat, bn_offs, 2, g2.shape[0]), _bn_grad(gflat, bn_offs, 2, g2.shape[0], 1))
     if _meet(sync, T, clock, tid, 9):
         return
     # backward from BN2: conv2's gradients, to BN1's sums
@@ -252,7 +268,8 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
     tree_chunks(sync, TREE_FC, rows, gflat, chunks_fc)         # fc2's rows are final
     if _meet(sync, T, clock, tid, 10):
         return
-    _backward_sums(sync, T1, bwd1, step, sums1, stats1, g1, M1, coef1, True)
+    _backward_sums(sync, T1, bwd1, step, sums1, stats1, g1, M1, coef1, True,
+                   _bn_grad(gflat, bn_offs, 1, g1.shape[0]), _bn_grad(gflat, bn_offs, 1, g1.shape[0], 1))
     if _meet(sync, T, clock, tid, 11):
         return
     # backward from BN1: conv1's gradients

@@ -5,10 +5,10 @@ its gradients (batchnorm.py, bnpool.py), nor the cross-rank gather (distributed.
 
 # Training batch normalization's statistics, one shard at a time and then the batch: each shard's
 # moments (its sum and its sum of squared deviations about its own mean, per channel in float64
-# vectors, per unit in the dtype; a conv layer's bias added on the way) and, from the batch's moments, the mean, variance, invstd and the
-# running statistics' update. Not the shards' tree that makes the batch's moments (bntree.py), not
-# the normalization or its gradients (batchnorm.py, bnpool.py), not the cross-rank gather
-# (distributed.Comm).
+# vectors, per unit in the dtype; a conv layer's bias added on the way) and, from the batch's
+# moments, the mean, variance, invstd and the running statistics' update. Not the shards' tree
+# that makes the batch's moments (bntree.py), not the normalization or its gradients
+# (batchnorm.py, bnpool.py), not the cross-rank gather (distributed.Comm).
 #
 # Shape legend: N images of a shard, D statistics (units of a flat layer, or C channels of maps of
 # S positions).

@@ -96,9 +96,10 @@ def _backward_sums(sync, counter, bwd, step, sums, stats, gamma, M, coef, with_c
         d0, d1 = c * CHUNK, min(D, (c + 1) * CHUNK)
         tree_cols_step(bwd, step, sums, d0, d1)             # the tree's top
         tree_cols_step(bwd, step, sums, D + d0, D + d1)
-        for d in range(d0, d1):
-            gbeta[d] = sums[d]
-            ggamma[d] = sums[D + d]
+        gb, gg, sdy, sdyx = gbeta[d0:d1], ggamma[d0:d1], sums[d0:d1], sums[D + d0:D + d1]
+        for i in range(d1 - d0):                            # (views from 0: a loop LLVM vectorizes)
+            gb[i] = sdy[i]
+            gg[i] = sdyx[i]
         if with_coef:
             bncoef.bn_coef_backward_range(stats[2], gamma, sums, M, coef, d0, d1)
 

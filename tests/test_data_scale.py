@@ -292,9 +292,21 @@ def test_ctrl_c_to_the_process_group_mid_decode_ends_it_and_its_workers(tmp_path
         time.sleep(0.05)
     workers = child_pids(parent.pid)
     assert len(workers) >= 2, "the decode workers did not start"
+
+    def ignores_sigint(pid):
+        try:
+            ignored = next(ln for ln in open(f"/proc/{pid}/status") if ln.startswith("SigIgn:"))
+        except FileNotFoundError:               # (the worker is gone)
+            return False
+        return int(ignored.split()[1], 16) >> (signal.SIGINT - 1) & 1
+
+    # a worker shows in /proc as it forks, before its initializer sets SIGINT aside (until then the
+    # parent's held-stops handler, inherited, only records a SIGINT): wait for the initializers
+    deadline = time.monotonic() + 30
+    while not all(map(ignores_sigint, workers)) and time.monotonic() < deadline and parent.poll() is None:
+        time.sleep(0.05)
     for pid in workers:
-        ignored = next(ln for ln in open(f"/proc/{pid}/status") if ln.startswith("SigIgn:"))
-        assert int(ignored.split()[1], 16) >> (signal.SIGINT - 1) & 1, f"worker {pid} does not ignore SIGINT"
+        assert ignores_sigint(pid), f"worker {pid} does not ignore SIGINT"
     os.killpg(parent.pid, signal.SIGINT)
     try:
         parent.wait(30)

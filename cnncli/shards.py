@@ -87,7 +87,6 @@ class Plan:
         self.no_input = None        # the one-call steps' input arguments when they make no input (_no_input)
         self.bn_scratch = None      # with BN: the one-call step's per-thread scratch (_bn_scratch)
         self.xin = self.big.xin if batchnorm != "none" else None   # (B,1,32,32) a one-call step's transformed input
-        self.bnstep_grads = None    # with BN: the batch's BN sums as bnstep.py leaves them
         self.spare = []     # without BN: full-size workspaces reused shard after shard (kept in cache)
         specs = param_specs(num_classes, batchnorm)
         spans = arch.spans(specs)
@@ -111,7 +110,7 @@ class Plan:
         self.loss = np.zeros((hi - lo, 1))                  # (L, 1) float64 sum of weight * loss
         self.ones = np.ones(B)                              # (B,) the weights when none are given
         self.fwd, self.bwd, self.bwdtree, self.stats, self.count = {}, {}, {}, {}, {}
-        self.bn_grads = {}                                  # layer -> (sum dy, sum dy*xhat) of the batch
+        self.bn_grads = {}                                  # layer -> (sum dy, sum dy*xhat): the phase path's
         self.sums = {}                                      # layer -> (2D,) float64 bnstep's sums
         # the conv BN layers' coefficients for the fused kernels (bnpool), set once per step
         self.coef = {1: np.zeros((6, 6 * 1024), dtype), 2: np.zeros((6, 16 * 256), dtype)} \
@@ -136,7 +135,6 @@ class Plan:
             # bnstep's: its clock marks, and the rows' tree in tasks by layer (bnstep sums each
             # layer's columns in the phase after the one that finishes them; fc1's never go
             # through the rows there): [fc2, conv2, conv1]
-            self.bnstep_grads = {k: np.split(self.sums[k], 2) for k in (1, 2, 3)}   # (sum dy, sum dy*xhat) views
             self.clock = np.zeros((max_threads(), 2, len(bnstep.SEGMENTS)), np.int64)
             self.chunks = [np.array(column_tasks(_merged(spans, group)), np.int64).reshape(-1, 2)   # (K,2)
                            for group in (("fc2.w", "fc2.b"), ("conv2.w", "conv2.b"),
@@ -280,8 +278,6 @@ def _one_call_step(plan, kernel, args, x_in, labels, w, scale, backward, transfo
 
     job.__name__ = f"one call per thread ({getattr(kernel, '__name__', 'step')})"   # (kernel_profile's row)
     run_together(job, abort=lambda: plan.sync.__setitem__(ABORT, 1))
-    if backward and plan.bnstep_grads is not None:
-        plan.bn_grads = plan.bnstep_grads
 
 
 def _no_input(plan):

@@ -126,14 +126,14 @@ def test_trees_made_as_rows_finish_are_the_level_by_level_trees_bitwise(s, momen
     done in random orders by 1 to 3 threads at once, the climbs stopped at level `top`, then the
     rest of the tree over rows 0, 2^top, .. (tree_cols_step / bn_moments_tree_range with that step,
     in column chunks): the bits of tree_sum / bn_moments_tree_into (odd shard counts carry nodes
-    up; a counter array of tree_slots(s))."""
+    up; a counter array of tree_slots(s)); the two-node tops (S <= 2) take their own loops."""
     from cnncli.kernels import bntree, sync
     from thread_util import run_threads
 
     rng = np.random.default_rng(s)
     parts = parts_of(s, 2 * 101, np.float64, seed=s)        # 101 statistics: vector blocks and a tail
     counts = np.full(s, 8.0)
-    counts[-1] = 5.0
+    counts[-1] = 5.0 if s % 2 else 8.0       # power-of-two counts merge by exact reciprocals, others divide
     if moments:
         parts[:, 101:] = np.abs(parts[:, 101:])
         want = bntree.bn_moments_tree(parts, counts)

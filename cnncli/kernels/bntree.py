@@ -93,6 +93,9 @@ def bn_moments_tree_range(parts, counts, out, d0, d1, step):
     L, W = parts.shape
     D = W // 2
     S = -(-L // step)                           # the rows in the tree
+    if S <= 2:                                  # one row, or one merge (a thread or two's top nodes)
+        _moments_top2(parts, counts, out, d0, d1, step)
+        return
     nc = np.zeros(S)                            # (S,) their value counts
     for j in range(L):
         nc[j // step] += counts[j]
@@ -123,6 +126,40 @@ def bn_moments_tree_range(parts, counts, out, d0, d1, step):
             sb, mb = _chan_scalar(ss[i, 0, 0], ss[i, 1, 0], sb, mb, coef, k)
             k += 1
         out[d], out[D + d] = sb, mb
+
+
+@njit(inline="always")
+def _moments_top2(parts, counts, out, d0, d1, step):
+    # bn_moments_tree_range over S <= 2 rows (0 and step): row 0 copied, or the two merged by
+    # _chan's operations in loops over views from 0 (LLVM vectorizes them; no stack, no allocation)
+    L, W = parts.shape
+    D = W // 2
+    os_, om = out[d0:d1], out[D + d0:D + d1]
+    sa, ma = parts[0, d0:d1], parts[0, D + d0:D + d1]
+    if L <= step:
+        for i in range(d1 - d0):
+            os_[i] = sa[i]
+            om[i] = ma[i]
+        return
+    na, nb = 0.0, 0.0
+    for q in range(step):
+        na += counts[q]
+    for q in range(step, L):
+        nb += counts[q]
+    two = power_of_two(na) and power_of_two(nb)
+    f = na * nb / (na + nb)                     # _chan_coef's
+    sb, mb = parts[step, d0:d1], parts[step, D + d0:D + d1]
+    if two:                                     # x / 2^k = x * 2^-k exactly, as in _chan
+        ia, ib = 1.0 / na, 1.0 / nb
+        for i in range(d1 - d0):
+            delta = sb[i] * ib - sa[i] * ia
+            os_[i] = sa[i] + sb[i]
+            om[i] = (ma[i] + mb[i]) + delta * delta * f
+    else:
+        for i in range(d1 - d0):
+            delta = sb[i] / nb - sa[i] / na
+            os_[i] = sa[i] + sb[i]
+            om[i] = (ma[i] + mb[i]) + delta * delta * f
 
 
 @njit(inline="always")

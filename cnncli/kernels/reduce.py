@@ -86,6 +86,16 @@ def tree_cols_step(parts, step, out, c0, c1):
     # (tree_climb with top = k), so this finishes that tree.
     S, M = parts.shape
     S = -(-S // step)                                                  # the rows summed
+    if S <= 2:                          # one row or one addition (a thread or two's top nodes): no stack
+        o, a = out[c0:c1], parts[0, c0:c1]                             # (views from 0: loops LLVM vectorizes)
+        if S == 1:
+            for c in range(c1 - c0):
+                o[c] = a[c]
+        else:
+            b = parts[step, c0:c1]
+            for c in range(c1 - c0):
+                o[c] = a[c] + b[c]
+        return
     stk = np.empty((LEVELS, 128), parts.dtype)                         # (LEVELS,128) the stack
     lev = np.empty(LEVELS, np.int64)                                   # (LEVELS,) its heights
     V = c1 - (c1 - c0) % 128

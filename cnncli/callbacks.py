@@ -75,6 +75,7 @@ class StopAfterTraining(_StopLine):
         stop = Stopped(f"{name}: stopped after training, {self.doing}; the run's checkpoints are saved in "
                        f"{self.run_dir}")
         stop.alone = True           # (under mpirun only rank 0 works then: distributed.fail)
+        stop.run_dir = self.run_dir  # (cnn train prints it on stdout, as after a whole run)
         return stop
 
 

@@ -81,15 +81,20 @@ def _train(comm, config_path, overrides, resume, init_from, out, strict, no_cach
     from cnncli.train import train as run_training
 
     started = time.time()
-    run_dir = run_training(cfg, resume=resume, quiet=quiet, echo=lambda m: click.echo(m, err=True), out=out,
-                           comm=comm)
-    if not comm.is_main:
-        from cnncli.lifeline import ignore_stops
+    try:
+        run_dir = run_training(cfg, resume=resume, quiet=quiet, echo=lambda m: click.echo(m, err=True), out=out,
+                               comm=comm)
+        if not comm.is_main:
+            from cnncli.lifeline import ignore_stops
 
-        ignore_stops()                  # (it waits for rank 0's test and report, then exits)
-    if comm.is_main:
-        if not no_report:
+            ignore_stops()              # (it waits for rank 0's test and report, then exits)
+        elif not no_report:
             _report_after_training(run_dir, new=not _untouched_since(run_dir, started))
+    except Stopped as stop:             # a stopped run's folder on stdout too, so a script can resume it
+        if comm.is_main and getattr(stop, "run_dir", None) is not None:
+            click.echo(str(stop.run_dir))
+        raise
+    if comm.is_main:
         click.echo(str(run_dir))
 
 

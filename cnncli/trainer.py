@@ -283,9 +283,11 @@ class Trainer:
         raise Interrupted (on every rank; printed once)."""
         if not saved:
             self.save_last()
-        raise _everywhere(Interrupted(
+        stop = Interrupted(
             f"{signal.Signals(signum).name}: stopped at epoch {self.state.epoch + 1}, step "
-            f"{self.state.epoch_step}; saved {self.last_path}; resume with: cnn train --resume {self.run_dir}"))
+            f"{self.state.epoch_step}; saved {self.last_path}; resume with: cnn train --resume {self.run_dir}")
+        stop.run_dir = self.run_dir                 # (cnn train prints it on stdout, as after a whole run)
+        raise _everywhere(stop)
 
     def save_last(self) -> None:
         if self.is_main_process:

@@ -591,6 +591,7 @@ def test_a_stop_signal_after_training_is_one_line_saying_the_checkpoints_are_sav
     assert res.stderr.strip().splitlines()[-1] == f"{sig}: stopped after training, {doing}; the run's " \
         f"checkpoints are saved in {run}"
     assert (run / "best.npz").is_file() and (run / "last.npz").is_file()
+    assert res.stdout == f"{run}\n"                  # the run folder, as a finished run prints it
     assert signal.getsignal(getattr(signal, sig)) in (signal.SIG_DFL, signal.default_int_handler)   # put back
 
 
@@ -800,9 +801,10 @@ def test_sighup_stops_a_run_as_sigterm_does(workspace, tmp_path):
     out = tmp_path / "run"
     proc = _long_run_once(tmp, out, 1000, "metrics.csv")
     proc.send_signal(signal.SIGHUP)
-    _, err = proc.communicate(timeout=60)
+    stdout, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "SIGHUP: stopped at epoch " in err, (proc.returncode, err)
     assert f"resume with: cnn train --resume {out}" in err and (out / "last.npz").is_file()
+    assert stdout == f"{out}\n"                     # the run folder, as a finished run prints it
 
 
 def test_training_with_stderr_closed_runs_to_the_end(workspace, tmp_path):

@@ -130,14 +130,13 @@ def bn_moments_tree_range(parts, counts, out, d0, d1, step):
 
 @njit(inline="always")
 def _moments_top2(parts, counts, out, d0, d1, step):
-    # bn_moments_tree_range over S <= 2 rows (0 and step): row 0 copied, or the two merged by
-    # _chan's operations in loops over views from 0 (LLVM vectorizes them; no stack, no allocation)
+    # bn_moments_tree_range over S <= 2 rows (0 and step): row 0 copied, or the two merged
+    # (_chan_pair; no stack)
     L, W = parts.shape
     D = W // 2
-    os_, om = out[d0:d1], out[D + d0:D + d1]
-    sa, ma = parts[0, d0:d1], parts[0, D + d0:D + d1]
     if L <= step:
-        for i in range(d1 - d0):
+        os_, om, sa, ma = out[d0:d1], out[D + d0:D + d1], parts[0, d0:d1], parts[0, D + d0:D + d1]
+        for i in range(d1 - d0):                # (views from 0: a loop LLVM vectorizes)
             os_[i] = sa[i]
             om[i] = ma[i]
         return
@@ -146,20 +145,25 @@ def _moments_top2(parts, counts, out, d0, d1, step):
         na += counts[q]
     for q in range(step, L):
         nb += counts[q]
-    two = power_of_two(na) and power_of_two(nb)
-    f = na * nb / (na + nb)                     # _chan_coef's
-    sb, mb = parts[step, d0:d1], parts[step, D + d0:D + d1]
-    if two:                                     # x / 2^k = x * 2^-k exactly, as in _chan
-        ia, ib = 1.0 / na, 1.0 / nb
-        for i in range(d1 - d0):
-            delta = sb[i] * ib - sa[i] * ia
-            os_[i] = sa[i] + sb[i]
-            om[i] = (ma[i] + mb[i]) + delta * delta * f
-    else:
-        for i in range(d1 - d0):
-            delta = sb[i] / nb - sa[i] / na
-            os_[i] = sa[i] + sb[i]
-            om[i] = (ma[i] + mb[i]) + delta * delta * f
+    coef = np.empty((1, 5))                     # (1,5) the merge's coefficients
+    _chan_coef(na, nb, coef, 0)
+    _chan_pair(parts.reshape(L * W), 0, step * W, out, 0, D, d0, d1, coef)
+
+
+@njit(inline="always")
+def _chan_pair(src, ra, rb, dst, ro, D, d0, d1, coef):
+    # statistics d0 <= d < d1 of two [sum | M2] nodes in the flat src (sums at ra + d and rb + d,
+    # M2s D further on) merged by merge 0 of coef   ->   dst[ro + d], dst[ro + D + d] (dst may be src
+    # with ro = ra: each statistic is read before it is written): 16 at a time, then one by one
+    V = d1 - (d1 - d0) % 16
+    for d in range(d0, V, 16):
+        sv, mv = _chan(vload(src, ra + d), vload(src, ra + D + d), vload(src, rb + d), vload(src, rb + D + d),
+                       coef, 0)
+        vstore(dst, ro + d, sv)
+        vstore(dst, ro + D + d, mv)
+    for d in range(V, d1):
+        sv, mv = _chan_scalar(src[ra + d], src[ra + D + d], src[rb + d], src[rb + D + d], coef, 0)
+        dst[ro + d], dst[ro + D + d] = sv, mv
 
 
 @njit(inline="always")
@@ -206,7 +210,7 @@ def bn_moments_rows_done(sync, base, parts, counts, j, top):
     # and bn_moments_tree_range with step 2^top over them has bn_moments_tree_into's bits
     L, W = parts.shape
     D = W // 2
-    V = D - D % 16
+    flat = parts.reshape(L * W)                 # (L*2D,) the same memory
     coef = np.empty((1, 5))                     # (1,5) the merge's coefficients (_chan_coef)
     k, i = 0, j
     while True:
@@ -219,15 +223,7 @@ def bn_moments_rows_done(sync, base, parts, counts, j, top):
         for q in range(b, hi):
             nb += counts[q]
         _chan_coef(na, nb, coef, 0)
-        ra, rb = a * W, b * W
-        for d in range(0, V, 16):
-            sv, mv = _chan(vload(parts, ra + d), vload(parts, ra + D + d), vload(parts, rb + d),
-                           vload(parts, rb + D + d), coef, 0)
-            vstore(parts, ra + d, sv)
-            vstore(parts, ra + D + d, mv)
-        for d in range(V, D):
-            sv, mv = _chan_scalar(parts[a, d], parts[a, D + d], parts[b, d], parts[b, D + d], coef, 0)
-            parts[a, d], parts[a, D + d] = sv, mv
+        _chan_pair(flat, a * W, b * W, flat, a * W, D, 0, D, coef)   # (into row a, in place)
 
 
 @njit(cache=True, nogil=True)

@@ -112,3 +112,60 @@ def test_run_phases_raises_the_first_error_once_no_task_is_running(two_threads):
     with pytest.raises(RuntimeError, match="after failed"):
         run_phases([(lambda j: None, bad_after), (lambda j: later.append(j), None)], 4)
     assert later == []
+
+
+# ---- threads.Workers: the worker threads' calls -----------------------------------------------
+
+from cnncli.kernels import threads  # noqa: E402
+from cnncli.kernels.threads import Workers  # noqa: E402
+
+
+def _within(seconds, fn):
+    """fn() on a helper thread -> True when it returned within `seconds` (a lost wake-up hangs)."""
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    t.join(seconds)
+    return not t.is_alive()
+
+
+def test_a_worker_runs_each_call_it_is_posted_and_wait_raises_its_error():
+    pool = Workers(2)
+    try:
+        log = []
+        k0 = pool.post(0, lambda: log.append(("a", threading.current_thread().name)))
+        k1 = pool.post(1, lambda: log.append(("b", threading.current_thread().name)))
+        pool.wait(0, k0)
+        pool.wait(1, k1)
+        assert sorted(tag for tag, _ in log) == ["a", "b"]
+        assert {name for _, name in log} == {"cnncli-shard_0", "cnncli-shard_1"}
+
+        def bad():
+            raise ValueError("call failed")
+        k = pool.post(1, bad)
+        with pytest.raises(ValueError, match="call failed"):
+            pool.wait(1, k)
+        k = pool.post(1, lambda: log.append(("after", None)))       # the worker goes on
+        pool.wait(1, k)
+        assert log[-1] == ("after", None)
+    finally:
+        pool.close()
+    assert not any(t.is_alive() for t in pool.threads)
+
+
+def test_a_sleeping_worker_wakes_for_a_call_and_a_sleeping_caller_for_its_end(monkeypatch):
+    """With no spins (IDLE_YIELDS = WAIT_YIELDS = 0, below the pause loop's SPINS) the worker
+    sleeps between calls and the caller sleeps in wait(): post() and the call's end wake them."""
+    monkeypatch.setattr(threads, "IDLE_YIELDS", 0)
+    monkeypatch.setattr(threads, "WAIT_YIELDS", 0)
+    pool = Workers(1)
+    try:
+        for _ in range(3):
+            deadline = time.monotonic() + 10
+            while not pool.sleeping[0] and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert pool.sleeping[0]                                 # asleep after its spins
+            ran = []
+            k = pool.post(0, lambda: (time.sleep(0.05), ran.append(1)))   # longer than the caller's spins
+            assert _within(10, lambda: pool.wait(0, k)) and ran == [1]
+    finally:
+        pool.close()

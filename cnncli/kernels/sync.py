@@ -205,6 +205,27 @@ def barrier(sync, T):
 
 
 @njit(cache=True, nogil=True)
+def spin_until(flags, k, value, yields):
+    # flags (F,) int64: spin until flags[k] >= value (pause SPINS times, then at most `yields`
+    # sched_yields), without the GIL   ->   True once it is, False when the spins ran out first
+    # (threads.py's workers and callers: a wait of a few microseconds costs no sleep and wake-up)
+    for i in range(SPINS + yields):
+        if atomic_load(flags, k) >= value:
+            return True
+        if i < SPINS:
+            cpu_relax()
+        else:
+            sched_yield()
+    return atomic_load(flags, k) >= value
+
+
+@njit(cache=True, nogil=True)
+def store_flag(flags, k, value):
+    # flags[k] = value, atomically: what the thread wrote before is visible to whoever sees it
+    atomic_store(flags, k, value)
+
+
+@njit(cache=True, nogil=True)
 def own_shards_into(sync, T, bounds, rounds, taken):
     # a test job for own_shard: `rounds` phases of the shards of bounds, every other one in reverse,
     # with a barrier after each; taken (rounds, L) int64 zeroed   ->   taken[r, j] = how many times

@@ -16,12 +16,17 @@ decide what a chunk is (shards.py does).
 from __future__ import annotations
 
 import itertools
+import os
 import threading
+
+import numpy as np
 
 from ..blas import single_thread as blas_single_thread
 from ..blas import threads_api
 
-_POOL = [None, 0]      # [ThreadPoolExecutor, its size]
+_POOL = [None, 0]      # [Workers, the thread count it serves]
+IDLE_YIELDS = 2000     # sched_yields a worker spins through after a call before it sleeps (~1 ms)
+WAIT_YIELDS = 2000     # ... and a caller waiting for a worker's call, before it sleeps
 
 
 def set_threads(threads: int) -> int:
@@ -50,16 +55,96 @@ def workers():
     t = numba.get_num_threads()
     if t <= 1:
         return None, 1
-    if _POOL[1] != t:
-        from concurrent.futures import ThreadPoolExecutor
-
+    if _POOL[1] != t or _POOL[0].pid != os.getpid():
         if _POOL[0] is not None:
-            _POOL[0].shutdown(wait=True)
-        # each worker runs numba kernels on one thread of its own (numba's thread count is per thread)
-        _POOL[0] = ThreadPoolExecutor(max_workers=t, thread_name_prefix="cnncli-shard",
-                                      initializer=numba.set_num_threads, initargs=(1,))
+            _POOL[0].close()
+        _POOL[0] = Workers(t - 1)
         _POOL[1] = t
     return _POOL[0], t
+
+
+class Workers:
+    """n daemon threads; worker i runs the calls post(i, fn) hands it, one at a time, numba on one
+    thread inside each. After a call a worker spins a while (sync.spin_until: pause, then
+    sched_yield, without the GIL; ~1 ms) before it sleeps, and a caller waiting for a call's end
+    (wait) spins first too: the next step's call then starts without waking a sleeping thread,
+    and its end is seen at once (each wake-up cost ~50 us on the 2-core VM, twice per step)."""
+
+    def __init__(self, n):
+        from .sync import spin_until, store_flag
+
+        self._spin, self._store = spin_until, store_flag
+        self.pid = os.getpid()
+        self.flags = np.zeros(2 * n, np.int64)    # (2n,) worker i's last call posted at 2i, finished at 2i+1
+        self.calls = [(0, None)] * n              # worker i's last call: (its number, fn)
+        self.errors = [None] * n                  # (number, exception) of worker i's last failed call
+        self.posted = [0] * n
+        self.sleeping = [False] * n
+        self.waiting = 0                          # callers asleep in wait()
+        self.closed = False
+        self.cond = threading.Condition()
+        self.threads = [threading.Thread(target=self._loop, args=(i,), name=f"cnncli-shard_{i}", daemon=True)
+                        for i in range(n)]
+        for th in self.threads:
+            th.start()
+
+    def post(self, i, fn):
+        """fn() on worker i once its current call (if any) is over -> the call's number, for wait().
+        A call posted before the worker took the one before replaces it (run's and run_phases'
+        drains: a worker that starts late finds their work taken anyway)."""
+        self.posted[i] += 1
+        k = self.posted[i]
+        self.calls[i] = (k, fn)                   # (one store: the worker reads the pair)
+        self._store(self.flags, 2 * i, k)
+        with self.cond:
+            if self.sleeping[i]:
+                self.cond.notify_all()
+        return k
+
+    def wait(self, i, k):
+        """Until worker i has finished call k (spinning first, then asleep); raises its exception."""
+        if not self._spin(self.flags, 2 * i + 1, k, WAIT_YIELDS):
+            with self.cond:
+                self.waiting += 1
+                while self.flags[2 * i + 1] < k:
+                    self.cond.wait()
+                self.waiting -= 1
+        failed = self.errors[i]
+        if failed is not None and failed[0] == k:
+            self.errors[i] = None
+            raise failed[1]
+
+    def _loop(self, i):
+        import numba
+
+        numba.set_num_threads(1)
+        seen = 0
+        while True:
+            if not self._spin(self.flags, 2 * i, seen + 1, IDLE_YIELDS):
+                with self.cond:
+                    self.sleeping[i] = True
+                    while self.flags[2 * i] <= seen and not self.closed:
+                        self.cond.wait()
+                    self.sleeping[i] = False
+                    if self.closed:
+                        return
+            seen, fn = self.calls[i]
+            try:
+                fn()
+            except BaseException as e:  # noqa: BLE001 -- raised by wait() in the caller
+                self.errors[i] = (seen, e)
+            self._store(self.flags, 2 * i + 1, seen)
+            with self.cond:
+                if self.waiting:
+                    self.cond.notify_all()
+
+    def close(self):
+        """Let the workers go once their calls are over (they exit instead of sleeping)."""
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        for th in self.threads:
+            th.join(5)
 
 
 def run(task, count):
@@ -96,18 +181,18 @@ def run(task, count):
         raise state[1]
 
 
-def _on_threads(pool, t, drain, wait, futures=None):
+def _on_threads(pool, t, drain, wait, calls=None):
     """drain() on t-1 worker threads and on this one, numba and OpenBLAS on one thread each
-    meanwhile; then wait() for the job's end (run, run_phases, run_together: its futures list
-    receives the workers' futures)."""
+    meanwhile; then wait() for the job's end (run, run_phases, run_together: its calls list
+    receives the workers' (i, call number) for Workers.wait)."""
     import numba
 
     old = numba.get_num_threads()
     with blas_single_thread():
-        for _ in range(t - 1):
-            f = pool.submit(drain)
-            if futures is not None:
-                futures.append(f)
+        for i in range(t - 1):
+            k = pool.post(i, drain)
+            if calls is not None:
+                calls.append((i, k))
         numba.set_num_threads(1)
         try:
             drain()
@@ -126,7 +211,7 @@ def run_together(job, abort):
     if t <= 1:
         job(1)
         return
-    futures = []
+    calls = []
 
     def one():
         try:
@@ -136,16 +221,16 @@ def run_together(job, abort):
             raise
 
     def wait():
-        for f in futures:
-            f.result()
+        for i, k in calls:
+            pool.wait(i, k)
 
     try:
-        _on_threads(pool, t, one, wait, futures)
+        _on_threads(pool, t, one, wait, calls)
     except BaseException:
         abort()                  # (the calling thread failed elsewhere: let the workers go)
-        for f in futures:        # ... and wait for them to leave the arrays
+        for i, k in calls:       # ... and wait for them to leave the arrays
             try:
-                f.result()
+                pool.wait(i, k)
             except BaseException:  # noqa: BLE001 -- the first exception is the one raised
                 pass
         raise

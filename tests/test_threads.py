@@ -169,3 +169,32 @@ def test_a_sleeping_worker_wakes_for_a_call_and_a_sleeping_caller_for_its_end(mo
             assert _within(10, lambda: pool.wait(0, k)) and ran == [1]
     finally:
         pool.close()
+
+
+def test_a_forked_child_makes_its_own_workers(two_threads):
+    """A child forked after the parent's workers started (none of their threads exist in it) runs
+    a two-thread job on workers of its own instead of waiting for the parent's."""
+    import os
+
+    from cnncli.kernels.threads import run_together
+
+    run_together(lambda t: None, lambda: None)                 # the parent's workers exist
+    threads_now = numba.get_num_threads()
+    pid = os.fork()
+    if pid == 0:                                               # the child: exit 0 once every thread ran the job
+        seen = []
+        try:
+            run_together(lambda t: seen.append(threading.current_thread().name), lambda: None)
+        finally:
+            os._exit(0 if len(seen) == threads_now else 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's job never ended")
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -56,8 +56,8 @@ def workers():
     if t <= 1:
         return None, 1
     if _POOL[1] != t or _POOL[0].pid != os.getpid():
-        if _POOL[0] is not None:
-            _POOL[0].close()
+        if _POOL[0] is not None and _POOL[0].pid == os.getpid():
+            _POOL[0].close()             # (a forked child has none of those threads: it makes its own)
         _POOL[0] = Workers(t - 1)
         _POOL[1] = t
     return _POOL[0], t

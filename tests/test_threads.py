@@ -53,6 +53,7 @@ import threading  # noqa: E402
 import time  # noqa: E402
 
 import numba  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from cnncli.kernels.threads import run_phases  # noqa: E402
@@ -198,3 +199,33 @@ def test_a_forked_child_makes_its_own_workers(two_threads):
         os.waitpid(pid, 0)
         pytest.fail("the forked child's job never ended")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_jobs_from_two_threads_at_once_each_run_on_every_thread(two_threads):
+    """Two Python threads calling run_together at the same time (two networks trained side by
+    side): each job's threads meet at its barriers, so a worker must run both jobs' calls, in
+    turn, and drop neither."""
+    from cnncli.kernels import sync
+    from cnncli.kernels.threads import run_together
+
+    t_now, rounds, items, errors = numba.get_num_threads(), 5, 7, []
+
+    def caller():
+        try:
+            numba.set_num_threads(t_now)            # (numba's thread count is per thread)
+            for _ in range(30):
+                state = np.zeros(sync.COUNTERS + rounds, np.int64)
+                out = np.zeros((rounds, items), np.int64)
+                run_together(lambda t: sync.count_together_into(state, t, rounds, items, out),
+                             lambda: state.__setitem__(sync.ABORT, 1))
+                if not (out == np.arange(1, rounds + 1)[:, None]).all():
+                    errors.append(out)
+        except BaseException as e:  # noqa: BLE001 -- reported by the assert below
+            errors.append(e)
+
+    callers = [threading.Thread(target=caller, daemon=True) for _ in range(2)]
+    for c in callers:
+        c.start()
+    for c in callers:
+        c.join(60)
+    assert not any(c.is_alive() for c in callers) and errors == []

@@ -15,6 +15,7 @@ decide what a chunk is (shards.py does).
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import threading
@@ -76,8 +77,8 @@ class Workers:
         self._spin, self._store = spin_until, store_flag
         self.pid = os.getpid()
         self.flags = np.zeros(2 * n, np.int64)    # (2n,) worker i's last call posted at 2i, finished at 2i+1
-        self.calls = [(0, None)] * n              # worker i's last call: (its number, fn)
-        self.errors = [None] * n                  # (number, exception) of worker i's last failed call
+        self.calls = [collections.deque() for _ in range(n)]   # worker i's calls to run: (number, fn), in order
+        self.errors = [{} for _ in range(n)]      # worker i's failed calls: {number: exception} until waited for
         self.posted = [0] * n
         self.sleeping = [False] * n
         self.waiting = 0                          # callers asleep in wait()
@@ -89,14 +90,13 @@ class Workers:
             th.start()
 
     def post(self, i, fn):
-        """fn() on worker i once its current call (if any) is over -> the call's number, for wait().
-        A call posted before the worker took the one before replaces it (run's and run_phases'
-        drains: a worker that starts late finds their work taken anyway)."""
-        self.posted[i] += 1
-        k = self.posted[i]
-        self.calls[i] = (k, fn)                   # (one store: the worker reads the pair)
-        self._store(self.flags, 2 * i, k)
+        """fn() on worker i after the calls posted to it before (from any thread) -> the call's
+        number, for wait()."""
         with self.cond:
+            self.posted[i] += 1
+            k = self.posted[i]
+            self.calls[i].append((k, fn))
+            self._store(self.flags, 2 * i, k)
             if self.sleeping[i]:
                 self.cond.notify_all()
         return k
@@ -109,10 +109,9 @@ class Workers:
                 while self.flags[2 * i + 1] < k:
                     self.cond.wait()
                 self.waiting -= 1
-        failed = self.errors[i]
-        if failed is not None and failed[0] == k:
-            self.errors[i] = None
-            raise failed[1]
+        failed = self.errors[i].pop(k, None)
+        if failed is not None:
+            raise failed
 
     def _loop(self, i):
         import numba
@@ -128,11 +127,11 @@ class Workers:
                     self.sleeping[i] = False
                     if self.closed:
                         return
-            seen, fn = self.calls[i]
+            seen, fn = self.calls[i].popleft()
             try:
                 fn()
             except BaseException as e:  # noqa: BLE001 -- raised by wait() in the caller
-                self.errors[i] = (seen, e)
+                self.errors[i][seen] = e
             self._store(self.flags, 2 * i + 1, seen)
             with self.cond:
                 if self.waiting:

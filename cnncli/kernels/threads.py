@@ -79,7 +79,6 @@ class Workers:
         self.flags = np.zeros(2 * n, np.int64)    # (2n,) worker i's last call posted at 2i, finished at 2i+1
         self.calls = [collections.deque() for _ in range(n)]   # worker i's calls to run: (number, fn), in order
         self.errors = [{} for _ in range(n)]      # worker i's failed calls: {number: exception} until waited for
-        self.posted = [0] * n
         self.sleeping = [False] * n
         self.waiting = 0                          # callers asleep in wait()
         self.closed = False
@@ -93,8 +92,7 @@ class Workers:
         """fn() on worker i after the calls posted to it before (from any thread) -> the call's
         number, for wait()."""
         with self.cond:
-            self.posted[i] += 1
-            k = self.posted[i]
+            k = int(self.flags[2 * i]) + 1       # (only post() writes it, under the lock)
             self.calls[i].append((k, fn))
             self._store(self.flags, 2 * i, k)
             if self.sleeping[i]:

@@ -91,7 +91,7 @@ def _train(comm, config_path, overrides, resume, init_from, out, strict, no_cach
         elif not no_report:
             _report_after_training(run_dir, new=not _untouched_since(run_dir, started))
     except Stopped as stop:             # a stopped run's folder on stdout too, so a script can resume it
-        if comm.is_main and getattr(stop, "run_dir", None) is not None:
+        if comm.is_main and stop.run_dir is not None:
             click.echo(str(stop.run_dir))
         raise
     if comm.is_main:

@@ -20,6 +20,7 @@ class Stopped(CnnError):
 
     exit_code = 130
     prefix = ""
+    run_dir = None      # the run folder, when the stop came during or after training (cnn train prints it)
 
 
 class ConfigError(CnnError):

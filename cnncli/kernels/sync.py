@@ -187,11 +187,17 @@ def wait(sync, gen):
         if atomic_load(sync, ABORT) != 0:
             return True
         spins += 1
-        if spins < SPINS:
-            cpu_relax()
-        else:
-            sched_yield()
+        backoff(spins)
     return False
+
+
+@njit(inline="always")
+def backoff(i):
+    """The i-th wait of a spin (i from 0): a pause for the first SPINS, then sched_yield."""
+    if i < SPINS:
+        cpu_relax()
+    else:
+        sched_yield()
 
 
 @njit(inline="always")
@@ -212,10 +218,7 @@ def spin_until(flags, k, value, yields):
     for i in range(SPINS + yields):
         if atomic_load(flags, k) >= value:
             return True
-        if i < SPINS:
-            cpu_relax()
-        else:
-            sched_yield()
+        backoff(i)
     return atomic_load(flags, k) >= value
 
 

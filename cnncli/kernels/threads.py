@@ -69,7 +69,8 @@ class Workers:
     thread inside each. After a call a worker spins a while (sync.spin_until: pause, then
     sched_yield, without the GIL; ~1 ms) before it sleeps, and a caller waiting for a call's end
     (wait) spins first too: the next step's call then starts without waking a sleeping thread,
-    and its end is seen at once (each wake-up cost ~50 us on the 2-core VM, twice per step)."""
+    and its end is seen at once (a pool's sleeping worker took ~50 us to wake, twice per job:
+    docs/performance.md, "Threads and load")."""
 
     def __init__(self, n):
         from .sync import spin_until, store_flag

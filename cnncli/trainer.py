@@ -239,9 +239,12 @@ class Trainer:
             self.save_best()
         if stopping and self.early.restore_best:
             self.restore_best()
-        self.save_last()
+        # metrics.csv before last.npz: a process killed between the two leaves metrics.csv a row ahead,
+        # which the resumed run writes again, not a row short behind a finished run's checkpoint (whose
+        # resume has nothing to do and writes nothing)
         if self.is_main_process:
             runfolder.write_metrics(self.run_dir, state.history)
+        self.save_last()
         if self.events is not None:
             try:
                 self.events.epoch(row)

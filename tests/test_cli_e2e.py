@@ -567,6 +567,32 @@ def test_early_stopping_restores_best_into_last(workspace, tmp_path):
     assert "weights " not in invoke(["info", tmp_path / "run" / "best.npz"]).stdout   # its own epoch's
 
 
+def test_a_death_right_after_the_last_checkpoint_leaves_metrics_csv_whole(workspace, tmp_path, monkeypatch):
+    # the process dies just after the last epoch's last.npz is written (kill -9 there): the resume has
+    # nothing left to train and writes nothing, so metrics.csv must already hold every epoch's row
+    from cnncli import trainer
+
+    tmp, _ = workspace
+    save_last = trainer.Trainer.save_last
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(self):
+        save_last(self)
+        if self.state.epoch == self.epochs:
+            raise Killed()
+    monkeypatch.setattr(trainer.Trainer, "save_last", save_then_die)
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        invoke(["train", "--config", tmp / "cfg.yaml", "--out", run, "-q", "--no-report"])
+    monkeypatch.setattr(trainer.Trainer, "save_last", save_last)
+    res = invoke(["train", "--resume", run, "-q", "--no-report"])
+    assert res.exit_code == 0 and "Nothing to do" in res.stderr, res.output
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+
+
 @pytest.mark.parametrize("stage, sig", [("test", "SIGUSR1"), ("report", "SIGTERM"), ("test", "SIGINT")])
 def test_a_stop_signal_after_training_is_one_line_saying_the_checkpoints_are_saved(workspace, tmp_path, monkeypatch,
                                                                                     stage, sig):

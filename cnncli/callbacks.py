@@ -27,20 +27,30 @@ class SetupStopped(Stopped):
     saved."""
 
 
+def _install(sigs, handler) -> dict:
+    """handler on each of sigs -> the handlers it replaced; outside the main thread none is installed."""
+    old = {}
+    for sig in sigs:
+        try:
+            old[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: no handlers, nothing to restore
+            pass
+    return old
+
+
+def _restore(old: dict) -> None:
+    """Put back the handlers _install replaced."""
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
+
+
 class _StopLine:
     """Within: SIGTERM, SIGUSR1 and SIGHUP (whose default is to end the process without a word) raise
     self.stopped(signal name) instead, one line; a Ctrl-C (KeyboardInterrupt) leaving it becomes
     the same line, named SIGINT. Outside the main thread no handler is installed."""
 
     def __enter__(self):
-        self._old = {}
-        for sig in STOPS:
-            if sig == signal.SIGINT:
-                continue
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: no handlers, nothing to restore
-                pass
+        self._old = _install([sig for sig in STOPS if sig != signal.SIGINT], self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -48,8 +58,7 @@ class _StopLine:
         raise self.stopped(signal.Signals(signum).name)
 
     def __exit__(self, exc_type, exc, tb):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+        _restore(self._old)
         if exc_type is KeyboardInterrupt:
             raise self.stopped("SIGINT") from None
         return False
@@ -89,11 +98,7 @@ class StopFlag:
         self._old = {}
 
     def __enter__(self):
-        for sig in STOPS:
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: no handlers, nothing to restore
-                pass
+        self._old = _install(STOPS, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -103,8 +108,7 @@ class StopFlag:
         self.signum = signum
 
     def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+        _restore(self._old)
 
     def agreed(self, comm, save_now):
         """After a step: the stop signal when any rank got one (every rank then stops at this same

@@ -47,6 +47,17 @@ from .kernels.threads import run_together, workers
 PREDICT_BLOCK = 8           # predict_proba's largest chunk of images (one thread's, at a time)
 
 
+def _copy_named(src, dst, specs, what):
+    """src[name] into the flat buffer's view dst[name] for each (name, shape) of specs, or raise
+    ValueError naming the missing array or the wrong shape (what: the argument's name)."""
+    for name, shape in specs:
+        if name not in src:
+            raise ValueError(f"{what} is missing {name!r}")
+        if tuple(np.shape(src[name])) != shape:
+            raise ValueError(f"{what}[{name!r}] has shape {np.shape(src[name])}, expected {shape}")
+        dst[name][...] = src[name]
+
+
 def _check_input(x, dtype, name="x"):
     check_array(name, x, (None,) + IMAGE_SHAPE, dtype, contiguous=False)
     if x.shape[0] < 1:
@@ -136,19 +147,9 @@ class Network:
 
     def load_arrays(self, params, buffers=None):
         """Copy parameter (and BN buffer) arrays into this network's flat buffers, checking shapes."""
-        for name, shape in param_specs(self.num_classes, self.batchnorm):
-            if name not in params:
-                raise ValueError(f"params is missing {name!r}")
-            if tuple(np.shape(params[name])) != shape:
-                raise ValueError(f"params[{name!r}] has shape {np.shape(params[name])}, expected {shape}")
-            self.params[name][...] = params[name]
+        _copy_named(params, self.params, param_specs(self.num_classes, self.batchnorm), "params")
         if buffers is not None:
-            for name, shape in buffer_specs(self.num_classes, self.batchnorm):
-                if name not in buffers:
-                    raise ValueError(f"buffers is missing {name!r}")
-                if tuple(np.shape(buffers[name])) != shape:
-                    raise ValueError(f"buffers[{name!r}] has shape {np.shape(buffers[name])}, expected {shape}")
-                self.buffers[name][...] = buffers[name]
+            _copy_named(buffers, self.buffers, buffer_specs(self.num_classes, self.batchnorm), "buffers")
 
     def _plan(self, n):
         """The shard plan (workspaces, gradient rows, BN sums) for a batch of n images on this rank."""

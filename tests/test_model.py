@@ -230,10 +230,17 @@ def test_an_image_gets_the_same_probabilities_in_any_batch(bn):
 def test_load_arrays():
     a = M.Network(12, "channel", seed=1)
     b = M.Network(12, "channel", seed=2)
+    a.buffers["bn1.running_mean"][...] = 0.5   # (fresh running statistics would be equal anyway)
     b.load_arrays(dict(a.params), dict(a.buffers))
     assert np.array_equal(a.params.flat, b.params.flat)
-    with pytest.raises(ValueError, match="conv1.w"):
+    assert np.array_equal(a.buffers.flat, b.buffers.flat)
+    with pytest.raises(ValueError, match=r"params\['conv1.w'\] has shape \(6, 1, 3, 3\), expected \(6, 1, 5, 5\)"):
         b.load_arrays({"conv1.w": np.zeros((6, 1, 3, 3))})
+    with pytest.raises(ValueError, match="params is missing 'conv1.b'"):
+        b.load_arrays({"conv1.w": np.zeros((6, 1, 5, 5))})
+    short = {k: v for k, v in a.buffers.items() if k != "bn1.running_var"}
+    with pytest.raises(ValueError, match="buffers is missing 'bn1.running_var'"):
+        b.load_arrays(dict(a.params), short)
 
 
 @pytest.mark.parametrize("bn", VARIANTS)

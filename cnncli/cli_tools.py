@@ -208,7 +208,8 @@ def cache(clear):
 @click.option("--no-cache", is_flag=True, help="Decode every image again; do not read or write the dataset cache "
               "(same as --set data.cache=false).")
 @click.option("--json", "as_json", is_flag=True, help="Print cv.json's object instead of the table.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no first-run line saying the kernels "
+              "compile (as cnn train -q).")
 @user_errors
 def cv(config_path, overrides, folds, out, resume, init_from, strict, no_cache, as_json, quiet):
     """Stratified K-fold cross-validation of a config, as Ludwig's experiment --k_fold: fold k of

@@ -326,7 +326,9 @@ def format_result(result: dict) -> str:
     lines = [
         f"cnn bench: batchnorm={s['batchnorm']}, {s['num_classes']} classes, {s['optimizer']}, {s['dtype']}; "
         f"{s['repeats']} repeat(s) of {s['seconds']:g}s after {s['warmup_seconds']:g}s warm-up (not counted)",
-        f"machine:   {m['cpu']}, {m['cores']} core(s); {m['threads']} thread(s) "
+        f"machine:   {m['cpu']}, {m['cores']} core(s)"
+        + (f" (a cgroup CPU quota of {m['cpu_quota']:g})" if m.get("cpu_quota") else "")
+        + f"; {m['threads']} thread(s) "
         f"(numba layer {m.get('numba_threading_layer') or '?'}"
         + (f", torch {m['torch_threads']}" if m.get("torch_threads") else "") + ")"
         + (f"; load average {m['load_average'][0]:.2f} before, {m['load_average_after'][0]:.2f} after"

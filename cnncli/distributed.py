@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 
+from .cores import usable_cores
 from .errors import CnnError, ConfigError
 
 SHARD = 8   # images per micro-shard: the unit of work of a thread or rank, and a leaf of the tree
@@ -264,23 +265,25 @@ def get_comm(environ=None) -> Comm:
 
 def rank_threads(comm: Comm, threads: int) -> int:
     """train.threads for this rank. A positive value is used as given. 0 means the cores this
-    process may run on (its CPU affinity), shared with the ranks on the same host that have the
-    same affinity: bound ranks (mpirun's default for few ranks) get their own cores, unbound ones
-    an equal part of the host (the first ranks one more core each when it does not divide)."""
+    process may use (its CPU affinity, capped by a cgroup CPU quota: cores.usable_cores), shared
+    with the ranks on the same host that have the same affinity: bound ranks (mpirun's default for
+    few ranks) get their own cores, unbound ones an equal part of the host (the first ranks one
+    more core each when it does not divide)."""
     if threads:
         return int(threads)
+    count = usable_cores()
+    if comm.size == 1:
+        return count
     try:
         cores = tuple(sorted(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         cores = tuple(range(os.cpu_count() or 1))
-    if comm.size == 1:
-        return max(1, len(cores))
     import socket  # noqa: PLC0415
 
     me = (socket.gethostname(), cores)
     mates = [r for r, other in enumerate(comm.allgather(me)) if other == me]   # includes this rank
     i, n = mates.index(comm.rank), len(mates)
-    return max(1, len(cores) // n + (i < len(cores) % n))
+    return max(1, count // n + (i < count % n))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pkgutil
 
 import numpy as np
 
+from cnncli.cores import cpu_limit
 from cnncli.kernels import set_threads
 
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
@@ -98,6 +99,7 @@ def machine_facts(threads: int, torch_module=None) -> dict:
     facts = {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
+        "cpu_quota": cpu_limit(),            # CPUs a cgroup quota allows this process (None: no limit)
         "threads": threads,
         "python": platform.python_version(),
         "numpy": np.__version__,

@@ -152,8 +152,9 @@ OPTIONS = (
            "weights start this new run (fine-tuning): every layer and BN statistic is copied, the output layer "
            "by class name (classes it lacks start from train.seed's init), with its input mean/std; the same "
            "model.batchnorm and data.normalize; optimizer and schedule start anew.", "str", check=_not_empty),
-    Option("train.threads", 0, "Numba threads; 0 = all cores. At most `NUMBA_NUM_THREADS` (the cores by "
-           "default): a larger value runs that many, with a note.", "int", check=_range(0, MAX_INT)),
+    Option("train.threads", 0, "Numba threads; 0 = every core this process may use (its CPU affinity, capped "
+           "by a cgroup CPU quota: Docker's --cpus, a Kubernetes CPU limit). At most `NUMBA_NUM_THREADS` (that "
+           "count by default): a larger value runs that many, with a note.", "int", check=_range(0, MAX_INT)),
     Option("train.checkpoint_every", 100, "Steps between saves of last.npz (0 = only at the end of each "
            "epoch).", "int", check=_range(0, MAX_INT)),
     Option("train.monitor", "val_loss", "What picks best.npz and drives early stopping: val_loss (lower is "

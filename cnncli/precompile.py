@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from cnncli import kernelplan
+from cnncli.cores import usable_cores
 
 
 def finish_background(say=None) -> None:
@@ -107,10 +108,8 @@ def _worker(tasks: list, order: list, state, go, for_a_run: bool = True, parent:
 
 
 def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    """The cores this process may use (cores.usable_cores: affinity, cgroup CPU quota)."""
+    return usable_cores()
 
 
 class Precompile:

@@ -331,7 +331,7 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     threads = set_threads(asked)
     if threads < asked and cfg["train"]["threads"]:      # (the same bits at any count: the run goes on)
         notes.append(f"train.threads is {asked}, but numba runs at most {threads} thread(s) in this process "
-                     f"(NUMBA_NUM_THREADS, the cores by default): using {threads}")
+                     f"(NUMBA_NUM_THREADS; by default the cores this process may use): using {threads}")
 
     def load():
         loaded = load_datasets(cfg, echo=echo if comm.is_main else None, progress=not quiet and comm.is_main,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cnncli import resume as resume_mod, runfolder
 from cnncli.callbacks import StopAfterTraining, StopDuringSetup, loss_text
+from cnncli.cores import quota_text
 from cnncli.errors import CnnError, TrainingDiverged
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
 from cnncli.runsetup import data_notes, load_datasets, setup  # noqa: F401 (load_datasets: API)
@@ -91,7 +92,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
         trainer.echo(f"Training on {len(train_ds.labels)} images ({len(train_ds.classes)} classes), validating on "
                      f"{len(val_ds.labels)}; batchnorm={m['batchnorm']} ({net.params.flat.size:,} parameters), "
                      f"{o['name']} lr={o['lr']} {o['schedule']}, batch {cfg['train']['batch_size']}, {ranks}{threads} "
-                     f"thread(s); setup {time.perf_counter() - t_setup:.1f}s")
+                     f"thread(s){'' if cfg['train']['threads'] else quota_text()}; "
+                     f"setup {time.perf_counter() - t_setup:.1f}s")
         trainer.echo(f"Epochs: {trainer.epochs}{' (train.epochs=auto for this training set)' if auto else ''}; "
                      f"augmentation {'on' if trainer.augmenter is not None else 'off'}; early stopping "
                      f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}"

@@ -51,6 +51,15 @@ def test_run_bench_rows_and_text():
     assert "% peak" in text and f"{result['fma_peak_gflops']:,.0f} GFLOP/s" in text
 
 
+def test_run_bench_names_a_cgroup_cpu_quota(monkeypatch):
+    monkeypatch.setattr(machine, "cpu_limit", lambda: 1.5)
+    printed = []
+    result = bench.run_bench(batchnorm="none", batch_sizes=[8], threads=1, seconds=0.02, repeats=1,
+                             echo=printed.append)
+    assert result["machine"]["cpu_quota"] == 1.5
+    assert "core(s) (a cgroup CPU quota of 1.5); 1 thread(s)" in printed[0]
+
+
 @pytest.mark.parametrize("chains", [12, 6])
 def test_peak_probe_computes_its_fma_chains(chains):
     """Each probe's kernel does the work its FLOP count says: 12 (or 6) chains of a = a * b + c (one

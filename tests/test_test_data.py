@@ -72,4 +72,5 @@ def test_a_batch_larger_than_the_training_set_and_a_resume_say_so(tmp_path):
     res = invoke(["train", "--resume", tmp_path / "run", "--set", "train.epochs=3", "--no-report", "--set",
                   f"train.threads={most + 6}"])
     assert res.exit_code == 0 and f"note: train.threads is {most + 6}, but numba runs at most {most} thread(s) in " \
-        f"this process (NUMBA_NUM_THREADS, the cores by default): using {most}" in res.stderr, res.output
+        f"this process (NUMBA_NUM_THREADS; by default the cores this process may use): using {most}" \
+        in res.stderr, res.output

@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 
+from ..cores import usable_cores
 from ..lifeline import stops_held
 from .decode import MAX_PIXELS, decode_jobs
 
@@ -20,11 +21,8 @@ CHUNK = 256                # images per unit of work (and per progress-bar updat
 
 
 def default_workers() -> int:
-    """The cores this process may run on (its CPU affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    """The cores this process may use (its CPU affinity, capped by a cgroup CPU quota), at least 1."""
+    return usable_cores()
 
 
 class Jobs:

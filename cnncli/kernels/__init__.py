@@ -40,6 +40,10 @@ compiler settings made here before numba is first imported.
 #   * OMP_WAIT_POLICY=passive: numba's OpenMP layer otherwise busy-waits between parallel loops,
 #     and with OpenBLAS's own busy-waiting threads, or any other load, a training step became
 #     5-25x slower (scripts/bench_core.py; threads.py keeps OpenBLAS on one thread meanwhile).
+#   * NUMBA_NUM_THREADS, the most threads numba runs (and so train.threads 0's count), is the
+#     cores this process may use when a cgroup CPU quota allows fewer than its CPU affinity
+#     (cnncli.cores: Docker's --cpus, a Kubernetes limit): numba would otherwise start one thread
+#     per CPU of the host, whose spinning barriers stall each time the quota runs out.
 #   * NUMBA_SLP_VECTORIZE=1: LLVM's SLP vectorizer (numba turned it off by default in 0.57 after
 #     miscompilations, numba PR #8852) made the pooling backward 2.9x and the one-image fc1 3x
 #     faster (docs/performance.md). Without fastmath it cannot change a float result (no
@@ -47,8 +51,12 @@ compiler settings made here before numba is first imported.
 
 import os
 
+from ..cores import affinity_cores, usable_cores
+
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 os.environ.setdefault("NUMBA_SLP_VECTORIZE", "1")
+if "NUMBA_NUM_THREADS" not in os.environ and (_usable := usable_cores()) < affinity_cores():
+    os.environ["NUMBA_NUM_THREADS"] = str(_usable)
 
 from . import cachestamp  # noqa: E402  (numba imported only now, after the settings above)
 

@@ -311,6 +311,24 @@ def _compile_kernels(cfg: dict, quiet, comm) -> None:
                                               augment=aug, background=False).wait(), others=False)
 
 
+IDLE_NOTE = 4      # threads without a shard in a step that make a note
+
+
+def _idle_threads(batch_size: int, images: int, threads: int, ranks: int) -> str | None:
+    """A note when a step has 4 or more threads per rank beyond its 8-image shards: those have no
+    layers to run (only the sums between them, validation and the test use them). A thread or
+    two idle (batch 8 on 2 cores) is not worth a line; 8 of 16 is."""
+    from cnncli.distributed import SHARD, shard_count
+
+    shards = max(1, shard_count(min(batch_size, images)) // ranks)
+    if threads - shards < IDLE_NOTE:
+        return None
+    per = " per process" if ranks > 1 else ""
+    return (f"a step of {min(batch_size, images)} images is {shards} shard(s) of {SHARD}{per}: {threads - shards} of "
+            f"the {threads} threads wait while its layers run; train.batch_size {SHARD * threads * ranks} would keep "
+            "every thread busy")
+
+
 def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     """Every rank: check, resume, threads, data, network -> (cfg with train.epochs resolved, ...).
     Errors every rank hits are printed once. run_folder False (cnn lr-find): no run folder is made
@@ -347,6 +365,7 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     train_ds, val_ds, skipped = (main_first if cfg["data"]["cache"] else everyone)(comm, load)
     if resumed is not None:
         notes += [n for n in [runfolder.validation_changed(resumed[1], val_ds)] if n]
+    notes += [n for n in [_idle_threads(cfg["train"]["batch_size"], len(train_ds.labels), threads, comm.size)] if n]
     if echo and comm.is_main:
         for note in notes:
             echo(f"note: {note}")

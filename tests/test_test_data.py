@@ -74,3 +74,23 @@ def test_a_batch_larger_than_the_training_set_and_a_resume_say_so(tmp_path):
     assert res.exit_code == 0 and f"note: train.threads is {most + 6}, but numba runs at most {most} thread(s) in " \
         f"this process (NUMBA_NUM_THREADS; by default the cores this process may use): using {most}" \
         in res.stderr, res.output
+
+
+def test_many_more_threads_than_shards_in_a_step_is_a_note(tmp_path, monkeypatch):
+    import cnncli.kernels
+    from cnncli.runsetup import _idle_threads
+
+    assert _idle_threads(64, 1000, 16, 2) == ("a step of 64 images is 4 shard(s) of 8 per process: 12 of the 16 "
+                                              "threads wait while its layers run; train.batch_size 256 would keep "
+                                              "every thread busy")
+    assert _idle_threads(64, 12, 6, 1).startswith("a step of 12 images is 2 shard(s) of 8: 4 of the 6 threads")
+    assert _idle_threads(64, 1000, 11, 1) is None and _idle_threads(8, 1000, 2, 1) is None
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    common = ["train", "--set", f"data.train={data}", "--set", "train.epochs=1", "--set", "train.batch_size=8",
+              "--no-report", "-q"]
+    res = invoke([*common, "--out", tmp_path / "a"])
+    assert res.exit_code == 0 and "threads wait" not in res.stderr, res.output
+    monkeypatch.setattr(cnncli.kernels, "set_threads", lambda n: 6)       # (the run's count as on a 6-core machine)
+    res = invoke([*common, "--out", tmp_path / "b"])
+    assert res.exit_code == 0 and "note: a step of 8 images is 1 shard(s) of 8: 5 of the 6 threads wait while " \
+        "its layers run; train.batch_size 48 would keep every thread busy" in res.stderr, res.output

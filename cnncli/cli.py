@@ -56,8 +56,8 @@ def cli(ctx):
 @click.option("--no-cache", is_flag=True, help="Decode every image again; do not read or write the dataset cache "
               "(same as --set data.cache=false).")
 @click.option("--print-config", is_flag=True, help="Print the resolved config (every default filled in) and exit.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars (decoding, epochs; both are also off when stderr is not a "
-              "terminal) and no first-run line saying the kernels compile.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars (decoding, epochs; both are also off when "
+              "stderr is not a terminal) and no first-run line saying the kernels compile.")
 @click.option("--no-report", is_flag=True, help="Do not render the report pictures at the end of the run.")
 @user_errors
 def train(config_path, overrides, resume, init_from, out, strict, no_cache, print_config, quiet, no_report):

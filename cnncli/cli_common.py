@@ -45,9 +45,36 @@ def user_errors(fn):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # status a shell gives a
             sys.exit(128 + 13)   # process SIGPIPE ended (141), not 1: that means some files failed
         except OSError as err:
+            if _stdout_failed(err):      # `cnn predict ... > out.txt` on a full disk, or > /dev/full
+                raise UserError(f"cannot write to standard output: {err.strerror or err}", 1) from None
             raise UserError(os_error_text(err), 1) from None
 
     return wrapper
+
+
+def _stdout_failed(err: OSError) -> bool:
+    """Whether err (naming no file) came from writing standard output: a frame it passed through was
+    writing to a stream on stdout's descriptor (click.echo's `file`). Standard output then goes to
+    /dev/null, so the exit's own flush of what is left adds no second error."""
+    if err.filename is not None:
+        return False
+    try:
+        out = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    tb = err.__traceback__
+    while tb is not None:
+        stream = tb.tb_frame.f_locals.get("file")
+        try:
+            if stream is not None and stream.fileno() == out:
+                break
+        except (AttributeError, OSError, ValueError):
+            pass
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    os.dup2(os.open(os.devnull, os.O_WRONLY), out)
+    return True
 
 
 def os_error_text(err: OSError) -> str:

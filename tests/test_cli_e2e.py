@@ -696,6 +696,30 @@ def test_predict_into_a_pipe_the_reader_closes_ends_quietly_with_sigpipes_status
     assert res.stderr == ""                                        # no traceback, no error line
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_standard_output_is_one_line_naming_it(trained):
+    tmp, data, run, _ = trained
+    with open("/dev/full", "w") as full:                           # every write: ENOSPC
+        res = subprocess.run([sys.executable, "-m", "cnncli", "info", str(run)], stdout=full, stderr=subprocess.PIPE,
+                             text=True, env=cli_env(tmp), timeout=300)
+    assert res.returncode == 1
+    assert res.stderr == "Error: cannot write to standard output: No space left on device\n"
+
+
+def test_an_os_error_naming_no_file_is_not_taken_for_standard_outputs(capsys):
+    import errno
+
+    from cnncli.cli_common import UserError, user_errors
+
+    @user_errors
+    def save():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(UserError) as err:
+        save()
+    assert err.value.format_message() == "[Errno 28] No space left on device"
+
+
 def test_a_deleted_current_folder_is_one_line_saying_so(workspace, tmp_path):
     tmp, data = workspace
     script = (f"mkdir gone && cd gone && rmdir ../gone && exec {sys.executable} -m cnncli train --config "

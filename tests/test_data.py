@@ -377,6 +377,21 @@ def test_nearly_black_images_such_as_12_bit_data_in_16_bit_files_are_a_warning(t
         "a 16-bit file of 12-bit data (0..4095) decodes so; scale such files to their full range first"]
 
 
+def test_nearly_black_8_bit_images_are_not_called_16_bit_files(tmp_path):
+    root = make_folder(tmp_path / "d")
+    dark = (np.arange(64).reshape(8, 8) // 8).astype(np.uint8)                                    # 0..7
+    save(root / "cat" / "a_night.png", Image.fromarray(dark))
+    ds, _ = data.load_folder(root, cache=False)
+    assert ds.notes == [f"warning: 1 image(s) are nearly black (no pixel above 16 of 255), e.g. "
+                        f"{root / 'cat' / 'a_night.png'}"]
+    ramp = (np.arange(40 * 30).reshape(30, 40) * 4095 // (40 * 30 - 1)).astype(np.uint16)      # 0..4095
+    Image.fromarray(ramp).save(root / "cat" / "camera.tif")                    # listed after a_night.png
+    ds, _ = data.load_folder(root, cache=False)
+    assert ds.notes == [
+        f"warning: 2 image(s) are nearly black (no pixel above 16 of 255), e.g. {root / 'cat' / 'camera.tif'}: "
+        "a 16-bit file of 12-bit data (0..4095) decodes so; scale such files to their full range first"]
+
+
 def test_files_of_other_extensions_are_counted_in_one_note(tmp_path):
     root = make_folder(tmp_path / "d")
     for rel in ("cat/notes.txt", "cat/sub/scan.xyz", "dog/README", "dog/more.txt", "dog/Thumbs.db", "dog/.hidden"):

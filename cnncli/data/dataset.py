@@ -155,7 +155,8 @@ def pixel_notes(images, paths, chunk: int = 1 << 16) -> list[str]:
     """[a warning naming one of the images whose pixels are all one grey level, one naming one of the
     nearly black images (no pixel above DARK)]: those that apply. Such images are kept, but a flat one
     likely decodes to something other than its picture, and a nearly black one is often a 16-bit file
-    of 10- or 12-bit camera data (16-bit values are scaled by 255/65535: 4095 becomes 16)."""
+    of 10- or 12-bit camera data (16-bit values are scaled by 255/65535: 4095 becomes 16): when one of
+    the first PROBE nearly black files stores 16-bit samples, the warning names it and says so."""
     flat, dark = [], []
     for a in range(0, len(images), chunk):
         lo, hi = images[a:a + chunk].min(axis=(1, 2)), images[a:a + chunk].max(axis=(1, 2))      # (n,) each
@@ -167,13 +168,16 @@ def pixel_notes(images, paths, chunk: int = 1 << 16) -> list[str]:
         lines.append(f"warning: {flat.size} image(s) decode to a single grey level, e.g. "
                      f"{printable(paths[int(flat[0])])}")
     if dark.size:
-        lines.append(f"warning: {dark.size} image(s) are nearly black (no pixel above {DARK} of 255), e.g. "
-                     f"{printable(paths[int(dark[0])])}: a 16-bit file of 12-bit data (0..4095) decodes so; "
-                     "scale such files to their full range first")
+        deep = next((int(i) for i in dark[:PROBE] if dec.holds_16_bit_samples(paths[int(i)])), None)
+        line = f"warning: {dark.size} image(s) are nearly black (no pixel above {DARK} of 255), e.g. "
+        lines.append(line + (f"{printable(paths[int(dark[0])])}" if deep is None else
+                             f"{printable(paths[deep])}: a 16-bit file of 12-bit data (0..4095) decodes so; "
+                             "scale such files to their full range first"))
     return lines
 
 
 DARK = 16           # the brightest pixel of a nearly black image: 12-bit data (4095) in a 16-bit file
+PROBE = 20          # nearly black images whose headers are read for a 16-bit one to name
 
 
 def split(ds: Dataset, train_idx, val_idx, chunk: int = 4096) -> tuple[Dataset, Dataset]:

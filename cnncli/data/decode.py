@@ -124,6 +124,18 @@ def _stores_16_bit(img) -> bool:
     return img.format == "TIFF" and tuple(bits)[:1] == (16,)
 
 
+def holds_16_bit_samples(path) -> bool:
+    """Whether the image file at path stores 16-bit integer samples (read from its header only;
+    False for anything that does not open)."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f, Image.open(f, formats=list(PIL_FORMATS)) as img:
+            return img.mode.startswith("I") and _stores_16_bit(img)
+    except Exception:  # noqa: BLE001 -- a file gone or damaged since it decoded: no
+        return False
+
+
 def _composite(rgba, background: int) -> np.ndarray:
     from PIL import Image
 

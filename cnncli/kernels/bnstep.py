@@ -34,20 +34,21 @@ from .fcgrad import fc_grads_tree_task, fc_grads_tree_tasks
 from .head import bn_head_into
 from .reduce import LEVELS, tree_chunks, tree_cols_step, tree_rows_done, tree_slots, tree_top
 from . import sync as _sync
-from .sync import barrier, cycles, own_shard, take
+from .sync import barrier, cycles, own_item, own_shard, take
 
-# the counters of sync.py's array: the statistics' chunks and the rows' tree by phase; TID numbers
-# the threads (for the clock marks)
-TREE, S1, S2, S3, T3, T2, T1, TID, TREE_FC, TREE_C2, FC1 = range(11)
-SYNC_COUNTERS = _sync.COUNTERS + 11   # the barrier's slots and those counters; then, T each, the
-F1, F2, F3, HEAD, B3, B2, B1 = range(7)   # shard phases' shares (sync.own_shard): sync[SYNC_COUNTERS + F1*T + t]
-SHARD_PHASES = 7
+# the counters of sync.py's array: the rows' trees' column chunks by layer and fc1's gradient tasks;
+# TID numbers the threads (for the clock marks)
+TREE, TID, TREE_FC, TREE_C2, FC1 = range(5)
+SYNC_COUNTERS = _sync.COUNTERS + 5    # the barrier's slots and those counters; then, T each, the
+F1, F2, F3, HEAD, B3, B2, B1 = range(7)   # shard phases' shares (sync.own_item): sync[SYNC_COUNTERS + F1*T + t],
+S1, S2, S3, T3, T2, T1 = range(7, 13)     # and the statistics and sums phases' shares of their chunks
+SHARES = 13
 ROW_TREES = 6                       # then fwd1, fwd2, fwd3, bwd3, bwd2, bwd1's tree_slots(L) node counters each
 
 
 def sync_size(T: int, L: int) -> int:
     """The length of bn_step_into's sync array for T threads and L shards."""
-    return SYNC_COUNTERS + SHARD_PHASES * T + ROW_TREES * tree_slots(L)
+    return SYNC_COUNTERS + SHARES * T + ROW_TREES * tree_slots(L)
 
 # the step's segments in order, each ended by a barrier (the last by the call's end): clock marks
 SEGMENTS = ("forward to BN1's input, its moments", "BN1's statistics",
@@ -61,18 +62,20 @@ CHUNK = 512                         # statistics per chunk of a BN layer's batch
 
 
 @njit(inline="always")
-def _forward_stats(sync, counter, fwd, counts, step, M, eps, stats, keep, m, unbias, rm, rv, moments, gamma, beta,
-                   coef, with_coef):
-    # chunks of CHUNK statistics to whichever thread takes them: the batch's moments (2D,) from
+def _forward_stats(sync, base, tid, T, fwd, counts, step, M, eps, stats, keep, m, unbias, rm, rv, moments, gamma,
+                   beta, coef, with_coef):
+    # chunks of CHUNK statistics, each thread's own share first (own_item from sync[base]: the same
+    # chunks as the step before, whose running statistics are likely still in its cache), then any
+    # left in the others'; the chunk's arithmetic is the same on any thread: the batch's moments (2D,) from
     # the top of the shard rows' tree (fwd (L,2D): the nodes the climbs left in rows 0, step, ..)
     # -> stats (3,D) (mean, var, invstd),
     # running statistics updated when rm has D values (bnphases.statistics), and with_coef the
     # fused kernels' coefficients (bnpool); each statistic's operations are the whole-layer kernels'
     D = stats.shape[1]
     n = -(-D // CHUNK)
-    for _ in range(n):
-        c = take(sync, counter)
-        if c >= n:
+    while True:
+        c = own_item(sync, base, n, tid, T, False)
+        if c < 0:
             break
         d0, d1 = c * CHUNK, min(D, (c + 1) * CHUNK)
         bntree.bn_moments_tree_range(fwd, counts, moments, d0, d1, step)   # the tree's top
@@ -82,16 +85,17 @@ def _forward_stats(sync, counter, fwd, counts, step, M, eps, stats, keep, m, unb
 
 
 @njit(inline="always")
-def _backward_sums(sync, counter, bwd, step, sums, stats, gamma, M, coef, with_coef, ggamma, gbeta):
-    # chunks as above: the batch's [sum dy | sum dy*xhat] sums (2D,) from the top of the shard
+def _backward_sums(sync, base, tid, T, bwd, step, sums, stats, gamma, M, coef, with_coef, ggamma, gbeta):
+    # chunks as above (the shares of _forward_stats: a thread sums the chunks whose statistics it
+    # made): the batch's [sum dy | sum dy*xhat] sums (2D,) from the top of the shard
     # rows' tree (bwd (L,2D): rows 0, step, ..), which are beta's and gamma's gradients (ggamma,
     # gbeta (D,) views of the gradient buffer: the sums rounded to the dtype), and with_coef the
     # backward coefficients
     D = stats.shape[1]
     n = -(-D // CHUNK)
-    for _ in range(n):
-        c = take(sync, counter)
-        if c >= n:
+    while True:
+        c = own_item(sync, base, n, tid, T, False)
+        if c < 0:
             break
         d0, d1 = c * CHUNK, min(D, (c + 1) * CHUNK)
         tree_cols_step(bwd, step, sums, d0, d1)             # the tree's top
@@ -162,7 +166,7 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
     C = w4.shape[0]
     unit = g1.shape[0] != b1.shape[0]            # BN per unit (per channel: a gamma per conv1 map)
     L = bounds.shape[0] - 1
-    tb, ts = SYNC_COUNTERS + SHARD_PHASES * T, L + LEVELS    # the six row trees' node counters (tree_slots)
+    tb, ts = SYNC_COUNTERS + SHARES * T, L + LEVELS    # the six row trees' node counters (tree_slots)
     top = tree_top(L, T)                         # the climbs stop at level top (reduce.tree_climb)
     step = 1 << top
     if src == MADE and barrier(sync, T):
@@ -180,8 +184,8 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
         bntree.bn_moments_rows_done(sync, tb, fwd1, counts1, j, top)
     if _meet(sync, T, clock, tid, 0):
         return
-    _forward_stats(sync, S1, fwd1, counts1, step, M1, eps, stats1, keep, m, unbias1, rm1, rv1, moments1, g1,
-                   be1, coef1, True)
+    _forward_stats(sync, SYNC_COUNTERS + S1 * T, tid, T, fwd1, counts1, step, M1, eps, stats1, keep, m, unbias1,
+                   rm1, rv1, moments1, g1, be1, coef1, True)
     if _meet(sync, T, clock, tid, 1):
         return
     # BN1, pool, ELU, conv2, to BN2's input and its moments
@@ -193,8 +197,8 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
         bntree.bn_moments_rows_done(sync, tb + 1 * ts, fwd2, counts2, j, top)
     if _meet(sync, T, clock, tid, 2):
         return
-    _forward_stats(sync, S2, fwd2, counts2, step, M2, eps, stats2, keep, m, unbias2, rm2, rv2, moments2, g2,
-                   be2, coef2, True)
+    _forward_stats(sync, SYNC_COUNTERS + S2 * T, tid, T, fwd2, counts2, step, M2, eps, stats2, keep, m, unbias2,
+                   rm2, rv2, moments2, g2, be2, coef2, True)
     if _meet(sync, T, clock, tid, 3):
         return
     # BN2, pool, ELU, fc1, to BN3's input and its moments
@@ -208,8 +212,8 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
         bntree.bn_moments_rows_done(sync, tb + 2 * ts, fwd3, counts3, j, top)
     if _meet(sync, T, clock, tid, 4):
         return
-    _forward_stats(sync, S3, fwd3, counts3, step, M3, eps, stats3, keep, m, unbias3, rm3, rv3, moments3, g3, be3, coef2,
-                   False)
+    _forward_stats(sync, SYNC_COUNTERS + S3 * T, tid, T, fwd3, counts3, step, M3, eps, stats3, keep, m, unbias3,
+                   rm3, rv3, moments3, g3, be3, coef2, False)
     if _meet(sync, T, clock, tid, 5):
         return
     # the head: BN3, ELU, fc2, the loss (and down to BN3's dy and its sums)
@@ -228,7 +232,7 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
         return
     if _meet(sync, T, clock, tid, 6):
         return
-    _backward_sums(sync, T3, bwd3, step, sums3, stats3, g3, M3, coef2, False,
+    _backward_sums(sync, SYNC_COUNTERS + T3 * T, tid, T, bwd3, step, sums3, stats3, g3, M3, coef2, False,
                    _bn_grad(gflat, bn_offs, 3, g3.shape[0]), _bn_grad(gflat, bn_offs, 3, g3.shape[0], 1))
     if _meet(sync, T, clock, tid, 7):
         return
@@ -245,7 +249,7 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
         tree_rows_done(sync, tb + 4 * ts, bwd2, j, top)
     if _meet(sync, T, clock, tid, 8):
         return
-    _backward_sums(sync, T2, bwd2, step, sums2, stats2, g2, M2, coef2, True,
+    _backward_sums(sync, SYNC_COUNTERS + T2 * T, tid, T, bwd2, step, sums2, stats2, g2, M2, coef2, True,
                    _bn_grad(gflat, bn_offs, 2, g2.shape[0]), _bn_grad(gflat, bn_offs, 2, g2.shape[0], 1))
     if _meet(sync, T, clock, tid, 9):
         return
@@ -269,7 +273,7 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
     tree_chunks(sync, TREE_FC, rows, gflat, chunks_fc)         # fc2's rows are final
     if _meet(sync, T, clock, tid, 10):
         return
-    _backward_sums(sync, T1, bwd1, step, sums1, stats1, g1, M1, coef1, True,
+    _backward_sums(sync, SYNC_COUNTERS + T1 * T, tid, T, bwd1, step, sums1, stats1, g1, M1, coef1, True,
                    _bn_grad(gflat, bn_offs, 1, g1.shape[0]), _bn_grad(gflat, bn_offs, 1, g1.shape[0], 1))
     if _meet(sync, T, clock, tid, 11):
         return

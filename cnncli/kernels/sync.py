@@ -141,24 +141,33 @@ def next_shard(sync, k, bounds):
 
 
 @njit(inline="always")
-def own_shard(sync, base, bounds, tid, T, rev):
-    """The next shard for thread tid of T: first from its own share of bounds (L+1,) (shards
-    L*tid//T .. L*(tid+1)//T - 1, in order, or from the last one down when rev), then from the
-    other threads' shares (tid+1, tid+2, ... mod T) the same way. Share r's items are counted in
-    sync[base + r] (T slots, zeroed). (j, a, b), or j = -1 once every shard is taken. A thread
-    meets the shards it had in the phase before, whose arrays are still in its cache; each
-    shard's arithmetic does not depend on which thread runs it."""
-    L = bounds.shape[0] - 1
+def own_item(sync, base, n, tid, T, rev):
+    """The next of n items for thread tid of T: first from its own share (items n*tid//T ..
+    n*(tid+1)//T - 1, in order, or from the last one down when rev), then from the other threads'
+    shares (tid+1, tid+2, ... mod T) the same way. Share r's items are counted in sync[base + r]
+    (T slots, zeroed). The item, or -1 once every item is taken. A thread meets the items it had
+    the last time, whose arrays are likely still in its cache; an item's arithmetic must not
+    depend on which thread runs it."""
     for s in range(T):
         r = (tid + s) % T
-        lo, hi = L * r // T, L * (r + 1) // T
+        lo, hi = n * r // T, n * (r + 1) // T
         if lo >= hi:
             continue
         i = atomic_add(sync, base + r, 1)
         if lo + i < hi:
-            j = hi - 1 - i if rev else lo + i
-            return j, bounds[j], bounds[j + 1]
-    return -1, 0, 0
+            return hi - 1 - i if rev else lo + i
+    return -1
+
+
+@njit(inline="always")
+def own_shard(sync, base, bounds, tid, T, rev):
+    """own_item over the shards of bounds (L+1,) (shard j's images are bounds[j]:bounds[j + 1]): a
+    thread meets the shards it had in the phase before. (j, a, b), or j = -1 once every shard is
+    taken."""
+    j = own_item(sync, base, bounds.shape[0] - 1, tid, T, rev)
+    if j < 0:
+        return -1, 0, 0
+    return j, bounds[j], bounds[j + 1]
 
 
 @njit(inline="always")

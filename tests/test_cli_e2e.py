@@ -706,7 +706,7 @@ def test_a_full_standard_output_is_one_line_naming_it(trained):
     assert res.stderr == "Error: cannot write to standard output: No space left on device\n"
 
 
-def test_an_os_error_naming_no_file_is_not_taken_for_standard_outputs(capsys):
+def test_an_os_error_naming_no_file_is_not_taken_for_standard_outputs():
     import errno
 
     from cnncli.cli_common import UserError, user_errors

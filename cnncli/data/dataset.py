@@ -170,7 +170,7 @@ def pixel_notes(images, paths, chunk: int = 1 << 16) -> list[str]:
     if dark.size:
         deep = next((int(i) for i in dark[:PROBE] if dec.holds_16_bit_samples(paths[int(i)])), None)
         line = f"warning: {dark.size} image(s) are nearly black (no pixel above {DARK} of 255), e.g. "
-        lines.append(line + (f"{printable(paths[int(dark[0])])}" if deep is None else
+        lines.append(line + (printable(paths[int(dark[0])]) if deep is None else
                              f"{printable(paths[deep])}: a 16-bit file of 12-bit data (0..4095) decodes so; "
                              "scale such files to their full range first"))
     return lines

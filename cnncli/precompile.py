@@ -220,18 +220,34 @@ class _Nothing:
 
 def env_workers() -> int:
     """Compile processes besides the run's own: CNNCLI_COMPILE_WORKERS when set (0: none, every kernel
-    compiles in the run's process on first use), else one per core that is idle by the 1-minute load
-    average, at most cores - 1: on a busy machine a worker adds its own numba start-up and takes no
+    compiles in the run's process on first use), else one per core that other processes leave idle
+    (busy_cores), at most cores - 1: on a busy machine a worker adds its own numba start-up and takes no
     less time (scripts/bench_first_run.py at load ~4 on 2 cores, 29f5f34: 40-44 s vs 35-37 s)."""
     value = os.environ.get("CNNCLI_COMPILE_WORKERS", "").strip()
     if value.isdigit():
         return int(value)
     cores = cpu_count()
+    return max(0, min(cores - 1, round(cores - busy_cores())))
+
+
+LOADAVG = "/proc/loadavg"
+
+
+def busy_cores() -> float:
+    """The cores other processes keep busy: the 1-minute load average, but no more than the tasks
+    runnable right now besides this one (LOADAVG's fourth field): a job that has just ended, such as
+    the `pip install` before a first run, weighs on the average for a minute or more. 0 where the
+    OS keeps no load average."""
     try:
-        idle = round(cores - os.getloadavg()[0])
-    except (AttributeError, OSError):     # no load average on this OS
-        idle = cores
-    return max(0, min(cores - 1, idle))
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+    try:
+        with open(LOADAVG) as f:
+            now = int(f.read().split()[3].split("/")[0]) - 1          # "running/total": minus this process
+    except (OSError, ValueError, IndexError):
+        return load
+    return min(load, max(0, now))
 
 
 def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=None, say=None, augment=True,

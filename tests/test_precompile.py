@@ -128,15 +128,33 @@ def test_dry_run_plans_every_kernel_a_training_run_uses(tmp_path, batchnorm):
     assert used <= planned, f"not planned: {sorted(used - planned)}"
 
 
-@pytest.mark.parametrize("env, cores, load, expected", [
-    ("", 16, 0.2, 15), ("", 16, 6.0, 10), ("", 2, 0.1, 1), ("", 2, 3.9, 0), ("3", 2, 3.9, 3), ("0", 16, 0.0, 0)])
-def test_workers_use_idle_cores(monkeypatch, env, cores, load, expected):
+@pytest.mark.parametrize("env, cores, load, running, expected", [
+    ("", 16, 0.2, 1, 15), ("", 16, 6.0, 7, 10), ("", 2, 0.1, 1, 1), ("", 2, 3.9, 5, 0), ("3", 2, 3.9, 5, 3),
+    ("0", 16, 0.0, 1, 0),
+    ("", 2, 1.6, 1, 1),       # the average still high from a job that has ended (pip install): nothing runs now
+    ("", 16, 6.0, 2, 15),     # the same on 16 cores, one other task running
+    ("", 2, 0.3, 4, 1)])      # three tasks runnable in this instant, the minute's average low: the average counts
+def test_workers_use_idle_cores(monkeypatch, tmp_path, env, cores, load, running, expected):
     from cnncli import precompile
 
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text(f"{load:.2f} {load:.2f} {load:.2f} {running}/345 12345\n")
     monkeypatch.setenv("CNNCLI_COMPILE_WORKERS", env)
     monkeypatch.setattr(precompile, "cpu_count", lambda: cores)
     monkeypatch.setattr(precompile.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(precompile, "LOADAVG", str(loadavg))
     assert precompile.env_workers() == expected
+
+
+def test_busy_cores_is_the_load_average_where_the_running_count_cannot_be_read(monkeypatch, tmp_path):
+    from cnncli import precompile
+
+    monkeypatch.setattr(precompile.os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    monkeypatch.setattr(precompile, "LOADAVG", str(tmp_path / "none"))
+    assert precompile.busy_cores() == 1.5
+    (tmp_path / "garbage").write_text("1.5 1.0\n")
+    monkeypatch.setattr(precompile, "LOADAVG", str(tmp_path / "garbage"))
+    assert precompile.busy_cores() == 1.5
 
 
 def test_line_only_when_something_is_missing(monkeypatch):

@@ -11,12 +11,19 @@ import os
 import re
 
 
+def affinity_cpus() -> tuple:
+    """The CPU numbers this process may run on (its CPU affinity; every CPU where the OS does not
+    say), sorted, at least one."""
+    try:
+        cpus = tuple(sorted(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        cpus = ()
+    return cpus or tuple(range(os.cpu_count() or 1))
+
+
 def affinity_cores() -> int:
     """The CPUs this process may run on (its CPU affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    return len(affinity_cpus())
 
 
 def usable_cores(proc: str = "/proc/self") -> int:

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from .cores import usable_cores
+from .cores import affinity_cpus, usable_cores
 from .errors import CnnError, ConfigError
 
 SHARD = 8   # images per micro-shard: the unit of work of a thread or rank, and a leaf of the tree
@@ -274,13 +274,9 @@ def rank_threads(comm: Comm, threads: int) -> int:
     count = usable_cores()
     if comm.size == 1:
         return count
-    try:
-        cores = tuple(sorted(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        cores = tuple(range(os.cpu_count() or 1))
     import socket  # noqa: PLC0415
 
-    me = (socket.gethostname(), cores)
+    me = (socket.gethostname(), affinity_cpus())
     mates = [r for r, other in enumerate(comm.allgather(me)) if other == me]   # includes this rank
     i, n = mates.index(comm.rank), len(mates)
     return max(1, count // n + (i < count % n))

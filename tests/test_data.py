@@ -3,6 +3,8 @@
 import io
 import os
 import struct
+import subprocess
+import sys
 import warnings
 import zlib
 
@@ -789,6 +791,45 @@ def test_mutated_files_never_crash(tmp_path, fmt, ext):
                 outcomes["skipped"] += 1
     assert outcomes["skipped"] > 0
     assert [str(w.message) for w in recorded] == []             # Pillow's metadata warnings stay quiet
+
+
+def _damaged_tiff(compression: str) -> bytes:
+    """A TIFF whose compressed strip has 20 bytes overwritten: it opens, and its pixels do not decode
+    (libtiff, which decodes them for Pillow, complains about it on stderr unless silenced)."""
+    from PIL import features
+
+    if not features.check_codec("libtiff"):
+        pytest.skip("this Pillow has no libtiff")
+    b = bytearray(_bytes_of(noise_img(7, 40, 30), "TIFF", compression=compression))
+    strip = Image.open(io.BytesIO(bytes(b))).tag_v2[273][0]     # StripOffsets
+    b[strip + 10:strip + 30] = b"\xff" * 20
+    return bytes(b)
+
+
+@pytest.mark.parametrize("compression", ["tiff_lzw", "tiff_adobe_deflate"])
+def test_a_damaged_compressed_tiff_is_one_reason_and_libtiff_prints_nothing(tmp_path, capfd, compression):
+    p = tmp_path / "bad.tif"
+    p.write_bytes(_damaged_tiff(compression))
+    capfd.readouterr()
+    [(a, reason)] = dec.decode_jobs([(str(p), 32, "pad", dec.MAX_PIXELS)])
+    assert a is None
+    assert reason == f"a damaged TIFF file ({p.stat().st_size:,} bytes): its pixel data does not decode " \
+                     "(decoder error -2)"
+    assert capfd.readouterr().err == ""           # not libtiff's "tempfile.tif: Using code not yet in table."
+
+
+def test_decode_worker_processes_keep_libtiff_quiet_too(tmp_path):
+    """In a fresh process that decodes nothing itself, its forked decode workers silence libtiff."""
+    for i in range(8):
+        (tmp_path / f"bad{i}.tif").write_bytes(_damaged_tiff("tiff_lzw"))
+    script = ("import sys\nfrom cnncli.data import decodemany as many\nmany.PROCESS_MIN_IMAGES = 4\n"
+              "arrays, why = many.decode_many(sys.argv[1:], workers=2)\nprint(sum(a is None for a in arrays))\n"
+              "print(sorted({w.split(':')[0] for w in why}))\n")
+    paths = sorted(str(p) for p in tmp_path.glob("*.tif"))
+    res = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stderr == ""
+    size = os.path.getsize(paths[0])
+    assert res.stdout.splitlines() == ["8", f"['a damaged TIFF file ({size:,} bytes)']"]
 
 
 def test_symlinked_class_folder_and_symlink_loop(tmp_path):

@@ -50,11 +50,9 @@ def _not_image_reason(path: str) -> str:
     names = "PNG/JPEG/BMP/GIF/PNM/TIFF/WebP/ICO"
     if head.startswith(b"%PDF"):
         return f"not a {names} image (it is a PDF)"
-    for magic, fmt in _SIGNATURES:
-        if head.startswith(magic):
-            return f"a damaged or truncated {fmt} file ({_size(path)})"
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return f"a damaged or truncated WebP file ({_size(path)})"
+    fmt = _signature_format(head)
+    if fmt is not None:
+        return f"a damaged or truncated {fmt} file ({_size(path)})"
     try:
         text = head.decode("utf-8")
         if all(c.isprintable() or c in "\r\n\t" for c in text):
@@ -69,6 +67,27 @@ def _not_image_reason(path: str) -> str:
 # the first bytes of the formats we read (a file that starts so but does not open is damaged)
 _SIGNATURES = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"II*\0", "TIFF"),
                (b"MM\0*", "TIFF"))
+
+
+def _signature_format(head: bytes) -> str | None:
+    """The format a file's first bytes announce (BMP is told apart from text by the caller), or None."""
+    for magic, fmt in _SIGNATURES:
+        if head.startswith(magic):
+            return fmt
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WebP"
+    return None
+
+
+def _damaged_data_reason(path: str, msg: str) -> str:
+    """A file that opened but whose pixel data Pillow's codec refused ("decoder error -2")."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        head = b""
+    fmt = _signature_format(head) or ("BMP" if head.startswith(b"BM") else "image")
+    return f"a damaged {fmt} file ({_size(path)}): its pixel data does not decode ({msg})"
 
 
 def _size(path: str) -> str:
@@ -187,6 +206,35 @@ def resize_gray(a: np.ndarray, image_size: int, resize: str) -> np.ndarray:
 
 
 _PIL_LIMIT_LOCK = threading.Lock()
+_LIBTIFF_QUIET = []          # [True] once this process has switched libtiff's messages off
+
+
+def _quiet_libtiff():
+    """Switch off the stderr messages of the libtiff that Pillow decodes compressed TIFFs with
+    ("tempfile.tif: Using code not yet in table.", dozens for one damaged file, naming a file the
+    user does not have): the file's skip reason says what matters. Once per process, in the copy
+    Pillow loaded (found in /proc/self/maps, or a macOS wheel's PIL/.dylibs); where there is none
+    to be found (Windows wheels link it into Pillow), nothing changes."""
+    import ctypes
+    import glob
+
+    import PIL.Image            # (loads Pillow's _imaging, and the libtiff it links)
+
+    _LIBTIFF_QUIET.append(True)
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split(None, 5)[-1].strip() for line in maps if "/libtiff" in line}
+    except OSError:
+        paths = set(glob.glob(os.path.join(os.path.dirname(PIL.__file__), ".dylibs", "libtiff*.dylib")))
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+            for name in ("TIFFSetWarningHandler", "TIFFSetErrorHandler"):
+                setter = getattr(lib, name)
+                setter.restype, setter.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+                setter(None)
+        except (OSError, AttributeError):      # not loadable, or not libtiff after all
+            continue
 
 
 def _open(f):
@@ -195,6 +243,8 @@ def _open(f):
     JPEG limit next, before any decoding. (One open per file: f is read from its first bytes.)"""
     from PIL import Image
 
+    if not _LIBTIFF_QUIET:
+        _quiet_libtiff()
     jpeg = f.read(3) == b"\xff\xd8\xff"
     f.seek(0)
     if not jpeg:
@@ -246,6 +296,8 @@ def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndar
         msg = _one_line(e)
         if "truncated" in msg.lower():
             raise _Skip(f"truncated image ({msg})") from None
+        if re.fullmatch(r"decoder error -?\d+", msg):
+            raise _Skip(_damaged_data_reason(path, msg)) from None
         raise _Skip(f"cannot decode: {type(e).__name__}: {msg}") from None
 
 

@@ -222,9 +222,13 @@ def bad_files():
     """name -> (bytes, expected substring of the reason)."""
     rgb = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     png, jpg = _bytes_of(rgb, "PNG"), _bytes_of(rgb, "JPEG")
+    bmp = bytearray(_bytes_of(rgb, "BMP"))
+    bmp[30:34] = struct.pack("<I", 9)                              # a compression no BMP has
     return {
-        "truncated.png": (png[: len(png) // 2], "truncated"),
-        "truncated.jpg": (jpg[: len(jpg) // 2], "truncated"),
+        "truncated.png": (png[: len(png) // 2], f"a truncated PNG file ({len(png) // 2:,} bytes): image file is"),
+        "truncated.jpg": (jpg[: len(jpg) // 2], f"a truncated JPEG file ({len(jpg) // 2:,} bytes): image file is"),
+        "compression.bmp": (bytes(bmp), f"a damaged BMP file ({len(bmp):,} bytes): Unsupported BMP compression (9)"),
+        "header.jpg": (b"P5\n3 x4\n255\n" + bytes(12), "a damaged PNM file (24 bytes): "),   # PGM, whatever its name
         "zero.png": (b"", "empty file"),
         "text.png": (b"this is not an image\n", "looks like text"),
         "bomb.png": (forged_png(20000, 20000), "too large"),

@@ -79,15 +79,40 @@ def _signature_format(head: bytes) -> str | None:
     return None
 
 
-def _damaged_data_reason(path: str, msg: str) -> str:
-    """A file that opened but whose pixel data Pillow's codec refused ("decoder error -2")."""
+def _damaged_reason(path: str, e: Exception, msg: str) -> str:
+    """The reason for a file Pillow took for an image and then failed on (msg: e in one line): the
+    format its first bytes announce, else the one Pillow was reading (_format_in), its size and
+    Pillow's words."""
     try:
         with open(path, "rb") as f:
             head = f.read(12)
     except OSError:
         head = b""
-    fmt = _signature_format(head) or ("BMP" if head.startswith(b"BM") else "image")
-    return f"a damaged {fmt} file ({_size(path)}): its pixel data does not decode ({msg})"
+    fmt = _signature_format(head) or ("BMP" if head.startswith(b"BM") else _format_in(e.__traceback__))
+    truncated = "truncated" in msg.lower()
+    if fmt is None:
+        return f"truncated image ({msg})" if truncated else f"cannot decode: {type(e).__name__}: {msg}"
+    if re.fullmatch(r"decoder error -?\d+", msg):                  # a codec's return code, no words
+        msg = f"its pixel data does not decode ({msg})"
+    return f"a {'truncated' if truncated else 'damaged'} {fmt} file ({_size(path)}): {msg}"
+
+
+# Pillow's format names that the reasons say otherwise
+_SHOWN_FORMATS = {"PPM": "PNM", "MPO": "JPEG", "WEBP": "WebP"}
+
+
+def _format_in(tb) -> str | None:
+    """The format Pillow was reading in a traceback's frames: a plugin's (PIL.PngImagePlugin, ...), or
+    that of the image ImageFile.load was loading."""
+    while tb is not None:
+        frame = tb.tb_frame
+        module = frame.f_globals.get("__name__", "")
+        plugin = re.fullmatch(r"PIL\.(\w+)ImagePlugin", module)
+        fmt = plugin.group(1).upper() if plugin else getattr(frame.f_locals.get("self"), "format", None)
+        if isinstance(fmt, str) and module.startswith("PIL."):
+            return _SHOWN_FORMATS.get(fmt, fmt)
+        tb = tb.tb_next
+    return None
 
 
 def _size(path: str) -> str:
@@ -293,12 +318,7 @@ def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndar
         raise _Skip(f"too large: {int(size.group(1)) / 1e6:.1f} megapixels (limit {limit / 1e6:g}); possible "
                     "decompression bomb") from None
     except Exception as e:                              # noqa: BLE001 - one bad file must not crash
-        msg = _one_line(e)
-        if "truncated" in msg.lower():
-            raise _Skip(f"truncated image ({msg})") from None
-        if re.fullmatch(r"decoder error -?\d+", msg):
-            raise _Skip(_damaged_data_reason(path, msg)) from None
-        raise _Skip(f"cannot decode: {type(e).__name__}: {msg}") from None
+        raise _Skip(_damaged_reason(path, e, _one_line(e))) from None
 
 
 def _gray_of(img, jpeg: bool, image_size: int, max_pixels: int) -> np.ndarray:

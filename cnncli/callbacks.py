@@ -193,11 +193,11 @@ class EarlyStopping:
         state.stopped_early = stopping
         return improved, stopping
 
-    def is_best(self, state: RunState, row: dict) -> bool:
-        """Whether a history row is the epoch that set the best so far."""
-        if row.get(self.loss_key) != state.best_val_loss:
-            return False
-        return not self.by_accuracy or row.get(self.acc_key) == state.best_acc
+    def best_row(self, state: RunState, history: list) -> dict | None:
+        """The history row of the epoch that set the best so far (best.npz's): the first with its
+        values, as a later epoch that only equals them did not improve on them."""
+        return next((row for row in history if row.get(self.loss_key) == state.best_val_loss
+                     and (not self.by_accuracy or row.get(self.acc_key) == state.best_acc)), None)
 
 
 def plateau_drops(early: EarlyStopping, history: list, patience: int) -> int:

@@ -323,7 +323,7 @@ class Trainer:
         if not self.best_path.exists():
             return f"no epoch had a finite {what}, so there is no best.npz"
         restored = " (restored into last.npz)" if self.restored else ""
-        row = next((r for r in reversed(self.state.history) if early.is_best(self.state, r)), None)
+        row = early.best_row(self.state, self.state.history)
         if early.by_accuracy:
             best = f"{self.state.best_acc:.2%}"
             at = (f" (epoch {row['epoch']}, {early.loss_key.replace('_', ' ')} "

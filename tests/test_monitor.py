@@ -107,6 +107,27 @@ def test_best_npz_is_the_most_accurate_epoch_and_a_resume_keeps_it(data, tmp_pat
     assert res.exit_code == 2 and "train.monitor cannot change on --resume" in res.output
 
 
+def test_the_end_line_names_the_epoch_that_set_the_best_not_a_later_tie(tmp_path):
+    """A later epoch that only equals the best (saturated outputs give one val loss epoch after
+    epoch) did not improve on it: best.npz holds the first, and the end line names it."""
+    from types import SimpleNamespace
+
+    from cnncli.trainer import Trainer
+
+    (tmp_path / "best.npz").write_bytes(b"")
+    for monitor, pairs, want in (("val_loss", [(1.0, 0.5), (0.8, 0.6), (0.9, 0.6), (0.8, 0.7)], 2),
+                                 ("val_acc", [(1.0, 0.5), (0.8, 0.6), (0.9, 0.6), (0.8, 0.7)], 4),
+                                 ("val_acc", [(0.9, 0.6), (0.7, 0.6), (0.7, 0.6), (0.8, 0.5)], 2)):
+        history = rows(pairs)
+        marks, state = run_rule(monitor, history, es={**ES, "patience": 0})
+        state.history = history
+        assert marks[want - 1] == "*" and "*" not in marks[want:]
+        early = EarlyStopping(ES, have_val=True, monitor=monitor)
+        assert early.best_row(state, history)["epoch"] == want
+        fake = SimpleNamespace(early=early, best_path=tmp_path / "best.npz", restored=False, state=state)
+        assert f"(epoch {want}, " in Trainer._best_note(fake), (monitor, pairs)
+
+
 def test_plateau_drops_replay_keras_rule():
     early = EarlyStopping(ES, have_val=True, monitor="val_loss")
     # val loss 1.0 .8 .9 .7 .95 1.2 .6: bad epochs 3 (1), 5, 6 (2 in a row) -> drops after 6 with patience 2

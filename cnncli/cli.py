@@ -174,10 +174,12 @@ def _report_after_training(run_dir, new=True):
 @click.option("--metric", default=None, type=click.Choice(["accuracy", "macro_f1", "top_k_accuracy"]),
               help="The metric --fail-under checks [default: accuracy]; only with --fail-under.")
 @click.option("--no-cache", is_flag=True, help="Decode every image again; do not read or write the dataset cache.")
+@click.argument("checkpoints", metavar="[CHECKPOINT]...", nargs=-1, type=click.Path())
 @user_errors
-def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metric, no_cache):
+def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metric, no_cache, checkpoints):
     """Measure a checkpoint on a labelled image folder (default: its run's validation images): loss,
-    accuracy, top-k, per-class P/R/F1, confusion."""
+    accuracy, top-k, per-class P/R/F1, confusion. CHECKPOINT... as --checkpoint (`cnn eval runs/demo
+    --data data/demo/test`)."""
     from cnncli.evaluate import below_threshold, evaluate, format_metrics, notice_lines
 
     if fail_under is not None and fail_under != fail_under:    # nan (a variable expanded badly): no gate
@@ -185,7 +187,7 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
     if metric is not None and fail_under is None:          # (a gate without its threshold checks nothing)
         raise click.BadParameter("chooses what --fail-under checks; add --fail-under X", param_hint="--metric")
     metric = metric or "accuracy"
-    checkpoint = checkpoints_or_newest(checkpoint, ensemble=True)
+    checkpoint = checkpoints_or_newest(checkpoint + checkpoints, ensemble=True)
     metrics, _, _ = evaluate(list(checkpoint), data_dir, batch_size=batch_size, top_k=top_k, cache=not no_cache)
     for line in notice_lines(metrics):
         click.echo(printable(line), err=True)
@@ -292,12 +294,17 @@ def report(run_dir, data_dir, out_dir):
 @click.option("--input", "input_kind", default="uint8", show_default=True, type=click.Choice(["uint8", "float"]),
               help="Graph input: uint8 (N,32,32) pixels, normalized in the graph, or float32 (N,1,32,32) "
                    "already normalized. See docs/interop.md in the repository.")
+@click.argument("checkpoint_arg", metavar="[CHECKPOINT]", required=False, type=click.Path())
 @user_errors
-def export(checkpoint, fmt, out, input_kind):
-    """Export the inference network of a checkpoint; class names and preprocessing go in its metadata."""
+def export(checkpoint, fmt, out, input_kind, checkpoint_arg):
+    """Export the inference network of a checkpoint; class names and preprocessing go in its metadata.
+    CHECKPOINT as --checkpoint (`cnn export runs/demo -o model.onnx`)."""
     from cnncli.export import export_onnx
 
-    path = resolve_checkpoint(checkpoints_or_newest([checkpoint] if checkpoint else [])[0])
+    if checkpoint and checkpoint_arg:
+        raise click.UsageError(f"two checkpoints, --checkpoint {checkpoint} and {checkpoint_arg}: export writes one model")
+    given = checkpoint or checkpoint_arg
+    path = resolve_checkpoint(checkpoints_or_newest([given] if given else [])[0])
     click.echo(str(export_onnx(path, out, kind=input_kind)))
     if not str(out).lower().endswith(".onnx"):       # (-o model.txt: a model nobody would look for there)
         click.echo(f"note: {printable(str(out))} does not end in .onnx; it holds the ONNX model all the same", err=True)

@@ -216,6 +216,20 @@ def test_predict_files_folders_json_and_a_bad_file(trained):
     assert path.endswith("001.png") and cls in SHAPES and 0 <= float(prob) <= 1
 
 
+def test_eval_and_export_take_the_checkpoint_as_an_argument_as_predict_does(trained, tmp_path):
+    tmp, data, run, _ = trained
+    by_option = invoke(["eval", "--checkpoint", run, "--data", data, "--json"])
+    by_argument = invoke(["eval", run, "--data", data, "--json"])            # cnn eval runs/x --data ...
+    assert by_argument.exit_code == 0 and (by_argument.stdout, by_argument.stderr) == (by_option.stdout, by_option.stderr)
+    two = invoke(["eval", run, "--checkpoint", run / "best.npz", "--data", data, "--json"])   # an ensemble
+    assert two.exit_code == 0 and len(json.loads(two.stdout)["checkpoint"]) == 2
+    both = invoke(["export", run, "--checkpoint", run, "-o", tmp_path / "m.onnx"])
+    assert both.exit_code == 2 and "export writes one model" in both.stderr and not (tmp_path / "m.onnx").exists()
+    pytest.importorskip("onnx")
+    res = invoke(["export", run, "-o", tmp_path / "m.onnx"])                 # cnn export runs/x -o m.onnx
+    assert res.exit_code == 0 and res.stderr == "" and (tmp_path / "m.onnx").is_file()
+
+
 def test_predict_of_a_folder_without_images_fails(trained, tmp_path):
     tmp, data, run, _ = trained
     (tmp_path / "empty").mkdir()

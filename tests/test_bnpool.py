@@ -87,26 +87,17 @@ def test_fused_bn_pool_refuses_other_shapes():
         bnpool.bn_pool_elu_forward(z, np.zeros(5), np.ones(5), np.ones(5), np.zeros(5))
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("W, o", CASES)
-def test_wide_and_narrow_unit_tiles_give_the_same_bits(dtype, W, o):
-    """bnunits' per-unit forward, sums and dz in AVX-512's (wide) and AVX2's (narrow) register
-    tiles: the same bits on whichever machine, at every group size (N = 5: a short last group), and
-    the same as the public kernels, which use one of them (simd.WIDE)."""
-    from numba import njit
+_UNIT_TILES = {}
 
-    from cnncli.kernels import bncoef, bnunits
 
-    z, gamma, beta, dp = _shard("unit", W)
-    _, mean, invstd, _, _, _ = _reference(z, gamma, beta, dp, "unit")
-    z, dp, gamma = z.astype(dtype), dp.astype(dtype), gamma.astype(dtype)
-    pp, arg = bnpool.bn_pool_elu_forward(z, mean, invstd, gamma, beta.astype(dtype), o)
-    sums = bnpool.bn_unpool_sums(dp, pp, o, arg, z, mean, invstd)
-    fcoef = bnpool._coef(z, mean, invstd, gamma, beta.astype(dtype))
-    coef = bnpool._coef(z, mean, invstd, gamma, np.zeros_like(gamma))
-    bncoef.bn_coef_backward_into(invstd, gamma, sums, float(z.shape[0]), coef)
-    runs = {}
-    for tile in ("wide", "narrow"):
+def _unit_tiles(tile):
+    """A jitted call of bnunits' forward, sums and dz in one register tile ("wide" or "narrow"),
+    made once per tile: its dispatcher compiles once per dtype for every case below."""
+    if tile not in _UNIT_TILES:
+        from numba import njit
+
+        from cnncli.kernels import bnunits
+
         forward, unit_sums = getattr(bnunits, f"forward_units_{tile}"), getattr(bnunits, f"unit_sums_{tile}")
         backward = getattr(bnunits, f"backward_units_{tile}")
 
@@ -120,6 +111,29 @@ def test_wide_and_narrow_unit_tiles_give_the_same_bits(dtype, W, o):
                 forward(z, fcoef, fpp, o, farg, 32, G)
                 unit_sums(dp, pp, o, arg, z, coef, out, 32, G)
                 backward(dp, pp, o, arg, z, coef, dz, 32, G)
+        _UNIT_TILES[tile] = run
+    return _UNIT_TILES[tile]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("W, o", CASES)
+def test_wide_and_narrow_unit_tiles_give_the_same_bits(dtype, W, o):
+    """bnunits' per-unit forward, sums and dz in AVX-512's (wide) and AVX2's (narrow) register
+    tiles: the same bits on whichever machine, at every group size (N = 5: a short last group), and
+    the same as the public kernels, which use one of them (simd.WIDE)."""
+    from cnncli.kernels import bncoef, bnunits
+
+    z, gamma, beta, dp = _shard("unit", W)
+    _, mean, invstd, _, _, _ = _reference(z, gamma, beta, dp, "unit")
+    z, dp, gamma = z.astype(dtype), dp.astype(dtype), gamma.astype(dtype)
+    pp, arg = bnpool.bn_pool_elu_forward(z, mean, invstd, gamma, beta.astype(dtype), o)
+    sums = bnpool.bn_unpool_sums(dp, pp, o, arg, z, mean, invstd)
+    fcoef = bnpool._coef(z, mean, invstd, gamma, beta.astype(dtype))
+    coef = bnpool._coef(z, mean, invstd, gamma, np.zeros_like(gamma))
+    bncoef.bn_coef_backward_into(invstd, gamma, sums, float(z.shape[0]), coef)
+    runs = {}
+    for tile in ("wide", "narrow"):
+        run = _unit_tiles(tile)
         for G in (1, 2, 4):
             out, dz = np.full_like(sums, np.nan), np.full_like(z, np.nan)
             fpp, farg = np.zeros_like(pp), np.full_like(arg, -1)

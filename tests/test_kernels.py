@@ -1,5 +1,6 @@
 """Every Numba kernel against the slow NumPy reference (tests/reference.py), float64 and float32."""
 
+import functools
 from fractions import Fraction
 
 import numpy as np
@@ -610,9 +611,11 @@ def test_carve64_starts_on_a_cache_line_wherever_the_buffer_starts(dtype):
     assert len(seen) == step                          # (the buffers did start at every boundary)
 
 
+@functools.lru_cache(maxsize=None)
 def _njit_runner(kind, tile):
     # an njit call of one register tile: per image (conv16/conv32 forward, conv16 input gradient)
-    # or over the batch (the weight gradients)
+    # or over the batch (the weight gradients; "batch3": three arguments); made once per tile, so
+    # its dispatcher compiles once per signature for all the cases
     from numba import njit
 
     if kind == "image":
@@ -625,11 +628,34 @@ def _njit_runner(kind, tile):
         def run(dzp, w, dx):
             for n in range(dzp.shape[0]):
                 tile(dzp, n, w, dx)
+    elif kind == "batch3":
+        @njit
+        def run(a, b, c):
+            tile(a, b, c)
     else:
         @njit
         def run(a, b, c, d):
             tile(a, b, c, d)
     return run
+
+
+@functools.lru_cache(maxsize=None)
+def _grads_runner(tile):
+    # an njit call of one of fcgrad's weight-gradient tiles over every output pair and 64 columns
+    from numba import njit
+
+    from cnncli.kernels.simd import vstore
+
+    @njit
+    def grads(dz, x, out):
+        for o in range(0, dz.shape[1], 2):
+            p = min(o + 1, dz.shape[1] - 1)
+            for i in range(0, x.shape[1], 64):
+                a0, a1, a2, a3, b0, b1, b2, b3 = tile(dz, x, o, p, 0, dz.shape[0], i)
+                r, q = o * x.shape[1] + i, p * x.shape[1] + i
+                vstore(out, r, a0), vstore(out, r + 16, a1), vstore(out, r + 32, a2), vstore(out, r + 48, a3)
+                vstore(out, q, b0), vstore(out, q + 16, b1), vstore(out, q + 32, b2), vstore(out, q + 48, b3)
+    return grads
 
 
 def _same_bits_both_ways(module, name, kind, args, outs):
@@ -683,10 +709,6 @@ def test_wide_and_narrow_fc_tiles_give_the_same_bits(rng, dtype, N, O, I):
     """fc's forward, input-gradient and weight-gradient tiles, AVX-512's and AVX2's: the same bits
     (odd N and O: the clamped and leftover rows; I % 64: the leftover columns), equal to the
     public kernels'."""
-    from numba import njit
-
-    from cnncli.kernels.simd import vstore
-
     x = rng.standard_normal((N, I)).astype(dtype)
     w = rng.standard_normal((O, I)).astype(dtype)
     b = rng.standard_normal(O).astype(dtype)
@@ -698,7 +720,7 @@ def test_wide_and_narrow_fc_tiles_give_the_same_bits(rng, dtype, N, O, I):
     got = []
     for tiles in (fc.dx_tiles_wide, fc.dx_tiles_narrow):
         dx = np.zeros((N, I), dtype)
-        njit(lambda dz, w, dx: tiles(dz, w, dx))(dz, w, dx)
+        _njit_runner("batch3", tiles)(dz, w, dx)
         got.append(dx)
     want = np.zeros((N, I), dtype)
     fc.fc_dx_loop_into(dz, w, want)
@@ -706,17 +728,8 @@ def test_wide_and_narrow_fc_tiles_give_the_same_bits(rng, dtype, N, O, I):
     if I % 64 == 0:
         got = []
         for tile in (fcgrad._grad_tile_wide, fcgrad._grad_tile_narrow):
-            @njit
-            def grads(dz, x, out):
-                for o in range(0, dz.shape[1], 2):
-                    p = min(o + 1, dz.shape[1] - 1)
-                    for i in range(0, x.shape[1], 64):
-                        a0, a1, a2, a3, b0, b1, b2, b3 = tile(dz, x, o, p, 0, dz.shape[0], i)
-                        r, q = o * x.shape[1] + i, p * x.shape[1] + i
-                        vstore(out, r, a0), vstore(out, r + 16, a1), vstore(out, r + 32, a2), vstore(out, r + 48, a3)
-                        vstore(out, q, b0), vstore(out, q + 16, b1), vstore(out, q + 32, b2), vstore(out, q + 48, b3)
             out = np.zeros((O, I), dtype)
-            grads(dz, x, out)
+            _grads_runner(tile)(dz, x, out)
             got.append(out)
         dw, db = np.zeros((O, I), dtype), np.zeros(O, dtype)
         fcgrad.fc_grads_into(dz, x, dw, db)

@@ -797,6 +797,16 @@ def test_mutated_files_never_crash(tmp_path, fmt, ext):
     assert [str(w.message) for w in recorded] == []             # Pillow's metadata warnings stay quiet
 
 
+def test_an_error_pillow_did_not_raise_is_not_called_damage(tmp_path):
+    p = tmp_path / "fine.png"
+    p.write_bytes(_bytes_of(noise_img(1), "PNG"))
+    try:
+        np.empty(1 << 62, np.uint8)                        # raised here, not in Pillow: no memory
+    except MemoryError as e:
+        reason = dec._damaged_reason(str(p), e, dec._one_line(e))
+    assert reason.startswith("cannot decode: MemoryError: ") and "damaged" not in reason
+
+
 def _damaged_tiff(compression: str) -> bytes:
     """A TIFF whose compressed strip has 20 bytes overwritten: it opens, and its pixels do not decode
     (libtiff, which decodes them for Pillow, complains about it on stderr unless silenced)."""

@@ -82,13 +82,15 @@ def _signature_format(head: bytes) -> str | None:
 def _damaged_reason(path: str, e: Exception, msg: str) -> str:
     """The reason for a file Pillow took for an image and then failed on (msg: e in one line): the
     format its first bytes announce, else the one Pillow was reading (_format_in), its size and
-    Pillow's words."""
+    Pillow's words. An error Pillow did not raise (no memory, ...) says no more than its type."""
     try:
         with open(path, "rb") as f:
             head = f.read(12)
     except OSError:
         head = b""
-    fmt = _signature_format(head) or ("BMP" if head.startswith(b"BM") else _format_in(e.__traceback__))
+    fmt = _format_in(e.__traceback__)
+    if fmt is not None:
+        fmt = _signature_format(head) or ("BMP" if head.startswith(b"BM") else fmt or None)
     truncated = "truncated" in msg.lower()
     if fmt is None:
         return f"truncated image ({msg})" if truncated else f"cannot decode: {type(e).__name__}: {msg}"
@@ -103,16 +105,20 @@ _SHOWN_FORMATS = {"PPM": "PNM", "MPO": "JPEG", "WEBP": "WebP"}
 
 def _format_in(tb) -> str | None:
     """The format Pillow was reading in a traceback's frames: a plugin's (PIL.PngImagePlugin, ...), or
-    that of the image ImageFile.load was loading."""
+    that of the image ImageFile.load was loading; "" when Pillow's frames do not tell, None when
+    none of the frames is Pillow's."""
+    found = None
     while tb is not None:
         frame = tb.tb_frame
         module = frame.f_globals.get("__name__", "")
-        plugin = re.fullmatch(r"PIL\.(\w+)ImagePlugin", module)
-        fmt = plugin.group(1).upper() if plugin else getattr(frame.f_locals.get("self"), "format", None)
-        if isinstance(fmt, str) and module.startswith("PIL."):
-            return _SHOWN_FORMATS.get(fmt, fmt)
+        if module.startswith("PIL."):
+            plugin = re.fullmatch(r"PIL\.(\w+)ImagePlugin", module)
+            fmt = plugin.group(1).upper() if plugin else getattr(frame.f_locals.get("self"), "format", None)
+            if isinstance(fmt, str) and fmt:
+                return _SHOWN_FORMATS.get(fmt, fmt)
+            found = ""
         tb = tb.tb_next
-    return None
+    return found
 
 
 def _size(path: str) -> str:

@@ -514,7 +514,29 @@ def _error(root, **kw):
 
 
 def test_missing_folder(tmp_path):
-    assert "does not exist" in _error(tmp_path / "nope")
+    assert _error(tmp_path / "nope") == f"data folder {tmp_path / 'nope'}: does not exist"
+    assert _error(str(tmp_path / "*")).endswith(": does not exist (a wildcard pattern: give the one folder that "
+                                               "holds the class subfolders)")
+    assert _error("https://example.com/data").endswith(": does not exist (a URL: cnn reads image files on this "
+                                                       "machine; download it first)")
+
+
+def test_a_path_that_names_nothing_says_why_when_it_shows(tmp_path):
+    from cnncli.data import scan
+
+    for name in ("a.png", "b.png"):
+        save(tmp_path / name, noise_img(0))
+    cases = {str(tmp_path / "*.png"): " (a wildcard pattern that matches 2 path(s), but no shell expanded it: "
+                                      "write it without quotes, or give the folder)",
+             str(tmp_path / "*.jpg"): " (a wildcard pattern, and it matches nothing)",
+             "~/nope.png": " (a shell expands ~ only outside quotes)",
+             "http://example.com/a.png": " (a URL: cnn reads image files on this machine; download it first)",
+             "": " (an empty path)",
+             str(tmp_path / "nope.png"): ""}
+    for path, hint in cases.items():
+        with pytest.raises(DataError) as e:
+            scan.list_images_and_bad(path)
+        assert str(e.value) == f"{path}: no such file or folder{hint}"
 
 
 def test_not_a_folder(tmp_path):

@@ -302,7 +302,8 @@ def export(checkpoint, fmt, out, input_kind, checkpoint_arg):
     from cnncli.export import export_onnx
 
     if checkpoint and checkpoint_arg:
-        raise click.UsageError(f"two checkpoints, --checkpoint {checkpoint} and {checkpoint_arg}: export writes one model")
+        raise click.UsageError(f"two checkpoints, --checkpoint {checkpoint} and {checkpoint_arg}: export writes "
+                               "one model")
     given = checkpoint or checkpoint_arg
     path = resolve_checkpoint(checkpoints_or_newest([given] if given else [])[0])
     click.echo(str(export_onnx(path, out, kind=input_kind)))

@@ -220,7 +220,8 @@ def test_eval_and_export_take_the_checkpoint_as_an_argument_as_predict_does(trai
     tmp, data, run, _ = trained
     by_option = invoke(["eval", "--checkpoint", run, "--data", data, "--json"])
     by_argument = invoke(["eval", run, "--data", data, "--json"])            # cnn eval runs/x --data ...
-    assert by_argument.exit_code == 0 and (by_argument.stdout, by_argument.stderr) == (by_option.stdout, by_option.stderr)
+    assert by_argument.exit_code == 0
+    assert (by_argument.stdout, by_argument.stderr) == (by_option.stdout, by_option.stderr)
     two = invoke(["eval", run, "--checkpoint", run / "best.npz", "--data", data, "--json"])   # an ensemble
     assert two.exit_code == 0 and len(json.loads(two.stdout)["checkpoint"]) == 2
     both = invoke(["export", run, "--checkpoint", run, "-o", tmp_path / "m.onnx"])

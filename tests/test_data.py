@@ -503,6 +503,70 @@ def test_decode_falls_back_when_a_worker_process_dies_or_fork_is_missing(tmp_pat
     assert np.array_equal(one.images, three.images) and s1 == s3
 
 
+def _wrong_shape_chunk(jobs):
+    """A decode chunk whose first image has the wrong shape: decode_array fails on it in its own loop,
+    between two parts, while the worker pool is up."""
+    out = _REAL_CHUNK(jobs)
+    return [(np.zeros((3, 3), np.uint8), None)] + out[1:]
+
+
+class _FailingBar:
+    """A progress bar whose update raises, as a Ctrl-C landing in iter_decoded's own lines does."""
+
+    def update(self, n):
+        raise ValueError("stopped while counting")
+
+    def close(self):
+        pass
+
+
+def test_an_error_between_two_parts_shuts_the_decode_workers_down_at_once(tmp_path, monkeypatch):
+    """Whether the error comes in iter_decoded (its traceback then holds the worker pool's generator)
+    or in decode_array's loop, the pool is shut down before the error reaches the caller, not left
+    for the interpreter's exit to wait on (a Ctrl-C to `cnn predict` there hung it for ever)."""
+    import multiprocessing
+
+    root = make_folder(tmp_path / "d", per_class=20, classes=("a", "b"))
+    jobs = many.Jobs(sorted(str(p) for p in root.rglob("*.png")), 32, "pad", data.MAX_PIXELS)
+    monkeypatch.setattr(many, "PROCESS_MIN_IMAGES", 4)
+    shut = []
+    real_shut = many._shut
+    monkeypatch.setattr(many, "_shut", lambda pool: shut.append(pool) or real_shut(pool))
+    with monkeypatch.context() as m:
+        m.setattr(many, "_bar", lambda total: _FailingBar())
+        m.setattr(many.sys, "stderr", io.TextIOWrapper(io.BytesIO()))
+        m.setattr(many.sys.stderr, "isatty", lambda: True)
+        with pytest.raises(ValueError, match="stopped while counting") as err:     # (err keeps the frames)
+            many.decode_array(jobs, workers=2, progress=True)
+    assert len(shut) == 1 and multiprocessing.active_children() == [], err
+    monkeypatch.setattr(many, "_decode_chunk", _wrong_shape_chunk)          # (the forked workers run it too)
+    with pytest.raises(ValueError, match="could not broadcast") as err:
+        many.decode_array(jobs, workers=2)
+    assert len(shut) == 2 and multiprocessing.active_children() == [], err
+
+
+def test_a_ctrl_c_during_the_decode_pools_shutdown_waits_for_its_end(tmp_path, monkeypatch):
+    """A SIGINT as the worker pool shuts down is raised once the shutdown is over: cut short, it left
+    the workers waiting for work and the exit waiting for them (a Ctrl-C to `cnn predict` hung it)."""
+    import multiprocessing
+    import signal
+    from concurrent.futures import ProcessPoolExecutor
+
+    root = make_folder(tmp_path / "d", per_class=20, classes=("a", "b"))
+    jobs = many.Jobs(sorted(str(p) for p in root.rglob("*.png")), 32, "pad", data.MAX_PIXELS)
+    monkeypatch.setattr(many, "PROCESS_MIN_IMAGES", 4)
+    real = ProcessPoolExecutor.shutdown
+
+    def interrupted(self, *args, **kwargs):
+        signal.raise_signal(signal.SIGINT)                                # Ctrl-C as the shutdown begins
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "shutdown", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        many.decode_array(jobs, workers=2)
+    assert multiprocessing.active_children() == []
+
+
 # ----------------------------------------------------------------------------- folder errors
 
 def _error(root, **kw):

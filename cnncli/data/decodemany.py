@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from contextlib import closing
 
 import numpy as np
 
@@ -104,13 +105,17 @@ def _process_parts(jobs, workers, ctx):
 
 
 def _shut(pool) -> None:
-    """pool.shutdown, the chunks not started cancelled (all are done unless a stop or an error came).
-    An error inside pool.submit (not a stop: stops_held holds them there) can leave its manager
-    thread created but never started, and shutting that down raises RuntimeError ("cannot join
-    thread before it is started"), which would replace the error: its forked workers, which nothing
-    would stop, are killed."""
+    """pool.shutdown: the chunks not started cancelled, those under way finished. A stop (Ctrl-C)
+    that comes meanwhile waits for its end (stops_held): one that cut it short can leave the workers
+    waiting for work and the process's exit waiting for them, for ever; killing them instead can
+    cut a result in half on its pipe, on which the pool's thread then waits. An error inside
+    pool.submit (not a stop: stops_held holds them there) can leave its manager thread created but
+    never started, and shutting that down raises RuntimeError ("cannot join thread before it is
+    started"), which would replace the error: its forked workers, which nothing would stop, are
+    killed."""
     try:
-        pool.shutdown(wait=True, cancel_futures=True)
+        with stops_held():
+            pool.shutdown(wait=True, cancel_futures=True)
     except RuntimeError:
         for proc in list((getattr(pool, "_processes", None) or {}).values()):
             proc.kill()
@@ -126,9 +131,8 @@ def iter_decoded(jobs, workers=None, progress=False):
     tqdm bar with an ETA on stderr when it is a terminal."""
     workers = default_workers() if workers is None else int(workers)
     bar = _bar(len(jobs)) if progress and sys.stderr.isatty() else None
-    done = 0
+    done, parts = 0, None
     try:
-        parts = None
         if workers > 1 and len(jobs) >= PROCESS_MIN_IMAGES:
             parts = _decode_in_processes(jobs, workers)
         for part in parts or ():
@@ -142,6 +146,8 @@ def iter_decoded(jobs, workers=None, progress=False):
                 bar.update(len(part))
             yield part
     finally:
+        if parts is not None:     # (closed at once: its worker pool shuts down now, not at interpreter exit)
+            parts.close()
         if bar is not None:
             bar.close()
 
@@ -156,9 +162,10 @@ def _bar(total):
 def decode_many(paths, image_size=32, resize="pad", workers=None, max_pixels=MAX_PIXELS, progress=False):
     """Decode in order. Returns (list of (S,S) uint8 or None, list of reasons or None)."""
     arrays, why = [], []
-    for part in iter_decoded(Jobs(list(paths), image_size, resize, max_pixels), workers, progress):
-        arrays.extend(r[0] for r in part)
-        why.extend(r[1] for r in part)
+    with closing(iter_decoded(Jobs(list(paths), image_size, resize, max_pixels), workers, progress)) as parts:
+        for part in parts:
+            arrays.extend(r[0] for r in part)
+            why.extend(r[1] for r in part)
     return arrays, why
 
 
@@ -168,12 +175,15 @@ def decode_array(jobs, workers=None, progress=False):
     s = jobs.args[0]
     images = np.empty((len(jobs), s, s), dtype=np.uint8)   # (N,S,S); untouched rows cost no memory
     skipped, k, i = [], 0, 0
-    for part in iter_decoded(jobs, workers, progress):
-        for a, reason in part:
-            if a is None:
-                skipped.append((i, reason))
-            else:
-                images[k] = a
-                k += 1
-            i += 1
+    # closing: a stop or an error here, between two parts, shuts the decode workers down at once (an
+    # unclosed generator kept alive by the traceback left them waiting for work, and the exit hung)
+    with closing(iter_decoded(jobs, workers, progress)) as parts:
+        for part in parts:
+            for a, reason in part:
+                if a is None:
+                    skipped.append((i, reason))
+                else:
+                    images[k] = a
+                    k += 1
+                i += 1
     return images[:k], skipped

@@ -10,7 +10,7 @@ import difflib
 
 import numpy as np
 
-from .data.scan import matching_form
+from .data.names import matching_form
 from .errors import ConfigError
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from .atomic import write_atomic
 from .errors import CnnError
 from .callbacks import loss_text
-from .data.scan import printable as name_text
+from .data.names import printable as name_text
 from .evaluate import evaluate_found, evaluate_predictor, notice_lines, short_name, validation_data
 from .plotting import DPI, MATPLOTLIB_MISSING, STYLE, matplotlib_parts, new_figure  # noqa: F401 (API)
 

@@ -128,7 +128,7 @@ def data_notes(cfg: dict, train_ds, val_ds) -> list:
     """The lines a run starts with about what its data holds: class folders named like a dataset's
     splits (data.train one level too high), classes without training or validation images, no
     validation images at all, classes of very different sizes without class weights."""
-    from cnncli.data.scan import printable as name_text
+    from cnncli.data.names import printable as name_text
 
     classes, lines = train_ds.classes, []
     splits, inner = split_folders(classes)

@@ -16,7 +16,7 @@ from cnncli.callbacks import loss_text
 from cnncli.checkpoint import load_meta
 from cnncli.errors import CnnError
 from cnncli.predictor import Predictor
-from cnncli.data.scan import listed, printable as name_text
+from cnncli.data.names import listed, printable as name_text
 from cnncli.runfolder import printable
 
 

@@ -76,7 +76,7 @@ def apply(net, source: Source, classes) -> str:
     if net.buffers is not None:
         for name, view in net.buffers.items():
             view[...] = source.arrays["buffers/" + name]
-    from cnncli.data.scan import matching_form
+    from cnncli.data.names import matching_form
 
     form = matching_form(source.classes, classes)                      # (a macOS folder's e + accent is é)
     rows = {form(c): i for i, c in enumerate(source.classes)}

@@ -212,7 +212,7 @@ def test_the_recipe_line_counts_warmup_epochs_in_words():
 
 
 def test_class_names_with_commas_are_quoted_in_the_list(tmp_path, monkeypatch):
-    from cnncli.data.scan import listed
+    from cnncli.data.names import listed
 
     assert [listed(n) for n in ("cat", "cat, tabby", ' say "hi"', "café ☕")] == \
         ["cat", '"cat, tabby"', '" say "hi""', "café ☕"]

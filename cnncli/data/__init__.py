@@ -11,8 +11,9 @@ from .cache import info as cache_info
 from .dataset import Dataset, fold_split, load_folder, pixel_mean_std, pixel_notes, split, stratified_split
 from .decode import ALPHA_BACKGROUND, IMAGE_EXTENSIONS, MAX_PIXELS, PIL_FORMATS, RESIZE_MODES, load_image, resize_gray
 from .decodemany import PROCESS_MIN_IMAGES, Jobs, decode_array, decode_many, default_workers, iter_decoded
+from .names import printable
 from .pathlist import PathList
-from .scan import IGNORED_DIRS, list_images, list_images_and_bad, printable
+from .scan import IGNORED_DIRS, list_images, list_images_and_bad
 
 __all__ = ["ALPHA_BACKGROUND", "CACHE_FORMAT_VERSION", "IGNORED_DIRS", "IMAGE_EXTENSIONS", "Jobs", "MAX_PIXELS",
            "PIL_FORMATS", "PathList", "PROCESS_MIN_IMAGES", "RESIZE_MODES", "Dataset", "cache_dir", "cache_info",

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import DataError
 from .decode import IMAGE_EXTENSIONS
 from .pathlist import PathList
-from .scan import matching_form, printable, shown_classes
+from .names import matching_form, printable, shown_classes
 
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "filepath", "image", "image_path", "img")
 LABEL_COLUMNS = ("label", "class", "category", "target", "y")
@@ -247,7 +247,7 @@ class CsvIndex:
 
     @staticmethod
     def _classes(path: str, names: list, classes) -> tuple:
-        """(the classes, the form their names and the labels match in: scan.matching_form)."""
+        """(the classes, the form their names and the labels match in: names.matching_form)."""
         found = sorted(set(names))
         if classes is None:
             if len(found) < 2:

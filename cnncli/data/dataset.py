@@ -18,7 +18,8 @@ from . import decode as dec
 from . import decodemany
 from .pathlist import PathList
 from .csvindex import CsvIndex, is_labels_file
-from .scan import Index, printable
+from .names import printable
+from .scan import Index
 
 
 def _take(paths, idx):

@@ -2,14 +2,13 @@
 be scanned (folders without permission, paths over the OS limit, symlink loops), each with a reason.
 
 It does not open or decode files (decode.py). Names that are not valid UTF-8 keep Python's
-surrogateescape form (so the files open); `printable` turns them into a displayable escaped form.
+surrogateescape form (so the files open); names.printable turns them into a displayable escaped form.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import unicodedata
 from array import array
 from collections import Counter
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from ..errors import DataError
 from .decode import IMAGE_EXTENSIONS
+from .names import matching_form, printable, shown_classes
 from .pathlist import PathList
 
 # folders that systems, not users, put among images (hidden (dot) folders are ignored as well): macOS
@@ -25,22 +25,6 @@ from .pathlist import PathList
 IGNORED_DIRS = {"__MACOSX", "@eaDir", "#recycle", "#snapshot", "@Recycle", "$RECYCLE.BIN",
                 "System Volume Information", "lost+found"}
 OS_DEBRIS = {"thumbs.db", "desktop.ini", "ehthumbs.db"}   # files an OS leaves, not counted as ignored
-
-
-_CONTROL = {**{c: f"\\x{c:02x}" for c in (*range(32), 127)}, 9: "\\t", 10: "\\n", 13: "\\r"}
-
-
-def printable(path: str) -> str:
-    """A path or name on one line: bytes that are not valid UTF-8 (surrogateescape) shown as \\xNN,
-    control characters (a tab, a newline in a folder name) as \\t, \\n, \\xNN. Safe to print or
-    write into a tab-separated line."""
-    if path.isprintable():
-        return path
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        path = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return path.translate(_CONTROL)
 
 
 def _is_hidden(name: str) -> bool:
@@ -171,31 +155,6 @@ def _check_root(root: str) -> list[str]:
         raise DataError(f"data folder {printable(root)}: cannot be read ({e.strerror or e})") from None
     return [e for e in entries if not _is_hidden(e) and e not in IGNORED_DIRS
             and os.path.isdir(os.path.join(root, e))]
-
-
-def listed(name: str) -> str:
-    """A class name as an item of a comma-separated list: printable, in double quotes when it holds
-    a comma or a quote or starts or ends with a blank (a labels CSV's "cat, tabby" is one class)."""
-    text = printable(name)
-    return f'"{text}"' if any(ch in text for ch in ',"') or text != text.strip() else text
-
-
-def shown_classes(classes) -> str:
-    """The first 20 class names for a message ("a, b, ..." beyond that)."""
-    return ", ".join(map(listed, classes[:20])) + (", ..." if len(classes) > 20 else "")
-
-
-def same_form(name: str) -> str:
-    """A class name in Unicode's composed form (NFC): a folder macOS wrote as e + accent (NFD) and the
-    same name typed elsewhere as one character compare equal."""
-    return unicodedata.normalize("NFC", name)
-
-
-def matching_form(*groups):
-    """The form two lists of class names are compared in: same_form, unless two names of one list
-    differ only in Unicode form (two classes, then compared exactly: str)."""
-    unique = all(len({same_form(n) for n in names}) == len(set(names)) for names in groups)
-    return same_form if unique else str
 
 
 def _match_classes(root: str, found: list, classes, missing_ok: bool) -> tuple[list, list]:

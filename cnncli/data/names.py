@@ -1,0 +1,47 @@
+"""How path and class names are shown and compared: on one line whatever bytes they hold, as list
+items, in one Unicode form. Not where names come from (scan.py, csvindex.py).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+_CONTROL = {**{c: f"\\x{c:02x}" for c in (*range(32), 127)}, 9: "\\t", 10: "\\n", 13: "\\r"}
+
+
+def printable(path: str) -> str:
+    """A path or name on one line: bytes that are not valid UTF-8 (surrogateescape) shown as \\xNN,
+    control characters (a tab, a newline in a folder name) as \\t, \\n, \\xNN. Safe to print or
+    write into a tab-separated line."""
+    if path.isprintable():
+        return path
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        path = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return path.translate(_CONTROL)
+
+
+def listed(name: str) -> str:
+    """A class name as an item of a comma-separated list: printable, in double quotes when it holds
+    a comma or a quote or starts or ends with a blank (a labels CSV's "cat, tabby" is one class)."""
+    text = printable(name)
+    return f'"{text}"' if any(ch in text for ch in ',"') or text != text.strip() else text
+
+
+def shown_classes(classes) -> str:
+    """The first 20 class names for a message ("a, b, ..." beyond that)."""
+    return ", ".join(map(listed, classes[:20])) + (", ..." if len(classes) > 20 else "")
+
+
+def same_form(name: str) -> str:
+    """A class name in Unicode's composed form (NFC): a folder macOS wrote as e + accent (NFD) and the
+    same name typed elsewhere as one character compare equal."""
+    return unicodedata.normalize("NFC", name)
+
+
+def matching_form(*groups):
+    """The form two lists of class names are compared in: same_form, unless two names of one list
+    differ only in Unicode form (two classes, then compared exactly: str)."""
+    unique = all(len({same_form(n) for n in names}) == len(set(names)) for names in groups)
+    return same_form if unique else str

@@ -175,8 +175,8 @@ def decode_array(jobs, workers=None, progress=False):
     s = jobs.args[0]
     images = np.empty((len(jobs), s, s), dtype=np.uint8)   # (N,S,S); untouched rows cost no memory
     skipped, k, i = [], 0, 0
-    # closing: a stop or an error here, between two parts, shuts the decode workers down at once, not
-    # when the traceback that holds the generator goes (the exit would wait on workers waiting for work)
+    # closing: when this loop ends, by a stop or an error too, the decode workers shut down at once,
+    # whatever still holds the generator (the exit would wait on workers waiting for work)
     with closing(iter_decoded(jobs, workers, progress)) as parts:
         for part in parts:
             for a, reason in part:

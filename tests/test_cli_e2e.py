@@ -680,7 +680,8 @@ def test_predict_of_a_folder_notes_the_files_it_did_not_read(trained, tmp_path):
         (tmp_path / name).write_text("x")
     res = invoke(["predict", "--checkpoint", run, tmp_path])
     assert res.exit_code == 0 and res.stdout.startswith(str(tmp_path / "a.png"))
-    assert res.stderr == "note: 3 file(s) with other extensions were not read (.tga: 2, .txt: 1)\n"
+    assert res.stderr == ("note: 3 file(s) with other extensions were not read (.tga: 2, .txt: 1); .tga is an image "
+                          "format cnn does not read: convert those files to PNG or JPEG\n")
     assert invoke(["predict", "--checkpoint", run, tmp_path / "a.png"]).stderr == ""
 
 

@@ -239,6 +239,16 @@ def bad_files():
         "garbage.webp": (bytes(range(256)) * 4, "its first bytes match none of these formats"),
         "stub.png": (png[:6], "a damaged or truncated PNG file (6 bytes)"),        # too short for Pillow to tell
         "stub.gif": (b"GIF89a", "a damaged or truncated GIF file (6 bytes)"),
+        # formats cnn does not read, under a name it does: named, with what to do
+        "iphone.jpg": (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(40),
+                       "not a PNG/JPEG/BMP/GIF/PNM/TIFF/WebP/ICO image (it is an HEIC image: convert it to PNG or JPEG "
+                       "first)"),
+        "avif.png": (b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf" + bytes(40), "(it is an AVIF image: convert"),
+        "layers.png": (b"8BPS\0\1" + bytes(40), "(it is a Photoshop (PSD) file: convert"),
+        "drawing.png": (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="16">\n',
+                        "(it is an SVG drawing: convert"),
+        "scan.tif": (bytes(128) + b"DICM" + bytes(40), "(it is a DICOM file: convert"),
+        "jxl.webp": (b"\xff\x0a" + bytes(40), "(it is a JPEG XL image: convert"),
     }
 
 
@@ -409,6 +419,20 @@ def test_files_of_other_extensions_are_counted_in_one_note(tmp_path):
         assert ds.notes == ["note: 4 file(s) with other extensions were not read (.txt: 2, (no extension): 1, "
                             ".xyz: 1)"]
     assert data.load_folder(make_folder(tmp_path / "e"), cache=False)[0].notes == []
+
+
+def test_the_note_on_other_extensions_names_the_image_formats_among_them(tmp_path):
+    root = make_folder(tmp_path / "d")
+    for rel in ("cat/IMG_0001.HEIC", "cat/IMG_0002.heic", "dog/art.psd", "dog/notes.txt"):
+        (root / rel).write_bytes(b"x")
+    assert data.load_folder(root, cache=False)[0].notes == [
+        "note: 4 file(s) with other extensions were not read (.heic: 2, .psd: 1, .txt: 1); .heic and .psd are image "
+        "formats cnn does not read: convert those files to PNG or JPEG"]
+    (root / "cat" / "IMG_0002.heic").unlink()
+    (root / "dog" / "art.psd").unlink()
+    assert data.load_folder(root, cache=False)[0].notes == [
+        "note: 2 file(s) with other extensions were not read (.heic: 1, .txt: 1); .heic is an image format cnn does "
+        "not read: convert those files to PNG or JPEG"]
 
 
 def test_strict_mode_lists_every_skipped_file(tmp_path):

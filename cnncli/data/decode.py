@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 
 from ..errors import DataError
+from . import foreign
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".pgm", ".ppm", ".pbm", ".pnm",
                     ".tif", ".tiff", ".webp", ".ico"}
@@ -53,6 +54,9 @@ def _not_image_reason(path: str) -> str:
     fmt = _signature_format(head)
     if fmt is not None:
         return f"a damaged or truncated {fmt} file ({_size(path)})"
+    other = foreign.format_of(head)
+    if other is not None:
+        return f"not a {names} image (it is {other}: convert it to PNG or JPEG first)"
     try:
         text = head.decode("utf-8")
         if all(c.isprintable() or c in "\r\n\t" for c in text):

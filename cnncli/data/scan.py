@@ -15,6 +15,7 @@ from collections import Counter
 import numpy as np
 
 from ..errors import DataError
+from . import foreign
 from .decode import IMAGE_EXTENSIONS
 from .names import matching_form, printable, shown_classes
 from .pathlist import PathList
@@ -250,7 +251,8 @@ def ignored_note(ignored) -> str:
     """The note on the files a scan left out for their extension (a Counter by extension)."""
     kinds = ", ".join(f"{printable(ext)}: {n}" for ext, n in _by_count(ignored)[:5])
     more = ", ..." if len(ignored) > 5 else ""
-    return f"note: {sum(ignored.values())} file(s) with other extensions were not read ({kinds}{more})"
+    return (f"note: {sum(ignored.values())} file(s) with other extensions were not read ({kinds}{more})"
+            f"{foreign.extensions_note(ignored)}")
 
 
 def _loose_hint(root: str) -> str:

@@ -60,8 +60,13 @@ SEGMENTS = ("forward to BN1's input, its moments", "BN1's statistics",
             "backward from BN1 (+ conv2 rows' tree)", "conv1 rows' tree")
 CHUNK = 512                         # statistics per chunk of a BN layer's batch statistics
 
+# _forward_stats, _backward_sums and _meet are functions bn_step_into calls, compiled once, rather than
+# inlined at each of their 3, 3 and 13 call sites: numba inlines (inline="always") by copying the
+# callee's IR into every site, and these copies made most of bn_step_into's compile time. Each runs
+# once per phase and thread, so the calls cost nothing measurable; the arithmetic is the same.
 
-@njit(inline="always")
+
+@njit(nogil=True)
 def _forward_stats(sync, base, tid, T, fwd, counts, step, M, eps, stats, keep, m, unbias, rm, rv, moments, gamma,
                    beta, coef, with_coef):
     # chunks of CHUNK statistics, each thread's own share first (own_item from sync[base]: the same
@@ -84,7 +89,7 @@ def _forward_stats(sync, base, tid, T, fwd, counts, step, M, eps, stats, keep, m
             bncoef.bn_coef_forward_range(stats[0], stats[2], gamma, beta, coef, d0, d1)
 
 
-@njit(inline="always")
+@njit(nogil=True)
 def _backward_sums(sync, base, tid, T, bwd, step, sums, stats, gamma, M, coef, with_coef, ggamma, gbeta):
     # chunks as above (the shares of _forward_stats: a thread sums the chunks whose statistics it
     # made): the batch's [sum dy | sum dy*xhat] sums (2D,) from the top of the shard
@@ -115,7 +120,7 @@ def _bn_grad(gflat, bn_offs, k, D, beta=0):
     return gflat[o:o + D]
 
 
-@njit(inline="always")
+@njit(nogil=True)
 def _meet(sync, T, clock, tid, k):
     # the end of segment k on this thread: its arrival mark, the barrier, its departure mark (the
     # start of segment k + 1); True when the job was aborted

@@ -61,8 +61,8 @@ def precompile_outputs() -> float:
 
 class OtherSettings:
     """This file run as a script in a fresh process with the other SLP setting and its own numba cache
-    (compiling every kernel there takes minutes: tests/conftest.py starts it with the session's warm-up
-    so the two compile side by side)."""
+    (compiling every kernel there takes a minute or more: tests/conftest.py starts it with the
+    session's warm-up so the two compile side by side)."""
 
     def __init__(self, folder: Path):
         import numba

@@ -284,14 +284,24 @@ def warmup(variants=("none", "unit", "channel"), workers=None) -> tuple[int, flo
     (float32, Adam) -> (kernels compiled, seconds). `cnn warmup`; 0 kernels when the cache is warm."""
     t = time.perf_counter()
     workers = env_workers() if workers is None else workers
+    n = compile_missing([kernelplan.training_run(bn) for bn in variants], workers)
+    return n, time.perf_counter() - t
+
+
+def compile_missing(runs, workers: int) -> int:
+    """Compile into numba's cache every kernel the calls `runs` (functions of no argument) make and
+    the cache lacks (found by a dry run of each: kernelplan.record_calls), in this process and up to
+    `workers` spawned ones, the longest first; return once all are there -> the (kernel, types)
+    compiled. `cnn warmup` and the test suite's warm-ups."""
     todo = {}
-    for bn in variants:
-        calls = kernelplan.record_calls(kernelplan.training_run(bn))
+    for run in runs:
+        with np.errstate(all="ignore"):        # a dry run's stubbed kernels leave garbage behind
+            calls = kernelplan.record_calls(run)
         for disp, sigs in (kernelplan.missing(calls) or {}).items():
             todo.setdefault(disp, set()).update(sigs)
     if todo:
         Precompile(todo, min(workers, len(todo)), background_last=False).wait()
-    return sum(map(len, todo.values())), time.perf_counter() - t
+    return sum(map(len, todo.values()))
 
 
 def stderr_line(line: str) -> None:

@@ -68,12 +68,7 @@ def _warm_numba_cache(request, tmp_path_factory):
 
     runs = [warm] + [kernelplan.training_run(bn, "adam", dtype) for bn in BATCHNORM
                      for dtype in (np.float32, np.float64)]
-    todo = {}
-    for run in runs:
-        for disp, sigs in (kernelplan.missing(kernelplan.record_calls(run)) or {}).items():
-            todo.setdefault(disp, set()).update(sigs)
-    if todo:
-        precompile.Precompile(todo, max(1, min(precompile.cpu_count() - 1, len(todo))), background_last=False).wait()
+    precompile.compile_missing(runs, max(1, precompile.cpu_count() - 1))
     warm()
     if slp is not None:
         slp.wait()

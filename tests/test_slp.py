@@ -44,19 +44,14 @@ def outputs() -> dict:
     return out
 
 
-def precompile_outputs() -> float:
+def precompile_outputs() -> int:
     """Compile every kernel outputs() calls on every core this process may use (cnncli.precompile: a
     kernel per task, here and in spawned workers that inherit this process's settings and cache),
-    rather than one by one as outputs() meets them -> seconds taken. While conftest's warm-up
-    compiles, the two share the cores; once it is done, this one has them all."""
-    from cnncli import kernelplan, precompile
+    rather than one by one as outputs() meets them -> the (kernel, types) compiled. While conftest's
+    warm-up compiles, the two share the cores; once it is done, this one has them all."""
+    from cnncli import precompile
 
-    with np.errstate(all="ignore"):               # a dry run's stubbed kernels leave garbage behind
-        todo = kernelplan.missing(kernelplan.record_calls(outputs)) or {}
-    if not todo:
-        return 0.0
-    workers = max(0, min(precompile.cpu_count() - 1, len(todo) - 1))
-    return precompile.Precompile(todo, workers, background_last=False).wait()
+    return precompile.compile_missing([outputs], precompile.cpu_count() - 1)
 
 
 class OtherSettings:

@@ -668,8 +668,8 @@ def test_predict_warns_of_nearly_black_and_flat_images_as_train_does(trained, tm
     assert res.exit_code == 0 and len(res.stdout.splitlines()) == 3
     assert res.stderr.splitlines() == [
         f"warning: 1 image(s) decode to a single grey level, e.g. {tmp_path / 'blank.png'}",
-        f"warning: 1 image(s) are nearly black (no pixel above 16 of 255), e.g. {tmp_path / 'camera.png'}: a 16-bit "
-        "file of 12-bit data (0..4095) decodes so; scale such files to their full range first"]
+        f"warning: 1 image(s) are nearly black (no pixel above 16 of 255), e.g. {tmp_path / 'camera.png'}: its 16-bit "
+        "samples reach only 4092 of 65535 (12-bit data); scale such files to their full range first"]
     assert invoke(["predict", "--checkpoint", run, tmp_path / "a.png"]).stderr == ""
 
 

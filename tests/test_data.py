@@ -390,7 +390,7 @@ def test_nearly_black_images_such_as_12_bit_data_in_16_bit_files_are_a_warning(t
     ds, _ = data.load_folder(root, cache=False)
     assert len(ds) == 8 and ds.notes == [
         f"warning: 1 image(s) are nearly black (no pixel above 16 of 255), e.g. {root / 'cat' / 'camera.png'}: "
-        "a 16-bit file of 12-bit data (0..4095) decodes so; scale such files to their full range first"]
+        "its 16-bit samples reach only 4095 of 65535 (12-bit data); scale such files to their full range first"]
 
 
 def test_nearly_black_8_bit_images_are_not_called_16_bit_files(tmp_path):
@@ -405,7 +405,17 @@ def test_nearly_black_8_bit_images_are_not_called_16_bit_files(tmp_path):
     ds, _ = data.load_folder(root, cache=False)
     assert ds.notes == [
         f"warning: 2 image(s) are nearly black (no pixel above 16 of 255), e.g. {root / 'cat' / 'camera.tif'}: "
-        "a 16-bit file of 12-bit data (0..4095) decodes so; scale such files to their full range first"]
+        "its 16-bit samples reach only 4095 of 65535 (12-bit data); scale such files to their full range first"]
+
+
+def test_the_nearly_black_warning_names_the_bits_of_data_a_16_bit_file_holds(tmp_path):
+    root = make_folder(tmp_path / "d")
+    eight = (np.arange(64).reshape(8, 8) * 4).astype(np.uint16)                                # 0..252
+    Image.fromarray(eight).save(root / "cat" / "scan.tif")
+    ds, _ = data.load_folder(root, cache=False)
+    assert ds.notes == [
+        f"warning: 1 image(s) are nearly black (no pixel above 16 of 255), e.g. {root / 'cat' / 'scan.tif'}: "
+        "its 16-bit samples reach only 252 of 65535 (8-bit data); scale such files to their full range first"]
 
 
 def test_files_of_other_extensions_are_counted_in_one_note(tmp_path):

@@ -178,16 +178,16 @@ def _stores_16_bit(img) -> bool:
     return img.format == "TIFF" and tuple(bits)[:1] == (16,)
 
 
-def holds_16_bit_samples(path) -> bool:
-    """Whether the image file at path stores 16-bit integer samples (read from its header only;
-    False for anything that does not open)."""
+def sixteen_bit_top(path) -> int | None:
+    """The brightest sample of the image file at path when it stores 16-bit integer samples (its
+    header says so), else None (also for anything that does not open)."""
     from PIL import Image
 
     try:
         with open(path, "rb") as f, Image.open(f, formats=list(PIL_FORMATS)) as img:
-            return img.mode.startswith("I") and _stores_16_bit(img)
+            return int(np.asarray(img).max()) if img.mode.startswith("I") and _stores_16_bit(img) else None
     except Exception:  # noqa: BLE001 -- a file gone or damaged since it decoded: no
-        return False
+        return None
 
 
 def _composite(rgba, background: int) -> np.ndarray:

@@ -26,6 +26,8 @@ class SetupStopped(Stopped):
     """SIGTERM, SIGUSR1, SIGHUP or Ctrl-C before the first step (decoding, compiling): nothing was trained or
     saved."""
 
+    signal = "SIGINT"       # the name of the signal that stopped it
+
 
 def _install(sigs, handler) -> dict:
     """handler on each of sigs -> the handlers it replaced; outside the main thread none is installed."""
@@ -69,8 +71,10 @@ class StopDuringSetup(_StopLine):
 
     @staticmethod
     def stopped(name):
-        return SetupStopped(f"{name}: stopped during set-up, before the first step: nothing was trained; "
+        stop = SetupStopped(f"{name}: stopped during set-up, before the first step: nothing was trained; "
                             "start the run again")
+        stop.signal = name
+        return stop
 
 
 class StopAfterTraining(_StopLine):
@@ -85,6 +89,20 @@ class StopAfterTraining(_StopLine):
                        f"{self.run_dir}")
         stop.alone = True           # (under mpirun only rank 0 works then: distributed.fail)
         stop.run_dir = self.run_dir  # (cnn train prints it on stdout, as after a whole run)
+        return stop
+
+
+class StopInCrossValidation(_StopLine):
+    """Around `cnn cv`'s own work between and after its folds' runs: the line says the finished folds are
+    kept and how to go on. alone: only rank 0 works there (after the last fold), as StopAfterTraining."""
+
+    def __init__(self, parent, doing: str, alone: bool = False):
+        self.parent, self.doing, self.alone = parent, doing, alone
+
+    def stopped(self, name):
+        stop = Stopped(f"{name}: stopped {self.doing}; the finished folds are saved in {self.parent}; continue "
+                       f"the cross-validation with: cnn cv --resume {self.parent}")
+        stop.alone = self.alone
         return stop
 
 

@@ -15,8 +15,8 @@ from cnncli import checkpoint
 from cnncli import config as config_mod
 from cnncli import runfolder
 from cnncli.atomic import write_atomic
-from cnncli.callbacks import loss_text
-from cnncli.errors import CnnError, ConfigError
+from cnncli.callbacks import SetupStopped, StopInCrossValidation, loss_text
+from cnncli.errors import CnnError, ConfigError, Stopped
 
 SUMMARY = "cv.json"
 METRICS = ("val_loss", "val_acc", "test_loss", "test_acc")
@@ -139,36 +139,64 @@ def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, ec
     for k in range(folds):
         fold_dir = parent / f"fold-{k + 1}"
         say(f"-- fold {k + 1} of {folds}")
-        status = main_first(comm, _prepare_fold, fold_dir, others=False)
+        with StopInCrossValidation(parent, f"before fold {k + 1}"):
+            status = main_first(comm, _prepare_fold, fold_dir, others=False)
         if status == "finished":
             say(f"finished earlier: {fold_dir}")
         else:
             try:
                 train.train(fold_config(cfg, folds, k, parent), resume=fold_dir if status == "resume" else None,
                             quiet=quiet, echo=echo, comm=comm)
-            except train.Interrupted as err:
-                more = train.Interrupted(f"{err}; or continue the cross-validation with: cnn cv --resume {parent}")
-                more.everywhere = getattr(err, "everywhere", False)     # (every rank stops at the same step)
-                raise more from None
-            except CnnError:
+            except CnnError as err:
                 if resume is None and comm.is_main and not any(parent.glob("fold-*/last.npz")):
                     (parent / "config.yaml").unlink(missing_ok=True)     # nothing trained: the name goes back
                     runfolder.release(parent)
+                    raise
+                if isinstance(err, Stopped):    # Ctrl-C, SIGTERM, SIGUSR1: the folds so far are kept
+                    raise _go_on(err, k, parent) from None
                 raise
         if comm.is_main:
-            rows.append(fold_result(fold_dir, k))
+            with StopInCrossValidation(parent, f"after fold {k + 1}"):
+                rows.append(fold_result(fold_dir, k))
     if not comm.is_main:
         return parent, None
+    ensemble = None
+    if cfg["data"]["test"]:
+        with StopInCrossValidation(parent, "after the last fold, while testing on data.test", alone=True):
+            ensemble = _test(cfg, folds, parent, rows, say)
     summary = {"folds": rows, "summary": summarize(rows), "config": str(parent / "config.yaml")}
-    if cfg["data"]["test"]:                 # the folds' ensemble on data.test (ensemble.py)
-        from cnncli.evaluate import evaluate
-
-        metrics, _, _ = evaluate([str(parent)], cfg["data"]["test"], cache=cfg["data"]["cache"])
-        summary["ensemble_test"] = {"loss": metrics["loss"], "accuracy": metrics["accuracy"],
-                                    "macro_f1": metrics["macro_f1"], "num_images": metrics["num_images"]}
+    if ensemble is not None:
+        summary["ensemble_test"] = ensemble
     text = json.dumps(summary, indent=2) + "\n"
     write_atomic(parent / SUMMARY, lambda f: f.write(text), text=True)
     return parent, summary
+
+
+def _go_on(err: Stopped, k: int, parent: Path) -> Stopped:
+    """The stop err of fold k's run, its line ending in how to continue the cross-validation."""
+    if isinstance(err, SetupStopped):
+        text = f"{err.signal}: stopped during fold {k + 1}'s set-up, before its first step;"
+    else:                                   # (a step's stop says how to resume the fold's run: "or")
+        text = f"{err};{' or' if 'resume with:' in str(err) else ''}"
+    more = type(err)(f"{text} continue the cross-validation with: cnn cv --resume {parent}")
+    more.everywhere = getattr(err, "everywhere", False)     # (every rank stops at the same step)
+    more.alone = getattr(err, "alone", False)               # (rank 0's test after the fold's training)
+    return more
+
+
+def _test(cfg: dict, folds: int, parent: Path, rows: list, say) -> dict:
+    """data.test: each fold's row gets its test metrics (a fold stopped while testing, then resumed, is
+    tested now) -> the folds' ensemble's (ensemble.py)."""
+    from cnncli import train
+    from cnncli.evaluate import evaluate
+
+    for k, row in enumerate(rows):
+        if "test_acc" not in row:
+            train.evaluate_test_data(Path(row["run"]), fold_config(cfg, folds, k, parent), say)
+            rows[k] = fold_result(Path(row["run"]), k)
+    metrics, _, _ = evaluate([str(parent)], cfg["data"]["test"], cache=cfg["data"]["cache"])
+    return {"loss": metrics["loss"], "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+            "num_images": metrics["num_images"]}
 
 
 def format_summary(parent: Path, summary: dict) -> str:

@@ -166,6 +166,71 @@ def test_ctrl_c_in_a_fold_says_how_to_go_on_and_the_resume_ends_as_one_run(cv_ru
             assert all(np.array_equal(a[key], b[key]) for key in a), (k, name)
 
 
+def test_ctrl_c_in_a_later_fold_s_set_up_says_to_continue_the_cv(tmp_path, monkeypatch):
+    """Ctrl-C while fold 2 sets up (decoding, compiling): fold 1 is kept, so the line says `cnn cv
+    --resume`, not "start the run again" (which stays for fold 1's set-up: then nothing was trained)."""
+    from cnncli import train
+
+    data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
+    sets = ["--set", f"data.train={data}", "--set", "train.epochs=1", "--folds", "2", "-q"]
+    real, calls = train.setup, []
+
+    def setup(*args):
+        calls.append(1)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return real(*args)
+    monkeypatch.setattr(train, "setup", setup)
+    stop_at = 1
+    res = invoke(["cv", *sets, "--out", tmp_path / "first"])
+    assert res.exit_code == 130 and res.output.strip().endswith("nothing was trained; start the run again")
+    assert not (tmp_path / "first" / "config.yaml").exists()                 # the name goes back
+    stop_at, out = 3, tmp_path / "second"
+    res = invoke(["cv", *sets, "--out", out])
+    assert res.exit_code == 130, res.output
+    assert res.output.strip().splitlines()[-1] == (
+        f"SIGINT: stopped during fold 2's set-up, before its first step; continue the cross-validation with: "
+        f"cnn cv --resume {out}"), res.output
+    assert (out / "fold-1" / "last.npz").is_file() and not (out / "cv.json").exists()
+    monkeypatch.setattr(train, "setup", real)
+    res = invoke(["cv", "--resume", out, "-q"])
+    assert res.exit_code == 0 and len(json.loads((out / "cv.json").read_text())["folds"]) == 2, res.output
+
+
+def test_ctrl_c_while_the_ensemble_is_tested_says_to_continue_and_the_resume_tests_every_fold(tmp_path, monkeypatch):
+    """Ctrl-C after the last fold, while data.test is evaluated: one line saying how to go on, no
+    cv.json; `cnn cv --resume` then tests the ensemble, and a fold whose own test was stopped (no
+    test_metrics.json) too, so that the summary's test metrics are over every fold."""
+    from cnncli import evaluate as evaluate_mod
+
+    data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
+    test = make_folder(tmp_path / "test", per_class=3, seed=9, odd_files=False)
+    out = tmp_path / "cv"
+    real = evaluate_mod.evaluate
+
+    def evaluate(ckpts, *args, **kw):
+        if isinstance(ckpts, list):                   # the folds' ensemble
+            raise KeyboardInterrupt
+        return real(ckpts, *args, **kw)
+    monkeypatch.setattr(evaluate_mod, "evaluate", evaluate)
+    res = invoke(["cv", "--set", f"data.train={data}", "--set", f"data.test={test}", "--set", "train.epochs=1",
+                  "--folds", "2", "-q", "--out", out])
+    assert res.exit_code == 130, res.output
+    assert res.output.strip().splitlines()[-1] == (
+        f"SIGINT: stopped after the last fold, while testing on data.test; the finished folds are saved in {out}; "
+        f"continue the cross-validation with: cnn cv --resume {out}"), res.output
+    assert "Error" not in res.output and not (out / "cv.json").exists()
+    monkeypatch.setattr(evaluate_mod, "evaluate", real)
+    own = json.loads((out / "fold-2" / "test_metrics.json").read_text())
+    (out / "fold-2" / "test_metrics.json").unlink()  # as if fold 2 had been stopped while testing
+    res = invoke(["cv", "--resume", out, "-q", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "fold-2" / "test_metrics.json").read_text()) == own
+    summary = json.loads((out / "cv.json").read_text())
+    assert summary["summary"]["test_acc"]["folds"] == 2 and summary["folds"][1]["test_acc"] == own["accuracy"]
+    assert summary["ensemble_test"]["num_images"] == 9
+
+
 def test_a_class_with_fewer_images_than_folds_is_named_where_it_is_missing(tmp_path):
     data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
     (data / "solo").mkdir()

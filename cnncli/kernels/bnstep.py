@@ -24,6 +24,7 @@ same bits. Not the checks (shards.Plan built the arrays), not the per-rank gathe
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from . import bncoef, bnpool, bnstats, bntree, segments
@@ -63,7 +64,11 @@ CHUNK = 512                         # statistics per chunk of a BN layer's batch
 # _forward_stats, _backward_sums and _meet are functions bn_step_into calls, compiled once, rather than
 # inlined at each of their 3, 3 and 13 call sites: numba inlines (inline="always") by copying the
 # callee's IR into every site, and these copies made most of bn_step_into's compile time. Each runs
-# once per phase and thread, so the calls cost nothing measurable; the arithmetic is the same.
+# once per phase and thread, so the calls cost nothing measurable; the arithmetic is the same. _meet's
+# segment number is passed as np.int64: numba types a Python int constant passed to an njit function as
+# a literal and compiles the function once per value (13 copies of _meet, 3 s of compile). with_coef
+# stays a literal (two copies of _forward_stats and _backward_sums): as a runtime bool the per-unit step
+# ran 4-7% slower (scripts/bench_steps_ab.py, batch 32 and 64).
 
 
 @njit(nogil=True)
@@ -187,11 +192,11 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
         make_input_into(src, images, idx[a:b], table, fills, a, key, augs, pool, x[a:b])
         segments.conv1_moments_into(x[a:b], xp1[a:b], w1, z1[a:b], b1, fwd1[j])
         bntree.bn_moments_rows_done(sync, tb, fwd1, counts1, j, top)
-    if _meet(sync, T, clock, tid, 0):
+    if _meet(sync, T, clock, tid, np.int64(0)):
         return
     _forward_stats(sync, SYNC_COUNTERS + S1 * T, tid, T, fwd1, counts1, step, M1, eps, stats1, keep, m, unbias1,
                    rm1, rv1, moments1, g1, be1, coef1, True)
-    if _meet(sync, T, clock, tid, 1):
+    if _meet(sync, T, clock, tid, np.int64(1)):
         return
     # BN1, pool, ELU, conv2, to BN2's input and its moments
     while True:
@@ -200,11 +205,11 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
             break
         segments.bn1_conv2_moments_into(z1[a:b], coef1, xp2[a:b], arg1[a:b], w2, z2[a:b], b2, fwd2[j], unit)
         bntree.bn_moments_rows_done(sync, tb + 1 * ts, fwd2, counts2, j, top)
-    if _meet(sync, T, clock, tid, 2):
+    if _meet(sync, T, clock, tid, np.int64(2)):
         return
     _forward_stats(sync, SYNC_COUNTERS + S2 * T, tid, T, fwd2, counts2, step, M2, eps, stats2, keep, m, unbias2,
                    rm2, rv2, moments2, g2, be2, coef2, True)
-    if _meet(sync, T, clock, tid, 3):
+    if _meet(sync, T, clock, tid, np.int64(3)):
         return
     # BN2, pool, ELU, fc1, to BN3's input and its moments
     while True:
@@ -215,11 +220,11 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
         fc_forward_loop_into(p2[a:b].reshape(b - a, 1024), w3, b3, z3[a:b])
         bnstats.bn_unit_moments_into(z3[a:b], fwd3[j])
         bntree.bn_moments_rows_done(sync, tb + 2 * ts, fwd3, counts3, j, top)
-    if _meet(sync, T, clock, tid, 4):
+    if _meet(sync, T, clock, tid, np.int64(4)):
         return
     _forward_stats(sync, SYNC_COUNTERS + S3 * T, tid, T, fwd3, counts3, step, M3, eps, stats3, keep, m, unbias3,
                    rm3, rv3, moments3, g3, be3, coef2, False)
-    if _meet(sync, T, clock, tid, 5):
+    if _meet(sync, T, clock, tid, np.int64(5)):
         return
     # the head: BN3, ELU, fc2, the loss (and down to BN3's dy and its sums)
     while True:
@@ -235,11 +240,11 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
             tree_rows_done(sync, tb + 3 * ts, bwd3, j, top)
     if not backward:
         return
-    if _meet(sync, T, clock, tid, 6):
+    if _meet(sync, T, clock, tid, np.int64(6)):
         return
     _backward_sums(sync, SYNC_COUNTERS + T3 * T, tid, T, bwd3, step, sums3, stats3, g3, M3, coef2, False,
                    _bn_grad(gflat, bn_offs, 3, g3.shape[0]), _bn_grad(gflat, bn_offs, 3, g3.shape[0], 1))
-    if _meet(sync, T, clock, tid, 7):
+    if _meet(sync, T, clock, tid, np.int64(7)):
         return
     # backward from BN3: fc1's gradients, pool2 + ELU, to BN2's sums
     U = g3.shape[0]
@@ -252,11 +257,11 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
         bnpool.bn_unpool_sums_into(dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], 0, arg2[a:b], z2[a:b], coef2,
                                    bwd2[j])
         tree_rows_done(sync, tb + 4 * ts, bwd2, j, top)
-    if _meet(sync, T, clock, tid, 8):
+    if _meet(sync, T, clock, tid, np.int64(8)):
         return
     _backward_sums(sync, SYNC_COUNTERS + T2 * T, tid, T, bwd2, step, sums2, stats2, g2, M2, coef2, True,
                    _bn_grad(gflat, bn_offs, 2, g2.shape[0]), _bn_grad(gflat, bn_offs, 2, g2.shape[0], 1))
-    if _meet(sync, T, clock, tid, 9):
+    if _meet(sync, T, clock, tid, np.int64(9)):
         return
     # backward from BN2: conv2's gradients, to BN1's sums
     while True:
@@ -276,11 +281,11 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
         fc_grads_tree_task(dz3, p2.reshape(p2.shape[0], 1024), bounds, gflat[offs[4]:offs[4] + U * 1024].reshape(U, 1024),
                            gflat[offs[5]:offs[5] + U], i, stk[tid], lev[tid])
     tree_chunks(sync, TREE_FC, rows, gflat, chunks_fc)         # fc2's rows are final
-    if _meet(sync, T, clock, tid, 10):
+    if _meet(sync, T, clock, tid, np.int64(10)):
         return
     _backward_sums(sync, SYNC_COUNTERS + T1 * T, tid, T, bwd1, step, sums1, stats1, g1, M1, coef1, True,
                    _bn_grad(gflat, bn_offs, 1, g1.shape[0]), _bn_grad(gflat, bn_offs, 1, g1.shape[0], 1))
-    if _meet(sync, T, clock, tid, 11):
+    if _meet(sync, T, clock, tid, np.int64(11)):
         return
     # backward from BN1: conv1's gradients
     while True:
@@ -291,7 +296,7 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
         segments.bn1_conv1_back_into(dp1[a:b], xp2[a:b], arg1[a:b], z1[a:b], coef1, dz1[o:e], xp1[a:b],
                                      r[offs[0]:offs[0] + 150].reshape(6, 1, 5, 5), r[offs[1]:offs[1] + 6], unit)
     tree_chunks(sync, TREE_C2, rows, gflat, chunks_conv2)      # conv2's rows are final
-    if _meet(sync, T, clock, tid, 12):
+    if _meet(sync, T, clock, tid, np.int64(12)):
         return
     tree_chunks(sync, TREE, rows, gflat, chunks_conv1)         # and conv1's
     if tid < clock.shape[0]:

@@ -216,7 +216,8 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
         j, a, b = own_shard(sync, SYNC_COUNTERS + F3 * T, bounds, tid, T, False)
         if j < 0:
             break
-        bnpool.bn_pool_elu_forward_into(z2[a:b], coef2, p2[a:b], 0, arg2[a:b], unit)
+        # (offsets as np.int64, as in segments.py)
+        bnpool.bn_pool_elu_forward_into(z2[a:b], coef2, p2[a:b], np.int64(0), arg2[a:b], unit)
         fc_forward_loop_into(p2[a:b].reshape(b - a, 1024), w3, b3, z3[a:b])
         bnstats.bn_unit_moments_into(z3[a:b], fwd3[j])
         bntree.bn_moments_rows_done(sync, tb + 2 * ts, fwd3, counts3, j, top)
@@ -254,8 +255,8 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
             break
         bn_unit_backward_given_into(dy3[a:b], xhat3[a:b], g3, stats3[2], sums3[:U], sums3[U:], M3, dz3[a:b])
         fc_dx_loop_into(dz3[a:b], w3, dflat[a:b])
-        bnpool.bn_unpool_sums_into(dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], 0, arg2[a:b], z2[a:b], coef2,
-                                   bwd2[j])
+        bnpool.bn_unpool_sums_into(dflat[a:b].reshape(b - a, 16, 8, 8), p2[a:b], np.int64(0), arg2[a:b],
+                                   z2[a:b], coef2, bwd2[j])
         tree_rows_done(sync, tb + 4 * ts, bwd2, j, top)
     if _meet(sync, T, clock, tid, np.int64(8)):
         return

@@ -24,6 +24,7 @@ the same fixed trees, so the same bits. Not the checks (shards.Plan built the ar
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from . import sync as _sync
@@ -73,9 +74,10 @@ def plain_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
         make_input_into(src, images, idx[a:b], table, fills, a, key, augs, pool, x[a:b])
         pad2_into(x[a:b], xp1[o:e])
         conv32_forward_into(xp1[o:e], w1, z1[o:e])
-        pool_elu_forward_into(z1[o:e], b1, xp2[o:e], 2, arg1[o:e])
+        # (offsets as np.int64, as in segments.py: one compile of each pool kernel, not one per value)
+        pool_elu_forward_into(z1[o:e], b1, xp2[o:e], np.int64(2), arg1[o:e])
         conv16_forward_into(xp2[o:e], w2, z2[o:e])
-        pool_elu_forward_into(z2[o:e], b2, p2[a:b], 0, arg2[o:e])
+        pool_elu_forward_into(z2[o:e], b2, p2[a:b], np.int64(0), arg2[o:e])
         flat = p2[a:b].reshape(n, 1024)
         fc_forward_loop_into(flat, w3, b3, z3[o:e])
         elu_forward_into(z3[o:e].reshape(n * U), a3[o:e].reshape(n * U))
@@ -88,12 +90,12 @@ def plain_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
         fc_narrow_dx_into(dz4[o:e], w4, da3[o:e])
         elu_backward_into(da3[o:e].reshape(n * U), a3[o:e].reshape(n * U), dz3[a:b].reshape(n * U))
         fc_dx_loop_into(dz3[a:b], w3, dflat[o:e])
-        pool_elu_backward_into(dflat[o:e].reshape(n, 16, 8, 8), p2[a:b], 0, arg2[o:e], dz2[o:e])
+        pool_elu_backward_into(dflat[o:e].reshape(n, 16, 8, 8), p2[a:b], np.int64(0), arg2[o:e], dz2[o:e])
         conv16_backward_dw_into(dz2[o:e], xp2[o:e], dzt2[o:e], dwt2s[tid])
         conv16_grads_finish_into(dwt2s[tid], dzt2[o:e], r[offs[2]:offs[2] + 2400].reshape(16, 6, 5, 5),
                                  r[offs[3]:offs[3] + 16])
         conv16_backward_dx_into(dz2[o:e], w2, dzp2[o:e], dp1[o:e])
-        pool_elu_backward_into(dp1[o:e], xp2[o:e], 2, arg1[o:e], dz1[o:e])
+        pool_elu_backward_into(dp1[o:e], xp2[o:e], np.int64(2), arg1[o:e], dz1[o:e])
         conv32_backward_dw_into(dz1[o:e], xp1[o:e], r[offs[0]:offs[0] + 150].reshape(6, 1, 5, 5),
                                 r[offs[1]:offs[1] + 6])
     if not backward or barrier(sync, T):

@@ -174,10 +174,12 @@ def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, ec
 
 def _go_on(err: Stopped, k: int, parent: Path) -> Stopped:
     """The stop err of fold k's run, its line ending in how to continue the cross-validation."""
+    from cnncli.trainer import Interrupted
+
     if isinstance(err, SetupStopped):
         text = f"{err.signal}: stopped during fold {k + 1}'s set-up, before its first step;"
     else:                                   # (a step's stop says how to resume the fold's run: "or")
-        text = f"{err};{' or' if 'resume with:' in str(err) else ''}"
+        text = f"{err};{' or' if isinstance(err, Interrupted) else ''}"
     more = type(err)(f"{text} continue the cross-validation with: cnn cv --resume {parent}")
     more.everywhere = getattr(err, "everywhere", False)     # (every rank stops at the same step)
     more.alone = getattr(err, "alone", False)               # (rank 0's test after the fold's training)

@@ -159,7 +159,9 @@ def bn_step_into(sync, T, src, bounds, backward, x, labels, weights, scale,
     # stay in its cache), dwt2s (T,6,5,5,16); stk (T,fcgrad.PAIRS*fcgrad.LEVELS,128) and
     # lev (T,fcgrad.PAIRS*fcgrad.LEVELS) int64 fc1's gradient tree stacks (fcgrad.fc_grads_tree_task);
     # fwd*/bwd* (L,2D) float64 the shards' rows (merged in place as they finish, up to level
-    # tree_top(L, T): the statistics and sums phases finish the tree), counts* (L,) values per
+    # tree_top(L, T): the statistics and sums phases finish the tree; bwdk may be fwdk itself, as
+    # shards.py passes them: layer k's sums are written only after its statistics phase has read
+    # fwdk, and nothing reads fwdk after that), counts* (L,) values per
     # statistic in each shard, M* the batch's; stats* (3,D),
     # moments*/sums* (2D,) float64; coef* (6,E); running statistics rm*/rv* (D,) or (0,);
     # rows (L,P) the shards' gradients, offs (8,) int64 where conv1.w, conv1.b, conv2.w, conv2.b,

@@ -689,6 +689,9 @@ def test_empty_class_folder(tmp_path):
     (root / "empty" / "readme.txt").write_text("x")
     assert "empty" in _error(root) and "no image files" in _error(root)
     assert _error(root).endswith(f"every class folder needs an image: add some, or move that folder out of {root}")
+    (root / "bare").mkdir()
+    assert _error(root).endswith(f"every class folder needs an image: add some, or move those folders out of {root}")
+    (root / "bare").rmdir()
     for name in ("IMG_1.HEIC", "IMG_2.HEIC", "notes"):   # (what it holds instead: say so)
         (root / "empty" / name).write_bytes(b"x")
     assert "class folder(s) with no image files: empty (it holds 2 .heic, 1 (no extension), 1 .txt file(s), " \

@@ -120,6 +120,10 @@ def write_predictions_csv(path, results, classes) -> int:
             sys.stdout.flush()
         else:
             write_atomic(path, write, text=True)
+    except BrokenPipeError:                          # `--csv - | head`: the reader left (cli_common: exit 141)
+        if path == "-":
+            raise
+        raise CnnError(f"{path}: cannot write the predictions (Broken pipe)") from None
     except OSError as e:
         raise CnnError(f"{path}: cannot write the predictions ({e.strerror or e})") from None
     return count[0]

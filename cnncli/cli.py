@@ -50,7 +50,7 @@ def cli(ctx):
 @click.option("--init-from", type=click.Path(), default=None,
               help="Start a new run from a checkpoint's weights (fine-tuning): a .npz or a run folder; same as "
                    "--set train.init_from=PATH. Classes are matched by name.")
-@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+@click.option("--out", "-o", type=click.Path(), default=None,
               help="Run folder (overrides the config's `out`).")
 @click.option("--strict", is_flag=True, help="Refuse to start if any image is unreadable (same as --set data.strict=true).")
 @click.option("--no-cache", is_flag=True, help="Decode every image again; do not read or write the dataset cache "

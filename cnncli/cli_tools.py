@@ -198,7 +198,7 @@ def cache(clear):
               help="Override a config key, e.g. --set train.epochs=20. Repeatable.")
 @click.option("--folds", default=None, type=click.IntRange(min=2),
               help="Number of folds K [default: 5; a resumed folder keeps its own].")
-@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+@click.option("--out", "-o", type=click.Path(), default=None,
               help="Parent folder of the fold runs [default: the config's out + '-cv'].")
 @click.option("--resume", type=click.Path(file_okay=False, exists=True), default=None,
               help="Continue a cnn cv folder: finished folds are kept, the others resume or start.")

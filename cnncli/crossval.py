@@ -105,9 +105,10 @@ def _open_parent(resume, cfg: dict, folds: int, out) -> tuple:
         return parent, cfg, cfg["data"]["folds"]
     cfg = absolute_paths(cfg)
     check(cfg, folds)
-    check_images(cfg, folds)
     runfolder.check_utf8_name(out or f"{cfg['out']}-cv", "--out" if out else "out")
-    parent = runfolder.new_run_dir(out or f"{cfg['out']}-cv")
+    runfolder.refuse_a_file(out or f"{cfg['out']}-cv", "--out" if out else "`out`")   # (before any image is read)
+    check_images(cfg, folds)
+    parent = runfolder.new_run_dir(out or f"{cfg['out']}-cv", "--out" if out else "`out`")
     base = {**cfg, "data": {**cfg["data"], "folds": folds, "fold": 0}, "out": str(parent)}
     text = config_mod.dump(base)
     write_atomic(parent / "config.yaml", lambda f: f.write(text), text=True)

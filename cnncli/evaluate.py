@@ -225,6 +225,10 @@ def evaluate_found(predictor, found, batch_size=256, top_k=None, classes=None):
     metrics["skipped_files"] = [[printable(p), printable(r)] for p, r in skipped]
     # the dataset's lines keep their kind: "warning: ..." among the warnings, "note: ..." among the notes
     metrics["warnings"] = list(warnings) + [n.partition(": ")[2] for n in dataset.notes if not n.startswith("note: ")]
+    bad = int((~np.isfinite(probs)).any(axis=1).sum()) if probs.size else 0
+    if bad:
+        metrics["warnings"].append(f"the model's outputs are not finite for {bad} of {len(probs)} image(s): its "
+                                   "weights overflow (did its training diverge?)")
     metrics["notes"] = [n.partition(": ")[2] for n in dataset.notes if n.startswith("note: ")]
     return metrics, dataset, probs
 

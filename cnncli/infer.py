@@ -123,7 +123,7 @@ def predict_proba(params, x, batchnorm="none", eps=1e-5, buffers=None) -> np.nda
     n = x.shape[0]
     out = np.empty((n, num_classes), dtype=dtype)                     # (N,C)
     folds = bn_folds(params, buffers, batchnorm, eps, dtype)
-    with single_thread():
-        for s in range(0, n, CHUNK):
+    with single_thread(), np.errstate(over="ignore", invalid="ignore"):   # (overflowing weights: NaN
+        for s in range(0, n, CHUNK):                                        # outputs, said by the caller)
             out[s:s + CHUNK] = _forward(params, folds, x[s:s + CHUNK])
     return out

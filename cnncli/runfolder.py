@@ -51,7 +51,13 @@ def printable(text) -> str:
     return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def new_run_dir(out: str) -> Path:
+def refuse_a_file(out, what: str = "`out`") -> None:
+    """CnnError when the run folder `out` (named by `what`: the setting or the option) is a file."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise CnnError(f"{printable(out)}: is a file, not a run folder; choose another {what}")
+
+
+def new_run_dir(out: str, what: str = "`out`") -> Path:
     """Create and return `out`, or `out-2`, `out-3`... when `out` already exists and is not empty.
 
     Creation is exclusive (os.mkdir): two runs started at once never get the same folder. An existing
@@ -64,8 +70,7 @@ def new_run_dir(out: str) -> Path:
         blocker = next((p for p in base.parents if p.exists() and not p.is_dir()), None)
         why = f"{blocker} is a file, not a folder" if blocker is not None else (err.strerror or str(err))
         raise CnnError(f"{out}: cannot create the run folder ({why})") from None
-    if base.exists() and not base.is_dir():
-        raise CnnError(f"{printable(out)}: is a file, not a run folder; choose another `out`")
+    refuse_a_file(out, what)
     for k in range(1, MAX_RUN_SUFFIX + 1):
         candidate = base if k == 1 else base.with_name(f"{base.name}-{k}")
         try:

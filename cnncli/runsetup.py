@@ -132,10 +132,16 @@ def data_notes(cfg: dict, train_ds, val_ds) -> list:
 
     classes, lines = train_ds.classes, []
     splits, inner = split_folders(classes)
-    if len(splits) >= 2:
+    if inner is not None and inner.lower().startswith("train"):     # a dataset's root, a class folder beside
         lines.append(f"warning: the class folders include {', '.join(map(name_text, splits))}: data.train "
                      "should be the folder that holds one subfolder per class (e.g. "
                      f"{runfolder.printable(os.path.join(cfg['data']['train'], inner))})")
+    elif splits:                # test/ or val/ among the classes: a held-out split put in the wrong place?
+        one = len(splits) == 1
+        lines.append(f"warning: the class folder{'' if one else 's'} {', '.join(map(name_text, splits))} "
+                     f"{'is' if one else 'are'} named like a held-out split: if {'it holds' if one else 'they hold'} "
+                     f"test or validation images rather than a class, move {'it' if one else 'them'} out of data.train "
+                     "(data.test and data.val name such folders)")
     counts = np.bincount(train_ds.labels, minlength=len(classes))          # (C,) training images a class
     untrained = [c for c, k in zip(classes, counts) if k == 0]
     if untrained:              # (a K-fold split of a class with fewer images than folds)
@@ -374,7 +380,7 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     cfg = config_mod.resolve_epochs(cfg, len(train_ds.labels))
     net, opt, preprocess = build(cfg, train_ds, resumed, comm, source, echo=echo if comm.is_main else None)
     if resume is None and run_folder:
-        run_dir = main_first(comm, new_run_dir, out or cfg["out"], others=False)
+        run_dir = main_first(comm, new_run_dir, out or cfg["out"], "--out" if out else "`out`", others=False)
         if comm.is_main:
             runfolder.hold(run_dir)                          # until train() ends (a resume meanwhile is refused)
         cfg = {**cfg, "out": os.path.abspath(run_dir)}   # config.yaml names the folder the run got (runs/x-2)

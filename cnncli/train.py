@@ -58,6 +58,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     cfg = resume_mod.absolute_paths(cfg)
     taken = Path(out or cfg["out"])          # the folder asked for (setup's cfg names the one the run got)
     runfolder.check_utf8_name(taken, "--out" if out else "out")
+    if out or resume is None:                # (a file there: said now, not after the data is decoded)
+        runfolder.refuse_a_file(taken, "--out" if out else "`out`")
     with StopDuringSetup():
         try:
             (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess) = \

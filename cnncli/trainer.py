@@ -200,6 +200,20 @@ class Trainer:
         bar.close()
         return self.end_epoch(t_epoch, images)
 
+    def _check_finite_weights(self, val_loss: float) -> None:
+        # the epoch's last update may leave weights that overflow (finite gradients, a huge rate): a
+        # non-finite validation loss, or a non-finite weight, stops the run as a non-finite loss does,
+        # before this epoch's checkpoints are written (the last good one stays)
+        lr = self.lr_at(max(self.state.step - 1, 0))
+        if self.val_ds.labels.size and not math.isfinite(val_loss):
+            what = f"the validation loss became non-finite ({loss_text(val_loss)}): the weights overflow"
+        elif not np.isfinite(self.net.params.flat).all():
+            what = "the weights became non-finite"
+        else:
+            return
+        raise _everywhere(TrainingDiverged(f"{what} after epoch {self.state.epoch + 1} (lr {lr:.3g}); "
+                                           f"{self.diverged_advice(lr)}"))
+
     def diverged_advice(self, lr: float) -> str:
         # what a diverged run can do next: resume its last good checkpoint at a lower rate, or start anew;
         # lower than the rate it diverged at (lr: a warmup or schedule may have had it below optim.lr)
@@ -225,7 +239,9 @@ class Trainer:
         train_time = time.perf_counter() - t_epoch
         from cnncli.evaluate import evaluate_loss_acc
 
-        val_loss, val_acc = evaluate_loss_acc(self.net, self.table, self.val_ds, comm=self.comm)
+        with np.errstate(over="ignore", invalid="ignore"):
+            val_loss, val_acc = evaluate_loss_acc(self.net, self.table, self.val_ds, comm=self.comm)
+        self._check_finite_weights(val_loss)
         row = {"epoch": state.epoch + 1, "step": state.step,
                "train_loss": state.loss_sum / max(state.seen, 1), "train_acc": state.correct / max(state.seen, 1),
                "val_loss": val_loss, "val_acc": val_acc, "lr": self.lr_at(max(state.step - 1, 0)),

@@ -301,6 +301,12 @@ def test_an_out_that_is_a_file_a_folder_of_other_files_or_unwritable_gets_one_ac
     res = invoke([*common, "--set", f"out={tmp_path / 'afile'}"])
     assert res.exit_code == 1 and res.output.strip() == f"Error: {tmp_path / 'afile'}: is a file, not a run folder; " \
         "choose another `out`"
+    res = invoke([*common, "--out", tmp_path / "afile"])           # the option: the same line, naming it
+    assert res.exit_code == 1 and res.output.strip() == f"Error: {tmp_path / 'afile'}: is a file, not a run folder; " \
+        "choose another --out"
+    res = invoke(["cv", "--config", tmp / "cfg.yaml", "--folds", "2", "--out", tmp_path / "afile"])
+    assert res.exit_code == 1 and res.output.strip() == f"Error: {tmp_path / 'afile'}: is a file, not a run folder; " \
+        "choose another --out"
     assert not (tmp_path / "afile-2").exists()
 
     def read_only(folder):
@@ -409,6 +415,14 @@ def test_a_dataset_root_given_as_data_train_is_refused_before_decoding(workspace
     res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", tmp_path / "run2", "-q", "--no-report",
                   "--set", f"data.train={tmp_path / 'root' / 'train'}", "--set", "train.epochs=1"])
     assert res.exit_code == 0 and "warning" not in res.stderr
+    (tmp_path / "root" / "train").rename(tmp_path / "classes")    # circle, square, other, and a test split among them
+    (tmp_path / "root" / "test").rename(tmp_path / "classes" / "test")
+    (tmp_path / "root" / "other").rename(tmp_path / "classes" / "other")
+    res = invoke(["train", "--config", tmp / "cfg.yaml", "--out", tmp_path / "run3", "-q", "--no-report",
+                  "--set", f"data.train={tmp_path / 'classes'}", "--set", "train.epochs=1"])
+    assert res.exit_code == 0, res.stderr
+    assert ("warning: the class folder test is named like a held-out split: if it holds test or validation images "
+            "rather than a class, move it out of data.train (data.test and data.val name such folders)") in res.stderr
 
 
 def test_an_out_that_cannot_be_a_folder_is_one_line(workspace, tmp_path):
@@ -543,6 +557,36 @@ def test_non_finite_loss_prints_one_line_and_no_numpy_warnings(workspace, tmp_pa
     assert res.returncode == 1
     assert "Warning" not in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert sum("non-finite" in ln for ln in res.stderr.splitlines()) == 1, res.stderr
+
+
+@pytest.mark.parametrize("held_out", [True, False])
+def test_weights_that_overflow_after_an_epoch_stop_the_run_before_its_checkpoint(workspace, tmp_path, monkeypatch,
+                                                                                 held_out):
+    # finite gradients and a huge step can leave weights whose outputs overflow: epoch 2's end
+    # (here: an inf put in a weight as it is validated) stops the run, last.npz stays epoch 1's
+    from cnncli import checkpoint, evaluate
+
+    tmp, data = workspace
+    real, calls = evaluate.evaluate_loss_acc, []
+
+    def overflowing(net, *args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            net.params.flat[0] = np.inf
+        return real(net, *args, **kw)
+
+    monkeypatch.setattr(evaluate, "evaluate_loss_acc", overflowing)
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=3)
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "-q", "--no-report",
+                                   "--set", f"data.val_split={0.25 if held_out else 0}"])
+    assert res.exit_code == 1, res.output
+    what = "the validation loss became non-finite (nan): the weights overflow" if held_out else \
+        "the weights became non-finite"
+    assert res.stderr.splitlines()[-1].startswith(f"Error: {what} after epoch 2 (lr "), res.stderr
+    assert f"the last good checkpoint is {tmp_path / 'run' / 'last.npz'}; resume it at a lower rate" in res.stderr
+    meta = checkpoint.load_meta(tmp_path / "run" / "last.npz")
+    assert meta["epoch"] == 1 and np.isfinite(load_params(tmp_path / "run" / "last.npz")["params/conv1.w"]).all()
+    assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 2     # header + epoch 1
 
 
 def test_python_dash_m_matches_cnn(tmp_path):
@@ -704,12 +748,13 @@ def test_predict_names_what_a_path_that_is_no_file_is(trained, tmp_path):
 def test_predict_into_a_pipe_the_reader_closes_ends_quietly_with_sigpipes_status(trained):
     tmp, data, run, _ = trained
     paths = " ".join([str(data / "bar")] * 80)                     # ~1,000 lines: more than a pipe holds
-    script = (f"{sys.executable} -m cnncli predict --checkpoint {run} {paths} | head -1; "
-              "echo \"status ${PIPESTATUS[0]}\"")
-    res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=cli_env(tmp), timeout=300)
-    lines = res.stdout.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith(str(data / "bar")) and lines[1] == "status 141", res.stdout
-    assert res.stderr == ""                                        # no traceback, no error line
+    for form, first in (("", str(data / "bar")), (" --csv -", "path,class,probability"), (" --json", "[")):
+        script = (f"{sys.executable} -m cnncli predict --checkpoint {run}{form} {paths} | head -1; "
+                  "echo \"status ${PIPESTATUS[0]}\"")
+        res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=cli_env(tmp), timeout=300)
+        lines = res.stdout.strip().splitlines()
+        assert len(lines) == 2 and lines[0].startswith(first) and lines[1] == "status 141", (form, res.stdout)
+        assert res.stderr == "", (form, res.stderr)                # no traceback, no error line
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")

@@ -171,6 +171,25 @@ def test_tampered_checkpoints_are_refused_naming_the_key(ckpt, arrays, meta, nee
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_eval_of_weights_that_overflow_is_a_warning_not_numpy_noise(ckpt, tmp_path):
+    # finite but huge weights (a run that diverged): NaN outputs; eval said `loss nan` under numpy's
+    # own RuntimeWarnings (file paths and source lines)
+    path, _, _ = ckpt
+
+    def huge(a):
+        for k in ("params/conv1.w", "params/conv2.w", "params/fc1.w", "params/fc2.w"):
+            a[k] = a[k] * np.float32(1e30)
+    _tamper(path, huge)
+    for c in CLASSES:
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i, img in enumerate(_inputs(2, seed=len(c) + ord(c))[0]):
+            Image.fromarray(img).save(tmp_path / "data" / c / f"{i}.png")
+    res = CliRunner().invoke(cli, ["eval", "--checkpoint", str(path), "--data", str(tmp_path / "data"), "--no-cache"])
+    assert "RuntimeWarning" not in res.output and "Traceback" not in res.output, res.output
+    assert "warning: the model's outputs are not finite for 6 of 6 image(s): its weights overflow (did its " \
+        "training diverge?)" in res.stderr, res.stderr
+
+
 def test_a_network_trained_from_python_saves_a_checkpoint_every_command_reads(tmp_path):
     # the only way was runfolder.save_checkpoint with a whole config (whose recipe then misdescribed the run)
     import json

@@ -203,7 +203,7 @@ def write_metrics(run_dir: Path, history: list) -> None:
     atomic_text(run_dir / "metrics.csv", buf.getvalue())
 
 
-_CSV_ROW = re.compile(r"\.csv line \d+$", re.IGNORECASE)
+_CSV_ROW = re.compile(r"\.(csv|tsv|txt) line \d+$", re.IGNORECASE)   # (csvindex reads all three)
 
 
 def skipped_lines(skipped, where: str = "", rest: str = "", shown: int = 5) -> list:

@@ -192,6 +192,9 @@ def test_the_skipped_warning_counts_files_and_rows_apart(tmp_path):
     assert skipped_lines(skipped)[0] == "warning: skipped 1 unreadable file(s) and 2 labels-file row(s):"
     assert skipped_lines(skipped[1:])[0] == "warning: skipped 2 labels-file row(s):"
     assert skipped_lines(skipped[:1], ", listed in x")[0] == "warning: skipped 1 unreadable file(s), listed in x:"
+    for ext in ("tsv", "txt", "TXT"):                 # the other labels files csvindex reads: rows too
+        rows = [(f"{tmp_path / ('labels.' + ext)} line {n}", "no label") for n in (3, 9)]
+        assert skipped_lines(rows)[0] == "warning: skipped 2 labels-file row(s):", ext
 
 
 def test_a_path_list_whose_first_file_is_missing_is_still_a_list(tmp_path):

@@ -39,6 +39,9 @@ def find_runs(roots) -> list:
     folder is a CnnError."""
     found = []
     for root in map(Path, roots):
+        if root.exists() and not root.is_dir():
+            tip = "; `cnn info` describes a checkpoint" if root.suffix.lower() == ".npz" else ""
+            raise CnnError(f"{root}: is a file, not a folder of runs{tip}")
         if not root.is_dir():
             raise CnnError(f"{root}: no such folder")
         level = [root]

@@ -88,6 +88,11 @@ def test_a_run_folder_itself_and_bad_roots(experiments, tmp_path):
     assert invoke(["runs", tmp_path]).output.strip() == "no run folders found"
     res = invoke(["runs", tmp_path / "nope"])
     assert res.exit_code == 1 and res.output.strip() == f"Error: {tmp_path / 'nope'}: no such folder"
+    (tmp_path / "best.npz").write_bytes(b"x")                      # a file: said so, not "no such folder"
+    res = invoke(["runs", tmp_path / "best.npz"])
+    assert res.exit_code == 1 and res.output.strip() == \
+        f"Error: {tmp_path / 'best.npz'}: is a file, not a folder of runs; `cnn info` describes a checkpoint"
+    (tmp_path / "best.npz").unlink()
     (tmp_path / "links").mkdir()
     (tmp_path / "links" / "fast-link").symlink_to(root / "fast")   # one run, reached twice: one row
     rows = json.loads(invoke(["runs", root / "fast", tmp_path / "links", "--json"]).output)

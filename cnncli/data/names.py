@@ -45,3 +45,18 @@ def matching_form(*groups):
     differ only in Unicode form (two classes, then compared exactly: str)."""
     unique = all(len({same_form(n) for n in names}) == len(set(names)) for names in groups)
     return same_form if unique else str
+
+
+def form_twins(names) -> list:
+    """[(name, name, ...)] of the names that differ only in Unicode form (an accented folder written
+    both composed and, as macOS writes names, decomposed), each group in the given order."""
+    groups = {}
+    for n in names:
+        groups.setdefault(same_form(n), []).append(n)
+    return [tuple(g) for g in groups.values() if len(g) > 1]
+
+
+def spelled(name: str) -> str:
+    """A name with its characters beyond ASCII as \\u escapes: two names that print alike told apart."""
+    return printable(name).encode("ascii", "backslashreplace").decode("ascii")
+

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import DataError
 from . import foreign
 from .decode import IMAGE_EXTENSIONS
-from .names import matching_form, printable, shown_classes
+from .names import form_twins, matching_form, printable, shown_classes, spelled
 from .pathlist import PathList
 
 # folders that systems, not users, put among images (hidden (dot) folders are ignored as well): macOS
@@ -196,6 +196,14 @@ def _only_in_subfolders(rels: list) -> list:
     return list(subs)
 
 
+def _twins_warning(root: str, classes) -> list[str]:
+    """[a warning per group of class folders whose names differ only in Unicode form]: they are
+    separate classes (names compare exactly then, names.matching_form) that print alike."""
+    return [f"warning: the class folders {' and '.join(spelled(n) for n in group)} of {printable(root)} are one "
+            "name in two Unicode forms (composed, and decomposed as macOS writes names): separate classes that "
+            "print alike; merge them into one folder if they are one class" for group in form_twins(classes)]
+
+
 def _nested_warning(root: str, nested: list) -> list[str]:
     """[the warning for class folders that each hold their images only in 2+ subfolders]: nested
     [(class folder, its subfolders)], as when data.train names the folder above the class folders."""
@@ -343,12 +351,13 @@ class Index:
         self.digest = h.hexdigest()
         self._check(root, counts)
         self.nested = _nested_warning(root, nested) if nested and classes is None else []
+        self.twins = _twins_warning(root, self.classes) if classes is None else []
 
     def notes(self) -> list[str]:
         """[a warning when every class folder holds its images only in subfolders (the folder above
         the classes given?), one when a file lies in two class folders through links, a note counting
         the files with extensions that are not read]: the ones that apply."""
-        return self.nested + self.shared + ([ignored_note(self.ignored)] if self.ignored else [])
+        return self.twins + self.nested + self.shared + ([ignored_note(self.ignored)] if self.ignored else [])
 
     def _check(self, root, counts):
         if not self.rels:

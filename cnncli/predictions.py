@@ -19,7 +19,7 @@ def gather_paths(paths, ignored=None):
     a line) -> (PathList of image files, failures [(path, reason)]): a path that cannot be listed, or
     that lists no images, is a failure, not an error. With `ignored` (a Counter), the folders' files
     of other extensions are counted there."""
-    from .data import PathList, list_images_and_bad
+    from .data import PathList, list_images_and_bad, printable
     from .data.csvindex import is_labels_file, list_csv_paths, path_lines
 
     files, failures = PathList(), []                 # compact: a million paths take ~30 MB
@@ -34,9 +34,16 @@ def gather_paths(paths, ignored=None):
             listed = is_labels_file(p)
             found, unscannable = list_csv_paths(p) if listed else list_images_and_bad(p, ignored)
             if listed and found and not any(map(os.path.lexists, found)):    # (stops at the first that exists)
-                failures.append((p, f"none of its {len(found)} listed path(s) is a file here (a "
-                                    f"{os.path.splitext(p)[1].lower()} PATH is read as a list of images)"))
-                continue
+                # relative paths name no file from the list's folder: from the working folder, as
+                # written (`find imgs -name '*.png' > /tmp/list.txt`), else nothing is listed here
+                found, _ = list_csv_paths(p, base="")
+                if not any(map(os.path.lexists, found)):
+                    where = os.path.dirname(os.path.abspath(p))
+                    also = "" if where == os.getcwd() else " or from the working folder"
+                    failures.append((p, f"none of its {len(found)} listed path(s) is a file, from the list's folder "
+                                        f"({printable(where)}){also} (a {os.path.splitext(p)[1].lower()} PATH is "
+                                        "read as a list of images)"))
+                    continue
             files.extend(found)
             failures.extend(unscannable)
             if not found:

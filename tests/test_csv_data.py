@@ -219,14 +219,33 @@ def test_a_text_file_that_lists_no_file_is_one_failure_naming_it(tmp_path):
     readme.write_text("my dataset\nshapes drawn by hand\n")
     files, failures = gather_paths([str(tmp_path / "here.png"), str(readme)])
     assert list(files) == [str(tmp_path / "here.png")]
-    assert failures == [(str(readme), "none of its 2 listed path(s) is a file here (a .txt PATH is read as a list "
-                                      "of images)")]
+    assert failures == [(str(readme), f"none of its 2 listed path(s) is a file, from the list's folder ({tmp_path}) "
+                                      "or from the working folder (a .txt PATH is read as a list of images)")]
     readme.write_text("here.png\ngone.png\n")                 # a list with a file that exists: each is tried
     files, failures = gather_paths([str(readme)])
     assert list(files) == [str(tmp_path / "here.png"), str(tmp_path / "gone.png")] and failures == []
     readme.write_text("# made by ls\nhere.png\n  # gone.png\n\n")        # comment lines are no paths
     files, failures = gather_paths([str(readme)])
     assert list(files) == [str(tmp_path / "here.png")] and failures == []
+
+
+def test_a_list_of_paths_relative_to_the_working_folder_is_read_from_there(tmp_path, monkeypatch):
+    # `find imgs -name '*.png' > /tmp/list.txt; cnn predict /tmp/list.txt`: the paths name no file
+    # from /tmp, and were refused as "none ... is a file here"
+    from cnncli.predictions import gather_paths
+
+    (tmp_path / "work" / "imgs").mkdir(parents=True)
+    (tmp_path / "work" / "imgs" / "a.png").write_bytes(b"")
+    (tmp_path / "lists").mkdir()
+    listing = tmp_path / "lists" / "list.txt"
+    listing.write_text("imgs/a.png\nimgs/b.png\n")
+    monkeypatch.chdir(tmp_path / "work")
+    files, failures = gather_paths([str(listing)])
+    assert list(files) == ["imgs/a.png", "imgs/b.png"] and failures == []
+    (tmp_path / "lists" / "imgs").mkdir()                          # from the list's folder first, when they are there
+    (tmp_path / "lists" / "imgs" / "b.png").write_bytes(b"")
+    files, failures = gather_paths([str(listing)])
+    assert list(files) == [str(tmp_path / "lists" / "imgs" / "a.png"), str(tmp_path / "lists" / "imgs" / "b.png")]
 
 
 def test_predict_reads_paths_from_standard_input_given_as_dash(tmp_path):

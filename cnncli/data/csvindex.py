@@ -119,14 +119,15 @@ def _full_path(file: str, base: str) -> str:
     return full
 
 
-def list_csv_paths(path: str) -> tuple[list, list]:
+def list_csv_paths(path: str, base=None) -> tuple[list, list]:
     """The image paths a CSV lists (its path column; a label column is not needed), or a plain list
     of paths one a line -> (paths, [(where, reason)] of rows without a path). For `cnn predict`, which
     classifies the files a test CSV or a list names. A relative path is joined to the list's folder
     as `path` spells it (lists/a.txt's img/1.png is lists/img/1.png), so the predictions name files
-    the way a folder given on the command line names its own."""
+    the way a folder given on the command line names its own; or to `base` ('' for the working
+    folder: the paths as written)."""
     files, bad = [], []
-    base = os.path.dirname(path)                # ('' for a list in the working folder: paths as written)
+    base = os.path.dirname(path) if base is None else base   # ('' for a list in the working folder)
     with _reading(path), open(path, encoding=text_encoding(path), newline="") as f:
         if _headerless_list(path, f):          # one path a line, no header (ls *.png > list.txt)
             return [_full_path(ln, base) for ln in path_lines(f)], []

@@ -7,8 +7,10 @@ callers turn them into their own one-line messages.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+from pathlib import Path
 
 
 def write_atomic(path, write, text: bool = False) -> None:
@@ -39,3 +41,14 @@ def write_atomic(path, write, text: bool = False) -> None:
         except OSError:
             pass
         raise
+
+
+def why_unwritten(err: OSError, path) -> str:
+    """Why `path` could not be written, in words: a file where one of its folders should be named
+    as such (the OS says only "File exists" or "Not a directory"), else the OS's own words."""
+    if err.errno in (errno.EEXIST, errno.ENOTDIR):
+        for folder in Path(path).parents:
+            if os.path.lexists(folder) and not os.path.isdir(folder):
+                return f"{folder} is a file, not a folder"
+    return err.strerror or str(err)
+

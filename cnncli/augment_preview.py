@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_atomic
+from .atomic import why_unwritten, write_atomic
 from .config import require_train
 from .errors import CnnError
 
@@ -147,6 +147,6 @@ def write_preview(cfg: dict, out, rows: int | None = None, cols: int = 8, seed: 
         out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out, lambda f: grid.save(f, format=kind))
     except (OSError, ValueError) as err:
-        raise CnnError(f"{printable(str(out))}: cannot write the preview ({getattr(err, 'strerror', None) or err})") \
+        raise CnnError(f"{printable(str(out))}: cannot write the preview ({why_unwritten(err, out) if isinstance(err, OSError) else err})") \
             from None
     return out

@@ -108,7 +108,7 @@ def write_predictions_csv(path, results, classes) -> int:
     probability, then one column per class in the model's order -> the number of rows."""
     import csv
 
-    from .atomic import write_atomic
+    from .atomic import why_unwritten, write_atomic
     from .data import printable
 
     count = [0]
@@ -132,7 +132,7 @@ def write_predictions_csv(path, results, classes) -> int:
             raise
         raise CnnError(f"{path}: cannot write the predictions (Broken pipe)") from None
     except OSError as e:
-        raise CnnError(f"{path}: cannot write the predictions ({e.strerror or e})") from None
+        raise CnnError(f"{path}: cannot write the predictions ({why_unwritten(e, path)})") from None
     return count[0]
 
 

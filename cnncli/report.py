@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_atomic
+from .atomic import why_unwritten, write_atomic
 from .errors import CnnError
 from .callbacks import loss_text
 from .data.names import printable as name_text
@@ -370,7 +370,7 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
     except OSError as err:                 # (the file it failed on when the error names one: a full disk)
         where = err.filename if isinstance(err.filename, str) else out_dir
         hint = "; --out DIR writes it elsewhere" if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else ""
-        raise CnnError(f"{where}: cannot write the report ({err.strerror or err}){hint}") from err
+        raise CnnError(f"{where}: cannot write the report ({why_unwritten(err, Path(where) / 'x')}){hint}") from err
     return target
 
 

@@ -21,7 +21,7 @@ except ImportError:             # (Windows: run folders are not locked)
 
 from cnncli import __version__, checkpoint
 from cnncli import config as config_mod
-from cnncli.atomic import write_atomic
+from cnncli.atomic import why_unwritten, write_atomic
 from cnncli.errors import CheckpointError, CnnError, ConfigError
 
 METRICS_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time_s")
@@ -67,9 +67,7 @@ def new_run_dir(out: str, what: str = "`out`") -> Path:
     try:
         base.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        blocker = next((p for p in base.parents if p.exists() and not p.is_dir()), None)
-        why = f"{blocker} is a file, not a folder" if blocker is not None else (err.strerror or str(err))
-        raise CnnError(f"{out}: cannot create the run folder ({why})") from None
+        raise CnnError(f"{out}: cannot create the run folder ({why_unwritten(err, base)})") from None
     refuse_a_file(out, what)
     for k in range(1, MAX_RUN_SUFFIX + 1):
         candidate = base if k == 1 else base.with_name(f"{base.name}-{k}")

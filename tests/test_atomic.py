@@ -42,3 +42,15 @@ def test_a_fifo_is_written_to_not_replaced(tmp_path):
     write_atomic(fifo, lambda f: f.write("through the pipe"), text=True)
     reader.join(10)
     assert got == ["through the pipe"] and not os.path.isfile(fifo)
+
+
+def test_a_file_where_a_folder_should_be_is_named_in_the_reason(tmp_path):
+    from cnncli.atomic import why_unwritten
+
+    (tmp_path / "bad.png").write_text("x")
+    for target in (tmp_path / "bad.png" / "g.png", tmp_path / "bad.png" / "sub" / "g.png"):
+        with pytest.raises(OSError) as info:
+            write_atomic(target, lambda f: f.write(b"x"))
+        assert why_unwritten(info.value, target) == f"{tmp_path / 'bad.png'} is a file, not a folder"
+    err = OSError(28, "No space left on device")                   # other errors: the OS's words
+    assert why_unwritten(err, tmp_path / "bad.png" / "g.png") == "No space left on device"

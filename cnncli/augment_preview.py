@@ -80,14 +80,31 @@ def label_font():
     return font
 
 
+def _drawable(font, c: str) -> bool:
+    """Whether `font` has a glyph for the character c: it does not draw c as its missing-glyph mark
+    (the glyph of a private-use code point no font maps, made once per font)."""
+    from PIL import Image, ImageDraw
+
+    def drawn(ch):
+        im = Image.new("L", (48, 48))                                # (48,48) uint8
+        ImageDraw.Draw(im).text((4, 4), ch, font=font, fill=255)
+        return im.tobytes()
+    if not hasattr(font, "missing_mark"):
+        font.missing_mark = drawn("\U0010fffd")
+    return drawn(c) != font.missing_mark
+
+
 def fit_label(name: str, font, width: int) -> str:
     """`name` (data.printable) cut to fit `width` pixels in `font`, a cut marked with '~'; in an
-    ASCII-only font (label_font) without its accents (é as e: a box otherwise)."""
+    ASCII-only font (label_font) without its accents (é as e: a box otherwise); a character the font
+    has no glyph for as its \\u escape."""
     from .data import printable
 
     name = printable(str(name))
     if getattr(font, "ascii_only", False):
         name = "".join(c for c in unicodedata.normalize("NFD", name) if not unicodedata.combining(c))
+    name = "".join(c if c.isascii() or _drawable(font, c) else c.encode("unicode_escape").decode("ascii")
+                   for c in name)             # (a box otherwise: DejaVu has no CJK, say; report.py's figure_name)
     if font.getlength(name) <= width:
         return name
     while len(name) > 1 and font.getlength(name + "~") > width:

@@ -81,6 +81,8 @@ def font_plan(names, matplotlib) -> tuple:
         return family, None
     lacking = {ord(c) for c in "".join(names) if not c.isascii()} - have
     for entry in font_manager.fontManager.ttflist if lacking else ():
+        if entry.name.startswith("Last Resort"):    # (matplotlib's: a box for every character, drawn as a box)
+            continue
         try:
             chars = set(font_manager.get_font(entry.fname).get_charmap())
         except Exception:              # an unreadable font file: not a candidate

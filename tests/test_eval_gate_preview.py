@@ -138,6 +138,8 @@ def test_preview_labels_fit_their_column_and_draw_other_scripts():
         assert label == shown or (label.endswith("~") and len(label) > 1 and shown.startswith(label[:-1]))
     pytest.importorskip("matplotlib")                       # DejaVu Sans: Cyrillic glyphs, not boxes
     assert getattr(font, "path", "").endswith("DejaVuSans.ttf")
+    # no CJK in DejaVu Sans: the escape, not an empty box (a new user's 中文 square read as "□□ square")
+    assert augment_preview.fit_label("\u4e2d\u6587 square", font, 500) == "\\u4e2d\\u6587 square"
 
 
 def test_preview_labels_drop_accents_in_an_ascii_only_font(monkeypatch):

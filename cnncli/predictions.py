@@ -90,6 +90,10 @@ def predict_stream(predictor, paths, top_k=3, notes=None):
         notes.extend(data.pixel_notes(images, _Picked(paths, kept)))
     probs = predictor.predict_proba(images, batch_size=256)  # (K,C)
     del images
+    bad_out = int((~np.isfinite(probs)).any(axis=1).sum())
+    if notes is not None and bad_out:                        # (as eval says it)
+        notes.append(f"warning: the model's outputs are not finite for {bad_out} of {len(probs)} image(s): its "
+                     "weights overflow (did its training diverge?)")
     return _results(paths, np.flatnonzero(good), probs, top_k_indices(probs, top_k), list(predictor.classes)), failures
 
 

@@ -171,7 +171,7 @@ def test_tampered_checkpoints_are_refused_naming_the_key(ckpt, arrays, meta, nee
     assert len(res.stderr.strip().splitlines()) == 1
 
 
-def test_eval_of_weights_that_overflow_is_a_warning_not_numpy_noise(ckpt, tmp_path):
+def test_eval_and_predict_of_weights_that_overflow_say_so_without_numpy_noise(ckpt, tmp_path):
     # finite but huge weights (a run that diverged): NaN outputs; eval said `loss nan` under numpy's
     # own RuntimeWarnings (file paths and source lines)
     path, _, _ = ckpt
@@ -185,6 +185,10 @@ def test_eval_of_weights_that_overflow_is_a_warning_not_numpy_noise(ckpt, tmp_pa
         for i, img in enumerate(_inputs(2, seed=len(c) + ord(c))[0]):
             Image.fromarray(img).save(tmp_path / "data" / c / f"{i}.png")
     res = CliRunner().invoke(cli, ["eval", "--checkpoint", str(path), "--data", str(tmp_path / "data"), "--no-cache"])
+    assert "RuntimeWarning" not in res.output and "Traceback" not in res.output, res.output
+    assert "warning: the model's outputs are not finite for 6 of 6 image(s): its weights overflow (did its " \
+        "training diverge?)" in res.stderr, res.stderr
+    res = CliRunner().invoke(cli, ["predict", "--checkpoint", str(path), str(tmp_path / "data")])
     assert "RuntimeWarning" not in res.output and "Traceback" not in res.output, res.output
     assert "warning: the model's outputs are not finite for 6 of 6 image(s): its weights overflow (did its " \
         "training diverge?)" in res.stderr, res.stderr

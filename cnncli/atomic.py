@@ -51,4 +51,3 @@ def why_unwritten(err: OSError, path) -> str:
             if os.path.lexists(folder) and not os.path.isdir(folder):
                 return f"{folder} is a file, not a folder"
     return err.strerror or str(err)
-

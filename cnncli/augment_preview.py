@@ -164,6 +164,6 @@ def write_preview(cfg: dict, out, rows: int | None = None, cols: int = 8, seed: 
         out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out, lambda f: grid.save(f, format=kind))
     except (OSError, ValueError) as err:
-        raise CnnError(f"{printable(str(out))}: cannot write the preview ({why_unwritten(err, out) if isinstance(err, OSError) else err})") \
-            from None
+        why = why_unwritten(err, out) if isinstance(err, OSError) else err
+        raise CnnError(f"{printable(str(out))}: cannot write the preview ({why})") from None
     return out

@@ -96,8 +96,8 @@ def test_augment_preview_writes_the_format_its_extension_names_and_one_line_when
     (tmp_path / "file").write_text("x")
     res = invoke([*common, "--out", tmp_path / "file" / "g.png"])               # its folder is a file
     assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1
-    assert res.output.strip() == f"Error: {tmp_path / 'file' / 'g.png'}: cannot write the preview ({tmp_path / 'file'} " \
-        "is a file, not a folder)"                                             # (not "File exists")
+    assert res.output.strip() == f"Error: {tmp_path / 'file' / 'g.png'}: cannot write the preview " \
+        f"({tmp_path / 'file'} is a file, not a folder)"                      # (not "File exists")
 
     def read_only(*args, **kwargs):
         raise OSError(30, "Read-only file system")

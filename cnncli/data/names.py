@@ -59,4 +59,3 @@ def form_twins(names) -> list:
 def spelled(name: str) -> str:
     """A name with its characters beyond ASCII as \\u escapes: two names that print alike told apart."""
     return printable(name).encode("ascii", "backslashreplace").decode("ascii")
-

@@ -153,7 +153,8 @@ def data_notes(cfg: dict, train_ds, val_ds) -> list:
     if len(val_ds.labels) == 0:
         lines.append(("note: no validation images (data.val_split is 0)" if holds_out_nothing(cfg)
                       else "warning: no validation images")
-                     + "; best.npz and early stopping use the training loss instead")
+                     + "; best.npz and early stopping use the training "
+                     + ("accuracy" if cfg["train"]["monitor"] == "val_acc" else "loss") + " instead")
     few, most = int(counts.min()), int(counts.max())
     if few > 0 and most >= IMBALANCE * few and cfg["train"]["class_weight"] in (None, "none"):
         small = classes[int(counts.argmin())]

@@ -183,6 +183,10 @@ def test_val_split_zero_trains_on_every_image(tmp_path, split, held_out):
         assert all(r["val_loss"] == "nan" for r in rows(tmp_path / "run"))
         _, meta = checkpoint.load(tmp_path / "run" / "best.npz")
         assert meta["best_val_loss"] == pytest.approx(float(rows(tmp_path / "run")[meta["epoch"] - 1]["train_loss"]))
+        assert "best.npz and early stopping use the training loss instead" in res.output
+        res = invoke("train", "--config", cfg, "--set", f"data.val_split={split}", "--no-report",
+                     "--set", "train.monitor=val_acc", "--out", tmp_path / "by-acc")    # (the note said "loss")
+        assert res.exit_code == 0 and "best.npz and early stopping use the training accuracy instead" in res.output
 
 
 def test_names_that_are_not_utf8_never_give_a_traceback(tmp_path):

@@ -135,6 +135,11 @@ def test_image_size_parameter(tmp_path):
     p = save(tmp_path / "x.png", noise_img(0, 50, 70))
     assert data.load_image(p, image_size=20).shape == (20, 20)
     assert data.load_image(p, image_size=64, resize="crop").shape == (64, 64)
+    for bad in (0, -3, 2.5, "32", True):        # the argument named, not the file blamed ("a damaged PNG file")
+        with pytest.raises(ValueError, match=f"image_size must be a positive integer, got {bad!r}"):
+            data.load_image(p, image_size=bad)
+    with pytest.raises(ValueError, match="max_pixels must be a positive integer, got 0"):
+        data.load_image(p, max_pixels=0)
 
 
 def test_animated_gif_uses_first_frame(tmp_path):

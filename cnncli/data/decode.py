@@ -377,6 +377,9 @@ def load_image(path, image_size: int = 32, resize: str = "pad",
     """Decode one image file to (S, S) uint8 grayscale; DataError("<path>: <reason>") if unusable."""
     if resize not in RESIZE_MODES:
         raise DataError(f"resize: {resize!r} is not one of {', '.join(RESIZE_MODES)}")
+    for name, value in (("image_size", image_size), ("max_pixels", max_pixels)):   # (not the file's fault)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     path = os.fspath(path)
     with _PillowWarnings():
         try:

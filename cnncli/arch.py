@@ -49,6 +49,23 @@ def check_num_classes(num_classes):
                          f"checkpoints and data folders need 2 or more), got {num_classes!r}")
 
 
+def check_seed(seed, name="seed"):
+    """A seed: an integer >= 0 (numpy's generators take no other)."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {seed!r}")
+    return int(seed)
+
+
+def check_bn_settings(eps, momentum):
+    """BN's eps (a positive number) and running-statistics momentum (a number in [0, 1]); numpy
+    scalars are numbers too."""
+    real = (int, float, np.integer, np.floating)
+    if isinstance(eps, bool) or not isinstance(eps, real) or not eps > 0 or not np.isfinite(eps):
+        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    if isinstance(momentum, bool) or not isinstance(momentum, real) or not 0 <= momentum <= 1:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+
+
 def check_dtype(dtype):
     dt = np.dtype(dtype)
     if dt not in FLOAT_DTYPES:
@@ -114,7 +131,7 @@ def init_params(num_classes=12, batchnorm="none", seed=0, dtype=np.float32) -> P
     """Glorot-uniform weights (Keras default: fans include the receptive field), zero biases,
     gamma = 1, beta = 0. Deterministic in `seed`."""
     p = allocate(param_specs(num_classes, batchnorm), dtype)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     for name, arr in p.items():
         kind = name.split(".")[1]
         if kind == "w":

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arch import check_seed
 from .options import LEAVES
 from . import kernels as _kernels  # noqa: F401  (sets numba's environment before numba is imported)
 from numba import njit  # noqa: E402
@@ -186,7 +187,7 @@ class Augmenter:
                  max_batch: int = 64):
         if not pixel_std > 0:
             raise ValueError(f"pixel_std must be > 0, got {pixel_std}")
-        self.settings, self.seed, self.dtype = settings, int(seed), np.dtype(dtype)
+        self.settings, self.seed, self.dtype = settings, check_seed(seed), np.dtype(dtype)
         self.vector = settings.vector(float(pixel_std))  # (16,)
         # (L+H*W,) i.i.d. standard normals, a function of the seed alone: a noisy image reads the window at a
         # uniform offset, which costs a copy instead of 1,024 normal draws (~40% of the augmentation's time)

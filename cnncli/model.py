@@ -37,7 +37,7 @@ import numpy as np
 from . import shards
 from .distributed import Comm
 from .arch import (BATCHNORM, FC1_UNITS, IMAGE_SHAPE, Params, check_batchnorm,  # noqa: F401
-                   check_dtype, check_num_classes, allocate, buffer_specs, infer_architecture,
+                   check_bn_settings, check_dtype, check_num_classes, allocate, buffer_specs, infer_architecture,
                    init_buffers, init_params, param_specs)
 from .kernels import batchnorm as norm
 from .kernels import inference
@@ -95,10 +95,7 @@ def _check_params(params, buffers, batchnorm, eps=1e-5, momentum=0.1):
             a = buffers[name]
             if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape:
                 check_array(f"buffers[{name!r}]", a, shape, dtype, contiguous=False)
-    if not (isinstance(eps, (float, int)) and eps > 0):
-        raise ValueError(f"eps must be a positive number, got {eps!r}")
-    if not (isinstance(momentum, (float, int)) and 0 <= momentum <= 1):
-        raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+    check_bn_settings(eps, momentum)
     return num_classes, np.dtype(dtype)
 
 
@@ -109,7 +106,11 @@ def _check_weights(weights, n):
     """None, or per-image loss weights (n,) as a float64 array: finite and >= 0."""
     if weights is None:
         return None
-    w = np.ascontiguousarray(weights, dtype=np.float64)
+    try:
+        w = np.ascontiguousarray(weights, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"weights must be (n,) numbers, one per image, got {type(weights).__name__} "
+                         f"{weights!r:.60}") from None
     if w.shape != (n,):
         raise ValueError(f"weights has shape {w.shape}, expected ({n},)")
     if not np.all(np.isfinite(w)) or np.any(w < 0):
@@ -130,10 +131,7 @@ class Network:
         check_num_classes(num_classes)
         check_batchnorm(batchnorm)
         self.dtype = check_dtype(dtype)
-        if not (isinstance(eps, (float, int)) and eps > 0):
-            raise ValueError(f"eps must be a positive number, got {eps!r}")
-        if not (isinstance(momentum, (float, int)) and 0 <= momentum <= 1):
-            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+        check_bn_settings(eps, momentum)
         self.num_classes = int(num_classes)
         self.batchnorm = batchnorm
         self.eps = float(eps)

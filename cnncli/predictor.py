@@ -219,18 +219,28 @@ def save_model(path, net, classes, mean: float = 0.0, std: float = 1.0, resize: 
     complete or the previous one stays). classes: its C class names, in output order; mean, std: the
     normalization its input had ((pixels / 255 - mean) / std); resize: how files are brought to 32x32.
     It holds no optimizer state nor run history, so `cnn train --resume` does not take it."""
+    if not all(hasattr(net, a) for a in ("num_classes", "batchnorm", "params", "buffers")):
+        raise ValueError(f"net must be a cnncli.model.Network, got {type(net).__name__}")
     classes = list(classes)
     if len(classes) != net.num_classes or not all(isinstance(c, str) and c for c in classes) \
             or len(set(classes)) != len(classes):
         raise ValueError(f"classes must be {net.num_classes} distinct non-empty names (the network's outputs), "
                          f"got {classes!r}")
-    mean, std = float(mean), float(std)
+    try:
+        mean, std = float(mean), float(std)
+    except (TypeError, ValueError):
+        raise ValueError(f"mean and std must be numbers, got mean={mean!r}, std={std!r}") from None
     if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
         raise ValueError(f"mean and std must be finite and std > 0, got mean={mean}, std={std}")
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
     if net.batchnorm != "none" and net.buffers is None:
         raise ValueError("the network keeps no BN running statistics (buffers), which inference needs")
+    for group, arrays in (("params", net.params), ("buffers", net.buffers or {})):   # (every reader refuses them)
+        bad = [name for name, a in arrays.items() if not np.isfinite(a).all()]
+        if bad:
+            raise ValueError(f"{group} {', '.join(map(repr, bad))} hold NaN or inf (a diverged network?): a "
+                             "checkpoint of them would be refused by every reader")
     from cnncli.runfolder import model_part
 
     checkpoint.save(path, *model_part(net, classes, {"image_size": IMAGE_SHAPE[-1], "resize": resize,

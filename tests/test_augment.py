@@ -303,3 +303,11 @@ def test_a_batch_of_another_dtype_says_which_the_augmenter_takes():
         aug(np.zeros((2, 1, 32, 32)), 0, 0)
     with pytest.raises(ValueError, match=r"np\.ascontiguousarray"):
         aug(np.zeros((2, 1, 32, 64), np.float32)[..., ::2], 0, 0)
+
+
+def test_a_bad_seed_is_named():
+    # numpy's "expected non-negative integer" named no argument
+    for bad in (-1, "7", 2.0):
+        with pytest.raises(ValueError, match=f"seed must be an integer >= 0, got {bad!r}"):
+            A.Augmenter(A.AugmentSettings(), seed=bad)
+    assert A.Augmenter(A.AugmentSettings(), seed=np.int64(3)).seed == 3

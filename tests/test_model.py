@@ -118,6 +118,19 @@ def test_validation_errors():
         M.predict_proba(M.init_params(12, "unit"), x, "unit")
     with pytest.raises(ValueError, match="params are for batchnorm='unit'"):
         M.loss_and_grads(M.init_params(12, "unit"), x, y, "channel")
+    # numpy scalars are numbers; a bad seed or weights named (numpy's words did not name them)
+    assert M.Network(12, "channel", eps=np.float64(1e-5), momentum=np.float32(0.1)).momentum == pytest.approx(0.1)
+    for bad in (-1, "a", 1.5, True):
+        with pytest.raises(ValueError, match=f"seed must be an integer >= 0, got {bad!r}"):
+            M.Network(12, seed=bad)
+        with pytest.raises(ValueError, match=f"seed must be an integer >= 0, got {bad!r}"):
+            M.init_params(12, seed=bad)
+    for kw, text in ((dict(eps=float("nan")), "eps must be a positive number"), (dict(momentum=1.5), "momentum"),
+                     (dict(momentum=np.bool_(True)), "momentum")):
+        with pytest.raises(ValueError, match=text):
+            M.Network(12, "unit", **kw)
+    with pytest.raises(ValueError, match="weights must be \\(n,\\) numbers, one per image, got str 'a'"):
+        M.loss_and_grads(M.init_params(12), x, y, weights="a")
 
 
 @pytest.mark.parametrize("bn", VARIANTS)

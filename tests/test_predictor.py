@@ -226,3 +226,11 @@ def test_a_network_trained_from_python_saves_a_checkpoint_every_command_reads(tm
     assert info.exit_code == 0 and "Traceback" not in info.output, info.output
     with pytest.raises(ValueError, match="classes must be 3 distinct non-empty names"):
         save_model(tmp_path / "x.npz", net, ["a", "a", "c"])
+    with pytest.raises(ValueError, match="net must be a cnncli.model.Network, got object"):
+        save_model(tmp_path / "x.npz", object(), ["a", "b", "c"])
+    with pytest.raises(ValueError, match="mean and std must be numbers, got mean='a'"):
+        save_model(tmp_path / "x.npz", net, ["a", "b", "c"], mean="a")
+    net.params["fc2.b"] = [np.nan, 0, 0]                    # every reader refuses such a file: refused when saved
+    with pytest.raises(ValueError, match="params 'fc2.b' hold NaN or inf"):
+        save_model(tmp_path / "x.npz", net, ["a", "b", "c"])
+    assert not (tmp_path / "x.npz").exists()

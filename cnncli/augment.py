@@ -240,6 +240,7 @@ class Augmenter:
         if lookup is None:
             def transform(s, x_s, out):
                 _k_augment_keyed(x_s, out, s.start, key, vector, pool)
+            transform.needs_x = True        # (it augments x: Network.train_step refuses x=None for it)
             return transform
         images, idx, table, fills = lookup
         return StepInput(AUGMENT, images, idx, table, fills, key, vector, pool)

@@ -180,6 +180,9 @@ class Network:
         if x is None:
             if transform is None:
                 raise ValueError("x is None: only a transform that makes the input can stand in for it")
+            if getattr(transform, "needs_x", False):
+                raise ValueError("x is None, but this transform augments x: pass x, or make the input from stored "
+                                 "images with Augmenter.bind(epoch, step, lookup=(images, idx, table, fills))")
             if not (isinstance(labels, np.ndarray) and labels.ndim == 1):
                 raise ValueError("x is None: labels must be a 1-D numpy array (its length is the batch size), "
                                  f"got {getattr(labels, 'shape', type(labels).__name__)}")

@@ -376,6 +376,8 @@ def test_a_transform_inside_the_shards_equals_the_transformed_batch(bn):
         fused.train_step(x, y, transform="augment")
     with pytest.raises(ValueError, match="x is None"):
         fused.train_step(None, y)
+    with pytest.raises(ValueError, match="x is None, but this transform augments x: pass x, or make the input"):
+        fused.train_step(None, y, transform=aug.bind(1, 0))          # (was numba's TypingError from its kernel)
     with pytest.raises(ValueError, match="labels is empty"):
         fused.train_step(None, y[:0], transform=made(0))
     with pytest.raises(ValueError, match="1-D numpy array"):

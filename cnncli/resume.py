@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from cnncli import config as config_mod
-from cnncli.errors import ConfigError
+from cnncli.errors import CheckpointError, ConfigError
 
 # Keys that cannot change on --resume, and why (the README's "Resuming" section names them all;
 # tests/test_docs.py checks it).
@@ -63,7 +63,17 @@ def resumed_config(resume, overrides=()) -> dict:
     path = run_checkpoint(resume)
     meta = checkpoint.load_meta(path)
     checkpoint.check_run_meta(path, meta)
+    check_resumable(path, meta, resume)
     return config_mod.load_config_text(meta.get("config", ""), overrides, source=f"{resume} (config)")
+
+
+def check_resumable(path, meta: dict, resume) -> None:
+    """CheckpointError when `meta` describes a model without its run (predictor.save_model's file: no
+    config, optimizer state or epochs), which --resume cannot continue: --init-from can start from it."""
+    if "config" not in meta and "epoch" not in meta:
+        raise CheckpointError(f"{path}: holds a model without its run (no config, optimizer state or epochs; "
+                              f"predictor.save_model writes such files), so --resume cannot continue it; "
+                              f"start a new run from its weights with --init-from {resume}")
 
 
 def check_unchanged(saved_text: str, cfg: dict, ckpt_path) -> None:

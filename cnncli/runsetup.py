@@ -218,6 +218,7 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     ckpt_path = run_checkpoint(resume)
     arrays, meta = checkpoint.load(ckpt_path)
     check_architecture(arrays, meta, ckpt_path)           # shapes, dtypes, finite values
+    resume_mod.check_resumable(ckpt_path, meta, resume)   # (a model saved from Python: --init-from)
     checkpoint.check_run_meta(ckpt_path, meta)            # the run state's kinds of values
     resume_mod.check_unchanged(meta.get("config", ""), cfg, ckpt_path)
     state = runfolder.state_from_meta(meta, ckpt_path)

@@ -224,6 +224,16 @@ def test_a_network_trained_from_python_saves_a_checkpoint_every_command_reads(tm
     assert row["class"] == "abc"[int(np.argmax(net.predict_proba(x[4:5])))]
     info = CliRunner().invoke(cli, ["info", str(path)])
     assert info.exit_code == 0 and "Traceback" not in info.output, info.output
+    # --resume: the file has no run to continue (it said "data.train is not set", or, with data, that
+    # the metadata lacks 'best_val_loss')
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    for extra in ([], ["--set", f"data.train={tmp_path / 'd'}"], ["--config", str(tmp_path / "c.yaml")]):
+        (tmp_path / "c.yaml").write_text(f"data:\n  train: {tmp_path / 'd'}\n")
+        res = CliRunner().invoke(cli, ["train", "--resume", str(path), *extra])
+        assert res.exit_code == 1 and res.stderr == (
+            f"Error: {path}: holds a model without its run (no config, optimizer state or epochs; "
+            "predictor.save_model writes such files), so --resume cannot continue it; start a new run from its "
+            f"weights with --init-from {path}\n"), (extra, res.stderr)
     with pytest.raises(ValueError, match="classes must be 3 distinct non-empty names"):
         save_model(tmp_path / "x.npz", net, ["a", "a", "c"])
     with pytest.raises(ValueError, match="net must be a cnncli.model.Network, got object"):

@@ -76,13 +76,19 @@ def check_resumable(path, meta: dict, resume) -> None:
                               f"start a new run from its weights with --init-from {resume}")
 
 
-def check_unchanged(saved_text: str, cfg: dict, ckpt_path) -> None:
-    """ConfigError naming the first frozen key whose value differs between the checkpoint's config and `cfg`."""
+def check_unchanged(saved_text: str, cfg: dict, ckpt_path, num_classes=None) -> None:
+    """ConfigError naming the first frozen key whose value differs between the checkpoint's config and `cfg`.
+    model.num_classes left to the data (null) in the run's config matches the checkpoint's own
+    num_classes, when given, as well as null."""
     saved = config_mod.load_config_text(saved_text or "", source=f"{ckpt_path} (config)")
     for key, why in FROZEN.items():
         old, new = config_mod.get(saved, key), config_mod.get(cfg, key)
+        inferred = key == "model.num_classes" and old is None and num_classes is not None
+        if inferred and new == num_classes:
+            continue                   # (the value the data gave the run, now set: the same network)
         if old != new:
-            raise ConfigError(f"{key} cannot change on --resume ({why}): {ckpt_path} has {old!r}, "
+            has = f"{num_classes} (from its data)" if inferred else repr(old)
+            raise ConfigError(f"{key} cannot change on --resume ({why}): {ckpt_path} has {has}, "
                               f"the config now says {new!r}; start a new run instead")
 
 

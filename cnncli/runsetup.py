@@ -220,7 +220,7 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     check_architecture(arrays, meta, ckpt_path)           # shapes, dtypes, finite values
     resume_mod.check_resumable(ckpt_path, meta, resume)   # (a model saved from Python: --init-from)
     checkpoint.check_run_meta(ckpt_path, meta)            # the run state's kinds of values
-    resume_mod.check_unchanged(meta.get("config", ""), cfg, ckpt_path)
+    resume_mod.check_unchanged(meta.get("config", ""), cfg, ckpt_path, meta.get("num_classes"))
     state = runfolder.state_from_meta(meta, ckpt_path)
     saved = config_mod.load_config_text(meta.get("config", ""), source=f"{ckpt_path} (config)")
     if cfg["train"]["epochs"] == "auto" and saved["train"]["epochs"] != "auto":

@@ -54,7 +54,7 @@ def run1(data, tmp_path):
 
 @pytest.mark.parametrize("key, value", [
     ("model.bn_eps", "100"), ("model.batchnorm", "unit"), ("data.resize", "crop"), ("data.normalize", "false"),
-    ("train.batch_size", "16"), ("optim.name", "sgd"), ("train.seed", "5"),
+    ("train.batch_size", "16"), ("optim.name", "sgd"), ("train.seed", "5"), ("model.num_classes", "4"),
 ])
 def test_resume_refuses_a_frozen_key_before_reading_data(data, run1, tmp_path, key, value):
     moved = tmp_path / "moved"
@@ -66,7 +66,17 @@ def test_resume_refuses_a_frozen_key_before_reading_data(data, run1, tmp_path, k
     assert res.exit_code == 2, res.output
     line = res.output.strip().splitlines()[-1]
     assert key in line and value in line.lower() and "cannot change on --resume" in line and str(run1) in line
+    assert "has None" not in line, line                            # (model.num_classes: "has 3 (from its data)")
     assert len(rows(run1)) == 1     # nothing was trained
+
+
+def test_resume_takes_model_num_classes_set_to_the_runs_own_count(run1):
+    # the run's config leaves it to the data (null): setting it to the 3 classes the network has is no
+    # change (it said "last.npz has None, the config now says 3")
+    res = invoke("train", "--resume", run1, "--set", "model.num_classes=3", "--set", "train.epochs=2", "-q",
+                 "--no-report")
+    assert res.exit_code == 0, res.output
+    assert len(rows(run1)) == 2
 
 
 def test_resume_from_another_working_directory_trains_only_the_new_epochs(data, tmp_path, monkeypatch):

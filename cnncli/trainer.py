@@ -268,7 +268,7 @@ class Trainer:
                 self.echo(f"warning: no more TensorBoard events ({self.events.path}: {err.strerror or err})")
                 self.events = None
         val = f"val loss {loss_text(val_loss)} acc {val_acc:.2%}" if self.val_ds.labels.size else "no val"
-        note = self.compiling_note()
+        note = self.compiling_note() or ("" if images else "resumed after its last step")   # (no rate of 0 images)
         self.echo(f"epoch {row['epoch']}/{self.epochs}  train loss {loss_text(row['train_loss'])} "
                   f"acc {row['train_acc']:.2%}  "
                   f"{val}  lr {row['lr']:.3g}  {row['time_s']:.1f}s "

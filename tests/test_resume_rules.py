@@ -356,3 +356,28 @@ def test_a_run_cannot_be_resumed_while_another_process_trains_it(data, tmp_path)
     more = int(checkpoint.load_meta(run / "last.npz")["epoch"]) + 1
     res = invoke("train", "--resume", run, "-q", "--no-report", "--set", f"train.epochs={more}")   # free again
     assert res.exit_code == 0 and "Nothing to do" not in res.output, res.output
+
+
+def test_a_run_stopped_after_an_epochs_last_step_resumes_without_a_rate_of_zero_images(data, tmp_path, monkeypatch):
+    # the stop came after epoch 1's last step, before its end: the resumed run only validates and
+    # saves epoch 1, and its line said "(0 img/s)"
+    import signal
+
+    from cnncli.trainer import Trainer
+
+    real = Trainer.train_step
+
+    def step(self, idx):
+        real(self, idx)
+        if self.state.epoch == 0 and self.state.epoch_step == self.steps_per_epoch:
+            signal.raise_signal(signal.SIGINT)                     # (the run's StopFlag takes it)
+    monkeypatch.setattr(Trainer, "train_step", step)
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=2)
+    res = invoke("train", "--config", cfg, "--no-report")
+    assert res.exit_code == 130 and "stopped at epoch 1, step" in res.output, res.output
+    monkeypatch.setattr(Trainer, "train_step", real)
+    res = invoke("train", "--resume", tmp_path / "run", "--no-report")
+    assert res.exit_code == 0, res.output
+    [line] = [ln for ln in res.output.splitlines() if ln.startswith("epoch 1/2")]
+    assert line.endswith("(resumed after its last step)") or "(resumed after its last step)  *best" in line, line
+    assert "0 img/s" not in res.output

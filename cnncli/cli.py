@@ -224,6 +224,7 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
     comments); - reads such a list from standard input. Exit status 1 if
     any file failed. A probability is the model's sigmoid output for that class (one per class, as
     the seed's loss trains them): they need not add up to 1."""
+    from cnncli.distributed import launched_by_mpi
     from cnncli.ensemble import load, names_a_model
     from cnncli.data.scan import ignored_note
     from cnncli.predictions import gather_paths, predict_stream, prediction_line, write_predictions_csv
@@ -235,6 +236,9 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
         checkpoint, paths = paths[:1], paths[1:]
         if not paths:
             raise click.UsageError(f"{checkpoint[0]} is a checkpoint: give the images to classify after it")
+    if "-" in paths and launched_by_mpi():       # (this Open MPI never passes stdin's end on: a hang)
+        raise click.UsageError("-: standard input does not reach a process mpirun starts; give the list of paths "
+                               "as a file (cnn predict ... LIST.txt), or run cnn predict without mpirun")
     predictor, _ = load(checkpoints_or_newest(checkpoint, ensemble=True))
     if "-" in paths and _stdin_is_terminal():   # (no pipe: the user types the paths)
         click.echo("reading the paths to classify from standard input, one a line; Ctrl-D ends the list", err=True)

@@ -276,6 +276,20 @@ def test_predict_reads_paths_from_standard_input_given_as_dash(tmp_path):
     assert typed.exit_code == 0 and typed.stderr.startswith("reading the paths to classify from standard input")
 
 
+def test_predict_of_standard_input_under_mpirun_says_to_give_a_file(tmp_path, monkeypatch):
+    # this Open MPI never passes the end of stdin on to a rank: `mpirun -n 1 cnn predict - < list` hung
+    from click.testing import CliRunner
+
+    from cnncli.cli import cli
+
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "1")
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "0")
+    res = CliRunner().invoke(cli, ["predict", "--checkpoint", str(tmp_path / "m.npz"), "-"], input="a.png\n")
+    assert res.exit_code == 2 and res.stderr.endswith(
+        "Error: -: standard input does not reach a process mpirun starts; give the list of paths as a file "
+        "(cnn predict ... LIST.txt), or run cnn predict without mpirun\n"), res.stderr
+
+
 def test_header_names_are_matched_whatever_their_case_spaces_or_hyphens(tmp_path):
     data = make_folder(tmp_path / "data", per_class=2, odd_files=False)
     rows = folder_rows(data, tmp_path)

@@ -74,6 +74,7 @@ class StopDuringSetup(_StopLine):
         stop = SetupStopped(f"{name}: stopped during set-up, before the first step: nothing was trained; "
                             "start the run again")
         stop.signal = name
+        stop.anywhere = True        # (under mpirun each rank takes it wherever its set-up is: distributed.fail)
         return stop
 
 

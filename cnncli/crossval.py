@@ -184,6 +184,7 @@ def _go_on(err: Stopped, k: int, parent: Path) -> Stopped:
     more = type(err)(f"{text} continue the cross-validation with: cnn cv --resume {parent}")
     more.everywhere = getattr(err, "everywhere", False)     # (every rank stops at the same step)
     more.alone = getattr(err, "alone", False)               # (rank 0's test after the fold's training)
+    more.anywhere = getattr(err, "anywhere", False)         # (a set-up stop: wherever each rank is)
     return more
 
 

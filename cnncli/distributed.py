@@ -346,10 +346,22 @@ def main_first(comm: Comm, fn, *args, others: bool = True, **kw):
 def fail(comm: Comm, err: BaseException) -> None:
     """A CnnError or OSError that ended training on this rank. `err.everywhere` (set where every
     rank raises the same error at the same step: a stop, a diverged loss) means rank 0 prints it
-    once and all exit with its code; `err.alone` (a stop of rank 0's work after training, the
+    once and all exit with its code; `err.anywhere` (a stop during set-up: every rank takes the
+    signal mpirun forwards, wherever its set-up is) that rank 0 prints it and every rank leaves at
+    once with its code; `err.alone` (a stop of rank 0's work after training, the
     others only waiting to exit) that this rank prints it and exits with its code; otherwise this
     rank prints one line naming itself and ends the job (MPI_Abort with the error's exit code)."""
     line, code, prefix = _line(err)
+    if getattr(err, "anywhere", False):
+        if comm.is_main:
+            print(f"{prefix}{line}", file=sys.stderr, flush=True)
+        else:
+            import time  # noqa: PLC0415
+
+            time.sleep(ABORT_GRACE)     # rank 0's line first: an exit gets the other ranks killed
+        sys.stdout.flush()
+        os._exit(code)                  # no MPI_Finalize, which would wait for ranks held in a collective;
+                                        # mpirun ends the job with this status
     if getattr(err, "everywhere", False):
         _settle(comm, [(line, code, prefix)] * comm.size)
     if getattr(err, "alone", False):   # raised where the other ranks wait for nothing but the exit

@@ -420,3 +420,49 @@ def test_rank_threads(monkeypatch):
     layout = [(host, (0, 1)), (host, (2, 3))]
     assert D.rank_threads(FakeComm(0, layout), 0) == 2
     assert D.rank_threads(FakeComm(0, layout), 4) == 4            # an explicit train.threads wins
+
+
+# `cnn train` under mpirun whose data loading (every rank's set-up) marks its start in a file and
+# then takes a minute: the window for a stop signal during the set-up
+SLOW_SETUP = """
+import sys, time
+from pathlib import Path
+from cnncli import runsetup
+
+marker = Path(sys.argv[1])
+real = runsetup.load_datasets
+
+def slow(*args, **kw):
+    marker.write_text("loading")
+    time.sleep(60)
+    return real(*args, **kw)
+
+runsetup.load_datasets = slow
+sys.argv = ["cnn"] + sys.argv[2:]
+from cnncli.cli import main
+main()
+"""
+
+
+def test_sigusr1_to_mpirun_during_set_up_is_one_line_and_the_job_exits_130(data):
+    # each rank printed 'Error: rank r of 2: SIGUSR1: stopped during set-up, ...' and the job ended in
+    # MPI_ABORT's block
+    require_mpi()
+    tmp, folder = data
+    cfg = write_config(tmp / "cfg-slowsetup.yaml", folder, tmp / "unused", epochs=1, batch_size=16)
+    (tmp / "slow_setup.py").write_text(SLOW_SETUP)
+    marker, out = tmp / "loading.txt", tmp / "usr1-setup"
+    proc = subprocess.Popen([mpirun_path(), "-n", "2", sys.executable, str(tmp / "slow_setup.py"), str(marker),
+                             "train", "--config", str(cfg), "-q", "--no-report", "--out", str(out)],
+                            env=mpi_env({"CNNCLI_CACHE_DIR": str(tmp / "cache")}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not marker.exists() and proc.poll() is None and time.monotonic() - t0 < 240:
+        time.sleep(0.01)
+    time.sleep(0.5)                         # (both ranks in their set-up)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = communicate_or_kill(proc, 60)
+    ours = [ln for ln in err.splitlines() if "SIGUSR1" in ln]
+    assert proc.returncode == 130 and ours == [
+        "SIGUSR1: stopped during set-up, before the first step: nothing was trained; start the run again"], err
+    assert "Error" not in err and "MPI_ABORT" not in err, err

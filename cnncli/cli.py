@@ -326,7 +326,10 @@ def main():
     shutdown is a sizeable part of a warm one-image run): all its output is flushed first."""
     _open_standard_streams()
     try:
-        cli(prog_name="cnn")
+        if other_rank():
+            _other_rank_main()
+        else:
+            cli(prog_name="cnn")
     except SystemExit as done:
         if done.code == 130:
             # a stop (its line said what was saved): another Ctrl-C during the teardown is ignored;
@@ -339,6 +342,21 @@ def main():
         sys.stderr.flush()
         code = done.code
         os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
+def _other_rank_main():
+    """cnn on rank 1, 2, ... of an MPI job: Click's own output (--help, --version, an unknown option
+    or command) is rank 0's to print; the ranks still exit with its status. Everything else these
+    ranks say goes to stderr (train and cv print on rank 0 alone), so their stdout is /dev/null."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    try:
+        cli.main(prog_name="cnn", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as err:          # (the command line's own error: rank 0 shows it)
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(1)
 
 
 def _open_standard_streams():

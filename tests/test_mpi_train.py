@@ -466,3 +466,18 @@ def test_sigusr1_to_mpirun_during_set_up_is_one_line_and_the_job_exits_130(data)
     assert proc.returncode == 130 and ours == [
         "SIGUSR1: stopped during set-up, before the first step: nothing was trained; start the run again"], err
     assert "Error" not in err and "MPI_ABORT" not in err, err
+
+
+def test_click_s_own_output_under_mpirun_is_printed_once():
+    # --help, --version and an unknown option or command printed once per rank: Click speaks before
+    # cnn knows its rank (the other ranks now keep quiet and exit with the same status)
+    require_mpi()
+    cnn = ["python", "-m", "cnncli"]
+    res = run_mpi(2, [*cnn, "train", "--help"])
+    assert res.returncode == 0 and res.stdout.count("Usage: ") == 1, res.stdout
+    res = run_mpi(2, [*cnn, "--version"])
+    assert res.returncode == 0 and res.stdout.count("version") == 1, res.stdout
+    res = run_mpi(2, [*cnn, "train", "--epochs", "1"])
+    assert res.returncode == 2 and res.stderr.count("No such option '--epochs'") == 1, res.stderr
+    res = run_mpi(2, [*cnn, "trian"])
+    assert res.returncode == 2 and res.stderr.count("No such command 'trian'") == 1, res.stderr

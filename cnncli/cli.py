@@ -350,13 +350,14 @@ def _other_rank_main():
     ranks say goes to stderr (train and cv print on rank 0 alone), so their stdout is /dev/null."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     try:
-        cli.main(prog_name="cnn", standalone_mode=False)
-    except click.exceptions.Exit as done:
+        code = cli.main(prog_name="cnn", standalone_mode=False)   # (an Exit's code: --help, the group's exit)
+    except click.exceptions.Exit as done:                      # (Click versions that raise it instead)
         sys.exit(done.exit_code)
     except click.ClickException as err:          # (the command line's own error: rank 0 shows it)
         sys.exit(err.exit_code)
     except click.exceptions.Abort:
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
 
 
 def _open_standard_streams():

@@ -351,13 +351,16 @@ def _other_rank_main():
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     try:
         code = cli.main(prog_name="cnn", standalone_mode=False)   # (an Exit's code: --help, the group's exit)
+        code = code if isinstance(code, int) and not isinstance(code, bool) else 0
     except click.exceptions.Exit as done:                      # (Click versions that raise it instead)
-        sys.exit(done.exit_code)
+        code = done.exit_code
     except click.ClickException as err:          # (the command line's own error: rank 0 shows it)
-        sys.exit(err.exit_code)
+        code = err.exit_code
     except click.exceptions.Abort:
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
+        code = 1
+    if code:            # rank 0's line first: a failed rank gets the others killed (rank 0's own exit
+        time.sleep(3)   # with that status ends this wait: mpirun then stops this rank)
+    sys.exit(code)
 
 
 def _open_standard_streams():

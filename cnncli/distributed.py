@@ -358,7 +358,8 @@ def fail(comm: Comm, err: BaseException) -> None:
         else:
             import time  # noqa: PLC0415
 
-            time.sleep(ABORT_GRACE)     # rank 0's line first: an exit gets the other ranks killed
+            time.sleep(3)               # rank 0's line first: an exit gets the other ranks killed (rank 0's
+                                        # own exit, at once after its line, ends this wait: mpirun stops the rest)
         sys.stdout.flush()
         os._exit(code)                  # no MPI_Finalize, which would wait for ranks held in a collective;
                                         # mpirun ends the job with this status

@@ -284,40 +284,48 @@ def test_sigusr1_to_mpirun_stops_every_rank_at_one_step_and_saves(long_run, data
     assert metrics_rows(ref) == metrics_rows(out)
 
 
-# `cnn train` under mpirun whose test on data.test (rank 0 alone, after training) marks its start
-# in a file and then takes a minute: the window for a stop signal after the last step
-SLOW_TEST = """
-import sys, time
+# `cnn train` under mpirun with one function (module, name) replaced by one that marks its start in
+# a file and then takes a minute: the window for a stop signal there (data.test's testing after the
+# last step, rank 0 alone; the data's loading in every rank's set-up)
+SLOWED = """
+import importlib, sys, time
 from pathlib import Path
-from cnncli import train
 
-marker = Path(sys.argv[1])
+marker, module, name = Path(sys.argv[1]), importlib.import_module(sys.argv[2]), sys.argv[3]
 
-def slow(run_dir, cfg, echo):
-    marker.write_text("testing")
+def slow(*args, **kw):
+    marker.write_text(name)
     time.sleep(60)
 
-train.evaluate_test_data = slow
-sys.argv = ["cnn"] + sys.argv[2:]
+setattr(module, name, slow)
+sys.argv = ["cnn"] + sys.argv[4:]
 from cnncli.cli import main
 main()
 """
+
+
+def start_slowed(tmp, module, name, args):
+    """`mpirun -n 2 cnn ARGS` with module.name slowed (SLOWED), returned once it has started."""
+    (tmp / "slowed.py").write_text(SLOWED)
+    marker = tmp / f"slowed-{name}.txt"
+    marker.unlink(missing_ok=True)
+    proc = subprocess.Popen([mpirun_path(), "-n", "2", sys.executable, str(tmp / "slowed.py"), str(marker), module,
+                             name, *map(str, args)],
+                            env=mpi_env({"CNNCLI_CACHE_DIR": str(tmp / "cache")}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not marker.exists() and proc.poll() is None and time.monotonic() - t0 < 240:
+        time.sleep(0.01)
+    return proc
 
 
 def test_sigusr1_to_mpirun_after_training_is_one_line_and_the_job_exits_130(data):
     require_mpi()
     tmp, folder = data
     cfg = write_config(tmp / "cfg-slowtest.yaml", folder, tmp / "unused", epochs=1, batch_size=16)
-    (tmp / "slow_test.py").write_text(SLOW_TEST)
-    marker, out = tmp / "testing.txt", tmp / "usr1-after"
-    proc = subprocess.Popen([mpirun_path(), "-n", "2", sys.executable, str(tmp / "slow_test.py"), str(marker),
-                             "train", "--config", str(cfg), "-q", "--no-report", "--out", str(out),
-                             "--set", f"data.test={folder}"],
-                            env=mpi_env({"CNNCLI_CACHE_DIR": str(tmp / "cache")}),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    t0 = time.monotonic()
-    while not marker.exists() and proc.poll() is None and time.monotonic() - t0 < 240:
-        time.sleep(0.01)
+    out = tmp / "usr1-after"
+    proc = start_slowed(tmp, "cnncli.train", "evaluate_test_data",
+                        ["train", "--config", cfg, "-q", "--no-report", "--out", out, "--set", f"data.test={folder}"])
     time.sleep(0.5)                         # (rank 1 is past training, waiting to exit)
     proc.send_signal(signal.SIGUSR1)
     _, err = communicate_or_kill(proc, 60)
@@ -422,43 +430,14 @@ def test_rank_threads(monkeypatch):
     assert D.rank_threads(FakeComm(0, layout), 4) == 4            # an explicit train.threads wins
 
 
-# `cnn train` under mpirun whose data loading (every rank's set-up) marks its start in a file and
-# then takes a minute: the window for a stop signal during the set-up
-SLOW_SETUP = """
-import sys, time
-from pathlib import Path
-from cnncli import runsetup
-
-marker = Path(sys.argv[1])
-real = runsetup.load_datasets
-
-def slow(*args, **kw):
-    marker.write_text("loading")
-    time.sleep(60)
-    return real(*args, **kw)
-
-runsetup.load_datasets = slow
-sys.argv = ["cnn"] + sys.argv[2:]
-from cnncli.cli import main
-main()
-"""
-
-
 def test_sigusr1_to_mpirun_during_set_up_is_one_line_and_the_job_exits_130(data):
     # each rank printed 'Error: rank r of 2: SIGUSR1: stopped during set-up, ...' and the job ended in
     # MPI_ABORT's block
     require_mpi()
     tmp, folder = data
     cfg = write_config(tmp / "cfg-slowsetup.yaml", folder, tmp / "unused", epochs=1, batch_size=16)
-    (tmp / "slow_setup.py").write_text(SLOW_SETUP)
-    marker, out = tmp / "loading.txt", tmp / "usr1-setup"
-    proc = subprocess.Popen([mpirun_path(), "-n", "2", sys.executable, str(tmp / "slow_setup.py"), str(marker),
-                             "train", "--config", str(cfg), "-q", "--no-report", "--out", str(out)],
-                            env=mpi_env({"CNNCLI_CACHE_DIR": str(tmp / "cache")}),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    t0 = time.monotonic()
-    while not marker.exists() and proc.poll() is None and time.monotonic() - t0 < 240:
-        time.sleep(0.01)
+    proc = start_slowed(tmp, "cnncli.runsetup", "load_datasets",
+                        ["train", "--config", cfg, "-q", "--no-report", "--out", tmp / "usr1-setup"])
     time.sleep(0.5)                         # (both ranks in their set-up)
     proc.send_signal(signal.SIGUSR1)
     _, err = communicate_or_kill(proc, 60)

@@ -120,14 +120,15 @@ def short_name(name, width):
 def format_metrics(metrics) -> str:
     """Readable aligned text: summary, per-class table, confusion matrix with class names."""
     from .data import printable
+    from .data.names import form_twins, spelled
 
     lines = []
-    for key, label in (("checkpoint", "checkpoint"), ("data", "data")):
+    for key, title in (("checkpoint", "checkpoint"), ("data", "data")):
         value = metrics.get(key)
         if isinstance(value, list):         # an ensemble's checkpoints
             value = f"mean of {len(value)}: " + ", ".join(value)
         if key in metrics:
-            lines.append(f"{label:<16}{value}")
+            lines.append(f"{title:<16}{value}")
     lines.append(f"{'images':<16}{metrics['num_images']}")
     if "skipped" in metrics:
         lines.append(f"{'skipped':<16}{metrics['skipped']}")
@@ -140,14 +141,16 @@ def format_metrics(metrics) -> str:
     lines.append(f"{'macro F1':<16}{metrics['macro_f1']:.4f}")
 
     names = list(metrics["per_class"])
-    widths = [textwidth.width(printable(str(n))) for n in names]      # terminal columns, as printed
+    twins = {n for group in form_twins(names) for n in group}   # (one name in two Unicode forms: spelled out)
+    label = {n: spelled(n) if n in twins else n for n in names}
+    widths = [textwidth.width(printable(str(label[n]))) for n in names]   # terminal columns, as printed
     name_w = min(24, max([5] + widths))
     lines.append("")
     lines.append(f"{'class':<{name_w}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>7}")
     for name in names:
         m = metrics["per_class"][name]
         lines.append(
-            f"{textwidth.ljust(short_name(name, name_w), name_w)}  {m['precision']:>9.4f}  {m['recall']:>9.4f}"
+            f"{textwidth.ljust(short_name(label[name], name_w), name_w)}  {m['precision']:>9.4f}  {m['recall']:>9.4f}"
             f"  {m['f1']:>9.4f}  {m['support']:>7d}"
         )
 
@@ -160,10 +163,12 @@ def format_metrics(metrics) -> str:
         row_w = min(16, max([len(corner)] + widths))
         lines.append("")
         lines.append("confusion matrix (rows = true class, columns = predicted class)")
-        header = f"{corner:<{row_w}}" + "".join(f" {textwidth.rjust(short_name(n, col_w), col_w)}" for n in names)
+        header = f"{corner:<{row_w}}" + "".join(f" {textwidth.rjust(short_name(label[n], col_w), col_w)}"
+                                                for n in names)
         lines.append(header)
         for name, row in zip(names, confusion):
-            lines.append(textwidth.ljust(short_name(name, row_w), row_w) + "".join(f" {v:>{col_w}d}" for v in row))
+            lines.append(textwidth.ljust(short_name(label[name], row_w), row_w) + "".join(f" {v:>{col_w}d}"
+                                                                                    for v in row))
     return "\n".join(lines)
 
 

@@ -176,6 +176,18 @@ def test_format_metrics_is_aligned_and_names_classes():
         assert [int(v) for v in line.split()[1:]] == row
 
 
+def test_format_metrics_spells_out_two_forms_of_one_name():
+    # class folders 'café' composed and decomposed (two classes): the table had two rows "café"
+    rng = np.random.default_rng(2)
+    classes = ["bar", "caf\u00e9", "cafe\u0301"]
+    m = compute_metrics(rng.random((12, 3)), rng.integers(0, 3, 12), classes)
+    lines = format_metrics(m).splitlines()
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("class ")) + 1
+    rows = [ln.split()[0] for ln in lines[first:first + 3]]
+    assert rows == ["bar", "caf\\xe9", "cafe\\u0301"], rows                   # the per-class table
+    assert "caf\u00e9" not in format_metrics(m) and "caf\u00e9" in m["per_class"]   # (the keys stay the names)
+
+
 
 def test_format_metrics_aligns_names_by_terminal_columns():
     # CJK names take two columns a character, a combining accent none, a name that is not valid

@@ -219,6 +219,10 @@ def test_class_names_with_commas_are_quoted_in_the_list(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "CLASSES", ["bird", "cat, tabby", "dog"])
     path = _save(tmp_path / "m.npz", "none")
     assert 'classes     3: bird, "cat, tabby", dog\n' in _info(path).output
+    # one name in two Unicode forms (two class folders macOS and Linux wrote): told apart, not "café, café"
+    monkeypatch.setattr(sys.modules[__name__], "CLASSES", ["bird", "caf\u00e9", "cafe\u0301"])
+    path = _save(tmp_path / "m2.npz", "none")
+    assert "classes     3: bird, caf\\xe9, cafe\\u0301\n" in _info(path).output
 
 
 def test_a_run_folder_shows_how_far_the_run_trained_and_which_epoch_best_holds(tmp_path):

@@ -1,0 +1,104 @@
+"""Why a file cannot be used, in words: the reasons decode.py gives for a file it skips (not an image,
+damaged, truncated, another format), from the file's first bytes and the Pillow frames that failed.
+It does not open images as images (decode.py) or say which foreign formats exist (foreign.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from . import foreign
+
+class _Skip(Exception):
+    """One file cannot be used; str() is the short reason."""
+
+
+def _not_image_reason(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        return f"cannot read file ({e.strerror or e})"
+    names = "PNG/JPEG/BMP/GIF/PNM/TIFF/WebP/ICO"
+    if head.startswith(b"%PDF"):
+        return f"not a {names} image (it is a PDF)"
+    fmt = _signature_format(head)
+    if fmt is not None:
+        return f"a damaged or truncated {fmt} file ({_size(path)})"
+    other = foreign.format_of(head)
+    if other is not None:
+        return f"not a {names} image (it is {other}: convert it to PNG or JPEG first)"
+    try:
+        text = head.decode("utf-8")
+        if all(c.isprintable() or c in "\r\n\t" for c in text):
+            return f"not a {names} image (it looks like text)"
+    except UnicodeDecodeError:
+        pass
+    if head.startswith(b"BM"):                 # (after the text test: a text may start with BM)
+        return f"a damaged or truncated BMP file ({_size(path)})"
+    return f"not a {names} image (its first bytes match none of these formats)"
+
+
+# the first bytes of the formats we read (a file that starts so but does not open is damaged)
+_SIGNATURES = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"II*\0", "TIFF"),
+               (b"MM\0*", "TIFF"))
+
+
+def _signature_format(head: bytes) -> str | None:
+    """The format a file's first bytes announce (BMP is told apart from text by the caller), or None."""
+    for magic, fmt in _SIGNATURES:
+        if head.startswith(magic):
+            return fmt
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WebP"
+    return None
+
+
+def _damaged_reason(path: str, e: Exception, msg: str) -> str:
+    """The reason for a file Pillow took for an image and then failed on (msg: e in one line): the
+    format its first bytes announce, else the one Pillow was reading (_format_in), its size and
+    Pillow's words. An error Pillow did not raise (no memory, ...) says no more than its type."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        head = b""
+    fmt = _format_in(e.__traceback__)
+    if fmt is not None:
+        fmt = _signature_format(head) or ("BMP" if head.startswith(b"BM") else fmt or None)
+    truncated = "truncated" in msg.lower()
+    if fmt is None:
+        return f"truncated image ({msg})" if truncated else f"cannot decode: {type(e).__name__}: {msg}"
+    if re.fullmatch(r"decoder error -?\d+", msg):                  # a codec's return code, no words
+        msg = f"its pixel data does not decode ({msg})"
+    return f"a {'truncated' if truncated else 'damaged'} {fmt} file ({_size(path)}): {msg}"
+
+
+# Pillow's format names that the reasons say otherwise
+_SHOWN_FORMATS = {"PPM": "PNM", "MPO": "JPEG", "WEBP": "WebP"}
+
+
+def _format_in(tb) -> str | None:
+    """The format Pillow was reading in a traceback's frames: a plugin's (PIL.PngImagePlugin, ...), or
+    that of the image ImageFile.load was loading; "" when Pillow's frames do not tell, None when
+    none of the frames is Pillow's."""
+    found = None
+    while tb is not None:
+        frame = tb.tb_frame
+        module = frame.f_globals.get("__name__", "")
+        if module.startswith("PIL."):
+            plugin = re.fullmatch(r"PIL\.(\w+)ImagePlugin", module)
+            fmt = plugin.group(1).upper() if plugin else getattr(frame.f_locals.get("self"), "format", None)
+            if isinstance(fmt, str) and fmt:
+                return _SHOWN_FORMATS.get(fmt, fmt)
+            found = ""
+        tb = tb.tb_next
+    return found
+
+
+def _size(path: str) -> str:
+    try:
+        return f"{os.path.getsize(path):,} bytes"
+    except OSError:
+        return "size unknown"

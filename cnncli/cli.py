@@ -358,8 +358,10 @@ def _other_rank_main():
         code = err.exit_code
     except click.exceptions.Abort:
         code = 1
-    if code:            # rank 0's line first: a failed rank gets the others killed (rank 0's own exit
-        time.sleep(3)   # with that status ends this wait: mpirun then stops this rank)
+    if code:                                     # rank 0's line first: a failed rank gets the others killed
+        from cnncli.distributed import LINE_WAIT
+
+        time.sleep(LINE_WAIT)
     sys.exit(code)
 
 

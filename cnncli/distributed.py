@@ -16,6 +16,8 @@ from .cores import affinity_cpus, usable_cores
 from .errors import CnnError, ConfigError
 
 SHARD = 8   # images per micro-shard: the unit of work of a thread or rank, and a leaf of the tree
+LINE_WAIT = 3       # seconds a rank other than 0 waits before leaving with rank 0's line to print (rank
+                    # 0's own exit, right after its line, ends the wait: mpirun then stops the others)
 ABORT_GRACE = 0.5   # seconds a failing rank waits between its error line and MPI_Abort (see MpiComm.abort)
 
 # Set by mpirun/mpiexec/srun in every rank's environment (Open MPI, MPICH/Hydra, PMIx, Slurm PMI).
@@ -358,8 +360,7 @@ def fail(comm: Comm, err: BaseException) -> None:
         else:
             import time  # noqa: PLC0415
 
-            time.sleep(3)               # rank 0's line first: an exit gets the other ranks killed (rank 0's
-                                        # own exit, at once after its line, ends this wait: mpirun stops the rest)
+            time.sleep(LINE_WAIT)       # rank 0's line first: an exit gets the other ranks killed
         sys.stdout.flush()
         os._exit(code)                  # no MPI_Finalize, which would wait for ranks held in a collective;
                                         # mpirun ends the job with this status

@@ -120,7 +120,7 @@ def short_name(name, width):
 def format_metrics(metrics) -> str:
     """Readable aligned text: summary, per-class table, confusion matrix with class names."""
     from .data import printable
-    from .data.names import form_twins, spelled
+    from .data.names import told_apart
 
     lines = []
     for key, title in (("checkpoint", "checkpoint"), ("data", "data")):
@@ -141,8 +141,7 @@ def format_metrics(metrics) -> str:
     lines.append(f"{'macro F1':<16}{metrics['macro_f1']:.4f}")
 
     names = list(metrics["per_class"])
-    twins = {n for group in form_twins(names) for n in group}   # (one name in two Unicode forms: spelled out)
-    label = {n: spelled(n) if n in twins else n for n in names}
+    label = dict(zip(names, told_apart(names)))      # (one name in two Unicode forms: spelled out)
     widths = [textwidth.width(printable(str(label[n]))) for n in names]   # terminal columns, as printed
     name_w = min(24, max([5] + widths))
     lines.append("")
@@ -216,6 +215,14 @@ def evaluate(checkpoint, data_dir, batch_size=256, top_k=None, cache=True):
     return metrics, dataset, probs
 
 
+def nonfinite_outputs(probs) -> str:
+    """The warning (without "warning: ") for probabilities (N,C) of which some rows are not finite
+    (weights that overflow), or ""."""
+    bad = int((~np.isfinite(probs)).any(axis=1).sum()) if probs.size else 0
+    return (f"the model's outputs are not finite for {bad} of {len(probs)} image(s): its weights overflow (did its "
+            "training diverge?)") if bad else ""
+
+
 def evaluate_found(predictor, found, batch_size=256, top_k=None, classes=None):
     """(metrics, dataset, probs) of a Predictor on validation_data's (dataset, skipped [(path, reason)],
     description, warnings); classes: the names the metrics use (default the predictor's)."""
@@ -230,10 +237,9 @@ def evaluate_found(predictor, found, batch_size=256, top_k=None, classes=None):
     metrics["skipped_files"] = [[printable(p), printable(r)] for p, r in skipped]
     # the dataset's lines keep their kind: "warning: ..." among the warnings, "note: ..." among the notes
     metrics["warnings"] = list(warnings) + [n.partition(": ")[2] for n in dataset.notes if not n.startswith("note: ")]
-    bad = int((~np.isfinite(probs)).any(axis=1).sum()) if probs.size else 0
-    if bad:
-        metrics["warnings"].append(f"the model's outputs are not finite for {bad} of {len(probs)} image(s): its "
-                                   "weights overflow (did its training diverge?)")
+    overflow = nonfinite_outputs(probs)
+    if overflow:
+        metrics["warnings"].append(overflow)
     metrics["notes"] = [n.partition(": ")[2] for n in dataset.notes if n.startswith("note: ")]
     return metrics, dataset, probs
 

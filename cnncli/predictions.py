@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from .errors import CnnError
-from .evaluate import top_k_indices
+from .evaluate import nonfinite_outputs, top_k_indices
 
 
 def gather_paths(paths, ignored=None):
@@ -90,10 +90,9 @@ def predict_stream(predictor, paths, top_k=3, notes=None):
         notes.extend(data.pixel_notes(images, _Picked(paths, kept)))
     probs = predictor.predict_proba(images, batch_size=256)  # (K,C)
     del images
-    bad_out = int((~np.isfinite(probs)).any(axis=1).sum())
-    if notes is not None and bad_out:                        # (as eval says it)
-        notes.append(f"warning: the model's outputs are not finite for {bad_out} of {len(probs)} image(s): its "
-                     "weights overflow (did its training diverge?)")
+    overflow = nonfinite_outputs(probs)
+    if notes is not None and overflow:                       # (as eval says it)
+        notes.append(f"warning: {overflow}")
     return _results(paths, np.flatnonzero(good), probs, top_k_indices(probs, top_k), list(predictor.classes)), failures
 
 

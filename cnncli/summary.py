@@ -16,7 +16,7 @@ from cnncli.callbacks import loss_text
 from cnncli.checkpoint import load_meta
 from cnncli.errors import CnnError
 from cnncli.predictor import Predictor
-from cnncli.data.names import form_twins, listed, printable as name_text, spelled
+from cnncli.data.names import listed, printable as name_text, told_apart
 from cnncli.runfolder import printable
 
 
@@ -162,8 +162,7 @@ def format_info(info: dict) -> str:
     prep, train = info["preprocess"], info["training"]
     size = info["bytes"]
     made = f", cnncli {info['cnncli_version']}" if info["cnncli_version"] else ""
-    twins = {n for group in form_twins(info["classes"]) for n in group}   # (two forms of one name: spelled out)
-    names = ", ".join(spelled(c) if c in twins else listed(c) for c in info["classes"])
+    names = ", ".join(told_apart(info["classes"], listed))    # (two forms of one name: spelled out)
     lines = [
         f"checkpoint  {printable(info['checkpoint'])} ({_bytes(size)}{made})",
         f"classes     {len(info['classes'])}: {names}",

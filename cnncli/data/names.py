@@ -59,3 +59,9 @@ def form_twins(names) -> list:
 def spelled(name: str) -> str:
     """A name with its characters beyond ASCII as \\u escapes: two names that print alike told apart."""
     return printable(name).encode("ascii", "backslashreplace").decode("ascii")
+
+
+def told_apart(names, show=str) -> list:
+    """Each of `names` as show(name), but spelled() when another of them differs only in Unicode form."""
+    twins = {n for group in form_twins(names) for n in group}
+    return [spelled(n) if n in twins else show(n) for n in names]

@@ -199,7 +199,6 @@ class Augmenter:
         self.cap = cap
         self.params = np.empty((cap, N_PARAMS))                # (N,P) draw()'s
         self.noise = np.empty((cap, SIZE, SIZE), np.float32)   # (N,H,W) draw()'s standard normals
-        self.out = np.empty((cap, 1, SIZE, SIZE), self.dtype)  # (N,1,H,W)
 
     def key(self, epoch, step):
         """The np.uint64 key of batch `step` of `epoch` (step_key of the seed; typed for the kernels)."""
@@ -215,13 +214,11 @@ class Augmenter:
         return self.params[:n], self.noise[:max(slots, 1)]
 
     def __call__(self, x, epoch, step):
-        """x (N,1,32,32) of the augmenter's dtype -> augmented (N,1,32,32) (a view, reused next call),
+        """x (N,1,32,32) of the augmenter's dtype -> augmented (N,1,32,32), a new array each call,
         in blocks of BLOCK images on the worker threads."""
         check_batch(x, self.dtype)
         n = x.shape[0]
-        if n > self.cap:
-            self._alloc(n)
-        out, transform = self.out[:n], self.bind(epoch, step)
+        out, transform = np.empty((n, 1, SIZE, SIZE), self.dtype), self.bind(epoch, step)   # (N,1,H,W)
         run_blocks(lambda r: transform(r, x[r], out[r]), n, BLOCK)
         return out
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import click
 
 from cnncli import __version__, cli_tools
-from cnncli.cli_common import (CHECKPOINT_HELP, checkpoints_or_newest, echo_json_list, json_text, on_every_rank,
-                               other_rank, printable, resolve_checkpoint, user_errors)
+from cnncli.cli_common import (CHECKPOINT_HELP, checkpoints_or_newest, config_option, echo_json_list, json_text,
+                               on_every_rank, other_rank, printable, resolve_checkpoint, user_errors)
 from cnncli.errors import CnnError, ConfigError, Stopped
 
 
@@ -41,12 +41,13 @@ def cli(ctx):
 
 
 @cli.command(short_help="Train a network on an image folder or a labels CSV.")
-@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="YAML config file. Without it the built-in defaults are used (then data.train is required).")
+@config_option("YAML config file. Without it the built-in defaults are used (then data.train is required); "
+               "with --resume, its keys override the run's saved config.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key (dotted path, value parsed as YAML), e.g. --set train.epochs=3. Repeatable.")
 @click.option("--resume", type=click.Path(), default=None,
-              help="Continue a run: a checkpoint file or a run folder (uses its last.npz). Its config is reused; --set still applies.")
+              help="Continue a run: a checkpoint file or a run folder (uses its last.npz). Its config is reused; "
+                   "--config and --set still apply over it.")
 @click.option("--init-from", type=click.Path(), default=None,
               help="Start a new run from a checkpoint's weights (fine-tuning): a .npz or a run folder; same as "
                    "--set train.init_from=PATH. Classes are matched by name.")
@@ -111,10 +112,10 @@ def _train_config(config_path, overrides, resume, init_from, out, strict, no_cac
     if out is not None and not out.strip():
         raise ConfigError("--out: the path is empty")
     overrides = list(overrides) + (["data.strict=true"] if strict else []) + (["data.cache=false"] if no_cache else [])
-    if resume is not None and config_path is None:
+    if resume is not None:
         from cnncli.resume import resumed_config
 
-        cfg = resumed_config(resume, overrides)
+        cfg = resumed_config(resume, overrides, config_path)
     else:
         cfg = config_mod.load_config(config_path, overrides)
     if init_from is not None:
@@ -227,11 +228,19 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
     from cnncli.distributed import launched_by_mpi
     from cnncli.ensemble import load, names_a_model
     from cnncli.data.scan import ignored_note
-    from cnncli.predictions import gather_paths, predict_stream, prediction_line, write_predictions_csv
+    from cnncli.predictions import (gather_paths, predict_stream, prediction_line, refuse_csv_target,
+                                    write_predictions_csv)
 
     if as_json and csv_path:
         raise click.UsageError("--json and --csv: give one of them (--csv writes every class's probability "
                                "to a file; --json prints the top --top-k)")
+    if not checkpoint and str(paths[0]).lower().endswith(".onnx") and os.path.isfile(paths[0]):
+        raise click.UsageError(printable(f"{paths[0]}: an ONNX model, not a checkpoint: cnn predict runs the .npz "
+                                         "it was exported from (docs/interop.md runs an ONNX model with onnxruntime)"))
+    if csv_path is not None and csv_path != "-":
+        refuse_csv_target(csv_path, list(checkpoint) + list(paths))
+    if csv_path is not None and top_k != 1:
+        click.echo("note: --top-k does not change --csv's rows: they hold every class's probability", err=True)
     if not checkpoint and names_a_model(paths[0]):          # cnn predict model.npz (or runs/x) image.png
         checkpoint, paths = paths[:1], paths[1:]
         if not paths:
@@ -291,7 +300,8 @@ def report(run_dir, data_dir, out_dir):
 
 
 @cli.command(short_help="Write a checkpoint as an ONNX model (for onnxruntime etc.).")
-@click.option("--checkpoint", default=None, type=click.Path(), help=CHECKPOINT_HELP)
+@click.option("--checkpoint", multiple=True, type=click.Path(), help=CHECKPOINT_HELP + " One: an ONNX file holds "
+              "one network (of a cnn cv folder, give one of its fold-k runs).")
 @click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx"]),
               help="Output format.")
 @click.option("--out", "-o", required=True, type=click.Path(), help="The model file to write, e.g. model.onnx.")
@@ -305,10 +315,11 @@ def export(checkpoint, fmt, out, input_kind, checkpoint_arg):
     CHECKPOINT as --checkpoint (`cnn export runs/demo -o model.onnx`)."""
     from cnncli.export import export_onnx
 
-    if checkpoint and checkpoint_arg:
-        raise click.UsageError(f"two checkpoints, --checkpoint {checkpoint} and {checkpoint_arg}: export writes "
-                               "one model")
-    given = checkpoint or checkpoint_arg
+    given = list(checkpoint) + ([checkpoint_arg] if checkpoint_arg else [])
+    if len(given) > 1:
+        raise click.UsageError(printable(f"{len(given)} checkpoints ({', '.join(map(str, given))}): export writes "
+                                         "one model; give one"))
+    given = given[0] if given else None
     path = resolve_checkpoint(checkpoints_or_newest([given] if given else [])[0])
     click.echo(str(export_onnx(path, out, kind=input_kind)))
     if not str(out).lower().endswith(".onnx"):       # (-o model.txt: a model nobody would look for there)

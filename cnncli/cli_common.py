@@ -155,6 +155,13 @@ def echo_json_list(items) -> None:
     click.echo("[]" if first else "\n]")
 
 
+def config_option(help_text: str):
+    """The --config option of the commands that read a training config: repeatable, later files win."""
+    return click.option("--config", "-c", "config_path", multiple=True, type=click.Path(), metavar="FILE",
+                        help=help_text + " Repeatable: each file's keys override the same keys of the files "
+                                         "before it.")
+
+
 RUNS = "runs"      # where cnn train writes by default (options.py: out = runs/latest)
 CHECKPOINT_HELP = ("A .npz checkpoint, or a run folder (its best.npz, else last.npz). Default: the newest run "
                    f"under ./{RUNS} (named on stderr).")
@@ -173,12 +180,15 @@ def checkpoints_or_newest(given, ensemble=False) -> tuple:
     if run is None:
         raise UserError(f"no --checkpoint given, and no run with a checkpoint under ./{RUNS} to default to: give "
                         "--checkpoint (a .npz file or a run folder)")
-    cv = finished_cv(run) if ensemble else None
-    if cv is not None:
+    cv = finished_cv(run)
+    if cv is not None and ensemble:
         click.echo(printable(f"Checkpoint: {cv} (the newest run under ./{RUNS} is its {run.name}: the cnn cv's "
                              "folds as an ensemble; --checkpoint picks another)"), err=True)
         return (str(cv),)
-    click.echo(printable(f"Checkpoint: {run} (the newest run under ./{RUNS}; --checkpoint picks another)"), err=True)
+    fold = "" if cv is None else (f"; one fold of the cnn cv {cv}, whose other folds cnn predict and eval average "
+                                  "with it by default")
+    click.echo(printable(f"Checkpoint: {run} (the newest run under ./{RUNS}{fold}; --checkpoint picks another)"),
+               err=True)
     return (str(run),)
 
 

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from cnncli.cli_common import (UserError, echo_json_list, json_text, on_every_rank, printable, resolve_checkpoint,
+from cnncli.cli_common import (UserError, config_option, echo_json_list, json_text, on_every_rank, printable, resolve_checkpoint,
                                user_errors)
 from cnncli.errors import CnnError, ConfigError
 
@@ -66,8 +66,7 @@ def bench(batchnorm, batch_sizes, threads, seconds, repeats, vs_torch, compare_b
 
 
 @click.command("lr-find", short_help="Suggest optim.lr: a learning-rate range test, as Lightning's lr_find.")
-@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="YAML config file (as for cnn train): its data, network, optimizer and batch size are used.")
+@config_option("YAML config file (as for cnn train): its data, network, optimizer and batch size are used.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set optim.name=sgd. Repeatable.")
 @click.option("--steps", default=100, show_default=True, type=click.IntRange(min=13),
@@ -92,7 +91,7 @@ def lr_find(config_path, overrides, steps, min_lr, max_lr, plot_path, as_json):
     result = run(cfg, steps=steps, min_lr=min_lr, max_lr=max_lr, echo=lambda m: click.echo(m, err=True))
     if plot_path is not None:
         click.echo(f"plot: {write_plot(result, plot_path)}", err=True)
-    args = (["--config", config_path] if config_path else []) + [a for s in overrides for a in ("--set", s)
+    args = [a for c in config_path for a in ("--config", c)] + [a for s in overrides for a in ("--set", s)
                                                                  if not s.startswith("optim.lr=")]
     click.echo(json.dumps(result, indent=2) if as_json else
                format_result(result, cfg["optim"]["name"], shlex.join(map(str, args))))
@@ -116,8 +115,7 @@ def info(checkpoint, as_json):
 
 
 @click.command("augment-preview", short_help="A PNG grid of augmented samples of your training images.")
-@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="YAML config file (as for cnn train); its data.train images and augment section are used.")
+@config_option("YAML config file (as for cnn train); its data.train images and augment section are used.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set augment.affine.rotate=20. Repeatable.")
 @click.option("--out", "-o", "out_path", default="augment-preview.png", show_default=True,
@@ -192,12 +190,12 @@ def cache(clear):
 
 
 @click.command("cv", short_help="K-fold cross-validation: one run per fold, mean and std of the folds.")
-@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="YAML config file (as for cnn train); its data.train is split into the folds.")
+@config_option("YAML config file (as for cnn train); its data.train is split into the folds.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set train.epochs=20. Repeatable.")
 @click.option("--folds", default=None, type=click.IntRange(min=2),
-              help="Number of folds K [default: 5; a resumed folder keeps its own].")
+              help="Number of folds K [default: the config's data.folds when it is set, else 5; a resumed folder "
+                   "keeps its own].")
 @click.option("--out", "-o", type=click.Path(), default=None,
               help="Parent folder of the fold runs [default: the config's out + '-cv'].")
 @click.option("--resume", type=click.Path(file_okay=False, exists=True), default=None,
@@ -239,7 +237,9 @@ def _cv(comm, config_path, overrides, folds, out, resume, init_from, as_json, qu
         config_mod.require_train(cfg)
         return cfg
     cfg = everyone(comm, config)
-    parent, summary = cross_validate(cfg, 5 if folds is None else folds, out=out, resume=resume, quiet=quiet,
+    if folds is None:                   # (the config's data.folds, when it names a number of folds)
+        folds = cfg["data"]["folds"] if cfg is not None and cfg["data"]["folds"] >= 2 else 5
+    parent, summary = cross_validate(cfg, folds, out=out, resume=resume, quiet=quiet,
                                      echo=lambda m: click.echo(m, err=True), comm=comm)
     if comm.is_main:
         click.echo(json_text(summary) if as_json else format_summary(parent, summary))

@@ -1,18 +1,19 @@
 """The training config: YAML loading, `--set a.b=VALUE` overrides, validation with "did you mean"
 hints, dump and the README reference table, over the schema in options.py (re-exported here).
 Every problem is a one-line ConfigError naming the file, line and key.
-This module does not touch data or models: relative paths stay as given (the trainer resolves them).
+This module does not touch data or models: relative paths stay as given (the trainer reads them from
+the working folder); it looks at the file system once, to refuse a config file's relative path that
+names nothing from there but names something beside the file.
 """
 
-import difflib
 import math
 import os
-import re
 
 import yaml
 
 from .errors import ConfigError
 from .config_text import Dumper, fail, parse_yaml, show, show_key, suggest, type_name
+from .config_values import check_value
 from .options import (AUTO_EPOCHS, AUTO_STEPS, CLASS_WEIGHTS, DEFAULTS, HELP, LEAVES,  # noqa: F401
                       OPTIMIZER_NAMES, OPTIONS, SCHEDULE_NAMES, SECTIONS, copy_value, nest)
 
@@ -51,114 +52,13 @@ def _no_origin(mapping, key):
     return None
 
 
-# -- checking values --------------------------------------------------------------------------
-
-_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-_KIND_TEXT = {"str": "a string", "int": "an integer", "epochs": "an integer or auto", "float": "a number", "bool": "true or false",
-              "unit_pair": "a list of two numbers, e.g. [0.9, 0.999]",
-              "pair": "a list of two numbers [lo, hi], e.g. [0.9, 1.1]",
-              "weights": "none, balanced or a mapping {class: weight}"}
-
-
-def _as_float(v):
-    """float(v) for numbers and for numeric strings YAML 1.1 leaves as text (e.g. 1e-3); else None."""
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, (int, float)):
-        try:
-            return float(v)
-        except OverflowError:
-            return None
-    if isinstance(v, str) and _FLOAT_TEXT.fullmatch(v.strip()):
-        return float(v.strip())
-    return None
-
-
-def _check_value(opt, value, origin):
-    """The value converted to the option's type, or ConfigError naming the key."""
-    if value is None:
-        if opt.default is None:
-            return None
-        expected = f"one of {', '.join(opt.choices)}" if opt.kind == "choice" else _KIND_TEXT[opt.kind]
-        fail(origin, opt.key, f"must not be null (expected {expected})")
-    original = value
-    shown = show(dict(value) if isinstance(value, dict) else value)
-    wrong = f"expected {_KIND_TEXT.get(opt.kind, 'a string')}, got {type_name(value)} {shown}"
-    if opt.kind == "str":
-        if not isinstance(value, str):
-            hint = " (quote it in YAML)" if isinstance(value, (int, float)) else ""
-            fail(origin, opt.key, wrong + hint)
-    elif opt.kind == "bool":
-        if not isinstance(value, bool):
-            fail(origin, opt.key, wrong)
-    elif opt.kind in ("int", "epochs"):
-        if opt.kind == "epochs" and value == "auto":
-            return value
-        if isinstance(value, bool) or not isinstance(value, int):
-            fail(origin, opt.key, wrong)
-    elif opt.kind == "float":
-        f = _as_float(value)
-        if f is None:
-            fail(origin, opt.key, wrong)
-        if not math.isfinite(f):
-            fail(origin, opt.key, f"must be a finite number, got {show(value)}")
-        value = f
-    elif opt.kind == "choice":
-        if not isinstance(value, str) or value not in opt.choices:
-            close = difflib.get_close_matches(str(value), opt.choices, n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            fail(origin, opt.key, f"must be one of {', '.join(opt.choices)}, got {show(value)}{hint}")
-    elif opt.kind == "unit_pair":
-        if not isinstance(value, (list, tuple)) or len(value) != 2:
-            fail(origin, opt.key, wrong)
-        pair = [_as_float(v) for v in value]
-        if any(v is None or not (0.0 <= v < 1.0) for v in pair):
-            fail(origin, opt.key, f"each value must be a number in [0, 1), got {show(value)}")
-        value = pair
-    elif opt.kind == "pair":
-        pair = [_as_float(v) for v in value] if isinstance(value, (list, tuple)) and len(value) == 2 else None
-        if pair is None or any(v is None or not math.isfinite(v) for v in pair):
-            fail(origin, opt.key, wrong)
-        value = pair
-    elif opt.kind == "weights":
-        value = _weights(opt, value, origin, wrong)
-    if opt.check is not None:
-        problem = opt.check(value)
-        if problem:
-            fail(origin, opt.key, f"{problem}, got {show(original)}")
-    return value
-
-
-def _weights(opt, value, origin, wrong):
-    """A class_weight value: "none" | "balanced" | {class name: float} (integer names become text)."""
-    if isinstance(value, str):
-        if value not in CLASS_WEIGHTS:
-            close = difflib.get_close_matches(value, CLASS_WEIGHTS, n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            fail(origin, opt.key, f"must be none, balanced or a mapping {{class: weight}}, got {show(value)}{hint}")
-        return value
-    if not isinstance(value, dict):
-        fail(origin, opt.key, wrong)
-    out = {}
-    for name, w in value.items():
-        f = _as_float(w)
-        if isinstance(name, bool) or name is None:     # YAML read an unquoted yes/no/on/off/true/false/null
-            read = {True: "true", False: "false", None: "null"}[name]
-            fail(origin, opt.key, f"a class name read as {read}: YAML reads an unquoted yes, no, on, off, "
-                                  f"true, false or null as that; quote the name, e.g. 'yes': {show(w)}")
-        if not isinstance(name, (str, int)) or f is None or not math.isfinite(f):
-            fail(origin, opt.key, f"expected {{class name: number}}, got {show(name)}: {show(w)}")
-        out[str(name)] = f
-    return out
-
-
 def _resolve(values):
     """values: dotted -> (value, origin). Returns the full nested config, every default filled."""
     flat = {}
     for opt in OPTIONS:
         if opt.key in values:
             value, origin = values[opt.key]
-            flat[opt.key] = _check_value(opt, value, origin)
+            flat[opt.key] = check_value(opt, value, origin)
         else:
             flat[opt.key] = copy_value(opt.default)
     origin = lambda key: values.get(key, (None, None))[1]  # noqa: E731
@@ -201,6 +101,20 @@ def resolve_epochs(cfg, n_train, origin="train.epochs=auto"):
         fail(None, "optim.warmup_epochs", f"must be <= train.epochs ({origin} is {epochs}), "
                                            f"got {cfg['optim']['warmup_epochs']}")
     return {**cfg, "train": {**t, "epochs": epochs}}
+
+
+def setting_notes(cfg) -> list:
+    """Notes on settings that do nothing in this run (cfg with train.epochs resolved): a step schedule
+    that never steps, a plateau schedule that early stopping always ends first."""
+    o, t = cfg["optim"], cfg["train"]
+    notes, patience = [], t["early_stopping"]["patience"]
+    if o["schedule"] == "step" and o["step_size"] >= t["epochs"]:
+        notes.append(f"optim.schedule=step multiplies the rate by optim.gamma every optim.step_size={o['step_size']} "
+                     f"epochs, but train.epochs is {t['epochs']}: the rate never drops")
+    if o["schedule"] == "plateau" and 0 < patience <= o["plateau_patience"]:
+        notes.append(f"train.early_stopping.patience={patience} is not above optim.plateau_patience="
+                     f"{o['plateau_patience']}: early stopping ends the run before the plateau schedule lowers the rate")
+    return notes
 
 
 def parse_override(text):
@@ -248,8 +162,10 @@ def validate(cfg):
     return _resolve(values)
 
 
-def load_config_text(text, overrides=(), source="<config>"):
-    """Parse YAML text (from a file or a checkpoint), apply overrides, validate."""
+def _layer(text, source, values, path=None):
+    """Parse one layer's YAML text (a file, or a checkpoint's config) into values (dotted -> (value,
+    origin)), over what earlier layers put there. path: the config file, whose folder a relative data
+    path may have been meant from (see _beside_config)."""
     if not isinstance(text, str):                 # (a hand-edited checkpoint's "config")
         raise ConfigError(f"{source}: expected the config's YAML text, got {type_name(text)}")
     data = parse_yaml(text, source) if text.strip() else None
@@ -258,8 +174,38 @@ def load_config_text(text, overrides=(), source="<config>"):
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections (data:, model:, optim:, "
                           f"train:, augment:, out:), got {type_name(data)}")
+    mine = {}
+    _flatten(data, "", _file_origin(source), mine)
+    if path is not None:
+        _beside_config(mine, path)
+    values.update(mine)
+
+
+PATH_KEYS = ("data.train", "data.val", "data.test", "train.init_from")
+
+
+def _beside_config(values, path):
+    """ConfigError for a relative path of the file at `path` that names nothing from the working folder
+    but names something beside the config file: paths are read from the working folder, and the user
+    most likely ran from another one."""
+    here = os.path.dirname(os.path.abspath(path))
+    for key in PATH_KEYS:
+        value, origin = values.get(key, (None, None))
+        if not isinstance(value, str) or not value.strip() or os.path.isabs(os.path.expanduser(value)):
+            continue
+        there = os.path.join(here, value)
+        if not os.path.exists(value) and os.path.exists(there) and os.path.abspath(value) != there:
+            fail(origin, key, f"{value!r} does not exist in the working folder {os.getcwd()}, but {there} does: "
+                              "a config's relative paths are read from the working folder; run from "
+                              f"{here} or give the absolute path")
+
+
+def load_layers(layers, overrides=()):
+    """The config of `layers`, [(YAML text, source name, config file path or None)], each laid over
+    the ones before it (a later layer's keys win), then each "a.b=VALUE" override; validated."""
     values = {}
-    _flatten(data, "", _file_origin(source), values)
+    for text, source, path in layers:
+        _layer(text, source, values, path)
     for text_ in overrides:
         key, value = parse_override(text_)
         if key in SECTIONS:                                   # --set train.early_stopping={patience: 3}
@@ -269,13 +215,31 @@ def load_config_text(text, overrides=(), source="<config>"):
     return _resolve(values)
 
 
-def load_config(path=None, overrides=()):
-    """Defaults, then the YAML file at `path` (when given), then each "a.b=VALUE" override."""
+def load_config_text(text, overrides=(), source="<config>"):
+    """Parse YAML text (from a file or a checkpoint), apply overrides, validate."""
+    return load_layers([(text, source, None)], overrides)
+
+
+def config_files(path) -> list:
+    """`--config`'s value as a list of paths: None -> [], one path -> [it], a sequence as given."""
     if path is None:
-        return load_config_text("", overrides)
+        return []
+    return [path] if isinstance(path, (str, os.PathLike)) else list(path)
+
+
+def read_config_file(path) -> str:
+    """The text of a config file (UTF-8, with or without a BOM, or UTF-16 with one); ConfigError naming
+    the path for a missing, unreadable or binary one, and what a run folder or checkpoint is for."""
     path = os.fspath(path)
+    if not path.strip():
+        raise ConfigError("--config: the path is empty")
+    if path == "-":
+        raise ConfigError("--config -: a config is read from a file, not from standard input; give its path")
     if os.path.isdir(path):
-        raise ConfigError(f"{path}: is a directory, not a config file")
+        run = any(os.path.isfile(os.path.join(path, n)) for n in ("last.npz", "best.npz"))
+        raise ConfigError(f"{path}: is a " + ("run folder, not a config file: --resume continues it, --init-from "
+                                              "starts a new run from its weights" if run else
+                                              "directory, not a config file"))
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -283,12 +247,21 @@ def load_config(path=None, overrides=()):
         raise ConfigError(f"{path}: no such config file") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror or e}") from None
+    if raw[:4] == b"PK\x03\x04":                        # a zip: a .npz checkpoint given as the config
+        raise ConfigError(f"{path}: is a checkpoint (a .npz archive), not a YAML config: --resume continues its "
+                          "run, --init-from starts a new run from its weights")
     try:
-        text = raw.decode("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")   # (PowerShell 5: UTF-16)
+        return raw.decode("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")  # (PowerShell 5)
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
-    return load_config_text(text, overrides, source=path)
+
+
+def load_config(path=None, overrides=()):
+    """Defaults, then the YAML file(s) at `path` (one path or a sequence, later files' keys winning),
+    then each "a.b=VALUE" override."""
+    return load_layers([(read_config_file(p), os.fspath(p), os.fspath(p)) for p in config_files(path)],
+                       overrides)
 
 
 def require_train(cfg):

@@ -4,6 +4,7 @@ numbers and refuses duplicate keys, and the one-line ConfigError messages with "
 Used by config.py only; it knows the schema (options.py) but validates no values.
 """
 
+import datetime
 import difflib
 
 import yaml
@@ -14,8 +15,8 @@ from .options import LEAVES, SECTIONS
 # -- messages ---------------------------------------------------------------------------------
 
 def show(value, limit=60):
-    """A short one-line rendering of a user value."""
-    text = repr(value)
+    """A short one-line rendering of a user value (a date YAML read, as written: 2024-01-01)."""
+    text = value.isoformat() if isinstance(value, (datetime.date, datetime.time)) else repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
@@ -59,6 +60,9 @@ def suggest(key):
     spelling of a whole key ("trian.epochs"), a known name ("lr"), a section ("optimm"), a near name
     ("lrr")."""
     known = list(LEAVES) + SECTIONS
+    same = [k for k in known if k.lower() == key.lower()]
+    if same:                                                  # OPTIM.LR: keys are lower case
+        return f"unknown key; did you mean '{same[0]}'? (keys are case-sensitive)"
     parent, last = key.rsplit(".", 1) if "." in key else ("", key)
     moved = [k for k in LEAVES if k.rsplit(".", 1)[-1] == last and k != key]
     if parent in SECTIONS:
@@ -70,6 +74,9 @@ def suggest(key):
         close = difflib.get_close_matches(key, list(LEAVES), n=1, cutoff=0.8)
         if not close and not moved:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6) or _near_leaf(last)
+    leaves = [k for k in LEAVES if close and k.startswith(close[0] + ".")]
+    if "." in key and 0 < len(leaves) <= 3:          # augment.hflip -> the keys of augment.flip one can set
+        return "unknown key; did you mean " + " or ".join(f"'{k}'" for k in leaves) + "?"
     if close:
         return f"unknown key; did you mean '{close[0]}'?"
     if moved:
@@ -124,11 +131,13 @@ def parse_yaml(text, where, with_line=True):
         mark = e.problem_mark or e.context_mark
         line = f":{mark.line + 1}" if mark is not None and with_line else ""
         problem = " ".join(f"{e.problem or ''} {e.context or ''}".split()) or type(e).__name__
+        if "expected a single document" in (e.context or ""):   # a second document after a '---' line
+            problem = "the text holds more than one YAML document (a '---' line after the first); keep one"
         lines = text.splitlines()
         if mark is not None and mark.line < len(lines) and "\t" in lines[mark.line][:mark.column + 1]:
             problem += " (a tab: YAML indents with spaces only)"
         start = e.context_mark
-        if with_line and mark is not None and start is not None and start.line < mark.line:
+        if with_line and mark is not None and start is not None and start.line < mark.line and "---" not in problem:
             problem += f" (begun on line {start.line + 1})"          # an unclosed [ or quote: where it opened
         raise ConfigError(f"{where}{line}: could not parse YAML: {problem}") from None
     except yaml.reader.ReaderError as e:  # a character YAML does not allow

@@ -19,10 +19,16 @@ _FOLD = re.compile(r"fold-(\d+)")
 
 def names_a_model(path) -> bool:
     """True for what cnn predict takes as its first PATH in place of --checkpoint: a .npz file
-    name, a run folder (its best.npz or last.npz) or a cnn cv folder (its fold-1 run)."""
+    name (or a file of another name that is a zip archive, as .npz files are), a run folder (its best.npz or last.npz) or a cnn cv folder (its fold-1 run)."""
     p = Path(path)
     if p.suffix.lower() == ".npz":
         return True
+    if p.is_file():                 # (a checkpoint saved under another name: a zip, which no image is)
+        try:
+            with open(p, "rb") as f:
+                return f.read(4) == b"PK\x03\x04"
+        except OSError:
+            return False
     return p.is_dir() and any((p / name).is_file() or (p / "fold-1" / name).is_file() for name in BEST_FIRST)
 
 

@@ -266,6 +266,9 @@ def validation_data(run_dir: Path, predictor, cache=True):
 
     cfg_path = Path(run_dir) / "config.yaml"
     if not cfg_path.is_file():
+        if "config" not in predictor.meta and "epoch" not in predictor.meta:      # (resume.check_resumable's test)
+            raise CnnError("the checkpoint holds a model without its run (predictor.save_model writes such files), "
+                           "so there are no validation images to rebuild: pass --data to choose the images")
         raise CnnError(f"{cfg_path}: not found; pass --data to choose the images to evaluate")
     try:
         cfg = config_mod.load_config(cfg_path)

@@ -83,6 +83,8 @@ class Optimizer:
         """Update `params_flat` (P,) in place from `grads_flat` (P,); `grads_flat` is not modified."""
         self._check_buffer("params_flat", params_flat)
         self._check_buffer("grads_flat", grads_flat)
+        if not params_flat.flags.writeable:
+            raise ValueError("params_flat is read-only: step updates it in place (give a writable copy)")
         lr = self.lr if lr is None else _rate("lr", lr)
         self.t += 1
         if self.name in ("adam", "adamw"):

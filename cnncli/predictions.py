@@ -106,6 +106,29 @@ class _Picked:
         return self.paths[int(self.kept[i])]
 
 
+CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+
+
+def refuse_csv_target(path, inputs) -> None:
+    """CnnError when `cnn predict --csv PATH` would overwrite what it reads (a checkpoint, an image or
+    list it was given) or an existing file that is not a CSV (an image, a model: a typo's victim)."""
+    from .data import printable
+
+    if not os.path.lexists(path):
+        return
+    for given in inputs:
+        try:
+            same = os.path.isfile(given) and os.path.samefile(given, path)
+        except OSError:
+            same = False
+        if same:
+            raise CnnError(printable(f"--csv {path}: is {given}, one of the inputs; write the predictions to "
+                                     "another file"))
+    if os.path.isfile(path) and not path.lower().endswith(CSV_SUFFIXES):
+        raise CnnError(printable(f"--csv {path}: exists and is not a .csv file (nor .tsv, .txt), so it is not "
+                                 "overwritten: remove it first, or give another name"))
+
+
 def write_predictions_csv(path, results, classes) -> int:
     """predict_stream's results (with every class in top_k) as a CSV written atomically: path, class,
     probability, then one column per class in the model's order -> the number of rows."""

@@ -159,13 +159,16 @@ class Predictor:
 
     @property
     def network(self):
-        """The numba fast path (model.Network) with these parameters, built (numba imported) on first use."""
+        """The numba fast path (model.Network) with these parameters, built (numba imported) on first use.
+        Its arrays are the predictor's from then on (`params`, `buffers`): training it further moves the
+        predictions of both paths alike."""
         if self._network is None:
             from cnncli import model
 
             net = model.Network(num_classes=len(self.classes), batchnorm=self.batchnorm, eps=self.eps,
                                 dtype=self.params.flat.dtype)
             net.load_arrays(self.params, self.buffers)
+            self.params, self.buffers = net.params, net.buffers      # (one copy of the weights, both paths)
             self._network = net
         return self._network
 
@@ -221,6 +224,8 @@ def save_model(path, net, classes, mean: float = 0.0, std: float = 1.0, resize: 
     It holds no optimizer state nor run history, so `cnn train --resume` does not take it."""
     if not all(hasattr(net, a) for a in ("num_classes", "batchnorm", "params", "buffers")):
         raise ValueError(f"net must be a cnncli.model.Network, got {type(net).__name__}")
+    if isinstance(classes, (str, bytes)):
+        raise ValueError(f"classes must be a list of {net.num_classes} names, got a string {classes!r}")
     classes = list(classes)
     if len(classes) != net.num_classes or not all(isinstance(c, str) and c for c in classes) \
             or len(set(classes)) != len(classes):

@@ -53,10 +53,10 @@ def nothing_to_do(state, epochs: int) -> str | None:
     return f"Nothing to do: the run already completed {state.epoch} epoch(s) ({why} to continue)."
 
 
-def resumed_config(resume, overrides=()) -> dict:
+def resumed_config(resume, overrides=(), config_files=()) -> dict:
     """The config stored in the checkpoint `resume` (a file, or a run folder's last.npz), with the
-    --set overrides: what `cnn train --resume` runs without --config. Reads the metadata only (the
-    run's setup loads and checks the whole file)."""
+    --config files' keys laid over it, then the --set overrides: what `cnn train --resume` runs.
+    Reads the metadata only (the run's setup loads and checks the whole file)."""
     from cnncli import checkpoint
     from cnncli.predictor import run_checkpoint
 
@@ -64,7 +64,9 @@ def resumed_config(resume, overrides=()) -> dict:
     meta = checkpoint.load_meta(path)
     checkpoint.check_run_meta(path, meta)
     check_resumable(path, meta, resume)
-    return config_mod.load_config_text(meta.get("config", ""), overrides, source=f"{resume} (config)")
+    files = config_mod.config_files(config_files)
+    layers = [(config_mod.read_config_file(p), os.fspath(p), os.fspath(p)) for p in files]
+    return config_mod.load_layers([(meta.get("config", ""), f"{resume} (config)", None)] + layers, overrides)
 
 
 def check_resumable(path, meta: dict, resume) -> None:

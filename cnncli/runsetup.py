@@ -79,7 +79,10 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
     _refuse_dataset_root(train_dir)
     opts = dict(image_size=d["image_size"], resize=d["resize"], strict=d["strict"], cache=d["cache"],
                 progress=progress)
-    train_ds, skipped = data.load_folder(train_dir, classes=classes, **opts)
+    try:
+        train_ds, skipped = data.load_folder(train_dir, classes=classes, **opts)
+    except DataError as err:                        # (which of the config's folders: as data.val's)
+        raise DataError(f"data.train: {err}") from None
     n_classes = cfg["model"]["num_classes"]
     if n_classes is not None and n_classes != len(train_ds.classes):
         raise ConfigError(
@@ -380,6 +383,9 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     _compile_kernels(cfg, quiet, comm)
     auto = cfg["train"]["epochs"] == "auto"
     cfg = config_mod.resolve_epochs(cfg, len(train_ds.labels))
+    if echo and comm.is_main:
+        for note in config_mod.setting_notes(cfg):
+            echo(f"note: {note}")
     net, opt, preprocess = build(cfg, train_ds, resumed, comm, source, echo=echo if comm.is_main else None)
     if resume is None and run_folder:
         run_dir = main_first(comm, new_run_dir, out or cfg["out"], "--out" if out else "`out`", others=False)

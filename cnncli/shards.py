@@ -256,6 +256,8 @@ def _one_call_step(plan, kernel, args, x_in, labels, w, scale, backward, transfo
         x = plan.xin
     else:
         x = np.ascontiguousarray(x_in)                                                # (B,1,32,32)
+        if not x.flags.writeable:     # (the step kernel's x is writable: it makes the input there when augmenting)
+            x = x.copy()
     if made is None:
         made = (GIVEN if transform is None else MADE,) + _no_input(plan)
     elif made[3].dtype != x.dtype:

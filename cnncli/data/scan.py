@@ -133,6 +133,8 @@ def _missing_hint(path: str, root: bool = False) -> str:
         return " (a URL: cnn reads image files on this machine; download it first)"
     if path.startswith("~"):
         return " (a shell expands ~ only outside quotes)"
+    if "$" in path:
+        return " (a shell expands $NAME outside single quotes; a config's paths are not expanded)"
     if any(c in path for c in "*?["):
         if root:
             return " (a wildcard pattern: give the one folder that holds the class subfolders)"

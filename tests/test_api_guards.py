@@ -1,0 +1,107 @@
+"""The Python API as a notebook user meets it: read-only inputs (np.load's mmap_mode='r',
+np.frombuffer) train as writable ones do, an optimizer refuses read-only parameters before it counts
+a step, Augmenter calls return arrays of their own, a Predictor's `network` trains the weights both
+of its paths read, save_model refuses a string of classes, a checkpoint without .npz in its name is
+still predict's model, eval of a save_model file without --data says why. Each test fails on the
+behaviour before it (numba's TypingError, a reused buffer, two copies of the weights...)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cnncli import model
+from cnncli.augment import Augmenter, AugmentSettings
+from cnncli.cli import cli
+from cnncli.optim import Optimizer
+from cnncli.predictor import Predictor, save_model
+
+
+def _batch(n=16, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 1, 32, 32)).astype(dtype), np.arange(n) % 4
+
+
+@pytest.mark.parametrize("batchnorm", ["none", "unit"])
+def test_train_step_takes_a_read_only_input(batchnorm):
+    x, y = _batch()
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    a = model.Network(num_classes=4, batchnorm=batchnorm, seed=0)
+    b = model.Network(num_classes=4, batchnorm=batchnorm, seed=0)
+    la, pa = a.train_step(x, y)
+    lb, pb = b.train_step(frozen, y)
+    assert la == lb and np.array_equal(pa, pb) and np.array_equal(a.grads.flat, b.grads.flat)
+
+
+def test_loss_and_grads_takes_a_read_only_input():
+    x, y = _batch(8, np.float64)
+    params = model.init_params(num_classes=4, batchnorm="channel", seed=0, dtype=np.float64)
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    la, ga = model.loss_and_grads(params, x, y, batchnorm="channel")
+    lb, gb = model.loss_and_grads(params, frozen, y, batchnorm="channel")
+    assert la == lb and np.array_equal(ga.flat, gb.flat)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_optimizer_refuses_read_only_parameters_before_counting_a_step(name):
+    p = np.zeros(10, np.float32)
+    p.flags.writeable = False
+    opt = Optimizer(name, 10, lr=0.1)
+    with pytest.raises(ValueError, match="params_flat is read-only"):
+        opt.step(p, np.ones(10, np.float32))
+    assert opt.t == 0
+
+
+def test_augmenter_calls_return_arrays_of_their_own():
+    x, _ = _batch(8)
+    aug = Augmenter(AugmentSettings(affine_p=1.0, shift=3.0, rotate=20.0), seed=0, pixel_std=1.0)
+    first = aug(x, 0, 0)
+    kept = first.copy()
+    second = aug(x, 0, 1)
+    assert not np.shares_memory(first, second)
+    assert np.array_equal(first, kept) and not np.array_equal(first, second)
+    assert np.array_equal(aug(x, 0, 0), kept)          # the same (epoch, step): the same pixels
+
+
+def test_a_predictors_network_trains_the_weights_both_paths_read(tmp_path):
+    path = save_model(tmp_path / "m.npz", model.Network(num_classes=4, seed=0), list("abcd"))
+    p = Predictor.from_checkpoint(path)
+    images = (np.random.default_rng(1).random((6, 32, 32)) * 255).astype(np.uint8)
+    before = p.predict_proba(images, fast=False)
+    x, y = _batch()
+    net = p.network
+    for _ in range(3):
+        net.train_step(x, y)
+        net.params.flat -= 0.5 * net.grads.flat
+    slow, fast = p.predict_proba(images, fast=False), p.predict_proba(images, fast=True)
+    assert not np.allclose(slow, before)
+    np.testing.assert_allclose(slow, fast, rtol=0, atol=1e-5)
+
+
+def test_save_model_refuses_a_string_of_classes(tmp_path):
+    with pytest.raises(ValueError, match="got a string 'abcd'"):
+        save_model(tmp_path / "m.npz", model.Network(num_classes=4, seed=0), "abcd")
+
+
+def test_a_checkpoint_named_without_npz_is_predicts_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    save_model(tmp_path / "plain.npz", model.Network(num_classes=3, seed=0), ["a", "b", "c"])
+    (tmp_path / "plain.npz").rename(tmp_path / "noext")
+    save_model(tmp_path / "runs" / "other" / "best.npz", model.Network(num_classes=2, seed=1), ["x", "y"])
+    Image.new("L", (32, 32), 90).save(tmp_path / "one.png")
+    res = CliRunner().invoke(cli, ["predict", "noext", "one.png", "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "runs/other" not in res.output and '"class": "' in res.output
+
+
+def test_eval_of_a_model_without_its_run_asks_for_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    path = save_model(tmp_path / "m.npz", model.Network(num_classes=3, seed=0), ["a", "b", "c"])
+    res = CliRunner().invoke(cli, ["eval", str(path)], catch_exceptions=False)
+    assert res.exit_code == 1, res.output
+    assert "holds a model without its run" in res.output and "pass --data" in res.output

@@ -1,0 +1,92 @@
+"""What cnn predict and cnn export refuse before they write or read the wrong thing: --csv over a
+checkpoint, an image or an input list; an ONNX file given as predict's model; two checkpoints to
+export; the fold that export takes after a cnn cv, named as one. Each test fails on the behaviour
+before it (the file overwritten, the newest run used instead, the last --checkpoint kept)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cnncli import model
+from cnncli.cli import cli
+from cnncli.predictor import save_model
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture()
+def ckpt(tmp_path):
+    return save_model(tmp_path / "m.npz", model.Network(num_classes=3, seed=0), ["a", "b", "c"])
+
+
+@pytest.fixture()
+def image(tmp_path):
+    path = tmp_path / "one.png"
+    Image.new("L", (32, 32), 90).save(path)
+    return path
+
+
+def _last_line(res):
+    return res.output.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("target", ["checkpoint", "image", "list", "other"])
+def test_csv_does_not_overwrite_an_input_or_a_file_that_is_not_a_csv(tmp_path, ckpt, image, target):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{image}\n")
+    other = tmp_path / "notes.md"
+    other.write_text("mine\n")
+    path = {"checkpoint": ckpt, "image": image, "list": listing, "other": other}[target]
+    before = path.read_bytes()
+    res = invoke("predict", ckpt, listing if target == "list" else image, "--csv", path)
+    assert res.exit_code == 1, res.output
+    assert _last_line(res).startswith(f"Error: --csv {path}: "), res.output
+    assert path.read_bytes() == before
+
+
+def test_csv_overwrites_an_earlier_csv(tmp_path, ckpt, image):
+    out = tmp_path / "p.csv"
+    out.write_text("old\n")
+    res = invoke("predict", ckpt, image, "--csv", out, "--top-k", "2")
+    assert res.exit_code == 0, res.output
+    assert out.read_text().startswith("path,class,probability,a,b,c\n")
+    assert "note: --top-k does not change --csv's rows" in res.output
+
+
+def test_an_onnx_file_as_predicts_model_is_named_not_replaced_by_the_newest_run(tmp_path, image, monkeypatch):
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"\x08\x08\x12\x07pytorch")
+    monkeypatch.chdir(tmp_path)
+    save_model(tmp_path / "runs" / "other" / "best.npz", model.Network(num_classes=3, seed=1), ["a", "b", "c"])
+    res = invoke("predict", onnx_file, image)
+    assert res.exit_code == 2, res.output
+    assert "an ONNX model, not a checkpoint" in res.output and "Checkpoint: runs/other" not in res.output
+
+
+def test_export_refuses_two_checkpoints(tmp_path, ckpt):
+    second = save_model(tmp_path / "m2.npz", model.Network(num_classes=3, seed=1), ["a", "b", "c"])
+    res = invoke("export", "--checkpoint", ckpt, "--checkpoint", second, "-o", tmp_path / "x.onnx")
+    assert res.exit_code == 2, res.output
+    assert "2 checkpoints" in res.output and "export writes one model" in res.output
+    assert not os.path.exists(tmp_path / "x.onnx")
+
+
+def test_exports_default_after_a_cv_says_it_is_one_fold(tmp_path, monkeypatch, capsys):
+    from cnncli.cli_common import checkpoints_or_newest
+
+    monkeypatch.chdir(tmp_path)
+    for k in (1, 2):
+        save_model(tmp_path / "runs" / "cv" / f"fold-{k}" / "best.npz", model.Network(num_classes=3, seed=k),
+                   ["a", "b", "c"])
+        os.utime(tmp_path / "runs" / "cv" / f"fold-{k}" / "best.npz", (1000 + k, 1000 + k))
+    (tmp_path / "runs" / "cv" / "cv.json").write_text("{}")
+    assert checkpoints_or_newest([]) == (os.path.join("runs", "cv", "fold-2"),)
+    line = capsys.readouterr().err
+    assert "one fold of the cnn cv runs/cv" in line, line
+    assert checkpoints_or_newest([], ensemble=True) == (os.path.join("runs", "cv"),)

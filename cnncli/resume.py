@@ -97,7 +97,7 @@ def check_unchanged(saved_text: str, cfg: dict, ckpt_path, num_classes=None) -> 
 def absolute_paths(cfg: dict, start_dir=None) -> dict:
     """`cfg` with data.train, data.val, data.test and train.init_from made absolute against `start_dir`
     (default: the working folder), so the config saved in the run folder resumes from any working
-    directory."""
+    directory; `out` with a leading ~ expanded (made absolute once the run has its folder)."""
     start = Path(start_dir or os.getcwd())
     d = dict(cfg["data"])
     for key in ("train", "val", "test"):
@@ -106,7 +106,8 @@ def absolute_paths(cfg: dict, start_dir=None) -> dict:
     t = dict(cfg["train"])
     if t.get("init_from"):
         t["init_from"] = os.path.normpath(start / Path(t["init_from"]).expanduser())
-    return {**cfg, "data": d, "train": t}
+    out = cfg.get("out")
+    return {**cfg, "data": d, "train": t, "out": os.path.expanduser(out) if isinstance(out, str) else out}
 
 
 def should_continue(state, saved_cfg: dict, cfg: dict) -> bool:

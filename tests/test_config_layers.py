@@ -182,3 +182,14 @@ def test_cv_takes_its_folds_from_data_folds(data, tmp_path):
     assert res.exit_code == 0, res.output
     assert sorted(os.listdir(tmp_path / "cv")).count("fold-3") == 0
     assert {"fold-1", "fold-2"} <= set(os.listdir(tmp_path / "cv"))
+
+
+def test_out_with_a_tilde_is_the_home_folder(data, tmp_path, monkeypatch):
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    cfg = write_config(tmp_path / "c.yaml", data, "~/runs/one", epochs=1)
+    res = invoke("train", "--config", cfg, "-q", "--no-report")
+    assert res.exit_code == 0, res.output
+    assert (home / "runs" / "one" / "last.npz").is_file() and not (work / "~").exists()

@@ -59,9 +59,11 @@ class _StopLine:
         silence_closed_terminal(signum)
         raise self.stopped(signal.Signals(signum).name)
 
+    keyboard = True     # False: a KeyboardInterrupt leaves it as it is (an abort the steps' StopFlag raised)
+
     def __exit__(self, exc_type, exc, tb):
         _restore(self._old)
-        if exc_type is KeyboardInterrupt:
+        if exc_type is KeyboardInterrupt and self.keyboard:
             raise self.stopped("SIGINT") from None
         return False
 

@@ -82,16 +82,20 @@ def _train(comm, config_path, overrides, resume, init_from, out, strict, no_cach
         return
     from cnncli.train import train as run_training
 
+    from cnncli.callbacks import StopAfterTraining
+    from cnncli.lifeline import ignore_stops
+
     started = time.time()
     try:
         run_dir = run_training(cfg, resume=resume, quiet=quiet, echo=lambda m: click.echo(m, err=True), out=out,
                                comm=comm)
         if not comm.is_main:
-            from cnncli.lifeline import ignore_stops
-
             ignore_stops()              # (it waits for rank 0's test and report, then exits)
-        elif not no_report:
-            _report_after_training(run_dir, new=not _untouched_since(run_dir, started))
+        else:                           # (a stop between the report's steps: the line, not a silent death)
+            with StopAfterTraining(run_dir, "nothing left undone" if no_report else
+                                   f"before drawing its report (cnn report {run_dir} draws it)"):
+                if not no_report:
+                    _report_after_training(run_dir, new=not _untouched_since(run_dir, started))
     except Stopped as stop:             # a stopped run's folder on stdout too, so a script can resume it
         if comm.is_main and stop.run_dir is not None:
             click.echo(str(stop.run_dir))
@@ -342,7 +346,13 @@ def main():
         else:
             cli(prog_name="cnn")
     except SystemExit as done:
-        if done.code == 130:
+        if done.code in (0, None):
+            # the command's work is done and said: a stop during the teardown changes nothing, and
+            # would end the process by the signal (a finished run seen as killed by its caller)
+            from cnncli.lifeline import ignore_stops
+
+            ignore_stops(sigint=True)
+        elif done.code == 130:
             # a stop (its line said what was saved): another Ctrl-C during the teardown is ignored;
             # Python's finalization resets its own SIGINT handler to the default, which would end
             # the process by the signal (a shell's status 130 would become a death by SIGINT)

@@ -64,11 +64,12 @@ def stops_held():
             signal.raise_signal(signum)
 
 
-def ignore_stops() -> None:
-    """SIGTERM, SIGUSR1 and SIGHUP ignored from now on (SIGINT left as it is). For an MPI rank other
+def ignore_stops(sigint: bool = False) -> None:
+    """SIGTERM, SIGUSR1 and SIGHUP ignored from now on (SIGINT too when `sigint`). For an MPI rank other
     than 0 whose part of `cnn train` is done: it only waits for rank 0 to test and report, then
     exits. A stop that mpirun forwards has nothing left to stop there (rank 0 says what it left
-    undone), and the signal's default action would end the rank by it and fail the job."""
+    undone), and the signal's default action would end the rank by it and fail the job. With sigint:
+    for a command whose work is done and said, while the process ends (cli.main)."""
     for sig in STOPS:
-        if sig != signal.SIGINT:
+        if sigint or sig != signal.SIGINT:
             signal.signal(sig, signal.SIG_IGN)

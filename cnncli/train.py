@@ -8,6 +8,7 @@ family, one loss; the maths lives in model/optim, the images in data, the files 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from cnncli.callbacks import StopAfterTraining, StopDuringSetup, loss_text
 from cnncli.cores import quota_text
 from cnncli.errors import CnnError, TrainingDiverged
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
-from cnncli.runsetup import data_notes, load_datasets, setup  # noqa: F401 (load_datasets: API)
+from cnncli.datanotes import data_notes
+from cnncli.runsetup import load_datasets, setup  # noqa: F401 (load_datasets: API)
 from cnncli.trainer import Interrupted, Trainer, epoch_batches  # noqa: F401 (Interrupted, epoch_batches: API)
 
 
@@ -107,20 +109,29 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
             trainer.echo(line)
         if comm.is_main:
             runfolder.clear_diverged(run_dir)        # a resumed run goes on from its last good checkpoint
-        try:
-            trainer.fit()
-        except TrainingDiverged as err:
-            if comm.is_main:
-                runfolder.write_diverged(run_dir, str(err))
-            raise
-        if comm.is_main and cfg["data"]["test"]:
-            with StopAfterTraining(run_dir, "while testing best.npz on data.test"):
-                evaluate_test_data(run_dir, cfg, echo)
-        if comm.size == 1:
-            from cnncli import precompile
+        # a stop once the steps' own handler (trainer.StopFlag) is gone, from "Done" on: one line, not
+        # the signal's silent default
+        after = StopAfterTraining(run_dir, "nothing left undone")
+        with after if comm.is_main else contextlib.nullcontext():
+            try:
+                trainer.fit()
+            except TrainingDiverged as err:
+                if comm.is_main:
+                    runfolder.write_diverged(run_dir, str(err))
+                raise
+            except KeyboardInterrupt:        # (a second Ctrl-C during the steps: an abort, not a stop after them)
+                after.keyboard = False
+                raise
+            if comm.is_main and cfg["data"]["test"]:
+                with StopAfterTraining(run_dir, "while testing best.npz on data.test"):
+                    evaluate_test_data(run_dir, cfg, echo)
+            if comm.size == 1:
+                from cnncli import precompile
 
-            with StopAfterTraining(run_dir, "while finishing numba's cache (the next run compiles the rest)"):
-                precompile.finish_background(precompile.stderr_line)   # even with -q: minutes of silence after Done
+                with StopAfterTraining(run_dir, "while finishing numba's cache (the next run compiles the rest)"):
+                    precompile.finish_background(precompile.stderr_line)   # (even with -q: minutes of silence)
+            if comm.is_main:
+                runfolder.let_go(run_dir)    # (here too: cnn train's own handler takes over on return)
         return run_dir
     finally:
         if comm.is_main:

@@ -1,0 +1,64 @@
+"""A stop signal after the last step of `cnn train` (between "Done" and the process's end): one line
+saying the checkpoints are saved and exit 130, or, once the run folder is printed, nothing (exit 0);
+never a death by the signal with no word. Both tests failed against the old code (the process ended
+by SIGTERM, status -15, after "Done in ...")."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from cnncli.cli import cli
+from e2e_util import cli_env, make_folder, write_config
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("stop") / "data", per_class=8, odd_files=False)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_right_after_done_is_a_line_or_nothing_never_a_silent_death(data, tmp_path, sig):
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", data, run, epochs=1)
+    proc = subprocess.Popen([sys.executable, "-m", "cnncli", "train", "--config", str(cfg), "-q", "--no-report"],
+                            env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:                      # the signal as soon as the run says it is done
+        lines.append(line)
+        if line.startswith("Done in"):
+            os.kill(proc.pid, getattr(signal, sig))
+            break
+    rest, out = proc.stderr.read(), proc.stdout.read()
+    code = proc.wait(timeout=120)
+    assert any(x.startswith("Done in") for x in lines), "".join(lines) + rest
+    assert code in (0, 130), (code, rest)        # (a negative code: ended by the signal)
+    assert out == f"{run}\n", (out, rest)
+    if code == 130:
+        assert rest.strip().splitlines()[-1].startswith(f"{sig}: stopped after training, "), rest
+        assert rest.strip().endswith(f"the run's checkpoints are saved in {run}"), rest
+    assert (run / "last.npz").is_file() and (run / "best.npz").is_file()
+
+
+def test_a_stop_before_the_report_is_drawn_says_so(data, tmp_path, monkeypatch):
+    from cnncli import cli as cli_mod
+
+    def signalled(*args, **kwargs):                # the signal arrives in the window before the report
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal did not stop it")
+    monkeypatch.setattr(cli_mod, "_untouched_since", signalled)
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["train", "--config", str(write_config(tmp_path / "c.yaml", data, run, epochs=1)),
+                                   "-q"])
+    assert res.exit_code == 130, res.output
+    assert res.stderr.strip().splitlines()[-1] == (f"SIGTERM: stopped after training, before drawing its report "
+                                                   f"(cnn report {run} draws it); the run's checkpoints are saved "
+                                                   f"in {run}")
+    assert res.stdout == f"{run}\n"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

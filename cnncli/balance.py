@@ -39,6 +39,10 @@ def class_weights(setting, labels, classes) -> np.ndarray | None:
             if form(str(name)) not in index:
                 close = difflib.get_close_matches(str(name), list(index), n=1, cutoff=0.6)
                 hint = f"; did you mean '{close[0]}'?" if close else f"; the classes are: {', '.join(classes)}"
+                number = [c for c in classes if str(name).isdigit() and c.isdigit() and int(c) == int(name)]
+                if number:                     # {01: 2}: YAML read the unquoted 01 as the number 1
+                    hint = f"; did you mean '{number[0]}'? (YAML reads an unquoted {number[0]} as the number " \
+                           f"{name}: quote it, '{number[0]}')"
                 raise ConfigError(f"train.class_weight: {name!r} is not a training class{hint}")
             if not (float(w) > 0 and np.isfinite(float(w))):
                 raise ConfigError(f"train.class_weight: the weight of class {name!r} must be > 0, got {w!r}")

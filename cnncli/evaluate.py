@@ -262,6 +262,7 @@ def validation_data(run_dir: Path, predictor, cache=True):
     decodes nothing to find that out). cache False: decode again, bypassing the dataset cache."""
     from . import config as config_mod
     from . import runsetup
+    from .datanotes import holds_out_nothing
     from .runfolder import validation_changed
 
     cfg_path = Path(run_dir) / "config.yaml"
@@ -272,7 +273,7 @@ def validation_data(run_dir: Path, predictor, cache=True):
         raise CnnError(f"{cfg_path}: not found; pass --data to choose the images to evaluate")
     try:
         cfg = config_mod.load_config(cfg_path)
-        if runsetup.holds_out_nothing(cfg):
+        if holds_out_nothing(cfg):
             return None
         cfg["data"]["cache"] = cfg["data"]["cache"] and cache
         val_ds, skipped = runsetup.load_validation(cfg, predictor.classes)

@@ -14,15 +14,8 @@ import numpy as np
 from cnncli import checkpoint, resume as resume_mod, runfolder, warmstart
 from cnncli import config as config_mod
 from cnncli.errors import CnnError, ConfigError, DataError
+from cnncli.datanotes import same_data, split_folders
 from cnncli.runfolder import RunState, new_run_dir
-
-SPLIT_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation"}   # a dataset root's folders
-
-
-def holds_out_nothing(cfg: dict) -> bool:
-    """The config asks for no validation images: no data.val and data.val_split 0 (train on every image)."""
-    return not cfg["data"]["val"] and cfg["data"]["val_split"] == 0 and not cfg["data"]["folds"]
-
 
 def _demo_missing(train_dir: Path, val_dir) -> bool:
     """data.demo: a missing data folder is generated only where the demo puts it (ROOT/train, and
@@ -30,13 +23,6 @@ def _demo_missing(train_dir: Path, val_dir) -> bool:
     missing = [p for p in (train_dir, val_dir) if p is not None and not p.exists()]
     return bool(missing) and train_dir.name == "train" and \
         (val_dir is None or (val_dir.name == "test" and val_dir.parent == train_dir.parent))
-
-
-def split_folders(names) -> tuple:
-    """(the names named like a dataset's splits, sorted; the one data.train should be: the training
-    split, else the first) of a folder's subfolder or class names."""
-    splits = sorted(n for n in names if n.lower() in SPLIT_NAMES)
-    return splits, next((n for n in splits if n.lower().startswith("train")), splits[0] if splits else None)
 
 
 def _refuse_dataset_root(train_dir: Path) -> None:
@@ -122,73 +108,6 @@ def load_validation(cfg: dict, classes):
         return val_ds, skipped
     return data.load_folder(Path(d["val"]), image_size=d["image_size"], resize=d["resize"], strict=d["strict"],
                             cache=d["cache"], classes=list(classes), missing_ok=True)
-
-
-IMBALANCE = 10      # a class with 10x the training images of another: data_notes suggests class weights
-
-
-def data_notes(cfg: dict, train_ds, val_ds) -> list:
-    """The lines a run starts with about what its data holds: class folders named like a dataset's
-    splits (data.train one level too high), classes without training or validation images, no
-    validation images at all, classes of very different sizes without class weights."""
-    from cnncli.data.names import printable as name_text
-
-    classes, lines = train_ds.classes, []
-    splits, inner = split_folders(classes)
-    if inner is not None and inner.lower().startswith("train"):     # a dataset's root, a class folder beside
-        lines.append(f"warning: the class folders include {', '.join(map(name_text, splits))}: data.train "
-                     "should be the folder that holds one subfolder per class (e.g. "
-                     f"{runfolder.printable(os.path.join(cfg['data']['train'], inner))})")
-    elif splits:                # test/ or val/ among the classes: a held-out split put in the wrong place?
-        one = len(splits) == 1
-        lines.append(f"warning: the class folder{'' if one else 's'} {', '.join(map(name_text, splits))} "
-                     f"{'is' if one else 'are'} named like a held-out split: if {'it holds' if one else 'they hold'} "
-                     f"test or validation images rather than a class, move {'it' if one else 'them'} out of data.train "
-                     "(data.test and data.val name such folders)")
-    counts = np.bincount(train_ds.labels, minlength=len(classes))          # (C,) training images a class
-    untrained = [c for c, k in zip(classes, counts) if k == 0]
-    if untrained:              # (a K-fold split of a class with fewer images than folds)
-        lines.append(f"note: no training images of {', '.join(map(name_text, untrained))} "
-                     "(all held out for validation)")
-    absent = [c for c, k in zip(classes, np.bincount(val_ds.labels, minlength=len(classes))) if k == 0]
-    if 0 < len(absent) < len(classes):
-        lines.append(f"note: no validation images of {', '.join(map(name_text, absent))}")
-    if len(val_ds.labels) == 0:
-        lines.append(("note: no validation images (data.val_split is 0)" if holds_out_nothing(cfg)
-                      else "warning: no validation images")
-                     + "; best.npz and early stopping use the training "
-                     + ("accuracy" if cfg["train"]["monitor"] == "val_acc" else "loss") + " instead")
-    few, most = int(counts.min()), int(counts.max())
-    if few > 0 and most >= IMBALANCE * few and cfg["train"]["class_weight"] in (None, "none"):
-        small = classes[int(counts.argmin())]
-        lines.append(f"note: the classes are far from even ({name_text(small)}: {few} training image(s), "
-                     f"{name_text(classes[int(counts.argmax())])}: {most}); train.class_weight: balanced "
-                     "weights each image's loss by its class's rarity")
-    n, batch = len(train_ds.labels), cfg["train"]["batch_size"]
-    if batch > n:
-        lines.append(f"note: train.batch_size {batch} is more than the {n:,} training images: each epoch is "
-                     "one step of all of them")
-    return lines + overlap_notes(cfg["data"])
-
-
-def same_data(a, b) -> bool:
-    """Whether two data paths (config values, None when unset) name the same folder or file."""
-    return bool(a and b) and os.path.realpath(a) == os.path.realpath(b)
-
-
-def overlap_notes(d: dict) -> list:
-    """Warnings for held-out data that is the training data, or a test that is the validation data
-    (the same folder or labels file): their accuracy would flatter the model."""
-    same, shown, lines = same_data, runfolder.printable, []
-    if same(d["val"], d["train"]):
-        lines.append(f"warning: data.val is data.train ({shown(d['train'])}): the run validates on its training "
-                     "images, so val acc flatters and best.npz is picked on them")
-    if same(d["test"], d["train"]):
-        lines.append(f"warning: data.test is data.train ({shown(d['train'])}): the test measures training images")
-    elif same(d["test"], d["val"]):
-        lines.append(f"warning: data.test is data.val ({shown(d['val'])}): best.npz was picked on these images, "
-                     "so the test flatters it")
-    return lines
 
 
 def check_test_data(path: str, classes) -> None:

@@ -23,7 +23,7 @@ from .pathlist import PathList
 from .names import matching_form, printable, shown_classes
 
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "filepath", "image", "image_path", "img")
-LABEL_COLUMNS = ("label", "class", "category", "target", "y")
+LABEL_COLUMNS = ("label", "class", "class_name", "category", "target", "y")
 MAX_BYTES = 1 << 30            # a labels file larger than this is refused (a million rows take ~50 MB)
 
 
@@ -42,9 +42,14 @@ def _column(header: list, names: tuple, what: str, path: str) -> int:
     keys = [column_key(h) for h in header]
     hits = [i for i, k in enumerate(keys) if k in names]
     if len(hits) != 1:
-        problem = "no" if not hits else "more than one"
-        raise DataError(f"labels file {printable(path)}: {problem} {what} column in its header "
-                        f"{header!r}; name it one of {', '.join(names)}")
+        if hits:
+            raise DataError(f"labels file {printable(path)}: more than one {what} column in its header {header!r} "
+                            f"({', '.join(header[i] for i in hits)}); keep one of them under such a name")
+        first_is_data = any(os.sep in h or "/" in h or h.lower().endswith(tuple(IMAGE_EXTENSIONS)) for h in header)
+        hint = (" (its first row is read as the header, and it looks like a row of data: add a header line, e.g. "
+                "path,label)") if first_is_data else ""
+        raise DataError(f"labels file {printable(path)}: no {what} column in its header {header!r}; name it one "
+                        f"of {', '.join(names)}{hint}")
     return hits[0]
 
 
@@ -62,8 +67,10 @@ def _reading(path: str):
         yield
     except FileNotFoundError:
         raise DataError(f"labels file {printable(path)}: does not exist") from None
-    except UnicodeDecodeError:
-        raise DataError(f"labels file {printable(path)}: is not UTF-8 (or UTF-16) text") from None
+    except UnicodeDecodeError as e:
+        where = _line_of(path, e)
+        raise DataError(f"labels file {printable(path)}: is not UTF-8 (or UTF-16) text{where} (a spreadsheet "
+                        "saves UTF-8 as \"CSV UTF-8\")") from None
     except csv.Error as e:
         raise DataError(f"labels file {printable(path)}: not a CSV file ({e})") from None
     except OSError as e:
@@ -71,17 +78,37 @@ def _reading(path: str):
 
 
 DELIMITERS = (",", ";", "\t")     # comma first; a European spreadsheet's semicolons; tabs (TSV)
+FIELD_LIMIT = 1 << 24            # csv's default 131,072 characters refused a whole file for one long cell
+
+
+def _line_of(path: str, err: UnicodeDecodeError) -> str:
+    """': line L has byte 0xNN' of a decoding error, when the file's bytes show where ("" otherwise)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES)
+        start = raw.find(err.object[err.start:err.end]) if isinstance(err.object, bytes) else -1
+    except OSError:
+        return ""
+    if start < 0:
+        return ""
+    line = raw[:start].count(b"\n") + 1
+    return f": line {line} has byte 0x{raw[start]:02x}"
 
 
 def _reader(f):
     """A csv.reader of f whose delimiter is the first of DELIMITERS that splits the first non-blank
-    line into a header with a path column (else a comma); its line numbers count every line."""
+    line into a header with a path column (else a comma), or the one an Excel "sep=X" first line
+    names; its line numbers count every line."""
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
     lines = []
     for line in f:
         lines.append(line)
         if line.strip():
             break
     first = lines[-1] if lines else ""
+    excel = re.fullmatch(r"\s*sep=(.)\s*", first)     # Excel's "sep=;" first line: the delimiter, then the header
+    if excel:
+        return csv.reader(itertools.chain(lines[:-1], ["\n"], f), delimiter=excel.group(1))
     delimiter = next((d for d in DELIMITERS
                       if any(column_key(h) in PATH_COLUMNS for h in next(csv.reader([first], delimiter=d), []))),
                      ",")
@@ -104,6 +131,27 @@ def _rows(path: str, f, with_label: bool, base=None):
         file = row[pi].strip() if pi < len(row) else ""
         label = row[li].strip() if li is not None and li < len(row) else ""
         yield reader.line_num, _full_path(file, base), label
+
+
+def _folder(path: str) -> str:
+    return os.path.dirname(os.path.abspath(path))
+
+
+def _from_working_folder(file: str, path: str) -> bool:
+    """Whether a listed file that is not there from the labels file's folder would be there from the
+    working folder (the paths were written relative to where the user runs cnn)."""
+    base = _folder(path)
+    if base == os.getcwd() or not file.startswith(base + os.sep):
+        return False
+    return os.path.exists(os.path.relpath(file, base))
+
+
+def _missing_hint(file: str, path: str) -> str:
+    """Why a listed path may name nothing here: a Windows drive path (C:\\...) on another system."""
+    rel = os.path.relpath(file, _folder(path)) if file.startswith(_folder(path) + os.sep) else file
+    if os.sep == "/" and re.match(r"[A-Za-z]:[\\/]", rel):
+        return "; a Windows drive path: list the files as this machine names them"
+    return ""
 
 
 def _full_path(file: str, base: str) -> str:
@@ -197,7 +245,7 @@ class CsvIndex:
         return self.duplicates
 
     def __init__(self, path: str, classes=None, missing_ok: bool = False):
-        self.missing_ok, self.loose, self.bad = missing_ok, [], []
+        self.missing_ok, self.loose, self.bad, self.from_cwd = missing_ok, [], [], 0
         h = hashlib.sha256()
         with _reading(path):
             if os.path.getsize(path) > MAX_BYTES:
@@ -215,7 +263,13 @@ class CsvIndex:
         self.duplicates = _duplicates_note(path, self.rels, np.frombuffer(hashes, dtype=np.int64), self.labels,
                                            self.classes)
         if not len(self.rels):
-            raise DataError(f"labels file {printable(path)}: lists no readable image files")
+            where, why = self.bad[0] if self.bad else ("", "")
+            first = f" (line {where.rsplit(' line ', 1)[-1]}: {why})" if self.bad else ""
+            if self.from_cwd:
+                first = (f": its relative paths are read from its own folder ({printable(_folder(path))}), and they "
+                         f"name files from the working folder ({printable(os.getcwd())}) instead; write them "
+                         "relative to the labels file's folder, or absolute")
+            raise DataError(f"labels file {printable(path)}: lists no readable image files{first}")
         counts = np.bincount(self.labels, minlength=len(self.classes))
         empty = [printable(c) for c, k in zip(self.classes, counts) if k == 0]
         if empty and not missing_ok:
@@ -235,7 +289,9 @@ class CsvIndex:
                 st = os.stat(file)
             except OSError as e:
                 self.bad.append((f"{printable(path)} line {line}",
-                                 f"cannot read {printable(file)} ({e.strerror or e})"))
+                                 f"cannot read {printable(file)} ({e.strerror or e}){_missing_hint(file, path)}"))
+                if len(self.bad) <= 100 and _from_working_folder(file, path):
+                    self.from_cwd += 1
                 continue
             h.update(f"{file}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}\n"
                      .encode("utf-8", "surrogatepass"))

@@ -111,7 +111,14 @@ def info(checkpoint, as_json):
     last = path.parent / "last.npz"              # a run folder: how far it trained is last.npz's to say
     run_last = last if os.path.isdir(checkpoint) and path.name == "best.npz" and last.is_file() else None
     summary = describe(path, run_last)
-    click.echo(json_text(summary) if as_json else format_info(summary))
+    diverged = path.parent / "diverged.txt"          # (runfolder.write_diverged: the run's last word)
+    summary["diverged"] = " ".join(diverged.read_text(encoding="utf-8", errors="replace").split()) \
+        if os.path.isdir(checkpoint) and diverged.is_file() else None
+    text = format_info(summary)
+    if summary["diverged"]:                           # (after what the run trained, before the layers)
+        head, layers = text.split("\n\n", 1)
+        text = f"{head}\ndiverged    {summary['diverged']}\n\n{layers}"
+    click.echo(json_text(summary) if as_json else text)
 
 
 @click.command("augment-preview", short_help="A PNG grid of augmented samples of your training images.")

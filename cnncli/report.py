@@ -6,11 +6,8 @@ This module draws and writes files; the numbers come from evaluate.compute_metri
 
 from __future__ import annotations
 
-import base64
 import csv
 import errno
-import html
-import json
 import math
 from pathlib import Path
 
@@ -18,12 +15,13 @@ import numpy as np
 
 from .atomic import why_unwritten, write_atomic
 from .errors import CnnError
-from .callbacks import loss_text
 from .data.names import printable as name_text
 from .evaluate import evaluate_found, evaluate_predictor, notice_lines, short_name, validation_data
+from .report_page import render_html, run_text
 from .plotting import DPI, MATPLOTLIB_MISSING, STYLE, matplotlib_parts, new_figure  # noqa: F401 (API)
 
 MAX_WRONG = 24  # images in the "most confidently wrong" grid
+PICTURES = ("curves.png", "confusion.png", "per_class.png", "errors.png", "filters.png")   # what a report draws
 
 
 # ---------------------------------------------------------------- run folder inputs
@@ -232,74 +230,6 @@ def plot_filters(fig, weights):
 # ---------------------------------------------------------------- HTML
 
 
-def _table(header, rows):
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _json_for_script(obj) -> str:
-    """JSON that cannot end a <script> element early (<, >, & escaped as \\u00XX)."""
-    text = json.dumps(obj, allow_nan=False)
-    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-
-
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}
-td:first-child,th:first-child{text-align:left}pre{background:#f6f6f6;padding:1em;overflow-x:auto}
-img{max-width:100%;border:1px solid #eee}figure{margin:1em 0 2em}figcaption{color:#555;font-size:0.9em}"""
-
-
-def render_html(title, metrics, classes, history, config_text, pictures, errors_rows) -> str:
-    """The whole report page; every piece of text is escaped, pictures are embedded as data URIs."""
-    e = html.escape
-    evaluated = "confusion" in metrics            # (else only the checkpoint and a note on the data)
-    summary = [("checkpoint", metrics.get("checkpoint", "")), ("data", metrics.get("data", ""))] + [
-        ("images", metrics["num_images"]),
-        ("skipped files", metrics.get("skipped", 0)),
-    ] + ([("no images of", ", ".join(metrics["absent"]))] if metrics.get("absent") else []) + [
-        ("accuracy", f"{metrics['accuracy']:.4f}"),
-        (f"top-{metrics['top_k']} accuracy", f"{metrics['top_k_accuracy']:.4f}"),
-        ("loss (summed BCE)", loss_text(metrics["loss"])),
-        ("macro F1", f"{metrics['macro_f1']:.4f}"),
-    ] if evaluated else []
-    parts = [
-        "<!DOCTYPE html>",
-        f'<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title><style>{CSS}</style></head><body>',
-        f"<h1>{e(title)}</h1>",
-        "<h2>Final metrics</h2>",
-        _table(("metric", "value"), summary),
-    ]
-    if history:
-        last = history[-1]
-        cols = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time_s")
-        shown = [(k, "" if math.isnan(last.get(k, math.nan)) else f"{last[k]:.6g}") for k in cols if k in last]
-        parts += ["<h3>Last row of metrics.csv</h3>", _table(("column", "value"), shown)]
-    if evaluated:
-        per_class = [(c, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"])
-                     for c, m in metrics["per_class"].items()]
-        parts += ["<h2>Per-class metrics</h2>", _table(("class", "precision", "recall", "f1", "support"), per_class)]
-        parts += [
-            "<h2>Confusion matrix</h2><p>Rows are true classes, columns predicted classes.</p>",
-            _table(("true \\ predicted", *classes), [(c, *row) for c, row in zip(classes, metrics["confusion"])]),
-        ]
-    for name, caption, png in pictures:
-        data = base64.b64encode(png).decode("ascii")
-        parts.append(
-            f'<figure><a href="{e(name)}"><img src="data:image/png;base64,{data}" alt="{e(caption)}"></a>'
-            f"<figcaption>{e(caption)} (<a href=\"{e(name)}\">{e(name)}</a>)</figcaption></figure>"
-        )
-    if errors_rows:
-        parts += ["<h3>Most confidently wrong images</h3>",
-                  _table(("file", "true class", "predicted class", "probability"), errors_rows)]
-    parts += ["<h2>Configuration (config.yaml)</h2>", f"<pre>{e(config_text or '(no config.yaml)')}</pre>"]
-    machine = dict(metrics)
-    machine["classes"] = list(classes)
-    parts.append(f'<script type="application/json" id="metrics">{_json_for_script(machine)}</script>')
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
 # ---------------------------------------------------------------- entry point
 
 
@@ -313,6 +243,9 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
     if not run_dir.is_dir():
         raise CnnError(f"{run_dir}: run folder not found")
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
+    if any((out_dir / name).is_file() for name in ("last.npz", "best.npz")) and out_dir.resolve() != run_dir.resolve():
+        raise CnnError(f"{out_dir}: holds a run (its checkpoints); the report of {run_dir} goes elsewhere: give "
+                       "another --out")
     ckpt = Path(checkpoint) if checkpoint is not None else run_checkpoint(run_dir, BEST_FIRST)
     cfg_path = run_dir / "config.yaml"
     config_text = cfg_path.read_text(encoding="utf-8", errors="replace") if cfg_path.is_file() else ""
@@ -365,8 +298,13 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
                 draw(fig)
                 fig.savefig(out_dir / name, format="png", dpi=DPI)
                 pictures.append((name, caption, (out_dir / name).read_bytes()))
-        title = f"cnn report: {run_dir.resolve().name}"
-        page = render_html(title, metrics, classes, history, config_text, pictures, errors_rows)
+            for name in PICTURES:          # (an earlier report's, of other data: not this report's pictures)
+                if name not in {spec[0] for spec in specs}:
+                    (out_dir / name).unlink(missing_ok=True)
+        folder = run_dir.resolve()                 # (a cnn cv fold: cv/fold-2)
+        title = f"cnn report: {folder.parent.name + '/' if folder.name.startswith('fold-') else ''}{folder.name}"
+        page = render_html(title, metrics, classes, history, config_text, pictures, errors_rows,
+                           run_text(run_dir, ckpt))
         data = page.encode("utf-8", "backslashreplace")
         write_atomic(target, lambda f: f.write(data))
     except OSError as err:                 # (the file it failed on when the error names one: a full disk)

@@ -42,12 +42,17 @@ def evaluate_test_data(run_dir: Path, cfg: dict, echo) -> dict:
 
 def _weights_text(setting, weights, classes, shown: int = 6) -> str:
     """'' for an unweighted loss, else '; class weights balanced (a 0.62, b 1.87, ...)' for the
-    start-of-run line: train.class_weight and the first `shown` classes' weights."""
+    start-of-run line: train.class_weight and the first `shown` classes' weights; a mapping shows the
+    classes it sets ('as set: star 4, plus 0.25; the others 1')."""
     if weights is None:
         return ""
+    if not isinstance(setting, str):
+        pairs = ", ".join(f"{runfolder.printable(c)} {w:.3g}" for c, w in zip(classes, weights) if w != 1.0)
+        rest = "; the others 1" if any(w == 1.0 for w in weights) else ""
+        return f"; class weights as set ({pairs or 'all 1'}{rest})"
     pairs = ", ".join(f"{runfolder.printable(c)} {w:.3g}" for c, w in zip(classes[:shown], weights))
     more = ", ..." if len(classes) > shown else ""
-    return f"; class weights {setting if isinstance(setting, str) else 'as set'} ({pairs}{more})"
+    return f"; class weights {setting} ({pairs}{more})"
 
 
 def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, comm=None) -> Path:

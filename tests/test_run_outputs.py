@@ -1,0 +1,92 @@
+"""What a report and cnn info say of a run (a helper's pass found it said none of it): which epoch's weights
+best.npz holds and that early stopping ended the run, a divergence, the test's result; a run without
+validation images says so instead of an empty table; a second report's pictures are its own (an
+earlier report's PNGs of other data are removed); --out into another run's folder is refused.
+Each test failed against the old code."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from cnncli.cli import cli
+from cnncli.errors import CnnError
+from e2e_util import make_folder, write_config
+
+pytest.importorskip("matplotlib", reason="the report is an optional extra (cnncli[plots])")
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("reportrun")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CNNCLI_CACHE_DIR", str(base / "cache"))
+    data = make_folder(base / "data", per_class=10, odd_files=False)
+    early = base / "early"
+    res = invoke("train", "--config", write_config(base / "c.yaml", data, early, epochs=6), "-q", "--no-report",
+                 "--set", "train.early_stopping.patience=1", "--set", "train.early_stopping.min_delta=10",
+                 "--set", f"data.test={data}")          # (no epoch after the first improves by 10: it stops at 2)
+    assert res.exit_code == 0, res.output
+    noval = base / "noval"
+    res = invoke("train", "--config", write_config(base / "c2.yaml", data, noval, epochs=1), "-q", "--no-report",
+                 "--set", "data.val_split=0")
+    assert res.exit_code == 0, res.output
+    yield base, data, early, noval
+    mp.undo()
+
+
+def test_the_report_says_which_epoch_best_holds_how_the_run_ended_and_the_test(runs):
+    from cnncli.report import write_report
+
+    _, _, early, _ = runs
+    (early / "diverged.txt").write_text("the loss became non-finite at epoch 3\n")   # (as runfolder writes it)
+    text = write_report(early).read_text(encoding="utf-8")
+    run = text.split("<h2>Run</h2>")[1].split("</pre>")[0]
+    assert "trained     2 of 6 epochs" in run, run
+    assert "(the best, best.npz)" in run or "restored by early stopping" in run, run
+    assert "stopped early" in run, run
+    assert "diverged    the loss became non-finite at epoch 3" in run
+    assert "test        " in run and "accuracy" in run
+
+
+def test_a_run_without_validation_says_so_and_a_second_report_keeps_only_its_pictures(runs):
+    from cnncli.report import write_report
+
+    _, data, _, noval = runs
+    write_report(noval, data_dir=data)
+    assert (noval / "report" / "confusion.png").is_file()
+    text = write_report(noval).read_text(encoding="utf-8")
+    assert "<p>none: the run has no validation images" in text
+    assert sorted(p.name for p in (noval / "report").glob("*.png")) == ["curves.png", "filters.png"]
+
+
+def test_out_into_another_runs_folder_is_refused(runs):
+    from cnncli.report import write_report
+
+    _, _, early, noval = runs
+    with pytest.raises(CnnError, match="holds a run"):
+        write_report(early, out_dir=noval)
+    assert not (noval / "report.html").exists()
+
+
+def test_info_of_a_run_folder_names_its_divergence(runs):
+    import json
+
+    _, _, early, _ = runs
+    (early / "diverged.txt").write_text("the loss became non-finite at epoch 3\n")
+    text = invoke("info", early).output
+    assert "\ndiverged    the loss became non-finite at epoch 3\n\nlayer" in text, text
+    assert json.loads(invoke("info", early, "--json").output)["diverged"] == "the loss became non-finite at epoch 3"
+
+
+def test_the_start_line_shows_the_class_weights_a_mapping_sets():
+    from cnncli.train import _weights_text
+
+    classes = [f"c{i}" for i in range(8)] + ["star", "plus"]
+    weights = [1.0] * 8 + [4.0, 0.25]
+    assert _weights_text({"star": 4, "plus": 0.25}, weights, classes) == \
+        "; class weights as set (star 4, plus 0.25; the others 1)"

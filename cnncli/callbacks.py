@@ -111,12 +111,16 @@ class StopInCrossValidation(_StopLine):
 
 class StopFlag:
     """SIGINT/SIGTERM/SIGUSR1/SIGHUP set a flag; the loop finishes its step, saves, and stops. A second
-    SIGINT aborts. SIGUSR1 is the graceful stop of an MPI job (`kill -USR1 <mpirun pid>`: mpirun
-    forwards it to every rank and kills nothing)."""
+    SIGINT aborts, unless it comes within SAME_SIGINT seconds of the first: `timeout -s INT` sends
+    its signal twice (to the process, then to its process group). SIGUSR1 is the graceful stop of an
+    MPI job (`kill -USR1 <mpirun pid>`: mpirun forwards it to every rank and kills nothing)."""
+
+    SAME_SIGINT = 0.5
 
     def __init__(self):
         self.signum = None
         self._old = {}
+        self._first = 0.0
 
     def __enter__(self):
         self._old = _install(STOPS, self._handle)
@@ -124,9 +128,11 @@ class StopFlag:
 
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
+            if time.monotonic() - self._first < self.SAME_SIGINT:
+                return                                 # (the same stop, delivered twice)
             raise KeyboardInterrupt
         silence_closed_terminal(signum)
-        self.signum = signum
+        self.signum, self._first = signum, time.monotonic()
 
     def __exit__(self, *exc):
         _restore(self._old)

@@ -89,6 +89,9 @@ def _worker(tasks: list, order: list, state, go, for_a_run: bool = True, parent:
         from cnncli.lifeline import die_with_parent
 
         die_with_parent(parent)
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # (a terminal's Ctrl-C is the run's to handle: no traceback here)
     while True:
         with state.get_lock():
             i = next((i for i in order if state[i] == FREE), None)

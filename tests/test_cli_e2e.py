@@ -864,7 +864,10 @@ def test_a_second_ctrl_c_during_training_aborts_in_one_line(workspace, tmp_path,
     real = trainer_mod.Trainer.train_step
 
     def twice(self, idx):                                           # Ctrl-C, and again before the step ends
+        import time
+
         os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.6)                     # (within StopFlag.SAME_SIGINT it would be the same Ctrl-C, twice)
         os.kill(os.getpid(), signal.SIGINT)
         return real(self, idx)
     monkeypatch.setattr(trainer_mod.Trainer, "train_step", twice)

@@ -62,3 +62,24 @@ def test_a_stop_before_the_report_is_drawn_says_so(data, tmp_path, monkeypatch):
                                                    f"in {run}")
     assert res.stdout == f"{run}\n"
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_a_sigint_delivered_twice_at_once_is_one_stop_not_an_abort(data, tmp_path, monkeypatch):
+    # `timeout -s INT` signals the process and then its process group: two SIGINTs back to back, which
+    # aborted the run ('Error: interrupted', nothing saved) when the second was handled on its own
+    from cnncli import trainer as trainer_mod
+
+    real = trainer_mod.Trainer.train_step
+
+    def twice(self, idx):
+        os.kill(os.getpid(), signal.SIGINT)
+        real(self, idx)                            # (the first handled between the calls, as its own)
+        os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", twice)
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["train", "--config", str(write_config(tmp_path / "c.yaml", data, run, epochs=2)),
+                                   "-q", "--no-report"])
+    assert res.exit_code == 130, res.output
+    assert res.stderr.strip().splitlines()[-1].startswith("SIGINT: stopped at epoch 1, step 1; saved "), res.output
+    assert (run / "last.npz").is_file()

@@ -450,6 +450,40 @@ def test_a_run_waiting_behind_a_stopped_process_names_it_and_decodes_without_the
     assert np.array_equal(ds.images, ds2.images) and list((tmp_path / "cache").glob("*.npy"))
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux /proc needed")
+def test_a_run_whose_decoder_dies_while_it_waits_says_so_and_decodes(tmp_path, capsys):
+    # the process it waited for was killed before writing the cache: the waiter decoded on its own
+    # without a word (a helper's pass: 'it quietly decoded')
+    import subprocess
+    import sys
+    import threading
+
+    from cnncli.data.dataset import index
+
+    root = make_folder(tmp_path / "d")
+    ix, _ = index(str(root), None, False)
+    slot, _ = cache_mod_names(root, ix)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, slot], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        threading.Timer(1.0, holder.kill).start()                 # killed while this run waits for it
+        ds, _ = data.load_folder(root)
+        err = capsys.readouterr().err
+        assert f"waiting for another process (pid {holder.pid})" in err
+        assert f"note: the other process (pid {holder.pid}) ended without writing the dataset cache: decoding " \
+               "here" in err
+        assert len(ds) == 10
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def cache_mod_names(root, ix):
+    from cnncli.data import cache as cache_mod
+
+    return cache_mod.cache_names(str(root), ix.classes, ix.digest, 32, "pad", int(dec.MAX_PIXELS))
+
+
 def test_a_run_that_decodes_again_says_the_cache_is_out_of_date(tmp_path, capsys):
     root = make_folder(tmp_path / "d")
     data.load_folder(root)

@@ -80,12 +80,16 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
         hit = cache_mod.read(slot, key, image_size, len(ix.rels))
         if hit is None:
             # racing processes: one decodes, the others wait and read (or decode alone past a stopped one)
-            with cache_mod.locked(slot, waiting=lambda pid: _say(_busy(root, pid)),
+            waited = []
+            with cache_mod.locked(slot, waiting=lambda pid: (waited.append(pid), _say(_busy(root, pid))),
                                   gave_up=lambda pid: _say(_stopped(root, pid))) as owned:
                 hit = cache_mod.read(slot, key, image_size, len(ix.rels)) if owned else None
                 if hit is None:
                     why = cache_mod.miss_reason(slot, key) if owned else None
-                    if why:
+                    if waited and owned:           # (it ended, killed or failed, before writing the cache)
+                        who = "the other process" if waited[0] is None else f"the other process (pid {waited[0]})"
+                        _say(f"note: {who} ended without writing the dataset cache: decoding here")
+                    elif why:
                         _say(f"note: the dataset cache of {printable(root)} is {why}"
                              + (" (a file was added, removed or changed since, or had its time or permissions changed)"
                                 if why == "out of date" else "") + ": decoding every image again")

@@ -231,6 +231,7 @@ RUN_META = {
     "config": (lambda v: isinstance(v, str), "the config's YAML text"),
     **{k: (_count, "a whole number >= 0") for k in ("epoch", "epoch_step", "step", "correct", "seen", "bad_epochs")},
     "loss_sum": (lambda v: _number(v) and math.isfinite(v), "a finite number"),
+    "epoch_time": (lambda v: _number(v) and math.isfinite(v) and v >= 0, "a number of seconds >= 0"),
     "best_val_loss": (lambda v: v is None or _number(v), "a number or null"),
     "best_acc": (lambda v: v is None or _number(v), "a number or null"),
     "stopped_early": (lambda v: isinstance(v, bool), "true or false"),

@@ -38,6 +38,7 @@ class RunState:
     loss_sum: float = 0.0         # current epoch: sum of per-image loss so far
     correct: int = 0              # current epoch: correct predictions so far
     seen: int = 0                 # current epoch: images so far
+    epoch_time: float = 0.0       # current epoch: seconds of its steps so far, before this process's
     best_val_loss: float = math.inf   # the best epoch's loss (val, else train; see callbacks.EarlyStopping)
     best_acc: float = -math.inf   # the best epoch's accuracy, under train.monitor=val_acc
     bad_epochs: int = 0           # epochs since the best epoch (early stopping)
@@ -306,6 +307,7 @@ def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, p
         "loss_sum": state.loss_sum,
         "correct": state.correct,
         "seen": state.seen,
+        "epoch_time": state.epoch_time,
         "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
         "best_acc": state.best_acc if math.isfinite(state.best_acc) else None,
         "bad_epochs": state.bad_epochs,
@@ -328,6 +330,7 @@ def state_from_meta(meta: dict, path) -> RunState:
             best_val_loss=math.inf if best is None else float(best),
             best_acc=-math.inf if best_acc is None else float(best_acc), bad_epochs=int(meta["bad_epochs"]),
             stopped_early=bool(meta.get("stopped_early", False)), history=list(meta["history"]),
+            epoch_time=float(meta.get("epoch_time", 0.0)),      # (older checkpoints: none)
         )
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: checkpoint metadata lacks the run state needed to resume ({err})") from None

@@ -67,6 +67,7 @@ class Trainer:
         self.comm = Comm() if comm is None else comm
         self.is_main_process = self.comm.is_main
         self.cfg, self.run_dir, self.net, self.opt, self.state = cfg, run_dir, net, opt, state
+        self._t_epoch = None              # when this process's part of the current epoch started (or its last save)
         self.train_ds, self.val_ds, self.classes, self.preprocess = train_ds, val_ds, classes, preprocess
         self._echo, self.quiet = echo, quiet
         self.cfg_text = config_mod.dump(cfg)
@@ -183,7 +184,8 @@ class Trainer:
         """The rest of the current epoch, then its end; returns True when early stopping ends the run."""
         state = self.state
         batches = epoch_batches(len(self.train_ds.labels), self.batch_size, self.seed, state.epoch, self.min_last)
-        t_epoch = time.perf_counter()
+        t_epoch = self._t_epoch = time.perf_counter()
+        before = state.epoch_time            # (a resumed epoch: the seconds its steps took before)
         bar.start_epoch(state, len(batches))
         images = 0
         while state.epoch_step < len(batches):
@@ -198,7 +200,7 @@ class Trainer:
             if self.every and state.step % self.every == 0 and state.epoch_step < len(batches):
                 self.save_last()
         bar.close()
-        return self.end_epoch(t_epoch, images)
+        return self.end_epoch(t_epoch, images, before)
 
     def _check_finite_weights(self, val_loss: float) -> None:
         # the epoch's last update may leave weights that overflow (finite gradients, a huge rate): a
@@ -233,8 +235,10 @@ class Trainer:
 
         return "incl. compiling" if precompile.compiled_here() else ""
 
-    def end_epoch(self, t_epoch: float, images: int) -> bool:
-        """Validate, log the epoch, update best/early stopping, save checkpoints and metrics.csv."""
+    def end_epoch(self, t_epoch: float, images: int, before: float = 0.0) -> bool:
+        """Validate, log the epoch, update best/early stopping, save checkpoints and metrics.csv.
+        before: seconds the epoch's steps took in an earlier process (a resumed epoch): its time_s
+        counts them; its img/s is this process's images over this process's time."""
         state = self.state
         train_time = time.perf_counter() - t_epoch
         from cnncli.evaluate import evaluate_loss_acc
@@ -245,10 +249,11 @@ class Trainer:
         row = {"epoch": state.epoch + 1, "step": state.step,
                "train_loss": state.loss_sum / max(state.seen, 1), "train_acc": state.correct / max(state.seen, 1),
                "val_loss": val_loss, "val_acc": val_acc, "lr": self.lr_at(max(state.step - 1, 0)),
-               "time_s": round(time.perf_counter() - t_epoch, 3)}
+               "time_s": round(before + time.perf_counter() - t_epoch, 3)}
         state.history.append(row)
         state.epoch += 1
-        state.epoch_step, state.loss_sum, state.correct, state.seen = 0, 0.0, 0, 0
+        state.epoch_step, state.loss_sum, state.correct, state.seen, state.epoch_time = 0, 0.0, 0, 0, 0.0
+        self._t_epoch = None
         improved, stopping = self.early.update(state, row)
         drops, self.drops = self.drops, self.plateau_drops()
         if improved:
@@ -309,6 +314,10 @@ class Trainer:
         raise _everywhere(stop)
 
     def save_last(self) -> None:
+        if self._t_epoch is not None and self.state.epoch_step:    # (mid-epoch: its seconds so far go with it)
+            now = time.perf_counter()
+            self.state.epoch_time += now - self._t_epoch
+            self._t_epoch = now
         if self.is_main_process:
             self._config_still_there()
             save_checkpoint(self.last_path, self.net, self.opt, self.state, self.cfg, self.classes,

@@ -83,3 +83,35 @@ def test_a_sigint_delivered_twice_at_once_is_one_stop_not_an_abort(data, tmp_pat
     assert res.exit_code == 130, res.output
     assert res.stderr.strip().splitlines()[-1].startswith("SIGINT: stopped at epoch 1, step 1; saved "), res.output
     assert (run / "last.npz").is_file()
+
+
+def test_a_resumed_epochs_time_counts_the_seconds_before_the_stop(data, tmp_path, monkeypatch):
+    # a run stopped mid-epoch and resumed wrote only the resumed part's seconds as the epoch's time_s
+    import csv
+    import time
+
+    from cnncli import checkpoint, trainer as trainer_mod
+
+    real = trainer_mod.Trainer.train_step
+    calls = []
+
+    def slow_then_stop(self, idx):                 # 0.2 s a step; a stop after the second
+        time.sleep(0.2)
+        real(self, idx)
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", slow_then_stop)
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", data, run, epochs=1)
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "-q", "--no-report"])
+    assert res.exit_code == 130, res.output
+    _, meta = checkpoint.load(run / "last.npz")
+    assert meta["epoch_step"] == 2 and meta["epoch_time"] >= 0.4
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", real)
+    res = CliRunner().invoke(cli, ["train", "--resume", str(run), "-q", "--no-report"])
+    assert res.exit_code == 0, res.output
+    with open(run / "metrics.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["time_s"]) >= meta["epoch_time"]

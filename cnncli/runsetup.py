@@ -157,6 +157,9 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     if resume_mod.should_continue(state, saved, cfg):
         state.stopped_early = False
     source = Path(os.path.realpath(ckpt_path)).parent       # (a symlinked checkpoint: the run it lies in)
+    given = Path(resume) if os.path.isdir(resume) else Path(resume).parent
+    if os.path.realpath(given) == str(source):
+        source = given                                      # (as the user wrote it: runs/x, not /home/.../runs/x)
     epochs = cfg["train"]["epochs"]
     done = resume_mod.nothing_to_do(state, epochs) if isinstance(epochs, int) else None
     if done:               # no folder is touched (an --out would get a lone best.npz); setup says so

@@ -381,3 +381,13 @@ def test_a_run_stopped_after_an_epochs_last_step_resumes_without_a_rate_of_zero_
     [line] = [ln for ln in res.output.splitlines() if ln.startswith("epoch 1/2")]
     assert line.endswith("(resumed after its last step)") or "(resumed after its last step)  *best" in line, line
     assert "(0 img/s)" not in res.output           # (not "5890 img/s", another epoch's rate)
+
+
+def test_a_resumed_run_names_its_folder_as_the_user_wrote_it(data, tmp_path, monkeypatch):
+    # a new run printed runs/x, its resume /the/whole/path/runs/x
+    monkeypatch.chdir(tmp_path)
+    train(write_config(tmp_path / "c.yaml", data, "runs/x", epochs=1))
+    res = invoke("train", "--resume", "runs/x", "--set", "train.epochs=2", "-q", "--no-report")
+    assert res.exit_code == 0, res.output
+    assert res.stdout == "runs/x\n" and "Run folder: runs/x\n" in res.stderr, res.output
+    assert checkpoint.load_meta(tmp_path / "runs" / "x" / "last.npz")["epoch"] == 2

@@ -111,3 +111,12 @@ def test_a_class_weight_name_yaml_read_as_a_number_says_quote_it():
     with pytest.raises(ConfigError) as info:
         balance.class_weights({1: 2.0}, np.array([0, 1, 2]), ["01", "02", "10"])
     assert "did you mean '01'? (YAML reads an unquoted 01 as the number 1: quote it, '01')" in str(info.value)
+
+
+def test_a_path_written_in_the_other_unicode_form_names_its_file(folder):
+    import unicodedata
+
+    (folder / "imgs" / "a" / "tr\u00e9.png").write_bytes((folder / "imgs" / "a" / "0.png").read_bytes())  # composed
+    (folder / "nfd.csv").write_text("path,label\n" + _rows() + unicodedata.normalize("NFD", "imgs/a/tr\u00e9.png,a\n"))
+    ix = CsvIndex("nfd.csv")
+    assert len(ix.rels) == 9 and not ix.bad

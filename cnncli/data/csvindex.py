@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import os
 import re
+import unicodedata
 from array import array
 
 import numpy as np
@@ -157,13 +158,19 @@ def _missing_hint(file: str, path: str) -> str:
 def _full_path(file: str, base: str) -> str:
     """A listed path as a full path: relative ones from the CSV's folder `base`. A path written with
     Windows backslashes (images\\0001.png, a CSV made on Windows) that names no file here is read
-    with slashes (which names the missing file as this system would)."""
+    with slashes (which names the missing file as this system would); one that names no file in the
+    Unicode form it is written in, in the other form when that names one."""
     if not file:
         return file
     full = file if os.path.isabs(file) else os.path.join(base, file)
     if os.sep == "/" and "\\" in file and not os.path.lexists(full):
         alt = file.replace("\\", "/")
-        return alt if os.path.isabs(alt) else os.path.join(base, alt)
+        full = alt if os.path.isabs(alt) else os.path.join(base, alt)
+    if not full.isascii() and not os.path.lexists(full):      # é written decomposed (macOS) or composed
+        for form in ("NFC", "NFD"):
+            alt = unicodedata.normalize(form, full)
+            if alt != full and os.path.lexists(alt):
+                return alt
     return full
 
 

@@ -120,3 +120,8 @@ def test_a_path_written_in_the_other_unicode_form_names_its_file(folder):
     (folder / "nfd.csv").write_text("path,label\n" + _rows() + unicodedata.normalize("NFD", "imgs/a/tr\u00e9.png,a\n"))
     ix = CsvIndex("nfd.csv")
     assert len(ix.rels) == 9 and not ix.bad
+
+
+def test_a_label_without_readable_files_names_the_row_that_made_it(folder):
+    (folder / "comma.csv").write_text("path,label\n" + _rows() + "odd/a,b/s,0.png,b\n")     # a comma unquoted
+    assert _error("comma.csv").endswith("no readable image files of b/s (line 10)")

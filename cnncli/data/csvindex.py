@@ -252,7 +252,7 @@ class CsvIndex:
         return self.duplicates
 
     def __init__(self, path: str, classes=None, missing_ok: bool = False):
-        self.missing_ok, self.loose, self.bad, self.from_cwd = missing_ok, [], [], 0
+        self.missing_ok, self.loose, self.bad, self.from_cwd, self.first_line = missing_ok, [], [], 0, {}
         h = hashlib.sha256()
         with _reading(path):
             if os.path.getsize(path) > MAX_BYTES:
@@ -278,9 +278,11 @@ class CsvIndex:
                          "relative to the labels file's folder, or absolute")
             raise DataError(f"labels file {printable(path)}: lists no readable image files{first}")
         counts = np.bincount(self.labels, minlength=len(self.classes))
-        empty = [printable(c) for c, k in zip(self.classes, counts) if k == 0]
-        if empty and not missing_ok:
-            raise DataError(f"labels file {printable(path)}: no readable image files of {', '.join(empty)}")
+        empty = [c for c, k in zip(self.classes, counts) if k == 0]
+        if empty and not missing_ok:           # (with the row that made the label: an unquoted comma in a path?)
+            where = [f"{printable(c)} (line {self.first_line[c]})" if c in self.first_line else printable(c)
+                     for c in empty]
+            raise DataError(f"labels file {printable(path)}: no readable image files of {', '.join(where)}")
 
     def _index(self, path: str, f, h) -> tuple:
         """Stream the rows: each usable file's full path into self.rels (its stat into the digest h),
@@ -292,6 +294,7 @@ class CsvIndex:
                 self.bad.append((f"{printable(path)} line {line}", "no path" if not file else "no label"))
                 continue
             label_id = id_of.setdefault(label, len(id_of))       # a class even if none of its files is there
+            self.first_line.setdefault(label, line)
             try:
                 st = os.stat(file)
             except OSError as e:

@@ -12,6 +12,8 @@ import contextlib
 import time
 from pathlib import Path
 
+import numpy as np
+
 from cnncli import resume as resume_mod, runfolder
 from cnncli.callbacks import StopAfterTraining, StopDuringSetup, loss_text
 from cnncli.cores import quota_text
@@ -38,6 +40,17 @@ def evaluate_test_data(run_dir: Path, cfg: dict, echo) -> dict:
          f"loss {loss_text(metrics['loss'])}, accuracy {metrics['accuracy']:.2%}, macro F1 {metrics['macro_f1']:.4f}, "
          f"top-{metrics['top_k']} {metrics['top_k_accuracy']:.2%}; {run_dir / 'test_metrics.json'}")
     return metrics
+
+
+def _mapped(images) -> bool:
+    """Whether `images` lie in a memory-mapped file (a dataset cache hit: data.cache's copy-on-write map)."""
+    import mmap
+
+    while images is not None:
+        if isinstance(images, (np.memmap, mmap.mmap)):
+            return True
+        images = getattr(images, "base", None)
+    return False
 
 
 def _weights_text(setting, weights, classes, shown: int = 6) -> str:
@@ -102,7 +115,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                      f"{len(val_ds.labels)}; batchnorm={m['batchnorm']} ({net.params.flat.size:,} parameters), "
                      f"{o['name']} lr={o['lr']} {o['schedule']}, batch {cfg['train']['batch_size']}, {ranks}{threads} "
                      f"thread(s){'' if cfg['train']['threads'] else quota_text()}; "
-                     f"setup {time.perf_counter() - t_setup:.1f}s")
+                     f"setup {time.perf_counter() - t_setup:.1f}s"
+                     + (" (the images from the dataset cache)" if _mapped(train_ds.images) else ""))
         trainer.echo(f"Epochs: {trainer.epochs}{' (train.epochs=auto for this training set)' if auto else ''}; "
                      f"augmentation {'on' if trainer.augmenter is not None else 'off'}; early stopping "
                      f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}"

@@ -90,3 +90,16 @@ def test_the_start_line_shows_the_class_weights_a_mapping_sets():
     weights = [1.0] * 8 + [4.0, 0.25]
     assert _weights_text({"star": 4, "plus": 0.25}, weights, classes) == \
         "; class weights as set (star 4, plus 0.25; the others 1)"
+
+
+def test_the_start_line_says_when_the_images_came_from_the_dataset_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
+    said = []
+    for k in range(2):
+        res = invoke("train", "--config", write_config(tmp_path / "c.yaml", data, tmp_path / f"run{k}", epochs=1),
+                     "-q", "--no-report")
+        assert res.exit_code == 0, res.output
+        said.append([ln for ln in res.output.splitlines() if ln.startswith("Training on")][0])
+    assert not said[0].endswith("(the images from the dataset cache)")   # decoded, then cached
+    assert said[1].endswith("(the images from the dataset cache)")

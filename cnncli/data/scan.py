@@ -68,9 +68,15 @@ def _add_entry(e, rel_dir: str, out: list, st_all, stack: list, bad, ignored) ->
         ignored["." + name.rpartition(".")[2].lower() if "." in name else "(no extension)"] += 1
 
 
-def _scan_images(top: str, bad: list | None = None, stats: list | None = None, ignored=None) -> list[str]:
+UP_LINK = "a link to the data folder or a folder above it: not followed (it would read every class again)"
+
+
+def _scan_images(top: str, bad: list | None = None, stats: list | None = None, ignored=None,
+                 fence: str | None = None) -> list[str]:
     """Relative paths (with '/') of every non-hidden image file under top, recursively, sorted.
-    Follows symlinked folders, each real folder once (no loops). Folders that cannot be listed go to
+    Follows symlinked folders, each real folder once (no loops), but none that is the folder `fence`
+    (the data folder, real path) or holds it: a class folder's link to .. would read the other
+    classes as its own (such a folder goes to `bad`, UP_LINK). Folders that cannot be listed go to
     `bad` as (relative path + '/', reason). With `stats` (a list), stats[0] becomes an (N,4) int64
     array of (size, mtime_ns, inode, ctime_ns) in the same order (-1s for a dangling symlink).
     With `ignored` (a Counter), the other files are counted by extension."""
@@ -81,6 +87,10 @@ def _scan_images(top: str, bad: list | None = None, stats: list | None = None, i
     while stack:
         rel_dir, full_dir = stack.pop()
         real = os.path.realpath(full_dir)
+        if fence is not None and (fence == real or fence.startswith(os.path.join(real, ""))):
+            if bad is not None:                        # (each such link named)
+                bad.append((rel_dir, UP_LINK))
+            continue
         if real in seen:
             continue
         seen.add(real)
@@ -330,7 +340,7 @@ class Index:
                 counts.append(0)
                 continue
             head, bad, stats, other = name + "/", [], [], Counter()
-            found_files = _scan_images(os.path.join(root, name), bad, stats, other)
+            found_files = _scan_images(os.path.join(root, name), bad, stats, other, fence=os.path.realpath(root))
             self.ignored.update(other)
             if not found_files and other:
                 self.unread[ci] = other

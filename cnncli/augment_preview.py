@@ -140,16 +140,23 @@ def named_format(out) -> str | None:
     return kind if kind in Image.SAVE else None
 
 
-def write_preview(cfg: dict, out, rows: int | None = None, cols: int = 8, seed: int | None = None) -> Path:
+def write_preview(cfg: dict, out, rows: int | None = None, cols: int = 8, seed: int | None = None,
+                  echo=None) -> Path:
     """Render the grid for config `cfg` (validated) to the image file `out` (PNG unless its extension
-    names another format), atomically; returns its path. rows None: one per class, at most 12."""
+    names another format), atomically; returns its path. rows None: one per class, at most 12.
+    echo (a line -> None): where the skipped files and the data's notes are said, as cnn train says them."""
     from . import data
     from .augment import AugmentSettings
     from .data import printable
 
     d = cfg["data"]
     require_train(cfg)
-    ds, _ = data.load_folder(d["train"], image_size=d["image_size"], resize=d["resize"])
+    ds, skipped = data.load_folder(d["train"], image_size=d["image_size"], resize=d["resize"])
+    if echo is not None:
+        from .runfolder import skipped_lines
+
+        for line in (skipped_lines(skipped) if skipped else []) + ds.notes:
+            echo(line)
     mean, std = 0.0, 1.0
     if d["normalize"]:  # as the trainer normalizes (the augmenter works on normalized inputs)
         mean, std = data.pixel_mean_std(ds.images)       # (no float64 copy of the whole set)

@@ -144,7 +144,8 @@ def augment_preview(config_path, overrides, out_path, rows, cols, seed):
     if not cfg["augment"]["enabled"]:
         click.echo("note: augment.enabled is false: training uses the originals; the variants show the "
                    "augment settings as they would apply", err=True)
-    click.echo(str(write_preview(cfg, out_path, rows=rows, cols=cols, seed=seed)))
+    click.echo(str(write_preview(cfg, out_path, rows=rows, cols=cols, seed=seed,
+                                 echo=lambda line: click.echo(printable(line), err=True))))
     if named_format(out_path) is None:          # (-o grid.xyz: a PNG nobody would open as one)
         click.echo(f"note: {printable(out_path)} does not end in an image extension Pillow writes (.png, .jpg, "
                    "...); it holds a PNG", err=True)

@@ -158,3 +158,13 @@ def test_preview_labels_drop_accents_in_an_ascii_only_font(monkeypatch):
     assert font.ascii_only
     assert augment_preview.fit_label("triangle_\u00e9", font, 200) == "triangle_e"
     assert augment_preview.fit_label("cafe\u0301", font, 200) == "cafe"
+
+
+def test_augment_preview_says_which_files_it_skipped(tmp_path):
+    # it decoded a folder with 25 broken files and said nothing (a helper's pass)
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    first = sorted(p for p in data.iterdir())[0]
+    (first / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    res = invoke(["augment-preview", "--set", f"data.train={data}", "--out", tmp_path / "g.png", "--cols", 2])
+    assert res.exit_code == 0, res.output
+    assert "warning: skipped 1 unreadable file(s):" in res.stderr and "broken.png" in res.stderr

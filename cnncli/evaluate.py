@@ -285,6 +285,8 @@ def validation_data(run_dir: Path, predictor, cache=True):
     changed = validation_changed(predictor.meta, val_ds)
     warnings = [f"{changed}; pass --data FOLDER to evaluate on images of your choice"] if changed else []
     d = cfg["data"]
+    if not d.get("val"):        # (data.train's unreadable files: none of them is a validation image)
+        skipped = []
     if d.get("val"):
         description = f"{d['val']} (data.val of {cfg_path})"
     elif d.get("folds"):

@@ -103,3 +103,16 @@ def test_the_start_line_says_when_the_images_came_from_the_dataset_cache(tmp_pat
         said.append([ln for ln in res.output.splitlines() if ln.startswith("Training on")][0])
     assert not said[0].endswith("(the images from the dataset cache)")   # decoded, then cached
     assert said[1].endswith("(the images from the dataset cache)")
+
+
+def test_eval_of_the_validation_split_does_not_count_data_trains_unreadable_files(tmp_path, monkeypatch):
+    # 'images 36, skipped 25': the 25 were data.train's unreadable files, none of them a validation image
+    import json
+
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    data = make_folder(tmp_path / "data", per_class=8)          # (with unreadable files)
+    run = tmp_path / "run"
+    res = invoke("train", "--config", write_config(tmp_path / "c.yaml", data, run, epochs=1), "-q", "--no-report")
+    assert res.exit_code == 0 and "unreadable" in res.output, res.output
+    got = json.loads(invoke("eval", run, "--json").stdout)
+    assert got["skipped"] == 0 and got["skipped_files"] == [] and got["num_images"] > 0

@@ -193,6 +193,12 @@ def run_bench(batchnorm="none", batch_sizes=(32, 64, 128, 256), threads=0, secon
         raise CnnError(f"--batch-sizes: training with {what} needs at least 2 images per batch, "
                        f"got {min(batch_sizes)}")
     torch = _import_torch() if vs_torch else None
+    if compare_bn:          # the other variants' kernels, compiled first and said (minutes on an empty cache)
+        from cnncli import precompile
+
+        for bn in ("none", "unit", "channel"):
+            if bn != batchnorm:      # (this one's first call is measured: the 'first call' line)
+                precompile.start(bn, "adam", say=precompile.stderr_line, augment=False).wait()
     with using_threads(threads, torch) as n_threads:
         result = _measure_all(batchnorm, batch_sizes, n_threads, seconds, repeats, torch, num_classes)
         if compare_bn:

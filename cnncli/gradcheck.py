@@ -138,13 +138,15 @@ def run_gradcheck(variants=("none", "unit", "channel"), batch_size=2, seed=0, ec
     if say is not None and cold_cache(variants):
         say("Compiling the float64 numba kernels of the check for this CPU (first run only; later runs load "
             "them from numba's cache) ...")
-    status = 0
+    checked, failed = 0, 0
     for bn in variants:
         for name, err, h, scale in gradcheck(bn, batch_size=batch_size, seed=seed, detail=True):
             absolute = _zero_by_construction(name, bn)
             ok = err < tolerance
-            status |= not ok
+            checked, failed = checked + 1, failed + (not ok)
             kind = "abs max|g_fd| (zero by construction)" if absolute else "rel max|g-g_fd|/max|g|"
             echo(f"{bn:8s} {name:10s} {err:10.3e}  {kind:38s} step {h:.0e}  max|g| {scale:9.3e}  "
                  f"{'ok' if ok else 'FAIL'}")
-    return int(status)
+    echo(f"{checked - failed} of {checked} parameter tensors within {tolerance:g} of float64 finite differences"
+         + (f"; {failed} FAIL" if failed else ""))
+    return int(failed > 0)

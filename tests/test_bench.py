@@ -350,3 +350,21 @@ def test_cli_bench_batchnorm_needs_two_images():
     assert res.exit_code == 1
     assert "--batch-sizes" in res.output and "at least 2" in res.output
     assert "Traceback" not in res.output
+
+
+def test_compare_bn_compiles_the_other_variants_first_saying_so(monkeypatch):
+    # `cnn bench --compare-bn` on an empty cache compiled the BN kernels for ~2 minutes without a word
+    from cnncli import bench, precompile
+
+    started = []
+
+    class Done:
+        def wait(self):
+            started.append("waited")
+    monkeypatch.setattr(precompile, "start", lambda bn, opt, say=None, augment=True: (started.append((bn, say)),
+                                                                                       Done())[1])
+    monkeypatch.setattr(bench, "_measure_all", lambda *a: {"rows": []})
+    monkeypatch.setattr(bench, "_measure_bn_row", lambda *a: {})
+    monkeypatch.setattr(bench, "format_result", lambda result: "")
+    bench.run_bench(compare_bn=True, batch_sizes=(32,), seconds=0.01, repeats=1, echo=lambda text: None)
+    assert started == [("unit", precompile.stderr_line), "waited", ("channel", precompile.stderr_line), "waited"]

@@ -20,10 +20,14 @@ def test_run_gradcheck_prints_one_line_per_tensor_and_returns_status():
     lines = []
     status = GC.run_gradcheck(variants=("channel",), batch_size=2, seed=1, echo=lines.append)
     assert status == 0
-    assert len(lines) == len(M.param_specs(12, "channel"))
+    n = len(M.param_specs(12, "channel"))
+    assert len(lines) == n + 1                          # a line per tensor, then the verdict
     assert any("conv1.b" in ln and "zero by construction" in ln for ln in lines)
-    assert all(ln.rstrip().endswith("ok") for ln in lines)
+    assert all(ln.rstrip().endswith("ok") for ln in lines[:-1])
+    assert lines[-1] == f"{n} of {n} parameter tensors within 1e-06 of float64 finite differences"
+    lines = []
     assert GC.run_gradcheck(variants=("none",), batch_size=1, seed=0, echo=lines.append, tolerance=0.0) == 1
+    assert lines[-1].endswith(" FAIL"), lines[-1]
 
 
 def test_a_cold_cache_is_said_once_before_the_check(monkeypatch):

@@ -13,8 +13,8 @@ import sys
 
 import click
 
-from cnncli.cli_common import (UserError, config_option, echo_json_list, json_text, on_every_rank, printable, resolve_checkpoint,
-                               user_errors)
+from cnncli.cli_common import (UserError, config_option, echo_json_list, json_text, on_every_rank, printable,
+                               resolve_checkpoint, user_errors)
 from cnncli.errors import CnnError, ConfigError
 
 

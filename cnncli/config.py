@@ -113,7 +113,8 @@ def setting_notes(cfg) -> list:
                      f"epochs, but train.epochs is {t['epochs']}: the rate never drops")
     if o["schedule"] == "plateau" and 0 < patience <= o["plateau_patience"]:
         notes.append(f"train.early_stopping.patience={patience} is not above optim.plateau_patience="
-                     f"{o['plateau_patience']}: early stopping ends the run before the plateau schedule lowers the rate")
+                     f"{o['plateau_patience']}: early stopping ends the run before the plateau schedule lowers "
+                     "the rate")
     return notes
 
 

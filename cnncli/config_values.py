@@ -12,7 +12,8 @@ from .config_text import fail, show, type_name
 from .options import CLASS_WEIGHTS
 
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-_KIND_TEXT = {"str": "a string", "int": "an integer", "epochs": "an integer or auto", "float": "a number", "bool": "true or false",
+_KIND_TEXT = {"str": "a string", "int": "an integer", "epochs": "an integer or auto", "float": "a number",
+              "bool": "true or false",
               "unit_pair": "a list of two numbers, e.g. [0.9, 0.999]",
               "pair": "a list of two numbers [lo, hi], e.g. [0.9, 1.1]",
               "weights": "none, balanced or a mapping {class: weight}"}

@@ -19,7 +19,8 @@ _FOLD = re.compile(r"fold-(\d+)")
 
 def names_a_model(path) -> bool:
     """True for what cnn predict takes as its first PATH in place of --checkpoint: a .npz file
-    name (or a file of another name that is a zip archive, as .npz files are), a run folder (its best.npz or last.npz) or a cnn cv folder (its fold-1 run)."""
+    name (or a file of another name that is a zip archive, as .npz files are), a run folder (its
+    best.npz or last.npz) or a cnn cv folder (its fold-1 run)."""
     p = Path(path)
     if p.suffix.lower() == ".npz":
         return True

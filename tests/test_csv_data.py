@@ -134,7 +134,8 @@ def test_bad_labels_files_are_one_line(tmp_path, content, needle):
     res = invoke(["train", "--set", f"data.train={path}", "--out", tmp_path / "run", "-q"])
     assert res.exit_code == 1
     out = res.output.strip()
-    assert len(out.splitlines()) == 1 and out.startswith(f"Error: data.train: labels file {path}: ") and needle in out, out
+    assert len(out.splitlines()) == 1 and needle in out, out
+    assert out.startswith(f"Error: data.train: labels file {path}: "), out
     assert not (tmp_path / "run").exists()
 
 

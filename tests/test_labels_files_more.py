@@ -54,7 +54,8 @@ def test_no_readable_file_names_the_first_row_and_why(folder):
 def test_excel_sep_line_and_a_long_cell_are_read(folder):
     (folder / "excel.csv").write_text("sep=;\npath;label\n" + _rows(";"))
     assert len(CsvIndex("excel.csv").rels) == 8
-    (folder / "long.csv").write_text("path,label,note\n" + _rows().replace("\n", ",x\n").replace(",x\n", "," + "x" * 200_000 + "\n", 1))
+    rows = _rows().replace("\n", ",x\n").replace(",x\n", "," + "x" * 200_000 + "\n", 1)    # one cell of 200,000
+    (folder / "long.csv").write_text("path,label,note\n" + rows)
     assert len(CsvIndex("long.csv").rels) == 8
 
 

@@ -7,6 +7,7 @@ It trains nothing (trainer.py's Trainer does) and writes no files except the run
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,32 @@ def check_test_data(path: str, classes) -> None:
         index(path, classes, missing_ok=True)
     except DataError as err:
         raise DataError(f"data.test: {err}") from None
+
+
+def data_fingerprint(train_ds, val_ds) -> dict:
+    """What every rank of a run must agree on about its data: the counts, the classes, and CRC-32s of
+    the training and validation images' pixels and labels."""
+    def crc(a) -> int:
+        value = 0
+        for start in range(0, len(a), 1 << 14):                 # (chunks: a memory-mapped cache read once)
+            value = zlib.crc32(np.ascontiguousarray(a[start:start + (1 << 14)]), value)
+        return value
+    return {"training images": len(train_ds.labels), "validation images": len(val_ds.labels),
+            "classes": list(train_ds.classes),
+            "checksum": [crc(train_ds.images), crc(train_ds.labels), crc(val_ds.images), crc(val_ds.labels)]}
+
+
+def same_data_as_rank0(mine: dict, first: dict) -> None:
+    """DataError when this rank's data differs from rank 0's (data_fingerprint): each rank reads its
+    own files, so a host whose copy is out of step would train on other images."""
+    if mine == first:
+        return
+    what = next(k for k in first if mine[k] != first[k])
+    shown = (lambda v: f"{v:,}" if isinstance(v, int) else ", ".join(map(str, v))[:80])
+    detail = "their pixels or labels differ" if what == "checksum" else f"{what}: {shown(mine[what])} here, " \
+                                                                         f"{shown(first[what])} on rank 0"
+    raise DataError(f"the data this rank read differs from rank 0's ({detail}): every rank must read the same "
+                    "files (a copy out of step on this host?)")
 
 
 def _normalization(cfg: dict, train_ds) -> dict:
@@ -296,6 +323,9 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
 
     # rank 0 decodes and writes the cache first; the others then read it (or all decode: no cache)
     train_ds, val_ds, skipped = (main_first if cfg["data"]["cache"] else everyone)(comm, load)
+    if comm.size > 1:                # (another host's copy out of step: a shape error mid-step, or silent)
+        mine = data_fingerprint(train_ds, val_ds)
+        everyone(comm, same_data_as_rank0, mine, comm.bcast(mine))
     if resumed is not None:
         notes += [n for n in [runfolder.validation_changed(resumed[1], val_ds)] if n]
     notes += [n for n in [_idle_threads(cfg["train"]["batch_size"], len(train_ds.labels), threads, comm.size)] if n]

@@ -460,3 +460,49 @@ def test_click_s_own_output_under_mpirun_is_printed_once():
     assert res.returncode == 2 and res.stderr.count("No such option '--epochs'") == 1, res.stderr
     res = run_mpi(2, [*cnn, "trian"])
     assert res.returncode == 2 and res.stderr.count("No such command 'trian'") == 1, res.stderr
+
+
+@pytest.mark.parametrize("change", ["one image fewer", "one image's pixels"])
+def test_ranks_that_read_different_data_stop_with_one_line(data, tmp_path, change):
+    # a host whose copy is out of step: a traceback mid-step (one image fewer), or training on
+    # different images without a word (the same count)
+    require_mpi()
+    tmp, folder = data
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    victim = sorted(p for p in other.glob("*/*.png"))[0]
+    if change == "one image fewer":
+        victim.unlink()
+    else:
+        from PIL import Image
+
+        Image.new("L", (32, 32), 200).save(victim)
+    cfg = write_config(tmp_path / "c.yaml", folder, tmp_path / "run", epochs=1, batch_size=16)
+    rank = [sys.executable, "-m", "cnncli", "train", "--config", str(cfg), "-q", "--no-report"]
+    cmd = [mpirun_path(), "-n", "1", *rank, ":", "-n", "1", *rank, "--set", f"data.train={other}"]
+    res = subprocess.run(cmd, env=mpi_env({"CNNCLI_CACHE_DIR": str(tmp_path / "cache")}), capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 1, res.stderr
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("Error")]
+    assert errors == [errors[0]] and errors[0].startswith("Error: rank 1 of 2: the data this rank read differs "
+                                                          "from rank 0's"), res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_data_fingerprints_tell_different_data_apart():
+    import numpy as np
+
+    from cnncli.data.dataset import Dataset
+    from cnncli.errors import DataError
+    from cnncli.runsetup import data_fingerprint, same_data_as_rank0
+
+    images = np.zeros((40_000, 32, 32), np.uint8)          # (more than one 16,384-image chunk)
+    ds = Dataset(images, np.arange(40_000) % 3, ["a", "b", "c"])
+    none = Dataset(images[:0], np.zeros(0, np.int64), ["a", "b", "c"])
+    first = data_fingerprint(ds, none)
+    same_data_as_rank0(data_fingerprint(Dataset(images.copy(), ds.labels.copy(), ["a", "b", "c"]), none), first)
+    images[30_000, 5, 5] = 1                                # a pixel in the third chunk
+    with pytest.raises(DataError, match="their pixels or labels differ"):
+        same_data_as_rank0(data_fingerprint(ds, none), first)
+    with pytest.raises(DataError, match="training images: 39,999 here, 40,000 on rank 0"):
+        same_data_as_rank0(data_fingerprint(Dataset(images[1:], ds.labels[1:], ["a", "b", "c"]), none), first)

@@ -133,6 +133,13 @@ def release(folder: Path) -> None:
 _HELD: dict = {}      # run folder (real path) -> its open .claimed file, whose lock this process holds
 
 
+def release_all() -> None:
+    """release() every run folder this process holds: after a set-up that did not finish (a stop, an
+    error), a new run's folder that holds nothing but its marker goes; one with files stays."""
+    for key in list(_HELD):
+        release(Path(key))
+
+
 def hold(folder: Path) -> None:
     """Lock the run folder for this process's training (an exclusive flock on its .claimed file,
     which then names this process), until let_go or the process's end: a second process resuming

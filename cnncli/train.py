@@ -87,10 +87,14 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
         except resume_mod.NothingToDo as done:
             if comm.is_main:
                 echo(str(done))
+                if cfg["data"]["test"] and not (Path(done.run_dir) / "test_metrics.json").exists():
+                    # (a stop during the test, or data.test set now): the test the run still lacks
+                    with StopAfterTraining(done.run_dir, "while testing best.npz on data.test"):
+                        evaluate_test_data(done.run_dir, cfg, echo)
             return done.run_dir
         except BaseException:
-            runfolder.let_go()                  # (a resume's folder, held before its data was read)
-            raise
+            runfolder.release_all()             # (a resume's folder, held before its data was read, stays;
+            raise                               # a new run's, still empty, goes)
         try:
             trainer = Trainer(cfg, run_dir, net, opt, state, train_ds, val_ds, train_ds.classes, preprocess, echo,
                               quiet, comm=comm)

@@ -115,3 +115,44 @@ def test_a_resumed_epochs_time_counts_the_seconds_before_the_stop(data, tmp_path
     with open(run / "metrics.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert float(row["time_s"]) >= meta["epoch_time"]
+
+
+def test_a_stop_as_set_up_ends_leaves_no_empty_run_folder(data, tmp_path, monkeypatch):
+    # a stop once the new run's folder was claimed, before the first step: the folder stayed with only
+    # its marker, and the same command then trained in run-2 (seen under mpirun by a helper)
+    from cnncli import runfolder
+
+    real = runfolder.hold
+
+    def hold_then_stop(folder):
+        real(folder)
+        os.kill(os.getpid(), signal.SIGUSR1)
+    monkeypatch.setattr(runfolder, "hold", hold_then_stop)
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["train", "--config", str(write_config(tmp_path / "c.yaml", data, run, epochs=1)),
+                                   "-q", "--no-report"])
+    assert res.exit_code == 130, res.output
+    assert "stopped during set-up, before the first step" in res.stderr
+    assert not run.exists()
+
+
+def test_a_resume_with_nothing_to_train_runs_the_test_the_run_lacks(data, tmp_path, monkeypatch):
+    # a stop during the test left no test_metrics.json, and the resume said 'Nothing to do' for good
+    from cnncli import train as train_mod
+
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    real = train_mod.evaluate_test_data
+
+    def stopped(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal did not stop it")
+    monkeypatch.setattr(train_mod, "evaluate_test_data", stopped)
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", data, run, epochs=1)
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "-q", "--no-report", "--set", f"data.test={data}"])
+    assert res.exit_code == 130 and not (run / "test_metrics.json").exists(), res.output
+    monkeypatch.setattr(train_mod, "evaluate_test_data", real)
+    res = CliRunner().invoke(cli, ["train", "--resume", str(run), "-q", "--no-report"])
+    assert res.exit_code == 0, res.output
+    assert "Nothing to do" in res.stderr and "Test (" in res.stderr and (run / "test_metrics.json").is_file()

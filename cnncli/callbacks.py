@@ -109,6 +109,10 @@ class StopInCrossValidation(_StopLine):
         return stop
 
 
+class Aborted(KeyboardInterrupt):
+    """A second Ctrl-C during the steps (StopFlag): abort without the stop's save and line."""
+
+
 class StopFlag:
     """SIGINT/SIGTERM/SIGUSR1/SIGHUP set a flag; the loop finishes its step, saves, and stops. A second
     SIGINT aborts, unless it comes within SAME_SIGINT seconds of the first: `timeout -s INT` sends
@@ -130,7 +134,7 @@ class StopFlag:
         if self.signum is not None and signum == signal.SIGINT:
             if time.monotonic() - self._first < self.SAME_SIGINT:
                 return                                 # (the same stop, delivered twice)
-            raise KeyboardInterrupt
+            raise Aborted
         silence_closed_terminal(signum)
         self.signum, self._first = signum, time.monotonic()
 

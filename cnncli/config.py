@@ -111,6 +111,8 @@ def setting_notes(cfg) -> list:
     if o["schedule"] == "step" and o["step_size"] >= t["epochs"]:
         notes.append(f"optim.schedule=step multiplies the rate by optim.gamma every optim.step_size={o['step_size']} "
                      f"epochs, but train.epochs is {t['epochs']}: the rate never drops")
+    if o["schedule"] in ("step", "plateau") and o["gamma"] > 1:
+        notes.append(f"optim.gamma is {o['gamma']:g}: each 'drop' of the {o['schedule']} schedule raises the rate")
     if o["schedule"] == "plateau" and 0 < patience <= o["plateau_patience"]:
         notes.append(f"train.early_stopping.patience={patience} is not above optim.plateau_patience="
                      f"{o['plateau_patience']}: early stopping ends the run before the plateau schedule lowers "

@@ -137,8 +137,8 @@ OPTIONS = (
            check=_range(1, MAX_INT)),
     Option("optim.plateau_patience", 5, "Epochs without an improvement of train.monitor before each "
            "learning-rate drop, for schedule=plateau.", "int", check=_range(1, MAX_INT)),
-    Option("optim.gamma", 0.1, "Learning-rate factor at each drop, for schedule=step or plateau, in (0, 1].",
-           "float", check=_range(0, 1, True)),
+    Option("optim.gamma", 0.1, "Learning-rate factor at each drop, for schedule=step or plateau, > 0 (above 1 "
+           "the rate rises, with a note).", "float", check=_range(0, None, True)),
     Option("optim.min_lr", 0.0, "Final learning rate of the cosine schedule, and the floor of plateau's, in "
            "[0, optim.lr].", "float",
            check=_range(0)),

@@ -289,6 +289,7 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
     if dataset is None:
         specs = [spec for spec in specs if spec[0] in ("curves.png", "filters.png")]
     target = out_dir / "report.html"
+    earlier = target.is_file()                 # (its pictures are a report's: others in --out DIR are the user's)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         pictures = []
@@ -298,7 +299,7 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
                 draw(fig)
                 fig.savefig(out_dir / name, format="png", dpi=DPI)
                 pictures.append((name, caption, (out_dir / name).read_bytes()))
-            for name in PICTURES:          # (an earlier report's, of other data: not this report's pictures)
+            for name in PICTURES if earlier else ():   # (an earlier report's, of other data: not this one's)
                 if name not in {spec[0] for spec in specs}:
                     (out_dir / name).unlink(missing_ok=True)
         folder = run_dir.resolve()                 # (a cnn cv fold: cv/fold-2)

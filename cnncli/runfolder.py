@@ -38,12 +38,12 @@ class RunState:
     loss_sum: float = 0.0         # current epoch: sum of per-image loss so far
     correct: int = 0              # current epoch: correct predictions so far
     seen: int = 0                 # current epoch: images so far
-    epoch_time: float = 0.0       # current epoch: seconds of its steps so far, before this process's
     best_val_loss: float = math.inf   # the best epoch's loss (val, else train; see callbacks.EarlyStopping)
     best_acc: float = -math.inf   # the best epoch's accuracy, under train.monitor=val_acc
     bad_epochs: int = 0           # epochs since the best epoch (early stopping)
     stopped_early: bool = False   # early stopping ended the run at `epoch`
     history: list = field(default_factory=list)
+    epoch_time: float = 0.0       # current epoch: seconds its steps took so far (in every process, until the last save)
 
 
 def printable(text) -> str:

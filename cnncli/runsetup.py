@@ -192,7 +192,7 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     if done:               # no folder is touched (an --out would get a lone best.npz); setup says so
         return (arrays, meta, ckpt_path), state, source, cfg, [], done
     run_dir = Path(out) if out else source
-    if write and out and Path(os.path.realpath(out)) != source and \
+    if write and out and os.path.realpath(out) != os.path.realpath(source) and \
             runfolder.taken_because(run_dir) == "holds another run":   # (rank 0 only: it may have carried best.npz)
         shown = runfolder.printable(out)
         raise ConfigError(f"--out {shown}: holds another run; --resume --out continues this run in a new or empty "

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import resume as resume_mod, runfolder
-from cnncli.callbacks import StopAfterTraining, StopDuringSetup, loss_text
+from cnncli.callbacks import Aborted, StopAfterTraining, StopDuringSetup, loss_text
 from cnncli.cores import quota_text
 from cnncli.errors import CnnError, TrainingDiverged
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
@@ -88,9 +88,14 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
             if comm.is_main:
                 echo(str(done))
                 if cfg["data"]["test"] and not (Path(done.run_dir) / "test_metrics.json").exists():
-                    # (a stop during the test, or data.test set now): the test the run still lacks
-                    with StopAfterTraining(done.run_dir, "while testing best.npz on data.test"):
-                        evaluate_test_data(done.run_dir, cfg, echo)
+                    # (a stop during the test, or data.test set now): the test the run still lacks, in
+                    # the folder held (refused while another process trains it)
+                    runfolder.hold(done.run_dir)
+                    try:
+                        with StopAfterTraining(done.run_dir, "while testing best.npz on data.test"):
+                            evaluate_test_data(done.run_dir, cfg, echo)
+                    finally:
+                        runfolder.let_go(done.run_dir)
             return done.run_dir
         except BaseException:
             runfolder.release_all()             # (a resume's folder, held before its data was read, stays;
@@ -142,7 +147,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                 if comm.is_main:
                     runfolder.write_diverged(run_dir, str(err))
                 raise
-            except KeyboardInterrupt:        # (a second Ctrl-C during the steps: an abort, not a stop after them)
+            except Aborted:                  # (a second Ctrl-C during the steps: an abort, not a stop after them)
                 after.keyboard = False
                 raise
             if comm.is_main and cfg["data"]["test"]:

@@ -391,3 +391,14 @@ def test_a_resumed_run_names_its_folder_as_the_user_wrote_it(data, tmp_path, mon
     assert res.exit_code == 0, res.output
     assert res.stdout == "runs/x\n" and "Run folder: runs/x\n" in res.stderr, res.output
     assert checkpoint.load_meta(tmp_path / "runs" / "x" / "last.npz")["epoch"] == 2
+
+
+def test_resume_with_out_naming_the_same_folder_in_another_spelling(data, tmp_path, monkeypatch):
+    # --resume runs/x --out runs/x (or one of them absolute) was refused as 'holds another run' once
+    # the resumed folder kept the user's spelling
+    monkeypatch.chdir(tmp_path)
+    train(write_config(tmp_path / "c.yaml", data, "runs/x", epochs=1))
+    for out in ("runs/x", tmp_path / "runs" / "x"):
+        res = invoke("train", "--resume", "runs/x", "--out", out, "--set", "train.epochs=2", "-q", "--no-report")
+        assert res.exit_code == 0, res.output
+    assert checkpoint.load_meta(tmp_path / "runs" / "x" / "last.npz")["epoch"] == 2

@@ -116,3 +116,15 @@ def test_eval_of_the_validation_split_does_not_count_data_trains_unreadable_file
     assert res.exit_code == 0 and "unreadable" in res.output, res.output
     got = json.loads(invoke("eval", run, "--json").stdout)
     assert got["skipped"] == 0 and got["skipped_files"] == [] and got["num_images"] > 0
+
+
+def test_report_out_keeps_pictures_it_did_not_draw_in_a_folder_without_a_report(runs, tmp_path):
+    # --out into the user's own folder: a confusion.png there is theirs, not an earlier report's
+    from cnncli.report import write_report
+
+    _, _, _, noval = runs
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "confusion.png").write_bytes(b"mine")
+    write_report(noval, out_dir=mine)
+    assert (mine / "confusion.png").read_bytes() == b"mine"

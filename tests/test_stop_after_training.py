@@ -68,7 +68,9 @@ def test_a_sigint_delivered_twice_at_once_is_one_stop_not_an_abort(data, tmp_pat
     # `timeout -s INT` signals the process and then its process group: two SIGINTs back to back, which
     # aborted the run ('Error: interrupted', nothing saved) when the second was handled on its own
     from cnncli import trainer as trainer_mod
+    from cnncli.callbacks import StopFlag
 
+    monkeypatch.setattr(StopFlag, "SAME_SIGINT", 60.0)     # (a step on a cold cache or a loaded host: not 0.5 s)
     real = trainer_mod.Trainer.train_step
 
     def twice(self, idx):

@@ -12,7 +12,7 @@ import sys
 import time
 
 from cnncli.errors import Stopped
-from cnncli.lifeline import STOPS, silence_closed_terminal
+from cnncli.lifeline import STOPS, after_a_stop, silence_closed_terminal
 from cnncli.runfolder import RunState
 
 
@@ -62,7 +62,12 @@ class _StopLine:
     keyboard = True     # False: a KeyboardInterrupt leaves it as it is (an abort the steps' StopFlag raised)
 
     def __exit__(self, exc_type, exc, tb):
-        _restore(self._old)
+        stop = exc_type is not None and (issubclass(exc_type, Stopped) or
+                                         (issubclass(exc_type, KeyboardInterrupt) and self.keyboard))
+        if stop:
+            after_a_stop(self._old)
+        else:
+            _restore(self._old)
         if exc_type is KeyboardInterrupt and self.keyboard:
             raise self.stopped("SIGINT") from None
         return False
@@ -88,8 +93,9 @@ class StopAfterTraining(_StopLine):
         self.run_dir, self.doing = run_dir, doing
 
     def stopped(self, name):
+        test = f"; cnn train --resume {self.run_dir} runs the test" if "data.test" in self.doing else ""
         stop = Stopped(f"{name}: stopped after training, {self.doing}; the run's checkpoints are saved in "
-                       f"{self.run_dir}")
+                       f"{self.run_dir}{test}")
         stop.alone = True           # (under mpirun only rank 0 works then: distributed.fail)
         stop.run_dir = self.run_dir  # (cnn train prints it on stdout, as after a whole run)
         return stop
@@ -139,7 +145,10 @@ class StopFlag:
         self.signum, self._first = signum, time.monotonic()
 
     def __exit__(self, *exc):
-        _restore(self._old)
+        if self.signum is not None:     # (stopping: a second signal while it unwinds ends nothing early)
+            after_a_stop(self._old)
+        else:
+            _restore(self._old)
 
     def agreed(self, comm, save_now):
         """After a step: the stop signal when any rank got one (every rank then stops at this same

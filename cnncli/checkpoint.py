@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 
 from .atomic import write_atomic
-from .errors import CheckpointError
+from .errors import CheckpointError, Stopped
 
 FORMAT_VERSION = 1
 META_KEY = "__meta__"
@@ -117,6 +117,8 @@ def _open(path: str, max_bytes):
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
         raise CheckpointError(f"{path}: {_not_a_zip(path)}") from None
+    except Stopped:         # (a stop signal's line, raised while reading: not a damaged file)
+        raise
     except Exception as e:  # zipfile raises many types on hostile directories (NotImplementedError, ...)
         raise CheckpointError(f"{path}: cannot open checkpoint: {_one_line(e)}") from None
     try:
@@ -174,7 +176,7 @@ def _read_member(path, zf, key, info):
                     f"{info.file_size - header_end}")
         with zf.open(info) as f:
             return fmt.read_array(f, allow_pickle=False)
-    except CheckpointError:
+    except (CheckpointError, Stopped):   # (a stop signal's line, raised while reading: not a damaged file)
         raise
     except Exception as e:  # any decoding failure of an untrusted file is a bad checkpoint
         raise CheckpointError(f"{path}: array {key!r} is unreadable: {_one_line(e)}") from None

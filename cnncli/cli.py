@@ -339,6 +339,9 @@ _FAST_EXIT = []  # set by commands whose process has nothing left to clean up af
 def main():
     """Console entry point. `cnn predict` skips interpreter teardown (the numba/OpenMP runtime's
     shutdown is a sizeable part of a warm one-image run): all its output is flushed first."""
+    from cnncli import lifeline
+
+    lifeline.ENDING[0] = True       # (a stop's line under way: a second stop signal is ignored)
     _open_standard_streams()
     try:
         if other_rank():

@@ -64,6 +64,20 @@ def stops_held():
             signal.raise_signal(signum)
 
 
+ENDING = [False]    # cli.main sets it: a process whose stop's line is under way ends, so a second stop is ignored
+
+
+def after_a_stop(old: dict) -> None:
+    """What a stop handler's context does on leaving after a stop: in the `cnn` process (ENDING), the
+    stop signals stay ignored (a second SIGTERM while the stop unwinds ended the process by the
+    signal, after its line); elsewhere (the API, tests) the handlers `old` are put back."""
+    if ENDING[0]:
+        ignore_stops(sigint=True)
+        return
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
+
+
 def ignore_stops(sigint: bool = False) -> None:
     """SIGTERM, SIGUSR1 and SIGHUP ignored from now on (SIGINT too when `sigint`). For an MPI rank other
     than 0 whose part of `cnn train` is done: it only waits for rank 0 to test and report, then

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import contextlib
 import math
 import os
 import re
@@ -131,6 +132,18 @@ def release(folder: Path) -> None:
 
 
 _HELD: dict = {}      # run folder (real path) -> its open .claimed file, whose lock this process holds
+
+
+def discard_unstarted(folder: Path) -> None:
+    """A new run stopped before its first step: the files its start wrote (config.yaml, skipped.txt)
+    go, then the folder as release() gives it back. A folder with a checkpoint is left alone."""
+    folder = Path(folder)
+    if any((folder / name).exists() for name in ("last.npz", "best.npz")):
+        return
+    for name in ("config.yaml", "skipped.txt"):
+        with contextlib.suppress(OSError):
+            (folder / name).unlink(missing_ok=True)
+    release(folder)
 
 
 def release_all() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from cnncli import resume as resume_mod, runfolder
 from cnncli.callbacks import Aborted, StopAfterTraining, StopDuringSetup, loss_text
 from cnncli.cores import quota_text
-from cnncli.errors import CnnError, TrainingDiverged
+from cnncli.errors import CnnError, Stopped, TrainingDiverged
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
 from cnncli.datanotes import data_notes
 from cnncli.runsetup import load_datasets, setup  # noqa: F401 (load_datasets: API)
@@ -40,6 +40,19 @@ def evaluate_test_data(run_dir: Path, cfg: dict, echo) -> dict:
          f"loss {loss_text(metrics['loss'])}, accuracy {metrics['accuracy']:.2%}, macro F1 {metrics['macro_f1']:.4f}, "
          f"top-{metrics['top_k']} {metrics['top_k_accuracy']:.2%}; {run_dir / 'test_metrics.json'}")
     return metrics
+
+
+@contextlib.contextmanager
+def _before_first_step(run_dir, new: bool):
+    """From the network's set-up to the first step: a stop gives the set-up's line, and a new run's
+    folder, nothing trained in it yet (new: this process made it), is given back."""
+    try:
+        with StopDuringSetup():
+            yield
+    except Stopped:
+        if new:
+            runfolder.discard_unstarted(run_dir)
+        raise
 
 
 def _mapped(images) -> bool:
@@ -109,37 +122,39 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
             runfolder.let_go(run_dir)
             raise
     try:
-        if trainer.is_main_process:
-            trainer.write_config()
-            if skipped:
-                runfolder.write_skipped(run_dir, skipped, echo)
-            for note in train_ds.notes + val_ds.notes:
-                echo(note)
-        m, o = cfg["model"], cfg["optim"]
-        ranks = f"{net.comm.size} MPI ranks x " if net.comm.size > 1 else ""      # the ranks that share each step
-        trainer.echo(f"Run folder: {runfolder.printable(str(run_dir))}" + (
-            f" ({runfolder.printable(str(taken))} {runfolder.taken_because(taken)})"
-            if resume is None and run_dir != taken else ""))
-        trainer.echo(f"Training on {len(train_ds.labels)} images ({len(train_ds.classes)} classes), validating on "
-                     f"{len(val_ds.labels)}; batchnorm={m['batchnorm']} ({net.params.flat.size:,} parameters), "
-                     f"{o['name']} lr={o['lr']} {o['schedule']}, batch {cfg['train']['batch_size']}, {ranks}{threads} "
-                     f"thread(s){'' if cfg['train']['threads'] else quota_text()}; "
-                     f"setup {time.perf_counter() - t_setup:.1f}s"
-                     + (" (the images from the dataset cache)" if _mapped(train_ds.images) else ""))
-        trainer.echo(f"Epochs: {trainer.epochs}{' (train.epochs=auto for this training set)' if auto else ''}; "
-                     f"augmentation {'on' if trainer.augmenter is not None else 'off'}; early stopping "
-                     f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}"
-                     + _weights_text(cfg["train"]["class_weight"], trainer.class_weight, train_ds.classes))
-        if resume is not None:
-            into = f", {state.epoch_step} step(s) into epoch {state.epoch + 1}" if state.epoch_step else ""
-            trainer.echo(f"Resuming from {runfolder.printable(str(resume))}: {state.epoch} epoch(s) done{into}")
-        for line in data_notes(cfg, train_ds, val_ds):
-            trainer.echo(line)
-        if comm.is_main:
-            runfolder.clear_diverged(run_dir)        # a resumed run goes on from its last good checkpoint
+        with _before_first_step(run_dir, resume is None and comm.is_main):
+            if trainer.is_main_process:
+                trainer.write_config()
+                if skipped:
+                    runfolder.write_skipped(run_dir, skipped, echo)
+                for note in train_ds.notes + val_ds.notes:
+                    echo(note)
+            m, o = cfg["model"], cfg["optim"]
+            ranks = f"{net.comm.size} MPI ranks x " if net.comm.size > 1 else ""      # the ranks that share each step
+            trainer.echo(f"Run folder: {runfolder.printable(str(run_dir))}" + (
+                f" ({runfolder.printable(str(taken))} {runfolder.taken_because(taken)})"
+                if resume is None and run_dir != taken else ""))
+            trainer.echo(f"Training on {len(train_ds.labels)} images ({len(train_ds.classes)} classes), validating on "
+                         f"{len(val_ds.labels)}; batchnorm={m['batchnorm']} ({net.params.flat.size:,} parameters), "
+                         f"{o['name']} lr={o['lr']} {o['schedule']}, batch {cfg['train']['batch_size']}, "
+                         f"{ranks}{threads} thread(s){'' if cfg['train']['threads'] else quota_text()}; "
+                         f"setup {time.perf_counter() - t_setup:.1f}s"
+                         + (" (the images from the dataset cache)" if _mapped(train_ds.images) else ""))
+            trainer.echo(f"Epochs: {trainer.epochs}{' (train.epochs=auto for this training set)' if auto else ''}; "
+                         f"augmentation {'on' if trainer.augmenter is not None else 'off'}; early stopping "
+                         f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}"
+                         + _weights_text(cfg["train"]["class_weight"], trainer.class_weight, train_ds.classes))
+            if resume is not None:
+                into = f", {state.epoch_step} step(s) into epoch {state.epoch + 1}" if state.epoch_step else ""
+                trainer.echo(f"Resuming from {runfolder.printable(str(resume))}: {state.epoch} epoch(s) done{into}")
+            for line in data_notes(cfg, train_ds, val_ds):
+                trainer.echo(line)
+            if comm.is_main:
+                runfolder.clear_diverged(run_dir)        # a resumed run goes on from its last good checkpoint
         # a stop once the steps' own handler (trainer.StopFlag) is gone, from "Done" on: one line, not
         # the signal's silent default
-        after = StopAfterTraining(run_dir, "nothing left undone")
+        testing = comm.is_main and cfg["data"]["test"]
+        after = StopAfterTraining(run_dir, "before testing best.npz on data.test" if testing else "nothing left undone")
         with after if comm.is_main else contextlib.nullcontext():
             try:
                 trainer.fit()
@@ -150,9 +165,10 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
             except Aborted:                  # (a second Ctrl-C during the steps: an abort, not a stop after them)
                 after.keyboard = False
                 raise
-            if comm.is_main and cfg["data"]["test"]:
+            if testing:
                 with StopAfterTraining(run_dir, "while testing best.npz on data.test"):
                     evaluate_test_data(run_dir, cfg, echo)
+                after.doing = "nothing left undone"
             if comm.size == 1:
                 from cnncli import precompile
 

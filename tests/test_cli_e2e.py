@@ -673,8 +673,9 @@ def test_a_stop_signal_after_training_is_one_line_saying_the_checkpoints_are_sav
     doing = "while testing best.npz on data.test" if stage == "test" else \
         f"while drawing its report (cnn report {run} draws it)"
     assert res.exit_code == 130, res.output
+    test = f"; cnn train --resume {run} runs the test" if stage == "test" else ""
     assert res.stderr.strip().splitlines()[-1] == f"{sig}: stopped after training, {doing}; the run's " \
-        f"checkpoints are saved in {run}"
+        f"checkpoints are saved in {run}{test}"
     assert (run / "best.npz").is_file() and (run / "last.npz").is_file()
     assert res.stdout == f"{run}\n"                  # the run folder, as a finished run prints it
     assert signal.getsignal(getattr(signal, sig)) in (signal.SIG_DFL, signal.default_int_handler)   # put back

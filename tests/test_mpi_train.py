@@ -332,7 +332,7 @@ def test_sigusr1_to_mpirun_after_training_is_one_line_and_the_job_exits_130(data
     ours = [ln for ln in err.splitlines() if "SIGUSR1" in ln]
     assert proc.returncode == 130 and ours == [
         f"SIGUSR1: stopped after training, while testing best.npz on data.test; the run's checkpoints are saved "
-        f"in {out}"], err
+        f"in {out}; cnn train --resume {out} runs the test"], err
     assert "Error" not in err and "signal" not in err.replace("SIGUSR1", ""), err
     assert (out / "best.npz").is_file() and (out / "last.npz").is_file()
 

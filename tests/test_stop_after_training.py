@@ -158,3 +158,58 @@ def test_a_resume_with_nothing_to_train_runs_the_test_the_run_lacks(data, tmp_pa
     res = CliRunner().invoke(cli, ["train", "--resume", str(run), "-q", "--no-report"])
     assert res.exit_code == 0, res.output
     assert "Nothing to do" in res.stderr and "Test (" in res.stderr and (run / "test_metrics.json").is_file()
+
+
+def test_a_stop_between_set_up_and_the_first_step_is_the_set_up_line_and_gives_the_folder_back(
+        data, tmp_path, monkeypatch):
+    # SIGTERM just after 'Run folder:' ended the process by the signal (status -15, no line) and left
+    # the folder with .claimed and config.yaml, which --resume then refused ('no last.npz')
+    from cnncli import train as train_mod
+
+    def noted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal did not stop it")
+    monkeypatch.setattr(train_mod, "data_notes", noted)
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["train", "--config", str(write_config(tmp_path / "c.yaml", data, run, epochs=1)),
+                                   "-q", "--no-report"])
+    assert res.exit_code == 130, res.output
+    assert res.stderr.strip().splitlines()[-1] == ("SIGTERM: stopped during set-up, before the first step: nothing "
+                                                   "was trained; start the run again")
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("trigger", ["Done in", "epoch 1/"])
+def test_a_second_sigterm_while_a_stop_unwinds_does_not_end_the_process_by_the_signal(data, tmp_path, trigger):
+    import time
+
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", data, run, epochs=3)
+    proc = subprocess.Popen([sys.executable, "-m", "cnncli", "train", "--config", str(cfg), "-q", "--no-report"],
+                            env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if line.startswith(trigger):
+            os.kill(proc.pid, signal.SIGTERM)
+            time.sleep(0.05)
+            os.kill(proc.pid, signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    proc.stdout.read()
+    assert proc.wait(timeout=120) in (0, 130), rest          # (negative: ended by the signal)
+
+
+def test_a_stop_while_a_checkpoint_is_read_is_the_stop_not_a_damaged_file(tmp_path, monkeypatch):
+    import numpy as np
+
+    from cnncli import checkpoint
+    from cnncli.errors import Stopped
+
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, {"params/a": np.zeros(3, np.float32)}, {"num_classes": 2})
+
+    def stopped(f, **kwargs):
+        raise Stopped("SIGTERM: stopped after training")
+    monkeypatch.setattr(np.lib.format, "read_array", stopped)
+    with pytest.raises(Stopped):
+        checkpoint.load(path)

@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, Stopped
 from .reasons import _Skip, _damaged_reason, _not_image_reason
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".pgm", ".ppm", ".pbm", ".pnm",
@@ -233,6 +233,8 @@ def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndar
         limit = min(max_pixels, int(size.group(2)))
         raise _Skip(f"too large: {int(size.group(1)) / 1e6:.1f} megapixels (limit {limit / 1e6:g}); possible "
                     "decompression bomb") from None
+    except Stopped:                                     # (a stop signal's line: not a bad file)
+        raise
     except Exception as e:                              # noqa: BLE001 - one bad file must not crash
         raise _Skip(_damaged_reason(path, e, _one_line(e))) from None
 

@@ -165,10 +165,9 @@ def validate(cfg):
     return _resolve(values)
 
 
-def _layer(text, source, values, path=None):
+def _layer(text, source, values):
     """Parse one layer's YAML text (a file, or a checkpoint's config) into values (dotted -> (value,
-    origin)), over what earlier layers put there. path: the config file, whose folder a relative data
-    path may have been meant from (see _beside_config)."""
+    origin)), over what earlier layers put there."""
     if not isinstance(text, str):                 # (a hand-edited checkpoint's "config")
         raise ConfigError(f"{source}: expected the config's YAML text, got {type_name(text)}")
     data = parse_yaml(text, source) if text.strip() else None
@@ -177,26 +176,25 @@ def _layer(text, source, values, path=None):
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections (data:, model:, optim:, "
                           f"train:, augment:, out:), got {type_name(data)}")
-    mine = {}
-    _flatten(data, "", _file_origin(source), mine)
-    if path is not None:
-        _beside_config(mine, path)
-    values.update(mine)
+    _flatten(data, "", _file_origin(source), values)
 
 
 PATH_KEYS = ("data.train", "data.val", "data.test", "train.init_from")
 
 
-def _beside_config(values, path):
-    """ConfigError for a relative path of the file at `path` that names nothing from the working folder
-    but names something beside the config file: paths are read from the working folder, and the user
-    most likely ran from another one."""
-    here = os.path.dirname(os.path.abspath(path))
+def _beside_config(values, files):
+    """ConfigError for a relative path that a config file gives (the value that won: not one a later
+    file or --set replaced) and that names nothing from the working folder but names something beside
+    that file: paths are read from the working folder, and the user most likely ran from another one.
+    files: {source name: the config file's path}."""
     for key in PATH_KEYS:
         value, origin = values.get(key, (None, None))
         if not isinstance(value, str) or not value.strip() or os.path.isabs(os.path.expanduser(value)):
             continue
-        there = os.path.join(here, value)
+        if not origin or origin[0] != "file" or origin[1] not in files:
+            continue
+        here = os.path.dirname(os.path.abspath(files[origin[1]]))
+        there = os.path.normpath(os.path.join(here, value))
         if not os.path.exists(value) and os.path.exists(there) and os.path.abspath(value) != there:
             fail(origin, key, f"{value!r} does not exist in the working folder {os.getcwd()}, but {there} does: "
                               "a config's relative paths are read from the working folder; run from "
@@ -207,14 +205,15 @@ def load_layers(layers, overrides=()):
     """The config of `layers`, [(YAML text, source name, config file path or None)], each laid over
     the ones before it (a later layer's keys win), then each "a.b=VALUE" override; validated."""
     values = {}
-    for text, source, path in layers:
-        _layer(text, source, values, path)
+    for text, source, _ in layers:
+        _layer(text, source, values)
     for text_ in overrides:
         key, value = parse_override(text_)
         if key in SECTIONS:                                   # --set train.early_stopping={patience: 3}
             _flatten(value, key + ".", lambda mapping, k: ("set", None, None), values)
         else:
             values[key] = (value, ("set", None, None))
+    _beside_config(values, {source: path for _, source, path in layers if path is not None})
     return _resolve(values)
 
 

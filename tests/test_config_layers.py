@@ -119,6 +119,20 @@ def test_a_relative_path_meant_from_the_configs_folder_is_refused_saying_so(tmp_
     assert config.load_config(cfg)["data"]["train"] == "imgs"
 
 
+def test_a_relative_path_that_a_later_layer_replaces_is_not_checked(tmp_path, monkeypatch):
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (project / "imgs" / "a").mkdir(parents=True)
+    elsewhere.mkdir()
+    cfg = project / "c.yaml"
+    cfg.write_text("data:\n  train: imgs\n")
+    later = tmp_path / "later.yaml"
+    later.write_text(f"data:\n  train: {project / 'imgs'}\n")
+    monkeypatch.chdir(elsewhere)
+    assert config.load_config([cfg, later])["data"]["train"] == str(project / "imgs")
+    assert config.load_config(cfg, [f"data.train={project}"])["data"]["train"] == str(project)
+    assert "does not exist in the working folder" in _error(config.load_config, [later, cfg])
+
+
 def test_data_train_errors_name_the_key_and_an_unexpanded_variable(tmp_path):
     res = invoke("train", "--set", "data.train=$HOME_DATA/train", "-q")
     assert res.exit_code == 1, res.output

@@ -241,6 +241,8 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
     if not checkpoint and str(paths[0]).lower().endswith(".onnx") and os.path.isfile(paths[0]):
         raise click.UsageError(printable(f"{paths[0]}: an ONNX model, not a checkpoint: cnn predict runs the .npz "
                                          "it was exported from (docs/interop.md runs an ONNX model with onnxruntime)"))
+    if csv_path is not None and not csv_path.strip():
+        raise click.UsageError("--csv: the path is empty")
     if csv_path is not None and csv_path != "-":
         refuse_csv_target(csv_path, list(checkpoint) + list(paths))
     if csv_path is not None and top_k != 1:

@@ -116,6 +116,13 @@ def refuse_csv_target(path, inputs) -> None:
 
     if not os.path.lexists(path):
         return
+    if "-" in inputs:                                # (the list read from standard input: a file redirected)
+        try:
+            if os.path.samestat(os.fstat(0), os.stat(path)):
+                raise CnnError(printable(f"--csv {path}: is the list read from standard input; write the "
+                                         "predictions to another file"))
+        except OSError:
+            pass
     for given in inputs:
         try:
             same = os.path.isfile(given) and os.path.samefile(given, path)

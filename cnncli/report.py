@@ -243,9 +243,11 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
     if not run_dir.is_dir():
         raise CnnError(f"{run_dir}: run folder not found")
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
-    if any((out_dir / name).is_file() for name in ("last.npz", "best.npz")) and out_dir.resolve() != run_dir.resolve():
-        raise CnnError(f"{out_dir}: holds a run (its checkpoints); the report of {run_dir} goes elsewhere: give "
-                       "another --out")
+    for folder in (out_dir, out_dir.parent):       # (another run's folder, or its report/ folder)
+        holds = any((folder / name).is_file() for name in ("last.npz", "best.npz", "cv.json"))
+        if holds and folder.resolve() != run_dir.resolve():
+            raise CnnError(f"{out_dir}: {'holds' if folder == out_dir else 'lies in'} another run (its checkpoints); "
+                           f"the report of {run_dir} goes elsewhere: give another --out")
     ckpt = Path(checkpoint) if checkpoint is not None else run_checkpoint(run_dir, BEST_FIRST)
     cfg_path = run_dir / "config.yaml"
     config_text = cfg_path.read_text(encoding="utf-8", errors="replace") if cfg_path.is_file() else ""

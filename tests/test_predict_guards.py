@@ -90,3 +90,20 @@ def test_exports_default_after_a_cv_says_it_is_one_fold(tmp_path, monkeypatch, c
     line = capsys.readouterr().err
     assert "one fold of the cnn cv runs/cv" in line, line
     assert checkpoints_or_newest([], ensemble=True) == (os.path.join("runs", "cv"),)
+
+
+def test_csv_refuses_an_empty_path_and_the_list_redirected_to_standard_input(tmp_path, ckpt, image):
+    import subprocess
+    import sys
+
+    from e2e_util import cli_env
+
+    res = invoke("predict", ckpt, image, "--csv", "")
+    assert res.exit_code == 2 and "--csv: the path is empty" in res.output, res.output
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{image}\n")
+    with open(listing) as stdin:
+        proc = subprocess.run([sys.executable, "-m", "cnncli", "predict", str(ckpt), "-", "--csv", str(listing)],
+                              stdin=stdin, capture_output=True, text=True, env=cli_env(tmp_path))
+    assert proc.returncode == 1 and "is the list read from standard input" in proc.stderr, proc.stderr
+    assert listing.read_text() == f"{image}\n"

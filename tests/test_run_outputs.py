@@ -68,7 +68,7 @@ def test_out_into_another_runs_folder_is_refused(runs):
     from cnncli.report import write_report
 
     _, _, early, noval = runs
-    with pytest.raises(CnnError, match="holds a run"):
+    with pytest.raises(CnnError, match="holds another run"):
         write_report(early, out_dir=noval)
     assert not (noval / "report.html").exists()
 
@@ -128,3 +128,11 @@ def test_report_out_keeps_pictures_it_did_not_draw_in_a_folder_without_a_report(
     (mine / "confusion.png").write_bytes(b"mine")
     write_report(noval, out_dir=mine)
     assert (mine / "confusion.png").read_bytes() == b"mine"
+
+
+def test_report_out_into_another_runs_report_folder_is_refused(runs):
+    from cnncli.report import write_report
+
+    _, _, early, noval = runs
+    with pytest.raises(CnnError, match="lies in another run"):
+        write_report(early, out_dir=noval / "report")

@@ -164,7 +164,8 @@ OPTIONS = (
     Option("train.early_stopping.patience", 0, "Epochs without an improvement of train.monitor before stopping; "
            "0 = never stop early.", "int", check=_range(0, MAX_INT)),
     Option("train.early_stopping.min_delta", 0.0, "Smallest change of train.monitor that counts as an "
-           "improvement (a loss decrease, or an accuracy increase as a fraction), >= 0.", "float", check=_range(0)),
+           "improvement (a loss decrease, or an accuracy increase as a fraction), >= 0; best.npz too moves only on "
+           "such an improvement.", "float", check=_range(0)),
     Option("train.early_stopping.restore_best", True, "When stopping early, restore the best weights into "
            "last.npz.", "bool"),
     Option("train.tensorboard", True, "Write each epoch's metrics as a TensorBoard event file in the run "

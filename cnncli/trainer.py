@@ -284,7 +284,9 @@ class Trainer:
             self.echo(f"Plateau: {self.early.monitor.replace('_', ' ')} did not improve for {o['plateau_patience']} "
                       f"epoch(s); lr {after:.3g} from the next step")
         if stopping:
-            self.echo(f"Early stopping: {self.early.monitor.replace('_', ' ')} did not improve for "
+            delta = self.early.min_delta
+            by = f" by more than train.early_stopping.min_delta={delta:g}" if delta else ""
+            self.echo(f"Early stopping: {self.early.monitor.replace('_', ' ')} did not improve{by} for "
                       f"{self.early.patience} epoch(s); {self._best_note()}")
         return stopping
 

@@ -136,3 +136,13 @@ def test_report_out_into_another_runs_report_folder_is_refused(runs):
     _, _, early, noval = runs
     with pytest.raises(CnnError, match="lies in another run"):
         write_report(early, out_dir=noval / "report")
+
+
+def test_the_early_stopping_line_names_min_delta(tmp_path, monkeypatch):
+    # with min_delta, epochs whose loss was lower 'did not improve' and best.npz stayed older: say why
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
+    res = invoke("train", "--config", write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=4), "-q",
+                 "--no-report", "--set", "train.early_stopping={patience: 1, min_delta: 10}")
+    assert res.exit_code == 0, res.output
+    assert "did not improve by more than train.early_stopping.min_delta=10 for 1 epoch(s)" in res.output, res.output

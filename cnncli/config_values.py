@@ -11,7 +11,7 @@ import re
 from .config_text import fail, show, type_name
 from .options import CLASS_WEIGHTS
 
-_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", re.ASCII)     # (0-9 only)
 _KIND_TEXT = {"str": "a string", "int": "an integer", "epochs": "an integer or auto", "float": "a number",
               "bool": "true or false",
               "unit_pair": "a list of two numbers, e.g. [0.9, 0.999]",

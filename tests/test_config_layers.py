@@ -209,3 +209,8 @@ def test_out_with_a_tilde_is_the_home_folder(data, tmp_path, monkeypatch):
     res = invoke("train", "--config", cfg, "-q", "--no-report")
     assert res.exit_code == 0, res.output
     assert (home / "runs" / "one" / "last.npz").is_file() and not (work / "~").exists()
+
+
+def test_numbers_written_in_other_scripts_digits_are_not_numbers():
+    assert "expected an integer" in _error(config.load_config_text, 'train:\n  epochs: "\u0663"\n')
+    assert "expected a number" in _error(config.load_config_text, 'optim:\n  lr: "\u0663"\n')

@@ -55,6 +55,18 @@ def _before_first_step(run_dir, new: bool):
         raise
 
 
+def _auto_text(trainer) -> str:
+    """What train.epochs=auto chose: about AUTO_STEPS optimizer steps, or the bound it met."""
+    from cnncli.options import AUTO_EPOCHS, AUTO_STEPS
+
+    steps = max(-(-len(trainer.train_ds.labels) // trainer.batch_size), 1)      # (as config.auto_epochs counts)
+    bound = {AUTO_EPOCHS[0]: "at least", AUTO_EPOCHS[1]: "at most"}.get(trainer.epochs)
+    if bound and round(AUTO_STEPS / steps) != trainer.epochs:
+        return (f" (train.epochs=auto for this training set: {bound} {trainer.epochs} epochs, {steps} step(s) each; "
+                f"{AUTO_STEPS:,} steps would take {round(AUTO_STEPS / steps):,})")
+    return f" (train.epochs=auto for this training set: about {AUTO_STEPS:,} steps of {steps} per epoch)"
+
+
 def _mapped(images) -> bool:
     """Whether `images` lie in a memory-mapped file (a dataset cache hit: data.cache's copy-on-write map)."""
     import mmap
@@ -140,7 +152,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                          f"{ranks}{threads} thread(s){'' if cfg['train']['threads'] else quota_text()}; "
                          f"setup {time.perf_counter() - t_setup:.1f}s"
                          + (" (the images from the dataset cache)" if _mapped(train_ds.images) else ""))
-            trainer.echo(f"Epochs: {trainer.epochs}{' (train.epochs=auto for this training set)' if auto else ''}; "
+            trainer.echo(f"Epochs: {trainer.epochs}{_auto_text(trainer) if auto else ''}; "
                          f"augmentation {'on' if trainer.augmenter is not None else 'off'}; early stopping "
                          f"{'patience ' + str(trainer.early.patience) if trainer.early.patience else 'off'}"
                          + _weights_text(cfg["train"]["class_weight"], trainer.class_weight, train_ds.classes))

@@ -146,3 +146,18 @@ def test_the_early_stopping_line_names_min_delta(tmp_path, monkeypatch):
                  "--no-report", "--set", "train.early_stopping={patience: 1, min_delta: 10}")
     assert res.exit_code == 0, res.output
     assert "did not improve by more than train.early_stopping.min_delta=10 for 1 epoch(s)" in res.output, res.output
+
+
+def test_train_epochs_auto_says_when_it_met_its_bound(tmp_path, monkeypatch):
+    # a few hundred images per class always got 400 epochs with no word that 400 is the cap
+    from cnncli import options
+    from cnncli.train import _auto_text
+
+    class T:
+        def __init__(self, n, batch, epochs):
+            self.train_ds, self.batch_size, self.epochs = type("D", (), {"labels": [0] * n})(), batch, epochs
+    assert _auto_text(T(720, 64, 400)) == (" (train.epochs=auto for this training set: at most 400 epochs, 12 "
+                                           "step(s) each; 10,000 steps would take 833)")
+    assert _auto_text(T(64_000, 64, 10)) == (" (train.epochs=auto for this training set: about 10,000 steps of 1000 "
+                                             "per epoch)")
+    assert options.AUTO_STEPS == 10_000 and options.AUTO_EPOCHS == (10, 400)

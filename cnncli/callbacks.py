@@ -74,12 +74,15 @@ class _StopLine:
 
 
 class StopDuringSetup(_StopLine):
-    """Around a run's set-up (decoding, compiling). StopFlag takes over for the steps."""
+    """Around a run's set-up (decoding, compiling). StopFlag takes over for the steps. resume: the
+    run being resumed (its line then says how to resume it again)."""
 
-    @staticmethod
-    def stopped(name):
-        stop = SetupStopped(f"{name}: stopped during set-up, before the first step: nothing was trained; "
-                            "start the run again")
+    def __init__(self, resume=None):
+        self.resume = resume
+
+    def stopped(self, name):
+        again = f"resume it again: cnn train --resume {self.resume}" if self.resume else "start the run again"
+        stop = SetupStopped(f"{name}: stopped during set-up, before the first step: nothing was trained; {again}")
         stop.signal = name
         stop.anywhere = True        # (under mpirun each rank takes it wherever its set-up is: distributed.fail)
         return stop

@@ -43,11 +43,11 @@ def evaluate_test_data(run_dir: Path, cfg: dict, echo) -> dict:
 
 
 @contextlib.contextmanager
-def _before_first_step(run_dir, new: bool):
+def _before_first_step(run_dir, new: bool, resume=None):
     """From the network's set-up to the first step: a stop gives the set-up's line, and a new run's
     folder, nothing trained in it yet (new: this process made it), is given back."""
     try:
-        with StopDuringSetup():
+        with StopDuringSetup(resume):
             yield
     except Stopped:
         if new:
@@ -105,7 +105,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     runfolder.check_utf8_name(taken, "--out" if out else "out")
     if out or resume is None:                # (a file there: said now, not after the data is decoded)
         runfolder.refuse_a_file(taken, "--out" if out else "`out`")
-    with StopDuringSetup():
+    with StopDuringSetup(resume):
         try:
             (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess) = \
                 setup(cfg, resume, out, quiet, echo, comm)
@@ -134,7 +134,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
             runfolder.let_go(run_dir)
             raise
     try:
-        with _before_first_step(run_dir, resume is None and comm.is_main):
+        with _before_first_step(run_dir, resume is None and comm.is_main, resume):
             if trainer.is_main_process:
                 trainer.write_config()
                 if skipped:

@@ -213,3 +213,23 @@ def test_a_stop_while_a_checkpoint_is_read_is_the_stop_not_a_damaged_file(tmp_pa
     monkeypatch.setattr(np.lib.format, "read_array", stopped)
     with pytest.raises(Stopped):
         checkpoint.load(path)
+
+
+def test_a_stop_while_a_resume_sets_up_says_how_to_resume_it_again(data, tmp_path, monkeypatch):
+    # it said 'start the run again' of a run whose checkpoints were there to resume
+    from cnncli import train as train_mod
+
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", data, run, epochs=1)
+    assert CliRunner().invoke(cli, ["train", "--config", str(cfg), "-q", "--no-report"]).exit_code == 0
+
+    def noted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal did not stop it")
+    monkeypatch.setattr(train_mod, "data_notes", noted)
+    res = CliRunner().invoke(cli, ["train", "--resume", str(run), "--set", "train.epochs=2", "-q", "--no-report"])
+    assert res.exit_code == 130, res.output
+    assert res.stderr.strip().splitlines()[-1].endswith(f"nothing was trained; resume it again: cnn train --resume "
+                                                        f"{run}"), res.output
+    assert (run / "last.npz").is_file() and (run / "config.yaml").is_file()

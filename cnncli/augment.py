@@ -178,7 +178,8 @@ class Augmenter:
     """Augments batches, each image under parameters drawn from (seed, epoch, step, its index in the batch).
 
     aug = Augmenter(settings, seed, pixel_std=preprocess["std"]); x_aug = aug(x, epoch, step)
-    The result is a new array each call. Inside a training step, Network.train_step(x, y, transform=aug.bind(epoch, step))
+    The result is a new array each call. Inside a training step,
+    Network.train_step(x, y, transform=aug.bind(epoch, step))
     augments each shard's images in the shard's own task: the same pixels.
     """
 

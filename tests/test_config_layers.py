@@ -102,13 +102,19 @@ def test_config_that_is_not_a_config_file_is_one_line(tmp_path, kind, needles):
         assert needle in lines[0], lines[0]
 
 
-def test_a_relative_path_meant_from_the_configs_folder_is_refused_saying_so(tmp_path, monkeypatch):
+def _project(tmp_path, monkeypatch):
+    """(project folder with imgs/a and c.yaml naming 'imgs', the working folder elsewhere, c.yaml)."""
     project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
     (project / "imgs" / "a").mkdir(parents=True)
     elsewhere.mkdir()
     cfg = project / "c.yaml"
     cfg.write_text("data:\n  train: imgs\n")
     monkeypatch.chdir(elsewhere)
+    return project, elsewhere, cfg
+
+
+def test_a_relative_path_meant_from_the_configs_folder_is_refused_saying_so(tmp_path, monkeypatch):
+    project, elsewhere, cfg = _project(tmp_path, monkeypatch)
     message = _error(config.load_config, cfg)
     assert message.startswith(f"{cfg}:2: data.train: 'imgs' does not exist in the working folder"), message
     assert str(project / "imgs") in message and f"run from {project}" in message
@@ -120,14 +126,9 @@ def test_a_relative_path_meant_from_the_configs_folder_is_refused_saying_so(tmp_
 
 
 def test_a_relative_path_that_a_later_layer_replaces_is_not_checked(tmp_path, monkeypatch):
-    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
-    (project / "imgs" / "a").mkdir(parents=True)
-    elsewhere.mkdir()
-    cfg = project / "c.yaml"
-    cfg.write_text("data:\n  train: imgs\n")
+    project, _, cfg = _project(tmp_path, monkeypatch)
     later = tmp_path / "later.yaml"
     later.write_text(f"data:\n  train: {project / 'imgs'}\n")
-    monkeypatch.chdir(elsewhere)
     assert config.load_config([cfg, later])["data"]["train"] == str(project / "imgs")
     assert config.load_config(cfg, [f"data.train={project}"])["data"]["train"] == str(project)
     assert "does not exist in the working folder" in _error(config.load_config, [later, cfg])

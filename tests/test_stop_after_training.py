@@ -22,12 +22,17 @@ def data(tmp_path_factory):
     return make_folder(tmp_path_factory.mktemp("stop") / "data", per_class=8, odd_files=False)
 
 
+def _training(data, tmp_path, epochs):
+    """(run folder, a `cnn train` process of `epochs` epochs on data, its stdout and stderr piped)."""
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", data, run, epochs=epochs)
+    return run, subprocess.Popen([sys.executable, "-m", "cnncli", "train", "--config", str(cfg), "-q", "--no-report"],
+                                 env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_a_stop_right_after_done_is_a_line_or_nothing_never_a_silent_death(data, tmp_path, sig):
-    run = tmp_path / "run"
-    cfg = write_config(tmp_path / "c.yaml", data, run, epochs=1)
-    proc = subprocess.Popen([sys.executable, "-m", "cnncli", "train", "--config", str(cfg), "-q", "--no-report"],
-                            env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run, proc = _training(data, tmp_path, epochs=1)
     lines = []
     for line in proc.stderr:                      # the signal as soon as the run says it is done
         lines.append(line)
@@ -45,17 +50,27 @@ def test_a_stop_right_after_done_is_a_line_or_nothing_never_a_silent_death(data,
     assert (run / "last.npz").is_file() and (run / "best.npz").is_file()
 
 
+def _sigterm_in(monkeypatch, module, name):
+    """module.name replaced by a call that sends this process SIGTERM (the signal arrives while it runs)."""
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal did not stop it")
+    monkeypatch.setattr(module, name, signalled)
+
+
+def _train_here(tmp_path, monkeypatch, data, *extra):
+    """(run folder, the in-process `cnn train` of one epoch on data with `extra` arguments)."""
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    return run, CliRunner().invoke(cli, ["train", "--config", str(write_config(tmp_path / "c.yaml", data, run,
+                                                                                  epochs=1)), "-q", *extra])
+
+
 def test_a_stop_before_the_report_is_drawn_says_so(data, tmp_path, monkeypatch):
     from cnncli import cli as cli_mod
 
-    def signalled(*args, **kwargs):                # the signal arrives in the window before the report
-        os.kill(os.getpid(), signal.SIGTERM)
-        raise AssertionError("the signal did not stop it")
-    monkeypatch.setattr(cli_mod, "_untouched_since", signalled)
-    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
-    run = tmp_path / "run"
-    res = CliRunner().invoke(cli, ["train", "--config", str(write_config(tmp_path / "c.yaml", data, run, epochs=1)),
-                                   "-q"])
+    _sigterm_in(monkeypatch, cli_mod, "_untouched_since")     # (the window before the report)
+    run, res = _train_here(tmp_path, monkeypatch, data)
     assert res.exit_code == 130, res.output
     assert res.stderr.strip().splitlines()[-1] == (f"SIGTERM: stopped after training, before drawing its report "
                                                    f"(cnn report {run} draws it); the run's checkpoints are saved "
@@ -143,16 +158,9 @@ def test_a_resume_with_nothing_to_train_runs_the_test_the_run_lacks(data, tmp_pa
     # a stop during the test left no test_metrics.json, and the resume said 'Nothing to do' for good
     from cnncli import train as train_mod
 
-    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
     real = train_mod.evaluate_test_data
-
-    def stopped(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)
-        raise AssertionError("the signal did not stop it")
-    monkeypatch.setattr(train_mod, "evaluate_test_data", stopped)
-    run = tmp_path / "run"
-    cfg = write_config(tmp_path / "c.yaml", data, run, epochs=1)
-    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "-q", "--no-report", "--set", f"data.test={data}"])
+    _sigterm_in(monkeypatch, train_mod, "evaluate_test_data")
+    run, res = _train_here(tmp_path, monkeypatch, data, "--no-report", "--set", f"data.test={data}")
     assert res.exit_code == 130 and not (run / "test_metrics.json").exists(), res.output
     monkeypatch.setattr(train_mod, "evaluate_test_data", real)
     res = CliRunner().invoke(cli, ["train", "--resume", str(run), "-q", "--no-report"])
@@ -166,14 +174,8 @@ def test_a_stop_between_set_up_and_the_first_step_is_the_set_up_line_and_gives_t
     # the folder with .claimed and config.yaml, which --resume then refused ('no last.npz')
     from cnncli import train as train_mod
 
-    def noted(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)
-        raise AssertionError("the signal did not stop it")
-    monkeypatch.setattr(train_mod, "data_notes", noted)
-    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
-    run = tmp_path / "run"
-    res = CliRunner().invoke(cli, ["train", "--config", str(write_config(tmp_path / "c.yaml", data, run, epochs=1)),
-                                   "-q", "--no-report"])
+    _sigterm_in(monkeypatch, train_mod, "data_notes")
+    run, res = _train_here(tmp_path, monkeypatch, data, "--no-report")
     assert res.exit_code == 130, res.output
     assert res.stderr.strip().splitlines()[-1] == ("SIGTERM: stopped during set-up, before the first step: nothing "
                                                    "was trained; start the run again")
@@ -184,10 +186,7 @@ def test_a_stop_between_set_up_and_the_first_step_is_the_set_up_line_and_gives_t
 def test_a_second_sigterm_while_a_stop_unwinds_does_not_end_the_process_by_the_signal(data, tmp_path, trigger):
     import time
 
-    run = tmp_path / "run"
-    cfg = write_config(tmp_path / "c.yaml", data, run, epochs=3)
-    proc = subprocess.Popen([sys.executable, "-m", "cnncli", "train", "--config", str(cfg), "-q", "--no-report"],
-                            env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, proc = _training(data, tmp_path, epochs=3)
     for line in proc.stderr:
         if line.startswith(trigger):
             os.kill(proc.pid, signal.SIGTERM)
@@ -219,15 +218,9 @@ def test_a_stop_while_a_resume_sets_up_says_how_to_resume_it_again(data, tmp_pat
     # it said 'start the run again' of a run whose checkpoints were there to resume
     from cnncli import train as train_mod
 
-    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
-    run = tmp_path / "run"
-    cfg = write_config(tmp_path / "c.yaml", data, run, epochs=1)
-    assert CliRunner().invoke(cli, ["train", "--config", str(cfg), "-q", "--no-report"]).exit_code == 0
-
-    def noted(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)
-        raise AssertionError("the signal did not stop it")
-    monkeypatch.setattr(train_mod, "data_notes", noted)
+    run, res = _train_here(tmp_path, monkeypatch, data, "--no-report")
+    assert res.exit_code == 0, res.output
+    _sigterm_in(monkeypatch, train_mod, "data_notes")
     res = CliRunner().invoke(cli, ["train", "--resume", str(run), "--set", "train.epochs=2", "-q", "--no-report"])
     assert res.exit_code == 130, res.output
     assert res.stderr.strip().splitlines()[-1].endswith(f"nothing was trained; resume it again: cnn train --resume "

@@ -12,7 +12,7 @@ import sys
 import time
 
 from cnncli.errors import Stopped
-from cnncli.lifeline import STOPS, after_a_stop, silence_closed_terminal
+from cnncli.lifeline import STOPS, after_a_stop, restore as _restore, silence_closed_terminal
 from cnncli.runfolder import RunState
 
 
@@ -38,12 +38,6 @@ def _install(sigs, handler) -> dict:
         except ValueError:  # not the main thread: no handlers, nothing to restore
             pass
     return old
-
-
-def _restore(old: dict) -> None:
-    """Put back the handlers _install replaced."""
-    for sig, handler in old.items():
-        signal.signal(sig, handler)
 
 
 class _StopLine:

@@ -105,15 +105,14 @@ def info(checkpoint, as_json):
     """Show what CHECKPOINT (a .npz file, or a run folder: its best.npz, else last.npz) holds: its
     classes, input preprocessing, the network layer by layer with output shapes and parameter counts
     (as Keras' model.summary()), and how far its run trained. Runs nothing; numba is not loaded."""
+    from cnncli.runfolder import read_diverged
     from cnncli.summary import describe, format_info
 
     path = resolve_checkpoint(checkpoint)
     last = path.parent / "last.npz"              # a run folder: how far it trained is last.npz's to say
     run_last = last if os.path.isdir(checkpoint) and path.name == "best.npz" and last.is_file() else None
     summary = describe(path, run_last)
-    diverged = path.parent / "diverged.txt"          # (runfolder.write_diverged: the run's last word)
-    summary["diverged"] = " ".join(diverged.read_text(encoding="utf-8", errors="replace").split()) \
-        if os.path.isdir(checkpoint) and diverged.is_file() else None
+    summary["diverged"] = read_diverged(path.parent) if os.path.isdir(checkpoint) else None   # (the run's last word)
     text = format_info(summary)
     if summary["diverged"]:                           # (after what the run trained, before the layers)
         head, layers = text.split("\n\n", 1)

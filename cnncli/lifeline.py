@@ -58,8 +58,7 @@ def stops_held():
     try:
         yield
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+        restore(old)
         for signum in came:
             signal.raise_signal(signum)
 
@@ -73,7 +72,12 @@ def after_a_stop(old: dict) -> None:
     signal, after its line); elsewhere (the API, tests) the handlers `old` are put back."""
     if ENDING[0]:
         ignore_stops(sigint=True)
-        return
+    else:
+        restore(old)
+
+
+def restore(old: dict) -> None:
+    """Put back the handlers `old` ({signal: handler}) that a signal.signal call replaced."""
     for sig, handler in old.items():
         signal.signal(sig, handler)
 

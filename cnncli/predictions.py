@@ -106,13 +106,11 @@ class _Picked:
         return self.paths[int(self.kept[i])]
 
 
-CSV_SUFFIXES = (".csv", ".tsv", ".txt")
-
-
 def refuse_csv_target(path, inputs) -> None:
     """CnnError when `cnn predict --csv PATH` would overwrite what it reads (a checkpoint, an image or
     list it was given) or an existing file that is not a CSV (an image, a model: a typo's victim)."""
     from .data import printable
+    from .data.csvindex import LIST_SUFFIXES
 
     if not os.path.lexists(path):
         return
@@ -131,7 +129,7 @@ def refuse_csv_target(path, inputs) -> None:
         if same:
             raise CnnError(printable(f"--csv {path}: is {given}, one of the inputs; write the predictions to "
                                      "another file"))
-    if os.path.isfile(path) and not path.lower().endswith(CSV_SUFFIXES):
+    if os.path.isfile(path) and not path.lower().endswith(LIST_SUFFIXES):
         raise CnnError(printable(f"--csv {path}: exists and is not a .csv file (nor .tsv, .txt), so it is not "
                                  "overwritten: remove it first, or give another name"))
 

@@ -90,6 +90,7 @@ def run_text(run_dir: Path, ckpt: Path) -> str:
     """What `cnn info` says of the run above its layer table (how far it trained, which epoch's weights
     the checkpoint holds, early stopping, the recipe), then what diverged.txt and test_metrics.json
     say; "" for a checkpoint cnn info cannot describe."""
+    from .runfolder import read_diverged
     from .summary import describe, format_info
 
     last = run_dir / "last.npz"
@@ -98,9 +99,9 @@ def run_text(run_dir: Path, ckpt: Path) -> str:
         lines = format_info(describe(ckpt, run_last)).split("\n\n")[0].splitlines()
     except CnnError:
         lines = []
-    diverged = run_dir / "diverged.txt"
-    if diverged.is_file():
-        lines.append("diverged    " + " ".join(diverged.read_text(encoding="utf-8", errors="replace").split()))
+    diverged = read_diverged(run_dir)
+    if diverged:
+        lines.append(f"diverged    {diverged}")
     try:
         test = json.loads((run_dir / "test_metrics.json").read_text(encoding="utf-8"))
         lines.append(f"test        {test['num_images']} image(s) of {test.get('data', 'data.test')}: accuracy "

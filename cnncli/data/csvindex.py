@@ -28,9 +28,12 @@ LABEL_COLUMNS = ("label", "class", "class_name", "category", "target", "y")
 MAX_BYTES = 1 << 30            # a labels file larger than this is refused (a million rows take ~50 MB)
 
 
+LIST_SUFFIXES = (".csv", ".tsv", ".txt")    # a labels file's, or a list of paths'
+
+
 def is_labels_file(root: str) -> bool:
     """Whether a data path names a labels CSV (a file ending in .csv, .tsv or .txt) rather than a folder."""
-    return root.lower().endswith((".csv", ".tsv", ".txt")) and not os.path.isdir(root)
+    return root.lower().endswith(LIST_SUFFIXES) and not os.path.isdir(root)
 
 
 def column_key(name: str) -> str:

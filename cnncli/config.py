@@ -86,10 +86,16 @@ def _resolve(values):
 
 # -- public API -------------------------------------------------------------------------------
 
+def auto_epoch_count(n_train, batch_size) -> tuple:
+    """(steps per epoch, the epochs that make about AUTO_STEPS optimizer steps before AUTO_EPOCHS'
+    clamp) for n_train training images."""
+    steps_per_epoch = max(math.ceil(n_train / batch_size), 1)
+    return steps_per_epoch, round(AUTO_STEPS / steps_per_epoch)
+
+
 def auto_epochs(n_train, batch_size):
     """train.epochs=auto for n_train training images: AUTO_STEPS optimizer steps, clamped to AUTO_EPOCHS."""
-    steps_per_epoch = max(math.ceil(n_train / batch_size), 1)
-    return min(max(round(AUTO_STEPS / steps_per_epoch), AUTO_EPOCHS[0]), AUTO_EPOCHS[1])
+    return min(max(auto_epoch_count(n_train, batch_size)[1], AUTO_EPOCHS[0]), AUTO_EPOCHS[1])
 
 
 def resolve_epochs(cfg, n_train, origin="train.epochs=auto"):
@@ -259,11 +265,15 @@ def read_config_file(path) -> str:
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
 
 
+def file_layers(path) -> list:
+    """load_layers' layers of the config file(s) at `path` (None, one path or a sequence), read."""
+    return [(read_config_file(p), os.fspath(p), os.fspath(p)) for p in config_files(path)]
+
+
 def load_config(path=None, overrides=()):
     """Defaults, then the YAML file(s) at `path` (one path or a sequence, later files' keys winning),
     then each "a.b=VALUE" override."""
-    return load_layers([(read_config_file(p), os.fspath(p), os.fspath(p)) for p in config_files(path)],
-                       overrides)
+    return load_layers(file_layers(path), overrides)
 
 
 def require_train(cfg):

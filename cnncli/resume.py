@@ -64,9 +64,8 @@ def resumed_config(resume, overrides=(), config_files=()) -> dict:
     meta = checkpoint.load_meta(path)
     checkpoint.check_run_meta(path, meta)
     check_resumable(path, meta, resume)
-    files = config_mod.config_files(config_files)
-    layers = [(config_mod.read_config_file(p), os.fspath(p), os.fspath(p)) for p in files]
-    return config_mod.load_layers([(meta.get("config", ""), f"{resume} (config)", None)] + layers, overrides)
+    return config_mod.load_layers([(meta.get("config", ""), f"{resume} (config)", None)]
+                                  + config_mod.file_layers(config_files), overrides)
 
 
 def check_resumable(path, meta: dict, resume) -> None:

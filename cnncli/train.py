@@ -57,13 +57,14 @@ def _before_first_step(run_dir, new: bool, resume=None):
 
 def _auto_text(trainer) -> str:
     """What train.epochs=auto chose: about AUTO_STEPS optimizer steps, or the bound it met."""
+    from cnncli.config import auto_epoch_count
     from cnncli.options import AUTO_EPOCHS, AUTO_STEPS
 
-    steps = max(-(-len(trainer.train_ds.labels) // trainer.batch_size), 1)      # (as config.auto_epochs counts)
+    steps, unclamped = auto_epoch_count(len(trainer.train_ds.labels), trainer.batch_size)
     bound = {AUTO_EPOCHS[0]: "at least", AUTO_EPOCHS[1]: "at most"}.get(trainer.epochs)
-    if bound and round(AUTO_STEPS / steps) != trainer.epochs:
+    if bound and unclamped != trainer.epochs:
         return (f" (train.epochs=auto for this training set: {bound} {trainer.epochs} epochs, {steps} step(s) each; "
-                f"{AUTO_STEPS:,} steps would take {round(AUTO_STEPS / steps):,})")
+                f"{AUTO_STEPS:,} steps would take {unclamped:,})")
     return f" (train.epochs=auto for this training set: about {AUTO_STEPS:,} steps of {steps} per epoch)"
 
 

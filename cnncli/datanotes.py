@@ -1,7 +1,7 @@
 """What a run says about its data before the first step: class folders named like a dataset's
 splits, classes without images, class sizes far apart, names that differ only in case, held-out
 images that are training images (the same folder, or the same files). Notes only: it refuses
-nothing and decodes nothing (it may index data.test to compare its files).
+nothing and decodes nothing (data.test's files come from runsetup.check_test_data's index).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import os
 import numpy as np
 
 from cnncli import runfolder
-from cnncli.errors import DataError
 
 SPLIT_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation"}   # a dataset root's folders
 
@@ -97,27 +96,24 @@ def _shared(paths, others) -> int:
 
 
 def shared_files_notes(d: dict, train_ds, val_ds) -> list:
-    """Warnings for data.val or data.test images that are also training images, as files listed in
-    both (a labels file of the same images, a folder of a subset): overlap_notes catches the same
-    folder or file given twice, this the files themselves."""
-    from cnncli.data.dataset import index
-
-    lines = []
+    """A warning for data.val images that are also training images, as files listed in both (a labels
+    file of the same images, a folder of a subset): overlap_notes catches the same folder or file
+    given twice, this the files themselves (test_files_notes does it for data.test)."""
     if d["val"] and not same_data(d["val"], d["train"]) and len(val_ds.paths):
         k = _shared(val_ds.paths, train_ds.paths)
         if k:
-            lines.append(f"warning: {k:,} of the {len(val_ds.paths):,} validation images (data.val) are also training "
-                         "images, the same files: val acc flatters, and best.npz is picked on them")
-    if d["test"] and not same_data(d["test"], d["train"]):
-        try:
-            ix, prefix = index(d["test"], train_ds.classes, missing_ok=True)
-        except DataError:
-            return lines                             # (check_test_data has said why, before training)
-        k = _shared([prefix + r for r in ix.rels], train_ds.paths)
-        if k:
-            lines.append(f"warning: {k:,} of the {len(ix.rels):,} test images (data.test) are also training images, "
-                         "the same files: the test measures images the model was trained on")
-    return lines
+            return [f"warning: {k:,} of the {len(val_ds.paths):,} validation images (data.val) are also training "
+                    "images, the same files: val acc flatters, and best.npz is picked on them"]
+    return []
+
+
+def test_files_notes(d: dict, train_ds, test_files: list) -> list:
+    """The warning for data.test files (runsetup.check_test_data's index of them) that are training files."""
+    if same_data(d["test"], d["train"]):
+        return []                                    # (overlap_notes says so)
+    k = _shared(test_files, train_ds.paths)
+    return [f"warning: {k:,} of the {len(test_files):,} test images (data.test) are also training images, the "
+            "same files: the test measures images the model was trained on"] if k else []
 
 
 def same_data(a, b) -> bool:

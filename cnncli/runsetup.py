@@ -15,7 +15,7 @@ import numpy as np
 from cnncli import checkpoint, resume as resume_mod, runfolder, warmstart
 from cnncli import config as config_mod
 from cnncli.errors import CnnError, ConfigError, DataError
-from cnncli.datanotes import same_data, split_folders
+from cnncli.datanotes import same_data, split_folders, test_files_notes
 from cnncli.runfolder import RunState, new_run_dir
 
 def _demo_missing(train_dir: Path, val_dir) -> bool:
@@ -111,15 +111,16 @@ def load_validation(cfg: dict, classes):
                             cache=d["cache"], classes=list(classes), missing_ok=True)
 
 
-def check_test_data(path: str, classes) -> None:
+def check_test_data(path: str, classes) -> list:
     """data.test indexed (not decoded) against the training's classes before any step, so a wrong
-    path or an unknown class stops the run now rather than after training."""
+    path or an unknown class stops the run now rather than after training -> its files' paths."""
     from cnncli.data.dataset import index
 
     try:
-        index(path, classes, missing_ok=True)
+        ix, prefix = index(path, classes, missing_ok=True)
     except DataError as err:
         raise DataError(f"data.test: {err}") from None
+    return [prefix + r for r in ix.rels]
 
 
 def data_fingerprint(train_ds, val_ds) -> dict:
@@ -314,8 +315,9 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     def load():
         loaded = load_datasets(cfg, echo=echo if comm.is_main else None, progress=not quiet and comm.is_main,
                                classes=resumed and resumed[1].get("classes"))
-        if cfg["data"]["test"]:
-            check_test_data(cfg["data"]["test"], loaded[0].classes)
+        if cfg["data"]["test"]:             # (its files that are training files: a warning with the data's)
+            test_files = check_test_data(cfg["data"]["test"], loaded[0].classes)
+            loaded[0].notes.extend(test_files_notes(cfg["data"], loaded[0], test_files))
         if cfg["model"]["batchnorm"] != "none" and len(loaded[0].labels) < 2:
             raise DataError(f"{cfg['data']['train']}: model.batchnorm={cfg['model']['batchnorm']} "
                             "needs at least 2 training images")

@@ -56,13 +56,12 @@ class _StopLine:
     keyboard = True     # False: a KeyboardInterrupt leaves it as it is (an abort the steps' StopFlag raised)
 
     def __exit__(self, exc_type, exc, tb):
-        stop = exc_type is not None and (issubclass(exc_type, Stopped) or
-                                         (issubclass(exc_type, KeyboardInterrupt) and self.keyboard))
-        if stop:
+        sigint = exc_type is KeyboardInterrupt and self.keyboard       # (a Ctrl-C: this stop's line too)
+        if sigint or (exc_type is not None and issubclass(exc_type, Stopped)):
             after_a_stop(self._old)
         else:
             _restore(self._old)
-        if exc_type is KeyboardInterrupt and self.keyboard:
+        if sigint:
             raise self.stopped("SIGINT") from None
         return False
 

@@ -42,6 +42,12 @@ def evaluate_test_data(run_dir: Path, cfg: dict, echo) -> dict:
     return metrics
 
 
+def _test_best(run_dir: Path, cfg: dict, echo) -> None:
+    """evaluate_test_data after the steps, a stop meanwhile the one line that says so."""
+    with StopAfterTraining(run_dir, "while testing best.npz on data.test"):
+        evaluate_test_data(run_dir, cfg, echo)
+
+
 @contextlib.contextmanager
 def _before_first_step(run_dir, new: bool, resume=None):
     """From the network's set-up to the first step: a stop gives the set-up's line, and a new run's
@@ -118,8 +124,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                     # the folder held (refused while another process trains it)
                     runfolder.hold(done.run_dir)
                     try:
-                        with StopAfterTraining(done.run_dir, "while testing best.npz on data.test"):
-                            evaluate_test_data(done.run_dir, cfg, echo)
+                        _test_best(done.run_dir, cfg, echo)
                     finally:
                         runfolder.let_go(done.run_dir)
             return done.run_dir
@@ -179,8 +184,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                 after.keyboard = False
                 raise
             if testing:
-                with StopAfterTraining(run_dir, "while testing best.npz on data.test"):
-                    evaluate_test_data(run_dir, cfg, echo)
+                _test_best(run_dir, cfg, echo)
                 after.doing = "nothing left undone"
             if comm.size == 1:
                 from cnncli import precompile

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from cnncli import __version__, cli_tools
+from cnncli.process import open_standard_streams, other_rank_main
 from cnncli.cli_common import (CHECKPOINT_HELP, checkpoints_or_newest, config_option, echo_json_list, json_text,
                                on_every_rank, other_rank, printable, resolve_checkpoint, user_errors)
 from cnncli.errors import CnnError, ConfigError, Stopped
@@ -344,10 +345,10 @@ def main():
     from cnncli import lifeline
 
     lifeline.ENDING[0] = True       # (a stop's line under way: a second stop signal is ignored)
-    _open_standard_streams()
+    open_standard_streams()
     try:
         if other_rank():
-            _other_rank_main()
+            other_rank_main(cli)
         else:
             cli(prog_name="cnn")
     except SystemExit as done:
@@ -368,36 +369,3 @@ def main():
         sys.stderr.flush()
         code = done.code
         os._exit(code if isinstance(code, int) else (0 if code is None else 1))
-
-
-def _other_rank_main():
-    """cnn on rank 1, 2, ... of an MPI job: Click's own output (--help, --version, an unknown option
-    or command) is rank 0's to print; the ranks still exit with its status. Everything else these
-    ranks say goes to stderr (train and cv print on rank 0 alone), so their stdout is /dev/null."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    try:
-        code = cli.main(prog_name="cnn", standalone_mode=False)   # (an Exit's code: --help, the group's exit)
-        code = code if isinstance(code, int) and not isinstance(code, bool) else 0
-    except click.exceptions.Exit as done:                      # (Click versions that raise it instead)
-        code = done.exit_code
-    except click.ClickException as err:          # (the command line's own error: rank 0 shows it)
-        code = err.exit_code
-    except click.exceptions.Abort:
-        code = 1
-    if code:                                     # rank 0's line first: a failed rank gets the others killed
-        from cnncli.distributed import LINE_WAIT
-
-        time.sleep(LINE_WAIT)
-    sys.exit(code)
-
-
-def _open_standard_streams():
-    """Closed standard streams (`cnn train ... 2>&-` under cron) on /dev/null: Python leaves
-    sys.stderr None (a crash at the first progress line), and the next file the process opened
-    would get descriptor 2, where C libraries' messages would then be written."""
-    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
-        try:
-            os.fstat(fd)
-        except OSError:
-            if os.open(os.devnull, os.O_RDWR) == fd:           # (the lowest free descriptor: this one)
-                setattr(sys, name, open(fd, mode, closefd=False))

@@ -1,0 +1,46 @@
+"""The `cnn` process around its commands: closed standard streams put back on /dev/null before
+anything prints, and what ranks other than 0 of an MPI job do with Click's own output. No command
+lives here (cli.py, cli_tools.py), and nothing heavy is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+
+
+def open_standard_streams() -> None:
+    """Closed standard streams (`cnn train ... 2>&-` under cron) on /dev/null: Python leaves
+    sys.stderr None (a crash at the first progress line), and the next file the process opened
+    would get descriptor 2, where C libraries' messages would then be written."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            if os.open(os.devnull, os.O_RDWR) == fd:           # (the lowest free descriptor: this one)
+                setattr(sys, name, open(fd, mode, closefd=False))
+
+
+def other_rank_main(group) -> None:
+    """cnn on rank 1, 2, ... of an MPI job: Click's own output (--help, --version, an unknown option
+    or command) is rank 0's to print; the ranks still exit with its status. Everything else these
+    ranks say goes to stderr (train and cv print on rank 0 alone), so their stdout is /dev/null.
+    group: the `cnn` Click group."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    try:
+        code = group.main(prog_name="cnn", standalone_mode=False)   # (an Exit's code: --help, the group's exit)
+        code = code if isinstance(code, int) and not isinstance(code, bool) else 0
+    except click.exceptions.Exit as done:                      # (Click versions that raise it instead)
+        code = done.exit_code
+    except click.ClickException as err:          # (the command line's own error: rank 0 shows it)
+        code = err.exit_code
+    except click.exceptions.Abort:
+        code = 1
+    if code:                                     # rank 0's line first: a failed rank gets the others killed
+        from cnncli.distributed import LINE_WAIT
+
+        time.sleep(LINE_WAIT)
+    sys.exit(code)

@@ -18,8 +18,8 @@ import click
 
 from cnncli import __version__, cli_tools
 from cnncli.process import open_standard_streams, other_rank_main
-from cnncli.cli_common import (CHECKPOINT_HELP, checkpoints_or_newest, config_option, echo_json_list, json_text,
-                               on_every_rank, other_rank, printable, resolve_checkpoint, user_errors)
+from cnncli.cli_common import (CHECKPOINT_HELP, ConfigCommand, checkpoints_or_newest, config_option, echo_json_list,
+                               json_text, on_every_rank, other_rank, printable, resolve_checkpoint, user_errors)
 from cnncli.errors import CnnError, ConfigError, Stopped
 
 
@@ -41,7 +41,7 @@ def cli(ctx):
         ctx.exit(0)             # under mpirun the one-process commands run (and print, and write) on rank 0
 
 
-@cli.command(short_help="Train a network on an image folder or a labels CSV.")
+@cli.command(cls=ConfigCommand, short_help="Train a network on an image folder or a labels CSV.")
 @config_option("YAML config file. Without it the built-in defaults are used (then data.train is required); "
                "with --resume, its keys override the run's saved config.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -163,6 +163,14 @@ def _report_after_training(run_dir, new=True):
         click.echo(f"note: no report ({err})", err=True)
 
 
+def _fraction(ctx, param, value):
+    """--fail-under's value, in [0, 1]; a percentage (90) is refused naming the fraction (0.9)."""
+    if value is not None and not 0 <= value <= 1:
+        as_fraction = f"; {value:g}% is {value / 100:g}" if 1 < value <= 100 else ""
+        raise click.BadParameter(f"{value:g} is not in the range 0<=x<=1{as_fraction}")
+    return value
+
+
 @cli.command("eval", short_help="Loss, accuracy, per-class P/R/F1 and confusion of a checkpoint.")
 @click.option("--checkpoint", multiple=True, type=click.Path(),
               help=CHECKPOINT_HELP + " Repeated, or a cnn cv folder (its folds): the ensemble, the mean of their "
@@ -175,7 +183,7 @@ def _report_after_training(run_dir, new=True):
 @click.option("--top-k", default=None, type=click.IntRange(min=1),
               help="k of the top-k accuracy [default: the checkpoint config's train.top_k].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-@click.option("--fail-under", type=click.FloatRange(0, 1), default=None,
+@click.option("--fail-under", type=float, default=None, callback=_fraction,
               help="Exit 1 (after printing the metrics) when --metric is below this value, in [0, 1]: a CI gate.")
 @click.option("--metric", default=None, type=click.Choice(["accuracy", "macro_f1", "top_k_accuracy"]),
               help="The metric --fail-under checks [default: accuracy]; only with --fail-under.")

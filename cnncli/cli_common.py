@@ -41,6 +41,8 @@ def user_errors(fn):
             raise UserError(printable(str(err)), err.exit_code, err.prefix) from None
         except KeyboardInterrupt:
             raise UserError("interrupted", 130) from None
+        except MemoryError as err:   # (numpy says how much it could not allocate)
+            raise UserError(f"out of memory ({str(err) or 'MemoryError'})", 1) from None
         except BrokenPipeError:  # `cnn predict ... | head`: the reader left; stop quietly, with the
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # status a shell gives a
             sys.exit(128 + 13)   # process SIGPIPE ended (141), not 1: that means some files failed
@@ -153,6 +155,31 @@ def echo_json_list(items) -> None:
         click.echo(("[\n  " if first else ",\n  ") + body, nl=False)
         first = False
     click.echo("[]" if first else "\n]")
+
+
+class ConfigCommand(click.Command):
+    """A command that reads a training config: a config key given as an option (`--epochs 3`), or the
+    config file given without --config, gets a hint naming the way that works."""
+
+    def parse_args(self, ctx, args):
+        given = list(args)                       # (the parser consumes `args`)
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as err:
+            from cnncli.options import LEAVES
+
+            name = err.option_name.lstrip("-").replace("-", "_")
+            keys = [k for k in LEAVES if k.rsplit(".", 1)[-1] == name] or (["data.train"] if name == "data" else [])
+            if keys:
+                err.message = (f"No such option: {err.option_name}; config keys are set with "
+                               + " or ".join(f"--set {k}=VALUE" for k in keys[:2]))
+                err.possibilities = None         # (not click's "Did you mean '--help'?")
+            raise
+        except click.UsageError as err:
+            files = [a for a in given if a.lower().endswith((".yaml", ".yml"))]
+            if "unexpected extra argument" in err.message and files:
+                err.message += f"; give a config file with --config {files[0]}"
+            raise
 
 
 def config_option(help_text: str):

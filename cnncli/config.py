@@ -6,6 +6,7 @@ the working folder); it looks at the file system once, to refuse a config file's
 names nothing from there but names something beside the file.
 """
 
+import datetime
 import math
 import os
 
@@ -15,7 +16,7 @@ from .errors import ConfigError
 from .config_text import Dumper, fail, parse_yaml, show, show_key, suggest, type_name
 from .config_values import check_value
 from .options import (AUTO_EPOCHS, AUTO_STEPS, CLASS_WEIGHTS, DEFAULTS, HELP, LEAVES,  # noqa: F401
-                      OPTIMIZER_NAMES, OPTIONS, SCHEDULE_NAMES, SECTIONS, copy_value, nest)
+                      MIN_LR_SCHEDULES, OPTIMIZER_NAMES, OPTIONS, SCHEDULE_NAMES, SECTIONS, copy_value, nest)
 
 
 # -- flattening user input --------------------------------------------------------------------
@@ -62,7 +63,7 @@ def _resolve(values):
         else:
             flat[opt.key] = copy_value(opt.default)
     origin = lambda key: values.get(key, (None, None))[1]  # noqa: E731
-    if flat["optim.min_lr"] > flat["optim.lr"]:
+    if flat["optim.schedule"] in MIN_LR_SCHEDULES and flat["optim.min_lr"] > flat["optim.lr"]:
         fail(origin("optim.min_lr"), "optim.min_lr",
               f"must be <= optim.lr ({flat['optim.lr']}), got {flat['optim.min_lr']}")
     if flat["train.epochs"] != "auto" and flat["optim.warmup_epochs"] > flat["train.epochs"]:
@@ -111,7 +112,8 @@ def resolve_epochs(cfg, n_train, origin="train.epochs=auto"):
 
 def setting_notes(cfg) -> list:
     """Notes on settings that do nothing in this run (cfg with train.epochs resolved): a step schedule
-    that never steps, a plateau schedule that early stopping always ends first."""
+    that never steps, a plateau schedule that early stopping always ends first, an optimizer or
+    schedule setting away from its default that this optimizer or schedule does not read."""
     o, t = cfg["optim"], cfg["train"]
     notes, patience = [], t["early_stopping"]["patience"]
     if o["schedule"] == "step" and o["step_size"] >= t["epochs"]:
@@ -119,6 +121,13 @@ def setting_notes(cfg) -> list:
                      f"epochs, but train.epochs is {t['epochs']}: the rate never drops")
     if o["schedule"] in ("step", "plateau") and o["gamma"] > 1:
         notes.append(f"optim.gamma is {o['gamma']:g}: each 'drop' of the {o['schedule']} schedule raises the rate")
+    unread = [(key, why) for key, why in (
+        ("momentum", o["name"] not in ("momentum", "nesterov") and f"optim.name={o['name']} has no momentum"),
+        ("betas", o["name"] not in ("adam", "adamw") and "only adam and adamw read them"),
+        ("min_lr", o["schedule"] not in MIN_LR_SCHEDULES and f"optim.schedule={o['schedule']} has no floor"))
+        if why and o[key] != LEAVES[f"optim.{key}"].default]
+    for key, why in unread:
+        notes.append(f"optim.{key}={show(o[key])} does nothing in this run: {why}")
     if o["schedule"] == "plateau" and 0 < patience <= o["plateau_patience"]:
         notes.append(f"train.early_stopping.patience={patience} is not above optim.plateau_patience="
                      f"{o['plateau_patience']}: early stopping ends the run before the plateau schedule lowers "
@@ -147,6 +156,8 @@ def parse_override(text):
                           "is valid UTF-8 (a symlink to it will do)")
     value = parse_yaml(raw, f"--set {key}", with_line=False) if raw.strip() else None
     unquoted = not raw.strip().startswith(("'", '"'))
+    if key in LEAVES and LEAVES[key].kind == "str" and isinstance(value, (bool, int, float, datetime.date)):
+        value = raw.strip()                          # a folder named 2024 or no: the text as typed
     if unquoted and isinstance(value, (str, type(None))) and value != (raw.strip() or None):
         if "#" in raw:                               # "data.train=/data/x #old" trained on /data/x
             fail(origin, key, f"YAML reads {show(raw[raw.index('#') - 1:].strip())} as a comment; to keep it, "

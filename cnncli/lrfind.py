@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.errors import CnnError, TrainingDiverged
+from cnncli.options import MIN_LR_SCHEDULES
 
 SMOOTHING = 0.98          # the loss's exponential moving average (bias-corrected), as Lightning
 DIVERGED = 4.0            # stop once the smoothed loss exceeds this multiple of its best
@@ -125,9 +126,11 @@ def write_plot(result: dict, path) -> Path:
     return Path(path)
 
 
-def format_result(result: dict, optimizer: str, train_args: str = "") -> str:
+def format_result(result: dict, optimizer: str, train_args: str = "", optim: dict | None = None) -> str:
     """A table of every 10th step (rate, smoothed loss), how it ended, and the suggestion: a cnn
-    train command line with `train_args` (the test's own --config/--set, shell-quoted)."""
+    train command line with `train_args` (the test's own --config/--set, shell-quoted) that `cnn
+    train` takes: when the config's optim section (`optim`) has a schedule floor optim.min_lr above
+    the suggested rate, the line lowers it too, in the same ratio to optim.lr."""
     lrs, smoothed = result["lr"], result["smoothed"]
     lines = [f"{'step':>5} {'lr':>10} {'smoothed loss':>14}"]
     for i in sorted(set(range(0, len(lrs), 10)) | {len(lrs) - 1}):
@@ -141,8 +144,13 @@ def format_result(result: dict, optimizer: str, train_args: str = "") -> str:
         lines.append(f"no suggestion: the smoothed loss did not fall after step {SKIP_BEGIN}; "
                      "try a lower --min-lr")
     else:
+        lr = float(f"{best:.3g}")
+        floor = ""
+        if optim and optim["schedule"] in MIN_LR_SCHEDULES and optim["min_lr"] > lr:
+            same_ratio = float(f"{lr * optim['min_lr'] / optim['lr']:.3g}")
+            floor = f" --set optim.min_lr={min(lr, same_ratio):.3g}"
         lines.append(f"suggested optim.lr: {best:.3g} (steepest descent of the smoothed loss before its lowest "
                      f"point, {optimizer}); "
-                     f"try: cnn train {train_args + ' ' if train_args else ''}--set optim.lr={best:.3g}")
+                     f"try: cnn train {train_args + ' ' if train_args else ''}--set optim.lr={lr:.3g}{floor}")
     return "\n".join(lines)
 

@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 
 OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adam", "adamw")  # == optim.OPTIMIZERS (tested)
 SCHEDULE_NAMES = ("constant", "step", "cosine", "plateau")  # == optim.SCHEDULES (tested)
+MIN_LR_SCHEDULES = ("cosine", "plateau")                      # the schedules optim.min_lr applies to
 CLASS_WEIGHTS = ("none", "balanced")  # train.class_weight's named settings (or a mapping)
 MAX_INT = 2 ** 31 - 1  # sanity bound on every integer (keeps numpy int32/int64 use safe downstream)
 AUTO_STEPS = 10000  # train.epochs=auto: the optimizer-step budget ...
@@ -107,7 +108,7 @@ OPTIONS = (
     Option("data.cache", True, "Keep decoded images in the dataset cache (see `cnn cache`) and reuse them "
            "while no file changed; false decodes every time (same as --no-cache).", "bool"),
     Option("data.demo", False, "When true and the data folders are missing, generate the built-in 12-class "
-           "demo dataset there.", "bool"),
+           "demo dataset there: data.train must then be FOLDER/train (FOLDER/test is made beside it).", "bool"),
     Option("model.batchnorm", "none", "Batch normalization: none, unit (per activation) or channel (per "
            "feature map).", "choice", choices=("none", "unit", "channel")),
     Option("model.num_classes", None, "Number of classes; inferred from the class folders when null (a "
@@ -140,7 +141,7 @@ OPTIONS = (
     Option("optim.gamma", 0.1, "Learning-rate factor at each drop, for schedule=step or plateau, > 0 (above 1 "
            "the rate rises, with a note).", "float", check=_range(0, None, True)),
     Option("optim.min_lr", 0.0, "Final learning rate of the cosine schedule, and the floor of plateau's, in "
-           "[0, optim.lr].", "float",
+           "[0, optim.lr] (other schedules do not read it).", "float",
            check=_range(0)),
     Option("train.epochs", "auto", "Number of passes over the training images, >= 1, or auto: about "
            f"{AUTO_STEPS} optimizer steps, clamped to [{AUTO_EPOCHS[0]}, {AUTO_EPOCHS[1]}] epochs (resolved once "

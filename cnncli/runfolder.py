@@ -59,6 +59,17 @@ def refuse_a_file(out, what: str = "`out`") -> None:
         raise CnnError(f"{printable(out)}: is a file, not a run folder; choose another {what}")
 
 
+def refuse_inside_data(out, data: dict, what: str = "`out`") -> None:
+    """CnnError when the run folder `out` lies inside a data folder of the config's data section
+    (data.train, data.val, data.test): its files would become a class folder of that data."""
+    here = Path(out).resolve()
+    for key in ("train", "val", "test"):
+        folder = data.get(key)
+        if folder and Path(folder).is_dir() and here.is_relative_to(Path(folder).resolve()):
+            raise CnnError(printable(f"{out}: is inside data.{key} ({folder}), where the run's files would read "
+                                     f"as a class folder; choose another {what}"))
+
+
 def new_run_dir(out: str, what: str = "`out`") -> Path:
     """Create and return `out`, or `out-2`, `out-3`... when `out` already exists and is not empty.
 

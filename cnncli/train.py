@@ -112,6 +112,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     runfolder.check_utf8_name(taken, "--out" if out else "out")
     if out or resume is None:                # (a file there: said now, not after the data is decoded)
         runfolder.refuse_a_file(taken, "--out" if out else "`out`")
+        runfolder.refuse_inside_data(taken, cfg["data"], "--out" if out else "`out`")
     with StopDuringSetup(resume):
         try:
             (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess) = \
@@ -134,7 +135,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
         try:
             trainer = Trainer(cfg, run_dir, net, opt, state, train_ds, val_ds, train_ds.classes, preprocess, echo,
                               quiet, comm=comm)
-        except CnnError:          # (train.class_weight naming no class...): give the new folder's name back
+        except BaseException:     # (train.class_weight naming no class...): give the new folder's name back
             if resume is None and comm.is_main:
                 runfolder.release(run_dir)
             runfolder.let_go(run_dir)

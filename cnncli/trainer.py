@@ -93,7 +93,7 @@ class Trainer:
 
             self.augmenter = Augmenter(AugmentSettings.from_config(cfg["augment"]), seed=self.seed,
                                        pixel_std=preprocess["std"], dtype=net.params.flat.dtype,
-                                       max_batch=self.batch_size)
+                                       max_batch=min(self.batch_size, len(train_ds.labels)))
             self.fills = np.full(len(train_ds.labels), np.nan)   # (M,) each image's fill, kept once computed
 
     # -- hooks ---------------------------------------------------------------------------------

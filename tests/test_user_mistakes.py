@@ -1,0 +1,114 @@
+"""Mistakes a new user made in a helper's pass over configs and command lines (2026-12-07), each
+one line that says what to do: a huge train.batch_size (it allocated augmentation buffers for it and
+died with a traceback, leaving a folder), running out of memory at all, lr-find's suggestion below the
+config's optim.min_lr, optim.min_lr checked for schedules that never read it, --out inside the
+training folder, a folder named 2024 or no given with --set, data.demo with a path it does not make,
+settings the optimizer or schedule ignores, config keys given as options, a config file given without
+--config, --fail-under 90. Each test failed against the old code."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnncli import config, lrfind
+from cnncli.errors import ConfigError
+from e2e_util import invoke, make_folder, private_cache, write_config  # noqa: F401
+
+
+@pytest.fixture()
+def small(tmp_path, private_cache):                      # noqa: F811
+    data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
+    return tmp_path, data, write_config(tmp_path / "c.yaml", data, tmp_path / "runs" / "x", epochs=1)
+
+
+def test_a_batch_size_far_above_the_images_trains_with_augmentation(small):
+    tmp, _, cfg = small
+    res = invoke(["train", "--config", cfg, "-q", "--no-report", "--set", "train.batch_size=1e9",
+                  "--set", "augment.enabled=true"])
+    assert res.exit_code == 0, res.output
+    assert (tmp / "runs" / "x" / "last.npz").exists()
+
+
+def test_out_of_memory_is_one_line_and_gives_the_new_folder_back(small, monkeypatch):
+    from cnncli import trainer
+
+    tmp, _, cfg = small
+
+    def no_memory(*a, **k):
+        raise MemoryError("Unable to allocate 127. GiB for an array with shape (1000000000, 17)")
+    monkeypatch.setattr(trainer.Trainer, "__init__", no_memory)
+    res = invoke(["train", "--config", cfg, "-q", "--no-report"])
+    assert res.exit_code == 1
+    assert res.stderr.strip() == ("Error: out of memory (Unable to allocate 127. GiB for an array with shape "
+                                  "(1000000000, 17))"), res.stderr
+    assert not (tmp / "runs" / "x").exists() or not any((tmp / "runs" / "x").iterdir())
+
+
+def test_lr_find_lowers_a_min_lr_above_its_suggestion_and_other_schedules_ignore_min_lr():
+    r = {"lr": [1e-3] * 20, "smoothed": [1.0] * 20, "stopped": None, "suggested": 1.07e-05}
+    optim = {"schedule": "cosine", "lr": 1e-3, "min_lr": 3e-5}
+    assert lrfind.format_result(r, "adam", "--config c.yaml", optim).endswith(
+        "try: cnn train --config c.yaml --set optim.lr=1.07e-05 --set optim.min_lr=3.21e-07")
+    for schedule, floor in (("cosine", 1e-6), ("constant", 3e-5)):     # below it, or not read: as it was
+        text = lrfind.format_result(r, "adam", "--config c.yaml", {**optim, "schedule": schedule, "min_lr": floor})
+        assert text.endswith("--set optim.lr=1.07e-05"), text
+    for schedule in ("constant", "step"):
+        cfg = config.load_config([], ["data.train=x", f"optim.schedule={schedule}", "optim.lr=1e-5",
+                                      "optim.min_lr=3e-5"])
+        assert cfg["optim"]["min_lr"] == 3e-5
+    with pytest.raises(ConfigError, match=r"optim.min_lr: must be <= optim.lr"):
+        config.load_config([], ["data.train=x", "optim.schedule=plateau", "optim.lr=1e-5", "optim.min_lr=3e-5"])
+
+
+def test_out_inside_the_training_folder_is_refused_before_anything_is_written(small):
+    _, data, cfg = small
+    before = sorted(p.name for p in data.iterdir())
+    res = invoke(["train", "--config", cfg, "-q", "--no-report", "--out", data / "newclass"])
+    assert res.exit_code == 1
+    assert "is inside data.train" in res.stderr and "choose another --out" in res.stderr, res.stderr
+    assert sorted(p.name for p in data.iterdir()) == before
+
+
+def test_set_takes_a_folder_named_like_a_number_or_a_boolean_as_text():
+    for text, value in (("data.train=2024", "2024"), ("out=no", "no"), ("data.test=1.5", "1.5"),
+                        ("data.val=2024-01-02", "2024-01-02")):
+        assert config.parse_override(text) == (text.split("=")[0], value)
+    assert config.parse_override("train.epochs=3") == ("train.epochs", 3)     # (typed keys as before)
+    assert config.parse_override("data.val=null") == ("data.val", None)
+
+
+def test_data_demo_says_where_it_makes_the_demo(tmp_path):
+    res = invoke(["train", "-q", "--set", "data.demo=true", "--set", f"data.train={tmp_path / 'dd' / 'foo'}"])
+    assert res.exit_code != 0
+    assert "data.demo makes the demo only as FOLDER/train" in res.stderr, res.stderr
+    assert f"--set data.train={tmp_path / 'dd' / 'train'}" in res.stderr
+    assert not (tmp_path / "dd").exists()
+
+
+def test_settings_the_optimizer_or_schedule_does_not_read_get_a_note():
+    def notes(*sets):
+        return config.setting_notes(config.resolve_epochs(config.load_config([], ["data.train=x", *sets]), 1000))
+    assert notes() == []
+    assert notes("optim.momentum=0.5") == ["optim.momentum=0.5 does nothing in this run: optim.name=adam has no "
+                                           "momentum"]
+    assert notes("optim.name=momentum", "optim.momentum=0.5") == []
+    assert notes("optim.name=sgd", "optim.betas=[0.5, 0.5]") == [
+        "optim.betas=[0.5, 0.5] does nothing in this run: only adam and adamw read them"]
+    assert notes("optim.schedule=constant", "optim.min_lr=1e-4") == [
+        "optim.min_lr=0.0001 does nothing in this run: optim.schedule=constant has no floor"]
+
+
+@pytest.mark.parametrize("args, line", [
+    (["train", "--epochs", "3"], "Error: No such option: --epochs; config keys are set with --set train.epochs=VALUE"),
+    (["train", "--lr", "0.1"], "Error: No such option: --lr; config keys are set with --set optim.lr=VALUE"),
+    (["cv", "--data", "x"], "Error: No such option: --data; config keys are set with --set data.train=VALUE"),
+    (["train", "base.yaml"], "Error: Got unexpected extra argument (base.yaml); give a config file with "
+                             "--config base.yaml"),
+    (["lr-find", "a.yml"], "Error: Got unexpected extra argument (a.yml); give a config file with --config a.yml"),
+    (["eval", "--fail-under", "90"], "Error: Invalid value for '--fail-under': 90 is not in the range 0<=x<=1; "
+                                     "90% is 0.9"),
+])
+def test_options_that_are_config_keys_a_bare_config_file_and_a_percentage_get_a_hint(args, line):
+    res = invoke(args)
+    assert res.exit_code == 2
+    assert res.stderr.strip().splitlines()[-1] == line, res.stderr

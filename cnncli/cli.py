@@ -239,7 +239,7 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
     any file failed. A probability is the model's sigmoid output for that class (one per class, as
     the seed's loss trains them): they need not add up to 1."""
     from cnncli.distributed import launched_by_mpi
-    from cnncli.ensemble import load, names_a_model
+    from cnncli.ensemble import holds_runs, load, names_a_model
     from cnncli.data.scan import ignored_note
     from cnncli.predictions import (gather_paths, predict_stream, prediction_line, refuse_csv_target,
                                     write_predictions_csv)
@@ -260,6 +260,11 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
         checkpoint, paths = paths[:1], paths[1:]
         if not paths:
             raise click.UsageError(f"{checkpoint[0]} is a checkpoint: give the images to classify after it")
+    for p in paths:           # (a second model read as a folder of images: its report's PNGs classified)
+        what = "is a checkpoint or run folder" if names_a_model(p) else "holds run folders" if holds_runs(p) else ""
+        if what:
+            raise click.UsageError(printable(f"{p} {what}, not images to classify; to average models, give each "
+                                             "with --checkpoint (cnn predict --checkpoint A --checkpoint B IMAGES)"))
     if "-" in paths and launched_by_mpi():       # (this Open MPI never passes stdin's end on: a hang)
         raise click.UsageError("-: standard input does not reach a process mpirun starts; give the list of paths "
                                "as a file (cnn predict ... LIST.txt), or run cnn predict without mpirun")

@@ -6,6 +6,7 @@ and the image size and resize. Not a trainer of ensembles, and not exportable as
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -31,6 +32,14 @@ def names_a_model(path) -> bool:
         except OSError:
             return False
     return p.is_dir() and any((p / name).is_file() or (p / "fold-1" / name).is_file() for name in BEST_FIRST)
+
+
+def holds_runs(path) -> bool:
+    """Whether the folder `path` has a run folder (or a cnn cv folder) among its subfolders: runs/."""
+    try:
+        return os.path.isdir(path) and any(e.is_dir() and names_a_model(e.path) for e in os.scandir(path))
+    except OSError:
+        return False
 
 
 def checkpoint_files(paths) -> list:

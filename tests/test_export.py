@@ -310,6 +310,14 @@ def test_docs_pil_loader_matches_cnncli(runs, tmp_path):
     Image.fromarray(rng.integers(0, 200, (32, 32)).astype(np.uint16)).save(extra[3])     # dark, not 8-bit
     draw("bar", rng, size=48).resize((300, 200)).convert("RGB").convert("CMYK").save(extra[4])   # draft shrinks it
     assert Image.open(extra[1]).mode.startswith("I") and Image.open(extra[4]).mode == "CMYK"
+    grey = rng.random((30, 36))                                            # float TIFFs (mode F) in 4 ranges,
+    for name, values in (("f01.tif", grey), ("f16.tif", grey * 65535), ("fneg.tif", grey * 2 - 1),
+                         ("f04.tif", grey * 4), ("fbig.tif", grey * 1e6)):  # and a 32-bit integer TIFF
+        Image.fromarray(values.astype(np.float32)).save(tmp_path / name)
+        extra.append(tmp_path / name)
+    Image.fromarray((grey * 3000).astype(np.int32)).save(tmp_path / "i32.tif")
+    extra.append(tmp_path / "i32.tif")
+    assert Image.open(extra[-2]).mode == "F" and Image.open(extra[-1]).mode == "I"
     ink = draw("disc", rng, size=40).resize((50, 36))                      # transparent: dark and light content
     for name, img in (("dark.png", Image.merge("LA", (Image.new("L", ink.size, 30), ink))),
                       ("light.png", Image.merge("RGBA", (ink, ink, ink, ink))),

@@ -107,3 +107,17 @@ def test_csv_refuses_an_empty_path_and_the_list_redirected_to_standard_input(tmp
                               stdin=stdin, capture_output=True, text=True, env=cli_env(tmp_path))
     assert proc.returncode == 1 and "is the list read from standard input" in proc.stderr, proc.stderr
     assert listing.read_text() == f"{image}\n"
+
+
+@pytest.mark.parametrize("second", ["checkpoint", "run folder", "runs"])
+def test_a_second_model_among_the_paths_is_refused_not_read_as_images(tmp_path, ckpt, image, second):
+    run = tmp_path / "runs" / "x"
+    (run / "report").mkdir(parents=True)
+    save_model(run / "best.npz", model.Network(num_classes=3, seed=1), ["a", "b", "c"])
+    Image.new("L", (32, 32), 10).save(run / "report" / "curves.png")        # (it classified such pictures)
+    path = {"checkpoint": run / "best.npz", "run folder": run, "runs": tmp_path / "runs"}[second]
+    for args in (("predict", ckpt, path, image), ("predict", "--checkpoint", ckpt, image, path)):
+        res = invoke(*args)
+        assert res.exit_code == 2, res.output
+        assert _last_line(res).startswith(f"Error: {path} "), res.output
+        assert "not images to classify; to average models, give each with --checkpoint" in res.output

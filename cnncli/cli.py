@@ -339,6 +339,8 @@ def export(checkpoint, fmt, out, input_kind, checkpoint_arg):
     if len(given) > 1:
         raise click.UsageError(printable(f"{len(given)} checkpoints ({', '.join(map(str, given))}): export writes "
                                          "one model; give one"))
+    if out == "-":                                   # (predict's stdin; here it made a file named '-')
+        raise click.UsageError("--out -: export writes the model to a file; give its path, e.g. -o model.onnx")
     given = given[0] if given else None
     path = resolve_checkpoint(checkpoints_or_newest([given] if given else [])[0])
     click.echo(str(export_onnx(path, out, kind=input_kind)))

@@ -80,6 +80,9 @@ def check_architecture(arrays: dict, meta: dict, path) -> tuple:
         if not np.isfinite(a).all():
             raise CheckpointError(f"{path}: array {key!r} holds {int((~np.isfinite(a)).sum())} non-finite "
                                   "value(s) (NaN or inf); refusing a broken checkpoint")
+        if key.endswith(".running_var") and (a < 0).any():    # (its sqrt: NaN outputs)
+            raise CheckpointError(f"{path}: array {key!r} holds {int((a < 0).sum())} negative variance(s); "
+                                  "refusing a broken checkpoint")
     return num_classes, batchnorm, eps, dtype
 
 

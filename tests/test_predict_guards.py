@@ -121,3 +121,26 @@ def test_a_second_model_among_the_paths_is_refused_not_read_as_images(tmp_path, 
         assert res.exit_code == 2, res.output
         assert _last_line(res).startswith(f"Error: {path} "), res.output
         assert "not images to classify; to average models, give each with --checkpoint" in res.output
+
+
+def test_a_negative_running_variance_is_refused_not_predicted_as_nan(tmp_path, image):
+    from cnncli import checkpoint
+
+    path = save_model(tmp_path / "bn.npz", model.Network(num_classes=3, batchnorm="channel", seed=0), ["a", "b", "c"])
+    arrays, meta = checkpoint.load(path)
+    arrays["buffers/bn2.running_var"][0] = -1.0
+    checkpoint.save(path, arrays, meta)
+    for args in (("predict", path, image), ("export", path, "-o", tmp_path / "bn.onnx")):
+        res = invoke(*args)
+        assert res.exit_code == 1, res.output
+        assert _last_line(res) == (f"Error: {path}: array 'buffers/bn2.running_var' holds 1 negative variance(s); "
+                                   "refusing a broken checkpoint"), res.output
+    assert not (tmp_path / "bn.onnx").exists()
+
+
+def test_export_to_a_dash_is_refused_not_written_as_a_file_named_dash(tmp_path, ckpt, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = invoke("export", ckpt, "-o", "-")
+    assert res.exit_code == 2
+    assert _last_line(res) == "Error: --out -: export writes the model to a file; give its path, e.g. -o model.onnx"
+    assert not (tmp_path / "-").exists()

@@ -165,6 +165,8 @@ def _report_after_training(run_dir, new=True):
 
 def _fraction(ctx, param, value):
     """--fail-under's value, in [0, 1]; a percentage (90) is refused naming the fraction (0.9)."""
+    if value is not None and value != value:        # nan (a variable expanded badly): no gate
+        raise click.BadParameter("nan is no threshold; give a number in [0, 1]", param_hint="--fail-under")
     if value is not None and not 0 <= value <= 1:
         as_fraction = f"; {value:g}% is {value / 100:g}" if 1 < value <= 100 else ""
         raise click.BadParameter(f"{value:g} is not in the range 0<=x<=1{as_fraction}")
@@ -196,8 +198,6 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
     --data data/demo/test`)."""
     from cnncli.evaluate import below_threshold, evaluate, format_metrics, notice_lines
 
-    if fail_under is not None and fail_under != fail_under:    # nan (a variable expanded badly): no gate
-        raise click.BadParameter("nan is no threshold; give a number in [0, 1]", param_hint="--fail-under")
     if metric is not None and fail_under is None:          # (a gate without its threshold checks nothing)
         raise click.BadParameter("chooses what --fail-under checks; add --fail-under X", param_hint="--metric")
     metric = metric or "accuracy"

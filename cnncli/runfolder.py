@@ -237,15 +237,13 @@ _CSV_ROW = re.compile(r"\.(csv|tsv|txt) line \d+$", re.IGNORECASE)   # (csvindex
 
 
 def skipped_lines(skipped, where: str = "", rest: str = "", shown: int = 5) -> list:
-    """The warning about unreadable files and labels-file rows [(path or "F.csv line N", reason)]: their
-    count (`where` says where they are all listed), the first `shown` with their reasons, then how
-    many more (and `rest`)."""
+    """The warning about unusable files, folders and labels-file rows [(path, or folder/, or "F.csv line
+    N", reason)]: their counts (`where` says where they are all listed), the first `shown` with their
+    reasons, then how many more (and `rest`)."""
     rows = sum(1 for p, _ in skipped if _CSV_ROW.search(p))      # a labels file's rows (csvindex: "F line N")
-    what = []
-    if rows < len(skipped):
-        what.append(f"{len(skipped) - rows} unreadable file(s)")
-    if rows:
-        what.append(f"{rows} labels-file row(s)")
+    folders = sum(1 for p, _ in skipped if p.endswith("/"))      # (a folder not scanned, a link not followed)
+    counts = ((len(skipped) - rows - folders, "unusable file(s)"), (folders, "folder(s)"), (rows, "labels-file row(s)"))
+    what = [f"{n} {name}" for n, name in counts if n]
     lines = [f"warning: skipped {' and '.join(what)}{where}:"]
     lines += [f"  {printable(p)}: {printable(r)}" for p, r in skipped[:shown]]
     if len(skipped) > shown:

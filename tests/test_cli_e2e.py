@@ -122,7 +122,7 @@ def test_eval_names_the_files_it_skipped(trained):
     out = invoke(["eval", "--checkpoint", run, "--data", data, "--json"])
     m = json.loads(out.stdout)
     assert out.exit_code == 0 and m["skipped"] == 2 == len(m["skipped_files"])
-    assert "warning: skipped 2 unreadable file(s):" in out.stderr
+    assert "warning: skipped 2 unusable file(s):" in out.stderr
     assert "broken.png" in out.stderr and "empty.jpg" in out.stderr
 
 

@@ -190,9 +190,9 @@ def test_the_skipped_warning_counts_files_and_rows_apart(tmp_path):
     labels = tmp_path / "Labels.CSV"
     skipped = [(str(tmp_path / "broken.png"), "a damaged or truncated PNG file (6 bytes)"),
                (f"{labels} line 4", "no label"), (f"{labels} line 7", f"cannot read {tmp_path / 'gone.png'}")]
-    assert skipped_lines(skipped)[0] == "warning: skipped 1 unreadable file(s) and 2 labels-file row(s):"
+    assert skipped_lines(skipped)[0] == "warning: skipped 1 unusable file(s) and 2 labels-file row(s):"
     assert skipped_lines(skipped[1:])[0] == "warning: skipped 2 labels-file row(s):"
-    assert skipped_lines(skipped[:1], ", listed in x")[0] == "warning: skipped 1 unreadable file(s), listed in x:"
+    assert skipped_lines(skipped[:1], ", listed in x")[0] == "warning: skipped 1 unusable file(s), listed in x:"
     for ext in ("tsv", "txt", "TXT"):                 # the other labels files csvindex reads: rows too
         rows = [(f"{tmp_path / ('labels.' + ext)} line {n}", "no label") for n in (3, 9)]
         assert skipped_lines(rows)[0] == "warning: skipped 2 labels-file row(s):", ext

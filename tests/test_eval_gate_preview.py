@@ -167,4 +167,4 @@ def test_augment_preview_says_which_files_it_skipped(tmp_path):
     (first / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     res = invoke(["augment-preview", "--set", f"data.train={data}", "--out", tmp_path / "g.png", "--cols", 2])
     assert res.exit_code == 0, res.output
-    assert "warning: skipped 1 unreadable file(s):" in res.stderr and "broken.png" in res.stderr
+    assert "warning: skipped 1 unusable file(s):" in res.stderr and "broken.png" in res.stderr

@@ -44,7 +44,7 @@ def test_held_out_data_that_is_the_training_data_is_a_warning(tmp_path):
     common = ["train", "--set", f"data.train={data}", "--set", "train.epochs=1", "-q", "--no-report"]
     res = invoke([*common, "--set", f"data.val={data}/", "--set", f"data.test={data}", "--out", tmp_path / "a"])
     assert res.exit_code == 0, res.output
-    assert "skipped 2 unreadable file(s)" in res.stderr           # each once, not once per role of the folder
+    assert "skipped 2 unusable file(s)" in res.stderr           # each once, not once per role of the folder
     assert len((tmp_path / "a" / "skipped.txt").read_text().splitlines()) == 2
     assert f"warning: data.val is data.train ({data}): the run validates on its training images, so val acc " \
            "flatters and best.npz is picked on them" in res.stderr

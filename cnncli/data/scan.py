@@ -64,19 +64,24 @@ def _add_entry(e, rel_dir: str, out: list, st_all, stack: list, bad, ignored) ->
                 st_all.extend((st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
             except OSError:                            # dangling symlink: the decoder reports it
                 st_all.extend((-1, -1, -1, -1))
+    elif e.is_symlink() and not os.path.exists(e.path):  # (a folder's link, perhaps: not counted as a file)
+        if bad is not None:
+            bad.append((rel, BROKEN_LINK))
     elif ignored is not None and name.lower() not in OS_DEBRIS:
         ignored["." + name.rpartition(".")[2].lower() if "." in name else "(no extension)"] += 1
 
 
 UP_LINK = "a link to the data folder or a folder above it: not followed (it would read every class again)"
+BROKEN_LINK = "broken symbolic link"
 
 
 def _scan_images(top: str, bad: list | None = None, stats: list | None = None, ignored=None,
-                 fence: str | None = None) -> list[str]:
+                 fence: str | None = None, fence_is_top: bool = False) -> list[str]:
     """Relative paths (with '/') of every non-hidden image file under top, recursively, sorted.
     Follows symlinked folders, each real folder once (no loops), but none that is the folder `fence`
     (the data folder, real path) or holds it: a class folder's link to .. would read the other
-    classes as its own (such a folder goes to `bad`, UP_LINK). Folders that cannot be listed go to
+    classes as its own (such a folder goes to `bad`, UP_LINK); fence_is_top: `fence` is top itself
+    (cnn predict's folder), which is listed. Folders that cannot be listed go to
     `bad` as (relative path + '/', reason). With `stats` (a list), stats[0] becomes an (N,4) int64
     array of (size, mtime_ns, inode, ctime_ns) in the same order (-1s for a dangling symlink).
     With `ignored` (a Counter), the other files are counted by extension."""
@@ -87,7 +92,8 @@ def _scan_images(top: str, bad: list | None = None, stats: list | None = None, i
     while stack:
         rel_dir, full_dir = stack.pop()
         real = os.path.realpath(full_dir)
-        if fence is not None and (fence == real or fence.startswith(os.path.join(real, ""))):
+        if fence is not None and (rel_dir or not fence_is_top) and (fence == real
+                                                                  or fence.startswith(os.path.join(real, ""))):
             if bad is not None:                        # (each such link named)
                 bad.append((rel_dir, UP_LINK))
             continue
@@ -127,7 +133,8 @@ def list_images_and_bad(path, ignored=None) -> tuple[list[str], list[tuple[str, 
         raise DataError(f"{printable(path)}: no such file or folder{_missing_hint(path)}")
     prefix = os.path.join(path, "")
     bad: list = []
-    files = [prefix + rel for rel in _scan_images(path, bad, ignored=ignored)]
+    files = [prefix + rel for rel in _scan_images(path, bad, ignored=ignored, fence=os.path.realpath(path),
+                                                  fence_is_top=True)]
     return files, [(printable(prefix + rel), why) for rel, why in bad]
 
 
@@ -285,6 +292,15 @@ def _loose_hint(root: str) -> str:
     return f"; it holds {n} image file(s) itself: if it is a class folder, give the folder above it" if n else ""
 
 
+def _broken_links(root: str) -> list[str]:
+    """The names of the data folder's symbolic links that lead nowhere (a class folder moved away)."""
+    try:
+        return sorted(e.name for e in os.scandir(root) if not _is_hidden(e.name) and e.is_symlink()
+                      and not os.path.exists(e.path))
+    except OSError:
+        return []
+
+
 def _loose_images(root: str) -> list[str]:
     """The names of the image files that lie in root itself (not in a class folder), sorted."""
     return [n for n in sorted(os.listdir(root)) if not _is_hidden(n) and _has_image_ext(n)
@@ -359,6 +375,7 @@ class Index:
         self.labels = np.repeat(np.arange(len(self.classes), dtype=np.int64), counts)   # (N,)
         self.shared = _shared_files(self.rels, self.labels, np.concatenate(keys) if keys else np.zeros(0, np.uint64))
         self.loose = _loose_images(root)
+        self.bad.extend((name, BROKEN_LINK + " (a class folder's?)") for name in _broken_links(root))
         h.update(repr(self.loose).encode("utf-8", "surrogatepass"))
         self.digest = h.hexdigest()
         self._check(root, counts)

@@ -1,0 +1,53 @@
+"""Odd things in a real folder, from a helper's pass (2026-12-07): a class folder's broken link (the
+class vanished without a word), a class whose every file is unreadable (the refusal named none of
+them), cnn predict on a folder holding a link to its parent (it classified the sibling classes).
+Each test failed against the old code."""
+
+from __future__ import annotations
+
+import os
+
+from cnncli import data as data_mod
+from cnncli.data.dataset import index
+from cnncli.errors import DataError
+from e2e_util import invoke, make_folder, private_cache  # noqa: F401
+
+import pytest
+
+
+def test_a_broken_link_in_the_data_folder_or_a_class_folder_is_named_as_skipped(tmp_path):
+    root = make_folder(tmp_path / "data", per_class=3, odd_files=False)
+    first = sorted(p.name for p in root.iterdir())[0]
+    os.symlink("/nonexistent/dir", root / "brokenclass")
+    os.symlink("/nonexistent/dir", root / first / "gone")
+    ix, _ = index(str(root))
+    assert sorted(ix.bad) == [(f"{first}/gone", "broken symbolic link"),
+                              ("brokenclass", "broken symbolic link (a class folder's?)")]
+    assert "brokenclass" not in ix.classes
+    files, bad = data_mod.list_images_and_bad(root / first)          # cnn predict's listing
+    assert bad == [(os.path.join(str(root / first), "gone"), "broken symbolic link")]
+
+
+def test_a_class_with_only_unreadable_files_names_them(tmp_path, private_cache):   # noqa: F811
+    root = make_folder(tmp_path / "data", per_class=3, odd_files=False)
+    (root / "broken_only").mkdir()
+    (root / "broken_only" / "y.png").write_bytes(b"")
+    (root / "broken_only" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    (root / "loose.png").write_bytes((root / sorted(os.listdir(root))[0] / "000.png").read_bytes())
+    with pytest.raises(DataError) as err:
+        data_mod.load_folder(root)
+    text = str(err.value)
+    assert "no usable images in class folder(s) broken_only: 2 unreadable file(s) (broken_only/x.png: " in text, text
+    assert "; broken_only/y.png: " in text and "loose.png" not in text
+
+
+def test_predict_does_not_follow_a_folders_link_to_its_parent(tmp_path):
+    root = make_folder(tmp_path / "data", per_class=3, odd_files=False)
+    first = sorted(p.name for p in root.iterdir())[0]
+    os.symlink("..", root / first / "up")
+    files, bad = data_mod.list_images_and_bad(root / first)
+    assert len(files) == 3 and all(os.path.dirname(f) == str(root / first) for f in files), files
+    assert [why for _, why in bad] == [data_mod.scan.UP_LINK]
+    os.symlink(root / first, tmp_path / "linkA")                      # the folder given through a link: read
+    files, bad = data_mod.list_images_and_bad(tmp_path / "linkA")
+    assert len(files) == 3 and [why for _, why in bad] == [data_mod.scan.UP_LINK]

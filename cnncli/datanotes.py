@@ -61,6 +61,11 @@ def data_notes(cfg: dict, train_ds, val_ds) -> list:
                       else "warning: no validation images")
                      + "; best.npz and early stopping use the training "
                      + ("accuracy" if cfg["train"]["monitor"] == "val_acc" else "loss") + " instead")
+    elif len(val_ds.labels) < 2 * len(classes) and not cfg["data"]["val"] and not cfg["data"]["folds"]:
+        # (a tiny dataset's 10%: one image decides the best epoch)
+        lines.append(f"note: only {len(val_ds.labels)} validation image(s) for {len(classes)} classes pick best.npz "
+                     "and early stopping, so one image can decide; with so few, data.val_split: 0 (judged on the "
+                     "training loss) or cnn cv (every image validates once) may judge better")
     few, most = int(counts.min()), int(counts.max())
     if few > 0 and most >= IMBALANCE * few and cfg["train"]["class_weight"] in (None, "none"):
         small = classes[int(counts.argmin())]

@@ -160,14 +160,18 @@ def format_metrics(metrics) -> str:
         col_w = max(len(str(biggest)), min(name_cap, max(widths)), 3)
         corner = "true \\ pred"
         row_w = min(16, max([len(corner)] + widths))
+        heads = [short_name(label[n], col_w) for n in names]
+        numbered = len(set(heads)) < len(heads)      # (class_00_circle, class_01_..: all 'class~'): 1, 2, ...
+        if numbered:
+            heads = [str(i + 1) for i in range(len(names))]
+            col_w = max(col_w, len(heads[-1]))
+        rows = [(f"{i + 1} " if numbered else "") + str(label[n]) for i, n in enumerate(names)]
         lines.append("")
-        lines.append("confusion matrix (rows = true class, columns = predicted class)")
-        header = f"{corner:<{row_w}}" + "".join(f" {textwidth.rjust(short_name(label[n], col_w), col_w)}"
-                                                for n in names)
-        lines.append(header)
-        for name, row in zip(names, confusion):
-            lines.append(textwidth.ljust(short_name(label[name], row_w), row_w) + "".join(f" {v:>{col_w}d}"
-                                                                                    for v in row))
+        lines.append("confusion matrix (rows = true class, columns = predicted class"
+                     + (", numbered as the rows)" if numbered else ")"))
+        lines.append(f"{corner:<{row_w}}" + "".join(f" {textwidth.rjust(h, col_w)}" for h in heads))
+        for name, row in zip(rows, confusion):
+            lines.append(textwidth.ljust(short_name(name, row_w), row_w) + "".join(f" {v:>{col_w}d}" for v in row))
     return "\n".join(lines)
 
 

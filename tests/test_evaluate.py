@@ -176,6 +176,23 @@ def test_format_metrics_is_aligned_and_names_classes():
         assert [int(v) for v in line.split()[1:]] == row
 
 
+def test_confusion_columns_are_numbered_when_their_shortened_names_clash():
+    # 40 folders class_00_circle .. class_39_bar: every column was headed 'class~' in a helper's eval
+    rng = np.random.default_rng(3)
+    classes = [f"class_{i:02d}_shape{i}" for i in range(12)]
+    labels = rng.integers(0, 12, 60)
+    m = compute_metrics(rng.random((60, 12)), labels, classes)
+    lines = format_metrics(m).splitlines()
+    at = lines.index("confusion matrix (rows = true class, columns = predicted class, numbered as the rows)")
+    assert lines[at + 1].split()[3:] == [str(i + 1) for i in range(12)], lines[at + 1]
+    rows = lines[at + 2:at + 14]
+    assert [r.split()[0] for r in rows] == [str(i + 1) for i in range(12)]
+    for row, line in zip(m["confusion"], rows):
+        assert [int(v) for v in line.split()[2:]] == row
+    plain = format_metrics(compute_metrics(rng.random((9, 3)), rng.integers(0, 3, 9), ["cat", "dog", "eel"]))
+    assert "confusion matrix (rows = true class, columns = predicted class)\n" in plain
+
+
 def test_format_metrics_spells_out_two_forms_of_one_name():
     # class folders 'café' composed and decomposed (two classes): the table had two rows "café"
     rng = np.random.default_rng(2)

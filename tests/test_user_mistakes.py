@@ -112,3 +112,13 @@ def test_options_that_are_config_keys_a_bare_config_file_and_a_percentage_get_a_
     res = invoke(args)
     assert res.exit_code == 2
     assert res.stderr.strip().splitlines()[-1] == line, res.stderr
+
+
+def test_a_validation_split_of_about_one_image_a_class_gets_a_note(small):
+    # 4-10 images a class: 10% held out is one image a class, and best.npz was often an early epoch
+    _, _, cfg = small
+    note = "validation image(s) for 3 classes pick best.npz and early stopping, so one image can decide"
+    res = invoke(["train", "--config", cfg, "-q", "--no-report", "--set", "data.val_split=0.1"])
+    assert res.exit_code == 0 and "note: only 3 " + note in res.stderr, res.stderr
+    res = invoke(["train", "--config", cfg, "-q", "--no-report", "--set", "data.val_split=0.5"])
+    assert res.exit_code == 0 and note not in res.stderr, res.stderr

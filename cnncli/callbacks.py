@@ -12,7 +12,7 @@ import sys
 import time
 
 from cnncli.errors import Stopped
-from cnncli.lifeline import STOPS, after_a_stop, restore as _restore, silence_closed_terminal
+from cnncli.lifeline import INHERITED_IGNORED, STOPS, after_a_stop, restore as _restore, silence_closed_terminal
 from cnncli.runfolder import RunState
 
 
@@ -30,9 +30,12 @@ class SetupStopped(Stopped):
 
 
 def _install(sigs, handler) -> dict:
-    """handler on each of sigs -> the handlers it replaced; outside the main thread none is installed."""
+    """handler on each of sigs -> the handlers it replaced; outside the main thread none is installed,
+    nor for a signal the `cnn` process started with ignored (lifeline.INHERITED_IGNORED: nohup's SIGHUP)."""
     old = {}
     for sig in sigs:
+        if sig in INHERITED_IGNORED:
+            continue
         try:
             old[sig] = signal.signal(sig, handler)
         except ValueError:  # not the main thread: no handlers, nothing to restore

@@ -360,6 +360,7 @@ def main():
     from cnncli import lifeline
 
     lifeline.ENDING[0] = True       # (a stop's line under way: a second stop signal is ignored)
+    lifeline.note_inherited_ignored()
     open_standard_streams()
     try:
         if other_rank():

@@ -64,6 +64,13 @@ def stops_held():
 
 
 ENDING = [False]    # cli.main sets it: a process whose stop's line is under way ends, so a second stop is ignored
+INHERITED_IGNORED: set = set()   # cli.main: the stop signals the process started with ignored (SIGHUP under
+                                 # nohup, SIGINT in a script's background job) stay ignored, as POSIX tools do
+
+
+def note_inherited_ignored() -> None:
+    """Remember which stop signals this process started with ignored (INHERITED_IGNORED)."""
+    INHERITED_IGNORED.update(sig for sig in STOPS if signal.getsignal(sig) == signal.SIG_IGN)
 
 
 def after_a_stop(old: dict) -> None:

@@ -32,6 +32,9 @@ def run_checkpoint(path, names=("last.npz",)) -> Path:
         hint = "; it is a cnn cv folder: give one of its fold-k runs" if (p / "fold-1").is_dir() else ""
         if not hint and not (p / "config.yaml").is_file() and _has_subfolder(p):
             hint = " (it holds folders, no run's files: a data folder? give a run folder or a .npz file)"
+        elif not hint and (p / "config.yaml").is_file() and not any((p / n).is_file() for n in BEST_FIRST):
+            hint = (f": its run stopped before its first save (nothing trained to go on from); start it again: "
+                    f"cnn train --config {p / 'config.yaml'}")
         raise CheckpointError(f"{p}: run folder has no {' or '.join(names)}{hint}")
     return p
 

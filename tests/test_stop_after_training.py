@@ -226,3 +226,27 @@ def test_a_stop_while_a_resume_sets_up_says_how_to_resume_it_again(data, tmp_pat
     assert res.stderr.strip().splitlines()[-1].endswith(f"nothing was trained; resume it again: cnn train --resume "
                                                         f"{run}"), res.output
     assert (run / "last.npz").is_file() and (run / "config.yaml").is_file()
+
+
+def test_stop_signals_the_process_started_with_ignored_stay_ignored(data, tmp_path):
+    # nohup cnn train ... & (SIGHUP ignored), or a script's background job (SIGINT ignored): a closed
+    # terminal or a stray Ctrl-C stopped the run at its next step (exit 130); POSIX tools keep them ignored
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", data, run, epochs=40)
+
+    def nohup():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    proc = subprocess.Popen([sys.executable, "-m", "cnncli", "train", "--config", str(cfg), "--no-report"],
+                            env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=nohup)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("epoch 2/"):
+            for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGHUP):
+                os.kill(proc.pid, sig)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0, "".join(lines) + rest
+    assert "epoch 40/40" in rest and "stopped" not in rest, rest

@@ -122,3 +122,19 @@ def test_a_validation_split_of_about_one_image_a_class_gets_a_note(small):
     assert res.exit_code == 0 and "note: only 3 " + note in res.stderr, res.stderr
     res = invoke(["train", "--config", cfg, "-q", "--no-report", "--set", "data.val_split=0.5"])
     assert res.exit_code == 0 and note not in res.stderr, res.stderr
+
+
+def test_resuming_a_run_killed_before_its_first_save_says_to_start_it_again(small):
+    # kill -9 in the first epoch (checkpoint_every 100) left config.yaml and no checkpoint
+    tmp, _, cfg = small
+    assert invoke(["train", "--config", cfg, "-q", "--no-report"]).exit_code == 0
+    run = tmp / "runs" / "x"
+    for name in ("last.npz", "best.npz", "metrics.csv"):
+        (run / name).unlink()
+    res = invoke(["train", "--resume", run, "-q", "--no-report"])
+    assert res.exit_code == 1
+    hint = f"cnn train --config {run / 'config.yaml'}"
+    assert res.stderr.strip() == (f"Error: {run}: run folder has no last.npz: its run stopped before its first "
+                                  f"save (nothing trained to go on from); start it again: {hint}"), res.stderr
+    res = invoke(hint.split()[1:] + ["-q", "--no-report"])
+    assert res.exit_code == 0 and (tmp / "runs" / "x-2" / "last.npz").exists(), res.stderr

@@ -1,7 +1,9 @@
-"""Test-session setup: the decoded-dataset cache goes to a temporary folder, never to ~/.cache; under
-CI=true a torch that cannot be imported fails the run instead of skipping the PyTorch comparisons."""
+"""Test-session setup: stop signals not ignored in the processes tests start; the decoded-dataset
+cache goes to a temporary folder, never to ~/.cache; under CI=true a torch that cannot be imported
+fails the run instead of skipping the PyTorch comparisons."""
 
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -9,6 +11,13 @@ import pytest
 
 
 def pytest_configure(config):
+    # the stop-signal tests send SIGINT and SIGHUP to `cnn` processes, which keep a stop signal they
+    # start with ignored (nohup, a script's background job): a Python handler here is reset by exec,
+    # so the processes the tests start get the default, however this session was started
+    for name in ("SIGINT", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.default_int_handler if name == "SIGINT" else (lambda *args: None))
     if os.environ.get("CI", "").strip().lower() not in ("true", "1", "yes"):
         return
     try:

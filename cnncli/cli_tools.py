@@ -13,8 +13,8 @@ import sys
 
 import click
 
-from cnncli.cli_common import (ConfigCommand, UserError, config_option, echo_json_list, json_text, on_every_rank, printable,
-                               resolve_checkpoint, user_errors)
+from cnncli.cli_common import (ConfigCommand, UserError, config_option, echo_json_list, json_text, on_every_rank,
+                               printable, resolve_checkpoint, user_errors)
 from cnncli.errors import CnnError, ConfigError
 
 
@@ -65,7 +65,8 @@ def bench(batchnorm, batch_sizes, threads, seconds, repeats, vs_torch, compare_b
               vs_torch=vs_torch, as_json=as_json, echo=click.echo, compare_bn=compare_bn, functional=functional)
 
 
-@click.command("lr-find", cls=ConfigCommand, short_help="Suggest optim.lr: a learning-rate range test, as Lightning's lr_find.")
+@click.command("lr-find", cls=ConfigCommand,
+               short_help="Suggest optim.lr: a learning-rate range test, as Lightning's lr_find.")
 @config_option("YAML config file (as for cnn train): its data, network, optimizer and batch size are used.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set optim.name=sgd. Repeatable.")
@@ -120,7 +121,8 @@ def info(checkpoint, as_json):
     click.echo(json_text(summary) if as_json else text)
 
 
-@click.command("augment-preview", cls=ConfigCommand, short_help="A PNG grid of augmented samples of your training images.")
+@click.command("augment-preview", cls=ConfigCommand,
+               short_help="A PNG grid of augmented samples of your training images.")
 @config_option("YAML config file (as for cnn train); its data.train images and augment section are used.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set augment.affine.rotate=20. Repeatable.")
@@ -196,7 +198,8 @@ def cache(clear):
         click.echo(f"{folder}: {n} cached dataset(s), {size / 1e6:.1f} MB")
 
 
-@click.command("cv", cls=ConfigCommand, short_help="K-fold cross-validation: one run per fold, mean and std of the folds.")
+@click.command("cv", cls=ConfigCommand,
+               short_help="K-fold cross-validation: one run per fold, mean and std of the folds.")
 @config_option("YAML config file (as for cnn train); its data.train is split into the folds.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set train.epochs=20. Repeatable.")

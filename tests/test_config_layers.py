@@ -155,8 +155,9 @@ def test_integer_keys_refuse_what_is_not_a_whole_number(text):
 
 
 def test_wordings_dates_documents_case_and_sections():
-    message = _error(config.load_config_text, "", ["data.train=2024-01-01"])
-    assert message == "--set data.train: expected a string, got date 2024-01-01 (quote it in YAML)"
+    message = _error(config.load_config_text, "data:\n  train: 2024-01-01\n", source="c.yaml")
+    assert message == "c.yaml:2: data.train: expected a string, got date 2024-01-01 (quote it in YAML)"
+    assert config.parse_override("data.train=2024-01-01") == ("data.train", "2024-01-01")   # (--set: as typed)
     message = _error(config.load_config_text, "train:\n  epochs: 2\n---\n", source="c.yaml")
     assert message.startswith("c.yaml:3: could not parse YAML: the text holds more than one YAML document")
     assert "begun on" not in message

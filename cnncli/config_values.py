@@ -56,6 +56,8 @@ def check_value(opt, value, origin):
         if not isinstance(value, str):
             hint = " (quote it in YAML)" if isinstance(value, (int, float, datetime.date)) else ""
             fail(origin, opt.key, wrong + hint)
+        if "\x00" in value:                           # (no path holds one; os.path functions raise on it)
+            fail(origin, opt.key, f"holds a NUL character (\\x00), which no path or name can: {shown}")
     elif opt.kind == "bool":
         if not isinstance(value, bool):
             fail(origin, opt.key, wrong)

@@ -60,7 +60,7 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
         missing = [(k, p) for k, p in (("train", train_dir), ("val", val_dir)) if p is not None and not p.exists()]
         if missing:                                 # (a typo stays an error, saying why nothing was made)
             key, path = missing[0]
-            raise ConfigError(runfolder.printable(
+            raise DataError(runfolder.printable(
                 f"data.{key}: {path} does not exist, and data.demo makes the demo only as FOLDER/train (data.train) "
                 f"and FOLDER/test (data.val or data.test), e.g. --set data.train={train_dir.parent / 'train'}"))
     if d["demo"] and _demo_missing(train_dir, val_dir):

@@ -393,7 +393,8 @@ def _valid_value(opt):
         return st.sampled_from(["none", "balanced"]) | st.dictionaries(st.sampled_from(["a", "b", "7"]), weight,
                                                                        min_size=1)
     if opt.kind == "str":
-        text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20)
+        text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"),
+                       min_size=1, max_size=20)                 # (a NUL is refused: no path holds one)
         return text.filter(lambda s: s.strip()) | (st.none() if opt.default is None else st.nothing())
     if opt.key == "data.image_size":
         return st.just(32)

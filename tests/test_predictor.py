@@ -166,7 +166,7 @@ def test_tampered_checkpoints_are_refused_naming_the_key(ckpt, arrays, meta, nee
     _tamper(path, arrays, meta)
     with pytest.raises(CheckpointError, match=needle.replace(".", r"\.")):
         Predictor.from_checkpoint(path)
-    res = CliRunner().invoke(cli, ["predict", "--checkpoint", str(path), str(path)])
+    res = CliRunner().invoke(cli, ["predict", "--checkpoint", str(path), str(path.parent / "any.png")])
     assert res.exit_code == 1 and needle in res.stderr and "Traceback" not in res.output
     assert len(res.stderr.strip().splitlines()) == 1
 

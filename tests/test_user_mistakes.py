@@ -138,3 +138,9 @@ def test_resuming_a_run_killed_before_its_first_save_says_to_start_it_again(smal
                                   f"save (nothing trained to go on from); start it again: {hint}"), res.stderr
     res = invoke(hint.split()[1:] + ["-q", "--no-report"])
     assert res.exit_code == 0 and (tmp / "runs" / "x-2" / "last.npz").exists(), res.stderr
+
+
+def test_a_nul_character_in_a_path_is_refused_in_one_line():
+    # (os.path.expanduser('~\x00') raised ValueError from the config's path checks: hypothesis found it)
+    with pytest.raises(ConfigError, match=r"data.train: holds a NUL character"):
+        config.validate(config.nest({"data.train": "~\x00"}))

@@ -37,6 +37,11 @@ class Params(dict):
     def copy(self) -> "Params":
         return views(self.flat.copy(), [(k, v.shape) for k, v in self.items()])
 
+    def __reduce__(self):
+        # pickle and copy.deepcopy rebuild the named views on the new `.flat` (as a dict they came back
+        # as separate arrays: the optimizer stepped `.flat` and the network read the stale names)
+        return views, (self.flat, [(k, v.shape) for k, v in self.items()])
+
 
 def check_batchnorm(batchnorm):
     if batchnorm not in BATCHNORM:

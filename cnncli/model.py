@@ -143,6 +143,16 @@ class Network:
         self._plans = {}
         self._affine = None        # predict_proba's BN-folding arrays (see _inference_affine)
 
+    def __getstate__(self):
+        # pickle / copy.deepcopy: the parameters, gradients and statistics (Params: their views rebuilt);
+        # not the plans and BN folds, whose arrays would come back as copies no longer views of them, nor
+        # an MPI communicator (the copy is one process's network)
+        return {**vars(self), "_plans": {}, "_affine": None, "comm": None}
+
+    def __setstate__(self, state):
+        vars(self).update(state)
+        self.comm = Comm()
+
     def load_arrays(self, params, buffers=None):
         """Copy parameter (and BN buffer) arrays into this network's flat buffers, checking shapes."""
         _copy_named(params, self.params, param_specs(self.num_classes, self.batchnorm), "params")
@@ -274,6 +284,10 @@ def _network_for(params, buffers, batchnorm, eps, momentum):
     """A cached Network whose params/buffers ARE the given arrays (no copy when they are Params):
     its plans (workspaces) are reused from call to call. Call under _CACHE_LOCK."""
     num_classes, dtype = _check_params(params, buffers, batchnorm, eps, momentum)
+    if not isinstance(params, Params) and not all(_plain(a) for a in params.values()):
+        # (a transposed, strided or read-only tensor: the kernels take C-contiguous writable arrays, so a
+        # copy; numba refused fc1.w.T with its own TypeError and compiled other layouts anew)
+        params = {k: a if _plain(a) else np.array(a, order="C") for k, a in params.items()}
     key = (num_classes, batchnorm, dtype.str, float(eps), float(momentum))
     net = _NETWORKS.get(key)
     if net is None:
@@ -283,6 +297,11 @@ def _network_for(params, buffers, batchnorm, eps, momentum):
     net.params = params
     net.buffers = buffers          # None: training mode keeps no running statistics
     return net
+
+
+def _plain(a) -> bool:
+    """Whether the array `a` is what the kernels take as it is: C-contiguous and writable."""
+    return a.flags.c_contiguous and a.flags.writeable
 
 
 def loss_and_grads(params, x, labels, batchnorm="none", eps=1e-5, buffers=None, momentum=0.1, weights=None):

@@ -105,3 +105,44 @@ def test_eval_of_a_model_without_its_run_asks_for_data(tmp_path, monkeypatch):
     res = CliRunner().invoke(cli, ["eval", str(path)], catch_exceptions=False)
     assert res.exit_code == 1, res.output
     assert "holds a model without its run" in res.output and "pass --data" in res.output
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_a_pickled_or_copied_network_trains_its_own_weights(how):
+    # unpickled, the named views were arrays of their own: Adam stepped .flat and the loss never moved;
+    # copy.deepcopy raised KeyError "'conv1.w' is not a parameter of this network (it has )"
+    import copy
+    import pickle
+
+    x, y = _batch()
+    fresh = model.Network(num_classes=4, seed=3)
+    fresh.train_step(x, y)                                     # (plans built before the copy)
+    net = pickle.loads(pickle.dumps(fresh)) if how == "pickle" else copy.deepcopy(fresh)
+    assert np.shares_memory(net.params["fc1.w"], net.params.flat) and np.shares_memory(net.grads["fc2.b"],
+                                                                                        net.grads.flat)
+    assert not np.shares_memory(net.params.flat, fresh.params.flat)
+    opt = Optimizer("adam", net.params.flat.size, 1e-3)
+    losses = []
+    for _ in range(4):
+        loss, _ = net.train_step(x, y)
+        opt.step(net.params.flat, net.grads.flat)
+        losses.append(loss)
+    assert losses[-1] < losses[0] - 0.05, losses
+    params = model.init_params(4)
+    twin = copy.deepcopy(params)
+    assert np.array_equal(twin.flat, params.flat) and np.shares_memory(twin["conv1.w"], twin.flat)
+
+
+def test_loss_and_grads_takes_transposed_strided_and_read_only_parameters():
+    # fc1.w given as a transposed copy (Keras' kernel.T): numba's own TypeError, naming no parameter
+    x, y = _batch(8, np.float64)
+    params = model.init_params(4, dtype=np.float64)
+    loss, grads = model.loss_and_grads(params, x, y)
+    odd = dict(params)
+    odd["fc1.w"] = np.asfortranarray(params["fc1.w"])
+    odd["conv1.w"] = np.repeat(params["conv1.w"], 2, axis=0)[::2]                     # strided
+    odd["fc2.b"] = params["fc2.b"].copy()
+    odd["fc2.b"].flags.writeable = False
+    loss2, grads2 = model.loss_and_grads(odd, x, y)
+    assert loss2 == loss and np.array_equal(grads2.flat, grads.flat)
+    assert np.array_equal(model.predict_proba(odd, x), model.predict_proba(params, x))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import signal
 import sys
 import time
@@ -114,6 +115,29 @@ class StopInCrossValidation(_StopLine):
         return stop
 
 
+def _compiling():
+    """"here" while this thread compiles a numba kernel (it holds numba's compiler lock), "elsewhere"
+    while another thread does, else None (numba not loaded, or no compile under way)."""
+    lock = getattr(sys.modules.get("numba.core.compiler_lock"), "global_compiler_lock", None)
+    if lock is None:
+        return None
+    if lock.is_locked():
+        return "here"
+    if lock._lock.acquire(blocking=False):
+        lock._lock.release()
+        return None
+    return "elsewhere"
+
+
+def _say(line: str) -> None:
+    """One line on stderr from a signal handler: written to the descriptor, not through sys.stderr
+    (which the interrupted code may be writing to)."""
+    try:
+        os.write(2, (line + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
 class Aborted(KeyboardInterrupt):
     """A second Ctrl-C during the steps (StopFlag): abort without the stop's save and line."""
 
@@ -136,12 +160,21 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame):
+        compiling = _compiling()
         if self.signum is not None and signum == signal.SIGINT:
             if time.monotonic() - self._first < self.SAME_SIGINT:
                 return                                 # (the same stop, delivered twice)
-            raise Aborted
+            if compiling != "here":
+                raise Aborted
+            # an exception raised inside numba's compiler can leave its lock taken: the run then
+            # hung at the next compile (a helper's double Ctrl-C on a first run); the first stop stands
+            _say("SIGINT: the stop comes once this kernel has compiled (a first run compiles them)")
+            return
         silence_closed_terminal(signum)
         self.signum, self._first = signum, time.monotonic()
+        if compiling:                                  # (minutes on a first run, with nothing said)
+            _say(f"{signal.Signals(signum).name}: stopping once the kernels being compiled are done (a first run "
+                 "compiles them), then saving")
 
     def __exit__(self, *exc):
         if self.signum is not None:     # (stopping: a second signal while it unwinds ends nothing early)

@@ -250,3 +250,23 @@ def test_stop_signals_the_process_started_with_ignored_stay_ignored(data, tmp_pa
     rest = proc.stderr.read()
     assert proc.wait(timeout=300) == 0, "".join(lines) + rest
     assert "epoch 40/40" in rest and "stopped" not in rest, rest
+
+
+def test_a_stop_while_a_kernel_compiles_says_it_waits_and_a_second_ctrl_c_does_not_raise(capfd, monkeypatch):
+    # a first run's compile took minutes after a Ctrl-C with nothing said; a second Ctrl-C raised
+    # inside numba's compiler, which can leave its lock taken: the run hung at its next compile
+    from numba.core.compiler_lock import global_compiler_lock
+
+    from cnncli.callbacks import Aborted, StopFlag
+
+    monkeypatch.setattr(StopFlag, "SAME_SIGINT", 0.0)
+    flag = StopFlag()
+    with global_compiler_lock:                                     # (as while this thread compiles)
+        flag._handle(signal.SIGINT, None)
+        flag._handle(signal.SIGINT, None)                          # no Aborted in the compiler
+    assert flag.signum == signal.SIGINT
+    assert capfd.readouterr().err.splitlines() == [
+        "SIGINT: stopping once the kernels being compiled are done (a first run compiles them), then saving",
+        "SIGINT: the stop comes once this kernel has compiled (a first run compiles them)"]
+    with pytest.raises(Aborted):                                   # (no compile under way: it aborts)
+        flag._handle(signal.SIGINT, None)

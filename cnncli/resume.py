@@ -127,8 +127,13 @@ def should_continue(state, saved_cfg: dict, cfg: dict) -> bool:
 def carry_best(src_dir: Path, run_dir: Path) -> None:
     """Resuming into another folder: copy the source run's best.npz there, so the new folder is whole
     and every message names a file that exists."""
+    from cnncli.atomic import why_unwritten, write_atomic
+
     src, dst = src_dir / "best.npz", run_dir / "best.npz"
     if src.is_file() and src.resolve() != dst.resolve() and not dst.exists():
-        tmp = run_dir / f".best.npz.tmp-{os.getpid()}"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        try:
+            with open(src, "rb") as f:
+                write_atomic(dst, lambda out: shutil.copyfileobj(f, out))   # (no temporary file left behind)
+        except OSError as err:           # (a full disk: one line, as a checkpoint's save says it)
+            raise CheckpointError(f"{dst}: cannot copy the run's best.npz there ({why_unwritten(err, dst)}); "
+                                  "nothing was trained yet") from None

@@ -87,7 +87,14 @@ def new_run_dir(out: str, what: str = "`out`") -> Path:
         try:
             try:
                 os.mkdir(candidate)
-                claim_marker(candidate)
+                try:
+                    claim_marker(candidate)
+                except FileExistsError:        # (another run took the new folder: the next name)
+                    raise
+                except OSError:                # (a full disk: no empty folder left behind)
+                    with contextlib.suppress(OSError):
+                        os.rmdir(candidate)
+                    raise
                 return candidate
             except FileExistsError:
                 if candidate.is_dir() and not any(p.name != ".claimed" for p in candidate.iterdir()):

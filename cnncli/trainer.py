@@ -10,6 +10,7 @@ hold the maths (model, optim), the images (data) or the file formats (runfolder)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -21,7 +22,7 @@ from cnncli import config as config_mod
 from cnncli import checkpoint, resume as resume_mod, runfolder
 from cnncli.balance import class_weights
 from cnncli.callbacks import EarlyStopping, ProgressBar, StopFlag, loss_text, plateau_drops
-from cnncli.errors import CnnError, Stopped, TrainingDiverged
+from cnncli.errors import CheckpointError, CnnError, Stopped, TrainingDiverged
 from cnncli.runfolder import save_checkpoint
 from cnncli.tblog import EventLog
 
@@ -322,8 +323,20 @@ class Trainer:
             self._t_epoch = now
         if self.is_main_process:
             self._config_still_there()
-            save_checkpoint(self.last_path, self.net, self.opt, self.state, self.cfg, self.classes,
-                            self.preprocess, self.cfg_text, self.data_info, weights_epoch=self.weights_epoch)
+            with self._resumable():
+                save_checkpoint(self.last_path, self.net, self.opt, self.state, self.cfg, self.classes,
+                                self.preprocess, self.cfg_text, self.data_info, weights_epoch=self.weights_epoch)
+
+    @contextlib.contextmanager
+    def _resumable(self):
+        """A checkpoint that cannot be saved (a full disk): its line says how to go on from last.npz."""
+        try:
+            yield
+        except CheckpointError as err:
+            if not self.last_path.is_file():
+                raise
+            raise CheckpointError(f"{err}; once there is room, go on from it: cnn train --resume "
+                                  f"{self.run_dir}") from None
 
     def write_config(self) -> None:
         """The run folder's config.yaml: this run's resolved config (eval, report and resume read it)."""
@@ -341,8 +354,9 @@ class Trainer:
 
     def save_best(self) -> None:
         if self.is_main_process:
-            save_checkpoint(self.best_path, self.net, self.opt, self.state, self.cfg, self.classes,
-                            self.preprocess, self.cfg_text, self.data_info)
+            with self._resumable():
+                save_checkpoint(self.best_path, self.net, self.opt, self.state, self.cfg, self.classes,
+                                self.preprocess, self.cfg_text, self.data_info)
 
     def _best_note(self) -> str:
         early = self.early

@@ -1,7 +1,8 @@
-"""Odd things in a real folder, from a helper's pass (2026-12-07): a class folder's broken link (the
+"""Odd things in a real folder, from helpers' passes (2026-12-07): a class folder's broken link (the
 class vanished without a word), a class whose every file is unreadable (the refusal named none of
-them), cnn predict on a folder holding a link to its parent (it classified the sibling classes).
-Each test failed against the old code."""
+them), cnn predict on a folder holding a link to its parent (it classified the sibling classes); and
+a full disk: an empty run folder left, a raw errno line and a temporary file when a resume copies
+best.npz, a failed save that did not say how to go on. Each test failed against the old code."""
 
 from __future__ import annotations
 
@@ -51,3 +52,50 @@ def test_predict_does_not_follow_a_folders_link_to_its_parent(tmp_path):
     os.symlink(root / first, tmp_path / "linkA")                      # the folder given through a link: read
     files, bad = data_mod.list_images_and_bad(tmp_path / "linkA")
     assert len(files) == 3 and [why for _, why in bad] == [data_mod.scan.UP_LINK]
+
+
+def test_a_full_disk_leaves_no_empty_run_folder_and_no_half_copied_best(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from cnncli import resume, runfolder
+    from cnncli.errors import CheckpointError, CnnError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(runfolder, "claim_marker", full)
+    with pytest.raises(CnnError, match=r"cannot create the run folder \(No space left on device\)"):
+        runfolder.new_run_dir(str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()                      # (an empty folder was left)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir(), dst.mkdir()
+    (src / "best.npz").write_bytes(b"x" * 1000)
+    monkeypatch.setattr(shutil, "copyfileobj", full)
+    with pytest.raises(CheckpointError) as err:                 # (a raw errno line and a .tmp file before)
+        resume.carry_best(src, dst)
+    assert str(err.value) == (f"{dst / 'best.npz'}: cannot copy the run's best.npz there (No space left on "
+                              "device); nothing was trained yet")
+    assert os.listdir(dst) == []
+
+
+def test_a_checkpoint_that_cannot_be_saved_says_how_to_go_on(tmp_path, monkeypatch, private_cache):  # noqa: F811
+    from cnncli import checkpoint
+    from cnncli.errors import CheckpointError
+    from e2e_util import write_config
+
+    real, calls = checkpoint.save, []
+
+    def save(path, arrays, meta):
+        calls.append(path)
+        if len(calls) > 2:                                      # (last.npz and best.npz of epoch 1 saved)
+            raise CheckpointError(f"{path}: cannot save the checkpoint (No space left on device); the previous "
+                                  "file there is unchanged")
+        real(path, arrays, meta)
+    monkeypatch.setattr(checkpoint, "save", save)
+    data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
+    run = tmp_path / "run"
+    res = invoke(["train", "--config", write_config(tmp_path / "c.yaml", data, run, epochs=3), "-q", "--no-report"])
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines()[-1].endswith(
+        f"the previous file there is unchanged; once there is room, go on from it: cnn train --resume {run}"), \
+        res.stderr

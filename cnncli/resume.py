@@ -61,7 +61,14 @@ def resumed_config(resume, overrides=(), config_files=()) -> dict:
     from cnncli.predictor import run_checkpoint
 
     path = run_checkpoint(resume)
-    meta = checkpoint.load_meta(path)
+    try:
+        meta = checkpoint.load_meta(path)
+    except CheckpointError as err:       # (a damaged last.npz: the run's best.npz may be whole)
+        best = path.parent / "best.npz"
+        if path.name != "last.npz" or not best.is_file():
+            raise
+        raise CheckpointError(f"{err}; the run's best.npz can go on from its epoch: cnn train --resume {best}") \
+            from None
     checkpoint.check_run_meta(path, meta)
     check_resumable(path, meta, resume)
     return config_mod.load_layers([(meta.get("config", ""), f"{resume} (config)", None)]

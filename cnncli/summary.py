@@ -60,12 +60,12 @@ def describe(path, run_last=None) -> dict:
     "best" which epoch's weights `path` holds."""
     pred = Predictor.from_checkpoint(path)
     meta, prep = pred.meta, pred.preprocess
-    best = None
+    best, last_error = None, None
     if run_last is not None:                     # (a last.npz that cannot be read: the best's own state)
         try:
             last_meta = load_meta(run_last)
-        except CnnError:
-            last_meta = None
+        except CnnError as err:
+            last_meta, last_error = None, str(err)
         if last_meta is not None:
             best, meta = _training(meta), last_meta
     rows = layers(len(pred.classes), pred.batchnorm)
@@ -84,6 +84,7 @@ def describe(path, run_last=None) -> dict:
         "layers": rows,
         "training": _training(meta),
         "best": best,
+        "last_unreadable": last_error,
         "recipe": _recipe(run_config(meta)),
     }
 
@@ -176,6 +177,8 @@ def format_info(info: dict) -> str:
     last = train["last_epoch"]
     if last:
         lines.append(f"            {_epoch_line(last)}")
+    if info.get("last_unreadable"):              # (the progress above is then best.npz's own)
+        lines.append(f"last.npz    unreadable, so this is best.npz's progress: {printable(info['last_unreadable'])}")
     held, best = train.get("weights_epoch"), info.get("best")
     if best and best["last_epoch"] and best["last_epoch"].get("epoch") != (last or {}).get("epoch"):
         # a run folder whose best epoch is not its last: best.npz's weights, the run's state from last.npz

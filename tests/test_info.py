@@ -245,3 +245,17 @@ def test_a_run_folder_shows_how_far_the_run_trained_and_which_epoch_best_holds(t
     assert "weights " not in _info(run).output                     # the last epoch was the best: one line
     (run / "last.npz").write_bytes(b"broken")                       # an unreadable last.npz: best's own
     assert json.loads(_info(run, "--json").output)["training"]["epoch"] == 2
+    text = _info(run).output                                        # and it says so (it read as a whole run)
+    assert "last.npz    unreadable, so this is best.npz's progress: " in text and str(run / "last.npz") in text
+
+
+def test_resuming_a_run_whose_last_npz_is_damaged_points_to_its_best(tmp_path):
+    from cnncli.cli import cli
+
+    run = tmp_path / "run"
+    _save(run / "best.npz", "none", RunState(epoch=2, step=6, best_val_loss=2.6, history=HISTORY), epochs=9)
+    (run / "last.npz").write_bytes(b"broken")
+    res = CliRunner().invoke(cli, ["train", "--resume", str(run)])
+    assert res.exit_code == 1
+    assert res.stderr.strip().endswith(f"; the run's best.npz can go on from its epoch: cnn train --resume "
+                                       f"{run / 'best.npz'}"), res.stderr

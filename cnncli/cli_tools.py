@@ -89,6 +89,16 @@ def lr_find(config_path, overrides, steps, min_lr, max_lr, plot_path, as_json):
 
     cfg = config_mod.load_config(config_path, overrides)
     config_mod.require_train(cfg)
+    if plot_path is not None:             # (said before the range test runs, not after it)
+        from cnncli.plotting import matplotlib_parts
+
+        matplotlib_parts()
+        folder = os.path.dirname(os.path.abspath(plot_path))
+        if not os.path.isdir(folder):
+            raise CnnError(printable(f"--plot {plot_path}: no folder {folder} to write the plot in"))
+        if not plot_path.lower().endswith(".png"):
+            click.echo(printable(f"note: --plot {plot_path} does not end in .png; it holds a PNG all the same"),
+                       err=True)
     result = run(cfg, steps=steps, min_lr=min_lr, max_lr=max_lr, echo=lambda m: click.echo(m, err=True))
     if plot_path is not None:
         click.echo(f"plot: {write_plot(result, plot_path)}", err=True)

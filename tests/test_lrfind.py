@@ -112,7 +112,12 @@ def test_plot_is_a_png_of_the_curve(cfg, tmp_path):
         assert len(np.unique(np.asarray(im.convert("L")))) > 10   # a drawing, not a blank canvas
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".lr.png")] == []   # no temp file left
     res = invoke(["lr-find", "--config", cfg, "--steps", "30", "--plot", tmp_path / "no" / "such" / "dir.png"])
-    assert res.exit_code == 1 and "cannot write the plot" in res.stderr and "Traceback" not in res.output
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.stderr.strip() == f"Error: --plot {tmp_path / 'no/such/dir.png'}: no folder {tmp_path / 'no/such'} " \
+                                 "to write the plot in"                 # (before the test, not after it)
+    res = invoke(["lr-find", "--config", cfg, "--steps", "30", "--plot", tmp_path / "lr.pdf"])
+    assert res.exit_code == 0 and f"note: --plot {tmp_path / 'lr.pdf'} does not end in .png; it holds a PNG" \
+        in res.stderr
 
 
 def test_fewer_steps_than_a_suggestion_needs_are_refused_by_the_option():

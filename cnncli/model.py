@@ -217,8 +217,10 @@ class Network:
 
     def forward_loss(self, x, labels):
         """Training-mode forward only (batch statistics, running statistics updated when kept):
-        the mean loss as a float64. Unchecked, for gradcheck's thousands of passes on its own
-        arrays: x (N,1,32,32) of the network's dtype, labels (N,) int64."""
+        the mean loss as a float64. x (N,1,32,32) of the network's dtype, unchecked (gradcheck's
+        thousands of passes on its own arrays); labels (N,) integers in [0, C), checked (an
+        out-of-range label read another class's output)."""
+        labels = check_labels(labels, x.shape[0], self.num_classes).astype(np.int64, copy=False)
         return shards.run_step(self, self._plan(x.shape[0]), x, labels, None, self.comm, backward=False)
 
     def predict_proba(self, x):

@@ -146,3 +146,13 @@ def test_loss_and_grads_takes_transposed_strided_and_read_only_parameters():
     loss2, grads2 = model.loss_and_grads(odd, x, y)
     assert loss2 == loss and np.array_equal(grads2.flat, grads.flat)
     assert np.array_equal(model.predict_proba(odd, x), model.predict_proba(params, x))
+
+
+def test_forward_loss_refuses_labels_outside_the_classes():
+    # (y + 100 gave a loss, silently: an out-of-range label read memory past the outputs)
+    x, y = _batch()
+    net = model.Network(num_classes=4)
+    assert np.isfinite(net.forward_loss(x, y))
+    for bad in (y + 100, -y - 1):
+        with pytest.raises(ValueError, match=r"labels \(shape \(16,\)\) has values outside \[0, 4\)"):
+            net.forward_loss(x, bad)

@@ -185,6 +185,9 @@ class Augmenter:
 
     def __init__(self, settings: AugmentSettings, seed: int, pixel_std: float = 1.0, dtype=np.float32,
                  max_batch: int = 64):
+        if not isinstance(settings, AugmentSettings):      # (a dict: AttributeError 'dict' has no 'vector')
+            raise TypeError(f"settings must be an AugmentSettings, e.g. AugmentSettings(rotate=10.0) or "
+                            f"AugmentSettings.from_config(cfg['augment']), got {type(settings).__name__}")
         if not pixel_std > 0:
             raise ValueError(f"pixel_std must be > 0, got {pixel_std}")
         self.settings, self.seed, self.dtype = settings, check_seed(seed), np.dtype(dtype)

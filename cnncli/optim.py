@@ -50,16 +50,21 @@ class Optimizer:
                  eps=1e-8, dtype=np.float32):
         if name not in OPTIMIZERS:
             raise ValueError(f"name: unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
+            raise ValueError(f"size: must be an integer >= 0 (params.flat.size), got {size!r}")
         size = int(size)
-        if size < 0:
-            raise ValueError(f"size: must be >= 0, got {size}")
         lr = _rate("lr", lr)
-        if not 0.0 <= momentum < 1.0:
+        momentum = _rate("momentum", momentum)
+        if not momentum < 1.0:
             raise ValueError(f"momentum: must be in [0, 1), got {momentum}")
         weight_decay = _rate("weight_decay", weight_decay)
-        beta1, beta2 = (float(b) for b in betas)
-        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+        try:
+            beta1, beta2 = (_rate("betas", b) for b in betas)
+        except (TypeError, ValueError):
+            raise ValueError(f"betas: must be two numbers in [0, 1), got {betas!r}") from None
+        if not (beta1 < 1.0 and beta2 < 1.0):
             raise ValueError(f"betas: each must be in [0, 1), got {tuple(betas)}")
+        eps = _rate("eps", eps)
         if eps <= 0.0:
             raise ValueError(f"eps: must be > 0, got {eps}")
         self.name = name

@@ -156,3 +156,15 @@ def test_forward_loss_refuses_labels_outside_the_classes():
     for bad in (y + 100, -y - 1):
         with pytest.raises(ValueError, match=r"labels \(shape \(16,\)\) has values outside \[0, 4\)"):
             net.forward_loss(x, bad)
+
+
+def test_optimizer_and_augmenter_arguments_get_errors_that_name_them():
+    # Optimizer("adam", 2.5, ...) took 2 parameters; a dict of settings gave AttributeError 'vector'
+    with pytest.raises(ValueError, match=r"size: must be an integer >= 0 \(params.flat.size\), got 2.5"):
+        Optimizer("adam", 2.5, 0.1)
+    with pytest.raises(ValueError, match=r"momentum: must be a number >= 0, got 'fast'"):
+        Optimizer("momentum", 4, 0.1, momentum="fast")
+    with pytest.raises(ValueError, match=r"betas: must be two numbers in \[0, 1\), got \(0.9,\)"):
+        Optimizer("adam", 4, 0.1, betas=(0.9,))
+    with pytest.raises(TypeError, match=r"settings must be an AugmentSettings, e.g. AugmentSettings\(rotate=10.0\)"):
+        Augmenter({"rotate": 10}, 0)

@@ -122,7 +122,13 @@ class Network:
     """The fast path the trainer uses: parameters, gradients and BN buffers as flat buffers,
     and preallocated per-shard workspaces per batch size (a step allocates nothing after the first
     but the comm's tree scratch). `comm` (distributed.Comm or MpiComm; None = one process) decides
-    which shards of each batch this process computes and sums the shards' rows."""
+    which shards of each batch this process computes and sums the shards' rows.
+
+    Network(num_classes=12, batchnorm="none"|"unit"|"channel", eps=1e-5, momentum=0.1 (BN's running
+    statistics), dtype=float32|float64, seed=0 (the weights' initialisation), comm=None).
+    Attributes: params, grads (Params: .flat and named views, e.g. params["conv1.w"]), buffers (BN
+    running statistics, Params), num_classes, batchnorm, eps, momentum, dtype. train_step(x, labels)
+    fills grads; an Optimizer's step(params.flat, grads.flat) changes the weights."""
 
     MAX_PLANS = 6
 

@@ -27,6 +27,19 @@ def pytest_configure(config):
                                 "install the test extra: pip install -e '.[test]'") from None
 
 
+@pytest.fixture(autouse=True)
+def _stop_signals_restored():
+    """Each test leaves the stop signals' handlers as it found them: one that calls a worker's start in
+    this process (precompile._worker ignores SIGINT) made the `cnn` processes later tests start keep
+    SIGINT ignored (they keep a stop signal they start with ignored, as POSIX tools do)."""
+    sigs = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGHUP") if hasattr(signal, name)]
+    before = {sig: signal.getsignal(sig) for sig in sigs}
+    yield
+    for sig, handler in before.items():
+        if handler is not None and signal.getsignal(sig) != handler:
+            signal.signal(sig, handler)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_dataset_cache():
     with tempfile.TemporaryDirectory(prefix="cnncli-test-cache-") as tmp:

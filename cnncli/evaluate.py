@@ -117,6 +117,9 @@ def short_name(name, width):
     return textwidth.fit(printable(str(name)), width)
 
 
+MATRIX_CLASSES = 40     # format_metrics prints the confusion matrix up to this many classes
+
+
 def format_metrics(metrics) -> str:
     """Readable aligned text: summary, per-class table, confusion matrix with class names."""
     from .data import printable
@@ -154,7 +157,10 @@ def format_metrics(metrics) -> str:
         )
 
     confusion = metrics["confusion"]
-    if names:
+    if len(names) > MATRIX_CLASSES:                  # (1,000 classes printed 5 MB, lines of 5,000 characters)
+        lines += ["", f"confusion matrix: {len(names)} classes, too many to print here (--json holds it; cnn report "
+                      "draws it)"]
+    elif names:
         biggest = max(max(row) for row in confusion) if confusion else 0
         name_cap = 8 if len(names) <= 8 else 6  # keep 12 classes within ~100 columns
         col_w = max(len(str(biggest)), min(name_cap, max(widths)), 3)

@@ -671,7 +671,7 @@ def test_one_file_linked_into_two_class_folders_is_a_warning(tmp_path):
         shared = [n for n in ds.notes if "more than one class folder" in n]
         n_a = sum(1 for p in ds.paths if os.path.basename(os.path.dirname(p)) == "a")
         assert shared == [f"warning: {n_a - 1} file(s) lie in more than one class folder (links to one file), e.g. "
-                          f"a/{first.name} and b/link.png: each copy trains as the class of its folder"]
+                          f"a/{first.name} and b/link.png: each copy counts as the class of its folder"]
 
 
 def test_one_class_folder_says_what_the_user_likely_meant(tmp_path):

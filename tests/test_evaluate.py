@@ -193,6 +193,18 @@ def test_confusion_columns_are_numbered_when_their_shortened_names_clash():
     assert "confusion matrix (rows = true class, columns = predicted class)\n" in plain
 
 
+def test_more_classes_than_a_terminal_holds_leave_the_matrix_to_json():
+    from cnncli.evaluate import MATRIX_CLASSES
+
+    n = MATRIX_CLASSES + 1
+    rng = np.random.default_rng(4)
+    m = compute_metrics(rng.random((200, n)), rng.integers(0, n, 200), [f"c{i}" for i in range(n)])
+    text = format_metrics(m)
+    assert f"confusion matrix: {n} classes, too many to print here (--json holds it" in text
+    assert "true \\ pred" not in text and max(map(len, text.splitlines())) < 120
+    assert len(m["confusion"]) == n                                       # (the metrics keep it)
+
+
 def test_format_metrics_spells_out_two_forms_of_one_name():
     # class folders 'café' composed and decomposed (two classes): the table had two rows "café"
     rng = np.random.default_rng(2)

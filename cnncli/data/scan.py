@@ -255,7 +255,7 @@ def _file_keys(stats: np.ndarray) -> np.ndarray:
 
 def _shared_files(rels, labels: np.ndarray, keys: np.ndarray) -> list[str]:
     """[a warning naming the files found in two or more class folders through links (one file, two
-    labels: each copy trains as its folder's class)], or []. keys (N,) _file_keys in rels' order."""
+    labels: each copy counts as its folder's class)], or []. keys (N,) _file_keys in rels' order."""
     order = np.argsort(keys, kind="stable")
     k, lab = keys[order], labels[order]
     clash = (k[1:] == k[:-1]) & (k[1:] != 0) & (lab[1:] != lab[:-1])      # (N-1,) neighbours, one file
@@ -266,7 +266,7 @@ def _shared_files(rels, labels: np.ndarray, keys: np.ndarray) -> list[str]:
     a = int(rows[0])
     b = next(int(r) for r in rows if keys[r] == keys[a] and labels[r] != labels[a])
     return [f"warning: {len(shared)} file(s) lie in more than one class folder (links to one file), e.g. "
-            f"{printable(rels[a])} and {printable(rels[b])}: each copy trains as the class of its folder"]
+            f"{printable(rels[a])} and {printable(rels[b])}: each copy counts as the class of its folder"]
 
 
 def _by_count(counter) -> list:

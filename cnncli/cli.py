@@ -166,7 +166,7 @@ def _report_after_training(run_dir, new=True):
 def _fraction(ctx, param, value):
     """--fail-under's value, in [0, 1]; a percentage (90) is refused naming the fraction (0.9)."""
     if value is not None and value != value:        # nan (a variable expanded badly): no gate
-        raise click.BadParameter("nan is no threshold; give a number in [0, 1]", param_hint="--fail-under")
+        raise click.BadParameter("nan is no threshold; give a number in [0, 1]")
     if value is not None and not 0 <= value <= 1:
         as_fraction = f"; {value:g}% is {value / 100:g}" if 1 < value <= 100 else ""
         raise click.BadParameter(f"{value:g} is not in the range 0<=x<=1{as_fraction}")
@@ -239,7 +239,7 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
     any file failed. A probability is the model's sigmoid output for that class (one per class, as
     the seed's loss trains them): they need not add up to 1."""
     from cnncli.distributed import launched_by_mpi
-    from cnncli.ensemble import holds_runs, load, names_a_model
+    from cnncli.ensemble import holds_runs, is_a_model, load, names_a_model
     from cnncli.data.scan import ignored_note
     from cnncli.predictions import (gather_paths, predict_stream, prediction_line, refuse_csv_target,
                                     write_predictions_csv)
@@ -261,7 +261,7 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
         if not paths:
             raise click.UsageError(f"{checkpoint[0]} is a checkpoint: give the images to classify after it")
     for p in paths:           # (a second model read as a folder of images: its report's PNGs classified)
-        what = "is a checkpoint or run folder" if names_a_model(p) else "holds run folders" if holds_runs(p) else ""
+        what = "is a checkpoint or run folder" if is_a_model(p) else "holds run folders" if holds_runs(p) else ""
         if what:
             raise click.UsageError(printable(f"{p} {what}, not images to classify; to average models, give each "
                                              "with --checkpoint (cnn predict --checkpoint A --checkpoint B IMAGES)"))

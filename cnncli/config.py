@@ -156,7 +156,8 @@ def parse_override(text):
                           "is valid UTF-8 (a symlink to it will do)")
     value = parse_yaml(raw, f"--set {key}", with_line=False) if raw.strip() else None
     unquoted = not raw.strip().startswith(("'", '"'))
-    if key in LEAVES and LEAVES[key].kind == "str" and isinstance(value, (bool, int, float, datetime.date)):
+    if key in LEAVES and LEAVES[key].kind == "str" and isinstance(value, (bool, int, float, datetime.date)) \
+            and not any(c in raw for c in "#\n"):
         value = raw.strip()                          # a folder named 2024 or no: the text as typed
     if unquoted and isinstance(value, (str, type(None))) and value != (raw.strip() or None):
         if "#" in raw:                               # "data.train=/data/x #old" trained on /data/x
@@ -206,7 +207,9 @@ def _beside_config(values, files):
     files: {source name: the config file's path}."""
     for key in PATH_KEYS:
         value, origin = values.get(key, (None, None))
-        if not isinstance(value, str) or not value.strip() or os.path.isabs(os.path.expanduser(value)):
+        if not isinstance(value, str) or not value.strip() or "\x00" in value:     # (a NUL: check_value's)
+            continue
+        if os.path.isabs(os.path.expanduser(value)):
             continue
         if not origin or origin[0] != "file" or origin[1] not in files:
             continue

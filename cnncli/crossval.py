@@ -107,6 +107,7 @@ def _open_parent(resume, cfg: dict, folds: int, out) -> tuple:
     check(cfg, folds)
     runfolder.check_utf8_name(out or f"{cfg['out']}-cv", "--out" if out else "out")
     runfolder.refuse_a_file(out or f"{cfg['out']}-cv", "--out" if out else "`out`")   # (before any image is read)
+    runfolder.refuse_inside_data(out or f"{cfg['out']}-cv", cfg["data"], "--out" if out else "`out`")
     check_images(cfg, folds)
     parent = runfolder.new_run_dir(out or f"{cfg['out']}-cv", "--out" if out else "`out`")
     base = {**cfg, "data": {**cfg["data"], "folds": folds, "fold": 0}, "out": str(parent)}

@@ -34,10 +34,19 @@ def names_a_model(path) -> bool:
     return p.is_dir() and any((p / name).is_file() or (p / "fold-1" / name).is_file() for name in BEST_FIRST)
 
 
+def is_a_model(path) -> bool:
+    """names_a_model, with a folder's config.yaml (or its fold-1's) besides: a run or cnn cv folder,
+    not a folder of images that happens to hold a best.npz."""
+    p = Path(path)
+    if not names_a_model(p):
+        return False
+    return p.is_file() or (p / "config.yaml").is_file() or (p / "fold-1" / "config.yaml").is_file()
+
+
 def holds_runs(path) -> bool:
     """Whether the folder `path` has a run folder (or a cnn cv folder) among its subfolders: runs/."""
     try:
-        return os.path.isdir(path) and any(e.is_dir() and names_a_model(e.path) for e in os.scandir(path))
+        return os.path.isdir(path) and any(e.is_dir() and is_a_model(e.path) for e in os.scandir(path))
     except OSError:
         return False
 

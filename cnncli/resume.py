@@ -7,6 +7,7 @@ This module compares configs and resolves paths; it does not load data or build 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -61,14 +62,8 @@ def resumed_config(resume, overrides=(), config_files=()) -> dict:
     from cnncli.predictor import run_checkpoint
 
     path = run_checkpoint(resume)
-    try:
+    with best_instead(path):
         meta = checkpoint.load_meta(path)
-    except CheckpointError as err:       # (a damaged last.npz: the run's best.npz may be whole)
-        best = path.parent / "best.npz"
-        if path.name != "last.npz" or not best.is_file():
-            raise
-        raise CheckpointError(f"{err}; the run's best.npz can go on from its epoch: cnn train --resume {best}") \
-            from None
     checkpoint.check_run_meta(path, meta)
     check_resumable(path, meta, resume)
     return config_mod.load_layers([(meta.get("config", ""), f"{resume} (config)", None)]
@@ -129,6 +124,20 @@ def should_continue(state, saved_cfg: dict, cfg: dict) -> bool:
         state.bad_epochs = 0
         return True
     return False
+
+
+@contextlib.contextmanager
+def best_instead(path: Path):
+    """Around reading the checkpoint to resume: a damaged last.npz's CheckpointError names the run's
+    best.npz, which may be whole, to go on from."""
+    try:
+        yield
+    except CheckpointError as err:
+        best = path.parent / "best.npz"
+        if path.name != "last.npz" or not best.is_file():
+            raise
+        raise CheckpointError(f"{err}; the run's best.npz can go on from its epoch: cnn train --resume {best}") \
+            from None
 
 
 def carry_best(src_dir: Path, run_dir: Path) -> None:

@@ -65,7 +65,10 @@ def refuse_inside_data(out, data: dict, what: str = "`out`") -> None:
     here = Path(out).resolve()
     for key in ("train", "val", "test"):
         folder = data.get(key)
-        if folder and Path(folder).is_dir() and here.is_relative_to(Path(folder).resolve()):
+        if not folder or not Path(folder).is_dir() or not here.is_relative_to(Path(folder).resolve()):
+            continue
+        if not any(part.startswith(".") for part in here.relative_to(Path(folder).resolve()).parts):
+            # (a hidden folder, data/.runs/x, is never read as a class)
             raise CnnError(printable(f"{out}: is inside data.{key} ({folder}), where the run's files would read "
                                      f"as a class folder; choose another {what}"))
 

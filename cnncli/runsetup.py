@@ -62,7 +62,8 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
             key, path = missing[0]
             raise DataError(runfolder.printable(
                 f"data.{key}: {path} does not exist, and data.demo makes the demo only as FOLDER/train (data.train) "
-                f"and FOLDER/test (data.val or data.test), e.g. --set data.train={train_dir.parent / 'train'}"))
+                f"and FOLDER/test (data.val or data.test), e.g. --set data.{key}="
+                f"{train_dir.parent / 'train' if key == 'train' else train_dir.parent / 'test'}"))
     if d["demo"] and _demo_missing(train_dir, val_dir):
         from cnncli.demo import ensure_demo
 
@@ -173,7 +174,8 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     from cnncli.predictor import check_architecture, run_checkpoint
 
     ckpt_path = run_checkpoint(resume)
-    arrays, meta = checkpoint.load(ckpt_path)
+    with resume_mod.best_instead(ckpt_path):
+        arrays, meta = checkpoint.load(ckpt_path)
     check_architecture(arrays, meta, ckpt_path)           # shapes, dtypes, finite values
     resume_mod.check_resumable(ckpt_path, meta, resume)   # (a model saved from Python: --init-from)
     checkpoint.check_run_meta(ckpt_path, meta)            # the run state's kinds of values

@@ -51,7 +51,7 @@ def test_fail_under_default_metric_is_accuracy_and_range_is_checked(trained):
         assert "accuracy" in res.stderr and "macro_f1" not in res.stderr
     assert invoke(["eval", "--checkpoint", tmp / "run", "--data", data, "--fail-under", 1.5]).exit_code == 2
     nan = invoke(["eval", "--checkpoint", tmp / "run", "--data", data, "--fail-under", "nan"])
-    assert nan.exit_code == 2 and "Invalid value for --fail-under: nan is no threshold" in nan.output \
+    assert nan.exit_code == 2 and "Invalid value for '--fail-under': nan is no threshold" in nan.output \
         and nan.stdout == ""
     alone = invoke(["eval", "--checkpoint", tmp / "run", "--data", data, "--metric", "macro_f1"])
     assert alone.exit_code == 2 and "Invalid value for --metric: chooses what --fail-under checks; add --fail-under X" \

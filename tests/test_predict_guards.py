@@ -114,6 +114,7 @@ def test_a_second_model_among_the_paths_is_refused_not_read_as_images(tmp_path, 
     run = tmp_path / "runs" / "x"
     (run / "report").mkdir(parents=True)
     save_model(run / "best.npz", model.Network(num_classes=3, seed=1), ["a", "b", "c"])
+    (run / "config.yaml").write_text("data:\n  train: x\n")                # (as every run folder holds)
     Image.new("L", (32, 32), 10).save(run / "report" / "curves.png")        # (it classified such pictures)
     path = {"checkpoint": run / "best.npz", "run folder": run, "runs": tmp_path / "runs"}[second]
     for args in (("predict", ckpt, path, image), ("predict", "--checkpoint", ckpt, image, path)):
@@ -144,3 +145,15 @@ def test_export_to_a_dash_is_refused_not_written_as_a_file_named_dash(tmp_path, 
     assert res.exit_code == 2
     assert _last_line(res) == "Error: --out -: export writes the model to a file; give its path, e.g. -o model.onnx"
     assert not (tmp_path / "-").exists()
+
+
+def test_a_folder_of_images_that_holds_a_checkpoint_is_still_images(tmp_path, ckpt, image):
+    # (a copy of best.npz among the images, or a class folder with one: no config.yaml, no run)
+    imgs = tmp_path / "imgs"
+    (imgs / "cat").mkdir(parents=True)
+    Image.new("L", (32, 32), 40).save(imgs / "cat" / "a.png")
+    save_model(imgs / "cat" / "best.npz", model.Network(num_classes=3, seed=1), ["a", "b", "c"])
+    for path in (imgs, imgs / "cat"):
+        res = invoke("predict", "--checkpoint", ckpt, path)
+        assert res.exit_code == 0, res.output
+        assert "cat/a.png" in res.stdout

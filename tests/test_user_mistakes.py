@@ -144,3 +144,32 @@ def test_a_nul_character_in_a_path_is_refused_in_one_line():
     # (os.path.expanduser('~\x00') raised ValueError from the config's path checks: hypothesis found it)
     with pytest.raises(ConfigError, match=r"data.train: holds a NUL character"):
         config.validate(config.nest({"data.train": "~\x00"}))
+
+
+def test_second_looks_at_this_sessions_fixes(small, tmp_path):
+    # (a helper's adversarial pass): a NUL after ~ reached os.path.expanduser before the value check;
+    # '--set data.train=2024 #old' kept the comment as the value; a hidden run folder inside the data is
+    # never read as a class; cnn cv checked --out inside the data only after the first fold began
+    with pytest.raises(ConfigError, match=r"data.train: holds a NUL character"):
+        config.load_config_text("data:\n  train: \"~\\0\"\n", source="c.yaml")
+    with pytest.raises(ConfigError, match=r"data.train: expected a string, got int 2024"):
+        config.parse_override("data.train=2024 #old") and config.load_config([], ["data.train=2024 #old"])
+    tmp, data, cfg = small
+    res = invoke(["train", "--config", cfg, "-q", "--no-report", "--out", data / ".runs" / "a"])
+    assert res.exit_code == 0, res.stderr
+    res = invoke(["cv", "--config", cfg, "-q", "--folds", "2", "--out", data / "cvrun"])
+    assert res.exit_code == 1 and "is inside data.train" in res.stderr and "choose another --out" in res.stderr
+    assert "fold 1" not in res.stderr and not (data / "cvrun").exists()
+
+
+def test_resuming_a_run_whose_last_npz_arrays_are_damaged_points_to_its_best(small):
+    tmp, _, cfg = small
+    assert invoke(["train", "--config", cfg, "-q", "--no-report"]).exit_code == 0
+    last = tmp / "runs" / "x" / "last.npz"
+    raw = bytearray(last.read_bytes())
+    raw[300:500] = bytes(200)                                   # (in the parameter arrays: a bad CRC-32)
+    last.write_bytes(bytes(raw))
+    res = invoke(["train", "--resume", last.parent, "-q", "--no-report", "--set", "train.epochs=2"])
+    assert res.exit_code == 1
+    assert res.stderr.strip().endswith(f"; the run's best.npz can go on from its epoch: cnn train --resume "
+                                       f"{last.parent / 'best.npz'}"), res.stderr

@@ -64,15 +64,14 @@ def _add_entry(e, rel_dir: str, out: list, st_all, stack: list, bad, ignored) ->
                 st_all.extend((st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
             except OSError:                            # dangling symlink: the decoder reports it
                 st_all.extend((-1, -1, -1, -1))
-    elif e.is_symlink() and not os.path.exists(e.path):  # (a folder's link, perhaps: not counted as a file)
-        if bad is not None:
-            bad.append((rel, BROKEN_LINK))
+    elif ignored is not None and e.is_symlink() and not os.path.exists(e.path):
+        ignored["(broken link)"] += 1                  # (not a file of no extension: what it is)
     elif ignored is not None and name.lower() not in OS_DEBRIS:
         ignored["." + name.rpartition(".")[2].lower() if "." in name else "(no extension)"] += 1
 
 
 UP_LINK = "a link to the data folder or a folder above it: not followed (it would read every class again)"
-BROKEN_LINK = "broken symbolic link"
+BROKEN_LINK = "broken symbolic link (what it points to does not exist): a class folder moved away?"
 
 
 def _scan_images(top: str, bad: list | None = None, stats: list | None = None, ignored=None,
@@ -135,7 +134,10 @@ def list_images_and_bad(path, ignored=None) -> tuple[list[str], list[tuple[str, 
     bad: list = []
     files = [prefix + rel for rel in _scan_images(path, bad, ignored=ignored, fence=os.path.realpath(path),
                                                   fence_is_top=True)]
-    return files, [(printable(prefix + rel), why) for rel, why in bad]
+    if ignored is not None:                            # (a link back up: not followed, a note rather than a failure)
+        ignored["(link to a folder above)"] += sum(why == UP_LINK for _, why in bad)
+        ignored += Counter()                           # (drops a zero count)
+    return files, [(printable(prefix + rel), why) for rel, why in bad if ignored is None or why != UP_LINK]
 
 
 def _missing_hint(path: str, root: bool = False) -> str:
@@ -293,10 +295,11 @@ def _loose_hint(root: str) -> str:
 
 
 def _broken_links(root: str) -> list[str]:
-    """The names of the data folder's symbolic links that lead nowhere (a class folder moved away)."""
+    """The names of the data folder's symbolic links that lead nowhere and are named as a folder is
+    (no extension: a class folder moved away; README.md's link is no class)."""
     try:
-        return sorted(e.name for e in os.scandir(root) if not _is_hidden(e.name) and e.is_symlink()
-                      and not os.path.exists(e.path))
+        return sorted(e.name for e in os.scandir(root) if not _is_hidden(e.name) and "." not in e.name
+                      and e.is_symlink() and not os.path.exists(e.path))
     except OSError:
         return []
 
@@ -375,7 +378,7 @@ class Index:
         self.labels = np.repeat(np.arange(len(self.classes), dtype=np.int64), counts)   # (N,)
         self.shared = _shared_files(self.rels, self.labels, np.concatenate(keys) if keys else np.zeros(0, np.uint64))
         self.loose = _loose_images(root)
-        self.bad.extend((name, BROKEN_LINK + " (a class folder's?)") for name in _broken_links(root))
+        self.bad.extend((name + "/", BROKEN_LINK) for name in _broken_links(root))
         h.update(repr(self.loose).encode("utf-8", "surrogatepass"))
         self.digest = h.hexdigest()
         self._check(root, counts)

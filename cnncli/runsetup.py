@@ -59,7 +59,7 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
     if d["demo"] and not _demo_missing(train_dir, val_dir):
         missing = [(k, p) for k, p in (("train", train_dir), ("val", val_dir)) if p is not None and not p.exists()]
         if missing:                                 # (a typo stays an error, saying why nothing was made)
-            key, path = missing[0]
+            key, path = missing[-1] if train_dir.name == "train" else missing[0]   # (the name that stops it)
             raise DataError(runfolder.printable(
                 f"data.{key}: {path} does not exist, and data.demo makes the demo only as FOLDER/train (data.train) "
                 f"and FOLDER/test (data.val or data.test), e.g. --set data.{key}="

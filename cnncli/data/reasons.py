@@ -1,6 +1,7 @@
 """Why a file cannot be used, in words: the reasons decode.py gives for a file it skips (not an image,
-damaged, truncated, another format), from the file's first bytes and the Pillow frames that failed.
-It does not open images as images (decode.py) or say which foreign formats exist (foreign.py).
+damaged, truncated, another format), from the file's first bytes and the Pillow frames that failed;
+and why a path typed on the command line names nothing (missing_hint). It does not open images as
+images (decode.py) or say which foreign formats exist (foreign.py).
 """
 
 from __future__ import annotations
@@ -102,3 +103,28 @@ def _size(path: str) -> str:
         return f"{os.path.getsize(path):,} bytes"
     except OSError:
         return "size unknown"
+
+
+def missing_hint(path: str, root: bool = False) -> str:
+    """Why a path typed on the command line may name nothing, when the path shows it: empty, a URL,
+    or a ~ or wildcard pattern that was quoted, so no shell expanded it ("" otherwise). root: the
+    path is a data folder, which a pattern cannot stand for."""
+    import glob
+
+    if not path:
+        return " (an empty path)"
+    if "://" in path:
+        return " (a URL: cnn reads image files on this machine; download it first)"
+    if path.startswith("~"):
+        return " (a shell expands ~ only outside quotes)"
+    if "$" in path:
+        return " (a shell expands $NAME outside single quotes; a config's paths are not expanded)"
+    if any(c in path for c in "*?["):
+        if root:
+            return " (a wildcard pattern: give the one folder that holds the class subfolders)"
+        found = len(glob.glob(path))
+        if not found:
+            return " (a wildcard pattern, and it matches nothing)"
+        return (f" (a wildcard pattern that matches {found:,} path(s), but no shell expanded it: write it "
+                "without quotes, or give the folder)")
+    return ""

@@ -19,6 +19,7 @@ from . import foreign
 from .decode import IMAGE_EXTENSIONS
 from .names import form_twins, matching_form, printable, shown_classes, spelled
 from .pathlist import PathList
+from .reasons import missing_hint
 
 # folders that systems, not users, put among images (hidden (dot) folders are ignored as well): macOS
 # zip debris; Synology's thumbnails (a copy of every image), recycle bin and snapshots; QNAP's bin;
@@ -129,7 +130,7 @@ def list_images_and_bad(path, ignored=None) -> tuple[list[str], list[tuple[str, 
     if os.path.lexists(path) and not os.path.isdir(path):
         return [path], []             # a file, or a FIFO, device or broken link: its decode says which
     if not os.path.isdir(path):
-        raise DataError(f"{printable(path)}: no such file or folder{_missing_hint(path)}")
+        raise DataError(f"{printable(path)}: no such file or folder{missing_hint(path)}")
     prefix = os.path.join(path, "")
     bad: list = []
     files = [prefix + rel for rel in _scan_images(path, bad, ignored=ignored, fence=os.path.realpath(path),
@@ -140,34 +141,9 @@ def list_images_and_bad(path, ignored=None) -> tuple[list[str], list[tuple[str, 
     return files, [(printable(prefix + rel), why) for rel, why in bad if ignored is None or why != UP_LINK]
 
 
-def _missing_hint(path: str, root: bool = False) -> str:
-    """Why a path typed on the command line may name nothing, when the path shows it: empty, a URL,
-    or a ~ or wildcard pattern that was quoted, so no shell expanded it ("" otherwise). root: the
-    path is a data folder, which a pattern cannot stand for."""
-    import glob
-
-    if not path:
-        return " (an empty path)"
-    if "://" in path:
-        return " (a URL: cnn reads image files on this machine; download it first)"
-    if path.startswith("~"):
-        return " (a shell expands ~ only outside quotes)"
-    if "$" in path:
-        return " (a shell expands $NAME outside single quotes; a config's paths are not expanded)"
-    if any(c in path for c in "*?["):
-        if root:
-            return " (a wildcard pattern: give the one folder that holds the class subfolders)"
-        found = len(glob.glob(path))
-        if not found:
-            return " (a wildcard pattern, and it matches nothing)"
-        return (f" (a wildcard pattern that matches {found:,} path(s), but no shell expanded it: write it "
-                "without quotes, or give the folder)")
-    return ""
-
-
 def _check_root(root: str) -> list[str]:
     if not os.path.exists(root):
-        raise DataError(f"data folder {printable(root)}: does not exist{_missing_hint(root, root=True)}")
+        raise DataError(f"data folder {printable(root)}: does not exist{missing_hint(root, root=True)}")
     if not os.path.isdir(root):
         raise DataError(f"data folder {printable(root)}: is not a folder (give the folder of class subfolders, "
                         "or a labels CSV ending in .csv, .tsv or .txt)")

@@ -163,7 +163,7 @@ def _report_after_training(run_dir, new=True):
         click.echo(f"note: no report ({err})", err=True)
 
 
-def _fraction(ctx, param, value):
+def _threshold(ctx, param, value):
     """--fail-under's value, in [0, 1]; a percentage (90) is refused naming the fraction (0.9)."""
     if value is not None and value != value:        # nan (a variable expanded badly): no gate
         raise click.BadParameter("nan is no threshold; give a number in [0, 1]")
@@ -185,7 +185,7 @@ def _fraction(ctx, param, value):
 @click.option("--top-k", default=None, type=click.IntRange(min=1),
               help="k of the top-k accuracy [default: the checkpoint config's train.top_k].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-@click.option("--fail-under", type=float, default=None, callback=_fraction,
+@click.option("--fail-under", type=float, default=None, callback=_threshold,
               help="Exit 1 (after printing the metrics) when --metric is below this value, in [0, 1]: a CI gate.")
 @click.option("--metric", default=None, type=click.Choice(["accuracy", "macro_f1", "top_k_accuracy"]),
               help="The metric --fail-under checks [default: accuracy]; only with --fail-under.")

@@ -65,9 +65,10 @@ def refuse_inside_data(out, data: dict, what: str = "`out`") -> None:
     here = Path(out).resolve()
     for key in ("train", "val", "test"):
         folder = data.get(key)
-        if not folder or not Path(folder).is_dir() or not here.is_relative_to(Path(folder).resolve()):
+        top = Path(folder).resolve() if folder and Path(folder).is_dir() else None
+        if top is None or not here.is_relative_to(top):
             continue
-        if not any(part.startswith(".") for part in here.relative_to(Path(folder).resolve()).parts):
+        if not any(part.startswith(".") for part in here.relative_to(top).parts):
             # (a hidden folder, data/.runs/x, is never read as a class)
             raise CnnError(printable(f"{out}: is inside data.{key} ({folder}), where the run's files would read "
                                      f"as a class folder; choose another {what}"))

@@ -201,6 +201,9 @@ def run_bench(batchnorm="none", batch_sizes=(32, 64, 128, 256), threads=0, secon
                 precompile.start(bn, "adam", say=precompile.stderr_line, augment=False).wait()
     with using_threads(threads, torch) as n_threads:
         result = _measure_all(batchnorm, batch_sizes, n_threads, seconds, repeats, torch, num_classes)
+        jit = result.get("jit") or {}
+        if compare_bn and jit.get("already_compiled"):           # (the format's first-call line says why)
+            jit["why"] = "--compare-bn compiled the other variants first, which share its kernels"
         if compare_bn:
             result["bn_vs_none"] = [_measure_bn_row(bs, num_classes, seconds, repeats, min(0.5, seconds))
                                     for bs in batch_sizes]
@@ -345,7 +348,7 @@ def format_result(result: dict) -> str:
         f"BLAS:      {m['blas']}; OpenBLAS/OMP env as the run saw it: {env}",
     ]
     if jit["already_compiled"]:
-        lines.append("first call: not measured (kernels already compiled in this process)")
+        lines.append(f"first call: not measured ({jit.get('why', 'kernels already compiled in this process')})")
     else:
         lines.append(f"first call: train_step {jit['train_step_s']:.2f}s, predict {jit['predict_s']:.2f}s "
                      f"({jit['cache']}: {jit['cache_hits']} hit(s), {jit['cache_misses']} miss(es))")

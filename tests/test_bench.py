@@ -111,6 +111,7 @@ def test_compare_bn_alternates_the_three_variants_and_divides_by_no_bn():
     assert row["unit_vs_none"] == pytest.approx(row["unit"]["median"] / row["none"]["median"])
     assert row["channel_vs_none"] == pytest.approx(row["channel"]["median"] / row["none"]["median"])
     assert "channel/none" in printed[0] and f"{row['unit_vs_none']:.2f}" in printed[0]
+    assert "first call: not measured (--compare-bn compiled the other variants first" in printed[0]
 
 
 @pytest.mark.parametrize("bn", ["none", "channel"])

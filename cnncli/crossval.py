@@ -105,11 +105,11 @@ def _open_parent(resume, cfg: dict, folds: int, out) -> tuple:
         return parent, cfg, cfg["data"]["folds"]
     cfg = absolute_paths(cfg)
     check(cfg, folds)
-    runfolder.check_utf8_name(out or f"{cfg['out']}-cv", "--out" if out else "out")
-    runfolder.refuse_a_file(out or f"{cfg['out']}-cv", "--out" if out else "`out`")   # (before any image is read)
-    runfolder.refuse_inside_data(out or f"{cfg['out']}-cv", cfg["data"], "--out" if out else "`out`")
+    target, what = out or f"{cfg['out']}-cv", "--out" if out else "`out`"
+    runfolder.check_utf8_name(target, "--out" if out else "out")
+    runfolder.refuse_unfit(target, cfg["data"], what)           # (before any image is read)
     check_images(cfg, folds)
-    parent = runfolder.new_run_dir(out or f"{cfg['out']}-cv", "--out" if out else "`out`")
+    parent = runfolder.new_run_dir(target, what)
     base = {**cfg, "data": {**cfg["data"], "folds": folds, "fold": 0}, "out": str(parent)}
     text = config_mod.dump(base)
     write_atomic(parent / "config.yaml", lambda f: f.write(text), text=True)

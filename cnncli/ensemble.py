@@ -35,12 +35,14 @@ def names_a_model(path) -> bool:
 
 
 def is_a_model(path) -> bool:
-    """names_a_model, with a folder's config.yaml (or its fold-1's) besides: a run or cnn cv folder,
-    not a folder of images that happens to hold a best.npz."""
+    """Among cnn predict's image paths, a model given by mistake: a .npz file, or a run or cnn cv folder
+    (names_a_model, with the run's config.yaml), not a folder of images that happens to hold a
+    best.npz. Opens no file (names_a_model reads the first bytes of a file: once per image path)."""
     p = Path(path)
-    if not names_a_model(p):
-        return False
-    return p.is_file() or (p / "config.yaml").is_file() or (p / "fold-1" / "config.yaml").is_file()
+    if p.suffix.lower() == ".npz":
+        return True
+    return p.is_dir() and names_a_model(p) and ((p / "config.yaml").is_file()
+                                                 or (p / "fold-1" / "config.yaml").is_file())
 
 
 def holds_runs(path) -> bool:

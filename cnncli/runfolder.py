@@ -59,9 +59,11 @@ def refuse_a_file(out, what: str = "`out`") -> None:
         raise CnnError(f"{printable(out)}: is a file, not a run folder; choose another {what}")
 
 
-def refuse_inside_data(out, data: dict, what: str = "`out`") -> None:
-    """CnnError when the run folder `out` lies inside a data folder of the config's data section
-    (data.train, data.val, data.test): its files would become a class folder of that data."""
+def refuse_unfit(out, data: dict, what: str = "`out`") -> None:
+    """CnnError when `out` cannot be a new run folder (named by `what`): a file (refuse_a_file), or a
+    folder inside a data folder of the config's data section (data.train, data.val, data.test), whose
+    run files would read as a class folder of that data (a hidden one, data/.runs/x, is never read)."""
+    refuse_a_file(out, what)
     here = Path(out).resolve()
     for key in ("train", "val", "test"):
         folder = data.get(key)
@@ -69,7 +71,6 @@ def refuse_inside_data(out, data: dict, what: str = "`out`") -> None:
         if top is None or not here.is_relative_to(top):
             continue
         if not any(part.startswith(".") for part in here.relative_to(top).parts):
-            # (a hidden folder, data/.runs/x, is never read as a class)
             raise CnnError(printable(f"{out}: is inside data.{key} ({folder}), where the run's files would read "
                                      f"as a class folder; choose another {what}"))
 

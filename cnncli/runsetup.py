@@ -56,14 +56,6 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
 
     d = cfg["data"]
     train_dir, val_dir = Path(d["train"]), (Path(d["val"]) if d["val"] else None)
-    if d["demo"] and not _demo_missing(train_dir, val_dir):
-        missing = [(k, p) for k, p in (("train", train_dir), ("val", val_dir)) if p is not None and not p.exists()]
-        if missing:                                 # (a typo stays an error, saying why nothing was made)
-            key, path = missing[-1] if train_dir.name == "train" else missing[0]   # (the name that stops it)
-            raise DataError(runfolder.printable(
-                f"data.{key}: {path} does not exist, and data.demo makes the demo only as FOLDER/train (data.train) "
-                f"and FOLDER/test (data.val or data.test), e.g. --set data.{key}="
-                f"{train_dir.parent / 'train' if key == 'train' else train_dir.parent / 'test'}"))
     if d["demo"] and _demo_missing(train_dir, val_dir):
         from cnncli.demo import ensure_demo
 
@@ -71,6 +63,14 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
         if echo:
             echo(f"Generating the built-in demo dataset in {root} ...")
         ensure_demo(root)
+    elif d["demo"]:                                 # (a typo stays an error, saying why nothing was made)
+        missing = [(k, p) for k, p in (("train", train_dir), ("val", val_dir)) if p is not None and not p.exists()]
+        if missing:
+            key, path = missing[-1] if train_dir.name == "train" else missing[0]   # (the name that stops it)
+            raise DataError(runfolder.printable(
+                f"data.{key}: {path} does not exist, and data.demo makes the demo only as FOLDER/train (data.train) "
+                f"and FOLDER/test (data.val or data.test), e.g. --set data.{key}="
+                f"{train_dir.parent / ('train' if key == 'train' else 'test')}"))
     _refuse_dataset_root(train_dir)
     opts = dict(image_size=d["image_size"], resize=d["resize"], strict=d["strict"], cache=d["cache"],
                 progress=progress)

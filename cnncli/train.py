@@ -17,7 +17,7 @@ import numpy as np
 from cnncli import resume as resume_mod, runfolder
 from cnncli.callbacks import Aborted, StopAfterTraining, StopDuringSetup, loss_text
 from cnncli.cores import quota_text
-from cnncli.errors import CnnError, Stopped, TrainingDiverged
+from cnncli.errors import Stopped, TrainingDiverged
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
 from cnncli.datanotes import data_notes
 from cnncli.runsetup import load_datasets, setup  # noqa: F401 (load_datasets: API)
@@ -110,9 +110,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     cfg = resume_mod.absolute_paths(cfg)
     taken = Path(out or cfg["out"])          # the folder asked for (setup's cfg names the one the run got)
     runfolder.check_utf8_name(taken, "--out" if out else "out")
-    if out or resume is None:                # (a file there: said now, not after the data is decoded)
-        runfolder.refuse_a_file(taken, "--out" if out else "`out`")
-        runfolder.refuse_inside_data(taken, cfg["data"], "--out" if out else "`out`")
+    if out or resume is None:                # (a file there, or a folder in the data: said before it is decoded)
+        runfolder.refuse_unfit(taken, cfg["data"], "--out" if out else "`out`")
     with StopDuringSetup(resume):
         try:
             (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess) = \

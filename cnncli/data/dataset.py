@@ -113,9 +113,8 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
     if empty and not missing_ok:
         theirs = [(printable(ix.rels[i]), why) for i, why in bad if counts[ix.labels[i]] == 0]
         why = "; ".join(f"{p}: {w}" for p, w in theirs[:3]) + ("; ..." if len(theirs) > 3 else "")
-        raise DataError(f"{ix.what} {printable(root)}: no usable images in class folder(s) "
-                        f"{', '.join(empty)}: {len(theirs)} unreadable file(s) ({why})" if ix.what == "data folder"
-                        else f"{ix.what} {printable(root)}: no usable images of {', '.join(empty)}: "
+        whose = "in class folder(s)" if ix.what == "data folder" else "of"
+        raise DataError(f"{ix.what} {printable(root)}: no usable images {whose} {', '.join(empty)}: "
                         f"{len(theirs)} unreadable file(s) ({why})")
     ix.rels.prefix = prefix                           # the Index is done with: its names become the paths
     paths = ix.rels if keep.all() else ix.rels.take(np.flatnonzero(keep))

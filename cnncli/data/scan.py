@@ -135,9 +135,9 @@ def list_images_and_bad(path, ignored=None) -> tuple[list[str], list[tuple[str, 
     bad: list = []
     files = [prefix + rel for rel in _scan_images(path, bad, ignored=ignored, fence=os.path.realpath(path),
                                                   fence_is_top=True)]
-    if ignored is not None:                            # (a link back up: not followed, a note rather than a failure)
-        ignored["(link to a folder above)"] += sum(why == UP_LINK for _, why in bad)
-        ignored += Counter()                           # (drops a zero count)
+    ups = sum(why == UP_LINK for _, why in bad) if ignored is not None else 0
+    if ups:                                            # (a link back up: not followed, a note rather than a failure)
+        ignored["(link to a folder above)"] += ups
     return files, [(printable(prefix + rel), why) for rel, why in bad if ignored is None or why != UP_LINK]
 
 

@@ -270,6 +270,21 @@ def write_skipped(run_dir: Path, skipped, echo) -> None:
         echo(line)
 
 
+def add_skipped(run_dir: Path, skipped, where: str, echo) -> None:
+    """Another folder's unusable files (data.test's, decoded after training) added to skipped.txt (rows
+    it holds already are not repeated: a resume tests again) and the warning naming the first five."""
+    path = run_dir / "skipped.txt"
+    try:
+        old = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except FileNotFoundError:
+        old = ""
+    held = set(old.splitlines())
+    rows = [f"{printable(p)}\t{printable(r)}" for p, r in skipped]
+    atomic_text(path, old + "".join(f"{row}\n" for row in dict.fromkeys(rows) if row not in held))
+    for line in skipped_lines(skipped, f"{where}, listed in {path}"):
+        echo(line)
+
+
 DIVERGED = "diverged.txt"    # the one-line error of a run whose loss became non-finite (cnn runs shows it)
 
 

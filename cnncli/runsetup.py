@@ -119,13 +119,18 @@ def load_validation(cfg: dict, classes):
                             cache=d["cache"], classes=list(classes), missing_ok=True)
 
 
-def check_test_data(path: str, classes) -> list:
-    """data.test indexed (not decoded) against the training's classes before any step, so a wrong
-    path or an unknown class stops the run now rather than after training -> its files' paths."""
+def check_test_data(d: dict, classes, progress: bool = False) -> list:
+    """data.test indexed against the training's classes before any step, so a wrong path or an unknown
+    class stops the run now rather than after training; with data.strict also decoded (into the dataset
+    cache the test after training reads), so an unusable file refuses the run now -> its files' paths."""
+    from cnncli import data
     from cnncli.data.dataset import index
 
     try:
-        ix, prefix = index(path, classes, missing_ok=True)
+        ix, prefix = index(d["test"], classes, missing_ok=True)
+        if d["strict"]:
+            data.load_folder(d["test"], image_size=d["image_size"], resize=d["resize"], classes=list(classes),
+                             strict=True, cache=d["cache"], progress=progress, missing_ok=True)
     except DataError as err:
         raise DataError(f"data.test: {err}") from None
     return [prefix + r for r in ix.rels]
@@ -325,7 +330,7 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
         loaded = load_datasets(cfg, echo=echo if comm.is_main else None, progress=not quiet and comm.is_main,
                                classes=resumed and resumed[1].get("classes"))
         if cfg["data"]["test"]:             # (its files that are training files: a warning with the data's)
-            test_files = check_test_data(cfg["data"]["test"], loaded[0].classes)
+            test_files = check_test_data(cfg["data"], loaded[0].classes, progress=not quiet and comm.is_main)
             loaded[0].notes.extend(test_files_notes(cfg["data"], loaded[0], test_files))
         if cfg["model"]["batchnorm"] != "none" and len(loaded[0].labels) < 2:
             raise DataError(f"{cfg['data']['train']}: model.batchnorm={cfg['model']['batchnorm']} "

@@ -94,3 +94,27 @@ def test_many_more_threads_than_shards_in_a_step_is_a_note(tmp_path, monkeypatch
     res = invoke([*common, "--out", tmp_path / "b"])
     assert res.exit_code == 0 and "note: a step of 8 images is 1 shard(s) of 8: 5 of the 6 threads wait while " \
         "its layers run; train.batch_size 48 would keep every thread busy" in res.stderr, res.output
+
+
+def test_unusable_test_files_are_named_listed_and_refused_under_strict(tmp_path):
+    # (data.test's unusable files were counted only in test_metrics.json, and --strict did not look at them)
+    data = make_folder(tmp_path / "data", per_class=8, odd_files=False)
+    test = make_folder(tmp_path / "test", per_class=4, seed=5)         # (a broken file, an empty one, a .DS_Store)
+    common = ["train", "--set", f"data.train={data}", "--set", f"data.test={test}", "--set", "train.epochs=1",
+              "--set", "train.batch_size=8", "-q", "--no-report"]
+    res = invoke([*common, "--strict", "--out", tmp_path / "strict"])
+    assert res.exit_code == 1 and res.output.startswith(f"Error: data.test: data folder {test}: 2 unusable file(s)"), \
+        res.output
+    assert not (tmp_path / "strict").exists()
+    run = tmp_path / "run"
+    res = invoke([*common, "--out", run])
+    assert res.exit_code == 0, res.output
+    listed = (run / "skipped.txt").read_text().splitlines()
+    assert f"warning: skipped 2 unusable file(s) of data.test, listed in {run / 'skipped.txt'}:" in res.stderr
+    assert len(listed) == 2 and all(line.startswith(str(test)) for line in listed), listed
+    assert [p for p, _ in json.loads((run / "test_metrics.json").read_text())["skipped_files"]] == \
+        [line.split("\t")[0] for line in listed]
+    (run / "test_metrics.json").unlink()                               # a resume tests again: no row twice
+    res = invoke(["train", "--resume", run, "-q", "--no-report"])
+    assert res.exit_code == 0 and "of data.test" in res.stderr, res.output
+    assert (run / "skipped.txt").read_text().splitlines() == listed

@@ -103,3 +103,15 @@ def test_a_checkpoint_that_cannot_be_saved_says_how_to_go_on(tmp_path, monkeypat
     assert res.stderr.strip().splitlines()[-1].endswith(
         f"the previous file there is unchanged; once there is room, go on from it: cnn train --resume {run}"), \
         res.stderr
+
+
+def test_a_folder_of_files_without_image_extensions_says_what_it_holds(tmp_path):
+    # (a folder of extensionless PNGs said only "contains no image files (.bmp, ...)")
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            (tmp_path / name / f"{name}{i}").write_bytes(b"\x89PNG whatever")
+        (tmp_path / name / "x.heic").write_bytes(b"")
+    with pytest.raises(DataError, match=r"contains no image files \(.*\) \(it holds 6 \(no extension\), 2 \.heic "
+                                        r"file\(s\), which are not read\)$"):
+        index(str(tmp_path))

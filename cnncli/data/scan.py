@@ -370,7 +370,7 @@ class Index:
     def _check(self, root, counts):
         if not self.rels:
             raise DataError(f"data folder {printable(root)}: contains no image files "
-                            f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                            f"({', '.join(sorted(IMAGE_EXTENSIONS))}){_unread_text(self.ignored)}")
         empty = [printable(self.classes[i]) + _unread_text(self.unread.get(i)) for i in range(len(self.classes))
                  if counts[i] == 0]
         if empty and not self.missing_ok:

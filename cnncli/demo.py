@@ -240,8 +240,12 @@ def ensure_demo(root, train_per_class: int = 600, test_per_class: int = 150, see
         if os.listdir(root) and _read_marker(root) is None:
             raise DataError(f"demo folder {root}: exists, is not empty and is not a cnncli demo dataset")
     parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.partial-", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.partial-", dir=parent)
+    except OSError as err:                               # (a read-only folder: a raw Errno line named no key)
+        raise DataError(f"demo folder {root}: cannot be made ({err.strerror or err}); name a folder "
+                        "you can write") from None
     try:
         os.chmod(tmp, 0o777 & ~_umask())                 # (mkdtemp's 0700 would outlive the rename)
         try:

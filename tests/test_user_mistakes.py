@@ -173,3 +173,30 @@ def test_resuming_a_run_whose_last_npz_arrays_are_damaged_points_to_its_best(sma
     assert res.exit_code == 1
     assert res.stderr.strip().endswith(f"; the run's best.npz can go on from its epoch: cnn train --resume "
                                        f"{last.parent / 'best.npz'}"), res.stderr
+
+
+def test_a_cache_folder_setting_with_a_tilde_or_a_relative_xdg_path_is_not_taken_literally(monkeypatch, tmp_path):
+    # (CNNCLI_CACHE_DIR='~/c' made a folder named ~ in the working folder)
+    from cnncli.data.cache import cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", "~/c")
+    assert cache_dir() == str(tmp_path / "c")
+    monkeypatch.delenv("CNNCLI_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", "relx")
+    assert cache_dir() == str(tmp_path / ".cache" / "cnncli")
+    monkeypatch.setenv("XDG_CACHE_HOME", "~/xdg")
+    assert cache_dir() == str(tmp_path / "xdg" / "cnncli")
+
+
+def test_cnn_demo_in_a_folder_it_cannot_write_is_one_line(tmp_path, monkeypatch):
+    # (it printed "Error: [Errno 30] Read-only file system: ..." naming neither the demo nor a way on)
+    import errno
+    import tempfile
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path))
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    res = invoke(["demo", tmp_path / "demo"])
+    assert res.exit_code == 1 and res.output == (f"Error: demo folder {tmp_path / 'demo'}: cannot be made "
+                                                 "(Read-only file system); name a folder you can write\n"), res.output

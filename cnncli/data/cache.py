@@ -25,12 +25,14 @@ CACHE_FORMAT_VERSION = 6         # bump when decoding/resizing/the key changes w
 
 
 def cache_dir() -> str:
-    """$CNNCLI_CACHE_DIR, else $XDG_CACHE_HOME/cnncli, else ~/.cache/cnncli."""
+    """$CNNCLI_CACHE_DIR, else $XDG_CACHE_HOME/cnncli, else ~/.cache/cnncli. A leading ~ is the home
+    folder (a .env file or a systemd unit passes it unexpanded: a folder named ~ would be made); a
+    relative XDG_CACHE_HOME is ignored, as the XDG spec says."""
     d = os.environ.get("CNNCLI_CACHE_DIR")
     if d:
-        return d
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return os.path.join(xdg if xdg else os.path.join(os.path.expanduser("~"), ".cache"), "cnncli")
+        return os.path.expanduser(d)
+    xdg = os.path.expanduser(os.environ.get("XDG_CACHE_HOME") or "")
+    return os.path.join(xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache"), "cnncli")
 
 
 def cache_names(root, classes, digest, image_size, resize, max_pixels) -> tuple[str, str]:

@@ -14,6 +14,18 @@ from .data.names import matching_form
 from .errors import ConfigError
 
 
+def _yaml_number(name: str):
+    """The number YAML 1.1 reads an unquoted class name as, as text ('010' -> '8', '1_000' -> '1000'),
+    or None when it reads text."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(name)
+    except yaml.YAMLError:
+        return None
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def class_weights(setting, labels, classes) -> np.ndarray | None:
     """(C,) float64 weights for train.class_weight `setting`, or None for "none" (an unweighted loss).
 
@@ -39,8 +51,8 @@ def class_weights(setting, labels, classes) -> np.ndarray | None:
             if form(str(name)) not in index:
                 close = difflib.get_close_matches(str(name), list(index), n=1, cutoff=0.6)
                 hint = f"; did you mean '{close[0]}'?" if close else f"; the classes are: {', '.join(classes)}"
-                number = [c for c in classes if str(name).isdigit() and c.isdigit() and int(c) == int(name)]
-                if number:                     # {01: 2}: YAML read the unquoted 01 as the number 1
+                number = [c for c in classes if _yaml_number(c) == str(name)]
+                if number:                     # {01: 2}, {010: 2}: YAML read the unquoted 01 as 1, 010 as 8
                     hint = f"; did you mean '{number[0]}'? (YAML reads an unquoted {number[0]} as the number " \
                            f"{name}: quote it, '{number[0]}')"
                 raise ConfigError(f"train.class_weight: {name!r} is not a training class{hint}")

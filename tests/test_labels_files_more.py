@@ -112,6 +112,10 @@ def test_a_class_weight_name_yaml_read_as_a_number_says_quote_it():
     with pytest.raises(ConfigError) as info:
         balance.class_weights({1: 2.0}, np.array([0, 1, 2]), ["01", "02", "10"])
     assert "did you mean '01'? (YAML reads an unquoted 01 as the number 1: quote it, '01')" in str(info.value)
+    for name, number in (("010", "8"), ("1_000", "1000"), ("12:30", "750")):     # (octal, _, sexagesimal)
+        with pytest.raises(ConfigError) as info:
+            balance.class_weights({number: 2.0}, np.array([0, 1]), [name, "b"])
+        assert f"did you mean '{name}'? (YAML reads an unquoted {name} as the number {number}" in str(info.value)
 
 
 def test_a_path_written_in_the_other_unicode_form_names_its_file(folder):

@@ -147,6 +147,8 @@ def format_metrics(metrics) -> str:
     label = dict(zip(names, told_apart(names)))      # (one name in two Unicode forms: spelled out)
     widths = [textwidth.width(printable(str(label[n]))) for n in names]   # terminal columns, as printed
     name_w = min(24, max([5] + widths))
+    if len({short_name(label[n], name_w) for n in names}) < len(names):   # (photos_of_category_number_A, _B)
+        name_w = max(widths)                         # names that cut alike are printed whole
     lines.append("")
     lines.append(f"{'class':<{name_w}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>7}")
     for name in names:

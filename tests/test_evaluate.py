@@ -193,6 +193,17 @@ def test_confusion_columns_are_numbered_when_their_shortened_names_clash():
     assert "confusion matrix (rows = true class, columns = predicted class)\n" in plain
 
 
+def test_class_names_that_cut_alike_are_printed_whole_in_the_per_class_table():
+    # (photos_of_category_number_A and _B were both 'photos_of_category_numb~')
+    rng = np.random.default_rng(4)
+    classes = ["photos_of_category_number_A", "photos_of_category_number_B", "x"]
+    lines = format_metrics(compute_metrics(rng.random((9, 3)), rng.integers(0, 3, 9), classes)).splitlines()
+    rows = [line.split()[0] for line in lines if line.startswith(("photos", "x "))]
+    assert rows == classes, lines
+    short = format_metrics(compute_metrics(rng.random((9, 3)), rng.integers(0, 3, 9), ["a" * 30, "b", "c"]))
+    assert "a" * 23 + "~  " in short                  # (no clash: still cut at 24 columns)
+
+
 def test_more_classes_than_a_terminal_holds_leave_the_matrix_to_json():
     from cnncli.evaluate import MATRIX_CLASSES
 

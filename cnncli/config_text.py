@@ -64,6 +64,8 @@ def suggest(key):
     if same:                                                  # OPTIM.LR: keys are lower case
         return f"unknown key; did you mean '{same[0]}'? (keys are case-sensitive)"
     parent, last = key.rsplit(".", 1) if "." in key else ("", key)
+    if parent and last in SECTIONS and "." not in last:      # data: {augment: ...}
+        return f"unknown key; {last} is a section of its own, at the top level (not inside {parent})"
     moved = [k for k in LEAVES if k.rsplit(".", 1)[-1] == last and k != key]
     if parent in SECTIONS:
         children = sorted({k[len(parent) + 1:].split(".")[0] for k in known if k.startswith(parent + ".")})

@@ -60,13 +60,16 @@ def check_value(opt, value, origin):
             fail(origin, opt.key, f"holds a NUL character (\\x00), which no path or name can: {shown}")
     elif opt.kind == "bool":
         if not isinstance(value, bool):
-            fail(origin, opt.key, wrong)
+            quoted = isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "on", "off")
+            fail(origin, opt.key, wrong + (f" (quoted, it is text: write {value.strip().lower()} without quotes)"
+                                           if quoted else ""))
     elif opt.kind in ("int", "epochs"):
         if opt.kind == "epochs" and value == "auto":
             return value
         whole = _as_int(value)
         if whole is None:
-            fail(origin, opt.key, wrong)
+            auto = opt.kind == "epochs" and isinstance(value, str) and value.strip().lower() == "auto"
+            fail(origin, opt.key, wrong + ("; did you mean 'auto'?" if auto else ""))
         value = whole
     elif opt.kind == "float":
         f = _as_float(value)
@@ -77,7 +80,8 @@ def check_value(opt, value, origin):
         value = f
     elif opt.kind == "choice":
         if not isinstance(value, str) or value not in opt.choices:
-            close = difflib.get_close_matches(str(value), opt.choices, n=1, cutoff=0.6)
+            close = ([c for c in opt.choices if c.lower() == str(value).strip().lower()]       # (PAD, Adam)
+                     or difflib.get_close_matches(str(value), opt.choices, n=1, cutoff=0.6))
             hint = f"; did you mean '{close[0]}'?" if close else ""
             fail(origin, opt.key, f"must be one of {', '.join(opt.choices)}, got {show(value)}{hint}")
     elif opt.kind == "unit_pair":

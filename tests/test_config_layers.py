@@ -167,6 +167,18 @@ def test_wordings_dates_documents_case_and_sections():
     assert "did you mean 'train'?" in _error(config.load_config_text, "trian:\n  epochs: 3\n")
 
 
+def test_a_section_put_inside_another_a_case_slip_and_quoted_true_get_hints():
+    # (a helper's portability pass: 'data.augment: unknown key' said nothing of where augment goes; PAD, AUTO,
+    # and a quoted 'true' got no hint)
+    message = _error(config.load_config_text, "data:\n  augment:\n    flip: true\n", source="c.yaml")
+    assert message == "c.yaml:2: data.augment: unknown key; augment is a section of its own, at the top level " \
+                      "(not inside data)"
+    for given, hint in (("data.resize=PAD", "did you mean 'pad'?"), ("optim.name=Adam", "did you mean 'adam'?"),
+                        ("train.epochs=AUTO", "did you mean 'auto'?"),
+                        ("data.normalize='true'", "(quoted, it is text: write true without quotes)")):
+        assert _error(config.load_config_text, "", [given]).endswith(hint), given
+
+
 def test_gamma_above_one_is_taken_with_a_note():
     # (refusing it would refuse to resume a run saved with it: its config is validated again)
     cfg = config.load_config_text("", ["optim.gamma=2", "optim.schedule=step", "train.epochs=20"])

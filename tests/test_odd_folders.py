@@ -115,3 +115,18 @@ def test_a_folder_of_files_without_image_extensions_says_what_it_holds(tmp_path)
     with pytest.raises(DataError, match=r"contains no image files \(.*\) \(it holds 6 \(no extension\), 2 \.heic "
                                         r"file\(s\), which are not read\)$"):
         index(str(tmp_path))
+
+
+def test_a_missing_data_folder_names_what_the_error_line_cannot_show(tmp_path):
+    # (a trailing space, the other Unicode form of an accent, backslashes: 'does not exist' looked wrong)
+    import unicodedata
+
+    for name in ("données", "my data", "my data/a"):
+        (tmp_path / name).mkdir(parents=True, exist_ok=True)
+    for given, hint in ((unicodedata.normalize("NFD", "données"), "another Unicode form than the name on disk, NFC"),
+                        ("my data ", "(the name 'my data ' ends with a space; "),
+                        ("\xa0my data", "(the name '\\xa0my data' begins with a space; "),
+                        ("my data\\a", "(a Windows path: folders are separated by / here; ")):
+        with pytest.raises(DataError, match=r": does not exist \(") as info:
+            index(str(tmp_path / given))
+        assert hint in str(info.value), str(info.value)

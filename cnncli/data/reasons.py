@@ -127,4 +127,30 @@ def missing_hint(path: str, root: bool = False) -> str:
             return " (a wildcard pattern, and it matches nothing)"
         return (f" (a wildcard pattern that matches {found:,} path(s), but no shell expanded it: write it "
                 "without quotes, or give the folder)")
+    return _invisible_hint(path)
+
+
+def _invisible_hint(path: str) -> str:
+    """What an error line cannot show: a space (or non-breaking space) at an end of the path, an accented
+    letter in the other Unicode form than the name on disk, Windows' backslashes ("" otherwise)."""
+    import unicodedata
+
+    from .names import printable
+
+    parts = path.split(os.sep)
+    spaced = [part for part in parts if part != part.strip()]
+    if spaced:
+        trimmed = os.sep.join(part.strip() for part in parts)
+        there = f"; {printable(trimmed)} exists" if os.path.exists(trimmed) else ""
+        return (f" (the name {printable(repr(spaced[0]))} {'begins' if spaced[0][:1].isspace() else 'ends'} with a "
+                f"space{there})")
+    for form in ("NFC", "NFD"):
+        other = unicodedata.normalize(form, path)
+        if other != path and os.path.exists(other):
+            return (f" (its accented letters are in another Unicode form than the name on disk, {form}: they look "
+                    "alike; copy the path from a file listing or the shell's completion)")
+    if "\\" in path and os.sep == "/":
+        alt = path.replace("\\", "/")
+        return " (a Windows path: folders are separated by / here" + (f"; {printable(alt)} exists)"
+                                                                       if os.path.exists(alt) else ")")
     return ""

@@ -142,14 +142,20 @@ def best_instead(path: Path):
 
 def carry_best(src_dir: Path, run_dir: Path) -> None:
     """Resuming into another folder: copy the source run's best.npz there, so the new folder is whole
-    and every message names a file that exists."""
+    and every message names a file that exists, and its TensorBoard event files, so the new folder's
+    curves start at epoch 1 as its metrics.csv does."""
     from cnncli.atomic import why_unwritten, write_atomic
 
-    src, dst = src_dir / "best.npz", run_dir / "best.npz"
-    if src.is_file() and src.resolve() != dst.resolve() and not dst.exists():
+    if src_dir.resolve() == run_dir.resolve():
+        return
+    events = sorted(p.name for p in src_dir.glob("events.out.tfevents.*") if p.is_file())
+    for name in ["best.npz"] * (src_dir / "best.npz").is_file() + events:
+        src, dst = src_dir / name, run_dir / name
+        if dst.exists():
+            continue
         try:
             with open(src, "rb") as f:
                 write_atomic(dst, lambda out: shutil.copyfileobj(f, out))   # (no temporary file left behind)
         except OSError as err:           # (a full disk: one line, as a checkpoint's save says it)
-            raise CheckpointError(f"{dst}: cannot copy the run's best.npz there ({why_unwritten(err, dst)}); "
+            raise CheckpointError(f"{dst}: cannot copy the run's {name} there ({why_unwritten(err, dst)}); "
                                   "nothing was trained yet") from None

@@ -7,7 +7,10 @@ a general protobuf or TensorBoard writer: scalars only.
 # (train/loss, train/acc, val/loss, val/acc, lr) at the epoch's step, so `tensorboard --logdir runs`
 # shows the curves, as Lightning's default logger does, with neither tensorflow nor tensorboard installed.
 # The file is TFRecord framing (length, masked CRC-32C) around Event protobufs (wall_time = 1,
-# step = 2, file_version = 3, summary = 5; Summary.Value tag = 1, simple_value = 2).
+# step = 2, file_version = 3, summary = 5, session_log = 7; Summary.Value tag = 1, simple_value = 2;
+# SessionLog status = 1, START = 1). A resumed run's file opens with a SessionLog START one step past
+# its checkpoint's: TensorBoard then drops the points of the run's earlier files from that step on
+# (epochs after a best.npz it resumed from, which it trains again), as PyTorch's purge_step does.
 
 from __future__ import annotations
 
@@ -65,11 +68,15 @@ def _field(number: int, wire: int, payload: bytes) -> bytes:
     return key + payload
 
 
-def event(wall_time: float, step: int = 0, scalars=None, file_version: str | None = None) -> bytes:
-    """One serialized Event: a file_version header, or a Summary of (tag, value) scalars at `step`."""
+def event(wall_time: float, step: int = 0, scalars=None, file_version: str | None = None,
+          start: bool = False) -> bytes:
+    """One serialized Event: a file_version header, a Summary of (tag, value) scalars at `step`, or
+    (start) a SessionLog START at `step`."""
     body = _field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(step))
     if file_version is not None:
         body += _field(3, 2, file_version.encode())
+    if start:
+        body += _field(7, 2, _field(1, 0, _varint(1)))
     if scalars:
         values = b"".join(_field(1, 2, _field(1, 2, tag.encode()) + _field(2, 5, struct.pack("<f", value)))
                           for tag, value in scalars)
@@ -85,12 +92,14 @@ def record(data: bytes) -> bytes:
 
 class EventLog:
     """An events.out.tfevents.* file in a run folder, created on the first write and appended to
-    (a resumed run starts a file of its own; TensorBoard reads them together)."""
+    (a resumed run starts a file of its own; TensorBoard reads them together). resumed_at: the global
+    step of the checkpoint a resumed run goes on from (the points after it are dropped), else None."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, resumed_at: int | None = None):
         self.path = Path(run_dir) / (f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
                                      f".{os.getpid()}.cnncli")
         self._started = False
+        self.resumed_at = resumed_at
 
     def epoch(self, row: dict) -> None:
         """The finite values of a metrics.csv row as scalars at its step."""
@@ -99,6 +108,8 @@ class EventLog:
         with open(self.path, "ab") as f:
             if not self._started:
                 f.write(record(event(time.time(), file_version="brain.Event:2")))
+                if self.resumed_at is not None:
+                    f.write(record(event(time.time(), self.resumed_at + 1, start=True)))
                 self._started = True
             f.write(record(event(time.time(), int(row["step"]), scalars)))
 

@@ -82,7 +82,8 @@ class Trainer:
         self.early = EarlyStopping(t["early_stopping"], have_val=len(val_ds.labels) > 0, monitor=t["monitor"])
         self.drops = self.plateau_drops()      # schedule=plateau: the rate's drops so far (from the history)
         self.last_path, self.best_path = run_dir / "last.npz", run_dir / "best.npz"
-        self.events = EventLog(run_dir) if t["tensorboard"] and self.is_main_process else None
+        self.events = (EventLog(run_dir, resumed_at=state.step or None)     # (a resume: its checkpoint's step)
+                       if t["tensorboard"] and self.is_main_process else None)
         self.restored = False
         self.weights_epoch = None       # the epoch whose weights restore_best put back (last.npz's meta says so)
         self.class_weight = class_weights(t["class_weight"], train_ds.labels, classes)  # (C,) or None

@@ -104,6 +104,7 @@ def compute_metrics(probs, labels, classes, top_k=3) -> dict:
         # over the classes that are true or predicted at least once (scikit-learn's default labels):
         # a class with no images here that the model never predicts has no F1 to average
         "macro_f1": float(f1[(support > 0) | (predicted > 0)].mean()) if n else 0.0,
+        "classes": [str(name) for name in classes],       # the confusion matrix's rows and columns, in order
         "confusion": confusion.astype(int).tolist(),
         "absent": [name for name, m in per_class.items() if m["support"] == 0],   # no images of these
     }

@@ -410,3 +410,11 @@ def test_every_loss_printout_keeps_a_tiny_loss_visible(tmp_path):
     assert " 2.596e-05 " in first and " 0.2500 " in second and "0.0000" not in first
     assert head.index("val acc") + 7 == first.index("%") + 1 == second.index("%") + 1   # columns line up
     assert "val loss 0.1250 +- 0.1250" in total
+
+
+def test_the_json_names_the_confusion_matrix_classes_in_order():
+    # (--json's confusion was a bare list of lists: its order could only be guessed from per_class's keys)
+    rng = np.random.default_rng(5)
+    m = compute_metrics(rng.random((20, 3)), rng.integers(0, 3, 20), ["zeta", "alpha", "mid"])
+    assert m["classes"] == ["zeta", "alpha", "mid"] and len(m["confusion"]) == 3
+    assert [sum(row) for row in m["confusion"]] == [m["per_class"][c]["support"] for c in m["classes"]]

@@ -275,8 +275,8 @@ def _cv(comm, config_path, overrides, folds, out, resume, init_from, as_json, qu
 def runs(folders, sort_by, as_json):
     """List the run folders at or below FOLDERS (default: runs), cnn cv folds included: classes,
     batchnorm, optimizer and lr, epochs done of the total (* stopped early, ! diverged: its
-    diverged.txt says where), the best epoch with its
-    val loss and val acc (best.npz's), and the checkpoint its weights started from. Runs nothing;
+    diverged.txt says where; ~ training now), the best epoch with its val loss and val acc (best.npz's),
+    the test accuracy (test_metrics.json's) and the checkpoint its weights started from. Runs nothing;
     numba is not loaded."""
     from cnncli.runs import describe_run, find_runs, format_runs, sort_rows
 

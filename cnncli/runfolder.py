@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,7 +190,14 @@ def hold(folder: Path) -> None:
     except OSError:
         return
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for wait in (0.05, 0.1, 0.2, None):      # (cnn runs' training_now holds the lock for a moment)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if wait is None:
+                    raise
+                time.sleep(wait)
     except BlockingIOError:
         f.seek(0)
         pid = f.read().strip()
@@ -205,6 +213,24 @@ def hold(folder: Path) -> None:
     f.write(f"{os.getpid()}\n")
     f.flush()
     _HELD[key] = f
+
+
+def training_now(folder: Path) -> bool:
+    """Whether a process holds the run folder (hold()'s lock): it trains the run now."""
+    if fcntl is None:
+        return False
+    try:
+        f = open(Path(folder) / ".claimed", "rb")
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:                            # (a file system without locks)
+            return False
+    return False
 
 
 def let_go(folder: Path | None = None) -> None:

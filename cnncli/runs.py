@@ -16,7 +16,7 @@ from cnncli import checkpoint, textwidth
 from cnncli.callbacks import loss_text
 from cnncli.errors import CnnError
 from cnncli.predictor import BEST_FIRST
-from cnncli.runfolder import printable, read_diverged
+from cnncli.runfolder import printable, read_diverged, training_now
 from cnncli.summary import config_value, run_config
 
 SORTS = ("name", "val_acc", "val_loss", "time")
@@ -24,6 +24,12 @@ DEPTH = 3      # a cv parent's fold-k runs sit one level below it: runs/x-cv/fol
 
 
 NO_CHECKPOINT = "no checkpoint yet: stopped before its first save, or still starting"
+# every row's keys (--json), None where a run has no value, and "error" on a row that has one;
+# status: training (a process holds the folder now), finished, stopped early, diverged, incomplete
+# (stopped or killed: `cnn train --resume` goes on), no checkpoint, unreadable
+FIELDS = ("run", "status", "classes", "batchnorm", "optimizer", "lr", "epochs", "epochs_total", "stopped_early",
+          "best_epoch", "monitor", "val_loss", "val_acc", "test_acc", "init_from", "modified", "diverged",
+          "no_checkpoint")
 
 
 def is_run(folder: Path) -> bool:
@@ -95,21 +101,32 @@ def _number(value):
         else None
 
 
+def _test_accuracy(run: Path):
+    """test_metrics.json's accuracy (data.test's, of best.npz), else None."""
+    import json
+
+    try:
+        return _number(json.loads((run / "test_metrics.json").read_text(encoding="utf-8")).get("accuracy"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def describe_run(run: Path) -> dict:
-    """One run's row; a run whose checkpoint cannot be read gets {"run", "error"} instead."""
+    """One run's row (FIELDS); a run whose checkpoint cannot be read has an "error" and no metrics."""
     diverged = read_diverged(run)
     diverged = diverged.split(";")[0] if diverged else None     # "loss or gradients became non-finite at ..."
-    row = {"run": os.fspath(run), "diverged": diverged}
+    row = {**dict.fromkeys(FIELDS), "run": os.fspath(run), "diverged": diverged, "no_checkpoint": False,
+           "status": "training" if training_now(run) else None}
     last = run / "last.npz"
     if not last.is_file() and not (run / "best.npz").is_file():
-        if diverged:
-            return {**row, "error": f"diverged before its first save: {diverged}", "no_checkpoint": True}
-        return {**row, "error": NO_CHECKPOINT, "no_checkpoint": True}
+        error = (f"diverged before its first save: {diverged}" if diverged else
+                 "no checkpoint yet: training now, before its first save" if row["status"] else NO_CHECKPOINT)
+        return {**row, "error": error, "no_checkpoint": True, "status": row["status"] or "no checkpoint"}
     try:
         meta = checkpoint.load_meta(last if last.is_file() else run / "best.npz")
         best_meta = checkpoint.load_meta(run / "best.npz") if (run / "best.npz").is_file() else None
     except CnnError as err:
-        return {**row, "error": str(err)}
+        return {**row, "error": str(err), "status": row["status"] or "unreadable"}
     cfg = run_config(meta)
     best = ((best_meta or {}).get("history") or [None])[-1]
     best = best if isinstance(best, dict) else {}
@@ -124,7 +141,11 @@ def describe_run(run: Path) -> dict:
         val_acc=_number(best.get("val_acc")), init_from=config_value(cfg, "train.init_from"),
         modified=datetime.datetime.fromtimestamp((run / ("last.npz" if last.is_file() else "best.npz"))
                                                  .stat().st_mtime).isoformat(timespec="seconds"),
+        monitor=config_value(cfg, "train.monitor"), test_acc=_test_accuracy(run),
     )
+    done = row["epochs"] is not None and row["epochs_total"] is not None and row["epochs"] >= row["epochs_total"]
+    row["status"] = row["status"] or ("diverged" if diverged else "stopped early" if row["stopped_early"] else
+                                      "finished" if done else "incomplete")
     return row
 
 
@@ -154,7 +175,7 @@ def format_runs(rows: list) -> str:
     if not rows:
         return "no run folders found"
     head = f"{'run':32s} {'classes':>7s} {'bn':7s} {'optim':13s} {'epochs':>9s} {'best':>4s} " \
-           f"{'val loss':>9s} {'val acc':>7s}  started from"
+           f"{'val loss':>9s} {'val acc':>7s} {'test acc':>8s}  started from"
     lines = [head]
     for r in rows:
         name = printable(r["run"])
@@ -164,13 +185,18 @@ def format_runs(rows: list) -> str:
             continue
         done = "-" if r["epochs"] is None else str(r["epochs"])
         total = f"/{r['epochs_total']}" if r["epochs_total"] is not None else ""
-        epochs = done + total + ("*" if r["stopped_early"] else "") + ("!" if r["diverged"] else "")
+        epochs = done + total + ("*" if r["stopped_early"] else "") + ("!" if r["diverged"] else "") + (
+            "~" if r.get("status") == "training" else "")
         optim = f"{r['optimizer'] or '-'} {r['lr']:g}" if r["lr"] is not None else (r["optimizer"] or "-")
         loss = loss_text(r["val_loss"]) if r["val_loss"] is not None else "-"
         acc = f"{r['val_acc']:.2%}" if r["val_acc"] is not None else "-"
+        test = f"{r['test_acc']:.2%}" if r.get("test_acc") is not None else "-"
         start = printable(r["init_from"]) if isinstance(r["init_from"], str) else "-"
         lines.append(f"{textwidth.ljust(name, 32)} {str(r['classes'] or '-'):>7s} {r['batchnorm'] or '-':7s} "
-                     f"{optim:13s} {epochs:>9s} {str(r['best_epoch'] or '-'):>4s} {loss:>9s} {acc:>7s}  {start}")
+                     f"{optim:13s} {epochs:>9s} {str(r['best_epoch'] or '-'):>4s} {loss:>9s} {acc:>7s} {test:>8s}  "
+                     f"{start}")
+    if any(r.get("status") == "training" for r in rows):
+        lines.append("~ training now (a cnn process holds the folder)")
     if any(r.get("stopped_early") for r in rows):
         lines.append("* stopped early")
     if any(r.get("diverged") and "error" not in r for r in rows):

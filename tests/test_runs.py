@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from cnncli.checkpoint import load as load_checkpoint
+from cnncli.checkpoint import load as load_checkpoint, save as save_checkpoint
 from e2e_util import invoke, make_folder, private_cache, run_cli_probing_numba, write_config  # noqa: F401
 
 
@@ -58,6 +58,39 @@ def test_every_run_is_listed_as_its_files_say(experiments):
     assert by_name[str(root / "slow")]["lr"] == 0.0003 and by_name[str(root / "fast")]["init_from"] is None
     text = invoke(["runs", root]).output
     assert f"{root / 'broken'}" in text and "unreadable:" in text and str(root / "fast") in text
+
+
+def test_every_row_has_every_field_a_status_and_the_test_accuracy(experiments):
+    # (error rows lacked val_acc..: a script's row["val_acc"] raised KeyError; a stopped, a killed and a
+    # training run looked alike; test_metrics.json's accuracy was not shown)
+    import fcntl
+    import shutil
+
+    from cnncli.runs import FIELDS, format_runs
+
+    _, root = experiments
+    part = root / "part"
+    shutil.copytree(root / "fast", part)
+    (part / "test_metrics.json").write_text(json.dumps({"accuracy": 0.875}))
+    last, meta = load_checkpoint(part / "last.npz")
+    save_checkpoint(part / "last.npz", last, {**meta, "epoch": 1})
+    try:
+        rows = {r["run"]: r for r in json.loads(invoke(["runs", root, "--json"]).output)}
+        for row in rows.values():
+            assert set(FIELDS) <= set(row), row
+        assert rows[str(root / "broken")]["status"] == "unreadable" and rows[str(root / "broken")]["val_acc"] is None
+        assert rows[str(root / "fast")]["status"] == "finished" and rows[str(root / "fast")]["test_acc"] is None
+        assert rows[str(part)]["status"] == "incomplete" and rows[str(part)]["test_acc"] == 0.875
+        assert rows[str(part)]["monitor"] == "val_loss"
+        with open(part / ".claimed", "a+") as held:                       # as runfolder.hold() holds it
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            row = json.loads(invoke(["runs", part, "--json"]).output)[0]
+            assert row["status"] == "training"
+            text = format_runs([row])
+        assert " 1/3~ " in text and "~ training now" in text and "87.50%" in text
+        assert json.loads(invoke(["runs", part, "--json"]).output)[0]["status"] == "incomplete"
+    finally:
+        shutil.rmtree(part)
 
 
 def test_orders(experiments):

@@ -228,7 +228,7 @@ class ProgressBar:
 
 class EarlyStopping:
     """Best-so-far tracking and patience over train.monitor: the validation loss (lower is better) or
-    accuracy (higher; an equal accuracy with a lower loss also counts as better), or the epoch's
+    accuracy (higher; an equal accuracy with a lower loss also counts as better when min_delta is 0), or the epoch's
     training loss/accuracy when the run has no validation images (the README's "No validation
     images" rule). min_delta is in the monitored metric's units."""
 
@@ -249,7 +249,8 @@ class EarlyStopping:
             return False
         if acc > state.best_acc + self.min_delta:
             return True
-        return acc == state.best_acc and math.isfinite(loss) and loss < state.best_val_loss
+        # a tie: better with a lower loss, unless min_delta asks for a change of accuracy (a tie is none)
+        return self.min_delta == 0 and acc == state.best_acc and math.isfinite(loss) and loss < state.best_val_loss
 
     def update(self, state: RunState, row: dict) -> tuple[bool, bool]:
         """-> (improved, stop now); updates best_val_loss (the best epoch's loss), best_acc (its

@@ -128,6 +128,10 @@ def setting_notes(cfg) -> list:
         if why and o[key] != LEAVES[f"optim.{key}"].default]
     for key, why in unread:
         notes.append(f"optim.{key}={show(o[key])} does nothing in this run: {why}")
+    delta = t["early_stopping"]["min_delta"]
+    if t["monitor"] == "val_acc" and delta >= 1:
+        notes.append(f"train.early_stopping.min_delta={delta:g} is in val acc's units, a fraction (0.01 is one "
+                     "point): no epoch improves on the first by it")
     if o["schedule"] == "plateau" and 0 < patience <= o["plateau_patience"]:
         notes.append(f"train.early_stopping.patience={patience} is not above optim.plateau_patience="
                      f"{o['plateau_patience']}: early stopping ends the run before the plateau schedule lowers "

@@ -159,7 +159,8 @@ OPTIONS = (
     Option("train.checkpoint_every", 100, "Steps between saves of last.npz (0 = only at the end of each "
            "epoch).", "int", check=_range(0, MAX_INT)),
     Option("train.monitor", "val_loss", "What picks best.npz and drives early stopping: val_loss (lower is "
-           "better) or val_acc (higher is better; an equal accuracy with a lower val loss also counts); "
+           "better) or val_acc (higher is better; an equal accuracy with a lower val loss also counts while "
+           "train.early_stopping.min_delta is 0); "
            "without validation images, the epoch's train_loss or train_acc.", "choice",
            choices=("val_loss", "val_acc")),
     Option("train.early_stopping.patience", 0, "Epochs without an improvement of train.monitor before stopping; "

@@ -85,6 +85,15 @@ def test_data_demo_says_where_it_makes_the_demo(tmp_path):
     assert not (tmp_path / "dd").exists()
 
 
+def test_a_min_delta_in_percent_for_an_accuracy_monitor_gets_a_note():
+    cfg = config.load_config_text("", ["data.train=x", "train.monitor=val_acc", "train.early_stopping.min_delta=50",
+                                       "train.epochs=3"])
+    assert config.setting_notes(cfg) == ["train.early_stopping.min_delta=50 is in val acc's units, a fraction (0.01 "
+                                         "is one point): no epoch improves on the first by it"]
+    cfg = config.load_config_text("", ["data.train=x", "train.early_stopping.min_delta=50", "train.epochs=3"])
+    assert config.setting_notes(cfg) == []                       # (a loss may fall by 50)
+
+
 def test_settings_the_optimizer_or_schedule_does_not_read_get_a_note():
     def notes(*sets):
         return config.setting_notes(config.resolve_epochs(config.load_config([], ["data.train=x", *sets]), 1000))

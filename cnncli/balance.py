@@ -39,10 +39,10 @@ def class_weights(setting, labels, classes) -> np.ndarray | None:
     if setting == "balanced":
         labels = np.asarray(labels)
         counts = np.bincount(labels, minlength=n_classes).astype(np.float64)  # (C,)
-        empty = [classes[i] for i in np.flatnonzero(counts == 0)]
-        if empty:
-            raise ConfigError(f"train.class_weight: balanced needs images of every class; none of {empty}")
-        return labels.size / (n_classes * counts)
+        present = counts > 0          # (a K-fold split can hold all of a small class out: it weighs nothing)
+        weights = np.zeros(n_classes)
+        weights[present] = labels.size / (int(present.sum()) * counts[present])   # (scikit-learn: classes in y)
+        return weights
     if isinstance(setting, dict):
         form = matching_form(classes, [str(name) for name in setting])   # (a macOS folder's e + accent is é)
         index = {form(name): i for i, name in enumerate(classes)}

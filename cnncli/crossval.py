@@ -36,20 +36,31 @@ def check(cfg: dict, folds: int) -> None:
                           f"{cfg['data']['val']!r}; add --set data.val=null)")
 
 
-def check_images(cfg: dict, folds: int) -> None:
+def check_images(cfg: dict, folds: int) -> list:
     """Refuse more folds than data.train has files (indexed, not decoded; as scikit-learn's KFold
-    does): a fold would hold no validation image. A folder that cannot be indexed yet (the demo's,
-    before it is generated) is left to the first fold's set-up, which checks the usable images."""
+    does): a fold would hold no validation image -> [a note naming the classes with fewer files than
+    folds]. A folder that cannot be indexed yet (the demo's, before it is generated) is left to the
+    first fold's set-up, which checks the usable images."""
+    import numpy as np
+
     from cnncli.data.dataset import index
 
     try:
-        n = len(index(cfg["data"]["train"])[0].rels)
+        ix = index(cfg["data"]["train"])[0]
     except (CnnError, OSError):
-        return
+        return []
+    n = len(ix.rels)
     if folds > n:
         raise ConfigError(f"--folds {folds} is more than the {n} image(s) of data.train "
                           f"({runfolder.printable(cfg['data']['train'])}): a fold would hold no validation "
                           f"image; use at most {n}")
+    counts = np.bincount(ix.labels, minlength=len(ix.classes))
+    small = [f"{runfolder.printable(c)} ({k})" for c, k in zip(ix.classes, counts) if k < folds]
+    if not small:
+        return []
+    return [f"note: fewer images than the {folds} folds: {', '.join(small[:5])}{', ...' if len(small) > 5 else ''}; "
+            "some folds validate on no image of such a class, and a fold that holds out a class's only image "
+            "trains without it"]
 
 
 def fold_result(run_dir: Path, k: int) -> dict:
@@ -93,7 +104,7 @@ def summarize(rows: list) -> dict:
 
 
 def _open_parent(resume, cfg: dict, folds: int, out) -> tuple:
-    """(parent, cfg, folds): a resumed cv folder's, or a new parent folder with the base config."""
+    """(parent, cfg, folds, notes): a resumed cv folder's, or a new parent folder with the base config."""
     from cnncli.resume import absolute_paths
 
     if resume is not None:
@@ -102,18 +113,18 @@ def _open_parent(resume, cfg: dict, folds: int, out) -> tuple:
         if not cfg_path.is_file():
             raise CnnError(f"{parent}: not a cnn cv folder (no config.yaml)")
         cfg = config_mod.load_config(cfg_path)
-        return parent, cfg, cfg["data"]["folds"]
+        return parent, cfg, cfg["data"]["folds"], []
     cfg = absolute_paths(cfg)
     check(cfg, folds)
     target, what = out or f"{cfg['out']}-cv", "--out" if out else "`out`"
     runfolder.check_utf8_name(target, "--out" if out else "out")
     runfolder.refuse_unfit(target, cfg["data"], what)           # (before any image is read)
-    check_images(cfg, folds)
+    notes = check_images(cfg, folds)
     parent = runfolder.new_run_dir(target, what)
     base = {**cfg, "data": {**cfg["data"], "folds": folds, "fold": 0}, "out": str(parent)}
     text = config_mod.dump(base)
     write_atomic(parent / "config.yaml", lambda f: f.write(text), text=True)
-    return parent, cfg, folds
+    return parent, cfg, folds, notes
 
 
 def _prepare_fold(fold_dir: Path) -> str:
@@ -135,8 +146,10 @@ def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, ec
 
     comm = Comm() if comm is None else comm
     say = echo if comm.is_main else (lambda message: None)
-    parent, cfg, folds = main_first(comm, _open_parent, resume, cfg, folds, out, others=False)
+    parent, cfg, folds, notes = main_first(comm, _open_parent, resume, cfg, folds, out, others=False)
     say(f"Cross-validation: {folds} folds of {cfg['data']['train']} in {parent}")
+    for note in notes:
+        say(note)
     rows = []
     for k in range(folds):
         fold_dir = parent / f"fold-{k + 1}"

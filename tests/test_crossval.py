@@ -291,3 +291,17 @@ def test_cv_takes_train_s_data_and_init_flags(cv_run, tmp_path):
         assert f"init_from: {parent / 'fold-1'}" in meta["config"] and "cache: false" in meta["config"]
     res = invoke(["cv", "--resume", tmp_path / "ft", "--no-cache"])
     assert res.exit_code != 0 and "--resume continues a cnn cv folder with its own config.yaml" in res.output
+
+
+def test_a_class_smaller_than_the_folds_gets_a_note_and_balanced_weights_train_every_fold(tmp_path):
+    # (a class of one image: cnn cv stopped at the fold holding it out, 'balanced needs images of every class',
+    # and nothing said beforehand that a class had fewer images than folds)
+    data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
+    for extra in sorted((data / "bar").iterdir())[1:]:
+        extra.unlink()
+    res = invoke(["cv", "--set", f"data.train={data}", "--set", "train.epochs=1", "--set", "train.batch_size=8",
+                  "--set", "train.class_weight=balanced", "--folds", "3", "--out", tmp_path / "cv", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "note: fewer images than the 3 folds: bar (1); some folds validate on no image of such a class" in res.output
+    assert "note: no training images of bar (all held out for validation)" in res.output
+    assert len(json.loads((tmp_path / "cv" / "cv.json").read_text())["folds"]) == 3

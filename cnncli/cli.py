@@ -19,7 +19,8 @@ import click
 from cnncli import __version__, cli_tools
 from cnncli.process import open_standard_streams, other_rank_main
 from cnncli.cli_common import (CHECKPOINT_HELP, ConfigCommand, checkpoints_or_newest, config_option, echo_json_list,
-                               json_text, on_every_rank, other_rank, printable, resolve_checkpoint, user_errors)
+                               json_text, on_every_rank, other_rank, printable, resolve_checkpoint, run_line,
+                               user_errors)
 from cnncli.errors import CnnError, ConfigError, Stopped
 
 
@@ -88,7 +89,7 @@ def _train(comm, config_path, overrides, resume, init_from, out, strict, no_cach
 
     started = time.time()
     try:
-        run_dir = run_training(cfg, resume=resume, quiet=quiet, echo=lambda m: click.echo(m, err=True), out=out,
+        run_dir = run_training(cfg, resume=resume, quiet=quiet, echo=run_line, out=out,
                                comm=comm)
         if not comm.is_main:
             ignore_stops()              # (it waits for rank 0's test and report, then exits)

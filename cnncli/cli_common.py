@@ -30,6 +30,17 @@ class UserError(click.ClickException):
         click.echo(self.prefix + self.format_message(), file=file or sys.stderr)
 
 
+def run_line(message) -> None:
+    """A line of a training run (cnn train, cnn cv) on stderr; when its reader has left (`cnn train ...
+    2>&1 | head`) the run stops as when its terminal closes: saved, resumable (lifeline.reader_left)."""
+    try:
+        click.echo(message, err=True)
+    except BrokenPipeError:
+        from cnncli.lifeline import reader_left
+
+        reader_left()
+
+
 def user_errors(fn):
     """Turn CnnError (and OS errors on user paths, Ctrl-C) into one line on stderr, no traceback."""
 

@@ -14,7 +14,7 @@ import sys
 import click
 
 from cnncli.cli_common import (ConfigCommand, UserError, config_option, echo_json_list, json_text, on_every_rank,
-                               printable, resolve_checkpoint, user_errors)
+                               printable, resolve_checkpoint, run_line, user_errors)
 from cnncli.errors import CnnError, ConfigError
 
 
@@ -260,7 +260,7 @@ def _cv(comm, config_path, overrides, folds, out, resume, init_from, as_json, qu
     if folds is None:                   # (the config's data.folds, when it names a number of folds)
         folds = cfg["data"]["folds"] if cfg is not None and cfg["data"]["folds"] >= 2 else 5
     parent, summary = cross_validate(cfg, folds, out=out, resume=resume, quiet=quiet,
-                                     echo=lambda m: click.echo(m, err=True), comm=comm)
+                                     echo=run_line, comm=comm)
     if comm.is_main:
         click.echo(json_text(summary) if as_json else format_summary(parent, summary))
 

@@ -29,6 +29,19 @@ def silence_closed_terminal(signum) -> None:
                 os.close(null)
 
 
+def reader_left() -> None:
+    """Standard error's reader is gone (`cnn train ... 2>&1 | head`): its lines go to /dev/null from
+    now on, and where a stop handler is installed the run stops as when its terminal closes (SIGHUP:
+    after the step, saved, resumable) instead of ending at the failed write, unsaved."""
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+    sig = getattr(signal, "SIGHUP", None)
+    if sig is not None and callable(signal.getsignal(sig)):
+        signal.raise_signal(sig)
+
+
 def die_with_parent(parent: int) -> None:
     """In a worker whose parent has pid `parent`: ask the kernel for SIGKILL when the parent dies,
     and exit now if it died already (before the request could be made)."""

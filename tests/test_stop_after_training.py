@@ -270,3 +270,24 @@ def test_a_stop_while_a_kernel_compiles_says_it_waits_and_a_second_ctrl_c_does_n
         "SIGINT: the stop comes once this kernel has compiled (a first run compiles them)"]
     with pytest.raises(Aborted):                                   # (no compile under way: it aborts)
         flag._handle(signal.SIGINT, None)
+
+
+def test_a_reader_that_leaves_stops_the_run_saved_and_resumable(data, tmp_path):
+    # `cnn train ... 2>&1 | head -2`: the next line's BrokenPipeError ended the run at once, unsaved (exit 141,
+    # nothing said; before its first save it could not be resumed); now it stops as a closed terminal does
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", data, run, epochs=400)
+    proc = subprocess.Popen([sys.executable, "-m", "cnncli", "train", "--config", str(cfg), "--no-report"],
+                            env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = proc.stdout.readline()
+    proc.stdout.close()                                             # as head does after its lines
+    code = proc.wait(timeout=300)
+    assert code in (130, 141), (code, first)
+    from cnncli.checkpoint import load_meta
+
+    epochs = load_meta(run / "last.npz")["epoch"]
+    assert 0 < epochs < 400 or load_meta(run / "last.npz")["epoch_step"] > 0
+    res = subprocess.run([sys.executable, "-m", "cnncli", "train", "--resume", str(run), "-q", "--no-report",
+                          "--set", "train.epochs=" + str(epochs + 1)], env=cli_env(tmp_path), capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr

@@ -423,6 +423,19 @@ def test_the_nearly_black_warning_names_the_bits_of_data_a_16_bit_file_holds(tmp
         "its 16-bit samples reach only 252 of 65535 (8-bit data); scale such files to their full range first"]
 
 
+def test_the_nearly_black_warning_names_float_samples_a_little_above_one(tmp_path):
+    # (a 0..1 float TIFF with one sample at 1.01 decodes as 0..255 data, nearly black, and the warning said nothing
+    # of why; a helper's mixed-formats pass)
+    root = make_folder(tmp_path / "d")
+    ramp = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    ramp[0, 0] = 1.01
+    Image.fromarray(ramp, mode="F").save(root / "cat" / "over.tif")
+    ds, _ = data.load_folder(root, cache=False)
+    assert ds.notes == [
+        f"warning: 1 image(s) are nearly black (no pixel above 16 of 255), e.g. {root / 'cat' / 'over.tif'}: its "
+        "float samples reach 1.01, so they are read as 0..255 (as 0..1 only up to 1.0); clip such files to 0..1 first"]
+
+
 def test_files_of_other_extensions_are_counted_in_one_note(tmp_path):
     root = make_folder(tmp_path / "d")
     for rel in ("cat/notes.txt", "cat/sub/scan.xyz", "dog/README", "dog/more.txt", "dog/Thumbs.db", "dog/.hidden"):

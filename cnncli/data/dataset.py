@@ -161,9 +161,9 @@ def pixel_notes(images, paths, chunk: int = 1 << 16) -> list[str]:
     """[a warning naming one of the images whose pixels are all one grey level, one naming one of the
     nearly black images (no pixel above DARK)]: those that apply. Such images are kept, but a flat one
     likely decodes to something other than its picture, and a nearly black one is often a 16-bit file
-    of 10- or 12-bit camera data (16-bit values are scaled by 255/65535: 4095 becomes 16): when one of
-    the first PROBE nearly black files stores 16-bit samples, the warning names it and the brightest
-    of them (so how many bits of data it holds)."""
+    of 10- or 12-bit camera data (16-bit values are scaled by 255/65535: 4095 becomes 16), or a float
+    file a little above 1.0: when one of the first PROBE nearly black files shows such a cause
+    (decode.dark_reason), the warning names it and the cause."""
     flat, dark = [], []
     for a in range(0, len(images), chunk):
         lo, hi = images[a:a + chunk].min(axis=(1, 2)), images[a:a + chunk].max(axis=(1, 2))      # (n,) each
@@ -175,12 +175,10 @@ def pixel_notes(images, paths, chunk: int = 1 << 16) -> list[str]:
         lines.append(f"warning: {flat.size} image(s) decode to a single grey level, e.g. "
                      f"{printable(paths[int(flat[0])])}")
     if dark.size:
-        tops = ((int(i), dec.sixteen_bit_top(paths[int(i)])) for i in dark[:PROBE])
-        deep, top = next(((i, t) for i, t in tops if t is not None), (int(dark[0]), None))
+        reasons = ((int(i), dec.dark_reason(paths[int(i)])) for i in dark[:PROBE])
+        deep, why = next(((i, r) for i, r in reasons if r is not None), (int(dark[0]), None))
         line = f"warning: {dark.size} image(s) are nearly black (no pixel above {DARK} of 255), e.g. "
-        lines.append(line + printable(paths[deep]) + ("" if top is None else
-                     f": its 16-bit samples reach only {top} of 65535 ({max(1, top.bit_length())}-bit data); "
-                     "scale such files to their full range first"))
+        lines.append(line + printable(paths[deep]) + ("" if why is None else f": {why}"))
     return lines
 
 

@@ -84,14 +84,24 @@ def _stores_16_bit(img) -> bool:
     return img.format == "TIFF" and tuple(bits)[:1] == (16,)
 
 
-def sixteen_bit_top(path) -> int | None:
-    """The brightest sample of the image file at path when it stores 16-bit integer samples (its
-    header says so), else None (also for anything that does not open)."""
+def dark_reason(path) -> str | None:
+    """Why the image file at path decodes nearly black, when its samples show it: 16-bit integer samples
+    that reach only N of 65535 (10- or 12-bit camera data), or float samples a little above 1.0 (read
+    as 0..255: 0..1 holds only up to 1.0); else None (also for anything that does not open)."""
     from PIL import Image
 
     try:
         with open(path, "rb") as f, Image.open(f, formats=list(PIL_FORMATS)) as img:
-            return int(np.asarray(img).max()) if img.mode.startswith("I") and _stores_16_bit(img) else None
+            if img.mode.startswith("I") and _stores_16_bit(img):
+                top = int(np.asarray(img).max())
+                return (f"its 16-bit samples reach only {top} of 65535 ({max(1, top.bit_length())}-bit data); "
+                        "scale such files to their full range first")
+            if img.mode == "F":
+                top = float(np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0).max())
+                if 1.0 < top <= 2.0:
+                    return (f"its float samples reach {top:.7g}, so they are read as 0..255 (as 0..1 only up to "
+                            "1.0); clip such files to 0..1 first")
+            return None
     except Exception:  # noqa: BLE001 -- a file gone or damaged since it decoded: no
         return None
 

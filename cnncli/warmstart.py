@@ -84,12 +84,16 @@ def apply(net, source: Source, classes) -> str:
     for i, j in shared:
         net.params["fc2.w"][i] = params["fc2.w"][j]
         net.params["fc2.b"][i] = params["fc2.b"][j]
-    new = [c for c in classes if form(c) not in rows]
-    line = f"Weights from {source.path}: every layer"
-    if not new:
-        return line + f"{'' if len(classes) == len(rows) else ' (the output rows of these classes)'}"
     from cnncli.runfolder import printable
 
+    new = [c for c in classes if form(c) not in rows]
+    targets = {form(c) for c in classes}
+    dropped = [c for c in source.classes if form(c) not in targets]
+    left = f"; the source's {', '.join(printable(c) for c in dropped[:8])}{', ...' if len(dropped) > 8 else ''} " \
+           "left out" if dropped else ""
+    line = f"Weights from {source.path}: every layer"
+    if not new:
+        return line + (f" (the output rows of these classes{left})" if dropped else "")
     head = f"the output rows of {len(shared)} shared class(es)" if shared else "no output rows (no class shared)"
     return (line + f" below the output, {head}; new: {', '.join(printable(c) for c in new)} "
-            f"(train.seed's init)")
+            f"(train.seed's init){left}")

@@ -81,7 +81,8 @@ def test_other_classes_keep_the_shared_output_rows_by_name(source, tmp_path):
         assert rows[1].tobytes() == src_rows[2].tobytes()         # disc: source row 2
         assert rows[2].tobytes() == fresh.params[key][2].tobytes()    # ring: the seeded init
         assert not np.array_equal(rows[2], src_rows[0])
-    assert any("2 shared class(es); new: ring" in line for line in lines), lines
+    assert any("2 shared class(es); new: ring (train.seed's init); the source's bar left out" in line
+               for line in lines), lines                          # (the class dropped was not named)
 
 
 def test_a_fine_tuned_run_records_its_source_and_resumes_bitwise(source, tmp_path):
@@ -141,3 +142,13 @@ def test_a_bad_source_is_one_line_and_exit_2_before_any_work(source, tmp_path, c
     assert len(out.splitlines()) == 1 and "Traceback" not in out, out
     assert needle.format(tmp=tmp_path) in out, out
     assert not (tmp_path / "run").exists()
+
+
+def test_fewer_classes_name_the_source_classes_left_out(source, tmp_path):
+    tmp, data, src = source
+    fewer = tmp_path / "fewer"
+    shutil.copytree(data, fewer)
+    shutil.rmtree(fewer / "bar")
+    _, _, lines = setup_net(tmp, fewer, src / "last.npz", tmp_path / "unused")
+    assert f"Weights from {src / 'last.npz'}: every layer (the output rows of these classes; the source's bar " \
+           "left out)" in lines, lines

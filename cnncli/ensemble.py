@@ -96,7 +96,14 @@ class Ensemble:
 
 
 def load(paths):
-    """-> (a Predictor, or an Ensemble of several, and the checkpoint files)."""
+    """-> (a Predictor, or an Ensemble of several, and the checkpoint files). A checkpoint named twice
+    (runs/a and runs/a/best.npz, a cv folder and one of its folds) is refused: it would count twice."""
     files = checkpoint_files(paths)
+    seen = {}
+    for f in files:
+        first = seen.setdefault(os.path.realpath(f), f)
+        if first is not f:
+            also = "" if str(first) == str(f) else f" (also as {first})"
+            raise CheckpointError(f"{f}: given twice{also}; an ensemble averages each checkpoint once")
     members = [Predictor.from_checkpoint(f) for f in files]
     return (members[0] if len(members) == 1 else Ensemble(members, files)), files

@@ -76,3 +76,13 @@ def test_members_must_agree_and_an_ensemble_needs_data(folds, tmp_path):
     assert res.exit_code == 1 and "its input resize 'crop' differs from" in res.output
     single = json.loads(invoke(["eval", "--checkpoint", cv / "fold-1", "--data", test, "--json"]).output)
     assert single["checkpoint"] == str(files[0])                   # one checkpoint: as before
+
+
+def test_a_checkpoint_given_twice_is_refused(folds):
+    # (--checkpoint A --checkpoint A averaged a model with itself, 'mean of 2', silently)
+    tmp, test, cv, files = folds
+    res = invoke(["eval", "--checkpoint", cv / "fold-1", "--checkpoint", files[0], "--data", test])
+    assert res.exit_code == 1 and res.output.strip() == (f"Error: {files[0]}: given twice; an ensemble averages "
+                                                         "each checkpoint once"), res.output
+    res = invoke(["predict", "--checkpoint", cv, "--checkpoint", cv / "fold-2" / "best.npz", test])
+    assert res.exit_code == 1 and "given twice" in res.output

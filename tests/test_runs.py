@@ -189,7 +189,7 @@ def test_a_diverged_run_says_how_to_go_on_and_cnn_runs_marks_it_until_it_trains_
     assert rows[str(run)]["epochs"] == 1 and "error" not in rows[str(run)]
     info = invoke(["info", early])                  # (it said 'stopped before its first save; start it again')
     assert info.exit_code == 1 and "its run diverged before its first save (loss or gradients became non-finite " \
-        f"at epoch 1, step " in info.output and "start it again at a lower optim.lr: cnn train --config " in info.output
+        "at epoch 1, step " in info.output and "start it again at a lower optim.lr: cnn train --config " in info.output
     text = invoke(["runs", tmp_path / "runs"]).output
     assert " 1/1!" in text and "! diverged: its loss or gradients became non-finite" in text
     res = invoke(["train", "--resume", run, "-q", "--no-report", "--set", "train.epochs=2", "--set", "optim.lr=0.01"])

@@ -20,12 +20,12 @@ def gather_paths(paths, ignored=None):
     that lists no images, is a failure, not an error. With `ignored` (a Counter), the folders' files
     of other extensions are counted there."""
     from .data import PathList, list_images_and_bad, printable
-    from .data.csvindex import is_labels_file, list_csv_paths, path_lines
+    from .data.csvindex import is_labels_file, list_csv_paths, stdin_paths
 
     files, failures = PathList(), []                 # compact: a million paths take ~30 MB
     for p in paths:
-        if p == "-":                                  # ls *.png | cnn predict - : paths, one a line
-            found = path_lines(sys.stdin)
+        if p == "-":                                  # ls *.png | cnn predict - : paths, one a line (or -print0's)
+            found = stdin_paths(sys.stdin.buffer.read())
             files.extend(found)
             if not found:
                 failures.append((p, "no paths on standard input"))

@@ -157,3 +157,18 @@ def test_a_folder_of_images_that_holds_a_checkpoint_is_still_images(tmp_path, ck
         res = invoke("predict", "--checkpoint", ckpt, path)
         assert res.exit_code == 0, res.output
         assert "cat/a.png" in res.stdout
+
+
+def test_paths_on_standard_input_may_be_nul_separated_or_start_with_a_byte_order_mark(tmp_path, ckpt, image):
+    # (find -print0 | cnn predict - ended in a traceback, 'embedded null byte'; a BOM was kept in the first path)
+    import json
+    import shutil
+
+    odd = tmp_path / "a\nb.png"                         # a name with a newline: only -print0 can pass it
+    shutil.copy(image, odd)
+    for raw, n in ((f"{image}\0{odd}\0".encode(), 2), (b"\xef\xbb\xbf" + f"{image}\n".encode(), 1),
+                   (f"{image}\r\n".encode("utf-16"), 1)):             # (PowerShell's pipe: UTF-16 with its mark)
+        res = CliRunner().invoke(cli, ["predict", "--checkpoint", str(ckpt), "--json", "-"], input=raw)
+        assert res.exit_code == 0, res.output
+        paths = [r["path"] for r in json.loads(res.stdout)]
+        assert paths[0] == str(image) and len(paths) == n, paths

@@ -202,6 +202,19 @@ def path_lines(lines) -> list:
     return [ln for ln in (raw.strip() for raw in lines) if ln and not ln.startswith("#")]
 
 
+def stdin_paths(raw: bytes) -> list:
+    """The paths of standard input's bytes: NUL-separated, exactly as given, when they hold a NUL
+    (`find ... -print0`: a name may hold a newline), else path_lines of the text (UTF-16 with its
+    byte-order mark, else UTF-8 whose mark is dropped; bytes that are not UTF-8 kept as the file
+    system's, as os.fsdecode keeps them)."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raw = raw.decode("utf-16").encode("utf-8", "surrogateescape")
+    raw = raw.removeprefix(b"\xef\xbb\xbf")
+    if b"\0" in raw:
+        return [os.fsdecode(item) for item in raw.split(b"\0") if item]
+    return path_lines(os.fsdecode(raw).splitlines())
+
+
 def _headerless_list(path: str, f) -> bool:
     """Whether f's first non-blank line is no header (no path column under any delimiter) but a
     path: a file that exists (relative to the list's folder), a name with an image extension (a

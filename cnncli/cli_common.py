@@ -225,9 +225,22 @@ def checkpoints_or_newest(given, ensemble=False) -> tuple:
         return (str(cv),)
     fold = "" if cv is None else (f"; one fold of the cnn cv {cv}, whose other folds cnn predict and eval average "
                                   "with it by default")
-    click.echo(printable(f"Checkpoint: {run} (the newest run under ./{RUNS}{fold}; --checkpoint picks another)"),
-               err=True)
+    click.echo(printable(f"Checkpoint: {run} (the newest run under ./{RUNS}{fold}{_training_text(run)}; "
+                         "--checkpoint picks another)"), err=True)
     return (str(run),)
+
+
+def _training_text(run) -> str:
+    """'; a process trains it now: its checkpoint so far' when one does (two calls seconds apart took
+    two models), or names a newer run in training that has no checkpoint yet; else ""."""
+    from cnncli.runfolder import training_now
+    from cnncli.runs import find_runs
+
+    if training_now(run):
+        return ", which a process trains now: its checkpoint so far"
+    starting = [r for r in find_runs([RUNS]) if training_now(r) and not any((r / n).is_file() for n in
+                                                                             ("best.npz", "last.npz"))]
+    return f"; {starting[0]}, in training, has no checkpoint yet" if starting else ""
 
 
 def resolve_checkpoint(path: str) -> Path:

@@ -824,6 +824,14 @@ def test_eval_predict_and_export_default_to_the_newest_run_under_runs(trained, t
                          "picks another)\n"
     res = invoke(["eval", "--data", data, "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["num_images"] > 0 and "Checkpoint: runs/old" in res.stderr
+    import fcntl                                   # (a run in training: two calls seconds apart took two models)
+    for held, says in (("old", "which a process trains now: its checkpoint so far; "),
+                       ("fresh-no-checkpoint", "; runs/fresh-no-checkpoint, in training, has no checkpoint yet; ")):
+        with open(tmp_path / "runs" / held / ".claimed", "a+") as lock:      # as runfolder.hold() holds it
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            res = invoke(["predict", img])
+        assert res.exit_code == 0 and says in res.stderr, res.stderr
+        (tmp_path / "runs" / held / ".claimed").unlink()
     given = invoke(["predict", "--checkpoint", run, img])     # given: used, nothing said (the same weights)
     assert given.exit_code == 0 and given.stderr == "" and given.stdout == default.stdout
     first = invoke(["predict", tmp_path / "runs" / "new" / "best.npz", img])   # cnn predict model.npz image.png

@@ -191,9 +191,11 @@ def _threshold(ctx, param, value):
 @click.option("--metric", default=None, type=click.Choice(["accuracy", "macro_f1", "top_k_accuracy"]),
               help="The metric --fail-under checks [default: accuracy]; only with --fail-under.")
 @click.option("--no-cache", is_flag=True, help="Decode every image again; do not read or write the dataset cache.")
+@click.option("--strict", is_flag=True, help="Exit 1 naming the unreadable images instead of skipping them "
+                                              "(as cnn train --strict): a CI gate on every file.")
 @click.argument("checkpoints", metavar="[CHECKPOINT]...", nargs=-1, type=click.Path())
 @user_errors
-def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metric, no_cache, checkpoints):
+def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metric, no_cache, strict, checkpoints):
     """Measure a checkpoint on a labelled image folder (default: its run's validation images): loss,
     accuracy, top-k, per-class P/R/F1, confusion. CHECKPOINT... as --checkpoint (`cnn eval runs/demo
     --data data/demo/test`)."""
@@ -203,7 +205,8 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
         raise click.BadParameter("chooses what --fail-under checks; add --fail-under X", param_hint="--metric")
     metric = metric or "accuracy"
     checkpoint = checkpoints_or_newest(checkpoint + checkpoints, ensemble=True)
-    metrics, _, _ = evaluate(list(checkpoint), data_dir, batch_size=batch_size, top_k=top_k, cache=not no_cache)
+    metrics, _, _ = evaluate(list(checkpoint), data_dir, batch_size=batch_size, top_k=top_k, cache=not no_cache,
+                             strict=strict)
     for line in notice_lines(metrics):
         click.echo(printable(line), err=True)
     if top_k is not None and metrics["top_k"] < top_k:

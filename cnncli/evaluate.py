@@ -202,9 +202,10 @@ def checkpoint_top_k(meta: dict) -> int:
         return 3
 
 
-def evaluate(checkpoint, data_dir, batch_size=256, top_k=None, cache=True):
+def evaluate(checkpoint, data_dir, batch_size=256, top_k=None, cache=True, strict=False):
     """Evaluate a checkpoint on an image folder -> (metrics, dataset, probs (N,C)); data_dir None: on
-    the validation images of the run folder the checkpoint lies in (validation_data).
+    the validation images of the run folder the checkpoint lies in (validation_data). strict: an
+    unusable file is a DataError listing them (as cnn train --strict), not a skipped one.
     top_k None: the checkpoint config's train.top_k. `checkpoint` may be a list of checkpoints, run
     folders and cnn cv folders: their ensemble (ensemble.py) is evaluated, on data_dir only."""
     from .ensemble import load
@@ -216,10 +217,10 @@ def evaluate(checkpoint, data_dir, batch_size=256, top_k=None, cache=True):
     checkpoint = files[0]
     if data_dir is not None:
         metrics, dataset, probs = evaluate_predictor(predictor, data_dir, batch_size=batch_size, top_k=top_k,
-                                                     cache=cache)
+                                                     cache=cache, strict=strict)
     else:
         run_dir = Path(checkpoint).parent
-        found = validation_data(run_dir, predictor, cache=cache)
+        found = validation_data(run_dir, predictor, cache=cache, strict=strict)
         if found is None:
             raise CnnError(f"{run_dir}: the run held out no validation images (data.val_split 0, or too few "
                            "images); pass --data FOLDER to choose the images to evaluate")
@@ -268,7 +269,7 @@ def notice_lines(metrics: dict, lister: str = "--json") -> list:
         (skipped_lines(files, rest=f" ({lister} lists them all)") if files else [])
 
 
-def validation_data(run_dir: Path, predictor, cache=True):
+def validation_data(run_dir: Path, predictor, cache=True, strict=False):
     """(dataset, skipped [(path, reason)], description, warnings): the run's validation split rebuilt
     from its config.yaml as training held it out (a warning when its images are not those the
     checkpoint's run validated on); None when the run has no validation images (data.val_split 0
@@ -289,6 +290,7 @@ def validation_data(run_dir: Path, predictor, cache=True):
         if holds_out_nothing(cfg):
             return None
         cfg["data"]["cache"] = cfg["data"]["cache"] and cache
+        cfg["data"]["strict"] = cfg["data"]["strict"] or strict
         val_ds, skipped = runsetup.load_validation(cfg, predictor.classes)
     except CnnError as err:
         raise CnnError(f"cannot rebuild the validation data from {cfg_path} ({err}); pass --data FOLDER") from err
@@ -309,7 +311,7 @@ def validation_data(run_dir: Path, predictor, cache=True):
     return val_ds, list(skipped), description, warnings
 
 
-def evaluate_predictor(predictor, data_dir, batch_size=256, top_k=None, cache=True):
+def evaluate_predictor(predictor, data_dir, batch_size=256, top_k=None, cache=True, strict=False):
     """Like `evaluate` for an already restored Predictor (metrics get "data" and "skipped")."""
     from . import data
 
@@ -321,6 +323,7 @@ def evaluate_predictor(predictor, data_dir, batch_size=256, top_k=None, cache=Tr
         classes=list(predictor.classes),
         cache=cache,
         missing_ok=True,
+        strict=strict,
     )
     check_classes(predictor.classes, dataset.classes, data_dir)
     if len(dataset.labels) == 0:

@@ -418,3 +418,22 @@ def test_the_json_names_the_confusion_matrix_classes_in_order():
     m = compute_metrics(rng.random((20, 3)), rng.integers(0, 3, 20), ["zeta", "alpha", "mid"])
     assert m["classes"] == ["zeta", "alpha", "mid"] and len(m["confusion"]) == 3
     assert [sum(row) for row in m["confusion"]] == [m["per_class"][c]["support"] for c in m["classes"]]
+
+
+def test_eval_strict_refuses_unreadable_images_a_plain_eval_skips(tmp_path):
+    # (a CI gate on a test folder passed with images it could not read: eval had no --strict)
+    from click.testing import CliRunner
+
+    from cnncli import model
+    from cnncli.cli import cli
+    from cnncli.predictor import save_model
+    from e2e_util import make_folder
+
+    data = make_folder(tmp_path / "data", per_class=3)                  # (a broken file, an empty one)
+    ckpt = save_model(tmp_path / "m.npz", model.Network(num_classes=3, seed=0), ["bar", "column", "disc"])
+    args = ["eval", "--checkpoint", str(ckpt), "--data", str(data), "--json"]
+    plain = CliRunner().invoke(cli, args)
+    assert plain.exit_code == 0 and json.loads(plain.stdout)["skipped"] == 2, plain.output
+    strict = CliRunner().invoke(cli, [*args, "--strict"])
+    assert strict.exit_code == 1 and strict.stdout == "" and "2 unusable file(s) or folder(s) (strict mode)" in \
+        strict.stderr, strict.output

@@ -293,8 +293,10 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
     else:
         for r in results:
             click.echo(printable(prediction_line(r, top_k)))
+    from cnncli.data import printable as one_line    # (a tab or newline in a path kept on its line)
+
     for path, reason in failures:
-        click.echo(printable(f"error: {path}: {reason}"), err=True)
+        click.echo(printable(f"error: {one_line(path)}: {reason}"), err=True)
     if len(failures) > 1:      # (after a list of errors, the count is what a reader looks for)
         click.echo(f"{len(failures)} of {tried} could not be classified"
                    + (" (each also in the JSON, with its error)" if as_json else ""), err=True)

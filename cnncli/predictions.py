@@ -56,9 +56,11 @@ def gather_paths(paths, ignored=None):
 def prediction_line(result: dict, top_k: int) -> str:
     """One tab-separated line of cnn predict: path, class, probability, then the next top_k - 1
     classes as class=probability."""
-    line = f"{result['path']}\t{result['class']}\t{result['probability']:.4f}"
+    from .data import printable                      # (a tab or newline in a name kept on its line)
+
+    line = f"{printable(result['path'])}\t{printable(result['class'])}\t{result['probability']:.4f}"
     if top_k > 1 and len(result["top_k"]) > 1:
-        line += "\t" + "  ".join(f"{t['class']}={t['probability']:.3f}" for t in result["top_k"][1:])
+        line += "\t" + "  ".join(f"{printable(t['class'])}={t['probability']:.3f}" for t in result["top_k"][1:])
     return line
 
 
@@ -73,6 +75,7 @@ def predict_stream(predictor, paths, top_k=3, notes=None):
     (a million files hold their probabilities, not a million dicts). notes (a list), when given,
     gets the warnings about decoded pixels that train and eval give (data.pixel_notes)."""
     from . import data
+    from .data.names import utf8_text
 
     pre = predictor.preprocess
     size, resize = int(pre.get("image_size", 32)), pre.get("resize", "pad")
@@ -80,7 +83,7 @@ def predict_stream(predictor, paths, top_k=3, notes=None):
         paths = [str(p) for p in paths]
     # decoded in parallel into one (K,S,S) uint8 array: no list of arrays, no stacked copy
     images, bad = data.decode_array(data.Jobs(paths, size, resize, data.MAX_PIXELS), progress=True)
-    failures = [(data.printable(paths[i]), reason) for i, reason in bad]
+    failures = [(utf8_text(paths[i]), reason) for i, reason in bad]
     good = np.ones(len(paths), dtype=bool)  # (N,)
     good[[i for i, _ in bad]] = False
     if not good.any():
@@ -140,10 +143,10 @@ def write_predictions_csv(path, results, classes) -> int:
     import csv
 
     from .atomic import why_unwritten, write_atomic
-    from .data import printable
+    from .data.names import utf8_text
 
     count = [0]
-    names = [printable(c) for c in classes]          # as the results name them
+    names = [utf8_text(c) for c in classes]          # as the results name them
 
     def write(f):
         w = csv.writer(f, lineterminator="\n")
@@ -169,12 +172,12 @@ def write_predictions_csv(path, results, classes) -> int:
 
 def _results(paths, good, probs, top, classes):
     """The result dict of each good file (positions `good` in paths), in order, one at a time."""
-    from .data import printable
+    from .data.names import utf8_text
 
-    classes = [printable(c) for c in classes]        # names that are not valid UTF-8 shown as \xNN
+    classes = [utf8_text(c) for c in classes]        # names that are not valid UTF-8 as \xNN, the rest exact
     for row, i in enumerate(good.tolist()):
         ranked = [{"class": classes[j], "probability": float(probs[row, j])} for j in top[row]]
-        yield {"path": printable(paths[i]), "class": ranked[0]["class"],
+        yield {"path": utf8_text(paths[i]), "class": ranked[0]["class"],
                "probability": ranked[0]["probability"], "top_k": ranked}
 
 

@@ -451,6 +451,15 @@ def test_names_with_a_tab_or_a_newline_stay_on_their_line(workspace, tmp_path):
     assert res.exit_code == 0 and len(lines) == images >= 8 and all(ln.count("\t") == 2 for ln in lines)
     assert sum("odd\\n0.png" in ln for ln in lines) == 2
     assert {ln.split("\t")[1] for ln in lines} <= {"tab\\there", "new\\nline"}
+    # --json and --csv hold the names exactly (a file 'a\\nb.png' and a file 'a<newline>b.png' had one path there)
+    files = sorted(str(f) for f in root.rglob("*") if f.is_file())
+    got = json.loads(invoke(["predict", "--checkpoint", run, root, "--json"]).stdout)
+    assert sorted(r["path"] for r in got) == files and {r["class"] for r in got} <= {"tab\there", "new\nline"}
+    import csv
+    import io
+
+    table = list(csv.reader(io.StringIO(invoke(["predict", "--checkpoint", run, root, "--csv", "-"]).stdout)))
+    assert table[0][3:] == ["new\nline", "tab\there"] and sorted(row[0] for row in table[1:]) == files
     info = invoke(["info", run]).stdout
     assert "new\\nline, tab\\there" in info and "new\nline" not in info
     table = invoke(["eval", "--checkpoint", run, "--data", root]).stdout

@@ -15,11 +15,17 @@ def printable(path: str) -> str:
     write into a tab-separated line."""
     if path.isprintable():
         return path
+    return utf8_text(path).translate(_CONTROL)
+
+
+def utf8_text(path: str) -> str:
+    """A path or name as UTF-8 text holds it: bytes that are not valid UTF-8 (surrogateescape) as
+    \\xNN, every other character as it is (a newline stays one: JSON escapes it, CSV quotes it)."""
     try:
         path.encode("utf-8")
+        return path
     except UnicodeEncodeError:
-        path = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return path.translate(_CONTROL)
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def listed(name: str) -> str:

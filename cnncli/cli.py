@@ -21,7 +21,7 @@ from cnncli.process import open_standard_streams, other_rank_main
 from cnncli.cli_common import (CHECKPOINT_HELP, ConfigCommand, checkpoints_or_newest, config_option, echo_json_list,
                                json_text, on_every_rank, other_rank, printable, resolve_checkpoint, run_line,
                                user_errors)
-from cnncli.errors import CnnError, ConfigError, Stopped
+from cnncli.errors import CnnError, ConfigError, Stopped, TrainingDiverged
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -98,7 +98,7 @@ def _train(comm, config_path, overrides, resume, init_from, out, strict, no_cach
                                    f"before drawing its report (cnn report {run_dir} draws it)"):
                 if not no_report:
                     _report_after_training(run_dir, new=not _untouched_since(run_dir, started))
-    except Stopped as stop:             # a stopped run's folder on stdout too, so a script can resume it
+    except (Stopped, TrainingDiverged) as stop:    # its folder on stdout too, so a script can go on from it
         if comm.is_main and stop.run_dir is not None:
             click.echo(str(stop.run_dir))
         raise

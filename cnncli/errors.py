@@ -39,3 +39,5 @@ class CheckpointError(CnnError):
 
 class TrainingDiverged(CnnError):
     """Loss or gradients became non-finite; the last good checkpoint is kept."""
+
+    run_dir = None      # the run's folder (cnn train prints it, as after a stop)

@@ -184,6 +184,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
             except TrainingDiverged as err:
                 if comm.is_main:
                     runfolder.write_diverged(run_dir, str(err))
+                err.run_dir = run_dir
                 raise
             except Aborted:                  # (a second Ctrl-C during the steps: an abort, not a stop after them)
                 after.keyboard = False

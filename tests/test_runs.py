@@ -176,6 +176,7 @@ def test_a_diverged_run_says_how_to_go_on_and_cnn_runs_marks_it_until_it_trains_
     # a third of the rate it diverged at (6.67e+29, in the warmup), not of optim.lr
     assert res.exit_code == 1 and "no checkpoint was saved; try a lower optim.lr (e.g. 2.2e+29), or let " \
         "`cnn lr-find --config ...` suggest one" in res.stderr
+    assert res.stdout == f"{early}\n"                  # (its folder on stdout, as after a stop: RUN=$(cnn train ..))
     sgd = ["--set", "optim.name=sgd", "--set", "optim.lr=0.01"]
     assert invoke(["train", "--config", cfg, "--out", run, "-q", "--no-report", *sgd]).exit_code == 0
     res = invoke(["train", "--resume", run, "-q", "--no-report", "--set", "train.epochs=3", "--set", "optim.lr=1e30"])

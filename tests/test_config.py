@@ -269,6 +269,9 @@ def test_file_problems(tmp_path):
         path.write_bytes((b"\xfe\xff" if encoding == "utf-16-be" else b"") + text.encode(encoding))
         cfg = load_config(path)
         assert cfg["data"]["train"] == "café" and cfg["optim"]["lr"] == 0.02, encoding
+    bare = tmp_path / "utf16-no-mark.yaml"                   # (YAML said: character '\x00' is not allowed)
+    bare.write_bytes(text.encode("utf-16-le"))
+    assert _error(load_config, bare) == f"{bare}: looks like UTF-16 text without its byte-order mark; save it as UTF-8"
 
 
 def test_validate_errors_without_a_file():

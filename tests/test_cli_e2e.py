@@ -222,8 +222,10 @@ def test_eval_and_export_take_the_checkpoint_as_an_argument_as_predict_does(trai
     by_argument = invoke(["eval", run, "--data", data, "--json"])            # cnn eval runs/x --data ...
     assert by_argument.exit_code == 0
     assert (by_argument.stdout, by_argument.stderr) == (by_option.stdout, by_option.stderr)
-    two = invoke(["eval", run, "--checkpoint", run / "best.npz", "--data", data, "--json"])   # an ensemble
+    two = invoke(["eval", run, "--checkpoint", run / "last.npz", "--data", data, "--json"])   # an ensemble
     assert two.exit_code == 0 and len(json.loads(two.stdout)["checkpoint"]) == 2
+    same = invoke(["eval", run, "--checkpoint", run / "best.npz", "--data", data, "--json"])  # (one model twice)
+    assert same.exit_code == 1 and "given twice" in same.stderr
     both = invoke(["export", run, "--checkpoint", run, "-o", tmp_path / "m.onnx"])
     assert both.exit_code == 2 and "export writes one model" in both.stderr and not (tmp_path / "m.onnx").exists()
     pytest.importorskip("onnx")

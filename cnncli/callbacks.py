@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 
 from cnncli.errors import Stopped
@@ -55,6 +56,11 @@ class _StopLine:
 
     def _handle(self, signum, frame):
         silence_closed_terminal(signum)
+        if _compiling() == "here":
+            # raised inside numba's compiler (a ctypes callback of LLVM's), the stop became a traceback and
+            # a broken compiler ('no compiled object yet'; mpirun's rank 0 compiles in its main thread)
+            _resend_when_compiled(signum)
+            return
         raise self.stopped(signal.Signals(signum).name)
 
     keyboard = True     # False: a KeyboardInterrupt leaves it as it is (an abort the steps' StopFlag raised)
@@ -129,6 +135,28 @@ def _compiling():
     return "elsewhere"
 
 
+def _resend_when_compiled(signum) -> None:
+    """Send `signum` to this process again once this thread no longer holds numba's compiler lock (the
+    kernel in hand compiled or loaded): its handler then meets no compile and stops the run."""
+    lock = sys.modules["numba.core.compiler_lock"].global_compiler_lock
+    main = threading.main_thread().ident
+
+    def watch():
+        while not lock._lock.acquire(timeout=0.01):
+            pass
+        lock._lock.release()
+        signal.pthread_kill(main, signum)
+    threading.Thread(target=watch, name="cnn-stop-after-compile", daemon=True).start()
+
+
+def _say_once(line: str) -> None:
+    """_say on MPI rank 0 alone (or without MPI): the ranks' handlers see the same signal."""
+    from cnncli.distributed import launcher_rank
+
+    if not launcher_rank():
+        _say(line)
+
+
 def _say(line: str) -> None:
     """One line on stderr from a signal handler: written to the descriptor, not through sys.stderr
     (which the interrupted code may be writing to)."""
@@ -168,13 +196,13 @@ class StopFlag:
                 raise Aborted
             # an exception raised inside numba's compiler can leave its lock taken: the run then
             # hung at the next compile (a helper's double Ctrl-C on a first run); the first stop stands
-            _say("SIGINT: the stop comes once this kernel has compiled (a first run compiles them)")
+            _say_once("SIGINT: the stop comes once this kernel has compiled (a first run compiles them)")
             return
         silence_closed_terminal(signum)
         self.signum, self._first = signum, time.monotonic()
         if compiling:                                  # (minutes on a first run, with nothing said)
-            _say(f"{signal.Signals(signum).name}: stopping once the kernels being compiled are done (a first run "
-                 "compiles them), then saving")
+            _say_once(f"{signal.Signals(signum).name}: stopping once numba's kernels in hand are compiled or loaded "
+                      "(a first run compiles them), then saving")
 
     def __exit__(self, *exc):
         if self.signum is not None:     # (stopping: a second signal while it unwinds ends nothing early)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import textwidth
-from .errors import CnnError, DataError
+from .errors import CnnError, DataError, Stopped
 from .callbacks import loss_text
 
 # Probabilities are clipped to [PROB_EPS, 1 - PROB_EPS] before the logs of the BCE loss.
@@ -292,6 +292,8 @@ def validation_data(run_dir: Path, predictor, cache=True, strict=False):
         cfg["data"]["cache"] = cfg["data"]["cache"] and cache
         cfg["data"]["strict"] = cfg["data"]["strict"] or strict
         val_ds, skipped = runsetup.load_validation(cfg, predictor.classes)
+    except Stopped:
+        raise                   # (a stop signal meanwhile: its own line, not a data problem)
     except CnnError as err:
         raise CnnError(f"cannot rebuild the validation data from {cfg_path} ({err}); pass --data FOLDER") from err
     if val_ds is None or len(val_ds.labels) == 0:

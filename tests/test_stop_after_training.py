@@ -266,10 +266,35 @@ def test_a_stop_while_a_kernel_compiles_says_it_waits_and_a_second_ctrl_c_does_n
         flag._handle(signal.SIGINT, None)                          # no Aborted in the compiler
     assert flag.signum == signal.SIGINT
     assert capfd.readouterr().err.splitlines() == [
-        "SIGINT: stopping once the kernels being compiled are done (a first run compiles them), then saving",
+        "SIGINT: stopping once numba's kernels in hand are compiled or loaded (a first run compiles them), then saving",
         "SIGINT: the stop comes once this kernel has compiled (a first run compiles them)"]
     with pytest.raises(Aborted):                                   # (no compile under way: it aborts)
         flag._handle(signal.SIGINT, None)
+
+
+def test_a_stop_during_set_up_waits_for_the_kernel_in_hand_and_only_rank_0_says_it_waits(capfd, monkeypatch):
+    # mpirun's rank 0 compiles in its main thread: SIGUSR1 there raised inside numba's compiler (a traceback,
+    # 'no compiled object yet'); and the 'stopping once ... compiled' line came once per rank
+    import time
+
+    from numba.core.compiler_lock import global_compiler_lock
+
+    from cnncli.callbacks import SetupStopped, StopDuringSetup, StopFlag
+
+    reached = []
+    with pytest.raises(SetupStopped, match="SIGTERM: stopped during set-up"):
+        with StopDuringSetup():
+            with global_compiler_lock:                             # (as while this thread compiles a kernel)
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.3)                                    # the handler runs here, and does not raise
+                reached.append("compiled")
+            time.sleep(5)                                          # the signal again, once the lock is free
+    assert reached == ["compiled"]
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
+    flag = StopFlag()
+    with global_compiler_lock:
+        flag._handle(signal.SIGUSR1, None)
+    assert flag.signum == signal.SIGUSR1 and capfd.readouterr().err == ""
 
 
 def test_a_reader_that_leaves_stops_the_run_saved_and_resumable(data, tmp_path):
@@ -291,3 +316,21 @@ def test_a_reader_that_leaves_stops_the_run_saved_and_resumable(data, tmp_path):
                           "--set", "train.epochs=" + str(epochs + 1)], env=cli_env(tmp_path), capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0, res.stderr
+
+
+def test_a_stop_while_the_report_rebuilds_the_validation_images_is_the_stop(data, tmp_path, monkeypatch):
+    # (under mpirun a SIGUSR1 there became 'note: no report (cannot rebuild the validation data from ...; pass
+    # --data FOLDER)' and exit 0: evaluate wrapped the stop as a data problem)
+    from cnncli import runsetup
+    from cnncli.callbacks import StopAfterTraining
+
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", data, run, epochs=1)
+    assert CliRunner().invoke(cli, ["train", "--config", str(cfg), "-q", "--no-report"]).exit_code == 0
+
+    def stopped(*a, **k):
+        raise StopAfterTraining(run, "while drawing its report").stopped("SIGUSR1")
+    monkeypatch.setattr(runsetup, "load_validation", stopped)
+    res = CliRunner().invoke(cli, ["eval", str(run)])
+    assert res.exit_code == 130 and "SIGUSR1: stopped after training, while drawing its report" in res.output
+    assert "cannot rebuild" not in res.output

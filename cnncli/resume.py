@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from cnncli import config as config_mod
+from cnncli.config_text import show
 from cnncli.errors import CheckpointError, ConfigError
 
 # Keys that cannot change on --resume, and why (the README's "Resuming" section names them all;
@@ -93,6 +94,21 @@ def check_unchanged(saved_text: str, cfg: dict, ckpt_path, num_classes=None) -> 
             has = f"{num_classes} (from its data)" if inferred else repr(old)
             raise ConfigError(f"{key} cannot change on --resume ({why}): {ckpt_path} has {has}, "
                               f"the config now says {new!r}; start a new run instead")
+
+
+def changed_settings(saved: dict, cfg: dict, shown: int = 6) -> list:
+    """[a note naming the settings (but `out`) a resume changes, each with its old and new value], or []:
+    `cnn info` shows the run's settings as they are now (augmentation off after 40 epochs with it on)."""
+    from cnncli.options import LEAVES
+
+    diffs = [(k, config_mod.get(saved, k), config_mod.get(cfg, k)) for k in LEAVES if k != "out"]
+    def text(v):                                  # (as YAML writes them: true, null)
+        return {True: "true", False: "false", None: "null"}[v] if v is None or isinstance(v, bool) else show(v)
+    diffs = [f"{k} {text(a)} -> {text(b)}" for k, a, b in diffs if a != b]
+    if not diffs:
+        return []
+    more = f", and {len(diffs) - shown} more" if len(diffs) > shown else ""
+    return [f"this resume changes {', '.join(diffs[:shown])}{more} (for the steps from here on)"]
 
 
 def absolute_paths(cfg: dict, start_dir=None) -> dict:

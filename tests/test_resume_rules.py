@@ -402,3 +402,15 @@ def test_resume_with_out_naming_the_same_folder_in_another_spelling(data, tmp_pa
         res = invoke("train", "--resume", "runs/x", "--out", out, "--set", "train.epochs=2", "-q", "--no-report")
         assert res.exit_code == 0, res.output
     assert checkpoint.load_meta(tmp_path / "runs" / "x" / "last.npz")["epoch"] == 2
+
+
+def test_a_resume_names_the_settings_it_changes(run1):
+    # (a resume with augmentation switched off said nothing, and cnn info then called the whole run's recipe
+    # 'augmentation off'; a helper's augmentation pass)
+    res = invoke("train", "--resume", run1, "--set", "train.epochs=2", "--set", "augment.enabled=false",
+                 "--set", "optim.lr=0.0001", "-q", "--no-report")
+    assert res.exit_code == 0, res.output
+    assert "note: this resume changes optim.lr 0.003 -> 0.0001, train.epochs 1 -> 2, augment.enabled true -> false " \
+           "(for the steps from here on)" in res.stderr, res.stderr
+    res = invoke("train", "--resume", run1, "--set", "train.epochs=3", "-q", "--no-report")
+    assert res.exit_code == 0 and "this resume changes train.epochs 2 -> 3 (" in res.stderr, res.stderr

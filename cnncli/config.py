@@ -128,6 +128,10 @@ def setting_notes(cfg) -> list:
         if why and o[key] != LEAVES[f"optim.{key}"].default]
     for key, why in unread:
         notes.append(f"optim.{key}={show(o[key])} does nothing in this run: {why}")
+    shift = cfg["augment"]["affine"]["shift"]
+    if cfg["augment"]["enabled"] and 0 < shift < 1:
+        notes.append(f"augment.affine.shift={shift:g} is in pixels (of {cfg['data']['image_size']}), not a fraction "
+                     "of the width as Keras' width_shift_range: it moves an image by under a pixel")
     delta = t["early_stopping"]["min_delta"]
     if t["monitor"] == "val_acc" and delta >= 1:
         notes.append(f"train.early_stopping.min_delta={delta:g} is in val acc's units, a fraction (0.01 is one "

@@ -94,6 +94,13 @@ def test_a_min_delta_in_percent_for_an_accuracy_monitor_gets_a_note():
     assert config.setting_notes(cfg) == []                       # (a loss may fall by 50)
 
 
+def test_a_shift_written_as_a_fraction_gets_a_note():
+    cfg = config.load_config_text("", ["data.train=x", "augment.affine.shift=0.1", "train.epochs=3"])
+    assert config.setting_notes(cfg) == ["augment.affine.shift=0.1 is in pixels (of 32), not a fraction of the width "
+                                         "as Keras' width_shift_range: it moves an image by under a pixel"]
+    assert config.setting_notes(config.load_config_text("", ["data.train=x", "train.epochs=3"])) == []
+
+
 def test_settings_the_optimizer_or_schedule_does_not_read_get_a_note():
     def notes(*sets):
         return config.setting_notes(config.resolve_epochs(config.load_config([], ["data.train=x", *sets]), 1000))

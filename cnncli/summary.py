@@ -136,7 +136,24 @@ def _recipe(cfg: dict) -> dict:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         out[key] = _typed(value, kind)
+    out["augment.changed"] = _augment_changed(cfg)
     return out
+
+
+def _augment_changed(cfg: dict) -> list:
+    # ["affine.rotate 11", ...]: the augment.* settings (but enabled) the stored config holds away from
+    # their defaults (a run's recipe line said only "augmentation on")
+    from cnncli.options import LEAVES
+
+    if not isinstance(cfg.get("augment"), dict):
+        return None
+    changed = []
+    for key, opt in LEAVES.items():
+        value = config_value(cfg, key)
+        if key.startswith("augment.") and key != "augment.enabled" and value is not None and value != opt.default:
+            changed.append(f"{key[len('augment.'):]} {value:g}" if isinstance(value, float) else
+                           f"{key[len('augment.'):]} {value}")
+    return changed
 
 
 def run_config(meta: dict) -> dict:
@@ -217,7 +234,9 @@ def _recipe_line(r: dict) -> str:
     if r["train.batch_size"] is not None:
         parts.append(f"batch {r['train.batch_size']}")
     if r["augment.enabled"] is not None:
-        parts.append(f"augmentation {'on' if r['augment.enabled'] else 'off'}")
+        changed = r.get("augment.changed") if r["augment.enabled"] else None
+        parts.append(f"augmentation {'on' if r['augment.enabled'] else 'off'}"
+                     + (f" ({', '.join(changed)})" if changed else ""))
     weights = r["train.class_weight"]
     if isinstance(weights, dict):
         parts.append("class weights " + ", ".join(f"{k} {v}" for k, v in weights.items()))

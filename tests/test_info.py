@@ -157,7 +157,7 @@ def test_recipe_is_the_run_configs_own_settings_and_hostile_values_are_left_out(
     assert json.loads(res.output)["recipe"] == {
         "optim.name": "momentum", "optim.lr": 0.05, "optim.schedule": "step", "optim.warmup_epochs": 0.0,
         "optim.weight_decay": 0.0005, "train.batch_size": 48, "train.seed": 11,
-        "train.class_weight": {"star": 2.5}, "augment.enabled": False}
+        "train.class_weight": {"star": 2.5}, "augment.enabled": False, "augment.changed": []}
     assert ("recipe      momentum lr 0.05 step, weight decay 0.0005, batch 48, augmentation off, "
             "class weights star 2.5, seed 11\n") in _info(path).output
 
@@ -169,6 +169,18 @@ def test_recipe_is_the_run_configs_own_settings_and_hostile_values_are_left_out(
     assert info["recipe"]["optim.name"] == "adam\nx"
     assert [k for k, v in info["recipe"].items() if v is not None] == ["optim.name"]
     assert "recipe      adam\\nx\n" in _info(path).output
+
+
+def test_the_recipe_names_the_augmentation_settings_away_from_their_defaults(tmp_path):
+    # (a run with augment.affine.rotate=11 showed 'augmentation on', as a run with the defaults)
+    path = tmp_path / "m.npz"
+    cfg = load_config(None, ["data.train=x", "augment.affine.rotate=11", "augment.flip.horizontal=0.5",
+                             "augment.affine.scale=[0.8, 1.2]"])
+    net = model.Network(num_classes=len(CLASSES), batchnorm="none", seed=3)
+    save_checkpoint(path, net, optim.Optimizer("adam", net.params.flat.size, 1e-3), RunState(), cfg, CLASSES, PREP)
+    assert json.loads(_info(path, "--json").output)["recipe"]["augment.changed"] == [
+        "affine.rotate 11", "affine.scale [0.8, 1.2]", "flip.horizontal 0.5"]
+    assert "augmentation on (affine.rotate 11, affine.scale [0.8, 1.2], flip.horizontal 0.5)" in _info(path).output
 
 
 @pytest.mark.parametrize("make, needle", [

@@ -203,8 +203,9 @@ def hold(folder: Path) -> None:
         pid = f.read().strip()
         f.close()
         who = f"another cnn process (pid {pid})" if pid.isdigit() else "another cnn process"
+        how = f"Ctrl-C in its terminal, or kill -TERM {pid}: it saves" if pid.isdigit() else "Ctrl-C saves"
         raise CnnError(f"{printable(str(folder))}: {who} is training this run now; let it finish, or stop it "
-                       "(Ctrl-C saves) and resume then") from None
+                       f"({how}) and resume then") from None
     except OSError:                            # (a file system without locks)
         f.close()
         return

@@ -758,13 +758,18 @@ def test_missing_ok_keeps_the_given_classes_and_their_indices(tmp_path, cache_in
         assert ds.classes == ["fox", "dog", "eel", "cat"] and len(skipped) == 3
         assert ds.labels.tolist() == [1, 1, 1, 2, 2, 2]
         assert [os.path.basename(os.path.dirname(p)) for p in ds.paths] == ["dog"] * 3 + ["eel"] * 3
-    assert len(list(cache_in_tmp.glob("*.npy"))) == 1
+    assert len(_pixel_files(cache_in_tmp)) == 1
     assert "class folder(s) eel not among the expected classes (cat, dog)" in _error(root, classes=["cat", "dog"],
                                                                                      missing_ok=True)
     assert "no usable images in class folder(s) cat" in _error(root, classes=["dog", "eel", "cat"])
 
 
 # ----------------------------------------------------------------------------- cache
+
+def _pixel_files(folder) -> list:
+    """The dataset cache's pixel files in folder (not the -ids.npy of their files' identities)."""
+    return [p for p in folder.glob("*.npy") if not p.name.endswith("-ids.npy")]
+
 
 def _forbid_decoding(monkeypatch):
     def boom(*a, **k):
@@ -776,7 +781,7 @@ def test_cache_hit_does_not_decode_and_keeps_skips(tmp_path, monkeypatch, cache_
     root = make_folder(tmp_path / "d")
     (root / "dog" / "zero.png").write_bytes(b"")
     first, s1 = data.load_folder(root)
-    assert len(list(cache_in_tmp.glob("*.npy"))) == 1
+    assert len(_pixel_files(cache_in_tmp)) == 1
     assert not [p for p in cache_in_tmp.iterdir() if p.name.startswith(".tmp")]
     _forbid_decoding(monkeypatch)
     second, s2 = data.load_folder(root)
@@ -818,9 +823,12 @@ def test_cache_invalidated_when_files_change(tmp_path, monkeypatch, change):
     real = dec._decode
     monkeypatch.setattr(dec, "_decode", lambda *a: calls.append(a) or real(*a))
     ds, _ = data.load_folder(root)
-    assert calls, "a changed folder must be decoded again"
+    # only the changed or new file decodes again (the others' pixels come from the out-of-date entry)
+    assert [os.path.basename(c[0]) for c in calls] == {"content": ["001.png"], "mtime": ["001.png"],
+                                                       "new_file": ["new.png"], "removed_file": []}[change]
     expected = {"content": 6, "mtime": 6, "new_file": 7, "removed_file": 5}[change]
     assert len(ds) == expected
+    assert ds.images.tobytes() == data.load_folder(root, cache=False)[0].images.tobytes()
     if change == "content":
         assert np.array_equal(ds.images[1], data.load_image(target))
 
@@ -829,7 +837,7 @@ def test_cache_invalidated_when_files_change(tmp_path, monkeypatch, change):
 def test_corrupt_cache_is_ignored_and_rebuilt(tmp_path, cache_in_tmp, garbage, monkeypatch):
     root = make_folder(tmp_path / "d")
     first, _ = data.load_folder(root)
-    (cache_file,) = cache_in_tmp.glob("*.npy")
+    (cache_file,) = _pixel_files(cache_in_tmp)
     cache_file.write_bytes(garbage)
     again, _ = data.load_folder(root)
     assert np.array_equal(first.images, again.images)

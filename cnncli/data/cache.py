@@ -180,8 +180,32 @@ def _atomic(path: str, write) -> None:
                 os.unlink(tmp)
 
 
-def write(slot: str, key: str, images: np.ndarray, skipped) -> str | None:
-    """Store images and the skipped list for `key` (call inside `locked(slot)`). Removes this slot's
+def read_previous(slot: str, image_size: int):
+    """The slot's entry for an older key, with its files' identities -> (images (K,S,S) uint8 memory-mapped,
+    [(entry index, reason)], ids (N,) uint64: scan._file_keys of each entry) or None (none, damaged, or
+    written without identities): what an out-of-date load takes unchanged files' pixels from."""
+    try:
+        with open(slot + ".json", encoding="utf-8") as f:
+            index = json.load(f)
+        if index.get("v") != CACHE_FORMAT_VERSION or not isinstance(index.get("key"), str):
+            return None
+        skipped = [(int(i), str(r)) for i, r in index["skipped"]]
+        base = f"{slot}-{index['key'][:16]}"
+        images = np.load(base + ".npy", mmap_mode="r", allow_pickle=False)
+        ids = np.load(base + "-ids.npy", allow_pickle=False)
+        idx = [i for i, _ in skipped]
+        n = images.shape[0] + len(skipped) if images.ndim == 3 else -1
+        if (images.dtype != np.uint8 or images.shape[1:] != (image_size, image_size) or ids.dtype != np.uint64
+                or ids.shape != (n,) or idx != sorted(set(idx)) or (idx and (idx[0] < 0 or idx[-1] >= n))):
+            return None
+        return images, skipped, ids
+    except Exception:                              # noqa: BLE001 - absent/stale/corrupt: decode them all
+        return None
+
+
+def write(slot: str, key: str, images: np.ndarray, skipped, ids=None) -> str | None:
+    """Store images and the skipped list for `key` (call inside `locked(slot)`), and with ids ((N,)
+    uint64, each entry's file identity) those, for read_previous. Removes this slot's
     files of other keys first (out of date: on a nearly full disk they would keep the space the new
     one needs) and temporary files of killed writers (this slot's, and any other's whose writer is
     gone). A failure leaves no cache and returns why ("/path: Permission denied"); None when stored."""
@@ -191,10 +215,14 @@ def write(slot: str, key: str, images: np.ndarray, skipped) -> str | None:
         npy = f"{slot}-{key[:16]}.npy"
         for name in os.listdir(folder):              # under the lock, any tmp of this slot is debris
             if (name.startswith(f".tmp-{base}") or name.startswith(".tmp-dataset-") and _writer_gone(name)
-                    or name.startswith(base + "-") and name.endswith(".npy") and name != os.path.basename(npy)):
+                    or name.startswith(base + "-") and name.endswith(".npy")
+                    and name not in (os.path.basename(npy), os.path.basename(npy)[:-4] + "-ids.npy")):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(folder, name))
         _atomic(npy, lambda f: np.lib.format.write_array(f, np.ascontiguousarray(images), allow_pickle=False))
+        if ids is not None:                          # (before the index: an index names complete files)
+            _atomic(f"{slot}-{key[:16]}-ids.npy", lambda f: np.lib.format.write_array(
+                f, np.ascontiguousarray(ids, dtype=np.uint64), allow_pickle=False))
         index = {"v": CACHE_FORMAT_VERSION, "key": key, "skipped": [[i, r] for i, r in skipped]}
         _atomic(slot + ".json", lambda f: f.write(json.dumps(index).encode("utf-8", "surrogateescape")))
     except OSError as err:                            # read-only home, full disk: just no cache

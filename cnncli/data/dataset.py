@@ -86,15 +86,24 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
                 hit = cache_mod.read(slot, key, image_size, len(ix.rels)) if owned else None
                 if hit is None:
                     why = cache_mod.miss_reason(slot, key) if owned else None
+                    ids = getattr(ix, "keys", None)          # (a folder's files' identities; a labels CSV has none)
+                    previous = cache_mod.read_previous(slot, image_size) if why == "out of date" and \
+                        ids is not None else None
+                    src = decodemany.reuse_plan(ids, previous) if previous is not None else None
                     if waited and owned:           # (it ended, killed or failed, before writing the cache)
                         who = "the other process" if waited[0] is None else f"the other process (pid {waited[0]})"
                         _say(f"note: {who} ended without writing the dataset cache: decoding here")
                     elif why:
+                        new = int((src < 0).sum()) if src is not None else len(ix.rels)
                         _say(f"note: the dataset cache of {printable(root)} is {why}"
                              + (" (a file was added, removed or changed since, or had its time or permissions changed)"
-                                if why == "out of date" else "") + ": decoding every image again")
-                    hit = decodemany.decode_array(jobs, workers, progress)
-                    unsaved = cache_mod.write(slot, key, *hit) if owned else None
+                                if why == "out of date" else "")
+                             + (f": decoding the {new:,} new or changed file(s), the other {len(ix.rels) - new:,} "
+                                "from the cache" if src is not None else ": decoding every image again"))
+                    hit = (decodemany.decode_reusing(jobs, src, previous, workers, progress) if src is not None
+                           else decodemany.decode_array(jobs, workers, progress))
+                    del previous                    # (its memory map)
+                    unsaved = cache_mod.write(slot, key, *hit, ids=ids) if owned else None
         images, bad = hit
     else:
         images, bad = decodemany.decode_array(jobs, workers, progress)

@@ -187,3 +187,59 @@ def decode_array(jobs, workers=None, progress=False):
                     k += 1
                 i += 1
     return images[:k], skipped
+
+
+def _drop_pages(a) -> None:
+    """Give back the pages of a read-only memory map that were read (np.load's mmap_mode='r' array)."""
+    import mmap
+
+    m = getattr(a, "_mmap", None)
+    if m is not None and hasattr(m, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        m.madvise(mmap.MADV_DONTNEED)
+
+
+def reuse_plan(ids, previous):
+    """For each entry of identity ids[i] ((N,) uint64, scan._file_keys: 0 unknown), the entry of a
+    previous cache entry (cache.read_previous's (images, skipped, ids)) holding the same file, or -1:
+    (N,) int64."""
+    old_ids = previous[2]
+    src = np.full(len(ids), -1, dtype=np.int64)
+    if not len(old_ids) or not len(ids):
+        return src
+    order = np.argsort(old_ids, kind="stable")                               # (M,)
+    pos = np.minimum(np.searchsorted(old_ids[order], ids), len(order) - 1)   # (N,)
+    hit = (ids != 0) & (old_ids[order][pos] == ids)
+    src[hit] = order[pos[hit]]
+    return src
+
+
+def decode_reusing(jobs, src, previous, workers=None, progress=False, chunk: int = 1 << 15):
+    """decode_array(jobs), taking each entry i with src[i] >= 0 (reuse_plan) from the previous cache
+    entry: its pixels, or its reason to be skipped; only the others (new or changed files) decode ->
+    (images (K,S,S) uint8, [(job index, reason)]), as decode_array gives them."""
+    old_images, old_skipped, old_ids = previous
+    s = jobs.args[0]
+    old_bad = np.zeros(len(old_ids), dtype=bool)                             # (M,)
+    old_bad[[i for i, _ in old_skipped]] = True
+    old_row = np.cumsum(~old_bad) - 1                                        # (M,) its image row
+    reasons = dict(old_skipped)
+    todo = np.flatnonzero(src < 0)                                           # (T,) entries to decode
+    fresh, fresh_bad = decode_array(Jobs(jobs.rels.take(todo), *jobs.args, prefix=jobs.prefix), workers,
+                                    progress) if len(todo) else (np.zeros((0, s, s), np.uint8), [])
+    bad = np.zeros(len(src), dtype=bool)                                     # (N,)
+    reused = np.flatnonzero(src >= 0)
+    bad[reused[old_bad[src[reused]]]] = True
+    bad[todo[[j for j, _ in fresh_bad]]] = True
+    skipped = sorted([(int(i), reasons[int(src[i])]) for i in reused[old_bad[src[reused]]]]
+                     + [(int(todo[j]), r) for j, r in fresh_bad])
+    out_row = np.cumsum(~bad) - 1                                            # (N,) its row in images
+    images = np.empty((int((~bad).sum()), s, s), dtype=np.uint8)             # (K,S,S)
+    good_reused = reused[~old_bad[src[reused]]]
+    for a in range(0, len(good_reused), chunk):                              # (bounded temporaries)
+        part = good_reused[a:a + chunk]
+        images[out_row[part]] = old_images[old_row[src[part]]]
+        _drop_pages(old_images)                     # (the old file's pages read: out of this process's memory)
+    fresh_good = np.ones(len(todo), dtype=bool)
+    fresh_good[[j for j, _ in fresh_bad]] = False
+    images[out_row[todo[fresh_good]]] = fresh
+    return images, skipped

@@ -352,7 +352,8 @@ class Index:
             self.bad.extend((head + rel, why) for rel, why in bad)
             del found_files, stats
         self.labels = np.repeat(np.arange(len(self.classes), dtype=np.int64), counts)   # (N,)
-        self.shared = _shared_files(self.rels, self.labels, np.concatenate(keys) if keys else np.zeros(0, np.uint64))
+        self.keys = np.concatenate(keys) if keys else np.zeros(0, np.uint64)   # (N,) each file's identity
+        self.shared = _shared_files(self.rels, self.labels, self.keys)
         self.loose = _loose_images(root)
         self.bad.extend((name + "/", BROKEN_LINK) for name in _broken_links(root))
         h.update(repr(self.loose).encode("utf-8", "surrogatepass"))

@@ -99,8 +99,10 @@ OPTIONS = (
            check=_range(0, MAX_INT)),
     Option("data.image_size", 32, "Side of the square network input; the network takes 32x32, so only 32 is "
            "accepted.", "int", check=_image_size),
-    Option("data.resize", "pad", "How images become square: pad (keep aspect, pad with the border colour), "
-           "stretch, or crop (center crop).", "choice", choices=("pad", "stretch", "crop")),
+    Option("data.resize", "pad", "How images become square: pad (keep aspect, pad with the border colour: "
+           "the median of the resized image's edge pixels, so an object cropped tight to its edges pads with "
+           "its own colour; stretch suits such crops), stretch, or crop (center crop).", "choice",
+           choices=("pad", "stretch", "crop")),
     Option("data.normalize", True, "Standardize pixels by the training set's mean and std (stored in the "
            "checkpoint).", "bool"),
     Option("data.strict", False, "Refuse to start when any image is unreadable (otherwise skip it and list it "

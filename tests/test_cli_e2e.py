@@ -102,8 +102,8 @@ def test_eval_and_resume_say_when_the_validation_images_are_not_the_runs_any_mor
     out = invoke(["eval", "--checkpoint", run / "last.npz", "--json"])
     assert out.exit_code == 0 and len(json.loads(out.stdout)["warnings"]) == 1
     assert out.stderr.startswith(f"note: the dataset cache of {data} is out of date (a file was added, removed "
-                                 "or changed since, or had its time or permissions changed): decoding every image "
-                                 "again\n"
+                                 "or changed since, or had its time or permissions changed): decoding the 9 new or "
+                                 "changed file(s), the other 36 from the cache\n"
                                  "warning: the validation images differ from those the run used (9 then, 12 now)")
     assert len(out.stderr.strip().splitlines()) == 2
     (run / "last.npz").rename(run / "early.npz")

@@ -290,21 +290,15 @@ def skipped_lines(skipped, where: str = "", rest: str = "", shown: int = 5) -> l
     return lines
 
 
-def write_skipped(run_dir: Path, skipped, echo) -> None:
-    """skipped.txt (one `path<TAB>reason` a line) and a short warning naming the first five."""
-    atomic_text(run_dir / "skipped.txt", "".join(f"{printable(p)}\t{printable(r)}\n" for p, r in skipped))
-    for line in skipped_lines(skipped, f", listed in {run_dir / 'skipped.txt'}"):
-        echo(line)
-
-
-def add_skipped(run_dir: Path, skipped, where: str, echo) -> None:
-    """Another folder's unusable files (data.test's, decoded after training) added to skipped.txt (rows
-    it holds already are not repeated: a resume tests again) and the warning naming the first five."""
+def write_skipped(run_dir: Path, skipped, echo, where: str = "", keep: bool = False) -> None:
+    """skipped.txt (one `path<TAB>reason` a line) and a short warning naming the first five (`where`
+    says whose they are). keep: the rows the file holds stay, and are not written twice (data.test's
+    files, added after training; a resume tests again)."""
     path = run_dir / "skipped.txt"
-    try:
-        old = path.read_text(encoding="utf-8", errors="surrogateescape")
-    except FileNotFoundError:
-        old = ""
+    old = ""
+    if keep:
+        with contextlib.suppress(FileNotFoundError):
+            old = path.read_text(encoding="utf-8", errors="surrogateescape")
     held = set(old.splitlines())
     rows = [f"{printable(p)}\t{printable(r)}" for p, r in skipped]
     atomic_text(path, old + "".join(f"{row}\n" for row in dict.fromkeys(rows) if row not in held))

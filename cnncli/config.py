@@ -280,7 +280,9 @@ def read_config_file(path) -> str:
     if raw[:4] == b"PK\x03\x04":                        # a zip: a .npz checkpoint given as the config
         raise ConfigError(f"{path}: is a checkpoint (a .npz archive), not a YAML config: --resume continues its "
                           "run, --init-from starts a new run from its weights")
-    if raw[:2] not in (b"\xff\xfe", b"\xfe\xff") and raw.count(b"\0") * 4 > len(raw):   # (every other byte)
+    from cnncli.data.csvindex import utf16_encoding
+
+    if utf16_encoding(raw) in ("utf-16-le", "utf-16-be"):        # (YAML said: character '\x00' is not allowed)
         raise ConfigError(f"{path}: looks like UTF-16 text without its byte-order mark; save it as UTF-8")
     try:
         return raw.decode("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")  # (PowerShell 5)

@@ -150,10 +150,13 @@ def write_predictions_csv(path, results, classes) -> int:
 
     def write(f):
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["path", "class", "probability", *names])
+        # (a lone CR is no special character to a "\n" writer: unquoted, a reader splits the row there)
+        cr = csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        (cr if any("\r" in n for n in names) else w).writerow(["path", "class", "probability", *names])
         for r in results:
             p = {t["class"]: t["probability"] for t in r["top_k"]}
-            w.writerow([r["path"], r["class"], repr(r["probability"]), *(repr(p[c]) for c in names)])
+            row = [r["path"], r["class"], repr(r["probability"]), *(repr(p[c]) for c in names)]
+            (cr if "\r" in r["path"] or "\r" in r["class"] else w).writerow(row)
             count[0] += 1
     try:
         if path == "-":                              # (standard output, as most tools read "-")

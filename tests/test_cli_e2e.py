@@ -454,6 +454,7 @@ def test_names_with_a_tab_or_a_newline_stay_on_their_line(workspace, tmp_path):
     assert sum("odd\\n0.png" in ln for ln in lines) == 2
     assert {ln.split("\t")[1] for ln in lines} <= {"tab\\there", "new\\nline"}
     # --json and --csv hold the names exactly (a file 'a\\nb.png' and a file 'a<newline>b.png' had one path there)
+    (root / "tab\there" / "cr\r1.png").write_bytes((root / "tab\there" / "001.png").read_bytes())   # (a CR too)
     files = sorted(str(f) for f in root.rglob("*") if f.is_file())
     got = json.loads(invoke(["predict", "--checkpoint", run, root, "--json"]).stdout)
     assert sorted(r["path"] for r in got) == files and {r["class"] for r in got} <= {"tab\there", "new\nline"}

@@ -272,6 +272,9 @@ def test_file_problems(tmp_path):
     bare = tmp_path / "utf16-no-mark.yaml"                   # (YAML said: character '\x00' is not allowed)
     bare.write_bytes(text.encode("utf-16-le"))
     assert _error(load_config, bare) == f"{bare}: looks like UTF-16 text without its byte-order mark; save it as UTF-8"
+    binary = tmp_path / "zeros.npy"                         # (a binary file with many NULs is no UTF-16 text)
+    binary.write_bytes(b"\x93NUMPY\x01\x00" + bytes(200) + b"\x01\x02" * 10)
+    assert "not UTF-8 text" in _error(load_config, binary)
 
 
 def test_validate_errors_without_a_file():

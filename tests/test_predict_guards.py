@@ -166,8 +166,12 @@ def test_paths_on_standard_input_may_be_nul_separated_or_start_with_a_byte_order
 
     odd = tmp_path / "a\nb.png"                         # a name with a newline: only -print0 can pass it
     shutil.copy(image, odd)
+    latin = tmp_path / os.fsdecode(b"\xff\xfex.png")               # (`ls` of it starts with bytes FF FE)
+    shutil.copy(image, latin)
     for raw, n in ((f"{image}\0{odd}\0".encode(), 2), (b"\xef\xbb\xbf" + f"{image}\n".encode(), 1),
-                   (f"{image}\r\n".encode("utf-16"), 1)):             # (PowerShell's pipe: UTF-16 with its mark)
+                   (f"{image}\r\n".encode("utf-16"), 1),               # (PowerShell's pipe: UTF-16 with its mark)
+                   (f"{image}\n".encode("utf-16-le"), 1),               # (and without it)
+                   (os.fsencode(image) + b"\n" + os.fsencode(latin) + b"\n", 2)):
         res = CliRunner().invoke(cli, ["predict", "--checkpoint", str(ckpt), "--json", "-"], input=raw)
         assert res.exit_code == 0, res.output
         paths = [r["path"] for r in json.loads(res.stdout)]

@@ -100,7 +100,12 @@ def _train(comm, config_path, overrides, resume, init_from, out, strict, no_cach
                     _report_after_training(run_dir, new=not _untouched_since(run_dir, started))
     except (Stopped, TrainingDiverged) as stop:    # its folder on stdout too, so a script can go on from it
         if comm.is_main and stop.run_dir is not None:
-            click.echo(str(stop.run_dir))
+            try:
+                click.echo(str(stop.run_dir))
+            except BrokenPipeError:       # (`cnn train ... 2>&1 | head` stopped it: the stop's status, 130)
+                from cnncli.lifeline import silence
+
+                silence(sys.stdout.fileno())
         raise
     if comm.is_main:
         click.echo(str(run_dir))

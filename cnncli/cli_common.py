@@ -25,9 +25,14 @@ class UserError(click.ClickException):
         self.prefix = prefix
 
     def show(self, file=None):
-        if self.prefix == "Error: ":
-            return super().show(file)
-        click.echo(self.prefix + self.format_message(), file=file or sys.stderr)
+        try:
+            if self.prefix == "Error: ":
+                return super().show(file)
+            click.echo(self.prefix + self.format_message(), file=file or sys.stderr)
+        except BrokenPipeError:   # (stderr's reader left: the exit status still says it, not click's 1)
+            from cnncli.lifeline import silence
+
+            silence(2)
 
 
 def run_line(message) -> None:
@@ -55,8 +60,10 @@ def user_errors(fn):
         except MemoryError as err:   # (numpy says how much it could not allocate)
             raise UserError(f"out of memory ({str(err) or 'MemoryError'})", 1) from None
         except BrokenPipeError:  # `cnn predict ... | head`: the reader left; stop quietly, with the
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # status a shell gives a
-            sys.exit(128 + 13)   # process SIGPIPE ended (141), not 1: that means some files failed
+            from cnncli.lifeline import silence
+
+            silence(sys.stdout.fileno())   # status a shell gives a process SIGPIPE ended (141), not 1: that
+            sys.exit(128 + 13)             # means some files failed
         except OSError as err:
             if _stdout_failed(err):      # `cnn predict ... > out.txt` on a full disk, or > /dev/full
                 raise UserError(f"cannot write to standard output: {err.strerror or err}", 1) from None

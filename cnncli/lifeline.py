@@ -24,19 +24,23 @@ def silence_closed_terminal(signum) -> None:
     for fd in (1, 2):
         with contextlib.suppress(OSError):
             if os.isatty(fd):
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, fd)
-                os.close(null)
+                silence(fd)
+
+
+def silence(fd: int) -> None:
+    """Descriptor fd (1 or 2) to /dev/null: its reader left, and what is still written there (the exit's
+    own flush too) fails no more."""
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
 
 
 def reader_left() -> None:
     """Standard error's reader is gone (`cnn train ... 2>&1 | head`): its lines go to /dev/null from
     now on, and where a stop handler is installed the run stops as when its terminal closes (SIGHUP:
     after the step, saved, resumable) instead of ending at the failed write, unsaved."""
-    with contextlib.suppress(OSError):
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 2)
-        os.close(null)
+    silence(2)
     sig = getattr(signal, "SIGHUP", None)
     if sig is not None and callable(signal.getsignal(sig)):
         signal.raise_signal(sig)

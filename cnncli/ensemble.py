@@ -101,7 +101,12 @@ def load(paths):
     files = checkpoint_files(paths)
     seen = {}
     for f in files:
-        first = seen.setdefault(os.path.realpath(f), f)
+        try:
+            st = os.stat(f)
+            same = (st.st_dev, st.st_ino)         # (a hard link too)
+        except OSError:
+            same = os.path.realpath(f)            # (Predictor.from_checkpoint names a missing file)
+        first = seen.setdefault(same, f)
         if first is not f:
             also = "" if str(first) == str(f) else f" (also as {first})"
             raise CheckpointError(f"{f}: given twice{also}; an ensemble averages each checkpoint once")

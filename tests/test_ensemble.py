@@ -86,3 +86,8 @@ def test_a_checkpoint_given_twice_is_refused(folds):
                                                          "each checkpoint once"), res.output
     res = invoke(["predict", "--checkpoint", cv, "--checkpoint", cv / "fold-2" / "best.npz", test])
     assert res.exit_code == 1 and "given twice" in res.output
+    import os
+
+    os.link(files[2], tmp / "hard.npz")                            # (one file under two names)
+    res = invoke(["eval", "--checkpoint", files[2], "--checkpoint", tmp / "hard.npz", "--data", test])
+    assert res.exit_code == 1 and f"{tmp / 'hard.npz'}: given twice (also as {files[2]})" in res.output

@@ -290,20 +290,26 @@ def skipped_lines(skipped, where: str = "", rest: str = "", shown: int = 5) -> l
     return lines
 
 
-def write_skipped(run_dir: Path, skipped, echo, where: str = "", keep: bool = False) -> None:
+def write_skipped(run_dir: Path, skipped, echo, where: str = "", tag: str = "") -> None:
     """skipped.txt (one `path<TAB>reason` a line) and a short warning naming the first five (`where`
-    says whose they are). keep: the rows the file holds stay, and are not written twice (data.test's
-    files, added after training; a resume tests again)."""
+    says whose they are). tag ("data.test: "): the rows go in with their reasons so tagged, in place of
+    the file's rows of that tag (the test's files, added after training: a test run again replaces
+    them), the others kept; without a tag the file holds these rows alone."""
     path = run_dir / "skipped.txt"
     old = ""
-    if keep:
+    if tag:
         with contextlib.suppress(FileNotFoundError):
             old = path.read_text(encoding="utf-8", errors="surrogateescape")
-    held = set(old.splitlines())
-    rows = [f"{printable(p)}\t{printable(r)}" for p, r in skipped]
-    atomic_text(path, old + "".join(f"{row}\n" for row in dict.fromkeys(rows) if row not in held))
-    for line in skipped_lines(skipped, f"{where}, listed in {path}"):
-        echo(line)
+    kept = [row for row in old.splitlines() if not row.partition("\t")[2].startswith(tag)]
+    listed = {row.partition("\t")[0] for row in kept}             # (data.test is data.train: each file once)
+    rows = [f"{printable(p)}\t{tag}{printable(r)}" for p, r in skipped if printable(p) not in listed]
+    if kept + rows:
+        atomic_text(path, "".join(f"{row}\n" for row in dict.fromkeys(kept + rows)))
+    elif old:                                        # (its only rows were the tag's, all readable now)
+        path.unlink(missing_ok=True)
+    if skipped:
+        for line in skipped_lines(skipped, f"{where}, listed in {path}"):
+            echo(line)
 
 
 DIVERGED = "diverged.txt"    # the one-line error of a run whose loss became non-finite (cnn runs shows it)

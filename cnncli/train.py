@@ -39,8 +39,7 @@ def evaluate_test_data(run_dir: Path, cfg: dict, echo) -> dict:
     for line in [f"warning: data.test: {w}" for w in metrics["warnings"]] + [f"note: data.test: {n}"
                                                                              for n in metrics["notes"]]:
         echo(line)
-    if metrics["skipped_files"]:              # (data.strict refused them before the first step)
-        runfolder.write_skipped(run_dir, metrics["skipped_files"], echo, " of data.test", keep=True)
+    runfolder.write_skipped(run_dir, metrics["skipped_files"], echo, " of data.test", tag="data.test: ")
     echo(f"Test ({metrics['num_images']} images of {runfolder.printable(cfg['data']['test'])}, {ckpt.name}): "
          f"loss {loss_text(metrics['loss'])}, accuracy {metrics['accuracy']:.2%}, macro F1 {metrics['macro_f1']:.4f}, "
          f"top-{metrics['top_k']} {metrics['top_k_accuracy']:.2%}; {run_dir / 'test_metrics.json'}")

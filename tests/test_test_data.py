@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from e2e_util import invoke, make_folder, private_cache  # noqa: F401
 
@@ -118,3 +119,10 @@ def test_unusable_test_files_are_named_listed_and_refused_under_strict(tmp_path)
     res = invoke(["train", "--resume", run, "-q", "--no-report"])
     assert res.exit_code == 0 and "of data.test" in res.stderr, res.output
     assert (run / "skipped.txt").read_text().splitlines() == listed
+    assert all("\tdata.test: " in line for line in listed)
+    for line in listed:                                                # the files mended: a new test lists none
+        bad = Path(line.split("\t")[0])
+        bad.unlink()
+    (run / "test_metrics.json").unlink()
+    res = invoke(["train", "--resume", run, "-q", "--no-report"])
+    assert res.exit_code == 0 and "of data.test" not in res.stderr and not (run / "skipped.txt").exists(), res.output

@@ -130,3 +130,6 @@ def test_a_missing_data_folder_names_what_the_error_line_cannot_show(tmp_path):
         with pytest.raises(DataError, match=r": does not exist \(") as info:
             index(str(tmp_path / given))
         assert hint in str(info.value), str(info.value)
+    with pytest.raises(DataError) as info:                              # (a byte that is not UTF-8: as \xNN)
+        index(str(tmp_path / os.fsdecode(b"\xff ")))
+    assert str(info.value).endswith("(the name '\\xff ' ends with a space)") and "\udcff" not in str(info.value)

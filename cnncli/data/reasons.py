@@ -135,14 +135,16 @@ def _invisible_hint(path: str) -> str:
     letter in the other Unicode form than the name on disk, Windows' backslashes ("" otherwise)."""
     import unicodedata
 
-    from .names import printable
+    from .names import printable, utf8_text
 
     parts = path.split(os.sep)
     spaced = [part for part in parts if part != part.strip()]
     if spaced:
         trimmed = os.sep.join(part.strip() for part in parts)
         there = f"; {printable(trimmed)} exists" if os.path.exists(trimmed) else ""
-        return (f" (the name {printable(repr(spaced[0]))} {'begins' if spaced[0][:1].isspace() else 'ends'} with a "
+        shown = "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii")
+                        for c in utf8_text(spaced[0]))      # (a non-breaking space as \xa0; bad bytes as \xNN)
+        return (f" (the name '{shown}' {'begins' if spaced[0][:1].isspace() else 'ends'} with a "
                 f"space{there})")
     for form in ("NFC", "NFD"):
         other = unicodedata.normalize(form, path)

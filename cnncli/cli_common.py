@@ -238,8 +238,8 @@ def checkpoints_or_newest(given, ensemble=False) -> tuple:
 
 
 def _training_text(run) -> str:
-    """'; a process trains it now: its checkpoint so far' when one does (two calls seconds apart took
-    two models), or names a newer run in training that has no checkpoint yet; else ""."""
+    """', which a process trains now: its checkpoint so far' when one does (two calls seconds apart
+    took two models), or one naming a newer run in training that has no checkpoint yet; else ""."""
     from cnncli.runfolder import training_now
     from cnncli.runs import find_runs
 

@@ -140,7 +140,7 @@ def _recipe(cfg: dict) -> dict:
     return out
 
 
-def _augment_changed(cfg: dict) -> list:
+def _augment_changed(cfg: dict) -> list | None:
     # ["affine.rotate 11", ...]: the augment.* settings (but enabled) the stored config holds away from
     # their defaults (a run's recipe line said only "augmentation on")
     from cnncli.options import LEAVES

@@ -88,8 +88,8 @@ def render_html(title, metrics, classes, history, config_text, pictures, errors_
 
 def run_text(run_dir: Path, ckpt: Path) -> str:
     """What `cnn info` says of the run above its layer table (how far it trained, which epoch's weights
-    the checkpoint holds, early stopping, the recipe), then what diverged.txt and test_metrics.json
-    say; "" for a checkpoint cnn info cannot describe."""
+    the checkpoint holds, early stopping, the recipe, the test), then what diverged.txt says; "" for a
+    checkpoint cnn info cannot describe."""
     from .runfolder import read_diverged
     from .summary import describe, format_info
 
@@ -102,10 +102,4 @@ def run_text(run_dir: Path, ckpt: Path) -> str:
     diverged = read_diverged(run_dir)
     if diverged:
         lines.append(f"diverged    {diverged}")
-    try:
-        test = json.loads((run_dir / "test_metrics.json").read_text(encoding="utf-8"))
-        lines.append(f"test        {test['num_images']} image(s) of {test.get('data', 'data.test')}: accuracy "
-                     f"{test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}")
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import yaml
 
@@ -86,7 +87,23 @@ def describe(path, run_last=None) -> dict:
         "best": best,
         "last_unreadable": last_error,
         "recipe": _recipe(run_config(meta)),
+        "test": _test_result(path),
     }
+
+
+def _test_result(path) -> dict | None:
+    # the run's test (test_metrics.json beside `path`) when it measured this file: data.test's images,
+    # accuracy, macro F1
+    import json
+
+    try:
+        t = json.loads((Path(path).parent / "test_metrics.json").read_text(encoding="utf-8"))
+        if Path(str(t["checkpoint"])).name != Path(path).name:     # (the run's best.npz; last.npz given)
+            return None
+        return {"num_images": int(t["num_images"]), "data": str(t.get("data", "data.test")),
+                "accuracy": float(t["accuracy"]), "macro_f1": float(t["macro_f1"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _typed(value, kind):
@@ -207,6 +224,10 @@ def format_info(info: dict) -> str:
     recipe = _recipe_line(info["recipe"])
     if recipe:
         lines.append(f"recipe      {recipe}")
+    test = info.get("test")
+    if test:
+        lines.append(f"test        {test['num_images']} image(s) of {printable(test['data'])}: accuracy "
+                     f"{test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}")
     lines += ["", f"{'layer':9s} {'type':24s} {'output':>10s} {'parameters':>11s}"]
     for row in info["layers"]:
         shape = "x".join(str(d) for d in row["output"])

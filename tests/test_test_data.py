@@ -24,6 +24,11 @@ def test_the_run_ends_with_its_test_metrics(tmp_path):
     assert saved == ev and saved["num_images"] == 8 and saved["absent"] == ["bar"]
     assert (f"Test (8 images of {test}, best.npz): loss {ev['loss']:.4f}, accuracy {ev['accuracy']:.2%}, "
             f"macro F1 {ev['macro_f1']:.4f}") in res.output
+    # cnn info says it too (the report did, cnn info did not; the final README walkthrough)
+    assert f"test        8 image(s) of {test}: accuracy {ev['accuracy']:.4f}, macro F1 {ev['macro_f1']:.4f}" in \
+        invoke(["info", tmp_path / "run"]).output
+    assert json.loads(invoke(["info", tmp_path / "run", "--json"]).output)["test"]["accuracy"] == ev["accuracy"]
+    assert json.loads(invoke(["info", tmp_path / "run" / "last.npz", "--json"]).output)["test"] is None
 
 
 def test_a_wrong_test_folder_stops_before_training(tmp_path):

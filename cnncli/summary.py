@@ -88,7 +88,22 @@ def describe(path, run_last=None) -> dict:
         "last_unreadable": last_error,
         "recipe": _recipe(run_config(meta)),
         "test": _test_result(path),
+        "state": _run_state(path, meta, latest=best is not None or Path(path).name == "last.npz"),
     }
+
+
+def _run_state(path, meta: dict, latest: bool) -> str | None:
+    # "training" while a process trains the run the file lies in, "unfinished" when its run's latest state
+    # (last.npz) is short of its epochs without early stopping or a divergence, else None
+    from cnncli.runfolder import read_diverged, training_now
+
+    folder = Path(path).parent
+    if training_now(folder):
+        return "training"
+    t = _training(meta)
+    if not latest or t["epoch"] is None or t["epochs"] is None or t["stopped_early"] or read_diverged(folder):
+        return None
+    return "unfinished" if t["epoch"] < t["epochs"] else None
 
 
 def _test_result(path) -> dict | None:
@@ -206,7 +221,10 @@ def format_info(info: dict) -> str:
         f"network     batchnorm {info['batchnorm']}, {info['dtype']}"
         + (f", eps {info['eps']:g}" if info["batchnorm"] != "none" else ""),
         f"trained     {_progress(train)}"
-        + (f", starting from {printable(train['init_from'])}'s weights" if train["init_from"] else ""),
+        + (f", starting from {printable(train['init_from'])}'s weights" if train["init_from"] else "")
+        + {"training": "; a process trains it now",
+           "unfinished": f"; unfinished: cnn train --resume {printable(os.path.dirname(info['checkpoint']) or '.')} "
+                         "goes on"}.get(info.get("state"), ""),
     ]
     last = train["last_epoch"]
     if last:

@@ -82,10 +82,14 @@ def test_every_row_has_every_field_a_status_and_the_test_accuracy(experiments):
         assert rows[str(root / "fast")]["status"] == "finished" and rows[str(root / "fast")]["test_acc"] is None
         assert rows[str(part)]["status"] == "incomplete" and rows[str(part)]["test_acc"] == 0.875
         assert rows[str(part)]["monitor"] == "val_loss"
+        info = invoke(["info", part]).output                              # (and cnn info, so the report, says so)
+        assert "trained     1 of 3 epochs" in info and f"; unfinished: cnn train --resume {part} goes on" in info
+        assert "unfinished" not in invoke(["info", root / "fast"]).output
         with open(part / ".claimed", "a+") as held:                       # as runfolder.hold() holds it
             fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
             row = json.loads(invoke(["runs", part, "--json"]).output)[0]
             assert row["status"] == "training"
+            assert "; a process trains it now" in invoke(["info", part]).output
             text = format_runs([row])
         assert " 1/3~ " in text and "~ training now" in text and "87.50%" in text
         assert json.loads(invoke(["runs", part, "--json"]).output)[0]["status"] == "incomplete"

@@ -240,7 +240,7 @@ def checkpoints_or_newest(given, ensemble=False) -> tuple:
 def _training_text(run) -> str:
     """', which a process trains now: its checkpoint so far' when one does (two calls seconds apart
     took two models), or one naming a newer run in training that has no checkpoint yet; else ""."""
-    from cnncli.runfolder import training_now
+    from cnncli.runlock import training_now
     from cnncli.runs import find_runs
 
     if training_now(run):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cnncli import checkpoint
 from cnncli import config as config_mod
-from cnncli import runfolder
+from cnncli import runfolder, runlock
 from cnncli.atomic import write_atomic
 from cnncli.callbacks import SetupStopped, StopInCrossValidation, loss_text
 from cnncli.errors import CnnError, ConfigError, Stopped
@@ -165,7 +165,7 @@ def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, ec
             except CnnError as err:
                 if resume is None and comm.is_main and not any(parent.glob("fold-*/last.npz")):
                     (parent / "config.yaml").unlink(missing_ok=True)     # nothing trained: the name goes back
-                    runfolder.release(parent)
+                    runlock.release(parent)
                     raise
                 if isinstance(err, Stopped):    # Ctrl-C, SIGTERM, SIGUSR1: the folds so far are kept
                     raise _go_on(err, k, parent) from None

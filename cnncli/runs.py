@@ -16,7 +16,8 @@ from cnncli import checkpoint, textwidth
 from cnncli.callbacks import loss_text
 from cnncli.errors import CnnError
 from cnncli.predictor import BEST_FIRST
-from cnncli.runfolder import printable, read_diverged, training_now
+from cnncli.runfolder import printable, read_diverged
+from cnncli.runlock import training_now
 from cnncli.summary import config_value, run_config
 
 SORTS = ("name", "val_acc", "val_loss", "time")

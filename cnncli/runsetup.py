@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import checkpoint, resume as resume_mod, runfolder, warmstart
+from cnncli import checkpoint, resume as resume_mod, runfolder, runlock, warmstart
 from cnncli import config as config_mod
 from cnncli.errors import CnnError, ConfigError, DataError
 from cnncli.datanotes import same_data, split_folders, test_files_notes
@@ -216,7 +216,7 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     notes = _rewind_note(ckpt_path, state, run_dir) + resume_mod.changed_settings(saved, cfg)
     if write:
         runfolder.check_writable(run_dir, "; --out NEWDIR continues the run in a new folder" if not out else "")
-        runfolder.hold(run_dir)                           # (refused while another process trains it)
+        runlock.hold(run_dir)                           # (refused while another process trains it)
         runfolder.clean_debris(run_dir)                   # half-written saves of a killed process
         resume_mod.carry_best(ckpt_path.parent, run_dir)
     return (arrays, meta, ckpt_path), state, run_dir, cfg, notes, None
@@ -358,6 +358,6 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     if resume is None and run_folder:
         run_dir = main_first(comm, new_run_dir, out or cfg["out"], "--out" if out else "`out`", others=False)
         if comm.is_main:
-            runfolder.hold(run_dir)                          # until train() ends (a resume meanwhile is refused)
+            runlock.hold(run_dir)                          # until train() ends (a resume meanwhile is refused)
         cfg = {**cfg, "out": os.path.abspath(run_dir)}   # config.yaml names the folder the run got (runs/x-2)
     return (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess)

@@ -95,7 +95,8 @@ def describe(path, run_last=None) -> dict:
 def _run_state(path, meta: dict, latest: bool) -> str | None:
     # "training" while a process trains the run the file lies in, "unfinished" when its run's latest state
     # (last.npz) is short of its epochs without early stopping or a divergence, else None
-    from cnncli.runfolder import read_diverged, training_now
+    from cnncli.runfolder import read_diverged
+    from cnncli.runlock import training_now
 
     folder = Path(path).parent
     if training_now(folder):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import resume as resume_mod, runfolder
+from cnncli import resume as resume_mod, runfolder, runlock
 from cnncli.callbacks import Aborted, StopAfterTraining, StopDuringSetup, loss_text
 from cnncli.cores import quota_text
 from cnncli.errors import Stopped, TrainingDiverged
@@ -61,7 +61,7 @@ def _before_first_step(run_dir, new: bool, resume=None):
             yield
     except Stopped:
         if new:
-            runfolder.discard_unstarted(run_dir)
+            runlock.discard_unstarted(run_dir)
         raise
 
 
@@ -126,22 +126,22 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                 if cfg["data"]["test"] and not (Path(done.run_dir) / "test_metrics.json").exists():
                     # (a stop during the test, or data.test set now): the test the run still lacks, in
                     # the folder held (refused while another process trains it)
-                    runfolder.hold(done.run_dir)
+                    runlock.hold(done.run_dir)
                     try:
                         _test_best(done.run_dir, cfg, echo)
                     finally:
-                        runfolder.let_go(done.run_dir)
+                        runlock.let_go(done.run_dir)
             return done.run_dir
         except BaseException:
-            runfolder.release_all()             # (a resume's folder, held before its data was read, stays;
+            runlock.release_all()             # (a resume's folder, held before its data was read, stays;
             raise                               # a new run's, still empty, goes)
         try:
             trainer = Trainer(cfg, run_dir, net, opt, state, train_ds, val_ds, train_ds.classes, preprocess, echo,
                               quiet, comm=comm)
         except BaseException:     # (train.class_weight naming no class...): give the new folder's name back
             if resume is None and comm.is_main:
-                runfolder.release(run_dir)
-            runfolder.let_go(run_dir)
+                runlock.release(run_dir)
+            runlock.let_go(run_dir)
             raise
     try:
         with _before_first_step(run_dir, resume is None and comm.is_main, resume):
@@ -197,8 +197,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                 with StopAfterTraining(run_dir, "while finishing numba's cache (the next run compiles the rest)"):
                     precompile.finish_background(precompile.stderr_line)   # (even with -q: minutes of silence)
             if comm.is_main:
-                runfolder.let_go(run_dir)    # (here too: cnn train's own handler takes over on return)
+                runlock.let_go(run_dir)    # (here too: cnn train's own handler takes over on return)
         return run_dir
     finally:
         if comm.is_main:
-            runfolder.let_go(run_dir)        # (setup held the folder for this process)
+            runlock.let_go(run_dir)        # (setup held the folder for this process)

@@ -839,7 +839,7 @@ def test_eval_predict_and_export_default_to_the_newest_run_under_runs(trained, t
     import fcntl                                   # (a run in training: two calls seconds apart took two models)
     for held, says in (("old", "which a process trains now: its checkpoint so far; "),
                        ("fresh-no-checkpoint", "; runs/fresh-no-checkpoint, in training, has no checkpoint yet; ")):
-        with open(tmp_path / "runs" / held / ".claimed", "a+") as lock:      # as runfolder.hold() holds it
+        with open(tmp_path / "runs" / held / ".claimed", "a+") as lock:      # as runlock.hold() holds it
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             res = invoke(["predict", img])
         assert res.exit_code == 0 and says in res.stderr, res.stderr

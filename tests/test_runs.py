@@ -85,7 +85,7 @@ def test_every_row_has_every_field_a_status_and_the_test_accuracy(experiments):
         info = invoke(["info", part]).output                              # (and cnn info, so the report, says so)
         assert "trained     1 of 3 epochs" in info and f"; unfinished: cnn train --resume {part} goes on" in info
         assert "unfinished" not in invoke(["info", root / "fast"]).output
-        with open(part / ".claimed", "a+") as held:                       # as runfolder.hold() holds it
+        with open(part / ".claimed", "a+") as held:                       # as runlock.hold() holds it
             fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
             row = json.loads(invoke(["runs", part, "--json"]).output)[0]
             assert row["status"] == "training"

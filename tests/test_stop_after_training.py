@@ -137,14 +137,14 @@ def test_a_resumed_epochs_time_counts_the_seconds_before_the_stop(data, tmp_path
 def test_a_stop_as_set_up_ends_leaves_no_empty_run_folder(data, tmp_path, monkeypatch):
     # a stop once the new run's folder was claimed, before the first step: the folder stayed with only
     # its marker, and the same command then trained in run-2 (seen under mpirun by a helper)
-    from cnncli import runfolder
+    from cnncli import runlock
 
-    real = runfolder.hold
+    real = runlock.hold
 
     def hold_then_stop(folder):
         real(folder)
         os.kill(os.getpid(), signal.SIGUSR1)
-    monkeypatch.setattr(runfolder, "hold", hold_then_stop)
+    monkeypatch.setattr(runlock, "hold", hold_then_stop)
     monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
     run = tmp_path / "run"
     res = CliRunner().invoke(cli, ["train", "--config", str(write_config(tmp_path / "c.yaml", data, run, epochs=1)),

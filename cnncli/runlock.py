@@ -1,0 +1,119 @@
+"""Which process trains a run folder: the lock hold() takes on its .claimed marker (a second process
+resuming the run meanwhile is refused), training_now() for those who only ask, and giving back a
+claimed folder a run never wrote into. Not the folder's creation or its files (runfolder.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:             # (Windows: run folders are not locked)
+    fcntl = None
+
+from cnncli.errors import CnnError
+from cnncli.runfolder import printable
+
+
+def release(folder: Path) -> None:
+    """Give back a run folder this process claimed and wrote nothing into: its marker and the
+    folder go, so the next run of the same `out` gets the name (a folder with files stays)."""
+    let_go(folder)
+    try:
+        if all(p.name == ".claimed" for p in folder.iterdir()):
+            (folder / ".claimed").unlink(missing_ok=True)
+            folder.rmdir()
+    except OSError:
+        pass
+
+
+_HELD: dict = {}      # run folder (real path) -> its open .claimed file, whose lock this process holds
+
+
+def discard_unstarted(folder: Path) -> None:
+    """A new run stopped before its first step: the files its start wrote (config.yaml, skipped.txt)
+    go, then the folder as release() gives it back. A folder with a checkpoint is left alone."""
+    folder = Path(folder)
+    if any((folder / name).exists() for name in ("last.npz", "best.npz")):
+        return
+    for name in ("config.yaml", "skipped.txt"):
+        with contextlib.suppress(OSError):
+            (folder / name).unlink(missing_ok=True)
+    release(folder)
+
+
+def release_all() -> None:
+    """release() every run folder this process holds: after a set-up that did not finish (a stop, an
+    error), a new run's folder that holds nothing but its marker goes; one with files stays."""
+    for key in list(_HELD):
+        release(Path(key))
+
+
+def hold(folder: Path) -> None:
+    """Lock the run folder for this process's training (an exclusive flock on its .claimed file,
+    which then names this process), until let_go or the process's end: a second process resuming
+    the run while it trains (or a first run still training) is refused, naming it, instead of both
+    writing its checkpoints and metrics. Where files cannot be locked the folder is not held."""
+    key = os.path.realpath(folder)
+    if fcntl is None or key in _HELD:
+        return
+    try:
+        f = open(Path(folder) / ".claimed", "a+", encoding="utf-8")
+    except OSError:
+        return
+    try:
+        for wait in (0.05, 0.1, 0.2, None):      # (cnn runs' training_now holds the lock for a moment)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if wait is None:
+                    raise
+                time.sleep(wait)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip()
+        f.close()
+        who = f"another cnn process (pid {pid})" if pid.isdigit() else "another cnn process"
+        how = f"Ctrl-C in its terminal, or kill -TERM {pid}: it saves" if pid.isdigit() else "Ctrl-C saves"
+        raise CnnError(f"{printable(str(folder))}: {who} is training this run now; let it finish, or stop it "
+                       f"({how}) and resume then") from None
+    except OSError:                            # (a file system without locks)
+        f.close()
+        return
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _HELD[key] = f
+
+
+def training_now(folder: Path) -> bool:
+    """Whether a process holds the run folder (hold()'s lock): it trains the run now."""
+    if fcntl is None:
+        return False
+    try:
+        f = open(Path(folder) / ".claimed", "rb")
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:                            # (a file system without locks)
+            return False
+    return False
+
+
+def let_go(folder: Path | None = None) -> None:
+    """Give back hold()'s lock on the run folder, or on every folder this process holds (None);
+    nothing when it holds none."""
+    for key in list(_HELD) if folder is None else [os.path.realpath(folder)]:
+        f = _HELD.pop(key, None)
+        if f is not None:
+            f.close()

@@ -33,21 +33,15 @@ def run_checkpoint(path, names=("last.npz",)) -> Path:
         if not hint and not (p / "config.yaml").is_file() and _has_subfolder(p):
             hint = " (it holds folders, no run's files: a data folder? give a run folder or a .npz file)"
         elif not hint and (p / "config.yaml").is_file() and not any((p / n).is_file() for n in BEST_FIRST):
-            diverged = _first_line(p / "diverged.txt")       # (runfolder.DIVERGED: the run's loss became non-finite)
+            from cnncli.runfolder import read_diverged
+
+            diverged = (read_diverged(p) or "").split(";")[0]   # (the run's loss became non-finite, and where)
             hint = (f": its run diverged before its first save ({diverged}); start it again at a lower optim.lr: "
                     f"cnn train --config {p / 'config.yaml'} --set optim.lr=..." if diverged else
                     f": its run stopped before its first save (nothing trained to go on from); start it again: "
                     f"cnn train --config {p / 'config.yaml'}")
         raise CheckpointError(f"{p}: run folder has no {' or '.join(names)}{hint}")
     return p
-
-
-def _first_line(path: Path) -> str | None:
-    """The text of a file's first line up to its first ';', or None when it cannot be read."""
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").strip().split(";")[0].splitlines()[0] or None
-    except (OSError, IndexError):
-        return None
 
 
 def _has_subfolder(folder: Path) -> bool:

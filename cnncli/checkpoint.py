@@ -239,6 +239,9 @@ RUN_META = {
     "stopped_early": (lambda v: isinstance(v, bool), "true or false"),
     "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of epoch rows"),
     "data": (lambda v: isinstance(v, dict), "a mapping"),
+    "came_from": (lambda v: isinstance(v, list) and all(
+        isinstance(r, dict) and isinstance(r.get("checkpoint"), str) and _count(r.get("epoch")) and _count(r.get("step"))
+        for r in v), "a list of {checkpoint, epoch, step} rows"),
 }
 
 

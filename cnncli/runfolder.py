@@ -40,6 +40,8 @@ class RunState:
     stopped_early: bool = False   # early stopping ended the run at `epoch`
     history: list = field(default_factory=list)
     epoch_time: float = 0.0       # current epoch: seconds its steps took so far (in every process, until the last save)
+    came_from: list = field(default_factory=list)   # the checkpoints of other run folders this run continues
+    #                             ({"checkpoint": absolute path, "epoch", "step"}, oldest first: --resume --out)
 
 
 def printable(text) -> str:
@@ -290,6 +292,7 @@ def save_checkpoint(path: Path, net, opt, state: RunState, cfg: dict, classes, p
         "bad_epochs": state.bad_epochs,
         "stopped_early": state.stopped_early,
         "history": state.history,
+        "came_from": state.came_from,
     })
     if data_info is not None:
         meta["data"] = data_info
@@ -308,6 +311,7 @@ def state_from_meta(meta: dict, path) -> RunState:
             best_acc=-math.inf if best_acc is None else float(best_acc), bad_epochs=int(meta["bad_epochs"]),
             stopped_early=bool(meta.get("stopped_early", False)), history=list(meta["history"]),
             epoch_time=float(meta.get("epoch_time", 0.0)),      # (older checkpoints: none)
+            came_from=list(meta.get("came_from", [])),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: checkpoint metadata lacks the run state needed to resume ({err})") from None

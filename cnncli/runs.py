@@ -18,7 +18,7 @@ from cnncli.errors import CnnError
 from cnncli.predictor import BEST_FIRST
 from cnncli.runfolder import printable, read_diverged
 from cnncli.runlock import training_now
-from cnncli.summary import config_value, run_config
+from cnncli.summary import came_from, config_value, run_config
 
 SORTS = ("name", "val_acc", "val_loss", "time")
 DEPTH = 3      # a cv parent's fold-k runs sit one level below it: runs/x-cv/fold-1
@@ -29,8 +29,8 @@ NO_CHECKPOINT = "no checkpoint yet: stopped before its first save, or still star
 # status: training (a process holds the folder now), finished, stopped early, diverged, incomplete
 # (stopped or killed: `cnn train --resume` goes on), no checkpoint, unreadable
 FIELDS = ("run", "status", "classes", "batchnorm", "optimizer", "lr", "epochs", "epochs_total", "stopped_early",
-          "best_epoch", "monitor", "val_loss", "val_acc", "test_acc", "init_from", "modified", "diverged",
-          "no_checkpoint")
+          "best_epoch", "monitor", "val_loss", "val_acc", "test_acc", "init_from", "resumed_from", "modified",
+          "diverged", "no_checkpoint")
 
 
 def is_run(folder: Path) -> bool:
@@ -143,6 +143,7 @@ def describe_run(run: Path) -> dict:
         modified=datetime.datetime.fromtimestamp((run / ("last.npz" if last.is_file() else "best.npz"))
                                                  .stat().st_mtime).isoformat(timespec="seconds"),
         monitor=config_value(cfg, "train.monitor"), test_acc=_test_accuracy(run),
+        resumed_from=(came_from(meta) or [{}])[-1].get("checkpoint"),   # (--resume with --out)
     )
     done = row["epochs"] is not None and row["epochs_total"] is not None and row["epochs"] >= row["epochs_total"]
     row["status"] = row["status"] or ("diverged" if diverged else "stopped early" if row["stopped_early"] else
@@ -192,7 +193,8 @@ def format_runs(rows: list) -> str:
         loss = loss_text(r["val_loss"]) if r["val_loss"] is not None else "-"
         acc = f"{r['val_acc']:.2%}" if r["val_acc"] is not None else "-"
         test = f"{r['test_acc']:.2%}" if r.get("test_acc") is not None else "-"
-        start = printable(r["init_from"]) if isinstance(r["init_from"], str) else "-"
+        start = r.get("resumed_from") or r["init_from"]       # (this folder's first weights)
+        start = printable(start) if isinstance(start, str) else "-"
         lines.append(f"{textwidth.ljust(name, 32)} {str(r['classes'] or '-'):>7s} {r['batchnorm'] or '-':7s} "
                      f"{optim:13s} {epochs:>9s} {str(r['best_epoch'] or '-'):>4s} {loss:>9s} {acc:>7s} {test:>8s}  "
                      f"{start}")

@@ -213,6 +213,9 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
         raise ConfigError(f"--out {shown}: holds another run; --resume --out continues this run in a new or empty "
                           f"folder (or give --resume {shown} to go on with that one)")
     cfg = {**cfg, "out": os.path.abspath(run_dir)}        # (config.yaml says where the run lives)
+    if os.path.realpath(run_dir) != os.path.realpath(source):   # (cnn info names the run it continues)
+        here = os.path.abspath(source / Path(os.path.realpath(ckpt_path)).name)
+        state.came_from = state.came_from + [{"checkpoint": here, "epoch": state.epoch, "step": state.step}]
     notes = _rewind_note(ckpt_path, state, run_dir) + resume_mod.changed_settings(saved, cfg)
     if write:
         runfolder.check_writable(run_dir, "; --out NEWDIR continues the run in a new folder" if not out else "")

@@ -140,7 +140,16 @@ def _training(meta: dict) -> dict:
             "step": _typed(meta.get("step"), int), "epochs": _typed(config_value(cfg, "train.epochs"), int),
             "stopped_early": _typed(meta.get("stopped_early"), bool), "last_epoch": last,
             "weights_epoch": _weights_epoch(meta, history),
-            "init_from": _typed(config_value(cfg, "train.init_from"), str)}
+            "init_from": _typed(config_value(cfg, "train.init_from"), str),
+            "came_from": came_from(meta)}
+
+
+def came_from(meta: dict) -> list:
+    """The checkpoints of other run folders the run continues ({"checkpoint", "epoch", "step"}, oldest
+    first: --resume with --out), the well-formed rows of the untrusted metadata."""
+    return [r for r in _typed(meta.get("came_from"), list) or []
+            if isinstance(r, dict) and isinstance(r.get("checkpoint"), str)
+            and _typed(r.get("epoch"), int) is not None and _typed(r.get("step"), int) is not None]
 
 
 def _weights_epoch(meta: dict, history: list):
@@ -230,6 +239,9 @@ def format_info(info: dict) -> str:
     last = train["last_epoch"]
     if last:
         lines.append(f"            {_epoch_line(last)}")
+    for i, came in enumerate(reversed(train["came_from"])):   # (the run it continues, newest first)
+        lines.append(f"{'resumed' if i == 0 else '':12s}{'from' if i == 0 else 'before that from'} "
+                     f"{printable(came['checkpoint'])} at epoch {came['epoch']} (step {came['step']})")
     if info.get("last_unreadable"):              # (the progress above is then best.npz's own)
         lines.append(f"last.npz    unreadable, so this is best.npz's progress: {printable(info['last_unreadable'])}")
     held, best = train.get("weights_epoch"), info.get("best")

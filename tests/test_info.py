@@ -116,7 +116,7 @@ def test_training_progress_is_the_saved_run_state(tmp_path):
     info = json.loads(res.output)
     assert info["checkpoint"] == str(run / "last.npz")
     assert info["training"] == {"epoch": 2, "epoch_step": 1, "step": 7, "epochs": 9, "stopped_early": True,
-                                "last_epoch": HISTORY[-1], "init_from": None, "weights_epoch": None}
+                                "last_epoch": HISTORY[-1], "init_from": None, "weights_epoch": None, "came_from": []}
     text = _info(run).output
     assert "2 of 9 epochs and 1 step(s) of epoch 3 (7 steps), stopped early" in text
     assert "epoch 2: train loss 2.5000 acc 55.00%, val loss 2.6000 acc 50.00%" in text
@@ -134,13 +134,16 @@ def test_no_validation_images_and_hostile_run_metadata_show_as_unknown(tmp_path)
 
     arrays, meta = checkpoint.load(path)
     meta.pop("format_version")
-    meta.update(epoch="many", step=True, history=[5], config="train: [", stopped_early="yes")
+    meta.update(epoch="many", step=True, history=[5], config="train: [", stopped_early="yes",
+                came_from=[{"checkpoint": "a/last.npz", "epoch": "2", "step": 4}, 7, {"checkpoint": "b/last.npz",
+                                                                                     "epoch": 3, "step": 9}])
     checkpoint.save(path, arrays, meta)
     res = _info(path, "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["training"] == {"epoch": None, "epoch_step": 0, "step": None, "epochs": None,
                                                   "stopped_early": None, "last_epoch": None,
-                                                  "init_from": None, "weights_epoch": None}
+                                                  "init_from": None, "weights_epoch": None,
+                                                  "came_from": [{"checkpoint": "b/last.npz", "epoch": 3, "step": 9}]}
     text = _info(path).output
     assert "trained     unknown (no run state in the metadata)" in text and "recipe" not in text
 

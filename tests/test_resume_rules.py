@@ -414,3 +414,25 @@ def test_a_resume_names_the_settings_it_changes(run1):
            "(for the steps from here on)" in res.stderr, res.stderr
     res = invoke("train", "--resume", run1, "--set", "train.epochs=3", "-q", "--no-report")
     assert res.exit_code == 0 and "this resume changes train.epochs 2 -> 3 (" in res.stderr, res.stderr
+
+
+def test_a_run_resumed_into_another_folder_names_the_checkpoints_it_continues(data, run1, tmp_path):
+    # cnn info and cnn runs said nothing of the run a --resume --out folder continues
+    b, c = tmp_path / "b", tmp_path / "c"
+    train_args = ("-q", "--no-report")
+    assert invoke("train", "--resume", run1, "--out", b, "--set", "train.epochs=2", *train_args).exit_code == 0
+    assert invoke("train", "--resume", b, "--out", c, "--set", "train.epochs=3", *train_args).exit_code == 0
+    assert invoke("train", "--resume", c, "--set", "train.epochs=4", *train_args).exit_code == 0   # (in place)
+    steps = int(checkpoint.load_meta(run1 / "last.npz")["step"])
+    info = json.loads(invoke("info", c, "--json").output)
+    assert info["training"]["came_from"] == [
+        {"checkpoint": str(run1 / "last.npz"), "epoch": 1, "step": steps},
+        {"checkpoint": str(b / "last.npz"), "epoch": 2, "step": 2 * steps}]
+    text = invoke("info", c).output
+    assert f"resumed     from {b / 'last.npz'} at epoch 2 (step {2 * steps})\n" \
+           f"            before that from {run1 / 'last.npz'} at epoch 1 (step {steps})\n" in text, text
+    assert "\nresumed " not in invoke("info", run1).output
+    by_run = {r["run"]: r for r in json.loads(invoke("runs", tmp_path, "--json").output)}
+    assert by_run[str(c)]["resumed_from"] == str(b / "last.npz") and by_run[str(run1)]["resumed_from"] is None
+    table = invoke("runs", tmp_path).output
+    assert [line.split()[-1] for line in table.splitlines() if line.startswith(str(c))] == [str(b / "last.npz")]

@@ -248,7 +248,7 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
     any file failed. A probability is the model's sigmoid output for that class (one per class, as
     the seed's loss trains them): they need not add up to 1."""
     from cnncli.distributed import launched_by_mpi
-    from cnncli.ensemble import holds_runs, is_a_model, load, names_a_model
+    from cnncli.ensemble import holds_runs, is_a_model, load, mistyped_model, names_a_model
     from cnncli.data.scan import ignored_note
     from cnncli.predictions import (gather_paths, predict_stream, prediction_line, refuse_csv_target,
                                     write_predictions_csv)
@@ -265,6 +265,8 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
         refuse_csv_target(csv_path, list(checkpoint) + list(paths))
     if csv_path is not None and top_k != 1:
         click.echo("note: --top-k does not change --csv's rows: they hold every class's probability", err=True)
+    if not checkpoint and mistyped_model(paths[0]):         # (not the newest run's predictions, unasked)
+        raise CnnError(mistyped_model(paths[0]))           # (exit 1, as a missing --checkpoint file)
     if not checkpoint and names_a_model(paths[0]):          # cnn predict model.npz (or runs/x) image.png
         checkpoint, paths = paths[:1], paths[1:]
         if not paths:

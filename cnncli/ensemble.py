@@ -6,6 +6,7 @@ and the image size and resize. Not a trainer of ensembles, and not exportable as
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -51,6 +52,25 @@ def holds_runs(path) -> bool:
         return os.path.isdir(path) and any(e.is_dir() and is_a_model(e.path) for e in os.scandir(path))
     except OSError:
         return False
+
+
+def mistyped_model(path) -> str | None:
+    """For cnn predict's first PATH that does not exist: the one-line error when it looks like a
+    checkpoint or run folder mistyped (a .npz-like name, or a name inside a run folder or beside
+    run folders: runs/mesy), naming the closest model there; None for anything else (a missing image)."""
+    p = Path(path)
+    if os.path.lexists(p):
+        return None
+    parent = p.parent
+    if not (p.suffix.lower().startswith((".npz", ".np")) or is_a_model(parent) or holds_runs(parent)):
+        return None
+    try:
+        models = [e.name for e in os.scandir(parent) if names_a_model(e.path)] if parent.is_dir() else []
+    except OSError:
+        models = []
+    close = difflib.get_close_matches(p.name, models, n=1, cutoff=0.6)
+    hint = f" (did you mean {parent / close[0]}?)" if close else ""
+    return f"{path}: no such checkpoint or run folder{hint}"
 
 
 def checkpoint_files(paths) -> list:

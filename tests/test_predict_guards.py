@@ -176,3 +176,17 @@ def test_paths_on_standard_input_may_be_nul_separated_or_start_with_a_byte_order
         assert res.exit_code == 0, res.output
         paths = [r["path"] for r in json.loads(res.stdout)]
         assert paths[0] == str(image) and len(paths) == n, paths
+
+
+@pytest.mark.parametrize("typed, meant", [("runs/mesy", "runs/messy"), ("runs/messy/best.npzz", "runs/messy/best.npz"),
+                                          ("runs/messy/bset.npz", "runs/messy/best.npz"), ("old.npz", None)])
+def test_a_mistyped_checkpoint_is_an_error_not_the_newest_runs_predictions(tmp_path, image, monkeypatch, typed, meant):
+    # `cnn predict runs/mesy img.png` classified the image with the newest run under ./runs, unasked
+    monkeypatch.chdir(tmp_path)
+    save_model(tmp_path / "runs" / "messy" / "best.npz", model.Network(num_classes=3, seed=1), ["a", "b", "c"])
+    (tmp_path / "runs" / "messy" / "config.yaml").write_text("out: runs/messy\n")
+    res = invoke("predict", typed, image)
+    hint = f" (did you mean {meant}?)" if meant else ""
+    assert res.exit_code == 1 and res.output == f"Error: {typed}: no such checkpoint or run folder{hint}\n"
+    res = invoke("predict", "gone.png", image)              # a missing image is one of the images
+    assert res.exit_code == 1 and "Checkpoint: runs/messy" in res.output and "gone.png: no such file" in res.output

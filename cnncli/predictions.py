@@ -21,11 +21,18 @@ def gather_paths(paths, ignored=None):
     of other extensions are counted there."""
     from .data import PathList, list_images_and_bad, printable
     from .data.csvindex import is_labels_file, list_csv_paths, stdin_paths
+    from .data.reasons import image_in
 
     files, failures = PathList(), []                 # compact: a million paths take ~30 MB
     for p in paths:
         if p == "-":                                  # ls *.png | cnn predict - : paths, one a line (or -print0's)
-            found = stdin_paths(sys.stdin.buffer.read())
+            raw = sys.stdin.buffer.read()
+            image = image_in(raw[:512])
+            if image:                                 # (cat img.jpg | cnn predict -: not 57 "paths")
+                failures.append((p, f"standard input holds {image}, not a list of paths: give its file name "
+                                    "(cnn predict IMAGE)"))
+                continue
+            found = stdin_paths(raw)
             files.extend(found)
             if not found:
                 failures.append((p, "no paths on standard input"))

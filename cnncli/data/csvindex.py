@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import DataError
 from .decode import IMAGE_EXTENSIONS
+from .reasons import image_in
 from .pathlist import PathList
 from .names import matching_form, printable, shown_classes
 
@@ -67,6 +68,10 @@ def text_encoding(path: str) -> str:
 @contextlib.contextmanager
 def _reading(path: str):
     """Reading or parsing problems of a labels file as one DataError line naming it."""
+    image = _image_file(path)
+    if image:
+        raise DataError(f"{printable(path)}: is {image}, not a list of paths or a labels file (a .csv, .tsv or "
+                        ".txt PATH is read as one): give it its image extension")
     try:
         yield
     except FileNotFoundError:
@@ -83,6 +88,15 @@ def _reading(path: str):
 
 DELIMITERS = (",", ";", "\t")     # comma first; a European spreadsheet's semicolons; tabs (TSV)
 FIELD_LIMIT = 1 << 24            # csv's default 131,072 characters refused a whole file for one long cell
+
+
+def _image_file(path: str) -> str | None:
+    """reasons.image_in of the file's first bytes: an image saved under a list's extension."""
+    try:
+        with open(path, "rb") as f:
+            return image_in(f.read(512))
+    except OSError:
+        return None
 
 
 def _line_of(path: str, err: UnicodeDecodeError) -> str:

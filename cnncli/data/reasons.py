@@ -56,6 +56,25 @@ def _signature_format(head: bytes) -> str | None:
     return None
 
 
+def image_in(head: bytes) -> str | None:
+    """What image the first bytes of a file that should be text (a list of paths, a labels CSV,
+    standard input) are, in words ("a JPEG image", "an HEIC image"), or None: never for bytes that
+    read as text (a list whose first path is GIF89a.png)."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:              # (512 bytes may end inside a character)
+        text = head[:e.start].decode("utf-8") if e.start >= len(head) - 3 else None
+    if text is not None and all(c.isprintable() or c in "\r\n\t\0" for c in text):
+        return None
+    fmt = _signature_format(head)
+    if fmt is None and head.startswith(b"BM") and len(head) >= 18 and \
+            int.from_bytes(head[14:18], "little") in (12, 40, 52, 56, 64, 108, 124):   # (a BITMAPINFOHEADER's size)
+        fmt = "BMP"
+    if fmt is not None:
+        return f"{'an' if fmt[0] in 'AEIOU' else 'a'} {fmt} image"
+    return foreign.format_of(head)
+
+
 def _damaged_reason(path: str, e: Exception, msg: str) -> str:
     """The reason for a file Pillow took for an image and then failed on (msg: e in one line): the
     format its first bytes announce, else the one Pillow was reading (_format_in), its size and

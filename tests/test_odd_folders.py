@@ -52,7 +52,9 @@ def test_predict_does_not_follow_a_folders_link_to_its_parent(tmp_path):
     seen = Counter()
     files, bad = data_mod.list_images_and_bad(root / first, seen)
     assert len(files) == 3 and all(os.path.dirname(f) == str(root / first) for f in files), files
-    assert bad == [] and seen == Counter({"(link to a folder above)": 1})       # (a note, exit 0)
+    assert bad == [] and seen == Counter({"(link to this folder or one above)": 1})       # (a note, exit 0)
+    assert data_mod.scan.ignored_note(seen) == ("note: 1 link(s) to the folder or a folder above it were not "
+                                                "followed (they would read its images again)")   # (no 'file(s)')
     os.symlink(root / first, tmp_path / "linkA")                      # the folder given through a link: read
     files, bad = data_mod.list_images_and_bad(tmp_path / "linkA", Counter())
     assert len(files) == 3 and bad == []
@@ -133,3 +135,16 @@ def test_a_missing_data_folder_names_what_the_error_line_cannot_show(tmp_path):
     with pytest.raises(DataError) as info:                              # (a byte that is not UTF-8: as \xNN)
         index(str(tmp_path / os.fsdecode(b"\xff ")))
     assert str(info.value).endswith("(the name '\\xff ' ends with a space)") and "\udcff" not in str(info.value)
+
+
+def test_a_loop_of_file_links_is_named_as_one_a_file_not_a_folder(tmp_path):
+    # two links to one another were 'loopa.png/: cannot scan folder' in a scan, 'broken symbolic link' in predict
+    root = make_folder(tmp_path / "data", per_class=3, odd_files=False)
+    first = sorted(p.name for p in root.iterdir())[0]
+    os.symlink("loopb.png", root / first / "loopa.png")
+    os.symlink("loopa.png", root / first / "loopb.png")
+    files, bad = data_mod.list_images_and_bad(root / first, Counter())
+    assert len(files) == 3 and bad == [(str(root / first / name), data_mod.scan.LINK_LOOP)
+                                       for name in ("loopa.png", "loopb.png")], bad
+    with pytest.raises(DataError, match="symbolic link loop"):
+        data_mod.load_image(root / first / "loopa.png")

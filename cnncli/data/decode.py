@@ -7,6 +7,7 @@ folders (scan.py) or cache results (cache.py).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -16,7 +17,7 @@ import warnings
 import numpy as np
 
 from ..errors import DataError, Stopped
-from .reasons import _Skip, _damaged_reason, _not_image_reason
+from .reasons import LINK_LOOP, _Skip, _damaged_reason, _not_image_reason
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".pgm", ".ppm", ".pbm", ".pnm",
                     ".tif", ".tiff", ".webp", ".ico"}
@@ -221,6 +222,8 @@ def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndar
         if st.st_size == 0:
             raise _Skip("empty file (0 bytes)")
     except OSError as e:
+        if e.errno == errno.ELOOP and os.path.islink(path):
+            raise _Skip(LINK_LOOP) from e
         if os.path.islink(path) and not os.path.exists(path):
             raise _Skip("broken symbolic link (what it points to does not exist)") from e
         raise _Skip(f"cannot read file ({e.strerror or e})") from e

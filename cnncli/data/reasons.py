@@ -11,6 +11,9 @@ import re
 
 from . import foreign
 
+LINK_LOOP = "symbolic link loop (links that point at one another, never at a file)"
+
+
 class _Skip(Exception):
     """One file cannot be used; str() is the short reason."""
 

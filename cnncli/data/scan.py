@@ -7,6 +7,7 @@ surrogateescape form (so the files open); names.printable turns them into a disp
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from array import array
@@ -19,7 +20,7 @@ from . import foreign
 from .decode import IMAGE_EXTENSIONS
 from .names import form_twins, matching_form, printable, shown_classes, spelled
 from .pathlist import PathList
-from .reasons import missing_hint
+from .reasons import LINK_LOOP, missing_hint
 
 # folders that systems, not users, put among images (hidden (dot) folders are ignored as well): macOS
 # zip debris; Synology's thumbnails (a copy of every image), recycle bin and snapshots; QNAP's bin;
@@ -52,7 +53,9 @@ def _add_entry(e, rel_dir: str, out: list, st_all, stack: list, bad, ignored) ->
     try:
         is_dir = e.is_dir()
     except OSError as err:                             # symlink loop, name too long, ...
-        if bad is not None:
+        if bad is not None and err.errno == errno.ELOOP and e.is_symlink():    # (a file's name: no "/")
+            bad.append((rel, LINK_LOOP))
+        elif bad is not None:
             bad.append((rel + "/", _reason(err)))
         return
     if is_dir:
@@ -137,7 +140,7 @@ def list_images_and_bad(path, ignored=None) -> tuple[list[str], list[tuple[str, 
                                                   fence_is_top=True)]
     ups = sum(why == UP_LINK for _, why in bad) if ignored is not None else 0
     if ups:                                            # (a link back up: not followed, a note rather than a failure)
-        ignored["(link to a folder above)"] += ups
+        ignored[UP_LINKS] += ups
     return files, [(printable(prefix + rel), why) for rel, why in bad if ignored is None or why != UP_LINK]
 
 
@@ -252,12 +255,21 @@ def _by_count(counter) -> list:
     return sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
+UP_LINKS = "(link to this folder or one above)"     # list_images_and_bad's count of UP_LINK folders
+
+
 def ignored_note(ignored) -> str:
-    """The note on the files a scan left out for their extension (a Counter by extension)."""
+    """The note on the files a scan left out for their extension (a Counter by extension), and on
+    the links to a folder above that it did not follow (UP_LINKS), a line each."""
+    ups, ignored = ignored.get(UP_LINKS, 0), Counter({k: n for k, n in ignored.items() if k != UP_LINKS})
     kinds = ", ".join(f"{printable(ext)}: {n}" for ext, n in _by_count(ignored)[:5])
     more = ", ..." if len(ignored) > 5 else ""
-    return (f"note: {sum(ignored.values())} file(s) with other extensions were not read ({kinds}{more})"
-            f"{foreign.extensions_note(ignored)}")
+    lines = [f"note: {sum(ignored.values())} file(s) with other extensions were not read ({kinds}{more})"
+             f"{foreign.extensions_note(ignored)}"] if ignored else []
+    if ups:
+        lines.append(f"note: {ups} link(s) to the folder or a folder above it were not followed (they would "
+                     "read its images again)")
+    return "\n".join(lines)
 
 
 def _loose_hint(root: str) -> str:

@@ -436,6 +436,17 @@ def test_the_nearly_black_warning_names_float_samples_a_little_above_one(tmp_pat
         "float samples reach 1.01, so they are read as 0..255 (as 0..1 only up to 1.0); clip such files to 0..1 first"]
 
 
+def test_the_single_grey_level_warning_names_nan_float_samples(tmp_path):
+    # (a float TIFF whose foreground is NaN decoded all black, and the warning said nothing of NaN)
+    root = make_folder(tmp_path / "d")
+    mask = np.zeros((8, 8), np.float32)
+    mask[2:6, 2:6] = np.nan
+    Image.fromarray(mask, mode="F").save(root / "cat" / "nan.tif")
+    ds, _ = data.load_folder(root, cache=False)
+    assert ds.notes == [f"warning: 1 image(s) decode to a single grey level, e.g. {root / 'cat' / 'nan.tif'}: 16 of "
+                        "its 64 float samples are NaN, read as 0"]
+
+
 def test_files_of_other_extensions_are_counted_in_one_note(tmp_path):
     root = make_folder(tmp_path / "d")
     for rel in ("cat/notes.txt", "cat/sub/scan.xyz", "dog/README", "dog/more.txt", "dog/Thumbs.db", "dog/.hidden"):

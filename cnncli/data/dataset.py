@@ -181,14 +181,19 @@ def pixel_notes(images, paths, chunk: int = 1 << 16) -> list[str]:
     flat, dark = (np.concatenate(f) if f else np.zeros(0, np.int64) for f in (flat, dark))
     lines = []
     if flat.size:
-        lines.append(f"warning: {flat.size} image(s) decode to a single grey level, e.g. "
-                     f"{printable(paths[int(flat[0])])}")
+        lines.append(f"warning: {flat.size} image(s) decode to a single grey level, e.g. " + _probed(flat, paths))
     if dark.size:
-        reasons = ((int(i), dec.dark_reason(paths[int(i)])) for i in dark[:PROBE])
-        deep, why = next(((i, r) for i, r in reasons if r is not None), (int(dark[0]), None))
-        line = f"warning: {dark.size} image(s) are nearly black (no pixel above {DARK} of 255), e.g. "
-        lines.append(line + printable(paths[deep]) + ("" if why is None else f": {why}"))
+        lines.append(f"warning: {dark.size} image(s) are nearly black (no pixel above {DARK} of 255), e.g. "
+                     + _probed(dark, paths))
     return lines
+
+
+def _probed(which, paths) -> str:
+    """The first of the images `which` (indices into paths) whose file shows why it decodes so
+    (decode.dark_reason, of the first PROBE), as "path: why", else the first's path."""
+    reasons = ((int(i), dec.dark_reason(paths[int(i)])) for i in which[:PROBE])
+    first, why = next(((i, r) for i, r in reasons if r is not None), (int(which[0]), None))
+    return printable(paths[first]) + ("" if why is None else f": {why}")
 
 
 DARK = 16           # the brightest pixel of a nearly black image: 12-bit data (4095) in a 16-bit file

@@ -87,8 +87,9 @@ def _stores_16_bit(img) -> bool:
 
 def dark_reason(path) -> str | None:
     """Why the image file at path decodes nearly black, when its samples show it: 16-bit integer samples
-    that reach only N of 65535 (10- or 12-bit camera data), or float samples a little above 1.0 (read
-    as 0..255: 0..1 holds only up to 1.0); else None (also for anything that does not open)."""
+    that reach only N of 65535 (10- or 12-bit camera data), float samples a little above 1.0 (read
+    as 0..255: 0..1 holds only up to 1.0), or NaN samples (read as 0); else None (also for anything
+    that does not open)."""
     from PIL import Image
 
     try:
@@ -98,7 +99,11 @@ def dark_reason(path) -> str | None:
                 return (f"its 16-bit samples reach only {top} of 65535 ({max(1, top.bit_length())}-bit data); "
                         "scale such files to their full range first")
             if img.mode == "F":
-                top = float(np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0).max())
+                samples = np.asarray(img, dtype=np.float64)
+                nan = int(np.isnan(samples).sum())
+                if nan:
+                    return f"{nan} of its {samples.size} float samples are NaN, read as 0"
+                top = float(np.nan_to_num(samples, posinf=0.0, neginf=0.0).max())
                 if 1.0 < top <= 2.0:
                     return (f"its float samples reach {top:.7g}, so they are read as 0..255 (as 0..1 only up to "
                             "1.0); clip such files to 0..1 first")

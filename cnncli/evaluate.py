@@ -299,7 +299,7 @@ def validation_data(run_dir: Path, predictor, cache=True, strict=False):
     if val_ds is None or len(val_ds.labels) == 0:
         return None
     check_classes(predictor.classes, val_ds.classes, cfg_path)
-    changed = validation_changed(predictor.meta, val_ds)
+    changed = validation_changed(predictor.meta, val_ds, not cfg["data"].get("val"))
     warnings = [f"{changed}; pass --data FOLDER to evaluate on images of your choice"] if changed else []
     d = cfg["data"]
     if not d.get("val"):        # (data.train's unreadable files: none of them is a validation image)

@@ -32,6 +32,7 @@ FROZEN = {
     "optim.name": "the optimizer state stored in the checkpoint",
 }
 FROZEN.update({o.key: "the network's architecture" for o in config_mod.OPTIONS if o.key.startswith("model.")})
+SPLIT_KEYS = ("data.val_split", "data.seed")   # the split of data.train, drawn only when data.val is none
 
 
 class NothingToDo(Exception):
@@ -85,7 +86,14 @@ def check_unchanged(saved_text: str, cfg: dict, ckpt_path, num_classes=None) -> 
     model.num_classes left to the data (null) in the run's config matches the checkpoint's own
     num_classes, when given, as well as null."""
     saved = config_mod.load_config_text(saved_text or "", source=f"{ckpt_path} (config)")
+    val_then, val_now = saved["data"]["val"], cfg["data"]["val"]
+    if (val_then is None) != (val_now is None):     # (a folder moved may be named anew; a split is no folder)
+        raise ConfigError(f"data.val cannot change on --resume between a folder and none (which images are held out "
+                          f"for validation: the run trained on the others): {ckpt_path} has "
+                          f"{_yaml(val_then)}, the config now says {_yaml(val_now)}; start a new run instead")
     for key, why in FROZEN.items():
+        if key in SPLIT_KEYS and val_now is not None:
+            continue                                # (data.val names the validation images: no split is drawn)
         old, new = config_mod.get(saved, key), config_mod.get(cfg, key)
         inferred = key == "model.num_classes" and old is None and num_classes is not None
         if inferred and new == num_classes:
@@ -96,15 +104,19 @@ def check_unchanged(saved_text: str, cfg: dict, ckpt_path, num_classes=None) -> 
                               f"the config now says {new!r}; start a new run instead")
 
 
+def _yaml(value) -> str:
+    # a config value as a message shows it: null, true and false as YAML writes them, else show()'s form
+    return {True: "true", False: "false", None: "null"}[value] if value is None or isinstance(value, bool) \
+        else show(value)
+
+
 def changed_settings(saved: dict, cfg: dict, shown: int = 6) -> list:
     """[a note naming the settings (but `out`) a resume changes, each with its old and new value], or []:
     `cnn info` shows the run's settings as they are now (augmentation off after 40 epochs with it on)."""
     from cnncli.options import LEAVES
 
     diffs = [(k, config_mod.get(saved, k), config_mod.get(cfg, k)) for k in LEAVES if k != "out"]
-    def text(v):                                  # (as YAML writes them: true, null)
-        return {True: "true", False: "false", None: "null"}[v] if v is None or isinstance(v, bool) else show(v)
-    diffs = [f"{k} {text(a)} -> {text(b)}" for k, a, b in diffs if a != b]
+    diffs = [f"{k} {_yaml(a)} -> {_yaml(b)}" for k, a, b in diffs if a != b]
     if not diffs:
         return []
     more = f", and {len(diffs) - shown} more" if len(diffs) > shown else ""

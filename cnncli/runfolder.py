@@ -244,18 +244,20 @@ def validation_info(val_ds) -> dict:
     return {"val_images": int(len(val_ds.labels)), "val_digest": names_digest(val_ds.paths)}
 
 
-def validation_changed(meta: dict, val_ds) -> str | None:
+def validation_changed(meta: dict, val_ds, split: bool = True) -> str | None:
     """None when `val_ds` holds the validation images the checkpoint's run used (or the checkpoint
-    does not record them); else a sentence saying how they differ."""
+    does not record them); else a sentence saying how they differ. split: val_ds is a split of
+    data.train drawn again (else data.val's folder)."""
     saved = meta.get("data")
     if not isinstance(saved, dict) or "val_digest" not in saved:
         return None
     now = validation_info(val_ds)
     if now["val_digest"] == saved["val_digest"]:
         return None
-    return (f"the validation images differ from those the run used ({saved.get('val_images')} then, "
-            f"{now['val_images']} now): the data folder changed since, and a split drawn again may hold "
-            "images the run trained on")
+    why = ("the data folder changed since, and a split drawn again may hold images the run trained on" if split else
+           "data.val holds other images now, whose losses best.npz and early stopping compare with the earlier ones")
+    return f"the validation images differ from those the run used ({saved.get('val_images')} then, " \
+           f"{now['val_images']} now): {why}"
 
 
 def model_part(net, classes, preprocess: dict) -> tuple[dict, dict]:

@@ -346,7 +346,7 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
         mine = data_fingerprint(train_ds, val_ds)
         everyone(comm, same_data_as_rank0, mine, comm.bcast(mine))
     if resumed is not None:
-        notes += [n for n in [runfolder.validation_changed(resumed[1], val_ds)] if n]
+        notes += [n for n in [runfolder.validation_changed(resumed[1], val_ds, cfg["data"]["val"] is None)] if n]
     notes += [n for n in [_idle_threads(cfg["train"]["batch_size"], len(train_ds.labels), threads, comm.size)] if n]
     if echo and comm.is_main:
         for note in notes:

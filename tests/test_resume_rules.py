@@ -55,6 +55,7 @@ def run1(data, tmp_path):
 @pytest.mark.parametrize("key, value", [
     ("model.bn_eps", "100"), ("model.batchnorm", "unit"), ("data.resize", "crop"), ("data.normalize", "false"),
     ("train.batch_size", "16"), ("optim.name", "sgd"), ("train.seed", "5"), ("model.num_classes", "4"),
+    ("data.val", "/srv/val"),        # (a split's run validated on a folder: the split's images were trained on)
 ])
 def test_resume_refuses_a_frozen_key_before_reading_data(data, run1, tmp_path, key, value):
     moved = tmp_path / "moved"
@@ -436,3 +437,19 @@ def test_a_run_resumed_into_another_folder_names_the_checkpoints_it_continues(da
     assert by_run[str(c)]["resumed_from"] == str(b / "last.npz") and by_run[str(run1)]["resumed_from"] is None
     table = invoke("runs", tmp_path).output
     assert [line.split()[-1] for line in table.splitlines() if line.startswith(str(c))] == [str(b / "last.npz")]
+
+
+def test_a_run_validating_on_data_val_keeps_it_or_moves_it_but_never_splits_data_train(data, tmp_path):
+    # --set data.val=null on resume validated on a split of images the run had trained on (val acc 100%,
+    # best.npz replaced), under a note blaming a changed data folder; data.val_split was refused though unused
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=1)
+    train(cfg, "--set", f"data.val={data}")
+    run = tmp_path / "run"
+    res = invoke("train", "--resume", run, "--set", "data.val=null", "--set", "train.epochs=2", "-q", "--no-report")
+    assert res.exit_code == 2 and "data.val cannot change on --resume between a folder and none" in res.output
+    res = invoke("train", "--resume", run, "--set", "data.val_split=0.3", "--set", "train.epochs=2", "--no-report")
+    assert res.exit_code == 0 and "validation images differ" not in res.output, res.output
+    other = make_folder(tmp_path / "other", per_class=3, odd_files=False)
+    res = invoke("train", "--resume", run, "--set", f"data.val={other}", "--set", "train.epochs=3", "--no-report")
+    assert res.exit_code == 0 and "note: the validation images differ from those the run used" in res.output
+    assert "data.val holds other images now" in res.output and "data folder changed" not in res.output

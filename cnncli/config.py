@@ -15,6 +15,7 @@ import yaml
 from .errors import ConfigError
 from .config_text import Dumper, fail, parse_yaml, show, show_key, suggest, type_name
 from .config_values import check_value
+from .settingnotes import setting_notes  # noqa: F401  (re-exported: config.setting_notes)
 from .options import (AUTO_EPOCHS, AUTO_STEPS, CLASS_WEIGHTS, DEFAULTS, HELP, LEAVES,  # noqa: F401
                       MIN_LR_SCHEDULES, OPTIMIZER_NAMES, OPTIONS, SCHEDULE_NAMES, SECTIONS, copy_value, nest)
 
@@ -108,39 +109,6 @@ def resolve_epochs(cfg, n_train, origin="train.epochs=auto"):
         fail(None, "optim.warmup_epochs", f"must be <= train.epochs ({origin} is {epochs}), "
                                            f"got {cfg['optim']['warmup_epochs']}")
     return {**cfg, "train": {**t, "epochs": epochs}}
-
-
-def setting_notes(cfg) -> list:
-    """Notes on settings that do nothing in this run (cfg with train.epochs resolved): a step schedule
-    that never steps, a plateau schedule that early stopping always ends first, an optimizer or
-    schedule setting away from its default that this optimizer or schedule does not read."""
-    o, t = cfg["optim"], cfg["train"]
-    notes, patience = [], t["early_stopping"]["patience"]
-    if o["schedule"] == "step" and o["step_size"] >= t["epochs"]:
-        notes.append(f"optim.schedule=step multiplies the rate by optim.gamma every optim.step_size={o['step_size']} "
-                     f"epochs, but train.epochs is {t['epochs']}: the rate never drops")
-    if o["schedule"] in ("step", "plateau") and o["gamma"] > 1:
-        notes.append(f"optim.gamma is {o['gamma']:g}: each 'drop' of the {o['schedule']} schedule raises the rate")
-    unread = [(key, why) for key, why in (
-        ("momentum", o["name"] not in ("momentum", "nesterov") and f"optim.name={o['name']} has no momentum"),
-        ("betas", o["name"] not in ("adam", "adamw") and "only adam and adamw read them"),
-        ("min_lr", o["schedule"] not in MIN_LR_SCHEDULES and f"optim.schedule={o['schedule']} has no floor"))
-        if why and o[key] != LEAVES[f"optim.{key}"].default]
-    for key, why in unread:
-        notes.append(f"optim.{key}={show(o[key])} does nothing in this run: {why}")
-    shift = cfg["augment"]["affine"]["shift"]
-    if cfg["augment"]["enabled"] and 0 < shift < 1:
-        notes.append(f"augment.affine.shift={shift:g} is in pixels (of {cfg['data']['image_size']}), not a fraction "
-                     "of the width as Keras' width_shift_range: it moves an image by under a pixel")
-    delta = t["early_stopping"]["min_delta"]
-    if t["monitor"] == "val_acc" and delta >= 1:
-        notes.append(f"train.early_stopping.min_delta={delta:g} is in val acc's units, a fraction (0.01 is one "
-                     "point): no epoch improves on the first by it")
-    if o["schedule"] == "plateau" and 0 < patience <= o["plateau_patience"]:
-        notes.append(f"train.early_stopping.patience={patience} is not above optim.plateau_patience="
-                     f"{o['plateau_patience']}: early stopping ends the run before the plateau schedule lowers "
-                     "the rate")
-    return notes
 
 
 def parse_override(text):

@@ -112,6 +112,22 @@ def test_settings_the_optimizer_or_schedule_does_not_read_get_a_note():
         "optim.betas=[0.5, 0.5] does nothing in this run: only adam and adamw read them"]
     assert notes("optim.schedule=constant", "optim.min_lr=1e-4") == [
         "optim.min_lr=0.0001 does nothing in this run: optim.schedule=constant has no floor"]
+    # (a Keras/Lightning user's settings that were silently ignored)
+    assert notes("optim.schedule=constant", "optim.step_size=3", "optim.plateau_patience=7", "optim.gamma=0.5") == [
+        "optim.step_size=3 does nothing in this run: optim.schedule=constant has no steps (step reads it)",
+        "optim.gamma=0.5 does nothing in this run: optim.schedule=constant has no drops (step and plateau read it)",
+        "optim.plateau_patience=7 does nothing in this run: optim.schedule=constant is not plateau"]
+    assert notes("optim.schedule=step", "optim.step_size=3", "optim.gamma=0.5") == []
+    assert notes("data.val=v", "data.val_split=0.3") == [
+        "data.val_split=0.3 does nothing in this run: data.val names the validation images"]
+    assert notes("model.bn_eps=0.001") == ["model.bn_eps=0.001 does nothing in this run: model.batchnorm is none"]
+    assert notes("model.batchnorm=unit", "model.bn_eps=0.001") == []
+    assert notes("augment.enabled=false", "augment.affine.rotate=45") == [
+        "augment.affine.rotate=45.0 does nothing in this run: augment.enabled is false"]
+    assert notes("optim.name=adamw") == [
+        "optim.name=adamw with optim.weight_decay=0 is Adam: AdamW's decoupled decay needs a weight decay (PyTorch's "
+        "default is 0.01, Keras' 0.004)"]
+    assert notes("optim.name=adamw", "optim.weight_decay=0.01") == []
 
 
 @pytest.mark.parametrize("args, line", [

@@ -215,6 +215,29 @@ def is_complete(root, train_per_class=600, test_per_class=150, seed=0, image_siz
     return True
 
 
+def _not_generated(root: str, shown: int = 3) -> list:
+    """The first `shown` paths under the demo folder root (relative, sorted) that generate_demo does
+    not write (the marker, train/ and test/, their CLASSES folders, NNNNN.png files in them): files a
+    user added, or a folder renamed, which a regeneration would delete."""
+    found = []
+    for top in sorted(os.listdir(root)):
+        if top == MARKER:
+            continue
+        if top not in ("train", "test") or not os.path.isdir(os.path.join(root, top)):
+            found.append(top)
+            continue
+        for name in sorted(os.listdir(os.path.join(root, top))):
+            folder = os.path.join(root, top, name)
+            if name not in CLASSES or not os.path.isdir(folder):
+                found.append(f"{top}/{name}")
+                continue
+            found += [f"{top}/{name}/{f}" for f in sorted(os.listdir(folder))
+                      if len(f) != 9 or not f.endswith(".png") or not f[:5].isdigit()][:shown]
+        if len(found) >= shown:
+            break
+    return found[:shown]
+
+
 def _umask() -> int:
     """The process's umask (read by setting it, then putting it back)."""
     mask = os.umask(0o022)
@@ -228,7 +251,8 @@ def ensure_demo(root, train_per_class: int = 600, test_per_class: int = 150, see
 
     Generation goes into a temporary sibling folder that is renamed into place only when finished,
     so an interrupted run is never mistaken for a complete one. A root that exists and is neither
-    empty nor a cnncli demo folder is left alone (DataError).
+    empty nor a cnncli demo folder, or a demo folder that holds files it did not generate, is left
+    alone (DataError).
     """
     root = os.path.abspath(os.fspath(root))
     settings = (train_per_class, test_per_class, seed, image_size)
@@ -239,6 +263,14 @@ def ensure_demo(root, train_per_class: int = 600, test_per_class: int = 150, see
             raise DataError(f"demo folder {root}: exists and is not a folder")
         if os.listdir(root) and _read_marker(root) is None:
             raise DataError(f"demo folder {root}: exists, is not empty and is not a cnncli demo dataset")
+        try:
+            added = _not_generated(root)
+        except OSError as err:
+            raise DataError(f"demo folder {root}: cannot be read ({err.strerror or err})") from None
+        if added:                                        # (a regeneration replaces the whole folder)
+            raise DataError(f"demo folder {root}: is an incomplete or older demo dataset to generate again, but it "
+                            f"holds what the generator did not make ({', '.join(added)}); move that out of it, or "
+                            "give another folder")
     parent = os.path.dirname(root)
     try:
         os.makedirs(parent, exist_ok=True)

@@ -9,6 +9,7 @@ network on labelled images. It does not plot (report.py), handle cnn predict's f
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -291,7 +292,7 @@ def validation_data(run_dir: Path, predictor, cache=True, strict=False):
             return None
         cfg["data"]["cache"] = cfg["data"]["cache"] and cache
         cfg["data"]["strict"] = cfg["data"]["strict"] or strict
-        val_ds, skipped = runsetup.load_validation(cfg, predictor.classes)
+        val_ds, skipped = runsetup.load_validation(cfg, predictor.classes, echo=_to_stderr)
     except Stopped:
         raise                   # (a stop signal meanwhile: its own line, not a data problem)
     except CnnError as err:
@@ -386,3 +387,8 @@ def evaluate_loss_acc(net, table, ds, batch_size=256, comm=None):
     if comm is not None:
         probs = comm.gather_rows(probs)                                  # (N,C), rank order = image order
     return bce_loss(probs, ds.labels), float((probs.argmax(1) == ds.labels).mean())
+
+
+def _to_stderr(line: str) -> None:
+    # a line said while the validation data is rebuilt (the demo dataset generated again), before the result
+    print(line, file=sys.stderr, flush=True)

@@ -104,16 +104,17 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
     return train_ds, val_ds, skipped
 
 
-def load_validation(cfg: dict, classes):
+def load_validation(cfg: dict, classes, echo=None):
     """(val_ds, skipped) of a run's validation images as load_datasets holds them out: data.val alone
     when the config names it, its class folders read as the model's `classes` (the training folder
     is not decoded, and its unreadable files are not this data's), else the split or fold of
-    data.train (skipped: that folder's unreadable files, which either side could have held)."""
+    data.train (skipped: that folder's unreadable files, which either side could have held). echo
+    says when the demo dataset a data.demo run names is generated again."""
     from cnncli import data
 
     d = cfg["data"]
     if not d["val"]:
-        _, val_ds, skipped = load_datasets(cfg)
+        _, val_ds, skipped = load_datasets(cfg, echo=echo)
         return val_ds, skipped
     return data.load_folder(Path(d["val"]), image_size=d["image_size"], resize=d["resize"], strict=d["strict"],
                             cache=d["cache"], classes=list(classes), missing_ok=True)

@@ -149,6 +149,27 @@ def test_ensure_demo_refuses_a_foreign_folder(tmp_path):
     assert demo.is_complete(empty, **SMALL)
 
 
+@pytest.mark.parametrize("added, named", [("NOTES.txt", "NOTES.txt"), ("mywork/keep.txt", "mywork"),
+                                           ("train/star/my_extra.png", "train/star/my_extra.png"),
+                                           ("train_hidden/x.png", "train_hidden"), ("test/other/a.png", "test/other")])
+def test_a_demo_folder_to_generate_again_that_holds_a_users_files_is_left_alone(tmp_path, added, named):
+    # a regeneration (the demo incomplete: a class's count off) replaced the whole folder, deleting
+    # the files a user had added to it or a train/ renamed aside
+    import shutil
+
+    root = tmp_path / "demo"
+    demo.ensure_demo(root, **SMALL)
+    os.remove(root / "train" / "ring" / "00001.png")
+    (root / added).parent.mkdir(parents=True, exist_ok=True)
+    (root / added).write_bytes(b"mine")
+    with pytest.raises(DataError, match=f"holds what the generator did not make \\({named}\\)"):
+        demo.ensure_demo(root, **SMALL)
+    assert (root / added).read_bytes() == b"mine" and not (root / "train" / "ring" / "00001.png").exists()
+    (shutil.rmtree if (root / named).is_dir() else os.remove)(root / named)
+    demo.ensure_demo(root, **SMALL)                                   # nothing of the user's: generated again
+    assert demo.is_complete(root, **SMALL)
+
+
 def test_parallel_generation_writes_the_same_bytes(tmp_path):
     sizes = dict(train_per_class=70, test_per_class=14)             # 1008 images: the parallel path
     a = tree_bytes(demo.generate_demo(tmp_path / "par", workers=2, **sizes))
@@ -170,6 +191,25 @@ def test_data_demo_generates_only_where_the_demo_goes(tmp_path, monkeypatch, tra
     with pytest.raises(DataError, match="does not exist"):           # (the stub generated nothing)
         runsetup.load_datasets(config.load_config(None, sets))
     assert calls == ([tmp_path / "p"] if generated else [])
+
+
+def test_eval_of_a_demo_run_says_when_it_generates_the_demo_again(tmp_path, monkeypatch):
+    # cnn eval RUN of a data.demo run whose demo folder was gone wrote 9,000 files there without a word
+    from click.testing import CliRunner
+
+    from cnncli import model
+    from cnncli.cli import cli
+    from cnncli.predictor import save_model
+
+    real = demo.ensure_demo
+    monkeypatch.setattr(demo, "ensure_demo", lambda root: real(root, **SMALL))
+    run = tmp_path / "run"
+    save_model(run / "best.npz", model.Network(num_classes=12, seed=0), list(demo.CLASSES))
+    (run / "config.yaml").write_text(f"data: {{train: {tmp_path / 'gone' / 'train'}, demo: true, val_split: 0.5}}\n")
+    res = CliRunner().invoke(cli, ["eval", str(run)])
+    assert res.exit_code == 0, res.output
+    assert f"Generating the built-in demo dataset in {tmp_path / 'gone'} ...\n" in res.stderr
+    assert demo.is_complete(tmp_path / "gone", **SMALL)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="Linux /proc needed")

@@ -34,6 +34,9 @@ INPUT_DOCS = {
 }
 OUTPUT_DOC = ("probabilities: (N,C) float32, the sigmoid output of each class (independent, not summing "
               "to 1); the class names are the metadata 'classes' in column order.")
+LOGITS_NAME = "logits"
+LOGITS_DOC = ("logits: (N,C) float32, fc2's output before the sigmoid, in the same columns: a runtime's Sigmoid "
+              "may round probabilities under about 1e-7 to 0, so rank classes by these when such matter.")
 
 
 class ExportError(CnnError):
@@ -124,8 +127,8 @@ def _network_nodes(helper, params, folds: dict, src: str, inits: list) -> list:
     nodes += bn
     nodes.append(helper.make_node("Elu", [src], ["elu3.out"], name="elu3", alpha=1.0))       # (N,65)
     inits += [("fc2.w", params["fc2.w"]), ("fc2.b", params["fc2.b"])]
-    nodes += [helper.make_node("Gemm", ["elu3.out", "fc2.w", "fc2.b"], ["logits"], name="fc2", transB=1),
-              helper.make_node("Sigmoid", ["logits"], [OUTPUT_NAME], name="sigmoid")]          # (N,C)
+    nodes += [helper.make_node("Gemm", ["elu3.out", "fc2.w", "fc2.b"], [LOGITS_NAME], name="fc2", transB=1),
+              helper.make_node("Sigmoid", [LOGITS_NAME], [OUTPUT_NAME], name="sigmoid")]       # (N,C)
     return nodes
 
 
@@ -167,7 +170,8 @@ def build_model(predictor: Predictor, kind: str = "uint8"):
     elem = TensorProto.FLOAT if kind == "float" else TensorProto.UINT8
     graph = helper.make_graph(
         nodes, "cnncli", [helper.make_tensor_value_info(INPUT_NAMES[kind], elem, shape, INPUT_DOCS[kind])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", len(predictor.classes)], OUTPUT_DOC)],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", len(predictor.classes)], OUTPUT_DOC),
+         helper.make_tensor_value_info(LOGITS_NAME, TensorProto.FLOAT, ["N", len(predictor.classes)], LOGITS_DOC)],
         initializer=[numpy_helper.from_array(np.ascontiguousarray(a), name) for name, a in inits],
         doc_string=f"cnncli {predictor.batchnorm} network: {INPUT_DOCS[kind]} -> {OUTPUT_DOC}")
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],

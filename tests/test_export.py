@@ -102,10 +102,13 @@ def test_onnxruntime_matches_cnn_predict(runs, ort, onnx, tmp_path, bn, kind):
     want, want_classes, classes = _predict_json(run, files, 3)
     model_path = _export(run, tmp_path / "model.onnx", kind)
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    (inp,), (outp,) = session.get_inputs(), session.get_outputs()
-    assert (inp.name, outp.name) == ({"uint8": "pixels", "float": "input"}[kind], "probabilities")
+    (inp,), (outp, logit_out) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, outp.name, logit_out.name) == ({"uint8": "pixels", "float": "input"}[kind], "probabilities",
+                                                     "logits")
     feed = _feed(kind, files, Predictor.from_checkpoint(run / "best.npz").preprocess)
-    batch = session.run(None, {inp.name: feed})[0]                    # one call, N = len(files)
+    batch, logits = session.run(None, {inp.name: feed})               # one call, N = len(files)
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits.astype(np.float64))), want, rtol=0, atol=1e-5)
+    assert [classes[i] for i in logits.argmax(axis=1)] == want_classes
     single = np.concatenate([session.run(None, {inp.name: feed[i:i + 1]})[0] for i in range(len(files))])
     assert batch.shape == (len(files), len(classes)) == want.shape and batch.dtype == np.float32
     np.testing.assert_allclose(batch, want, rtol=0, atol=1e-5)
@@ -120,7 +123,8 @@ def test_graph_is_checked_and_folds_batchnorm(runs, onnx, tmp_path, bn):
     model = onnx.load(str(_export(run_dirs[bn], tmp_path / "m.onnx", "uint8")))
     onnx.checker.check_model(model, full_check=True)
     assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
-    (inp,), (outp,) = model.graph.input, model.graph.output
+    (inp,), (outp, logit_out) = model.graph.input, model.graph.output
+    assert (outp.name, logit_out.name) == ("probabilities", "logits") and logit_out.doc_string
     dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
     assert dims(inp) == ["N", 32, 32] and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert dims(outp) == ["N", 3] and inp.doc_string and outp.doc_string

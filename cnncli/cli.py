@@ -257,8 +257,8 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
         raise click.UsageError("--json and --csv: give one of them (--csv writes every class's probability "
                                "to a file; --json prints the top --top-k)")
     if not checkpoint and str(paths[0]).lower().endswith(".onnx") and os.path.isfile(paths[0]):
-        raise click.UsageError(printable(f"{paths[0]}: an ONNX model, not a checkpoint: cnn predict runs the .npz "
-                                         "it was exported from (docs/interop.md runs an ONNX model with onnxruntime)"))
+        raise CnnError(f"{paths[0]}: an ONNX model, not a checkpoint: cnn predict runs the .npz it was exported "
+                       "from (docs/interop.md runs an ONNX model with onnxruntime)")   # (exit 1, as with --checkpoint)
     if csv_path is not None and not csv_path.strip():
         raise click.UsageError("--csv: the path is empty")
     if csv_path is not None and csv_path != "-":

@@ -142,6 +142,11 @@ def refuse_csv_target(path, inputs) -> None:
     if os.path.isfile(path) and not path.lower().endswith(LIST_SUFFIXES):
         raise CnnError(printable(f"--csv {path}: exists and is not a .csv file (nor .tsv, .txt), so it is not "
                                  "overwritten: remove it first, or give another name"))
+    from .ensemble import is_a_model
+
+    if os.path.basename(path) == "metrics.csv" and is_a_model(os.path.dirname(os.path.abspath(path))):
+        raise CnnError(printable(f"--csv {path}: is the training history of the run folder it lies in; write the "
+                                 "predictions to another file"))
 
 
 def write_predictions_csv(path, results, classes) -> int:

@@ -65,7 +65,7 @@ def test_an_onnx_file_as_predicts_model_is_named_not_replaced_by_the_newest_run(
     monkeypatch.chdir(tmp_path)
     save_model(tmp_path / "runs" / "other" / "best.npz", model.Network(num_classes=3, seed=1), ["a", "b", "c"])
     res = invoke("predict", onnx_file, image)
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output                            # (as with --checkpoint model.onnx)
     assert "an ONNX model, not a checkpoint" in res.output and "Checkpoint: runs/other" not in res.output
 
 
@@ -209,3 +209,15 @@ def test_an_image_piped_in_or_saved_as_a_list_is_named_not_read_as_paths(tmp_pat
     res = invoke("predict", ckpt, listed)
     assert res.exit_code == 1 and f"error: {listed}: is " in res.output and "image, not a list of paths" in res.output
     assert image_in(f"GIF89a.png\n{image}\n".encode()) is None                  # (a list is text)
+
+
+def test_csv_does_not_overwrite_a_runs_training_history(tmp_path, ckpt, image):
+    run = tmp_path / "run"
+    save_model(run / "best.npz", model.Network(num_classes=3, seed=0), ["a", "b", "c"])
+    (run / "config.yaml").write_text("out: run\n")
+    (run / "metrics.csv").write_text("epoch,train_loss\n1,0.5\n")
+    res = invoke("predict", ckpt, image, "--csv", run / "metrics.csv")
+    assert res.exit_code == 1 and "is the training history of the run folder it lies in" in res.output
+    assert (run / "metrics.csv").read_text() == "epoch,train_loss\n1,0.5\n"
+    res = invoke("predict", ckpt, image, "--csv", run / "predictions.csv")         # (beside it: fine)
+    assert res.exit_code == 0 and (run / "predictions.csv").is_file()

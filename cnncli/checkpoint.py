@@ -109,7 +109,8 @@ def _not_a_zip(path: str) -> str:
 def _open(path: str, max_bytes):
     """(the open zip, its validated members): every problem a one-line CheckpointError."""
     if not os.path.exists(path):
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        what = "file" if str(path).lower().endswith(".npz") else "file or run folder"
+        raise CheckpointError(f"{path}: no such checkpoint {what}")
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     try:

@@ -352,6 +352,8 @@ def export(checkpoint, fmt, out, input_kind, checkpoint_arg):
     if len(given) > 1:
         raise click.UsageError(printable(f"{len(given)} checkpoints ({', '.join(map(str, given))}): export writes "
                                          "one model; give one"))
+    if not str(out).strip():                         # (it said '.: is a folder')
+        raise click.UsageError("--out: the path is empty; give the .onnx file to write, e.g. -o model.onnx")
     if out == "-":                                   # (predict's stdin; here it made a file named '-')
         raise click.UsageError("--out -: export writes the model to a file; give its path, e.g. -o model.onnx")
     given = given[0] if given else None

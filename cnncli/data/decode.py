@@ -231,6 +231,8 @@ def _decode(path: str, image_size: int, resize: str, max_pixels: int) -> np.ndar
             raise _Skip(LINK_LOOP) from e
         if os.path.islink(path) and not os.path.exists(path):
             raise _Skip("broken symbolic link (what it points to does not exist)") from e
+        if isinstance(e, FileNotFoundError):     # (a list's path: as a PATH typed on the command line is told)
+            raise _Skip("no such file or folder") from e
         raise _Skip(f"cannot read file ({e.strerror or e})") from e
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise _Skip("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; refusing to accept truncated data")

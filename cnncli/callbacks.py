@@ -24,6 +24,11 @@ def loss_text(value: float) -> str:
     return f"{value:.3e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
 
 
+def warmup_text(epochs) -> str:
+    """" (warmup 1 epoch)" after a schedule's name (the start line, cnn info's recipe); "" without warmup."""
+    return f" (warmup {epochs:g} epoch{'' if epochs == 1 else 's'})" if epochs else ""
+
+
 class SetupStopped(Stopped):
     """SIGTERM, SIGUSR1, SIGHUP or Ctrl-C before the first step (decoding, compiling): nothing was trained or
     saved."""

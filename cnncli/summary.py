@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from cnncli import arch
-from cnncli.callbacks import loss_text
+from cnncli.callbacks import loss_text, warmup_text
 from cnncli.checkpoint import load_meta
 from cnncli.errors import CnnError
 from cnncli.predictor import Predictor
@@ -276,10 +276,7 @@ def _recipe_line(r: dict) -> str:
     if r["optim.name"] is not None:
         head = r["optim.name"] + (f" lr {r['optim.lr']:g}" if r["optim.lr"] is not None else "")
         if r["optim.schedule"] is not None:
-            head += f" {r['optim.schedule']}"
-            if r["optim.warmup_epochs"]:
-                w = r["optim.warmup_epochs"]
-                head += f" (warmup {w:g} epoch{'' if w == 1 else 's'})"
+            head += f" {r['optim.schedule']}{warmup_text(r['optim.warmup_epochs'])}"
         parts.append(head)
     if r["optim.weight_decay"] is not None:
         parts.append(f"weight decay {r['optim.weight_decay']:g}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import resume as resume_mod, runfolder, runlock
-from cnncli.callbacks import Aborted, StopAfterTraining, StopDuringSetup, loss_text
+from cnncli.callbacks import Aborted, StopAfterTraining, StopDuringSetup, loss_text, warmup_text
 from cnncli.cores import quota_text
 from cnncli.errors import Stopped, TrainingDiverged
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
@@ -158,7 +158,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                 if resume is None and run_dir != taken else ""))
             trainer.echo(f"Training on {len(train_ds.labels)} images ({len(train_ds.classes)} classes), validating on "
                          f"{len(val_ds.labels)}; batchnorm={m['batchnorm']} ({net.params.flat.size:,} parameters), "
-                         f"{o['name']} lr={o['lr']} {o['schedule']}, batch {cfg['train']['batch_size']}, "
+                         f"{o['name']} lr={o['lr']} {o['schedule']}{warmup_text(o['warmup_epochs'])}, "
+                         f"batch {cfg['train']['batch_size']}, "
                          f"{ranks}{threads} thread(s){'' if cfg['train']['threads'] else quota_text()}; "
                          f"setup {time.perf_counter() - t_setup:.1f}s"
                          + (" (the images from the dataset cache)" if _mapped(train_ds.images) else ""))

@@ -220,14 +220,16 @@ class Trainer:
 
     def diverged_advice(self, lr: float) -> str:
         # what a diverged run can do next: resume its last good checkpoint at a lower rate, or start anew;
-        # lower than the rate it diverged at (lr: a warmup or schedule may have had it below optim.lr)
+        # a tenth of the rate it diverged at (lr: a warmup or schedule may have had it below optim.lr), as
+        # lr-find's rule of thumb takes a tenth of where the loss blows up (a third diverged again, warmed up)
         base = self.cfg["optim"]["lr"]
-        lower = f"{(min(base, lr) if lr > 0 else base) / 3:.2g}"
+        lower = f"{(min(base, lr) if lr > 0 else base) / 10:.2g}"
         if self.last_path.exists():
             return (f"the last good checkpoint is {self.last_path}; resume it at a lower rate: cnn train --resume "
                     f"{self.run_dir} --set optim.lr={lower}")
-        return (f"no checkpoint was saved; try a lower optim.lr (e.g. {lower}), or let `cnn lr-find --config ...` "
-                "suggest one")
+        config = self.run_dir / "config.yaml"
+        return (f"no checkpoint was saved; try a lower optim.lr (e.g. {lower}), or let `cnn lr-find --config "
+                f"{config if config.is_file() else '...'}` suggest one")
 
     @staticmethod
     def compiling_note() -> str:

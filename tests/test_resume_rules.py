@@ -189,6 +189,7 @@ def test_val_split_zero_trains_on_every_image(tmp_path, split, held_out):
     res = invoke("train", "--config", cfg, "--set", f"data.val_split={split}", "--no-report")
     assert res.exit_code == 0, res.output
     assert f"Training on {12 - held_out} images (3 classes), validating on {held_out};" in res.output
+    assert "adam lr=0.003 cosine (warmup 1 epoch), batch 4," in res.output     # (the warmup shown, as cnn info does)
     assert res.output.count("no validation images (data.val_split is 0)") == (split == 0)
     if split == 0:
         assert all(r["val_loss"] == "nan" for r in rows(tmp_path / "run"))

@@ -53,6 +53,18 @@ def _near_leaf(name):
     return [by_name[n] for n in difflib.get_close_matches(name, list(by_name), n=1, cutoff=0.75)]
 
 
+# the names Keras, PyTorch and Lightning users write (a key's last part, or a whole key, lower case) -> ours
+KEY_ALIASES = {
+    "learning_rate": "'optim.lr'", "optimizer": "'optim.name'", "optim.type": "'optim.name'",
+    "nesterov": "optim.name: nesterov", "decay": "'optim.weight_decay'", "scheduler": "'optim.schedule'",
+    "lr_scheduler": "'optim.schedule'", "warmup": "'optim.warmup_epochs'", "max_epochs": "'train.epochs'",
+    "validation_split": "'data.val_split'", "horizontal_flip": "'augment.flip.horizontal'",
+    "vertical_flip": "'augment.flip.vertical'", "rotation": "'augment.affine.rotate'",
+    "rotation_range": "'augment.affine.rotate'", "width_shift_range": "'augment.affine.shift' (in pixels)",
+    "height_shift_range": "'augment.affine.shift' (in pixels)", "zoom_range": "'augment.affine.scale'",
+    "shear_range": "'augment.affine.shear'"}
+
+
 def suggest(key):
     """" did you mean 'x'?" for a mistyped dotted key, or a list of what exists there. In a known
     section: a known name from another section ("train.lr" -> optim.lr, "train.out" -> out, every
@@ -60,6 +72,9 @@ def suggest(key):
     spelling of a whole key ("trian.epochs"), a known name ("lr"), a section ("optimm"), a near name
     ("lrr")."""
     known = list(LEAVES) + SECTIONS
+    alias = KEY_ALIASES.get(key.lower()) or KEY_ALIASES.get(key.rsplit(".", 1)[-1].lower())
+    if alias:                                                 # learning_rate, horizontal_flip, ...
+        return f"unknown key; did you mean {alias}?"
     same = [k for k in known if k.lower() == key.lower()]
     if same:                                                  # OPTIM.LR: keys are lower case
         return f"unknown key; did you mean '{same[0]}'? (keys are case-sensitive)"

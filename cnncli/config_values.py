@@ -18,6 +18,11 @@ _KIND_TEXT = {"str": "a string", "int": "an integer", "epochs": "an integer or a
               "pair": "a list of two numbers [lo, hi], e.g. [0.9, 1.1]",
               "weights": "none, balanced or a mapping {class: weight}"}
 
+# Keras' and PyTorch's names of a choice (lower case) -> ours, for the "did you mean" of a choice
+CHOICE_ALIASES = {"reducelronplateau": "plateau", "cosineannealing": "cosine", "cosineannealinglr": "cosine",
+                  "cosinedecay": "cosine", "steplr": "step", "none": "constant", "constantlr": "constant",
+                  "accuracy": "val_acc", "val_accuracy": "val_acc", "loss": "val_loss", "sgdm": "momentum"}
+
 
 def _as_float(v):
     """float(v) for numbers and for numeric strings YAML 1.1 leaves as text (e.g. 1e-3); else None."""
@@ -80,7 +85,9 @@ def check_value(opt, value, origin):
         value = f
     elif opt.kind == "choice":
         if not isinstance(value, str) or value not in opt.choices:
-            close = ([c for c in opt.choices if c.lower() == str(value).strip().lower()]       # (PAD, Adam)
+            typed = str(value).strip().lower()
+            close = ([c for c in opt.choices if c.lower() == typed]                             # (PAD, Adam)
+                     or [c for c in [CHOICE_ALIASES.get(typed)] if c in opt.choices]            # (ReduceLROnPlateau)
                      or difflib.get_close_matches(str(value), opt.choices, n=1, cutoff=0.6))
             hint = f"; did you mean '{close[0]}'?" if close else ""
             fail(origin, opt.key, f"must be one of {', '.join(opt.choices)}, got {show(value)}{hint}")

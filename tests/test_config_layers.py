@@ -183,7 +183,8 @@ def test_gamma_above_one_is_taken_with_a_note():
     # (refusing it would refuse to resume a run saved with it: its config is validated again)
     cfg = config.load_config_text("", ["optim.gamma=2", "optim.schedule=step", "train.epochs=20"])
     assert config.setting_notes(cfg) == ["optim.gamma is 2: each 'drop' of the step schedule raises the rate"]
-    assert config.setting_notes(config.load_config_text("", ["optim.gamma=1", "train.epochs=20"])) == []
+    assert config.setting_notes(config.load_config_text("", ["optim.gamma=1", "optim.schedule=step",
+                                                              "train.epochs=20"])) == []
 
 
 @pytest.mark.parametrize("sets, needle", [

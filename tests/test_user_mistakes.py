@@ -8,6 +8,7 @@ settings the optimizer or schedule ignores, config keys given as options, a conf
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from cnncli import config, lrfind
@@ -236,3 +237,30 @@ def test_cnn_demo_in_a_folder_it_cannot_write_is_one_line(tmp_path, monkeypatch)
     res = invoke(["demo", tmp_path / "demo"])
     assert res.exit_code == 1 and res.output == (f"Error: demo folder {tmp_path / 'demo'}: cannot be made "
                                                  "(Read-only file system); name a folder you can write\n"), res.output
+
+
+@pytest.mark.parametrize("given, hint", [
+    ("optim.learning_rate=0.01", "unknown key; did you mean 'optim.lr'?"),
+    ("optim.optimizer=adam", "unknown key; did you mean 'optim.name'?"),
+    ("optim.type=sgd", "unknown key; did you mean 'optim.name'?"),
+    ("optim.nesterov=true", "unknown key; did you mean optim.name: nesterov?"),
+    ("optim.decay=0.01", "unknown key; did you mean 'optim.weight_decay'?"),
+    ("augment.horizontal_flip=0.5", "unknown key; did you mean 'augment.flip.horizontal'?"),
+    ("augment.rotation=10", "unknown key; did you mean 'augment.affine.rotate'?"),
+    ("optim.schedule=ReduceLROnPlateau", "got 'ReduceLROnPlateau'; did you mean 'plateau'?"),
+    ("optim.schedule=CosineAnnealingLR", "got 'CosineAnnealingLR'; did you mean 'cosine'?"),
+    ("optim.schedule=none", "got 'none'; did you mean 'constant'?"),                  # (not 'cosine')
+    ("train.monitor=accuracy", "got 'accuracy'; did you mean 'val_acc'?"),
+])
+def test_keras_and_pytorch_names_get_ours(given, hint):
+    # (a Keras/Lightning user's names got no suggestion, and schedule: none suggested cosine)
+    with pytest.raises(ConfigError) as err:
+        config.load_config_text("", ["data.train=x", given])
+    assert str(err.value).endswith(hint), str(err.value)
+
+
+def test_a_class_weight_keyed_by_index_says_keys_are_names():
+    from cnncli.balance import class_weights
+
+    with pytest.raises(ConfigError, match="the keys are class names, not indices: class 0 is 'cat'"):
+        class_weights({0: 2.0}, np.array([0, 1]), ["cat", "dog"])

@@ -87,6 +87,8 @@ def lr_find(config_path, overrides, steps, min_lr, max_lr, plot_path, as_json):
     from cnncli import config as config_mod
     from cnncli.lrfind import format_result, lr_find as run, write_plot
 
+    if not 0 < min_lr < max_lr:           # (a usage error, exit 2, before the config is read)
+        raise click.BadParameter(f"{min_lr:g} must be > 0 and below --max-lr {max_lr:g}", param_hint="--min-lr")
     cfg = config_mod.load_config(config_path, overrides)
     config_mod.require_train(cfg)
     if plot_path is not None:             # (said before the range test runs, not after it)

@@ -58,7 +58,7 @@ def lr_find(cfg: dict, steps: int = 100, min_lr: float = 1e-6, max_lr: float = 1
     from cnncli.runsetup import setup
     from cnncli.train import Trainer, epoch_batches
 
-    if not 0 < min_lr < max_lr:
+    if not 0 < min_lr < max_lr:                                 # (the Python API's caller; the CLI checks first)
         raise CnnError(f"--min-lr {min_lr:g} must be > 0 and below --max-lr {max_lr:g}")
     comm = Comm()
     (cfg, _), state, _, _, (train_ds, val_ds, _), (net, opt, preprocess) = \

@@ -91,12 +91,12 @@ def test_a_diverging_test_stops_early_and_says_why(cfg):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--min-lr", "1", "--max-lr", "0.1"], "--min-lr 1 must be > 0 and below --max-lr 0.1"),
+    (["--min-lr", "1", "--max-lr", "0.1"], "Invalid value for --min-lr: 1 must be > 0 and below --max-lr 0.1"),
     (["--set", "optim.nmae=sgd"], "did you mean"),
 ])
 def test_bad_arguments_are_one_line(cfg, args, needle):
     res = invoke(["lr-find", "--config", cfg, *args])
-    assert res.exit_code != 0 and needle in res.stderr and "Traceback" not in res.output
+    assert res.exit_code == 2 and needle in res.stderr and "Traceback" not in res.output   # (usage: 2, not 1)
 
 
 def test_plot_is_a_png_of_the_curve(cfg, tmp_path):

@@ -107,6 +107,17 @@ def _run_state(path, meta: dict, latest: bool) -> str | None:
     return "unfinished" if t["epoch"] < t["epochs"] else None
 
 
+def run_state(folder) -> str | None:
+    """_run_state of the run folder `folder` from its last.npz: "training", "unfinished" or None
+    (no readable last.npz too)."""
+    last = Path(folder) / "last.npz"
+    try:
+        meta = load_meta(last) if last.is_file() else None
+    except CnnError:
+        meta = None
+    return None if meta is None else _run_state(last, meta, latest=True)
+
+
 def _test_result(path) -> dict | None:
     # the run's test (test_metrics.json beside `path`) when it measured this file: data.test's images,
     # accuracy, macro F1

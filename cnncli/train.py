@@ -65,6 +65,14 @@ def _before_first_step(run_dir, new: bool, resume=None):
         raise
 
 
+def _resumable_text(folder) -> str:
+    # "; cnn train --resume FOLDER continues it" when the run a new run stepped aside from is unfinished
+    from cnncli.summary import run_state
+
+    return f"; cnn train --resume {runfolder.printable(str(folder))} continues it" \
+        if run_state(folder) == "unfinished" else ""
+
+
 def _auto_text(trainer) -> str:
     """What train.epochs=auto chose: about AUTO_STEPS optimizer steps, or the bound it met."""
     from cnncli.config import auto_epoch_count
@@ -154,7 +162,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
             m, o = cfg["model"], cfg["optim"]
             ranks = f"{net.comm.size} MPI ranks x " if net.comm.size > 1 else ""      # the ranks that share each step
             trainer.echo(f"Run folder: {runfolder.printable(str(run_dir))}" + (
-                f" ({runfolder.printable(str(taken))} {runfolder.taken_because(taken)})"
+                f" ({runfolder.printable(str(taken))} {runfolder.taken_because(taken)}{_resumable_text(taken)})"
                 if resume is None and run_dir != taken else ""))
             trainer.echo(f"Training on {len(train_ds.labels)} images ({len(train_ds.classes)} classes), validating on "
                          f"{len(val_ds.labels)}; batchnorm={m['batchnorm']} ({net.params.flat.size:,} parameters), "

@@ -454,3 +454,19 @@ def test_a_run_validating_on_data_val_keeps_it_or_moves_it_but_never_splits_data
     res = invoke("train", "--resume", run, "--set", f"data.val={other}", "--set", "train.epochs=3", "--no-report")
     assert res.exit_code == 0 and "note: the validation images differ from those the run used" in res.output
     assert "data.val holds other images now" in res.output and "data folder changed" not in res.output
+
+
+def test_a_new_run_beside_an_unfinished_one_says_how_to_resume_it(data, tmp_path):
+    # "Run folder: runs/lock-2 (runs/lock holds another run)": nothing said the stopped run could go on
+    from cnncli import config, model, optim
+    from cnncli.runfolder import RunState, save_checkpoint
+
+    run = tmp_path / "run"
+    cfg = config.load_config(None, [f"data.train={data}", "train.epochs=9"])
+    net = model.Network(num_classes=3, seed=0)
+    save_checkpoint(run / "last.npz", net, optim.Optimizer("adam", net.params.flat.size, 1e-3),
+                    RunState(epoch=2, step=6), cfg, ["bar", "column", "disc"], {"image_size": 32, "resize": "pad",
+                                                                              "mean": 0.0, "std": 1.0})
+    res = train(write_config(tmp_path / "c.yaml", data, run, epochs=1))
+    assert f"Run folder: {run}-2 ({run} holds another run; cnn train --resume {run} continues it)\n" in res.output
+    assert (run / "last.npz").is_file() and not (run / "metrics.csv").exists()     # (untouched)

@@ -172,11 +172,18 @@ def sort_rows(rows: list, by: str) -> list:
     return sorted(have, key=key) + [r for r in rows if r.get(field) is None]
 
 
+def _optim_text(r: dict) -> str:
+    # the optim column: "adam 0.003"
+    return f"{r['optimizer'] or '-'} {r['lr']:g}" if r["lr"] is not None else (r["optimizer"] or "-")
+
+
 def format_runs(rows: list) -> str:
     """The table `cnn runs` prints."""
     if not rows:
         return "no run folders found"
-    head = f"{'run':32s} {'classes':>7s} {'bn':7s} {'optim':13s} {'epochs':>9s} {'best':>4s} " \
+    optims = [_optim_text(r) for r in rows if "error" not in r]
+    wide = max([13, *map(len, optims)])              # (momentum 0.0067 pushed the later columns out of line)
+    head = f"{'run':32s} {'classes':>7s} {'bn':7s} {'optim':{wide}s} {'epochs':>9s} {'best':>4s} " \
            f"{'val loss':>9s} {'val acc':>7s} {'test acc':>8s}  started from"
     lines = [head]
     for r in rows:
@@ -189,14 +196,14 @@ def format_runs(rows: list) -> str:
         total = f"/{r['epochs_total']}" if r["epochs_total"] is not None else ""
         epochs = done + total + ("*" if r["stopped_early"] else "") + ("!" if r["diverged"] else "") + (
             "~" if r.get("status") == "training" else "")
-        optim = f"{r['optimizer'] or '-'} {r['lr']:g}" if r["lr"] is not None else (r["optimizer"] or "-")
+        optim = _optim_text(r)
         loss = loss_text(r["val_loss"]) if r["val_loss"] is not None else "-"
         acc = f"{r['val_acc']:.2%}" if r["val_acc"] is not None else "-"
         test = f"{r['test_acc']:.2%}" if r.get("test_acc") is not None else "-"
         start = r.get("resumed_from") or r["init_from"]       # (this folder's first weights)
         start = printable(start) if isinstance(start, str) else "-"
         lines.append(f"{textwidth.ljust(name, 32)} {str(r['classes'] or '-'):>7s} {r['batchnorm'] or '-':7s} "
-                     f"{optim:13s} {epochs:>9s} {str(r['best_epoch'] or '-'):>4s} {loss:>9s} {acc:>7s} {test:>8s}  "
+                     f"{optim:{wide}s} {epochs:>9s} {str(r['best_epoch'] or '-'):>4s} {loss:>9s} {acc:>7s} {test:>8s}  "
                      f"{start}")
     if any(r.get("status") == "training" for r in rows):
         lines.append("~ training now (a cnn process holds the folder)")

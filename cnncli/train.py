@@ -98,8 +98,8 @@ def _mapped(images) -> bool:
 
 
 def _weights_text(setting, weights, classes, shown: int = 6) -> str:
-    """'' for an unweighted loss, else '; class weights balanced (a 0.62, b 1.87, ...)' for the
-    start-of-run line: train.class_weight and the first `shown` classes' weights; a mapping shows the
+    """'' for an unweighted loss, else '; class weights balanced (b 1.87, a 0.62)' for the start-of-run
+    line: train.class_weight and the classes' weights, the `shown` highest first; a mapping shows the
     classes it sets ('as set: star 4, plus 0.25; the others 1')."""
     if weights is None:
         return ""
@@ -107,9 +107,10 @@ def _weights_text(setting, weights, classes, shown: int = 6) -> str:
         pairs = ", ".join(f"{runfolder.printable(c)} {w:.3g}" for c, w in zip(classes, weights) if w != 1.0)
         rest = "; the others 1" if any(w == 1.0 for w in weights) else ""
         return f"; class weights as set ({pairs or 'all 1'}{rest})"
-    pairs = ", ".join(f"{runfolder.printable(c)} {w:.3g}" for c, w in zip(classes[:shown], weights))
+    order = sorted(range(len(classes)), key=lambda i: -weights[i])[:shown]   # (the rare classes' first)
+    pairs = ", ".join(f"{runfolder.printable(classes[i])} {weights[i]:.3g}" for i in order)
     more = ", ..." if len(classes) > shown else ""
-    return f"; class weights {setting} ({pairs}{more})"
+    return f"; class weights {setting} ({'highest first: ' if more else ''}{pairs}{more})"
 
 
 def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, comm=None) -> Path:

@@ -81,3 +81,16 @@ def test_class_weight_for_an_unknown_class_is_refused_before_training(folders, t
     assert res.returncode != 0
     assert "brigth" in res.stderr and "did you mean 'bright'" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "r" / "last.npz").exists()
+
+
+def test_the_start_line_shows_the_rare_classes_weights_when_not_all_fit():
+    # (12 classes, the rare one last: its weight, the only one that differs, was behind the "...")
+    import numpy as np
+
+    from cnncli.train import _weights_text
+
+    classes = [f"c{i:02d}" for i in range(11)] + ["star"]
+    weights = np.array([0.923] * 11 + [11.077])
+    assert _weights_text("balanced", weights, classes) == (
+        "; class weights balanced (highest first: star 11.1, c00 0.923, c01 0.923, c02 0.923, c03 0.923, c04 0.923, "
+        "...)")

@@ -228,3 +228,16 @@ def test_run_names_in_any_script_keep_the_columns(experiments):
     head, first, second = format_runs(rows).splitlines()[:3]
     col = width(head[:head.index("val acc")]) + 7
     assert width(first[:first.index("%") + 1]) == width(second[:second.index("%") + 1]) == col
+
+
+def test_a_long_optimizer_and_rate_keep_the_columns(experiments):
+    # ("momentum 0.0067", 15 characters, pushed the later columns two characters out of line)
+    from cnncli.runs import format_runs
+
+    _, root = experiments
+    rows = [r for r in json.loads(invoke(["runs", root, "--json"]).output) if "error" not in r][:2]
+    rows[0]["run"], rows[1]["run"] = "runs/a", "runs/b"
+    rows[0]["optimizer"], rows[0]["lr"] = "momentum", 0.0067
+    head, first, second = format_runs(rows).splitlines()[:3]
+    assert "momentum 0.0067 " in first
+    assert head.index("val acc") + 7 == first.index("%") + 1 == second.index("%") + 1

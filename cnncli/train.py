@@ -114,13 +114,16 @@ def _weights_text(setting, weights, classes, shown: int = 6) -> str:
 
 
 def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, comm=None) -> Path:
-    """Train as `cfg` says (or continue the checkpoint `resume`); returns the run folder. `comm`
-    (distributed.get_comm() under mpirun) makes this one rank of a data-parallel run."""
+    """Train as `cfg` says (or continue the checkpoint `resume`); returns the run folder. cfg: a
+    config as config.load_config gives it, or a partial one, nested ({"data": {"train": "my_data"}}):
+    the defaults fill it, and a bad key or value is a ConfigError. `comm` (distributed.get_comm()
+    under mpirun) makes this one rank of a data-parallel run."""
+    from cnncli import config as config_mod
     from cnncli.distributed import Comm
 
     t_setup = time.perf_counter()
     comm = Comm() if comm is None else comm
-    cfg = resume_mod.absolute_paths(cfg)
+    cfg = resume_mod.absolute_paths(config_mod.validate(cfg))     # (a partial dict from Python: a KeyError)
     taken = Path(out or cfg["out"])          # the folder asked for (setup's cfg names the one the run got)
     runfolder.check_utf8_name(taken, "--out" if out else "out")
     if out or resume is None:                # (a file there, or a folder in the data: said before it is decoded)

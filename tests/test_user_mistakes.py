@@ -264,3 +264,15 @@ def test_a_class_weight_keyed_by_index_says_keys_are_names():
 
     with pytest.raises(ConfigError, match="the keys are class names, not indices: class 0 is 'cat'"):
         class_weights({0: 2.0}, np.array([0, 1]), ["cat", "dog"])
+
+
+def test_the_python_train_function_fills_a_partial_config(tmp_path):
+    # cnncli.train.train({"data": {"train": ...}}) raised a bare KeyError 'val': it needed a resolved config
+    from cnncli.train import train
+
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    run = train({"data": {"train": str(data)}, "train": {"epochs": 1, "batch_size": 4}, "out": str(tmp_path / "r")},
+                quiet=True, echo=lambda *a: None)
+    assert (run / "last.npz").is_file()
+    with pytest.raises(ConfigError, match="did you mean 'train.epochs'"):
+        train({"data": {"train": str(data)}, "train": {"epoch": 1}}, quiet=True, echo=lambda *a: None)

@@ -153,6 +153,11 @@ def parse_yaml(text, where, with_line=True):
         lines = text.splitlines()
         if mark is not None and mark.line < len(lines) and "\t" in lines[mark.line][:mark.column + 1]:
             problem += " (a tab: YAML indents with spaces only)"
+        elif "mapping values are not allowed" in problem:     # (a key indented under a key: value line)
+            problem += (" (a line indented more than the key above it, whose value is already given, or a "
+                        "': ' inside a value to quote)")
+        elif "did not find expected key" in problem:
+            problem += " (a line indented less than the keys beside it)"
         start = e.context_mark
         if with_line and mark is not None and start is not None and start.line < mark.line and "---" not in problem:
             problem += f" (begun on line {start.line + 1})"          # an unclosed [ or quote: where it opened

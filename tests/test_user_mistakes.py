@@ -276,3 +276,25 @@ def test_the_python_train_function_fills_a_partial_config(tmp_path):
     assert (run / "last.npz").is_file()
     with pytest.raises(ConfigError, match="did you mean 'train.epochs'"):
         train({"data": {"train": str(data)}, "train": {"epoch": 1}}, quiet=True, echo=lambda *a: None)
+
+
+def test_a_data_folder_written_none_says_yaml_writes_null(tmp_path, monkeypatch):
+    # (data.val: none was the folder ./none, 'does not exist', with no word of YAML's null)
+    monkeypatch.chdir(tmp_path)
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    res = invoke(["train", "--set", f"data.train={data}", "--set", "data.val=None", "-q", "--no-report"])
+    assert res.exit_code == 1 and res.stderr.strip().endswith(
+        f"data folder {tmp_path / 'None'}: does not exist (a config's none is text, a folder's name: YAML's "
+        "no-value is null, or ~, or the key left out)"), res.stderr
+
+
+@pytest.mark.parametrize("text, hint", [
+    ("data:\n  train: x\n    val: y\n", "mapping values are not allowed in this context (a line indented more than "
+                                        "the key above it, whose value is already given, or a ': ' inside a value to "
+                                        "quote)"),
+    ("optim:\n  lr: 0.01\n name: adam\n", "(a line indented less than the keys beside it) (begun on line 1)"),
+])
+def test_a_misindented_config_line_gets_an_indentation_hint(text, hint):
+    with pytest.raises(ConfigError) as err:
+        config.load_config_text(text)
+    assert str(err.value).endswith(hint) and ":3: could not parse YAML: " in str(err.value), str(err.value)

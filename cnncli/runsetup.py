@@ -208,6 +208,10 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     if done:               # no folder is touched (an --out would get a lone best.npz); setup says so
         return (arrays, meta, ckpt_path), state, source, cfg, [], done
     run_dir = Path(out) if out else source
+    ignored_out = []                                    # (out set by --set or a config file: not a move)
+    if not out and os.path.abspath(cfg["out"]) != os.path.abspath(saved["out"]):
+        ignored_out = [f"out={cfg['out']} does not move a resumed run: it continues in {source} (--out DIR "
+                       "continues it in another folder)"]
     if write and out and os.path.realpath(out) != os.path.realpath(source) and \
             runfolder.taken_because(run_dir) == "holds another run":   # (rank 0 only: it may have carried best.npz)
         shown = runfolder.printable(out)
@@ -217,7 +221,7 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     if os.path.realpath(run_dir) != os.path.realpath(source):   # (cnn info names the run it continues)
         here = os.path.abspath(source / Path(os.path.realpath(ckpt_path)).name)
         state.came_from = state.came_from + [{"checkpoint": here, "epoch": state.epoch, "step": state.step}]
-    notes = _rewind_note(ckpt_path, state, run_dir) + resume_mod.changed_settings(saved, cfg)
+    notes = ignored_out + _rewind_note(ckpt_path, state, run_dir) + resume_mod.changed_settings(saved, cfg)
     if write:
         runfolder.check_writable(run_dir, "; --out NEWDIR continues the run in a new folder" if not out else "")
         runlock.hold(run_dir)                           # (refused while another process trains it)

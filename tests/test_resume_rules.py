@@ -470,3 +470,14 @@ def test_a_new_run_beside_an_unfinished_one_says_how_to_resume_it(data, tmp_path
     res = train(write_config(tmp_path / "c.yaml", data, run, epochs=1))
     assert f"Run folder: {run}-2 ({run} holds another run; cnn train --resume {run} continues it)\n" in res.output
     assert (run / "last.npz").is_file() and not (run / "metrics.csv").exists()     # (untouched)
+
+
+def test_out_set_on_a_resume_is_said_not_to_move_the_run(run1, tmp_path):
+    # --set out=DIR on --resume was dropped without a word (only --out moves a run)
+    moved = tmp_path / "moved"
+    res = invoke("train", "--resume", run1, "--set", f"out={moved}", "--set", "train.epochs=2", "--no-report")
+    assert res.exit_code == 0 and not moved.exists()
+    assert f"note: out={moved} does not move a resumed run: it continues in {run1} (--out DIR continues it in " \
+           "another folder)\n" in res.output
+    res = invoke("train", "--resume", run1, "--set", "train.epochs=3", "--no-report")
+    assert res.exit_code == 0 and "does not move" not in res.output

@@ -376,3 +376,18 @@ def test_labels_match_the_model_classes_in_either_unicode_form(tmp_path):
     classes = ["caf\u00e9"] + sorted(SHAPES)[1:]                                                  # é
     ds, _ = load_folder(labels, classes=classes, cache=False)
     assert ds.classes == classes and np.bincount(ds.labels).tolist() == [2] * len(SHAPES)
+
+
+def test_a_split_column_it_does_not_read_gets_a_note(tmp_path):
+    # (Ludwig's image_path,label,split: every row trained, the test rows too, without a word)
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    rows = folder_rows(data, tmp_path)
+    path = tmp_path / "ludwig.csv"
+    path.write_text("image_path,label,split\n" + "".join(f"{p},{c},{i % 3}\n" for i, (p, c) in enumerate(rows)))
+    ds, _ = load_folder(path, cache=False)
+    assert len(ds) == len(rows) and [n for n in ds.notes if "is not read" in n] == [
+        f"note: labels file {path}: its column 'split' is not read: all its rows are images of the one data key it "
+        "is given as (data.train, data.val or data.test); to use its split, write a labels file per split and give "
+        "each to its key"]
+    ds, _ = load_folder(write_csv(tmp_path / "plain.csv", rows), cache=False)
+    assert not [n for n in ds.notes if "is not read" in n]

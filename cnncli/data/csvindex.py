@@ -86,6 +86,7 @@ def _reading(path: str):
         raise DataError(f"labels file {printable(path)}: cannot be read ({e.strerror or e})") from None
 
 
+SPLIT_COLUMNS = ("split", "fold", "subset", "partition")   # a column naming each row's split: not read
 DELIMITERS = (",", ";", "\t")     # comma first; a European spreadsheet's semicolons; tabs (TSV)
 FIELD_LIMIT = 1 << 24            # csv's default 131,072 characters refused a whole file for one long cell
 
@@ -133,11 +134,14 @@ def _reader(f):
     return csv.reader(itertools.chain(lines, f), delimiter=delimiter)
 
 
-def _rows(path: str, f, with_label: bool, base=None):
+def _rows(path: str, f, with_label: bool, base=None, header_out=None):
     """(line number, full path or '', label or '') of each non-blank row after the header; relative
-    paths are taken from the CSV's folder (base: that folder as another spelling, e.g. as given)."""
+    paths are taken from the CSV's folder (base: that folder as another spelling, e.g. as given).
+    header_out (a list): the header's cells are put there."""
     reader = _reader(f)
     header = next((r for r in reader if any(cell.strip() for cell in r)), None)
+    if header_out is not None and header is not None:
+        header_out.extend(header)
     if header is None:
         raise DataError(f"labels file {printable(path)}: is empty (expected a header row, e.g. path,label)")
     pi = _column(header, PATH_COLUMNS, "path", path)
@@ -299,11 +303,16 @@ class CsvIndex:
 
     def notes(self) -> list[str]:
         """A labels file names its images and leaves none out by extension: [the warning about files
-        it lists more than once], or []."""
-        return self.duplicates
+        it lists more than once], [a note on a split column it does not read (Ludwig's `split`)]."""
+        split = [h for h in self.header if column_key(h) in SPLIT_COLUMNS]
+        return self.duplicates + [
+            f"note: labels file {printable(self.path)}: its column {split[0]!r} is not read: all its rows are images "
+            "of the one data key it is given as (data.train, data.val or data.test); to use its split, write a "
+            "labels file per split and give each to its key"] if split else self.duplicates
 
     def __init__(self, path: str, classes=None, missing_ok: bool = False):
         self.missing_ok, self.loose, self.bad, self.from_cwd, self.first_line = missing_ok, [], [], 0, {}
+        self.path, self.header = path, []
         h = hashlib.sha256()
         with _reading(path):
             if os.path.getsize(path) > MAX_BYTES:
@@ -339,7 +348,7 @@ class CsvIndex:
         """Stream the rows: each usable file's full path into self.rels (its stat into the digest h),
         its label as an id in order of first appearance -> (ids array, the labels by id)."""
         self.rels, ids, id_of, rows, hashes = PathList(), array("q"), {}, 0, array("q")
-        for line, file, label in _rows(path, f, with_label=True):
+        for line, file, label in _rows(path, f, with_label=True, header_out=self.header):
             rows += 1
             if not file or not label:
                 self.bad.append((f"{printable(path)} line {line}", "no path" if not file else "no label"))

@@ -148,3 +148,21 @@ def test_a_loop_of_file_links_is_named_as_one_a_file_not_a_folder(tmp_path):
                                        for name in ("loopa.png", "loopb.png")], bad
     with pytest.raises(DataError, match="symbolic link loop"):
         data_mod.load_image(root / first / "loopa.png")
+
+
+def test_a_class_folder_given_as_the_data_folder_says_so_when_a_subfolder_is_empty(tmp_path):
+    # (data.train at a class folder holding 5 images, a subfolder and a link to itself: the error named the
+    # link's empty 'class' and not the 5 images the folder holds itself)
+    from PIL import Image
+
+    cls = tmp_path / "cls"
+    (cls / "nested").mkdir(parents=True)
+    for i in range(5):
+        Image.new("L", (32, 32), 40 * i).save(cls / f"{i}.png")
+    Image.new("L", (32, 32), 90).save(cls / "nested" / "a.png")
+    os.symlink(".", cls / "loop")
+    with pytest.raises(DataError) as err:
+        data_mod.load_folder(cls, cache=False)
+    assert "class folder(s) with no image files: loop" in str(err.value)
+    assert str(err.value).endswith("; it holds 5 image file(s) itself: if it is a class folder, give the folder "
+                                   "above it")

@@ -390,4 +390,5 @@ class Index:
             why = "".join(f"; {printable(p)}: {r}" for p, r in self.bad)
             raise DataError(f"data folder {printable(root)}: class folder(s) with no image files: "
                             f"{', '.join(empty)}{why}; every class folder needs an image: add some, or move "
-                            f"{'that folder' if len(empty) == 1 else 'those folders'} out of {printable(root)}")
+                            f"{'that folder' if len(empty) == 1 else 'those folders'} out of {printable(root)}"
+                            f"{_loose_hint(root)}")

@@ -265,8 +265,9 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
         refuse_csv_target(csv_path, list(checkpoint) + list(paths))
     if csv_path is not None and top_k != 1:
         click.echo("note: --top-k does not change --csv's rows: they hold every class's probability", err=True)
-    if not checkpoint and mistyped_model(paths[0]):         # (not the newest run's predictions, unasked)
-        raise CnnError(mistyped_model(paths[0]))           # (exit 1, as a missing --checkpoint file)
+    mistyped = None if checkpoint else mistyped_model(paths[0])
+    if mistyped:                                            # (not the newest run's predictions, unasked)
+        raise CnnError(mistyped)                            # (exit 1, as a missing --checkpoint file)
     if not checkpoint and names_a_model(paths[0]):          # cnn predict model.npz (or runs/x) image.png
         checkpoint, paths = paths[:1], paths[1:]
         if not paths:

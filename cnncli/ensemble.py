@@ -56,21 +56,27 @@ def holds_runs(path) -> bool:
 
 def mistyped_model(path) -> str | None:
     """For cnn predict's first PATH that does not exist: the one-line error when it looks like a
-    checkpoint or run folder mistyped (a .npz-like name, or a name inside a run folder or beside
-    run folders: runs/mesy), naming the closest model there; None for anything else (a missing image)."""
+    checkpoint or run folder mistyped -- a .npz-like name, a name inside a run folder (runs/x/bset.npz),
+    or a name spelt like a run folder beside it (runs/mesy for runs/messy) -- naming the closest model
+    there; None for anything else: -, a missing image (an image's extension), another missing name."""
+    from cnncli.data.decode import IMAGE_EXTENSIONS
+    from cnncli.runfolder import printable
+
     p = Path(path)
-    if os.path.lexists(p):
+    if path == "-" or os.path.lexists(p) or p.suffix.lower() in IMAGE_EXTENSIONS:
         return None
     parent = p.parent
-    if not (p.suffix.lower().startswith((".npz", ".np")) or is_a_model(parent) or holds_runs(parent)):
-        return None
-    try:
-        models = [e.name for e in os.scandir(parent) if names_a_model(e.path)] if parent.is_dir() else []
+    npz_like, in_run = p.suffix.lower().startswith(".np"), is_a_model(parent)
+    try:                                         # (names only: no file is opened)
+        models = [e.name for e in os.scandir(parent) if e.name.lower().endswith(".npz")
+                  or (e.is_dir() and is_a_model(e.path))] if parent.is_dir() else []
     except OSError:
         models = []
     close = difflib.get_close_matches(p.name, models, n=1, cutoff=0.6)
+    if not (npz_like or in_run or close):
+        return None
     hint = f" (did you mean {parent / close[0]}?)" if close else ""
-    return f"{path}: no such checkpoint or run folder{hint}"
+    return printable(f"{path}: no such checkpoint or run folder{hint}").replace("\n", "\\n")
 
 
 def checkpoint_files(paths) -> list:

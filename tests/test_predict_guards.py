@@ -193,8 +193,15 @@ def test_a_mistyped_checkpoint_is_an_error_not_the_newest_runs_predictions(tmp_p
     res = invoke("predict", typed, image)
     hint = f" (did you mean {meant}?)" if meant else ""
     assert res.exit_code == 1 and res.output == f"Error: {typed}: no such checkpoint or run folder{hint}\n"
-    res = invoke("predict", "gone.png", image)              # a missing image is one of the images
-    assert res.exit_code == 1 and "Checkpoint: runs/messy" in res.output and "gone.png: no such file" in res.output
+    for missing in ("gone.png", "runs/gone.png", "runs/messy/gone.png", "pictures"):   # (a missing image or folder
+        res = invoke("predict", missing, image)                                        # is one of the images)
+        assert res.exit_code == 1 and "Checkpoint: runs/messy" in res.output, res.output
+        assert f"{missing}: no such file or folder" in res.output, res.output
+    (tmp_path / "exp1").mkdir()                             # (a run folder in the working folder: `-` is a list)
+    (tmp_path / "exp1" / "best.npz").write_bytes((tmp_path / "runs" / "messy" / "best.npz").read_bytes())
+    (tmp_path / "exp1" / "config.yaml").write_text("out: exp1\n")
+    res = CliRunner().invoke(cli, ["predict", "-"], input=f"{image}\n")
+    assert res.exit_code == 0 and str(image) in res.stdout, res.output
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "TIFF", "WebP"])

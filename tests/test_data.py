@@ -445,6 +445,10 @@ def test_the_single_grey_level_warning_names_nan_float_samples(tmp_path):
     ds, _ = data.load_folder(root, cache=False)
     assert ds.notes == [f"warning: 1 image(s) decode to a single grey level, e.g. {root / 'cat' / 'nan.tif'}: 16 of "
                         "its 64 float samples are NaN, read as 0"]
+    os.remove(root / "cat" / "nan.tif")                # (a blank 16-bit file is named, with no false cause)
+    Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(root / "cat" / "white16.png")
+    ds, _ = data.load_folder(root, cache=False)
+    assert ds.notes == [f"warning: 1 image(s) decode to a single grey level, e.g. {root / 'cat' / 'white16.png'}"]
 
 
 def test_files_of_other_extensions_are_counted_in_one_note(tmp_path):

@@ -181,17 +181,18 @@ def pixel_notes(images, paths, chunk: int = 1 << 16) -> list[str]:
     flat, dark = (np.concatenate(f) if f else np.zeros(0, np.int64) for f in (flat, dark))
     lines = []
     if flat.size:
-        lines.append(f"warning: {flat.size} image(s) decode to a single grey level, e.g. " + _probed(flat, paths))
+        lines.append(f"warning: {flat.size} image(s) decode to a single grey level, e.g. "
+                     + _probed(flat, paths, flat=True))
     if dark.size:
         lines.append(f"warning: {dark.size} image(s) are nearly black (no pixel above {DARK} of 255), e.g. "
                      + _probed(dark, paths))
     return lines
 
 
-def _probed(which, paths) -> str:
+def _probed(which, paths, flat: bool = False) -> str:
     """The first of the images `which` (indices into paths) whose file shows why it decodes so
     (decode.dark_reason, of the first PROBE), as "path: why", else the first's path."""
-    reasons = ((int(i), dec.dark_reason(paths[int(i)])) for i in which[:PROBE])
+    reasons = ((int(i), dec.dark_reason(paths[int(i)], flat)) for i in which[:PROBE])
     first, why = next(((i, r) for i, r in reasons if r is not None), (int(which[0]), None))
     return printable(paths[first]) + ("" if why is None else f": {why}")
 

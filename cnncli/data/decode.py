@@ -85,16 +85,16 @@ def _stores_16_bit(img) -> bool:
     return img.format == "TIFF" and tuple(bits)[:1] == (16,)
 
 
-def dark_reason(path) -> str | None:
+def dark_reason(path, flat: bool = False) -> str | None:
     """Why the image file at path decodes nearly black, when its samples show it: 16-bit integer samples
     that reach only N of 65535 (10- or 12-bit camera data), float samples a little above 1.0 (read
     as 0..255: 0..1 holds only up to 1.0), or NaN samples (read as 0); else None (also for anything
-    that does not open)."""
+    that does not open). flat: the file decodes to one grey level, which only NaN samples explain here."""
     from PIL import Image
 
     try:
         with open(path, "rb") as f, Image.open(f, formats=list(PIL_FORMATS)) as img:
-            if img.mode.startswith("I") and _stores_16_bit(img):
+            if img.mode.startswith("I") and _stores_16_bit(img) and not flat:
                 top = int(np.asarray(img).max())
                 return (f"its 16-bit samples reach only {top} of 65535 ({max(1, top.bit_length())}-bit data); "
                         "scale such files to their full range first")
@@ -104,7 +104,7 @@ def dark_reason(path) -> str | None:
                 if nan:
                     return f"{nan} of its {samples.size} float samples are NaN, read as 0"
                 top = float(np.nan_to_num(samples, posinf=0.0, neginf=0.0).max())
-                if 1.0 < top <= 2.0:
+                if 1.0 < top <= 2.0 and not flat:
                     return (f"its float samples reach {top:.7g}, so they are read as 0..255 (as 0..1 only up to "
                             "1.0); clip such files to 0..1 first")
             return None

@@ -87,7 +87,11 @@ def check_unchanged(saved_text: str, cfg: dict, ckpt_path, num_classes=None) -> 
     num_classes, when given, as well as null."""
     saved = config_mod.load_config_text(saved_text or "", source=f"{ckpt_path} (config)")
     val_then, val_now = saved["data"]["val"], cfg["data"]["val"]
-    if (val_then is None) != (val_now is None):     # (a folder moved may be named anew; a split is no folder)
+    # a switch between a folder and a split of data.train: refused when that split holds images out (a
+    # split now would validate on trained images; the run's split left images out that would now train)
+    split = (cfg if val_now is None else saved)["data"]
+    holds_out = split["val_split"] > 0 or split["folds"] >= 2
+    if (val_then is None) != (val_now is None) and holds_out:
         raise ConfigError(f"data.val cannot change on --resume between a folder and none (which images are held out "
                           f"for validation: the run trained on the others): {ckpt_path} has "
                           f"{_yaml(val_then)}, the config now says {_yaml(val_now)}; start a new run instead")

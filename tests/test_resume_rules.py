@@ -450,6 +450,10 @@ def test_a_run_validating_on_data_val_keeps_it_or_moves_it_but_never_splits_data
     assert res.exit_code == 2 and "data.val cannot change on --resume between a folder and none" in res.output
     res = invoke("train", "--resume", run, "--set", "data.val_split=0.3", "--set", "train.epochs=2", "--no-report")
     assert res.exit_code == 0 and "validation images differ" not in res.output, res.output
+    nothing = tmp_path / "nothing"                 # (a run that held nothing out may be given a validation folder)
+    train(write_config(tmp_path / "n.yaml", data, nothing, epochs=1), "--set", "data.val_split=0")
+    res = invoke("train", "--resume", nothing, "--set", f"data.val={data}", "--set", "train.epochs=2", "--no-report")
+    assert res.exit_code == 0 and "this resume changes data.val null -> " in res.output, res.output
     other = make_folder(tmp_path / "other", per_class=3, odd_files=False)
     res = invoke("train", "--resume", run, "--set", f"data.val={other}", "--set", "train.epochs=3", "--no-report")
     assert res.exit_code == 0 and "note: the validation images differ from those the run used" in res.output

@@ -52,8 +52,10 @@ def class_weights(setting, labels, classes) -> np.ndarray | None:
                 close = difflib.get_close_matches(str(name), list(index), n=1, cutoff=0.6)
                 hint = f"; did you mean '{close[0]}'?" if close else f"; the classes are: {', '.join(classes)}"
                 number = [c for c in classes if _yaml_number(c) == str(name)]
-                if not close and not number and isinstance(name, int) and 0 <= name < n_classes:
-                    hint = f"; the keys are class names, not indices: class {name} is '{classes[name]}'{hint}"
+                index_like = str(name).strip().isdigit() and int(str(name)) < n_classes   # ({0: 2}: '0' from --set)
+                if not close and not number and index_like:
+                    hint = f"; the keys are class names, not indices: class {int(str(name))} is " \
+                           f"'{classes[int(str(name))]}'{hint}"
                 if number:                     # {01: 2}, {010: 2}: YAML read the unquoted 01 as 1, 010 as 8
                     hint = f"; did you mean '{number[0]}'? (YAML reads an unquoted {number[0]} as the number " \
                            f"{name}: quote it, '{number[0]}')"

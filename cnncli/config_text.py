@@ -56,10 +56,10 @@ def _near_leaf(name):
 # the names Keras, PyTorch and Lightning users write (a key's last part, or a whole key, lower case) -> ours
 KEY_ALIASES = {
     "learning_rate": "'optim.lr'", "optimizer": "'optim.name'", "optim.type": "'optim.name'",
-    "nesterov": "optim.name: nesterov", "decay": "'optim.weight_decay'", "scheduler": "'optim.schedule'",
+    "nesterov": "optim.name: nesterov", "scheduler": "'optim.schedule'",
     "lr_scheduler": "'optim.schedule'", "warmup": "'optim.warmup_epochs'", "max_epochs": "'train.epochs'",
-    "validation_split": "'data.val_split'", "horizontal_flip": "'augment.flip.horizontal'",
-    "vertical_flip": "'augment.flip.vertical'", "rotation": "'augment.affine.rotate'",
+    "validation_split": "'data.val_split'", "horizontal_flip": "'augment.flip.horizontal' (a probability, e.g. 0.5)",
+    "vertical_flip": "'augment.flip.vertical' (a probability, e.g. 0.5)", "rotation": "'augment.affine.rotate'",
     "rotation_range": "'augment.affine.rotate'", "width_shift_range": "'augment.affine.shift' (in pixels)",
     "height_shift_range": "'augment.affine.shift' (in pixels)", "zoom_range": "'augment.affine.scale'",
     "shear_range": "'augment.affine.shear'"}

@@ -21,7 +21,7 @@ _KIND_TEXT = {"str": "a string", "int": "an integer", "epochs": "an integer or a
 # Keras' and PyTorch's names of a choice (lower case) -> ours, for the "did you mean" of a choice
 CHOICE_ALIASES = {"reducelronplateau": "plateau", "cosineannealing": "cosine", "cosineannealinglr": "cosine",
                   "cosinedecay": "cosine", "steplr": "step", "none": "constant", "constantlr": "constant",
-                  "accuracy": "val_acc", "val_accuracy": "val_acc", "loss": "val_loss", "sgdm": "momentum"}
+                  "accuracy": "val_acc", "val_accuracy": "val_acc", "sgdm": "momentum"}
 
 
 def _as_float(v):

@@ -244,8 +244,7 @@ def test_cnn_demo_in_a_folder_it_cannot_write_is_one_line(tmp_path, monkeypatch)
     ("optim.optimizer=adam", "unknown key; did you mean 'optim.name'?"),
     ("optim.type=sgd", "unknown key; did you mean 'optim.name'?"),
     ("optim.nesterov=true", "unknown key; did you mean optim.name: nesterov?"),
-    ("optim.decay=0.01", "unknown key; did you mean 'optim.weight_decay'?"),
-    ("augment.horizontal_flip=0.5", "unknown key; did you mean 'augment.flip.horizontal'?"),
+    ("augment.horizontal_flip=0.5", "unknown key; did you mean 'augment.flip.horizontal' (a probability, e.g. 0.5)?"),
     ("augment.rotation=10", "unknown key; did you mean 'augment.affine.rotate'?"),
     ("optim.schedule=ReduceLROnPlateau", "got 'ReduceLROnPlateau'; did you mean 'plateau'?"),
     ("optim.schedule=CosineAnnealingLR", "got 'CosineAnnealingLR'; did you mean 'cosine'?"),
@@ -264,6 +263,9 @@ def test_a_class_weight_keyed_by_index_says_keys_are_names():
 
     with pytest.raises(ConfigError, match="the keys are class names, not indices: class 0 is 'cat'"):
         class_weights({0: 2.0}, np.array([0, 1]), ["cat", "dog"])
+    with pytest.raises(ConfigError, match="the keys are class names, not indices: class 1 is 'dog'"):
+        class_weights(config.load_config_text("", ["data.train=x", "train.class_weight={1: 2}"])["train"]
+                      ["class_weight"], np.array([0, 1]), ["cat", "dog"])       # (the key as --set gives it: '1')
 
 
 def test_the_python_train_function_fills_a_partial_config(tmp_path):

@@ -146,6 +146,7 @@ def metadata(predictor: Predictor, kind: str) -> dict:
         "input_kind": kind,
         "input_name": INPUT_NAMES[kind],
         "output_name": OUTPUT_NAME,
+        "logits_name": LOGITS_NAME,
         "source_dtype": str(predictor.params.flat.dtype),
     }
 
@@ -173,7 +174,7 @@ def build_model(predictor: Predictor, kind: str = "uint8"):
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", len(predictor.classes)], OUTPUT_DOC),
          helper.make_tensor_value_info(LOGITS_NAME, TensorProto.FLOAT, ["N", len(predictor.classes)], LOGITS_DOC)],
         initializer=[numpy_helper.from_array(np.ascontiguousarray(a), name) for name, a in inits],
-        doc_string=f"cnncli {predictor.batchnorm} network: {INPUT_DOCS[kind]} -> {OUTPUT_DOC}")
+        doc_string=f"cnncli {predictor.batchnorm} network: {INPUT_DOCS[kind]} -> {OUTPUT_DOC} And {LOGITS_DOC}")
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="cnncli", producer_version=__version__)
     model.ir_version = IR_VERSION

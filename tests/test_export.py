@@ -161,6 +161,7 @@ def test_metadata_round_trip(runs, onnx, ort, tmp_path, kind):
         {k: ckpt.preprocess[k] for k in ("image_size", "resize", "mean", "std")}
     assert prep["normalize"] is True and ckpt.preprocess["std"] != 1.0
     assert (props["cnncli_version"], props["batchnorm"], props["input_kind"]) == (__version__, "unit", kind)
+    assert (props["output_name"], props["logits_name"]) == ("probabilities", "logits")
 
 
 def _no_leftovers(folder, before):

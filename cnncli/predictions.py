@@ -29,8 +29,8 @@ def gather_paths(paths, ignored=None):
             raw = sys.stdin.buffer.read()
             image = image_in(raw[:512])
             if image:                                 # (cat img.jpg | cnn predict -: not 57 "paths")
-                failures.append((p, f"standard input holds {image}, not a list of paths: give its file name "
-                                    "(cnn predict IMAGE)"))
+                fix = ": give its file name (cnn predict IMAGE)" if image.endswith("image") else ""
+                failures.append((p, f"standard input holds {image}, not a list of paths{fix}"))
                 continue
             found = stdin_paths(raw)
             files.extend(found)

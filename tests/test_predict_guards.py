@@ -204,7 +204,7 @@ def test_a_mistyped_checkpoint_is_an_error_not_the_newest_runs_predictions(tmp_p
     assert res.exit_code == 0 and str(image) in res.stdout, res.output
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "TIFF", "WebP"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "TIFF", "WebP", "ICO", "PPM"])
 def test_an_image_piped_in_or_saved_as_a_list_is_named_not_read_as_paths(tmp_path, ckpt, image, fmt):
     # `cat img.jpg | cnn predict -` printed 57 errors for 'paths' cut from the JPEG's bytes; an image
     # named photo.txt was 'not UTF-8 text'
@@ -213,14 +213,17 @@ def test_an_image_piped_in_or_saved_as_a_list_is_named_not_read_as_paths(tmp_pat
     data = tmp_path / f"img.{fmt.lower()}"
     Image.new("L", (32, 32), 90).save(data, fmt)
     res = CliRunner().invoke(cli, ["predict", "--checkpoint", str(ckpt), "-"], input=data.read_bytes())
+    named = {"PPM": "PNM"}.get(fmt, fmt)
     assert res.exit_code == 1 and res.output.count("error:") == 1 and (
-        f"error: -: standard input holds {'an' if fmt[0] in 'AEIOU' else 'a'} {fmt} image, not a list of paths: "
+        f"error: -: standard input holds {'an' if named[0] in 'AEIOU' else 'a'} {named} image, not a list of paths: "
         "give its file name (cnn predict IMAGE)\n") in res.output, res.output
     listed = tmp_path / "photo.txt"
     listed.write_bytes(data.read_bytes())
     res = invoke("predict", ckpt, listed)
     assert res.exit_code == 1 and f"error: {listed}: is " in res.output and "image, not a list of paths" in res.output
     assert image_in(f"GIF89a.png\n{image}\n".encode()) is None                  # (a list is text)
+    assert image_in("GIF89a\u00a0holiday.png\n".encode()) is None                # (a non-breaking space too)
+    assert image_in(ckpt.read_bytes()[:512]) == "a zip archive (a .npz checkpoint?)"
 
 
 def test_csv_does_not_overwrite_a_runs_training_history(tmp_path, ckpt, image):

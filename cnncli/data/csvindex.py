@@ -70,8 +70,9 @@ def _reading(path: str):
     """Reading or parsing problems of a labels file as one DataError line naming it."""
     image = _image_file(path)
     if image:
+        fix = ": give it its image extension" if image.endswith("image") else ""
         raise DataError(f"{printable(path)}: is {image}, not a list of paths or a labels file (a .csv, .tsv or "
-                        ".txt PATH is read as one): give it its image extension")
+                        f".txt PATH is read as one){fix}")
     try:
         yield
     except FileNotFoundError:

@@ -61,20 +61,27 @@ def _signature_format(head: bytes) -> str | None:
 
 def image_in(head: bytes) -> str | None:
     """What image the first bytes of a file that should be text (a list of paths, a labels CSV,
-    standard input) are, in words ("a JPEG image", "an HEIC image"), or None: never for bytes that
-    read as text (a list whose first path is GIF89a.png)."""
+    standard input) are, in words ("a JPEG image", "an HEIC image", "a zip archive"), or None: never
+    for bytes that read as text, control characters aside from tab, CR, LF and NUL (a list whose first
+    path is GIF89a.png, or holds a non-breaking space)."""
+    if re.match(rb"P[4-6]\s+\d+\s+\d+\s+(\d+\s)?", head):   # (a whole binary PNM header: no list starts so,
+        return "a PNM image"                                  # and a flat grey image's pixels may read as text)
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as e:              # (512 bytes may end inside a character)
         text = head[:e.start].decode("utf-8") if e.start >= len(head) - 3 else None
-    if text is not None and all(c.isprintable() or c in "\r\n\t\0" for c in text):
+    if text is not None and not any((c < " " and c not in "\r\n\t\0") or c == "\x7f" for c in text):
         return None
     fmt = _signature_format(head)
     if fmt is None and head.startswith(b"BM") and len(head) >= 18 and \
             int.from_bytes(head[14:18], "little") in (12, 40, 52, 56, 64, 108, 124):   # (a BITMAPINFOHEADER's size)
         fmt = "BMP"
+    if fmt is None and head.startswith(b"\0\0\x01\0") and len(head) > 6 and head[4:6] != b"\0\0":
+        fmt = "ICO"                              # (reserved 0, type 1, a count of images)
     if fmt is not None:
         return f"{'an' if fmt[0] in 'AEIOU' else 'a'} {fmt} image"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (a .npz checkpoint?)"
     return foreign.format_of(head)
 
 

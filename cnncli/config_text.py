@@ -140,6 +140,16 @@ _Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
+def _dedented(lines, mark) -> bool:
+    """Whether the parser stopped at the first character of a line indented less than the line
+    above it that holds something (a key out of line with its neighbours), not inside a value."""
+    if mark is None or not 0 < mark.line < len(lines):
+        return False
+    indent = [len(ln) - len(ln.lstrip(" ")) for ln in lines]
+    above = next((i for i in range(mark.line - 1, -1, -1) if lines[i].strip()), None)
+    return mark.column == indent[mark.line] and above is not None and indent[mark.line] < indent[above]
+
+
 def parse_yaml(text, where, with_line=True):
     """Safe-load one YAML document; ConfigError '<where>:<line>: could not parse YAML: ...'."""
     try:
@@ -156,8 +166,8 @@ def parse_yaml(text, where, with_line=True):
         elif "mapping values are not allowed" in problem:     # (a key indented under a key: value line)
             problem += (" (a line indented more than the key above it, whose value is already given, or a "
                         "': ' inside a value to quote)")
-        elif "did not find expected key" in problem:
-            problem += " (a line indented less than the keys beside it)"
+        elif "did not find expected key" in problem and _dedented(lines, mark):
+            problem += " (a line indented less than the keys above it)"
         start = e.context_mark
         if with_line and mark is not None and start is not None and start.line < mark.line and "---" not in problem:
             problem += f" (begun on line {start.line + 1})"          # an unclosed [ or quote: where it opened

@@ -294,9 +294,17 @@ def test_a_data_folder_written_none_says_yaml_writes_null(tmp_path, monkeypatch)
     ("data:\n  train: x\n    val: y\n", "mapping values are not allowed in this context (a line indented more than "
                                         "the key above it, whose value is already given, or a ': ' inside a value to "
                                         "quote)"),
-    ("optim:\n  lr: 0.01\n name: adam\n", "(a line indented less than the keys beside it) (begun on line 1)"),
+    ("optim:\n  lr: 0.01\n name: adam\n", "(a line indented less than the keys above it) (begun on line 1)"),
 ])
 def test_a_misindented_config_line_gets_an_indentation_hint(text, hint):
     with pytest.raises(ConfigError) as err:
         config.load_config_text(text)
     assert str(err.value).endswith(hint) and ":3: could not parse YAML: " in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("text", ["data:\n  train: 'Bob's photos'\n", 'data:\n  train: "data/train" x\n',
+                                  "data:\n  train: [a] b\n"])
+def test_a_quoting_mistake_gets_no_indentation_hint(text):
+    with pytest.raises(ConfigError) as err:
+        config.load_config_text(text)
+    assert "could not parse YAML" in str(err.value) and "indented" not in str(err.value), str(err.value)

@@ -218,21 +218,29 @@ def is_complete(root, train_per_class=600, test_per_class=150, seed=0, image_siz
 def _not_generated(root: str, shown: int = 3) -> list:
     """The first `shown` paths under the demo folder root (relative, sorted) that generate_demo does
     not write (the marker, train/ and test/, their CLASSES folders, NNNNN.png files in them): files a
-    user added, or a folder renamed, which a regeneration would delete."""
+    user added, or a folder renamed, which a regeneration would delete. What an OS leaves (hidden
+    files, Thumbs.db, a NAS's @eaDir) does not count."""
+    from .data.scan import IGNORED_DIRS, OS_DEBRIS
+
+    def debris(name):                            # (.DS_Store, Thumbs.db, @eaDir: what an OS or NAS leaves)
+        return name.startswith(".") or name in IGNORED_DIRS or name.lower() in OS_DEBRIS
+
     found = []
     for top in sorted(os.listdir(root)):
-        if top == MARKER:
+        if top == MARKER or debris(top):
             continue
         if top not in ("train", "test") or not os.path.isdir(os.path.join(root, top)):
             found.append(top)
             continue
         for name in sorted(os.listdir(os.path.join(root, top))):
             folder = os.path.join(root, top, name)
+            if debris(name):
+                continue
             if name not in CLASSES or not os.path.isdir(folder):
                 found.append(f"{top}/{name}")
                 continue
-            found += [f"{top}/{name}/{f}" for f in sorted(os.listdir(folder))
-                      if len(f) != 9 or not f.endswith(".png") or not f[:5].isdigit()][:shown]
+            found += [f"{top}/{name}/{f}" for f in sorted(os.listdir(folder)) if not debris(f)
+                      and (len(f) != 9 or not f.endswith(".png") or not f[:5].isdigit())][:shown]
         if len(found) >= shown:
             break
     return found[:shown]
@@ -246,13 +254,13 @@ def _umask() -> int:
 
 
 def ensure_demo(root, train_per_class: int = 600, test_per_class: int = 150, seed: int = 0,
-                image_size: int = 32) -> str:
+                image_size: int = 32, say=None) -> str:
     """Generate the demo into root unless a complete one with these settings is already there.
 
     Generation goes into a temporary sibling folder that is renamed into place only when finished,
     so an interrupted run is never mistaken for a complete one. A root that exists and is neither
     empty nor a cnncli demo folder, or a demo folder that holds files it did not generate, is left
-    alone (DataError).
+    alone (DataError). say(line), when given, is told before generation starts.
     """
     root = os.path.abspath(os.fspath(root))
     settings = (train_per_class, test_per_class, seed, image_size)
@@ -271,6 +279,8 @@ def ensure_demo(root, train_per_class: int = 600, test_per_class: int = 150, see
             raise DataError(f"demo folder {root}: is an incomplete or older demo dataset to generate again, but it "
                             f"holds what the generator did not make ({', '.join(added)}); move that out of it, or "
                             "give another folder")
+    if say is not None:                                  # (once the folder may be written: not before a refusal)
+        say(f"Generating the built-in demo dataset in {root} ...")
     parent = os.path.dirname(root)
     try:
         os.makedirs(parent, exist_ok=True)

@@ -59,10 +59,7 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
     if d["demo"] and _demo_missing(train_dir, val_dir):
         from cnncli.demo import ensure_demo
 
-        root = train_dir.parent
-        if echo:
-            echo(f"Generating the built-in demo dataset in {root} ...")
-        ensure_demo(root)
+        ensure_demo(train_dir.parent, say=echo)
     elif d["demo"]:                                 # (a typo stays an error, saying why nothing was made)
         missing = [(k, p) for k, p in (("train", train_dir), ("val", val_dir)) if p is not None and not p.exists()]
         if missing:

@@ -170,6 +170,26 @@ def test_a_demo_folder_to_generate_again_that_holds_a_users_files_is_left_alone(
     assert demo.is_complete(root, **SMALL)
 
 
+def test_what_an_os_leaves_in_a_demo_folder_does_not_stop_its_regeneration(tmp_path):
+    # (.DS_Store, Thumbs.db, ._00001.png, @eaDir refused it as a user's files; and the 'Generating' line
+    # came before the refusal)
+    root = tmp_path / "demo"
+    demo.ensure_demo(root, **SMALL)
+    os.remove(root / "train" / "ring" / "00001.png")
+    for junk in (".DS_Store", "train/circle/Thumbs.db", "train/._00001.png", "train/@eaDir/x"):
+        (root / junk).parent.mkdir(parents=True, exist_ok=True)
+        (root / junk).write_bytes(b"os")
+    said = []
+    demo.ensure_demo(root, say=said.append, **SMALL)
+    assert demo.is_complete(root, **SMALL) and said == [f"Generating the built-in demo dataset in {root} ..."]
+    os.remove(root / "train" / "ring" / "00001.png")
+    (root / "mine.txt").write_text("mine")
+    said.clear()
+    with pytest.raises(DataError, match="mine.txt"):
+        demo.ensure_demo(root, say=said.append, **SMALL)
+    assert said == []                                                  # (no 'Generating' before a refusal)
+
+
 def test_parallel_generation_writes_the_same_bytes(tmp_path):
     sizes = dict(train_per_class=70, test_per_class=14)             # 1008 images: the parallel path
     a = tree_bytes(demo.generate_demo(tmp_path / "par", workers=2, **sizes))
@@ -186,7 +206,7 @@ def test_data_demo_generates_only_where_the_demo_goes(tmp_path, monkeypatch, tra
     from cnncli import config, runsetup
 
     calls = []
-    monkeypatch.setattr(demo, "ensure_demo", calls.append)
+    monkeypatch.setattr(demo, "ensure_demo", lambda root, say=None: calls.append(root))
     sets = [f"data.train={tmp_path / train}", "data.demo=true"] + ([f"data.val={tmp_path / val}"] if val else [])
     with pytest.raises(DataError, match="does not exist"):           # (the stub generated nothing)
         runsetup.load_datasets(config.load_config(None, sets))
@@ -202,7 +222,7 @@ def test_eval_of_a_demo_run_says_when_it_generates_the_demo_again(tmp_path, monk
     from cnncli.predictor import save_model
 
     real = demo.ensure_demo
-    monkeypatch.setattr(demo, "ensure_demo", lambda root: real(root, **SMALL))
+    monkeypatch.setattr(demo, "ensure_demo", lambda root, say=None: real(root, say=say, **SMALL))
     run = tmp_path / "run"
     save_model(run / "best.npz", model.Network(num_classes=12, seed=0), list(demo.CLASSES))
     (run / "config.yaml").write_text(f"data: {{train: {tmp_path / 'gone' / 'train'}, demo: true, val_split: 0.5}}\n")

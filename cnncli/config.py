@@ -148,6 +148,15 @@ def parse_override(text):
     return key, value
 
 
+def layered(base: dict, over: dict) -> dict:
+    """base (a nested config) with the keys of `over` (nested too, maybe partial) laid over it."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = layered(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+            else value
+    return out
+
+
 def validate(cfg):
     """Check a (possibly partial, nested) config; return the full config with every default filled."""
     if cfg is None:

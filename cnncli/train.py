@@ -116,13 +116,16 @@ def _weights_text(setting, weights, classes, shown: int = 6) -> str:
 def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, comm=None) -> Path:
     """Train as `cfg` says (or continue the checkpoint `resume`); returns the run folder. cfg: a
     config as config.load_config gives it, or a partial one, nested ({"data": {"train": "my_data"}}):
-    the defaults fill it, and a bad key or value is a ConfigError. `comm` (distributed.get_comm()
+    the defaults fill it (with `resume`, the run's own config does), and a bad key or value is a
+    ConfigError. `comm` (distributed.get_comm()
     under mpirun) makes this one rank of a data-parallel run."""
     from cnncli import config as config_mod
     from cnncli.distributed import Comm
 
     t_setup = time.perf_counter()
     comm = Comm() if comm is None else comm
+    if resume is not None:                   # (a partial dict from Python: over the run's own config, as --set)
+        cfg = config_mod.layered(resume_mod.resumed_config(resume), cfg)
     cfg = resume_mod.absolute_paths(config_mod.validate(cfg))     # (a partial dict from Python: a KeyError)
     taken = Path(out or cfg["out"])          # the folder asked for (setup's cfg names the one the run got)
     runfolder.check_utf8_name(taken, "--out" if out else "out")

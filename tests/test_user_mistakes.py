@@ -276,6 +276,8 @@ def test_the_python_train_function_fills_a_partial_config(tmp_path):
     run = train({"data": {"train": str(data)}, "train": {"epochs": 1, "batch_size": 4}, "out": str(tmp_path / "r")},
                 quiet=True, echo=lambda *a: None)
     assert (run / "last.npz").is_file()
+    run = train({"train": {"epochs": 2}}, resume=run, quiet=True, echo=lambda *a: None)   # (batch 4 kept: it said
+    assert run == tmp_path / "r"                                   # 'train.batch_size cannot change ... 64')
     with pytest.raises(ConfigError, match="did you mean 'train.epochs'"):
         train({"data": {"train": str(data)}, "train": {"epoch": 1}}, quiet=True, echo=lambda *a: None)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -122,6 +123,13 @@ def refuse_csv_target(path, inputs) -> None:
     from .data import printable
     from .data.csvindex import LIST_SUFFIXES
 
+    real = os.path.realpath(os.path.abspath(path))   # (through a symlink, or a/missing/../metrics.csv)
+    if os.path.basename(real) == "metrics.csv" and os.path.isfile(real):
+        from .runs import is_run
+
+        if is_run(Path(os.path.dirname(real))):
+            raise CnnError(printable(f"--csv {path}: is the training history of the run folder "
+                                     f"{os.path.dirname(real)}; write the predictions to another file"))
     if not os.path.lexists(path):
         return
     if "-" in inputs:                                # (the list read from standard input: a file redirected)
@@ -142,11 +150,7 @@ def refuse_csv_target(path, inputs) -> None:
     if os.path.isfile(path) and not path.lower().endswith(LIST_SUFFIXES):
         raise CnnError(printable(f"--csv {path}: exists and is not a .csv file (nor .tsv, .txt), so it is not "
                                  "overwritten: remove it first, or give another name"))
-    from .ensemble import is_a_model
 
-    if os.path.basename(path) == "metrics.csv" and is_a_model(os.path.dirname(os.path.abspath(path))):
-        raise CnnError(printable(f"--csv {path}: is the training history of the run folder it lies in; write the "
-                                 "predictions to another file"))
 
 
 def write_predictions_csv(path, results, classes) -> int:

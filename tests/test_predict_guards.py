@@ -231,8 +231,15 @@ def test_csv_does_not_overwrite_a_runs_training_history(tmp_path, ckpt, image):
     save_model(run / "best.npz", model.Network(num_classes=3, seed=0), ["a", "b", "c"])
     (run / "config.yaml").write_text("out: run\n")
     (run / "metrics.csv").write_text("epoch,train_loss\n1,0.5\n")
-    res = invoke("predict", ckpt, image, "--csv", run / "metrics.csv")
-    assert res.exit_code == 1 and "is the training history of the run folder it lies in" in res.output
+    (tmp_path / "hist.csv").symlink_to(run / "metrics.csv")
+    for target in (run / "metrics.csv", tmp_path / "hist.csv", f"{run}/nonexist/../metrics.csv"):
+        res = invoke("predict", ckpt, image, "--csv", target)
+        assert res.exit_code == 1 and f"is the training history of the run folder {run}" in res.output, res.output
     assert (run / "metrics.csv").read_text() == "epoch,train_loss\n1,0.5\n"
+    cv = tmp_path / "cv"                                # (a cnn cv folder has no metrics.csv of its own)
+    save_model(cv / "fold-1" / "best.npz", model.Network(num_classes=3, seed=0), ["a", "b", "c"])
+    (cv / "fold-1" / "config.yaml").write_text("out: cv/fold-1\n")
+    for _ in range(2):
+        assert invoke("predict", ckpt, image, "--csv", cv / "metrics.csv").exit_code == 0
     res = invoke("predict", ckpt, image, "--csv", run / "predictions.csv")         # (beside it: fine)
     assert res.exit_code == 0 and (run / "predictions.csv").is_file()

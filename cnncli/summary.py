@@ -160,6 +160,7 @@ def came_from(meta: dict) -> list:
     first: --resume with --out), the well-formed rows of the untrusted metadata."""
     return [r for r in _typed(meta.get("came_from"), list) or []
             if isinstance(r, dict) and isinstance(r.get("checkpoint"), str)
+            and (_typed(r.get("epoch"), int) or 0) >= 0 and (_typed(r.get("step"), int) or 0) >= 0
             and _typed(r.get("epoch"), int) is not None and _typed(r.get("step"), int) is not None]
 
 
@@ -251,8 +252,9 @@ def format_info(info: dict) -> str:
     if last:
         lines.append(f"            {_epoch_line(last)}")
     for i, came in enumerate(reversed(train["came_from"])):   # (the run it continues, newest first)
+        shown = printable(came["checkpoint"]).replace("\n", "\\n").replace("\r", "\\r")   # (one line each)
         lines.append(f"{'resumed' if i == 0 else '':12s}{'from' if i == 0 else 'before that from'} "
-                     f"{printable(came['checkpoint'])} at epoch {came['epoch']} (step {came['step']})")
+                     f"{shown} at epoch {came['epoch']} (step {came['step']})")
     if info.get("last_unreadable"):              # (the progress above is then best.npz's own)
         lines.append(f"last.npz    unreadable, so this is best.npz's progress: {printable(info['last_unreadable'])}")
     held, best = train.get("weights_epoch"), info.get("best")

@@ -136,15 +136,19 @@ def test_no_validation_images_and_hostile_run_metadata_show_as_unknown(tmp_path)
     meta.pop("format_version")
     meta.update(epoch="many", step=True, history=[5], config="train: [", stopped_early="yes",
                 came_from=[{"checkpoint": "a/last.npz", "epoch": "2", "step": 4}, 7, {"checkpoint": "b/last.npz",
-                                                                                     "epoch": 3, "step": 9}])
+                                                                                     "epoch": 3, "step": 9},
+                           {"checkpoint": "c/last.npz", "epoch": -1, "step": 2},
+                           {"checkpoint": "d\nforged", "epoch": 1, "step": 1}])
     checkpoint.save(path, arrays, meta)
     res = _info(path, "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["training"] == {"epoch": None, "epoch_step": 0, "step": None, "epochs": None,
                                                   "stopped_early": None, "last_epoch": None,
                                                   "init_from": None, "weights_epoch": None,
-                                                  "came_from": [{"checkpoint": "b/last.npz", "epoch": 3, "step": 9}]}
+                                                  "came_from": [{"checkpoint": "b/last.npz", "epoch": 3, "step": 9},
+                                                                {"checkpoint": "d\nforged", "epoch": 1, "step": 1}]}
     text = _info(path).output
+    assert "resumed     from d\\nforged at epoch 1 (step 1)\n" in text and "\nforged" not in text
     assert "trained     unknown (no run state in the metadata)" in text and "recipe" not in text
 
 

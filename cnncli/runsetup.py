@@ -356,8 +356,8 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     _compile_kernels(cfg, quiet, comm)
     auto = cfg["train"]["epochs"] == "auto"
     cfg = config_mod.resolve_epochs(cfg, len(train_ds.labels))
-    if echo and comm.is_main:
-        for note in config_mod.setting_notes(cfg):
+    if echo and comm.is_main and run_folder and cfg["data"]["fold"] == 0:   # (once in a cnn cv; lr-find runs
+        for note in config_mod.setting_notes(cfg):                          # its own schedule)
             echo(f"note: {note}")
     net, opt, preprocess = build(cfg, train_ds, resumed, comm, source, echo=echo if comm.is_main else None)
     if resume is None and run_folder:

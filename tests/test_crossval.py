@@ -305,3 +305,12 @@ def test_a_class_smaller_than_the_folds_gets_a_note_and_balanced_weights_train_e
     assert "note: fewer images than the 3 folds: bar (1); some folds validate on no image of such a class" in res.output
     assert "note: no training images of bar (all held out for validation)" in res.output
     assert len(json.loads((tmp_path / "cv" / "cv.json").read_text())["folds"]) == 3
+
+
+def test_a_setting_note_is_said_once_not_once_a_fold(tmp_path):
+    # (a cnn cv of 3 folds said 'optim.step_size=3 does nothing in this run' three times)
+    data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
+    res = invoke(["cv", "--set", f"data.train={data}", "--set", "train.epochs=1", "--set", "train.batch_size=8",
+                  "--set", "optim.step_size=3", "--folds", "3", "-q", "--out", tmp_path / "cv"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("note: optim.step_size=3 does nothing in this run") == 1, res.output

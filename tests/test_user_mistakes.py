@@ -288,8 +288,8 @@ def test_a_data_folder_written_none_says_yaml_writes_null(tmp_path, monkeypatch)
     data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
     res = invoke(["train", "--set", f"data.train={data}", "--set", "data.val=None", "-q", "--no-report"])
     assert res.exit_code == 1 and res.stderr.strip().endswith(
-        f"data folder {tmp_path / 'None'}: does not exist (a config's none is text, a folder's name: YAML's "
-        "no-value is null, or ~, or the key left out)"), res.stderr
+        f"data folder {tmp_path / 'None'}: does not exist (none is a folder's name here: a config's no-value is "
+        "null, or ~, or the key left out)"), res.stderr
 
 
 @pytest.mark.parametrize("text, hint", [

@@ -145,7 +145,7 @@ def missing_hint(path: str, root: bool = False) -> str:
     if "://" in path:
         return " (a URL: cnn reads image files on this machine; download it first)"
     if root and os.path.basename(path).lower() in ("none", "nil", "nothing", "false", "no"):   # (val: none)
-        return " (a config's none is text, a folder's name: YAML's no-value is null, or ~, or the key left out)"
+        return " (none is a folder's name here: a config's no-value is null, or ~, or the key left out)"
     if path.startswith("~"):
         return " (a shell expands ~ only outside quotes)"
     if "$" in path:

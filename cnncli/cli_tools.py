@@ -275,8 +275,8 @@ def _cv(comm, config_path, overrides, folds, out, resume, init_from, as_json, qu
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of the rows.")
 @user_errors
 def runs(folders, sort_by, as_json):
-    """List the run folders at or below FOLDERS (default: runs), cnn cv folds included: classes,
-    batchnorm, optimizer and lr, epochs done of the total (* stopped early, ! diverged: its
+    """List the run folders at or below FOLDERS (default: runs; 6 levels down), cnn cv folds included:
+    classes, batchnorm, optimizer and lr, epochs done of the total (* stopped early, ! diverged: its
     diverged.txt says where; ~ training now), the best epoch with its val loss and val acc (best.npz's),
     the test accuracy (test_metrics.json's) and the checkpoint its weights started from. Runs nothing;
     numba is not loaded."""

@@ -241,3 +241,14 @@ def test_a_long_optimizer_and_rate_keep_the_columns(experiments):
     head, first, second = format_runs(rows).splitlines()[:3]
     assert "momentum 0.0067 " in first
     assert head.index("val acc") + 7 == first.index("%") + 1 == second.index("%") + 1
+
+
+def test_runs_four_levels_down_are_found(tmp_path):
+    # (runs/sweep/2026-12/lr1e-3/seed0 was 'no run folders found', and the default checkpoint missed it)
+    from cnncli.runs import find_runs, newest_run
+    from cnncli.predictor import save_model
+    from cnncli import model
+
+    deep = tmp_path / "runs" / "sweep" / "2026-12" / "lr1e-3" / "seed0"
+    save_model(deep / "best.npz", model.Network(num_classes=3, seed=0), ["a", "b", "c"])
+    assert find_runs([tmp_path / "runs"]) == [deep] and newest_run(tmp_path / "runs") == deep

@@ -152,7 +152,6 @@ def refuse_csv_target(path, inputs) -> None:
                                  "overwritten: remove it first, or give another name"))
 
 
-
 def write_predictions_csv(path, results, classes) -> int:
     """predict_stream's results (with every class in top_k) as a CSV written atomically: path, class,
     probability, then one column per class in the model's order -> the number of rows."""

@@ -35,7 +35,8 @@ def setting_notes(cfg) -> list:
         ("optim.gamma", o["schedule"] not in ("step", "plateau") and f"{schedule} has no drops (step and plateau "
                                                                       "read it)"),
         ("optim.plateau_patience", o["schedule"] != "plateau" and f"{schedule} is not plateau"),
-        ("data.val_split", d["val"] is not None and "data.val names the validation images"),
+        ("data.val_split", "data.val names the validation images" if d["val"] is not None else
+         d["folds"] >= 2 and "data.folds' folds hold the validation images"),
         ("model.bn_eps", cfg["model"]["batchnorm"] == "none" and "model.batchnorm is none"),
         ("model.bn_momentum", cfg["model"]["batchnorm"] == "none" and "model.batchnorm is none"))
         if why and _get(cfg, key) != LEAVES[key].default]

@@ -158,10 +158,12 @@ def _training(meta: dict) -> dict:
 def came_from(meta: dict) -> list:
     """The checkpoints of other run folders the run continues ({"checkpoint", "epoch", "step"}, oldest
     first: --resume with --out), the well-formed rows of the untrusted metadata."""
+    def counts(r):                               # (epoch, step) when both are whole numbers >= 0
+        values = [_typed(r.get(k), int) for k in ("epoch", "step")]
+        return all(v is not None and v >= 0 for v in values)
+
     return [r for r in _typed(meta.get("came_from"), list) or []
-            if isinstance(r, dict) and isinstance(r.get("checkpoint"), str)
-            and (_typed(r.get("epoch"), int) or 0) >= 0 and (_typed(r.get("step"), int) or 0) >= 0
-            and _typed(r.get("epoch"), int) is not None and _typed(r.get("step"), int) is not None]
+            if isinstance(r, dict) and isinstance(r.get("checkpoint"), str) and counts(r)]
 
 
 def _weights_epoch(meta: dict, history: list):

@@ -121,6 +121,8 @@ def test_settings_the_optimizer_or_schedule_does_not_read_get_a_note():
     assert notes("optim.schedule=step", "optim.step_size=3", "optim.gamma=0.5") == []
     assert notes("data.val=v", "data.val_split=0.3") == [
         "data.val_split=0.3 does nothing in this run: data.val names the validation images"]
+    assert notes("data.folds=3", "data.val_split=0.3") == [
+        "data.val_split=0.3 does nothing in this run: data.folds' folds hold the validation images"]
     assert notes("model.bn_eps=0.001") == ["model.bn_eps=0.001 does nothing in this run: model.batchnorm is none"]
     assert notes("model.batchnorm=unit", "model.bn_eps=0.001") == []
     assert notes("augment.enabled=false", "augment.affine.rotate=45") == [

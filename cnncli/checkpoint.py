@@ -241,8 +241,8 @@ RUN_META = {
     "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of epoch rows"),
     "data": (lambda v: isinstance(v, dict), "a mapping"),
     "came_from": (lambda v: isinstance(v, list) and all(
-        isinstance(r, dict) and isinstance(r.get("checkpoint"), str) and _count(r.get("epoch")) and _count(r.get("step"))
-        for r in v), "a list of {checkpoint, epoch, step} rows"),
+        isinstance(r, dict) and isinstance(r.get("checkpoint"), str) and _count(r.get("epoch"))
+        and _count(r.get("step")) for r in v), "a list of {checkpoint, epoch, step} rows"),
 }
 
 

@@ -207,7 +207,7 @@ def is_complete(root, train_per_class=600, test_per_class=150, seed=0, image_siz
     for split, count in (("train", train_per_class), ("test", test_per_class)):
         for name in CLASSES:
             try:
-                files = [n for n in os.listdir(os.path.join(root, split, name)) if n.endswith(".png")]
+                files = [n for n in os.listdir(os.path.join(root, split, name)) if _generated(n)]
             except OSError:
                 return False
             if len(files) != count:
@@ -215,32 +215,40 @@ def is_complete(root, train_per_class=600, test_per_class=150, seed=0, image_siz
     return True
 
 
+def _debris(name: str) -> bool:
+    """What an OS or a NAS leaves in a folder, nothing of the user's: .DS_Store, ._name (macOS),
+    Thumbs.db, desktop.ini (Windows), @eaDir, __MACOSX, ..."""
+    from .data.scan import IGNORED_DIRS, OS_DEBRIS
+
+    return name == ".DS_Store" or name.startswith("._") or name in IGNORED_DIRS or name.lower() in OS_DEBRIS
+
+
+def _generated(name: str) -> bool:
+    """Whether a file name is one generate_demo writes: NNNNN.png."""
+    return len(name) == 9 and name.endswith(".png") and name[:5].isdigit()
+
+
 def _not_generated(root: str, shown: int = 3) -> list:
     """The first `shown` paths under the demo folder root (relative, sorted) that generate_demo does
     not write (the marker, train/ and test/, their CLASSES folders, NNNNN.png files in them): files a
-    user added, or a folder renamed, which a regeneration would delete. What an OS leaves (hidden
-    files, Thumbs.db, a NAS's @eaDir) does not count."""
-    from .data.scan import IGNORED_DIRS, OS_DEBRIS
-
-    def debris(name):                            # (.DS_Store, Thumbs.db, @eaDir: what an OS or NAS leaves)
-        return name.startswith(".") or name in IGNORED_DIRS or name.lower() in OS_DEBRIS
-
+    user added, or a folder renamed, which a regeneration would delete. What an OS leaves (_debris)
+    does not count; any other hidden file (.git, .notes) does."""
     found = []
     for top in sorted(os.listdir(root)):
-        if top == MARKER or debris(top):
+        if top == MARKER or _debris(top):
             continue
         if top not in ("train", "test") or not os.path.isdir(os.path.join(root, top)):
             found.append(top)
             continue
         for name in sorted(os.listdir(os.path.join(root, top))):
             folder = os.path.join(root, top, name)
-            if debris(name):
+            if _debris(name):
                 continue
             if name not in CLASSES or not os.path.isdir(folder):
                 found.append(f"{top}/{name}")
                 continue
-            found += [f"{top}/{name}/{f}" for f in sorted(os.listdir(folder)) if not debris(f)
-                      and (len(f) != 9 or not f.endswith(".png") or not f[:5].isdigit())][:shown]
+            found += [f"{top}/{name}/{f}" for f in sorted(os.listdir(folder))
+                      if not _debris(f) and not _generated(f)][:shown]
         if len(found) >= shown:
             break
     return found[:shown]
@@ -269,7 +277,7 @@ def ensure_demo(root, train_per_class: int = 600, test_per_class: int = 150, see
     if os.path.exists(root):
         if not os.path.isdir(root):
             raise DataError(f"demo folder {root}: exists and is not a folder")
-        if os.listdir(root) and _read_marker(root) is None:
+        if [n for n in os.listdir(root) if not _debris(n)] and _read_marker(root) is None:
             raise DataError(f"demo folder {root}: exists, is not empty and is not a cnncli demo dataset")
         try:
             added = _not_generated(root)

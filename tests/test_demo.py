@@ -150,6 +150,7 @@ def test_ensure_demo_refuses_a_foreign_folder(tmp_path):
 
 
 @pytest.mark.parametrize("added, named", [("NOTES.txt", "NOTES.txt"), ("mywork/keep.txt", "mywork"),
+                                           (".git/HEAD", ".git"), (".my_notes.md", ".my_notes.md"),
                                            ("train/star/my_extra.png", "train/star/my_extra.png"),
                                            ("train_hidden/x.png", "train_hidden"), ("test/other/a.png", "test/other")])
 def test_a_demo_folder_to_generate_again_that_holds_a_users_files_is_left_alone(tmp_path, added, named):
@@ -188,6 +189,14 @@ def test_what_an_os_leaves_in_a_demo_folder_does_not_stop_its_regeneration(tmp_p
     with pytest.raises(DataError, match="mine.txt"):
         demo.ensure_demo(root, say=said.append, **SMALL)
     assert said == []                                                  # (no 'Generating' before a refusal)
+    fresh = tmp_path / "fresh"                            # (a new folder holding only .DS_Store is empty)
+    fresh.mkdir()
+    (fresh / ".DS_Store").write_bytes(b"os")
+    demo.ensure_demo(fresh, **SMALL)
+    assert demo.is_complete(fresh, **SMALL)
+    os.remove(fresh / "train" / "ring" / "00001.png")     # (a ._ file is no image of the count)
+    (fresh / "train" / "ring" / "._00001.png").write_bytes(b"os")
+    assert not demo.is_complete(fresh, **SMALL)
 
 
 def test_parallel_generation_writes_the_same_bytes(tmp_path):

@@ -6,6 +6,7 @@ It trains nothing (trainer.py's Trainer does) and writes no files except the run
 
 from __future__ import annotations
 
+import math
 import os
 import zlib
 from pathlib import Path
@@ -196,6 +197,12 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     cfg = {**cfg, "train": {**cfg["train"], "init_from": first}}
     if resume_mod.should_continue(state, saved, cfg):
         state.stopped_early = False
+    anew = []
+    if (saved["data"]["val"] is None) != (cfg["data"]["val"] is None):    # (allowed only when nothing was held out)
+        state.best_val_loss, state.best_acc, state.bad_epochs = math.inf, -math.inf, 0
+        anew = ["data.val " + ("now names validation images, where the run had none" if cfg["data"]["val"] else
+                               "is dropped: the run has no validation images from here on")
+                + ": best.npz and early stopping start anew (they compared other values until now)"]
     source = Path(os.path.realpath(ckpt_path)).parent       # (a symlinked checkpoint: the run it lies in)
     given = Path(resume) if os.path.isdir(resume) else Path(resume).parent
     if os.path.realpath(given) == str(source):
@@ -218,7 +225,7 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     if os.path.realpath(run_dir) != os.path.realpath(source):   # (cnn info names the run it continues)
         here = os.path.abspath(source / Path(os.path.realpath(ckpt_path)).name)
         state.came_from = state.came_from + [{"checkpoint": here, "epoch": state.epoch, "step": state.step}]
-    notes = ignored_out + _rewind_note(ckpt_path, state, run_dir) + resume_mod.changed_settings(saved, cfg)
+    notes = ignored_out + anew + _rewind_note(ckpt_path, state, run_dir) + resume_mod.changed_settings(saved, cfg)
     if write:
         runfolder.check_writable(run_dir, "; --out NEWDIR continues the run in a new folder" if not out else "")
         runlock.hold(run_dir)                           # (refused while another process trains it)

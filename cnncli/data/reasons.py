@@ -59,18 +59,18 @@ def _signature_format(head: bytes) -> str | None:
     return None
 
 
+_PNM_HEADER = re.compile(rb"P4(?:(?:\s|#[^\n]*\n)+\d+){2}\s|P[56](?:(?:\s|#[^\n]*\n)+\d+){3}\s")
+_TEXT_BYTES = frozenset(b"\t\n\r\0") | frozenset(range(0x20, 0x7f)) | frozenset(range(0x80, 0x100))
+
+
 def image_in(head: bytes) -> str | None:
-    """What image the first bytes of a file that should be text (a list of paths, a labels CSV,
-    standard input) are, in words ("a JPEG image", "an HEIC image", "a zip archive"), or None: never
-    for bytes that read as text, control characters aside from tab, CR, LF and NUL (a list whose first
-    path is GIF89a.png, or holds a non-breaking space)."""
-    if re.match(rb"P[4-6]\s+\d+\s+\d+\s+(\d+\s)?", head):   # (a whole binary PNM header: no list starts so,
-        return "a PNM image"                                  # and a flat grey image's pixels may read as text)
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError as e:              # (512 bytes may end inside a character)
-        text = head[:e.start].decode("utf-8") if e.start >= len(head) - 3 else None
-    if text is not None and not any((c < " " and c not in "\r\n\t\0") or c == "\x7f" for c in text):
+    """What the first bytes of a file that should be text (a list of paths, a labels CSV, standard
+    input) are in words, when they are an image ("a JPEG image", "an HEIC image") or another binary
+    file ("a zip archive"); None for text: bytes that hold no control character but tab, CR, LF and
+    NUL, in any encoding (a list whose first path is GIF89a.png, in UTF-8, Latin-1 or UTF-16)."""
+    if _PNM_HEADER.match(head):                  # (a whole binary PNM header, comments too: no list starts so,
+        return "a PNM image"                     # and a flat grey image's pixels may read as text)
+    if all(b in _TEXT_BYTES for b in head):
         return None
     fmt = _signature_format(head)
     if fmt is None and head.startswith(b"BM") and len(head) >= 18 and \
@@ -80,8 +80,10 @@ def image_in(head: bytes) -> str | None:
         fmt = "ICO"                              # (reserved 0, type 1, a count of images)
     if fmt is not None:
         return f"{'an' if fmt[0] in 'AEIOU' else 'a'} {fmt} image"
-    if head.startswith(b"PK\x03\x04"):
-        return "a zip archive (a .npz checkpoint?)"
+    for magic, what in ((b"PK\x03\x04", "a zip archive (a .npz checkpoint?)"), (b"PK\x05\x06", "an empty zip archive"),
+                        (b"\x1f\x8b", "gzip-compressed data"), (b"\x93NUMPY", "a NumPy .npy array")):
+        if head.startswith(magic):
+            return what
     return foreign.format_of(head)
 
 

@@ -21,16 +21,23 @@ _FOLD = re.compile(r"fold-(\d+)")
 
 def names_a_model(path) -> bool:
     """True for what cnn predict takes as its first PATH in place of --checkpoint: a .npz file
-    name (or a file of another name that is a zip archive, as .npz files are), a run folder (its
-    best.npz or last.npz) or a cnn cv folder (its fold-1 run)."""
+    name (or a file of another name that is a checkpoint's zip, with its __meta__), a run folder
+    (its best.npz or last.npz) or a cnn cv folder (its fold-1 run)."""
     p = Path(path)
     if p.suffix.lower() == ".npz":
         return True
-    if p.is_file():                 # (a checkpoint saved under another name: a zip, which no image is)
+    if p.is_file():                 # (a checkpoint under another name: a zip holding __meta__, which no image,
+        import zipfile              # zip of images, PyTorch or Keras file is)
+
+        from cnncli.checkpoint import META_KEY
+
         try:
             with open(p, "rb") as f:
-                return f.read(4) == b"PK\x03\x04"
-        except OSError:
+                if f.read(4) != b"PK\x03\x04":
+                    return False
+            with zipfile.ZipFile(p) as z:
+                return any(n.split(".")[0] == META_KEY for n in z.namelist())
+        except (OSError, zipfile.BadZipFile):
             return False
     return p.is_dir() and any((p / name).is_file() or (p / "fold-1" / name).is_file() for name in BEST_FIRST)
 
@@ -59,20 +66,24 @@ def mistyped_model(path) -> str | None:
     checkpoint or run folder mistyped -- a .npz-like name, a name inside a run folder (runs/x/bset.npz),
     or a name spelt like a run folder beside it (runs/mesy for runs/messy) -- naming the closest model
     there; None for anything else: -, a missing image (an image's extension), another missing name."""
+    from cnncli.data.csvindex import LIST_SUFFIXES
     from cnncli.data.decode import IMAGE_EXTENSIONS
     from cnncli.runfolder import printable
 
     p = Path(path)
-    if path == "-" or os.path.lexists(p) or p.suffix.lower() in IMAGE_EXTENSIONS:
+    if path == "-" or os.path.lexists(p) or p.suffix.lower() in IMAGE_EXTENSIONS or \
+            p.name.lower().endswith(LIST_SUFFIXES):
         return None
     parent = p.parent
     npz_like, in_run = p.suffix.lower().startswith(".np"), is_a_model(parent)
+    named = Path(path).parent != Path(".")       # (runs/mesy; a bare name beside a run folder may be images)
     try:                                         # (names only: no file is opened)
         models = [e.name for e in os.scandir(parent) if e.name.lower().endswith(".npz")
-                  or (e.is_dir() and is_a_model(e.path))] if parent.is_dir() else []
+                  or (e.is_dir() and is_a_model(e.path))] if parent.is_dir() and (named or npz_like) else []
     except OSError:
         models = []
-    close = difflib.get_close_matches(p.name, models, n=1, cutoff=0.6)
+    by_lower = {m.lower(): m for m in models}    # (runs/MESSY for runs/messy)
+    close = [by_lower[m] for m in difflib.get_close_matches(p.name.lower(), list(by_lower), n=1, cutoff=0.6)]
     if not (npz_like or in_run or close):
         return None
     hint = f" (did you mean {parent / close[0]}?)" if close else ""

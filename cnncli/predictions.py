@@ -22,7 +22,7 @@ def gather_paths(paths, ignored=None):
     of other extensions are counted there."""
     from .data import PathList, list_images_and_bad, printable
     from .data.csvindex import is_labels_file, list_csv_paths, stdin_paths
-    from .data.reasons import image_in
+    from .data.reasons import image_in, missing_hint
 
     files, failures = PathList(), []                 # compact: a million paths take ~30 MB
     for p in paths:
@@ -37,6 +37,9 @@ def gather_paths(paths, ignored=None):
             files.extend(found)
             if not found:
                 failures.append((p, "no paths on standard input"))
+            continue
+        if not os.path.lexists(p):                    # (a list's name too: as a missing image is told)
+            failures.append((p, f"no such file or folder{missing_hint(p)}"))
             continue
         try:
             listed = is_labels_file(p)
@@ -56,8 +59,8 @@ def gather_paths(paths, ignored=None):
             failures.extend(unscannable)
             if not found:
                 failures.append((p, "no images found"))
-        except CnnError as err:  # its message names the path already
-            failures.append((p, str(err).removeprefix(f"{p}: ")))
+        except CnnError as err:  # its message names the path already (printable: a control character escaped)
+            failures.append((p, str(err).removeprefix(f"{p}: ").removeprefix(f"{printable(p)}: ")))
     return files, failures
 
 

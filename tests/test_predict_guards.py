@@ -248,3 +248,30 @@ def test_csv_does_not_overwrite_a_runs_training_history(tmp_path, ckpt, image):
         assert invoke("predict", ckpt, image, "--csv", cv / "metrics.csv").exit_code == 0
     res = invoke("predict", ckpt, image, "--csv", run / "predictions.csv")         # (beside it: fine)
     assert res.exit_code == 0 and (run / "predictions.csv").is_file()
+
+
+def test_a_zip_that_is_no_checkpoint_and_a_bare_name_beside_a_run_are_images(tmp_path, ckpt, image, monkeypatch):
+    # (images.zip, model.pt were taken for checkpoints: 'member 0.png is not a .npy array'; `cnn predict cat imgs`
+    # beside a run folder 'cats' aborted with 'did you mean cats?'; runs/MESSY took the newest run unasked)
+    import zipfile
+
+    monkeypatch.chdir(tmp_path)
+    with zipfile.ZipFile(tmp_path / "images.zip", "w") as z:
+        z.write(image, "0.png")
+    res = invoke("predict", "--checkpoint", ckpt, "images.zip", image)
+    assert "is a checkpoint" not in res.output and str(image) in res.output, res.output
+    res = invoke("predict", "images.zip", image)
+    assert "images.zip is a checkpoint" not in res.output and "member" not in res.output, res.output
+    (tmp_path / "renamed.bin").write_bytes(ckpt.read_bytes())          # (a checkpoint under another name)
+    assert invoke("predict", "renamed.bin", image).exit_code == 0
+    save_model(tmp_path / "runs" / "messy" / "best.npz", model.Network(num_classes=3, seed=1), ["a", "b", "c"])
+    (tmp_path / "runs" / "messy" / "config.yaml").write_text("out: runs/messy\n")
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "cats" / "best.npz").write_bytes(ckpt.read_bytes())
+    (tmp_path / "cats" / "config.yaml").write_text("out: cats\n")
+    for missing in ("cat", "cats.txt"):
+        res = invoke("predict", missing, image)
+        assert f"{missing}: no such" in res.output and "checkpoint or run folder" not in res.output, res.output
+    res = invoke("predict", "runs/MESSY", image)
+    assert res.exit_code == 1 and res.output == "Error: runs/MESSY: no such checkpoint or run folder (did you mean " \
+                                                "runs/messy?)\n"

@@ -152,8 +152,10 @@ def layered(base: dict, over: dict) -> dict:
     """base (a nested config) with the keys of `over` (nested too, maybe partial) laid over it."""
     out = dict(base)
     for key, value in over.items():
-        out[key] = layered(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
-            else value
+        if isinstance(base.get(key), dict) and (value is None or isinstance(value, dict)):
+            out[key] = layered(base[key], value or {})     # (an empty section, "data:" in YAML: no change)
+        else:
+            out[key] = value
     return out
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from cnncli import resume as resume_mod, runfolder, runlock
 from cnncli.callbacks import Aborted, StopAfterTraining, StopDuringSetup, loss_text, warmup_text
 from cnncli.cores import quota_text
-from cnncli.errors import Stopped, TrainingDiverged
+from cnncli.errors import ConfigError, Stopped, TrainingDiverged
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
 from cnncli.datanotes import data_notes
 from cnncli.runsetup import load_datasets, setup  # noqa: F401 (load_datasets: API)
@@ -124,9 +124,13 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
 
     t_setup = time.perf_counter()
     comm = Comm() if comm is None else comm
+    if not isinstance(cfg, dict) and cfg is not None:
+        raise ConfigError(f"config: expected a mapping of sections, got {type(cfg).__name__}")
     if resume is not None:                   # (a partial dict from Python: over the run's own config, as --set)
-        cfg = config_mod.layered(resume_mod.resumed_config(resume), cfg)
-    cfg = resume_mod.absolute_paths(config_mod.validate(cfg))     # (a partial dict from Python: a KeyError)
+        cfg = config_mod.layered(resume_mod.resumed_config(resume), cfg or {})
+    cfg = config_mod.validate(cfg)                                 # (a partial dict from Python: a KeyError)
+    config_mod.require_train(cfg)
+    cfg = resume_mod.absolute_paths(cfg)
     taken = Path(out or cfg["out"])          # the folder asked for (setup's cfg names the one the run got)
     runfolder.check_utf8_name(taken, "--out" if out else "out")
     if out or resume is None:                # (a file there, or a folder in the data: said before it is decoded)

@@ -282,6 +282,13 @@ def test_the_python_train_function_fills_a_partial_config(tmp_path):
     assert run == tmp_path / "r"                                   # 'train.batch_size cannot change ... 64')
     with pytest.raises(ConfigError, match="did you mean 'train.epochs'"):
         train({"data": {"train": str(data)}, "train": {"epoch": 1}}, quiet=True, echo=lambda *a: None)
+    for bad in ({}, None, {"data": None}):                  # (a TypeError from pathlib; an AttributeError)
+        with pytest.raises(ConfigError, match="data.train is not set"):
+            train(bad, quiet=True, echo=lambda *a: None)
+    with pytest.raises(ConfigError, match="expected a mapping of sections, got list"):
+        train([], quiet=True, echo=lambda *a: None)
+    run = train({"data": None, "train": {"epochs": 3}}, resume=run, quiet=True, echo=lambda *a: None)
+    assert run == tmp_path / "r"                           # (an empty section over the run's config: no change)
 
 
 def test_a_data_folder_written_none_says_yaml_writes_null(tmp_path, monkeypatch):

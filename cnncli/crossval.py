@@ -150,7 +150,7 @@ def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, ec
     say(f"Cross-validation: {folds} folds of {cfg['data']['train']} in {parent}")
     for note in notes:
         say(note)
-    rows = []
+    rows, said = [], False
     for k in range(folds):
         fold_dir = parent / f"fold-{k + 1}"
         say(f"-- fold {k + 1} of {folds}")
@@ -161,7 +161,8 @@ def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, ec
         else:
             try:
                 train.train(fold_config(cfg, folds, k, parent), resume=fold_dir if status == "resume" else None,
-                            quiet=quiet, echo=echo, comm=comm)
+                            quiet=quiet, echo=echo, comm=comm, setting_notes=not said)   # (once, not once a fold)
+                said = True
             except CnnError as err:
                 if resume is None and comm.is_main and not any(parent.glob("fold-*/last.npz")):
                     (parent / "config.yaml").unlink(missing_ok=True)     # nothing trained: the name goes back

@@ -96,8 +96,8 @@ def check_unchanged(saved_text: str, cfg: dict, ckpt_path, num_classes=None) -> 
                           f"for validation: the run trained on the others): {ckpt_path} has "
                           f"{_yaml(val_then)}, the config now says {_yaml(val_now)}; start a new run instead")
     for key, why in FROZEN.items():
-        if key in SPLIT_KEYS and val_now is not None:
-            continue                                # (data.val names the validation images: no split is drawn)
+        if key in SPLIT_KEYS and val_now is not None or key == "data.val_split" and cfg["data"]["folds"] >= 2:
+            continue                                # (data.val or the folds name the validation images: no split)
         old, new = config_mod.get(saved, key), config_mod.get(cfg, key)
         inferred = key == "model.num_classes" and old is None and num_classes is not None
         if inferred and new == num_classes:

@@ -316,7 +316,7 @@ def _idle_threads(batch_size: int, images: int, threads: int, ranks: int) -> str
             "every thread busy")
 
 
-def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
+def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True, setting_notes: bool = True):
     """Every rank: check, resume, threads, data, network -> (cfg with train.epochs resolved, ...).
     Errors every rank hits are printed once. run_folder False (cnn lr-find): no run folder is made
     (run_dir None)."""
@@ -363,8 +363,8 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True):
     _compile_kernels(cfg, quiet, comm)
     auto = cfg["train"]["epochs"] == "auto"
     cfg = config_mod.resolve_epochs(cfg, len(train_ds.labels))
-    if echo and comm.is_main and run_folder and cfg["data"]["fold"] == 0:   # (once in a cnn cv; lr-find runs
-        for note in config_mod.setting_notes(cfg):                          # its own schedule)
+    if echo and comm.is_main and run_folder and setting_notes:   # (lr-find runs its own schedule)
+        for note in config_mod.setting_notes(cfg):
             echo(f"note: {note}")
     net, opt, preprocess = build(cfg, train_ds, resumed, comm, source, echo=echo if comm.is_main else None)
     if resume is None and run_folder:

@@ -113,7 +113,8 @@ def _weights_text(setting, weights, classes, shown: int = 6) -> str:
     return f"; class weights {setting} ({'highest first: ' if more else ''}{pairs}{more})"
 
 
-def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, comm=None) -> Path:
+def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, comm=None,
+          setting_notes: bool = True) -> Path:
     """Train as `cfg` says (or continue the checkpoint `resume`); returns the run folder. cfg: a
     config as config.load_config gives it, or a partial one, nested ({"data": {"train": "my_data"}}):
     the defaults fill it (with `resume`, the run's own config does), and a bad key or value is a
@@ -138,7 +139,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     with StopDuringSetup(resume):
         try:
             (cfg, auto), state, run_dir, threads, (train_ds, val_ds, skipped), (net, opt, preprocess) = \
-                setup(cfg, resume, out, quiet, echo, comm)
+                setup(cfg, resume, out, quiet, echo, comm, setting_notes=setting_notes)
         except resume_mod.NothingToDo as done:
             if comm.is_main:
                 echo(str(done))

@@ -314,3 +314,7 @@ def test_a_setting_note_is_said_once_not_once_a_fold(tmp_path):
                   "--set", "optim.step_size=3", "--folds", "3", "-q", "--out", tmp_path / "cv"])
     assert res.exit_code == 0, res.output
     assert res.output.count("note: optim.step_size=3 does nothing in this run") == 1, res.output
+    # a fold resumed alone says its notes; its val_split, which folds leave unused, may change
+    res = invoke(["train", "--resume", tmp_path / "cv" / "fold-2", "--set", "train.epochs=2", "--set",
+                  "data.val_split=0.3", "-q", "--no-report"])
+    assert res.exit_code == 0 and "note: optim.step_size=3 does nothing in this run" in res.output, res.output

@@ -51,10 +51,14 @@ def find_runs(roots) -> list:
             raise CnnError(f"{root}: is a file, not a folder of runs{tip}")
         if not root.is_dir():
             raise CnnError(f"{root}: no such folder")
-        level = [root]
+        level, visited = [root], set()
         for _ in range(DEPTH + 1):
             nxt = []
             for folder in level:
+                real = os.path.realpath(folder)
+                if real in visited:          # (a link back up, runs/x/up -> ..: each folder is read once)
+                    continue
+                visited.add(real)
                 if is_run(folder):
                     found.append(folder)
                     continue

@@ -21,7 +21,7 @@ from cnncli.runlock import training_now
 from cnncli.summary import came_from, config_value, run_config
 
 SORTS = ("name", "val_acc", "val_loss", "time")
-DEPTH = 6      # folder levels searched below a root: runs/sweep/2026-12/lr1e-3/seed0, a cv's fold-k one deeper
+DEPTH = 6      # folder levels searched below a root (runs/sweep/2026-12/lr1e-3/seed0 is 4 down)
 
 
 NO_CHECKPOINT = "no checkpoint yet: stopped before its first save, or still starting"

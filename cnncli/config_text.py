@@ -6,6 +6,7 @@ Used by config.py only; it knows the schema (options.py) but validates no values
 
 import datetime
 import difflib
+import re
 
 import yaml
 
@@ -140,6 +141,16 @@ _Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
+def _glued(lines, mark) -> int:
+    """The 1-based number of the line above the parser's stop that holds a key glued to its value
+    (epochs:1, read as the text 'epochs:1', so the next key's ':' is refused), else 0."""
+    if mark is None or not 0 < mark.line <= len(lines):
+        return 0
+    above = next((i for i in range(mark.line - 1, -1, -1) if lines[i].strip()), None)
+    glued = above is not None and re.match(r"\s*[A-Za-z_][\w.]*:[^\s:/\\]", lines[above])
+    return above + 1 if glued else 0
+
+
 def _dedented(lines, mark) -> bool:
     """Whether the parser stopped at the first character of a line indented less than the line
     above it that holds something (a key out of line with its neighbours), not inside a value."""
@@ -163,6 +174,8 @@ def parse_yaml(text, where, with_line=True):
         lines = text.splitlines()
         if mark is not None and mark.line < len(lines) and "\t" in lines[mark.line][:mark.column + 1]:
             problem += " (a tab: YAML indents with spaces only)"
+        elif "mapping values are not allowed" in problem and _glued(lines, mark):     # (epochs:1 above)
+            problem += f" (line {_glued(lines, mark)}: a key needs a space after its ':', or it is read as text)"
         elif "mapping values are not allowed" in problem:     # (a key indented under a key: value line)
             problem += (" (a line indented more than the key above it, whose value is already given, or a "
                         "': ' inside a value to quote)")

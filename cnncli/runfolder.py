@@ -78,7 +78,9 @@ def new_run_dir(out: str, what: str = "`out`") -> Path:
     Creation is exclusive (os.mkdir): two runs started at once never get the same folder. An existing
     empty folder is taken only by the process that creates a marker file in it first.
     """
-    base = Path(out)
+    base = Path(out) if Path(out).name else Path(os.path.abspath(out))   # (--out . or ..: the folder's own name)
+    if not base.name:
+        raise CnnError(f"{printable(out)}: the root folder cannot be a run folder; give {what} a folder's name")
     try:
         base.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -8,6 +8,8 @@ settings the optimizer or schedule ignores, config keys given as options, a conf
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -322,3 +324,16 @@ def test_a_quoting_mistake_gets_no_indentation_hint(text):
     with pytest.raises(ConfigError) as err:
         config.load_config_text(text)
     assert "could not parse YAML" in str(err.value) and "indented" not in str(err.value), str(err.value)
+
+
+def test_out_dot_in_a_busy_working_folder_is_its_sibling_not_a_traceback(tmp_path, monkeypatch):
+    # (--out . in a folder holding files: ValueError: PosixPath('.') has an empty name)
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    res = invoke(["train", "--set", f"data.train={data}", "--set", "train.epochs=1", "--out", ".", "-q",
+                  "--no-report"])
+    assert res.exit_code == 0 and res.stdout.strip() == str(tmp_path / "work-2"), res.output
+    assert sorted(os.listdir(work)) == ["notes.txt"]

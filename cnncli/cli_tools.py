@@ -172,7 +172,7 @@ def demo(root):
     ROOT defaults to data/demo, where configs/demo.yaml looks for it."""
     from cnncli.demo import ensure_demo
 
-    click.echo(str(ensure_demo(root)))
+    click.echo(str(ensure_demo(root, say=lambda line: click.echo(line, err=True))))   # (a folder replaced: said)
 
 
 @click.command(short_help="Compile the numba kernels now (a first run does it anyway).")

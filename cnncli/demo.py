@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -200,14 +201,16 @@ def _read_marker(root):
 
 
 def is_complete(root, train_per_class=600, test_per_class=150, seed=0, image_size=32) -> bool:
-    """True when root holds a finished demo generated with exactly these settings."""
+    """True when root holds a finished demo generated with exactly these settings (files a user
+    added beside the generated ones aside)."""
     root = os.fspath(root)
     if _read_marker(root) != _marker(train_per_class, test_per_class, seed, image_size):
         return False
     for split, count in (("train", train_per_class), ("test", test_per_class)):
         for name in CLASSES:
+            folder = os.path.join(root, split, name)
             try:
-                files = [n for n in os.listdir(os.path.join(root, split, name)) if _generated(n)]
+                files = [n for n in os.listdir(folder) if _generated(folder, n, count)]
             except OSError:
                 return False
             if len(files) != count:
@@ -215,43 +218,52 @@ def is_complete(root, train_per_class=600, test_per_class=150, seed=0, image_siz
     return True
 
 
-def _debris(name: str) -> bool:
-    """What an OS or a NAS leaves in a folder, nothing of the user's: .DS_Store, ._name (macOS),
-    Thumbs.db, desktop.ini (Windows), @eaDir, __MACOSX, ..."""
-    from .data.scan import IGNORED_DIRS, OS_DEBRIS
-
-    return name == ".DS_Store" or name.startswith("._") or name in IGNORED_DIRS or name.lower() in OS_DEBRIS
+_DEBRIS_FILES = frozenset((".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"))
 
 
-def _generated(name: str) -> bool:
-    """Whether a file name is one generate_demo writes: NNNNN.png."""
-    return len(name) == 9 and name.endswith(".png") and name[:5].isdigit()
+def _debris(folder: str, name: str) -> bool:
+    """Whether folder/name is a file an OS leaves, nothing of the user's: .DS_Store, ._name
+    (macOS), Thumbs.db, desktop.ini (Windows). Folders never are (a NAS's #recycle holds files)."""
+    path = os.path.join(folder, name)
+    return (name.lower() in _DEBRIS_FILES or name.startswith("._")) and os.path.isfile(path) \
+        and not os.path.islink(path)
 
 
-def _not_generated(root: str, shown: int = 3) -> list:
+def _generated(folder: str, name: str, count: int) -> bool:
+    """Whether folder/name is a file generate_demo writes among `count`: 00000.png .. its last."""
+    return re.fullmatch(r"[0-9]{5}\.png", name) is not None and int(name[:5]) < count \
+        and os.path.isfile(os.path.join(folder, name))
+
+
+def _not_generated(root: str, counts: dict, shown: int = 3) -> list:
     """The first `shown` paths under the demo folder root (relative, sorted) that generate_demo does
-    not write (the marker, train/ and test/, their CLASSES folders, NNNNN.png files in them): files a
-    user added, or a folder renamed, which a regeneration would delete. What an OS leaves (_debris)
-    does not count; any other hidden file (.git, .notes) does."""
+    not write (the marker, train/ and test/, their CLASSES folders, their NNNNN.png below counts[split]):
+    files a user added, or a folder renamed, which a regeneration would delete. What an OS leaves
+    (_debris) does not count; any other file or folder, hidden or not (.git), does."""
     found = []
     for top in sorted(os.listdir(root)):
-        if top == MARKER or _debris(top):
+        if top == MARKER or _debris(root, top):
             continue
         if top not in ("train", "test") or not os.path.isdir(os.path.join(root, top)):
             found.append(top)
             continue
         for name in sorted(os.listdir(os.path.join(root, top))):
             folder = os.path.join(root, top, name)
-            if _debris(name):
+            if _debris(os.path.join(root, top), name):
                 continue
             if name not in CLASSES or not os.path.isdir(folder):
                 found.append(f"{top}/{name}")
                 continue
             found += [f"{top}/{name}/{f}" for f in sorted(os.listdir(folder))
-                      if not _debris(f) and not _generated(f)][:shown]
+                      if not _debris(folder, f) and not _generated(folder, f, counts[top])][:shown]
         if len(found) >= shown:
             break
     return found[:shown]
+
+
+def _count(value) -> int:
+    # a count from an older marker (untrusted JSON): an int >= 0, else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _umask() -> int:
@@ -277,10 +289,13 @@ def ensure_demo(root, train_per_class: int = 600, test_per_class: int = 150, see
     if os.path.exists(root):
         if not os.path.isdir(root):
             raise DataError(f"demo folder {root}: exists and is not a folder")
-        if [n for n in os.listdir(root) if not _debris(n)] and _read_marker(root) is None:
+        if [n for n in os.listdir(root) if not _debris(root, n)] and _read_marker(root) is None:
             raise DataError(f"demo folder {root}: exists, is not empty and is not a cnncli demo dataset")
+        old = _read_marker(root) or {}              # (an older demo's counts: its files are the generator's too)
+        counts = {"train": max(train_per_class, _count(old.get("train_per_class"))),
+                  "test": max(test_per_class, _count(old.get("test_per_class")))}
         try:
-            added = _not_generated(root)
+            added = _not_generated(root, counts)
         except OSError as err:
             raise DataError(f"demo folder {root}: cannot be read ({err.strerror or err})") from None
         if added:                                        # (a regeneration replaces the whole folder)

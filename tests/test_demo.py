@@ -171,13 +171,31 @@ def test_a_demo_folder_to_generate_again_that_holds_a_users_files_is_left_alone(
     assert demo.is_complete(root, **SMALL)
 
 
+@pytest.mark.parametrize("inside", ["#recycle/report.docx", "lost+found/inode123", "@eaDir/thesis.docx",
+                                    ".DS_Store/kept", "train/circle/00600.png", "train/circle/00002.png/mine.txt"])
+def test_folders_named_like_os_leftovers_and_files_past_the_count_are_the_users(tmp_path, inside):
+    # (#recycle, @eaDir, a folder named .DS_Store counted as debris: the folder was replaced, their files gone;
+    # a user's 00600.png among the generated names was deleted; a folder named 00099.png too)
+    root = tmp_path / "share"
+    if inside.startswith("train/"):                        # (in a demo to generate again: a file missing)
+        demo.ensure_demo(root, **SMALL)
+        os.remove(root / "train" / "ring" / "00001.png")
+        if (root / inside).parent.name.endswith(".png"):
+            os.remove((root / inside).parent)
+    (root / inside).parent.mkdir(parents=True, exist_ok=True)
+    (root / inside).write_text("precious")
+    with pytest.raises(DataError):
+        demo.ensure_demo(root, **SMALL)
+    assert (root / inside).read_text() == "precious"
+
+
 def test_what_an_os_leaves_in_a_demo_folder_does_not_stop_its_regeneration(tmp_path):
     # (.DS_Store, Thumbs.db, ._00001.png, @eaDir refused it as a user's files; and the 'Generating' line
     # came before the refusal)
     root = tmp_path / "demo"
     demo.ensure_demo(root, **SMALL)
     os.remove(root / "train" / "ring" / "00001.png")
-    for junk in (".DS_Store", "train/circle/Thumbs.db", "train/._00001.png", "train/@eaDir/x"):
+    for junk in (".DS_Store", "train/circle/Thumbs.db", "train/._00001.png"):
         (root / junk).parent.mkdir(parents=True, exist_ok=True)
         (root / junk).write_bytes(b"os")
     said = []

@@ -175,11 +175,11 @@ def test_ctrl_c_in_a_later_fold_s_set_up_says_to_continue_the_cv(tmp_path, monke
     sets = ["--set", f"data.train={data}", "--set", "train.epochs=1", "--folds", "2", "-q"]
     real, calls = train.setup, []
 
-    def setup(*args):
+    def setup(*args, **kwargs):
         calls.append(1)
         if len(calls) == stop_at:
             raise KeyboardInterrupt
-        return real(*args)
+        return real(*args, **kwargs)
     monkeypatch.setattr(train, "setup", setup)
     stop_at = 1
     res = invoke(["cv", *sets, "--out", tmp_path / "first"])

@@ -254,8 +254,8 @@ def validation_changed(meta: dict, val_ds, split: bool = True) -> str | None:
     if not isinstance(saved, dict) or "val_digest" not in saved:
         return None
     now = validation_info(val_ds)
-    if now["val_digest"] == saved["val_digest"]:
-        return None
+    if now["val_digest"] == saved["val_digest"] or 0 in (now["val_images"], saved.get("val_images")):
+        return None                  # (none before or now: the resume's own note, or the no-validation warning)
     why = ("the data folder changed since, and a split drawn again may hold images the run trained on" if split else
            "data.val holds other images now, whose losses best.npz and early stopping compare with the earlier ones")
     return f"the validation images differ from those the run used ({saved.get('val_images')} then, " \

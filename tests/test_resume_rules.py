@@ -456,6 +456,7 @@ def test_a_run_validating_on_data_val_keeps_it_or_moves_it_but_never_splits_data
     assert res.exit_code == 0 and "this resume changes data.val null -> " in res.output, res.output
     assert "note: data.val now names validation images, where the run had none: best.npz and early stopping " \
            "start anew" in res.output                  # (it compared epoch 2's val loss with epoch 1's train loss)
+    assert "validation images differ" not in res.output          # (a note that contradicted it)
     assert rows(nothing)[-1]["val_loss"] != "nan" and checkpoint.load_meta(nothing / "best.npz")["epoch"] == 2
     other = make_folder(tmp_path / "other", per_class=3, odd_files=False)
     res = invoke("train", "--resume", run, "--set", f"data.val={other}", "--set", "train.epochs=3", "--no-report")

@@ -51,14 +51,12 @@ def find_runs(roots) -> list:
             raise CnnError(f"{root}: is a file, not a folder of runs{tip}")
         if not root.is_dir():
             raise CnnError(f"{root}: no such folder")
-        level, visited = [root], set()
+        level = [root]
         for _ in range(DEPTH + 1):
             nxt = []
             for folder in level:
-                real = os.path.realpath(folder)
-                if real in visited:          # (a link back up, runs/x/up -> ..: each folder is read once)
-                    continue
-                visited.add(real)
+                if folder != root and folder.is_symlink() and _links_up(folder):
+                    continue                 # (runs/x/up -> ..: read through every such link, ~n**4)
                 if is_run(folder):
                     found.append(folder)
                     continue
@@ -74,6 +72,12 @@ def find_runs(roots) -> list:
             seen.add(real)
             runs.append(run)
     return runs
+
+
+def _links_up(link: Path) -> bool:
+    """Whether the symlinked folder `link` is the folder it lies in or one above it."""
+    target, here = os.path.realpath(link), os.path.realpath(link.parent)
+    return here == target or here.startswith(os.path.join(target, ""))
 
 
 def newest_run(root) -> Path | None:

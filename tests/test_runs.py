@@ -270,3 +270,5 @@ def test_links_back_up_in_runs_are_read_once(tmp_path, monkeypatch):
     monkeypatch.setattr(runs_mod, "is_run", lambda folder: looked.append(folder) or real_is_run(folder))
     assert runs_mod.find_runs([runs]) == [runs / "real"]
     assert len(looked) == 27                              # runs, real and the 25 folders: each once
+    os.symlink("real", runs / "z_latest")                 # (a 'latest' link does not hide the real folder's name)
+    assert runs_mod.find_runs([runs]) == [runs / "real"] == runs_mod.find_runs([runs, runs / "real"])

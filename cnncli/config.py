@@ -148,12 +148,15 @@ def parse_override(text):
     return key, value
 
 
-def layered(base: dict, over: dict) -> dict:
-    """base (a nested config) with the keys of `over` (nested too, maybe partial) laid over it."""
+def layered(base: dict, over: dict, prefix: str = "") -> dict:
+    """base (a nested config) with the keys of `over` (nested too, maybe partial) laid over it: a
+    section's keys one by one (an empty section, "data:" in YAML, changes nothing), a leaf whole
+    (train.class_weight: null is a value)."""
     out = dict(base)
     for key, value in over.items():
-        if isinstance(base.get(key), dict) and (value is None or isinstance(value, dict)):
-            out[key] = layered(base[key], value or {})     # (an empty section, "data:" in YAML: no change)
+        section = f"{prefix}{key}" in SECTIONS and isinstance(base.get(key), dict)
+        if section and (value is None or isinstance(value, dict)):
+            out[key] = layered(base[key], value or {}, f"{prefix}{key}.")
         else:
             out[key] = value
     return out

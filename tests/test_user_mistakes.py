@@ -291,6 +291,8 @@ def test_the_python_train_function_fills_a_partial_config(tmp_path):
         train([], quiet=True, echo=lambda *a: None)
     run = train({"data": None, "train": {"epochs": 3}}, resume=run, quiet=True, echo=lambda *a: None)
     assert run == tmp_path / "r"                           # (an empty section over the run's config: no change)
+    with pytest.raises(ConfigError, match="class_weight"):   # (a leaf's null is a value, refused as on the CLI)
+        train({"train": {"class_weight": None, "epochs": 4}}, resume=run, quiet=True, echo=lambda *a: None)
 
 
 def test_a_data_folder_written_none_says_yaml_writes_null(tmp_path, monkeypatch):

@@ -26,7 +26,11 @@ def names_a_model(path) -> bool:
     p = Path(path)
     if p.suffix.lower() == ".npz":
         return True
-    if p.is_file():                 # (a checkpoint under another name: a zip holding __meta__, which no image,
+    try:
+        is_file = p.is_file()
+    except OSError:                 # (a name too long for the file system: no model)
+        return False
+    if is_file:                 # (a checkpoint under another name: a zip holding __meta__, which no image,
         import zipfile              # zip of images, PyTorch or Keras file is)
 
         from cnncli.checkpoint import META_KEY

@@ -229,6 +229,7 @@ def test_an_image_piped_in_or_saved_as_a_list_is_named_not_read_as_paths(tmp_pat
     assert image_in("GIF89a\u00a0holiday.png\n".encode()) is None                # (a non-breaking space too)
     assert image_in(b"GIF89a.png\ncaf\xe9.png\n") is None                         # (a Latin-1 list)
     assert image_in(b"P6 2023 05 sports day.png\nx.png\n") is None                # (a name like a PNM header)
+    assert image_in(b"P6 2023 05 12 holiday.png\nx.png\n") is None
     assert image_in(b"P6\n# Created by GIMP\n32 32\n255\n" + bytes(64)) == "a PNM image"   # (with a comment)
     assert image_in(b"\x93NUMPY\x01\x00v\x00{'descr': '<f4'") == "a NumPy .npy array"
     assert image_in(ckpt.read_bytes()[:512]) == "a zip archive (a .npz checkpoint?)"

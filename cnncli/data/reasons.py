@@ -68,10 +68,13 @@ def image_in(head: bytes) -> str | None:
     input) are in words, when they are an image ("a JPEG image", "an HEIC image") or another binary
     file ("a zip archive"); None for text: bytes that hold no control character but tab, CR, LF and
     NUL, in any encoding (a list whose first path is GIF89a.png, in UTF-8, Latin-1 or UTF-16)."""
-    if _PNM_HEADER.match(head):                  # (a whole binary PNM header, comments too: no list starts so,
-        return "a PNM image"                     # and a flat grey image's pixels may read as text)
+    pnm = _PNM_HEADER.match(head)                # (a whole binary PNM header, comments too)
+    if pnm and b"\n" not in head[pnm.end():]:    # (a flat grey raster reads as text but has no line break;
+        return "a PNM image"                     # a list "P6 2023 05 12 holiday.png" has one)
     if all(b in _TEXT_BYTES for b in head):
         return None
+    if pnm:
+        return "a PNM image"
     fmt = _signature_format(head)
     if fmt is None and head.startswith(b"BM") and len(head) >= 18 and \
             int.from_bytes(head[14:18], "little") in (12, 40, 52, 56, 64, 108, 124):   # (a BITMAPINFOHEADER's size)

@@ -132,6 +132,10 @@ def _prepare_fold(fold_dir: Path) -> str:
     if (fold_dir / "last.npz").is_file():
         return "finished" if finished(fold_dir / "last.npz") else "resume"
     if fold_dir.exists():
+        theirs = runfolder.foreign_entries(fold_dir)
+        if theirs:                           # (a folder of the user's named fold-1: never removed)
+            raise CnnError(runfolder.printable(f"{fold_dir}: holds files no fold's run wrote ({', '.join(theirs)}); "
+                                               "move them out, or give cnn cv another folder"))
         shutil.rmtree(fold_dir)              # started, no checkpoint yet: nothing to keep
     return "new"
 

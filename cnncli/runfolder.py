@@ -135,6 +135,22 @@ def check_writable(folder: Path, hint: str = "") -> None:
         raise CnnError(f"{printable(folder)}: cannot write the run folder ({err.strerror or err}){hint}") from None
 
 
+RUN_ENTRIES = ("config.yaml", "last.npz", "best.npz", "metrics.csv", "skipped.txt", "test_metrics.json",
+               "diverged.txt", "report", ".claimed")     # what a run writes in its folder (and event files)
+
+
+def foreign_entries(folder: Path, shown: int = 3) -> list:
+    """The first `shown` names in `folder` (sorted) that no run writes there (RUN_ENTRIES, TensorBoard's
+    events.out.tfevents.*, a save's .*.tmp-*): a user's files, which a run writing into the folder or
+    removing it would overwrite or delete; [] for a missing folder."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    return [n for n in names if n not in RUN_ENTRIES and not n.startswith("events.out.tfevents.")
+            and not re.fullmatch(r"\..+\.tmp-.*", n)][:shown]
+
+
 def taken_because(folder: Path) -> str:
     """Why a new run did not take `folder` (new_run_dir): it holds a run, or other files."""
     run = any((Path(folder) / name).exists() for name in ("config.yaml", "last.npz", "best.npz"))

@@ -211,6 +211,11 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     done = resume_mod.nothing_to_do(state, epochs) if isinstance(epochs, int) else None
     if done:               # no folder is touched (an --out would get a lone best.npz); setup says so
         return (arrays, meta, ckpt_path), state, source, cfg, [], done
+    if not out and not _in_its_run_folder(ckpt_path, saved):
+        raise ConfigError(runfolder.printable(           # (a user's folder: its files would be overwritten)
+            f"--resume {resume}: {ckpt_path.name} lies in a folder that is not its run's (no last.npz or best.npz "
+            "of the same run beside it), whose files a resume there would overwrite; give --out NEWDIR to continue "
+            "its run in a new folder"))
     run_dir = Path(out) if out else source
     ignored_out = []                                    # (out set by --set or a config file: not a move)
     if not out and os.path.abspath(cfg["out"]) != os.path.abspath(saved["out"]):
@@ -221,6 +226,10 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
         shown = runfolder.printable(out)
         raise ConfigError(f"--out {shown}: holds another run; --resume --out continues this run in a new or empty "
                           f"folder (or give --resume {shown} to go on with that one)")
+    theirs = runfolder.foreign_entries(run_dir) if out and os.path.realpath(out) != os.path.realpath(source) else []
+    if theirs:                                           # (a user's folder: its files would be overwritten)
+        raise ConfigError(runfolder.printable(f"--out {out}: holds files that are no run's ({', '.join(theirs)}); "
+                                              "--resume --out continues this run in a new or empty folder"))
     cfg = {**cfg, "out": os.path.abspath(run_dir)}        # (config.yaml says where the run lives)
     if os.path.realpath(run_dir) != os.path.realpath(source):   # (cnn info names the run it continues)
         here = os.path.abspath(source / Path(os.path.realpath(ckpt_path)).name)
@@ -232,6 +241,22 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
         runfolder.clean_debris(run_dir)                   # half-written saves of a killed process
         resume_mod.carry_best(ckpt_path.parent, run_dir)
     return (arrays, meta, ckpt_path), state, run_dir, cfg, notes, None
+
+
+def _in_its_run_folder(ckpt_path: Path, saved: dict) -> bool:
+    """Whether the checkpoint's folder is its run's: it is that folder's last.npz or best.npz, or
+    a copy (an epoch kept aside) beside a last.npz or best.npz of the same run (the same `out`)."""
+    real = Path(os.path.realpath(ckpt_path))
+    if real.name in ("last.npz", "best.npz"):
+        return True
+    for name in ("last.npz", "best.npz"):
+        try:
+            meta = checkpoint.load_meta(real.parent / name)
+            theirs = config_mod.load_config_text(meta.get("config", ""), source=name)["out"]
+        except (CnnError, OSError):
+            continue
+        return theirs == saved["out"]
+    return False
 
 
 def _rewind_note(ckpt_path: Path, state: RunState, run_dir: Path) -> list:

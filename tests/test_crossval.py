@@ -318,3 +318,15 @@ def test_a_setting_note_is_said_once_not_once_a_fold(tmp_path):
     res = invoke(["train", "--resume", tmp_path / "cv" / "fold-2", "--set", "train.epochs=2", "--set",
                   "data.val_split=0.3", "-q", "--no-report"])
     assert res.exit_code == 0 and "note: optim.step_size=3 does nothing in this run" in res.output, res.output
+
+
+def test_cv_resume_never_removes_a_users_fold_named_folder(tmp_path):
+    # (cnn cv --resume DIR removed DIR/fold-1 and fold-2, folders of the user's images, as unstarted folds)
+    data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
+    proj = tmp_path / "proj"
+    (proj / "fold-1").mkdir(parents=True)
+    (proj / "fold-1" / "img.png").write_bytes(b"mine")
+    (proj / "config.yaml").write_text(f"data:\n  train: {data}\n  folds: 2\ntrain:\n  epochs: 1\n")
+    res = invoke(["cv", "--resume", proj, "-q"])
+    assert res.exit_code != 0 and "holds files no fold's run wrote (img.png)" in res.output, res.output
+    assert (proj / "fold-1" / "img.png").read_bytes() == b"mine"

@@ -489,3 +489,33 @@ def test_out_set_on_a_resume_is_said_not_to_move_the_run(run1, tmp_path):
            "another folder)\n" in res.output
     res = invoke("train", "--resume", run1, "--set", "train.epochs=3", "--no-report")
     assert res.exit_code == 0 and "does not move" not in res.output
+
+
+def test_a_resume_never_writes_into_a_users_folder(data, run1, tmp_path):
+    # (--resume models/shape_model.npz made models/ the run folder: the user's config.yaml, metrics.csv and
+    # another model's best.npz were overwritten; --resume --out into a folder of the user's files did the same)
+    import shutil
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(run1 / "best.npz", models / "shape_model.npz")
+    (models / "config.yaml").write_text("# my notes\n")
+    before = {p.name: p.read_bytes() for p in models.iterdir()}
+    res = invoke("train", "--resume", models / "shape_model.npz", "--set", "train.epochs=2", "-q", "--no-report")
+    assert res.exit_code == 2 and "lies in a folder that is not its run's" in res.output, res.output
+    other = tmp_path / "other"                           # (another run's best.npz beside it)
+    train(write_config(tmp_path / "o.yaml", data, other, epochs=1), "--set", "train.seed=7")
+    shutil.copy(run1 / "best.npz", models / "best.npz")
+    shutil.copy(other / "best.npz", models / "best.npz")
+    before = {p.name: p.read_bytes() for p in models.iterdir()}
+    res = invoke("train", "--resume", models / "shape_model.npz", "--set", "train.epochs=2", "-q", "--no-report")
+    assert res.exit_code == 2 and {p.name: p.read_bytes() for p in models.iterdir()} == before
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "thesis.tex").write_text("mine")
+    res = invoke("train", "--resume", run1, "--out", user, "--set", "train.epochs=2", "-q", "--no-report")
+    assert res.exit_code == 2 and f"--out {user}: holds files that are no run's (thesis.tex)" in res.output
+    assert os.listdir(user) == ["thesis.tex"]
+    res = invoke("train", "--resume", models / "shape_model.npz", "--out", tmp_path / "new", "--set",
+                 "train.epochs=2", "-q", "--no-report")                   # (--out: a new folder, as the line says)
+    assert res.exit_code == 0 and (tmp_path / "new" / "last.npz").is_file()

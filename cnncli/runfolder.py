@@ -72,6 +72,9 @@ def refuse_unfit(out, data: dict, what: str = "`out`") -> None:
                                      f"as a class folder; choose another {what}"))
 
 
+CREATED: set = set()     # the run folders (real paths) this process made: the only ones it may remove again
+
+
 def new_run_dir(out: str, what: str = "`out`") -> Path:
     """Create and return `out`, or `out-2`, `out-3`... when `out` already exists and is not empty.
 
@@ -91,6 +94,7 @@ def new_run_dir(out: str, what: str = "`out`") -> Path:
         try:
             try:
                 os.mkdir(candidate)
+                CREATED.add(os.path.realpath(candidate))
                 try:
                     claim_marker(candidate)
                 except FileExistsError:        # (another run took the new folder: the next name)
@@ -127,7 +131,11 @@ def check_writable(folder: Path, hint: str = "") -> None:
     read-only or full folder is one CnnError line naming it (+ hint), not a failure at the first save."""
     probe = Path(folder) / f".write-test.tmp-{os.getpid()}"     # (clean_debris's pattern, if killed here)
     try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(folder).mkdir(parents=True)
+            CREATED.add(os.path.realpath(folder))
+        except FileExistsError:
+            pass
         with open(probe, "x", encoding="utf-8"):
             pass
         probe.unlink()

@@ -16,17 +16,19 @@ except ImportError:             # (Windows: run folders are not locked)
     fcntl = None
 
 from cnncli.errors import CnnError
-from cnncli.runfolder import printable
+from cnncli.runfolder import CREATED, printable
 
 
 def release(folder: Path) -> None:
-    """Give back a run folder this process claimed and wrote nothing into: its marker and the
-    folder go, so the next run of the same `out` gets the name (a folder with files stays)."""
+    """Give back a run folder this process claimed and wrote nothing into: its marker goes, and the
+    folder too when this process made it (runfolder.CREATED; an empty folder the user made stays),
+    so the next run of the same `out` gets the name (a folder with files stays)."""
     let_go(folder)
     try:
         if all(p.name == ".claimed" for p in folder.iterdir()):
             (folder / ".claimed").unlink(missing_ok=True)
-            folder.rmdir()
+            if os.path.realpath(folder) in CREATED:
+                folder.rmdir()
     except OSError:
         pass
 

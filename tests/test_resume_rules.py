@@ -519,3 +519,14 @@ def test_a_resume_never_writes_into_a_users_folder(data, run1, tmp_path):
     res = invoke("train", "--resume", models / "shape_model.npz", "--out", tmp_path / "new", "--set",
                  "train.epochs=2", "-q", "--no-report")                   # (--out: a new folder, as the line says)
     assert res.exit_code == 0 and (tmp_path / "new" / "last.npz").is_file()
+
+
+def test_an_empty_folder_the_user_made_stays_when_the_run_fails_in_set_up(data, tmp_path):
+    # (mkdir myrun; cnn train --out myrun with a bad class_weight: myrun was removed with the run's marker)
+    mine, made = tmp_path / "myrun", tmp_path / "made"
+    mine.mkdir()
+    for out in (mine, made):
+        res = invoke("train", "--config", write_config(tmp_path / "c.yaml", data, out, epochs=1), "--set",
+                     "train.class_weight={zzz: 2}", "-q", "--no-report")
+        assert res.exit_code == 2 and "zzz" in res.output, res.output
+    assert mine.is_dir() and os.listdir(mine) == [] and not made.exists()    # (the one cnn made goes back)

@@ -13,6 +13,23 @@ import secrets
 from pathlib import Path
 
 
+PICTURES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".pdf", ".svg")
+
+
+def picture_target_problem(out, folders=()) -> str | None:
+    """Why writing a picture at `out` would destroy something, or None: an existing file that is no
+    picture (a config, a checkpoint, notes), or a path inside one of `folders` (the data folders,
+    whose images it would replace or join). A message for the caller's one-line error."""
+    out = Path(out)
+    if out.is_file() and out.suffix.lower() not in PICTURES:
+        return "exists and is no picture, so it is not overwritten: remove it first, or give another name"
+    here = os.path.realpath(out)
+    for folder in folders:
+        if folder and os.path.isdir(folder) and here.startswith(os.path.join(os.path.realpath(folder), "")):
+            return f"lies in the data folder {folder}, whose images it would replace or join; write it elsewhere"
+    return None
+
+
 def write_atomic(path, write, text: bool = False) -> None:
     """write(f) into `.NAME.tmp-PID-RANDOM` beside `path`, fsync, os.replace onto `path`.
     text=True opens it as UTF-8 text (name bytes that are not UTF-8 written as \\xNN).

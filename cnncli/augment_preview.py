@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import why_unwritten, write_atomic
+from .atomic import picture_target_problem, why_unwritten, write_atomic
 from .config import require_train
 from .errors import CnnError
 
@@ -151,6 +151,9 @@ def write_preview(cfg: dict, out, rows: int | None = None, cols: int = 8, seed: 
 
     d = cfg["data"]
     require_train(cfg)
+    problem = picture_target_problem(out, (d["train"], d["val"], d["test"]))
+    if problem:                                          # (before the data is read: a training image, a config)
+        raise CnnError(f"{printable(str(out))}: {problem}")
     ds, skipped = data.load_folder(d["train"], image_size=d["image_size"], resize=d["resize"])
     if echo is not None:
         from .runfolder import skipped_lines

@@ -85,6 +85,7 @@ def lr_find(config_path, overrides, steps, min_lr, max_lr, plot_path, as_json):
     --max-lr, stop once the smoothed loss passes 4x its best, and suggest the rate where it falls
     fastest. Writes no run folder; the config is not changed."""
     from cnncli import config as config_mod
+    from cnncli.atomic import picture_target_problem
     from cnncli.lrfind import format_result, lr_find as run, write_plot
 
     if not 0 < min_lr < max_lr:           # (a usage error, exit 2, before the config is read)
@@ -98,6 +99,10 @@ def lr_find(config_path, overrides, steps, min_lr, max_lr, plot_path, as_json):
         folder = os.path.dirname(os.path.abspath(plot_path))
         if not os.path.isdir(folder):
             raise CnnError(printable(f"--plot {plot_path}: no folder {folder} to write the plot in"))
+        d = cfg["data"]
+        problem = picture_target_problem(plot_path, (d["train"], d["val"], d["test"]))
+        if problem:                       # (a checkpoint, a config, a training image: not replaced by a PNG)
+            raise CnnError(printable(f"--plot {plot_path}: {problem}"))
         if not plot_path.lower().endswith(".png"):
             click.echo(printable(f"note: --plot {plot_path} does not end in .png; it holds a PNG all the same"),
                        err=True)

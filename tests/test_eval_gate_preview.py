@@ -168,3 +168,18 @@ def test_augment_preview_says_which_files_it_skipped(tmp_path):
     res = invoke(["augment-preview", "--set", f"data.train={data}", "--out", tmp_path / "g.png", "--cols", 2])
     assert res.exit_code == 0, res.output
     assert "warning: skipped 1 unusable file(s):" in res.stderr and "broken.png" in res.stderr
+
+
+def test_a_preview_or_plot_never_replaces_a_config_a_checkpoint_or_a_training_image(tmp_path):
+    # (augment-preview -o ap.yaml, -o data/train/a/img0.png and lr-find --plot run/best.npz wrote PNGs over them)
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=1)
+    image = sorted(data.glob("*/*.png"))[0]
+    keep = {p: p.read_bytes() for p in (cfg, image)}
+    for target, words in ((cfg, "exists and is no picture"), (image, f"lies in the data folder {data}")):
+        res = invoke(["augment-preview", "--config", cfg, "-o", target])
+        assert res.exit_code == 1 and f"Error: {target}: {words}" in res.stderr, res.stderr
+    (tmp_path / "m.npz").write_bytes(b"PK")
+    res = invoke(["lr-find", "--config", cfg, "--plot", tmp_path / "m.npz"])
+    assert res.exit_code == 1 and "is no picture" in res.stderr or "matplotlib" in res.stderr, res.stderr
+    assert {p: p.read_bytes() for p in (cfg, image)} == keep and (tmp_path / "m.npz").read_bytes() == b"PK"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import math
 from pathlib import Path
 
@@ -248,6 +249,10 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
         if holds and folder.resolve() != run_dir.resolve():
             raise CnnError(f"{out_dir}: {'holds' if folder == out_dir else 'lies in'} another run (its checkpoints); "
                            f"the report of {run_dir} goes elsewhere: give another --out")
+    theirs = _not_a_reports(out_dir)
+    if theirs:                                     # (a folder of the user's pictures: never written over)
+        raise CnnError(f"{out_dir}: holds {', '.join(theirs)}, no earlier report's (its report.html is not cnn's); "
+                       "the report would write over them: give another --out")
     ckpt = Path(checkpoint) if checkpoint is not None else run_checkpoint(run_dir, BEST_FIRST)
     cfg_path = run_dir / "config.yaml"
     config_text = cfg_path.read_text(encoding="utf-8", errors="replace") if cfg_path.is_file() else ""
@@ -299,8 +304,10 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
             for name, caption, size, draw in specs:
                 fig = new_figure(Figure, Canvas, *size)
                 draw(fig)
-                fig.savefig(out_dir / name, format="png", dpi=DPI)
-                pictures.append((name, caption, (out_dir / name).read_bytes()))
+                buf = io.BytesIO()                 # (whole or not at all: a full disk keeps the earlier picture)
+                fig.savefig(buf, format="png", dpi=DPI)
+                write_atomic(out_dir / name, lambda f: f.write(buf.getvalue()))
+                pictures.append((name, caption, buf.getvalue()))
             for name in PICTURES if earlier else ():   # (an earlier report's, of other data: not this one's)
                 if name not in {spec[0] for spec in specs}:
                     (out_dir / name).unlink(missing_ok=True)
@@ -320,3 +327,16 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
 
 __all__ = ["write_report", "read_history", "most_confident_errors", "render_html",
            "MATPLOTLIB_MISSING"]
+
+
+def _not_a_reports(out_dir: Path) -> list:
+    """The files of `out_dir` named as a report's (its pictures, report.html) when the folder's
+    report.html is not one cnn wrote (its title starts "cnn report"): a user's, which a report there
+    would overwrite or remove; [] for a new folder or an earlier report's."""
+    names = [n for n in (*PICTURES, "report.html") if (out_dir / n).exists()]
+    try:
+        with open(out_dir / "report.html", "rb") as f:
+            ours = b"<title>cnn report" in f.read(4096)
+    except OSError:
+        ours = False
+    return [] if ours else names

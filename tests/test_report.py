@@ -305,20 +305,20 @@ def test_a_report_that_cannot_be_written_names_the_file_and_suggests_another_fol
     # a full disk named the folder; a read-only run folder did not say --out writes elsewhere
     import errno
 
-    from matplotlib.figure import Figure
+    from cnncli import report
 
     run_dir, data_dir, _ = run
 
-    def full(self, fname, **kw):
-        raise OSError(errno.ENOSPC, "No space left on device", str(fname))
-    monkeypatch.setattr(Figure, "savefig", full)
+    def full(path, write, text=False):                # (each picture is written whole or not at all)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(report, "write_atomic", full)
     with pytest.raises(CnnError) as err:
         write_report(run_dir, data_dir=data_dir, out_dir=tmp_path / "rep")
     assert str(err.value) == f"{tmp_path / 'rep' / 'curves.png'}: cannot write the report (No space left on device)"
 
-    def denied(self, fname, **kw):
-        raise PermissionError(errno.EACCES, "Permission denied", str(fname))
-    monkeypatch.setattr(Figure, "savefig", denied)
+    def denied(path, write, text=False):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+    monkeypatch.setattr(report, "write_atomic", denied)
     with pytest.raises(CnnError, match=r"\(Permission denied\); --out DIR writes it elsewhere$"):
         write_report(run_dir, data_dir=data_dir, out_dir=tmp_path / "rep")
 
@@ -417,3 +417,20 @@ def test_skipped_files_point_to_a_command_that_lists_them(run, tmp_path):
     assert "  ... and 2 more (cnn eval --json lists them all)" in res.stderr.splitlines()
     res = CliRunner().invoke(cli, ["eval", "--checkpoint", str(run_dir), "--data", str(data), "--no-cache"])
     assert "  ... and 2 more (--json lists them all)" in res.stderr.splitlines()
+
+
+@needs_matplotlib
+def test_a_report_never_writes_over_a_users_pictures(run, tmp_path):
+    # (cnn report RUN --out pics overwrote the user's curves.png, confusion.png and report.html; with a report.html
+    # there it removed the user's per_class.png)
+    run_dir, data_dir, _ = run
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for name in ("curves.png", "report.html"):
+        (pics / name).write_bytes(b"mine")
+    with pytest.raises(CnnError, match="holds curves.png, report.html, no earlier report's"):
+        write_report(run_dir, data_dir=data_dir, out_dir=pics)
+    assert {p.name: p.read_bytes() for p in pics.iterdir()} == {"curves.png": b"mine", "report.html": b"mine"}
+    again = tmp_path / "again"                          # (an earlier report's folder: drawn again)
+    write_report(run_dir, data_dir=data_dir, out_dir=again)
+    assert write_report(run_dir, data_dir=data_dir, out_dir=again) == again / "report.html"

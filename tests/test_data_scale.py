@@ -117,6 +117,22 @@ def test_no_cache_option_and_cache_clear(tmp_path, cache_in_tmp):
     assert [p.suffix for p in cache_in_tmp.glob("dataset-*")] == [".lock"]   # (a run may hold it: it stays)
 
 
+def test_cache_clear_deletes_only_the_caches_own_files(tmp_path, monkeypatch):
+    # (CNNCLI_CACHE_DIR at a folder of the user's: cnn cache --clear deleted their dataset-2024.json, dataset-old.npy)
+    from click.testing import CliRunner
+
+    from cnncli.cli import cli
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("dataset-2024.json", "dataset-old.npy", "notes.txt"):
+        (mine / name).write_text("precious")
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(mine))
+    r = CliRunner().invoke(cli, ["cache", "--clear"])
+    assert r.exit_code == 0 and sorted(p.name for p in mine.iterdir()) == ["dataset-2024.json", "dataset-old.npy",
+                                                                           "notes.txt"]
+
+
 def test_cache_clear_that_cannot_delete_says_so(tmp_path, cache_in_tmp, monkeypatch):
     # a read-only cache folder: it said "removed 1 cached dataset(s)" and exited 0 with every file there
     import os

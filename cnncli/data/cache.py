@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import time
 
@@ -248,14 +249,17 @@ def _writer_gone(name: str) -> bool:
     return False
 
 
+# the names cache_names and the writers give (a slot of 32 hex digits, a key's 16): no other file of a
+# folder CNNCLI_CACHE_DIR names is listed or cleared (a user's dataset-2024.json was deleted)
+_OURS = re.compile(r"dataset-[0-9a-f]{32}(\.json|\.lock|-[0-9a-f]{16}(-ids)?\.npy)|\.tmp-dataset-[0-9a-f]{32}.*")
+
+
 def _dataset_files(folder: str) -> list[str]:
     try:
         names = os.listdir(folder)
     except OSError:
         return []
-    return [os.path.join(folder, n) for n in names
-            if n.startswith(("dataset-", ".tmp-dataset-")) and n.endswith((".npy", ".json", ".lock"))
-            or n.startswith(".tmp-dataset-")]
+    return [os.path.join(folder, n) for n in names if _OURS.fullmatch(n)]
 
 
 def info() -> tuple[str, int, int]:

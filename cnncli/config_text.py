@@ -144,11 +144,19 @@ Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 def _glued(lines, mark) -> int:
     """The 1-based number of the line above the parser's stop that holds a key glued to its value
     (epochs:1, read as the text 'epochs:1', so the next key's ':' is refused), else 0."""
-    if mark is None or not 0 < mark.line <= len(lines):
+    if mark is None or not 0 < mark.line < len(lines):
         return 0
-    above = next((i for i in range(mark.line - 1, -1, -1) if lines[i].strip()), None)
-    glued = above is not None and re.match(r"\s*[A-Za-z_][\w.]*:[^\s:/\\]", lines[above])
+    above = _line_above(lines, mark.line)
+    indent = [len(ln) - len(ln.lstrip(" ")) for ln in lines]
+    glued = above is not None and indent[above] == indent[mark.line] \
+        and re.match(r"\s*[A-Za-z_][\w.]*:[^\s:/\\]", lines[above])       # (a sibling key, not text in a value)
     return above + 1 if glued else 0
+
+
+def _line_above(lines, n: int):
+    """The index of the nearest line above line n that holds something but a comment, or None."""
+    return next((i for i in range(n - 1, -1, -1) if lines[i].strip() and not lines[i].lstrip().startswith("#")),
+                None)
 
 
 def _dedented(lines, mark) -> bool:
@@ -157,7 +165,7 @@ def _dedented(lines, mark) -> bool:
     if mark is None or not 0 < mark.line < len(lines):
         return False
     indent = [len(ln) - len(ln.lstrip(" ")) for ln in lines]
-    above = next((i for i in range(mark.line - 1, -1, -1) if lines[i].strip()), None)
+    above = _line_above(lines, mark.line)
     return mark.column == indent[mark.line] and above is not None and indent[mark.line] < indent[above]
 
 
@@ -174,7 +182,8 @@ def parse_yaml(text, where, with_line=True):
         lines = text.splitlines()
         if mark is not None and mark.line < len(lines) and "\t" in lines[mark.line][:mark.column + 1]:
             problem += " (a tab: YAML indents with spaces only)"
-        elif "mapping values are not allowed" in problem and _glued(lines, mark):     # (epochs:1 above)
+        elif ("mapping values are not allowed" in problem or "did not find expected key" in problem) \
+                and _glued(lines, mark):                                                # (epochs:1 above)
             problem += f" (line {_glued(lines, mark)}: a key needs a space after its ':', or it is read as text)"
         elif "mapping values are not allowed" in problem:     # (a key indented under a key: value line)
             problem += (" (a line indented more than the key above it, whose value is already given, or a "

@@ -302,8 +302,6 @@ def ensure_demo(root, train_per_class: int = 600, test_per_class: int = 150, see
             raise DataError(f"demo folder {root}: is an incomplete or older demo dataset to generate again, but it "
                             f"holds what the generator did not make ({', '.join(added)}); move that out of it, or "
                             "give another folder")
-    if say is not None:                                  # (once the folder may be written: not before a refusal)
-        say(f"Generating the built-in demo dataset in {root} ...")
     parent = os.path.dirname(root)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -311,6 +309,8 @@ def ensure_demo(root, train_per_class: int = 600, test_per_class: int = 150, see
     except OSError as err:                               # (a read-only folder: a raw Errno line named no key)
         raise DataError(f"demo folder {root}: cannot be made ({err.strerror or err}); name a folder "
                         "you can write") from None
+    if say is not None:                                  # (once it can be written: not before a refusal)
+        say(f"Generating the built-in demo dataset in {root} ...")
     try:
         os.chmod(tmp, 0o777 & ~_umask())                 # (mkdtemp's 0700 would outlive the rename)
         try:

@@ -313,6 +313,8 @@ def test_a_data_folder_written_none_says_yaml_writes_null(tmp_path, monkeypatch)
     ("data:\n  train: x\ntrain:\n  epochs:1\n  batch_size: 16\n",        # (it blamed indentation on line 5)
      "mapping values are not allowed in this context (line 4: a key needs a space after its ':', or it is read as "
      "text)"),
+    ("data:\n  train:data/x\n      # where the images are\n  test: data/t\n",    # (a comment between)
+     "(line 2: a key needs a space after its ':', or it is read as text) (begun on line 1)"),
 ])
 def test_a_misindented_config_line_gets_an_indentation_hint(text, hint):
     with pytest.raises(ConfigError) as err:
@@ -321,11 +323,13 @@ def test_a_misindented_config_line_gets_an_indentation_hint(text, hint):
 
 
 @pytest.mark.parametrize("text", ["data:\n  train: 'Bob's photos'\n", 'data:\n  train: "data/train" x\n',
-                                  "data:\n  train: [a] b\n"])
+                                  "data:\n  train: [a] b\n", "data:\n  train: d\n  notes: |\n    ratio:1\n  test: a: b\n",
+                                  'train:\n  epochs: 1\n  lr: "0.1\n    x:1"\n  seed: 1: 2\n'])
 def test_a_quoting_mistake_gets_no_indentation_hint(text):
     with pytest.raises(ConfigError) as err:
         config.load_config_text(text)
-    assert "could not parse YAML" in str(err.value) and "indented" not in str(err.value), str(err.value)
+    assert "could not parse YAML" in str(err.value) and "indented less" not in str(err.value) \
+        and "needs a space" not in str(err.value), str(err.value)
 
 
 def test_out_dot_in_a_busy_working_folder_is_its_sibling_not_a_traceback(tmp_path, monkeypatch):

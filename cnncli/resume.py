@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cnncli import config as config_mod
 from cnncli.config_text import show
-from cnncli.errors import CheckpointError, ConfigError
+from cnncli.errors import CheckpointError, CnnError, ConfigError
 
 # Keys that cannot change on --resume, and why (the README's "Resuming" section names them all;
 # tests/test_docs.py checks it).
@@ -191,3 +191,21 @@ def carry_best(src_dir: Path, run_dir: Path) -> None:
         except OSError as err:           # (a full disk: one line, as a checkpoint's save says it)
             raise CheckpointError(f"{dst}: cannot copy the run's {name} there ({why_unwritten(err, dst)}); "
                                   "nothing was trained yet") from None
+
+
+def in_its_run_folder(ckpt_path: Path, saved: dict) -> bool:
+    """Whether the checkpoint's folder is its run's: it is that folder's last.npz or best.npz, or
+    a copy (an epoch kept aside) beside a last.npz or best.npz of the same run (the same `out`)."""
+    real = Path(os.path.realpath(ckpt_path))
+    if real.name in ("last.npz", "best.npz"):
+        return True
+    from cnncli import checkpoint
+
+    for name in ("last.npz", "best.npz"):
+        try:
+            meta = checkpoint.load_meta(real.parent / name)
+            theirs = config_mod.load_config_text(meta.get("config", ""), source=name)["out"]
+        except (CnnError, OSError):
+            continue
+        return theirs == saved["out"]
+    return False

@@ -211,7 +211,7 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     done = resume_mod.nothing_to_do(state, epochs) if isinstance(epochs, int) else None
     if done:               # no folder is touched (an --out would get a lone best.npz); setup says so
         return (arrays, meta, ckpt_path), state, source, cfg, [], done
-    if not out and not _in_its_run_folder(ckpt_path, saved):
+    if not out and not resume_mod.in_its_run_folder(ckpt_path, saved):
         raise ConfigError(runfolder.printable(           # (a user's folder: its files would be overwritten)
             f"--resume {resume}: {ckpt_path.name} lies in a folder that is not its run's (no last.npz or best.npz "
             "of the same run beside it), whose files a resume there would overwrite; give --out NEWDIR to continue "
@@ -241,22 +241,6 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
         runfolder.clean_debris(run_dir)                   # half-written saves of a killed process
         resume_mod.carry_best(ckpt_path.parent, run_dir)
     return (arrays, meta, ckpt_path), state, run_dir, cfg, notes, None
-
-
-def _in_its_run_folder(ckpt_path: Path, saved: dict) -> bool:
-    """Whether the checkpoint's folder is its run's: it is that folder's last.npz or best.npz, or
-    a copy (an epoch kept aside) beside a last.npz or best.npz of the same run (the same `out`)."""
-    real = Path(os.path.realpath(ckpt_path))
-    if real.name in ("last.npz", "best.npz"):
-        return True
-    for name in ("last.npz", "best.npz"):
-        try:
-            meta = checkpoint.load_meta(real.parent / name)
-            theirs = config_mod.load_config_text(meta.get("config", ""), source=name)["out"]
-        except (CnnError, OSError):
-            continue
-        return theirs == saved["out"]
-    return False
 
 
 def _rewind_note(ckpt_path: Path, state: RunState, run_dir: Path) -> list:

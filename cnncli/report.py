@@ -249,10 +249,6 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
         if holds and folder.resolve() != run_dir.resolve():
             raise CnnError(f"{out_dir}: {'holds' if folder == out_dir else 'lies in'} another run (its checkpoints); "
                            f"the report of {run_dir} goes elsewhere: give another --out")
-    theirs = _not_a_reports(out_dir)
-    if theirs:                                     # (a folder of the user's pictures: never written over)
-        raise CnnError(f"{out_dir}: holds {', '.join(theirs)}, no earlier report's (its report.html is not cnn's); "
-                       "the report would write over them: give another --out")
     ckpt = Path(checkpoint) if checkpoint is not None else run_checkpoint(run_dir, BEST_FIRST)
     cfg_path = run_dir / "config.yaml"
     config_text = cfg_path.read_text(encoding="utf-8", errors="replace") if cfg_path.is_file() else ""
@@ -296,6 +292,10 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
     if dataset is None:
         specs = [spec for spec in specs if spec[0] in ("curves.png", "filters.png")]
     target = out_dir / "report.html"
+    theirs = _not_a_reports(out_dir, [spec[0] for spec in specs] + [target.name])
+    if theirs:                                     # (a folder of the user's pictures: never written over)
+        raise CnnError(f"{out_dir}: holds {', '.join(theirs)}, no earlier report's (its report.html is not cnn's); "
+                       "the report would write over them: give another --out")
     earlier = target.is_file()                 # (its pictures are a report's: others in --out DIR are the user's)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -329,11 +329,11 @@ __all__ = ["write_report", "read_history", "most_confident_errors", "render_html
            "MATPLOTLIB_MISSING"]
 
 
-def _not_a_reports(out_dir: Path) -> list:
-    """The files of `out_dir` named as a report's (its pictures, report.html) when the folder's
-    report.html is not one cnn wrote (its title starts "cnn report"): a user's, which a report there
-    would overwrite or remove; [] for a new folder or an earlier report's."""
-    names = [n for n in (*PICTURES, "report.html") if (out_dir / n).exists()]
+def _not_a_reports(out_dir: Path, written) -> list:
+    """The files of `out_dir` that a report would write (`written`: its pictures, report.html) when
+    the folder's report.html is not one cnn wrote (its title starts "cnn report"): a user's, which
+    the report would overwrite; [] for a new folder or an earlier report's."""
+    names = [n for n in written if (out_dir / n).exists()]
     try:
         with open(out_dir / "report.html", "rb") as f:
             ours = b"<title>cnn report" in f.read(4096)

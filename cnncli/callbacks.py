@@ -14,7 +14,8 @@ import threading
 import time
 
 from cnncli.errors import Stopped
-from cnncli.lifeline import INHERITED_IGNORED, STOPS, after_a_stop, restore as _restore, silence_closed_terminal
+from cnncli.lifeline import (INHERITED_IGNORED, STOPS, after_a_stop, ignore_stops, restore as _restore,
+                             silence_closed_terminal)
 from cnncli.runfolder import RunState
 
 
@@ -69,11 +70,15 @@ class _StopLine:
         raise self.stopped(signal.Signals(signum).name)
 
     keyboard = True     # False: a KeyboardInterrupt leaves it as it is (an abort the steps' StopFlag raised)
+    last = False        # True: the command's last work; leaving it done, stops are ignored while the process
+    #                     ends (cli.main does so too, after its exit: no moment of the signals' silent default)
 
     def __exit__(self, exc_type, exc, tb):
         sigint = exc_type is KeyboardInterrupt and self.keyboard       # (a Ctrl-C: this stop's line too)
         if sigint or (exc_type is not None and issubclass(exc_type, Stopped)):
             after_a_stop(self._old)
+        elif self.last and exc_type is None:
+            ignore_stops(sigint=True)
         else:
             _restore(self._old)
         if sigint:

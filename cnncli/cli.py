@@ -95,7 +95,8 @@ def _train(comm, config_path, overrides, resume, init_from, out, strict, no_cach
             ignore_stops()              # (it waits for rank 0's test and report, then exits)
         else:                           # (a stop between the report's steps: the line, not a silent death)
             with StopAfterTraining(run_dir, "nothing left undone" if no_report else
-                                   f"before drawing its report (cnn report {run_dir} draws it)"):
+                                   f"before drawing its report (cnn report {run_dir} draws it)") as after:
+                after.last = bool(_MAIN)        # (then stops are ignored in cnn's own process: its last line comes)
                 if not no_report:
                     _report_after_training(run_dir, new=not _untouched_since(run_dir, started))
     except (Stopped, TrainingDiverged) as stop:    # its folder on stdout too, so a script can go on from it
@@ -368,6 +369,7 @@ for _command in cli_tools.COMMANDS:          # bench, gradcheck, info, lr-find, 
     cli.add_command(_command)
 
 _FAST_EXIT = []  # set by commands whose process has nothing left to clean up after printing
+_MAIN = []       # set by main(): the process is cnn's own (not a caller's Python, as under CliRunner)
 
 
 def main():
@@ -376,6 +378,7 @@ def main():
     from cnncli import lifeline
 
     lifeline.ENDING[0] = True       # (a stop's line under way: a second stop signal is ignored)
+    _MAIN.append(True)
     lifeline.note_inherited_ignored()
     open_standard_streams()
     try:

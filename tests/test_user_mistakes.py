@@ -323,7 +323,8 @@ def test_a_misindented_config_line_gets_an_indentation_hint(text, hint):
 
 
 @pytest.mark.parametrize("text", ["data:\n  train: 'Bob's photos'\n", 'data:\n  train: "data/train" x\n',
-                                  "data:\n  train: [a] b\n", "data:\n  train: d\n  notes: |\n    ratio:1\n  test: a: b\n",
+                                  "data:\n  train: [a] b\n",
+                                  "data:\n  train: d\n  notes: |\n    ratio:1\n  test: a: b\n",
                                   'train:\n  epochs: 1\n  lr: "0.1\n    x:1"\n  seed: 1: 2\n'])
 def test_a_quoting_mistake_gets_no_indentation_hint(text):
     with pytest.raises(ConfigError) as err:

@@ -19,8 +19,8 @@ import click
 from cnncli import __version__, cli_tools
 from cnncli.process import open_standard_streams, other_rank_main
 from cnncli.cli_common import (CHECKPOINT_HELP, ConfigCommand, checkpoints_or_newest, config_option, echo_json_list,
-                               json_text, on_every_rank, other_rank, printable, resolve_checkpoint, run_line,
-                               user_errors)
+                               json_text, on_every_rank, other_rank, predict_arguments, printable, resolve_checkpoint,
+                               run_line, user_errors)
 from cnncli.errors import CnnError, ConfigError, Stopped, TrainingDiverged
 
 
@@ -248,39 +248,11 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
     comments); - reads such a list from standard input. Exit status 1 if
     any file failed. A probability is the model's sigmoid output for that class (one per class, as
     the seed's loss trains them): they need not add up to 1."""
-    from cnncli.distributed import launched_by_mpi
-    from cnncli.ensemble import holds_runs, is_a_model, load, mistyped_model, names_a_model
+    from cnncli.ensemble import load
     from cnncli.data.scan import ignored_note
-    from cnncli.predictions import (gather_paths, predict_stream, prediction_line, refuse_csv_target,
-                                    write_predictions_csv)
+    from cnncli.predictions import gather_paths, predict_stream, prediction_line, write_predictions_csv
 
-    if as_json and csv_path:
-        raise click.UsageError("--json and --csv: give one of them (--csv writes every class's probability "
-                               "to a file; --json prints the top --top-k)")
-    if not checkpoint and str(paths[0]).lower().endswith(".onnx") and os.path.isfile(paths[0]):
-        raise CnnError(f"{paths[0]}: an ONNX model, not a checkpoint: cnn predict runs the .npz it was exported "
-                       "from (docs/interop.md runs an ONNX model with onnxruntime)")   # (exit 1, as with --checkpoint)
-    if csv_path is not None and not csv_path.strip():
-        raise click.UsageError("--csv: the path is empty")
-    if csv_path is not None and csv_path != "-":
-        refuse_csv_target(csv_path, list(checkpoint) + list(paths))
-    if csv_path is not None and top_k != 1:
-        click.echo("note: --top-k does not change --csv's rows: they hold every class's probability", err=True)
-    mistyped = None if checkpoint else mistyped_model(paths[0])
-    if mistyped:                                            # (not the newest run's predictions, unasked)
-        raise CnnError(mistyped)                            # (exit 1, as a missing --checkpoint file)
-    if not checkpoint and names_a_model(paths[0]):          # cnn predict model.npz (or runs/x) image.png
-        checkpoint, paths = paths[:1], paths[1:]
-        if not paths:
-            raise click.UsageError(f"{checkpoint[0]} is a checkpoint: give the images to classify after it")
-    for p in paths:           # (a second model read as a folder of images: its report's PNGs classified)
-        what = "is a checkpoint or run folder" if is_a_model(p) else "holds run folders" if holds_runs(p) else ""
-        if what:
-            raise click.UsageError(printable(f"{p} {what}, not images to classify; to average models, give each "
-                                             "with --checkpoint (cnn predict --checkpoint A --checkpoint B IMAGES)"))
-    if "-" in paths and launched_by_mpi():       # (this Open MPI never passes stdin's end on: a hang)
-        raise click.UsageError("-: standard input does not reach a process mpirun starts; give the list of paths "
-                               "as a file (cnn predict ... LIST.txt), or run cnn predict without mpirun")
+    checkpoint, paths = predict_arguments(checkpoint, paths, top_k, as_json, csv_path)
     predictor, _ = load(checkpoints_or_newest(checkpoint, ensemble=True))
     if "-" in paths and _stdin_is_terminal():   # (no pipe: the user types the paths)
         click.echo("reading the paths to classify from standard input, one a line; Ctrl-D ends the list", err=True)

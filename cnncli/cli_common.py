@@ -1,5 +1,6 @@
 """What every `cnn` command shares: user errors turned into one line and an exit code, a command run
-on every MPI rank, names made printable, JSON lists echoed item by item, a checkpoint argument resolved. No command lives here
+on every MPI rank, names made printable, JSON lists echoed item by item, a checkpoint argument resolved,
+cnn predict's arguments checked before any work. No command lives here
 (cli.py, cli_tools.py); nothing heavy is imported, so `cnn --help` stays instant.
 """
 
@@ -255,3 +256,41 @@ def resolve_checkpoint(path: str) -> Path:
     from cnncli.predictor import BEST_FIRST, run_checkpoint
 
     return run_checkpoint(path, BEST_FIRST)
+
+
+def predict_arguments(checkpoint, paths, top_k, as_json, csv_path) -> tuple:
+    """cnn predict's arguments checked before any work -> (checkpoint, paths): the first PATH taken
+    as the model when it names one (cnn predict model.npz image.png), a mistyped model, an ONNX file,
+    a second model among the images, --csv over what it reads, stdin under mpirun refused in one line."""
+    from cnncli.distributed import launched_by_mpi
+    from cnncli.ensemble import holds_runs, is_a_model, mistyped_model, names_a_model
+    from cnncli.predictions import refuse_csv_target
+
+    if as_json and csv_path:
+        raise click.UsageError("--json and --csv: give one of them (--csv writes every class's probability "
+                               "to a file; --json prints the top --top-k)")
+    if not checkpoint and str(paths[0]).lower().endswith(".onnx") and os.path.isfile(paths[0]):
+        raise CnnError(f"{paths[0]}: an ONNX model, not a checkpoint: cnn predict runs the .npz it was exported "
+                       "from (docs/interop.md runs an ONNX model with onnxruntime)")   # (exit 1, as with --checkpoint)
+    if csv_path is not None and not csv_path.strip():
+        raise click.UsageError("--csv: the path is empty")
+    if csv_path is not None and csv_path != "-":
+        refuse_csv_target(csv_path, list(checkpoint) + list(paths))
+    if csv_path is not None and top_k != 1:
+        click.echo("note: --top-k does not change --csv's rows: they hold every class's probability", err=True)
+    mistyped = None if checkpoint else mistyped_model(paths[0])
+    if mistyped:                                            # (not the newest run's predictions, unasked)
+        raise CnnError(mistyped)                            # (exit 1, as a missing --checkpoint file)
+    if not checkpoint and names_a_model(paths[0]):          # cnn predict model.npz (or runs/x) image.png
+        checkpoint, paths = paths[:1], paths[1:]
+        if not paths:
+            raise click.UsageError(f"{checkpoint[0]} is a checkpoint: give the images to classify after it")
+    for p in paths:           # (a second model read as a folder of images: its report's PNGs classified)
+        what = "is a checkpoint or run folder" if is_a_model(p) else "holds run folders" if holds_runs(p) else ""
+        if what:
+            raise click.UsageError(printable(f"{p} {what}, not images to classify; to average models, give each "
+                                             "with --checkpoint (cnn predict --checkpoint A --checkpoint B IMAGES)"))
+    if "-" in paths and launched_by_mpi():       # (this Open MPI never passes stdin's end on: a hang)
+        raise click.UsageError("-: standard input does not reach a process mpirun starts; give the list of paths "
+                               "as a file (cnn predict ... LIST.txt), or run cnn predict without mpirun")
+    return checkpoint, paths

@@ -218,14 +218,13 @@ def is_complete(root, train_per_class=600, test_per_class=150, seed=0, image_siz
     return True
 
 
-_DEBRIS_FILES = frozenset((".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"))
-
-
 def _debris(folder: str, name: str) -> bool:
     """Whether folder/name is a file an OS leaves, nothing of the user's: .DS_Store, ._name
-    (macOS), Thumbs.db, desktop.ini (Windows). Folders never are (a NAS's #recycle holds files)."""
+    (macOS), scan.OS_DEBRIS (Thumbs.db, desktop.ini). Folders never are (a NAS's #recycle holds files)."""
+    from .data.scan import OS_DEBRIS
+
     path = os.path.join(folder, name)
-    return (name.lower() in _DEBRIS_FILES or name.startswith("._")) and os.path.isfile(path) \
+    return (name.lower() in OS_DEBRIS | {".ds_store"} or name.startswith("._")) and os.path.isfile(path) \
         and not os.path.islink(path)
 
 

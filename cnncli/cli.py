@@ -7,6 +7,7 @@ modules are imported inside the commands so `cnn --help` is instant.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import os
 import signal
@@ -262,18 +263,23 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
         click.echo(printable(ignored_note(ignored)), err=True)
     tried = len(files) + len(failures)           # the image files found, and the paths that gave none
     notes = []
+    # streamed: each chunk's predictions are written as soon as it is classified; `bad` (the files
+    # that fail to decode) and `notes` are complete once `results` is
     results, bad = predict_stream(predictor, files, len(predictor.classes) if csv_path else top_k, notes)
+    with contextlib.closing(results):           # (a stop or a reader that left: the decode workers end now)
+        if csv_path:
+            n = write_predictions_csv(csv_path, results, predictor.classes)
+        elif as_json:     # the files that failed too, after the predictions: a script sees every input
+            echo_json_list(itertools.chain(results, ({"path": path, "error": reason}
+                                                     for path, reason in itertools.chain(failures, bad))))
+        else:
+            for r in results:
+                click.echo(printable(prediction_line(r, top_k)))
     failures.extend(bad)
-    for line in notes:                           # (before the predictions, as train and eval say them)
+    for line in notes:                           # (over all the images: after their predictions)
         click.echo(printable(line), err=True)
     if csv_path:
-        n = write_predictions_csv(csv_path, results, predictor.classes)
         click.echo(printable(f"{n} prediction(s) in {'standard output' if csv_path == '-' else csv_path}"), err=True)
-    elif as_json:         # the files that failed too, after the predictions: a script sees every input
-        echo_json_list(itertools.chain(results, ({"path": path, "error": reason} for path, reason in failures)))
-    else:
-        for r in results:
-            click.echo(printable(prediction_line(r, top_k)))
     from cnncli.data import printable as one_line    # (a tab or newline in a path kept on its line)
 
     for path, reason in failures:

@@ -127,11 +127,12 @@ class Ensemble:
         self.classes, self.meta = first.classes, first.meta
         self.preprocess = {"image_size": first.preprocess["image_size"], "resize": first.preprocess["resize"]}
 
-    def predict_proba(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """(N,S,S) uint8 -> (N,C): the members' probabilities averaged, added in member order."""
+    def predict_proba(self, images_u8: np.ndarray, batch_size: int = 256, fast=None) -> np.ndarray:
+        """(N,S,S) uint8 -> (N,C): the members' probabilities averaged, added in member order (fast: as
+        Predictor.predict_proba's, for each member)."""
         total = None
         for member in self.members:
-            probs = member.predict_proba(images_u8, batch_size=batch_size)     # (N,C) float64
+            probs = member.predict_proba(images_u8, batch_size=batch_size, fast=fast)     # (N,C) float64
             total = probs if total is None else total + probs
         return total / len(self.members)
 

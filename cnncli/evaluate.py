@@ -230,11 +230,14 @@ def evaluate(checkpoint, data_dir, batch_size=256, top_k=None, cache=True, stric
     return metrics, dataset, probs
 
 
-def nonfinite_outputs(probs) -> str:
-    """The warning (without "warning: ") for probabilities (N,C) of which some rows are not finite
-    (weights that overflow), or ""."""
-    bad = int((~np.isfinite(probs)).any(axis=1).sum()) if probs.size else 0
-    return (f"the model's outputs are not finite for {bad} of {len(probs)} image(s): its weights overflow (did its "
+def nonfinite_rows(probs) -> int:
+    """How many rows of probabilities (N,C) hold a value that is not finite (weights that overflow)."""
+    return int((~np.isfinite(probs)).any(axis=1).sum()) if probs.size else 0
+
+
+def nonfinite_outputs(bad: int, total: int) -> str:
+    """The warning (without "warning: ") for `bad` (nonfinite_rows) of `total` images, or "" when bad is 0."""
+    return (f"the model's outputs are not finite for {bad} of {total} image(s): its weights overflow (did its "
             "training diverge?)") if bad else ""
 
 
@@ -252,7 +255,7 @@ def evaluate_found(predictor, found, batch_size=256, top_k=None, classes=None):
     metrics["skipped_files"] = [[printable(p), printable(r)] for p, r in skipped]
     # the dataset's lines keep their kind: "warning: ..." among the warnings, "note: ..." among the notes
     metrics["warnings"] = list(warnings) + [n.partition(": ")[2] for n in dataset.notes if not n.startswith("note: ")]
-    overflow = nonfinite_outputs(probs)
+    overflow = nonfinite_outputs(nonfinite_rows(probs), len(probs))
     if overflow:
         metrics["warnings"].append(overflow)
     metrics["notes"] = [n.partition(": ")[2] for n in dataset.notes if n.startswith("note: ")]

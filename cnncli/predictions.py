@@ -1,18 +1,20 @@
 """cnn predict's library side: the PATHs given (files, folders, labels CSVs) gathered into one list,
-classified in a stream (a million files hold their probabilities, not a million dicts), and written as
-lines or a CSV. Not the metrics of labelled images (evaluate.py), nor the model (predictor.py).
+decoded and classified PREDICT_CHUNK images at a time (a million files hold one chunk's pixels and
+probabilities, not a million dicts), each chunk's results given as soon as it is classified, and written
+as lines or a CSV. Not the metrics of labelled images (evaluate.py), nor the model (predictor.py).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 
 from .errors import CnnError
-from .evaluate import nonfinite_outputs, top_k_indices
+from .evaluate import nonfinite_outputs, nonfinite_rows, top_k_indices
 
 
 def gather_paths(paths, ignored=None):
@@ -81,33 +83,88 @@ def predict_paths(predictor, paths, top_k=3):
     return list(results), failures
 
 
-def predict_stream(predictor, paths, top_k=3, notes=None):
-    """Like predict_paths, but results is an iterator that builds each result dict when it is reached
-    (a million files hold their probabilities, not a million dicts). notes (a list), when given,
-    gets the warnings about decoded pixels that train and eval give (data.pixel_notes)."""
-    from . import data
-    from .data.names import utf8_text
+# Images decoded and classified at a time: memory holds one chunk's pixels (8 MB at 32x32) and
+# probabilities. A multiple of the batch size (256) above predictor.NUMPY_MAX_IMAGES, so each image is
+# classified in the same batch and by the same forward (numba or NumPy) as in a single call on all of them.
+PREDICT_CHUNK = 8192
 
-    pre = predictor.preprocess
-    size, resize = int(pre.get("image_size", 32)), pre.get("resize", "pad")
+
+def predict_stream(predictor, paths, top_k=3, notes=None):
+    """Like predict_paths, but results is an iterator: it decodes and classifies PREDICT_CHUNK images at a
+    time, then builds each result dict when it is reached, in the order of paths, so a caller prints
+    each chunk's lines while the next is decoded. failures fills as it runs (complete when it ends).
+    notes (a list), when given, gets at its end the warnings about decoded pixels that train and eval
+    give (data.pixel_notes), over all the chunks, and the one of outputs that are not finite."""
+    from . import data
+
     if not isinstance(paths, data.PathList):
         paths = [str(p) for p in paths]
-    # decoded in parallel into one (K,S,S) uint8 array: no list of arrays, no stacked copy
-    images, bad = data.decode_array(data.Jobs(paths, size, resize, data.MAX_PIXELS), progress=True)
-    failures = [(utf8_text(paths[i]), reason) for i, reason in bad]
-    good = np.ones(len(paths), dtype=bool)  # (N,)
-    good[[i for i, _ in bad]] = False
-    if not good.any():
-        return iter(()), failures
+    failures = []
+    return _stream(predictor, paths, top_k, notes, failures), failures
+
+
+def _stream(predictor, paths, top_k, notes, failures):
+    from . import data
+    from .data.names import utf8_text
+    from .predictor import NUMPY_MAX_IMAGES
+
+    if not len(paths):
+        return
+    pre = predictor.preprocess
+    size, resize = int(pre.get("image_size", 32)), pre.get("resize", "pad")
+    classes = list(predictor.classes)
+    chunk = np.empty((min(PREDICT_CHUNK, len(paths)), size, size), dtype=np.uint8)  # (B,S,S), filled again
+    where = np.empty(len(chunk), dtype=np.int64)         # (B,) each image's position in paths
+    tally, counts = data.PixelTally(), [0, 0]             # (rows not finite, rows)
+    k, i, fast = 0, 0, None                               # (None: by the size of one call on every image)
+    # one bar and one pool of decode workers for all the chunks; closing: a stop, an error, or a caller
+    # that leaves shuts the workers down at once
+    with closing(data.iter_decoded(data.Jobs(paths, size, resize, data.MAX_PIXELS), progress=True)) as parts:
+        for part in parts:
+            for a, reason in part:
+                if a is None:
+                    failures.append((utf8_text(paths[i]), reason))
+                else:
+                    chunk[k], where[k] = a, i
+                    k += 1
+                    if k == len(chunk) and i + 1 < len(paths):    # (more to come: no longer one call)
+                        fast = PREDICT_CHUNK > NUMPY_MAX_IMAGES
+                i += 1
+                if k == len(chunk):
+                    yield from _classified(predictor, chunk, where, paths, top_k, classes, tally, counts, fast)
+                    k = 0
+        if k:
+            yield from _classified(predictor, chunk[:k], where[:k], paths, top_k, classes, tally, counts, fast)
     if notes is not None:             # (a nearly black image: 12-bit data in a 16-bit file, say)
-        kept = np.flatnonzero(good)
-        notes.extend(data.pixel_notes(images, _Picked(paths, kept)))
-    probs = predictor.predict_proba(images, batch_size=256)  # (K,C)
-    del images
-    overflow = nonfinite_outputs(probs)
-    if notes is not None and overflow:                       # (as eval says it)
-        notes.append(f"warning: {overflow}")
-    return _results(paths, np.flatnonzero(good), probs, top_k_indices(probs, top_k), list(predictor.classes)), failures
+        notes.extend(tally.lines())
+        if counts[0]:                                      # (as eval says it)
+            notes.append(f"warning: {nonfinite_outputs(*counts)}")
+
+
+def _classified(predictor, images, where, paths, top_k, classes, tally, counts, fast):
+    """The result dicts of one chunk's images (K,S,S), paths[where[i]] for image i, in order."""
+    tally.add(images, _Picked(paths, where))
+    probs = predictor.predict_proba(images, batch_size=256, **({} if fast is None else {"fast": fast}))  # (K,C)
+    counts[0] += nonfinite_rows(probs)
+    counts[1] += len(probs)
+    with _over_the_bar():
+        yield from _results(paths, where, probs, top_k_indices(probs, top_k), classes)
+
+
+def _over_the_bar():
+    """Within: the decoding bar (on a terminal's stderr) is cleared, then drawn again below what was
+    printed meanwhile, when standard output is that terminal too (its lines, not the bar's, on the screen)."""
+    from contextlib import nullcontext
+
+    try:
+        both = sys.stdout.isatty() and sys.stderr.isatty()
+    except (AttributeError, ValueError):                 # (None, or closed)
+        both = False
+    if not both:
+        return nullcontext()
+    from tqdm import tqdm
+
+    return tqdm.external_write_mode(file=sys.stdout)
 
 
 class _Picked:

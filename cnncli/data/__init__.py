@@ -8,7 +8,8 @@ a load. This package does not batch or normalize (the trainer does).
 from .cache import CACHE_FORMAT_VERSION, cache_dir
 from .cache import clear as clear_cache
 from .cache import info as cache_info
-from .dataset import Dataset, fold_split, load_folder, pixel_mean_std, pixel_notes, split, stratified_split
+from .dataset import (Dataset, PixelTally, fold_split, load_folder, pixel_mean_std, pixel_notes, split,
+                      stratified_split)
 from .decode import ALPHA_BACKGROUND, IMAGE_EXTENSIONS, MAX_PIXELS, PIL_FORMATS, RESIZE_MODES, load_image, resize_gray
 from .decodemany import PROCESS_MIN_IMAGES, Jobs, decode_array, decode_many, default_workers, iter_decoded
 from .names import printable
@@ -19,4 +20,4 @@ __all__ = ["ALPHA_BACKGROUND", "CACHE_FORMAT_VERSION", "IGNORED_DIRS", "IMAGE_EX
            "PIL_FORMATS", "PathList", "PROCESS_MIN_IMAGES", "RESIZE_MODES", "Dataset", "cache_dir", "cache_info",
            "clear_cache", "decode_array", "decode_many", "default_workers", "iter_decoded",
            "list_images", "list_images_and_bad", "load_folder", "load_image", "pixel_mean_std", "pixel_notes",
-           "printable", "resize_gray", "split", "stratified_split", "fold_split"]
+           "PixelTally", "printable", "resize_gray", "split", "stratified_split", "fold_split"]

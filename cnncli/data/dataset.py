@@ -173,28 +173,45 @@ def pixel_notes(images, paths, chunk: int = 1 << 16) -> list[str]:
     of 10- or 12-bit camera data (16-bit values are scaled by 255/65535: 4095 becomes 16), or a float
     file a little above 1.0: when one of the first PROBE nearly black files shows such a cause
     (decode.dark_reason), the warning names it and the cause."""
-    flat, dark = [], []
-    for a in range(0, len(images), chunk):
-        lo, hi = images[a:a + chunk].min(axis=(1, 2)), images[a:a + chunk].max(axis=(1, 2))      # (n,) each
-        flat.append(a + np.flatnonzero(lo == hi))
-        dark.append(a + np.flatnonzero((hi <= DARK) & (lo < hi)))
-    flat, dark = (np.concatenate(f) if f else np.zeros(0, np.int64) for f in (flat, dark))
-    lines = []
-    if flat.size:
-        lines.append(f"warning: {flat.size} image(s) decode to a single grey level, e.g. "
-                     + _probed(flat, paths, flat=True))
-    if dark.size:
-        lines.append(f"warning: {dark.size} image(s) are nearly black (no pixel above {DARK} of 255), e.g. "
-                     + _probed(dark, paths))
-    return lines
+    tally = PixelTally()
+    tally.add(images, paths, chunk)
+    return tally.lines()
 
 
-def _probed(which, paths, flat: bool = False) -> str:
-    """The first of the images `which` (indices into paths) whose file shows why it decodes so
-    (decode.dark_reason, of the first PROBE), as "path: why", else the first's path."""
-    reasons = ((int(i), dec.dark_reason(paths[int(i)], flat)) for i in which[:PROBE])
-    first, why = next(((i, r) for i, r in reasons if r is not None), (int(which[0]), None))
-    return printable(paths[first]) + ("" if why is None else f": {why}")
+class PixelTally:
+    """pixel_notes over images given in parts (cnn predict's chunks): add() counts each part's flat and
+    nearly black images and keeps the paths of the first PROBE of each; lines() says them as
+    pixel_notes does, once, with the counts of all the parts."""
+
+    def __init__(self):
+        self.count = {"flat": 0, "dark": 0}
+        self.first = {"flat": [], "dark": []}        # the first PROBE paths of each kind
+
+    def add(self, images, paths, chunk: int = 1 << 16) -> None:
+        """images (K,S,S) uint8; paths[i]: image i's path."""
+        for a in range(0, len(images), chunk):
+            lo, hi = images[a:a + chunk].min(axis=(1, 2)), images[a:a + chunk].max(axis=(1, 2))      # (n,) each
+            for kind, rows in (("flat", np.flatnonzero(lo == hi)), ("dark", np.flatnonzero((hi <= DARK) & (lo < hi)))):
+                self.count[kind] += rows.size
+                self.first[kind].extend(paths[a + int(i)] for i in rows[:PROBE - len(self.first[kind])])
+
+    def lines(self) -> list[str]:
+        lines = []
+        if self.count["flat"]:
+            lines.append(f"warning: {self.count['flat']} image(s) decode to a single grey level, e.g. "
+                         + _probed(self.first["flat"], flat=True))
+        if self.count["dark"]:
+            lines.append(f"warning: {self.count['dark']} image(s) are nearly black (no pixel above {DARK} of 255), "
+                         "e.g. " + _probed(self.first["dark"]))
+        return lines
+
+
+def _probed(paths, flat: bool = False) -> str:
+    """The first of these paths (PROBE at most) whose file shows why it decodes so (decode.dark_reason),
+    as "path: why", else the first path."""
+    reasons = ((p, dec.dark_reason(p, flat)) for p in paths)
+    first, why = next(((p, r) for p, r in reasons if r is not None), (paths[0], None))
+    return printable(first) + ("" if why is None else f": {why}")
 
 
 DARK = 16           # the brightest pixel of a nearly black image: 12-bit data (4095) in a 16-bit file

@@ -43,13 +43,13 @@ class ExportError(CnnError):
     """Export impossible: onnx missing, output path unusable."""
 
 
-def _import_onnx():
-    """The onnx module, or ExportError naming the extra to install."""
+def import_onnx(needs: str = "cnn export needs"):
+    """The onnx module, or ExportError naming the extra to install (`needs`: who needs it)."""
     try:
         import onnx
         from onnx import checker, helper, numpy_helper  # noqa: F401  (submodules used below)
     except ImportError as e:
-        raise ExportError(f"cnn export needs the onnx package ({e}); install it with: "
+        raise ExportError(f"{needs} the onnx package ({e}); install it with: "
                           "pip install 'cnncli[onnx]'") from None
     return onnx
 
@@ -132,8 +132,12 @@ def _network_nodes(helper, params, folds: dict, src: str, inits: list) -> list:
     return nodes
 
 
-def metadata(predictor: Predictor, kind: str) -> dict:
-    """The model's metadata_props: every value a string (JSON for the structured ones)."""
+def metadata(predictor: Predictor, kind: str, source=None) -> dict:
+    """The model's metadata_props: every value a string (JSON for the structured ones). source: the
+    checkpoint file exported, recorded as given (`cnn info` shows it); top_k: its config's train.top_k
+    (`cnn eval` of the ONNX model reports the same top-k accuracy)."""
+    from .evaluate import checkpoint_top_k
+
     prep = predictor.preprocess
     mean, std = float(prep["mean"]), float(prep["std"])
     return {
@@ -148,12 +152,15 @@ def metadata(predictor: Predictor, kind: str) -> dict:
         "output_name": OUTPUT_NAME,
         "logits_name": LOGITS_NAME,
         "source_dtype": str(predictor.params.flat.dtype),
+        "top_k": str(checkpoint_top_k(predictor.meta)),
+        **({"source_checkpoint": printable(os.fspath(source))} if source is not None else {}),
     }
 
 
-def build_model(predictor: Predictor, kind: str = "uint8"):
-    """An onnx.ModelProto of the predictor's network (float32, opset OPSET), checked by onnx.checker."""
-    onnx = _import_onnx()
+def build_model(predictor: Predictor, kind: str = "uint8", source=None):
+    """An onnx.ModelProto of the predictor's network (float32, opset OPSET), checked by onnx.checker;
+    source: the checkpoint file it comes from, for the metadata."""
+    onnx = import_onnx()
     from onnx import TensorProto, helper, numpy_helper
 
     if kind not in INPUT_KINDS:
@@ -178,7 +185,7 @@ def build_model(predictor: Predictor, kind: str = "uint8"):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="cnncli", producer_version=__version__)
     model.ir_version = IR_VERSION
-    helper.set_model_props(model, metadata(predictor, kind))
+    helper.set_model_props(model, metadata(predictor, kind, source))
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -193,9 +200,9 @@ def _write_atomic(onnx, model, out: Path) -> None:
 
 def export_onnx(checkpoint, out, kind: str = "uint8") -> Path:
     """Write the checkpoint file `checkpoint` as an ONNX model at `out` (see build_model) -> out."""
-    onnx = _import_onnx()
+    onnx = import_onnx()
     out = Path(out)
     _check_out(out, checkpoint)
-    model = build_model(Predictor.from_checkpoint(checkpoint), kind)
+    model = build_model(Predictor.from_checkpoint(checkpoint), kind, checkpoint)
     _write_atomic(onnx, model, out)
     return out

@@ -184,7 +184,7 @@ def _threshold(ctx, param, value):
 @cli.command("eval", short_help="Loss, accuracy, per-class P/R/F1 and confusion of a checkpoint.")
 @click.option("--checkpoint", multiple=True, type=click.Path(),
               help=CHECKPOINT_HELP + " Repeated, or a cnn cv folder (its folds): the ensemble, the mean of their "
-                   "probabilities (needs --data).")
+                   "probabilities (needs --data). A .onnx file cnn export wrote runs in onnxruntime (needs --data).")
 @click.option("--data", "data_dir", default=None, type=click.Path(),
               help="Image folder with one subfolder per class, or a labels CSV (some of the model's classes will "
                    "do). Default: "
@@ -234,8 +234,8 @@ def _stdin_is_terminal() -> bool:
 @cli.command(short_help="Classify image files or folders.")
 @click.option("--checkpoint", multiple=True, type=click.Path(),
               help=CHECKPOINT_HELP + " Repeated, or a cnn cv folder (its folds): the ensemble, the mean of their "
-                   "probabilities. Without it, a first PATH ending in .npz, or a run or cnn cv folder, is the "
-                   "checkpoint.")
+                   "probabilities. A .onnx file cnn export wrote runs in onnxruntime. Without it, a first PATH "
+                   "ending in .npz or .onnx, or a run or cnn cv folder, is the checkpoint.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1), help="Show the K most likely classes.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {path, class, probability, top_k}.")
@@ -305,6 +305,9 @@ def report(run_dir, data_dir, out_dir):
     RUN_DIR is a run folder (a checkpoint file in one stands for its folder)."""
     from cnncli.report import write_report
 
+    if run_dir.lower().endswith(".onnx") and os.path.isfile(run_dir):   # (not its folder's run, unasked)
+        raise CnnError(printable(f"{run_dir}: an ONNX model holds no run to draw; give the run folder it was "
+                                 "exported from (cnn eval --checkpoint MODEL.onnx --data FOLDER measures it)"))
     if os.path.isfile(run_dir):                      # runs/demo/best.npz: its run folder
         run_dir = os.path.dirname(os.path.abspath(run_dir))
 

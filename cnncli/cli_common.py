@@ -260,7 +260,7 @@ def resolve_checkpoint(path: str) -> Path:
 
 def predict_arguments(checkpoint, paths, top_k, as_json, csv_path) -> tuple:
     """cnn predict's arguments checked before any work -> (checkpoint, paths): the first PATH taken
-    as the model when it names one (cnn predict model.npz image.png), a mistyped model, an ONNX file,
+    as the model when it names one (cnn predict model.npz image.png, or model.onnx), a mistyped model,
     a second model among the images, --csv over what it reads, stdin under mpirun refused in one line."""
     from cnncli.distributed import launched_by_mpi
     from cnncli.ensemble import holds_runs, is_a_model, mistyped_model, names_a_model
@@ -269,9 +269,6 @@ def predict_arguments(checkpoint, paths, top_k, as_json, csv_path) -> tuple:
     if as_json and csv_path:
         raise click.UsageError("--json and --csv: give one of them (--csv writes every class's probability "
                                "to a file; --json prints the top --top-k)")
-    if not checkpoint and str(paths[0]).lower().endswith(".onnx") and os.path.isfile(paths[0]):
-        raise CnnError(f"{paths[0]}: an ONNX model, not a checkpoint: cnn predict runs the .npz it was exported "
-                       "from (docs/interop.md runs an ONNX model with onnxruntime)")   # (exit 1, as with --checkpoint)
     if csv_path is not None and not csv_path.strip():
         raise click.UsageError("--csv: the path is empty")
     if csv_path is not None and csv_path != "-":
@@ -281,7 +278,7 @@ def predict_arguments(checkpoint, paths, top_k, as_json, csv_path) -> tuple:
     mistyped = None if checkpoint else mistyped_model(paths[0])
     if mistyped:                                            # (not the newest run's predictions, unasked)
         raise CnnError(mistyped)                            # (exit 1, as a missing --checkpoint file)
-    if not checkpoint and names_a_model(paths[0]):          # cnn predict model.npz (or runs/x) image.png
+    if not checkpoint and names_a_model(paths[0]):          # cnn predict model.npz (or runs/x, m.onnx) image.png
         checkpoint, paths = paths[:1], paths[1:]
         if not paths:
             raise click.UsageError(f"{checkpoint[0]} is a checkpoint: give the images to classify after it")

@@ -115,17 +115,24 @@ def lr_find(config_path, overrides, steps, min_lr, max_lr, plot_path, as_json):
                format_result(result, cfg["optim"]["name"], shlex.join(map(str, args)), cfg["optim"]))
 
 
-@click.command(short_help="What a checkpoint holds: classes, input, layers, parameters, progress.")
+@click.command(short_help="What a checkpoint (or exported .onnx) holds: classes, input, layers, progress.")
 @click.argument("checkpoint", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors
 def info(checkpoint, as_json):
     """Show what CHECKPOINT (a .npz file, or a run folder: its best.npz, else last.npz) holds: its
     classes, input preprocessing, the network layer by layer with output shapes and parameter counts
-    (as Keras' model.summary()), and how far its run trained. Runs nothing; numba is not loaded."""
+    (as Keras' model.summary()), and how far its run trained. Runs nothing; numba is not loaded.
+    A .onnx file cnn export wrote: its classes, preprocessing, inputs and outputs (needs the onnx package)."""
     from cnncli.runfolder import read_diverged
     from cnncli.summary import describe, format_info
 
+    if checkpoint.lower().endswith(".onnx") and not os.path.isdir(checkpoint):
+        from cnncli import onnxmodel
+
+        summary = onnxmodel.describe(checkpoint)
+        click.echo(json_text(summary) if as_json else onnxmodel.format_info(summary))
+        return
     path = resolve_checkpoint(checkpoint)
     last = path.parent / "last.npz"              # a run folder: how far it trained is last.npz's to say
     run_last = last if os.path.isdir(checkpoint) and path.name == "best.npz" and last.is_file() else None

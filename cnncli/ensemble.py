@@ -1,7 +1,8 @@
 """Several checkpoints as one model for `cnn eval` and `cnn predict`: the mean of their class
 probabilities (soft voting), as a cross-validation's fold models are usually combined. A `cnn cv`
 folder stands for its folds. Each member keeps its own input mean/std; all must share the classes
-and the image size and resize. Not a trainer of ensembles, and not exportable as one ONNX graph.
+and the image size and resize. Not a trainer of ensembles, not exportable as one ONNX graph, and
+an exported ONNX model (loaded here alone, onnxmodel.py) is no member.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ _FOLD = re.compile(r"fold-(\d+)")
 
 
 def names_a_model(path) -> bool:
-    """True for what cnn predict takes as its first PATH in place of --checkpoint: a .npz file
+    """True for what cnn predict takes as its first PATH in place of --checkpoint: a .npz or .onnx file
     name (or a file of another name that is a checkpoint's zip, with its __meta__), a run folder
     (its best.npz or last.npz) or a cnn cv folder (its fold-1 run)."""
     p = Path(path)
-    if p.suffix.lower() == ".npz":
+    if p.suffix.lower() in (".npz", ".onnx"):
         return True
     try:
         is_file = p.is_file()
@@ -138,8 +139,11 @@ class Ensemble:
 
 
 def load(paths):
-    """-> (a Predictor, or an Ensemble of several, and the checkpoint files). A checkpoint named twice
+    """-> (a Predictor, or an Ensemble of several, and the checkpoint files); a .onnx file (one, alone)
+    -> an onnxmodel.OnnxPredictor, run by onnxruntime. A checkpoint named twice
     (runs/a and runs/a/best.npz, a cv folder and one of its folds) is refused: it would count twice."""
+    from cnncli.onnxmodel import OnnxPredictor, is_onnx
+
     files = checkpoint_files(paths)
     seen = {}
     for f in files:
@@ -152,5 +156,11 @@ def load(paths):
         if first is not f:
             also = "" if str(first) == str(f) else f" (also as {first})"
             raise CheckpointError(f"{f}: given twice{also}; an ensemble averages each checkpoint once")
+    onnx = [f for f in files if is_onnx(f)]
+    if onnx and len(files) > 1:
+        raise CheckpointError(f"{onnx[0]}: an ONNX model does not join an ensemble (its members are averaged as "
+                              "checkpoints); give the .npz checkpoints it was exported from")
+    if onnx:
+        return OnnxPredictor.load(onnx[0]), files
     members = [Predictor.from_checkpoint(f) for f in files]
     return (members[0] if len(members) == 1 else Ensemble(members, files)), files

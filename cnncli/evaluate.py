@@ -194,9 +194,12 @@ def below_threshold(metrics, metric, threshold):
 
 
 def checkpoint_top_k(meta: dict) -> int:
-    """The train.top_k of the config stored in a checkpoint's metadata (3 when it has none)."""
+    """The train.top_k of the config stored in a checkpoint's metadata (3 when it has none); an exported
+    ONNX model's meta (onnxmodel.OnnxPredictor) holds it as "top_k"."""
     from . import config as config_mod
 
+    if isinstance(meta.get("top_k"), int) and meta["top_k"] >= 1:
+        return meta["top_k"]
     try:
         return int(config_mod.load_config_text(meta.get("config") or "")["train"]["top_k"])
     except (CnnError, TypeError, ValueError, AttributeError):
@@ -210,12 +213,16 @@ def evaluate(checkpoint, data_dir, batch_size=256, top_k=None, cache=True, stric
     top_k None: the checkpoint config's train.top_k. `checkpoint` may be a list of checkpoints, run
     folders and cnn cv folders: their ensemble (ensemble.py) is evaluated, on data_dir only."""
     from .ensemble import load
+    from .onnxmodel import is_onnx
 
     predictor, files = load(checkpoint if isinstance(checkpoint, (list, tuple)) else [checkpoint])
     if len(files) > 1 and data_dir is None:
         raise CnnError(f"{len(files)} checkpoints (an ensemble): pass --data FOLDER to choose the images to "
                        "evaluate (each run held out other validation images)")
     checkpoint = files[0]
+    if data_dir is None and is_onnx(checkpoint):
+        raise CnnError(f"{checkpoint}: an ONNX model holds no run to rebuild its validation images from; pass "
+                       "--data FOLDER to choose the images to evaluate")
     if data_dir is not None:
         metrics, dataset, probs = evaluate_predictor(predictor, data_dir, batch_size=batch_size, top_k=top_k,
                                                      cache=cache, strict=strict)

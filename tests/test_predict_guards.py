@@ -66,7 +66,8 @@ def test_an_onnx_file_as_predicts_model_is_named_not_replaced_by_the_newest_run(
     save_model(tmp_path / "runs" / "other" / "best.npz", model.Network(num_classes=3, seed=1), ["a", "b", "c"])
     res = invoke("predict", onnx_file, image)
     assert res.exit_code == 1, res.output                            # (as with --checkpoint model.onnx)
-    assert "an ONNX model, not a checkpoint" in res.output and "Checkpoint: runs/other" not in res.output
+    assert res.output.startswith(f"Error: {onnx_file}: ") and "Checkpoint: runs/other" not in res.output
+    assert "Traceback" not in res.output and len(res.output.splitlines()) == 1    # (tests/test_onnx_read.py)
 
 
 def test_export_refuses_two_checkpoints(tmp_path, ckpt):

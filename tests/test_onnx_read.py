@@ -1,0 +1,157 @@
+"""cnn reads back the ONNX models cnn export writes: `cnn eval` and `cnn predict` on the .onnx give the
+.npz's metrics and classes (onnxruntime's float32 against numba/NumPy: probabilities within 1e-5,
+the tolerance test_export.py holds the graph to), `cnn info` shows what the file holds; a missing
+onnxruntime or onnx, a foreign or corrupt .onnx, and the places an ONNX model cannot go (an ensemble,
+eval without --data, report, resume, export): one line each.
+
+onnx and onnxruntime are test extras: without them these tests skip (pytest.importorskip)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cnncli.cli import cli
+from e2e_util import make_folder, write_config
+
+ATOL = 1e-5         # float32 onnxruntime against cnn's float32 numba/NumPy forward, per probability
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(folder, run folder, data folder, {kind: exported .onnx}) of a one-epoch channel-BN run trained
+    with train.top_k 2 (the .onnx records it), exported with uint8 and float inputs."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    tmp = tmp_path_factory.mktemp("onnxread")
+    data = make_folder(tmp / "data", per_class=6, odd_files=False)
+    cfg = write_config(tmp / "c.yaml", data, tmp / "run", epochs=1, batch_size=6)
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--set", "model.batchnorm=channel",
+                                   "--set", "train.top_k=2", "--quiet", "--no-report"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    models = {}
+    for kind in ("uint8", "float"):
+        models[kind] = tmp / f"m-{kind}.onnx"
+        assert invoke("export", tmp / "run", "-o", models[kind], "--input", kind).exit_code == 0
+    return tmp, tmp / "run", data, models
+
+
+def _one_line_error(res, path, *parts):
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith(f"Error: {path}: ") and len(res.output.splitlines()) == 1, res.output
+    for part in parts:
+        assert part in res.output, res.output
+
+
+@pytest.mark.parametrize("kind", ["uint8", "float"])
+def test_eval_of_the_onnx_gives_the_npz_metrics(trained, kind):
+    _, run, data, models = trained
+    want = json.loads(invoke("eval", "--checkpoint", run, "--data", data, "--json").stdout)
+    res = invoke("eval", "--checkpoint", models[kind], "--data", data, "--json")
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["checkpoint"] == str(models[kind]) and got["top_k"] == want["top_k"] == 2     # (recorded at export)
+    for key in ("accuracy", "top_k_accuracy", "confusion", "classes", "per_class", "macro_f1", "num_images"):
+        assert got[key] == want[key], key
+    assert got["loss"] == pytest.approx(want["loss"], abs=ATOL)
+
+
+def test_the_onnx_probabilities_are_the_npz_ones(trained):
+    from cnncli.ensemble import load
+    from cnncli.evaluate import evaluate_predictor
+
+    _, run, data, models = trained
+    _, _, want = evaluate_predictor(load([run])[0], data)
+    for kind in models:
+        predictor, files = load([models[kind]])
+        assert files == [models[kind]] and predictor.classes == ["bar", "column", "disc"]
+        _, _, got = evaluate_predictor(predictor, data)
+        assert got.dtype == np.float64 and got.shape == want.shape == (18, 3)
+        np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
+
+
+def test_predict_with_the_onnx_gives_the_npz_classes(trained):
+    _, run, data, models = trained
+    want = json.loads(invoke("predict", run, data, "--json", "--top-k", 3).stdout)
+    for args in (["--checkpoint", models["uint8"], data], [models["float"], data]):     # (both model forms)
+        res = invoke("predict", *args, "--json", "--top-k", 3)
+        assert res.exit_code == 0, res.output
+        got = json.loads(res.stdout)
+        assert [(r["path"], r["class"]) for r in got] == [(r["path"], r["class"]) for r in want]
+        for g, w in zip(got, want):
+            assert {t["class"]: t["probability"] for t in g["top_k"]} == \
+                pytest.approx({t["class"]: t["probability"] for t in w["top_k"]}, abs=ATOL)
+
+
+def test_info_shows_what_the_onnx_holds(trained):
+    tmp, run, _, models = trained
+    res = invoke("info", models["uint8"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith(f"model       {models['uint8']} (ONNX, ") and "opset 17" in lines[0]
+    assert "classes     3: bar, column, disc" in lines
+    assert any(line.startswith("input       32x32 grayscale (resize: pad), normalized as (pixel/255 - ")
+               for line in lines)
+    assert "batchnorm channel (folded into a scale and shift)" in res.stdout
+    assert "inputs      pixels uint8 [N, 32, 32]" in lines
+    assert "outputs     probabilities float32 [N, 3]; logits float32 [N, 3]" in lines
+    assert f"exported    from {run / 'best.npz'} (eval's top-k: 2)" in lines
+    summary = json.loads(invoke("info", models["float"], "--json").stdout)
+    assert summary["classes"] == ["bar", "column", "disc"] and summary["input_kind"] == "float"
+    assert [i["name"] for i in summary["inputs"]] == ["input"] and summary["source_checkpoint"] == str(run / "best.npz")
+
+
+def test_a_missing_onnxruntime_is_one_line(trained, monkeypatch):
+    _, _, data, models = trained
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)           # (import onnxruntime fails)
+    _one_line_error(invoke("predict", models["uint8"], data / "disc"), models["uint8"], "pip install onnxruntime")
+    _one_line_error(invoke("eval", models["uint8"], "--data", data), models["uint8"], "pip install onnxruntime")
+
+
+def test_a_missing_onnx_for_info_is_one_line(trained, monkeypatch):
+    _, _, _, models = trained
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    res = invoke("info", models["uint8"])
+    assert res.exit_code == 1 and len(res.output.splitlines()) == 1, res.output
+    assert "cnn info reads an ONNX model with the onnx package" in res.output
+    assert "pip install 'cnncli[onnx]'" in res.output
+
+
+def test_a_foreign_corrupt_or_empty_onnx_is_one_line_naming_it(trained):
+    import onnx
+
+    tmp, _, data, models = trained
+    foreign = onnx.load(str(models["uint8"]))
+    del foreign.metadata_props[:]                                    # (another producer's model: no cnncli metadata)
+    onnx.save(foreign, str(tmp / "foreign.onnx"))
+    (tmp / "corrupt.onnx").write_bytes(models["uint8"].read_bytes()[:5000])    # (cut short)
+    (tmp / "empty.onnx").write_bytes(b"")
+    cases = {"foreign.onnx": "not an ONNX model cnn export wrote (its metadata has no 'classes')",
+             "corrupt.onnx": "not a readable ONNX model (", "empty.onnx": "not an ONNX model: the file is empty"}
+    for name, why in cases.items():
+        path = tmp / name
+        _one_line_error(invoke("predict", path, data / "disc"), path, why)
+        _one_line_error(invoke("eval", "--checkpoint", path, "--data", data), path, why)
+        _one_line_error(invoke("info", path), path, why)
+
+
+def test_where_an_onnx_cannot_go_is_one_line(trained):
+    tmp, run, data, models = trained
+    m = models["uint8"]
+    _one_line_error(invoke("eval", m, run, "--data", data), m, "an ONNX model does not join an ensemble")
+    _one_line_error(invoke("predict", "--checkpoint", run, "--checkpoint", m, data), m, "does not join an ensemble")
+    _one_line_error(invoke("eval", m), m, "an ONNX model holds no run to rebuild its validation images from; "
+                                          "pass --data")
+    _one_line_error(invoke("report", m), m, "an ONNX model holds no run to draw")
+    _one_line_error(invoke("export", m, "-o", tmp / "again.onnx"), m, "an ONNX model, not a checkpoint")
+    assert not (tmp / "again.onnx").exists()
+    res = invoke("train", "--resume", m)
+    assert res.exit_code != 0 and "an ONNX model, not a checkpoint" in res.output and "Traceback" not in res.output

@@ -134,7 +134,9 @@ def _network_nodes(helper, params, folds: dict, src: str, inits: list) -> list:
 
 def metadata(predictor: Predictor, kind: str, source=None) -> dict:
     """The model's metadata_props: every value a string (JSON for the structured ones). source: the
-    checkpoint file exported, recorded as given (`cnn info` shows it); top_k: its config's train.top_k
+    checkpoint file exported, recorded as its folder's name and its own (runs/demo/best.npz as
+    demo/best.npz: a shipped file names no folder of the machine it was made on; `cnn info` shows
+    it); top_k: its config's train.top_k
     (`cnn eval` of the ONNX model reports the same top-k accuracy)."""
     from .evaluate import checkpoint_top_k
 
@@ -153,8 +155,14 @@ def metadata(predictor: Predictor, kind: str, source=None) -> dict:
         "logits_name": LOGITS_NAME,
         "source_dtype": str(predictor.params.flat.dtype),
         "top_k": str(checkpoint_top_k(predictor.meta)),
-        **({"source_checkpoint": printable(os.fspath(source))} if source is not None else {}),
+        **({"source_checkpoint": printable(_last_two(source))} if source is not None else {}),
     }
+
+
+def _last_two(path) -> str:
+    """'demo/best.npz' of runs/demo/best.npz (or of /home/a/runs/demo/best.npz)."""
+    full = os.path.abspath(os.fspath(path))
+    return f"{os.path.basename(os.path.dirname(full))}/{os.path.basename(full)}"
 
 
 def build_model(predictor: Predictor, kind: str = "uint8", source=None):

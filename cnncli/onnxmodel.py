@@ -125,8 +125,9 @@ class OnnxPredictor:
                                   f"{len(info['classes'])} classes")
         return cls(session, path, info)
 
-    def predict_proba(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """(N,S,S) uint8 -> (N,C) float64 sigmoid outputs, `batch_size` images per run of the graph."""
+    def predict_proba(self, images_u8: np.ndarray, batch_size: int = 256, fast=None) -> np.ndarray:
+        """(N,S,S) uint8 -> (N,C) float64 sigmoid outputs, `batch_size` images per run of the graph (fast:
+        Predictor's choice of forward, which one graph does not have; cnn predict's chunks pass it)."""
         side = self.preprocess["image_size"]
         if not isinstance(images_u8, np.ndarray) or images_u8.dtype != np.uint8 or images_u8.shape[1:] != (side, side):
             raise ValueError(f"images_u8 must be (N,{side},{side}) uint8, got {getattr(images_u8, 'shape', None)} "

@@ -162,7 +162,7 @@ def test_metadata_round_trip(runs, onnx, ort, tmp_path, kind):
     assert prep["normalize"] is True and ckpt.preprocess["std"] != 1.0
     assert (props["cnncli_version"], props["batchnorm"], props["input_kind"]) == (__version__, "unit", kind)
     assert (props["output_name"], props["logits_name"]) == ("probabilities", "logits")
-    assert (props["top_k"], props["source_checkpoint"]) == ("3", str(run_dirs["unit"] / "best.npz"))
+    assert (props["top_k"], props["source_checkpoint"]) == ("3", f"{run_dirs['unit'].name}/best.npz")
 
 
 def _no_leftovers(folder, before):

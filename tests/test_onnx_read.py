@@ -78,9 +78,14 @@ def test_the_onnx_probabilities_are_the_npz_ones(trained):
         np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
 
 
-def test_predict_with_the_onnx_gives_the_npz_classes(trained):
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_predict_with_the_onnx_gives_the_npz_classes(trained, monkeypatch, chunk):
+    from cnncli import predictions
+
     _, run, data, models = trained
     want = json.loads(invoke("predict", run, data, "--json", "--top-k", 3).stdout)
+    if chunk:                                           # (cnn predict's chunks: 18 images, 4 at a time)
+        monkeypatch.setattr(predictions, "PREDICT_CHUNK", chunk)
     for args in (["--checkpoint", models["uint8"], data], [models["float"], data]):     # (both model forms)
         res = invoke("predict", *args, "--json", "--top-k", 3)
         assert res.exit_code == 0, res.output
@@ -103,10 +108,10 @@ def test_info_shows_what_the_onnx_holds(trained):
     assert "batchnorm channel (folded into a scale and shift)" in res.stdout
     assert "inputs      pixels uint8 [N, 32, 32]" in lines
     assert "outputs     probabilities float32 [N, 3]; logits float32 [N, 3]" in lines
-    assert f"exported    from {run / 'best.npz'} (eval's top-k: 2)" in lines
+    assert f"exported    from {run.name}/best.npz (eval's top-k: 2)" in lines
     summary = json.loads(invoke("info", models["float"], "--json").stdout)
     assert summary["classes"] == ["bar", "column", "disc"] and summary["input_kind"] == "float"
-    assert [i["name"] for i in summary["inputs"]] == ["input"] and summary["source_checkpoint"] == str(run / "best.npz")
+    assert [i["name"] for i in summary["inputs"]] == ["input"] and summary["source_checkpoint"] == f"{run.name}/best.npz"
 
 
 def test_a_missing_onnxruntime_is_one_line(trained, monkeypatch):

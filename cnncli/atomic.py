@@ -1,8 +1,9 @@
 """Atomic file writes: a temporary file beside the target, fsync, then os.replace, so the target is
 either whole or untouched, and a failed write leaves no temporary file behind.
 
-Not a lock: of two concurrent writers the last one wins. Errors are re-raised as they come; the
-callers turn them into their own one-line messages.
+Not a lock: of two concurrent writers the last one wins. Errors are re-raised naming the target
+file; why_unwritten words any OSError of a write (errno -> plain words and what to do), for the
+callers' own one-line messages and for cli_common's line for an OSError no caller caught.
 """
 
 from __future__ import annotations
@@ -52,19 +53,87 @@ def write_atomic(path, write, text: bool = False) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.remove(tmp)
         except OSError:
             pass
+        if isinstance(err, OSError) and err.filename in (None, tmp):   # (a write's error names no file;
+            err.filename = path                                        # the temporary name means nothing)
         raise
 
 
-def why_unwritten(err: OSError, path) -> str:
-    """Why `path` could not be written, in words: a file where one of its folders should be named
-    as such (the OS says only "File exists" or "Not a directory"), else the OS's own words."""
-    if err.errno in (errno.EEXIST, errno.ENOTDIR):
+TMP_EXTRA = len(".") + len(".tmp-4194304-") + 8      # what write_atomic's temporary name adds to the name
+
+_WORDS = {       # errno -> (what is wrong, what to do) in plain words
+    errno.ENOSPC: ("no space left on the device", "free some space, or write elsewhere"),
+    errno.EROFS: ("the file system is read-only", "write elsewhere"),
+    errno.EACCES: ("permission denied", "write where you may, or change the folder's permissions"),
+    errno.EPERM: ("permission denied", "write where you may, or change the folder's permissions"),
+    errno.EFBIG: ("the file is larger than this file system allows", "write elsewhere"),
+    errno.EIO: ("input/output error: the disk or network share failed", "check it, or write elsewhere"),
+}
+if hasattr(errno, "EDQUOT"):
+    _WORDS[errno.EDQUOT] = ("the disk quota is used up", "free some space, or ask for a larger quota")
+
+
+def why_unwritten(err: OSError, path, todo: bool = True) -> str:
+    """Why `path` could not be written, in plain words, and (todo=True) what to do: a full disk, a
+    used-up quota, a read-only file system, permission denied, a name too long (which part, its length
+    and the file system's limit), a file where one of its folders should be (the OS says only "File
+    exists" or "Not a directory"); else the OS's own words. For the caller's one line, which names
+    the file."""
+    why, fix = _WORDS.get(err.errno, (None, None))
+    if err.errno == errno.ENAMETOOLONG:
+        why, fix = _too_long(os.fspath(path)), "choose a shorter name"
+    elif err.errno in (errno.EEXIST, errno.ENOTDIR):
         for folder in Path(path).parents:
             if os.path.lexists(folder) and not os.path.isdir(folder):
-                return f"{folder} is a file, not a folder"
-    return err.strerror or str(err)
+                why, fix = f"{folder} is a file, not a folder", None          # (which says what to do)
+                break
+    if why is None:
+        return err.strerror or str(err)
+    return f"{why}: {fix}" if todo and fix else why
+
+
+def os_error_line(err: OSError) -> str:
+    """An OSError no caller turned into its own line: the file it names, then why_unwritten's words and,
+    where that is the same for a read and a write, what to do (not for permission denied)."""
+    if err.errno is None:
+        return str(err)
+    name = err.filename
+    name = os.fsdecode(name) if isinstance(name, (str, bytes)) else None
+    words = why_unwritten(err, name or ".", todo=err.errno not in (errno.EACCES, errno.EPERM, errno.EIO))
+    return f"{name}: {words}" if name else words
+
+
+def _too_long(path: str) -> str:
+    """Which part of `path` is too long for its file system: a name longer than the file system's
+    limit (or within it, but not with write_atomic's temporary name), else the whole path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder) and folder != os.path.dirname(folder):   # (pathconf needs a folder that
+        folder = os.path.dirname(folder)                                       # exists; Path.is_dir raises here)
+    try:
+        limit, path_limit = os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit, path_limit = 255, 4096
+    parts = Path(path).parts
+    for part in parts:
+        size = len(os.fsencode(part))
+        if size > limit:
+            return f"the name {_short(part)} is {_size(part, size)} long, more than the {limit} this file system allows"
+    last = parts[-1] if parts else ""
+    size = len(os.fsencode(last))
+    if size + TMP_EXTRA > limit:
+        return (f"the name {_short(last)} is {_size(last, size)} long: with the {TMP_EXTRA} a safe save's temporary "
+                f"name adds, more than the {limit} this file system allows")
+    return f"the path is {_size(path, len(os.fsencode(path)))} long, more than the {path_limit} this system allows"
+
+
+def _short(name: str) -> str:
+    return repr(name if len(name) <= 24 else name[:20] + "...")
+
+
+def _size(name: str, size: int) -> str:
+    """A name's length as the limit counts it: characters, or bytes when some take more than one."""
+    return f"{size} characters" if size == len(name) else f"{size} bytes"

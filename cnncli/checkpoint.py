@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 
-from .atomic import write_atomic
+from .atomic import why_unwritten, write_atomic
 from .errors import CheckpointError, Stopped
 
 FORMAT_VERSION = 1
@@ -44,12 +44,12 @@ def save(path, arrays, meta) -> None:
     members[META_KEY] = np.frombuffer(raw, dtype=np.uint8)  # (bytes,)
 
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     had = os.path.exists(path)
     try:
+        os.makedirs(folder, exist_ok=True)
         write_atomic(path, lambda f: np.savez(f, **members))
     except OSError as err:                        # full disk, quota, read-only: one line, old file intact
-        raise CheckpointError(f"{path}: cannot save the checkpoint ({err.strerror or err}); "
+        raise CheckpointError(f"{path}: cannot save the checkpoint ({why_unwritten(err, path)}); "
                               + ("the previous file there is unchanged" if had else "nothing was written")) from None
     _fsync_dir(folder)
 

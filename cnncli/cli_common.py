@@ -99,15 +99,18 @@ def _stdout_failed(err: OSError) -> bool:
 
 
 def os_error_text(err: OSError) -> str:
-    """An OS error's line; one that names no file, raised because the current folder has been deleted
-    (a relative path cannot be resolved), says so."""
+    """An OS error no caller caught, as one line (atomic.os_error_line: the file, what is wrong in plain
+    words). One that names no file, raised because the current folder has been deleted (a relative
+    path cannot be resolved), says so."""
+    from cnncli.atomic import os_error_line
+
     if err.filename is None and isinstance(err, FileNotFoundError):
         try:
             os.getcwd()
         except FileNotFoundError:
             return "the current folder no longer exists (deleted since this shell entered it): cd to a folder " \
                    "that exists and run the command again"
-    return printable(str(err))
+    return printable(os_error_line(err))
 
 
 def other_rank() -> bool:

@@ -18,6 +18,7 @@ import zlib
 
 import numpy as np
 
+from .atomic import why_unwritten
 from .errors import DataError
 
 DEMO_VERSION = 1                 # bump whenever the pictures change; stale demo folders regenerate
@@ -306,8 +307,7 @@ def ensure_demo(root, train_per_class: int = 600, test_per_class: int = 150, see
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.partial-", dir=parent)
     except OSError as err:                               # (a read-only folder: a raw Errno line named no key)
-        raise DataError(f"demo folder {root}: cannot be made ({err.strerror or err}); name a folder "
-                        "you can write") from None
+        raise DataError(f"demo folder {root}: cannot be made ({why_unwritten(err, root)})") from None
     if say is not None:                                  # (once it can be written: not before a refusal)
         say(f"Generating the built-in demo dataset in {root} ...")
     try:
@@ -315,7 +315,7 @@ def ensure_demo(root, train_per_class: int = 600, test_per_class: int = 150, see
         try:
             generate_demo(tmp, *settings)
         except OSError as err:                           # (a full disk: the error named no file)
-            raise DataError(f"demo folder {root}: cannot write the demo dataset ({err.strerror or err}); "
+            raise DataError(f"demo folder {root}: cannot write the demo dataset ({why_unwritten(err, root)}); "
                             "nothing was left behind") from None
         if os.path.exists(root):                         # stale/other-settings demo or empty folder
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.old-", dir=parent)

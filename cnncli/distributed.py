@@ -290,7 +290,10 @@ def rank_threads(comm: Comm, threads: int) -> int:
 def _line(err: BaseException) -> tuple[str, int, str]:
     """(the error's one line, printable on any terminal; its exit code; what goes before it when
     printed: "Error: ", or "" for a requested stop)."""
-    text = str(err).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    from cnncli.atomic import os_error_line     # (an OSError no caller caught: the file, in plain words)
+
+    text = os_error_line(err) if isinstance(err, OSError) else str(err)
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return text, int(getattr(err, "exit_code", 1)), getattr(err, "prefix", "Error: ")
 
 

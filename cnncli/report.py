@@ -320,7 +320,7 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
     except OSError as err:                 # (the file it failed on when the error names one: a full disk)
         where = err.filename if isinstance(err.filename, str) else out_dir
         hint = "; --out DIR writes it elsewhere" if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else ""
-        why = why_unwritten(err, where if where != out_dir else target)
+        why = why_unwritten(err, where if where != out_dir else target, todo=not hint)
         raise CnnError(f"{where}: cannot write the report ({why}){hint}") from err
     return target
 

@@ -112,7 +112,8 @@ def new_run_dir(out: str, what: str = "`out`") -> Path:
                     except FileExistsError:
                         continue
         except OSError as err:          # a read-only or full parent folder, or an empty folder not ours to write
-            raise CnnError(f"{printable(candidate)}: cannot create the run folder ({err.strerror or err})") from None
+            raise CnnError(f"{printable(candidate)}: cannot create the run folder "
+                           f"({why_unwritten(err, candidate / '.claimed')})") from None
     raise CnnError(f"{out}: {MAX_RUN_SUFFIX} run folders of this name exist already; choose another `out`")
 
 
@@ -140,7 +141,8 @@ def check_writable(folder: Path, hint: str = "") -> None:
             pass
         probe.unlink()
     except OSError as err:
-        raise CnnError(f"{printable(folder)}: cannot write the run folder ({err.strerror or err}){hint}") from None
+        why = why_unwritten(err, probe, todo=not hint)
+        raise CnnError(f"{printable(folder)}: cannot write the run folder ({why}){hint}") from None
 
 
 RUN_ENTRIES = ("config.yaml", "last.npz", "best.npz", "metrics.csv", "skipped.txt", "test_metrics.json",
@@ -181,8 +183,14 @@ def clean_debris(run_dir: Path) -> list:
 
 
 def atomic_text(path: Path, text: str) -> None:
-    """Write `text` (UTF-8; undecodable name bytes as \\xNN) to `path` atomically (atomic.write_atomic)."""
-    write_atomic(path, lambda f: f.write(text), text=True)
+    """Write `text` (UTF-8; undecodable name bytes as \\xNN) to `path` atomically (atomic.write_atomic);
+    an OSError (a full disk) is one CnnError line naming the file, which is then whole or untouched."""
+    had = os.path.exists(path)
+    try:
+        write_atomic(path, lambda f: f.write(text), text=True)
+    except OSError as err:
+        raise CnnError(f"{printable(str(path))}: cannot be written ({why_unwritten(err, path)}); "
+                       + ("the previous file there is unchanged" if had else "nothing was written")) from None
 
 
 def write_metrics(run_dir: Path, history: list) -> None:
@@ -241,7 +249,7 @@ def write_diverged(run_dir: Path, message: str) -> None:
     """Record in the run folder why the run stopped: its loss or gradients became non-finite."""
     try:
         atomic_text(run_dir / DIVERGED, printable(message) + "\n")
-    except OSError:
+    except CnnError:
         pass                    # the error line itself reaches the user anyway
 
 

@@ -89,9 +89,9 @@ def hold(folder: Path) -> None:
         return
     f.seek(0)
     f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    _HELD[key] = f
+    with contextlib.suppress(OSError):         # (a full disk: the lock holds all the same; the pid only
+        os.write(f.fileno(), f"{os.getpid()}\n".encode())    # names the holder, and the run's next write
+    _HELD[key] = f                                           # says what is wrong, naming its file)
 
 
 def training_now(folder: Path) -> bool:

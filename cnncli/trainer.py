@@ -20,9 +20,10 @@ import numpy as np
 
 from cnncli import config as config_mod
 from cnncli import checkpoint, resume as resume_mod, runfolder
+from cnncli.atomic import why_unwritten
 from cnncli.balance import class_weights
 from cnncli.callbacks import EarlyStopping, ProgressBar, StopFlag, loss_text, plateau_drops
-from cnncli.errors import CheckpointError, CnnError, Stopped, TrainingDiverged
+from cnncli.errors import CnnError, Stopped, TrainingDiverged
 from cnncli.runfolder import save_checkpoint
 from cnncli.tblog import EventLog
 
@@ -268,13 +269,15 @@ class Trainer:
         # which the resumed run writes again, not a row short behind a finished run's checkpoint (whose
         # resume has nothing to do and writes nothing)
         if self.is_main_process:
-            runfolder.write_metrics(self.run_dir, state.history)
+            with self._resumable():
+                runfolder.write_metrics(self.run_dir, state.history)
         self.save_last()
         if self.events is not None:
             try:
                 self.events.epoch(row)
             except OSError as err:            # a side log: say so once, train on
-                self.echo(f"warning: no more TensorBoard events ({self.events.path}: {err.strerror or err})")
+                why = why_unwritten(err, self.events.path, todo=False)
+                self.echo(f"warning: no more TensorBoard events ({self.events.path}: {why})")
                 self.events = None
         val = f"val loss {loss_text(val_loss)} acc {val_acc:.2%}" if self.val_ds.labels.size else "no val"
         note = self.compiling_note() or ("" if images else "resumed after its last step")   # (no rate of 0 images)
@@ -332,18 +335,20 @@ class Trainer:
 
     @contextlib.contextmanager
     def _resumable(self):
-        """A checkpoint that cannot be saved (a full disk): its line says how to go on from last.npz."""
+        """A checkpoint or metrics.csv that cannot be saved (a full disk): the run stops with its line,
+        which says how to go on from last.npz (whole: saves are atomic) when there is one."""
         try:
             yield
-        except CheckpointError as err:
-            if not self.last_path.is_file():
+        except CnnError as err:
+            if isinstance(err, Stopped) or not self.last_path.is_file():
                 raise
-            raise CheckpointError(f"{err}; once there is room, go on from it: cnn train --resume "
-                                  f"{self.run_dir}") from None
+            raise type(err)(f"{err}; once there is room, go on from {self.last_path.name}: cnn train --resume "
+                            f"{self.run_dir}") from None
 
     def write_config(self) -> None:
-        """The run folder's config.yaml: this run's resolved config (eval, report and resume read it)."""
-        (self.run_dir / "config.yaml").write_text(self.cfg_text, encoding="utf-8", errors="backslashreplace")
+        """The run folder's config.yaml: this run's resolved config (eval, report and resume read it);
+        written whole or not at all (runfolder.atomic_text: a full disk is one line naming it)."""
+        runfolder.atomic_text(self.run_dir / "config.yaml", self.cfg_text)
 
     def _config_still_there(self) -> None:
         """config.yaml (written at the start) written again, with a warning, when it has gone: the

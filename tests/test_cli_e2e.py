@@ -317,7 +317,7 @@ def test_an_out_that_is_a_file_a_folder_of_other_files_or_unwritable_gets_one_ac
     (tmp_path / "empty").mkdir()                                   # an empty folder the run cannot write
     res = invoke([*common, "--out", tmp_path / "empty"])
     assert res.exit_code == 1 and res.output.strip() == f"Error: {tmp_path / 'empty'}: cannot create the run folder " \
-        "(Read-only file system)"
+        "(the file system is read-only: write elsewhere)"
 
 
 def test_resuming_into_a_folder_it_cannot_write_says_so_before_reading_data(trained, tmp_path, monkeypatch):
@@ -334,8 +334,8 @@ def test_resuming_into_a_folder_it_cannot_write_says_so_before_reading_data(trai
         return guarded
     monkeypatch.setattr(runfolder, "open", no_writes_in(run), raising=False)
     res = invoke(["train", "--resume", run, "--set", "train.epochs=3", "-q", "--no-report"])
-    assert res.exit_code == 1 and res.output.strip() == f"Error: {run}: cannot write the run folder (Read-only file " \
-        "system); --out NEWDIR continues the run in a new folder"
+    assert res.exit_code == 1 and res.output.strip() == f"Error: {run}: cannot write the run folder (the file system " \
+        "is read-only); --out NEWDIR continues the run in a new folder"
     assert len((run / "metrics.csv").read_text().strip().splitlines()) == 3  # untouched
 
 
@@ -791,7 +791,7 @@ def test_an_os_error_naming_no_file_is_not_taken_for_standard_outputs():
 
     with pytest.raises(UserError) as err:
         save()
-    assert err.value.format_message() == "[Errno 28] No space left on device"
+    assert err.value.format_message() == "no space left on the device: free some space, or write elsewhere"
 
 
 def test_a_deleted_current_folder_is_one_line_saying_so(workspace, tmp_path):

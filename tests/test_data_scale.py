@@ -158,9 +158,9 @@ def test_a_cache_folder_that_cannot_be_written_is_a_note_and_the_run_goes_on(tmp
     monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "afile" / "cache"))
     ds, _ = data.load_folder(root)
     note = [n for n in ds.notes if "dataset cache" in n]
-    assert note == [f"note: the dataset cache could not be written ({tmp_path / 'afile' / 'cache'}: Not a "
-                    f"directory), so the next run decodes {root} again; CNNCLI_CACHE_DIR names another folder "
-                    "for it"]
+    assert note == [f"note: the dataset cache could not be written ({tmp_path / 'afile' / 'cache'}: "
+                    f"{tmp_path / 'afile'} is a file, not a folder), so the next run decodes {root} again; "
+                    "CNNCLI_CACHE_DIR names another folder for it"]
     r = CliRunner().invoke(cli, ["train", "--set", f"data.train={root}", "--set", "train.epochs=1", "--no-report",
                                  "--out", str(tmp_path / "run"), "-q"])
     assert r.exit_code == 0 and note[0] in r.stderr, r.output
@@ -297,7 +297,7 @@ def test_full_disk_during_checkpoint_save_keeps_the_old_file(tmp_path, monkeypat
     with pytest.raises(CheckpointError) as err:
         checkpoint.save(path, {"w": np.arange(8.0)}, {"epoch": 2})
     msg = str(err.value)
-    assert "\n" not in msg and str(path) in msg and "No space left" in msg
+    assert "\n" not in msg and str(path) in msg and "no space left on the device" in msg
     assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["last.npz"]
 
 
@@ -558,7 +558,7 @@ def test_a_new_cache_entry_first_frees_the_out_of_date_ones_space(tmp_path, monk
 
     monkeypatch.setattr(cache_mod, "_atomic", full_disk)
     ds, _ = data.load_folder(root)
-    assert len(ds) == 11 and any("could not be written" in n and "No space left on device" in n for n in ds.notes)
+    assert len(ds) == 11 and any("could not be written" in n and "no space left on the device" in n for n in ds.notes)
     monkeypatch.setattr(cache_mod, "_atomic", real)
     data.load_folder(root)
     assert len(list(cache_in_tmp.glob("*.npy"))) == 2                 # (its pixels and its files' identities)

@@ -301,6 +301,6 @@ def test_a_full_disk_while_generating_names_the_demo_folder(tmp_path, monkeypatc
     monkeypatch.setattr(demo, "generate_demo", full)
     with pytest.raises(DataError) as err:
         demo.ensure_demo(tmp_path / "demo")
-    assert str(err.value) == (f"demo folder {tmp_path / 'demo'}: cannot write the demo dataset (No space left on "
-                              "device); nothing was left behind")
+    assert str(err.value) == (f"demo folder {tmp_path / 'demo'}: cannot write the demo dataset (no space left on "
+                              "the device: free some space, or write elsewhere); nothing was left behind")
     assert os.listdir(tmp_path) == []

@@ -104,7 +104,7 @@ def test_augment_preview_writes_the_format_its_extension_names_and_one_line_when
     monkeypatch.setattr(Image.Image, "save", read_only)
     res = invoke([*common, "--out", tmp_path / "ro.png"])
     assert res.exit_code == 1 and res.output.strip() == f"Error: {tmp_path / 'ro.png'}: cannot write the preview " \
-        "(Read-only file system)"
+        "(the file system is read-only: write elsewhere)"
     assert not list(tmp_path.glob(".ro.png.tmp-*"))
 
 

@@ -234,7 +234,8 @@ def test_read_only_folder_is_one_line_and_leaves_nothing(runs, onnx, tmp_path, m
     try:
         res = invoke(["export", "--checkpoint", run_dirs["none"], "--out", ro / "m.onnx"])
         assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
-        assert f"{ro / 'm.onnx'}: cannot write (Permission denied)" in res.output and "Traceback" not in res.output
+        assert f"{ro / 'm.onnx'}: cannot write (permission denied: write where you may, or change the folder's " \
+            "permissions)" in res.output and "Traceback" not in res.output
         assert os.listdir(ro) == []
     finally:
         ro.chmod(0o755)
@@ -252,7 +253,7 @@ def test_failed_write_keeps_the_old_file_and_no_temp(runs, onnx, tmp_path, monke
     monkeypatch.setattr(onnx, "save_model", broken_save)
     res = invoke(["export", "--checkpoint", run_dirs["none"], "--out", out])
     assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
-    assert f"{out}: cannot write (No space left on device)" in res.output
+    assert f"{out}: cannot write (no space left on the device: free some space, or write elsewhere)" in res.output
     assert out.read_bytes() == b"previous model" and os.listdir(tmp_path) == ["m.onnx"]
 
 

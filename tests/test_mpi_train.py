@@ -377,7 +377,7 @@ FAULT_JOB = Path(__file__).resolve().parent / "mpi_fault_job.py"
 @pytest.mark.parametrize("mode, code, line", [
     ("rank-error", 1, "Error: rank 1 of 2: data/x.png: unreadable on rank 1 only"),
     ("main-error", 1, "Error: data/x.png: unreadable on rank 0 only"),
-    ("fail", 1, "Error: rank 1 of 2: [Errno 28] No space left on device"),
+    ("fail", 1, "Error: rank 1 of 2: no space left on the device: free some space, or write elsewhere"),
 ])
 def test_an_error_of_one_rank_ends_the_job_with_one_line_naming_it(tmp_path, mode, code, line):
     require_mpi()

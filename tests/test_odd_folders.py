@@ -70,7 +70,8 @@ def test_a_full_disk_leaves_no_empty_run_folder_and_no_half_copied_best(tmp_path
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(runfolder, "claim_marker", full)
-    with pytest.raises(CnnError, match=r"cannot create the run folder \(No space left on device\)"):
+    with pytest.raises(CnnError, match=r"cannot create the run folder \(no space left on the device: free some "
+                                       r"space, or write elsewhere\)$"):
         runfolder.new_run_dir(str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()                      # (an empty folder was left)
     src, dst = tmp_path / "src", tmp_path / "dst"
@@ -79,8 +80,8 @@ def test_a_full_disk_leaves_no_empty_run_folder_and_no_half_copied_best(tmp_path
     monkeypatch.setattr(shutil, "copyfileobj", full)
     with pytest.raises(CheckpointError) as err:                 # (a raw errno line and a .tmp file before)
         resume.carry_best(src, dst)
-    assert str(err.value) == (f"{dst / 'best.npz'}: cannot copy the run's best.npz there (No space left on "
-                              "device); nothing was trained yet")
+    assert str(err.value) == (f"{dst / 'best.npz'}: cannot copy the run's best.npz there (no space left on the "
+                              "device: free some space, or write elsewhere); nothing was trained yet")
     assert os.listdir(dst) == []
 
 
@@ -103,7 +104,7 @@ def test_a_checkpoint_that_cannot_be_saved_says_how_to_go_on(tmp_path, monkeypat
     res = invoke(["train", "--config", write_config(tmp_path / "c.yaml", data, run, epochs=3), "-q", "--no-report"])
     assert res.exit_code == 1
     assert res.stderr.strip().splitlines()[-1].endswith(
-        f"the previous file there is unchanged; once there is room, go on from it: cnn train --resume {run}"), \
+        f"the previous file there is unchanged; once there is room, go on from last.npz: cnn train --resume {run}"), \
         res.stderr
 
 

@@ -314,12 +314,13 @@ def test_a_report_that_cannot_be_written_names_the_file_and_suggests_another_fol
     monkeypatch.setattr(report, "write_atomic", full)
     with pytest.raises(CnnError) as err:
         write_report(run_dir, data_dir=data_dir, out_dir=tmp_path / "rep")
-    assert str(err.value) == f"{tmp_path / 'rep' / 'curves.png'}: cannot write the report (No space left on device)"
+    assert str(err.value) == f"{tmp_path / 'rep' / 'curves.png'}: cannot write the report (no space left on the " \
+        "device: free some space, or write elsewhere)"
 
     def denied(path, write, text=False):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
     monkeypatch.setattr(report, "write_atomic", denied)
-    with pytest.raises(CnnError, match=r"\(Permission denied\); --out DIR writes it elsewhere$"):
+    with pytest.raises(CnnError, match=r"\(permission denied\); --out DIR writes it elsewhere$"):
         write_report(run_dir, data_dir=data_dir, out_dir=tmp_path / "rep")
 
 

@@ -249,7 +249,8 @@ def test_a_run_folder_that_cannot_be_made_is_one_line_naming_it(tmp_path, monkey
     monkeypatch.setattr(runfolder.os, "mkdir", refuse)
     with pytest.raises(CnnError) as err:
         runfolder.new_run_dir(str(tmp_path / "run"))
-    assert str(err.value) == f"{tmp_path / 'run'}: cannot create the run folder (Permission denied)"
+    assert str(err.value) == f"{tmp_path / 'run'}: cannot create the run folder (permission denied: write where " \
+        "you may, or change the folder's permissions)"
 
 
 def test_resume_cleans_stray_temporary_files(run1):

@@ -240,7 +240,7 @@ def test_cnn_demo_in_a_folder_it_cannot_write_is_one_line(tmp_path, monkeypatch)
     monkeypatch.setattr(tempfile, "mkdtemp", read_only)
     res = invoke(["demo", tmp_path / "demo"])
     assert res.exit_code == 1 and res.output == (f"Error: demo folder {tmp_path / 'demo'}: cannot be made "
-                                                 "(Read-only file system); name a folder you can write\n"), res.output
+                                                 "(the file system is read-only: write elsewhere)\n"), res.output
 
 
 @pytest.mark.parametrize("given, hint", [

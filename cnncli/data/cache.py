@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from ..atomic import why_unwritten
+
 CACHE_FORMAT_VERSION = 6         # bump when decoding/resizing/the key changes what pixels come out
 
 
@@ -229,7 +231,7 @@ def write(slot: str, key: str, images: np.ndarray, skipped, ids=None) -> str | N
     except OSError as err:                            # read-only home, full disk: just no cache
         if os.path.exists(folder) and not os.path.isdir(folder):
             return f"{folder}: is not a folder"
-        return f"{folder}: {err.strerror or err}"
+        return f"{folder}: {why_unwritten(err, err.filename or folder)}"
     except (ValueError, UnicodeError) as err:
         return str(err)
     return None

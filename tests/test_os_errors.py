@@ -1,0 +1,221 @@
+"""File-system faults where cnn writes (a full disk, a read-only file system, permission denied, a used-up
+quota, a name too long): one line naming the file, in plain words (atomic.why_unwritten), no traceback,
+and the earlier file whole. The errors are injected, except a name too long, which is real."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from cnncli import atomic
+from cnncli.atomic import why_unwritten, write_atomic
+from e2e_util import invoke, make_folder, private_cache, write_config  # noqa: F401
+
+FULL = "no space left on the device: free some space, or write elsewhere"
+
+
+def _limit(folder) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def _too_long(tmp_path, extra: int = 45) -> tuple[str, int]:
+    """A name `extra` longer than the file system's limit here, and that limit."""
+    limit = _limit(tmp_path)
+    if limit > 4000:
+        pytest.skip(f"this file system allows names of {limit} bytes")
+    return "a" * (limit + extra), limit
+
+
+@pytest.mark.parametrize("code, words, bare", [
+    (errno.ENOSPC, FULL, "no space left on the device"),
+    (errno.EROFS, "the file system is read-only: write elsewhere", "the file system is read-only"),
+    (errno.EACCES, "permission denied: write where you may, or change the folder's permissions", "permission denied"),
+    (getattr(errno, "EDQUOT", None), "the disk quota is used up: free some space, or ask for a larger quota",
+     "the disk quota is used up"),
+])
+def test_each_fault_is_said_in_plain_words_with_what_to_do(tmp_path, code, words, bare):
+    if code is None:
+        pytest.skip("no EDQUOT here")
+    err = OSError(code, os.strerror(code))
+    assert why_unwritten(err, tmp_path / "f") == words
+    assert why_unwritten(err, tmp_path / "f", todo=False) == bare
+
+
+def test_a_name_too_long_says_which_name_its_length_and_the_limit(tmp_path):
+    # (it said "[Errno 36] File name too long: '/tmp/.../.aaaa....tmp-123-ab12'", the temporary name)
+    name, limit = _too_long(tmp_path)
+    target = tmp_path / name
+    with pytest.raises(OSError) as info:
+        write_atomic(target, lambda f: f.write(b"x"))
+    assert info.value.filename == str(target)                      # the target, not the temporary name
+    assert why_unwritten(info.value, target) == (f"the name 'aaaaaaaaaaaaaaaaaaaa...' is {limit + 45} characters "
+                                                 f"long, more than the {limit} this file system allows: choose a "
+                                                 "shorter name")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_name_within_the_limit_but_not_with_the_temporary_name_says_so(tmp_path):
+    limit = _limit(tmp_path)
+    if limit > 4000:
+        pytest.skip(f"this file system allows names of {limit} bytes")
+    target = tmp_path / ("b" * (limit - 5))                        # (a safe save writes .NAME.tmp-PID-HEX first)
+    with pytest.raises(OSError) as info:
+        write_atomic(target, lambda f: f.write(b"x"))
+    assert why_unwritten(info.value, target) == (
+        f"the name 'bbbbbbbbbbbbbbbbbbbb...' is {limit - 5} characters long: with the {atomic.TMP_EXTRA} a safe "
+        f"save's temporary name adds, more than the {limit} this file system allows: choose a shorter name")
+
+
+def test_a_write_error_that_names_no_file_names_the_target(tmp_path):
+    # (np.savez's ENOSPC, from f.write, named no file: an uncaught one said "[Errno 28] No space left on device")
+    def full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError) as info:
+        write_atomic(tmp_path / "m.csv", full)
+    assert info.value.filename == str(tmp_path / "m.csv")
+    assert atomic.os_error_line(info.value) == f"{tmp_path / 'm.csv'}: {FULL}"
+
+
+def test_an_uncaught_os_error_is_one_plain_line_on_one_rank_or_many(tmp_path):
+    from cnncli.cli_common import UserError, user_errors
+    from cnncli.distributed import _line
+
+    @user_errors
+    def quota():
+        raise OSError(errno.EACCES, "Permission denied", str(tmp_path / "x.json"))
+    with pytest.raises(UserError) as err:
+        quota()
+    assert err.value.format_message() == f"{tmp_path / 'x.json'}: permission denied"   # (a read's, maybe: no advice)
+    assert _line(OSError(errno.ENOSPC, "No space left on device", "f.csv")) == (f"f.csv: {FULL}", 1, "Error: ")
+
+
+def _fail_on(monkeypatch, module, name: str, after: int = 0):
+    """module.write_atomic raises ENOSPC for files called `name` after `after` good writes of it."""
+    real, seen = module.write_atomic, []
+
+    def write(path, fn, text=False):
+        if Path(path).name == name:
+            seen.append(path)
+            if len(seen) > after:
+                def half(f):
+                    f.write(b"half" if not text else "half")
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return real(path, half, text)
+        return real(path, fn, text)
+    monkeypatch.setattr(module, "write_atomic", write)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("oserr")
+    data = make_folder(tmp / "data", per_class=6, odd_files=False)
+    res = invoke(["train", "--config", write_config(tmp / "c.yaml", data, tmp / "run", epochs=1), "-q",
+                  "--no-report"])
+    assert res.exit_code == 0, res.output
+    return tmp / "run", data
+
+
+def test_metrics_csv_that_cannot_be_saved_mid_run_stops_the_run_with_one_line(tmp_path, monkeypatch):
+    # (it printed "Error: [Errno 28] No space left on device: '.../.metrics.csv.tmp-...'")
+    from cnncli import runfolder
+    from cnncli.checkpoint import load_meta
+
+    _fail_on(monkeypatch, runfolder, "metrics.csv", after=1)
+    data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
+    run = tmp_path / "run"
+    res = invoke(["train", "--config", write_config(tmp_path / "c.yaml", data, run, epochs=3), "-q", "--no-report"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.stderr.count("Error:") == 1 and res.stderr.endswith(
+        f"Error: {run / 'metrics.csv'}: cannot be written ({FULL}); the previous file there is unchanged; once there "
+        f"is room, go on from last.npz: cnn train --resume {run}\n"), res.stderr
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2              # header, epoch 1: whole
+    assert load_meta(run / "last.npz")["epoch"] == 1 and not list(run.glob(".*.tmp-*"))
+
+
+def test_a_resume_whose_config_yaml_cannot_be_saved_says_so_and_keeps_it(run, monkeypatch):
+    # (config.yaml was written in place: a full disk left it half-written)
+    from cnncli import runfolder
+
+    run_dir, _ = run
+    before = (run_dir / "config.yaml").read_bytes()
+    _fail_on(monkeypatch, runfolder, "config.yaml")
+    res = invoke(["train", "--resume", run_dir, "--set", "train.epochs=2", "-q", "--no-report"])
+    assert res.exit_code == 1 and res.stderr.count("Error:") == 1 and "Traceback" not in res.output
+    assert res.stderr.endswith(f"Error: {run_dir / 'config.yaml'}: cannot be written ({FULL}); the previous file "
+                               "there is unchanged\n"), res.stderr
+    assert (run_dir / "config.yaml").read_bytes() == before and not list(run_dir.glob(".*.tmp-*"))
+
+
+def test_predict_csv_export_and_report_under_a_name_too_long_say_which_name(run, tmp_path):
+    # (export and report printed "Error: [Errno 36] File name too long: '...'"; predict "(File name too long)")
+    run_dir, data = run
+    name, limit = _too_long(tmp_path, extra=0)
+
+    def too_long(path):
+        return f"the name 'aaaaaaaaaaaaaaaaaaaa...' is {len(path.name)} characters long, more than the {limit} " \
+               "this file system allows: choose a shorter name"
+    out = tmp_path / f"{name}.csv"
+    res = invoke(["predict", "--checkpoint", run_dir, data, "--csv", out])
+    assert res.exit_code == 1 and res.stderr == f"Error: {out}: cannot write the predictions ({too_long(out)})\n"
+    out = tmp_path / f"{name}.onnx"
+    res = invoke(["export", "--checkpoint", run_dir, "--out", out])
+    assert res.exit_code == 1 and res.stderr == f"Error: {out}: {too_long(out)}\n", res.stderr
+    out = tmp_path / f"{name}-report"
+    res = invoke(["report", run_dir, "--out", out])
+    assert res.exit_code == 1 and res.stderr.count("\n") == 1 and res.stderr.startswith(f"Error: {out}")
+    assert too_long(out) in res.stderr and "Traceback" not in res.output
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_dataset_cache_folder_it_cannot_make_is_a_note_in_plain_words(tmp_path, monkeypatch):
+    # (the note said "(.../aaaa...: File name too long)")
+    from cnncli import data
+
+    name, limit = _too_long(tmp_path)
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / name))
+    ds, _ = data.load_folder(make_folder(tmp_path / "data", per_class=3, odd_files=False), progress=False)
+    note = [n for n in ds.notes if "dataset cache could not be written" in n]
+    assert len(note) == 1 and f"is {limit + 45} characters long, more than the {limit}" in note[0], ds.notes
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A tiny tmpfs, filled up (a real full disk: root and mount(8) needed, else the test is skipped)."""
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_resume_into_a_new_folder_on_a_full_disk_is_one_line_and_leaves_nothing(run, full_disk):
+    # (it said "Error: [Errno 28] No space left on device", from the pid written into the folder's lock file)
+    run_dir, _ = run
+    res = invoke(["train", "--resume", run_dir, "--set", "train.epochs=2", "--out", full_disk / "run2", "-q",
+                  "--no-report"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.stderr.endswith(f"Error: {full_disk / 'run2' / 'best.npz'}: cannot copy the run's best.npz there "
+                               f"({FULL}); nothing was trained yet\n"), res.stderr
+    assert os.listdir(full_disk) == ["filler"]

@@ -77,6 +77,12 @@ if hasattr(errno, "EDQUOT"):
     _WORDS[errno.EDQUOT] = ("the disk quota is used up", "free some space, or ask for a larger quota")
 
 
+def kept(path) -> str:
+    """"; the previous file there is unchanged" when `path` is a file (call it before write_atomic: a
+    failed write leaves it whole), else "": the end of a caller's line for a write that failed."""
+    return "; the previous file there is unchanged" if os.path.isfile(path) else ""
+
+
 def why_unwritten(err: OSError, path, todo: bool = True) -> str:
     """Why `path` could not be written, in plain words, and (todo=True) what to do: a full disk, a
     used-up quota, a read-only file system, permission denied, a name too long (which part, its length

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import picture_target_problem, why_unwritten, write_atomic
+from .atomic import kept, picture_target_problem, why_unwritten, write_atomic
 from .config import require_train
 from .errors import CnnError
 
@@ -170,10 +170,11 @@ def write_preview(cfg: dict, out, rows: int | None = None, cols: int = 8, seed: 
     out = Path(out)
     grid = draw_grid(cells, [ds.classes[ds.labels[i]] for i in idx])
     kind = named_format(out) or "PNG"
+    previous = kept(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out, lambda f: grid.save(f, format=kind))
     except (OSError, ValueError) as err:
         why = why_unwritten(err, out) if isinstance(err, OSError) else err
-        raise CnnError(f"{printable(str(out))}: cannot write the preview ({why})") from None
+        raise CnnError(f"{printable(str(out))}: cannot write the preview ({why}){previous}") from None
     return out

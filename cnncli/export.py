@@ -15,7 +15,7 @@ import numpy as np
 
 from . import __version__
 from .arch import IMAGE_SHAPE
-from .atomic import why_unwritten, write_atomic
+from .atomic import kept, why_unwritten, write_atomic
 from .errors import CnnError
 from .infer import bn_folds
 from .predictor import Predictor, input_table
@@ -200,10 +200,11 @@ def build_model(predictor: Predictor, kind: str = "uint8", source=None):
 
 def _write_atomic(onnx, model, out: Path) -> None:
     """`out` whole or untouched (atomic.write_atomic); an OSError becomes one ExportError line."""
+    previous = kept(out)
     try:
         write_atomic(out, lambda f: onnx.save_model(model, f))
     except OSError as e:
-        raise ExportError(f"{out}: cannot write ({why_unwritten(e, out)})") from None
+        raise ExportError(f"{out}: cannot write ({why_unwritten(e, out)}){previous}") from None
 
 
 def export_onnx(checkpoint, out, kind: str = "uint8") -> Path:

@@ -97,7 +97,7 @@ def lr_find(cfg: dict, steps: int = 100, min_lr: float = 1e-6, max_lr: float = 1
 def write_plot(result: dict, path) -> Path:
     """A PNG at `path` (written whole or not at all): the loss, raw and smoothed, against the rate on a
     log axis, the suggested rate marked, as Lightning's lr_finder.plot(suggest=True). Needs matplotlib."""
-    from cnncli.atomic import why_unwritten, write_atomic
+    from cnncli.atomic import kept, why_unwritten, write_atomic
     from cnncli.plotting import DPI, STYLE, matplotlib_parts, new_figure
 
     matplotlib, Figure, Canvas = matplotlib_parts()
@@ -119,10 +119,11 @@ def write_plot(result: dict, path) -> Path:
         ax.set_ylabel("training loss (summed BCE)")
         ax.set_title("cnn lr-find")
         ax.legend(loc="best")
+        previous = kept(path)
         try:
             write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
         except OSError as err:
-            raise CnnError(f"{path}: cannot write the plot ({why_unwritten(err, path)})") from None
+            raise CnnError(f"{path}: cannot write the plot ({why_unwritten(err, path)}){previous}") from None
     return Path(path)
 
 

@@ -217,7 +217,7 @@ def write_predictions_csv(path, results, classes) -> int:
     probability, then one column per class in the model's order -> the number of rows."""
     import csv
 
-    from .atomic import why_unwritten, write_atomic
+    from .atomic import kept, why_unwritten, write_atomic
     from .data.names import utf8_text
 
     count = [0]
@@ -233,6 +233,7 @@ def write_predictions_csv(path, results, classes) -> int:
             row = [r["path"], r["class"], repr(r["probability"]), *(repr(p[c]) for c in names)]
             (cr if "\r" in r["path"] or "\r" in r["class"] else w).writerow(row)
             count[0] += 1
+    previous = "" if path == "-" else kept(path)
     try:
         if path == "-":                              # (standard output, as most tools read "-")
             write(sys.stdout)
@@ -244,7 +245,7 @@ def write_predictions_csv(path, results, classes) -> int:
             raise
         raise CnnError(f"{path}: cannot write the predictions (Broken pipe)") from None
     except OSError as e:
-        raise CnnError(f"{path}: cannot write the predictions ({why_unwritten(e, path)})") from None
+        raise CnnError(f"{path}: cannot write the predictions ({why_unwritten(e, path)}){previous}") from None
     return count[0]
 
 

@@ -173,6 +173,26 @@ def test_predict_csv_export_and_report_under_a_name_too_long_say_which_name(run,
     assert os.listdir(tmp_path) == []
 
 
+def test_predict_csv_and_export_on_a_full_disk_keep_the_earlier_file_and_say_so(run, tmp_path, monkeypatch):
+    # (they said "(No space left on device)", not that the earlier file is whole)
+    from cnncli import export
+
+    run_dir, data = run
+    csv, model = tmp_path / "p.csv", tmp_path / "m.onnx"
+    csv.write_text("earlier predictions\n")
+    model.write_bytes(b"earlier model")
+    _fail_on(monkeypatch, atomic, "p.csv")
+    _fail_on(monkeypatch, export, "m.onnx")
+    res = invoke(["predict", "--checkpoint", run_dir, data, "--csv", csv])
+    assert res.exit_code == 1 and res.stderr == (f"Error: {csv}: cannot write the predictions ({FULL}); the previous "
+                                                 "file there is unchanged\n"), res.stderr
+    res = invoke(["export", "--checkpoint", run_dir, "--out", model])
+    assert res.exit_code == 1 and res.stderr == (f"Error: {model}: cannot write ({FULL}); the previous file there is "
+                                                 "unchanged\n"), res.stderr
+    assert csv.read_text() == "earlier predictions\n" and model.read_bytes() == b"earlier model"
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "p.csv"]
+
+
 def test_a_dataset_cache_folder_it_cannot_make_is_a_note_in_plain_words(tmp_path, monkeypatch):
     # (the note said "(.../aaaa...: File name too long)")
     from cnncli import data

@@ -6,10 +6,12 @@ This module draws and writes files; the numbers come from evaluate.compute_metri
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import io
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -297,9 +299,9 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
         raise CnnError(f"{out_dir}: holds {', '.join(theirs)}, no earlier report's (its report.html is not cnn's); "
                        "the report would write over them: give another --out")
     earlier = target.is_file()                 # (its pictures are a report's: others in --out DIR are the user's)
+    made, pictures = not os.path.isdir(out_dir), []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        pictures = []
         with matplotlib.rc_context({**STYLE, "font.family": family}):
             for name, caption, size, draw in specs:
                 fig = new_figure(Figure, Canvas, *size)
@@ -321,6 +323,11 @@ def write_report(run_dir, data_dir=None, out_dir=None, checkpoint=None, echo=Non
         where = err.filename if isinstance(err.filename, str) else out_dir
         hint = "; --out DIR writes it elsewhere" if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else ""
         why = why_unwritten(err, where if where != out_dir else target, todo=not hint)
+        if made:                           # (a full disk: no report folder of some pictures left behind)
+            with contextlib.suppress(OSError):
+                for name, _, _ in pictures:
+                    (out_dir / name).unlink()
+                out_dir.rmdir()
         raise CnnError(f"{where}: cannot write the report ({why}){hint}") from err
     return target
 

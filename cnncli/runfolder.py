@@ -99,8 +99,9 @@ def new_run_dir(out: str, what: str = "`out`") -> Path:
                     claim_marker(candidate)
                 except FileExistsError:        # (another run took the new folder: the next name)
                     raise
-                except OSError:                # (a full disk: no empty folder left behind)
-                    with contextlib.suppress(OSError):
+                except OSError:                # (a full disk: no folder left behind, nor the empty marker
+                    with contextlib.suppress(OSError):          # a full disk lets open create)
+                        (candidate / ".claimed").unlink(missing_ok=True)
                         os.rmdir(candidate)
                     raise
                 return candidate

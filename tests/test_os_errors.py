@@ -193,6 +193,40 @@ def test_predict_csv_and_export_on_a_full_disk_keep_the_earlier_file_and_say_so(
     assert sorted(os.listdir(tmp_path)) == ["m.onnx", "p.csv"]
 
 
+def test_a_run_folder_whose_marker_a_full_disk_left_empty_is_not_left_behind(tmp_path, monkeypatch):
+    # (a full disk lets open create .claimed, then fails its write: the folder and the empty marker stayed)
+    from cnncli import runfolder
+    from cnncli.errors import CnnError
+
+    def full(folder):
+        (folder / ".claimed").touch()
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(runfolder, "claim_marker", full)
+    with pytest.raises(CnnError) as err:
+        runfolder.new_run_dir(str(tmp_path / "run"))
+    assert str(err.value) == f"{tmp_path / 'run'}: cannot create the run folder ({FULL})"
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_report_a_full_disk_stops_leaves_no_folder_of_some_pictures(run, tmp_path, monkeypatch):
+    # (the new report folder stayed, holding the pictures written before the disk filled)
+    from cnncli import report
+
+    run_dir, _ = run
+    real, calls = report.write_atomic, []
+
+    def full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def write(path, fn, text=False):
+        calls.append(path)
+        real(path, fn if len(calls) == 1 else full, text)
+    monkeypatch.setattr(report, "write_atomic", write)
+    res = invoke(["report", run_dir, "--out", tmp_path / "rep"])
+    assert res.exit_code == 1 and res.stderr == f"Error: {calls[1]}: cannot write the report ({FULL})\n", res.stderr
+    assert len(calls) == 2 and not (tmp_path / "rep").exists()
+
+
 def test_a_dataset_cache_folder_it_cannot_make_is_a_note_in_plain_words(tmp_path, monkeypatch):
     # (the note said "(.../aaaa...: File name too long)")
     from cnncli import data
@@ -239,3 +273,7 @@ def test_a_resume_into_a_new_folder_on_a_full_disk_is_one_line_and_leaves_nothin
     assert res.stderr.endswith(f"Error: {full_disk / 'run2' / 'best.npz'}: cannot copy the run's best.npz there "
                                f"({FULL}); nothing was trained yet\n"), res.stderr
     assert os.listdir(full_disk) == ["filler"]
+    res = invoke(["cv", "--config", run_dir / "config.yaml", "--folds", "2", "--out", full_disk / "cv", "-q"])
+    assert res.exit_code == 1 and res.stderr.endswith(f"Error: {full_disk / 'cv'}: cannot create the run folder "
+                                                      f"({FULL})\n"), res.stderr
+    assert os.listdir(full_disk) == ["filler"]                     # (an empty .claimed kept the folder)

@@ -231,7 +231,7 @@ def write(slot: str, key: str, images: np.ndarray, skipped, ids=None) -> str | N
     except OSError as err:                            # read-only home, full disk: just no cache
         if os.path.exists(folder) and not os.path.isdir(folder):
             return f"{folder}: is not a folder"
-        return f"{folder}: {why_unwritten(err, err.filename or folder)}"
+        return f"{folder}: {why_unwritten(err, err.filename or folder, todo=False)}"   # (the note says what to do)
     except (ValueError, UnicodeError) as err:
         return str(err)
     return None

@@ -71,7 +71,7 @@ _WORDS = {       # errno -> (what is wrong, what to do) in plain words
     errno.EACCES: ("permission denied", "write where you may, or change the folder's permissions"),
     errno.EPERM: ("permission denied", "write where you may, or change the folder's permissions"),
     errno.EFBIG: ("the file is larger than this file system allows", "write elsewhere"),
-    errno.EIO: ("input/output error: the disk or network share failed", "check it, or write elsewhere"),
+    errno.EIO: ("the disk or network share failed (input/output error)", "check it, or write elsewhere"),
 }
 if hasattr(errno, "EDQUOT"):
     _WORDS[errno.EDQUOT] = ("the disk quota is used up", "free some space, or ask for a larger quota")

@@ -38,6 +38,8 @@ def _too_long(tmp_path, extra: int = 45) -> tuple[str, int]:
     (errno.EACCES, "permission denied: write where you may, or change the folder's permissions", "permission denied"),
     (getattr(errno, "EDQUOT", None), "the disk quota is used up: free some space, or ask for a larger quota",
      "the disk quota is used up"),
+    (errno.EIO, "the disk or network share failed (input/output error): check it, or write elsewhere",
+     "the disk or network share failed (input/output error)"),
 ])
 def test_each_fault_is_said_in_plain_words_with_what_to_do(tmp_path, code, words, bare):
     if code is None:

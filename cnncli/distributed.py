@@ -23,6 +23,8 @@ ABORT_GRACE = 0.5   # seconds a failing rank waits between its error line and MP
 # Set by mpirun/mpiexec/srun in every rank's environment (Open MPI, MPICH/Hydra, PMIx, Slurm PMI).
 LAUNCH_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "MPI_LOCALNRANKS")
 LAUNCH_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
+# How many processes were started together: an MPI launcher's count, else a Slurm step's (srun -n N).
+STARTED_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS")
 
 
 def shard_count(n: int, shard: int = SHARD) -> int:
@@ -253,15 +255,26 @@ def launcher_rank(environ=None) -> int | None:
 
 
 def get_comm(environ=None) -> Comm:
-    """MpiComm under an MPI launcher, else the one-process Comm."""
-    if not launched_by_mpi(environ):
-        return Comm()
-    try:
-        import mpi4py  # noqa: F401, PLC0415
-    except ImportError:
-        raise CnnError("this process was started by an MPI launcher but mpi4py is not installed: "
-                       "pip install 'cnncli[mpi]'") from None
-    return MpiComm()
+    """MpiComm under an MPI launcher, else the one-process Comm. A process started as one of N > 1
+    (srun -n N, another MPI's mpiexec) that MPI leaves alone is a CnnError: each would train alone."""
+    env = os.environ if environ is None else environ
+    if launched_by_mpi(env):
+        try:
+            import mpi4py  # noqa: F401, PLC0415
+        except ImportError:
+            raise CnnError("this process was started by an MPI launcher but mpi4py is not installed: "
+                           "pip install 'cnncli[mpi]'") from None
+        comm = MpiComm()
+    else:
+        comm = Comm()
+    var = next((v for v in STARTED_SIZE_VARS if v in env), None)
+    if comm.size == 1 and var is not None and env[var].strip().isdigit() and int(env[var]) > 1:
+        n = int(env[var])
+        raise CnnError(f"{var}={n}: {n} processes were started together, but MPI connects this one to no "
+                       "other, so each would train the whole run alone: start them with the mpirun of the MPI "
+                       "that mpi4py uses (pip install 'cnncli[mpi]' puts it next to python; inside a Slurm "
+                       "allocation too), or srun --mpi=pmix where Slurm's PMIx serves that MPI")
+    return comm
 
 
 

@@ -112,6 +112,39 @@ def test_launch_detection_and_missing_mpi4py(monkeypatch):
         D.get_comm(environ={"PMIX_RANK": "0"})
 
 
+
+class _Alone:
+    """An MpiComm that MPI started alone (a singleton: srun without PMI, another MPI's mpiexec)."""
+    size, rank = 1, 0
+
+
+def test_a_process_started_as_one_of_several_that_mpi_leaves_alone_is_refused(monkeypatch):
+    started = r"^{0}={1}: {1} processes were started together, but MPI connects this one to no other, "
+    with pytest.raises(CnnError, match=started.format("SLURM_STEP_NUM_TASKS", 4) + r".*srun --mpi=pmix"):
+        D.get_comm(environ={"SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "2"})      # srun -n 4, no PMI
+    monkeypatch.setattr(D, "MpiComm", _Alone)
+    with pytest.raises(CnnError, match=started.format("PMI_SIZE", 2)):
+        D.get_comm(environ={"PMI_SIZE": "2", "PMI_RANK": "1"})                      # MPICH's mpiexec
+    # one process in a step, a batch script of an allocation of 4 tasks, mpirun -n 1 on 3 nodes: fine
+    for env in ({"SLURM_STEP_NUM_TASKS": "1"}, {"SLURM_NTASKS": "4", "SLURM_PROCID": "0"},
+                {"OMPI_COMM_WORLD_SIZE": "1", "OMPI_COMM_WORLD_RANK": "0", "SLURM_STEP_NUM_TASKS": "3"}):
+        assert D.get_comm(environ=env).size == 1
+
+
+
+@pytest.mark.parametrize("command", ["train", "cv"])
+def test_srun_tasks_without_pmi_refuse_train_and_cv_in_one_line_before_any_run_folder(tmp_path, monkeypatch, command):
+    from e2e_util import invoke, make_folder, write_config
+
+    cfg = write_config(tmp_path / "c.yaml", make_folder(tmp_path / "data", per_class=4), tmp_path / "runs" / "x")
+    for var, value in {"SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1", "SLURM_JOB_ID": "7"}.items():
+        monkeypatch.setenv(var, value)
+    res = invoke([command, "--config", cfg, "-q"])
+    assert res.exit_code == 1
+    assert res.output.startswith("Error: SLURM_STEP_NUM_TASKS=2: 2 processes were started together, but MPI ")
+    assert len(res.output.splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
 CASES = [1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 32]
 
 

@@ -284,6 +284,24 @@ def test_sigusr1_to_mpirun_stops_every_rank_at_one_step_and_saves(long_run, data
     assert metrics_rows(ref) == metrics_rows(out)
 
 
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_to_one_rank_alone_stops_every_rank_at_one_step_and_saves(long_run, data, signum):
+    """As srun or scancel signal the tasks themselves, not mpirun: rank 1's flag reaches the others
+    through any_flag, rank 0 saves, and the job exits 130 with the single-process line."""
+    tmp, _ = data
+    cfg, ref = long_run
+    out = tmp / f"one-rank-{signum.name.lower()}"
+    proc, pids = start_job(tmp, cfg, out)
+    os.kill(pids[1], signum)
+    _, err = communicate_or_kill(proc, 60)
+    assert proc.returncode == 130, err
+    ours = [ln for ln in err.splitlines() if signum.name in ln]
+    assert len(ours) == 1 and ours[0].startswith(f"{signum.name}: stopped at epoch "), err
+    assert "Error" not in err and "Traceback" not in err, err
+    resume_to_reference(tmp, out, ref)
+
+
 # `cnn train` under mpirun with one function (module, name) replaced by one that marks its start in
 # a file and then takes a minute: the window for a stop signal there (data.test's testing after the
 # last step, rank 0 alone; the data's loading in every rank's set-up)

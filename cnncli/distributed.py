@@ -244,9 +244,10 @@ def launched_by_mpi(environ=None) -> bool:
 
 
 def launcher_rank(environ=None) -> int | None:
-    """This process's rank as the MPI launcher's environment gives it, or None without a launcher."""
+    """This process's rank as the MPI launcher's environment gives it (else its task number in a Slurm
+    step, srun -n N: commands that run once then run on task 0 alone), or None without a launcher."""
     env = os.environ if environ is None else environ
-    for var in LAUNCH_RANK_VARS:
+    for var in LAUNCH_RANK_VARS + ("SLURM_PROCID",):
         try:
             return int(env[var])
         except (KeyError, ValueError):

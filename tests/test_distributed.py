@@ -145,6 +145,19 @@ def test_srun_tasks_without_pmi_refuse_train_and_cv_in_one_line_before_any_run_f
     assert len(res.output.splitlines()) == 1 and not (tmp_path / "runs").exists()
 
 
+
+def test_srun_task_1_leaves_a_command_that_runs_once_to_task_0(tmp_path, monkeypatch):
+    from e2e_util import run_cli
+
+    assert D.launcher_rank({"SLURM_PROCID": "1"}) == 1
+    assert D.launcher_rank({"OMPI_COMM_WORLD_RANK": "2", "SLURM_PROCID": "0"}) == 2   # mpirun in sbatch
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    for task, printed in (("0", True), ("1", False)):           # srun -n 2 cnn --version: printed once
+        monkeypatch.setenv("SLURM_PROCID", task)
+        res = run_cli(["--version"], tmp_path, timeout=60)
+        assert res.returncode == 0 and ("version" in res.stdout) is printed, res.stdout
+
+
 CASES = [1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 32]
 
 

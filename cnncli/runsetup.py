@@ -173,8 +173,9 @@ def _normalization(cfg: dict, train_ds) -> dict:
 def _open_resume(resume, cfg: dict, out, write: bool = True):
     """Load the checkpoint to continue and check the config against it (before any data is read)
     -> ((arrays, meta, path), state, run_dir, cfg, notes, done); train.epochs=auto keeps the run's
-    resolved value. write=False (MPI ranks but 0): the folder is not touched; nor is any when the run
-    has nothing left to do (done: its line, and run_dir the checkpoint's own, for setup's NothingToDo)."""
+    resolved value. write=False (MPI: setup claims it on rank 0 after): the folder is not touched; nor is
+    any when the run has nothing left to do (done: its line, and run_dir the checkpoint's own, for setup's
+    NothingToDo)."""
     from cnncli.predictor import check_architecture, run_checkpoint
 
     ckpt_path = run_checkpoint(resume)
@@ -221,11 +222,6 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     if not out and os.path.abspath(cfg["out"]) != os.path.abspath(saved["out"]):
         ignored_out = [f"out={cfg['out']} does not move a resumed run: it continues in {source} (--out DIR "
                        "continues it in another folder)"]
-    if write and out and os.path.realpath(out) != os.path.realpath(source) and \
-            runfolder.taken_because(run_dir) == "holds another run":   # (rank 0 only: it may have carried best.npz)
-        shown = runfolder.printable(out)
-        raise ConfigError(f"--out {shown}: holds another run; --resume --out continues this run in a new or empty "
-                          f"folder (or give --resume {shown} to go on with that one)")
     theirs = runfolder.foreign_entries(run_dir) if out and os.path.realpath(out) != os.path.realpath(source) else []
     if theirs:                                           # (a user's folder: its files would be overwritten)
         raise ConfigError(runfolder.printable(f"--out {out}: holds files that are no run's ({', '.join(theirs)}); "
@@ -236,11 +232,23 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
         state.came_from = state.came_from + [{"checkpoint": here, "epoch": state.epoch, "step": state.step}]
     notes = ignored_out + anew + _rewind_note(ckpt_path, state, run_dir) + resume_mod.changed_settings(saved, cfg)
     if write:
-        runfolder.check_writable(run_dir, "; --out NEWDIR continues the run in a new folder" if not out else "")
-        runlock.hold(run_dir)                           # (refused while another process trains it)
-        runfolder.clean_debris(run_dir)                   # half-written saves of a killed process
-        resume_mod.carry_best(ckpt_path.parent, run_dir)
+        _claim_resumed(ckpt_path, run_dir, out)
     return (arrays, meta, ckpt_path), state, run_dir, cfg, notes, None
+
+
+def _claim_resumed(ckpt_path: Path, run_dir: Path, out) -> None:
+    """The run folder's part of a resume, by the process that writes it (under MPI rank 0 alone, after
+    every rank's checks, so its errors print once): an --out that holds another run is refused, then
+    the folder is checked writable, held, cleared of a killed save's debris, and given best.npz."""
+    if out and os.path.realpath(out) != os.path.dirname(os.path.realpath(ckpt_path)) and \
+            runfolder.taken_because(run_dir) == "holds another run":   # (rank 0 only: it may have carried best.npz)
+        shown = runfolder.printable(out)
+        raise ConfigError(f"--out {shown}: holds another run; --resume --out continues this run in a new or empty "
+                          f"folder (or give --resume {shown} to go on with that one)")
+    runfolder.check_writable(run_dir, "; --out NEWDIR continues the run in a new folder" if not out else "")
+    runlock.hold(run_dir)                           # (refused while another process trains it)
+    runfolder.clean_debris(run_dir)                   # half-written saves of a killed process
+    resume_mod.carry_best(ckpt_path.parent, run_dir)
 
 
 def _rewind_note(ckpt_path: Path, state: RunState, run_dir: Path) -> list:
@@ -336,9 +344,11 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True, se
     everyone(comm, check_ranks, cfg["train"]["batch_size"], comm.size, resume is not None)
     if resume is not None:
         resumed, state, run_dir, cfg, notes, done = everyone(comm, _open_resume, resume, cfg, out,
-                                                             write=comm.is_main)
+                                                             write=comm.size == 1)
         if done:
             raise resume_mod.NothingToDo(done, run_dir)       # before any data is read or kernel compiled
+        if comm.size > 1:                                     # (its errors, a run trained now, print once)
+            main_first(comm, _claim_resumed, resumed[2], run_dir, out, others=False)
     else:
         source = everyone(comm, warmstart.open_source, cfg)    # train.init_from, before any data is read
     asked = rank_threads(comm, cfg["train"]["threads"])

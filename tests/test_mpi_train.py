@@ -194,6 +194,28 @@ def test_resume_across_rank_counts_equals_one_uninterrupted_process(pairs, data)
         assert metrics_rows(tmp / "ref3") == metrics_rows(tmp / name)
 
 
+
+def test_resuming_under_mpirun_a_run_trained_now_is_refused_once_without_a_rank(pairs, data):
+    """The run folder's checks of a resume (held by another process, --out holding another run) are rank
+    0's alone: its line is the run's, printed once, not "rank 0 of 2: ..." with an MPI_Abort."""
+    tmp, _ = data
+    held = tmp / "held"
+    shutil.copytree(pairs["none"][2], held)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from cnncli import runlock; "
+                               "runlock.hold(sys.argv[1]); print('held', flush=True); time.sleep(300)", str(held)],
+                              env=mpi_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        res = cnn_mpi(2, ["train", "--resume", held, "--set", "train.epochs=3", "--no-report"], tmp, timeout=120)
+    finally:
+        holder.kill()
+    assert res.returncode == 1, res.stderr
+    ours = [ln for ln in res.stderr.splitlines() if "Error" in ln]
+    assert ours == [f"Error: {held}: another cnn process (pid {holder.pid}) is training this run now; let it "
+                    f"finish, or stop it (Ctrl-C in its terminal, or kill -TERM {holder.pid}: it saves) and resume "
+                    "then"], res.stderr
+
+
 # ----------------------------------------------------------------------------------------------
 # faults: a long enough run (a checkpoint every step) to kill or stop in the middle
 

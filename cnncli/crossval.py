@@ -167,7 +167,7 @@ def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, ec
                 train.train(fold_config(cfg, folds, k, parent), resume=fold_dir if status == "resume" else None,
                             quiet=quiet, echo=echo, comm=comm, setting_notes=not said)   # (once, not once a fold)
                 said = True
-            except CnnError as err:
+            except (CnnError, SystemExit) as err:     # (SystemExit: under mpirun, a set-up error of every rank)
                 if resume is None and comm.is_main and not any(parent.glob("fold-*/last.npz")):
                     (parent / "config.yaml").unlink(missing_ok=True)     # nothing trained: the name goes back
                     runlock.release(parent)

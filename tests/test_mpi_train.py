@@ -174,6 +174,21 @@ def test_ranks_that_cannot_split_the_batch_get_one_config_error(data):
     assert len(ours) == 1 and "train.epocs" in ours[0] and "did you mean" in ours[0], res.stderr
 
 
+def test_cv_whose_batch_the_ranks_cannot_split_leaves_no_folder(data):
+    # the ranks' set-up error ends them by SystemExit (distributed._settle), which the cleanup of a cv
+    # that trained nothing missed: runs/x-cv/config.yaml stayed, and the next cv went to runs/x-cv-2
+    require_mpi()
+    tmp, folder = data
+    out = tmp / "cv-odd"
+    res = cnn_mpi(2, ["cv", "--set", f"data.train={folder}", "--set", "train.batch_size=24", "--folds", "2", "-q",
+                      "--out", out], tmp, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")] == [
+        "Error: train.batch_size: 24 makes 3 shards of up to 8 images (the last may hold fewer), which 2 MPI ranks "
+        "cannot split evenly; use 1 or 3 ranks, or a batch_size whose shard count 2 divides, e.g. 16 or 32"]
+    assert not out.exists()
+
+
 def test_resume_across_rank_counts_equals_one_uninterrupted_process(pairs, data):
     """2 ranks x 2 epochs, resumed by 1 process to 3 epochs; and 1 process x 2 epochs resumed by 2
     ranks: both end bitwise equal to 1 process x 3 epochs."""

@@ -114,8 +114,8 @@ def os_error_text(err: OSError) -> str:
 
 
 def other_rank() -> bool:
-    """True in a process an MPI launcher (or srun) started as rank 1, 2, ... (numpy-free when there is none)."""
-    if not any(k.endswith("RANK") or k == "SLURM_PROCID" for k in os.environ):
+    """True in a process an MPI launcher started as rank 1, 2, ... (numpy-free when there is none)."""
+    if not any(k.endswith("RANK") for k in os.environ):
         return False
     from cnncli.distributed import launcher_rank
 

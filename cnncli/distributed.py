@@ -23,8 +23,9 @@ ABORT_GRACE = 0.5   # seconds a failing rank waits between its error line and MP
 # Set by mpirun/mpiexec/srun in every rank's environment (Open MPI, MPICH/Hydra, PMIx, Slurm PMI).
 LAUNCH_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "MPI_LOCALNRANKS")
 LAUNCH_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
-# How many processes were started together: an MPI launcher's count, else a Slurm step's (srun -n N).
-STARTED_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS")
+# How many processes an MPI launcher started together. A Slurm step's task count (srun -n N) is not one
+# of them: its tasks may each be a run of their own (srun -n 4 sh -c 'cnn train --config c$SLURM_PROCID.yaml').
+STARTED_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE")
 
 
 def shard_count(n: int, shard: int = SHARD) -> int:
@@ -244,10 +245,10 @@ def launched_by_mpi(environ=None) -> bool:
 
 
 def launcher_rank(environ=None) -> int | None:
-    """This process's rank as the MPI launcher's environment gives it (else its task number in a Slurm
-    step, srun -n N: commands that run once then run on task 0 alone), or None without a launcher."""
+    """This process's rank as the MPI launcher's environment gives it, or None without a launcher (a
+    Slurm task number is not a rank: srun's tasks without MPI are processes of their own)."""
     env = os.environ if environ is None else environ
-    for var in LAUNCH_RANK_VARS + ("SLURM_PROCID",):
+    for var in LAUNCH_RANK_VARS:
         try:
             return int(env[var])
         except (KeyError, ValueError):
@@ -256,8 +257,9 @@ def launcher_rank(environ=None) -> int | None:
 
 
 def get_comm(environ=None) -> Comm:
-    """MpiComm under an MPI launcher, else the one-process Comm. A process started as one of N > 1
-    (srun -n N, another MPI's mpiexec) that MPI leaves alone is a CnnError: each would train alone."""
+    """MpiComm under an MPI launcher, else the one-process Comm. A process an MPI launcher started as
+    one of N > 1 that MPI leaves alone (another MPI's mpiexec, srun --mpi=pmi2 for an MPI without it)
+    is a CnnError: each would train alone."""
     env = os.environ if environ is None else environ
     if launched_by_mpi(env):
         try:

@@ -21,6 +21,26 @@ def affinity_cpus() -> tuple:
     return cpus or tuple(range(os.cpu_count() or 1))
 
 
+def host_key() -> tuple:
+    """(host name, affinity_cpus()): the ranks that share both share the same cores."""
+    import socket
+
+    return socket.gethostname(), affinity_cpus()
+
+
+def crowded(ranks: list, cores: int) -> str | None:
+    """A note when the ranks that share rank 0's cores run more threads than them (`ranks`: every rank's
+    (host_key(), threads), rank 0's first; `cores`: rank 0's usable_cores()): at each of a step's
+    barriers every thread then waits for the ones that wait for a core."""
+    threads = [t for key, t in ranks if key == ranks[0][0]]
+    total = sum(threads)
+    if total <= cores:
+        return None
+    fair = max(1, cores // len(threads))
+    return (f"{len(threads)} rank(s) run {total} threads on {cores} core(s) here, so threads take turns on the "
+            f"cores and every step waits for them; train.threads {fair} (or 0: the cores shared out) runs one a core")
+
+
 def affinity_cores() -> int:
     """The CPUs this process may run on (its CPU affinity), at least 1."""
     return len(affinity_cpus())

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from .cores import affinity_cpus, usable_cores
+from .cores import host_key, usable_cores
 from .errors import CnnError, ConfigError
 
 SHARD = 8   # images per micro-shard: the unit of work of a thread or rank, and a leaf of the tree
@@ -292,9 +292,7 @@ def rank_threads(comm: Comm, threads: int) -> int:
     count = usable_cores()
     if comm.size == 1:
         return count
-    import socket  # noqa: PLC0415
-
-    me = (socket.gethostname(), affinity_cpus())
+    me = host_key()
     mates = [r for r, other in enumerate(comm.allgather(me)) if other == me]   # includes this rank
     i, n = mates.index(comm.rank), len(mates)
     return max(1, count // n + (i < count % n))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import checkpoint, resume as resume_mod, runfolder, runlock, warmstart
+from cnncli import checkpoint, cores, resume as resume_mod, runfolder, runlock, warmstart
 from cnncli import config as config_mod
 from cnncli.errors import CnnError, ConfigError, DataError
 from cnncli.datanotes import same_data, split_folders, test_files_notes
@@ -356,6 +356,8 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True, se
     if threads < asked and cfg["train"]["threads"]:      # (the same bits at any count: the run goes on)
         notes.append(f"train.threads is {asked}, but numba runs at most {threads} thread(s) in this process "
                      f"(NUMBA_NUM_THREADS; by default the cores this process may use): using {threads}")
+    if comm.size > 1 and cfg["train"]["threads"]:         # (0 shares the cores out: no crowd to note)
+        notes += [n for n in [cores.crowded(comm.allgather((cores.host_key(), threads)), cores.usable_cores())] if n]
 
     def load():
         loaded = load_datasets(cfg, echo=echo if comm.is_main else None, progress=not quiet and comm.is_main,

@@ -561,3 +561,29 @@ def test_data_fingerprints_tell_different_data_apart():
         same_data_as_rank0(data_fingerprint(ds, none), first)
     with pytest.raises(DataError, match="training images: 39,999 here, 40,000 on rank 0"):
         same_data_as_rank0(data_fingerprint(Dataset(images[1:], ds.labels[1:], ["a", "b", "c"]), none), first)
+
+
+def test_ranks_that_run_more_threads_than_their_cores_are_noted():
+    from cnncli.cores import crowded
+
+    here, there = ("h", (0, 1)), ("other", (0, 1))
+    assert crowded([(here, 1), (here, 1)], 2) is None                      # one thread a core
+    assert crowded([(here, 2), (there, 2)], 2) is None                     # another host's threads
+    assert crowded([(here, 2), (("h", (2, 3)), 2)], 2) is None              # bound ranks: their own cores
+    note = crowded([(here, 2), (here, 2)], 2)
+    assert note == ("2 rank(s) run 4 threads on 2 core(s) here, so threads take turns on the cores and every step "
+                    "waits for them; train.threads 1 (or 0: the cores shared out) runs one a core")
+
+
+def test_mpirun_with_more_threads_than_cores_notes_it_once(data, tmp_path):
+    require_mpi()
+    cores = len(os.sched_getaffinity(0))
+    # (--bind-to none: both ranks on every core, whatever mpirun's default binding on this machine)
+    res = cnn_mpi(2, ["train", "--set", f"data.train={data[1]}", "--set", "train.epochs=1", "--set", "train.batch_size=16",
+                      "--set", f"train.threads={cores}", "--out", tmp_path / "run", "--no-report", "-q"], tmp_path,
+                  mpirun_args=("--bind-to", "none"))
+    assert res.returncode == 0, res.stderr
+    notes = [ln for ln in res.stderr.splitlines() if "threads take turns" in ln]
+    assert notes == [f"note: 2 rank(s) run {2 * cores} threads on {cores} core(s) here, so threads take turns on the "
+                     f"cores and every step waits for them; train.threads {max(1, cores // 2)} (or 0: the cores "
+                     "shared out) runs one a core"], res.stderr

@@ -170,13 +170,16 @@ def json_text(obj) -> str:
 
 
 def echo_json_list(items) -> None:
-    """Echo json_text(list(items)), text for text, one item at a time."""
-    first = True
+    """Echo json_text(list(items)), text for text, one item at a time. Each echo ends at a line's end:
+    an item's last line ("  }") waits for the next item's comma, so what else writes to the terminal
+    between items (cnn predict's decoding bar, redrawn while the next chunk decodes) finds the cursor at
+    the start of a line and overwrites none of the list."""
+    held = None                                  # the last line of the list so far, not yet echoed
     for item in items:
-        body = json_text(item).replace("\n", "\n  ")
-        click.echo(("[\n  " if first else ",\n  ") + body, nl=False)
-        first = False
-    click.echo("[]" if first else "\n]")
+        text = ("[\n  " if held is None else held + ",\n  ") + json_text(item).replace("\n", "\n  ")
+        head, _, held = text.rpartition("\n")
+        click.echo(head + "\n", nl=False)
+    click.echo("[]" if held is None else held + "\n]")
 
 
 class ConfigCommand(click.Command):

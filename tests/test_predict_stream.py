@@ -180,14 +180,16 @@ def _screen_lines(raw: str) -> list:
     return lines
 
 
-def test_on_a_terminal_the_predictions_are_not_drawn_over_by_the_progress_bar(ckpt, folder, tmp_path):
+@pytest.mark.parametrize("form", [[], ["--json"]])   # (--json: a chunk's last item, "  }", ends no line)
+def test_on_a_terminal_the_predictions_are_not_drawn_over_by_the_progress_bar(ckpt, folder, tmp_path, form):
     pty = pytest.importorskip("pty")
     import os
 
-    expected = invoke("predict", ckpt, folder).stdout.splitlines()
+    expected = invoke("predict", ckpt, folder, *form).stdout.splitlines()
     pid, fd = pty.fork()                      # stdout and stderr: one terminal
     if pid == 0:                              # (the child: never returns to pytest)
-        os.execve(sys.executable, [sys.executable, "-c", _ON_A_TERMINAL, str(ckpt), str(folder)], cli_env(tmp_path))
+        os.execve(sys.executable, [sys.executable, "-c", _ON_A_TERMINAL, str(ckpt), str(folder), *form],
+                  cli_env(tmp_path))
     raw = b""
     while True:
         try:

@@ -287,8 +287,12 @@ def predict_arguments(checkpoint, paths, top_k, as_json, csv_path) -> tuple:
     if not checkpoint and names_a_model(paths[0]):          # cnn predict model.npz (or runs/x, m.onnx) image.png
         checkpoint, paths = paths[:1], paths[1:]
         if not paths:
-            raise click.UsageError(f"{checkpoint[0]} is a checkpoint: give the images to classify after it")
+            what = "an ONNX model" if str(checkpoint[0]).lower().endswith(".onnx") else "a checkpoint"
+            raise click.UsageError(f"{checkpoint[0]} is {what}: give the images to classify after it")
     for p in paths:           # (a second model read as a folder of images: its report's PNGs classified)
+        if str(p).lower().endswith(".onnx") and os.path.isfile(p):      # (not an image that fails to decode)
+            raise click.UsageError(printable(f"{p} is an ONNX model, not images to classify; cnn predict runs one "
+                                             "model (an ONNX model joins no ensemble): cnn predict MODEL IMAGES"))
         what = "is a checkpoint or run folder" if is_a_model(p) else "holds run folders" if holds_runs(p) else ""
         if what:
             raise click.UsageError(printable(f"{p} {what}, not images to classify; to average models, give each "

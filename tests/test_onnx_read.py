@@ -160,3 +160,14 @@ def test_where_an_onnx_cannot_go_is_one_line(trained):
     assert not (tmp / "again.onnx").exists()
     res = invoke("train", "--resume", m)
     assert res.exit_code != 0 and "an ONNX model, not a checkpoint" in res.output and "Traceback" not in res.output
+
+
+def test_an_onnx_among_the_images_or_alone_is_named_as_a_model(trained):
+    _, run, data, models = trained
+    m = models["uint8"]
+    for args in ((run, data / "disc", m), ("--checkpoint", run, m), (m, data / "disc", models["float"])):
+        res = invoke("predict", *args)                     # (not classified as an image that fails to decode)
+        assert res.exit_code == 2 and res.output.splitlines()[-1].startswith(f"Error: {args[-1]} is an ONNX model, "
+                                                                             "not images to classify"), res.output
+    res = invoke("predict", m)
+    assert res.exit_code == 2 and f"Error: {m} is an ONNX model: give the images to classify after it" in res.output

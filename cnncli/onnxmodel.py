@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 
@@ -84,9 +85,46 @@ def _import_ort(path):
 
 def _runtime_reason(err: Exception) -> str:
     """onnxruntime's message without its '[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from
-    PATH failed:' head, on one line."""
+    PATH failed:' head, nor the C++ source line and function it names ('/onnxruntime_src/.../model.cc:256
+    onnxruntime::Model::Model(...) Unsupported model IR version: 99, ...'), on one line."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text.split(" failed:", 1)[-1].strip() if "Load model from" in text else text
+    text = text.split(" failed:", 1)[-1].strip() if "Load model from" in text else text
+    where = re.match(r"/\S+:\d+ [^(]*\(", text)          # (a source location, then a signature's parentheses)
+    if where:
+        depth = 1
+        for end in range(where.end(), len(text)):
+            depth += {"(": 1, ")": -1}.get(text[end], 0)
+            if depth == 0:
+                return text[end + 1:].strip() or text
+    return text
+
+
+# what the graph's input must be for each input_kind of the metadata: (onnxruntime's type, rank)
+_FEEDS = {"uint8": ("tensor(uint8)", 3), "float": ("tensor(float)", 4)}
+
+
+def _check_graph(path, info: dict, inputs: dict, outputs: dict) -> None:
+    """CheckpointError when the graph does not take and give what its metadata says: the input it names
+    of the kind's type and shape ((N,S,S) uint8 or (N,1,S,S) float; a named dimension passes), the
+    output it names with a column per class, and no other input."""
+    if info["input_name"] not in inputs or info["output_name"] not in outputs:
+        raise CheckpointError(f"{path}: its graph lacks the input {info['input_name']!r} or the output "
+                              f"{info['output_name']!r} its metadata names")
+    side, (dtype, rank) = info["preprocess"]["image_size"], _FEEDS[info["input_kind"]]
+    given = inputs[info["input_name"]]
+    want = ["N", side, side] if rank == 3 else ["N", 1, side, side]
+    if given.type != dtype or len(given.shape) != rank or \
+            any(isinstance(g, int) and g != w for g, w in zip(given.shape[1:], want[1:])):
+        raise CheckpointError(f"{path}: its graph takes {given.name!r} as {given.type} {list(given.shape)}, not "
+                              f"the {dtype} {want} its metadata's input_kind {info['input_kind']!r} means")
+    others = sorted(set(inputs) - {info["input_name"]})
+    if others:
+        raise CheckpointError(f"{path}: its graph takes inputs other than {info['input_name']!r} ({others[0]!r}): "
+                              "not the one-input graph cnn export writes")
+    width = outputs[info["output_name"]].shape[-1]
+    if isinstance(width, int) and width != len(info["classes"]):
+        raise CheckpointError(f"{path}: its output has {width} columns but its metadata lists "
+                              f"{len(info['classes'])} classes")
 
 
 class OnnxPredictor:
@@ -107,22 +145,14 @@ class OnnxPredictor:
         _check_file(path)
         ort = _import_ort(path)
         options = ort.SessionOptions()
-        options.log_severity_level = 3                       # (errors only: no warnings on stderr)
+        options.log_severity_level = 4     # (fatal only: a failed run is our one line, not also its log on stderr)
         try:
             session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
             props = session.get_modelmeta().custom_metadata_map
         except Exception as e:          # (onnxruntime's own types: InvalidProtobuf, InvalidArgument, Fail, ...)
             raise CheckpointError(f"{path}: not a readable ONNX model ({_runtime_reason(e)})") from None
         info = check_metadata(path, props)
-        inputs = {i.name: i for i in session.get_inputs()}
-        outputs = {o.name: o for o in session.get_outputs()}
-        if info["input_name"] not in inputs or info["output_name"] not in outputs:
-            raise CheckpointError(f"{path}: its graph lacks the input {info['input_name']!r} or the output "
-                                  f"{info['output_name']!r} its metadata names")
-        width = outputs[info["output_name"]].shape[-1]
-        if isinstance(width, int) and width != len(info["classes"]):
-            raise CheckpointError(f"{path}: its output has {width} columns but its metadata lists "
-                                  f"{len(info['classes'])} classes")
+        _check_graph(path, info, {i.name: i for i in session.get_inputs()}, {o.name: o for o in session.get_outputs()})
         return cls(session, path, info)
 
     def predict_proba(self, images_u8: np.ndarray, batch_size: int = 256, fast=None) -> np.ndarray:
@@ -137,8 +167,15 @@ class OnnxPredictor:
         for start in range(0, n, batch_size):
             batch = images_u8[start:start + batch_size]               # (B,S,S) uint8
             feed = batch if self.info["input_kind"] == "uint8" else self._table[batch][:, None]   # (B,1,S,S)
-            out[start:start + len(batch)] = self.session.run([self.info["output_name"]],
-                                                             {self.info["input_name"]: feed})[0]
+            try:
+                got = self.session.run([self.info["output_name"]], {self.info["input_name"]: feed})[0]   # (B,C)
+            except Exception as e:      # (onnxruntime's own types: a graph that fails on real input)
+                raise CheckpointError(f"{self.path}: onnxruntime could not run it ({_runtime_reason(e)})") from None
+            if getattr(got, "shape", None) != (len(batch), len(self.classes)):
+                raise CheckpointError(f"{self.path}: its output for {len(batch)} image(s) is "
+                                      f"{list(getattr(got, 'shape', []))}, not [{len(batch)}, {len(self.classes)}] "
+                                      "(a column per class of its metadata)")
+            out[start:start + len(batch)] = got
         return out
 
 

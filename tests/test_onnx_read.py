@@ -171,3 +171,58 @@ def test_an_onnx_among_the_images_or_alone_is_named_as_a_model(trained):
                                                                              "not images to classify"), res.output
     res = invoke("predict", m)
     assert res.exit_code == 2 and f"Error: {m} is an ONNX model: give the images to classify after it" in res.output
+
+
+def _graph_with_our_metadata(tmp, name, nodes, inputs, inits, out_shape):
+    """A .onnx of these nodes with the metadata cnn export writes (classes bar, column, disc; input_kind
+    uint8): a graph cnn export did not make that claims to be one."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    out = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, out_shape)
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, [out], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"classes": '["bar", "column", "disc"]', "input_kind": "uint8",
+                                   "preprocess": '{"image_size": 32, "resize": "pad", "mean": 0.5, "std": 0.25}',
+                                   "input_name": "pixels", "output_name": "probabilities"})
+    onnx.save(model, str(tmp / name))
+    return tmp / name
+
+
+def test_a_graph_that_does_not_take_or_give_what_its_metadata_says_is_one_line(trained, capfd):
+    import onnx
+    from onnx import TensorProto, helper
+
+    tmp, _, data, _ = trained
+    pixels = helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["N", 32, 32])
+    to_rows = [helper.make_node("Cast", ["pixels"], ["f"], to=TensorProto.FLOAT),
+               helper.make_node("Flatten", ["f"], ["x"])]
+    cases = {   # (each was a traceback from onnxruntime's run, or NumPy's assignment of its output)
+        "float28.onnx": ([helper.make_node("Flatten", ["pixels"], ["x"]), helper.make_node("MatMul", ["x", "w"], ["p"]),
+                          helper.make_node("Sigmoid", ["p"], ["probabilities"])],
+                         [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 1, 28, 28])],
+                         [helper.make_tensor("w", TensorProto.FLOAT, [784, 3], [0.0] * 2352)],
+                         "its graph takes 'pixels' as tensor(float) ['N', 1, 28, 28], not the tensor(uint8)"),
+        "fails.onnx": (to_rows + [helper.make_node("Reshape", ["x", "s"], ["probabilities"])], [pixels],
+                       [helper.make_tensor("s", TensorProto.INT64, [2], [-1, 5])],
+                       "onnxruntime could not run it ("),              # (1024 values a row: no rows of 5)
+    }
+    for name, (nodes, inputs, inits, why) in cases.items():
+        path = _graph_with_our_metadata(tmp, name, nodes, inputs, inits, ["N", 3])
+        _one_line_error(invoke("predict", path, data / "disc"), path, why)
+        _one_line_error(invoke("eval", "--checkpoint", path, "--data", data), path, why)
+        assert capfd.readouterr().err == ""     # (onnxruntime logs no error of its own on the descriptor)
+    six = to_rows + [helper.make_node("Slice", ["x", "a", "b", "axis"], ["y"]),
+                     helper.make_node("Reshape", ["y", "s"], ["probabilities"])]      # (N,6) as (2N,3)
+    path = _graph_with_our_metadata(tmp, "rows.onnx", six, [pixels],
+                                    [helper.make_tensor("a", TensorProto.INT64, [1], [0]),
+                                     helper.make_tensor("b", TensorProto.INT64, [1], [6]),
+                                     helper.make_tensor("axis", TensorProto.INT64, [1], [1]),
+                                     helper.make_tensor("s", TensorProto.INT64, [2], [-1, 3])], ["N", 3])
+    _one_line_error(invoke("predict", path, data / "disc"), path, "its output for 6 image(s) is [12, 3], not [6, 3]")
+    ir99 = onnx.load(str(trained[3]["uint8"]))
+    ir99.ir_version = 99                       # (onnxruntime's reason, without its C++ source line and function)
+    onnx.save(ir99, str(tmp / "ir99.onnx"))
+    _one_line_error(invoke("predict", tmp / "ir99.onnx", data / "disc"), tmp / "ir99.onnx",
+                    "not a readable ONNX model (Unsupported model IR version: 99")

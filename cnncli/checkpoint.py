@@ -103,6 +103,11 @@ def _not_a_zip(path: str) -> str:
         return "a damaged or truncated checkpoint (its zip archive cannot be read)"
     if path.lower().endswith(".onnx"):
         return "an ONNX model, not a checkpoint: give the .npz it was exported from"
+    # an ONNX ModelProto opens with its ir_version (field 1, a small varint), then producer_name,
+    # producer_version, domain, model_version, doc_string, graph or opset_import (fields 2-8)
+    if len(head) >= 3 and head[0] == 0x08 and 0 < head[1] < 0x80 and head[2] in b"\x12\x1a\x22\x28\x32\x3a\x42":
+        return ("an ONNX model, not a checkpoint: give the .npz it was exported from (cnn info, eval and predict "
+                "run an ONNX model from a file whose name ends in .onnx)")
     return "not a checkpoint (.npz zip archive)" + (": the file is empty" if not head else "")
 
 

@@ -226,3 +226,13 @@ def test_a_graph_that_does_not_take_or_give_what_its_metadata_says_is_one_line(t
     onnx.save(ir99, str(tmp / "ir99.onnx"))
     _one_line_error(invoke("predict", tmp / "ir99.onnx", data / "disc"), tmp / "ir99.onnx",
                     "not a readable ONNX model (Unsupported model IR version: 99")
+
+
+def test_an_onnx_under_another_name_is_told_as_one(trained):
+    tmp, _, data, models = trained
+    renamed = tmp / "model.bin"                         # (or a symlink `model` to it)
+    renamed.write_bytes(models["uint8"].read_bytes())
+    why = "an ONNX model, not a checkpoint: give the .npz it was exported from (cnn info, eval and predict run"
+    _one_line_error(invoke("predict", "--checkpoint", renamed, data / "disc"), renamed, why)
+    _one_line_error(invoke("eval", renamed, "--data", data), renamed, why)
+    _one_line_error(invoke("info", renamed), renamed, why)

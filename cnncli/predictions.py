@@ -153,12 +153,16 @@ def _classified(predictor, images, where, paths, top_k, classes, tally, counts, 
 
 def _over_the_bar():
     """Within: the decoding bar (on a terminal's stderr) is cleared, then drawn again below what was
-    printed meanwhile, when standard output is that terminal too (its lines, not the bar's, on the screen)."""
+    printed meanwhile, when standard output is that terminal too (its lines, not the bar's, on the screen)
+    or a pipe, whose reader may write to it (`cnn predict big/ | head`: head's lines start on a blank line,
+    not after the bar; on a stop, the bar is not drawn again)."""
+    import stat
     from contextlib import nullcontext
 
     try:
-        both = sys.stdout.isatty() and sys.stderr.isatty()
-    except (AttributeError, ValueError):                 # (None, or closed)
+        to_screen = sys.stdout.isatty() or stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode)
+        both = to_screen and sys.stderr.isatty()
+    except (AttributeError, ValueError, OSError):        # (None, closed, or no descriptor)
         both = False
     if not both:
         return nullcontext()

@@ -152,7 +152,7 @@ def test_a_chunk_is_whole_batches_above_the_numpy_forwards_limit():
 
 _ON_A_TERMINAL = """
 import fcntl, struct, sys, termios
-fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))       # (tqdm draws no bar 0 wide)
+fcntl.ioctl(2, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))       # (tqdm draws no bar 0 wide)
 from tqdm import tqdm
 from cnncli import predictions
 from cnncli.cli import main
@@ -203,3 +203,37 @@ def test_on_a_terminal_the_predictions_are_not_drawn_over_by_the_progress_bar(ck
     assert "decoding images" in raw.decode(), raw          # (a bar was drawn between the chunks)
     shown = [line for line in _screen_lines(raw.decode()) if line]
     assert shown[:len(expected)] == expected, raw
+
+
+def test_with_standard_output_a_pipe_the_bar_is_cleared_before_each_chunks_lines(ckpt, folder, tmp_path):
+    # (`cnn predict big/ | head` on a terminal: head writes the lines there; after the bar, they began on its line)
+    import os
+    import re
+    import threading
+
+    pytest.importorskip("pty")
+    master, slave = os.openpty()                   # stderr: a terminal; stdout: a pipe
+    proc = subprocess.Popen([sys.executable, "-c", _ON_A_TERMINAL, str(ckpt), str(folder)], stdout=subprocess.PIPE,
+                            stderr=slave, env=cli_env(tmp_path))
+    os.close(slave)
+    raw = []
+
+    def read_the_terminal():
+        while True:
+            try:
+                got = os.read(master, 65536)
+            except OSError:                        # (EIO: the child has ended)
+                return
+            if not got:
+                return
+            raw.append(got)
+    reader = threading.Thread(target=read_the_terminal)
+    reader.start()
+    out = proc.stdout.read()
+    proc.wait(timeout=300)
+    reader.join(timeout=60)
+    os.close(master)
+    screen = b"".join(raw).decode()
+    assert out.decode() == invoke("predict", ckpt, folder).stdout and "decoding images" in screen, screen
+    clears = re.findall(r"\r {20,}\r", screen)      # (tqdm's clear: the bar's line blanked, the cursor at its start)
+    assert len(clears) >= 6, screen                  # (11 images, 6 chunks of 2: one before each chunk's lines)

@@ -80,11 +80,13 @@ def mistyped_model(path) -> str | None:
             p.name.lower().endswith(LIST_SUFFIXES):
         return None
     parent = p.parent
-    npz_like, in_run = p.suffix.lower().startswith(".np"), is_a_model(parent)
+    onnx = p.suffix.lower() == ".onnx"           # (a mistyped ONNX model: the .onnx files beside it)
+    npz_like, in_run = p.suffix.lower().startswith(".np") or onnx, is_a_model(parent)
     named = Path(path).parent != Path(".")       # (runs/mesy; a bare name beside a run folder may be images)
     try:                                         # (names only: no file is opened)
-        models = [e.name for e in os.scandir(parent) if e.name.lower().endswith(".npz")
-                  or (e.is_dir() and is_a_model(e.path))] if parent.is_dir() and (named or npz_like) else []
+        models = [e.name for e in os.scandir(parent) if e.name.lower().endswith(".onnx" if onnx else ".npz")
+                  or (not onnx and e.is_dir() and is_a_model(e.path))] if parent.is_dir() and (named or npz_like) \
+            else []
     except OSError:
         models = []
     by_lower = {m.lower(): m for m in models}    # (runs/MESSY for runs/messy)
@@ -92,7 +94,8 @@ def mistyped_model(path) -> str | None:
     if not (npz_like or in_run or close):
         return None
     hint = f" (did you mean {parent / close[0]}?)" if close else ""
-    return printable(f"{path}: no such checkpoint or run folder{hint}").replace("\n", "\\n")
+    what = "ONNX model file" if onnx else "checkpoint or run folder"
+    return printable(f"{path}: no such {what}{hint}").replace("\n", "\\n")
 
 
 def checkpoint_files(paths) -> list:

@@ -236,3 +236,11 @@ def test_an_onnx_under_another_name_is_told_as_one(trained):
     _one_line_error(invoke("predict", "--checkpoint", renamed, data / "disc"), renamed, why)
     _one_line_error(invoke("eval", renamed, "--data", data), renamed, why)
     _one_line_error(invoke("info", renamed), renamed, why)
+
+
+def test_a_mistyped_onnx_name_is_told_the_one_beside_it(trained, monkeypatch):
+    tmp, _, data, models = trained
+    monkeypatch.chdir(tmp)
+    res = invoke("predict", "m-unit8.onnx", data / "disc")            # (m-uint8.onnx, two letters swapped)
+    assert res.exit_code == 1 and res.output == "Error: m-unit8.onnx: no such ONNX model file (did you mean " \
+                                                "m-uint8.onnx?)\n", res.output

@@ -579,9 +579,9 @@ def test_mpirun_with_more_threads_than_cores_notes_it_once(data, tmp_path):
     require_mpi()
     cores = len(os.sched_getaffinity(0))
     # (--bind-to none: both ranks on every core, whatever mpirun's default binding on this machine)
-    res = cnn_mpi(2, ["train", "--set", f"data.train={data[1]}", "--set", "train.epochs=1", "--set", "train.batch_size=16",
-                      "--set", f"train.threads={cores}", "--out", tmp_path / "run", "--no-report", "-q"], tmp_path,
-                  mpirun_args=("--bind-to", "none"))
+    res = cnn_mpi(2, ["train", "--set", f"data.train={data[1]}", "--set", "train.epochs=1",
+                      "--set", "train.batch_size=16", "--set", f"train.threads={cores}",
+                      "--out", tmp_path / "run", "--no-report", "-q"], tmp_path, mpirun_args=("--bind-to", "none"))
     assert res.returncode == 0, res.stderr
     notes = [ln for ln in res.stderr.splitlines() if "threads take turns" in ln]
     assert notes == [f"note: 2 rank(s) run {2 * cores} threads on {cores} core(s) here, so threads take turns on the "

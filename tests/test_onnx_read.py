@@ -111,7 +111,8 @@ def test_info_shows_what_the_onnx_holds(trained):
     assert f"exported    from {run.name}/best.npz (eval's top-k: 2)" in lines
     summary = json.loads(invoke("info", models["float"], "--json").stdout)
     assert summary["classes"] == ["bar", "column", "disc"] and summary["input_kind"] == "float"
-    assert [i["name"] for i in summary["inputs"]] == ["input"] and summary["source_checkpoint"] == f"{run.name}/best.npz"
+    assert [i["name"] for i in summary["inputs"]] == ["input"]
+    assert summary["source_checkpoint"] == f"{run.name}/best.npz"
 
 
 def test_a_missing_onnxruntime_is_one_line(trained, monkeypatch):

@@ -206,7 +206,8 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
     """Measure a checkpoint on a labelled image folder (default: its run's validation images): loss,
     accuracy, top-k, per-class P/R/F1, confusion. CHECKPOINT... as --checkpoint (`cnn eval runs/demo
     --data data/demo/test`)."""
-    from cnncli.evaluate import below_threshold, evaluate, format_metrics, notice_lines
+    from cnncli.evaluate import evaluate, notice_lines
+    from cnncli.metrics_text import below_threshold, format_metrics
 
     if metric is not None and fail_under is None:          # (a gate without its threshold checks nothing)
         raise click.BadParameter("chooses what --fail-under checks; add --fail-under X", param_hint="--metric")

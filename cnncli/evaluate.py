@@ -1,6 +1,6 @@
 """Classification metrics (loss, accuracy, top-k, per-class P/R/F1, confusion) of a checkpoint or a
 network on labelled images. It does not plot (report.py), handle cnn predict's files
-(predictions.py) or know about the CLI.
+(predictions.py), print them (metrics_text.py) or know about the CLI.
 """
 
 # Pure numpy and vectorized; the model is reached through `predictor.Predictor`, and by the training
@@ -14,9 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import textwidth
 from .errors import CnnError, DataError, Stopped
-from .callbacks import loss_text
 
 # Probabilities are clipped to [PROB_EPS, 1 - PROB_EPS] before the logs of the BCE loss.
 PROB_EPS = 1e-7
@@ -109,88 +107,6 @@ def compute_metrics(probs, labels, classes, top_k=3) -> dict:
         "confusion": confusion.astype(int).tolist(),
         "absent": [name for name, m in per_class.items() if m["support"] == 0],   # no images of these
     }
-
-
-def short_name(name, width):
-    """`name` (data.printable) cut to at most `width` terminal columns (a CJK character takes two),
-    marking a cut with '~' at the end."""
-    from .data import printable
-
-    return textwidth.fit(printable(str(name)), width)
-
-
-MATRIX_CLASSES = 40     # format_metrics prints the confusion matrix up to this many classes
-
-
-def format_metrics(metrics) -> str:
-    """Readable aligned text: summary, per-class table, confusion matrix with class names."""
-    from .data import printable
-    from .data.names import told_apart
-
-    lines = []
-    for key, title in (("checkpoint", "checkpoint"), ("data", "data")):
-        value = metrics.get(key)
-        if isinstance(value, list):         # an ensemble's checkpoints
-            value = f"mean of {len(value)}: " + ", ".join(value)
-        if key in metrics:
-            lines.append(f"{title:<16}{value}")
-    lines.append(f"{'images':<16}{metrics['num_images']}")
-    if "skipped" in metrics:
-        lines.append(f"{'skipped':<16}{metrics['skipped']}")
-    if metrics.get("absent"):
-        lines.append(f"{'no images of':<16}{', '.join(metrics['absent'])} (support 0: recall 0; in macro F1 "
-                     "only if predicted)")
-    lines.append(f"{'accuracy':<16}{metrics['accuracy']:.4f}")
-    lines.append(f"{'top-' + str(metrics['top_k']) + ' accuracy':<16}{metrics['top_k_accuracy']:.4f}")
-    lines.append(f"{'loss':<16}{loss_text(metrics['loss'])}")
-    lines.append(f"{'macro F1':<16}{metrics['macro_f1']:.4f}")
-
-    names = list(metrics["per_class"])
-    label = dict(zip(names, told_apart(names)))      # (one name in two Unicode forms: spelled out)
-    widths = [textwidth.width(printable(str(label[n]))) for n in names]   # terminal columns, as printed
-    name_w = min(24, max([5] + widths))
-    if len({short_name(label[n], name_w) for n in names}) < len(names):   # (photos_of_category_number_A, _B)
-        name_w = max(widths)                         # names that cut alike are printed whole
-    lines.append("")
-    lines.append(f"{'class':<{name_w}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>7}")
-    for name in names:
-        m = metrics["per_class"][name]
-        lines.append(
-            f"{textwidth.ljust(short_name(label[name], name_w), name_w)}  {m['precision']:>9.4f}  {m['recall']:>9.4f}"
-            f"  {m['f1']:>9.4f}  {m['support']:>7d}"
-        )
-
-    confusion = metrics["confusion"]
-    if len(names) > MATRIX_CLASSES:                  # (1,000 classes printed 5 MB, lines of 5,000 characters)
-        lines += ["", f"confusion matrix: {len(names)} classes, too many to print here (--json holds it; cnn report "
-                      "draws it)"]
-    elif names:
-        biggest = max(max(row) for row in confusion) if confusion else 0
-        name_cap = 8 if len(names) <= 8 else 6  # keep 12 classes within ~100 columns
-        col_w = max(len(str(biggest)), min(name_cap, max(widths)), 3)
-        corner = "true \\ pred"
-        row_w = min(16, max([len(corner)] + widths))
-        heads = [short_name(label[n], col_w) for n in names]
-        numbered = len(set(heads)) < len(heads)      # (class_00_circle, class_01_..: all 'class~'): 1, 2, ...
-        if numbered:
-            heads = [str(i + 1) for i in range(len(names))]
-            col_w = max(col_w, len(heads[-1]))
-        rows = [(f"{i + 1} " if numbered else "") + str(label[n]) for i, n in enumerate(names)]
-        lines.append("")
-        lines.append("confusion matrix (rows = true class, columns = predicted class"
-                     + (", numbered as the rows)" if numbered else ")"))
-        lines.append(f"{corner:<{row_w}}" + "".join(f" {textwidth.rjust(h, col_w)}" for h in heads))
-        for name, row in zip(rows, confusion):
-            lines.append(textwidth.ljust(short_name(name, row_w), row_w) + "".join(f" {v:>{col_w}d}" for v in row))
-    return "\n".join(lines)
-
-
-def below_threshold(metrics, metric, threshold):
-    """None when metrics[metric] >= threshold, else the one-line failure message (`cnn eval --fail-under`)."""
-    value = float(metrics[metric])
-    if value >= threshold:
-        return None
-    return f"{metric} {value:.4f} is below the threshold {threshold:g} (--fail-under)"
 
 
 def checkpoint_top_k(meta: dict) -> int:
@@ -363,8 +279,6 @@ def check_classes(expected, found, data_dir):
 
 __all__ = [
     "compute_metrics",
-    "below_threshold",
-    "format_metrics",
     "evaluate",
     "evaluate_predictor",
     "notice_lines",
@@ -372,7 +286,6 @@ __all__ = [
     "bce_loss",
     "check_classes",
     "checkpoint_top_k",
-    "short_name",
     "PROB_EPS",
 ]
 

@@ -19,7 +19,8 @@ import numpy as np
 from .atomic import why_unwritten, write_atomic
 from .errors import CnnError
 from .data.names import printable as name_text
-from .evaluate import evaluate_found, evaluate_predictor, notice_lines, short_name, validation_data
+from .evaluate import evaluate_found, evaluate_predictor, notice_lines, validation_data
+from .metrics_text import short_name
 from .report_page import render_html, run_text
 from .plotting import DPI, MATPLOTLIB_MISSING, STYLE, matplotlib_parts, new_figure  # noqa: F401 (API)
 

@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from cnncli.evaluate import PROB_EPS, compute_metrics, format_metrics
+from cnncli.evaluate import PROB_EPS, compute_metrics
+from cnncli.metrics_text import format_metrics
 
 
 def reference_metrics(probs, labels, classes, top_k=3):
@@ -205,7 +206,7 @@ def test_class_names_that_cut_alike_are_printed_whole_in_the_per_class_table():
 
 
 def test_more_classes_than_a_terminal_holds_leave_the_matrix_to_json():
-    from cnncli.evaluate import MATRIX_CLASSES
+    from cnncli.metrics_text import MATRIX_CLASSES
 
     n = MATRIX_CLASSES + 1
     rng = np.random.default_rng(4)

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from cnncli import __version__, cli_tools
-from cnncli.process import open_standard_streams, other_rank_main
+from cnncli.process import open_standard_streams, other_rank_main, require_stdout
 from cnncli.cli_common import (CHECKPOINT_HELP, ConfigCommand, checkpoints_or_newest, config_option, echo_json_list,
                                json_text, on_every_rank, other_rank, predict_arguments, printable, resolve_checkpoint,
                                run_line, user_errors)
@@ -211,6 +211,8 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
 
     if metric is not None and fail_under is None:          # (a gate without its threshold checks nothing)
         raise click.BadParameter("chooses what --fail-under checks; add --fail-under X", param_hint="--metric")
+    if fail_under is None:                                 # (a gate's exit status needs no output)
+        require_stdout("the metrics")
     metric = metric or "accuracy"
     checkpoint = checkpoints_or_newest(checkpoint + checkpoints, ensemble=True)
     metrics, _, _ = evaluate(list(checkpoint), data_dir, batch_size=batch_size, top_k=top_k, cache=not no_cache,

@@ -267,11 +267,15 @@ def resolve_checkpoint(path: str) -> Path:
 def predict_arguments(checkpoint, paths, top_k, as_json, csv_path) -> tuple:
     """cnn predict's arguments checked before any work -> (checkpoint, paths): the first PATH taken
     as the model when it names one (cnn predict model.npz image.png, or model.onnx), a mistyped model,
-    a second model among the images, --csv over what it reads, stdin under mpirun refused in one line."""
+    a second model among the images, --csv over what it reads, stdin under mpirun, a closed standard
+    output refused in one line."""
     from cnncli.distributed import launched_by_mpi
     from cnncli.ensemble import holds_runs, is_a_model, mistyped_model, names_a_model
     from cnncli.predictions import refuse_csv_target
+    from cnncli.process import require_stdout
 
+    if csv_path in (None, "-"):
+        require_stdout("the predictions")
     if as_json and csv_path:
         raise click.UsageError("--json and --csv: give one of them (--csv writes every class's probability "
                                "to a file; --json prints the top --top-k)")

@@ -12,16 +12,29 @@ import time
 import click
 
 
+CLOSED = set()      # the standard streams ("stdout", ...) cnn found closed and put on /dev/null
+
+
 def open_standard_streams() -> None:
     """Closed standard streams (`cnn train ... 2>&-` under cron) on /dev/null: Python leaves
     sys.stderr None (a crash at the first progress line), and the next file the process opened
-    would get descriptor 2, where C libraries' messages would then be written."""
+    would get descriptor 2, where C libraries' messages would then be written. Each is named in
+    CLOSED (a command whose results go to standard output refuses to run into /dev/null)."""
     for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
         try:
             os.fstat(fd)
         except OSError:
             if os.open(os.devnull, os.O_RDWR) == fd:           # (the lowest free descriptor: this one)
                 setattr(sys, name, open(fd, mode, closefd=False))
+                CLOSED.add(name)
+
+
+def require_stdout(what: str) -> None:
+    """A one-line error when standard output was closed (`cnn predict ... >&-`): `what` (the
+    predictions, the metrics) would go to /dev/null, and the command would end as if it had given them."""
+    if "stdout" in CLOSED:
+        raise click.ClickException(f"standard output is closed: {what} would be lost; redirect it to a file "
+                                   "(> FILE)")
 
 
 def other_rank_main(group) -> None:

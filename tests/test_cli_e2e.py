@@ -954,6 +954,27 @@ def test_training_with_stderr_closed_runs_to_the_end(workspace, tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == str(out) and (out / "last.npz").is_file()
 
 
+def test_predictions_and_metrics_into_a_closed_stdout_are_refused(trained, tmp_path):
+    # `cnn predict RUN IMAGES >&-`: the predictions went to /dev/null and the command exited 0 (with
+    # --csv -, "3 prediction(s) in standard output")
+    tmp, data, run, _ = trained
+    image = next((data / "disc").glob("*.png"))
+
+    def closed(*args):
+        return subprocess.run([sys.executable, "-m", "cnncli", *map(str, args)], env=cli_env(tmp), text=True,
+                              stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1))
+
+    for args in (["predict", run, image], ["predict", run, image, "--csv", "-"], ["eval", run, "--data", data]):
+        r = closed(*args)
+        what = "the metrics" if args[0] == "eval" else "the predictions"
+        assert r.returncode == 1 and r.stderr == (f"Error: standard output is closed: {what} would be lost; "
+                                                  "redirect it to a file (> FILE)\n"), (args, r.stderr)
+    # what has somewhere else to go runs: a --csv file, an eval gate's exit status
+    r = closed("predict", run, image, "--csv", tmp_path / "p.csv")
+    assert r.returncode == 0 and (tmp_path / "p.csv").read_text().count("\n") == 2, r.stderr
+    assert closed("eval", run, "--data", data, "--fail-under", 0).returncode == 0
+
+
 def test_an_out_folder_whose_name_is_not_utf8_is_refused_before_anything_is_made(workspace, tmp_path):
     # a traceback from the YAML writer of config.yaml, after the folder was made
     tmp, _ = workspace

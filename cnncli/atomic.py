@@ -75,6 +75,7 @@ _WORDS = {       # errno -> (what is wrong, what to do) in plain words
 }
 if hasattr(errno, "EDQUOT"):
     _WORDS[errno.EDQUOT] = ("the disk quota is used up", "free some space, or ask for a larger quota")
+ROOM = tuple(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)   # (no room)
 
 
 def kept(path) -> str:

@@ -49,8 +49,10 @@ def save(path, arrays, meta) -> None:
         os.makedirs(folder, exist_ok=True)
         write_atomic(path, lambda f: np.savez(f, **members))
     except OSError as err:                        # full disk, quota, read-only: one line, old file intact
-        raise CheckpointError(f"{path}: cannot save the checkpoint ({why_unwritten(err, path)}); "
-                              + ("the previous file there is unchanged" if had else "nothing was written")) from None
+        fault = CheckpointError(f"{path}: cannot save the checkpoint ({why_unwritten(err, path)}); "
+                                + ("the previous file there is unchanged" if had else "nothing was written"))
+        fault.errno = err.errno                   # (the caller's advice: once there is room, or elsewhere)
+        raise fault from None
     _fsync_dir(folder)
 
 

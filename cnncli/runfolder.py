@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cnncli import __version__, checkpoint
 from cnncli import config as config_mod
-from cnncli.atomic import why_unwritten, write_atomic
+from cnncli.atomic import ROOM, why_unwritten, write_atomic
 from cnncli.errors import CheckpointError, CnnError, ConfigError
 
 METRICS_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time_s")
@@ -190,8 +190,21 @@ def atomic_text(path: Path, text: str) -> None:
     try:
         write_atomic(path, lambda f: f.write(text), text=True)
     except OSError as err:
-        raise CnnError(f"{printable(str(path))}: cannot be written ({why_unwritten(err, path)}); "
-                       + ("the previous file there is unchanged" if had else "nothing was written")) from None
+        fault = CnnError(f"{printable(str(path))}: cannot be written ({why_unwritten(err, path)}); "
+                         + ("the previous file there is unchanged" if had else "nothing was written"))
+        fault.errno = err.errno                   # (the caller's advice: once there is room, or elsewhere)
+        raise fault from None
+
+
+def go_on_text(err, last: Path, run_dir) -> str:
+    """How a run that could not save a file (err: checkpoint.save's or atomic_text's error, with the
+    OSError's errno) goes on from its whole checkpoint `last`: once the disk has room (a full disk, a
+    used-up quota, an errno not known), else (a read-only folder, permission denied, a failing disk)
+    once the folder can be written, or now in another folder (--resume --out)."""
+    resume = f"cnn train --resume {run_dir}"
+    if getattr(err, "errno", None) in (None, *ROOM):
+        return f"once there is room, go on from {last.name}: {resume}"
+    return f"once the folder can be written, go on from {last.name}: {resume}; or now in another: {resume} --out DIR"
 
 
 def write_metrics(run_dir: Path, history: list) -> None:

@@ -8,6 +8,7 @@ import errno
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cnncli import atomic
@@ -97,8 +98,8 @@ def test_an_uncaught_os_error_is_one_plain_line_on_one_rank_or_many(tmp_path):
     assert _line(OSError(errno.ENOSPC, "No space left on device", "f.csv")) == (f"f.csv: {FULL}", 1, "Error: ")
 
 
-def _fail_on(monkeypatch, module, name: str, after: int = 0):
-    """module.write_atomic raises ENOSPC for files called `name` after `after` good writes of it."""
+def _fail_on(monkeypatch, module, name: str, after: int = 0, code: int = errno.ENOSPC):
+    """module.write_atomic raises OSError(code) (ENOSPC) for files called `name` after `after` good writes of it."""
     real, seen = module.write_atomic, []
 
     def write(path, fn, text=False):
@@ -107,7 +108,7 @@ def _fail_on(monkeypatch, module, name: str, after: int = 0):
             if len(seen) > after:
                 def half(f):
                     f.write(b"half" if not text else "half")
-                    raise OSError(errno.ENOSPC, "No space left on device")
+                    raise OSError(code, os.strerror(code))
                 return real(path, half, text)
         return real(path, fn, text)
     monkeypatch.setattr(module, "write_atomic", write)
@@ -138,6 +139,26 @@ def test_metrics_csv_that_cannot_be_saved_mid_run_stops_the_run_with_one_line(tm
         f"is room, go on from last.npz: cnn train --resume {run}\n"), res.stderr
     assert len((run / "metrics.csv").read_text().splitlines()) == 2              # header, epoch 1: whole
     assert load_meta(run / "last.npz")["epoch"] == 1 and not list(run.glob(".*.tmp-*"))
+
+
+def test_a_checkpoint_a_read_only_folder_refuses_says_go_on_elsewhere_not_once_there_is_room(tmp_path, monkeypatch):
+    # (it said "...(the file system is read-only: write elsewhere); ...; once there is room, go on from last.npz")
+    from cnncli import checkpoint
+
+    _fail_on(monkeypatch, checkpoint, "last.npz", after=1, code=errno.EROFS)
+    data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
+    run, other, whole = tmp_path / "run", tmp_path / "other", tmp_path / "whole"
+    res = invoke(["train", "--config", write_config(tmp_path / "c.yaml", data, run, epochs=3), "-q", "--no-report"])
+    assert res.exit_code == 1 and res.stderr.count("Error:") == 1 and "Traceback" not in res.output
+    assert res.stderr.endswith(
+        f"Error: {run / 'last.npz'}: cannot save the checkpoint (the file system is read-only: write elsewhere); the "
+        f"previous file there is unchanged; once the folder can be written, go on from last.npz: cnn train --resume "
+        f"{run}; or now in another: cnn train --resume {run} --out DIR\n"), res.stderr
+    monkeypatch.undo()
+    assert invoke(["train", "--resume", run, "--out", other, "-q", "--no-report"]).exit_code == 0
+    assert invoke(["train", "--config", tmp_path / "c.yaml", "--out", whole, "-q", "--no-report"]).exit_code == 0
+    (a, _), (b, _) = checkpoint.load(other / "last.npz"), checkpoint.load(whole / "last.npz")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)      # the uninterrupted run's bits
 
 
 def test_a_resume_whose_config_yaml_cannot_be_saved_says_so_and_keeps_it(run, monkeypatch):

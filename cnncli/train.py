@@ -17,7 +17,7 @@ import numpy as np
 from cnncli import resume as resume_mod, runfolder, runlock
 from cnncli.callbacks import Aborted, StopAfterTraining, StopDuringSetup, loss_text, warmup_text
 from cnncli.cores import quota_text
-from cnncli.errors import ConfigError, Stopped, TrainingDiverged
+from cnncli.errors import ConfigError, TrainingDiverged
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
 from cnncli.datanotes import data_notes
 from cnncli.runsetup import load_datasets, setup  # noqa: F401 (load_datasets: API)
@@ -55,11 +55,12 @@ def _test_best(run_dir: Path, cfg: dict, echo) -> None:
 @contextlib.contextmanager
 def _before_first_step(run_dir, new: bool, resume=None):
     """From the network's set-up to the first step: a stop gives the set-up's line, and a new run's
-    folder, nothing trained in it yet (new: this process made it), is given back."""
+    folder, nothing trained in it yet (new: this process made it), is given back after a stop or an
+    error (config.yaml a full disk refuses)."""
     try:
         with StopDuringSetup(resume):
             yield
-    except Stopped:
+    except BaseException:
         if new:
             runlock.discard_unstarted(run_dir)
         raise

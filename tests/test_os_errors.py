@@ -161,6 +161,19 @@ def test_a_checkpoint_a_read_only_folder_refuses_says_go_on_elsewhere_not_once_t
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)      # the uninterrupted run's bits
 
 
+def test_a_new_run_whose_config_yaml_cannot_be_saved_leaves_no_folder(tmp_path, monkeypatch):
+    # (the folder stayed, holding its .claimed marker)
+    from cnncli import runfolder
+
+    _fail_on(monkeypatch, runfolder, "config.yaml")
+    data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
+    run = tmp_path / "run"
+    res = invoke(["train", "--config", write_config(tmp_path / "c.yaml", data, run, epochs=1), "-q", "--no-report"])
+    assert res.exit_code == 1 and res.stderr.endswith(f"Error: {run / 'config.yaml'}: cannot be written ({FULL}); "
+                                                      "nothing was written\n"), res.stderr
+    assert not run.exists()
+
+
 def test_a_resume_whose_config_yaml_cannot_be_saved_says_so_and_keeps_it(run, monkeypatch):
     # (config.yaml was written in place: a full disk left it half-written)
     from cnncli import runfolder

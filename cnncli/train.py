@@ -17,7 +17,7 @@ import numpy as np
 from cnncli import resume as resume_mod, runfolder, runlock
 from cnncli.callbacks import Aborted, StopAfterTraining, StopDuringSetup, loss_text, warmup_text
 from cnncli.cores import quota_text
-from cnncli.errors import ConfigError, TrainingDiverged
+from cnncli.errors import CnnError, ConfigError, TrainingDiverged
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
 from cnncli.datanotes import data_notes
 from cnncli.runsetup import load_datasets, setup  # noqa: F401 (load_datasets: API)
@@ -28,14 +28,20 @@ def evaluate_test_data(run_dir: Path, cfg: dict, echo) -> dict:
     """data.test: best.npz (else last.npz) evaluated on it, one line, RUN/test_metrics.json."""
     import json
 
-    from cnncli.atomic import write_atomic
+    from cnncli.atomic import kept, why_unwritten, write_atomic
     from cnncli.evaluate import evaluate
     from cnncli.predictor import BEST_FIRST, run_checkpoint
 
     ckpt = run_checkpoint(run_dir, BEST_FIRST)
     metrics, _, _ = evaluate(ckpt, cfg["data"]["test"], cache=cfg["data"]["cache"])
-    text = json.dumps(metrics, indent=2) + "\n"
-    write_atomic(run_dir / "test_metrics.json", lambda f: f.write(text), text=True)
+    text, path = json.dumps(metrics, indent=2) + "\n", run_dir / "test_metrics.json"
+    previous = kept(path)
+    try:
+        write_atomic(path, lambda f: f.write(text), text=True)
+    except OSError as err:           # (a full disk: the run is saved; no "write elsewhere", the file's place is set)
+        raise CnnError(runfolder.printable(f"{path}: cannot be written ({why_unwritten(err, path, todo=False)})"
+                                           f"{previous}; the run's checkpoints are saved: once it can be, cnn train "
+                                           f"--resume {run_dir} runs the test")) from None
     for line in [f"warning: data.test: {w}" for w in metrics["warnings"]] + [f"note: data.test: {n}"
                                                                              for n in metrics["notes"]]:
         echo(line)

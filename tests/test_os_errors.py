@@ -174,6 +174,24 @@ def test_a_new_run_whose_config_yaml_cannot_be_saved_leaves_no_folder(tmp_path, 
     assert not run.exists()
 
 
+def test_test_metrics_json_a_full_disk_refuses_says_the_run_is_saved_and_how_to_test_it(tmp_path, monkeypatch):
+    # (it said "Error: .../test_metrics.json: no space left on the device: free some space, or write elsewhere")
+    data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", data, run, epochs=1)
+    config.write_text(config.read_text().replace("data:\n", f"data:\n  test: {data}\n"))
+    _fail_on(monkeypatch, atomic, "test_metrics.json")
+    res = invoke(["train", "--config", config, "-q", "--no-report"])
+    assert res.exit_code == 1 and res.stderr.count("Error:") == 1 and "Traceback" not in res.output
+    assert res.stderr.endswith(f"Error: {run / 'test_metrics.json'}: cannot be written (no space left on the device); "
+                               f"the run's checkpoints are saved: once it can be, cnn train --resume {run} runs the "
+                               "test\n"), res.stderr
+    assert not (run / "test_metrics.json").exists() and not list(run.glob(".*.tmp-*"))
+    monkeypatch.undo()
+    res = invoke(["train", "--resume", run, "-q", "--no-report"])
+    assert res.exit_code == 0 and (run / "test_metrics.json").is_file(), res.output
+
+
 def test_a_resume_whose_config_yaml_cannot_be_saved_says_so_and_keeps_it(run, monkeypatch):
     # (config.yaml was written in place: a full disk left it half-written)
     from cnncli import runfolder

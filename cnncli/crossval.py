@@ -14,7 +14,6 @@ from pathlib import Path
 from cnncli import checkpoint
 from cnncli import config as config_mod
 from cnncli import runfolder, runlock
-from cnncli.atomic import write_atomic
 from cnncli.callbacks import SetupStopped, StopInCrossValidation, loss_text
 from cnncli.errors import CnnError, ConfigError, Stopped
 
@@ -122,8 +121,11 @@ def _open_parent(resume, cfg: dict, folds: int, out) -> tuple:
     notes = check_images(cfg, folds)
     parent = runfolder.new_run_dir(target, what)
     base = {**cfg, "data": {**cfg["data"], "folds": folds, "fold": 0}, "out": str(parent)}
-    text = config_mod.dump(base)
-    write_atomic(parent / "config.yaml", lambda f: f.write(text), text=True)
+    try:
+        runfolder.atomic_text(parent / "config.yaml", config_mod.dump(base))
+    except CnnError:                    # (a full disk: the new folder's name goes back)
+        runlock.release(parent)
+        raise
     return parent, cfg, folds, notes
 
 
@@ -187,8 +189,11 @@ def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, ec
     summary = {"folds": rows, "summary": summarize(rows), "config": str(parent / "config.yaml")}
     if ensemble is not None:
         summary["ensemble_test"] = ensemble
-    text = json.dumps(summary, indent=2) + "\n"
-    write_atomic(parent / SUMMARY, lambda f: f.write(text), text=True)
+    try:
+        runfolder.atomic_text(parent / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    except CnnError as err:
+        raise CnnError(f"{err}; the folds are saved: once it can be written, cnn cv --resume {parent} writes it") \
+            from None
     return parent, summary
 
 

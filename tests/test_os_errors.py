@@ -192,6 +192,30 @@ def test_test_metrics_json_a_full_disk_refuses_says_the_run_is_saved_and_how_to_
     assert res.exit_code == 0 and (run / "test_metrics.json").is_file(), res.output
 
 
+def test_a_cv_whose_config_yaml_or_summary_a_full_disk_refuses_leaves_no_folder_or_says_how_to_go_on(tmp_path,
+                                                                                                    monkeypatch):
+    # (config.yaml: "Error: .../cv/config.yaml: no space left on the device: ..." and the folder with its .claimed
+    # stayed; cv.json: the same bare line, not that the folds are saved and cnn cv --resume writes it)
+    from cnncli import runfolder
+
+    data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
+    config, cv = write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=1), tmp_path / "cv"
+    with monkeypatch.context() as m:
+        _fail_on(m, runfolder, "config.yaml")
+        res = invoke(["cv", "--config", config, "--folds", "2", "--out", cv, "-q"])
+    assert res.exit_code == 1 and res.stderr == (f"Error: {cv / 'config.yaml'}: cannot be written ({FULL}); nothing "
+                                                 "was written\n"), res.stderr
+    assert not cv.exists()
+    with monkeypatch.context() as m:
+        _fail_on(m, runfolder, "cv.json")
+        res = invoke(["cv", "--config", config, "--folds", "2", "--out", cv, "-q"])
+    assert res.exit_code == 1 and res.stderr.count("Error:") == 1 and "Traceback" not in res.output
+    assert res.stderr.endswith(f"Error: {cv / 'cv.json'}: cannot be written ({FULL}); nothing was written; the folds "
+                               f"are saved: once it can be written, cnn cv --resume {cv} writes it\n"), res.stderr
+    res = invoke(["cv", "--resume", cv, "-q"])
+    assert res.exit_code == 0 and (cv / "cv.json").is_file() and not list(cv.glob(".*.tmp-*")), res.output
+
+
 def test_a_resume_whose_config_yaml_cannot_be_saved_says_so_and_keeps_it(run, monkeypatch):
     # (config.yaml was written in place: a full disk left it half-written)
     from cnncli import runfolder

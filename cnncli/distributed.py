@@ -369,7 +369,8 @@ def fail(comm: Comm, err: BaseException) -> None:
     signal mpirun forwards, wherever its set-up is) that rank 0 prints it and every rank leaves at
     once with its code; `err.alone` (a stop of rank 0's work after training, the
     others only waiting to exit) that this rank prints it and exits with its code; otherwise this
-    rank prints one line naming itself and ends the job (MPI_Abort with the error's exit code)."""
+    rank prints one line naming itself (not when `err.main_only`: rank 0's saves of the run's files,
+    whose fault is the folder's) and ends the job (MPI_Abort with the error's exit code)."""
     line, code, prefix = _line(err)
     if getattr(err, "anywhere", False):
         if comm.is_main:
@@ -386,5 +387,6 @@ def fail(comm: Comm, err: BaseException) -> None:
     if getattr(err, "alone", False):   # raised where the other ranks wait for nothing but the exit
         print(f"{prefix}{line}", file=sys.stderr, flush=True)
         sys.exit(code)
-    print(f"Error: rank {comm.rank} of {comm.size}: {line}", file=sys.stderr, flush=True)
+    rank = "" if getattr(err, "main_only", False) else f"rank {comm.rank} of {comm.size}: "   # (the run's saves)
+    print(f"Error: {rank}{line}", file=sys.stderr, flush=True)
     comm.abort(code)       # a plain exit would wait in MPI_Finalize for ranks that wait for this one

@@ -196,15 +196,22 @@ def atomic_text(path: Path, text: str) -> None:
         raise fault from None
 
 
-def go_on_text(err, last: Path, run_dir) -> str:
-    """How a run that could not save a file (err: checkpoint.save's or atomic_text's error, with the
-    OSError's errno) goes on from its whole checkpoint `last`: once the disk has room (a full disk, a
-    used-up quota, an errno not known), else (a read-only folder, permission denied, a failing disk)
-    once the folder can be written, or now in another folder (--resume --out)."""
-    resume = f"cnn train --resume {run_dir}"
-    if getattr(err, "errno", None) in (None, *ROOM):
-        return f"once there is room, go on from {last.name}: {resume}"
-    return f"once the folder can be written, go on from {last.name}: {resume}; or now in another: {resume} --out DIR"
+def unsaved(err: CnnError, last: Path, run_dir) -> CnnError:
+    """The error that stops a run whose file (a checkpoint, metrics.csv) could not be saved (err:
+    checkpoint.save's or atomic_text's, with the OSError's errno): when its whole checkpoint `last`
+    exists, err's line and how to go on from it: once the disk has room (a full disk, a used-up quota,
+    an errno not known), else (a read-only folder, permission denied, a failing disk) once the folder
+    can be written, or now in another folder (--resume --out). main_only: rank 0's saves, the run
+    folder's fault, not rank 0's copy's (distributed.fail prints it without "rank 0 of K")."""
+    if last.is_file():
+        resume = f"cnn train --resume {run_dir}"
+        if getattr(err, "errno", None) in (None, *ROOM):
+            err = type(err)(f"{err}; once there is room, go on from {last.name}: {resume}")
+        else:
+            err = type(err)(f"{err}; once the folder can be written, go on from {last.name}: {resume}; or now in "
+                            f"another: {resume} --out DIR")
+    err.main_only = True
+    return err
 
 
 def write_metrics(run_dir: Path, history: list) -> None:

@@ -336,13 +336,13 @@ class Trainer:
     @contextlib.contextmanager
     def _resumable(self):
         """A checkpoint or metrics.csv that cannot be saved (a full disk): the run stops with its line,
-        which says how to go on from last.npz (whole: saves are atomic) when there is one: go_on_text."""
+        which says how to go on from last.npz (whole: saves are atomic) when there is one (runfolder.unsaved)."""
         try:
             yield
         except CnnError as err:
-            if isinstance(err, Stopped) or not self.last_path.is_file():
+            if isinstance(err, Stopped):
                 raise
-            raise type(err)(f"{err}; {runfolder.go_on_text(err, self.last_path, self.run_dir)}") from None
+            raise runfolder.unsaved(err, self.last_path, self.run_dir) from None
 
     def write_config(self) -> None:
         """The run folder's config.yaml: this run's resolved config (eval, report and resume read it);

@@ -3,7 +3,8 @@ a dummy training loop. Each step is one Allgather and a short sleep; SIGINT/SIGT
 any_flag makes every rank stop at the same step, rank 0 saves OUT/last.txt atomically every step
 and at the stop (after STOP_DELAY seconds, a slow save). Usage: python mpi_fault_job.py OUT [MODE]
 with MODE config-error (every rank fails alike inside everyone()), rank-error (rank 1 alone fails inside everyone()), main-error
-(rank 0 fails inside main_first()) or fail (rank 1 fails after setup while rank 0 waits: fail()).
+(rank 0 fails inside main_first()), fail (rank 1 fails after setup while rank 0 waits: fail()) or main-save
+(rank 0's save of OUT/last.npz, a whole one there, fails while rank 1 waits: fail() of runfolder.unsaved's error).
 """
 
 import os
@@ -29,7 +30,7 @@ def main():
     comm = get_comm()
     if sys.argv[2:] == ["config-error"]:
         everyone(comm, config_error)
-    if sys.argv[2:] in (["rank-error"], ["main-error"], ["fail"]):
+    if sys.argv[2:] in (["rank-error"], ["main-error"], ["fail"], ["main-save"]):
         errors(comm, sys.argv[2])
     got = []
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
@@ -67,6 +68,16 @@ def errors(comm, mode):
         everyone(comm, broken, 1)
     elif mode == "main-error":
         main_first(comm, broken, 0)
+    elif mode == "main-save":
+        from cnncli.errors import CheckpointError
+        from cnncli.runfolder import unsaved
+
+        out = Path(sys.argv[1])
+        if comm.rank == 0:
+            (out / "last.npz").write_bytes(b"a whole checkpoint")
+            fail(comm, unsaved(CheckpointError(f"{out / 'last.npz'}: cannot save the checkpoint (no space left on "
+                                               "the device)"), out / "last.npz", out))
+        comm.barrier()                                        # rank 1 waits here until mpirun ends it
     else:
         assert everyone(comm, broken, -1) == comm.rank      # no rank fails: each keeps its result
         if comm.rank == 1:

@@ -433,13 +433,16 @@ FAULT_JOB = Path(__file__).resolve().parent / "mpi_fault_job.py"
     ("rank-error", 1, "Error: rank 1 of 2: data/x.png: unreadable on rank 1 only"),
     ("main-error", 1, "Error: data/x.png: unreadable on rank 0 only"),
     ("fail", 1, "Error: rank 1 of 2: no space left on the device: free some space, or write elsewhere"),
+    # (rank 0's save of the run's checkpoint: the folder's fault, not rank 0's copy's; it said "rank 0 of 2: ...")
+    ("main-save", 1, "Error: {tmp}/last.npz: cannot save the checkpoint (no space left on the device); once there is "
+                     "room, go on from last.npz: cnn train --resume {tmp}"),
 ])
 def test_an_error_of_one_rank_ends_the_job_with_one_line_naming_it(tmp_path, mode, code, line):
     require_mpi()
     t0 = time.monotonic()
     res = run_mpi(2, ["python", FAULT_JOB, tmp_path, mode], timeout=120)
     assert res.returncode == code, res.stderr
-    assert [ln for ln in res.stderr.splitlines() if ln.startswith("Error")] == [line], res.stderr
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith("Error")] == [line.format(tmp=tmp_path)], res.stderr
     assert "went on" not in res.stdout and "Traceback" not in res.stderr
     assert time.monotonic() - t0 < 60
 

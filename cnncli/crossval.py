@@ -15,7 +15,7 @@ from cnncli import checkpoint
 from cnncli import config as config_mod
 from cnncli import runfolder, runlock
 from cnncli.callbacks import SetupStopped, StopInCrossValidation, loss_text
-from cnncli.errors import CnnError, ConfigError, Stopped
+from cnncli.errors import CnnError, ConfigError, Stopped, main_only
 
 SUMMARY = "cv.json"
 METRICS = ("val_loss", "val_acc", "test_loss", "test_acc")
@@ -182,6 +182,12 @@ def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, ec
                 rows.append(fold_result(fold_dir, k))
     if not comm.is_main:
         return parent, None
+    with main_only():                       # (rank 0's work alone: under mpirun its errors are the cv's)
+        return parent, _finish(cfg, folds, parent, rows, say)
+
+
+def _finish(cfg: dict, folds: int, parent: Path, rows: list, say) -> dict:
+    """After the folds: data.test's test (_test), then the summary, written -> the summary."""
     ensemble = None
     if cfg["data"]["test"]:
         with StopInCrossValidation(parent, "after the last fold, while testing on data.test", alone=True):
@@ -194,7 +200,7 @@ def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, ec
     except CnnError as err:
         raise CnnError(f"{err}; the folds are saved: once it can be written, cnn cv --resume {parent} writes it") \
             from None
-    return parent, summary
+    return summary
 
 
 def _go_on(err: Stopped, k: int, parent: Path) -> Stopped:

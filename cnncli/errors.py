@@ -5,6 +5,8 @@ Library code raises these; `cli_common.user_errors` turns them into Click except
 This module is not for programming errors (those stay ValueError/TypeError with tracebacks).
 """
 
+import contextlib
+
 
 class CnnError(Exception):
     """A problem the user can fix; str(err) is the whole one-line message, printed after `prefix`.
@@ -41,3 +43,15 @@ class TrainingDiverged(CnnError):
     """Loss or gradients became non-finite; the last good checkpoint is kept."""
 
     run_dir = None      # the run's folder (cnn train prints it, as after a stop)
+
+
+@contextlib.contextmanager
+def main_only():
+    """Around work MPI rank 0 does alone for the run (its files, the test after training): a CnnError or
+    OSError there is the run's, not rank 0's copy's, so under mpirun it is printed without "rank 0 of K"
+    (distributed.fail reads err.main_only)."""
+    try:
+        yield
+    except (CnnError, OSError) as err:
+        err.main_only = True
+        raise

@@ -17,7 +17,7 @@ import numpy as np
 from cnncli import resume as resume_mod, runfolder, runlock
 from cnncli.callbacks import Aborted, StopAfterTraining, StopDuringSetup, loss_text, warmup_text
 from cnncli.cores import quota_text
-from cnncli.errors import CnnError, ConfigError, TrainingDiverged
+from cnncli.errors import CnnError, ConfigError, TrainingDiverged, main_only
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
 from cnncli.datanotes import data_notes
 from cnncli.runsetup import load_datasets, setup  # noqa: F401 (load_datasets: API)
@@ -53,8 +53,9 @@ def evaluate_test_data(run_dir: Path, cfg: dict, echo) -> dict:
 
 
 def _test_best(run_dir: Path, cfg: dict, echo) -> None:
-    """evaluate_test_data after the steps, a stop meanwhile the one line that says so."""
-    with StopAfterTraining(run_dir, "while testing best.npz on data.test"):
+    """evaluate_test_data after the steps, a stop meanwhile the one line that says so; its errors are
+    the run's (under mpirun rank 0 tests alone: main_only)."""
+    with main_only(), StopAfterTraining(run_dir, "while testing best.npz on data.test"):
         evaluate_test_data(run_dir, cfg, echo)
 
 

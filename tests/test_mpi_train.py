@@ -231,6 +231,48 @@ def test_resuming_under_mpirun_a_run_trained_now_is_refused_once_without_a_rank(
                     "then"], res.stderr
 
 
+def test_a_test_rank_0_cannot_save_after_training_is_the_runs_line_printed_once_without_a_rank(data):
+    """Rank 0 tests best.npz alone after training: test_metrics.json a folder refuses (chattr +i, a real
+    permission denied; skipped where it cannot be set) is the run's line, not "rank 0 of 2: ..."."""
+    tmp, folder = data
+    cfg = write_config(tmp / "cfg-test.yaml", folder, tmp / "unused", epochs=1, batch_size=16)
+    run = tmp / "immutable"
+    res = run_cli(["train", "--config", cfg, "--no-report", "--out", run], tmp, timeout=300)
+    assert res.returncode == 0, res.stderr
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", run], capture_output=True).returncode:
+        pytest.skip("chattr +i cannot make a folder read-only here (it needs root and a file system that has it)")
+    try:
+        res = cnn_mpi(2, ["train", "--resume", run, "--set", f"data.test={folder}", "--no-report"], tmp, timeout=120)
+    finally:
+        subprocess.run(["chattr", "-i", run], capture_output=True)
+    assert res.returncode == 1, res.stderr
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith("Error")] == [
+        f"Error: {run / 'test_metrics.json'}: cannot be written (permission denied); the run's checkpoints are saved: "
+        f"once it can be, cnn train --resume {run} runs the test"], res.stderr
+
+
+def test_a_cv_summary_rank_0_cannot_save_is_the_cvs_line_printed_once_without_a_rank(data):
+    """cv.json, rank 0's alone after the folds, a folder refuses (chattr +i; skipped where it cannot be
+    set): the cv's line, saying the folds are saved and how to go on, not "rank 0 of 2: ..."."""
+    tmp, folder = data
+    cfg = write_config(tmp / "cfg-cvsum.yaml", folder, tmp / "unused", epochs=1, batch_size=16)
+    cv = tmp / "cv-immutable"
+    res = run_cli(["cv", "--config", cfg, "--folds", "2", "--out", cv], tmp, timeout=300)
+    assert res.returncode == 0, res.stderr
+    (cv / "cv.json").unlink()
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", cv], capture_output=True).returncode:
+        pytest.skip("chattr +i cannot make a folder read-only here (it needs root and a file system that has it)")
+    try:
+        res = cnn_mpi(2, ["cv", "--resume", cv], tmp, timeout=120)
+    finally:
+        subprocess.run(["chattr", "-i", cv], capture_output=True)
+    assert res.returncode == 1, res.stderr
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith("Error")] == [
+        f"Error: {cv / 'cv.json'}: cannot be written (permission denied: write where you may, or change the folder's "
+        f"permissions); nothing was written; the folds are saved: once it can be written, cnn cv --resume {cv} "
+        "writes it"], res.stderr
+
+
 # ----------------------------------------------------------------------------------------------
 # faults: a long enough run (a checkpoint every step) to kill or stop in the middle
 

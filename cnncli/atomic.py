@@ -75,7 +75,7 @@ _WORDS = {       # errno -> (what is wrong, what to do) in plain words
 }
 if hasattr(errno, "EDQUOT"):
     _WORDS[errno.EDQUOT] = ("the disk quota is used up", "free some space, or ask for a larger quota")
-ROOM = tuple(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)   # (no room)
+ROOM = tuple(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)   # no room
 
 
 def kept(path) -> str:
@@ -88,14 +88,18 @@ def why_unwritten(err: OSError, path, todo: bool = True) -> str:
     """Why `path` could not be written, in plain words, and (todo=True) what to do: a full disk, a
     used-up quota, a read-only file system, permission denied, a name too long (which part, its length
     and the file system's limit), a file where one of its folders should be (the OS says only "File
-    exists" or "Not a directory"); else the OS's own words. For the caller's one line, which names
-    the file."""
+    exists" or "Not a directory"), a link to nothing on the way; else the OS's own words. For the
+    caller's one line, which names the file."""
     why, fix = _WORDS.get(err.errno, (None, None))
     if err.errno == errno.ENAMETOOLONG:
         why, fix = _too_long(os.fspath(path)), "choose a shorter name"
-    elif err.errno in (errno.EEXIST, errno.ENOTDIR):
-        for folder in Path(path).parents:
-            if os.path.lexists(folder) and not os.path.isdir(folder):
+    elif err.errno in (errno.EEXIST, errno.ENOTDIR, errno.ENOENT):
+        for folder in (Path(path), *Path(path).parents):
+            if os.path.islink(folder) and not os.path.exists(folder):        # (a dangling link: no file)
+                why, fix = f"{folder} is a link to {os.readlink(folder)}, which does not exist", None
+                break
+            if folder != Path(path) and err.errno != errno.ENOENT and os.path.lexists(folder) \
+                    and not os.path.isdir(folder):
                 why, fix = f"{folder} is a file, not a folder", None          # (which says what to do)
                 break
     if why is None:

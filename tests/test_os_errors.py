@@ -75,6 +75,28 @@ def test_a_name_within_the_limit_but_not_with_the_temporary_name_says_so(tmp_pat
         f"save's temporary name adds, more than the {limit} this file system allows: choose a shorter name")
 
 
+def test_a_link_to_nothing_on_the_way_is_said_so_not_called_a_file(tmp_path):
+    # (train --out LINK/run said "LINK is a file, not a folder", report "(File exists)", predict --csv "(No such
+    # file or directory)")
+    from cnncli.errors import CnnError
+    from cnncli.runfolder import new_run_dir
+
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    why = f"{link} is a link to {tmp_path / 'gone'}, which does not exist"
+    for code, path in ((errno.EEXIST, link / "run"), (errno.EEXIST, link), (errno.ENOENT, link / "p.csv"),
+                       (errno.ENOTDIR, link / "run" / ".claimed")):
+        assert why_unwritten(OSError(code, os.strerror(code)), path) == why
+    with pytest.raises(OSError) as info:
+        write_atomic(link / "p.csv", lambda f: f.write(b"x"))
+    assert why_unwritten(info.value, link / "p.csv") == why
+    with pytest.raises(CnnError) as err:
+        new_run_dir(str(link / "run"))
+    assert str(err.value) == f"{link / 'run'}: cannot create the run folder ({why})"
+    assert why_unwritten(OSError(errno.ENOENT, "No such file or directory"), tmp_path / "none" / "p.csv") == \
+        "No such file or directory"                     # (a missing folder: the OS's words, as before)
+
+
 def test_a_write_error_that_names_no_file_names_the_target(tmp_path):
     # (np.savez's ENOSPC, from f.write, named no file: an uncaught one said "[Errno 28] No space left on device")
     def full(f):

@@ -72,6 +72,7 @@ _WORDS = {       # errno -> (what is wrong, what to do) in plain words
     errno.EPERM: ("permission denied", "write where you may, or change the folder's permissions"),
     errno.EFBIG: ("the file is larger than this file system allows", "write elsewhere"),
     errno.EIO: ("the disk or network share failed (input/output error)", "check it, or write elsewhere"),
+    errno.EISDIR: ("a folder of that name is in the way", "move it away, or write elsewhere"),
 }
 if hasattr(errno, "EDQUOT"):
     _WORDS[errno.EDQUOT] = ("the disk quota is used up", "free some space, or ask for a larger quota")
@@ -109,12 +110,13 @@ def why_unwritten(err: OSError, path, todo: bool = True) -> str:
 
 def os_error_line(err: OSError) -> str:
     """An OSError no caller turned into its own line: the file it names, then why_unwritten's words and,
-    where that is the same for a read and a write, what to do (not for permission denied)."""
+    where that is the same for a read and a write, what to do (not for permission denied, a failing disk,
+    a folder in the way)."""
     if err.errno is None:
         return str(err)
     name = err.filename
     name = os.fsdecode(name) if isinstance(name, (str, bytes)) else None
-    words = why_unwritten(err, name or ".", todo=err.errno not in (errno.EACCES, errno.EPERM, errno.EIO))
+    words = why_unwritten(err, name or ".", todo=err.errno not in (errno.EACCES, errno.EPERM, errno.EIO, errno.EISDIR))
     return f"{name}: {words}" if name else words
 
 

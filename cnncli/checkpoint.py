@@ -44,7 +44,7 @@ def save(path, arrays, meta) -> None:
     members[META_KEY] = np.frombuffer(raw, dtype=np.uint8)  # (bytes,)
 
     folder = os.path.dirname(os.path.abspath(path))
-    had = os.path.exists(path)
+    had = os.path.isfile(path)                    # (a folder there is no previous file)
     try:
         os.makedirs(folder, exist_ok=True)
         write_atomic(path, lambda f: np.savez(f, **members))

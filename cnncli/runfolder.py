@@ -186,7 +186,7 @@ def clean_debris(run_dir: Path) -> list:
 def atomic_text(path: Path, text: str) -> None:
     """Write `text` (UTF-8; undecodable name bytes as \\xNN) to `path` atomically (atomic.write_atomic);
     an OSError (a full disk) is one CnnError line naming the file, which is then whole or untouched."""
-    had = os.path.exists(path)
+    had = os.path.isfile(path)                    # (a folder there is no previous file)
     try:
         write_atomic(path, lambda f: f.write(text), text=True)
     except OSError as err:

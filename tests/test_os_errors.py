@@ -97,6 +97,25 @@ def test_a_link_to_nothing_on_the_way_is_said_so_not_called_a_file(tmp_path):
         "No such file or directory"                     # (a missing folder: the OS's words, as before)
 
 
+def test_a_folder_where_a_checkpoint_or_run_file_should_be_is_not_called_an_unchanged_previous_file(tmp_path):
+    # (it said "dirc/last.npz: cannot save the checkpoint (Is a directory); the previous file there is unchanged")
+    import numpy as np
+
+    from cnncli import checkpoint, runfolder
+    from cnncli.errors import CheckpointError, CnnError
+
+    for name in ("last.npz", "metrics.csv"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.save(tmp_path / "last.npz", {"a": np.zeros(2)}, {})
+    assert str(err.value) == (f"{tmp_path / 'last.npz'}: cannot save the checkpoint (a folder of that name is in the "
+                              "way: move it away, or write elsewhere); nothing was written")
+    with pytest.raises(CnnError) as err:
+        runfolder.write_metrics(tmp_path, [])
+    assert str(err.value) == (f"{tmp_path / 'metrics.csv'}: cannot be written (a folder of that name is in the way: "
+                              "move it away, or write elsewhere); nothing was written")
+
+
 def test_a_write_error_that_names_no_file_names_the_target(tmp_path):
     # (np.savez's ENOSPC, from f.write, named no file: an uncaught one said "[Errno 28] No space left on device")
     def full(f):

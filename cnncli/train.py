@@ -174,9 +174,10 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     try:
         with _before_first_step(run_dir, resume is None and comm.is_main, resume):
             if trainer.is_main_process:
-                trainer.write_config()
-                if skipped:
-                    runfolder.write_skipped(run_dir, skipped, echo)
+                with main_only():                     # (the run's files: under mpirun not rank 0's fault)
+                    trainer.write_config()
+                    if skipped:
+                        runfolder.write_skipped(run_dir, skipped, echo)
                 for note in train_ds.notes + val_ds.notes:
                     echo(note)
             m, o = cfg["model"], cfg["optim"]

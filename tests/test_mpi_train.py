@@ -273,6 +273,30 @@ def test_a_cv_summary_rank_0_cannot_save_is_the_cvs_line_printed_once_without_a_
         "writes it"], res.stderr
 
 
+def test_a_new_runs_config_yaml_a_full_disk_refuses_under_mpirun_is_one_line_and_leaves_no_folder(data, tmp_path):
+    """A real full disk (a tmpfs with one page left: the folder's marker takes it; root and mount(8) needed,
+    else skipped): the run's line, printed once, not "rank 0 of 2: ...", and no run folder left."""
+    tmp, folder = data
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", mnt], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        with open(mnt / "filler", "wb") as f:
+            f.write(b"\0" * (256 * 1024 - 4096))
+        cfg = write_config(tmp / "cfg-full.yaml", folder, mnt / "run", epochs=1, batch_size=16)
+        res = cnn_mpi(2, ["train", "--config", cfg, "--no-report"], tmp, timeout=120)
+        left = sorted(os.listdir(mnt))
+    finally:
+        subprocess.run(["umount", "-l", mnt], capture_output=True)
+    assert res.returncode == 1, res.stderr
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith("Error")] == [
+        f"Error: {mnt / 'run' / 'config.yaml'}: cannot be written (no space left on the device: free some space, or "
+        "write elsewhere); nothing was written"], res.stderr
+    assert left == ["filler"]
+
+
 # ----------------------------------------------------------------------------------------------
 # faults: a long enough run (a checkpoint every step) to kill or stop in the middle
 

@@ -190,19 +190,26 @@ def test_on_a_terminal_the_predictions_are_not_drawn_over_by_the_progress_bar(ck
     if pid == 0:                              # (the child: never returns to pytest)
         os.execve(sys.executable, [sys.executable, "-c", _ON_A_TERMINAL, str(ckpt), str(folder), *form],
                   cli_env(tmp_path))
+    raw = _read_terminal(fd)
+    os.waitpid(pid, 0)
+    assert "decoding images" in raw.decode(), raw          # (a bar was drawn between the chunks)
+    shown = [line for line in _screen_lines(raw.decode()) if line]
+    assert shown[:len(expected)] == expected, raw
+
+
+def _read_terminal(fd) -> bytes:
+    """What a pseudo-terminal's other end shows until its child ends."""
+    import os
+
     raw = b""
     while True:
         try:
             got = os.read(fd, 65536)
         except OSError:                       # (EIO: the child has ended)
-            break
+            return raw
         if not got:
-            break
+            return raw
         raw += got
-    os.waitpid(pid, 0)
-    assert "decoding images" in raw.decode(), raw          # (a bar was drawn between the chunks)
-    shown = [line for line in _screen_lines(raw.decode()) if line]
-    assert shown[:len(expected)] == expected, raw
 
 
 def test_with_standard_output_a_pipe_the_bar_is_cleared_before_each_chunks_lines(ckpt, folder, tmp_path):
@@ -217,17 +224,7 @@ def test_with_standard_output_a_pipe_the_bar_is_cleared_before_each_chunks_lines
                             stderr=slave, env=cli_env(tmp_path))
     os.close(slave)
     raw = []
-
-    def read_the_terminal():
-        while True:
-            try:
-                got = os.read(master, 65536)
-            except OSError:                        # (EIO: the child has ended)
-                return
-            if not got:
-                return
-            raw.append(got)
-    reader = threading.Thread(target=read_the_terminal)
+    reader = threading.Thread(target=lambda: raw.append(_read_terminal(master)))
     reader.start()
     out = proc.stdout.read()
     proc.wait(timeout=300)

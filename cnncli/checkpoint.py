@@ -94,6 +94,11 @@ def load_meta(path, max_bytes=MAX_BYTES) -> dict:
     return _parse_meta(path, raw)
 
 
+def is_onnx(path) -> bool:
+    """Whether `path` names an ONNX model: a .onnx file name (any case); the file is read later."""
+    return os.fspath(path).lower().endswith(".onnx")
+
+
 def _not_a_zip(path: str) -> str:
     """What a file that zipfile cannot open is, as far as its first bytes and name tell."""
     try:
@@ -103,7 +108,7 @@ def _not_a_zip(path: str) -> str:
         head = b""
     if head.startswith(b"PK"):
         return "a damaged or truncated checkpoint (its zip archive cannot be read)"
-    if path.lower().endswith(".onnx"):
+    if is_onnx(path):
         return "an ONNX model, not a checkpoint: give the .npz it was exported from"
     # an ONNX ModelProto opens with its ir_version (field 1, a small varint), then producer_name,
     # producer_version, domain, model_version, doc_string, graph or opset_import (fields 2-8)

@@ -306,9 +306,10 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
 def report(run_dir, data_dir, out_dir):
     """Render learning curves, confusion matrix, per-class bars, mistakes and filters to PNG + report.html.
     RUN_DIR is a run folder (a checkpoint file in one stands for its folder)."""
+    from cnncli.checkpoint import is_onnx
     from cnncli.report import write_report
 
-    if run_dir.lower().endswith(".onnx") and os.path.isfile(run_dir):   # (not its folder's run, unasked)
+    if is_onnx(run_dir) and os.path.isfile(run_dir):   # (not its folder's run, unasked)
         raise CnnError(printable(f"{run_dir}: an ONNX model holds no run to draw; give the run folder it was "
                                  "exported from (cnn eval --checkpoint MODEL.onnx --data FOLDER measures it)"))
     if os.path.isfile(run_dir):                      # runs/demo/best.npz: its run folder
@@ -332,6 +333,7 @@ def report(run_dir, data_dir, out_dir):
 def export(checkpoint, fmt, out, input_kind, checkpoint_arg):
     """Export the inference network of a checkpoint; class names and preprocessing go in its metadata.
     CHECKPOINT as --checkpoint (`cnn export runs/demo -o model.onnx`)."""
+    from cnncli.checkpoint import is_onnx
     from cnncli.export import export_onnx
 
     given = list(checkpoint) + ([checkpoint_arg] if checkpoint_arg else [])
@@ -345,7 +347,7 @@ def export(checkpoint, fmt, out, input_kind, checkpoint_arg):
     given = given[0] if given else None
     path = resolve_checkpoint(checkpoints_or_newest([given] if given else [])[0])
     click.echo(str(export_onnx(path, out, kind=input_kind)))
-    if not str(out).lower().endswith(".onnx"):       # (-o model.txt: a model nobody would look for there)
+    if not is_onnx(out):                             # (-o model.txt: a model nobody would look for there)
         click.echo(f"note: {printable(str(out))} does not end in .onnx; it holds the ONNX model all the same", err=True)
 
 

@@ -269,6 +269,7 @@ def predict_arguments(checkpoint, paths, top_k, as_json, csv_path) -> tuple:
     as the model when it names one (cnn predict model.npz image.png, or model.onnx), a mistyped model,
     a second model among the images, --csv over what it reads, stdin under mpirun, a closed standard
     output refused in one line."""
+    from cnncli.checkpoint import is_onnx
     from cnncli.distributed import launched_by_mpi
     from cnncli.ensemble import holds_runs, is_a_model, mistyped_model, names_a_model
     from cnncli.predictions import refuse_csv_target
@@ -291,10 +292,10 @@ def predict_arguments(checkpoint, paths, top_k, as_json, csv_path) -> tuple:
     if not checkpoint and names_a_model(paths[0]):          # cnn predict model.npz (or runs/x, m.onnx) image.png
         checkpoint, paths = paths[:1], paths[1:]
         if not paths:
-            what = "an ONNX model" if str(checkpoint[0]).lower().endswith(".onnx") else "a checkpoint"
+            what = "an ONNX model" if is_onnx(checkpoint[0]) else "a checkpoint"
             raise click.UsageError(f"{checkpoint[0]} is {what}: give the images to classify after it")
     for p in paths:           # (a second model read as a folder of images: its report's PNGs classified)
-        if str(p).lower().endswith(".onnx") and os.path.isfile(p):      # (not an image that fails to decode)
+        if is_onnx(p) and os.path.isfile(p):      # (not an image that fails to decode)
             raise click.UsageError(printable(f"{p} is an ONNX model, not images to classify; cnn predict runs one "
                                              "model (an ONNX model joins no ensemble): cnn predict MODEL IMAGES"))
         what = "is a checkpoint or run folder" if is_a_model(p) else "holds run folders" if holds_runs(p) else ""

@@ -127,7 +127,9 @@ def info(checkpoint, as_json):
     from cnncli.runfolder import read_diverged
     from cnncli.summary import describe, format_info
 
-    if checkpoint.lower().endswith(".onnx") and not os.path.isdir(checkpoint):
+    from cnncli.checkpoint import is_onnx
+
+    if is_onnx(checkpoint) and not os.path.isdir(checkpoint):
         from cnncli import onnxmodel
 
         summary = onnxmodel.describe(checkpoint)

@@ -145,7 +145,8 @@ def load(paths):
     """-> (a Predictor, or an Ensemble of several, and the checkpoint files); a .onnx file (one, alone)
     -> an onnxmodel.OnnxPredictor, run by onnxruntime. A checkpoint named twice
     (runs/a and runs/a/best.npz, a cv folder and one of its folds) is refused: it would count twice."""
-    from cnncli.onnxmodel import OnnxPredictor, is_onnx
+    from cnncli.checkpoint import is_onnx
+    from cnncli.onnxmodel import OnnxPredictor
 
     files = checkpoint_files(paths)
     seen = {}

@@ -129,7 +129,7 @@ def evaluate(checkpoint, data_dir, batch_size=256, top_k=None, cache=True, stric
     top_k None: the checkpoint config's train.top_k. `checkpoint` may be a list of checkpoints, run
     folders and cnn cv folders: their ensemble (ensemble.py) is evaluated, on data_dir only."""
     from .ensemble import load
-    from .onnxmodel import is_onnx
+    from .checkpoint import is_onnx
 
     predictor, files = load(checkpoint if isinstance(checkpoint, (list, tuple)) else [checkpoint])
     if len(files) > 1 and data_dir is None:

@@ -20,11 +20,6 @@ from cnncli.export import INPUT_KINDS, import_onnx
 from cnncli.predictor import input_table
 
 
-def is_onnx(path) -> bool:
-    """Whether `path` names an ONNX model: a .onnx file name (any case); the file is read later."""
-    return os.fspath(path).lower().endswith(".onnx")
-
-
 def _check_file(path) -> None:
     """CheckpointError when `path` is no file to read a model from: missing, a folder, empty."""
     if not os.path.exists(path):
@@ -131,8 +126,8 @@ class OnnxPredictor:
     """An exported model run by onnxruntime (CPU), as a Predictor for evaluate and predict: classes,
     preprocess, meta, predict_proba. The probabilities are float32 (the graph's) widened to float64."""
 
-    def __init__(self, session, path, info: dict):
-        self.session, self.path, self.info = session, os.fspath(path), info
+    def __init__(self, runtime, path, info: dict):
+        self.runtime, self.path, self.info = runtime, os.fspath(path), info   # (onnxruntime's InferenceSession)
         self.classes = list(info["classes"])
         self.preprocess = dict(info["preprocess"])
         self.batchnorm = info["batchnorm"]
@@ -147,13 +142,13 @@ class OnnxPredictor:
         options = ort.SessionOptions()
         options.log_severity_level = 4     # (fatal only: a failed run is our one line, not also its log on stderr)
         try:
-            session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-            props = session.get_modelmeta().custom_metadata_map
+            runtime = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+            props = runtime.get_modelmeta().custom_metadata_map
         except Exception as e:          # (onnxruntime's own types: InvalidProtobuf, InvalidArgument, Fail, ...)
             raise CheckpointError(f"{path}: not a readable ONNX model ({_runtime_reason(e)})") from None
         info = check_metadata(path, props)
-        _check_graph(path, info, {i.name: i for i in session.get_inputs()}, {o.name: o for o in session.get_outputs()})
-        return cls(session, path, info)
+        _check_graph(path, info, {i.name: i for i in runtime.get_inputs()}, {o.name: o for o in runtime.get_outputs()})
+        return cls(runtime, path, info)
 
     def predict_proba(self, images_u8: np.ndarray, batch_size: int = 256, fast=None) -> np.ndarray:
         """(N,S,S) uint8 -> (N,C) float64 sigmoid outputs, `batch_size` images per run of the graph (fast:
@@ -168,7 +163,7 @@ class OnnxPredictor:
             batch = images_u8[start:start + batch_size]               # (B,S,S) uint8
             feed = batch if self.info["input_kind"] == "uint8" else self._table[batch][:, None]   # (B,1,S,S)
             try:
-                got = self.session.run([self.info["output_name"]], {self.info["input_name"]: feed})[0]   # (B,C)
+                got = self.runtime.run([self.info["output_name"]], {self.info["input_name"]: feed})[0]   # (B,C)
             except Exception as e:      # (onnxruntime's own types: a graph that fails on real input)
                 raise CheckpointError(f"{self.path}: onnxruntime could not run it ({_runtime_reason(e)})") from None
             if getattr(got, "shape", None) != (len(batch), len(self.classes)):

@@ -79,10 +79,22 @@ if hasattr(errno, "EDQUOT"):
 ROOM = tuple(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)   # no room
 
 
+UNCHANGED = "the previous file there is unchanged"
+
+
 def kept(path) -> str:
     """"; the previous file there is unchanged" when `path` is a file (call it before write_atomic: a
     failed write leaves it whole), else "": the end of a caller's line for a write that failed."""
-    return "; the previous file there is unchanged" if os.path.isfile(path) else ""
+    return f"; {UNCHANGED}" if os.path.isfile(path) else ""
+
+
+def write_failed(err: OSError, path, had: bool, error):
+    """The error to raise for a write of `path` that failed with `err`: error(words), words being
+    "(why_unwritten); the previous file there is unchanged" (had: a file was there before) or "...;
+    nothing was written", carrying err's errno (the caller's advice: once there is room, or elsewhere)."""
+    fault = error(f"({why_unwritten(err, path)}); " + (UNCHANGED if had else "nothing was written"))
+    fault.errno = err.errno
+    return fault
 
 
 def why_unwritten(err: OSError, path, todo: bool = True) -> str:

@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 
-from .atomic import why_unwritten, write_atomic
+from .atomic import write_atomic, write_failed
 from .errors import CheckpointError, Stopped
 
 FORMAT_VERSION = 1
@@ -49,10 +49,8 @@ def save(path, arrays, meta) -> None:
         os.makedirs(folder, exist_ok=True)
         write_atomic(path, lambda f: np.savez(f, **members))
     except OSError as err:                        # full disk, quota, read-only: one line, old file intact
-        fault = CheckpointError(f"{path}: cannot save the checkpoint ({why_unwritten(err, path)}); "
-                                + ("the previous file there is unchanged" if had else "nothing was written"))
-        fault.errno = err.errno                   # (the caller's advice: once there is room, or elsewhere)
-        raise fault from None
+        line = f"{path}: cannot save the checkpoint"
+        raise write_failed(err, path, had, lambda words: CheckpointError(f"{line} {words}")) from None
     _fsync_dir(folder)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cnncli import __version__, checkpoint
 from cnncli import config as config_mod
-from cnncli.atomic import ROOM, why_unwritten, write_atomic
+from cnncli.atomic import ROOM, why_unwritten, write_atomic, write_failed
 from cnncli.errors import CheckpointError, CnnError, ConfigError
 
 METRICS_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time_s")
@@ -190,10 +190,8 @@ def atomic_text(path: Path, text: str) -> None:
     try:
         write_atomic(path, lambda f: f.write(text), text=True)
     except OSError as err:
-        fault = CnnError(f"{printable(str(path))}: cannot be written ({why_unwritten(err, path)}); "
-                         + ("the previous file there is unchanged" if had else "nothing was written"))
-        fault.errno = err.errno                   # (the caller's advice: once there is room, or elsewhere)
-        raise fault from None
+        line = f"{printable(str(path))}: cannot be written"
+        raise write_failed(err, path, had, lambda words: CnnError(f"{line} {words}")) from None
 
 
 def unsaved(err: CnnError, last: Path, run_dir) -> CnnError:

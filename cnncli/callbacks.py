@@ -51,6 +51,9 @@ def _install(sigs, handler) -> dict:
     return old
 
 
+_HANDED: list = []   # [(the handlers before it, the signals since)] of a _StopLine left with hand_off
+
+
 class _StopLine:
     """Within: SIGTERM, SIGUSR1 and SIGHUP (whose default is to end the process without a word) raise
     self.stopped(signal name) instead, one line; a Ctrl-C (KeyboardInterrupt) leaving it becomes
@@ -58,6 +61,14 @@ class _StopLine:
 
     def __enter__(self):
         self._old = _install([sig for sig in STOPS if sig != signal.SIGINT], self._handle)
+        if _HANDED:                                  # (the one before held the gap between the two for this one)
+            before, came = _HANDED.pop()
+            _restore({sig: h for sig, h in before.items() if sig == signal.SIGINT})
+            self._old = {sig: before.get(sig, h) for sig, h in self._old.items()}
+            if came:                                 # a stop in the gap: this one's line, as if it came now
+                after_a_stop(self._old)
+                silence_closed_terminal(came[0])
+                raise self.stopped(signal.Signals(came[0]).name)
         return self
 
     def _handle(self, signum, frame):
@@ -72,6 +83,9 @@ class _StopLine:
     keyboard = True     # False: a KeyboardInterrupt leaves it as it is (an abort the steps' StopFlag raised)
     last = False        # True: the command's last work; leaving it done, stops are ignored while the process
     #                     ends (cli.main does so too, after its exit: no moment of the signals' silent default)
+    hand_off = False    # True: the caller's own stop line follows at once (cnn train's report after train()); leaving
+    #                     it done, the stop signals that come are held for the next one entered, not left to their
+    #                     silent default in the gap between the two
 
     def __exit__(self, exc_type, exc, tb):
         sigint = exc_type is KeyboardInterrupt and self.keyboard       # (a Ctrl-C: this stop's line too)
@@ -79,6 +93,10 @@ class _StopLine:
             after_a_stop(self._old)
         elif self.last and exc_type is None:
             ignore_stops(sigint=True)
+        elif self.hand_off and exc_type is None:
+            came = []
+            replaced = _install(STOPS, lambda signum, frame: came.append(signum))
+            _HANDED.append(({**replaced, **self._old}, came))    # (SIGINT's own handler: this one leaves it)
         else:
             _restore(self._old)
         if sigint:

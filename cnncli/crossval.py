@@ -167,7 +167,8 @@ def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, ec
         else:
             try:
                 train.train(fold_config(cfg, folds, k, parent), resume=fold_dir if status == "resume" else None,
-                            quiet=quiet, echo=echo, comm=comm, setting_notes=not said)   # (once, not once a fold)
+                            quiet=quiet, echo=echo, comm=comm, setting_notes=not said,   # (once, not once a fold)
+                            hand_off=True)
                 said = True
             except (CnnError, SystemExit) as err:     # (SystemExit: under mpirun, a set-up error of every rank)
                 if resume is None and comm.is_main and not any(parent.glob("fold-*/last.npz")):

@@ -122,12 +122,14 @@ def _weights_text(setting, weights, classes, shown: int = 6) -> str:
 
 
 def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, comm=None,
-          setting_notes: bool = True) -> Path:
+          setting_notes: bool = True, hand_off: bool = False) -> Path:
     """Train as `cfg` says (or continue the checkpoint `resume`); returns the run folder. cfg: a
     config as config.load_config gives it, or a partial one, nested ({"data": {"train": "my_data"}}):
     the defaults fill it (with `resume`, the run's own config does), and a bad key or value is a
     ConfigError. `comm` (distributed.get_comm()
-    under mpirun) makes this one rank of a data-parallel run."""
+    under mpirun) makes this one rank of a data-parallel run. hand_off: the caller enters a stop line of
+    its own (callbacks.StopAfterTraining...) on rank 0 at once on return, which takes a stop that comes
+    in between."""
     from cnncli import config as config_mod
     from cnncli.distributed import Comm
 
@@ -207,6 +209,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
         # the signal's silent default
         testing = comm.is_main and cfg["data"]["test"]
         after = StopAfterTraining(run_dir, "before testing best.npz on data.test" if testing else "nothing left undone")
+        after.hand_off = hand_off
         with after if comm.is_main else contextlib.nullcontext():
             try:
                 trainer.fit()

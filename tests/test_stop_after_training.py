@@ -50,6 +50,48 @@ def test_a_stop_right_after_done_is_a_line_or_nothing_never_a_silent_death(data,
     assert (run / "last.npz").is_file() and (run / "best.npz").is_file()
 
 
+# `cnn` whose runlock.let_go sends the process the signal named argv[1] on its second call for the folder named
+# argv[2]: train()'s last line, between its own stop line's end and the caller's next one (the report's, a fold's end)
+_STOP_IN_THE_GAP = """
+import os, signal, sys
+from pathlib import Path
+from cnncli import cli, runlock
+real, calls, sig, name = runlock.let_go, [], getattr(signal, sys.argv.pop(1)), sys.argv.pop(1)
+def let_go(*args):
+    real(*args)
+    calls.extend(a for a in args if Path(a).name == name)
+    if len(calls) == 2:
+        os.kill(os.getpid(), sig)
+runlock.let_go = let_go
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_as_train_hands_over_to_the_report_is_the_stop_line(data, tmp_path, sig):
+    # CI saw SIGTERM after "Done in" end the process by the signal (-15, no line): it came in that gap,
+    # where neither line's handler was installed (and a SIGINT there was 'Error: interrupted', exit 1)
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", data, run, epochs=1)
+    res = subprocess.run([sys.executable, "-c", _STOP_IN_THE_GAP, sig, "run", "train", "--config", str(cfg), "-q"],
+                         env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 130, (res.returncode, res.stderr)
+    assert res.stderr.strip().splitlines()[-1] == (f"{sig}: stopped after training, before drawing its report (cnn "
+                                                   f"report {run} draws it); the run's checkpoints are saved in {run}")
+    assert res.stdout == f"{run}\n" and (run / "last.npz").is_file()
+
+
+def test_a_stop_as_a_folds_run_hands_over_to_cv_is_the_stop_line(data, tmp_path):
+    cv = tmp_path / "run-cv"                     # (cnn cv's folder for out: run)
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=1)
+    res = subprocess.run([sys.executable, "-c", _STOP_IN_THE_GAP, "SIGTERM", "fold-1", "cv", "--config", str(cfg),
+                          "--folds", "2", "-q"], env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 130, (res.returncode, res.stderr)
+    assert res.stderr.strip().splitlines()[-1] == (f"SIGTERM: stopped after fold 1; the finished folds are saved in "
+                                                   f"{cv}; continue the cross-validation with: cnn cv --resume {cv}")
+    assert (cv / "fold-1" / "best.npz").is_file() and not (cv / "fold-2").exists()
+
+
 def _sigterm_in(monkeypatch, module, name):
     """module.name replaced by a call that sends this process SIGTERM (the signal arrives while it runs)."""
     def signalled(*args, **kwargs):

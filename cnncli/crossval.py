@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cnncli import checkpoint
 from cnncli import config as config_mod
-from cnncli import runfolder, runlock
+from cnncli import runfolder, runlock, warmstart
 from cnncli.callbacks import SetupStopped, StopInCrossValidation, loss_text
 from cnncli.errors import CnnError, ConfigError, Stopped, main_only
 
@@ -115,6 +115,7 @@ def _open_parent(resume, cfg: dict, folds: int, out) -> tuple:
         return parent, cfg, cfg["data"]["folds"], []
     cfg = absolute_paths(cfg)
     check(cfg, folds)
+    warmstart.open_source(cfg)          # (train.init_from: its error before the cv's folder and fold 1's line)
     target, what = out or f"{cfg['out']}-cv", "--out" if out else "`out`"
     runfolder.check_utf8_name(target, "--out" if out else "out")
     runfolder.refuse_unfit(target, cfg["data"], what)           # (before any image is read)

@@ -293,6 +293,18 @@ def test_cv_takes_train_s_data_and_init_flags(cv_run, tmp_path):
     assert res.exit_code != 0 and "--resume continues a cnn cv folder with its own config.yaml" in res.output
 
 
+def test_an_init_from_that_is_no_checkpoint_is_refused_before_the_first_fold(tmp_path):
+    # (it printed 'Cross-validation: ...' and '-- fold 1 of 2' and made the cv's folder before the error)
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    (tmp_path / "m.onnx").write_bytes(b"not a model")
+    res = invoke(["cv", "--set", f"data.train={data}", "--folds", "2", "--init-from", tmp_path / "m.onnx",
+                  "--out", tmp_path / "runs" / "cv", "-q"])
+    assert res.exit_code == 2, res.output
+    assert res.output.splitlines() == [f"Error: train.init_from: {tmp_path / 'm.onnx'}: an ONNX model, not a "
+                                       "checkpoint: give the .npz it was exported from"]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_class_smaller_than_the_folds_gets_a_note_and_balanced_weights_train_every_fold(tmp_path):
     # (a class of one image: cnn cv stopped at the fold holding it out, 'balanced needs images of every class',
     # and nothing said beforehand that a class had fewer images than folds)

@@ -68,8 +68,14 @@ def resumed_config(resume, overrides=(), config_files=()) -> dict:
         meta = checkpoint.load_meta(path)
     checkpoint.check_run_meta(path, meta)
     check_resumable(path, meta, resume)
-    return config_mod.load_layers([(meta.get("config", ""), f"{resume} (config)", None)]
-                                  + config_mod.file_layers(config_files), overrides)
+    cfg = config_mod.load_layers([(meta.get("config", ""), f"{resume} (config)", None)]
+                                 + config_mod.file_layers(config_files), overrides)
+    # train.epochs: auto was resolved when the run started; a layer saying auto again keeps that number
+    # (as the run's set-up does), so --print-config shows the epochs the resume trains
+    saved = config_mod.load_config_text(meta.get("config", ""), source=f"{path} (config)")["train"]["epochs"]
+    if cfg["train"]["epochs"] == "auto" and saved != "auto":
+        cfg = {**cfg, "train": {**cfg["train"], "epochs": saved}}
+    return cfg
 
 
 def check_resumable(path, meta: dict, resume) -> None:

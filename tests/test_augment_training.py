@@ -131,3 +131,18 @@ def test_auto_epochs_are_printed_saved_and_kept_on_resume(data, tmp_path):
                                    "--set", "train.early_stopping.patience=2"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert f"Epochs: {epochs};" in res.output or "Nothing to do" in res.output
+
+
+def test_print_config_of_a_resume_whose_config_says_auto_shows_the_runs_epochs(data, tmp_path):
+    # a --config (or --set) saying train.epochs: auto over a resumed run keeps the run's resolved number,
+    # and --print-config shows that number, not 'auto' (it showed auto while the resume trained 2)
+    train_dir, _ = data
+    cfg = write_config(tmp_path / "c.yaml", train_dir, tmp_path / "run", epochs=2)
+    train(cfg)
+    auto = tmp_path / "auto.yaml"
+    auto.write_text("train:\n  epochs: auto\n")
+    for extra in (["--set", "train.epochs=auto"], ["--config", auto]):
+        printed = config.load_config_text(invoke("train", "--resume", tmp_path / "run", *extra, "--print-config").stdout)
+        assert printed["train"]["epochs"] == 2, extra
+        res = invoke("train", "--resume", tmp_path / "run", *extra, "-q", "--no-report")
+        assert "Nothing to do: the run already completed 2 epoch(s)" in res.output and "changes" not in res.output

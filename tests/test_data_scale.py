@@ -586,3 +586,16 @@ def test_a_cache_path_that_is_a_file_is_named_as_such(tmp_path, monkeypatch):
     assert len(ds) == 10 and any(f"could not be written ({tmp_path / 'labels.csv'}: is not a folder)" in n
                                  for n in ds.notes), ds.notes
 
+
+
+def test_an_out_of_date_cache_of_a_folder_that_only_lost_files_decodes_none(tmp_path, monkeypatch, capsys):
+    # (its note said "decoding the 0 new or changed file(s), the other 17 from the cache")
+    root = make_folder(tmp_path / "d", per_class=6, classes=("a", "b", "c"))
+    data.load_folder(root)
+    (root / "b" / "004.png").unlink()
+    capsys.readouterr()
+    calls = count_decodes(monkeypatch)
+    again, _ = data.load_folder(root)
+    assert not calls and len(again.labels) == 17
+    err = capsys.readouterr().err
+    assert "none of its files is new or changed, all 17 from the cache" in err and "decoding the 0" not in err, err

@@ -98,8 +98,10 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
                         _say(f"note: the dataset cache of {printable(root)} is {why}"
                              + (" (a file was added, removed or changed since, or had its time or permissions changed)"
                                 if why == "out of date" else "")
-                             + (f": decoding the {new:,} new or changed file(s), the other {len(ix.rels) - new:,} "
-                                "from the cache" if src is not None else ": decoding every image again"))
+                             + (": decoding every image again" if src is None else
+                                f": none of its files is new or changed, all {len(ix.rels):,} from the cache"
+                                if new == 0 else f": decoding the {new:,} new or changed file(s), the other "
+                                f"{len(ix.rels) - new:,} from the cache"))
                     hit = (decodemany.decode_reusing(jobs, src, previous, workers, progress) if src is not None
                            else decodemany.decode_array(jobs, workers, progress))
                     del previous                    # (its memory map)

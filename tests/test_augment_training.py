@@ -142,7 +142,8 @@ def test_print_config_of_a_resume_whose_config_says_auto_shows_the_runs_epochs(d
     auto = tmp_path / "auto.yaml"
     auto.write_text("train:\n  epochs: auto\n")
     for extra in (["--set", "train.epochs=auto"], ["--config", auto]):
-        printed = config.load_config_text(invoke("train", "--resume", tmp_path / "run", *extra, "--print-config").stdout)
+        printed = invoke("train", "--resume", tmp_path / "run", *extra, "--print-config").stdout
+        printed = config.load_config_text(printed)
         assert printed["train"]["epochs"] == 2, extra
         res = invoke("train", "--resume", tmp_path / "run", *extra, "-q", "--no-report")
         assert "Nothing to do: the run already completed 2 epoch(s)" in res.output and "changes" not in res.output

@@ -587,7 +587,6 @@ def test_a_cache_path_that_is_a_file_is_named_as_such(tmp_path, monkeypatch):
                                  for n in ds.notes), ds.notes
 
 
-
 def test_an_out_of_date_cache_of_a_folder_that_only_lost_files_decodes_none(tmp_path, monkeypatch, capsys):
     # (its note said "decoding the 0 new or changed file(s), the other 17 from the cache")
     root = make_folder(tmp_path / "d", per_class=6, classes=("a", "b", "c"))

@@ -37,12 +37,13 @@ _HELD: dict = {}      # run folder (real path) -> its open .claimed file, whose 
 
 
 def discard_unstarted(folder: Path) -> None:
-    """A new run stopped before its first step: the files its start wrote (config.yaml, skipped.txt)
-    go, then the folder as release() gives it back. A folder with a checkpoint is left alone."""
+    """A new run with nothing to resume (stopped before its first step, or its first checkpoint not
+    saved): the files its start and first epoch wrote (config.yaml, skipped.txt, metrics.csv) go,
+    then the folder as release() gives it back. A folder with a checkpoint is left alone."""
     folder = Path(folder)
     if any((folder / name).exists() for name in ("last.npz", "best.npz")):
         return
-    for name in ("config.yaml", "skipped.txt"):
+    for name in ("config.yaml", "skipped.txt", "metrics.csv"):
         with contextlib.suppress(OSError):
             (folder / name).unlink(missing_ok=True)
     release(folder)

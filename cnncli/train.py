@@ -221,6 +221,10 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
             except Aborted:                  # (a second Ctrl-C during the steps: an abort, not a stop after them)
                 after.keyboard = False
                 raise
+            except CnnError:
+                if resume is None and comm.is_main:     # (a first checkpoint a full disk refused: nothing to
+                    runlock.discard_unstarted(run_dir)  # resume, and the next run of `out` gets the name back)
+                raise
             if testing:
                 _test_best(run_dir, cfg, echo)
                 after.doing = "nothing left undone"

@@ -215,6 +215,33 @@ def test_a_new_run_whose_config_yaml_cannot_be_saved_leaves_no_folder(tmp_path, 
     assert not run.exists()
 
 
+@pytest.mark.parametrize("name, best", [("best.npz", True), ("last.npz", True), ("last.npz", False)])
+def test_a_new_run_whose_first_checkpoint_cannot_be_saved_gives_its_folder_back(tmp_path, monkeypatch, name, best):
+    # (the folder stayed with config.yaml (and metrics.csv), nothing to resume, and the same command
+    # trained in run-2 once there was room). best=False: epoch 1 saved no best.npz (a non-finite
+    # validation loss does so), and wrote metrics.csv
+    from cnncli import checkpoint
+    from cnncli.trainer import Trainer
+
+    _fail_on(monkeypatch, checkpoint, name)
+    if not best:
+        monkeypatch.setattr(Trainer, "save_best", lambda self: None)
+    data = make_folder(tmp_path / "data", per_class=6, odd_files=False)
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", data, run, epochs=2)     # (TensorBoard events on, the default)
+    res = invoke(["train", "--config", cfg, "-q", "--no-report"])
+    assert res.exit_code == 1 and res.stderr.count("Error:") == 1, res.stderr
+    if name == "best.npz" or not best:
+        assert res.stderr.endswith(f"Error: {run / name}: cannot save the checkpoint ({FULL}); nothing was written\n")
+        assert not run.exists()
+    else:                                                   # (best.npz saved: the folder and its files stay)
+        assert sorted(p.name for p in run.iterdir() if not p.name.startswith("events.")) == [
+            ".claimed", "best.npz", "config.yaml", "metrics.csv"]
+    monkeypatch.undo()
+    res = invoke(["train", "--config", cfg, "-q", "--no-report"])
+    assert res.exit_code == 0 and res.stdout == f"{tmp_path / 'run-2' if best and name == 'last.npz' else run}\n"
+
+
 def test_test_metrics_json_a_full_disk_refuses_says_the_run_is_saved_and_how_to_test_it(tmp_path, monkeypatch):
     # (it said "Error: .../test_metrics.json: no space left on the device: free some space, or write elsewhere")
     data = make_folder(tmp_path / "data", per_class=6, odd_files=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CnnError, DataError, Stopped
+from .errors import CnnError, ConfigError, DataError, Stopped
 
 # Probabilities are clipped to [PROB_EPS, 1 - PROB_EPS] before the logs of the BCE loss.
 PROB_EPS = 1e-7
@@ -133,11 +133,11 @@ def evaluate(checkpoint, data_dir, batch_size=256, top_k=None, cache=True, stric
 
     predictor, files = load(checkpoint if isinstance(checkpoint, (list, tuple)) else [checkpoint])
     if len(files) > 1 and data_dir is None:
-        raise CnnError(f"{len(files)} checkpoints (an ensemble): pass --data FOLDER to choose the images to "
+        raise ConfigError(f"{len(files)} checkpoints (an ensemble): pass --data FOLDER to choose the images to "
                        "evaluate (each run held out other validation images)")
     checkpoint = files[0]
     if data_dir is None and is_onnx(checkpoint):
-        raise CnnError(f"{checkpoint}: an ONNX model holds no run to rebuild its validation images from; pass "
+        raise ConfigError(f"{checkpoint}: an ONNX model holds no run to rebuild its validation images from; pass "
                        "--data FOLDER to choose the images to evaluate")
     if data_dir is not None:
         metrics, dataset, probs = evaluate_predictor(predictor, data_dir, batch_size=batch_size, top_k=top_k,

@@ -62,7 +62,7 @@ def test_predict_averages_what_each_fold_answers(folds):
 def test_members_must_agree_and_an_ensemble_needs_data(folds, tmp_path):
     tmp, test, cv, files = folds
     res = invoke(["eval", "--checkpoint", cv])
-    assert res.exit_code == 1 and "3 checkpoints (an ensemble): pass --data FOLDER" in res.output
+    assert res.exit_code == 2 and "3 checkpoints (an ensemble): pass --data FOLDER" in res.output   # (usage: 2)
     other = make_folder(tmp_path / "four", per_class=4, odd_files=False)
     shutil.copytree(other / "disc", other / "ring")
     assert invoke(["train", "--set", f"data.train={other}", "--set", "train.epochs=1", "--out", tmp_path / "r4",

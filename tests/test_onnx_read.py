@@ -44,8 +44,8 @@ def trained(tmp_path_factory):
     return tmp, tmp / "run", data, models
 
 
-def _one_line_error(res, path, *parts):
-    assert res.exit_code == 1, res.output
+def _one_line_error(res, path, *parts, code=1):
+    assert res.exit_code == code, res.output
     assert res.output.startswith(f"Error: {path}: ") and len(res.output.splitlines()) == 1, res.output
     for part in parts:
         assert part in res.output, res.output
@@ -155,7 +155,7 @@ def test_where_an_onnx_cannot_go_is_one_line(trained):
     _one_line_error(invoke("eval", m, run, "--data", data), m, "an ONNX model does not join an ensemble")
     _one_line_error(invoke("predict", "--checkpoint", run, "--checkpoint", m, data), m, "does not join an ensemble")
     _one_line_error(invoke("eval", m), m, "an ONNX model holds no run to rebuild its validation images from; "
-                                          "pass --data")
+                                          "pass --data", code=2)          # (a usage error: exit 2)
     _one_line_error(invoke("report", m), m, "an ONNX model holds no run to draw")
     _one_line_error(invoke("export", m, "-o", tmp / "again.onnx"), m, "an ONNX model, not a checkpoint")
     assert not (tmp / "again.onnx").exists()

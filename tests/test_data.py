@@ -686,6 +686,17 @@ def test_no_class_subfolders(tmp_path):
     assert _error(tmp_path / "empty").endswith(f"e.g. {tmp_path / 'empty' / 'cat'})")
 
 
+def test_a_class_folder_given_for_the_data_folder_says_so_when_it_has_a_subfolder(tmp_path):
+    # eval --data cat/, where cat/ holds its images and one subfolder of more: the subfolder is no class
+    # of the model, and the images beside it say the folder given is a class folder
+    root = make_folder(tmp_path / "d", classes=("cat", "dog"))
+    save(root / "cat" / "more" / "x.png", noise_img(7))
+    hint = "; it holds 3 image file(s) itself: if it is a class folder, give the folder above it"
+    assert _error(root / "cat", classes=["cat", "dog"], missing_ok=True).endswith(
+        "class folder(s) more not among the expected classes (cat, dog)" + hint)
+    assert _error(root / "cat", classes=["cat", "dog"]).endswith("(missing cat, dog; extra more)" + hint)
+
+
 def test_one_file_linked_into_two_class_folders_is_a_warning(tmp_path):
     root = make_folder(tmp_path / "d", classes=("a", "b", "c"))
     first = sorted((root / "a").iterdir())[0]

@@ -172,7 +172,7 @@ def _match_classes(root: str, found: list, classes, missing_ok: bool) -> tuple[l
     if missing_ok and extra:                           # (Cat for cat: the names the folder may use)
         raise DataError(f"data folder {printable(root)}: class folder(s) {shown_classes(extra)}"
                         f"{f' ({len(extra)} in all)' if len(extra) > 20 else ''} not among the expected classes "
-                        f"({shown_classes(classes)})")
+                        f"({shown_classes(classes)}){_loose_hint(root)}")
     if missing or extra:
         parts = []
         if missing:
@@ -180,7 +180,7 @@ def _match_classes(root: str, found: list, classes, missing_ok: bool) -> tuple[l
         if extra:
             parts.append(f"extra {shown_classes(extra)}")
         raise DataError(f"data folder {printable(root)}: classes do not match the expected ones "
-                        f"({'; '.join(parts)})")
+                        f"({'; '.join(parts)}){_loose_hint(root) if extra else ''}")
     return classes, [folder.get(form(c)) for c in classes]
 
 

@@ -20,8 +20,8 @@ import click
 from cnncli import __version__, cli_tools
 from cnncli.process import open_standard_streams, other_rank_main, require_stdout
 from cnncli.cli_common import (CHECKPOINT_HELP, ConfigCommand, checkpoints_or_newest, config_option, echo_json_list,
-                               json_text, on_every_rank, other_rank, predict_arguments, printable, resolve_checkpoint,
-                               run_line, user_errors)
+                               json_text, on_every_rank, other_rank, predict_arguments, printable, report_run_dir,
+                               resolve_checkpoint, run_line, user_errors)
 from cnncli.errors import CnnError, ConfigError, Stopped, TrainingDiverged
 
 
@@ -306,15 +306,9 @@ def predict(checkpoint, paths, top_k, as_json, csv_path):
 def report(run_dir, data_dir, out_dir):
     """Render learning curves, confusion matrix, per-class bars, mistakes and filters to PNG + report.html.
     RUN_DIR is a run folder (a checkpoint file in one stands for its folder)."""
-    from cnncli.checkpoint import is_onnx
     from cnncli.report import write_report
 
-    if is_onnx(run_dir) and os.path.isfile(run_dir):   # (not its folder's run, unasked)
-        raise CnnError(printable(f"{run_dir}: an ONNX model holds no run to draw; give the run folder it was "
-                                 "exported from (cnn eval --checkpoint MODEL.onnx --data FOLDER measures it)"))
-    if os.path.isfile(run_dir):                      # runs/demo/best.npz: its run folder
-        run_dir = os.path.dirname(os.path.abspath(run_dir))
-
+    run_dir = report_run_dir(run_dir)
     click.echo(str(write_report(run_dir, data_dir=data_dir, out_dir=out_dir,
                                 echo=lambda line: click.echo(printable(line), err=True))))
 

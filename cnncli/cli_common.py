@@ -264,6 +264,25 @@ def resolve_checkpoint(path: str) -> Path:
     return run_checkpoint(path, BEST_FIRST)
 
 
+def report_run_dir(path: str) -> str:
+    """cnn report's RUN_DIR: a run folder as given, or the run folder of a checkpoint file in one;
+    a CnnError naming the file for an ONNX model, or a file with no run's checkpoint beside it."""
+    from cnncli.checkpoint import is_onnx, load_meta
+
+    if is_onnx(path) and os.path.isfile(path):       # (not its folder's run, unasked)
+        raise CnnError(printable(f"{path}: an ONNX model holds no run to draw; give the run folder it was "
+                                 "exported from (cnn eval --checkpoint MODEL.onnx --data FOLDER measures it)"))
+    if not os.path.isfile(path):
+        return path
+    folder = os.path.dirname(os.path.abspath(path))  # runs/demo/best.npz: its run folder
+    if not any(os.path.isfile(os.path.join(folder, n)) for n in ("best.npz", "last.npz")):
+        load_meta(path)                              # (junk.npz: 'not a checkpoint')
+        raise CnnError(printable(f"{path}: a checkpoint outside a run folder (no best.npz or last.npz beside "
+                                 f"it) has no run to draw; give its run folder (cnn eval --checkpoint {path} "
+                                 "--data FOLDER measures it)"))
+    return folder
+
+
 def predict_arguments(checkpoint, paths, top_k, as_json, csv_path) -> tuple:
     """cnn predict's arguments checked before any work -> (checkpoint, paths): the first PATH taken
     as the model when it names one (cnn predict model.npz image.png, or model.onnx), a mistyped model,

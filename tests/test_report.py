@@ -435,3 +435,21 @@ def test_a_report_never_writes_over_a_users_pictures(run, tmp_path):
     again = tmp_path / "again"                          # (an earlier report's folder: drawn again)
     write_report(run_dir, data_dir=data_dir, out_dir=again)
     assert write_report(run_dir, data_dir=data_dir, out_dir=again) == again / "report.html"
+
+
+def test_a_file_outside_a_run_folder_is_named_not_its_folder(tmp_path, monkeypatch):
+    # cnn report model.npz (a checkpoint copied out of its run) or junk.npz: the file given is named,
+    # not the folder it lies in (which was 'run folder has no best.npz or last.npz')
+    from click.testing import CliRunner
+
+    from cnncli.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    write_checkpoint(tmp_path / "model.npz", CLASSES)
+    (tmp_path / "junk.npz").write_text("not a checkpoint")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["report", "model.npz"])
+    assert res.exit_code == 1 and res.output.startswith("Error: model.npz: a checkpoint outside a run folder "
+                                                        "(no best.npz or last.npz beside it)"), res.output
+    res = runner.invoke(cli, ["report", "junk.npz"])
+    assert res.exit_code == 1 and res.output == "Error: junk.npz: not a checkpoint (.npz zip archive)\n", res.output

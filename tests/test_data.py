@@ -131,6 +131,19 @@ def test_transparency_is_composited_on_the_background_that_keeps_the_content_vis
     assert abs(a[16, 16] - grey) <= 1 and a[0, 0] == background and a[31, 31] == background
 
 
+@pytest.mark.parametrize("ink,background", [(200, 0), (40, 255)])
+def test_a_16_bit_grey_png_with_a_transparent_grey_is_composited_as_an_8_bit_one(tmp_path, ink, background):
+    # PNG's tRNS key of a grey image: the 16-bit file's key is a 16-bit value; its transparent field
+    # decodes as the 8-bit file's does (it was kept, as if opaque, whatever the key)
+    a = np.full((40, 40), 255 - ink, np.uint8)
+    a[8:32, 8:32] = ink
+    eight = data.load_image(save(tmp_path / "eight.png", Image.fromarray(a), transparency=255 - ink))
+    sixteen = data.load_image(save(tmp_path / "sixteen.png", Image.fromarray(a.astype(np.uint16) * 257),
+                                   transparency=(255 - ink) * 257))
+    assert eight[0, 0] == background and abs(int(eight[16, 16]) - ink) <= 1
+    assert np.array_equal(sixteen, eight)
+
+
 def test_image_size_parameter(tmp_path):
     p = save(tmp_path / "x.png", noise_img(0, 50, 70))
     assert data.load_image(p, image_size=20).shape == (20, 20)

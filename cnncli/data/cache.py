@@ -24,7 +24,7 @@ import numpy as np
 
 from ..atomic import why_unwritten
 
-CACHE_FORMAT_VERSION = 6         # bump when decoding/resizing/the key changes what pixels come out
+CACHE_FORMAT_VERSION = 7         # bump when decoding/resizing/the key changes what pixels come out
 
 
 def cache_dir() -> str:

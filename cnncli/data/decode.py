@@ -46,13 +46,17 @@ def _to_gray_u8(img, sixteen_bit: bool = False) -> np.ndarray:
     mode = img.mode
     if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
             mode in ("P", "L", "RGB") and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        on_black = _composite(rgba, 0)                     # grey * alpha / 255 in each pixel
-        alpha_sum = int(np.asarray(rgba.getchannel("A")).sum(dtype=np.uint64))
-        light = int(on_black.sum(dtype=np.uint64)) * 255 > 127 * alpha_sum   # alpha-weighted mean grey > 127
-        return on_black if light else _composite(rgba, ALPHA_BACKGROUND)
+        return _on_background(img.convert("RGBA"))
     if mode.startswith("I"):                                   # I;16, I;16B, I;16L, I (32-bit)
-        return _by_range(np.asarray(img), (65535,) if sixteen_bit or mode != "I" else (255, 65535))
+        raw = np.asarray(img)
+        grey = _by_range(raw, (65535,) if sixteen_bit or mode != "I" else (255, 65535))
+        key = img.info.get("transparency")
+        if isinstance(key, int) and not isinstance(key, bool):   # a 16-bit grey PNG's transparent sample
+            from PIL import Image
+
+            alpha = Image.fromarray(np.where(raw == key, 0, 255).astype(np.uint8), mode="L")
+            return _on_background(Image.merge("LA", (Image.fromarray(grey, mode="L"), alpha)).convert("RGBA"))
+        return grey
     if mode == "F":
         a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         return _by_range(a, (1.0, 255.0, 65535.0))
@@ -110,6 +114,15 @@ def dark_reason(path, flat: bool = False) -> str | None:
             return None
     except Exception:  # noqa: BLE001 -- a file gone or damaged since it decoded: no
         return None
+
+
+def _on_background(rgba) -> np.ndarray:
+    """An RGBA image -> (H, W) uint8 composited on black when its visible content is light (its
+    alpha-weighted mean grey is above 127), else on ALPHA_BACKGROUND."""
+    on_black = _composite(rgba, 0)                         # grey * alpha / 255 in each pixel
+    alpha_sum = int(np.asarray(rgba.getchannel("A")).sum(dtype=np.uint64))
+    light = int(on_black.sum(dtype=np.uint64)) * 255 > 127 * alpha_sum   # alpha-weighted mean grey > 127
+    return on_black if light else _composite(rgba, ALPHA_BACKGROUND)
 
 
 def _composite(rgba, background: int) -> np.ndarray:

@@ -92,6 +92,8 @@ def _train(comm, config_path, overrides, resume, init_from, out, strict, no_cach
     try:
         run_dir = run_training(cfg, resume=resume, quiet=quiet, echo=run_line, out=out,
                                comm=comm, hand_off=True)
+        if run_dir is None:             # (nothing to do for a checkpoint outside its run: no folder to name)
+            return
         if not comm.is_main:
             ignore_stops()              # (it waits for rank 0's test and report, then exits)
         else:                           # (a stop between the report's steps: the line, not a silent death)

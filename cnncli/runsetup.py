@@ -208,15 +208,16 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     given = Path(resume) if os.path.isdir(resume) else Path(resume).parent
     if os.path.realpath(given) == str(source):
         source = given                                      # (as the user wrote it: runs/x, not /home/.../runs/x)
-    epochs = cfg["train"]["epochs"]
-    done = resume_mod.nothing_to_do(state, epochs) if isinstance(epochs, int) else None
-    if done:               # no folder is touched (an --out would get a lone best.npz); setup says so
-        return (arrays, meta, ckpt_path), state, source, cfg, [], done
-    if not out and not resume_mod.in_its_run_folder(ckpt_path, saved):
+    lone = not resume_mod.in_its_run_folder(ckpt_path, saved)
+    if not out and lone:
         raise ConfigError(runfolder.printable(           # (a user's folder: its files would be overwritten)
             f"--resume {resume}: {ckpt_path.name} lies in a folder that is not its run's (no last.npz or best.npz "
             "of the same run beside it), whose files a resume there would overwrite; give --out NEWDIR to continue "
             "its run in a new folder"))
+    epochs = cfg["train"]["epochs"]
+    done = resume_mod.nothing_to_do(state, epochs) if isinstance(epochs, int) else None
+    if done:               # no folder is touched (an --out would get a lone best.npz); setup says so
+        return (arrays, meta, ckpt_path), state, None if lone else source, cfg, [], done   # (None: no run folder)
     run_dir = Path(out) if out else source
     ignored_out = []                                    # (out set by --set or a config file: not a move)
     if not out and os.path.abspath(cfg["out"]) != os.path.abspath(saved["out"]):

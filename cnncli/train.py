@@ -122,8 +122,9 @@ def _weights_text(setting, weights, classes, shown: int = 6) -> str:
 
 
 def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, comm=None,
-          setting_notes: bool = True, hand_off: bool = False) -> Path:
-    """Train as `cfg` says (or continue the checkpoint `resume`); returns the run folder. cfg: a
+          setting_notes: bool = True, hand_off: bool = False) -> Path | None:
+    """Train as `cfg` says (or continue the checkpoint `resume`); returns the run folder (None: a resume
+    with nothing to do of a checkpoint outside its run folder, with --out: no folder is made). cfg: a
     config as config.load_config gives it, or a partial one, nested ({"data": {"train": "my_data"}}):
     the defaults fill it (with `resume`, the run's own config does), and a bad key or value is a
     ConfigError. `comm` (distributed.get_comm()
@@ -153,7 +154,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
         except resume_mod.NothingToDo as done:
             if comm.is_main:
                 echo(str(done))
-                if cfg["data"]["test"] and not (Path(done.run_dir) / "test_metrics.json").exists():
+                if done.run_dir is not None and cfg["data"]["test"] and \
+                        not (Path(done.run_dir) / "test_metrics.json").exists():
                     # (a stop during the test, or data.test set now): the test the run still lacks, in
                     # the folder held (refused while another process trains it)
                     runlock.hold(done.run_dir)

@@ -522,6 +522,24 @@ def test_a_resume_never_writes_into_a_users_folder(data, run1, tmp_path):
     assert res.exit_code == 0 and (tmp_path / "new" / "last.npz").is_file()
 
 
+def test_a_finished_runs_checkpoint_copied_out_of_its_run_is_no_error_after_nothing_to_do(data, run1, tmp_path):
+    # (--resume models/model.npz of a finished run, whose config names data.test: 'Nothing to do', then
+    # 'Error: models: run folder has no best.npz or last.npz' from the test of a folder that is no run's)
+    import shutil
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(run1 / "best.npz", models / "model.npz")
+    res = invoke("train", "--resume", models / "model.npz", "--set", f"data.test={data}", "-q")
+    assert res.exit_code == 2 and "lies in a folder that is not its run's" in res.output, res.output
+    assert "Nothing to do" not in res.output and os.listdir(models) == ["model.npz"]
+    res = invoke("train", "--resume", models / "model.npz", "--set", f"data.test={data}", "--out",
+                 tmp_path / "new", "-q")
+    assert res.exit_code == 0 and res.output == "Nothing to do: the run already completed 1 epoch(s) (raise " \
+                                                "train.epochs to continue).\n", res.output
+    assert os.listdir(models) == ["model.npz"] and not (tmp_path / "new").exists()
+
+
 def test_an_empty_folder_the_user_made_stays_when_the_run_fails_in_set_up(data, tmp_path):
     # (mkdir myrun; cnn train --out myrun with a bad class_weight: myrun was removed with the run's marker)
     mine, made = tmp_path / "myrun", tmp_path / "made"

@@ -320,6 +320,24 @@ def test_evaluate_class_mismatch_is_a_data_error_naming_the_difference(trained, 
     assert "zigzag" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_folder_of_unreadable_images_names_them_and_why(trained, tmp_path):
+    # (cnn eval --data of files none of which decodes said only 'no readable images to evaluate')
+    from cnncli.errors import DataError
+    from cnncli.evaluate import evaluate
+
+    ckpt, _ = trained
+    for name, body in (("bright/a.png", b"text"), ("dark/b.png", b""), ("dark/c.jpg", b"x"), ("dark/d.png", b"y")):
+        (tmp_path / "bad" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "bad" / name).write_bytes(body)
+    with pytest.raises(DataError) as err:
+        evaluate(ckpt, tmp_path / "bad")
+    root = tmp_path / "bad"
+    assert str(err.value) == (f"{root}: no readable images to evaluate: 4 unreadable file(s) ({root}/bright/a.png: "
+                              "not a PNG/JPEG/BMP/GIF/PNM/TIFF/WebP/ICO image (it looks like text); "
+                              f"{root}/dark/b.png: empty file (0 bytes); {root}/dark/c.jpg: not a "
+                              "PNG/JPEG/BMP/GIF/PNM/TIFF/WebP/ICO image (it looks like text); ...)")
+
+
 def test_predict_paths_ranks_classes_and_reports_bad_files(trained, tmp_path):
     from cnncli.predictions import predict_paths
     from cnncli.predictor import Predictor

@@ -112,6 +112,10 @@ def _open_parent(resume, cfg: dict, folds: int, out) -> tuple:
         if not cfg_path.is_file():
             raise CnnError(f"{parent}: not a cnn cv folder (no config.yaml)")
         cfg = config_mod.load_config(cfg_path)
+        if cfg["data"]["folds"] < 2 or any((parent / n).is_file() for n in ("last.npz", "best.npz")):
+            hint = f"cnn cv --resume {parent.parent}" if cfg["data"]["folds"] >= 2 else f"cnn train --resume {parent}"
+            raise CnnError(runfolder.printable(f"{parent}: a run folder, not a cnn cv folder (the folder of its "
+                                               f"fold-k runs); continue it with: {hint}"))
         return parent, cfg, cfg["data"]["folds"], []
     cfg = absolute_paths(cfg)
     check(cfg, folds)

@@ -135,6 +135,24 @@ def test_bad_requests_are_one_line(tmp_path, extra, needle):
     assert len(out.splitlines()) == 1 and needle.format(tmp=tmp_path) in out, out
 
 
+def test_a_run_folder_or_a_fold_given_to_cv_resume_is_refused_untouched(cv_run, tmp_path):
+    # (cnn cv --resume RUN of a cnn train run, or of a cv folder's fold-1, wrote cv.json there, and a
+    # fold's folder got fold-1..fold-3 trained inside it)
+    _, _, parent, _, _ = cv_run
+    fold = tmp_path / "fold-1"
+    shutil.copytree(parent / "fold-1", fold)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text((parent / "config.yaml").read_text().replace("folds: 3", "folds: 0"))
+    shutil.copy(fold / "last.npz", run / "last.npz")
+    for folder, hint in ((run, f"cnn train --resume {run}"), (fold, f"cnn cv --resume {tmp_path}")):
+        before = sorted(p.name for p in folder.iterdir())
+        res = invoke(["cv", "--resume", folder, "-q"])
+        assert res.exit_code == 1 and res.output == (f"Error: {folder}: a run folder, not a cnn cv folder (the "
+                                                     f"folder of its fold-k runs); continue it with: {hint}\n")
+        assert sorted(p.name for p in folder.iterdir()) == before
+
+
 def test_ctrl_c_in_a_fold_says_how_to_go_on_and_the_resume_ends_as_one_run(cv_run, tmp_path):
     """SIGINT while fold 1 trains (a checkpoint every step): exit 130 with both resume lines; `cnn cv
     --resume` then finishes every fold with the checkpoints of an uninterrupted cv."""

@@ -710,6 +710,16 @@ def test_a_class_folder_given_for_the_data_folder_says_so_when_it_has_a_subfolde
     assert _error(root / "cat", classes=["cat", "dog"]).endswith("(missing cat, dog; extra more)" + hint)
 
 
+def test_a_run_folder_given_for_the_data_folder_says_so(tmp_path):
+    # (cnn eval RUN --data RUN, data.train=RUN: 'class folder(s) report not among the expected classes')
+    run = tmp_path / "run"
+    save(run / "report" / "curves.png", noise_img(1))
+    (run / "best.npz").write_bytes(b"PK")
+    hint = "; it is a run folder (it holds best.npz): give the folder of the images' class folders"
+    assert _error(run).endswith("has only one class (report); need at least 2" + hint)
+    assert _error(run, classes=["cat", "dog"], missing_ok=True).endswith("(cat, dog)" + hint)
+
+
 def test_one_file_linked_into_two_class_folders_is_a_warning(tmp_path):
     root = make_folder(tmp_path / "d", classes=("a", "b", "c"))
     first = sorted((root / "a").iterdir())[0]

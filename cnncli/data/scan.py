@@ -273,8 +273,12 @@ def ignored_note(ignored) -> str:
 
 
 def _loose_hint(root: str) -> str:
-    """For a root with too few class folders: when it holds image files itself, a hint that it may
+    """For a root with too few class folders (or a subfolder of no class): when it holds a run's
+    checkpoint, a hint that it is a run folder; when it holds image files itself, a hint that it may
     be a class folder (data.train one level too low)."""
+    run = [n for n in ("best.npz", "last.npz") if os.path.isfile(os.path.join(root, n))]
+    if run:
+        return f"; it is a run folder (it holds {run[0]}): give the folder of the images' class folders"
     try:
         n = len(_loose_images(root))
     except OSError:

@@ -126,6 +126,10 @@ def test_the_cache_follows_the_csvs_labels(tmp_path, monkeypatch):
     (b"", "is empty (expected a header row"),
     (b"path,label\n\xff\xfe,x\n", "is not UTF-8 (or UTF-16) text"),
     (b"path,label\nIMG,x\nIMG,x\n", "has 1 distinct label(s) (x); need at least 2"),
+    # an unmatched quote took every later row into one field: rows lost, or a class named 'y\nIMG,x...'
+    (b"path,label\nIMG,x\nIMG,y\n\"IMG,x\nIMG,y\nIMG,x\n", "line 4: a quoted field begins there and is not "
+                                                       "closed by the end of the file (an unmatched \")"),
+    (b"path,label\nIMG,x\nIMG,y\nIMG,\"y\nIMG,y\nIMG,x\n", "line 4: a quoted field begins there and is not "),
 ])
 def test_bad_labels_files_are_one_line(tmp_path, content, needle):
     Image.new("L", (8, 8)).save(tmp_path / "img.png")

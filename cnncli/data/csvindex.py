@@ -127,12 +127,10 @@ def _reader(f):
             break
     first = lines[-1] if lines else ""
     excel = re.fullmatch(r"\s*sep=(.)\s*", first)     # Excel's "sep=;" first line: the delimiter, then the header
-    if excel:
-        return csv.reader(itertools.chain(lines[:-1], ["\n"], f), delimiter=excel.group(1))
-    delimiter = next((d for d in DELIMITERS
-                      if any(column_key(h) in PATH_COLUMNS for h in next(csv.reader([first], delimiter=d), []))),
-                     ",")
-    return csv.reader(itertools.chain(lines, f), delimiter=delimiter)
+    delimiter = excel.group(1) if excel else next((d for d in DELIMITERS if any(
+        column_key(h) in PATH_COLUMNS for h in next(csv.reader([first], delimiter=d), []))), ",")
+    head = [*lines[:-1], "\n"] if excel else lines
+    return csv.reader(itertools.chain(head, f), delimiter=delimiter, strict=True)   # (strict: an unmatched quote)
 
 
 def _rows(path: str, f, with_label: bool, base=None, header_out=None):
@@ -148,7 +146,16 @@ def _rows(path: str, f, with_label: bool, base=None, header_out=None):
     pi = _column(header, PATH_COLUMNS, "path", path)
     li = _column(header, LABEL_COLUMNS, "label", path) if with_label else None
     base = os.path.dirname(os.path.abspath(path)) if base is None else base
-    for row in reader:
+    while True:
+        start = reader.line_num + 1                     # (the row's first line: a quoted cell may span lines)
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            why = ("a quoted field begins there and is not closed by the end of the file (an unmatched \")"
+                   if "unexpected end of data" in str(e) else e)
+            raise DataError(f"labels file {printable(path)}: line {start}: {why}") from None
         if not any(cell.strip() for cell in row):
             continue
         file = row[pi].strip() if pi < len(row) else ""

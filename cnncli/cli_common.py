@@ -202,8 +202,12 @@ class ConfigCommand(click.Command):
             raise
         except click.UsageError as err:
             files = [a for a in given if a.lower().endswith((".yaml", ".yml"))]
+            extra = err.message.partition("(")[2][:-1].split(" ")           # (the extra arguments click names)
+            folders = [a for a in extra if a in given and os.path.isdir(a)]
             if "unexpected extra argument" in err.message and files:
                 err.message += f"; give a config file with --config {files[0]}"
+            elif "unexpected extra argument" in err.message and folders:
+                err.message += f"; give the data folder with --set data.train={folders[0]}"
             raise
 
 

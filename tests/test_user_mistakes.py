@@ -151,6 +151,15 @@ def test_options_that_are_config_keys_a_bare_config_file_and_a_percentage_get_a_
     assert res.stderr.strip().splitlines()[-1] == line, res.stderr
 
 
+def test_a_bare_data_folder_gets_a_hint(tmp_path):
+    # (cnn train my_data said only 'Got unexpected extra argument (my_data)')
+    for cmd in ("train", "cv", "lr-find"):
+        res = invoke([cmd, str(tmp_path)])
+        assert res.exit_code == 2
+        assert res.stderr.strip().splitlines()[-1] == (f"Error: Got unexpected extra argument ({tmp_path}); give the "
+                                                       f"data folder with --set data.train={tmp_path}"), res.stderr
+
+
 def test_a_validation_split_of_a_few_images_a_class_gets_a_note(small):
     # 4-10 images a class: 10% held out is one image a class, and best.npz was often an early epoch; at 20 a class
     # (2 validate) best.npz was epoch 11 of 400 (test 19%, last.npz 45-60%; a helper's run)

@@ -16,8 +16,10 @@ from .options import LEAVES, SECTIONS
 # -- messages ---------------------------------------------------------------------------------
 
 def show(value, limit=60):
-    """A short one-line rendering of a user value (a date YAML read, as written: 2024-01-01)."""
-    text = value.isoformat() if isinstance(value, (datetime.date, datetime.time)) else repr(value)
+    """A short one-line rendering of a user value (a date YAML read, as written: 2024-01-01; a boolean
+    as YAML writes it: false)."""
+    text = (value.isoformat() if isinstance(value, (datetime.date, datetime.time)) else
+            str(value).lower() if isinstance(value, bool) else repr(value))
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

@@ -90,6 +90,10 @@ def check_value(opt, value, origin):
                      or [c for c in [CHOICE_ALIASES.get(typed)] if c in opt.choices]            # (ReduceLROnPlateau)
                      or difflib.get_close_matches(str(value), opt.choices, n=1, cutoff=0.6))
             hint = f"; did you mean '{close[0]}'?" if close else ""
+            if isinstance(value, bool):          # (resize: no, batchnorm: off: YAML 1.1's booleans, unquoted)
+                hint = ("; did you mean 'none'? (YAML reads an unquoted off or no as false)" if not value and
+                        "none" in opt.choices else "; YAML reads an unquoted yes, no, on or off as true or false: "
+                        "quote the word you meant")
             fail(origin, opt.key, f"must be one of {', '.join(opt.choices)}, got {show(value)}{hint}")
     elif opt.kind == "unit_pair":
         if not isinstance(value, (list, tuple)) or len(value) != 2:

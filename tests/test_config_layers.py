@@ -179,6 +179,15 @@ def test_a_section_put_inside_another_a_case_slip_and_quoted_true_get_hints():
         assert _error(config.load_config_text, "", [given]).endswith(hint), given
 
 
+
+def test_a_choice_yaml_read_as_a_boolean_says_so():
+    # (resize: no said "must be one of pad, stretch, crop, got False", nothing of YAML's booleans)
+    assert _error(config.load_config_text, "data:\n  resize: no\n").endswith(
+        "got false; YAML reads an unquoted yes, no, on or off as true or false: quote the word you meant")
+    assert _error(config.load_config_text, "model:\n  batchnorm: off\n").endswith(
+        "did you mean 'none'? (YAML reads an unquoted off or no as false)")
+
+
 def test_gamma_above_one_is_taken_with_a_note():
     # (refusing it would refuse to resume a run saved with it: its config is validated again)
     cfg = config.load_config_text("", ["optim.gamma=2", "optim.schedule=step", "train.epochs=20"])

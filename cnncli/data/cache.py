@@ -185,7 +185,7 @@ def _atomic(path: str, write) -> None:
 
 def read_previous(slot: str, image_size: int):
     """The slot's entry for an older key, with its files' identities -> (images (K,S,S) uint8 memory-mapped,
-    [(entry index, reason)], ids (N,) uint64: scan._file_keys of each entry) or None (none, damaged, or
+    [(entry index, reason)], ids (N,) uint64: filekeys.file_keys of each entry) or None (none, damaged, or
     written without identities): what an out-of-date load takes unchanged files' pixels from."""
     try:
         with open(slot + ".json", encoding="utf-8") as f:

@@ -199,7 +199,7 @@ def _drop_pages(a) -> None:
 
 
 def reuse_plan(ids, previous):
-    """For each entry of identity ids[i] ((N,) uint64, scan._file_keys: 0 unknown), the entry of a
+    """For each entry of identity ids[i] ((N,) uint64, filekeys.file_keys: 0 unknown), the entry of a
     previous cache entry (cache.read_previous's (images, skipped, ids)) holding the same file, or -1:
     (N,) int64."""
     old_ids = previous[2]

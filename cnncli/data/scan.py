@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import DataError
 from . import foreign
 from .decode import IMAGE_EXTENSIONS
+from .filekeys import digest_rows, file_keys, shared_files
 from .names import form_twins, matching_form, printable, shown_classes, spelled
 from .pathlist import PathList
 from .reasons import LINK_LOOP, missing_hint
@@ -214,42 +215,6 @@ def _nested_warning(root: str, nested: list) -> list[str]:
             f"classes, give {printable(os.path.join(root, name))} instead"]
 
 
-def _digest_rows(h, head: str, ci: int, rels: list, stats: np.ndarray, chunk: int = 1 << 14) -> None:
-    """Feed 'head+rel\0class\0size\0mtime\0inode\0ctime\n' of each file to h, a chunk at a time."""
-    for a in range(0, len(rels), chunk):
-        rows = stats[a:a + chunk].tolist()
-        h.update("".join(f"{head}{rel}\0{ci}\0{size}\0{mtime}\0{ino}\0{ctime}\n"
-                         for rel, (size, mtime, ino, ctime) in zip(rels[a:a + chunk], rows))
-                 .encode("utf-8", "surrogatepass"))
-
-
-def _file_keys(stats: np.ndarray) -> np.ndarray:
-    """(N,4) int64 (size, mtime_ns, inode, ctime_ns) -> (N,) uint64: one file's identity, the same
-    for every link to it (a symbolic link's stat is its target's); 0 where it is unknown (a dangling
-    link, or no inode numbers, as on some Windows file systems)."""
-    s = stats.astype(np.uint64)                                           # (N,4) (-1 wraps: masked below)
-    with np.errstate(over="ignore"):
-        k = (s[:, 2] * np.uint64(0x9E3779B97F4A7C15)) ^ (s[:, 0] * np.uint64(0xC2B2AE3D27D4EB4F)) \
-            ^ s[:, 1] ^ (s[:, 3] << np.uint64(1))
-    return np.where(stats[:, 2] > 0, k | np.uint64(1), np.uint64(0))
-
-
-def _shared_files(rels, labels: np.ndarray, keys: np.ndarray) -> list[str]:
-    """[a warning naming the files found in two or more class folders through links (one file, two
-    labels: each copy counts as its folder's class)], or []. keys (N,) _file_keys in rels' order."""
-    order = np.argsort(keys, kind="stable")
-    k, lab = keys[order], labels[order]
-    clash = (k[1:] == k[:-1]) & (k[1:] != 0) & (lab[1:] != lab[:-1])      # (N-1,) neighbours, one file
-    if not clash.any():
-        return []
-    shared = np.unique(k[1:][clash])                                      # the files' keys
-    rows = np.flatnonzero(np.isin(keys, shared))                          # their paths, in rels' order
-    a = int(rows[0])
-    b = next(int(r) for r in rows if keys[r] == keys[a] and labels[r] != labels[a])
-    return [f"warning: {len(shared)} file(s) lie in more than one class folder (links to one file), e.g. "
-            f"{printable(rels[a])} and {printable(rels[b])}: each copy counts as the class of its folder"]
-
-
 def _by_count(counter) -> list:
     """A Counter's (key, count) items, the most frequent first, ties by key (not scan order)."""
     return sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -345,7 +310,7 @@ class Index:
         self.rels, counts, self.bad, self.ignored = PathList(), [], [], Counter()
         self.unread = {}    # class index -> Counter of the extensions of its files when none is an image
         nested = []         # [(class folder, its subfolders)] while each holds its images only in 2+ subfolders
-        keys = []           # [(n,) uint64] each class's files' identities (_file_keys)
+        keys = []           # [(n,) uint64] each class's files' identities (filekeys.file_keys)
         for ci, name in enumerate(folders):
             if name is None:                           # missing_ok: no folder of this class
                 counts.append(0)
@@ -355,8 +320,8 @@ class Index:
             self.ignored.update(other)
             if not found_files and other:
                 self.unread[ci] = other
-            _digest_rows(h, head, ci, found_files, stats[0])
-            keys.append(_file_keys(stats[0]))
+            digest_rows(h, head, ci, found_files, stats[0])
+            keys.append(file_keys(stats[0]))
             self.rels.extend(head + rel for rel in found_files)
             counts.append(len(found_files))
             if found_files and nested is not None:
@@ -369,7 +334,7 @@ class Index:
             del found_files, stats
         self.labels = np.repeat(np.arange(len(self.classes), dtype=np.int64), counts)   # (N,)
         self.keys = np.concatenate(keys) if keys else np.zeros(0, np.uint64)   # (N,) each file's identity
-        self.shared = _shared_files(self.rels, self.labels, self.keys)
+        self.shared = shared_files(self.rels, self.labels, self.keys)
         self.loose = _loose_images(root)
         self.bad.extend((name + "/", BROKEN_LINK) for name in _broken_links(root))
         h.update(repr(self.loose).encode("utf-8", "surrogatepass"))

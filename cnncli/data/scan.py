@@ -173,7 +173,7 @@ def _match_classes(root: str, found: list, classes, missing_ok: bool) -> tuple[l
     if missing_ok and extra:                           # (Cat for cat: the names the folder may use)
         raise DataError(f"data folder {printable(root)}: class folder(s) {shown_classes(extra)}"
                         f"{f' ({len(extra)} in all)' if len(extra) > 20 else ''} not among the expected classes "
-                        f"({shown_classes(classes)}){_loose_hint(root)}")
+                        f"({shown_classes(classes)}){_case_hint(extra, classes) or _loose_hint(root)}")
     if missing or extra:
         parts = []
         if missing:
@@ -181,8 +181,19 @@ def _match_classes(root: str, found: list, classes, missing_ok: bool) -> tuple[l
         if extra:
             parts.append(f"extra {shown_classes(extra)}")
         raise DataError(f"data folder {printable(root)}: classes do not match the expected ones "
-                        f"({'; '.join(parts)}){_loose_hint(root) if extra else ''}")
+                        f"({'; '.join(parts)}){(_case_hint(extra, classes) or _loose_hint(root)) if extra else ''}")
     return classes, [folder.get(form(c)) for c in classes]
+
+
+def _case_hint(extra: list, classes: list) -> str:
+    """For class folders no class matches: when one is a class's name in other case (Circle for
+    circle), a hint naming both (names are matched exactly: Cat and cat can be two classes)."""
+    by_case = {c.casefold(): c for c in classes}
+    pairs = [(f, by_case[f.casefold()]) for f in extra if f.casefold() in by_case]
+    if not pairs:
+        return ""
+    shown = ", ".join(f"{printable(f)} for {printable(c)}" for f, c in pairs[:3])
+    return f"; {shown}: class names match exactly, case too: rename the folder{'s' if len(pairs) > 1 else ''}"
 
 
 def _only_in_subfolders(rels: list) -> list:

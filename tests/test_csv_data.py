@@ -143,6 +143,17 @@ def test_bad_labels_files_are_one_line(tmp_path, content, needle):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_space_after_a_quoted_cell_is_read_as_before_the_unmatched_quote_check(tmp_path):
+    # the unmatched-quote refusal read the file with csv's strict mode, which also refused '"a.png" ,"x" '
+    # (a space after a closing quote: hand-edited files), read before as the cells a.png and x
+    for i in range(4):
+        Image.new("L", (8, 8), i * 60).save(tmp_path / f"{i}.png")
+    path = tmp_path / "labels.csv"
+    path.write_text("path,label\n" + "".join(f'"{i}.png" ,"{"xy"[i % 2]}" \n' for i in range(4)))
+    ds = load_folder(str(path), cache=False)[0]
+    assert ds.classes == ["x", "y"] and ds.labels.tolist() == [0, 1, 0, 1]
+
+
 def test_eval_refuses_labels_the_model_does_not_know(tmp_path):
     data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
     assert invoke(["train", "--set", f"data.train={data}", "--set", "train.epochs=1", "--out", tmp_path / "run",

@@ -130,14 +130,22 @@ def _reader(f):
     delimiter = excel.group(1) if excel else next((d for d in DELIMITERS if any(
         column_key(h) in PATH_COLUMNS for h in next(csv.reader([first], delimiter=d), []))), ",")
     head = [*lines[:-1], "\n"] if excel else lines
-    return csv.reader(itertools.chain(head, f), delimiter=delimiter, strict=True)   # (strict: an unmatched quote)
+    return csv.reader(itertools.chain(head, f), delimiter=delimiter)
+
+
+def _marking_end(f, ended: list):
+    """f's lines; `ended` gets True once they are all read (csv's strict mode, which refuses an unmatched
+    quote, also refuses a space after a closing quote)."""
+    yield from f
+    ended.append(True)
 
 
 def _rows(path: str, f, with_label: bool, base=None, header_out=None):
     """(line number, full path or '', label or '') of each non-blank row after the header; relative
     paths are taken from the CSV's folder (base: that folder as another spelling, e.g. as given).
     header_out (a list): the header's cells are put there."""
-    reader = _reader(f)
+    ended = []                                          # (a row read to the file's end: an unmatched quote)
+    reader = _reader(_marking_end(f, ended))
     header = next((r for r in reader if any(cell.strip() for cell in r)), None)
     if header_out is not None and header is not None:
         header_out.extend(header)
@@ -148,14 +156,12 @@ def _rows(path: str, f, with_label: bool, base=None, header_out=None):
     base = os.path.dirname(os.path.abspath(path)) if base is None else base
     while True:
         start = reader.line_num + 1                     # (the row's first line: a quoted cell may span lines)
-        try:
-            row = next(reader)
-        except StopIteration:
+        row = next(reader, None)
+        if row is None:
             return
-        except csv.Error as e:
-            why = ("a quoted field begins there and is not closed by the end of the file (an unmatched \")"
-                   if "unexpected end of data" in str(e) else e)
-            raise DataError(f"labels file {printable(path)}: line {start}: {why}") from None
+        if ended:                                       # (csv asked for a line after the last within the row)
+            raise DataError(f"labels file {printable(path)}: line {start}: a quoted field begins there and is not "
+                            "closed by the end of the file (an unmatched \")")
         if not any(cell.strip() for cell in row):
             continue
         file = row[pi].strip() if pi < len(row) else ""

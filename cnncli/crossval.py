@@ -16,6 +16,7 @@ from cnncli import config as config_mod
 from cnncli import runfolder, runlock, warmstart
 from cnncli.callbacks import SetupStopped, StopInCrossValidation, loss_text
 from cnncli.errors import CnnError, ConfigError, Stopped, main_only
+from cnncli.lifeline import ENDING
 
 SUMMARY = "cv.json"
 METRICS = ("val_loss", "val_acc", "test_loss", "test_acc")
@@ -183,12 +184,17 @@ def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, ec
                 if isinstance(err, Stopped):    # Ctrl-C, SIGTERM, SIGUSR1: the folds so far are kept
                     raise _go_on(err, k, parent) from None
                 raise
-        if comm.is_main:
-            with StopInCrossValidation(parent, f"after fold {k + 1}"):
+        if comm.is_main:                    # (hand_off: a stop before the next fold's line or the summary's is theirs)
+            with StopInCrossValidation(parent, f"after fold {k + 1}") as line:
+                line.hand_off = True
                 rows.append(fold_result(fold_dir, k))
     if not comm.is_main:
         return parent, None
-    with main_only():                       # (rank 0's work alone: under mpirun its errors are the cv's)
+    # (rank 0's work alone: under mpirun its errors are the cv's); last: in cnn's own process the stops are
+    # ignored from its end on, while the summary is printed and the process ends
+    end = StopInCrossValidation(parent, "after the last fold, while writing its summary", alone=True)
+    end.last = ENDING[0]
+    with main_only(), end:
         return parent, _finish(cfg, folds, parent, rows, say)
 
 
@@ -204,6 +210,8 @@ def _finish(cfg: dict, folds: int, parent: Path, rows: list, say) -> dict:
     try:
         runfolder.atomic_text(parent / SUMMARY, json.dumps(summary, indent=2) + "\n")
     except CnnError as err:
+        if isinstance(err, Stopped):
+            raise
         raise CnnError(f"{err}; the folds are saved: once it can be written, cnn cv --resume {parent} writes it") \
             from None
     return summary

@@ -92,6 +92,38 @@ def test_a_stop_as_a_folds_run_hands_over_to_cv_is_the_stop_line(data, tmp_path)
     assert (cv / "fold-1" / "best.npz").is_file() and not (cv / "fold-2").exists()
 
 
+# `cnn cv` sending itself SIGTERM at argv[1]: "fold-2", once it says '-- fold 2 of 2' (between fold 1's end and
+# fold 2's set-up), or "summary", once cv.json is written (after the last fold's end, before the table is printed)
+_STOP_IN_CV = """
+import os, signal, sys
+from cnncli import cli, cli_tools, runfolder
+where, real_text, real_line = sys.argv.pop(1), runfolder.atomic_text, cli_tools.run_line
+def atomic_text(path, *args, **kwargs):
+    real_text(path, *args, **kwargs)
+    if where == "summary" and str(path).endswith("cv.json"):
+        os.kill(os.getpid(), signal.SIGTERM)
+def run_line(line):
+    real_line(line)
+    if where == "fold-2" and str(line).startswith("-- fold 2"):
+        os.kill(os.getpid(), signal.SIGTERM)
+runfolder.atomic_text, cli_tools.run_line = atomic_text, run_line
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("where, doing", [("fold-2", "before fold 2"),
+                                          ("summary", "after the last fold, while writing its summary")])
+def test_a_stop_between_cvs_folds_or_after_the_last_is_the_stop_line(data, tmp_path, where, doing):
+    # (a SIGTERM there ended cnn cv by the signal, -15 and no line, as one after cnn train's 'Done in' did)
+    cv = tmp_path / "run-cv"
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=1)
+    res = subprocess.run([sys.executable, "-c", _STOP_IN_CV, where, "cv", "--config", str(cfg), "--folds", "2", "-q"],
+                         env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 130, (res.returncode, res.stderr)
+    assert res.stderr.strip().splitlines()[-1] == (f"SIGTERM: stopped {doing}; the finished folds are saved in "
+                                                   f"{cv}; continue the cross-validation with: cnn cv --resume {cv}")
+
+
 def _sigterm_in(monkeypatch, module, name):
     """module.name replaced by a call that sends this process SIGTERM (the signal arrives while it runs)."""
     def signalled(*args, **kwargs):

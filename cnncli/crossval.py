@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -114,7 +115,8 @@ def _open_parent(resume, cfg: dict, folds: int, out) -> tuple:
             raise CnnError(f"{parent}: not a cnn cv folder (no config.yaml)")
         cfg = config_mod.load_config(cfg_path)
         if cfg["data"]["folds"] < 2 or any((parent / n).is_file() for n in ("last.npz", "best.npz")):
-            hint = f"cnn cv --resume {parent.parent}" if cfg["data"]["folds"] >= 2 else f"cnn train --resume {parent}"
+            up = parent.parent if parent.name not in ("", "..") else Path(os.path.abspath(parent)).parent   # (., ..)
+            hint = f"cnn cv --resume {up}" if cfg["data"]["folds"] >= 2 else f"cnn train --resume {parent}"
             raise CnnError(runfolder.printable(f"{parent}: a run folder, not a cnn cv folder (the folder of its "
                                                f"fold-k runs); continue it with: {hint}"))
         return parent, cfg, cfg["data"]["folds"], []

@@ -153,6 +153,15 @@ def test_a_run_folder_or_a_fold_given_to_cv_resume_is_refused_untouched(cv_run, 
         assert sorted(p.name for p in folder.iterdir()) == before
 
 
+def test_a_fold_given_to_cv_resume_as_dot_names_the_cv_folder_above_it(cv_run, tmp_path, monkeypatch):
+    # (cd runs/x-cv/fold-1; cnn cv --resume . said 'continue it with: cnn cv --resume .', the fold again)
+    _, _, parent, _, _ = cv_run
+    shutil.copytree(parent / "fold-1", tmp_path / "fold-1")
+    monkeypatch.chdir(tmp_path / "fold-1")
+    res = invoke(["cv", "--resume", ".", "-q"])
+    assert res.exit_code == 1 and res.output.endswith(f"; continue it with: cnn cv --resume {tmp_path}\n"), res.output
+
+
 def test_ctrl_c_in_a_fold_says_how_to_go_on_and_the_resume_ends_as_one_run(cv_run, tmp_path):
     """SIGINT while fold 1 trains (a checkpoint every step): exit 130 with both resume lines; `cnn cv
     --resume` then finishes every fold with the checkpoints of an uninterrupted cv."""

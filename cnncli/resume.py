@@ -70,11 +70,15 @@ def resumed_config(resume, overrides=(), config_files=()) -> dict:
     check_resumable(path, meta, resume)
     cfg = config_mod.load_layers([(meta.get("config", ""), f"{resume} (config)", None)]
                                  + config_mod.file_layers(config_files), overrides)
-    # train.epochs: auto was resolved when the run started; a layer saying auto again keeps that number
-    # (as the run's set-up does), so --print-config shows the epochs the resume trains
-    saved = config_mod.load_config_text(meta.get("config", ""), source=f"{path} (config)")["train"]["epochs"]
-    if cfg["train"]["epochs"] == "auto" and saved != "auto":
-        cfg = {**cfg, "train": {**cfg["train"], "epochs": saved}}
+    # (--print-config shows the epochs the resume trains)
+    return resolved_epochs(cfg, config_mod.load_config_text(meta.get("config", ""), source=f"{path} (config)"))
+
+
+def resolved_epochs(cfg: dict, saved: dict) -> dict:
+    """cfg, with the number of epochs the run resolved when it started (saved: its config) when cfg says
+    train.epochs: auto again: a resume keeps that number."""
+    if cfg["train"]["epochs"] == "auto" and saved["train"]["epochs"] != "auto":
+        return {**cfg, "train": {**cfg["train"], "epochs": saved["train"]["epochs"]}}
     return cfg
 
 

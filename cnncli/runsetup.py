@@ -187,8 +187,7 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     resume_mod.check_unchanged(meta.get("config", ""), cfg, ckpt_path, meta.get("num_classes"))
     state = runfolder.state_from_meta(meta, ckpt_path)
     saved = config_mod.load_config_text(meta.get("config", ""), source=f"{ckpt_path} (config)")
-    if cfg["train"]["epochs"] == "auto" and saved["train"]["epochs"] != "auto":
-        cfg = {**cfg, "train": {**cfg["train"], "epochs": saved["train"]["epochs"]}}
+    cfg = resume_mod.resolved_epochs(cfg, saved)
     # the weights come from the checkpoint; its config keeps where the run's first weights came from
     first = saved["train"]["init_from"]
     if cfg["train"]["init_from"] not in (None, first):

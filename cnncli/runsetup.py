@@ -208,13 +208,15 @@ def _open_resume(resume, cfg: dict, out, write: bool = True):
     if os.path.realpath(given) == str(source):
         source = given                                      # (as the user wrote it: runs/x, not /home/.../runs/x)
     lone = not resume_mod.in_its_run_folder(ckpt_path, saved)
+    epochs = cfg["train"]["epochs"]
+    done = resume_mod.nothing_to_do(state, epochs) if isinstance(epochs, int) else None
     if not out and lone:
+        more = (f", and raise train.epochs{' or train.early_stopping.patience' if state.stopped_early else ''}: the "
+                f"run already completed {state.epoch} epoch(s)") if done else ""     # (--out alone: 'Nothing to do')
         raise ConfigError(runfolder.printable(           # (a user's folder: its files would be overwritten)
             f"--resume {resume}: {ckpt_path.name} lies in a folder that is not its run's (no last.npz or best.npz "
             "of the same run beside it), whose files a resume there would overwrite; give --out NEWDIR to continue "
-            "its run in a new folder"))
-    epochs = cfg["train"]["epochs"]
-    done = resume_mod.nothing_to_do(state, epochs) if isinstance(epochs, int) else None
+            f"its run in a new folder{more}"))
     if done:               # no folder is touched (an --out would get a lone best.npz); setup says so
         return (arrays, meta, ckpt_path), state, None if lone else source, cfg, [], done   # (None: no run folder)
     run_dir = Path(out) if out else source

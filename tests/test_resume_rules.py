@@ -540,6 +540,18 @@ def test_a_finished_runs_checkpoint_copied_out_of_its_run_is_no_error_after_noth
     assert os.listdir(models) == ["model.npz"] and not (tmp_path / "new").exists()
 
 
+def test_the_out_refusal_of_a_finished_runs_lone_checkpoint_says_that_out_alone_trains_nothing(data, run1, tmp_path):
+    # (it said 'give --out NEWDIR to continue its run in a new folder', and that command then said 'Nothing to do')
+    import shutil
+
+    (tmp_path / "models").mkdir()
+    shutil.copy(run1 / "best.npz", tmp_path / "models" / "model.npz")
+    res = invoke("train", "--resume", tmp_path / "models" / "model.npz", "-q")
+    assert res.exit_code == 2 and res.output.rstrip().endswith(
+        "give --out NEWDIR to continue its run in a new folder, and raise train.epochs: the run already "
+        "completed 1 epoch(s)"), res.output
+
+
 def test_an_empty_folder_the_user_made_stays_when_the_run_fails_in_set_up(data, tmp_path):
     # (mkdir myrun; cnn train --out myrun with a bad class_weight: myrun was removed with the run's marker)
     mine, made = tmp_path / "myrun", tmp_path / "made"

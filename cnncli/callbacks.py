@@ -39,15 +39,21 @@ class SetupStopped(Stopped):
 
 def _install(sigs, handler) -> dict:
     """handler on each of sigs -> the handlers it replaced; outside the main thread none is installed,
-    nor for a signal the `cnn` process started with ignored (lifeline.INHERITED_IGNORED: nohup's SIGHUP)."""
+    nor for a signal the `cnn` process started with ignored (lifeline.INHERITED_IGNORED: nohup's SIGHUP).
+    signal.signal runs the handlers of the signals that came meanwhile: when one raises (a stop), the
+    handlers replaced so far are put back before it goes on."""
     old = {}
     for sig in sigs:
         if sig in INHERITED_IGNORED:
             continue
         try:
-            old[sig] = signal.signal(sig, handler)
+            old[sig] = signal.getsignal(sig)
+            signal.signal(sig, handler)
         except ValueError:  # not the main thread: no handlers, nothing to restore
-            pass
+            old.pop(sig, None)
+        except BaseException:
+            _restore(old)
+            raise
     return old
 
 
@@ -60,15 +66,19 @@ class _StopLine:
     the same line, named SIGINT. Outside the main thread no handler is installed."""
 
     def __enter__(self):
-        self._old = _install([sig for sig in STOPS if sig != signal.SIGINT], self._handle)
-        if _HANDED:                                  # (the one before held the gap between the two for this one)
-            before, came = _HANDED.pop()
-            _restore({sig: h for sig, h in before.items() if sig == signal.SIGINT})
-            self._old = {sig: before.get(sig, h) for sig, h in self._old.items()}
-            if came:                                 # a stop in the gap: this one's line, as if it came now
-                after_a_stop(self._old)
-                silence_closed_terminal(came[0])
-                raise self.stopped(signal.Signals(came[0]).name)
+        before, came = _HANDED.pop() if _HANDED else ({}, [])   # (the one before held the gap for this one)
+        try:
+            self._old = _install([sig for sig in STOPS if sig != signal.SIGINT], self._handle)
+            if before:
+                _restore({sig: h for sig, h in before.items() if sig == signal.SIGINT})
+                self._old = {sig: before.get(sig, h) for sig, h in self._old.items()}
+        except BaseException:                        # (a stop as the handlers switch: this one's line)
+            after_a_stop(before)
+            raise
+        if came:                                     # a stop in the gap: this one's line, as if it came now
+            after_a_stop(self._old)
+            silence_closed_terminal(came[0])
+            raise self.stopped(signal.Signals(came[0]).name)
         return self
 
     def _handle(self, signum, frame):
@@ -95,7 +105,11 @@ class _StopLine:
             ignore_stops(sigint=True)
         elif self.hand_off and exc_type is None:
             came = []
-            replaced = _install(STOPS, lambda signum, frame: came.append(signum))
+            try:
+                replaced = _install(STOPS, lambda signum, frame: came.append(signum))
+            except BaseException:                    # (a stop as the handlers switch: this one's line)
+                after_a_stop(self._old)
+                raise
             _HANDED.append(({**replaced, **self._old}, came))    # (SIGINT's own handler: this one leaves it)
         else:
             _restore(self._old)

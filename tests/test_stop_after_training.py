@@ -124,6 +124,38 @@ def test_a_stop_between_cvs_folds_or_after_the_last_is_the_stop_line(data, tmp_p
                                                    f"{cv}; continue the cross-validation with: cnn cv --resume {cv}")
 
 
+@pytest.mark.parametrize("at", range(8))
+def test_a_stop_as_the_hand_off_switches_handlers_leaves_them_as_they_were(monkeypatch, at):
+    # signal.signal runs the handlers of the signals that came meanwhile: a SIGTERM as the hand-off set its
+    # holding handlers (or as the next line took over) raised with SIGINT's left holding: in a Python caller
+    # (cross_validate) every later Ctrl-C was swallowed. at: the handler switch (0-3 leaving, 4-7 entering)
+    from cnncli import callbacks
+    from cnncli.callbacks import StopAfterTraining
+    from cnncli.errors import Stopped
+
+    sigs = [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP]
+    before = {sig: signal.getsignal(sig) for sig in sigs}
+    real, calls = signal.signal, []
+
+    def switching(sig, handler):
+        old = real(sig, handler)
+        calls.append(sig)
+        if len(calls) == at + 1:
+            os.kill(os.getpid(), signal.SIGTERM)    # (its handler runs here, as when it comes during signal.signal)
+        return old
+    first = StopAfterTraining("run", "nothing left undone")
+    first.hand_off = True
+    with pytest.raises(Stopped, match="^SIGTERM: stopped after training"):
+        with first:
+            monkeypatch.setattr(signal, "signal", switching)
+        with StopAfterTraining("run", "before drawing its report"):
+            pass
+    monkeypatch.undo()
+    left, handed = {sig: signal.getsignal(sig) for sig in sigs}, list(callbacks._HANDED)
+    callbacks._HANDED.clear()                       # (for the tests after it, whatever this one finds)
+    assert left == before and handed == []
+
+
 def _sigterm_in(monkeypatch, module, name):
     """module.name replaced by a call that sends this process SIGTERM (the signal arrives while it runs)."""
     def signalled(*args, **kwargs):

@@ -130,6 +130,7 @@ def test_the_cache_follows_the_csvs_labels(tmp_path, monkeypatch):
     (b"path,label\nIMG,x\nIMG,y\n\"IMG,x\nIMG,y\nIMG,x\n", "line 4: a quoted field begins there and is not "
                                                        "closed by the end of the file (an unmatched \")"),
     (b"path,label\nIMG,x\nIMG,y\nIMG,\"y\nIMG,y\nIMG,x\n", "line 4: a quoted field begins there and is not "),
+    (b"\"path,label\nIMG,x\nIMG,y\n", "its header row: a quoted field begins there and is not closed"),
 ])
 def test_bad_labels_files_are_one_line(tmp_path, content, needle):
     Image.new("L", (8, 8)).save(tmp_path / "img.png")

@@ -115,10 +115,11 @@ def _line_of(path: str, err: UnicodeDecodeError) -> str:
     return f": line {line} has byte 0x{raw[start]:02x}"
 
 
-def _reader(f):
+def _reader(f, ended: list):
     """A csv.reader of f whose delimiter is the first of DELIMITERS that splits the first non-blank
     line into a header with a path column (else a comma), or the one an Excel "sep=X" first line
-    names; its line numbers count every line."""
+    names; its line numbers count every line. `ended` gets True once it reads past f's last line (not
+    strict: csv's strict mode, which refuses an unmatched quote, refuses a space after a closing quote too)."""
     csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
     lines = []
     for line in f:
@@ -130,14 +131,12 @@ def _reader(f):
     delimiter = excel.group(1) if excel else next((d for d in DELIMITERS if any(
         column_key(h) in PATH_COLUMNS for h in next(csv.reader([first], delimiter=d), []))), ",")
     head = [*lines[:-1], "\n"] if excel else lines
-    return csv.reader(itertools.chain(head, f), delimiter=delimiter)
+    return csv.reader(itertools.chain(head, f, iter(lambda: ended.append(True), None)), delimiter=delimiter)
 
 
-def _marking_end(f, ended: list):
-    """f's lines; `ended` gets True once they are all read (csv's strict mode, which refuses an unmatched
-    quote, also refuses a space after a closing quote)."""
-    yield from f
-    ended.append(True)
+def _unmatched_quote(path: str, where: str):
+    raise DataError(f"labels file {printable(path)}: {where}: a quoted field begins there and is not closed by the end "
+                    "of the file (an unmatched \")")
 
 
 def _rows(path: str, f, with_label: bool, base=None, header_out=None):
@@ -145,8 +144,10 @@ def _rows(path: str, f, with_label: bool, base=None, header_out=None):
     paths are taken from the CSV's folder (base: that folder as another spelling, e.g. as given).
     header_out (a list): the header's cells are put there."""
     ended = []                                          # (a row read to the file's end: an unmatched quote)
-    reader = _reader(_marking_end(f, ended))
+    reader = _reader(f, ended)
     header = next((r for r in reader if any(cell.strip() for cell in r)), None)
+    if header is not None and ended:
+        _unmatched_quote(path, "its header row")
     if header_out is not None and header is not None:
         header_out.extend(header)
     if header is None:
@@ -160,8 +161,7 @@ def _rows(path: str, f, with_label: bool, base=None, header_out=None):
         if row is None:
             return
         if ended:                                       # (csv asked for a line after the last within the row)
-            raise DataError(f"labels file {printable(path)}: line {start}: a quoted field begins there and is not "
-                            "closed by the end of the file (an unmatched \")")
+            _unmatched_quote(path, f"line {start}")
         if not any(cell.strip() for cell in row):
             continue
         file = row[pi].strip() if pi < len(row) else ""

@@ -17,7 +17,7 @@ import numpy as np
 from cnncli import resume as resume_mod, runfolder, runlock
 from cnncli.callbacks import Aborted, StopAfterTraining, StopDuringSetup, loss_text, warmup_text
 from cnncli.cores import quota_text
-from cnncli.errors import CnnError, ConfigError, TrainingDiverged, main_only
+from cnncli.errors import CnnError, ConfigError, Stopped, TrainingDiverged, main_only
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
 from cnncli.datanotes import data_notes
 from cnncli.runsetup import load_datasets, setup  # noqa: F401 (load_datasets: API)
@@ -223,9 +223,9 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
             except Aborted:                  # (a second Ctrl-C during the steps: an abort, not a stop after them)
                 after.keyboard = False
                 raise
-            except CnnError:
-                if resume is None and comm.is_main:     # (a first checkpoint a full disk refused: nothing to
-                    runlock.discard_unstarted(run_dir)  # resume, and the next run of `out` gets the name back)
+            except CnnError as err:
+                if resume is None and comm.is_main and not isinstance(err, Stopped):   # (a first checkpoint a
+                    runlock.discard_unstarted(run_dir)  # full disk refused: nothing to resume; the name goes back)
                 raise
             if testing:
                 _test_best(run_dir, cfg, echo)

@@ -185,6 +185,16 @@ def test_a_stop_before_the_report_is_drawn_says_so(data, tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def test_a_stop_just_before_the_steps_keeps_the_folder_its_line_names(data, tmp_path, monkeypatch):
+    # (a new run's folder was deleted as one whose first save failed, while its stop line and stdout named it)
+    from cnncli import resume as resume_mod
+
+    _sigterm_in(monkeypatch, resume_mod, "nothing_to_do")        # (fit's first call, before its StopFlag)
+    run, res = _train_here(tmp_path, monkeypatch, data, "--no-report")
+    assert res.exit_code == 130 and res.stdout == f"{run}\n", res.output
+    assert run.is_dir()
+
+
 def test_a_sigint_delivered_twice_at_once_is_one_stop_not_an_abort(data, tmp_path, monkeypatch):
     # `timeout -s INT` signals the process and then its process group: two SIGINTs back to back, which
     # aborted the run ('Error: interrupted', nothing saved) when the second was handled on its own

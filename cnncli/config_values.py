@@ -91,9 +91,9 @@ def check_value(opt, value, origin):
                      or difflib.get_close_matches(str(value), opt.choices, n=1, cutoff=0.6))
             hint = f"; did you mean '{close[0]}'?" if close else ""
             if isinstance(value, bool):          # (resize: no, batchnorm: off: YAML 1.1's booleans, unquoted)
-                hint = ("; did you mean 'none'? (YAML reads an unquoted off or no as false)" if not value and
-                        "none" in opt.choices else "; YAML reads an unquoted yes, no, on or off as true or false: "
-                        "quote the word you meant")
+                said = "an unquoted yes or on as true" if value else "an unquoted no or off as false"
+                hint = (f"; did you mean 'none'? (YAML reads {said})" if not value and "none" in opt.choices
+                        else f" (YAML reads {said})")
             fail(origin, opt.key, f"must be one of {', '.join(opt.choices)}, got {show(value)}{hint}")
     elif opt.kind == "unit_pair":
         if not isinstance(value, (list, tuple)) or len(value) != 2:

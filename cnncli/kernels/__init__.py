@@ -48,6 +48,8 @@ compiler settings made here before numba is first imported.
 #     miscompilations, numba PR #8852) made the pooling backward 2.9x and the one-image fc1 3x
 #     faster (docs/performance.md). Without fastmath it cannot change a float result (no
 #     reassociation); tests/test_slp.py checks bitwise that it does not, against a build without it.
+#   * NUMBA_DISABLE_JIT set by the user is refused with one line (a CnnError on import): the
+#     kernels use numba intrinsics (atomics, SIMD vectors) that have no pure-Python form.
 
 import os
 
@@ -59,6 +61,13 @@ if "NUMBA_NUM_THREADS" not in os.environ and (_usable := usable_cores()) < affin
     os.environ["NUMBA_NUM_THREADS"] = str(_usable)
 
 from . import cachestamp  # noqa: E402  (numba imported only now, after the settings above)
+from numba.core import config as _numba_config  # noqa: E402
+
+if _numba_config.DISABLE_JIT:  # (the kernels' intrinsics cannot run as Python: a traceback mid-step)
+    from ..errors import CnnError
+
+    raise CnnError(f"NUMBA_DISABLE_JIT={os.environ.get('NUMBA_DISABLE_JIT', '')} is set: cnn's kernels run only "
+                   "compiled (they use numba intrinsics that have no Python form): unset it")
 
 cachestamp.install()          # before any kernel is defined: their caches' stamps cover every numba file
 

@@ -1,0 +1,17 @@
+"""The environment a user's shell sets around `cnn`: variables that numba and the terminal read."""
+
+from __future__ import annotations
+
+from e2e_util import make_folder, private_cache, run_cli, write_config  # noqa: F401
+
+
+def test_numba_disable_jit_is_one_line_naming_the_variable_not_a_traceback(tmp_path, monkeypatch):
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "run", epochs=1)
+    monkeypatch.setenv("NUMBA_DISABLE_JIT", "1")
+    res = run_cli(["train", "--config", cfg, "-q", "--no-report"], tmp_path, timeout=300)
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("Error: NUMBA_DISABLE_JIT=1 is set"), res.stderr
+    assert "unset it" in lines[-1]

@@ -239,6 +239,14 @@ def config_files(path) -> list:
     return [path] if isinstance(path, (str, os.PathLike)) else list(path)
 
 
+def _demo_hint(path) -> str:
+    """For the README's first command run outside the repository (an installed package has no configs/)."""
+    if os.path.basename(os.path.normpath(path)) != "demo.yaml":
+        return ""
+    return (" (configs/demo.yaml is in the repository's folder, not in the installed package: run from there, or "
+            "anywhere: cnn train --set data.demo=true --set data.train=data/demo/train --out runs/demo)")
+
+
 def read_config_file(path) -> str:
     """The text of a config file (UTF-8, with or without a BOM, or UTF-16 with one); ConfigError naming
     the path for a missing, unreadable or binary one, and what a run folder or checkpoint is for."""
@@ -256,7 +264,7 @@ def read_config_file(path) -> str:
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
+        raise ConfigError(f"{path}: no such config file" + _demo_hint(path)) from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror or e}") from None
     if raw[:4] == b"PK\x03\x04":                        # a zip: a .npz checkpoint given as the config

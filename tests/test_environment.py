@@ -15,3 +15,12 @@ def test_numba_disable_jit_is_one_line_naming_the_variable_not_a_traceback(tmp_p
     lines = res.stderr.strip().splitlines()
     assert lines[-1].startswith("Error: NUMBA_DISABLE_JIT=1 is set"), res.stderr
     assert "unset it" in lines[-1]
+
+
+def test_the_readmes_first_command_outside_the_repository_says_where_the_demo_config_is(tmp_path):
+    # an installed package has no configs/ folder: the README's first command, run in another folder
+    res = run_cli(["train", "--config", "configs/demo.yaml"], tmp_path, cwd=tmp_path, timeout=120)
+    assert res.returncode == 2, res.stderr
+    line = res.stderr.strip()
+    assert line.startswith("Error: configs/demo.yaml: no such config file (configs/demo.yaml is in the repository")
+    assert "--set data.demo=true --set data.train=data/demo/train" in line and "\n" not in line

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from cnncli import __version__, cli_tools
-from cnncli.process import open_standard_streams, other_rank_main, require_stdout
+from cnncli.process import escape_unencodable, open_standard_streams, other_rank_main, require_stdout
 from cnncli.cli_common import (CHECKPOINT_HELP, ConfigCommand, checkpoints_or_newest, config_option, echo_json_list,
                                json_text, on_every_rank, other_rank, predict_arguments, printable, report_run_dir,
                                resolve_checkpoint, run_line, user_errors)
@@ -363,6 +363,7 @@ def main():
     _MAIN.append(True)
     lifeline.note_inherited_ignored()
     open_standard_streams()
+    escape_unencodable()
     try:
         if other_rank():
             other_rank_main(cli)

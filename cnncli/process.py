@@ -29,6 +29,19 @@ def open_standard_streams() -> None:
                 CLOSED.add(name)
 
 
+def escape_unencodable() -> None:
+    """Standard output and error in an encoding other than UTF-8 (a Windows console's or redirected
+    file's cp1252, PYTHONIOENCODING=latin-1) write a character it lacks as \\uXXXX: a path or class name
+    with one (`runs/łódź`) ends no command in a UnicodeEncodeError after its work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "utf-8").lower().replace("_", "-")
+        if encoding not in ("utf-8", "utf8") and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (OSError, ValueError):   # (a stream that cannot change: left as it is)
+                pass
+
+
 def require_stdout(what: str) -> None:
     """A one-line error when standard output was closed (`cnn predict ... >&-`): `what` (the
     predictions, the metrics) would go to /dev/null, and the command would end as if it had given them."""

@@ -24,3 +24,16 @@ def test_the_readmes_first_command_outside_the_repository_says_where_the_demo_co
     line = res.stderr.strip()
     assert line.startswith("Error: configs/demo.yaml: no such config file (configs/demo.yaml is in the repository")
     assert "--set data.demo=true --set data.train=data/demo/train" in line and "\n" not in line
+
+
+def test_a_run_folder_name_stdout_cannot_encode_is_escaped_not_a_traceback_after_training(tmp_path, monkeypatch):
+    # a Windows console or a redirected file there writes cp1252, which has no 'ł'
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "runs" / "łódź", epochs=1)
+    monkeypatch.setenv("PYTHONIOENCODING", "cp1252")
+    res = run_cli(["train", "--config", cfg, "-q", "--no-report"], tmp_path, timeout=600,
+                  encoding="cp1252")
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.stdout.splitlines()[-1] == str(tmp_path / "runs" / "\\u0142ód\\u017a")   # (ó is in cp1252)
+    assert (tmp_path / "runs" / "łódź" / "best.npz").is_file()

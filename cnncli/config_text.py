@@ -192,6 +192,9 @@ def parse_yaml(text, where, with_line=True):
                         "': ' inside a value to quote)")
         elif "did not find expected key" in problem and _dedented(lines, mark):
             problem += " (a line indented less than the keys above it)"
+        elif "unknown escape character" in problem or "expected hexdecimal" in problem:  # ("C:\Users\me")
+            problem += (" (in double quotes a backslash starts an escape such as \\n: write a path with / or "
+                        "in single quotes)")
         start = e.context_mark
         if with_line and mark is not None and start is not None and start.line < mark.line and "---" not in problem:
             problem += f" (begun on line {start.line + 1})"          # an unclosed [ or quote: where it opened

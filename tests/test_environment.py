@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from e2e_util import make_folder, private_cache, run_cli, write_config  # noqa: F401
 
 
@@ -37,3 +39,20 @@ def test_a_run_folder_name_stdout_cannot_encode_is_escaped_not_a_traceback_after
     assert "Traceback" not in res.stderr
     assert res.stdout.splitlines()[-1] == str(tmp_path / "runs" / "\\u0142ód\\u017a")   # (ó is in cp1252)
     assert (tmp_path / "runs" / "łódź" / "best.npz").is_file()
+
+
+def test_a_windows_path_in_double_quotes_in_a_config_says_how_to_write_it(tmp_path):
+    from cnncli.config import load_config
+    from cnncli.errors import ConfigError
+
+    path = tmp_path / "win.yaml"
+    hint = "(in double quotes a backslash starts an escape such as \\n: write a path with / or in single quotes)"
+    path.write_bytes(b'data:\r\n  train: "C:\\Users\\me\\data"\r\n')      # (\U: a 32-bit escape's start)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}:2: could not parse YAML: did not find expected hexdecimal number while " \
+                             f"parsing a quoted scalar {hint}"
+    path.write_bytes(b'data:\r\n  train: "D:\\data\\cats"\r\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).endswith(f"found unknown escape character while parsing a quoted scalar {hint}")

@@ -56,3 +56,14 @@ def test_a_windows_path_in_double_quotes_in_a_config_says_how_to_write_it(tmp_pa
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(err.value).endswith(f"found unknown escape character while parsing a quoted scalar {hint}")
+
+
+def test_a_relative_windows_path_yaml_read_as_a_newline_says_so(tmp_path):
+    # "sub\new" in double quotes is 'sub', a newline and 'ew': the error line shows it as typed
+    (tmp_path / "sub" / "new").mkdir(parents=True)
+    (tmp_path / "win.yaml").write_bytes(b'data:\r\n  train: "sub\\new"\r\n')
+    res = run_cli(["train", "--config", "win.yaml"], tmp_path, cwd=tmp_path, timeout=120)
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().endswith("does not exist (it holds a newline, shown as \\n: in double quotes YAML "
+                                       "reads a backslash and a letter as one character; write the path with / or "
+                                       "in single quotes)"), res.stderr

@@ -168,7 +168,8 @@ def missing_hint(path: str, root: bool = False) -> str:
 
 def _invisible_hint(path: str) -> str:
     """What an error line cannot show: a space (or non-breaking space) at an end of the path, an accented
-    letter in the other Unicode form than the name on disk, Windows' backslashes ("" otherwise)."""
+    letter in the other Unicode form than the name on disk, a tab or newline (a YAML escape), Windows'
+    backslashes ("" otherwise)."""
     import unicodedata
 
     from .names import printable, utf8_text
@@ -187,6 +188,11 @@ def _invisible_hint(path: str) -> str:
         if other != path and os.path.exists(other):
             return (f" (its accented letters are in another Unicode form than the name on disk, {form}: they look "
                     "alike; copy the path from a file listing or the shell's completion)")
+    control = next((c for c in path if c in "\a\b\t\n\v\f\r"), None)
+    if control is not None:               # ("data\new" in a config's double quotes: a newline)
+        what = {"\t": "a tab", "\n": "a newline", "\r": "a carriage return"}.get(control, "a control character")
+        return (f" (it holds {what}, shown as {repr(control)[1:-1]}: in double quotes YAML reads a backslash and a "
+                "letter as one character; write the path with / or in single quotes)")
     if "\\" in path and os.sep == "/":
         alt = path.replace("\\", "/")
         return " (a Windows path: folders are separated by / here" + (f"; {printable(alt)} exists)"

@@ -67,3 +67,21 @@ def test_a_relative_windows_path_yaml_read_as_a_newline_says_so(tmp_path):
     assert res.stderr.strip().endswith("does not exist (it holds a newline, shown as \\n: in double quotes YAML "
                                        "reads a backslash and a letter as one character; write the path with / or "
                                        "in single quotes)"), res.stderr
+
+
+@pytest.mark.parametrize("variable, value, line", [
+    ("NUMBA_NUM_THREADS", "0", "Error: NUMBA_NUM_THREADS=0: not a number of threads (a whole number, 1 or more): give "
+                               "one, or unset it to use every core"),
+    ("NUMBA_NUM_THREADS", "two", "Error: NUMBA_NUM_THREADS=two: not a number of threads"),
+    ("NUMBA_THREADING_LAYER", "bogus", "Error: NUMBA_THREADING_LAYER=bogus: numba could not start its threads: The "
+                                       "threading layer requested 'bogus' is unknown to Numba; or unset "
+                                       "NUMBA_THREADING_LAYER"),
+])
+def test_a_numba_thread_setting_it_cannot_use_is_one_line_naming_the_variable(tmp_path, monkeypatch, variable, value,
+                                                                               line):
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "run", epochs=1)
+    monkeypatch.setenv(variable, value)
+    res = run_cli(["train", "--config", cfg, "-q", "--no-report"], tmp_path, timeout=600)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith(line), res.stderr

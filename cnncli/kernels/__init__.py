@@ -49,7 +49,8 @@ compiler settings made here before numba is first imported.
 #     faster (docs/performance.md). Without fastmath it cannot change a float result (no
 #     reassociation); tests/test_slp.py checks bitwise that it does not, against a build without it.
 #   * NUMBA_DISABLE_JIT set by the user is refused with one line (a CnnError on import): the
-#     kernels use numba intrinsics (atomics, SIMD vectors) that have no pure-Python form.
+#     kernels use numba intrinsics (atomics, SIMD vectors) that have no pure-Python form. So is a
+#     NUMBA_NUM_THREADS that is not a whole number >= 1 (numba's import fails, or warns, on it).
 
 import os
 
@@ -60,12 +61,17 @@ os.environ.setdefault("NUMBA_SLP_VECTORIZE", "1")
 if "NUMBA_NUM_THREADS" not in os.environ and (_usable := usable_cores()) < affinity_cores():
     os.environ["NUMBA_NUM_THREADS"] = str(_usable)
 
+from ..errors import CnnError  # noqa: E402
+
+_GIVEN_THREADS = os.environ.get("NUMBA_NUM_THREADS", "").strip()
+if _GIVEN_THREADS and not (_GIVEN_THREADS.isdigit() and int(_GIVEN_THREADS) >= 1):   # (numba: a traceback)
+    raise CnnError(f"NUMBA_NUM_THREADS={_GIVEN_THREADS}: not a number of threads (a whole number, 1 or more): give "
+                   "one, or unset it to use every core")
+
 from . import cachestamp  # noqa: E402  (numba imported only now, after the settings above)
 from numba.core import config as _numba_config  # noqa: E402
 
 if _numba_config.DISABLE_JIT:  # (the kernels' intrinsics cannot run as Python: a traceback mid-step)
-    from ..errors import CnnError
-
     raise CnnError(f"NUMBA_DISABLE_JIT={os.environ.get('NUMBA_DISABLE_JIT', '')} is set: cnn's kernels run only "
                    "compiled (they use numba intrinsics that have no Python form): unset it")
 

@@ -35,7 +35,16 @@ def set_threads(threads: int) -> int:
     import numba
 
     n = min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(n)
+    try:
+        numba.set_num_threads(n)
+    except ValueError as err:       # (NUMBA_THREADING_LAYER=tbb on a machine without TBB)
+        if "threading layer" not in str(err):
+            raise
+        from ..errors import CnnError
+
+        layer = os.environ.get("NUMBA_THREADING_LAYER", "default")
+        raise CnnError(f"NUMBA_THREADING_LAYER={layer}: numba could not start its threads: "
+                       f"{' '.join(str(err).split()).rstrip('.')}; or unset NUMBA_THREADING_LAYER") from None
     blas = threads_api()
     if blas is not None:
         blas[1](n)

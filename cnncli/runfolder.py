@@ -57,10 +57,14 @@ def refuse_a_file(out, what: str = "`out`") -> None:
 
 
 def refuse_unfit(out, data: dict, what: str = "`out`") -> None:
-    """CnnError when `out` cannot be a new run folder (named by `what`): a file (refuse_a_file), or a
-    folder inside a data folder of the config's data section (data.train, data.val, data.test), whose
-    run files would read as a class folder of that data (a hidden one, data/.runs/x, is never read)."""
+    """CnnError when `out` cannot be a new run folder (named by `what`): a file (refuse_a_file), a path
+    with Windows' backslashes (ConfigError), or a folder inside a data folder of the config's data section
+    (data.train, data.val, data.test), whose run files would read as a class folder of that data (a hidden
+    one, data/.runs/x, is never read)."""
     refuse_a_file(out, what)
+    if "\\" in os.fspath(out) and os.sep == "/":        # (out: runs\demo in a config written on Windows)
+        raise ConfigError(printable(f"{out}: a Windows path: folders are separated by / here (no run folder is "
+                                    f"named with a backslash); write {what} with /"))
     here = Path(out).resolve()
     for key in ("train", "val", "test"):
         folder = data.get(key)

@@ -85,3 +85,14 @@ def test_a_numba_thread_setting_it_cannot_use_is_one_line_naming_the_variable(tm
     res = run_cli(["train", "--config", cfg, "-q", "--no-report"], tmp_path, timeout=600)
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith(line), res.stderr
+
+
+def test_a_windows_out_path_is_refused_not_made_as_one_folder_named_with_a_backslash(tmp_path):
+    # out: runs\demo from a config written on Windows made the folder 'runs\demo' beside runs/
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    (tmp_path / "win.yaml").write_bytes(f"data:\r\n  train: {data}\r\nout: runs\\demo\r\n".encode())
+    res = run_cli(["train", "--config", "win.yaml", "-q", "--no-report"], tmp_path, cwd=tmp_path, timeout=600)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == ("Error: runs\\demo: a Windows path: folders are separated by / here (no run folder "
+                                  "is named with a backslash); write `out` with /")
+    assert not (tmp_path / "runs\\demo").exists()

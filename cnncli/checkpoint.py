@@ -120,7 +120,9 @@ def _open(path: str, max_bytes):
     """(the open zip, its validated members): every problem a one-line CheckpointError."""
     if not os.path.exists(path):
         what = "file" if str(path).lower().endswith(".npz") else "file or run folder"
-        raise CheckpointError(f"{path}: no such checkpoint {what}")
+        from cnncli.data.reasons import missing_hint     # (a quoted ~, Windows' backslashes, ...)
+
+        raise CheckpointError(f"{path}: no such checkpoint {what}{missing_hint(os.fspath(path))}")
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     try:

@@ -93,7 +93,12 @@ def mistyped_model(path) -> str | None:
     close = [by_lower[m] for m in difflib.get_close_matches(p.name.lower(), list(by_lower), n=1, cutoff=0.6)]
     if not (npz_like or in_run or close):
         return None
-    hint = f" (did you mean {parent / close[0]}?)" if close else ""
+    if close:
+        hint = f" (did you mean {parent / close[0]}?)"
+    else:
+        from cnncli.data.reasons import missing_hint    # (Windows' backslashes: runs\demo\best.npz)
+
+        hint = missing_hint(os.fspath(path))
     what = "ONNX model file" if onnx else "checkpoint or run folder"
     return printable(f"{path}: no such {what}{hint}").replace("\n", "\\n")
 

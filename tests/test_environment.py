@@ -96,3 +96,15 @@ def test_a_windows_out_path_is_refused_not_made_as_one_folder_named_with_a_backs
     assert res.stderr.strip() == ("Error: runs\\demo: a Windows path: folders are separated by / here (no run folder "
                                   "is named with a backslash); write `out` with /")
     assert not (tmp_path / "runs\\demo").exists()
+
+
+def test_a_checkpoint_given_as_a_windows_path_names_the_path_with_slashes(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "runs" / "demo", epochs=1)
+    assert run_cli(["train", "--config", cfg, "-q", "--no-report"], tmp_path, timeout=600).returncode == 0
+    hint = "(a Windows path: folders are separated by / here; runs/demo{} exists)"
+    for args, end in ((["eval", "runs\\demo"], ""), (["train", "--resume", "runs\\demo"], ""),
+                      (["predict", "runs\\demo\\best.npz", data], "/best.npz")):
+        res = run_cli(args, tmp_path, cwd=tmp_path, timeout=120)
+        assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.strip().splitlines()[-1].endswith(hint.format(end)), (args, res.stderr)

@@ -1,6 +1,9 @@
-"""The environment a user's shell sets around `cnn`: variables that numba and the terminal read."""
+"""The environment around `cnn`: variables numba and the terminal read, configs and paths written on Windows,
+and a second process at a run's folder."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -108,3 +111,25 @@ def test_a_checkpoint_given_as_a_windows_path_names_the_path_with_slashes(tmp_pa
         res = run_cli(args, tmp_path, cwd=tmp_path, timeout=120)
         assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
         assert res.stderr.strip().splitlines()[-1].endswith(hint.format(end)), (args, res.stderr)
+
+
+def test_a_resume_while_the_first_run_still_starts_says_so_not_that_it_stopped(tmp_path):
+    # the first run holds its folder from its creation; before its first save (decoding, compiling)
+    # a resume said "its run stopped before its first save ... start it again"
+    from cnncli import runlock
+
+    run = tmp_path / "runs" / "demo"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("data:\n  train: data\n")
+    (run / ".claimed").write_text("")
+    runlock.hold(run)
+    try:
+        for args in (["train", "--resume", run], ["eval", run]):
+            res = run_cli(args, tmp_path, timeout=120)
+            assert res.returncode == 1, res.stderr
+            assert res.stderr.strip().splitlines()[-1] == (
+                f"Error: {run}: run folder has no {'last.npz' if args[0] == 'train' else 'best.npz or last.npz'} "
+                f"yet: another cnn process (pid {os.getpid()}) is starting this run now (it saves after its first "
+                "steps)"), res.stderr
+    finally:
+        runlock.let_go(run)

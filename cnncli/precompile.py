@@ -275,10 +275,15 @@ def start(batchnorm: str, optimizer: str = "adam", dtype=np.float32, workers=Non
         long = "; with batch norm it takes minutes" if batchnorm != "none" else ""   # (its one-call step: ~2 min)
         say(f"Compiling {n} numba kernel{'' if n == 1 else 's'} for this CPU{where} (first run only, and of each BN "
             f"variant, optimizer and dtype; later runs load them from numba's cache{long}) ...")
+        from numba.core import config as numba_config
+
         from .kernels import cachestamp
 
         if cachestamp.fallback_note():        # (the cache is not where the user asked, or in the temp folder)
             say(cachestamp.fallback_note())
+        if numba_config.OPT < 3:              # (NUMBA_OPT=0: the demo's epochs ran ~20x slower, unsaid)
+            say(f"note: NUMBA_OPT={os.environ.get('NUMBA_OPT', '')} compiles these kernels with less optimization "
+                "than numba's default 3: training runs several times slower (about 20x at 0); unset it")
     return job
 
 

@@ -4,6 +4,8 @@ and a second process at a run's folder."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -146,3 +148,22 @@ def test_numba_opt_below_its_default_is_said_with_the_compile_line_not_a_silent_
     assert res.returncode == 0, res.stderr
     assert ("note: NUMBA_OPT=0 compiles these kernels with less optimization than numba's default 3: training runs "
             "several times slower (about 20x at 0); unset it") in res.stderr.splitlines(), res.stderr
+
+
+_STAMP = """
+import inspect
+from cnncli.kernels import activation, cachestamp
+fn = activation.elu_forward_into.py_func
+print(cachestamp.PackageStampLocator.from_function(fn, inspect.getfile(fn)).get_source_stamp())
+"""
+
+
+def test_kernels_numba_opt_0_compiled_are_not_the_cache_entries_of_a_default_run(tmp_path):
+    # a default run after one under NUMBA_OPT=0 loaded its unoptimized kernels from the cache (its epochs
+    # ran at 17,000-21,000 img/s for 28,000-31,000)
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_OPT"}
+    stamps = [subprocess.run([sys.executable, "-c", _STAMP], env={**env, **extra}, capture_output=True, text=True,
+                             timeout=120) for extra in ({}, {"NUMBA_OPT": "0"}, {"NUMBA_OPT": "3"})]
+    assert all(s.returncode == 0 for s in stamps), [s.stderr for s in stamps]
+    default, opt0, opt3 = (s.stdout for s in stamps)
+    assert default == opt3 and opt0 != default

@@ -22,6 +22,7 @@ import stat
 import tempfile
 
 from numba.core import caching
+from numba.core import config as numba_config
 
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the cnncli folder
 # a line that decorates a function numba compiles (the files holding one are numba's sources)
@@ -67,7 +68,8 @@ def _package_stamp() -> str:
 class PackageStampLocator(caching._CacheLocator):
     """numba's own locator for a cnncli function (the first that accepts it), with the package's
     fingerprint added to its source stamp: any numba file's change makes every cached kernel of
-    the package stale, so numba compiles it again and overwrites the entry."""
+    the package stale, so numba compiles it again and overwrites the entry. So does a NUMBA_OPT other
+    than numba's default 3, in both directions."""
 
     def __init__(self, inner):
         self._inner = inner
@@ -83,7 +85,9 @@ class PackageStampLocator(caching._CacheLocator):
         return self._inner.get_disambiguator()
 
     def get_source_stamp(self):
-        return ("cnncli", _package_stamp(), self._inner.get_source_stamp())
+        stamp = ("cnncli", _package_stamp(), self._inner.get_source_stamp())
+        opt = str(numba_config.OPT)          # (kernels NUMBA_OPT=0 compiled are not loaded by a default run)
+        return stamp if opt == "3" else stamp + (f"NUMBA_OPT={opt}",)
 
     @classmethod
     def from_function(cls, py_func, py_file):

@@ -270,7 +270,7 @@ def read_config_file(path) -> str:
     if raw[:4] == b"PK\x03\x04":                        # a zip: a .npz checkpoint given as the config
         raise ConfigError(f"{path}: is a checkpoint (a .npz archive), not a YAML config: --resume continues its "
                           "run, --init-from starts a new run from its weights")
-    from cnncli.data.csvindex import utf16_encoding
+    from cnncli.data.pathlines import utf16_encoding
 
     if utf16_encoding(raw) in ("utf-16-le", "utf-16-be"):        # (YAML said: character '\x00' is not allowed)
         raise ConfigError(f"{path}: looks like UTF-16 text without its byte-order mark; save it as UTF-8")

@@ -23,7 +23,8 @@ def gather_paths(paths, ignored=None):
     that lists no images, is a failure, not an error. With `ignored` (a Counter), the folders' files
     of other extensions are counted there."""
     from .data import PathList, list_images_and_bad, printable
-    from .data.csvindex import is_labels_file, list_csv_paths, stdin_paths
+    from .data.csvindex import is_labels_file, list_csv_paths
+    from .data.pathlines import stdin_paths
     from .data.reasons import image_in, missing_hint
 
     files, failures = PathList(), []                 # compact: a million paths take ~30 MB

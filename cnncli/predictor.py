@@ -34,16 +34,11 @@ def run_checkpoint(path, names=("last.npz",)) -> Path:
             hint = " (it holds folders, no run's files: a data folder? give a run folder or a .npz file)"
         elif not hint and (p / "config.yaml").is_file() and not any((p / n).is_file() for n in BEST_FIRST):
             from cnncli.runfolder import read_diverged
-            from cnncli.runlock import training_now
+            from cnncli.runlock import holder, training_now
 
             if training_now(p):                  # (its first run still decodes or compiles: no save yet)
-                try:
-                    pid = (p / ".claimed").read_text(encoding="utf-8").strip()
-                except (OSError, UnicodeDecodeError):
-                    pid = ""
-                who = f"another cnn process (pid {pid})" if pid.isdigit() else "another cnn process"
-                raise CheckpointError(f"{p}: run folder has no {' or '.join(names)} yet: {who} is starting this "
-                                      "run now (it saves after its first steps)")
+                raise CheckpointError(f"{p}: run folder has no {' or '.join(names)} yet: {holder(p)} is starting "
+                                      "this run now (it saves after its first steps)")
 
             diverged = (read_diverged(p) or "").split(";")[0]   # (the run's loss became non-finite, and where)
             hint = (f": its run diverged before its first save ({diverged}); start it again at a lower optim.lr: "

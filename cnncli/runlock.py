@@ -81,7 +81,7 @@ def hold(folder: Path) -> None:
         f.seek(0)
         pid = f.read().strip()
         f.close()
-        who = f"another cnn process (pid {pid})" if pid.isdigit() else "another cnn process"
+        who = _holder_text(pid)
         how = f"Ctrl-C in its terminal, or kill -TERM {pid}: it saves" if pid.isdigit() else "Ctrl-C saves"
         raise CnnError(f"{printable(str(folder))}: {who} is training this run now; let it finish, or stop it "
                        f"({how}) and resume then") from None
@@ -93,6 +93,20 @@ def hold(folder: Path) -> None:
     with contextlib.suppress(OSError):         # (a full disk: the lock holds all the same; the pid only
         os.write(f.fileno(), f"{os.getpid()}\n".encode())    # names the holder, and the run's next write
     _HELD[key] = f                                           # says what is wrong, naming its file)
+
+
+def _holder_text(pid: str) -> str:
+    """'another cnn process (pid N)' of the pid a .claimed file holds ('another cnn process' without one)."""
+    return f"another cnn process (pid {pid})" if pid.isdigit() else "another cnn process"
+
+
+def holder(folder: Path) -> str:
+    """_holder_text of the process the run folder's .claimed names (the one that holds or last held it)."""
+    try:
+        pid = (Path(folder) / ".claimed").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        pid = ""
+    return _holder_text(pid)
 
 
 def training_now(folder: Path) -> bool:

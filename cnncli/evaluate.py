@@ -256,9 +256,10 @@ def evaluate_predictor(predictor, data_dir, batch_size=256, top_k=None, cache=Tr
     )
     check_classes(predictor.classes, dataset.classes, data_dir)
     if len(dataset.labels) == 0:
-        why = "; ".join(f"{p}: {w}" for p, w in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+        from .data.reasons import unreadable_text
+
         raise DataError(f"{data_dir}: no readable images to evaluate"
-                        + (f": {len(skipped)} unreadable file(s) ({why})" if skipped else ""))
+                        + (f": {unreadable_text(skipped)}" if skipped else ""))
     return evaluate_found(predictor, (dataset, list(skipped), str(data_dir), []), batch_size=batch_size, top_k=top_k)
 
 

@@ -19,6 +19,7 @@ from . import decodemany
 from .pathlist import PathList
 from .csvindex import CsvIndex, is_labels_file
 from .names import printable
+from .reasons import unreadable_text
 from .scan import Index
 
 
@@ -123,10 +124,9 @@ def load_folder(root, image_size: int = 32, resize: str = "pad", classes=None, s
     empty = [printable(ix.classes[i]) for i in range(len(ix.classes)) if counts[i] == 0]
     if empty and not missing_ok:
         theirs = [(printable(ix.rels[i]), why) for i, why in bad if counts[ix.labels[i]] == 0]
-        why = "; ".join(f"{p}: {w}" for p, w in theirs[:3]) + ("; ..." if len(theirs) > 3 else "")
         whose = "in class folder(s)" if ix.what == "data folder" else "of"
         raise DataError(f"{ix.what} {printable(root)}: no usable images {whose} {', '.join(empty)}: "
-                        f"{len(theirs)} unreadable file(s) ({why})")
+                        f"{unreadable_text(theirs)}")
     ix.rels.prefix = prefix                           # the Index is done with: its names become the paths
     paths = ix.rels if keep.all() else ix.rels.take(np.flatnonzero(keep))
     notes = ix.notes() + _lost_note(ix.labels, keep, ix.classes) + pixel_notes(images, paths)

@@ -139,6 +139,13 @@ def _size(path: str) -> str:
         return "size unknown"
 
 
+def unreadable_text(files, shown: int = 3) -> str:
+    """'N unreadable file(s) (a.png: why; b.png: why; c.png: why; ...)' of files [(path, reason)]: the
+    first `shown` with their reasons, for an error line whose data kept no image."""
+    why = "; ".join(f"{p}: {w}" for p, w in files[:shown]) + ("; ..." if len(files) > shown else "")
+    return f"{len(files)} unreadable file(s) ({why})"
+
+
 def missing_hint(path: str, root: bool = False) -> str:
     """Why a path typed on the command line may name nothing, when the path shows it: empty, a URL,
     or a ~ or wildcard pattern that was quoted, so no shell expanded it ("" otherwise). root: the

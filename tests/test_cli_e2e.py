@@ -546,7 +546,12 @@ def test_eval_of_a_folder_with_some_of_the_classes_labels_them_by_name(trained, 
     res = invoke(["eval", "--checkpoint", run, "--data", part])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert f"class folder(s) cat not among the expected classes ({', '.join(SHAPES)})" in res.stderr
-    shutil.move(part / "cat", part / SHAPES[1].upper())      # a class's name in other case: said so
+    shutil.move(part / "cat", part / SHAPES[1].upper())      # a class's name in other case, beside it: said so
+    res = invoke(["eval", "--checkpoint", run, "--data", part])
+    assert res.exit_code == 1 and res.stderr.rstrip().endswith(
+        f"; {SHAPES[1].upper()} beside {SHAPES[1]}: class names match exactly, case too, so {SHAPES[1].upper()} is "
+        f"no class: move its images into {SHAPES[1]} or out of the data folder"), res.stderr
+    shutil.move(part / SHAPES[1], part / "elsewhere")          # without the class's own folder: rename it
     res = invoke(["eval", "--checkpoint", run, "--data", part])
     assert res.exit_code == 1 and res.stderr.rstrip().endswith(
         f"; {SHAPES[1].upper()} for {SHAPES[1]}: class names match exactly, case too: rename the folder"), res.stderr

@@ -710,6 +710,18 @@ def test_a_class_folder_given_for_the_data_folder_says_so_when_it_has_a_subfolde
     assert _error(root / "cat", classes=["cat", "dog"]).endswith("(missing cat, dog; extra more)" + hint)
 
 
+def test_a_class_folder_in_other_case_beside_the_class_folder_is_not_told_to_be_renamed(tmp_path):
+    # eval --data with cat/ and Cat/: renaming Cat to cat is no way out; the hint says which one is no class
+    root = make_folder(tmp_path / "d", classes=("cat", "Cat", "dog"))
+    beside = "; Cat beside cat: class names match exactly, case too, so Cat is no class: move its images into cat " \
+             "or out of the data folder"
+    assert _error(root, classes=["cat", "dog"], missing_ok=True).endswith("(cat, dog)" + beside)
+    assert _error(root, classes=["cat", "dog"]).endswith("(extra Cat)" + beside)
+    os.rename(root / "cat", root / "kitten")        # without cat/, renaming Cat is the way
+    assert _error(root, classes=["cat", "dog"], missing_ok=True).endswith(
+        "; Cat for cat: class names match exactly, case too: rename the folder")
+
+
 def test_a_run_folder_given_for_the_data_folder_says_so(tmp_path):
     # (cnn eval RUN --data RUN, data.train=RUN: 'class folder(s) report not among the expected classes')
     run = tmp_path / "run"

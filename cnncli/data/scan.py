@@ -170,30 +170,42 @@ def _match_classes(root: str, found: list, classes, missing_ok: bool) -> tuple[l
     wanted = {form(c) for c in classes}
     missing = [] if missing_ok else sorted(c for c in classes if form(c) not in folder)
     extra = sorted(f for f in found if form(f) not in wanted)
+    present = {c for c in classes if form(c) in folder}
     if missing_ok and extra:                           # (Cat for cat: the names the folder may use)
         raise DataError(f"data folder {printable(root)}: class folder(s) {shown_classes(extra)}"
                         f"{f' ({len(extra)} in all)' if len(extra) > 20 else ''} not among the expected classes "
-                        f"({shown_classes(classes)}){_case_hint(extra, classes) or _loose_hint(root)}")
+                        f"({shown_classes(classes)}){_case_hint(extra, classes, present) or _loose_hint(root)}")
     if missing or extra:
         parts = []
         if missing:
             parts.append(f"missing {shown_classes(missing)}")
         if extra:
             parts.append(f"extra {shown_classes(extra)}")
+        hint = (_case_hint(extra, classes, present) or _loose_hint(root)) if extra else ""
         raise DataError(f"data folder {printable(root)}: classes do not match the expected ones "
-                        f"({'; '.join(parts)}){(_case_hint(extra, classes) or _loose_hint(root)) if extra else ''}")
+                        f"({'; '.join(parts)}){hint}")
     return classes, [folder.get(form(c)) for c in classes]
 
 
-def _case_hint(extra: list, classes: list) -> str:
+def _case_hint(extra: list, classes: list, present=()) -> str:
     """For class folders no class matches: when one is a class's name in other case (Circle for
-    circle), a hint naming both (names are matched exactly: Cat and cat can be two classes)."""
+    circle), a hint naming both (names are matched exactly: Cat and cat can be two classes): rename
+    it, or, when the class's own folder is there too (`present`), move its images."""
     by_case = {c.casefold(): c for c in classes}
     pairs = [(f, by_case[f.casefold()]) for f in extra if f.casefold() in by_case]
-    if not pairs:
-        return ""
-    shown = ", ".join(f"{printable(f)} for {printable(c)}" for f, c in pairs[:3])
-    return f"; {shown}: class names match exactly, case too: rename the folder{'s' if len(pairs) > 1 else ''}"
+    hints = []
+    rename = [(f, c) for f, c in pairs if c not in present]
+    if rename:
+        shown = ", ".join(f"{printable(f)} for {printable(c)}" for f, c in rename[:3])
+        hints.append(f"{shown}: class names match exactly, case too: rename the folder{'s' if len(rename) > 1 else ''}")
+    beside = [(f, c) for f, c in pairs if c in present]
+    if beside:
+        shown = ", ".join(f"{printable(f)} beside {printable(c)}" for f, c in beside[:3])
+        hints.append(f"{shown}: class names match exactly, case too, so "
+                     + (f"{printable(beside[0][0])} is no class: move its images into {printable(beside[0][1])}"
+                        if len(beside) == 1 else "those folders are no classes: move their images into the "
+                        "class's folder") + " or out of the data folder")
+    return "".join(f"; {h}" for h in hints)
 
 
 def _only_in_subfolders(rels: list) -> list:

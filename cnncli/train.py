@@ -59,6 +59,14 @@ def _test_best(run_dir: Path, cfg: dict, echo) -> None:
         evaluate_test_data(run_dir, cfg, echo)
 
 
+def _lone_test_note(resume, test) -> str:
+    """The line for a finished run's checkpoint resumed outside its run folder with data.test set:
+    nothing is trained, so no run folder is made to hold test_metrics.json, and the test is not run."""
+    ck, test = runfolder.printable(str(resume)), runfolder.printable(str(test))
+    return (f"note: data.test is not tested: {ck} lies outside its run folder and nothing is trained, so no run "
+            f"folder holds the result; cnn eval --checkpoint {ck} --data {test} tests it")
+
+
 @contextlib.contextmanager
 def _before_first_step(run_dir, new: bool, resume=None):
     """From the network's set-up to the first step: a stop gives the set-up's line, and a new run's
@@ -163,6 +171,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                         _test_best(done.run_dir, cfg, echo)
                     finally:
                         runlock.let_go(done.run_dir)
+                elif done.run_dir is None and cfg["data"]["test"]:
+                    echo(_lone_test_note(resume, cfg["data"]["test"]))
             return done.run_dir
         except BaseException:
             runlock.release_all()             # (a resume's folder, held before its data was read, stays;

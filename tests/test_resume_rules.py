@@ -535,9 +535,14 @@ def test_a_finished_runs_checkpoint_copied_out_of_its_run_is_no_error_after_noth
     assert "Nothing to do" not in res.output and os.listdir(models) == ["model.npz"]
     res = invoke("train", "--resume", models / "model.npz", "--set", f"data.test={data}", "--out",
                  tmp_path / "new", "-q")
+    ck = models / "model.npz"       # (the test is not run, and one line says why and what runs it)
     assert res.exit_code == 0 and res.output == "Nothing to do: the run already completed 1 epoch(s) (raise " \
-                                                "train.epochs to continue).\n", res.output
+        f"train.epochs to continue).\nnote: data.test is not tested: {ck} lies outside its run folder and nothing " \
+        f"is trained, so no run folder holds the result; cnn eval --checkpoint {ck} --data {data} tests it\n", \
+        res.output
     assert os.listdir(models) == ["model.npz"] and not (tmp_path / "new").exists()
+    res = invoke("eval", "--checkpoint", ck, "--data", data)
+    assert res.exit_code == 0 and "accuracy" in res.output, res.output
 
 
 def test_the_out_refusal_of_a_finished_runs_lone_checkpoint_says_that_out_alone_trains_nothing(data, run1, tmp_path):

@@ -210,6 +210,7 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
     --data data/demo/test`)."""
     from cnncli.evaluate import evaluate, notice_lines
     from cnncli.metrics_text import below_threshold, format_metrics
+    from cnncli.textwidth import terminal_columns
 
     if metric is not None and fail_under is None:          # (a gate without its threshold checks nothing)
         raise click.BadParameter("chooses what --fail-under checks; add --fail-under X", param_hint="--metric")
@@ -224,7 +225,7 @@ def eval_cmd(checkpoint, data_dir, batch_size, top_k, as_json, fail_under, metri
     if top_k is not None and metrics["top_k"] < top_k:
         click.echo(f"note: --top-k {top_k} is more than the model's {metrics['top_k']} classes: top-{metrics['top_k']} "
                    "accuracy is shown", err=True)
-    click.echo(json_text(metrics) if as_json else printable(format_metrics(metrics)))
+    click.echo(json_text(metrics) if as_json else printable(format_metrics(metrics, terminal_columns())))
     if fail_under is not None and (problem := below_threshold(metrics, metric, fail_under)):
         raise CnnError(problem)
 

@@ -295,12 +295,13 @@ def runs(folders, sort_by, as_json):
     the test accuracy (test_metrics.json's) and the checkpoint its weights started from. Runs nothing;
     numba is not loaded."""
     from cnncli.runs import describe_run, find_runs, format_runs, sort_rows
+    from cnncli.textwidth import terminal_columns
 
     rows = sort_rows([describe_run(r) for r in find_runs(folders or ("runs",))], sort_by)
     if as_json:
         echo_json_list(rows)
     else:
-        click.echo(format_runs(rows))
+        click.echo(format_runs(rows, terminal_columns()))
 
 
 COMMANDS = (gradcheck, bench, lr_find, cv, info, runs, augment_preview, demo, warmup, cache)

@@ -10,6 +10,7 @@ import datetime
 import math
 import os
 import re
+import textwrap
 from pathlib import Path
 
 from cnncli import checkpoint, textwidth
@@ -185,39 +186,74 @@ def _optim_text(r: dict) -> str:
     return f"{r['optimizer'] or '-'} {r['lr']:g}" if r["lr"] is not None else (r["optimizer"] or "-")
 
 
-def format_runs(rows: list) -> str:
-    """The table `cnn runs` prints."""
+def format_runs(rows: list, columns: int | None = None) -> str:
+    """The table `cnn runs` prints; when a row is wider than `columns` (textwidth.terminal_columns),
+    each run as its name and its values, labelled, on lines of at most `columns` instead."""
     if not rows:
         return "no run folders found"
     optims = [_optim_text(r) for r in rows if "error" not in r]
     wide = max([13, *map(len, optims)])              # (momentum 0.0067 pushed the later columns out of line)
     head = f"{'run':32s} {'classes':>7s} {'bn':7s} {'optim':{wide}s} {'epochs':>9s} {'best':>4s} " \
            f"{'val loss':>9s} {'val acc':>7s} {'test acc':>8s}  started from"
-    lines = [head]
-    for r in rows:
-        name = printable(r["run"])
-        if "error" in r:
-            what = "" if r.get("no_checkpoint") else "unreadable: "
-            lines.append(f"{textwidth.ljust(name, 32)} {what}{printable(r['error'])}")
-            continue
-        done = "-" if r["epochs"] is None else str(r["epochs"])
-        total = f"/{r['epochs_total']}" if r["epochs_total"] is not None else ""
-        epochs = done + total + ("*" if r["stopped_early"] else "") + ("!" if r["diverged"] else "") + (
-            "~" if r.get("status") == "training" else "")
-        optim = _optim_text(r)
-        loss = loss_text(r["val_loss"]) if r["val_loss"] is not None else "-"
-        acc = f"{r['val_acc']:.2%}" if r["val_acc"] is not None else "-"
-        test = f"{r['test_acc']:.2%}" if r.get("test_acc") is not None else "-"
-        start = r.get("resumed_from") or r["init_from"]       # (this folder's first weights)
-        start = printable(start) if isinstance(start, str) else "-"
-        lines.append(f"{textwidth.ljust(name, 32)} {str(r['classes'] or '-'):>7s} {r['batchnorm'] or '-':7s} "
-                     f"{optim:{wide}s} {epochs:>9s} {str(r['best_epoch'] or '-'):>4s} {loss:>9s} {acc:>7s} {test:>8s}  "
-                     f"{start}")
+    table = [_run_cells(r) for r in rows]
+    lines = [head] + [_table_row(cells, wide) for cells in table]
+    if columns and max(map(textwidth.width, lines)) > columns:
+        lines = [line for cells in table for line in _run_lines(cells, columns)]
+    notes = []
     if any(r.get("status") == "training" for r in rows):
-        lines.append("~ training now (a cnn process holds the folder)")
+        notes.append("~ training now (a cnn process holds the folder)")
     if any(r.get("stopped_early") for r in rows):
-        lines.append("* stopped early")
+        notes.append("* stopped early")
     if any(r.get("diverged") and "error" not in r for r in rows):
-        lines.append("! diverged: its loss or gradients became non-finite (diverged.txt in the run folder); "
+        notes.append("! diverged: its loss or gradients became non-finite (diverged.txt in the run folder); "
                      "the checkpoint holds its last good state")
-    return "\n".join(lines)
+    if columns:                                      # (wrapped at a word, as the rows are)
+        notes = [part for note in notes for part in textwrap.wrap(note, columns, subsequent_indent="  ")]
+    return "\n".join(lines + notes)
+
+
+RUN_FIELDS = ("classes", "bn", "optim", "epochs", "best", "val loss", "val acc", "test acc", "started from")
+
+
+def _run_cells(r: dict) -> tuple:
+    """(run name, error or None, the RUN_FIELDS values as text) of a row of cnn runs."""
+    name = printable(r["run"])
+    if "error" in r:
+        return name, ("" if r.get("no_checkpoint") else "unreadable: ") + printable(r["error"]), ()
+    done = "-" if r["epochs"] is None else str(r["epochs"])
+    total = f"/{r['epochs_total']}" if r["epochs_total"] is not None else ""
+    epochs = done + total + ("*" if r["stopped_early"] else "") + ("!" if r["diverged"] else "") + (
+        "~" if r.get("status") == "training" else "")
+    loss = loss_text(r["val_loss"]) if r["val_loss"] is not None else "-"
+    acc = f"{r['val_acc']:.2%}" if r["val_acc"] is not None else "-"
+    test = f"{r['test_acc']:.2%}" if r.get("test_acc") is not None else "-"
+    start = r.get("resumed_from") or r["init_from"]       # (this folder's first weights)
+    start = printable(start) if isinstance(start, str) else "-"
+    return name, None, (str(r["classes"] or "-"), r["batchnorm"] or "-", _optim_text(r), epochs,
+                        str(r["best_epoch"] or "-"), loss, acc, test, start)
+
+
+def _table_row(cells: tuple, wide: int) -> str:
+    # one line of the table: the run's name, then its values under the heads (or its error)
+    name, error, v = cells
+    if error is not None:
+        return f"{textwidth.ljust(name, 32)} {error}"
+    return f"{textwidth.ljust(name, 32)} {v[0]:>7s} {v[1]:7s} {v[2]:{wide}s} {v[3]:>9s} {v[4]:>4s} {v[5]:>9s} " \
+           f"{v[6]:>7s} {v[7]:>8s}  {v[8]}"
+
+
+def _run_lines(cells: tuple, columns: int) -> list[str]:
+    """A run for a narrow terminal: its name, then 'field value' pairs indented, as many to a line as
+    fit in `columns` (a pair wider than that on a line of its own), or its error wrapped at words."""
+    name, error, values = cells
+    if error is not None:
+        return [name] + textwrap.wrap(error, columns, initial_indent="  ", subsequent_indent="  ",
+                                      break_long_words=False, break_on_hyphens=False)
+    pairs = [f"{k} {v}" for k, v in zip(RUN_FIELDS, values)]
+    lines = [name, "  " + pairs[0]]
+    for pair in pairs[1:]:
+        if textwidth.width(lines[-1]) + 2 + textwidth.width(pair) <= columns:
+            lines[-1] += ", " + pair
+        else:
+            lines.append("  " + pair)
+    return lines

@@ -1,11 +1,14 @@
 """How many terminal columns a text takes, and padding or cutting by columns rather than characters,
 so the tables of `cnn eval` and `cnn runs` stay aligned for class and run names in any
-script (a CJK character takes two columns, a combining accent none). Not a full terminal model: tabs,
+script (a CJK character takes two columns, a combining accent none); and how many columns they have
+($COLUMNS, else the terminal's width). Not a full terminal model: tabs,
 emoji joined by zero-width joiners and ambiguous-width characters are measured character by character.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import unicodedata
 
 
@@ -47,3 +50,17 @@ def ljust(text: str, columns: int) -> str:
 def rjust(text: str, columns: int) -> str:
     """`text` padded with spaces on the left to `columns` columns."""
     return " " * max(0, columns - width(text)) + text
+
+
+def terminal_columns() -> int | None:
+    """The columns a table should fit: $COLUMNS when it is a positive number, else the terminal's
+    width when stdout is one, else None (a pipe or a file gets the tables at their full width)."""
+    value = os.environ.get("COLUMNS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    try:
+        if sys.stdout.isatty():
+            return os.get_terminal_size(sys.stdout.fileno()).columns or None
+    except (OSError, ValueError, AttributeError):          # (no real stdout: replaced, closed)
+        pass
+    return None

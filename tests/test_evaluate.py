@@ -456,3 +456,20 @@ def test_eval_strict_refuses_unreadable_images_a_plain_eval_skips(tmp_path):
     strict = CliRunner().invoke(cli, [*args, "--strict"])
     assert strict.exit_code == 1 and strict.stdout == "" and "2 unusable file(s) or folder(s) (strict mode)" in \
         strict.stderr, strict.output
+
+
+def test_the_tables_narrow_to_the_columns_given_and_keep_every_number():
+    # (COLUMNS=40: the per-class table was 66 columns wide with long names, the matrix 60)
+    rng = np.random.default_rng(5)
+    classes = ["a_really_long_folder_name_for_a_class", "dog", "photos_of_category_number_A", "eel", "fox"]
+    m = compute_metrics(rng.random((50, 5)), rng.integers(0, 5, 50), classes)
+    wide = format_metrics(m).splitlines()
+    assert format_metrics(m, None).splitlines() == wide and max(map(len, wide)) > 60
+    for columns in (40, 50, 60):
+        lines = format_metrics(m, columns).splitlines()
+        at = lines.index("") + 1                         # the tables, after the summary's lines
+        assert all(len(line) <= columns for line in lines[at:]), (columns, lines)
+        rows = [line.split()[-4:] for line in lines[at + 1:at + 6]]
+        assert rows == [[f"{m['per_class'][c][k]:.4f}" for k in ("precision", "recall", "f1")]
+                        + [str(m["per_class"][c]["support"])] for c in classes]
+        assert [[int(v) for v in line.split()[-5:]] for line in lines[-5:]] == m["confusion"]

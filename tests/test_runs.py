@@ -272,3 +272,32 @@ def test_links_back_up_in_runs_are_read_once(tmp_path, monkeypatch):
     assert len(looked) == 27                              # runs, real and the 25 folders: each once
     os.symlink("real", runs / "z_latest")                 # (a 'latest' link does not hide the real folder's name)
     assert runs_mod.find_runs([runs]) == [runs / "real"] == runs_mod.find_runs([runs, runs / "real"])
+
+
+def test_the_tables_of_runs_and_eval_fit_columns_when_set_and_keep_their_width_when_not(experiments, monkeypatch):
+    # (COLUMNS=40: cnn runs printed 119-column rows and cnn eval a 48-column class table, as on a wide screen)
+    from cnncli.runs import format_runs
+
+    tmp, root = experiments
+    rows = json.loads(invoke(["runs", root, "--json"]).output)
+    monkeypatch.delenv("COLUMNS", raising=False)            # (not a terminal, no COLUMNS: the full table)
+    wide, table = invoke(["runs", root]).output, invoke(["eval", "--checkpoint", root / "fast", "--data", tmp / "data"])
+    assert wide.rstrip("\n") == format_runs(rows) and max(map(len, wide.splitlines())) > 100
+    monkeypatch.setenv("COLUMNS", "40")
+    monkeypatch.chdir(tmp)                                 # (run names runs/fast, ...: within 40 columns)
+    narrow = invoke(["runs"]).output
+    assert all(len(line) <= 40 or line.startswith(f"  started from {root}") for line in narrow.splitlines()), narrow
+    fast = next(r for r in rows if r["run"] == str(root / "fast"))
+    block = narrow[narrow.index("runs/fast\n"):].split("\n", 1)[1]
+    assert f"epochs {fast['epochs']}/{fast['epochs_total']}" in block and f"val acc {fast['val_acc']:.2%}" in block
+    assert "  unreadable: " in narrow[narrow.index("runs/broken\n"):]
+    res = invoke(["eval", "--checkpoint", root / "fast", "--data", tmp / "data"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    at = lines.index("") + 1
+    assert all(len(line) <= 40 for line in lines[at:]), res.stdout
+    assert lines[at].split() == ["class", "prec.", "recall", "f1", "support"]
+    numbers = [line.split()[1:] for line in lines[at + 1:at + 4]]      # the same values as the wide table
+    wide_lines = table.stdout.splitlines()
+    assert numbers == [line.split()[1:] for line in wide_lines[at + 1:at + 4]]
+    assert max(map(len, wide_lines)) > 40

@@ -32,3 +32,15 @@ def test_ljust_and_rjust_pad_to_columns():
     assert textwidth.ljust("猫", 4) == "猫  " and textwidth.width(textwidth.ljust("猫", 4)) == 4
     assert textwidth.rjust("猫", 4) == "  猫"
     assert textwidth.ljust("toolong", 3) == "toolong"        # never cuts
+
+
+def test_terminal_columns_are_columns_when_set_else_none_off_a_terminal(monkeypatch):
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())      # (not a terminal)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert textwidth.terminal_columns() is None             # (a pipe, a file: the full width)
+    for value, expected in (("40", 40), (" 72 ", 72), ("0", None), ("wide", None), ("", None)):
+        monkeypatch.setenv("COLUMNS", value)
+        assert textwidth.terminal_columns() == expected, value

@@ -19,7 +19,8 @@ def open_standard_streams() -> None:
     """Closed standard streams (`cnn train ... 2>&-` under cron) on /dev/null: Python leaves
     sys.stderr None (a crash at the first progress line), and the next file the process opened
     would get descriptor 2, where C libraries' messages would then be written. Each is named in
-    CLOSED (a command whose results go to standard output refuses to run into /dev/null)."""
+    CLOSED (a command whose results go to standard output refuses to run into /dev/null). sys.stderr
+    becomes a LossyStderr."""
     for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
         try:
             os.fstat(fd)
@@ -27,6 +28,46 @@ def open_standard_streams() -> None:
             if os.open(os.devnull, os.O_RDWR) == fd:           # (the lowest free descriptor: this one)
                 setattr(sys, name, open(fd, mode, closefd=False))
                 CLOSED.add(name)
+    if sys.stderr is not None and not isinstance(sys.stderr, LossyStderr):
+        sys.stderr = LossyStderr(sys.stderr)
+
+
+class LossyStderr:
+    """sys.stderr whose failing write (`2>/dev/full`, a full disk, an I/O error) puts descriptor 2 on
+    /dev/null and goes on, as a closed stderr does: a run's lines are lost, not the run (which the
+    error line, written to the same failing stream, ended with exit 1). A reader that left
+    (BrokenPipeError) still raises: cnn train stops as when its terminal closes."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _lost(self) -> None:
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())     # (the failed bytes still buffered: flushed into it)
+            os.close(null)
+        except (OSError, ValueError):                # (no descriptor: replaced, closed)
+            pass
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError:
+            self._lost()
+            return len(text)
+
+    def flush(self):
+        try:
+            return self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError:
+            self._lost()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def escape_unencodable() -> None:

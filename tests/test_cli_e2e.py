@@ -963,6 +963,33 @@ def test_training_with_stderr_closed_runs_to_the_end(workspace, tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == str(out) and (out / "last.npz").is_file()
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_training_with_a_full_stderr_runs_to_the_end_as_with_stderr_closed(workspace, tmp_path):
+    # `cnn train ... 2>/dev/full`: the first line's ENOSPC ended the run in set-up, exit 1, its folder
+    # gone, and the error line, written to the same stderr, was lost too: nothing anywhere
+    tmp, _ = workspace
+    out = tmp_path / "run"
+    with open("/dev/full", "w") as full:                           # every write: ENOSPC
+        r = subprocess.run([sys.executable, "-m", "cnncli", "train", "--config", str(tmp / "cfg.yaml"), "--out",
+                            str(out), "--no-report", "--set", "train.epochs=1"], env=cli_env(tmp),
+                           stdout=subprocess.PIPE, stderr=full, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout == f"{out}\n" and (out / "last.npz").is_file()
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2          # its header and epoch 1
+
+
+def test_a_stderr_whose_reader_left_still_raises_through_the_lossy_stderr():
+    import io
+
+    from cnncli.process import LossyStderr
+
+    class Gone(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(BrokenPipeError):                 # (cnn train stops as when its terminal closes)
+        LossyStderr(Gone()).write("line\n")
+
+
 def test_predictions_and_metrics_into_a_closed_stdout_are_refused(trained, tmp_path):
     # `cnn predict RUN IMAGES >&-`: the predictions went to /dev/null and the command exited 0 (with
     # --csv -, "3 prediction(s) in standard output")

@@ -26,9 +26,14 @@ def gather_paths(paths, ignored=None):
     from .data.csvindex import is_labels_file, list_csv_paths
     from .data.pathlines import stdin_paths
     from .data.reasons import image_in, missing_hint
+    from .process import CLOSED
 
     files, failures = PathList(), []                 # compact: a million paths take ~30 MB
     for p in paths:
+        if p == "-" and "stdin" in CLOSED:            # (<&-: on /dev/null, not an empty list)
+            failures.append((p, "standard input is closed: pipe the paths into it (find DIR | cnn predict -), "
+                                "or give them as PATHs"))
+            continue
         if p == "-":                                  # ls *.png | cnn predict - : paths, one a line (or -print0's)
             raw = sys.stdin.buffer.read()
             image = image_in(raw[:512])

@@ -293,6 +293,26 @@ def test_predict_reads_paths_from_standard_input_given_as_dash(tmp_path):
     assert typed.exit_code == 0 and typed.stderr.startswith("reading the paths to classify from standard input")
 
 
+def test_predict_dash_with_standard_input_closed_says_it_is_closed(tmp_path):
+    # (`cnn predict -  <&-` said "no paths on standard input", as for an empty list)
+    import subprocess
+    import sys
+
+    from cnncli import model
+    from cnncli.predictor import save_model
+    from e2e_util import cli_env
+
+    ckpt = save_model(tmp_path / "m.npz", model.Network(num_classes=3, seed=0), ["a", "b", "c"])
+    args = [sys.executable, "-m", "cnncli", "predict", "--checkpoint", str(ckpt), "-"]
+    closed = subprocess.run(args, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300,
+                            preexec_fn=lambda: os.close(0))
+    assert closed.returncode == 1 and closed.stderr == ("error: -: standard input is closed: pipe the paths into it "
+                                                        "(find DIR | cnn predict -), or give them as PATHs\n")
+    empty = subprocess.run(args, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300,
+                           stdin=subprocess.DEVNULL)                # (< /dev/null: an empty list, as before)
+    assert empty.returncode == 1 and empty.stderr == "error: -: no paths on standard input\n"
+
+
 def test_predict_of_standard_input_under_mpirun_says_to_give_a_file(tmp_path, monkeypatch):
     # this Open MPI never passes the end of stdin on to a rank: `mpirun -n 1 cnn predict - < list` hung
     from click.testing import CliRunner

@@ -227,6 +227,26 @@ def test_a_path_list_whose_first_file_is_missing_is_still_a_list(tmp_path):
         list_csv_paths(str(listing))
 
 
+def test_a_path_list_that_csv_writer_quoted_is_a_list_of_its_paths(tmp_path):
+    # (csv.writer's one-column list, first row "imgs/a,b.png": read as a header with no path column;
+    # a quoted row further down named the file '"imgs/a,b.png"', quotes and all)
+    import csv as csv_mod
+    import io
+
+    from cnncli.data.csvindex import list_csv_paths
+    from cnncli.data.pathlines import stdin_paths
+
+    names = ["imgs/a,b.png", "imgs/c.png", 'imgs/say "hi".png', "imgs/d;e.png"]
+    for order in (names, names[1:] + names[:1]):
+        text = io.StringIO()
+        csv_mod.writer(text).writerows([n] for n in order)
+        (tmp_path / "list.txt").write_text(text.getvalue())
+        assert list_csv_paths(str(tmp_path / "list.txt")) == ([str(tmp_path / n) for n in order], [])
+        assert stdin_paths(text.getvalue().encode()) == order
+    (tmp_path / "one.csv").write_text('"path"\n"imgs/a,b.png"\n')      # a quoted header stays a header
+    assert list_csv_paths(str(tmp_path / "one.csv")) == ([str(tmp_path / "imgs/a,b.png")], [])
+
+
 def test_a_text_file_that_lists_no_file_is_one_failure_naming_it(tmp_path):
     # `cnn predict mydata/*` with a README.txt among the images: its prose is no list of images
     from cnncli.predictions import gather_paths

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import DataError
 from .decode import IMAGE_EXTENSIONS
 from .reasons import image_in
-from .pathlines import path_lines
+from .pathlines import path_lines, unquoted
 from .pathlist import PathList
 from .names import matching_form, printable, shown_classes
 
@@ -233,14 +233,17 @@ def list_csv_paths(path: str, base=None) -> tuple[list, list]:
 def _headerless_list(path: str, f) -> bool:
     """Whether f's first non-blank line is no header (no path column under any delimiter) but a
     path: a file that exists (relative to the list's folder), a name with an image extension (a
-    missing file is then reported as such), or one column without a known name. A plain list of
-    paths; f is rewound either way."""
+    missing file is then reported as such), or one column without a known name (a quoted field is
+    one column, as its commas are no delimiters). A plain list of paths; f is rewound either way."""
     first = next((ln.strip() for ln in f if ln.strip()), "")
     f.seek(0)
-    cells = [column_key(h) for d in DELIMITERS for h in first.split(d)]
+    quoted = unquoted(first)                           # ("a,b.png", as csv.writer quotes a path with a comma)
+    first = quoted or first
+    cells = [first] if quoted else [h for d in DELIMITERS for h in first.split(d)]
+    cells = [column_key(h) for h in cells]
     if not first or any(c in PATH_COLUMNS for c in cells):
         return False
-    one_column = not any(d in first for d in DELIMITERS) and cells[0] not in LABEL_COLUMNS
+    one_column = (quoted or not any(d in first for d in DELIMITERS)) and cells[0] not in LABEL_COLUMNS
     return (one_column or os.path.splitext(first)[1].lower() in IMAGE_EXTENSIONS
             or os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(path)), first)))
 

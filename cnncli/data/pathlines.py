@@ -1,6 +1,7 @@
 """Lists of paths that are not labels files: a plain list, one path a line (# comments and blank lines
-left out), and the bytes of standard input (NUL-separated, UTF-16 or UTF-8), with the UTF-16 test a
-config file's reading shares. It does not read labels CSVs (csvindex.py) nor check that a path exists.
+left out, a quoted CSV field unquoted), and the bytes of standard input (NUL-separated, UTF-16 or
+UTF-8), with the UTF-16 test a config file's reading shares. It does not read labels CSVs
+(csvindex.py) nor check that a path exists.
 """
 
 from __future__ import annotations
@@ -9,8 +10,17 @@ import os
 
 
 def path_lines(lines) -> list:
-    """The paths of a plain list, one a line: stripped, blank lines and # comment lines left out."""
-    return [ln for ln in (raw.strip() for raw in lines) if ln and not ln.startswith("#")]
+    """The paths of a plain list, one a line: stripped, blank lines and # comment lines left out, a
+    line that is one quoted CSV field (Python's csv or pandas write `"a,b.png"`) unquoted."""
+    return [unquoted(ln) or ln for ln in (raw.strip() for raw in lines) if ln and not ln.startswith("#")]
+
+
+def unquoted(line: str) -> str | None:
+    """The text of a line that is one CSV field in double quotes (`"a,b.png"`, `"say ""hi"".png"`,
+    its quotes doubled inside), else None."""
+    if len(line) < 3 or line[0] != '"' or line[-1] != '"' or line[1:-1].replace('""', "").count('"'):
+        return None
+    return line[1:-1].replace('""', '"')
 
 
 def utf16_encoding(raw: bytes) -> str | None:

@@ -31,6 +31,19 @@ def picture_target_problem(out, folders=()) -> str | None:
     return None
 
 
+def folder_problem(out) -> str | None:
+    """Why the folder `out` goes into cannot take it, or None: it does not exist (a file a command
+    writes gets no folders made for it: a typo would put it somewhere new), or it, or a folder
+    above it, is a file."""
+    parent = Path(out).parent
+    for folder in (parent, *parent.parents):
+        if os.path.lexists(folder) and not os.path.isdir(folder):
+            return f"{str(folder)!r} is not a folder"
+        if os.path.isdir(folder):
+            return None if folder == parent else f"folder {str(parent)!r} does not exist"
+    return f"folder {str(parent)!r} does not exist"
+
+
 def write_atomic(path, write, text: bool = False) -> None:
     """write(f) into `.NAME.tmp-PID-RANDOM` beside `path`, fsync, os.replace onto `path`.
     text=True opens it as UTF-8 text (name bytes that are not UTF-8 written as \\xNN).

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import kept, picture_target_problem, why_unwritten, write_atomic
+from .atomic import folder_problem, kept, picture_target_problem, why_unwritten, write_atomic
 from .config import require_train
 from .errors import CnnError
 
@@ -151,7 +151,7 @@ def write_preview(cfg: dict, out, rows: int | None = None, cols: int = 8, seed: 
 
     d = cfg["data"]
     require_train(cfg)
-    problem = picture_target_problem(out, (d["train"], d["val"], d["test"]))
+    problem = picture_target_problem(out, (d["train"], d["val"], d["test"])) or folder_problem(out)
     if problem:                                          # (before the data is read: a training image, a config)
         raise CnnError(f"{printable(str(out))}: {problem}")
     ds, skipped = data.load_folder(d["train"], image_size=d["image_size"], resize=d["resize"])
@@ -172,7 +172,6 @@ def write_preview(cfg: dict, out, rows: int | None = None, cols: int = 8, seed: 
     kind = named_format(out) or "PNG"
     previous = kept(out)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out, lambda f: grid.save(f, format=kind))
     except (OSError, ValueError) as err:
         why = why_unwritten(err, out) if isinstance(err, OSError) else err

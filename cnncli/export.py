@@ -15,7 +15,7 @@ import numpy as np
 
 from . import __version__
 from .arch import IMAGE_SHAPE
-from .atomic import kept, why_unwritten, write_atomic
+from .atomic import folder_problem, kept, why_unwritten, write_atomic
 from .errors import CnnError
 from .infer import bn_folds
 from .predictor import Predictor, input_table
@@ -59,7 +59,6 @@ def _check_out(out: Path, checkpoint) -> None:
     `out` is a folder, the checkpoint being exported, named like a checkpoint (.npz), or an existing
     file other than a .onnx one (a run's config.yaml, say): slips that would put an ONNX model where
     another file was. Whether the folder is writable shows when writing."""
-    parent = out.parent
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; give the .onnx file to write")
     if out.exists() and os.path.exists(checkpoint) and os.path.samefile(out, checkpoint):
@@ -68,10 +67,9 @@ def _check_out(out: Path, checkpoint) -> None:
         raise ExportError(f"{out}: ends in .npz, a checkpoint's name; an ONNX model goes into a .onnx file")
     if out.exists() and out.suffix.lower() != ".onnx":
         raise ExportError(f"{out}: exists and is not a .onnx file; give a new name, or a .onnx file to replace")
-    if not parent.exists():
-        raise ExportError(f"{out}: folder {str(parent)!r} does not exist")
-    if not parent.is_dir():
-        raise ExportError(f"{out}: {str(parent)!r} is not a folder")
+    problem = folder_problem(out)
+    if problem:
+        raise ExportError(f"{out}: {problem}")
 
 
 def _input_nodes(helper, kind: str, table: np.ndarray, inits: list) -> tuple[list, str]:

@@ -61,6 +61,7 @@ def test_fail_under_default_metric_is_accuracy_and_range_is_checked(trained):
 def test_augment_preview_png(tmp_path):
     data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
     out = tmp_path / "sub" / "grid.png"
+    out.parent.mkdir()
     res = invoke(["augment-preview", "--set", f"data.train={data}", "--set", "augment.enabled=true",
                   "--set", "augment.affine.p=1", "--set", "augment.affine.rotate=30",
                   "--out", out, "--rows", 3, "--cols", 4])
@@ -94,10 +95,10 @@ def test_augment_preview_writes_the_format_its_extension_names_and_one_line_when
             "it holds a PNG"
         assert (note in res.stderr) == (name in ("g", "g.psd")), res.stderr      # (.psd: Pillow only reads it)
     (tmp_path / "file").write_text("x")
-    res = invoke([*common, "--out", tmp_path / "file" / "g.png"])               # its folder is a file
-    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1
-    assert res.output.strip() == f"Error: {tmp_path / 'file' / 'g.png'}: cannot write the preview " \
-        f"({tmp_path / 'file'} is a file, not a folder)"                      # (not "File exists")
+    for out in (tmp_path / "file" / "g.png", tmp_path / "file" / "sub" / "g.png"):   # its folder is a file
+        res = invoke([*common, "--out", out])
+        assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1
+        assert res.output.strip() == f"Error: {out}: {str(tmp_path / 'file')!r} is not a folder"   # (as export says)
 
     def read_only(*args, **kwargs):
         raise OSError(30, "Read-only file system")
@@ -183,3 +184,17 @@ def test_a_preview_or_plot_never_replaces_a_config_a_checkpoint_or_a_training_im
     res = invoke(["lr-find", "--config", cfg, "--plot", tmp_path / "m.npz"])
     assert res.exit_code == 1 and "is no picture" in res.stderr or "matplotlib" in res.stderr, res.stderr
     assert {p: p.read_bytes() for p in (cfg, image)} == keep and (tmp_path / "m.npz").read_bytes() == b"PK"
+
+
+def test_augment_preview_into_a_missing_folder_is_refused_as_export_refuses_it(tmp_path, monkeypatch):
+    # (augment-preview --out some/missing/dir/x.png made the three folders, where export and predict
+    # --csv refuse a missing folder in one line)
+    data = make_folder(tmp_path / "data", per_class=4, odd_files=False)
+    monkeypatch.chdir(tmp_path)
+    res = invoke(["augment-preview", "--set", f"data.train={data}", "--out", "some/missing/dir/x.png"])
+    assert res.exit_code == 1 and res.stderr == "Error: some/missing/dir/x.png: folder 'some/missing/dir' does not " \
+                                                "exist\n", res.stderr
+    assert not (tmp_path / "some").exists()
+    (tmp_path / "afile").write_text("mine")
+    res = invoke(["augment-preview", "--set", f"data.train={data}", "--out", "afile/x.png"])
+    assert res.exit_code == 1 and res.stderr == "Error: afile/x.png: 'afile' is not a folder\n", res.stderr

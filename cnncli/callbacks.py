@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from cnncli.errors import Stopped
 from cnncli.lifeline import (INHERITED_IGNORED, STOPS, after_a_stop, ignore_stops, restore as _restore,
@@ -68,9 +69,9 @@ class _StopLine:
     def __enter__(self):
         before, came = _HANDED.pop() if _HANDED else ({}, [])   # (the one before held the gap for this one)
         try:
-            self._old = _install([sig for sig in STOPS if sig != signal.SIGINT], self._handle)
+            self._old = _install([sig for sig in STOPS if sig != signal.SIGINT or self.sigint], self._handle)
             if before:
-                _restore({sig: h for sig, h in before.items() if sig == signal.SIGINT})
+                _restore({sig: h for sig, h in before.items() if sig not in self._old})
                 self._old = {sig: before.get(sig, h) for sig, h in self._old.items()}
         except BaseException:                        # (a stop as the handlers switch: this one's line)
             after_a_stop(before)
@@ -88,8 +89,11 @@ class _StopLine:
             # a broken compiler ('no compiled object yet'; mpirun's rank 0 compiles in its main thread)
             _resend_when_compiled(signum)
             return
-        raise self.stopped(signal.Signals(signum).name)
+        stop = self.stopped(signal.Signals(signum).name)
+        if stop is not None:        # (None: a stop with nothing left to stop here, ignored)
+            raise stop
 
+    sigint = False      # True: SIGINT too gets the handler (else Python's KeyboardInterrupt, which __exit__ takes)
     keyboard = True     # False: a KeyboardInterrupt leaves it as it is (an abort the steps' StopFlag raised)
     last = False        # True: the command's last work; leaving it done, stops are ignored while the process
     #                     ends (cli.main does so too, after its exit: no moment of the signals' silent default)
@@ -125,9 +129,14 @@ class StopDuringSetup(_StopLine):
     def __init__(self, resume=None):
         self.resume = resume
 
-    def stopped(self, name):
+    def stopped(self, name, run_dir=None):
+        """run_dir: the run folder, once set up (its start lines said, no step yet): it stays as it is."""
         again = f"resume it again: cnn train --resume {self.resume}" if self.resume else "start the run again"
-        stop = SetupStopped(f"{name}: stopped during set-up, before the first step: nothing was trained; {again}")
+        if run_dir is not None and not self.resume:
+            again += f": cnn train --config {Path(run_dir) / 'config.yaml'}"
+        during = "" if run_dir is not None else "during set-up, "
+        stop = SetupStopped(f"{name}: stopped {during}before the first step: nothing was trained; {again}")
+        stop.run_dir = run_dir      # (cnn train prints it on stdout)
         stop.signal = name
         stop.anywhere = True        # (under mpirun each rank takes it wherever its set-up is: distributed.fail)
         return stop
@@ -135,18 +144,44 @@ class StopDuringSetup(_StopLine):
 
 class StopAfterTraining(_StopLine):
     """After the last step (testing best.npz on data.test, the report, the pre-compile's end): the
-    line says the checkpoints are saved and what was left undone."""
+    line says the checkpoints are saved and what was left undone. before: the run's StopDuringSetup,
+    when it is entered ahead of the steps (train()): until began() (the steps' StopFlag is in place)
+    a stop says no step ran, in its words, and leaves the run folder as it is."""
 
-    def __init__(self, run_dir, doing: str):
-        self.run_dir, self.doing = run_dir, doing
+    def __init__(self, run_dir, doing: str, before: StopDuringSetup | None = None):
+        self.run_dir, self.doing, self.before = run_dir, doing, before
+
+    def began(self) -> None:
+        """The steps' own stop handler (StopFlag) is in place: from now on a stop is one after training."""
+        self.before = None
 
     def stopped(self, name):
+        if self.before is not None:
+            return self.before.stopped(name, self.run_dir)
         test = f"; cnn train --resume {self.run_dir} runs the test" if "data.test" in self.doing else ""
         stop = Stopped(f"{name}: stopped after training, {self.doing}; the run's checkpoints are saved in "
                        f"{self.run_dir}{test}")
         stop.alone = True           # (under mpirun only rank 0 works then: distributed.fail)
         stop.run_dir = self.run_dir  # (cnn train prints it on stdout, as after a whole run)
         return stop
+
+
+class StopOnAnotherRank(StopAfterTraining):
+    """StopAfterTraining on an MPI rank other than 0, whose part of the run ends with its steps (rank 0
+    tests, reports and says what the stop left undone): before the steps it stops as rank 0 does;
+    after them every stop signal, SIGINT too, is ignored, from the moment the steps' StopFlag lets go,
+    and on leaving it the stops stay ignored in the `cnn` process (lifeline.after_a_stop)."""
+
+    sigint = True
+
+    def stopped(self, name):
+        return super().stopped(name) if self.before is not None else None
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            after_a_stop(self._old)
+            return False
+        return super().__exit__(exc_type, exc, tb)
 
 
 class StopInCrossValidation(_StopLine):

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import resume as resume_mod, runfolder, runlock
-from cnncli.callbacks import Aborted, StopAfterTraining, StopDuringSetup, loss_text, warmup_text
+from cnncli.callbacks import (Aborted, StopAfterTraining, StopDuringSetup, StopOnAnotherRank, loss_text,
+                              warmup_text)
 from cnncli.cores import quota_text
 from cnncli.errors import CnnError, ConfigError, Stopped, TrainingDiverged, main_only
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
@@ -69,16 +70,31 @@ def _lone_test_note(resume, test) -> str:
 
 @contextlib.contextmanager
 def _before_first_step(run_dir, new: bool, resume=None):
-    """From the network's set-up to the first step: a stop gives the set-up's line, and a new run's
+    """From the network's set-up to its start lines' end: a stop gives the set-up's line, and a new run's
     folder, nothing trained in it yet (new: this process made it), is given back after a stop or an
-    error (config.yaml a full disk refuses)."""
+    error (config.yaml a full disk refuses). A stop as it ends is held for the stop line entered next
+    (_around_the_steps')."""
+    line = StopDuringSetup(resume)
+    line.hand_off = True
     try:
-        with StopDuringSetup(resume):
+        with line:
             yield
     except BaseException:
         if new:
             runlock.discard_unstarted(run_dir)
         raise
+
+
+def _around_the_steps(run_dir, resume, comm, testing: bool, hand_off: bool):
+    """The stop line from the run's start lines to train()'s return, on every rank: until the steps' own
+    handler (trainer.StopFlag) is in place a stop says no step ran; from "Done" on, rank 0's says the
+    checkpoints are saved and what was left undone, and another rank, its part done, ignores it."""
+    if not comm.is_main:
+        return StopOnAnotherRank(run_dir, "nothing left undone", before=StopDuringSetup(resume))
+    after = StopAfterTraining(run_dir, "before testing best.npz on data.test" if testing else "nothing left undone",
+                              before=StopDuringSetup(resume))
+    after.hand_off = hand_off
+    return after
 
 
 def _resumable_text(folder) -> str:
@@ -185,6 +201,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                 runlock.release(run_dir)
             runlock.let_go(run_dir)
             raise
+    testing = comm.is_main and cfg["data"]["test"]
+    after = _around_the_steps(run_dir, resume, comm, testing, hand_off)
     try:
         with _before_first_step(run_dir, resume is None and comm.is_main, resume):
             if trainer.is_main_process:
@@ -217,14 +235,9 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                 trainer.echo(line)
             if comm.is_main:
                 runfolder.clear_diverged(run_dir)        # a resumed run goes on from its last good checkpoint
-        # a stop once the steps' own handler (trainer.StopFlag) is gone, from "Done" on: one line, not
-        # the signal's silent default
-        testing = comm.is_main and cfg["data"]["test"]
-        after = StopAfterTraining(run_dir, "before testing best.npz on data.test" if testing else "nothing left undone")
-        after.hand_off = hand_off
-        with after if comm.is_main else contextlib.nullcontext():
+        with after:
             try:
-                trainer.fit()
+                trainer.fit(began=after.began)
             except TrainingDiverged as err:
                 if comm.is_main:
                     runfolder.write_diverged(run_dir, str(err))
@@ -237,6 +250,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
                 if resume is None and comm.is_main and not isinstance(err, Stopped):   # (a first checkpoint a
                     runlock.discard_unstarted(run_dir)  # full disk refused: nothing to resume; the name goes back)
                 raise
+            after.began()                    # (fit had nothing to do: what follows is after training too)
             if testing:
                 _test_best(run_dir, cfg, echo)
                 after.doing = "nothing left undone"

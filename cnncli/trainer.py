@@ -381,8 +381,9 @@ class Trainer:
             at = f" (epoch {row['epoch']}, {early.acc_key.replace('_', ' ')} {row[early.acc_key]:.2%})" if row else ""
         return f"best {what} {best}{at} is in {runfolder.printable(str(self.best_path))}{restored}"
 
-    def fit(self) -> None:
-        """The remaining epochs, or one line when there is nothing to do."""
+    def fit(self, began=lambda: None) -> None:
+        """The remaining epochs, or one line when there is nothing to do. began(): called once the steps'
+        stop handler (StopFlag) is in place."""
         state = self.state
         done = resume_mod.nothing_to_do(state, self.epochs)
         if done:
@@ -391,6 +392,7 @@ class Trainer:
         bar = ProgressBar(not self.quiet and sys.stderr.isatty() and self.is_main_process, self.epochs,
                           self.steps_per_epoch * self.epochs, state.step)
         with StopFlag() as stop:
+            began()
             while state.epoch < self.epochs:
                 if self.run_epoch(stop, bar):
                     break

@@ -554,6 +554,36 @@ def test_rank_threads(monkeypatch):
     assert D.rank_threads(FakeComm(0, layout), 4) == 4            # an explicit train.threads wins
 
 
+# `cnn` whose rank 1 sends itself the signal argv[1] as its steps end (Trainer.fit returns), rank 0 nothing
+_STOP_RANK_1_AFTER_ITS_STEPS = """
+import os, signal, sys
+from cnncli import cli, trainer
+sig, real = getattr(signal, sys.argv.pop(1)), trainer.Trainer.fit
+def fit(self, *args, **kw):
+    real(self, *args, **kw)
+    if os.environ.get("OMPI_COMM_WORLD_RANK") == "1":
+        os.kill(os.getpid(), sig)
+trainer.Trainer.fit = fit
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_on_another_rank_as_its_steps_end_is_ignored_as_after_them(data, sig):
+    # rank 1's handlers were the signals' defaults there, until cnn train's ignore_stops: SIGTERM ended it by the
+    # signal (mpirun's block, the job failed) and SIGINT was a traceback and MPI_ABORT, while rank 0 had nothing
+    # to stop; a rank other than 0 ignores a stop from its steps' end on, as it did once cnn train returned
+    require_mpi()
+    tmp, folder = data
+    cfg = write_config(tmp / f"cfg-rank1-{sig}.yaml", folder, tmp / "unused", epochs=1, batch_size=16)
+    out = tmp / f"rank1-{sig}"
+    res = run_mpi(2, ["python", "-c", _STOP_RANK_1_AFTER_ITS_STEPS, sig, "train", "--config", cfg, "-q",
+                      "--no-report", "--out", out], timeout=300, extra_env={"CNNCLI_CACHE_DIR": str(tmp / "cache")})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == f"{out}\n" and "Traceback" not in res.stderr and "signal" not in res.stderr, res.stderr
+    assert (out / "last.npz").is_file()
+
+
 def test_sigusr1_to_mpirun_during_set_up_is_one_line_and_the_job_exits_130(data):
     # each rank printed 'Error: rank r of 2: SIGUSR1: stopped during set-up, ...' and the job ended in
     # MPI_ABORT's block

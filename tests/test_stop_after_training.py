@@ -298,6 +298,43 @@ def test_a_stop_between_set_up_and_the_first_step_is_the_set_up_line_and_gives_t
     assert not run.exists()
 
 
+# `cnn` sending itself the signal argv[1] between its start lines and the first step: "handing" as the start lines'
+# stop line (StopDuringSetup, its second exit) hands over, "fit" as fit begins (before its StopFlag)
+_STOP_BEFORE_THE_STEPS = """
+import os, signal, sys
+from cnncli import callbacks, cli, resume
+sig, where, calls = getattr(signal, sys.argv.pop(1)), sys.argv.pop(1), []
+real_exit, real_nothing = callbacks.StopDuringSetup.__exit__, resume.nothing_to_do
+def exit_then_stop(self, *exc):
+    left = real_exit(self, *exc)
+    calls.append(1)
+    if where == "handing" and len(calls) == 2:
+        os.kill(os.getpid(), sig)
+    return left
+def stop_in_fit(*args):
+    if where == "fit":
+        os.kill(os.getpid(), sig)
+    return real_nothing(*args)
+callbacks.StopDuringSetup.__exit__, resume.nothing_to_do = exit_then_stop, stop_in_fit
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("where", ["handing", "fit"])
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_after_the_start_lines_before_the_first_step_says_no_step_ran(data, tmp_path, sig, where):
+    # it said 'stopped after training, nothing left undone; the run's checkpoints are saved' of a run with no
+    # checkpoint (as fit began), or the process ended by the signal, -15 and no line (as the start lines ended)
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", data, run, epochs=1)
+    res = subprocess.run([sys.executable, "-c", _STOP_BEFORE_THE_STEPS, sig, where, "train", "--config", str(cfg),
+                          "-q", "--no-report"], env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 130, (res.returncode, res.stderr)
+    assert res.stderr.strip().splitlines()[-1] == (f"{sig}: stopped before the first step: nothing was trained; "
+                                                   f"start the run again: cnn train --config {run / 'config.yaml'}")
+    assert res.stdout == f"{run}\n" and (run / "config.yaml").is_file() and not (run / "last.npz").exists()
+
+
 @pytest.mark.parametrize("trigger", ["Done in", "epoch 1/"])
 def test_a_second_sigterm_while_a_stop_unwinds_does_not_end_the_process_by_the_signal(data, tmp_path, trigger):
     import time

@@ -173,13 +173,38 @@ def echo_json_list(items) -> None:
     """Echo json_text(list(items)), text for text, one item at a time. Each echo ends at a line's end:
     an item's last line ("  }") waits for the next item's comma, so what else writes to the terminal
     between items (cnn predict's decoding bar, redrawn while the next chunk decodes) finds the cursor at
-    the start of a line and overwrites none of the list."""
-    held = None                                  # the last line of the list so far, not yet echoed
-    for item in items:
-        text = ("[\n  " if held is None else held + ",\n  ") + json_text(item).replace("\n", "\n  ")
-        head, _, held = text.rpartition("\n")
-        click.echo(head + "\n", nl=False)
-    click.echo("[]" if held is None else held + "\n]")
+    the start of a line and overwrites none of the list. A Ctrl-C closes the list before it goes on (what
+    was echoed stays one JSON document); one while a piece is echoed comes once `held` matches it."""
+    from cnncli.lifeline import restore, take_sigint
+
+    held, echoing, came = None, [False], []     # held: the last line of the list so far, not yet echoed
+
+    def ctrl_c(signum, frame):
+        if not echoing[0]:
+            raise KeyboardInterrupt
+        came.append(signum)
+
+    old = take_sigint(ctrl_c)
+    try:
+        for item in items:
+            text = ("[\n  " if held is None else held + ",\n  ") + json_text(item).replace("\n", "\n  ")
+            echoing[0] = True
+            head, _, held = text.rpartition("\n")
+            click.echo(head + "\n", nl=False)
+            echoing[0] = False
+            if came:
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        echoing[0] = True
+        click.echo("[]" if held is None else held + "\n]")
+        raise
+    else:
+        echoing[0] = True
+        click.echo("[]" if held is None else held + "\n]")
+        if came:
+            raise KeyboardInterrupt
+    finally:
+        restore(old)
 
 
 class ConfigCommand(click.Command):

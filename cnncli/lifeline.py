@@ -80,6 +80,16 @@ def stops_held():
             signal.raise_signal(signum)
 
 
+def take_sigint(handler) -> dict:
+    """handler for SIGINT in place of Python's own (KeyboardInterrupt) -> {SIGINT: the one it replaced},
+    for restore(); {} and nothing done outside the main thread or when SIGINT has another handler (ignored
+    since the process started, as in a script's background job)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return {}
+    return {signal.SIGINT: signal.signal(signal.SIGINT, handler)}
+
+
 ENDING = [False]    # cli.main sets it: a process whose stop's line is under way ends, so a second stop is ignored
 INHERITED_IGNORED: set = set()   # cli.main: the stop signals the process started with ignored (SIGHUP under
                                  # nohup, SIGINT in a script's background job) stay ignored, as POSIX tools do

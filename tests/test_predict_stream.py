@@ -143,6 +143,63 @@ def test_a_ctrl_c_mid_stream_in_cnns_own_process(ckpt, folder, tmp_path):
     assert len(res.stdout.splitlines()) == 4 and res.stdout.startswith(str(folder / "00.png"))
 
 
+# `cnn predict` whose images decode 2 at a time, each pair 0.01 s late (the Ctrl-C comes while it predicts)
+_SLOWED = """
+import sys, time
+from cnncli import predictions
+from cnncli.cli import main
+from cnncli.data import decodemany
+predictions.PREDICT_CHUNK = decodemany.CHUNK = 2
+real = decodemany._decode_chunk
+def slowed(jobs):
+    time.sleep(0.01)
+    return real(jobs)
+decodemany._decode_chunk = slowed
+sys.argv = ["cnn", "predict", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_ctrl_c_mid_json_list_leaves_a_whole_json_document(ckpt, tmp_path):
+    # the list was left open ('[ {...}, {...},' and no ']'): standard output was no JSON document
+    import os
+    import signal
+
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(600):
+        Image.new("L", (32, 32), i % 256).save(root / f"{i:03d}.png")
+    proc = subprocess.Popen([sys.executable, "-c", _SLOWED, str(ckpt), str(root), "--json"], env=cli_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = [proc.stdout.readline() for _ in range(30)]                # (a few predictions out)
+    os.killpg(proc.pid, signal.SIGINT)                                   # (a Ctrl-C: the whole process group)
+    out, err = proc.stdout.read(), proc.stderr.read()                 # (communicate: not what readline buffered)
+    proc.wait(timeout=120)
+    assert proc.returncode == 130 and err == "Error: interrupted\n", (proc.returncode, err)
+    listed = json.loads("".join(seen) + out)
+    assert 0 < len(listed) < 600 and listed[0]["path"] == str(root / "000.png"), len(listed)
+
+
+def test_a_ctrl_c_as_a_json_item_is_echoed_comes_once_it_is_out(monkeypatch, capsys):
+    # (a KeyboardInterrupt raised inside the echo would close the list after a piece never written)
+    import os
+    import signal
+
+    import click
+
+    from cnncli.cli_common import echo_json_list
+
+    real = click.echo
+
+    def ctrl_c_then_echo(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        real(*args, **kwargs)
+    monkeypatch.setattr(click, "echo", ctrl_c_then_echo)
+    with pytest.raises(KeyboardInterrupt):
+        echo_json_list(iter([{"path": "a.png"}, {"path": "b.png"}]))
+    assert json.loads(capsys.readouterr().out) == [{"path": "a.png"}]
+
+
 def test_a_chunk_is_whole_batches_above_the_numpy_forwards_limit():
     # (so each image is classified in the batch, and by the forward, of one call on every image)
     from cnncli.predictor import NUMPY_MAX_IMAGES

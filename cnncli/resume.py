@@ -70,6 +70,7 @@ def resumed_config(resume, overrides=(), config_files=()) -> dict:
     check_resumable(path, meta, resume)
     cfg = config_mod.load_layers([(meta.get("config", ""), f"{resume} (config)", None)]
                                  + config_mod.file_layers(config_files), overrides)
+    check_unchanged(meta.get("config", ""), cfg, path, meta.get("num_classes"))   # (--print-config's refusal too)
     # (--print-config shows the epochs the resume trains)
     return resolved_epochs(cfg, config_mod.load_config_text(meta.get("config", ""), source=f"{path} (config)"))
 

@@ -71,6 +71,14 @@ def test_resume_refuses_a_frozen_key_before_reading_data(data, run1, tmp_path, k
     assert len(rows(run1)) == 1     # nothing was trained
 
 
+def test_print_config_of_a_resume_refuses_a_frozen_key_as_the_resume_does(run1):
+    # --print-config printed the changed architecture with exit 0, and the resume it shows then refused it
+    for extra in ([], ["--print-config"]):
+        res = invoke("train", "--resume", run1, "--set", "model.batchnorm=unit", *extra)
+        assert res.exit_code == 2, res.output
+        assert "model.batchnorm cannot change on --resume" in res.output.strip().splitlines()[-1]
+
+
 def test_resume_takes_model_num_classes_set_to_the_runs_own_count(run1):
     # the run's config leaves it to the data (null): setting it to the 3 classes the network has is no
     # change (it said "last.npz has None, the config now says 3")

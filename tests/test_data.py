@@ -267,6 +267,10 @@ def bad_files():
                         "(it is an SVG drawing: convert"),
         "scan.tif": (bytes(128) + b"DICM" + bytes(40), "(it is a DICOM file: convert"),
         "jxl.webp": (b"\xff\x0a" + bytes(40), "(it is a JPEG XL image: convert"),
+        # a Mac's `._photo.jpg` beside photo.jpg (named here without the dot that hides it in a folder), as
+        # `find -name '*.jpg'` lists it for cnn predict
+        "appledouble.jpg": (b"\0\x05\x16\x07\0\x02\0\0Mac OS X        \0\x02" + bytes(40),
+                            "(it is macOS's AppleDouble metadata, the ._name file a Mac writes"),
     }
 
 

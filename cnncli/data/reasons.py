@@ -27,6 +27,9 @@ def _not_image_reason(path: str) -> str:
     names = "PNG/JPEG/BMP/GIF/PNM/TIFF/WebP/ICO"
     if head.startswith(b"%PDF"):
         return f"not a {names} image (it is a PDF)"
+    if head.startswith(_APPLE_DOUBLE):
+        return (f"not a {names} image (it is macOS's AppleDouble metadata, the ._name file a Mac writes beside "
+                "each file on a non-Mac disk or in an archive: leave it out or delete it)")
     fmt = _signature_format(head)
     if fmt is not None:
         return f"a damaged or truncated {fmt} file ({_size(path)})"
@@ -43,6 +46,8 @@ def _not_image_reason(path: str) -> str:
         return f"a damaged or truncated BMP file ({_size(path)})"
     return f"not a {names} image (its first bytes match none of these formats)"
 
+
+_APPLE_DOUBLE = b"\0\x05\x16\x07"        # a `._name` file's magic number (AppleDouble, RFC 1740)
 
 # the first bytes of the formats we read (a file that starts so but does not open is damaged)
 _SIGNATURES = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"II*\0", "TIFF"),

@@ -247,6 +247,18 @@ def test_a_path_list_that_csv_writer_quoted_is_a_list_of_its_paths(tmp_path):
     assert list_csv_paths(str(tmp_path / "one.csv")) == ([str(tmp_path / "imgs/a,b.png")], [])
 
 
+def test_a_one_column_csv_whose_header_and_paths_are_quoted_lists_its_paths(tmp_path):
+    # R's write.csv (and csv.QUOTE_ALL) quote every cell: '"path"' was no header, so the rows, quotes and
+    # all, were paths of a plain list and none named a file
+    from cnncli.data.csvindex import list_csv_paths
+
+    (tmp_path / "a b.png").write_bytes(b"")
+    for header in ('"path"', '"Image Path"'):
+        listing = tmp_path / "paths.csv"
+        listing.write_text(f'{header}\n"a b.png"\n"gone.png"\n')
+        assert list_csv_paths(str(listing)) == ([str(tmp_path / "a b.png"), str(tmp_path / "gone.png")], []), header
+
+
 def test_a_text_file_that_lists_no_file_is_one_failure_naming_it(tmp_path):
     # `cnn predict mydata/*` with a README.txt among the images: its prose is no list of images
     from cnncli.predictions import gather_paths

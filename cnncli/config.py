@@ -27,7 +27,9 @@ def _flatten(mapping, prefix, origin_of, out):
     for key, value in mapping.items():
         origin = origin_of(mapping, key)
         if not isinstance(key, str):
-            fail(origin, f"{prefix}{key!r}", "keys must be strings")
+            comma = (" (in {...} a comma ends an entry: lr: 1,000 reads as lr: 1 and a key 000; write 1000)"
+                     if isinstance(key, (int, float)) and not isinstance(key, bool) and value is None else "")
+            fail(origin, f"{prefix}{key!r}", f"keys must be strings{comma}")
         full = prefix + key
         if full in LEAVES:
             out[full] = (value, origin)

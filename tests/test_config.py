@@ -169,6 +169,7 @@ def test_an_override_that_yaml_would_change_is_refused(text, needle):
     ("zzz: 1\n", ["cfg.yaml:1:", "zzz: unknown key", "sections are"]),
     ("optim: 3\n", ["cfg.yaml:1:", "optim: is a section", "lr"]),
     ("1: 2\n", ["cfg.yaml:1:", "keys must be strings"]),
+    ("optim: {lr: 1,000}\n", ["cfg.yaml:1:", "optim.0: keys must be strings", "a comma ends an entry", "1000"]),
     ("optim:\n  lr: -1\n", ["cfg.yaml:2:", "optim.lr", "> 0", "-1"]),
     ("optim:\n  lr: 0\n", ["optim.lr", "> 0"]),
     ("optim:\n  lr: .nan\n", ["optim.lr", "finite"]),

@@ -1,12 +1,10 @@
-"""The small pieces the training loop calls: the stop flag of SIGINT/SIGTERM/SIGUSR1/SIGHUP, the progress
-bar, early stopping and how a loss is printed. Each class holds its own bit of state; none of them
-trains, saves or reads data (trainer.py does).
+"""The small pieces the training loop calls: the stop flag of SIGINT/SIGTERM/SIGUSR1/SIGHUP, the stop lines
+around the rest of a run, the progress bar and how a loss is printed. Each class holds its own bit of state;
+none of them trains, saves or reads data (trainer.py does), nor judges epochs (earlystop.py).
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import os
 import signal
 import sys
@@ -329,66 +327,3 @@ class ProgressBar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-class EarlyStopping:
-    """Best-so-far tracking and patience over train.monitor: the validation loss (lower is better) or
-    accuracy (higher; an equal accuracy with a lower loss also counts as better when min_delta is 0), or the epoch's
-    training loss/accuracy when the run has no validation images (the README's "No validation
-    images" rule). min_delta is in the monitored metric's units."""
-
-    def __init__(self, es_cfg: dict, have_val: bool, monitor: str = "val_loss"):
-        self.patience, self.min_delta = es_cfg["patience"], es_cfg["min_delta"]
-        self.restore_best = es_cfg["restore_best"]
-        side = "val" if have_val else "train"
-        self.loss_key, self.acc_key = f"{side}_loss", f"{side}_acc"
-        self.by_accuracy = monitor == "val_acc"
-        self.monitor = self.acc_key if self.by_accuracy else self.loss_key
-
-    def better(self, state: RunState, row: dict) -> bool:
-        """Whether the epoch's row improves on the best so far (state.best_val_loss, state.best_acc)."""
-        loss, acc = row[self.loss_key], row[self.acc_key]
-        if not self.by_accuracy:
-            return math.isfinite(loss) and loss < state.best_val_loss - self.min_delta
-        if not math.isfinite(acc):
-            return False
-        if acc > state.best_acc + self.min_delta:
-            return True
-        # a tie: better with a lower loss, unless min_delta asks for a change of accuracy (a tie is none)
-        return self.min_delta == 0 and acc == state.best_acc and math.isfinite(loss) and loss < state.best_val_loss
-
-    def update(self, state: RunState, row: dict) -> tuple[bool, bool]:
-        """-> (improved, stop now); updates best_val_loss (the best epoch's loss), best_acc (its
-        accuracy, when monitoring accuracy), bad_epochs and stopped_early in `state`."""
-        improved = self.better(state, row)
-        if improved:
-            state.best_val_loss, state.bad_epochs = row[self.loss_key], 0
-            if self.by_accuracy:
-                state.best_acc = row[self.acc_key]
-        else:
-            state.bad_epochs += 1
-        stopping = self.patience > 0 and state.bad_epochs >= self.patience
-        state.stopped_early = stopping
-        return improved, stopping
-
-    def best_row(self, state: RunState, history: list) -> dict | None:
-        """The history row of the epoch that set the best so far (best.npz's): the first with its
-        values, as a later epoch that only equals them did not improve on them."""
-        return next((row for row in history if row.get(self.loss_key) == state.best_val_loss
-                     and (not self.by_accuracy or row.get(self.acc_key) == state.best_acc)), None)
-
-
-def plateau_drops(early: EarlyStopping, history: list, patience: int) -> int:
-    """How many times ReduceLROnPlateau (Keras' rule: a drop once `patience` epochs in a row did not
-    improve on the best, then the count starts again; min_delta 0) drops the rate over the finished
-    epochs' rows, replayed from the start, so a resumed run gets the same count from its history.
-    Improvement is judged as `early` judges it (train.monitor, val or train metrics)."""
-    judge = copy.copy(early)                 # the same metric and rule, min_delta 0
-    judge.min_delta = 0.0
-    state, drops, wait = RunState(), 0, 0
-    for row in history:
-        improved, _ = judge.update(state, row)
-        wait = 0 if improved else wait + 1
-        if wait >= patience:
-            drops, wait = drops + 1, 0
-    return drops

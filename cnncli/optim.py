@@ -225,7 +225,7 @@ def lr_at(step, steps_per_epoch, epochs, base_lr, schedule="constant", warmup_ep
     Linear warmup from base_lr/W to base_lr over W = round(warmup_epochs * steps_per_epoch)
     steps, then: constant; step (times gamma every `step_size` epochs, by epoch index); cosine
     (base_lr at the end of warmup, min_lr at step steps_per_epoch * epochs, the step after the last);
-    or plateau (base_lr times gamma per drop so far, `drops` from callbacks.plateau_drops, not below
+    or plateau (base_lr times gamma per drop so far, `drops` from earlystop.plateau_drops, not below
     min_lr: Keras' ReduceLROnPlateau).
     """
     if schedule not in SCHEDULES:

@@ -34,7 +34,7 @@ class RunState:
     loss_sum: float = 0.0         # current epoch: sum of per-image loss so far
     correct: int = 0              # current epoch: correct predictions so far
     seen: int = 0                 # current epoch: images so far
-    best_val_loss: float = math.inf   # the best epoch's loss (val, else train; see callbacks.EarlyStopping)
+    best_val_loss: float = math.inf   # the best epoch's loss (val, else train; see earlystop.EarlyStopping)
     best_acc: float = -math.inf   # the best epoch's accuracy, under train.monitor=val_acc
     bad_epochs: int = 0           # epochs since the best epoch (early stopping)
     stopped_early: bool = False   # early stopping ended the run at `epoch`

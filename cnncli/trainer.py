@@ -4,7 +4,7 @@ hold the maths (model, optim), the images (data) or the file formats (runfolder)
 """
 
 # A `Trainer`'s loop is a few named steps (one optimizer step, end of epoch, interruption) calling
-# small pieces (ProgressBar, EarlyStopping, runfolder's writers). It owns the order of events. Under
+# small pieces (ProgressBar, earlystop's EarlyStopping, runfolder's writers). It owns the order of events. Under
 # `mpirun -n K` every rank runs the same loop on the same batches (the Network computes the rank's
 # shards); rank 0 alone writes and prints, and the ranks agree on every stop.
 
@@ -22,7 +22,8 @@ from cnncli import config as config_mod
 from cnncli import checkpoint, resume as resume_mod, runfolder
 from cnncli.atomic import why_unwritten
 from cnncli.balance import class_weights
-from cnncli.callbacks import EarlyStopping, ProgressBar, StopFlag, loss_text, plateau_drops
+from cnncli.callbacks import ProgressBar, StopFlag, loss_text
+from cnncli.earlystop import EarlyStopping, best_note, plateau_drops
 from cnncli.errors import CnnError, Stopped, TrainingDiverged
 from cnncli.runfolder import save_checkpoint
 from cnncli.tblog import EventLog
@@ -294,7 +295,8 @@ class Trainer:
             delta = self.early.min_delta
             by = f" by more than train.early_stopping.min_delta={delta:g}" if delta else ""
             self.echo(f"Early stopping: {self.early.monitor.replace('_', ' ')} did not improve{by} for "
-                      f"{self.early.patience} epoch(s); {self._best_note()}")
+                      f"{self.early.patience} epoch(s); "
+                      f"{best_note(self.early, self.state, self.best_path, self.restored)}")
         return stopping
 
     def restore_best(self) -> None:
@@ -365,22 +367,6 @@ class Trainer:
                 save_checkpoint(self.best_path, self.net, self.opt, self.state, self.cfg, self.classes,
                                 self.preprocess, self.cfg_text, self.data_info)
 
-    def _best_note(self) -> str:
-        early = self.early
-        what = early.monitor.replace("_", " ")                       # "val loss", "train acc", ...
-        if not self.best_path.exists():
-            return f"no epoch had a finite {what}, so there is no best.npz"
-        restored = " (restored into last.npz)" if self.restored else ""
-        row = early.best_row(self.state, self.state.history)
-        if early.by_accuracy:
-            best = f"{self.state.best_acc:.2%}"
-            at = (f" (epoch {row['epoch']}, {early.loss_key.replace('_', ' ')} "
-                  f"{loss_text(row[early.loss_key])})" if row else "")
-        else:
-            best = loss_text(self.state.best_val_loss)            # the epoch that set the best: its accuracy
-            at = f" (epoch {row['epoch']}, {early.acc_key.replace('_', ' ')} {row[early.acc_key]:.2%})" if row else ""
-        return f"best {what} {best}{at} is in {runfolder.printable(str(self.best_path))}{restored}"
-
     def fit(self, began=lambda: None) -> None:
         """The remaining epochs, or one line when there is nothing to do. began(): called once the steps'
         stop handler (StopFlag) is in place."""
@@ -396,6 +382,6 @@ class Trainer:
             while state.epoch < self.epochs:
                 if self.run_epoch(stop, bar):
                     break
-        note = self._best_note()
+        note = best_note(self.early, self.state, self.best_path, self.restored)
         self.echo(f"Done in {time.perf_counter() - bar.t_run:.1f}s. {note[0].upper()}{note[1:]}")   # (not
         # str.capitalize: it lowercases the rest, the run folder's path included)

@@ -13,7 +13,8 @@ import math
 import numpy as np
 import pytest
 
-from cnncli.callbacks import EarlyStopping, loss_text, plateau_drops
+from cnncli.callbacks import loss_text
+from cnncli.earlystop import EarlyStopping, best_note, plateau_drops
 from cnncli.optim import lr_at
 from cnncli.checkpoint import load as load_checkpoint
 from cnncli.runfolder import RunState
@@ -111,10 +112,6 @@ def test_best_npz_is_the_most_accurate_epoch_and_a_resume_keeps_it(data, tmp_pat
 def test_the_end_line_names_the_epoch_that_set_the_best_not_a_later_tie(tmp_path):
     """A later epoch that only equals the best (saturated outputs give one val loss epoch after
     epoch) did not improve on it: best.npz holds the first, and the end line names it."""
-    from types import SimpleNamespace
-
-    from cnncli.trainer import Trainer
-
     (tmp_path / "best.npz").write_bytes(b"")
     for monitor, pairs, want in (("val_loss", [(1.0, 0.5), (0.8, 0.6), (0.9, 0.6), (0.8, 0.7)], 2),
                                  ("val_acc", [(1.0, 0.5), (0.8, 0.6), (0.9, 0.6), (0.8, 0.7)], 4),
@@ -125,8 +122,7 @@ def test_the_end_line_names_the_epoch_that_set_the_best_not_a_later_tie(tmp_path
         assert marks[want - 1] == "*" and "*" not in marks[want:]
         early = EarlyStopping(ES, have_val=True, monitor=monitor)
         assert early.best_row(state, history)["epoch"] == want
-        fake = SimpleNamespace(early=early, best_path=tmp_path / "best.npz", restored=False, state=state)
-        assert f"(epoch {want}, " in Trainer._best_note(fake), (monitor, pairs)
+        assert f"(epoch {want}, " in best_note(early, state, tmp_path / "best.npz", False), (monitor, pairs)
 
 
 def test_plateau_drops_replay_keras_rule():

@@ -120,6 +120,13 @@ class _StopLine:
         return False
 
 
+def drop_hand_off() -> None:
+    """A hand-off that no stop line took (its caller failed before entering the next one): the handlers
+    before the line that handed off are back, and the stops held meanwhile are dropped with it."""
+    if _HANDED:
+        _restore(_HANDED.pop()[0])
+
+
 class StopDuringSetup(_StopLine):
     """Around a run's set-up (decoding, compiling). StopFlag takes over for the steps. resume: the
     run being resumed (its line then says how to resume it again)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from cnncli import checkpoint
 from cnncli import config as config_mod
 from cnncli import runfolder, runlock, warmstart
-from cnncli.callbacks import SetupStopped, StopInCrossValidation, loss_text
+from cnncli.callbacks import SetupStopped, StopInCrossValidation, drop_hand_off, loss_text
 from cnncli.errors import CnnError, ConfigError, Stopped, main_only
 from cnncli.lifeline import ENDING
 
@@ -168,8 +168,10 @@ def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, ec
     for k in range(folds):
         fold_dir = parent / f"fold-{k + 1}"
         say(f"-- fold {k + 1} of {folds}")
-        with StopInCrossValidation(parent, f"before fold {k + 1}"):
+        with StopInCrossValidation(parent, f"before fold {k + 1}") as line:
             status = main_first(comm, _prepare_fold, fold_dir, others=False)
+            # (hand_off: a stop before the next line, the fold's set-up's or its 'after fold' line, is theirs)
+            line.hand_off = status != "finished" or comm.is_main
         if status == "finished":
             say(f"finished earlier: {fold_dir}")
         else:
@@ -178,7 +180,10 @@ def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, ec
                             quiet=quiet, echo=echo, comm=comm, setting_notes=not said,   # (once, not once a fold)
                             hand_off=True)
                 said = True
-            except (CnnError, SystemExit) as err:     # (SystemExit: under mpirun, a set-up error of every rank)
+            except BaseException as err:
+                drop_hand_off()           # (an error before the fold's set-up took it: the handlers as they were)
+                if not isinstance(err, (CnnError, SystemExit)):  # (SystemExit: under mpirun, every rank's error)
+                    raise
                 if resume is None and comm.is_main and not any(parent.glob("fold-*/last.npz")):
                     (parent / "config.yaml").unlink(missing_ok=True)     # nothing trained: the name goes back
                     runlock.release(parent)

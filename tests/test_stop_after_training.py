@@ -490,3 +490,68 @@ def test_a_stop_while_the_report_rebuilds_the_validation_images_is_the_stop(data
     res = CliRunner().invoke(cli, ["eval", str(run)])
     assert res.exit_code == 130 and "SIGUSR1: stopped after training, while drawing its report" in res.output
     assert "cannot rebuild" not in res.output
+
+
+# `cnn cv` sending itself the signal argv[1] as it leaves its stop line "argv[2]" (callbacks.StopInCrossValidation:
+# "before fold 2" ends as _prepare_fold's work does, before the fold's train() enters its set-up's stop line)
+_STOP_AS_CV_LEAVES_A_LINE = """
+import os, signal, sys
+from cnncli import callbacks, cli
+sig, doing = getattr(signal, sys.argv.pop(1)), sys.argv.pop(1)
+real_exit = callbacks.StopInCrossValidation.__exit__
+def exit_then_stop(self, *exc):
+    left = real_exit(self, *exc)
+    if self.doing == doing:
+        os.kill(os.getpid(), sig)
+    return left
+callbacks.StopInCrossValidation.__exit__ = exit_then_stop
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_between_cvs_line_before_a_fold_and_its_set_up_is_the_set_up_line(data, tmp_path, sig):
+    # (SIGTERM there ended cnn cv by the signal, -15 and no line; SIGINT was 'Error: interrupted')
+    cv = tmp_path / "run-cv"
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=1)
+    res = subprocess.run([sys.executable, "-c", _STOP_AS_CV_LEAVES_A_LINE, sig, "before fold 2", "cv", "--config",
+                          str(cfg), "--folds", "2", "-q"], env=cli_env(tmp_path), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 130, (res.returncode, res.stderr)
+    assert res.stderr.strip().splitlines()[-1] == (f"{sig}: stopped during fold 2's set-up, before its first step; "
+                                                   f"continue the cross-validation with: cnn cv --resume {cv}")
+    assert (cv / "fold-1" / "best.npz").is_file() and not (cv / "fold-2").exists()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_after_cvs_line_before_a_finished_fold_is_the_after_fold_line(data, tmp_path, sig):
+    # (a resumed cv's finished fold: between its 'before' and 'after' lines, SIGTERM ended cnn cv by the signal)
+    cv = tmp_path / "run-cv"
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=1)
+    res = subprocess.run([sys.executable, "-c", _STOP_AS_CV_LEAVES_A_LINE, "SIGTERM", "after fold 1", "cv", "--config",
+                          str(cfg), "--folds", "2", "-q"], env=cli_env(tmp_path), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 130 and (cv / "fold-1" / "best.npz").is_file(), (res.returncode, res.stderr)
+    res = subprocess.run([sys.executable, "-c", _STOP_AS_CV_LEAVES_A_LINE, sig, "before fold 1", "cv", "--resume",
+                          str(cv), "-q"], env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 130, (res.returncode, res.stderr)
+    assert res.stderr.strip().splitlines()[-1] == (f"{sig}: stopped after fold 1; the finished folds are saved in "
+                                                   f"{cv}; continue the cross-validation with: cnn cv --resume {cv}")
+
+
+def test_an_error_before_a_folds_set_up_leaves_the_stop_handlers_as_they_were(data, tmp_path, monkeypatch):
+    # the 'before fold' line hands its stops to the fold's set-up: an error before that took them kept them
+    # held, and every later SIGTERM or Ctrl-C of a Python caller was swallowed
+    from cnncli import callbacks, config, crossval, train
+    from cnncli.errors import ConfigError
+    from cnncli.lifeline import STOPS
+
+    def refused(*args, **kwargs):
+        raise ConfigError("out: refused")
+    monkeypatch.setattr(train, "train", refused)
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    before = {sig: signal.getsignal(sig) for sig in STOPS}
+    cfg = config.load_config(write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=1))
+    with pytest.raises(ConfigError, match="out: refused"):
+        crossval.cross_validate(cfg, 2, echo=lambda line: None)
+    assert {sig: signal.getsignal(sig) for sig in STOPS} == before and not callbacks._HANDED

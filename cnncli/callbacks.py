@@ -191,12 +191,15 @@ class StopOnAnotherRank(StopAfterTraining):
 
 class StopInCrossValidation(_StopLine):
     """Around `cnn cv`'s own work between and after its folds' runs: the line says the finished folds are
-    kept and how to go on. alone: only rank 0 works there (after the last fold), as StopAfterTraining."""
+    kept and how to go on. alone: only rank 0 works there (after the last fold), as StopAfterTraining.
+    parent None: its folder is not there (an error made none), nor any fold."""
 
     def __init__(self, parent, doing: str, alone: bool = False):
         self.parent, self.doing, self.alone = parent, doing, alone
 
     def stopped(self, name):
+        if self.parent is None:
+            return Stopped(f"{name}: stopped {self.doing}: nothing was trained")
         stop = Stopped(f"{name}: stopped {self.doing}; the finished folds are saved in {self.parent}; continue "
                        f"the cross-validation with: cnn cv --resume {self.parent}")
         stop.alone = self.alone

@@ -17,7 +17,7 @@ from cnncli import config as config_mod
 from cnncli import runfolder, runlock, warmstart
 from cnncli.callbacks import SetupStopped, StopInCrossValidation, drop_hand_off, loss_text
 from cnncli.errors import CnnError, ConfigError, Stopped, main_only
-from cnncli.lifeline import ENDING
+from cnncli.lifeline import ENDING, stops_held
 
 SUMMARY = "cv.json"
 METRICS = ("val_loss", "val_acc", "test_loss", "test_acc")
@@ -160,10 +160,15 @@ def cross_validate(cfg: dict, folds: int, out=None, resume=None, quiet=False, ec
 
     comm = Comm() if comm is None else comm
     say = echo if comm.is_main else (lambda message: None)
-    parent, cfg, folds, notes = main_first(comm, _open_parent, resume, cfg, folds, out, others=False)
-    say(f"Cross-validation: {folds} folds of {cfg['data']['train']} in {parent}")
-    for note in notes:
-        say(note)
+    opening = StopInCrossValidation(None, "before the first fold")
+    opening.hand_off = True                 # (to fold 1's own 'before fold 1' line)
+    with opening:
+        with stops_held():                  # (a stop as the cv's folder is made or read: this line's, once it is)
+            parent, cfg, folds, notes = main_first(comm, _open_parent, resume, cfg, folds, out, others=False)
+            opening.parent = parent
+        say(f"Cross-validation: {folds} folds of {cfg['data']['train']} in {parent}")
+        for note in notes:
+            say(note)
     rows, said = [], False
     for k in range(folds):
         fold_dir = parent / f"fold-{k + 1}"

@@ -555,3 +555,42 @@ def test_an_error_before_a_folds_set_up_leaves_the_stop_handlers_as_they_were(da
     with pytest.raises(ConfigError, match="out: refused"):
         crossval.cross_validate(cfg, 2, echo=lambda line: None)
     assert {sig: signal.getsignal(sig) for sig in STOPS} == before and not callbacks._HANDED
+
+
+# `cnn cv` sending itself the signal argv[1] as _open_parent ends (the cv's folder made, or after argv[2] == "error":
+# none made, its error raised), before the cv's first line
+_STOP_AS_CV_OPENS = """
+import os, signal, sys
+from cnncli import cli, crossval
+from cnncli.errors import CnnError
+sig, then, real = getattr(signal, sys.argv.pop(1)), sys.argv.pop(1), crossval._open_parent
+def opened(*args):
+    if then == "error":
+        os.kill(os.getpid(), sig)
+        raise CnnError("data.train: unreadable")
+    parent = real(*args)
+    os.kill(os.getpid(), sig)
+    return parent
+crossval._open_parent = opened
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("sig, then", [("SIGTERM", "made"), ("SIGINT", "made"), ("SIGTERM", "error")])
+def test_a_stop_as_cv_makes_its_folder_is_the_stop_line(data, tmp_path, sig, then):
+    # (SIGTERM there ended cnn cv by the signal, -15 and no line, its folder left with config.yaml and the next
+    # cnn cv in run-cv-2; SIGINT was 'Error: interrupted')
+    cv = tmp_path / "run-cv"
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=1)
+    res = subprocess.run([sys.executable, "-c", _STOP_AS_CV_OPENS, sig, then, "cv", "--config", str(cfg), "--folds",
+                          "2", "-q"], env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 130, (res.returncode, res.stderr)
+    if then == "error":
+        assert res.stderr.strip().splitlines()[-1] == f"{sig}: stopped before the first fold: nothing was trained"
+        return
+    assert res.stderr.strip().splitlines()[-1] == (f"{sig}: stopped before the first fold; the finished folds are "
+                                                   f"saved in {cv}; continue the cross-validation with: cnn cv "
+                                                   f"--resume {cv}")
+    res = subprocess.run([sys.executable, "-m", "cnncli", "cv", "--resume", str(cv), "-q"], env=cli_env(tmp_path),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and (cv / "cv.json").is_file(), res.stderr

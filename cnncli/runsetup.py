@@ -17,6 +17,7 @@ from cnncli import checkpoint, cores, resume as resume_mod, runfolder, runlock, 
 from cnncli import config as config_mod
 from cnncli.errors import CnnError, ConfigError, DataError
 from cnncli.datanotes import same_data, split_folders, test_files_notes
+from cnncli.rankconfig import agree_on_config
 from cnncli.runfolder import RunState, new_run_dir
 
 def _demo_missing(train_dir: Path, val_dir) -> bool:
@@ -343,6 +344,7 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True, se
     from cnncli.kernels import set_threads
 
     resumed, state, run_dir, source, notes = None, RunState(), None, None, []
+    agree_on_config(comm, cfg)                             # (another host's copy out of step: other batches)
     everyone(comm, check_ranks, cfg["train"]["batch_size"], comm.size, resume is not None)
     if resume is not None:
         resumed, state, run_dir, cfg, notes, done = everyone(comm, _open_resume, resume, cfg, out,

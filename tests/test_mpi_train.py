@@ -686,3 +686,39 @@ def test_mpirun_with_more_threads_than_cores_notes_it_once(data, tmp_path):
     assert notes == [f"note: 2 rank(s) run {2 * cores} threads on {cores} core(s) here, so threads take turns on the "
                      f"cores and every step waits for them; train.threads {max(1, cores // 2)} (or 0: the cores "
                      "shared out) runs one a core"], res.stderr
+
+
+@pytest.mark.parametrize("key, mine, first", [("optim.lr", "0.0001", "0.001"), ("train.batch_size", "32", "16")])
+def test_ranks_whose_configs_differ_stop_with_one_line_naming_the_key(data, tmp_path, key, mine, first):
+    # a host whose config copy is out of step: another rate trained on without a word, another batch
+    # size a traceback mid-step and MPI_Abort; the threads and the folders' paths may differ
+    require_mpi()
+    tmp, folder = data
+    cfg = write_config(tmp_path / "c.yaml", folder, tmp_path / "run", epochs=1, batch_size=16)
+    rank = [sys.executable, "-m", "cnncli", "train", "--config", str(cfg), "-q", "--no-report",
+            "--set", "optim.lr=0.001"]
+    cmd = [mpirun_path(), "-n", "1", *rank, "--set", "train.threads=1", ":",
+           "-n", "1", *rank, "--set", f"{key}={mine}", "--set", "train.threads=2", "--out", tmp_path / "own"]
+    res = subprocess.run(list(map(str, cmd)), env=mpi_env({"CNNCLI_CACHE_DIR": str(tmp_path / "cache")}),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("Error")]
+    assert errors == [f"Error: rank 1 of 2: the config this rank read differs from rank 0's ({key}: {mine} here, "
+                      f"{first} on rank 0): every rank must run the same config (a copy out of step on this host, "
+                      "or another command line?)"], res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "run").exists() and not (tmp_path / "own").exists()
+
+
+def test_config_values_leave_out_what_a_rank_may_set_on_its_own():
+    from cnncli.config import load_config_text
+    from cnncli.errors import ConfigError
+    from cnncli.rankconfig import config_values, same_config_as_rank0
+
+    base = load_config_text("data: {train: a}\n")
+    own = load_config_text("data: {train: b, cache: false}\ntrain: {threads: 3}\nout: elsewhere\n")
+    values = config_values(base)
+    assert values["train.early_stopping.patience"] == base["train"]["early_stopping"]["patience"]
+    assert "out" not in values and "train.threads" not in values and "data.train" not in values
+    same_config_as_rank0(config_values(own), values)
+    with pytest.raises(ConfigError, match=r"\(train.seed: 1 here, 0 on rank 0\)"):
+        same_config_as_rank0(config_values(load_config_text("data: {train: a}\ntrain: {seed: 1}\n")), values)

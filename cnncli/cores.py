@@ -36,9 +36,10 @@ def crowded(ranks: list, cores: int) -> str | None:
     total = sum(threads)
     if total <= cores:
         return None
-    fair = max(1, cores // len(threads))
+    advice = (f"at most {cores} rank(s) here, with train.threads 1, run one a core" if len(threads) > cores else
+              f"train.threads {cores // len(threads)} (or 0: the cores shared out) runs one a core")
     return (f"{len(threads)} rank(s) run {total} threads on {cores} core(s) here, so threads take turns on the "
-            f"cores and every step waits for them; train.threads {fair} (or 0: the cores shared out) runs one a core")
+            f"cores and every step waits for them; {advice}")
 
 
 def affinity_cores() -> int:

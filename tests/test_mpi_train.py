@@ -672,6 +672,10 @@ def test_ranks_that_run_more_threads_than_their_cores_are_noted():
     note = crowded([(here, 2), (here, 2)], 2)
     assert note == ("2 rank(s) run 4 threads on 2 core(s) here, so threads take turns on the cores and every step "
                     "waits for them; train.threads 1 (or 0: the cores shared out) runs one a core")
+    # more ranks than cores: no thread count helps, and the note does not ask for the one the ranks run
+    assert crowded([(here, 1)] * 3, 2) == ("3 rank(s) run 3 threads on 2 core(s) here, so threads take turns on the "
+                                           "cores and every step waits for them; at most 2 rank(s) here, with "
+                                           "train.threads 1, run one a core")
 
 
 def test_mpirun_with_more_threads_than_cores_notes_it_once(data, tmp_path):

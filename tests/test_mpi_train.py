@@ -716,7 +716,7 @@ def test_ranks_whose_configs_differ_stop_with_one_line_naming_the_key(data, tmp_
 def test_config_values_leave_out_what_a_rank_may_set_on_its_own():
     from cnncli.config import load_config_text
     from cnncli.errors import ConfigError
-    from cnncli.rankconfig import config_values, same_config_as_rank0
+    from cnncli.rankcheck import config_values, same_config_as_rank0
 
     base = load_config_text("data: {train: a}\n")
     own = load_config_text("data: {train: b, cache: false}\ntrain: {threads: 3}\nout: elsewhere\n")
@@ -726,3 +726,29 @@ def test_config_values_leave_out_what_a_rank_may_set_on_its_own():
     same_config_as_rank0(config_values(own), values)
     with pytest.raises(ConfigError, match=r"\(train.seed: 1 here, 0 on rank 0\)"):
         same_config_as_rank0(config_values(load_config_text("data: {train: a}\ntrain: {seed: 1}\n")), values)
+
+
+def test_ranks_that_resume_different_checkpoints_stop_with_one_line(data, tmp_path):
+    # a host whose copy of the run folder is out of step (no shared file system): the ranks' loops then
+    # ran different step counts (a hang in a collective) or trained from different weights without a word
+    require_mpi()
+    tmp, folder = data
+    cfg = write_config(tmp_path / "c.yaml", folder, tmp_path / "run", epochs=1, batch_size=16)
+    assert run_cli(["train", "--config", cfg, "-q", "--no-report"], tmp_path, timeout=300).returncode == 0
+    shutil.copytree(tmp_path / "run", tmp_path / "stale")
+    res = run_cli(["train", "--resume", tmp_path / "run", "--set", "train.epochs=2", "-q", "--no-report"], tmp_path,
+                  timeout=300)
+    assert res.returncode == 0, res.stderr
+    before = (tmp_path / "run" / "last.npz").read_bytes()
+    steps = [int(metrics_rows(tmp_path / r)[-1].split(",")[1]) for r in ("stale", "run")]   # (the last epoch's)
+    rank = [sys.executable, "-m", "cnncli", "train", "--set", "train.epochs=3", "-q", "--no-report", "--resume"]
+    cmd = [mpirun_path(), "-n", "1", *rank, tmp_path / "run", ":", "-n", "1", *rank, tmp_path / "stale"]
+    proc = subprocess.Popen(list(map(str, cmd)), env=mpi_env({"CNNCLI_CACHE_DIR": str(tmp_path / "cache")}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = communicate_or_kill(proc, 120)
+    assert proc.returncode == 1, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("Error")]
+    assert errors == [f"Error: rank 1 of 2: the checkpoint this rank resumes differs from rank 0's (step {steps[0]} "
+                      f"(epoch 1) here, {steps[1]} (epoch 2) on rank 0): every rank must read the same run folder "
+                      "(on several machines, a shared file system; a copy out of step here?)"], err
+    assert "Traceback" not in err and (tmp_path / "run" / "last.npz").read_bytes() == before

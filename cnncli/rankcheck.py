@@ -11,10 +11,10 @@ import zlib
 from cnncli.config_text import show
 from cnncli.errors import CheckpointError, ConfigError
 
-# Keys a rank may set on its own: rank 0's folder is the run's; the threads, the dataset cache and the
-# folders' paths (their images are compared by runsetup.data_fingerprint; rank 0 alone tests) leave the
-# bits alone.
-RANK_OWN = frozenset({"out", "train.threads", "data.cache", "data.train", "data.val", "data.test"})
+# Keys a rank may set on its own: rank 0's folder is the run's; the threads and the dataset cache leave
+# the bits alone; of the paths, what they hold is compared (the images by runsetup.data_fingerprint,
+# init_from's arrays by agree_on_source; rank 0 alone tests).
+RANK_OWN = frozenset({"out", "train.threads", "data.cache", "data.train", "data.val", "data.test", "train.init_from"})
 
 
 def config_values(cfg: dict, prefix: str = "") -> dict:
@@ -52,30 +52,37 @@ def agree_on_config(comm, cfg: dict) -> None:
         everyone(comm, same_config_as_rank0, mine, comm.bcast(mine))
 
 
-def checkpoint_values(arrays: dict, state) -> dict:
-    """What a resumed checkpoint holds for the steps to come: where the run stands, and a CRC-32 of its arrays."""
+def checkpoint_values(arrays: dict, state=None) -> dict:
+    """What a checkpoint holds for the steps to come: a CRC-32 of its arrays, and where a resumed run stands."""
     crc = 0
     for name in sorted(arrays):
         crc = zlib.crc32(arrays[name].tobytes(), zlib.crc32(name.encode(), crc))
-    return {"epoch": state.epoch, "step": state.step, "checksum": crc}
+    return {"epoch": state and state.epoch, "step": state and state.step, "checksum": crc}
 
 
-def same_checkpoint_as_rank0(mine: dict, first: dict) -> None:
-    """CheckpointError when this rank resumes another checkpoint than rank 0 (checkpoint_values)."""
+def same_checkpoint_as_rank0(mine: dict, first: dict, what: str, error=CheckpointError) -> None:
+    """`error` when this rank's checkpoint differs from rank 0's (checkpoint_values; `what` names it)."""
     if mine == first:
         return
-    detail = ("its weights or optimizer state differ" if mine["step"] == first["step"] else
+    detail = ("its arrays differ" if mine["step"] == first["step"] else
               f"step {mine['step']:,} (epoch {mine['epoch']}) here, {first['step']:,} (epoch {first['epoch']}) "
               "on rank 0")
-    raise CheckpointError(f"the checkpoint this rank resumes differs from rank 0's ({detail}): every rank must read "
-                          "the same run folder (on several machines, a shared file system; a copy out of step here?)")
+    raise error(f"{what} differs from rank 0's ({detail}): every rank must read the same file (on several "
+                "machines, a shared file system; a copy out of step here?)")
 
 
-def agree_on_checkpoint(comm, resumed, state) -> None:
-    """Under mpirun: every rank compares the checkpoint it resumes (`resumed`: (arrays, meta, path)) with
+def agree_on_checkpoint(comm, arrays, state=None, what="the checkpoint this rank resumes", error=CheckpointError):
+    """Under mpirun: every rank compares the checkpoint it read (`arrays`; None: none, on every rank) with
     rank 0's; a rank whose checkpoint differs ends the job with one line naming itself."""
     from cnncli.distributed import everyone
 
-    if comm.size > 1:
-        mine = checkpoint_values(resumed[0], state)
-        everyone(comm, same_checkpoint_as_rank0, mine, comm.bcast(mine))
+    if comm.size > 1 and arrays is not None:
+        mine = checkpoint_values(arrays, state)
+        everyone(comm, same_checkpoint_as_rank0, mine, comm.bcast(mine), what, error)
+
+
+def agree_on_source(comm, source) -> None:
+    """agree_on_checkpoint for train.init_from's checkpoint (warmstart.Source, or None: the key is unset)."""
+    if source is not None:
+        agree_on_checkpoint(comm, source.arrays, what="train.init_from: the checkpoint this rank read",
+                            error=ConfigError)

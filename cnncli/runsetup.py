@@ -17,7 +17,7 @@ from cnncli import checkpoint, cores, resume as resume_mod, runfolder, runlock, 
 from cnncli import config as config_mod
 from cnncli.errors import CnnError, ConfigError, DataError
 from cnncli.datanotes import same_data, split_folders, test_files_notes
-from cnncli.rankcheck import agree_on_checkpoint, agree_on_config
+from cnncli.rankcheck import agree_on_checkpoint, agree_on_config, agree_on_source
 from cnncli.runfolder import RunState, new_run_dir
 
 def _demo_missing(train_dir: Path, val_dir) -> bool:
@@ -349,13 +349,14 @@ def setup(cfg: dict, resume, out, quiet, echo, comm, run_folder: bool = True, se
     if resume is not None:
         resumed, state, run_dir, cfg, notes, done = everyone(comm, _open_resume, resume, cfg, out,
                                                              write=comm.size == 1)
-        agree_on_checkpoint(comm, resumed, state)             # (another host's copy of the run: other weights)
+        agree_on_checkpoint(comm, resumed[0], state)          # (another host's copy of the run: other weights)
         if done:
             raise resume_mod.NothingToDo(done, run_dir)       # before any data is read or kernel compiled
         if comm.size > 1:                                     # (its errors, a run trained now, print once)
             main_first(comm, _claim_resumed, resumed[2], run_dir, out, others=False)
     else:
         source = everyone(comm, warmstart.open_source, cfg)    # train.init_from, before any data is read
+        agree_on_source(comm, source)                          # (another host's copy of that file: other weights)
     asked = rank_threads(comm, cfg["train"]["threads"])
     threads = set_threads(asked)
     if threads < asked and cfg["train"]["threads"]:      # (the same bits at any count: the run goes on)

@@ -749,6 +749,36 @@ def test_ranks_that_resume_different_checkpoints_stop_with_one_line(data, tmp_pa
     assert proc.returncode == 1, err
     errors = [ln for ln in err.splitlines() if ln.startswith("Error")]
     assert errors == [f"Error: rank 1 of 2: the checkpoint this rank resumes differs from rank 0's (step {steps[0]} "
-                      f"(epoch 1) here, {steps[1]} (epoch 2) on rank 0): every rank must read the same run folder "
-                      "(on several machines, a shared file system; a copy out of step here?)"], err
+                      f"(epoch 1) here, {steps[1]} (epoch 2) on rank 0): every rank must read the same file (on "
+                      "several machines, a shared file system; a copy out of step here?)"], err
     assert "Traceback" not in err and (tmp_path / "run" / "last.npz").read_bytes() == before
+
+
+def test_ranks_whose_init_from_files_differ_stop_with_one_line(data, tmp_path):
+    # train.init_from at the same path on every host, a copy out of step on one: the ranks started from
+    # different weights and trained on without a word (the path itself may differ: a rank's own folder)
+    require_mpi()
+    import numpy as np
+
+    tmp, folder = data
+    cfg = write_config(tmp_path / "c.yaml", folder, tmp_path / "first", epochs=1, batch_size=16)
+    assert run_cli(["train", "--config", cfg, "-q", "--no-report"], tmp_path, timeout=300).returncode == 0
+    for host in ("a", "b"):
+        (tmp_path / host).mkdir()
+        shutil.copy(tmp_path / "first" / "last.npz", tmp_path / host / "w.npz")
+    with np.load(tmp_path / "b" / "w.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    name = next(k for k in arrays if k.startswith("params/"))
+    arrays[name] = arrays[name] * 2
+    np.savez(tmp_path / "b" / "w.npz", **arrays)
+    rank = [sys.executable, "-m", "cnncli", "train", "--config", cfg, "-q", "--no-report", "--out", tmp_path / "run",
+            "--set", "train.init_from=w.npz"]
+    cmd = [mpirun_path(), "-n", "1", "--wdir", tmp_path / "a", *rank, ":", "-n", "1", "--wdir", tmp_path / "b", *rank]
+    res = subprocess.run(list(map(str, cmd)), env=mpi_env({"CNNCLI_CACHE_DIR": str(tmp_path / "cache")}),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("Error")]
+    assert errors == ["Error: rank 1 of 2: train.init_from: the checkpoint this rank read differs from rank 0's (its "
+                      "arrays differ): every rank must read the same file (on several machines, a shared file "
+                      "system; a copy out of step here?)"], res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "run").exists()

@@ -156,7 +156,7 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
     its own (callbacks.StopAfterTraining...) on rank 0 at once on return, which takes a stop that comes
     in between."""
     from cnncli import config as config_mod
-    from cnncli.distributed import Comm
+    from cnncli.distributed import Comm, everyone
 
     t_setup = time.perf_counter()
     comm = Comm() if comm is None else comm
@@ -194,8 +194,8 @@ def train(cfg: dict, resume=None, quiet: bool = False, echo=print, out=None, com
             runlock.release_all()             # (a resume's folder, held before its data was read, stays;
             raise                               # a new run's, still empty, goes)
         try:
-            trainer = Trainer(cfg, run_dir, net, opt, state, train_ds, val_ds, train_ds.classes, preprocess, echo,
-                              quiet, comm=comm)
+            trainer = everyone(comm, lambda: Trainer(cfg, run_dir, net, opt, state, train_ds, val_ds, train_ds.classes,
+                                                     preprocess, echo, quiet, comm=comm))   # (its errors: once)
         except BaseException:     # (train.class_weight naming no class...): give the new folder's name back
             if resume is None and comm.is_main:
                 runlock.release(run_dir)

@@ -782,3 +782,18 @@ def test_ranks_whose_init_from_files_differ_stop_with_one_line(data, tmp_path):
                       "arrays differ): every rank must read the same file (on several machines, a shared file "
                       "system; a copy out of step here?)"], res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_config_error_the_trainer_finds_on_every_rank_is_printed_once(data, tmp_path):
+    # train.class_weight is checked against the classes as the trainer starts: every rank printed it,
+    # named "rank r of K", and the job ended in MPI_Abort's block
+    require_mpi()
+    tmp, folder = data
+    res = cnn_mpi(2, ["train", "--set", f"data.train={folder}", "--set", "train.epochs=1", "--set",
+                      "train.batch_size=16", "--set", "train.class_weight={zzz: 2}", "--out", tmp_path / "run",
+                      "-q", "--no-report"], tmp_path)
+    assert res.returncode == 2, res.stderr
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("Error")]
+    assert len(errors) == 1 and errors[0].startswith("Error: train.class_weight: 'zzz' is not a training class"), \
+        res.stderr
+    assert "MPI_ABORT" not in res.stderr and not (tmp_path / "run").exists()

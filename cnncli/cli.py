@@ -86,7 +86,7 @@ def _train(comm, config_path, overrides, resume, init_from, out, strict, no_cach
     from cnncli.train import train as run_training
 
     from cnncli.callbacks import StopAfterTraining
-    from cnncli.lifeline import ignore_stops
+    from cnncli.lifeline import ENDING, ignore_stops
 
     started = time.time()
     try:
@@ -99,7 +99,7 @@ def _train(comm, config_path, overrides, resume, init_from, out, strict, no_cach
         else:                           # (a stop between the report's steps: the line, not a silent death)
             with StopAfterTraining(run_dir, "nothing left undone" if no_report else
                                    f"before drawing its report (cnn report {run_dir} draws it)") as after:
-                after.last = bool(_MAIN)        # (then stops are ignored in cnn's own process: its last line comes)
+                after.last = ENDING[0]          # (then stops are ignored in cnn's own process: its last line comes)
                 if not no_report:
                     _report_after_training(run_dir, new=not _untouched_since(run_dir, started))
     except (Stopped, TrainingDiverged) as stop:    # its folder on stdout too, so a script can go on from it
@@ -352,7 +352,6 @@ for _command in cli_tools.COMMANDS:          # bench, gradcheck, info, lr-find, 
     cli.add_command(_command)
 
 _FAST_EXIT = []  # set by commands whose process has nothing left to clean up after printing
-_MAIN = []       # set by main(): the process is cnn's own (not a caller's Python, as under CliRunner)
 
 
 def main():
@@ -360,8 +359,7 @@ def main():
     shutdown is a sizeable part of a warm one-image run): all its output is flushed first."""
     from cnncli import lifeline
 
-    lifeline.ENDING[0] = True       # (a stop's line under way: a second stop signal is ignored)
-    _MAIN.append(True)
+    lifeline.ENDING[0] = True       # (cnn's own process: a stop's line under way, a second stop signal is ignored)
     lifeline.note_inherited_ignored()
     open_standard_streams()
     escape_unencodable()

@@ -90,7 +90,8 @@ def take_sigint(handler) -> dict:
     return {signal.SIGINT: signal.signal(signal.SIGINT, handler)}
 
 
-ENDING = [False]    # cli.main sets it: a process whose stop's line is under way ends, so a second stop is ignored
+ENDING = [False]    # cli.main sets it: the process is cnn's own (not a caller's Python, as under CliRunner), so
+                    # a process whose stop's line is under way ends, and a second stop is ignored
 INHERITED_IGNORED: set = set()   # cli.main: the stop signals the process started with ignored (SIGHUP under
                                  # nohup, SIGINT in a script's background job) stay ignored, as POSIX tools do
 

@@ -1,7 +1,7 @@
 """What a run says about its data before the first step: class folders named like a dataset's
 splits, classes without images, class sizes far apart, names that differ only in case, held-out
 images that are training images (the same folder, or the same files). Notes only: it refuses
-nothing and decodes nothing (data.test's files come from runsetup.check_test_data's index).
+nothing and decodes nothing (data.test's files come from rundata.check_test_data's index).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def shared_files_notes(d: dict, train_ds, val_ds) -> list:
 
 
 def test_files_notes(d: dict, train_ds, test_files: list) -> list:
-    """The warning for data.test files (runsetup.check_test_data's index of them) that are training files."""
+    """The warning for data.test files (rundata.check_test_data's index of them) that are training files."""
     if same_data(d["test"], d["train"]):
         return []                                    # (overlap_notes says so)
     k = _shared(test_files, train_ds.paths)

@@ -202,7 +202,7 @@ def validation_data(run_dir: Path, predictor, cache=True, strict=False):
     checkpoint's run validated on); None when the run has no validation images (data.val_split 0
     decodes nothing to find that out). cache False: decode again, bypassing the dataset cache."""
     from . import config as config_mod
-    from . import runsetup
+    from . import rundata
     from .datanotes import holds_out_nothing
     from .runfolder import validation_changed
 
@@ -218,7 +218,7 @@ def validation_data(run_dir: Path, predictor, cache=True, strict=False):
             return None
         cfg["data"]["cache"] = cfg["data"]["cache"] and cache
         cfg["data"]["strict"] = cfg["data"]["strict"] or strict
-        val_ds, skipped = runsetup.load_validation(cfg, predictor.classes, echo=_to_stderr)
+        val_ds, skipped = rundata.load_validation(cfg, predictor.classes, echo=_to_stderr)
     except Stopped:
         raise                   # (a stop signal meanwhile: its own line, not a data problem)
     except CnnError as err:

@@ -21,7 +21,8 @@ from cnncli.cores import quota_text
 from cnncli.errors import CnnError, ConfigError, Stopped, TrainingDiverged, main_only
 from cnncli.runfolder import RunState, save_checkpoint  # noqa: F401 (RunState: API)
 from cnncli.datanotes import data_notes
-from cnncli.runsetup import load_datasets, setup  # noqa: F401 (load_datasets: API)
+from cnncli.rundata import load_datasets  # noqa: F401 (API)
+from cnncli.runsetup import setup
 from cnncli.trainer import Interrupted, Trainer, epoch_batches  # noqa: F401 (Interrupted, epoch_batches: API)
 
 

@@ -230,13 +230,13 @@ def test_parallel_generation_writes_the_same_bytes(tmp_path):
     ("p/train", "q/test", False), ("p/train", "p/nope2", False),
 ])
 def test_data_demo_generates_only_where_the_demo_goes(tmp_path, monkeypatch, train, val, generated):
-    from cnncli import config, runsetup
+    from cnncli import config, rundata
 
     calls = []
     monkeypatch.setattr(demo, "ensure_demo", lambda root, say=None: calls.append(root))
     sets = [f"data.train={tmp_path / train}", "data.demo=true"] + ([f"data.val={tmp_path / val}"] if val else [])
     with pytest.raises(DataError, match="does not exist"):           # (the stub generated nothing)
-        runsetup.load_datasets(config.load_config(None, sets))
+        rundata.load_datasets(config.load_config(None, sets))
     assert calls == ([tmp_path / "p"] if generated else [])
 
 

@@ -648,7 +648,7 @@ def test_data_fingerprints_tell_different_data_apart():
 
     from cnncli.data.dataset import Dataset
     from cnncli.errors import DataError
-    from cnncli.runsetup import data_fingerprint, same_data_as_rank0
+    from cnncli.rundata import data_fingerprint, same_data_as_rank0
 
     images = np.zeros((40_000, 32, 32), np.uint8)          # (more than one 16,384-image chunk)
     ds = Dataset(images, np.arange(40_000) % 3, ["a", "b", "c"])

@@ -477,7 +477,7 @@ def test_a_reader_that_leaves_stops_the_run_saved_and_resumable(data, tmp_path):
 def test_a_stop_while_the_report_rebuilds_the_validation_images_is_the_stop(data, tmp_path, monkeypatch):
     # (under mpirun a SIGUSR1 there became 'note: no report (cannot rebuild the validation data from ...; pass
     # --data FOLDER)' and exit 0: evaluate wrapped the stop as a data problem)
-    from cnncli import runsetup
+    from cnncli import rundata
     from cnncli.callbacks import StopAfterTraining
 
     run = tmp_path / "run"
@@ -486,7 +486,7 @@ def test_a_stop_while_the_report_rebuilds_the_validation_images_is_the_stop(data
 
     def stopped(*a, **k):
         raise StopAfterTraining(run, "while drawing its report").stopped("SIGUSR1")
-    monkeypatch.setattr(runsetup, "load_validation", stopped)
+    monkeypatch.setattr(rundata, "load_validation", stopped)
     res = CliRunner().invoke(cli, ["eval", str(run)])
     assert res.exit_code == 130 and "SIGUSR1: stopped after training, while drawing its report" in res.output
     assert "cannot rebuild" not in res.output

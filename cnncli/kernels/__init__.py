@@ -1,12 +1,12 @@
-"""The network's numba kernels, one module per layer kind, plus their support (simd, threads, reduce,
-sync, lookup, peak). It is not the network (model.py composes these) and has no training loop.
+"""The network's numba kernels, one module per layer kind, plus their support (simd, simdlanes, threads,
+reduce, sync, lookup, peak). It is not the network (model.py composes these) and has no training loop.
 Below: the module list, the shape legend every kernel module uses, the rules they keep, and the
 compiler settings made here before numba is first imported.
 """
 
 # Modules: one per layer kind (conv, conv32, conv16, pool, activation, batchnorm, bnstats, bntree,
 # bnpool (+ bnunits, bnblock), head, fc (+ fcgrad), loss, inference, adam), a BN step's conv tasks
-# as single calls (segments), plus their support: simd (16-lane vectors), threads, reduce, checks,
+# as single calls (segments), plus their support: simd and simdlanes (16-lane vectors), threads, reduce, checks,
 # lookup (input), peak (the machine's measured FMA peak, for `cnn bench`).
 #
 # Shape legend (every module; a module's own legend adds the letters only it uses):

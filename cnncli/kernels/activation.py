@@ -14,7 +14,8 @@ from numba import njit, types
 from numba.extending import overload
 
 from .checks import check_array, check_out
-from .simd import float_from_bits, vadd, vexp2, vfloor, vmul, vsel_gt, vsplat, vsub
+from .simd import vadd, vfloor, vmul, vsplat, vsub
+from .simdlanes import float_from_bits, vexp2, vsel_gt
 
 
 # --------------------------------------------------------------------------------------------
@@ -45,7 +46,7 @@ def _expm1_neg(v):
 @njit(inline="always")
 def _expm1_neg64(v):
     # v = k ln2 + r, |r| <= ln2/2 (Cody-Waite); expm1(r) by Taylor to r^13 (error < 1e-17);
-    # expm1(v) = (2^k - 1) + 2^k expm1(r), 2^k built from its exponent bits (simd.float_from_bits).
+    # expm1(v) = (2^k - 1) + 2^k expm1(r), 2^k built from its exponent bits (simdlanes.float_from_bits).
     # Below -40 the result rounds to -1; NaN stays NaN (np.maximum). No branches, no calls, no
     # conditional expressions (numba's IR inliner warns on those): loops over it vectorize.
     t = np.maximum(v, -40.0)
@@ -86,7 +87,7 @@ def elu(v):
     return v if v >= 0 else e
 
 
-# The same ELU on 16-lane vectors (cnncli.simd): the scalar versions' operations lane by lane, in
+# The same ELU on 16-lane vectors (simd.py): the scalar versions' operations lane by lane, in
 # the same order, so a value gets the same bits either way; fused into the pooling kernels' stores.
 
 def velu(v):

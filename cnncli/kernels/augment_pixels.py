@@ -24,8 +24,8 @@ import math
 import numpy as np
 from numba import njit
 
-from .simd import (LANES, vadd, vconvert, vfloor, vgather_pair, vhsum, vload, vmul, vsel_gt, vsplat, vstore, vsub,
-                   vwiden)
+from .simd import LANES, vadd, vfloor, vhsum, vload, vmul, vsplat, vstore, vsub, vwiden
+from .simdlanes import vconvert, vgather_pair, vsel_gt
 
 SIZE = 32
 CENTER = (SIZE - 1) / 2.0           # rotation/scale/shear centre in pixel-index coordinates

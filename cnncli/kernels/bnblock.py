@@ -13,7 +13,8 @@ from numba import njit
 
 from .activation import velu
 from .pool import _positions, _window_max_v, _windows
-from .simd import vadd, vfma, vload, vload_i8, vmul, vsel_eq, vsel_gt, vsplat, vstore, vstore_i8, vsub, vzip_hi, vzip_lo
+from .simd import vadd, vfma, vload, vmul, vsplat, vstore, vsub
+from .simdlanes import vload_i8, vsel_eq, vsel_gt, vstore_i8, vzip_hi, vzip_lo
 
 
 @njit(inline="always")

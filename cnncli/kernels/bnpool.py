@@ -31,7 +31,8 @@ from .bncoef import A_ROW, B_ROW, BETA_ROW, G_ROW, INV_ROW, M_ROW, bn_coef_backw
 from .bnunits import BACKWARD_GROUP, GROUP, backward_units, forward_units, unit_sums
 from .checks import check_array
 from .pool import _positions, _windows
-from .simd import vadd, vfma, vhsum, vload, vload_i8, vmul, vsel_eq, vsplat, vstore, vsub, vwiden, vzero
+from .simd import vadd, vfma, vhsum, vload, vmul, vsplat, vstore, vsub, vwiden, vzero
+from .simdlanes import vload_i8, vsel_eq
 
 # The per-map loops below index every array in place and call only helpers on vectors: an array
 # handed to a helper inside a loop costs a reference count (an atomic) per call.

@@ -27,7 +27,8 @@ from numba import njit
 from .bnblock import _add_out, _dy_block, _dz, _elu_grad, _load4, _memory, _pool_store, _pooled_at
 from .bncoef import A_ROW, B_ROW, BETA_ROW, G_ROW, INV_ROW
 from .pool import _positions, _windows
-from .simd import WIDE, vadd, vfma, vload, vload_i8, vmul, vsel_eq, vsplat, vstore, vsub, vwiden, vzip_hi, vzip_lo
+from .simd import WIDE, vadd, vfma, vload, vmul, vsplat, vstore, vsub, vwiden
+from .simdlanes import vload_i8, vsel_eq, vzip_hi, vzip_lo
 
 GROUP = 4                      # images per group: the prefetchers' streams, and the sums' rounding
 NARROW_BACKWARD_GROUP = 2      # AVX2's dz loop, which has no sums to round (scripts/bn_unit_group.py)

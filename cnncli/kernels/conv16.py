@@ -12,11 +12,12 @@ import numpy as np
 from numba import njit
 
 from .checks import check_array, check_out
-from .simd import WIDE, vadd, vfma, vload, vsplat, vstore, vzero, vzip_hi, vzip_lo
+from .simd import WIDE, vadd, vfma, vload, vsplat, vstore, vzero
+from .simdlanes import vzip_hi, vzip_lo
 
 
 # conv2 (C = 6 -> F = 16 maps of 16 x 16, K = 5): direct convolution in 16-lane vectors
-# (cnncli.simd). One output row is one vector; each kernel keeps a tile of accumulator vectors
+# (simd.py). One output row is one vector; each kernel keeps a tile of accumulator vectors
 # in registers and adds one fused multiply-add (vfma) per (input row segment, weight):
 #   forward   z[n,f,y,:]  = sum_{c,ky,kx} w[f,c,ky,kx] * xp[n,c,y+ky,kx:kx+16]      4 maps x 4 rows
 #   input     dx[n,c,y,:] = sum_{f,a,b} w[f,c,4-a,4-b] * dzp[n,f,y+a,b:b+16]         6 maps x 4 rows

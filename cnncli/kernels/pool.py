@@ -13,7 +13,8 @@ from numba import njit, prange
 
 from .activation import elu, velu
 from .checks import check_array, check_out
-from .simd import vadd, veven, vload, vload_i8, vmul, vodd, vsel_eq, vsel_gt, vsplat, vstore, vstore_i8, vzero, vzip_hi, vzip_lo
+from .simd import vadd, vload, vmul, vsplat, vstore, vzero
+from .simdlanes import veven, vload_i8, vodd, vsel_eq, vsel_gt, vstore_i8, vzip_hi, vzip_lo
 
 
 
@@ -116,7 +117,7 @@ def _unpool_plane(dp, pp, o, arg, dz, n, c, Ho, Wo):
             _window_route(g, arg[n, c, i, j], dz, n, c, i, j)
 
 
-# The network's two pooling shapes in 16-lane vectors (cnncli.simd): 16 windows at a time, their
+# The network's two pooling shapes in 16-lane vectors (simd.py): 16 windows at a time, their
 # four positions gathered by even/odd lane shuffles of the input rows, the scalar comparisons
 # above as lane selects (same order, same ties, same NaN behaviour: the same bits; the
 # positions travel as small whole floats). conv1: 32-wide rows -> 16 windows of one output row;

@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 
 from .atomic import write_atomic, write_failed
-from .errors import CheckpointError, Stopped
+from .errors import CheckpointError, Stopped, one_line
 
 FORMAT_VERSION = 1
 META_KEY = "__meta__"
@@ -133,7 +133,7 @@ def _open(path: str, max_bytes):
     except Stopped:         # (a stop signal's line, raised while reading: not a damaged file)
         raise
     except Exception as e:  # zipfile raises many types on hostile directories (NotImplementedError, ...)
-        raise CheckpointError(f"{path}: cannot open checkpoint: {_one_line(e)}") from None
+        raise CheckpointError(f"{path}: cannot open checkpoint: {one_line(e)}") from None
     try:
         return zf, _check_members(path, zf, file_size, max_bytes)
     except BaseException:
@@ -192,7 +192,7 @@ def _read_member(path, zf, key, info):
     except (CheckpointError, Stopped):   # (a stop signal's line, raised while reading: not a damaged file)
         raise
     except Exception as e:  # any decoding failure of an untrusted file is a bad checkpoint
-        raise CheckpointError(f"{path}: array {key!r} is unreadable: {_one_line(e)}") from None
+        raise CheckpointError(f"{path}: array {key!r} is unreadable: {one_line(e)}") from None
 
 
 def _parse_meta(path, raw):
@@ -203,7 +203,7 @@ def _parse_meta(path, raw):
     try:
         meta = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise CheckpointError(f"{path}: {META_KEY!r} is not valid UTF-8 JSON: {_one_line(e)}") from None
+        raise CheckpointError(f"{path}: {META_KEY!r} is not valid UTF-8 JSON: {one_line(e)}") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: {META_KEY!r} must be a JSON object, got {type(meta).__name__}")
     version = meta.get("format_version")
@@ -290,8 +290,3 @@ def check_arrays(arrays, expected, path) -> None:
                 f"{path}: array {key!r} has shape {tuple(a.shape)}, expected {tuple(shape)}")
         if a.dtype != np.dtype(dtype):
             raise CheckpointError(f"{path}: array {key!r} has dtype {a.dtype}, expected {np.dtype(dtype)}")
-
-
-def _one_line(e):
-    text = " ".join(str(e).split())
-    return text or type(e).__name__

@@ -10,7 +10,7 @@ import re
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 from .options import LEAVES, SECTIONS
 
 # -- messages ---------------------------------------------------------------------------------
@@ -204,4 +204,4 @@ def parse_yaml(text, where, with_line=True):
         ch = chr(e.character) if isinstance(e.character, int) else str(e.character)
         raise ConfigError(f"{where}{line}: could not parse YAML: character {ch!r} is not allowed") from None
     except Exception as e:  # e.g. ValueError for an impossible date, RecursionError for deep nesting
-        raise ConfigError(f"{where}: could not parse YAML: {' '.join(str(e).split()) or type(e).__name__}") from None
+        raise ConfigError(f"{where}: could not parse YAML: {one_line(e)}") from None

@@ -45,6 +45,12 @@ class TrainingDiverged(CnnError):
     run_dir = None      # the run's folder (cnn train prints it, as after a stop)
 
 
+def one_line(err: BaseException) -> str:
+    """err's text on one line (its white space folded to single blanks), else its type's name: the
+    reason a message quotes from an exception that is not ours (zipfile's, Pillow's, YAML's)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 @contextlib.contextmanager
 def main_only():
     """Around work MPI rank 0 does alone for the run (its files, the test after training): a CnnError or

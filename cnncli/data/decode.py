@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import DataError, Stopped
+from ..errors import DataError, Stopped, one_line
 from .reasons import LINK_LOOP, _Skip, _damaged_reason, _not_image_reason
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".pgm", ".ppm", ".pbm", ".pnm",
@@ -295,7 +295,7 @@ def _gray_of(img, jpeg: bool, image_size: int, max_pixels: int) -> np.ndarray:
 
 
 def _one_line(e: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = one_line(e)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -47,6 +47,11 @@ def _refuse_dataset_root(train_dir: Path) -> None:
                       f"{shown(os.path.join(train_dir, inner))}" + (f" (and {' and '.join(also)})" if also else ""))
 
 
+def _folder_options(d: dict, progress: bool) -> dict:
+    """data.load_folder's keyword arguments that the config's data section `d` sets."""
+    return dict(image_size=d["image_size"], resize=d["resize"], strict=d["strict"], cache=d["cache"], progress=progress)
+
+
 def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
     """(train_ds, val_ds, skipped) as the config says: data.val (which may lack some of the classes, as
     a test folder for cnn eval may), fold data.fold of data.folds, or a stratified data.val_split of train.
@@ -68,8 +73,7 @@ def load_datasets(cfg: dict, echo=None, classes=None, progress=True):
                 f"and FOLDER/test (data.val or data.test), e.g. --set data.{key}="
                 f"{train_dir.parent / ('train' if key == 'train' else 'test')}"))
     _refuse_dataset_root(train_dir)
-    opts = dict(image_size=d["image_size"], resize=d["resize"], strict=d["strict"], cache=d["cache"],
-                progress=progress)
+    opts = _folder_options(d, progress)
     try:
         train_ds, skipped = data.load_folder(train_dir, classes=classes, **opts)
     except DataError as err:                        # (which of the config's folders: as data.val's)
@@ -112,8 +116,7 @@ def load_validation(cfg: dict, classes, echo=None):
     if not d["val"]:
         _, val_ds, skipped = load_datasets(cfg, echo=echo)
         return val_ds, skipped
-    return data.load_folder(Path(d["val"]), image_size=d["image_size"], resize=d["resize"], strict=d["strict"],
-                            cache=d["cache"], classes=list(classes), missing_ok=True)
+    return data.load_folder(Path(d["val"]), classes=list(classes), missing_ok=True, **_folder_options(d, True))
 
 
 def check_test_data(d: dict, classes, progress: bool = False) -> list:
@@ -126,8 +129,7 @@ def check_test_data(d: dict, classes, progress: bool = False) -> list:
     try:
         ix, prefix = index(d["test"], classes, missing_ok=True)
         if d["strict"]:
-            data.load_folder(d["test"], image_size=d["image_size"], resize=d["resize"], classes=list(classes),
-                             strict=True, cache=d["cache"], progress=progress, missing_ok=True)
+            data.load_folder(d["test"], classes=list(classes), missing_ok=True, **_folder_options(d, progress))
     except DataError as err:
         raise DataError(f"data.test: {err}") from None
     return [prefix + r for r in ix.rels]

@@ -23,6 +23,8 @@ from cnncli.rundata import check_test_data, data_fingerprint, load_datasets, sam
 
 
 def _normalization(cfg: dict, train_ds) -> dict:
+    """The input preprocessing a new run's network keeps: image size, resize mode, and the training
+    pixels' mean and std with data.normalize (else 0 and 1)."""
     mean, std = 0.0, 1.0
     if cfg["data"]["normalize"]:
         from cnncli.data import pixel_mean_std

@@ -5,9 +5,11 @@ compiler settings made here before numba is first imported.
 """
 
 # Modules: one per layer kind (conv, conv32, conv16, pool, activation, batchnorm, bnstats, bntree,
-# bnpool (+ bnunits, bnblock), head, fc (+ fcgrad), loss, inference, adam), a BN step's conv tasks
-# as single calls (segments), plus their support: simd and simdlanes (16-lane vectors), threads, reduce, checks,
-# lookup (input), peak (the machine's measured FMA peak, for `cnn bench`).
+# bnpool (+ bnunits, bnblock, bncoef), head, fc (+ fcgrad), loss, inference, adam), a BN step's conv
+# tasks as single calls (segments), whole training steps in one call per thread (plainstep, bnstep),
+# a step's input (lookup; augment_draw and augment_pixels: augmentation) and its tally (tally), plus
+# their support: simd and simdlanes (16-lane vectors), aligned (64-byte views), threads, sync, reduce,
+# checks, cachestamp (the kernels' cache stamp), peak (the machine's measured FMA peak, for `cnn bench`).
 #
 # Shape legend (every module; a module's own legend adds the letters only it uses):
 #   N images (of a batch, a shard or a block), C input maps (classes in head, loss and tally), F output

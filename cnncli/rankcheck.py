@@ -1,7 +1,7 @@
 """What the ranks of one MPI run must agree on before training: each rank resolves its own config (its
 host's copy of the file, its own command line) and reads its own checkpoint to resume, so a copy out
 of step would train other batches, rates or weights than rank 0's, or wait for it forever. Not the
-data's check (runsetup.same_data_as_rank0), nor MPI itself (distributed.py).
+data's check (rundata.same_data_as_rank0), nor MPI itself (distributed.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from cnncli.config_text import show
 from cnncli.errors import CheckpointError, ConfigError
 
 # Keys a rank may set on its own: rank 0's folder is the run's; the threads and the dataset cache leave
-# the bits alone; of the paths, what they hold is compared (the images by runsetup.data_fingerprint,
+# the bits alone; of the paths, what they hold is compared (the images by rundata.data_fingerprint,
 # init_from's arrays by agree_on_source; rank 0 alone tests).
 RANK_OWN = frozenset({"out", "train.threads", "data.cache", "data.train", "data.val", "data.test", "train.init_from"})
 

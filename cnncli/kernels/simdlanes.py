@@ -24,7 +24,7 @@ def float_from_bits(typingctx, i):
     (a bitcast; e.g. 2^-m = float_from_bits(np.int32(127 - m) << 23) exactly)."""
     out = {types.int32: types.float32, types.int64: types.float64}.get(i)
     if out is None:
-        raise TypeError(f"simd.float_from_bits: need an int32 or int64, got {i}")
+        raise TypeError(f"simdlanes.float_from_bits: need an int32 or int64, got {i}")
 
     def codegen(context, builder, sig, args):
         return builder.bitcast(args[0], context.get_value_type(out))
@@ -36,7 +36,7 @@ def vexp2(typingctx, k):
     """2^k in every lane, for whole-valued lanes k with 2^k a normal number (its exponent bits;
     the vector form of float_from_bits((bias + k) << mantissa bits), exact)."""
     if not isinstance(k, Vec):
-        raise TypeError(f"simd.vexp2: need a vector, got {k}")
+        raise TypeError(f"simdlanes.vexp2: need a vector, got {k}")
     bits, bias, shift = (32, 127, 23) if k.dtype == types.float32 else (64, 1023, 52)
 
     def codegen(context, builder, sig, args):
@@ -51,7 +51,7 @@ def _shuffle_intrinsic(mask, doc):
     @intrinsic
     def shuffle(typingctx, a, b):
         if not (isinstance(a, Vec) and a == b):
-            raise TypeError(f"simd: need two vectors of one dtype, got {a}, {b}")
+            raise TypeError(f"simdlanes: need two vectors of one dtype, got {a}, {b}")
 
         def codegen(context, builder, sig, args):
             m = ir.Constant(ir.VectorType(ir.IntType(32), LANES), list(mask))
@@ -74,7 +74,7 @@ def _select_intrinsic(op, doc):
     @intrinsic
     def select(typingctx, a, b, x, y):
         if not (isinstance(a, Vec) and a == b == x == y):
-            raise TypeError(f"simd: need four vectors of one dtype, got {a}, {b}, {x}, {y}")
+            raise TypeError(f"simdlanes: need four vectors of one dtype, got {a}, {b}, {x}, {y}")
 
         def codegen(context, builder, sig, args):
             return builder.select(builder.fcmp_ordered(op, args[0], args[1]), args[2], args[3])
@@ -91,7 +91,7 @@ vsel_eq = _select_intrinsic("==", "x where a == b, else y (lane by lane).")
 def vload_i8(typingctx, arr, idx, like):
     """arr[flat idx : flat idx + LANES] of an int8 array, as a vector of the dtype of `like`."""
     if not (isinstance(arr, types.Array) and arr.dtype == types.int8 and arr.layout == "C"):
-        raise TypeError(f"simd.vload_i8: need a C-contiguous int8 array, got {arr}")
+        raise TypeError(f"simdlanes.vload_i8: need a C-contiguous int8 array, got {arr}")
     check_float_array(like)
     vt = Vec(like.dtype)
 
@@ -106,9 +106,9 @@ def vload_i8(typingctx, arr, idx, like):
 def vstore_i8(typingctx, arr, idx, v):
     """arr[flat idx : flat idx + LANES] = v converted to int8 (v holds small whole numbers)."""
     if not (isinstance(arr, types.Array) and arr.dtype == types.int8 and arr.layout == "C"):
-        raise TypeError(f"simd.vstore_i8: need a C-contiguous int8 array, got {arr}")
+        raise TypeError(f"simdlanes.vstore_i8: need a C-contiguous int8 array, got {arr}")
     if not isinstance(v, Vec):
-        raise TypeError(f"simd.vstore_i8: need a vector, got {v}")
+        raise TypeError(f"simdlanes.vstore_i8: need a vector, got {v}")
 
     def codegen(context, builder, sig, args):
         i8v = ir.VectorType(ir.IntType(8), LANES)
@@ -122,7 +122,7 @@ def vstore_i8(typingctx, arr, idx, v):
 def vconvert(typingctx, v, like):
     """v in the dtype of the array `like`, rounded to nearest as a scalar store of it would be."""
     if not isinstance(v, Vec):
-        raise TypeError(f"simd.vconvert: need a vector, got {v}")
+        raise TypeError(f"simdlanes.vconvert: need a vector, got {v}")
     check_float_array(like)
     vt = Vec(like.dtype)
 
@@ -162,7 +162,7 @@ def vgather_pair(typingctx, arr, at, off):
     by even/odd shuffles (half the loads of two gathers); float64 runs two gathers."""
     check_float_array(arr)
     if not isinstance(at, Vec) or at.dtype != types.float64:
-        raise TypeError(f"simd.vgather_pair: need a float64 vector of indices, got {at}")
+        raise TypeError(f"simdlanes.vgather_pair: need a float64 vector of indices, got {at}")
     vt = Vec(arr.dtype)
 
     def codegen(context, builder, sig, args):

@@ -258,6 +258,12 @@ RUN_META = {
 }
 
 
+def model_only(meta: dict) -> bool:
+    """Whether `meta` describes a model without its run (predictor.save_model's file: no config,
+    optimizer state or epochs), which no run can continue and no validation split be rebuilt for."""
+    return "config" not in meta and "epoch" not in meta
+
+
 def check_run_meta(path, meta: dict) -> None:
     """CheckpointError naming the first run-state key of `meta` (config, epoch, step, history, ...)
     that holds the wrong kind of value: what a resume or a fine-tuning start reads."""

@@ -203,12 +203,13 @@ def validation_data(run_dir: Path, predictor, cache=True, strict=False):
     decodes nothing to find that out). cache False: decode again, bypassing the dataset cache."""
     from . import config as config_mod
     from . import rundata
+    from .checkpoint import model_only
     from .datanotes import holds_out_nothing
     from .runfolder import validation_changed
 
     cfg_path = Path(run_dir) / "config.yaml"
     if not cfg_path.is_file():
-        if "config" not in predictor.meta and "epoch" not in predictor.meta:      # (resume.check_resumable's test)
+        if model_only(predictor.meta):
             raise CnnError("the checkpoint holds a model without its run (predictor.save_model writes such files), "
                            "so there are no validation images to rebuild: pass --data to choose the images")
         raise CnnError(f"{cfg_path}: not found; pass --data to choose the images to evaluate")

@@ -86,7 +86,9 @@ def resolved_epochs(cfg: dict, saved: dict) -> dict:
 def check_resumable(path, meta: dict, resume) -> None:
     """CheckpointError when `meta` describes a model without its run (predictor.save_model's file: no
     config, optimizer state or epochs), which --resume cannot continue: --init-from can start from it."""
-    if "config" not in meta and "epoch" not in meta:
+    from cnncli.checkpoint import model_only
+
+    if model_only(meta):
         raise CheckpointError(f"{path}: holds a model without its run (no config, optimizer state or epochs; "
                               f"predictor.save_model writes such files), so --resume cannot continue it; "
                               f"start a new run from its weights with --init-from {resume}")

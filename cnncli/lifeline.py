@@ -1,8 +1,7 @@
-"""Worker processes that end with the process that started them: the initializer of a process
-pool's workers (decoding, the demo's rendering), so a parent killed mid-job (SIGKILL, SIGTERM)
-leaves no worker behind holding its locks or its pipes (Linux only: PR_SET_PDEATHSIG); and the
-stop signals held while a pool starts them, so a stop cannot leave one no one ends. Not a pool;
-it starts nothing.
+"""The process's stop policy: worker processes that end with their parent (PR_SET_PDEATHSIG, Linux),
+stop signals held while a pool starts them, and what the stop lines share (ENDING, the signals
+inherited ignored, switching, restoring and ignoring the stop handlers, a closed terminal, a reader
+that left). Not a pool: it starts nothing, and says no stop's line (callbacks.py does).
 """
 
 from __future__ import annotations

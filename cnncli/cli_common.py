@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -186,19 +187,17 @@ def echo_json_list(items) -> None:
 
     old = take_sigint(ctrl_c)
     try:
-        for item in items:
-            text = ("[\n  " if held is None else held + ",\n  ") + json_text(item).replace("\n", "\n  ")
-            echoing[0] = True
-            head, _, held = text.rpartition("\n")
-            click.echo(head + "\n", nl=False)
-            echoing[0] = False
-            if came:
-                raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        echoing[0] = True
-        click.echo("[]" if held is None else held + "\n]")
-        raise
-    else:
+        try:
+            for item in items:
+                text = ("[\n  " if held is None else held + ",\n  ") + json_text(item).replace("\n", "\n  ")
+                echoing[0] = True
+                head, _, held = text.rpartition("\n")
+                click.echo(head + "\n", nl=False)
+                echoing[0] = False
+                if came:
+                    break
+        except KeyboardInterrupt:
+            came.append(signal.SIGINT)
         echoing[0] = True
         click.echo("[]" if held is None else held + "\n]")
         if came:
